@@ -1,0 +1,106 @@
+// The fused op `allreduce_rmsnorm` (DESIGN.md Contract 3): its description, its result layout,
+// and what a backend can do with it. Shared by the compiler, the CPU oracle and the CUDA runtime.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tpfuse/dtype.h"
+#include "tpfuse/status.h"
+
+namespace tpfuse {
+
+enum class QuantMode : uint8_t { kNone, kFp8Tensor, kFp8Token, kFp8Group };
+enum class ScaleLayout : uint8_t { kRow, kCol };
+enum class ScaleFormat : uint8_t { kF32, kUe8m0 };
+
+std::string_view QuantModeName(QuantMode mode);  // "none", "fp8_tensor", "fp8_token", "fp8_group"
+std::string_view ScaleLayoutName(ScaleLayout layout);  // "row", "col"
+std::string_view ScaleFormatName(ScaleFormat format);  // "f32", "ue8m0"
+StatusOr<QuantMode> ParseQuantMode(std::string_view name);
+StatusOr<ScaleLayout> ParseScaleLayout(std::string_view name);
+StatusOr<ScaleFormat> ParseScaleFormat(std::string_view name);
+
+inline bool IsDynamicQuant(QuantMode mode) {
+  return mode == QuantMode::kFp8Token || mode == QuantMode::kFp8Group;
+}
+
+// The results the graph uses. Results come in this field order; `quant` contributes q and, for
+// dynamic modes, s.
+struct EmitSet {
+  bool allreduce = false;  // a = round(sum of partials)
+  bool norm = false;       // y
+  bool residual = false;   // h = a + residual (residual_out)
+  bool quant = false;      // q [, s]
+
+  bool empty() const { return !allreduce && !norm && !residual && !quant; }
+  bool operator==(const EmitSet&) const = default;
+  // ["allreduce", "norm", ...] in result order.
+  std::vector<std::string> Names() const;
+  // Parses names in any order; rejects unknown or repeated names.
+  static StatusOr<EmitSet> FromNames(const std::vector<std::string>& names);
+};
+
+// Everything that fixes the fused op's behaviour except the token count.
+struct AllreduceRmsnormSpec {
+  DType act_dtype = DType::kBF16;     // x, residual, allreduce/norm/residual outputs
+  DType weight_dtype = DType::kBF16;  // w: bf16, f16 or f32
+  int64_t hidden = 0;                 // H
+  bool has_residual = false;
+  float eps = 1e-6f;
+  float weight_bias = 0.0f;           // 1 for Gemma's x * (1 + w)
+  QuantMode quant = QuantMode::kNone;
+  int group_size = 128;               // fp8_group only; fp8_token uses H
+  ScaleLayout scale_layout = ScaleLayout::kRow;
+  ScaleFormat scale_fmt = ScaleFormat::kF32;
+  EmitSet emit;
+
+  // Checks internal consistency (dtypes, hidden > 0, group divides hidden, emit not empty,
+  // emit.quant iff quant != none, emit.residual needs a residual). Names the problem.
+  Status Validate() const;
+
+  // Columns per row of the dynamic-quant scale: H / group_size (group), 1 (token), 0 otherwise.
+  int64_t ScaleGroupsPerRow() const;
+  // Elements of the scale output for T tokens (row-major [T, G] or column-major [G, pad4(T)]).
+  int64_t ScaleElements(int64_t tokens) const;
+  // Number of results, in order allreduce, norm, residual, q, s.
+  int NumResults() const;
+  // One-line description for logs and errors.
+  std::string ToString() const;
+};
+
+// Row padding of the column-major scale layout: T rounded up to a multiple of 4.
+inline int64_t PaddedScaleTokens(int64_t tokens) { return (tokens + 3) / 4 * 4; }
+
+// What a backend's fused op supports. The fusion pass asks this before rewriting; a backend
+// that cannot do something gets a smaller fusion or none, with the reason in words.
+struct FusionCapabilities {
+  std::string backend;                          // "cpu", "cuda"
+  std::vector<int> world_sizes;                 // TP degrees the fused op runs at
+  std::vector<DType> act_dtypes;
+  std::vector<DType> weight_dtypes;
+  std::vector<QuantMode> quant_modes;
+  std::vector<int> group_sizes;                 // fp8_group group sizes
+  bool scale_col_major = true;
+  bool scale_ue8m0 = true;
+  bool emit_allreduce = true;                   // may return the all_reduce result itself
+  bool emit_norm_with_quant = true;             // may return y and q together (fan-out)
+  int64_t hidden_multiple = 8;
+  int64_t max_hidden = 0;                       // 0: no limit
+
+  // Empty when supported; otherwise why not, in words ("quant fp8_token is not supported by
+  // backend cuda", "hidden 4100 is not a multiple of 8").
+  std::string WhyUnsupported(const AllreduceRmsnormSpec& spec, int world_size) const;
+  // Why a world size alone is unsupported, or empty.
+  std::string WhyWorldSizeUnsupported(int world_size) const;
+};
+
+// The CPU reference backend does everything at any world size >= 1.
+FusionCapabilities CpuFusionCapabilities();
+// The CUDA backend (plain data: available without a GPU or nvcc, so `compile --backend cuda`
+// works anywhere).
+FusionCapabilities CudaFusionCapabilities();
+
+}  // namespace tpfuse

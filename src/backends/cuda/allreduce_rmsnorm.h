@@ -1,0 +1,56 @@
+// Host entry point of the fused all-reduce + residual + RMSNorm + FP8 quant op on GPUs.
+// Kernels live in kernels/allreduce_rmsnorm.cuh, launches in launch/allreduce_rmsnorm.cu.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string_view>
+
+#include "backends/cuda/comm/communicator.h"
+#include "tpfuse/fused_op.h"
+
+namespace tpfuse::cuda {
+
+enum class Strategy : uint8_t {
+  kOneShot,  // every rank pushes its rows to every peer (Lamport: data words carry readiness)
+  kTwoShot,  // reduce-scatter by rows, residual add on owned rows, all-gather, epilogue
+  kNccl,     // ncclAllReduce + one fused epilogue kernel
+};
+std::string_view StrategyName(Strategy s);  // "oneshot", "twoshot", "nccl"
+
+// Device pointers of one call. Unused outputs (not in spec.emit) must be null; used ones must
+// be non-null and 16-byte aligned. Shapes: x, residual, outputs [T, H] row-major; weight [H];
+// scale f32[] (fp8_tensor); scale_out per spec.ScaleElements(T).
+struct FusedBuffers {
+  const void* x = nullptr;
+  const void* residual = nullptr;
+  const void* weight = nullptr;
+  const float* scale = nullptr;
+  void* allreduce_out = nullptr;
+  void* norm_out = nullptr;
+  void* residual_out = nullptr;
+  void* quant_out = nullptr;
+  float* scale_out = nullptr;
+};
+
+struct LaunchOptions {
+  // Programmatic dependent launch: the kernel may start while the previous kernel on the stream
+  // finishes; it waits (griddepcontrol.wait) before touching anything that kernel may write.
+  bool pdl = true;
+};
+
+// Validates everything (spec, pointers, alignment, T against the workspace, strategy against
+// the communicator) and launches. Returns kOutOfRange when T is over the strategy's workspace
+// and kUnimplemented when the strategy needs peer memory the communicator lacks; the caller
+// (the dispatcher) then picks another strategy. Asynchronous: a peer timeout surfaces through
+// Communicator::CheckHealth.
+Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& spec,
+                              int64_t tokens, const FusedBuffers& buffers, Strategy strategy,
+                              cudaStream_t stream, const LaunchOptions& options = {});
+
+// Whether `strategy` can run this shape on this communicator (same checks, no launch).
+Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_t tokens,
+              Strategy strategy);
+
+}  // namespace tpfuse::cuda

@@ -1,0 +1,196 @@
+#include "tpfuse/fused_op.h"
+
+#include <algorithm>
+
+namespace tpfuse {
+
+std::string_view QuantModeName(QuantMode mode) {
+  switch (mode) {
+    case QuantMode::kNone: return "none";
+    case QuantMode::kFp8Tensor: return "fp8_tensor";
+    case QuantMode::kFp8Token: return "fp8_token";
+    case QuantMode::kFp8Group: return "fp8_group";
+  }
+  return "?";
+}
+
+std::string_view ScaleLayoutName(ScaleLayout layout) {
+  return layout == ScaleLayout::kRow ? "row" : "col";
+}
+
+std::string_view ScaleFormatName(ScaleFormat format) {
+  return format == ScaleFormat::kF32 ? "f32" : "ue8m0";
+}
+
+StatusOr<QuantMode> ParseQuantMode(std::string_view name) {
+  for (QuantMode m : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token,
+                      QuantMode::kFp8Group}) {
+    if (QuantModeName(m) == name) return m;
+  }
+  return InvalidArgument("unknown quant mode '", name,
+                         "' (expected none, fp8_tensor, fp8_token or fp8_group)");
+}
+
+StatusOr<ScaleLayout> ParseScaleLayout(std::string_view name) {
+  if (name == "row") return ScaleLayout::kRow;
+  if (name == "col") return ScaleLayout::kCol;
+  return InvalidArgument("unknown scale_layout '", name, "' (expected row or col)");
+}
+
+StatusOr<ScaleFormat> ParseScaleFormat(std::string_view name) {
+  if (name == "f32") return ScaleFormat::kF32;
+  if (name == "ue8m0") return ScaleFormat::kUe8m0;
+  return InvalidArgument("unknown scale_fmt '", name, "' (expected f32 or ue8m0)");
+}
+
+std::vector<std::string> EmitSet::Names() const {
+  std::vector<std::string> names;
+  if (allreduce) names.push_back("allreduce");
+  if (norm) names.push_back("norm");
+  if (residual) names.push_back("residual");
+  if (quant) names.push_back("quant");
+  return names;
+}
+
+StatusOr<EmitSet> EmitSet::FromNames(const std::vector<std::string>& names) {
+  EmitSet emit;
+  for (const std::string& name : names) {
+    bool* field = nullptr;
+    if (name == "allreduce") field = &emit.allreduce;
+    else if (name == "norm") field = &emit.norm;
+    else if (name == "residual") field = &emit.residual;
+    else if (name == "quant") field = &emit.quant;
+    else
+      return InvalidArgument("unknown emit entry '", name,
+                             "' (expected allreduce, norm, residual or quant)");
+    if (*field) return InvalidArgument("emit entry '", name, "' appears twice");
+    *field = true;
+  }
+  return emit;
+}
+
+Status AllreduceRmsnormSpec::Validate() const {
+  if (!IsHalfType(act_dtype))
+    return InvalidArgument("activation dtype must be bf16 or f16, got ", DTypeName(act_dtype));
+  if (!(IsHalfType(weight_dtype) || weight_dtype == DType::kF32))
+    return InvalidArgument("norm weight dtype must be bf16, f16 or f32, got ",
+                           DTypeName(weight_dtype));
+  if (hidden <= 0) return InvalidArgument("hidden size must be positive, got ", hidden);
+  if (emit.empty()) return InvalidArgument("emit is empty: the fused op would produce nothing");
+  if (emit.quant != (quant != QuantMode::kNone))
+    return InvalidArgument(emit.quant ? "emit has quant but quant = none"
+                                      : "quant is set but emit has no quant");
+  if (emit.residual && !has_residual)
+    return InvalidArgument("emit has residual but the op has no residual operand");
+  if (quant == QuantMode::kFp8Group) {
+    if (group_size <= 0) return InvalidArgument("group_size must be positive, got ", group_size);
+    if (hidden % group_size != 0)
+      return InvalidArgument("hidden ", hidden, " is not a multiple of group_size ", group_size);
+  }
+  if (!(eps >= 0.0f)) return InvalidArgument("eps must be >= 0, got ", eps);
+  return Status::Ok();
+}
+
+int64_t AllreduceRmsnormSpec::ScaleGroupsPerRow() const {
+  if (quant == QuantMode::kFp8Group) return hidden / group_size;
+  if (quant == QuantMode::kFp8Token) return 1;
+  return 0;
+}
+
+int64_t AllreduceRmsnormSpec::ScaleElements(int64_t tokens) const {
+  const int64_t groups = ScaleGroupsPerRow();
+  if (scale_layout == ScaleLayout::kCol) return groups * PaddedScaleTokens(tokens);
+  return groups * tokens;
+}
+
+int AllreduceRmsnormSpec::NumResults() const {
+  int n = int(emit.allreduce) + int(emit.norm) + int(emit.residual);
+  if (emit.quant) n += IsDynamicQuant(quant) ? 2 : 1;
+  return n;
+}
+
+std::string AllreduceRmsnormSpec::ToString() const {
+  std::string emit_names;
+  for (const std::string& n : emit.Names()) emit_names += (emit_names.empty() ? "" : ",") + n;
+  std::string s = StrCat("allreduce_rmsnorm{H=", hidden, " act=", DTypeName(act_dtype),
+                         " w=", DTypeName(weight_dtype), " residual=", has_residual ? "yes" : "no",
+                         " quant=", QuantModeName(quant));
+  if (quant == QuantMode::kFp8Group) s += StrCat(" group=", group_size);
+  if (IsDynamicQuant(quant))
+    s += StrCat(" scales=", ScaleLayoutName(scale_layout), "/", ScaleFormatName(scale_fmt));
+  if (weight_bias != 0.0f) s += StrCat(" weight_bias=", weight_bias);
+  return s + StrCat(" emit=", emit_names, "}");
+}
+
+namespace {
+template <class T>
+bool Contains(const std::vector<T>& v, const T& x) {
+  return std::find(v.begin(), v.end(), x) != v.end();
+}
+
+std::string JoinInts(const std::vector<int>& v) {
+  std::string s;
+  for (int x : v) s += (s.empty() ? "" : ", ") + std::to_string(x);
+  return s;
+}
+}  // namespace
+
+std::string FusionCapabilities::WhyWorldSizeUnsupported(int world_size) const {
+  if (world_sizes.empty() || Contains(world_sizes, world_size)) return {};
+  return StrCat("world size ", world_size, " is not supported by backend ", backend,
+                "'s fused op (it supports ", JoinInts(world_sizes), ")");
+}
+
+std::string FusionCapabilities::WhyUnsupported(const AllreduceRmsnormSpec& spec,
+                                               int world_size) const {
+  if (std::string why = WhyWorldSizeUnsupported(world_size); !why.empty()) return why;
+  if (!act_dtypes.empty() && !Contains(act_dtypes, spec.act_dtype))
+    return StrCat("activation dtype ", DTypeName(spec.act_dtype), " is not supported by backend ",
+                  backend);
+  if (!weight_dtypes.empty() && !Contains(weight_dtypes, spec.weight_dtype))
+    return StrCat("norm weight dtype ", DTypeName(spec.weight_dtype),
+                  " is not supported by backend ", backend);
+  if (!quant_modes.empty() && !Contains(quant_modes, spec.quant))
+    return StrCat("quant ", QuantModeName(spec.quant), " is not supported by backend ", backend);
+  if (spec.quant == QuantMode::kFp8Group && !group_sizes.empty() &&
+      !Contains(group_sizes, spec.group_size))
+    return StrCat("group_size ", spec.group_size, " is not supported by backend ", backend,
+                  " (it supports ", JoinInts(group_sizes), ")");
+  if (IsDynamicQuant(spec.quant) && spec.scale_layout == ScaleLayout::kCol && !scale_col_major)
+    return StrCat("column-major scales are not supported by backend ", backend);
+  if (IsDynamicQuant(spec.quant) && spec.scale_fmt == ScaleFormat::kUe8m0 && !scale_ue8m0)
+    return StrCat("ue8m0 scales are not supported by backend ", backend);
+  if (spec.emit.allreduce && !emit_allreduce)
+    return StrCat("backend ", backend, " cannot return the all_reduce result from the fused op");
+  if (spec.emit.norm && spec.emit.quant && !emit_norm_with_quant)
+    return StrCat("backend ", backend, " cannot return the norm output and its quantization together");
+  if (hidden_multiple > 1 && spec.hidden % hidden_multiple != 0)
+    return StrCat("hidden ", spec.hidden, " is not a multiple of ", hidden_multiple,
+                  " (backend ", backend, ")");
+  if (max_hidden > 0 && spec.hidden > max_hidden)
+    return StrCat("hidden ", spec.hidden, " is over backend ", backend, "'s limit of ", max_hidden);
+  return {};
+}
+
+FusionCapabilities CpuFusionCapabilities() {
+  FusionCapabilities caps;
+  caps.backend = "cpu";
+  caps.hidden_multiple = 1;
+  return caps;  // empty lists: everything
+}
+
+FusionCapabilities CudaFusionCapabilities() {
+  FusionCapabilities caps;
+  caps.backend = "cuda";
+  caps.world_sizes = {2, 4, 8};
+  caps.act_dtypes = {DType::kBF16, DType::kF16};
+  caps.weight_dtypes = {DType::kBF16, DType::kF16, DType::kF32};
+  caps.quant_modes = {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token,
+                      QuantMode::kFp8Group};
+  caps.group_sizes = {64, 128};
+  caps.hidden_multiple = 8;
+  caps.max_hidden = 16384;
+  return caps;
+}
+
+}  // namespace tpfuse

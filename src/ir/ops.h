@@ -1,0 +1,64 @@
+// The op set of DESIGN.md Contract 2 (and the fused op of Contract 3): arity, attributes,
+// defaults, and result-type inference with a symbolic token count.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "ir/graph.h"
+#include "tpfuse/fused_op.h"
+
+namespace tpfuse::ir {
+
+struct AttrSpec {
+  std::string name;
+  enum class Type { kNumber, kInt, kBool, kText, kTextList, kItemList } type;
+  bool required = false;
+};
+
+struct OpDef {
+  std::string name;
+  int min_operands = 0;
+  int max_operands = 0;
+  std::vector<AttrSpec> attrs;  // every attribute the op accepts; anything else is an error
+};
+
+// Null for an unknown op.
+const OpDef* FindOp(const std::string& name);
+const std::vector<OpDef>& AllOps();
+
+// Result types of `op` applied to operands of the given types with the given attributes.
+// Checks arity, attribute names and types, dtypes and shapes (broadcast rules of Contract 2);
+// the error names the problem ("add: shapes bf16[T, 4096] and bf16[128] do not broadcast").
+StatusOr<std::vector<TensorType>> InferResultTypes(const std::string& op,
+                                                   const std::vector<TensorType>& operands,
+                                                   const AttrMap& attrs);
+
+// Infers result types and adds the node (see Graph::AddNode).
+StatusOr<Node*> BuildNode(Graph& graph, const std::string& op, const std::vector<Value*>& operands,
+                          AttrMap attrs, const std::vector<std::string>& result_names,
+                          Node* insert_before = nullptr);
+
+// ---- typed attribute access with Contract 2 defaults (errors name op and attribute)
+StatusOr<double> GetNumberAttr(const Node& node, const std::string& name, double default_value);
+StatusOr<std::string> GetTextAttr(const Node& node, const std::string& name,
+                                  const std::string& default_value);
+
+// ---- the fused op
+// Reads an allreduce_rmsnorm node's attributes and operand types into a spec (hidden and
+// dtypes from the operands). Operands are x, [residual], w, [scale]: scale is present iff
+// quant = fp8_tensor; residual iff one operand remains beyond x and w.
+StatusOr<AllreduceRmsnormSpec> FusedSpecFromNode(const Node& node);
+// Attributes that describe `spec` on an allreduce_rmsnorm node.
+AttrMap FusedAttrsFromSpec(const AllreduceRmsnormSpec& spec);
+
+// The quant_fp8 op's parameters in one place (mode, group size, layout, format).
+struct QuantParams {
+  QuantMode mode = QuantMode::kFp8Token;
+  int group_size = 128;
+  ScaleLayout layout = ScaleLayout::kRow;
+  ScaleFormat format = ScaleFormat::kF32;
+};
+StatusOr<QuantParams> QuantParamsFromNode(const Node& node);
+
+}  // namespace tpfuse::ir

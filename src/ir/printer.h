@@ -1,0 +1,16 @@
+// Graphs -> .tpg text. Printing a parsed graph and parsing the output gives the same graph.
+#pragma once
+
+#include <string>
+
+#include "ir/graph.h"
+
+namespace tpfuse::ir {
+
+struct PrintOptions {
+  bool result_types = true;  // "  # bf16[T, 4096]" after each statement
+};
+
+std::string PrintGraph(const Graph& graph, const PrintOptions& options = {});
+
+}  // namespace tpfuse::ir

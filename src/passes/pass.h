@@ -1,0 +1,80 @@
+// Passes over the graph IR and the driver that runs them.
+#pragma once
+
+#include <iosfwd>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ir/graph.h"
+#include "tpfuse/fused_op.h"
+
+namespace tpfuse::passes {
+
+// One fused chain: the all_reduce it started from and what the fused op does.
+struct FusionRecord {
+  std::string anchor;  // name of the all_reduce result the chain started at
+  AllreduceRmsnormSpec spec;
+  std::string fused_value;  // name of the fused op's first result
+};
+
+// One all_reduce left unfused, and why, in words a user can act on.
+struct Rejection {
+  std::string anchor;
+  std::string reason;
+};
+
+// Shared state of one pipeline run: the target, and what the passes found.
+struct PassContext {
+  int world_size = 2;
+  int64_t max_tokens = 0;  // 0: unknown
+  FusionCapabilities caps = CpuFusionCapabilities();
+
+  std::vector<FusionRecord> fusions;
+  std::vector<Rejection> rejections;
+  // rule name -> counter name -> count ("anchors_seen", "fused", "rejected: <reason kind>").
+  std::map<std::string, std::map<std::string, int>> counters;
+
+  // When set, the graph is printed here after every pass ("// after <pass>").
+  std::ostream* dump = nullptr;
+
+  void Count(const std::string& rule, const std::string& counter, int n = 1) {
+    counters[rule][counter] += n;
+  }
+};
+
+class Pass {
+ public:
+  virtual ~Pass() = default;
+  virtual std::string name() const = 0;
+  // Returns whether the graph changed.
+  virtual StatusOr<bool> Run(ir::Graph& graph, PassContext& ctx) = 0;
+};
+
+class PassManager {
+ public:
+  PassManager& Add(std::unique_ptr<Pass> pass);
+  // Runs every pass once, in order, verifying the graph after each (a pass that breaks the IR
+  // is an internal error naming the pass). Returns whether anything changed.
+  StatusOr<bool> Run(ir::Graph& graph, PassContext& ctx) const;
+  std::vector<std::string> PassNames() const;
+
+ private:
+  std::vector<std::unique_ptr<Pass>> passes_;
+};
+
+// Rewrites the decomposed and variant forms of Contract 2 into canonical ops: decomposed
+// RMSNorm -> rms_norm, static quant -> quant_fp8 mode tensor, add operand order, no-op views,
+// add + rms_norm -> fused_add_rms_norm.
+std::unique_ptr<Pass> MakeCanonicalizePass();
+// Starts at every all_reduce and absorbs the add / norm / quant chain after it into one
+// allreduce_rmsnorm, emitting what the rest of the graph uses (legality from ctx.caps).
+std::unique_ptr<Pass> MakeFuseAllreduceEpiloguePass();
+// Removes nodes whose results are unused.
+std::unique_ptr<Pass> MakeDcePass();
+
+// canonicalize, fuse_allreduce_epilogue, dce.
+PassManager MakeDefaultPipeline();
+
+}  // namespace tpfuse::passes
