@@ -1,0 +1,210 @@
+#include "runtime/dispatcher.h"
+
+#include <cstdint>
+#include <fstream>
+#include <limits>
+#include <optional>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+namespace tpfuse::runtime {
+namespace {
+
+using nlohmann::json;
+
+constexpr int64_t kUnbounded = std::numeric_limits<int64_t>::max();
+
+// How closely a rule matches a query: an exact hidden size outranks an exact quant mode, which
+// outranks a catch-all. -1: the rule does not apply.
+int Specificity(const StrategyRule& rule, int world_size, int64_t hidden, QuantMode quant,
+                int64_t tokens) {
+  if (rule.world_size != world_size) return -1;
+  if (tokens < rule.min_tokens || tokens > rule.max_tokens) return -1;
+  if (rule.hidden != 0 && rule.hidden != hidden) return -1;
+  if (rule.quant != "any" && rule.quant != QuantModeName(quant)) return -1;
+  return (rule.hidden != 0 ? 2 : 0) + (rule.quant != "any" ? 1 : 0);
+}
+
+// The most specific rule of `rules` for the query; the first one wins a tie (file order).
+const StrategyRule* BestRule(const std::vector<StrategyRule>& rules, int world_size,
+                             int64_t hidden, QuantMode quant, int64_t tokens) {
+  const StrategyRule* best = nullptr;
+  int best_score = -1;
+  for (const StrategyRule& rule : rules) {
+    const int score = Specificity(rule, world_size, hidden, quant, tokens);
+    if (score > best_score) {
+      best = &rule;
+      best_score = score;
+    }
+  }
+  return best;
+}
+
+// Reads an integer field of a rule. Absent: `fallback` (nullopt: the field is required).
+StatusOr<int64_t> IntField(const json& obj, const std::string& where, const char* field,
+                           std::optional<int64_t> fallback) {
+  auto it = obj.find(field);
+  if (it == obj.end()) {
+    if (fallback) return *fallback;
+    return InvalidArgument(where, ".", field, " is missing");
+  }
+  if (!it->is_number_integer())
+    return InvalidArgument(where, ".", field, " must be an integer, got ", it->dump());
+  return it->get<int64_t>();
+}
+
+StatusOr<std::string> TextField(const json& obj, const std::string& where, const char* field,
+                                std::optional<std::string> fallback) {
+  auto it = obj.find(field);
+  if (it == obj.end()) {
+    if (fallback) return *fallback;
+    return InvalidArgument(where, ".", field, " is missing");
+  }
+  if (!it->is_string())
+    return InvalidArgument(where, ".", field, " must be a string, got ", it->dump());
+  return it->get<std::string>();
+}
+
+StatusOr<StrategyRule> RuleFromJson(const json& obj, const std::string& where) {
+  if (!obj.is_object()) return InvalidArgument(where, " must be an object, got ", obj.dump());
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    static const char* kKnown[] = {"world_size", "hidden",     "quant",
+                                   "min_tokens", "max_tokens", "strategy"};
+    bool known = false;
+    for (const char* k : kKnown) known = known || it.key() == k;
+    if (!known)
+      return InvalidArgument(where, ".", it.key(),
+                             " is not a rule field (expected world_size, hidden, quant, "
+                             "min_tokens, max_tokens, strategy)");
+  }
+  StrategyRule rule;
+  TPFUSE_ASSIGN_OR_RETURN(int64_t world_size, IntField(obj, where, "world_size", std::nullopt));
+  if (world_size < 1 || world_size > 1024)
+    return InvalidArgument(where, ".world_size must be in [1, 1024], got ", world_size);
+  rule.world_size = int(world_size);
+  TPFUSE_ASSIGN_OR_RETURN(rule.hidden, IntField(obj, where, "hidden", 0));
+  if (rule.hidden < 0)
+    return InvalidArgument(where, ".hidden must be >= 0 (0 matches any), got ", rule.hidden);
+  TPFUSE_ASSIGN_OR_RETURN(rule.quant, TextField(obj, where, "quant", std::string("any")));
+  if (rule.quant != "any" && !ParseQuantMode(rule.quant).ok())
+    return InvalidArgument(where, ".quant: unknown quant mode '", rule.quant,
+                           "' (expected any, none, fp8_tensor, fp8_token or fp8_group)");
+  TPFUSE_ASSIGN_OR_RETURN(rule.min_tokens, IntField(obj, where, "min_tokens", 1));
+  TPFUSE_ASSIGN_OR_RETURN(rule.max_tokens, IntField(obj, where, "max_tokens", kUnbounded));
+  if (rule.min_tokens < 1)
+    return InvalidArgument(where, ".min_tokens must be >= 1, got ", rule.min_tokens);
+  if (rule.max_tokens < rule.min_tokens)
+    return InvalidArgument(where, ".max_tokens (", rule.max_tokens, ") is below min_tokens (",
+                           rule.min_tokens, ")");
+  TPFUSE_ASSIGN_OR_RETURN(std::string strategy, TextField(obj, where, "strategy", std::nullopt));
+  StatusOr<StrategyKind> kind = ParseStrategyKind(strategy);
+  if (!kind.ok()) return kind.status().WithContext(where + ".strategy");
+  rule.strategy = *kind;
+  return rule;
+}
+
+}  // namespace
+
+std::string_view StrategyKindName(StrategyKind s) {
+  switch (s) {
+    case StrategyKind::kOneShot: return "oneshot";
+    case StrategyKind::kTwoShot: return "twoshot";
+    case StrategyKind::kNccl: return "nccl";
+  }
+  return "?";
+}
+
+StatusOr<StrategyKind> ParseStrategyKind(std::string_view name) {
+  for (StrategyKind s : {StrategyKind::kOneShot, StrategyKind::kTwoShot, StrategyKind::kNccl}) {
+    if (StrategyKindName(s) == name) return s;
+  }
+  return InvalidArgument("unknown strategy '", name, "' (expected oneshot, twoshot or nccl)");
+}
+
+StrategyTable StrategyTable::Defaults() {
+  // NOTE: placeholders until `tpfuse tune` has measured the crossovers on 2x H200. The TP 2
+  // split follows the usual shape of the curves (one-shot's traffic grows with N-1 copies of
+  // every row, so two-shot wins once the payload is bandwidth- rather than latency-bound); the
+  // TP 4 / TP 8 thresholds are scaled down by the extra peer traffic and are guesses.
+  // 8192 is the default two-shot workspace (cuda::CommOptions::max_tokens); above it, or when
+  // a strategy cannot run a shape, the caller falls back to nccl.
+  constexpr int64_t kTwoShotMax = 8192;
+  StrategyTable table;
+  table.source = "built-in";
+  struct Split {
+    int world_size;
+    int64_t oneshot_max;
+  };
+  for (Split s : {Split{2, 128}, Split{4, 64}, Split{8, 32}}) {
+    table.AddRule({s.world_size, 0, "any", 1, s.oneshot_max, StrategyKind::kOneShot});
+    table.AddRule({s.world_size, 0, "any", s.oneshot_max + 1, kTwoShotMax, StrategyKind::kTwoShot});
+    table.AddRule({s.world_size, 0, "any", kTwoShotMax + 1, kUnbounded, StrategyKind::kNccl});
+  }
+  return table;
+}
+
+StatusOr<StrategyTable> StrategyTable::FromJson(const std::string& json_text) {
+  json doc = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) return InvalidArgument("strategy table: not valid JSON");
+  if (!doc.is_object())
+    return InvalidArgument("strategy table: the top level must be an object with \"rules\"");
+  StrategyTable table;
+  if (auto it = doc.find("machine"); it != doc.end()) {
+    if (!it->is_string())
+      return InvalidArgument("strategy table: machine must be a string, got ", it->dump());
+    table.source = it->get<std::string>();
+  }
+  auto rules = doc.find("rules");
+  if (rules == doc.end()) return InvalidArgument("strategy table: rules is missing");
+  if (!rules->is_array())
+    return InvalidArgument("strategy table: rules must be an array, got ", rules->dump());
+  for (size_t i = 0; i < rules->size(); ++i) {
+    StatusOr<StrategyRule> rule = RuleFromJson((*rules)[i], StrCat("rules[", i, "]"));
+    if (!rule.ok()) return rule.status().WithContext("strategy table");
+    table.AddRule(*rule);
+  }
+  return table;
+}
+
+StatusOr<StrategyTable> StrategyTable::Load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return NotFound("cannot open strategy table '", path, "'");
+  std::stringstream text;
+  text << in.rdbuf();
+  StatusOr<StrategyTable> table = FromJson(text.str());
+  if (!table.ok()) return table.status().WithContext(path);
+  // `source` names the file; the machine the table was measured on stays visible next to it.
+  table->source = table->source.empty() ? path : StrCat(table->source, " (", path, ")");
+  return table;
+}
+
+std::string StrategyTable::ToJson() const {
+  json rules = json::array();
+  for (const StrategyRule& r : rules_) {
+    json obj = {{"world_size", r.world_size},
+                {"hidden", r.hidden},
+                {"quant", r.quant},
+                {"min_tokens", r.min_tokens},
+                {"max_tokens", r.max_tokens},
+                {"strategy", std::string(StrategyKindName(r.strategy))}};
+    rules.push_back(std::move(obj));
+  }
+  json doc = {{"machine", source}, {"rules", std::move(rules)}};
+  return doc.dump(2) + "\n";
+}
+
+StrategyKind StrategyTable::Choose(int world_size, int64_t hidden, QuantMode quant,
+                                   int64_t tokens) const {
+  if (const StrategyRule* rule = BestRule(rules_, world_size, hidden, quant, tokens))
+    return rule->strategy;
+  // Shapes the table does not cover: the built-in defaults, then nccl, which runs anything.
+  static const StrategyTable defaults = Defaults();
+  if (this != &defaults) {
+    if (const StrategyRule* rule = BestRule(defaults.rules_, world_size, hidden, quant, tokens))
+      return rule->strategy;
+  }
+  return StrategyKind::kNccl;
+}
+
+}  // namespace tpfuse::runtime
