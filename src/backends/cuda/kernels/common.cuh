@@ -1,0 +1,148 @@
+// Device helpers shared by the fused kernels: 16-byte vectors of 8 activations, conversions,
+// memory-model-explicit loads/stores, programmatic dependent launch, bounded spin-waits.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace tpfuse::cuda {
+
+// Eight 16-bit activations in one 16-byte word: the unit every fused kernel moves.
+inline constexpr int kVecElems = 8;
+// The Lamport sentinel: -0.0 in both bf16 and f16. A peer never sends it (it sends +0.0 for
+// -0.0), so a slot still holding it has not been written yet.
+inline constexpr uint32_t kSentinelPair = 0x80008000u;
+
+// ---------------------------------------------------------------- conversions
+
+template <typename T>
+__device__ __forceinline__ float ToFloat(T v);
+template <>
+__device__ __forceinline__ float ToFloat<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <>
+__device__ __forceinline__ float ToFloat<__half>(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v);  // round to nearest even
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half_rn(v); }
+
+// Unpacks a 16-byte word into 8 floats / packs 8 floats (rounding each once).
+template <typename T>
+__device__ __forceinline__ void Unpack(const uint4& w, float (&f)[kVecElems]) {
+  const T* e = reinterpret_cast<const T*>(&w);
+#pragma unroll
+  for (int i = 0; i < kVecElems; ++i) f[i] = ToFloat<T>(e[i]);
+}
+template <typename T>
+__device__ __forceinline__ uint4 Pack(const float (&f)[kVecElems]) {
+  uint4 w;
+  T* e = reinterpret_cast<T*>(&w);
+#pragma unroll
+  for (int i = 0; i < kVecElems; ++i) e[i] = FromFloat<T>(f[i]);
+  return w;
+}
+
+// -0.0 -> +0.0 in each 16-bit lane, so that no sent word ever equals the sentinel.
+// NOTE: every strategy applies this to every partial (its own included): the sum of
+// canonicalized partials is then the same on every path, and never -0.0.
+__device__ __forceinline__ uint32_t CanonicalZeroPair(uint32_t v) {
+  const uint32_t lo = (v & 0xFFFFu) == 0x8000u ? 0u : (v & 0xFFFFu);
+  const uint32_t hi = (v & 0xFFFF0000u) == 0x80000000u ? 0u : (v & 0xFFFF0000u);
+  return lo | hi;
+}
+__device__ __forceinline__ uint4 CanonicalZeros(uint4 v) {
+  return make_uint4(CanonicalZeroPair(v.x), CanonicalZeroPair(v.y), CanonicalZeroPair(v.z),
+                    CanonicalZeroPair(v.w));
+}
+__device__ __forceinline__ bool PairHasSentinel(uint32_t v) {
+  return (v & 0xFFFFu) == 0x8000u || (v >> 16) == 0x8000u;
+}
+__device__ __forceinline__ bool HasSentinel(const uint4& v) {
+  return PairHasSentinel(v.x) || PairHasSentinel(v.y) || PairHasSentinel(v.z) ||
+         PairHasSentinel(v.w);
+}
+
+// Eight FP8 e4m3fn codes (round to nearest even, saturating to +-448, NaN kept) in 8 bytes.
+__device__ __forceinline__ uint2 ToFp8x8(const float (&f)[kVecElems]) {
+  uint32_t packed[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const __nv_fp8x2_storage_t lo = __nv_cvt_float2_to_fp8x2(
+        make_float2(f[half * 4 + 0], f[half * 4 + 1]), __NV_SATFINITE, __NV_E4M3);
+    const __nv_fp8x2_storage_t hi = __nv_cvt_float2_to_fp8x2(
+        make_float2(f[half * 4 + 2], f[half * 4 + 3]), __NV_SATFINITE, __NV_E4M3);
+    packed[half] = uint32_t(lo) | (uint32_t(hi) << 16);
+  }
+  return make_uint2(packed[0], packed[1]);
+}
+
+// ---------------------------------------------------------------- memory access
+
+__device__ __forceinline__ uint4 LoadGlobal(const void* p) {
+  return *reinterpret_cast<const uint4*>(p);
+}
+// Read through to memory every time: polled words are written by peers over NVLink.
+__device__ __forceinline__ uint4 LoadVolatile(const void* p) {
+  uint4 v;
+  asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p)
+               : "memory");
+  return v;
+}
+__device__ __forceinline__ void StoreVolatile(void* p, const uint4& v) {
+  asm volatile("st.volatile.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y),
+               "r"(v.z), "r"(v.w)
+               : "memory");
+}
+__device__ __forceinline__ void StoreGlobal(void* p, const uint4& v) {
+  *reinterpret_cast<uint4*>(p) = v;
+}
+// Streaming store for outputs nobody reads back in this kernel.
+__device__ __forceinline__ void StoreStreaming(void* p, const uint4& v) {
+  __stcs(reinterpret_cast<uint4*>(p), v);
+}
+__device__ __forceinline__ void StoreStreaming8(void* p, const uint2& v) {
+  __stcs(reinterpret_cast<uint2*>(p), v);
+}
+
+__device__ __forceinline__ void StoreReleaseSys(uint32_t* p, uint32_t v) {
+  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ uint32_t LoadAcquireSys(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ uint64_t GlobalTimerNs() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// ---------------------------------------------------------------- programmatic dependent launch
+
+// Blocks until the previous kernel on the stream has completed and its writes are visible.
+// A no-op when the kernel was launched without the PDL attribute.
+__device__ __forceinline__ void WaitForPreviousKernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+// Lets the next kernel on the stream start launching (it still waits for our completion
+// before reading anything we write).
+__device__ __forceinline__ void AllowNextKernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+}  // namespace tpfuse::cuda

@@ -1,0 +1,240 @@
+// Launcher of the fused op: validation, row layout, kernel selection, launch, error check.
+#include "backends/cuda/allreduce_rmsnorm.h"
+
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "backends/cuda/cuda_check.h"
+#include "backends/cuda/launch/allreduce_rmsnorm_kernels.h"
+
+namespace tpfuse::cuda {
+
+std::string_view StrategyName(Strategy s) {
+  switch (s) {
+    case Strategy::kOneShot: return "oneshot";
+    case Strategy::kTwoShot: return "twoshot";
+    case Strategy::kNccl: return "nccl";
+  }
+  return "?";
+}
+
+namespace {
+
+// Threads per row and vectors per thread: a function of H alone (see RowEpilogue).
+struct RowLayout {
+  int threads = 0;
+  int vecs_per_thread = 0;
+};
+
+RowLayout MakeRowLayout(int64_t hidden) {
+  const int vecs = int(hidden / kVecElems);
+  RowLayout l;
+  l.vecs_per_thread = (vecs + kMaxRowThreads - 1) / kMaxRowThreads;
+  const int threads = (vecs + l.vecs_per_thread - 1) / l.vecs_per_thread;
+  l.threads = (threads + 31) / 32 * 32;
+  return l;
+}
+
+// Co-resident blocks of `kernel` on this device: one-shot and two-shot blocks wait on their
+// peers' blocks of the same index, so a grid must never exceed what runs at once.
+StatusOr<int> MaxResidentBlocks(FusedKernelFn kernel, int threads) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, std::pair<const void*, int>>, int> cache;
+  int device = 0;
+  TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
+  const auto key = std::make_pair(device, std::make_pair(reinterpret_cast<const void*>(kernel), threads));
+  std::lock_guard<std::mutex> lock(mutex);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  int per_sm = 0, sms = 0;
+  TPFUSE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, reinterpret_cast<const void*>(kernel), threads, 0));
+  TPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (per_sm < 1) return Internal("fused kernel cannot run ", threads, " threads per block");
+  cache[key] = per_sm * sms;
+  return per_sm * sms;
+}
+
+
+Status CheckPointer(const char* name, const void* p, bool required, size_t alignment) {
+  if (required && p == nullptr) return InvalidArgument(name, " is required by the spec but null");
+  if (!required && p != nullptr)
+    return InvalidArgument(name, " is not emitted by the spec but non-null (pass null)");
+  if (p && (reinterpret_cast<uintptr_t>(p) % alignment) != 0)
+    return InvalidArgument(name, " must be ", alignment, "-byte aligned");
+  return Status::Ok();
+}
+
+// Rows of H 16-bit elements that fit `bytes`.
+int64_t RowsThatFit(size_t bytes, int64_t hidden) { return int64_t(bytes / (size_t(hidden) * 2)); }
+
+Status ValidateSpecForCuda(const AllreduceRmsnormSpec& spec) {
+  TPFUSE_RETURN_IF_ERROR(spec.Validate());
+  if (spec.hidden % kVecElems != 0)
+    return InvalidArgument("hidden ", spec.hidden, " is not a multiple of ", kVecElems);
+  if (spec.hidden > int64_t(kMaxRowThreads) * kMaxVecPerThread * kVecElems)
+    return InvalidArgument("hidden ", spec.hidden, " is over the fused kernel's limit of ",
+                           kMaxRowThreads * kMaxVecPerThread * kVecElems);
+  if (spec.quant == QuantMode::kFp8Group) {
+    const int gv = spec.group_size / kVecElems;
+    if (spec.group_size % kVecElems != 0 || gv < 1 || gv > 32 || (gv & (gv - 1)) != 0)
+      return InvalidArgument("group_size ", spec.group_size,
+                             " must be 8 times a power of two up to 256");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_t tokens,
+              Strategy strategy) {
+  TPFUSE_RETURN_IF_ERROR(ValidateSpecForCuda(spec));
+  if (tokens < 0) return InvalidArgument("token count must be >= 0, got ", tokens);
+  if (comm.poisoned())
+    return FailedPrecondition("the communicator is poisoned by an earlier timeout; recreate it");
+  const int n = comm.world_size();
+  if (strategy == Strategy::kNccl) {
+    if (spec.hidden > comm.options().max_hidden && RowsThatFit(comm.nccl_scratch_bytes(), spec.hidden) < 1)
+      return OutOfRange("hidden ", spec.hidden, " does not fit the nccl scratch buffer");
+    return Status::Ok();
+  }
+  if (!comm.has_peer_memory())
+    return Unimplemented("strategy ", StrategyName(strategy), " needs peer memory: ",
+                         comm.why_no_peer_memory());
+  if (n != 2 && n != 4 && n != 8)
+    return Unimplemented("strategy ", StrategyName(strategy), " runs at world size 2, 4 or 8, not ", n);
+  const WorkspaceLayout& l = comm.layout();
+  if (strategy == Strategy::kOneShot) {
+    const int64_t fit = RowsThatFit(l.lamport_buffer_bytes / size_t(n), spec.hidden);
+    if (tokens > fit)
+      return OutOfRange(tokens, " tokens of hidden ", spec.hidden, " are over the one-shot workspace (",
+                        fit, " rows)");
+  } else {
+    const int64_t rows = (tokens + n - 1) / n;
+    const int64_t fit = std::min(RowsThatFit(l.rs_bytes / size_t(n), spec.hidden),
+                                 RowsThatFit(l.ag_bytes, spec.hidden) / n);
+    if (rows > fit)
+      return OutOfRange(tokens, " tokens of hidden ", spec.hidden, " are over the two-shot workspace (",
+                        fit * n, " rows)");
+  }
+  return Status::Ok();
+}
+
+Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& spec, int64_t tokens,
+                              const FusedBuffers& b, Strategy strategy, cudaStream_t stream,
+                              const LaunchOptions& options) {
+  TPFUSE_RETURN_IF_ERROR(CanRun(comm, spec, tokens, strategy));
+  int device = -1;
+  TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
+  if (device != comm.device())
+    return InvalidArgument("current device ", device, " is not the communicator's device ", comm.device());
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("x", b.x, true, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("residual", b.residual, spec.has_residual, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("weight", b.weight, true, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("scale", b.scale, spec.quant == QuantMode::kFp8Tensor, 4));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("allreduce_out", b.allreduce_out, spec.emit.allreduce, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("norm_out", b.norm_out, spec.emit.norm, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("residual_out", b.residual_out, spec.emit.residual, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("quant_out", b.quant_out, spec.emit.quant, 8));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("scale_out", b.scale_out, spec.emit.quant && IsDynamicQuant(spec.quant), 4));
+  if (tokens == 0) return Status::Ok();
+
+  const int n = comm.world_size();
+  const RowLayout layout = MakeRowLayout(spec.hidden);
+  const WorkspaceLayout& ws = comm.layout();
+
+  FusedKernelParams p{};
+  p.x = b.x;
+  p.residual = b.residual;
+  p.weight = b.weight;
+  p.scale = b.scale;
+  p.allreduce_out = b.allreduce_out;
+  p.norm_out = b.norm_out;
+  p.residual_out = b.residual_out;
+  p.quant_out = static_cast<uint8_t*>(b.quant_out);
+  p.scale_out = b.scale_out;
+  p.tokens = tokens;
+  p.hidden = int(spec.hidden);
+  p.vecs_per_row = int(spec.hidden / kVecElems);
+  p.vecs_per_thread = layout.vecs_per_thread;
+  p.weight_dtype = spec.weight_dtype;
+  p.eps = spec.eps;
+  p.weight_bias = spec.weight_bias;
+  p.group_vecs = spec.quant == QuantMode::kFp8Group ? spec.group_size / kVecElems : 1;
+  p.groups_per_row = int(spec.ScaleGroupsPerRow());
+  p.scale_col_major = spec.scale_layout == ScaleLayout::kCol;
+  p.scale_ue8m0 = spec.scale_fmt == ScaleFormat::kUe8m0;
+  p.scale_tokens_padded = PaddedScaleTokens(tokens);
+  p.rank = comm.rank();
+  for (int r = 0; r < kMaxRanks; ++r) p.peer_bases[r] = comm.peer_bases()[r];
+  p.lamport_offset = ws.lamport_offset;
+  p.lamport_buffer_bytes = ws.lamport_buffer_bytes;
+  p.lamport_slot_bytes = ws.lamport_buffer_bytes / size_t(n);
+  p.rs_offset = ws.rs_offset;
+  p.rs_slot_bytes = ws.rs_bytes / size_t(n);
+  p.ag_offset = ws.ag_offset;
+  p.flags_offset = ws.flags_offset;
+  p.rows_per_rank = (tokens + n - 1) / n;
+  p.state = comm.device_state();
+  p.timeout_ns = comm.timeout_ns();
+
+  cudaLaunchConfig_t config{};
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.blockDim = dim3(layout.threads);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  config.attrs = options.pdl ? &attribute : nullptr;
+  config.numAttrs = options.pdl ? 1 : 0;
+
+  if (strategy == Strategy::kNccl) {
+    FusedKernelFn kernel = SelectEpilogueKernel(spec.act_dtype, spec.quant);
+    if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
+    TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
+    const ncclDataType_t type = spec.act_dtype == DType::kBF16 ? ncclBfloat16 : ncclFloat16;
+    // NOTE: rows are processed in chunks that fit the scratch buffer; a row's result does not
+    // depend on the chunking.
+    const int64_t chunk = std::max<int64_t>(1, RowsThatFit(comm.nccl_scratch_bytes(), spec.hidden));
+    for (int64_t first = 0; first < tokens; first += chunk) {
+      const int64_t rows = std::min(chunk, tokens - first);
+      const size_t offset = size_t(first) * spec.hidden;
+      TPFUSE_NCCL_CHECK(ncclAllReduce(static_cast<const uint16_t*>(b.x) + offset, comm.nccl_scratch(),
+                                      size_t(rows) * spec.hidden, type, ncclSum, comm.nccl(), stream));
+      FusedKernelParams q = p;
+      q.reduced = comm.nccl_scratch();
+      q.tokens = rows;
+      // Chunk-relative pointers; scale indices stay absolute through the row offset.
+      auto shift = [&](const void* base, size_t elem_bytes) -> const char* {
+        return base ? static_cast<const char*>(base) + offset * elem_bytes : nullptr;
+      };
+      q.x = shift(b.x, 2);
+      q.residual = shift(b.residual, 2);
+      q.allreduce_out = const_cast<char*>(shift(b.allreduce_out, 2));
+      q.norm_out = const_cast<char*>(shift(b.norm_out, 2));
+      q.residual_out = const_cast<char*>(shift(b.residual_out, 2));
+      q.quant_out = b.quant_out ? static_cast<uint8_t*>(b.quant_out) + offset : nullptr;
+      if (first > 0 && b.scale_out) {
+        // Row-major scales move with the rows; column-major ones index rows inside each group
+        // row, so the chunk keeps the full padded length and shifts by `first` rows.
+        q.scale_out = p.scale_col_major ? b.scale_out + first : b.scale_out + first * p.groups_per_row;
+      }
+      config.gridDim = dim3(unsigned(std::min<int64_t>(rows, 4 * int64_t(resident))));
+      TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, q));
+    }
+    return Status::Ok();
+  }
+
+  FusedKernelFn kernel = strategy == Strategy::kOneShot ? SelectOneShotKernel(spec.act_dtype, n, spec.quant)
+                                                        : SelectTwoShotKernel(spec.act_dtype, n, spec.quant);
+  if (!kernel) return Internal("no ", StrategyName(strategy), " kernel for ", spec.ToString(), " at world size ", n);
+  TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
+  const int64_t work_rows = strategy == Strategy::kOneShot ? tokens : p.rows_per_rank;
+  int64_t grid = std::min<int64_t>(work_rows, resident);
+  if (strategy == Strategy::kTwoShot) grid = std::min<int64_t>(grid, kMaxBarrierBlocks);
+  config.gridDim = dim3(unsigned(grid));
+  TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+  return Status::Ok();
+}
+
+}  // namespace tpfuse::cuda
