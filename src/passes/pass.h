@@ -17,6 +17,9 @@ struct FusionRecord {
   std::string anchor;  // name of the all_reduce result the chain started at
   AllreduceRmsnormSpec spec;
   std::string fused_value;  // name of the fused op's first result
+  // What was left out of the chain and why ("quant_fp8 %q stays unfused: quant fp8_token is
+  // not supported by backend cuda"), in words the CLI prints.
+  std::vector<std::string> notes;
 };
 
 // One all_reduce left unfused, and why, in words a user can act on.
@@ -36,7 +39,8 @@ struct PassContext {
   // rule name -> counter name -> count ("anchors_seen", "fused", "rejected: <reason kind>").
   std::map<std::string, std::map<std::string, int>> counters;
 
-  // When set, the graph is printed here after every pass ("// after <pass>").
+  // When set, the graph is printed here after every pass, under a "# after <pass>" comment
+  // line (a .tpg comment, so the dump stays parseable).
   std::ostream* dump = nullptr;
 
   void Count(const std::string& rule, const std::string& counter, int n = 1) {

@@ -1,0 +1,77 @@
+// Small helpers the patterns use to read the graph: "is this value produced by op X", typed
+// attribute reads with Contract 2 defaults, use checks. Reading only; nothing here mutates.
+#pragma once
+
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+
+#include "ir/graph.h"
+
+namespace tpfuse::passes {
+
+// The node that produces `value` if its op is `op`, else null (also null for parameters).
+inline ir::Node* ProducedBy(const ir::Value* value, std::string_view op) {
+  ir::Node* producer = value->producer();
+  return producer != nullptr && producer->op() == op ? producer : nullptr;
+}
+
+// A numeric attribute, or `default_value` when absent; nullopt when present but not a number.
+inline std::optional<double> NumberAttr(const ir::Node* node, const std::string& name,
+                                        std::optional<double> default_value = std::nullopt) {
+  const ir::Attr* a = node->attr(name);
+  if (a == nullptr) return default_value;
+  return a->AsNumber();
+}
+
+// A string or bare-name attribute, or `default_value` when absent.
+inline std::optional<std::string> TextAttr(const ir::Node* node, const std::string& name,
+                                           std::optional<std::string> default_value = {}) {
+  const ir::Attr* a = node->attr(name);
+  if (a == nullptr) return default_value;
+  return a->AsText();
+}
+
+// A bool attribute, or `default_value` when absent.
+inline std::optional<bool> BoolAttr(const ir::Node* node, const std::string& name,
+                                    bool default_value) {
+  const ir::Attr* a = node->attr(name);
+  if (a == nullptr) return default_value;
+  if (a->kind != ir::Attr::Kind::kBool) return std::nullopt;
+  return a->b;
+}
+
+// An elementwise op applied to one operand and its `scalar` attribute (`add(%m) {scalar = 1e-6}`).
+inline std::optional<double> ScalarOperand(const ir::Node* node) {
+  if (node->num_operands() != 1) return std::nullopt;
+  return NumberAttr(node, "scalar");
+}
+
+// Every use of `value` is by a node in `users` (returns count as foreign uses).
+inline bool OnlyUsedBy(const ir::Value* value, const std::set<const ir::Node*>& users) {
+  for (const ir::Use& u : value->uses()) {
+    if (u.is_return() || users.count(u.user) == 0) return false;
+  }
+  return true;
+}
+
+// Exactly one use, by `user`.
+inline bool SoleUser(const ir::Value* value, const ir::Node* user) {
+  return value->num_uses() == 1 && value->uses()[0].user == user;
+}
+
+// An f32 scalar (rank 0): the form a per-tensor scale takes.
+inline bool IsScalarF32(const ir::Value* value) {
+  return value->dtype() == DType::kF32 && value->shape().empty();
+}
+
+// "%name".
+inline std::string Ref(const ir::Value* value) { return "%" + value->name(); }
+
+// "matmul %o": how messages name a node.
+inline std::string NodeRef(const ir::Node* node) {
+  return node->num_results() > 0 ? node->op() + " " + Ref(node->result(0)) : node->op();
+}
+
+}  // namespace tpfuse::passes
