@@ -2,6 +2,7 @@
 // defaults, and result-type inference with a symbolic token count.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -9,6 +10,10 @@
 #include "tpfuse/fused_op.h"
 
 namespace tpfuse::ir {
+
+// The largest constant dimension the IR accepts (parameter dims, view shapes). Keeps element
+// counts of any rank-2 shape far from int64 overflow.
+inline constexpr int64_t kMaxDimValue = (int64_t{1} << 31) - 1;
 
 struct AttrSpec {
   std::string name;
@@ -21,11 +26,16 @@ struct OpDef {
   int min_operands = 0;
   int max_operands = 0;
   std::vector<AttrSpec> attrs;  // every attribute the op accepts; anything else is an error
+
+  const AttrSpec* FindAttr(const std::string& attr_name) const;  // null if not accepted
 };
 
 // Null for an unknown op.
 const OpDef* FindOp(const std::string& name);
 const std::vector<OpDef>& AllOps();
+// The known op closest to `name` by edit distance, or empty when nothing is close
+// ("all_reduse" -> "all_reduce"). For "did you mean" hints.
+std::string ClosestOpName(const std::string& name);
 
 // Result types of `op` applied to operands of the given types with the given attributes.
 // Checks arity, attribute names and types, dtypes and shapes (broadcast rules of Contract 2);
@@ -34,7 +44,8 @@ StatusOr<std::vector<TensorType>> InferResultTypes(const std::string& op,
                                                    const std::vector<TensorType>& operands,
                                                    const AttrMap& attrs);
 
-// Infers result types and adds the node (see Graph::AddNode).
+// Infers result types and adds the node (see Graph::AddNode). `result_names` may be empty
+// (default names); otherwise it must name every result.
 StatusOr<Node*> BuildNode(Graph& graph, const std::string& op, const std::vector<Value*>& operands,
                           AttrMap attrs, const std::vector<std::string>& result_names,
                           Node* insert_before = nullptr);
@@ -51,6 +62,27 @@ StatusOr<std::string> GetTextAttr(const Node& node, const std::string& name,
 StatusOr<AllreduceRmsnormSpec> FusedSpecFromNode(const Node& node);
 // Attributes that describe `spec` on an allreduce_rmsnorm node.
 AttrMap FusedAttrsFromSpec(const AllreduceRmsnormSpec& spec);
+
+// Operand positions of an allreduce_rmsnorm node described by `spec` (-1: absent).
+struct FusedOperandIndices {
+  int x = 0;
+  int residual = -1;
+  int w = 1;
+  int scale = -1;
+  int count = 2;
+};
+FusedOperandIndices FusedOperandLayout(const AllreduceRmsnormSpec& spec);
+
+// Result positions of an allreduce_rmsnorm node described by `spec` (-1: not emitted).
+struct FusedResultIndices {
+  int allreduce = -1;
+  int norm = -1;
+  int residual = -1;
+  int q = -1;
+  int s = -1;
+  int count = 0;
+};
+FusedResultIndices FusedResultLayout(const AllreduceRmsnormSpec& spec);
 
 // The quant_fp8 op's parameters in one place (mode, group size, layout, format).
 struct QuantParams {
