@@ -1,0 +1,490 @@
+#include "backends/cpu/reference_ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+
+#include "common/numerics.h"
+
+namespace tpfuse::cpu {
+namespace {
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+std::vector<float> Decode(const HostTensor& t) {
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i) v[size_t(i)] = t.GetF32(i);
+  return v;
+}
+
+int64_t LastDim(const HostTensor& t) { return t.rank() == 0 ? 1 : t.dim(t.rank() - 1); }
+
+HostTensor Unary(const HostTensor& x, DType out_dtype, const std::function<float(float)>& f) {
+  HostTensor y(out_dtype, x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) y.SetF32(i, f(x.GetF32(i)));
+  return y;
+}
+
+float ApplyBinary(BinaryOp op, float a, float b) {
+  switch (op) {
+    case BinaryOp::kAdd: return a + b;
+    case BinaryOp::kSub: return a - b;
+    case BinaryOp::kMul: return a * b;
+    case BinaryOp::kDiv: return a / b;
+  }
+  return 0.0f;
+}
+
+// The one RMSNorm row loop (Contract 3 step 3). h holds rows x H values already rounded to the
+// activation dtype; y receives the rounded result.
+// NOTE: every RMSNorm on the CPU goes through here, so the unfused and fused forms agree bit for
+// bit. The product order (h * r) * (w + weight_bias) is part of the contract: GPUs follow it.
+void RmsNormRows(const std::vector<float>& h, int64_t rows, int64_t hidden, const HostTensor& w,
+                 float eps, float weight_bias, HostTensor& y) {
+  std::vector<float> wb(static_cast<size_t>(hidden));
+  for (int64_t c = 0; c < hidden; ++c) wb[size_t(c)] = w.GetF32(c) + weight_bias;
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* row = h.data() + t * hidden;
+    double sum_sq = 0.0;
+    for (int64_t c = 0; c < hidden; ++c) sum_sq += double(row[c]) * double(row[c]);
+    const double mean_sq = sum_sq / double(hidden);
+    const float r = 1.0f / std::sqrt(float(mean_sq) + eps);
+    for (int64_t c = 0; c < hidden; ++c) {
+      const float hr = row[c] * r;
+      y.SetF32(t * hidden + c, hr * wb[size_t(c)]);
+    }
+  }
+}
+
+Status CheckNormWeight(const HostTensor& x, const HostTensor& w) {
+  if (x.rank() < 1) return InvalidArgument("x must have rank >= 1, got ", x.TypeString());
+  if (!(IsHalfType(w.dtype()) || w.dtype() == DType::kF32))
+    return InvalidArgument("norm weight w must be bf16, f16 or f32, got ", w.TypeString());
+  if (w.numel() != LastDim(x))
+    return InvalidArgument("norm weight w ", w.TypeString(), " does not match the last dim of x ",
+                           x.TypeString());
+  return Status::Ok();
+}
+
+Status CheckFloat(const HostTensor& t, const char* what) {
+  if (!IsFloatType(t.dtype()))
+    return InvalidArgument(what, " must be a floating type, got ", t.TypeString());
+  return Status::Ok();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- elementwise
+
+std::string_view BinaryOpName(BinaryOp op) {
+  switch (op) {
+    case BinaryOp::kAdd: return "add";
+    case BinaryOp::kSub: return "sub";
+    case BinaryOp::kMul: return "mul";
+    case BinaryOp::kDiv: return "div";
+  }
+  return "?";
+}
+
+StatusOr<HostTensor> Binary(BinaryOp op, const HostTensor& a, const HostTensor& b,
+                            DType out_dtype) {
+  // Fast path: same shape.
+  if (a.shape() == b.shape()) {
+    HostTensor y(out_dtype, a.shape());
+    for (int64_t i = 0; i < a.numel(); ++i) y.SetF32(i, ApplyBinary(op, a.GetF32(i), b.GetF32(i)));
+    return y;
+  }
+  // NumPy broadcasting: align on the right; a dim of 1 stretches.
+  const int rank = std::max(a.rank(), b.rank());
+  const size_t n = static_cast<size_t>(rank);
+  std::vector<int64_t> out_shape(n), a_stride(n, 0), b_stride(n, 0);
+  int64_t as = 1, bs = 1;
+  for (int i = rank - 1; i >= 0; --i) {
+    const int ai = i - (rank - a.rank()), bi = i - (rank - b.rank());
+    const int64_t ad = ai >= 0 ? a.dim(ai) : 1, bd = bi >= 0 ? b.dim(bi) : 1;
+    if (ad != bd && ad != 1 && bd != 1)
+      return InvalidArgument(BinaryOpName(op), ": shapes ", a.TypeString(), " and ",
+                             b.TypeString(), " do not broadcast");
+    out_shape[size_t(i)] = std::max(ad, bd);
+    if (ad == 0 || bd == 0) out_shape[size_t(i)] = 0;
+    a_stride[size_t(i)] = ad == 1 ? 0 : as;
+    b_stride[size_t(i)] = bd == 1 ? 0 : bs;
+    as *= ad;
+    bs *= bd;
+  }
+  HostTensor y(out_dtype, out_shape);
+  const std::vector<float> av = Decode(a), bv = Decode(b);
+  std::vector<int64_t> idx(n, 0);
+  int64_t ao = 0, bo = 0;
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    y.SetF32(i, ApplyBinary(op, av[size_t(ao)], bv[size_t(bo)]));
+    // Advance the multi-index (last dim fastest), keeping the operand offsets in step.
+    for (int d = rank - 1; d >= 0; --d) {
+      ++idx[size_t(d)];
+      ao += a_stride[size_t(d)];
+      bo += b_stride[size_t(d)];
+      if (idx[size_t(d)] < out_shape[size_t(d)]) break;
+      ao -= a_stride[size_t(d)] * idx[size_t(d)];
+      bo -= b_stride[size_t(d)] * idx[size_t(d)];
+      idx[size_t(d)] = 0;
+    }
+  }
+  return y;
+}
+
+HostTensor BinaryScalar(BinaryOp op, const HostTensor& a, float scalar, DType out_dtype) {
+  return Unary(a, out_dtype, [&](float x) { return ApplyBinary(op, x, scalar); });
+}
+
+HostTensor Pow(const HostTensor& x, float exponent, DType out_dtype) {
+  if (exponent == 2.0f) return Unary(x, out_dtype, [](float v) { return v * v; });
+  if (exponent == 1.0f) return Unary(x, out_dtype, [](float v) { return v; });
+  if (exponent == 0.5f) return Unary(x, out_dtype, [](float v) { return std::sqrt(v); });
+  return Unary(x, out_dtype, [&](float v) { return std::pow(v, exponent); });
+}
+
+HostTensor Rsqrt(const HostTensor& x, DType out_dtype) {
+  return Unary(x, out_dtype, [](float v) { return 1.0f / std::sqrt(v); });
+}
+
+HostTensor Clamp(const HostTensor& x, float lo, float hi, DType out_dtype) {
+  return Unary(x, out_dtype, [&](float v) { return v < lo ? lo : (v > hi ? hi : v); });
+}
+
+HostTensor Cast(const HostTensor& x, DType out_dtype) {
+  return Unary(x, out_dtype, [](float v) { return v; });
+}
+
+StatusOr<HostTensor> View(const HostTensor& x, const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  if (n != x.numel())
+    return InvalidArgument("view: ", x.TypeString(), " has ", x.numel(),
+                           " elements, shape ", ShapeString(shape), " has ", n);
+  return x.Reshaped(shape);
+}
+
+StatusOr<HostTensor> Mean(const HostTensor& x, int64_t dim, bool keepdim, DType out_dtype) {
+  if (x.rank() < 1) return InvalidArgument("mean: x must have rank >= 1, got ", x.TypeString());
+  if (dim != -1 && dim != x.rank() - 1)
+    return Unimplemented("mean: only the last dim is supported, got dim = ", dim, " for ",
+                         x.TypeString());
+  const int64_t cols = LastDim(x);
+  if (cols == 0) return InvalidArgument("mean: the last dim of ", x.TypeString(), " is empty");
+  std::vector<int64_t> shape = x.shape();
+  if (keepdim) shape.back() = 1;
+  else shape.pop_back();
+  HostTensor y(out_dtype, shape);
+  const int64_t rows = x.numel() / cols;
+  for (int64_t t = 0; t < rows; ++t) {
+    double sum = 0.0;
+    for (int64_t c = 0; c < cols; ++c) sum += double(x.GetF32(t * cols + c));
+    y.SetF32(t, float(sum / double(cols)));
+  }
+  return y;
+}
+
+// ---------------------------------------------------------------- RMSNorm
+
+StatusOr<HostTensor> RmsNorm(const HostTensor& x, const HostTensor& w, float eps,
+                             float weight_bias, DType out_dtype) {
+  TPFUSE_RETURN_IF_ERROR(CheckNormWeight(x, w).WithContext("rms_norm"));
+  const int64_t hidden = LastDim(x);
+  HostTensor y(out_dtype, x.shape());
+  RmsNormRows(Decode(x), hidden == 0 ? 0 : x.numel() / hidden, hidden, w, eps, weight_bias, y);
+  return y;
+}
+
+StatusOr<AddRmsNormResult> FusedAddRmsNorm(const HostTensor& x, const HostTensor& residual,
+                                           const HostTensor& w, float eps, float weight_bias,
+                                           DType out_dtype, DType residual_dtype) {
+  TPFUSE_RETURN_IF_ERROR(CheckNormWeight(x, w).WithContext("fused_add_rms_norm"));
+  if (residual.shape() != x.shape())
+    return InvalidArgument("fused_add_rms_norm: residual ", residual.TypeString(),
+                           " does not match x ", x.TypeString());
+  const int64_t hidden = LastDim(x);
+  AddRmsNormResult out{HostTensor(out_dtype, x.shape()), HostTensor(residual_dtype, x.shape())};
+  std::vector<float> h(static_cast<size_t>(x.numel()));
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    out.residual_out.SetF32(i, x.GetF32(i) + residual.GetF32(i));
+    h[size_t(i)] = out.residual_out.GetF32(i);  // the norm reads the rounded h
+  }
+  RmsNormRows(h, hidden == 0 ? 0 : x.numel() / hidden, hidden, w, eps, weight_bias, out.y);
+  return out;
+}
+
+// ---------------------------------------------------------------- FP8 quantization
+
+StatusOr<HostTensor> QuantFp8Tensor(const HostTensor& y, const HostTensor& scale) {
+  TPFUSE_RETURN_IF_ERROR(CheckFloat(y, "quant_fp8: y"));
+  if (scale.dtype() != DType::kF32 || scale.numel() != 1)
+    return InvalidArgument("quant_fp8: the static scale must be f32 with one element, got ",
+                           scale.TypeString());
+  const float inv = 1.0f / scale.GetF32(0);
+  HostTensor q(DType::kF8E4M3, y.shape());
+  for (int64_t i = 0; i < y.numel(); ++i) q.SetF32(i, y.GetF32(i) * inv);
+  return q;
+}
+
+StatusOr<DynamicQuantResult> QuantFp8Dynamic(const HostTensor& y,
+                                             const DynamicQuantConfig& config) {
+  TPFUSE_RETURN_IF_ERROR(CheckFloat(y, "quant_fp8: y"));
+  if (y.rank() < 1) return InvalidArgument("quant_fp8: y must have rank >= 1, got ", y.TypeString());
+  const int64_t hidden = LastDim(y);
+  int64_t group = hidden;
+  if (config.mode == QuantMode::kFp8Group) {
+    group = config.group_size;
+    if (group <= 0 || hidden % group != 0)
+      return InvalidArgument("quant_fp8: group_size ", group, " does not divide the last dim of ",
+                             y.TypeString());
+  } else if (config.mode != QuantMode::kFp8Token) {
+    return InvalidArgument("quant_fp8: dynamic quantization needs mode token or group, got ",
+                           QuantModeName(config.mode));
+  }
+  if (hidden == 0) return InvalidArgument("quant_fp8: the last dim of ", y.TypeString(), " is empty");
+  const int64_t rows = y.numel() / hidden;
+  const int64_t groups = hidden / group;
+  const int64_t padded = PaddedScaleTokens(rows);
+  DynamicQuantResult out;
+  out.q = HostTensor(DType::kF8E4M3, y.shape());
+  out.s = config.layout == ScaleLayout::kRow ? HostTensor(DType::kF32, {rows, groups})
+                                             : HostTensor(DType::kF32, {groups, padded});
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t base = t * hidden + g * group;
+      float amax = 0.0f;
+      for (int64_t c = 0; c < group; ++c) amax = std::fmax(amax, std::fabs(y.GetF32(base + c)));
+      float s = std::max(amax, 1e-10f) / 448.0f;
+      if (config.format == ScaleFormat::kUe8m0) s = RoundUpToPowerOfTwo(s);
+      for (int64_t c = 0; c < group; ++c) out.q.SetF32(base + c, y.GetF32(base + c) / s);
+      out.s.SetF32(config.layout == ScaleLayout::kRow ? t * groups + g : g * padded + t, s);
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- GEMMs
+
+namespace {
+
+// acc[T, N] += a_row-major[T, K] x b rows produced one k at a time; b_row(k, buf) fills buf[N].
+void AccumulateGemm(const std::vector<double>& a, int64_t rows, int64_t k_dim, int64_t n_dim,
+                    const std::function<void(int64_t, std::vector<double>&)>& b_row,
+                    std::vector<double>& acc) {
+  std::vector<double> brow(static_cast<size_t>(n_dim));
+  for (int64_t k = 0; k < k_dim; ++k) {
+    b_row(k, brow);
+    for (int64_t t = 0; t < rows; ++t) {
+      const double av = a[size_t(t * k_dim + k)];
+      double* out = acc.data() + t * n_dim;
+      for (int64_t n = 0; n < n_dim; ++n) out[n] += av * brow[size_t(n)];
+    }
+  }
+}
+
+}  // namespace
+
+StatusOr<HostTensor> Matmul(const HostTensor& a, const HostTensor& b, DType out_dtype) {
+  if (a.rank() < 1 || b.rank() != 2)
+    return InvalidArgument("matmul: expected a [.., K] and b [K, N], got ", a.TypeString(),
+                           " and ", b.TypeString());
+  const int64_t k_dim = LastDim(a), n_dim = b.dim(1);
+  if (b.dim(0) != k_dim)
+    return InvalidArgument("matmul: inner dims differ: a ", a.TypeString(), ", b ",
+                           b.TypeString());
+  const int64_t rows = k_dim == 0 ? 0 : a.numel() / k_dim;
+  std::vector<int64_t> shape = a.shape();
+  shape.back() = n_dim;
+  std::vector<double> av(static_cast<size_t>(a.numel()));
+  for (int64_t i = 0; i < a.numel(); ++i) av[size_t(i)] = a.GetF32(i);
+  std::vector<double> acc(size_t(rows * n_dim), 0.0);
+  AccumulateGemm(av, rows, k_dim, n_dim,
+                 [&](int64_t k, std::vector<double>& row) {
+                   for (int64_t n = 0; n < n_dim; ++n) row[size_t(n)] = b.GetF32(k * n_dim + n);
+                 },
+                 acc);
+  HostTensor y(out_dtype, shape);
+  for (int64_t i = 0; i < y.numel(); ++i) y.SetF32(i, float(acc[size_t(i)]));
+  return y;
+}
+
+std::string_view ActScaleLayoutName(ActScaleLayout layout) {
+  switch (layout) {
+    case ActScaleLayout::kPerTensor: return "per-tensor";
+    case ActScaleLayout::kPerToken: return "per-token";
+    case ActScaleLayout::kPerGroupRow: return "per-group row-major";
+    case ActScaleLayout::kPerGroupCol: return "per-group column-major";
+  }
+  return "?";
+}
+
+StatusOr<HostTensor> ScaledMatmul(const HostTensor& q, const HostTensor& s,
+                                  ActScaleLayout s_layout, const HostTensor& w,
+                                  const HostTensor& ws, DType out_dtype) {
+  if (q.dtype() != DType::kF8E4M3 || q.rank() != 2)
+    return InvalidArgument("scaled_matmul: q must be f8e4m3 [T, K], got ", q.TypeString());
+  if (w.dtype() != DType::kF8E4M3 || w.rank() != 2)
+    return InvalidArgument("scaled_matmul: w must be f8e4m3 [K, N], got ", w.TypeString());
+  if (s.dtype() != DType::kF32 || ws.dtype() != DType::kF32)
+    return InvalidArgument("scaled_matmul: scales must be f32, got s ", s.TypeString(), " and ws ",
+                           ws.TypeString());
+  const int64_t rows = q.dim(0), k_dim = q.dim(1), n_dim = w.dim(1);
+  if (w.dim(0) != k_dim)
+    return InvalidArgument("scaled_matmul: inner dims differ: q ", q.TypeString(), ", w ",
+                           w.TypeString());
+
+  // Activation scale index of element (t, k).
+  std::function<int64_t(int64_t, int64_t)> s_index;
+  const auto bad_s = [&] {
+    return InvalidArgument("scaled_matmul: scale s ", s.TypeString(), " does not fit a ",
+                           ActScaleLayoutName(s_layout), " scale of q ", q.TypeString());
+  };
+  switch (s_layout) {
+    case ActScaleLayout::kPerTensor:
+      if (s.numel() != 1) return bad_s();
+      s_index = [](int64_t, int64_t) { return int64_t{0}; };
+      break;
+    case ActScaleLayout::kPerToken:
+      if (s.numel() != rows) return bad_s();
+      s_index = [](int64_t t, int64_t) { return t; };
+      break;
+    case ActScaleLayout::kPerGroupRow: {
+      if (s.rank() != 2 || s.dim(0) != rows || s.dim(1) == 0 || k_dim % s.dim(1) != 0)
+        return bad_s();
+      const int64_t groups = s.dim(1), g = k_dim / groups;
+      s_index = [=](int64_t t, int64_t k) { return t * groups + k / g; };
+      break;
+    }
+    case ActScaleLayout::kPerGroupCol: {
+      if (s.rank() != 2 || s.dim(1) < rows || s.dim(0) == 0 || k_dim % s.dim(0) != 0)
+        return bad_s();
+      const int64_t padded = s.dim(1), g = k_dim / s.dim(0);
+      s_index = [=](int64_t t, int64_t k) { return (k / g) * padded + t; };
+      break;
+    }
+  }
+  // Weight scale: one element or [K / bk, N / bn] blocks.
+  int64_t bk = k_dim, bn = n_dim, ws_cols = 1;
+  if (ws.numel() != 1) {
+    if (ws.rank() != 2 || ws.dim(0) == 0 || ws.dim(1) == 0 || k_dim % ws.dim(0) != 0 ||
+        n_dim % ws.dim(1) != 0)
+      return InvalidArgument("scaled_matmul: weight scale ws ", ws.TypeString(),
+                             " is neither one element nor blocks dividing w ", w.TypeString());
+    bk = k_dim / ws.dim(0);
+    bn = n_dim / ws.dim(1);
+    ws_cols = ws.dim(1);
+  }
+
+  std::vector<double> a(static_cast<size_t>(rows * k_dim));
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t k = 0; k < k_dim; ++k)
+      a[size_t(t * k_dim + k)] = double(q.GetF32(t * k_dim + k)) * double(s.GetF32(s_index(t, k)));
+  std::vector<double> acc(size_t(rows * n_dim), 0.0);
+  AccumulateGemm(a, rows, k_dim, n_dim,
+                 [&](int64_t k, std::vector<double>& row) {
+                   for (int64_t n = 0; n < n_dim; ++n)
+                     row[size_t(n)] = double(w.GetF32(k * n_dim + n)) *
+                                      double(ws.GetF32(ws.numel() == 1 ? 0 : (k / bk) * ws_cols + n / bn));
+                 },
+                 acc);
+  HostTensor y(out_dtype, {rows, n_dim});
+  for (int64_t i = 0; i < y.numel(); ++i) y.SetF32(i, float(acc[size_t(i)]));
+  return y;
+}
+
+// ---------------------------------------------------------------- collectives
+
+StatusOr<HostTensor> AllreduceSum(const std::vector<const HostTensor*>& partials) {
+  if (partials.empty()) return InvalidArgument("all_reduce: no partials");
+  for (size_t r = 0; r < partials.size(); ++r) {
+    if (partials[r] == nullptr) return InvalidArgument("all_reduce: rank ", r, "'s partial is null");
+    if (partials[r]->dtype() != partials[0]->dtype() || partials[r]->shape() != partials[0]->shape())
+      return InvalidArgument("all_reduce: rank ", r, "'s partial ", partials[r]->TypeString(),
+                             " differs from rank 0's ", partials[0]->TypeString());
+  }
+  HostTensor a(partials[0]->dtype(), partials[0]->shape());
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    float acc = partials[0]->GetF32(i);
+    for (size_t r = 1; r < partials.size(); ++r) acc += partials[r]->GetF32(i);
+    a.SetF32(i, acc);
+  }
+  return a;
+}
+
+StatusOr<HostTensor> AllreduceSum(const std::vector<HostTensor>& partials) {
+  std::vector<const HostTensor*> ptrs;
+  for (const HostTensor& t : partials) ptrs.push_back(&t);
+  return AllreduceSum(ptrs);
+}
+
+StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& spec,
+                                                   const std::vector<const HostTensor*>& partials,
+                                                   const HostTensor* residual, const HostTensor& w,
+                                                   const HostTensor* scale) {
+  TPFUSE_RETURN_IF_ERROR(spec.Validate().WithContext("allreduce_rmsnorm"));
+  if (partials.empty()) return InvalidArgument("allreduce_rmsnorm: no partials");
+  for (size_t r = 0; r < partials.size(); ++r) {
+    const HostTensor* x = partials[r];
+    if (x == nullptr) return InvalidArgument("allreduce_rmsnorm: rank ", r, "'s x is null");
+    if (x->dtype() != spec.act_dtype || x->rank() != 2 || x->dim(1) != spec.hidden)
+      return InvalidArgument("allreduce_rmsnorm: rank ", r, "'s x is ", x->TypeString(),
+                             ", expected ", DTypeName(spec.act_dtype), "[T, ", spec.hidden, "]");
+  }
+  if (spec.has_residual != (residual != nullptr))
+    return InvalidArgument("allreduce_rmsnorm: the spec ", spec.has_residual ? "has" : "has no",
+                           " residual but the call passes ", residual ? "one" : "none");
+  if (residual && (residual->dtype() != spec.act_dtype || residual->shape() != partials[0]->shape()))
+    return InvalidArgument("allreduce_rmsnorm: residual ", residual->TypeString(),
+                           " does not match x ", partials[0]->TypeString());
+  if (w.dtype() != spec.weight_dtype || w.numel() != spec.hidden)
+    return InvalidArgument("allreduce_rmsnorm: w is ", w.TypeString(), ", expected ",
+                           DTypeName(spec.weight_dtype), "[", spec.hidden, "]");
+  if ((spec.quant == QuantMode::kFp8Tensor) != (scale != nullptr))
+    return InvalidArgument("allreduce_rmsnorm: a static scale is needed iff quant = fp8_tensor (quant ",
+                           QuantModeName(spec.quant), ", scale ", scale ? "given" : "missing", ")");
+
+  // 1. a = round(sum of partials in rank order).
+  TPFUSE_ASSIGN_OR_RETURN(HostTensor a, AllreduceSum(partials));
+  const int64_t rows = a.dim(0), hidden = spec.hidden;
+  // 2. h = round(a + residual).
+  HostTensor h = a;
+  if (residual) {
+    for (int64_t i = 0; i < a.numel(); ++i) h.SetF32(i, a.GetF32(i) + residual->GetF32(i));
+  }
+  // 3. y = round(h * r * (w + weight_bias)).
+  HostTensor y(spec.act_dtype, a.shape());
+  RmsNormRows(Decode(h), rows, hidden, w, spec.eps, spec.weight_bias, y);
+
+  std::vector<HostTensor> results;
+  if (spec.emit.allreduce) results.push_back(a);
+  if (spec.emit.norm) results.push_back(y);
+  if (spec.emit.residual) results.push_back(h);
+  // 4. quantization of the rounded y.
+  if (spec.emit.quant) {
+    if (spec.quant == QuantMode::kFp8Tensor) {
+      TPFUSE_ASSIGN_OR_RETURN(HostTensor q, QuantFp8Tensor(y, *scale));
+      results.push_back(std::move(q));
+    } else {
+      DynamicQuantConfig config{spec.quant, spec.group_size, spec.scale_layout, spec.scale_fmt};
+      TPFUSE_ASSIGN_OR_RETURN(DynamicQuantResult qs, QuantFp8Dynamic(y, config));
+      results.push_back(std::move(qs.q));
+      results.push_back(std::move(qs.s));
+    }
+  }
+  return results;
+}
+
+StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& spec,
+                                                   const std::vector<HostTensor>& partials,
+                                                   const HostTensor* residual, const HostTensor& w,
+                                                   const HostTensor* scale) {
+  std::vector<const HostTensor*> ptrs;
+  for (const HostTensor& t : partials) ptrs.push_back(&t);
+  return AllreduceRmsnorm(spec, ptrs, residual, w, scale);
+}
+
+}  // namespace tpfuse::cpu

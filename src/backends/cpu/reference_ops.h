@@ -1,0 +1,141 @@
+// The CPU reference ops: every op of DESIGN.md Contract 2 and the fused op of Contract 3 on
+// host tensors. This is the oracle every other backend is compared against, so each op states
+// its arithmetic exactly (what is computed in f32, what in double, where it rounds).
+//
+// No IR types here: plain HostTensors in and out. The caller (the executor) decides result
+// dtypes from the IR and passes them in. Errors are Status values naming the operand at fault.
+//
+// Conventions shared by every op:
+//  - Inputs are decoded to f32 (bf16/f16/f8e4m3/i32 decode exactly), the op is computed in f32
+//    and the result is rounded once to the output dtype (round to nearest even; FP8 saturates
+//    to +-448 and keeps NaN).
+//  - "Rows" are all leading dims flattened; the last dim is the hidden/column dim.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "common/tensor.h"
+#include "tpfuse/fused_op.h"
+#include "tpfuse/status.h"
+
+namespace tpfuse::cpu {
+
+// ---------------------------------------------------------------- elementwise
+
+enum class BinaryOp : uint8_t { kAdd, kSub, kMul, kDiv };
+std::string_view BinaryOpName(BinaryOp op);  // "add", "sub", "mul", "div"
+
+// y = a (op) b in f32 with NumPy broadcasting (shapes aligned on the right, a dim of 1
+// stretches): covers [T,H]x[H], [T,H]x[T,1], rank-0 with anything, in either order.
+StatusOr<HostTensor> Binary(BinaryOp op, const HostTensor& a, const HostTensor& b,
+                            DType out_dtype);
+// y = a (op) scalar (the scalar is the right operand: sub/div compute a - s, a / s).
+HostTensor BinaryScalar(BinaryOp op, const HostTensor& a, float scalar, DType out_dtype);
+
+// y = x^exponent. Exponent 2 is x * x and 1 is x (exact in f32, so `pow(x, 2)` and
+// `mul(x, x)` agree bit for bit); 0.5 is sqrtf; anything else std::pow in f32.
+HostTensor Pow(const HostTensor& x, float exponent, DType out_dtype);
+// y = 1.0f / std::sqrt(x) (not a fast rsqrt, so a GPU can match it bit for bit).
+HostTensor Rsqrt(const HostTensor& x, DType out_dtype);
+// y = min(max(x, lo), hi); NaN stays NaN.
+HostTensor Clamp(const HostTensor& x, float lo, float hi, DType out_dtype);
+// Decode and re-encode in out_dtype (one rounding; FP8 saturates; i32 rounds to nearest).
+HostTensor Cast(const HostTensor& x, DType out_dtype);
+// Same bytes, another shape with the same element count.
+StatusOr<HostTensor> View(const HostTensor& x, const std::vector<int64_t>& shape);
+// Mean over the last dim (dim must be -1 or rank - 1): sum in double, divide by the dim size
+// in double, one rounding to out_dtype. keepdim keeps a trailing dim of 1.
+StatusOr<HostTensor> Mean(const HostTensor& x, int64_t dim, bool keepdim, DType out_dtype);
+
+// ---------------------------------------------------------------- RMSNorm
+
+// y = round(x * r * (w + weight_bias)) per row, computed as Contract 3 step 3:
+//   mean_sq = (sum of h^2 accumulated in double) / H, in double
+//   r = 1.0f / sqrtf(float(mean_sq) + eps)
+//   y = round((h * r) * (w + weight_bias)), every product and the sum w + weight_bias in f32.
+// x: [..., H]; w: [H] (bf16, f16 or f32).
+StatusOr<HostTensor> RmsNorm(const HostTensor& x, const HostTensor& w, float eps,
+                             float weight_bias, DType out_dtype);
+
+struct AddRmsNormResult {
+  HostTensor y;             // [..., H] out_dtype
+  HostTensor residual_out;  // h = round(x + residual) in residual_dtype
+};
+// h = round(x + residual) (f32 add, one rounding to residual_dtype), then RmsNorm of h.
+// NOTE: RmsNorm, FusedAddRmsNorm and AllreduceRmsnorm share one row helper, so on the CPU the
+// unfused chain all_reduce -> [fused_add_]rms_norm and the fused op are bitwise identical.
+StatusOr<AddRmsNormResult> FusedAddRmsNorm(const HostTensor& x, const HostTensor& residual,
+                                           const HostTensor& w, float eps, float weight_bias,
+                                           DType out_dtype, DType residual_dtype);
+
+// ---------------------------------------------------------------- FP8 quantization
+
+// q = fp8(y * (1.0f / scale)): the reciprocal is taken once in f32. scale: f32, one element.
+StatusOr<HostTensor> QuantFp8Tensor(const HostTensor& y, const HostTensor& scale);
+
+// Dynamic (per-token or per-group) quantization parameters.
+struct DynamicQuantConfig {
+  QuantMode mode = QuantMode::kFp8Token;  // kFp8Token or kFp8Group
+  int64_t group_size = 128;               // kFp8Group only; a token is one group of H
+  ScaleLayout layout = ScaleLayout::kRow;
+  ScaleFormat format = ScaleFormat::kF32;
+};
+struct DynamicQuantResult {
+  HostTensor q;  // f8e4m3, y's shape
+  HostTensor s;  // f32: row layout [T, G], column layout [G, pad4(T)] (padding left 0)
+};
+// Per row (token) or per group_size contiguous columns of a row (group):
+//   amax = max |y| (NaN ignored), s = max(amax, 1e-10f) / 448.0f in f32,
+//   rounded up to a power of two for ue8m0, q = fp8(y / s) (f32 division).
+// y: [..., H] (rows = leading dims flattened).
+StatusOr<DynamicQuantResult> QuantFp8Dynamic(const HostTensor& y,
+                                             const DynamicQuantConfig& config);
+
+// ---------------------------------------------------------------- GEMMs
+
+// y[.., N] = a[.., K] x b[K, N]: products and sums in double, one rounding to out_dtype.
+StatusOr<HostTensor> Matmul(const HostTensor& a, const HostTensor& b, DType out_dtype);
+
+// How the activation scale `s` of scaled_matmul maps onto q [T, K]. The executor decides it
+// from the IR (the quant_fp8 producing s, or s's type).
+enum class ActScaleLayout : uint8_t {
+  kPerTensor,    // s: one element
+  kPerToken,     // s: [T, 1] (or T elements)
+  kPerGroupRow,  // s: [T, K / g] row-major
+  kPerGroupCol,  // s: [K / g, T_pad] column-major, T_pad >= T (pad4(T))
+};
+std::string_view ActScaleLayoutName(ActScaleLayout layout);
+
+// y[T, N] = (q * s) x (w * ws): q f8e4m3 [T, K] dequantized with s per `s_layout`; w f8e4m3
+// [K, N] dequantized with ws, either one element (per tensor) or blocks [K / bk, N / bn] (the
+// block sizes follow from the shapes and must divide K and N). Dequantization, products and
+// sums in double; one rounding to out_dtype (bf16 in the IR).
+StatusOr<HostTensor> ScaledMatmul(const HostTensor& q, const HostTensor& s,
+                                  ActScaleLayout s_layout, const HostTensor& w,
+                                  const HostTensor& ws, DType out_dtype);
+
+// ---------------------------------------------------------------- collectives
+
+// a = round(sum over ranks 0..N-1 of partials[r]) with f32 accumulation in rank order, one
+// rounding to the partials' dtype. Every partial must have the same dtype and shape.
+// NOTE: the sum starts from rank 0's value and adds ranks 1..N-1 in order; every backend and
+// strategy sums in this order, which is what makes all ranks' results bitwise identical.
+StatusOr<HostTensor> AllreduceSum(const std::vector<const HostTensor*>& partials);
+StatusOr<HostTensor> AllreduceSum(const std::vector<HostTensor>& partials);
+
+// The fused op of Contract 3 for one rank: partials[r] is rank r's x [T, H]; residual [T, H]
+// or null (spec.has_residual); w [H]; scale f32[] or null (quant = fp8_tensor).
+// Returns the emitted results in Contract 3's order: allreduce, norm, residual, q, s (only
+// those in spec.emit; s only for dynamic quant).
+StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& spec,
+                                                   const std::vector<const HostTensor*>& partials,
+                                                   const HostTensor* residual, const HostTensor& w,
+                                                   const HostTensor* scale);
+StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& spec,
+                                                   const std::vector<HostTensor>& partials,
+                                                   const HostTensor* residual, const HostTensor& w,
+                                                   const HostTensor* scale);
+
+}  // namespace tpfuse::cpu
