@@ -132,6 +132,8 @@ Node* Graph::AddNode(const std::string& op, const std::vector<Value*>& operands,
 }
 
 Status Graph::EraseNode(Node* node) {
+  if (node == nullptr || node->graph_ != this)
+    return FailedPrecondition("cannot erase a node that is not in graph @", name_);
   for (Value* r : node->results_) {
     if (r->has_uses())
       return FailedPrecondition("cannot erase ", node->op(), ": result %", r->name(),

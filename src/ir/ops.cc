@@ -42,21 +42,7 @@ bool AttrHasType(const Attr& attr, AttrType type) {
 
 // Names, kinds and presence of every attribute against the op's definition.
 Status CheckAttrs(const OpDef& def, const AttrMap& attrs) {
-  for (const auto& [name, attr] : attrs) {
-    const AttrSpec* spec = def.FindAttr(name);
-    if (spec == nullptr) {
-      if (def.attrs.empty())
-        return InvalidArgument(def.name, ": unknown attribute '", name, "' (", def.name,
-                               " takes no attributes)");
-      std::string accepted;
-      for (const AttrSpec& a : def.attrs) accepted += (accepted.empty() ? "" : ", ") + a.name;
-      return InvalidArgument(def.name, ": unknown attribute '", name, "' (accepted: ", accepted,
-                             ")");
-    }
-    if (!AttrHasType(attr, spec->type))
-      return InvalidArgument(def.name, ": attribute '", name, "' must be ",
-                             AttrTypeWords(spec->type), ", got ", attr.ToString());
-  }
+  for (const auto& [name, attr] : attrs) TPFUSE_RETURN_IF_ERROR(CheckAttribute(def, name, attr));
   for (const AttrSpec& spec : def.attrs) {
     if (spec.required && !attrs.count(spec.name))
       return InvalidArgument(def.name, ": missing required attribute '", spec.name, "'");
@@ -600,6 +586,23 @@ const AttrSpec* OpDef::FindAttr(const std::string& attr_name) const {
     if (a.name == attr_name) return &a;
   }
   return nullptr;
+}
+
+Status CheckAttribute(const OpDef& def, const std::string& name, const Attr& value) {
+  const AttrSpec* spec = def.FindAttr(name);
+  if (spec == nullptr) {
+    if (def.attrs.empty())
+      return InvalidArgument(def.name, ": unknown attribute '", name, "' (", def.name,
+                             " takes no attributes)");
+    std::string accepted;
+    for (const AttrSpec& a : def.attrs) accepted += (accepted.empty() ? "" : ", ") + a.name;
+    return InvalidArgument(def.name, ": unknown attribute '", name, "' (accepted: ", accepted,
+                           ")");
+  }
+  if (!AttrHasType(value, spec->type))
+    return InvalidArgument(def.name, ": attribute '", name, "' must be ",
+                           AttrTypeWords(spec->type), ", got ", value.ToString());
+  return Status::Ok();
 }
 
 const std::vector<OpDef>& AllOps() {

@@ -37,6 +37,10 @@ const std::vector<OpDef>& AllOps();
 // ("all_reduse" -> "all_reduce"). For "did you mean" hints.
 std::string ClosestOpName(const std::string& name);
 
+// Whether `op` accepts an attribute `name` with this value's kind; the error names the op, the
+// attribute and what it accepts. InferResultTypes checks every attribute this way.
+Status CheckAttribute(const OpDef& def, const std::string& name, const Attr& value);
+
 // Result types of `op` applied to operands of the given types with the given attributes.
 // Checks arity, attribute names and types, dtypes and shapes (broadcast rules of Contract 2);
 // the error names the problem ("add: shapes bf16[T, 4096] and bf16[128] do not broadcast").

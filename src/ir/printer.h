@@ -4,6 +4,7 @@
 #include <string>
 
 #include "ir/graph.h"
+#include "ir/parser.h"
 
 namespace tpfuse::ir {
 
@@ -12,5 +13,7 @@ struct PrintOptions {
 };
 
 std::string PrintGraph(const Graph& graph, const PrintOptions& options = {});
+// Every func of the module, separated by blank lines.
+std::string PrintModule(const Module& module, const PrintOptions& options = {});
 
 }  // namespace tpfuse::ir
