@@ -1,0 +1,374 @@
+// The CPU reference executor: runs a graph with N simulated ranks on the reference ops.
+//
+// Ranks run in lockstep, node by node: a local op runs on every rank before the next node; a
+// collective (all_reduce, allreduce_rmsnorm) reads the operand of every rank at once. Result
+// dtypes and shapes come from the IR types resolved with the bound symbols, so the reference
+// ops never guess what the IR decided.
+#include <cmath>
+#include <limits>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "backends/cpu/reference_ops.h"
+#include "ir/ops.h"
+#include "runtime/executor.h"
+
+namespace tpfuse::runtime {
+namespace {
+
+using Bindings = std::map<std::string, int64_t>;
+
+// "add %y (line 3)": how errors name a node.
+std::string NodeLabel(const ir::Node& node) {
+  std::string label = node.op();
+  if (node.num_results() > 0) label += " %" + node.result(0)->name();
+  if (node.line() > 0) label += StrCat(" (line ", node.line(), ")");
+  return label;
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Follows no-op views back to the value they view.
+const ir::Value* SkipViews(const ir::Value* v) {
+  while (v->producer() && v->producer()->op() == "view") v = v->producer()->operand(0);
+  return v;
+}
+
+// How scaled_matmul's activation scale maps onto q: from the quant op that produced it when
+// there is one (its attributes are authoritative), otherwise from the scale's type:
+// f32[] per tensor, [M, 1] per token, [M, G] (first dim is q's M) row-major groups, anything
+// else column-major groups [G, pad4(M)].
+StatusOr<cpu::ActScaleLayout> ActScaleLayoutOf(const ir::Node& node) {
+  const ir::Value* s = SkipViews(node.operand(1));
+  if (const ir::Node* p = s->producer()) {
+    QuantMode mode = QuantMode::kNone;
+    ScaleLayout layout = ScaleLayout::kRow;
+    if (p->op() == "quant_fp8") {
+      TPFUSE_ASSIGN_OR_RETURN(ir::QuantParams params, ir::QuantParamsFromNode(*p));
+      mode = params.mode;
+      layout = params.layout;
+    } else if (p->op() == "allreduce_rmsnorm") {
+      TPFUSE_ASSIGN_OR_RETURN(AllreduceRmsnormSpec spec, ir::FusedSpecFromNode(*p));
+      mode = spec.quant;
+      layout = spec.scale_layout;
+    }
+    if (mode == QuantMode::kFp8Tensor) return cpu::ActScaleLayout::kPerTensor;
+    if (mode == QuantMode::kFp8Token) return cpu::ActScaleLayout::kPerToken;
+    if (mode == QuantMode::kFp8Group)
+      return layout == ScaleLayout::kRow ? cpu::ActScaleLayout::kPerGroupRow
+                                         : cpu::ActScaleLayout::kPerGroupCol;
+  }
+  const ir::TensorType& st = node.operand(1)->type();
+  const ir::Dim& m = node.operand(0)->type().shape.at(0);
+  if (st.rank() == 0) return cpu::ActScaleLayout::kPerTensor;
+  if (st.rank() == 2 && st.shape[0] == m) {
+    if (st.shape[1] == ir::Dim::Const(1)) return cpu::ActScaleLayout::kPerToken;
+    return cpu::ActScaleLayout::kPerGroupRow;
+  }
+  return cpu::ActScaleLayout::kPerGroupCol;
+}
+
+struct ResolvedType {
+  DType dtype;
+  std::vector<int64_t> shape;
+};
+
+// Runs one local (non-collective) op on one rank.
+StatusOr<std::vector<HostTensor>> RunLocalOp(const ir::Node& node,
+                                             const std::vector<const HostTensor*>& in,
+                                             const std::vector<ResolvedType>& out) {
+  const std::string& op = node.op();
+  const DType out_dtype = out.at(0).dtype;
+  using Results = std::vector<HostTensor>;
+
+  if (op == "add" || op == "sub" || op == "mul" || op == "div") {
+    const cpu::BinaryOp bop = op == "add"   ? cpu::BinaryOp::kAdd
+                              : op == "sub" ? cpu::BinaryOp::kSub
+                              : op == "mul" ? cpu::BinaryOp::kMul
+                                            : cpu::BinaryOp::kDiv;
+    if (in.size() == 1) {
+      if (node.attr("scalar") == nullptr)
+        return InvalidArgument("one operand needs a 'scalar' attribute");
+      TPFUSE_ASSIGN_OR_RETURN(double scalar, ir::GetNumberAttr(node, "scalar", 0.0));
+      return Results{cpu::BinaryScalar(bop, *in[0], float(scalar), out_dtype)};
+    }
+    TPFUSE_ASSIGN_OR_RETURN(HostTensor y, cpu::Binary(bop, *in[0], *in[1], out_dtype));
+    return Results{std::move(y)};
+  }
+  if (op == "pow") {
+    TPFUSE_ASSIGN_OR_RETURN(double exponent, ir::GetNumberAttr(node, "exponent", 1.0));
+    return Results{cpu::Pow(*in[0], float(exponent), out_dtype)};
+  }
+  if (op == "rsqrt") return Results{cpu::Rsqrt(*in[0], out_dtype)};
+  if (op == "clamp") {
+    constexpr double kInf = std::numeric_limits<double>::infinity();
+    TPFUSE_ASSIGN_OR_RETURN(double lo, ir::GetNumberAttr(node, "min", -kInf));
+    TPFUSE_ASSIGN_OR_RETURN(double hi, ir::GetNumberAttr(node, "max", kInf));
+    return Results{cpu::Clamp(*in[0], float(lo), float(hi), out_dtype)};
+  }
+  if (op == "cast") return Results{cpu::Cast(*in[0], out_dtype)};
+  if (op == "view") {
+    TPFUSE_ASSIGN_OR_RETURN(HostTensor y, cpu::View(*in[0], out[0].shape));
+    return Results{std::move(y)};
+  }
+  if (op == "mean") {
+    const ir::Attr* dim = node.attr("dim");
+    const ir::Attr* keepdim = node.attr("keepdim");
+    TPFUSE_ASSIGN_OR_RETURN(
+        HostTensor y, cpu::Mean(*in[0], dim ? dim->i : -1, keepdim ? keepdim->b : true, out_dtype));
+    return Results{std::move(y)};
+  }
+  if (op == "rms_norm" || op == "fused_add_rms_norm") {
+    TPFUSE_ASSIGN_OR_RETURN(double eps, ir::GetNumberAttr(node, "eps", 1e-6));
+    TPFUSE_ASSIGN_OR_RETURN(double weight_bias, ir::GetNumberAttr(node, "weight_bias", 0.0));
+    if (op == "rms_norm") {
+      TPFUSE_ASSIGN_OR_RETURN(
+          HostTensor y, cpu::RmsNorm(*in[0], *in[1], float(eps), float(weight_bias), out_dtype));
+      return Results{std::move(y)};
+    }
+    TPFUSE_ASSIGN_OR_RETURN(cpu::AddRmsNormResult r,
+                            cpu::FusedAddRmsNorm(*in[0], *in[1], *in[2], float(eps),
+                                                 float(weight_bias), out_dtype, out.at(1).dtype));
+    return Results{std::move(r.y), std::move(r.residual_out)};
+  }
+  if (op == "quant_fp8") {
+    TPFUSE_ASSIGN_OR_RETURN(ir::QuantParams params, ir::QuantParamsFromNode(node));
+    if (params.mode == QuantMode::kFp8Tensor) {
+      if (in.size() != 2) return InvalidArgument("mode tensor needs a scale operand");
+      TPFUSE_ASSIGN_OR_RETURN(HostTensor q, cpu::QuantFp8Tensor(*in[0], *in[1]));
+      return Results{std::move(q)};
+    }
+    const cpu::DynamicQuantConfig config{params.mode, params.group_size, params.layout,
+                                         params.format};
+    TPFUSE_ASSIGN_OR_RETURN(cpu::DynamicQuantResult r, cpu::QuantFp8Dynamic(*in[0], config));
+    return Results{std::move(r.q), std::move(r.s)};
+  }
+  if (op == "matmul") {
+    TPFUSE_ASSIGN_OR_RETURN(HostTensor y, cpu::Matmul(*in[0], *in[1], out_dtype));
+    return Results{std::move(y)};
+  }
+  if (op == "scaled_matmul") {
+    TPFUSE_ASSIGN_OR_RETURN(cpu::ActScaleLayout layout, ActScaleLayoutOf(node));
+    TPFUSE_ASSIGN_OR_RETURN(HostTensor y,
+                            cpu::ScaledMatmul(*in[0], *in[1], layout, *in[2], *in[3], out_dtype));
+    return Results{std::move(y)};
+  }
+  return Unimplemented("op '", op, "' has no CPU reference implementation");
+}
+
+class CpuExecutor : public Executor {
+ public:
+  explicit CpuExecutor(int world_size) : world_size_(world_size) {}
+  std::string name() const override { return "cpu"; }
+  int world_size() const override { return world_size_; }
+
+  StatusOr<RankOutputs> Run(const ir::Graph& graph,
+                            const std::vector<TensorMap>& inputs) override;
+
+ private:
+  int world_size_;
+};
+
+// Per-rank values: parameters point into the caller's inputs; results are owned.
+class RankValues {
+ public:
+  void SetParam(const ir::Value* v, const HostTensor* t) { params_[v] = t; }
+  void Set(const ir::Value* v, HostTensor t) { owned_[v] = std::move(t); }
+  void Erase(const ir::Value* v) { owned_.erase(v); }
+  const HostTensor* Find(const ir::Value* v) const {
+    if (auto it = owned_.find(v); it != owned_.end()) return &it->second;
+    if (auto it = params_.find(v); it != params_.end()) return it->second;
+    return nullptr;
+  }
+
+ private:
+  std::unordered_map<const ir::Value*, const HostTensor*> params_;
+  std::unordered_map<const ir::Value*, HostTensor> owned_;
+};
+
+StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
+                                       const std::vector<TensorMap>& inputs) {
+  if (world_size_ < 1) return InvalidArgument("cpu executor: world size must be >= 1, got ", world_size_);
+  if (int(inputs.size()) != world_size_)
+    return InvalidArgument("cpu executor: got inputs for ", inputs.size(), " ranks, world size is ",
+                           world_size_);
+  const size_t ranks = static_cast<size_t>(world_size_);
+  Bindings bindings;
+  for (int r = 0; r < world_size_; ++r) {
+    StatusOr<Bindings> rank_bindings = BindSymbols(graph, inputs[size_t(r)]);
+    if (!rank_bindings.ok()) {
+      return world_size_ > 1 ? rank_bindings.status().WithContext(StrCat("rank ", r))
+                             : rank_bindings.status();
+    }
+    if (r == 0) bindings = *rank_bindings;
+    else if (*rank_bindings != bindings)
+      return InvalidArgument("rank ", r, "'s inputs bind the symbols differently from rank 0's");
+  }
+
+  std::vector<RankValues> values(ranks);
+  for (int r = 0; r < world_size_; ++r) {
+    for (const ir::Value* p : graph.params()) values[size_t(r)].SetParam(p, &inputs[size_t(r)].at(p->name()));
+  }
+
+  // Free intermediates after their last use (weights of model graphs make memory matter).
+  const std::vector<ir::Node*> nodes = graph.NodesSnapshot();
+  std::unordered_map<const ir::Value*, size_t> last_use;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    for (const ir::Value* v : nodes[i]->operands()) last_use[v] = i;
+  }
+  std::unordered_set<const ir::Value*> returned(graph.outputs().begin(), graph.outputs().end());
+
+  for (size_t ni = 0; ni < nodes.size(); ++ni) {
+    const ir::Node& node = *nodes[ni];
+    const auto node_error = [&](const Status& s) { return s.WithContext(NodeLabel(node)); };
+
+    std::vector<ResolvedType> out_types;
+    for (const ir::Value* v : node.results()) {
+      StatusOr<std::vector<int64_t>> shape = v->type().Resolve(bindings);
+      if (!shape.ok()) return node_error(shape.status());
+      out_types.push_back({v->dtype(), *shape});
+    }
+    // Operands of every rank, checked against their IR types.
+    std::vector<std::vector<const HostTensor*>> operands(ranks);
+    for (int r = 0; r < world_size_; ++r) {
+      for (int i = 0; i < node.num_operands(); ++i) {
+        const ir::Value* v = node.operand(i);
+        const HostTensor* t = values[size_t(r)].Find(v);
+        if (t == nullptr)
+          return node_error(Internal("operand ", i, " (%", v->name(), ") has no value on rank ", r));
+        operands[size_t(r)].push_back(t);
+      }
+    }
+
+    // Results of every rank.
+    std::vector<std::vector<HostTensor>> results(ranks);
+    if (node.op() == "all_reduce") {
+      std::vector<const HostTensor*> partials;
+      for (int r = 0; r < world_size_; ++r) partials.push_back(operands[size_t(r)][0]);
+      StatusOr<HostTensor> sum = cpu::AllreduceSum(partials);
+      if (!sum.ok()) return node_error(sum.status());
+      for (int r = 0; r < world_size_; ++r) results[size_t(r)].push_back(*sum);
+    } else if (node.op() == "allreduce_rmsnorm") {
+      StatusOr<AllreduceRmsnormSpec> spec = ir::FusedSpecFromNode(node);
+      if (!spec.ok()) return node_error(spec.status());
+      const ir::FusedOperandIndices at = ir::FusedOperandLayout(*spec);
+      std::vector<const HostTensor*> partials;
+      for (int r = 0; r < world_size_; ++r) partials.push_back(operands[size_t(r)][size_t(at.x)]);
+      for (int r = 0; r < world_size_; ++r) {
+        const auto& in = operands[size_t(r)];
+        StatusOr<std::vector<HostTensor>> out = cpu::AllreduceRmsnorm(
+            *spec, partials, at.residual >= 0 ? in[size_t(at.residual)] : nullptr,
+            *in[size_t(at.w)], at.scale >= 0 ? in[size_t(at.scale)] : nullptr);
+        if (!out.ok()) return node_error(out.status().WithContext(StrCat("rank ", r)));
+        results[size_t(r)] = std::move(*out);
+      }
+    } else {
+      for (int r = 0; r < world_size_; ++r) {
+        StatusOr<std::vector<HostTensor>> out = RunLocalOp(node, operands[size_t(r)], out_types);
+        if (!out.ok()) {
+          return node_error(world_size_ > 1 ? out.status().WithContext(StrCat("rank ", r))
+                                            : out.status());
+        }
+        results[size_t(r)] = std::move(*out);
+      }
+    }
+
+    // Results must have the IR's dtype and element count; the IR's shape wins (a scale in
+    // [G, pad4(T)] is the same bytes however the op shaped it).
+    for (int r = 0; r < world_size_; ++r) {
+      std::vector<HostTensor>& res = results[size_t(r)];
+      if (int(res.size()) != node.num_results())
+        return node_error(Internal("the reference op produced ", res.size(), " results, the IR has ",
+                                   node.num_results()));
+      for (int i = 0; i < node.num_results(); ++i) {
+        const ResolvedType& want = out_types[size_t(i)];
+        HostTensor& t = res[size_t(i)];
+        int64_t want_numel = 1;
+        for (int64_t d : want.shape) want_numel *= d;
+        if (t.dtype() != want.dtype || t.numel() != want_numel)
+          return node_error(Internal("result ", i, " (%", node.result(i)->name(), ") is ",
+                                     t.TypeString(), ", the IR says ", DTypeName(want.dtype),
+                                     ShapeString(want.shape)));
+        if (t.shape() != want.shape) t = t.Reshaped(want.shape);
+        values[size_t(r)].Set(node.result(i), std::move(t));
+      }
+    }
+    // Drop operands whose last use was this node.
+    for (const ir::Value* v : node.operands()) {
+      if (last_use[v] == ni && !returned.count(v) && !v->is_param()) {
+        for (RankValues& rv : values) rv.Erase(v);
+      }
+    }
+  }
+
+  RankOutputs outputs(ranks);
+  for (int r = 0; r < world_size_; ++r) {
+    for (const ir::Value* v : graph.outputs()) {
+      const HostTensor* t = values[size_t(r)].Find(v);
+      if (t == nullptr) return Internal("returned value %", v->name(), " has no value on rank ", r);
+      outputs[size_t(r)].push_back(*t);
+    }
+  }
+  return outputs;
+}
+
+}  // namespace
+
+std::unique_ptr<Executor> MakeCpuExecutor(int world_size) {
+  return std::make_unique<CpuExecutor>(world_size);
+}
+
+StatusOr<Bindings> BindSymbols(const ir::Graph& graph, const TensorMap& inputs) {
+  Bindings bindings;
+  // Plain symbolic dims bind; padded ones (pad4(T)) are checked once everything is bound.
+  for (const ir::Value* p : graph.params()) {
+    const std::string want = p->type().ToString();
+    auto it = inputs.find(p->name());
+    if (it == inputs.end()) return NotFound("missing input %", p->name(), " (", want, ")");
+    const HostTensor& t = it->second;
+    if (t.dtype() != p->dtype())
+      return InvalidArgument("input %", p->name(), " is ", t.TypeString(), ", expected ", want,
+                             " (wrong dtype)");
+    if (t.rank() != p->type().rank())
+      return InvalidArgument("input %", p->name(), " is ", t.TypeString(), ", expected ", want,
+                             " (wrong rank)");
+    for (int d = 0; d < t.rank(); ++d) {
+      const ir::Dim& dim = p->shape()[size_t(d)];
+      const int64_t got = t.dim(d);
+      if (dim.is_const()) {
+        if (got != dim.value)
+          return InvalidArgument("input %", p->name(), " is ", t.TypeString(), ", expected ", want,
+                                 " (dim ", d, " must be ", dim.value, ")");
+      } else if (dim.align == 1) {
+        auto [bound, inserted] = bindings.emplace(dim.symbol, got);
+        if (!inserted && bound->second != got)
+          return InvalidArgument("input %", p->name(), " is ", t.TypeString(), ", expected ", want,
+                                 ": dim ", d, " binds ", dim.symbol, " = ", got,
+                                 " but an earlier input bound ", dim.symbol, " = ", bound->second);
+      }
+    }
+  }
+  for (const ir::Value* p : graph.params()) {
+    const HostTensor& t = inputs.at(p->name());
+    for (int d = 0; d < t.rank(); ++d) {
+      const ir::Dim& dim = p->shape()[size_t(d)];
+      if (dim.is_const() || dim.align == 1) continue;
+      StatusOr<int64_t> want = dim.Resolve(bindings);
+      if (!want.ok())
+        return InvalidArgument("input %", p->name(), ": cannot bind ", dim.symbol, " from ",
+                               dim.ToString(), " alone; give a parameter with a plain ", dim.symbol,
+                               " dim");
+      if (*want != t.dim(d))
+        return InvalidArgument("input %", p->name(), " is ", t.TypeString(), ", expected ",
+                               p->type().ToString(), " (dim ", d, " must be ", dim.ToString(),
+                               " = ", *want, ")");
+    }
+  }
+  return bindings;
+}
+
+}  // namespace tpfuse::runtime
