@@ -1,0 +1,162 @@
+#include "runtime/inputs.h"
+
+#include <cmath>
+#include <functional>
+
+#include "ir/ops.h"
+
+namespace tpfuse::runtime {
+namespace {
+
+// SplitMix64: small, fast, and the same on every platform (std:: distributions are not).
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed) {}
+  uint64_t Next() {
+    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [0, 1).
+  double Uniform() { return double(Next() >> 11) * 0x1.0p-53; }
+  double Uniform(double lo, double hi) { return lo + (hi - lo) * Uniform(); }
+  // Standard normal (Box-Muller).
+  double Normal() {
+    const double u1 = 1.0 - Uniform();  // (0, 1]
+    const double u2 = Uniform();
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+  }
+
+ private:
+  uint64_t state_;
+};
+
+uint64_t HashName(std::string_view s) {
+  uint64_t h = 0xCBF29CE484222325ull;  // FNV-1a
+  for (char c : s) h = (h ^ uint8_t(c)) * 0x100000001B3ull;
+  return h;
+}
+
+// Calls f(use) for every use of v and, through views, of what views it.
+void ForEachUseThroughViews(const ir::Value& v, const std::function<void(const ir::Use&)>& f) {
+  for (const ir::Use& use : v.uses()) {
+    if (!use.is_return() && use.user->op() == "view") {
+      ForEachUseThroughViews(*use.user->result(0), f);
+    } else {
+      f(use);
+    }
+  }
+}
+
+// Index of allreduce_rmsnorm's operands, or an empty layout when the node is malformed.
+ir::FusedOperandIndices FusedOperands(const ir::Node& node) {
+  StatusOr<AllreduceRmsnormSpec> spec = ir::FusedSpecFromNode(node);
+  if (!spec.ok()) return ir::FusedOperandIndices{-1, -1, -1, -1, 0};
+  return ir::FusedOperandLayout(*spec);
+}
+
+}  // namespace
+
+std::string_view ParamRoleName(ParamRole role) {
+  switch (role) {
+    case ParamRole::kActivation: return "activation";
+    case ParamRole::kNormWeight: return "norm weight";
+    case ParamRole::kStaticScale: return "static scale";
+    case ParamRole::kStaticInverseScale: return "static inverse scale";
+    case ParamRole::kFp8: return "fp8";
+    case ParamRole::kGemmScale: return "gemm scale";
+    case ParamRole::kInteger: return "integer";
+  }
+  return "?";
+}
+
+ParamInfo ClassifyParam(const ir::Value& param) {
+  ParamInfo info;
+  const DType dtype = param.dtype();
+  const bool f32_scalar = dtype == DType::kF32 && param.type().rank() == 0;
+  if (dtype == DType::kF8E4M3) info.role = ParamRole::kFp8;
+  if (dtype == DType::kI32) info.role = ParamRole::kInteger;
+
+  ForEachUseThroughViews(param, [&](const ir::Use& use) {
+    if (use.is_return()) return;
+    const ir::Node& user = *use.user;
+    const std::string& op = user.op();
+    const int i = use.index;
+    if (op == "all_reduce") info.per_rank = true;
+    if (op == "matmul" && i == 1) info.per_rank = true;
+    if (op == "scaled_matmul") {
+      if (i == 2 || i == 3) info.per_rank = true;
+      if ((i == 1 || i == 3) && dtype == DType::kF32) info.role = ParamRole::kGemmScale;
+    }
+    if (op == "allreduce_rmsnorm") {
+      const ir::FusedOperandIndices at = FusedOperands(user);
+      if (i == at.x) info.per_rank = true;
+      if (i == at.w) info.role = ParamRole::kNormWeight;
+      if (i == at.scale && f32_scalar) info.role = ParamRole::kStaticScale;
+    }
+    if ((op == "rms_norm" && i == 1) || (op == "fused_add_rms_norm" && i == 2))
+      info.role = ParamRole::kNormWeight;
+    if (op == "quant_fp8" && i == 1 && f32_scalar) info.role = ParamRole::kStaticScale;
+    if (op == "div" && i == 1 && f32_scalar) info.role = ParamRole::kStaticScale;
+    if (op == "mul" && user.num_operands() == 2) {
+      const ir::Value& other = *user.operand(1 - i);
+      if (f32_scalar && other.type().rank() >= 1) info.role = ParamRole::kStaticInverseScale;
+      if (param.type().rank() == 1 && other.type().rank() >= 2 && IsFloatType(dtype))
+        info.role = ParamRole::kNormWeight;
+    }
+  });
+  return info;
+}
+
+StatusOr<std::vector<TensorMap>> MakeRandomInputs(const ir::Graph& graph, int world_size,
+                                                  int64_t tokens, uint64_t seed) {
+  if (world_size < 1) return InvalidArgument("world size must be >= 1, got ", world_size);
+  if (tokens < 1) return InvalidArgument("tokens must be >= 1, got ", tokens);
+  std::map<std::string, int64_t> bindings;
+  for (const ir::Value* p : graph.params()) {
+    for (const ir::Dim& d : p->shape()) {
+      if (!d.is_const()) bindings[d.symbol] = tokens;
+    }
+  }
+  std::vector<TensorMap> inputs(static_cast<size_t>(world_size));
+  for (const ir::Value* p : graph.params()) {
+    StatusOr<std::vector<int64_t>> shape = p->type().Resolve(bindings);
+    if (!shape.ok()) return shape.status().WithContext(StrCat("parameter %", p->name()));
+    const ParamInfo info = ClassifyParam(*p);
+    for (int r = 0; r < (info.per_rank ? world_size : 1); ++r) {
+      // The stream depends on the name (not the position) so a graph and its fused form agree.
+      Rng rng(seed ^ HashName(p->name()) ^ (info.per_rank ? (uint64_t(r) + 1) * 0xD6E8FEB86659FD93ull : 0));
+      HostTensor t(p->dtype(), *shape);
+      bool any_nonzero = false;
+      for (int64_t i = 0; i < t.numel(); ++i) {
+        switch (info.role) {
+          case ParamRole::kActivation: t.SetF32(i, float(rng.Normal())); break;
+          case ParamRole::kNormWeight: t.SetF32(i, float(rng.Uniform(0.5, 1.5))); break;
+          case ParamRole::kStaticScale: t.SetF32(i, float(rng.Uniform(0.005, 0.02))); break;
+          case ParamRole::kStaticInverseScale:
+            t.SetF32(i, float(1.0 / rng.Uniform(0.005, 0.02)));
+            break;
+          case ParamRole::kGemmScale: t.SetF32(i, float(rng.Uniform(0.002, 0.008))); break;
+          case ParamRole::kFp8: {
+            uint8_t code = uint8_t(rng.Next() % 254);  // 0..253 -> skip 0x7F
+            if (code >= 0x7F) ++code;                   // 0x00..0x7E, 0x80..0xFE
+            t.data_as<uint8_t>()[i] = code;
+            break;
+          }
+          case ParamRole::kInteger: t.SetF32(i, float(int64_t(rng.Next() % 17) - 8)); break;
+        }
+        any_nonzero = any_nonzero || t.GetF32(i) != 0.0f;
+      }
+      if (!any_nonzero && t.numel() > 0) t.SetF32(0, 1.0f);  // never all zeros
+      if (info.per_rank) {
+        inputs[size_t(r)][p->name()] = std::move(t);
+      } else {
+        for (TensorMap& rank_inputs : inputs) rank_inputs[p->name()] = t;
+      }
+    }
+  }
+  return inputs;
+}
+
+}  // namespace tpfuse::runtime
