@@ -1,0 +1,291 @@
+#include "runtime/check.h"
+
+#include <algorithm>
+#include <iomanip>
+#include <optional>
+#include <sstream>
+
+#include "ir/ops.h"
+
+namespace tpfuse::runtime {
+namespace {
+
+const ir::Value* SkipViews(const ir::Value* v) {
+  while (v->producer() && v->producer()->op() == "view") v = v->producer()->operand(0);
+  return v;
+}
+
+bool IsGemmOutput(const ir::Value* v) {
+  const ir::Node* p = SkipViews(v)->producer();
+  return p && (p->op() == "matmul" || p->op() == "scaled_matmul");
+}
+
+// The dynamic quant that produced `v` as its scale or its q: the node, and the result
+// index of its s.
+struct DynamicQuant {
+  const ir::Node* node = nullptr;
+  int q_result = -1;
+  int s_result = -1;
+  Fp8ScaleMap map;
+};
+
+std::optional<DynamicQuant> DynamicQuantOf(const ir::Value* v) {
+  const ir::Value* src = SkipViews(v);
+  const ir::Node* p = src->producer();
+  if (p == nullptr) return std::nullopt;
+  if (p->op() == "quant_fp8") {
+    StatusOr<ir::QuantParams> params = ir::QuantParamsFromNode(*p);
+    if (!params.ok() || !IsDynamicQuant(params->mode)) return std::nullopt;
+    const bool col = params->layout == ScaleLayout::kCol;
+    return DynamicQuant{p, 0, 1,
+                        params->mode == QuantMode::kFp8Token
+                            ? Fp8ScaleMap::Token(col)
+                            : Fp8ScaleMap::Group(params->group_size, col)};
+  }
+  if (p->op() == "allreduce_rmsnorm") {
+    StatusOr<AllreduceRmsnormSpec> spec = ir::FusedSpecFromNode(*p);
+    if (!spec.ok() || !IsDynamicQuant(spec->quant)) return std::nullopt;
+    const ir::FusedResultIndices at = ir::FusedResultLayout(*spec);
+    if (src->result_index() != at.q && src->result_index() != at.s) return std::nullopt;
+    const bool col = spec->scale_layout == ScaleLayout::kCol;
+    return DynamicQuant{p, at.q, at.s,
+                        spec->quant == QuantMode::kFp8Token
+                            ? Fp8ScaleMap::Token(col)
+                            : Fp8ScaleMap::Group(spec->group_size, col)};
+  }
+  return std::nullopt;
+}
+
+bool IsScaleOutput(const ir::Value* v) {
+  std::optional<DynamicQuant> dq = DynamicQuantOf(v);
+  return dq && SkipViews(v)->result_index() == dq->s_result;
+}
+
+// Position of `value` (or a view of it) in the graph's return list, or -1.
+int ReturnedAt(const ir::Graph& graph, const ir::Value* value) {
+  for (int i = 0; i < int(graph.outputs().size()); ++i) {
+    if (SkipViews(graph.outputs()[size_t(i)]) == value) return i;
+  }
+  return -1;
+}
+
+// The static scale an f8e4m3 value was quantized with: the parameter and whether the graph
+// multiplies by it (the stored value is 1 / scale) or a scalar attribute's reciprocal.
+struct StaticScale {
+  std::string param;  // empty when the scale is the scalar attribute
+  bool reciprocal = false;
+  double scalar = 0.0;
+};
+
+std::optional<StaticScale> StaticScaleOf(const ir::Value* v) {
+  const ir::Node* p = SkipViews(v)->producer();
+  if (p == nullptr) return std::nullopt;
+  const auto param_scale = [](const ir::Value* s, bool reciprocal) -> std::optional<StaticScale> {
+    s = SkipViews(s);
+    if (!s->is_param() || s->dtype() != DType::kF32) return std::nullopt;
+    return StaticScale{s->name(), reciprocal, 0.0};
+  };
+  if (p->op() == "quant_fp8" && p->num_operands() == 2) return param_scale(p->operand(1), false);
+  if (p->op() == "allreduce_rmsnorm") {
+    StatusOr<AllreduceRmsnormSpec> spec = ir::FusedSpecFromNode(*p);
+    if (!spec.ok() || spec->quant != QuantMode::kFp8Tensor) return std::nullopt;
+    return param_scale(p->operand(ir::FusedOperandLayout(*spec).scale), false);
+  }
+  if (p->op() != "cast") return std::nullopt;
+  // Decomposed static quant: div(scale) | mul(1 / scale) -> clamp -> cast(f8e4m3).
+  const ir::Value* x = SkipViews(p->operand(0));
+  while (x->producer() && x->producer()->op() == "clamp") x = SkipViews(x->producer()->operand(0));
+  const ir::Node* q = x->producer();
+  if (q == nullptr) return std::nullopt;
+  if (q->op() == "div" && q->num_operands() == 2) return param_scale(q->operand(1), false);
+  if (q->op() == "mul" && q->num_operands() == 2) {
+    for (int i = 0; i < 2; ++i) {
+      if (q->operand(i)->type().rank() == 0) return param_scale(q->operand(i), true);
+    }
+  }
+  if ((q->op() == "mul" || q->op() == "div") && q->num_operands() == 1) {
+    StatusOr<double> scalar = ir::GetNumberAttr(*q, "scalar", 0.0);
+    if (!scalar.ok() || *scalar == 0.0) return std::nullopt;
+    return StaticScale{"", q->op() == "mul", *scalar};
+  }
+  return std::nullopt;
+}
+
+// The static scale as an f32[] tensor for one rank.
+StatusOr<HostTensor> StaticScaleTensor(const StaticScale& scale, const TensorMap& inputs) {
+  double value = scale.scalar;
+  if (!scale.param.empty()) {
+    auto it = inputs.find(scale.param);
+    if (it == inputs.end() || it->second.numel() != 1)
+      return NotFound("static scale %", scale.param, " is not among the inputs");
+    value = it->second.GetF32(0);
+  }
+  HostTensor t(DType::kF32, {});
+  t.SetF32(0, float(scale.reciprocal ? 1.0 / value : value));
+  return t;
+}
+
+std::string FormatNumber(double v) {
+  std::ostringstream os;
+  os << std::setprecision(3) << v;
+  return os.str();
+}
+
+}  // namespace
+
+std::string OutputCheck::ToString() const {
+  std::ostringstream os;
+  std::string cls_text(ToleranceClassName(cls));
+  if (!scale_source.empty()) cls_text += " (" + scale_source + ")";
+  os << std::left << std::setw(16) << ("%" + name) << " " << std::setw(36) << cls_text
+     << " max_abs_err " << std::setw(10) << FormatNumber(max_abs_err) << " max_err "
+     << std::setw(8) << FormatNumber(max_ulp_err) << " ";
+  if (ok) os << "ok";
+  else os << "FAIL on rank " << failed_rank << ": " << detail.summary;
+  return os.str();
+}
+
+std::string CheckReport::ToString() const {
+  std::string s;
+  int failed = 0;
+  for (const OutputCheck& o : outputs) {
+    s += o.ToString() + "\n";
+    failed += o.ok ? 0 : 1;
+  }
+  s += StrCat(outputs.size(), " outputs checked: ",
+              failed == 0 ? "all within tolerance" : StrCat(failed, " failed"), "\n");
+  return s;
+}
+
+StatusOr<CheckReport> CompareGraphOutputs(const ir::Graph& ref_graph,
+                                          const RankOutputs& ref_outputs,
+                                          const ir::Graph& got_graph,
+                                          const RankOutputs& got_outputs,
+                                          const std::vector<TensorMap>& inputs) {
+  const size_t num_outputs = ref_graph.outputs().size();
+  if (got_graph.outputs().size() != num_outputs)
+    return InvalidArgument("the graphs return ", num_outputs, " and ", got_graph.outputs().size(),
+                           " values");
+  if (ref_outputs.size() != got_outputs.size() || ref_outputs.empty())
+    return InvalidArgument("outputs for ", ref_outputs.size(), " and ", got_outputs.size(),
+                           " ranks");
+  if (inputs.size() != ref_outputs.size())
+    return InvalidArgument("inputs for ", inputs.size(), " ranks, outputs for ",
+                           ref_outputs.size());
+  for (size_t r = 0; r < ref_outputs.size(); ++r) {
+    if (ref_outputs[r].size() != num_outputs || got_outputs[r].size() != num_outputs)
+      return InvalidArgument("rank ", r, " has ", ref_outputs[r].size(), " reference and ",
+                             got_outputs[r].size(), " outputs, the graphs return ", num_outputs);
+  }
+
+  CheckReport report;
+  for (size_t i = 0; i < num_outputs; ++i) {
+    const ir::Value* ref_v = ref_graph.outputs()[i];
+    const ir::Value* got_v = got_graph.outputs()[i];
+    OutputCheck check;
+    check.index = int(i);
+    check.name = ref_v->name();
+
+    // Decide the class and, for FP8, where the scales come from.
+    std::optional<DynamicQuant> dq;
+    int s_position = -1;
+    std::optional<StaticScale> static_scale;
+    const DType dtype = ref_v->dtype();
+    if (dtype == DType::kF8E4M3) {
+      check.cls = ToleranceClass::kFp8Dequantized;
+      for (const auto& [graph, v] : {std::pair{&ref_graph, ref_v}, std::pair{&got_graph, got_v}}) {
+        std::optional<DynamicQuant> candidate = DynamicQuantOf(v);
+        if (candidate && SkipViews(v)->result_index() == candidate->q_result) {
+          const int at = ReturnedAt(*graph, candidate->node->result(candidate->s_result));
+          if (at >= 0) {
+            dq = candidate;
+            s_position = at;
+            break;
+          }
+        }
+        if (!static_scale) static_scale = StaticScaleOf(v);
+      }
+      if (dq) {
+        check.scale_source = "returned %" + ref_graph.outputs()[size_t(s_position)]->name();
+      } else if (static_scale) {
+        const std::string what = static_scale->param.empty()
+                                     ? StrCat(static_scale->scalar)
+                                     : "%" + static_scale->param;
+        check.scale_source = StrCat("static ", static_scale->reciprocal ? "1/" : "", what);
+      } else {
+        check.scale_source = "code step";
+      }
+    } else if (dtype == DType::kF32 && (IsScaleOutput(ref_v) || IsScaleOutput(got_v))) {
+      check.cls = ToleranceClass::kScale;
+    } else if (IsFloatType(dtype) && (IsGemmOutput(ref_v) || IsGemmOutput(got_v))) {
+      check.cls = ToleranceClass::kGemm;
+    } else if (IsHalfType(dtype)) {
+      check.cls = ToleranceClass::kHalf;
+    } else {
+      check.cls = ToleranceClass::kExact;
+    }
+
+    for (size_t r = 0; r < ref_outputs.size(); ++r) {
+      const HostTensor& got = got_outputs[r][i];
+      const HostTensor& ref = ref_outputs[r][i];
+      CompareResult result;
+      switch (check.cls) {
+        case ToleranceClass::kHalf: result = CompareHalf(got, ref); break;
+        case ToleranceClass::kGemm: result = CompareGemm(got, ref); break;
+        case ToleranceClass::kScale: result = CompareScales(got, ref); break;
+        case ToleranceClass::kExact: result = CompareExact(got, ref); break;
+        case ToleranceClass::kFp8Dequantized:
+          if (dq) {
+            result = CompareFp8Dequantized(got, got_outputs[r][size_t(s_position)], ref,
+                                           ref_outputs[r][size_t(s_position)], dq->map);
+          } else if (static_scale) {
+            TPFUSE_ASSIGN_OR_RETURN(HostTensor s, StaticScaleTensor(*static_scale, inputs[r]));
+            result = CompareFp8Dequantized(got, s, ref, s, Fp8ScaleMap::Tensor());
+          } else {
+            result = CompareFp8Codes(got, ref);
+          }
+          break;
+      }
+      check.max_abs_err = std::max(check.max_abs_err, result.max_abs_err);
+      check.max_ulp_err = std::max(check.max_ulp_err, result.max_ulp_err);
+      if (!result.ok && check.ok) {
+        check.ok = false;
+        check.failed_rank = int(r);
+        check.detail = result;
+      } else if (r == 0) {
+        check.detail = result;
+      }
+    }
+    report.ok = report.ok && check.ok;
+    report.outputs.push_back(std::move(check));
+  }
+  return report;
+}
+
+Status CheckRanksIdentical(const ir::Graph& graph, const RankOutputs& outputs,
+                           const std::vector<int>& indices) {
+  std::vector<int> which = indices;
+  if (which.empty()) {
+    for (int i = 0; i < int(graph.outputs().size()); ++i) which.push_back(i);
+  }
+  for (int i : which) {
+    if (i < 0 || i >= int(graph.outputs().size()))
+      return InvalidArgument("output index ", i, " is out of range");
+    for (size_t r = 0; r < outputs.size(); ++r) {
+      if (size_t(i) >= outputs[r].size())
+        return InvalidArgument("rank ", r, " has ", outputs[r].size(), " outputs");
+    }
+    for (size_t r = 1; r < outputs.size(); ++r) {
+      const HostTensor& a = outputs[0][size_t(i)];
+      const HostTensor& b = outputs[r][size_t(i)];
+      if (!b.BitwiseEquals(a)) {
+        const CompareResult diff = CompareExact(b, a);
+        return FailedPrecondition("output %", graph.outputs()[size_t(i)]->name(), " differs between rank 0 and rank ", r,
+                                  ": ", diff.summary);
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace tpfuse::runtime

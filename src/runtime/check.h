@@ -1,0 +1,65 @@
+// Comparing a graph's outputs against the oracle's, output by output, with Contract 3's
+// tolerance table (common/tolerance.h). Used by `tpfuse run --check`, `demo` and the tests.
+//
+// Outputs are matched by position: the i-th returned value of `got_graph` is compared with the
+// i-th of `ref_graph` on every rank. The class of an output comes from the graphs (the reference
+// graph first, then the other one):
+//   - bf16 / f16 / f32 produced, possibly through views, by matmul or scaled_matmul: GEMM class;
+//   - other bf16 / f16: within 1 ulp;
+//   - f8e4m3: dequantized with the scale its producer used:
+//       the returned scale of a dynamic quant (quant_fp8 token/group or allreduce_rmsnorm's s)
+//       when that scale is also returned, mapped per mode, group size and layout;
+//       the static-scale parameter for mode tensor (quant_fp8's scale operand,
+//       allreduce_rmsnorm's scale, the divisor of a decomposed `div -> clamp -> cast`, or the
+//       reciprocal of a `mul` factor);
+//       otherwise the codes themselves (+-1 FP8 code step);
+//   - f32 scales (the s result of quant_fp8 or allreduce_rmsnorm): within 2^-7 relative;
+//   - anything else: bitwise.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/tolerance.h"
+#include "ir/graph.h"
+#include "runtime/executor.h"
+
+namespace tpfuse::runtime {
+
+struct OutputCheck {
+  int index = 0;               // position in the return list
+  std::string name;            // the reference graph's value name
+  ToleranceClass cls = ToleranceClass::kExact;
+  std::string scale_source;    // fp8 only: "returned %s", "static %scale", "code step"
+  bool ok = true;
+  double max_abs_err = 0.0;    // over every rank
+  double max_ulp_err = 0.0;    // in the class's unit (ulps; relative error for scales)
+  int failed_rank = -1;        // the first rank that failed
+  CompareResult detail;        // that rank's comparison (rank 0's when every rank passed)
+
+  // "%q  fp8-dequant (returned %s)  max_abs_err 0.0039  max_err 0.5  ok"
+  std::string ToString() const;
+};
+
+struct CheckReport {
+  bool ok = true;
+  std::vector<OutputCheck> outputs;
+  // One line per output, then "N outputs checked on R ranks: all within tolerance" or
+  // "... K failed".
+  std::string ToString() const;
+};
+
+// Compares every returned value of every rank. Structural problems (a different number of
+// outputs or ranks) are errors; a value of the wrong dtype or shape is a failed output.
+StatusOr<CheckReport> CompareGraphOutputs(const ir::Graph& ref_graph,
+                                          const RankOutputs& ref_outputs,
+                                          const ir::Graph& got_graph,
+                                          const RankOutputs& got_outputs,
+                                          const std::vector<TensorMap>& inputs);
+
+// Ok when the listed outputs (all when `indices` is empty) are bitwise identical on every
+// rank; otherwise an error naming the first output and rank that differ.
+Status CheckRanksIdentical(const ir::Graph& graph, const RankOutputs& outputs,
+                           const std::vector<int>& indices = {});
+
+}  // namespace tpfuse::runtime
