@@ -87,7 +87,9 @@ ParamInfo ClassifyParam(const ir::Value& param) {
     if (op == "matmul" && i == 1) info.per_rank = true;
     if (op == "scaled_matmul") {
       if (i == 2 || i == 3) info.per_rank = true;
-      if ((i == 1 || i == 3) && dtype == DType::kF32) info.role = ParamRole::kGemmScale;
+      // A static quant scale that also dequantizes the GEMM input stays a static scale.
+      if ((i == 1 || i == 3) && dtype == DType::kF32 && info.role == ParamRole::kActivation)
+        info.role = ParamRole::kGemmScale;
     }
     if (op == "allreduce_rmsnorm") {
       const ir::FusedOperandIndices at = FusedOperands(user);

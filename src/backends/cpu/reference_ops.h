@@ -102,7 +102,7 @@ StatusOr<HostTensor> Matmul(const HostTensor& a, const HostTensor& b, DType out_
 // from the IR (the quant_fp8 producing s, or s's type).
 enum class ActScaleLayout : uint8_t {
   kPerTensor,    // s: one element
-  kPerToken,     // s: [T, 1] (or T elements)
+  kPerToken,     // s: [T, 1], or [1, T_pad] column-major (entry t either way)
   kPerGroupRow,  // s: [T, K / g] row-major
   kPerGroupCol,  // s: [K / g, T_pad] column-major, T_pad >= T (pad4(T))
 };
