@@ -126,6 +126,12 @@ struct RmsNormMatch {
 // [cast(x, f32)] -> pow(2) | mul(v, v) -> mean -> add(eps) -> rsqrt -> mul(v, r) -> [cast]
 //   -> mul(., w) (the weight multiply before or after the cast)  ->  rms_norm(x, w) {eps}
 // mul(., add(w, scalar = 1))  ->  rms_norm(x, w) {eps, weight_bias = 1}
+//
+// Numerics: rms_norm computes in f32 and rounds once (Contract 3 step 3). The usual exported
+// form (f32 inside, one cast back) agrees with it to the rounding of the final multiply. A chain
+// without casts rounds every intermediate to x's dtype, and a bf16 `add(w, 1)` rounds 1 + w:
+// the folded op is the more accurate of the two, and results move by the chain's own rounding
+// error (a few ulps for the cast-free bf16 chain), not by anything the rewrite adds.
 struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
   std::string_view name() const override { return "decomposed_rms_norm"; }
   int benefit() const override { return 10; }
@@ -384,7 +390,8 @@ struct ViewBeforeAllReduce final : Pattern {
     const std::string name = all_reduce->result()->name();
     rw.SetInsertionPointBefore(all_reduce);
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * view,
-                            rw.Create("view", {partial}, root->attrs(), {partial->name() + ".view"}));
+                            rw.Create("view", {partial}, root->attrs(),
+                                      {partial->name() + ".view"}));
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * moved, rw.Create("all_reduce", {view->result()},
                                                         all_reduce->attrs(), {name}));
     rw.ReplaceAllUsesWith(root->result(), moved->result());

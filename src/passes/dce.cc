@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "passes/pass.h"
+#include "passes/rewriter.h"
 
 namespace tpfuse::passes {
 namespace {
@@ -12,6 +13,7 @@ class DcePass final : public Pass {
   std::string name() const override { return "dce"; }
 
   StatusOr<bool> Run(ir::Graph& graph, PassContext& ctx) override {
+    Rewriter rw(graph);
     std::vector<ir::Node*> nodes = graph.NodesSnapshot();
     int removed = 0;
     for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {
@@ -19,7 +21,7 @@ class DcePass final : public Pass {
       const bool dead = std::none_of(node->results().begin(), node->results().end(),
                                      [](const ir::Value* r) { return r->has_uses(); });
       if (!dead) continue;
-      TPFUSE_RETURN_IF_ERROR(graph.EraseNode(node));
+      TPFUSE_RETURN_IF_ERROR(rw.Erase(node));
       ++removed;
     }
     if (removed > 0) ctx.Count(name(), "removed", removed);

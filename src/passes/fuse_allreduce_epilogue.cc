@@ -42,6 +42,7 @@ struct Plan {
   ir::Node* quant = nullptr;  // the quant_fp8 absorbed, if any
   InsertionPoint point;
   std::vector<std::string> notes;
+  int quants_dropped = 0;  // quant consumers the backend or the structure kept out
 };
 
 // A failure to fuse: the counter kind and the reason shown to the user.
@@ -275,7 +276,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
       TPFUSE_ASSIGN_OR_RETURN(FusionRecord record, Fuse(plan, rw));
       record.anchor = anchor_name;
       ctx.Count(kRule, "fused");
-      if (!record.notes.empty()) ctx.Count(kRule, "quant left unfused");
+      if (plan.quants_dropped > 0) ctx.Count(kRule, "quant left unfused", plan.quants_dropped);
       ctx.fusions.push_back(std::move(record));
     }
     return rw.changed();
@@ -307,19 +308,22 @@ class FuseAllreduceEpiloguePass final : public Pass {
 
     // The whole chain with the first quant that works, else the norm alone.
     std::vector<std::string> notes;
+    std::set<const ir::Node*> dropped;
     for (ir::Node* quant : chain->quants) {
       Plan plan;
       std::string kind;
       std::string quant_why = Complete(*chain, quant, *base, ctx, plan, &kind);
       if (quant_why.empty()) {
         for (ir::Node* other : chain->quants) {
-          if (other == quant) continue;
+          if (other == quant || dropped.count(other)) continue;
           notes.push_back(StrCat("quant_fp8 ", Ref(other->result()),
                                  " reads the emitted norm: one quant is fused per chain"));
         }
         plan.notes = std::move(notes);
+        plan.quants_dropped = int(dropped.size());
         return plan;
       }
+      dropped.insert(quant);
       notes.push_back(StrCat("quant_fp8 ", Ref(quant->result()), " stays unfused: ", quant_why));
     }
     Plan plan;
@@ -329,6 +333,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
       return Refusal{kind, norm_why};
     }
     plan.notes = std::move(notes);
+    plan.quants_dropped = int(dropped.size());
     return plan;
   }
 
@@ -367,7 +372,8 @@ class FuseAllreduceEpiloguePass final : public Pass {
     TPFUSE_RETURN_IF_ERROR(rw.EraseDead(erase));
     for (ir::Node* n : erase) {
       if (!rw.IsErased(n))
-        return Internal(NodeRef(n), " is still used after fusing all_reduce ", Ref(c.anchor->result()));
+        return Internal(NodeRef(n), " is still used after fusing all_reduce ",
+                        Ref(c.anchor->result()));
     }
     TPFUSE_ASSIGN_OR_RETURN(fused, rw.RestoreNames(fused, names));
 

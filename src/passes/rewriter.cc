@@ -165,7 +165,8 @@ StatusOr<ir::Node*> Rewriter::RestoreNames(ir::Node* node, const std::vector<std
                                      types, old);
     fresh->set_location(old->line(), old->column());
     erased_.erase(fresh);
-    for (int i = 0; i < old->num_results(); ++i) old->result(i)->ReplaceAllUsesWith(fresh->result(i));
+    for (int i = 0; i < old->num_results(); ++i)
+      old->result(i)->ReplaceAllUsesWith(fresh->result(i));
     TPFUSE_RETURN_IF_ERROR(Erase(old));
     return fresh;
   };

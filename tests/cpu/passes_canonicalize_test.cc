@@ -1,0 +1,490 @@
+// canonicalize: every form of Contract 2 that a graph exported without custom ops contains
+// becomes the canonical op and then fuses like it; the "does not fire" cases leave the graph
+// alone and say why in the counters. Numeric halves run unfused vs fused on the CPU oracle.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "passes_test_util.h"
+
+namespace tpfuse::passes::testing {
+namespace {
+
+// Parses `text` and runs canonicalize alone.
+Compiled Canonicalize(std::string_view text) {
+  PassManager canonicalize;
+  canonicalize.Add(MakeCanonicalizePass());
+  return Compile(text, {}, &canonicalize);
+}
+
+// ---------------------------------------------------------------- decomposed RMSNorm
+
+struct RmsForm {
+  std::string name;
+  bool input_cast = true;  // cast(h, f32) first
+  bool pow = true;         // pow(v, 2), else mul(v, v)
+  bool weight_before_cast = false;
+  bool weight_first = false;  // mul(w, n) rather than mul(n, w); rsqrt first in the core mul
+  std::string weight = "%g";  // how the weight reaches the multiply: %g, %gf, %g1
+  std::string weight_defs;    // the statements that compute it
+  float weight_bias = 0.0f;
+  // The chain without casts rounds every intermediate to bf16, a few ulps of error of its own;
+  // the folded op computes in f32 (Contract 3 step 3). Those forms are checked against the
+  // f32-internal chain (the first form) instead of their own bf16 rounding.
+  bool reference_is_f32_chain = false;
+};
+
+std::ostream& operator<<(std::ostream& os, const RmsForm& f) { return os << f.name; }
+
+// all_reduce -> add -> the decomposed norm in `form` -> per-group quant.
+std::string DecomposedRmsNormLayer(const RmsForm& f) {
+  const std::string v = f.input_cast ? "%v" : "%h";
+  std::string s =
+      "func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {\n"
+      "  %ar = all_reduce(%x)\n"
+      "  %h = add(%ar, %res)\n";
+  if (f.input_cast) s += "  %v = cast(%h) {to = f32}\n";
+  s += f.pow ? "  %sq = pow(" + v + ") {exponent = 2}\n" : "  %sq = mul(" + v + ", " + v + ")\n";
+  s += "  %var = mean(%sq) {dim = -1, keepdim = true}\n"
+       "  %ve = add(%var) {scalar = 1e-6}\n"
+       "  %rs = rsqrt(%ve)\n";
+  s += f.weight_first ? "  %n = mul(%rs, " + v + ")\n" : "  %n = mul(" + v + ", %rs)\n";
+  s += f.weight_defs;
+  auto weighted = [&](const std::string& out, const std::string& normed) {
+    return f.weight_first ? "  " + out + " = mul(" + f.weight + ", " + normed + ")\n"
+                          : "  " + out + " = mul(" + normed + ", " + f.weight + ")\n";
+  };
+  if (!f.input_cast) {
+    s += weighted("%y", "%n");
+  } else if (f.weight_before_cast) {
+    s += weighted("%nw", "%n");
+    s += "  %y = cast(%nw) {to = bf16}\n";
+  } else {
+    s += "  %nb = cast(%n) {to = bf16}\n";
+    s += weighted("%y", "%nb");
+  }
+  s += "  %q, %s = quant_fp8(%y) {mode = \"group\", group_size = 128}\n"
+       "  return %q, %s, %h\n}\n";
+  return s;
+}
+
+const std::vector<RmsForm> kRmsForms = {
+    // Hugging Face LlamaRMSNorm: f32 inside, weight times the bf16 result.
+    {.name = "CastPowWeightAfterCast"},
+    {.name = "CastMulSquareSwappedOperands", .pow = false, .weight_first = true},
+    {.name = "CastPowWeightBeforeCastF32Weight",
+     .weight_before_cast = true,
+     .weight = "%gf",
+     .weight_defs = "  %gf = cast(%g) {to = f32}\n"},
+    // bf16 weight times the f32 normalized value: mixed precision computes in f32.
+    {.name = "CastPowWeightBeforeCastBf16Weight", .weight_before_cast = true},
+    {.name = "NoCastsPow", .input_cast = false, .reference_is_f32_chain = true},
+    {.name = "NoCastsMulSquare",
+     .input_cast = false,
+     .pow = false,
+     .weight_first = true,
+     .reference_is_f32_chain = true},
+    // Hugging Face Gemma: output * (1.0 + weight.float()).
+    {.name = "GemmaOnePlusF32Weight",
+     .weight_before_cast = true,
+     .weight = "%g1",
+     .weight_defs = "  %gf = cast(%g) {to = f32}\n  %g1 = add(%gf) {scalar = 1}\n",
+     .weight_bias = 1.0f},
+    {.name = "GemmaOnePlusBf16WeightAfterCast",
+     .weight_first = true,
+     .weight = "%g1",
+     .weight_defs = "  %g1 = add(%g) {scalar = 1}\n",
+     .weight_bias = 1.0f},
+};
+
+class PassesDecomposedRmsNorm : public ::testing::TestWithParam<RmsForm> {};
+
+TEST_P(PassesDecomposedRmsNorm, FoldsToRmsNormAndFuses) {
+  const RmsForm& form = GetParam();
+  const std::string text = DecomposedRmsNormLayer(form);
+
+  Compiled canonical = Canonicalize(text);
+  ASSERT_TRUE(canonical.ok());
+  FileCheck(Print(*canonical.after), R"(
+    CHECK: %ar = all_reduce(%x)
+    CHECK: %y, %h = fused_add_rms_norm(%ar, %res, %g)
+    CHECK-SAME: eps = 1e-06
+    CHECK-NOT: rsqrt
+    CHECK-NOT: mean
+    CHECK-NOT: cast
+    CHECK: %q, %s = quant_fp8(%y)
+  )");
+  EXPECT_EQ(Counter(canonical.ctx, "decomposed_rms_norm", "applied"), 1);
+  EXPECT_EQ(canonical.after->num_nodes(), 3) << Print(*canonical.after);
+  const auto norms = NodesOf(*canonical.after, "fused_add_rms_norm");
+  ASSERT_EQ(norms.size(), 1u);
+  const ir::Attr* bias = norms[0]->attr("weight_bias");
+  EXPECT_EQ(bias ? *bias->AsNumber() : 0.0, form.weight_bias);
+
+  Compiled fused = Compile(text);
+  ASSERT_TRUE(fused.ok());
+  FileCheck(Print(*fused.after), R"(
+    CHECK: %h, %q, %s = allreduce_rmsnorm(%x, %res, %g)
+    CHECK-SAME: emit = ["residual", "quant"]
+    CHECK: return %q, %s, %h
+  )");
+  EXPECT_EQ(fused.after->num_nodes(), 1) << Print(*fused.after);
+  if (form.reference_is_f32_chain) {
+    std::unique_ptr<ir::Graph> f32_chain = ParseOrFail(DecomposedRmsNormLayer(kRmsForms[0]));
+    ASSERT_TRUE(f32_chain);
+    ExpectSameOutputs(*f32_chain, *fused.after);
+  } else {
+    ExpectSameOutputs(fused);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Forms, PassesDecomposedRmsNorm, ::testing::ValuesIn(kRmsForms),
+                         [](const auto& info) { return info.param.name; });
+
+// ---------------------------------------------------------------- decomposed static quant
+
+struct QuantForm {
+  std::string name;
+  std::string scale_op;  // the statement computing %d from %y
+  bool clamp = true;
+  std::string scale_operand;  // what allreduce_rmsnorm reads as its scale
+};
+
+std::ostream& operator<<(std::ostream& os, const QuantForm& f) { return os << f.name; }
+
+std::string StaticQuantLayer(const QuantForm& f) {
+  std::string s =
+      "func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256], %scale: f32[],\n"
+      "            %inv: f32[]) {\n"
+      "  %ar = all_reduce(%x)\n"
+      "  %y, %r = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-5}\n" +
+      f.scale_op;
+  if (f.clamp) s += "  %c = clamp(%d) {min = -448, max = 448}\n";
+  s += std::string("  %q = cast(") + (f.clamp ? "%c" : "%d") + ") {to = f8e4m3}\n";
+  s += "  return %q, %r\n}\n";
+  return s;
+}
+
+const std::vector<QuantForm> kQuantForms = {
+    {"DivClamp", "  %d = div(%y, %scale)\n", true, "%scale"},
+    {"DivNoClamp", "  %d = div(%y, %scale)\n", false, "%scale"},
+    {"MulClamp", "  %d = mul(%y, %inv)\n", true, "%inv.recip"},
+    {"MulScaleFirstNoClamp", "  %d = mul(%inv, %y)\n", false, "%inv.recip"},
+};
+
+class PassesDecomposedStaticQuant : public ::testing::TestWithParam<QuantForm> {};
+
+TEST_P(PassesDecomposedStaticQuant, FoldsToQuantFp8AndFuses) {
+  const QuantForm& form = GetParam();
+  Compiled c = Compile(StaticQuantLayer(form));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_static_quant", "applied"), 1);
+  const std::string fused_line =
+      "CHECK: %r, %q = allreduce_rmsnorm(%x, %res, %g, " + form.scale_operand + ")";
+  FileCheck(Print(*c.after), fused_line + R"(
+    CHECK-SAME: emit = ["residual", "quant"], eps = 1e-05, quant = "fp8_tensor"
+    CHECK-NOT: cast
+    CHECK: return %q, %r
+  )");
+  if (form.scale_operand == "%inv.recip") {
+    FileCheck(Print(*c.after), R"(
+      CHECK: %inv.recip = pow(%inv) {exponent = -1.0}
+      CHECK: allreduce_rmsnorm
+    )");
+  }
+  ExpectSameOutputs(c);
+}
+
+INSTANTIATE_TEST_SUITE_P(Forms, PassesDecomposedStaticQuant, ::testing::ValuesIn(kQuantForms),
+                         [](const auto& info) { return info.param.name; });
+
+// Two static quants of the same inverse scale share one reciprocal.
+TEST(PassesCanonicalize, StaticQuantsShareOneReciprocal) {
+  Compiled c = Canonicalize(R"(
+    func @f(%a: bf16[T, 256], %b: bf16[T, 256], %inv: f32[]) {
+      %da = mul(%a, %inv)
+      %qa = cast(%da) {to = f8e4m3}
+      %db = mul(%b, %inv)
+      %qb = cast(%db) {to = f8e4m3}
+      return %qa, %qb
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %inv.recip = pow(%inv) {exponent = -1.0}
+    CHECK: %qa = quant_fp8(%a, %inv.recip) {mode = "tensor"}
+    CHECK: %qb = quant_fp8(%b, %inv.recip) {mode = "tensor"}
+  )");
+  EXPECT_EQ(CountOp(*c.after, "pow"), 1);
+  ExpectSameOutputs(c);
+}
+
+// ---------------------------------------------------------------- add order and views
+
+TEST(PassesCanonicalize, SwappedAddOperands) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %h = add(%res, %ar)
+      %y = rms_norm(%h, %g) {eps = 1e-6}
+      %q, %s = quant_fp8(%y) {mode = "token"}
+      return %q, %s, %h
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "add_operand_order", "applied"), 1);
+  FileCheck(Print(*c.after), "CHECK: %h, %q, %s = allreduce_rmsnorm(%x, %res, %g)");
+  ExpectSameOutputs(c);
+}
+
+// The residual stream of the next layer (a computed value) against a parameter: the computed
+// one is the activation and goes first; two parameters keep their order.
+TEST(PassesCanonicalize, AddOrderPutsTheActivationFirst) {
+  Compiled c = Canonicalize(R"(
+    func @f(%a: bf16[T, 256], %b: bf16[T, 256], %g: bf16[256]) {
+      %n = rms_norm(%a, %g) {eps = 1e-6}
+      %h1 = add(%b, %n)
+      %h2 = add(%b, %a)
+      return %h1, %h2
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %h1 = add(%n, %b)
+    CHECK: %h2 = add(%b, %a)
+  )");
+}
+
+// The all_reduce ran on [T, 2, 128] and a view made it [T, 256]: the view moves before the
+// all_reduce (which is elementwise) and the chain fuses.
+TEST(PassesCanonicalize, ViewAfterAllReduceMovesBeforeIt) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 2, 128], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %v = view(%ar) {shape = [T, 256]}
+      %y, %r = fused_add_rms_norm(%v, %res, %g) {eps = 1e-6}
+      %q, %s = quant_fp8(%y) {mode = "group", group_size = 128}
+      return %q, %s, %r
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "view_before_all_reduce", "applied"), 1);
+  FileCheck(Print(*c.after), R"(
+    CHECK: %x.view = view(%x) {shape = [T, 256]}
+    CHECK: %r, %q, %s = allreduce_rmsnorm(%x.view, %res, %g)
+  )");
+  ExpectSameOutputs(c);
+}
+
+TEST(PassesCanonicalize, NoOpViewsBetweenTheOpsDisappear) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %v0 = view(%ar) {shape = [T, 256]}
+      %h = add(%v0, %res)
+      %v1 = view(%h) {shape = [T, 256]}
+      %y = rms_norm(%v1, %g) {eps = 1e-6}
+      %v2 = view(%y) {shape = [T, 2, 128]}
+      %v3 = view(%v2) {shape = [T, 256]}
+      %q, %s = quant_fp8(%v3) {mode = "group", group_size = 128}
+      return %q, %s, %h
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "view"), 0) << Print(*c.after);
+  EXPECT_EQ(Counter(c.ctx, "view_of_view", "applied"), 1);
+  FileCheck(Print(*c.after), R"(
+    CHECK: %h, %q, %s = allreduce_rmsnorm(%x, %res, %g)
+    CHECK-SAME: emit = ["residual", "quant"]
+  )");
+  ExpectSameOutputs(c);
+}
+
+// The all_reduce result is also returned: moving the view would need a second all_reduce.
+TEST(PassesCanonicalize, ViewDoesNotMoveWhenTheAllReduceHasOtherUses) {
+  Compiled c = Canonicalize(R"(
+    func @f(%x: bf16[T, 2, 128]) {
+      %ar = all_reduce(%x)
+      %v = view(%ar) {shape = [T, 256]}
+      return %v, %ar
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c.changed);
+  EXPECT_EQ(Print(*c.after), Print(*c.before));
+}
+
+// The sum's other uses are taken over by residual_out, and the fused node goes before the
+// first of them.
+TEST(PassesCanonicalize, AddRmsNormKeepsTheSumsOtherUses) {
+  Compiled c = Canonicalize(R"(
+    func @f(%a: bf16[T, 256], %b: bf16[T, 256], %g: bf16[256], %w: bf16[256, 64]) {
+      %h = add(%a, %b)
+      %o = matmul(%h, %w)
+      %y = rms_norm(%h, %g) {eps = 1e-6}
+      return %y, %o, %h
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %y, %h = fused_add_rms_norm(%a, %b, %g) {eps = 1e-06}
+    CHECK: %o = matmul(%h, %w)
+    CHECK: return %y, %o, %h
+  )");
+  ExpectSameOutputs(c);
+}
+
+// ---------------------------------------------------------------- does not fire
+
+// One layer whose norm is decomposed; `edit` changes it into a form that must not fold.
+std::string DecomposedWith(const std::string& from, const std::string& to) {
+  std::string text = DecomposedRmsNormLayer(kRmsForms[0]);
+  const size_t at = text.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  if (at != std::string::npos) text.replace(at, from.size(), to);
+  return text;
+}
+
+TEST(PassesCanonicalize, RmsNormDoesNotFireWhenAnIntermediateHasAnotherUse) {
+  Compiled c = Compile(DecomposedWith("return %q, %s, %h", "return %q, %s, %h, %rs"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "rms_norm") + CountOp(*c.after, "fused_add_rms_norm"), 0);
+  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm", "declined: an intermediate value has other uses"),
+            1);
+  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm", "applied"), 0);
+  // And the all_reduce says what it saw instead.
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "all_reduce %ar is not followed by an RMSNorm (its only use is add %h)");
+}
+
+TEST(PassesCanonicalize, RmsNormDoesNotFireWhenTheInputCastHasAnotherUse) {
+  Compiled c = Compile(DecomposedWith("return %q, %s, %h", "return %q, %s, %h, %v"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "rsqrt"), 1);
+  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm", "declined: an intermediate value has other uses"),
+            1);
+}
+
+TEST(PassesCanonicalize, RmsNormDoesNotFireForATensorEps) {
+  std::string text = DecomposedWith("%ve = add(%var) {scalar = 1e-6}", "%ve = add(%var, %eps)");
+  text.replace(text.find("%g: bf16[256]"), 13, "%g: bf16[256], %eps: f32[]");
+  Compiled c = Compile(text);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "rsqrt"), 1);
+  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm",
+                    "declined: eps is not a scalar attribute of the add"),
+            1);
+}
+
+TEST(PassesCanonicalize, RmsNormDoesNotFireForEpsAddedAfterTheRsqrt) {
+  Compiled c = Compile(DecomposedWith(
+      "  %ve = add(%var) {scalar = 1e-6}\n  %rs = rsqrt(%ve)\n",
+      "  %rv = rsqrt(%var)\n  %rs = add(%rv) {scalar = 1e-6}\n"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "rsqrt"), 1);
+  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm", "applied"), 0);
+}
+
+TEST(PassesCanonicalize, RmsNormDoesNotFireForEpsAddedBeforeTheMean) {
+  Compiled c = Compile(DecomposedWith(
+      "  %var = mean(%sq) {dim = -1, keepdim = true}\n  %ve = add(%var) {scalar = 1e-6}\n",
+      "  %sqe = add(%sq) {scalar = 1e-6}\n  %ve = mean(%sqe) {dim = -1, keepdim = true}\n"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "rsqrt"), 1);
+  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm", "applied"), 0);
+}
+
+TEST(PassesCanonicalize, RmsNormDoesNotFireForAnotherPower) {
+  Compiled c = Compile(DecomposedWith("{exponent = 2}", "{exponent = 3}"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "rsqrt"), 1);
+}
+
+// Without keepdim the mean is [T] and the broadcast multiplies it along the wrong axis (the
+// shapes are square so the graph type-checks): not an RMSNorm.
+TEST(PassesCanonicalize, RmsNormDoesNotFireForTheWrongReductionAxis) {
+  Compiled c = Compile(R"(
+    func @f(%x: bf16[128, 128], %g: bf16[128]) {
+      %v = cast(%x) {to = f32}
+      %sq = pow(%v) {exponent = 2}
+      %var = mean(%sq) {dim = -1, keepdim = false}
+      %ve = add(%var) {scalar = 1e-6}
+      %rs = rsqrt(%ve)
+      %n = mul(%v, %rs)
+      %nb = cast(%n) {to = bf16}
+      %y = mul(%nb, %g)
+      return %y
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "rms_norm"), 0);
+  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm",
+                    "declined: mean is not over the last dim with keepdim = true"),
+            1);
+}
+
+// A norm that stays in f32 (no cast back) is a different computation than rms_norm of bf16 x.
+TEST(PassesCanonicalize, RmsNormDoesNotFireWhenTheResultDtypeDiffers) {
+  Compiled c = Compile(R"(
+    func @f(%x: bf16[T, 256], %g: f32[256]) {
+      %v = cast(%x) {to = f32}
+      %sq = pow(%v) {exponent = 2}
+      %var = mean(%sq) {dim = -1, keepdim = true}
+      %ve = add(%var) {scalar = 1e-6}
+      %rs = rsqrt(%ve)
+      %n = mul(%v, %rs)
+      %y = mul(%n, %g)
+      return %y
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "rms_norm"), 0);
+  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm",
+                    "declined: the result dtype differs from the input's"),
+            1);
+}
+
+TEST(PassesCanonicalize, StaticQuantDoesNotFireForOtherClampBounds) {
+  Compiled narrow = Compile([] {
+    std::string t = StaticQuantLayer({"", "  %d = div(%y, %scale)\n", true, ""});
+    t.replace(t.find("min = -448, max = 448"), 21, "min = -240, max = 240");
+    return t;
+  }());
+  ASSERT_TRUE(narrow.ok());
+  EXPECT_EQ(CountOp(*narrow.after, "cast"), 1);
+  EXPECT_EQ(Counter(narrow.ctx, "decomposed_static_quant",
+                    "declined: the clamp bounds are not the FP8 e4m3 range +-448"),
+            1);
+  // The norm still fuses; the quant reads its emitted output.
+  FileCheck(Print(*narrow.after), R"(
+    CHECK: %y, %r = allreduce_rmsnorm(%x, %res, %g)
+    CHECK: %d = div(%y, %scale)
+  )");
+  ExpectSameOutputs(narrow);
+}
+
+TEST(PassesCanonicalize, StaticQuantDoesNotFireWhenAnIntermediateHasAnotherUse) {
+  std::string t = StaticQuantLayer({"", "  %d = div(%y, %scale)\n", true, ""});
+  t.replace(t.find("return %q, %r"), 13, "return %q, %r, %d");
+  Compiled c = Compile(t);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "quant_fp8"), 0);
+  EXPECT_EQ(Counter(c.ctx, "decomposed_static_quant",
+                    "declined: an intermediate value has other uses"),
+            1);
+}
+
+TEST(PassesCanonicalize, StaticQuantDoesNotFireForATensorScale) {
+  Compiled c = Compile(R"(
+    func @f(%y: bf16[T, 256], %scale: bf16[256]) {
+      %d = div(%y, %scale)
+      %q = cast(%d) {to = f8e4m3}
+      return %q
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c.changed);
+}
+
+}  // namespace
+}  // namespace tpfuse::passes::testing

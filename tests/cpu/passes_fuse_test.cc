@@ -1,0 +1,529 @@
+// fuse_allreduce_epilogue through the default pipeline: IR text in; the fused op, its emit list
+// and the rejection reasons out; every fusion also run unfused vs fused on the CPU oracle at 2
+// ranks within Contract 3's tolerance.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "passes_test_util.h"
+
+namespace tpfuse::passes::testing {
+namespace {
+
+std::string ReadTestFile(const std::string& name) {
+  std::ifstream in(std::string(TPFUSE_TEST_DATA_DIR) + "/passes/" + name);
+  EXPECT_TRUE(in.good()) << "cannot open tests/data/passes/" << name;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// ---------------------------------------------------------------- the chain shapes
+
+TEST(PassesFuse, NoResidualGroupQuant) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y = rms_norm(%ar, %g) {eps = 1e-6}
+      %q, %s = quant_fp8(%y) {mode = "group", group_size = 128}
+      return %q, %s
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %q, %s = allreduce_rmsnorm(%x, %g)
+    CHECK-SAME: emit = ["quant"], eps = 1e-06, group_size = 128, quant = "fp8_group"
+    CHECK-NOT: all_reduce(
+    CHECK-NOT: rms_norm(
+    CHECK-NOT: quant_fp8(
+    CHECK: return %q, %s
+  )");
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kFp8Group, {"quant"}}});
+  EXPECT_TRUE(c.ctx.rejections.empty());
+  EXPECT_EQ(Counter(c.ctx, "fuse_allreduce_epilogue", "anchors_seen"), 1);
+  EXPECT_EQ(Counter(c.ctx, "fuse_allreduce_epilogue", "fused"), 1);
+  ExpectSameOutputs(c);
+}
+
+TEST(PassesFuse, ResidualGroupQuantOneConsumer) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y, %r = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-6}
+      %q, %s = quant_fp8(%y) {mode = "group", group_size = 128}
+      return %q, %s, %r
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %r, %q, %s = allreduce_rmsnorm(%x, %res, %g)
+    CHECK-SAME: emit = ["residual", "quant"]
+    CHECK-SAME: quant = "fp8_group"
+    CHECK: return %q, %s, %r
+  )");
+  EXPECT_EQ(c.after->num_nodes(), 1);
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kFp8Group, {"residual", "quant"}}});
+  ExpectSameOutputs(c);
+}
+
+// DeepSeek-V3.2's indexer: the norm output feeds a bf16 GEMM and is returned besides its
+// FP8 quantization, so the fused op emits the norm and the quant together.
+constexpr char kIndexerFanOut[] = R"(
+  func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256], %wk: bf16[256, 128]) {
+    %ar = all_reduce(%x)
+    %y, %r = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-6}
+    %q, %s = quant_fp8(%y) {mode = "group", group_size = 128}
+    %k = matmul(%y, %wk)
+    return %q, %s, %r, %k, %y
+  }
+)";
+
+TEST(PassesFuse, IndexerFanOutEmitsNormAndQuant) {
+  Compiled c = Compile(kIndexerFanOut);
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %y, %r, %q, %s = allreduce_rmsnorm(%x, %res, %g)
+    CHECK-SAME: emit = ["norm", "residual", "quant"]
+    CHECK: %k = matmul(%y, %wk)
+    CHECK: return %q, %s, %r, %k, %y
+  )");
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kFp8Group, {"norm", "residual", "quant"}}});
+  ExpectSameOutputs(c);
+}
+
+TEST(PassesFuse, IndexerFanOutWithoutResidual) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %g: bf16[256], %wk: bf16[256, 128]) {
+      %ar = all_reduce(%x)
+      %y = rms_norm(%ar, %g) {eps = 1e-6}
+      %q, %s = quant_fp8(%y) {mode = "group", group_size = 128, scale_layout = "col"}
+      %k = matmul(%y, %wk)
+      return %q, %s, %k, %y
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %y, %q, %s = allreduce_rmsnorm(%x, %g)
+    CHECK-SAME: emit = ["norm", "quant"]
+    CHECK-SAME: scale_layout = "col"
+    CHECK: %k = matmul(%y, %wk)
+  )");
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kFp8Group, {"norm", "quant"}}});
+  ExpectSameOutputs(c);
+}
+
+// Llama-3.1-8B-FP8: a separate add and rms_norm, static per-tensor quant into a scaled GEMM.
+TEST(PassesFuse, AddRmsNormStaticQuantScaledMatmul) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256], %scale: f32[],
+                %wq: f8e4m3[256, 128], %wscale: f32[]) {
+      %ar = all_reduce(%x)
+      %h = add(%ar, %res)
+      %y = rms_norm(%h, %g) {eps = 1e-5}
+      %q = quant_fp8(%y, %scale) {mode = "tensor"}
+      %o = scaled_matmul(%q, %scale, %wq, %wscale)
+      return %o, %h
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %h, %q = allreduce_rmsnorm(%x, %res, %g, %scale)
+    CHECK-SAME: emit = ["residual", "quant"], eps = 1e-05, quant = "fp8_tensor"
+    CHECK: %o = scaled_matmul(%q, %scale, %wq, %wscale)
+    CHECK: return %o, %h
+  )");
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kFp8Tensor, {"residual", "quant"}}});
+  EXPECT_EQ(Counter(c.ctx, "add_rms_norm", "applied"), 1);
+  ExpectSameOutputs(c);
+}
+
+TEST(PassesFuse, PerTokenDynamicQuant) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y, %r = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-6}
+      %q, %s = quant_fp8(%y) {mode = "token"}
+      return %q, %s, %r
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %r, %q, %s = allreduce_rmsnorm(%x, %res, %g)
+    CHECK-SAME: quant = "fp8_token"
+  )");
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kFp8Token, {"residual", "quant"}}});
+  ExpectSameOutputs(c);
+}
+
+// Qwen3-Next: the norm weight is f32 while activations are bf16.
+TEST(PassesFuse, F32NormWeightWithBf16Activations) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: f32[256], %w: bf16[256, 64]) {
+      %ar = all_reduce(%x)
+      %y, %r = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-6}
+      %o = matmul(%y, %w)
+      return %o, %r
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %y, %r = allreduce_rmsnorm(%x, %res, %g)
+    CHECK-SAME: emit = ["norm", "residual"], eps = 1e-06, quant = "none"
+  )");
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kNone, {"norm", "residual"}}});
+  ASSERT_EQ(c.ctx.fusions.size(), 1u);
+  EXPECT_EQ(c.ctx.fusions[0].spec.weight_dtype, DType::kF32);
+  EXPECT_EQ(c.ctx.fusions[0].spec.act_dtype, DType::kBF16);
+  ExpectSameOutputs(c);
+}
+
+TEST(PassesFuse, GemmaWeightBias) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y, %r = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-6, weight_bias = 1}
+      %q, %s = quant_fp8(%y) {mode = "token"}
+      return %q, %s, %r
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: allreduce_rmsnorm(%x, %res, %g)
+    CHECK-SAME: weight_bias = 1.0
+  )");
+  ASSERT_EQ(c.ctx.fusions.size(), 1u);
+  EXPECT_EQ(c.ctx.fusions[0].spec.weight_bias, 1.0f);
+  ExpectSameOutputs(c);
+}
+
+TEST(PassesFuse, F16Activations) {
+  Compiled c = Compile(R"(
+    func @layer(%x: f16[T, 256], %res: f16[T, 256], %g: f16[256]) {
+      %ar = all_reduce(%x)
+      %h = add(%ar, %res)
+      %y = rms_norm(%h, %g) {eps = 1e-6}
+      %q, %s = quant_fp8(%y) {mode = "group", group_size = 64, scale_fmt = "ue8m0"}
+      return %q, %s, %h
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %h, %q, %s = allreduce_rmsnorm(%x, %res, %g)
+    CHECK-SAME: group_size = 64, quant = "fp8_group", scale_fmt = "ue8m0"
+  )");
+  ASSERT_EQ(c.ctx.fusions.size(), 1u);
+  EXPECT_EQ(c.ctx.fusions[0].spec.act_dtype, DType::kF16);
+  ExpectSameOutputs(c);
+}
+
+// ---------------------------------------------------------------- emit from remaining uses
+
+// Two norms read one all_reduce: the first is fused and emits the sum, which the second reads.
+TEST(PassesFuse, TwoNormsOfOneAllReduce) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %g1: bf16[256], %g2: f32[256]) {
+      %ar = all_reduce(%x)
+      %y1 = rms_norm(%ar, %g1) {eps = 1e-6}
+      %y2 = rms_norm(%ar, %g2) {eps = 1e-5}
+      return %y1, %y2
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %ar, %y1 = allreduce_rmsnorm(%x, %g1)
+    CHECK-SAME: emit = ["allreduce", "norm"]
+    CHECK: %y2 = rms_norm(%ar, %g2)
+  )");
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kNone, {"allreduce", "norm"}}});
+  ExpectSameOutputs(c);
+}
+
+TEST(PassesFuse, DeadResidualIsNotEmitted) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y, %r = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-6}
+      %q, %s = quant_fp8(%y) {mode = "group", group_size = 128}
+      return %q, %s
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %q, %s = allreduce_rmsnorm(%x, %res, %g)
+    CHECK-SAME: emit = ["quant"]
+  )");
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kFp8Group, {"quant"}}});
+  ExpectSameOutputs(c);
+}
+
+TEST(PassesFuse, AllReduceUsedElsewhereIsEmitted) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256], %w: bf16[256, 64]) {
+      %ar = all_reduce(%x)
+      %side = matmul(%ar, %w)
+      %y, %r = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-6}
+      %q, %s = quant_fp8(%y) {mode = "token"}
+      return %q, %s, %r, %side, %ar
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  // The fused op goes before the first use of any result it takes over: the matmul.
+  FileCheck(Print(*c.after), R"(
+    CHECK: %ar, %r, %q, %s = allreduce_rmsnorm(%x, %res, %g)
+    CHECK-SAME: emit = ["allreduce", "residual", "quant"]
+    CHECK: %side = matmul(%ar, %w)
+    CHECK: return %q, %s, %r, %side, %ar
+  )");
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kFp8Token, {"allreduce", "residual", "quant"}}});
+  ExpectSameOutputs(c);
+}
+
+TEST(PassesFuse, TwoQuantConsumersFuseTheFirstOtherReadsNorm) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y, %r = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-6}
+      %q1, %s1 = quant_fp8(%y) {mode = "group", group_size = 128}
+      %q2, %s2 = quant_fp8(%y) {mode = "token"}
+      return %q1, %s1, %q2, %s2, %r
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %y, %r, %q1, %s1 = allreduce_rmsnorm(%x, %res, %g)
+    CHECK-SAME: emit = ["norm", "residual", "quant"]
+    CHECK-SAME: quant = "fp8_group"
+    CHECK: %q2, %s2 = quant_fp8(%y) {mode = "token"}
+  )");
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kFp8Group, {"norm", "residual", "quant"}}});
+  ASSERT_EQ(c.ctx.fusions.size(), 1u);
+  ASSERT_EQ(c.ctx.fusions[0].notes.size(), 1u);
+  EXPECT_EQ(c.ctx.fusions[0].notes[0],
+            "quant_fp8 %q2 reads the emitted norm: one quant is fused per chain");
+  ExpectSameOutputs(c);
+}
+
+// ---------------------------------------------------------------- rejections
+
+TEST(PassesFuse, PlainAllReduceIsLeftAloneWithItsReason) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %w: bf16[256, 64]) {
+      %ar = all_reduce(%x)
+      %o = matmul(%ar, %w)
+      return %o
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Print(*c.after), Print(*c.before));
+  EXPECT_FALSE(c.changed);
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "all_reduce %ar is not followed by an RMSNorm (its only use is matmul %o)");
+  EXPECT_EQ(c.ctx.rejections[0].anchor, "ar");
+  EXPECT_EQ(Counter(c.ctx, "fuse_allreduce_epilogue", "rejected: no rms_norm"), 1);
+}
+
+TEST(PassesFuse, ReturnedAllReduceReason) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256]) {
+      %ar = all_reduce(%x)
+      return %ar
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "all_reduce %ar is not followed by an RMSNorm (it is only returned)");
+}
+
+TEST(PassesFuse, WorldSizeOneLeavesTheGraphUnchanged) {
+  PassContext ctx;
+  ctx.world_size = 1;
+  Compiled c = Compile(kIndexerFanOut, ctx);
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c.changed);
+  EXPECT_EQ(Print(*c.after), Print(*c.before));
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "world size 1: all_reduce is the identity, nothing to fuse across ranks");
+  EXPECT_EQ(Counter(c.ctx, "fuse_allreduce_epilogue", "rejected: world size 1"), 1);
+}
+
+TEST(PassesFuse, OtherGroupIsNotFused) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x) {group = "dp"}
+      %y = rms_norm(%ar, %g) {eps = 1e-6}
+      return %y
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "allreduce_rmsnorm"), 0);
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "all_reduce group \"dp\" is not the tensor-parallel group (\"tp\")");
+}
+
+TEST(PassesFuse, UnsupportedWorldSizeNamesWhatTheBackendSupports) {
+  PassContext ctx;
+  ctx.world_size = 3;
+  ctx.caps = CudaFusionCapabilities();
+  Compiled c = Compile(kIndexerFanOut, ctx);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "allreduce_rmsnorm"), 0);
+  EXPECT_EQ(CountOp(*c.after, "all_reduce"), 1);
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "world size 3 is not supported by backend cuda's fused op (it supports 2, 4, 8)");
+  EXPECT_EQ(Counter(c.ctx, "fuse_allreduce_epilogue", "rejected: backend"), 1);
+}
+
+// A backend without per-token quant: the norm is fused, the quant stays a separate op reading
+// the emitted norm, and the record says why.
+TEST(PassesFuse, CapabilityLimitedFusionKeepsTheLargestSupportedPrefix) {
+  PassContext ctx;
+  ctx.caps = CpuFusionCapabilities();
+  ctx.caps.backend = "no-token";
+  ctx.caps.quant_modes = {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Group};
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y, %r = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-6}
+      %q, %s = quant_fp8(%y) {mode = "token"}
+      return %q, %s, %r
+    }
+  )", ctx);
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %y, %r = allreduce_rmsnorm(%x, %res, %g)
+    CHECK-SAME: emit = ["norm", "residual"]
+    CHECK: %q, %s = quant_fp8(%y) {mode = "token"}
+  )");
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kNone, {"norm", "residual"}}});
+  ASSERT_EQ(c.ctx.fusions[0].notes.size(), 1u);
+  EXPECT_EQ(c.ctx.fusions[0].notes[0],
+            "quant_fp8 %q stays unfused: quant fp8_token is not supported by backend no-token");
+  EXPECT_EQ(Counter(c.ctx, "fuse_allreduce_epilogue", "quant left unfused"), 1);
+  ExpectSameOutputs(c);
+}
+
+// With two quant consumers the first one the backend supports is fused.
+TEST(PassesFuse, CapabilityLimitedFusionPicksASupportedQuant) {
+  PassContext ctx;
+  ctx.caps = CpuFusionCapabilities();
+  ctx.caps.backend = "group-only";
+  ctx.caps.quant_modes = {QuantMode::kNone, QuantMode::kFp8Group};
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y = rms_norm(%ar, %g) {eps = 1e-6}
+      %qt, %st = quant_fp8(%y) {mode = "token"}
+      %qg, %sg = quant_fp8(%y) {mode = "group", group_size = 128}
+      return %qt, %st, %qg, %sg
+    }
+  )", ctx);
+  ASSERT_TRUE(c.ok());
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kFp8Group, {"norm", "quant"}}});
+  EXPECT_EQ(c.ctx.fusions[0].notes,
+            (std::vector<std::string>{
+                "quant_fp8 %qt stays unfused: quant fp8_token is not supported by backend "
+                "group-only"}));
+  ExpectSameOutputs(c);
+}
+
+TEST(PassesFuse, UnsupportedWeightDtypeIsRejectedWithTheBackendsWords) {
+  PassContext ctx;
+  ctx.caps = CpuFusionCapabilities();
+  ctx.caps.backend = "bf16-weights";
+  ctx.caps.weight_dtypes = {DType::kBF16};
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %g: f32[256]) {
+      %ar = all_reduce(%x)
+      %y = rms_norm(%ar, %g) {eps = 1e-6}
+      return %y
+    }
+  )", ctx);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "allreduce_rmsnorm"), 0);
+  EXPECT_EQ(OnlyRejection(c.ctx), "norm weight dtype f32 is not supported by backend bf16-weights");
+}
+
+TEST(PassesFuse, F32ActivationsAreRejected) {
+  Compiled c = Compile(R"(
+    func @layer(%x: f32[T, 256], %g: f32[256]) {
+      %ar = all_reduce(%x)
+      %y = rms_norm(%ar, %g) {eps = 1e-6}
+      return %y
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "all_reduce %ar has dtype f32; the fused op takes bf16 or f16 activations");
+  EXPECT_EQ(Counter(c.ctx, "fuse_allreduce_epilogue", "rejected: dtype or shape"), 1);
+}
+
+TEST(PassesFuse, Rank3ActivationsAreRejected) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[2, T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y = rms_norm(%ar, %g) {eps = 1e-6}
+      return %y
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "all_reduce %ar has type bf16[2, T, 256]; the fused op takes [T, H] with a "
+            "constant H");
+}
+
+// The norm weight is computed after the all_reduce result's first other use: no single place
+// can hold the fused op.
+TEST(PassesFuse, NoLegalPositionIsRejected) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %g: bf16[256], %w: bf16[256, 64]) {
+      %ar = all_reduce(%x)
+      %o = matmul(%ar, %w)
+      %g2 = mul(%g) {scalar = 0.5}
+      %y = rms_norm(%ar, %g2) {eps = 1e-6}
+      return %o, %y
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "allreduce_rmsnorm"), 0);
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "no position for the fused op: %g2 is defined by mul after matmul %o uses %ar");
+  EXPECT_EQ(Counter(c.ctx, "fuse_allreduce_epilogue", "rejected: no legal position"), 1);
+}
+
+// fused_add_rms_norm is commutative in x and residual: the all_reduce may be either operand.
+TEST(PassesFuse, AllReduceAsTheResidualOperand) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y, %r = fused_add_rms_norm(%res, %ar, %g) {eps = 1e-6}
+      return %y, %r
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), "CHECK: %y, %r = allreduce_rmsnorm(%x, %res, %g)");
+  ExpectSameOutputs(c);
+}
+
+// ---------------------------------------------------------------- a whole model
+
+// Two decode layers, four all_reduce sites (attention out and MLP down of each), in four
+// different shapes: no residual + group quant, add + norm + group quant with the indexer
+// fan-out, fused add norm + token quant, and a last norm returned in bf16.
+TEST(PassesFuse, FourSitesGiveExactlyFourFusions) {
+  Compiled c = Compile(ReadTestFile("four_sites.tpg"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c.ctx.fusions.size(), 4u) << DescribeReport(c.ctx);
+  EXPECT_TRUE(c.ctx.rejections.empty()) << DescribeReport(c.ctx);
+  EXPECT_EQ(CountOp(*c.after, "allreduce_rmsnorm"), 4);
+  EXPECT_EQ(CountOp(*c.after, "all_reduce"), 0);
+  EXPECT_EQ(CountOp(*c.after, "rms_norm"), 0);
+  EXPECT_EQ(CountOp(*c.after, "fused_add_rms_norm"), 0);
+  EXPECT_EQ(CountOp(*c.after, "quant_fp8"), 0);
+  EXPECT_EQ(Counter(c.ctx, "fuse_allreduce_epilogue", "anchors_seen"), 4);
+  EXPECT_EQ(Counter(c.ctx, "fuse_allreduce_epilogue", "fused"), 4);
+  ExpectSameOutputs(c);
+}
+
+}  // namespace
+}  // namespace tpfuse::passes::testing
