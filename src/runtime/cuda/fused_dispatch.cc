@@ -1,0 +1,47 @@
+#include "runtime/cuda/fused_dispatch.h"
+
+#include <cstdlib>
+
+namespace tpfuse::runtime {
+
+cuda::Strategy ToCudaStrategy(StrategyKind kind) {
+  switch (kind) {
+    case StrategyKind::kOneShot: return cuda::Strategy::kOneShot;
+    case StrategyKind::kTwoShot: return cuda::Strategy::kTwoShot;
+    case StrategyKind::kNccl: return cuda::Strategy::kNccl;
+  }
+  return cuda::Strategy::kNccl;
+}
+
+cuda::Strategy ChooseStrategy(const StrategyTable& table, const cuda::Communicator& comm,
+                              const AllreduceRmsnormSpec& spec, int64_t tokens) {
+  const cuda::Strategy wanted =
+      ToCudaStrategy(table.Choose(comm.world_size(), spec.hidden, spec.quant, tokens));
+  if (wanted == cuda::Strategy::kNccl) return wanted;
+  // A shape over the one-shot workspace may still fit two-shot's, which moves the same bytes
+  // at N = 2 and fewer above.
+  if (cuda::CanRun(comm, spec, tokens, wanted).ok()) return wanted;
+  if (wanted == cuda::Strategy::kOneShot && cuda::CanRun(comm, spec, tokens, cuda::Strategy::kTwoShot).ok())
+    return cuda::Strategy::kTwoShot;
+  return cuda::Strategy::kNccl;
+}
+
+Status LaunchFusedAuto(const StrategyTable& table, cuda::Communicator& comm,
+                       const AllreduceRmsnormSpec& spec, int64_t tokens,
+                       const cuda::FusedBuffers& buffers, cudaStream_t stream,
+                       const cuda::LaunchOptions& options, cuda::Strategy* chosen) {
+  const cuda::Strategy strategy = ChooseStrategy(table, comm, spec, tokens);
+  if (chosen) *chosen = strategy;
+  return cuda::LaunchAllreduceRmsnorm(comm, spec, tokens, buffers, strategy, stream, options);
+}
+
+StatusOr<StrategyTable> DefaultStrategyTable() {
+  if (const char* path = std::getenv("TPFUSE_STRATEGY_TABLE"); path && *path) {
+    auto table = StrategyTable::Load(path);
+    if (!table.ok()) return table.status().WithContext("TPFUSE_STRATEGY_TABLE");
+    return table;
+  }
+  return StrategyTable::Defaults();
+}
+
+}  // namespace tpfuse::runtime

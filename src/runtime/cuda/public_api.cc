@@ -1,0 +1,127 @@
+// The public runtime API (include/tpfuse/tpfuse.h) over the CUDA backend and the dispatcher.
+#include <cstring>
+
+#include "backends/cuda/allreduce_rmsnorm.h"
+#include "backends/cuda/cuda_check.h"
+#include "runtime/cuda/fused_dispatch.h"
+#include "tpfuse/tpfuse.h"
+
+namespace tpfuse {
+
+std::string_view StrategyName(Strategy s) {
+  switch (s) {
+    case Strategy::kAuto: return "auto";
+    case Strategy::kOneShot: return "oneshot";
+    case Strategy::kTwoShot: return "twoshot";
+    case Strategy::kNccl: return "nccl";
+  }
+  return "?";
+}
+
+struct Comm::Impl {
+  std::unique_ptr<cuda::Communicator> comm;
+  runtime::StrategyTable table;
+  cuda::LaunchOptions launch;
+};
+
+namespace {
+
+cuda::CommOptions ToOptions(const CommConfig& c) {
+  cuda::CommOptions o;
+  o.max_tokens = c.max_tokens;
+  o.max_hidden = c.max_hidden;
+  o.oneshot_max_tokens = c.oneshot_max_tokens;
+  o.timeout_seconds = c.timeout_seconds;
+  o.peer_memory = c.peer_memory;
+  return o;
+}
+
+StatusOr<runtime::StrategyTable> TableFor(const CommConfig& c) {
+  if (!c.strategy_table.empty()) return runtime::StrategyTable::Load(c.strategy_table);
+  return runtime::DefaultStrategyTable();
+}
+
+Status CheckConfig(const CommConfig& c) {
+  if (c.max_tokens < 1 || c.max_hidden < 8 || c.oneshot_max_tokens < 0)
+    return InvalidArgument("CommConfig: max_tokens >= 1, max_hidden >= 8 and oneshot_max_tokens >= 0 required");
+  if (c.timeout_seconds < 0) return InvalidArgument("CommConfig: timeout_seconds must be >= 0");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Comm::Comm(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Comm::~Comm() = default;
+
+StatusOr<std::unique_ptr<Comm>> Comm::FromNccl(ncclComm_t nccl, const CommConfig& config) {
+  TPFUSE_RETURN_IF_ERROR(CheckConfig(config));
+  auto impl = std::make_unique<Impl>();
+  TPFUSE_ASSIGN_OR_RETURN(impl->table, TableFor(config));
+  TPFUSE_ASSIGN_OR_RETURN(impl->comm, cuda::Communicator::FromNccl(nccl, ToOptions(config)));
+  impl->launch.pdl = config.programmatic_dependent_launch;
+  return std::unique_ptr<Comm>(new Comm(std::move(impl)));
+}
+
+StatusOr<std::unique_ptr<Comm>> Comm::FromUniqueId(const std::string& unique_id, int rank, int world_size,
+                                                   int device, const CommConfig& config) {
+  TPFUSE_RETURN_IF_ERROR(CheckConfig(config));
+  ncclUniqueId id;
+  if (unique_id.size() != sizeof(id.internal))
+    return InvalidArgument("unique id must be ", sizeof(id.internal), " bytes, got ", unique_id.size());
+  std::memcpy(id.internal, unique_id.data(), sizeof(id.internal));
+  auto impl = std::make_unique<Impl>();
+  TPFUSE_ASSIGN_OR_RETURN(impl->table, TableFor(config));
+  TPFUSE_ASSIGN_OR_RETURN(impl->comm, cuda::Communicator::FromUniqueId(id, rank, world_size, device, ToOptions(config)));
+  impl->launch.pdl = config.programmatic_dependent_launch;
+  return std::unique_ptr<Comm>(new Comm(std::move(impl)));
+}
+
+StatusOr<std::string> Comm::MakeUniqueId() {
+  ncclUniqueId id;
+  TPFUSE_NCCL_CHECK(ncclGetUniqueId(&id));
+  return std::string(id.internal, sizeof(id.internal));
+}
+
+int Comm::rank() const { return impl_->comm->rank(); }
+int Comm::world_size() const { return impl_->comm->world_size(); }
+std::string Comm::why_no_peer_memory() const {
+  return impl_->comm->has_peer_memory() ? std::string() : impl_->comm->why_no_peer_memory();
+}
+
+Status Comm::AllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tokens, const FusedBuffers& b,
+                              cudaStream_t stream, Strategy strategy) {
+  cuda::FusedBuffers buffers;
+  buffers.x = b.x;
+  buffers.residual = b.residual;
+  buffers.weight = b.weight;
+  buffers.scale = b.scale;
+  buffers.allreduce_out = b.allreduce_out;
+  buffers.norm_out = b.norm_out;
+  buffers.residual_out = b.residual_out;
+  buffers.quant_out = b.quant_out;
+  buffers.scale_out = b.scale_out;
+  switch (strategy) {
+    case Strategy::kAuto:
+      return runtime::LaunchFusedAuto(impl_->table, *impl_->comm, spec, tokens, buffers, stream, impl_->launch);
+    case Strategy::kOneShot:
+      return cuda::LaunchAllreduceRmsnorm(*impl_->comm, spec, tokens, buffers, cuda::Strategy::kOneShot, stream, impl_->launch);
+    case Strategy::kTwoShot:
+      return cuda::LaunchAllreduceRmsnorm(*impl_->comm, spec, tokens, buffers, cuda::Strategy::kTwoShot, stream, impl_->launch);
+    case Strategy::kNccl:
+      return cuda::LaunchAllreduceRmsnorm(*impl_->comm, spec, tokens, buffers, cuda::Strategy::kNccl, stream, impl_->launch);
+  }
+  return InvalidArgument("unknown strategy");
+}
+
+Strategy Comm::Choose(const AllreduceRmsnormSpec& spec, int64_t tokens) const {
+  switch (runtime::ChooseStrategy(impl_->table, *impl_->comm, spec, tokens)) {
+    case cuda::Strategy::kOneShot: return Strategy::kOneShot;
+    case cuda::Strategy::kTwoShot: return Strategy::kTwoShot;
+    case cuda::Strategy::kNccl: return Strategy::kNccl;
+  }
+  return Strategy::kNccl;
+}
+
+Status Comm::CheckHealth(cudaStream_t stream) { return impl_->comm->CheckHealth(stream); }
+
+}  // namespace tpfuse

@@ -1,0 +1,52 @@
+// Inputs and oracle comparison for the fused op (DESIGN.md Contract 3), shared by the GPU tests
+// of every strategy and executor.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/tensor.h"
+#include "tpfuse/fused_op.h"
+
+namespace tpfuse::testing {
+
+// One rank-set of inputs for the fused op.
+struct FusedInputs {
+  std::vector<HostTensor> partials;  // [rank] x [T, H]
+  HostTensor residual;               // [T, H] (replicated), empty when !spec.has_residual
+  HostTensor weight;                 // [H]
+  HostTensor scale;                  // f32[] for fp8_tensor, else empty
+  bool has_residual = false;
+  bool has_scale = false;
+};
+
+enum class InputKind {
+  kRandom,      // fresh random values (a few exact zeros and -0.0 mixed in)
+  kRankTagged,  // small integers: rank r contributes (r + 1) * (small pattern), sums exact
+};
+
+// Draws inputs for `spec` at T tokens and `world_size` ranks. Deterministic per seed.
+FusedInputs MakeFusedInputs(const AllreduceRmsnormSpec& spec, int64_t tokens, int world_size,
+                            uint64_t seed, InputKind kind = InputKind::kRandom);
+
+// The oracle's outputs (Contract 3 order: allreduce, norm, residual, q, s — emitted only).
+std::vector<HostTensor> OracleOutputs(const AllreduceRmsnormSpec& spec, const FusedInputs& in);
+
+// Empty host tensors with the shapes and dtypes of every emitted output.
+std::vector<HostTensor> FusedOutputShapes(const AllreduceRmsnormSpec& spec, int64_t tokens);
+
+// Compares every emitted output of `got` with `ref` under Contract 3's tolerances (every
+// element). Returns "" when everything passes, else one line per failing output with the max
+// error and the first mismatching indices.
+std::string CompareFusedOutputs(const AllreduceRmsnormSpec& spec, const FusedInputs& in,
+                                const std::vector<HostTensor>& got,
+                                const std::vector<HostTensor>& ref);
+
+// Bitwise comparison of two output sets; "" when identical, else what differs first.
+std::string BitwiseDiff(const std::vector<HostTensor>& a, const std::vector<HostTensor>& b);
+
+// Names of the outputs in order ("allreduce", "norm", "residual", "q", "s").
+std::vector<std::string> FusedOutputNames(const AllreduceRmsnormSpec& spec);
+
+}  // namespace tpfuse::testing
