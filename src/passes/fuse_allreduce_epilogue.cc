@@ -116,57 +116,49 @@ std::optional<Chain> FindChain(ir::Node* anchor) {
   return c;
 }
 
-// The part of the spec fixed by the all_reduce and the norm; checks what the fused op's
-// operands must look like (Contract 3: x [T, H] bf16/f16, w [H] bf16/f16/f32).
-StatusOr<AllreduceRmsnormSpec> BaseSpec(const Chain& c, std::string* why) {
+// The part of the spec fixed by the all_reduce and the norm, after checking what the fused op's
+// operands must look like (Contract 3: x [T, H] bf16/f16, w [H] bf16/f16/f32). Empty on
+// success; otherwise why not, in words.
+std::string BaseSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
   const ir::Value* a = c.anchor->result();
   const ir::TensorType& t = a->type();
   if (!IsHalfType(t.dtype)) {
-    *why = StrCat("all_reduce ", Ref(a), " has dtype ", DTypeName(t.dtype),
+    return StrCat("all_reduce ", Ref(a), " has dtype ", DTypeName(t.dtype),
                   "; the fused op takes bf16 or f16 activations");
-    return InvalidArgument(*why);
   }
   if (t.rank() != 2 || !t.shape[1].is_const() || t.shape[1].value <= 0) {
-    *why = StrCat("all_reduce ", Ref(a), " has type ", TypeOf(a),
+    return StrCat("all_reduce ", Ref(a), " has type ", TypeOf(a),
                   "; the fused op takes [T, H] with a constant H");
-    return InvalidArgument(*why);
   }
   const int64_t hidden = t.shape[1].value;
   const DType wd = c.w->dtype();
   if (!(IsHalfType(wd) || wd == DType::kF32)) {
-    *why = StrCat("norm weight ", Ref(c.w), " has dtype ", DTypeName(wd),
+    return StrCat("norm weight ", Ref(c.w), " has dtype ", DTypeName(wd),
                   "; the fused op takes bf16, f16 or f32");
-    return InvalidArgument(*why);
   }
   if (c.w->type().rank() != 1 || !(c.w->shape()[0] == ir::Dim::Const(hidden))) {
-    *why = StrCat("norm weight ", Ref(c.w), " has type ", TypeOf(c.w), "; expected [", hidden,
+    return StrCat("norm weight ", Ref(c.w), " has type ", TypeOf(c.w), "; expected [", hidden,
                   "] to match the all_reduce's hidden size");
-    return InvalidArgument(*why);
   }
   if (c.residual && c.residual->type() != t) {
-    *why = StrCat("residual ", Ref(c.residual), " has type ", TypeOf(c.residual),
+    return StrCat("residual ", Ref(c.residual), " has type ", TypeOf(c.residual),
                   "; expected ", t.ToString(), " like all_reduce ", Ref(a));
-    return InvalidArgument(*why);
   }
   if (c.y->type() != t) {
-    *why = StrCat("norm output ", Ref(c.y), " has type ", TypeOf(c.y), "; expected ",
+    return StrCat("norm output ", Ref(c.y), " has type ", TypeOf(c.y), "; expected ",
                   t.ToString());
-    return InvalidArgument(*why);
   }
-  AllreduceRmsnormSpec spec;
+  const std::optional<double> eps = NumberAttr(c.norm, "eps", 1e-6);
+  const std::optional<double> bias = NumberAttr(c.norm, "weight_bias", 0.0);
+  if (!eps || !bias) return StrCat(NodeRef(c.norm), " has a non-numeric eps or weight_bias");
+  spec = AllreduceRmsnormSpec{};
   spec.act_dtype = t.dtype;
   spec.weight_dtype = wd;
   spec.hidden = hidden;
   spec.has_residual = c.residual != nullptr;
-  const std::optional<double> eps = NumberAttr(c.norm, "eps", 1e-6);
-  const std::optional<double> bias = NumberAttr(c.norm, "weight_bias", 0.0);
-  if (!eps || !bias) {
-    *why = StrCat(NodeRef(c.norm), " has a non-numeric eps or weight_bias");
-    return InvalidArgument(*why);
-  }
   spec.eps = float(*eps);
   spec.weight_bias = float(*bias);
-  return spec;
+  return {};
 }
 
 // Adds `quant`'s parameters to `spec`, or says why that quant cannot be absorbed.
@@ -205,19 +197,16 @@ std::set<const ir::Node*> Absorbed(const Chain& c, const ir::Node* quant) {
   return absorbed;
 }
 
-// Decides emit for the chain with `quant` absorbed (null: none) and finds where the fused node
-// goes. An empty string on success; the reason otherwise.
-std::string Complete(const Chain& c, ir::Node* quant, const AllreduceRmsnormSpec& base,
-                     const PassContext& ctx, Plan& plan, std::string* kind) {
-  plan = Plan{};
+// Decides emit for the chain with `quant` absorbed (null: none), asks the backend, and finds
+// where the fused node goes.
+std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
+                                       const AllreduceRmsnormSpec& base, const PassContext& ctx) {
+  Plan plan;
   plan.chain = c;
   plan.spec = base;
   plan.quant = quant;
   if (quant) {
-    if (std::string why = AddQuant(quant, plan.spec); !why.empty()) {
-      *kind = "quant";
-      return why;
-    }
+    if (std::string why = AddQuant(quant, plan.spec); !why.empty()) return Refusal{"quant", why};
   }
   const std::set<const ir::Node*> absorbed = Absorbed(c, quant);
   EmitSet& emit = plan.spec.emit;
@@ -226,34 +215,29 @@ std::string Complete(const Chain& c, ir::Node* quant, const AllreduceRmsnormSpec
   emit.residual = c.residual_out && c.residual_out->has_uses();
   emit.quant = quant != nullptr;
   if (emit.empty()) {
-    *kind = "unused results";
-    return StrCat("nothing after all_reduce ", Ref(c.anchor->result()),
-                  " is used: the norm and its inputs are dead code");
+    return Refusal{"unused results", StrCat("nothing after all_reduce ", Ref(c.anchor->result()),
+                                            " is used: the norm and its inputs are dead code")};
   }
-  if (std::string why = ctx.caps.WhyUnsupported(plan.spec, ctx.world_size); !why.empty()) {
-    *kind = "backend";
-    return why;
-  }
-  if (Status valid = plan.spec.Validate(); !valid.ok()) {
-    *kind = "invalid";
-    return valid.message();
-  }
+  if (std::string why = ctx.caps.WhyUnsupported(plan.spec, ctx.world_size); !why.empty())
+    return Refusal{"backend", why};
+  if (Status valid = plan.spec.Validate(); !valid.ok()) return Refusal{"invalid", valid.message()};
+
   std::vector<ir::Value*> replaced;
   if (emit.allreduce) replaced.push_back(c.anchor->result());
   if (emit.norm) replaced.push_back(c.y);
   if (emit.residual) replaced.push_back(c.residual_out);
   if (quant) replaced.insert(replaced.end(), quant->results().begin(), quant->results().end());
-  const ir::Node* last = quant ? quant : c.norm;
   const ir::Graph& graph = *c.anchor->graph();
-  if (graph.IndexOf(c.norm) > graph.IndexOf(last)) last = c.norm;
+  const ir::Node* last = c.norm;
+  if (quant && graph.IndexOf(quant) > graph.IndexOf(last)) last = quant;
   StatusOr<InsertionPoint> point =
       FindInsertionPoint(graph, FusedOperands(c, quant), replaced, absorbed, last);
   if (!point.ok()) {
-    *kind = "no legal position";
-    return "no position for the fused op: " + point.status().message();
+    return Refusal{"no legal position",
+                   "no position for the fused op: " + point.status().message()};
   }
   plan.point = *point;
-  return {};
+  return plan;
 }
 
 class FuseAllreduceEpiloguePass final : public Pass {
@@ -261,6 +245,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
   std::string name() const override { return kRule; }
 
   StatusOr<bool> Run(ir::Graph& graph, PassContext& ctx) override {
+    if (ctx.world_size < 1) return InvalidArgument("world size must be >= 1, got ", ctx.world_size);
     Rewriter rw(graph);
     for (ir::Node* node : graph.NodesSnapshot()) {
       if (rw.IsErased(node) || node->op() != "all_reduce") continue;
@@ -302,39 +287,37 @@ class FuseAllreduceEpiloguePass final : public Pass {
     }
     if (std::string why = ctx.caps.WhyWorldSizeUnsupported(ctx.world_size); !why.empty())
       return Refusal{"backend", why};
-    std::string why;
-    StatusOr<AllreduceRmsnormSpec> base = BaseSpec(*chain, &why);
-    if (!base.ok()) return Refusal{"dtype or shape", why};
+    AllreduceRmsnormSpec base;
+    if (std::string why = BaseSpec(*chain, base); !why.empty())
+      return Refusal{"dtype or shape", why};
 
     // The whole chain with the first quant that works, else the norm alone.
     std::vector<std::string> notes;
     std::set<const ir::Node*> dropped;
     for (ir::Node* quant : chain->quants) {
-      Plan plan;
-      std::string kind;
-      std::string quant_why = Complete(*chain, quant, *base, ctx, plan, &kind);
-      if (quant_why.empty()) {
-        for (ir::Node* other : chain->quants) {
-          if (other == quant || dropped.count(other)) continue;
-          notes.push_back(StrCat("quant_fp8 ", Ref(other->result()),
-                                 " reads the emitted norm: one quant is fused per chain"));
-        }
-        plan.notes = std::move(notes);
-        plan.quants_dropped = int(dropped.size());
-        return plan;
+      std::variant<Plan, Refusal> with_quant = PlanFusion(*chain, quant, base, ctx);
+      if (auto* refusal = std::get_if<Refusal>(&with_quant)) {
+        dropped.insert(quant);
+        notes.push_back(
+            StrCat("quant_fp8 ", Ref(quant->result()), " stays unfused: ", refusal->reason));
+        continue;
       }
-      dropped.insert(quant);
-      notes.push_back(StrCat("quant_fp8 ", Ref(quant->result()), " stays unfused: ", quant_why));
+      Plan& plan = std::get<Plan>(with_quant);
+      for (ir::Node* other : chain->quants) {
+        if (other == quant || dropped.count(other)) continue;
+        notes.push_back(StrCat("quant_fp8 ", Ref(other->result()),
+                               " reads the emitted norm: one quant is fused per chain"));
+      }
+      plan.notes = std::move(notes);
+      plan.quants_dropped = int(dropped.size());
+      return plan;
     }
-    Plan plan;
-    std::string kind;
-    if (std::string norm_why = Complete(*chain, nullptr, *base, ctx, plan, &kind);
-        !norm_why.empty()) {
-      return Refusal{kind, norm_why};
+    std::variant<Plan, Refusal> norm_only = PlanFusion(*chain, nullptr, base, ctx);
+    if (auto* plan = std::get_if<Plan>(&norm_only)) {
+      plan->notes = std::move(notes);
+      plan->quants_dropped = int(dropped.size());
     }
-    plan.notes = std::move(notes);
-    plan.quants_dropped = int(dropped.size());
-    return plan;
+    return norm_only;
   }
 
   static StatusOr<FusionRecord> Fuse(const Plan& plan, Rewriter& rw) {
