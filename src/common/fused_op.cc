@@ -182,7 +182,7 @@ FusionCapabilities CpuFusionCapabilities() {
 FusionCapabilities CudaFusionCapabilities() {
   FusionCapabilities caps;
   caps.backend = "cuda";
-  caps.world_sizes = {2, 4, 8};
+  caps.world_sizes = {2, 3, 4, 5, 6, 7, 8};  // peer-memory kernels; nccl takes any
   caps.act_dtypes = {DType::kBF16, DType::kF16};
   caps.weight_dtypes = {DType::kBF16, DType::kF16, DType::kF32};
   caps.quant_modes = {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token,

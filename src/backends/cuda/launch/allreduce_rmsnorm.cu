@@ -1,6 +1,7 @@
 // Launcher of the fused op: validation, row layout, kernel selection, launch, error check.
 #include "backends/cuda/allreduce_rmsnorm.h"
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -24,13 +25,14 @@ namespace {
 // Threads per row and vectors per thread: a function of H alone (see RowEpilogue).
 struct RowLayout {
   int threads = 0;
-  int vecs_per_thread = 0;
+  int vecs_per_thread = 0;  // 1, 2 or 4: the kernels' instantiations
 };
 
 RowLayout MakeRowLayout(int64_t hidden) {
   const int vecs = int(hidden / kVecElems);
   RowLayout l;
-  l.vecs_per_thread = (vecs + kMaxRowThreads - 1) / kMaxRowThreads;
+  l.vecs_per_thread = 1;
+  while (l.vecs_per_thread * kMaxRowThreads < vecs) l.vecs_per_thread *= 2;
   const int threads = (vecs + l.vecs_per_thread - 1) / l.vecs_per_thread;
   l.threads = (threads + 31) / 32 * 32;
   return l;
@@ -101,8 +103,8 @@ Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_
   if (!comm.has_peer_memory())
     return Unimplemented("strategy ", StrategyName(strategy), " needs peer memory: ",
                          comm.why_no_peer_memory());
-  if (n != 2 && n != 4 && n != 8)
-    return Unimplemented("strategy ", StrategyName(strategy), " runs at world size 2, 4 or 8, not ", n);
+  if (n < 2 || n > kMaxRanks)
+    return Unimplemented("strategy ", StrategyName(strategy), " runs at world sizes 2 to ", kMaxRanks, ", not ", n);
   const WorkspaceLayout& l = comm.layout();
   if (strategy == Strategy::kOneShot) {
     const int64_t fit = RowsThatFit(l.lamport_buffer_bytes / size_t(n), spec.hidden);
@@ -156,7 +158,6 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   p.tokens = tokens;
   p.hidden = int(spec.hidden);
   p.vecs_per_row = int(spec.hidden / kVecElems);
-  p.vecs_per_thread = layout.vecs_per_thread;
   p.weight_dtype = spec.weight_dtype;
   p.eps = spec.eps;
   p.weight_bias = spec.weight_bias;
@@ -165,7 +166,9 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   p.scale_col_major = spec.scale_layout == ScaleLayout::kCol;
   p.scale_ue8m0 = spec.scale_fmt == ScaleFormat::kUe8m0;
   p.scale_tokens_padded = PaddedScaleTokens(tokens);
+  p.scale_pad_rows = p.scale_col_major ? int(p.scale_tokens_padded - tokens) : 0;
   p.rank = comm.rank();
+  p.world_size = n;
   for (int r = 0; r < kMaxRanks; ++r) p.peer_bases[r] = comm.peer_bases()[r];
   p.lamport_offset = ws.lamport_offset;
   p.lamport_buffer_bytes = ws.lamport_buffer_bytes;
@@ -189,7 +192,7 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   config.numAttrs = options.pdl ? 1 : 0;
 
   if (strategy == Strategy::kNccl) {
-    FusedKernelFn kernel = SelectEpilogueKernel(spec.act_dtype, spec.quant);
+    FusedKernelFn kernel = SelectEpilogueKernel(spec.act_dtype, layout.vecs_per_thread, spec.quant);
     if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
     TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
     const ncclDataType_t type = spec.act_dtype == DType::kBF16 ? ncclBfloat16 : ncclFloat16;
@@ -214,6 +217,7 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
       q.norm_out = const_cast<char*>(shift(b.norm_out, 2));
       q.residual_out = const_cast<char*>(shift(b.residual_out, 2));
       q.quant_out = b.quant_out ? static_cast<uint8_t*>(b.quant_out) + offset : nullptr;
+      q.scale_pad_rows = first + rows == tokens ? p.scale_pad_rows : 0;
       if (first > 0 && b.scale_out) {
         // Row-major scales move with the rows; column-major ones index rows inside each group
         // row, so the chunk keeps the full padded length and shifts by `first` rows.
@@ -225,13 +229,15 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
     return Status::Ok();
   }
 
-  FusedKernelFn kernel = strategy == Strategy::kOneShot ? SelectOneShotKernel(spec.act_dtype, n, spec.quant)
-                                                        : SelectTwoShotKernel(spec.act_dtype, n, spec.quant);
+  FusedKernelFn kernel = strategy == Strategy::kOneShot
+                             ? SelectOneShotKernel(spec.act_dtype, layout.vecs_per_thread, spec.quant)
+                             : SelectTwoShotKernel(spec.act_dtype, layout.vecs_per_thread, spec.quant);
   if (!kernel) return Internal("no ", StrategyName(strategy), " kernel for ", spec.ToString(), " at world size ", n);
   TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
   const int64_t work_rows = strategy == Strategy::kOneShot ? tokens : p.rows_per_rank;
-  int64_t grid = std::min<int64_t>(work_rows, resident);
-  if (strategy == Strategy::kTwoShot) grid = std::min<int64_t>(grid, kMaxBarrierBlocks);
+  // Blocks wait on their peers' blocks of the same index: the grid must be co-resident, and
+  // per-block call counts cap it at kMaxBarrierBlocks.
+  const int64_t grid = std::min<int64_t>({work_rows, int64_t(resident), int64_t(kMaxBarrierBlocks)});
   config.gridDim = dim3(unsigned(grid));
   TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
   return Status::Ok();

@@ -1,5 +1,5 @@
 // Kernel selection for the fused op: one flat switch per strategy from runtime values
-// (activation dtype, world size, quant mode) to a template instantiation. Each selector lives
+// (activation dtype, vectors per thread, quant mode) to a template instantiation. Each selector lives
 // in its own .cu file so the instantiations compile in parallel.
 #pragma once
 
@@ -10,12 +10,12 @@ namespace tpfuse::cuda {
 using FusedKernelFn = void (*)(FusedKernelParams);
 
 // Null when the combination has no instantiation (the launcher validates first).
-FusedKernelFn SelectOneShotKernel(DType act, int world_size, QuantMode quant);
-FusedKernelFn SelectTwoShotKernel(DType act, int world_size, QuantMode quant);
-FusedKernelFn SelectEpilogueKernel(DType act, QuantMode quant);
+FusedKernelFn SelectOneShotKernel(DType act, int vecs_per_thread, QuantMode quant);
+FusedKernelFn SelectTwoShotKernel(DType act, int vecs_per_thread, QuantMode quant);
+FusedKernelFn SelectEpilogueKernel(DType act, int vecs_per_thread, QuantMode quant);
 
-constexpr int KernelKey(DType act, int world_size, QuantMode quant) {
-  return (int(act) * 16 + world_size) * 8 + int(quant);
+constexpr int KernelKey(DType act, int vecs_per_thread, QuantMode quant) {
+  return (int(act) * 16 + vecs_per_thread) * 8 + int(quant);
 }
 
 }  // namespace tpfuse::cuda
