@@ -1,11 +1,14 @@
 // The CPU reference executor: runs a graph with N simulated ranks on the reference ops.
 //
-// Ranks run in lockstep, node by node: a local op runs on every rank before the next node; a
-// collective (all_reduce, allreduce_rmsnorm) reads the operand of every rank at once. Result
+// Ranks run in lockstep, node by node: a local op runs on every rank (one thread per rank)
+// before the next node; a collective (all_reduce, allreduce_rmsnorm) reads the operand of every
+// rank at once. Result
 // dtypes and shapes come from the IR types resolved with the bound symbols, so the reference
 // ops never guess what the IR decided.
 #include <cmath>
+#include <functional>
 #include <limits>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -70,6 +73,15 @@ StatusOr<cpu::ActScaleLayout> ActScaleLayoutOf(const ir::Node& node) {
     return cpu::ActScaleLayout::kPerGroupRow;
   }
   return cpu::ActScaleLayout::kPerGroupCol;
+}
+
+// Runs fn(r) for every rank, ranks 1.. on their own threads. Each rank writes only its own
+// slots, so the result does not depend on scheduling.
+void ForEachRank(int world_size, const std::function<void(int)>& fn) {
+  std::vector<std::thread> threads;
+  for (int r = 1; r < world_size; ++r) threads.emplace_back(fn, r);
+  fn(0);
+  for (std::thread& t : threads) t.join();
 }
 
 struct ResolvedType {
@@ -246,6 +258,7 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
 
     // Results of every rank.
     std::vector<std::vector<HostTensor>> results(ranks);
+    std::vector<Status> statuses(ranks);
     if (node.op() == "all_reduce") {
       std::vector<const HostTensor*> partials;
       for (int r = 0; r < world_size_; ++r) partials.push_back(operands[size_t(r)][0]);
@@ -258,23 +271,25 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
       const ir::FusedOperandIndices at = ir::FusedOperandLayout(*spec);
       std::vector<const HostTensor*> partials;
       for (int r = 0; r < world_size_; ++r) partials.push_back(operands[size_t(r)][size_t(at.x)]);
-      for (int r = 0; r < world_size_; ++r) {
+      // Every rank runs the epilogue on its own residual, weight and scale.
+      ForEachRank(world_size_, [&](int r) {
         const auto& in = operands[size_t(r)];
         StatusOr<std::vector<HostTensor>> out = cpu::AllreduceRmsnorm(
             *spec, partials, at.residual >= 0 ? in[size_t(at.residual)] : nullptr,
             *in[size_t(at.w)], at.scale >= 0 ? in[size_t(at.scale)] : nullptr);
-        if (!out.ok()) return node_error(out.status().WithContext(StrCat("rank ", r)));
-        results[size_t(r)] = std::move(*out);
-      }
+        if (out.ok()) results[size_t(r)] = std::move(*out);
+        else statuses[size_t(r)] = out.status();
+      });
     } else {
-      for (int r = 0; r < world_size_; ++r) {
+      ForEachRank(world_size_, [&](int r) {
         StatusOr<std::vector<HostTensor>> out = RunLocalOp(node, operands[size_t(r)], out_types);
-        if (!out.ok()) {
-          return node_error(world_size_ > 1 ? out.status().WithContext(StrCat("rank ", r))
-                                            : out.status());
-        }
-        results[size_t(r)] = std::move(*out);
-      }
+        if (out.ok()) results[size_t(r)] = std::move(*out);
+        else statuses[size_t(r)] = out.status();
+      });
+    }
+    for (int r = 0; r < world_size_; ++r) {
+      const Status& s = statuses[size_t(r)];
+      if (!s.ok()) return node_error(world_size_ > 1 ? s.WithContext(StrCat("rank ", r)) : s);
     }
 
     // Results must have the IR's dtype and element count; the IR's shape wins (a scale in

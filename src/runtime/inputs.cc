@@ -21,15 +21,24 @@ class Rng {
   // Uniform in [0, 1).
   double Uniform() { return double(Next() >> 11) * 0x1.0p-53; }
   double Uniform(double lo, double hi) { return lo + (hi - lo) * Uniform(); }
-  // Standard normal (Box-Muller).
+  // Standard normal (Box-Muller; each pair of uniforms gives two normals).
   double Normal() {
+    if (has_spare_) {
+      has_spare_ = false;
+      return spare_;
+    }
     const double u1 = 1.0 - Uniform();  // (0, 1]
     const double u2 = Uniform();
-    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+    const double radius = std::sqrt(-2.0 * std::log(u1));
+    spare_ = radius * std::sin(6.283185307179586 * u2);
+    has_spare_ = true;
+    return radius * std::cos(6.283185307179586 * u2);
   }
 
  private:
   uint64_t state_;
+  double spare_ = 0.0;
+  bool has_spare_ = false;
 };
 
 uint64_t HashName(std::string_view s) {

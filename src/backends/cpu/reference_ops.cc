@@ -1,7 +1,9 @@
 #include "backends/cpu/reference_ops.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <functional>
 
 #include "common/numerics.h"
@@ -15,9 +17,39 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
+// Decodes elements [begin, begin + n) of t into out: the same values as HostTensor::GetF32,
+// with the dtype switch hoisted out of the loop (GEMM weights are the bulk of a model graph).
+void DecodeRange(const HostTensor& t, int64_t begin, int64_t n, float* out) {
+  switch (t.dtype()) {
+    case DType::kBF16: {
+      const uint16_t* p = t.data_as<uint16_t>() + begin;
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t u = uint32_t(p[i]) << 16;
+        std::memcpy(&out[i], &u, 4);
+      }
+      return;
+    }
+    case DType::kF8E4M3: {
+      static const std::array<float, 256> table = [] {
+        std::array<float, 256> v{};
+        for (int c = 0; c < 256; ++c) v[size_t(c)] = Fp8E4M3ToFloat(uint8_t(c));
+        return v;
+      }();
+      const uint8_t* p = t.data_as<uint8_t>() + begin;
+      for (int64_t i = 0; i < n; ++i) out[i] = table[p[i]];
+      return;
+    }
+    case DType::kF32: std::memcpy(out, t.data_as<float>() + begin, size_t(n) * 4); return;
+    case DType::kF16:
+    case DType::kI32:
+      for (int64_t i = 0; i < n; ++i) out[i] = t.GetF32(begin + i);
+      return;
+  }
+}
+
 std::vector<float> Decode(const HostTensor& t) {
   std::vector<float> v(static_cast<size_t>(t.numel()));
-  for (int64_t i = 0; i < t.numel(); ++i) v[size_t(i)] = t.GetF32(i);
+  DecodeRange(t, 0, t.numel(), v.data());
   return v;
 }
 
@@ -299,12 +331,14 @@ StatusOr<HostTensor> Matmul(const HostTensor& a, const HostTensor& b, DType out_
   const int64_t rows = k_dim == 0 ? 0 : a.numel() / k_dim;
   std::vector<int64_t> shape = a.shape();
   shape.back() = n_dim;
-  std::vector<double> av(static_cast<size_t>(a.numel()));
-  for (int64_t i = 0; i < a.numel(); ++i) av[size_t(i)] = a.GetF32(i);
+  const std::vector<float> af = Decode(a);
+  const std::vector<double> av(af.begin(), af.end());
   std::vector<double> acc(size_t(rows * n_dim), 0.0);
+  std::vector<float> brow(static_cast<size_t>(n_dim));
   AccumulateGemm(av, rows, k_dim, n_dim,
                  [&](int64_t k, std::vector<double>& row) {
-                   for (int64_t n = 0; n < n_dim; ++n) row[size_t(n)] = b.GetF32(k * n_dim + n);
+                   DecodeRange(b, k * n_dim, n_dim, brow.data());
+                   for (int64_t n = 0; n < n_dim; ++n) row[size_t(n)] = brow[size_t(n)];
                  },
                  acc);
   HostTensor y(out_dtype, shape);
@@ -383,12 +417,15 @@ StatusOr<HostTensor> ScaledMatmul(const HostTensor& q, const HostTensor& s,
   for (int64_t t = 0; t < rows; ++t)
     for (int64_t k = 0; k < k_dim; ++k)
       a[size_t(t * k_dim + k)] = double(q.GetF32(t * k_dim + k)) * double(s.GetF32(s_index(t, k)));
+  const std::vector<float> wsv = Decode(ws);
+  std::vector<float> wrow(static_cast<size_t>(n_dim));
   std::vector<double> acc(size_t(rows * n_dim), 0.0);
   AccumulateGemm(a, rows, k_dim, n_dim,
                  [&](int64_t k, std::vector<double>& row) {
+                   DecodeRange(w, k * n_dim, n_dim, wrow.data());
+                   const float* block_scales = wsv.data() + (k / bk) * ws_cols;
                    for (int64_t n = 0; n < n_dim; ++n)
-                     row[size_t(n)] = double(w.GetF32(k * n_dim + n)) *
-                                      double(ws.GetF32(ws.numel() == 1 ? 0 : (k / bk) * ws_cols + n / bn));
+                     row[size_t(n)] = double(wrow[size_t(n)]) * double(block_scales[n / bn]);
                  },
                  acc);
   HostTensor y(out_dtype, {rows, n_dim});
