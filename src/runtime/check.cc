@@ -137,11 +137,17 @@ std::string OutputCheck::ToString() const {
   std::ostringstream os;
   std::string cls_text(ToleranceClassName(cls));
   if (!scale_source.empty()) cls_text += " (" + scale_source + ")";
+  const char* unit = cls == ToleranceClass::kScale ? " rel" : cls == ToleranceClass::kExact ? "" : " ulp";
   os << std::left << std::setw(16) << ("%" + name) << " " << std::setw(36) << cls_text
      << " max_abs_err " << std::setw(10) << FormatNumber(max_abs_err) << " max_err "
-     << std::setw(8) << FormatNumber(max_ulp_err) << " ";
-  if (ok) os << "ok";
-  else os << "FAIL on rank " << failed_rank << ": " << detail.summary;
+     << std::setw(10) << (FormatNumber(max_ulp_err) + unit) << " ";
+  if (ok) {
+    os << "ok";
+  } else {
+    std::string why = detail.summary;
+    if (why.rfind("FAIL: ", 0) == 0) why = why.substr(6);
+    os << "FAIL on rank " << failed_rank << ": " << why;
+  }
   return os.str();
 }
 

@@ -37,7 +37,8 @@ struct OutputCheck {
   int failed_rank = -1;        // the first rank that failed
   CompareResult detail;        // that rank's comparison (rank 0's when every rank passed)
 
-  // "%q  fp8-dequant (returned %s)  max_abs_err 0.0039  max_err 0.5  ok"
+  // "%q   fp8-dequant (returned %s)   max_abs_err 0.0039   max_err 0.5 ulp   ok", or
+  // "... FAIL on rank 1: 1 of 768 mismatch (...): first at [5] (row 0, col 5) got .. ref .."
   std::string ToString() const;
 };
 
