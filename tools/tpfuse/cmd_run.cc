@@ -1,0 +1,153 @@
+// tpfuse run FILE.tpg|MODEL.json [--backend cpu|cuda] [--world-size N] [--tokens T] [--check]
+//                                [--seed S] [--no-fuse]
+//
+// Builds the graph, draws random inputs for N ranks (runtime::MakeRandomInputs: the same for a
+// graph and its fused form), compiles it for the backend and runs it there. Prints one line
+// per output (rank 0: type, checksum, a few values) and whether the ranks agree bitwise.
+//
+// --check also runs the unfused graph on the CPU oracle and compares every output of every
+// rank with Contract 3's tolerance; any output out of tolerance exits 1.
+#include <chrono>
+#include <iostream>
+#include <memory>
+
+#include <CLI/CLI.hpp>
+
+#include "runtime/check.h"
+#include "runtime/inputs.h"
+#include "tpfuse/cli_common.h"
+#include "tpfuse/commands.h"
+
+namespace tpfuse::cli {
+namespace {
+
+constexpr char kCommand[] = "run";
+
+struct RunArgs {
+  std::string file;
+  std::string backend = "cpu";
+  int world_size = 0;  // 0: the model's tp_size, or 2 for a .tpg
+  int64_t tokens = 8;
+  bool check = false;
+  uint64_t seed = 1;
+  bool no_fuse = false;
+};
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Runs one func; returns whether every check passed (true without --check), or an error.
+StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_size) {
+  const Backend backend = ParseBackendName(args.backend);
+  std::cout << "@" << graph.name() << ": world size " << world_size << ", T = " << args.tokens
+            << ", backend " << BackendName(backend) << (args.no_fuse ? ", unfused" : ", fused")
+            << ", seed " << args.seed << "\n";
+
+  TPFUSE_ASSIGN_OR_RETURN(std::vector<runtime::TensorMap> inputs,
+                          runtime::MakeRandomInputs(graph, world_size, args.tokens, args.seed));
+
+  // The graph to run: the compiled one, or the input itself with --no-fuse.
+  std::unique_ptr<ir::Graph> compiled_graph;
+  const ir::Graph* to_run = &graph;
+  if (!args.no_fuse) {
+    CompileOptions options;
+    options.world_size = world_size;
+    options.max_tokens = args.tokens;
+    options.backend = backend;
+    TPFUSE_ASSIGN_OR_RETURN(Compiled compiled, CompileGraph(graph, options));
+    std::cout << "  compiled: " << compiled.ctx.fusions.size() << " fused, "
+              << compiled.ctx.rejections.size() << " left unfused; ops "
+              << TotalOps(compiled.ops_before) << " -> " << TotalOps(compiled.ops_after) << "\n";
+    for (const passes::Rejection& r : compiled.ctx.rejections)
+      std::cout << "    unfused %" << r.anchor << ": " << r.reason << "\n";
+    compiled_graph = std::move(compiled.graph);
+    to_run = compiled_graph.get();
+  }
+
+  TPFUSE_ASSIGN_OR_RETURN(std::unique_ptr<runtime::Executor> executor,
+                          MakeExecutor(backend, world_size));
+  auto start = std::chrono::steady_clock::now();
+  TPFUSE_ASSIGN_OR_RETURN(runtime::RankOutputs outputs, executor->Run(*to_run, inputs));
+  const double run_seconds = SecondsSince(start);
+
+  std::cout << "  outputs (rank 0), " << FormatSeconds(run_seconds) << " on " << executor->name()
+            << ":\n";
+  const std::vector<ir::Value*>& returned = to_run->outputs();
+  for (size_t i = 0; i < returned.size() && i < outputs[0].size(); ++i) {
+    std::cout << "    %" << returned[i]->name() << "  " << SummarizeTensor(outputs[0][i]) << "\n";
+  }
+  if (world_size > 1) {
+    // Per-rank partials (e.g. a row-parallel GEMM's output) legitimately differ across ranks;
+    // this is a fact about the graph, not a check.
+    const Status same = runtime::CheckRanksIdentical(*to_run, outputs);
+    // "output %y differs between rank 0 and rank 1: <comparison>": the part before the colon.
+    const std::string first = same.message().substr(0, same.message().find(": "));
+    std::cout << "  ranks: "
+              << (same.ok() ? "every output is bitwise identical on every rank"
+                            : "per-rank outputs (" + first + ")")
+              << "\n";
+  }
+  if (!args.check) return true;
+
+  std::unique_ptr<runtime::Executor> oracle = runtime::MakeCpuExecutor(world_size);
+  start = std::chrono::steady_clock::now();
+  TPFUSE_ASSIGN_OR_RETURN(runtime::RankOutputs reference, oracle->Run(graph, inputs));
+  const double oracle_seconds = SecondsSince(start);
+  TPFUSE_ASSIGN_OR_RETURN(
+      runtime::CheckReport report,
+      runtime::CompareGraphOutputs(graph, reference, *to_run, outputs, inputs));
+  std::cout << "  check against the CPU oracle (unfused graph, " << FormatSeconds(oracle_seconds)
+            << "):\n";
+  for (const runtime::OutputCheck& o : report.outputs) std::cout << "    " << o.ToString() << "\n";
+  std::cout << "  " << (report.ok ? "PASS" : "FAIL") << ": " << report.outputs.size()
+            << " outputs on " << world_size << " ranks "
+            << (report.ok ? "within Contract 3's tolerance" : "checked, some out of tolerance")
+            << "\n";
+  return report.ok;
+}
+
+int RunRun(const RunArgs& args) {
+  if (args.backend == "cuda" && !CudaBuilt())
+    return Fail(kCommand, MakeExecutor(Backend::kCuda, 2).status());
+  StatusOr<Program> program = LoadProgram(args.file, args.world_size);
+  if (!program.ok()) return Fail(kCommand, program.status());
+  const int world_size =
+      args.world_size > 0 ? args.world_size : program->model ? program->model->tp_size : 2;
+  if (program->model)
+    std::cout << "model " << program->model->name << ": " << program->model->Summary() << "\n";
+
+  bool all_ok = true;
+  for (const std::unique_ptr<ir::Graph>& func : program->funcs) {
+    StatusOr<bool> ok = RunFunc(*func, args, world_size);
+    if (!ok.ok()) return Fail(kCommand, ok.status().WithContext("@" + func->name()));
+    all_ok = all_ok && *ok;
+  }
+  return all_ok ? kExitOk : kExitInvalidInput;
+}
+
+}  // namespace
+
+void AddRunCommand(CLI::App& app, CommandFn& run) {
+  auto args = std::make_shared<RunArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      kCommand, "Run a graph (.tpg) or a model (.json) on random inputs; --check against the oracle");
+  cmd->add_option("file", args->file, "the graph (.tpg) or model description (.json)")
+      ->required();
+  cmd->add_option("--backend", args->backend, "where the fused graph runs")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--world-size,-n", args->world_size,
+                  "ranks (default: the model's tp_size, 2 for a .tpg)")
+      ->check(CLI::Range(1, 1024));
+  cmd->add_option("--tokens,-t", args->tokens, "token count T")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  cmd->add_flag("--check", args->check,
+                "also run the unfused graph on the CPU oracle and compare (Contract 3)");
+  cmd->add_option("--seed", args->seed, "seed of the random inputs")->capture_default_str();
+  cmd->add_flag("--no-fuse", args->no_fuse, "run the graph as written, without compiling it");
+  cmd->callback([&run, args] { run = [args] { return RunRun(*args); }; });
+}
+
+}  // namespace tpfuse::cli

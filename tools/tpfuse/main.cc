@@ -1,0 +1,47 @@
+// tpfuse: the command-line front end (DESIGN.md Contract 4).
+//
+//   tpfuse compile FILE.tpg ...   fuse the all_reduce epilogues of a graph, print the result
+//   tpfuse run FILE ...           execute a graph or a model, optionally against the oracle
+//   tpfuse bench ... | tune ...   measure the fused op on the GPUs
+//   tpfuse demo                   the main job on whatever machine it finds
+//
+// Exit status: 0 success, 1 invalid input (a message on stderr names the problem), 2 usage.
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "tpfuse/commands.h"
+
+int main(int argc, char** argv) {
+  using namespace tpfuse::cli;
+
+  CLI::App app{
+      "tpfuse: fuses the all_reduce -> [+residual] -> RMSNorm -> [FP8 quant] tail of "
+      "tensor-parallel transformer layers into one op, and runs it.",
+      "tpfuse"};
+  app.set_version_flag("--version", std::string("tpfuse ") + TPFUSE_VERSION);
+  app.require_subcommand(1, 1);
+  app.footer("Run 'tpfuse SUBCOMMAND --help' for a subcommand's options.");
+
+  CommandFn run;
+  AddCompileCommand(app, run);
+  AddRunCommand(app, run);
+  AddBenchCommand(app, run);
+  AddTuneCommand(app, run);
+  AddDemoCommand(app, run);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version are "errors" with exit code 0: print them as CLI11 does.
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::cerr << "tpfuse: " << e.what() << "\n"
+              << "Run 'tpfuse --help' for usage.\n";
+    return kExitUsage;
+  }
+  if (!run) {
+    std::cerr << "tpfuse: internal error: the subcommand registered nothing to run\n";
+    return kExitInvalidInput;
+  }
+  return run();
+}
