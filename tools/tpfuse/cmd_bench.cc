@@ -1,0 +1,42 @@
+// `tpfuse bench`: the fused op against its unfused baselines, per shape, on this node's GPUs.
+// The measuring lives in bench_runner.cc, the reporting in bench_report.cc; docs/benchmarking.md
+// describes the method.
+#include <CLI/CLI.hpp>
+
+#include <memory>
+
+#include "bench_cli.h"
+#include "commands.h"
+
+namespace tpfuse::cli {
+
+void AddBenchCommand(CLI::App& app, CommandFn& run) {
+  CLI::App* command = app.add_subcommand(
+      "bench",
+      "Measure the fused all_reduce + residual + RMSNorm [+ FP8 quant] op against its unfused "
+      "baselines on this node's GPUs, one process per GPU.");
+  auto flags = std::make_shared<bench::CommandFlags>();
+  bench::AddCommandOptions(*command, *flags, bench::Mode::kBench);
+  command->footer(
+      "Sweep: every T x H x quant given (default 14 x 3 x 4 = 168 shapes), bf16 activations and\n"
+      "weight, residual on, group size 128, row-major f32 scales; emits residual_out, q [, s] when\n"
+      "quantized, and the norm output per --emit-norm.\n"
+      "Paths per shape, all in one run, each a CUDA graph of --ops-per-graph ops whose inputs\n"
+      "rotate over sets larger than twice the L2:\n"
+      "  oneshot, twoshot, nccl   the fused op with that strategy (those the workspace can run)\n"
+      "  dispatched               the strategy the dispatcher picks (--table or built-in)\n"
+      "  A                        ncclAllReduce + fused_add_rms_norm kernel + quant_fp8 kernel\n"
+      "  B                        ncclAllReduce + one fused add-RMSNorm-quant kernel: exactly\n"
+      "                           the fused op's nccl strategy (one measurement, two names)\n"
+      "  NCCL                     ncclAllReduce alone\n"
+      "Reported: rank 0's median (p10, p90 in the files) of the per-op time of each replay,\n"
+      "fused(dispatched)/B, and bus bandwidth = T*H*2 bytes * 2(N-1)/N / time, next to the peer\n"
+      "copy bandwidth measured at start. Progress goes to stderr, tables to stdout.\n"
+      "Exit status: 0 done, 1 invalid value, no CUDA backend, fewer than 2 GPUs or a rank\n"
+      "failed, 2 usage error. See docs/benchmarking.md.");
+  command->callback([&run, flags] {
+    run = [flags] { return bench::RunCommand(*flags, bench::Mode::kBench); };
+  });
+}
+
+}  // namespace tpfuse::cli
