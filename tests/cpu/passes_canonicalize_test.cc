@@ -3,6 +3,7 @@
 // alone and say why in the counters. Numeric halves run unfused vs fused on the CPU oracle.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "passes_test_util.h"
@@ -28,10 +29,12 @@ struct RmsForm {
   std::string weight = "%g";  // how the weight reaches the multiply: %g, %gf, %g1
   std::string weight_defs;    // the statements that compute it
   float weight_bias = 0.0f;
-  // The chain without casts rounds every intermediate to bf16, a few ulps of error of its own;
-  // the folded op computes in f32 (Contract 3 step 3). Those forms are checked against the
-  // f32-internal chain (the first form) instead of their own bf16 rounding.
-  bool reference_is_f32_chain = false;
+  // The numeric reference: empty for the form's own unfused graph, else the name of the form
+  // computed in f32 with one rounding at the end. A chain without casts rounds every
+  // intermediate to bf16, and a bf16 add(w, 1) rounds 1 + w: a few ulps of error of their own,
+  // which the folded op (f32 inside, Contract 3 step 3) does not have. Those forms are checked
+  // against the f32 chain rather than against their own rounding.
+  std::string reference;
 };
 
 std::ostream& operator<<(std::ostream& os, const RmsForm& f) { return os << f.name; }
@@ -78,12 +81,12 @@ const std::vector<RmsForm> kRmsForms = {
      .weight_defs = "  %gf = cast(%g) {to = f32}\n"},
     // bf16 weight times the f32 normalized value: mixed precision computes in f32.
     {.name = "CastPowWeightBeforeCastBf16Weight", .weight_before_cast = true},
-    {.name = "NoCastsPow", .input_cast = false, .reference_is_f32_chain = true},
+    {.name = "NoCastsPow", .input_cast = false, .reference = "CastPowWeightBeforeCastF32Weight"},
     {.name = "NoCastsMulSquare",
      .input_cast = false,
      .pow = false,
      .weight_first = true,
-     .reference_is_f32_chain = true},
+     .reference = "CastPowWeightBeforeCastF32Weight"},
     // Hugging Face Gemma: output * (1.0 + weight.float()).
     {.name = "GemmaOnePlusF32Weight",
      .weight_before_cast = true,
@@ -94,7 +97,8 @@ const std::vector<RmsForm> kRmsForms = {
      .weight_first = true,
      .weight = "%g1",
      .weight_defs = "  %g1 = add(%g) {scalar = 1}\n",
-     .weight_bias = 1.0f},
+     .weight_bias = 1.0f,
+     .reference = "GemmaOnePlusF32Weight"},
 };
 
 class PassesDecomposedRmsNorm : public ::testing::TestWithParam<RmsForm> {};
@@ -129,8 +133,11 @@ TEST_P(PassesDecomposedRmsNorm, FoldsToRmsNormAndFuses) {
     CHECK: return %q, %s, %h
   )");
   EXPECT_EQ(fused.after->num_nodes(), 1) << Print(*fused.after);
-  if (form.reference_is_f32_chain) {
-    std::unique_ptr<ir::Graph> f32_chain = ParseOrFail(DecomposedRmsNormLayer(kRmsForms[0]));
+  if (!form.reference.empty()) {
+    auto reference = std::find_if(kRmsForms.begin(), kRmsForms.end(),
+                                  [&](const RmsForm& f) { return f.name == form.reference; });
+    ASSERT_NE(reference, kRmsForms.end());
+    std::unique_ptr<ir::Graph> f32_chain = ParseOrFail(DecomposedRmsNormLayer(*reference));
     ASSERT_TRUE(f32_chain);
     ExpectSameOutputs(*f32_chain, *fused.after);
   } else {
@@ -138,7 +145,7 @@ TEST_P(PassesDecomposedRmsNorm, FoldsToRmsNormAndFuses) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Forms, PassesDecomposedRmsNorm, ::testing::ValuesIn(kRmsForms),
+INSTANTIATE_TEST_SUITE_P(PassesForms, PassesDecomposedRmsNorm, ::testing::ValuesIn(kRmsForms),
                          [](const auto& info) { return info.param.name; });
 
 // ---------------------------------------------------------------- decomposed static quant
@@ -195,7 +202,7 @@ TEST_P(PassesDecomposedStaticQuant, FoldsToQuantFp8AndFuses) {
   ExpectSameOutputs(c);
 }
 
-INSTANTIATE_TEST_SUITE_P(Forms, PassesDecomposedStaticQuant, ::testing::ValuesIn(kQuantForms),
+INSTANTIATE_TEST_SUITE_P(PassesForms, PassesDecomposedStaticQuant, ::testing::ValuesIn(kQuantForms),
                          [](const auto& info) { return info.param.name; });
 
 // Two static quants of the same inverse scale share one reciprocal.
