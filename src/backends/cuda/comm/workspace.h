@@ -10,9 +10,9 @@ namespace tpfuse::cuda {
 inline constexpr int kMaxRanks = 8;
 // Upper bound on blocks of the two-shot kernel (one barrier flag row per block).
 inline constexpr int kMaxBarrierBlocks = 1024;
-// One-shot rotates three Lamport buffers: the one being written, the one being read by a
-// slower peer, and the one being cleared.
-inline constexpr int kLamportBuffers = 3;
+// One-shot alternates two Lamport buffers; a reader resets each slot to the sentinel right after
+// reading it, and a peer writes that buffer again only after this rank's next call has begun.
+inline constexpr int kLamportBuffers = 2;
 
 struct WorkspaceConfig {
   int world_size = 2;
@@ -69,24 +69,31 @@ namespace tpfuse::cuda {
 // creation. Kernels read it after griddepcontrol.wait, so a kernel launched early under
 // programmatic dependent launch never sees its predecessor's state half-updated.
 struct CommDeviceState {
-  // One-shot: call count (selects the Lamport buffer: count % 3), blocks finished in the
-  // current call (the last one advances the count), and the bytes each rank-slot of the
-  // previous call wrote (what the next call clears).
-  uint32_t oneshot_count;
-  uint32_t oneshot_blocks_done;
-  uint64_t oneshot_prev_bytes;
-  // Two-shot: call count (barrier epochs are 2*count+1 and 2*count+2) and blocks finished.
-  uint32_t twoshot_count;
-  uint32_t twoshot_blocks_done;
   // First error seen by any block: code (0 = none, 1 = timeout), the peer waited for, and the
-  // protocol phase (1 = one-shot gather, 2 = two-shot reduce-scatter, 3 = two-shot all-gather).
+  // protocol phase (kPhase* below).
   uint32_t error_code;
   uint32_t error_peer;
   uint32_t error_phase;
   uint32_t pad_;
+  // Per-block call counts of the one-shot and two-shot kernels: block b reads its count at the
+  // start and stores count + 1 at the end. Every rank launches the same grid for the same shape,
+  // so block b's count is the same on every rank (the one-shot buffer is count % 2; two-shot's
+  // barrier epochs are 2 count + 1 and 2 count + 2). No cross-block atomics are needed.
+  uint32_t oneshot_count[kMaxBarrierBlocks];
+  uint32_t twoshot_count[kMaxBarrierBlocks];
 };
 
 inline constexpr uint32_t kErrorNone = 0;
 inline constexpr uint32_t kErrorTimeout = 1;
+
+// CommDeviceState::error_phase values.
+inline constexpr uint32_t kPhaseOneShotGather = 1;
+inline constexpr uint32_t kPhaseTwoShotReduceScatter = 2;
+inline constexpr uint32_t kPhaseTwoShotAllGather = 3;
+
+// The 16-bit pattern of a Lamport slot not yet written: -0.0 in bf16 and in f16. Creation
+// fills the Lamport buffers with it. NOTE: a one-shot kernel must never push -0.0 as
+// data (it pushes +0.0 instead), or a reader would wait for a value that already arrived.
+inline constexpr uint16_t kLamportSentinel = 0x8000;
 
 }  // namespace tpfuse::cuda
