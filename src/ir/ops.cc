@@ -322,8 +322,7 @@ StatusOr<TensorType> DynamicScaleType(const AttrReader& attrs, const Dim& tokens
 // Parses an enum-valued attribute and prefixes the parser's error with the op.
 template <class T>
 StatusOr<T> ReadEnum(const AttrReader& attrs, const std::string& name,
-                     const std::string& default_value,
-                     StatusOr<T> (*parse)(std::string_view)) {
+                     const std::string& default_value, StatusOr<T> (*parse)(std::string_view)) {
   StatusOr<T> value = parse(attrs.Text(name, default_value));
   if (!value.ok()) return attrs.Error(value.status().message());
   return value;
@@ -358,7 +357,8 @@ StatusOr<Types> InferQuantFp8(const Types& in, const AttrReader& attrs) {
   }
   const std::string_view mode = params.mode == QuantMode::kFp8Token ? "token" : "group";
   if (in.size() != 1) return attrs.Error("mode ", mode, " takes no scale operand");
-  if (x.rank() != 2) return attrs.Error("mode ", mode, " needs x of rank 2 ([T, H]), got ", x.ToString());
+  if (x.rank() != 2)
+    return attrs.Error("mode ", mode, " needs x of rank 2 ([T, H]), got ", x.ToString());
   int64_t groups = 1;
   if (params.mode == QuantMode::kFp8Group) {
     const Dim& hidden = x.shape[1];
@@ -476,9 +476,9 @@ StatusOr<Types> InferAllreduceRmsnorm(const Types& in, const AttrReader& attrs) 
   if (spec.emit.quant) {
     out.push_back(TensorType{DType::kF8E4M3, x.shape});
     if (IsDynamicQuant(spec.quant)) {
-      TPFUSE_ASSIGN_OR_RETURN(TensorType s, DynamicScaleType(attrs, x.shape[0],
-                                                             spec.ScaleGroupsPerRow(),
-                                                             spec.scale_layout));
+      TPFUSE_ASSIGN_OR_RETURN(
+          TensorType s,
+          DynamicScaleType(attrs, x.shape[0], spec.ScaleGroupsPerRow(), spec.scale_layout));
       out.push_back(s);
     }
   }
@@ -596,12 +596,11 @@ Status CheckAttribute(const OpDef& def, const std::string& name, const Attr& val
                              " takes no attributes)");
     std::string accepted;
     for (const AttrSpec& a : def.attrs) accepted += (accepted.empty() ? "" : ", ") + a.name;
-    return InvalidArgument(def.name, ": unknown attribute '", name, "' (accepted: ", accepted,
-                           ")");
+    return InvalidArgument(def.name, ": unknown attribute '", name, "' (accepted: ", accepted, ")");
   }
   if (!AttrHasType(value, spec->type))
-    return InvalidArgument(def.name, ": attribute '", name, "' must be ",
-                           AttrTypeWords(spec->type), ", got ", value.ToString());
+    return InvalidArgument(def.name, ": attribute '", name, "' must be ", AttrTypeWords(spec->type),
+                           ", got ", value.ToString());
   return Status::Ok();
 }
 
@@ -659,8 +658,7 @@ StatusOr<Node*> BuildNode(Graph& graph, const std::string& op, const std::vector
     if (operands[i] == nullptr) return InvalidArgument(op, ": operand ", i, " is null");
     types.push_back(operands[i]->type());
   }
-  TPFUSE_ASSIGN_OR_RETURN(std::vector<TensorType> result_types,
-                          InferResultTypes(op, types, attrs));
+  TPFUSE_ASSIGN_OR_RETURN(std::vector<TensorType> result_types, InferResultTypes(op, types, attrs));
   if (!result_names.empty() && result_names.size() != result_types.size())
     return InvalidArgument(op, ": produces ", result_types.size(), " results, ",
                            result_names.size(), " names given");
@@ -682,8 +680,8 @@ StatusOr<std::string> GetTextAttr(const Node& node, const std::string& name,
   if (a == nullptr) return default_value;
   std::optional<std::string> text = a->AsText();
   if (!text)
-    return InvalidArgument(node.op(), ": attribute '", name, "' must be a name or a \"string\", got ",
-                           a->ToString());
+    return InvalidArgument(node.op(), ": attribute '", name,
+                           "' must be a name or a \"string\", got ", a->ToString());
   return *text;
 }
 

@@ -1,3 +1,10 @@
+// The .tpg parser: a hand-written lexer and a recursive-descent parser over Contract 1's grammar.
+//
+// NOTE: it must not crash on any input (the fuzz test holds it to that):
+//   - nothing recurses: attribute lists do not nest, so every rule is a loop;
+//   - numbers go through std::from_chars, so overflow is an error, never a wrap;
+//   - every token look-up stays inside the token vector, which always ends with kEnd;
+//   - positions are those of real tokens (or of the end of the text), so line:col is in range.
 #include "ir/parser.h"
 
 #include <charconv>
@@ -18,10 +25,10 @@ namespace {
 
 enum class TokenKind {
   kEnd,
-  kError,   // a lexical error; `text` is the message
-  kName,    // func, return, op names, dtypes, symbols, attribute names and values
-  kValue,   // %name (text without the '%')
-  kFunc,    // @name (text without the '@')
+  kError,  // a lexical error; `text` is the message
+  kName,   // func, return, op names, dtypes, symbols, attribute names and values
+  kValue,  // %name (text without the '%')
+  kFunc,   // @name (text without the '@')
   kInt,
   kFloat,
   kString,  // text is the unescaped contents
@@ -37,9 +44,7 @@ struct Token {
   double float_value = 0.0;
 };
 
-bool IsNameStart(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-}
+bool IsNameStart(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 bool IsNameChar(char c) { return IsNameStart(c) || IsDigit(c); }
 bool IsValueNameChar(char c) { return IsNameChar(c) || c == '.'; }
@@ -151,8 +156,8 @@ class Lexer {
       while (!AtEnd() && IsValueNameChar(Peek())) Advance();
       if (pos_ == start)
         return Make(TokenKind::kError,
-                    StrCat("expected a name after '", c, "'", AtEnd() ? "" : ", found '" +
-                           Printable(text_.substr(pos_, 1)) + "'"),
+                    StrCat("expected a name after '", c, "'",
+                           AtEnd() ? "" : ", found '" + Printable(text_.substr(pos_, 1)) + "'"),
                     line, column);
       return Make(c == '%' ? TokenKind::kValue : TokenKind::kFunc,
                   std::string(text_.substr(start, pos_ - start)), line, column);
@@ -174,8 +179,8 @@ class Lexer {
     if (Peek() == '-' || Peek() == '+') Advance();
     if (Peek() == 'i') {  // -inf / +inf (AtNumber checked the spelling)
       for (int k = 0; k < 3; ++k) Advance();
-      Token t = Make(TokenKind::kFloat, std::string(text_.substr(start, pos_ - start)), line,
-                     column);
+      Token t =
+          Make(TokenKind::kFloat, std::string(text_.substr(start, pos_ - start)), line, column);
       t.float_value = text_[start] == '-' ? -std::numeric_limits<double>::infinity()
                                           : std::numeric_limits<double>::infinity();
       return t;
@@ -204,8 +209,8 @@ class Lexer {
     std::string_view spelled = text_.substr(start, pos_ - start);
     // from_chars takes no leading '+'.
     std::string_view digits = spelled[0] == '+' ? spelled.substr(1) : spelled;
-    Token t = Make(is_float ? TokenKind::kFloat : TokenKind::kInt, std::string(spelled), line,
-                   column);
+    Token t =
+        Make(is_float ? TokenKind::kFloat : TokenKind::kInt, std::string(spelled), line, column);
     std::from_chars_result r;
     if (is_float) {
       r = std::from_chars(digits.data(), digits.data() + digits.size(), t.float_value);
@@ -276,7 +281,8 @@ class Parser {
     Module module;
     std::map<std::string, Position> func_names;
     do {
-      if (!IsName("func")) return Unexpected(module.funcs.empty() ? "'func'" : "'func' or end of input");
+      if (!IsName("func"))
+        return Unexpected(module.funcs.empty() ? "'func'" : "'func' or end of input");
       func_starts->push_back(At(Cur()));
       TPFUSE_ASSIGN_OR_RETURN(std::unique_ptr<Graph> graph, ParseFunc(func_names));
       module.funcs.push_back(std::move(graph));
@@ -297,9 +303,7 @@ class Parser {
   void Advance() {
     if (Cur().kind != TokenKind::kEnd) ++pos_;
   }
-  bool IsPunct(char c) const {
-    return Cur().kind == TokenKind::kPunct && Cur().text[0] == c;
-  }
+  bool IsPunct(char c) const { return Cur().kind == TokenKind::kPunct && Cur().text[0] == c; }
   bool IsName(std::string_view word) const {
     return Cur().kind == TokenKind::kName && Cur().text == word;
   }
@@ -386,8 +390,8 @@ class Parser {
     TPFUSE_ASSIGN_OR_RETURN(Token t, Expect(TokenKind::kValue, expected));
     for (const Scope* s : {&scope, &pending}) {
       if (auto it = s->find(t.text); it != s->end())
-        return ErrorAt(At(t), "value %", t.text, " defined twice (first at ", it->second.line,
-                       ":", it->second.column, ")");
+        return ErrorAt(At(t), "value %", t.text, " defined twice (first at ", it->second.line, ":",
+                       it->second.column, ")");
     }
     return t;
   }
@@ -592,8 +596,7 @@ StatusOr<Module> ParseModule(std::string_view text, const std::string& source_na
   return ParseWithStarts(text, source_name, &func_starts);
 }
 
-StatusOr<std::unique_ptr<Graph>> ParseGraph(std::string_view text,
-                                            const std::string& source_name) {
+StatusOr<std::unique_ptr<Graph>> ParseGraph(std::string_view text, const std::string& source_name) {
   std::vector<Position> func_starts;
   TPFUSE_ASSIGN_OR_RETURN(Module module, ParseWithStarts(text, source_name, &func_starts));
   if (module.funcs.size() != 1) {

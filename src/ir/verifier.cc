@@ -97,9 +97,8 @@ class Verifier {
       for (int i = 0; i < node.num_results(); ++i) {
         const Value* r = node.result(i);
         if (r->type() != (*inferred)[i])
-          return NodeError(node, "result ", i, " %", r->name(), " has type ",
-                           r->type().ToString(), ", but ", node.op(), " gives ",
-                           (*inferred)[i].ToString());
+          return NodeError(node, "result ", i, " %", r->name(), " has type ", r->type().ToString(),
+                           ", but ", node.op(), " gives ", (*inferred)[i].ToString());
         defined.insert(r);
       }
     }

@@ -46,6 +46,7 @@ std::vector<std::pair<std::string, std::string>> LoadTestGraphs() {
 // Tokens worth inserting: the language's own words and punctuation, near misses, and the
 // inputs that stress number, string and name handling.
 const std::vector<std::string>& Vocabulary() {
+  // clang-format off
   static const std::vector<std::string> words = {
       "func", "return", "@f", "%x", "%y", "%new", "%", "@", "(", ")", "{", "}", "[", "]", ",",
       "=", ":", "#", "\n", " ", "\"", "\"s\"", "\"unterminated", "\\", "bf16", "f32", "f8e4m3",
@@ -55,6 +56,7 @@ const std::vector<std::string>& Vocabulary() {
       "rms_norm", "fused_add_rms_norm", "quant_fp8", "matmul", "scaled_matmul",
       "allreduce_rmsnorm", "view", "mean", "cast", "eps", "emit", "mode", "shape", "group",
       "scalar", "[norm, quant]", "\x01", "\xff", std::string(1, '\0'), "$", "\t", "\r"};
+  // clang-format on
   return words;
 }
 
@@ -62,8 +64,10 @@ const std::vector<std::string>& Vocabulary() {
 // that token mutations keep the text's own pieces.
 std::vector<std::string> SplitTokens(const std::string& text) {
   std::vector<std::string> tokens;
-  auto is_word = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' ||
-                                     c == '.' || c == '%' || c == '@' || c == '-'; };
+  auto is_word = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '%' ||
+           c == '@' || c == '-';
+  };
   size_t i = 0;
   while (i < text.size()) {
     size_t j = i + 1;
@@ -104,7 +108,9 @@ class Mutator {
   }
 
  private:
-  size_t Below(size_t n) { return n == 0 ? 0 : std::uniform_int_distribution<size_t>(0, n - 1)(rng_); }
+  size_t Below(size_t n) {
+    return n == 0 ? 0 : std::uniform_int_distribution<size_t>(0, n - 1)(rng_);
+  }
 
   template <class T>
   void Edit(std::vector<T>& parts, int kind) {
@@ -206,9 +212,11 @@ TEST(IrFuzzTest, MutatedGraphsParseOrFailWithAPosition) {
         ++parsed;
         const std::string printed = PrintModule(*module);
         StatusOr<Module> again = ParseModule(printed, "printed");
-        ASSERT_TRUE(again.ok()) << name << " mutant " << i << ": printed text does not parse: "
-                                << again.status().message() << "\n--- mutant:\n" << text
-                                << "\n--- printed:\n" << printed;
+        ASSERT_TRUE(again.ok()) << name << " mutant " << i
+                                << ": printed text does not parse: " << again.status().message()
+                                << "\n--- mutant:\n"
+                                << text << "\n--- printed:\n"
+                                << printed;
         ASSERT_EQ(PrintModule(*again), printed) << name << " mutant " << i;
         for (const auto& f : again->funcs) ASSERT_TRUE(Verify(*f).ok());
         continue;
@@ -218,10 +226,12 @@ TEST(IrFuzzTest, MutatedGraphsParseOrFailWithAPosition) {
       long line = 0, column = 0;
       std::string problem;
       ASSERT_TRUE(SplitError(message, &line, &column, &problem))
-          << name << " mutant " << i << ": " << message << "\n--- mutant:\n" << text;
+          << name << " mutant " << i << ": " << message << "\n--- mutant:\n"
+          << text;
       ASSERT_EQ(module.status().code(), StatusCode::kInvalidArgument) << message;
       ASSERT_TRUE(PositionInRange(text, line, column))
-          << name << " mutant " << i << ": " << message << " is outside the text:\n" << text;
+          << name << " mutant " << i << ": " << message << " is outside the text:\n"
+          << text;
       problems[problem.substr(0, problem.find_first_of("'%\"0123456789"))]++;
     }
   }
@@ -245,7 +255,8 @@ TEST(IrFuzzTest, HostileInputs) {
       "func @f(%x: f32[2]) {\n  %y = view(%x) {shape = [" + std::string(20000, '[') + "]}\n}",
       "func @f(%x: f32[2]) {\n  return %x\n}\n" + std::string(10000, '}'),
       std::string("func\0@f", 7),
-      "\xef\xbb\xbf" "func @f(%x: f32[2]) { return %x }",  // a byte-order mark
+      "\xef\xbb\xbf"
+      "func @f(%x: f32[2]) { return %x }",  // a byte-order mark
       "func @" + std::string(100000, 'a') + "(%x: f32[2]) { return %x }",
   };
   std::string many_statements = "func @f(%v0: f32[4]) {\n";

@@ -180,7 +180,8 @@ TEST(IrOpsTest, PowRsqrtClamp) {
   EXPECT_EQ(Infer("pow", {"f8e4m3[T, 8]"}, {{"exponent", Attr::Int(2)}}),
             "error: pow: x must be bf16, f16 or f32, got f8e4m3[T, 8]");
   EXPECT_EQ(Infer("rsqrt", {"f32[T, 1]"}), "f32[T, 1]");
-  EXPECT_EQ(Infer("rsqrt", {"i32[T, 1]"}), "error: rsqrt: x must be bf16, f16 or f32, got i32[T, 1]");
+  EXPECT_EQ(Infer("rsqrt", {"i32[T, 1]"}),
+            "error: rsqrt: x must be bf16, f16 or f32, got i32[T, 1]");
   EXPECT_EQ(Infer("clamp", {"f32[T, 8]"}, {{"min", Attr::Int(-448)}, {"max", Attr::Int(448)}}),
             "f32[T, 8]");
   EXPECT_EQ(Infer("clamp", {"bf16[T, 8]"}, {{"max", Attr::Float(448.0)}}), "bf16[T, 8]");
@@ -206,8 +207,9 @@ TEST(IrOpsTest, Mean) {
   EXPECT_EQ(Infer("mean", {"f32[T, 4096]"}), "f32[T, 1]");
   EXPECT_EQ(Infer("mean", {"f32[T, 4096]"}, {{"dim", Attr::Int(1)}}), "f32[T, 1]");
   EXPECT_EQ(Infer("mean", {"f32[T, 4096]"}, {{"keepdim", Attr::Bool(false)}}), "f32[T]");
-  EXPECT_EQ(Infer("mean", {"bf16[2, T, 8]"}, {{"dim", Attr::Int(-1)}, {"keepdim", Attr::Bool(true)}}),
-            "bf16[2, T, 1]");
+  EXPECT_EQ(
+      Infer("mean", {"bf16[2, T, 8]"}, {{"dim", Attr::Int(-1)}, {"keepdim", Attr::Bool(true)}}),
+      "bf16[2, T, 1]");
   EXPECT_EQ(Infer("mean", {"f32[8]"}, {{"keepdim", Attr::Bool(false)}}), "f32[]");
   EXPECT_EQ(Infer("mean", {"f32[T, 4096]"}, {{"dim", Attr::Int(0)}}),
             "error: mean: only the last dim (-1 or 1) is supported, got dim = 0");
@@ -220,12 +222,14 @@ TEST(IrOpsTest, Mean) {
 
 TEST(IrOpsTest, View) {
   auto shape = [](std::vector<Attr> items) { return AttrMap{{"shape", Attr::List(items)}}; };
-  EXPECT_EQ(Infer("view", {"bf16[T, 4096]"}, shape({Attr::Name("T"), Attr::Int(32), Attr::Int(128)})),
-            "bf16[T, 32, 128]");
+  EXPECT_EQ(
+      Infer("view", {"bf16[T, 4096]"}, shape({Attr::Name("T"), Attr::Int(32), Attr::Int(128)})),
+      "bf16[T, 32, 128]");
   EXPECT_EQ(Infer("view", {"bf16[T, 32, 128]"}, shape({Attr::Name("T"), Attr::Int(4096)})),
             "bf16[T, 4096]");
-  EXPECT_EQ(Infer("view", {"f32[8, T, 64]"}, shape({Attr::Int(2), Attr::Name("T"), Attr::Int(256)})),
-            "f32[2, T, 256]");
+  EXPECT_EQ(
+      Infer("view", {"f32[8, T, 64]"}, shape({Attr::Int(2), Attr::Name("T"), Attr::Int(256)})),
+      "f32[2, T, 256]");
   EXPECT_EQ(Infer("view", {"f32[]"}, shape({Attr::Int(1), Attr::Int(1)})), "f32[1, 1]");
   EXPECT_EQ(Infer("view", {"f32[1]"}, shape({})), "f32[]");
   EXPECT_EQ(Infer("view", {"f32[4, 0]"}, shape({Attr::Int(0), Attr::Int(9)})), "f32[0, 9]");
@@ -247,8 +251,7 @@ TEST(IrOpsTest, View) {
   EXPECT_EQ(Infer("view", {"f32[4]"}, shape({Attr::Str("T")})),
             "error: view: shape item \"T\" is not an integer or a symbol");
   // Products past int64 are refused rather than wrapped.
-  EXPECT_EQ(Infer("view", {"f32[2147483647, 2147483647, 2147483647]"},
-                  shape({Attr::Int(1)})),
+  EXPECT_EQ(Infer("view", {"f32[2147483647, 2147483647, 2147483647]"}, shape({Attr::Int(1)})),
             "error: view: element count of f32[2147483647, 2147483647, 2147483647] or its view "
             "overflows");
 }
@@ -276,7 +279,8 @@ TEST(IrOpsTest, RmsNorm) {
             "error: rms_norm: x must have rank >= 1, got bf16[]");
   EXPECT_EQ(Infer("rms_norm", {"bf16[T, 8]", "bf16[8]"}, {{"eps", Attr::Float(-1.0)}}),
             "error: rms_norm: eps must be >= 0, got -1");
-  EXPECT_EQ(Infer("rms_norm", {"bf16[T, 8]", "bf16[8]"}, {{"eps", kEps}, {"weight_bias", Attr::Float(NAN)}}),
+  EXPECT_EQ(Infer("rms_norm", {"bf16[T, 8]", "bf16[8]"},
+                  {{"eps", kEps}, {"weight_bias", Attr::Float(NAN)}}),
             "error: rms_norm: weight_bias must be finite, got nan");
 }
 
@@ -286,16 +290,16 @@ TEST(IrOpsTest, FusedAddRmsNorm) {
             "bf16[T, 4096], bf16[T, 4096]");
   EXPECT_EQ(Infer("fused_add_rms_norm", {"f16[3, 64]", "f16[3, 64]", "f32[64]"}, {{"eps", kEps}}),
             "f16[3, 64], f16[3, 64]");
-  EXPECT_EQ(Infer("fused_add_rms_norm", {"bf16[T, 4096]", "f32[T, 4096]", "bf16[4096]"},
-                  {{"eps", kEps}}),
-            "error: fused_add_rms_norm: residual f32[T, 4096] does not match x bf16[T, 4096]");
-  EXPECT_EQ(Infer("fused_add_rms_norm", {"bf16[T, 4096]", "bf16[4096]", "bf16[4096]"},
-                  {{"eps", kEps}}),
-            "error: fused_add_rms_norm: residual bf16[4096] does not match x bf16[T, 4096]");
-  EXPECT_EQ(Infer("fused_add_rms_norm", {"bf16[T, 4096]", "bf16[T, 4096]", "bf16[128]"},
-                  {{"eps", kEps}}),
-            "error: fused_add_rms_norm: weight bf16[128] does not match the hidden dim of "
-            "bf16[T, 4096]");
+  EXPECT_EQ(
+      Infer("fused_add_rms_norm", {"bf16[T, 4096]", "f32[T, 4096]", "bf16[4096]"}, {{"eps", kEps}}),
+      "error: fused_add_rms_norm: residual f32[T, 4096] does not match x bf16[T, 4096]");
+  EXPECT_EQ(
+      Infer("fused_add_rms_norm", {"bf16[T, 4096]", "bf16[4096]", "bf16[4096]"}, {{"eps", kEps}}),
+      "error: fused_add_rms_norm: residual bf16[4096] does not match x bf16[T, 4096]");
+  EXPECT_EQ(
+      Infer("fused_add_rms_norm", {"bf16[T, 4096]", "bf16[T, 4096]", "bf16[128]"}, {{"eps", kEps}}),
+      "error: fused_add_rms_norm: weight bf16[128] does not match the hidden dim of "
+      "bf16[T, 4096]");
   EXPECT_EQ(Infer("fused_add_rms_norm", {"bf16[T, 4096]", "bf16[T, 4096]"}, {{"eps", kEps}}),
             "error: fused_add_rms_norm: expected 3 operands, got 2");
 }
@@ -402,13 +406,15 @@ TEST(IrOpsTest, ScaledMatmul) {
   EXPECT_EQ(Infer("scaled_matmul", {q, "f32[56, pad4(T)]", w, "f32[56, 16]"}), "bf16[T, 2048]");
   EXPECT_EQ(Infer("scaled_matmul", {q, "f32[7168, pad4(T)]", w, "f32[7168, 2048]"}),
             "bf16[T, 2048]");
-  EXPECT_EQ(Infer("scaled_matmul", {"f8e4m3[5, 256]", "f32[2, 8]", "f8e4m3[256, 128]", "f32[2, 1]"}),
-            "bf16[5, 128]");
+  EXPECT_EQ(
+      Infer("scaled_matmul", {"f8e4m3[5, 256]", "f32[2, 8]", "f8e4m3[256, 128]", "f32[2, 1]"}),
+      "bf16[5, 128]");
   EXPECT_EQ(Infer("scaled_matmul", {"f8e4m3[8, 256]", "f32[8, 2]", "f8e4m3[256, 128]", "f32[]"}),
             "bf16[8, 128]");
 
-  const std::string s_error = " (expected f32[], f32[M, 1], f32[M, G] or f32[G, pad4(M)] with G "
-                              "dividing K)";
+  const std::string s_error =
+      " (expected f32[], f32[M, 1], f32[M, G] or f32[G, pad4(M)] with G "
+      "dividing K)";
   EXPECT_EQ(Infer("scaled_matmul", {q, "f32[T, 100]", w, "f32[]"}),
             "error: scaled_matmul: scale s f32[T, 100] does not fit q f8e4m3[T, 7168]" + s_error);
   EXPECT_EQ(Infer("scaled_matmul", {q, "f32[S, 1]", w, "f32[]"}),
@@ -431,9 +437,9 @@ TEST(IrOpsTest, ScaledMatmul) {
   EXPECT_EQ(Infer("scaled_matmul", {q, "f32[]", w, "f32[57, 16]"}),
             "error: scaled_matmul: weight scale ws f32[57, 16] does not fit w f8e4m3[7168, 2048]" +
                 ws_error);
-  EXPECT_EQ(Infer("scaled_matmul", {q, "f32[]", w, "f32[56]"}),
-            "error: scaled_matmul: weight scale ws f32[56] does not fit w f8e4m3[7168, 2048]" +
-                ws_error);
+  EXPECT_EQ(
+      Infer("scaled_matmul", {q, "f32[]", w, "f32[56]"}),
+      "error: scaled_matmul: weight scale ws f32[56] does not fit w f8e4m3[7168, 2048]" + ws_error);
   EXPECT_EQ(Infer("scaled_matmul", {q, "f32[]", w, "f32[0, 16]"}),
             "error: scaled_matmul: weight scale ws f32[0, 16] does not fit w f8e4m3[7168, 2048]" +
                 ws_error);
@@ -455,9 +461,9 @@ AttrMap Fused(std::vector<std::string> emit, const char* quant = "none") {
 TEST(IrOpsTest, AllreduceRmsnormResults) {
   const std::string x = "bf16[T, 4096]";
   EXPECT_EQ(Infer("allreduce_rmsnorm", {x, "bf16[4096]"}, Fused({"norm"})), x);
-  EXPECT_EQ(Infer("allreduce_rmsnorm", {x, x, "f32[4096]"},
-                  Fused({"residual", "norm", "allreduce"})),
-            x + ", " + x + ", " + x);
+  EXPECT_EQ(
+      Infer("allreduce_rmsnorm", {x, x, "f32[4096]"}, Fused({"residual", "norm", "allreduce"})),
+      x + ", " + x + ", " + x);
   EXPECT_EQ(Infer("allreduce_rmsnorm", {x, x, "bf16[4096]", "f32[]"},
                   Fused({"quant", "residual"}, "fp8_tensor")),
             x + ", f8e4m3[T, 4096]");
@@ -471,7 +477,8 @@ TEST(IrOpsTest, AllreduceRmsnormResults) {
   col["scale_layout"] = Attr::Str("col");
   col["group_size"] = Attr::Int(64);
   col["scale_fmt"] = Attr::Str("ue8m0");
-  EXPECT_EQ(Infer("allreduce_rmsnorm", {x, "bf16[4096]"}, col), "f8e4m3[T, 4096], f32[64, pad4(T)]");
+  EXPECT_EQ(Infer("allreduce_rmsnorm", {x, "bf16[4096]"}, col),
+            "f8e4m3[T, 4096], f32[64, pad4(T)]");
   EXPECT_EQ(Infer("allreduce_rmsnorm", {"f16[3, 128]", "f16[128]"}, col),
             "f8e4m3[3, 128], f32[2, 4]");
 }
@@ -549,8 +556,8 @@ TEST(IrOpsTest, BuildNodeInfersTypes) {
   EXPECT_EQ((*norm)->result()->name(), "y");
   EXPECT_EQ((*norm)->result()->type().ToString(), "bf16[T, 4096]");
 
-  StatusOr<Node*> quant = BuildNode(g, "quant_fp8", {(*norm)->result()},
-                                    {{"mode", Attr::Name("group")}}, {});
+  StatusOr<Node*> quant =
+      BuildNode(g, "quant_fp8", {(*norm)->result()}, {{"mode", Attr::Name("group")}}, {});
   ASSERT_TRUE(quant.ok()) << quant.status().ToString();
   EXPECT_EQ((*quant)->num_results(), 2);
   EXPECT_EQ((*quant)->result(1)->type().ToString(), "f32[T, 32]");
@@ -594,7 +601,8 @@ TEST(IrOpsTest, TypedAttributeAccess) {
   Node* t = *BuildNode(g, "quant_fp8", {x, s}, {{"mode", Attr::Str("tensor")}}, {});
   EXPECT_EQ(QuantParamsFromNode(*t)->mode, QuantMode::kFp8Tensor);
   Node* k = *BuildNode(g, "quant_fp8", {x},
-                       {{"mode", Attr::Str("token")}, {"scale_layout", Attr::Str("col")},
+                       {{"mode", Attr::Str("token")},
+                        {"scale_layout", Attr::Str("col")},
                         {"scale_fmt", Attr::Name("ue8m0")}},
                        {});
   EXPECT_EQ(QuantParamsFromNode(*k)->mode, QuantMode::kFp8Token);

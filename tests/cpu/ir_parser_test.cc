@@ -78,8 +78,9 @@ TEST(IrParserTest, MultipleFuncs) {
   EXPECT_EQ(spec->hidden, 7168);
 
   // ParseGraph wants exactly one func and points at the second.
-  const std::string two = "func @a(%x: f32[2]) {\n  return %x\n}\nfunc @b(%x: f32[2]) {\n"
-                          "  return %x\n}\n";
+  const std::string two =
+      "func @a(%x: f32[2]) {\n  return %x\n}\nfunc @b(%x: f32[2]) {\n"
+      "  return %x\n}\n";
   EXPECT_EQ(ParseGraph(two, "two.tpg").status().message(),
             "two.tpg:4:1: expected exactly one func, found 2");
   StatusOr<std::unique_ptr<Graph>> one = ParseGraph("func @a(%x: f32[2]) { return %x }");
@@ -211,9 +212,10 @@ TEST(IrParserTest, WrongArity) {
 }
 
 TEST(IrParserTest, InferenceErrorsPointAtTheOp) {
-  ExpectError("func @f(%x: bf16[T, 4096], %b: bf16[128]) {\n  %y = <!>add(%x, %b)\n"
-              "  return %y\n}\n",
-              "add: shapes bf16[T, 4096] and bf16[128] do not broadcast");
+  ExpectError(
+      "func @f(%x: bf16[T, 4096], %b: bf16[128]) {\n  %y = <!>add(%x, %b)\n"
+      "  return %y\n}\n",
+      "add: shapes bf16[T, 4096] and bf16[128] do not broadcast");
   ExpectError(Func("  %y = <!>matmul(%x, %s)\n  return %y\n"),
               "matmul: a and b must have one dtype, got bf16[T, 8] and f32[]");
   ExpectError(Func("  %a = all_reduce(%x)\n  %y, %r = <!>fused_add_rms_norm(%a, %w, %w) "
@@ -253,9 +255,10 @@ TEST(IrParserTest, UndefinedValue) {
   // A statement cannot use its own result.
   ExpectError(Func("  %y = add(%x, <!>%y)\n  return %y\n"), "undefined value %y");
   // Values do not leak between funcs.
-  ExpectError("func @a(%x: f32[2]) {\n  %y = rsqrt(%x)\n  return %y\n}\n"
-              "func @b(%z: f32[2]) {\n  return <!>%y\n}\n",
-              "undefined value %y");
+  ExpectError(
+      "func @a(%x: f32[2]) {\n  %y = rsqrt(%x)\n  return %y\n}\n"
+      "func @b(%z: f32[2]) {\n  return <!>%y\n}\n",
+      "undefined value %y");
 }
 
 TEST(IrParserTest, DefinedTwice) {
@@ -302,7 +305,7 @@ TEST(IrParserTest, Syntax) {
   ExpectError("<!>", "expected 'func', found end of input");
   ExpectError("  # only a comment\n<!>", "expected 'func', found end of input");
   ExpectError("func @f(%x: f32[2]) {\n  return %x\n<!>", "expected '}', found end of input");
-  ExpectError("func @f(%x: f32[2]) {\n  %y = rsqrt(%x)<!>", 
+  ExpectError("func @f(%x: f32[2]) {\n  %y = rsqrt(%x)<!>",
               "expected a statement '%name = op(...)' or 'return', found end of input");
 }
 
@@ -324,9 +327,9 @@ TEST(IrParserTest, LexicalErrors) {
   ExpectError(Func("  %y = all_reduce(%x) {group = \"t<!>\\n\"}\n  return %y\n"),
               "unknown escape '\\n' in string (only \\\" and \\\\ are allowed)");
   ExpectError(Func("  %y = all_reduce(%x) <!>$\n  return %y\n"), "unexpected character '$'");
-  ExpectError(Func("  %y = all_reduce(%x) <!>\x01\n  return %y\n"),
-              "unexpected character '\\x01'");
-  ExpectError(Func("  %y = all_reduce(<!>%)\n  return %y\n"), "expected a name after '%', found ')'");
+  ExpectError(Func("  %y = all_reduce(%x) <!>\x01\n  return %y\n"), "unexpected character '\\x01'");
+  ExpectError(Func("  %y = all_reduce(<!>%)\n  return %y\n"),
+              "expected a name after '%', found ')'");
   ExpectError("func <!>@", "expected a name after '@'");
   ExpectError("func @f(%x: f32[<!>99999999999999999999]) {\n  return %x\n}\n",
               "number 99999999999999999999 is out of range");

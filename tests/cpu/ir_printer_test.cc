@@ -168,8 +168,8 @@ TEST(IrPrinterTest, BuiltGraphsPrintParseable) {
 }
 
 TEST(IrPrinterTest, ModuleSeparatesFuncsWithBlankLines) {
-  StatusOr<Module> m = ParseModule(
-      "func @a(%x: f32[2]) { return %x }\nfunc @b(%y: f32[3]) { return %y }");
+  StatusOr<Module> m =
+      ParseModule("func @a(%x: f32[2]) { return %x }\nfunc @b(%y: f32[3]) { return %y }");
   ASSERT_TRUE(m.ok());
   EXPECT_EQ(PrintModule(*m),
             "func @a(%x: f32[2]) {\n  return %x\n}\n\nfunc @b(%y: f32[3]) {\n  return %y\n}\n");
