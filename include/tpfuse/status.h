@@ -51,7 +51,11 @@ class [[nodiscard]] StatusOr {
   StatusOr(T value) : state_(std::move(value)) {}         // NOLINT: implicit by design
 
   bool ok() const { return std::holds_alternative<T>(state_); }
-  Status status() const { return ok() ? Status::Ok() : std::get<Status>(state_); }
+  // A reference: `const std::string& m = s.status().message();` stays valid while s lives.
+  const Status& status() const {
+    static const Status kOk;
+    return ok() ? kOk : std::get<Status>(state_);
+  }
   T& value() & { return std::get<T>(state_); }
   const T& value() const& { return std::get<T>(state_); }
   T&& value() && { return std::get<T>(std::move(state_)); }
