@@ -428,6 +428,28 @@ TEST(PassesFuse, CapabilityLimitedFusionPicksASupportedQuant) {
   ExpectSameOutputs(c);
 }
 
+// A backend that cannot return y and q together gets the norm fused for the indexer fan-out,
+// with the group quant as a separate op.
+TEST(PassesFuse, BackendWithoutNormAndQuantTogether) {
+  PassContext ctx;
+  ctx.caps = CpuFusionCapabilities();
+  ctx.caps.backend = "single-output";
+  ctx.caps.emit_norm_with_quant = false;
+  Compiled c = Compile(kIndexerFanOut, ctx);
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %y, %r = allreduce_rmsnorm(%x, %res, %g)
+    CHECK-SAME: emit = ["norm", "residual"]
+    CHECK: %q, %s = quant_fp8(%y)
+    CHECK: %k = matmul(%y, %wk)
+  )");
+  ASSERT_EQ(c.ctx.fusions.size(), 1u);
+  EXPECT_EQ(c.ctx.fusions[0].notes,
+            (std::vector<std::string>{"quant_fp8 %q stays unfused: backend single-output cannot "
+                                      "return the norm output and its quantization together"}));
+  ExpectSameOutputs(c);
+}
+
 TEST(PassesFuse, UnsupportedWeightDtypeIsRejectedWithTheBackendsWords) {
   PassContext ctx;
   ctx.caps = CpuFusionCapabilities();
@@ -490,6 +512,22 @@ TEST(PassesFuse, NoLegalPositionIsRejected) {
   EXPECT_EQ(OnlyRejection(c.ctx),
             "no position for the fused op: %g2 is defined by mul after matmul %o uses %ar");
   EXPECT_EQ(Counter(c.ctx, "fuse_allreduce_epilogue", "rejected: no legal position"), 1);
+}
+
+// Nothing after the all_reduce is used: nothing to emit. The chain is dead code, which dce
+// then removes.
+TEST(PassesFuse, DeadChainIsRejectedAndRemoved) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y = rms_norm(%ar, %g) {eps = 1e-6}
+      return %x
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "nothing after all_reduce %ar is used: the norm and its inputs are dead code");
+  EXPECT_EQ(c.after->num_nodes(), 0);
 }
 
 // fused_add_rms_norm is commutative in x and residual: the all_reduce may be either operand.
