@@ -123,7 +123,8 @@ void AddCommandOptions(CLI::App& command, CommandFlags& flags, Mode mode) {
   if (mode == Mode::kBench) {
     command.add_option("--table", flags.table,
                        "strategy table JSON for the dispatched path, as written by `tpfuse "
-                       "tune` (default: the built-in defaults)")
+                       "tune` (default: $TPFUSE_STRATEGY_TABLE if set, else the built-in "
+                       "defaults, as in the runtime)")
         ->type_name("FILE");
   }
   command.add_flag("--no-pdl", flags.no_pdl,

@@ -28,6 +28,7 @@
 #include "backends/cuda/device_buffer.h"
 #include "backends/cuda/unfused_ops.h"
 #include "bench_report.h"
+#include "runtime/cuda/fused_dispatch.h"
 #include "runtime/dispatcher.h"
 #endif
 
@@ -300,6 +301,15 @@ cuda::Strategy ToStrategy(Path p) {
   }
 }
 
+Path PathOf(cuda::Strategy s) {
+  switch (s) {
+    case cuda::Strategy::kOneShot: return Path::kOneShot;
+    case cuda::Strategy::kTwoShot: return Path::kTwoShot;
+    case cuda::Strategy::kNccl: return Path::kNccl;
+  }
+  return Path::kNccl;
+}
+
 DeviceTensor Tensor(const void* data, DType dtype, std::vector<int64_t> shape) {
   return DeviceTensor{const_cast<void*>(data), dtype, std::move(shape)};
 }
@@ -348,7 +358,6 @@ class RankRunner {
     return arena_.get<char>() + size_t(set) * shape.layout.bytes;
   }
   bool reporting() const { return rank_ == 0; }
-  const char* mode_name() const { return plan_.mode == Mode::kBench ? "bench" : "tune"; }
 
   const Plan plan_;
   const int rank_;
@@ -441,7 +450,8 @@ Status RankRunner::SetUp() {
   l2_bytes_ = l2;
 
   if (plan_.table.empty()) {
-    table_ = runtime::StrategyTable::Defaults();
+    // The runtime's default: $TPFUSE_STRATEGY_TABLE when set, else the built-in table.
+    TPFUSE_ASSIGN_OR_RETURN(table_, runtime::DefaultStrategyTable());
   } else {
     TPFUSE_ASSIGN_OR_RETURN(table_, runtime::StrategyTable::Load(plan_.table));
   }
@@ -676,15 +686,18 @@ StatusOr<ShapeResult> RankRunner::RunShape(const AllreduceRmsnormSpec& spec, int
   }
 
   if (plan_.mode == Mode::kBench) {
-    // The dispatcher's choice; a choice that cannot run this shape falls back to nccl, as in
-    // the runtime.
+    // What the runtime runs: the table's choice, demoted when the communicator cannot run it.
     result.dispatched_choice = table_.Choose(plan_.world_size, spec.hidden, spec.quant, tokens);
-    result.dispatched = StrategyPath(result.dispatched_choice);
-    if (!result.at(result.dispatched).measured) {
+    result.dispatched = PathOf(runtime::ChooseStrategy(table_, *comm_, spec, tokens));
+    const Path chosen = StrategyPath(result.dispatched_choice);
+    if (result.dispatched != chosen) {
       result.dispatch_note = StrCat("the table picks ", StrategyKindName(result.dispatched_choice),
-                                    ", which cannot run here (", result.at(result.dispatched).skipped,
-                                    "); the runtime falls back to nccl");
-      result.dispatched = Path::kNccl;
+                                    ", which cannot run here (", result.at(chosen).skipped,
+                                    "); the runtime runs ", PathName(result.dispatched));
+    }
+    if (!result.at(result.dispatched).measured) {
+      return Internal(shape.Name(), ": the runtime would run ", PathName(result.dispatched),
+                      ", which could not be measured: ", result.at(result.dispatched).skipped);
     }
   }
   return result;
