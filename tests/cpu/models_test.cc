@@ -1,0 +1,323 @@
+// The bundled models (models/*.json) and the decode-graph builder: every model builds, verifies,
+// compiles with exactly two fusions per layer and no rejection (for the CPU and the CUDA
+// backend's capabilities), and its fused graph matches the unfused one on the CPU oracle at two
+// ranks. Descriptions with mistakes fail with the file and the field named.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "ir/parser.h"
+#include "ir/printer.h"
+#include "ir/verifier.h"
+#include "models/model.h"
+#include "passes/pass.h"
+#include "runtime/check.h"
+#include "runtime/executor.h"
+#include "runtime/inputs.h"
+
+namespace tpfuse::models {
+namespace {
+
+// Every file under models/, as a test parameter ("deepseek-v3.2.json").
+std::vector<std::string> BundledModelNames() {
+  std::vector<std::string> names;
+  StatusOr<std::vector<std::string>> files = ListModelFiles(BundledModelsDir());
+  if (!files.ok()) return names;
+  for (const std::string& f : *files) names.push_back(std::filesystem::path(f).filename());
+  return names;
+}
+
+ModelConfig MustLoad(const std::string& file) {
+  StatusOr<ModelConfig> config = LoadModelConfig(BundledModelsDir() + "/" + file);
+  EXPECT_TRUE(config.ok()) << config.status().ToString();
+  return config.ok() ? *config : ModelConfig{};
+}
+
+struct CompileOutcome {
+  std::unique_ptr<ir::Graph> graph;
+  passes::PassContext ctx;
+};
+
+CompileOutcome Compile(const ir::Graph& graph, const FusionCapabilities& caps, int world_size) {
+  CompileOutcome out;
+  out.graph = graph.Clone();
+  out.ctx.world_size = world_size;
+  out.ctx.caps = caps;
+  StatusOr<bool> changed = passes::MakeDefaultPipeline().Run(*out.graph, out.ctx);
+  EXPECT_TRUE(changed.ok()) << changed.status().ToString();
+  return out;
+}
+
+std::string Rejections(const passes::PassContext& ctx) {
+  std::string text;
+  for (const passes::Rejection& r : ctx.rejections) text += "%" + r.anchor + ": " + r.reason + "\n";
+  return text;
+}
+
+// ---------------------------------------------------------------- every bundled model
+
+class BundledModelTest : public ::testing::TestWithParam<std::string> {};
+
+TEST(BundledModels, TheFourRequiredModelsAreThere) {
+  const std::vector<std::string> names = BundledModelNames();
+  const std::set<std::string> have(names.begin(), names.end());
+  for (const char* required :
+       {"llama-3.1-8b-fp8.json", "deepseek-v3.2.json", "qwen3-next.json", "gemma.json"}) {
+    EXPECT_TRUE(have.count(required)) << required << " is missing from " << BundledModelsDir();
+  }
+}
+
+TEST_P(BundledModelTest, BuildsVerifiesAndRoundTripsThroughText) {
+  const ModelConfig config = MustLoad(GetParam());
+  StatusOr<std::unique_ptr<ir::Graph>> graph = BuildDecodeGraph(config);
+  ASSERT_TRUE(graph.ok()) << graph.status().ToString();
+  EXPECT_TRUE(ir::Verify(**graph).ok()) << ir::Verify(**graph).ToString();
+  EXPECT_EQ((*graph)->OpCounts()["all_reduce"], 2 * config.layers);
+
+  // The text format carries the whole graph: parse(print(g)) prints the same.
+  const std::string text = ir::PrintGraph(**graph);
+  StatusOr<std::unique_ptr<ir::Graph>> reparsed = ir::ParseGraph(text, GetParam());
+  ASSERT_TRUE(reparsed.ok()) << reparsed.status().ToString() << "\n" << text;
+  EXPECT_EQ(ir::PrintGraph(**reparsed), text);
+}
+
+TEST_P(BundledModelTest, CompilesWithTwoFusionsPerLayerAndNoRejection) {
+  const ModelConfig config = MustLoad(GetParam());
+  StatusOr<std::unique_ptr<ir::Graph>> graph = BuildDecodeGraph(config);
+  ASSERT_TRUE(graph.ok()) << graph.status().ToString();
+  for (const FusionCapabilities& caps : {CpuFusionCapabilities(), CudaFusionCapabilities()}) {
+    SCOPED_TRACE("backend " + caps.backend);
+    CompileOutcome c = Compile(**graph, caps, 2);
+    EXPECT_EQ(c.ctx.fusions.size(), size_t(2 * config.layers));
+    EXPECT_TRUE(c.ctx.rejections.empty()) << Rejections(c.ctx);
+    const std::map<std::string, int> ops = c.graph->OpCounts();
+    EXPECT_EQ(ops.count("all_reduce"), 0u);
+    EXPECT_EQ(ops.at("allreduce_rmsnorm"), 2 * config.layers);
+    // Nothing of the norm or the quantization is left beside the fused ops.
+    for (const char* op : {"rms_norm", "fused_add_rms_norm", "quant_fp8", "rsqrt", "cast", "pow",
+                           "mean", "clamp", "div"}) {
+      EXPECT_EQ(ops.count(op), 0u) << op;
+    }
+    for (const passes::FusionRecord& f : c.ctx.fusions) {
+      SCOPED_TRACE("fusion at %" + f.anchor);
+      EXPECT_EQ(f.spec.quant, config.quant);
+      EXPECT_EQ(f.spec.hidden, config.hidden_size);
+      EXPECT_EQ(f.spec.weight_dtype, config.norm_weight_dtype);
+      EXPECT_EQ(f.spec.weight_bias, float(config.weight_bias));
+      EXPECT_EQ(f.spec.emit.quant, config.quant != QuantMode::kNone);
+      EXPECT_TRUE(f.notes.empty());
+    }
+  }
+}
+
+TEST_P(BundledModelTest, FusedMatchesUnfusedOnTheCpuOracleAtTwoRanks) {
+  ModelConfig config = MustLoad(GetParam());
+  config.tp_size = 2;
+  StatusOr<std::unique_ptr<ir::Graph>> graph = BuildDecodeGraph(config);
+  ASSERT_TRUE(graph.ok()) << graph.status().ToString();
+  CompileOutcome c = Compile(**graph, CpuFusionCapabilities(), 2);
+  for (int64_t tokens : {1, 3}) {
+    SCOPED_TRACE("T = " + std::to_string(tokens));
+    StatusOr<std::vector<runtime::TensorMap>> inputs =
+        runtime::MakeRandomInputs(**graph, 2, tokens, /*seed=*/uint64_t(tokens) * 7919);
+    ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
+    StatusOr<runtime::RankOutputs> ref = runtime::MakeCpuExecutor(2)->Run(**graph, *inputs);
+    ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+    StatusOr<runtime::RankOutputs> got = runtime::MakeCpuExecutor(2)->Run(*c.graph, *inputs);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    StatusOr<runtime::CheckReport> report =
+        runtime::CompareGraphOutputs(**graph, *ref, *c.graph, *got, *inputs);
+    ASSERT_TRUE(report.ok()) << report.status().ToString();
+    EXPECT_TRUE(report->ok) << report->ToString();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, BundledModelTest, ::testing::ValuesIn(BundledModelNames()),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           std::string name = std::filesystem::path(info.param).stem();
+                           for (char& ch : name) {
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           }
+                           return name;
+                         });
+
+// ---------------------------------------------------------------- what each model shows
+
+const passes::FusionRecord* FusionAt(const passes::PassContext& ctx, const std::string& anchor) {
+  for (const passes::FusionRecord& f : ctx.fusions) {
+    if (f.anchor == anchor) return &f;
+  }
+  return nullptr;
+}
+
+std::string EmitOf(const passes::PassContext& ctx, const std::string& anchor) {
+  const passes::FusionRecord* f = FusionAt(ctx, anchor);
+  if (f == nullptr) return "(not fused)";
+  std::string text;
+  for (const std::string& name : f->spec.emit.Names()) text += (text.empty() ? "" : ",") + name;
+  return text;
+}
+
+TEST(BundledModels, DeepSeekFansOutFromTheFirstNormAndStartsWithoutResidual) {
+  const ModelConfig config = MustLoad("deepseek-v3.2.json");
+  EXPECT_FALSE(config.first_layer_residual);
+  EXPECT_EQ(config.quant, QuantMode::kFp8Group);
+  EXPECT_EQ(config.group_size, 128);
+  EXPECT_GT(config.indexer_dim, 0);
+  StatusOr<std::unique_ptr<ir::Graph>> graph = BuildDecodeGraph(config);
+  ASSERT_TRUE(graph.ok()) << graph.status().ToString();
+  CompileOutcome c = Compile(**graph, CpuFusionCapabilities(), 2);
+  // Layer 0: no residual; the all_reduce result is the residual stream, the norm feeds the
+  // indexer's bf16 GEMM and the quantized QKV GEMM.
+  ASSERT_NE(FusionAt(c.ctx, "l0.in.ar"), nullptr);
+  EXPECT_FALSE(FusionAt(c.ctx, "l0.in.ar")->spec.has_residual);
+  EXPECT_EQ(EmitOf(c.ctx, "l0.in.ar"), "allreduce,norm,quant");
+  EXPECT_EQ(EmitOf(c.ctx, "l1.in.ar"), "norm,residual,quant");
+  EXPECT_EQ(EmitOf(c.ctx, "l0.post.ar"), "residual,quant");
+  // The last chain's residual is dead.
+  EXPECT_EQ(EmitOf(c.ctx, "l1.post.ar"), "quant");
+}
+
+TEST(BundledModels, LlamaIsStaticPerTensorAndQwenHasAnF32NormWeight) {
+  const ModelConfig llama = MustLoad("llama-3.1-8b-fp8.json");
+  EXPECT_EQ(llama.quant, QuantMode::kFp8Tensor);
+  EXPECT_EQ(llama.hidden_size, 4096);
+  const ModelConfig qwen = MustLoad("qwen3-next.json");
+  EXPECT_EQ(qwen.norm_weight_dtype, DType::kF32);
+  EXPECT_EQ(qwen.act_dtype, DType::kBF16);
+  const ModelConfig gemma = MustLoad("gemma.json");
+  EXPECT_EQ(gemma.weight_bias, 1.0);
+
+  StatusOr<std::unique_ptr<ir::Graph>> graph = BuildDecodeGraph(llama);
+  ASSERT_TRUE(graph.ok());
+  CompileOutcome c = Compile(**graph, CpuFusionCapabilities(), 2);
+  ASSERT_NE(FusionAt(c.ctx, "l0.in.ar"), nullptr);
+  EXPECT_TRUE(FusionAt(c.ctx, "l0.in.ar")->spec.has_residual);
+  EXPECT_EQ(EmitOf(c.ctx, "l0.in.ar"), "residual,quant");
+}
+
+TEST(ModelBuilder, DecomposedFormsAreCanonicalizedAndFused) {
+  ModelConfig config = MustLoad("llama-3.1-8b-fp8.json");
+  config.decomposed = true;
+  StatusOr<std::unique_ptr<ir::Graph>> graph = BuildDecodeGraph(config);
+  ASSERT_TRUE(graph.ok()) << graph.status().ToString();
+  const std::map<std::string, int> before = (*graph)->OpCounts();
+  EXPECT_EQ(before.count("rms_norm") + before.count("fused_add_rms_norm"), 0u);
+  EXPECT_EQ(before.at("rsqrt"), 2 * config.layers);
+  EXPECT_EQ(before.at("clamp"), 2 * config.layers);
+  CompileOutcome c = Compile(**graph, CpuFusionCapabilities(), 2);
+  EXPECT_EQ(c.ctx.fusions.size(), size_t(2 * config.layers));
+  EXPECT_TRUE(c.ctx.rejections.empty()) << Rejections(c.ctx);
+}
+
+TEST(ModelBuilder, LayersAndShardsFollowTheDescription) {
+  ModelConfig config = MustLoad("qwen3-next.json");
+  config.layers = 3;
+  config.max_gemm_shard = 0;  // the real shards
+  EXPECT_EQ(config.IntermediateShard(), config.intermediate_size / config.tp_size);
+  EXPECT_EQ(config.QkvShard(), (16 / 2 + 2 * 1) * 256);  // 16 heads, 2 KV heads, head_dim 256
+  StatusOr<std::unique_ptr<ir::Graph>> graph = BuildDecodeGraph(config);
+  ASSERT_TRUE(graph.ok()) << graph.status().ToString();
+  CompileOutcome c = Compile(**graph, CpuFusionCapabilities(), 2);
+  EXPECT_EQ(c.ctx.fusions.size(), 6u);
+  const ir::Value* w = (*graph)->FindValue("l2.gate.w");
+  ASSERT_NE(w, nullptr);
+  EXPECT_EQ(w->type().ToString(), "f8e4m3[2048, 2560]");
+}
+
+TEST(ModelBuilder, WorldSizeOneLeavesEveryChainWithItsReason) {
+  ModelConfig config = MustLoad("gemma.json");
+  config.tp_size = 1;
+  StatusOr<std::unique_ptr<ir::Graph>> graph = BuildDecodeGraph(config);
+  ASSERT_TRUE(graph.ok()) << graph.status().ToString();
+  CompileOutcome c = Compile(**graph, CpuFusionCapabilities(), 1);
+  EXPECT_TRUE(c.ctx.fusions.empty());
+  ASSERT_EQ(c.ctx.rejections.size(), size_t(2 * config.layers));
+  EXPECT_NE(c.ctx.rejections[0].reason.find("world size 1"), std::string::npos);
+}
+
+// ---------------------------------------------------------------- descriptions with mistakes
+
+constexpr char kMinimal[] = R"({
+  "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336,
+  "num_attention_heads": 32, "num_key_value_heads": 8
+})";
+
+// kMinimal with `extra` ("\"quant\": \"fp8_tensor\"") added to the object.
+std::string With(const std::string& extra) {
+  std::string text = kMinimal;
+  text.insert(text.rfind('}'), ", " + extra);
+  return text;
+}
+
+void ExpectError(const std::string& text, const std::string& field, const std::string& words) {
+  StatusOr<ModelConfig> config = ParseModelConfig(text, "models/bad.json");
+  ASSERT_FALSE(config.ok()) << text;
+  const std::string message = config.status().message();
+  EXPECT_NE(message.find("models/bad.json"), std::string::npos) << message;
+  EXPECT_NE(message.find("'" + field + "'"), std::string::npos) << message;
+  EXPECT_NE(message.find(words), std::string::npos) << message;
+}
+
+TEST(ModelConfigParse, MinimalDescriptionTakesTheDefaults) {
+  StatusOr<ModelConfig> config = ParseModelConfig(kMinimal, "dir/minimal.json");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->name, "minimal");
+  EXPECT_EQ(config->head_dim, 128);
+  EXPECT_EQ(config->layers, 2);
+  EXPECT_EQ(config->tp_size, 2);
+  EXPECT_EQ(config->quant, QuantMode::kNone);
+  EXPECT_TRUE(config->first_layer_residual);
+  EXPECT_EQ(config->norm_weight_dtype, DType::kBF16);
+  // Keys tpfuse does not read (a real config.json has many) are ignored.
+  EXPECT_TRUE(ParseModelConfig(With("\"rope_theta\": 500000.0, \"architectures\": [\"X\"]"),
+                               "x.json")
+                  .ok());
+}
+
+TEST(ModelConfigParse, ErrorsNameTheFileAndTheField) {
+  ExpectError(R"({"num_hidden_layers": 2})", "hidden_size", "missing");
+  ExpectError(R"({"hidden_size": "4096", "num_hidden_layers": 32})", "hidden_size", "integer");
+  ExpectError(With("\"quant\": \"fp8_blocks\""), "quant", "fp8_blocks");
+  ExpectError(With("\"quant\": 3"), "quant", "string");
+  ExpectError(With("\"torch_dtype\": \"float64\""), "torch_dtype", "float64");
+  ExpectError(With("\"norm_weight_dtype\": \"f8e4m3\""), "norm_weight_dtype", "f8e4m3");
+  ExpectError(With("\"first_layer_residual\": 0"), "first_layer_residual", "true or false");
+  ExpectError(With("\"rms_norm_eps\": -1"), "rms_norm_eps", "positive");
+  ExpectError(With("\"tp_size\": 3"), "tp_size", "does not divide");
+  ExpectError(With("\"layers\": 0"), "layers", ">= 1");
+  ExpectError(With("\"quant\": \"fp8_group\", \"group_size\": 100"), "group_size", "divide");
+  ExpectError(With("\"quant\": \"fp8_group\", \"max_gemm_shard\": 200"),
+              "max_gemm_shard (QKV shard)", "multiple of 128");
+  ExpectError(With("\"quant\": \"fp8_token\", \"decomposed\": true"), "decomposed",
+              "no decomposed form");
+  ExpectError(With("\"quant\": \"fp8_tensor\", \"torch_dtype\": \"float16\""), "torch_dtype",
+              "bfloat16");
+}
+
+TEST(ModelConfigParse, SyntaxErrorsAndMissingFilesAreNamed) {
+  StatusOr<ModelConfig> bad = ParseModelConfig("{\"hidden_size\": 4096,", "models/cut.json");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("models/cut.json: not valid JSON"), std::string::npos)
+      << bad.status().message();
+  StatusOr<ModelConfig> array = ParseModelConfig("[1, 2]", "models/array.json");
+  ASSERT_FALSE(array.ok());
+  EXPECT_NE(array.status().message().find("JSON object"), std::string::npos);
+  StatusOr<ModelConfig> missing = LoadModelConfig("/nonexistent/model.json");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("/nonexistent/model.json"), std::string::npos);
+}
+
+TEST(ModelConfigParse, ListModelFilesNamesAnEmptyOrMissingDirectory) {
+  EXPECT_FALSE(ListModelFiles("/nonexistent/models").ok());
+  const std::string empty = ::testing::TempDir() + "/tpfuse_empty_models";
+  std::filesystem::create_directories(empty);
+  StatusOr<std::vector<std::string>> none = ListModelFiles(empty);
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(none.status().message().find("no model descriptions"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tpfuse::models
