@@ -11,13 +11,16 @@ int main(int argc, char** argv) {
   if (child_exit >= 0) return child_exit;
 
   ::testing::InitGoogleTest(&argc, argv);
-  const int gpus = tpfuse::testing::CudaDeviceCount();
-  if (gpus == 0) {
-    std::printf("tpfuse_cuda_tests: 0 GPUs visible (%s); every GPU test skips with its reason\n",
-                tpfuse::testing::WhyFewerGpusThan(1).c_str());
-  } else {
-    std::printf("tpfuse_cuda_tests: %d GPU(s) visible; tests needing more skip with a reason\n",
-                gpus);
+  // Test discovery (gtest_discover_tests) parses --gtest_list_tests: print nothing else then.
+  if (!GTEST_FLAG_GET(list_tests)) {
+    const int gpus = tpfuse::testing::CudaDeviceCount();
+    if (gpus == 0) {
+      std::printf("tpfuse_cuda_tests: 0 GPUs visible; every GPU test skips with its reason (\"%s\")\n",
+                  tpfuse::testing::WhyFewerGpusThan(1).c_str());
+    } else {
+      std::printf("tpfuse_cuda_tests: %d GPU(s) visible; tests needing more skip with a reason\n",
+                  gpus);
+    }
   }
   std::fflush(stdout);
   const int result = RUN_ALL_TESTS();
