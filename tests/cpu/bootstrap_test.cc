@@ -154,7 +154,9 @@ TEST_P(BootstrapMethods, WorldSizeOneNeedsNobody) {
   const auto start = Clock::now();
   EXPECT_TRUE(RunOne(GetParam(), address, 0, 1, 5.0).ok());
   EXPECT_LT(SecondsSince(start), 1.0);
-  if (GetParam() == BootstrapMethod::kFile) EXPECT_FALSE(Exists(address));
+  if (GetParam() == BootstrapMethod::kFile) {
+    EXPECT_FALSE(Exists(address));
+  }
 }
 
 TEST_P(BootstrapMethods, PeerTimesOutWhenRankZeroNeverComes) {
@@ -185,7 +187,9 @@ TEST_P(BootstrapMethods, RankZeroTimesOutWhenPeersNeverCome) {
   EXPECT_TRUE(Contains(s.message(), "rank 0 timed out after 0.3 s")) << s.message();
   EXPECT_TRUE(Contains(s.message(), "rank(s) 1, 2")) << s.message();
   // Nothing is left for a later job to mistake for its own.
-  if (GetParam() == BootstrapMethod::kFile) EXPECT_FALSE(Exists(address));
+  if (GetParam() == BootstrapMethod::kFile) {
+    EXPECT_FALSE(Exists(address));
+  }
 }
 
 TEST_P(BootstrapMethods, RejectsBadRankWorldAndTimeout) {
