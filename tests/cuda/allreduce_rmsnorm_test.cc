@@ -12,6 +12,8 @@
 #include "backends/cuda/allreduce_rmsnorm.h"
 #include "backends/cuda/cuda_check.h"
 #include "backends/cuda/device_buffer.h"
+#include "common/tolerance.h"
+#include "cuda/graph_replay_kernels.h"
 #include "support/cuda_harness.h"
 #include "support/fused_check.h"
 #include "support/shapes.h"
@@ -301,25 +303,6 @@ TEST_F(FusedOpTest, RankTaggedInputsReduceExactly) {
 
 // ---------------------------------------------------------------- CUDA graphs
 
-// Picks input bank (counter % banks) into x: the graph's first node, so each replay reduces
-// different data.
-__global__ void CopyBankKernel(const uint4* banks, uint4* x, size_t words, int banks_count, uint32_t* counter) {
-  const uint32_t bank = *counter % uint32_t(banks_count);
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < words; i += size_t(gridDim.x) * blockDim.x)
-    x[i] = banks[bank * words + i];
-}
-// Compares the output with the expected bytes of that bank; counts mismatching words; advances
-// the counter.
-__global__ void CheckBankKernel(const uint4* out, const uint4* expected, size_t words, int banks_count,
-                                uint32_t* counter, unsigned long long* mismatches) {
-  const uint32_t bank = *counter % uint32_t(banks_count);
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < words; i += size_t(gridDim.x) * blockDim.x) {
-    const uint4 a = out[i], b = expected[bank * words + i];
-    if (a.x != b.x || a.y != b.y || a.z != b.z || a.w != b.w) atomicAdd(mismatches, 1ull);
-  }
-}
-__global__ void AdvanceKernel(uint32_t* counter) { *counter += 1; }
-
 TEST_F(FusedOpTest, TenThousandGraphReplaysWithChangingInputs) {
   constexpr int64_t kTokens = 16, kHidden = 4096;
   constexpr int kBanks = 4, kReplays = 10000;
@@ -359,12 +342,10 @@ TEST_F(FusedOpTest, TenThousandGraphReplaysWithChangingInputs) {
 
       cudaGraph_t graph;
       TPFUSE_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
-      CopyBankKernel<<<64, 256, 0, stream>>>(x_banks.get<uint4>(), const_cast<uint4*>(static_cast<const uint4*>(call.buffers.x)),
-                                             words, kBanks, counter);
+      LaunchCopyBank(x_banks.get(), const_cast<void*>(call.buffers.x), words, kBanks, counter, stream);
       Status launch = cuda::LaunchAllreduceRmsnorm(comm, spec, kTokens, call.buffers, strategy, stream);
-      CheckBankKernel<<<64, 256, 0, stream>>>(static_cast<const uint4*>(call.buffers.norm_out), norm_expected.get<uint4>(),
-                                              words, kBanks, counter, mismatches);
-      AdvanceKernel<<<1, 1, 0, stream>>>(counter);
+      LaunchCheckBank(call.buffers.norm_out, norm_expected.get(), words, kBanks, counter, mismatches, stream);
+      LaunchAdvance(counter, stream);
       TPFUSE_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
       TPFUSE_RETURN_IF_ERROR(launch);
       cudaGraphExec_t exec;
