@@ -358,6 +358,17 @@ TEST(BenchReport, BenchTableRowsRatiosAndNotes) {
   EXPECT_NE(table.find("223.0"), std::string::npos) << table;
 }
 
+TEST(BenchReport, SummaryNamesEveryShapeSlowerThanB) {
+  Report r = MadeUpReport(Mode::kBench);
+  std::string summary = FormatSummary(r);
+  // 4.0/8.8, 301/301, 4.5/10.0: none above 1.
+  EXPECT_NE(summary.find("over 3 shapes: median 0.45, worst 1.00 (H=4096 fp8_group T=8192); never slower than B"),
+            std::string::npos) << summary;
+  r.shapes[2].at(Path::kTwoShot).stats.median_us = 10.4;
+  summary = FormatSummary(r);
+  EXPECT_NE(summary.find("slower than B at 1 shape:\n  H=7168 none T=1 (1.040)"), std::string::npos) << summary;
+}
+
 TEST(BenchReport, TuneTablePicksAndMargins) {
   const Report r = MadeUpReport(Mode::kTune);
   const std::string table = FormatTable(r, 4096, QuantMode::kFp8Group);

@@ -283,6 +283,43 @@ std::string FormatTable(const Report& r, int64_t hidden, QuantMode quant) {
   return os.str();
 }
 
+std::string FormatSummary(const Report& r) {
+  struct Ratio {
+    double value;
+    const ShapeResult* shape;
+  };
+  std::vector<Ratio> ratios;
+  for (const ShapeResult& s : r.shapes) {
+    const std::optional<double> d = s.Median(s.dispatched);
+    const std::optional<double> b = s.Median(Path::kNccl);
+    if (d && b) ratios.push_back({*d / *b, &s});
+  }
+  if (ratios.empty()) return "summary: no shape has both the dispatched path and B measured\n";
+  auto name = [](const ShapeResult& s) {
+    return StrCat("H=", s.hidden, " ", QuantModeName(s.quant), " T=", s.tokens);
+  };
+  std::vector<double> values;
+  for (const Ratio& x : ratios) values.push_back(x.value);
+  std::sort(values.begin(), values.end());
+  const Ratio worst = *std::max_element(
+      ratios.begin(), ratios.end(), [](const Ratio& a, const Ratio& b) { return a.value < b.value; });
+  std::ostringstream os;
+  os << "summary: fused (dispatched) / B over " << ratios.size() << " shapes: median "
+     << Format("%.2f", Percentile(values, 0.5)) << ", worst " << Format("%.2f", worst.value) << " ("
+     << name(*worst.shape) << ")";
+  std::vector<std::string> slower;
+  for (const Ratio& x : ratios) {
+    if (x.value > 1.0) slower.push_back(StrCat(name(*x.shape), " (", Format("%.3f", x.value), ")"));
+  }
+  if (slower.empty()) {
+    os << "; never slower than B\n";
+  } else {
+    os << "; slower than B at " << slower.size() << " shape" << (slower.size() == 1 ? "" : "s") << ":\n";
+    for (const std::string& line : slower) os << "  " << line << "\n";
+  }
+  return os.str();
+}
+
 std::string FormatProgress(const Report& r, const ShapeResult& s) {
   std::ostringstream os;
   os << "H=" << s.hidden << " " << QuantModeName(s.quant) << " T=" << s.tokens << ":";

@@ -113,6 +113,9 @@ std::string FormatHeader(const Report& report);
 // One (H, quant) table of `tpfuse bench` or `tpfuse tune` (per report.plan.mode), with its
 // notes (skips, fallbacks, warnings of that group).
 std::string FormatTable(const Report& report, int64_t hidden, QuantMode quant);
+// The closing verdict of a bench run: fused (dispatched) / B over every shape where both ran,
+// its median and worst, and each shape where the fused op is slower than B.
+std::string FormatSummary(const Report& report);
 // "H=4096 fp8_group T=128: oneshot 4.10 twoshot 6.02 B 9.10 A 11.30 NCCL 6.80 us -> oneshot
 // 0.45x B" (bench) or the three strategies and the winner (tune).
 std::string FormatProgress(const Report& report, const ShapeResult& shape);

@@ -422,8 +422,9 @@ Status RankRunner::Finish() {
   TPFUSE_RETURN_IF_ERROR(Barrier("the end of the sweep"));
   if (!reporting()) return Status::Ok();
   if (plan_.mode == Mode::kBench) {
-    std::fprintf(stdout, "\nwrote bench.csv, bench.json and bench_H<h>_<quant>.svg to %s\n",
-                 plan_.out.c_str());
+    std::fprintf(stdout, "\n%swrote bench.csv, bench.json and bench_H<h>_<quant>.svg to %s\n",
+                 FormatSummary(report_).c_str(), plan_.out.c_str());
+    std::fflush(stdout);
     return Status::Ok();
   }
   const runtime::StrategyTable table = TunedTable(report_);
