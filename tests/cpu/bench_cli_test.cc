@@ -36,7 +36,8 @@ TEST(BenchCli, HelpTellsTheDefaults) {
                                "default 4096,7168,8192", "--quant", "--emit-norm",
                                "--ops-per-graph", "default 20", "--replays", "default 50",
                                "--warmup", "--no-pdl", "--out", "--timeout", "default 1800"}) {
-      EXPECT_NE(r.output.find(needle), std::string::npos) << command << ": " << needle << "\n" << r.output;
+      EXPECT_NE(r.output.find(needle), std::string::npos) << command << ": " << needle << "\n"
+                                                          << r.output;
     }
     // The rank processes' options stay hidden.
     EXPECT_EQ(r.output.find("--child-plan"), std::string::npos) << r.output;
@@ -61,18 +62,15 @@ TEST(BenchCli, BadValuesAreInvalidInputNamingTheOption) {
     const char* args;
     const char* needle;
   };
-  for (const Case& c : {Case{"bench --tokens 0", "--tokens"},
-                        Case{"bench --tokens 1,abc", "--tokens"},
-                        Case{"bench --tokens 100000", "--tokens"},
-                        Case{"tune --hidden 4100", "hidden 4100"},
-                        Case{"bench --hidden 4160 --quant fp8_group", "group_size"},
-                        Case{"bench --quant fp8_grp", "--quant"},
-                        Case{"bench --emit-norm maybe", "--emit-norm"},
-                        Case{"bench --world-size 3", "--world-size"},
-                        Case{"bench --ops-per-graph 0", "--ops-per-graph"},
-                        Case{"tune --replays -1", "--replays"},
-                        Case{"bench --timeout never", "--timeout"},
-                        Case{"bench --table /nonexistent/table.json", "--table"}}) {
+  for (const Case& c :
+       {Case{"bench --tokens 0", "--tokens"}, Case{"bench --tokens 1,abc", "--tokens"},
+        Case{"bench --tokens 100000", "--tokens"}, Case{"tune --hidden 4100", "hidden 4100"},
+        Case{"bench --hidden 4160 --quant fp8_group", "group_size"},
+        Case{"bench --quant fp8_grp", "--quant"}, Case{"bench --emit-norm maybe", "--emit-norm"},
+        Case{"bench --world-size 3", "--world-size"},
+        Case{"bench --ops-per-graph 0", "--ops-per-graph"}, Case{"tune --replays -1", "--replays"},
+        Case{"bench --timeout never", "--timeout"},
+        Case{"bench --table /nonexistent/table.json", "--table"}}) {
     const CliResult r = RunCli(c.args);
     EXPECT_EQ(r.exit_code, 1) << c.args << "\n" << r.output;
     EXPECT_NE(r.output.find(c.needle), std::string::npos) << c.args << "\n" << r.output;

@@ -40,7 +40,8 @@ TEST(BenchOptions, BadIntListsNameTheOptionAndItem) {
   for (const char* bad : {"", "1,,2", "1,x", "0", "70000", "1.5", "-3", "2 4"}) {
     StatusOr<std::vector<int64_t>> list = ParseIntList(bad, "--tokens", 1, 65536);
     ASSERT_FALSE(list.ok()) << bad;
-    EXPECT_NE(list.status().message().find("--tokens"), std::string::npos) << list.status().message();
+    EXPECT_NE(list.status().message().find("--tokens"), std::string::npos)
+        << list.status().message();
   }
 }
 
@@ -120,7 +121,8 @@ TEST(BenchSpec, EmitsPerQuantAndEmitNorm) {
   EXPECT_TRUE(MakeSpec(4096, QuantMode::kFp8Token, EmitNorm::kYes).emit.norm);
   for (QuantMode q : DefaultQuants()) {
     for (EmitNorm e : {EmitNorm::kAuto, EmitNorm::kYes, EmitNorm::kNo}) {
-      EXPECT_TRUE(MakeSpec(8192, q, e).Validate().ok()) << QuantModeName(q) << " " << EmitNormName(e);
+      EXPECT_TRUE(MakeSpec(8192, q, e).Validate().ok())
+          << QuantModeName(q) << " " << EmitNormName(e);
     }
   }
 }
@@ -136,7 +138,8 @@ TEST(BenchSpec, SetLayoutHoldsEveryRegionAligned) {
   EXPECT_GE(l.quant, l.norm_out + act);
   EXPECT_GE(l.scale, l.quant + act / 2);
   EXPECT_GE(l.bytes, l.scale + 3 * 32 * sizeof(float));
-  for (size_t off : {l.residual, l.residual_out, l.norm_out, l.quant, l.scale, l.bytes}) EXPECT_EQ(off % 256, 0u);
+  for (size_t off : {l.residual, l.residual_out, l.norm_out, l.quant, l.scale, l.bytes})
+    EXPECT_EQ(off % 256, 0u);
   const SetLayout plain = SetLayout::Make(MakeSpec(4096, QuantMode::kNone, EmitNorm::kAuto), 3);
   EXPECT_EQ(plain.bytes, 4 * act);  // no q, no s
 }
@@ -207,9 +210,13 @@ TEST(BenchStats, BusBandwidth) {
 // ---------------------------------------------------------------- tuning
 
 TEST(BenchTune, FastestWinsAndExactTiesGoToTheSimpler) {
-  EXPECT_EQ(*PickFastest({{StrategyKind::kOneShot, 4.0}, {StrategyKind::kTwoShot, 3.99}, {StrategyKind::kNccl, 9.0}}),
+  EXPECT_EQ(*PickFastest({{StrategyKind::kOneShot, 4.0},
+                          {StrategyKind::kTwoShot, 3.99},
+                          {StrategyKind::kNccl, 9.0}}),
             StrategyKind::kTwoShot);
-  EXPECT_EQ(*PickFastest({{StrategyKind::kOneShot, 5.0}, {StrategyKind::kTwoShot, 5.0}, {StrategyKind::kNccl, 5.0}}),
+  EXPECT_EQ(*PickFastest({{StrategyKind::kOneShot, 5.0},
+                          {StrategyKind::kTwoShot, 5.0},
+                          {StrategyKind::kNccl, 5.0}}),
             StrategyKind::kNccl);
   EXPECT_EQ(*PickFastest({{StrategyKind::kOneShot, std::nullopt}, {StrategyKind::kTwoShot, 7.0}}),
             StrategyKind::kTwoShot);
@@ -302,14 +309,16 @@ Report MadeUpReport(Mode mode) {
   a.dispatched_choice = StrategyKind::kOneShot;
   a.dispatched = Path::kOneShot;
   ShapeResult b = shape(4096, QuantMode::kFp8Group, 8192);
-  b.at(Path::kOneShot) = Skipped("8192 tokens of hidden 4096 are over the one-shot workspace (4096 rows)");
+  b.at(Path::kOneShot) =
+      Skipped("8192 tokens of hidden 4096 are over the one-shot workspace (4096 rows)");
   b.at(Path::kTwoShot) = Measured(240.0);
   b.at(Path::kNccl) = Measured(301.0);
   b.at(Path::kBaselineA) = Measured(330.0);
   b.at(Path::kNcclAllReduce) = Measured(244.0);
   b.dispatched_choice = StrategyKind::kOneShot;
   b.dispatched = Path::kNccl;
-  b.dispatch_note = "the table picks oneshot, which cannot run here; the runtime falls back to nccl";
+  b.dispatch_note =
+      "the table picks oneshot, which cannot run here; the runtime falls back to nccl";
   b.warnings.push_back("twoshot: rank 1's median is +12% off rank 0's");
   ShapeResult c = shape(7168, QuantMode::kNone, 1);
   c.at(Path::kOneShot) = Measured(4.5);
@@ -335,10 +344,10 @@ size_t CountLines(const std::string& text) {
 
 TEST(BenchReport, HeaderNamesMachineBandwidthAndBaselines) {
   const std::string header = FormatHeader(MadeUpReport(Mode::kBench));
-  for (const char* needle : {"2x NVIDIA H200", "570.124.06", "NCCL 2.28.9", "391.2 GB/s",
-                             "unsupported PTX", "B (nccl)", "exactly the fused op's nccl strategy",
-                             "A = ncclAllReduce + fused_add_rms_norm kernel + quant_fp8 kernel",
-                             "2(N-1)/N"}) {
+  for (const char* needle :
+       {"2x NVIDIA H200", "570.124.06", "NCCL 2.28.9", "391.2 GB/s", "unsupported PTX", "B (nccl)",
+        "exactly the fused op's nccl strategy",
+        "A = ncclAllReduce + fused_add_rms_norm kernel + quant_fp8 kernel", "2(N-1)/N"}) {
     EXPECT_NE(header.find(needle), std::string::npos) << needle << "\n" << header;
   }
 }
@@ -346,14 +355,16 @@ TEST(BenchReport, HeaderNamesMachineBandwidthAndBaselines) {
 TEST(BenchReport, BenchTableRowsRatiosAndNotes) {
   const Report r = MadeUpReport(Mode::kBench);
   const std::string table = FormatTable(r, 4096, QuantMode::kFp8Group);
-  EXPECT_NE(table.find("H=4096  quant=fp8_group  emit=norm,residual,quant"), std::string::npos) << table;
+  EXPECT_NE(table.find("H=4096  quant=fp8_group  emit=norm,residual,quant"), std::string::npos)
+      << table;
   EXPECT_NE(table.find("4.00 oneshot"), std::string::npos) << table;
   EXPECT_NE(table.find("0.45"), std::string::npos) << table;  // 4.0 / 8.8
   EXPECT_NE(table.find("301.00 nccl*"), std::string::npos) << table;
   EXPECT_NE(table.find("oneshot not measured at T = 8192"), std::string::npos) << table;
   EXPECT_NE(table.find("falls back to nccl"), std::string::npos) << table;
   EXPECT_NE(table.find("+12%"), std::string::npos) << table;
-  EXPECT_NE(table.find("L2 flushed between replays (outside the timing) at T = 1"), std::string::npos);
+  EXPECT_NE(table.find("L2 flushed between replays (outside the timing) at T = 1"),
+            std::string::npos);
   // busbw of the dispatched path at T=8192: 64 MiB in 301 us.
   EXPECT_NE(table.find("223.0"), std::string::npos) << table;
 }
@@ -362,11 +373,15 @@ TEST(BenchReport, SummaryNamesEveryShapeSlowerThanB) {
   Report r = MadeUpReport(Mode::kBench);
   std::string summary = FormatSummary(r);
   // 4.0/8.8, 301/301, 4.5/10.0: none above 1.
-  EXPECT_NE(summary.find("over 3 shapes: median 0.45, worst 1.00 (H=4096 fp8_group T=8192); never slower than B"),
-            std::string::npos) << summary;
+  EXPECT_NE(
+      summary.find(
+          "over 3 shapes: median 0.45, worst 1.00 (H=4096 fp8_group T=8192); never slower than B"),
+      std::string::npos)
+      << summary;
   r.shapes[2].at(Path::kTwoShot).stats.median_us = 10.4;
   summary = FormatSummary(r);
-  EXPECT_NE(summary.find("slower than B at 1 shape:\n  H=7168 none T=1 (1.040)"), std::string::npos) << summary;
+  EXPECT_NE(summary.find("slower than B at 1 shape:\n  H=7168 none T=1 (1.040)"), std::string::npos)
+      << summary;
 }
 
 TEST(BenchReport, TuneTablePicksAndMargins) {
@@ -389,7 +404,9 @@ TEST(BenchReport, CsvHasOneRowPerMeasuredPath) {
             "ratio_vs_B,detail");
   // Shape a: 7 rows; b: oneshot skipped -> 6; c: 7.
   EXPECT_EQ(CountLines(csv), 1u + 7 + 6 + 7);
-  EXPECT_NE(csv.find("2x NVIDIA H200,2,4096,fp8_group,1,dispatched,4.000,3.800,4.400,"), std::string::npos) << csv;
+  EXPECT_NE(csv.find("2x NVIDIA H200,2,4096,fp8_group,1,dispatched,4.000,3.800,4.400,"),
+            std::string::npos)
+      << csv;
   EXPECT_NE(csv.find(",baseline_b,8.800,"), std::string::npos);
   EXPECT_NE(csv.find("2x NVIDIA H200,2,4096,fp8_group,8192,twoshot,240.000,"), std::string::npos);
   std::string line;
@@ -426,7 +443,8 @@ TEST(BenchReport, PlotsOnePolylinePerPathWithData) {
   StatusOr<std::string> svg = PlotSvg(r, 4096, QuantMode::kFp8Group);
   ASSERT_TRUE(svg.ok()) << svg.status().ToString();
   size_t polylines = 0;
-  for (size_t p = svg->find("<polyline"); p != std::string::npos; p = svg->find("<polyline", p + 1)) ++polylines;
+  for (size_t p = svg->find("<polyline"); p != std::string::npos; p = svg->find("<polyline", p + 1))
+    ++polylines;
   EXPECT_EQ(polylines, 6u);  // dispatched + oneshot + twoshot + B + A + NCCL
   EXPECT_NE(svg->find("2x NVIDIA H200, TP=2"), std::string::npos);
   EXPECT_NE(svg->find("B = nccl strategy"), std::string::npos);
@@ -439,7 +457,8 @@ TEST(BenchReport, WritesTheFiles) {
   std::filesystem::create_directories(dir);
   const Report r = MadeUpReport(Mode::kBench);
   ASSERT_TRUE(WriteBenchOutputs(r, dir.string()).ok());
-  for (const char* name : {"bench.csv", "bench.json", "bench_H4096_fp8_group.svg", "bench_H7168_none.svg"})
+  for (const char* name :
+       {"bench.csv", "bench.json", "bench_H4096_fp8_group.svg", "bench_H7168_none.svg"})
     EXPECT_TRUE(std::filesystem::exists(dir / name)) << name;
   // Groups without a measured shape get no plot.
   EXPECT_FALSE(std::filesystem::exists(dir / "bench_H4096_none.svg"));

@@ -57,8 +57,10 @@ TEST(BenchProcess, TimeoutKillsEvenWhatIgnoresSigterm) {
   const Status s = RunProcessGroup({Sh("trap '' TERM; exec sleep 30"), Sh("exec sleep 30")}, o);
   EXPECT_LT(Seconds(start), 10);
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("rank 0 was still running at the timeout"), std::string::npos) << s.message();
-  EXPECT_NE(s.message().find("rank 1 was still running at the timeout"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("rank 0 was still running at the timeout"), std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("rank 1 was still running at the timeout"), std::string::npos)
+      << s.message();
 }
 
 TEST(BenchProcess, SignalsAreNamed) {

@@ -116,7 +116,8 @@ LogLogChart ThreePaths() {
     Series series;
     series.name = "path" + std::to_string(s);
     series.color = s == 0 ? "#d62728" : s == 1 ? "#1f77b4" : "#2ca02c";
-    for (int t = 1; t <= 8192; t *= 2) series.points.push_back({double(t), (s + 1) * 4.0 + t * 0.03});
+    for (int t = 1; t <= 8192; t *= 2)
+      series.points.push_back({double(t), (s + 1) * 4.0 + t * 0.03});
     chart.series.push_back(series);
   }
   return chart;
@@ -159,7 +160,8 @@ TEST(SvgPlot, DocumentIsWellFormedWithOnePolylineAndLegendEntryPerSeries) {
   }
   EXPECT_EQ(polylines, 3);
   EXPECT_EQ(legend_entries, 3);
-  for (const char* name : {">path0<", ">path1<", ">path2<"}) EXPECT_EQ(Count(*svg, name), 1u) << name;
+  for (const char* name : {">path0<", ">path1<", ">path2<"})
+    EXPECT_EQ(Count(*svg, name), 1u) << name;
   EXPECT_NE(svg->find("2x NVIDIA H200: H=4096 fp8_group"), std::string::npos);
   EXPECT_NE(svg->find(">tokens T<"), std::string::npos);
   EXPECT_NE(svg->find(">latency per op (us)<"), std::string::npos);

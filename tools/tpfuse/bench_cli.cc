@@ -72,8 +72,10 @@ Status CheckOutput(const Plan& plan) {
     return Status::Ok();
   }
   const fs::path parent = fs::path(plan.out).parent_path();
-  if (fs::is_directory(plan.out)) return InvalidArgument("--out: '", plan.out, "' is a directory; give a file name");
-  if (!fs::is_directory(parent)) return InvalidArgument("--out: the directory '", parent.string(), "' does not exist");
+  if (fs::is_directory(plan.out))
+    return InvalidArgument("--out: '", plan.out, "' is a directory; give a file name");
+  if (!fs::is_directory(parent))
+    return InvalidArgument("--out: the directory '", parent.string(), "' does not exist");
   if (::access(parent.c_str(), W_OK) != 0)
     return InvalidArgument("--out: the directory '", parent.string(), "' is not writable");
   return Status::Ok();
@@ -94,51 +96,60 @@ int RunChild(const CommandFlags& flags, Mode mode) {
 }  // namespace
 
 void AddCommandOptions(CLI::App& command, CommandFlags& flags, Mode mode) {
-  command.add_option("--world-size", flags.world_size,
-                     "GPUs to use, one process each: 2, 4 or 8 (default: every visible GPU)")
+  command
+      .add_option("--world-size", flags.world_size,
+                  "GPUs to use, one process each: 2, 4 or 8 (default: every visible GPU)")
       ->type_name("N");
-  command.add_option("--tokens", flags.tokens,
-                     "token counts T, comma-separated, 1..65536 (default 1,2,4,...,8192)")
+  command
+      .add_option("--tokens", flags.tokens,
+                  "token counts T, comma-separated, 1..65536 (default 1,2,4,...,8192)")
       ->type_name("LIST");
-  command.add_option("--hidden", flags.hidden,
-                     "hidden sizes H, comma-separated (default 4096,7168,8192)")
+  command
+      .add_option("--hidden", flags.hidden,
+                  "hidden sizes H, comma-separated (default 4096,7168,8192)")
       ->type_name("LIST");
-  command.add_option("--quant", flags.quant,
-                     "quant modes, comma-separated, from none, fp8_tensor, fp8_token, fp8_group, "
-                     "or all (default all)")
+  command
+      .add_option("--quant", flags.quant,
+                  "quant modes, comma-separated, from none, fp8_tensor, fp8_token, fp8_group, "
+                  "or all (default all)")
       ->type_name("LIST");
-  command.add_option("--emit-norm", flags.emit_norm,
-                     "also emit the bf16 norm output: yes, no, or auto = for quant none and "
-                     "fp8_group (default auto)")
+  command
+      .add_option("--emit-norm", flags.emit_norm,
+                  "also emit the bf16 norm output: yes, no, or auto = for quant none and "
+                  "fp8_group (default auto)")
       ->type_name("MODE");
-  command.add_option("--ops-per-graph", flags.ops_per_graph,
-                     "ops captured back to back in each CUDA graph, 1..1000 (default 20)")
+  command
+      .add_option("--ops-per-graph", flags.ops_per_graph,
+                  "ops captured back to back in each CUDA graph, 1..1000 (default 20)")
       ->type_name("N");
-  command.add_option("--replays", flags.replays,
-                     "timed replays of each graph, 1..100000 (default 50)")
+  command
+      .add_option("--replays", flags.replays, "timed replays of each graph, 1..100000 (default 50)")
       ->type_name("N");
-  command.add_option("--warmup", flags.warmup,
-                     "untimed replays before timing, 0..1000 (default 5)")
+  command
+      .add_option("--warmup", flags.warmup, "untimed replays before timing, 0..1000 (default 5)")
       ->type_name("N");
   if (mode == Mode::kBench) {
-    command.add_option("--table", flags.table,
-                       "strategy table JSON for the dispatched path, as written by `tpfuse "
-                       "tune` (default: $TPFUSE_STRATEGY_TABLE if set, else the built-in "
-                       "defaults, as in the runtime)")
+    command
+        .add_option("--table", flags.table,
+                    "strategy table JSON for the dispatched path, as written by `tpfuse "
+                    "tune` (default: $TPFUSE_STRATEGY_TABLE if set, else the built-in "
+                    "defaults, as in the runtime)")
         ->type_name("FILE");
   }
   command.add_flag("--no-pdl", flags.no_pdl,
                    "launch the fused op without programmatic dependent launch (default: PDL on)");
-  command.add_option("--out", flags.out,
-                     mode == Mode::kBench
-                         ? "directory for bench.csv, bench.json and bench_H<h>_<quant>.svg "
-                           "(default ./tpfuse-bench)"
-                         : "strategy table JSON file to write (default ./tpfuse-strategy.json)")
+  command
+      .add_option("--out", flags.out,
+                  mode == Mode::kBench
+                      ? "directory for bench.csv, bench.json and bench_H<h>_<quant>.svg "
+                        "(default ./tpfuse-bench)"
+                      : "strategy table JSON file to write (default ./tpfuse-strategy.json)")
       ->type_name(mode == Mode::kBench ? "DIR" : "FILE");
   command.add_option("--seed", flags.seed, "seed of the random inputs (default 1)")->type_name("N");
-  command.add_option("--timeout", flags.timeout,
-                     "bound on the whole run in seconds; ranks still running then are killed "
-                     "(default 1800)")
+  command
+      .add_option("--timeout", flags.timeout,
+                  "bound on the whole run in seconds; ranks still running then are killed "
+                  "(default 1800)")
       ->type_name("SECONDS");
   command.add_option("--child-plan", flags.child_plan)->group("");
   command.add_option("--child-rank", flags.child_rank)->group("");
@@ -207,7 +218,8 @@ StatusOr<Plan> PlanFromFlags(const CommandFlags& f, Mode mode) {
     for (QuantMode q : plan.quants) {
       const AllreduceRmsnormSpec spec = MakeSpec(h, q, plan.emit_norm);
       if (Status valid = spec.Validate(); !valid.ok())
-        return InvalidArgument("--hidden ", h, " with --quant ", QuantModeName(q), ": ", valid.message());
+        return InvalidArgument("--hidden ", h, " with --quant ", QuantModeName(q), ": ",
+                               valid.message());
       if (std::string why = caps.WhyUnsupported(spec, 2); !why.empty())
         return InvalidArgument("--hidden ", h, " with --quant ", QuantModeName(q), ": ", why);
     }
@@ -228,13 +240,15 @@ int RunCommand(const CommandFlags& flags, Mode mode) {
   }
   StatusOr<int> gpus = CountGpus();
   if (!gpus.ok()) {
-    return Fail(mode, FailedPrecondition("no usable GPU here (", gpus.status().message(), "); ",
-                                         CommandName(mode), " needs at least 2, one process per GPU"));
+    return Fail(mode,
+                FailedPrecondition("no usable GPU here (", gpus.status().message(), "); ",
+                                   CommandName(mode), " needs at least 2, one process per GPU"));
   }
   const int count = *gpus;
   if (count < 2) {
-    return Fail(mode, FailedPrecondition("found ", count, " GPU", count == 1 ? "" : "s", "; ",
-                                         CommandName(mode), " needs at least 2, one process per GPU"));
+    return Fail(mode,
+                FailedPrecondition("found ", count, " GPU", count == 1 ? "" : "s", "; ",
+                                   CommandName(mode), " needs at least 2, one process per GPU"));
   }
   if (plan.world_size == 0) {
     if (count != 2 && count != 4 && count != 8) {
@@ -261,7 +275,8 @@ int RunCommand(const CommandFlags& flags, Mode mode) {
 
   std::vector<std::vector<std::string>> argvs;
   for (int r = 0; r < plan.world_size; ++r) {
-    argvs.push_back({*exe, CommandName(mode), "--child-plan", plan_path, "--child-rank", std::to_string(r)});
+    argvs.push_back(
+        {*exe, CommandName(mode), "--child-plan", plan_path, "--child-rank", std::to_string(r)});
   }
   std::fflush(stdout);
   std::fflush(stderr);

@@ -28,7 +28,8 @@ std::vector<std::string_view> SplitCommas(std::string_view text) {
   size_t start = 0;
   while (true) {
     const size_t comma = text.find(',', start);
-    items.push_back(Trim(text.substr(start, comma == std::string_view::npos ? text.npos : comma - start)));
+    items.push_back(
+        Trim(text.substr(start, comma == std::string_view::npos ? text.npos : comma - start)));
     if (comma == std::string_view::npos) break;
     start = comma + 1;
   }
@@ -151,11 +152,13 @@ std::string Plan::ToJson() const {
 
 StatusOr<Plan> Plan::FromJson(const std::string& text) {
   json doc = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded() || !doc.is_object()) return InvalidArgument("benchmark plan: not a JSON object");
+  if (doc.is_discarded() || !doc.is_object())
+    return InvalidArgument("benchmark plan: not a JSON object");
   Plan plan;
   try {
     const std::string mode = doc.at("mode").get<std::string>();
-    if (mode != "bench" && mode != "tune") return InvalidArgument("benchmark plan: unknown mode '", mode, "'");
+    if (mode != "bench" && mode != "tune")
+      return InvalidArgument("benchmark plan: unknown mode '", mode, "'");
     plan.mode = mode == "bench" ? Mode::kBench : Mode::kTune;
     plan.world_size = doc.at("world_size").get<int>();
     plan.tokens = doc.at("tokens").get<std::vector<int64_t>>();
@@ -220,7 +223,8 @@ SetLayout SetLayout::Make(const AllreduceRmsnormSpec& spec, int64_t tokens) {
   l.residual_out = take(act);
   l.norm_out = take(act);
   l.quant = take(spec.quant != QuantMode::kNone ? act / 2 : 0);
-  l.scale = take(IsDynamicQuant(spec.quant) ? size_t(spec.ScaleElements(tokens)) * sizeof(float) : 0);
+  l.scale =
+      take(IsDynamicQuant(spec.quant) ? size_t(spec.ScaleElements(tokens)) * sizeof(float) : 0);
   l.bytes = AlignUp(std::max<size_t>(off, kRegionAlign), kRegionAlign);
   return l;
 }
@@ -238,11 +242,11 @@ Rotation ChooseRotation(size_t set_bytes, size_t l2_bytes, int ops_per_graph) {
 WorkspacePlan PlanWorkspace(const Plan& plan) {
   WorkspacePlan w;
   w.max_hidden = plan.max_hidden();
-  const int64_t peer_copy_rows = int64_t((kMinPeerCopyBytes + size_t(w.max_hidden) * 2 - 1) /
-                                         (size_t(w.max_hidden) * 2));
+  const int64_t peer_copy_rows =
+      int64_t((kMinPeerCopyBytes + size_t(w.max_hidden) * 2 - 1) / (size_t(w.max_hidden) * 2));
   w.max_tokens = std::max(plan.max_tokens(), peer_copy_rows);
-  const int64_t lamport_rows = int64_t(kMaxLamportBytes / (size_t(3) * size_t(plan.world_size) *
-                                                           size_t(w.max_hidden) * 2));
+  const int64_t lamport_rows =
+      int64_t(kMaxLamportBytes / (size_t(3) * size_t(plan.world_size) * size_t(w.max_hidden) * 2));
   w.oneshot_max_tokens = std::min(plan.max_tokens(), lamport_rows);
   w.oneshot_capped = w.oneshot_max_tokens < plan.max_tokens();
   return w;
@@ -293,16 +297,15 @@ std::optional<runtime::StrategyKind> PickFastest(const std::vector<TuneCandidate
   return best->strategy;
 }
 
-std::vector<runtime::StrategyRule> RulesFromWinners(int world_size, int64_t hidden,
-                                                    QuantMode quant,
+std::vector<runtime::StrategyRule> RulesFromWinners(int world_size, int64_t hidden, QuantMode quant,
                                                     std::vector<TunePoint> points) {
   std::sort(points.begin(), points.end(),
             [](const TunePoint& a, const TunePoint& b) { return a.tokens < b.tokens; });
   std::vector<runtime::StrategyRule> rules;
   for (size_t i = 0; i < points.size(); ++i) {
     const int64_t lo = i == 0 ? 1 : points[i].tokens;
-    const int64_t hi = i + 1 < points.size() ? points[i + 1].tokens - 1
-                                             : std::numeric_limits<int64_t>::max();
+    const int64_t hi =
+        i + 1 < points.size() ? points[i + 1].tokens - 1 : std::numeric_limits<int64_t>::max();
     if (!rules.empty() && rules.back().strategy == points[i].winner) {
       rules.back().max_tokens = hi;
       continue;

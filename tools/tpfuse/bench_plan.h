@@ -40,9 +40,9 @@ inline constexpr size_t kMaxLamportBytes = size_t(8) << 30;
 // made at least this large so the copy is long enough to time.
 inline constexpr size_t kMinPeerCopyBytes = size_t(64) << 20;
 
-std::vector<int64_t> DefaultTokens();   // 1, 2, 4, ..., 8192
-std::vector<int64_t> DefaultHidden();   // 4096, 7168, 8192
-std::vector<QuantMode> DefaultQuants(); // none, fp8_tensor, fp8_token, fp8_group
+std::vector<int64_t> DefaultTokens();    // 1, 2, 4, ..., 8192
+std::vector<int64_t> DefaultHidden();    // 4096, 7168, 8192
+std::vector<QuantMode> DefaultQuants();  // none, fp8_tensor, fp8_token, fp8_group
 
 // "1,16,128" -> {1, 16, 128}: sorted, repeats dropped, every value in [min, max]. Errors name
 // `option` and the offending item.
@@ -67,8 +67,8 @@ struct Plan {
   int replays = kDefaultReplays;
   int warmup = kDefaultWarmup;
   bool pdl = true;
-  std::string table;    // bench: the dispatcher's strategy table file ("": built-in defaults)
-  std::string out;      // bench: output directory; tune: output file
+  std::string table;  // bench: the dispatcher's strategy table file ("": the runtime's default)
+  std::string out;    // bench: output directory; tune: output file
   uint64_t seed = 1;
   double timeout_seconds = kDefaultTimeoutSeconds;
   std::string id_file;  // where rank 0 publishes the NCCL unique id (set by the parent)
@@ -109,7 +109,7 @@ Rotation ChooseRotation(size_t set_bytes, size_t l2_bytes, int ops_per_graph);
 
 // The communicator's workspace for a plan (the same on every rank).
 struct WorkspacePlan {
-  int64_t max_tokens = 0;          // two-shot rows (at least the largest T)
+  int64_t max_tokens = 0;  // two-shot rows (at least the largest T)
   int64_t max_hidden = 0;
   int64_t oneshot_max_tokens = 0;  // one-shot rows at max_hidden
   bool oneshot_capped = false;     // below the largest T: kMaxLamportBytes
@@ -150,8 +150,7 @@ struct TunePoint {
 // measured T decides every token count from itself up to the next measured T - 1; the smallest
 // also covers everything below it (from 1), the largest everything above it. Consecutive
 // token counts with the same winner merge into one [min_tokens, max_tokens] rule.
-std::vector<runtime::StrategyRule> RulesFromWinners(int world_size, int64_t hidden,
-                                                    QuantMode quant,
+std::vector<runtime::StrategyRule> RulesFromWinners(int world_size, int64_t hidden, QuantMode quant,
                                                     std::vector<TunePoint> points);
 
 }  // namespace tpfuse::bench

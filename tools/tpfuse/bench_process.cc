@@ -155,7 +155,8 @@ Status RunProcessGroup(const std::vector<std::vector<std::string>>& argvs,
 
   std::string failures;
   for (size_t i = 0; i < children.size(); ++i) {
-    if (children[i].failed) failures += StrCat(failures.empty() ? "" : "; ", "rank ", i, " ", children[i].outcome);
+    if (children[i].failed)
+      failures += StrCat(failures.empty() ? "" : "; ", "rank ", i, " ", children[i].outcome);
   }
   if (failures.empty()) return Status::Ok();
   return Internal(failures);

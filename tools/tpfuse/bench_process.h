@@ -17,7 +17,7 @@ struct ProcessGroupOptions {
   // Once one process has failed, the others get this long to finish (a rank whose peer died
   // may wait in NCCL forever) before they are killed.
   double grace_seconds = 20;
-  double kill_wait_seconds = 5;   // between SIGTERM and SIGKILL
+  double kill_wait_seconds = 5;  // between SIGTERM and SIGKILL
 };
 
 // Starts one process per argument vector (argv[0] is the executable's path) with this

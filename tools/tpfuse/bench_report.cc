@@ -174,7 +174,8 @@ std::string FormatHeader(const Report& r) {
       os << "  peer copy bandwidth, one way, rank 0 -> rank 1 (" << Mib(b.bytes) << " x "
          << b.copies << ", every rank copying to the next at once):\n";
       os << "    copy engine (cudaMemcpyAsync)   "
-         << (b.copy_engine_gbps ? Format("%.1f GB/s", *b.copy_engine_gbps) : "failed: " + b.copy_engine_error)
+         << (b.copy_engine_gbps ? Format("%.1f GB/s", *b.copy_engine_gbps)
+                                : "failed: " + b.copy_engine_error)
          << "\n";
       os << "    SM copy kernel (16-byte stores) "
          << (b.sm_copy_gbps ? Format("%.1f GB/s", *b.sm_copy_gbps) : "failed: " + b.sm_copy_error)
@@ -191,7 +192,8 @@ std::string FormatHeader(const Report& r) {
   if (p.mode == Mode::kBench) {
     os << "  dispatcher table: " << r.table_source << "\n";
     os << "  paths: oneshot, twoshot = the fused op with that strategy;\n"
-       << "         B (nccl) = ncclAllReduce + one fused add-RMSNorm-quant kernel, which is exactly "
+       << "         B (nccl) = ncclAllReduce + one fused add-RMSNorm-quant kernel, which is "
+          "exactly "
           "the fused op's nccl strategy (one measurement);\n"
        << "         A = ncclAllReduce + fused_add_rms_norm kernel + quant_fp8 kernel (unfused "
           "ops);\n"
@@ -236,7 +238,8 @@ std::string FormatTable(const Report& r, int64_t hidden, QuantMode quant) {
                     Us(s->Median(Path::kNcclAllReduce)).c_str(), disp.c_str(), ratio.c_str(),
                     busbw.c_str());
       os << line;
-      if (!s->dispatch_note.empty()) notes.push_back(StrCat("* T=", s->tokens, ": ", s->dispatch_note));
+      if (!s->dispatch_note.empty())
+        notes.push_back(StrCat("* T=", s->tokens, ": ", s->dispatch_note));
     }
     for (Path p : kAllPaths) {
       for (std::string& n : SkipNotes(group, p, PathLabel(p))) notes.push_back(std::move(n));
@@ -268,7 +271,8 @@ std::string FormatTable(const Report& r, int64_t hidden, QuantMode quant) {
     }
   }
   for (const ShapeResult* s : group) {
-    for (const std::string& w : s->warnings) notes.push_back(StrCat("warning: T=", s->tokens, ": ", w));
+    for (const std::string& w : s->warnings)
+      notes.push_back(StrCat("warning: T=", s->tokens, ": ", w));
   }
   if (!group.empty()) {
     std::vector<int64_t> flushed;
@@ -276,8 +280,9 @@ std::string FormatTable(const Report& r, int64_t hidden, QuantMode quant) {
       if (s->rotation.flush_l2) flushed.push_back(s->tokens);
     }
     if (!flushed.empty())
-      notes.push_back(StrCat("L2 flushed between replays (outside the timing) at T = ",
-                             TokenList(flushed), ": their input sets are too small to rotate out of L2"));
+      notes.push_back(
+          StrCat("L2 flushed between replays (outside the timing) at T = ", TokenList(flushed),
+                 ": their input sets are too small to rotate out of L2"));
   }
   for (const std::string& n : notes) os << "   " << n << "\n";
   return os.str();
@@ -301,8 +306,9 @@ std::string FormatSummary(const Report& r) {
   std::vector<double> values;
   for (const Ratio& x : ratios) values.push_back(x.value);
   std::sort(values.begin(), values.end());
-  const Ratio worst = *std::max_element(
-      ratios.begin(), ratios.end(), [](const Ratio& a, const Ratio& b) { return a.value < b.value; });
+  const Ratio worst =
+      *std::max_element(ratios.begin(), ratios.end(),
+                        [](const Ratio& a, const Ratio& b) { return a.value < b.value; });
   std::ostringstream os;
   os << "summary: fused (dispatched) / B over " << ratios.size() << " shapes: median "
      << Format("%.2f", Percentile(values, 0.5)) << ", worst " << Format("%.2f", worst.value) << " ("
@@ -314,7 +320,8 @@ std::string FormatSummary(const Report& r) {
   if (slower.empty()) {
     os << "; never slower than B\n";
   } else {
-    os << "; slower than B at " << slower.size() << " shape" << (slower.size() == 1 ? "" : "s") << ":\n";
+    os << "; slower than B at " << slower.size() << " shape" << (slower.size() == 1 ? "" : "s")
+       << ":\n";
     for (const std::string& line : slower) os << "  " << line << "\n";
   }
   return os.str();
@@ -355,7 +362,8 @@ std::string ToCsv(const Report& r) {
       os << machine << "," << r.plan.world_size << "," << s.hidden << "," << QuantModeName(s.quant)
          << "," << s.tokens << "," << name << "," << Format("%.3f", pr.stats.median_us) << ","
          << Format("%.3f", pr.stats.p10_us) << "," << Format("%.3f", pr.stats.p90_us) << ","
-         << Format("%.2f", BusBandwidthGBps(s.tokens, s.hidden, r.plan.world_size, pr.stats.median_us))
+         << Format("%.2f",
+                   BusBandwidthGBps(s.tokens, s.hidden, r.plan.world_size, pr.stats.median_us))
          << "," << (b ? Format("%.4f", pr.stats.median_us / *b) : "") << "," << CsvField(detail)
          << "\n";
     };
@@ -379,10 +387,16 @@ std::string ToCsv(const Report& r) {
 
 std::string ToJson(const Report& r) {
   const MachineInfo& m = r.machine;
-  json machine = {{"label", m.Label()},     {"gpu", m.gpu_name},         {"gpu_count", m.gpu_count},
-                  {"driver", m.driver},     {"cuda_driver", m.cuda_driver},
-                  {"cuda_runtime", m.cuda_runtime}, {"nccl", m.nccl}, {"host", m.host},
-                  {"l2_bytes", m.l2_bytes}, {"sm_count", m.sm_count}};
+  json machine = {{"label", m.Label()},
+                  {"gpu", m.gpu_name},
+                  {"gpu_count", m.gpu_count},
+                  {"driver", m.driver},
+                  {"cuda_driver", m.cuda_driver},
+                  {"cuda_runtime", m.cuda_runtime},
+                  {"nccl", m.nccl},
+                  {"host", m.host},
+                  {"l2_bytes", m.l2_bytes},
+                  {"sm_count", m.sm_count}};
   json peer = {{"measured", r.peer.measured}};
   if (!r.peer.measured) {
     peer["why_not"] = r.peer.why_not;
@@ -390,16 +404,21 @@ std::string ToJson(const Report& r) {
     peer["bytes"] = r.peer.bytes;
     peer["copies"] = r.peer.copies;
     peer["direction"] = "rank r -> rank (r+1) % N, all ranks at once; rank 0's numbers";
-    if (r.peer.copy_engine_gbps) peer["copy_engine_gbps"] = *r.peer.copy_engine_gbps;
-    else peer["copy_engine_error"] = r.peer.copy_engine_error;
-    if (r.peer.sm_copy_gbps) peer["sm_copy_gbps"] = *r.peer.sm_copy_gbps;
-    else peer["sm_copy_error"] = r.peer.sm_copy_error;
+    if (r.peer.copy_engine_gbps)
+      peer["copy_engine_gbps"] = *r.peer.copy_engine_gbps;
+    else
+      peer["copy_engine_error"] = r.peer.copy_engine_error;
+    if (r.peer.sm_copy_gbps)
+      peer["sm_copy_gbps"] = *r.peer.sm_copy_gbps;
+    else
+      peer["sm_copy_error"] = r.peer.sm_copy_error;
   }
   json shapes = json::array();
   for (const ShapeResult& s : r.shapes) {
     json paths = json::object();
     for (Path p : kAllPaths) {
-      if (r.plan.mode == Mode::kTune && (p == Path::kBaselineA || p == Path::kNcclAllReduce)) continue;
+      if (r.plan.mode == Mode::kTune && (p == Path::kBaselineA || p == Path::kNcclAllReduce))
+        continue;
       paths[std::string(PathName(p))] = PathJson(s, p, r.plan.world_size);
     }
     json shape = {{"hidden", s.hidden},
@@ -419,26 +438,28 @@ std::string ToJson(const Report& r) {
     }
     shapes.push_back(std::move(shape));
   }
-  json doc = {{"tool", StrCat("tpfuse ", ModeName(r.plan.mode))},
-              {"machine", std::move(machine)},
-              {"world_size", r.plan.world_size},
-              {"peer_copy_bandwidth", std::move(peer)},
-              {"method",
-               {{"ops_per_graph", r.plan.ops_per_graph},
-                {"warmup_replays", r.plan.warmup},
-                {"timed_replays", r.plan.replays},
-                {"pdl", r.plan.pdl},
-                {"statistic", "rank 0's per-replay time / ops_per_graph: median, p10, p90"},
-                {"baseline_a", "ncclAllReduce + fused_add_rms_norm kernel + quant_fp8 kernel"},
-                {"baseline_b", "ncclAllReduce + one fused add-RMSNorm-quant kernel: the fused op's nccl strategy"},
-                {"busbw", "T*H*2 bytes * 2(N-1)/N / time"}}},
-              {"workspace",
-               {{"max_tokens", r.workspace.max_tokens},
-                {"max_hidden", r.workspace.max_hidden},
-                {"oneshot_max_tokens", r.workspace.oneshot_max_tokens}}},
-              {"dispatcher_table", r.table_source},
-              {"warnings", r.warnings},
-              {"shapes", std::move(shapes)}};
+  json doc = {
+      {"tool", StrCat("tpfuse ", ModeName(r.plan.mode))},
+      {"machine", std::move(machine)},
+      {"world_size", r.plan.world_size},
+      {"peer_copy_bandwidth", std::move(peer)},
+      {"method",
+       {{"ops_per_graph", r.plan.ops_per_graph},
+        {"warmup_replays", r.plan.warmup},
+        {"timed_replays", r.plan.replays},
+        {"pdl", r.plan.pdl},
+        {"statistic", "rank 0's per-replay time / ops_per_graph: median, p10, p90"},
+        {"baseline_a", "ncclAllReduce + fused_add_rms_norm kernel + quant_fp8 kernel"},
+        {"baseline_b",
+         "ncclAllReduce + one fused add-RMSNorm-quant kernel: the fused op's nccl strategy"},
+        {"busbw", "T*H*2 bytes * 2(N-1)/N / time"}}},
+      {"workspace",
+       {{"max_tokens", r.workspace.max_tokens},
+        {"max_hidden", r.workspace.max_hidden},
+        {"oneshot_max_tokens", r.workspace.oneshot_max_tokens}}},
+      {"dispatcher_table", r.table_source},
+      {"warnings", r.warnings},
+      {"shapes", std::move(shapes)}};
   return doc.dump(2) + "\n";
 }
 
@@ -452,9 +473,9 @@ StatusOr<std::string> PlotSvg(const Report& r, int64_t hidden, QuantMode quant) 
   chart.title = StrCat(r.machine.Label(), ", TP=", r.plan.world_size, ": allreduce + RMSNorm",
                        quant == QuantMode::kNone ? "" : " + " + std::string(QuantModeName(quant)),
                        ", H=", hidden);
-  chart.subtitle = StrCat("µs per op, median of ", r.plan.replays, " CUDA-graph replays x ",
-                          r.plan.ops_per_graph, " ops; driver ", r.machine.driver, ", NCCL ",
-                          r.machine.nccl);
+  chart.subtitle =
+      StrCat("µs per op, median of ", r.plan.replays, " CUDA-graph replays x ",
+             r.plan.ops_per_graph, " ops; driver ", r.machine.driver, ", NCCL ", r.machine.nccl);
   chart.x_label = "tokens T";
   chart.y_label = "latency per op (µs)";
   chart.x_ticks_base2 = true;
@@ -464,13 +485,16 @@ StatusOr<std::string> PlotSvg(const Report& r, int64_t hidden, QuantMode quant) 
   dispatched.color = "#9467bd";
   dispatched.highlight = true;
   for (const ShapeResult* s : group) {
-    if (std::optional<double> d = s->Median(s->dispatched)) dispatched.points.push_back({double(s->tokens), *d});
+    if (std::optional<double> d = s->Median(s->dispatched))
+      dispatched.points.push_back({double(s->tokens), *d});
   }
   chart.series.push_back(dispatched);
   for (Path p : kAllPaths) {
     plot::Series series;
-    series.name = p == Path::kNccl ? "B = nccl strategy" : p == Path::kBaselineA ? "A (unfused)"
-                  : p == Path::kNcclAllReduce ? "NCCL all-reduce alone" : std::string(PathName(p));
+    series.name = p == Path::kNccl            ? "B = nccl strategy"
+                  : p == Path::kBaselineA     ? "A (unfused)"
+                  : p == Path::kNcclAllReduce ? "NCCL all-reduce alone"
+                                              : std::string(PathName(p));
     series.color = Color(p);
     series.dashed = p == Path::kBaselineA || p == Path::kNcclAllReduce;
     for (const ShapeResult* s : group) {
@@ -535,14 +559,13 @@ runtime::StrategyTable TunedTable(const Report& r) {
 std::string FormatRules(const runtime::StrategyTable& table) {
   std::ostringstream os;
   char line[160];
-  std::snprintf(line, sizeof(line), "%6s %7s  %-11s %-16s %s\n", "world", "hidden", "quant", "tokens",
-                "strategy");
+  std::snprintf(line, sizeof(line), "%6s %7s  %-11s %-16s %s\n", "world", "hidden", "quant",
+                "tokens", "strategy");
   os << line;
   for (const runtime::StrategyRule& rule : table.rules()) {
-    const std::string tokens =
-        rule.max_tokens == std::numeric_limits<int64_t>::max()
-            ? StrCat(rule.min_tokens, "..")
-            : StrCat(rule.min_tokens, "..", rule.max_tokens);
+    const std::string tokens = rule.max_tokens == std::numeric_limits<int64_t>::max()
+                                   ? StrCat(rule.min_tokens, "..")
+                                   : StrCat(rule.min_tokens, "..", rule.max_tokens);
     std::snprintf(line, sizeof(line), "%6d %7s  %-11s %-16s %s\n", rule.world_size,
                   rule.hidden == 0 ? "any" : std::to_string(rule.hidden).c_str(),
                   rule.quant.c_str(), tokens.c_str(),

@@ -86,9 +86,9 @@ struct MachineInfo {
 // workspace through the peer mapping; rank 0's numbers.
 struct PeerBandwidth {
   bool measured = false;
-  std::string why_not;          // when !measured (no peer memory, ...)
-  size_t bytes = 0;             // per copy
-  int copies = 0;               // timed copies of each kind
+  std::string why_not;  // when !measured (no peer memory, ...)
+  size_t bytes = 0;     // per copy
+  int copies = 0;       // timed copies of each kind
   std::optional<double> copy_engine_gbps;
   std::string copy_engine_error;
   std::optional<double> sm_copy_gbps;

@@ -39,12 +39,14 @@ namespace tpfuse::bench {
 bool HaveCuda() { return false; }
 
 StatusOr<int> CountGpus() {
-  return Unimplemented("this tpfuse was built without the CUDA backend (nvcc and NCCL were not "
-                       "found when it was configured)");
+  return Unimplemented(
+      "this tpfuse was built without the CUDA backend (nvcc and NCCL were not "
+      "found when it was configured)");
 }
 
 int RunRank(const Plan& plan, int rank) {
-  std::fprintf(stderr, "tpfuse %s: error: rank %d: this tpfuse was built without the CUDA backend\n",
+  std::fprintf(stderr,
+               "tpfuse %s: error: rank %d: this tpfuse was built without the CUDA backend\n",
                std::string(ModeName(plan.mode)).c_str(), rank);
   return 1;
 }
@@ -72,9 +74,9 @@ constexpr int kPeerTimedCopies = 10;
 // A rank's median further than this from rank 0's gets a warning.
 constexpr double kRankSpreadWarning = 0.10;
 // Byte offsets inside the small synchronization buffer.
-constexpr size_t kSyncBarrier = 0;     // int32 (always 0: a sum of zeros)
-constexpr size_t kSyncSend = 64;       // double
-constexpr size_t kSyncGather = 128;    // double [kMaxRanks]
+constexpr size_t kSyncBarrier = 0;   // int32 (always 0: a sum of zeros)
+constexpr size_t kSyncSend = 64;     // double
+constexpr size_t kSyncGather = 128;  // double [kMaxRanks]
 constexpr size_t kSyncBytes = 256;
 
 // ---------------------------------------------------------------- the SM copy kernel
@@ -136,8 +138,8 @@ class CopyKernel {
   CopyKernel& operator=(const CopyKernel&) = delete;
 
   Status Load() {
-    TPFUSE_CUDA_CHECK(cudaLibraryLoadData(&library_, kCopyKernelPtx, nullptr, nullptr, 0, nullptr,
-                                          nullptr, 0));
+    TPFUSE_CUDA_CHECK(
+        cudaLibraryLoadData(&library_, kCopyKernelPtx, nullptr, nullptr, 0, nullptr, nullptr, 0));
     TPFUSE_CUDA_CHECK(cudaLibraryGetKernel(&kernel_, library_, "tpfuse_bench_copy16"));
     return Status::Ok();
   }
@@ -410,7 +412,8 @@ Status RankRunner::Run() {
         std::fputs(FormatTable(report_, hidden, quant).c_str(), stdout);
         std::fflush(stdout);
         // Written after every table, so an interrupted sweep keeps what it measured.
-        if (plan_.mode == Mode::kBench) TPFUSE_RETURN_IF_ERROR(WriteBenchOutputs(report_, plan_.out));
+        if (plan_.mode == Mode::kBench)
+          TPFUSE_RETURN_IF_ERROR(WriteBenchOutputs(report_, plan_.out));
       }
     }
   }
@@ -431,7 +434,8 @@ Status RankRunner::Finish() {
   const std::string json = table.ToJson();
   // What the runtime will read must load.
   StatusOr<runtime::StrategyTable> reloaded = runtime::StrategyTable::FromJson(json);
-  if (!reloaded.ok()) return reloaded.status().WithContext("the tuned strategy table does not load back");
+  if (!reloaded.ok())
+    return reloaded.status().WithContext("the tuned strategy table does not load back");
   TPFUSE_RETURN_IF_ERROR(WriteFileAtomically(plan_.out, json));
   std::fprintf(stdout, "\nstrategy table for %s, written to %s:\n%s", table.source.c_str(),
                plan_.out.c_str(), FormatRules(table).c_str());
@@ -476,14 +480,15 @@ Status RankRunner::SetUp() {
       const AllreduceRmsnormSpec spec = MakeSpec(h, q, plan_.emit_norm);
       for (int64_t t : plan_.tokens) {
         const SetLayout layout = SetLayout::Make(spec, t);
-        const Rotation rotation = ChooseRotation(layout.bytes, size_t(l2_bytes_), plan_.ops_per_graph);
+        const Rotation rotation =
+            ChooseRotation(layout.bytes, size_t(l2_bytes_), plan_.ops_per_graph);
         arena_bytes = std::max(arena_bytes, size_t(rotation.sets) * layout.bytes);
       }
     }
   }
-  const size_t peer_bytes = comm_->has_peer_memory()
-                                ? std::min(comm_->layout().rs_bytes, kMaxPeerCopyBytes) / 4096 * 4096
-                                : 0;
+  const size_t peer_bytes =
+      comm_->has_peer_memory() ? std::min(comm_->layout().rs_bytes, kMaxPeerCopyBytes) / 4096 * 4096
+                               : 0;
   arena_bytes = std::max(arena_bytes, peer_bytes);
   const size_t scratch_bytes = size_t(plan_.max_tokens()) * size_t(plan_.max_hidden()) * 2;
   const size_t flush_bytes = std::max<size_t>(2 * size_t(l2_bytes_), 4096);
@@ -491,10 +496,11 @@ Status RankRunner::SetUp() {
   size_t free_bytes = 0, total_bytes = 0;
   TPFUSE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   if (needed + (size_t(512) << 20) > free_bytes) {
-    return OutOfRange("rank ", rank_, ": the sweep's buffers need ", needed >> 20, " MiB (input sets ",
-                      arena_bytes >> 20, " MiB, all-reduce scratch ", scratch_bytes >> 20,
-                      " MiB) but only ", free_bytes >> 20,
-                      " MiB are free after the communicator; use fewer or smaller --tokens/--hidden");
+    return OutOfRange(
+        "rank ", rank_, ": the sweep's buffers need ", needed >> 20, " MiB (input sets ",
+        arena_bytes >> 20, " MiB, all-reduce scratch ", scratch_bytes >> 20, " MiB) but only ",
+        free_bytes >> 20,
+        " MiB are free after the communicator; use fewer or smaller --tokens/--hidden");
   }
   TPFUSE_ASSIGN_OR_RETURN(arena_, DeviceBuffer::Allocate(arena_bytes));
   TPFUSE_ASSIGN_OR_RETURN(ar_scratch_, DeviceBuffer::Allocate(scratch_bytes));
@@ -508,9 +514,12 @@ Status RankRunner::SetUp() {
   // every rank, as a replicated norm weight is), the static scale
   const std::vector<uint16_t> random =
       RandomBf16(kRandomSourceBytes / 2, plan_.seed * 1000003ull + uint64_t(rank_), -1.0f, 1.0f);
-  const std::vector<uint16_t> weight = RandomBf16(size_t(plan_.max_hidden()), plan_.seed, 0.5f, 1.5f);
-  TPFUSE_CUDA_CHECK(cudaMemcpy(random_.get(), random.data(), kRandomSourceBytes, cudaMemcpyHostToDevice));
-  TPFUSE_CUDA_CHECK(cudaMemcpy(weight_.get(), weight.data(), weight.size() * 2, cudaMemcpyHostToDevice));
+  const std::vector<uint16_t> weight =
+      RandomBf16(size_t(plan_.max_hidden()), plan_.seed, 0.5f, 1.5f);
+  TPFUSE_CUDA_CHECK(
+      cudaMemcpy(random_.get(), random.data(), kRandomSourceBytes, cudaMemcpyHostToDevice));
+  TPFUSE_CUDA_CHECK(
+      cudaMemcpy(weight_.get(), weight.data(), weight.size() * 2, cudaMemcpyHostToDevice));
   TPFUSE_CUDA_CHECK(cudaMemcpy(scale_.get(), &kStaticScale, sizeof(float), cudaMemcpyHostToDevice));
   TPFUSE_CUDA_CHECK(cudaMemset(sync_.get(), 0, kSyncBytes));
   TPFUSE_CUDA_CHECK(cudaDeviceSynchronize());
@@ -528,10 +537,10 @@ Status RankRunner::SetUp() {
     report_.table_source = table_.source;
     report_.workspace = workspace;
     if (workspace.oneshot_capped) {
-      report_.warnings.push_back(StrCat("the one-shot workspace is capped at ",
-                                        workspace.oneshot_max_tokens, " tokens of H=",
-                                        workspace.max_hidden, " (", kMaxLamportBytes >> 30,
-                                        " GiB of Lamport buffers); one-shot is skipped above"));
+      report_.warnings.push_back(
+          StrCat("the one-shot workspace is capped at ", workspace.oneshot_max_tokens,
+                 " tokens of H=", workspace.max_hidden, " (", kMaxLamportBytes >> 30,
+                 " GiB of Lamport buffers); one-shot is skipped above"));
     }
     if (!comm_->has_peer_memory()) {
       report_.warnings.push_back(StrCat("no peer memory (", comm_->why_no_peer_memory(),
@@ -549,12 +558,13 @@ Status RankRunner::WaitStream(const std::string& what) {
     const cudaError_t e = cudaStreamQuery(stream_.get());
     if (e == cudaSuccess) return Status::Ok();
     if (e != cudaErrorNotReady)
-      return Status(StatusCode::kCudaError, StrCat("while waiting for ", what, ": ", cudaGetErrorString(e)));
+      return Status(StatusCode::kCudaError,
+                    StrCat("while waiting for ", what, ": ", cudaGetErrorString(e)));
     ncclResult_t async = ncclSuccess;
     if (ncclCommGetAsyncError(comm_->nccl(), &async) == ncclSuccess && async != ncclSuccess &&
         async != ncclInProgress) {
-      return Status(StatusCode::kNcclError,
-                    StrCat("NCCL failed while waiting for ", what, ": ", ncclGetErrorString(async)));
+      return Status(StatusCode::kNcclError, StrCat("NCCL failed while waiting for ", what, ": ",
+                                                   ncclGetErrorString(async)));
     }
     if (std::chrono::duration<double>(Clock::now() - start).count() > kWaitSeconds) {
       return Status(StatusCode::kTimeout, StrCat("waited ", kWaitSeconds, " s for ", what,
@@ -565,15 +575,16 @@ Status RankRunner::WaitStream(const std::string& what) {
 }
 
 Status RankRunner::Barrier(const std::string& what) {
-  TPFUSE_NCCL_CHECK(ncclAllReduce(sync_.get<char>() + kSyncBarrier, sync_.get<char>() + kSyncBarrier,
-                                  1, ncclInt32, ncclSum, comm_->nccl(), stream_.get()));
+  TPFUSE_NCCL_CHECK(ncclAllReduce(sync_.get<char>() + kSyncBarrier,
+                                  sync_.get<char>() + kSyncBarrier, 1, ncclInt32, ncclSum,
+                                  comm_->nccl(), stream_.get()));
   return WaitStream("the barrier at " + what);
 }
 
 StatusOr<std::vector<double>> RankRunner::AllGather(double value) {
   char* base = sync_.get<char>();
-  TPFUSE_CUDA_CHECK(cudaMemcpyAsync(base + kSyncSend, &value, sizeof(double), cudaMemcpyHostToDevice,
-                                    stream_.get()));
+  TPFUSE_CUDA_CHECK(cudaMemcpyAsync(base + kSyncSend, &value, sizeof(double),
+                                    cudaMemcpyHostToDevice, stream_.get()));
   TPFUSE_NCCL_CHECK(ncclAllGather(base + kSyncSend, base + kSyncGather, 1, ncclFloat64,
                                   comm_->nccl(), stream_.get()));
   TPFUSE_RETURN_IF_ERROR(WaitStream("the gather of the medians"));
@@ -671,14 +682,16 @@ StatusOr<ShapeResult> RankRunner::RunShape(const AllreduceRmsnormSpec& spec, int
       continue;
     }
     StatusOr<PathResult> measured = MeasurePath(path, shape);
-    if (!measured.ok()) return measured.status().WithContext(StrCat(shape.Name(), " ", PathName(path)));
+    if (!measured.ok())
+      return measured.status().WithContext(StrCat(shape.Name(), " ", PathName(path)));
     result.at(path) = std::move(measured).value();
     const PathResult& r = result.at(path);
     for (size_t other = 1; r.measured && other < r.rank_medians_us.size(); ++other) {
       const double spread = (r.rank_medians_us[other] - r.stats.median_us) / r.stats.median_us;
       if (std::fabs(spread) > kRankSpreadWarning) {
         char text[200];
-        std::snprintf(text, sizeof(text), "%s: rank %zu's median %.2f us is %+.0f%% off rank 0's %.2f us",
+        std::snprintf(text, sizeof(text),
+                      "%s: rank %zu's median %.2f us is %+.0f%% off rank 0's %.2f us",
                       std::string(PathName(path)).c_str(), other, r.rank_medians_us[other],
                       spread * 100, r.stats.median_us);
         result.warnings.push_back(text);
@@ -739,10 +752,10 @@ Status RankRunner::EnqueueBaselineA(const Shape& shape, char* set) {
       Tensor(set + l.residual_out, DType::kBF16, th), stream_.get()));
   const DeviceTensor q = Tensor(set + l.quant, DType::kF8E4M3, th);
   switch (spec.quant) {
-    case QuantMode::kNone:
-      return Status::Ok();
+    case QuantMode::kNone: return Status::Ok();
     case QuantMode::kFp8Tensor:
-      return cuda::LaunchQuantFp8Tensor(norm, Tensor(scale_.get(), DType::kF32, {1}), q, stream_.get());
+      return cuda::LaunchQuantFp8Tensor(norm, Tensor(scale_.get(), DType::kF32, {1}), q,
+                                        stream_.get());
     case QuantMode::kFp8Token:
     case QuantMode::kFp8Group: {
       cuda::DynamicQuantParams params;
@@ -781,8 +794,7 @@ Status RankRunner::EnqueueOp(Path path, const Shape& shape, int set_index) {
       return cuda::LaunchAllreduceRmsnorm(*comm_, spec, shape.tokens, b, ToStrategy(path),
                                           stream_.get(), options);
     }
-    case Path::kBaselineA:
-      return EnqueueBaselineA(shape, set);
+    case Path::kBaselineA: return EnqueueBaselineA(shape, set);
     case Path::kNcclAllReduce:
       TPFUSE_NCCL_CHECK(ncclAllReduce(set + l.x, ar_scratch_.get(),
                                       size_t(shape.tokens * spec.hidden), ncclBfloat16, ncclSum,
@@ -793,8 +805,8 @@ Status RankRunner::EnqueueOp(Path path, const Shape& shape, int set_index) {
 }
 
 Status RankRunner::FlushL2() {
-  TPFUSE_CUDA_CHECK(cudaMemsetAsync(flush_.get(), int(++flush_count_ & 0xff), flush_.size(),
-                                    stream_.get()));
+  TPFUSE_CUDA_CHECK(
+      cudaMemsetAsync(flush_.get(), int(++flush_count_ & 0xff), flush_.size(), stream_.get()));
   return Status::Ok();
 }
 
@@ -834,7 +846,8 @@ StatusOr<PathResult> RankRunner::MeasurePath(Path path, const Shape& shape) {
   TPFUSE_RETURN_IF_ERROR(Barrier("the start of " + name));
   TPFUSE_RETURN_IF_ERROR(enqueue(0));
   TPFUSE_RETURN_IF_ERROR(WaitStream("the first " + name + " op"));
-  TPFUSE_ASSIGN_OR_RETURN(GraphExec graph, CaptureGraph(stream_.get(), plan_.ops_per_graph, enqueue));
+  TPFUSE_ASSIGN_OR_RETURN(GraphExec graph,
+                          CaptureGraph(stream_.get(), plan_.ops_per_graph, enqueue));
 
   TPFUSE_RETURN_IF_ERROR(Barrier("the warm-up of " + name));
   for (int i = 0; i < plan_.warmup; ++i) {

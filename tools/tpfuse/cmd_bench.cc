@@ -19,8 +19,8 @@ void AddBenchCommand(CLI::App& app, CommandFn& run) {
   bench::AddCommandOptions(*command, *flags, bench::Mode::kBench);
   command->footer(
       "Sweep: every T x H x quant given (default 14 x 3 x 4 = 168 shapes), bf16 activations and\n"
-      "weight, residual on, group size 128, row-major f32 scales; emits residual_out, q [, s] when\n"
-      "quantized, and the norm output per --emit-norm.\n"
+      "weight, residual on, group size 128, row-major f32 scales; emits residual_out, q [, s]\n"
+      "when quantized, and the norm output per --emit-norm.\n"
       "Paths per shape, all in one run, each a CUDA graph of --ops-per-graph ops whose inputs\n"
       "rotate over sets larger than twice the L2:\n"
       "  oneshot, twoshot, nccl   the fused op with that strategy (those the workspace can run)\n"
@@ -35,9 +35,8 @@ void AddBenchCommand(CLI::App& app, CommandFn& run) {
       "copy bandwidth measured at start. Progress goes to stderr, tables to stdout.\n"
       "Exit status: 0 done, 1 invalid value, no CUDA backend, fewer than 2 GPUs or a rank\n"
       "failed, 2 usage error. See docs/benchmarking.md.");
-  command->callback([&run, flags] {
-    run = [flags] { return bench::RunCommand(*flags, bench::Mode::kBench); };
-  });
+  command->callback(
+      [&run, flags] { run = [flags] { return bench::RunCommand(*flags, bench::Mode::kBench); }; });
 }
 
 }  // namespace tpfuse::cli

@@ -26,9 +26,8 @@ void AddTuneCommand(CLI::App& app, CommandFn& run) {
       "machine; load it with `tpfuse bench --table FILE` or the runtime's StrategyTable::Load.\n"
       "Exit status: 0 done, 1 invalid value, no CUDA backend, fewer than 2 GPUs or a rank\n"
       "failed, 2 usage error. See docs/benchmarking.md.");
-  command->callback([&run, flags] {
-    run = [flags] { return bench::RunCommand(*flags, bench::Mode::kTune); };
-  });
+  command->callback(
+      [&run, flags] { run = [flags] { return bench::RunCommand(*flags, bench::Mode::kTune); }; });
 }
 
 }  // namespace tpfuse::cli

@@ -126,7 +126,8 @@ StatusOr<std::string> RenderLogLogSvg(const LogLogChart& chart) {
       ymax = std::max(ymax, p.y);
     }
   }
-  if (!(xmin <= xmax)) return InvalidArgument("plot '", chart.title, "': no series has a positive point");
+  if (!(xmin <= xmax))
+    return InvalidArgument("plot '", chart.title, "': no series has a positive point");
   if (chart.width < 400 || chart.height < 300)
     return InvalidArgument("plot '", chart.title, "': ", chart.width, "x", chart.height,
                            " is too small (at least 400x300)");
@@ -144,8 +145,8 @@ StatusOr<std::string> RenderLogLogSvg(const LogLogChart& chart) {
   std::ostringstream os;
   os << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
      << "<svg xmlns=\"http://www.w3.org/2000/svg\" version=\"1.1\" width=\"" << chart.width
-     << "\" height=\"" << chart.height << "\" viewBox=\"0 0 " << chart.width << " "
-     << chart.height << "\" font-family=\"Helvetica, Arial, sans-serif\" font-size=\"12\">\n";
+     << "\" height=\"" << chart.height << "\" viewBox=\"0 0 " << chart.width << " " << chart.height
+     << "\" font-family=\"Helvetica, Arial, sans-serif\" font-size=\"12\">\n";
   os << "<rect x=\"0\" y=\"0\" width=\"" << chart.width << "\" height=\"" << chart.height
      << "\" fill=\"white\"/>\n";
   os << "<text class=\"title\" x=\"" << Num(w / 2) << "\" y=\"24\" text-anchor=\"middle\" "
@@ -159,8 +160,8 @@ StatusOr<std::string> RenderLogLogSvg(const LogLogChart& chart) {
   const std::vector<double> x_ticks = LogTicks(x_axis.lo, x_axis.hi, chart.x_ticks_base2);
   const std::vector<double> y_ticks = LogTicks(y_axis.lo, y_axis.hi, /*base2=*/false);
   // Label every tick while they fit (about 45 px each), else every n-th.
-  const size_t x_label_step = std::max<size_t>(1, (x_ticks.size() * 45 + size_t(right - left) - 1) /
-                                                      size_t(right - left));
+  const size_t x_label_step =
+      std::max<size_t>(1, (x_ticks.size() * 45 + size_t(right - left) - 1) / size_t(right - left));
 
   os << "<g class=\"x-axis\" data-scale=\"log10\" data-min=\"" << x_axis.lo << "\" data-max=\""
      << x_axis.hi << "\">\n";
@@ -174,13 +175,13 @@ StatusOr<std::string> RenderLogLogSvg(const LogLogChart& chart) {
        << "<line x1=\"" << Num(px) << "\" y1=\"" << Num(bottom) << "\" x2=\"" << Num(px)
        << "\" y2=\"" << Num(bottom + 5) << "\" stroke=\"#333333\"/>";
     if (i % x_label_step == 0) {
-      os << "<text x=\"" << Num(px) << "\" y=\"" << Num(bottom + 18)
-         << "\" text-anchor=\"middle\">" << TickLabel(x_ticks[i]) << "</text>";
+      os << "<text x=\"" << Num(px) << "\" y=\"" << Num(bottom + 18) << "\" text-anchor=\"middle\">"
+         << TickLabel(x_ticks[i]) << "</text>";
     }
     os << "</g>\n";
   }
-  os << "<text class=\"axis-label\" x=\"" << Num((left + right) / 2) << "\" y=\""
-     << Num(h - 16) << "\" text-anchor=\"middle\">" << XmlEscape(chart.x_label) << "</text>\n";
+  os << "<text class=\"axis-label\" x=\"" << Num((left + right) / 2) << "\" y=\"" << Num(h - 16)
+     << "\" text-anchor=\"middle\">" << XmlEscape(chart.x_label) << "</text>\n";
   os << "</g>\n";
 
   os << "<g class=\"y-axis\" data-scale=\"log10\" data-min=\"" << y_axis.lo << "\" data-max=\""
