@@ -123,6 +123,18 @@ int CountOps(const ir::Graph& graph, const std::string& op) {
   return it == counts.end() ? 0 : it->second;
 }
 
+// Indices of the returned values that are not (views of) GEMM outputs.
+std::vector<int> ReplicatedOutputs(const ir::Graph& graph) {
+  std::vector<int> indices;
+  for (int i = 0; i < int(graph.outputs().size()); ++i) {
+    const ir::Value* v = graph.outputs()[size_t(i)];
+    while (v->producer() && v->producer()->op() == "view") v = v->producer()->operand(0);
+    const bool gemm = v->producer() && (v->producer()->op() == "matmul" || v->producer()->op() == "scaled_matmul");
+    if (!gemm) indices.push_back(i);
+  }
+  return indices;
+}
+
 class CudaExecutorTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -169,7 +181,9 @@ class CudaExecutorTest : public ::testing::Test {
     if (report.ok()) {
       EXPECT_TRUE(report->ok) << report->ToString();
     }
-    const Status same = runtime::CheckRanksIdentical(got_graph, *got);
+    // Outputs of GEMMs with per-rank (sharded) weights differ between ranks by design; every
+    // other output is computed from replicated values and must be bitwise identical.
+    const Status same = runtime::CheckRanksIdentical(got_graph, *got, ReplicatedOutputs(got_graph));
     EXPECT_TRUE(same.ok()) << same.ToString();
     return std::move(got).value();
   }
@@ -344,9 +358,9 @@ TEST_F(CudaExecutorTest, BadInputsNameTheParameterAndLeaveTheExecutorUsable) {
 }
 
 TEST_F(CudaExecutorTest, StrategyThatCannotRunTheShapeIsAnErrorOnlyWhenForced) {
-  // Over the one-shot workspace (default 1024 rows): forced one-shot fails naming the node,
-  // the dispatcher falls back.
-  std::unique_ptr<ir::Graph> graph = Parse(kFusableLayer, 128);
+  // Over the one-shot workspace (default 1024 rows of the default 8192 max hidden): forced
+  // one-shot fails naming the node, the dispatcher falls back.
+  std::unique_ptr<ir::Graph> graph = Parse(kFusableLayer, 8192);
   ASSERT_NE(graph, nullptr);
   std::unique_ptr<ir::Graph> fused = Fused(*graph, 2000);
   StatusOr<std::vector<TensorMap>> inputs = runtime::MakeRandomInputs(*fused, kWorld, 2000, seed_);
