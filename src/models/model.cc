@@ -1,6 +1,7 @@
 #include "models/model.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -151,7 +152,7 @@ class DecodeGraphBuilder {
                                   : Param(p + "in.partial", Act(hidden));  // previous down
       TPFUSE_ASSIGN_OR_RETURN(NormResult in, AllReduceNorm(p + "in.", in_partial, residual));
       TPFUSE_ASSIGN_OR_RETURN(GemmInput qkv_in, Quantize(p + "in.", in.y));
-      Return(qkv_in, outputs);
+      ReturnGemmInput(qkv_in, outputs);
       if (c_.indexer_dim > 0) {
         ir::Value* wk = Param(p + "indexer.w", Weight(c_.act_dtype, hidden, c_.indexer_dim));
         TPFUSE_ASSIGN_OR_RETURN(ir::Value * k, Op("matmul", {in.y, wk}, {}, p + "indexer"));
@@ -164,7 +165,7 @@ class DecodeGraphBuilder {
       ir::Value* attn_partial = Param(p + "attn.partial", Act(hidden));
       TPFUSE_ASSIGN_OR_RETURN(NormResult post, AllReduceNorm(p + "post.", attn_partial, in.h));
       TPFUSE_ASSIGN_OR_RETURN(GemmInput mlp_in, Quantize(p + "post.", post.y));
-      Return(mlp_in, outputs);
+      ReturnGemmInput(mlp_in, outputs);
       const int64_t inter = c_.IntermediateShard();
       TPFUSE_ASSIGN_OR_RETURN(ir::Value * gate, Gemm(p + "gate", mlp_in, hidden, inter));
       TPFUSE_ASSIGN_OR_RETURN(ir::Value * up, Gemm(p + "up", mlp_in, hidden, inter));
@@ -194,7 +195,7 @@ class DecodeGraphBuilder {
   // A site's GEMM input is returned too: it is already a result of the fused op (q and s, or
   // the norm for bf16 GEMMs), so returning it changes no emit set, and it lets a check compare
   // the fused op's own outputs with Contract 3's tolerance.
-  static void Return(const GemmInput& in, std::vector<ir::Value*>& outputs) {
+  static void ReturnGemmInput(const GemmInput& in, std::vector<ir::Value*>& outputs) {
     outputs.push_back(in.a);
     if (in.s != nullptr && in.s->producer() != nullptr) outputs.push_back(in.s);
   }

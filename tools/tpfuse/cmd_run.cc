@@ -38,7 +38,8 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 }
 
 // Runs one func; returns whether every check passed (true without --check), or an error.
-StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_size) {
+StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_size,
+                       runtime::Executor& executor) {
   const Backend backend = ParseBackendName(args.backend);
   std::cout << "@" << graph.name() << ": world size " << world_size << ", T = " << args.tokens
             << ", backend " << BackendName(backend) << (args.no_fuse ? ", unfused" : ", fused")
@@ -65,13 +66,11 @@ StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_si
     to_run = compiled_graph.get();
   }
 
-  TPFUSE_ASSIGN_OR_RETURN(std::unique_ptr<runtime::Executor> executor,
-                          MakeExecutor(backend, world_size));
   auto start = std::chrono::steady_clock::now();
-  TPFUSE_ASSIGN_OR_RETURN(runtime::RankOutputs outputs, executor->Run(*to_run, inputs));
+  TPFUSE_ASSIGN_OR_RETURN(runtime::RankOutputs outputs, executor.Run(*to_run, inputs));
   const double run_seconds = SecondsSince(start);
 
-  std::cout << "  outputs (rank 0), " << FormatSeconds(run_seconds) << " on " << executor->name()
+  std::cout << "  outputs (rank 0), " << FormatSeconds(run_seconds) << " on " << executor.name()
             << ":\n";
   const std::vector<ir::Value*>& returned = to_run->outputs();
   for (size_t i = 0; i < returned.size() && i < outputs[0].size(); ++i) {
@@ -114,12 +113,16 @@ int RunRun(const RunArgs& args) {
   if (!program.ok()) return Fail(kCommand, program.status());
   const int world_size =
       args.world_size > 0 ? args.world_size : program->model ? program->model->tp_size : 2;
+  // One executor for every func (on the GPUs, creating the communicators is the slow part).
+  StatusOr<std::unique_ptr<runtime::Executor>> executor =
+      MakeExecutor(ParseBackendName(args.backend), world_size);
+  if (!executor.ok()) return Fail(kCommand, executor.status());
   if (program->model)
     std::cout << "model " << program->model->name << ": " << program->model->Summary() << "\n";
 
   bool all_ok = true;
   for (const std::unique_ptr<ir::Graph>& func : program->funcs) {
-    StatusOr<bool> ok = RunFunc(*func, args, world_size);
+    StatusOr<bool> ok = RunFunc(*func, args, world_size, **executor);
     if (!ok.ok()) return Fail(kCommand, ok.status().WithContext("@" + func->name()));
     all_ok = all_ok && *ok;
   }
