@@ -123,6 +123,12 @@ TEST_F(CliTest, UsageErrorsExitTwoWithAMessage) {
   }
 }
 
+TEST_F(CliTest, UnknownSubcommandIsNamed) {
+  const CliResult r = RunCli("frobnicate");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_TRUE(Contains(r.err, "unknown subcommand 'frobnicate'")) << r.err;
+}
+
 TEST_F(CliTest, BadGraphExitsOneNamingLineAndColumn) {
   const std::string bad = TempPath("bad.tpg");
   WriteFile(bad, "func @f(%x: bf16[T, 64]) {\n  %y = all_reduse(%x)\n  return %y\n}\n");

@@ -7,6 +7,8 @@
 //
 // Exit status: 0 success, 1 invalid input (a message on stderr names the problem), 2 usage.
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -35,6 +37,19 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // --help and --version are "errors" with exit code 0: print them as CLI11 does.
     if (e.get_exit_code() == 0) return app.exit(e);
+    // "tpfuse frob" reads as a missing subcommand to CLI11; name the word instead.
+    const std::vector<std::string> extras = app.remaining();
+    if (app.get_subcommands().empty() && !extras.empty()) {
+      const std::string& word = extras.front();
+      if (word.rfind('-', 0) == 0) {
+        std::cerr << "tpfuse: unknown option '" << word << "'\n";
+      } else {
+        std::cerr << "tpfuse: unknown subcommand '" << word
+                  << "' (expected compile, run, bench, tune or demo)\n";
+      }
+      std::cerr << "Run 'tpfuse --help' for usage.\n";
+      return kExitUsage;
+    }
     std::cerr << "tpfuse: " << e.what() << "\n"
               << "Run 'tpfuse --help' for usage.\n";
     return kExitUsage;
