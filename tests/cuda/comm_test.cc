@@ -110,14 +110,12 @@ Status CheckEveryRank(Communicator& comm, cudaStream_t stream, size_t offset, si
 }
 
 // Every byte of every rank's workspace after creation, read from this rank through the peer
-// mappings: the three Lamport buffers hold the sentinel in every 16-bit slot, everything else
-// is zero. Every rank calls it; it ends with a barrier, so that no rank writes into its
+// mappings: the Lamport areas hold the sentinel in every 16-bit slot, everything else is zero. Every rank calls it; it ends with a barrier, so that no rank writes into its
 // workspace while a peer still checks it.
 Status CheckWorkspaceInitialized(Communicator& comm, cudaStream_t stream) {
   const WorkspaceLayout& l = comm.layout();
-  const size_t lamport_begin = l.lamport_offset / 4;
-  const size_t lamport_end =
-      (l.lamport_offset + cuda::kLamportBuffers * l.lamport_buffer_bytes) / 4;
+  const size_t lamport_begin = l.sentinel_offset / 4;
+  const size_t lamport_end = l.total_bytes / 4;
   const uint32_t sentinel_pair = uint32_t(cuda::kLamportSentinel) * 0x10001u;
   const Status checked = CheckEveryRank(
       comm, stream, 0, l.total_bytes / 4, "sentinel in the Lamport buffers, zero elsewhere",
@@ -129,7 +127,7 @@ Status CheckWorkspaceInitialized(Communicator& comm, cudaStream_t stream) {
 // Every rank writes a rank-tagged pattern into its own workspace (at the start of the
 // all-gather region and at the very end of the workspace), a barrier, then a kernel on every
 // rank reads every rank's pattern through peer_bases(); the host checks every word. Every rank
-// calls it. NOTE: overwrites the all-gather region, which carries no state between calls.
+// calls it. NOTE: the patterns overwrite Lamport sentinels, so it ends with ResetWorkspace.
 Status CheckPeerReads(Communicator& comm, cudaStream_t stream) {
   if (!comm.has_peer_memory()) {  // the same on every rank: no barrier is skipped alone
     return FailedPrecondition("rank ", comm.rank(), " has no peer memory: ",
@@ -157,8 +155,10 @@ Status CheckPeerReads(Communicator& comm, cudaStream_t stream) {
     note(CheckEveryRank(comm, stream, offsets[region], kPatternWords, "rank-tagged pattern",
                         [region](int r, size_t i) { return Pattern(r, region, i); }));
   }
-  // Nobody changes or frees its workspace while a peer may still read it.
+  // Nobody changes or frees its workspace while a peer may still read it; then the sentinels the
+  // patterns overwrote come back (ResetWorkspace ends with its own barrier).
   TPFUSE_RETURN_IF_ERROR(HostBarrier(comm, stream));
+  note(comm.ResetWorkspace(stream));
   return first;
 }
 

@@ -487,7 +487,7 @@ Status RankRunner::SetUp() {
     }
   }
   const size_t peer_bytes =
-      comm_->has_peer_memory() ? std::min(comm_->layout().rs_bytes, kMaxPeerCopyBytes) / 4096 * 4096
+      comm_->has_peer_memory() ? std::min(cuda::kLamportBuffers * comm_->layout().rs_buffer_bytes, kMaxPeerCopyBytes) / 4096 * 4096
                                : 0;
   arena_bytes = std::max(arena_bytes, peer_bytes);
   const size_t scratch_bytes = size_t(plan_.max_tokens()) * size_t(plan_.max_hidden()) * 2;
@@ -629,11 +629,11 @@ Status RankRunner::MeasurePeerBandwidth() {
     result.why_not = StrCat("no peer memory: ", comm_->why_no_peer_memory());
     return Status::Ok();
   }
-  // Into the next rank's two-shot reduce-scatter landing region: a data region that no
-  // protocol reads before writing it, and nothing runs yet.
+  // Into the next rank's two-shot reduce-scatter landing area, before any fused op runs; the
+  // copies overwrite its sentinels, so the workspace is reset afterwards (a collective call).
   const cuda::WorkspaceLayout& layout = comm_->layout();
   const int peer = (rank_ + 1) % plan_.world_size;
-  const size_t bytes = std::min(layout.rs_bytes, kMaxPeerCopyBytes) / 4096 * 4096;
+  const size_t bytes = std::min(cuda::kLamportBuffers * layout.rs_buffer_bytes, kMaxPeerCopyBytes) / 4096 * 4096;
   char* dst = comm_->peer_bases()[size_t(peer)] + layout.rs_offset;
   const char* src = arena_.get<char>();
   TPFUSE_CUDA_CHECK(cudaMemsetAsync(arena_.get(), 0x3c, bytes, stream_.get()));
@@ -656,7 +656,7 @@ Status RankRunner::MeasurePeerBandwidth() {
         return kernel.Launch(dst, src, bytes, sm_count_, stream_.get());
       },
       bytes, &result.sm_copy_gbps, &result.sm_copy_error));
-  return Status::Ok();
+  return comm_->ResetWorkspace(stream_.get()).WithContext("resetting the workspace after the peer copies");
 }
 
 // ---------------------------------------------------------------- shapes and paths

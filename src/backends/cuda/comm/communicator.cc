@@ -342,14 +342,23 @@ int32_t Communicator::CreateDevCommAndPeerBases(cudaStream_t stream, std::string
 }
 
 Status Communicator::InitializeWorkspace(cudaStream_t stream) {
-  // NOTE: every Lamport slot must hold the sentinel before any peer's first one-shot push; the
-  // barrier step after this guarantees that no peer starts before this rank is done.
-  TPFUSE_CUDA_CHECK(cudaMemsetAsync(symmetric_, 0, layout_.total_bytes, stream));
-  TPFUSE_RETURN_IF_ERROR(LaunchFill16(static_cast<char*>(symmetric_) + layout_.lamport_offset,
-                                      size_t(kLamportBuffers) * layout_.lamport_buffer_bytes,
+  // NOTE: every Lamport slot must hold the sentinel before any peer's first push; the barrier
+  // step after this guarantees that no peer starts before this rank is done.
+  if (layout_.sentinel_offset > 0)
+    TPFUSE_CUDA_CHECK(cudaMemsetAsync(symmetric_, 0, layout_.sentinel_offset, stream));
+  TPFUSE_RETURN_IF_ERROR(LaunchFill16(static_cast<char*>(symmetric_) + layout_.sentinel_offset,
+                                      layout_.total_bytes - layout_.sentinel_offset,
                                       kLamportSentinel, stream));
   TPFUSE_CUDA_CHECK(cudaStreamSynchronize(stream));
   return Status::Ok();
+}
+
+Status Communicator::ResetWorkspace(cudaStream_t stream) {
+  if (!has_peer_memory_) return Status::Ok();
+  if (poisoned_) return FailedPrecondition("the communicator is poisoned; recreate it");
+  TPFUSE_RETURN_IF_ERROR(InitializeWorkspace(stream));
+  TPFUSE_ASSIGN_OR_RETURN(StepResult step, ShareStep(kStepOk, stream, "workspace reset barrier"));
+  return CheckStep(step, Status::Ok(), "workspace reset barrier");
 }
 
 StatusOr<Communicator::StepResult> Communicator::ShareStep(int32_t code, cudaStream_t stream,

@@ -95,6 +95,11 @@ class Communicator {
   // An asynchronous NCCL error poisons it too. Once poisoned, returns the poisoning error.
   // Not during CUDA graph capture of `stream` (it synchronizes).
   Status CheckHealth(cudaStream_t stream);
+
+  // Refills every Lamport area with the sentinel, then a barrier across ranks. Collective: every
+  // rank calls it, with no fused op in flight. For code that wrote into the workspace directly
+  // (the benchmark's peer-copy measurement).
+  Status ResetWorkspace(cudaStream_t stream);
   bool poisoned() const { return poisoned_; }
   // The error that poisoned the communicator (ok while not poisoned).
   const Status& poison_status() const { return poison_; }

@@ -8,10 +8,11 @@
 namespace tpfuse::cuda {
 
 inline constexpr int kMaxRanks = 8;
-// Upper bound on blocks of the two-shot kernel (one barrier flag row per block).
+// Upper bound on blocks of a peer-memory kernel (one per-block call count each).
 inline constexpr int kMaxBarrierBlocks = 1024;
-// One-shot alternates two Lamport buffers; a reader resets each slot to the sentinel right after
-// reading it, and a peer writes that buffer again only after this rank's next call has begun.
+// Every Lamport area has two buffers, alternated by the per-block call count; a reader resets
+// each slot to the sentinel right after reading it, and a peer writes that buffer again only
+// after this rank's next call has begun (so after this call's resets are visible).
 inline constexpr int kLamportBuffers = 2;
 
 struct WorkspaceConfig {
@@ -21,16 +22,19 @@ struct WorkspaceConfig {
   int64_t oneshot_max_tokens = 1024;  // one-shot limit
 };
 
+// Every area is a Lamport area: it holds the 16-bit sentinel (-0.0) wherever no data is in
+// flight. Each is kLamportBuffers buffers back to back.
 struct WorkspaceLayout {
-  // Byte offsets inside each rank's symmetric buffer. Every region is 4096-byte aligned.
-  size_t flags_offset = 0;        // uint32 [2][kMaxBarrierBlocks][kMaxRanks] two-shot barrier flags
-  size_t flags_bytes = 0;
-  size_t lamport_offset = 0;      // kLamportBuffers x lamport_buffer_bytes
-  size_t lamport_buffer_bytes = 0;  // one buffer: [world_size][oneshot_max_tokens][max_hidden] 16-bit
-  size_t rs_offset = 0;           // two-shot reduce-scatter landing: [world_size][ceil(max_tokens/ws)][max_hidden]
-  size_t rs_bytes = 0;
-  size_t ag_offset = 0;           // two-shot all-gather landing: [max_tokens][max_hidden] 16-bit
-  size_t ag_bytes = 0;
+  // Byte offsets inside each rank's symmetric buffer. Every buffer is 4096-byte aligned.
+  size_t lamport_offset = 0;        // one-shot landing
+  size_t lamport_slot_bytes = 0;    // one rank's rows: [oneshot_max_tokens][max_hidden] 16-bit
+  size_t lamport_buffer_bytes = 0;  // world_size slots
+  size_t rs_offset = 0;             // two-shot reduce-scatter landing
+  size_t rs_slot_bytes = 0;         // one rank's rows: [ceil(max_tokens / ws)][max_hidden] 16-bit
+  size_t rs_buffer_bytes = 0;       // world_size slots
+  size_t ag_offset = 0;             // two-shot all-gather landing
+  size_t ag_buffer_bytes = 0;       // [world_size * ceil(max_tokens / ws)][max_hidden] 16-bit
+  size_t sentinel_offset = 0;       // [sentinel_offset, total_bytes) starts as the sentinel
   size_t total_bytes = 0;
   WorkspaceConfig config;
 
@@ -43,20 +47,19 @@ inline WorkspaceLayout WorkspaceLayout::Make(const WorkspaceConfig& c) {
   WorkspaceLayout l;
   l.config = c;
   size_t off = 0;
-  l.flags_offset = off;
-  l.flags_bytes = AlignUp(sizeof(uint32_t) * 2 * kMaxBarrierBlocks * kMaxRanks, 4096);
-  off += l.flags_bytes;
+  l.sentinel_offset = off;
   l.lamport_offset = off;
-  l.lamport_buffer_bytes =
-      AlignUp(size_t(c.world_size) * size_t(c.oneshot_max_tokens) * size_t(c.max_hidden) * 2, 4096);
+  l.lamport_slot_bytes = AlignUp(size_t(c.oneshot_max_tokens) * size_t(c.max_hidden) * 2, 4096);
+  l.lamport_buffer_bytes = size_t(c.world_size) * l.lamport_slot_bytes;
   off += kLamportBuffers * l.lamport_buffer_bytes;
   const int64_t rows_per_rank = (c.max_tokens + c.world_size - 1) / c.world_size;
   l.rs_offset = off;
-  l.rs_bytes = AlignUp(size_t(c.world_size) * size_t(rows_per_rank) * size_t(c.max_hidden) * 2, 4096);
-  off += l.rs_bytes;
+  l.rs_slot_bytes = AlignUp(size_t(rows_per_rank) * size_t(c.max_hidden) * 2, 4096);
+  l.rs_buffer_bytes = size_t(c.world_size) * l.rs_slot_bytes;
+  off += kLamportBuffers * l.rs_buffer_bytes;
   l.ag_offset = off;
-  l.ag_bytes = AlignUp(size_t(rows_per_rank) * c.world_size * size_t(c.max_hidden) * 2, 4096);
-  off += l.ag_bytes;
+  l.ag_buffer_bytes = AlignUp(size_t(rows_per_rank) * c.world_size * size_t(c.max_hidden) * 2, 4096);
+  off += kLamportBuffers * l.ag_buffer_bytes;
   l.total_bytes = off;
   return l;
 }

@@ -19,6 +19,10 @@ namespace tpfuse::cuda {
 // are instantiated for 1, 2 and 4 vectors per thread so registers match the row.
 inline constexpr int kMaxVecPerThread = 4;
 inline constexpr int kMaxRowThreads = 512;
+// Blocks per SM the compiler must allow (it caps registers to fit): with one vector per thread
+// two 512-thread blocks fit in 64 registers; more vectors would spill.
+template <int kVec>
+inline constexpr int kMinBlocksPerSm = kVec == 1 ? 2 : 1;
 
 // ================================================================ parameters
 
@@ -56,9 +60,10 @@ struct FusedKernelParams {
   size_t lamport_buffer_bytes;
   size_t lamport_slot_bytes;      // one rank's rows inside a Lamport buffer (16-byte multiple)
   size_t rs_offset;
-  size_t rs_slot_bytes;           // one rank's rows inside the reduce-scatter landing area
+  size_t rs_buffer_bytes;
+  size_t rs_slot_bytes;           // one rank's rows inside a reduce-scatter buffer
   size_t ag_offset;
-  size_t flags_offset;
+  size_t ag_buffer_bytes;
   int64_t rows_per_rank;          // two-shot: ceil(T / world size)
   CommDeviceState* state;
   uint64_t timeout_ns;            // 0: wait forever
@@ -333,13 +338,9 @@ struct WaitBudget {
   }
 };
 
-// Sums one 8-lane vector into acc in f32 (the caller goes rank 0..N-1).
-template <typename T>
-__device__ __forceinline__ void Accumulate(const uint4& w, bool first, float (&acc)[kVecElems]) {
-  float f[kVecElems];
-  Unpack<T>(w, f);
-#pragma unroll
-  for (int i = 0; i < kVecElems; ++i) acc[i] = first ? f[i] : __fadd_rn(acc[i], f[i]);
+// One Lamport area of the workspace: buffer `call % 2` of it.
+__device__ __forceinline__ size_t LamportBuffer(size_t offset, size_t buffer_bytes, uint32_t call) {
+  return offset + size_t(call % kLamportBuffers) * buffer_bytes;
 }
 
 template <int kVec>
@@ -349,6 +350,71 @@ __device__ __forceinline__ void LoadRowX(const FusedKernelParams& p, int64_t row
     const int v = RowVectors<kVec>::Index(k);
     if (v < p.vecs_per_row)
       xv[k] = CanonicalZeros(LoadGlobal(static_cast<const uint4*>(p.x) + size_t(row) * p.vecs_per_row + v));
+  }
+}
+
+// Stores this thread's vectors of a row at `row_base` (a peer's Lamport slot row).
+template <int kVec>
+__device__ __forceinline__ void PushRow(const FusedKernelParams& p, char* row_base, const uint4 (&vals)[kVec]) {
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int v = RowVectors<kVec>::Index(k);
+    if (v < p.vecs_per_row) StoreVolatile(row_base + size_t(v) * sizeof(uint4), vals[k]);
+  }
+}
+
+// Reads this thread's vectors of a Lamport slot row at `row_base` (this rank's memory), waiting
+// until no 16-bit lane holds the sentinel, and resets them to the sentinel. Every first load is
+// issued before any wait, so the row costs one memory round trip when the data is there.
+template <int kVec>
+__device__ __forceinline__ void PollRow(const FusedKernelParams& p, char* row_base, int peer, uint32_t phase,
+                                        WaitBudget& budget, uint4 (&out)[kVec]) {
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int v = RowVectors<kVec>::Index(k);
+    if (v < p.vecs_per_row) out[k] = LoadVolatile(row_base + size_t(v) * sizeof(uint4));
+  }
+  const uint4 sentinel = make_uint4(kSentinelPair, kSentinelPair, kSentinelPair, kSentinelPair);
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int v = RowVectors<kVec>::Index(k);
+    if (v >= p.vecs_per_row) continue;
+    char* slot = row_base + size_t(v) * sizeof(uint4);
+    for (uint32_t spins = 1; HasSentinel(out[k]); ++spins) {
+      if (!budget.KeepWaiting(p, spins, peer, phase)) break;
+      out[k] = LoadVolatile(slot);
+    }
+    StoreGlobal(slot, sentinel);  // consumed: ready for the call after next
+  }
+}
+
+// a = round(sum over ranks 0..N-1 of the partials, f32, in rank order): this rank's partial is
+// `own`, rank r's is polled from `slot_row(r)` (a row of a Lamport area in this rank's memory).
+template <typename T, int kVec, typename SlotRow>
+__device__ __forceinline__ void GatherAndReduce(const FusedKernelParams& p, const uint4 (&own)[kVec],
+                                                SlotRow slot_row, uint32_t phase, WaitBudget& budget,
+                                                uint4 (&a)[kVec]) {
+  float acc[kVec][kVecElems];
+  for (int r = 0; r < p.world_size; ++r) {
+    uint4 part[kVec];
+    if (r == p.rank) {
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) part[k] = own[k];
+    } else {
+      PollRow<kVec>(p, slot_row(r), r, phase, budget, part);
+    }
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      if (RowVectors<kVec>::Index(k) >= p.vecs_per_row) continue;
+      float f[kVecElems];
+      Unpack<T>(part[k], f);
+#pragma unroll
+      for (int i = 0; i < kVecElems; ++i) acc[k][i] = r == 0 ? f[i] : __fadd_rn(acc[k][i], f[i]);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    if (RowVectors<kVec>::Index(k) < p.vecs_per_row) a[k] = Pack<T>(acc[k]);
   }
 }
 
@@ -366,10 +432,11 @@ __device__ __forceinline__ void LoadRowX(const FusedKernelParams& p, int64_t row
 // 0..N-1 in f32 and run the epilogue. A peer writes this buffer again only two calls later,
 // after it has received this rank's data of the next call, which this rank sends only after
 // this kernel has completed (griddepcontrol.wait comes first): the resets are visible by then.
-// Preconditions: T rows fit in a slot; H % 8 == 0; pointers 16-byte aligned; the Lamport buffers
+// Every block pushes before it waits, and waits only on the same block index of its peers.
+// Preconditions: T rows fit in a slot; H % 8 == 0; pointers 16-byte aligned; the Lamport areas
 // hold the sentinel everywhere (creation fills them; every call restores what it consumed).
 template <typename T, int kVec, QuantMode kQuant>
-__global__ void __launch_bounds__(kMaxRowThreads) OneShotAllreduceRmsnormKernel(const FusedKernelParams p) {
+__global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) OneShotAllreduceRmsnormKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
   RowWeights<kVec> weights;
   weights.Preload(p);
@@ -381,52 +448,25 @@ __global__ void __launch_bounds__(kMaxRowThreads) OneShotAllreduceRmsnormKernel(
   uint4 xv[kVec];
   LoadRowX<kVec>(p, row, xv);  // issued before the count load: both in flight together
   const uint32_t call = *reinterpret_cast<volatile uint32_t*>(&p.state->oneshot_count[blockIdx.x]);
-  const size_t buffer = p.lamport_offset + size_t(call % kLamportBuffers) * p.lamport_buffer_bytes;
+  const size_t buffer = LamportBuffer(p.lamport_offset, p.lamport_buffer_bytes, call);
   const size_t row_bytes = size_t(p.hidden) * sizeof(T);
   for (; row < p.tokens; row += gridDim.x) {
     if (row != blockIdx.x) LoadRowX<kVec>(p, row, xv);
     const size_t offset = buffer + size_t(p.rank) * p.lamport_slot_bytes + size_t(row) * row_bytes;
-    for (int i = 1; i < p.world_size; ++i) {
-      char* dst = p.peer_bases[(p.rank + i) % p.world_size] + offset;
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        const int v = RowVectors<kVec>::Index(k);
-        if (v < p.vecs_per_row) StoreVolatile(dst + size_t(v) * sizeof(uint4), xv[k]);
-      }
-    }
+    for (int i = 1; i < p.world_size; ++i) PushRow<kVec>(p, p.peer_bases[(p.rank + i) % p.world_size] + offset, xv);
   }
 
   // ---- phase 2: gather every rank's rows, reduce in rank order, epilogue
   char* const local = p.peer_bases[p.rank];
-  const uint4 sentinel = make_uint4(kSentinelPair, kSentinelPair, kSentinelPair, kSentinelPair);
   WaitBudget budget;
   int slot = 0;
   for (row = blockIdx.x; row < p.tokens; row += gridDim.x, slot ^= 1) {
-    uint4 res[kVec];
+    uint4 res[kVec], a[kVec];
     LoadResidual<kVec>(p, row, res);
     LoadRowX<kVec>(p, row, xv);
-    uint4 a[kVec];
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const int v = RowVectors<kVec>::Index(k);
-      if (v >= p.vecs_per_row) continue;
-      float acc[kVecElems];
-      for (int r = 0; r < p.world_size; ++r) {
-        uint4 w = xv[k];
-        if (r != p.rank) {
-          char* src = local + buffer + size_t(r) * p.lamport_slot_bytes + size_t(row) * row_bytes +
-                      size_t(v) * sizeof(uint4);
-          w = LoadVolatile(src);
-          for (uint32_t spins = 1; HasSentinel(w); ++spins) {
-            if (!budget.KeepWaiting(p, spins, r, kPhaseOneShotGather)) break;
-            w = LoadVolatile(src);
-          }
-          StoreGlobal(src, sentinel);  // consumed: ready for the call after next
-        }
-        Accumulate<T>(w, r == 0, acc);
-      }
-      a[k] = Pack<T>(acc);
-    }
+    GatherAndReduce<T, kVec>(
+        p, xv, [&](int r) { return local + buffer + size_t(r) * p.lamport_slot_bytes + size_t(row) * row_bytes; },
+        kPhaseOneShotGather, budget, a);
     RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, smem, slot);
   }
   // Every thread read `call` before the epilogue's barriers, so the block may advance it.
@@ -435,44 +475,25 @@ __global__ void __launch_bounds__(kMaxRowThreads) OneShotAllreduceRmsnormKernel(
 
 // ================================================================ two-shot
 
-// Per-block barrier with the same block index on every peer: signal, then wait for all.
-// NOTE: the fence after __syncthreads publishes every thread's earlier stores (cumulativity)
-// before the flag; the acquire load followed by __syncthreads makes the peers' stores visible
-// to the whole block.
-__device__ __forceinline__ void PeerBlockBarrier(const FusedKernelParams& p, int phase, uint32_t epoch,
-                                                 WaitBudget& budget) {
-  __syncthreads();
-  const int peer = threadIdx.x;
-  if (peer < p.world_size && peer != p.rank) {
-    const size_t index = (size_t(phase) * kMaxBarrierBlocks + blockIdx.x) * kMaxRanks;
-    __threadfence_system();
-    uint32_t* remote = reinterpret_cast<uint32_t*>(p.peer_bases[peer] + p.flags_offset) + index + p.rank;
-    StoreReleaseSys(remote, epoch);
-    const uint32_t* mine = reinterpret_cast<const uint32_t*>(p.peer_bases[p.rank] + p.flags_offset) + index + peer;
-    const uint32_t error_phase = phase == 0 ? kPhaseTwoShotReduceScatter : kPhaseTwoShotAllGather;
-    for (uint32_t spins = 1; LoadAcquireSys(mine) < epoch; ++spins) {
-      if (!budget.KeepWaiting(p, spins, peer, error_phase)) break;
-    }
-  }
-  __syncthreads();
-}
-
-// Two-shot fused all-reduce + epilogue.
+// Two-shot fused all-reduce + epilogue (Lamport in both halves, no barrier).
 //
 // Grid: G <= min(R, co-resident blocks, kMaxBarrierBlocks), the same G on every rank; block as
 // one-shot. Rows are split by owner: rank o owns rows [o R, (o + 1) R), R = ceil(T / N). Block b
-// handles row offsets j = b, b + G, ... inside every owner's range.
-// Phase 1 (reduce-scatter): push partial rows j of every owner o != rank into slot `rank` of
-//   o's reduce-scatter area. Barrier 1 with block b of every peer.
-// Phase 2: sum the owned rows over ranks 0..N-1 (own partial from x, the others from the
-//   landing area), round once, push a into every rank's all-gather area. Barrier 2.
-// Phase 3: for every owner o, the epilogue of row o R + j from the all-gathered a (the
-//   residual is replicated, so each rank adds its own).
-// Buffer reuse needs no more barriers: a peer writes this rank's areas again only in a later
-// call, after that call's barriers with this rank's blocks, which start after this kernel ends.
-// Preconditions: R rows fit the landing areas; H % 8 == 0; pointers 16-byte aligned.
+// handles row offsets j = b, b + G, ... inside every owner's range. Buffers: count_b % 2 of the
+// reduce-scatter and all-gather areas.
+// Phase 1 (reduce-scatter): push the partial rows j of every owner o != rank into slot `rank`
+//   of o's reduce-scatter buffer.
+// Phase 2 (owned rows): poll the other ranks' partials, sum in rank order 0..N-1, round once;
+//   push a into every peer's all-gather buffer; run the epilogue here and now.
+// Phase 3 (other owners' rows): poll a from this rank's all-gather buffer, run the epilogue (the
+//   residual is replicated, so each rank adds its own; gathering a is half the bytes of h + y).
+// Every slot read is reset to the sentinel. Buffer reuse is safe for the reasons of one-shot:
+// a peer writes a buffer again two calls later, after this kernel has completed. Every block
+// pushes before it waits, and waits only on the same block index of its peers.
+// Preconditions: R rows fit the areas; H % 8 == 0; pointers 16-byte aligned; the areas hold the
+// sentinel everywhere.
 template <typename T, int kVec, QuantMode kQuant>
-__global__ void __launch_bounds__(kMaxRowThreads) TwoShotAllreduceRmsnormKernel(const FusedKernelParams p) {
+__global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) TwoShotAllreduceRmsnormKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
   RowWeights<kVec> weights;
   weights.Preload(p);
@@ -480,6 +501,8 @@ __global__ void __launch_bounds__(kMaxRowThreads) TwoShotAllreduceRmsnormKernel(
   AllowNextKernel();
 
   const uint32_t call = *reinterpret_cast<volatile uint32_t*>(&p.state->twoshot_count[blockIdx.x]);
+  const size_t rs = LamportBuffer(p.rs_offset, p.rs_buffer_bytes, call);
+  const size_t ag = LamportBuffer(p.ag_offset, p.ag_buffer_bytes, call);
   const size_t row_bytes = size_t(p.hidden) * sizeof(T);
   char* const local = p.peer_bases[p.rank];
   const int64_t rows = p.rows_per_rank;
@@ -493,57 +516,40 @@ __global__ void __launch_bounds__(kMaxRowThreads) TwoShotAllreduceRmsnormKernel(
       if (row >= p.tokens) continue;
       uint4 xv[kVec];
       LoadRowX<kVec>(p, row, xv);
-      char* dst = p.peer_bases[owner] + p.rs_offset + size_t(p.rank) * p.rs_slot_bytes + size_t(j) * row_bytes;
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        const int v = RowVectors<kVec>::Index(k);
-        if (v < p.vecs_per_row) StoreGlobal(dst + size_t(v) * sizeof(uint4), xv[k]);
-      }
+      PushRow<kVec>(p, p.peer_bases[owner] + rs + size_t(p.rank) * p.rs_slot_bytes + size_t(j) * row_bytes, xv);
     }
   }
-  PeerBlockBarrier(p, 0, 2 * call + 1, budget);
 
-  // ---- phase 2: reduce the owned rows in rank order, all-gather a
-  for (int64_t j = blockIdx.x; j < rows; j += gridDim.x) {
+  // ---- phase 2: reduce the owned rows in rank order, all-gather a, epilogue
+  int slot = 0;
+  for (int64_t j = blockIdx.x; j < rows; j += gridDim.x, slot ^= 1) {
     const int64_t row = p.rank * rows + j;
     if (row >= p.tokens) break;
-    uint4 xv[kVec];
+    uint4 xv[kVec], res[kVec], a[kVec];
+    LoadResidual<kVec>(p, row, res);
     LoadRowX<kVec>(p, row, xv);
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const int v = RowVectors<kVec>::Index(k);
-      if (v >= p.vecs_per_row) continue;
-      float acc[kVecElems];
-      for (int r = 0; r < p.world_size; ++r) {
-        const uint4 w = r == p.rank ? xv[k]
-                                    : __ldcg(reinterpret_cast<const uint4*>(local + p.rs_offset + size_t(r) * p.rs_slot_bytes +
-                                                                            size_t(j) * row_bytes) + v);
-        Accumulate<T>(w, r == 0, acc);
-      }
-      const uint4 a = Pack<T>(acc);
-      const size_t offset = p.ag_offset + size_t(row) * row_bytes + size_t(v) * sizeof(uint4);
-      for (int i = 0; i < p.world_size; ++i) StoreGlobal(p.peer_bases[(p.rank + i) % p.world_size] + offset, a);
-    }
+    GatherAndReduce<T, kVec>(
+        p, xv, [&](int r) { return local + rs + size_t(r) * p.rs_slot_bytes + size_t(j) * row_bytes; },
+        kPhaseTwoShotReduceScatter, budget, a);
+    for (int i = 1; i < p.world_size; ++i)
+      PushRow<kVec>(p, p.peer_bases[(p.rank + i) % p.world_size] + ag + size_t(row) * row_bytes, a);
+    RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, smem, slot);
   }
-  PeerBlockBarrier(p, 1, 2 * call + 2, budget);
 
-  // ---- phase 3: epilogue of every gathered row of this block
-  int slot = 0;
+  // ---- phase 3: the other owners' rows, as their a arrives
   for (int64_t j = blockIdx.x; j < rows; j += gridDim.x) {
-    for (int owner = 0; owner < p.world_size; ++owner, slot ^= 1) {
+    for (int i = 1; i < p.world_size; ++i) {
+      const int owner = (p.rank + i) % p.world_size;
       const int64_t row = owner * rows + j;
-      if (row >= p.tokens) break;
-      uint4 res[kVec];
+      if (row >= p.tokens) continue;
+      uint4 res[kVec], a[kVec];
       LoadResidual<kVec>(p, row, res);
-      uint4 a[kVec];
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        const int v = RowVectors<kVec>::Index(k);
-        if (v < p.vecs_per_row) a[k] = __ldcg(reinterpret_cast<const uint4*>(local + p.ag_offset + size_t(row) * row_bytes) + v);
-      }
+      PollRow<kVec>(p, local + ag + size_t(row) * row_bytes, owner, kPhaseTwoShotAllGather, budget, a);
       RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, smem, slot);
+      slot ^= 1;
     }
   }
+  // Every thread read `call` before the epilogue's barriers, so the block may advance it.
   if (threadIdx.x == 0) p.state->twoshot_count[blockIdx.x] = call + 1;
 }
 
@@ -553,7 +559,7 @@ __global__ void __launch_bounds__(kMaxRowThreads) TwoShotAllreduceRmsnormKernel(
 // Grid: any; block as one-shot; block b handles rows b, b + G, ...
 // -0.0 sums (all partials -0.0) become +0.0 so the result matches the other paths bit for bit.
 template <typename T, int kVec, QuantMode kQuant>
-__global__ void __launch_bounds__(kMaxRowThreads) AllreduceEpilogueKernel(const FusedKernelParams p) {
+__global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) AllreduceEpilogueKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
   RowWeights<kVec> weights;
   weights.Preload(p);

@@ -107,14 +107,14 @@ Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_
     return Unimplemented("strategy ", StrategyName(strategy), " runs at world sizes 2 to ", kMaxRanks, ", not ", n);
   const WorkspaceLayout& l = comm.layout();
   if (strategy == Strategy::kOneShot) {
-    const int64_t fit = RowsThatFit(l.lamport_buffer_bytes / size_t(n), spec.hidden);
+    const int64_t fit = RowsThatFit(l.lamport_slot_bytes, spec.hidden);
     if (tokens > fit)
       return OutOfRange(tokens, " tokens of hidden ", spec.hidden, " are over the one-shot workspace (",
                         fit, " rows)");
   } else {
     const int64_t rows = (tokens + n - 1) / n;
-    const int64_t fit = std::min(RowsThatFit(l.rs_bytes / size_t(n), spec.hidden),
-                                 RowsThatFit(l.ag_bytes, spec.hidden) / n);
+    const int64_t fit = std::min(RowsThatFit(l.rs_slot_bytes, spec.hidden),
+                                 RowsThatFit(l.ag_buffer_bytes, spec.hidden) / n);
     if (rows > fit)
       return OutOfRange(tokens, " tokens of hidden ", spec.hidden, " are over the two-shot workspace (",
                         fit * n, " rows)");
@@ -172,11 +172,12 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   for (int r = 0; r < kMaxRanks; ++r) p.peer_bases[r] = comm.peer_bases()[r];
   p.lamport_offset = ws.lamport_offset;
   p.lamport_buffer_bytes = ws.lamport_buffer_bytes;
-  p.lamport_slot_bytes = ws.lamport_buffer_bytes / size_t(n);
+  p.lamport_slot_bytes = ws.lamport_slot_bytes;
   p.rs_offset = ws.rs_offset;
-  p.rs_slot_bytes = ws.rs_bytes / size_t(n);
+  p.rs_buffer_bytes = ws.rs_buffer_bytes;
+  p.rs_slot_bytes = ws.rs_slot_bytes;
   p.ag_offset = ws.ag_offset;
-  p.flags_offset = ws.flags_offset;
+  p.ag_buffer_bytes = ws.ag_buffer_bytes;
   p.rows_per_rank = (tokens + n - 1) / n;
   p.state = comm.device_state();
   p.timeout_ns = comm.timeout_ns();
@@ -235,8 +236,9 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   if (!kernel) return Internal("no ", StrategyName(strategy), " kernel for ", spec.ToString(), " at world size ", n);
   TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
   const int64_t work_rows = strategy == Strategy::kOneShot ? tokens : p.rows_per_rank;
-  // Blocks wait on their peers' blocks of the same index: the grid must be co-resident, and
-  // per-block call counts cap it at kMaxBarrierBlocks.
+  // Blocks wait on their peers' blocks of the same index: the grid stays co-resident (so a
+  // waiting block never keeps a peer's block from being scheduled), and per-block call counts
+  // cap it at kMaxBarrierBlocks.
   const int64_t grid = std::min<int64_t>({work_rows, int64_t(resident), int64_t(kMaxBarrierBlocks)});
   config.gridDim = dim3(unsigned(grid));
   TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
