@@ -17,7 +17,8 @@ if command -v dpkg >/dev/null 2>&1; then
     sudo=()
     if [[ "$(id -u)" -ne 0 ]]; then sudo=(sudo); fi
     "${sudo[@]}" apt-get update
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends \
+      "${missing[@]}"
   fi
 else
   echo "build.sh: not a Debian system; make sure these are installed: ${packages[*]}" >&2

@@ -5,9 +5,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "ir/ops.h"
 
@@ -107,9 +106,7 @@ StatusOr<DType> ParseNormWeightDtype(std::string_view name) {
 
 int64_t Capped(int64_t width, int64_t cap) { return cap > 0 ? std::min(width, cap) : width; }
 
-std::string Stem(const std::string& path) {
-  return std::filesystem::path(path).stem().string();
-}
+std::string Stem(const std::string& path) { return std::filesystem::path(path).stem().string(); }
 
 // A func name from a model name: "llama-3.1-8b-fp8" -> "llama_3_1_8b_fp8".
 std::string FuncName(const std::string& name) {
@@ -148,7 +145,7 @@ class DecodeGraphBuilder {
       const std::string p = StrCat("l", l, ".");
       // ---- input norm -> QKV (and the indexer); their outputs leave the graph for attention
       ir::Value* in_partial = l == 0 && !c_.first_layer_residual
-                                  ? Param("embed.partial", Act(hidden))  // vocab-parallel
+                                  ? Param("embed.partial", Act(hidden))    // vocab-parallel
                                   : Param(p + "in.partial", Act(hidden));  // previous down
       TPFUSE_ASSIGN_OR_RETURN(NormResult in, AllReduceNorm(p + "in.", in_partial, residual));
       TPFUSE_ASSIGN_OR_RETURN(GemmInput qkv_in, Quantize(p + "in.", in.y));
@@ -232,9 +229,8 @@ class DecodeGraphBuilder {
       TPFUSE_ASSIGN_OR_RETURN(ir::Value * y, Op("rms_norm", {ar, g}, NormAttrs(), p + "y"));
       return NormResult{y, ar};
     }
-    TPFUSE_ASSIGN_OR_RETURN(
-        std::vector<ir::Value*> r,
-        OpN("fused_add_rms_norm", {ar, residual, g}, NormAttrs(), {p + "y", p + "h"}));
+    TPFUSE_ASSIGN_OR_RETURN(std::vector<ir::Value*> r, OpN("fused_add_rms_norm", {ar, residual, g},
+                                                           NormAttrs(), {p + "y", p + "h"}));
     return NormResult{r[0], r[1]};
   }
 
@@ -256,8 +252,8 @@ class DecodeGraphBuilder {
     TPFUSE_ASSIGN_OR_RETURN(
         ir::Value * ms,
         Op("mean", {sq}, {{"dim", Attr::Int(-1)}, {"keepdim", Attr::Bool(true)}}, p + "ms"));
-    TPFUSE_ASSIGN_OR_RETURN(
-        ir::Value * var, Op("add", {ms}, {{"scalar", Attr::Float(c_.rms_norm_eps)}}, p + "var"));
+    TPFUSE_ASSIGN_OR_RETURN(ir::Value * var,
+                            Op("add", {ms}, {{"scalar", Attr::Float(c_.rms_norm_eps)}}, p + "var"));
     TPFUSE_ASSIGN_OR_RETURN(ir::Value * inv, Op("rsqrt", {var}, {}, p + "inv"));
     TPFUSE_ASSIGN_OR_RETURN(ir::Value * n, Op("mul", {xf, inv}, {}, p + "n"));
     TPFUSE_ASSIGN_OR_RETURN(ir::Value * nw, Op("mul", {n, g}, {}, p + "nw"));
@@ -278,8 +274,7 @@ class DecodeGraphBuilder {
         ir::Value* scale = Param(p + "scale", Scalar());
         if (!c_.decomposed) {
           TPFUSE_ASSIGN_OR_RETURN(
-              ir::Value * q,
-              Op("quant_fp8", {y, scale}, {{"mode", Attr::Str("tensor")}}, p + "q"));
+              ir::Value * q, Op("quant_fp8", {y, scale}, {{"mode", Attr::Str("tensor")}}, p + "q"));
           return GemmInput{q, scale};
         }
         // div(scale) -> clamp(+-448) -> cast(f8e4m3).
@@ -361,8 +356,7 @@ Status ModelConfig::Validate() const {
   if (!(rms_norm_eps > 0.0)) return error("rms_norm_eps", "must be positive, got ", rms_norm_eps);
   if (tp_size < 1 || tp_size > 64) return error("tp_size", "must be in [1, 64], got ", tp_size);
   if (num_attention_heads % tp_size != 0)
-    return error("tp_size", tp_size, " does not divide num_attention_heads ",
-                 num_attention_heads);
+    return error("tp_size", tp_size, " does not divide num_attention_heads ", num_attention_heads);
   if (intermediate_size % tp_size != 0)
     return error("tp_size", tp_size, " does not divide intermediate_size ", intermediate_size);
   if (layers < 1 || layers > 64) return error("layers", "must be in [1, 64], got ", layers);
@@ -371,14 +365,15 @@ Status ModelConfig::Validate() const {
   if (quant == QuantMode::kFp8Group && (group_size <= 0 || hidden_size % group_size != 0))
     return error("group_size", group_size, " must divide hidden_size ", hidden_size);
   if (quant != QuantMode::kNone && act_dtype != DType::kBF16)
-    return error("torch_dtype", "FP8 models take bfloat16 activations (scaled_matmul produces "
+    return error("torch_dtype",
+                 "FP8 models take bfloat16 activations (scaled_matmul produces "
                  "bf16)");
   if (quant == QuantMode::kFp8Group) {
     // Block-scaled weights: every GEMM dim a whole number of 128 x 128 blocks.
-    for (auto [field, width] : {std::pair{"hidden_size", hidden_size},
-                                std::pair{"max_gemm_shard (QKV shard)", QkvShard()},
-                                std::pair{"max_gemm_shard (intermediate shard)",
-                                          IntermediateShard()}}) {
+    for (auto [field, width] :
+         {std::pair{"hidden_size", hidden_size},
+          std::pair{"max_gemm_shard (QKV shard)", QkvShard()},
+          std::pair{"max_gemm_shard (intermediate shard)", IntermediateShard()}}) {
       if (width % kWeightBlock != 0)
         return error(field, "the block-scaled GEMMs need a multiple of ", kWeightBlock, ", got ",
                      width);
@@ -395,8 +390,8 @@ Status ModelConfig::Validate() const {
 }
 
 std::string ModelConfig::Summary() const {
-  std::string s = StrCat("H ", hidden_size, ", ", layers, " of ", num_hidden_layers,
-                         " layers, TP ", tp_size, ", ", QuantModeName(quant));
+  std::string s = StrCat("H ", hidden_size, ", ", layers, " of ", num_hidden_layers, " layers, TP ",
+                         tp_size, ", ", QuantModeName(quant));
   if (quant == QuantMode::kFp8Group) s += StrCat(" g", group_size);
   if (IsDynamicQuant(quant) && scale_layout == ScaleLayout::kCol) s += " col";
   if (IsDynamicQuant(quant) && scale_fmt == ScaleFormat::kUe8m0) s += " ue8m0";
@@ -477,8 +472,7 @@ std::string BundledModelsDir() { return TPFUSE_MODELS_DIR; }
 StatusOr<std::vector<std::string>> ListModelFiles(const std::string& dir) {
   std::error_code ec;
   std::vector<std::string> files;
-  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end;
-       it.increment(ec)) {
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     if (it->is_regular_file() && it->path().extension() == ".json")
       files.push_back(it->path().string());
   }

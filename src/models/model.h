@@ -36,24 +36,24 @@ struct ModelConfig {
   std::string model_type;   // Hugging Face model_type, informational
 
   // ---- Hugging Face fields
-  int64_t hidden_size = 0;          // H: kept at the real size, it is what the fused op sees
-  int num_hidden_layers = 0;        // the real depth (informational)
-  int64_t intermediate_size = 0;    // the dense MLP width, before sharding
+  int64_t hidden_size = 0;        // H: kept at the real size, it is what the fused op sees
+  int num_hidden_layers = 0;      // the real depth (informational)
+  int64_t intermediate_size = 0;  // the dense MLP width, before sharding
   double rms_norm_eps = 1e-6;
   int num_attention_heads = 0;
-  int num_key_value_heads = 0;      // default: num_attention_heads
-  int64_t head_dim = 0;             // default: hidden_size / num_attention_heads
-  DType act_dtype = DType::kBF16;   // torch_dtype: bfloat16 | float16
+  int num_key_value_heads = 0;     // default: num_attention_heads
+  int64_t head_dim = 0;            // default: hidden_size / num_attention_heads
+  DType act_dtype = DType::kBF16;  // torch_dtype: bfloat16 | float16
 
   // ---- tpfuse fields
-  int tp_size = 2;                  // the TP degree the GEMMs are sharded for
-  int layers = 2;                   // decoder layers built (small, so the CPU runs in seconds)
+  int tp_size = 2;  // the TP degree the GEMMs are sharded for
+  int layers = 2;   // decoder layers built (small, so the CPU runs in seconds)
   QuantMode quant = QuantMode::kNone;
-  int group_size = 128;             // fp8_group
+  int group_size = 128;  // fp8_group
   ScaleLayout scale_layout = ScaleLayout::kRow;
   ScaleFormat scale_fmt = ScaleFormat::kF32;
   DType norm_weight_dtype = DType::kBF16;
-  double weight_bias = 0.0;         // 1: Gemma's x * (1 + w)
+  double weight_bias = 0.0;  // 1: Gemma's x * (1 + w)
   // false: layer 0's input norm reads the all_reduce of a vocab-parallel embedding with no
   // residual; the all_reduce result itself becomes the residual stream (emit allreduce).
   bool first_layer_residual = true;

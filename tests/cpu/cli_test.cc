@@ -9,9 +9,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "ir/parser.h"
 
@@ -203,7 +202,8 @@ TEST_F(CliTest, CompileJsonFollowsTheBackendAndWorldSize) {
   EXPECT_EQ(j["world_size"], 1);
 
   // The CUDA backend's capabilities are plain data: compiling for it works without a GPU.
-  const CliResult cuda = RunCli("compile " + graph_path_ + " --json --backend cuda --world-size 16");
+  const CliResult cuda =
+      RunCli("compile " + graph_path_ + " --json --backend cuda --world-size 16");
   ASSERT_EQ(cuda.exit_code, 0) << cuda.err;
   const nlohmann::json c = nlohmann::json::parse(cuda.out);
   EXPECT_EQ(c["backend"], "cuda");

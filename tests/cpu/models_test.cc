@@ -272,9 +272,9 @@ TEST(ModelConfigParse, MinimalDescriptionTakesTheDefaults) {
   EXPECT_TRUE(config->first_layer_residual);
   EXPECT_EQ(config->norm_weight_dtype, DType::kBF16);
   // Keys tpfuse does not read (a real config.json has many) are ignored.
-  EXPECT_TRUE(ParseModelConfig(With("\"rope_theta\": 500000.0, \"architectures\": [\"X\"]"),
-                               "x.json")
-                  .ok());
+  EXPECT_TRUE(
+      ParseModelConfig(With("\"rope_theta\": 500000.0, \"architectures\": [\"X\"]"), "x.json")
+          .ok());
 }
 
 TEST(ModelConfigParse, ErrorsNameTheFileAndTheField) {

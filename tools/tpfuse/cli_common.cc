@@ -2,8 +2,8 @@
 
 #include <charconv>
 #include <cmath>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <sstream>
@@ -22,9 +22,7 @@ namespace tpfuse::cli {
 
 // ---------------------------------------------------------------- backends
 
-std::string_view BackendName(Backend backend) {
-  return backend == Backend::kCuda ? "cuda" : "cpu";
-}
+std::string_view BackendName(Backend backend) { return backend == Backend::kCuda ? "cuda" : "cpu"; }
 
 Backend ParseBackendName(std::string_view name) {
   return name == "cuda" ? Backend::kCuda : Backend::kCpu;
@@ -65,8 +63,9 @@ StatusOr<std::unique_ptr<runtime::Executor>> MakeExecutor(Backend backend, int w
                               " GPUs; this machine has ", devices);
   return runtime::MakeCudaExecutor(world_size);
 #else
-  return Unimplemented("this tpfuse was built without the CUDA backend (it needs nvcc and NCCL "
-                       "at configure time, and -DTPFUSE_ENABLE_CUDA=ON); use --backend cpu");
+  return Unimplemented(
+      "this tpfuse was built without the CUDA backend (it needs nvcc and NCCL "
+      "at configure time, and -DTPFUSE_ENABLE_CUDA=ON); use --backend cpu");
 #endif
 }
 
@@ -125,8 +124,8 @@ StatusOr<Compiled> CompileGraph(const ir::Graph& graph, const CompileOptions& op
 
 std::string DescribeFusion(const passes::FusionRecord& fusion) {
   const AllreduceRmsnormSpec& s = fusion.spec;
-  std::string text = StrCat("%", fusion.anchor, ": ", s.has_residual ? "+residual, " : "",
-                            QuantModeName(s.quant));
+  std::string text =
+      StrCat("%", fusion.anchor, ": ", s.has_residual ? "+residual, " : "", QuantModeName(s.quant));
   if (s.quant == QuantMode::kFp8Group) text += StrCat(" g", s.group_size);
   if (IsDynamicQuant(s.quant)) {
     if (s.scale_layout == ScaleLayout::kCol) text += " col";
@@ -220,8 +219,8 @@ std::string SummarizeTensor(const HostTensor& tensor, int num_values) {
     }
   }
   char head[96];
-  std::snprintf(head, sizeof(head), "fnv %016llx  sum|x| %.6g", static_cast<unsigned long long>(hash),
-                abs_sum);
+  std::snprintf(head, sizeof(head), "fnv %016llx  sum|x| %.6g",
+                static_cast<unsigned long long>(hash), abs_sum);
   std::string values;
   const int64_t shown = std::min<int64_t>(num_values, tensor.numel());
   for (int64_t i = 0; i < shown; ++i) values += (i ? ", " : "") + FormatValue(tensor.GetF32(i));

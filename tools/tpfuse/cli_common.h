@@ -5,12 +5,11 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/tensor.h"
 #include "ir/graph.h"
@@ -24,7 +23,7 @@ namespace tpfuse::cli {
 // ---------------------------------------------------------------- backends
 
 enum class Backend { kCpu, kCuda };
-std::string_view BackendName(Backend backend);  // "cpu", "cuda"
+std::string_view BackendName(Backend backend);    // "cpu", "cuda"
 Backend ParseBackendName(std::string_view name);  // "cuda" -> kCuda, anything else kCpu
 // What the compiler may fuse for this backend (plain data: available in every build).
 FusionCapabilities CapabilitiesFor(Backend backend);

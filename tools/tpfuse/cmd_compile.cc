@@ -11,12 +11,11 @@
 //    "funcs": [{"name", "ops_before", "ops_after", "fusions", "rejections", "counters"}, ...]}
 // Merged op counts and counters are sums over the funcs; merged fusions and rejections carry a
 // "func" key. With -o, the fused module is written to the file in both modes.
+#include <CLI/CLI.hpp>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <sstream>
-
-#include <CLI/CLI.hpp>
 
 #include "ir/printer.h"
 #include "tpfuse/cli_common.h"
@@ -52,21 +51,17 @@ nlohmann::ordered_json FuncJson(const ir::Graph& input, const Compiled& c) {
   for (const passes::FusionRecord& f : c.ctx.fusions) fusions.push_back(FusionJson(f));
   nlohmann::ordered_json rejections = nlohmann::ordered_json::array();
   for (const passes::Rejection& r : c.ctx.rejections) rejections.push_back(RejectionJson(r));
-  return {{"name", input.name()},
-          {"ops_before", c.ops_before},
-          {"ops_after", c.ops_after},
-          {"fusions", fusions},
-          {"rejections", rejections},
-          {"counters", c.ctx.counters}};
+  return {{"name", input.name()}, {"ops_before", c.ops_before}, {"ops_after", c.ops_after},
+          {"fusions", fusions},   {"rejections", rejections},   {"counters", c.ctx.counters}};
 }
 
 // Human summary of one func, for stderr.
 void PrintSummary(const ir::Graph& input, const Compiled& c, const CompileArgs& args,
                   std::ostream& os) {
   os << "@" << input.name() << " (backend " << args.backend << ", world size " << args.world_size
-     << "): " << c.ctx.fusions.size() << " fusion" << (c.ctx.fusions.size() == 1 ? "" : "s")
-     << ", " << c.ctx.rejections.size() << " rejection"
-     << (c.ctx.rejections.size() == 1 ? "" : "s") << "\n";
+     << "): " << c.ctx.fusions.size() << " fusion" << (c.ctx.fusions.size() == 1 ? "" : "s") << ", "
+     << c.ctx.rejections.size() << " rejection" << (c.ctx.rejections.size() == 1 ? "" : "s")
+     << "\n";
   for (const passes::FusionRecord& f : c.ctx.fusions) {
     os << "  fused    " << DescribeFusion(f) << "\n";
     for (const std::string& note : f.notes) os << "           note: " << note << "\n";
@@ -107,9 +102,9 @@ int RunCompile(const CompileArgs& args) {
 
   if (args.json) {
     nlohmann::ordered_json report = {{"file", args.file},
-                             {"backend", args.backend},
-                             {"world_size", args.world_size},
-                             {"max_tokens", args.max_tokens}};
+                                     {"backend", args.backend},
+                                     {"world_size", args.world_size},
+                                     {"max_tokens", args.max_tokens}};
     std::map<std::string, int> ops_before, ops_after;
     std::map<std::string, std::map<std::string, int>> counters;
     nlohmann::ordered_json fusions = nlohmann::ordered_json::array();
@@ -120,7 +115,8 @@ int RunCompile(const CompileArgs& args) {
       const Compiled& c = results[i];
       AddCounts(ops_before, c.ops_before);
       AddCounts(ops_after, c.ops_after);
-      for (const auto& [rule, rule_counters] : c.ctx.counters) AddCounts(counters[rule], rule_counters);
+      for (const auto& [rule, rule_counters] : c.ctx.counters)
+        AddCounts(counters[rule], rule_counters);
       for (const passes::FusionRecord& f : c.ctx.fusions) {
         nlohmann::ordered_json j = FusionJson(f);
         j["func"] = input.name();
@@ -156,8 +152,7 @@ void AddCompileCommand(CLI::App& app, CommandFn& run) {
   auto args = std::make_shared<CompileArgs>();
   CLI::App* cmd = app.add_subcommand(
       kCommand, "Fuse the all_reduce epilogues of a graph (.tpg, or a model .json) and print it");
-  cmd->add_option("file", args->file, "the graph (.tpg) or model description (.json)")
-      ->required();
+  cmd->add_option("file", args->file, "the graph (.tpg) or model description (.json)")->required();
   cmd->add_option("--world-size,-n", args->world_size, "TP degree the graph runs at")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));

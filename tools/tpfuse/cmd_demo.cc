@@ -9,6 +9,7 @@
 //      passed every check.
 // The backend is CUDA when this build has it and the machine has at least N GPUs; otherwise
 // the CPU reference backend with N simulated ranks, and the demo says so.
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <iomanip>
@@ -16,8 +17,6 @@
 #include <memory>
 #include <set>
 #include <sstream>
-
-#include <CLI/CLI.hpp>
 
 #include "runtime/check.h"
 #include "runtime/inputs.h"
@@ -40,7 +39,7 @@ struct DemoArgs {
 // What happened to one model, for the summary table.
 struct ModelOutcome {
   std::string name;
-  int chains = 0;   // all_reduce ops before compiling
+  int chains = 0;  // all_reduce ops before compiling
   int fusions = 0;
   int rejections = 0;
   int outputs = 0;
@@ -79,12 +78,12 @@ StatusOr<BackendChoice> ChooseBackend(const DemoArgs& args) {
                          StrCat("ran on ", args.world_size, " of ", gpus, " GPUs (CUDA backend)")};
   }
   if (!CudaBuilt())
-    return BackendChoice{Backend::kCpu, StrCat("no GPU found: ", cpu_words,
-                                               " (this build has no CUDA backend)")};
+    return BackendChoice{Backend::kCpu,
+                         StrCat("no GPU found: ", cpu_words, " (this build has no CUDA backend)")};
   if (gpus == 0) return BackendChoice{Backend::kCpu, StrCat("no GPU found: ", cpu_words)};
   if (gpus < args.world_size)
-    return BackendChoice{Backend::kCpu, StrCat("found ", gpus, " GPU, need ", args.world_size,
-                                               ": ", cpu_words)};
+    return BackendChoice{Backend::kCpu,
+                         StrCat("found ", gpus, " GPU, need ", args.world_size, ": ", cpu_words)};
   return BackendChoice{Backend::kCuda,
                        StrCat("ran on ", args.world_size, " of ", gpus, " GPUs (CUDA backend)")};
 }
@@ -99,7 +98,8 @@ void PrintOpTable(const Compiled& c, std::ostream& os) {
     return it == m.end() ? 0 : it->second;
   };
   os << "      " << std::left << std::setw(22) << "op" << std::right << std::setw(8) << "before"
-     << std::setw(8) << "after" << "\n";
+     << std::setw(8) << "after"
+     << "\n";
   for (const std::string& op : ops) {
     os << "      " << std::left << std::setw(22) << op << std::right << std::setw(8)
        << count(c.ops_before, op) << std::setw(8) << count(c.ops_after, op) << "\n";
@@ -193,8 +193,7 @@ int RunDemo(const DemoArgs& args) {
     }
     const models::ModelConfig& model = *program->model;
     outcome.name = model.name;
-    std::cout << model.name << (model.description.empty() ? "" : ": " + model.description)
-              << "\n";
+    std::cout << model.name << (model.description.empty() ? "" : ": " + model.description) << "\n";
 
     StatusOr<Compiled> compiled = CompileModel(*program, args, choice->backend, outcome);
     if (!compiled.ok()) {
@@ -226,15 +225,16 @@ int RunDemo(const DemoArgs& args) {
   int passed = 0;
   std::cout << "summary\n"
             << "  " << std::left << std::setw(34) << "model" << std::right << std::setw(9)
-            << "fused" << std::setw(12) << "rejections" << std::setw(9) << "outputs"
-            << std::setw(9) << "bitwise" << std::setw(9) << "time" << "  verdict\n";
+            << "fused" << std::setw(12) << "rejections" << std::setw(9) << "outputs" << std::setw(9)
+            << "bitwise" << std::setw(9) << "time"
+            << "  verdict\n";
   for (const ModelOutcome& o : outcomes) {
     passed += o.ok ? 1 : 0;
     std::cout << "  " << std::left << std::setw(34) << o.name << std::right << std::setw(9)
-              << StrCat(o.fusions, "/", o.chains) << std::setw(12) << o.rejections
-              << std::setw(9) << o.outputs << std::setw(9) << o.bitwise
-              << std::setw(9) << (Fixed(o.seconds, 2) + " s") << "  "
-              << (o.ok ? "PASS" : "FAIL: " + o.error) << "\n";
+              << StrCat(o.fusions, "/", o.chains) << std::setw(12) << o.rejections << std::setw(9)
+              << o.outputs << std::setw(9) << o.bitwise << std::setw(9)
+              << (Fixed(o.seconds, 2) + " s") << "  " << (o.ok ? "PASS" : "FAIL: " + o.error)
+              << "\n";
   }
   std::cout << "  (outputs: checked with Contract 3's tolerance on every rank; bitwise: of "
                "those, equal to the oracle bit for bit)\n\n";

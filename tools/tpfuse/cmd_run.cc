@@ -7,11 +7,10 @@
 //
 // --check also runs the unfused graph on the CPU oracle and compares every output of every
 // rank with Contract 3's tolerance; any output out of tolerance exits 1.
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <iostream>
 #include <memory>
-
-#include <CLI/CLI.hpp>
 
 #include "runtime/check.h"
 #include "runtime/inputs.h"
@@ -93,9 +92,8 @@ StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_si
   start = std::chrono::steady_clock::now();
   TPFUSE_ASSIGN_OR_RETURN(runtime::RankOutputs reference, oracle->Run(graph, inputs));
   const double oracle_seconds = SecondsSince(start);
-  TPFUSE_ASSIGN_OR_RETURN(
-      runtime::CheckReport report,
-      runtime::CompareGraphOutputs(graph, reference, *to_run, outputs, inputs));
+  TPFUSE_ASSIGN_OR_RETURN(runtime::CheckReport report,
+                          runtime::CompareGraphOutputs(graph, reference, *to_run, outputs, inputs));
   std::cout << "  check against the CPU oracle (unfused graph, " << FormatSeconds(oracle_seconds)
             << "):\n";
   for (const runtime::OutputCheck& o : report.outputs) std::cout << "    " << o.ToString() << "\n";
@@ -111,8 +109,9 @@ int RunRun(const RunArgs& args) {
     return Fail(kCommand, MakeExecutor(Backend::kCuda, 2).status());
   StatusOr<Program> program = LoadProgram(args.file, args.world_size);
   if (!program.ok()) return Fail(kCommand, program.status());
-  const int world_size =
-      args.world_size > 0 ? args.world_size : program->model ? program->model->tp_size : 2;
+  const int world_size = args.world_size > 0 ? args.world_size
+                         : program->model    ? program->model->tp_size
+                                             : 2;
   // One executor for every func (on the GPUs, creating the communicators is the slow part).
   StatusOr<std::unique_ptr<runtime::Executor>> executor =
       MakeExecutor(ParseBackendName(args.backend), world_size);
@@ -134,9 +133,9 @@ int RunRun(const RunArgs& args) {
 void AddRunCommand(CLI::App& app, CommandFn& run) {
   auto args = std::make_shared<RunArgs>();
   CLI::App* cmd = app.add_subcommand(
-      kCommand, "Run a graph (.tpg) or a model (.json) on random inputs; --check against the oracle");
-  cmd->add_option("file", args->file, "the graph (.tpg) or model description (.json)")
-      ->required();
+      kCommand,
+      "Run a graph (.tpg) or a model (.json) on random inputs; --check against the oracle");
+  cmd->add_option("file", args->file, "the graph (.tpg) or model description (.json)")->required();
   cmd->add_option("--backend", args->backend, "where the fused graph runs")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));

@@ -6,11 +6,10 @@
 //   tpfuse demo                   the main job on whatever machine it finds
 //
 // Exit status: 0 success, 1 invalid input (a message on stderr names the problem), 2 usage.
+#include <CLI/CLI.hpp>
 #include <iostream>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 #include "tpfuse/commands.h"
 
