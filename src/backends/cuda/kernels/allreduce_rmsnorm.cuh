@@ -5,15 +5,7 @@
 // Every strategy ends in the same per-row epilogue (RowEpilogue) with the same thread layout,
 // which depends on H only: so a row's result does not depend on T, on the other rows, or on the
 // strategy, and all ranks compute bitwise-identical results.
-//
-// Row layout: a row is spread over a thread block cluster of C blocks (C from H: 1, 2, 4 or 8);
-// block c of the cluster owns the row's 16-byte vectors [c R, (c + 1) R), R = H / 8 / C, one per
-// thread (kVec per thread only when a row does not split into clusters). Spreading a row over
-// several SMs is what keeps small-T latency flat in H. Norm and token-amax reductions go across
-// the cluster through distributed shared memory.
 #pragma once
-
-#include <cooperative_groups.h>
 
 #include <cstdint>
 
@@ -51,8 +43,6 @@ struct FusedKernelParams {
   int64_t tokens;           // T
   int hidden;               // H
   int vecs_per_row;         // H / 8
-  int cluster_blocks;       // C: blocks (a thread block cluster) per row
-  int row_chunk;            // vectors of a row each block of the cluster owns
   DType weight_dtype;
   float eps;
   float weight_bias;
@@ -119,70 +109,14 @@ __device__ __forceinline__ float LaneGroupMax(float v, int lanes) {
   return v;
 }
 
-namespace cg = cooperative_groups;
-
-// Sum over the row's cluster in a fixed order: BlockSum in each block, then the blocks' totals in
-// cluster rank order through distributed shared memory. `cluster_slots` is this block's
-// __shared__ float[2]; `slot` alternates per row (see BlockSum).
-__device__ __forceinline__ float ClusterSum(float v, float (*smem)[32], float* cluster_slots, int slot,
-                                           int cluster_blocks) {
-  const float block_total = BlockSum(v, smem, slot);
-  if (cluster_blocks == 1) return block_total;
-  cg::cluster_group cluster = cg::this_cluster();
-  if (threadIdx.x == 0) cluster_slots[slot] = block_total;
-  cluster.sync();
-  float total = *cluster.map_shared_rank(&cluster_slots[slot], 0);
-  for (int r = 1; r < cluster_blocks; ++r) total += *cluster.map_shared_rank(&cluster_slots[slot], r);
-  return total;
-}
-
-__device__ __forceinline__ float ClusterMax(float v, float (*smem)[32], float* cluster_slots, int slot,
-                                           int cluster_blocks) {
-  const float block_max = BlockMax(v, smem, slot);
-  if (cluster_blocks == 1) return block_max;
-  cg::cluster_group cluster = cg::this_cluster();
-  if (threadIdx.x == 0) cluster_slots[slot] = block_max;
-  cluster.sync();
-  float total = *cluster.map_shared_rank(&cluster_slots[slot], 0);
-  for (int r = 1; r < cluster_blocks; ++r) total = fmaxf(total, *cluster.map_shared_rank(&cluster_slots[slot], r));
-  return total;
-}
-
-// A block may exit only when no block of its cluster still reads its shared memory.
-__device__ __forceinline__ void ClusterExit(const FusedKernelParams& p) {
-  if (p.cluster_blocks > 1) cg::this_cluster().sync();
-}
-
-// Shared memory of every fused kernel: block reductions (sum and max, two parities each) and the
-// block totals the cluster reads.
-struct ReductionSmem {
-  float warps[4][32];
-  float cluster_sum[2];
-  float cluster_max[2];
-};
-
-// Rows handled by this block's cluster: group g of G row groups (one per cluster) takes rows
-// g, g + G, ...
-__device__ __forceinline__ int64_t RowGroup(const FusedKernelParams& p) { return blockIdx.x / p.cluster_blocks; }
-__device__ __forceinline__ int64_t RowGroups(const FusedKernelParams& p) { return gridDim.x / p.cluster_blocks; }
-
 // ================================================================ the per-row epilogue
 
-// Thread layout of a row: thread i of cluster block c owns vectors c R + i + k blockDim,
-// k < kVec (those < End). blockDim is a multiple of 32 and R a multiple of 32, both fixed by H, so
-// the sum of squares has one fixed order and groups of group_size/8 consecutive vectors are owned
-// by aligned lane groups of one block.
+// Thread layout of a row: thread i owns vectors i, i + blockDim, ..., i + (kVec - 1) blockDim
+// (those < H/8). blockDim is a multiple of 32 fixed by H, so the sum of squares has one fixed
+// order and groups of group_size/8 consecutive vectors are owned by aligned lane groups.
 template <int kVec>
 struct RowVectors {
-  __device__ __forceinline__ static int Begin(const FusedKernelParams& p) {
-    return int(blockIdx.x % p.cluster_blocks) * p.row_chunk;
-  }
-  __device__ __forceinline__ static int Index(const FusedKernelParams& p, int k) {
-    return Begin(p) + threadIdx.x + k * blockDim.x;
-  }
-  __device__ __forceinline__ static int End(const FusedKernelParams& p) {
-    return min(Begin(p) + p.row_chunk, p.vecs_per_row);
-  }
+  __device__ __forceinline__ static int Index(int k) { return threadIdx.x + k * blockDim.x; }
 };
 
 // Weight vector v (plus weight_bias, an f32 add as Contract 3 step 3).
@@ -213,8 +147,8 @@ struct RowWeights {
     if constexpr (kHeld) {
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
-        const int v = RowVectors<kVec>::Index(p, k);
-        if (v < RowVectors<kVec>::End(p)) LoadWeightVector(p, v, wb[k]);
+        const int v = RowVectors<kVec>::Index(k);
+        if (v < p.vecs_per_row) LoadWeightVector(p, v, wb[k]);
       }
     }
   }
@@ -223,7 +157,7 @@ struct RowWeights {
 #pragma unroll
       for (int i = 0; i < kVecElems; ++i) out[i] = wb[k][i];
     } else {
-      LoadWeightVector(p, RowVectors<kVec>::Index(p, k), out);
+      LoadWeightVector(p, RowVectors<kVec>::Index(k), out);
     }
   }
 };
@@ -234,9 +168,9 @@ template <int kVec>
 __device__ __forceinline__ void LoadResidual(const FusedKernelParams& p, int64_t row, uint4 (&res)[kVec]) {
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const int v = RowVectors<kVec>::Index(p, k);
+    const int v = RowVectors<kVec>::Index(k);
     res[k] = make_uint4(0, 0, 0, 0);
-    if (p.residual && v < RowVectors<kVec>::End(p))
+    if (p.residual && v < p.vecs_per_row)
       res[k] = LoadGlobal(static_cast<const uint4*>(p.residual) + size_t(row) * p.vecs_per_row + v);
   }
 }
@@ -252,7 +186,7 @@ __device__ __forceinline__ float Ue8m0(float s) {
 template <typename T, int kVec, QuantMode kQuant>
 __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t row, const uint4 (&a)[kVec],
                                             const uint4 (&res)[kVec], const RowWeights<kVec>& weights,
-                                            ReductionSmem& smem, int slot) {
+                                            float (*smem)[32], int slot) {
   const size_t row_vec = size_t(row) * p.vecs_per_row;
   uint4 h[kVec];  // rounded h: exact in 16 bits, so kept packed
 
@@ -260,8 +194,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   float sum_sq = 0.0f;
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const int v = RowVectors<kVec>::Index(p, k);
-    if (v >= RowVectors<kVec>::End(p)) continue;
+    const int v = RowVectors<kVec>::Index(k);
+    if (v >= p.vecs_per_row) continue;
     if (p.allreduce_out) StoreStreaming(static_cast<uint4*>(p.allreduce_out) + row_vec + v, a[k]);
     float hf[kVecElems];
     Unpack<T>(a[k], hf);
@@ -280,14 +214,14 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   }
 
   // ---- step 3: y = round(h * rsqrt(mean(h^2) + eps) * (w + weight_bias))
-  const float total = ClusterSum(sum_sq, smem.warps, smem.cluster_sum, slot, p.cluster_blocks);
+  const float total = BlockSum(sum_sq, smem, slot);
   const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(total, float(p.hidden)), p.eps)));
   uint4 y[kVec];
   float amax = 0.0f;
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const int v = RowVectors<kVec>::Index(p, k);
-    if (v >= RowVectors<kVec>::End(p)) continue;
+    const int v = RowVectors<kVec>::Index(k);
+    if (v >= p.vecs_per_row) continue;
     float hf[kVecElems], yf[kVecElems], wb[kVecElems];
     Unpack<T>(h[k], hf);
     weights.Get(p, k, wb);
@@ -309,8 +243,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     const float inv = __frcp_rn(__ldg(p.scale));
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const int v = RowVectors<kVec>::Index(p, k);
-      if (v >= RowVectors<kVec>::End(p)) continue;
+      const int v = RowVectors<kVec>::Index(k);
+      if (v >= p.vecs_per_row) continue;
       float yf[kVecElems];
       Unpack<T>(y[k], yf);
 #pragma unroll
@@ -318,19 +252,19 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       StoreStreaming8(q_row + size_t(v) * kVecElems, ToFp8x8(yf));
     }
   } else if constexpr (kQuant == QuantMode::kFp8Token) {
-    const float row_amax = ClusterMax(amax, smem.warps + 2, smem.cluster_max, slot, p.cluster_blocks);
+    const float row_amax = BlockMax(amax, smem + 2, slot);
     float s = __fdiv_rn(fmaxf(row_amax, 1e-10f), 448.0f);
     if (p.scale_ue8m0) s = Ue8m0(s);
     // [T, 1] row-major and [1, pad4(T)] column-major put row t's scale at index t alike.
-    if (threadIdx.x == 0 && blockIdx.x % p.cluster_blocks == 0) {
+    if (threadIdx.x == 0) {
       p.scale_out[row] = s;
       if (row == p.tokens - 1)
         for (int i = 1; i <= p.scale_pad_rows; ++i) p.scale_out[row + i] = 0.0f;
     }
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const int v = RowVectors<kVec>::Index(p, k);
-      if (v >= RowVectors<kVec>::End(p)) continue;
+      const int v = RowVectors<kVec>::Index(k);
+      if (v >= p.vecs_per_row) continue;
       float yf[kVecElems];
       Unpack<T>(y[k], yf);
 #pragma unroll
@@ -340,17 +274,17 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   } else {  // kFp8Group: one amax per vector slot, reduced over the group's lanes
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const int v = RowVectors<kVec>::Index(p, k);
+      const int v = RowVectors<kVec>::Index(k);
       // Shuffles need the whole warp: lanes past the row join with 0 and store nothing.
       float yf[kVecElems];
       float local = 0.0f;
-      if (v < RowVectors<kVec>::End(p)) {
+      if (v < p.vecs_per_row) {
         Unpack<T>(y[k], yf);
 #pragma unroll
         for (int i = 0; i < kVecElems; ++i) local = fmaxf(local, fabsf(yf[i]));
       }
       const float group_amax = LaneGroupMax(local, p.group_vecs);
-      if (v >= RowVectors<kVec>::End(p)) continue;
+      if (v >= p.vecs_per_row) continue;
       float s = __fdiv_rn(fmaxf(group_amax, 1e-10f), 448.0f);
       if (p.scale_ue8m0) s = Ue8m0(s);
       const int group = v / p.group_vecs;
@@ -413,8 +347,8 @@ template <int kVec>
 __device__ __forceinline__ void LoadRowX(const FusedKernelParams& p, int64_t row, uint4 (&xv)[kVec]) {
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const int v = RowVectors<kVec>::Index(p, k);
-    if (v < RowVectors<kVec>::End(p))
+    const int v = RowVectors<kVec>::Index(k);
+    if (v < p.vecs_per_row)
       xv[k] = CanonicalZeros(LoadGlobal(static_cast<const uint4*>(p.x) + size_t(row) * p.vecs_per_row + v));
   }
 }
@@ -424,8 +358,8 @@ template <int kVec>
 __device__ __forceinline__ void PushRow(const FusedKernelParams& p, char* row_base, const uint4 (&vals)[kVec]) {
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const int v = RowVectors<kVec>::Index(p, k);
-    if (v < RowVectors<kVec>::End(p)) StoreVolatile(row_base + size_t(v) * sizeof(uint4), vals[k]);
+    const int v = RowVectors<kVec>::Index(k);
+    if (v < p.vecs_per_row) StoreVolatile(row_base + size_t(v) * sizeof(uint4), vals[k]);
   }
 }
 
@@ -437,14 +371,14 @@ __device__ __forceinline__ void PollRow(const FusedKernelParams& p, char* row_ba
                                         WaitBudget& budget, uint4 (&out)[kVec]) {
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const int v = RowVectors<kVec>::Index(p, k);
-    if (v < RowVectors<kVec>::End(p)) out[k] = LoadVolatile(row_base + size_t(v) * sizeof(uint4));
+    const int v = RowVectors<kVec>::Index(k);
+    if (v < p.vecs_per_row) out[k] = LoadVolatile(row_base + size_t(v) * sizeof(uint4));
   }
   const uint4 sentinel = make_uint4(kSentinelPair, kSentinelPair, kSentinelPair, kSentinelPair);
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const int v = RowVectors<kVec>::Index(p, k);
-    if (v >= RowVectors<kVec>::End(p)) continue;
+    const int v = RowVectors<kVec>::Index(k);
+    if (v >= p.vecs_per_row) continue;
     char* slot = row_base + size_t(v) * sizeof(uint4);
     for (uint32_t spins = 1; HasSentinel(out[k]); ++spins) {
       if (!budget.KeepWaiting(p, spins, peer, phase)) break;
@@ -471,7 +405,7 @@ __device__ __forceinline__ void GatherAndReduce(const FusedKernelParams& p, cons
     }
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      if (RowVectors<kVec>::Index(p, k) >= RowVectors<kVec>::End(p)) continue;
+      if (RowVectors<kVec>::Index(k) >= p.vecs_per_row) continue;
       float f[kVecElems];
       Unpack<T>(part[k], f);
 #pragma unroll
@@ -480,7 +414,7 @@ __device__ __forceinline__ void GatherAndReduce(const FusedKernelParams& p, cons
   }
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    if (RowVectors<kVec>::Index(p, k) < RowVectors<kVec>::End(p)) a[k] = Pack<T>(acc[k]);
+    if (RowVectors<kVec>::Index(k) < p.vecs_per_row) a[k] = Pack<T>(acc[k]);
   }
 }
 
@@ -488,10 +422,9 @@ __device__ __forceinline__ void GatherAndReduce(const FusedKernelParams& p, cons
 
 // One-shot fused all-reduce + epilogue (Lamport).
 //
-// Grid: G row groups of C blocks (clusters), G <= min(T, co-resident clusters), G C <=
-// kMaxBarrierBlocks; block: blockDim threads fixed by H (a multiple of 32, <= 512). Cluster g owns
-// rows g, g + G, ... on every rank; its block c owns vectors [c R, (c + 1) R) of each.
-// Shared memory: ReductionSmem (block and cluster reductions).
+// Grid: G <= min(T, co-resident blocks, kMaxBarrierBlocks); block: blockDim threads fixed by H
+// (a multiple of 32, <= 512), kVec vectors each. Block b owns rows b, b + G, ... on every rank.
+// Shared memory: 4 x 32 floats (block reductions).
 // Protocol (no barrier): buffer = count_b % 2, count_b this block's call count. Phase 1: push
 // this rank's rows, with -0.0 turned into +0.0, into slot `rank` of the buffer on every peer.
 // Phase 2: poll this rank's copy of every other slot until no 16-bit lane holds the sentinel
@@ -504,22 +437,21 @@ __device__ __forceinline__ void GatherAndReduce(const FusedKernelParams& p, cons
 // hold the sentinel everywhere (creation fills them; every call restores what it consumed).
 template <typename T, int kVec, QuantMode kQuant>
 __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) OneShotAllreduceRmsnormKernel(const FusedKernelParams p) {
-  __shared__ ReductionSmem smem;
+  __shared__ float smem[4][32];
   RowWeights<kVec> weights;
   weights.Preload(p);
   WaitForPreviousKernel();
   AllowNextKernel();
 
   // ---- phase 1: push this rank's rows into slot `rank` of every peer
-  const int64_t first_row = RowGroup(p), row_step = RowGroups(p);
-  int64_t row = first_row;
+  int64_t row = blockIdx.x;
   uint4 xv[kVec];
   LoadRowX<kVec>(p, row, xv);  // issued before the count load: both in flight together
   const uint32_t call = *reinterpret_cast<volatile uint32_t*>(&p.state->oneshot_count[blockIdx.x]);
   const size_t buffer = LamportBuffer(p.lamport_offset, p.lamport_buffer_bytes, call);
   const size_t row_bytes = size_t(p.hidden) * sizeof(T);
-  for (; row < p.tokens; row += row_step) {
-    if (row != first_row) LoadRowX<kVec>(p, row, xv);
+  for (; row < p.tokens; row += gridDim.x) {
+    if (row != blockIdx.x) LoadRowX<kVec>(p, row, xv);
     const size_t offset = buffer + size_t(p.rank) * p.lamport_slot_bytes + size_t(row) * row_bytes;
     for (int i = 1; i < p.world_size; ++i) PushRow<kVec>(p, p.peer_bases[(p.rank + i) % p.world_size] + offset, xv);
   }
@@ -528,7 +460,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) OneShot
   char* const local = p.peer_bases[p.rank];
   WaitBudget budget;
   int slot = 0;
-  for (row = first_row; row < p.tokens; row += row_step, slot ^= 1) {
+  for (row = blockIdx.x; row < p.tokens; row += gridDim.x, slot ^= 1) {
     uint4 res[kVec], a[kVec];
     LoadResidual<kVec>(p, row, res);
     LoadRowX<kVec>(p, row, xv);
@@ -539,16 +471,15 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) OneShot
   }
   // Every thread read `call` before the epilogue's barriers, so the block may advance it.
   if (threadIdx.x == 0) p.state->oneshot_count[blockIdx.x] = call + 1;
-  ClusterExit(p);
 }
 
 // ================================================================ two-shot
 
 // Two-shot fused all-reduce + epilogue (Lamport in both halves, no barrier).
 //
-// Grid: G row groups of C blocks as one-shot, G <= min(R, co-resident clusters), the same on
-// every rank. Rows are split by owner: rank o owns rows [o R, (o + 1) R), R = ceil(T / N).
-// Cluster g handles row offsets j = g, g + G, ... inside every owner's range. Buffers: count_b % 2 of the
+// Grid: G <= min(R, co-resident blocks, kMaxBarrierBlocks), the same G on every rank; block as
+// one-shot. Rows are split by owner: rank o owns rows [o R, (o + 1) R), R = ceil(T / N). Block b
+// handles row offsets j = b, b + G, ... inside every owner's range. Buffers: count_b % 2 of the
 // reduce-scatter and all-gather areas.
 // Phase 1 (reduce-scatter): push the partial rows j of every owner o != rank into slot `rank`
 //   of o's reduce-scatter buffer.
@@ -563,7 +494,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) OneShot
 // sentinel everywhere.
 template <typename T, int kVec, QuantMode kQuant>
 __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) TwoShotAllreduceRmsnormKernel(const FusedKernelParams p) {
-  __shared__ ReductionSmem smem;
+  __shared__ float smem[4][32];
   RowWeights<kVec> weights;
   weights.Preload(p);
   WaitForPreviousKernel();
@@ -578,7 +509,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) TwoShot
   WaitBudget budget;
 
   // ---- phase 1: scatter partial rows to their owners
-  for (int64_t j = RowGroup(p); j < rows; j += RowGroups(p)) {
+  for (int64_t j = blockIdx.x; j < rows; j += gridDim.x) {
     for (int i = 1; i < p.world_size; ++i) {
       const int owner = (p.rank + i) % p.world_size;
       const int64_t row = owner * rows + j;
@@ -591,7 +522,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) TwoShot
 
   // ---- phase 2: reduce the owned rows in rank order, all-gather a, epilogue
   int slot = 0;
-  for (int64_t j = RowGroup(p); j < rows; j += RowGroups(p), slot ^= 1) {
+  for (int64_t j = blockIdx.x; j < rows; j += gridDim.x, slot ^= 1) {
     const int64_t row = p.rank * rows + j;
     if (row >= p.tokens) break;
     uint4 xv[kVec], res[kVec], a[kVec];
@@ -606,7 +537,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) TwoShot
   }
 
   // ---- phase 3: the other owners' rows, as their a arrives
-  for (int64_t j = RowGroup(p); j < rows; j += RowGroups(p)) {
+  for (int64_t j = blockIdx.x; j < rows; j += gridDim.x) {
     for (int i = 1; i < p.world_size; ++i) {
       const int owner = (p.rank + i) % p.world_size;
       const int64_t row = owner * rows + j;
@@ -620,34 +551,32 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) TwoShot
   }
   // Every thread read `call` before the epilogue's barriers, so the block may advance it.
   if (threadIdx.x == 0) p.state->twoshot_count[blockIdx.x] = call + 1;
-  ClusterExit(p);
 }
 
 // ================================================================ nccl path epilogue
 
 // Epilogue after ncclAllReduce: reads the reduced rows and runs RowEpilogue.
-// Grid: any number of row groups of C blocks; cluster g handles rows g, g + G, ...
+// Grid: any; block as one-shot; block b handles rows b, b + G, ...
 // -0.0 sums (all partials -0.0) become +0.0 so the result matches the other paths bit for bit.
 template <typename T, int kVec, QuantMode kQuant>
 __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) AllreduceEpilogueKernel(const FusedKernelParams p) {
-  __shared__ ReductionSmem smem;
+  __shared__ float smem[4][32];
   RowWeights<kVec> weights;
   weights.Preload(p);
   WaitForPreviousKernel();
   AllowNextKernel();
   const uint4* reduced = static_cast<const uint4*>(p.reduced);
   int slot = 0;
-  for (int64_t row = RowGroup(p); row < p.tokens; row += RowGroups(p), slot ^= 1) {
+  for (int64_t row = blockIdx.x; row < p.tokens; row += gridDim.x, slot ^= 1) {
     uint4 res[kVec], a[kVec];
     LoadResidual<kVec>(p, row, res);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const int v = RowVectors<kVec>::Index(p, k);
-      if (v < RowVectors<kVec>::End(p)) a[k] = CanonicalZeros(LoadGlobal(reduced + size_t(row) * p.vecs_per_row + v));
+      const int v = RowVectors<kVec>::Index(k);
+      if (v < p.vecs_per_row) a[k] = CanonicalZeros(LoadGlobal(reduced + size_t(row) * p.vecs_per_row + v));
     }
     RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, smem, slot);
   }
-  ClusterExit(p);
 }
 
 }  // namespace tpfuse::cuda

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <map>
-#include <tuple>
 #include <mutex>
 #include <utility>
 
@@ -23,65 +22,41 @@ std::string_view StrategyName(Strategy s) {
 
 namespace {
 
-// How a row is spread over threads: a function of H alone (see RowEpilogue), so every strategy
-// and every T reduce a row in the same order.
+// Threads per row and vectors per thread: a function of H alone (see RowEpilogue).
 struct RowLayout {
-  int cluster = 1;          // blocks per row (a thread block cluster)
-  int row_chunk = 0;        // vectors each block owns
-  int threads = 0;          // per block, a multiple of 32
-  int vecs_per_thread = 1;  // 1, 2 or 4: the kernels' instantiations
+  int threads = 0;
+  int vecs_per_thread = 0;  // 1, 2 or 4: the kernels' instantiations
 };
 
 RowLayout MakeRowLayout(int64_t hidden) {
   const int vecs = int(hidden / kVecElems);
   RowLayout l;
-  // Split the row over up to 8 blocks while the pieces stay whole warps of at least 256 vectors'
-  // worth; a multiple of 32 vectors per piece keeps FP8 groups (up to 256 elements) in one block.
-  while (l.cluster < 8 && vecs / l.cluster > 256 && vecs % (2 * l.cluster) == 0 &&
-         (vecs / (2 * l.cluster)) % 32 == 0)
-    l.cluster *= 2;
-  l.row_chunk = vecs / l.cluster;
-  while (l.vecs_per_thread * kMaxRowThreads < l.row_chunk) l.vecs_per_thread *= 2;
-  const int threads = (l.row_chunk + l.vecs_per_thread - 1) / l.vecs_per_thread;
+  l.vecs_per_thread = 1;
+  while (l.vecs_per_thread * kMaxRowThreads < vecs) l.vecs_per_thread *= 2;
+  const int threads = (vecs + l.vecs_per_thread - 1) / l.vecs_per_thread;
   l.threads = (threads + 31) / 32 * 32;
   return l;
 }
 
-// Clusters of `kernel` that run at once on this device: one-shot and two-shot blocks wait on
-// their peers' blocks of the same index, so a grid must never exceed what runs at once.
-StatusOr<int> MaxResidentClusters(FusedKernelFn kernel, const RowLayout& layout) {
+// Co-resident blocks of `kernel` on this device: one-shot and two-shot blocks wait on their
+// peers' blocks of the same index, so a grid must never exceed what runs at once.
+StatusOr<int> MaxResidentBlocks(FusedKernelFn kernel, int threads) {
   static std::mutex mutex;
-  static std::map<std::tuple<int, const void*, int, int>, int> cache;
+  static std::map<std::pair<int, std::pair<const void*, int>>, int> cache;
   int device = 0;
   TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
-  const auto key = std::make_tuple(device, reinterpret_cast<const void*>(kernel), layout.threads, layout.cluster);
+  const auto key = std::make_pair(device, std::make_pair(reinterpret_cast<const void*>(kernel), threads));
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  int resident = 0;
-  if (layout.cluster == 1) {
-    int per_sm = 0, sms = 0;
-    TPFUSE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, reinterpret_cast<const void*>(kernel), layout.threads, 0));
-    TPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    resident = per_sm * sms;
-  } else {
-    cudaLaunchConfig_t config{};
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = unsigned(layout.cluster);
-    attribute.val.clusterDim.y = 1;
-    attribute.val.clusterDim.z = 1;
-    config.gridDim = dim3(unsigned(layout.cluster));
-    config.blockDim = dim3(unsigned(layout.threads));
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    TPFUSE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, reinterpret_cast<const void*>(kernel), &config));
-  }
-  if (resident < 1)
-    return Internal("fused kernel cannot run clusters of ", layout.cluster, " x ", layout.threads, " threads");
-  cache[key] = resident;
-  return resident;
+  int per_sm = 0, sms = 0;
+  TPFUSE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, reinterpret_cast<const void*>(kernel), threads, 0));
+  TPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (per_sm < 1) return Internal("fused kernel cannot run ", threads, " threads per block");
+  cache[key] = per_sm * sms;
+  return per_sm * sms;
 }
+
 
 Status CheckPointer(const char* name, const void* p, bool required, size_t alignment) {
   if (required && p == nullptr) return InvalidArgument(name, " is required by the spec but null");
@@ -183,8 +158,6 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   p.tokens = tokens;
   p.hidden = int(spec.hidden);
   p.vecs_per_row = int(spec.hidden / kVecElems);
-  p.cluster_blocks = layout.cluster;
-  p.row_chunk = layout.row_chunk;
   p.weight_dtype = spec.weight_dtype;
   p.eps = spec.eps;
   p.weight_bias = spec.weight_bias;
@@ -210,30 +183,19 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   p.timeout_ns = comm.timeout_ns();
 
   cudaLaunchConfig_t config{};
-  cudaLaunchAttribute attributes[2]{};
-  unsigned num_attributes = 0;
-  if (layout.cluster > 1) {
-    cudaLaunchAttribute& a = attributes[num_attributes++];
-    a.id = cudaLaunchAttributeClusterDimension;
-    a.val.clusterDim.x = unsigned(layout.cluster);
-    a.val.clusterDim.y = 1;
-    a.val.clusterDim.z = 1;
-  }
-  if (options.pdl) {
-    cudaLaunchAttribute& a = attributes[num_attributes++];
-    a.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    a.val.programmaticStreamSerializationAllowed = 1;
-  }
-  config.blockDim = dim3(unsigned(layout.threads));
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.blockDim = dim3(layout.threads);
   config.dynamicSmemBytes = 0;
   config.stream = stream;
-  config.attrs = num_attributes ? attributes : nullptr;
-  config.numAttrs = num_attributes;
+  config.attrs = options.pdl ? &attribute : nullptr;
+  config.numAttrs = options.pdl ? 1 : 0;
 
   if (strategy == Strategy::kNccl) {
     FusedKernelFn kernel = SelectEpilogueKernel(spec.act_dtype, layout.vecs_per_thread, spec.quant);
     if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
-    TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentClusters(kernel, layout));
+    TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
     const ncclDataType_t type = spec.act_dtype == DType::kBF16 ? ncclBfloat16 : ncclFloat16;
     // NOTE: rows are processed in chunks that fit the scratch buffer; a row's result does not
     // depend on the chunking.
@@ -262,7 +224,7 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
         // row, so the chunk keeps the full padded length and shifts by `first` rows.
         q.scale_out = p.scale_col_major ? b.scale_out + first : b.scale_out + first * p.groups_per_row;
       }
-      config.gridDim = dim3(unsigned(std::min<int64_t>(rows, 4 * int64_t(resident)) * layout.cluster));
+      config.gridDim = dim3(unsigned(std::min<int64_t>(rows, 4 * int64_t(resident))));
       TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, q));
     }
     return Status::Ok();
@@ -272,13 +234,13 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
                              ? SelectOneShotKernel(spec.act_dtype, layout.vecs_per_thread, spec.quant)
                              : SelectTwoShotKernel(spec.act_dtype, layout.vecs_per_thread, spec.quant);
   if (!kernel) return Internal("no ", StrategyName(strategy), " kernel for ", spec.ToString(), " at world size ", n);
-  TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentClusters(kernel, layout));
+  TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
   const int64_t work_rows = strategy == Strategy::kOneShot ? tokens : p.rows_per_rank;
   // Blocks wait on their peers' blocks of the same index: the grid stays co-resident (so a
   // waiting block never keeps a peer's block from being scheduled), and per-block call counts
   // cap it at kMaxBarrierBlocks.
-  const int64_t groups = std::min<int64_t>({work_rows, int64_t(resident), int64_t(kMaxBarrierBlocks / layout.cluster)});
-  config.gridDim = dim3(unsigned(groups * layout.cluster));
+  const int64_t grid = std::min<int64_t>({work_rows, int64_t(resident), int64_t(kMaxBarrierBlocks)});
+  config.gridDim = dim3(unsigned(grid));
   TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
   return Status::Ok();
 }
