@@ -123,23 +123,43 @@ StatusOr<StrategyKind> ParseStrategyKind(std::string_view name) {
 }
 
 StrategyTable StrategyTable::Defaults() {
-  // NOTE: placeholders until `tpfuse tune` has measured the crossovers on 2x H200. The TP 2
-  // split follows the usual shape of the curves (one-shot's traffic grows with N-1 copies of
-  // every row, so two-shot wins once the payload is bandwidth- rather than latency-bound); the
-  // TP 4 / TP 8 thresholds are scaled down by the extra peer traffic and are guesses.
-  // 8192 is the default two-shot workspace (cuda::CommOptions::max_tokens); above it, or when
-  // a strategy cannot run a shape, the caller falls back to nccl.
-  constexpr int64_t kTwoShotMax = 8192;
-  StrategyTable table;
-  table.source = "built-in";
+  // Crossovers measured by `tpfuse tune` on 2x and 4x H200 with NVLink (docs/perf/): one-shot
+  // up to the listed T, two-shot above. Two-shot has no upper bound here: a shape over the
+  // workspace is demoted to nccl by the caller (runtime::ChooseStrategy). World sizes and
+  // hidden sizes that were not measured use the catch-all rows, which follow the measured ones
+  // (one-shot while T * H stays near a million elements at TP 2, half that at TP 4) and are
+  // guesses at TP 8.
   struct Split {
     int world_size;
-    int64_t oneshot_max;
+    int64_t hidden;       // 0: any
+    const char* quant;    // "any" or a mode
+    int64_t oneshot_max;  // one-shot for T <= this
   };
-  for (Split s : {Split{2, 128}, Split{4, 64}, Split{8, 32}}) {
-    table.AddRule({s.world_size, 0, "any", 1, s.oneshot_max, StrategyKind::kOneShot});
-    table.AddRule({s.world_size, 0, "any", s.oneshot_max + 1, kTwoShotMax, StrategyKind::kTwoShot});
-    table.AddRule({s.world_size, 0, "any", kTwoShotMax + 1, kUnbounded, StrategyKind::kNccl});
+  static const Split kSplits[] = {
+      // TP 2, measured (2x H200, NVLink NV18).
+      {2, 4096, "any", 511},
+      {2, 7168, "none", 127},
+      {2, 7168, "fp8_tensor", 127},
+      {2, 7168, "fp8_token", 255},
+      {2, 7168, "fp8_group", 255},
+      {2, 8192, "none", 127},
+      {2, 8192, "fp8_tensor", 127},
+      {2, 8192, "fp8_token", 255},
+      {2, 8192, "fp8_group", 255},
+      // TP 4, measured (4x H200, NVLink NV18) for fp8_group and fp8_tensor.
+      {4, 7168, "fp8_group", 255},
+      {4, 7168, "any", 127},
+      {4, 8192, "any", 127},
+      // Catch-alls.
+      {2, 0, "any", 255},
+      {4, 0, "any", 127},
+      {8, 0, "any", 63},
+  };
+  StrategyTable table;
+  table.source = "built-in";
+  for (const Split& s : kSplits) {
+    table.AddRule({s.world_size, s.hidden, s.quant, 1, s.oneshot_max, StrategyKind::kOneShot});
+    table.AddRule({s.world_size, s.hidden, s.quant, s.oneshot_max + 1, kUnbounded, StrategyKind::kTwoShot});
   }
   return table;
 }

@@ -24,27 +24,35 @@ TEST(StrategyKindTest, NamesRoundTrip) {
   EXPECT_NE(bad.status().message().find("threeshot"), std::string::npos);
 }
 
-TEST(StrategyTableTest, DefaultsAtTp2) {
+TEST(StrategyTableTest, DefaultsAtTp2FollowTheMeasuredCrossovers) {
   const StrategyTable t = StrategyTable::Defaults();
   EXPECT_EQ(t.source, "built-in");
-  for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Group}) {
+  for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Group}) {
     EXPECT_EQ(t.Choose(2, 4096, q, 1), StrategyKind::kOneShot);
-    EXPECT_EQ(t.Choose(2, 4096, q, 128), StrategyKind::kOneShot);
-    EXPECT_EQ(t.Choose(2, 4096, q, 129), StrategyKind::kTwoShot);
-    EXPECT_EQ(t.Choose(2, 7168, q, 8192), StrategyKind::kTwoShot);
-    EXPECT_EQ(t.Choose(2, 7168, q, 8193), StrategyKind::kNccl);
-    EXPECT_EQ(t.Choose(2, 7168, q, 1 << 20), StrategyKind::kNccl);
+    EXPECT_EQ(t.Choose(2, 4096, q, 511), StrategyKind::kOneShot);
+    EXPECT_EQ(t.Choose(2, 4096, q, 512), StrategyKind::kTwoShot);
+    // Two-shot has no upper bound in the table: the caller demotes shapes over the workspace.
+    EXPECT_EQ(t.Choose(2, 4096, q, 1 << 20), StrategyKind::kTwoShot);
   }
+  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Tensor, 127), StrategyKind::kOneShot);
+  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Tensor, 128), StrategyKind::kTwoShot);
+  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Group, 255), StrategyKind::kOneShot);
+  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Group, 256), StrategyKind::kTwoShot);
+  // An unmeasured hidden size takes the catch-all.
+  EXPECT_EQ(t.Choose(2, 5120, QuantMode::kNone, 255), StrategyKind::kOneShot);
+  EXPECT_EQ(t.Choose(2, 5120, QuantMode::kNone, 256), StrategyKind::kTwoShot);
 }
 
 TEST(StrategyTableTest, DefaultsAtOtherWorldSizes) {
   const StrategyTable t = StrategyTable::Defaults();
-  EXPECT_EQ(t.Choose(4, 4096, QuantMode::kNone, 64), StrategyKind::kOneShot);
-  EXPECT_EQ(t.Choose(4, 4096, QuantMode::kNone, 65), StrategyKind::kTwoShot);
-  EXPECT_EQ(t.Choose(8, 4096, QuantMode::kNone, 32), StrategyKind::kOneShot);
-  EXPECT_EQ(t.Choose(8, 4096, QuantMode::kNone, 33), StrategyKind::kTwoShot);
-  EXPECT_EQ(t.Choose(8, 4096, QuantMode::kNone, 9000), StrategyKind::kNccl);
-  // World sizes the fused kernels do not run at: nccl.
+  EXPECT_EQ(t.Choose(4, 7168, QuantMode::kFp8Group, 255), StrategyKind::kOneShot);
+  EXPECT_EQ(t.Choose(4, 7168, QuantMode::kFp8Group, 256), StrategyKind::kTwoShot);
+  EXPECT_EQ(t.Choose(4, 7168, QuantMode::kFp8Tensor, 128), StrategyKind::kTwoShot);
+  EXPECT_EQ(t.Choose(4, 4096, QuantMode::kNone, 127), StrategyKind::kOneShot);
+  EXPECT_EQ(t.Choose(4, 4096, QuantMode::kNone, 128), StrategyKind::kTwoShot);
+  EXPECT_EQ(t.Choose(8, 4096, QuantMode::kNone, 63), StrategyKind::kOneShot);
+  EXPECT_EQ(t.Choose(8, 4096, QuantMode::kNone, 64), StrategyKind::kTwoShot);
+  // World sizes with no rule: nccl.
   EXPECT_EQ(t.Choose(3, 4096, QuantMode::kNone, 1), StrategyKind::kNccl);
   EXPECT_EQ(t.Choose(16, 4096, QuantMode::kNone, 1), StrategyKind::kNccl);
 }

@@ -192,9 +192,9 @@ std::string FormatHeader(const Report& r) {
   if (p.mode == Mode::kBench) {
     os << "  dispatcher table: " << r.table_source << "\n";
     os << "  paths: oneshot, twoshot = the fused op with that strategy;\n"
-       << "         B (nccl) = ncclAllReduce + one fused add-RMSNorm-quant kernel, which is "
-          "exactly "
-          "the fused op's nccl strategy (one measurement);\n"
+       << "         B (nccl) = ncclAllReduce + one fused add-RMSNorm-quant kernel: the fused "
+          "op's nccl strategy at N = 2 (one measurement; above N = 2 that strategy gathers the "
+          "partials to keep Contract 3's sum, B keeps ncclAllReduce);\n"
        << "         A = ncclAllReduce + fused_add_rms_norm kernel + quant_fp8 kernel (unfused "
           "ops);\n"
        << "         NCCL = ncclAllReduce alone; dispatched = the dispatcher's strategy (its "

@@ -791,6 +791,9 @@ Status RankRunner::EnqueueOp(Path path, const Shape& shape, int set_index) {
                         : nullptr;
       cuda::LaunchOptions options;
       options.pdl = plan_.pdl;
+      // The nccl column is baseline B, ncclAllReduce + one fused epilogue kernel, at every N
+      // (the fused op's own nccl strategy gathers the partials above N = 2 instead).
+      options.nccl_reduction = cuda::NcclReduction::kAllReduce;
       return cuda::LaunchAllreduceRmsnorm(*comm_, spec, shape.tokens, b, ToStrategy(path),
                                           stream_.get(), options);
     }

@@ -34,10 +34,22 @@ struct FusedBuffers {
   float* scale_out = nullptr;
 };
 
+// How the nccl strategy combines the ranks' partials.
+enum class NcclReduction : uint8_t {
+  // Contract 3's sum (f32, rank order 0..N-1, one rounding): ncclAllReduce at N = 2, where its
+  // sum is that one rounding; above N = 2 ncclAllGather of the partials and the sum in the
+  // epilogue kernel (ncclAllReduce rounds partial sums in ring order there).
+  kExact,
+  // ncclAllReduce at every N: NCCL's own summation order and roundings. The benchmark's
+  // baseline B; not Contract 3's sum above N = 2.
+  kAllReduce,
+};
+
 struct LaunchOptions {
   // Programmatic dependent launch: the kernel may start while the previous kernel on the stream
   // finishes; it waits (griddepcontrol.wait) before touching anything that kernel may write.
   bool pdl = true;
+  NcclReduction nccl_reduction = NcclReduction::kExact;
 };
 
 // Validates everything (spec, pointers, alignment, T against the workspace, strategy against

@@ -32,7 +32,8 @@ struct FusedKernelParams {
   const void* residual;     // null: no residual
   const void* weight;
   const float* scale;       // fp8_tensor only
-  const void* reduced;      // nccl path: the ncclAllReduce result [T, H]
+  const void* reduced;      // nccl path: the ncclAllReduce result [T, H], or with
+  int gathered_ranks;       //   gathered_ranks > 0 the ncclAllGather result [N][T][H]
   // ---- outputs (null when not emitted)
   void* allreduce_out;
   void* norm_out;
@@ -555,9 +556,12 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) TwoShot
 
 // ================================================================ nccl path epilogue
 
-// Epilogue after ncclAllReduce: reads the reduced rows and runs RowEpilogue.
+// Epilogue of the nccl path: reads the rows ncclAllReduce reduced, or sums the rows
+// ncclAllGather gathered in rank order (Contract 3's sum, as the other strategies), and runs
+// RowEpilogue.
 // Grid: any; block as one-shot; block b handles rows b, b + G, ...
-// -0.0 sums (all partials -0.0) become +0.0 so the result matches the other paths bit for bit.
+// -0.0 becomes +0.0 (in the reduced rows, or in each gathered partial) so the result matches
+// the other paths bit for bit.
 template <typename T, int kVec, QuantMode kQuant>
 __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) AllreduceEpilogueKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
@@ -570,10 +574,27 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) Allredu
   for (int64_t row = blockIdx.x; row < p.tokens; row += gridDim.x, slot ^= 1) {
     uint4 res[kVec], a[kVec];
     LoadResidual<kVec>(p, row, res);
+    if (p.gathered_ranks > 0) {
+      const size_t rank_stride = size_t(p.tokens) * p.vecs_per_row;
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const int v = RowVectors<kVec>::Index(k);
-      if (v < p.vecs_per_row) a[k] = CanonicalZeros(LoadGlobal(reduced + size_t(row) * p.vecs_per_row + v));
+      for (int k = 0; k < kVec; ++k) {
+        const int v = RowVectors<kVec>::Index(k);
+        if (v >= p.vecs_per_row) continue;
+        float acc[kVecElems];
+        for (int r = 0; r < p.gathered_ranks; ++r) {
+          float f[kVecElems];
+          Unpack<T>(CanonicalZeros(LoadGlobal(reduced + r * rank_stride + size_t(row) * p.vecs_per_row + v)), f);
+#pragma unroll
+          for (int i = 0; i < kVecElems; ++i) acc[i] = r == 0 ? f[i] : __fadd_rn(acc[i], f[i]);
+        }
+        a[k] = Pack<T>(acc);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        const int v = RowVectors<kVec>::Index(k);
+        if (v < p.vecs_per_row) a[k] = CanonicalZeros(LoadGlobal(reduced + size_t(row) * p.vecs_per_row + v));
+      }
     }
     RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, smem, slot);
   }

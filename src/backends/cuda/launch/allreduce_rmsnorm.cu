@@ -96,7 +96,9 @@ Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_
     return FailedPrecondition("the communicator is poisoned by an earlier timeout; recreate it");
   const int n = comm.world_size();
   if (strategy == Strategy::kNccl) {
-    if (spec.hidden > comm.options().max_hidden && RowsThatFit(comm.nccl_scratch_bytes(), spec.hidden) < 1)
+    // Above N = 2 the exact path gathers every rank's partial row into the scratch buffer.
+    const size_t copies = n > 2 ? size_t(n) : 1;
+    if (RowsThatFit(comm.nccl_scratch_bytes() / copies, spec.hidden) < 1)
       return OutOfRange("hidden ", spec.hidden, " does not fit the nccl scratch buffer");
     return Status::Ok();
   }
@@ -197,16 +199,29 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
     if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
     TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
     const ncclDataType_t type = spec.act_dtype == DType::kBF16 ? ncclBfloat16 : ncclFloat16;
+    // At N = 2 ncclAllReduce's sum is Contract 3's (one f32 add, one rounding); above it NCCL
+    // rounds partial sums, so the exact path gathers the partials and sums them in the kernel.
+    const bool gather = options.nccl_reduction == NcclReduction::kExact && n > 2;
+    const int64_t copies = gather ? n : 1;
     // NOTE: rows are processed in chunks that fit the scratch buffer; a row's result does not
     // depend on the chunking.
-    const int64_t chunk = std::max<int64_t>(1, RowsThatFit(comm.nccl_scratch_bytes(), spec.hidden));
+    const int64_t chunk =
+        std::max<int64_t>(1, RowsThatFit(comm.nccl_scratch_bytes() / size_t(copies), spec.hidden));
+    if (RowsThatFit(comm.nccl_scratch_bytes() / size_t(copies), spec.hidden) < 1)
+      return OutOfRange("hidden ", spec.hidden, " x ", copies, " ranks does not fit the nccl scratch buffer");
     for (int64_t first = 0; first < tokens; first += chunk) {
       const int64_t rows = std::min(chunk, tokens - first);
       const size_t offset = size_t(first) * spec.hidden;
-      TPFUSE_NCCL_CHECK(ncclAllReduce(static_cast<const uint16_t*>(b.x) + offset, comm.nccl_scratch(),
-                                      size_t(rows) * spec.hidden, type, ncclSum, comm.nccl(), stream));
+      if (gather) {
+        TPFUSE_NCCL_CHECK(ncclAllGather(static_cast<const uint16_t*>(b.x) + offset, comm.nccl_scratch(),
+                                        size_t(rows) * spec.hidden, type, comm.nccl(), stream));
+      } else {
+        TPFUSE_NCCL_CHECK(ncclAllReduce(static_cast<const uint16_t*>(b.x) + offset, comm.nccl_scratch(),
+                                        size_t(rows) * spec.hidden, type, ncclSum, comm.nccl(), stream));
+      }
       FusedKernelParams q = p;
       q.reduced = comm.nccl_scratch();
+      q.gathered_ranks = gather ? n : 0;
       q.tokens = rows;
       // Chunk-relative pointers; scale indices stay absolute through the row offset.
       auto shift = [&](const void* base, size_t elem_bytes) -> const char* {
