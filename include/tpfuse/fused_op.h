@@ -23,6 +23,15 @@ StatusOr<QuantMode> ParseQuantMode(std::string_view name);
 StatusOr<ScaleLayout> ParseScaleLayout(std::string_view name);
 StatusOr<ScaleFormat> ParseScaleFormat(std::string_view name);
 
+// How the activation scale `s` of scaled_matmul maps onto q [M, K].
+enum class ActScaleLayout : uint8_t {
+  kPerTensor,    // s: one element
+  kPerToken,     // s: [M, 1] (M elements)
+  kPerGroupRow,  // s: [M, K / g] row-major
+  kPerGroupCol,  // s: [K / g, M_pad] column-major, M_pad >= M (pad4(M))
+};
+std::string_view ActScaleLayoutName(ActScaleLayout layout);  // "per-tensor", ...
+
 inline bool IsDynamicQuant(QuantMode mode) {
   return mode == QuantMode::kFp8Token || mode == QuantMode::kFp8Group;
 }
@@ -69,6 +78,21 @@ struct AllreduceRmsnormSpec {
   int NumResults() const;
   // One-line description for logs and errors.
   std::string ToString() const;
+};
+
+// Device pointers of one fused-op call: x, residual and outputs [T, H] row-major; weight [H];
+// scale f32[] (fp8_tensor); scale_out spec.ScaleElements(T) floats. Outputs not in spec.emit
+// are null; the others are 16-byte aligned (scale pointers 4-byte).
+struct FusedBuffers {
+  const void* x = nullptr;
+  const void* residual = nullptr;
+  const void* weight = nullptr;
+  const float* scale = nullptr;
+  void* allreduce_out = nullptr;
+  void* norm_out = nullptr;
+  void* residual_out = nullptr;
+  void* quant_out = nullptr;
+  float* scale_out = nullptr;
 };
 
 // Row padding of the column-major scale layout: T rounded up to a multiple of 4.

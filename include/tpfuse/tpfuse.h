@@ -44,20 +44,6 @@ struct CommConfig {
   std::string strategy_table;
 };
 
-// Device pointers of one call: x, residual and outputs [T, H] row-major; weight [H]; scale
-// f32[] (fp8_tensor); scale_out per spec.ScaleElements(T). Outputs not in spec.emit are null.
-struct FusedBuffers {
-  const void* x = nullptr;
-  const void* residual = nullptr;
-  const void* weight = nullptr;
-  const float* scale = nullptr;
-  void* allreduce_out = nullptr;
-  void* norm_out = nullptr;
-  void* residual_out = nullptr;
-  void* quant_out = nullptr;
-  float* scale_out = nullptr;
-};
-
 class Comm {
  public:
   // Borrows the caller's NCCL communicator (destroy it after this object). The current CUDA

@@ -22,6 +22,16 @@ std::string_view ScaleFormatName(ScaleFormat format) {
   return format == ScaleFormat::kF32 ? "f32" : "ue8m0";
 }
 
+std::string_view ActScaleLayoutName(ActScaleLayout layout) {
+  switch (layout) {
+    case ActScaleLayout::kPerTensor: return "per-tensor";
+    case ActScaleLayout::kPerToken: return "per-token";
+    case ActScaleLayout::kPerGroupRow: return "per-group row-major";
+    case ActScaleLayout::kPerGroupCol: return "per-group column-major";
+  }
+  return "?";
+}
+
 StatusOr<QuantMode> ParseQuantMode(std::string_view name) {
   for (QuantMode m : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token,
                       QuantMode::kFp8Group}) {

@@ -743,4 +743,40 @@ StatusOr<QuantParams> QuantParamsFromNode(const Node& node) {
   return ReadQuantParams(AttrReader(node.op(), node.attrs()));
 }
 
+const Value* SkipViews(const Value* value) {
+  while (value->producer() && value->producer()->op() == "view") value = value->producer()->operand(0);
+  return value;
+}
+
+StatusOr<ActScaleLayout> ScaledMatmulScaleLayout(const Node& node) {
+  if (node.op() != "scaled_matmul" || node.num_operands() < 2)
+    return InvalidArgument("ScaledMatmulScaleLayout: expected a scaled_matmul node, got ", node.op());
+  const Value* s = SkipViews(node.operand(1));
+  if (const Node* p = s->producer()) {
+    QuantMode mode = QuantMode::kNone;
+    ScaleLayout layout = ScaleLayout::kRow;
+    if (p->op() == "quant_fp8") {
+      TPFUSE_ASSIGN_OR_RETURN(QuantParams params, QuantParamsFromNode(*p));
+      mode = params.mode;
+      layout = params.layout;
+    } else if (p->op() == "allreduce_rmsnorm") {
+      TPFUSE_ASSIGN_OR_RETURN(AllreduceRmsnormSpec spec, FusedSpecFromNode(*p));
+      mode = spec.quant;
+      layout = spec.scale_layout;
+    }
+    if (mode == QuantMode::kFp8Tensor) return ActScaleLayout::kPerTensor;
+    if (mode == QuantMode::kFp8Token) return ActScaleLayout::kPerToken;
+    if (mode == QuantMode::kFp8Group)
+      return layout == ScaleLayout::kRow ? ActScaleLayout::kPerGroupRow : ActScaleLayout::kPerGroupCol;
+  }
+  const TensorType& st = node.operand(1)->type();
+  const Dim& m = node.operand(0)->type().shape.at(0);
+  if (st.rank() == 0) return ActScaleLayout::kPerTensor;
+  if (st.rank() == 2 && st.shape[0] == m) {
+    if (st.shape[1] == Dim::Const(1)) return ActScaleLayout::kPerToken;
+    return ActScaleLayout::kPerGroupRow;
+  }
+  return ActScaleLayout::kPerGroupCol;
+}
+
 }  // namespace tpfuse::ir

@@ -97,4 +97,13 @@ struct QuantParams {
 };
 StatusOr<QuantParams> QuantParamsFromNode(const Node& node);
 
+// Follows no-op views back to the value they view.
+const Value* SkipViews(const Value* value);
+
+// How a scaled_matmul node's activation scale (operand 1) maps onto q: from the quant_fp8 or
+// allreduce_rmsnorm that produced it (through views) when there is one, otherwise from the
+// scale's type: f32[] per tensor, [M, 1] per token, [M, G] (first dim q's M) row-major groups,
+// anything else column-major groups [G, pad4(M)]. Every executor reads a graph through this.
+StatusOr<ActScaleLayout> ScaledMatmulScaleLayout(const Node& node);
+
 }  // namespace tpfuse::ir

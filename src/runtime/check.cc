@@ -10,10 +10,7 @@
 namespace tpfuse::runtime {
 namespace {
 
-const ir::Value* SkipViews(const ir::Value* v) {
-  while (v->producer() && v->producer()->op() == "view") v = v->producer()->operand(0);
-  return v;
-}
+using ir::SkipViews;
 
 bool IsGemmOutput(const ir::Value* v) {
   const ir::Node* p = SkipViews(v)->producer();

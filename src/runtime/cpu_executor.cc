@@ -35,45 +35,6 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-// Follows no-op views back to the value they view.
-const ir::Value* SkipViews(const ir::Value* v) {
-  while (v->producer() && v->producer()->op() == "view") v = v->producer()->operand(0);
-  return v;
-}
-
-// How scaled_matmul's activation scale maps onto q: from the quant op that produced it when
-// there is one (its attributes are authoritative), otherwise from the scale's type:
-// f32[] per tensor, [M, 1] per token, [M, G] (first dim is q's M) row-major groups, anything
-// else column-major groups [G, pad4(M)].
-StatusOr<cpu::ActScaleLayout> ActScaleLayoutOf(const ir::Node& node) {
-  const ir::Value* s = SkipViews(node.operand(1));
-  if (const ir::Node* p = s->producer()) {
-    QuantMode mode = QuantMode::kNone;
-    ScaleLayout layout = ScaleLayout::kRow;
-    if (p->op() == "quant_fp8") {
-      TPFUSE_ASSIGN_OR_RETURN(ir::QuantParams params, ir::QuantParamsFromNode(*p));
-      mode = params.mode;
-      layout = params.layout;
-    } else if (p->op() == "allreduce_rmsnorm") {
-      TPFUSE_ASSIGN_OR_RETURN(AllreduceRmsnormSpec spec, ir::FusedSpecFromNode(*p));
-      mode = spec.quant;
-      layout = spec.scale_layout;
-    }
-    if (mode == QuantMode::kFp8Tensor) return cpu::ActScaleLayout::kPerTensor;
-    if (mode == QuantMode::kFp8Token) return cpu::ActScaleLayout::kPerToken;
-    if (mode == QuantMode::kFp8Group)
-      return layout == ScaleLayout::kRow ? cpu::ActScaleLayout::kPerGroupRow
-                                         : cpu::ActScaleLayout::kPerGroupCol;
-  }
-  const ir::TensorType& st = node.operand(1)->type();
-  const ir::Dim& m = node.operand(0)->type().shape.at(0);
-  if (st.rank() == 0) return cpu::ActScaleLayout::kPerTensor;
-  if (st.rank() == 2 && st.shape[0] == m) {
-    if (st.shape[1] == ir::Dim::Const(1)) return cpu::ActScaleLayout::kPerToken;
-    return cpu::ActScaleLayout::kPerGroupRow;
-  }
-  return cpu::ActScaleLayout::kPerGroupCol;
-}
 
 // Runs fn(r) for every rank, ranks 1.. on their own threads. Each rank writes only its own
 // slots, so the result does not depend on scheduling.
@@ -164,7 +125,7 @@ StatusOr<std::vector<HostTensor>> RunLocalOp(const ir::Node& node,
     return Results{std::move(y)};
   }
   if (op == "scaled_matmul") {
-    TPFUSE_ASSIGN_OR_RETURN(cpu::ActScaleLayout layout, ActScaleLayoutOf(node));
+    TPFUSE_ASSIGN_OR_RETURN(cpu::ActScaleLayout layout, ir::ScaledMatmulScaleLayout(node));
     TPFUSE_ASSIGN_OR_RETURN(HostTensor y,
                             cpu::ScaledMatmul(*in[0], *in[1], layout, *in[2], *in[3], out_dtype));
     return Results{std::move(y)};

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "ir/ops.h"
 #include "ir/parser.h"
 #include "passes/pass.h"
 #include "runtime/check.h"
@@ -127,8 +128,7 @@ int CountOps(const ir::Graph& graph, const std::string& op) {
 std::vector<int> ReplicatedOutputs(const ir::Graph& graph) {
   std::vector<int> indices;
   for (int i = 0; i < int(graph.outputs().size()); ++i) {
-    const ir::Value* v = graph.outputs()[size_t(i)];
-    while (v->producer() && v->producer()->op() == "view") v = v->producer()->operand(0);
+    const ir::Value* v = ir::SkipViews(graph.outputs()[size_t(i)]);
     const bool gemm = v->producer() && (v->producer()->op() == "matmul" || v->producer()->op() == "scaled_matmul");
     if (!gemm) indices.push_back(i);
   }

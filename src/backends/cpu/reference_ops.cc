@@ -346,16 +346,6 @@ StatusOr<HostTensor> Matmul(const HostTensor& a, const HostTensor& b, DType out_
   return y;
 }
 
-std::string_view ActScaleLayoutName(ActScaleLayout layout) {
-  switch (layout) {
-    case ActScaleLayout::kPerTensor: return "per-tensor";
-    case ActScaleLayout::kPerToken: return "per-token";
-    case ActScaleLayout::kPerGroupRow: return "per-group row-major";
-    case ActScaleLayout::kPerGroupCol: return "per-group column-major";
-  }
-  return "?";
-}
-
 StatusOr<HostTensor> ScaledMatmul(const HostTensor& q, const HostTensor& s,
                                   ActScaleLayout s_layout, const HostTensor& w,
                                   const HostTensor& ws, DType out_dtype) {

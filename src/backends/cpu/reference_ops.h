@@ -98,15 +98,10 @@ StatusOr<DynamicQuantResult> QuantFp8Dynamic(const HostTensor& y,
 // y[.., N] = a[.., K] x b[K, N]: products and sums in double, one rounding to out_dtype.
 StatusOr<HostTensor> Matmul(const HostTensor& a, const HostTensor& b, DType out_dtype);
 
-// How the activation scale `s` of scaled_matmul maps onto q [T, K]. The executor decides it
-// from the IR (the quant_fp8 producing s, or s's type).
-enum class ActScaleLayout : uint8_t {
-  kPerTensor,    // s: one element
-  kPerToken,     // s: [T, 1], or [1, T_pad] column-major (entry t either way)
-  kPerGroupRow,  // s: [T, K / g] row-major
-  kPerGroupCol,  // s: [K / g, T_pad] column-major, T_pad >= T (pad4(T))
-};
-std::string_view ActScaleLayoutName(ActScaleLayout layout);
+// How the activation scale `s` of scaled_matmul maps onto q [T, K] (shared vocabulary; the
+// executor decides it from the IR).
+using ActScaleLayout = tpfuse::ActScaleLayout;
+using tpfuse::ActScaleLayoutName;
 
 // y[T, N] = (q * s) x (w * ws): q f8e4m3 [T, K] dequantized with s per `s_layout`; w f8e4m3
 // [K, N] dequantized with ws, either one element (per tensor) or blocks [K / bk, N / bn] (the

@@ -19,20 +19,9 @@ enum class Strategy : uint8_t {
 };
 std::string_view StrategyName(Strategy s);  // "oneshot", "twoshot", "nccl"
 
-// Device pointers of one call. Unused outputs (not in spec.emit) must be null; used ones must
-// be non-null and 16-byte aligned. Shapes: x, residual, outputs [T, H] row-major; weight [H];
-// scale f32[] (fp8_tensor); scale_out per spec.ScaleElements(T).
-struct FusedBuffers {
-  const void* x = nullptr;
-  const void* residual = nullptr;
-  const void* weight = nullptr;
-  const float* scale = nullptr;
-  void* allreduce_out = nullptr;
-  void* norm_out = nullptr;
-  void* residual_out = nullptr;
-  void* quant_out = nullptr;
-  float* scale_out = nullptr;
-};
+// Device pointers of one call (include/tpfuse/fused_op.h). Unused outputs (not in spec.emit)
+// must be null; used ones non-null and 16-byte aligned.
+using FusedBuffers = tpfuse::FusedBuffers;
 
 // How the nccl strategy combines the ranks' partials.
 enum class NcclReduction : uint8_t {

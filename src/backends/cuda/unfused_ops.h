@@ -121,12 +121,7 @@ Status LaunchMatmul(const GemmContext& ctx, const DeviceTensor& a, const DeviceT
                     const DeviceTensor& y, cudaStream_t stream);
 
 // How the activation scale s of scaled_matmul maps onto q [M, K].
-enum class ActScaleLayout : uint8_t {
-  kPerTensor,    // s: one element
-  kPerToken,     // s: M elements
-  kPerGroupRow,  // s: [M, K / g] row-major
-  kPerGroupCol,  // s: [K / g, M_pad] column-major, M_pad >= M
-};
+using ActScaleLayout = tpfuse::ActScaleLayout;
 
 // Scratch bytes LaunchScaledMatmul needs for q [M, K] and w [K, N].
 size_t ScaledMatmulScratchBytes(int64_t m, int64_t k, int64_t n);

@@ -42,44 +42,6 @@ std::string NodeLabel(const ir::Node& node) {
   return label;
 }
 
-// Follows no-op views back to the value they view.
-const ir::Value* SkipViews(const ir::Value* v) {
-  while (v->producer() && v->producer()->op() == "view") v = v->producer()->operand(0);
-  return v;
-}
-
-// How scaled_matmul's activation scale maps onto q: from the quant op that produced it when
-// there is one, otherwise from the scale's type.
-// NOTE: the same rule as the CPU executor's (cpu_executor.cc), so both read a graph alike.
-StatusOr<cuda::ActScaleLayout> ActScaleLayoutOf(const ir::Node& node) {
-  const ir::Value* s = SkipViews(node.operand(1));
-  if (const ir::Node* p = s->producer()) {
-    QuantMode mode = QuantMode::kNone;
-    ScaleLayout layout = ScaleLayout::kRow;
-    if (p->op() == "quant_fp8") {
-      TPFUSE_ASSIGN_OR_RETURN(ir::QuantParams params, ir::QuantParamsFromNode(*p));
-      mode = params.mode;
-      layout = params.layout;
-    } else if (p->op() == "allreduce_rmsnorm") {
-      TPFUSE_ASSIGN_OR_RETURN(AllreduceRmsnormSpec spec, ir::FusedSpecFromNode(*p));
-      mode = spec.quant;
-      layout = spec.scale_layout;
-    }
-    if (mode == QuantMode::kFp8Tensor) return cuda::ActScaleLayout::kPerTensor;
-    if (mode == QuantMode::kFp8Token) return cuda::ActScaleLayout::kPerToken;
-    if (mode == QuantMode::kFp8Group)
-      return layout == ScaleLayout::kRow ? cuda::ActScaleLayout::kPerGroupRow
-                                         : cuda::ActScaleLayout::kPerGroupCol;
-  }
-  const ir::TensorType& st = node.operand(1)->type();
-  const ir::Dim& m = node.operand(0)->type().shape.at(0);
-  if (st.rank() == 0) return cuda::ActScaleLayout::kPerTensor;
-  if (st.rank() == 2 && st.shape[0] == m) {
-    if (st.shape[1] == ir::Dim::Const(1)) return cuda::ActScaleLayout::kPerToken;
-    return cuda::ActScaleLayout::kPerGroupRow;
-  }
-  return cuda::ActScaleLayout::kPerGroupCol;
-}
 
 StatusOr<ncclDataType_t> NcclType(DType dtype) {
   switch (dtype) {
@@ -267,7 +229,7 @@ Status PlanOp(const ir::Node& node, NodePlan& np) {
     np.kind = OpKind::kMatmul;
   } else if (op == "scaled_matmul") {
     np.kind = OpKind::kScaledMatmul;
-    TPFUSE_ASSIGN_OR_RETURN(np.act_scale, ActScaleLayoutOf(node));
+    TPFUSE_ASSIGN_OR_RETURN(np.act_scale, ir::ScaledMatmulScaleLayout(node));
   } else {
     return Unimplemented("op '", op, "' has no CUDA implementation");
   }

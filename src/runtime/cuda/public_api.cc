@@ -88,18 +88,8 @@ std::string Comm::why_no_peer_memory() const {
   return impl_->comm->has_peer_memory() ? std::string() : impl_->comm->why_no_peer_memory();
 }
 
-Status Comm::AllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tokens, const FusedBuffers& b,
+Status Comm::AllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tokens, const FusedBuffers& buffers,
                               cudaStream_t stream, Strategy strategy) {
-  cuda::FusedBuffers buffers;
-  buffers.x = b.x;
-  buffers.residual = b.residual;
-  buffers.weight = b.weight;
-  buffers.scale = b.scale;
-  buffers.allreduce_out = b.allreduce_out;
-  buffers.norm_out = b.norm_out;
-  buffers.residual_out = b.residual_out;
-  buffers.quant_out = b.quant_out;
-  buffers.scale_out = b.scale_out;
   switch (strategy) {
     case Strategy::kAuto:
       return runtime::LaunchFusedAuto(impl_->table, *impl_->comm, spec, tokens, buffers, stream, impl_->launch);
