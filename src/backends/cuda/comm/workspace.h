@@ -80,8 +80,8 @@ struct CommDeviceState {
   uint32_t pad_;
   // Per-block call counts of the one-shot and two-shot kernels: block b reads its count at the
   // start and stores count + 1 at the end. Every rank launches the same grid for the same shape,
-  // so block b's count is the same on every rank (the one-shot buffer is count % 2; two-shot's
-  // barrier epochs are 2 count + 1 and 2 count + 2). No cross-block atomics are needed.
+  // so block b's count is the same on every rank (every Lamport area's buffer is count % 2). No
+  // cross-block atomics are needed.
   uint32_t oneshot_count[kMaxBarrierBlocks];
   uint32_t twoshot_count[kMaxBarrierBlocks];
 };

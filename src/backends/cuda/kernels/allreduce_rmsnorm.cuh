@@ -1,6 +1,6 @@
 // The fused all-reduce + residual add + RMSNorm + FP8 quantization kernels (DESIGN.md
-// Contract 3): one-shot (Lamport), two-shot (reduce-scatter / all-gather with per-block
-// barriers), and the epilogue that follows ncclAllReduce on the nccl path.
+// Contract 3): one-shot and two-shot (both Lamport: data words carry readiness, no barrier),
+// and the epilogue of the nccl path.
 //
 // Every strategy ends in the same per-row epilogue (RowEpilogue) with the same thread layout,
 // which depends on H only: so a row's result does not depend on T, on the other rows, or on the
