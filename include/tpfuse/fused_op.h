@@ -23,6 +23,13 @@ StatusOr<QuantMode> ParseQuantMode(std::string_view name);
 StatusOr<ScaleLayout> ParseScaleLayout(std::string_view name);
 StatusOr<ScaleFormat> ParseScaleFormat(std::string_view name);
 
+// How the fused op moves data between the GPUs (docs/kernels.md): every rank pushes its rows to
+// every peer (one-shot), reduce-scatter by rows then all-gather (two-shot), or NCCL collectives
+// plus one epilogue kernel (nccl). The same vocabulary for the dispatcher and the launchers.
+enum class FusedStrategy : uint8_t { kOneShot, kTwoShot, kNccl };
+std::string_view FusedStrategyName(FusedStrategy strategy);  // "oneshot", "twoshot", "nccl"
+StatusOr<FusedStrategy> ParseFusedStrategy(std::string_view name);
+
 // How the activation scale `s` of scaled_matmul maps onto q [M, K].
 enum class ActScaleLayout : uint8_t {
   kPerTensor,    // s: one element

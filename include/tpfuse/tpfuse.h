@@ -28,7 +28,8 @@ enum class Strategy : uint8_t {
   kAuto,     // the dispatcher's choice for (world size, hidden, quant, T); nccl when over the workspace
   kOneShot,  // every rank pushes its rows to every peer, data words carry readiness
   kTwoShot,  // reduce-scatter by rows, all-gather, epilogue
-  kNccl,     // ncclAllReduce + one fused epilogue kernel (multi-node, no peer memory, any size)
+  kNccl,     // NCCL collectives + one fused epilogue kernel (multi-node, no peer memory, any size):
+             // ncclAllReduce at N = 2, ncclAllGather + a rank-ordered sum above
 };
 std::string_view StrategyName(Strategy s);
 

@@ -22,6 +22,22 @@ std::string_view ScaleFormatName(ScaleFormat format) {
   return format == ScaleFormat::kF32 ? "f32" : "ue8m0";
 }
 
+std::string_view FusedStrategyName(FusedStrategy strategy) {
+  switch (strategy) {
+    case FusedStrategy::kOneShot: return "oneshot";
+    case FusedStrategy::kTwoShot: return "twoshot";
+    case FusedStrategy::kNccl: return "nccl";
+  }
+  return "?";
+}
+
+StatusOr<FusedStrategy> ParseFusedStrategy(std::string_view name) {
+  for (FusedStrategy s : {FusedStrategy::kOneShot, FusedStrategy::kTwoShot, FusedStrategy::kNccl}) {
+    if (FusedStrategyName(s) == name) return s;
+  }
+  return InvalidArgument("unknown strategy '", name, "' (expected oneshot, twoshot or nccl)");
+}
+
 std::string_view ActScaleLayoutName(ActScaleLayout layout) {
   switch (layout) {
     case ActScaleLayout::kPerTensor: return "per-tensor";

@@ -98,29 +98,13 @@ StatusOr<StrategyRule> RuleFromJson(const json& obj, const std::string& where) {
     return InvalidArgument(where, ".max_tokens (", rule.max_tokens, ") is below min_tokens (",
                            rule.min_tokens, ")");
   TPFUSE_ASSIGN_OR_RETURN(std::string strategy, TextField(obj, where, "strategy", std::nullopt));
-  StatusOr<StrategyKind> kind = ParseStrategyKind(strategy);
+  StatusOr<StrategyKind> kind = ParseFusedStrategy(strategy);
   if (!kind.ok()) return kind.status().WithContext(where + ".strategy");
   rule.strategy = *kind;
   return rule;
 }
 
 }  // namespace
-
-std::string_view StrategyKindName(StrategyKind s) {
-  switch (s) {
-    case StrategyKind::kOneShot: return "oneshot";
-    case StrategyKind::kTwoShot: return "twoshot";
-    case StrategyKind::kNccl: return "nccl";
-  }
-  return "?";
-}
-
-StatusOr<StrategyKind> ParseStrategyKind(std::string_view name) {
-  for (StrategyKind s : {StrategyKind::kOneShot, StrategyKind::kTwoShot, StrategyKind::kNccl}) {
-    if (StrategyKindName(s) == name) return s;
-  }
-  return InvalidArgument("unknown strategy '", name, "' (expected oneshot, twoshot or nccl)");
-}
 
 StrategyTable StrategyTable::Defaults() {
   // Crossovers measured by `tpfuse tune` on 2x and 4x H200 with NVLink (docs/perf/): one-shot
@@ -207,7 +191,7 @@ std::string StrategyTable::ToJson() const {
                 {"quant", r.quant},
                 {"min_tokens", r.min_tokens},
                 {"max_tokens", r.max_tokens},
-                {"strategy", std::string(StrategyKindName(r.strategy))}};
+                {"strategy", std::string(FusedStrategyName(r.strategy))}};
     rules.push_back(std::move(obj));
   }
   json doc = {{"machine", source}, {"rules", std::move(rules)}};

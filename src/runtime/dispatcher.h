@@ -11,9 +11,8 @@
 
 namespace tpfuse::runtime {
 
-enum class StrategyKind : uint8_t { kOneShot, kTwoShot, kNccl };
-std::string_view StrategyKindName(StrategyKind s);  // "oneshot", "twoshot", "nccl"
-StatusOr<StrategyKind> ParseStrategyKind(std::string_view name);
+// The strategies (include/tpfuse/fused_op.h).
+using StrategyKind = FusedStrategy;
 
 // One row: for this world size / hidden / quant, tokens in [min_tokens, max_tokens] use
 // `strategy`. hidden == 0 or quant "any" match everything (looked up most specific first).

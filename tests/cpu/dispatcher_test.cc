@@ -15,11 +15,11 @@ constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
 
 TEST(StrategyKindTest, NamesRoundTrip) {
   for (StrategyKind s : {StrategyKind::kOneShot, StrategyKind::kTwoShot, StrategyKind::kNccl}) {
-    StatusOr<StrategyKind> parsed = ParseStrategyKind(StrategyKindName(s));
+    StatusOr<StrategyKind> parsed = ParseFusedStrategy(FusedStrategyName(s));
     ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
     EXPECT_EQ(*parsed, s);
   }
-  StatusOr<StrategyKind> bad = ParseStrategyKind("threeshot");
+  StatusOr<StrategyKind> bad = ParseFusedStrategy("threeshot");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("threeshot"), std::string::npos);
 }

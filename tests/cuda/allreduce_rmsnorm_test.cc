@@ -182,7 +182,7 @@ TEST_P(FusedOpShapes, EveryStrategyMatchesOracleAndEachOther) {
       ASSERT_FALSE(ref.empty());
       std::vector<std::vector<HostTensor>> results[3];
       for (int s = 0; s < 3; ++s) {
-        const std::string what = StrCat(Describe(spec, tokens), " ", cuda::StrategyName(kStrategies[s]));
+        const std::string what = StrCat(Describe(spec, tokens), " ", FusedStrategyName(kStrategies[s]));
         const Status st = RunFused(*gpus_, spec, in, tokens, kStrategies[s], results[s]);
         ASSERT_TRUE(st.ok()) << what << ": " << st.ToString();
         ExpectMatchesOracle(spec, in, results[s], ref, what);
@@ -238,7 +238,7 @@ TEST_F(FusedOpTest, EveryVariantMatchesOracle) {
               std::vector<std::vector<HostTensor>> one, two;
               for (Strategy strategy : {Strategy::kOneShot, Strategy::kTwoShot}) {
                 auto& out = strategy == Strategy::kOneShot ? one : two;
-                const std::string what = StrCat(Describe(spec, shape.tokens), " ", cuda::StrategyName(strategy));
+                const std::string what = StrCat(Describe(spec, shape.tokens), " ", FusedStrategyName(strategy));
                 const Status st = RunFused(*gpus_, spec, in, shape.tokens, strategy, out);
                 ASSERT_TRUE(st.ok()) << what << ": " << st.ToString();
                 ExpectMatchesOracle(spec, in, out, ref, what);
@@ -278,7 +278,7 @@ TEST_F(FusedOpTest, RowResultDoesNotDependOnTokenCount) {
       const HostTensor& b = out_big[0][i];
       // Row-major outputs: the first 3 rows' bytes are a prefix.
       EXPECT_EQ(std::memcmp(a.data(), b.data(), a.nbytes()), 0)
-          << cuda::StrategyName(strategy) << " output " << i << ": rows 0..2 differ between T=3 and T=1000";
+          << FusedStrategyName(strategy) << " output " << i << ": rows 0..2 differ between T=3 and T=1000";
     }
   }
 }
@@ -292,7 +292,7 @@ TEST_F(FusedOpTest, ProgrammaticDependentLaunchOffGivesTheSameBits) {
     cuda::LaunchOptions no_pdl;
     no_pdl.pdl = false;
     ASSERT_TRUE(RunFused(*gpus_, spec, in, 128, strategy, without, no_pdl).ok());
-    EXPECT_EQ(BitwiseDiff(with[0], without[0]), "") << cuda::StrategyName(strategy);
+    EXPECT_EQ(BitwiseDiff(with[0], without[0]), "") << FusedStrategyName(strategy);
   }
 }
 
@@ -308,7 +308,7 @@ TEST_F(FusedOpTest, RankTaggedInputsReduceExactly) {
     ASSERT_TRUE(RunFused(*gpus_, spec, in, 19, strategy, out).ok());
     for (int r = 0; r < kWorld; ++r) {
       const CompareResult c = CompareExact(out[size_t(r)][0], ref[0]);
-      EXPECT_TRUE(c.ok) << cuda::StrategyName(strategy) << " rank " << r << ": " << c.summary;
+      EXPECT_TRUE(c.ok) << FusedStrategyName(strategy) << " rank " << r << ": " << c.summary;
     }
   }
 }
@@ -380,7 +380,7 @@ TEST_F(FusedOpTest, TenThousandGraphReplaysWithChangingInputs) {
         return Internal(host_mismatches, " mismatching 16-byte words over ", kReplays, " replays");
       return Status::Ok();
     });
-    EXPECT_TRUE(st.ok()) << cuda::StrategyName(strategy) << ": " << st.ToString();
+    EXPECT_TRUE(st.ok()) << FusedStrategyName(strategy) << ": " << st.ToString();
   }
 }
 
@@ -415,7 +415,7 @@ TEST_F(FusedOpTest, PeerThatNeverArrivesTimesOut) {
       return Status::Ok();
     });
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    EXPECT_TRUE(statuses[0].ok()) << cuda::StrategyName(strategy) << ": " << statuses[0].ToString();
+    EXPECT_TRUE(statuses[0].ok()) << FusedStrategyName(strategy) << ": " << statuses[0].ToString();
     EXPECT_LT(seconds, 10.0) << "the timeout took far longer than configured";
   }
 }
@@ -501,7 +501,7 @@ int FusedChildMain(const ChildSpec& child) {
       const std::string report = CompareFusedOutputs(spec, in, call.host_outputs, ref);
       if (!report.empty()) {
         std::fprintf(stderr, "rank %d %s %s:\n%s", child.rank, std::string(QuantModeName(quant)).c_str(),
-                     std::string(cuda::StrategyName(strategy)).c_str(), report.c_str());
+                     std::string(FusedStrategyName(strategy)).c_str(), report.c_str());
         ++failures;
       }
     }

@@ -258,13 +258,13 @@ TEST_F(CudaExecutorTest, FusedGraphMatchesTheUnfusedOracleWithEveryStrategy) {
       SCOPED_TRACE(StrCat("H ", hidden));
       std::vector<RankOutputs> by_strategy;
       for (StrategyKind s : {StrategyKind::kOneShot, StrategyKind::kTwoShot, StrategyKind::kNccl}) {
-        SCOPED_TRACE(StrCat("strategy ", runtime::StrategyKindName(s)));
+        SCOPED_TRACE(StrCat("strategy ", FusedStrategyName(s)));
         CudaExecutor* gpu = Executor(s);
         ASSERT_NE(gpu, nullptr);
         by_strategy.push_back(RunAndCompare(*graph, *fused, tokens, gpu));
         ASSERT_EQ(gpu->last_fused_strategies().size(), 1u);
         EXPECT_NE(gpu->last_fused_strategies()[0].find(std::string(": ") +
-                                                       std::string(runtime::StrategyKindName(s))),
+                                                       std::string(FusedStrategyName(s))),
                   std::string::npos)
             << gpu->last_fused_strategies()[0];
       }

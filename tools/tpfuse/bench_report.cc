@@ -263,7 +263,7 @@ std::string FormatTable(const Report& r, int64_t hidden, QuantMode quant) {
       std::snprintf(line, sizeof(line), "%7lld %10s %10s %10s   %-9s %s\n",
                     static_cast<long long>(s->tokens), Us(s->Median(Path::kOneShot)).c_str(),
                     Us(s->Median(Path::kTwoShot)).c_str(), Us(s->Median(Path::kNccl)).c_str(),
-                    best ? std::string(StrategyKindName(*best)).c_str() : "-", margin.c_str());
+                    best ? std::string(FusedStrategyName(*best)).c_str() : "-", margin.c_str());
       os << line;
     }
     for (Path p : {Path::kOneShot, Path::kTwoShot, Path::kNccl}) {
@@ -342,7 +342,7 @@ std::string FormatProgress(const Report& r, const ShapeResult& s) {
     for (Path p : {Path::kOneShot, Path::kTwoShot, Path::kNccl})
       os << " " << PathName(p) << " " << Us(s.Median(p));
     os << " us";
-    if (std::optional<StrategyKind> best = s.Fastest()) os << " -> " << StrategyKindName(*best);
+    if (std::optional<StrategyKind> best = s.Fastest()) os << " -> " << FusedStrategyName(*best);
   }
   return os.str();
 }
@@ -430,11 +430,11 @@ std::string ToJson(const Report& r) {
                   {"l2_flush_between_replays", s.rotation.flush_l2},
                   {"paths", std::move(paths)}};
     if (r.plan.mode == Mode::kBench) {
-      shape["dispatched"] = {{"choice", std::string(StrategyKindName(s.dispatched_choice))},
+      shape["dispatched"] = {{"choice", std::string(FusedStrategyName(s.dispatched_choice))},
                              {"ran", std::string(PathName(s.dispatched))},
                              {"note", s.dispatch_note}};
     } else if (std::optional<StrategyKind> best = s.Fastest()) {
-      shape["fastest"] = std::string(StrategyKindName(*best));
+      shape["fastest"] = std::string(FusedStrategyName(*best));
     }
     shapes.push_back(std::move(shape));
   }
@@ -569,7 +569,7 @@ std::string FormatRules(const runtime::StrategyTable& table) {
     std::snprintf(line, sizeof(line), "%6d %7s  %-11s %-16s %s\n", rule.world_size,
                   rule.hidden == 0 ? "any" : std::to_string(rule.hidden).c_str(),
                   rule.quant.c_str(), tokens.c_str(),
-                  std::string(StrategyKindName(rule.strategy)).c_str());
+                  std::string(FusedStrategyName(rule.strategy)).c_str());
     os << line;
   }
   return os.str();

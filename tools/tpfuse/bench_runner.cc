@@ -705,7 +705,7 @@ StatusOr<ShapeResult> RankRunner::RunShape(const AllreduceRmsnormSpec& spec, int
     result.dispatched = PathOf(runtime::ChooseStrategy(table_, *comm_, spec, tokens));
     const Path chosen = StrategyPath(result.dispatched_choice);
     if (result.dispatched != chosen) {
-      result.dispatch_note = StrCat("the table picks ", StrategyKindName(result.dispatched_choice),
+      result.dispatch_note = StrCat("the table picks ", FusedStrategyName(result.dispatched_choice),
                                     ", which cannot run here (", result.at(chosen).skipped,
                                     "); the runtime runs ", PathName(result.dispatched));
     }

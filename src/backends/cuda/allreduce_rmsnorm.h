@@ -12,12 +12,8 @@
 
 namespace tpfuse::cuda {
 
-enum class Strategy : uint8_t {
-  kOneShot,  // every rank pushes its rows to every peer (Lamport: data words carry readiness)
-  kTwoShot,  // reduce-scatter by rows, residual add on owned rows, all-gather, epilogue
-  kNccl,     // ncclAllReduce + one fused epilogue kernel
-};
-std::string_view StrategyName(Strategy s);  // "oneshot", "twoshot", "nccl"
+// The strategies (include/tpfuse/fused_op.h): oneshot, twoshot, nccl.
+using Strategy = FusedStrategy;
 
 // Device pointers of one call (include/tpfuse/fused_op.h). Unused outputs (not in spec.emit)
 // must be null; used ones non-null and 16-byte aligned.

@@ -477,17 +477,17 @@ struct CudaExecutor::Impl {
       const cuda::Communicator& comm = *ranks[0].comm;
       const int64_t tokens = plan.values[size_t(np.operands[size_t(np.fused_in.x)])].shape.at(0);
       if (options.strategy_override) {
-        np.strategy = ToCudaStrategy(*options.strategy_override);
+        np.strategy = *options.strategy_override;
         if (Status can = cuda::CanRun(comm, np.spec, tokens, np.strategy); !can.ok())
           return can.WithContext(StrCat(np.label, ": the requested strategy ",
-                                        cuda::StrategyName(np.strategy), " cannot run"));
+                                        FusedStrategyName(np.strategy), " cannot run"));
       } else {
         // The dispatcher's choice, demoted when the communicators cannot run it.
         np.strategy = ChooseStrategy(options.strategies, comm, np.spec, tokens);
         if (Status can = cuda::CanRun(comm, np.spec, tokens, np.strategy); !can.ok())
           return can.WithContext(np.label);
       }
-      report->push_back(StrCat(np.label, ": ", cuda::StrategyName(np.strategy)));
+      report->push_back(StrCat(np.label, ": ", FusedStrategyName(np.strategy)));
     }
     return Status::Ok();
   }

@@ -4,19 +4,10 @@
 
 namespace tpfuse::runtime {
 
-cuda::Strategy ToCudaStrategy(StrategyKind kind) {
-  switch (kind) {
-    case StrategyKind::kOneShot: return cuda::Strategy::kOneShot;
-    case StrategyKind::kTwoShot: return cuda::Strategy::kTwoShot;
-    case StrategyKind::kNccl: return cuda::Strategy::kNccl;
-  }
-  return cuda::Strategy::kNccl;
-}
-
 cuda::Strategy ChooseStrategy(const StrategyTable& table, const cuda::Communicator& comm,
                               const AllreduceRmsnormSpec& spec, int64_t tokens) {
   const cuda::Strategy wanted =
-      ToCudaStrategy(table.Choose(comm.world_size(), spec.hidden, spec.quant, tokens));
+      table.Choose(comm.world_size(), spec.hidden, spec.quant, tokens);
   if (wanted == cuda::Strategy::kNccl) return wanted;
   // A shape over the one-shot workspace may still fit two-shot's, which moves the same bytes
   // at N = 2 and fewer above.

@@ -7,8 +7,6 @@
 
 namespace tpfuse::runtime {
 
-cuda::Strategy ToCudaStrategy(StrategyKind kind);
-
 // The strategy the table picks for this call, demoted to nccl when the communicator cannot run
 // it (no peer memory, T over the workspace, unsupported world size).
 cuda::Strategy ChooseStrategy(const StrategyTable& table, const cuda::Communicator& comm,

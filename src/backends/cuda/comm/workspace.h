@@ -9,7 +9,7 @@ namespace tpfuse::cuda {
 
 inline constexpr int kMaxRanks = 8;
 // Upper bound on blocks of a peer-memory kernel (one per-block call count each).
-inline constexpr int kMaxBarrierBlocks = 1024;
+inline constexpr int kMaxFusedBlocks = 1024;
 // Every Lamport area has two buffers, alternated by the per-block call count; a reader resets
 // each slot to the sentinel right after reading it, and a peer writes that buffer again only
 // after this rank's next call has begun (so after this call's resets are visible).
@@ -82,8 +82,8 @@ struct CommDeviceState {
   // start and stores count + 1 at the end. Every rank launches the same grid for the same shape,
   // so block b's count is the same on every rank (every Lamport area's buffer is count % 2). No
   // cross-block atomics are needed.
-  uint32_t oneshot_count[kMaxBarrierBlocks];
-  uint32_t twoshot_count[kMaxBarrierBlocks];
+  uint32_t oneshot_count[kMaxFusedBlocks];
+  uint32_t twoshot_count[kMaxFusedBlocks];
 };
 
 inline constexpr uint32_t kErrorNone = 0;

@@ -423,7 +423,7 @@ __device__ __forceinline__ void GatherAndReduce(const FusedKernelParams& p, cons
 
 // One-shot fused all-reduce + epilogue (Lamport).
 //
-// Grid: G <= min(T, co-resident blocks, kMaxBarrierBlocks); block: blockDim threads fixed by H
+// Grid: G <= min(T, co-resident blocks, kMaxFusedBlocks); block: blockDim threads fixed by H
 // (a multiple of 32, <= 512), kVec vectors each. Block b owns rows b, b + G, ... on every rank.
 // Shared memory: 4 x 32 floats (block reductions).
 // Protocol (no barrier): buffer = count_b % 2, count_b this block's call count. Phase 1: push
@@ -478,7 +478,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) OneShot
 
 // Two-shot fused all-reduce + epilogue (Lamport in both halves, no barrier).
 //
-// Grid: G <= min(R, co-resident blocks, kMaxBarrierBlocks), the same G on every rank; block as
+// Grid: G <= min(R, co-resident blocks, kMaxFusedBlocks), the same G on every rank; block as
 // one-shot. Rows are split by owner: rank o owns rows [o R, (o + 1) R), R = ceil(T / N). Block b
 // handles row offsets j = b, b + G, ... inside every owner's range. Buffers: count_b % 2 of the
 // reduce-scatter and all-gather areas.

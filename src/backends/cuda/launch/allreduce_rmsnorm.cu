@@ -11,15 +11,6 @@
 
 namespace tpfuse::cuda {
 
-std::string_view StrategyName(Strategy s) {
-  switch (s) {
-    case Strategy::kOneShot: return "oneshot";
-    case Strategy::kTwoShot: return "twoshot";
-    case Strategy::kNccl: return "nccl";
-  }
-  return "?";
-}
-
 namespace {
 
 // Threads per row and vectors per thread: a function of H alone (see RowEpilogue).
@@ -103,10 +94,10 @@ Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_
     return Status::Ok();
   }
   if (!comm.has_peer_memory())
-    return Unimplemented("strategy ", StrategyName(strategy), " needs peer memory: ",
+    return Unimplemented("strategy ", FusedStrategyName(strategy), " needs peer memory: ",
                          comm.why_no_peer_memory());
   if (n < 2 || n > kMaxRanks)
-    return Unimplemented("strategy ", StrategyName(strategy), " runs at world sizes 2 to ", kMaxRanks, ", not ", n);
+    return Unimplemented("strategy ", FusedStrategyName(strategy), " runs at world sizes 2 to ", kMaxRanks, ", not ", n);
   const WorkspaceLayout& l = comm.layout();
   if (strategy == Strategy::kOneShot) {
     const int64_t fit = RowsThatFit(l.lamport_slot_bytes, spec.hidden);
@@ -248,13 +239,13 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   FusedKernelFn kernel = strategy == Strategy::kOneShot
                              ? SelectOneShotKernel(spec.act_dtype, layout.vecs_per_thread, spec.quant)
                              : SelectTwoShotKernel(spec.act_dtype, layout.vecs_per_thread, spec.quant);
-  if (!kernel) return Internal("no ", StrategyName(strategy), " kernel for ", spec.ToString(), " at world size ", n);
+  if (!kernel) return Internal("no ", FusedStrategyName(strategy), " kernel for ", spec.ToString(), " at world size ", n);
   TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
   const int64_t work_rows = strategy == Strategy::kOneShot ? tokens : p.rows_per_rank;
   // Blocks wait on their peers' blocks of the same index: the grid stays co-resident (so a
   // waiting block never keeps a peer's block from being scheduled), and per-block call counts
-  // cap it at kMaxBarrierBlocks.
-  const int64_t grid = std::min<int64_t>({work_rows, int64_t(resident), int64_t(kMaxBarrierBlocks)});
+  // cap it at kMaxFusedBlocks.
+  const int64_t grid = std::min<int64_t>({work_rows, int64_t(resident), int64_t(kMaxFusedBlocks)});
   config.gridDim = dim3(unsigned(grid));
   TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
   return Status::Ok();
