@@ -59,6 +59,33 @@ struct EmitSet {
   static StatusOr<EmitSet> FromNames(const std::vector<std::string>& names);
 };
 
+// Where the form the fused op replaced rounds (DESIGN.md Contract 3, attribute `rounding`). The
+// defaults are Contract 3's original form; the compiler sets the others from the graph it
+// matched, so that fusing changes no bit of the graph's results.
+struct RoundingRecipe {
+  // The norm reads the unrounded f32 h = a + residual (vLLM's native fused-add RMSNorm) instead
+  // of round(h) (the residual add written in the activation dtype).
+  bool norm_input_f32 = false;
+  // y = round(round(n) * w') (LlamaRMSNorm's `weight * x.to(input_dtype)`, vLLM's
+  // forward_static) instead of y = round(n * w').
+  bool weight_after_round = false;
+  // w' = round_to_weight_dtype(w + weight_bias) (the graph adds the 1 in the weight's dtype)
+  // instead of the f32 sum. No effect when weight_bias is 0 or the weight is f32.
+  bool weight_bias_in_weight_dtype = false;
+  // The quantization's scale step written the other way round from the mode's default:
+  // fp8_tensor divides y / scale (default: y * (1/scale), the reciprocal once in f32); fp8_token
+  // and fp8_group multiply y * (1/s) (default: y / s).
+  bool scale_op_swapped = false;
+
+  bool operator==(const RoundingRecipe&) const = default;
+  bool is_default() const { return *this == RoundingRecipe{}; }
+  // Names of the flags set, in field order: "norm_input_f32", "weight_after_round",
+  // "weight_bias_in_weight_dtype", "scale_op_swapped". Empty for the defaults.
+  std::vector<std::string> Names() const;
+  // Parses flag names in any order; rejects unknown or repeated names.
+  static StatusOr<RoundingRecipe> FromNames(const std::vector<std::string>& names);
+};
+
 // Everything that fixes the fused op's behaviour except the token count.
 struct AllreduceRmsnormSpec {
   DType act_dtype = DType::kBF16;     // x, residual, allreduce/norm/residual outputs
@@ -72,6 +99,11 @@ struct AllreduceRmsnormSpec {
   ScaleLayout scale_layout = ScaleLayout::kRow;
   ScaleFormat scale_fmt = ScaleFormat::kF32;
   EmitSet emit;
+  RoundingRecipe rounding;
+
+  // Whether the quantization divides by its scale (y / scale, y / s) rather than multiplying by
+  // the reciprocal taken once in f32: the mode's default, swapped by rounding.scale_op_swapped.
+  bool QuantDivides() const { return (quant != QuantMode::kFp8Tensor) != rounding.scale_op_swapped; }
 
   // Checks internal consistency (dtypes, hidden > 0, group divides hidden, emit not empty,
   // emit.quant iff quant != none, emit.residual needs a residual). Names the problem.

@@ -95,6 +95,33 @@ StatusOr<EmitSet> EmitSet::FromNames(const std::vector<std::string>& names) {
   return emit;
 }
 
+std::vector<std::string> RoundingRecipe::Names() const {
+  std::vector<std::string> names;
+  if (norm_input_f32) names.push_back("norm_input_f32");
+  if (weight_after_round) names.push_back("weight_after_round");
+  if (weight_bias_in_weight_dtype) names.push_back("weight_bias_in_weight_dtype");
+  if (scale_op_swapped) names.push_back("scale_op_swapped");
+  return names;
+}
+
+StatusOr<RoundingRecipe> RoundingRecipe::FromNames(const std::vector<std::string>& names) {
+  RoundingRecipe recipe;
+  for (const std::string& name : names) {
+    bool* field = nullptr;
+    if (name == "norm_input_f32") field = &recipe.norm_input_f32;
+    else if (name == "weight_after_round") field = &recipe.weight_after_round;
+    else if (name == "weight_bias_in_weight_dtype") field = &recipe.weight_bias_in_weight_dtype;
+    else if (name == "scale_op_swapped") field = &recipe.scale_op_swapped;
+    else
+      return InvalidArgument("unknown rounding entry '", name,
+                             "' (expected norm_input_f32, weight_after_round, "
+                             "weight_bias_in_weight_dtype or scale_op_swapped)");
+    if (*field) return InvalidArgument("rounding entry '", name, "' appears twice");
+    *field = true;
+  }
+  return recipe;
+}
+
 Status AllreduceRmsnormSpec::Validate() const {
   if (!IsHalfType(act_dtype))
     return InvalidArgument("activation dtype must be bf16 or f16, got ", DTypeName(act_dtype));
@@ -145,6 +172,10 @@ std::string AllreduceRmsnormSpec::ToString() const {
   if (IsDynamicQuant(quant))
     s += StrCat(" scales=", ScaleLayoutName(scale_layout), "/", ScaleFormatName(scale_fmt));
   if (weight_bias != 0.0f) s += StrCat(" weight_bias=", weight_bias);
+  std::string rounding_names;
+  for (const std::string& n : rounding.Names())
+    rounding_names += (rounding_names.empty() ? "" : ",") + n;
+  if (!rounding_names.empty()) s += StrCat(" rounding=", rounding_names);
   return s + StrCat(" emit=", emit_names, "}");
 }
 

@@ -5,15 +5,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backends/cuda/comm/lamport.h"
+
 namespace tpfuse::cuda {
 
 inline constexpr int kMaxRanks = 8;
-// Upper bound on blocks of a peer-memory kernel (one per-block call count each).
-inline constexpr int kMaxFusedBlocks = 1024;
-// Every Lamport area has two buffers, alternated by the per-block call count; a reader resets
-// each slot to the sentinel right after reading it, and a peer writes that buffer again only
-// after this rank's next call has begun (so after this call's resets are visible).
-inline constexpr int kLamportBuffers = 2;
+// kMaxFusedBlocks and kLamportBuffers, and the rule that picks a buffer: comm/lamport.h.
 
 struct WorkspaceConfig {
   int world_size = 2;
@@ -78,10 +75,10 @@ struct CommDeviceState {
   uint32_t error_peer;
   uint32_t error_phase;
   uint32_t pad_;
-  // Per-block call counts of the one-shot and two-shot kernels: block b reads its count at the
-  // start and stores count + 1 at the end. Every rank launches the same grid for the same shape,
-  // so block b's count is the same on every rank (every Lamport area's buffer is count % 2). No
-  // cross-block atomics are needed.
+  // Call counts of the one-shot and two-shot kernels, kept equal across the array between calls
+  // (comm/lamport.h: block b reads counts[b]; at the end every counter holds the next call's
+  // number). The count is the number of earlier calls of that strategy, the same on every block
+  // and every rank; every Lamport area's buffer is count % 2. No cross-block atomics.
   uint32_t oneshot_count[kMaxFusedBlocks];
   uint32_t twoshot_count[kMaxFusedBlocks];
 };

@@ -339,9 +339,16 @@ struct WaitBudget {
   }
 };
 
-// One Lamport area of the workspace: buffer `call % 2` of it.
+// One Lamport area of the workspace: the buffer call `call` uses (comm/lamport.h).
 __device__ __forceinline__ size_t LamportBuffer(size_t offset, size_t buffer_bytes, uint32_t call) {
-  return offset + size_t(call % kLamportBuffers) * buffer_bytes;
+  return offset + size_t(LamportBufferIndex(call)) * buffer_bytes;
+}
+
+// End of a peer-memory call: every call counter of the strategy moves to call + 1 (the block's
+// threads share the stores). Every thread of the block read `call` before the epilogue's
+// barriers, and index blockIdx.x is written by this block only.
+__device__ __forceinline__ void AdvanceCallCount(uint32_t* counts, uint32_t call) {
+  LamportAdvance(counts, blockIdx.x, gridDim.x, call, threadIdx.x, blockDim.x);
 }
 
 template <int kVec>
@@ -426,13 +433,15 @@ __device__ __forceinline__ void GatherAndReduce(const FusedKernelParams& p, cons
 // Grid: G <= min(T, co-resident blocks, kMaxFusedBlocks); block: blockDim threads fixed by H
 // (a multiple of 32, <= 512), kVec vectors each. Block b owns rows b, b + G, ... on every rank.
 // Shared memory: 4 x 32 floats (block reductions).
-// Protocol (no barrier): buffer = count_b % 2, count_b this block's call count. Phase 1: push
+// Protocol (no barrier): buffer = k % 2, k the number of earlier one-shot calls, the same on
+// every block and rank (comm/lamport.h: the rule, and why two buffers are safe whatever the
+// shapes and grids of consecutive calls). Phase 1: push
 // this rank's rows, with -0.0 turned into +0.0, into slot `rank` of the buffer on every peer.
 // Phase 2: poll this rank's copy of every other slot until no 16-bit lane holds the sentinel
 // -0.0, reset each slot to the sentinel right after reading it, sum the partials in rank order
-// 0..N-1 in f32 and run the epilogue. A peer writes this buffer again only two calls later,
-// after it has received this rank's data of the next call, which this rank sends only after
-// this kernel has completed (griddepcontrol.wait comes first): the resets are visible by then.
+// 0..N-1 in f32 and run the epilogue. A peer writes this buffer again only in call k + 2, after
+// every rank has completed call k (comm/lamport.h), so the resets are in place by then. At the
+// end every block moves the call counters to k + 1.
 // Every block pushes before it waits, and waits only on the same block index of its peers.
 // Preconditions: T rows fit in a slot; H % 8 == 0; pointers 16-byte aligned; the Lamport areas
 // hold the sentinel everywhere (creation fills them; every call restores what it consumed).
@@ -448,7 +457,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) OneShot
   int64_t row = blockIdx.x;
   uint4 xv[kVec];
   LoadRowX<kVec>(p, row, xv);  // issued before the count load: both in flight together
-  const uint32_t call = *reinterpret_cast<volatile uint32_t*>(&p.state->oneshot_count[blockIdx.x]);
+  const uint32_t call = LamportCallOf(p.state->oneshot_count, blockIdx.x);
   const size_t buffer = LamportBuffer(p.lamport_offset, p.lamport_buffer_bytes, call);
   const size_t row_bytes = size_t(p.hidden) * sizeof(T);
   for (; row < p.tokens; row += gridDim.x) {
@@ -470,8 +479,8 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) OneShot
         kPhaseOneShotGather, budget, a);
     RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, smem, slot);
   }
-  // Every thread read `call` before the epilogue's barriers, so the block may advance it.
-  if (threadIdx.x == 0) p.state->oneshot_count[blockIdx.x] = call + 1;
+  __syncthreads();  // every thread has read `call`
+  AdvanceCallCount(p.state->oneshot_count, call);
 }
 
 // ================================================================ two-shot
@@ -480,8 +489,8 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) OneShot
 //
 // Grid: G <= min(R, co-resident blocks, kMaxFusedBlocks), the same G on every rank; block as
 // one-shot. Rows are split by owner: rank o owns rows [o R, (o + 1) R), R = ceil(T / N). Block b
-// handles row offsets j = b, b + G, ... inside every owner's range. Buffers: count_b % 2 of the
-// reduce-scatter and all-gather areas.
+// handles row offsets j = b, b + G, ... inside every owner's range. Buffers: k % 2 of the
+// reduce-scatter and all-gather areas, k the number of earlier two-shot calls (comm/lamport.h).
 // Phase 1 (reduce-scatter): push the partial rows j of every owner o != rank into slot `rank`
 //   of o's reduce-scatter buffer.
 // Phase 2 (owned rows): poll the other ranks' partials, sum in rank order 0..N-1, round once;
@@ -489,8 +498,12 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) OneShot
 // Phase 3 (other owners' rows): poll a from this rank's all-gather buffer, run the epilogue (the
 //   residual is replicated, so each rank adds its own; gathering a is half the bytes of h + y).
 // Every slot read is reset to the sentinel. Buffer reuse is safe for the reasons of one-shot:
-// a peer writes a buffer again two calls later, after this kernel has completed. Every block
-// pushes before it waits, and waits only on the same block index of its peers.
+// a peer writes a buffer again in call k + 2, after every rank has completed call k. Every
+// block pushes before it waits, and waits only on the same block index of its peers.
+// NOTE: no fence between a slot's reset and later pushes. The only later writer of a reset
+// slot is a peer's push of call k + 2, which causally follows this kernel's completion (the
+// peer needs this rank's call k + 1 data, sent after griddepcontrol.wait has seen this grid
+// complete with all its stores performed); a fence inside the kernel would order nothing more.
 // Preconditions: R rows fit the areas; H % 8 == 0; pointers 16-byte aligned; the areas hold the
 // sentinel everywhere.
 template <typename T, int kVec, QuantMode kQuant>
@@ -501,7 +514,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) TwoShot
   WaitForPreviousKernel();
   AllowNextKernel();
 
-  const uint32_t call = *reinterpret_cast<volatile uint32_t*>(&p.state->twoshot_count[blockIdx.x]);
+  const uint32_t call = LamportCallOf(p.state->twoshot_count, blockIdx.x);
   const size_t rs = LamportBuffer(p.rs_offset, p.rs_buffer_bytes, call);
   const size_t ag = LamportBuffer(p.ag_offset, p.ag_buffer_bytes, call);
   const size_t row_bytes = size_t(p.hidden) * sizeof(T);
@@ -550,8 +563,8 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) TwoShot
       slot ^= 1;
     }
   }
-  // Every thread read `call` before the epilogue's barriers, so the block may advance it.
-  if (threadIdx.x == 0) p.state->twoshot_count[blockIdx.x] = call + 1;
+  __syncthreads();  // every thread has read `call`
+  AdvanceCallCount(p.state->twoshot_count, call);
 }
 
 // ================================================================ nccl path epilogue

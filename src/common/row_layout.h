@@ -1,0 +1,66 @@
+// How one row of H activations is laid out over the threads of one block, and the one order in
+// which a row's values are summed (the sum of squares of RMSNorm, and the `mean` op). The CUDA
+// kernels and the CPU oracle both follow it, so that on every backend a row's sum of squares is
+// the same float (DESIGN.md Contract 3: "the sum of squares has one order, fixed by H").
+//
+// The order, for a row of n values e[0..n) with n % 8 == 0 (one 16-byte vector = 8 values):
+//   1. thread t of `threads` owns vectors t, t + threads, ..., t + (vecs_per_thread - 1) threads
+//      (those < n / 8) and sums its values in that order, vector by vector, element by element,
+//      starting from +0.0f: s = s + e (one f32 rounding per add; the squares are rounded f32
+//      products, never fused multiply-adds);
+//   2. each warp of 32 threads reduces by xor butterfly: for offset 16, 8, 4, 2, 1 every lane
+//      computes s = s + s[lane ^ offset]; lane 0's value is the warp's sum;
+//   3. the warps' sums are added in warp order: total = w0 + w1 + ... (starting from w0).
+// Rows whose length is not a multiple of 8 (only the unfused ops meet them) are summed
+// sequentially from +0.0f.
+//
+// NOTE: changing MakeRowLayout changes results in the last bits on every backend at once (the
+// CPU follows this function); it must stay a function of H alone.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define TPFUSE_HOST_DEVICE __host__ __device__
+#else
+#define TPFUSE_HOST_DEVICE
+#endif
+
+namespace tpfuse {
+
+// Elements of one 16-byte vector of 16-bit activations.
+inline constexpr int kRowVecElems = 8;
+// Threads of one row's block at most, and vectors one thread may own at most: H <= 256 * 8 * 8.
+inline constexpr int kMaxRowThreads = 256;
+inline constexpr int kMaxRowVecsPerThread = 8;
+inline constexpr int64_t kMaxRowHidden = int64_t{kMaxRowThreads} * kMaxRowVecsPerThread * kRowVecElems;
+
+struct RowLayout {
+  int threads = 0;          // a multiple of 32
+  int vecs_per_thread = 0;  // 1, 2, 4 or 8
+  int vecs = 0;             // H / 8
+};
+
+// The layout of a row of `hidden` elements (hidden % 8 == 0, hidden <= kMaxRowHidden): the
+// fewest vectors per thread that keep the block at kMaxRowThreads or below.
+TPFUSE_HOST_DEVICE constexpr RowLayout MakeRowLayout(int64_t hidden) {
+  RowLayout l;
+  l.vecs = int(hidden / kRowVecElems);
+  l.vecs_per_thread = 1;
+  while (l.vecs_per_thread < kMaxRowVecsPerThread && l.vecs_per_thread * kMaxRowThreads < l.vecs)
+    l.vecs_per_thread *= 2;
+  const int threads = (l.vecs + l.vecs_per_thread - 1) / l.vecs_per_thread;
+  l.threads = (threads + 31) / 32 * 32;
+  return l;
+}
+
+// Whether the kernels' row layout covers a row of `hidden` elements.
+TPFUSE_HOST_DEVICE constexpr bool HasRowLayout(int64_t hidden) {
+  return hidden > 0 && hidden % kRowVecElems == 0 && hidden <= kMaxRowHidden;
+}
+
+// Sum of values[0..n) in the order above (the kernels' order when HasRowLayout(n), else
+// sequential). Host only; the kernels implement the same order with shuffles.
+float RowSumInKernelOrder(const float* values, int64_t n);
+
+}  // namespace tpfuse
