@@ -91,6 +91,10 @@ struct AllreduceRmsnormSpec {
   DType act_dtype = DType::kBF16;     // x, residual, allreduce/norm/residual outputs
   DType weight_dtype = DType::kBF16;  // w: bf16, f16 or f32
   int64_t hidden = 0;                 // H
+  // false: x is this rank's partial sum and a = round(sum over ranks) (Contract 3 step 1).
+  // true: no all_reduce feeds the chain (TP 1, or a norm of a replicated value): a = x on every
+  // rank, no communication; emit.allreduce is then not allowed (the graph already has x).
+  bool local = false;
   bool has_residual = false;
   float eps = 1e-6f;
   float weight_bias = 0.0f;           // 1 for Gemma's x * (1 + w)

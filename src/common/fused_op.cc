@@ -133,6 +133,8 @@ Status AllreduceRmsnormSpec::Validate() const {
   if (emit.quant != (quant != QuantMode::kNone))
     return InvalidArgument(emit.quant ? "emit has quant but quant = none"
                                       : "quant is set but emit has no quant");
+  if (local && emit.allreduce)
+    return InvalidArgument("emit has allreduce but the op is local (no all_reduce to emit)");
   if (emit.residual && !has_residual)
     return InvalidArgument("emit has residual but the op has no residual operand");
   if (quant == QuantMode::kFp8Group) {
@@ -165,7 +167,7 @@ int AllreduceRmsnormSpec::NumResults() const {
 std::string AllreduceRmsnormSpec::ToString() const {
   std::string emit_names;
   for (const std::string& n : emit.Names()) emit_names += (emit_names.empty() ? "" : ",") + n;
-  std::string s = StrCat("allreduce_rmsnorm{H=", hidden, " act=", DTypeName(act_dtype),
+  std::string s = StrCat("allreduce_rmsnorm{", local ? "local " : "", "H=", hidden, " act=", DTypeName(act_dtype),
                          " w=", DTypeName(weight_dtype), " residual=", has_residual ? "yes" : "no",
                          " quant=", QuantModeName(quant));
   if (quant == QuantMode::kFp8Group) s += StrCat(" group=", group_size);
