@@ -46,6 +46,13 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
                               int64_t tokens, const FusedBuffers& buffers, Strategy strategy,
                               cudaStream_t stream, const LaunchOptions& options = {});
 
+// The fused op without communication, on one GPU: a = x (world size 1, or spec.local), then
+// the epilogue, in one kernel. Needs no communicator and no NCCL. Validates like
+// LaunchAllreduceRmsnorm; asynchronous.
+Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tokens,
+                                   const FusedBuffers& buffers, cudaStream_t stream,
+                                   const LaunchOptions& options = {});
+
 // Whether `strategy` can run this shape on this communicator (same checks, no launch).
 Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_t tokens,
               Strategy strategy);

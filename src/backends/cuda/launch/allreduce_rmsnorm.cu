@@ -251,4 +251,62 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   return Status::Ok();
 }
 
+Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tokens,
+                                   const FusedBuffers& b, cudaStream_t stream,
+                                   const LaunchOptions& options) {
+  TPFUSE_RETURN_IF_ERROR(ValidateSpecForCuda(spec));
+  if (tokens < 0) return InvalidArgument("token count must be >= 0, got ", tokens);
+  if (spec.emit.allreduce && spec.local)
+    return InvalidArgument("a local op cannot emit allreduce");
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("x", b.x, true, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("residual", b.residual, spec.has_residual, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("weight", b.weight, true, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("scale", b.scale, spec.quant == QuantMode::kFp8Tensor, 4));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("allreduce_out", b.allreduce_out, spec.emit.allreduce, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("norm_out", b.norm_out, spec.emit.norm, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("residual_out", b.residual_out, spec.emit.residual, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("quant_out", b.quant_out, spec.emit.quant, 8));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("scale_out", b.scale_out, spec.emit.quant && IsDynamicQuant(spec.quant), 4));
+  if (tokens == 0) return Status::Ok();
+  const RowLayout layout = MakeRowLayout(spec.hidden);
+  FusedKernelParams p{};
+  p.x = b.x;
+  p.reduced = b.x;
+  p.residual = b.residual;
+  p.weight = b.weight;
+  p.scale = b.scale;
+  p.allreduce_out = b.allreduce_out;
+  p.norm_out = b.norm_out;
+  p.residual_out = b.residual_out;
+  p.quant_out = static_cast<uint8_t*>(b.quant_out);
+  p.scale_out = b.scale_out;
+  p.tokens = tokens;
+  p.hidden = int(spec.hidden);
+  p.vecs_per_row = int(spec.hidden / kVecElems);
+  p.weight_dtype = spec.weight_dtype;
+  p.eps = spec.eps;
+  p.weight_bias = spec.weight_bias;
+  p.group_vecs = spec.quant == QuantMode::kFp8Group ? spec.group_size / kVecElems : 1;
+  p.groups_per_row = int(spec.ScaleGroupsPerRow());
+  p.scale_col_major = spec.scale_layout == ScaleLayout::kCol;
+  p.scale_ue8m0 = spec.scale_fmt == ScaleFormat::kUe8m0;
+  p.scale_tokens_padded = PaddedScaleTokens(tokens);
+  p.scale_pad_rows = p.scale_col_major ? int(p.scale_tokens_padded - tokens) : 0;
+  p.world_size = 1;
+  FusedKernelFn kernel = SelectEpilogueKernel(spec.act_dtype, layout.vecs_per_thread, spec.quant);
+  if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
+  TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
+  cudaLaunchConfig_t config{};
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.gridDim = dim3(unsigned(std::min<int64_t>(tokens, 4 * int64_t(resident))));
+  config.blockDim = dim3(layout.threads);
+  config.stream = stream;
+  config.attrs = options.pdl ? &attribute : nullptr;
+  config.numAttrs = options.pdl ? 1 : 0;
+  TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+  return Status::Ok();
+}
+
 }  // namespace tpfuse::cuda
