@@ -79,4 +79,10 @@ class Comm {
   std::unique_ptr<Impl> impl_;
 };
 
+// The fused op without communication, on the current device: world size 1 (TP 1), or a chain no
+// all_reduce feeds (spec.local). Needs no communicator and no NCCL; validates like
+// Comm::AllreduceRmsnorm and is asynchronous on `stream` (capturable in CUDA graphs).
+Status AllreduceRmsnormLocal(const AllreduceRmsnormSpec& spec, int64_t tokens,
+                             const FusedBuffers& buffers, cudaStream_t stream);
+
 }  // namespace tpfuse

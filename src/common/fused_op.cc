@@ -238,18 +238,4 @@ FusionCapabilities CpuFusionCapabilities() {
   return caps;  // empty lists: everything
 }
 
-FusionCapabilities CudaFusionCapabilities() {
-  FusionCapabilities caps;
-  caps.backend = "cuda";
-  caps.world_sizes = {2, 3, 4, 5, 6, 7, 8};  // peer-memory kernels; nccl takes any
-  caps.act_dtypes = {DType::kBF16, DType::kF16};
-  caps.weight_dtypes = {DType::kBF16, DType::kF16, DType::kF32};
-  caps.quant_modes = {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token,
-                      QuantMode::kFp8Group};
-  caps.group_sizes = {64, 128};
-  caps.hidden_multiple = 8;
-  caps.max_hidden = 16384;
-  return caps;
-}
-
 }  // namespace tpfuse

@@ -114,4 +114,9 @@ Strategy Comm::Choose(const AllreduceRmsnormSpec& spec, int64_t tokens) const {
 
 Status Comm::CheckHealth(cudaStream_t stream) { return impl_->comm->CheckHealth(stream); }
 
+Status AllreduceRmsnormLocal(const AllreduceRmsnormSpec& spec, int64_t tokens,
+                             const FusedBuffers& buffers, cudaStream_t stream) {
+  return cuda::LaunchLocalAllreduceRmsnorm(spec, tokens, buffers, stream);
+}
+
 }  // namespace tpfuse

@@ -11,18 +11,33 @@
 
 #include "backends/cuda/comm/workspace.h"
 #include "backends/cuda/kernels/common.cuh"
+#include "common/quotient.h"
+#include "common/row_layout.h"
 #include "tpfuse/fused_op.h"
 
 namespace tpfuse::cuda {
 
-// Most 16-byte vectors one thread owns in a row: H <= 512 threads * 4 * 8 = 16384. The kernels
-// are instantiated for 1, 2 and 4 vectors per thread so registers match the row.
-inline constexpr int kMaxVecPerThread = 4;
-inline constexpr int kMaxRowThreads = 512;
-// Blocks per SM the compiler must allow (it caps registers to fit): with one vector per thread
-// two 512-thread blocks fit in 64 registers; more vectors would spill.
+// The row layout (threads per row, vectors per thread) is a function of H alone, shared with
+// the CPU oracle: common/row_layout.h. The kernels are instantiated for 1, 2, 4 and 8 vectors
+// per thread so registers match the row.
+inline constexpr int kMaxVecPerThread = kMaxRowVecsPerThread;
+// Blocks per SM the compiler must allow (it caps registers to fit). Rows in flight per SM are
+// what keeps HBM busy at large T (docs/kernels.md): four blocks with one vector per thread,
+// three with two, two with four, one with eight.
 template <int kVec>
-inline constexpr int kMinBlocksPerSm = kVec == 1 ? 2 : 1;
+inline constexpr int kMinBlocksPerSm = kVec == 1 ? 4 : (kVec == 2 ? 3 : (kVec == 4 ? 2 : 1));
+// The persistent (Lamport) kernels hold more per thread (the partials being summed, the row's
+// own x, the weights across rows) and launch only co-resident blocks: fewer blocks per SM, no
+// spills.
+template <int kVec>
+inline constexpr int kPersistentMinBlocksPerSm = kVec == 1 ? 3 : (kVec == 2 ? 2 : 1);
+
+// Where the epilogue kernel reads a row's a (Contract 3 step 1).
+enum class RowSource : uint8_t {
+  kLocal,     // world size 1 or a local op: a = x, bit for bit (-0.0 stays -0.0)
+  kReduced,   // nccl path at N = 2: the ncclAllReduce result; -0.0 becomes +0.0
+  kGathered,  // nccl path above N = 2: the partials gathered [N][T][H], summed in rank order
+};
 
 // ================================================================ parameters
 
@@ -32,8 +47,9 @@ struct FusedKernelParams {
   const void* residual;     // null: no residual
   const void* weight;
   const float* scale;       // fp8_tensor only
-  const void* reduced;      // nccl path: the ncclAllReduce result [T, H], or with
-  int gathered_ranks;       //   gathered_ranks > 0 the ncclAllGather result [N][T][H]
+  RowSource source;         // epilogue kernel only
+  const void* reduced;      // kReduced: [T, H]; kGathered: [gathered_ranks][T][H]
+  int gathered_ranks;
   // ---- outputs (null when not emitted)
   void* allreduce_out;
   void* norm_out;
@@ -53,6 +69,11 @@ struct FusedKernelParams {
   bool scale_ue8m0;
   int64_t scale_tokens_padded;  // column-major scale row length: pad4(T)
   int scale_pad_rows;           // column-major: padding entries after the last row, set to 0
+  // ---- the rounding recipe (Contract 3; uniform runtime branches)
+  bool norm_input_f32;          // the norm reads f32 h instead of round(h)
+  bool weight_after_round;      // y = round(round(n) * w')
+  bool bias_in_weight_dtype;    // w' = round_wdtype(w + weight_bias)
+  bool quant_divides;           // q = fp8(y / scale) rather than fp8(y * (1 / scale))
   // ---- communication
   int rank;
   int world_size;
@@ -72,19 +93,19 @@ struct FusedKernelParams {
 
 // ================================================================ block reductions
 
-// Sum over the block in a fixed order (xor tree in each warp, then warps 0..n-1 in order), so
-// the result depends on blockDim only. Every thread gets the same value.
+// Sum over the block in the order of common/row_layout.h (xor butterfly in each warp, then the
+// warps 0..n-1 in order), so the result depends on blockDim only. Every thread gets the value.
 // NOTE: `slot` alternates between calls (row parity) so a fast thread writing the next row's
 // partials cannot overwrite values a slow thread is still reading.
 __device__ __forceinline__ float BlockSum(float v, float (*smem)[32], int slot) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  for (int offset = 16; offset > 0; offset >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, offset));
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (lane == 0) smem[slot][warp] = v;
   __syncthreads();
   const int warps = blockDim.x >> 5;
   float total = smem[slot][0];
-  for (int w = 1; w < warps; ++w) total += smem[slot][w];
+  for (int w = 1; w < warps; ++w) total = __fadd_rn(total, smem[slot][w]);
   return total;
 }
 
@@ -112,15 +133,21 @@ __device__ __forceinline__ float LaneGroupMax(float v, int lanes) {
 
 // ================================================================ the per-row epilogue
 
-// Thread layout of a row: thread i owns vectors i, i + blockDim, ..., i + (kVec - 1) blockDim
-// (those < H/8). blockDim is a multiple of 32 fixed by H, so the sum of squares has one fixed
-// order and groups of group_size/8 consecutive vectors are owned by aligned lane groups.
+// Thread layout of a row (common/row_layout.h): thread i owns vectors i, i + blockDim, ...,
+// i + (kVec - 1) blockDim (those < H/8). blockDim is a multiple of 32 fixed by H, so the sum of
+// squares has one fixed order and groups of group_size/8 consecutive vectors are owned by
+// aligned lane groups.
 template <int kVec>
 struct RowVectors {
   __device__ __forceinline__ static int Index(int k) { return threadIdx.x + k * blockDim.x; }
 };
 
-// Weight vector v (plus weight_bias, an f32 add as Contract 3 step 3).
+template <typename T>
+__device__ __forceinline__ float RoundAct(float v) { return ToFloat<T>(FromFloat<T>(v)); }
+
+// Weight vector v as w' = w + weight_bias (Contract 3 step 3: an f32 add, or rounded to the
+// weight's dtype when the replaced graph adds the bias there; no add when the bias is 0, so a
+// -0.0 weight stays -0.0 as in the graph that multiplies by w itself).
 __device__ __forceinline__ void LoadWeightVector(const FusedKernelParams& p, int v, float (&wb)[kVecElems]) {
   if (p.weight_dtype == DType::kF32) {
     const float4* w = reinterpret_cast<const float4*>(p.weight) + 2 * v;
@@ -132,16 +159,23 @@ __device__ __forceinline__ void LoadWeightVector(const FusedKernelParams& p, int
     if (p.weight_dtype == DType::kBF16) Unpack<__nv_bfloat16>(w, wb);
     else Unpack<__half>(w, wb);
   }
+  if (p.weight_bias != 0.0f) {
 #pragma unroll
-  for (int i = 0; i < kVecElems; ++i) wb[i] = __fadd_rn(wb[i], p.weight_bias);
+    for (int i = 0; i < kVecElems; ++i) {
+      wb[i] = __fadd_rn(wb[i], p.weight_bias);
+      if (p.bias_in_weight_dtype) {
+        if (p.weight_dtype == DType::kBF16) wb[i] = RoundAct<__nv_bfloat16>(wb[i]);
+        else if (p.weight_dtype == DType::kF16) wb[i] = RoundAct<__half>(wb[i]);
+      }
+    }
+  }
 }
 
-// This thread's weights, held in registers for the whole kernel when they fit (kVec <= 2) and
-// loaded before waiting for the previous kernel (weights are parameters, nobody writes them);
-// with more vectors per thread they are read in the epilogue instead, to avoid spills.
-template <int kVec>
+// This thread's weights: held in registers (kHeld), loaded once before waiting for the previous
+// kernel (weights are parameters, nobody writes them), or read in the epilogue itself where
+// registers are short (the persistent kernels with four or more vectors per thread).
+template <int kVec, bool kHeld>
 struct RowWeights {
-  static constexpr bool kHeld = kVec <= 2;
   float wb[kHeld ? kVec : 1][kVecElems];
 
   __device__ __forceinline__ void Preload(const FusedKernelParams& p) {
@@ -176,62 +210,113 @@ __device__ __forceinline__ void LoadResidual(const FusedKernelParams& p, int64_t
   }
 }
 
+// The static scale (fp8_tensor), loaded with the row's inputs so it costs no round trip of its own.
+template <QuantMode kQuant>
+__device__ __forceinline__ float LoadStaticScale(const FusedKernelParams& p) {
+  if constexpr (kQuant == QuantMode::kFp8Tensor) return LoadGlobalF32(p.scale);
+  return 1.0f;
+}
+
 __device__ __forceinline__ float Ue8m0(float s) {
   uint32_t u = __float_as_uint(s);
   if (u & 0x007FFFFFu) u = (u & 0xFF800000u) + 0x00800000u;  // s > 0, normal: next power of 2
   return __uint_as_float(u);
 }
 
-// Contract 3 steps 2-4 for one row, given a = round(sum of partials) for this thread's vectors.
-// Block-uniform: every thread of the block calls it for the same row (it synchronizes).
-template <typename T, int kVec, QuantMode kQuant>
-__device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t row, const uint4 (&a)[kVec],
-                                            const uint4 (&res)[kVec], const RowWeights<kVec>& weights,
-                                            float (*smem)[32], int slot) {
-  const size_t row_vec = size_t(row) * p.vecs_per_row;
-  uint4 h[kVec];  // rounded h: exact in 16 bits, so kept packed
+// Contract 3 step 2 for one vector: h = a + residual in f32; returns the norm's input u
+// (f32 h, or round(h) by default) and, when `residual_out` is set, stores round(h) there.
+template <typename T>
+__device__ __forceinline__ void NormInput(const FusedKernelParams& p, const uint4& a, const uint4& res,
+                                          float (&u)[kVecElems], uint4* residual_out) {
+  Unpack<T>(a, u);
+  if (p.residual) {
+    float rf[kVecElems];
+    Unpack<T>(res, rf);
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) u[i] = __fadd_rn(u[i], rf[i]);
+    const uint4 h = Pack<T>(u);
+    if (residual_out) StoreStreaming(residual_out, h);
+    if (!p.norm_input_f32) Unpack<T>(h, u);
+  } else if (residual_out) {
+    StoreStreaming(residual_out, a);
+  }
+}
 
-  // ---- step 2: h = round(a + residual); emit a and h
+// How the quantization applies its scale to y (Contract 3 step 4).
+enum class ScaleStep : uint8_t {
+  kMultiply,         // y * inv, inv = 1 / s taken once (also y / s when s is a power of two)
+  kDivideBounded,    // y / s with |y / s| <= 448 (dynamic scales): QuotientByReciprocal
+  kDivide,           // y / s for any s (a static scale): IEEE division
+};
+
+// q = fp8(y (step) s) for one vector of rounded y.
+__device__ __forceinline__ uint2 QuantizeVector(float (&yf)[kVecElems], ScaleStep step, float s, float inv) {
+#pragma unroll
+  for (int i = 0; i < kVecElems; ++i) {
+    if (step == ScaleStep::kMultiply) yf[i] = __fmul_rn(yf[i], inv);
+    else if (step == ScaleStep::kDivideBounded) yf[i] = QuotientByReciprocal(yf[i], s, inv);
+    else yf[i] = __fdiv_rn(yf[i], s);
+  }
+  return ToFp8x8(yf);
+}
+
+// The dynamic scale s = max(amax, 1e-10) / 448 (ue8m0: rounded up to a power of two), and how
+// y is divided by it. amax / 448 is in QuotientByReciprocal's exact domain for every amax.
+__device__ __forceinline__ float DynamicScale(const FusedKernelParams& p, float amax, ScaleStep& step) {
+  float s = QuotientByReciprocal(fmaxf(amax, 1e-10f), 448.0f, 1.0f / 448.0f);
+  // NOTE: 1.0f / 448.0f is a compile-time constant, correctly rounded like __frcp_rn(448).
+  if (p.scale_ue8m0) s = Ue8m0(s);
+  // Dividing by a power of two (ue8m0) is multiplying by its exact reciprocal.
+  step = p.quant_divides && !p.scale_ue8m0 ? ScaleStep::kDivideBounded : ScaleStep::kMultiply;
+  return s;
+}
+
+// Contract 3 steps 2-4 for one row, given a = round(sum of partials) for this thread's vectors,
+// the residual vectors, and the static scale (fp8_tensor). Block-uniform: every thread of the
+// block calls it for the same row (it synchronizes).
+template <typename T, int kVec, QuantMode kQuant, bool kHeld>
+__device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t row, const uint4 (&a)[kVec],
+                                            const uint4 (&res)[kVec], const RowWeights<kVec, kHeld>& weights,
+                                            float static_scale, float (*smem)[32], int slot) {
+  const size_t row_vec = size_t(row) * p.vecs_per_row;
+
+  // ---- step 2: h = a + residual; emit a and round(h); the sum of squares of the norm's input
   float sum_sq = 0.0f;
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int v = RowVectors<kVec>::Index(k);
     if (v >= p.vecs_per_row) continue;
     if (p.allreduce_out) StoreStreaming(static_cast<uint4*>(p.allreduce_out) + row_vec + v, a[k]);
-    float hf[kVecElems];
-    Unpack<T>(a[k], hf);
-    if (p.residual) {
-      float rf[kVecElems];
-      Unpack<T>(res[k], rf);
+    float u[kVecElems];
+    NormInput<T>(p, a[k], res[k], u, p.residual_out ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
 #pragma unroll
-      for (int i = 0; i < kVecElems; ++i) hf[i] = ToFloat<T>(FromFloat<T>(__fadd_rn(hf[i], rf[i])));
-      h[k] = Pack<T>(hf);
-    } else {
-      h[k] = a[k];
-    }
-    if (p.residual_out) StoreStreaming(static_cast<uint4*>(p.residual_out) + row_vec + v, h[k]);
-#pragma unroll
-    for (int i = 0; i < kVecElems; ++i) sum_sq = __fmaf_rn(hf[i], hf[i], sum_sq);
+    for (int i = 0; i < kVecElems; ++i) sum_sq = __fadd_rn(sum_sq, __fmul_rn(u[i], u[i]));
   }
 
-  // ---- step 3: y = round(h * rsqrt(mean(h^2) + eps) * (w + weight_bias))
+  // ---- step 3: y = round(u * r * w'), r = 1 / sqrt(mean(u^2) + eps) (u recomputed: cheaper
+  // than holding it in registers)
   const float total = BlockSum(sum_sq, smem, slot);
   const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(total, float(p.hidden)), p.eps)));
   uint4 y[kVec];
-  float amax = 0.0f;
+  float amax = 0.0f;  // fp8_token: max |y| of this thread's vectors
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int v = RowVectors<kVec>::Index(k);
     if (v >= p.vecs_per_row) continue;
-    float hf[kVecElems], yf[kVecElems], wb[kVecElems];
-    Unpack<T>(h[k], hf);
-    weights.Get(p, k, wb);
+    float u[kVecElems], wv[kVecElems];
+    NormInput<T>(p, a[k], res[k], u, nullptr);
+    weights.Get(p, k, wv);
 #pragma unroll
-    for (int i = 0; i < kVecElems; ++i) yf[i] = __fmul_rn(__fmul_rn(hf[i], r), wb[i]);
-    y[k] = Pack<T>(yf);
+    for (int i = 0; i < kVecElems; ++i) {
+      float n = __fmul_rn(u[i], r);
+      if (p.weight_after_round) n = RoundAct<T>(n);
+      u[i] = __fmul_rn(n, wv[i]);
+    }
+    y[k] = Pack<T>(u);
     if (p.norm_out) StoreStreaming(static_cast<uint4*>(p.norm_out) + row_vec + v, y[k]);
     if constexpr (kQuant == QuantMode::kFp8Token) {
-      Unpack<T>(y[k], yf);  // the rounded y
+      float yf[kVecElems];
+      Unpack<T>(y[k], yf);
 #pragma unroll
       for (int i = 0; i < kVecElems; ++i) amax = fmaxf(amax, fabsf(yf[i]));
     }
@@ -241,21 +326,20 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   // ---- step 4: FP8 quantization of the rounded y
   uint8_t* const q_row = p.quant_out + size_t(row) * p.hidden;
   if constexpr (kQuant == QuantMode::kFp8Tensor) {
-    const float inv = __frcp_rn(__ldg(p.scale));
+    const float inv = __frcp_rn(static_scale);
+    const ScaleStep step = p.quant_divides ? ScaleStep::kDivide : ScaleStep::kMultiply;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       const int v = RowVectors<kVec>::Index(k);
       if (v >= p.vecs_per_row) continue;
       float yf[kVecElems];
       Unpack<T>(y[k], yf);
-#pragma unroll
-      for (int i = 0; i < kVecElems; ++i) yf[i] = __fmul_rn(yf[i], inv);
-      StoreStreaming8(q_row + size_t(v) * kVecElems, ToFp8x8(yf));
+      StoreStreaming8(q_row + size_t(v) * kVecElems, QuantizeVector(yf, step, static_scale, inv));
     }
   } else if constexpr (kQuant == QuantMode::kFp8Token) {
-    const float row_amax = BlockMax(amax, smem + 2, slot);
-    float s = __fdiv_rn(fmaxf(row_amax, 1e-10f), 448.0f);
-    if (p.scale_ue8m0) s = Ue8m0(s);
+    ScaleStep step;
+    const float s = DynamicScale(p, BlockMax(amax, smem + 2, slot), step);
+    const float inv = __frcp_rn(s);
     // [T, 1] row-major and [1, pad4(T)] column-major put row t's scale at index t alike.
     if (threadIdx.x == 0) {
       p.scale_out[row] = s;
@@ -268,9 +352,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       if (v >= p.vecs_per_row) continue;
       float yf[kVecElems];
       Unpack<T>(y[k], yf);
-#pragma unroll
-      for (int i = 0; i < kVecElems; ++i) yf[i] = __fdiv_rn(yf[i], s);
-      StoreStreaming8(q_row + size_t(v) * kVecElems, ToFp8x8(yf));
+      StoreStreaming8(q_row + size_t(v) * kVecElems, QuantizeVector(yf, step, s, inv));
     }
   } else {  // kFp8Group: one amax per vector slot, reduced over the group's lanes
 #pragma unroll
@@ -286,8 +368,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       }
       const float group_amax = LaneGroupMax(local, p.group_vecs);
       if (v >= p.vecs_per_row) continue;
-      float s = __fdiv_rn(fmaxf(group_amax, 1e-10f), 448.0f);
-      if (p.scale_ue8m0) s = Ue8m0(s);
+      ScaleStep step;
+      const float s = DynamicScale(p, group_amax, step);
       const int group = v / p.group_vecs;
       if (v % p.group_vecs == 0) {
         const int64_t sidx = p.scale_col_major ? int64_t(group) * p.scale_tokens_padded + row
@@ -298,9 +380,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
         if (row == p.tokens - 1)
           for (int i = 1; i <= p.scale_pad_rows; ++i) p.scale_out[sidx + i] = 0.0f;
       }
-#pragma unroll
-      for (int i = 0; i < kVecElems; ++i) yf[i] = __fdiv_rn(yf[i], s);
-      StoreStreaming8(q_row + size_t(v) * kVecElems, ToFp8x8(yf));
+      StoreStreaming8(q_row + size_t(v) * kVecElems, QuantizeVector(yf, step, s, __frcp_rn(s)));
     }
   }
 }
@@ -426,12 +506,18 @@ __device__ __forceinline__ void GatherAndReduce(const FusedKernelParams& p, cons
   }
 }
 
+// The persistent kernels hold the weights for all their rows when they fit (two vectors per
+// thread or fewer); beyond, the epilogue reads them per row (L1/L2 hits) to avoid spills.
+template <int kVec>
+inline constexpr bool kPersistentHoldsWeights = kVec <= 2;
+
 // ================================================================ one-shot
 
 // One-shot fused all-reduce + epilogue (Lamport).
 //
 // Grid: G <= min(T, co-resident blocks, kMaxFusedBlocks); block: blockDim threads fixed by H
-// (a multiple of 32, <= 512), kVec vectors each. Block b owns rows b, b + G, ... on every rank.
+// (common/row_layout.h: a multiple of 32, <= 256), kVec vectors each. Block b owns rows b, b + G,
+// ... on every rank.
 // Shared memory: 4 x 32 floats (block reductions).
 // Protocol (no barrier): buffer = k % 2, k the number of earlier one-shot calls, the same on
 // every block and rank (comm/lamport.h: the rule, and why two buffers are safe whatever the
@@ -446,9 +532,9 @@ __device__ __forceinline__ void GatherAndReduce(const FusedKernelParams& p, cons
 // Preconditions: T rows fit in a slot; H % 8 == 0; pointers 16-byte aligned; the Lamport areas
 // hold the sentinel everywhere (creation fills them; every call restores what it consumed).
 template <typename T, int kVec, QuantMode kQuant>
-__global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) OneShotAllreduceRmsnormKernel(const FusedKernelParams p) {
+__global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec>) OneShotAllreduceRmsnormKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
-  RowWeights<kVec> weights;
+  RowWeights<kVec, kPersistentHoldsWeights<kVec>> weights;
   weights.Preload(p);
   WaitForPreviousKernel();
   AllowNextKernel();
@@ -477,7 +563,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) OneShot
     GatherAndReduce<T, kVec>(
         p, xv, [&](int r) { return local + buffer + size_t(r) * p.lamport_slot_bytes + size_t(row) * row_bytes; },
         kPhaseOneShotGather, budget, a);
-    RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, smem, slot);
+    RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, LoadStaticScale<kQuant>(p), smem, slot);
   }
   __syncthreads();  // every thread has read `call`
   AdvanceCallCount(p.state->oneshot_count, call);
@@ -507,9 +593,9 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) OneShot
 // Preconditions: R rows fit the areas; H % 8 == 0; pointers 16-byte aligned; the areas hold the
 // sentinel everywhere.
 template <typename T, int kVec, QuantMode kQuant>
-__global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) TwoShotAllreduceRmsnormKernel(const FusedKernelParams p) {
+__global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec>) TwoShotAllreduceRmsnormKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
-  RowWeights<kVec> weights;
+  RowWeights<kVec, kPersistentHoldsWeights<kVec>> weights;
   weights.Preload(p);
   WaitForPreviousKernel();
   AllowNextKernel();
@@ -547,7 +633,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) TwoShot
         kPhaseTwoShotReduceScatter, budget, a);
     for (int i = 1; i < p.world_size; ++i)
       PushRow<kVec>(p, p.peer_bases[(p.rank + i) % p.world_size] + ag + size_t(row) * row_bytes, a);
-    RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, smem, slot);
+    RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, LoadStaticScale<kQuant>(p), smem, slot);
   }
 
   // ---- phase 3: the other owners' rows, as their a arrives
@@ -559,7 +645,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) TwoShot
       uint4 res[kVec], a[kVec];
       LoadResidual<kVec>(p, row, res);
       PollRow<kVec>(p, local + ag + size_t(row) * row_bytes, owner, kPhaseTwoShotAllGather, budget, a);
-      RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, smem, slot);
+      RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, LoadStaticScale<kQuant>(p), smem, slot);
       slot ^= 1;
     }
   }
@@ -567,28 +653,37 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) TwoShot
   AdvanceCallCount(p.state->twoshot_count, call);
 }
 
-// ================================================================ nccl path epilogue
+// ================================================================ the epilogue kernel
 
-// Epilogue of the nccl path: reads the rows ncclAllReduce reduced, or sums the rows
-// ncclAllGather gathered in rank order (Contract 3's sum, as the other strategies), and runs
-// RowEpilogue.
-// Grid: any; block as one-shot; block b handles rows b, b + G, ...
-// -0.0 becomes +0.0 (in the reduced rows, or in each gathered partial) so the result matches
-// the other paths bit for bit.
+// The fused op's epilogue on rows already summed, or summed here: world size 1 and local ops
+// (a = x), and the nccl path (the ncclAllReduce result, or the partials ncclAllGather gathered,
+// summed in rank order as the other strategies do). -0.0 becomes +0.0 on the nccl path so the
+// result matches one-shot and two-shot bit for bit; a local a is x itself.
+//
+// Grid: one block per row (a grid-stride loop covers T beyond the grid); block: blockDim threads
+// fixed by H (common/row_layout.h), kVec vectors each. Several blocks per SM keep rows in
+// flight while others compute (docs/kernels.md). Shared memory: 4 x 32 floats.
+// Synchronization: __syncthreads in the block reductions only; no inter-block communication.
+// Order of loads: weights before griddepcontrol.wait (parameters nobody writes), then x (or the
+// reduced rows), the residual and the static scale together, so a row costs one memory round
+// trip before its arithmetic starts.
+// Preconditions: H % 8 == 0 and HasRowLayout(H); pointers 16-byte aligned (scales 4-byte).
 template <typename T, int kVec, QuantMode kQuant>
 __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) AllreduceEpilogueKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
-  RowWeights<kVec> weights;
+  RowWeights<kVec, kVec <= 4> weights;
   weights.Preload(p);
   WaitForPreviousKernel();
   AllowNextKernel();
-  const uint4* reduced = static_cast<const uint4*>(p.reduced);
   int slot = 0;
   for (int64_t row = blockIdx.x; row < p.tokens; row += gridDim.x, slot ^= 1) {
+    const size_t row_vec = size_t(row) * p.vecs_per_row;
     uint4 res[kVec], a[kVec];
+    const float static_scale = LoadStaticScale<kQuant>(p);
     LoadResidual<kVec>(p, row, res);
-    if (p.gathered_ranks > 0) {
+    if (p.source == RowSource::kGathered) {
       const size_t rank_stride = size_t(p.tokens) * p.vecs_per_row;
+      const uint4* gathered = static_cast<const uint4*>(p.reduced);
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         const int v = RowVectors<kVec>::Index(k);
@@ -596,20 +691,24 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) Allredu
         float acc[kVecElems];
         for (int r = 0; r < p.gathered_ranks; ++r) {
           float f[kVecElems];
-          Unpack<T>(CanonicalZeros(LoadGlobal(reduced + r * rank_stride + size_t(row) * p.vecs_per_row + v)), f);
+          Unpack<T>(CanonicalZeros(LoadGlobal(gathered + r * rank_stride + row_vec + v)), f);
 #pragma unroll
           for (int i = 0; i < kVecElems; ++i) acc[i] = r == 0 ? f[i] : __fadd_rn(acc[i], f[i]);
         }
         a[k] = Pack<T>(acc);
       }
     } else {
+      const bool local = p.source == RowSource::kLocal;
+      const uint4* src = static_cast<const uint4*>(local ? p.x : p.reduced);
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         const int v = RowVectors<kVec>::Index(k);
-        if (v < p.vecs_per_row) a[k] = CanonicalZeros(LoadGlobal(reduced + size_t(row) * p.vecs_per_row + v));
+        if (v >= p.vecs_per_row) continue;
+        const uint4 w = LoadGlobal(src + row_vec + v);
+        a[k] = local ? w : CanonicalZeros(w);
       }
     }
-    RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, smem, slot);
+    RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, static_scale, smem, slot);
   }
 }
 

@@ -88,6 +88,7 @@ __device__ __forceinline__ uint2 ToFp8x8(const float (&f)[kVecElems]) {
 __device__ __forceinline__ uint4 LoadGlobal(const void* p) {
   return *reinterpret_cast<const uint4*>(p);
 }
+__device__ __forceinline__ float LoadGlobalF32(const float* p) { return *p; }
 // Read through to memory every time: polled words are written by peers over NVLink.
 __device__ __forceinline__ uint4 LoadVolatile(const void* p) {
   uint4 v;

@@ -1,4 +1,4 @@
-// Launcher of the fused op: validation, row layout, kernel selection, launch, error check.
+// Launchers of the fused op: validation, row layout, kernel selection, launch, error check.
 #include "backends/cuda/allreduce_rmsnorm.h"
 
 #include <algorithm>
@@ -8,26 +8,11 @@
 
 #include "backends/cuda/cuda_check.h"
 #include "backends/cuda/launch/allreduce_rmsnorm_kernels.h"
+#include "common/cuda_limits.h"
 
 namespace tpfuse::cuda {
 
 namespace {
-
-// Threads per row and vectors per thread: a function of H alone (see RowEpilogue).
-struct RowLayout {
-  int threads = 0;
-  int vecs_per_thread = 0;  // 1, 2 or 4: the kernels' instantiations
-};
-
-RowLayout MakeRowLayout(int64_t hidden) {
-  const int vecs = int(hidden / kVecElems);
-  RowLayout l;
-  l.vecs_per_thread = 1;
-  while (l.vecs_per_thread * kMaxRowThreads < vecs) l.vecs_per_thread *= 2;
-  const int threads = (vecs + l.vecs_per_thread - 1) / l.vecs_per_thread;
-  l.threads = (threads + 31) / 32 * 32;
-  return l;
-}
 
 // Co-resident blocks of `kernel` on this device: one-shot and two-shot blocks wait on their
 // peers' blocks of the same index, so a grid must never exceed what runs at once.
@@ -48,7 +33,6 @@ StatusOr<int> MaxResidentBlocks(FusedKernelFn kernel, int threads) {
   return per_sm * sms;
 }
 
-
 Status CheckPointer(const char* name, const void* p, bool required, size_t alignment) {
   if (required && p == nullptr) return InvalidArgument(name, " is required by the spec but null");
   if (!required && p != nullptr)
@@ -58,71 +42,7 @@ Status CheckPointer(const char* name, const void* p, bool required, size_t align
   return Status::Ok();
 }
 
-// Rows of H 16-bit elements that fit `bytes`.
-int64_t RowsThatFit(size_t bytes, int64_t hidden) { return int64_t(bytes / (size_t(hidden) * 2)); }
-
-Status ValidateSpecForCuda(const AllreduceRmsnormSpec& spec) {
-  TPFUSE_RETURN_IF_ERROR(spec.Validate());
-  if (spec.hidden % kVecElems != 0)
-    return InvalidArgument("hidden ", spec.hidden, " is not a multiple of ", kVecElems);
-  if (spec.hidden > int64_t(kMaxRowThreads) * kMaxVecPerThread * kVecElems)
-    return InvalidArgument("hidden ", spec.hidden, " is over the fused kernel's limit of ",
-                           kMaxRowThreads * kMaxVecPerThread * kVecElems);
-  if (spec.quant == QuantMode::kFp8Group) {
-    const int gv = spec.group_size / kVecElems;
-    if (spec.group_size % kVecElems != 0 || gv < 1 || gv > 32 || (gv & (gv - 1)) != 0)
-      return InvalidArgument("group_size ", spec.group_size,
-                             " must be 8 times a power of two up to 256");
-  }
-  return Status::Ok();
-}
-
-}  // namespace
-
-Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_t tokens,
-              Strategy strategy) {
-  TPFUSE_RETURN_IF_ERROR(ValidateSpecForCuda(spec));
-  if (tokens < 0) return InvalidArgument("token count must be >= 0, got ", tokens);
-  if (comm.poisoned())
-    return FailedPrecondition("the communicator is poisoned by an earlier timeout; recreate it");
-  const int n = comm.world_size();
-  if (strategy == Strategy::kNccl) {
-    // Above N = 2 the exact path gathers every rank's partial row into the scratch buffer.
-    const size_t copies = n > 2 ? size_t(n) : 1;
-    if (RowsThatFit(comm.nccl_scratch_bytes() / copies, spec.hidden) < 1)
-      return OutOfRange("hidden ", spec.hidden, " does not fit the nccl scratch buffer");
-    return Status::Ok();
-  }
-  if (!comm.has_peer_memory())
-    return Unimplemented("strategy ", FusedStrategyName(strategy), " needs peer memory: ",
-                         comm.why_no_peer_memory());
-  if (n < 2 || n > kMaxRanks)
-    return Unimplemented("strategy ", FusedStrategyName(strategy), " runs at world sizes 2 to ", kMaxRanks, ", not ", n);
-  const WorkspaceLayout& l = comm.layout();
-  if (strategy == Strategy::kOneShot) {
-    const int64_t fit = RowsThatFit(l.lamport_slot_bytes, spec.hidden);
-    if (tokens > fit)
-      return OutOfRange(tokens, " tokens of hidden ", spec.hidden, " are over the one-shot workspace (",
-                        fit, " rows)");
-  } else {
-    const int64_t rows = (tokens + n - 1) / n;
-    const int64_t fit = std::min(RowsThatFit(l.rs_slot_bytes, spec.hidden),
-                                 RowsThatFit(l.ag_buffer_bytes, spec.hidden) / n);
-    if (rows > fit)
-      return OutOfRange(tokens, " tokens of hidden ", spec.hidden, " are over the two-shot workspace (",
-                        fit * n, " rows)");
-  }
-  return Status::Ok();
-}
-
-Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& spec, int64_t tokens,
-                              const FusedBuffers& b, Strategy strategy, cudaStream_t stream,
-                              const LaunchOptions& options) {
-  TPFUSE_RETURN_IF_ERROR(CanRun(comm, spec, tokens, strategy));
-  int device = -1;
-  TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
-  if (device != comm.device())
-    return InvalidArgument("current device ", device, " is not the communicator's device ", comm.device());
+Status CheckBuffers(const AllreduceRmsnormSpec& spec, const FusedBuffers& b) {
   TPFUSE_RETURN_IF_ERROR(CheckPointer("x", b.x, true, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("residual", b.residual, spec.has_residual, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("weight", b.weight, true, 16));
@@ -131,18 +51,20 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   TPFUSE_RETURN_IF_ERROR(CheckPointer("norm_out", b.norm_out, spec.emit.norm, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("residual_out", b.residual_out, spec.emit.residual, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("quant_out", b.quant_out, spec.emit.quant, 8));
-  TPFUSE_RETURN_IF_ERROR(CheckPointer("scale_out", b.scale_out, spec.emit.quant && IsDynamicQuant(spec.quant), 4));
-  if (tokens == 0) return Status::Ok();
+  return CheckPointer("scale_out", b.scale_out, spec.emit.quant && IsDynamicQuant(spec.quant), 4);
+}
 
-  const int n = comm.world_size();
-  const RowLayout layout = MakeRowLayout(spec.hidden);
-  const WorkspaceLayout& ws = comm.layout();
+// Rows of H 16-bit elements that fit `bytes`.
+int64_t RowsThatFit(size_t bytes, int64_t hidden) { return int64_t(bytes / (size_t(hidden) * 2)); }
 
+// The kernel parameters every strategy shares: buffers, shape, numerics, the rounding recipe.
+FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, const FusedBuffers& b) {
   FusedKernelParams p{};
   p.x = b.x;
   p.residual = b.residual;
   p.weight = b.weight;
   p.scale = b.scale;
+  p.source = RowSource::kLocal;
   p.allreduce_out = b.allreduce_out;
   p.norm_out = b.norm_out;
   p.residual_out = b.residual_out;
@@ -160,6 +82,110 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   p.scale_ue8m0 = spec.scale_fmt == ScaleFormat::kUe8m0;
   p.scale_tokens_padded = PaddedScaleTokens(tokens);
   p.scale_pad_rows = p.scale_col_major ? int(p.scale_tokens_padded - tokens) : 0;
+  p.norm_input_f32 = spec.rounding.norm_input_f32;
+  p.weight_after_round = spec.rounding.weight_after_round;
+  p.bias_in_weight_dtype = spec.rounding.weight_bias_in_weight_dtype;
+  p.quant_divides = spec.QuantDivides();
+  p.world_size = 1;
+  return p;
+}
+
+// Launch configuration with programmatic dependent launch when asked for. `attribute` must
+// outlive the launch.
+cudaLaunchConfig_t MakeConfig(const RowLayout& layout, int64_t grid, cudaStream_t stream,
+                              const LaunchOptions& options, cudaLaunchAttribute& attribute) {
+  cudaLaunchConfig_t config{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.gridDim = dim3(unsigned(grid));
+  config.blockDim = dim3(layout.threads);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  config.attrs = options.pdl ? &attribute : nullptr;
+  config.numAttrs = options.pdl ? 1 : 0;
+  return config;
+}
+
+// One block per row; the kernel loops over rows beyond the largest grid.
+int64_t EpilogueGrid(int64_t rows) { return std::min<int64_t>(rows, int64_t{1} << 30); }
+
+StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout) {
+  FusedKernelFn kernel = SelectKernel<EpilogueFamily>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
+  if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
+  return kernel;
+}
+
+}  // namespace
+
+Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_t tokens,
+              Strategy strategy) {
+  const int n = comm.world_size();
+  TPFUSE_RETURN_IF_ERROR(cuda_limits::ValidateForCudaKernels(spec, n));
+  if (tokens < 0) return InvalidArgument("token count must be >= 0, got ", tokens);
+  if (comm.poisoned())
+    return FailedPrecondition("the communicator is poisoned by an earlier timeout; recreate it");
+  // No communication: every strategy is the local epilogue.
+  if (n == 1 || spec.local) return Status::Ok();
+  if (strategy == Strategy::kNccl) {
+    // Above N = 2 the exact path gathers every rank's partial row into the scratch buffer.
+    const size_t copies = n > 2 ? size_t(n) : 1;
+    if (RowsThatFit(comm.nccl_scratch_bytes() / copies, spec.hidden) < 1)
+      return OutOfRange("hidden ", spec.hidden, " does not fit the nccl scratch buffer");
+    return Status::Ok();
+  }
+  if (!comm.has_peer_memory())
+    return Unimplemented("strategy ", FusedStrategyName(strategy), " needs peer memory: ",
+                         comm.why_no_peer_memory());
+  const WorkspaceLayout& l = comm.layout();
+  if (strategy == Strategy::kOneShot) {
+    const int64_t fit = RowsThatFit(l.lamport_slot_bytes, spec.hidden);
+    if (tokens > fit)
+      return OutOfRange(tokens, " tokens of hidden ", spec.hidden, " are over the one-shot workspace (",
+                        fit, " rows)");
+  } else {
+    const int64_t rows = (tokens + n - 1) / n;
+    const int64_t fit = std::min(RowsThatFit(l.rs_slot_bytes, spec.hidden),
+                                 RowsThatFit(l.ag_buffer_bytes, spec.hidden) / n);
+    if (rows > fit)
+      return OutOfRange(tokens, " tokens of hidden ", spec.hidden, " are over the two-shot workspace (",
+                        fit * n, " rows)");
+  }
+  return Status::Ok();
+}
+
+Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tokens,
+                                   const FusedBuffers& b, cudaStream_t stream,
+                                   const LaunchOptions& options) {
+  TPFUSE_RETURN_IF_ERROR(cuda_limits::ValidateForCudaKernels(spec, 1));
+  if (tokens < 0) return InvalidArgument("token count must be >= 0, got ", tokens);
+  TPFUSE_RETURN_IF_ERROR(CheckBuffers(spec, b));
+  if (tokens == 0) return Status::Ok();
+  const RowLayout layout = MakeRowLayout(spec.hidden);
+  TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout));
+  const FusedKernelParams p = MakeParams(spec, tokens, b);
+  cudaLaunchAttribute attribute{};
+  cudaLaunchConfig_t config = MakeConfig(layout, EpilogueGrid(tokens), stream, options, attribute);
+  TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+  return Status::Ok();
+}
+
+Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& spec, int64_t tokens,
+                              const FusedBuffers& b, Strategy strategy, cudaStream_t stream,
+                              const LaunchOptions& options) {
+  TPFUSE_RETURN_IF_ERROR(CanRun(comm, spec, tokens, strategy));
+  int device = -1;
+  TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
+  if (device != comm.device())
+    return InvalidArgument("current device ", device, " is not the communicator's device ", comm.device());
+  TPFUSE_RETURN_IF_ERROR(CheckBuffers(spec, b));
+  const int n = comm.world_size();
+  // NOTE: at N = 1 the sum is x itself (Contract 3 step 1), whatever strategy was asked for.
+  if (n == 1 || spec.local) return LaunchLocalAllreduceRmsnorm(spec, tokens, b, stream, options);
+  if (tokens == 0) return Status::Ok();
+
+  const RowLayout layout = MakeRowLayout(spec.hidden);
+  const WorkspaceLayout& ws = comm.layout();
+  FusedKernelParams p = MakeParams(spec, tokens, b);
   p.rank = comm.rank();
   p.world_size = n;
   for (int r = 0; r < kMaxRanks; ++r) p.peer_bases[r] = comm.peer_bases()[r];
@@ -174,21 +200,10 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   p.rows_per_rank = (tokens + n - 1) / n;
   p.state = comm.device_state();
   p.timeout_ns = comm.timeout_ns();
-
-  cudaLaunchConfig_t config{};
   cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.blockDim = dim3(layout.threads);
-  config.dynamicSmemBytes = 0;
-  config.stream = stream;
-  config.attrs = options.pdl ? &attribute : nullptr;
-  config.numAttrs = options.pdl ? 1 : 0;
 
   if (strategy == Strategy::kNccl) {
-    FusedKernelFn kernel = SelectEpilogueKernel(spec.act_dtype, layout.vecs_per_thread, spec.quant);
-    if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
-    TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
+    TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout));
     const ncclDataType_t type = spec.act_dtype == DType::kBF16 ? ncclBfloat16 : ncclFloat16;
     // At N = 2 ncclAllReduce's sum is Contract 3's (one f32 add, one rounding); above it NCCL
     // rounds partial sums, so the exact path gathers the partials and sums them in the kernel.
@@ -196,9 +211,8 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
     const int64_t copies = gather ? n : 1;
     // NOTE: rows are processed in chunks that fit the scratch buffer; a row's result does not
     // depend on the chunking.
-    const int64_t chunk =
-        std::max<int64_t>(1, RowsThatFit(comm.nccl_scratch_bytes() / size_t(copies), spec.hidden));
-    if (RowsThatFit(comm.nccl_scratch_bytes() / size_t(copies), spec.hidden) < 1)
+    const int64_t chunk = RowsThatFit(comm.nccl_scratch_bytes() / size_t(copies), spec.hidden);
+    if (chunk < 1)
       return OutOfRange("hidden ", spec.hidden, " x ", copies, " ranks does not fit the nccl scratch buffer");
     for (int64_t first = 0; first < tokens; first += chunk) {
       const int64_t rows = std::min(chunk, tokens - first);
@@ -211,6 +225,7 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
                                         size_t(rows) * spec.hidden, type, ncclSum, comm.nccl(), stream));
       }
       FusedKernelParams q = p;
+      q.source = gather ? RowSource::kGathered : RowSource::kReduced;
       q.reduced = comm.nccl_scratch();
       q.gathered_ranks = gather ? n : 0;
       q.tokens = rows;
@@ -230,81 +245,24 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
         // row, so the chunk keeps the full padded length and shifts by `first` rows.
         q.scale_out = p.scale_col_major ? b.scale_out + first : b.scale_out + first * p.groups_per_row;
       }
-      config.gridDim = dim3(unsigned(std::min<int64_t>(rows, 4 * int64_t(resident))));
+      cudaLaunchConfig_t config = MakeConfig(layout, EpilogueGrid(rows), stream, options, attribute);
       TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, q));
     }
     return Status::Ok();
   }
 
-  FusedKernelFn kernel = strategy == Strategy::kOneShot
-                             ? SelectOneShotKernel(spec.act_dtype, layout.vecs_per_thread, spec.quant)
-                             : SelectTwoShotKernel(spec.act_dtype, layout.vecs_per_thread, spec.quant);
+  FusedKernelFn kernel =
+      strategy == Strategy::kOneShot
+          ? SelectKernel<OneShotFamily>(spec.act_dtype, layout.vecs_per_thread, spec.quant)
+          : SelectKernel<TwoShotFamily>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
   if (!kernel) return Internal("no ", FusedStrategyName(strategy), " kernel for ", spec.ToString(), " at world size ", n);
   TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
   const int64_t work_rows = strategy == Strategy::kOneShot ? tokens : p.rows_per_rank;
   // Blocks wait on their peers' blocks of the same index: the grid stays co-resident (so a
-  // waiting block never keeps a peer's block from being scheduled), and per-block call counts
-  // cap it at kMaxFusedBlocks.
+  // waiting block never keeps a peer's block from being scheduled) and within the call
+  // counters (kMaxFusedBlocks).
   const int64_t grid = std::min<int64_t>({work_rows, int64_t(resident), int64_t(kMaxFusedBlocks)});
-  config.gridDim = dim3(unsigned(grid));
-  TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
-  return Status::Ok();
-}
-
-Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tokens,
-                                   const FusedBuffers& b, cudaStream_t stream,
-                                   const LaunchOptions& options) {
-  TPFUSE_RETURN_IF_ERROR(ValidateSpecForCuda(spec));
-  if (tokens < 0) return InvalidArgument("token count must be >= 0, got ", tokens);
-  if (spec.emit.allreduce && spec.local)
-    return InvalidArgument("a local op cannot emit allreduce");
-  TPFUSE_RETURN_IF_ERROR(CheckPointer("x", b.x, true, 16));
-  TPFUSE_RETURN_IF_ERROR(CheckPointer("residual", b.residual, spec.has_residual, 16));
-  TPFUSE_RETURN_IF_ERROR(CheckPointer("weight", b.weight, true, 16));
-  TPFUSE_RETURN_IF_ERROR(CheckPointer("scale", b.scale, spec.quant == QuantMode::kFp8Tensor, 4));
-  TPFUSE_RETURN_IF_ERROR(CheckPointer("allreduce_out", b.allreduce_out, spec.emit.allreduce, 16));
-  TPFUSE_RETURN_IF_ERROR(CheckPointer("norm_out", b.norm_out, spec.emit.norm, 16));
-  TPFUSE_RETURN_IF_ERROR(CheckPointer("residual_out", b.residual_out, spec.emit.residual, 16));
-  TPFUSE_RETURN_IF_ERROR(CheckPointer("quant_out", b.quant_out, spec.emit.quant, 8));
-  TPFUSE_RETURN_IF_ERROR(CheckPointer("scale_out", b.scale_out, spec.emit.quant && IsDynamicQuant(spec.quant), 4));
-  if (tokens == 0) return Status::Ok();
-  const RowLayout layout = MakeRowLayout(spec.hidden);
-  FusedKernelParams p{};
-  p.x = b.x;
-  p.reduced = b.x;
-  p.residual = b.residual;
-  p.weight = b.weight;
-  p.scale = b.scale;
-  p.allreduce_out = b.allreduce_out;
-  p.norm_out = b.norm_out;
-  p.residual_out = b.residual_out;
-  p.quant_out = static_cast<uint8_t*>(b.quant_out);
-  p.scale_out = b.scale_out;
-  p.tokens = tokens;
-  p.hidden = int(spec.hidden);
-  p.vecs_per_row = int(spec.hidden / kVecElems);
-  p.weight_dtype = spec.weight_dtype;
-  p.eps = spec.eps;
-  p.weight_bias = spec.weight_bias;
-  p.group_vecs = spec.quant == QuantMode::kFp8Group ? spec.group_size / kVecElems : 1;
-  p.groups_per_row = int(spec.ScaleGroupsPerRow());
-  p.scale_col_major = spec.scale_layout == ScaleLayout::kCol;
-  p.scale_ue8m0 = spec.scale_fmt == ScaleFormat::kUe8m0;
-  p.scale_tokens_padded = PaddedScaleTokens(tokens);
-  p.scale_pad_rows = p.scale_col_major ? int(p.scale_tokens_padded - tokens) : 0;
-  p.world_size = 1;
-  FusedKernelFn kernel = SelectEpilogueKernel(spec.act_dtype, layout.vecs_per_thread, spec.quant);
-  if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
-  TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
-  cudaLaunchConfig_t config{};
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.gridDim = dim3(unsigned(std::min<int64_t>(tokens, 4 * int64_t(resident))));
-  config.blockDim = dim3(layout.threads);
-  config.stream = stream;
-  config.attrs = options.pdl ? &attribute : nullptr;
-  config.numAttrs = options.pdl ? 1 : 0;
+  cudaLaunchConfig_t config = MakeConfig(layout, grid, stream, options, attribute);
   TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
   return Status::Ok();
 }

@@ -1,6 +1,8 @@
-// Kernel selection for the fused op: one flat switch per strategy from runtime values
-// (activation dtype, vectors per thread, quant mode) to a template instantiation. Each selector lives
-// in its own .cu file so the instantiations compile in parallel.
+// Kernel selection for the fused op: one flat switch from runtime values (activation dtype,
+// vectors per thread, quant mode) to a template instantiation, written once
+// (allreduce_rmsnorm_select.cuh) and instantiated per kernel family in its own .cu file so the
+// families compile in parallel. 32 instantiations per family: 2 activation dtypes x 4 vector
+// counts per thread (1, 2, 4, 8) x 4 quant modes.
 #pragma once
 
 #include "backends/cuda/kernels/allreduce_rmsnorm.cuh"
@@ -9,10 +11,27 @@ namespace tpfuse::cuda {
 
 using FusedKernelFn = void (*)(FusedKernelParams);
 
+// The kernel families; Kernel<T, kVec, kQuant> names one instantiation.
+struct OneShotFamily {
+  template <typename T, int kVec, QuantMode kQuant>
+  static constexpr FusedKernelFn Kernel() { return OneShotAllreduceRmsnormKernel<T, kVec, kQuant>; }
+};
+struct TwoShotFamily {
+  template <typename T, int kVec, QuantMode kQuant>
+  static constexpr FusedKernelFn Kernel() { return TwoShotAllreduceRmsnormKernel<T, kVec, kQuant>; }
+};
+struct EpilogueFamily {
+  template <typename T, int kVec, QuantMode kQuant>
+  static constexpr FusedKernelFn Kernel() { return AllreduceEpilogueKernel<T, kVec, kQuant>; }
+};
+
 // Null when the combination has no instantiation (the launcher validates first).
-FusedKernelFn SelectOneShotKernel(DType act, int vecs_per_thread, QuantMode quant);
-FusedKernelFn SelectTwoShotKernel(DType act, int vecs_per_thread, QuantMode quant);
-FusedKernelFn SelectEpilogueKernel(DType act, int vecs_per_thread, QuantMode quant);
+template <class Family>
+FusedKernelFn SelectKernel(DType act, int vecs_per_thread, QuantMode quant);
+
+extern template FusedKernelFn SelectKernel<OneShotFamily>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<TwoShotFamily>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<EpilogueFamily>(DType, int, QuantMode);
 
 constexpr int KernelKey(DType act, int vecs_per_thread, QuantMode quant) {
   return (int(act) * 16 + vecs_per_thread) * 8 + int(quant);

@@ -1,40 +1,8 @@
-// Explicit instantiations of the twoshot kernel: 24 = 2 activation dtypes x 3 vector counts
-// per thread (1, 2, 4) x 4 quant modes.
-#include "backends/cuda/launch/allreduce_rmsnorm_kernels.h"
+// The two-shot kernels' instantiations (allreduce_rmsnorm_select.cuh).
+#include "backends/cuda/launch/allreduce_rmsnorm_select.cuh"
 
 namespace tpfuse::cuda {
 
-FusedKernelFn SelectTwoShotKernel(DType act, int vecs_per_thread, QuantMode quant) {
-  using BF16 = __nv_bfloat16;
-  using F16 = __half;
-  using Q = QuantMode;
-  switch (KernelKey(act, vecs_per_thread, quant)) {
-    case KernelKey(DType::kBF16, 1, Q::kNone): return TwoShotAllreduceRmsnormKernel<BF16, 1, Q::kNone>;
-    case KernelKey(DType::kBF16, 1, Q::kFp8Tensor): return TwoShotAllreduceRmsnormKernel<BF16, 1, Q::kFp8Tensor>;
-    case KernelKey(DType::kBF16, 1, Q::kFp8Token): return TwoShotAllreduceRmsnormKernel<BF16, 1, Q::kFp8Token>;
-    case KernelKey(DType::kBF16, 1, Q::kFp8Group): return TwoShotAllreduceRmsnormKernel<BF16, 1, Q::kFp8Group>;
-    case KernelKey(DType::kBF16, 2, Q::kNone): return TwoShotAllreduceRmsnormKernel<BF16, 2, Q::kNone>;
-    case KernelKey(DType::kBF16, 2, Q::kFp8Tensor): return TwoShotAllreduceRmsnormKernel<BF16, 2, Q::kFp8Tensor>;
-    case KernelKey(DType::kBF16, 2, Q::kFp8Token): return TwoShotAllreduceRmsnormKernel<BF16, 2, Q::kFp8Token>;
-    case KernelKey(DType::kBF16, 2, Q::kFp8Group): return TwoShotAllreduceRmsnormKernel<BF16, 2, Q::kFp8Group>;
-    case KernelKey(DType::kBF16, 4, Q::kNone): return TwoShotAllreduceRmsnormKernel<BF16, 4, Q::kNone>;
-    case KernelKey(DType::kBF16, 4, Q::kFp8Tensor): return TwoShotAllreduceRmsnormKernel<BF16, 4, Q::kFp8Tensor>;
-    case KernelKey(DType::kBF16, 4, Q::kFp8Token): return TwoShotAllreduceRmsnormKernel<BF16, 4, Q::kFp8Token>;
-    case KernelKey(DType::kBF16, 4, Q::kFp8Group): return TwoShotAllreduceRmsnormKernel<BF16, 4, Q::kFp8Group>;
-    case KernelKey(DType::kF16, 1, Q::kNone): return TwoShotAllreduceRmsnormKernel<F16, 1, Q::kNone>;
-    case KernelKey(DType::kF16, 1, Q::kFp8Tensor): return TwoShotAllreduceRmsnormKernel<F16, 1, Q::kFp8Tensor>;
-    case KernelKey(DType::kF16, 1, Q::kFp8Token): return TwoShotAllreduceRmsnormKernel<F16, 1, Q::kFp8Token>;
-    case KernelKey(DType::kF16, 1, Q::kFp8Group): return TwoShotAllreduceRmsnormKernel<F16, 1, Q::kFp8Group>;
-    case KernelKey(DType::kF16, 2, Q::kNone): return TwoShotAllreduceRmsnormKernel<F16, 2, Q::kNone>;
-    case KernelKey(DType::kF16, 2, Q::kFp8Tensor): return TwoShotAllreduceRmsnormKernel<F16, 2, Q::kFp8Tensor>;
-    case KernelKey(DType::kF16, 2, Q::kFp8Token): return TwoShotAllreduceRmsnormKernel<F16, 2, Q::kFp8Token>;
-    case KernelKey(DType::kF16, 2, Q::kFp8Group): return TwoShotAllreduceRmsnormKernel<F16, 2, Q::kFp8Group>;
-    case KernelKey(DType::kF16, 4, Q::kNone): return TwoShotAllreduceRmsnormKernel<F16, 4, Q::kNone>;
-    case KernelKey(DType::kF16, 4, Q::kFp8Tensor): return TwoShotAllreduceRmsnormKernel<F16, 4, Q::kFp8Tensor>;
-    case KernelKey(DType::kF16, 4, Q::kFp8Token): return TwoShotAllreduceRmsnormKernel<F16, 4, Q::kFp8Token>;
-    case KernelKey(DType::kF16, 4, Q::kFp8Group): return TwoShotAllreduceRmsnormKernel<F16, 4, Q::kFp8Group>;
-    default: return nullptr;
-  }
-}
+template FusedKernelFn SelectKernel<TwoShotFamily>(DType, int, QuantMode);
 
 }  // namespace tpfuse::cuda

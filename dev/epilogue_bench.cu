@@ -1,0 +1,562 @@
+// The fused op's per-row epilogue on one GPU: versions side by side against the copy roofline,
+// with a bitwise check of the production kernel against a CPU reference of Contract 3.
+//
+//   v0     the epilogue kernel before this rewrite (dev/v0/): 512-thread rows, grid
+//          min(T, 4 x resident), the static scale loaded after the norm
+//   grid   the production kernel (src/backends/cuda/kernels/allreduce_rmsnorm.cuh): <= 256
+//          threads per row, one block per row, weights before griddepcontrol.wait, x, residual
+//          and scale loaded together
+//   pers   the same kernel on a persistent grid (resident blocks, rows strided)
+//   nopdl  the same kernel launched without programmatic dependent launch
+//   copy   cudaMemcpyAsync of (read + write bytes) / 2: the same traffic as the fused op
+//
+// Timing: CUDA graph of 20 launches over rotating buffer sets (more than 2 x L2 of inputs and
+// outputs together, at least 4 sets), 5 warm-up replays, median of 30 replays, per op.
+// Bytes (minimum): read x and residual (2 x 2 B), write residual_out (2 B), q (1 B), norm (2 B,
+// fp8_group only: "+ norm"), scales (4 B per group), none: norm (2 B).
+//
+// Build (see dev/README.md): nvcc -O3 -std=c++20 -gencode arch=compute_90a,code=sm_90a ...
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/allreduce_rmsnorm.h"
+#include "backends/cuda/launch/allreduce_rmsnorm_kernels.h"
+#include "common/numerics.h"
+#include "common/row_layout.h"
+#include "dev/v0/allreduce_rmsnorm_v0.cuh"
+
+using namespace tpfuse;
+
+#define CHECK(x)                                                                       \
+  do {                                                                                 \
+    cudaError_t e = (x);                                                               \
+    if (e != cudaSuccess) {                                                            \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
+      std::exit(1);                                                                    \
+    }                                                                                  \
+  } while (0)
+
+namespace {
+
+// ---------------------------------------------------------------- CPU reference (Contract 3)
+
+float Bf(uint16_t b) { return Bf16ToFloat(b); }
+
+struct Recipe {
+  bool norm_f32 = false, after_round = false, bias_wdtype = false, swapped = false;
+};
+
+struct Case {
+  int64_t H;
+  QuantMode quant;
+  bool norm_with_quant;  // emit norm too (fp8_group + norm)
+  bool ue8m0 = false, col = false;
+  float weight_bias = 0.0f;
+  DType wdtype = DType::kBF16;
+  Recipe recipe;
+};
+
+AllreduceRmsnormSpec SpecOf(const Case& c) {
+  AllreduceRmsnormSpec s;
+  s.act_dtype = DType::kBF16;
+  s.weight_dtype = c.wdtype;
+  s.hidden = c.H;
+  s.local = true;
+  s.has_residual = true;
+  s.eps = 1e-6f;
+  s.weight_bias = c.weight_bias;
+  s.quant = c.quant;
+  s.group_size = 128;
+  s.scale_layout = c.col ? ScaleLayout::kCol : ScaleLayout::kRow;
+  s.scale_fmt = c.ue8m0 ? ScaleFormat::kUe8m0 : ScaleFormat::kF32;
+  s.emit.residual = true;
+  s.emit.norm = c.quant == QuantMode::kNone || c.norm_with_quant;
+  s.emit.quant = c.quant != QuantMode::kNone;
+  s.rounding.norm_input_f32 = c.recipe.norm_f32;
+  s.rounding.weight_after_round = c.recipe.after_round;
+  s.rounding.weight_bias_in_weight_dtype = c.recipe.bias_wdtype;
+  s.rounding.scale_op_swapped = c.recipe.swapped;
+  return s;
+}
+
+struct HostOut {
+  std::vector<uint16_t> res, norm;
+  std::vector<uint8_t> q;
+  std::vector<float> s;
+};
+
+float RoundBf(float v) { return Bf(FloatToBf16(v)); }
+
+HostOut Reference(const AllreduceRmsnormSpec& spec, int64_t T, const std::vector<uint16_t>& x,
+                  const std::vector<uint16_t>& res, const std::vector<float>& w, float scale) {
+  const int64_t H = spec.hidden;
+  const int64_t G = spec.ScaleGroupsPerRow();
+  HostOut o;
+  o.res.resize(size_t(T * H));
+  o.norm.resize(size_t(T * H));
+  o.q.resize(size_t(T * H));
+  o.s.assign(size_t(spec.ScaleElements(T)), 0.0f);
+  std::vector<float> wp(size_t(H));
+  for (int64_t c = 0; c < H; ++c) {
+    float v = w[size_t(c)];
+    if (spec.weight_bias != 0.0f) {
+      v = v + spec.weight_bias;
+      if (spec.rounding.weight_bias_in_weight_dtype && spec.weight_dtype == DType::kBF16) v = RoundBf(v);
+    }
+    wp[size_t(c)] = v;
+  }
+  std::vector<float> u(size_t(H)), sq(size_t(H)), y(size_t(H));
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t c = 0; c < H; ++c) {
+      const size_t i = size_t(t * H + c);
+      const float hf = Bf(x[i]) + Bf(res[i]);
+      o.res[i] = FloatToBf16(hf);
+      u[size_t(c)] = spec.rounding.norm_input_f32 ? hf : Bf(o.res[i]);
+      sq[size_t(c)] = u[size_t(c)] * u[size_t(c)];
+    }
+    const float total = RowSumInKernelOrder(sq.data(), H);
+    const float r = 1.0f / std::sqrt(total / float(H) + spec.eps);
+    for (int64_t c = 0; c < H; ++c) {
+      float n = u[size_t(c)] * r;
+      if (spec.rounding.weight_after_round) n = RoundBf(n);
+      const uint16_t yb = FloatToBf16(n * wp[size_t(c)]);
+      o.norm[size_t(t * H + c)] = yb;
+      y[size_t(c)] = Bf(yb);
+    }
+    const bool divides = spec.QuantDivides();
+    if (spec.quant == QuantMode::kFp8Tensor) {
+      const float inv = 1.0f / scale;
+      for (int64_t c = 0; c < H; ++c)
+        o.q[size_t(t * H + c)] = FloatToFp8E4M3(divides ? y[size_t(c)] / scale : y[size_t(c)] * inv);
+    } else if (IsDynamicQuant(spec.quant)) {
+      const int64_t g = spec.quant == QuantMode::kFp8Token ? H : spec.group_size;
+      for (int64_t grp = 0; grp < H / g; ++grp) {
+        float amax = 0.0f;
+        for (int64_t c = grp * g; c < (grp + 1) * g; ++c) amax = std::max(amax, std::fabs(y[size_t(c)]));
+        float s = std::max(amax, 1e-10f) / 448.0f;
+        if (spec.scale_fmt == ScaleFormat::kUe8m0) s = RoundUpToPowerOfTwo(s);
+        const float inv = 1.0f / s;
+        for (int64_t c = grp * g; c < (grp + 1) * g; ++c)
+          o.q[size_t(t * H + c)] = FloatToFp8E4M3(divides ? y[size_t(c)] / s : y[size_t(c)] * inv);
+        const int64_t sidx = spec.scale_layout == ScaleLayout::kCol ? grp * PaddedScaleTokens(T) + t : t * G + grp;
+        o.s[size_t(sidx)] = s;
+      }
+    }
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------- device buffers
+
+struct Set {
+  void *x, *res, *res_out, *norm, *q;
+  float* s;
+};
+
+struct Buffers {
+  std::vector<Set> sets;
+  void* w = nullptr;
+  float* scale = nullptr;
+  void* copy_src = nullptr;
+  void* copy_dst = nullptr;
+  size_t copy_bytes = 0;
+  std::vector<void*> owned;
+
+  void* Alloc(size_t bytes) {
+    void* p = nullptr;
+    CHECK(cudaMalloc(&p, std::max<size_t>(bytes, 256)));
+    owned.push_back(p);
+    return p;
+  }
+  ~Buffers() {
+    for (void* p : owned) cudaFree(p);
+  }
+};
+
+size_t MinBytes(const AllreduceRmsnormSpec& spec, int64_t T) {
+  const size_t e = size_t(T * spec.hidden);
+  size_t bytes = 4 * e + 2 * e;                       // x, residual in; residual_out
+  if (spec.emit.norm) bytes += 2 * e;
+  if (spec.emit.quant) bytes += e + 4 * size_t(spec.ScaleElements(T)) * IsDynamicQuant(spec.quant);
+  return bytes;
+}
+
+float Median(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Median µs per op of `launch(i)` for i = 0..19 captured in one graph.
+template <class Launch>
+float TimeGraph(cudaStream_t stream, Launch launch) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+  for (int i = 0; i < 20; ++i) launch(i);
+  CHECK(cudaStreamEndCapture(stream, &graph));
+  CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 5; ++i) CHECK(cudaGraphLaunch(exec, stream));
+  std::vector<float> ms;
+  for (int i = 0; i < 30; ++i) {
+    CHECK(cudaEventRecord(a, stream));
+    CHECK(cudaGraphLaunch(exec, stream));
+    CHECK(cudaEventRecord(b, stream));
+    CHECK(cudaEventSynchronize(b));
+    float t = 0;
+    CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  CHECK(cudaGetLastError());
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return Median(ms) * 1000.0f / 20.0f;
+}
+
+cuda::FusedKernelParams ParamsFor(const AllreduceRmsnormSpec& spec, int64_t T, const Set& s,
+                                  const Buffers& b) {
+  cuda::FusedKernelParams p{};
+  p.x = s.x;
+  p.residual = s.res;
+  p.weight = b.w;
+  p.scale = b.scale;
+  p.source = cuda::RowSource::kLocal;
+  p.norm_out = spec.emit.norm ? s.norm : nullptr;
+  p.residual_out = s.res_out;
+  p.quant_out = spec.emit.quant ? static_cast<uint8_t*>(s.q) : nullptr;
+  p.scale_out = spec.emit.quant && IsDynamicQuant(spec.quant) ? s.s : nullptr;
+  p.tokens = T;
+  p.hidden = int(spec.hidden);
+  p.vecs_per_row = int(spec.hidden / 8);
+  p.weight_dtype = spec.weight_dtype;
+  p.eps = spec.eps;
+  p.weight_bias = spec.weight_bias;
+  p.group_vecs = spec.quant == QuantMode::kFp8Group ? spec.group_size / 8 : 1;
+  p.groups_per_row = int(spec.ScaleGroupsPerRow());
+  p.scale_col_major = spec.scale_layout == ScaleLayout::kCol;
+  p.scale_ue8m0 = spec.scale_fmt == ScaleFormat::kUe8m0;
+  p.scale_tokens_padded = PaddedScaleTokens(T);
+  p.scale_pad_rows = p.scale_col_major ? int(p.scale_tokens_padded - T) : 0;
+  p.norm_input_f32 = spec.rounding.norm_input_f32;
+  p.weight_after_round = spec.rounding.weight_after_round;
+  p.bias_in_weight_dtype = spec.rounding.weight_bias_in_weight_dtype;
+  p.quant_divides = spec.QuantDivides();
+  p.world_size = 1;
+  return p;
+}
+
+cuda::v0::FusedKernelParams V0ParamsFor(const AllreduceRmsnormSpec& spec, int64_t T, const Set& s,
+                                        const Buffers& b) {
+  cuda::v0::FusedKernelParams p{};
+  p.x = s.x;
+  p.reduced = s.x;
+  p.residual = s.res;
+  p.weight = b.w;
+  p.scale = b.scale;
+  p.norm_out = spec.emit.norm ? s.norm : nullptr;
+  p.residual_out = s.res_out;
+  p.quant_out = spec.emit.quant ? static_cast<uint8_t*>(s.q) : nullptr;
+  p.scale_out = spec.emit.quant && IsDynamicQuant(spec.quant) ? s.s : nullptr;
+  p.tokens = T;
+  p.hidden = int(spec.hidden);
+  p.vecs_per_row = int(spec.hidden / 8);
+  p.weight_dtype = spec.weight_dtype;
+  p.eps = spec.eps;
+  p.weight_bias = spec.weight_bias;
+  p.group_vecs = spec.quant == QuantMode::kFp8Group ? spec.group_size / 8 : 1;
+  p.groups_per_row = int(spec.ScaleGroupsPerRow());
+  p.scale_col_major = spec.scale_layout == ScaleLayout::kCol;
+  p.scale_ue8m0 = spec.scale_fmt == ScaleFormat::kUe8m0;
+  p.scale_tokens_padded = PaddedScaleTokens(T);
+  p.scale_pad_rows = p.scale_col_major ? int(p.scale_tokens_padded - T) : 0;
+  p.world_size = 1;
+  return p;
+}
+
+using V0Fn = void (*)(cuda::v0::FusedKernelParams);
+
+template <int kVec>
+V0Fn V0KernelFor(QuantMode q) {
+  using B = __nv_bfloat16;
+  switch (q) {
+    case QuantMode::kNone: return cuda::v0::AllreduceEpilogueKernel<B, kVec, QuantMode::kNone>;
+    case QuantMode::kFp8Tensor: return cuda::v0::AllreduceEpilogueKernel<B, kVec, QuantMode::kFp8Tensor>;
+    case QuantMode::kFp8Token: return cuda::v0::AllreduceEpilogueKernel<B, kVec, QuantMode::kFp8Token>;
+    case QuantMode::kFp8Group: return cuda::v0::AllreduceEpilogueKernel<B, kVec, QuantMode::kFp8Group>;
+  }
+  return nullptr;
+}
+
+struct V0Layout {
+  int threads, vecs;
+};
+V0Layout V0LayoutOf(int64_t H) {
+  const int vecs = int(H / 8);
+  int per = 1;
+  while (per * 512 < vecs) per *= 2;
+  return {((vecs + per - 1) / per + 31) / 32 * 32, per};
+}
+
+V0Fn V0Kernel(int vecs, QuantMode q) {
+  return vecs == 1 ? V0KernelFor<1>(q) : vecs == 2 ? V0KernelFor<2>(q) : V0KernelFor<4>(q);
+}
+
+int Resident(const void* fn, int threads) {
+  int per_sm = 0, sms = 0;
+  CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, threads, 0));
+  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  return per_sm * sms;
+}
+
+void Launch(cuda::FusedKernelFn fn, const cuda::FusedKernelParams& p, int64_t grid, int threads,
+            bool pdl, cudaStream_t stream) {
+  cudaLaunchConfig_t config{};
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.gridDim = dim3(unsigned(grid));
+  config.blockDim = dim3(threads);
+  config.stream = stream;
+  config.attrs = pdl ? &attribute : nullptr;
+  config.numAttrs = pdl ? 1 : 0;
+  CHECK(cudaLaunchKernelEx(&config, fn, p));
+}
+
+std::string CaseName(const Case& c) {
+  std::string n = std::string(QuantModeName(c.quant));
+  if (c.norm_with_quant) n += "+norm";
+  return n;
+}
+
+// ---------------------------------------------------------------- correctness
+
+int CheckCase(const Case& c, int64_t T, uint32_t seed, cudaStream_t stream) {
+  const AllreduceRmsnormSpec spec = SpecOf(c);
+  const int64_t H = c.H, n = T * H;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> act(0.0f, 1.0f), wd(1.0f, 0.2f);
+  std::vector<uint16_t> x(size_t(n)), res(size_t(n));
+  for (auto& v : x) v = FloatToBf16(act(rng) * 3.0f);
+  for (auto& v : res) v = FloatToBf16(act(rng));
+  std::vector<float> w(size_t(H));
+  std::vector<uint16_t> wb(size_t(H));
+  for (int64_t i = 0; i < H; ++i) {
+    wb[size_t(i)] = FloatToBf16(wd(rng));
+    w[size_t(i)] = c.wdtype == DType::kF32 ? wd(rng) : Bf(wb[size_t(i)]);
+  }
+  const float scale = 0.0173f;
+  const HostOut ref = Reference(spec, T, x, res, w, scale);
+
+  Buffers b;
+  Set s{};
+  s.x = b.Alloc(size_t(n) * 2);
+  s.res = b.Alloc(size_t(n) * 2);
+  s.res_out = b.Alloc(size_t(n) * 2);
+  s.norm = b.Alloc(size_t(n) * 2);
+  s.q = b.Alloc(size_t(n));
+  s.s = static_cast<float*>(b.Alloc(size_t(spec.ScaleElements(T)) * 4 + 4));
+  b.w = b.Alloc(size_t(H) * 4);
+  b.scale = static_cast<float*>(b.Alloc(4));
+  CHECK(cudaMemcpy(s.x, x.data(), size_t(n) * 2, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(s.res, res.data(), size_t(n) * 2, cudaMemcpyHostToDevice));
+  if (c.wdtype == DType::kF32) CHECK(cudaMemcpy(b.w, w.data(), size_t(H) * 4, cudaMemcpyHostToDevice));
+  else CHECK(cudaMemcpy(b.w, wb.data(), size_t(H) * 2, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(b.scale, &scale, 4, cudaMemcpyHostToDevice));
+  // Poison every output.
+  CHECK(cudaMemset(s.res_out, 0xFF, size_t(n) * 2));
+  CHECK(cudaMemset(s.norm, 0xFF, size_t(n) * 2));
+  CHECK(cudaMemset(s.q, 0xFF, size_t(n)));
+  CHECK(cudaMemset(s.s, 0xFF, size_t(spec.ScaleElements(T)) * 4 + 4));
+  FusedBuffers fb;
+  fb.x = s.x;
+  fb.residual = s.res;
+  fb.weight = b.w;
+  fb.scale = spec.quant == QuantMode::kFp8Tensor ? b.scale : nullptr;
+  fb.residual_out = s.res_out;
+  fb.norm_out = spec.emit.norm ? s.norm : nullptr;
+  fb.quant_out = spec.emit.quant ? s.q : nullptr;
+  fb.scale_out = spec.emit.quant && IsDynamicQuant(spec.quant) ? s.s : nullptr;
+  Status st = cuda::LaunchLocalAllreduceRmsnorm(spec, T, fb, stream);
+  if (!st.ok()) {
+    std::printf("  launch failed: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  CHECK(cudaStreamSynchronize(stream));
+  HostOut got;
+  got.res.resize(size_t(n));
+  got.norm.resize(size_t(n));
+  got.q.resize(size_t(n));
+  got.s.resize(size_t(spec.ScaleElements(T)));
+  CHECK(cudaMemcpy(got.res.data(), s.res_out, size_t(n) * 2, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(got.norm.data(), s.norm, size_t(n) * 2, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(got.q.data(), s.q, size_t(n), cudaMemcpyDeviceToHost));
+  if (!got.s.empty()) CHECK(cudaMemcpy(got.s.data(), s.s, got.s.size() * 4, cudaMemcpyDeviceToHost));
+  int bad = 0;
+  auto report = [&](const char* what, int64_t i, double a, double e) {
+    if (bad++ < 3) std::printf("  MISMATCH %s[%lld]: got %g want %g\n", what, (long long)i, a, e);
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    if (got.res[size_t(i)] != ref.res[size_t(i)]) report("residual_out", i, Bf(got.res[size_t(i)]), Bf(ref.res[size_t(i)]));
+    if (spec.emit.norm && got.norm[size_t(i)] != ref.norm[size_t(i)]) report("norm", i, Bf(got.norm[size_t(i)]), Bf(ref.norm[size_t(i)]));
+    if (spec.emit.quant && got.q[size_t(i)] != ref.q[size_t(i)]) report("q", i, Fp8E4M3ToFloat(got.q[size_t(i)]), Fp8E4M3ToFloat(ref.q[size_t(i)]));
+  }
+  for (size_t i = 0; i < got.s.size(); ++i)
+    if (std::memcmp(&got.s[i], &ref.s[i], 4) != 0) report("s", int64_t(i), got.s[i], ref.s[i]);
+  return bad;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  cudaStream_t stream;
+  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+
+  // ---- registers, spills and residency of the production kernels
+  for (int64_t H : {2880, 4096, 5120, 7168, 8192, 16384}) {
+    const RowLayout l = MakeRowLayout(H);
+    for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group}) {
+      const struct { const char* name; cuda::FusedKernelFn fn; } kernels[] = {
+          {"epilogue", cuda::SelectKernel<cuda::EpilogueFamily>(DType::kBF16, l.vecs_per_thread, q)},
+          {"oneshot", cuda::SelectKernel<cuda::OneShotFamily>(DType::kBF16, l.vecs_per_thread, q)},
+          {"twoshot", cuda::SelectKernel<cuda::TwoShotFamily>(DType::kBF16, l.vecs_per_thread, q)}};
+      for (const auto& k : kernels) {
+        cudaFuncAttributes attr;
+        CHECK(cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(k.fn)));
+        int per_sm = 0;
+        CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<const void*>(k.fn), l.threads, 0));
+        std::printf("kernel %-8s H %5lld %-10s threads %3d vec %d regs %3d local %4zu B blocks/SM %d\n", k.name,
+                    (long long)H, std::string(QuantModeName(q)).c_str(), l.threads, l.vecs_per_thread,
+                    attr.numRegs, attr.localSizeBytes, per_sm);
+      }
+    }
+  }
+
+  // ---- correctness: production kernel vs the CPU reference, bitwise
+  int failures = 0, checked = 0;
+  std::vector<Case> checks;
+  for (int64_t H : {128, 2880, 4096, 7168, 8192, 16384}) {
+    checks.push_back({H, QuantMode::kNone, false});
+    checks.push_back({H, QuantMode::kFp8Tensor, false});
+    checks.push_back({H, QuantMode::kFp8Token, false});
+    checks.push_back({H, QuantMode::kFp8Group, true});
+  }
+  checks.push_back({7168, QuantMode::kFp8Group, true, true, true});        // ue8m0, col-major
+  checks.push_back({4096, QuantMode::kFp8Token, false, true, true});
+  checks.push_back({4096, QuantMode::kFp8Group, false, false, false, 1.0f});  // weight_bias 1
+  checks.push_back({4096, QuantMode::kNone, false, false, false, 1.0f, DType::kBF16, {false, false, true, false}});
+  checks.push_back({4096, QuantMode::kFp8Tensor, false, false, false, 0.0f, DType::kF32});
+  checks.push_back({5120, QuantMode::kFp8Tensor, false, false, false, 0.0f, DType::kBF16, {true, true, false, true}});
+  checks.push_back({5120, QuantMode::kFp8Group, true, false, false, 0.0f, DType::kBF16, {true, true, false, true}});
+  checks.push_back({2880, QuantMode::kFp8Token, false, false, false, 0.0f, DType::kF32, {false, true, false, true}});
+  for (const Case& c : checks) {
+    for (int64_t T : {int64_t(1), int64_t(3), int64_t(19), int64_t(130)}) {
+      const int bad = CheckCase(c, T, uint32_t(1000 + T + c.H), stream);
+      ++checked;
+      if (bad) {
+        ++failures;
+        std::printf("check FAILED: H %lld %s T %lld: %d mismatches\n", (long long)c.H, CaseName(c).c_str(),
+                    (long long)T, bad);
+      }
+    }
+  }
+  std::printf("correctness: %d of %d cases bitwise equal to the CPU reference\n", checked - failures, checked);
+
+  // ---- timing
+  const std::vector<int64_t> hs = quick ? std::vector<int64_t>{4096, 7168} : std::vector<int64_t>{2880, 4096, 5120, 7168, 8192};
+  const std::vector<int64_t> ts = quick ? std::vector<int64_t>{1, 1024} : std::vector<int64_t>{1, 16, 128, 1024, 8192};
+  std::printf("\n%6s %5s %-16s %8s %8s %8s %8s %8s %8s %8s %8s\n", "H", "T", "quant", "v0", "grid", "pers",
+              "nopdl", "copy", "grid/cp", "grid/v0", "GB/s");
+  for (int64_t H : hs) {
+    for (Case c : {Case{H, QuantMode::kNone, false}, Case{H, QuantMode::kFp8Tensor, false},
+                   Case{H, QuantMode::kFp8Token, false}, Case{H, QuantMode::kFp8Group, true}}) {
+      const AllreduceRmsnormSpec spec = SpecOf(c);
+      const RowLayout l = MakeRowLayout(H);
+      cuda::FusedKernelFn fn = cuda::SelectKernel<cuda::EpilogueFamily>(DType::kBF16, l.vecs_per_thread, c.quant);
+      const V0Layout l0 = V0LayoutOf(H);
+      V0Fn fn0 = V0Kernel(l0.vecs, c.quant);
+      for (int64_t T : ts) {
+        const size_t e = size_t(T * H);
+        const size_t bytes = MinBytes(spec, T);
+        const int sets = int(std::max<size_t>(4, (2 * size_t(prop.l2CacheSize)) / bytes + 1));
+        Buffers b;
+        std::vector<uint16_t> host(e);
+        std::mt19937 rng(uint32_t(T * 7 + H));
+        std::normal_distribution<float> d(0.0f, 1.0f);
+        for (auto& v : host) v = FloatToBf16(d(rng));
+        for (int i = 0; i < sets; ++i) {
+          Set s{};
+          s.x = b.Alloc(e * 2);
+          s.res = b.Alloc(e * 2);
+          s.res_out = b.Alloc(e * 2);
+          s.norm = b.Alloc(e * 2);
+          s.q = b.Alloc(e);
+          s.s = static_cast<float*>(b.Alloc(size_t(spec.ScaleElements(T)) * 4 + 16));
+          CHECK(cudaMemcpy(s.x, host.data(), e * 2, cudaMemcpyHostToDevice));
+          CHECK(cudaMemcpy(s.res, host.data(), e * 2, cudaMemcpyHostToDevice));
+          b.sets.push_back(s);
+        }
+        std::vector<uint16_t> wh(size_t(H));
+        for (auto& v : wh) v = FloatToBf16(1.0f + 0.1f * d(rng));
+        b.w = b.Alloc(size_t(H) * 2);
+        CHECK(cudaMemcpy(b.w, wh.data(), size_t(H) * 2, cudaMemcpyHostToDevice));
+        const float scale = 0.02f;
+        b.scale = static_cast<float*>(b.Alloc(4));
+        CHECK(cudaMemcpy(b.scale, &scale, 4, cudaMemcpyHostToDevice));
+        b.copy_bytes = bytes / 2;
+        std::vector<void*> csrc, cdst;
+        for (int i = 0; i < sets; ++i) {
+          csrc.push_back(b.Alloc(b.copy_bytes));
+          cdst.push_back(b.Alloc(b.copy_bytes));
+          CHECK(cudaMemset(csrc.back(), 0x3C, b.copy_bytes));
+        }
+        const int resident = Resident(reinterpret_cast<const void*>(fn), l.threads);
+        const int resident0 = Resident(reinterpret_cast<const void*>(fn0), l0.threads);
+        const float t_v0 = TimeGraph(stream, [&](int i) {
+          const auto p = V0ParamsFor(spec, T, b.sets[size_t(i % sets)], b);
+          cudaLaunchConfig_t config{};
+          cudaLaunchAttribute attribute{};
+          attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+          attribute.val.programmaticStreamSerializationAllowed = 1;
+          config.gridDim = dim3(unsigned(std::min<int64_t>(T, 4 * int64_t(resident0))));
+          config.blockDim = dim3(l0.threads);
+          config.stream = stream;
+          config.attrs = &attribute;
+          config.numAttrs = 1;
+          CHECK(cudaLaunchKernelEx(&config, fn0, p));
+        });
+        const float t_grid = TimeGraph(stream, [&](int i) {
+          Launch(fn, ParamsFor(spec, T, b.sets[size_t(i % sets)], b), T, l.threads, true, stream);
+        });
+        const float t_pers = TimeGraph(stream, [&](int i) {
+          Launch(fn, ParamsFor(spec, T, b.sets[size_t(i % sets)], b), std::min<int64_t>(T, resident), l.threads, true, stream);
+        });
+        const float t_nopdl = TimeGraph(stream, [&](int i) {
+          Launch(fn, ParamsFor(spec, T, b.sets[size_t(i % sets)], b), T, l.threads, false, stream);
+        });
+        const float t_copy = TimeGraph(stream, [&](int i) {
+          CHECK(cudaMemcpyAsync(cdst[size_t(i % sets)], csrc[size_t(i % sets)], b.copy_bytes, cudaMemcpyDeviceToDevice, stream));
+        });
+        std::printf("%6lld %5lld %-16s %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.0f\n", (long long)H, (long long)T,
+                    CaseName(c).c_str(), t_v0, t_grid, t_pers, t_nopdl, t_copy, t_grid / t_copy, t_grid / t_v0,
+                    double(bytes) / (t_grid * 1e3));
+        std::fflush(stdout);
+      }
+    }
+  }
+  return failures == 0 ? 0 : 1;
+}

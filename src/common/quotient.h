@@ -1,0 +1,39 @@
+// y / s without a division instruction, for the FP8 quantization's per-element scale step:
+// q = y * rcp with rcp = 1 / s (correctly rounded), then one exact remainder and correction,
+// r = fma(-s, q, y), q' = fma(r, rcp, q). Host and device (the CPU test checks it against IEEE
+// division; the kernels use it so no per-element division call sits in the hot loop).
+//
+// Domain (what quotient_test.cc checks exhaustively over every bf16 and f16 dividend):
+//   - the result equals the IEEE quotient y / s bit for bit whenever |y / s| lies in
+//     [2^-12, 2^120] (no overflow, no loss in the remainder);
+//   - below 2^-12 it may differ from y / s in the last bits, which FP8 e4m3 cannot see (every
+//     magnitude below 2^-10 rounds to zero), so the FP8 code is the same;
+//   - zeros keep their sign (a zero remainder returns q, which is exact).
+// The dynamic quantization divides by s = max(amax, 1e-10) / 448 >= amax / 448, so |y / s| <=
+// 448: always inside the domain. A static scale has no such bound: the kernels divide by it with
+// IEEE division.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define TPFUSE_QUOTIENT_HD __host__ __device__ __forceinline__
+#else
+#define TPFUSE_QUOTIENT_HD inline
+#endif
+
+namespace tpfuse {
+
+TPFUSE_QUOTIENT_HD float QuotientByReciprocal(float y, float s, float rcp) {
+#if defined(__CUDA_ARCH__)
+  const float q = __fmul_rn(y, rcp);
+  const float r = __fmaf_rn(-s, q, y);
+  return r == 0.0f ? q : __fmaf_rn(r, rcp, q);
+#else
+  const float q = y * rcp;
+  const float r = std::fma(-s, q, y);
+  return r == 0.0f ? q : std::fma(r, rcp, q);
+#endif
+}
+
+}  // namespace tpfuse

@@ -1,0 +1,70 @@
+// QuotientByReciprocal (common/quotient.h) against IEEE division over its documented domain:
+// every bf16 and f16 dividend, scales s = max(amax, 1e-10) / 448 for amax over the bf16 and f16
+// values (the dynamic quantization's), plus divisors with adversarial significands.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "common/numerics.h"
+#include "common/quotient.h"
+
+namespace tpfuse {
+namespace {
+
+bool SameBits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
+
+// Every finite bf16 and f16 value, both signs.
+std::vector<float> HalfValues() {
+  std::vector<float> v;
+  for (uint32_t b = 0; b < 0x10000; ++b) {
+    const float x = Bf16ToFloat(uint16_t(b));
+    if (std::isfinite(x)) v.push_back(x);
+    const float h = F16ToFloat(uint16_t(b));
+    if (std::isfinite(h)) v.push_back(h);
+  }
+  return v;
+}
+
+TEST(QuotientTest, DynamicScaleIsExactForEveryHalfAmax) {
+  // s = max(amax, 1e-10) / 448, as the kernels compute it.
+  for (float amax : HalfValues()) {
+    if (amax < 0.0f) continue;
+    const float a = std::fmax(amax, 1e-10f);
+    ASSERT_TRUE(SameBits(QuotientByReciprocal(a, 448.0f, 1.0f / 448.0f), a / 448.0f)) << amax;
+  }
+}
+
+TEST(QuotientTest, MatchesDivisionInsideTheDomainAndFp8Everywhere) {
+  const std::vector<float> ys = HalfValues();
+  std::vector<float> scales;
+  // The dynamic scales of every 37th half amax value (about 3,500 scales).
+  for (size_t i = 0; i < ys.size(); i += 37)
+    if (ys[i] > 0.0f) scales.push_back(std::fmax(ys[i], 1e-10f) / 448.0f);
+  // Adversarial significands over a range of exponents.
+  for (int e = -40; e <= 8; ++e)
+    for (float m : {1.0f, 1.5f, 1.3333334f, 1.9999999f, 1.0000001f})
+      scales.push_back(std::ldexp(m, e));
+  int64_t checked = 0, outside = 0;
+  for (float s : scales) {
+    const float rcp = 1.0f / s;
+    for (float y : ys) {
+      const float q = QuotientByReciprocal(y, s, rcp), want = y / s;
+      if (!std::isfinite(want) || std::fabs(want) > 0x1p+120f) continue;  // outside: static scales divide
+      ++checked;
+      if (std::fabs(want) >= 0x1p-12f || y == 0.0f) {
+        ASSERT_TRUE(SameBits(q, want)) << "y " << y << " s " << s << ": " << q << " vs " << want;
+      } else {
+        ++outside;
+        ASSERT_EQ(FloatToFp8E4M3(q), FloatToFp8E4M3(want)) << "y " << y << " s " << s;
+      }
+    }
+  }
+  EXPECT_GT(checked, int64_t{100'000'000});
+  EXPECT_GT(outside, 0);
+}
+
+}  // namespace
+}  // namespace tpfuse
