@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,12 +24,25 @@ StatusOr<QuantMode> ParseQuantMode(std::string_view name);
 StatusOr<ScaleLayout> ParseScaleLayout(std::string_view name);
 StatusOr<ScaleFormat> ParseScaleFormat(std::string_view name);
 
-// How the fused op moves data between the GPUs (docs/kernels.md): every rank pushes its rows to
-// every peer (one-shot), reduce-scatter by rows then all-gather (two-shot), or NCCL collectives
-// plus one epilogue kernel (nccl). The same vocabulary for the dispatcher and the launchers.
-enum class FusedStrategy : uint8_t { kOneShot, kTwoShot, kNccl };
-std::string_view FusedStrategyName(FusedStrategy strategy);  // "oneshot", "twoshot", "nccl"
-StatusOr<FusedStrategy> ParseFusedStrategy(std::string_view name);
+// How the fused op moves data between the GPUs (docs/kernels.md). The one vocabulary of the
+// public API, the dispatcher, the launchers, the CLI and the benchmark.
+enum class Strategy : uint8_t {
+  kOneShot,  // every rank pushes its rows to every peer, data words carry readiness
+  kTwoShot,  // reduce-scatter by rows, epilogue on the owned rows, all-gather
+  kNccl,     // NCCL collectives + one fused epilogue kernel (multi-node, no peer memory, any size):
+             // ncclAllReduce at N = 2, ncclAllGather + a rank-ordered sum above
+};
+inline constexpr Strategy kAllStrategies[] = {Strategy::kOneShot, Strategy::kTwoShot,
+                                              Strategy::kNccl};
+std::string_view StrategyName(Strategy strategy);  // "oneshot", "twoshot", "nccl"
+StatusOr<Strategy> ParseStrategy(std::string_view name);
+
+// A strategy asked for by a caller: a fixed one, or std::nullopt for the dispatcher's choice
+// ("auto": per world size, hidden, quant and T; nccl when over the workspace).
+using StrategyRequest = std::optional<Strategy>;
+std::string_view StrategyRequestName(StrategyRequest request);  // "auto" or StrategyName
+// "auto" or a strategy name.
+StatusOr<StrategyRequest> ParseStrategyRequest(std::string_view name);
 
 // How the activation scale `s` of scaled_matmul maps onto q [M, K].
 enum class ActScaleLayout : uint8_t {

@@ -24,15 +24,6 @@ typedef struct ncclComm* ncclComm_t;
 
 namespace tpfuse {
 
-enum class Strategy : uint8_t {
-  kAuto,     // the dispatcher's choice for (world size, hidden, quant, T); nccl when over the workspace
-  kOneShot,  // every rank pushes its rows to every peer, data words carry readiness
-  kTwoShot,  // reduce-scatter by rows, all-gather, epilogue
-  kNccl,     // NCCL collectives + one fused epilogue kernel (multi-node, no peer memory, any size):
-             // ncclAllReduce at N = 2, ncclAllGather + a rank-ordered sum above
-};
-std::string_view StrategyName(Strategy s);
-
 struct CommConfig {
   int64_t max_tokens = 8192;          // largest T served by the peer-memory strategies
   int64_t max_hidden = 8192;
@@ -66,8 +57,8 @@ class Comm {
   // The fused op. Validates everything and returns an error naming the problem.
   Status AllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tokens,
                           const FusedBuffers& buffers, cudaStream_t stream,
-                          Strategy strategy = Strategy::kAuto);
-  // The strategy kAuto would run for this shape.
+                          StrategyRequest strategy = std::nullopt);
+  // The strategy the dispatcher runs for this shape when none is requested.
   Strategy Choose(const AllreduceRmsnormSpec& spec, int64_t tokens) const;
   // Synchronizes the stream; a timeout in an earlier call becomes an error naming the peer.
   Status CheckHealth(cudaStream_t stream);

@@ -22,20 +22,32 @@ std::string_view ScaleFormatName(ScaleFormat format) {
   return format == ScaleFormat::kF32 ? "f32" : "ue8m0";
 }
 
-std::string_view FusedStrategyName(FusedStrategy strategy) {
+std::string_view StrategyName(Strategy strategy) {
   switch (strategy) {
-    case FusedStrategy::kOneShot: return "oneshot";
-    case FusedStrategy::kTwoShot: return "twoshot";
-    case FusedStrategy::kNccl: return "nccl";
+    case Strategy::kOneShot: return "oneshot";
+    case Strategy::kTwoShot: return "twoshot";
+    case Strategy::kNccl: return "nccl";
   }
   return "?";
 }
 
-StatusOr<FusedStrategy> ParseFusedStrategy(std::string_view name) {
-  for (FusedStrategy s : {FusedStrategy::kOneShot, FusedStrategy::kTwoShot, FusedStrategy::kNccl}) {
-    if (FusedStrategyName(s) == name) return s;
+StatusOr<Strategy> ParseStrategy(std::string_view name) {
+  for (Strategy s : kAllStrategies) {
+    if (StrategyName(s) == name) return s;
   }
   return InvalidArgument("unknown strategy '", name, "' (expected oneshot, twoshot or nccl)");
+}
+
+std::string_view StrategyRequestName(StrategyRequest request) {
+  return request ? StrategyName(*request) : "auto";
+}
+
+StatusOr<StrategyRequest> ParseStrategyRequest(std::string_view name) {
+  if (name == "auto") return StrategyRequest{};
+  for (Strategy s : kAllStrategies) {
+    if (StrategyName(s) == name) return StrategyRequest{s};
+  }
+  return InvalidArgument("unknown strategy '", name, "' (expected auto, oneshot, twoshot or nccl)");
 }
 
 std::string_view ActScaleLayoutName(ActScaleLayout layout) {

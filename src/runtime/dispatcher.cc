@@ -98,7 +98,7 @@ StatusOr<StrategyRule> RuleFromJson(const json& obj, const std::string& where) {
     return InvalidArgument(where, ".max_tokens (", rule.max_tokens, ") is below min_tokens (",
                            rule.min_tokens, ")");
   TPFUSE_ASSIGN_OR_RETURN(std::string strategy, TextField(obj, where, "strategy", std::nullopt));
-  StatusOr<StrategyKind> kind = ParseFusedStrategy(strategy);
+  StatusOr<Strategy> kind = ParseStrategy(strategy);
   if (!kind.ok()) return kind.status().WithContext(where + ".strategy");
   rule.strategy = *kind;
   return rule;
@@ -142,8 +142,8 @@ StrategyTable StrategyTable::Defaults() {
   StrategyTable table;
   table.source = "built-in";
   for (const Split& s : kSplits) {
-    table.AddRule({s.world_size, s.hidden, s.quant, 1, s.oneshot_max, StrategyKind::kOneShot});
-    table.AddRule({s.world_size, s.hidden, s.quant, s.oneshot_max + 1, kUnbounded, StrategyKind::kTwoShot});
+    table.AddRule({s.world_size, s.hidden, s.quant, 1, s.oneshot_max, Strategy::kOneShot});
+    table.AddRule({s.world_size, s.hidden, s.quant, s.oneshot_max + 1, kUnbounded, Strategy::kTwoShot});
   }
   return table;
 }
@@ -191,14 +191,14 @@ std::string StrategyTable::ToJson() const {
                 {"quant", r.quant},
                 {"min_tokens", r.min_tokens},
                 {"max_tokens", r.max_tokens},
-                {"strategy", std::string(FusedStrategyName(r.strategy))}};
+                {"strategy", std::string(StrategyName(r.strategy))}};
     rules.push_back(std::move(obj));
   }
   json doc = {{"machine", source}, {"rules", std::move(rules)}};
   return doc.dump(2) + "\n";
 }
 
-StrategyKind StrategyTable::Choose(int world_size, int64_t hidden, QuantMode quant,
+Strategy StrategyTable::Choose(int world_size, int64_t hidden, QuantMode quant,
                                    int64_t tokens) const {
   if (const StrategyRule* rule = BestRule(rules_, world_size, hidden, quant, tokens))
     return rule->strategy;
@@ -208,7 +208,7 @@ StrategyKind StrategyTable::Choose(int world_size, int64_t hidden, QuantMode qua
     if (const StrategyRule* rule = BestRule(defaults.rules_, world_size, hidden, quant, tokens))
       return rule->strategy;
   }
-  return StrategyKind::kNccl;
+  return Strategy::kNccl;
 }
 
 }  // namespace tpfuse::runtime

@@ -11,9 +11,6 @@
 
 namespace tpfuse::runtime {
 
-// The strategies (include/tpfuse/fused_op.h).
-using StrategyKind = FusedStrategy;
-
 // One row: for this world size / hidden / quant, tokens in [min_tokens, max_tokens] use
 // `strategy`. hidden == 0 or quant "any" match everything (looked up most specific first).
 struct StrategyRule {
@@ -22,7 +19,7 @@ struct StrategyRule {
   std::string quant = "any";
   int64_t min_tokens = 1;
   int64_t max_tokens = INT64_MAX;
-  StrategyKind strategy = StrategyKind::kOneShot;
+  Strategy strategy = Strategy::kOneShot;
 };
 
 class StrategyTable {
@@ -33,7 +30,7 @@ class StrategyTable {
   static StatusOr<StrategyTable> Load(const std::string& path);
   std::string ToJson() const;
 
-  StrategyKind Choose(int world_size, int64_t hidden, QuantMode quant, int64_t tokens) const;
+  Strategy Choose(int world_size, int64_t hidden, QuantMode quant, int64_t tokens) const;
   const std::vector<StrategyRule>& rules() const { return rules_; }
   void AddRule(const StrategyRule& rule) { rules_.push_back(rule); }
   std::string source;  // "built-in" or the file it came from

@@ -23,7 +23,6 @@
 namespace tpfuse::bench {
 namespace {
 
-using runtime::StrategyKind;
 using runtime::StrategyRule;
 
 constexpr int64_t kInf = std::numeric_limits<int64_t>::max();
@@ -210,41 +209,41 @@ TEST(BenchStats, BusBandwidth) {
 // ---------------------------------------------------------------- tuning
 
 TEST(BenchTune, FastestWinsAndExactTiesGoToTheSimpler) {
-  EXPECT_EQ(*PickFastest({{StrategyKind::kOneShot, 4.0},
-                          {StrategyKind::kTwoShot, 3.99},
-                          {StrategyKind::kNccl, 9.0}}),
-            StrategyKind::kTwoShot);
-  EXPECT_EQ(*PickFastest({{StrategyKind::kOneShot, 5.0},
-                          {StrategyKind::kTwoShot, 5.0},
-                          {StrategyKind::kNccl, 5.0}}),
-            StrategyKind::kNccl);
-  EXPECT_EQ(*PickFastest({{StrategyKind::kOneShot, std::nullopt}, {StrategyKind::kTwoShot, 7.0}}),
-            StrategyKind::kTwoShot);
-  EXPECT_FALSE(PickFastest({{StrategyKind::kOneShot, std::nullopt}}).has_value());
+  EXPECT_EQ(*PickFastest({{Strategy::kOneShot, 4.0},
+                          {Strategy::kTwoShot, 3.99},
+                          {Strategy::kNccl, 9.0}}),
+            Strategy::kTwoShot);
+  EXPECT_EQ(*PickFastest({{Strategy::kOneShot, 5.0},
+                          {Strategy::kTwoShot, 5.0},
+                          {Strategy::kNccl, 5.0}}),
+            Strategy::kNccl);
+  EXPECT_EQ(*PickFastest({{Strategy::kOneShot, std::nullopt}, {Strategy::kTwoShot, 7.0}}),
+            Strategy::kTwoShot);
+  EXPECT_FALSE(PickFastest({{Strategy::kOneShot, std::nullopt}}).has_value());
 }
 
 TEST(BenchTune, WinnersCompressIntoRanges) {
-  std::vector<TunePoint> points = {{256, StrategyKind::kTwoShot}, {1, StrategyKind::kOneShot},
-                                   {16, StrategyKind::kOneShot},  {128, StrategyKind::kOneShot},
-                                   {8192, StrategyKind::kNccl},   {2048, StrategyKind::kTwoShot}};
+  std::vector<TunePoint> points = {{256, Strategy::kTwoShot}, {1, Strategy::kOneShot},
+                                   {16, Strategy::kOneShot},  {128, Strategy::kOneShot},
+                                   {8192, Strategy::kNccl},   {2048, Strategy::kTwoShot}};
   std::vector<StrategyRule> rules = RulesFromWinners(2, 4096, QuantMode::kFp8Group, points);
   ASSERT_EQ(rules.size(), 3u);
   EXPECT_EQ(rules[0].min_tokens, 1);
   EXPECT_EQ(rules[0].max_tokens, 255);
-  EXPECT_EQ(rules[0].strategy, StrategyKind::kOneShot);
+  EXPECT_EQ(rules[0].strategy, Strategy::kOneShot);
   EXPECT_EQ(rules[1].min_tokens, 256);
   EXPECT_EQ(rules[1].max_tokens, 8191);
-  EXPECT_EQ(rules[1].strategy, StrategyKind::kTwoShot);
+  EXPECT_EQ(rules[1].strategy, Strategy::kTwoShot);
   EXPECT_EQ(rules[2].min_tokens, 8192);
   EXPECT_EQ(rules[2].max_tokens, kInf);
-  EXPECT_EQ(rules[2].strategy, StrategyKind::kNccl);
+  EXPECT_EQ(rules[2].strategy, Strategy::kNccl);
   for (const StrategyRule& r : rules) {
     EXPECT_EQ(r.world_size, 2);
     EXPECT_EQ(r.hidden, 4096);
     EXPECT_EQ(r.quant, "fp8_group");
   }
   // A measured T that is not the smallest still starts at 1 when it is the first.
-  rules = RulesFromWinners(4, 8192, QuantMode::kNone, {{64, StrategyKind::kOneShot}});
+  rules = RulesFromWinners(4, 8192, QuantMode::kNone, {{64, Strategy::kOneShot}});
   ASSERT_EQ(rules.size(), 1u);
   EXPECT_EQ(rules[0].min_tokens, 1);
   EXPECT_EQ(rules[0].max_tokens, kInf);
@@ -306,7 +305,7 @@ Report MadeUpReport(Mode mode) {
   a.at(Path::kNccl) = Measured(8.8);
   a.at(Path::kBaselineA) = Measured(11.2);
   a.at(Path::kNcclAllReduce) = Measured(6.7);
-  a.dispatched_choice = StrategyKind::kOneShot;
+  a.dispatched_choice = Strategy::kOneShot;
   a.dispatched = Path::kOneShot;
   ShapeResult b = shape(4096, QuantMode::kFp8Group, 8192);
   b.at(Path::kOneShot) =
@@ -315,7 +314,7 @@ Report MadeUpReport(Mode mode) {
   b.at(Path::kNccl) = Measured(301.0);
   b.at(Path::kBaselineA) = Measured(330.0);
   b.at(Path::kNcclAllReduce) = Measured(244.0);
-  b.dispatched_choice = StrategyKind::kOneShot;
+  b.dispatched_choice = Strategy::kOneShot;
   b.dispatched = Path::kNccl;
   b.dispatch_note =
       "the table picks oneshot, which cannot run here; the runtime falls back to nccl";
@@ -326,7 +325,7 @@ Report MadeUpReport(Mode mode) {
   c.at(Path::kNccl) = Measured(10.0);
   c.at(Path::kBaselineA) = Measured(12.0);
   c.at(Path::kNcclAllReduce) = Measured(7.6);
-  c.dispatched_choice = StrategyKind::kTwoShot;
+  c.dispatched_choice = Strategy::kTwoShot;
   c.dispatched = Path::kTwoShot;
   if (mode == Mode::kTune) {
     for (ShapeResult* s : {&a, &b, &c}) {
@@ -472,12 +471,12 @@ TEST(BenchReport, TunedTableLoadsBackAndChooses) {
   StatusOr<runtime::StrategyTable> back = runtime::StrategyTable::FromJson(table.ToJson());
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   EXPECT_EQ(back->source, table.source);
-  EXPECT_EQ(back->Choose(2, 4096, QuantMode::kFp8Group, 1), StrategyKind::kOneShot);
-  EXPECT_EQ(back->Choose(2, 4096, QuantMode::kFp8Group, 8191), StrategyKind::kOneShot);
-  EXPECT_EQ(back->Choose(2, 4096, QuantMode::kFp8Group, 8192), StrategyKind::kTwoShot);
-  EXPECT_EQ(back->Choose(2, 4096, QuantMode::kFp8Group, 100000), StrategyKind::kTwoShot);
+  EXPECT_EQ(back->Choose(2, 4096, QuantMode::kFp8Group, 1), Strategy::kOneShot);
+  EXPECT_EQ(back->Choose(2, 4096, QuantMode::kFp8Group, 8191), Strategy::kOneShot);
+  EXPECT_EQ(back->Choose(2, 4096, QuantMode::kFp8Group, 8192), Strategy::kTwoShot);
+  EXPECT_EQ(back->Choose(2, 4096, QuantMode::kFp8Group, 100000), Strategy::kTwoShot);
   // 4.5 vs 4.5: an exact tie goes to the simpler, twoshot.
-  EXPECT_EQ(back->Choose(2, 7168, QuantMode::kNone, 1), StrategyKind::kTwoShot);
+  EXPECT_EQ(back->Choose(2, 7168, QuantMode::kNone, 1), Strategy::kTwoShot);
   const std::string rules = FormatRules(table);
   EXPECT_NE(rules.find("8192.."), std::string::npos) << rules;
   EXPECT_NE(rules.find("1..8191"), std::string::npos) << rules;

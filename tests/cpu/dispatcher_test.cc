@@ -13,90 +13,108 @@ namespace {
 
 constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
 
-TEST(StrategyKindTest, NamesRoundTrip) {
-  for (StrategyKind s : {StrategyKind::kOneShot, StrategyKind::kTwoShot, StrategyKind::kNccl}) {
-    StatusOr<StrategyKind> parsed = ParseFusedStrategy(FusedStrategyName(s));
+TEST(StrategyTest, NamesRoundTrip) {
+  for (Strategy s : kAllStrategies) {
+    StatusOr<Strategy> parsed = ParseStrategy(StrategyName(s));
     ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
     EXPECT_EQ(*parsed, s);
   }
-  StatusOr<StrategyKind> bad = ParseFusedStrategy("threeshot");
+  StatusOr<Strategy> bad = ParseStrategy("threeshot");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("threeshot"), std::string::npos);
+  // "auto" is a request, not a strategy.
+  EXPECT_FALSE(ParseStrategy("auto").ok());
+}
+
+TEST(StrategyTest, RequestIsAutoOrAStrategy) {
+  StatusOr<StrategyRequest> automatic = ParseStrategyRequest("auto");
+  ASSERT_TRUE(automatic.ok()) << automatic.status().ToString();
+  EXPECT_FALSE(automatic->has_value());
+  EXPECT_EQ(StrategyRequestName(*automatic), "auto");
+  for (Strategy s : kAllStrategies) {
+    StatusOr<StrategyRequest> parsed = ParseStrategyRequest(StrategyName(s));
+    ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+    EXPECT_EQ(*parsed, s);
+    EXPECT_EQ(StrategyRequestName(*parsed), StrategyName(s));
+  }
+  StatusOr<StrategyRequest> bad = ParseStrategyRequest("Auto");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("'Auto'"), std::string::npos);
 }
 
 TEST(StrategyTableTest, DefaultsAtTp2FollowTheMeasuredCrossovers) {
   const StrategyTable t = StrategyTable::Defaults();
   EXPECT_EQ(t.source, "built-in");
   for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Group}) {
-    EXPECT_EQ(t.Choose(2, 4096, q, 1), StrategyKind::kOneShot);
-    EXPECT_EQ(t.Choose(2, 4096, q, 511), StrategyKind::kOneShot);
-    EXPECT_EQ(t.Choose(2, 4096, q, 512), StrategyKind::kTwoShot);
+    EXPECT_EQ(t.Choose(2, 4096, q, 1), Strategy::kOneShot);
+    EXPECT_EQ(t.Choose(2, 4096, q, 511), Strategy::kOneShot);
+    EXPECT_EQ(t.Choose(2, 4096, q, 512), Strategy::kTwoShot);
     // Two-shot has no upper bound in the table: the caller demotes shapes over the workspace.
-    EXPECT_EQ(t.Choose(2, 4096, q, 1 << 20), StrategyKind::kTwoShot);
+    EXPECT_EQ(t.Choose(2, 4096, q, 1 << 20), Strategy::kTwoShot);
   }
-  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Tensor, 127), StrategyKind::kOneShot);
-  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Tensor, 128), StrategyKind::kTwoShot);
-  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Group, 255), StrategyKind::kOneShot);
-  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Group, 256), StrategyKind::kTwoShot);
+  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Tensor, 127), Strategy::kOneShot);
+  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Tensor, 128), Strategy::kTwoShot);
+  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Group, 255), Strategy::kOneShot);
+  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Group, 256), Strategy::kTwoShot);
   // An unmeasured hidden size takes the catch-all.
-  EXPECT_EQ(t.Choose(2, 5120, QuantMode::kNone, 255), StrategyKind::kOneShot);
-  EXPECT_EQ(t.Choose(2, 5120, QuantMode::kNone, 256), StrategyKind::kTwoShot);
+  EXPECT_EQ(t.Choose(2, 5120, QuantMode::kNone, 255), Strategy::kOneShot);
+  EXPECT_EQ(t.Choose(2, 5120, QuantMode::kNone, 256), Strategy::kTwoShot);
 }
 
 TEST(StrategyTableTest, DefaultsAtOtherWorldSizes) {
   const StrategyTable t = StrategyTable::Defaults();
-  EXPECT_EQ(t.Choose(4, 7168, QuantMode::kFp8Group, 255), StrategyKind::kOneShot);
-  EXPECT_EQ(t.Choose(4, 7168, QuantMode::kFp8Group, 256), StrategyKind::kTwoShot);
-  EXPECT_EQ(t.Choose(4, 7168, QuantMode::kFp8Tensor, 128), StrategyKind::kTwoShot);
-  EXPECT_EQ(t.Choose(4, 4096, QuantMode::kNone, 127), StrategyKind::kOneShot);
-  EXPECT_EQ(t.Choose(4, 4096, QuantMode::kNone, 128), StrategyKind::kTwoShot);
-  EXPECT_EQ(t.Choose(8, 4096, QuantMode::kNone, 63), StrategyKind::kOneShot);
-  EXPECT_EQ(t.Choose(8, 4096, QuantMode::kNone, 64), StrategyKind::kTwoShot);
+  EXPECT_EQ(t.Choose(4, 7168, QuantMode::kFp8Group, 255), Strategy::kOneShot);
+  EXPECT_EQ(t.Choose(4, 7168, QuantMode::kFp8Group, 256), Strategy::kTwoShot);
+  EXPECT_EQ(t.Choose(4, 7168, QuantMode::kFp8Tensor, 128), Strategy::kTwoShot);
+  EXPECT_EQ(t.Choose(4, 4096, QuantMode::kNone, 127), Strategy::kOneShot);
+  EXPECT_EQ(t.Choose(4, 4096, QuantMode::kNone, 128), Strategy::kTwoShot);
+  EXPECT_EQ(t.Choose(8, 4096, QuantMode::kNone, 63), Strategy::kOneShot);
+  EXPECT_EQ(t.Choose(8, 4096, QuantMode::kNone, 64), Strategy::kTwoShot);
   // World sizes with no rule: nccl.
-  EXPECT_EQ(t.Choose(3, 4096, QuantMode::kNone, 1), StrategyKind::kNccl);
-  EXPECT_EQ(t.Choose(16, 4096, QuantMode::kNone, 1), StrategyKind::kNccl);
+  EXPECT_EQ(t.Choose(3, 4096, QuantMode::kNone, 1), Strategy::kNccl);
+  EXPECT_EQ(t.Choose(16, 4096, QuantMode::kNone, 1), Strategy::kNccl);
 }
 
 TEST(StrategyTableTest, MostSpecificRuleWins) {
   StrategyTable t;
-  t.AddRule({2, 0, "any", 1, kMax, StrategyKind::kNccl});
-  t.AddRule({2, 0, "fp8_group", 1, kMax, StrategyKind::kTwoShot});
-  t.AddRule({2, 4096, "any", 1, kMax, StrategyKind::kOneShot});
-  t.AddRule({2, 4096, "fp8_group", 1, 16, StrategyKind::kNccl});
+  t.AddRule({2, 0, "any", 1, kMax, Strategy::kNccl});
+  t.AddRule({2, 0, "fp8_group", 1, kMax, Strategy::kTwoShot});
+  t.AddRule({2, 4096, "any", 1, kMax, Strategy::kOneShot});
+  t.AddRule({2, 4096, "fp8_group", 1, 16, Strategy::kNccl});
   // exact hidden and quant
-  EXPECT_EQ(t.Choose(2, 4096, QuantMode::kFp8Group, 16), StrategyKind::kNccl);
+  EXPECT_EQ(t.Choose(2, 4096, QuantMode::kFp8Group, 16), Strategy::kNccl);
   // exact hidden beats exact quant
-  EXPECT_EQ(t.Choose(2, 4096, QuantMode::kFp8Group, 17), StrategyKind::kOneShot);
+  EXPECT_EQ(t.Choose(2, 4096, QuantMode::kFp8Group, 17), Strategy::kOneShot);
   // exact quant beats the catch-all
-  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Group, 17), StrategyKind::kTwoShot);
+  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Group, 17), Strategy::kTwoShot);
   // the catch-all
-  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kNone, 17), StrategyKind::kNccl);
+  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kNone, 17), Strategy::kNccl);
 }
 
 TEST(StrategyTableTest, FirstRuleWinsATie) {
   StrategyTable t;
-  t.AddRule({2, 0, "any", 1, 100, StrategyKind::kTwoShot});
-  t.AddRule({2, 0, "any", 50, 200, StrategyKind::kOneShot});
-  EXPECT_EQ(t.Choose(2, 4096, QuantMode::kNone, 60), StrategyKind::kTwoShot);
-  EXPECT_EQ(t.Choose(2, 4096, QuantMode::kNone, 150), StrategyKind::kOneShot);
+  t.AddRule({2, 0, "any", 1, 100, Strategy::kTwoShot});
+  t.AddRule({2, 0, "any", 50, 200, Strategy::kOneShot});
+  EXPECT_EQ(t.Choose(2, 4096, QuantMode::kNone, 60), Strategy::kTwoShot);
+  EXPECT_EQ(t.Choose(2, 4096, QuantMode::kNone, 150), Strategy::kOneShot);
 }
 
 TEST(StrategyTableTest, FallsBackToDefaults) {
   StrategyTable t;
-  t.AddRule({2, 4096, "fp8_tensor", 1, 1000, StrategyKind::kNccl});
-  EXPECT_EQ(t.Choose(2, 4096, QuantMode::kFp8Tensor, 1), StrategyKind::kNccl);
+  t.AddRule({2, 4096, "fp8_tensor", 1, 1000, Strategy::kNccl});
+  EXPECT_EQ(t.Choose(2, 4096, QuantMode::kFp8Tensor, 1), Strategy::kNccl);
   // Outside the table: the defaults.
-  EXPECT_EQ(t.Choose(2, 4096, QuantMode::kFp8Tensor, 1001), StrategyKind::kTwoShot);
-  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Tensor, 1), StrategyKind::kOneShot);
-  EXPECT_EQ(t.Choose(4, 4096, QuantMode::kFp8Tensor, 1), StrategyKind::kOneShot);
+  EXPECT_EQ(t.Choose(2, 4096, QuantMode::kFp8Tensor, 1001), Strategy::kTwoShot);
+  EXPECT_EQ(t.Choose(2, 7168, QuantMode::kFp8Tensor, 1), Strategy::kOneShot);
+  EXPECT_EQ(t.Choose(4, 4096, QuantMode::kFp8Tensor, 1), Strategy::kOneShot);
 }
 
 TEST(StrategyTableTest, JsonRoundTrip) {
   StrategyTable t;
   t.source = "2x H200 NVLink";
-  t.AddRule({2, 4096, "fp8_group", 1, 96, StrategyKind::kOneShot});
-  t.AddRule({2, 4096, "fp8_group", 97, 6000, StrategyKind::kTwoShot});
-  t.AddRule({2, 0, "any", 6001, kMax, StrategyKind::kNccl});
+  t.AddRule({2, 4096, "fp8_group", 1, 96, Strategy::kOneShot});
+  t.AddRule({2, 4096, "fp8_group", 97, 6000, Strategy::kTwoShot});
+  t.AddRule({2, 0, "any", 6001, kMax, Strategy::kNccl});
   const std::string text = t.ToJson();
   StatusOr<StrategyTable> back = StrategyTable::FromJson(text);
   ASSERT_TRUE(back.ok()) << back.status().ToString() << "\n" << text;
@@ -125,7 +143,7 @@ TEST(StrategyTableTest, JsonOptionalFieldsHaveDefaults) {
   EXPECT_EQ(r.quant, "any");
   EXPECT_EQ(r.min_tokens, 1);
   EXPECT_EQ(r.max_tokens, kMax);
-  EXPECT_EQ(t->Choose(2, 4096, QuantMode::kNone, 1), StrategyKind::kTwoShot);
+  EXPECT_EQ(t->Choose(2, 4096, QuantMode::kNone, 1), Strategy::kTwoShot);
 }
 
 // Each malformed table fails with a message naming the offending field.
@@ -178,7 +196,7 @@ TEST(StrategyTableTest, LoadNamesTheFile) {
   ASSERT_TRUE(t.ok()) << t.status().ToString();
   EXPECT_NE(t->source.find(path), std::string::npos);
   EXPECT_NE(t->source.find("test box"), std::string::npos);
-  EXPECT_EQ(t->Choose(2, 4096, QuantMode::kNone, 1), StrategyKind::kNccl);
+  EXPECT_EQ(t->Choose(2, 4096, QuantMode::kNone, 1), Strategy::kNccl);
   {
     std::ofstream out(path);
     out << R"({"rules": [{"world_size": 2}]})";

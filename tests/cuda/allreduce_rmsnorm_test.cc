@@ -23,7 +23,6 @@ namespace tpfuse::testing {
 namespace {
 
 using cuda::Communicator;
-using cuda::Strategy;
 
 // The world size of the fused-op tests: 2, or $TPFUSE_TEST_WORLD_SIZE (4 or 8 on larger nodes).
 int WorldSize() {
@@ -158,8 +157,6 @@ class FusedOpTest : public ::testing::Test {
   MultiGpu* gpus_ = nullptr;
 };
 
-const Strategy kStrategies[] = {Strategy::kOneShot, Strategy::kTwoShot, Strategy::kNccl};
-
 std::string Describe(const AllreduceRmsnormSpec& spec, int64_t tokens) {
   return StrCat(spec.ToString(), " T=", tokens);
 }
@@ -182,8 +179,8 @@ TEST_P(FusedOpShapes, EveryStrategyMatchesOracleAndEachOther) {
       ASSERT_FALSE(ref.empty());
       std::vector<std::vector<HostTensor>> results[3];
       for (int s = 0; s < 3; ++s) {
-        const std::string what = StrCat(Describe(spec, tokens), " ", FusedStrategyName(kStrategies[s]));
-        const Status st = RunFused(*gpus_, spec, in, tokens, kStrategies[s], results[s]);
+        const std::string what = StrCat(Describe(spec, tokens), " ", StrategyName(kAllStrategies[s]));
+        const Status st = RunFused(*gpus_, spec, in, tokens, kAllStrategies[s], results[s]);
         ASSERT_TRUE(st.ok()) << what << ": " << st.ToString();
         ExpectMatchesOracle(spec, in, results[s], ref, what);
       }
@@ -238,7 +235,7 @@ TEST_F(FusedOpTest, EveryVariantMatchesOracle) {
               std::vector<std::vector<HostTensor>> one, two;
               for (Strategy strategy : {Strategy::kOneShot, Strategy::kTwoShot}) {
                 auto& out = strategy == Strategy::kOneShot ? one : two;
-                const std::string what = StrCat(Describe(spec, shape.tokens), " ", FusedStrategyName(strategy));
+                const std::string what = StrCat(Describe(spec, shape.tokens), " ", StrategyName(strategy));
                 const Status st = RunFused(*gpus_, spec, in, shape.tokens, strategy, out);
                 ASSERT_TRUE(st.ok()) << what << ": " << st.ToString();
                 ExpectMatchesOracle(spec, in, out, ref, what);
@@ -269,7 +266,7 @@ TEST_F(FusedOpTest, RowResultDoesNotDependOnTokenCount) {
   HostTensor res(big.residual.dtype(), {3, 4096});
   std::memcpy(res.data(), big.residual.data(), res.nbytes());
   small.residual = res;
-  for (Strategy strategy : kStrategies) {
+  for (Strategy strategy : kAllStrategies) {
     std::vector<std::vector<HostTensor>> out_big, out_small;
     ASSERT_TRUE(RunFused(*gpus_, spec, big, 1000, strategy, out_big).ok());
     ASSERT_TRUE(RunFused(*gpus_, spec, small, 3, strategy, out_small).ok());
@@ -278,7 +275,7 @@ TEST_F(FusedOpTest, RowResultDoesNotDependOnTokenCount) {
       const HostTensor& b = out_big[0][i];
       // Row-major outputs: the first 3 rows' bytes are a prefix.
       EXPECT_EQ(std::memcmp(a.data(), b.data(), a.nbytes()), 0)
-          << FusedStrategyName(strategy) << " output " << i << ": rows 0..2 differ between T=3 and T=1000";
+          << StrategyName(strategy) << " output " << i << ": rows 0..2 differ between T=3 and T=1000";
     }
   }
 }
@@ -286,13 +283,13 @@ TEST_F(FusedOpTest, RowResultDoesNotDependOnTokenCount) {
 TEST_F(FusedOpTest, ProgrammaticDependentLaunchOffGivesTheSameBits) {
   AllreduceRmsnormSpec spec = MakeSpec(7168, QuantMode::kFp8Tensor);
   const FusedInputs in = MakeFusedInputs(spec, 128, kWorld, 99);
-  for (Strategy strategy : kStrategies) {
+  for (Strategy strategy : kAllStrategies) {
     std::vector<std::vector<HostTensor>> with, without;
     ASSERT_TRUE(RunFused(*gpus_, spec, in, 128, strategy, with).ok());
     cuda::LaunchOptions no_pdl;
     no_pdl.pdl = false;
     ASSERT_TRUE(RunFused(*gpus_, spec, in, 128, strategy, without, no_pdl).ok());
-    EXPECT_EQ(BitwiseDiff(with[0], without[0]), "") << FusedStrategyName(strategy);
+    EXPECT_EQ(BitwiseDiff(with[0], without[0]), "") << StrategyName(strategy);
   }
 }
 
@@ -303,12 +300,12 @@ TEST_F(FusedOpTest, RankTaggedInputsReduceExactly) {
   spec.emit.allreduce = true;
   const FusedInputs in = MakeFusedInputs(spec, 19, kWorld, 5, InputKind::kRankTagged);
   const std::vector<HostTensor> ref = OracleOutputs(spec, in);
-  for (Strategy strategy : kStrategies) {
+  for (Strategy strategy : kAllStrategies) {
     std::vector<std::vector<HostTensor>> out;
     ASSERT_TRUE(RunFused(*gpus_, spec, in, 19, strategy, out).ok());
     for (int r = 0; r < kWorld; ++r) {
       const CompareResult c = CompareExact(out[size_t(r)][0], ref[0]);
-      EXPECT_TRUE(c.ok) << FusedStrategyName(strategy) << " rank " << r << ": " << c.summary;
+      EXPECT_TRUE(c.ok) << StrategyName(strategy) << " rank " << r << ": " << c.summary;
     }
   }
 }
@@ -380,7 +377,7 @@ TEST_F(FusedOpTest, TenThousandGraphReplaysWithChangingInputs) {
         return Internal(host_mismatches, " mismatching 16-byte words over ", kReplays, " replays");
       return Status::Ok();
     });
-    EXPECT_TRUE(st.ok()) << FusedStrategyName(strategy) << ": " << st.ToString();
+    EXPECT_TRUE(st.ok()) << StrategyName(strategy) << ": " << st.ToString();
   }
 }
 
@@ -415,7 +412,7 @@ TEST_F(FusedOpTest, PeerThatNeverArrivesTimesOut) {
       return Status::Ok();
     });
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    EXPECT_TRUE(statuses[0].ok()) << FusedStrategyName(strategy) << ": " << statuses[0].ToString();
+    EXPECT_TRUE(statuses[0].ok()) << StrategyName(strategy) << ": " << statuses[0].ToString();
     EXPECT_LT(seconds, 10.0) << "the timeout took far longer than configured";
   }
 }
@@ -491,7 +488,7 @@ int FusedChildMain(const ChildSpec& child) {
     // The same seed on every process: identical inputs, each process uses its own partial.
     const FusedInputs in = MakeFusedInputs(spec, 128, child.world_size, 31 + int(quant));
     const std::vector<HostTensor> ref = OracleOutputs(spec, in);
-    for (Strategy strategy : kStrategies) {
+    for (Strategy strategy : kAllStrategies) {
       RankCall call;
       Status s = PrepareRank(spec, in, 128, child.rank, stream, call);
       if (s.ok()) s = cuda::LaunchAllreduceRmsnorm(**comm, spec, 128, call.buffers, strategy, stream);
@@ -501,7 +498,7 @@ int FusedChildMain(const ChildSpec& child) {
       const std::string report = CompareFusedOutputs(spec, in, call.host_outputs, ref);
       if (!report.empty()) {
         std::fprintf(stderr, "rank %d %s %s:\n%s", child.rank, std::string(QuantModeName(quant)).c_str(),
-                     std::string(FusedStrategyName(strategy)).c_str(), report.c_str());
+                     std::string(StrategyName(strategy)).c_str(), report.c_str());
         ++failures;
       }
     }

@@ -30,7 +30,6 @@ namespace {
 using runtime::CudaExecutor;
 using runtime::CudaExecutorOptions;
 using runtime::RankOutputs;
-using runtime::StrategyKind;
 using runtime::TensorMap;
 
 constexpr int kWorld = 2;
@@ -145,7 +144,7 @@ class CudaExecutorTest : public ::testing::Test {
 
   // One executor per strategy override (nullopt: the dispatcher), shared by the suite so the
   // communicators are created once.
-  static CudaExecutor* Executor(std::optional<StrategyKind> strategy = std::nullopt) {
+  static CudaExecutor* Executor(StrategyRequest strategy = std::nullopt) {
     const int key = strategy ? int(*strategy) : -1;
     auto it = executors_.find(key);
     if (it != executors_.end()) return static_cast<CudaExecutor*>(it->second.get());
@@ -257,14 +256,14 @@ TEST_F(CudaExecutorTest, FusedGraphMatchesTheUnfusedOracleWithEveryStrategy) {
     for (int64_t tokens : kTokenCounts) {
       SCOPED_TRACE(StrCat("H ", hidden));
       std::vector<RankOutputs> by_strategy;
-      for (StrategyKind s : {StrategyKind::kOneShot, StrategyKind::kTwoShot, StrategyKind::kNccl}) {
-        SCOPED_TRACE(StrCat("strategy ", FusedStrategyName(s)));
+      for (Strategy s : kAllStrategies) {
+        SCOPED_TRACE(StrCat("strategy ", StrategyName(s)));
         CudaExecutor* gpu = Executor(s);
         ASSERT_NE(gpu, nullptr);
         by_strategy.push_back(RunAndCompare(*graph, *fused, tokens, gpu));
         ASSERT_EQ(gpu->last_fused_strategies().size(), 1u);
         EXPECT_NE(gpu->last_fused_strategies()[0].find(std::string(": ") +
-                                                       std::string(FusedStrategyName(s))),
+                                                       std::string(StrategyName(s))),
                   std::string::npos)
             << gpu->last_fused_strategies()[0];
       }
@@ -365,7 +364,7 @@ TEST_F(CudaExecutorTest, StrategyThatCannotRunTheShapeIsAnErrorOnlyWhenForced) {
   std::unique_ptr<ir::Graph> fused = Fused(*graph, 2000);
   StatusOr<std::vector<TensorMap>> inputs = runtime::MakeRandomInputs(*fused, kWorld, 2000, seed_);
   ASSERT_TRUE(inputs.ok());
-  CudaExecutor* forced = Executor(StrategyKind::kOneShot);
+  CudaExecutor* forced = Executor(Strategy::kOneShot);
   ASSERT_NE(forced, nullptr);
   StatusOr<RankOutputs> r = forced->Run(*fused, *inputs);
   ASSERT_FALSE(r.ok());

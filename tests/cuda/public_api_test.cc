@@ -40,7 +40,7 @@ TEST(PublicApiTest, RejectsABadUniqueIdAndBadConfigBeforeTouchingTheGpu) {
 }
 
 TEST(PublicApiTest, StrategyNames) {
-  EXPECT_EQ(StrategyName(Strategy::kAuto), "auto");
+  EXPECT_EQ(StrategyRequestName(std::nullopt), "auto");
   EXPECT_EQ(StrategyName(Strategy::kOneShot), "oneshot");
   EXPECT_EQ(StrategyName(Strategy::kTwoShot), "twoshot");
   EXPECT_EQ(StrategyName(Strategy::kNccl), "nccl");
@@ -86,7 +86,7 @@ void RunAndCheck(const AllreduceRmsnormSpec& spec, int64_t tokens, const CommCon
   ASSERT_FALSE(ref.empty());
   std::vector<Status> statuses(kWorld);
   std::vector<std::vector<HostTensor>> got(kWorld);
-  std::vector<Strategy> chosen(kWorld, Strategy::kAuto);
+  std::vector<StrategyRequest> chosen(kWorld);  // nullopt until the rank chose
   std::vector<std::thread> threads;
   for (int rank = 0; rank < kWorld; ++rank) {
     threads.emplace_back([&, rank] {
@@ -133,7 +133,7 @@ void RunAndCheck(const AllreduceRmsnormSpec& spec, int64_t tokens, const CommCon
   for (std::thread& t : threads) t.join();
   for (int rank = 0; rank < kWorld; ++rank) {
     ASSERT_TRUE(statuses[size_t(rank)].ok()) << "rank " << rank << ": " << statuses[size_t(rank)].ToString();
-    EXPECT_EQ(chosen[size_t(rank)], expected_choice) << StrategyName(chosen[size_t(rank)]);
+    EXPECT_EQ(chosen[size_t(rank)], expected_choice) << StrategyRequestName(chosen[size_t(rank)]);
     EXPECT_EQ(CompareFusedOutputs(spec, in, got[size_t(rank)], ref), "") << "rank " << rank;
   }
 }

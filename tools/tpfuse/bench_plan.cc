@@ -281,10 +281,10 @@ double BusBandwidthGBps(int64_t tokens, int64_t hidden, int world_size, double u
 
 // ================================================================================ tuning
 
-std::optional<runtime::StrategyKind> PickFastest(const std::vector<TuneCandidate>& candidates) {
+std::optional<Strategy> PickFastest(const std::vector<TuneCandidate>& candidates) {
   // Simplicity order for exact ties: nccl, twoshot, oneshot.
-  auto simplicity = [](runtime::StrategyKind s) {
-    return s == runtime::StrategyKind::kNccl ? 0 : s == runtime::StrategyKind::kTwoShot ? 1 : 2;
+  auto simplicity = [](Strategy s) {
+    return s == Strategy::kNccl ? 0 : s == Strategy::kTwoShot ? 1 : 2;
   };
   const TuneCandidate* best = nullptr;
   for (const TuneCandidate& c : candidates) {

@@ -135,16 +135,16 @@ double BusBandwidthGBps(int64_t tokens, int64_t hidden, int world_size, double u
 // ---------------------------------------------------------------- tuning
 
 struct TuneCandidate {
-  runtime::StrategyKind strategy = runtime::StrategyKind::kNccl;
+  Strategy strategy = Strategy::kNccl;
   std::optional<double> median_us;  // nullopt: could not run this shape
 };
 // The candidate with the lowest median, however small the margin. Only an exact tie goes to
 // the simpler strategy (nccl, then twoshot, then oneshot). nullopt when none ran.
-std::optional<runtime::StrategyKind> PickFastest(const std::vector<TuneCandidate>& candidates);
+std::optional<Strategy> PickFastest(const std::vector<TuneCandidate>& candidates);
 
 struct TunePoint {
   int64_t tokens = 0;
-  runtime::StrategyKind winner = runtime::StrategyKind::kNccl;
+  Strategy winner = Strategy::kNccl;
 };
 // Rules for one (world size, H, quant) from the winners at the measured token counts. A
 // measured T decides every token count from itself up to the next measured T - 1; the smallest

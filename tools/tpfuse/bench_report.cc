@@ -17,7 +17,6 @@ namespace tpfuse::bench {
 namespace {
 
 using nlohmann::json;
-using runtime::StrategyKind;
 
 std::string Format(const char* fmt, double v) {
   char buf[64];
@@ -117,11 +116,11 @@ std::string_view PathName(Path path) {
   return "?";
 }
 
-Path StrategyPath(StrategyKind strategy) {
+Path StrategyPath(Strategy strategy) {
   switch (strategy) {
-    case StrategyKind::kOneShot: return Path::kOneShot;
-    case StrategyKind::kTwoShot: return Path::kTwoShot;
-    case StrategyKind::kNccl: return Path::kNccl;
+    case Strategy::kOneShot: return Path::kOneShot;
+    case Strategy::kTwoShot: return Path::kTwoShot;
+    case Strategy::kNccl: return Path::kNccl;
   }
   return Path::kNccl;
 }
@@ -132,9 +131,9 @@ std::optional<double> ShapeResult::Median(Path p) const {
   return r.stats.median_us;
 }
 
-std::optional<StrategyKind> ShapeResult::Fastest() const {
+std::optional<Strategy> ShapeResult::Fastest() const {
   std::vector<TuneCandidate> candidates;
-  for (StrategyKind k : {StrategyKind::kOneShot, StrategyKind::kTwoShot, StrategyKind::kNccl})
+  for (Strategy k : kAllStrategies)
     candidates.push_back({k, Median(StrategyPath(k))});
   return PickFastest(candidates);
 }
@@ -249,7 +248,7 @@ std::string FormatTable(const Report& r, int64_t hidden, QuantMode quant) {
                   "nccl", "fastest", "margin over the next");
     os << line;
     for (const ShapeResult* s : group) {
-      const std::optional<StrategyKind> best = s->Fastest();
+      const std::optional<Strategy> best = s->Fastest();
       std::string margin = "-";
       if (best) {
         const double best_us = *s->Median(StrategyPath(*best));
@@ -263,7 +262,7 @@ std::string FormatTable(const Report& r, int64_t hidden, QuantMode quant) {
       std::snprintf(line, sizeof(line), "%7lld %10s %10s %10s   %-9s %s\n",
                     static_cast<long long>(s->tokens), Us(s->Median(Path::kOneShot)).c_str(),
                     Us(s->Median(Path::kTwoShot)).c_str(), Us(s->Median(Path::kNccl)).c_str(),
-                    best ? std::string(FusedStrategyName(*best)).c_str() : "-", margin.c_str());
+                    best ? std::string(StrategyName(*best)).c_str() : "-", margin.c_str());
       os << line;
     }
     for (Path p : {Path::kOneShot, Path::kTwoShot, Path::kNccl}) {
@@ -342,7 +341,7 @@ std::string FormatProgress(const Report& r, const ShapeResult& s) {
     for (Path p : {Path::kOneShot, Path::kTwoShot, Path::kNccl})
       os << " " << PathName(p) << " " << Us(s.Median(p));
     os << " us";
-    if (std::optional<StrategyKind> best = s.Fastest()) os << " -> " << FusedStrategyName(*best);
+    if (std::optional<Strategy> best = s.Fastest()) os << " -> " << StrategyName(*best);
   }
   return os.str();
 }
@@ -430,11 +429,11 @@ std::string ToJson(const Report& r) {
                   {"l2_flush_between_replays", s.rotation.flush_l2},
                   {"paths", std::move(paths)}};
     if (r.plan.mode == Mode::kBench) {
-      shape["dispatched"] = {{"choice", std::string(FusedStrategyName(s.dispatched_choice))},
+      shape["dispatched"] = {{"choice", std::string(StrategyName(s.dispatched_choice))},
                              {"ran", std::string(PathName(s.dispatched))},
                              {"note", s.dispatch_note}};
-    } else if (std::optional<StrategyKind> best = s.Fastest()) {
-      shape["fastest"] = std::string(FusedStrategyName(*best));
+    } else if (std::optional<Strategy> best = s.Fastest()) {
+      shape["fastest"] = std::string(StrategyName(*best));
     }
     shapes.push_back(std::move(shape));
   }
@@ -547,7 +546,7 @@ runtime::StrategyTable TunedTable(const Report& r) {
     for (QuantMode q : r.plan.quants) {
       std::vector<TunePoint> points;
       for (const ShapeResult* s : r.Group(h, q)) {
-        if (std::optional<StrategyKind> best = s->Fastest()) points.push_back({s->tokens, *best});
+        if (std::optional<Strategy> best = s->Fastest()) points.push_back({s->tokens, *best});
       }
       for (const runtime::StrategyRule& rule : RulesFromWinners(r.plan.world_size, h, q, points))
         table.AddRule(rule);
@@ -569,7 +568,7 @@ std::string FormatRules(const runtime::StrategyTable& table) {
     std::snprintf(line, sizeof(line), "%6d %7s  %-11s %-16s %s\n", rule.world_size,
                   rule.hidden == 0 ? "any" : std::to_string(rule.hidden).c_str(),
                   rule.quant.c_str(), tokens.c_str(),
-                  std::string(FusedStrategyName(rule.strategy)).c_str());
+                  std::string(StrategyName(rule.strategy)).c_str());
     os << line;
   }
   return os.str();

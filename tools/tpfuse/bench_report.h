@@ -34,7 +34,7 @@ inline constexpr std::array<Path, kNumPaths> kAllPaths = {
 // bench.csv / bench.json names: "oneshot", "twoshot", "nccl", "baseline_a", "nccl_allreduce".
 std::string_view PathName(Path path);
 // The fused op's strategies as paths.
-Path StrategyPath(runtime::StrategyKind strategy);
+Path StrategyPath(Strategy strategy);
 
 struct PathResult {
   bool measured = false;
@@ -53,7 +53,7 @@ struct ShapeResult {
   std::array<PathResult, kNumPaths> paths;
   // Bench: the dispatcher's choice and the path that ran it (the choice, or nccl when the
   // choice cannot run this shape, as in the runtime).
-  runtime::StrategyKind dispatched_choice = runtime::StrategyKind::kNccl;
+  Strategy dispatched_choice = Strategy::kNccl;
   Path dispatched = Path::kNccl;
   std::string dispatch_note;
   // Cross-rank spread and the like, printed under the table.
@@ -64,7 +64,7 @@ struct ShapeResult {
   // Rank 0's median, when measured.
   std::optional<double> Median(Path p) const;
   // The tune winner among the three strategies (nullopt: none ran).
-  std::optional<runtime::StrategyKind> Fastest() const;
+  std::optional<Strategy> Fastest() const;
 };
 
 struct MachineInfo {

@@ -58,7 +58,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using cuda::DeviceBuffer;
 using cuda::DeviceTensor;
-using runtime::StrategyKind;
 
 // Bound on every wait for the other ranks (a barrier, the end of a timed loop). Generous: a
 // rank may be capturing graphs or writing files while the others wait.
@@ -295,19 +294,19 @@ StatusOr<MachineInfo> QueryMachine(int device) {
 
 bool IsFusedPath(Path p) { return p == Path::kOneShot || p == Path::kTwoShot || p == Path::kNccl; }
 
-cuda::Strategy ToStrategy(Path p) {
+Strategy ToStrategy(Path p) {
   switch (p) {
-    case Path::kOneShot: return cuda::Strategy::kOneShot;
-    case Path::kTwoShot: return cuda::Strategy::kTwoShot;
-    default: return cuda::Strategy::kNccl;
+    case Path::kOneShot: return Strategy::kOneShot;
+    case Path::kTwoShot: return Strategy::kTwoShot;
+    default: return Strategy::kNccl;
   }
 }
 
-Path PathOf(cuda::Strategy s) {
+Path PathOf(Strategy s) {
   switch (s) {
-    case cuda::Strategy::kOneShot: return Path::kOneShot;
-    case cuda::Strategy::kTwoShot: return Path::kTwoShot;
-    case cuda::Strategy::kNccl: return Path::kNccl;
+    case Strategy::kOneShot: return Path::kOneShot;
+    case Strategy::kTwoShot: return Path::kTwoShot;
+    case Strategy::kNccl: return Path::kNccl;
   }
   return Path::kNccl;
 }
@@ -705,7 +704,7 @@ StatusOr<ShapeResult> RankRunner::RunShape(const AllreduceRmsnormSpec& spec, int
     result.dispatched = PathOf(runtime::ChooseStrategy(table_, *comm_, spec, tokens));
     const Path chosen = StrategyPath(result.dispatched_choice);
     if (result.dispatched != chosen) {
-      result.dispatch_note = StrCat("the table picks ", FusedStrategyName(result.dispatched_choice),
+      result.dispatch_note = StrCat("the table picks ", StrategyName(result.dispatched_choice),
                                     ", which cannot run here (", result.at(chosen).skipped,
                                     "); the runtime runs ", PathName(result.dispatched));
     }

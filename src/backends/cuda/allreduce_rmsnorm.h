@@ -12,9 +12,6 @@
 
 namespace tpfuse::cuda {
 
-// The strategies (include/tpfuse/fused_op.h): oneshot, twoshot, nccl.
-using Strategy = FusedStrategy;
-
 // Device pointers of one call (include/tpfuse/fused_op.h). Unused outputs (not in spec.emit)
 // must be null; used ones non-null and 16-byte aligned.
 using FusedBuffers = tpfuse::FusedBuffers;

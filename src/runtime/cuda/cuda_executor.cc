@@ -98,7 +98,7 @@ struct NodePlan {
   AllreduceRmsnormSpec spec;
   ir::FusedOperandIndices fused_in;
   ir::FusedResultIndices fused_out;
-  cuda::Strategy strategy = cuda::Strategy::kNccl;  // decided once the communicators exist
+  Strategy strategy = Strategy::kNccl;  // decided once the communicators exist
   size_t scratch_offset = 0;                        // scaled_matmul
 };
 
@@ -480,14 +480,14 @@ struct CudaExecutor::Impl {
         np.strategy = *options.strategy_override;
         if (Status can = cuda::CanRun(comm, np.spec, tokens, np.strategy); !can.ok())
           return can.WithContext(StrCat(np.label, ": the requested strategy ",
-                                        FusedStrategyName(np.strategy), " cannot run"));
+                                        StrategyName(np.strategy), " cannot run"));
       } else {
         // The dispatcher's choice, demoted when the communicators cannot run it.
         np.strategy = ChooseStrategy(options.strategies, comm, np.spec, tokens);
         if (Status can = cuda::CanRun(comm, np.spec, tokens, np.strategy); !can.ok())
           return can.WithContext(np.label);
       }
-      report->push_back(StrCat(np.label, ": ", FusedStrategyName(np.strategy)));
+      report->push_back(StrCat(np.label, ": ", StrategyName(np.strategy)));
     }
     return Status::Ok();
   }

@@ -37,7 +37,7 @@ struct CudaExecutorOptions {
   // Strategy per (world size, hidden, quant, tokens) for allreduce_rmsnorm.
   StrategyTable strategies = StrategyTable::Defaults();
   // Every allreduce_rmsnorm uses this strategy; a shape it cannot run is an error (no fallback).
-  std::optional<StrategyKind> strategy_override;
+  StrategyRequest strategy_override;  // nullopt: the table decides
   // Programmatic dependent launch for the fused op.
   bool pdl = true;
   // cuBLASLt workspace per rank.

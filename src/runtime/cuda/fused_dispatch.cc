@@ -4,24 +4,24 @@
 
 namespace tpfuse::runtime {
 
-cuda::Strategy ChooseStrategy(const StrategyTable& table, const cuda::Communicator& comm,
+Strategy ChooseStrategy(const StrategyTable& table, const cuda::Communicator& comm,
                               const AllreduceRmsnormSpec& spec, int64_t tokens) {
-  const cuda::Strategy wanted =
+  const Strategy wanted =
       table.Choose(comm.world_size(), spec.hidden, spec.quant, tokens);
-  if (wanted == cuda::Strategy::kNccl) return wanted;
+  if (wanted == Strategy::kNccl) return wanted;
   // A shape over the one-shot workspace may still fit two-shot's, which moves the same bytes
   // at N = 2 and fewer above.
   if (cuda::CanRun(comm, spec, tokens, wanted).ok()) return wanted;
-  if (wanted == cuda::Strategy::kOneShot && cuda::CanRun(comm, spec, tokens, cuda::Strategy::kTwoShot).ok())
-    return cuda::Strategy::kTwoShot;
-  return cuda::Strategy::kNccl;
+  if (wanted == Strategy::kOneShot && cuda::CanRun(comm, spec, tokens, Strategy::kTwoShot).ok())
+    return Strategy::kTwoShot;
+  return Strategy::kNccl;
 }
 
 Status LaunchFusedAuto(const StrategyTable& table, cuda::Communicator& comm,
                        const AllreduceRmsnormSpec& spec, int64_t tokens,
                        const cuda::FusedBuffers& buffers, cudaStream_t stream,
-                       const cuda::LaunchOptions& options, cuda::Strategy* chosen) {
-  const cuda::Strategy strategy = ChooseStrategy(table, comm, spec, tokens);
+                       const cuda::LaunchOptions& options, Strategy* chosen) {
+  const Strategy strategy = ChooseStrategy(table, comm, spec, tokens);
   if (chosen) *chosen = strategy;
   return cuda::LaunchAllreduceRmsnorm(comm, spec, tokens, buffers, strategy, stream, options);
 }

@@ -8,16 +8,6 @@
 
 namespace tpfuse {
 
-std::string_view StrategyName(Strategy s) {
-  switch (s) {
-    case Strategy::kAuto: return "auto";
-    case Strategy::kOneShot: return "oneshot";
-    case Strategy::kTwoShot: return "twoshot";
-    case Strategy::kNccl: return "nccl";
-  }
-  return "?";
-}
-
 struct Comm::Impl {
   std::unique_ptr<cuda::Communicator> comm;
   runtime::StrategyTable table;
@@ -89,27 +79,14 @@ std::string Comm::why_no_peer_memory() const {
 }
 
 Status Comm::AllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tokens, const FusedBuffers& buffers,
-                              cudaStream_t stream, Strategy strategy) {
-  switch (strategy) {
-    case Strategy::kAuto:
-      return runtime::LaunchFusedAuto(impl_->table, *impl_->comm, spec, tokens, buffers, stream, impl_->launch);
-    case Strategy::kOneShot:
-      return cuda::LaunchAllreduceRmsnorm(*impl_->comm, spec, tokens, buffers, cuda::Strategy::kOneShot, stream, impl_->launch);
-    case Strategy::kTwoShot:
-      return cuda::LaunchAllreduceRmsnorm(*impl_->comm, spec, tokens, buffers, cuda::Strategy::kTwoShot, stream, impl_->launch);
-    case Strategy::kNccl:
-      return cuda::LaunchAllreduceRmsnorm(*impl_->comm, spec, tokens, buffers, cuda::Strategy::kNccl, stream, impl_->launch);
-  }
-  return InvalidArgument("unknown strategy");
+                              cudaStream_t stream, StrategyRequest strategy) {
+  if (!strategy)
+    return runtime::LaunchFusedAuto(impl_->table, *impl_->comm, spec, tokens, buffers, stream, impl_->launch);
+  return cuda::LaunchAllreduceRmsnorm(*impl_->comm, spec, tokens, buffers, *strategy, stream, impl_->launch);
 }
 
 Strategy Comm::Choose(const AllreduceRmsnormSpec& spec, int64_t tokens) const {
-  switch (runtime::ChooseStrategy(impl_->table, *impl_->comm, spec, tokens)) {
-    case cuda::Strategy::kOneShot: return Strategy::kOneShot;
-    case cuda::Strategy::kTwoShot: return Strategy::kTwoShot;
-    case cuda::Strategy::kNccl: return Strategy::kNccl;
-  }
-  return Strategy::kNccl;
+  return runtime::ChooseStrategy(impl_->table, *impl_->comm, spec, tokens);
 }
 
 Status Comm::CheckHealth(cudaStream_t stream) { return impl_->comm->CheckHealth(stream); }

@@ -134,7 +134,7 @@ Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_
     return Status::Ok();
   }
   if (!comm.has_peer_memory())
-    return Unimplemented("strategy ", FusedStrategyName(strategy), " needs peer memory: ",
+    return Unimplemented("strategy ", StrategyName(strategy), " needs peer memory: ",
                          comm.why_no_peer_memory());
   const WorkspaceLayout& l = comm.layout();
   if (strategy == Strategy::kOneShot) {
@@ -255,7 +255,7 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
       strategy == Strategy::kOneShot
           ? SelectKernel<OneShotFamily>(spec.act_dtype, layout.vecs_per_thread, spec.quant)
           : SelectKernel<TwoShotFamily>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
-  if (!kernel) return Internal("no ", FusedStrategyName(strategy), " kernel for ", spec.ToString(), " at world size ", n);
+  if (!kernel) return Internal("no ", StrategyName(strategy), " kernel for ", spec.ToString(), " at world size ", n);
   TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, layout.threads));
   const int64_t work_rows = strategy == Strategy::kOneShot ? tokens : p.rows_per_rank;
   // Blocks wait on their peers' blocks of the same index: the grid stays co-resident (so a
