@@ -1,12 +1,7 @@
 // The benchmark's plan arithmetic and reporting, without GPUs: option lists, the measured
 // spec, set layout and rotation, workspace size, statistics, bus bandwidth, the tune rules, and
 // the tables, CSV, JSON and plots of a made-up report.
-//
-// NOTE: the CLI's sources are not a library the tests can link, so this file compiles
-// bench_plan.cc and bench_report.cc in (bench_report.cc's plots link against svg_plot.cc,
-// compiled in by svg_plot_test.cc); no other test may include these two files.
-#include "../../tools/tpfuse/bench_plan.cc"
-#include "../../tools/tpfuse/bench_report.cc"
+#include "bench/plan.h"
 
 #include <gtest/gtest.h>
 
@@ -19,6 +14,9 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "backends/cuda/comm/workspace.h"
+#include "bench/report.h"
 
 namespace tpfuse::bench {
 namespace {
@@ -183,7 +181,17 @@ TEST(BenchSpec, WorkspaceFitsTheSweepAndThePeerCopy) {
   plan.hidden = {16384};
   w = PlanWorkspace(plan);
   EXPECT_TRUE(w.oneshot_capped);
-  EXPECT_LE(size_t(3) * 8 * size_t(w.oneshot_max_tokens) * 16384 * 2, kMaxLamportBytes);
+  // The runtime's one-shot area for that workspace fits the cap, and one more row would not.
+  cuda::WorkspaceConfig config;
+  config.world_size = 8;
+  config.max_hidden = 16384;
+  config.oneshot_max_tokens = w.oneshot_max_tokens;
+  auto lamport_bytes = [&] {
+    return size_t(cuda::kLamportBuffers) * cuda::WorkspaceLayout::Make(config).lamport_buffer_bytes;
+  };
+  EXPECT_LE(lamport_bytes(), kMaxLamportBytes);
+  config.oneshot_max_tokens += 1;
+  EXPECT_GT(lamport_bytes(), kMaxLamportBytes);
 }
 
 // ---------------------------------------------------------------- statistics

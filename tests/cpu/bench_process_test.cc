@@ -1,9 +1,6 @@
 // The parent side of `tpfuse bench` / `tune`: a group of rank processes, waited for with a
 // bound; a failure or the timeout ends the others. Uses /bin/sh as the rank program.
-//
-// NOTE: the CLI's sources are not a library the tests can link, so this file compiles
-// bench_process.cc in; no other test may include it.
-#include "../../tools/tpfuse/bench_process.cc"
+#include "bench/process.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // The unique-id bootstrap (file and tcp) with ranks as threads: delivery to every rank, late
 // rank 0, bounded waits with clear errors, bad addresses, and disagreeing ranks.
-#include "common/bootstrap.h"
+#include "backends/cuda/comm/bootstrap.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -1,9 +1,6 @@
 // The benchmark's SVG writer: well-formed documents, log-log axes, one polyline per series,
 // one legend entry per series, escaping.
-//
-// NOTE: the CLI's sources are not a library the tests can link, so this file compiles the
-// writer in; no other test may include svg_plot.cc.
-#include "../../tools/tpfuse/svg_plot.cc"
+#include "bench/svg_plot.h"
 
 #include <gtest/gtest.h>
 

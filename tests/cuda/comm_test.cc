@@ -18,7 +18,7 @@
 #include "backends/cuda/comm/communicator.h"
 #include "backends/cuda/cuda_check.h"
 #include "backends/cuda/device_buffer.h"
-#include "common/bootstrap.h"
+#include "backends/cuda/comm/bootstrap.h"
 #include "support/cuda_harness.h"
 
 namespace tpfuse::testing {
@@ -380,7 +380,6 @@ TEST(CommTest, PeerMemoryOffGivesTheReason) {
 
 TEST(CommTest, PeerMemoryOffOnOneRankTurnsItOffEverywhere) {
   TPFUSE_REQUIRE_GPUS(2);
-  cuda::ApplyNcclEnvDefaults();
   ncclUniqueId id;
   ASSERT_EQ(ncclGetUniqueId(&id), ncclSuccess);
   std::vector<std::unique_ptr<Communicator>> comms(2);
@@ -404,7 +403,6 @@ TEST(CommTest, PeerMemoryOffOnOneRankTurnsItOffEverywhere) {
 
 // Raw NCCL communicators, one per GPU, created on rank threads.
 StatusOr<std::vector<ncclComm_t>> CreateRawNcclComms(int world_size) {
-  cuda::ApplyNcclEnvDefaults();
   ncclUniqueId id;
   TPFUSE_NCCL_CHECK(ncclGetUniqueId(&id));
   std::vector<ncclComm_t> comms(static_cast<size_t>(world_size), nullptr);

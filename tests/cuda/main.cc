@@ -2,11 +2,17 @@
 // tests re-execute this binary with --tpfuse-child=...), otherwise the gtest suite.
 #include <gtest/gtest.h>
 
+#include <stdlib.h>
+
 #include <cstdio>
 
 #include "support/cuda_harness.h"
 
 int main(int argc, char** argv) {
+  // NVLink multicast stays off unless the user set it: tpfuse never uses multimem, and NCCL's
+  // NVLS setup is not needed for symmetric windows. The library leaves the environment alone;
+  // the process sets it before any NCCL call (children inherit it).
+  ::setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);
   const int child_exit = tpfuse::testing::RunChildIfRequested(argc, argv);
   if (child_exit >= 0) return child_exit;
 

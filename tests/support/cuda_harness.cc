@@ -274,7 +274,6 @@ StatusOr<std::unique_ptr<MultiGpu>> MultiGpu::Create(int world_size,
   if (world_size < 1) return InvalidArgument("MultiGpu::Create: world size ", world_size);
   const std::string why = WhyFewerGpusThan(world_size);
   if (!why.empty()) return FailedPrecondition("MultiGpu::Create: ", why);
-  cuda::ApplyNcclEnvDefaults();
   ncclUniqueId id;
   TPFUSE_NCCL_CHECK(ncclGetUniqueId(&id));
   std::unique_ptr<MultiGpu> group(new MultiGpu());

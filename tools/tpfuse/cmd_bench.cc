@@ -1,6 +1,6 @@
 // `tpfuse bench`: the fused op against its unfused baselines, per shape, on this node's GPUs.
-// The measuring lives in bench_runner.cc, the reporting in bench_report.cc; docs/benchmarking.md
-// describes the method.
+// The measuring lives in src/bench/runner.cc, the reporting in src/bench/report.cc;
+// docs/benchmarking.md describes the method.
 #include <CLI/CLI.hpp>
 
 #include <memory>

@@ -6,6 +6,8 @@
 //   tpfuse demo                   the main job on whatever machine it finds
 //
 // Exit status: 0 success, 1 invalid input (a message on stderr names the problem), 2 usage.
+#include <stdlib.h>
+
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <string>
@@ -15,6 +17,10 @@
 
 int main(int argc, char** argv) {
   using namespace tpfuse::cli;
+  // NVLink multicast stays off unless the user set it: tpfuse never uses multimem, and NCCL's
+  // NVLS setup is not needed for symmetric windows. The library leaves the environment alone;
+  // the process sets it before any NCCL call (the rank processes of bench and tune inherit it).
+  ::setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);
 
   CLI::App app{
       "tpfuse: fuses the all_reduce -> [+residual] -> RMSNorm -> [FP8 quant] tail of "

@@ -452,7 +452,6 @@ struct CudaExecutor::Impl {
       ranks[size_t(r)].comm.reset();
       return Status::Ok();
     });
-    cuda::ApplyNcclEnvDefaults();
     ncclUniqueId id;
     TPFUSE_NCCL_CHECK(ncclGetUniqueId(&id));
     const Status created = FirstError(ForEachRank(world_size, [&](int r) -> Status {

@@ -16,7 +16,7 @@
 #include "backends/cuda/comm/comm_kernels.h"
 #include "backends/cuda/cuda_check.h"
 #include "backends/cuda/device_buffer.h"
-#include "common/bootstrap.h"
+#include "backends/cuda/comm/bootstrap.h"
 
 namespace tpfuse::cuda {
 namespace {
@@ -85,15 +85,6 @@ std::string NcclDetail(ncclComm_t comm, ncclResult_t result) {
 
 }  // namespace
 
-// ================================================================================ environment
-
-void ApplyNcclEnvDefaults() {
-  static std::once_flag once;
-  // NOTE: NVLink multicast (NVLS) stays off unless the user asks for it: tpfuse never uses
-  // multimem, and NCCL's NVLS setup is not needed for symmetric windows.
-  std::call_once(once, [] { ::setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0); });
-}
-
 std::string ProtocolPhaseName(uint32_t phase) {
   switch (phase) {
     case kPhaseOneShotGather: return "one-shot gather";
@@ -108,7 +99,6 @@ std::string ProtocolPhaseName(uint32_t phase) {
 StatusOr<std::unique_ptr<Communicator>> Communicator::FromNccl(ncclComm_t comm,
                                                                const CommOptions& options) {
   if (comm == nullptr) return InvalidArgument("Communicator::FromNccl: the NCCL communicator is null");
-  ApplyNcclEnvDefaults();
   std::unique_ptr<Communicator> c(new Communicator());
   TPFUSE_RETURN_IF_ERROR(c->Init(comm, /*owns=*/false, options));
   return StatusOr<std::unique_ptr<Communicator>>(std::move(c));
@@ -133,7 +123,6 @@ StatusOr<std::unique_ptr<Communicator>> Communicator::FromUniqueId(const ncclUni
     return InvalidArgument("Communicator::FromUniqueId: rank ", rank, " asks for device ", device,
                            " but ", device_count, " device(s) are visible");
   }
-  ApplyNcclEnvDefaults();
   ScopedDevice guard;
   TPFUSE_RETURN_IF_ERROR(guard.Set(device));
   ncclComm_t comm = nullptr;
@@ -548,7 +537,6 @@ StatusOr<ncclUniqueId> ExchangeUniqueId(const std::string& method, const std::st
   ncclUniqueId id;
   std::memset(&id, 0, sizeof(id));
   if (rank == 0 && world_size >= 1) {
-    ApplyNcclEnvDefaults();
     TPFUSE_NCCL_CHECK(ncclGetUniqueId(&id));
   }
   std::span<uint8_t> blob(reinterpret_cast<uint8_t*>(id.internal), sizeof(id.internal));

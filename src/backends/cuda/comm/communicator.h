@@ -157,16 +157,11 @@ class Communicator {
   bool nccl_stuck_ = false;
 };
 
-// Sets NCCL_NVLS_ENABLE=0 unless the user set it (NVLink multicast stays off). Every function
-// here that creates an NCCL communicator or unique id calls it first; call it yourself before
-// creating a communicator that you pass to FromNccl.
-void ApplyNcclEnvDefaults();
-
 // "one-shot gather", "two-shot reduce-scatter", "two-shot all-gather" (CommDeviceState phases).
 std::string ProtocolPhaseName(uint32_t phase);
 
 // Bootstrap of the unique id for one process per GPU: rank 0 creates the id and publishes it,
-// the others wait for it (bounded by timeout_seconds). See common/bootstrap.h.
+// the others wait for it (bounded by timeout_seconds). See comm/bootstrap.h.
 //   file: a path all ranks can see ("/tmp/tpfuse.id"); rank 0 writes it atomically.
 //   tcp:  "127.0.0.1:PORT"; rank 0 listens, the others connect (loopback only).
 // Rank 0 returns once every rank has the id; then every rank calls FromUniqueId.

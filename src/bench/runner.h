@@ -4,7 +4,7 @@
 // Without the CUDA backend in the build, both functions return an error saying so.
 #pragma once
 
-#include "bench_plan.h"
+#include "bench/plan.h"
 #include "tpfuse/status.h"
 
 namespace tpfuse::bench {

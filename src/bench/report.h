@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-#include "bench_plan.h"
+#include "bench/plan.h"
 #include "runtime/dispatcher.h"
 #include "tpfuse/fused_op.h"
 #include "tpfuse/status.h"

@@ -1,4 +1,4 @@
-#include "bench_plan.h"
+#include "bench/plan.h"
 
 #include <algorithm>
 #include <charconv>
@@ -7,6 +7,8 @@
 #include <limits>
 
 #include <nlohmann/json.hpp>
+
+#include "backends/cuda/comm/workspace.h"
 
 namespace tpfuse::bench {
 namespace {
@@ -245,8 +247,11 @@ WorkspacePlan PlanWorkspace(const Plan& plan) {
   const int64_t peer_copy_rows =
       int64_t((kMinPeerCopyBytes + size_t(w.max_hidden) * 2 - 1) / (size_t(w.max_hidden) * 2));
   w.max_tokens = std::max(plan.max_tokens(), peer_copy_rows);
-  const int64_t lamport_rows =
-      int64_t(kMaxLamportBytes / (size_t(3) * size_t(plan.world_size) * size_t(w.max_hidden) * 2));
+  // One-shot's Lamport area: kLamportBuffers buffers of world_size 4096-aligned slots of
+  // [rows, H_max] 16-bit (comm/workspace.h).
+  const size_t slot_bytes =
+      kMaxLamportBytes / (size_t(cuda::kLamportBuffers) * size_t(plan.world_size)) / 4096 * 4096;
+  const int64_t lamport_rows = int64_t(slot_bytes / (size_t(w.max_hidden) * 2));
   w.oneshot_max_tokens = std::min(plan.max_tokens(), lamport_rows);
   w.oneshot_capped = w.oneshot_max_tokens < plan.max_tokens();
   return w;

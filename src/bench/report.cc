@@ -1,4 +1,4 @@
-#include "bench_report.h"
+#include "bench/report.h"
 
 #include <unistd.h>
 
@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "svg_plot.h"
+#include "bench/svg_plot.h"
 
 namespace tpfuse::bench {
 namespace {

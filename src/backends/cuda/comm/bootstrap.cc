@@ -1,4 +1,4 @@
-#include "common/bootstrap.h"
+#include "backends/cuda/comm/bootstrap.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

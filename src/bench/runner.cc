@@ -1,4 +1,4 @@
-#include "bench_runner.h"
+#include "bench/runner.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -27,7 +27,8 @@
 #include "backends/cuda/cuda_check.h"
 #include "backends/cuda/device_buffer.h"
 #include "backends/cuda/unfused_ops.h"
-#include "bench_report.h"
+#include "bench/report.h"
+#include "common/numerics.h"
 #include "runtime/cuda/fused_dispatch.h"
 #include "runtime/dispatcher.h"
 #endif
@@ -221,21 +222,14 @@ uint64_t SplitMix64(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
-uint16_t Bf16Bits(float f) {
-  uint32_t u = 0;
-  std::memcpy(&u, &f, sizeof(u));
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-  return uint16_t(u >> 16);
-}
-
 // n bf16 values uniform in [lo, hi), never +-0.
 std::vector<uint16_t> RandomBf16(size_t n, uint64_t seed, float lo, float hi) {
   std::vector<uint16_t> out(n);
   uint64_t state = seed;
   for (size_t i = 0; i < n; ++i) {
     const float u = float(SplitMix64(state) >> 40) * 0x1p-24f;
-    uint16_t bits = Bf16Bits(lo + (hi - lo) * u);
-    if ((bits & 0x7fffu) == 0) bits = Bf16Bits(0.0625f);
+    uint16_t bits = FloatToBf16(lo + (hi - lo) * u);
+    if ((bits & 0x7fffu) == 0) bits = FloatToBf16(0.0625f);
     out[i] = bits;
   }
   return out;
@@ -886,8 +880,6 @@ StatusOr<int> CountGpus() {
 }
 
 int RunRank(const Plan& plan, int rank) {
-  // NVLink multicast stays off unless the user set it (tpfuse never uses it).
-  ::setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);
   auto runner = std::make_unique<RankRunner>(plan, rank);
   const Status status = runner->Run();
   if (status.ok()) {

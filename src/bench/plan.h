@@ -33,8 +33,8 @@ inline constexpr int kDefaultReplays = 50;
 inline constexpr int kDefaultWarmup = 5;
 inline constexpr double kDefaultTimeoutSeconds = 1800;
 inline constexpr int kGroupSize = 128;
-// The one-shot (Lamport) workspace holds three buffers of [world_size, T, H_max] bf16; the
-// rank processes cap it here and skip one-shot above the rows that fit (saying so).
+// The one-shot (Lamport) workspace holds cuda::kLamportBuffers buffers of [world_size, T, H_max]
+// bf16; the rank processes cap it here and skip one-shot above the rows that fit (saying so).
 inline constexpr size_t kMaxLamportBytes = size_t(8) << 30;
 // The peer copy bandwidth is measured into a peer's two-shot landing region; the workspace is
 // made at least this large so the copy is long enough to time.

@@ -1,0 +1,48 @@
+// `tpfuse bench` and `tpfuse tune` without their command line: the option values as typed, the
+// checks of the values, and the parent process that starts one rank process per GPU
+// (re-executing the running binary with --child-plan / --child-rank). The CLI registers the
+// options (tools/tpfuse/bench_cli.h) and calls RunCommand.
+#pragma once
+
+#include <string>
+
+#include "bench/plan.h"
+#include "tpfuse/status.h"
+
+namespace tpfuse::bench {
+
+// RunCommand's exit statuses. A usage error (exit 2) is the command line's to report.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailed = 1;  // invalid value, no CUDA backend, too few GPUs, a rank failed
+
+// Option values as typed. They are checked after parsing, so that a bad value is an invalid
+// input (exit 1, with a message naming the option) while an unknown option or a missing value
+// stays a usage error (exit 2).
+struct CommandFlags {
+  std::string world_size;
+  std::string tokens;
+  std::string hidden;
+  std::string quant;
+  std::string emit_norm = "auto";
+  std::string ops_per_graph;
+  std::string replays;
+  std::string warmup;
+  std::string table;
+  std::string out;
+  std::string seed;
+  std::string timeout;
+  bool no_pdl = false;
+  // Hidden: set by the parent on the rank processes it starts.
+  std::string child_plan;
+  std::string child_rank;
+};
+
+// The plan the flags describe, with defaults filled in, except world_size (0: every GPU) and
+// id_file. Errors name the option.
+StatusOr<Plan> PlanFromFlags(const CommandFlags& flags, Mode mode);
+
+// Runs the command: the parent (counts GPUs, checks the sweep, starts and waits for the rank
+// processes) or, with --child-plan, one rank process. Returns the exit status.
+int RunCommand(const CommandFlags& flags, Mode mode);
+
+}  // namespace tpfuse::bench
