@@ -85,6 +85,7 @@ AllreduceRmsnormSpec LocalSpec(int64_t hidden, QuantMode quant, bool residual) {
   s.hidden = hidden;
   s.has_residual = residual;
   s.quant = quant;
+  s.group_size = hidden % 128 == 0 ? 128 : 64;  // H 2880 = 45 groups of 64
   s.emit.norm = quant == QuantMode::kNone || quant == QuantMode::kFp8Group;
   s.emit.residual = residual;
   s.emit.quant = quant != QuantMode::kNone;

@@ -18,19 +18,19 @@
 namespace tpfuse::cuda {
 
 // The row layout (threads per row, vectors per thread) is a function of H alone, shared with
-// the CPU oracle: common/row_layout.h. The kernels are instantiated for 1, 2, 4 and 8 vectors
+// the CPU oracle: common/row_layout.h. The kernels are instantiated for 1, 2 and 4 vectors
 // per thread so registers match the row.
 inline constexpr int kMaxVecPerThread = kMaxRowVecsPerThread;
 // Blocks per SM the compiler must allow (it caps registers to fit). Rows in flight per SM are
-// what keeps HBM busy at large T (docs/kernels.md): four blocks with one vector per thread,
-// three with two, two with four, one with eight.
+// what keeps HBM busy at large T (docs/kernels.md): with rows of up to 512 threads, three blocks
+// with one vector per thread, two with two, one with four.
 template <int kVec>
-inline constexpr int kMinBlocksPerSm = kVec == 1 ? 4 : (kVec == 2 ? 3 : (kVec == 4 ? 2 : 1));
+inline constexpr int kMinBlocksPerSm = kVec == 1 ? 3 : (kVec == 2 ? 2 : 1);
 // The persistent (Lamport) kernels hold more per thread (the partials being summed, the row's
 // own x, the weights across rows) and launch only co-resident blocks: fewer blocks per SM, no
 // spills.
 template <int kVec>
-inline constexpr int kPersistentMinBlocksPerSm = kVec == 1 ? 3 : (kVec == 2 ? 2 : 1);
+inline constexpr int kPersistentMinBlocksPerSm = kVec == 1 ? 2 : 1;
 
 // Where the epilogue kernel reads a row's a (Contract 3 step 1).
 enum class RowSource : uint8_t {
@@ -249,13 +249,18 @@ enum class ScaleStep : uint8_t {
   kDivide,           // y / s for any s (a static scale): IEEE division
 };
 
-// q = fp8(y (step) s) for one vector of rounded y.
+// q = fp8(y (step) s) for one vector of rounded y. The step is chosen once per vector, outside
+// the element loop.
 __device__ __forceinline__ uint2 QuantizeVector(float (&yf)[kVecElems], ScaleStep step, float s, float inv) {
+  if (step == ScaleStep::kMultiply) {
 #pragma unroll
-  for (int i = 0; i < kVecElems; ++i) {
-    if (step == ScaleStep::kMultiply) yf[i] = __fmul_rn(yf[i], inv);
-    else if (step == ScaleStep::kDivideBounded) yf[i] = QuotientByReciprocal(yf[i], s, inv);
-    else yf[i] = __fdiv_rn(yf[i], s);
+    for (int i = 0; i < kVecElems; ++i) yf[i] = __fmul_rn(yf[i], inv);
+  } else if (step == ScaleStep::kDivideBounded) {
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) yf[i] = QuotientByReciprocal(yf[i], s, inv);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) yf[i] = __fdiv_rn(yf[i], s);
   }
   return ToFp8x8(yf);
 }
@@ -281,20 +286,20 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   const size_t row_vec = size_t(row) * p.vecs_per_row;
 
   // ---- step 2: h = a + residual; emit a and round(h); the sum of squares of the norm's input
+  // u, held in registers for step 3 (at most four vectors per thread).
   float sum_sq = 0.0f;
+  float u[kVec][kVecElems];
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int v = RowVectors<kVec>::Index(k);
     if (v >= p.vecs_per_row) continue;
     if (p.allreduce_out) StoreStreaming(static_cast<uint4*>(p.allreduce_out) + row_vec + v, a[k]);
-    float u[kVecElems];
-    NormInput<T>(p, a[k], res[k], u, p.residual_out ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
+    NormInput<T>(p, a[k], res[k], u[k], p.residual_out ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
 #pragma unroll
-    for (int i = 0; i < kVecElems; ++i) sum_sq = __fadd_rn(sum_sq, __fmul_rn(u[i], u[i]));
+    for (int i = 0; i < kVecElems; ++i) sum_sq = __fadd_rn(sum_sq, __fmul_rn(u[k][i], u[k][i]));
   }
 
-  // ---- step 3: y = round(u * r * w'), r = 1 / sqrt(mean(u^2) + eps) (u recomputed: cheaper
-  // than holding it in registers)
+  // ---- step 3: y = round(u * r * w'), r = 1 / sqrt(mean(u^2) + eps)
   const float total = BlockSum(sum_sq, smem, slot);
   const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(total, float(p.hidden)), p.eps)));
   uint4 y[kVec];
@@ -303,16 +308,15 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   for (int k = 0; k < kVec; ++k) {
     const int v = RowVectors<kVec>::Index(k);
     if (v >= p.vecs_per_row) continue;
-    float u[kVecElems], wv[kVecElems];
-    NormInput<T>(p, a[k], res[k], u, nullptr);
+    float wv[kVecElems];
     weights.Get(p, k, wv);
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) {
-      float n = __fmul_rn(u[i], r);
+      float n = __fmul_rn(u[k][i], r);
       if (p.weight_after_round) n = RoundAct<T>(n);
-      u[i] = __fmul_rn(n, wv[i]);
+      u[k][i] = __fmul_rn(n, wv[i]);
     }
-    y[k] = Pack<T>(u);
+    y[k] = Pack<T>(u[k]);
     if (p.norm_out) StoreStreaming(static_cast<uint4*>(p.norm_out) + row_vec + v, y[k]);
     if constexpr (kQuant == QuantMode::kFp8Token) {
       float yf[kVecElems];
@@ -671,7 +675,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 template <typename T, int kVec, QuantMode kQuant>
 __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) AllreduceEpilogueKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
-  RowWeights<kVec, kVec <= 4> weights;
+  RowWeights<kVec, kVec <= 2> weights;
   weights.Preload(p);
   WaitForPreviousKernel();
   AllowNextKernel();
