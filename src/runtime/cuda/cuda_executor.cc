@@ -183,7 +183,7 @@ Status PlanOp(const ir::Node& node, NodePlan& np) {
   switch (node.kind()) {
     case ir::OpKind::kAllReduce: np.kind = LaunchKind::kAllReduce; return Status::Ok();
     case ir::OpKind::kView: np.kind = LaunchKind::kView; return Status::Ok();
-    case ir::OpKind::kAllreduceRmsnorm:
+    case ir::OpKind::kAllreduceRmsnorm: {
       np.kind = LaunchKind::kFused;
       TPFUSE_ASSIGN_OR_RETURN(np.spec, ir::FusedSpecFromNode(node));
       np.fused_in = ir::FusedOperandLayout(np.spec);
@@ -191,6 +191,7 @@ Status PlanOp(const ir::Node& node, NodePlan& np) {
       if (np.fused_in.count != node.num_operands() || np.fused_out.count != node.num_results())
         return Internal("operands or results do not match the spec ", np.spec.ToString());
       return Status::Ok();
+    }
     case ir::OpKind::kAdd: return binary(cuda::BinaryOpKind::kAdd);
     case ir::OpKind::kSub: return binary(cuda::BinaryOpKind::kSub);
     case ir::OpKind::kMul: return binary(cuda::BinaryOpKind::kMul);
