@@ -160,10 +160,19 @@ TPFUSE_C_API tpfuse_status_t tpfuse_reference_allreduce_rmsnorm(const tpfuse_spe
 
 enum { TPFUSE_BACKEND_CPU = 0, TPFUSE_BACKEND_CUDA = 1 };
 
+/* Whether `[add ->] rms_norm [-> quant]` chains that no all_reduce feeds become the fused op
+ * with local = 1 (DESIGN.md "World size 1"). */
+enum {
+  TPFUSE_FUSE_LOCAL_AUTO = 0, /* at world size 1 only */
+  TPFUSE_FUSE_LOCAL_ON = 1,   /* at every world size */
+  TPFUSE_FUSE_LOCAL_OFF = 2,
+};
+
 typedef struct tpfuse_compile_options {
   int32_t world_size;      /* TP degree the module runs at (default 2) */
   int32_t backend;         /* whose fused-op capabilities apply: TPFUSE_BACKEND_* (default CPU) */
   int64_t max_tokens;      /* largest T, 0: unknown */
+  int32_t fuse_local;      /* TPFUSE_FUSE_LOCAL_* (default AUTO) */
   const char* source_name; /* names the module in error messages; NULL: "<input>" */
 } tpfuse_compile_options_t;
 TPFUSE_C_API void tpfuse_compile_options_init(tpfuse_compile_options_t* options);

@@ -314,6 +314,7 @@ void tpfuse_compile_options_init(tpfuse_compile_options_t* options) {
   options->world_size = 2;
   options->backend = TPFUSE_BACKEND_CPU;
   options->max_tokens = 0;
+  options->fuse_local = TPFUSE_FUSE_LOCAL_AUTO;
   options->source_name = nullptr;
 }
 
@@ -328,6 +329,9 @@ tpfuse_status_t tpfuse_compile(const char* module_text, const tpfuse_compile_opt
       o.world_size = options->world_size;
       o.max_tokens = options->max_tokens;
       o.cuda_backend = options->backend == TPFUSE_BACKEND_CUDA;
+      if (options->fuse_local < TPFUSE_FUSE_LOCAL_AUTO || options->fuse_local > TPFUSE_FUSE_LOCAL_OFF)
+        return InvalidArgument("options.fuse_local: unknown code ", options->fuse_local);
+      o.fuse_local = options->fuse_local;
       if (options->source_name != nullptr) o.source_name = options->source_name;
     }
     TPFUSE_ASSIGN_OR_RETURN(CompiledModule compiled, CompileModuleText(module_text, o));

@@ -34,6 +34,8 @@ StatusOr<CompiledModule> CompileModuleText(std::string_view text,
     return InvalidArgument("world size must be >= 1, got ", options.world_size);
   if (options.max_tokens < 0)
     return InvalidArgument("max_tokens must be >= 0, got ", options.max_tokens);
+  if (options.fuse_local != 0)
+    return Unimplemented("fuse_local other than auto is not available in this build");
   TPFUSE_ASSIGN_OR_RETURN(ir::Module module, ir::ParseModule(text, options.source_name));
 
   std::map<std::string, int> ops_before, ops_after;

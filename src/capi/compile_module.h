@@ -14,6 +14,7 @@ struct CompileModuleOptions {
   int world_size = 2;
   int64_t max_tokens = 0;  // 0: unknown
   bool cuda_backend = false;  // the CUDA backend's fused-op capabilities (else the CPU's)
+  int fuse_local = 0;         // TPFUSE_FUSE_LOCAL_*: only AUTO until the compiler offers local fusion
   std::string source_name = "<input>";
 };
 
