@@ -269,9 +269,9 @@ def _run_cpu(plan, x, residual, weight, scale, outs, group, world_size: int) -> 
     if world_size == 1:
         partials = [rows]
     else:
-        # The raw 16-bit patterns travel (exact, and any backend can move int16); the sum happens
-        # in the reference op, in rank order.
-        bits = rows.view(torch.int16)
+        # The raw bytes travel (exact, and every backend moves uint8); the sum happens in the
+        # reference op, in rank order.
+        bits = rows.view(torch.uint8)
         gathered = [torch.empty_like(bits) for _ in range(world_size)]
         dist.all_gather(gathered, bits, group=group)
         partials = [g.view(x.dtype) for g in gathered]
