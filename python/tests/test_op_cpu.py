@@ -26,8 +26,13 @@ CASES = [
     ("fp8_group_row", dict(emit=["quant"], quant="fp8_group", group_size=64), True),
     ("fp8_group_col_ue8m0", dict(emit=["norm", "residual", "quant"], quant="fp8_group",
                                  scale_layout="col", scale_fmt="ue8m0"), True),
+    ("vllm_native_rounding", dict(emit=["norm", "residual", "quant"], quant="fp8_tensor",
+                                  rounding=["norm_input_f32", "scale_op_swapped"]), True),
+    ("llama_rounding", dict(emit=["quant"], quant="fp8_token", weight_bias=1.0,
+                            rounding=["weight_after_round", "weight_bias_in_weight_dtype",
+                                      "scale_op_swapped"]), True),
 ]
-SHAPES = [(1, 256), (3, 256), (19, 128), (2, 5, 256)]
+SHAPES = [(1, 256), (3, 256), (19, 128), (2, 5, 256), (3, 2880)]
 
 
 def make_inputs(seed: int, shape, world_size: int, residual: bool, quant: str,
