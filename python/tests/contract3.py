@@ -85,7 +85,9 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
     # 3. r = 1 / sqrt(sum of squares / H + eps) in f32, then y = round((u * r) * w') or
     # round(round(u * r) * w'); w' = w + weight_bias in f32 (or rounded to w's dtype).
     sum_sq = row_sum_in_kernel_order(u * u).unsqueeze(-1)
-    r = 1.0 / torch.sqrt(sum_sq / hidden + eps)
+    # NOTE: sqrt in double, rounded once to f32, is the correctly rounded f32 sqrt (sqrtf);
+    # torch's vectorized f32 sqrt on the CPU is not.
+    r = 1.0 / torch.sqrt((sum_sq / hidden + eps).double()).float()
     w = weight.float()
     if weight_bias != 0.0:
         w = w + weight_bias

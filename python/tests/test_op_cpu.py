@@ -32,7 +32,7 @@ CASES = [
                             rounding=["weight_after_round", "weight_bias_in_weight_dtype",
                                       "scale_op_swapped"]), True),
 ]
-SHAPES = [(1, 256), (3, 256), (19, 128), (2, 5, 256), (3, 2880)]
+SHAPES = [(1, 256), (3, 256), (19, 128), (2, 5, 256), (64, 2880)]
 
 
 def make_inputs(seed: int, shape, world_size: int, residual: bool, quant: str,
