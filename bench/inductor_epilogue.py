@@ -198,12 +198,17 @@ def main() -> int:
           f" torch {torch.__version__}; µs per op: median of {args.replays} replays x "
           f"{args.ops_per_graph} ops over {args.input_sets} input sets")
     timer = Timer(args)
+    if args.static:
+        torch._dynamo.config.recompile_limit = max(64, len(tokens_list) + 1)
     rows: List[Dict] = []
     total = len(hiddens) * len(quants) * len(tokens_list)
     done = 0
     t0 = time.time()
     for hidden in hiddens:
         for quant in quants:
+            # Every (H, quant) compiles afresh: the chains share one code object, and Dynamo's
+            # cache per code object would otherwise fill up and fall back to eager.
+            torch._dynamo.reset()
             compiled = torch.compile(torch_chain(quant), dynamic=False if args.static else None)
             fused = tpfuse_call(quant) if use_tpfuse else None
             table = []
