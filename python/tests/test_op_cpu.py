@@ -69,6 +69,15 @@ def test_world_size_1_matches_reference(name, attrs, residual, shape):
     assert_bitwise(got, contract3.allreduce_rmsnorm(partials, res, weight, scale, **attrs), name)
 
 
+def test_reference_helper_sums_every_rank():
+    partials, res, weight, _ = make_inputs(11, (5, 256), 3, True, "none")
+    attrs = dict(emit=["allreduce", "norm", "residual"])
+    assert_bitwise(tpfuse.ops.reference(partials, res, weight, None, **attrs),
+                   contract3.allreduce_rmsnorm(partials, res, weight, None, **attrs), "3 ranks")
+    with pytest.raises(ValueError, match=r"partials\[1\] must be a CPU tensor like partials\[0\]"):
+        tpfuse.ops.reference([partials[0], partials[1][:2]], res, weight, None, **attrs)
+
+
 def test_local_ignores_the_group_and_f32_weight():
     partials, res, weight, _ = make_inputs(7, (4, 128), 1, True, "none",
                                            torch.float16, torch.float32)
