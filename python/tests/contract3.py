@@ -31,14 +31,17 @@ def row_sum_in_kernel_order(values: torch.Tensor) -> torch.Tensor:
     in each warp of 32; the warps' sums in order. Rows the layout does not cover (H % 8 != 0)
     are summed left to right."""
     tokens, hidden = values.shape
-    if hidden % 8 != 0 or hidden > 256 * 8 * 8:
+    # src/common/row_layout.h: kMaxRowThreads, kMaxRowVecsPerThread (an independent copy: the
+    # tests compare it bit for bit with the library's reference, so a drift fails them).
+    max_threads, max_per_thread = 512, 4
+    if hidden % 8 != 0 or hidden > max_threads * max_per_thread * 8:
         total = torch.zeros(tokens, dtype=torch.float32)
         for c in range(hidden):
             total = total + values[:, c]
         return total
     vecs = hidden // 8
     per_thread = 1
-    while per_thread < 8 and per_thread * 256 < vecs:
+    while per_thread < max_per_thread and per_thread * max_threads < vecs:
         per_thread *= 2
     threads = (vecs + per_thread - 1) // per_thread
     threads = (threads + 31) // 32 * 32
