@@ -38,7 +38,7 @@ using cuda::Strategy;
 
 constexpr int kWorld = 2;
 // Token counts around the co-resident grids of the persistent kernels on an H200 (132 SMs:
-// 264 = 2 x 132) and up to the workspace limit; hidden sizes of 2, 2 and 4 vectors per thread.
+// 264 = 2 x 132) and up to the workspace limit; hidden sizes of different row layouts.
 const int64_t kStressTokens[] = {1, 7, 263, 264, 265, 300, 511, 1000, 2048};
 const int64_t kStressHidden[] = {2880, 4096, 7168};
 const QuantMode kStressQuants[] = {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token,
