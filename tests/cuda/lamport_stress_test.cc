@@ -38,7 +38,7 @@ using cuda::Strategy;
 
 constexpr int kWorld = 2;
 // Token counts around the co-resident grids of the persistent kernels on an H200 (132 SMs:
-// 264 = 2 x 132) and up to the workspace limit; hidden sizes of 2, 2 and 4 vectors per thread.
+// 264 = 2 x 132) and up to the workspace limit; hidden sizes of different row layouts.
 const int64_t kStressTokens[] = {1, 7, 263, 264, 265, 300, 511, 1000, 2048};
 const int64_t kStressHidden[] = {2880, 4096, 7168};
 const QuantMode kStressQuants[] = {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token,
@@ -176,9 +176,11 @@ struct RankSetup {
   std::vector<size_t> expected_offsets;  // by case
 };
 
-Status Upload(DeviceBuffer& dst, const HostTensor& src) {
+// NOTE: every copy and memset goes on the rank's (non-blocking) stream, ordered with the calls.
+Status Upload(DeviceBuffer& dst, const HostTensor& src, cudaStream_t stream) {
   TPFUSE_ASSIGN_OR_RETURN(dst, DeviceBuffer::Allocate(std::max<size_t>(src.nbytes(), 16)));
-  if (src.nbytes() > 0) TPFUSE_CUDA_CHECK(cudaMemcpy(dst.get(), src.data(), src.nbytes(), cudaMemcpyHostToDevice));
+  if (src.nbytes() > 0)
+    TPFUSE_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src.data(), src.nbytes(), cudaMemcpyHostToDevice, stream));
   return Status::Ok();
 }
 
@@ -208,10 +210,10 @@ Status SetUpRank(int rank, Communicator& comm, cudaStream_t stream, const std::v
   size_t total = 0;
   for (size_t c = 0; c < cases.size(); ++c) {
     const FusedInputs& in = cases[c].inputs;
-    TPFUSE_RETURN_IF_ERROR(Upload(setup.inputs[c].x, in.partials[size_t(rank)]));
-    if (in.has_residual) TPFUSE_RETURN_IF_ERROR(Upload(setup.inputs[c].residual, in.residual));
-    TPFUSE_RETURN_IF_ERROR(Upload(setup.inputs[c].weight, in.weight));
-    if (in.has_scale) TPFUSE_RETURN_IF_ERROR(Upload(setup.inputs[c].scale, in.scale));
+    TPFUSE_RETURN_IF_ERROR(Upload(setup.inputs[c].x, in.partials[size_t(rank)], stream));
+    if (in.has_residual) TPFUSE_RETURN_IF_ERROR(Upload(setup.inputs[c].residual, in.residual, stream));
+    TPFUSE_RETURN_IF_ERROR(Upload(setup.inputs[c].weight, in.weight, stream));
+    if (in.has_scale) TPFUSE_RETURN_IF_ERROR(Upload(setup.inputs[c].scale, in.scale, stream));
     setup.expected_offsets.push_back(total);
     total += cases[c].region_bytes;
   }
@@ -232,9 +234,10 @@ Status SetUpRank(int rank, Communicator& comm, cudaStream_t stream, const std::v
     for (size_t i = 0; i < references[c].size(); ++i) {
       HostTensor& t = references[c][i];
       if (t.nbytes() > 0)
-        TPFUSE_CUDA_CHECK(cudaMemcpy(t.data(), region + cases[c].offsets[i], t.nbytes(), cudaMemcpyDeviceToHost));
+        TPFUSE_CUDA_CHECK(cudaMemcpyAsync(t.data(), region + cases[c].offsets[i], t.nbytes(), cudaMemcpyDeviceToHost, stream));
     }
   }
+  TPFUSE_CUDA_CHECK(cudaStreamSynchronize(stream));
   return Status::Ok();
 }
 
@@ -267,11 +270,12 @@ Status RunSequence(Communicator& comm, cudaStream_t stream, const std::vector<St
                cases[c].region_bytes / 16};
   }
   TPFUSE_ASSIGN_OR_RETURN(DeviceBuffer jobs_dev, DeviceBuffer::Allocate(n * sizeof(CompareJob)));
-  TPFUSE_CUDA_CHECK(cudaMemcpy(jobs_dev.get(), jobs.data(), n * sizeof(CompareJob), cudaMemcpyHostToDevice));
+  TPFUSE_CUDA_CHECK(
+      cudaMemcpyAsync(jobs_dev.get(), jobs.data(), n * sizeof(CompareJob), cudaMemcpyHostToDevice, stream));
   TPFUSE_ASSIGN_OR_RETURN(DeviceBuffer counts, DeviceBuffer::Allocate(2 * n * sizeof(unsigned long long)));
   auto* mismatches = counts.get<unsigned long long>();
-  TPFUSE_CUDA_CHECK(cudaMemset(mismatches, 0, n * sizeof(unsigned long long)));
-  TPFUSE_CUDA_CHECK(cudaMemset(mismatches + n, 0xFF, n * sizeof(unsigned long long)));
+  TPFUSE_CUDA_CHECK(cudaMemsetAsync(mismatches, 0, n * sizeof(unsigned long long), stream));
+  TPFUSE_CUDA_CHECK(cudaMemsetAsync(mismatches + n, 0xFF, n * sizeof(unsigned long long), stream));
 
   auto launch = [&](size_t i) {
     const StressCase& c = cases[size_t(calls[i].case_index)];
@@ -325,8 +329,9 @@ Status RunSequence(Communicator& comm, cudaStream_t stream, const std::vector<St
   TPFUSE_RETURN_IF_ERROR(comm.CheckHealth(stream));
   result.mismatches.assign(n, 0);
   result.first.assign(n, 0);
-  TPFUSE_CUDA_CHECK(cudaMemcpy(result.mismatches.data(), mismatches, n * 8, cudaMemcpyDeviceToHost));
-  TPFUSE_CUDA_CHECK(cudaMemcpy(result.first.data(), mismatches + n, n * 8, cudaMemcpyDeviceToHost));
+  TPFUSE_CUDA_CHECK(cudaMemcpyAsync(result.mismatches.data(), mismatches, n * 8, cudaMemcpyDeviceToHost, stream));
+  TPFUSE_CUDA_CHECK(cudaMemcpyAsync(result.first.data(), mismatches + n, n * 8, cudaMemcpyDeviceToHost, stream));
+  TPFUSE_CUDA_CHECK(cudaStreamSynchronize(stream));
   return Status::Ok();
 }
 
