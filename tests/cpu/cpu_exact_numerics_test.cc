@@ -554,6 +554,22 @@ TEST(CpuExactFormsTest, FourChainedSitesStayBitwiseEqual) {
   }
 }
 
+TEST(CpuExactFormsTest, ToleranceCheckFindsTheScaleBehindAReciprocal) {
+  // y * pow(scale, -1): the FP8 output is dequantized with %scale itself, found from the
+  // unfused graph alone (compared with itself here).
+  const Form& form = kForms[5];
+  ASSERT_EQ(std::string(form.name), "static_quant_reciprocal");
+  auto unfused = ir::ParseGraph(Instantiate(form.unfused, 2048), form.name);
+  ASSERT_TRUE(unfused.ok());
+  const std::vector<runtime::TensorMap> inputs =
+      Unwrap(runtime::MakeRandomInputs(**unfused, 2, 3, 1));
+  const runtime::RankOutputs ref = Unwrap(runtime::MakeCpuExecutor(2)->Run(**unfused, inputs));
+  const runtime::CheckReport report =
+      Unwrap(runtime::CompareGraphOutputs(**unfused, ref, **unfused, ref, inputs));
+  EXPECT_TRUE(report.ok) << report.ToString();
+  EXPECT_EQ(report.outputs[0].scale_source, "static %scale") << report.ToString();
+}
+
 TEST(CpuExactFormsTest, BitwiseCompareModeCatchesOneUlp) {
   auto g = ir::ParseGraph(
       "func @f(%x: bf16[T, 8]) {\n  %y = abs(%x)\n  return %y\n}\n");
