@@ -594,6 +594,17 @@ TEST(CpuExactFormsTest, LocalFusedOpReadsEachRanksOwnX) {
   EXPECT_FALSE(got[0][0].BitwiseEquals(got[1][0]));
 }
 
+TEST(CpuExactFormsTest, GemmaWeightsThroughCastAndPlusOneAreNormWeights) {
+  for (int i : {2, 3}) {
+    const Form& form = kForms[i];
+    auto g = ir::ParseGraph(Instantiate(form.unfused, 2048), form.name);
+    ASSERT_TRUE(g.ok()) << g.status().message();
+    const runtime::ParamInfo info = runtime::ClassifyParam(*(*g)->FindValue("w"));
+    EXPECT_EQ(info.role, runtime::ParamRole::kNormWeight) << form.name;
+    EXPECT_FALSE(info.per_rank) << form.name;
+  }
+}
+
 TEST(CpuExactFormsTest, BitwiseCompareModeCatchesOneUlp) {
   auto g = ir::ParseGraph(
       "func @f(%x: bf16[T, 8]) {\n  %y = abs(%x)\n  return %y\n}\n");
