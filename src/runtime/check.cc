@@ -97,7 +97,17 @@ std::optional<StaticScale> StaticScaleOf(const ir::Value* v) {
   if (q->kind() == ir::OpKind::kDiv && q->num_operands() == 2) return param_scale(q->operand(1), false);
   if (q->kind() == ir::OpKind::kMul && q->num_operands() == 2) {
     for (int i = 0; i < 2; ++i) {
-      if (q->operand(i)->type().rank() == 0) return param_scale(q->operand(i), true);
+      if (q->operand(i)->type().rank() != 0) continue;
+      // y * reciprocal(scale) or y * pow(scale, -1): the scale itself.
+      const ir::Node* inv = SkipViews(q->operand(i))->producer();
+      const auto exponent = [](const ir::Node& n) {
+        StatusOr<double> e = ir::GetNumberAttr(n, "exponent", 0.0);
+        return e.ok() ? *e : 0.0;
+      };
+      if (inv && (inv->kind() == ir::OpKind::kReciprocal ||
+                  (inv->kind() == ir::OpKind::kPow && exponent(*inv) == -1.0)))
+        return param_scale(inv->operand(0), false);
+      return param_scale(q->operand(i), true);
     }
   }
   if ((q->kind() == ir::OpKind::kMul || q->kind() == ir::OpKind::kDiv) && q->num_operands() == 1) {

@@ -47,11 +47,18 @@ uint64_t HashName(std::string_view s) {
   return h;
 }
 
-// Calls f(use) for every use of v and, through views, of what views it.
+// Calls f(use) for every use of v and, through views, of what views it. A rank-1 value is also
+// followed through casts and `+ scalar`: a norm weight written `w.float() + 1` is still the
+// weight.
 void ForEachUseThroughViews(const ir::Value& v, const std::function<void(const ir::Use&)>& f) {
   for (const ir::Use& use : v.uses()) {
-    if (!use.is_return() && use.user->kind() == ir::OpKind::kView) {
-      ForEachUseThroughViews(*use.user->result(0), f);
+    const ir::Node* user = use.user;
+    const bool weight_step =
+        user != nullptr && v.type().rank() == 1 &&
+        (user->kind() == ir::OpKind::kCast ||
+         (user->kind() == ir::OpKind::kAdd && user->num_operands() == 1));
+    if (!use.is_return() && (user->kind() == ir::OpKind::kView || weight_step)) {
+      ForEachUseThroughViews(*user->result(0), f);
     } else {
       f(use);
     }

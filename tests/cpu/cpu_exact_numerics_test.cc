@@ -554,6 +554,57 @@ TEST(CpuExactFormsTest, FourChainedSitesStayBitwiseEqual) {
   }
 }
 
+TEST(CpuExactFormsTest, ToleranceCheckFindsTheScaleBehindAReciprocal) {
+  // y * pow(scale, -1): the FP8 output is dequantized with %scale itself, found from the
+  // unfused graph alone (compared with itself here).
+  const Form& form = kForms[5];
+  ASSERT_EQ(std::string(form.name), "static_quant_reciprocal");
+  auto unfused = ir::ParseGraph(Instantiate(form.unfused, 2048), form.name);
+  ASSERT_TRUE(unfused.ok());
+  const std::vector<runtime::TensorMap> inputs =
+      Unwrap(runtime::MakeRandomInputs(**unfused, 2, 3, 1));
+  const runtime::RankOutputs ref = Unwrap(runtime::MakeCpuExecutor(2)->Run(**unfused, inputs));
+  const runtime::CheckReport report =
+      Unwrap(runtime::CompareGraphOutputs(**unfused, ref, **unfused, ref, inputs));
+  EXPECT_TRUE(report.ok) << report.ToString();
+  EXPECT_EQ(report.outputs[0].scale_source, "static %scale") << report.ToString();
+}
+
+TEST(CpuExactFormsTest, LocalFusedOpReadsEachRanksOwnX) {
+  // No all_reduce feeds a local op: a = x on each rank, whatever the other ranks hold.
+  auto unfused = ir::ParseGraph(
+      "func @f(%x: bf16[T, 256], %w: bf16[256]) {\n"
+      "  %y = rms_norm(%x, %w) {eps = 1e-06}\n"
+      "  return %y\n"
+      "}\n");
+  auto fused = ir::ParseGraph(
+      "func @f(%x: bf16[T, 256], %w: bf16[256]) {\n"
+      "  %y = allreduce_rmsnorm(%x, %w) {eps = 1e-06, local = true, emit = [\"norm\"]}\n"
+      "  return %y\n"
+      "}\n");
+  ASSERT_TRUE(unfused.ok() && fused.ok());
+  std::vector<runtime::TensorMap> inputs = Unwrap(runtime::MakeRandomInputs(**unfused, 2, 5, 4));
+  // Rank 1's x differs from rank 0's.
+  inputs[1]["x"] = Unwrap(runtime::MakeRandomInputs(**unfused, 1, 5, 9))[0].at("x");
+  ASSERT_FALSE(inputs[1].at("x").BitwiseEquals(inputs[0].at("x")));
+  auto exec = runtime::MakeCpuExecutor(2);
+  const runtime::RankOutputs ref = Unwrap(exec->Run(**unfused, inputs));
+  const runtime::RankOutputs got = Unwrap(exec->Run(**fused, inputs));
+  for (int r = 0; r < 2; ++r) EXPECT_TRUE(got[size_t(r)][0].BitwiseEquals(ref[size_t(r)][0])) << r;
+  EXPECT_FALSE(got[0][0].BitwiseEquals(got[1][0]));
+}
+
+TEST(CpuExactFormsTest, GemmaWeightsThroughCastAndPlusOneAreNormWeights) {
+  for (int i : {2, 3}) {
+    const Form& form = kForms[i];
+    auto g = ir::ParseGraph(Instantiate(form.unfused, 2048), form.name);
+    ASSERT_TRUE(g.ok()) << g.status().message();
+    const runtime::ParamInfo info = runtime::ClassifyParam(*(*g)->FindValue("w"));
+    EXPECT_EQ(info.role, runtime::ParamRole::kNormWeight) << form.name;
+    EXPECT_FALSE(info.per_rank) << form.name;
+  }
+}
+
 TEST(CpuExactFormsTest, BitwiseCompareModeCatchesOneUlp) {
   auto g = ir::ParseGraph(
       "func @f(%x: bf16[T, 8]) {\n  %y = abs(%x)\n  return %y\n}\n");
