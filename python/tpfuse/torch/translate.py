@@ -339,10 +339,16 @@ _ALL_REDUCE_INPLACE = "_c10d_functional.all_reduce_.default"
 _WAIT = "_c10d_functional.wait_tensor.default"
 
 
+# The IR's name of the tensor-parallel group (the compiler fuses all_reduces on it only).
+TP_GROUP = "tp"
+
+
 class Translator:
-    def __init__(self, graph: fx.Graph, name: str = "graph"):
+    def __init__(self, graph: fx.Graph, name: str = "graph",
+                 tp_groups: Optional[Sequence[str]] = None):
         self.graph = graph
         self.name = name
+        self.tp_groups = None if tp_groups is None else set(tp_groups)
         self.types: Dict[str, ir.TensorType] = {}
         self.value_of: Dict[fx.Node, str] = {}
         self.node_of: Dict[str, fx.Node] = {}
@@ -470,7 +476,9 @@ class Translator:
                          inplace: bool, x: fx.Node) -> None:
         owner = wait if wait is not None else collective
         xv = self.value_of[x]
-        self._add(owner, "all_reduce", [xv], {"group": group}, [(owner.name, owner)])
+        is_tp = self.tp_groups is None or group in self.tp_groups
+        self._add(owner, "all_reduce", [xv], {"group": TP_GROUP if is_tp else group},
+                  [(owner.name, owner)])
         self.value_of[collective] = owner.name
         if inplace:
             # From here on the input holds the sum.
@@ -522,12 +530,7 @@ class Translator:
 
 
 def _op_name(op: Any) -> str:
-    # OpOverload: "aten::add.Tensor" -> "aten.add.Tensor".
-    name = getattr(op, "_name", None)
-    overload = getattr(op, "_overloadname", None)
-    if name is not None and overload is not None:
-        return name.replace("::", ".") + "." + overload
-    return str(op)
+    return str(op)  # OpOverload: "aten.add.Tensor"
 
 
 def _target_name(node: fx.Node) -> str:
@@ -545,5 +548,7 @@ def _flat_nodes(args: Any) -> List[fx.Node]:
     return out
 
 
-def translate(graph: fx.Graph, name: str = "graph") -> Translation:
-    return Translator(graph, name).run()
+def translate(graph: fx.Graph, name: str = "graph",
+              tp_groups: Optional[Sequence[str]] = None) -> Translation:
+    """tp_groups: the FX group names of the tensor-parallel group (None: every group is)."""
+    return Translator(graph, name, tp_groups).run()
