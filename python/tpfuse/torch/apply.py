@@ -49,6 +49,9 @@ def fused_op_overload():
 
 
 def _fused_args(attrs: Dict[str, Any], operands: List[fx.Node], group: Optional[str]):
+    # tpfuse::allreduce_rmsnorm(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, *,
+    #     str[] emit, str group_name, float eps, float weight_bias, str quant, int group_size,
+    #     str scale_layout, str scale_fmt, str[]? rounding, bool local) -> Tensor[]
     """Arguments of torch.ops.tpfuse.allreduce_rmsnorm for a fused IR node's operands/attrs.
 
     Operands come in Contract 3's order x, [residual], w, [scale]; which are present follows
@@ -72,6 +75,7 @@ def _fused_args(attrs: Dict[str, Any], operands: List[fx.Node], group: Optional[
         scale_fmt=str(attrs.get("scale_fmt", "f32")),
         emit=[str(e) for e in attrs.get("emit", [])],
         rounding=[str(r) for r in attrs.get("rounding", [])],
+        local=group is None,
     )
     return (x, residual, w, scale), kwargs
 

@@ -44,17 +44,24 @@ def find_cli() -> Optional[str]:
 
 
 def _abi_compile():
+    """tpfuse._capi.compile_module when the package and libtpfuse.so are there, else None."""
     try:
-        from tpfuse import _capi  # the C ABI binding, where the package provides it
-    except ImportError:
+        from tpfuse import _capi
+        _capi.load()
+    except Exception:  # noqa: BLE001  no package, or no library: the CLI is the fallback
         return None
     return getattr(_capi, "compile_module", None)
 
 
-def compile_module(text: str, world_size: int, backend: str = "cpu") -> Compiled:
+def compile_module(text: str, world_size: int, backend: str = "cpu",
+                   fuse_local: bool = False) -> Compiled:
     abi = _abi_compile()
     if abi is not None:
-        out_text, report_json = abi(text, world_size=world_size, backend=backend)
+        try:
+            out_text, report_json = abi(text, world_size=world_size, backend=backend,
+                                        fuse_local="on" if fuse_local else "off")
+        except Exception as e:  # noqa: BLE001  the binding's error names the problem
+            raise CompilerError(str(e)) from None
         return Compiled(out_text, json.loads(report_json))
     return _compile_with_cli(text, world_size, backend)
 

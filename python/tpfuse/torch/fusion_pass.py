@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -13,10 +14,14 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 
 from . import ir
 from .apply import AppliedFusion, apply_compiled
-from .compiler import compile_module
+from .compiler import CompilerError, compile_module
 from .translate import translate
 
 logger = logging.getLogger("tpfuse.torch")
+
+# "<input>:12:5: add: shapes ... do not broadcast": the line of the statement refused.
+_ERROR_LINE = re.compile(r":(\d+):\d+:(.*)")
+_MAX_RETRIES = 64
 
 
 @dataclasses.dataclass
@@ -103,18 +108,21 @@ class FusionPass(CustomGraphPass):
     world_size: the tensor-parallel degree (default: torch.distributed's world size, else 1).
     fuse_local: also fuse norm chains that no all_reduce feeds (default False: those stay
     Inductor's). backend: "cpu" or "cuda" capabilities (default: the graph's device).
+    tp_groups: the process group names (ProcessGroup.group_name) of the tensor-parallel group
+    (default: every all_reduce is on it).
     """
 
     def __init__(self, world_size: Optional[int] = None, fuse_local: bool = False,
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, tp_groups: Optional[List[str]] = None):
         self.world_size = world_size
+        self.tp_groups = tp_groups
         self.fuse_local = fuse_local
         self.backend = backend
         self.report = FusionReport()
 
     def uuid(self) -> Any:
         return (get_hash_for_files(tuple(_SOURCES)).hex(), self.world_size, self.fuse_local,
-                self.backend)
+                self.backend, tuple(self.tp_groups or ()))
 
     def _world_size(self) -> int:
         if self.world_size is not None:
@@ -133,16 +141,43 @@ class FusionPass(CustomGraphPass):
             _restore(graph, snapshot)
             report.fusions, report.fused = [], 0
             report.untranslated = f"{type(e).__name__}: {e}"
-            logger.warning("tpfuse: graph left as it was: %s", report.untranslated)
+            logger.warning("graph left as it was: %s", report.untranslated)
+
+    def _translate_and_compile(self, graph: fx.Graph):
+        """Translates and compiles; a node the compiler refuses to type (its error names the
+        line) becomes opaque and the graph is written again."""
+        backend = self.backend or _graph_backend(graph)
+        force_opaque: Dict[str, str] = {}
+        while True:
+            tr = translate(graph, tp_groups=self.tp_groups, force_opaque=force_opaque)
+            if not tr.all_reduces and not self.fuse_local:
+                return tr, None
+            try:
+                return tr, compile_module(tr.text, self._world_size(), backend, self.fuse_local)
+            except CompilerError as e:
+                m = _ERROR_LINE.search(str(e))
+                node = tr.node_at_line(int(m.group(1))) if m else None
+                if node is None or node.name in force_opaque or len(force_opaque) >= _MAX_RETRIES:
+                    raise
+                force_opaque[node.name] = f"the compiler refused it: {m.group(2).strip()}"
+                logger.debug("%%%s is opaque: %s", node.name, force_opaque[node.name])
 
     def _run(self, graph: fx.Graph, report: GraphReport) -> None:
-        tr = translate(graph)
+        tr, compiled = self._translate_and_compile(graph)
         report.all_reduces = len(tr.all_reduces)
         report.opaque_nodes = len(tr.opaque)
-        if not tr.all_reduces and not self.fuse_local:
+        if compiled is None:
             return
-        backend = self.backend or _graph_backend(graph)
-        compiled = compile_module(tr.text, self._world_size(), backend)
+        dump_dir = os.environ.get("TPFUSE_DUMP_DIR")
+        if dump_dir:
+            # The IR the pass wrote and what the compiler made of it, for reading and for
+            # `tpfuse compile` by hand.
+            os.makedirs(dump_dir, exist_ok=True)
+            stem = os.path.join(dump_dir, f"graph{len(self.report.graphs) - 1}_pid{os.getpid()}")
+            with open(stem + ".tpg", "w") as f:
+                f.write(tr.text)
+            with open(stem + ".compiled.tpg", "w") as f:
+                f.write(compiled.text)
         funcs = ir.parse_module(compiled.text)
         if len(funcs) != 1:
             raise RuntimeError(f"the compiler returned {len(funcs)} funcs for one graph")
@@ -158,7 +193,7 @@ class FusionPass(CustomGraphPass):
             if f.get("fused_value") in report.skipped:
                 skipped_by_anchor[f["anchor"]] = report.skipped[f["fused_value"]]
         for f in applied:
-            logger.info("tpfuse: fused all_reduce %%%s -> allreduce_rmsnorm(quant=%s, emit=%s) "
+            logger.info("fused all_reduce %%%s -> allreduce_rmsnorm(quant=%s, emit=%s) "
                         "replacing %s", f.anchor or "(local)", f.attrs.get("quant", "none"),
                         ",".join(map(str, f.attrs.get("emit", []))),
                         ", ".join("%" + r for r in f.replaced))
@@ -168,9 +203,9 @@ class FusionPass(CustomGraphPass):
             reason = (rejections.get(name) or skipped_by_anchor.get(name)
                       or "the compiler found no chain to fuse")
             report.left_alone[name] = reason
-            logger.info("tpfuse: all_reduce %%%s left alone: %s", name, reason)
+            logger.info("all_reduce %%%s left alone: %s", name, reason)
         for value, reason in skipped:
-            logger.debug("tpfuse: fused chain %%%s not applied: %s", value, reason)
+            logger.debug("fused chain %%%s not applied: %s", value, reason)
 
 
 def compile(model: Any, world_size: Optional[int] = None, *, fuse_local: bool = False,

@@ -63,6 +63,13 @@ class Translation:
     def text(self) -> str:
         return ir.print_func(self.func)
 
+    def node_at_line(self, line: int) -> Optional[fx.Node]:
+        """The FX node written on `line` of `text` (1-based; the header is line 1)."""
+        index = line - 2
+        if 0 <= index < len(self.func.nodes):
+            return self.node_of.get(self.func.nodes[index].results[0])
+        return None
+
 
 # ---------------------------------------------------------------- types
 
@@ -109,23 +116,20 @@ def _element_count(shape: Sequence[ir.Dim]) -> Tuple[int, Tuple[str, ...]]:
 
 
 def broadcast_shape(a: Tuple[ir.Dim, ...], b: Tuple[ir.Dim, ...]) -> Optional[Tuple[ir.Dim, ...]]:
-    """Contract 2's broadcasting (src/ir/ops.cc BroadcastShapes)."""
-    if a == b:
-        return a
-    if len(a) == 0:
-        return b
-    if len(b) == 0:
-        return a
-    if len(a) == 2 and len(b) == 1 and b[0] == a[1]:
-        return a
-    if len(b) == 2 and len(a) == 1 and a[0] == b[1]:
-        return b
-    if len(a) == 2 and len(b) == 2 and a[0] == b[0]:
-        if b[1] == 1:
-            return a
-        if a[1] == 1:
-            return b
-    return None
+    """Right-aligned broadcasting where each dim pair is equal or has a 1 (torch's rule). The
+    compiler may accept fewer forms (Contract 2); a node it refuses becomes opaque (see
+    FusionPass), so this rule only has to be no wider than torch's."""
+    out: List[ir.Dim] = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        da = a[-i] if i <= len(a) else 1
+        db = b[-i] if i <= len(b) else 1
+        if da == db or db == 1:
+            out.append(da)
+        elif da == 1:
+            out.append(db)
+        else:
+            return None
+    return tuple(reversed(out))
 
 
 # ---------------------------------------------------------------- op table
@@ -345,8 +349,10 @@ TP_GROUP = "tp"
 
 class Translator:
     def __init__(self, graph: fx.Graph, name: str = "graph",
-                 tp_groups: Optional[Sequence[str]] = None):
+                 tp_groups: Optional[Sequence[str]] = None,
+                 force_opaque: Optional[Dict[str, str]] = None):
         self.graph = graph
+        self.force_opaque = dict(force_opaque or {})
         self.name = name
         self.tp_groups = None if tp_groups is None else set(tp_groups)
         self.types: Dict[str, ir.TensorType] = {}
@@ -428,6 +434,8 @@ class Translator:
         if node in self.value_of:
             return  # a result of a node already translated (auto_functionalized's getitems)
         target = _target_name(node)
+        if node.name in self.force_opaque:
+            return self._opaque(node, self.force_opaque[node.name])
         if target in (_ALL_REDUCE, _ALL_REDUCE_INPLACE):
             return self._all_reduce(node, target == _ALL_REDUCE_INPLACE)
         if target == _WAIT:
@@ -548,7 +556,8 @@ def _flat_nodes(args: Any) -> List[fx.Node]:
     return out
 
 
-def translate(graph: fx.Graph, name: str = "graph",
-              tp_groups: Optional[Sequence[str]] = None) -> Translation:
-    """tp_groups: the FX group names of the tensor-parallel group (None: every group is)."""
-    return Translator(graph, name, tp_groups).run()
+def translate(graph: fx.Graph, name: str = "graph", tp_groups: Optional[Sequence[str]] = None,
+              force_opaque: Optional[Dict[str, str]] = None) -> Translation:
+    """tp_groups: the FX group names of the tensor-parallel group (None: every group is).
+    force_opaque: FX node name -> reason, for nodes to write as opaque whatever their op."""
+    return Translator(graph, name, tp_groups, force_opaque).run()
