@@ -106,6 +106,24 @@ class Applier:
                 self.consumers.setdefault(o, []).append(n)
         self.compiled_types = dict(compiled.params)
         self.sym_refs = _symbol_refs(graph)
+        # What was done to the graph, in order, so that a failure can take it all back:
+        # ("node", new_node) or ("use", user, old, new).
+        self.undo_log: List[Tuple] = []
+        self.sites_to_drop: List[Any] = []
+
+    def undo(self, mark: int = 0) -> None:
+        """Takes back everything logged after `mark`."""
+        entries = self.undo_log[mark:]
+        for entry in reversed(entries):
+            if entry[0] == "use":
+                _, user, old, new = entry
+                user.replace_input_with(new, old)
+        for entry in reversed(entries):
+            if entry[0] == "node":
+                self.graph.erase_node(entry[1])
+        del self.undo_log[mark:]
+        if mark == 0:
+            self.sites_to_drop.clear()
 
     def changed(self, node: ir.Node) -> bool:
         return node.op == "allreduce_rmsnorm" or any(
@@ -120,9 +138,12 @@ class Applier:
             if anchor is None and not self.fuse_local:
                 skipped.append((node.results[0], "local chain (no all_reduce): left to Inductor"))
                 continue
+            mark, drops = len(self.undo_log), len(self.sites_to_drop)
             try:
                 applied.append(self._apply_one(node, anchor))
             except ApplyError as e:
+                self.undo(mark)  # this fusion only; the others stand
+                del self.sites_to_drop[drops:]
                 skipped.append((node.results[0], str(e)))
         return applied, skipped
 
@@ -191,9 +212,10 @@ class Applier:
             new = env[r]
             for user in self._users_to_redirect(old, site, r):
                 user.replace_input_with(old, new)
+                self.undo_log.append(("use", user, old, new))
             replaced.append(old.name)
         if site is not None and site.value in takeover:
-            self._drop_collective(site)
+            self.sites_to_drop.append(site)
 
         return AppliedFusion(anchor or "", fused.results[0], dict(fused.attrs), replaced)
 
@@ -260,18 +282,23 @@ class Applier:
                     raise ApplyError(f"the compiler's {c.op} reads the new value %{name}")
         return out
 
+    def _call(self, target, args, kwargs=None) -> fx.Node:
+        node = self.graph.call_function(target, args, kwargs)
+        self.undo_log.append(("node", node))
+        return node
+
     def _materialize(self, node: ir.Node, args: List[fx.Node], group: Optional[str]) -> List[fx.Node]:
-        g = self.graph
+        g = self
         if node.op == "allreduce_rmsnorm":
             op = fused_op_overload()
             if op is None:
                 raise ApplyError("torch.ops.tpfuse.allreduce_rmsnorm is not loaded")
             fargs, fkwargs = _fused_args(node.attrs, args, group)
-            call = g.call_function(op, fargs, fkwargs)
+            call = g._call(op, fargs, fkwargs)
             call.meta["val"] = _fake_value(op, fargs, fkwargs)
             outs = []
             for i in range(len(node.results)):
-                item = g.call_function(operator.getitem, (call, i))
+                item = g._call(operator.getitem, (call, i))
                 if call.meta["val"] is not None:
                     item.meta["val"] = call.meta["val"][i]
                 outs.append(item)
@@ -288,7 +315,7 @@ class Applier:
             target, fargs = torch.ops.aten.reciprocal.default, (args[0],)
         else:
             raise ApplyError(f"cannot write the compiler's {node.op} node in FX")
-        call = g.call_function(target, fargs)
+        call = g._call(target, fargs)
         call.meta["val"] = _fake_value(target, fargs, {})
         return [call]
 
@@ -301,7 +328,7 @@ class Applier:
         node, dim = ref
         if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.SymInt):
             return node
-        return self.graph.call_function(torch.ops.aten.sym_size.int, (node, dim))
+        return self._call(torch.ops.aten.sym_size.int, (node, dim))
 
 
 def _symbol_refs(graph: fx.Graph) -> Dict[str, Tuple[fx.Node, int]]:
@@ -320,9 +347,17 @@ def _symbol_refs(graph: fx.Graph) -> Dict[str, Tuple[fx.Node, int]]:
 
 
 def apply_compiled(graph: fx.Graph, tr: Translation, compiled: ir.Func, fuse_local: bool = False):
+    """Applies every fused op; on any exception the graph is restored before it propagates."""
     applier = Applier(graph, tr, compiled, fuse_local)
-    applied, skipped = applier.run()
+    try:
+        applied, skipped = applier.run()
+        graph.lint()
+    except BaseException:
+        applier.undo()
+        raise
+    # Past this point nothing can fail half way: erase what the fused ops made dead.
+    for site in applier.sites_to_drop:
+        applier._drop_collective(site)
     if applied:
         graph.eliminate_dead_code()
-        graph.lint()
     return applied, skipped

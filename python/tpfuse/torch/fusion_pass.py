@@ -81,23 +81,6 @@ def _graph_backend(graph: fx.Graph) -> str:
     return "cpu"
 
 
-def _snapshot(graph: fx.Graph) -> fx.Graph:
-    copy = fx.Graph(owning_module=graph.owning_module)
-    env: Dict[fx.Node, fx.Node] = {}
-    for n in graph.nodes:
-        env[n] = copy.node_copy(n, lambda a: env[a])
-    return copy
-
-
-def _restore(graph: fx.Graph, snapshot: fx.Graph) -> None:
-    for n in reversed(list(graph.nodes)):
-        n.users.clear()  # every node goes; erase checks users
-        graph.erase_node(n)
-    env: Dict[fx.Node, fx.Node] = {}
-    for n in snapshot.nodes:
-        env[n] = graph.node_copy(n, lambda a: env[a])
-
-
 class FusionPass(CustomGraphPass):
     """Finds all_reduce -> [+ residual] -> RMSNorm -> [FP8 quant] chains in a post-grad FX graph
     and replaces each by torch.ops.tpfuse.allreduce_rmsnorm, as the C++ compiler decides.
@@ -134,11 +117,9 @@ class FusionPass(CustomGraphPass):
     def __call__(self, graph: fx.Graph) -> None:
         report = GraphReport()
         self.report.graphs.append(report)
-        snapshot = _snapshot(graph)
         try:
-            self._run(graph, report)
+            self._run(graph, report)  # restores the graph itself when it fails half way
         except Exception as e:  # noqa: BLE001  the pass must never break torch.compile
-            _restore(graph, snapshot)
             report.fusions, report.fused = [], 0
             report.untranslated = f"{type(e).__name__}: {e}"
             logger.warning("graph left as it was: %s", report.untranslated)

@@ -58,6 +58,8 @@ class Translation:
     opaque: Dict[fx.Node, str]
     # IR value names that are func parameters.
     params: Dict[str, ir.TensorType]
+    # Every IR value's type (parameters and node results).
+    types: Dict[str, ir.TensorType]
 
     @property
     def text(self) -> str:
@@ -428,7 +430,7 @@ class Translator:
             raise TranslationError("no tensor the IR can type leaves the graph")
         func = ir.Func(self.name, self.params, self.nodes, self.outputs)
         return Translation(func, self.node_of, self.value_of, self.all_reduces, self.opaque,
-                           dict(self.params))
+                           dict(self.params), dict(self.types))
 
     def _call(self, node: fx.Node) -> None:
         if node in self.value_of:
