@@ -214,7 +214,7 @@ class Applier:
                 user.replace_input_with(old, new)
                 self.undo_log.append(("use", user, old, new))
             replaced.append(old.name)
-        if site is not None and site.value in takeover:
+        if site is not None:
             self.sites_to_drop.append(site)
 
         return AppliedFusion(anchor or "", fused.results[0], dict(fused.attrs), replaced)
@@ -355,9 +355,10 @@ def apply_compiled(graph: fx.Graph, tr: Translation, compiled: ir.Func, fuse_loc
     except BaseException:
         applier.undo()
         raise
-    # Past this point nothing can fail half way: erase what the fused ops made dead.
-    for site in applier.sites_to_drop:
-        applier._drop_collective(site)
+    # Past this point nothing can fail half way: erase what the fused ops made dead. FX keeps
+    # collectives (they have effects), so each replaced one goes by hand once unread.
     if applied:
         graph.eliminate_dead_code()
+    for site in applier.sites_to_drop:
+        applier._drop_collective(site)
     return applied, skipped

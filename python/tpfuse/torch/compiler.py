@@ -58,8 +58,10 @@ def compile_module(text: str, world_size: int, backend: str = "cpu",
     abi = _abi_compile()
     if abi is not None:
         try:
+            # "auto" fuses local chains at world size 1 only; the pass applies those only when
+            # fuse_local is set, so "auto" is right for False.
             out_text, report_json = abi(text, world_size=world_size, backend=backend,
-                                        fuse_local="on" if fuse_local else "off")
+                                        fuse_local="on" if fuse_local else "auto")
         except Exception as e:  # noqa: BLE001  the binding's error names the problem
             raise CompilerError(str(e)) from None
         return Compiled(out_text, json.loads(report_json))

@@ -547,6 +547,8 @@ def _target_name(node: fx.Node) -> str:
     t = node.target
     if isinstance(t, torch._ops.OpOverload):
         return _op_name(t)
+    if isinstance(t, torch._ops.OpOverloadPacket):
+        return str(t) + ".default"  # a call through the packet resolves to the default overload
     if isinstance(t, torch._ops.HigherOrderOperator):
         return t.name()
     return getattr(t, "__name__", str(t))
