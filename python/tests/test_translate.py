@@ -24,7 +24,7 @@ def trace(fn, *shapes_dtypes):
 
 def body(tr):
     """The func's statements without parameter order details: one line per node."""
-    return [line.strip() for line in tr.text.splitlines()[1:-1]]
+    return [line.strip().split(" : ")[0] for line in tr.text.splitlines()[1:-1]]
 
 
 def llama_norm(h, w, eps=1e-6):
@@ -78,7 +78,7 @@ def test_inplace_all_reduce_later_reads_see_the_sum():
     assert tr.all_reduces["wait_tensor"].inplace
 
 
-def test_opaque_nodes_become_params_and_their_inputs_outputs():
+def test_unmapped_nodes_are_opaque_ops_with_declared_types():
     def f(x, w):
         s = wait(ar(x, "sum", GROUP))
         t = torch.sin(s)           # no IR op
@@ -86,13 +86,31 @@ def test_opaque_nodes_become_params_and_their_inputs_outputs():
 
     bf = torch.bfloat16
     tr = translate(trace(f, ((4, 64), bf), ((64,), bf)))
-    lines = body(tr)
-    # sin reads the sum: the sum leaves the func; sin's result enters it as a parameter.
-    assert "sin" in [p for p, _ in tr.func.params]
-    assert lines[-1].startswith("return ") and "%wait_tensor" in lines[-1]
-    assert "%_to_copy = cast(%sin) {to = f32}" in lines
+    assert '%sin = opaque(%wait_tensor) {name = "aten.sin.default"} : bf16[4, 64]' in [
+        line.strip() for line in tr.text.splitlines()]
+    assert "%_to_copy = cast(%sin) {to = f32}" in body(tr)
     assert [n.name for n in tr.opaque] == ["sin"]
-    assert "aten.sin.default has no IR op" in tr.opaque[next(iter(tr.opaque))]
+    assert tr.opaque[next(iter(tr.opaque))] == "aten.sin.default has no IR op"
+
+
+def test_every_statement_declares_its_torch_type():
+    def f(x, w):
+        return llama_norm(wait(ar(x, "sum", GROUP)), w)
+
+    tr = translate(trace(f, ((4, 64), torch.bfloat16), ((64,), torch.bfloat16)))
+    lines = [line.strip() for line in tr.text.splitlines()[1:-1]]
+    assert lines[0].endswith(" : bf16[4, 64]")
+    assert lines[3] == "%mean = mean(%pow_1) {dim = -1, keepdim = true} : f32[4, 1]"
+
+
+def test_cut_nodes_leave_the_func_and_enter_as_parameters():
+    def f(x, w):
+        s = wait(ar(x, "sum", GROUP))
+        return llama_norm(torch.sin(s), w)
+
+    tr = translate(trace(f, ((4, 64), torch.bfloat16), ((64,), torch.bfloat16)), cut=["sin"])
+    assert "sin" in tr.params and "%wait_tensor" in body(tr)[-1]
+    assert not any("opaque" in line for line in body(tr))
 
 
 def test_values_without_ir_type_are_left_out():
@@ -102,9 +120,8 @@ def test_values_without_ir_type_are_left_out():
 
     g = trace(f, ((4, 64), torch.bfloat16), ((2,), torch.int64))
     tr = translate(g)
-    names = [p for p, _ in tr.func.params]
-    assert "idx_1" not in names            # i64 has no IR type
-    assert "index_select" in names         # opaque bf16 result
+    assert "idx_1" not in tr.types            # i64 has no IR type
+    assert '%index_select = opaque(%wait_tensor) {name = "aten.index_select.default"}' in body(tr)
     assert "%mul = mul(%index_select) {scalar = 2.0}" in body(tr)
 
 

@@ -49,6 +49,7 @@ def tiny_config(family: str, layers: int):
         return tf.Gemma3TextConfig(**common, sliding_window=16, query_pre_attn_scalar=64)
     if family == "deepseek_v3":
         del common["head_dim"]
+        common["num_key_value_heads"] = common["num_attention_heads"]  # MLA: one KV per head
         return tf.DeepseekV3Config(**common, q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16,
                                    qk_nope_head_dim=32, v_head_dim=32, moe_intermediate_size=128,
                                    n_routed_experts=4, num_experts_per_tok=2, n_group=1,

@@ -129,8 +129,9 @@ class FusionPass(CustomGraphPass):
         line) becomes opaque and the graph is written again."""
         backend = self.backend or _graph_backend(graph)
         force_opaque: Dict[str, str] = {}
+        cut: List[str] = []
         while True:
-            tr = translate(graph, tp_groups=self.tp_groups, force_opaque=force_opaque)
+            tr = translate(graph, tp_groups=self.tp_groups, force_opaque=force_opaque, cut=cut)
             if not tr.all_reduces and not self.fuse_local:
                 return tr, None
             try:
@@ -138,10 +139,13 @@ class FusionPass(CustomGraphPass):
             except CompilerError as e:
                 m = _ERROR_LINE.search(str(e))
                 node = tr.node_at_line(int(m.group(1))) if m else None
-                if node is None or node.name in force_opaque or len(force_opaque) >= _MAX_RETRIES:
+                if node is None or node.name in cut or len(force_opaque) + len(cut) >= _MAX_RETRIES:
                     raise
-                force_opaque[node.name] = f"the compiler refused it: {m.group(2).strip()}"
-                logger.debug("%%%s is opaque: %s", node.name, force_opaque[node.name])
+                if node in tr.opaque:
+                    cut.append(node.name)  # refused even as opaque: leave it out of the func
+                else:
+                    force_opaque[node.name] = f"the compiler refused it: {m.group(2).strip()}"
+                logger.debug("%%%s refused by the compiler: %s", node.name, m.group(2).strip())
 
     def _run(self, graph: fx.Graph, report: GraphReport) -> None:
         tr, compiled = self._translate_and_compile(graph)

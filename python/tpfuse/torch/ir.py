@@ -37,6 +37,9 @@ class Node:
     results: List[str]
     operands: List[str]
     attrs: Dict[str, AttrValue] = dataclasses.field(default_factory=dict)
+    # Declared result types (`: bf16[T, 64]`): required for opaque, checked by the parser for
+    # every other op. None: not declared.
+    types: Optional[List[TensorType]] = None
 
 
 @dataclasses.dataclass
@@ -75,6 +78,8 @@ def print_func(func: Func) -> str:
         text += ", ".join("%" + o for o in node.operands) + ")"
         if node.attrs:
             text += " {" + ", ".join(f"{k} = {format_attr(v)}" for k, v in node.attrs.items()) + "}"
+        if node.types:
+            text += " : " + ", ".join(str(t) for t in node.types)
         lines.append(text)
     lines.append("  return " + ", ".join("%" + o for o in func.outputs))
     lines.append("}")
@@ -203,11 +208,14 @@ def parse_module(text: str) -> List[Func]:
         if line.startswith("return"):
             current.outputs = _values(line[len("return"):])
             continue
-        m = re.fullmatch(r"(.*?)=\s*([A-Za-z_][\w.]*)\s*\((.*?)\)\s*(?:\{(.*)\})?", line)
+        m = re.fullmatch(r"(.*?)=\s*([A-Za-z_][\w.]*)\s*\((.*?)\)\s*(?:\{(.*)\})?"
+                         r"\s*(?::\s*([^{}]*))?", line)
         if not m:
             raise ValueError(f"cannot read statement {line!r}")
         attrs = _parse_attr_text(m.group(4)) if m.group(4) else {}
-        current.nodes.append(Node(m.group(2), _values(m.group(1)), _values(m.group(3)), attrs))
+        types = [_parse_type(t) for t in _split_top(m.group(5))] if m.group(5) else None
+        current.nodes.append(Node(m.group(2), _values(m.group(1)), _values(m.group(3)), attrs,
+                                  types))
     if current is not None or header.strip():
         raise ValueError("module text ends inside a func")
     return funcs

@@ -85,7 +85,9 @@ def _dim(d: Any) -> ir.Dim:
             return int(expr)
         if getattr(expr, "is_Symbol", False):
             return str(expr)
-        # A composite expression (s0*s1) is one opaque symbol to the IR.
+        if getattr(expr, "is_Mul", False) and all(getattr(a, "is_Symbol", False) for a in expr.args):
+            return "*".join(sorted(str(a) for a in expr.args))  # a product dim: s0*s1
+        # Any other expression (2*s0, s0 + 1) is one opaque symbol to the IR.
         return "e_" + re.sub(r"[^A-Za-z0-9_]", "_", str(expr))
     raise TranslationError(f"unknown dimension {d!r}")
 
@@ -113,7 +115,7 @@ def _element_count(shape: Sequence[ir.Dim]) -> Tuple[int, Tuple[str, ...]]:
         if isinstance(d, int):
             const *= d
         else:
-            syms.append(d)
+            syms.extend(d.split("*"))
     return const, tuple(sorted(syms))
 
 
@@ -208,6 +210,18 @@ def _mean(node, value, tr):
     return "mean", [xv], {"dim": -1, "keepdim": bool(keepdim)}
 
 
+def _amax(node, value, tr):
+    xv = value(node.args[0])
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", [])
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if xv is None:
+        return "amax: operand has no IR type"
+    rank = len(tr.types[xv].shape)
+    if not isinstance(dims, (list, tuple)) or len(dims) != 1 or dims[0] not in (-1, rank - 1):
+        return f"amax: only the last dim is supported, got {dims}"
+    return "amax", [xv], {"dim": -1, "keepdim": bool(keepdim)}
+
+
 def _clamp(node, value, tr):
     target = str(node.target)
     xv = value(node.args[0])
@@ -291,6 +305,14 @@ ATEN_TABLE: Dict[str, Handler] = {
     "aten.pow.Tensor_Scalar": _pow,
     "aten.mean.dim": _mean,
     "aten.rsqrt.default": _unary("rsqrt"),
+    "aten.sqrt.default": _unary("sqrt"),
+    "aten.abs.default": _unary("abs"),
+    "aten.neg.default": _unary("neg"),
+    "aten.reciprocal.default": _unary("reciprocal"),
+    "aten.log2.default": _unary("log2"),
+    "aten.exp2.default": _unary("exp2"),
+    "aten.ceil.default": _unary("ceil"),
+    "aten.amax.default": _amax,
     "aten.clamp.default": _clamp,
     "aten.clamp_min.default": _clamp,
     "aten.clamp_max.default": _clamp,
@@ -352,9 +374,11 @@ TP_GROUP = "tp"
 class Translator:
     def __init__(self, graph: fx.Graph, name: str = "graph",
                  tp_groups: Optional[Sequence[str]] = None,
-                 force_opaque: Optional[Dict[str, str]] = None):
+                 force_opaque: Optional[Dict[str, str]] = None,
+                 cut: Optional[Sequence[str]] = None):
         self.graph = graph
         self.force_opaque = dict(force_opaque or {})
+        self.cut = set(cut or ())
         self.name = name
         self.tp_groups = None if tp_groups is None else set(tp_groups)
         self.types: Dict[str, ir.TensorType] = {}
@@ -387,31 +411,54 @@ class Translator:
                 self.outputs.append(v)
 
     def _opaque(self, node: fx.Node, reason: str) -> None:
+        """An opaque node reads the IR values among its arguments and declares the types of its
+        tensor results (a tuple's element i as `node.i`). One without a tensor result the IR can
+        type (or one the compiler refused as opaque) is cut out instead: what it reads leaves
+        the func as outputs."""
         self.opaque[node] = reason
-        self._escape((node.args, node.kwargs))
         val = node.meta.get("val")
+        results: List[Tuple[str, ir.TensorType]] = []
         ty = tensor_type(val)
         if ty is not None:
-            self.params.append((self._define(node.name, ty, node), ty))
-            self.value_of[node] = node.name
+            results.append((node.name, ty))
         elif isinstance(val, (list, tuple)):
             elems = {}
             for i, v in enumerate(val):
                 t = tensor_type(v)
                 if t is not None:
                     elems[i] = f"{node.name}.{i}"
+                    results.append((elems[i], t))
             self.tuples[node] = elems
-            # Parameters are added when (and if) a getitem reads the element.
+        operands = list(dict.fromkeys(
+            v for v in (self.value_of.get(n) for n in _flat_nodes((node.args, node.kwargs)))
+            if v is not None))
+        if not results or node.name in self.cut:
+            self._escape((node.args, node.kwargs))
+            for name, t in results:  # a cut node's results enter as parameters
+                self.params.append((self._define(name, t, node), t))
+            if ty is not None:
+                self.value_of[node] = node.name
+            return
+        for name, t in results:
+            self._define(name, t, node)
+        if ty is not None:
+            self.value_of[node] = node.name
+        self.nodes.append(ir.Node("opaque", [n for n, _ in results], operands,
+                                  {"name": _target_name(node) if node.op == "call_function"
+                                   else node.op}, [t for _, t in results]))
 
     def _add(self, node: fx.Node, op: str, operands: List[str], attrs: Dict[str, ir.AttrValue],
              results: List[Tuple[str, fx.Node]]) -> None:
-        names = []
+        names, types = [], []
         for name, owner in results:
             ty = _node_type(owner)
             self._define(name, ty, owner)
             self.value_of[owner] = name
             names.append(name)
-        self.nodes.append(ir.Node(op, names, operands, attrs))
+            types.append(ty)
+        # Declared types: the parser checks them against its own inference, so a node whose
+        # torch type the IR would infer differently is refused (and then written as opaque).
+        self.nodes.append(ir.Node(op, names, operands, attrs, types))
 
     def run(self) -> Translation:
         for node in self.graph.nodes:
@@ -500,17 +547,9 @@ class Translator:
         src, index = node.args
         if src in self.tuples and isinstance(index, int):
             elems = self.tuples[src]
-            if index in elems and elems[index] not in self.types:
-                name, ty = elems[index], _node_type(node)
-                if ty is None:
-                    return self._opaque(node, "getitem of a value the IR cannot type")
-                # An opaque tuple element: a parameter named after the element.
-                self.params.append((self._define(name, ty, node), ty))
-                self.value_of[node] = name
-                return
             if index in elems:
                 self.value_of[node] = elems[index]
-                self.node_of.setdefault(elems[index], node)
+                self.node_of[elems[index]] = node  # the FX node that holds the element
                 return
         self._opaque(node, "getitem of an opaque value")
 
@@ -561,7 +600,9 @@ def _flat_nodes(args: Any) -> List[fx.Node]:
 
 
 def translate(graph: fx.Graph, name: str = "graph", tp_groups: Optional[Sequence[str]] = None,
-              force_opaque: Optional[Dict[str, str]] = None) -> Translation:
+              force_opaque: Optional[Dict[str, str]] = None,
+              cut: Optional[Sequence[str]] = None) -> Translation:
     """tp_groups: the FX group names of the tensor-parallel group (None: every group is).
-    force_opaque: FX node name -> reason, for nodes to write as opaque whatever their op."""
-    return Translator(graph, name, tp_groups, force_opaque).run()
+    force_opaque: FX node name -> reason, for nodes to write as opaque whatever their op.
+    cut: FX node names to cut out of the func rather than write as opaque ops."""
+    return Translator(graph, name, tp_groups, force_opaque, cut).run()
