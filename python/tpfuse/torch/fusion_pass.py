@@ -206,7 +206,10 @@ def compile(model: Any, world_size: Optional[int] = None, *, fuse_local: bool = 
     """
     fusion_pass = FusionPass(world_size=world_size, fuse_local=fuse_local)
     if backend == "inductor":
-        opts = dict(options or {})
+        # torch.compile takes a mode or options, not both: the mode becomes its options.
+        mode = compile_kwargs.pop("mode", None)
+        opts = dict(torch._inductor.list_mode_options(mode)) if mode else {}
+        opts.update(options or {})
         opts["post_grad_custom_post_pass"] = fusion_pass
         compiled = torch.compile(model, backend="inductor", options=opts, **compile_kwargs)
     elif backend == "aot_eager":
