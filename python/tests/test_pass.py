@@ -81,6 +81,19 @@ def test_inplace_all_reduce_is_fused_and_the_collective_erased():
     assert not any(t.startswith("_c10d_functional") for t in targets(g))
 
 
+def test_torch_distributed_all_reduce_form_is_fused():
+    def f(x, res, w):
+        s = torch.ops.aten.copy.default(x, wait(ar(x, "sum", GROUP)))
+        h = s + res
+        return llama_norm(h, w), h
+
+    g = trace(f, ((6, 128), bf), ((6, 128), bf), ((128,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1, p.report.left_alone
+    assert not any(t.startswith("_c10d_functional") or t == "aten.copy.default" for t in targets(g))
+
+
 def test_all_reduce_without_norm_is_left_alone_with_the_reason(caplog):
     def f(x):
         return torch.sin(wait(ar(x, "sum", GROUP)))

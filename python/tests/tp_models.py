@@ -26,7 +26,7 @@ ROW_PARALLEL = ("o_proj", "down_proj")
 class Case:
     family: str              # llama | qwen3 | gemma3 | deepseek_v3
     quant: str = "none"      # none | tensor | group
-    inplace: bool = False    # all_reduce_ (in-place functional collective) instead of all_reduce
+    inplace: bool = False    # torch.distributed.all_reduce (in place) instead of the functional one
     layers: int = 2
 
     @property
@@ -59,22 +59,29 @@ def tiny_config(family: str, layers: int):
 
 class RowParallel(nn.Module):
     """This rank's columns of a row-parallel linear; the partial products are summed across the
-    group by a functional all_reduce (or its in-place form)."""
+    group by a functional all_reduce, or in place by torch.distributed.all_reduce (which
+    torch.compile traces into the functional form plus a copy back)."""
 
     def __init__(self, linear: nn.Linear, group_name: str, inplace: bool):
         super().__init__()
         self.linear = linear
         self.group_name = group_name
+        self.group = _resolve_group(group_name) if inplace else None
         self.inplace = inplace
 
     def forward(self, x):
         partial = self.linear(x)
         if self.inplace:
-            torch.ops._c10d_functional.wait_tensor(
-                torch.ops._c10d_functional.all_reduce_(partial, "sum", self.group_name))
+            torch.distributed.all_reduce(partial, group=self.group)
             return partial
         return torch.ops._c10d_functional.wait_tensor(
             torch.ops._c10d_functional.all_reduce(partial, "sum", self.group_name))
+
+
+def _resolve_group(group_name: str):
+    from torch.distributed.distributed_c10d import _resolve_process_group
+
+    return _resolve_process_group(group_name)
 
 
 def _shard_linear(linear: nn.Linear, dim: int, rank: int, world: int) -> nn.Linear:

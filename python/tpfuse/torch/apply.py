@@ -210,9 +210,12 @@ class Applier:
         replaced = []
         for r, old in takeover.items():
             new = env[r]
+            holders = [old] + self.tr.aliases.get(r, [])
             for user in self._users_to_redirect(old, site, r):
-                user.replace_input_with(old, new)
-                self.undo_log.append(("use", user, old, new))
+                for holder in holders:
+                    if holder in user.all_input_nodes:
+                        user.replace_input_with(holder, new)
+                        self.undo_log.append(("use", user, holder, new))
             replaced.append(old.name)
         if site is not None:
             self.sites_to_drop.append(site)
@@ -221,6 +224,9 @@ class Applier:
 
     def _users_to_redirect(self, old: fx.Node, site, name: str) -> List[fx.Node]:
         users = list(old.users)
+        for alias in self.tr.aliases.get(name, []):
+            users += [u for u in alias.users]
+        users = [u for u in dict.fromkeys(users) if u not in self.tr.aliases.get(name, [])]
         if site is not None and name == site.value:
             # Everything that reads the sum: the wait's users, and for the in-place form the
             # reads of the input after the collective.

@@ -132,8 +132,8 @@ class FusionPass(CustomGraphPass):
         cut: List[str] = []
         while True:
             tr = translate(graph, tp_groups=self.tp_groups, force_opaque=force_opaque, cut=cut)
-            if not tr.all_reduces and not self.fuse_local:
-                return tr, None
+            if (not tr.all_reduces and not self.fuse_local) or not tr.func.outputs:
+                return tr, None  # nothing to fuse
             try:
                 return tr, compile_module(tr.text, self._world_size(), backend, self.fuse_local)
             except CompilerError as e:

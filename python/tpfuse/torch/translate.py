@@ -60,6 +60,8 @@ class Translation:
     params: Dict[str, ir.TensorType]
     # Every IR value's type (parameters and node results).
     types: Dict[str, ir.TensorType]
+    # IR value name -> further FX nodes that hold the same value (a copy of it, a wait on it).
+    aliases: Dict[str, List[fx.Node]] = dataclasses.field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -390,7 +392,8 @@ class Translator:
         self.opaque: Dict[fx.Node, str] = {}
         self.all_reduces: Dict[str, AllReduceSite] = {}
         self.pending: Dict[fx.Node, Tuple[str, bool, fx.Node]] = {}  # collective -> (group, inplace, input)
-        self.tuples: Dict[fx.Node, Dict[int, str]] = {}  # tuple-valued node -> index -> IR value
+        self.tuples: Dict[fx.Node, Dict[int, str]] = {}
+        self.aliases: Dict[str, List[fx.Node]] = {}  # tuple-valued node -> index -> IR value
 
     # Value names must be unique; FX node names are, and '.'-suffixed names cannot clash.
     def _define(self, name: str, ty: ir.TensorType, node: fx.Node) -> str:
@@ -473,11 +476,9 @@ class Translator:
                 self._call(node)
             else:
                 self._opaque(node, f"{node.op} node")
-        if not self.outputs:
-            raise TranslationError("no tensor the IR can type leaves the graph")
         func = ir.Func(self.name, self.params, self.nodes, self.outputs)
         return Translation(func, self.node_of, self.value_of, self.all_reduces, self.opaque,
-                           dict(self.params), dict(self.types))
+                           dict(self.params), dict(self.types), self.aliases)
 
     def _call(self, node: fx.Node) -> None:
         if node in self.value_of:
@@ -491,6 +492,8 @@ class Translator:
             return self._wait(node)
         if node.target is operator.getitem:
             return self._getitem(node)
+        if target == "aten.copy.default" and self._copy_alias(node):
+            return
         if target in ("auto_functionalized", "higher_order.auto_functionalized"):
             return self._auto_functionalized(node)
         handler = ATEN_TABLE.get(target)
@@ -518,6 +521,18 @@ class Translator:
         # The input is read by the collective: an opaque reader would need it as an output,
         # the IR all_reduce node is that reader here.
 
+    def _copy_alias(self, node: fx.Node) -> bool:
+        """copy(dst, src) of the same type is src's value (what torch.distributed.all_reduce's
+        in-place form becomes once functionalized: the sum copied back into the input)."""
+        if len(node.args) < 2 or node.kwargs.get("non_blocking"):
+            return False
+        src = self._value(node.args[1])
+        if src is None or _node_type(node) != self.types[src]:
+            return False
+        self.value_of[node] = src
+        self.aliases.setdefault(src, []).append(node)
+        return True
+
     def _wait(self, node: fx.Node) -> None:
         src = node.args[0]
         if src in self.pending:
@@ -526,6 +541,7 @@ class Translator:
         v = self._value(src)
         if v is not None:
             self.value_of[node] = v  # waiting on a value the IR already has changes nothing
+            self.aliases.setdefault(v, []).append(node)
         else:
             self._opaque(node, "wait on an opaque collective")
 
