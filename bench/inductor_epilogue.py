@@ -9,8 +9,8 @@ The chain is what a TP-1 layer (or a norm no all_reduce feeds) runs between two 
 
 written in plain torch and compiled by Inductor, and the same through
 torch.ops.tpfuse.allreduce_rmsnorm at world size 1 (the local op, one kernel) on the same inputs.
-The results they emit: fp8_tensor and fp8_token emit (h, q[, s]); fp8_group also emits y (the
-norm output, as DeepSeek's indexer reads it).
+The results they emit: fp8_tensor and fp8_token emit (h, q[, s]); fp8_group (groups of 128, 64
+at H 2880) also emits y (the norm output, as DeepSeek's indexer reads it).
 
 Method (as docs/benchmarking.md): random bf16 inputs in [-1, 1), the weight in [0.5, 1.5), the
 static scale 1/64; a CUDA graph of --ops-per-graph calls (default 20) back to back, call j on
@@ -45,7 +45,11 @@ TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 QUANTS = ["fp8_tensor", "fp8_token", "fp8_group"]
 EPS = 1e-6
 FP8_MAX = 448.0
-GROUP = 128
+
+
+def group_size(hidden: int) -> int:
+    """fp8_group's group: 128, or 64 where 128 does not divide H (H 2880)."""
+    return 128 if hidden % 128 == 0 else 64
 
 
 def parse_list(text: str, kind=int) -> List:
@@ -69,10 +73,11 @@ def torch_chain(quant: str) -> Callable:
             q = (yf / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
             return h, q, s
         t, hidden = yf.shape
-        yg = yf.view(t, hidden // GROUP, GROUP)
+        g = group_size(hidden)
+        yg = yf.view(t, hidden // g, g)
         s = yg.abs().amax(-1, keepdim=True).clamp_min(1e-10) / FP8_MAX
         q = (yg / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).view(t, hidden)
-        return h, y, q, s.view(t, hidden // GROUP)
+        return h, y, q, s.view(t, hidden // g)
     return chain
 
 
@@ -83,7 +88,7 @@ def tpfuse_call(quant: str) -> Callable:
 
     def call(x, residual, weight, scale):
         return op(x, residual, weight, scale if quant == "fp8_tensor" else None, emit=emit,
-                  eps=EPS, quant=quant, group_size=GROUP)
+                  eps=EPS, quant=quant, group_size=group_size(x.shape[-1]))
     return call
 
 
@@ -93,7 +98,7 @@ def bytes_moved(tokens: int, hidden: int, quant: str) -> int:
     n += act                        # h
     n += tokens * hidden            # q
     if quant == "fp8_group":
-        n += act + tokens * (hidden // GROUP) * 4  # y, s
+        n += act + tokens * (hidden // group_size(hidden)) * 4  # y, s
     elif quant == "fp8_token":
         n += tokens * 4
     return n
@@ -139,7 +144,7 @@ class Timer:
         return statistics.median(times)
 
 
-def make_sets(tokens: int, hidden: int, count: int, seed: int):
+def make_sets(tokens: int, hidden: int, count: int, seed: int, dynamic_tokens: bool):
     g = torch.Generator(device="cuda").manual_seed(seed)
     weight = (torch.rand(hidden, generator=g, device="cuda") + 0.5).to(torch.bfloat16)
     scale = torch.full((), 1.0 / 64, dtype=torch.float32, device="cuda")
@@ -148,6 +153,9 @@ def make_sets(tokens: int, hidden: int, count: int, seed: int):
     for _ in range(count):
         x = (torch.rand(tokens, hidden, generator=g, device="cuda") * 2 - 1).to(torch.bfloat16)
         r = (torch.rand(tokens, hidden, generator=g, device="cuda") * 2 - 1).to(torch.bfloat16)
+        if dynamic_tokens:  # T symbolic for Inductor, H a constant it specializes on
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+            torch._dynamo.maybe_mark_dynamic(r, 0)
         sets_torch.append((x, r, weight, inv_scale))
         sets_tpfuse.append((x, r, weight, scale))
     return sets_torch, sets_tpfuse
@@ -164,7 +172,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--replays", type=int, default=50)
     ap.add_argument("--static", action="store_true",
-                    help="compile per T (default: one dynamic-T compile per H and quant)")
+                    help="compile per T (default: T dynamic, H static: one compile per H and "
+                         "quant after T = 1)")
     ap.add_argument("--no-tpfuse", action="store_true", help="time the torch chain alone")
     ap.add_argument("--csv", help="write the CSV here (default: after the tables, on stdout)")
     args = ap.parse_args()
@@ -189,20 +198,26 @@ def main() -> int:
           f" torch {torch.__version__}; µs per op: median of {args.replays} replays x "
           f"{args.ops_per_graph} ops over {args.input_sets} input sets")
     timer = Timer(args)
+    if args.static:
+        torch._dynamo.config.recompile_limit = max(64, len(tokens_list) + 1)
     rows: List[Dict] = []
     total = len(hiddens) * len(quants) * len(tokens_list)
     done = 0
     t0 = time.time()
     for hidden in hiddens:
         for quant in quants:
-            compiled = torch.compile(torch_chain(quant), dynamic=not args.static)
+            # Every (H, quant) compiles afresh: the chains share one code object, and Dynamo's
+            # cache per code object would otherwise fill up and fall back to eager.
+            torch._dynamo.reset()
+            compiled = torch.compile(torch_chain(quant), dynamic=False if args.static else None)
             fused = tpfuse_call(quant) if use_tpfuse else None
             table = []
             for tokens in tokens_list:
                 done += 1
                 print(f"[{done}/{total}] H={hidden} {quant} T={tokens} "
                       f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-                sets_torch, sets_tpfuse = make_sets(tokens, hidden, args.input_sets, tokens)
+                sets_torch, sets_tpfuse = make_sets(tokens, hidden, args.input_sets, tokens,
+                                                    not args.static)
                 set_bytes = bytes_moved(tokens, hidden, quant)
                 row = {"hidden": hidden, "tokens": tokens, "quant": quant}
                 row["inductor_us"] = timer.time_per_op(compiled, sets_torch, set_bytes)

@@ -26,8 +26,13 @@ CASES = [
     ("fp8_group_row", dict(emit=["quant"], quant="fp8_group", group_size=64), True),
     ("fp8_group_col_ue8m0", dict(emit=["norm", "residual", "quant"], quant="fp8_group",
                                  scale_layout="col", scale_fmt="ue8m0"), True),
+    ("vllm_native_rounding", dict(emit=["norm", "residual", "quant"], quant="fp8_tensor",
+                                  rounding=["norm_input_f32", "scale_op_swapped"]), True),
+    ("llama_rounding", dict(emit=["quant"], quant="fp8_token", weight_bias=1.0,
+                            rounding=["weight_after_round", "weight_bias_in_weight_dtype",
+                                      "scale_op_swapped"]), True),
 ]
-SHAPES = [(1, 256), (3, 256), (19, 128), (2, 5, 256)]
+SHAPES = [(1, 256), (3, 256), (19, 128), (2, 5, 256), (64, 2880)]
 
 
 def make_inputs(seed: int, shape, world_size: int, residual: bool, quant: str,
@@ -62,6 +67,15 @@ def test_world_size_1_matches_reference(name, attrs, residual, shape):
                                                attrs.get("quant", "none"))
     got = OP(partials[0], res, weight, scale, **attrs)
     assert_bitwise(got, contract3.allreduce_rmsnorm(partials, res, weight, scale, **attrs), name)
+
+
+def test_reference_helper_sums_every_rank():
+    partials, res, weight, _ = make_inputs(11, (5, 256), 3, True, "none")
+    attrs = dict(emit=["allreduce", "norm", "residual"])
+    assert_bitwise(tpfuse.ops.reference(partials, res, weight, None, **attrs),
+                   contract3.allreduce_rmsnorm(partials, res, weight, None, **attrs), "3 ranks")
+    with pytest.raises(ValueError, match=r"partials\[1\] must be a CPU tensor like partials\[0\]"):
+        tpfuse.ops.reference([partials[0], partials[1][:2]], res, weight, None, **attrs)
 
 
 def test_local_ignores_the_group_and_f32_weight():

@@ -300,6 +300,31 @@ def _(x, residual, weight, scale, *, emit, group_name="", eps=1e-6, weight_bias=
     return _empty_results(plan, x.device)
 
 
+def reference(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor],
+              weight: torch.Tensor, scale: Optional[torch.Tensor] = None, *,
+              emit: Sequence[str], **attrs) -> List[torch.Tensor]:
+    """The CPU reference of Contract 3 (the C ABI's) for the partial sums of every rank, in rank
+    order, on CPU tensors: what every rank's op returns. Attributes as the op's."""
+    x = partials[0]
+    plan = _plan(x, residual, weight, scale, attrs.get("eps", 1e-6),
+                 attrs.get("weight_bias", 0.0), attrs.get("quant", "none"),
+                 attrs.get("group_size", 128), attrs.get("scale_layout", "row"),
+                 attrs.get("scale_fmt", "f32"), list(emit), attrs.get("rounding"),
+                 attrs.get("local", False))
+    for i, p in enumerate(partials):
+        if p.device.type != "cpu" or p.shape != x.shape or p.dtype != x.dtype:
+            _fail(ValueError, f"partials[{i}] must be a CPU tensor like partials[0] "
+                              f"({x.dtype}{list(x.shape)}), got {p.dtype}{list(p.shape)} on {p.device}")
+    rows = [p.contiguous() for p in partials]
+    residual = residual.contiguous() if residual is not None else None
+    weight = weight.contiguous()
+    scale = scale.contiguous() if scale is not None else None
+    outs = _empty_results(plan, x.device)
+    _capi.reference_allreduce_rmsnorm(plan.spec, plan.tokens, [p.data_ptr() for p in rows],
+                                      _buffers(plan, rows[0], residual, weight, scale, outs))
+    return outs
+
+
 def fused(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
           scale: Optional[torch.Tensor] = None, *, group: Optional["dist.ProcessGroup"] = None,
           emit: Sequence[str] = ("norm",), **attrs) -> List[torch.Tensor]:

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "backends/cpu/reference_ops.h"
-#include "capi/compile_module.h"
 #include "common/tensor.h"
+#include "passes/compile.h"
 #include "tpfuse/fused_op.h"
 #include "tpfuse/status.h"
 #if TPFUSE_HAVE_CUDA
@@ -322,23 +322,29 @@ tpfuse_status_t tpfuse_compile(const char* module_text, const tpfuse_compile_opt
                                char** compiled_text, char** report_json) {
   return Guarded([&]() -> Status {
     TPFUSE_RETURN_IF_ERROR(Require(module_text, "module_text"));
-    CompileModuleOptions o;
+    passes::CompileOptions o;
+    std::string source = "<input>";
     if (options != nullptr) {
       if (options->backend != TPFUSE_BACKEND_CPU && options->backend != TPFUSE_BACKEND_CUDA)
         return InvalidArgument("options.backend: unknown backend code ", options->backend);
       o.world_size = options->world_size;
       o.max_tokens = options->max_tokens;
-      o.cuda_backend = options->backend == TPFUSE_BACKEND_CUDA;
-      if (options->fuse_local < TPFUSE_FUSE_LOCAL_AUTO || options->fuse_local > TPFUSE_FUSE_LOCAL_OFF)
-        return InvalidArgument("options.fuse_local: unknown code ", options->fuse_local);
-      o.fuse_local = options->fuse_local;
-      if (options->source_name != nullptr) o.source_name = options->source_name;
+      o.caps = options->backend == TPFUSE_BACKEND_CUDA ? CudaFusionCapabilities()
+                                                        : CpuFusionCapabilities();
+      switch (options->fuse_local) {
+        case TPFUSE_FUSE_LOCAL_AUTO: o.fuse_local = passes::FuseLocal::kAuto; break;
+        case TPFUSE_FUSE_LOCAL_ON: o.fuse_local = passes::FuseLocal::kOn; break;
+        case TPFUSE_FUSE_LOCAL_OFF: o.fuse_local = passes::FuseLocal::kOff; break;
+        default: return InvalidArgument("options.fuse_local: unknown code ", options->fuse_local);
+      }
+      if (options->source_name != nullptr) source = options->source_name;
     }
-    TPFUSE_ASSIGN_OR_RETURN(CompiledModule compiled, CompileModuleText(module_text, o));
+    TPFUSE_ASSIGN_OR_RETURN(passes::CompileResult compiled,
+                            passes::CompileModuleText(module_text, o, source));
     char* text = compiled_text ? CopyString(compiled.text) : nullptr;
     char* report = nullptr;
     try {
-      report = report_json ? CopyString(compiled.report_json) : nullptr;
+      report = report_json ? CopyString(compiled.json) : nullptr;
     } catch (...) {
       std::free(text);
       throw;

@@ -30,14 +30,16 @@ namespace tpfuse {
 
 // Elements of one 16-byte vector of 16-bit activations.
 inline constexpr int kRowVecElems = 8;
-// Threads of one row's block at most, and vectors one thread may own at most: H <= 256 * 8 * 8.
-inline constexpr int kMaxRowThreads = 256;
-inline constexpr int kMaxRowVecsPerThread = 8;
+// Threads of one row's block at most, and vectors one thread may own at most: H <= 512 * 4 * 8.
+// Many threads per row keep each thread's serial work short: at small T a row's latency is the
+// longest thread's chain of dependent instructions (docs/kernels.md).
+inline constexpr int kMaxRowThreads = 512;
+inline constexpr int kMaxRowVecsPerThread = 4;
 inline constexpr int64_t kMaxRowHidden = int64_t{kMaxRowThreads} * kMaxRowVecsPerThread * kRowVecElems;
 
 struct RowLayout {
   int threads = 0;          // a multiple of 32
-  int vecs_per_thread = 0;  // 1, 2, 4 or 8
+  int vecs_per_thread = 0;  // 1, 2 or 4
   int vecs = 0;             // H / 8
 };
 

@@ -43,7 +43,6 @@ bool AttrHasType(const Attr& attr, AttrType type) {
 // Names, kinds and presence of every attribute against the op's definition.
 Status CheckAttrs(const OpDef& def, const AttrMap& attrs) {
   for (const auto& [name, attr] : attrs) TPFUSE_RETURN_IF_ERROR(CheckAttribute(def, name, attr));
-  if (def.any_attrs) return Status::Ok();
   for (const AttrSpec& spec : def.attrs) {
     if (spec.required && !attrs.count(spec.name))
       return InvalidArgument(def.name, ": missing required attribute '", spec.name, "'");

@@ -314,6 +314,28 @@ TEST(CApi, CompileRecordsRejectionsAndNamesParseErrors) {
   EXPECT_STREQ(tpfuse_last_error(), "world size must be >= 1, got 0");
 }
 
+TEST(CApi, CompilePassesTheLocalFusionMode) {
+  constexpr char kLocal[] = R"(func @norm(%x: bf16[T,256], %g: bf16[256]) {
+  %y = rms_norm(%x, %g) {eps = 1e-6}
+  return %y
+}
+)";
+  tpfuse_compile_options_t options;
+  tpfuse_compile_options_init(&options);
+  for (int32_t mode : {TPFUSE_FUSE_LOCAL_OFF, TPFUSE_FUSE_LOCAL_ON}) {
+    options.fuse_local = mode;
+    char* report = nullptr;
+    ASSERT_EQ(tpfuse_compile(kLocal, &options, nullptr, &report), TPFUSE_OK) << tpfuse_last_error();
+    const nlohmann::json j = nlohmann::json::parse(report);
+    tpfuse_free(report);
+    // The report says whether the compiler fused local chains under these options.
+    EXPECT_EQ(j["fuse_local"], mode == TPFUSE_FUSE_LOCAL_ON) << j.dump();
+  }
+  options.fuse_local = 9;
+  EXPECT_EQ(tpfuse_compile(kLocal, &options, nullptr, nullptr), TPFUSE_ERR_INVALID_ARGUMENT);
+  EXPECT_STREQ(tpfuse_last_error(), "options.fuse_local: unknown code 9");
+}
+
 TEST(CApi, CudaEntryPointsOfACpuBuild) {
   if (tpfuse_has_cuda()) GTEST_SKIP() << "built with CUDA: the GPU tests cover these";
   uint8_t id[TPFUSE_UNIQUE_ID_BYTES];

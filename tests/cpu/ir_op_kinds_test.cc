@@ -150,7 +150,7 @@ TEST(ProductDimTest, ViewWithOtherElementCountIsAnError) {
             "<input>:2:8: view: cannot view bf16[B, S, 64] as bf16[B*T, 64]: element counts "
             "differ");
   EXPECT_EQ(ParseError("func @f(%x: bf16[B*, 64]) {\n  return %x\n}\n"),
-            "<input>:1:19: expected a symbol after '*', found ','");
+            "<input>:1:20: expected a symbol after '*', found ','");
 }
 
 TEST(ProductDimTest, CpuExecutorBindsFactorsAndChecksProducts) {

@@ -151,7 +151,7 @@ class CudaExecutorTest : public ::testing::Test {
     if (it != executors_.end()) return static_cast<CudaExecutor*>(it->second.get());
     CudaExecutorOptions options;
     options.strategy_override = strategy;
-    options.comm.timeout_seconds = 10.0;
+    options.comm.timeout_seconds = 60.0;  // a bound on a hang, not on speed
     StatusOr<std::unique_ptr<runtime::Executor>> made = runtime::MakeCudaExecutor(kWorld, options);
     EXPECT_TRUE(made.ok()) << made.status().ToString();
     if (!made.ok()) return nullptr;

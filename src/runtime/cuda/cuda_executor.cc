@@ -183,7 +183,7 @@ Status PlanOp(const ir::Node& node, NodePlan& np) {
   switch (node.kind()) {
     case ir::OpKind::kAllReduce: np.kind = LaunchKind::kAllReduce; return Status::Ok();
     case ir::OpKind::kView: np.kind = LaunchKind::kView; return Status::Ok();
-    case ir::OpKind::kAllreduceRmsnorm:
+    case ir::OpKind::kAllreduceRmsnorm: {
       np.kind = LaunchKind::kFused;
       TPFUSE_ASSIGN_OR_RETURN(np.spec, ir::FusedSpecFromNode(node));
       np.fused_in = ir::FusedOperandLayout(np.spec);
@@ -191,6 +191,7 @@ Status PlanOp(const ir::Node& node, NodePlan& np) {
       if (np.fused_in.count != node.num_operands() || np.fused_out.count != node.num_results())
         return Internal("operands or results do not match the spec ", np.spec.ToString());
       return Status::Ok();
+    }
     case ir::OpKind::kAdd: return binary(cuda::BinaryOpKind::kAdd);
     case ir::OpKind::kSub: return binary(cuda::BinaryOpKind::kSub);
     case ir::OpKind::kMul: return binary(cuda::BinaryOpKind::kMul);
@@ -307,7 +308,10 @@ StatusOr<Plan> MakePlan(const ir::Graph& graph, const std::vector<TensorMap>& in
       np.scratch_offset =
           builder.Reserve(cuda::ScaledMatmulScratchBytes(q.shape[0], q.shape[1], w.shape[1]));
     }
-    if (np.kind == LaunchKind::kAllReduce || np.kind == LaunchKind::kFused) plan.needs_comm = true;
+    // A local fused op (spec.local) needs no communicator; an all_reduce or a fused op over
+    // ranks does, except at world size 1 (decided in EnsureCommunicators).
+    if (np.kind == LaunchKind::kAllReduce || (np.kind == LaunchKind::kFused && !np.spec.local))
+      plan.needs_comm = true;
     if (np.kind == LaunchKind::kFused)
       plan.max_fused_hidden = std::max(plan.max_fused_hidden, np.spec.hidden);
     plan.nodes.push_back(std::move(np));
@@ -464,7 +468,8 @@ struct CudaExecutor::Impl {
   // Communicators whose workspace fits the plan's fused ops, created (again) when missing,
   // too small or poisoned by an earlier failure.
   Status EnsureCommunicators(const Plan& plan) {
-    if (!plan.needs_comm) return Status::Ok();
+    // World size 1: an all_reduce is the identity and the fused op runs locally (no NCCL).
+    if (!plan.needs_comm || world_size == 1) return Status::Ok();
     cuda::CommOptions want = options.comm;
     want.max_hidden = std::max(want.max_hidden, plan.max_fused_hidden);
     bool usable = true;
@@ -502,8 +507,16 @@ struct CudaExecutor::Impl {
     report->clear();
     for (NodePlan& np : plan.nodes) {
       if (np.kind != LaunchKind::kFused) continue;
+      // No communication (a local op, or world size 1): one kernel on each GPU, whatever
+      // strategy the override names for the others.
+      if (np.spec.local || !ranks[0].comm) {
+        report->push_back(StrCat(np.label, ": local"));
+        continue;
+      }
       const cuda::Communicator& comm = *ranks[0].comm;
-      const int64_t tokens = plan.values[size_t(np.operands[size_t(np.fused_in.x)])].shape.at(0);
+      const std::vector<int64_t>& x_shape = plan.values[size_t(np.operands[size_t(np.fused_in.x)])].shape;
+      int64_t tokens = 1;  // rows of x viewed as [T, H]
+      for (size_t d = 0; d + 1 < x_shape.size(); ++d) tokens *= x_shape[d];
       if (options.strategy_override) {
         np.strategy = *options.strategy_override;
         if (Status can = cuda::CanRun(comm, np.spec, tokens, np.strategy); !can.ok())
@@ -546,8 +559,13 @@ Status CudaExecutor::Impl::LaunchNode(RankResources& res, const Plan& plan, cons
     case LaunchKind::kView: return Status::Ok();
     case LaunchKind::kAllReduce: {
       const cuda::DeviceTensor x = in(0), y = out(0);
-      TPFUSE_ASSIGN_OR_RETURN(ncclDataType_t type, NcclType(x.dtype));
       if (x.numel() == 0) return Status::Ok();
+      if (!res.comm) {  // world size 1: the sum over one rank is x, bit for bit
+        if (x.data != y.data)
+          TPFUSE_CUDA_CHECK(cudaMemcpyAsync(y.data, x.data, x.nbytes(), cudaMemcpyDeviceToDevice, stream));
+        return Status::Ok();
+      }
+      TPFUSE_ASSIGN_OR_RETURN(ncclDataType_t type, NcclType(x.dtype));
       TPFUSE_NCCL_CHECK(ncclAllReduce(x.data, y.data, size_t(x.numel()), type, ncclSum,
                                       res.comm->nccl(), stream));
       return Status::Ok();
@@ -567,9 +585,13 @@ Status CudaExecutor::Impl::LaunchNode(RankResources& res, const Plan& plan, cons
       b.residual_out = ptr(np.fused_out.residual, true);
       b.quant_out = ptr(np.fused_out.q, true);
       b.scale_out = static_cast<float*>(ptr(np.fused_out.s, true));
-      const int64_t tokens = in(np.fused_in.x).shape.at(0);
+      // Rows of x viewed as [T, H] (a rank-3 [B, S, H] activation has B * S rows).
+      const int64_t tokens = in(np.fused_in.x).rows();
       cuda::LaunchOptions launch;
       launch.pdl = options.pdl;
+      // A local op, or world size 1 (no communicator): a = x, one kernel on this GPU.
+      if (np.spec.local || !res.comm)
+        return cuda::LaunchLocalAllreduceRmsnorm(np.spec, tokens, b, stream, launch);
       return cuda::LaunchAllreduceRmsnorm(*res.comm, np.spec, tokens, b, np.strategy, stream,
                                           launch);
     }
