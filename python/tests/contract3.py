@@ -40,7 +40,7 @@ def row_sum_in_kernel_order(values: torch.Tensor) -> torch.Tensor:
             total = total + values[:, c]
         return total
     vecs = hidden // 8
-    per_thread = 1
+    per_thread = 2 if vecs >= 256 else 1  # kRowVecsForTwoPerThread
     while per_thread < max_per_thread and per_thread * max_threads < vecs:
         per_thread *= 2
     threads = (vecs + per_thread - 1) // per_thread

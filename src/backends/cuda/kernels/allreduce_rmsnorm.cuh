@@ -144,6 +144,19 @@ struct RowVectors {
 template <typename T>
 __device__ __forceinline__ float RoundAct(float v) { return ToFloat<T>(FromFloat<T>(v)); }
 
+// w' = w + weight_bias for one decoded weight vector (see LoadWeightVector).
+__device__ __forceinline__ void ApplyWeightBias(const FusedKernelParams& p, float (&wb)[kVecElems]) {
+  if (p.weight_bias == 0.0f) return;
+#pragma unroll
+  for (int i = 0; i < kVecElems; ++i) {
+    wb[i] = __fadd_rn(wb[i], p.weight_bias);
+    if (p.bias_in_weight_dtype) {
+      if (p.weight_dtype == DType::kBF16) wb[i] = RoundAct<__nv_bfloat16>(wb[i]);
+      else if (p.weight_dtype == DType::kF16) wb[i] = RoundAct<__half>(wb[i]);
+    }
+  }
+}
+
 // Weight vector v as w' = w + weight_bias (Contract 3 step 3: an f32 add, or rounded to the
 // weight's dtype when the replaced graph adds the bias there; no add when the bias is 0, so a
 // -0.0 weight stays -0.0 as in the graph that multiplies by w itself).
@@ -158,38 +171,51 @@ __device__ __forceinline__ void LoadWeightVector(const FusedKernelParams& p, int
     if (p.weight_dtype == DType::kBF16) Unpack<__nv_bfloat16>(w, wb);
     else Unpack<__half>(w, wb);
   }
-  if (p.weight_bias != 0.0f) {
-#pragma unroll
-    for (int i = 0; i < kVecElems; ++i) {
-      wb[i] = __fadd_rn(wb[i], p.weight_bias);
-      if (p.bias_in_weight_dtype) {
-        if (p.weight_dtype == DType::kBF16) wb[i] = RoundAct<__nv_bfloat16>(wb[i]);
-        else if (p.weight_dtype == DType::kF16) wb[i] = RoundAct<__half>(wb[i]);
-      }
-    }
-  }
+  ApplyWeightBias(p, wb);
 }
 
-// This thread's weights: held in registers (kHeld), loaded once before waiting for the previous
-// kernel (weights are parameters, nobody writes them), or read in the epilogue itself where
-// registers are short (the persistent kernels with four or more vectors per thread).
+// This thread's weights, fetched before waiting for the previous kernel (weights are parameters,
+// nobody writes them) so their latency overlaps it:
+// - kHeld: as f32 in registers (one vector per thread: 8 registers);
+// - otherwise 16-bit weights are copied to shared memory with cp.async (no registers; each
+//   thread copies and later reads only its own vectors, so no barrier is needed), and f32
+//   weights are read per row (L1/L2 hits).
 template <int kVec, bool kHeld>
 struct RowWeights {
   float wb[kHeld ? kVec : 1][kVecElems];
+  uint4* staged = nullptr;  // !kHeld: kVec * blockDim 16-byte vectors of shared memory
 
-  __device__ __forceinline__ void Preload(const FusedKernelParams& p) {
+  __device__ __forceinline__ void Preload(const FusedKernelParams& p, uint4* smem_vectors) {
     if constexpr (kHeld) {
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         const int v = RowVectors<kVec>::Index(k);
         if (v < p.vecs_per_row) LoadWeightVector(p, v, wb[k]);
       }
+    } else {
+      if (p.weight_dtype == DType::kF32) return;
+      staged = smem_vectors;
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        const int v = RowVectors<kVec>::Index(k);
+        if (v < p.vecs_per_row) CopyAsync16(staged + v, static_cast<const uint4*>(p.weight) + v);
+      }
+      CopyAsyncCommit();
     }
+  }
+  // Called once before the first Get (after the wait for the previous kernel).
+  __device__ __forceinline__ void Ready() const {
+    if constexpr (!kHeld) CopyAsyncWaitAll();
   }
   __device__ __forceinline__ void Get(const FusedKernelParams& p, int k, float (&out)[kVecElems]) const {
     if constexpr (kHeld) {
 #pragma unroll
       for (int i = 0; i < kVecElems; ++i) out[i] = wb[k][i];
+    } else if (staged != nullptr) {
+      const uint4 w = staged[RowVectors<kVec>::Index(k)];
+      if (p.weight_dtype == DType::kBF16) Unpack<__nv_bfloat16>(w, out);
+      else Unpack<__half>(w, out);
+      ApplyWeightBias(p, out);
     } else {
       LoadWeightVector(p, RowVectors<kVec>::Index(k), out);
     }
@@ -533,10 +559,12 @@ inline constexpr bool kPersistentHoldsWeights = kVec == 1;
 template <typename T, int kVec, QuantMode kQuant>
 __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec>) OneShotAllreduceRmsnormKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
+  __shared__ uint4 weight_vectors[kPersistentHoldsWeights<kVec> ? 1 : kVec * kMaxRowThreads];
   RowWeights<kVec, kPersistentHoldsWeights<kVec>> weights;
-  weights.Preload(p);
+  weights.Preload(p, weight_vectors);
   WaitForPreviousKernel();
   AllowNextKernel();
+  weights.Ready();
 
   // ---- phase 1: push this rank's rows into slot `rank` of every peer
   int64_t row = blockIdx.x;
@@ -594,10 +622,12 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 template <typename T, int kVec, QuantMode kQuant>
 __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec>) TwoShotAllreduceRmsnormKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
+  __shared__ uint4 weight_vectors[kPersistentHoldsWeights<kVec> ? 1 : kVec * kMaxRowThreads];
   RowWeights<kVec, kPersistentHoldsWeights<kVec>> weights;
-  weights.Preload(p);
+  weights.Preload(p, weight_vectors);
   WaitForPreviousKernel();
   AllowNextKernel();
+  weights.Ready();
 
   const uint32_t call = LamportCallOf(p.state->twoshot_count, blockIdx.x);
   const size_t rs = LamportBuffer(p.rs_offset, p.rs_buffer_bytes, call);
@@ -670,10 +700,12 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 template <typename T, int kVec, QuantMode kQuant>
 __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) AllreduceEpilogueKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
+  __shared__ uint4 weight_vectors[kVec == 1 ? 1 : kVec * kMaxRowThreads];
   RowWeights<kVec, kVec == 1> weights;
-  weights.Preload(p);
+  weights.Preload(p, weight_vectors);
   WaitForPreviousKernel();
   AllowNextKernel();
+  weights.Ready();
   int slot = 0;
   for (int64_t row = blockIdx.x; row < p.tokens; row += gridDim.x, slot ^= 1) {
     const size_t row_vec = size_t(row) * p.vecs_per_row;
