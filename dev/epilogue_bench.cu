@@ -34,13 +34,14 @@
 
 using namespace tpfuse;
 
-#define CHECK(x)                                                                       \
-  do {                                                                                 \
-    cudaError_t e = (x);                                                               \
-    if (e != cudaSuccess) {                                                            \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
+#define CHECK(x)                                                                          \
+  do {                                                                                    \
+    const cudaError_t check_err_ = (x);                                                   \
+    if (check_err_ != cudaSuccess) {                                                      \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x,                      \
+                   cudaGetErrorString(check_err_));                                       \
+      std::exit(1);                                                                       \
+    }                                                                                     \
   } while (0)
 
 namespace {
@@ -73,7 +74,7 @@ AllreduceRmsnormSpec SpecOf(const Case& c) {
   s.eps = 1e-6f;
   s.weight_bias = c.weight_bias;
   s.quant = c.quant;
-  s.group_size = 128;
+  s.group_size = c.H % 128 == 0 ? 128 : 64;  // H 2880 = 45 groups of 64
   s.scale_layout = c.col ? ScaleLayout::kCol : ScaleLayout::kRow;
   s.scale_fmt = c.ue8m0 ? ScaleFormat::kUe8m0 : ScaleFormat::kF32;
   s.emit.residual = true;
@@ -103,7 +104,7 @@ HostOut Reference(const AllreduceRmsnormSpec& spec, int64_t T, const std::vector
   o.norm.resize(size_t(T * H));
   o.q.resize(size_t(T * H));
   o.s.assign(size_t(spec.ScaleElements(T)), 0.0f);
-  std::vector<float> wp(size_t(H));
+  std::vector<float> wp(static_cast<size_t>(H));
   for (int64_t c = 0; c < H; ++c) {
     float v = w[size_t(c)];
     if (spec.weight_bias != 0.0f) {
@@ -112,7 +113,8 @@ HostOut Reference(const AllreduceRmsnormSpec& spec, int64_t T, const std::vector
     }
     wp[size_t(c)] = v;
   }
-  std::vector<float> u(size_t(H)), sq(size_t(H)), y(size_t(H));
+  const size_t hn = static_cast<size_t>(H);
+  std::vector<float> u(hn), sq(hn), y(hn);
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t c = 0; c < H; ++c) {
       const size_t i = size_t(t * H + c);
@@ -346,11 +348,11 @@ int CheckCase(const Case& c, int64_t T, uint32_t seed, cudaStream_t stream) {
   const int64_t H = c.H, n = T * H;
   std::mt19937 rng(seed);
   std::normal_distribution<float> act(0.0f, 1.0f), wd(1.0f, 0.2f);
-  std::vector<uint16_t> x(size_t(n)), res(size_t(n));
+  std::vector<uint16_t> x(static_cast<size_t>(n)), res(static_cast<size_t>(n));
   for (auto& v : x) v = FloatToBf16(act(rng) * 3.0f);
   for (auto& v : res) v = FloatToBf16(act(rng));
-  std::vector<float> w(size_t(H));
-  std::vector<uint16_t> wb(size_t(H));
+  std::vector<float> w(static_cast<size_t>(H));
+  std::vector<uint16_t> wb(static_cast<size_t>(H));
   for (int64_t i = 0; i < H; ++i) {
     wb[size_t(i)] = FloatToBf16(wd(rng));
     w[size_t(i)] = c.wdtype == DType::kF32 ? wd(rng) : Bf(wb[size_t(i)]);
@@ -510,7 +512,7 @@ int main(int argc, char** argv) {
           CHECK(cudaMemcpy(s.res, host.data(), e * 2, cudaMemcpyHostToDevice));
           b.sets.push_back(s);
         }
-        std::vector<uint16_t> wh(size_t(H));
+        std::vector<uint16_t> wh(static_cast<size_t>(H));
         for (auto& v : wh) v = FloatToBf16(1.0f + 0.1f * d(rng));
         b.w = b.Alloc(size_t(H) * 2);
         CHECK(cudaMemcpy(b.w, wh.data(), size_t(H) * 2, cudaMemcpyHostToDevice));

@@ -57,6 +57,22 @@ inline bool IsDynamicQuant(QuantMode mode) {
   return mode == QuantMode::kFp8Token || mode == QuantMode::kFp8Group;
 }
 
+// An FP8 quantization's parameters, in one description: the quant_fp8 op, the quant step of the
+// fused op (AllreduceRmsnormSpec::quant_params) and the CPU reference read this.
+struct QuantParams {
+  QuantMode mode = QuantMode::kFp8Token;
+  int group_size = 128;                    // fp8_group only; fp8_token quantizes whole rows
+  ScaleLayout layout = ScaleLayout::kRow;  // dynamic scales: [T, G] or [G, pad4(T)]
+  ScaleFormat format = ScaleFormat::kF32;  // ue8m0: scales rounded up to a power of two
+  // The scale step written the other way round from the mode's default (RoundingRecipe).
+  bool scale_op_swapped = false;
+
+  bool operator==(const QuantParams&) const = default;
+  // Whether q = fp8(y / scale) rather than fp8(y * (1 / scale)), the reciprocal taken once in
+  // f32: fp8_tensor multiplies by default, fp8_token and fp8_group divide.
+  bool Divides() const { return (mode != QuantMode::kFp8Tensor) != scale_op_swapped; }
+};
+
 // The results the graph uses. Results come in this field order; `quant` contributes q and, for
 // dynamic modes, s.
 struct EmitSet {
@@ -119,9 +135,13 @@ struct AllreduceRmsnormSpec {
   EmitSet emit;
   RoundingRecipe rounding;
 
+  // The quantization step's parameters (mode, group, scale layout and format, scale step).
+  QuantParams quant_params() const {
+    return QuantParams{quant, group_size, scale_layout, scale_fmt, rounding.scale_op_swapped};
+  }
   // Whether the quantization divides by its scale (y / scale, y / s) rather than multiplying by
   // the reciprocal taken once in f32: the mode's default, swapped by rounding.scale_op_swapped.
-  bool QuantDivides() const { return (quant != QuantMode::kFp8Tensor) != rounding.scale_op_swapped; }
+  bool QuantDivides() const { return quant_params().Divides(); }
 
   // Checks internal consistency (dtypes, hidden > 0, group divides hidden, emit not empty,
   // emit.quant iff quant != none, emit.residual needs a residual). Names the problem.

@@ -30,23 +30,31 @@ namespace tpfuse {
 
 // Elements of one 16-byte vector of 16-bit activations.
 inline constexpr int kRowVecElems = 8;
-// Threads of one row's block at most, and vectors one thread may own at most: H <= 256 * 8 * 8.
-inline constexpr int kMaxRowThreads = 256;
-inline constexpr int kMaxRowVecsPerThread = 8;
+// Threads of one row's block at most, and vectors one thread may own at most: H <= 512 * 4 * 8.
+// Many threads per row keep each thread's serial work short: at small T a row's latency is the
+// longest thread's chain of dependent instructions (docs/kernels.md).
+inline constexpr int kMaxRowThreads = 512;
+inline constexpr int kMaxRowVecsPerThread = 4;
 inline constexpr int64_t kMaxRowHidden = int64_t{kMaxRowThreads} * kMaxRowVecsPerThread * kRowVecElems;
 
 struct RowLayout {
   int threads = 0;          // a multiple of 32
-  int vecs_per_thread = 0;  // 1, 2, 4 or 8
+  int vecs_per_thread = 0;  // 1, 2 or 4
   int vecs = 0;             // H / 8
 };
 
+// Rows of at least this many vectors (H >= 2048) give each thread two vectors or more: at large
+// T the bytes a block has in flight per thread keep HBM busy (measured: one vector per thread
+// at H 4096 ran at 1.3-1.9 x the copy roofline, two at 1.2-1.4 x).
+inline constexpr int kRowVecsForTwoPerThread = 256;
+
 // The layout of a row of `hidden` elements (hidden % 8 == 0, hidden <= kMaxRowHidden): the
-// fewest vectors per thread that keep the block at kMaxRowThreads or below.
+// fewest vectors per thread (two or more from kRowVecsForTwoPerThread vectors) that keep the
+// block at kMaxRowThreads or below.
 TPFUSE_HOST_DEVICE constexpr RowLayout MakeRowLayout(int64_t hidden) {
   RowLayout l;
   l.vecs = int(hidden / kRowVecElems);
-  l.vecs_per_thread = 1;
+  l.vecs_per_thread = l.vecs >= kRowVecsForTwoPerThread ? 2 : 1;
   while (l.vecs_per_thread < kMaxRowVecsPerThread && l.vecs_per_thread * kMaxRowThreads < l.vecs)
     l.vecs_per_thread *= 2;
   const int threads = (l.vecs + l.vecs_per_thread - 1) / l.vecs_per_thread;

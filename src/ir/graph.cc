@@ -13,11 +13,29 @@ std::string Dim::ToString() const {
   return symbol;
 }
 
+std::vector<std::string> Dim::Factors() const {
+  std::vector<std::string> factors;
+  if (is_const()) return factors;
+  size_t start = 0;
+  for (;;) {
+    const size_t star = symbol.find('*', start);
+    factors.push_back(symbol.substr(start, star == std::string::npos ? star : star - start));
+    if (star == std::string::npos) break;
+    start = star + 1;
+  }
+  return factors;
+}
+
 StatusOr<int64_t> Dim::Resolve(const std::map<std::string, int64_t>& bindings) const {
   if (is_const()) return value;
-  auto it = bindings.find(symbol);
-  if (it == bindings.end()) return InvalidArgument("symbol ", symbol, " is not bound");
-  return (it->second + align - 1) / align * align;
+  int64_t product = 1;
+  for (const std::string& factor : Factors()) {
+    auto it = bindings.find(factor);
+    if (it == bindings.end()) return InvalidArgument("symbol ", factor, " is not bound");
+    if (__builtin_mul_overflow(product, it->second, &product))
+      return InvalidArgument(symbol, " overflows");
+  }
+  return (product + align - 1) / align * align;
 }
 
 std::string TensorType::ToString() const {
@@ -113,6 +131,7 @@ Node* Graph::AddNode(const std::string& op, const std::vector<Value*>& operands,
   auto node = std::make_unique<Node>();
   Node* raw = node.get();
   raw->op_ = op;
+  raw->kind_ = OpKindFromName(op);
   raw->graph_ = this;
   raw->attrs_ = std::move(attrs);
   raw->operands_ = operands;

@@ -14,26 +14,33 @@
 #include <vector>
 
 #include "ir/attr.h"
+#include "ir/op_kind.h"
 #include "tpfuse/dtype.h"
 #include "tpfuse/status.h"
 
 namespace tpfuse::ir {
 
-// One dimension: a constant, or a symbol bound at run time (the token count T). A symbolic dim
-// may carry a round-up multiple (`align`): the column-major scale layout pads T to a multiple of
-// 4, written pad4(T).
+// One dimension: a constant, or a symbol bound at run time (the token count T), or a product
+// of symbols (B*S: a flattened [B, S, H] activation has B*S rows). A symbolic dim may carry a
+// round-up multiple (`align`): the column-major scale layout pads T to a multiple of 4, written
+// pad4(T).
 struct Dim {
   int64_t value = -1;   // >= 0 for a constant
-  std::string symbol;   // non-empty for a symbolic dim
+  std::string symbol;   // non-empty for a symbolic dim: "T", or factors joined by '*' ("B*S")
   int64_t align = 1;    // symbolic only: round_up(symbol, align)
 
   static Dim Const(int64_t v) { return Dim{v, {}, 1}; }
   static Dim Sym(std::string s, int64_t align = 1) { return Dim{-1, std::move(s), align}; }
   bool is_const() const { return symbol.empty(); }
+  // A product of two or more symbols.
+  bool is_product() const { return symbol.find('*') != std::string::npos; }
+  // The symbols multiplied: {"B", "S"} for B*S, {"T"} for T; empty for a constant.
+  std::vector<std::string> Factors() const;
   bool operator==(const Dim&) const = default;
   // "4096", "T", "pad4(T)"
   std::string ToString() const;
-  // Concrete value given symbol bindings; error if a symbol is unbound.
+  // Concrete value given symbol bindings (a product multiplies its factors); error if a symbol
+  // is unbound or the product overflows.
   StatusOr<int64_t> Resolve(const std::map<std::string, int64_t>& bindings) const;
 };
 
@@ -97,7 +104,10 @@ class Value {
 
 class Node {
  public:
+  // The .tpg name ("add", "opaque", or an unknown name a caller gave AddNode).
   const std::string& op() const { return op_; }
+  // What the op is; kUnknown when op() names no op (the verifier rejects such a node).
+  OpKind kind() const { return kind_; }
   Graph* graph() const { return graph_; }
 
   int num_operands() const { return int(operands_.size()); }
@@ -123,6 +133,7 @@ class Node {
  private:
   friend class Graph;
   std::string op_;
+  OpKind kind_ = OpKind::kUnknown;
   Graph* graph_ = nullptr;
   std::vector<Value*> operands_;
   std::vector<Value*> results_;

@@ -145,17 +145,18 @@ bool DividesEvenly(const Dim& groups, const Dim& total) {
   return total.value % groups.value == 0;
 }
 
-// Contract 2 broadcasting: equal shapes; [T, H] with [H]; [T, H] with [T, 1]; rank 0 with
+// Contract 2 broadcasting at any rank: equal shapes; [..., H] with [H]; [..., H] with [..., 1]
+// (the same leading dims: a per-row value, as mean or amax with keepdim gives); rank 0 with
 // anything (each in either order).
 std::optional<Shape> BroadcastShapes(const Shape& a, const Shape& b) {
   if (a == b) return a;
   if (a.empty()) return b;
   if (b.empty()) return a;
-  if (a.size() == 2 && b.size() == 1 && b[0] == a[1]) return a;
-  if (b.size() == 2 && a.size() == 1 && a[0] == b[1]) return b;
-  if (a.size() == 2 && b.size() == 2 && a[0] == b[0]) {
-    if (IsConstOne(b[1])) return a;
-    if (IsConstOne(a[1])) return b;
+  if (a.size() >= 2 && b.size() == 1 && b[0] == a.back()) return a;
+  if (b.size() >= 2 && a.size() == 1 && a[0] == b.back()) return b;
+  if (a.size() == b.size() && a.size() >= 2 && std::equal(a.begin(), a.end() - 1, b.begin())) {
+    if (IsConstOne(b.back())) return a;
+    if (IsConstOne(a.back())) return b;
   }
   return std::nullopt;
 }
@@ -172,6 +173,8 @@ ElementCount CountElements(const Shape& shape) {
   for (const Dim& d : shape) {
     if (d.is_const()) {
       if (__builtin_mul_overflow(count.constant, d.value, &count.constant)) count.overflow = true;
+    } else if (d.align == 1) {
+      for (std::string& factor : d.Factors()) count.symbols.emplace_back(std::move(factor), 1);
     } else {
       count.symbols.emplace_back(d.symbol, d.align);
     }
@@ -243,7 +246,8 @@ StatusOr<Types> InferCast(const Types& in, const AttrReader& attrs) {
   return Types{TensorType{*dtype, in[0].shape}};
 }
 
-StatusOr<Types> InferMean(const Types& in, const AttrReader& attrs) {
+// mean / amax over the last dim.
+StatusOr<Types> InferLastDimReduction(const Types& in, const AttrReader& attrs) {
   TPFUSE_RETURN_IF_ERROR(CheckFloatOperand(attrs, "x", in[0]));
   const TensorType& x = in[0];
   if (x.rank() == 0) return attrs.Error("x must have rank >= 1, got ", x.ToString());
@@ -439,6 +443,12 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
   StatusOr<EmitSet> emit = EmitSet::FromNames(*attrs.Find("emit")->AsTextList());
   if (!emit.ok()) return attrs.Error(emit.status().message());
   spec.emit = *emit;
+  if (const Attr* rounding = attrs.Find("rounding")) {
+    StatusOr<RoundingRecipe> recipe = RoundingRecipe::FromNames(*rounding->AsTextList());
+    if (!recipe.ok()) return attrs.Error(recipe.status().message());
+    spec.rounding = *recipe;
+  }
+  spec.local = attrs.Bool("local", false);
 
   const bool has_scale = spec.quant == QuantMode::kFp8Tensor;
   const int extra = int(in.size()) - 2 - int(has_scale);
@@ -485,6 +495,11 @@ StatusOr<Types> InferAllreduceRmsnorm(const Types& in, const AttrReader& attrs) 
   return out;
 }
 
+StatusOr<Types> InferOpaque(const Types&, const AttrReader& attrs) {
+  return attrs.Error("result types are declared, not inferred (write them after the statement: "
+                     "'%y = opaque(%x) {name = \"aten.foo\"} : bf16[T, 4096]')");
+}
+
 // ---------------------------------------------------------------- the registry
 
 struct OpEntry {
@@ -499,8 +514,10 @@ std::vector<OpEntry> MakeRegistry() {
   std::vector<OpEntry> ops = {
       {{"all_reduce", 1, 1, {{"group", T::kText, false}}}, InferAllReduce},
       {{"pow", 1, 1, {{"exponent", T::kNumber, true}}}, InferPow},
-      {{"mean", 1, 1, {{"dim", T::kInt, false}, {"keepdim", T::kBool, false}}}, InferMean},
-      {{"rsqrt", 1, 1, {}}, InferUnaryFloat},
+      {{"mean", 1, 1, {{"dim", T::kInt, false}, {"keepdim", T::kBool, false}}},
+       InferLastDimReduction},
+      {{"amax", 1, 1, {{"dim", T::kInt, false}, {"keepdim", T::kBool, false}}},
+       InferLastDimReduction},
       {{"clamp", 1, 1, {{"min", T::kNumber, false}, {"max", T::kNumber, false}}}, InferClamp},
       {{"cast", 1, 1, {{"to", T::kText, true}}}, InferCast},
       {{"view", 1, 1, {{"shape", T::kItemList, true}}}, InferView},
@@ -525,12 +542,20 @@ std::vector<OpEntry> MakeRegistry() {
          {"group_size", T::kInt, false},
          {"scale_layout", T::kText, false},
          {"scale_fmt", T::kText, false},
-         {"emit", T::kTextList, true}}},
+         {"emit", T::kTextList, true},
+         {"rounding", T::kTextList, false},
+         {"local", T::kBool, false}}},
        InferAllreduceRmsnorm},
+      {{"opaque", 0, std::numeric_limits<int>::max(), {{kOpaqueNameAttr, T::kText, true}}, true},
+       InferOpaque},
   };
   for (const char* name : {"add", "sub", "mul", "div"}) {
     ops.push_back({{name, 1, 2, {{"scalar", T::kNumber, false}}}, InferBinary});
   }
+  for (const char* name : {"rsqrt", "sqrt", "abs", "neg", "reciprocal", "log2", "exp2", "ceil"}) {
+    ops.push_back({{name, 1, 1, {}}, InferUnaryFloat});
+  }
+  for (OpEntry& e : ops) e.def.kind = OpKindFromName(e.def.name);
   return ops;
 }
 
@@ -542,6 +567,13 @@ const std::vector<OpEntry>& Registry() {
 const OpEntry* FindEntry(const std::string& name) {
   for (const OpEntry& e : Registry()) {
     if (e.def.name == name) return &e;
+  }
+  return nullptr;
+}
+
+const OpEntry* FindEntry(OpKind kind) {
+  for (const OpEntry& e : Registry()) {
+    if (e.def.kind == kind) return &e;
   }
   return nullptr;
 }
@@ -590,6 +622,7 @@ const AttrSpec* OpDef::FindAttr(const std::string& attr_name) const {
 
 Status CheckAttribute(const OpDef& def, const std::string& name, const Attr& value) {
   const AttrSpec* spec = def.FindAttr(name);
+  if (spec == nullptr && def.any_attrs) return Status::Ok();
   if (spec == nullptr) {
     if (def.attrs.empty())
       return InvalidArgument(def.name, ": unknown attribute '", name, "' (", def.name,
@@ -616,6 +649,12 @@ const std::vector<OpDef>& AllOps() {
 const OpDef* FindOp(const std::string& name) {
   const OpEntry* entry = FindEntry(name);
   return entry ? &entry->def : nullptr;
+}
+
+const OpDef& GetOpDef(OpKind kind) {
+  static const OpDef unknown{"<unknown>", 0, 0, {}, false, OpKind::kUnknown};
+  const OpEntry* entry = FindEntry(kind);
+  return entry ? entry->def : unknown;
 }
 
 std::string ClosestOpName(const std::string& name) {
@@ -686,7 +725,7 @@ StatusOr<std::string> GetTextAttr(const Node& node, const std::string& name,
 }
 
 StatusOr<AllreduceRmsnormSpec> FusedSpecFromNode(const Node& node) {
-  if (node.op() != "allreduce_rmsnorm")
+  if (node.kind() != OpKind::kAllreduceRmsnorm)
     return InvalidArgument("expected an allreduce_rmsnorm node, got ", node.op());
   const OpDef& def = *FindOp(node.op());
   if (node.num_operands() < def.min_operands || node.num_operands() > def.max_operands)
@@ -709,6 +748,8 @@ AttrMap FusedAttrsFromSpec(const AllreduceRmsnormSpec& spec) {
     attrs["scale_fmt"] = Attr::Str(std::string(ScaleFormatName(spec.scale_fmt)));
   }
   attrs["emit"] = Attr::StrList(spec.emit.Names());
+  if (!spec.rounding.is_default()) attrs["rounding"] = Attr::StrList(spec.rounding.Names());
+  if (spec.local) attrs["local"] = Attr::Bool(true);
   return attrs;
 }
 
@@ -737,29 +778,30 @@ FusedResultIndices FusedResultLayout(const AllreduceRmsnormSpec& spec) {
 }
 
 StatusOr<QuantParams> QuantParamsFromNode(const Node& node) {
-  if (node.op() != "quant_fp8")
+  if (node.kind() != OpKind::kQuantFp8)
     return InvalidArgument("expected a quant_fp8 node, got ", node.op());
   TPFUSE_RETURN_IF_ERROR(CheckAttrs(*FindOp(node.op()), node.attrs()));
   return ReadQuantParams(AttrReader(node.op(), node.attrs()));
 }
 
 const Value* SkipViews(const Value* value) {
-  while (value->producer() && value->producer()->op() == "view") value = value->producer()->operand(0);
+  while (value->producer() && value->producer()->kind() == OpKind::kView)
+    value = value->producer()->operand(0);
   return value;
 }
 
 StatusOr<ActScaleLayout> ScaledMatmulScaleLayout(const Node& node) {
-  if (node.op() != "scaled_matmul" || node.num_operands() < 2)
+  if (node.kind() != OpKind::kScaledMatmul || node.num_operands() < 2)
     return InvalidArgument("ScaledMatmulScaleLayout: expected a scaled_matmul node, got ", node.op());
   const Value* s = SkipViews(node.operand(1));
   if (const Node* p = s->producer()) {
     QuantMode mode = QuantMode::kNone;
     ScaleLayout layout = ScaleLayout::kRow;
-    if (p->op() == "quant_fp8") {
+    if (p->kind() == OpKind::kQuantFp8) {
       TPFUSE_ASSIGN_OR_RETURN(QuantParams params, QuantParamsFromNode(*p));
       mode = params.mode;
       layout = params.layout;
-    } else if (p->op() == "allreduce_rmsnorm") {
+    } else if (p->kind() == OpKind::kAllreduceRmsnorm) {
       TPFUSE_ASSIGN_OR_RETURN(AllreduceRmsnormSpec spec, FusedSpecFromNode(*p));
       mode = spec.quant;
       layout = spec.scale_layout;
@@ -777,6 +819,61 @@ StatusOr<ActScaleLayout> ScaledMatmulScaleLayout(const Node& node) {
     return ActScaleLayout::kPerGroupRow;
   }
   return ActScaleLayout::kPerGroupCol;
+}
+
+}  // namespace tpfuse::ir
+
+namespace tpfuse::ir {
+
+Status CheckOpaque(const AttrMap& attrs, const std::vector<TensorType>& result_types) {
+  TPFUSE_RETURN_IF_ERROR(CheckAttrs(GetOpDef(OpKind::kOpaque), attrs));
+  const std::optional<std::string> name = attrs.at(kOpaqueNameAttr).AsText();
+  if (!name || name->empty()) return InvalidArgument("opaque: 'name' must not be empty");
+  if (result_types.empty())
+    return InvalidArgument("opaque '", *name, "': declare at least one result type");
+  for (const TensorType& t : result_types) {
+    for (const Dim& d : t.shape) {
+      if (d.is_const() && (d.value < 0 || d.value > kMaxDimValue))
+        return InvalidArgument("opaque '", *name, "': result dim ", d.value, " is out of range");
+    }
+  }
+  return Status::Ok();
+}
+
+std::string OpaqueName(const Node& node) {
+  if (node.kind() != OpKind::kOpaque) return {};
+  const Attr* name = node.attr(kOpaqueNameAttr);
+  return name ? name->AsText().value_or("") : "";
+}
+
+StatusOr<Node*> BuildOpaqueNode(Graph& graph, const std::string& name,
+                                const std::vector<Value*>& operands,
+                                const std::vector<TensorType>& result_types,
+                                const std::vector<std::string>& result_names, AttrMap attrs,
+                                Node* insert_before) {
+  for (size_t i = 0; i < operands.size(); ++i) {
+    if (operands[i] == nullptr) return InvalidArgument("opaque '", name, "': operand ", i, " is null");
+  }
+  attrs[kOpaqueNameAttr] = Attr::Str(name);
+  TPFUSE_RETURN_IF_ERROR(CheckOpaque(attrs, result_types));
+  if (!result_names.empty() && result_names.size() != result_types.size())
+    return InvalidArgument("opaque '", name, "': declares ", result_types.size(), " results, ",
+                           result_names.size(), " names given");
+  return graph.AddNode("opaque", operands, std::move(attrs), result_names, result_types,
+                       insert_before);
+}
+
+Status RefuseOpaque(const Graph& graph, std::string_view backend) {
+  for (const auto& node : graph.nodes()) {
+    if (node->kind() != OpKind::kOpaque) continue;
+    std::string where = "%" + node->result(0)->name();
+    if (node->line() > 0) where += StrCat(", line ", node->line());
+    return Unimplemented("opaque op '", OpaqueName(*node), "' (", where,
+                         ") cannot be executed: backend ", backend,
+                         " runs only the ops of DESIGN.md Contract 2 (the graph keeps ops it does "
+                         "not know as opaque; run it where they are defined)");
+  }
+  return Status::Ok();
 }
 
 }  // namespace tpfuse::ir

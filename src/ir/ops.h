@@ -26,12 +26,17 @@ struct OpDef {
   int min_operands = 0;
   int max_operands = 0;
   std::vector<AttrSpec> attrs;  // every attribute the op accepts; anything else is an error
+  // opaque only: attributes beyond `attrs` are kept as given (what the front end recorded).
+  bool any_attrs = false;
+  OpKind kind = OpKind::kUnknown;
 
   const AttrSpec* FindAttr(const std::string& attr_name) const;  // null if not accepted
 };
 
 // Null for an unknown op.
 const OpDef* FindOp(const std::string& name);
+// The definition of a known kind (not kUnknown).
+const OpDef& GetOpDef(OpKind kind);
 const std::vector<OpDef>& AllOps();
 // The known op closest to `name` by edit distance, or empty when nothing is close
 // ("all_reduse" -> "all_reduce"). For "did you mean" hints.
@@ -44,6 +49,7 @@ Status CheckAttribute(const OpDef& def, const std::string& name, const Attr& val
 // Result types of `op` applied to operands of the given types with the given attributes.
 // Checks arity, attribute names and types, dtypes and shapes (broadcast rules of Contract 2);
 // the error names the problem ("add: shapes bf16[T, 4096] and bf16[128] do not broadcast").
+// `opaque` has no inference (its result types are declared): use CheckOpaque.
 StatusOr<std::vector<TensorType>> InferResultTypes(const std::string& op,
                                                    const std::vector<TensorType>& operands,
                                                    const AttrMap& attrs);
@@ -53,6 +59,29 @@ StatusOr<std::vector<TensorType>> InferResultTypes(const std::string& op,
 StatusOr<Node*> BuildNode(Graph& graph, const std::string& op, const std::vector<Value*>& operands,
                           AttrMap attrs, const std::vector<std::string>& result_names,
                           Node* insert_before = nullptr);
+
+// ---- the opaque op
+// `%y, %s = opaque(%a, %b) {name = "aten.topk", ...} : bf16[T, 8], i32[T, 8]`: an op the IR does
+// not know (the PyTorch front end maps every op it cannot translate to one). It has a name
+// (attribute `name`, required, non-empty), any operands, any further attributes, and declared
+// result types (at least one). Passes leave it alone: DCE keeps it even when its results are
+// unused (it may have side effects), and no pattern matches through it. No backend executes it:
+// running a graph that holds one is an error naming the op.
+inline constexpr const char* kOpaqueNameAttr = "name";
+// Checks an opaque node's attributes and declared result types.
+Status CheckOpaque(const AttrMap& attrs, const std::vector<TensorType>& result_types);
+// The name an opaque node carries ("aten.topk"); empty for any other node.
+std::string OpaqueName(const Node& node);
+// Adds an opaque node with declared result types (see Graph::AddNode for names and placement).
+StatusOr<Node*> BuildOpaqueNode(Graph& graph, const std::string& name,
+                                const std::vector<Value*>& operands,
+                                const std::vector<TensorType>& result_types,
+                                const std::vector<std::string>& result_names, AttrMap attrs = {},
+                                Node* insert_before = nullptr);
+// "opaque op 'aten.topk' (%y, line 4) cannot be executed: backend cpu runs only the ops of
+// DESIGN.md Contract 2" when `graph` holds an opaque node, else OK. Every executor calls it
+// before running anything.
+Status RefuseOpaque(const Graph& graph, std::string_view backend);
 
 // ---- typed attribute access with Contract 2 defaults (errors name op and attribute)
 StatusOr<double> GetNumberAttr(const Node& node, const std::string& name, double default_value);
@@ -88,13 +117,8 @@ struct FusedResultIndices {
 };
 FusedResultIndices FusedResultLayout(const AllreduceRmsnormSpec& spec);
 
-// The quant_fp8 op's parameters in one place (mode, group size, layout, format).
-struct QuantParams {
-  QuantMode mode = QuantMode::kFp8Token;
-  int group_size = 128;
-  ScaleLayout layout = ScaleLayout::kRow;
-  ScaleFormat format = ScaleFormat::kF32;
-};
+// The quant_fp8 op's parameters (tpfuse::QuantParams, fused_op.h).
+using QuantParams = tpfuse::QuantParams;
 StatusOr<QuantParams> QuantParamsFromNode(const Node& node);
 
 // Follows no-op views back to the value they view.

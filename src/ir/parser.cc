@@ -164,7 +164,7 @@ class Lexer {
     }
     if (AtNumber()) return LexNumber(line, column);
     if (c == '"') return LexString(line, column);
-    if (std::string_view("(){}[],=:").find(c) != std::string_view::npos) {
+    if (std::string_view("(){}[],=:*").find(c) != std::string_view::npos) {
       Advance();
       return Make(TokenKind::kPunct, std::string(1, c), line, column);
     }
@@ -434,7 +434,17 @@ class Parser {
     return type;
   }
 
-  // dim := integer | SYMBOL | padN(SYMBOL) (the last as printed for padded scale layouts).
+  // product := SYMBOL {'*' SYMBOL}: "B*S" after the first symbol `first`.
+  StatusOr<std::string> ParseProduct(std::string first) {
+    while (IsPunct('*')) {
+      Advance();
+      TPFUSE_ASSIGN_OR_RETURN(Token factor, Expect(TokenKind::kName, "a symbol after '*'"));
+      first += "*" + factor.text;
+    }
+    return first;
+  }
+
+  // dim := integer | product | padN(product) (the last as printed for padded scale layouts).
   StatusOr<Dim> ParseDim() {
     const Token t = Cur();
     if (t.kind == TokenKind::kInt) {
@@ -446,7 +456,10 @@ class Parser {
     }
     if (t.kind != TokenKind::kName) return Unexpected("a dimension (integer or symbol)");
     Advance();
-    if (!IsPunct('(')) return Dim::Sym(t.text);
+    if (!IsPunct('(')) {
+      TPFUSE_ASSIGN_OR_RETURN(std::string symbol, ParseProduct(t.text));
+      return Dim::Sym(std::move(symbol));
+    }
     // padN(T): round T up to a multiple of N.
     int64_t align = 0;
     bool is_pad = false;
@@ -460,11 +473,13 @@ class Parser {
                      Printable(t.text), "('");
     Advance();  // '('
     TPFUSE_ASSIGN_OR_RETURN(Token symbol, Expect(TokenKind::kName, "a symbol"));
+    TPFUSE_ASSIGN_OR_RETURN(std::string product, ParseProduct(symbol.text));
     TPFUSE_RETURN_IF_ERROR(ExpectPunct(')'));
-    return Dim::Sym(symbol.text, align);
+    return Dim::Sym(std::move(product), align);
   }
 
   // stmt := VALUE {',' VALUE} '=' OP '(' [VALUE {',' VALUE}] ')' ['{' attr {',' attr} '}']
+  //         [':' TYPE {',' TYPE}]
   Status ParseStatement(Graph& graph, Scope& scope) {
     std::vector<Token> results;
     Scope defined_here;
@@ -513,10 +528,41 @@ class Parser {
       TPFUSE_RETURN_IF_ERROR(ExpectPunct('}'));
     }
 
+    // Declared result types: ': TYPE {, TYPE}' (required for opaque, checked for the others).
+    std::vector<TensorType> declared;
+    std::vector<Position> declared_at;
+    if (IsPunct(':')) {
+      Advance();
+      for (;;) {
+        declared_at.push_back(At(Cur()));
+        TPFUSE_ASSIGN_OR_RETURN(TensorType t, ParseType());
+        declared.push_back(std::move(t));
+        if (!IsPunct(',')) break;
+        Advance();
+      }
+    }
+
     std::vector<TensorType> operand_types;
     for (Value* v : operands) operand_types.push_back(v->type());
-    StatusOr<std::vector<TensorType>> types = InferResultTypes(op.text, operand_types, attrs);
-    if (!types.ok()) return ErrorAt(At(op), types.status().message());
+    StatusOr<std::vector<TensorType>> types = declared;
+    if (def->kind == OpKind::kOpaque) {
+      if (declared.empty())
+        return ErrorAt(At(op), "opaque needs declared result types: '%y = opaque(%x) {name = "
+                               "\"aten.foo\"} : bf16[T, 4096]'");
+      if (Status ok = CheckOpaque(attrs, declared); !ok.ok()) return ErrorAt(At(op), ok.message());
+    } else {
+      types = InferResultTypes(op.text, operand_types, attrs);
+      if (!types.ok()) return ErrorAt(At(op), types.status().message());
+      if (!declared.empty() && declared.size() != types->size())
+        return ErrorAt(declared_at[0], op.text, " produces ", types->size(),
+                       types->size() == 1 ? " result" : " results", ", ", declared.size(),
+                       " types are declared");
+      for (size_t i = 0; i < declared.size(); ++i) {
+        if (declared[i] != (*types)[i])
+          return ErrorAt(declared_at[i], "declared type ", declared[i].ToString(), " of result ",
+                         i, " differs from what ", op.text, " gives: ", (*types)[i].ToString());
+      }
+    }
     if (types->size() != results.size())
       return ErrorAt(At(results[0]), op.text, " produces ", types->size(),
                      types->size() == 1 ? " result" : " results", " here, but ", results.size(),
@@ -564,6 +610,10 @@ class Parser {
         if (t.text == "nan") return Attr::Float(std::numeric_limits<double>::quiet_NaN());
         if (!in_list && t.text == "true") return Attr::Bool(true);
         if (!in_list && t.text == "false") return Attr::Bool(false);
+        if (in_list && IsPunct('*')) {  // a product of symbols in a shape: [B*S, 4096]
+          TPFUSE_ASSIGN_OR_RETURN(std::string product, ParseProduct(t.text));
+          return Attr::Name(std::move(product));
+        }
         return Attr::Name(t.text);
       default:
         return Unexpected(in_list ? "a list item (number, \"string\" or name)"

@@ -30,7 +30,12 @@ std::string PrintGraph(const Graph& graph, const PrintOptions& options) {
       }
       out += "}";
     }
-    if (options.result_types) {
+    if (node->kind() == OpKind::kOpaque) {
+      // Declared, not inferred: part of the statement.
+      out += " : ";
+      for (int i = 0; i < node->num_results(); ++i)
+        out += (i ? ", " : "") + node->result(i)->type().ToString();
+    } else if (options.result_types) {
       out += "  # ";
       for (int i = 0; i < node->num_results(); ++i)
         out += (i ? ", " : "") + node->result(i)->type().ToString();

@@ -88,6 +88,15 @@ class Verifier {
                            " does not record this use exactly once");
         operand_types.push_back(v->type());
       }
+      if (node.kind() == OpKind::kOpaque) {
+        // Declared result types: nothing to infer them from.
+        std::vector<TensorType> declared;
+        for (const Value* r : node.results()) declared.push_back(r->type());
+        if (Status ok = CheckOpaque(node.attrs(), declared); !ok.ok())
+          return NodeError(node, ok.message());
+        for (const Value* r : node.results()) defined.insert(r);
+        continue;
+      }
       StatusOr<std::vector<TensorType>> inferred =
           InferResultTypes(node.op(), operand_types, node.attrs());
       if (!inferred.ok()) return NodeError(node, inferred.status().message());

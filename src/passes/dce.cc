@@ -1,5 +1,6 @@
 // dce: removes nodes none of whose results is used. Parameters stay (they are the function's
-// signature). One backward sweep suffices: a node's users all come after it.
+// signature); opaque nodes stay (the IR cannot know that they have no side effects). One
+// backward sweep suffices: a node's users all come after it.
 #include <algorithm>
 
 #include "passes/pass.h"
@@ -18,6 +19,7 @@ class DcePass final : public Pass {
     int removed = 0;
     for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {
       ir::Node* node = *it;
+      if (node->kind() == ir::OpKind::kOpaque) continue;
       const bool dead = std::none_of(node->results().begin(), node->results().end(),
                                      [](const ir::Value* r) { return r->has_uses(); });
       if (!dead) continue;

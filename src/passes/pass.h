@@ -33,6 +33,9 @@ struct PassContext {
   int world_size = 2;
   int64_t max_tokens = 0;  // 0: unknown
   FusionCapabilities caps = CpuFusionCapabilities();
+  // Also fuse `[add ->] rms_norm [-> quant]` chains that no all_reduce feeds, into the fused op
+  // with spec.local = true (compile option; see passes/compile.h).
+  bool fuse_local = false;
 
   std::vector<FusionRecord> fusions;
   std::vector<Rejection> rejections;

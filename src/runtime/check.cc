@@ -14,7 +14,7 @@ using ir::SkipViews;
 
 bool IsGemmOutput(const ir::Value* v) {
   const ir::Node* p = SkipViews(v)->producer();
-  return p && (p->op() == "matmul" || p->op() == "scaled_matmul");
+  return p && (p->kind() == ir::OpKind::kMatmul || p->kind() == ir::OpKind::kScaledMatmul);
 }
 
 // The dynamic quant that produced `v` as its scale or its q: the node, and the result
@@ -30,7 +30,7 @@ std::optional<DynamicQuant> DynamicQuantOf(const ir::Value* v) {
   const ir::Value* src = SkipViews(v);
   const ir::Node* p = src->producer();
   if (p == nullptr) return std::nullopt;
-  if (p->op() == "quant_fp8") {
+  if (p->kind() == ir::OpKind::kQuantFp8) {
     StatusOr<ir::QuantParams> params = ir::QuantParamsFromNode(*p);
     if (!params.ok() || !IsDynamicQuant(params->mode)) return std::nullopt;
     const bool col = params->layout == ScaleLayout::kCol;
@@ -39,7 +39,7 @@ std::optional<DynamicQuant> DynamicQuantOf(const ir::Value* v) {
                             ? Fp8ScaleMap::Token(col)
                             : Fp8ScaleMap::Group(params->group_size, col)};
   }
-  if (p->op() == "allreduce_rmsnorm") {
+  if (p->kind() == ir::OpKind::kAllreduceRmsnorm) {
     StatusOr<AllreduceRmsnormSpec> spec = ir::FusedSpecFromNode(*p);
     if (!spec.ok() || !IsDynamicQuant(spec->quant)) return std::nullopt;
     const ir::FusedResultIndices at = ir::FusedResultLayout(*spec);
@@ -82,28 +82,38 @@ std::optional<StaticScale> StaticScaleOf(const ir::Value* v) {
     if (!s->is_param() || s->dtype() != DType::kF32) return std::nullopt;
     return StaticScale{s->name(), reciprocal, 0.0};
   };
-  if (p->op() == "quant_fp8" && p->num_operands() == 2) return param_scale(p->operand(1), false);
-  if (p->op() == "allreduce_rmsnorm") {
+  if (p->kind() == ir::OpKind::kQuantFp8 && p->num_operands() == 2) return param_scale(p->operand(1), false);
+  if (p->kind() == ir::OpKind::kAllreduceRmsnorm) {
     StatusOr<AllreduceRmsnormSpec> spec = ir::FusedSpecFromNode(*p);
     if (!spec.ok() || spec->quant != QuantMode::kFp8Tensor) return std::nullopt;
     return param_scale(p->operand(ir::FusedOperandLayout(*spec).scale), false);
   }
-  if (p->op() != "cast") return std::nullopt;
+  if (p->kind() != ir::OpKind::kCast) return std::nullopt;
   // Decomposed static quant: div(scale) | mul(1 / scale) -> clamp -> cast(f8e4m3).
   const ir::Value* x = SkipViews(p->operand(0));
-  while (x->producer() && x->producer()->op() == "clamp") x = SkipViews(x->producer()->operand(0));
+  while (x->producer() && x->producer()->kind() == ir::OpKind::kClamp) x = SkipViews(x->producer()->operand(0));
   const ir::Node* q = x->producer();
   if (q == nullptr) return std::nullopt;
-  if (q->op() == "div" && q->num_operands() == 2) return param_scale(q->operand(1), false);
-  if (q->op() == "mul" && q->num_operands() == 2) {
+  if (q->kind() == ir::OpKind::kDiv && q->num_operands() == 2) return param_scale(q->operand(1), false);
+  if (q->kind() == ir::OpKind::kMul && q->num_operands() == 2) {
     for (int i = 0; i < 2; ++i) {
-      if (q->operand(i)->type().rank() == 0) return param_scale(q->operand(i), true);
+      if (q->operand(i)->type().rank() != 0) continue;
+      // y * reciprocal(scale) or y * pow(scale, -1): the scale itself.
+      const ir::Node* inv = SkipViews(q->operand(i))->producer();
+      const auto exponent = [](const ir::Node& n) {
+        StatusOr<double> e = ir::GetNumberAttr(n, "exponent", 0.0);
+        return e.ok() ? *e : 0.0;
+      };
+      if (inv && (inv->kind() == ir::OpKind::kReciprocal ||
+                  (inv->kind() == ir::OpKind::kPow && exponent(*inv) == -1.0)))
+        return param_scale(inv->operand(0), false);
+      return param_scale(q->operand(i), true);
     }
   }
-  if ((q->op() == "mul" || q->op() == "div") && q->num_operands() == 1) {
+  if ((q->kind() == ir::OpKind::kMul || q->kind() == ir::OpKind::kDiv) && q->num_operands() == 1) {
     StatusOr<double> scalar = ir::GetNumberAttr(*q, "scalar", 0.0);
     if (!scalar.ok() || *scalar == 0.0) return std::nullopt;
-    return StaticScale{"", q->op() == "mul", *scalar};
+    return StaticScale{"", q->kind() == ir::OpKind::kMul, *scalar};
   }
   return std::nullopt;
 }
@@ -155,8 +165,13 @@ std::string CheckReport::ToString() const {
     s += o.ToString() + "\n";
     failed += o.ok ? 0 : 1;
   }
+  const bool bitwise = std::all_of(outputs.begin(), outputs.end(), [](const OutputCheck& o) {
+    return o.cls == ToleranceClass::kExact;
+  });
   s += StrCat(outputs.size(), " outputs checked: ",
-              failed == 0 ? "all within tolerance" : StrCat(failed, " failed"), "\n");
+              failed == 0 ? (bitwise ? "all bitwise equal" : "all within tolerance")
+                          : StrCat(failed, " failed"),
+              "\n");
   return s;
 }
 
@@ -164,7 +179,8 @@ StatusOr<CheckReport> CompareGraphOutputs(const ir::Graph& ref_graph,
                                           const RankOutputs& ref_outputs,
                                           const ir::Graph& got_graph,
                                           const RankOutputs& got_outputs,
-                                          const std::vector<TensorMap>& inputs) {
+                                          const std::vector<TensorMap>& inputs,
+                                          CompareMode mode) {
   const size_t num_outputs = ref_graph.outputs().size();
   if (got_graph.outputs().size() != num_outputs)
     return InvalidArgument("the graphs return ", num_outputs, " and ", got_graph.outputs().size(),
@@ -194,7 +210,9 @@ StatusOr<CheckReport> CompareGraphOutputs(const ir::Graph& ref_graph,
     int s_position = -1;
     std::optional<StaticScale> static_scale;
     const DType dtype = ref_v->dtype();
-    if (dtype == DType::kF8E4M3) {
+    if (mode == CompareMode::kBitwise) {
+      check.cls = ToleranceClass::kExact;
+    } else if (dtype == DType::kF8E4M3) {
       check.cls = ToleranceClass::kFp8Dequantized;
       for (const auto& [graph, v] : {std::pair{&ref_graph, ref_v}, std::pair{&got_graph, got_v}}) {
         std::optional<DynamicQuant> candidate = DynamicQuantOf(v);

@@ -15,8 +15,11 @@
 //       otherwise the codes themselves (+-1 FP8 code step);
 //   - f32 scales (the s result of quant_fp8 or allreduce_rmsnorm): within 2^-7 relative;
 //   - anything else: bitwise.
+// With CompareMode::kBitwise every output is compared bit for bit (class exact): what a graph
+// fused with the rounding recipe of the form it replaced computes on the CPU backend.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -50,13 +53,19 @@ struct CheckReport {
   std::string ToString() const;
 };
 
+enum class CompareMode : uint8_t {
+  kTolerance,  // Contract 3's tolerance table, per output class
+  kBitwise,    // every output bit for bit
+};
+
 // Compares every returned value of every rank. Structural problems (a different number of
 // outputs or ranks) are errors; a value of the wrong dtype or shape is a failed output.
 StatusOr<CheckReport> CompareGraphOutputs(const ir::Graph& ref_graph,
                                           const RankOutputs& ref_outputs,
                                           const ir::Graph& got_graph,
                                           const RankOutputs& got_outputs,
-                                          const std::vector<TensorMap>& inputs);
+                                          const std::vector<TensorMap>& inputs,
+                                          CompareMode mode = CompareMode::kTolerance);
 
 // Ok when the listed outputs (all when `indices` is empty) are bitwise identical on every
 // rank; otherwise an error naming the first output and rank that differ.

@@ -54,15 +54,9 @@ struct ResolvedType {
 StatusOr<std::vector<HostTensor>> RunLocalOp(const ir::Node& node,
                                              const std::vector<const HostTensor*>& in,
                                              const std::vector<ResolvedType>& out) {
-  const std::string& op = node.op();
   const DType out_dtype = out.at(0).dtype;
   using Results = std::vector<HostTensor>;
-
-  if (op == "add" || op == "sub" || op == "mul" || op == "div") {
-    const cpu::BinaryOp bop = op == "add"   ? cpu::BinaryOp::kAdd
-                              : op == "sub" ? cpu::BinaryOp::kSub
-                              : op == "mul" ? cpu::BinaryOp::kMul
-                                            : cpu::BinaryOp::kDiv;
+  const auto binary = [&](cpu::BinaryOp bop) -> StatusOr<Results> {
     if (in.size() == 1) {
       if (node.attr("scalar") == nullptr)
         return InvalidArgument("one operand needs a 'scalar' attribute");
@@ -71,66 +65,93 @@ StatusOr<std::vector<HostTensor>> RunLocalOp(const ir::Node& node,
     }
     TPFUSE_ASSIGN_OR_RETURN(HostTensor y, cpu::Binary(bop, *in[0], *in[1], out_dtype));
     return Results{std::move(y)};
-  }
-  if (op == "pow") {
-    TPFUSE_ASSIGN_OR_RETURN(double exponent, ir::GetNumberAttr(node, "exponent", 1.0));
-    return Results{cpu::Pow(*in[0], float(exponent), out_dtype)};
-  }
-  if (op == "rsqrt") return Results{cpu::Rsqrt(*in[0], out_dtype)};
-  if (op == "clamp") {
-    constexpr double kInf = std::numeric_limits<double>::infinity();
-    TPFUSE_ASSIGN_OR_RETURN(double lo, ir::GetNumberAttr(node, "min", -kInf));
-    TPFUSE_ASSIGN_OR_RETURN(double hi, ir::GetNumberAttr(node, "max", kInf));
-    return Results{cpu::Clamp(*in[0], float(lo), float(hi), out_dtype)};
-  }
-  if (op == "cast") return Results{cpu::Cast(*in[0], out_dtype)};
-  if (op == "view") {
-    TPFUSE_ASSIGN_OR_RETURN(HostTensor y, cpu::View(*in[0], out[0].shape));
-    return Results{std::move(y)};
-  }
-  if (op == "mean") {
-    const ir::Attr* dim = node.attr("dim");
-    const ir::Attr* keepdim = node.attr("keepdim");
-    TPFUSE_ASSIGN_OR_RETURN(
-        HostTensor y, cpu::Mean(*in[0], dim ? dim->i : -1, keepdim ? keepdim->b : true, out_dtype));
-    return Results{std::move(y)};
-  }
-  if (op == "rms_norm" || op == "fused_add_rms_norm") {
-    TPFUSE_ASSIGN_OR_RETURN(double eps, ir::GetNumberAttr(node, "eps", 1e-6));
-    TPFUSE_ASSIGN_OR_RETURN(double weight_bias, ir::GetNumberAttr(node, "weight_bias", 0.0));
-    if (op == "rms_norm") {
-      TPFUSE_ASSIGN_OR_RETURN(
-          HostTensor y, cpu::RmsNorm(*in[0], *in[1], float(eps), float(weight_bias), out_dtype));
+  };
+  const auto unary = [&](cpu::UnaryOp uop) -> StatusOr<Results> {
+    return Results{cpu::Unary(uop, *in[0], out_dtype)};
+  };
+  const ir::Attr* dim = node.attr("dim");
+  const ir::Attr* keepdim = node.attr("keepdim");
+  const int64_t reduce_dim = dim ? dim->i : -1;
+  const bool keep = keepdim ? keepdim->b : true;
+
+  switch (node.kind()) {
+    case ir::OpKind::kAdd: return binary(cpu::BinaryOp::kAdd);
+    case ir::OpKind::kSub: return binary(cpu::BinaryOp::kSub);
+    case ir::OpKind::kMul: return binary(cpu::BinaryOp::kMul);
+    case ir::OpKind::kDiv: return binary(cpu::BinaryOp::kDiv);
+    case ir::OpKind::kPow: {
+      TPFUSE_ASSIGN_OR_RETURN(double exponent, ir::GetNumberAttr(node, "exponent", 1.0));
+      return Results{cpu::Pow(*in[0], float(exponent), out_dtype)};
+    }
+    case ir::OpKind::kRsqrt: return Results{cpu::Rsqrt(*in[0], out_dtype)};
+    case ir::OpKind::kSqrt: return unary(cpu::UnaryOp::kSqrt);
+    case ir::OpKind::kAbs: return unary(cpu::UnaryOp::kAbs);
+    case ir::OpKind::kNeg: return unary(cpu::UnaryOp::kNeg);
+    case ir::OpKind::kReciprocal: return unary(cpu::UnaryOp::kReciprocal);
+    case ir::OpKind::kLog2: return unary(cpu::UnaryOp::kLog2);
+    case ir::OpKind::kExp2: return unary(cpu::UnaryOp::kExp2);
+    case ir::OpKind::kCeil: return unary(cpu::UnaryOp::kCeil);
+    case ir::OpKind::kClamp: {
+      constexpr double kInf = std::numeric_limits<double>::infinity();
+      TPFUSE_ASSIGN_OR_RETURN(double lo, ir::GetNumberAttr(node, "min", -kInf));
+      TPFUSE_ASSIGN_OR_RETURN(double hi, ir::GetNumberAttr(node, "max", kInf));
+      return Results{cpu::Clamp(*in[0], float(lo), float(hi), out_dtype)};
+    }
+    case ir::OpKind::kCast: return Results{cpu::Cast(*in[0], out_dtype)};
+    case ir::OpKind::kView: {
+      TPFUSE_ASSIGN_OR_RETURN(HostTensor y, cpu::View(*in[0], out[0].shape));
       return Results{std::move(y)};
     }
-    TPFUSE_ASSIGN_OR_RETURN(cpu::AddRmsNormResult r,
-                            cpu::FusedAddRmsNorm(*in[0], *in[1], *in[2], float(eps),
-                                                 float(weight_bias), out_dtype, out.at(1).dtype));
-    return Results{std::move(r.y), std::move(r.residual_out)};
-  }
-  if (op == "quant_fp8") {
-    TPFUSE_ASSIGN_OR_RETURN(ir::QuantParams params, ir::QuantParamsFromNode(node));
-    if (params.mode == QuantMode::kFp8Tensor) {
-      if (in.size() != 2) return InvalidArgument("mode tensor needs a scale operand");
-      TPFUSE_ASSIGN_OR_RETURN(HostTensor q, cpu::QuantFp8Tensor(*in[0], *in[1]));
-      return Results{std::move(q)};
+    case ir::OpKind::kMean: {
+      TPFUSE_ASSIGN_OR_RETURN(HostTensor y, cpu::Mean(*in[0], reduce_dim, keep, out_dtype));
+      return Results{std::move(y)};
     }
-    const cpu::DynamicQuantConfig config{params.mode, params.group_size, params.layout,
-                                         params.format};
-    TPFUSE_ASSIGN_OR_RETURN(cpu::DynamicQuantResult r, cpu::QuantFp8Dynamic(*in[0], config));
-    return Results{std::move(r.q), std::move(r.s)};
+    case ir::OpKind::kAmax: {
+      TPFUSE_ASSIGN_OR_RETURN(HostTensor y, cpu::Amax(*in[0], reduce_dim, keep, out_dtype));
+      return Results{std::move(y)};
+    }
+    case ir::OpKind::kRmsNorm:
+    case ir::OpKind::kFusedAddRmsNorm: {
+      TPFUSE_ASSIGN_OR_RETURN(double eps, ir::GetNumberAttr(node, "eps", 1e-6));
+      TPFUSE_ASSIGN_OR_RETURN(double weight_bias, ir::GetNumberAttr(node, "weight_bias", 0.0));
+      if (node.kind() == ir::OpKind::kRmsNorm) {
+        TPFUSE_ASSIGN_OR_RETURN(
+            HostTensor y, cpu::RmsNorm(*in[0], *in[1], float(eps), float(weight_bias), out_dtype));
+        return Results{std::move(y)};
+      }
+      TPFUSE_ASSIGN_OR_RETURN(cpu::AddRmsNormResult r,
+                              cpu::FusedAddRmsNorm(*in[0], *in[1], *in[2], float(eps),
+                                                   float(weight_bias), out_dtype, out.at(1).dtype));
+      return Results{std::move(r.y), std::move(r.residual_out)};
+    }
+    case ir::OpKind::kQuantFp8: {
+      TPFUSE_ASSIGN_OR_RETURN(ir::QuantParams params, ir::QuantParamsFromNode(node));
+      if (params.mode == QuantMode::kFp8Tensor) {
+        if (in.size() != 2) return InvalidArgument("mode tensor needs a scale operand");
+        TPFUSE_ASSIGN_OR_RETURN(HostTensor q, cpu::QuantFp8Tensor(*in[0], *in[1]));
+        return Results{std::move(q)};
+      }
+      TPFUSE_ASSIGN_OR_RETURN(cpu::DynamicQuantResult r, cpu::QuantFp8Dynamic(*in[0], params));
+      return Results{std::move(r.q), std::move(r.s)};
+    }
+    case ir::OpKind::kMatmul: {
+      TPFUSE_ASSIGN_OR_RETURN(HostTensor y, cpu::Matmul(*in[0], *in[1], out_dtype));
+      return Results{std::move(y)};
+    }
+    case ir::OpKind::kScaledMatmul: {
+      TPFUSE_ASSIGN_OR_RETURN(cpu::ActScaleLayout layout, ir::ScaledMatmulScaleLayout(node));
+      TPFUSE_ASSIGN_OR_RETURN(HostTensor y,
+                              cpu::ScaledMatmul(*in[0], *in[1], layout, *in[2], *in[3], out_dtype));
+      return Results{std::move(y)};
+    }
+    case ir::OpKind::kAllReduce:
+    case ir::OpKind::kAllreduceRmsnorm:
+      return Internal("collective '", node.op(), "' reached the local op path");
+    case ir::OpKind::kOpaque:
+      return Unimplemented("opaque op '", ir::OpaqueName(node), "' cannot be executed");
+    case ir::OpKind::kUnknown: break;
   }
-  if (op == "matmul") {
-    TPFUSE_ASSIGN_OR_RETURN(HostTensor y, cpu::Matmul(*in[0], *in[1], out_dtype));
-    return Results{std::move(y)};
-  }
-  if (op == "scaled_matmul") {
-    TPFUSE_ASSIGN_OR_RETURN(cpu::ActScaleLayout layout, ir::ScaledMatmulScaleLayout(node));
-    TPFUSE_ASSIGN_OR_RETURN(HostTensor y,
-                            cpu::ScaledMatmul(*in[0], *in[1], layout, *in[2], *in[3], out_dtype));
-    return Results{std::move(y)};
-  }
-  return Unimplemented("op '", op, "' has no CPU reference implementation");
+  return Unimplemented("op '", node.op(), "' has no CPU reference implementation");
 }
 
 class CpuExecutor : public Executor {
@@ -169,6 +190,7 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
   if (int(inputs.size()) != world_size_)
     return InvalidArgument("cpu executor: got inputs for ", inputs.size(), " ranks, world size is ",
                            world_size_);
+  TPFUSE_RETURN_IF_ERROR(ir::RefuseOpaque(graph, name()));
   const size_t ranks = static_cast<size_t>(world_size_);
   Bindings bindings;
   for (int r = 0; r < world_size_; ++r) {
@@ -220,13 +242,13 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
     // Results of every rank.
     std::vector<std::vector<HostTensor>> results(ranks);
     std::vector<Status> statuses(ranks);
-    if (node.op() == "all_reduce") {
+    if (node.kind() == ir::OpKind::kAllReduce) {
       std::vector<const HostTensor*> partials;
       for (int r = 0; r < world_size_; ++r) partials.push_back(operands[size_t(r)][0]);
       StatusOr<HostTensor> sum = cpu::AllreduceSum(partials);
       if (!sum.ok()) return node_error(sum.status());
       for (int r = 0; r < world_size_; ++r) results[size_t(r)].push_back(*sum);
-    } else if (node.op() == "allreduce_rmsnorm") {
+    } else if (node.kind() == ir::OpKind::kAllreduceRmsnorm) {
       StatusOr<AllreduceRmsnormSpec> spec = ir::FusedSpecFromNode(node);
       if (!spec.ok()) return node_error(spec.status());
       const ir::FusedOperandIndices at = ir::FusedOperandLayout(*spec);
@@ -235,8 +257,11 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
       // Every rank runs the epilogue on its own residual, weight and scale.
       ForEachRank(world_size_, [&](int r) {
         const auto& in = operands[size_t(r)];
+        // A local op (no all_reduce feeds it) reads this rank's x alone: a = x.
+        const std::vector<const HostTensor*> own{in[size_t(at.x)]};
         StatusOr<std::vector<HostTensor>> out = cpu::AllreduceRmsnorm(
-            *spec, partials, at.residual >= 0 ? in[size_t(at.residual)] : nullptr,
+            *spec, spec->local ? own : partials,
+            at.residual >= 0 ? in[size_t(at.residual)] : nullptr,
             *in[size_t(at.w)], at.scale >= 0 ? in[size_t(at.scale)] : nullptr);
         if (out.ok()) results[size_t(r)] = std::move(*out);
         else statuses[size_t(r)] = out.status();
@@ -300,7 +325,8 @@ std::unique_ptr<Executor> MakeCpuExecutor(int world_size) {
 
 StatusOr<Bindings> BindSymbols(const ir::Graph& graph, const TensorMap& inputs) {
   Bindings bindings;
-  // Plain symbolic dims bind; padded ones (pad4(T)) are checked once everything is bound.
+  // Plain symbolic dims bind; padded ones (pad4(T)) and products (B*S) are checked once
+  // everything is bound.
   for (const ir::Value* p : graph.params()) {
     const std::string want = p->type().ToString();
     auto it = inputs.find(p->name());
@@ -319,7 +345,7 @@ StatusOr<Bindings> BindSymbols(const ir::Graph& graph, const TensorMap& inputs) 
         if (got != dim.value)
           return InvalidArgument("input %", p->name(), " is ", t.TypeString(), ", expected ", want,
                                  " (dim ", d, " must be ", dim.value, ")");
-      } else if (dim.align == 1) {
+      } else if (dim.align == 1 && !dim.is_product()) {
         auto [bound, inserted] = bindings.emplace(dim.symbol, got);
         if (!inserted && bound->second != got)
           return InvalidArgument("input %", p->name(), " is ", t.TypeString(), ", expected ", want,
@@ -332,12 +358,17 @@ StatusOr<Bindings> BindSymbols(const ir::Graph& graph, const TensorMap& inputs) 
     const HostTensor& t = inputs.at(p->name());
     for (int d = 0; d < t.rank(); ++d) {
       const ir::Dim& dim = p->shape()[size_t(d)];
-      if (dim.is_const() || dim.align == 1) continue;
+      if (dim.is_const() || (dim.align == 1 && !dim.is_product())) continue;
       StatusOr<int64_t> want = dim.Resolve(bindings);
-      if (!want.ok())
-        return InvalidArgument("input %", p->name(), ": cannot bind ", dim.symbol, " from ",
-                               dim.ToString(), " alone; give a parameter with a plain ", dim.symbol,
+      if (!want.ok()) {
+        std::string unbound = dim.symbol;
+        for (const std::string& f : dim.Factors()) {
+          if (!bindings.count(f)) unbound = f;
+        }
+        return InvalidArgument("input %", p->name(), ": cannot bind ", unbound, " from ",
+                               dim.ToString(), " alone; give a parameter with a plain ", unbound,
                                " dim");
+      }
       if (*want != t.dim(d))
         return InvalidArgument("input %", p->name(), " is ", t.TypeString(), ", expected ",
                                p->type().ToString(), " (dim ", d, " must be ", dim.ToString(),

@@ -47,11 +47,18 @@ uint64_t HashName(std::string_view s) {
   return h;
 }
 
-// Calls f(use) for every use of v and, through views, of what views it.
+// Calls f(use) for every use of v and, through views, of what views it. A rank-1 value is also
+// followed through casts and `+ scalar`: a norm weight written `w.float() + 1` is still the
+// weight.
 void ForEachUseThroughViews(const ir::Value& v, const std::function<void(const ir::Use&)>& f) {
   for (const ir::Use& use : v.uses()) {
-    if (!use.is_return() && use.user->op() == "view") {
-      ForEachUseThroughViews(*use.user->result(0), f);
+    const ir::Node* user = use.user;
+    const bool weight_step =
+        user != nullptr && v.type().rank() == 1 &&
+        (user->kind() == ir::OpKind::kCast ||
+         (user->kind() == ir::OpKind::kAdd && user->num_operands() == 1));
+    if (!use.is_return() && (user->kind() == ir::OpKind::kView || weight_step)) {
+      ForEachUseThroughViews(*user->result(0), f);
     } else {
       f(use);
     }
@@ -90,31 +97,66 @@ ParamInfo ClassifyParam(const ir::Value& param) {
   ForEachUseThroughViews(param, [&](const ir::Use& use) {
     if (use.is_return()) return;
     const ir::Node& user = *use.user;
-    const std::string& op = user.op();
     const int i = use.index;
-    if (op == "all_reduce") info.per_rank = true;
-    if (op == "matmul" && i == 1) info.per_rank = true;
-    if (op == "scaled_matmul") {
-      if (i == 2 || i == 3) info.per_rank = true;
-      // A static quant scale that also dequantizes the GEMM input stays a static scale.
-      if ((i == 1 || i == 3) && dtype == DType::kF32 && info.role == ParamRole::kActivation)
-        info.role = ParamRole::kGemmScale;
-    }
-    if (op == "allreduce_rmsnorm") {
-      const ir::FusedOperandIndices at = FusedOperands(user);
-      if (i == at.x) info.per_rank = true;
-      if (i == at.w) info.role = ParamRole::kNormWeight;
-      if (i == at.scale && f32_scalar) info.role = ParamRole::kStaticScale;
-    }
-    if ((op == "rms_norm" && i == 1) || (op == "fused_add_rms_norm" && i == 2))
-      info.role = ParamRole::kNormWeight;
-    if (op == "quant_fp8" && i == 1 && f32_scalar) info.role = ParamRole::kStaticScale;
-    if (op == "div" && i == 1 && f32_scalar) info.role = ParamRole::kStaticScale;
-    if (op == "mul" && user.num_operands() == 2) {
-      const ir::Value& other = *user.operand(1 - i);
-      if (f32_scalar && other.type().rank() >= 1) info.role = ParamRole::kStaticInverseScale;
-      if (param.type().rank() == 1 && other.type().rank() >= 2 && IsFloatType(dtype))
-        info.role = ParamRole::kNormWeight;
+    switch (user.kind()) {
+      case ir::OpKind::kAllReduce: info.per_rank = true; break;
+      case ir::OpKind::kMatmul:
+        if (i == 1) info.per_rank = true;
+        break;
+      case ir::OpKind::kScaledMatmul:
+        if (i == 2 || i == 3) info.per_rank = true;
+        // A static quant scale that also dequantizes the GEMM input stays a static scale.
+        if ((i == 1 || i == 3) && dtype == DType::kF32 && info.role == ParamRole::kActivation)
+          info.role = ParamRole::kGemmScale;
+        break;
+      case ir::OpKind::kAllreduceRmsnorm: {
+        const ir::FusedOperandIndices at = FusedOperands(user);
+        if (i == at.x) info.per_rank = true;
+        if (i == at.w) info.role = ParamRole::kNormWeight;
+        if (i == at.scale && f32_scalar) info.role = ParamRole::kStaticScale;
+        break;
+      }
+      case ir::OpKind::kRmsNorm:
+        if (i == 1) info.role = ParamRole::kNormWeight;
+        break;
+      case ir::OpKind::kFusedAddRmsNorm:
+        if (i == 2) info.role = ParamRole::kNormWeight;
+        break;
+      case ir::OpKind::kQuantFp8:
+        if (i == 1 && f32_scalar) info.role = ParamRole::kStaticScale;
+        break;
+      case ir::OpKind::kDiv:
+        if (i == 1 && f32_scalar) info.role = ParamRole::kStaticScale;
+        break;
+      case ir::OpKind::kMul:
+        if (user.num_operands() == 2) {
+          const ir::Value& other = *user.operand(1 - i);
+          if (f32_scalar && other.type().rank() >= 1) info.role = ParamRole::kStaticInverseScale;
+          if (param.type().rank() == 1 && other.type().rank() >= 2 && IsFloatType(dtype))
+            info.role = ParamRole::kNormWeight;
+        }
+        break;
+      // A power or a reciprocal of a static scale: still the scale (x * pow(s, -1)).
+      case ir::OpKind::kReciprocal:
+      case ir::OpKind::kPow:
+        if (f32_scalar) info.role = ParamRole::kStaticScale;
+        break;
+      case ir::OpKind::kAdd:
+      case ir::OpKind::kSub:
+      case ir::OpKind::kRsqrt:
+      case ir::OpKind::kSqrt:
+      case ir::OpKind::kAbs:
+      case ir::OpKind::kNeg:
+      case ir::OpKind::kLog2:
+      case ir::OpKind::kExp2:
+      case ir::OpKind::kCeil:
+      case ir::OpKind::kClamp:
+      case ir::OpKind::kCast:
+      case ir::OpKind::kMean:
+      case ir::OpKind::kAmax:
+      case ir::OpKind::kView:
+      case ir::OpKind::kOpaque:
+      case ir::OpKind::kUnknown: break;
     }
   });
   return info;
@@ -127,7 +169,8 @@ StatusOr<std::vector<TensorMap>> MakeRandomInputs(const ir::Graph& graph, int wo
   std::map<std::string, int64_t> bindings;
   for (const ir::Value* p : graph.params()) {
     for (const ir::Dim& d : p->shape()) {
-      if (!d.is_const()) bindings[d.symbol] = tokens;
+      // Every symbol is the token count (a product B*S of two is then tokens^2 rows).
+      for (const std::string& factor : d.Factors()) bindings[factor] = tokens;
     }
   }
   std::vector<TensorMap> inputs(static_cast<size_t>(world_size));

@@ -13,7 +13,8 @@
 //   - activations (any other float parameter): normal(0, 1) rounded to the dtype: both signs,
 //     never all zeros;
 //   - RMSNorm weights (rms_norm's w, fused_add_rms_norm's w, allreduce_rmsnorm's w, and a
-//     rank-1 parameter multiplied into a tensor of higher rank, the decomposed form's weight):
+//     rank-1 parameter multiplied into a tensor of higher rank, the decomposed form's weight,
+//     also through casts and `+ scalar` as in `w.float() + 1`):
 //     uniform in [0.5, 1.5];
 //   - static quant scales (f32[] divided into an activation, or the scale operand of quant_fp8
 //     and allreduce_rmsnorm): uniform in [0.005, 0.02], about max|y| / 448 for unit-scale y;

@@ -4,7 +4,6 @@
 
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <string>
 #include <vector>
 
@@ -13,13 +12,14 @@ namespace {
 
 std::vector<std::string> Sh(const std::string& script) { return {"/bin/sh", "-c", script}; }
 
-double Seconds(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
+// NOTE: no test here bounds how fast something happens. A rank that must be ended by the group
+// never ends by itself (it sleeps far beyond any bound here), so the message names the way it
+// was ended whatever the machine's load; the group timeout of Quick() is a safety net.
+std::vector<std::string> Forever(const std::string& prefix = "") { return Sh(prefix + "exec sleep 100000"); }
 
 ProcessGroupOptions Quick() {
   ProcessGroupOptions o;
-  o.timeout_seconds = 20;
+  o.timeout_seconds = 120;
   o.grace_seconds = 0.3;
   o.kill_wait_seconds = 0.3;
   return o;
@@ -37,9 +37,7 @@ TEST(BenchProcess, ExitStatusIsNamedByRank) {
 }
 
 TEST(BenchProcess, AFailureEndsTheOthersAfterTheGrace) {
-  const auto start = std::chrono::steady_clock::now();
-  const Status s = RunProcessGroup({Sh("exec sleep 30"), Sh("exit 1")}, Quick());
-  EXPECT_LT(Seconds(start), 10);
+  const Status s = RunProcessGroup({Forever(), Sh("exit 1")}, Quick());
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("rank 0 was still running 0.3 s after another rank failed"),
             std::string::npos)
@@ -50,9 +48,7 @@ TEST(BenchProcess, AFailureEndsTheOthersAfterTheGrace) {
 TEST(BenchProcess, TimeoutKillsEvenWhatIgnoresSigterm) {
   ProcessGroupOptions o = Quick();
   o.timeout_seconds = 0.3;
-  const auto start = std::chrono::steady_clock::now();
-  const Status s = RunProcessGroup({Sh("trap '' TERM; exec sleep 30"), Sh("exec sleep 30")}, o);
-  EXPECT_LT(Seconds(start), 10);
+  const Status s = RunProcessGroup({Forever("trap '' TERM; "), Forever()}, o);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("rank 0 was still running at the timeout"), std::string::npos)
       << s.message();

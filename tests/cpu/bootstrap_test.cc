@@ -103,6 +103,12 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// NOTE: no test here bounds how fast something happens. Waits that must succeed get a bound far
+// beyond what they take (kGenerousSeconds), so a loaded machine cannot make them time out; a
+// test that needs a timeout to happen makes it the only way out (nobody ever answers), and
+// checks what the error says. kGenerousSeconds also bounds how long a test may hang.
+constexpr double kGenerousSeconds = 60.0;
+
 // ---------------------------------------------------------------------------- both methods
 
 class BootstrapMethods : public ::testing::TestWithParam<BootstrapMethod> {
@@ -115,7 +121,7 @@ class BootstrapMethods : public ::testing::TestWithParam<BootstrapMethod> {
 TEST_P(BootstrapMethods, DeliversTheBlobToEveryRank) {
   const std::string address = FreshAddress();
   const std::vector<uint8_t> blob = RandomBlob(128);
-  RankRun run = RunRanks(GetParam(), address, 4, 20.0, blob);
+  RankRun run = RunRanks(GetParam(), address, 4, kGenerousSeconds, blob);
   for (int r = 0; r < 4; ++r) {
     EXPECT_TRUE(run.statuses[size_t(r)].ok()) << "rank " << r << ": "
                                               << run.statuses[size_t(r)].ToString();
@@ -131,7 +137,7 @@ TEST_P(BootstrapMethods, DeliversTheBlobToEveryRank) {
 TEST_P(BootstrapMethods, RankZeroMayComeLast) {
   const std::string address = FreshAddress();
   const std::vector<uint8_t> blob = RandomBlob(128);
-  RankRun run = RunRanks(GetParam(), address, 3, 20.0, blob, /*delay_ms=*/{300, 0, 0});
+  RankRun run = RunRanks(GetParam(), address, 3, kGenerousSeconds, blob, /*delay_ms=*/{300, 0, 0});
   for (int r = 0; r < 3; ++r) {
     EXPECT_TRUE(run.statuses[size_t(r)].ok()) << "rank " << r << ": "
                                               << run.statuses[size_t(r)].ToString();
@@ -142,7 +148,7 @@ TEST_P(BootstrapMethods, RankZeroMayComeLast) {
 TEST_P(BootstrapMethods, RepeatedExchangesOnFreshAddresses) {
   for (int round = 0; round < 5; ++round) {
     const std::vector<uint8_t> blob = RandomBlob(128);
-    RankRun run = RunRanks(GetParam(), FreshAddress(), 2, 20.0, blob);
+    RankRun run = RunRanks(GetParam(), FreshAddress(), 2, kGenerousSeconds, blob);
     ASSERT_TRUE(run.statuses[0].ok()) << run.statuses[0].ToString();
     ASSERT_TRUE(run.statuses[1].ok()) << run.statuses[1].ToString();
     EXPECT_EQ(run.blobs[1], blob) << "round " << round;
@@ -151,9 +157,9 @@ TEST_P(BootstrapMethods, RepeatedExchangesOnFreshAddresses) {
 
 TEST_P(BootstrapMethods, WorldSizeOneNeedsNobody) {
   const std::string address = FreshAddress();
-  const auto start = Clock::now();
-  EXPECT_TRUE(RunOne(GetParam(), address, 0, 1, 5.0).ok());
-  EXPECT_LT(SecondsSince(start), 1.0);
+  // Nobody else ever comes: a rank that waited for anyone would time out.
+  const Status s = RunOne(GetParam(), address, 0, 1, kGenerousSeconds);
+  EXPECT_TRUE(s.ok()) << s.ToString();
   if (GetParam() == BootstrapMethod::kFile) {
     EXPECT_FALSE(Exists(address));
   }
@@ -165,8 +171,7 @@ TEST_P(BootstrapMethods, PeerTimesOutWhenRankZeroNeverComes) {
   const Status s = RunOne(GetParam(), address, 1, 2, 0.3);
   const double took = SecondsSince(start);
   ASSERT_EQ(s.code(), StatusCode::kTimeout) << s.ToString();
-  EXPECT_GE(took, 0.25);
-  EXPECT_LT(took, 5.0);
+  EXPECT_GE(took, 0.25) << "gave up before its timeout";
   const std::string method(BootstrapMethodName(GetParam()));
   EXPECT_TRUE(Contains(s.message(), method + " bootstrap at")) << s.message();
   EXPECT_TRUE(Contains(s.message(), address)) << s.message();
@@ -181,7 +186,7 @@ TEST_P(BootstrapMethods, RankZeroTimesOutWhenPeersNeverCome) {
   const std::string address = FreshAddress();
   const auto start = Clock::now();
   const Status s = RunOne(GetParam(), address, 0, 3, 0.3);
-  EXPECT_LT(SecondsSince(start), 5.0);
+  EXPECT_GE(SecondsSince(start), 0.25) << "gave up before its timeout";
   ASSERT_EQ(s.code(), StatusCode::kTimeout) << s.ToString();
   EXPECT_TRUE(Contains(s.message(), address)) << s.message();
   EXPECT_TRUE(Contains(s.message(), "rank 0 timed out after 0.3 s")) << s.message();
@@ -208,19 +213,50 @@ TEST_P(BootstrapMethods, RejectsBadRankWorldAndTimeout) {
 
 TEST_P(BootstrapMethods, RanksDisagreeingOnTheBlobSizeFail) {
   const std::string address = FreshAddress();
-  RankRun run = RunRanks(GetParam(), address, 2, 0.5, RandomBlob(128), {}, /*blob_bytes=*/{0, 64});
-  ASSERT_FALSE(run.statuses[0].ok());
-  ASSERT_FALSE(run.statuses[1].ok());
-  // tcp notices at once; file notices when the wait runs out.
-  EXPECT_TRUE(Contains(run.statuses[1].message(), "128")) << run.statuses[1].ToString();
-  EXPECT_TRUE(Contains(run.statuses[1].message(), "64")) << run.statuses[1].ToString();
+  const std::vector<uint8_t> blob = RandomBlob(128);
   if (GetParam() == BootstrapMethod::kTcp) {
-    EXPECT_EQ(run.statuses[0].code(), StatusCode::kInvalidArgument) << run.statuses[0].ToString();
-    EXPECT_EQ(run.statuses[1].code(), StatusCode::kInvalidArgument) << run.statuses[1].ToString();
-  } else {
-    EXPECT_EQ(run.statuses[0].code(), StatusCode::kTimeout) << run.statuses[0].ToString();
-    EXPECT_EQ(run.statuses[1].code(), StatusCode::kTimeout) << run.statuses[1].ToString();
+    // Rank 0 learns the peer's size from its hello: both fail at once, naming both sizes.
+    RankRun run = RunRanks(GetParam(), address, 2, kGenerousSeconds, blob, {}, /*blob_bytes=*/{0, 64});
+    for (int r = 0; r < 2; ++r) {
+      EXPECT_EQ(run.statuses[size_t(r)].code(), StatusCode::kInvalidArgument) << run.statuses[size_t(r)].ToString();
+      EXPECT_TRUE(Contains(run.statuses[size_t(r)].message(), "128")) << run.statuses[size_t(r)].ToString();
+      EXPECT_TRUE(Contains(run.statuses[size_t(r)].message(), "64")) << run.statuses[size_t(r)].ToString();
+    }
+    return;
   }
+  // file: a reader expecting another size never accepts rank 0's file; its timeout names both
+  // sizes. It starts once the file is there, so that is what its first look finds.
+  Status root;
+  std::vector<uint8_t> root_blob = blob;
+  std::thread root_thread([&] {
+    BootstrapOptions options;
+    options.method = BootstrapMethod::kFile;
+    options.address = address;
+    options.rank = 0;
+    options.world_size = 2;
+    options.timeout_seconds = kGenerousSeconds;
+    root = BroadcastBlob(options, root_blob);
+  });
+  const auto start = Clock::now();
+  while (!Exists(address) && SecondsSince(start) < kGenerousSeconds)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const Status wrong = RunOne(BootstrapMethod::kFile, address, 1, 2, 0.3, /*bytes=*/64);
+  EXPECT_EQ(wrong.code(), StatusCode::kTimeout) << wrong.ToString();
+  EXPECT_TRUE(Contains(wrong.message(), "holds a 128-byte blob")) << wrong.ToString();
+  EXPECT_TRUE(Contains(wrong.message(), "expects a 64-byte blob")) << wrong.ToString();
+  // Rank 0 still waits for rank 1: a reader of the right size completes the exchange.
+  std::vector<uint8_t> got(128, 0);
+  BootstrapOptions options;
+  options.method = BootstrapMethod::kFile;
+  options.address = address;
+  options.rank = 1;
+  options.world_size = 2;
+  options.timeout_seconds = kGenerousSeconds;
+  const Status right = BroadcastBlob(options, got);
+  root_thread.join();
+  EXPECT_TRUE(right.ok()) << right.ToString();
+  EXPECT_TRUE(root.ok()) << root.ToString();
+  EXPECT_EQ(got, blob);
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, BootstrapMethods,
@@ -253,7 +289,7 @@ TEST(FileBootstrap, ReadersWaitOutAForeignFileUntilRankZeroReplacesIt) {
   }
   const std::vector<uint8_t> blob = RandomBlob(128);
   // Rank 1 finds the junk first and keeps polling; rank 0 replaces it.
-  RankRun run = RunRanks(BootstrapMethod::kFile, path, 2, 20.0, blob, /*delay_ms=*/{300, 0});
+  RankRun run = RunRanks(BootstrapMethod::kFile, path, 2, kGenerousSeconds, blob, /*delay_ms=*/{300, 0});
   ASSERT_TRUE(run.statuses[0].ok()) << run.statuses[0].ToString();
   ASSERT_TRUE(run.statuses[1].ok()) << run.statuses[1].ToString();
   EXPECT_EQ(run.blobs[1], blob);
@@ -279,12 +315,11 @@ TEST(TcpBootstrap, BadAddressesAreRejectedAtOnce) {
                                      "127.0.0.1:70000", "127.0.0.1:0", "300.1.1.1:80",
                                      "some.host:80"}) {
     for (int rank : {0, 1}) {
-      const auto start = Clock::now();
-      const Status s = RunOne(BootstrapMethod::kTcp, address, rank, 2, 5.0);
+      // Rejected, not waited on: a rank that waited would end in kTimeout, not kInvalidArgument.
+      const Status s = RunOne(BootstrapMethod::kTcp, address, rank, 2, kGenerousSeconds);
       EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << address << ": " << s.ToString();
       EXPECT_TRUE(Contains(s.message(), "tcp bootstrap")) << s.message();
       EXPECT_TRUE(Contains(s.message(), StrCat("'", address, "'"))) << s.message();
-      EXPECT_LT(SecondsSince(start), 1.0) << address;
     }
   }
 }
@@ -293,7 +328,7 @@ TEST(TcpBootstrap, LocalhostIsLoopback) {
   StatusOr<int> port = PickFreeLoopbackPort();
   ASSERT_TRUE(port.ok()) << port.status().ToString();
   const std::vector<uint8_t> blob = RandomBlob(128);
-  RankRun run = RunRanks(BootstrapMethod::kTcp, StrCat("localhost:", *port), 2, 20.0, blob);
+  RankRun run = RunRanks(BootstrapMethod::kTcp, StrCat("localhost:", *port), 2, kGenerousSeconds, blob);
   ASSERT_TRUE(run.statuses[0].ok()) << run.statuses[0].ToString();
   ASSERT_TRUE(run.statuses[1].ok()) << run.statuses[1].ToString();
   EXPECT_EQ(run.blobs[1], blob);
@@ -311,8 +346,8 @@ TEST(TcpBootstrap, UnknownMethodIsRejected) {
 TEST(TcpBootstrap, WorldSizeMismatchFailsBothSides) {
   const std::string address = FreeTcpAddress();
   Status root, peer;
-  std::thread root_thread([&] { root = RunOne(BootstrapMethod::kTcp, address, 0, 2, 5.0); });
-  std::thread peer_thread([&] { peer = RunOne(BootstrapMethod::kTcp, address, 1, 3, 5.0); });
+  std::thread root_thread([&] { root = RunOne(BootstrapMethod::kTcp, address, 0, 2, kGenerousSeconds); });
+  std::thread peer_thread([&] { peer = RunOne(BootstrapMethod::kTcp, address, 1, 3, kGenerousSeconds); });
   root_thread.join();
   peer_thread.join();
   EXPECT_EQ(root.code(), StatusCode::kInvalidArgument) << root.ToString();
@@ -354,13 +389,15 @@ TEST(TcpBootstrap, StrayConnectionsDoNotDisturbTheExchange) {
     options.address = address;
     options.rank = 0;
     options.world_size = 2;
-    options.timeout_seconds = 20.0;
+    options.timeout_seconds = kGenerousSeconds;
     root = BroadcastBlob(options, root_blob);
   });
-  // A client that speaks another protocol, then one that connects and says nothing.
+  // A client that speaks another protocol, then one that connects and says nothing. Each
+  // retries until rank 0 listens (rank 0 gives up after kGenerousSeconds).
+  const auto start = Clock::now();
   for (const bool talk : {true, false}) {
     int fd = -1;
-    for (int attempt = 0; attempt < 200; ++attempt) {
+    while (SecondsSince(start) < kGenerousSeconds) {
       fd = ::socket(AF_INET, SOCK_STREAM, 0);
       sockaddr_in addr{};
       addr.sin_family = AF_INET;
@@ -384,7 +421,7 @@ TEST(TcpBootstrap, StrayConnectionsDoNotDisturbTheExchange) {
   options.address = address;
   options.rank = 1;
   options.world_size = 2;
-  options.timeout_seconds = 20.0;
+  options.timeout_seconds = kGenerousSeconds;
   const Status peer = BroadcastBlob(options, got);
   root_thread.join();
   EXPECT_TRUE(root.ok()) << root.ToString();

@@ -115,7 +115,7 @@ TEST_F(CliTest, UsageErrorsExitTwoWithAMessage) {
        {std::string(""), std::string("frobnicate"), std::string("compile"),
         "compile " + graph_path_ + " --no-such-flag", "compile " + graph_path_ + " --world-size x",
         "compile " + graph_path_ + " --backend tpu", "run " + graph_path_ + " --tokens 0",
-        "compile " + graph_path_ + " run " + graph_path_, std::string("demo --world-size 1")}) {
+        "compile " + graph_path_ + " run " + graph_path_, std::string("demo --world-size 0")}) {
     const CliResult r = RunCli(args);
     EXPECT_EQ(r.exit_code, 2) << "tpfuse " << args << "\n" << r.out << r.err;
     EXPECT_FALSE(r.err.empty()) << "tpfuse " << args;
@@ -256,6 +256,34 @@ TEST_F(CliTest, RunCheckPassesOnAGoodGraph) {
 
   const CliResult unfused = RunCli("run " + graph_path_ + " --check --no-fuse --tokens 2");
   EXPECT_EQ(unfused.exit_code, 0) << unfused.out << unfused.err;
+}
+
+TEST_F(CliTest, RunExactComparesBitwise) {
+  // On the cpu backend the fused graph computes the unfused graph's bits.
+  const CliResult r = RunCli("run " + graph_path_ + " --exact --tokens 5 --seed 3");
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_TRUE(Contains(r.out, "PASS")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "bitwise equal")) << r.out;
+  EXPECT_FALSE(Contains(r.out, "within Contract 3's tolerance")) << r.out;
+  const CliResult help = RunCli("run --help");
+  EXPECT_TRUE(Contains(help.out, "--exact")) << help.out;
+}
+
+TEST_F(CliTest, RunRefusesAnOpaqueOpNamingIt) {
+  const std::string path = TempPath("opaque.tpg");
+  WriteFile(path,
+            "func @f(%x: bf16[T, 64]) {\n"
+            "  %ar = all_reduce(%x)\n"
+            "  %y = opaque(%ar) {name = \"aten.silu\"} : bf16[T, 64]\n"
+            "  return %y\n"
+            "}\n");
+  const CliResult r = RunCli("run " + path + " --tokens 2");
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  EXPECT_TRUE(Contains(r.err, "opaque op 'aten.silu'")) << r.err;
+  // It compiles (the passes leave it alone) and prints back as it was written.
+  const CliResult c = RunCli("compile " + path);
+  EXPECT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_TRUE(Contains(c.out, "opaque(%ar) {name = \"aten.silu\"} : bf16[T, 64]")) << c.out;
 }
 
 TEST_F(CliTest, RunOnCudaWithoutTheBackendSaysSo) {

@@ -62,12 +62,13 @@ const Attr kEps = Attr::Float(1e-6);
 TEST(IrOpsTest, RegistryHasEveryOp) {
   for (const char* op : {"all_reduce", "add", "sub", "mul", "div", "pow", "mean", "rsqrt", "clamp",
                          "cast", "view", "rms_norm", "fused_add_rms_norm", "quant_fp8", "matmul",
-                         "scaled_matmul", "allreduce_rmsnorm"}) {
+                         "scaled_matmul", "allreduce_rmsnorm", "sqrt", "abs", "neg",
+                         "reciprocal", "log2", "exp2", "ceil", "amax", "opaque"}) {
     const OpDef* def = FindOp(op);
     ASSERT_NE(def, nullptr) << op;
     EXPECT_EQ(def->name, op);
   }
-  EXPECT_EQ(AllOps().size(), 17u);
+  EXPECT_EQ(AllOps().size(), 26u);
   EXPECT_EQ(FindOp("all_reduse"), nullptr);
   EXPECT_EQ(ClosestOpName("all_reduse"), "all_reduce");
   EXPECT_EQ(ClosestOpName("rmsnorm"), "rms_norm");
@@ -141,8 +142,11 @@ TEST(IrOpsTest, BinaryBroadcasting) {
             "error: mul: shapes bf16[T, 4096] and bf16[1, 4096] do not broadcast");
   EXPECT_EQ(Infer("sub", {"bf16[T, 1]", "bf16[1, 4096]"}),
             "error: sub: shapes bf16[T, 1] and bf16[1, 4096] do not broadcast");
-  EXPECT_EQ(Infer("add", {"bf16[2, T, 8]", "bf16[8]"}),
-            "error: add: shapes bf16[2, T, 8] and bf16[8] do not broadcast");
+  // Rank 3 activations: [B, S, H] with [H] and with [B, S, 1].
+  EXPECT_EQ(Infer("add", {"bf16[2, T, 8]", "bf16[8]"}), "bf16[2, T, 8]");
+  EXPECT_EQ(Infer("mul", {"f32[B, S, 1]", "f32[B, S, 8]"}), "f32[B, S, 8]");
+  EXPECT_EQ(Infer("add", {"bf16[2, T, 8]", "bf16[T, 8]"}),
+            "error: add: shapes bf16[2, T, 8] and bf16[T, 8] do not broadcast");
   // A padded symbol is a different dim from the plain one.
   EXPECT_EQ(Infer("add", {"f32[4, T]", "f32[4, pad4(T)]"}),
             "error: add: shapes f32[4, T] and f32[4, pad4(T)] do not broadcast");

@@ -40,7 +40,9 @@ cuda::CommOptions TestCommOptions() {
   o.max_tokens = 2048;
   o.max_hidden = 7168;
   o.oneshot_max_tokens = 2048;
-  o.timeout_seconds = 10.0;
+  // A bound on a hang, not on speed: a rank thread the host is slow to schedule must not turn
+  // into a peer timeout.
+  o.timeout_seconds = 60.0;
   return o;
 }
 constexpr int64_t kMaxTestTokens = 2048;  // "max" of the shape list: the workspace limit
@@ -403,8 +405,8 @@ TEST_F(FusedOpTest, PeerThatNeverArrivesTimesOut) {
       const Status health = comm.CheckHealth(stream);
       if (health.code() != StatusCode::kTimeout)
         return Internal("expected a timeout, got ", health.ToString());
-      if (health.message().find("rank 1") == std::string::npos)
-        return Internal("the timeout does not name the missing peer: ", health.message());
+      if (health.message().find("rank 0 timed out after 0.5 s waiting for rank 1") == std::string::npos)
+        return Internal("the timeout does not name the configured bound and the missing peer: ", health.message());
       // A poisoned communicator refuses further calls at once.
       const Status again = cuda::LaunchAllreduceRmsnorm(comm, spec, 8, call.buffers, strategy, stream);
       if (again.code() != StatusCode::kFailedPrecondition)
@@ -413,7 +415,9 @@ TEST_F(FusedOpTest, PeerThatNeverArrivesTimesOut) {
     });
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     EXPECT_TRUE(statuses[0].ok()) << StrategyName(strategy) << ": " << statuses[0].ToString();
-    EXPECT_LT(seconds, 10.0) << "the timeout took far longer than configured";
+    // The kernel gives up no earlier than the bound after its first wait (its GPU clock); how
+    // much later depends on the host, so that is not checked.
+    EXPECT_GE(seconds, 0.5) << "the wait gave up before the configured bound";
   }
 }
 

@@ -150,7 +150,7 @@ class CudaExecutorTest : public ::testing::Test {
     if (it != executors_.end()) return static_cast<CudaExecutor*>(it->second.get());
     CudaExecutorOptions options;
     options.strategy_override = strategy;
-    options.comm.timeout_seconds = 10.0;
+    options.comm.timeout_seconds = 60.0;  // a bound on a hang, not on speed
     StatusOr<std::unique_ptr<runtime::Executor>> made = runtime::MakeCudaExecutor(kWorld, options);
     EXPECT_TRUE(made.ok()) << made.status().ToString();
     if (!made.ok()) return nullptr;
@@ -353,6 +353,39 @@ TEST_F(CudaExecutorTest, BadInputsNameTheParameterAndLeaveTheExecutorUsable) {
   ASSERT_FALSE(r3.ok());
   EXPECT_NE(r3.status().message().find("world size"), std::string::npos) << r3.status().ToString();
 
+  RunAndCompare(*graph, *graph, 3, gpu);
+}
+
+TEST_F(CudaExecutorTest, OpaqueOpsAndOpsWithoutKernelsAreUnimplemented) {
+  CudaExecutor* gpu = Executor();
+  ASSERT_NE(gpu, nullptr);
+  const auto run = [&](const std::string& text) -> Status {
+    StatusOr<std::unique_ptr<ir::Graph>> graph = ir::ParseGraph(text, "test.tpg");
+    EXPECT_TRUE(graph.ok()) << graph.status().ToString();
+    if (!graph.ok()) return graph.status();
+    StatusOr<std::vector<TensorMap>> inputs = runtime::MakeRandomInputs(**graph, kWorld, 3, seed_);
+    EXPECT_TRUE(inputs.ok()) << inputs.status().ToString();
+    if (!inputs.ok()) return inputs.status();
+    return gpu->Run(**graph, *inputs).status();
+  };
+  const Status opaque = run(
+      "func @f(%x: bf16[T, 128]) {\n"
+      "  %y = opaque(%x) {name = \"aten.silu\"} : bf16[T, 128]\n"
+      "  return %y\n"
+      "}\n");
+  EXPECT_EQ(opaque.code(), StatusCode::kUnimplemented) << opaque.ToString();
+  EXPECT_NE(opaque.message().find("opaque op 'aten.silu'"), std::string::npos) << opaque.ToString();
+  const Status abs = run(
+      "func @f(%x: bf16[T, 128]) {\n"
+      "  %y = abs(%x)\n"
+      "  return %y\n"
+      "}\n");
+  EXPECT_EQ(abs.code(), StatusCode::kUnimplemented) << abs.ToString();
+  EXPECT_NE(abs.message().find("op 'abs' has no CUDA kernel yet"), std::string::npos)
+      << abs.ToString();
+  // The executor stays usable.
+  std::unique_ptr<ir::Graph> graph = Parse(kUnfusedLayer, 128);
+  ASSERT_NE(graph, nullptr);
   RunAndCompare(*graph, *graph, 3, gpu);
 }
 

@@ -470,7 +470,7 @@ TEST_P(UnfusedShapesTest, QuantFp8MatchesExactly) {
               StrCat("quant_fp8 ", QuantModeName(m.mode), " group ", m.group, " ",
                      ScaleLayoutName(layout), " ", ScaleFormatName(format), " ", DTypeName(dtype));
           SCOPED_TRACE(what);
-          const cpu::DynamicQuantConfig config{m.mode, m.group, layout, format};
+          const QuantParams config{m.mode, int(m.group), layout, format};
           StatusOr<cpu::DynamicQuantResult> ref = cpu::QuantFp8Dynamic(y, config);
           ASSERT_TRUE(ref.ok()) << ref.status().ToString();
           StatusOr<DeviceCopy> dq = Poisoned(DType::kF8E4M3, shape, stream());

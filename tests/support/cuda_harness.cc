@@ -203,6 +203,7 @@ StatusOr<std::vector<ChildResult>> RunChildren(const std::string& name, int worl
   auto record = [&](int r, int status) {
     ChildResult& res = results[size_t(r)];
     res.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    res.term_signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
     pids[size_t(r)] = -1;
   };
   while (true) {

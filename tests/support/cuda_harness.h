@@ -86,6 +86,7 @@ int RunChildIfRequested(int argc, char** argv);
 struct ChildResult {
   int rank = 0;
   int exit_code = -1;      // -1 when killed or when the child died from a signal
+  int term_signal = 0;     // the signal that ended the child (SIGKILL when killed here); 0 if it exited
   bool timed_out = false;  // killed after the timeout
   std::string output;      // the child's stdout and stderr
 };

@@ -1,6 +1,5 @@
 #include "tpfuse/cli_common.h"
 
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -107,70 +106,18 @@ StatusOr<Program> LoadProgram(const std::string& path, int world_size) {
 
 // ---------------------------------------------------------------- compiling
 
+passes::CompileOptions CompileOptions::ForLibrary() const {
+  passes::CompileOptions options;
+  options.world_size = world_size;
+  options.max_tokens = max_tokens;
+  options.caps = CapabilitiesFor(backend);
+  options.fuse_local = fuse_local;
+  options.dump = dump;
+  return options;
+}
+
 StatusOr<Compiled> CompileGraph(const ir::Graph& graph, const CompileOptions& options) {
-  Compiled out;
-  out.graph = graph.Clone();
-  out.ops_before = graph.OpCounts();
-  out.ctx.world_size = options.world_size;
-  out.ctx.max_tokens = options.max_tokens;
-  out.ctx.caps = CapabilitiesFor(options.backend);
-  out.ctx.dump = options.dump;
-  const passes::PassManager pipeline = passes::MakeDefaultPipeline();
-  StatusOr<bool> changed = pipeline.Run(*out.graph, out.ctx);
-  if (!changed.ok()) return changed.status().WithContext("compiling @" + graph.name());
-  out.ops_after = out.graph->OpCounts();
-  return out;
-}
-
-std::string DescribeFusion(const passes::FusionRecord& fusion) {
-  const AllreduceRmsnormSpec& s = fusion.spec;
-  std::string text =
-      StrCat("%", fusion.anchor, ": ", s.has_residual ? "+residual, " : "", QuantModeName(s.quant));
-  if (s.quant == QuantMode::kFp8Group) text += StrCat(" g", s.group_size);
-  if (IsDynamicQuant(s.quant)) {
-    if (s.scale_layout == ScaleLayout::kCol) text += " col";
-    if (s.scale_fmt == ScaleFormat::kUe8m0) text += " ue8m0";
-  }
-  if (s.weight_dtype != s.act_dtype) text += StrCat(", norm weight ", DTypeName(s.weight_dtype));
-  if (s.weight_bias != 0.0f) text += StrCat(", weight_bias ", s.weight_bias);
-  std::string emit;
-  for (const std::string& name : s.emit.Names()) emit += (emit.empty() ? "" : ", ") + name;
-  return text + ", emit [" + emit + "]";
-}
-
-namespace {
-
-// The double whose shortest decimal form is the float's (1e-06f -> 1e-06, not 9.99999997e-07).
-double ShortestDouble(float value) {
-  char buf[32];
-  const std::to_chars_result r = std::to_chars(buf, buf + sizeof(buf), value);
-  return std::strtod(std::string(buf, r.ptr).c_str(), nullptr);
-}
-
-}  // namespace
-
-nlohmann::ordered_json FusionJson(const passes::FusionRecord& fusion) {
-  const AllreduceRmsnormSpec& s = fusion.spec;
-  nlohmann::ordered_json j = {
-      {"anchor", fusion.anchor},
-      {"fused_value", fusion.fused_value},
-      {"quant", std::string(QuantModeName(s.quant))},
-      {"emit", s.emit.Names()},
-      {"has_residual", s.has_residual},
-      {"hidden", s.hidden},
-      {"act_dtype", std::string(DTypeName(s.act_dtype))},
-      {"weight_dtype", std::string(DTypeName(s.weight_dtype))},
-      {"eps", ShortestDouble(s.eps)},
-      {"weight_bias", ShortestDouble(s.weight_bias)},
-      {"spec", s.ToString()},
-      {"notes", fusion.notes},
-  };
-  if (s.quant == QuantMode::kFp8Group) j["group_size"] = s.group_size;
-  if (IsDynamicQuant(s.quant)) {
-    j["scale_layout"] = std::string(ScaleLayoutName(s.scale_layout));
-    j["scale_fmt"] = std::string(ScaleFormatName(s.scale_fmt));
-  }
-  return j;
+  return passes::CompileGraph(graph, options.ForLibrary());
 }
 
 std::string FormatOpCounts(const std::map<std::string, int>& counts) {

@@ -14,6 +14,7 @@
 #include "common/tensor.h"
 #include "ir/graph.h"
 #include "models/model.h"
+#include "passes/compile.h"
 #include "passes/pass.h"
 #include "runtime/executor.h"
 #include "tpfuse/status.h"
@@ -61,23 +62,19 @@ struct CompileOptions {
   int world_size = 2;
   int64_t max_tokens = 0;
   Backend backend = Backend::kCpu;
+  passes::FuseLocal fuse_local = passes::FuseLocal::kAuto;
   std::ostream* dump = nullptr;  // the graph after every pass (--print-after-all)
+
+  // The library's options for this backend.
+  passes::CompileOptions ForLibrary() const;
 };
 
 // One func through the default pipeline (canonicalize, fuse_allreduce_epilogue, dce).
-struct Compiled {
-  std::unique_ptr<ir::Graph> graph;  // the fused graph
-  passes::PassContext ctx;           // fusions, rejections, counters
-  std::map<std::string, int> ops_before;
-  std::map<std::string, int> ops_after;
-};
+using Compiled = passes::CompiledFunc;
 // Compiles a copy of `graph`; the input is left as it is.
 StatusOr<Compiled> CompileGraph(const ir::Graph& graph, const CompileOptions& options);
 
-// "%l0.in.ar: +residual, fp8_group g128 col ue8m0, emit [norm, quant]"
-std::string DescribeFusion(const passes::FusionRecord& fusion);
-// {"anchor", "fused_value", "quant", "emit", "has_residual", "hidden", ... , "notes"}
-nlohmann::ordered_json FusionJson(const passes::FusionRecord& fusion);
+using passes::DescribeFusion;
 // "all_reduce 4, rms_norm 1, quant_fp8 4" (ops in name order); "-" when empty.
 std::string FormatOpCounts(const std::map<std::string, int>& counts);
 int TotalOps(const std::map<std::string, int>& counts);

@@ -1,12 +1,12 @@
 // tpfuse compile FILE.tpg [--world-size N] [--max-tokens T] [--backend cpu|cuda] [-o OUT.tpg]
-//                         [--json] [--print-after-all]
+//                         [--json] [--print-after-all] [--fuse-local auto|on|off]
 //
 // Parses the module (or builds a model's decode graph from a .json description), runs the
 // default pipeline on every func for the target backend's capabilities, and prints the fused
 // module. The summary of fusions and rejections goes to stderr, so stdout is the graph alone.
 //
-// --json prints one JSON object instead:
-//   {"file", "backend", "world_size", "max_tokens",
+// --json prints one JSON object instead (passes/compile.h, CompileResult::json):
+//   {"source", "backend", "world_size", "max_tokens", "fuse_local",
 //    "ops_before", "ops_after", "fusions", "rejections", "counters",   <- every func merged
 //    "funcs": [{"name", "ops_before", "ops_after", "fusions", "rejections", "counters"}, ...]}
 // Merged op counts and counters are sums over the funcs; merged fusions and rejections carry a
@@ -34,26 +34,8 @@ struct CompileArgs {
   std::string output;
   bool json = false;
   bool print_after_all = false;
+  std::string fuse_local = "auto";
 };
-
-template <class Map>
-void AddCounts(Map& into, const Map& from) {
-  for (const auto& [key, n] : from) into[key] += n;
-}
-
-nlohmann::ordered_json RejectionJson(const passes::Rejection& rejection) {
-  return {{"anchor", rejection.anchor}, {"reason", rejection.reason}};
-}
-
-// The per-func part of the JSON report.
-nlohmann::ordered_json FuncJson(const ir::Graph& input, const Compiled& c) {
-  nlohmann::ordered_json fusions = nlohmann::ordered_json::array();
-  for (const passes::FusionRecord& f : c.ctx.fusions) fusions.push_back(FusionJson(f));
-  nlohmann::ordered_json rejections = nlohmann::ordered_json::array();
-  for (const passes::Rejection& r : c.ctx.rejections) rejections.push_back(RejectionJson(r));
-  return {{"name", input.name()}, {"ops_before", c.ops_before}, {"ops_after", c.ops_after},
-          {"fusions", fusions},   {"rejections", rejections},   {"counters", c.ctx.counters}};
-}
 
 // Human summary of one func, for stderr.
 void PrintSummary(const ir::Graph& input, const Compiled& c, const CompileArgs& args,
@@ -75,73 +57,37 @@ void PrintSummary(const ir::Graph& input, const Compiled& c, const CompileArgs& 
 int RunCompile(const CompileArgs& args) {
   StatusOr<Program> program = LoadProgram(args.file, args.world_size);
   if (!program.ok()) return Fail(kCommand, program.status());
+  StatusOr<passes::FuseLocal> fuse_local = passes::ParseFuseLocal(args.fuse_local);
+  if (!fuse_local.ok()) return Fail(kCommand, fuse_local.status());
 
   CompileOptions options;
   options.world_size = args.world_size;
   options.max_tokens = args.max_tokens;
   options.backend = ParseBackendName(args.backend);
+  options.fuse_local = *fuse_local;
   options.dump = args.print_after_all ? &std::cerr : nullptr;
 
-  ir::Module fused;
-  std::vector<Compiled> results;
-  for (const std::unique_ptr<ir::Graph>& func : program->funcs) {
-    if (options.dump) *options.dump << "# ---- @" << func->name() << "\n";
-    StatusOr<Compiled> compiled = CompileGraph(*func, options);
-    if (!compiled.ok()) return Fail(kCommand, compiled.status());
-    results.push_back(std::move(*compiled));
-  }
-  for (Compiled& c : results) fused.funcs.push_back(std::move(c.graph));
-  const std::string text = ir::PrintModule(fused);
+  std::vector<const ir::Graph*> funcs;
+  for (const std::unique_ptr<ir::Graph>& func : program->funcs) funcs.push_back(func.get());
+  StatusOr<passes::CompileResult> result =
+      passes::CompileModule(funcs, options.ForLibrary(), args.file);
+  if (!result.ok()) return Fail(kCommand, result.status());
 
   if (!args.output.empty()) {
     std::ofstream out(args.output, std::ios::binary);
-    out << text;
+    out << result->text;
     out.close();
     if (!out) return Fail(kCommand, InvalidArgument("cannot write ", args.output));
   }
 
   if (args.json) {
-    nlohmann::ordered_json report = {{"file", args.file},
-                                     {"backend", args.backend},
-                                     {"world_size", args.world_size},
-                                     {"max_tokens", args.max_tokens}};
-    std::map<std::string, int> ops_before, ops_after;
-    std::map<std::string, std::map<std::string, int>> counters;
-    nlohmann::ordered_json fusions = nlohmann::ordered_json::array();
-    nlohmann::ordered_json rejections = nlohmann::ordered_json::array();
-    nlohmann::ordered_json funcs = nlohmann::ordered_json::array();
-    for (size_t i = 0; i < results.size(); ++i) {
-      const ir::Graph& input = *program->funcs[i];
-      const Compiled& c = results[i];
-      AddCounts(ops_before, c.ops_before);
-      AddCounts(ops_after, c.ops_after);
-      for (const auto& [rule, rule_counters] : c.ctx.counters)
-        AddCounts(counters[rule], rule_counters);
-      for (const passes::FusionRecord& f : c.ctx.fusions) {
-        nlohmann::ordered_json j = FusionJson(f);
-        j["func"] = input.name();
-        fusions.push_back(std::move(j));
-      }
-      for (const passes::Rejection& r : c.ctx.rejections) {
-        nlohmann::ordered_json j = RejectionJson(r);
-        j["func"] = input.name();
-        rejections.push_back(std::move(j));
-      }
-      funcs.push_back(FuncJson(input, c));
-    }
-    report["ops_before"] = ops_before;
-    report["ops_after"] = ops_after;
-    report["fusions"] = fusions;
-    report["rejections"] = rejections;
-    report["counters"] = counters;
-    report["funcs"] = funcs;
-    std::cout << report.dump(2) << "\n";
+    std::cout << result->json << "\n";
     return kExitOk;
   }
 
-  if (args.output.empty()) std::cout << text;
-  for (size_t i = 0; i < results.size(); ++i)
-    PrintSummary(*program->funcs[i], results[i], args, std::cerr);
+  if (args.output.empty()) std::cout << result->text;
+  for (size_t i = 0; i < result->funcs.size(); ++i)
+    PrintSummary(*program->funcs[i], result->funcs[i], args, std::cerr);
   if (!args.output.empty()) std::cerr << "wrote " << args.output << "\n";
   return kExitOk;
 }
@@ -164,6 +110,13 @@ void AddCompileCommand(CLI::App& app, CommandFn& run) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("-o,--output", args->output, "write the fused graph here instead of stdout");
   cmd->add_flag("--json", args->json, "print one JSON report (op counts, fusions, rejections)");
+  cmd->add_option("--fuse-local", args->fuse_local,
+                  "fuse [add ->] rms_norm [-> quant] chains that no all_reduce feeds into the "
+                  "local fused op (no communication): auto = at world size 1 only (there every "
+                  "all_reduce is the identity), on = at every world size (e.g. the first "
+                  "layer's norm of the embedding), off = never")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "on", "off"}));
   cmd->add_flag("--print-after-all", args->print_after_all,
                 "print the graph after every pass (to stderr)");
   cmd->callback([&run, args] { run = [args] { return RunCompile(*args); }; });

@@ -30,7 +30,7 @@ constexpr char kCommand[] = "demo";
 
 struct DemoArgs {
   std::string models_dir = models::BundledModelsDir();
-  int world_size = 2;
+  int world_size = 0;  // 0: 2, or 1 on a machine with one GPU (TP 1 on the GPU)
   int64_t tokens = 8;
   uint64_t seed = 1;
   std::string backend = "auto";
@@ -156,8 +156,16 @@ StatusOr<bool> CheckModel(const ir::Graph& unfused, const ir::Graph& fused, cons
   return report.ok;
 }
 
-int RunDemo(const DemoArgs& args) {
+// The world size when --world-size is not given: TP 1 on a machine with exactly one GPU (the
+// models then run on it, every all_reduce the identity), else two ranks (GPUs or simulated).
+int DefaultWorldSize(const DemoArgs& args) {
+  if (args.backend == "cpu" || !CudaBuilt()) return 2;
+  return CudaDeviceCount() == 1 ? 1 : 2;
+}
+
+int RunDemo(DemoArgs args) {
   const auto demo_start = std::chrono::steady_clock::now();
+  if (args.world_size == 0) args.world_size = DefaultWorldSize(args);
   StatusOr<BackendChoice> choice = ChooseBackend(args);
   if (!choice.ok()) return Fail(kCommand, choice.status());
   StatusOr<std::vector<std::string>> files = models::ListModelFiles(args.models_dir);
@@ -254,9 +262,10 @@ void AddDemoCommand(CLI::App& app, CommandFn& run) {
       kCommand, "Compile every bundled model, run fused vs unfused, check (GPUs if there are any)");
   cmd->add_option("--models", args->models_dir, "directory of model descriptions (*.json)")
       ->capture_default_str();
-  cmd->add_option("--world-size,-n", args->world_size, "ranks (simulated on the CPU)")
-      ->capture_default_str()
-      ->check(CLI::Range(2, 64));
+  cmd->add_option("--world-size,-n", args->world_size,
+                  "ranks: GPUs, or simulated on the CPU backend (default: 1 on a machine with one "
+                  "GPU, else 2)")
+      ->check(CLI::Range(1, 64));
   cmd->add_option("--tokens,-t", args->tokens, "token count T")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));

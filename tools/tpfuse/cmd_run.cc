@@ -6,7 +6,9 @@
 // per output (rank 0: type, checksum, a few values) and whether the ranks agree bitwise.
 //
 // --check also runs the unfused graph on the CPU oracle and compares every output of every
-// rank with Contract 3's tolerance; any output out of tolerance exits 1.
+// rank with Contract 3's tolerance; any output out of tolerance exits 1. --exact (implies
+// --check) compares every output bit for bit instead: on the cpu backend a graph fused with the
+// rounding recipe of the form it replaced computes the unfused graph's bits (Contract 3).
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <iostream>
@@ -28,6 +30,7 @@ struct RunArgs {
   int world_size = 0;  // 0: the model's tp_size, or 2 for a .tpg
   int64_t tokens = 8;
   bool check = false;
+  bool exact = false;
   uint64_t seed = 1;
   bool no_fuse = false;
 };
@@ -86,20 +89,25 @@ StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_si
                             : "per-rank outputs (" + first + ")")
               << "\n";
   }
-  if (!args.check) return true;
+  if (!args.check && !args.exact) return true;
 
   std::unique_ptr<runtime::Executor> oracle = runtime::MakeCpuExecutor(world_size);
   start = std::chrono::steady_clock::now();
   TPFUSE_ASSIGN_OR_RETURN(runtime::RankOutputs reference, oracle->Run(graph, inputs));
   const double oracle_seconds = SecondsSince(start);
-  TPFUSE_ASSIGN_OR_RETURN(runtime::CheckReport report,
-                          runtime::CompareGraphOutputs(graph, reference, *to_run, outputs, inputs));
+  const runtime::CompareMode mode =
+      args.exact ? runtime::CompareMode::kBitwise : runtime::CompareMode::kTolerance;
+  TPFUSE_ASSIGN_OR_RETURN(
+      runtime::CheckReport report,
+      runtime::CompareGraphOutputs(graph, reference, *to_run, outputs, inputs, mode));
   std::cout << "  check against the CPU oracle (unfused graph, " << FormatSeconds(oracle_seconds)
             << "):\n";
   for (const runtime::OutputCheck& o : report.outputs) std::cout << "    " << o.ToString() << "\n";
   std::cout << "  " << (report.ok ? "PASS" : "FAIL") << ": " << report.outputs.size()
             << " outputs on " << world_size << " ranks "
-            << (report.ok ? "within Contract 3's tolerance" : "checked, some out of tolerance")
+            << (report.ok ? (args.exact ? "bitwise equal" : "within Contract 3's tolerance")
+                          : (args.exact ? "checked, some not bitwise equal"
+                                        : "checked, some out of tolerance"))
             << "\n";
   return report.ok;
 }
@@ -146,7 +154,11 @@ void AddRunCommand(CLI::App& app, CommandFn& run) {
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   cmd->add_flag("--check", args->check,
-                "also run the unfused graph on the CPU oracle and compare (Contract 3)");
+                "also run the unfused graph on the CPU oracle and compare with Contract 3's "
+                "tolerance");
+  cmd->add_flag("--exact", args->exact,
+                "like --check, but every output must be bitwise equal (on the cpu backend a "
+                "graph fused with its form's rounding recipe computes the unfused graph's bits)");
   cmd->add_option("--seed", args->seed, "seed of the random inputs")->capture_default_str();
   cmd->add_flag("--no-fuse", args->no_fuse, "run the graph as written, without compiling it");
   cmd->callback([&run, args] { run = [args] { return RunRun(*args); }; });

@@ -7,6 +7,8 @@
 #include <functional>
 
 #include "common/numerics.h"
+#include "common/quotient.h"
+#include "common/row_layout.h"
 
 namespace tpfuse::cpu {
 namespace {
@@ -71,23 +73,33 @@ float ApplyBinary(BinaryOp op, float a, float b) {
   return 0.0f;
 }
 
-// The one RMSNorm row loop (Contract 3 step 3). h holds rows x H values already rounded to the
-// activation dtype; y receives the rounded result.
+// The one RMSNorm row loop (Contract 3 step 3), in the CUDA kernels' order and roundings
+// (RowEpilogue in kernels/allreduce_rmsnorm.cuh). h holds rows x H values of the norm's input;
+// y receives the rounded result.
 // NOTE: every RMSNorm on the CPU goes through here, so the unfused and fused forms agree bit for
-// bit. The product order (h * r) * (w + weight_bias) is part of the contract: GPUs follow it.
+// bit. The product order (h * r) * w' is part of the contract: GPUs follow it. The squares are
+// rounded f32 products summed with separate adds (the build turns off FMA contraction).
 void RmsNormRows(const std::vector<float>& h, int64_t rows, int64_t hidden, const HostTensor& w,
-                 float eps, float weight_bias, HostTensor& y) {
+                 float eps, float weight_bias, const RoundingRecipe& recipe, HostTensor& y) {
+  const DType act_dtype = y.dtype();
   std::vector<float> wb(static_cast<size_t>(hidden));
-  for (int64_t c = 0; c < hidden; ++c) wb[size_t(c)] = w.GetF32(c) + weight_bias;
+  DecodeRange(w, 0, hidden, wb.data());
+  if (weight_bias != 0.0f) {
+    for (float& v : wb) {
+      v = v + weight_bias;
+      if (recipe.weight_bias_in_weight_dtype) v = RoundTo(w.dtype(), v);
+    }
+  }
+  std::vector<float> squares(static_cast<size_t>(hidden));
   for (int64_t t = 0; t < rows; ++t) {
     const float* row = h.data() + t * hidden;
-    double sum_sq = 0.0;
-    for (int64_t c = 0; c < hidden; ++c) sum_sq += double(row[c]) * double(row[c]);
-    const double mean_sq = sum_sq / double(hidden);
-    const float r = 1.0f / std::sqrt(float(mean_sq) + eps);
+    for (int64_t c = 0; c < hidden; ++c) squares[size_t(c)] = row[c] * row[c];
+    const float sum_sq = RowSumInKernelOrder(squares.data(), hidden);
+    const float r = 1.0f / std::sqrt(sum_sq / float(hidden) + eps);
     for (int64_t c = 0; c < hidden; ++c) {
-      const float hr = row[c] * r;
-      y.SetF32(t * hidden + c, hr * wb[size_t(c)]);
+      float n = row[c] * r;
+      if (recipe.weight_after_round) n = RoundTo(act_dtype, n);
+      y.SetF32(t * hidden + c, n * wb[size_t(c)]);
     }
   }
 }
@@ -174,9 +186,39 @@ HostTensor BinaryScalar(BinaryOp op, const HostTensor& a, float scalar, DType ou
 
 HostTensor Pow(const HostTensor& x, float exponent, DType out_dtype) {
   if (exponent == 2.0f) return Unary(x, out_dtype, [](float v) { return v * v; });
+  if (exponent == 3.0f) return Unary(x, out_dtype, [](float v) { return v * v * v; });
   if (exponent == 1.0f) return Unary(x, out_dtype, [](float v) { return v; });
   if (exponent == 0.5f) return Unary(x, out_dtype, [](float v) { return std::sqrt(v); });
+  if (exponent == -0.5f) return Unary(x, out_dtype, [](float v) { return 1.0f / std::sqrt(v); });
+  if (exponent == -1.0f) return Unary(x, out_dtype, [](float v) { return 1.0f / v; });
+  if (exponent == -2.0f) return Unary(x, out_dtype, [](float v) { return 1.0f / (v * v); });
   return Unary(x, out_dtype, [&](float v) { return std::pow(v, exponent); });
+}
+
+std::string_view UnaryOpName(UnaryOp op) {
+  switch (op) {
+    case UnaryOp::kSqrt: return "sqrt";
+    case UnaryOp::kAbs: return "abs";
+    case UnaryOp::kNeg: return "neg";
+    case UnaryOp::kReciprocal: return "reciprocal";
+    case UnaryOp::kLog2: return "log2";
+    case UnaryOp::kExp2: return "exp2";
+    case UnaryOp::kCeil: return "ceil";
+  }
+  return "?";
+}
+
+HostTensor Unary(UnaryOp op, const HostTensor& x, DType out_dtype) {
+  switch (op) {
+    case UnaryOp::kSqrt: return Unary(x, out_dtype, [](float v) { return std::sqrt(v); });
+    case UnaryOp::kAbs: return Unary(x, out_dtype, [](float v) { return std::fabs(v); });
+    case UnaryOp::kNeg: return Unary(x, out_dtype, [](float v) { return -v; });
+    case UnaryOp::kReciprocal: return Unary(x, out_dtype, [](float v) { return 1.0f / v; });
+    case UnaryOp::kLog2: return Unary(x, out_dtype, [](float v) { return std::log2(v); });
+    case UnaryOp::kExp2: return Unary(x, out_dtype, [](float v) { return std::exp2(v); });
+    case UnaryOp::kCeil: return Unary(x, out_dtype, [](float v) { return std::ceil(v); });
+  }
+  return HostTensor(out_dtype, x.shape());
 }
 
 HostTensor Rsqrt(const HostTensor& x, DType out_dtype) {
@@ -200,22 +242,51 @@ StatusOr<HostTensor> View(const HostTensor& x, const std::vector<int64_t>& shape
   return x.Reshaped(shape);
 }
 
-StatusOr<HostTensor> Mean(const HostTensor& x, int64_t dim, bool keepdim, DType out_dtype) {
-  if (x.rank() < 1) return InvalidArgument("mean: x must have rank >= 1, got ", x.TypeString());
+namespace {
+
+// Shape of a reduction over the last dim, after checking the dim.
+StatusOr<std::vector<int64_t>> LastDimReductionShape(std::string_view op, const HostTensor& x,
+                                                     int64_t dim, bool keepdim) {
+  if (x.rank() < 1) return InvalidArgument(op, ": x must have rank >= 1, got ", x.TypeString());
   if (dim != -1 && dim != x.rank() - 1)
-    return Unimplemented("mean: only the last dim is supported, got dim = ", dim, " for ",
+    return Unimplemented(op, ": only the last dim is supported, got dim = ", dim, " for ",
                          x.TypeString());
-  const int64_t cols = LastDim(x);
-  if (cols == 0) return InvalidArgument("mean: the last dim of ", x.TypeString(), " is empty");
+  if (LastDim(x) == 0) return InvalidArgument(op, ": the last dim of ", x.TypeString(), " is empty");
   std::vector<int64_t> shape = x.shape();
   if (keepdim) shape.back() = 1;
   else shape.pop_back();
+  return shape;
+}
+
+}  // namespace
+
+StatusOr<HostTensor> Mean(const HostTensor& x, int64_t dim, bool keepdim, DType out_dtype) {
+  TPFUSE_ASSIGN_OR_RETURN(std::vector<int64_t> shape, LastDimReductionShape("mean", x, dim, keepdim));
+  const int64_t cols = LastDim(x);
   HostTensor y(out_dtype, shape);
   const int64_t rows = x.numel() / cols;
+  std::vector<float> row(static_cast<size_t>(cols));
   for (int64_t t = 0; t < rows; ++t) {
-    double sum = 0.0;
-    for (int64_t c = 0; c < cols; ++c) sum += double(x.GetF32(t * cols + c));
-    y.SetF32(t, float(sum / double(cols)));
+    DecodeRange(x, t * cols, cols, row.data());
+    y.SetF32(t, RowSumInKernelOrder(row.data(), cols) / float(cols));
+  }
+  return y;
+}
+
+StatusOr<HostTensor> Amax(const HostTensor& x, int64_t dim, bool keepdim, DType out_dtype) {
+  TPFUSE_ASSIGN_OR_RETURN(std::vector<int64_t> shape, LastDimReductionShape("amax", x, dim, keepdim));
+  const int64_t cols = LastDim(x);
+  HostTensor y(out_dtype, shape);
+  const int64_t rows = x.numel() / cols;
+  std::vector<float> row(static_cast<size_t>(cols));
+  for (int64_t t = 0; t < rows; ++t) {
+    DecodeRange(x, t * cols, cols, row.data());
+    float m = row[0];
+    for (int64_t c = 1; c < cols; ++c) {
+      const float v = row[size_t(c)];
+      if (!std::isnan(m) && (std::isnan(v) || v > m)) m = v;
+    }
+    y.SetF32(t, m);
   }
   return y;
 }
@@ -227,7 +298,8 @@ StatusOr<HostTensor> RmsNorm(const HostTensor& x, const HostTensor& w, float eps
   TPFUSE_RETURN_IF_ERROR(CheckNormWeight(x, w).WithContext("rms_norm"));
   const int64_t hidden = LastDim(x);
   HostTensor y(out_dtype, x.shape());
-  RmsNormRows(Decode(x), hidden == 0 ? 0 : x.numel() / hidden, hidden, w, eps, weight_bias, y);
+  RmsNormRows(Decode(x), hidden == 0 ? 0 : x.numel() / hidden, hidden, w, eps, weight_bias,
+              RoundingRecipe{}, y);
   return y;
 }
 
@@ -245,20 +317,25 @@ StatusOr<AddRmsNormResult> FusedAddRmsNorm(const HostTensor& x, const HostTensor
     out.residual_out.SetF32(i, x.GetF32(i) + residual.GetF32(i));
     h[size_t(i)] = out.residual_out.GetF32(i);  // the norm reads the rounded h
   }
-  RmsNormRows(h, hidden == 0 ? 0 : x.numel() / hidden, hidden, w, eps, weight_bias, out.y);
+  RmsNormRows(h, hidden == 0 ? 0 : x.numel() / hidden, hidden, w, eps, weight_bias,
+              RoundingRecipe{}, out.y);
   return out;
 }
 
 // ---------------------------------------------------------------- FP8 quantization
 
-StatusOr<HostTensor> QuantFp8Tensor(const HostTensor& y, const HostTensor& scale) {
+StatusOr<HostTensor> QuantFp8Tensor(const HostTensor& y, const HostTensor& scale, bool divides) {
   TPFUSE_RETURN_IF_ERROR(CheckFloat(y, "quant_fp8: y"));
   if (scale.dtype() != DType::kF32 || scale.numel() != 1)
     return InvalidArgument("quant_fp8: the static scale must be f32 with one element, got ",
                            scale.TypeString());
-  const float inv = 1.0f / scale.GetF32(0);
+  const float s = scale.GetF32(0);
+  const float inv = 1.0f / s;
   HostTensor q(DType::kF8E4M3, y.shape());
-  for (int64_t i = 0; i < y.numel(); ++i) q.SetF32(i, y.GetF32(i) * inv);
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    const float v = y.GetF32(i);
+    q.SetF32(i, divides ? v / s : v * inv);
+  }
   return q;
 }
 
@@ -281,6 +358,9 @@ StatusOr<DynamicQuantResult> QuantFp8Dynamic(const HostTensor& y,
   const int64_t rows = y.numel() / hidden;
   const int64_t groups = hidden / group;
   const int64_t padded = PaddedScaleTokens(rows);
+  const bool ue8m0 = config.format == ScaleFormat::kUe8m0;
+  // Dividing by a power of two (ue8m0) is multiplying by its exact reciprocal.
+  const bool divide = config.Divides() && !ue8m0;
   DynamicQuantResult out;
   out.q = HostTensor(DType::kF8E4M3, y.shape());
   out.s = config.layout == ScaleLayout::kRow ? HostTensor(DType::kF32, {rows, groups})
@@ -290,9 +370,13 @@ StatusOr<DynamicQuantResult> QuantFp8Dynamic(const HostTensor& y,
       const int64_t base = t * hidden + g * group;
       float amax = 0.0f;
       for (int64_t c = 0; c < group; ++c) amax = std::fmax(amax, std::fabs(y.GetF32(base + c)));
-      float s = std::max(amax, 1e-10f) / 448.0f;
-      if (config.format == ScaleFormat::kUe8m0) s = RoundUpToPowerOfTwo(s);
-      for (int64_t c = 0; c < group; ++c) out.q.SetF32(base + c, y.GetF32(base + c) / s);
+      float s = QuotientByReciprocal(std::fmax(amax, 1e-10f), 448.0f, 1.0f / 448.0f);
+      if (ue8m0) s = RoundUpToPowerOfTwo(s);
+      const float inv = 1.0f / s;
+      for (int64_t c = 0; c < group; ++c) {
+        const float v = y.GetF32(base + c);
+        out.q.SetF32(base + c, divide ? QuotientByReciprocal(v, s, inv) : v * inv);
+      }
       out.s.SetF32(config.layout == ScaleLayout::kRow ? t * groups + g : g * padded + t, s);
     }
   }
@@ -434,8 +518,13 @@ StatusOr<HostTensor> AllreduceSum(const std::vector<const HostTensor*>& partials
                              " differs from rank 0's ", partials[0]->TypeString());
   }
   HostTensor a(partials[0]->dtype(), partials[0]->shape());
+  // NOTE: above one rank, -0.0 partials count as +0.0 (x + 0.0f): the GPU strategies carry
+  // -0.0 as their "not yet written" sentinel and canonicalize it, so a sum of -0.0s is +0.0
+  // there; here too. At one rank a = x, bit for bit.
+  const bool canonical_zeros = partials.size() > 1;
   for (int64_t i = 0; i < a.numel(); ++i) {
     float acc = partials[0]->GetF32(i);
+    if (canonical_zeros) acc = acc + 0.0f;
     for (size_t r = 1; r < partials.size(); ++r) acc += partials[r]->GetF32(i);
     a.SetF32(i, acc);
   }
@@ -477,14 +566,20 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
   // 1. a = round(sum of partials in rank order).
   TPFUSE_ASSIGN_OR_RETURN(HostTensor a, AllreduceSum(partials));
   const int64_t rows = a.dim(0), hidden = spec.hidden;
-  // 2. h = round(a + residual).
+  // 2. h = a + residual in f32; residual_out = round(h); the norm reads round(h) or, with
+  // rounding.norm_input_f32, the f32 h itself.
   HostTensor h = a;
+  std::vector<float> u = Decode(a);
   if (residual) {
-    for (int64_t i = 0; i < a.numel(); ++i) h.SetF32(i, a.GetF32(i) + residual->GetF32(i));
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      const float sum = u[size_t(i)] + residual->GetF32(i);
+      h.SetF32(i, sum);
+      u[size_t(i)] = spec.rounding.norm_input_f32 ? sum : h.GetF32(i);
+    }
   }
-  // 3. y = round(h * r * (w + weight_bias)).
+  // 3. y = round(u * r * w') or round(round(u * r) * w').
   HostTensor y(spec.act_dtype, a.shape());
-  RmsNormRows(Decode(h), rows, hidden, w, spec.eps, spec.weight_bias, y);
+  RmsNormRows(u, rows, hidden, w, spec.eps, spec.weight_bias, spec.rounding, y);
 
   std::vector<HostTensor> results;
   if (spec.emit.allreduce) results.push_back(a);
@@ -493,11 +588,10 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
   // 4. quantization of the rounded y.
   if (spec.emit.quant) {
     if (spec.quant == QuantMode::kFp8Tensor) {
-      TPFUSE_ASSIGN_OR_RETURN(HostTensor q, QuantFp8Tensor(y, *scale));
+      TPFUSE_ASSIGN_OR_RETURN(HostTensor q, QuantFp8Tensor(y, *scale, spec.QuantDivides()));
       results.push_back(std::move(q));
     } else {
-      DynamicQuantConfig config{spec.quant, spec.group_size, spec.scale_layout, spec.scale_fmt};
-      TPFUSE_ASSIGN_OR_RETURN(DynamicQuantResult qs, QuantFp8Dynamic(y, config));
+      TPFUSE_ASSIGN_OR_RETURN(DynamicQuantResult qs, QuantFp8Dynamic(y, spec.quant_params()));
       results.push_back(std::move(qs.q));
       results.push_back(std::move(qs.s));
     }

@@ -34,27 +34,51 @@ StatusOr<HostTensor> Binary(BinaryOp op, const HostTensor& a, const HostTensor& 
 // y = a (op) scalar (the scalar is the right operand: sub/div compute a - s, a / s).
 HostTensor BinaryScalar(BinaryOp op, const HostTensor& a, float scalar, DType out_dtype);
 
-// y = x^exponent. Exponent 2 is x * x and 1 is x (exact in f32, so `pow(x, 2)` and
-// `mul(x, x)` agree bit for bit); 0.5 is sqrtf; anything else std::pow in f32.
+// y = x^exponent with PyTorch's special cases for f32 on the CPU: 2 is x * x, 3 is x * x * x,
+// 1 is x, 0.5 is sqrtf(x), -0.5 is 1.0f / sqrtf(x), -1 is 1.0f / x, -2 is 1.0f / (x * x);
+// anything else std::pow in f32. So `pow(x, 2)` and `mul(x, x)` agree bit for bit, and
+// `pow(s, -1)` is `reciprocal(s)`.
 HostTensor Pow(const HostTensor& x, float exponent, DType out_dtype);
 // y = 1.0f / std::sqrt(x) (not a fast rsqrt, so a GPU can match it bit for bit).
 HostTensor Rsqrt(const HostTensor& x, DType out_dtype);
+
+// One-operand elementwise ops, each one correctly rounded f32 operation (or a libm call) on the
+// decoded input, rounded once to out_dtype.
+enum class UnaryOp : uint8_t {
+  kSqrt,        // std::sqrt
+  kAbs,         // std::fabs (-0.0 -> +0.0; NaN stays NaN)
+  kNeg,         // -x (flips the sign bit, also of 0 and NaN)
+  kReciprocal,  // 1.0f / x
+  kLog2,        // std::log2 in f32
+  kExp2,        // std::exp2 in f32 (exact for integer arguments in range)
+  kCeil,        // std::ceil
+};
+std::string_view UnaryOpName(UnaryOp op);  // "sqrt", "abs", ...
+HostTensor Unary(UnaryOp op, const HostTensor& x, DType out_dtype);
 // y = min(max(x, lo), hi); NaN stays NaN.
 HostTensor Clamp(const HostTensor& x, float lo, float hi, DType out_dtype);
 // Decode and re-encode in out_dtype (one rounding; FP8 saturates; i32 rounds to nearest).
 HostTensor Cast(const HostTensor& x, DType out_dtype);
 // Same bytes, another shape with the same element count.
 StatusOr<HostTensor> View(const HostTensor& x, const std::vector<int64_t>& shape);
-// Mean over the last dim (dim must be -1 or rank - 1): sum in double, divide by the dim size
-// in double, one rounding to out_dtype. keepdim keeps a trailing dim of 1.
+// Mean over the last dim (dim must be -1 or rank - 1): the row summed in f32 in the kernels'
+// order (RowSumInKernelOrder, common/row_layout.h), divided by float(n) in f32, one rounding to
+// out_dtype. keepdim keeps a trailing dim of 1.
+// NOTE: this is the order of the fused op's sum of squares: the mean of a decomposed RMSNorm
+// (pow(2) or mul(x, x), then mean) is then the very float the fused op computes.
 StatusOr<HostTensor> Mean(const HostTensor& x, int64_t dim, bool keepdim, DType out_dtype);
+// Max over the last dim (dim must be -1 or rank - 1), as torch.amax: NaN propagates, -0.0 and
+// +0.0 compare equal (the first one met is kept). keepdim keeps a trailing dim of 1.
+StatusOr<HostTensor> Amax(const HostTensor& x, int64_t dim, bool keepdim, DType out_dtype);
 
 // ---------------------------------------------------------------- RMSNorm
 
-// y = round(x * r * (w + weight_bias)) per row, computed as Contract 3 step 3:
-//   mean_sq = (sum of h^2 accumulated in double) / H, in double
-//   r = 1.0f / sqrtf(float(mean_sq) + eps)
-//   y = round((h * r) * (w + weight_bias)), every product and the sum w + weight_bias in f32.
+// y = round(x * r * (w + weight_bias)) per row, computed as Contract 3 step 3 and exactly as
+// the CUDA kernels compute it (every operation one f32 rounding, no fused multiply-adds):
+//   sum_sq = the f32 squares h * h summed in RowSumInKernelOrder (common/row_layout.h)
+//   r = 1.0f / sqrtf(sum_sq / float(H) + eps)
+//   w' = w + weight_bias in f32 (no add when weight_bias is 0, so -0.0 stays -0.0)
+//   y = round((h * r) * w')
 // x: [..., H]; w: [H] (bf16, f16 or f32).
 StatusOr<HostTensor> RmsNorm(const HostTensor& x, const HostTensor& w, float eps,
                              float weight_bias, DType out_dtype);
@@ -72,23 +96,23 @@ StatusOr<AddRmsNormResult> FusedAddRmsNorm(const HostTensor& x, const HostTensor
 
 // ---------------------------------------------------------------- FP8 quantization
 
-// q = fp8(y * (1.0f / scale)): the reciprocal is taken once in f32. scale: f32, one element.
-StatusOr<HostTensor> QuantFp8Tensor(const HostTensor& y, const HostTensor& scale);
+// q = fp8(y * (1.0f / scale)), the reciprocal taken once in f32; with `divides`,
+// q = fp8(y / scale) (IEEE division). scale: f32, one element.
+StatusOr<HostTensor> QuantFp8Tensor(const HostTensor& y, const HostTensor& scale,
+                                    bool divides = false);
 
-// Dynamic (per-token or per-group) quantization parameters.
-struct DynamicQuantConfig {
-  QuantMode mode = QuantMode::kFp8Token;  // kFp8Token or kFp8Group
-  int64_t group_size = 128;               // kFp8Group only; a token is one group of H
-  ScaleLayout layout = ScaleLayout::kRow;
-  ScaleFormat format = ScaleFormat::kF32;
-};
+// Dynamic (per-token or per-group) quantization parameters: mode kFp8Token or kFp8Group.
+using DynamicQuantConfig = QuantParams;
 struct DynamicQuantResult {
   HostTensor q;  // f8e4m3, y's shape
   HostTensor s;  // f32: row layout [T, G], column layout [G, pad4(T)] (padding left 0)
 };
-// Per row (token) or per group_size contiguous columns of a row (group):
-//   amax = max |y| (NaN ignored), s = max(amax, 1e-10f) / 448.0f in f32,
-//   rounded up to a power of two for ue8m0, q = fp8(y / s) (f32 division).
+// Per row (token) or per group_size contiguous columns of a row (group), as the kernels do it:
+//   amax = max |y| (fmaxf: NaN ignored), s = max(amax, 1e-10f) / 448.0f in f32 (computed by
+//   QuotientByReciprocal, exact here), rounded up to a power of two for ue8m0;
+//   q = fp8(y / s) by QuotientByReciprocal(y, s, 1 / s) (common/quotient.h: the IEEE quotient
+//   wherever FP8 can see a difference) when config.Divides() and the scale is not ue8m0,
+//   else q = fp8(y * (1.0f / s)) (exact for a power of two s).
 // y: [..., H] (rows = leading dims flattened).
 StatusOr<DynamicQuantResult> QuantFp8Dynamic(const HostTensor& y,
                                              const DynamicQuantConfig& config);

@@ -4,10 +4,9 @@
 //
 // Kernels live in kernels/{elementwise,norm,quant}.cuh, launches in
 // launch/{elementwise,norm,quant,matmul}.cu. Numerics follow the CPU oracle
-// (backends/cpu/reference_ops.h) op for op: inputs decoded to f32, the op in f32 (reductions in
-// double where the oracle uses double), one rounding to the output dtype. Where the oracle's
-// operations and order are the same, results are bitwise equal; reductions and GEMMs differ only
-// in summation order.
+// (backends/cpu/reference_ops.h) op for op: inputs decoded to f32, the op in f32 (row sums in
+// the order of common/row_layout.h, as the oracle's), one rounding to the output dtype: results
+// are bitwise the oracle's, except GEMMs, which differ in summation order.
 //
 // Every launcher validates dtypes, shapes and alignment, returns a Status that names the
 // problem, and is asynchronous on `stream`. Tensors are dense row-major device buffers.
@@ -73,12 +72,13 @@ Status LaunchCast(const DeviceTensor& x, const DeviceTensor& y, cudaStream_t str
 
 // ---------------------------------------------------------------- reductions and norms
 
-// y[r] = mean of row r of x (the last dim): sum in double, divided in double, one rounding
-// (through f32, as the oracle). y has x's dtype and rows() elements.
+// y[r] = mean of row r of x (the last dim): the f32 sum in common/row_layout.h's order divided
+// by float(cols), one rounding (the oracle's, bit for bit). y has x's dtype and rows() elements.
 Status LaunchMean(const DeviceTensor& x, const DeviceTensor& y, cudaStream_t stream);
 
-// y = round((h * r) * (w + weight_bias)), r = 1.0f / sqrtf(float(sum(h^2) / H) + eps), the sum
-// of squares in double. x, y: [.., H] one dtype (bf16/f16/f32); w: [H] bf16/f16/f32.
+// y = round((h * r) * (w + weight_bias)), r = 1.0f / sqrtf(sum(h^2) / H + eps), the sum of
+// squares in f32 in common/row_layout.h's order (bit for bit the oracle's and the fused op's).
+// x, y: [.., H] one dtype (bf16/f16/f32); w: [H] bf16/f16/f32.
 Status LaunchRmsNorm(const DeviceTensor& x, const DeviceTensor& w, float eps, float weight_bias,
                      const DeviceTensor& y, cudaStream_t stream);
 // h = round(x + residual) (f32 add) -> residual_out, then RMSNorm of the rounded h -> y.

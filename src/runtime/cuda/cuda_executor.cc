@@ -56,7 +56,8 @@ StatusOr<ncclDataType_t> NcclType(DType dtype) {
 
 // ---------------------------------------------------------------- the plan of a run
 
-enum class OpKind : uint8_t {
+// How one node runs (several IR ops share a launcher, one IR op may take one of two).
+enum class LaunchKind : uint8_t {
   kAllReduce,
   kView,
   kFused,
@@ -87,7 +88,7 @@ struct ValueSlot {
 struct NodePlan {
   const ir::Node* node = nullptr;
   std::string label;
-  OpKind kind = OpKind::kView;
+  LaunchKind kind = LaunchKind::kView;
   std::vector<int> operands;  // value ids
   std::vector<int> results;   // value ids
   cuda::BinaryOpKind binary = cuda::BinaryOpKind::kAdd;
@@ -165,75 +166,103 @@ class PlanBuilder {
 
 // Reads the op and attributes of one node into `np` (results and operands already set).
 Status PlanOp(const ir::Node& node, NodePlan& np) {
-  const std::string& op = node.op();
   constexpr double kInf = std::numeric_limits<double>::infinity();
-  if (op == "all_reduce") {
-    np.kind = OpKind::kAllReduce;
-  } else if (op == "view") {
-    np.kind = OpKind::kView;
-  } else if (op == "allreduce_rmsnorm") {
-    np.kind = OpKind::kFused;
-    TPFUSE_ASSIGN_OR_RETURN(np.spec, ir::FusedSpecFromNode(node));
-    np.fused_in = ir::FusedOperandLayout(np.spec);
-    np.fused_out = ir::FusedResultLayout(np.spec);
-    if (np.fused_in.count != node.num_operands() || np.fused_out.count != node.num_results())
-      return Internal("operands or results do not match the spec ", np.spec.ToString());
-  } else if (op == "add" || op == "sub" || op == "mul" || op == "div") {
-    np.binary = op == "add"   ? cuda::BinaryOpKind::kAdd
-                : op == "sub" ? cuda::BinaryOpKind::kSub
-                : op == "mul" ? cuda::BinaryOpKind::kMul
-                              : cuda::BinaryOpKind::kDiv;
+  const auto binary = [&](cuda::BinaryOpKind kind) -> Status {
+    np.binary = kind;
     if (node.num_operands() == 1) {
       if (node.attr("scalar") == nullptr)
         return InvalidArgument("one operand needs a 'scalar' attribute");
-      np.kind = OpKind::kBinaryScalar;
+      np.kind = LaunchKind::kBinaryScalar;
       TPFUSE_ASSIGN_OR_RETURN(double scalar, ir::GetNumberAttr(node, "scalar", 0.0));
       np.a = float(scalar);
     } else {
-      np.kind = OpKind::kBinary;
+      np.kind = LaunchKind::kBinary;
     }
-  } else if (op == "pow") {
-    np.kind = OpKind::kPow;
-    TPFUSE_ASSIGN_OR_RETURN(double exponent, ir::GetNumberAttr(node, "exponent", 1.0));
-    np.a = float(exponent);
-  } else if (op == "rsqrt") {
-    np.kind = OpKind::kRsqrt;
-  } else if (op == "clamp") {
-    np.kind = OpKind::kClamp;
-    TPFUSE_ASSIGN_OR_RETURN(double lo, ir::GetNumberAttr(node, "min", -kInf));
-    TPFUSE_ASSIGN_OR_RETURN(double hi, ir::GetNumberAttr(node, "max", kInf));
-    np.a = float(lo);
-    np.b = float(hi);
-  } else if (op == "cast") {
-    np.kind = OpKind::kCast;
-  } else if (op == "mean") {
-    np.kind = OpKind::kMean;
-    const ir::Attr* dim = node.attr("dim");
-    const int rank = node.operand(0)->type().rank();
-    if (dim != nullptr && dim->i != -1 && dim->i != rank - 1)
-      return Unimplemented("mean over dim ", dim->i, " (only the last dim is supported)");
-  } else if (op == "rms_norm" || op == "fused_add_rms_norm") {
-    np.kind = op == "rms_norm" ? OpKind::kRmsNorm : OpKind::kFusedAddRmsNorm;
-    TPFUSE_ASSIGN_OR_RETURN(double eps, ir::GetNumberAttr(node, "eps", 1e-6));
-    TPFUSE_ASSIGN_OR_RETURN(double weight_bias, ir::GetNumberAttr(node, "weight_bias", 0.0));
-    np.a = float(eps);
-    np.b = float(weight_bias);
-  } else if (op == "quant_fp8") {
-    TPFUSE_ASSIGN_OR_RETURN(ir::QuantParams params, ir::QuantParamsFromNode(node));
-    np.kind = params.mode == QuantMode::kFp8Tensor ? OpKind::kQuantTensor : OpKind::kQuantDynamic;
-    np.quant.mode = params.mode;
-    np.quant.group_size = params.group_size;
-    np.quant.layout = params.layout;
-    np.quant.format = params.format;
-  } else if (op == "matmul") {
-    np.kind = OpKind::kMatmul;
-  } else if (op == "scaled_matmul") {
-    np.kind = OpKind::kScaledMatmul;
-    TPFUSE_ASSIGN_OR_RETURN(np.act_scale, ir::ScaledMatmulScaleLayout(node));
-  } else {
-    return Unimplemented("op '", op, "' has no CUDA implementation");
+    return Status::Ok();
+  };
+  switch (node.kind()) {
+    case ir::OpKind::kAllReduce: np.kind = LaunchKind::kAllReduce; return Status::Ok();
+    case ir::OpKind::kView: np.kind = LaunchKind::kView; return Status::Ok();
+    case ir::OpKind::kAllreduceRmsnorm: {
+      np.kind = LaunchKind::kFused;
+      TPFUSE_ASSIGN_OR_RETURN(np.spec, ir::FusedSpecFromNode(node));
+      np.fused_in = ir::FusedOperandLayout(np.spec);
+      np.fused_out = ir::FusedResultLayout(np.spec);
+      if (np.fused_in.count != node.num_operands() || np.fused_out.count != node.num_results())
+        return Internal("operands or results do not match the spec ", np.spec.ToString());
+      return Status::Ok();
+    }
+    case ir::OpKind::kAdd: return binary(cuda::BinaryOpKind::kAdd);
+    case ir::OpKind::kSub: return binary(cuda::BinaryOpKind::kSub);
+    case ir::OpKind::kMul: return binary(cuda::BinaryOpKind::kMul);
+    case ir::OpKind::kDiv: return binary(cuda::BinaryOpKind::kDiv);
+    case ir::OpKind::kPow: {
+      np.kind = LaunchKind::kPow;
+      TPFUSE_ASSIGN_OR_RETURN(double exponent, ir::GetNumberAttr(node, "exponent", 1.0));
+      np.a = float(exponent);
+      return Status::Ok();
+    }
+    case ir::OpKind::kRsqrt: np.kind = LaunchKind::kRsqrt; return Status::Ok();
+    case ir::OpKind::kClamp: {
+      np.kind = LaunchKind::kClamp;
+      TPFUSE_ASSIGN_OR_RETURN(double lo, ir::GetNumberAttr(node, "min", -kInf));
+      TPFUSE_ASSIGN_OR_RETURN(double hi, ir::GetNumberAttr(node, "max", kInf));
+      np.a = float(lo);
+      np.b = float(hi);
+      return Status::Ok();
+    }
+    case ir::OpKind::kCast: np.kind = LaunchKind::kCast; return Status::Ok();
+    case ir::OpKind::kMean: {
+      np.kind = LaunchKind::kMean;
+      const ir::Attr* dim = node.attr("dim");
+      const int rank = node.operand(0)->type().rank();
+      if (dim != nullptr && dim->i != -1 && dim->i != rank - 1)
+        return Unimplemented("mean over dim ", dim->i, " (only the last dim is supported)");
+      return Status::Ok();
+    }
+    case ir::OpKind::kRmsNorm:
+    case ir::OpKind::kFusedAddRmsNorm: {
+      np.kind = node.kind() == ir::OpKind::kRmsNorm ? LaunchKind::kRmsNorm
+                                                    : LaunchKind::kFusedAddRmsNorm;
+      TPFUSE_ASSIGN_OR_RETURN(double eps, ir::GetNumberAttr(node, "eps", 1e-6));
+      TPFUSE_ASSIGN_OR_RETURN(double weight_bias, ir::GetNumberAttr(node, "weight_bias", 0.0));
+      np.a = float(eps);
+      np.b = float(weight_bias);
+      return Status::Ok();
+    }
+    case ir::OpKind::kQuantFp8: {
+      TPFUSE_ASSIGN_OR_RETURN(ir::QuantParams params, ir::QuantParamsFromNode(node));
+      np.kind = params.mode == QuantMode::kFp8Tensor ? LaunchKind::kQuantTensor
+                                                     : LaunchKind::kQuantDynamic;
+      np.quant.mode = params.mode;
+      np.quant.group_size = params.group_size;
+      np.quant.layout = params.layout;
+      np.quant.format = params.format;
+      return Status::Ok();
+    }
+    case ir::OpKind::kMatmul: np.kind = LaunchKind::kMatmul; return Status::Ok();
+    case ir::OpKind::kScaledMatmul: {
+      np.kind = LaunchKind::kScaledMatmul;
+      TPFUSE_ASSIGN_OR_RETURN(np.act_scale, ir::ScaledMatmulScaleLayout(node));
+      return Status::Ok();
+    }
+    // Ops the CPU reference runs and the CUDA backend has no kernel for yet.
+    case ir::OpKind::kSqrt:
+    case ir::OpKind::kAbs:
+    case ir::OpKind::kNeg:
+    case ir::OpKind::kReciprocal:
+    case ir::OpKind::kLog2:
+    case ir::OpKind::kExp2:
+    case ir::OpKind::kCeil:
+    case ir::OpKind::kAmax:
+      return Unimplemented("op '", node.op(),
+                           "' has no CUDA kernel yet (the cpu backend runs it; on cuda, compile "
+                           "the graph so that the fused op absorbs it)");
+    case ir::OpKind::kOpaque:
+      return Unimplemented("opaque op '", ir::OpaqueName(node), "' cannot be executed");
+    case ir::OpKind::kUnknown: break;
   }
-  return Status::Ok();
+  return Unimplemented("op '", node.op(), "' has no CUDA implementation");
 }
 
 // Binds T from every rank's inputs and decides where every value lives and how every node runs.
@@ -267,11 +296,11 @@ StatusOr<Plan> MakePlan(const ir::Graph& graph, const std::vector<TensorMap>& in
     if (Status s = PlanOp(node, np); !s.ok()) return node_error(s);
     for (const ir::Value* v : node.results()) {
       StatusOr<int> id =
-          np.kind == OpKind::kView ? builder.AddAlias(v, np.operands.at(0)) : builder.AddValue(v);
+          np.kind == LaunchKind::kView ? builder.AddAlias(v, np.operands.at(0)) : builder.AddValue(v);
       if (!id.ok()) return node_error(id.status());
       np.results.push_back(*id);
     }
-    if (np.kind == OpKind::kScaledMatmul) {
+    if (np.kind == LaunchKind::kScaledMatmul) {
       const ValueSlot& q = plan.values[size_t(np.operands[0])];
       const ValueSlot& w = plan.values[size_t(np.operands[2])];
       if (q.shape.size() != 2 || w.shape.size() != 2)
@@ -279,8 +308,11 @@ StatusOr<Plan> MakePlan(const ir::Graph& graph, const std::vector<TensorMap>& in
       np.scratch_offset =
           builder.Reserve(cuda::ScaledMatmulScratchBytes(q.shape[0], q.shape[1], w.shape[1]));
     }
-    if (np.kind == OpKind::kAllReduce || np.kind == OpKind::kFused) plan.needs_comm = true;
-    if (np.kind == OpKind::kFused)
+    // A local fused op (spec.local) needs no communicator; an all_reduce or a fused op over
+    // ranks does, except at world size 1 (decided in EnsureCommunicators).
+    if (np.kind == LaunchKind::kAllReduce || (np.kind == LaunchKind::kFused && !np.spec.local))
+      plan.needs_comm = true;
+    if (np.kind == LaunchKind::kFused)
       plan.max_fused_hidden = std::max(plan.max_fused_hidden, np.spec.hidden);
     plan.nodes.push_back(std::move(np));
   }
@@ -436,7 +468,8 @@ struct CudaExecutor::Impl {
   // Communicators whose workspace fits the plan's fused ops, created (again) when missing,
   // too small or poisoned by an earlier failure.
   Status EnsureCommunicators(const Plan& plan) {
-    if (!plan.needs_comm) return Status::Ok();
+    // World size 1: an all_reduce is the identity and the fused op runs locally (no NCCL).
+    if (!plan.needs_comm || world_size == 1) return Status::Ok();
     cuda::CommOptions want = options.comm;
     want.max_hidden = std::max(want.max_hidden, plan.max_fused_hidden);
     bool usable = true;
@@ -472,9 +505,17 @@ struct CudaExecutor::Impl {
   Status ChooseStrategies(Plan& plan, std::vector<std::string>* report) {
     report->clear();
     for (NodePlan& np : plan.nodes) {
-      if (np.kind != OpKind::kFused) continue;
+      if (np.kind != LaunchKind::kFused) continue;
+      // No communication (a local op, or world size 1): one kernel on each GPU, whatever
+      // strategy the override names for the others.
+      if (np.spec.local || !ranks[0].comm) {
+        report->push_back(StrCat(np.label, ": local"));
+        continue;
+      }
       const cuda::Communicator& comm = *ranks[0].comm;
-      const int64_t tokens = plan.values[size_t(np.operands[size_t(np.fused_in.x)])].shape.at(0);
+      const std::vector<int64_t>& x_shape = plan.values[size_t(np.operands[size_t(np.fused_in.x)])].shape;
+      int64_t tokens = 1;  // rows of x viewed as [T, H]
+      for (size_t d = 0; d + 1 < x_shape.size(); ++d) tokens *= x_shape[d];
       if (options.strategy_override) {
         np.strategy = *options.strategy_override;
         if (Status can = cuda::CanRun(comm, np.spec, tokens, np.strategy); !can.ok())
@@ -514,16 +555,21 @@ Status CudaExecutor::Impl::LaunchNode(RankResources& res, const Plan& plan, cons
   const cuda::GemmContext gemm{res.lt.get(), res.gemm_workspace.get(), res.gemm_workspace.size()};
 
   switch (np.kind) {
-    case OpKind::kView: return Status::Ok();
-    case OpKind::kAllReduce: {
+    case LaunchKind::kView: return Status::Ok();
+    case LaunchKind::kAllReduce: {
       const cuda::DeviceTensor x = in(0), y = out(0);
-      TPFUSE_ASSIGN_OR_RETURN(ncclDataType_t type, NcclType(x.dtype));
       if (x.numel() == 0) return Status::Ok();
+      if (!res.comm) {  // world size 1: the sum over one rank is x, bit for bit
+        if (x.data != y.data)
+          TPFUSE_CUDA_CHECK(cudaMemcpyAsync(y.data, x.data, x.nbytes(), cudaMemcpyDeviceToDevice, stream));
+        return Status::Ok();
+      }
+      TPFUSE_ASSIGN_OR_RETURN(ncclDataType_t type, NcclType(x.dtype));
       TPFUSE_NCCL_CHECK(ncclAllReduce(x.data, y.data, size_t(x.numel()), type, ncclSum,
                                       res.comm->nccl(), stream));
       return Status::Ok();
     }
-    case OpKind::kFused: {
+    case LaunchKind::kFused: {
       cuda::FusedBuffers b;
       const auto ptr = [&](int index, bool is_result) -> void* {
         if (index < 0) return nullptr;
@@ -538,30 +584,34 @@ Status CudaExecutor::Impl::LaunchNode(RankResources& res, const Plan& plan, cons
       b.residual_out = ptr(np.fused_out.residual, true);
       b.quant_out = ptr(np.fused_out.q, true);
       b.scale_out = static_cast<float*>(ptr(np.fused_out.s, true));
-      const int64_t tokens = in(np.fused_in.x).shape.at(0);
+      // Rows of x viewed as [T, H] (a rank-3 [B, S, H] activation has B * S rows).
+      const int64_t tokens = in(np.fused_in.x).rows();
       cuda::LaunchOptions launch;
       launch.pdl = options.pdl;
+      // A local op, or world size 1 (no communicator): a = x, one kernel on this GPU.
+      if (np.spec.local || !res.comm)
+        return cuda::LaunchLocalAllreduceRmsnorm(np.spec, tokens, b, stream, launch);
       return cuda::LaunchAllreduceRmsnorm(*res.comm, np.spec, tokens, b, np.strategy, stream,
                                           launch);
     }
-    case OpKind::kBinary: return cuda::LaunchBinary(np.binary, in(0), in(1), out(0), stream);
-    case OpKind::kBinaryScalar:
+    case LaunchKind::kBinary: return cuda::LaunchBinary(np.binary, in(0), in(1), out(0), stream);
+    case LaunchKind::kBinaryScalar:
       return cuda::LaunchBinaryScalar(np.binary, in(0), np.a, out(0), stream);
-    case OpKind::kPow: return cuda::LaunchPow(in(0), np.a, out(0), stream);
-    case OpKind::kRsqrt: return cuda::LaunchRsqrt(in(0), out(0), stream);
-    case OpKind::kClamp: return cuda::LaunchClamp(in(0), np.a, np.b, out(0), stream);
-    case OpKind::kCast: return cuda::LaunchCast(in(0), out(0), stream);
-    case OpKind::kMean: return cuda::LaunchMean(in(0), out(0), stream);
-    case OpKind::kRmsNorm: return cuda::LaunchRmsNorm(in(0), in(1), np.a, np.b, out(0), stream);
-    case OpKind::kFusedAddRmsNorm:
+    case LaunchKind::kPow: return cuda::LaunchPow(in(0), np.a, out(0), stream);
+    case LaunchKind::kRsqrt: return cuda::LaunchRsqrt(in(0), out(0), stream);
+    case LaunchKind::kClamp: return cuda::LaunchClamp(in(0), np.a, np.b, out(0), stream);
+    case LaunchKind::kCast: return cuda::LaunchCast(in(0), out(0), stream);
+    case LaunchKind::kMean: return cuda::LaunchMean(in(0), out(0), stream);
+    case LaunchKind::kRmsNorm: return cuda::LaunchRmsNorm(in(0), in(1), np.a, np.b, out(0), stream);
+    case LaunchKind::kFusedAddRmsNorm:
       return cuda::LaunchFusedAddRmsNorm(in(0), in(1), in(2), np.a, np.b, out(0), out(1), stream);
-    case OpKind::kQuantTensor: return cuda::LaunchQuantFp8Tensor(in(0), in(1), out(0), stream);
-    case OpKind::kQuantDynamic: {
+    case LaunchKind::kQuantTensor: return cuda::LaunchQuantFp8Tensor(in(0), in(1), out(0), stream);
+    case LaunchKind::kQuantDynamic: {
       // The IR shapes a column-major scale [G, pad4(T)]; the launcher checks the same shape.
       return cuda::LaunchQuantFp8Dynamic(in(0), np.quant, out(0), out(1), stream);
     }
-    case OpKind::kMatmul: return cuda::LaunchMatmul(gemm, in(0), in(1), out(0), stream);
-    case OpKind::kScaledMatmul:
+    case LaunchKind::kMatmul: return cuda::LaunchMatmul(gemm, in(0), in(1), out(0), stream);
+    case LaunchKind::kScaledMatmul:
       return cuda::LaunchScaledMatmul(gemm, in(0), in(1), np.act_scale, in(2), in(3), out(0),
                                       arena + np.scratch_offset, stream);
   }
@@ -694,6 +744,7 @@ Status CudaExecutor::Impl::Execute(const ir::Graph& graph, const std::vector<Ten
   if (int(inputs.size()) != world_size)
     return InvalidArgument("cuda executor: got inputs for ", inputs.size(),
                            " ranks, world size is ", world_size);
+  TPFUSE_RETURN_IF_ERROR(ir::RefuseOpaque(graph, "cuda"));
   TPFUSE_ASSIGN_OR_RETURN(Plan plan, MakePlan(graph, inputs));
   TPFUSE_RETURN_IF_ERROR(EnsureCommunicators(plan));
   TPFUSE_RETURN_IF_ERROR(ChooseStrategies(plan, strategies));

@@ -18,19 +18,18 @@
 namespace tpfuse::cuda {
 
 // The row layout (threads per row, vectors per thread) is a function of H alone, shared with
-// the CPU oracle: common/row_layout.h. The kernels are instantiated for 1, 2, 4 and 8 vectors
+// the CPU oracle: common/row_layout.h. The kernels are instantiated for 1, 2 and 4 vectors
 // per thread so registers match the row.
 inline constexpr int kMaxVecPerThread = kMaxRowVecsPerThread;
-// Blocks per SM the compiler must allow (it caps registers to fit). Rows in flight per SM are
-// what keeps HBM busy at large T (docs/kernels.md): four blocks with one vector per thread,
-// three with two, two with four, one with eight.
+// Blocks per SM the compiler must allow (it caps registers to fit): two 512-thread blocks (64
+// registers) with one or two vectors per thread, one with four. Tighter caps spill (measured:
+// docs/perf/h200x1/NOTES.md); blocks with fewer threads get more blocks per SM by themselves.
 template <int kVec>
-inline constexpr int kMinBlocksPerSm = kVec == 1 ? 4 : (kVec == 2 ? 3 : (kVec == 4 ? 2 : 1));
+inline constexpr int kMinBlocksPerSm = kVec <= 2 ? 2 : 1;
 // The persistent (Lamport) kernels hold more per thread (the partials being summed, the row's
-// own x, the weights across rows) and launch only co-resident blocks: fewer blocks per SM, no
-// spills.
+// own x) and launch only co-resident blocks.
 template <int kVec>
-inline constexpr int kPersistentMinBlocksPerSm = kVec == 1 ? 3 : (kVec == 2 ? 2 : 1);
+inline constexpr int kPersistentMinBlocksPerSm = kVec == 1 ? 2 : 1;
 
 // Where the epilogue kernel reads a row's a (Contract 3 step 1).
 enum class RowSource : uint8_t {
@@ -145,6 +144,19 @@ struct RowVectors {
 template <typename T>
 __device__ __forceinline__ float RoundAct(float v) { return ToFloat<T>(FromFloat<T>(v)); }
 
+// w' = w + weight_bias for one decoded weight vector (see LoadWeightVector).
+__device__ __forceinline__ void ApplyWeightBias(const FusedKernelParams& p, float (&wb)[kVecElems]) {
+  if (p.weight_bias == 0.0f) return;
+#pragma unroll
+  for (int i = 0; i < kVecElems; ++i) {
+    wb[i] = __fadd_rn(wb[i], p.weight_bias);
+    if (p.bias_in_weight_dtype) {
+      if (p.weight_dtype == DType::kBF16) wb[i] = RoundAct<__nv_bfloat16>(wb[i]);
+      else if (p.weight_dtype == DType::kF16) wb[i] = RoundAct<__half>(wb[i]);
+    }
+  }
+}
+
 // Weight vector v as w' = w + weight_bias (Contract 3 step 3: an f32 add, or rounded to the
 // weight's dtype when the replaced graph adds the bias there; no add when the bias is 0, so a
 // -0.0 weight stays -0.0 as in the graph that multiplies by w itself).
@@ -159,38 +171,51 @@ __device__ __forceinline__ void LoadWeightVector(const FusedKernelParams& p, int
     if (p.weight_dtype == DType::kBF16) Unpack<__nv_bfloat16>(w, wb);
     else Unpack<__half>(w, wb);
   }
-  if (p.weight_bias != 0.0f) {
-#pragma unroll
-    for (int i = 0; i < kVecElems; ++i) {
-      wb[i] = __fadd_rn(wb[i], p.weight_bias);
-      if (p.bias_in_weight_dtype) {
-        if (p.weight_dtype == DType::kBF16) wb[i] = RoundAct<__nv_bfloat16>(wb[i]);
-        else if (p.weight_dtype == DType::kF16) wb[i] = RoundAct<__half>(wb[i]);
-      }
-    }
-  }
+  ApplyWeightBias(p, wb);
 }
 
-// This thread's weights: held in registers (kHeld), loaded once before waiting for the previous
-// kernel (weights are parameters, nobody writes them), or read in the epilogue itself where
-// registers are short (the persistent kernels with four or more vectors per thread).
+// This thread's weights, fetched before waiting for the previous kernel (weights are parameters,
+// nobody writes them) so their latency overlaps it:
+// - kHeld: as f32 in registers (one vector per thread: 8 registers);
+// - otherwise 16-bit weights are copied to shared memory with cp.async (no registers; each
+//   thread copies and later reads only its own vectors, so no barrier is needed), and f32
+//   weights are read per row (L1/L2 hits).
 template <int kVec, bool kHeld>
 struct RowWeights {
   float wb[kHeld ? kVec : 1][kVecElems];
+  uint4* staged = nullptr;  // !kHeld: kVec * blockDim 16-byte vectors of shared memory
 
-  __device__ __forceinline__ void Preload(const FusedKernelParams& p) {
+  __device__ __forceinline__ void Preload(const FusedKernelParams& p, uint4* smem_vectors) {
     if constexpr (kHeld) {
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         const int v = RowVectors<kVec>::Index(k);
         if (v < p.vecs_per_row) LoadWeightVector(p, v, wb[k]);
       }
+    } else {
+      if (p.weight_dtype == DType::kF32) return;
+      staged = smem_vectors;
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        const int v = RowVectors<kVec>::Index(k);
+        if (v < p.vecs_per_row) CopyAsync16(staged + v, static_cast<const uint4*>(p.weight) + v);
+      }
+      CopyAsyncCommit();
     }
+  }
+  // Called once before the first Get (after the wait for the previous kernel).
+  __device__ __forceinline__ void Ready() const {
+    if constexpr (!kHeld) CopyAsyncWaitAll();
   }
   __device__ __forceinline__ void Get(const FusedKernelParams& p, int k, float (&out)[kVecElems]) const {
     if constexpr (kHeld) {
 #pragma unroll
       for (int i = 0; i < kVecElems; ++i) out[i] = wb[k][i];
+    } else if (staged != nullptr) {
+      const uint4 w = staged[RowVectors<kVec>::Index(k)];
+      if (p.weight_dtype == DType::kBF16) Unpack<__nv_bfloat16>(w, out);
+      else Unpack<__half>(w, out);
+      ApplyWeightBias(p, out);
     } else {
       LoadWeightVector(p, RowVectors<kVec>::Index(k), out);
     }
@@ -249,13 +274,18 @@ enum class ScaleStep : uint8_t {
   kDivide,           // y / s for any s (a static scale): IEEE division
 };
 
-// q = fp8(y (step) s) for one vector of rounded y.
+// q = fp8(y (step) s) for one vector of rounded y. The step is chosen once per vector, outside
+// the element loop.
 __device__ __forceinline__ uint2 QuantizeVector(float (&yf)[kVecElems], ScaleStep step, float s, float inv) {
+  if (step == ScaleStep::kMultiply) {
 #pragma unroll
-  for (int i = 0; i < kVecElems; ++i) {
-    if (step == ScaleStep::kMultiply) yf[i] = __fmul_rn(yf[i], inv);
-    else if (step == ScaleStep::kDivideBounded) yf[i] = QuotientByReciprocal(yf[i], s, inv);
-    else yf[i] = __fdiv_rn(yf[i], s);
+    for (int i = 0; i < kVecElems; ++i) yf[i] = __fmul_rn(yf[i], inv);
+  } else if (step == ScaleStep::kDivideBounded) {
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) yf[i] = QuotientByReciprocal(yf[i], s, inv);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) yf[i] = __fdiv_rn(yf[i], s);
   }
   return ToFp8x8(yf);
 }
@@ -281,62 +311,85 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   const size_t row_vec = size_t(row) * p.vecs_per_row;
 
   // ---- step 2: h = a + residual; emit a and round(h); the sum of squares of the norm's input
+  // u, held in registers for step 3 (at most four vectors per thread).
   float sum_sq = 0.0f;
+  float u[kVec][kVecElems];
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int v = RowVectors<kVec>::Index(k);
     if (v >= p.vecs_per_row) continue;
     if (p.allreduce_out) StoreStreaming(static_cast<uint4*>(p.allreduce_out) + row_vec + v, a[k]);
-    float u[kVecElems];
-    NormInput<T>(p, a[k], res[k], u, p.residual_out ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
+    NormInput<T>(p, a[k], res[k], u[k], p.residual_out ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
 #pragma unroll
-    for (int i = 0; i < kVecElems; ++i) sum_sq = __fadd_rn(sum_sq, __fmul_rn(u[i], u[i]));
+    for (int i = 0; i < kVecElems; ++i) sum_sq = __fadd_rn(sum_sq, __fmul_rn(u[k][i], u[k][i]));
   }
 
-  // ---- step 3: y = round(u * r * w'), r = 1 / sqrt(mean(u^2) + eps) (u recomputed: cheaper
-  // than holding it in registers)
+  // ---- step 3: y = round(u * r * w'), r = 1 / sqrt(mean(u^2) + eps); step 4 (FP8) follows
+  // each vector at once where its scale is known by then (tensor: static; group: the group's
+  // lanes), so y is not held: fewer live registers, no spills at two or three blocks per SM.
   const float total = BlockSum(sum_sq, smem, slot);
   const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(total, float(p.hidden)), p.eps)));
-  uint4 y[kVec];
-  float amax = 0.0f;  // fp8_token: max |y| of this thread's vectors
+  uint8_t* const q_row = kQuant == QuantMode::kNone ? nullptr : p.quant_out + size_t(row) * p.hidden;
+  const float static_inv = kQuant == QuantMode::kFp8Tensor ? __frcp_rn(static_scale) : 1.0f;
+  const ScaleStep static_step = p.quant_divides ? ScaleStep::kDivide : ScaleStep::kMultiply;
+  uint4 y[kQuant == QuantMode::kFp8Token ? kVec : 1];  // fp8_token: held until the row's amax
+  float amax = 0.0f;                                  // fp8_token: max |y| of this thread
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int v = RowVectors<kVec>::Index(k);
-    if (v >= p.vecs_per_row) continue;
-    float u[kVecElems], wv[kVecElems];
-    NormInput<T>(p, a[k], res[k], u, nullptr);
-    weights.Get(p, k, wv);
+    // Lanes past the row skip the arithmetic but join the group shuffles below (whole warps).
+    const bool in_row = v < p.vecs_per_row;
+    float yf[kVecElems];
+    uint4 yk = make_uint4(0, 0, 0, 0);
+    if (in_row) {
+      float wv[kVecElems];
+      weights.Get(p, k, wv);
 #pragma unroll
-    for (int i = 0; i < kVecElems; ++i) {
-      float n = __fmul_rn(u[i], r);
-      if (p.weight_after_round) n = RoundAct<T>(n);
-      u[i] = __fmul_rn(n, wv[i]);
+      for (int i = 0; i < kVecElems; ++i) {
+        float n = __fmul_rn(u[k][i], r);
+        if (p.weight_after_round) n = RoundAct<T>(n);
+        yf[i] = __fmul_rn(n, wv[i]);
+      }
+      yk = Pack<T>(yf);
+      if (p.norm_out) StoreStreaming(static_cast<uint4*>(p.norm_out) + row_vec + v, yk);
+      Unpack<T>(yk, yf);  // the rounded y, which the quantization reads
     }
-    y[k] = Pack<T>(u);
-    if (p.norm_out) StoreStreaming(static_cast<uint4*>(p.norm_out) + row_vec + v, y[k]);
-    if constexpr (kQuant == QuantMode::kFp8Token) {
-      float yf[kVecElems];
-      Unpack<T>(y[k], yf);
+    if constexpr (kQuant == QuantMode::kFp8Tensor) {
+      if (in_row)
+        StoreStreaming8(q_row + size_t(v) * kVecElems, QuantizeVector(yf, static_step, static_scale, static_inv));
+    } else if constexpr (kQuant == QuantMode::kFp8Token) {
+      y[k] = yk;
+      if (in_row) {
 #pragma unroll
-      for (int i = 0; i < kVecElems; ++i) amax = fmaxf(amax, fabsf(yf[i]));
+        for (int i = 0; i < kVecElems; ++i) amax = fmaxf(amax, fabsf(yf[i]));
+      }
+    } else if constexpr (kQuant == QuantMode::kFp8Group) {
+      float local = 0.0f;
+      if (in_row) {
+#pragma unroll
+        for (int i = 0; i < kVecElems; ++i) local = fmaxf(local, fabsf(yf[i]));
+      }
+      const float group_amax = LaneGroupMax(local, p.group_vecs);
+      if (in_row) {
+        ScaleStep step;
+        const float s = DynamicScale(p, group_amax, step);
+        const int group = v / p.group_vecs;
+        if (v % p.group_vecs == 0) {
+          const int64_t sidx = p.scale_col_major ? int64_t(group) * p.scale_tokens_padded + row
+                                                 : row * p.groups_per_row + group;
+          p.scale_out[sidx] = s;
+          // The column-major layout's padding (rows T..pad4(T)-1) is written as 0 so every
+          // element of the output is defined.
+          if (row == p.tokens - 1)
+            for (int i = 1; i <= p.scale_pad_rows; ++i) p.scale_out[sidx + i] = 0.0f;
+        }
+        StoreStreaming8(q_row + size_t(v) * kVecElems, QuantizeVector(yf, step, s, __frcp_rn(s)));
+      }
     }
   }
-  if constexpr (kQuant == QuantMode::kNone) return;
 
-  // ---- step 4: FP8 quantization of the rounded y
-  uint8_t* const q_row = p.quant_out + size_t(row) * p.hidden;
-  if constexpr (kQuant == QuantMode::kFp8Tensor) {
-    const float inv = __frcp_rn(static_scale);
-    const ScaleStep step = p.quant_divides ? ScaleStep::kDivide : ScaleStep::kMultiply;
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const int v = RowVectors<kVec>::Index(k);
-      if (v >= p.vecs_per_row) continue;
-      float yf[kVecElems];
-      Unpack<T>(y[k], yf);
-      StoreStreaming8(q_row + size_t(v) * kVecElems, QuantizeVector(yf, step, static_scale, inv));
-    }
-  } else if constexpr (kQuant == QuantMode::kFp8Token) {
+  // ---- step 4 for fp8_token: one scale for the row, after the block's max
+  if constexpr (kQuant == QuantMode::kFp8Token) {
     ScaleStep step;
     const float s = DynamicScale(p, BlockMax(amax, smem + 2, slot), step);
     const float inv = __frcp_rn(s);
@@ -353,34 +406,6 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       float yf[kVecElems];
       Unpack<T>(y[k], yf);
       StoreStreaming8(q_row + size_t(v) * kVecElems, QuantizeVector(yf, step, s, inv));
-    }
-  } else {  // kFp8Group: one amax per vector slot, reduced over the group's lanes
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const int v = RowVectors<kVec>::Index(k);
-      // Shuffles need the whole warp: lanes past the row join with 0 and store nothing.
-      float yf[kVecElems];
-      float local = 0.0f;
-      if (v < p.vecs_per_row) {
-        Unpack<T>(y[k], yf);
-#pragma unroll
-        for (int i = 0; i < kVecElems; ++i) local = fmaxf(local, fabsf(yf[i]));
-      }
-      const float group_amax = LaneGroupMax(local, p.group_vecs);
-      if (v >= p.vecs_per_row) continue;
-      ScaleStep step;
-      const float s = DynamicScale(p, group_amax, step);
-      const int group = v / p.group_vecs;
-      if (v % p.group_vecs == 0) {
-        const int64_t sidx = p.scale_col_major ? int64_t(group) * p.scale_tokens_padded + row
-                                               : row * p.groups_per_row + group;
-        p.scale_out[sidx] = s;
-        // The column-major layout's padding (rows T..pad4(T)-1) is written as 0 so every
-        // element of the output is defined.
-        if (row == p.tokens - 1)
-          for (int i = 1; i <= p.scale_pad_rows; ++i) p.scale_out[sidx + i] = 0.0f;
-      }
-      StoreStreaming8(q_row + size_t(v) * kVecElems, QuantizeVector(yf, step, s, __frcp_rn(s)));
     }
   }
 }
@@ -509,7 +534,7 @@ __device__ __forceinline__ void GatherAndReduce(const FusedKernelParams& p, cons
 // The persistent kernels hold the weights for all their rows when they fit (two vectors per
 // thread or fewer); beyond, the epilogue reads them per row (L1/L2 hits) to avoid spills.
 template <int kVec>
-inline constexpr bool kPersistentHoldsWeights = kVec <= 2;
+inline constexpr bool kPersistentHoldsWeights = kVec == 1;
 
 // ================================================================ one-shot
 
@@ -534,10 +559,12 @@ inline constexpr bool kPersistentHoldsWeights = kVec <= 2;
 template <typename T, int kVec, QuantMode kQuant>
 __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec>) OneShotAllreduceRmsnormKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
+  __shared__ uint4 weight_vectors[kPersistentHoldsWeights<kVec> ? 1 : kVec * kMaxRowThreads];
   RowWeights<kVec, kPersistentHoldsWeights<kVec>> weights;
-  weights.Preload(p);
+  weights.Preload(p, weight_vectors);
   WaitForPreviousKernel();
   AllowNextKernel();
+  weights.Ready();
 
   // ---- phase 1: push this rank's rows into slot `rank` of every peer
   int64_t row = blockIdx.x;
@@ -595,10 +622,12 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 template <typename T, int kVec, QuantMode kQuant>
 __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec>) TwoShotAllreduceRmsnormKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
+  __shared__ uint4 weight_vectors[kPersistentHoldsWeights<kVec> ? 1 : kVec * kMaxRowThreads];
   RowWeights<kVec, kPersistentHoldsWeights<kVec>> weights;
-  weights.Preload(p);
+  weights.Preload(p, weight_vectors);
   WaitForPreviousKernel();
   AllowNextKernel();
+  weights.Ready();
 
   const uint32_t call = LamportCallOf(p.state->twoshot_count, blockIdx.x);
   const size_t rs = LamportBuffer(p.rs_offset, p.rs_buffer_bytes, call);
@@ -671,10 +700,12 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 template <typename T, int kVec, QuantMode kQuant>
 __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) AllreduceEpilogueKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
-  RowWeights<kVec, kVec <= 4> weights;
-  weights.Preload(p);
+  __shared__ uint4 weight_vectors[kVec == 1 ? 1 : kVec * kMaxRowThreads];
+  RowWeights<kVec, kVec == 1> weights;
+  weights.Preload(p, weight_vectors);
   WaitForPreviousKernel();
   AllowNextKernel();
+  weights.Ready();
   int slot = 0;
   for (int64_t row = blockIdx.x; row < p.tokens; row += gridDim.x, slot ^= 1) {
     const size_t row_vec = size_t(row) * p.vecs_per_row;

@@ -85,6 +85,15 @@ __device__ __forceinline__ uint2 ToFp8x8(const float (&f)[kVecElems]) {
 
 // ---------------------------------------------------------------- memory access
 
+// 16 bytes global -> shared without registers (cp.async, cached in L1); completes at
+// CopyAsyncWaitAll, after which the issuing thread may read its own copies.
+__device__ __forceinline__ void CopyAsync16(uint4* smem_dst, const uint4* gmem_src) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem_src) : "memory");
+}
+__device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void CopyAsyncWaitAll() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
 __device__ __forceinline__ uint4 LoadGlobal(const void* p) {
   return *reinterpret_cast<const uint4*>(p);
 }

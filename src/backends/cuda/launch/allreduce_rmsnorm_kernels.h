@@ -1,8 +1,8 @@
 // Kernel selection for the fused op: one flat switch from runtime values (activation dtype,
 // vectors per thread, quant mode) to a template instantiation, written once
 // (allreduce_rmsnorm_select.cuh) and instantiated per kernel family in its own .cu file so the
-// families compile in parallel. 32 instantiations per family: 2 activation dtypes x 4 vector
-// counts per thread (1, 2, 4, 8) x 4 quant modes.
+// families compile in parallel. 24 instantiations per family: 2 activation dtypes x 3 vector
+// counts per thread (1, 2, 4) x 4 quant modes.
 #pragma once
 
 #include "backends/cuda/kernels/allreduce_rmsnorm.cuh"

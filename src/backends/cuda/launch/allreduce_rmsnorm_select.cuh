@@ -24,10 +24,6 @@ FusedKernelFn SelectKernel(DType act, int vecs_per_thread, QuantMode quant) {
     case KernelKey(DType::kBF16, 4, Q::kFp8Tensor): return Family::template Kernel<BF16, 4, Q::kFp8Tensor>();
     case KernelKey(DType::kBF16, 4, Q::kFp8Token): return Family::template Kernel<BF16, 4, Q::kFp8Token>();
     case KernelKey(DType::kBF16, 4, Q::kFp8Group): return Family::template Kernel<BF16, 4, Q::kFp8Group>();
-    case KernelKey(DType::kBF16, 8, Q::kNone): return Family::template Kernel<BF16, 8, Q::kNone>();
-    case KernelKey(DType::kBF16, 8, Q::kFp8Tensor): return Family::template Kernel<BF16, 8, Q::kFp8Tensor>();
-    case KernelKey(DType::kBF16, 8, Q::kFp8Token): return Family::template Kernel<BF16, 8, Q::kFp8Token>();
-    case KernelKey(DType::kBF16, 8, Q::kFp8Group): return Family::template Kernel<BF16, 8, Q::kFp8Group>();
     case KernelKey(DType::kF16, 1, Q::kNone): return Family::template Kernel<F16, 1, Q::kNone>();
     case KernelKey(DType::kF16, 1, Q::kFp8Tensor): return Family::template Kernel<F16, 1, Q::kFp8Tensor>();
     case KernelKey(DType::kF16, 1, Q::kFp8Token): return Family::template Kernel<F16, 1, Q::kFp8Token>();
@@ -40,10 +36,6 @@ FusedKernelFn SelectKernel(DType act, int vecs_per_thread, QuantMode quant) {
     case KernelKey(DType::kF16, 4, Q::kFp8Tensor): return Family::template Kernel<F16, 4, Q::kFp8Tensor>();
     case KernelKey(DType::kF16, 4, Q::kFp8Token): return Family::template Kernel<F16, 4, Q::kFp8Token>();
     case KernelKey(DType::kF16, 4, Q::kFp8Group): return Family::template Kernel<F16, 4, Q::kFp8Group>();
-    case KernelKey(DType::kF16, 8, Q::kNone): return Family::template Kernel<F16, 8, Q::kNone>();
-    case KernelKey(DType::kF16, 8, Q::kFp8Tensor): return Family::template Kernel<F16, 8, Q::kFp8Tensor>();
-    case KernelKey(DType::kF16, 8, Q::kFp8Token): return Family::template Kernel<F16, 8, Q::kFp8Token>();
-    case KernelKey(DType::kF16, 8, Q::kFp8Group): return Family::template Kernel<F16, 8, Q::kFp8Group>();
     default: return nullptr;
   }
 }

@@ -24,7 +24,7 @@ Status LaunchMean(const DeviceTensor& x, const DeviceTensor& y, cudaStream_t str
   p.cols = x.cols();
   p.vec = p.cols % kVec == 0 && VecAligned(x.data, DTypeSize(x.dtype));
   const unsigned grid = unsigned(x.rows());
-  const int threads = RowBlockThreads(p.cols);
+  const int threads = RowReductionThreads(p.cols);
   switch (x.dtype) {
     case DType::kBF16: MeanKernel<Bf16><<<grid, threads, 0, stream>>>(p); break;
     case DType::kF16: MeanKernel<F16><<<grid, threads, 0, stream>>>(p); break;
@@ -84,7 +84,7 @@ Status LaunchNorm(const char* name, const DeviceTensor& x, const DeviceTensor* r
           VecAligned(w.data, DTypeSize(w.dtype)) &&
           (!has_residual || (VecAligned(residual->data, elem) && VecAligned(residual_out->data, elem)));
   const unsigned grid = unsigned(x.rows());
-  const int threads = RowBlockThreads(p.cols);
+  const int threads = RowReductionThreads(p.cols);
   switch (DTypeKey(x.dtype) * 2 + uint32_t(has_residual)) {
     case DTypeKey(DType::kBF16) * 2 + 0: RmsNormKernel<Bf16, false><<<grid, threads, 0, stream>>>(p); break;
     case DTypeKey(DType::kBF16) * 2 + 1: RmsNormKernel<Bf16, true><<<grid, threads, 0, stream>>>(p); break;

@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""torch.compile's own kernel for the epilogue chain against tpfuse's fused op, on one GPU.
+
+The chain is what a TP-1 layer (or a norm no all_reduce feeds) runs between two GEMMs:
+
+    h = x + residual                      (bf16, as Hugging Face models write it)
+    y = RMSNorm(h) in f32, * weight       (rounded once to bf16)
+    q [, s] = FP8 quantization of y       (fp8_tensor | fp8_token | fp8_group)
+
+written in plain torch and compiled by Inductor, and the same through
+torch.ops.tpfuse.allreduce_rmsnorm at world size 1 (the local op, one kernel) on the same inputs.
+The results they emit: fp8_tensor and fp8_token emit (h, q[, s]); fp8_group (groups of 128, 64
+at H 2880) also emits y (the norm output, as DeepSeek's indexer reads it).
+
+Method (as docs/benchmarking.md): random bf16 inputs in [-1, 1), the weight in [0.5, 1.5), the
+static scale 1/64; a CUDA graph of --ops-per-graph calls (default 20) back to back, call j on
+input set j mod --input-sets (default 4); --warmup replays, then --replays replays each between
+two CUDA events; the time per op is the median replay time / ops per graph. When the input sets
+together are under 2 x L2 the L2 is overwritten between replays, outside the timed interval.
+
+    python bench/inductor_epilogue.py                        # the whole sweep
+    python bench/inductor_epilogue.py --hidden 4096 --tokens 1,128,8192 --quant fp8_group
+    python bench/inductor_epilogue.py --csv out.csv
+
+Prints one table per (H, quant) as it completes, progress on stderr, and a CSV (stdout's end, or
+--csv FILE). GB/s counts the bytes each path must move: x and residual read, the weight, and the
+emitted results written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Sequence
+
+import torch
+
+HIDDEN = [2880, 4096, 5120, 7168, 8192]
+TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+QUANTS = ["fp8_tensor", "fp8_token", "fp8_group"]
+EPS = 1e-6
+FP8_MAX = 448.0
+
+
+def group_size(hidden: int) -> int:
+    """fp8_group's group: 128, or 64 where 128 does not divide H (H 2880)."""
+    return 128 if hidden % 128 == 0 else 64
+
+
+def parse_list(text: str, kind=int) -> List:
+    return [kind(v) for v in text.split(",") if v]
+
+
+# ---------------------------------------------------------------- the chain in torch
+
+def torch_chain(quant: str) -> Callable:
+    def chain(x, residual, weight, inv_scale):
+        h = x + residual
+        hf = h.float()
+        r = torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + EPS)
+        y = (hf * r * weight.float()).to(x.dtype)
+        yf = y.float()
+        if quant == "fp8_tensor":
+            q = (yf * inv_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            return h, q
+        if quant == "fp8_token":
+            s = yf.abs().amax(-1, keepdim=True).clamp_min(1e-10) / FP8_MAX
+            q = (yf / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            return h, q, s
+        t, hidden = yf.shape
+        g = group_size(hidden)
+        yg = yf.view(t, hidden // g, g)
+        s = yg.abs().amax(-1, keepdim=True).clamp_min(1e-10) / FP8_MAX
+        q = (yg / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).view(t, hidden)
+        return h, y, q, s.view(t, hidden // g)
+    return chain
+
+
+def tpfuse_call(quant: str) -> Callable:
+    import tpfuse  # noqa: F401  (registers the op)
+    op = torch.ops.tpfuse.allreduce_rmsnorm
+    emit = ["norm", "residual", "quant"] if quant == "fp8_group" else ["residual", "quant"]
+
+    def call(x, residual, weight, scale):
+        return op(x, residual, weight, scale if quant == "fp8_tensor" else None, emit=emit,
+                  eps=EPS, quant=quant, group_size=group_size(x.shape[-1]))
+    return call
+
+
+def bytes_moved(tokens: int, hidden: int, quant: str) -> int:
+    act = tokens * hidden * 2
+    n = 2 * act + hidden * 2        # x, residual, weight
+    n += act                        # h
+    n += tokens * hidden            # q
+    if quant == "fp8_group":
+        n += act + tokens * (hidden // group_size(hidden)) * 4  # y, s
+    elif quant == "fp8_token":
+        n += tokens * 4
+    return n
+
+
+# ---------------------------------------------------------------- timing
+
+class Timer:
+    def __init__(self, args):
+        self.args = args
+        self.l2 = torch.cuda.get_device_properties(0).L2_cache_size
+        self.flush = torch.empty(2 * self.l2, dtype=torch.uint8, device="cuda")
+
+    def time_per_op(self, fn: Callable, sets: Sequence[Sequence[torch.Tensor]],
+                    set_bytes: int) -> float:
+        """Median µs per op of --replays replays of a graph of --ops-per-graph calls."""
+        ops = self.args.ops_per_graph
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for j in range(min(ops, len(sets))):  # outside the graph: validates the call
+                fn(*sets[j % len(sets)])
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            keep = [fn(*sets[j % len(sets)]) for j in range(ops)]
+        flush_l2 = len(sets) * set_bytes < 2 * self.l2
+        for _ in range(self.args.warmup):
+            graph.replay()
+        torch.cuda.synchronize()
+        start = [torch.cuda.Event(enable_timing=True) for _ in range(self.args.replays)]
+        end = [torch.cuda.Event(enable_timing=True) for _ in range(self.args.replays)]
+        for i in range(self.args.replays):
+            if flush_l2:
+                self.flush.zero_()
+            start[i].record()
+            graph.replay()
+            end[i].record()
+        torch.cuda.synchronize()
+        del keep, graph
+        times = [s.elapsed_time(e) * 1e3 / ops for s, e in zip(start, end)]
+        return statistics.median(times)
+
+
+def make_sets(tokens: int, hidden: int, count: int, seed: int, dynamic_tokens: bool):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    weight = (torch.rand(hidden, generator=g, device="cuda") + 0.5).to(torch.bfloat16)
+    scale = torch.full((), 1.0 / 64, dtype=torch.float32, device="cuda")
+    inv_scale = torch.full((), 64.0, dtype=torch.float32, device="cuda")
+    sets_torch, sets_tpfuse = [], []
+    for _ in range(count):
+        x = (torch.rand(tokens, hidden, generator=g, device="cuda") * 2 - 1).to(torch.bfloat16)
+        r = (torch.rand(tokens, hidden, generator=g, device="cuda") * 2 - 1).to(torch.bfloat16)
+        if dynamic_tokens:  # T symbolic for Inductor, H a constant it specializes on
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+            torch._dynamo.maybe_mark_dynamic(r, 0)
+        sets_torch.append((x, r, weight, inv_scale))
+        sets_tpfuse.append((x, r, weight, scale))
+    return sets_torch, sets_tpfuse
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hidden", default=",".join(map(str, HIDDEN)), help="H list")
+    ap.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="T list")
+    ap.add_argument("--quant", default=",".join(QUANTS), help="quant modes")
+    ap.add_argument("--ops-per-graph", type=int, default=20)
+    ap.add_argument("--input-sets", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--replays", type=int, default=50)
+    ap.add_argument("--static", action="store_true",
+                    help="compile per T (default: T dynamic, H static: one compile per H and "
+                         "quant after T = 1)")
+    ap.add_argument("--no-tpfuse", action="store_true", help="time the torch chain alone")
+    ap.add_argument("--csv", help="write the CSV here (default: after the tables, on stdout)")
+    args = ap.parse_args()
+    hiddens, tokens_list = parse_list(args.hidden), parse_list(args.tokens)
+    quants = parse_list(args.quant, str)
+    for q in quants:
+        if q not in QUANTS:
+            ap.error(f"--quant: unknown mode {q!r} (expected {', '.join(QUANTS)})")
+    if not torch.cuda.is_available():
+        print("inductor_epilogue: no CUDA GPU visible; nothing to measure", file=sys.stderr)
+        return 1
+    use_tpfuse = not args.no_tpfuse
+    if use_tpfuse:
+        import tpfuse
+        if not tpfuse.has_cuda():
+            print("inductor_epilogue: libtpfuse was built without CUDA; use --no-tpfuse or "
+                  "build with CUDA", file=sys.stderr)
+            return 1
+
+    props = torch.cuda.get_device_properties(0)
+    print(f"# {props.name}, {props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MiB;"
+          f" torch {torch.__version__}; µs per op: median of {args.replays} replays x "
+          f"{args.ops_per_graph} ops over {args.input_sets} input sets")
+    timer = Timer(args)
+    if args.static:
+        torch._dynamo.config.recompile_limit = max(64, len(tokens_list) + 1)
+    rows: List[Dict] = []
+    total = len(hiddens) * len(quants) * len(tokens_list)
+    done = 0
+    t0 = time.time()
+    for hidden in hiddens:
+        for quant in quants:
+            # Every (H, quant) compiles afresh: the chains share one code object, and Dynamo's
+            # cache per code object would otherwise fill up and fall back to eager.
+            torch._dynamo.reset()
+            compiled = torch.compile(torch_chain(quant), dynamic=False if args.static else None)
+            fused = tpfuse_call(quant) if use_tpfuse else None
+            table = []
+            for tokens in tokens_list:
+                done += 1
+                print(f"[{done}/{total}] H={hidden} {quant} T={tokens} "
+                      f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+                sets_torch, sets_tpfuse = make_sets(tokens, hidden, args.input_sets, tokens,
+                                                    not args.static)
+                set_bytes = bytes_moved(tokens, hidden, quant)
+                row = {"hidden": hidden, "tokens": tokens, "quant": quant}
+                row["inductor_us"] = timer.time_per_op(compiled, sets_torch, set_bytes)
+                row["inductor_gbps"] = set_bytes / row["inductor_us"] / 1e3
+                if fused is not None:
+                    row["tpfuse_us"] = timer.time_per_op(fused, sets_tpfuse, set_bytes)
+                    row["tpfuse_gbps"] = set_bytes / row["tpfuse_us"] / 1e3
+                    row["tpfuse_over_inductor"] = row["tpfuse_us"] / row["inductor_us"]
+                table.append(row)
+                rows.append(row)
+                del sets_torch, sets_tpfuse
+            print_table(hidden, quant, table)
+    out = io.StringIO() if not args.csv else open(args.csv, "w", newline="")
+    writer = csv.DictWriter(out, fieldnames=list(rows[0].keys()))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in row.items()})
+    if args.csv:
+        out.close()
+        print(f"# wrote {args.csv}")
+    else:
+        print("\n# CSV\n" + out.getvalue(), end="")
+    return 0
+
+
+def print_table(hidden: int, quant: str, table: List[Dict]) -> None:
+    emit = "norm,residual,quant" if quant == "fp8_group" else "residual,quant"
+    print(f"\n== H={hidden}  quant={quant}  emit={emit}  (µs per op, GB/s)")
+    has_fused = "tpfuse_us" in table[0]
+    head = f"{'T':>6} {'inductor':>10} {'GB/s':>7}"
+    if has_fused:
+        head += f" {'tpfuse':>10} {'GB/s':>7} {'tpfuse/ind':>11}"
+    print(head)
+    for r in table:
+        line = f"{r['tokens']:>6} {r['inductor_us']:>10.2f} {r['inductor_gbps']:>7.0f}"
+        if has_fused:
+            line += (f" {r['tpfuse_us']:>10.2f} {r['tpfuse_gbps']:>7.0f}"
+                     f" {r['tpfuse_over_inductor']:>11.2f}")
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Contract 3 (DESIGN.md) written in plain torch: the reference the op's tests compare against.
+
+The arithmetic follows the contract step by step: a = round(sum of partials in rank order,
+f32), h = a + residual in f32 and rounded, the norm of round(h) (or of the f32 h), its sum of
+squares in the one order fixed by H (the GPU's row layout, src/common/row_layout.h),
+y = round((h * r) * w') (or round(round(h * r) * w')), and FP8 e4m3fn with round-to-nearest-even,
+saturating at +-448; `rounding` takes the recipe's flags by name.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+FP8_MAX = 448.0
+
+
+def _fp8(v: torch.Tensor) -> torch.Tensor:
+    return v.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
+def _pow2_ceil(s: torch.Tensor) -> torch.Tensor:
+    mantissa, exponent = torch.frexp(s)  # s = m * 2^e, m in [0.5, 1)
+    return torch.where(mantissa == 0.5, s, torch.ldexp(torch.ones_like(s), exponent))
+
+
+def row_sum_in_kernel_order(values: torch.Tensor) -> torch.Tensor:
+    """Sum of each row of values [T, H] (f32) in the kernels' order: thread t of the row's block
+    sums its 8-element vectors t, t + threads, ... element by element from +0; a xor butterfly
+    in each warp of 32; the warps' sums in order. Rows the layout does not cover (H % 8 != 0)
+    are summed left to right."""
+    tokens, hidden = values.shape
+    # src/common/row_layout.h: kMaxRowThreads, kMaxRowVecsPerThread (an independent copy: the
+    # tests compare it bit for bit with the library's reference, so a drift fails them).
+    max_threads, max_per_thread = 512, 4
+    if hidden % 8 != 0 or hidden > max_threads * max_per_thread * 8:
+        total = torch.zeros(tokens, dtype=torch.float32)
+        for c in range(hidden):
+            total = total + values[:, c]
+        return total
+    vecs = hidden // 8
+    per_thread = 2 if vecs >= 256 else 1  # kRowVecsForTwoPerThread
+    while per_thread < max_per_thread and per_thread * max_threads < vecs:
+        per_thread *= 2
+    threads = (vecs + per_thread - 1) // per_thread
+    threads = (threads + 31) // 32 * 32
+    v = values.reshape(tokens, vecs, 8)
+    lane = torch.zeros(tokens, threads, dtype=torch.float32)
+    for k in range(per_thread):
+        index = torch.arange(threads) + k * threads
+        valid = index < vecs
+        for i in range(8):
+            lane[:, valid] = lane[:, valid] + v[:, index[valid], i]
+    lane = lane.reshape(tokens, threads // 32, 32)
+    for offset in (16, 8, 4, 2, 1):
+        lane = lane + lane[..., torch.arange(32) ^ offset]
+    total = lane[:, 0, 0]
+    for w in range(1, threads // 32):
+        total = total + lane[:, w, 0]
+    return total
+
+
+def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor],
+                      weight: torch.Tensor, scale: Optional[torch.Tensor], *,
+                      emit: Sequence[str], eps: float = 1e-6, weight_bias: float = 0.0,
+                      quant: str = "none", group_size: int = 128, scale_layout: str = "row",
+                      scale_fmt: str = "f32", rounding: Sequence[str] = (),
+                      local: bool = False) -> List[torch.Tensor]:
+    shape = partials[0].shape
+    dtype = partials[0].dtype
+    hidden = shape[-1]
+    xs = [p.reshape(-1, hidden) for p in (partials[:1] if local else partials)]
+    tokens = xs[0].shape[0]
+
+    # 1. a = round(x_0 + x_1 + ... ) in f32, rank order.
+    acc = xs[0].float()
+    for x in xs[1:]:
+        acc = acc + x.float()
+    a = acc.to(dtype)
+    # 2. h = a + residual in f32, residual_out = round(h); the norm reads round(h) or the f32 h.
+    if residual is not None:
+        h32 = a.float() + residual.reshape(-1, hidden).float()
+        h = h32.to(dtype)
+        u = h32 if "norm_input_f32" in rounding else h.float()
+    else:
+        h, u = a, a.float()
+    # 3. r = 1 / sqrt(sum of squares / H + eps) in f32, then y = round((u * r) * w') or
+    # round(round(u * r) * w'); w' = w + weight_bias in f32 (or rounded to w's dtype).
+    sum_sq = row_sum_in_kernel_order(u * u).unsqueeze(-1)
+    # NOTE: sqrt in double, rounded once to f32, is the correctly rounded f32 sqrt (sqrtf);
+    # torch's vectorized f32 sqrt on the CPU is not.
+    r = 1.0 / torch.sqrt((sum_sq / hidden + eps).double()).float()
+    w = weight.float()
+    if weight_bias != 0.0:
+        w = w + weight_bias
+        if "weight_bias_in_weight_dtype" in rounding:
+            w = w.to(weight.dtype).float()
+    n = u * r
+    if "weight_after_round" in rounding:
+        n = n.to(dtype).float()
+    y = (n * w).to(dtype)
+    divide_default = quant != "fp8_tensor"
+    divides = divide_default != ("scale_op_swapped" in rounding)
+
+    results = {"allreduce": [a.reshape(shape)], "norm": [y.reshape(shape)],
+               "residual": [h.reshape(shape)]}
+    # 4. quantization of the rounded y.
+    if quant == "fp8_tensor":
+        sc = scale.float().reshape(())
+        qv = y.float() / sc if divides else y.float() * (1.0 / sc)
+        results["quant"] = [_fp8(qv).reshape(shape)]
+    elif quant in ("fp8_token", "fp8_group"):
+        g = hidden if quant == "fp8_token" else group_size
+        groups = hidden // g
+        yg = y.float().reshape(tokens, groups, g)
+        s = yg.abs().amax(-1).clamp_min(1e-10) / FP8_MAX  # [T, G]
+        if scale_fmt == "ue8m0":
+            s = _pow2_ceil(s)
+        qv = yg / s.unsqueeze(-1) if divides else yg * (1.0 / s.unsqueeze(-1))
+        q = _fp8(qv).reshape(shape)
+        if scale_layout == "col":
+            padded = torch.zeros(groups, (tokens + 3) // 4 * 4, dtype=torch.float32)
+            padded[:, :tokens] = s.t()
+            s = padded
+        else:
+            s = s.reshape(tuple(shape[:-1]) + (groups,))
+        results["quant"] = [q, s]
+    out: List[torch.Tensor] = []
+    for name in ("allreduce", "norm", "residual", "quant"):
+        if name in emit:
+            out += results[name]
+    return out

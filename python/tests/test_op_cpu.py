@@ -1,0 +1,176 @@
+"""torch.ops.tpfuse.allreduce_rmsnorm on the CPU: against the plain-torch Contract 3 reference,
+bitwise, at world size 1 and at world size 2 over gloo (two processes); tracing; errors."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import tpfuse  # noqa: F401  (registers the op)
+import contract3
+
+OP = torch.ops.tpfuse.allreduce_rmsnorm
+
+# (name, attributes, residual?) — every quant mode and scale form, emit subsets.
+CASES = [
+    ("norm", dict(emit=["norm"]), False),
+    ("all_bf16_results", dict(emit=["allreduce", "norm", "residual"]), True),
+    ("gemma_bias", dict(emit=["norm", "residual"], weight_bias=1.0, eps=1e-5), True),
+    ("fp8_tensor", dict(emit=["residual", "quant"], quant="fp8_tensor"), True),
+    ("fp8_token", dict(emit=["norm", "quant"], quant="fp8_token"), True),
+    ("fp8_group_row", dict(emit=["quant"], quant="fp8_group", group_size=64), True),
+    ("fp8_group_col_ue8m0", dict(emit=["norm", "residual", "quant"], quant="fp8_group",
+                                 scale_layout="col", scale_fmt="ue8m0"), True),
+    ("vllm_native_rounding", dict(emit=["norm", "residual", "quant"], quant="fp8_tensor",
+                                  rounding=["norm_input_f32", "scale_op_swapped"]), True),
+    ("llama_rounding", dict(emit=["quant"], quant="fp8_token", weight_bias=1.0,
+                            rounding=["weight_after_round", "weight_bias_in_weight_dtype",
+                                      "scale_op_swapped"]), True),
+]
+SHAPES = [(1, 256), (3, 256), (19, 128), (2, 5, 256), (64, 2880)]
+
+
+def make_inputs(seed: int, shape, world_size: int, residual: bool, quant: str,
+                dtype=torch.bfloat16, weight_dtype=torch.bfloat16):
+    """Fresh random inputs: partials of every rank, residual, weight, scale."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = shape[-1]
+    partials = [torch.randn(shape, generator=g).to(dtype) for _ in range(world_size)]
+    res = torch.randn(shape, generator=g).to(dtype) if residual else None
+    weight = (torch.rand(hidden, generator=g) + 0.5).to(weight_dtype)
+    scale = (torch.rand((), generator=g) * 0.05 + 0.01) if quant == "fp8_tensor" else None
+    return partials, res, weight, scale
+
+
+def assert_bitwise(got, expected, what: str):
+    assert len(got) == len(expected), f"{what}: {len(got)} results, expected {len(expected)}"
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert g.shape == e.shape and g.dtype == e.dtype, \
+            f"{what} result {i}: {g.dtype}{list(g.shape)} vs {e.dtype}{list(e.shape)}"
+        gb, eb = g.view(torch.uint8), e.view(torch.uint8)
+        if not torch.equal(gb, eb):
+            bad = (gb != eb).nonzero()
+            pytest.fail(f"{what} result {i}: {len(bad)} bytes differ, first at {bad[0].tolist()}")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name,attrs,residual", CASES, ids=[c[0] for c in CASES])
+def test_world_size_1_matches_reference(name, attrs, residual, shape):
+    if attrs.get("quant") == "fp8_group" and shape[-1] % attrs.get("group_size", 128):
+        pytest.skip("group does not divide H")
+    partials, res, weight, scale = make_inputs(hash((name, shape)) % 2**31, shape, 1, residual,
+                                               attrs.get("quant", "none"))
+    got = OP(partials[0], res, weight, scale, **attrs)
+    assert_bitwise(got, contract3.allreduce_rmsnorm(partials, res, weight, scale, **attrs), name)
+
+
+def test_reference_helper_sums_every_rank():
+    partials, res, weight, _ = make_inputs(11, (5, 256), 3, True, "none")
+    attrs = dict(emit=["allreduce", "norm", "residual"])
+    assert_bitwise(tpfuse.ops.reference(partials, res, weight, None, **attrs),
+                   contract3.allreduce_rmsnorm(partials, res, weight, None, **attrs), "3 ranks")
+    with pytest.raises(ValueError, match=r"partials\[1\] must be a CPU tensor like partials\[0\]"):
+        tpfuse.ops.reference([partials[0], partials[1][:2]], res, weight, None, **attrs)
+
+
+def test_local_ignores_the_group_and_f32_weight():
+    partials, res, weight, _ = make_inputs(7, (4, 128), 1, True, "none",
+                                           torch.float16, torch.float32)
+    attrs = dict(emit=["norm", "residual"], local=True)
+    got = OP(partials[0], res, weight, None, **attrs)
+    assert_bitwise(got, contract3.allreduce_rmsnorm(partials, res, weight, None, **attrs), "local")
+
+
+# ---------------------------------------------------------------- world size 2 over gloo
+
+def _rank_main(rank: int, world_size: int, store_path: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
+                            world_size=world_size)
+    try:
+        group_name = dist.group.WORLD.group_name
+        for k, (name, attrs, residual) in enumerate(CASES):
+            for shape in SHAPES:
+                if attrs.get("quant") == "fp8_group" and shape[-1] % attrs.get("group_size", 128):
+                    continue
+                partials, res, weight, scale = make_inputs(1000 * k + shape[0], shape, world_size,
+                                                           residual, attrs.get("quant", "none"))
+                got = OP(partials[rank], res, weight, scale, group_name=group_name, **attrs)
+                expected = contract3.allreduce_rmsnorm(partials, res, weight, scale, **attrs)
+                assert_bitwise(got, expected, f"rank {rank} {name} {list(shape)}")
+        # Traced (fake impl) and compiled: the same bits.
+        partials, res, weight, _ = make_inputs(99, (3, 256), world_size, True, "none")
+        attrs = dict(emit=["norm", "residual"])
+        fn = torch.compile(lambda x, r, w: OP(x, r, w, None, group_name=group_name, **attrs),
+                           fullgraph=True)
+        assert_bitwise(fn(partials[rank], res, weight),
+                       contract3.allreduce_rmsnorm(partials, res, weight, None, **attrs),
+                       f"rank {rank} compiled")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_world_size_2_gloo_matches_reference():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_rank_main, args=(2, os.path.join(tmp, "store")), nprocs=2, join=True)
+
+
+# ---------------------------------------------------------------- tracing and errors
+
+def test_fake_impl_gives_shapes_and_dtypes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        x = torch.empty(5, 512, dtype=torch.bfloat16)
+        w = torch.empty(512, dtype=torch.float32)
+        outs = OP(x, x, w, None, emit=["allreduce", "norm", "residual", "quant"],
+                  quant="fp8_group", scale_layout="col")
+    assert [(tuple(o.shape), o.dtype) for o in outs] == [
+        ((5, 512), torch.bfloat16), ((5, 512), torch.bfloat16), ((5, 512), torch.bfloat16),
+        ((5, 512), torch.float8_e4m3fn), ((4, 8), torch.float32)]
+
+
+def test_compiled_with_dynamic_tokens_matches_eager():
+    attrs = dict(emit=["norm", "quant"], quant="fp8_token")
+    fn = torch.compile(lambda x, r, w: OP(x, r, w, None, **attrs), dynamic=True, fullgraph=True)
+    for t in (2, 7, 33):
+        partials, res, weight, _ = make_inputs(t, (t, 256), 1, True, "fp8_token")
+        assert_bitwise(fn(partials[0], res, weight), OP(partials[0], res, weight, None, **attrs),
+                       f"T={t}")
+
+
+BAD_CALLS = [
+    # (what changes, the error type, words the message must contain)
+    (dict(x=torch.zeros(3, 256)), TypeError, "x must be bfloat16 or float16"),
+    (dict(residual=torch.zeros(2, 256, dtype=torch.bfloat16)), ValueError,
+     "residual must have x's shape"),
+    (dict(residual=torch.zeros(3, 256, dtype=torch.float16)), TypeError,
+     "residual must have x's dtype"),
+    (dict(weight=torch.zeros(128, dtype=torch.bfloat16)), ValueError, "weight must be [H] = [256]"),
+    (dict(weight=torch.zeros(256, dtype=torch.float64)), TypeError, "weight must be bfloat16"),
+    (dict(scale=torch.ones(())), ValueError, "scale is required for quant 'fp8_tensor' and only"),
+    (dict(quant="fp8_tensor", emit=["quant"], scale=torch.ones(2)), TypeError,
+     "scale must be a float32 tensor of one element"),
+    (dict(emit=["norm", "nrom"]), ValueError, "emit: unknown result 'nrom'"),
+    (dict(emit=[]), ValueError, "emit is empty"),
+    (dict(quant="fp8_group", group_size=100, emit=["quant"]), ValueError,
+     "not a multiple of group_size 100"),
+    (dict(quant="fp4"), ValueError, "unknown quant 'fp4'"),
+    (dict(group_name="no_such_group"), ValueError, "group_name 'no_such_group'"),
+]
+
+
+@pytest.mark.parametrize("change,error,words", BAD_CALLS, ids=[b[2][:30] for b in BAD_CALLS])
+def test_bad_arguments_name_the_argument(change, error, words):
+    args = dict(x=torch.zeros(3, 256, dtype=torch.bfloat16),
+                residual=torch.zeros(3, 256, dtype=torch.bfloat16),
+                weight=torch.ones(256, dtype=torch.bfloat16), scale=None, emit=["norm"])
+    args.update(change)
+    x, res, w, s = (args.pop(k) for k in ("x", "residual", "weight", "scale"))
+    with pytest.raises(error) as info:
+        OP(x, res, w, s, **args)
+    assert words in str(info.value)
+    assert str(info.value).startswith("tpfuse.allreduce_rmsnorm: ")

@@ -1,0 +1,144 @@
+"""torch.ops.tpfuse.allreduce_rmsnorm on one GPU (world size 1, the local op): against the CPU
+reference within Contract 3's tolerance, inside torch.compile(mode="reduce-overhead") and a
+captured CUDA graph against eager. Skips without a GPU or a libtpfuse built with CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tpfuse
+from test_op_cpu import CASES, assert_bitwise, make_inputs
+
+OP = torch.ops.tpfuse.allreduce_rmsnorm
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or not tpfuse.has_cuda(),
+    reason="needs a CUDA GPU and libtpfuse built with CUDA "
+           f"(torch sees {torch.cuda.device_count() if torch.cuda.is_available() else 0} GPUs)")
+
+TOKENS = [1, 3, 19, 128, 1000]
+HIDDEN = [2880, 4096, 7168]
+
+
+def _ordered(bits: torch.Tensor, sign_bit: int) -> torch.Tensor:
+    """Bit patterns of a sign-magnitude float as integers in the order of their values."""
+    b = bits.to(torch.int64) & ((sign_bit << 1) - 1)
+    return torch.where(b >= sign_bit, -(b - sign_bit), b)
+
+
+def _fp8_ulp(v: torch.Tensor) -> torch.Tensor:
+    """The spacing of e4m3fn values at |v| (2^-9 among subnormals)."""
+    exponent = torch.floor(torch.log2(v.abs().clamp_min(2.0 ** -6)))
+    return torch.exp2(exponent - 3)
+
+
+def assert_contract3_close(got, expected, names, what: str, col: bool = False):
+    """DESIGN.md Contract 3's tolerance, every element: bf16/f16 within 1 ulp; dequantized FP8
+    within 1 FP8 ulp of the reference's after scale differences; scales within 2^-7."""
+    assert len(got) == len(expected)
+    scales = {}
+    if "s" in names:
+        gs, es = got[names.index("s")].cpu(), expected[names.index("s")]
+        rel = ((gs - es).abs() / es.abs().clamp_min(1e-30)).max().item()
+        assert rel <= 2.0 ** -7, f"{what}: scale relative error {rel}"
+        scales = {"got": gs, "expected": es}
+    for name, g, e in zip(names, got, expected):
+        g = g.cpu()
+        assert g.shape == e.shape and g.dtype == e.dtype, f"{what} {name}: {g.dtype} {g.shape}"
+        if name == "s":
+            continue
+        if name == "q":
+            gq, eq = g.float(), e.float()
+            if scales:
+                tokens = gq.reshape(-1, gq.shape[-1]).shape[0]
+                gs = _row_scales(scales["got"], tokens, gq.shape[-1], col)
+                es = _row_scales(scales["expected"], tokens, gq.shape[-1], col)
+            else:
+                gs = es = torch.ones(())
+            gq, eq = gq.reshape(-1, gq.shape[-1]), eq.reshape(-1, eq.shape[-1])
+            err = (gq * gs - eq * es).abs()
+            bound = _fp8_ulp(eq) * es + eq.abs() * (gs - es).abs()
+            bad = err > bound * (1 + 1e-6)
+        else:
+            sign = 0x8000
+            diff = (_ordered(g.view(torch.int16), sign) - _ordered(e.view(torch.int16), sign)).abs()
+            bad = diff > 1
+        if bad.any():
+            idx = bad.nonzero()[0].tolist()
+            pytest.fail(f"{what} {name}: {int(bad.sum())} elements out of tolerance, first at {idx}")
+
+
+def _row_scales(s: torch.Tensor, tokens: int, hidden: int, col: bool) -> torch.Tensor:
+    """Scales broadcast to [T, H] from the row-major [..., G] or column-major [G, pad4(T)]
+    scale output."""
+    per_row = s[:, :tokens].t() if col else s.reshape(tokens, -1)
+    return per_row.repeat_interleave(hidden // per_row.shape[-1], dim=-1)
+
+
+def _names(attrs):
+    names = [n for n in ("allreduce", "norm", "residual") if n in attrs["emit"]]
+    if "quant" in attrs["emit"]:
+        names.append("q")
+        if attrs.get("quant") in ("fp8_token", "fp8_group"):
+            names.append("s")
+    return names
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("name,attrs,residual", CASES, ids=[c[0] for c in CASES])
+def test_local_op_matches_cpu_reference(name, attrs, residual, hidden):
+    attrs = dict(attrs)
+    if attrs.get("quant") == "fp8_group" and hidden % attrs.get("group_size", 128):
+        attrs["group_size"] = 64
+    for tokens in TOKENS:
+        partials, res, weight, scale = make_inputs(tokens * 7 + hidden, (tokens, hidden), 1,
+                                                   residual, attrs.get("quant", "none"))
+        expected = OP(partials[0], res, weight, scale, **attrs)  # the CPU reference
+        dev = [t.cuda() if t is not None else None for t in (partials[0], res, weight, scale)]
+        got = OP(*dev, **attrs)
+        torch.cuda.synchronize()
+        assert_contract3_close(got, expected, _names(attrs), f"{name} T={tokens} H={hidden}",
+                               col=attrs.get("scale_layout") == "col")
+
+
+def test_reduce_overhead_compile_matches_eager():
+    from torch._dynamo.utils import counters
+    counters.clear()
+    attrs = dict(emit=["residual", "quant"], quant="fp8_group")
+
+    def layer(x, residual, weight):
+        h, q, s = OP(x * 2, residual, weight, None, **attrs)
+        return h + 1, q, s
+
+    compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True)
+    for step in range(5):  # warm-up runs, then replays of the recorded graph
+        partials, res, weight, _ = make_inputs(100 + step, (64, 4096), 1, True, "fp8_group")
+        x, r, w = partials[0].cuda(), res.cuda(), weight.cuda()
+        got = [t.clone() for t in compiled(x, r, w)]
+        assert_bitwise(got, list(layer(x, r, w)), f"step {step}")
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+
+
+def test_captured_cuda_graph_replays_with_new_inputs():
+    attrs = dict(emit=["norm", "residual"])
+    partials, res, weight, _ = make_inputs(5, (19, 4096), 1, True, "none")
+    x, r, w = partials[0].cuda(), res.cuda(), weight.cuda()
+    OP(x, r, w, None, **attrs)  # warm-up outside capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = OP(x, r, w, None, **attrs)
+    for seed in (6, 7):
+        partials, res2, _, _ = make_inputs(seed, (19, 4096), 1, True, "none")
+        x.copy_(partials[0])
+        r.copy_(res2)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_bitwise([o.clone() for o in outs], OP(x, r, w, None, **attrs), f"replay {seed}")
+
+
+def test_device_mismatch_names_the_argument():
+    x = torch.zeros(2, 128, dtype=torch.bfloat16, device="cuda")
+    with pytest.raises(ValueError, match="weight must be on x's device"):
+        OP(x, None, torch.ones(128, dtype=torch.bfloat16), None, emit=["norm"])

@@ -1,0 +1,222 @@
+"""FusionPass on small hand-written FX graphs: what it puts into the graph, what it reports and
+logs, and that a failure leaves the graph as it was."""
+
+import logging
+import operator
+
+import pytest
+import torch
+import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import tpfuse.torch as tt
+from tpfuse.torch import fusion_pass
+from tpfuse.torch.compiler import CompilerError
+from tpfuse.torch.translate import translate
+
+GROUP = "tp0"
+ar = torch.ops._c10d_functional.all_reduce
+ar_ = torch.ops._c10d_functional.all_reduce_
+wait = torch.ops._c10d_functional.wait_tensor
+FUSED = "tpfuse.allreduce_rmsnorm.default"
+bf = torch.bfloat16
+
+
+def llama_norm(h, w, eps=1e-6):
+    hf = h.to(torch.float32)
+    var = hf.pow(2).mean(-1, keepdim=True)
+    hf = hf * torch.rsqrt(var + eps)
+    return w * hf.to(h.dtype)
+
+
+def trace(fn, *shapes_dtypes):
+    args = [torch.randn(s, dtype=torch.float32).to(d) for s, d in shapes_dtypes]
+    return make_fx(fn, tracing_mode="fake")(*args).graph
+
+
+def targets(graph):
+    return [str(n.target) for n in graph.nodes if n.op == "call_function"]
+
+
+def layer(x, res, w):
+    h = wait(ar(x, "sum", GROUP)) + res
+    return llama_norm(h, w), h
+
+
+def test_fuses_all_reduce_add_rmsnorm_and_reports_it(caplog):
+    g = trace(layer, ((6, 128), bf), ((6, 128), bf), ((128,), bf))
+    p = tt.FusionPass(world_size=2)
+    with caplog.at_level(logging.INFO, logger="tpfuse.torch"):
+        p(g)
+    calls = [n for n in g.nodes if str(n.target) == FUSED]
+    assert len(calls) == 1, g
+    (call,) = calls
+    assert call.kwargs["group_name"] == GROUP
+    assert list(call.kwargs["emit"]) == ["norm", "residual"]
+    assert call.kwargs["quant"] == "none" and call.kwargs["local"] is False
+    assert [a.name if a is not None else None for a in call.args] == ["x_1", "res_1", "w_1", None]
+    # The chain and the collective are gone; the outputs read the fused results.
+    assert not any(t.startswith("_c10d_functional") for t in targets(g))
+    assert not any(t in ("aten.rsqrt.default", "aten.mean.dim") for t in targets(g))
+    out = next(n for n in g.nodes if n.op == "output")
+    assert [a.target for a in out.args[0]] == [operator.getitem, operator.getitem]
+    assert [a.args[1] for a in out.args[0]] == [0, 1]
+    assert p.report.fused == 1 and p.report.all_reduces == 1 and not p.report.left_alone
+    assert any("fused all_reduce %wait_tensor" in r.getMessage() for r in caplog.records)
+    g.lint()
+
+
+def test_inplace_all_reduce_is_fused_and_the_collective_erased():
+    def f(x, res, w):
+        wait(ar_(x, "sum", GROUP))
+        h = x + res
+        return llama_norm(h, w), h
+
+    g = trace(f, ((6, 128), bf), ((6, 128), bf), ((128,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1, p.report.left_alone
+    assert targets(g).count(FUSED) == 1
+    assert not any(t.startswith("_c10d_functional") for t in targets(g))
+
+
+def test_torch_distributed_all_reduce_form_is_fused():
+    def f(x, res, w):
+        s = torch.ops.aten.copy.default(x, wait(ar(x, "sum", GROUP)))
+        h = s + res
+        return llama_norm(h, w), h
+
+    g = trace(f, ((6, 128), bf), ((6, 128), bf), ((128,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1, p.report.left_alone
+    assert not any(t.startswith("_c10d_functional") or t == "aten.copy.default" for t in targets(g))
+
+
+def test_all_reduce_without_norm_is_left_alone_with_the_reason(caplog):
+    def f(x):
+        return torch.sin(wait(ar(x, "sum", GROUP)))
+
+    g = trace(f, ((6, 128), bf))
+    before = str(g)
+    p = tt.FusionPass(world_size=2)
+    with caplog.at_level(logging.INFO, logger="tpfuse.torch"):
+        p(g)
+    assert str(g) == before
+    assert p.report.fused == 0 and list(p.report.left_alone) == ["wait_tensor"]
+    assert "not followed by an RMSNorm" in p.report.left_alone["wait_tensor"]
+    assert any("all_reduce %wait_tensor left alone" in r.getMessage() for r in caplog.records)
+
+
+def test_other_groups_are_not_fused_when_tp_groups_is_given():
+    g = trace(layer, ((6, 128), bf), ((6, 128), bf), ((128,), bf))
+    p = tt.FusionPass(world_size=2, tp_groups=["tp1"])
+    p(g)
+    assert p.report.fused == 0
+    assert "not the tensor-parallel group" in p.report.left_alone["wait_tensor"]
+
+
+def test_a_compiler_failure_leaves_the_graph_as_it_was(monkeypatch, caplog):
+    def boom(*args, **kwargs):
+        raise CompilerError("<input>:1:1: something the compiler does not accept")
+
+    monkeypatch.setattr(fusion_pass, "compile_module", boom)
+    g = trace(layer, ((6, 128), bf), ((6, 128), bf), ((128,), bf))
+    before = str(g)
+    p = tt.FusionPass(world_size=2)
+    with caplog.at_level(logging.WARNING, logger="tpfuse.torch"):
+        p(g)
+    assert str(g) == before
+    assert p.report.fused == 0
+    assert "something the compiler does not accept" in p.report.untranslated[0]
+    assert any("graph left as it was" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failure_while_applying_restores_the_graph(monkeypatch):
+    from tpfuse.torch import apply
+
+    real = apply.Applier._materialize
+
+    def fail_after_first_node(self, node, args, group):
+        out = real(self, node, args, group)
+        raise RuntimeError("placement failed half way")
+
+    monkeypatch.setattr(apply.Applier, "_materialize", fail_after_first_node)
+    g = trace(layer, ((6, 128), bf), ((6, 128), bf), ((128,), bf))
+    before = str(g)
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert str(g) == before
+    assert "placement failed half way" in p.report.untranslated[0]
+    g.lint()
+
+
+def test_no_all_reduce_means_no_compiler_call(monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("compiled a graph with nothing to fuse")
+
+    monkeypatch.setattr(fusion_pass, "compile_module", must_not_run)
+    g = trace(lambda h, w: llama_norm(h, w), ((6, 128), bf), ((128,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.all_reduces == 0 and not p.report.untranslated
+
+
+def test_uuid_is_stable_and_follows_the_options():
+    assert tt.FusionPass(world_size=2).uuid() == tt.FusionPass(world_size=2).uuid()
+    assert tt.FusionPass(world_size=2).uuid() != tt.FusionPass(world_size=4).uuid()
+    assert tt.FusionPass(fuse_local=True).uuid() != tt.FusionPass().uuid()
+
+
+# ---------------------------------------------------------------- vLLM's op names
+
+def _define_vllm_ops():
+    if hasattr(torch.ops._C, "fused_add_rms_norm"):
+        return
+    lib = torch.library.Library("_C", "FRAGMENT")
+    lib.define("fused_add_rms_norm(Tensor! input, Tensor! residual, Tensor weight, float epsilon) -> ()")
+    lib.define("static_scaled_fp8_quant(Tensor! result, Tensor input, Tensor scale) -> ()")
+    _define_vllm_ops.lib = lib  # keep the registration alive
+
+
+def test_vllm_auto_functionalized_ops_translate_through_the_table():
+    _define_vllm_ops()
+    af = torch.ops.higher_order.auto_functionalized
+    g = fx.Graph()
+    mode = FakeTensorMode()
+    with mode:
+        vals = {"x": torch.empty(6, 128, dtype=bf), "res": torch.empty(6, 128, dtype=bf),
+                "w": torch.empty(128, dtype=bf), "scale": torch.empty((), dtype=torch.float32),
+                "q": torch.empty(6, 128, dtype=torch.float8_e4m3fn)}
+    nodes = {}
+    for name, v in vals.items():
+        nodes[name] = g.placeholder(name)
+        nodes[name].meta["val"] = v
+    a = g.call_function(ar, (nodes["x"], "sum", GROUP))
+    s = g.call_function(wait, (a,))
+    for n in (a, s):
+        n.meta["val"] = vals["x"]
+    norm = g.call_function(af, (torch.ops._C.fused_add_rms_norm.default,),
+                           {"input": s, "residual": nodes["res"], "weight": nodes["w"],
+                            "epsilon": 1e-6})
+    norm.meta["val"] = (None, vals["x"], vals["res"])
+    y = g.call_function(operator.getitem, (norm, 1))
+    h = g.call_function(operator.getitem, (norm, 2))
+    y.meta["val"], h.meta["val"] = vals["x"], vals["res"]
+    quant = g.call_function(af, (torch.ops._C.static_scaled_fp8_quant.default,),
+                            {"result": nodes["q"], "input": y, "scale": nodes["scale"]})
+    quant.meta["val"] = (None, vals["q"])
+    q = g.call_function(operator.getitem, (quant, 1))
+    q.meta["val"] = vals["q"]
+    g.output((q, h))
+
+    tr = translate(g)
+    lines = [line.strip().split(" : ")[0] for line in tr.text.splitlines()[1:-1]]
+    assert lines == [
+        '%wait_tensor = all_reduce(%x) {group = "tp"}',
+        "%getitem, %getitem_1 = fused_add_rms_norm(%wait_tensor, %res, %w) {eps = 1e-06}",
+        '%getitem_2 = quant_fp8(%getitem, %scale) {mode = "tensor"}',
+        "return %getitem_2, %getitem_1",
+    ]
+    assert not tr.opaque

@@ -1,0 +1,179 @@
+"""transformers' models, tiny and random, sharded for tensor parallelism the way row-parallel
+linears are: column-parallel q/k/v (or MLA's q_b/kv_b) and gate/up projections keep this rank's
+heads and columns, and the row-parallel o_proj and down_proj outputs are all-reduced through
+functional collectives. A wrapper around the model's own modules, not a copy of its code.
+
+FP8 variants quantize the input of the attention and MLP blocks (the norm output) in plain
+torch, static per-tensor or dynamic per-group (128), and dequantize it for the GEMMs; the
+per-group variant adds a DeepSeek-style indexer GEMM that reads the norm output in bf16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+FP8_MAX = 448.0
+
+COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "q_b_proj", "kv_b_proj", "gate_proj", "up_proj")
+ROW_PARALLEL = ("o_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    family: str              # llama | qwen3 | gemma3 | deepseek_v3
+    quant: str = "none"      # none | tensor | group
+    inplace: bool = False    # torch.distributed.all_reduce (in place) instead of the functional one
+    layers: int = 2
+
+    @property
+    def name(self) -> str:
+        return self.family + ("" if self.quant == "none" else f"-fp8{self.quant}") + (
+            "-inplace" if self.inplace else "")
+
+
+def tiny_config(family: str, layers: int):
+    import transformers as tf
+
+    common = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=128,
+                  max_position_embeddings=64, rms_norm_eps=1e-6, tie_word_embeddings=False)
+    if family == "llama":
+        return tf.LlamaConfig(**common)
+    if family == "qwen3":
+        return tf.Qwen3Config(**common)
+    if family == "gemma3":
+        return tf.Gemma3TextConfig(**common, sliding_window=16, query_pre_attn_scalar=64)
+    if family == "deepseek_v3":
+        del common["head_dim"]
+        common["num_key_value_heads"] = common["num_attention_heads"]  # MLA: one KV per head
+        return tf.DeepseekV3Config(**common, q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16,
+                                   qk_nope_head_dim=32, v_head_dim=32, moe_intermediate_size=128,
+                                   n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+                                   topk_group=1, first_k_dense_replace=layers, n_shared_experts=1)
+    raise ValueError(f"unknown model family {family!r}")
+
+
+class RowParallel(nn.Module):
+    """This rank's columns of a row-parallel linear; the partial products are summed across the
+    group by a functional all_reduce, or in place by torch.distributed.all_reduce (which
+    torch.compile traces into the functional form plus a copy back)."""
+
+    def __init__(self, linear: nn.Linear, group_name: str, inplace: bool):
+        super().__init__()
+        self.linear = linear
+        self.group_name = group_name
+        self.group = _resolve_group(group_name) if inplace else None
+        self.inplace = inplace
+
+    def forward(self, x):
+        partial = self.linear(x)
+        if self.inplace:
+            torch.distributed.all_reduce(partial, group=self.group)
+            return partial
+        return torch.ops._c10d_functional.wait_tensor(
+            torch.ops._c10d_functional.all_reduce(partial, "sum", self.group_name))
+
+
+def _resolve_group(group_name: str):
+    from torch.distributed.distributed_c10d import _resolve_process_group
+
+    return _resolve_process_group(group_name)
+
+
+def _shard_linear(linear: nn.Linear, dim: int, rank: int, world: int) -> nn.Linear:
+    w = linear.weight.detach()
+    size = w.shape[dim]
+    assert size % world == 0, f"{size} does not split over {world} ranks"
+    part = w.narrow(dim, rank * size // world, size // world).clone()
+    out = nn.Linear(part.shape[1], part.shape[0], bias=linear.bias is not None,
+                    dtype=w.dtype, device=w.device)
+    out.weight.data.copy_(part)
+    if linear.bias is not None:
+        b = linear.bias.detach()
+        out.bias.data.copy_(b.narrow(0, rank * b.shape[0] // world, b.shape[0] // world)
+                            if dim == 0 else b / world if rank == 0 else torch.zeros_like(b))
+    return out
+
+
+def shard_for_tp(model: nn.Module, rank: int, world: int, group_name: str, inplace: bool) -> None:
+    for _, module in list(model.named_modules()):
+        for name in COLUMN_PARALLEL:
+            child = getattr(module, name, None)
+            if isinstance(child, nn.Linear):
+                setattr(module, name, _shard_linear(child, 0, rank, world))
+        for name in ROW_PARALLEL:
+            child = getattr(module, name, None)
+            if isinstance(child, nn.Linear):
+                setattr(module, name, RowParallel(_shard_linear(child, 1, rank, world),
+                                                  group_name, inplace))
+
+
+class QuantizedInput(nn.Module):
+    """Runs `block` on FP8-quantized-then-dequantized input, the quantization written in torch:
+    static per-tensor (x / scale, clamp, cast) or dynamic per-group of 128 (amax / 448)."""
+
+    def __init__(self, block: nn.Module, mode: str, hidden: int, indexer: bool):
+        super().__init__()
+        self.block = block
+        self.mode = mode
+        self.register_buffer("scale", torch.tensor(4.0 / FP8_MAX, dtype=torch.float32))
+        # DeepSeek-style indexer: a bf16 GEMM on the norm output next to the quantized path.
+        self.indexer = nn.Linear(hidden, 64, bias=False, dtype=torch.bfloat16) if indexer else None
+        self.indexer_out = nn.Linear(64, hidden, bias=False, dtype=torch.bfloat16) if indexer else None
+
+    def quantize(self, x):
+        if self.mode == "tensor":
+            q = (x.to(torch.float32) / self.scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            return (q.to(torch.float32) * self.scale).to(x.dtype)
+        xg = x.to(torch.float32).unflatten(-1, (-1, 128))
+        s = xg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / FP8_MAX
+        q = (xg / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        return (q.to(torch.float32) * s).flatten(-2).to(x.dtype)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        x = self.quantize(hidden_states)
+        if self.indexer is not None:
+            x = x + self.indexer_out(self.indexer(hidden_states))
+        return self.block(x, *args, **kwargs)
+
+
+def build(case: Case, rank: int, world: int, group_name: str, seed: int = 0) -> nn.Module:
+    """The sharded model on this rank (every rank draws the same full weights first)."""
+    import transformers as tf
+
+    config = tiny_config(case.family, case.layers)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = tf.AutoModel.from_config(config).to(torch.bfloat16).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:  # norm weights: around 1 (Gemma's around 0: it adds the 1)
+                base = 0.0 if case.family == "gemma3" else 1.0
+                p.copy_(base + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    if case.quant != "none":
+        torch.manual_seed(seed + 2)
+        for layer in model.layers:
+            layer.self_attn = QuantizedInput(layer.self_attn, case.quant, config.hidden_size,
+                                             indexer=case.quant == "group")
+            layer.mlp = QuantizedInput(layer.mlp, case.quant, config.hidden_size, indexer=False)
+    shard_for_tp(model, rank, world, group_name, case.inplace)
+    return model
+
+
+def forward_fn(model: nn.Module):
+    def run(input_ids):
+        return model(input_ids=input_ids, use_cache=False).last_hidden_state
+
+    return run
+
+
+def example_input(seed: int = 3, batch: int = 2, seq: int = 5) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 128, (batch, seq), generator=gen)

@@ -1,0 +1,335 @@
+"""torch.ops.tpfuse.allreduce_rmsnorm: the fused op of DESIGN.md Contract 3 as a functional
+custom op.
+
+    tpfuse::allreduce_rmsnorm(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, *,
+        str[] emit, str group_name="", float eps=1e-6, float weight_bias=0., str quant="none",
+        int group_size=128, str scale_layout="row", str scale_fmt="f32",
+        str[]? rounding=None, bool local=False) -> Tensor[]
+
+x [..., H] is this rank's partial sum (bf16 or f16); residual as x or None; weight [H] (bf16,
+f16 or f32); scale an f32 tensor of one element for quant = "fp8_tensor", else None.
+`group_name` names the process group (`ProcessGroup.group_name`, as the functional collectives
+take it); "" or a group of one rank is world size 1, where the op runs without communication, as
+it does with local=True (no all_reduce feeds the chain). The results are the emitted ones, in
+Contract 3's order: allreduce, norm, residual (x's shape and dtype), then q (float8_e4m3fn, x's
+shape) and, for fp8_token / fp8_group, s (f32: x.shape[:-1] + [H / group_size] row-major, or
+[H / group_size, pad4(T)] column-major, T the rows of x).
+
+Backends:
+- CPU (gloo): the partials are gathered from every rank and the CPU reference of the C ABI
+  computes the result (rank order, one rounding: Contract 3); every rank gets the same bits.
+- CUDA: a tpfuse communicator made once per (process group, device) on first use, its
+  workspace sized by `configure` (or $TPFUSE_MAX_TOKENS, $TPFUSE_MAX_HIDDEN) at that moment; the
+  op runs on the current stream and is safe under CUDA graph capture once the communicator
+  exists (a first eager call, or `init_comm`, makes it; torch.compile(mode="reduce-overhead")
+  warms up eagerly before it captures). World size 1 uses the local op: no communicator.
+
+Wrong shapes, dtypes or devices raise ValueError / TypeError naming the argument.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from tpfuse import _capi
+
+OP_NAME = "tpfuse::allreduce_rmsnorm"
+_PREFIX = "tpfuse.allreduce_rmsnorm"
+
+_ACT_DTYPES = {torch.bfloat16: "bf16", torch.float16: "f16"}
+_WEIGHT_DTYPES = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
+FP8_DTYPE = torch.float8_e4m3fn
+
+
+# ---------------------------------------------------------------- arguments -> spec and results
+
+class _Plan:
+    """The validated call: the C spec, T, H, and the (shape, dtype) of every result."""
+
+    def __init__(self, spec: _capi.Spec, tokens, hidden: int,
+                 results: List[Tuple[Tuple[int, ...], torch.dtype]], names: List[str]):
+        self.spec = spec
+        self.tokens = tokens
+        self.hidden = hidden
+        self.results = results
+        self.names = names
+
+
+def _fail(kind, message: str):
+    raise kind(f"{_PREFIX}: {message}")
+
+
+def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
+          scale: Optional[torch.Tensor], eps: float, weight_bias: float, quant: str,
+          group_size: int, scale_layout: str, scale_fmt: str, emit: Sequence[str],
+          rounding: Optional[Sequence[str]], local: bool) -> _Plan:
+    if not isinstance(x, torch.Tensor):
+        _fail(TypeError, f"x must be a tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        _fail(ValueError, f"x must be [..., H] with H > 0, got shape {list(x.shape)}")
+    if x.dtype not in _ACT_DTYPES:
+        _fail(TypeError, f"x must be bfloat16 or float16, got {x.dtype}")
+    hidden = int(x.shape[-1])
+    # Symbolic under tracing with dynamic shapes: T stays a SymInt (no specialization on it).
+    tokens = x.numel() // hidden
+    if residual is not None:
+        if residual.shape != x.shape:
+            _fail(ValueError, f"residual must have x's shape {list(x.shape)}, "
+                              f"got {list(residual.shape)}")
+        if residual.dtype != x.dtype:
+            _fail(TypeError, f"residual must have x's dtype {x.dtype}, got {residual.dtype}")
+        if residual.device != x.device:
+            _fail(ValueError, f"residual must be on x's device {x.device}, got {residual.device}")
+    if weight.dim() != 1 or weight.shape[0] != hidden:
+        _fail(ValueError, f"weight must be [H] = [{hidden}], got {list(weight.shape)}")
+    if weight.dtype not in _WEIGHT_DTYPES:
+        _fail(TypeError, f"weight must be bfloat16, float16 or float32, got {weight.dtype}")
+    if weight.device != x.device:
+        _fail(ValueError, f"weight must be on x's device {x.device}, got {weight.device}")
+    if (quant == "fp8_tensor") != (scale is not None):
+        _fail(ValueError, "scale is required for quant 'fp8_tensor' and only for it "
+                          f"(quant {quant!r}, scale {'given' if scale is not None else 'None'})")
+    if scale is not None:
+        if scale.dtype != torch.float32 or scale.numel() != 1:
+            _fail(TypeError, f"scale must be a float32 tensor of one element, got {scale.dtype} "
+                             f"with shape {list(scale.shape)}")
+        if scale.device != x.device:
+            _fail(ValueError, f"scale must be on x's device {x.device}, got {scale.device}")
+    for name in emit:
+        if name not in _capi.EMIT_BITS:
+            _fail(ValueError, f"emit: unknown result {name!r} (expected allreduce, norm, "
+                              "residual or quant)")
+    if len(set(emit)) != len(emit):
+        _fail(ValueError, f"emit: repeated result in {list(emit)}")
+    try:
+        spec = _capi.make_spec(hidden=hidden, act_dtype=_ACT_DTYPES[x.dtype],
+                               weight_dtype=_WEIGHT_DTYPES[weight.dtype], local=local,
+                               has_residual=residual is not None, eps=eps,
+                               weight_bias=weight_bias, quant=quant, group_size=group_size,
+                               scale_layout=scale_layout, scale_fmt=scale_fmt, emit=emit,
+                               rounding=rounding or ())
+    except (ValueError, _capi.TpfuseError) as e:
+        _fail(ValueError, str(e.message if isinstance(e, _capi.TpfuseError) else e))
+
+    results: List[Tuple[Tuple[int, ...], torch.dtype]] = []
+    names: List[str] = []
+    for name in _capi.EMIT_ORDER:
+        if name not in emit:
+            continue
+        if name == "quant":
+            results.append((tuple(x.shape), FP8_DTYPE))
+            names.append("q")
+            if quant in ("fp8_token", "fp8_group"):
+                groups = 1 if quant == "fp8_token" else hidden // group_size
+                if scale_layout == "col":
+                    results.append(((groups, (tokens + 3) // 4 * 4), torch.float32))
+                else:
+                    results.append((tuple(x.shape[:-1]) + (groups,), torch.float32))
+                names.append("s")
+        else:
+            results.append((tuple(x.shape), x.dtype))
+            names.append(name)
+    return _Plan(spec, tokens, hidden, results, names)
+
+
+def _empty_results(plan: _Plan, device: torch.device) -> List[torch.Tensor]:
+    return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in plan.results]
+
+
+def _buffers(plan: _Plan, x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
+             scale: Optional[torch.Tensor], outs: List[torch.Tensor]) -> _capi.Buffers:
+    b = _capi.Buffers()
+    b.x = x.data_ptr()
+    b.residual = residual.data_ptr() if residual is not None else None
+    b.weight = weight.data_ptr()
+    b.scale = scale.data_ptr() if scale is not None else None
+    for name, out in zip(plan.names, outs):
+        setattr(b, {"allreduce": "allreduce_out", "norm": "norm_out", "residual": "residual_out",
+                    "q": "quant_out", "s": "scale_out"}[name], out.data_ptr())
+    return b
+
+
+# ---------------------------------------------------------------- process groups
+
+def _resolve_group(group_name: str):
+    """(group or None, rank, world size) for a group name; "" is world size 1."""
+    if not group_name:
+        return None, 0, 1
+    if not dist.is_available() or not dist.is_initialized():
+        _fail(ValueError, f"group_name {group_name!r} given but torch.distributed is not "
+                          "initialized")
+    try:
+        group = dist.distributed_c10d._resolve_process_group(group_name)
+    except Exception as e:  # noqa: BLE001  (the message names the unknown group)
+        _fail(ValueError, f"group_name {group_name!r} names no process group ({e})")
+    return group, group.rank(), group.size()
+
+
+# ---------------------------------------------------------------- CUDA communicators
+
+_config_lock = threading.Lock()
+_comm_config: Dict[str, object] = {
+    "max_tokens": int(os.environ.get("TPFUSE_MAX_TOKENS", "8192")),
+    "max_hidden": int(os.environ.get("TPFUSE_MAX_HIDDEN", "8192")),
+}
+_comms: Dict[Tuple[str, int], _capi.Comm] = {}
+
+
+def configure(*, max_tokens: Optional[int] = None, max_hidden: Optional[int] = None,
+              oneshot_max_tokens: Optional[int] = None, timeout_seconds: Optional[float] = None,
+              strategy_table: Optional[str] = None) -> None:
+    """Sizes the workspace of communicators made after this call (not the existing ones)."""
+    with _config_lock:
+        for key, value in (("max_tokens", max_tokens), ("max_hidden", max_hidden),
+                           ("oneshot_max_tokens", oneshot_max_tokens),
+                           ("timeout_seconds", timeout_seconds),
+                           ("strategy_table", strategy_table)):
+            if value is not None:
+                _comm_config[key] = value
+
+
+def init_comm(group: Optional["dist.ProcessGroup"] = None,
+              device: Optional[torch.device] = None) -> Optional[_capi.Comm]:
+    """Makes (once) the tpfuse communicator of `group` (default: the world group) on `device`
+    (default: the current CUDA device). Collective over the group; not during graph capture.
+    Returns None at world size 1, where no communicator is needed."""
+    group = group if group is not None else dist.group.WORLD
+    if group.size() == 1:
+        return None
+    device = torch.device("cuda", torch.cuda.current_device()) if device is None else device
+    return _comm_for(group, group.group_name, device)
+
+
+def _comm_for(group, group_name: str, device: torch.device) -> _capi.Comm:
+    key = (group_name, device.index)
+    comm = _comms.get(key)
+    if comm is not None:
+        return comm
+    if torch.cuda.is_current_stream_capturing():
+        _fail(RuntimeError, f"no tpfuse communicator yet for group {group_name!r} on {device} and "
+                            "one cannot be made during CUDA graph capture: call "
+                            "tpfuse.ops.init_comm(group) or run the op once before capturing")
+    if not _capi.has_cuda():
+        _fail(RuntimeError, f"x is on {device} but libtpfuse ({_capi.library_path()}) was built "
+                            "without CUDA")
+    with torch.cuda.device(device):
+        obj = [_capi.get_unique_id() if group.rank() == 0 else None]
+        dist.broadcast_object_list(obj, src=dist.get_global_rank(group, 0), group=group)
+        with _config_lock:
+            config = _capi.comm_config(**_comm_config)
+        comm = _capi.Comm.from_unique_id(obj[0], group.rank(), group.size(), device.index, config)
+    _comms[key] = comm
+    return comm
+
+
+# ---------------------------------------------------------------- the op
+
+# str[] is not among the types custom_op infers, so the schema is written out.
+SCHEMA = ("(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, *, str[] emit, "
+          "str group_name=\"\", float eps=1e-06, float weight_bias=0., str quant=\"none\", "
+          "int group_size=128, str scale_layout=\"row\", str scale_fmt=\"f32\", "
+          "str[]? rounding=None, bool local=False) -> Tensor[]")
+
+
+@torch.library.custom_op(OP_NAME, mutates_args=(), schema=SCHEMA)
+def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
+                      scale: Optional[torch.Tensor], *, emit: List[str], group_name: str = "",
+                      eps: float = 1e-6, weight_bias: float = 0.0, quant: str = "none",
+                      group_size: int = 128, scale_layout: str = "row", scale_fmt: str = "f32",
+                      rounding: Optional[List[str]] = None,
+                      local: bool = False) -> List[torch.Tensor]:
+    plan = _plan(x, residual, weight, scale, eps, weight_bias, quant, group_size, scale_layout,
+                 scale_fmt, emit, rounding, local)
+    if plan.tokens == 0:
+        _fail(ValueError, f"x has no rows (shape {list(x.shape)})")
+    group, _, world_size = _resolve_group(group_name)
+    if local:
+        world_size = 1
+    x = x.contiguous()
+    residual = residual.contiguous() if residual is not None else None
+    weight = weight.contiguous()
+    scale = scale.contiguous() if scale is not None else None
+    outs = _empty_results(plan, x.device)
+    if x.device.type == "cpu":
+        _run_cpu(plan, x, residual, weight, scale, outs, group, world_size)
+    elif x.device.type == "cuda":
+        _run_cuda(plan, x, residual, weight, scale, outs, group, group_name, world_size)
+    else:
+        _fail(ValueError, f"x is on {x.device}: only cpu and cuda are supported")
+    return outs
+
+
+def _run_cpu(plan, x, residual, weight, scale, outs, group, world_size: int) -> None:
+    rows = x.view(plan.tokens, plan.hidden)
+    if world_size == 1:
+        partials = [rows]
+    else:
+        # The raw bytes travel (exact, and every backend moves uint8); the sum happens in the
+        # reference op, in rank order.
+        bits = rows.view(torch.uint8)
+        gathered = [torch.empty_like(bits) for _ in range(world_size)]
+        dist.all_gather(gathered, bits, group=group)
+        partials = [g.view(x.dtype) for g in gathered]
+    buffers = _buffers(plan, x, residual, weight, scale, outs)
+    _capi.reference_allreduce_rmsnorm(plan.spec, plan.tokens, [p.data_ptr() for p in partials],
+                                      buffers)
+
+
+def _run_cuda(plan, x, residual, weight, scale, outs, group, group_name: str,
+              world_size: int) -> None:
+    buffers = _buffers(plan, x, residual, weight, scale, outs)
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    with torch.cuda.device(x.device):
+        if world_size == 1:
+            _capi.allreduce_rmsnorm_local(plan.spec, plan.tokens, buffers, stream)
+        else:
+            comm = _comm_for(group, group_name, x.device)
+            comm.allreduce_rmsnorm(plan.spec, plan.tokens, buffers, stream)
+
+
+@allreduce_rmsnorm.register_fake
+def _(x, residual, weight, scale, *, emit, group_name="", eps=1e-6, weight_bias=0.0, quant="none",
+      group_size=128, scale_layout="row", scale_fmt="f32", rounding=None, local=False):
+    plan = _plan(x, residual, weight, scale, eps, weight_bias, quant, group_size, scale_layout,
+                 scale_fmt, emit, rounding, local)
+    return _empty_results(plan, x.device)
+
+
+def reference(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor],
+              weight: torch.Tensor, scale: Optional[torch.Tensor] = None, *,
+              emit: Sequence[str], **attrs) -> List[torch.Tensor]:
+    """The CPU reference of Contract 3 (the C ABI's) for the partial sums of every rank, in rank
+    order, on CPU tensors: what every rank's op returns. Attributes as the op's."""
+    x = partials[0]
+    plan = _plan(x, residual, weight, scale, attrs.get("eps", 1e-6),
+                 attrs.get("weight_bias", 0.0), attrs.get("quant", "none"),
+                 attrs.get("group_size", 128), attrs.get("scale_layout", "row"),
+                 attrs.get("scale_fmt", "f32"), list(emit), attrs.get("rounding"),
+                 attrs.get("local", False))
+    for i, p in enumerate(partials):
+        if p.device.type != "cpu" or p.shape != x.shape or p.dtype != x.dtype:
+            _fail(ValueError, f"partials[{i}] must be a CPU tensor like partials[0] "
+                              f"({x.dtype}{list(x.shape)}), got {p.dtype}{list(p.shape)} on {p.device}")
+    rows = [p.contiguous() for p in partials]
+    residual = residual.contiguous() if residual is not None else None
+    weight = weight.contiguous()
+    scale = scale.contiguous() if scale is not None else None
+    outs = _empty_results(plan, x.device)
+    _capi.reference_allreduce_rmsnorm(plan.spec, plan.tokens, [p.data_ptr() for p in rows],
+                                      _buffers(plan, rows[0], residual, weight, scale, outs))
+    return outs
+
+
+def fused(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
+          scale: Optional[torch.Tensor] = None, *, group: Optional["dist.ProcessGroup"] = None,
+          emit: Sequence[str] = ("norm",), **attrs) -> List[torch.Tensor]:
+    """torch.ops.tpfuse.allreduce_rmsnorm with a ProcessGroup instead of its name (None: world
+    size 1). Other keyword arguments are the op's attributes."""
+    group_name = group.group_name if group is not None and group.size() > 1 else ""
+    return torch.ops.tpfuse.allreduce_rmsnorm(x, residual, weight, scale, group_name=group_name,
+                                              emit=list(emit), **attrs)

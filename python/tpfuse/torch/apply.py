@@ -1,0 +1,370 @@
+"""Compiled IR -> FX: puts each fused op the compiler made into the FX graph (docs/pytorch.md).
+
+The compiler names every result of a fused op after the value it takes over, so a result whose
+name is an FX node's replaces that node. Nodes the compiler added around a fused op (a view that
+flattens [B, S, H] to [T, H], a cast, the reciprocal of a scale) are materialized as aten ops.
+Everything else the compiler changed (canonical forms of chains it did not fuse) stays as the FX
+graph wrote it. A fusion that cannot be placed is skipped with the reason; the others still apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+import torch
+import torch.fx as fx
+
+from . import ir
+from .translate import IR_TO_TORCH_DTYPE, Translation
+
+
+@dataclasses.dataclass
+class AppliedFusion:
+    anchor: str                  # the all_reduce's FX node name ("" for a local chain)
+    fused_value: str
+    attrs: Dict[str, Any]
+    replaced: List[str]          # FX nodes whose uses now read a fused result
+
+
+class ApplyError(Exception):
+    pass
+
+
+def _signature(node: ir.Node) -> Tuple:
+    return (node.op, tuple(node.operands), tuple(sorted((k, repr(v)) for k, v in node.attrs.items())))
+
+
+def fused_op_overload():
+    """torch.ops.tpfuse.allreduce_rmsnorm, or None when the op library is not loaded."""
+    try:
+        import tpfuse.ops  # noqa: F401  (registers the op where the package provides it)
+    except ImportError:
+        pass
+    try:
+        return torch.ops.tpfuse.allreduce_rmsnorm.default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _fused_args(attrs: Dict[str, Any], operands: List[fx.Node], group: Optional[str]):
+    # tpfuse::allreduce_rmsnorm(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, *,
+    #     str[] emit, str group_name, float eps, float weight_bias, str quant, int group_size,
+    #     str scale_layout, str scale_fmt, str[]? rounding, bool local) -> Tensor[]
+    """Arguments of torch.ops.tpfuse.allreduce_rmsnorm for a fused IR node's operands/attrs.
+
+    Operands come in Contract 3's order x, [residual], w, [scale]; which are present follows
+    from quant (scale iff fp8_tensor) and the count.
+    """
+    quant = str(attrs.get("quant", "none"))
+    has_scale = quant == "fp8_tensor"
+    n = len(operands)
+    has_residual = n == (4 if has_scale else 3)
+    x = operands[0]
+    residual = operands[1] if has_residual else None
+    w = operands[2 if has_residual else 1]
+    scale = operands[-1] if has_scale else None
+    kwargs = dict(
+        group_name=group or "",
+        eps=float(attrs.get("eps", 1e-6)),
+        weight_bias=float(attrs.get("weight_bias", 0.0)),
+        quant=quant,
+        group_size=int(attrs.get("group_size", 128)),
+        scale_layout=str(attrs.get("scale_layout", "row")),
+        scale_fmt=str(attrs.get("scale_fmt", "f32")),
+        emit=[str(e) for e in attrs.get("emit", [])],
+        rounding=[str(r) for r in attrs.get("rounding", [])],
+        local=group is None,
+    )
+    return (x, residual, w, scale), kwargs
+
+
+def _fake_value(target, args, kwargs):
+    vals = []
+    fx.node.map_aggregate((args, kwargs), lambda a: vals.append(a.meta.get("val"))
+                          if isinstance(a, fx.Node) else None)
+    mode = torch._guards.detect_fake_mode([v for v in vals if isinstance(v, torch.Tensor)])
+    if mode is None:
+        return None
+    real = fx.node.map_arg((args, kwargs), lambda a: a.meta.get("val"))
+    with mode:
+        return target(*real[0], **real[1])
+
+
+class Applier:
+    def __init__(self, graph: fx.Graph, tr: Translation, compiled: ir.Func, fuse_local: bool):
+        self.graph = graph
+        self.tr = tr
+        self.compiled = compiled
+        self.fuse_local = fuse_local
+        self.original = {r: _signature(n) for n in tr.func.nodes for r in n.results}
+        self.producer: Dict[str, ir.Node] = {r: n for n in compiled.nodes for r in n.results}
+        self.consumers: Dict[str, List[ir.Node]] = {}
+        for n in compiled.nodes:
+            for o in n.operands:
+                self.consumers.setdefault(o, []).append(n)
+        self.compiled_types = dict(compiled.params)
+        self.sym_refs = _symbol_refs(graph)
+        # What was done to the graph, in order, so that a failure can take it all back:
+        # ("node", new_node) or ("use", user, old, new).
+        self.undo_log: List[Tuple] = []
+        self.sites_to_drop: List[Any] = []
+
+    def undo(self, mark: int = 0) -> None:
+        """Takes back everything logged after `mark`."""
+        entries = self.undo_log[mark:]
+        for entry in reversed(entries):
+            if entry[0] == "use":
+                _, user, old, new = entry
+                user.replace_input_with(new, old)
+        for entry in reversed(entries):
+            if entry[0] == "node":
+                self.graph.erase_node(entry[1])
+        del self.undo_log[mark:]
+        if mark == 0:
+            self.sites_to_drop.clear()
+
+    def changed(self, node: ir.Node) -> bool:
+        return node.op == "allreduce_rmsnorm" or any(
+            self.original.get(r) != _signature(node) for r in node.results)
+
+    def run(self) -> Tuple[List[AppliedFusion], List[Tuple[str, str]]]:
+        applied, skipped = [], []
+        for node in self.compiled.nodes:
+            if node.op != "allreduce_rmsnorm":
+                continue
+            anchor = self._anchor(node)
+            if anchor is None and not self.fuse_local:
+                skipped.append((node.results[0], "local chain (no all_reduce): left to Inductor"))
+                continue
+            mark, drops = len(self.undo_log), len(self.sites_to_drop)
+            try:
+                applied.append(self._apply_one(node, anchor))
+            except ApplyError as e:
+                self.undo(mark)  # this fusion only; the others stand
+                del self.sites_to_drop[drops:]
+                skipped.append((node.results[0], str(e)))
+        return applied, skipped
+
+    def _anchor(self, fused: ir.Node) -> Optional[str]:
+        """The all_reduce site the fused node replaces (None: a local chain)."""
+        if fused.attrs.get("local") is True:
+            return None
+        x = fused.operands[0]
+        # x may reach the fused op through views the compiler added.
+        while x not in self.tr.types and x in self.producer and self.producer[x].op == "view":
+            x = self.producer[x].operands[0]
+        for name, site in self.tr.all_reduces.items():
+            if site.operand == x:
+                return name
+        return None
+
+    # ---- one fusion
+
+    def _apply_one(self, fused: ir.Node, anchor: Optional[str]) -> AppliedFusion:
+        pre = self._pre_nodes(fused)
+        post = self._post_nodes(fused)
+        group = self.tr.all_reduces[anchor].group if anchor else None
+        site = self.tr.all_reduces.get(anchor) if anchor else None
+
+        order = {n: i for i, n in enumerate(self.graph.nodes)}
+        env: Dict[str, fx.Node] = {}
+
+        def fx_of(name: str) -> fx.Node:
+            if name in env:
+                return env[name]
+            node = self.tr.node_of.get(name)
+            if node is None:
+                raise ApplyError(f"value %{name} has no FX node")
+            return node
+
+        # Where the new nodes go: after the last FX node they read.
+        reads = {o for n in pre + [fused] for o in n.operands if o not in self.producer or
+                 self.producer[o] not in pre}
+        read_nodes = [fx_of(o) for o in reads]
+        insert_after = max(read_nodes, key=lambda n: order[n])
+        if site is not None and site.inplace and order[insert_after] >= order[site.collective]:
+            raise ApplyError("an operand is defined after the in-place all_reduce mutates its input")
+
+        # Every FX node a result takes over, and the first of their remaining users.
+        takeover = {}
+        for n in [fused] + post:
+            for r in n.results:
+                if r in self.tr.types:
+                    takeover[r] = self.tr.node_of[r]
+        for r, old in takeover.items():
+            for user in self._users_to_redirect(old, site, r):
+                if order[user] <= order[insert_after]:
+                    raise ApplyError(f"%{user.name} reads %{r} before the fused op's operands exist")
+
+        # Materialize.
+        # NOTE: inserting before the node that follows keeps the new nodes in creation order.
+        with self.graph.inserting_before(insert_after.next):
+            for n in pre + [fused] + post:
+                outs = self._materialize(n, [fx_of(o) for o in n.operands], group)
+                for r, out in zip(n.results, outs):
+                    env[r] = out
+
+        # Redirect.
+        replaced = []
+        for r, old in takeover.items():
+            new = env[r]
+            holders = [old] + self.tr.aliases.get(r, [])
+            for user in self._users_to_redirect(old, site, r):
+                for holder in holders:
+                    if holder in user.all_input_nodes:
+                        user.replace_input_with(holder, new)
+                        self.undo_log.append(("use", user, holder, new))
+            replaced.append(old.name)
+        if site is not None:
+            self.sites_to_drop.append(site)
+
+        return AppliedFusion(anchor or "", fused.results[0], dict(fused.attrs), replaced)
+
+    def _users_to_redirect(self, old: fx.Node, site, name: str) -> List[fx.Node]:
+        users = list(old.users)
+        for alias in self.tr.aliases.get(name, []):
+            users += [u for u in alias.users]
+        users = [u for u in dict.fromkeys(users) if u not in self.tr.aliases.get(name, [])]
+        if site is not None and name == site.value:
+            # Everything that reads the sum: the wait's users, and for the in-place form the
+            # reads of the input after the collective.
+            users = [u for u in users if u is not site.collective]
+            if site.inplace:
+                order = {n: i for i, n in enumerate(self.graph.nodes)}
+                after = order[site.collective]
+                extra = [u for u in site.partial.users if order[u] > after and u is not site.wait]
+                if site.wait is not None:
+                    extra += [u for u in site.collective.users if u is not site.wait]
+                users = list(dict.fromkeys(users + extra))
+        return users
+
+    def _drop_collective(self, site) -> None:
+        """Erases the all_reduce (and its wait) once nothing reads them."""
+        for n in (site.wait, site.collective):
+            if n is None:
+                continue
+            if n is site.collective and site.inplace:
+                others = [u for u in site.partial.users if u is not n and u not in (site.wait,)]
+                # The in-place collective may go only once nothing after it reads the input.
+                order = {m: i for i, m in enumerate(self.graph.nodes)}
+                if any(order[u] > order[n] for u in others):
+                    continue
+            if not n.users:
+                self.graph.erase_node(n)
+
+    def _pre_nodes(self, fused: ir.Node) -> List[ir.Node]:
+        out: List[ir.Node] = []
+
+        def visit(name: str) -> None:
+            if name in self.tr.types or name in self.compiled_types:
+                return
+            node = self.producer.get(name)
+            if node is None:
+                raise ApplyError(f"%{name} has no producer in the compiled graph")
+            if node in out:
+                return
+            for o in node.operands:
+                visit(o)
+            out.append(node)
+
+        for o in fused.operands:
+            visit(o)
+        return out
+
+    def _post_nodes(self, fused: ir.Node) -> List[ir.Node]:
+        out: List[ir.Node] = []
+        frontier = list(fused.results)
+        while frontier:
+            name = frontier.pop(0)
+            for c in self.consumers.get(name, []):
+                if c in out or not self.changed(c) or c.op == "allreduce_rmsnorm":
+                    continue
+                if c.op in ("view", "cast"):
+                    out.append(c)
+                    frontier.extend(c.results)
+                elif name not in self.tr.types:
+                    raise ApplyError(f"the compiler's {c.op} reads the new value %{name}")
+        return out
+
+    def _call(self, target, args, kwargs=None) -> fx.Node:
+        node = self.graph.call_function(target, args, kwargs)
+        self.undo_log.append(("node", node))
+        return node
+
+    def _materialize(self, node: ir.Node, args: List[fx.Node], group: Optional[str]) -> List[fx.Node]:
+        g = self
+        if node.op == "allreduce_rmsnorm":
+            op = fused_op_overload()
+            if op is None:
+                raise ApplyError("torch.ops.tpfuse.allreduce_rmsnorm is not loaded")
+            fargs, fkwargs = _fused_args(node.attrs, args, group)
+            call = g._call(op, fargs, fkwargs)
+            call.meta["val"] = _fake_value(op, fargs, fkwargs)
+            outs = []
+            for i in range(len(node.results)):
+                item = g._call(operator.getitem, (call, i))
+                if call.meta["val"] is not None:
+                    item.meta["val"] = call.meta["val"][i]
+                outs.append(item)
+            return outs
+        if node.op == "view":
+            shape = [self._dim_node(d) for d in node.attrs["shape"]]
+            target, fargs = torch.ops.aten.reshape.default, (args[0], shape)
+        elif node.op == "cast":
+            target = torch.ops.prims.convert_element_type.default
+            fargs = (args[0], IR_TO_TORCH_DTYPE[str(node.attrs["to"])])
+        elif node.op == "pow":
+            target, fargs = torch.ops.aten.pow.Tensor_Scalar, (args[0], node.attrs["exponent"])
+        elif node.op == "reciprocal":
+            target, fargs = torch.ops.aten.reciprocal.default, (args[0],)
+        else:
+            raise ApplyError(f"cannot write the compiler's {node.op} node in FX")
+        call = g._call(target, fargs)
+        call.meta["val"] = _fake_value(target, fargs, {})
+        return [call]
+
+    def _dim_node(self, d: Any):
+        if isinstance(d, int):
+            return d
+        ref = self.sym_refs.get(str(d))
+        if ref is None:
+            raise ApplyError(f"no FX node carries the size {d}")
+        node, dim = ref
+        if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.SymInt):
+            return node
+        return self._call(torch.ops.aten.sym_size.int, (node, dim))
+
+
+def _symbol_refs(graph: fx.Graph) -> Dict[str, Tuple[fx.Node, int]]:
+    """Symbol name -> (an FX node, its dim) where that symbolic size first appears."""
+    from .translate import _dim
+    refs: Dict[str, Tuple[fx.Node, int]] = {}
+    for n in graph.nodes:
+        val = n.meta.get("val")
+        if isinstance(val, torch.SymInt):
+            refs.setdefault(str(_dim(val)), (n, -1))
+        elif isinstance(val, torch.Tensor):
+            for i, d in enumerate(val.shape):
+                if isinstance(d, torch.SymInt):
+                    refs.setdefault(str(_dim(d)), (n, i))
+    return refs
+
+
+def apply_compiled(graph: fx.Graph, tr: Translation, compiled: ir.Func, fuse_local: bool = False):
+    """Applies every fused op; on any exception the graph is restored before it propagates."""
+    applier = Applier(graph, tr, compiled, fuse_local)
+    try:
+        applied, skipped = applier.run()
+        graph.lint()
+    except BaseException:
+        applier.undo()
+        raise
+    # Past this point nothing can fail half way: erase what the fused ops made dead. FX keeps
+    # collectives (they have effects), so each replaced one goes by hand once unread.
+    if applied:
+        graph.eliminate_dead_code()
+    for site in applier.sites_to_drop:
+        applier._drop_collective(site)
+    return applied, skipped

@@ -1,0 +1,234 @@
+"""tpfuse.torch.FusionPass: the Inductor post-grad pass, and tpfuse.torch.compile."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.fx as fx
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+from . import ir
+from .apply import AppliedFusion, apply_compiled
+from .compiler import CompilerError, compile_module
+from .translate import translate
+
+logger = logging.getLogger("tpfuse.torch")
+
+# "<input>:12:5: add: shapes ... do not broadcast": the line of the statement refused.
+_ERROR_LINE = re.compile(r":(\d+):\d+:(.*)")
+_MAX_RETRIES = 64
+
+
+@dataclasses.dataclass
+class GraphReport:
+    """What the pass did to one FX graph."""
+
+    all_reduces: int = 0
+    fused: int = 0
+    opaque_nodes: int = 0
+    fusions: List[AppliedFusion] = dataclasses.field(default_factory=list)
+    # all_reduce FX node name -> why it was left alone.
+    left_alone: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # Fused chains the pass did not apply (local chains, placement), by fused value, with why.
+    skipped: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # Why the graph was left as it was, when it was (translation or compiler failure).
+    untranslated: Optional[str] = None
+
+
+@dataclasses.dataclass
+class FusionReport:
+    """Counts over every graph the pass has seen."""
+
+    graphs: List[GraphReport] = dataclasses.field(default_factory=list)
+
+    @property
+    def all_reduces(self) -> int:
+        return sum(g.all_reduces for g in self.graphs)
+
+    @property
+    def fused(self) -> int:
+        return sum(g.fused for g in self.graphs)
+
+    @property
+    def left_alone(self) -> Dict[str, str]:
+        return {k: v for g in self.graphs for k, v in g.left_alone.items()}
+
+    @property
+    def untranslated(self) -> List[str]:
+        return [g.untranslated for g in self.graphs if g.untranslated]
+
+    def __str__(self) -> str:
+        return (f"tpfuse: {len(self.graphs)} graph(s), {self.all_reduces} all_reduce(s), "
+                f"{self.fused} fused, {len(self.left_alone)} left alone, "
+                f"{len(self.untranslated)} graph(s) not translated")
+
+
+_SOURCES = [os.path.join(os.path.dirname(__file__), f)
+            for f in ("__init__.py", "ir.py", "translate.py", "compiler.py", "apply.py",
+                      "fusion_pass.py")]
+
+
+def _graph_backend(graph: fx.Graph) -> str:
+    for n in graph.nodes:
+        val = n.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.device.type == "cuda":
+            return "cuda"
+    return "cpu"
+
+
+class FusionPass(CustomGraphPass):
+    """Finds all_reduce -> [+ residual] -> RMSNorm -> [FP8 quant] chains in a post-grad FX graph
+    and replaces each by torch.ops.tpfuse.allreduce_rmsnorm, as the C++ compiler decides.
+
+    Use as `torch._inductor.config.post_grad_custom_post_pass = FusionPass(world_size=2)`, or
+    through `tpfuse.torch.compile`. `report` holds the counts of every graph seen so far.
+
+    world_size: the tensor-parallel degree (default: torch.distributed's world size, else 1).
+    fuse_local: also fuse norm chains that no all_reduce feeds (default False: those stay
+    Inductor's). backend: "cpu" or "cuda" capabilities (default: the graph's device).
+    tp_groups: the process group names (ProcessGroup.group_name) of the tensor-parallel group
+    (default: every all_reduce is on it).
+    """
+
+    def __init__(self, world_size: Optional[int] = None, fuse_local: bool = False,
+                 backend: Optional[str] = None, tp_groups: Optional[List[str]] = None):
+        self.world_size = world_size
+        self.tp_groups = tp_groups
+        self.fuse_local = fuse_local
+        self.backend = backend
+        self.report = FusionReport()
+
+    def uuid(self) -> Any:
+        return (get_hash_for_files(tuple(_SOURCES)).hex(), self.world_size, self.fuse_local,
+                self.backend, tuple(self.tp_groups or ()))
+
+    def _world_size(self) -> int:
+        if self.world_size is not None:
+            return self.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size()
+        return 1
+
+    def __call__(self, graph: fx.Graph) -> None:
+        report = GraphReport()
+        self.report.graphs.append(report)
+        try:
+            self._run(graph, report)  # restores the graph itself when it fails half way
+        except Exception as e:  # noqa: BLE001  the pass must never break torch.compile
+            report.fusions, report.fused = [], 0
+            report.untranslated = f"{type(e).__name__}: {e}"
+            logger.warning("graph left as it was: %s", report.untranslated)
+
+    def _translate_and_compile(self, graph: fx.Graph):
+        """Translates and compiles; a node the compiler refuses to type (its error names the
+        line) becomes opaque and the graph is written again."""
+        backend = self.backend or _graph_backend(graph)
+        force_opaque: Dict[str, str] = {}
+        cut: List[str] = []
+        while True:
+            tr = translate(graph, tp_groups=self.tp_groups, force_opaque=force_opaque, cut=cut)
+            if (not tr.all_reduces and not self.fuse_local) or not tr.func.outputs:
+                return tr, None  # nothing to fuse
+            try:
+                return tr, compile_module(tr.text, self._world_size(), backend, self.fuse_local)
+            except CompilerError as e:
+                m = _ERROR_LINE.search(str(e))
+                node = tr.node_at_line(int(m.group(1))) if m else None
+                if node is None or node.name in cut or len(force_opaque) + len(cut) >= _MAX_RETRIES:
+                    raise
+                if node in tr.opaque:
+                    cut.append(node.name)  # refused even as opaque: leave it out of the func
+                else:
+                    force_opaque[node.name] = f"the compiler refused it: {m.group(2).strip()}"
+                logger.debug("%%%s refused by the compiler: %s", node.name, m.group(2).strip())
+
+    def _run(self, graph: fx.Graph, report: GraphReport) -> None:
+        tr, compiled = self._translate_and_compile(graph)
+        report.all_reduces = len(tr.all_reduces)
+        report.opaque_nodes = len(tr.opaque)
+        if compiled is None:
+            return
+        dump_dir = os.environ.get("TPFUSE_DUMP_DIR")
+        if dump_dir:
+            # The IR the pass wrote and what the compiler made of it, for reading and for
+            # `tpfuse compile` by hand.
+            os.makedirs(dump_dir, exist_ok=True)
+            stem = os.path.join(dump_dir, f"graph{len(self.report.graphs) - 1}_pid{os.getpid()}")
+            with open(stem + ".tpg", "w") as f:
+                f.write(tr.text)
+            with open(stem + ".compiled.tpg", "w") as f:
+                f.write(compiled.text)
+        funcs = ir.parse_module(compiled.text)
+        if len(funcs) != 1:
+            raise RuntimeError(f"the compiler returned {len(funcs)} funcs for one graph")
+        applied, skipped = apply_compiled(graph, tr, funcs[0], self.fuse_local)
+        report.fusions = applied
+        report.fused = sum(1 for f in applied if f.anchor)
+        report.skipped = dict(skipped)
+
+        rejections = {r["anchor"]: r["reason"] for r in compiled.report.get("rejections", [])}
+        fused_anchors = {f.anchor for f in applied}
+        skipped_by_anchor = {}
+        for f in compiled.report.get("fusions", []):
+            if f.get("fused_value") in report.skipped:
+                skipped_by_anchor[f["anchor"]] = report.skipped[f["fused_value"]]
+        for f in applied:
+            logger.info("fused all_reduce %%%s -> allreduce_rmsnorm(quant=%s, emit=%s) "
+                        "replacing %s", f.anchor or "(local)", f.attrs.get("quant", "none"),
+                        ",".join(map(str, f.attrs.get("emit", []))),
+                        ", ".join("%" + r for r in f.replaced))
+        for name in tr.all_reduces:
+            if name in fused_anchors:
+                continue
+            reason = (rejections.get(name) or skipped_by_anchor.get(name)
+                      or "the compiler found no chain to fuse")
+            report.left_alone[name] = reason
+            logger.info("all_reduce %%%s left alone: %s", name, reason)
+        for value, reason in skipped:
+            logger.debug("fused chain %%%s not applied: %s", value, reason)
+
+
+def compile(model: Any, world_size: Optional[int] = None, *, fuse_local: bool = False,
+            backend: str = "inductor", options: Optional[Dict[str, Any]] = None,
+            **compile_kwargs: Any):
+    """torch.compile(model) with the tpfuse pass. Returns the compiled callable; its
+    `tpfuse_pass.report` (a FusionReport) counts what was fused.
+
+    backend="inductor" runs the pass as Inductor's post-grad custom pass. backend="aot_eager"
+    runs it on the same decomposed aten graph and executes that graph with PyTorch's eager
+    kernels: no code generation, so everything except the fused op is bitwise the eager model
+    (for tests and debugging).
+    """
+    fusion_pass = FusionPass(world_size=world_size, fuse_local=fuse_local)
+    if backend == "inductor":
+        # torch.compile takes a mode or options, not both: the mode becomes its options.
+        mode = compile_kwargs.pop("mode", None)
+        opts = dict(torch._inductor.list_mode_options(mode)) if mode else {}
+        opts.update(options or {})
+        opts["post_grad_custom_post_pass"] = fusion_pass
+        compiled = torch.compile(model, backend="inductor", options=opts, **compile_kwargs)
+    elif backend == "aot_eager":
+        if options:
+            raise ValueError("options are Inductor's; backend='aot_eager' takes none")
+        compiled = torch.compile(model, backend=_aot_eager_backend(fusion_pass), **compile_kwargs)
+    else:
+        raise ValueError(f"backend must be 'inductor' or 'aot_eager', got {backend!r}")
+    compiled.tpfuse_pass = fusion_pass
+    return compiled
+
+
+def _aot_eager_backend(fusion_pass: FusionPass):
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.decomposition import select_decomp_table
+
+    def fw_compiler(gm: fx.GraphModule, example_inputs):
+        fusion_pass(gm.graph)
+        gm.recompile()
+        return gm
+
+    return aot_autograd(fw_compiler=fw_compiler, decompositions=select_decomp_table())

@@ -1,0 +1,624 @@
+"""FX graph -> IR func (docs/pytorch.md).
+
+Every FX node that produces a tensor the IR can type becomes an IR value named after the node.
+Nodes whose op maps onto the IR op set (the table below) become IR nodes; every other node is
+opaque: its tensor results enter the func as parameters and the IR values it reads leave it as
+outputs, so the compiler sees every use of every value and never drops a result something still
+reads. Python decides nothing about fusion: it only writes down what the graph computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.fx as fx
+
+from . import ir
+
+_DTYPES = {
+    torch.bfloat16: "bf16",
+    torch.float16: "f16",
+    torch.float32: "f32",
+    torch.float8_e4m3fn: "f8e4m3",
+    torch.int32: "i32",
+}
+IR_TO_TORCH_DTYPE = {v: k for k, v in _DTYPES.items()}
+
+
+class TranslationError(Exception):
+    """The graph cannot be written in the IR at all (the pass then leaves it as it was)."""
+
+
+@dataclasses.dataclass
+class AllReduceSite:
+    """One all_reduce of the FX graph, as one IR all_reduce value."""
+
+    value: str                      # IR value name (the node users read: the wait, if any)
+    collective: fx.Node             # _c10d_functional.all_reduce / all_reduce_
+    wait: Optional[fx.Node]         # its wait_tensor
+    group: str                      # process group name
+    inplace: bool                   # all_reduce_: later reads of the input see the sum
+    partial: fx.Node                # the input (this rank's partial sum)
+    operand: str                    # the IR value of the input
+
+
+@dataclasses.dataclass
+class Translation:
+    func: ir.Func
+    # IR value name -> the FX node that holds that value (its primary definition).
+    node_of: Dict[str, fx.Node]
+    # FX node -> IR value name, for every node whose value the IR has (aliases included).
+    value_of: Dict[fx.Node, str]
+    all_reduces: Dict[str, AllReduceSite]
+    # FX nodes written as opaque, with the reason (for debugging and docs).
+    opaque: Dict[fx.Node, str]
+    # IR value names that are func parameters.
+    params: Dict[str, ir.TensorType]
+    # Every IR value's type (parameters and node results).
+    types: Dict[str, ir.TensorType]
+    # IR value name -> further FX nodes that hold the same value (a copy of it, a wait on it).
+    aliases: Dict[str, List[fx.Node]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return ir.print_func(self.func)
+
+    def node_at_line(self, line: int) -> Optional[fx.Node]:
+        """The FX node written on `line` of `text` (1-based; the header is line 1)."""
+        index = line - 2
+        if 0 <= index < len(self.func.nodes):
+            return self.node_of.get(self.func.nodes[index].results[0])
+        return None
+
+
+# ---------------------------------------------------------------- types
+
+
+def _dim(d: Any) -> ir.Dim:
+    if isinstance(d, int):
+        return d
+    if isinstance(d, torch.SymInt):
+        expr = d.node.expr
+        if getattr(expr, "is_Integer", False):
+            return int(expr)
+        if getattr(expr, "is_Symbol", False):
+            return str(expr)
+        if getattr(expr, "is_Mul", False) and all(getattr(a, "is_Symbol", False) for a in expr.args):
+            return "*".join(sorted(str(a) for a in expr.args))  # a product dim: s0*s1
+        # Any other expression (2*s0, s0 + 1) is one opaque symbol to the IR.
+        return "e_" + re.sub(r"[^A-Za-z0-9_]", "_", str(expr))
+    raise TranslationError(f"unknown dimension {d!r}")
+
+
+def tensor_type(val: Any) -> Optional[ir.TensorType]:
+    """The IR type of a FakeTensor, or None if the IR has no such type."""
+    if not isinstance(val, torch.Tensor):
+        return None
+    dtype = _DTYPES.get(val.dtype)
+    if dtype is None or val.layout != torch.strided:
+        return None
+    try:
+        return ir.TensorType(dtype, tuple(_dim(d) for d in val.shape))
+    except TranslationError:
+        return None
+
+
+def _node_type(node: fx.Node) -> Optional[ir.TensorType]:
+    return tensor_type(node.meta.get("val"))
+
+
+def _element_count(shape: Sequence[ir.Dim]) -> Tuple[int, Tuple[str, ...]]:
+    const, syms = 1, []
+    for d in shape:
+        if isinstance(d, int):
+            const *= d
+        else:
+            syms.extend(d.split("*"))
+    return const, tuple(sorted(syms))
+
+
+def broadcast_shape(a: Tuple[ir.Dim, ...], b: Tuple[ir.Dim, ...]) -> Optional[Tuple[ir.Dim, ...]]:
+    """Right-aligned broadcasting where each dim pair is equal or has a 1 (torch's rule). The
+    compiler may accept fewer forms (Contract 2); a node it refuses becomes opaque (see
+    FusionPass), so this rule only has to be no wider than torch's."""
+    out: List[ir.Dim] = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        da = a[-i] if i <= len(a) else 1
+        db = b[-i] if i <= len(b) else 1
+        if da == db or db == 1:
+            out.append(da)
+        elif da == 1:
+            out.append(db)
+        else:
+            return None
+    return tuple(reversed(out))
+
+
+# ---------------------------------------------------------------- op table
+#
+# A handler gets the node and a function that names a tensor argument's IR value (None when the
+# argument has none) and returns (op, operands, attrs) or a reason string (the node is opaque).
+
+Lowered = Tuple[str, List[str], Dict[str, ir.AttrValue]]
+Handler = Callable[[fx.Node, Callable[[Any], Optional[str]], "Translator"], Any]
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _binary(ir_op: str) -> Handler:
+    def handle(node, value, tr):
+        if len(node.args) != 2:
+            return f"{ir_op}: expected two arguments"
+        if node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("rounding_mode") is not None:
+            return f"{ir_op}: alpha / rounding_mode"
+        a, b = node.args
+        out = _node_type(node)
+        av = value(a)
+        if av is None or out is None:
+            return f"{ir_op}: operand or result has no IR type"
+        at = tr.types[av]
+        if _is_number(b):
+            if out != at:
+                return f"{ir_op}: scalar changes the type {at} -> {out}"
+            return ir_op, [av], {"scalar": float(b)}
+        bv = value(b)
+        if bv is None:
+            return f"{ir_op}: second operand has no IR type"
+        bt = tr.types[bv]
+        shape = broadcast_shape(at.shape, bt.shape)
+        dtype = at.dtype if at.dtype == bt.dtype else "f32"
+        if shape is None or ir.TensorType(dtype, shape) != out:
+            return f"{ir_op}: {at} and {bt} give {out} in torch, not the IR's broadcast / promotion"
+        return ir_op, [av, bv], {}
+
+    return handle
+
+
+def _unary(ir_op: str) -> Handler:
+    def handle(node, value, tr):
+        av = value(node.args[0])
+        if av is None or len(node.args) != 1 or node.kwargs:
+            return f"{ir_op}: unsupported arguments"
+        if tr.types[av] != _node_type(node):
+            return f"{ir_op}: result type differs from the operand's"
+        return ir_op, [av], {}
+
+    return handle
+
+
+def _pow(node, value, tr):
+    x, e = node.args
+    xv = value(x)
+    if xv is None or not _is_number(e) or tr.types[xv] != _node_type(node):
+        return "pow: tensor exponent or type change"
+    return "pow", [xv], {"exponent": float(e)}
+
+
+def _mean(node, value, tr):
+    xv = value(node.args[0])
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if xv is None or node.kwargs.get("dtype") is not None:
+        return "mean: operand has no IR type or dtype given"
+    rank = len(tr.types[xv].shape)
+    if not isinstance(dims, (list, tuple)) or len(dims) != 1 or dims[0] not in (-1, rank - 1):
+        return f"mean: only the last dim is supported, got {dims}"
+    return "mean", [xv], {"dim": -1, "keepdim": bool(keepdim)}
+
+
+def _amax(node, value, tr):
+    xv = value(node.args[0])
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", [])
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if xv is None:
+        return "amax: operand has no IR type"
+    rank = len(tr.types[xv].shape)
+    if not isinstance(dims, (list, tuple)) or len(dims) != 1 or dims[0] not in (-1, rank - 1):
+        return f"amax: only the last dim is supported, got {dims}"
+    return "amax", [xv], {"dim": -1, "keepdim": bool(keepdim)}
+
+
+def _clamp(node, value, tr):
+    target = str(node.target)
+    xv = value(node.args[0])
+    args = list(node.args[1:])
+    if "clamp_min" in target:
+        lo, hi = (args[0] if args else node.kwargs.get("min")), None
+    elif "clamp_max" in target:
+        lo, hi = None, (args[0] if args else node.kwargs.get("max"))
+    else:
+        lo = args[0] if len(args) > 0 else node.kwargs.get("min")
+        hi = args[1] if len(args) > 1 else node.kwargs.get("max")
+    if xv is None or tr.types[xv] != _node_type(node):
+        return "clamp: operand has no IR type or the type changes"
+    attrs: Dict[str, ir.AttrValue] = {}
+    for key, bound in (("min", lo), ("max", hi)):
+        if bound is None:
+            continue
+        if not _is_number(bound):
+            return "clamp: tensor bounds"
+        attrs[key] = float(bound)
+    if not attrs:
+        return "clamp: no bounds"
+    return "clamp", [xv], attrs
+
+
+def _cast(node, value, tr):
+    xv = value(node.args[0])
+    out = _node_type(node)
+    if str(node.target).startswith("aten._to_copy"):
+        extra = {k: v for k, v in node.kwargs.items() if k not in ("dtype", "memory_format")}
+        if extra.get("device") is not None and extra["device"] != node.args[0].meta["val"].device:
+            return "_to_copy: moves devices"
+        if any(k not in ("device", "layout", "pin_memory") for k in extra) or len(node.args) != 1:
+            return "_to_copy: unsupported arguments"
+    if xv is None or out is None or out.shape != tr.types[xv].shape:
+        return "cast: operand or result has no IR type"
+    return "cast", [xv], {"to": ir.Name(out.dtype)}
+
+
+def _view(node, value, tr):
+    xv = value(node.args[0])
+    out = _node_type(node)
+    if xv is None or out is None:
+        return "view: operand or result has no IR type"
+    if _element_count(out.shape) != _element_count(tr.types[xv].shape):
+        return f"view: element counts of {tr.types[xv]} and {out} differ in the IR's terms"
+    return "view", [xv], {"shape": [d if isinstance(d, int) else ir.Name(d) for d in out.shape]}
+
+
+def _mm(node, value, tr):
+    a, b = (value(x) for x in node.args[:2])
+    out = _node_type(node)
+    if a is None or b is None or out is None:
+        return "matmul: operand has no IR type"
+    at, bt = tr.types[a], tr.types[b]
+    if at.dtype != bt.dtype or len(at.shape) != 2 or len(bt.shape) != 2 or out.dtype != at.dtype:
+        return "matmul: not a same-dtype rank-2 product"
+    return "matmul", [a, b], {}
+
+
+def _rms_norm(node, value, tr):
+    x, shape, w = node.args[:3]
+    eps = node.args[3] if len(node.args) > 3 else node.kwargs.get("eps")
+    xv, wv = value(x), (value(w) if w is not None else None)
+    if xv is None or wv is None or len(shape) != 1 or eps is None:
+        return "rms_norm: no weight, no eps, or several normalized dims"
+    if tr.types[xv] != _node_type(node) or tr.types[wv].dtype != tr.types[xv].dtype:
+        return "rms_norm: mixed dtypes"
+    return "rms_norm", [xv, wv], {"eps": float(eps)}
+
+
+ATEN_TABLE: Dict[str, Handler] = {
+    "aten.add.Tensor": _binary("add"),
+    "aten.add.Scalar": _binary("add"),
+    "aten.sub.Tensor": _binary("sub"),
+    "aten.sub.Scalar": _binary("sub"),
+    "aten.mul.Tensor": _binary("mul"),
+    "aten.mul.Scalar": _binary("mul"),
+    "aten.div.Tensor": _binary("div"),
+    "aten.div.Scalar": _binary("div"),
+    "aten.pow.Tensor_Scalar": _pow,
+    "aten.mean.dim": _mean,
+    "aten.rsqrt.default": _unary("rsqrt"),
+    "aten.sqrt.default": _unary("sqrt"),
+    "aten.abs.default": _unary("abs"),
+    "aten.neg.default": _unary("neg"),
+    "aten.reciprocal.default": _unary("reciprocal"),
+    "aten.log2.default": _unary("log2"),
+    "aten.exp2.default": _unary("exp2"),
+    "aten.ceil.default": _unary("ceil"),
+    "aten.amax.default": _amax,
+    "aten.clamp.default": _clamp,
+    "aten.clamp_min.default": _clamp,
+    "aten.clamp_max.default": _clamp,
+    "prims.convert_element_type.default": _cast,
+    "aten._to_copy.default": _cast,
+    "aten.view.default": _view,
+    "aten.reshape.default": _view,
+    "aten._unsafe_view.default": _view,
+    "aten.mm.default": _mm,
+    "aten.rms_norm.default": _rms_norm,
+}
+
+
+# ---------------------------------------------------------------- vLLM's ops
+#
+# vLLM's custom ops write into `out` arguments; in a functionalized graph they appear as
+# auto_functionalized(op, **kwargs), whose getitem k is the k-th mutated argument (index 0 is the
+# op's own return, None for these ops). Each entry: IR op, operand kwarg names, attributes from
+# kwargs, and which getitem index holds each IR result.
+
+
+@dataclasses.dataclass(frozen=True)
+class VllmOp:
+    ir_op: str
+    operands: Tuple[str, ...]
+    results: Tuple[int, ...]          # getitem indices of the IR results, in IR result order
+    attrs: Callable[[Dict[str, Any]], Dict[str, ir.AttrValue]]
+
+
+VLLM_TABLE: Dict[str, VllmOp] = {
+    "_C.rms_norm.default": VllmOp(
+        "rms_norm", ("input", "weight"), (1,), lambda kw: {"eps": float(kw["epsilon"])}),
+    "_C.fused_add_rms_norm.default": VllmOp(
+        "fused_add_rms_norm", ("input", "residual", "weight"), (1, 2),
+        lambda kw: {"eps": float(kw["epsilon"])}),
+    "_C.static_scaled_fp8_quant.default": VllmOp(
+        "quant_fp8", ("input", "scale"), (1,), lambda kw: {"mode": "tensor"}),
+    "_C.dynamic_per_token_scaled_fp8_quant.default": VllmOp(
+        "quant_fp8", ("input",), (1, 2), lambda kw: {"mode": "token"}),
+    "_C.per_token_group_fp8_quant.default": VllmOp(
+        "quant_fp8", ("input",), (2, 3),
+        lambda kw: {"mode": "group", "group_size": int(kw["group_size"]),
+                    "scale_fmt": "ue8m0" if kw.get("scale_ue8m0") else "f32"}),
+}
+
+
+# ---------------------------------------------------------------- the translator
+
+
+_ALL_REDUCE = "_c10d_functional.all_reduce.default"
+_ALL_REDUCE_INPLACE = "_c10d_functional.all_reduce_.default"
+_WAIT = "_c10d_functional.wait_tensor.default"
+
+
+# The IR's name of the tensor-parallel group (the compiler fuses all_reduces on it only).
+TP_GROUP = "tp"
+
+
+class Translator:
+    def __init__(self, graph: fx.Graph, name: str = "graph",
+                 tp_groups: Optional[Sequence[str]] = None,
+                 force_opaque: Optional[Dict[str, str]] = None,
+                 cut: Optional[Sequence[str]] = None):
+        self.graph = graph
+        self.force_opaque = dict(force_opaque or {})
+        self.cut = set(cut or ())
+        self.name = name
+        self.tp_groups = None if tp_groups is None else set(tp_groups)
+        self.types: Dict[str, ir.TensorType] = {}
+        self.value_of: Dict[fx.Node, str] = {}
+        self.node_of: Dict[str, fx.Node] = {}
+        self.params: List[Tuple[str, ir.TensorType]] = []
+        self.nodes: List[ir.Node] = []
+        self.outputs: List[str] = []
+        self.opaque: Dict[fx.Node, str] = {}
+        self.all_reduces: Dict[str, AllReduceSite] = {}
+        self.pending: Dict[fx.Node, Tuple[str, bool, fx.Node]] = {}  # collective -> (group, inplace, input)
+        self.tuples: Dict[fx.Node, Dict[int, str]] = {}
+        self.aliases: Dict[str, List[fx.Node]] = {}  # tuple-valued node -> index -> IR value
+
+    # Value names must be unique; FX node names are, and '.'-suffixed names cannot clash.
+    def _define(self, name: str, ty: ir.TensorType, node: fx.Node) -> str:
+        if name in self.types:
+            raise TranslationError(f"value name {name} defined twice")
+        self.types[name] = ty
+        self.node_of[name] = node
+        return name
+
+    def _value(self, arg: Any) -> Optional[str]:
+        return self.value_of.get(arg) if isinstance(arg, fx.Node) else None
+
+    def _escape(self, args: Any) -> None:
+        """Every IR value an opaque node (or the graph output) reads becomes a func output."""
+        for n in _flat_nodes(args):
+            v = self.value_of.get(n)
+            if v is not None and v not in self.outputs:
+                self.outputs.append(v)
+
+    def _opaque(self, node: fx.Node, reason: str) -> None:
+        """An opaque node reads the IR values among its arguments and declares the types of its
+        tensor results (a tuple's element i as `node.i`). One without a tensor result the IR can
+        type (or one the compiler refused as opaque) is cut out instead: what it reads leaves
+        the func as outputs."""
+        self.opaque[node] = reason
+        val = node.meta.get("val")
+        results: List[Tuple[str, ir.TensorType]] = []
+        ty = tensor_type(val)
+        if ty is not None:
+            results.append((node.name, ty))
+        elif isinstance(val, (list, tuple)):
+            elems = {}
+            for i, v in enumerate(val):
+                t = tensor_type(v)
+                if t is not None:
+                    elems[i] = f"{node.name}.{i}"
+                    results.append((elems[i], t))
+            self.tuples[node] = elems
+        operands = list(dict.fromkeys(
+            v for v in (self.value_of.get(n) for n in _flat_nodes((node.args, node.kwargs)))
+            if v is not None))
+        if not results or node.name in self.cut:
+            self._escape((node.args, node.kwargs))
+            for name, t in results:  # a cut node's results enter as parameters
+                self.params.append((self._define(name, t, node), t))
+            if ty is not None:
+                self.value_of[node] = node.name
+            return
+        for name, t in results:
+            self._define(name, t, node)
+        if ty is not None:
+            self.value_of[node] = node.name
+        self.nodes.append(ir.Node("opaque", [n for n, _ in results], operands,
+                                  {"name": _target_name(node) if node.op == "call_function"
+                                   else node.op}, [t for _, t in results]))
+
+    def _add(self, node: fx.Node, op: str, operands: List[str], attrs: Dict[str, ir.AttrValue],
+             results: List[Tuple[str, fx.Node]]) -> None:
+        names, types = [], []
+        for name, owner in results:
+            ty = _node_type(owner)
+            self._define(name, ty, owner)
+            self.value_of[owner] = name
+            names.append(name)
+            types.append(ty)
+        # Declared types: the parser checks them against its own inference, so a node whose
+        # torch type the IR would infer differently is refused (and then written as opaque).
+        self.nodes.append(ir.Node(op, names, operands, attrs, types))
+
+    def run(self) -> Translation:
+        for node in self.graph.nodes:
+            if node.op in ("placeholder", "get_attr"):
+                ty = _node_type(node)
+                if ty is not None:
+                    self.params.append((self._define(node.name, ty, node), ty))
+                    self.value_of[node] = node.name
+            elif node.op == "output":
+                self._escape(node.args)
+            elif node.op == "call_function":
+                self._call(node)
+            else:
+                self._opaque(node, f"{node.op} node")
+        func = ir.Func(self.name, self.params, self.nodes, self.outputs)
+        return Translation(func, self.node_of, self.value_of, self.all_reduces, self.opaque,
+                           dict(self.params), dict(self.types), self.aliases)
+
+    def _call(self, node: fx.Node) -> None:
+        if node in self.value_of:
+            return  # a result of a node already translated (auto_functionalized's getitems)
+        target = _target_name(node)
+        if node.name in self.force_opaque:
+            return self._opaque(node, self.force_opaque[node.name])
+        if target in (_ALL_REDUCE, _ALL_REDUCE_INPLACE):
+            return self._all_reduce(node, target == _ALL_REDUCE_INPLACE)
+        if target == _WAIT:
+            return self._wait(node)
+        if node.target is operator.getitem:
+            return self._getitem(node)
+        if target == "aten.copy.default" and self._copy_alias(node):
+            return
+        if target in ("auto_functionalized", "higher_order.auto_functionalized"):
+            return self._auto_functionalized(node)
+        handler = ATEN_TABLE.get(target)
+        if handler is None:
+            return self._opaque(node, f"{target} has no IR op")
+        if _node_type(node) is None:
+            return self._opaque(node, f"{target}: result has no IR type")
+        lowered = handler(node, self._value, self)
+        if isinstance(lowered, str):
+            return self._opaque(node, lowered)
+        op, operands, attrs = lowered
+        self._add(node, op, operands, attrs, [(node.name, node)])
+
+    def _all_reduce(self, node: fx.Node, inplace: bool) -> None:
+        x, reduce_op, group = node.args[:3]
+        xv = self._value(x)
+        if reduce_op != "sum" or xv is None or _node_type(node) is None:
+            return self._opaque(node, f"all_reduce with op {reduce_op!r} or an input the IR cannot type")
+        users = list(node.users)
+        waits = [u for u in users if _target_name(u) == _WAIT]
+        if len(waits) != 1 or (not inplace and len(users) != 1):
+            # Without exactly one wait there is no single value to hand to the compiler.
+            return self._emit_all_reduce(node, None, str(group), inplace, x)
+        self.pending[node] = (str(group), inplace, x)
+        # The input is read by the collective: an opaque reader would need it as an output,
+        # the IR all_reduce node is that reader here.
+
+    def _copy_alias(self, node: fx.Node) -> bool:
+        """copy(dst, src) of the same type is src's value (what torch.distributed.all_reduce's
+        in-place form becomes once functionalized: the sum copied back into the input)."""
+        if len(node.args) < 2 or node.kwargs.get("non_blocking"):
+            return False
+        src = self._value(node.args[1])
+        if src is None or _node_type(node) != self.types[src]:
+            return False
+        self.value_of[node] = src
+        self.aliases.setdefault(src, []).append(node)
+        return True
+
+    def _wait(self, node: fx.Node) -> None:
+        src = node.args[0]
+        if src in self.pending:
+            group, inplace, x = self.pending.pop(src)
+            return self._emit_all_reduce(src, node, group, inplace, x)
+        v = self._value(src)
+        if v is not None:
+            self.value_of[node] = v  # waiting on a value the IR already has changes nothing
+            self.aliases.setdefault(v, []).append(node)
+        else:
+            self._opaque(node, "wait on an opaque collective")
+
+    def _emit_all_reduce(self, collective: fx.Node, wait: Optional[fx.Node], group: str,
+                         inplace: bool, x: fx.Node) -> None:
+        owner = wait if wait is not None else collective
+        xv = self.value_of[x]
+        is_tp = self.tp_groups is None or group in self.tp_groups
+        self._add(owner, "all_reduce", [xv], {"group": TP_GROUP if is_tp else group},
+                  [(owner.name, owner)])
+        self.value_of[collective] = owner.name
+        if inplace:
+            # From here on the input holds the sum.
+            self.value_of[x] = owner.name
+        self.all_reduces[owner.name] = AllReduceSite(owner.name, collective, wait, group, inplace, x,
+                                                      xv)
+
+    def _getitem(self, node: fx.Node) -> None:
+        src, index = node.args
+        if src in self.tuples and isinstance(index, int):
+            elems = self.tuples[src]
+            if index in elems:
+                self.value_of[node] = elems[index]
+                self.node_of[elems[index]] = node  # the FX node that holds the element
+                return
+        self._opaque(node, "getitem of an opaque value")
+
+    def _auto_functionalized(self, node: fx.Node) -> None:
+        op = node.args[0]
+        name = _op_name(op)
+        entry = VLLM_TABLE.get(name)
+        if entry is None:
+            return self._opaque(node, f"auto_functionalized {name} has no IR op")
+        kwargs = dict(node.kwargs)
+        operands = [self._value(kwargs.get(k)) for k in entry.operands]
+        getitems = {u.args[1]: u for u in node.users if u.target is operator.getitem}
+        if any(v is None for v in operands):
+            return self._opaque(node, f"{name}: an operand has no IR type")
+        try:
+            attrs = entry.attrs(kwargs)
+        except (KeyError, TypeError, ValueError) as e:
+            return self._opaque(node, f"{name}: cannot read attributes ({e})")
+        results = []
+        for i in entry.results:
+            g = getitems.get(i)
+            if g is None or _node_type(g) is None:
+                # An unused result still needs a name; it has no FX node of its own.
+                return self._opaque(node, f"{name}: result {i} is not read through getitem")
+            results.append((g.name, g))
+        self._add(node, entry.ir_op, operands, attrs, results)
+
+
+def _op_name(op: Any) -> str:
+    return str(op)  # OpOverload: "aten.add.Tensor"
+
+
+def _target_name(node: fx.Node) -> str:
+    t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        return _op_name(t)
+    if isinstance(t, torch._ops.OpOverloadPacket):
+        return str(t) + ".default"  # a call through the packet resolves to the default overload
+    if isinstance(t, torch._ops.HigherOrderOperator):
+        return t.name()
+    return getattr(t, "__name__", str(t))
+
+
+def _flat_nodes(args: Any) -> List[fx.Node]:
+    out: List[fx.Node] = []
+    fx.node.map_arg(args, lambda n: out.append(n))
+    return out
+
+
+def translate(graph: fx.Graph, name: str = "graph", tp_groups: Optional[Sequence[str]] = None,
+              force_opaque: Optional[Dict[str, str]] = None,
+              cut: Optional[Sequence[str]] = None) -> Translation:
+    """tp_groups: the FX group names of the tensor-parallel group (None: every group is).
+    force_opaque: FX node name -> reason, for nodes to write as opaque whatever their op.
+    cut: FX node names to cut out of the func rather than write as opaque ops."""
+    return Translator(graph, name, tp_groups, force_opaque, cut).run()

@@ -1,0 +1,18 @@
+/* The C ABI header compiles as C (not only as C++) and its structs have the layout the
+ * bindings mirror. */
+#include "tpfuse/tpfuse_c.h"
+
+#include <stddef.h>
+
+_Static_assert(sizeof(tpfuse_spec_t) == 56, "tpfuse_spec_t layout");
+_Static_assert(offsetof(tpfuse_spec_t, hidden) == 8, "tpfuse_spec_t.hidden offset");
+_Static_assert(offsetof(tpfuse_spec_t, rounding) == 52, "tpfuse_spec_t.rounding offset");
+_Static_assert(sizeof(tpfuse_buffers_t) == 9 * sizeof(void*), "tpfuse_buffers_t layout");
+_Static_assert(sizeof(tpfuse_compile_options_t) == 32, "tpfuse_compile_options_t layout");
+_Static_assert(offsetof(tpfuse_compile_options_t, source_name) == 24, "source_name offset");
+
+int tpfuse_header_is_c_abi_version(void) {
+  tpfuse_spec_t spec;
+  tpfuse_spec_init(&spec);
+  return spec.emit == TPFUSE_EMIT_NORM ? tpfuse_abi_version() : -1;
+}

@@ -1,0 +1,182 @@
+// The fused op on one GPU without communication (world size 1, or spec.local) against the CPU
+// oracle, BITWISE: every quant mode, scale layout and format, every rounding recipe flag, both
+// activation dtypes and every weight dtype, H from one vector per thread to the largest row,
+// T from 1 past the grid's first wave. Outputs are poisoned before each call, inputs fresh.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "backends/cuda/allreduce_rmsnorm.h"
+#include "backends/cuda/cuda_check.h"
+#include "backends/cuda/device_buffer.h"
+#include "common/row_layout.h"
+#include "support/cuda_harness.h"
+#include "support/fused_check.h"
+#include "tpfuse/tpfuse.h"
+
+namespace tpfuse::testing {
+namespace {
+
+struct LocalCall {
+  cuda::DeviceBuffer x, residual, weight, scale;
+  std::vector<cuda::DeviceBuffer> outputs;
+  std::vector<HostTensor> host_outputs;
+  cuda::FusedBuffers buffers;
+};
+
+Status Upload(cuda::DeviceBuffer& dst, const HostTensor& src) {
+  TPFUSE_ASSIGN_OR_RETURN(dst, cuda::DeviceBuffer::Allocate(std::max<size_t>(src.nbytes(), 16)));
+  if (src.nbytes() > 0) TPFUSE_CUDA_CHECK(cudaMemcpy(dst.get(), src.data(), src.nbytes(), cudaMemcpyHostToDevice));
+  return Status::Ok();
+}
+
+// Uploads the inputs and allocates every emitted output poisoned with 0xFF (NaN in each dtype).
+Status Prepare(const AllreduceRmsnormSpec& spec, const FusedInputs& in, int64_t tokens, LocalCall& call) {
+  TPFUSE_RETURN_IF_ERROR(Upload(call.x, in.partials[0]));
+  if (in.has_residual) TPFUSE_RETURN_IF_ERROR(Upload(call.residual, in.residual));
+  TPFUSE_RETURN_IF_ERROR(Upload(call.weight, in.weight));
+  if (in.has_scale) TPFUSE_RETURN_IF_ERROR(Upload(call.scale, in.scale));
+  call.host_outputs = FusedOutputShapes(spec, tokens);
+  for (const HostTensor& t : call.host_outputs) {
+    TPFUSE_ASSIGN_OR_RETURN(cuda::DeviceBuffer b, cuda::DeviceBuffer::Allocate(std::max<size_t>(t.nbytes(), 16)));
+    TPFUSE_CUDA_CHECK(cudaMemset(b.get(), 0xFF, b.size()));
+    call.outputs.push_back(std::move(b));
+  }
+  cuda::FusedBuffers& b = call.buffers;
+  b.x = call.x.get();
+  b.residual = in.has_residual ? call.residual.get() : nullptr;
+  b.weight = call.weight.get();
+  b.scale = in.has_scale ? call.scale.get<float>() : nullptr;
+  size_t i = 0;
+  if (spec.emit.allreduce) b.allreduce_out = call.outputs[i++].get();
+  if (spec.emit.norm) b.norm_out = call.outputs[i++].get();
+  if (spec.emit.residual) b.residual_out = call.outputs[i++].get();
+  if (spec.emit.quant) {
+    b.quant_out = call.outputs[i++].get();
+    if (IsDynamicQuant(spec.quant)) b.scale_out = call.outputs[i++].get<float>();
+  }
+  return Status::Ok();
+}
+
+Status Download(LocalCall& call) {
+  TPFUSE_CUDA_CHECK(cudaDeviceSynchronize());
+  for (size_t i = 0; i < call.outputs.size(); ++i) {
+    HostTensor& t = call.host_outputs[i];
+    if (t.nbytes() > 0) TPFUSE_CUDA_CHECK(cudaMemcpy(t.data(), call.outputs[i].get(), t.nbytes(), cudaMemcpyDeviceToHost));
+  }
+  return Status::Ok();
+}
+
+// Runs `spec` at T tokens on GPU 0 and returns "" when every output equals the oracle's bit for bit.
+std::string RunAndCompare(const AllreduceRmsnormSpec& spec, int64_t tokens, uint64_t seed) {
+  const FusedInputs in = MakeFusedInputs(spec, tokens, /*world_size=*/1, seed);
+  LocalCall call;
+  Status st = Prepare(spec, in, tokens, call);
+  if (st.ok()) st = cuda::LaunchLocalAllreduceRmsnorm(spec, tokens, call.buffers, /*stream=*/nullptr);
+  if (st.ok()) st = Download(call);
+  if (!st.ok()) return "launch: " + st.ToString();
+  return BitwiseDiff(call.host_outputs, OracleOutputs(spec, in));
+}
+
+AllreduceRmsnormSpec LocalSpec(int64_t hidden, QuantMode quant, bool residual) {
+  AllreduceRmsnormSpec s;
+  s.local = true;
+  s.hidden = hidden;
+  s.has_residual = residual;
+  s.quant = quant;
+  s.group_size = hidden % 128 == 0 ? 128 : 64;  // H 2880 = 45 groups of 64
+  s.emit.norm = quant == QuantMode::kNone || quant == QuantMode::kFp8Group;
+  s.emit.residual = residual;
+  s.emit.quant = quant != QuantMode::kNone;
+  return s;
+}
+
+std::string Describe(const AllreduceRmsnormSpec& s, int64_t t) {
+  return s.ToString() + " T=" + std::to_string(t);
+}
+
+class LocalFusedTest : public ::testing::Test {
+ protected:
+  void SetUp() override { TPFUSE_REQUIRE_GPUS(1); }
+};
+
+// Every quant mode with and without a residual, across row layouts (H = 128: one vector per
+// thread; 2880 and 4096: two; 7168: four; 16384: eight) and T across the first wave of blocks.
+TEST_F(LocalFusedTest, EveryModeAndRowLayoutIsBitwiseTheOracle) {
+  const QuantMode modes[] = {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group};
+  uint64_t seed = 1;
+  for (int64_t h : {128, 2880, 4096, 7168, 16384})
+    for (QuantMode q : modes)
+      for (bool residual : {true, false})
+        for (int64_t t : {1, 5, 33, 1000}) {
+          const AllreduceRmsnormSpec s = LocalSpec(h, q, residual);
+          EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
+        }
+}
+
+// Each rounding flag alone and all together, on the modes where it matters.
+TEST_F(LocalFusedTest, EveryRoundingRecipeIsBitwiseTheOracle) {
+  std::vector<RoundingRecipe> recipes(5);
+  recipes[1].norm_input_f32 = true;
+  recipes[2].weight_after_round = true;
+  recipes[3].weight_bias_in_weight_dtype = true;
+  recipes[4].scale_op_swapped = true;
+  RoundingRecipe all = recipes[1];
+  all.weight_after_round = all.weight_bias_in_weight_dtype = all.scale_op_swapped = true;
+  recipes.push_back(all);
+  uint64_t seed = 100;
+  for (const RoundingRecipe& r : recipes)
+    for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+      for (float bias : {0.0f, 1.0f})
+        for (int64_t h : {2880, 7168}) {
+          AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+          s.rounding = r;
+          s.weight_bias = bias;
+          for (int64_t t : {1, 33}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
+        }
+}
+
+// Dtypes (f16 activations; f32 and f16 weights), group sizes, column-major and UE8M0 scales.
+TEST_F(LocalFusedTest, DtypesGroupsAndScaleLayoutsAreBitwiseTheOracle) {
+  uint64_t seed = 1000;
+  for (DType act : {DType::kBF16, DType::kF16})
+    for (DType w : {DType::kBF16, DType::kF16, DType::kF32}) {
+      AllreduceRmsnormSpec s = LocalSpec(4096, QuantMode::kFp8Group, true);
+      s.act_dtype = act;
+      s.weight_dtype = w;
+      for (int64_t t : {1, 7}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
+    }
+  for (int g : {8, 16, 32, 64, 128, 256})
+    for (ScaleLayout layout : {ScaleLayout::kRow, ScaleLayout::kCol})
+      for (ScaleFormat fmt : {ScaleFormat::kF32, ScaleFormat::kUe8m0}) {
+        AllreduceRmsnormSpec s = LocalSpec(7168, QuantMode::kFp8Group, true);
+        s.group_size = g;
+        s.scale_layout = layout;
+        s.scale_fmt = fmt;
+        for (int64_t t : {1, 6}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
+      }
+}
+
+// The public entry point validates like the launcher and refuses what no kernel runs.
+TEST_F(LocalFusedTest, PublicEntryPointRefusesBadSpecsWithAReason) {
+  AllreduceRmsnormSpec s = LocalSpec(4096, QuantMode::kFp8Tensor, true);
+  cuda::FusedBuffers none;
+  // emit.allreduce on a local op: the graph already has x.
+  AllreduceRmsnormSpec bad = s;
+  bad.emit.allreduce = true;
+  Status st = AllreduceRmsnormLocal(bad, 4, none, nullptr);
+  EXPECT_FALSE(st.ok());
+  // A hidden size past the largest row.
+  bad = s;
+  bad.hidden = kMaxRowHidden * 2;
+  st = AllreduceRmsnormLocal(bad, 4, none, nullptr);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("hidden"), std::string::npos) << st.ToString();
+  // Missing buffers are named, not dereferenced.
+  st = AllreduceRmsnormLocal(s, 4, none, nullptr);
+  EXPECT_FALSE(st.ok());
+}
+
+}  // namespace
+}  // namespace tpfuse::testing
