@@ -149,7 +149,8 @@ struct NormWeight {
 };
 
 NormWeight LookThroughWeight(ir::Value* value) {
-  NormWeight weight{value, 0.0, {}};
+  NormWeight weight;
+  weight.w = value;
   if (ir::Node* add = ProducedBy(weight.w, "add")) {
     if (std::optional<double> bias = ScalarOperand(add)) {
       weight.weight_bias = *bias;
