@@ -449,7 +449,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
   }
 
  private:
-  static Status Apply(const Plan& plan, const std::string& anchor_name, Rewriter& rw,
+  static Status Apply(const Plan& plan, std::string anchor_name, Rewriter& rw,
                       PassContext& ctx) {
     TPFUSE_ASSIGN_OR_RETURN(FusionRecord record, Fuse(plan, rw));
     record.anchor = anchor_name;
