@@ -31,12 +31,18 @@ if [[ -z "$python" ]]; then
   "$python" -m pip install --quiet -r python/requirements.txt
 fi
 
-# The wheel builds libtpfuse.so with the same CMake project (build-wheel/, incremental).
-cmake_args="${TPFUSE_CMAKE_ARGS:-}"
-if command -v ccache >/dev/null 2>&1; then
-  cmake_args+=" -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"
+# The tests use the package from python/ with the library this build made (build/libtpfuse.so):
+# one build of the CUDA kernels, not two. TPFUSE_TEST_WHEEL=1 instead builds the wheel with pip
+# (build-wheel/, the same CMake project) and tests the installed package.
+if [[ "${TPFUSE_TEST_WHEEL:-0}" == "1" ]]; then
+  cmake_args="${TPFUSE_CMAKE_ARGS:-}"
+  if command -v ccache >/dev/null 2>&1; then
+    cmake_args+=" -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"
+  fi
+  CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+    "$python" -m pip install --quiet --force-reinstall --no-deps .
+  "$python" -m pytest -q python/tests
+else
+  TPFUSE_LIBRARY="$PWD/build/libtpfuse.so" PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}" \
+    "$python" -m pytest -q python/tests
 fi
-CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-  "$python" -m pip install --quiet --force-reinstall --no-deps .
-# From the repository root the installed package is the one imported (python/ is not on the path).
-"$python" -m pytest -q python/tests

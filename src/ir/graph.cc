@@ -231,4 +231,11 @@ std::unique_ptr<Graph> Graph::Clone() const {
   return g;
 }
 
+std::string NodeLabel(const Node& node) {
+  std::string label = node.op();
+  if (node.num_results() > 0) label += " %" + node.result(0)->name();
+  if (node.line() > 0) label += StrCat(" (line ", node.line(), ")");
+  return label;
+}
+
 }  // namespace tpfuse::ir

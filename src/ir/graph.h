@@ -198,4 +198,7 @@ class Graph {
   std::map<std::string, Value*> by_name_;
 };
 
+// "add %y (line 3)": how errors name a node.
+std::string NodeLabel(const Node& node);
+
 }  // namespace tpfuse::ir

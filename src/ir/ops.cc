@@ -290,6 +290,32 @@ StatusOr<Types> InferView(const Types& in, const AttrReader& attrs) {
   return Types{TensorType{x.dtype, shape}};
 }
 
+// The `rounding` attribute of a canonical norm or quant: flag names of RoundingRecipe, limited
+// to those that op can carry.
+StatusOr<RoundingRecipe> ReadRounding(const AttrReader& attrs,
+                                      const std::vector<std::string_view>& allowed) {
+  const Attr* attr = attrs.Find("rounding");
+  if (attr == nullptr) return RoundingRecipe{};
+  const std::optional<std::vector<std::string>> names = attr->AsTextList();
+  if (!names) return attrs.Error("rounding must be a list of names");
+  for (const std::string& name : *names) {
+    if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
+      std::string list;
+      for (std::string_view a : allowed) list += StrCat(list.empty() ? "" : ", ", a);
+      return attrs.Error("rounding entry '", name, "' does not apply here (", list, ")");
+    }
+  }
+  StatusOr<RoundingRecipe> recipe = RoundingRecipe::FromNames(*names);
+  if (!recipe.ok()) return attrs.Error(recipe.status().message());
+  return *recipe;
+}
+
+StatusOr<RoundingRecipe> ReadNormRounding(const AttrReader& attrs) {
+  if (attrs.op() == "fused_add_rms_norm")
+    return ReadRounding(attrs, {"norm_input_f32", "weight_after_round", "weight_bias_in_weight_dtype"});
+  return ReadRounding(attrs, {"weight_after_round", "weight_bias_in_weight_dtype"});
+}
+
 // x [..., H] and w [H], both bf16 / f16 / f32.
 Status CheckNormOperands(const AttrReader& attrs, const TensorType& x, const TensorType& w) {
   TPFUSE_RETURN_IF_ERROR(CheckFloatOperand(attrs, "x", x));
@@ -298,6 +324,7 @@ Status CheckNormOperands(const AttrReader& attrs, const TensorType& x, const Ten
   if (w.rank() != 1 || w.shape[0] != x.shape.back())
     return attrs.Error("weight ", w.ToString(), " does not match the hidden dim of ", x.ToString());
   TPFUSE_RETURN_IF_ERROR(ReadEps(attrs).status());
+  TPFUSE_RETURN_IF_ERROR(ReadNormRounding(attrs).status());
   return ReadWeightBias(attrs).status();
 }
 
@@ -345,6 +372,8 @@ StatusOr<QuantParams> ReadQuantParams(const AttrReader& attrs) {
   TPFUSE_ASSIGN_OR_RETURN(params.group_size, ReadGroupSize(attrs));
   TPFUSE_ASSIGN_OR_RETURN(params.layout, ReadEnum(attrs, "scale_layout", "row", &ParseScaleLayout));
   TPFUSE_ASSIGN_OR_RETURN(params.format, ReadEnum(attrs, "scale_fmt", "f32", &ParseScaleFormat));
+  TPFUSE_ASSIGN_OR_RETURN(RoundingRecipe rounding, ReadRounding(attrs, {"scale_op_swapped"}));
+  params.scale_op_swapped = rounding.scale_op_swapped;
   return params;
 }
 
@@ -510,7 +539,8 @@ struct OpEntry {
 std::vector<OpEntry> MakeRegistry() {
   using T = AttrType;
   const std::vector<AttrSpec> norm_attrs = {{"eps", T::kNumber, true},
-                                            {"weight_bias", T::kNumber, false}};
+                                            {"weight_bias", T::kNumber, false},
+                                            {"rounding", T::kTextList, false}};
   std::vector<OpEntry> ops = {
       {{"all_reduce", 1, 1, {{"group", T::kText, false}}}, InferAllReduce},
       {{"pow", 1, 1, {{"exponent", T::kNumber, true}}}, InferPow},
@@ -529,7 +559,8 @@ std::vector<OpEntry> MakeRegistry() {
         {{"mode", T::kText, true},
          {"group_size", T::kInt, false},
          {"scale_layout", T::kText, false},
-         {"scale_fmt", T::kText, false}}},
+         {"scale_fmt", T::kText, false},
+         {"rounding", T::kTextList, false}}},
        InferQuantFp8},
       {{"matmul", 2, 2, {}}, InferMatmul},
       {{"scaled_matmul", 4, 4, {}}, InferScaledMatmul},
@@ -775,6 +806,18 @@ FusedResultIndices FusedResultLayout(const AllreduceRmsnormSpec& spec) {
   }
   at.count = next;
   return at;
+}
+
+StatusOr<RoundingRecipe> NormRoundingFromNode(const Node& node) {
+  if (node.kind() != OpKind::kRmsNorm && node.kind() != OpKind::kFusedAddRmsNorm)
+    return InvalidArgument("expected an rms_norm or fused_add_rms_norm node, got ", node.op());
+  return ReadNormRounding(AttrReader(node.op(), node.attrs()));
+}
+
+AttrMap WithRounding(AttrMap attrs, const RoundingRecipe& rounding) {
+  attrs.erase("rounding");
+  if (!rounding.is_default()) attrs["rounding"] = Attr::StrList(rounding.Names());
+  return attrs;
 }
 
 StatusOr<QuantParams> QuantParamsFromNode(const Node& node) {

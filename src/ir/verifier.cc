@@ -9,13 +9,6 @@
 namespace tpfuse::ir {
 namespace {
 
-// "add %y (line 3)": how errors name a node.
-std::string NodeLabel(const Node& node) {
-  std::string label = node.op();
-  if (node.num_results() > 0) label += " %" + node.result(0)->name();
-  if (node.line() > 0) label += StrCat(" (line ", node.line(), ")");
-  return label;
-}
 
 int CountUse(const Value& value, const Use& use) {
   return int(std::count(value.uses().begin(), value.uses().end(), use));

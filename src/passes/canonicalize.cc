@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "ir/ops.h"
+#include "ir/static_quant.h"
 #include "passes/match.h"
 #include "passes/pass.h"
 #include "passes/rewriter.h"
@@ -22,6 +23,11 @@ struct RmsCore {
   ir::Value* x = nullptr;
   double eps = 0.0;
   ir::Node* input_cast = nullptr;  // cast(x, f32), when present
+  // vLLM's native fused-add form: v = add(cast(x, f32), cast(residual, f32)), normalized
+  // unrounded; `residual_cast` = cast(v, x's dtype) is the new residual, when the graph has it.
+  ir::Node* f32_sum = nullptr;
+  ir::Value* residual = nullptr;
+  ir::Node* residual_cast = nullptr;
   // Absorbed nodes, producers first: square, mean, add, rsqrt, core mul.
   std::vector<ir::Node*> nodes;
 };
@@ -51,6 +57,27 @@ bool IsWideningCast(const ir::Node* node) {
          IsHalfType(node->operand(0)->dtype());
 }
 
+// add(cast(x, f32), cast(residual, f32)) with x and residual of one half type and shape (either
+// order: the all_reduce-derived operand becomes x).
+struct F32Sum {
+  ir::Node* add = nullptr;
+  ir::Value* x = nullptr;
+  ir::Value* residual = nullptr;
+};
+int ActivationRank(const ir::Value* v);
+std::optional<F32Sum> MatchF32Sum(ir::Value* v) {
+  ir::Node* add = ProducedBy(v, "add");
+  if (add == nullptr || add->num_operands() != 2) return std::nullopt;
+  ir::Node* ca = add->operand(0)->producer();
+  ir::Node* cb = add->operand(1)->producer();
+  if (!IsWideningCast(ca) || !IsWideningCast(cb)) return std::nullopt;
+  ir::Value* a = ca->operand(0);
+  ir::Value* b = cb->operand(0);
+  if (a->type() != b->type()) return std::nullopt;
+  if (ActivationRank(b) > ActivationRank(a)) std::swap(a, b);
+  return F32Sum{add, a, b};
+}
+
 std::optional<RmsCore> MatchRmsCore(ir::Value* value, MatchNotes& notes) {
   ir::Node* mul = ProducedBy(value, "mul");
   if (mul == nullptr || mul->num_operands() != 2) return std::nullopt;
@@ -76,6 +103,13 @@ std::optional<RmsCore> MatchRmsCore(ir::Value* value, MatchNotes& notes) {
     RmsCore core;
     core.eps = *eps;
     core.x = v;
+    if (v->dtype() != DType::kF32) {
+      // NOTE: the fused op and rms_norm compute in f32; a chain that rounds every step to
+      // bf16 or f16 computes something else, and folding it would change its result.
+      notes.Decline(StrCat("the norm is computed in ", DTypeName(v->dtype()),
+                           ", not in f32: folding would change its result"));
+      return std::nullopt;
+    }
     if (ir::Node* cast = v->producer(); IsWideningCast(cast)) {
       core.x = cast->operand(0);
       core.input_cast = cast;
@@ -83,6 +117,21 @@ std::optional<RmsCore> MatchRmsCore(ir::Value* value, MatchNotes& notes) {
         notes.Decline("an intermediate value has other uses");
         return std::nullopt;
       }
+    } else if (std::optional<F32Sum> sum = MatchF32Sum(v)) {
+      // The f32 sum feeds the square, the core mul and at most one cast back (the residual).
+      for (const ir::Use& u : v->uses()) {
+        if (!u.is_return() && (u.user == square || u.user == mul)) continue;
+        if (!u.is_return() && core.residual_cast == nullptr &&
+            u.user->kind() == ir::OpKind::kCast && u.user->result()->dtype() == sum->x->dtype()) {
+          core.residual_cast = u.user;
+          continue;
+        }
+        notes.Decline("the f32 residual sum has uses other than the norm and one cast back");
+        return std::nullopt;
+      }
+      core.x = sum->x;
+      core.residual = sum->residual;
+      core.f32_sum = sum->add;
     }
     for (ir::Node* n : {square, mean, add, rsqrt, mul}) core.nodes.push_back(n);
     return core;
@@ -95,14 +144,17 @@ std::optional<RmsCore> MatchRmsCore(ir::Value* value, MatchNotes& notes) {
 struct NormWeight {
   ir::Value* w = nullptr;
   double weight_bias = 0.0;
+  bool bias_in_weight_dtype = false;  // the add rounds w + bias to w's (half) dtype
   std::vector<ir::Node*> nodes;  // the add / cast looked through: erased if they end up unused
 };
 
 NormWeight LookThroughWeight(ir::Value* value) {
-  NormWeight weight{value, 0.0, {}};
+  NormWeight weight;
+  weight.w = value;
   if (ir::Node* add = ProducedBy(weight.w, "add")) {
     if (std::optional<double> bias = ScalarOperand(add)) {
       weight.weight_bias = *bias;
+      weight.bias_in_weight_dtype = add->result()->dtype() != DType::kF32;
       weight.nodes.push_back(add);
       weight.w = add->operand(0);
     }
@@ -121,6 +173,12 @@ struct RmsNormMatch {
   double eps = 0.0;
   ir::Node* input_cast = nullptr;
   std::vector<ir::Node*> chain;  // absorbed activation nodes after the input cast, the root last
+  RoundingRecipe rounding;
+  // vLLM's native fused-add form (RmsCore): the f32 sum, the residual, its cast back.
+  ir::Node* f32_sum = nullptr;
+  ir::Value* residual = nullptr;
+  ir::Node* residual_cast = nullptr;
+  InsertionPoint point;  // fused-add form: where fused_add_rms_norm goes
 };
 
 // [cast(x, f32)] -> pow(2) | mul(v, v) -> mean -> add(eps) -> rsqrt -> mul(v, r) -> [cast]
@@ -159,6 +217,15 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
       m.eps = core->eps;
       m.input_cast = core->input_cast;
       m.weight = LookThroughWeight(weighted->operand(1 - i));
+      m.f32_sum = core->f32_sum;
+      m.residual = core->residual;
+      m.residual_cast = core->residual_cast;
+      // The weight multiplies the normalized value already rounded to x's dtype when the
+      // multiply comes after the cast (LlamaRMSNorm's `weight * x.to(input_dtype)`).
+      m.rounding.norm_input_f32 = m.f32_sum != nullptr;
+      m.rounding.weight_after_round = mid_cast != nullptr;
+      m.rounding.weight_bias_in_weight_dtype =
+          m.weight.weight_bias != 0.0 && m.weight.bias_in_weight_dtype;
       m.chain = core->nodes;
       if (mid_cast) m.chain.push_back(mid_cast);
       if (weighted != root) m.chain.push_back(weighted);
@@ -173,6 +240,22 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
         }
       }
       if (!ResultTypeMatches(m, notes)) return std::nullopt;
+      if (m.f32_sum) {
+        // The residual cast may be used before the norm: fused_add_rms_norm must come first.
+        std::vector<ir::Value*> replaced = {m.root->result()};
+        if (m.residual_cast) replaced.push_back(m.residual_cast->result());
+        std::set<const ir::Node*> absorbed(m.chain.begin(), m.chain.end());
+        absorbed.insert(m.f32_sum);
+        if (m.residual_cast) absorbed.insert(m.residual_cast);
+        StatusOr<InsertionPoint> point =
+            FindInsertionPoint(*root->graph(), {m.x, m.residual, m.weight.w}, replaced, absorbed,
+                               root);
+        if (!point.ok()) {
+          notes.Decline("no position for fused_add_rms_norm: " + point.status().message());
+          return std::nullopt;
+        }
+        m.point = *point;
+      }
       return m;
     }
     return std::nullopt;
@@ -185,8 +268,9 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
     const ir::TensorType& w = m.weight.w->type();
     if (x.rank() < 1 || w.rank() != 1 || !(w.shape[0] == x.shape.back())) return false;
     StatusOr<std::vector<ir::TensorType>> inferred =
-        ir::InferResultTypes("rms_norm", {x, w}, Attrs(m));
-    if (inferred.ok() && inferred->size() == 1 && (*inferred)[0] == m.root->result()->type())
+        m.f32_sum ? ir::InferResultTypes("fused_add_rms_norm", {x, x, w}, Attrs(m))
+                  : ir::InferResultTypes("rms_norm", {x, w}, Attrs(m));
+    if (inferred.ok() && !inferred->empty() && (*inferred)[0] == m.root->result()->type())
       return true;
     // A chain whose only user is a cast is visited again at that cast; stay quiet here.
     const ir::Value* out = m.root->result();
@@ -199,11 +283,12 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
   static ir::AttrMap Attrs(const RmsNormMatch& m) {
     ir::AttrMap attrs{{"eps", ir::Attr::Float(m.eps)}};
     if (m.weight.weight_bias != 0.0) attrs["weight_bias"] = ir::Attr::Float(m.weight.weight_bias);
-    return attrs;
+    return ir::WithRounding(std::move(attrs), m.rounding);
   }
 
   Status Rewrite(const RmsNormMatch& m, Rewriter& rw) const override {
     const std::string name = m.root->result()->name();
+    if (m.f32_sum) return RewriteFusedAdd(m, rw);
     rw.SetInsertionPointBefore(m.root);
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * norm,
                             rw.Create("rms_norm", {m.x, m.weight.w}, Attrs(m), {name}));
@@ -214,107 +299,97 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
     TPFUSE_RETURN_IF_ERROR(rw.EraseDead(absorbed));
     return rw.RestoreNames(norm, {name}).status();
   }
+
+  // The fused-add form: fused_add_rms_norm(x, residual, w) {rounding = [norm_input_f32, ..]};
+  // y replaces the root, residual_out the cast of the f32 sum back to x's dtype.
+  static Status RewriteFusedAdd(const RmsNormMatch& m, Rewriter& rw) {
+    const std::string y_name = m.root->result()->name();
+    const std::string h_name =
+        m.residual_cast ? m.residual_cast->result()->name() : m.f32_sum->result()->name() + ".h";
+    rw.SetInsertionPoint(m.point);
+    TPFUSE_ASSIGN_OR_RETURN(ir::Node * fused,
+                            rw.Create("fused_add_rms_norm", {m.x, m.residual, m.weight.w},
+                                      Attrs(m), {y_name, h_name}));
+    rw.ReplaceAllUsesWith(m.root->result(), fused->result(0));
+    if (m.residual_cast) rw.ReplaceAllUsesWith(m.residual_cast->result(), fused->result(1));
+    std::vector<ir::Node*> absorbed = m.chain;
+    absorbed.push_back(m.residual_cast);
+    absorbed.push_back(m.f32_sum);
+    absorbed.push_back(m.f32_sum->operand(0)->producer());
+    absorbed.push_back(m.f32_sum->operand(1)->producer());
+    absorbed.insert(absorbed.end(), m.weight.nodes.begin(), m.weight.nodes.end());
+    TPFUSE_RETURN_IF_ERROR(rw.EraseDead(absorbed));
+    return rw.RestoreNames(fused, {y_name, h_name}).status();
+  }
 };
 
 // ---------------------------------------------------------------- static FP8 quant
 
-struct StaticQuantMatch {
-  ir::Node* root = nullptr;  // the cast to f8e4m3
-  ir::Value* y = nullptr;
-  ir::Value* scale = nullptr;      // div form
-  ir::Value* inv_scale = nullptr;  // mul form
-  std::vector<ir::Node*> chain;    // scale op, [clamp], cast
-};
-
-// div(y, scale) | mul(y, inv_scale) -> [clamp(-448, 448)] -> cast(f8e4m3)
-//   ->  quant_fp8(y, scale | pow(inv_scale, -1)) {mode = "tensor"}
+// [cast(y, f32)] -> div(., scale) | mul(., reciprocal(scale) | pow(scale, -1)) -> [clamp(+-448)]
+//   -> cast(f8e4m3)  ->  quant_fp8(y, scale) {mode = "tensor", rounding}
 //
-// Numerics: the fused op computes fp8(y * (1/scale)) with the reciprocal taken once in f32. For
-// the mul form, scale = pow(inv_scale, -1), so 1/scale is inv_scale up to one f32 rounding
-// either way (2^-23 relative); the FP8 rounding that follows turns that into the same code or
-// the neighbouring one: within Contract 3's 1-FP8-ulp tolerance. Without the clamp the cast
-// saturates at +-448 itself, which is what the clamp would do.
-struct DecomposedStaticQuant final : TypedPattern<StaticQuantMatch> {
+// Numerics: exact. quant_fp8 mode tensor computes fp8(y * (1/scale)) with the reciprocal taken
+// once in f32, which is what `mul(y, reciprocal(scale))` computes; the div form divides
+// (rounding = ["scale_op_swapped"]). The widening cast is exact, and without the clamp the cast
+// saturates at +-448 itself. A multiplier that is not the reciprocal of a scale (an inverse
+// scale given as a parameter) does not fold: quant_fp8 would compute 1 / (1 / inv), which is
+// not always inv.
+struct DecomposedStaticQuant final : TypedPattern<ir::StaticQuantForm> {
   std::string_view name() const override { return "decomposed_static_quant"; }
   int benefit() const override { return 10; }
 
-  std::optional<StaticQuantMatch> Match(ir::Node* root, MatchNotes& notes) const override {
-    if (root->op() != "cast" || TextAttr(root, "to") != "f8e4m3") return std::nullopt;
-    StaticQuantMatch m;
-    m.root = root;
-    ir::Value* v = root->operand(0);
-    ir::Node* clamp = ProducedBy(v, "clamp");
-    if (clamp) v = clamp->operand(0);
-
-    ir::Node* scale_op = nullptr;
-    if (ir::Node* div = ProducedBy(v, "div");
-        div && div->num_operands() == 2 && IsScalarF32(div->operand(1))) {
-      scale_op = div;
-      m.y = div->operand(0);
-      m.scale = div->operand(1);
-    } else if (ir::Node* mul = ProducedBy(v, "mul"); mul && mul->num_operands() == 2) {
-      for (int i : {0, 1}) {
-        if (IsScalarF32(mul->operand(i)) && !IsScalarF32(mul->operand(1 - i))) {
-          scale_op = mul;
-          m.inv_scale = mul->operand(i);
-          m.y = mul->operand(1 - i);
-        }
-      }
-    }
-    if (scale_op == nullptr) return std::nullopt;
-
-    if (clamp && !(NumberAttr(clamp, "min") == -448.0 && NumberAttr(clamp, "max") == 448.0)) {
+  std::optional<ir::StaticQuantForm> Match(ir::Node* root, MatchNotes& notes) const override {
+    std::optional<ir::StaticQuantForm> form = ir::MatchStaticQuant(*root);
+    if (!form || form->scalar) return std::nullopt;
+    if (!form->clamp_is_fp8_range) {
       notes.Decline("the clamp bounds are not the FP8 e4m3 range +-448");
       return std::nullopt;
     }
-    m.chain = {scale_op};
-    if (clamp) m.chain.push_back(clamp);
-    m.chain.push_back(root);
-    for (size_t k = 0; k + 1 < m.chain.size(); ++k) {
-      if (!SoleUser(m.chain[k]->result(), m.chain[k + 1])) {
+    if (form->scale == nullptr) {
+      notes.Decline("the multiplier is not the reciprocal of a scale (reciprocal(s) or "
+                    "pow(s, -1)): quant_fp8 would round differently");
+      return std::nullopt;
+    }
+    std::vector<const ir::Node*> chain = {form->scale_op};
+    if (form->clamp) chain.push_back(form->clamp);
+    chain.push_back(form->cast);
+    for (size_t k = 0; k + 1 < chain.size(); ++k) {
+      if (!SoleUser(chain[k]->result(), chain[k + 1])) {
         notes.Decline("an intermediate value has other uses");
         return std::nullopt;
       }
     }
     StatusOr<std::vector<ir::TensorType>> inferred = ir::InferResultTypes(
-        "quant_fp8", {m.y->type(), ir::TensorType{DType::kF32, {}}}, Attrs());
+        "quant_fp8", {form->y->type(), ir::TensorType{DType::kF32, {}}}, Attrs(*form));
     if (!inferred.ok() || inferred->size() != 1 || (*inferred)[0] != root->result()->type()) {
       notes.Decline("quant_fp8 does not take this input");
       return std::nullopt;
     }
-    return m;
+    return form;
   }
 
-  static ir::AttrMap Attrs() { return {{"mode", ir::Attr::Str("tensor")}}; }
+  static ir::AttrMap Attrs(const ir::StaticQuantForm& form) {
+    RoundingRecipe rounding;
+    rounding.scale_op_swapped = form.divides;
+    return ir::WithRounding({{"mode", ir::Attr::Str("tensor")}}, rounding);
+  }
 
-  Status Rewrite(const StaticQuantMatch& m, Rewriter& rw) const override {
-    ir::Value* scale = m.scale;
-    if (scale == nullptr) {
-      TPFUSE_ASSIGN_OR_RETURN(scale, Reciprocal(m.inv_scale, m.root, rw));
-    }
-    const std::string name = m.root->result()->name();
-    rw.SetInsertionPointBefore(m.root);
-    TPFUSE_ASSIGN_OR_RETURN(ir::Node * quant,
-                            rw.Create("quant_fp8", {m.y, scale}, Attrs(), {name}));
-    rw.ReplaceAllUsesWith(m.root->result(), quant->result());
-    TPFUSE_RETURN_IF_ERROR(rw.EraseDead(m.chain));
+  Status Rewrite(const ir::StaticQuantForm& m, Rewriter& rw) const override {
+    ir::Node* root = const_cast<ir::Node*>(m.cast);
+    const std::string name = root->result()->name();
+    rw.SetInsertionPointBefore(root);
+    TPFUSE_ASSIGN_OR_RETURN(
+        ir::Node * quant,
+        rw.Create("quant_fp8",
+                  {const_cast<ir::Value*>(m.y), const_cast<ir::Value*>(m.scale)}, Attrs(m),
+                  {name}));
+    rw.ReplaceAllUsesWith(root->result(), quant->result());
+    std::vector<ir::Node*> dead = {root, const_cast<ir::Node*>(m.scale_op),
+                                   const_cast<ir::Node*>(m.clamp),
+                                   const_cast<ir::Node*>(m.widening)};
+    if (m.inv) dead.push_back(m.inv->producer());
+    TPFUSE_RETURN_IF_ERROR(rw.EraseDead(dead));
     return rw.RestoreNames(quant, {name}).status();
-  }
-
-  // pow(inv_scale, -1), placed right after inv_scale's definition so that any later consumer
-  // (and the fused op, wherever it lands) can read it. An existing one before `user` is reused.
-  static StatusOr<ir::Value*> Reciprocal(ir::Value* inv_scale, ir::Node* user, Rewriter& rw) {
-    const int user_index = rw.graph().IndexOf(user);
-    for (const ir::Use& u : inv_scale->uses()) {
-      if (!u.is_return() && u.user->op() == "pow" && NumberAttr(u.user, "exponent") == -1.0 &&
-          rw.graph().IndexOf(u.user) < user_index)
-        return u.user->result();
-    }
-    rw.SetInsertionPointAfterDef(inv_scale);
-    TPFUSE_ASSIGN_OR_RETURN(ir::Node * pow,
-                            rw.Create("pow", {inv_scale}, {{"exponent", ir::Attr::Float(-1.0)}},
-                                      {inv_scale->name() + ".recip"}));
-    return pow->result();
   }
 };
 
@@ -341,6 +416,62 @@ struct AddOperandOrder final : Pattern {
     if (a->type() != b->type() || ActivationRank(b) <= ActivationRank(a)) return false;
     rw.SetOperand(root, 0, b);
     rw.SetOperand(root, 1, a);
+    return true;
+  }
+};
+
+// ---------------------------------------------------------------- residual add in f32
+
+// cast(add(cast(a, f32), cast(b, f32)), half) -> add(a, b)   (a, b of that half type)
+//
+// Numerics: exact. A half-precision add computes the f32 sum and rounds once, as the cast does.
+struct F32AddOfHalves final : Pattern {
+  std::string_view name() const override { return "f32_add_of_halves"; }
+  int benefit() const override { return 6; }
+
+  StatusOr<bool> MatchAndRewrite(ir::Node* root, Rewriter& rw, MatchNotes&) const override {
+    if (root->kind() != ir::OpKind::kCast || !IsHalfType(root->result()->dtype())) return false;
+    std::optional<F32Sum> sum = MatchF32Sum(root->operand(0));
+    if (!sum || !SoleUser(sum->add->result(), root)) return false;
+    if (sum->x->dtype() != root->result()->dtype()) return false;
+    const std::string name = root->result()->name();
+    rw.SetInsertionPointBefore(root);
+    TPFUSE_ASSIGN_OR_RETURN(ir::Node * add, rw.Create("add", {sum->x, sum->residual}, {}, {name}));
+    rw.ReplaceAllUsesWith(root->result(), add->result());
+    TPFUSE_RETURN_IF_ERROR(rw.EraseDead({root, sum->add, sum->add->operand(0)->producer(),
+                                         sum->add->operand(1)->producer()}));
+    TPFUSE_RETURN_IF_ERROR(rw.RestoreNames(add, {name}).status());
+    return true;
+  }
+};
+
+// ---------------------------------------------------------------- Gemma's weight
+
+// rms_norm(x, add(w | cast(w, f32)) {scalar = b}) -> rms_norm(x, w) {weight_bias = b}
+// (fused_add_rms_norm alike; also a bare widening cast of the weight)
+//
+// Numerics: exact. The norm adds weight_bias in f32, or in the weight's dtype
+// (rounding weight_bias_in_weight_dtype) when the graph's add rounds to it.
+struct NormWeightBias final : Pattern {
+  std::string_view name() const override { return "norm_weight_bias"; }
+  int benefit() const override { return 5; }
+
+  StatusOr<bool> MatchAndRewrite(ir::Node* root, Rewriter& rw, MatchNotes&) const override {
+    if (root->kind() != ir::OpKind::kRmsNorm && root->kind() != ir::OpKind::kFusedAddRmsNorm)
+      return false;
+    const int wi = root->kind() == ir::OpKind::kRmsNorm ? 1 : 2;
+    if (NumberAttr(root, "weight_bias", 0.0) != 0.0) return false;
+    NormWeight weight = LookThroughWeight(root->operand(wi));
+    if (weight.nodes.empty()) return false;
+    StatusOr<RoundingRecipe> rounding = ir::NormRoundingFromNode(*root);
+    if (!rounding.ok()) return false;
+    rounding->weight_bias_in_weight_dtype =
+        weight.weight_bias != 0.0 && weight.bias_in_weight_dtype;
+    ir::AttrMap attrs = ir::WithRounding(root->attrs(), *rounding);
+    if (weight.weight_bias != 0.0) attrs["weight_bias"] = ir::Attr::Float(weight.weight_bias);
+    for (const auto& [key, value] : attrs) rw.SetAttr(root, key, value);
+    rw.SetOperand(root, wi, weight.w);
+    TPFUSE_RETURN_IF_ERROR(rw.EraseDead(weight.nodes));
     return true;
   }
 };
@@ -462,6 +593,8 @@ class CanonicalizePass final : public Pass {
     patterns_.push_back(std::make_unique<ViewBeforeAllReduce>());
     patterns_.push_back(std::make_unique<AddOperandOrder>());
     patterns_.push_back(std::make_unique<AddRmsNorm>());
+    patterns_.push_back(std::make_unique<F32AddOfHalves>());
+    patterns_.push_back(std::make_unique<NormWeightBias>());
   }
 
   std::string name() const override { return "canonicalize"; }

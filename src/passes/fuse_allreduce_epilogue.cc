@@ -10,6 +10,18 @@
 // of ctx.caps; when the whole chain is not supported the largest supported prefix is fused
 // (the quant stays a separate op reading the emitted norm) and the record says why. An
 // all_reduce left alone gets a Rejection whose reason a user can act on.
+//
+// Local chains (ctx.fuse_local): `[add ->] rms_norm [-> quant]` that no all_reduce feeds (TP 1,
+// the first layer's norm of the embedding) become the same fused op with spec.local = true, by
+// the same rule. At world size 1 an all_reduce is the identity: its chain fuses as a local op
+// on the all_reduce's operand, and the all_reduce's other uses read that operand.
+//
+// Rank >= 3 activations ([B, S, H]): the fused op takes [rows, H]; the pass views x and the
+// residual to [B*S, H] and views the results back (the norm is per row, so this is exact). A
+// quant that reads the norm output through such a flattening view is absorbed with the view.
+//
+// The rounding recipe of the fused op is the canonical norm's and quant's (`rounding`
+// attributes, set by canonicalize from the form it folded), so fusing changes no bit.
 #include <algorithm>
 #include <variant>
 
@@ -25,14 +37,21 @@ constexpr char kRule[] = "fuse_allreduce_epilogue";
 
 // The nodes after one all_reduce that the fused op can take over.
 struct Chain {
-  ir::Node* anchor = nullptr;  // all_reduce
+  ir::Node* anchor = nullptr;  // all_reduce; null for a local chain that none feeds
   ir::Node* norm = nullptr;    // rms_norm or fused_add_rms_norm reading the anchor
-  ir::Value* x = nullptr;      // this rank's partial sum (the all_reduce operand)
+  bool local = false;          // a = x: no all_reduce, or one at world size 1
+  ir::Value* a = nullptr;      // the value the norm reads (the all_reduce result, or x)
+  ir::Value* x = nullptr;      // this rank's partial sum (the all_reduce operand), or x
   ir::Value* residual = nullptr;
   ir::Value* w = nullptr;
   ir::Value* y = nullptr;             // the norm output
   ir::Value* residual_out = nullptr;  // fused_add_rms_norm only
   std::vector<ir::Node*> quants;      // quant_fp8 nodes reading y, in program order
+  // For each quant, the flattening view of y it reads through (rank >= 3), or null.
+  std::map<const ir::Node*, ir::Node*> quant_views;
+
+  // How messages name where the chain starts: "all_reduce %ar" or "rms_norm %y".
+  std::string Start() const { return anchor ? "all_reduce " + Ref(a) : NodeRef(norm); }
 };
 
 // A chain that can become one fused node.
@@ -71,19 +90,69 @@ std::string DescribeUses(const ir::Value* value) {
 
 std::string TypeOf(const ir::Value* v) { return v->type().ToString(); }
 
+// The quant_fp8 nodes that read y (directly, or through a view that flattens y to [rows, H]
+// and feeds only that quant), in program order.
+void CollectQuants(Chain& c) {
+  const ir::Graph& graph = *c.norm->graph();
+  std::set<ir::Node*> seen;
+  for (const ir::Use& u : c.y->uses()) {
+    if (u.is_return()) continue;
+    if (u.index == 0 && u.user->kind() == ir::OpKind::kQuantFp8 && seen.insert(u.user).second) {
+      c.quants.push_back(u.user);
+      continue;
+    }
+    ir::Node* view = u.user;
+    if (view->kind() != ir::OpKind::kView || c.y->type().rank() < 3) continue;
+    const ir::Value* flat = view->result();
+    if (flat->type().rank() != 2 || !(flat->shape()[1] == c.y->shape().back())) continue;
+    if (flat->num_uses() != 1 || flat->uses()[0].is_return()) continue;
+    ir::Node* quant = flat->uses()[0].user;
+    if (quant->kind() != ir::OpKind::kQuantFp8 || flat->uses()[0].index != 0) continue;
+    if (!seen.insert(quant).second) continue;
+    c.quants.push_back(quant);
+    c.quant_views[quant] = view;
+  }
+  std::sort(c.quants.begin(), c.quants.end(), [&](const ir::Node* p, const ir::Node* q) {
+    return graph.IndexOf(p) < graph.IndexOf(q);
+  });
+}
+
+bool IsNorm(const ir::Node* node) {
+  return node->kind() == ir::OpKind::kRmsNorm || node->kind() == ir::OpKind::kFusedAddRmsNorm;
+}
+
+// The chain of `norm` reading `a` (as x, or as fused_add_rms_norm's residual).
+Chain MakeChain(ir::Node* anchor, ir::Node* norm, bool local) {
+  Chain c;
+  c.anchor = anchor;
+  c.norm = norm;
+  c.local = local;
+  c.a = anchor ? anchor->result() : norm->operand(0);
+  c.x = anchor ? anchor->operand(0) : norm->operand(0);
+  c.y = norm->result(0);
+  if (norm->kind() == ir::OpKind::kRmsNorm) {
+    c.w = norm->operand(1);
+  } else {
+    c.residual = norm->operand(0) == c.a ? norm->operand(1) : norm->operand(0);
+    c.w = norm->operand(2);
+    c.residual_out = norm->result(1);
+  }
+  CollectQuants(c);
+  return c;
+}
+
 // The norm that reads the anchor: the first in program order, as x (or, since the add is
 // commutative, as fused_add_rms_norm's residual when the other operand is not an all_reduce).
-std::optional<Chain> FindChain(ir::Node* anchor) {
+std::optional<Chain> FindChain(ir::Node* anchor, bool local) {
   const ir::Graph& graph = *anchor->graph();
   ir::Value* a = anchor->result();
   ir::Node* best = nullptr;
   int best_index = 0;
   for (const ir::Use& u : a->uses()) {
     if (u.is_return()) continue;
-    const std::string& op = u.user->op();
-    const bool as_x = u.index == 0 && (op == "rms_norm" || op == "fused_add_rms_norm");
-    const bool as_residual = op == "fused_add_rms_norm" && u.index == 1 &&
-                             u.user->operand(0) != a;
+    const bool fused_add = u.user->kind() == ir::OpKind::kFusedAddRmsNorm;
+    const bool as_x = u.index == 0 && IsNorm(u.user);
+    const bool as_residual = fused_add && u.index == 1 && u.user->operand(0) != a;
     if (!as_x && !as_residual) continue;
     const int index = graph.IndexOf(u.user);
     if (best == nullptr || index < best_index) {
@@ -92,45 +161,104 @@ std::optional<Chain> FindChain(ir::Node* anchor) {
     }
   }
   if (best == nullptr) return std::nullopt;
+  return MakeChain(anchor, best, local);
+}
 
-  Chain c;
-  c.anchor = anchor;
-  c.norm = best;
-  c.x = anchor->operand(0);
-  c.y = best->result(0);
-  if (best->op() == "rms_norm") {
-    c.w = best->operand(1);
-  } else {
-    c.residual = best->operand(0) == a ? best->operand(1) : best->operand(0);
-    c.w = best->operand(2);
-    c.residual_out = best->result(1);
+// When no norm reads `a` directly: the first RMSNorm (canonical, or the rsqrt of one written
+// out) that `a` reaches through other ops, and the ops on the way ("cast %a32, add %h32").
+struct Reach {
+  const ir::Node* norm = nullptr;
+  std::vector<const ir::Node*> path;
+};
+std::optional<Reach> FindNormBeyond(const ir::Value* a) {
+  constexpr int kMaxDepth = 8;
+  std::vector<std::pair<const ir::Value*, std::vector<const ir::Node*>>> frontier = {{a, {}}};
+  std::set<const ir::Node*> visited;
+  for (int depth = 0; depth < kMaxDepth && !frontier.empty(); ++depth) {
+    std::vector<std::pair<const ir::Value*, std::vector<const ir::Node*>>> next;
+    for (const auto& [value, path] : frontier) {
+      for (const ir::Use& u : value->uses()) {
+        if (u.is_return() || !visited.insert(u.user).second) continue;
+        if (IsNorm(u.user) || u.user->kind() == ir::OpKind::kRsqrt)
+          return Reach{u.user, path};
+        std::vector<const ir::Node*> longer = path;
+        longer.push_back(u.user);
+        for (const ir::Value* r : u.user->results()) next.emplace_back(r, longer);
+      }
+    }
+    frontier = std::move(next);
   }
-  std::set<ir::Node*> seen;
-  for (const ir::Use& u : c.y->uses()) {
-    if (!u.is_return() && u.index == 0 && u.user->op() == "quant_fp8" && seen.insert(u.user).second)
-      c.quants.push_back(u.user);
+  return std::nullopt;
+}
+
+std::string DescribePath(const std::vector<const ir::Node*>& path) {
+  std::string text;
+  for (const ir::Node* n : path) text += (text.empty() ? "" : ", ") + NodeRef(n);
+  return text;
+}
+
+// Why no chain starts at `anchor`, in words that stay true: "not followed by an RMSNorm" only
+// when none follows; otherwise what lies between.
+std::string NoChainReason(const ir::Node* anchor) {
+  const ir::Value* a = anchor->result();
+  std::optional<Reach> reach = FindNormBeyond(a);
+  if (!reach) {
+    return StrCat("all_reduce ", Ref(a), " is not followed by an RMSNorm (", DescribeUses(a),
+                  ")");
   }
-  std::sort(c.quants.begin(), c.quants.end(), [&](const ir::Node* p, const ir::Node* q) {
-    return graph.IndexOf(p) < graph.IndexOf(q);
-  });
-  return c;
+  const std::string what = reach->norm->kind() == ir::OpKind::kRsqrt
+                               ? StrCat("the rsqrt ", Ref(reach->norm->result()),
+                                        " of an RMSNorm written out in a form canonicalize does not "
+                                        "recognize (its counters say why)")
+                               : NodeRef(reach->norm);
+  return StrCat("all_reduce ", Ref(a), " reaches ", what, " only through ",
+                DescribePath(reach->path), ", which the fused op cannot take over (",
+                DescribeUses(a), ")");
+}
+
+// The row count of an activation [d0, ..., H]: the product of the leading dims, as one dim
+// (a constant, or a product of symbols "B*S"). A constant other than 1 beside a symbol has no
+// Dim spelling: an error.
+StatusOr<ir::Dim> RowsOf(const ir::TensorType& t) {
+  int64_t constant = 1;
+  std::string symbols;
+  for (int i = 0; i + 1 < t.rank(); ++i) {
+    const ir::Dim& d = t.shape[size_t(i)];
+    if (d.is_const()) {
+      constant *= d.value;
+    } else if (d.align != 1) {
+      return InvalidArgument("leading dim ", d.ToString(), " is padded");
+    } else {
+      symbols += (symbols.empty() ? "" : "*") + d.symbol;
+    }
+  }
+  if (symbols.empty()) return ir::Dim::Const(constant);
+  if (constant != 1)
+    return InvalidArgument("leading dims mix a constant (", constant, ") with symbols (", symbols,
+                           "); the rows have no single dim");
+  return ir::Dim::Sym(symbols);
 }
 
 // The part of the spec fixed by the all_reduce and the norm, after checking what the fused op's
 // operands must look like (Contract 3: x [T, H] bf16/f16, w [H] bf16/f16/f32). Empty on
 // success; otherwise why not, in words.
 std::string BaseSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
-  const ir::Value* a = c.anchor->result();
+  const ir::Value* a = c.a;
   const ir::TensorType& t = a->type();
+  const std::string what = c.anchor ? "all_reduce " + Ref(a) : "norm input " + Ref(a);
   if (!IsHalfType(t.dtype)) {
-    return StrCat("all_reduce ", Ref(a), " has dtype ", DTypeName(t.dtype),
+    return StrCat(what, " has dtype ", DTypeName(t.dtype),
                   "; the fused op takes bf16 or f16 activations");
   }
-  if (t.rank() != 2 || !t.shape[1].is_const() || t.shape[1].value <= 0) {
-    return StrCat("all_reduce ", Ref(a), " has type ", TypeOf(a),
-                  "; the fused op takes [T, H] with a constant H");
+  if (t.rank() < 2 || !t.shape.back().is_const() || t.shape.back().value <= 0) {
+    return StrCat(what, " has type ", TypeOf(a),
+                  "; the fused op takes [T, H] (or [B, S, H]) with a constant H");
   }
-  const int64_t hidden = t.shape[1].value;
+  if (t.rank() > 2) {
+    if (StatusOr<ir::Dim> rows = RowsOf(t); !rows.ok())
+      return StrCat(what, " has type ", TypeOf(a), ": ", rows.status().message());
+  }
+  const int64_t hidden = t.shape.back().value;
   const DType wd = c.w->dtype();
   if (!(IsHalfType(wd) || wd == DType::kF32)) {
     return StrCat("norm weight ", Ref(c.w), " has dtype ", DTypeName(wd),
@@ -151,9 +279,14 @@ std::string BaseSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
   const std::optional<double> eps = NumberAttr(c.norm, "eps", 1e-6);
   const std::optional<double> bias = NumberAttr(c.norm, "weight_bias", 0.0);
   if (!eps || !bias) return StrCat(NodeRef(c.norm), " has a non-numeric eps or weight_bias");
+  StatusOr<RoundingRecipe> rounding = ir::NormRoundingFromNode(*c.norm);
+  if (!rounding.ok()) return rounding.status().message();
   spec = AllreduceRmsnormSpec{};
+  spec.local = c.local;
+  spec.rounding = *rounding;
   spec.act_dtype = t.dtype;
   spec.weight_dtype = wd;
+  // NOTE: hidden is the last dim; rank-3 chains run on [rows, H] views (RowsOf).
   spec.hidden = hidden;
   spec.has_residual = c.residual != nullptr;
   spec.eps = float(*eps);
@@ -173,6 +306,7 @@ std::string AddQuant(const ir::Node* quant, AllreduceRmsnormSpec& spec) {
   spec.group_size = params->group_size;
   spec.scale_layout = params->layout;
   spec.scale_fmt = params->format;
+  spec.rounding.scale_op_swapped = params->scale_op_swapped;
   return {};
 }
 
@@ -182,7 +316,7 @@ bool UsedOutside(const ir::Value* v, const std::set<const ir::Node*>& absorbed) 
   });
 }
 
-// The fused node's operands and the values it takes over, for a chain with `quant` absorbed.
+// The fused node's operands (before any flattening view), for a chain with `quant` absorbed.
 std::vector<ir::Value*> FusedOperands(const Chain& c, const ir::Node* quant) {
   std::vector<ir::Value*> operands = {c.x};
   if (c.residual) operands.push_back(c.residual);
@@ -192,8 +326,12 @@ std::vector<ir::Value*> FusedOperands(const Chain& c, const ir::Node* quant) {
 }
 
 std::set<const ir::Node*> Absorbed(const Chain& c, const ir::Node* quant) {
-  std::set<const ir::Node*> absorbed = {c.anchor, c.norm};
-  if (quant) absorbed.insert(quant);
+  std::set<const ir::Node*> absorbed = {c.norm};
+  if (c.anchor) absorbed.insert(c.anchor);
+  if (quant) {
+    absorbed.insert(quant);
+    if (auto it = c.quant_views.find(quant); it != c.quant_views.end()) absorbed.insert(it->second);
+  }
   return absorbed;
 }
 
@@ -210,15 +348,17 @@ std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
   }
   const std::set<const ir::Node*> absorbed = Absorbed(c, quant);
   EmitSet& emit = plan.spec.emit;
-  emit.allreduce = UsedOutside(c.anchor->result(), absorbed);
+  // A local chain's all_reduce (world size 1) is the identity: its other uses read x instead.
+  emit.allreduce = c.anchor && !c.local && UsedOutside(c.anchor->result(), absorbed);
   emit.norm = UsedOutside(c.y, absorbed);
   emit.residual = c.residual_out && c.residual_out->has_uses();
   emit.quant = quant != nullptr;
   if (emit.empty()) {
-    return Refusal{"unused results", StrCat("nothing after all_reduce ", Ref(c.anchor->result()),
+    return Refusal{"unused results", StrCat("nothing after ", c.Start(),
                                             " is used: the norm and its inputs are dead code")};
   }
-  if (std::string why = ctx.caps.WhyUnsupported(plan.spec, ctx.world_size); !why.empty())
+  const int world_size = c.local ? 1 : ctx.world_size;
+  if (std::string why = ctx.caps.WhyUnsupported(plan.spec, world_size); !why.empty())
     return Refusal{"backend", why};
   if (Status valid = plan.spec.Validate(); !valid.ok()) return Refusal{"invalid", valid.message()};
 
@@ -227,7 +367,7 @@ std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
   if (emit.norm) replaced.push_back(c.y);
   if (emit.residual) replaced.push_back(c.residual_out);
   if (quant) replaced.insert(replaced.end(), quant->results().begin(), quant->results().end());
-  const ir::Graph& graph = *c.anchor->graph();
+  const ir::Graph& graph = *c.norm->graph();
   const ir::Node* last = c.norm;
   if (quant && graph.IndexOf(quant) > graph.IndexOf(last)) last = quant;
   StatusOr<InsertionPoint> point =
@@ -240,6 +380,38 @@ std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
   return plan;
 }
 
+// The whole chain with the first quant that works, else the norm alone.
+std::variant<Plan, Refusal> PlanChain(const Chain& chain, const PassContext& ctx) {
+  AllreduceRmsnormSpec base;
+  if (std::string why = BaseSpec(chain, base); !why.empty()) return Refusal{"dtype or shape", why};
+  std::vector<std::string> notes;
+  std::set<const ir::Node*> dropped;
+  for (ir::Node* quant : chain.quants) {
+    std::variant<Plan, Refusal> with_quant = PlanFusion(chain, quant, base, ctx);
+    if (auto* refusal = std::get_if<Refusal>(&with_quant)) {
+      dropped.insert(quant);
+      notes.push_back(
+          StrCat("quant_fp8 ", Ref(quant->result()), " stays unfused: ", refusal->reason));
+      continue;
+    }
+    Plan& plan = std::get<Plan>(with_quant);
+    for (ir::Node* other : chain.quants) {
+      if (other == quant || dropped.count(other)) continue;
+      notes.push_back(StrCat("quant_fp8 ", Ref(other->result()),
+                             " reads the emitted norm: one quant is fused per chain"));
+    }
+    plan.notes = std::move(notes);
+    plan.quants_dropped = int(dropped.size());
+    return plan;
+  }
+  std::variant<Plan, Refusal> norm_only = PlanFusion(chain, nullptr, base, ctx);
+  if (auto* plan = std::get_if<Plan>(&norm_only)) {
+    plan->notes = std::move(notes);
+    plan->quants_dropped = int(dropped.size());
+  }
+  return norm_only;
+}
+
 class FuseAllreduceEpiloguePass final : public Pass {
  public:
   std::string name() const override { return kRule; }
@@ -248,7 +420,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
     if (ctx.world_size < 1) return InvalidArgument("world size must be >= 1, got ", ctx.world_size);
     Rewriter rw(graph);
     for (ir::Node* node : graph.NodesSnapshot()) {
-      if (rw.IsErased(node) || node->op() != "all_reduce") continue;
+      if (rw.IsErased(node) || node->kind() != ir::OpKind::kAllReduce) continue;
       ctx.Count(kRule, "anchors_seen");
       std::variant<Plan, Refusal> decision = Decide(node, ctx);
       if (auto* refusal = std::get_if<Refusal>(&decision)) {
@@ -256,18 +428,37 @@ class FuseAllreduceEpiloguePass final : public Pass {
         ctx.rejections.push_back(Rejection{node->result()->name(), refusal->reason});
         continue;
       }
-      const Plan& plan = std::get<Plan>(decision);
-      const std::string anchor_name = node->result()->name();
-      TPFUSE_ASSIGN_OR_RETURN(FusionRecord record, Fuse(plan, rw));
-      record.anchor = anchor_name;
-      ctx.Count(kRule, "fused");
-      if (plan.quants_dropped > 0) ctx.Count(kRule, "quant left unfused", plan.quants_dropped);
-      ctx.fusions.push_back(std::move(record));
+      TPFUSE_RETURN_IF_ERROR(Apply(std::get<Plan>(decision), node->result()->name(), rw, ctx));
+    }
+    if (ctx.fuse_local) {
+      // Norms no all_reduce feeds. A refusal here is no rejection (rejections are about
+      // all_reduces); the counters keep it.
+      for (ir::Node* node : graph.NodesSnapshot()) {
+        if (rw.IsErased(node) || !IsNorm(node)) continue;
+        ctx.Count(kRule, "local chains seen");
+        const Chain chain = MakeChain(nullptr, node, /*local=*/true);
+        std::variant<Plan, Refusal> decision = PlanChain(chain, ctx);
+        if (auto* refusal = std::get_if<Refusal>(&decision)) {
+          ctx.Count(kRule, "local not fused: " + refusal->kind);
+          continue;
+        }
+        TPFUSE_RETURN_IF_ERROR(Apply(std::get<Plan>(decision), chain.x->name(), rw, ctx));
+      }
     }
     return rw.changed();
   }
 
  private:
+  static Status Apply(const Plan& plan, std::string anchor_name, Rewriter& rw,
+                      PassContext& ctx) {
+    TPFUSE_ASSIGN_OR_RETURN(FusionRecord record, Fuse(plan, rw));
+    record.anchor = anchor_name;
+    ctx.Count(kRule, plan.spec.local ? "fused local" : "fused");
+    if (plan.quants_dropped > 0) ctx.Count(kRule, "quant left unfused", plan.quants_dropped);
+    ctx.fusions.push_back(std::move(record));
+    return Status::Ok();
+  }
+
   static std::variant<Plan, Refusal> Decide(ir::Node* anchor, const PassContext& ctx) {
     const ir::Value* a = anchor->result();
     const std::optional<std::string> group = TextAttr(anchor, "group", "tp");
@@ -276,53 +467,44 @@ class FuseAllreduceEpiloguePass final : public Pass {
                      StrCat("all_reduce group \"", group.value_or("?"),
                             "\" is not the tensor-parallel group (\"tp\")")};
     }
-    if (ctx.world_size == 1) {
+    const bool local = ctx.world_size == 1;
+    if (local && !ctx.fuse_local) {
       return Refusal{"world size 1",
-                     "world size 1: all_reduce is the identity, nothing to fuse across ranks"};
+                     "world size 1: all_reduce is the identity, and local fusion is off "
+                     "(compile with --fuse-local auto or on to fuse its chain on one GPU)"};
     }
-    std::optional<Chain> chain = FindChain(anchor);
-    if (!chain) {
-      return Refusal{"no rms_norm", StrCat("all_reduce ", Ref(a), " is not followed by an "
-                                           "RMSNorm (", DescribeUses(a), ")")};
+    std::optional<Chain> chain = FindChain(anchor, local);
+    if (!chain) return Refusal{"no rms_norm", NoChainReason(anchor)};
+    if (chain->residual == a) {
+      // NOTE: the fused op adds a residual that exists before the all_reduce; a + a has none.
+      return Refusal{"residual is the all_reduce",
+                     StrCat(NodeRef(chain->norm), " adds all_reduce ", Ref(a),
+                            " to itself: the fused op's residual must be another value")};
     }
-    if (std::string why = ctx.caps.WhyWorldSizeUnsupported(ctx.world_size); !why.empty())
-      return Refusal{"backend", why};
-    AllreduceRmsnormSpec base;
-    if (std::string why = BaseSpec(*chain, base); !why.empty())
-      return Refusal{"dtype or shape", why};
+    if (!local) {
+      if (std::string why = ctx.caps.WhyWorldSizeUnsupported(ctx.world_size); !why.empty())
+        return Refusal{"backend", why};
+    }
+    return PlanChain(*chain, ctx);
+  }
 
-    // The whole chain with the first quant that works, else the norm alone.
-    std::vector<std::string> notes;
-    std::set<const ir::Node*> dropped;
-    for (ir::Node* quant : chain->quants) {
-      std::variant<Plan, Refusal> with_quant = PlanFusion(*chain, quant, base, ctx);
-      if (auto* refusal = std::get_if<Refusal>(&with_quant)) {
-        dropped.insert(quant);
-        notes.push_back(
-            StrCat("quant_fp8 ", Ref(quant->result()), " stays unfused: ", refusal->reason));
-        continue;
-      }
-      Plan& plan = std::get<Plan>(with_quant);
-      for (ir::Node* other : chain->quants) {
-        if (other == quant || dropped.count(other)) continue;
-        notes.push_back(StrCat("quant_fp8 ", Ref(other->result()),
-                               " reads the emitted norm: one quant is fused per chain"));
-      }
-      plan.notes = std::move(notes);
-      plan.quants_dropped = int(dropped.size());
-      return plan;
-    }
-    std::variant<Plan, Refusal> norm_only = PlanFusion(*chain, nullptr, base, ctx);
-    if (auto* plan = std::get_if<Plan>(&norm_only)) {
-      plan->notes = std::move(notes);
-      plan->quants_dropped = int(dropped.size());
-    }
-    return norm_only;
+  // `value` viewed as `type` (same elements), created at the rewriter's insertion point.
+  static StatusOr<ir::Value*> ViewAs(ir::Value* value, const ir::TensorType& type,
+                                     const std::string& name, Rewriter& rw) {
+    if (value->type().shape == type.shape) return value;
+    std::vector<ir::Attr> items;
+    for (const ir::Dim& d : type.shape)
+      items.push_back(d.is_const() ? ir::Attr::Int(d.value) : ir::Attr::Name(d.ToString()));
+    TPFUSE_ASSIGN_OR_RETURN(ir::Node * view,
+                            rw.Create("view", {value}, {{"shape", ir::Attr::List(items)}},
+                                      {name}));
+    return view->result();
   }
 
   static StatusOr<FusionRecord> Fuse(const Plan& plan, Rewriter& rw) {
     const Chain& c = plan.chain;
     const EmitSet& emit = plan.spec.emit;
+    const std::set<const ir::Node*> absorbed = Absorbed(c, plan.quant);
 
     // Results in Contract 3's order, each named after the value it takes over.
     std::vector<ir::Value*> taken_over;
@@ -336,29 +518,78 @@ class FuseAllreduceEpiloguePass final : public Pass {
     std::vector<std::string> names;
     for (const ir::Value* v : taken_over) names.push_back(v->name());
 
+    // Rank >= 3: the fused op runs on [rows, H] views; its activation-shaped results are viewed
+    // back (the quant's results already have the flat shape its view gave them).
+    const ir::TensorType& act = c.a->type();
+    const bool flatten = act.rank() > 2;
+    ir::TensorType flat = act;
+    if (flatten) {
+      TPFUSE_ASSIGN_OR_RETURN(ir::Dim rows, RowsOf(act));
+      flat.shape = {rows, act.shape.back()};
+    }
+
     rw.SetInsertionPoint(plan.point);
+    std::vector<ir::Value*> operands = FusedOperands(c, plan.quant);
+    if (flatten) {
+      TPFUSE_ASSIGN_OR_RETURN(operands[0], ViewAs(operands[0], flat, c.x->name() + ".rows", rw));
+      if (c.residual) {
+        TPFUSE_ASSIGN_OR_RETURN(operands[1],
+                                ViewAs(operands[1], flat, c.residual->name() + ".rows", rw));
+      }
+    }
+    std::vector<std::string> fused_names = names;
+    const int act_results = int(emit.allreduce) + int(emit.norm) + int(emit.residual);
+    if (flatten) {
+      for (int i = 0; i < act_results; ++i) fused_names[size_t(i)] += ".rows";
+    }
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * fused,
-                            rw.Create("allreduce_rmsnorm", FusedOperands(c, plan.quant),
-                                      ir::FusedAttrsFromSpec(plan.spec), names));
+                            rw.Create("allreduce_rmsnorm", operands,
+                                      ir::FusedAttrsFromSpec(plan.spec), fused_names));
     if (fused->num_results() != int(taken_over.size())) {
       return Internal("allreduce_rmsnorm has ", fused->num_results(), " results; ",
                       plan.spec.ToString(), " needs ", taken_over.size());
     }
-    const std::set<const ir::Node*> absorbed = Absorbed(c, plan.quant);
+    std::vector<ir::Value*> results(fused->results().begin(), fused->results().end());
+    if (flatten) {
+      for (int i = 0; i < act_results; ++i) {
+        TPFUSE_ASSIGN_OR_RETURN(results[size_t(i)],
+                                ViewAs(results[size_t(i)], act, names[size_t(i)], rw));
+      }
+    }
     for (size_t i = 0; i < taken_over.size(); ++i) {
-      rw.ReplaceUsesIf(taken_over[i], fused->result(int(i)), [&](const ir::Use& u) {
+      rw.ReplaceUsesIf(taken_over[i], results[i], [&](const ir::Use& u) {
         return u.is_return() || absorbed.count(u.user) == 0;
       });
     }
-    std::vector<ir::Node*> erase = {c.anchor, c.norm};
-    if (plan.quant) erase.push_back(plan.quant);
+    if (c.local && c.anchor) {
+      // World size 1: the all_reduce is the identity; its other uses read its operand.
+      rw.ReplaceUsesIf(c.anchor->result(), c.x, [&](const ir::Use& u) {
+        return u.is_return() || absorbed.count(u.user) == 0;
+      });
+    }
+    std::vector<ir::Node*> erase = {c.norm};
+    if (c.anchor) erase.push_back(c.anchor);
+    if (plan.quant) {
+      erase.push_back(plan.quant);
+      if (auto it = c.quant_views.find(plan.quant); it != c.quant_views.end())
+        erase.push_back(it->second);
+    }
     TPFUSE_RETURN_IF_ERROR(rw.EraseDead(erase));
     for (ir::Node* n : erase) {
       if (!rw.IsErased(n))
-        return Internal(NodeRef(n), " is still used after fusing all_reduce ",
-                        Ref(c.anchor->result()));
+        return Internal(NodeRef(n), " is still used after fusing ", c.Start());
     }
-    TPFUSE_ASSIGN_OR_RETURN(fused, rw.RestoreNames(fused, names));
+    // Give every value its old name back (the fused op's results, or the views of them).
+    if (flatten) {
+      for (int i = 0; i < act_results; ++i) {
+        TPFUSE_RETURN_IF_ERROR(
+            rw.RestoreNames(results[size_t(i)]->producer(), {names[size_t(i)]}).status());
+      }
+      for (int i = act_results; i < int(names.size()); ++i) fused_names[size_t(i)] = names[size_t(i)];
+      TPFUSE_ASSIGN_OR_RETURN(fused, rw.RestoreNames(fused, fused_names));
+    } else {
+      TPFUSE_ASSIGN_OR_RETURN(fused, rw.RestoreNames(fused, names));
+    }
 
     FusionRecord record;
     record.spec = plan.spec;

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "ir/ops.h"
+#include "ir/static_quant.h"
 
 namespace tpfuse::runtime {
 namespace {
@@ -88,34 +89,11 @@ std::optional<StaticScale> StaticScaleOf(const ir::Value* v) {
     if (!spec.ok() || spec->quant != QuantMode::kFp8Tensor) return std::nullopt;
     return param_scale(p->operand(ir::FusedOperandLayout(*spec).scale), false);
   }
-  if (p->kind() != ir::OpKind::kCast) return std::nullopt;
-  // Decomposed static quant: div(scale) | mul(1 / scale) -> clamp -> cast(f8e4m3).
-  const ir::Value* x = SkipViews(p->operand(0));
-  while (x->producer() && x->producer()->kind() == ir::OpKind::kClamp) x = SkipViews(x->producer()->operand(0));
-  const ir::Node* q = x->producer();
-  if (q == nullptr) return std::nullopt;
-  if (q->kind() == ir::OpKind::kDiv && q->num_operands() == 2) return param_scale(q->operand(1), false);
-  if (q->kind() == ir::OpKind::kMul && q->num_operands() == 2) {
-    for (int i = 0; i < 2; ++i) {
-      if (q->operand(i)->type().rank() != 0) continue;
-      // y * reciprocal(scale) or y * pow(scale, -1): the scale itself.
-      const ir::Node* inv = SkipViews(q->operand(i))->producer();
-      const auto exponent = [](const ir::Node& n) {
-        StatusOr<double> e = ir::GetNumberAttr(n, "exponent", 0.0);
-        return e.ok() ? *e : 0.0;
-      };
-      if (inv && (inv->kind() == ir::OpKind::kReciprocal ||
-                  (inv->kind() == ir::OpKind::kPow && exponent(*inv) == -1.0)))
-        return param_scale(inv->operand(0), false);
-      return param_scale(q->operand(i), true);
-    }
-  }
-  if ((q->kind() == ir::OpKind::kMul || q->kind() == ir::OpKind::kDiv) && q->num_operands() == 1) {
-    StatusOr<double> scalar = ir::GetNumberAttr(*q, "scalar", 0.0);
-    if (!scalar.ok() || *scalar == 0.0) return std::nullopt;
-    return StaticScale{"", q->kind() == ir::OpKind::kMul, *scalar};
-  }
-  return std::nullopt;
+  std::optional<ir::StaticQuantForm> form = ir::MatchStaticQuant(*p);
+  if (!form) return std::nullopt;
+  if (form->scalar) return StaticScale{"", !form->divides, *form->scalar};
+  if (form->divides || form->scale) return param_scale(form->scale, false);
+  return param_scale(form->inv, true);
 }
 
 // The static scale as an f32[] tensor for one rank.

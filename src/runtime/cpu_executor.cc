@@ -8,6 +8,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -21,13 +22,6 @@ namespace {
 
 using Bindings = std::map<std::string, int64_t>;
 
-// "add %y (line 3)": how errors name a node.
-std::string NodeLabel(const ir::Node& node) {
-  std::string label = node.op();
-  if (node.num_results() > 0) label += " %" + node.result(0)->name();
-  if (node.line() > 0) label += StrCat(" (line ", node.line(), ")");
-  return label;
-}
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -49,6 +43,43 @@ struct ResolvedType {
   DType dtype;
   std::vector<int64_t> shape;
 };
+
+// A canonical norm whose rounding differs from Contract 3's defaults: the fused op's own row
+// code at world size 1 (local), so that the canonical op and the fused op agree bit for bit.
+// Leading dims are flattened into rows.
+StatusOr<std::vector<HostTensor>> NormWithRecipe(const ir::Node& node,
+                                                 const std::vector<const HostTensor*>& in,
+                                                 const RoundingRecipe& rounding, float eps,
+                                                 float weight_bias) {
+  const bool has_residual = node.kind() == ir::OpKind::kFusedAddRmsNorm;
+  const HostTensor& x = *in[0];
+  const HostTensor& w = *in[has_residual ? 2 : 1];
+  const std::vector<int64_t> shape = x.shape();
+  if (shape.empty()) return InvalidArgument("x must have rank >= 1");
+  const int64_t hidden = shape.back();
+  const std::vector<int64_t> rows_shape = {hidden == 0 ? 0 : x.numel() / hidden, hidden};
+  AllreduceRmsnormSpec spec;
+  spec.act_dtype = x.dtype();
+  spec.weight_dtype = w.dtype();
+  spec.hidden = hidden;
+  spec.local = true;
+  spec.has_residual = has_residual;
+  spec.eps = eps;
+  spec.weight_bias = weight_bias;
+  spec.emit.norm = true;
+  spec.emit.residual = has_residual;
+  spec.rounding = rounding;
+  TPFUSE_RETURN_IF_ERROR(spec.Validate());
+  const HostTensor x_rows = x.Reshaped(rows_shape);
+  std::optional<HostTensor> residual_rows;
+  if (has_residual) residual_rows = in[1]->Reshaped(rows_shape);
+  TPFUSE_ASSIGN_OR_RETURN(std::vector<HostTensor> out,
+                          cpu::AllreduceRmsnorm(spec, {&x_rows},
+                                                residual_rows ? &*residual_rows : nullptr, w,
+                                                nullptr));
+  for (HostTensor& t : out) t = t.Reshaped(shape);
+  return out;
+}
 
 // Runs one local (non-collective) op on one rank.
 StatusOr<std::vector<HostTensor>> RunLocalOp(const ir::Node& node,
@@ -114,6 +145,8 @@ StatusOr<std::vector<HostTensor>> RunLocalOp(const ir::Node& node,
     case ir::OpKind::kFusedAddRmsNorm: {
       TPFUSE_ASSIGN_OR_RETURN(double eps, ir::GetNumberAttr(node, "eps", 1e-6));
       TPFUSE_ASSIGN_OR_RETURN(double weight_bias, ir::GetNumberAttr(node, "weight_bias", 0.0));
+      TPFUSE_ASSIGN_OR_RETURN(RoundingRecipe rounding, ir::NormRoundingFromNode(node));
+      if (!rounding.is_default()) return NormWithRecipe(node, in, rounding, float(eps), float(weight_bias));
       if (node.kind() == ir::OpKind::kRmsNorm) {
         TPFUSE_ASSIGN_OR_RETURN(
             HostTensor y, cpu::RmsNorm(*in[0], *in[1], float(eps), float(weight_bias), out_dtype));
@@ -128,7 +161,7 @@ StatusOr<std::vector<HostTensor>> RunLocalOp(const ir::Node& node,
       TPFUSE_ASSIGN_OR_RETURN(ir::QuantParams params, ir::QuantParamsFromNode(node));
       if (params.mode == QuantMode::kFp8Tensor) {
         if (in.size() != 2) return InvalidArgument("mode tensor needs a scale operand");
-        TPFUSE_ASSIGN_OR_RETURN(HostTensor q, cpu::QuantFp8Tensor(*in[0], *in[1]));
+        TPFUSE_ASSIGN_OR_RETURN(HostTensor q, cpu::QuantFp8Tensor(*in[0], *in[1], params.Divides()));
         return Results{std::move(q)};
       }
       TPFUSE_ASSIGN_OR_RETURN(cpu::DynamicQuantResult r, cpu::QuantFp8Dynamic(*in[0], params));
@@ -219,7 +252,7 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
 
   for (size_t ni = 0; ni < nodes.size(); ++ni) {
     const ir::Node& node = *nodes[ni];
-    const auto node_error = [&](const Status& s) { return s.WithContext(NodeLabel(node)); };
+    const auto node_error = [&](const Status& s) { return s.WithContext(ir::NodeLabel(node)); };
 
     std::vector<ResolvedType> out_types;
     for (const ir::Value* v : node.results()) {

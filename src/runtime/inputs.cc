@@ -2,8 +2,10 @@
 
 #include <cmath>
 #include <functional>
+#include <optional>
 
 #include "ir/ops.h"
+#include "ir/static_quant.h"
 
 namespace tpfuse::runtime {
 namespace {
@@ -126,12 +128,15 @@ ParamInfo ClassifyParam(const ir::Value& param) {
         if (i == 1 && f32_scalar) info.role = ParamRole::kStaticScale;
         break;
       case ir::OpKind::kDiv:
-        if (i == 1 && f32_scalar) info.role = ParamRole::kStaticScale;
-        break;
       case ir::OpKind::kMul:
-        if (user.num_operands() == 2) {
+        // The scale of a static quant written out (the one recognizer: ir/static_quant.h).
+        if (std::optional<ir::StaticQuantForm> form = ir::StaticQuantAt(user); form && f32_scalar) {
+          if (form->scale && ir::SkipViews(form->scale) == &param) info.role = ParamRole::kStaticScale;
+          if (!form->divides && !form->scale && ir::SkipViews(form->inv) == &param)
+            info.role = ParamRole::kStaticInverseScale;
+        }
+        if (user.kind() == ir::OpKind::kMul && user.num_operands() == 2) {
           const ir::Value& other = *user.operand(1 - i);
-          if (f32_scalar && other.type().rank() >= 1) info.role = ParamRole::kStaticInverseScale;
           if (param.type().rank() == 1 && other.type().rank() >= 2 && IsFloatType(dtype))
             info.role = ParamRole::kNormWeight;
         }

@@ -194,12 +194,22 @@ TEST_F(CliTest, CompileJsonIsOneObjectWithCountsFusionsAndRejections) {
 }
 
 TEST_F(CliTest, CompileJsonFollowsTheBackendAndWorldSize) {
+  // World size 1 fuses chains locally by default (--fuse-local auto); off leaves them.
   const CliResult one = RunCli("compile " + graph_path_ + " --json --world-size 1");
   ASSERT_EQ(one.exit_code, 0) << one.err;
   const nlohmann::json j = nlohmann::json::parse(one.out);
-  EXPECT_EQ(j["fusions"].size(), 0u);
-  EXPECT_EQ(j["rejections"].size(), 2u);
+  ASSERT_EQ(j["fusions"].size(), 1u) << one.out;
+  EXPECT_EQ(j["fusions"][0]["local"], true);
+  EXPECT_EQ(j["rejections"].size(), 1u);
   EXPECT_EQ(j["world_size"], 1);
+  EXPECT_EQ(j["fuse_local"], true);
+  const CliResult off =
+      RunCli("compile " + graph_path_ + " --json --world-size 1 --fuse-local off");
+  ASSERT_EQ(off.exit_code, 0) << off.err;
+  const nlohmann::json k = nlohmann::json::parse(off.out);
+  EXPECT_EQ(k["fusions"].size(), 0u);
+  EXPECT_EQ(k["rejections"].size(), 2u);
+  EXPECT_EQ(RunCli("compile " + graph_path_ + " --fuse-local sometimes").exit_code, 2);
 
   // The CUDA backend's capabilities are plain data: compiling for it works without a GPU.
   const CliResult cuda =

@@ -229,7 +229,7 @@ TEST(IrParserTest, InferenceErrorsPointAtTheOp) {
 
 TEST(IrParserTest, AttributeErrorsPointAtTheAttribute) {
   ExpectError(Func("  %y = rms_norm(%x, %w) {eps = 1e-6, <!>epsilon = 1}\n  return %y\n"),
-              "rms_norm: unknown attribute 'epsilon' (accepted: eps, weight_bias)");
+              "rms_norm: unknown attribute 'epsilon' (accepted: eps, weight_bias, rounding)");
   ExpectError(Func("  %y = rsqrt(%x) {<!>eps = 1}\n  return %y\n"),
               "rsqrt: unknown attribute 'eps' (rsqrt takes no attributes)");
   ExpectError(Func("  %y = rms_norm(%x, %w) {<!>eps = \"small\"}\n  return %y\n"),

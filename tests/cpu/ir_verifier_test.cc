@@ -79,7 +79,7 @@ TEST(IrVerifierTest, InvalidAttributes) {
   quant->set_attr("colour", Attr::Name("blue"));
   EXPECT_EQ(Verify(*g).message(),
             "quant_fp8 %q (line 4): quant_fp8: unknown attribute 'colour' (accepted: mode, "
-            "group_size, scale_layout, scale_fmt)");
+            "group_size, scale_layout, scale_fmt, rounding)");
   quant->mutable_attrs().erase("colour");
   EXPECT_TRUE(Verify(*g).ok());
 }

@@ -35,12 +35,6 @@ constexpr size_t kArenaAlign = 256;
 size_t AlignArena(size_t n) { return (n + kArenaAlign - 1) / kArenaAlign * kArenaAlign; }
 
 // "add %y (line 3)": how errors name a node (as the CPU executor does).
-std::string NodeLabel(const ir::Node& node) {
-  std::string label = node.op();
-  if (node.num_results() > 0) label += " %" + node.result(0)->name();
-  if (node.line() > 0) label += StrCat(" (line ", node.line(), ")");
-  return label;
-}
 
 
 StatusOr<ncclDataType_t> NcclType(DType dtype) {
@@ -286,7 +280,7 @@ StatusOr<Plan> MakePlan(const ir::Graph& graph, const std::vector<TensorMap>& in
     const ir::Node& node = *owned;
     NodePlan np;
     np.node = &node;
-    np.label = NodeLabel(node);
+    np.label = ir::NodeLabel(node);
     const auto node_error = [&](const Status& s) { return s.WithContext(np.label); };
     for (const ir::Value* v : node.operands()) {
       StatusOr<int> id = builder.Id(v);

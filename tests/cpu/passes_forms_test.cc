@@ -1,0 +1,299 @@
+// The forms real model code traces to (tests/data/forms/*.tpg): each folds to the canonical op
+// with the rounding recipe of the form, fuses at every site, and the fused graph computes the
+// same bits as the graph it replaced on the CPU oracle (T in {1, 5, 33}, several seeds). Also:
+// rejection reasons that stay true, world size 1 and local chains, the compile API.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "passes/compile.h"
+#include "passes_test_util.h"
+
+namespace tpfuse::passes::testing {
+namespace {
+
+std::string ReadForm(const std::string& name) {
+  std::ifstream in(std::string(TPFUSE_TEST_DATA_DIR) + "/forms/" + name);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  EXPECT_FALSE(ss.str().empty()) << "missing test data forms/" << name;
+  return ss.str();
+}
+
+// Every output of every rank bitwise equal, unfused against fused.
+void ExpectBitwise(const ir::Graph& unfused, const ir::Graph& fused, int world_size,
+                   const std::vector<int64_t>& tokens, const std::vector<uint64_t>& seeds) {
+  std::unique_ptr<runtime::Executor> cpu = runtime::MakeCpuExecutor(world_size);
+  for (uint64_t seed : seeds) {
+    for (int64_t t : tokens) {
+      SCOPED_TRACE("T = " + std::to_string(t) + ", seed " + std::to_string(seed));
+      StatusOr<std::vector<runtime::TensorMap>> inputs =
+          runtime::MakeRandomInputs(unfused, world_size, t, seed);
+      ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
+      StatusOr<runtime::RankOutputs> ref = cpu->Run(unfused, *inputs);
+      ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+      StatusOr<runtime::RankOutputs> got = cpu->Run(fused, *inputs);
+      ASSERT_TRUE(got.ok()) << got.status().ToString() << "\n" << Print(fused);
+      ASSERT_EQ(ref->size(), got->size());
+      for (size_t r = 0; r < ref->size(); ++r) {
+        ASSERT_EQ((*ref)[r].size(), (*got)[r].size());
+        for (size_t o = 0; o < (*ref)[r].size(); ++o) {
+          const HostTensor& a = (*ref)[r][o];
+          const HostTensor& b = (*got)[r][o];
+          ASSERT_EQ(a.nbytes(), b.nbytes()) << "output " << o;
+          const auto* pa = static_cast<const unsigned char*>(a.data());
+          const auto* pb = static_cast<const unsigned char*>(b.data());
+          size_t first = a.nbytes();
+          for (size_t i = 0; i < a.nbytes(); ++i) {
+            if (pa[i] != pb[i]) {
+              first = i;
+              break;
+            }
+          }
+          EXPECT_EQ(first, a.nbytes()) << "rank " << r << " output " << o
+                                       << " differs first at byte " << first;
+        }
+      }
+    }
+  }
+}
+
+struct FormCase {
+  std::string file;
+  int fusions = 4;
+  std::vector<std::string> rounding;  // of every fusion (sites may add scale_op_swapped)
+};
+
+std::ostream& operator<<(std::ostream& os, const FormCase& c) { return os << c.file; }
+
+class PassesChainedForms : public ::testing::TestWithParam<FormCase> {};
+
+TEST_P(PassesChainedForms, FusesEverySiteAndChangesNoBit) {
+  const FormCase& form = GetParam();
+  Compiled c = Compile(ReadForm(form.file));
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(int(c.ctx.fusions.size()), form.fusions) << DescribeReport(c.ctx) << Print(*c.after);
+  EXPECT_TRUE(c.ctx.rejections.empty()) << DescribeReport(c.ctx);
+  EXPECT_EQ(CountOp(*c.after, "all_reduce"), 0) << Print(*c.after);
+  EXPECT_EQ(CountOp(*c.after, "rsqrt"), 0) << Print(*c.after);
+  for (const FusionRecord& f : c.ctx.fusions) {
+    std::vector<std::string> names = f.spec.rounding.Names();
+    std::erase(names, "scale_op_swapped");
+    EXPECT_EQ(names, form.rounding) << f.spec.ToString();
+  }
+  ExpectBitwise(*c.before, *c.after, 2, {1, 5, 33}, {1, 7, 1234});
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Forms, PassesChainedForms,
+    ::testing::Values(FormCase{"llama_bf16.tpg", 4, {"weight_after_round"}},
+                      FormCase{"llama_f16.tpg", 4, {"weight_after_round"}},
+                      FormCase{"vllm_native_static_quant.tpg", 4,
+                               {"norm_input_f32", "weight_after_round"}},
+                      FormCase{"rank3_views.tpg", 4, {"weight_after_round"}}),
+    [](const auto& info) {
+      std::string n = info.param.file.substr(0, info.param.file.find('.'));
+      return n;
+    });
+
+TEST(PassesForms, GemmaWeightBiasInF32AndInTheWeightDtype) {
+  Compiled c = Compile(ReadForm("gemma.tpg"));
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 4u) << DescribeReport(c.ctx) << Print(*c.after);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(c.ctx.fusions[i].spec.weight_bias, 1.0f);
+    EXPECT_EQ(c.ctx.fusions[i].spec.rounding.weight_bias_in_weight_dtype, i % 2 == 1)
+        << c.ctx.fusions[i].spec.ToString();
+  }
+  EXPECT_EQ(CountOp(*c.after, "add"), 0) << Print(*c.after);
+  EXPECT_EQ(CountOp(*c.after, "cast"), 0) << Print(*c.after);
+  ExpectBitwise(*c.before, *c.after, 2, {1, 5, 33}, {1, 7, 1234});
+}
+
+TEST(PassesForms, StaticQuantDividesOrMultipliesByTheReciprocal) {
+  Compiled c = Compile(ReadForm("vllm_native_static_quant.tpg"));
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 4u) << DescribeReport(c.ctx);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(c.ctx.fusions[i].spec.quant, QuantMode::kFp8Tensor);
+    EXPECT_EQ(c.ctx.fusions[i].spec.rounding.scale_op_swapped, i % 2 == 0)
+        << c.ctx.fusions[i].spec.ToString();
+  }
+}
+
+// An inverse scale given as a parameter is not a reciprocal the fused op can take: the quant
+// stays outside, the norm fuses, and nothing changes a bit.
+TEST(PassesForms, InverseScaleParameterKeepsTheQuantOutside) {
+  Compiled c = Compile(R"(
+    func @f(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256], %inv: f32[]) {
+      %ar = all_reduce(%x)
+      %y, %h = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-6}
+      %d = mul(%y, %inv)
+      %c = clamp(%d) {min = -448, max = 448}
+      %q = cast(%c) {to = f8e4m3}
+      return %q, %h
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kNone, {"norm", "residual"}}});
+  EXPECT_GE(Counter(c.ctx, "decomposed_static_quant",
+                    "declined: the multiplier is not the reciprocal of a scale (reciprocal(s) or "
+                    "pow(s, -1)): quant_fp8 would round differently"),
+            1);
+  ExpectBitwise(*c.before, *c.after, 2, {1, 5}, {3});
+}
+
+// A norm written in bf16 throughout is not what the fused op computes: it stays, and the
+// all_reduce's rejection says what follows it.
+TEST(PassesForms, Bf16NormIsNotFoldedAndTheReasonSaysWhatFollows) {
+  Compiled c = Compile(R"(
+    func @f(%x: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %sq = pow(%ar) {exponent = 2}
+      %var = mean(%sq) {dim = -1, keepdim = true}
+      %ve = add(%var) {scalar = 1e-6}
+      %rs = rsqrt(%ve)
+      %n = mul(%ar, %rs)
+      %y = mul(%n, %g)
+      return %y
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  const std::string reason = OnlyRejection(c.ctx);
+  EXPECT_EQ(reason.find("not followed by an RMSNorm"), std::string::npos) << reason;
+  EXPECT_NE(reason.find("reaches the rsqrt %rs"), std::string::npos) << reason;
+  EXPECT_NE(reason.find("pow %sq"), std::string::npos) << reason;
+}
+
+TEST(PassesForms, NotFollowedByAnRmsNormOnlyWhenNoneFollows) {
+  Compiled c = Compile(R"(
+    func @f(%x: bf16[T, 256], %w: bf16[256, 128]) {
+      %ar = all_reduce(%x)
+      %o = matmul(%ar, %w)
+      return %o
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "all_reduce %ar is not followed by an RMSNorm (its only use is matmul %o)");
+}
+
+// Issue 8 item 5: both operands of the add are the all_reduce.
+TEST(PassesForms, AllReduceAddedToItselfIsARejection) {
+  for (const char* text : {R"(
+    func @f(%x: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y, %h = fused_add_rms_norm(%ar, %ar, %g) {eps = 1e-6}
+      return %y, %h
+    })",
+                           R"(
+    func @f(%x: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %h = add(%ar, %ar)
+      %y = rms_norm(%h, %g) {eps = 1e-6}
+      return %y, %h
+    })"}) {
+    Compiled c = Compile(text);
+    ASSERT_TRUE(c.ok()) << c.status.ToString();
+    EXPECT_NE(OnlyRejection(c.ctx).find("adds all_reduce %ar to itself"), std::string::npos)
+        << DescribeReport(c.ctx);
+    EXPECT_EQ(CountOp(*c.after, "all_reduce"), 1);
+    ExpectBitwise(*c.before, *c.after, 2, {3}, {5});
+  }
+}
+
+// ---------------------------------------------------------------- world size 1 and local chains
+
+constexpr char kTwoNorms[] = R"(
+  func @f(%emb: bf16[T, 256], %x: bf16[T, 256], %g0: bf16[256], %g1: bf16[256], %w: bf16[256, 256]) {
+    %y0 = rms_norm(%emb, %g0) {eps = 1e-6}
+    %q0, %s0 = quant_fp8(%y0) {mode = "group", group_size = 128}
+    %p = matmul(%y0, %w)
+    %ar = all_reduce(%p)
+    %h = add(%ar, %emb)
+    %y1 = rms_norm(%h, %g1) {eps = 1e-6}
+    return %q0, %s0, %y1, %h
+  }
+)";
+
+TEST(PassesForms, WorldSizeOneFusesEveryChainLocally) {
+  PassContext ctx;
+  ctx.world_size = 1;
+  ctx.fuse_local = true;
+  Compiled c = Compile(kTwoNorms, ctx);
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 2u) << DescribeReport(c.ctx) << Print(*c.after);
+  EXPECT_TRUE(c.ctx.rejections.empty()) << DescribeReport(c.ctx);
+  for (const FusionRecord& f : c.ctx.fusions) EXPECT_TRUE(f.spec.local) << f.spec.ToString();
+  EXPECT_EQ(CountOp(*c.after, "all_reduce"), 0) << Print(*c.after);
+  EXPECT_EQ(CountOp(*c.after, "allreduce_rmsnorm"), 2) << Print(*c.after);
+  ExpectBitwise(*c.before, *c.after, 1, {1, 5, 33}, {2, 9});
+}
+
+TEST(PassesForms, WorldSizeOneWithoutLocalFusionSaysSo) {
+  PassContext ctx;
+  ctx.world_size = 1;
+  Compiled c = Compile(kTwoNorms, ctx);
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c.ctx.fusions.empty());
+  EXPECT_NE(OnlyRejection(c.ctx).find("local fusion is off"), std::string::npos);
+}
+
+TEST(PassesForms, LocalChainsAtWorldSizeTwo) {
+  PassContext ctx;
+  ctx.world_size = 2;
+  ctx.fuse_local = true;
+  Compiled c = Compile(kTwoNorms, ctx);
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 2u) << DescribeReport(c.ctx);
+  EXPECT_FALSE(c.ctx.fusions[0].spec.local);  // the all_reduce's chain comes first
+  EXPECT_TRUE(c.ctx.fusions[1].spec.local);
+  EXPECT_EQ(c.ctx.fusions[1].anchor, "emb");
+  EXPECT_EQ(c.ctx.fusions[1].spec.quant, QuantMode::kFp8Group);
+  ExpectBitwise(*c.before, *c.after, 2, {1, 5, 33}, {4});
+}
+
+// ---------------------------------------------------------------- the compile API
+
+TEST(PassesCompileApi, TextInTextAndReportOut) {
+  CompileOptions options;
+  options.world_size = 2;
+  StatusOr<CompileResult> r = CompileModuleText(ReadForm("vllm_native_static_quant.tpg"), options,
+                                                "vllm.tpg");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_NE(r->text.find("allreduce_rmsnorm"), std::string::npos);
+  const nlohmann::json j = nlohmann::json::parse(r->json);
+  EXPECT_EQ(j["source"], "vllm.tpg");
+  ASSERT_EQ(j["fusions"].size(), 4u);
+  EXPECT_EQ(j["fusions"][0]["rounding"],
+            nlohmann::json({"norm_input_f32", "weight_after_round", "scale_op_swapped"}));
+  EXPECT_EQ(j["fusions"][1]["rounding"],
+            nlohmann::json({"norm_input_f32", "weight_after_round"}));
+  EXPECT_EQ(j["rejections"].size(), 0u);
+
+  StatusOr<CompileResult> bad = CompileModuleText("func @f(", options, "bad.tpg");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("bad.tpg:1:"), std::string::npos)
+      << bad.status().message();
+  options.world_size = 0;
+  EXPECT_FALSE(CompileModuleText(ReadForm("gemma.tpg"), options).ok());
+}
+
+TEST(PassesCompileApi, FuseLocalFollowsTheWorldSize) {
+  CompileOptions options;
+  options.world_size = 1;
+  EXPECT_TRUE(options.FusesLocal());
+  options.world_size = 2;
+  EXPECT_FALSE(options.FusesLocal());
+  options.fuse_local = FuseLocal::kOn;
+  EXPECT_TRUE(options.FusesLocal());
+  options.world_size = 1;
+  options.fuse_local = FuseLocal::kOff;
+  EXPECT_FALSE(options.FusesLocal());
+  EXPECT_FALSE(ParseFuseLocal("sometimes").ok());
+}
+
+}  // namespace
+}  // namespace tpfuse::passes::testing
