@@ -1,5 +1,5 @@
 // canonicalize: rewrites the forms a model graph arrives in (DESIGN.md Contract 2: decomposed
-// RMSNorm and static quant, either order of add, no-op views) into the canonical ops, so that
+// RMSNorm, static and dynamic quant, either order of add, no-op views) into the canonical ops, so that
 // fuse_allreduce_epilogue matches one form: all_reduce -> [fused_add_]rms_norm -> quant_fp8.
 //
 // Every rewrite here is value-preserving except where a comment says how the numerics move.
@@ -401,6 +401,15 @@ struct DecomposedStaticQuant final : TypedPattern<ir::StaticQuantForm> {
 //   s = div(clamp(amax(abs(d), dim = -1, keepdim), min = 1e-10)) {scalar = 448}
 //       [-> log2 -> ceil -> exp2]                                             (UE8M0)
 //   q = cast(clamp(div(d, s) | mul(d, reciprocal(s)), +-448), f8e4m3)
+//   ->  q, s = quant_fp8(y) {mode = "token" | "group", group_size, [scale_fmt = "ue8m0"]}
+//
+// Numerics: exact. quant_fp8 computes s = max(amax, 1e-10f) / 448 (the IEEE quotient) and
+// y / s, or y * (1/s) with the reciprocal once in f32 (rounding scale_op_swapped). UE8M0's
+// exp2(ceil(log2(s))) is its round-up to a power of two for every s a bf16 or f16 activation
+// gives: such an s is a power of two exactly or lies >= 1/1792 (relative) from one, so no f32
+// log2 rounds it onto an integer (checked exhaustively on the oracle's ops by the canonicalize
+// tests, on torch's CPU ops by python/tests/test_ue8m0_torch.py). amax * (1/448) does not fold:
+// f32(1/448) is not 1/448.
 struct DynamicQuantMatch {
   ir::Node* cast = nullptr;       // the cast to f8e4m3
   ir::Node* clamp = nullptr;      // null when absent
