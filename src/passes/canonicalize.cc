@@ -505,7 +505,8 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
       s = log2->operand(0);
     }
     ir::Node* step = s->producer();
-    ir::Node* floor = step ? ProducedBy(step->operand(0), "clamp") : nullptr;
+    if (step == nullptr || step->num_operands() != 1) return std::nullopt;
+    ir::Node* floor = ProducedBy(step->operand(0), "clamp");
     ir::Node* amax = floor ? ProducedBy(floor->operand(0), "amax") : nullptr;
     ir::Node* abs = amax ? ProducedBy(amax->operand(0), "abs") : nullptr;
     if (abs == nullptr || abs->operand(0) != d) return std::nullopt;
@@ -575,7 +576,13 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
   Status Rewrite(const DynamicQuantMatch& m, Rewriter& rw) const override {
     const std::string q_name = m.cast->result()->name();
     const std::string s_name = m.s->name();
-    rw.SetInsertionPointBefore(m.cast);
+    // Before the first use of q or s: the graph may use s (a view for the GEMM) before q.
+    const ir::Graph& graph = *m.cast->graph();
+    ir::Node* first = m.cast;
+    for (const ir::Use& u : m.s->uses()) {
+      if (!u.is_return() && graph.IndexOf(u.user) < graph.IndexOf(first)) first = u.user;
+    }
+    rw.SetInsertionPointBefore(first);
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * quant,
                             rw.Create("quant_fp8", {m.y}, Attrs(m), {q_name, s_name}));
     ir::Value* q = quant->result(0);

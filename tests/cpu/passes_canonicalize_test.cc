@@ -256,7 +256,8 @@ TEST(PassesCanonicalize, DynamicTokenQuantFoldsToQuantFp8) {
 }
 
 // Per group of 128 with UE8M0 scales: the view to [T, H/g, g] before or after the cast; the
-// views of q and s back to [T, H] and [T, H/g] cancel the ones the rewrite adds.
+// views of q and s back to [T, H] and [T, H/g] cancel the ones the rewrite adds. The graph
+// views s before it computes q: quant_fp8 goes before that first use.
 TEST(PassesCanonicalize, DynamicGroupQuantUe8m0FoldsToQuantFp8) {
   Compiled c = Canonicalize(R"(
     func @f(%a: bf16[T, 256]) {
@@ -269,11 +270,11 @@ TEST(PassesCanonicalize, DynamicGroupQuantUe8m0FoldsToQuantFp8) {
       %lg = log2(%s0)
       %ce = ceil(%lg)
       %s = exp2(%ce)
+      %s2 = view(%s) {shape = [T, 2]}
       %dq = div(%d, %s)
       %c = clamp(%dq) {min = -448, max = 448}
       %q3 = cast(%c) {to = f8e4m3}
       %q = view(%q3) {shape = [T, 256]}
-      %s2 = view(%s) {shape = [T, 2]}
       return %q, %s2
     }
   )");
