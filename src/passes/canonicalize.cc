@@ -1,8 +1,9 @@
 // canonicalize: rewrites the forms a model graph arrives in (DESIGN.md Contract 2: decomposed
-// RMSNorm and static quant, either order of add, no-op views) into the canonical ops, so that
+// RMSNorm, static and dynamic quant, either order of add, no-op views) into the canonical ops, so that
 // fuse_allreduce_epilogue matches one form: all_reduce -> [fused_add_]rms_norm -> quant_fp8.
 //
 // Every rewrite here is value-preserving except where a comment says how the numerics move.
+#include <algorithm>
 #include <cmath>
 
 #include "ir/ops.h"
@@ -393,6 +394,220 @@ struct DecomposedStaticQuant final : TypedPattern<ir::StaticQuantForm> {
   }
 };
 
+// ---------------------------------------------------------------- dynamic FP8 quant
+
+// The per-token or per-group FP8 quantization written in torch ops (vLLM's and DeepSeek's
+// reference forms), with d = cast(y, f32) ([T, H], token) or view(d, [T, H/g, g]) (group):
+//   s = div(clamp(amax(abs(d), dim = -1, keepdim), min = 1e-10)) {scalar = 448}
+//       [-> log2 -> ceil -> exp2]                                             (UE8M0)
+//   q = cast(clamp(div(d, s) | mul(d, reciprocal(s)), +-448), f8e4m3)
+//   ->  q, s = quant_fp8(y) {mode = "token" | "group", group_size, [scale_fmt = "ue8m0"]}
+//
+// Numerics: exact. quant_fp8 computes s = max(amax, 1e-10f) / 448 (the IEEE quotient) and
+// y / s, or y * (1/s) with the reciprocal once in f32 (rounding scale_op_swapped). UE8M0's
+// exp2(ceil(log2(s))) is its round-up to a power of two for every s a bf16 or f16 activation
+// gives: such an s is a power of two exactly or lies >= 1/1792 (relative) from one, so no f32
+// log2 rounds it onto an integer (checked exhaustively on the oracle's ops by the canonicalize
+// tests, on torch's CPU ops by python/tests/test_ue8m0_torch.py). amax * (1/448) does not fold:
+// f32(1/448) is not 1/448.
+struct DynamicQuantMatch {
+  ir::Node* cast = nullptr;       // the cast to f8e4m3
+  ir::Node* clamp = nullptr;      // null when absent
+  ir::Node* scale_op = nullptr;   // div(d, s) or mul(d, inv)
+  ir::Node* inv = nullptr;        // reciprocal(s) / pow(s, -1) (mul form)
+  ir::Node* group_view = nullptr; // view(., [T, H/g, g]) (group form)
+  ir::Value* y = nullptr;         // [T, H], bf16 or f16
+  ir::Value* s = nullptr;         // the scale the graph uses: [T, 1] or [T, H/g, 1]
+  std::vector<ir::Node*> scale_chain;  // abs .. s's producer, producers first
+  std::vector<ir::Node*> absorbed;     // d's cast and view, erased if they end unused
+  int64_t group = 0;              // 0: per token
+  bool ue8m0 = false;
+  bool multiplies = false;
+};
+
+// The cast / view between y and the dividend d: a widening cast, and for the group form one
+// view [T, H] -> [T, H/g, g], in either order.
+bool PeelDividend(ir::Value* d, DynamicQuantMatch& m) {
+  ir::Value* v = d;
+  bool cast_seen = false;
+  for (int hop = 0; hop < 2; ++hop) {
+    ir::Node* p = v->producer();
+    if (p == nullptr) break;
+    if (!cast_seen && IsWideningCast(p)) {
+      cast_seen = true;
+    } else if (m.group_view == nullptr && p->op() == "view" && v->type().rank() == 3 &&
+               p->operand(0)->type().rank() == 2) {
+      m.group_view = p;
+    } else {
+      break;
+    }
+    m.absorbed.push_back(p);
+    v = p->operand(0);
+  }
+  if (!cast_seen || v->type().rank() != 2) return false;
+  if (m.group_view == nullptr) {
+    if (d->type().rank() != 2) return false;
+  } else {
+    const ir::TensorType& g = m.group_view->result()->type();
+    const ir::Dim& hidden = v->shape()[1];
+    if (!hidden.is_const() || !g.shape[2].is_const() || !g.shape[1].is_const() ||
+        !(g.shape[0] == v->shape()[0]) || g.shape[1].value * g.shape[2].value != hidden.value)
+      return false;
+    m.group = g.shape[2].value;
+  }
+  m.y = v;
+  return true;
+}
+
+struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
+  std::string_view name() const override { return "decomposed_dynamic_quant"; }
+  int benefit() const override { return 10; }
+
+  std::optional<DynamicQuantMatch> Match(ir::Node* root, MatchNotes& notes) const override {
+    if (root->op() != "cast" || TextAttr(root, "to") != "f8e4m3") return std::nullopt;
+    DynamicQuantMatch m;
+    m.cast = root;
+    ir::Value* v = root->operand(0);
+    if (ir::Node* clamp = ProducedBy(v, "clamp")) {
+      m.clamp = clamp;
+      v = clamp->operand(0);
+    }
+    ir::Node* op = v->producer();
+    if (op == nullptr || op->num_operands() != 2 || (op->op() != "div" && op->op() != "mul"))
+      return std::nullopt;
+    m.scale_op = op;
+    ir::Value* d = op->operand(0);
+    if (op->op() == "div") {
+      m.s = op->operand(1);
+    } else {
+      m.multiplies = true;
+      for (int i : {0, 1}) {
+        const ir::Value* s = ir::ReciprocalOf(op->operand(i));
+        if (s != nullptr && op->operand(i)->producer() != nullptr &&
+            op->operand(i)->type().rank() >= 2) {
+          m.inv = op->operand(i)->producer();
+          m.s = const_cast<ir::Value*>(s);
+          d = op->operand(1 - i);
+        }
+      }
+      if (m.s == nullptr) return std::nullopt;
+    }
+    // A rank-0 scale is the static form's.
+    if (m.s->type().rank() < 2 || !PeelDividend(d, m)) return std::nullopt;
+    // The scale: [exp2(ceil(log2(.)))] of div(clamp(amax(abs(d))), 448).
+    ir::Value* s = m.s;
+    if (ir::Node* exp2 = ProducedBy(s, "exp2")) {
+      ir::Node* ceil = ProducedBy(exp2->operand(0), "ceil");
+      ir::Node* log2 = ceil ? ProducedBy(ceil->operand(0), "log2") : nullptr;
+      if (log2 == nullptr) return std::nullopt;
+      m.ue8m0 = true;
+      m.scale_chain = {log2, ceil, exp2};
+      s = log2->operand(0);
+    }
+    ir::Node* step = s->producer();
+    if (step == nullptr || step->num_operands() != 1) return std::nullopt;
+    ir::Node* floor = ProducedBy(step->operand(0), "clamp");
+    ir::Node* amax = floor ? ProducedBy(floor->operand(0), "amax") : nullptr;
+    ir::Node* abs = amax ? ProducedBy(amax->operand(0), "abs") : nullptr;
+    if (abs == nullptr || abs->operand(0) != d) return std::nullopt;
+    // From here the shape is the dynamic quant's: say why it does not fold.
+    if (NumberAttr(amax, "dim", -1.0) != -1.0 || BoolAttr(amax, "keepdim", false) != true) {
+      notes.Decline("the amax is not over the last dim with keepdim");
+      return std::nullopt;
+    }
+    if (NumberAttr(floor, "min") != 1e-10 || floor->attr("max") != nullptr) {
+      notes.Decline("the amax floor is not clamp(min = 1e-10), the fused quant's");
+      return std::nullopt;
+    }
+    if (step->op() == "mul" && ScalarOperand(step)) {
+      // NOTE: amax * f32(1/448) is not amax / 448 for every amax (f32(1/448) is not 1/448),
+      // and the fused op divides (QuotientByReciprocal is the IEEE quotient).
+      notes.Decline("the scale is amax * (1/448): the fused quant divides amax / 448, which "
+                    "rounds differently for some amax");
+      return std::nullopt;
+    }
+    if (step->op() != "div" || ScalarOperand(step) != 448.0) {
+      notes.Decline("the scale is not amax / 448");
+      return std::nullopt;
+    }
+    if (m.clamp && (NumberAttr(m.clamp, "min") != -448.0 || NumberAttr(m.clamp, "max") != 448.0)) {
+      notes.Decline("the clamp bounds are not the FP8 e4m3 range +-448");
+      return std::nullopt;
+    }
+    m.scale_chain.insert(m.scale_chain.begin(), {abs, amax, floor, step});
+    // Every link but the last feeds only the next; the scale itself may have any uses.
+    for (size_t k = 0; k + 1 < m.scale_chain.size(); ++k) {
+      if (!SoleUser(m.scale_chain[k]->result(), m.scale_chain[k + 1])) {
+        notes.Decline("an intermediate value of the scale has other uses");
+        return std::nullopt;
+      }
+    }
+    std::vector<ir::Node*> q_chain = {m.scale_op};
+    if (m.clamp) q_chain.push_back(m.clamp);
+    q_chain.push_back(root);
+    for (size_t k = 0; k + 1 < q_chain.size(); ++k) {
+      if (!SoleUser(q_chain[k]->result(), q_chain[k + 1])) {
+        notes.Decline("an intermediate value has other uses");
+        return std::nullopt;
+      }
+    }
+    if (m.inv && !SoleUser(m.inv->result(), m.scale_op)) {
+      notes.Decline("the reciprocal of the scale has other uses");
+      return std::nullopt;
+    }
+    StatusOr<std::vector<ir::TensorType>> inferred =
+        ir::InferResultTypes("quant_fp8", {m.y->type()}, Attrs(m));
+    if (!inferred.ok() || inferred->size() != 2) {
+      notes.Decline("quant_fp8 does not take this input");
+      return std::nullopt;
+    }
+    return m;
+  }
+
+  static ir::AttrMap Attrs(const DynamicQuantMatch& m) {
+    ir::AttrMap attrs = {{"mode", ir::Attr::Str(m.group ? "group" : "token")}};
+    if (m.group) attrs["group_size"] = ir::Attr::Int(m.group);
+    if (m.ue8m0) attrs["scale_fmt"] = ir::Attr::Str("ue8m0");
+    RoundingRecipe rounding;
+    rounding.scale_op_swapped = m.multiplies;
+    return ir::WithRounding(std::move(attrs), rounding);
+  }
+
+  Status Rewrite(const DynamicQuantMatch& m, Rewriter& rw) const override {
+    const std::string q_name = m.cast->result()->name();
+    const std::string s_name = m.s->name();
+    // Before the first use of q or s: the graph may use s (a view for the GEMM) before q.
+    const ir::Graph& graph = *m.cast->graph();
+    ir::Node* first = m.cast;
+    for (const ir::Use& u : m.s->uses()) {
+      if (!u.is_return() && graph.IndexOf(u.user) < graph.IndexOf(first)) first = u.user;
+    }
+    rw.SetInsertionPointBefore(first);
+    TPFUSE_ASSIGN_OR_RETURN(ir::Node * quant,
+                            rw.Create("quant_fp8", {m.y}, Attrs(m), {q_name, s_name}));
+    ir::Value* q = quant->result(0);
+    ir::Value* s = quant->result(1);
+    if (m.group_view) {
+      // [T, H] -> [T, H/g, g] and [T, H/g] -> [T, H/g, 1]: the shapes the graph computed in.
+      ir::AttrMap q_shape = m.group_view->attrs();
+      ir::AttrMap s_shape = q_shape;
+      s_shape["shape"].list.back() = ir::Attr::Int(1);
+      TPFUSE_ASSIGN_OR_RETURN(ir::Node * qv, rw.Create("view", {q}, q_shape, {q_name + "_g"}));
+      TPFUSE_ASSIGN_OR_RETURN(ir::Node * sv, rw.Create("view", {s}, s_shape, {s_name + "_g"}));
+      q = qv->result();
+      s = sv->result();
+    }
+    rw.ReplaceAllUsesWith(m.cast->result(), q);
+    rw.ReplaceAllUsesWith(m.s, s);
+    std::vector<ir::Node*> dead = {m.cast, m.clamp, m.scale_op, m.inv};
+    dead.insert(dead.end(), m.scale_chain.rbegin(), m.scale_chain.rend());
+    dead.insert(dead.end(), m.absorbed.begin(), m.absorbed.end());
+    dead.erase(std::remove(dead.begin(), dead.end(), nullptr), dead.end());
+    TPFUSE_RETURN_IF_ERROR(rw.EraseDead(dead));
+    return rw.RestoreNames(quant, {q_name, s_name}).status();
+  }
+};
+
 // ---------------------------------------------------------------- add operand order
 
 // How strongly a value is "the activation" of an add: the all_reduce result (through views)
@@ -404,12 +619,17 @@ int ActivationRank(const ir::Value* v) {
 }
 
 // add(%res, %ar) -> add(%ar, %res): the all_reduce-derived operand first
+// fused_add_rms_norm(%res, %ar, %w) -> fused_add_rms_norm(%ar, %res, %w)
+//
+// The one home of add operand order: fuse_allreduce_epilogue finds the all_reduce as x only.
+// Numerics: exact. The sum is commutative (x + residual is one f32 add, then rounded).
 struct AddOperandOrder final : Pattern {
   std::string_view name() const override { return "add_operand_order"; }
   int benefit() const override { return 5; }
 
   StatusOr<bool> MatchAndRewrite(ir::Node* root, Rewriter& rw, MatchNotes&) const override {
-    if (root->op() != "add" || root->num_operands() != 2 || root->attr("scalar")) return false;
+    const bool add = root->op() == "add" && root->num_operands() == 2 && !root->attr("scalar");
+    if (!add && root->kind() != ir::OpKind::kFusedAddRmsNorm) return false;
     ir::Value* a = root->operand(0);
     ir::Value* b = root->operand(1);
     // Only same-typed operands: broadcasting adds keep the order the op defines.
@@ -588,6 +808,7 @@ class CanonicalizePass final : public Pass {
   CanonicalizePass() {
     patterns_.push_back(std::make_unique<DecomposedRmsNorm>());
     patterns_.push_back(std::make_unique<DecomposedStaticQuant>());
+    patterns_.push_back(std::make_unique<DecomposedDynamicQuant>());
     patterns_.push_back(std::make_unique<NoOpView>());
     patterns_.push_back(std::make_unique<ViewOfView>());
     patterns_.push_back(std::make_unique<ViewBeforeAllReduce>());

@@ -133,7 +133,7 @@ Chain MakeChain(ir::Node* anchor, ir::Node* norm, bool local) {
   if (norm->kind() == ir::OpKind::kRmsNorm) {
     c.w = norm->operand(1);
   } else {
-    c.residual = norm->operand(0) == c.a ? norm->operand(1) : norm->operand(0);
+    c.residual = norm->operand(1);
     c.w = norm->operand(2);
     c.residual_out = norm->result(1);
   }
@@ -141,8 +141,8 @@ Chain MakeChain(ir::Node* anchor, ir::Node* norm, bool local) {
   return c;
 }
 
-// The norm that reads the anchor: the first in program order, as x (or, since the add is
-// commutative, as fused_add_rms_norm's residual when the other operand is not an all_reduce).
+// The norm that reads the anchor as x: the first in program order. (canonicalize puts the
+// all_reduce-derived operand of an add or fused_add_rms_norm first.)
 std::optional<Chain> FindChain(ir::Node* anchor, bool local) {
   const ir::Graph& graph = *anchor->graph();
   ir::Value* a = anchor->result();
@@ -150,10 +150,7 @@ std::optional<Chain> FindChain(ir::Node* anchor, bool local) {
   int best_index = 0;
   for (const ir::Use& u : a->uses()) {
     if (u.is_return()) continue;
-    const bool fused_add = u.user->kind() == ir::OpKind::kFusedAddRmsNorm;
-    const bool as_x = u.index == 0 && IsNorm(u.user);
-    const bool as_residual = fused_add && u.index == 1 && u.user->operand(0) != a;
-    if (!as_x && !as_residual) continue;
+    if (u.index != 0 || !IsNorm(u.user)) continue;
     const int index = graph.IndexOf(u.user);
     if (best == nullptr || index < best_index) {
       best = u.user;

@@ -72,7 +72,9 @@ class PassManager {
 };
 
 // Rewrites the decomposed and variant forms of Contract 2 into canonical ops: decomposed
-// RMSNorm -> rms_norm, static quant -> quant_fp8 mode tensor, add operand order, no-op views,
+// RMSNorm -> rms_norm, static quant -> quant_fp8 mode tensor, dynamic per-token / per-group
+// quant (f32 or UE8M0 scales) -> quant_fp8 mode token / group, add operand order (add and
+// fused_add_rms_norm: the all_reduce-derived operand first), no-op views,
 // add + rms_norm -> fused_add_rms_norm.
 std::unique_ptr<Pass> MakeCanonicalizePass();
 // Starts at every all_reduce and absorbs the add / norm / quant chain after it into one

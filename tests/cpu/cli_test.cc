@@ -279,6 +279,23 @@ TEST_F(CliTest, RunExactComparesBitwise) {
   EXPECT_TRUE(Contains(help.out, "--exact")) << help.out;
 }
 
+// The chained graphs of the dynamic FP8 quant written in torch ops: every site fuses and the
+// fused graph computes the unfused graph's bits.
+TEST_F(CliTest, RunExactOnTheDynamicQuantForms) {
+  for (const char* file : {"dynamic_token_quant.tpg", "dynamic_group_quant.tpg"}) {
+    const std::string path = std::string(TPFUSE_TEST_DATA_DIR) + "/forms/" + file;
+    for (int tokens : {1, 5, 33}) {
+      for (int seed : {1, 7}) {
+        const std::string args = "run " + path + " --exact --tokens " + std::to_string(tokens) +
+                                 " --seed " + std::to_string(seed);
+        const CliResult r = RunCli(args);
+        EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.out << r.err;
+        EXPECT_TRUE(Contains(r.out, "bitwise equal")) << args << "\n" << r.out;
+      }
+    }
+  }
+}
+
 TEST_F(CliTest, RunRefusesAnOpaqueOpNamingIt) {
   const std::string path = TempPath("opaque.tpg");
   WriteFile(path,

@@ -4,8 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
+#include "backends/cpu/reference_ops.h"
+#include "common/numerics.h"
 #include "passes_test_util.h"
 
 namespace tpfuse::passes::testing {
@@ -216,7 +219,177 @@ TEST(PassesCanonicalize, StaticQuantsKeepTheirScaleStep) {
   ExpectSameOutputs(c);
 }
 
+// ---------------------------------------------------------------- dynamic FP8 quant
+
+// The per-token quant in torch ops, with the two scale steps: y / s and y * s.reciprocal().
+TEST(PassesCanonicalize, DynamicTokenQuantFoldsToQuantFp8) {
+  Compiled c = Canonicalize(R"(
+    func @f(%a: bf16[T, 256], %b: bf16[T, 256]) {
+      %af = cast(%a) {to = f32}
+      %aa = abs(%af)
+      %am = amax(%aa) {dim = -1, keepdim = true}
+      %ac = clamp(%am) {min = 1e-10}
+      %sa = div(%ac) {scalar = 448}
+      %da = div(%af, %sa)
+      %ca = clamp(%da) {min = -448, max = 448}
+      %qa = cast(%ca) {to = f8e4m3}
+      %bf = cast(%b) {to = f32}
+      %ba = abs(%bf)
+      %bm = amax(%ba) {dim = -1, keepdim = true}
+      %bc = clamp(%bm) {min = 1e-10}
+      %sb = div(%bc) {scalar = 448}
+      %ib = reciprocal(%sb)
+      %db = mul(%bf, %ib)
+      %qb = cast(%db) {to = f8e4m3}
+      return %qa, %sa, %qb, %sb
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant", "applied"), 2);
+  FileCheck(Print(*c.after), R"(
+    CHECK: %qa, %sa = quant_fp8(%a) {mode = "token"}
+    CHECK: %qb, %sb = quant_fp8(%b) {mode = "token", rounding = ["scale_op_swapped"]}
+    CHECK: return %qa, %sa, %qb, %sb
+  )");
+  EXPECT_EQ(c.after->num_nodes(), 2) << Print(*c.after);
+  ExpectSameOutputs(c);
+}
+
+// Per group of 128 with UE8M0 scales: the view to [T, H/g, g] before or after the cast; the
+// views of q and s back to [T, H] and [T, H/g] cancel the ones the rewrite adds. The graph
+// views s before it computes q: quant_fp8 goes before that first use.
+TEST(PassesCanonicalize, DynamicGroupQuantUe8m0FoldsToQuantFp8) {
+  Compiled c = Canonicalize(R"(
+    func @f(%a: bf16[T, 256]) {
+      %av = view(%a) {shape = [T, 2, 128]}
+      %d = cast(%av) {to = f32}
+      %ab = abs(%d)
+      %am = amax(%ab) {dim = -1, keepdim = true}
+      %ac = clamp(%am) {min = 1e-10}
+      %s0 = div(%ac) {scalar = 448}
+      %lg = log2(%s0)
+      %ce = ceil(%lg)
+      %s = exp2(%ce)
+      %s2 = view(%s) {shape = [T, 2]}
+      %dq = div(%d, %s)
+      %c = clamp(%dq) {min = -448, max = 448}
+      %q3 = cast(%c) {to = f8e4m3}
+      %q = view(%q3) {shape = [T, 256]}
+      return %q, %s2
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant", "applied"), 1);
+  FileCheck(Print(*c.after), R"(
+    CHECK: = quant_fp8(%a) {group_size = 128, mode = "group", scale_fmt = "ue8m0"}
+  )");
+  EXPECT_EQ(c.after->num_nodes(), 1) << Print(*c.after);
+  ExpectSameOutputs(c);
+}
+
+// A per-token quant whose scale step is `text` (what follows `%ac` = clamp(amax, 1e-10)).
+std::string DynamicQuantWithScale(const std::string& scale_defs) {
+  return "func @f(%a: bf16[T, 256]) {\n"
+         "  %af = cast(%a) {to = f32}\n"
+         "  %aa = abs(%af)\n"
+         "  %am = amax(%aa) {dim = -1, keepdim = true}\n" +
+         scale_defs +
+         "  %da = div(%af, %s)\n"
+         "  %ca = clamp(%da) {min = -448, max = 448}\n"
+         "  %qa = cast(%ca) {to = f8e4m3}\n"
+         "  return %qa, %s\n"
+         "}\n";
+}
+
+// amax * (1/448) does not fold: the fused quant computes the IEEE quotient amax / 448, and the
+// f32 constant 1/448 is not 1/448, so the two scales differ for some amax (found below).
+TEST(PassesCanonicalize, DynamicQuantDeclinesAScaleTimesTheReciprocalOf448) {
+  Compiled c = Canonicalize(DynamicQuantWithScale(
+      "  %ac = clamp(%am) {min = 1e-10}\n"
+      "  %s = mul(%ac) {scalar = 0.002232142857142857}\n"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant",
+                    "declined: the scale is amax * (1/448): the fused quant divides amax / 448, "
+                    "which rounds differently for some amax"),
+            1)
+      << DescribeReport(c.ctx);
+  EXPECT_EQ(CountOp(*c.after, "quant_fp8"), 0);
+  EXPECT_EQ(CountOp(*c.after, "amax"), 1);
+  // The reason is true: some bf16 amax gives another scale.
+  int differ = 0;
+  for (uint32_t bits = 0; bits < 0x7F80; ++bits) {
+    const float amax = std::fmax(Bf16ToFloat(uint16_t(bits)), 1e-10f);
+    differ += amax / 448.0f != amax * float(1.0 / 448.0);
+  }
+  EXPECT_GT(differ, 0);
+}
+
+TEST(PassesCanonicalize, DynamicQuantDeclinesAnotherAmaxFloor) {
+  Compiled c = Canonicalize(DynamicQuantWithScale(
+      "  %ac = clamp(%am) {min = 1e-12}\n"
+      "  %s = div(%ac) {scalar = 448}\n"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant",
+                    "declined: the amax floor is not clamp(min = 1e-10), the fused quant's"),
+            1)
+      << DescribeReport(c.ctx);
+  EXPECT_EQ(CountOp(*c.after, "quant_fp8"), 0);
+}
+
+TEST(PassesCanonicalize, DynamicQuantDeclinesAnotherDivisor) {
+  Compiled c = Canonicalize(DynamicQuantWithScale(
+      "  %ac = clamp(%am) {min = 1e-10}\n"
+      "  %s = div(%ac) {scalar = 127}\n"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant", "declined: the scale is not amax / 448"), 1)
+      << DescribeReport(c.ctx);
+  EXPECT_EQ(CountOp(*c.after, "quant_fp8"), 0);
+}
+
+// UE8M0 written as exp2(ceil(log2(s))) is the kernels' bitwise round-up to a power of two for
+// every scale s = max(amax, 1e-10) / 448 that a bf16 or f16 activation gives (all of them,
+// checked here on the oracle's ops). Why it holds: amax = M * 2^e with M < 2^11, so s is a power
+// of two exactly when M / 7 is, and otherwise lies at least 1/1792 (relative) away from one:
+// log2(s) is then >= 5e-4 from an integer, far more than any f32 log2 error at |log2(s)| < 150,
+// and at an exact power of two log2 returns the integer. torch's CPU log2 / exp2 agree on the
+// same exhaustive set (python/tests/test_ue8m0_torch.py).
+TEST(PassesCanonicalize, Ue8m0AsExp2CeilLog2IsTheKernelsRoundUp) {
+  for (DType dtype : {DType::kBF16, DType::kF16}) {
+    HostTensor amax(DType::kF32, {0x10000});
+    int64_t n = 0;
+    for (uint32_t bits = 0; bits < 0x10000; ++bits) {
+      const float v = dtype == DType::kBF16 ? Bf16ToFloat(uint16_t(bits)) : F16ToFloat(uint16_t(bits));
+      if (std::isfinite(v) && v >= 0.0f) amax.SetF32(n++, std::fmax(v, 1e-10f));
+    }
+    HostTensor s = cpu::BinaryScalar(cpu::BinaryOp::kDiv, amax, 448.0f, DType::kF32);
+    HostTensor p = cpu::Unary(
+        cpu::UnaryOp::kExp2,
+        cpu::Unary(cpu::UnaryOp::kCeil, cpu::Unary(cpu::UnaryOp::kLog2, s, DType::kF32), DType::kF32),
+        DType::kF32);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(p.GetF32(i), RoundUpToPowerOfTwo(s.GetF32(i)))
+          << DTypeName(dtype) << " amax " << amax.GetF32(i);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- add order and views
+
+// fused_add_rms_norm(%res, %ar, %g) -> fused_add_rms_norm(%ar, %res, %g): the add order's one
+// home is here, and the fusion looks for the all_reduce as x only.
+TEST(PassesCanonicalize, FusedAddRmsNormOperandOrder) {
+  Compiled c = Canonicalize(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y, %r = fused_add_rms_norm(%res, %ar, %g) {eps = 1e-6}
+      return %y, %r
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "add_operand_order", "applied"), 1);
+  FileCheck(Print(*c.after), "CHECK: %y, %r = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-06}");
+  ExpectSameOutputs(c);
+}
 
 TEST(PassesCanonicalize, SwappedAddOperands) {
   Compiled c = Compile(R"(

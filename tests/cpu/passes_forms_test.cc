@@ -92,11 +92,49 @@ INSTANTIATE_TEST_SUITE_P(
                       FormCase{"llama_f16.tpg", 4, {"weight_after_round"}},
                       FormCase{"vllm_native_static_quant.tpg", 4,
                                {"norm_input_f32", "weight_after_round"}},
-                      FormCase{"rank3_views.tpg", 4, {"weight_after_round"}}),
+                      FormCase{"rank3_views.tpg", 4, {"weight_after_round"}},
+                      FormCase{"dynamic_token_quant.tpg", 4, {"weight_after_round"}},
+                      FormCase{"dynamic_group_quant.tpg", 4, {"weight_after_round"}}),
     [](const auto& info) {
       std::string n = info.param.file.substr(0, info.param.file.find('.'));
       return n;
     });
+
+// The dynamic quants written in torch ops: each site's mode, scale format and scale step
+// (y / s is the dynamic modes' default, y * s.reciprocal() swaps it), and nothing of the
+// written-out quant left (abs, amax, log2, the views of q and s).
+TEST(PassesForms, DynamicQuantsKeepTheirModeFormatAndScaleStep) {
+  struct Site {
+    bool ue8m0;
+    bool swapped;
+  };
+  const struct {
+    std::string file;
+    QuantMode mode;
+    std::vector<Site> sites;
+  } cases[] = {
+      {"dynamic_token_quant.tpg", QuantMode::kFp8Token,
+       {{false, false}, {false, true}, {true, false}, {true, true}}},
+      {"dynamic_group_quant.tpg", QuantMode::kFp8Group,
+       {{false, false}, {false, false}, {true, true}, {true, true}}},
+  };
+  for (const auto& form : cases) {
+    SCOPED_TRACE(form.file);
+    Compiled c = Compile(ReadForm(form.file));
+    ASSERT_TRUE(c.ok());
+    ASSERT_EQ(c.ctx.fusions.size(), 4u) << DescribeReport(c.ctx) << Print(*c.after);
+    for (size_t i = 0; i < 4; ++i) {
+      const AllreduceRmsnormSpec& spec = c.ctx.fusions[i].spec;
+      EXPECT_EQ(spec.quant, form.mode) << spec.ToString();
+      if (form.mode == QuantMode::kFp8Group) EXPECT_EQ(spec.group_size, 128);
+      EXPECT_EQ(spec.scale_layout, ScaleLayout::kRow);
+      EXPECT_EQ(spec.scale_fmt == ScaleFormat::kUe8m0, form.sites[i].ue8m0) << spec.ToString();
+      EXPECT_EQ(spec.rounding.scale_op_swapped, form.sites[i].swapped) << spec.ToString();
+    }
+    for (const char* op : {"abs", "amax", "log2", "exp2", "reciprocal", "view", "cast", "clamp"})
+      EXPECT_EQ(CountOp(*c.after, op), 0) << op << "\n" << Print(*c.after);
+  }
+}
 
 TEST(PassesForms, GemmaWeightBiasInF32AndInTheWeightDtype) {
   Compiled c = Compile(ReadForm("gemma.tpg"));
