@@ -324,6 +324,39 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
   }
 };
 
+// ---------------------------------------------------------------- clamp pairs
+
+// clamp(clamp(%x) {min = a}) {max = b} -> clamp(%x) {min = a, max = b}   (either order)
+//
+// torch's clamp(x, a, b) reaches a post-grad graph as clamp_min then clamp_max; the quant forms
+// read one clamp. Numerics: exact for a <= b: max(min(x, b), a) = min(max(x, a), b) = clamp,
+// NaN stays NaN either way, and a clamp keeps its operand's type, so nothing rounds between.
+struct ClampPair final : Pattern {
+  std::string_view name() const override { return "clamp_pair"; }
+  int benefit() const override { return 11; }
+
+  StatusOr<bool> MatchAndRewrite(ir::Node* root, Rewriter& rw, MatchNotes&) const override {
+    if (root->kind() != ir::OpKind::kClamp) return false;
+    ir::Node* inner = ProducedBy(root->operand(0), "clamp");
+    if (inner == nullptr || !SoleUser(inner->result(), root)) return false;
+    const ir::Node* lower = inner->attr("min") ? inner : root;
+    const ir::Node* upper = lower == inner ? root : inner;
+    // One bound each: the lower from one clamp, the upper from the other.
+    if (!lower->attr("min") || lower->attr("max") || !upper->attr("max") || upper->attr("min"))
+      return false;
+    const std::optional<double> a = NumberAttr(lower, "min");
+    const std::optional<double> b = NumberAttr(upper, "max");
+    if (!a || !b || *a > *b) return false;
+    const ir::Attr min = *lower->attr("min");
+    const ir::Attr max = *upper->attr("max");
+    rw.SetAttr(root, "min", min);
+    rw.SetAttr(root, "max", max);
+    rw.SetOperand(root, 0, inner->operand(0));
+    TPFUSE_RETURN_IF_ERROR(rw.EraseDead({inner}));
+    return true;
+  }
+};
+
 // ---------------------------------------------------------------- static FP8 quant
 
 // [cast(y, f32)] -> div(., scale) | mul(., reciprocal(scale) | pow(scale, -1)) -> [clamp(+-448)]
@@ -807,6 +840,7 @@ class CanonicalizePass final : public Pass {
  public:
   CanonicalizePass() {
     patterns_.push_back(std::make_unique<DecomposedRmsNorm>());
+    patterns_.push_back(std::make_unique<ClampPair>());
     patterns_.push_back(std::make_unique<DecomposedStaticQuant>());
     patterns_.push_back(std::make_unique<DecomposedDynamicQuant>());
     patterns_.push_back(std::make_unique<NoOpView>());

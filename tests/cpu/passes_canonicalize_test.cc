@@ -151,6 +151,10 @@ struct QuantForm {
   std::string scale_op;  // the statement computing %d from %y
   bool clamp = true;
   std::string scale_operand;  // what allreduce_rmsnorm reads as its scale
+  // The clamp as torch's post-grad graph writes it: clamp_min then clamp_max (or the reverse
+  // with `split_clamp_max_first`), one bound each.
+  bool split_clamp = false;
+  bool split_clamp_max_first = false;
 };
 
 std::ostream& operator<<(std::ostream& os, const QuantForm& f) { return os << f.name; }
@@ -162,7 +166,13 @@ std::string StaticQuantLayer(const QuantForm& f) {
       "  %ar = all_reduce(%x)\n"
       "  %y, %r = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-5}\n" +
       f.scale_op;
-  if (f.clamp) s += "  %c = clamp(%d) {min = -448, max = 448}\n";
+  if (f.clamp && f.split_clamp) {
+    s += f.split_clamp_max_first
+             ? "  %c1 = clamp(%d) {max = 448}\n  %c = clamp(%c1) {min = -448}\n"
+             : "  %c1 = clamp(%d) {min = -448}\n  %c = clamp(%c1) {max = 448}\n";
+  } else if (f.clamp) {
+    s += "  %c = clamp(%d) {min = -448, max = 448}\n";
+  }
   s += std::string("  %q = cast(") + (f.clamp ? "%c" : "%d") + ") {to = f8e4m3}\n";
   s += "  return %q, %r\n}\n";
   return s;
@@ -175,6 +185,10 @@ const std::vector<QuantForm> kQuantForms = {
     {"MulReciprocalClamp", "  %ri = reciprocal(%scale)\n  %d = mul(%y, %ri)\n", true, "%scale"},
     {"MulPowScaleFirstNoClamp", "  %ri = pow(%scale) {exponent = -1}\n  %d = mul(%ri, %y)\n",
      false, "%scale"},
+    {"WidenedDivClampMinThenMax", "  %yf = cast(%y) {to = f32}\n  %d = div(%yf, %scale)\n", true,
+     "%scale", true},
+    {"MulReciprocalClampMaxThenMin", "  %ri = reciprocal(%scale)\n  %d = mul(%y, %ri)\n", true,
+     "%scale", true, true},
 };
 
 class PassesDecomposedStaticQuant : public ::testing::TestWithParam<QuantForm> {};
@@ -632,6 +646,67 @@ TEST(PassesCanonicalize, StaticQuantDoesNotFireForOtherClampBounds) {
     CHECK: %d = div(%y, %scale)
   )");
   ExpectSameOutputs(narrow);
+}
+
+// ---------------------------------------------------------------- clamp pairs
+
+TEST(PassesCanonicalize, ClampMinThenMaxBecomesOneClamp) {
+  Compiled c = Canonicalize(R"(
+    func @f(%a: f32[T, 256], %b: f32[T, 256]) {
+      %a1 = clamp(%a) {min = -2}
+      %a2 = clamp(%a1) {max = 3}
+      %b1 = clamp(%b) {max = 3}
+      %b2 = clamp(%b1) {min = -2}
+      return %a2, %b2
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "clamp_pair", "applied"), 2);
+  EXPECT_EQ(CountOp(*c.after, "clamp"), 2);
+  FileCheck(Print(*c.after), R"(
+    CHECK: %a2 = clamp(%a) {max = 3, min = -2}
+    CHECK: %b2 = clamp(%b) {max = 3, min = -2}
+  )");
+  ExpectSameOutputs(c);
+}
+
+TEST(PassesCanonicalize, ClampPairDoesNotMergeEmptyRangesOrSharedValues) {
+  Compiled c = Canonicalize(R"(
+    func @f(%a: f32[T, 256], %b: f32[T, 256], %c: f32[T, 256]) {
+      %a1 = clamp(%a) {min = 3}
+      %a2 = clamp(%a1) {max = -2}
+      %b1 = clamp(%b) {min = -2}
+      %b2 = clamp(%b1) {max = 3}
+      %c1 = clamp(%c) {min = -2}
+      %c2 = clamp(%c1) {min = -1}
+      return %a2, %b2, %b1, %c2
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c.changed);
+}
+
+TEST(PassesCanonicalize, DynamicGroupQuantWithAClampPairFoldsToQuantFp8) {
+  Compiled c = Canonicalize(R"(
+    func @f(%a: bf16[T, 256]) {
+      %af = cast(%a) {to = f32}
+      %ag = view(%af) {shape = [T, 2, 128]}
+      %aa = abs(%ag)
+      %am = amax(%aa) {dim = -1, keepdim = true}
+      %ac = clamp(%am) {min = 1e-10}
+      %as = div(%ac) {scalar = 448}
+      %da = div(%ag, %as)
+      %c1 = clamp(%da) {min = -448}
+      %c2 = clamp(%c1) {max = 448}
+      %qa = cast(%c2) {to = f8e4m3}
+      return %qa, %as
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant", "applied"), 1);
+  EXPECT_EQ(CountOp(*c.after, "clamp"), 0);
+  EXPECT_EQ(CountOp(*c.after, "quant_fp8"), 1);
+  ExpectSameOutputs(c);
 }
 
 TEST(PassesCanonicalize, StaticQuantDoesNotFireWhenAnIntermediateHasAnotherUse) {
