@@ -515,8 +515,9 @@ class FuseAllreduceEpiloguePass final : public Pass {
     std::vector<std::string> names;
     for (const ir::Value* v : taken_over) names.push_back(v->name());
 
-    // Rank >= 3: the fused op runs on [rows, H] views; its activation-shaped results are viewed
-    // back (the quant's results already have the flat shape its view gave them).
+    // Rank >= 3: the fused op runs on [rows, H] views; each result is viewed back to the shape
+    // of the value it takes over (the activations, and a mode-tensor quant's q when the quant
+    // read y itself; a quant that read y through a flattening view already has the flat shape).
     const ir::TensorType& act = c.a->type();
     const bool flatten = act.rank() > 2;
     ir::TensorType flat = act;
@@ -535,9 +536,10 @@ class FuseAllreduceEpiloguePass final : public Pass {
       }
     }
     std::vector<std::string> fused_names = names;
-    const int act_results = int(emit.allreduce) + int(emit.norm) + int(emit.residual);
-    if (flatten) {
-      for (int i = 0; i < act_results; ++i) fused_names[size_t(i)] += ".rows";
+    std::vector<bool> view_back(names.size(), false);
+    for (size_t i = 0; flatten && i < taken_over.size(); ++i) {
+      view_back[i] = taken_over[i]->type().rank() > 2;
+      if (view_back[i]) fused_names[i] += ".rows";
     }
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * fused,
                             rw.Create("allreduce_rmsnorm", operands,
@@ -547,10 +549,9 @@ class FuseAllreduceEpiloguePass final : public Pass {
                       plan.spec.ToString(), " needs ", taken_over.size());
     }
     std::vector<ir::Value*> results(fused->results().begin(), fused->results().end());
-    if (flatten) {
-      for (int i = 0; i < act_results; ++i) {
-        TPFUSE_ASSIGN_OR_RETURN(results[size_t(i)],
-                                ViewAs(results[size_t(i)], act, names[size_t(i)], rw));
+    for (size_t i = 0; i < results.size(); ++i) {
+      if (view_back[i]) {
+        TPFUSE_ASSIGN_OR_RETURN(results[i], ViewAs(results[i], taken_over[i]->type(), names[i], rw));
       }
     }
     for (size_t i = 0; i < taken_over.size(); ++i) {
@@ -577,16 +578,12 @@ class FuseAllreduceEpiloguePass final : public Pass {
         return Internal(NodeRef(n), " is still used after fusing ", c.Start());
     }
     // Give every value its old name back (the fused op's results, or the views of them).
-    if (flatten) {
-      for (int i = 0; i < act_results; ++i) {
-        TPFUSE_RETURN_IF_ERROR(
-            rw.RestoreNames(results[size_t(i)]->producer(), {names[size_t(i)]}).status());
+    for (size_t i = 0; i < results.size(); ++i) {
+      if (view_back[i]) {
+        TPFUSE_RETURN_IF_ERROR(rw.RestoreNames(results[i]->producer(), {names[i]}).status());
       }
-      for (int i = act_results; i < int(names.size()); ++i) fused_names[size_t(i)] = names[size_t(i)];
-      TPFUSE_ASSIGN_OR_RETURN(fused, rw.RestoreNames(fused, fused_names));
-    } else {
-      TPFUSE_ASSIGN_OR_RETURN(fused, rw.RestoreNames(fused, names));
     }
+    TPFUSE_ASSIGN_OR_RETURN(fused, rw.RestoreNames(fused, fused_names));
 
     FusionRecord record;
     record.spec = plan.spec;

@@ -93,12 +93,31 @@ INSTANTIATE_TEST_SUITE_P(
                       FormCase{"vllm_native_static_quant.tpg", 4,
                                {"norm_input_f32", "weight_after_round"}},
                       FormCase{"rank3_views.tpg", 4, {"weight_after_round"}},
+                      FormCase{"rank3_static_quant.tpg", 4, {"weight_after_round"}},
                       FormCase{"dynamic_token_quant.tpg", 4, {"weight_after_round"}},
                       FormCase{"dynamic_group_quant.tpg", 4, {"weight_after_round"}}),
     [](const auto& info) {
       std::string n = info.param.file.substr(0, info.param.file.find('.'));
       return n;
     });
+
+// A static quant that reads the rank-3 norm output itself: the fused op's q ([B*S, H]) is viewed
+// back to [B, S, H] for the dequantization that reads it.
+TEST(PassesForms, Rank3StaticQuantFusesAndItsQIsViewedBack) {
+  Compiled c = Compile(ReadForm("rank3_static_quant.tpg"));
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 4u) << DescribeReport(c.ctx) << Print(*c.after);
+  for (const FusionRecord& f : c.ctx.fusions) {
+    EXPECT_EQ(f.spec.quant, QuantMode::kFp8Tensor) << f.spec.ToString();
+    EXPECT_TRUE(f.spec.rounding.scale_op_swapped) << f.spec.ToString();
+  }
+  for (const char* op : {"div", "clamp"}) EXPECT_EQ(CountOp(*c.after, op), 0) << op;
+  FileCheck(Print(*c.after), R"(
+    CHECK: %h0.rows, %q0.rows = allreduce_rmsnorm(%p0.rows, %res.rows, %g0, %s0)
+    CHECK: %q0 = view(%q0.rows) {shape = [B, S, 256]}
+    CHECK: %qf0 = cast(%q0) {to = f32}
+  )");
+}
 
 // The dynamic quants written in torch ops: each site's mode, scale format and scale step
 // (y / s is the dynamic modes' default, y * s.reciprocal() swaps it), and nothing of the
