@@ -93,11 +93,13 @@ def _fake_value(target, args, kwargs):
 
 
 class Applier:
-    def __init__(self, graph: fx.Graph, tr: Translation, compiled: ir.Func, fuse_local: bool):
+    def __init__(self, graph: fx.Graph, tr: Translation, compiled: ir.Func, fuse_local: bool,
+                 anchors: Dict[str, Optional[str]]):
         self.graph = graph
         self.tr = tr
         self.compiled = compiled
         self.fuse_local = fuse_local
+        self.anchors = anchors
         self.original = {r: _signature(n) for n in tr.func.nodes for r in n.results}
         self.producer: Dict[str, ir.Node] = {r: n for n in compiled.nodes for r in n.results}
         self.consumers: Dict[str, List[ir.Node]] = {}
@@ -134,12 +136,12 @@ class Applier:
         for node in self.compiled.nodes:
             if node.op != "allreduce_rmsnorm":
                 continue
-            anchor = self._anchor(node)
-            if anchor is None and not self.fuse_local:
-                skipped.append((node.results[0], "local chain (no all_reduce): left to Inductor"))
-                continue
             mark, drops = len(self.undo_log), len(self.sites_to_drop)
             try:
+                anchor = self._anchor(node)
+                if anchor is None and not self.fuse_local:
+                    skipped.append((node.results[0], "local chain (no all_reduce): left to Inductor"))
+                    continue
                 applied.append(self._apply_one(node, anchor))
             except ApplyError as e:
                 self.undo(mark)  # this fusion only; the others stand
@@ -148,17 +150,16 @@ class Applier:
         return applied, skipped
 
     def _anchor(self, fused: ir.Node) -> Optional[str]:
-        """The all_reduce site the fused node replaces (None: a local chain)."""
-        if fused.attrs.get("local") is True:
-            return None
-        x = fused.operands[0]
-        # x may reach the fused op through views the compiler added.
-        while x not in self.tr.types and x in self.producer and self.producer[x].op == "view":
-            x = self.producer[x].operands[0]
-        for name, site in self.tr.all_reduces.items():
-            if site.operand == x:
-                return name
-        return None
+        """The all_reduce site the fused node replaces (None: a local chain), as the compiler's
+        report names it: the compiler may have rewritten the views between the all_reduce's
+        input and the fused op, so the operand alone does not tell."""
+        value = fused.results[0]
+        if value not in self.anchors:
+            raise ApplyError(f"the compiler's report has no fusion for %{value}")
+        anchor = self.anchors[value]
+        if anchor is not None and anchor not in self.tr.all_reduces:
+            raise ApplyError(f"the compiler's anchor %{anchor} is not an all_reduce of the graph")
+        return anchor
 
     # ---- one fusion
 
@@ -352,9 +353,18 @@ def _symbol_refs(graph: fx.Graph) -> Dict[str, Tuple[fx.Node, int]]:
     return refs
 
 
-def apply_compiled(graph: fx.Graph, tr: Translation, compiled: ir.Func, fuse_local: bool = False):
-    """Applies every fused op; on any exception the graph is restored before it propagates."""
-    applier = Applier(graph, tr, compiled, fuse_local)
+def fusion_anchors(report: Dict[str, Any]) -> Dict[str, Optional[str]]:
+    """Fused value -> the all_reduce value it replaces (None for a local chain), from the
+    compiler's JSON report (`fusions`)."""
+    return {f["fused_value"]: (None if f.get("local") else f["anchor"])
+            for f in report.get("fusions", [])}
+
+
+def apply_compiled(graph: fx.Graph, tr: Translation, compiled: ir.Func,
+                   anchors: Dict[str, Optional[str]], fuse_local: bool = False):
+    """Applies every fused op; on any exception the graph is restored before it propagates.
+    anchors: fusion_anchors() of the compiler's report."""
+    applier = Applier(graph, tr, compiled, fuse_local, anchors)
     try:
         applied, skipped = applier.run()
         graph.lint()

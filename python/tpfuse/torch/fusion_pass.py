@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 from . import ir
-from .apply import AppliedFusion, apply_compiled
+from .apply import AppliedFusion, apply_compiled, fusion_anchors
 from .compiler import CompilerError, compile_module
 from .translate import translate
 
@@ -166,7 +166,8 @@ class FusionPass(CustomGraphPass):
         funcs = ir.parse_module(compiled.text)
         if len(funcs) != 1:
             raise RuntimeError(f"the compiler returned {len(funcs)} funcs for one graph")
-        applied, skipped = apply_compiled(graph, tr, funcs[0], self.fuse_local)
+        applied, skipped = apply_compiled(graph, tr, funcs[0], fusion_anchors(compiled.report),
+                                          self.fuse_local)
         report.fusions = applied
         report.fused = sum(1 for f in applied if f.anchor)
         report.skipped = dict(skipped)
