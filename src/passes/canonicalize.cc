@@ -448,9 +448,9 @@ struct DynamicQuantMatch {
   ir::Node* clamp = nullptr;      // null when absent
   ir::Node* scale_op = nullptr;   // div(d, s) or mul(d, inv)
   ir::Node* inv = nullptr;        // reciprocal(s) / pow(s, -1) (mul form)
-  ir::Node* group_view = nullptr; // view(., [T, H/g, g]) (group form)
-  ir::Value* y = nullptr;         // [T, H], bf16 or f16
-  ir::Value* s = nullptr;         // the scale the graph uses: [T, 1] or [T, H/g, 1]
+  ir::Node* group_view = nullptr; // view(., [..., H/g, g]) (group form)
+  ir::Value* y = nullptr;         // [T, H] or [B, S, H], bf16 or f16
+  ir::Value* s = nullptr;         // the scale the graph uses: [..., 1] or [..., H/g, 1]
   std::vector<ir::Node*> scale_chain;  // abs .. s's producer, producers first
   std::vector<ir::Node*> absorbed;     // d's cast and view, erased if they end unused
   int64_t group = 0;              // 0: per token
@@ -458,8 +458,16 @@ struct DynamicQuantMatch {
   bool multiplies = false;
 };
 
+// [rows, H] for an activation [..., H] (itself when of rank 2).
+StatusOr<ir::TensorType> RowsView(const ir::TensorType& t) {
+  if (t.rank() == 2) return t;
+  TPFUSE_ASSIGN_OR_RETURN(ir::Dim rows, RowsOf(t));
+  return ir::TensorType{t.dtype, {rows, t.shape.back()}};
+}
+
 // The cast / view between y and the dividend d: a widening cast, and for the group form one
-// view [T, H] -> [T, H/g, g], in either order.
+// view [..., H] -> [..., H/g, g], in either order. y is [T, H] or, with more leading dims,
+// [B, S, H] (quant_fp8 then reads it as a [rows, H] view).
 bool PeelDividend(ir::Value* d, DynamicQuantMatch& m) {
   ir::Value* v = d;
   bool cast_seen = false;
@@ -468,8 +476,8 @@ bool PeelDividend(ir::Value* d, DynamicQuantMatch& m) {
     if (p == nullptr) break;
     if (!cast_seen && IsWideningCast(p)) {
       cast_seen = true;
-    } else if (m.group_view == nullptr && p->op() == "view" && v->type().rank() == 3 &&
-               p->operand(0)->type().rank() == 2) {
+    } else if (m.group_view == nullptr && p->op() == "view" && v->type().rank() >= 3 &&
+               p->operand(0)->type().rank() + 1 == v->type().rank()) {
       m.group_view = p;
     } else {
       break;
@@ -477,16 +485,22 @@ bool PeelDividend(ir::Value* d, DynamicQuantMatch& m) {
     m.absorbed.push_back(p);
     v = p->operand(0);
   }
-  if (!cast_seen || v->type().rank() != 2) return false;
+  const int rank = v->type().rank();
+  if (!cast_seen || rank < 2) return false;
   if (m.group_view == nullptr) {
-    if (d->type().rank() != 2) return false;
+    if (d->type().rank() != rank) return false;
   } else {
-    const ir::TensorType& g = m.group_view->result()->type();
-    const ir::Dim& hidden = v->shape()[1];
-    if (!hidden.is_const() || !g.shape[2].is_const() || !g.shape[1].is_const() ||
-        !(g.shape[0] == v->shape()[0]) || g.shape[1].value * g.shape[2].value != hidden.value)
+    const ir::TensorType& g = m.group_view->result()->type();  // [..., H/g, g]
+    const ir::Dim& hidden = v->shape().back();
+    for (int i = 0; i + 1 < rank; ++i) {
+      if (!(g.shape[size_t(i)] == v->shape()[size_t(i)])) return false;
+    }
+    const ir::Dim& groups = g.shape[size_t(rank - 1)];
+    const ir::Dim& size = g.shape[size_t(rank)];
+    if (!hidden.is_const() || !size.is_const() || !groups.is_const() ||
+        groups.value * size.value != hidden.value)
       return false;
-    m.group = g.shape[2].value;
+    m.group = size.value;
   }
   m.y = v;
   return true;
@@ -588,8 +602,13 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
       notes.Decline("the reciprocal of the scale has other uses");
       return std::nullopt;
     }
+    StatusOr<ir::TensorType> rows = RowsView(m.y->type());
+    if (!rows.ok()) {
+      notes.Decline("the quantized value " + Ref(m.y) + ": " + rows.status().message());
+      return std::nullopt;
+    }
     StatusOr<std::vector<ir::TensorType>> inferred =
-        ir::InferResultTypes("quant_fp8", {m.y->type()}, Attrs(m));
+        ir::InferResultTypes("quant_fp8", {*rows}, Attrs(m));
     if (!inferred.ok() || inferred->size() != 2) {
       notes.Decline("quant_fp8 does not take this input");
       return std::nullopt;
@@ -616,20 +635,16 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
       if (!u.is_return() && graph.IndexOf(u.user) < graph.IndexOf(first)) first = u.user;
     }
     rw.SetInsertionPointBefore(first);
+    TPFUSE_ASSIGN_OR_RETURN(ir::TensorType rows, RowsView(m.y->type()));
+    TPFUSE_ASSIGN_OR_RETURN(ir::Value * y, rw.CreateView(m.y, rows, m.y->name() + ".rows"));
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * quant,
-                            rw.Create("quant_fp8", {m.y}, Attrs(m), {q_name, s_name}));
-    ir::Value* q = quant->result(0);
-    ir::Value* s = quant->result(1);
-    if (m.group_view) {
-      // [T, H] -> [T, H/g, g] and [T, H/g] -> [T, H/g, 1]: the shapes the graph computed in.
-      ir::AttrMap q_shape = m.group_view->attrs();
-      ir::AttrMap s_shape = q_shape;
-      s_shape["shape"].list.back() = ir::Attr::Int(1);
-      TPFUSE_ASSIGN_OR_RETURN(ir::Node * qv, rw.Create("view", {q}, q_shape, {q_name + "_g"}));
-      TPFUSE_ASSIGN_OR_RETURN(ir::Node * sv, rw.Create("view", {s}, s_shape, {s_name + "_g"}));
-      q = qv->result();
-      s = sv->result();
-    }
+                            rw.Create("quant_fp8", {y}, Attrs(m), {q_name, s_name}));
+    // Back to the shapes the graph computed in: q as the cast gave it ([..., H/g, g] in the
+    // group form, [B, S, H] for rank-3 y), s as the graph's scale ([..., 1]).
+    TPFUSE_ASSIGN_OR_RETURN(ir::Value * q,
+                            rw.CreateView(quant->result(0), m.cast->result()->type(), q_name + "_g"));
+    TPFUSE_ASSIGN_OR_RETURN(ir::Value * s,
+                            rw.CreateView(quant->result(1), m.s->type(), s_name + "_g"));
     rw.ReplaceAllUsesWith(m.cast->result(), q);
     rw.ReplaceAllUsesWith(m.s, s);
     std::vector<ir::Node*> dead = {m.cast, m.clamp, m.scale_op, m.inv};

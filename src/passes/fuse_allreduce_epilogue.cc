@@ -213,29 +213,6 @@ std::string NoChainReason(const ir::Node* anchor) {
                 DescribeUses(a), ")");
 }
 
-// The row count of an activation [d0, ..., H]: the product of the leading dims, as one dim
-// (a constant, or a product of symbols "B*S"). A constant other than 1 beside a symbol has no
-// Dim spelling: an error.
-StatusOr<ir::Dim> RowsOf(const ir::TensorType& t) {
-  int64_t constant = 1;
-  std::string symbols;
-  for (int i = 0; i + 1 < t.rank(); ++i) {
-    const ir::Dim& d = t.shape[size_t(i)];
-    if (d.is_const()) {
-      constant *= d.value;
-    } else if (d.align != 1) {
-      return InvalidArgument("leading dim ", d.ToString(), " is padded");
-    } else {
-      symbols += (symbols.empty() ? "" : "*") + d.symbol;
-    }
-  }
-  if (symbols.empty()) return ir::Dim::Const(constant);
-  if (constant != 1)
-    return InvalidArgument("leading dims mix a constant (", constant, ") with symbols (", symbols,
-                           "); the rows have no single dim");
-  return ir::Dim::Sym(symbols);
-}
-
 // The part of the spec fixed by the all_reduce and the norm, after checking what the fused op's
 // operands must look like (Contract 3: x [T, H] bf16/f16, w [H] bf16/f16/f32). Empty on
 // success; otherwise why not, in words.
@@ -485,19 +462,6 @@ class FuseAllreduceEpiloguePass final : public Pass {
     return PlanChain(*chain, ctx);
   }
 
-  // `value` viewed as `type` (same elements), created at the rewriter's insertion point.
-  static StatusOr<ir::Value*> ViewAs(ir::Value* value, const ir::TensorType& type,
-                                     const std::string& name, Rewriter& rw) {
-    if (value->type().shape == type.shape) return value;
-    std::vector<ir::Attr> items;
-    for (const ir::Dim& d : type.shape)
-      items.push_back(d.is_const() ? ir::Attr::Int(d.value) : ir::Attr::Name(d.ToString()));
-    TPFUSE_ASSIGN_OR_RETURN(ir::Node * view,
-                            rw.Create("view", {value}, {{"shape", ir::Attr::List(items)}},
-                                      {name}));
-    return view->result();
-  }
-
   static StatusOr<FusionRecord> Fuse(const Plan& plan, Rewriter& rw) {
     const Chain& c = plan.chain;
     const EmitSet& emit = plan.spec.emit;
@@ -529,10 +493,10 @@ class FuseAllreduceEpiloguePass final : public Pass {
     rw.SetInsertionPoint(plan.point);
     std::vector<ir::Value*> operands = FusedOperands(c, plan.quant);
     if (flatten) {
-      TPFUSE_ASSIGN_OR_RETURN(operands[0], ViewAs(operands[0], flat, c.x->name() + ".rows", rw));
+      TPFUSE_ASSIGN_OR_RETURN(operands[0], rw.CreateView(operands[0], flat, c.x->name() + ".rows"));
       if (c.residual) {
         TPFUSE_ASSIGN_OR_RETURN(operands[1],
-                                ViewAs(operands[1], flat, c.residual->name() + ".rows", rw));
+                                rw.CreateView(operands[1], flat, c.residual->name() + ".rows"));
       }
     }
     std::vector<std::string> fused_names = names;
@@ -551,7 +515,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
     std::vector<ir::Value*> results(fused->results().begin(), fused->results().end());
     for (size_t i = 0; i < results.size(); ++i) {
       if (view_back[i]) {
-        TPFUSE_ASSIGN_OR_RETURN(results[i], ViewAs(results[i], taken_over[i]->type(), names[i], rw));
+        TPFUSE_ASSIGN_OR_RETURN(results[i], rw.CreateView(results[i], taken_over[i]->type(), names[i]));
       }
     }
     for (size_t i = 0; i < taken_over.size(); ++i) {

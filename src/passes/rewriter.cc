@@ -18,6 +18,26 @@ std::string DescribeUse(const ir::Use& use) {
   return StrCat(use.user->op(), " %", use.user->result(0)->name());
 }
 
+StatusOr<ir::Dim> RowsOf(const ir::TensorType& t) {
+  int64_t constant = 1;
+  std::string symbols;
+  for (int i = 0; i + 1 < t.rank(); ++i) {
+    const ir::Dim& d = t.shape[size_t(i)];
+    if (d.is_const()) {
+      constant *= d.value;
+    } else if (d.align != 1) {
+      return InvalidArgument("leading dim ", d.ToString(), " is padded");
+    } else {
+      symbols += (symbols.empty() ? "" : "*") + d.symbol;
+    }
+  }
+  if (symbols.empty()) return ir::Dim::Const(constant);
+  if (constant != 1)
+    return InvalidArgument("leading dims mix a constant (", constant, ") with symbols (", symbols,
+                           "); the rows have no single dim");
+  return ir::Dim::Sym(symbols);
+}
+
 StatusOr<InsertionPoint> FindInsertionPoint(const ir::Graph& graph,
                                             const std::vector<ir::Value*>& operands,
                                             const std::vector<ir::Value*>& replaced,
@@ -79,6 +99,17 @@ void Rewriter::SetInsertionPointAfterDef(const ir::Value* value) {
       return;
     }
   }
+}
+
+StatusOr<ir::Value*> Rewriter::CreateView(ir::Value* value, const ir::TensorType& type,
+                                          const std::string& name) {
+  if (value->type().shape == type.shape) return value;
+  std::vector<ir::Attr> items;
+  for (const ir::Dim& d : type.shape)
+    items.push_back(d.is_const() ? ir::Attr::Int(d.value) : ir::Attr::Name(d.ToString()));
+  TPFUSE_ASSIGN_OR_RETURN(ir::Node * view,
+                          Create("view", {value}, {{"shape", ir::Attr::List(items)}}, {name}));
+  return view->result();
 }
 
 StatusOr<ir::Node*> Rewriter::Create(const std::string& op,

@@ -36,6 +36,11 @@ StatusOr<InsertionPoint> FindInsertionPoint(const ir::Graph& graph,
 // "matmul %o", "fused_add_rms_norm %y", "the return": how diagnostics name a use.
 std::string DescribeUse(const ir::Use& use);
 
+// The row count of an activation [d0, ..., H]: the product of the leading dims, as one dim
+// (a constant, or a product of symbols "B*S"). A constant other than 1 beside a symbol has no
+// Dim spelling: an error. Rank >= 3 activations reach the row-wise ops as [rows, H] views.
+StatusOr<ir::Dim> RowsOf(const ir::TensorType& t);
+
 // Every mutation of a pass goes through this object: it keeps the insertion point, knows which
 // nodes were erased (the driver skips them) and whether anything changed.
 class Rewriter {
@@ -55,6 +60,11 @@ class Rewriter {
   // name that is still taken gets a suffix; RestoreNames fixes that once the old node is gone.
   StatusOr<ir::Node*> Create(const std::string& op, const std::vector<ir::Value*>& operands,
                              ir::AttrMap attrs, const std::vector<std::string>& result_names);
+
+  // `value` viewed as `type` (same elements) at the insertion point, or `value` itself when it
+  // has that shape already.
+  StatusOr<ir::Value*> CreateView(ir::Value* value, const ir::TensorType& type,
+                                  const std::string& name);
 
   void ReplaceAllUsesWith(ir::Value* from, ir::Value* to);
   int ReplaceUsesIf(ir::Value* from, ir::Value* to,

@@ -94,6 +94,7 @@ INSTANTIATE_TEST_SUITE_P(
                                {"norm_input_f32", "weight_after_round"}},
                       FormCase{"rank3_views.tpg", 4, {"weight_after_round"}},
                       FormCase{"rank3_static_quant.tpg", 4, {"weight_after_round"}},
+                      FormCase{"rank3_group_quant.tpg", 4, {"weight_after_round"}},
                       FormCase{"dynamic_token_quant.tpg", 4, {"weight_after_round"}},
                       FormCase{"dynamic_group_quant.tpg", 4, {"weight_after_round"}}),
     [](const auto& info) {
@@ -116,6 +117,24 @@ TEST(PassesForms, Rank3StaticQuantFusesAndItsQIsViewedBack) {
     CHECK: %h0.rows, %q0.rows = allreduce_rmsnorm(%p0.rows, %res.rows, %g0, %s0)
     CHECK: %q0 = view(%q0.rows) {shape = [B, S, 256]}
     CHECK: %qf0 = cast(%q0) {to = f32}
+  )");
+}
+
+// A per-group quant written on the [B, S, H/g, g] view of the rank-3 norm output: quant_fp8 reads
+// y as [B*S, H], and its q and s are viewed back to the shapes the dequantization reads.
+TEST(PassesForms, Rank3GroupQuantFuses) {
+  Compiled c = Compile(ReadForm("rank3_group_quant.tpg"));
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 4u) << DescribeReport(c.ctx) << Print(*c.after);
+  for (const FusionRecord& f : c.ctx.fusions) {
+    EXPECT_EQ(f.spec.quant, QuantMode::kFp8Group) << f.spec.ToString();
+    EXPECT_EQ(f.spec.group_size, 128) << f.spec.ToString();
+  }
+  for (const char* op : {"abs", "amax", "clamp", "div"}) EXPECT_EQ(CountOp(*c.after, op), 0) << op;
+  FileCheck(Print(*c.after), R"(
+    CHECK: %h0.rows, %q0, %s0 = allreduce_rmsnorm(%p0.rows, %res.rows, %g0)
+    CHECK: = view(%q0) {shape = [B, S, 2, 128]}
+    CHECK: = view(%s0) {shape = [B, S, 2, 1]}
   )");
 }
 
