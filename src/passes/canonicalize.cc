@@ -637,14 +637,22 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     rw.SetInsertionPointBefore(first);
     TPFUSE_ASSIGN_OR_RETURN(ir::TensorType rows, RowsView(m.y->type()));
     TPFUSE_ASSIGN_OR_RETURN(ir::Value * y, rw.CreateView(m.y, rows, m.y->name() + ".rows"));
+    // q and s in the shapes the graph computed in: q as the cast gave it ([..., H/g, g] in the
+    // group form, [B, S, H] for rank-3 y), s as the graph's scale ([..., 1]). A result that is
+    // viewed back is named "<name>.rows" and its view takes the graph's name, so that the value
+    // named after a graph value always has that value's shape.
+    const bool view_q = !(m.cast->result()->shape() == rows.shape);
+    ir::AttrMap attrs = Attrs(m);
+    StatusOr<std::vector<ir::TensorType>> types = ir::InferResultTypes("quant_fp8", {rows}, attrs);
+    if (!types.ok()) return types.status();
+    const bool view_s = !(m.s->shape() == (*types)[1].shape);
+    const std::string q_flat = view_q ? q_name + ".rows" : q_name;
+    const std::string s_flat = view_s ? s_name + ".rows" : s_name;
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * quant,
-                            rw.Create("quant_fp8", {y}, Attrs(m), {q_name, s_name}));
-    // Back to the shapes the graph computed in: q as the cast gave it ([..., H/g, g] in the
-    // group form, [B, S, H] for rank-3 y), s as the graph's scale ([..., 1]).
+                            rw.Create("quant_fp8", {y}, std::move(attrs), {q_flat, s_flat}));
     TPFUSE_ASSIGN_OR_RETURN(ir::Value * q,
-                            rw.CreateView(quant->result(0), m.cast->result()->type(), q_name + "_g"));
-    TPFUSE_ASSIGN_OR_RETURN(ir::Value * s,
-                            rw.CreateView(quant->result(1), m.s->type(), s_name + "_g"));
+                            rw.CreateView(quant->result(0), m.cast->result()->type(), q_name));
+    TPFUSE_ASSIGN_OR_RETURN(ir::Value * s, rw.CreateView(quant->result(1), m.s->type(), s_name));
     rw.ReplaceAllUsesWith(m.cast->result(), q);
     rw.ReplaceAllUsesWith(m.s, s);
     std::vector<ir::Node*> dead = {m.cast, m.clamp, m.scale_op, m.inv};
@@ -652,7 +660,9 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     dead.insert(dead.end(), m.absorbed.begin(), m.absorbed.end());
     dead.erase(std::remove(dead.begin(), dead.end(), nullptr), dead.end());
     TPFUSE_RETURN_IF_ERROR(rw.EraseDead(dead));
-    return rw.RestoreNames(quant, {q_name, s_name}).status();
+    if (view_q) TPFUSE_RETURN_IF_ERROR(rw.RestoreNames(q->producer(), {q_name}).status());
+    if (view_s) TPFUSE_RETURN_IF_ERROR(rw.RestoreNames(s->producer(), {s_name}).status());
+    return rw.RestoreNames(quant, {q_flat, s_flat}).status();
   }
 };
 

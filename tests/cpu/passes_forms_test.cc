@@ -121,7 +121,8 @@ TEST(PassesForms, Rank3StaticQuantFusesAndItsQIsViewedBack) {
 }
 
 // A per-group quant written on the [B, S, H/g, g] view of the rank-3 norm output: quant_fp8 reads
-// y as [B*S, H], and its q and s are viewed back to the shapes the dequantization reads.
+// y as [B*S, H], and its q and s are viewed back to the shapes the dequantization reads; the
+// views carry the graph's names (the PyTorch pass maps results back by name).
 TEST(PassesForms, Rank3GroupQuantFuses) {
   Compiled c = Compile(ReadForm("rank3_group_quant.tpg"));
   ASSERT_TRUE(c.ok());
@@ -132,9 +133,11 @@ TEST(PassesForms, Rank3GroupQuantFuses) {
   }
   for (const char* op : {"abs", "amax", "clamp", "div"}) EXPECT_EQ(CountOp(*c.after, op), 0) << op;
   FileCheck(Print(*c.after), R"(
-    CHECK: %h0.rows, %q0, %s0 = allreduce_rmsnorm(%p0.rows, %res.rows, %g0)
-    CHECK: = view(%q0) {shape = [B, S, 2, 128]}
-    CHECK: = view(%s0) {shape = [B, S, 2, 1]}
+    CHECK: %h0.rows, %q0.rows, %s0.rows = allreduce_rmsnorm(%p0.rows, %res.rows, %g0)
+    CHECK: %q0 = view(%q0.rows) {shape = [B, S, 2, 128]}
+    CHECK: %s0 = view(%s0.rows) {shape = [B, S, 2, 1]}
+    CHECK: %qf0 = cast(%q0) {to = f32}
+    CHECK: %dq0 = mul(%qf0, %s0)
   )");
 }
 
