@@ -161,9 +161,10 @@ TPFUSE_C_API tpfuse_status_t tpfuse_reference_allreduce_rmsnorm(const tpfuse_spe
 enum { TPFUSE_BACKEND_CPU = 0, TPFUSE_BACKEND_CUDA = 1 };
 
 /* Whether `[add ->] rms_norm [-> quant]` chains that no all_reduce feeds become the fused op
- * with local = 1 (DESIGN.md "World size 1"). */
+ * with local = 1 (DESIGN.md "World size 1"). AUTO follows the measurement of docs/pytorch.md
+ * ("Local chains"): backend CUDA at every world size, backend CPU at world size 1 only. */
 enum {
-  TPFUSE_FUSE_LOCAL_AUTO = 0, /* at world size 1 only */
+  TPFUSE_FUSE_LOCAL_AUTO = 0, /* CUDA: always; CPU: at world size 1 only */
   TPFUSE_FUSE_LOCAL_ON = 1,   /* at every world size */
   TPFUSE_FUSE_LOCAL_OFF = 2,
 };

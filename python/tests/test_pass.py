@@ -152,15 +152,40 @@ def test_a_failure_while_applying_restores_the_graph(monkeypatch):
     g.lint()
 
 
-def test_no_all_reduce_means_no_compiler_call(monkeypatch):
+def test_no_all_reduce_and_local_fusion_off_means_no_compiler_call(monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("compiled a graph with nothing to fuse")
 
     monkeypatch.setattr(fusion_pass, "compile_module", must_not_run)
     g = trace(lambda h, w: llama_norm(h, w), ((6, 128), bf), ((128,), bf))
-    p = tt.FusionPass(world_size=2)
+    p = tt.FusionPass(world_size=2, fuse_local="off")
     p(g)
     assert p.report.all_reduces == 0 and not p.report.untranslated
+
+
+@pytest.mark.parametrize("backend, fuse_local, fused", [
+    ("cpu", "auto", False),   # the CPU backend at world size 2: Inductor's
+    ("cuda", "auto", True),   # measured faster than Inductor's kernel on CUDA
+    ("cuda", False, False),
+    ("cpu", True, True),
+])
+def test_local_chains_follow_the_compilers_rule(backend, fuse_local, fused):
+    g = trace(lambda h, w: llama_norm(h, w), ((6, 128), bf), ((128,), bf))
+    p = tt.FusionPass(world_size=2, backend=backend, fuse_local=fuse_local)
+    p(g)
+    assert not p.report.untranslated
+    calls = [n for n in g.nodes if str(n.target) == FUSED]
+    assert len(calls) == int(fused), g
+    if fused:
+        assert calls[0].kwargs["local"] is True
+        assert [f.anchor for f in p.report.graphs[0].fusions] == [""]
+        assert p.report.fused == 0  # counts all_reduce sites only
+    g.lint()
+
+
+def test_fuse_local_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match="fuse_local"):
+        tt.FusionPass(fuse_local="sometimes")
 
 
 def test_uuid_is_stable_and_follows_the_options():

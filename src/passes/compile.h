@@ -19,9 +19,11 @@
 namespace tpfuse::passes {
 
 // Whether `[add ->] rms_norm [-> quant]` chains that no all_reduce feeds become the fused op
-// with spec.local = true (DESIGN.md "World size 1").
+// with spec.local = true (DESIGN.md "World size 1"). Otherwise they stay as they are, for the
+// code generator around the compiler (Inductor) to fuse.
 enum class FuseLocal : uint8_t {
-  kAuto,  // at world size 1 only: there every all_reduce is the identity
+  kAuto,  // where the fused local op was measured faster (CompileOptions::FusesLocal):
+          // backend cuda at every world size; backend cpu at world size 1 only
   kOn,    // at every world size (the first layer's norm of the embedding, norms of replicated
           // values)
   kOff,
@@ -39,7 +41,7 @@ struct CompileOptions {
   // When set, the graph is printed here after every pass (a .tpg comment line names the pass).
   std::ostream* dump = nullptr;
 
-  // Whether local chains are fused under these options.
+  // Whether local chains are fused under these options: the one home of the auto rule.
   bool FusesLocal() const;
 };
 

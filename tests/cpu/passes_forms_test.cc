@@ -360,11 +360,22 @@ TEST(PassesCompileApi, TextInTextAndReportOut) {
   EXPECT_FALSE(CompileModuleText(ReadForm("gemma.tpg"), options).ok());
 }
 
-TEST(PassesCompileApi, FuseLocalFollowsTheWorldSize) {
+TEST(PassesCompileApi, FuseLocalFollowsTheBackendAndTheWorldSize) {
   CompileOptions options;
   options.world_size = 1;
   EXPECT_TRUE(options.FusesLocal());
   options.world_size = 2;
+  EXPECT_FALSE(options.FusesLocal());
+  // auto on CUDA: the fused local op was measured faster than Inductor's kernel.
+  options.caps = CudaFusionCapabilities();
+  EXPECT_TRUE(options.FusesLocal());
+  options.world_size = 1;
+  EXPECT_TRUE(options.FusesLocal());
+  options.fuse_local = FuseLocal::kOff;
+  EXPECT_FALSE(options.FusesLocal());
+  options.caps = CpuFusionCapabilities();
+  options.world_size = 2;
+  options.fuse_local = FuseLocal::kAuto;
   EXPECT_FALSE(options.FusesLocal());
   options.fuse_local = FuseLocal::kOn;
   EXPECT_TRUE(options.FusesLocal());

@@ -93,12 +93,11 @@ def _fake_value(target, args, kwargs):
 
 
 class Applier:
-    def __init__(self, graph: fx.Graph, tr: Translation, compiled: ir.Func, fuse_local: bool,
+    def __init__(self, graph: fx.Graph, tr: Translation, compiled: ir.Func,
                  anchors: Dict[str, Optional[str]]):
         self.graph = graph
         self.tr = tr
         self.compiled = compiled
-        self.fuse_local = fuse_local
         self.anchors = anchors
         self.original = {r: _signature(n) for n in tr.func.nodes for r in n.results}
         self.producer: Dict[str, ir.Node] = {r: n for n in compiled.nodes for r in n.results}
@@ -138,11 +137,7 @@ class Applier:
                 continue
             mark, drops = len(self.undo_log), len(self.sites_to_drop)
             try:
-                anchor = self._anchor(node)
-                if anchor is None and not self.fuse_local:
-                    skipped.append((node.results[0], "local chain (no all_reduce): left to Inductor"))
-                    continue
-                applied.append(self._apply_one(node, anchor))
+                applied.append(self._apply_one(node, self._anchor(node)))
             except ApplyError as e:
                 self.undo(mark)  # this fusion only; the others stand
                 del self.sites_to_drop[drops:]
@@ -361,10 +356,11 @@ def fusion_anchors(report: Dict[str, Any]) -> Dict[str, Optional[str]]:
 
 
 def apply_compiled(graph: fx.Graph, tr: Translation, compiled: ir.Func,
-                   anchors: Dict[str, Optional[str]], fuse_local: bool = False):
-    """Applies every fused op; on any exception the graph is restored before it propagates.
+                   anchors: Dict[str, Optional[str]]):
+    """Applies every fused op the compiler made (whether local chains are fused is the
+    compiler's decision); on any exception the graph is restored before it propagates.
     anchors: fusion_anchors() of the compiler's report."""
-    applier = Applier(graph, tr, compiled, fuse_local, anchors)
+    applier = Applier(graph, tr, compiled, anchors)
     try:
         applied, skipped = applier.run()
         graph.lint()

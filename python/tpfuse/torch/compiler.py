@@ -53,22 +53,26 @@ def _abi_compile():
     return getattr(_capi, "compile_module", None)
 
 
+FUSE_LOCAL_MODES = ("auto", "on", "off")
+
+
 def compile_module(text: str, world_size: int, backend: str = "cpu",
-                   fuse_local: bool = False) -> Compiled:
+                   fuse_local: str = "auto") -> Compiled:
+    """fuse_local: "auto" (the compiler's rule: docs/pytorch.md, "Local chains"), "on" or "off"."""
+    if fuse_local not in FUSE_LOCAL_MODES:
+        raise ValueError(f"fuse_local must be one of {FUSE_LOCAL_MODES}, got {fuse_local!r}")
     abi = _abi_compile()
     if abi is not None:
         try:
-            # "auto" fuses local chains at world size 1 only; the pass applies those only when
-            # fuse_local is set, so "auto" is right for False.
             out_text, report_json = abi(text, world_size=world_size, backend=backend,
-                                        fuse_local="on" if fuse_local else "auto")
+                                        fuse_local=fuse_local)
         except Exception as e:  # noqa: BLE001  the binding's error names the problem
             raise CompilerError(str(e)) from None
         return Compiled(out_text, json.loads(report_json))
-    return _compile_with_cli(text, world_size, backend)
+    return _compile_with_cli(text, world_size, backend, fuse_local)
 
 
-def _compile_with_cli(text: str, world_size: int, backend: str) -> Compiled:
+def _compile_with_cli(text: str, world_size: int, backend: str, fuse_local: str) -> Compiled:
     cli = find_cli()
     if cli is None:
         raise CompilerError("no tpfuse compiler found: build the project (build*/tpfuse) or set "
@@ -79,7 +83,7 @@ def _compile_with_cli(text: str, world_size: int, backend: str) -> Compiled:
         with open(src, "w") as f:
             f.write(text)
         cmd = [cli, "compile", src, "--world-size", str(world_size), "--backend", backend,
-               "--json", "-o", out]
+               "--fuse-local", fuse_local, "--json", "-o", out]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise CompilerError(f"tpfuse compile exited with {proc.returncode}: "

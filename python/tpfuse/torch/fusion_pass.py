@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.fx as fx
@@ -14,7 +14,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 
 from . import ir
 from .apply import AppliedFusion, apply_compiled, fusion_anchors
-from .compiler import CompilerError, compile_module
+from .compiler import FUSE_LOCAL_MODES, CompilerError, compile_module
 from .translate import translate
 
 logger = logging.getLogger("tpfuse.torch")
@@ -34,7 +34,7 @@ class GraphReport:
     fusions: List[AppliedFusion] = dataclasses.field(default_factory=list)
     # all_reduce FX node name -> why it was left alone.
     left_alone: Dict[str, str] = dataclasses.field(default_factory=dict)
-    # Fused chains the pass did not apply (local chains, placement), by fused value, with why.
+    # Fused chains the pass could not place in the FX graph, by fused value, with why.
     skipped: Dict[str, str] = dataclasses.field(default_factory=dict)
     # Why the graph was left as it was, when it was (translation or compiler failure).
     untranslated: Optional[str] = None
@@ -89,17 +89,20 @@ class FusionPass(CustomGraphPass):
     through `tpfuse.torch.compile`. `report` holds the counts of every graph seen so far.
 
     world_size: the tensor-parallel degree (default: torch.distributed's world size, else 1).
-    fuse_local: also fuse norm chains that no all_reduce feeds (default False: those stay
-    Inductor's). backend: "cpu" or "cuda" capabilities (default: the graph's device).
+    fuse_local: whether norm chains that no all_reduce feeds become the fused local op, or stay
+    Inductor's: "auto" (default) leaves it to the compiler's rule, taken from measurements
+    (docs/pytorch.md, "Local chains": on CUDA they are fused; on the CPU only at world size
+    1); "on" / True always, "off" / False never. backend: "cpu" or "cuda" capabilities
+    (default: the graph's device).
     tp_groups: the process group names (ProcessGroup.group_name) of the tensor-parallel group
     (default: every all_reduce is on it).
     """
 
-    def __init__(self, world_size: Optional[int] = None, fuse_local: bool = False,
+    def __init__(self, world_size: Optional[int] = None, fuse_local: Union[str, bool] = "auto",
                  backend: Optional[str] = None, tp_groups: Optional[List[str]] = None):
         self.world_size = world_size
         self.tp_groups = tp_groups
-        self.fuse_local = fuse_local
+        self.fuse_local = _fuse_local_mode(fuse_local)
         self.backend = backend
         self.report = FusionReport()
 
@@ -132,7 +135,7 @@ class FusionPass(CustomGraphPass):
         cut: List[str] = []
         while True:
             tr = translate(graph, tp_groups=self.tp_groups, force_opaque=force_opaque, cut=cut)
-            if (not tr.all_reduces and not self.fuse_local) or not tr.func.outputs:
+            if (not tr.all_reduces and self.fuse_local == "off") or not tr.func.outputs:
                 return tr, None  # nothing to fuse
             try:
                 return tr, compile_module(tr.text, self._world_size(), backend, self.fuse_local)
@@ -166,8 +169,7 @@ class FusionPass(CustomGraphPass):
         funcs = ir.parse_module(compiled.text)
         if len(funcs) != 1:
             raise RuntimeError(f"the compiler returned {len(funcs)} funcs for one graph")
-        applied, skipped = apply_compiled(graph, tr, funcs[0], fusion_anchors(compiled.report),
-                                          self.fuse_local)
+        applied, skipped = apply_compiled(graph, tr, funcs[0], fusion_anchors(compiled.report))
         report.fusions = applied
         report.fused = sum(1 for f in applied if f.anchor)
         report.skipped = dict(skipped)
@@ -194,7 +196,19 @@ class FusionPass(CustomGraphPass):
             logger.debug("fused chain %%%s not applied: %s", value, reason)
 
 
-def compile(model: Any, world_size: Optional[int] = None, *, fuse_local: bool = False,
+def _fuse_local_mode(fuse_local: Union[str, bool]) -> str:
+    if fuse_local is True:
+        return "on"
+    if fuse_local is False:
+        return "off"
+    if fuse_local not in FUSE_LOCAL_MODES:
+        raise ValueError(f"fuse_local must be True, False or one of {FUSE_LOCAL_MODES}, "
+                         f"got {fuse_local!r}")
+    return fuse_local
+
+
+def compile(model: Any, world_size: Optional[int] = None, *,
+            fuse_local: Union[str, bool] = "auto",
             backend: str = "inductor", options: Optional[Dict[str, Any]] = None,
             **compile_kwargs: Any):
     """torch.compile(model) with the tpfuse pass. Returns the compiled callable; its
