@@ -1,6 +1,7 @@
 """torch.ops.tpfuse.allreduce_rmsnorm on one GPU (world size 1, the local op): against the CPU
 reference within Contract 3's tolerance, inside torch.compile(mode="reduce-overhead") and a
-captured CUDA graph against eager. Skips without a GPU or a libtpfuse built with CUDA."""
+captured CUDA graph against eager, and the pass fusing a local chain under reduce-overhead.
+Skips without a GPU or a libtpfuse built with CUDA."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 import tpfuse
 from test_op_cpu import CASES, assert_bitwise, make_inputs
+from test_pass import layer_tail
 
 OP = torch.ops.tpfuse.allreduce_rmsnorm
 
@@ -117,6 +119,33 @@ def test_reduce_overhead_compile_matches_eager():
         x, r, w = partials[0].cuda(), res.cuda(), weight.cuda()
         got = [t.clone() for t in compiled(x, r, w)]
         assert_bitwise(got, list(layer(x, r, w)), f"step {step}")
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+
+
+def test_the_pass_fuses_a_local_chain_inside_reduce_overhead():
+    """tpfuse.torch.compile at world size 1 on the GPU: fuse_local auto fuses the chain that no
+    all_reduce feeds (docs/pytorch.md, "Local chains"), and the compiled layer, replayed from
+    CUDA graphs, computes what the fused op computes when called directly."""
+    import tpfuse.torch as tt
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    torch._dynamo.reset()
+    compiled = tt.compile(layer_tail, world_size=1, mode="reduce-overhead", fullgraph=True)
+    attrs = dict(emit=["residual", "quant"], quant="fp8_group", group_size=128, eps=1e-6,
+                 rounding=["weight_after_round"])
+    for step in range(5):  # warm-up runs, then replays of the recorded graph
+        partials, res, weight, _ = make_inputs(300 + step, (64, 4096), 1, True, "fp8_group")
+        x, r, w = partials[0].cuda(), res.cuda(), weight.cuda()
+        got = [t.clone() for t in compiled(x, r, w)]
+        assert_bitwise(got, list(OP(x, r, w, None, **attrs)), f"step {step}")
+    fusions = [f for g in compiled.tpfuse_pass.report.graphs for f in g.fusions]
+    assert len(fusions) == 1, compiled.tpfuse_pass.report
+    (fusion,) = fusions
+    assert fusion.anchor == ""  # a local chain
+    assert str(fusion.attrs["quant"]) == "fp8_group"
+    assert [str(e) for e in fusion.attrs["emit"]] == attrs["emit"]
+    assert [str(r) for r in fusion.attrs.get("rounding", [])] == attrs["rounding"]
     assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
 
 

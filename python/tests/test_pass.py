@@ -183,6 +183,38 @@ def test_local_chains_follow_the_compilers_rule(backend, fuse_local, fused):
     g.lint()
 
 
+def layer_tail(x, residual, weight):
+    """A TP-1 layer's epilogue as model code writes it: the residual add, LlamaRMSNorm, and a
+    per-group (128) FP8 quant in torch, q and s returned as [T, H] and [T, H/128]."""
+    h = x + residual
+    y = llama_norm(h, weight)
+    yg = y.to(torch.float32).unflatten(-1, (-1, 128))
+    s = yg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / 448.0
+    q = (yg / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    return h, q.flatten(-2), s.squeeze(-1)
+
+
+def test_an_output_the_compiler_reads_from_the_fused_op_under_another_name():
+    """Inductor's graph of layer_tail, its local chain fused: the compiler cancels the group
+    view of q against the flatten back to [T, H], so the output reads the fused q under the
+    flatten's name; the FX output must read it too (it read the unfused q before)."""
+    from test_op_cpu import assert_bitwise
+
+    g = torch.Generator().manual_seed(11)
+    x, res = (torch.randn(8, 256, generator=g).to(bf) for _ in range(2))
+    w = (torch.rand(256, generator=g) + 0.5).to(bf)
+    with torch._inductor.config.patch(force_disable_caches=True):
+        torch._dynamo.reset()
+        compiled = tt.compile(layer_tail, world_size=1, fuse_local="on", fullgraph=True)
+        got = compiled(x, res, w)
+    fusions = [f for gr in compiled.tpfuse_pass.report.graphs for f in gr.fusions]
+    assert len(fusions) == 1 and fusions[0].anchor == "", compiled.tpfuse_pass.report
+    want = torch.ops.tpfuse.allreduce_rmsnorm(
+        x, res, w, None, emit=["residual", "quant"], quant="fp8_group", group_size=128,
+        eps=1e-6, rounding=["weight_after_round"])
+    assert_bitwise(list(got), list(want), "compiled layer_tail")
+
+
 def test_fuse_local_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="fuse_local"):
         tt.FusionPass(fuse_local="sometimes")

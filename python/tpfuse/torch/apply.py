@@ -183,13 +183,22 @@ class Applier:
         if site is not None and site.inplace and order[insert_after] >= order[site.collective]:
             raise ApplyError("an operand is defined after the in-place all_reduce mutates its input")
 
-        # Every FX node a result takes over, and the first of their remaining users.
-        takeover = {}
+        # Every FX node a result takes over (graph value name -> its FX node and the compiled
+        # value that replaces it), and the first of their remaining users.
+        takeover: Dict[str, Tuple[fx.Node, str]] = {}
         for n in [fused] + post:
             for r in n.results:
                 if r in self.tr.types:
-                    takeover[r] = self.tr.node_of[r]
-        for r, old in takeover.items():
+                    takeover[r] = (self.tr.node_of[r], r)
+        # A func output the compiler now reads from this fusion under another name (a view of a
+        # result that it folded away, say): every use FX can see of an IR value goes through the
+        # func's outputs, so the graph value at that position is taken over too.
+        made = {r for n in pre + [fused] + post for r in n.results}
+        if len(self.compiled.outputs) == len(self.tr.func.outputs):
+            for was, now in zip(self.tr.func.outputs, self.compiled.outputs):
+                if was != now and now in made and was in self.tr.node_of and was not in takeover:
+                    takeover[was] = (self.tr.node_of[was], now)
+        for r, (old, _) in takeover.items():
             for user in self._users_to_redirect(old, site, r):
                 if order[user] <= order[insert_after]:
                     raise ApplyError(f"%{user.name} reads %{r} before the fused op's operands exist")
@@ -204,8 +213,8 @@ class Applier:
 
         # Redirect.
         replaced = []
-        for r, old in takeover.items():
-            new = env[r]
+        for r, (old, src) in takeover.items():
+            new = env[src]
             holders = [old] + self.tr.aliases.get(r, [])
             for user in self._users_to_redirect(old, site, r):
                 for holder in holders:
