@@ -46,7 +46,7 @@ void AddBenchCommand(CLI::App& app, CommandFn& run) {
       "                           minimum bytes: the roofline\n"
       "  Reported: the three medians, fused/copy, fused/unfused, the byte ratio r (fused bytes /\n"
       "  unfused bytes: 7/11 for fp8_tensor) and fused/(unfused*r), then a summary against the\n"
-      "  targets. Shapes with T <= 256 are first checked bit for bit against the CPU oracle;\n"
+      "  targets. Shapes with T <= 64 are first checked bit for bit against the CPU oracle;\n"
       "  a mismatch ends the run before anything is timed. Files: bench.txt, bench.csv,\n"
       "  bench_roofline.svg (fused/copy against T, one line per H x quant).\n"
       "Exit status: 0 done, 1 invalid value, no CUDA backend, fewer GPUs than the world size,\n"
