@@ -199,9 +199,9 @@ int RunCommand(const CommandFlags& flags, Mode mode) {
   const char* one_gpu_hint =
       mode == Mode::kBench ? " (--world-size 1 measures the fused op on one GPU)" : "";
   if (!gpus.ok()) {
-    return Fail(mode, FailedPrecondition("no usable GPU here (", gpus.status().message(), "); ",
-                                         CommandName(mode),
-                                         " needs at least 2, one process per GPU"));
+    return Fail(mode,
+                FailedPrecondition("no usable GPU here (", gpus.status().message(), "); ",
+                                   CommandName(mode), " needs at least 2, one process per GPU"));
   }
   const int count = *gpus;
   if (count < 2) {
