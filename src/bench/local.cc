@@ -70,7 +70,7 @@ struct Judged {
 
 std::string JudgeLine(const Target& t, const std::vector<Judged>& values) {
   std::ostringstream os;
-  os << "  " << t.what << " " << t.limit << ": ";
+  os << "  " << t.what << " (target " << t.limit << "): ";
   if (values.empty()) {
     os << "no cell of this run to judge";
   } else {
