@@ -55,7 +55,7 @@ std::string CsvField(const std::string& s) {
 
 double SafeRatio(double a, double b) { return b > 0 ? a / b : 0; }
 
-// One of issue 11's targets over the cells it applies to.
+// One of the world-size-1 targets (docs/perf/h200x1/NOTES.md) over the cells it applies to.
 struct Target {
   std::string what;   // "fused / copy at T >= 1024"
   std::string limit;  // "<= 1.18"
@@ -257,7 +257,7 @@ std::string FormatLocalProgress(const LocalCell& c) {
 
 std::string FormatLocalSummary(const LocalReport& r) {
   std::ostringstream os;
-  os << "summary against issue 11's targets (one run, one GPU):\n";
+  os << "summary against the world-size-1 targets (one run, one GPU):\n";
   auto collect = [&](const std::function<std::optional<double>(const LocalCell&)>& value) {
     std::vector<Judged> out;
     for (const LocalCell& c : r.cells) {

@@ -1,7 +1,7 @@
 // `tpfuse bench --world-size 1`: the fused op on one GPU, without communication, against the
 // project's unfused kernels and the copy roofline of the same bytes. This header is the plain
 // C++ part (no CUDA): the spec of each cell, the bytes it must move, its set layout, the
-// results, the tables, the CSV, the plot and the summary against issue 11's targets. The
+// results, the tables, the CSV, the plot and the summary against the world-size-1 targets. The
 // measuring is RunLocalBench (bench/runner.h).
 #pragma once
 
@@ -108,7 +108,7 @@ std::string FormatLocalHeader(const LocalReport& report);
 std::string FormatLocalTable(const LocalReport& report, int64_t hidden, QuantMode quant);
 // "H=4096 fp8_tensor T=128: fused 2.10 unfused 5.30 copy 1.60 us -> 1.31x copy 0.40x unfused"
 std::string FormatLocalProgress(const LocalCell& cell);
-// The run against issue 11's targets, each with the worst cell: T >= 1024 within 1.18x of the
+// The run against the world-size-1 targets, each with the worst cell: T >= 1024 within 1.18x of the
 // copy; T = 1 at most 2.0 us; fp8_group + norm within 1.15x of fp8_tensor at T <= 128; at most
 // 0.6x the unfused kernels at T <= 128; within 1.05x of the unfused time scaled by the byte
 // ratio at T >= 1024. A target with no cell to judge says so.

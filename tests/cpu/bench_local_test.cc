@@ -366,7 +366,7 @@ TEST(BenchLocalReport, WritesTheTextCsvAndPlot) {
   text << in.rdbuf();
   EXPECT_NE(text.str().find("world size 1"), std::string::npos);
   EXPECT_EQ(Count(text.str(), "\n== H="), 4u);
-  EXPECT_NE(text.str().find("summary against issue 11's targets"), std::string::npos);
+  EXPECT_NE(text.str().find("summary against the world-size-1 targets"), std::string::npos);
   std::filesystem::remove_all(dir);
 }
 
