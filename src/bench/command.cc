@@ -10,6 +10,7 @@
 #include <system_error>
 #include <vector>
 
+#include "bench/local.h"
 #include "bench/process.h"
 #include "bench/report.h"
 #include "bench/runner.h"
@@ -97,17 +98,21 @@ StatusOr<Plan> PlanFromFlags(const CommandFlags& f, Mode mode) {
   plan.mode = mode;
   if (!f.world_size.empty()) {
     TPFUSE_ASSIGN_OR_RETURN(const int64_t n, ParseInt(f.world_size, "--world-size", 1, 1024));
-    if (n != 2 && n != 4 && n != 8)
-      return InvalidArgument("--world-size: the fused op runs at world size 2, 4 or 8, not ", n);
+    if (n != 1 && n != 2 && n != 4 && n != 8)
+      return InvalidArgument("--world-size: the fused op runs at world size 1, 2, 4 or 8, not ", n);
+    if (n == 1 && mode == Mode::kTune)
+      return InvalidArgument("--world-size 1: tune picks among the fused op's strategies, and "
+                             "without communication there is only one");
     plan.world_size = int(n);
   }
+  const bool local = plan.world_size == 1;
   if (f.tokens.empty()) {
     plan.tokens = DefaultTokens();
   } else {
     TPFUSE_ASSIGN_OR_RETURN(plan.tokens, ParseIntList(f.tokens, "--tokens", 1, kMaxSweepTokens));
   }
   if (f.hidden.empty()) {
-    plan.hidden = DefaultHidden();
+    plan.hidden = local ? DefaultLocalHidden() : DefaultHidden();
   } else {
     TPFUSE_ASSIGN_OR_RETURN(plan.hidden, ParseIntList(f.hidden, "--hidden", 1, int64_t(1) << 20));
   }
@@ -142,6 +147,9 @@ StatusOr<Plan> PlanFromFlags(const CommandFlags& f, Mode mode) {
   plan.out = fs::absolute(out, ec).string();
   if (ec) return InvalidArgument("--out: '", out, "': ", ec.message());
   if (!f.table.empty()) {
+    if (local)
+      return InvalidArgument("--table: at world size 1 there is no strategy to dispatch (the "
+                             "fused op runs without communication)");
     plan.table = fs::absolute(f.table, ec).string();
     if (ec) return InvalidArgument("--table: '", f.table, "': ", ec.message());
     // Read it now: a bad table is the user's error, not a rank's.
@@ -153,11 +161,12 @@ StatusOr<Plan> PlanFromFlags(const CommandFlags& f, Mode mode) {
   const FusionCapabilities caps = CudaFusionCapabilities();
   for (int64_t h : plan.hidden) {
     for (QuantMode q : plan.quants) {
-      const AllreduceRmsnormSpec spec = MakeSpec(h, q, plan.emit_norm);
+      const AllreduceRmsnormSpec spec =
+          local ? MakeLocalSpec(h, q, plan.emit_norm) : MakeSpec(h, q, plan.emit_norm);
       if (Status valid = spec.Validate(); !valid.ok())
         return InvalidArgument("--hidden ", h, " with --quant ", QuantModeName(q), ": ",
                                valid.message());
-      if (std::string why = caps.WhyUnsupported(spec, 2); !why.empty())
+      if (std::string why = caps.WhyUnsupported(spec, local ? 1 : 2); !why.empty())
         return InvalidArgument("--hidden ", h, " with --quant ", QuantModeName(q), ": ", why);
     }
   }
@@ -176,6 +185,19 @@ int RunCommand(const CommandFlags& flags, Mode mode) {
                                     "nothing to measure"));
   }
   StatusOr<int> gpus = CountGpus();
+  if (plan.world_size == 1) {
+    // One GPU, this process: no rank processes, no NCCL.
+    if (!gpus.ok() || *gpus < 1) {
+      return Fail(mode, FailedPrecondition(
+                            "no usable GPU here",
+                            gpus.ok() ? "" : StrCat(" (", gpus.status().message(), ")"),
+                            "; --world-size 1 needs one"));
+    }
+    if (Status out = CheckOutput(plan); !out.ok()) return Fail(mode, out);
+    return RunLocalBench(plan);
+  }
+  const char* one_gpu_hint =
+      mode == Mode::kBench ? " (--world-size 1 measures the fused op on one GPU)" : "";
   if (!gpus.ok()) {
     return Fail(mode,
                 FailedPrecondition("no usable GPU here (", gpus.status().message(), "); ",
@@ -185,13 +207,14 @@ int RunCommand(const CommandFlags& flags, Mode mode) {
   if (count < 2) {
     return Fail(mode,
                 FailedPrecondition("found ", count, " GPU", count == 1 ? "" : "s", "; ",
-                                   CommandName(mode), " needs at least 2, one process per GPU"));
+                                   CommandName(mode), " needs at least 2, one process per GPU",
+                                   count == 1 ? one_gpu_hint : ""));
   }
   if (plan.world_size == 0) {
     if (count != 2 && count != 4 && count != 8) {
       return Fail(mode, InvalidArgument("this machine has ", count,
-                                        " GPUs; the fused op runs at world size 2, 4 or 8: "
-                                        "pick one with --world-size"));
+                                        " GPUs; the fused op runs across 2, 4 or 8 GPUs (or "
+                                        "1): pick a world size with --world-size"));
     }
     plan.world_size = count;
   } else if (plan.world_size > count) {

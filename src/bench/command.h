@@ -1,7 +1,8 @@
 // `tpfuse bench` and `tpfuse tune` without their command line: the option values as typed, the
 // checks of the values, and the parent process that starts one rank process per GPU
-// (re-executing the running binary with --child-plan / --child-rank). The CLI registers the
-// options (tools/tpfuse/bench_cli.h) and calls RunCommand.
+// (re-executing the running binary with --child-plan / --child-rank), or, for `bench
+// --world-size 1`, measures on one GPU in this process. The CLI registers the options
+// (tools/tpfuse/bench_cli.h) and calls RunCommand.
 #pragma once
 
 #include <string>
@@ -38,11 +39,13 @@ struct CommandFlags {
 };
 
 // The plan the flags describe, with defaults filled in, except world_size (0: every GPU) and
-// id_file. Errors name the option.
+// id_file. World size 1 (bench only) has its own hidden sizes by default (DefaultLocalHidden)
+// and no --table. Errors name the option.
 StatusOr<Plan> PlanFromFlags(const CommandFlags& flags, Mode mode);
 
 // Runs the command: the parent (counts GPUs, checks the sweep, starts and waits for the rank
-// processes) or, with --child-plan, one rank process. Returns the exit status.
+// processes), with --child-plan one rank process, or at world size 1 the whole measurement
+// (RunLocalBench). Returns the exit status.
 int RunCommand(const CommandFlags& flags, Mode mode);
 
 }  // namespace tpfuse::bench

@@ -198,12 +198,21 @@ std::string FormatHeader(const Report& r) {
           "ops);\n"
        << "         NCCL = ncclAllReduce alone; dispatched = the dispatcher's strategy (its "
           "measurement repeated);\n"
-       << "         busbw = T*H*2 bytes * 2(N-1)/N / time of the dispatched path\n";
+       << "         busbw = T*H*2 bytes * 2(N-1)/N / time of the dispatched path;\n"
+       << "         B epi = (B - NCCL) / B: B's share spent in its epilogue kernel, the same "
+          "kernel as the fused op's epilogue (world size 1: tpfuse bench --world-size 1)\n";
   } else {
     os << "  strategies: oneshot, twoshot, nccl (the fused op); the lowest median wins\n";
   }
   for (const std::string& w : r.warnings) os << "  note: " << w << "\n";
   return os.str();
+}
+
+std::optional<double> BaselineBEpilogueShare(const ShapeResult& s) {
+  const std::optional<double> b = s.Median(Path::kNccl);
+  const std::optional<double> nccl = s.Median(Path::kNcclAllReduce);
+  if (!b || !nccl || !(*b > 0)) return std::nullopt;
+  return std::max(0.0, (*b - *nccl) / *b);
 }
 
 std::string FormatTable(const Report& r, int64_t hidden, QuantMode quant) {
@@ -217,9 +226,9 @@ std::string FormatTable(const Report& r, int64_t hidden, QuantMode quant) {
      << r.plan.ops_per_graph << " ops\n";
   std::vector<std::string> notes;
   if (r.plan.mode == Mode::kBench) {
-    std::snprintf(line, sizeof(line), "%7s %10s %10s %10s %10s %10s   %-19s %7s %11s\n", "T",
-                  "oneshot", "twoshot", "B (nccl)", "A", "NCCL", "dispatched", "disp/B",
-                  "busbw GB/s");
+    std::snprintf(line, sizeof(line), "%7s %10s %10s %10s %10s %10s   %-19s %7s %11s %7s\n",
+                  "T", "oneshot", "twoshot", "B (nccl)", "A", "NCCL", "dispatched", "disp/B",
+                  "busbw GB/s", "B epi");
     os << line;
     for (const ShapeResult* s : group) {
       const std::optional<double> d = s->Median(s->dispatched);
@@ -230,12 +239,14 @@ std::string FormatTable(const Report& r, int64_t hidden, QuantMode quant) {
       const std::string ratio = d && b ? Format("%.2f", *d / *b) : "-";
       const std::string busbw =
           d ? Format("%.1f", BusBandwidthGBps(s->tokens, s->hidden, r.plan.world_size, *d)) : "-";
-      std::snprintf(line, sizeof(line), "%7lld %10s %10s %10s %10s %10s   %-19s %7s %11s\n",
+      const std::optional<double> b_epilogue = BaselineBEpilogueShare(*s);
+      const std::string epi = b_epilogue ? Format("%.1f%%", *b_epilogue * 100) : "-";
+      std::snprintf(line, sizeof(line), "%7lld %10s %10s %10s %10s %10s   %-19s %7s %11s %7s\n",
                     static_cast<long long>(s->tokens), Us(s->Median(Path::kOneShot)).c_str(),
                     Us(s->Median(Path::kTwoShot)).c_str(), Us(b).c_str(),
                     Us(s->Median(Path::kBaselineA)).c_str(),
                     Us(s->Median(Path::kNcclAllReduce)).c_str(), disp.c_str(), ratio.c_str(),
-                    busbw.c_str());
+                    busbw.c_str(), epi.c_str());
       os << line;
       if (!s->dispatch_note.empty())
         notes.push_back(StrCat("* T=", s->tokens, ": ", s->dispatch_note));

@@ -110,6 +110,9 @@ struct Report {
 
 // The header printed before any table: machine, peer bandwidth, method, legend.
 std::string FormatHeader(const Report& report);
+// B's epilogue share: (B - ncclAllReduce alone) / B, the part of baseline B that is its
+// add-RMSNorm-quant kernel (the fused op's own epilogue); nullopt unless both were measured.
+std::optional<double> BaselineBEpilogueShare(const ShapeResult& shape);
 // One (H, quant) table of `tpfuse bench` or `tpfuse tune` (per report.plan.mode), with its
 // notes (skips, fallbacks, warnings of that group).
 std::string FormatTable(const Report& report, int64_t hidden, QuantMode quant);

@@ -32,6 +32,12 @@ bool Valid(const Point& p) {
   return std::isfinite(p.x) && std::isfinite(p.y) && p.x > 0 && p.y > 0;
 }
 
+// The series' stroke-dasharray, "" for a solid line.
+std::string DashArray(const Series& s) {
+  if (!s.dash_array.empty()) return s.dash_array;
+  return s.dashed ? "6 4" : "";
+}
+
 // The 1-2-5 value at or below v (toward_lower) or at or above it.
 double Nice125(double v, bool toward_lower) {
   const double decade = std::pow(10.0, std::floor(std::log10(v)));
@@ -219,7 +225,7 @@ StatusOr<std::string> RenderLogLogSvg(const LogLogChart& chart) {
          << "stroke=\"" << XmlEscape(s.color) << "\" stroke-width=\""
          << Num(s.highlight ? std::max(6.0, 4 * s.stroke_width) : s.stroke_width) << "\"";
       if (s.highlight) os << " stroke-opacity=\"0.3\" stroke-linecap=\"round\"";
-      if (s.dashed) os << " stroke-dasharray=\"6 4\"";
+      if (!DashArray(s).empty()) os << " stroke-dasharray=\"" << XmlEscape(DashArray(s)) << "\"";
       os << " points=\"";
       for (size_t i = 0; i < points.size(); ++i) {
         os << (i ? " " : "") << Num(x_axis.Map(points[i].x)) << "," << Num(y_axis.Map(points[i].y));
@@ -246,7 +252,7 @@ StatusOr<std::string> RenderLogLogSvg(const LogLogChart& chart) {
        << Num(lx + 24) << "\" y2=\"" << Num(ly) << "\" stroke=\"" << XmlEscape(s.color)
        << "\" stroke-width=\"" << Num(s.highlight ? 6.0 : s.stroke_width) << "\"";
     if (s.highlight) os << " stroke-opacity=\"0.3\"";
-    if (s.dashed) os << " stroke-dasharray=\"6 4\"";
+    if (!DashArray(s).empty()) os << " stroke-dasharray=\"" << XmlEscape(DashArray(s)) << "\"";
     os << "/><text x=\"" << Num(lx + 30) << "\" y=\"" << Num(ly + 4) << "\">" << XmlEscape(s.name)
        << (has_data ? "" : " (no data)") << "</text></g>\n";
   }

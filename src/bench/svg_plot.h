@@ -22,6 +22,8 @@ struct Series {
   std::string color = "#1f77b4";
   double stroke_width = 1.8;
   bool dashed = false;
+  // An SVG stroke-dasharray (e.g. "2 3") for more line styles than `dashed`; overrides it.
+  std::string dash_array;
   // A wide, pale line drawn under the others (e.g. the path that coincides with another one).
   bool highlight = false;
 };

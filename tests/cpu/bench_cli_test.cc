@@ -44,6 +44,10 @@ TEST(BenchCli, HelpTellsTheDefaults) {
   }
   const CliResult bench = RunCli("bench --help");
   EXPECT_NE(bench.output.find("--table"), std::string::npos);
+  // World size 1 is valid for bench, with its own hidden sizes and outputs.
+  EXPECT_NE(bench.output.find("1 measures the fused op"), std::string::npos) << bench.output;
+  EXPECT_NE(bench.output.find("at world size 1: 2880,4096,5120,7168,8192"), std::string::npos);
+  EXPECT_NE(bench.output.find("bench_roofline.svg"), std::string::npos);
   EXPECT_NE(bench.output.find("default ./tpfuse-bench"), std::string::npos);
   EXPECT_NE(bench.output.find("exactly"), std::string::npos);  // B is the nccl strategy
   const CliResult tune = RunCli("tune --help");
@@ -68,6 +72,9 @@ TEST(BenchCli, BadValuesAreInvalidInputNamingTheOption) {
         Case{"bench --hidden 4160 --quant fp8_group", "group_size"},
         Case{"bench --quant fp8_grp", "--quant"}, Case{"bench --emit-norm maybe", "--emit-norm"},
         Case{"bench --world-size 3", "--world-size"},
+        Case{"bench --world-size 1 --table t.json", "--table"},
+        Case{"tune --world-size 1", "--world-size 1"},
+        Case{"bench --world-size 1 --hidden 4100", "hidden 4100"},
         Case{"bench --ops-per-graph 0", "--ops-per-graph"}, Case{"tune --replays -1", "--replays"},
         Case{"bench --timeout never", "--timeout"},
         Case{"bench --table /nonexistent/table.json", "--table"}}) {

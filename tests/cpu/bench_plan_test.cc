@@ -374,6 +374,18 @@ TEST(BenchReport, BenchTableRowsRatiosAndNotes) {
             std::string::npos);
   // busbw of the dispatched path at T=8192: 64 MiB in 301 us.
   EXPECT_NE(table.find("223.0"), std::string::npos) << table;
+  // B's epilogue share at T=8192: (301 - 244) / 301.
+  EXPECT_NE(table.find("223.0   18.9%"), std::string::npos) << table;
+}
+
+TEST(BenchReport, BaselineBEpilogueShareNeedsBAndNccl) {
+  Report r = MadeUpReport(Mode::kBench);
+  ShapeResult& s = r.shapes[2];  // B 10.0, NCCL 7.6
+  ASSERT_TRUE(BaselineBEpilogueShare(s).has_value());
+  EXPECT_NEAR(*BaselineBEpilogueShare(s), 0.24, 1e-12);
+  s.at(Path::kNcclAllReduce) = Skipped("not measured");
+  EXPECT_FALSE(BaselineBEpilogueShare(s).has_value());
+  EXPECT_NE(FormatHeader(r).find("B epi = (B - NCCL) / B"), std::string::npos);
 }
 
 TEST(BenchReport, SummaryNamesEveryShapeSlowerThanB) {

@@ -258,6 +258,30 @@ TEST(SvgPlot, HighlightAndDashedSeriesAreStyled) {
   EXPECT_NE(svg->find("stroke-dasharray"), std::string::npos);
 }
 
+TEST(SvgPlot, DashArrayOverridesDashedOnTheLineAndInTheLegend) {
+  LogLogChart chart = ThreePaths();
+  chart.series[0].dash_array = "2 3";
+  chart.series[1].dashed = true;
+  chart.series[1].dash_array = "10 3 2 3";
+  StatusOr<std::string> svg = RenderLogLogSvg(chart);
+  ASSERT_TRUE(svg.ok());
+  std::vector<Element> elements;
+  ASSERT_EQ(CheckWellFormed(*svg, &elements), "");
+  std::map<std::string, std::string> dash_of_polyline;
+  for (const Element& el : elements) {
+    if (el.name != "polyline") continue;
+    const auto dash = el.attrs.find("stroke-dasharray");
+    dash_of_polyline[el.attrs.at("data-name")] = dash == el.attrs.end() ? "" : dash->second;
+  }
+  EXPECT_EQ(dash_of_polyline["path0"], "2 3");
+  EXPECT_EQ(dash_of_polyline["path1"], "10 3 2 3");
+  EXPECT_EQ(dash_of_polyline["path2"], "");
+  // Each styled series' legend sample carries its pattern too.
+  EXPECT_EQ(Count(*svg, "stroke-dasharray=\"2 3\""), 2u);
+  EXPECT_EQ(Count(*svg, "stroke-dasharray=\"10 3 2 3\""), 2u);
+  EXPECT_EQ(svg->find("stroke-dasharray=\"6 4\""), std::string::npos);
+}
+
 TEST(SvgPlot, RejectsChartsWithoutData) {
   LogLogChart chart;
   chart.title = "empty";

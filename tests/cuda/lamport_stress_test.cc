@@ -1,7 +1,7 @@
 // Stress of the peer-memory strategies' buffer reuse (comm/lamport.h) on 2 GPUs: thousands of
 // fused calls back to back, on one stream without host synchronization and inside a CUDA graph,
 // with T on both sides of the residency boundaries, every H, quant mode and strategy mixed, so
-// that consecutive calls launch different instantiations and grids (the case of issue 8).
+// that consecutive calls launch different instantiations and grids (mixed calls of a serving loop).
 //
 // Every call writes its own outputs, kept until the end and compared bitwise, on the device,
 // with its case's reference: the same case run on the nccl path (no Lamport buffer), itself

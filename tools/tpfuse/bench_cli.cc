@@ -7,7 +7,11 @@ namespace tpfuse::bench {
 void AddCommandOptions(CLI::App& command, CommandFlags& flags, Mode mode) {
   command
       .add_option("--world-size", flags.world_size,
-                  "GPUs to use, one process each: 2, 4 or 8 (default: every visible GPU)")
+                  mode == Mode::kBench
+                      ? "GPUs to use, one process each: 2, 4 or 8 (default: every visible GPU); "
+                        "1 measures the fused op without communication on one GPU, in this "
+                        "process, against the unfused kernels and the copy roofline"
+                      : "GPUs to use, one process each: 2, 4 or 8 (default: every visible GPU)")
       ->type_name("N");
   command
       .add_option("--tokens", flags.tokens,
@@ -15,7 +19,10 @@ void AddCommandOptions(CLI::App& command, CommandFlags& flags, Mode mode) {
       ->type_name("LIST");
   command
       .add_option("--hidden", flags.hidden,
-                  "hidden sizes H, comma-separated (default 4096,7168,8192)")
+                  mode == Mode::kBench
+                      ? "hidden sizes H, comma-separated (default 4096,7168,8192; at world size "
+                        "1: 2880,4096,5120,7168,8192)"
+                      : "hidden sizes H, comma-separated (default 4096,7168,8192)")
       ->type_name("LIST");
   command
       .add_option("--quant", flags.quant,
@@ -42,7 +49,7 @@ void AddCommandOptions(CLI::App& command, CommandFlags& flags, Mode mode) {
         .add_option("--table", flags.table,
                     "strategy table JSON for the dispatched path, as written by `tpfuse "
                     "tune` (default: $TPFUSE_STRATEGY_TABLE if set, else the built-in "
-                    "defaults, as in the runtime)")
+                    "defaults, as in the runtime); not at world size 1")
         ->type_name("FILE");
   }
   command.add_flag("--no-pdl", flags.no_pdl,
@@ -50,15 +57,19 @@ void AddCommandOptions(CLI::App& command, CommandFlags& flags, Mode mode) {
   command
       .add_option("--out", flags.out,
                   mode == Mode::kBench
-                      ? "directory for bench.csv, bench.json and bench_H<h>_<quant>.svg "
-                        "(default ./tpfuse-bench)"
+                      ? "directory for bench.csv, bench.json and bench_H<h>_<quant>.svg; at "
+                        "world size 1 bench.txt, bench.csv and bench_roofline.svg (default "
+                        "./tpfuse-bench)"
                       : "strategy table JSON file to write (default ./tpfuse-strategy.json)")
       ->type_name(mode == Mode::kBench ? "DIR" : "FILE");
   command.add_option("--seed", flags.seed, "seed of the random inputs (default 1)")->type_name("N");
   command
       .add_option("--timeout", flags.timeout,
-                  "bound on the whole run in seconds; ranks still running then are killed "
-                  "(default 1800)")
+                  mode == Mode::kBench
+                      ? "bound on the whole run in seconds; ranks still running then are killed "
+                        "(at world size 1: checked between shapes) (default 1800)"
+                      : "bound on the whole run in seconds; ranks still running then are killed "
+                        "(default 1800)")
       ->type_name("SECONDS");
   command.add_option("--child-plan", flags.child_plan)->group("");
   command.add_option("--child-rank", flags.child_rank)->group("");

@@ -1,5 +1,6 @@
 // `tpfuse bench`: the fused op against its unfused baselines, per shape, on this node's GPUs.
-// The measuring lives in src/bench/runner.cc, the reporting in src/bench/report.cc;
+// The measuring lives in src/bench/runner.cc (world size 1: local_runner.cc), the reporting in
+// src/bench/report.cc (local.cc);
 // docs/benchmarking.md describes the method.
 #include <CLI/CLI.hpp>
 
@@ -14,7 +15,8 @@ void AddBenchCommand(CLI::App& app, CommandFn& run) {
   CLI::App* command = app.add_subcommand(
       "bench",
       "Measure the fused all_reduce + residual + RMSNorm [+ FP8 quant] op against its unfused "
-      "baselines on this node's GPUs, one process per GPU.");
+      "baselines on this node's GPUs, one process per GPU; with --world-size 1, on one GPU "
+      "without communication, against the unfused kernels and the copy roofline.");
   auto flags = std::make_shared<bench::CommandFlags>();
   bench::AddCommandOptions(*command, *flags, bench::Mode::kBench);
   command->footer(
@@ -33,10 +35,24 @@ void AddBenchCommand(CLI::App& app, CommandFn& run) {
       "                           keep Contract 3's sum, and B keeps ncclAllReduce\n"
       "  NCCL                     ncclAllReduce alone\n"
       "Reported: rank 0's median (p10, p90 in the files) of the per-op time of each replay,\n"
-      "fused(dispatched)/B, and bus bandwidth = T*H*2 bytes * 2(N-1)/N / time, next to the peer\n"
-      "copy bandwidth measured at start. Progress goes to stderr, tables to stdout.\n"
-      "Exit status: 0 done, 1 invalid value, no CUDA backend, fewer than 2 GPUs or a rank\n"
-      "failed, 2 usage error. See docs/benchmarking.md.");
+      "fused(dispatched)/B, bus bandwidth = T*H*2 bytes * 2(N-1)/N / time, next to the peer\n"
+      "copy bandwidth measured at start, and B's epilogue share (B - NCCL) / B. Progress goes\n"
+      "to stderr, tables to stdout.\n"
+      "World size 1 (--world-size 1; default H 2880,4096,5120,7168,8192; group size 128, or\n"
+      "64 where 128 does not divide H; no --table), per shape, in this process, over the same\n"
+      "rotating sets:\n"
+      "  fused                    the fused op without communication (a = x)\n"
+      "  unfused                  the unfused kernels: fused_add_rms_norm, then quant_fp8\n"
+      "  copy                     cudaMemcpyAsync of (read + write) / 2 of the fused op's\n"
+      "                           minimum bytes: the roofline\n"
+      "  Reported: the three medians, fused/copy, fused/unfused, the byte ratio r (fused bytes /\n"
+      "  unfused bytes: 7/11 for fp8_tensor) and fused/(unfused*r), then a summary against the\n"
+      "  targets. Shapes with T <= 64 are first checked bit for bit against the CPU oracle;\n"
+      "  a mismatch ends the run before anything is timed. Files: bench.txt, bench.csv,\n"
+      "  bench_roofline.svg (fused/copy against T, one line per H x quant).\n"
+      "Exit status: 0 done, 1 invalid value, no CUDA backend, fewer GPUs than the world size,\n"
+      "a rank failed or (world size 1) a result differs from the oracle, 2 usage error.\n"
+      "See docs/benchmarking.md.");
   command->callback(
       [&run, flags] { run = [flags] { return bench::RunCommand(*flags, bench::Mode::kBench); }; });
 }
