@@ -40,7 +40,8 @@ struct DemoArgs {
 struct ModelOutcome {
   std::string name;
   int chains = 0;  // all_reduce ops before compiling
-  int fusions = 0;
+  int fusions = 0;  // of those chains
+  int local = 0;    // local chains no all_reduce feeds (--fuse-local auto fuses them on CUDA)
   int rejections = 0;
   int outputs = 0;
   int bitwise = 0;  // outputs bitwise equal to the oracle's on every rank
@@ -119,13 +120,23 @@ StatusOr<Compiled> CompileModel(const Program& program, const DemoArgs& args, Ba
   options.backend = backend;
   TPFUSE_ASSIGN_OR_RETURN(Compiled c, CompileGraph(graph, options));
   outcome.chains = c.ops_before.count("all_reduce") ? c.ops_before.at("all_reduce") : 0;
-  outcome.fusions = int(c.ctx.fusions.size());
+  std::set<std::string> all_reduces;
+  for (const ir::Node* n : graph.NodesSnapshot())
+    if (n->kind() == ir::OpKind::kAllReduce) all_reduces.insert(n->result()->name());
+  for (const passes::FusionRecord& f : c.ctx.fusions) {
+    if (all_reduces.count(f.anchor)) {
+      ++outcome.fusions;
+    } else {
+      ++outcome.local;
+    }
+  }
   outcome.rejections = int(c.ctx.rejections.size());
 
   std::cout << "      " << model.Summary() << "\n";
   PrintOpTable(c, std::cout);
   std::cout << "      fused " << outcome.fusions << " of " << outcome.chains
-            << " all_reduce chains:\n";
+            << " all_reduce chains"
+            << (outcome.local ? StrCat(" and ", outcome.local, " local chain(s)") : "") << ":\n";
   for (const passes::FusionRecord& f : c.ctx.fusions) {
     std::cout << "        " << DescribeFusion(f) << "\n";
     for (const std::string& note : f.notes) std::cout << "          note: " << note << "\n";
