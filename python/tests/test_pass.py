@@ -67,6 +67,21 @@ def test_fuses_all_reduce_add_rmsnorm_and_reports_it(caplog):
     g.lint()
 
 
+def test_world_size_one_fuses_the_all_reduce_chain_and_counts_it():
+    # At world size 1 the compiler marks the fusion local (the all_reduce is the identity), but
+    # it still replaces that all_reduce: the collective goes and the report counts the fusion.
+    g = trace(layer, ((6, 128), bf), ((6, 128), bf), ((128,), bf))
+    p = tt.FusionPass(world_size=1)
+    p(g)
+    calls = [n for n in g.nodes if str(n.target) == FUSED]
+    assert len(calls) == 1, g
+    assert calls[0].kwargs["local"] is True
+    assert not any(t.startswith("_c10d_functional") for t in targets(g)), g
+    assert p.report.fused == 1 and p.report.all_reduces == 1 and not p.report.left_alone
+    assert p.report.graphs[0].fusions[0].anchor == "wait_tensor"
+    g.lint()
+
+
 def test_inplace_all_reduce_is_fused_and_the_collective_erased():
     def f(x, res, w):
         wait(ar_(x, "sum", GROUP))

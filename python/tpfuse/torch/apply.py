@@ -75,7 +75,8 @@ def _fused_args(attrs: Dict[str, Any], operands: List[fx.Node], group: Optional[
         scale_fmt=str(attrs.get("scale_fmt", "f32")),
         emit=[str(e) for e in attrs.get("emit", [])],
         rounding=[str(r) for r in attrs.get("rounding", [])],
-        local=group is None,
+        # The compiler's flag: a chain no all_reduce feeds, or any chain at world size 1.
+        local=bool(attrs.get("local", False)) or group is None,
     )
     return (x, residual, w, scale), kwargs
 
@@ -194,10 +195,12 @@ class Applier:
         # result that it folded away, say): every use FX can see of an IR value goes through the
         # func's outputs, so the graph value at that position is taken over too.
         made = {r for n in pre + [fused] + post for r in n.results}
-        if len(self.compiled.outputs) == len(self.tr.func.outputs):
-            for was, now in zip(self.tr.func.outputs, self.compiled.outputs):
-                if was != now and now in made and was in self.tr.node_of and was not in takeover:
-                    takeover[was] = (self.tr.node_of[was], now)
+        if len(self.compiled.outputs) != len(self.tr.func.outputs):
+            raise ApplyError(f"the compiled func returns {len(self.compiled.outputs)} values, "
+                             f"the graph {len(self.tr.func.outputs)}")
+        for was, now in zip(self.tr.func.outputs, self.compiled.outputs):
+            if was != now and now in made and was in self.tr.node_of and was not in takeover:
+                takeover[was] = (self.tr.node_of[was], now)
         for r, (old, _) in takeover.items():
             for user in self._users_to_redirect(old, site, r):
                 if order[user] <= order[insert_after]:
@@ -357,10 +360,12 @@ def _symbol_refs(graph: fx.Graph) -> Dict[str, Tuple[fx.Node, int]]:
     return refs
 
 
-def fusion_anchors(report: Dict[str, Any]) -> Dict[str, Optional[str]]:
-    """Fused value -> the all_reduce value it replaces (None for a local chain), from the
-    compiler's JSON report (`fusions`)."""
-    return {f["fused_value"]: (None if f.get("local") else f["anchor"])
+def fusion_anchors(report: Dict[str, Any], all_reduces) -> Dict[str, Optional[str]]:
+    """Fused value -> the all_reduce value it replaces, from the compiler's JSON report
+    (`fusions`); None for a chain no all_reduce feeds. A fusion is `local` both for such a chain
+    and, at world size 1, for an all_reduce's chain (the all_reduce is the identity there, and the
+    fused op replaces it all the same): the anchor decides, not the flag."""
+    return {f["fused_value"]: (f["anchor"] if f["anchor"] in all_reduces else None)
             for f in report.get("fusions", [])}
 
 
