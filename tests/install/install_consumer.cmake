@@ -25,3 +25,4 @@ run(${CMAKE_COMMAND} -S ${SOURCE}/tests/install/consumer -B ${consumer} -G ${GEN
     -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release)
 run(${CMAKE_COMMAND} --build ${consumer})
 run(${consumer}/consumer)
+run(${consumer}/consumer_c)
