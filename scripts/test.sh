@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds tpfuse (scripts/build.sh) and runs the whole test suite: the C++ tests (ctest), then the
-# Python package installed with pip into a virtual environment with the pinned dependencies of
-# python/requirements.txt (build/venv), and its tests (pytest). GPU tests skip themselves, with
-# the reason, on a machine without GPUs. Exits non-zero if any test fails.
+# Python tests (pytest) in a virtual environment with the pinned dependencies of
+# python/requirements.txt (build/venv), on the package in python/ and the libtpfuse.so this build
+# made. GPU tests skip themselves, with the reason, on a machine without GPUs. Exits non-zero if
+# any test fails.
 #
 # TPFUSE_PYTHON=/path/to/python uses that interpreter instead of build/venv (it must have the
-# packages of python/requirements.txt); the package is still installed into it with pip.
+# packages of python/requirements.txt). TPFUSE_TEST_WHEEL=1 builds the wheel with pip instead and
+# tests the installed package.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "bench/svg_plot.h"
+#include "bench/text.h"
 
 namespace tpfuse::bench {
 namespace {
@@ -17,23 +18,6 @@ namespace {
 constexpr size_t kRegionAlign = 256;
 
 size_t AlignUp(size_t n, size_t a) { return (n + a - 1) / a * a; }
-
-std::string Format(const char* fmt, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), fmt, v);
-  return buf;
-}
-
-// Microseconds for tables: two decimals below 1000.
-std::string Us(double v) { return Format(v < 1000 ? "%.2f" : "%.1f", v); }
-
-std::string Mib(size_t bytes) { return Format("%.0f MiB", double(bytes) / double(1 << 20)); }
-
-std::string EmitText(const EmitSet& emit) {
-  std::string text;
-  for (const std::string& name : emit.Names()) text += (text.empty() ? "" : ",") + name;
-  return text;
-}
 
 // "fp8_group+norm": the quant mode, and "+norm" when a quantized cell also emits y.
 std::string CaseName(QuantMode quant, const EmitSet& emit) {
@@ -43,14 +27,7 @@ std::string CaseName(QuantMode quant, const EmitSet& emit) {
 }
 
 std::string CellName(const LocalCell& c) {
-  return StrCat("H=", c.hidden, " ", CaseName(c.quant, c.emit), " T=", c.tokens);
-}
-
-std::string CsvField(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
-  std::string out = "\"";
-  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return out + "\"";
+  return LocalCellName(c.hidden, c.quant, c.emit, c.tokens);
 }
 
 double SafeRatio(double a, double b) { return b > 0 ? a / b : 0; }
@@ -182,6 +159,10 @@ std::vector<const LocalCell*> LocalReport::Group(int64_t hidden, QuantMode quant
 }
 
 // ================================================================================ text
+
+std::string LocalCellName(int64_t hidden, QuantMode quant, const EmitSet& emit, int64_t tokens) {
+  return StrCat("H=", hidden, " ", CaseName(quant, emit), " T=", tokens);
+}
 
 std::string FormatLocalHeader(const LocalReport& r) {
   const Plan& p = r.plan;

@@ -104,6 +104,9 @@ struct LocalReport {
 
 // The header: machine, method, what each column is.
 std::string FormatLocalHeader(const LocalReport& report);
+// A cell's name in progress lines, summaries and errors: "H=7168 fp8_group+norm T=128" ("+norm"
+// when a quantized cell also emits the norm output).
+std::string LocalCellName(int64_t hidden, QuantMode quant, const EmitSet& emit, int64_t tokens);
 // One (H, quant) table.
 std::string FormatLocalTable(const LocalReport& report, int64_t hidden, QuantMode quant);
 // "H=4096 fp8_tensor T=128: fused 2.10 unfused 5.30 copy 1.60 us -> 1.31x copy 0.40x unfused"

@@ -62,11 +62,7 @@ struct Cell {
   LocalSetLayout layout;
   Rotation rotation;
 
-  std::string Name() const {
-    std::string quant(QuantModeName(spec.quant));
-    if (spec.quant != QuantMode::kNone && spec.emit.norm) quant += "+norm";
-    return StrCat("H=", spec.hidden, " ", quant, " T=", tokens);
-  }
+  std::string Name() const { return LocalCellName(spec.hidden, spec.quant, spec.emit, tokens); }
 };
 
 // An emitted output of the fused op: its name, where it lies in a set, and the oracle's tensor.

@@ -12,25 +12,15 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/svg_plot.h"
+#include "bench/text.h"
 
 namespace tpfuse::bench {
 namespace {
 
 using nlohmann::json;
 
-std::string Format(const char* fmt, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), fmt, v);
-  return buf;
-}
-
-// Microseconds for tables: two decimals below 1000.
-std::string Us(std::optional<double> v) {
-  if (!v) return "-";
-  return Format(*v < 1000 ? "%.2f" : "%.1f", *v);
-}
-
-std::string Mib(size_t bytes) { return Format("%.0f MiB", double(bytes) / double(1 << 20)); }
+// Microseconds for tables, "-" for a path not measured.
+std::string Us(std::optional<double> v) { return v ? bench::Us(*v) : "-"; }
 
 // Column label of a path in tables, progress lines and plots.
 std::string_view PathLabel(Path p) {
@@ -42,19 +32,6 @@ std::string_view PathLabel(Path p) {
     case Path::kNcclAllReduce: return "NCCL";
   }
   return "?";
-}
-
-std::string EmitText(const EmitSet& emit) {
-  std::string text;
-  for (const std::string& name : emit.Names()) text += (text.empty() ? "" : ",") + name;
-  return text;
-}
-
-std::string CsvField(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
-  std::string out = "\"";
-  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return out + "\"";
 }
 
 // T values of a group as "16384, 32768".
@@ -212,7 +189,7 @@ std::optional<double> BaselineBEpilogueShare(const ShapeResult& s) {
   const std::optional<double> b = s.Median(Path::kNccl);
   const std::optional<double> nccl = s.Median(Path::kNcclAllReduce);
   if (!b || !nccl || !(*b > 0)) return std::nullopt;
-  return std::max(0.0, (*b - *nccl) / *b);
+  return (*b - *nccl) / *b;
 }
 
 std::string FormatTable(const Report& r, int64_t hidden, QuantMode quant) {

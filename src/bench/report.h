@@ -112,6 +112,7 @@ struct Report {
 std::string FormatHeader(const Report& report);
 // B's epilogue share: (B - ncclAllReduce alone) / B, the part of baseline B that is its
 // add-RMSNorm-quant kernel (the fused op's own epilogue); nullopt unless both were measured.
+// Negative when B measured faster than ncclAllReduce alone: noise, shown as it is.
 std::optional<double> BaselineBEpilogueShare(const ShapeResult& shape);
 // One (H, quant) table of `tpfuse bench` or `tpfuse tune` (per report.plan.mode), with its
 // notes (skips, fallbacks, warnings of that group).

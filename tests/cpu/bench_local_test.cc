@@ -158,7 +158,7 @@ TEST(BenchLocalBytes, FusedAndUnfusedTrafficPerQuantMode) {
   }
 }
 
-TEST(BenchLocalBytes, ByteRatiosAreTheIssuesElevenths) {
+TEST(BenchLocalBytes, ByteRatiosAreElevenths) {
   // The unfused pair moves 11 bytes per element, the fused op 7 (fp8_tensor) or 9 plus the
   // scales (fp8_group + norm: (9 + 4/128) / (11 + 4/128) = 289/353).
   for (int64_t t : {1, 128, 8192}) {

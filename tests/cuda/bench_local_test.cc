@@ -57,10 +57,10 @@ std::vector<std::string> Split(const std::string& line, char sep) {
 
 TEST(BenchLocal, ChecksMeasuresAndWritesEveryCell) {
   TPFUSE_REQUIRE_GPUS(1);
-  const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() /
-      ("tpfuse-bench-ws1-" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()));
-  std::filesystem::remove_all(dir);
+  // A fresh directory of its own, so concurrent runs of this test never share one.
+  std::string tmpl = (std::filesystem::temp_directory_path() / "tpfuse-bench-ws1-XXXXXX").string();
+  ASSERT_NE(mkdtemp(tmpl.data()), nullptr) << tmpl;
+  const std::filesystem::path dir = tmpl;
   const CliResult r = RunCli("bench --world-size 1 --tokens 1,3,300 --hidden 2880,7168 "
                              "--quant all --ops-per-graph 4 --replays 3 --warmup 1 --out " +
                              dir.string());

@@ -8,10 +8,10 @@ void AddCommandOptions(CLI::App& command, CommandFlags& flags, Mode mode) {
   command
       .add_option("--world-size", flags.world_size,
                   mode == Mode::kBench
-                      ? "GPUs to use, one process each: 2, 4 or 8 (default: every visible GPU); "
+                      ? "GPUs to use, one process each: 2, 4 or 8 (default: every visible GPU, at least 2); "
                         "1 measures the fused op without communication on one GPU, in this "
                         "process, against the unfused kernels and the copy roofline"
-                      : "GPUs to use, one process each: 2, 4 or 8 (default: every visible GPU)")
+                      : "GPUs to use, one process each: 2, 4 or 8 (default: every visible GPU, at least 2)")
       ->type_name("N");
   command
       .add_option("--tokens", flags.tokens,
