@@ -213,11 +213,9 @@ def test_a_doubled_group_scale_is_reported():
     fi["s"][4, 2] *= 2
     found = _by_name(fc.compare_outputs(case, fi, tp, 2))
     assert not found["scales"].ok and "first at [4, 2]" in found["scales"].line()
-    # The same q under twice the scale dequantizes to twice the value: out of tolerance in the
-    # group's columns (where q is not 0).
-    q_bad = found["q"].out_of_tolerance
-    nonzero = int((tp["q"][4, 256:384].float() != 0).sum())
-    assert q_bad == nonzero > 0
+    # Contract 3's FP8 rule allows what the scale difference explains (|q| x |s' - s|): the
+    # scale's own finding carries the error, q's does not repeat it.
+    assert found["q"].ok and found["q"].differing == 0
 
 
 def test_a_shape_mismatch_is_a_finding_not_a_crash():
