@@ -218,6 +218,23 @@ def test_a_doubled_group_scale_is_reported():
     assert found["q"].ok and found["q"].differing == 0
 
 
+def test_unwritten_poisoned_elements_fail():
+    """The script poisons FlashInfer's outputs with NaN (q 0x7F, scales 0xFF bytes) before
+    the checking call: an element left unwritten must not pass any rule."""
+    case, fi, tp = _reference("fp8_group")
+    fi["q"].view(torch.uint8)[2, 9] = 0x7F
+    fi["norm"][1, 1] = float("nan")
+    fi["residual"][0, 4] = float("nan")
+    packed = _pack_ue8m0(tp["s"])
+    packed[5, 0] = -1  # groups 0..3 of token 5: exponent 255
+    fi["s"] = fc.unpack_ue8m0(packed, case.groups)
+    found = _by_name(fc.compare_outputs(case, fi, tp, 4))
+    assert found["q"].out_of_tolerance >= 1 and "first at [2, 9]" in found["q"].line()
+    assert found["norm"].out_of_tolerance == 1
+    assert found["residual_out"].out_of_tolerance == 1
+    assert found["scales"].out_of_tolerance == 4 and "first at [5, 0]" in found["scales"].line()
+
+
 def test_a_shape_mismatch_is_a_finding_not_a_crash():
     case, fi, tp = _reference("fp8_tensor")
     fi["residual"] = fi["residual"][:-1]
