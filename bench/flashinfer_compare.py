@@ -396,15 +396,17 @@ def format_table(hidden: int, quant: str, world_size: int, strategies: Sequence[
     emit = ",".join(EMIT[quant])
     out = [f"== H={hidden}  quant={quant}  emit={emit}  world size {world_size}",
            "   µs per op, rank 0: median of the replays; FI/tp = best FlashInfer / tpfuse "
-           "(above 1: tpfuse faster)"]
+           "(above 1: tpfuse faster); busbw GB/s of tpfuse and of the best FlashInfer path"]
     head = f"{'T':>6} {'tpfuse':>9}" + "".join(f" {'FI ' + s:>12}" for s in strategies)
-    head += f" {'FI/tp':>7}  check"
+    head += f" {'FI/tp':>7} {'busbw tp':>9} {'busbw FI':>9}  check"
     out.append(head)
     for r in rows:
         line = f"{r['tokens']:>6} {_cell(r.get('tpfuse_us')):>9}"
         line += "".join(f" {_cell(r.get(fi_column(s))):>12}" for s in strategies)
         ratio = r.get("fi_over_tpfuse")
-        line += f" {('-' if ratio is None else f'{ratio:.2f}'):>7}  {r.get('check', '-')}"
+        line += f" {('-' if ratio is None else f'{ratio:.2f}'):>7}"
+        line += f" {_gbps(r.get('tpfuse_busbw_gbps')):>9} {_gbps(r.get('fi_busbw_gbps')):>9}"
+        line += f"  {r.get('check', '-')}"
         out.append(line)
     notes = [n for r in rows for n in r.get("notes", [])]
     out += [f"   note: {n}" for n in notes]
@@ -415,8 +417,13 @@ def _cell(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def _gbps(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
 CSV_FIELDS = ["world_size", "hidden", "tokens", "quant", "emit", "tpfuse_us"] + \
-             [fi_column(s) for s in STRATEGIES] + ["fi_over_tpfuse", "input_sets", "l2_flush",
+             [fi_column(s) for s in STRATEGIES] + ["fi_over_tpfuse", "tpfuse_busbw_gbps",
+                                                  "fi_busbw_gbps", "input_sets", "l2_flush",
                                                   "check", "check_details"]
 
 
@@ -426,6 +433,15 @@ def write_csv(rows: Sequence[Dict], stream) -> None:
     for row in rows:
         writer.writerow({k: (f"{v:.3f}" if isinstance(v, float) else v)
                          for k, v in row.items() if k in CSV_FIELDS})
+
+
+def busbw_gbps(case: Case, world_size: int, us: Optional[float]) -> Optional[float]:
+    """All-reduce bus bandwidth as nccl-tests defines it: the bf16 payload S = T x H x 2 bytes,
+    S x 2(N - 1)/N per `us`, in GB/s (1e9 bytes/s)."""
+    if us is None:
+        return None
+    payload = case.tokens * case.hidden * BF16_BYTES
+    return payload * 2 * (world_size - 1) / world_size / (us * 1e3)
 
 
 def best_ratio(row: Dict, strategies: Sequence[str]) -> Optional[float]:
@@ -701,6 +717,9 @@ class Rank:
             row[fi_column(s)] = us
             self.note_spread(row, f"FI {s}", all_us)
         row["fi_over_tpfuse"] = best_ratio(row, list(fi_calls))
+        fi_best = min((row[fi_column(s)] for s in fi_calls), default=None)
+        row["tpfuse_busbw_gbps"] = busbw_gbps(case, self.world, tp_us)
+        row["fi_busbw_gbps"] = busbw_gbps(case, self.world, fi_best)
         del sets
         return row, bad
 

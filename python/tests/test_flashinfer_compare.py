@@ -325,14 +325,20 @@ def test_table_and_csv():
              "check_details": "x", "notes": ["T=2: a note"]}]
     rows[0]["fi_over_tpfuse"] = fc.best_ratio(rows[0], ["auto"])
     assert rows[0]["fi_over_tpfuse"] == 1.25
+    # busbw: T 8192, H 4096, N 2: 64 MiB x 2(N-1)/N in 172 µs -> 390 GB/s (docs/benchmarking.md).
+    big = fc.Case(4096, 8192, "fp8_tensor")
+    assert round(fc.busbw_gbps(big, 2, 172.0)) == 390
+    assert fc.busbw_gbps(big, 4, 172.0) == pytest.approx(1.5 * fc.busbw_gbps(big, 2, 172.0))
+    rows[0]["tpfuse_busbw_gbps"] = fc.busbw_gbps(fc.Case(4096, 1, "fp8_tensor"), 2, 4.0)
     text = fc.format_table(4096, "fp8_tensor", 2, ["auto"], rows)
     lines = text.splitlines()
     assert lines[0] == "== H=4096  quant=fp8_tensor  emit=residual,quant  world size 2"
-    assert lines[3].split() == ["1", "4.00", "5.00", "1.25", "bitwise"]
-    assert lines[4].split() == ["2", "4.50", "-", "-", "FAIL"]
+    assert lines[3].split() == ["1", "4.00", "5.00", "1.25", "2", "-", "bitwise"]
+    assert lines[4].split() == ["2", "4.50", "-", "-", "-", "-", "FAIL"]
     assert lines[5] == "   note: T=2: a note"
     out = io.StringIO()
     fc.write_csv(rows, out)
     csv_lines = out.getvalue().splitlines()
     assert csv_lines[0].split(",") == fc.CSV_FIELDS
-    assert csv_lines[1].startswith("2,4096,1,fp8_tensor,\"residual,quant\",4.000,5.000,,,1.250")
+    assert csv_lines[1].startswith("2,4096,1,fp8_tensor,\"residual,quant\",4.000,5.000,,,1.250,"
+                                   "2.048,,20,1,bitwise,")
