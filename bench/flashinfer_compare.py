@@ -465,6 +465,18 @@ class Rank:
         self.device = torch.device("cuda", local_rank)
         torch.cuda.set_device(self.device)
         self.comm = load_flashinfer(args.quant)
+        # NOTE: FlashInfer compiles its kernels (nvcc, once per machine and version) at first
+        # use. Built here, before any collective, so that no rank waits on a peer inside NCCL
+        # for the minutes the build may take (the ranks share the build through a file lock).
+        t0 = time.time()
+        if rank == 0:
+            _progress("building or loading FlashInfer's trtllm_comm module (JIT at first use)")
+        from flashinfer.comm import trtllm_ar
+        build = getattr(trtllm_ar, "get_trtllm_comm_module", None)
+        if build is not None:
+            build()
+        if rank == 0:
+            _progress(f"FlashInfer module ready ({time.time() - t0:.0f} s)")
         import tpfuse
         if not tpfuse.has_cuda():
             raise RuntimeError("libtpfuse was built without CUDA: build with "
@@ -650,8 +662,9 @@ class Rank:
         v = torch.cuda.nccl.version()
         nccl = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
         return (f"# {props.name} x {self.world} ({socket.gethostname()}), "
-                f"{props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MiB; torch {torch.__version__}, CUDA "
-                f"{torch.version.cuda}, NCCL {nccl}; flashinfer {flashinfer.__version__}\n"
+                f"{props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MiB; "
+                f"torch {torch.__version__}, CUDA {torch.version.cuda}, NCCL {nccl}; "
+                f"flashinfer {flashinfer.__version__}\n"
                 f"# µs per op: median of {self.args.replays} replays x {self.args.ops_per_graph} "
                 f"ops (CUDA graph, rotating input sets); bf16, residual on, eps {EPS}, static "
                 f"scale {STATIC_SCALE}, group {GROUP_SIZE}\n"
