@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fi-strategy", default="auto",
                     help="FlashInfer paths to time, from auto (its own one-shot/two-shot "
                          "choice), oneshot, twoshot; one column each (default %(default)s)")
+    ap.add_argument("--fi-workspace", choices=["torch", "flashinfer"], default="torch",
+                    help="peer memory of FlashInfer's workspace: torch (torch's symmetric "
+                         "memory, the default of trtllm_create_ipc_workspace_for_all_reduce_"
+                         "fusion) or flashinfer (its own SymmDeviceMemory, use_symm_dev_mem, as "
+                         "its unified allreduce_fusion API uses); multicast off in both "
+                         "(default %(default)s)")
     ap.add_argument("--world-size", type=int, default=0,
                     help="processes (GPUs) to start; default: every visible GPU. Ignored "
                          "under torchrun")
@@ -350,7 +356,7 @@ REQUIRED_PARAMS = ["allreduce_in", "world_size", "world_rank", "token_num", "hid
                    "quant_out", "scale_out", "rms_gamma", "rms_eps", "scale_factor"]
 
 
-def load_flashinfer(quants: Sequence[str]):
+def load_flashinfer(quants: Sequence[str], workspace: str = "torch"):
     """flashinfer.comm, checked for what this script calls; FlashInferUnavailable says exactly
     what is missing."""
     try:
@@ -376,7 +382,10 @@ def load_flashinfer(quants: Sequence[str]):
             if p not in params:
                 missing.append(f"parameter {p!r} of trtllm_allreduce_fusion")
         ws = inspect.signature(comm.trtllm_create_ipc_workspace_for_all_reduce_fusion).parameters
-        for p in ("tp_rank", "tp_size", "max_token_num", "hidden_dim", "group"):
+        ws_need = ["tp_rank", "tp_size", "max_token_num", "hidden_dim", "group"]
+        if workspace == "flashinfer":
+            ws_need += ["use_symm_dev_mem", "create_metadata"]
+        for p in ws_need:
             if p not in ws:
                 missing.append(f"parameter {p!r} of trtllm_create_ipc_workspace_for_all_reduce_"
                                "fusion")
@@ -464,7 +473,7 @@ class Rank:
         self.dist = dist
         self.device = torch.device("cuda", local_rank)
         torch.cuda.set_device(self.device)
-        self.comm = load_flashinfer(args.quant)
+        self.comm = load_flashinfer(args.quant, args.fi_workspace)
         # NOTE: FlashInfer compiles its kernels (nvcc, once per machine and version) at first
         # use. Built here, before any collective, so that no rank waits on a peer inside NCCL
         # for the minutes the build may take (the ranks share the build through a file lock).
@@ -489,7 +498,11 @@ class Rank:
         create = self.comm.trtllm_create_ipc_workspace_for_all_reduce_fusion
         kwargs = dict(tp_rank=rank, tp_size=world, max_token_num=self.max_tokens,
                       hidden_dim=self.max_hidden, group=self.group)
-        made = create(**kwargs)
+        if args.fi_workspace == "flashinfer":
+            kwargs.update(use_symm_dev_mem=True, create_metadata=True)
+        # (ipc pointers, workspace pointer tensor[, memory handles][, metadata]): the first two
+        # are what the kernel takes; the rest must stay alive with this object.
+        self.fi_made = made = create(**kwargs)
         self.fi_ipc, self.fi_workspace = made[0], made[1]
         self.l2 = torch.cuda.get_device_properties(self.device).L2_cache_size
         self.flush = torch.empty(2 * self.l2, dtype=torch.uint8, device=self.device)
@@ -669,8 +682,8 @@ class Rank:
                 f"ops (CUDA graph, rotating input sets); bf16, residual on, eps {EPS}, static "
                 f"scale {STATIC_SCALE}, group {GROUP_SIZE}\n"
                 f"# FlashInfer: trtllm_allreduce_fusion, fp32_acc, launch_with_pdl="
-                f"{not self.args.no_pdl}; tpfuse: torch.ops.tpfuse.allreduce_rmsnorm "
-                f"(dispatched strategy)")
+                f"{not self.args.no_pdl}, workspace {self.args.fi_workspace}; tpfuse: "
+                f"torch.ops.tpfuse.allreduce_rmsnorm (dispatched strategy)")
 
     def measure(self, case: Case) -> Tuple[Dict, int]:
         a = self.args
@@ -778,7 +791,7 @@ def preflight(args) -> Optional[str]:
         return ("NCCL_NVLS_ENABLE=0 must be set in the environment (NVLink multicast stays "
                 "off); run as: NCCL_NVLS_ENABLE=0 python bench/flashinfer_compare.py ...")
     try:
-        load_flashinfer(args.quant)
+        load_flashinfer(args.quant, args.fi_workspace)
     except FlashInferUnavailable as e:
         return str(e)
     try:

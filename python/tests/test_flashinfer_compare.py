@@ -70,7 +70,8 @@ def test_help_names_every_option_and_the_nvls_rule(capsys):
         fc.parse_args(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--hidden", "--tokens", "--quant", "--fi-strategy", "--world-size",
+    for option in ("--hidden", "--tokens", "--quant", "--fi-strategy", "--fi-workspace",
+                   "--world-size",
                    "--ops-per-graph", "--warmup", "--replays", "--no-pdl", "--no-check", "--out"):
         assert option in text
     assert "NCCL_NVLS_ENABLE=0" in text
@@ -256,7 +257,8 @@ def _fake_flashinfer(monkeypatch, patterns=("kARResidualRMSNormFP8Quant",
     ns: dict = {}
     exec(f"def trtllm_allreduce_fusion({', '.join(params)}): pass", ns)
     comm.trtllm_allreduce_fusion = ns["trtllm_allreduce_fusion"]
-    exec("def create(tp_rank, tp_size, max_token_num, hidden_dim, group=None): pass", ns)
+    exec("def create(tp_rank, tp_size, max_token_num, hidden_dim, group=None, "
+         "create_metadata=False): pass", ns)
     comm.trtllm_create_ipc_workspace_for_all_reduce_fusion = ns["create"]
     fi.comm = comm
     monkeypatch.setitem(sys.modules, "flashinfer", fi)
@@ -284,6 +286,14 @@ def test_flashinfer_missing_group_pattern_and_parameter(monkeypatch):
     assert text.startswith("flashinfer 9.9.9 lacks: ")
     assert "AllReduceFusionPattern.kARResidualRMSNormOutPerTokenGroupFP8PackedQuant" in text
     assert "parameter 'block_quant_group_size' of trtllm_allreduce_fusion" in text
+
+
+def test_flashinfer_own_workspace_needs_use_symm_dev_mem(monkeypatch):
+    _fake_flashinfer(monkeypatch)
+    assert fc.load_flashinfer(["fp8_tensor"], "torch") is not None
+    with pytest.raises(fc.FlashInferUnavailable,
+                       match="parameter 'use_symm_dev_mem' of trtllm_create_ipc_workspace"):
+        fc.load_flashinfer(["fp8_tensor"], "flashinfer")
 
 
 def test_flashinfer_missing_function(monkeypatch):
