@@ -352,3 +352,94 @@ def test_table_and_csv():
     assert csv_lines[0].split(",") == fc.CSV_FIELDS
     assert csv_lines[1].startswith("2,4096,1,fp8_tensor,\"residual,quant\",4.000,5.000,,,1.250,"
                                    "2.048,,20,1,bitwise,")
+
+
+# ---------------------------------------------------------------- one rank's flow, on the CPU
+
+class _FakeDist:
+    """all_gather_object as at world size 2 with both ranks alike."""
+
+    def all_gather_object(self, out, obj):
+        for i in range(len(out)):
+            out[i] = obj
+
+
+def _cpu_rank(monkeypatch, fi_writes, quants=("fp8_tensor", "fp8_group")):
+    """A Rank whose device is the CPU: tpfuse's side is the CPU reference of the op (the second
+    rank's partial is x / 2), FlashInfer's side `fi_writes(case, outs_by_name, buffers)`, and
+    timing returns fixed numbers."""
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    args = fc.parse_args(["--quant", ",".join(quants), "--tokens", "3", "--hidden", "512"])
+    r = object.__new__(fc.Rank)
+    r.args, r.rank, r.world, r.dist = args, 0, 2, _FakeDist()
+    r.device, r.l2 = torch.device("cpu"), 1 << 20
+
+    def tpfuse_fn(case, weight, scale, sets):
+        group = case.quant == "fp8_group"
+
+        def call(j):
+            x, res, _ = sets[j % len(sets)]
+            return tpfuse.ops.reference(
+                [x, (x.float() / 2).to(x.dtype)], res, weight, None if group else scale,
+                emit=fc.EMIT[case.quant], eps=fc.EPS, quant=case.quant, group_size=128,
+                scale_layout="col" if group else "row", scale_fmt="ue8m0" if group else "f32")
+        return call
+
+    def fi_fn(case, strategy, weight, scale, sets):
+        ref = tpfuse_fn(case, weight, scale, sets)
+
+        def call(j):
+            outs = ref(j)
+            names = ["norm", "residual", "q", "s"] if case.quant == "fp8_group" else \
+                ["residual", "q"]
+            got = dict(zip(names, outs))
+            o = sets[j % len(sets)][2]
+            fi_writes(case, got, o)
+        return call
+
+    r.tpfuse_fn, r.fi_fn = tpfuse_fn, fi_fn
+    r.time_per_op = lambda call, count, flush: (2.0, [2.0, 2.1])
+    return r
+
+
+def _write_all(case, got, o):
+    for name in ("residual", "norm", "q"):
+        if name in o:
+            o[name].copy_(got[name])
+    if "s" in o:
+        o["s"].copy_(_pack_ue8m0(fc.col_scales_to_rows(got["s"], case.tokens)))
+
+
+def test_measure_checks_and_fills_a_row(monkeypatch):
+    r = _cpu_rank(monkeypatch, _write_all)
+    for quant in ("fp8_tensor", "fp8_group"):
+        row, bad = r.measure(fc.Case(512, 3, quant))
+        assert bad == 0 and row["check"] == "bitwise", row["check_details"]
+        assert row["tpfuse_us"] == 2.0 and row["fi_auto_us"] == 2.0
+        assert row["fi_over_tpfuse"] == 1.0 and row["input_sets"] == 20 and row["l2_flush"] == 1
+        assert row["notes"] == []  # rank 1's 2.1 µs is within 10% of rank 0's
+
+
+def test_measure_reports_what_flashinfer_left_unwritten(monkeypatch):
+    def skip_last_row_of_q(case, got, o):
+        _write_all(case, got, o)
+        o["q"][-1].copy_(torch.full_like(o["q"][-1], float("nan")))  # as if never written
+
+    r = _cpu_rank(monkeypatch, skip_last_row_of_q)
+    row, bad = r.measure(fc.Case(512, 3, "fp8_tensor"))
+    assert bad == 1 and row["check"] == "FAIL"
+    assert "rank 0 FI auto q: OUT OF TOLERANCE" in row["check_details"]
+    assert "first at [2, " in row["check_details"]
+
+
+def test_measure_notes_a_refused_shape_and_the_two_shot_limit(monkeypatch):
+    def refuse(case, got, o):
+        raise RuntimeError("Cannot satisfy group alignment\nmore")
+
+    r = _cpu_rank(monkeypatch, refuse)
+    r.args.fi_strategy = ["auto", "twoshot"]
+    row, bad = r.measure(fc.Case(512, 2, "fp8_group"))
+    assert bad == 0 and row["check"] == "-" and row["fi_over_tpfuse"] is None
+    assert row["notes"] == ["T=2: FlashInfer auto refused: Cannot satisfy group alignment",
+                            "T=2: FlashInfer's two-shot needs T > world size"]
+    assert row["tpfuse_us"] == 2.0 and "fi_auto_us" not in row
