@@ -443,3 +443,30 @@ def test_measure_notes_a_refused_shape_and_the_two_shot_limit(monkeypatch):
     assert row["notes"] == ["T=2: FlashInfer auto refused: Cannot satisfy group alignment",
                             "T=2: FlashInfer's two-shot needs T > world size"]
     assert row["tpfuse_us"] == 2.0 and "fi_auto_us" not in row
+
+
+def test_run_prints_one_table_per_h_and_quant_and_writes_the_files(monkeypatch, tmp_path,
+                                                                    capsys):
+    r = _cpu_rank(monkeypatch, _write_all)
+    r.args.tokens, r.args.out = [1, 5], str(tmp_path)
+    r.header = lambda: "# header"
+    assert r.run() == 0
+    out = capsys.readouterr().out
+    assert out.count("== H=512") == 2 and "# checks: 0 shape(s) out of tolerance" in out
+    text = (tmp_path / "flashinfer_compare.txt").read_text()
+    assert text.startswith("# header\n\n== H=512  quant=fp8_tensor")
+    rows = (tmp_path / "flashinfer_compare.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4
+    assert [line.split(",")[2] for line in rows[1:]] == ["1", "5", "1", "5"]
+
+
+def test_run_exits_three_when_a_check_fails(monkeypatch, capsys):
+    def bump_norm(case, got, o):
+        _write_all(case, got, o)
+        if "norm" in o:
+            o["norm"].view(torch.int16)[0, 0] += 2
+
+    r = _cpu_rank(monkeypatch, bump_norm)
+    r.header = lambda: "# header"
+    assert r.run() == 3
+    assert "# checks: 1 shape(s) out of tolerance" in capsys.readouterr().out
