@@ -304,8 +304,15 @@ def test_flashinfer_missing_function(monkeypatch):
         fc.load_flashinfer(["fp8_tensor"])
 
 
+def _keep_multicast_env(monkeypatch):
+    """main() sets these where unset: restored after the test."""
+    for name in ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS"):
+        monkeypatch.setenv(name, os.environ.get(name, "1"))
+
+
 def test_refuses_without_nccl_nvls_enable_zero(monkeypatch, capsys):
     _fake_flashinfer(monkeypatch)
+    _keep_multicast_env(monkeypatch)
     for value in (None, "1"):
         if value is None:
             monkeypatch.delenv("NCCL_NVLS_ENABLE", raising=False)
@@ -316,6 +323,7 @@ def test_refuses_without_nccl_nvls_enable_zero(monkeypatch, capsys):
 
 
 def test_exits_one_naming_missing_flashinfer(monkeypatch, capsys):
+    _keep_multicast_env(monkeypatch)
     monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")
     monkeypatch.setitem(sys.modules, "flashinfer", None)
     assert fc.main([]) == 1
