@@ -41,9 +41,10 @@ collective.
 Without torchrun the script starts one process per visible GPU (or --world-size N). It refuses
 to start unless NCCL_NVLS_ENABLE=0 is set (NVLink multicast stays off); it sets
 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1 where they are unset (by default
-FlashInfer's workspace is torch symmetric memory). It exits 1 naming what is missing when flashinfer is not
-importable or lacks a function, pattern or parameter it needs, with fewer than 2 GPUs, or when
-libtpfuse was built without CUDA; 3 when every shape ran but some output broke the tolerance;
+FlashInfer's workspace is torch symmetric memory). It exits 1 naming what is missing when
+flashinfer is not importable or lacks a function, pattern or parameter it needs, with fewer
+than 2 GPUs, or when libtpfuse was built without CUDA; 3 when every shape ran but some output
+broke the tolerance;
 2 on usage errors. Tables on stdout, progress on stderr, flashinfer_compare.txt and .csv in
 --out DIR.
 """
