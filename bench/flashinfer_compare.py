@@ -44,9 +44,8 @@ TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1 where they are uns
 FlashInfer's workspace is torch symmetric memory). It exits 1 naming what is missing when
 flashinfer is not importable or lacks a function, pattern or parameter it needs, with fewer
 than 2 GPUs, or when libtpfuse was built without CUDA; 3 when every shape ran but some output
-broke the tolerance;
-2 on usage errors. Tables on stdout, progress on stderr, flashinfer_compare.txt and .csv in
---out DIR.
+broke the tolerance; 2 on usage errors. Tables on stdout, progress on stderr,
+flashinfer_compare.txt and .csv in --out DIR.
 """
 
 from __future__ import annotations
