@@ -16,6 +16,8 @@ import subprocess
 import tempfile
 from typing import Any, Dict, Optional
 
+from tpfuse._capi import FUSE_LOCAL_CODES
+
 
 class CompilerError(Exception):
     """The compiler could not be run, or refused the module (its message names the problem)."""
@@ -53,7 +55,8 @@ def _abi_compile():
     return getattr(_capi, "compile_module", None)
 
 
-FUSE_LOCAL_MODES = ("auto", "on", "off")
+# The modes the C ABI takes (one list: tpfuse._capi.FUSE_LOCAL_CODES).
+FUSE_LOCAL_MODES = tuple(FUSE_LOCAL_CODES)
 
 
 def compile_module(text: str, world_size: int, backend: str = "cpu",
