@@ -59,7 +59,10 @@ StatusOr<GraphExec> CaptureGraph(cudaStream_t stream, int ops,
     (void)cudaGetLastError();
     return status.WithContext("while capturing a CUDA graph");
   }
-  if (ended != cudaSuccess) return CudaFailure("cudaStreamEndCapture", ended);
+  if (ended != cudaSuccess) {
+    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    return CudaFailure("cudaStreamEndCapture", ended);
+  }
   cudaGraphExec_t exec = nullptr;
   const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
   (void)cudaGraphDestroy(graph);

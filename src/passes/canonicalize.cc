@@ -33,12 +33,15 @@ struct RmsCore {
   std::vector<ir::Node*> nodes;
 };
 
-bool IsLastDimMean(const ir::Node* mean) {
-  const int rank = mean->operand(0)->type().rank();
-  const std::optional<double> dim = NumberAttr(mean, "dim", -1.0);
-  const std::optional<bool> keepdim = BoolAttr(mean, "keepdim", true);
+// A reduction over the last dim (dim -1 or rank - 1) that keeps it.
+bool IsLastDimKeepdim(const ir::Node* reduction, bool keepdim_default) {
+  const int rank = reduction->operand(0)->type().rank();
+  const std::optional<double> dim = NumberAttr(reduction, "dim", -1.0);
+  const std::optional<bool> keepdim = BoolAttr(reduction, "keepdim", keepdim_default);
   return dim && keepdim && *keepdim && (*dim == -1.0 || *dim == double(rank - 1));
 }
+
+bool IsLastDimMean(const ir::Node* mean) { return IsLastDimKeepdim(mean, true); }
 
 // pow(v, 2) or mul(v, v).
 ir::Node* SquareOf(const ir::Value* value, const ir::Value* v) {
@@ -558,7 +561,7 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     ir::Node* abs = amax ? ProducedBy(amax->operand(0), "abs") : nullptr;
     if (abs == nullptr || abs->operand(0) != d) return std::nullopt;
     // From here the shape is the dynamic quant's: say why it does not fold.
-    if (NumberAttr(amax, "dim", -1.0) != -1.0 || BoolAttr(amax, "keepdim", false) != true) {
+    if (!IsLastDimKeepdim(amax, false)) {
       notes.Decline("the amax is not over the last dim with keepdim");
       return std::nullopt;
     }

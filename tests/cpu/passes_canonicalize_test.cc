@@ -338,6 +338,20 @@ TEST(PassesCanonicalize, DynamicQuantDeclinesAScaleTimesTheReciprocalOf448) {
   EXPECT_GT(differ, 0);
 }
 
+// The amax's last dim named by its index (dim = 1 of a rank-2 value) is the same reduction.
+TEST(PassesCanonicalize, DynamicQuantWithTheLastDimByIndexFolds) {
+  std::string text = DynamicQuantWithScale(
+      "  %ac = clamp(%am) {min = 1e-10}\n"
+      "  %s = div(%ac) {scalar = 448}\n");
+  const std::string last = "{dim = -1, keepdim = true}";
+  text.replace(text.find(last), last.size(), "{dim = 1, keepdim = true}");
+  Compiled c = Canonicalize(text);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant", "applied"), 1) << DescribeReport(c.ctx);
+  EXPECT_EQ(CountOp(*c.after, "amax"), 0) << Print(*c.after);
+  ExpectSameOutputs(c);
+}
+
 TEST(PassesCanonicalize, DynamicQuantDeclinesAnotherAmaxFloor) {
   Compiled c = Canonicalize(DynamicQuantWithScale(
       "  %ac = clamp(%am) {min = 1e-12}\n"
