@@ -4,6 +4,9 @@
 #include <string>
 
 #include "tpfuse/fused_op.h"
+#if CONSUMER_HAVE_CUDA
+#include "tpfuse/tpfuse.h"
+#endif
 
 int main() {
   tpfuse::AllreduceRmsnormSpec spec;
@@ -21,5 +24,10 @@ int main() {
               valid.ok() ? "valid" : valid.ToString().c_str(), cpu.empty() ? "supported" : cpu.c_str(),
               odd_refused ? "refused" : "accepted",
               strategy.ok() ? std::string(tpfuse::StrategyName(*strategy)).c_str() : "?");
+#if CONSUMER_HAVE_CUDA
+  // The runtime links (the CUDA backend, cuBLASLt, NCCL): a unique id needs no GPU.
+  const tpfuse::StatusOr<std::string> id = tpfuse::Comm::MakeUniqueId();
+  std::printf("runtime linked: unique id %s\n", id.ok() ? "made" : id.status().ToString().c_str());
+#endif
   return valid.ok() && cpu.empty() && odd_refused && strategy.ok() ? 0 : 1;
 }
