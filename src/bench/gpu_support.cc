@@ -10,6 +10,7 @@
 #include <string>
 
 #include "backends/cuda/cuda_check.h"
+#include "backends/cuda/unfused_ops.h"
 #include "common/numerics.h"
 
 namespace tpfuse::bench {
@@ -68,6 +69,59 @@ StatusOr<GraphExec> CaptureGraph(cudaStream_t stream, int ops,
   (void)cudaGraphDestroy(graph);
   if (instantiated != cudaSuccess) return CudaFailure("cudaGraphInstantiate", instantiated);
   return GraphExec(exec);
+}
+
+// ---------------------------------------------------------------- the unfused epilogue
+
+FusedBuffers FusedBuffersOfSet(const AllreduceRmsnormSpec& spec, char* set, const SetLayout& l,
+                               const void* weight, const float* scale) {
+  FusedBuffers b;
+  b.x = set + l.x;
+  b.residual = set + l.residual;
+  b.weight = weight;
+  b.scale = spec.quant == QuantMode::kFp8Tensor ? scale : nullptr;
+  b.norm_out = spec.emit.norm ? set + l.norm_out : nullptr;
+  b.residual_out = spec.emit.residual ? set + l.residual_out : nullptr;
+  b.quant_out = spec.emit.quant ? set + l.quant : nullptr;
+  b.scale_out = spec.emit.quant && IsDynamicQuant(spec.quant)
+                    ? reinterpret_cast<float*>(set + l.scale)
+                    : nullptr;
+  return b;
+}
+
+Status EnqueueUnfusedEpilogue(const AllreduceRmsnormSpec& spec, int64_t tokens, const void* a,
+                              char* set, const SetLayout& l, const void* weight,
+                              const float* scale, cudaStream_t stream) {
+  if (spec.act_dtype != DType::kBF16 || spec.weight_dtype != DType::kBF16)
+    return InvalidArgument("the bench's unfused path runs bf16 activations and weight only");
+  auto tensor = [](const void* data, DType dtype, std::vector<int64_t> shape) {
+    return cuda::DeviceTensor{const_cast<void*>(data), dtype, std::move(shape)};
+  };
+  const int64_t t = tokens, h = spec.hidden;
+  const std::vector<int64_t> th = {t, h};
+  const cuda::DeviceTensor norm = tensor(set + l.norm_out, DType::kBF16, th);
+  TPFUSE_RETURN_IF_ERROR(cuda::LaunchFusedAddRmsNorm(
+      tensor(a, DType::kBF16, th), tensor(set + l.residual, DType::kBF16, th),
+      tensor(weight, DType::kBF16, {h}), spec.eps, spec.weight_bias, norm,
+      tensor(set + l.residual_out, DType::kBF16, th), stream));
+  const cuda::DeviceTensor q = tensor(set + l.quant, DType::kF8E4M3, th);
+  switch (spec.quant) {
+    case QuantMode::kNone: return Status::Ok();
+    case QuantMode::kFp8Tensor:
+      return cuda::LaunchQuantFp8Tensor(norm, tensor(scale, DType::kF32, {1}), q, stream);
+    case QuantMode::kFp8Token:
+    case QuantMode::kFp8Group: {
+      cuda::DynamicQuantParams params;
+      params.mode = spec.quant;
+      params.group_size = spec.group_size;
+      params.layout = spec.scale_layout;
+      params.format = spec.scale_fmt;
+      const cuda::DeviceTensor s =
+          tensor(set + l.scale, DType::kF32, {t, spec.ScaleGroupsPerRow()});
+      return cuda::LaunchQuantFp8Dynamic(norm, params, q, s, stream);
+    }
+  }
+  return Internal("unhandled quant mode");
 }
 
 // ---------------------------------------------------------------- inputs

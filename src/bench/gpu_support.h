@@ -47,6 +47,25 @@ class GraphExec {
 StatusOr<GraphExec> CaptureGraph(cudaStream_t stream, int ops,
                                  const std::function<Status(int)>& enqueue);
 
+// Host-generated random bf16 values; input sets are copied out of it at varying offsets.
+inline constexpr size_t kRandomSourceBytes = size_t(64) << 20;
+// fp8_tensor's static scale: |y| stays below about 5 with the bench's inputs, so y / scale stays
+// inside +-448 (no saturation).
+inline constexpr float kStaticScale = 1.0f / 64;
+
+// The fused op's buffers in a set: its inputs, the weight, the static scale (fp8_tensor only)
+// and the outputs the spec emits.
+FusedBuffers FusedBuffersOfSet(const AllreduceRmsnormSpec& spec, char* set, const SetLayout& layout,
+                               const void* weight, const float* scale);
+
+// The unfused epilogue the bench times (baseline A after its ncclAllReduce; the unfused path
+// at world size 1): the fused_add_rms_norm kernel of (a, the set's residual) into the set's norm
+// and residual_out, then the quant_fp8 kernel of the norm into q [and s]. bf16 activations and
+// weight, as the bench's plan makes them; `scale` is the static scale (fp8_tensor only).
+Status EnqueueUnfusedEpilogue(const AllreduceRmsnormSpec& spec, int64_t tokens, const void* a,
+                              char* set, const SetLayout& layout, const void* weight,
+                              const float* scale, cudaStream_t stream);
+
 // The SplitMix64 generator: advances `state`, returns the next value.
 uint64_t SplitMix64(uint64_t& state);
 
