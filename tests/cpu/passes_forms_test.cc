@@ -259,7 +259,7 @@ TEST(PassesForms, NotFollowedByAnRmsNormOnlyWhenNoneFollows) {
             "all_reduce %ar is not followed by an RMSNorm (its only use is matmul %o)");
 }
 
-// Issue 8 item 5: both operands of the add are the all_reduce.
+// Both operands of the add are the all_reduce: a rejection with its reason, never an error.
 TEST(PassesForms, AllReduceAddedToItselfIsARejection) {
   for (const char* text : {R"(
     func @f(%x: bf16[T, 256], %g: bf16[256]) {
