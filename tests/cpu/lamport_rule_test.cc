@@ -534,7 +534,7 @@ Residency RandomResidency(std::mt19937_64& rng) {
 const CallCountRule kNewRule;
 const PerBlockCountRule kOldRule;
 
-// The case, step by step: a one-shot call whose grid is capped by its residency (T = 300,
+// The hazard's case, step by step: a one-shot call whose grid is capped by its residency (T = 300,
 // G = 264) and then one of an instantiation with more co-resident blocks (G = 300). Row 264 was
 // block 0's in the first call (count 0: buffer 0) and is block 264's in the second (count still
 // 0: buffer 0 again), while rank 0 may still be polling it for the first call.
