@@ -2,31 +2,15 @@
 // touched: help, usage errors (exit 2) and invalid values (exit 1, the option named). None of
 // these cases starts a measurement, so the test runs alike with and without GPUs.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
-#include <cstdio>
 #include <string>
+
+#include "support/cli_runner.h"
 
 namespace {
 
-struct CliResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr
-};
-
-CliResult RunCli(const std::string& args) {
-  CliResult result;
-  const std::string command = std::string(TPFUSE_CLI_PATH) + " " + args + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  std::array<char, 4096> buf;
-  size_t n = 0;
-  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) result.output.append(buf.data(), n);
-  const int status = ::pclose(pipe);
-  if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
-  return result;
-}
+using tpfuse::testing::CliResult;
+using tpfuse::testing::RunCli;
 
 TEST(BenchCli, HelpTellsTheDefaults) {
   for (const char* command : {"bench", "tune"}) {

@@ -14,28 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "support/cli_runner.h"
 #include "support/cuda_harness.h"
 
 namespace tpfuse::testing {
 namespace {
-
-struct CliResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr
-};
-
-CliResult RunCli(const std::string& args) {
-  CliResult result;
-  const std::string command = std::string(TPFUSE_CLI_PATH) + " " + args + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  std::array<char, 4096> buf;
-  size_t n = 0;
-  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) result.output.append(buf.data(), n);
-  const int status = ::pclose(pipe);
-  if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
-  return result;
-}
 
 std::vector<std::string> Split(const std::string& line, char sep) {
   std::vector<std::string> fields;
