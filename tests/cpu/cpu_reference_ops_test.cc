@@ -12,6 +12,7 @@
 
 #include "common/numerics.h"
 #include "common/row_layout.h"
+#include "support/host_tensors.h"
 #include "support/shapes.h"
 
 namespace tpfuse::cpu {
@@ -19,18 +20,11 @@ namespace {
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
+// The shared helpers under this file's short names.
 HostTensor Make(DType dtype, std::vector<int64_t> shape, const std::vector<float>& values) {
-  HostTensor t(dtype, std::move(shape));
-  EXPECT_EQ(size_t(t.numel()), values.size());
-  for (size_t i = 0; i < values.size(); ++i) t.SetF32(int64_t(i), values[i]);
-  return t;
+  return testing::MakeTensor(dtype, std::move(shape), values);
 }
-
-std::vector<float> Values(const HostTensor& t) {
-  std::vector<float> v;
-  for (int64_t i = 0; i < t.numel(); ++i) v.push_back(t.GetF32(i));
-  return v;
-}
+std::vector<float> Values(const HostTensor& t) { return testing::TensorValues(t); }
 
 HostTensor RandomTensor(DType dtype, std::vector<int64_t> shape, std::mt19937& rng,
                         float scale = 1.0f) {

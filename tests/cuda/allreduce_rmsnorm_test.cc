@@ -90,20 +90,11 @@ Status PrepareRank(const AllreduceRmsnormSpec& spec, const FusedInputs& in, int6
     TPFUSE_CUDA_CHECK(cudaMemsetAsync(b.get(), 0xFF, b.size(), stream));
     call.outputs.push_back(std::move(b));
   }
-  cuda::FusedBuffers& b = call.buffers;
-  b = {};
-  b.x = call.x.get();
-  b.residual = in.has_residual ? call.residual.get() : nullptr;
-  b.weight = call.weight.get();
-  b.scale = in.has_scale ? call.scale.get<float>() : nullptr;
-  size_t i = 0;
-  if (spec.emit.allreduce) b.allreduce_out = call.outputs[i++].get();
-  if (spec.emit.norm) b.norm_out = call.outputs[i++].get();
-  if (spec.emit.residual) b.residual_out = call.outputs[i++].get();
-  if (spec.emit.quant) {
-    b.quant_out = call.outputs[i++].get();
-    if (IsDynamicQuant(spec.quant)) b.scale_out = call.outputs[i++].get<float>();
-  }
+  std::vector<void*> outputs;
+  for (cuda::DeviceBuffer& out : call.outputs) outputs.push_back(out.get());
+  call.buffers = FusedBuffersFor(spec, call.x.get(), in.has_residual ? call.residual.get() : nullptr,
+                                 call.weight.get(), in.has_scale ? call.scale.get<float>() : nullptr,
+                                 outputs);
   return Status::Ok();
 }
 

@@ -134,4 +134,24 @@ std::string BitwiseDiff(const std::vector<HostTensor>& a, const std::vector<Host
   return "";
 }
 
+FusedBuffers FusedBuffersFor(const AllreduceRmsnormSpec& spec, const void* x, const void* residual,
+                             const void* weight, const float* scale,
+                             const std::vector<void*>& outputs) {
+  FusedBuffers b;
+  b.x = x;
+  b.residual = residual;
+  b.weight = weight;
+  b.scale = scale;
+  size_t i = 0;
+  auto next = [&]() { return i < outputs.size() ? outputs[i++] : nullptr; };
+  if (spec.emit.allreduce) b.allreduce_out = next();
+  if (spec.emit.norm) b.norm_out = next();
+  if (spec.emit.residual) b.residual_out = next();
+  if (spec.emit.quant) {
+    b.quant_out = next();
+    if (IsDynamicQuant(spec.quant)) b.scale_out = static_cast<float*>(next());
+  }
+  return b;
+}
+
 }  // namespace tpfuse::testing

@@ -11,6 +11,12 @@
 
 namespace tpfuse::testing {
 
+// The fused op's buffers: its inputs (residual and scale as the spec has them) and the emitted
+// outputs, given in Contract 3's order (allreduce, norm, residual, q, s).
+FusedBuffers FusedBuffersFor(const AllreduceRmsnormSpec& spec, const void* x, const void* residual,
+                             const void* weight, const float* scale,
+                             const std::vector<void*>& outputs);
+
 // One rank-set of inputs for the fused op.
 struct FusedInputs {
   std::vector<HostTensor> partials;  // [rank] x [T, H]

@@ -95,7 +95,7 @@ def _fake_value(target, args, kwargs):
 
 class Applier:
     def __init__(self, graph: fx.Graph, tr: Translation, compiled: ir.Func,
-                 anchors: Dict[str, Optional[str]]):
+                 anchors: Dict[str, Tuple[str, bool]]):
         self.graph = graph
         self.tr = tr
         self.compiled = compiled
@@ -152,10 +152,14 @@ class Applier:
         value = fused.results[0]
         if value not in self.anchors:
             raise ApplyError(f"the compiler's report has no fusion for %{value}")
-        anchor = self.anchors[value]
-        if anchor is not None and anchor not in self.tr.all_reduces:
-            raise ApplyError(f"the compiler's anchor %{anchor} is not an all_reduce of the graph")
-        return anchor
+        anchor, local = self.anchors[value]
+        # A fusion is `local` both for a chain no all_reduce feeds and, at world size 1, for an
+        # all_reduce's chain (the all_reduce is the identity there, and is replaced all the same).
+        if anchor in self.tr.all_reduces:
+            return anchor
+        if local:
+            return None
+        raise ApplyError(f"the compiler's anchor %{anchor} is not an all_reduce of the graph")
 
     # ---- one fusion
 
@@ -360,17 +364,14 @@ def _symbol_refs(graph: fx.Graph) -> Dict[str, Tuple[fx.Node, int]]:
     return refs
 
 
-def fusion_anchors(report: Dict[str, Any], all_reduces) -> Dict[str, Optional[str]]:
-    """Fused value -> the all_reduce value it replaces, from the compiler's JSON report
-    (`fusions`); None for a chain no all_reduce feeds. A fusion is `local` both for such a chain
-    and, at world size 1, for an all_reduce's chain (the all_reduce is the identity there, and the
-    fused op replaces it all the same): the anchor decides, not the flag."""
-    return {f["fused_value"]: (f["anchor"] if f["anchor"] in all_reduces else None)
-            for f in report.get("fusions", [])}
+def fusion_anchors(report: Dict[str, Any]) -> Dict[str, Tuple[str, bool]]:
+    """Fused value -> (its anchor, whether the fusion is local), from the compiler's JSON
+    report (`fusions`)."""
+    return {f["fused_value"]: (f["anchor"], bool(f.get("local"))) for f in report.get("fusions", [])}
 
 
 def apply_compiled(graph: fx.Graph, tr: Translation, compiled: ir.Func,
-                   anchors: Dict[str, Optional[str]]):
+                   anchors: Dict[str, Tuple[str, bool]]):
     """Applies every fused op the compiler made (whether local chains are fused is the
     compiler's decision); on any exception the graph is restored before it propagates.
     anchors: fusion_anchors() of the compiler's report."""

@@ -169,8 +169,7 @@ class FusionPass(CustomGraphPass):
         funcs = ir.parse_module(compiled.text)
         if len(funcs) != 1:
             raise RuntimeError(f"the compiler returned {len(funcs)} funcs for one graph")
-        applied, skipped = apply_compiled(graph, tr, funcs[0],
-                                           fusion_anchors(compiled.report, tr.all_reduces))
+        applied, skipped = apply_compiled(graph, tr, funcs[0], fusion_anchors(compiled.report))
         report.fusions = applied
         report.fused = sum(1 for f in applied if f.anchor)
         report.skipped = dict(skipped)

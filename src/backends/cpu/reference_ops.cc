@@ -260,35 +260,41 @@ StatusOr<std::vector<int64_t>> LastDimReductionShape(std::string_view op, const 
 
 }  // namespace
 
-StatusOr<HostTensor> Mean(const HostTensor& x, int64_t dim, bool keepdim, DType out_dtype) {
-  TPFUSE_ASSIGN_OR_RETURN(std::vector<int64_t> shape, LastDimReductionShape("mean", x, dim, keepdim));
+namespace {
+
+// y[row] = reduce(the row's values decoded to f32, cols), over the last dim.
+template <typename Reduce>
+StatusOr<HostTensor> ReduceLastDim(const char* op, const HostTensor& x, int64_t dim, bool keepdim,
+                                   DType out_dtype, Reduce reduce) {
+  TPFUSE_ASSIGN_OR_RETURN(std::vector<int64_t> shape, LastDimReductionShape(op, x, dim, keepdim));
   const int64_t cols = LastDim(x);
   HostTensor y(out_dtype, shape);
   const int64_t rows = x.numel() / cols;
   std::vector<float> row(static_cast<size_t>(cols));
   for (int64_t t = 0; t < rows; ++t) {
     DecodeRange(x, t * cols, cols, row.data());
-    y.SetF32(t, RowSumInKernelOrder(row.data(), cols) / float(cols));
+    y.SetF32(t, reduce(row.data(), cols));
   }
   return y;
 }
 
+}  // namespace
+
+StatusOr<HostTensor> Mean(const HostTensor& x, int64_t dim, bool keepdim, DType out_dtype) {
+  return ReduceLastDim("mean", x, dim, keepdim, out_dtype, [](const float* row, int64_t cols) {
+    return RowSumInKernelOrder(row, cols) / float(cols);
+  });
+}
+
 StatusOr<HostTensor> Amax(const HostTensor& x, int64_t dim, bool keepdim, DType out_dtype) {
-  TPFUSE_ASSIGN_OR_RETURN(std::vector<int64_t> shape, LastDimReductionShape("amax", x, dim, keepdim));
-  const int64_t cols = LastDim(x);
-  HostTensor y(out_dtype, shape);
-  const int64_t rows = x.numel() / cols;
-  std::vector<float> row(static_cast<size_t>(cols));
-  for (int64_t t = 0; t < rows; ++t) {
-    DecodeRange(x, t * cols, cols, row.data());
+  return ReduceLastDim("amax", x, dim, keepdim, out_dtype, [](const float* row, int64_t cols) {
     float m = row[0];
     for (int64_t c = 1; c < cols; ++c) {
-      const float v = row[size_t(c)];
+      const float v = row[c];
       if (!std::isnan(m) && (std::isnan(v) || v > m)) m = v;
     }
-    y.SetF32(t, m);
-  }
-  return y;
+    return m;
+  });
 }
 
 // ---------------------------------------------------------------- RMSNorm
