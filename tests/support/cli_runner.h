@@ -1,11 +1,13 @@
-// Runs the tpfuse CLI of this build (TPFUSE_CLI_PATH, set by the test targets) with stdout and
-// stderr together, for tests of what the command prints and how it exits.
+// Runs the tpfuse CLI of this build (TPFUSE_CLI_PATH, set by the test targets; the environment
+// variable TPFUSE_CLI names another copy, for test binaries run away from their build folder)
+// with stdout and stderr together, for tests of what the command prints and how it exits.
 #pragma once
 
 #include <sys/wait.h>
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 namespace tpfuse::testing {
@@ -15,9 +17,15 @@ struct CliResult {
   std::string output;  // stdout and stderr
 };
 
+// The CLI the tests run.
+inline std::string CliPath() {
+  const char* relocated = std::getenv("TPFUSE_CLI");
+  return relocated != nullptr && *relocated != '\0' ? relocated : TPFUSE_CLI_PATH;
+}
+
 inline CliResult RunCli(const std::string& args) {
   CliResult result;
-  const std::string command = std::string(TPFUSE_CLI_PATH) + " " + args + " 2>&1";
+  const std::string command = CliPath() + " " + args + " 2>&1";
   FILE* pipe = ::popen(command.c_str(), "r");
   if (pipe == nullptr) return result;
   std::array<char, 4096> buf;
