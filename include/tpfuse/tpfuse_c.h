@@ -162,11 +162,15 @@ enum { TPFUSE_BACKEND_CPU = 0, TPFUSE_BACKEND_CUDA = 1 };
 
 /* Whether `[add ->] rms_norm [-> quant]` chains that no all_reduce feeds become the fused op
  * with local = 1 (DESIGN.md "World size 1"). AUTO follows the measurement of docs/pytorch.md
- * ("Local chains"): backend CUDA at every world size, backend CPU at world size 1 only. */
+ * ("Local chains"): backend CUDA at every world size, backend CPU at world size 1 only.
+ * INDUCTOR is AUTO less the local chains Inductor's own kernel was measured faster on (backend
+ * CUDA; docs/perf/h200x1/inductor_epilogue.md), for a caller whose unfused chains Inductor
+ * compiles: the PyTorch pass. */
 enum {
-  TPFUSE_FUSE_LOCAL_AUTO = 0, /* CUDA: always; CPU: at world size 1 only */
-  TPFUSE_FUSE_LOCAL_ON = 1,   /* at every world size */
+  TPFUSE_FUSE_LOCAL_AUTO = 0,     /* CUDA: always; CPU: at world size 1 only */
+  TPFUSE_FUSE_LOCAL_ON = 1,       /* at every world size */
   TPFUSE_FUSE_LOCAL_OFF = 2,
+  TPFUSE_FUSE_LOCAL_INDUCTOR = 3, /* AUTO, less the chains Inductor's kernel runs faster */
 };
 
 typedef struct tpfuse_compile_options {

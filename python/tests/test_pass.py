@@ -198,6 +198,32 @@ def test_local_chains_follow_the_compilers_rule(backend, fuse_local, fused):
     g.lint()
 
 
+def token_tail(x, residual, weight):
+    """A TP-1 layer's epilogue with a per-token FP8 quant in torch."""
+    h = x + residual
+    y = llama_norm(h, weight).to(torch.float32)
+    s = y.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / 448.0
+    q = (y / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    return h, q, s
+
+
+@pytest.mark.parametrize("tokens, fuse_local, fused", [
+    (64, "auto", True),      # below T 512: the fused op measured faster
+    (1024, "auto", False),   # fp8_token at H 8192 from T 512: Inductor's kernel measured faster
+    (1024, "on", True),
+])
+def test_auto_leaves_to_inductor_the_chains_its_kernel_runs_faster(tokens, fuse_local, fused):
+    g = trace(token_tail, ((tokens, 8192), bf), ((tokens, 8192), bf), ((8192,), bf))
+    p = tt.FusionPass(world_size=1, backend="cuda", fuse_local=fuse_local)
+    p(g)
+    assert not p.report.untranslated, p.report.untranslated
+    calls = [n for n in g.nodes if str(n.target) == FUSED]
+    assert len(calls) == int(fused), g
+    if fused:
+        assert str(calls[0].kwargs["quant"]) == "fp8_token"
+    g.lint()
+
+
 def layer_tail(x, residual, weight):
     """A TP-1 layer's epilogue as model code writes it: the residual add, LlamaRMSNorm, and a
     per-group (128) FP8 quant in torch, q and s returned as [T, H] and [T, H/128]."""

@@ -36,7 +36,7 @@ ROUNDING_BITS: Dict[str, int] = {
     "scale_op_swapped": 8,
 }
 BACKEND_CODES: Dict[str, int] = {"cpu": 0, "cuda": 1}
-FUSE_LOCAL_CODES: Dict[str, int] = {"auto": 0, "on": 1, "off": 2}
+FUSE_LOCAL_CODES: Dict[str, int] = {"auto": 0, "on": 1, "off": 2, "inductor": 3}
 STRATEGY_CODES: Dict[str, int] = {"auto": 0, "oneshot": 1, "twoshot": 2, "nccl": 3}
 
 
@@ -284,7 +284,8 @@ def compile_module(text: str, *, world_size: int = 2, backend: str = "cpu", max_
     if backend not in BACKEND_CODES:
         raise ValueError(f"tpfuse: unknown backend {backend!r} (expected cpu or cuda)")
     if fuse_local not in FUSE_LOCAL_CODES:
-        raise ValueError(f"tpfuse: unknown fuse_local {fuse_local!r} (expected auto, on or off)")
+        raise ValueError(f"tpfuse: unknown fuse_local {fuse_local!r} "
+                         f"(expected one of {', '.join(FUSE_LOCAL_CODES)})")
     lib = load()
     options = CompileOptions()
     lib.tpfuse_compile_options_init(ctypes.byref(options))

@@ -335,6 +335,7 @@ tpfuse_status_t tpfuse_compile(const char* module_text, const tpfuse_compile_opt
         case TPFUSE_FUSE_LOCAL_AUTO: o.fuse_local = passes::FuseLocal::kAuto; break;
         case TPFUSE_FUSE_LOCAL_ON: o.fuse_local = passes::FuseLocal::kOn; break;
         case TPFUSE_FUSE_LOCAL_OFF: o.fuse_local = passes::FuseLocal::kOff; break;
+        case TPFUSE_FUSE_LOCAL_INDUCTOR: o.fuse_local = passes::FuseLocal::kInductor; break;
         default: return InvalidArgument("options.fuse_local: unknown code ", options->fuse_local);
       }
       if (options->source_name != nullptr) source = options->source_name;

@@ -22,8 +22,12 @@ namespace tpfuse::passes {
 // with spec.local = true (DESIGN.md "World size 1"). Otherwise they stay as they are, for the
 // code generator around the compiler (Inductor) to fuse.
 enum class FuseLocal : uint8_t {
-  kAuto,  // where the fused local op was measured faster (CompileOptions::FusesLocal):
-          // backend cuda at every world size; backend cpu at world size 1 only
+  kAuto,      // where the fused local op was measured faster than tpfuse's unfused ops
+              // (CompileOptions::FusesLocal): backend cuda at every world size; backend cpu
+              // at world size 1 only
+  kInductor,  // as kAuto, except chains Inductor's own kernel was measured faster on
+              // (passes/local_fusion.h; backend cuda): what the PyTorch pass uses, where a
+              // chain left alone becomes Inductor's kernel
   kOn,    // at every world size (the first layer's norm of the embedding, norms of replicated
           // values)
   kOff,

@@ -14,7 +14,9 @@
 // Local chains (ctx.fuse_local): `[add ->] rms_norm [-> quant]` that no all_reduce feeds (TP 1,
 // the first layer's norm of the embedding) become the same fused op with spec.local = true, by
 // the same rule. At world size 1 an all_reduce is the identity: its chain fuses as a local op
-// on the all_reduce's operand, and the all_reduce's other uses read that operand.
+// on the all_reduce's operand, and the all_reduce's other uses read that operand. Under
+// ctx.local_vs_inductor a local chain Inductor's own kernel was measured faster on stays as it
+// is, for Inductor (passes/local_fusion.h).
 //
 // Rank >= 3 activations ([B, S, H]): the fused op takes [rows, H]; the pass views x and the
 // residual to [B*S, H] and views the results back (the norm is per row, so this is exact). A
@@ -26,6 +28,7 @@
 #include <variant>
 
 #include "ir/ops.h"
+#include "passes/local_fusion.h"
 #include "passes/match.h"
 #include "passes/pass.h"
 #include "passes/rewriter.h"
@@ -386,6 +389,23 @@ std::variant<Plan, Refusal> PlanChain(const Chain& chain, const PassContext& ctx
   return norm_only;
 }
 
+// A chain with no communication (world size 1, or a norm no all_reduce feeds): as PlanChain,
+// unless the chain would otherwise be Inductor's kernel and that was measured faster
+// (ctx.local_vs_inductor, passes/local_fusion.h) at the chain's token count: its rows when they
+// are a constant (a graph compiled for one batch size), else ctx.max_tokens.
+std::variant<Plan, Refusal> PlanLocalChain(const Chain& chain, const PassContext& ctx) {
+  std::variant<Plan, Refusal> decision = PlanChain(chain, ctx);
+  const Plan* plan = std::get_if<Plan>(&decision);
+  if (plan != nullptr && ctx.local_vs_inductor) {
+    int64_t tokens = ctx.max_tokens;
+    if (StatusOr<ir::Dim> rows = RowsOf(chain.x->type()); rows.ok() && rows->is_const())
+      tokens = rows->value;
+    if (std::string why = WhyInductorIsFaster(plan->spec, tokens); !why.empty())
+      return Refusal{"Inductor's kernel measured faster", why};
+  }
+  return decision;
+}
+
 class FuseAllreduceEpiloguePass final : public Pass {
  public:
   std::string name() const override { return kRule; }
@@ -411,7 +431,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
         if (rw.IsErased(node) || !IsNorm(node)) continue;
         ctx.Count(kRule, "local chains seen");
         const Chain chain = MakeChain(nullptr, node, /*local=*/true);
-        std::variant<Plan, Refusal> decision = PlanChain(chain, ctx);
+        std::variant<Plan, Refusal> decision = PlanLocalChain(chain, ctx);
         if (auto* refusal = std::get_if<Refusal>(&decision)) {
           ctx.Count(kRule, "local not fused: " + refusal->kind);
           continue;
@@ -459,7 +479,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
       if (std::string why = ctx.caps.WhyWorldSizeUnsupported(ctx.world_size); !why.empty())
         return Refusal{"backend", why};
     }
-    return PlanChain(*chain, ctx);
+    return local ? PlanLocalChain(*chain, ctx) : PlanChain(*chain, ctx);
   }
 
   static StatusOr<FusionRecord> Fuse(const Plan& plan, Rewriter& rw) {

@@ -36,6 +36,9 @@ struct PassContext {
   // Also fuse `[add ->] rms_norm [-> quant]` chains that no all_reduce feeds, into the fused op
   // with spec.local = true (compile option; see passes/compile.h).
   bool fuse_local = false;
+  // Local chains (these and world size 1's) are fused only where the fused op was measured at
+  // least as fast as Inductor's kernel for them (passes/local_fusion.h; FuseLocal::kInductor).
+  bool local_vs_inductor = false;
 
   std::vector<FusionRecord> fusions;
   std::vector<Rejection> rejections;

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "passes/compile.h"
+#include "passes/local_fusion.h"
 #include "passes_test_util.h"
 
 namespace tpfuse::passes::testing {
@@ -383,6 +384,119 @@ TEST(PassesCompileApi, FuseLocalFollowsTheBackendAndTheWorldSize) {
   options.fuse_local = FuseLocal::kOff;
   EXPECT_FALSE(options.FusesLocal());
   EXPECT_FALSE(ParseFuseLocal("sometimes").ok());
+}
+
+// ---------------------------------------------------------------- local chains against Inductor
+
+TEST(PassesLocalFusion, InductorsMeasuredWinsFollowTheMeasurement) {
+  ASSERT_FALSE(MeasuredLosses().empty());
+  for (const MeasuredLoss& loss : MeasuredLosses()) {
+    AllreduceRmsnormSpec spec;
+    spec.hidden = loss.hidden;
+    spec.quant = loss.quant;
+    const std::string why = WhyInductorIsFaster(spec, /*max_tokens=*/0);
+    EXPECT_NE(why.find(std::string(QuantModeName(loss.quant))), std::string::npos) << why;
+    EXPECT_NE(why.find(StrCat("H ", loss.hidden, " from T ", loss.from_tokens)), std::string::npos) << why;
+    EXPECT_NE(WhyInductorIsFaster(spec, loss.from_tokens), "");
+    EXPECT_EQ(WhyInductorIsFaster(spec, loss.from_tokens - 1), "");
+  }
+  AllreduceRmsnormSpec spec;
+  spec.quant = QuantMode::kFp8Group;  // fused op faster at every measured shape
+  for (int64_t h : MeasuredHidden()) {
+    spec.hidden = h;
+    EXPECT_EQ(WhyInductorIsFaster(spec, 0), "") << h;
+  }
+  spec.quant = QuantMode::kNone;  // not in the sweep: nothing listed
+  spec.hidden = 8192;
+  EXPECT_EQ(WhyInductorIsFaster(spec, 0), "");
+  // An unmeasured H follows the nearest measured one; a tie the larger.
+  spec.quant = QuantMode::kFp8Token;
+  spec.hidden = 8000;
+  EXPECT_NE(WhyInductorIsFaster(spec, 0).find("H 8192, the measured H nearest 8000"), std::string::npos);
+  spec.hidden = 7680;  // between 7168 and 8192
+  EXPECT_NE(WhyInductorIsFaster(spec, 0), "");
+  spec.hidden = 5120;
+  EXPECT_EQ(WhyInductorIsFaster(spec, 0), "");
+  spec.hidden = 16384;
+  EXPECT_NE(WhyInductorIsFaster(spec, 600), "");
+  EXPECT_EQ(WhyInductorIsFaster(spec, 511), "");
+}
+
+// A local fp8_token chain at H 8192 (Inductor measured faster from T 512) and an fp8_group one.
+std::string LocalChains(const std::string& rows) {
+  return StrCat(R"(
+  func @f(%x: bf16[)", rows, R"(, 8192], %r: bf16[)", rows, R"(, 8192], %g0: bf16[8192], %g1: bf16[8192]) {
+    %h = add(%x, %r)
+    %y0 = rms_norm(%h, %g0) {eps = 1e-6}
+    %q0, %s0 = quant_fp8(%y0) {mode = "token"}
+    %y1 = rms_norm(%x, %g1) {eps = 1e-6}
+    %q1, %s1 = quant_fp8(%y1) {mode = "group", group_size = 128}
+    return %q0, %s0, %h, %q1, %s1
+  }
+)");
+}
+
+int LocalFusions(const CompileResult& r) {
+  return int(nlohmann::json::parse(r.json)["fusions"].size());
+}
+
+TEST(PassesLocalFusion, TheInductorRuleLeavesInductorsFasterChainsAlone) {
+  CompileOptions options;
+  options.world_size = 2;
+  options.caps = CudaFusionCapabilities();
+  options.fuse_local = FuseLocal::kAuto;  // against tpfuse's own unfused ops: both fused
+  StatusOr<CompileResult> r = CompileModuleText(LocalChains("T"), options);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(LocalFusions(*r), 2);
+
+  options.fuse_local = FuseLocal::kInductor;  // T unknown: the fp8_token chain stays
+  r = CompileModuleText(LocalChains("T"), options);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const nlohmann::json j = nlohmann::json::parse(r->json);
+  ASSERT_EQ(j["fusions"].size(), 1u) << r->json;
+  EXPECT_EQ(j["fusions"][0]["quant"], "fp8_group");
+  EXPECT_EQ(j["fuse_local_mode"], "inductor");
+  EXPECT_EQ(j["counters"]["fuse_allreduce_epilogue"]["local not fused: Inductor's kernel measured faster"], 1) << r->json;
+  EXPECT_NE(r->text.find("quant_fp8(%y0)"), std::string::npos) << r->text;
+
+  options.max_tokens = 256;  // below T 512: fused
+  r = CompileModuleText(LocalChains("T"), options);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(LocalFusions(*r), 2);
+  options.max_tokens = 0;
+  r = CompileModuleText(LocalChains("64"), options);  // a graph of 64 rows: fused
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(LocalFusions(*r), 2);
+  r = CompileModuleText(LocalChains("1024"), options);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(LocalFusions(*r), 1);
+
+  options.caps = CpuFusionCapabilities();  // measured on CUDA only: the CPU rule is auto's
+  options.world_size = 1;
+  r = CompileModuleText(LocalChains("T"), options);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(LocalFusions(*r), 2);
+  EXPECT_TRUE(ParseFuseLocal("inductor").ok());
+}
+
+TEST(PassesLocalFusion, AtWorldSizeOneTheAllReduceLeftToInductorSaysWhy) {
+  PassContext ctx;
+  ctx.world_size = 1;
+  ctx.fuse_local = true;
+  ctx.local_vs_inductor = true;
+  Compiled c = Compile(R"(
+  func @f(%p: bf16[T, 8192], %r: bf16[T, 8192], %g: bf16[8192]) {
+    %ar = all_reduce(%p)
+    %h = add(%ar, %r)
+    %y = rms_norm(%h, %g) {eps = 1e-6}
+    %q, %s = quant_fp8(%y) {mode = "token"}
+    return %q, %s, %h
+  }
+)", ctx);
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c.ctx.fusions.empty()) << DescribeReport(c.ctx);
+  EXPECT_NE(OnlyRejection(c.ctx).find("Inductor's kernel for this chain was measured faster"), std::string::npos)
+      << DescribeReport(c.ctx);
 }
 
 }  // namespace

@@ -61,7 +61,8 @@ FUSE_LOCAL_MODES = tuple(FUSE_LOCAL_CODES)
 
 def compile_module(text: str, world_size: int, backend: str = "cpu",
                    fuse_local: str = "auto") -> Compiled:
-    """fuse_local: "auto" (the compiler's rule: docs/pytorch.md, "Local chains"), "on" or "off"."""
+    """fuse_local: "auto" or "inductor" (the compiler's rules: docs/pytorch.md, "Local chains"),
+    "on" or "off"."""
     if fuse_local not in FUSE_LOCAL_MODES:
         raise ValueError(f"fuse_local must be one of {FUSE_LOCAL_MODES}, got {fuse_local!r}")
     abi = _abi_compile()

@@ -90,9 +90,10 @@ class FusionPass(CustomGraphPass):
 
     world_size: the tensor-parallel degree (default: torch.distributed's world size, else 1).
     fuse_local: whether norm chains that no all_reduce feeds become the fused local op, or stay
-    Inductor's: "auto" (default) leaves it to the compiler's rule, taken from measurements
-    (docs/pytorch.md, "Local chains": on CUDA they are fused; on the CPU only at world size
-    1); "on" / True always, "off" / False never. backend: "cpu" or "cuda" capabilities
+    Inductor's: "auto" (default) leaves it to the compiler's "inductor" rule, taken from
+    measurements (docs/pytorch.md, "Local chains": on CUDA they are fused except where
+    Inductor's own kernel was measured faster; on the CPU only at world size 1); "on" / True
+    always, "off" / False never. backend: "cpu" or "cuda" capabilities
     (default: the graph's device).
     tp_groups: the process group names (ProcessGroup.group_name) of the tensor-parallel group
     (default: every all_reduce is on it).
@@ -138,7 +139,8 @@ class FusionPass(CustomGraphPass):
             if (not tr.all_reduces and self.fuse_local == "off") or not tr.func.outputs:
                 return tr, None  # nothing to fuse
             try:
-                return tr, compile_module(tr.text, self._world_size(), backend, self.fuse_local)
+                return tr, compile_module(tr.text, self._world_size(), backend,
+                                          _compiler_mode(self.fuse_local))
             except CompilerError as e:
                 m = _ERROR_LINE.search(str(e))
                 node = tr.node_at_line(int(m.group(1))) if m else None
@@ -194,6 +196,12 @@ class FusionPass(CustomGraphPass):
             logger.info("all_reduce %%%s left alone: %s", name, reason)
         for value, reason in skipped:
             logger.debug("fused chain %%%s not applied: %s", value, reason)
+
+
+def _compiler_mode(fuse_local: str) -> str:
+    """The compiler's local-fusion mode for the pass's: "auto" under Inductor is the compiler's
+    "inductor" rule, since a chain the pass leaves alone becomes Inductor's own kernel."""
+    return "inductor" if fuse_local == "auto" else fuse_local
 
 
 def _fuse_local_mode(fuse_local: Union[str, bool]) -> str:

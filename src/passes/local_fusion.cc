@@ -1,0 +1,51 @@
+#include "passes/local_fusion.h"
+
+#include <cstdlib>
+
+#include "tpfuse/status.h"
+
+namespace tpfuse::passes {
+
+namespace {
+
+constexpr int64_t kMeasuredHidden[] = {2880, 4096, 5120, 7168, 8192};
+
+// docs/perf/h200x1/inductor_epilogue.md: tpfuse / Inductor above 1.02 (fp8_token H 4096:
+// 1.04-1.06 from T 2048; H 8192: 1.03-1.13 from T 512; fp8_tensor H 8192: 1.02-1.04 from
+// T 2048).
+constexpr MeasuredLoss kMeasuredLosses[] = {
+    {QuantMode::kFp8Token, 4096, 2048},
+    {QuantMode::kFp8Token, 8192, 512},
+    {QuantMode::kFp8Tensor, 8192, 2048},
+};
+
+int64_t NearestMeasuredHidden(int64_t hidden) {
+  int64_t best = kMeasuredHidden[0];
+  for (int64_t h : kMeasuredHidden) {
+    if (std::llabs(h - hidden) <= std::llabs(best - hidden)) best = h;  // ties: the larger
+  }
+  return best;
+}
+
+}  // namespace
+
+std::span<const int64_t> MeasuredHidden() { return kMeasuredHidden; }
+std::span<const MeasuredLoss> MeasuredLosses() { return kMeasuredLosses; }
+
+std::string WhyInductorIsFaster(const AllreduceRmsnormSpec& spec, int64_t max_tokens) {
+  const int64_t measured = NearestMeasuredHidden(spec.hidden);
+  for (const MeasuredLoss& loss : kMeasuredLosses) {
+    if (loss.quant != spec.quant || loss.hidden != measured) continue;
+    if (max_tokens > 0 && max_tokens < loss.from_tokens) continue;
+    const std::string at_h = measured == spec.hidden ? StrCat("H ", measured)
+                                                     : StrCat("H ", measured, ", the measured H nearest ", spec.hidden);
+    const std::string tokens = max_tokens > 0 ? StrCat("up to ", max_tokens, " tokens")
+                                              : std::string("an unbounded token count");
+    return StrCat("Inductor's kernel for this chain was measured faster than the fused op for ",
+                  QuantModeName(spec.quant), " at ", at_h, " from T ", loss.from_tokens,
+                  " (docs/perf/h200x1/inductor_epilogue.md), and the graph runs ", tokens);
+  }
+  return "";
+}
+
+}  // namespace tpfuse::passes
