@@ -10,6 +10,12 @@
 //   nopdl  the same kernel launched without programmatic dependent launch
 //   copy   cudaMemcpyAsync of (read + write bytes) / 2: the same traffic as the fused op
 //
+// --phases: where one row's time goes at T = 1. The production RowEpilogue with a probe that
+// stamps %clock64 on thread 0 of the block at each RowPhase (and at entry and after the wait),
+// each stamp taken once the phase's value is computed; single launches with a warm L2, the
+// median over 50 of each phase's cycles. (The probe is a template argument; the production
+// instantiations take the empty one and compile to the same SASS.)
+//
 // Timing: CUDA graph of 20 launches over rotating buffer sets (more than 2 x L2 of inputs and
 // outputs together, at least 4 sets), 5 warm-up replays, median of 30 replays, per op.
 // Bytes (minimum): read x and residual (2 x 2 B), write residual_out (2 B), q (1 B), norm (2 B,
@@ -341,6 +347,135 @@ std::string CaseName(const Case& c) {
   return n;
 }
 
+// ---------------------------------------------------------------- phases of one row
+
+constexpr int kStamps = 8;  // 0 entry, 1 after the wait, 2..6 RowPhase, 7 exit
+
+struct ClockProbe {
+  long long* stamps;
+  __device__ __forceinline__ void operator()(cuda::RowPhase phase, float value) const {
+    asm volatile("" ::"f"(value) : "memory");  // the value exists, earlier stores are issued
+    if (threadIdx.x == 0) stamps[int(phase)] = clock64();
+  }
+};
+
+__device__ __forceinline__ void Stamp(long long* stamps, int i) {
+  asm volatile("" ::: "memory");
+  if (threadIdx.x == 0) stamps[i] = clock64();
+}
+
+// AllreduceEpilogueKernel for one row (T = 1, kLocal), with the probe; the row is run twice,
+// the second time into stamps + kStamps (the same code again: instruction caches warm).
+template <int kVec, QuantMode kQuant>
+__global__ void __launch_bounds__(kMaxRowThreads, cuda::kMinBlocksPerSm<kVec>)
+    PhaseKernel(const cuda::FusedKernelParams p, long long* all_stamps) {
+  using T = __nv_bfloat16;
+  long long* stamps = all_stamps;
+  Stamp(stamps, 0);
+  __shared__ float smem[4][32];
+  __shared__ uint4 weight_vectors[kVec == 1 ? 1 : kVec * kMaxRowThreads];
+  cuda::RowWeights<kVec, kVec == 1> weights;
+  weights.Preload(p, weight_vectors);
+  cuda::WaitForPreviousKernel();
+  cuda::AllowNextKernel();
+  weights.Ready();
+  Stamp(stamps, 1);
+  for (int pass = 0; pass < 2; ++pass) {
+    if (pass == 1) {
+      stamps = all_stamps + kStamps;
+      Stamp(stamps, 1);
+    }
+    uint4 res[kVec], a[kVec];
+    const float static_scale = cuda::LoadStaticScale<kQuant>(p);
+    cuda::LoadResidual<kVec>(p, 0, res);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const int v = cuda::RowVectors<kVec>::Index(k);
+      if (v < p.vecs_per_row) a[k] = cuda::LoadGlobal(static_cast<const uint4*>(p.x) + v);
+    }
+    cuda::RowEpilogue<T, kVec, kQuant>(p, 0, a, res, weights, static_scale, smem, pass, ClockProbe{stamps});
+    Stamp(stamps, 7);
+  }
+}
+
+using PhaseFn = void (*)(cuda::FusedKernelParams, long long*);
+
+template <int kVec>
+PhaseFn PhaseKernelFor(QuantMode q) {
+  switch (q) {
+    case QuantMode::kNone: return PhaseKernel<kVec, QuantMode::kNone>;
+    case QuantMode::kFp8Tensor: return PhaseKernel<kVec, QuantMode::kFp8Tensor>;
+    case QuantMode::kFp8Token: return PhaseKernel<kVec, QuantMode::kFp8Token>;
+    case QuantMode::kFp8Group: return PhaseKernel<kVec, QuantMode::kFp8Group>;
+  }
+  return nullptr;
+}
+
+// Median cycles of each phase of one row at T = 1, printed as two table rows: the first run of
+// the row in the launch and the second.
+void PrintPhases(const Case& c, cudaStream_t stream) {
+  const AllreduceRmsnormSpec spec = SpecOf(c);
+  const RowLayout l = MakeRowLayout(c.H);
+  PhaseFn fn = l.vecs_per_thread == 1 ? PhaseKernelFor<1>(c.quant)
+               : l.vecs_per_thread == 2 ? PhaseKernelFor<2>(c.quant) : PhaseKernelFor<4>(c.quant);
+  Buffers b;
+  Set s{};
+  const size_t e = size_t(c.H);
+  s.x = b.Alloc(e * 2);
+  s.res = b.Alloc(e * 2);
+  s.res_out = b.Alloc(e * 2);
+  s.norm = b.Alloc(e * 2);
+  s.q = b.Alloc(e);
+  s.s = static_cast<float*>(b.Alloc(size_t(spec.ScaleElements(1)) * 4 + 16));
+  std::vector<uint16_t> host(e);
+  std::mt19937 rng(uint32_t(c.H));
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  for (auto& v : host) v = FloatToBf16(d(rng));
+  CHECK(cudaMemcpy(s.x, host.data(), e * 2, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(s.res, host.data(), e * 2, cudaMemcpyHostToDevice));
+  b.w = b.Alloc(e * 2);
+  for (auto& v : host) v = FloatToBf16(1.0f + 0.1f * d(rng));
+  CHECK(cudaMemcpy(b.w, host.data(), e * 2, cudaMemcpyHostToDevice));
+  const float scale = 0.02f;
+  b.scale = static_cast<float*>(b.Alloc(4));
+  CHECK(cudaMemcpy(b.scale, &scale, 4, cudaMemcpyHostToDevice));
+  b.sets.push_back(s);
+  long long* stamps = static_cast<long long*>(b.Alloc(2 * kStamps * sizeof(long long)));
+  std::vector<std::vector<float>> cycles(2 * kStamps);
+  for (int rep = 0; rep < 60; ++rep) {
+    CHECK(cudaMemset(stamps, 0, 2 * kStamps * sizeof(long long)));
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(1);
+    config.blockDim = dim3(l.threads);
+    config.stream = stream;
+    CHECK(cudaLaunchKernelEx(&config, fn, ParamsFor(spec, 1, s, b), stamps));
+    long long h[2 * kStamps];
+    CHECK(cudaMemcpyAsync(h, stamps, sizeof(h), cudaMemcpyDeviceToHost, stream));
+    CHECK(cudaStreamSynchronize(stream));
+    if (rep < 10) continue;  // warm-up: code, L2, clocks
+    for (int pass = 0; pass < 2; ++pass) {
+      const long long* t = h + pass * kStamps;
+      int prev = pass == 0 ? 0 : 1;
+      for (int i = pass == 0 ? 1 : 2; i < kStamps; ++i) {
+        cycles[pass * kStamps + i].push_back(float(t[i] - t[prev]));
+        prev = i;
+      }
+    }
+  }
+  for (int pass = 0; pass < 2; ++pass) {
+    std::printf("%6lld %-16s %-6s", (long long)c.H, CaseName(c).c_str(), pass == 0 ? "first" : "again");
+    float total = 0;
+    for (int i = 1; i < kStamps; ++i) {
+      const std::vector<float>& v = cycles[pass * kStamps + i];
+      const float m = v.empty() ? 0.0f : Median(v);
+      total += m;
+      std::printf(" %8.0f", m);
+    }
+    std::printf(" %8.0f %8.2f\n", total, total / 1980.0f);
+  }
+  std::fflush(stdout);
+}
+
 // ---------------------------------------------------------------- correctness
 
 int CheckCase(const Case& c, int64_t T, uint32_t seed, cudaStream_t stream) {
@@ -422,8 +557,20 @@ int CheckCase(const Case& c, int64_t T, uint32_t seed, cudaStream_t stream) {
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  const bool phases = argc > 1 && std::string(argv[1]) == "--phases";
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  if (phases) {
+    std::printf("one row at T = 1, thread 0's %%clock64 cycles from the previous stamp (median of 50 launches, warm L2)\n");
+    std::printf("(first: the row's first run in the launch; again: the same row run a second time right after)\n");
+    std::printf("%6s %-16s %-6s %8s %8s %8s %8s %8s %8s %8s %8s %8s\n", "H", "quant", "run", "wait", "own sum",
+                "blocksum", "rstd", "vectors", "tokenmax", "exit", "total", "us@1.98");
+    for (int64_t H : {2880, 4096, 7168, 8192})
+      for (Case c : {Case{H, QuantMode::kNone, false}, Case{H, QuantMode::kFp8Tensor, false},
+                     Case{H, QuantMode::kFp8Token, false}, Case{H, QuantMode::kFp8Group, true}})
+        PrintPhases(c, stream);
+    return 0;
+  }
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);

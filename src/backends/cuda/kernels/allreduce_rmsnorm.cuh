@@ -301,13 +301,23 @@ __device__ __forceinline__ float DynamicScale(const FusedKernelParams& p, float 
   return s;
 }
 
+// The points of a row's epilogue a probe sees (dev/epilogue_bench --phases times them).
+enum class RowPhase : int { kOwnSum = 2, kBlockSum, kRstd, kVectors, kDone };
+
+// The probe of the kernels: nothing (a probe is a dev tool; an empty one changes no instruction).
+struct NoRowProbe {
+  __device__ __forceinline__ void operator()(RowPhase, float) const {}
+};
+
 // Contract 3 steps 2-4 for one row, given a = round(sum of partials) for this thread's vectors,
 // the residual vectors, and the static scale (fp8_tensor). Block-uniform: every thread of the
-// block calls it for the same row (it synchronizes).
-template <typename T, int kVec, QuantMode kQuant, bool kHeld>
+// block calls it for the same row (it synchronizes). `probe(phase, value)` runs at each
+// RowPhase once `value` is computed.
+template <typename T, int kVec, QuantMode kQuant, bool kHeld, typename Probe = NoRowProbe>
 __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t row, const uint4 (&a)[kVec],
                                             const uint4 (&res)[kVec], const RowWeights<kVec, kHeld>& weights,
-                                            float static_scale, float (*smem)[32], int slot) {
+                                            float static_scale, float (*smem)[32], int slot,
+                                            Probe probe = {}) {
   const size_t row_vec = size_t(row) * p.vecs_per_row;
 
   // ---- step 2: h = a + residual; emit a and round(h); the sum of squares of the norm's input
@@ -327,8 +337,11 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   // ---- step 3: y = round(u * r * w'), r = 1 / sqrt(mean(u^2) + eps); step 4 (FP8) follows
   // each vector at once where its scale is known by then (tensor: static; group: the group's
   // lanes), so y is not held: fewer live registers, no spills at two or three blocks per SM.
+  probe(RowPhase::kOwnSum, sum_sq);
   const float total = BlockSum(sum_sq, smem, slot);
+  probe(RowPhase::kBlockSum, total);
   const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(total, float(p.hidden)), p.eps)));
+  probe(RowPhase::kRstd, r);
   uint8_t* const q_row = kQuant == QuantMode::kNone ? nullptr : p.quant_out + size_t(row) * p.hidden;
   const float static_inv = kQuant == QuantMode::kFp8Tensor ? __frcp_rn(static_scale) : 1.0f;
   const ScaleStep static_step = p.quant_divides ? ScaleStep::kDivide : ScaleStep::kMultiply;
@@ -388,6 +401,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     }
   }
 
+  probe(RowPhase::kVectors, amax);
+
   // ---- step 4 for fp8_token: one scale for the row, after the block's max
   if constexpr (kQuant == QuantMode::kFp8Token) {
     ScaleStep step;
@@ -408,6 +423,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       StoreStreaming8(q_row + size_t(v) * kVecElems, QuantizeVector(yf, step, s, inv));
     }
   }
+  probe(RowPhase::kDone, 0.0f);
 }
 
 // ================================================================ bounded waits
