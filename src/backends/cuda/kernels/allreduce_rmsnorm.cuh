@@ -302,7 +302,7 @@ __device__ __forceinline__ float DynamicScale(const FusedKernelParams& p, float 
 }
 
 // The points of a row's epilogue a probe sees (dev/epilogue_bench --phases times them).
-enum class RowPhase : int { kOwnSum = 2, kBlockSum, kRstd, kVectors, kDone };
+enum class RowPhase : int { kOwnSum, kBlockSum, kRstd, kVectors, kDone };
 
 // The probe of the kernels: nothing (a probe is a dev tool; an empty one changes no instruction).
 struct NoRowProbe {
