@@ -64,6 +64,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from graph_timing import replay_us_per_op  # noqa: E402  (beside this script)
+
 HIDDEN = [4096, 7168]
 TOKENS = [1 << i for i in range(14)]  # 1 .. 8192
 QUANTS = ["fp8_tensor", "fp8_group"]
@@ -268,8 +271,10 @@ class Finding:
         return text
 
 
-def _first(mask: torch.Tensor) -> Tuple[int, ...]:
-    return tuple(mask.nonzero()[0].tolist())
+def _first_bad(bad: torch.Tensor, got: torch.Tensor, ref: torch.Tensor) -> str:
+    """Where the first element out of tolerance is, and its two values."""
+    i = tuple(bad.nonzero()[0].tolist())
+    return f"at {list(i)}: {float(got[i])!r} vs {float(ref[i])!r}"
 
 
 def compare_16(name: str, got: torch.Tensor, ref: torch.Tensor, bitwise: bool) -> Finding:
@@ -285,8 +290,7 @@ def compare_16(name: str, got: torch.Tensor, ref: torch.Tensor, bitwise: bool) -
     if f.differing:
         f.worst = f"max {int(d.max())} ulp"
     if f.out_of_tolerance:
-        i = _first(bad)
-        f.first_bad = f"at {list(i)}: {float(got[i])!r} vs {float(ref[i])!r}"
+        f.first_bad = _first_bad(bad, got, ref)
     return f
 
 
@@ -302,8 +306,7 @@ def compare_scales(name: str, got: torch.Tensor, ref: torch.Tensor) -> Finding:
     if f.differing:
         f.worst = f"max relative {float(rel.max()):.3g}"
     if f.out_of_tolerance:
-        i = _first(bad)
-        f.first_bad = f"at {list(i)}: {float(got[i])!r} vs {float(ref[i])!r}"
+        f.first_bad = _first_bad(bad, got, ref)
     return f
 
 
@@ -331,8 +334,7 @@ def compare_fp8(name: str, got: torch.Tensor, ref: torch.Tensor, got_scale: torc
         steps = (_ordered(got.view(torch.uint8), 0x80) - _ordered(ref.view(torch.uint8), 0x80))
         f.worst = f"max {int(steps.abs().max())} FP8 steps"
     if f.out_of_tolerance:
-        i = _first(bad)
-        f.first_bad = f"at {list(i)}: {float(gq[i])!r} vs {float(rq[i])!r}"
+        f.first_bad = _first_bad(bad, gq, rq)
     return f
 
 
@@ -618,17 +620,8 @@ class Rank:
         for _ in range(a.warmup):
             graph.replay()
         self.barrier()
-        start = [torch.cuda.Event(enable_timing=True) for _ in range(a.replays)]
-        end = [torch.cuda.Event(enable_timing=True) for _ in range(a.replays)]
-        for i in range(a.replays):
-            if flush:
-                self.flush.zero_()
-            start[i].record()
-            graph.replay()
-            end[i].record()
-        torch.cuda.synchronize()
+        times = replay_us_per_op(graph, a.replays, ops, self.flush if flush else None)
         del keep, graph
-        times = [s.elapsed_time(e) * 1e3 / ops for s, e in zip(start, end)]
         mine = statistics.median(times)
         medians = [None] * self.world
         self.dist.all_gather_object(medians, mine)

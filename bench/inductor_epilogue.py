@@ -40,6 +40,9 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from graph_timing import replay_us_per_op  # noqa: E402  (beside this script)
+
 HIDDEN = [2880, 4096, 5120, 7168, 8192]
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 QUANTS = ["fp8_tensor", "fp8_token", "fp8_group"]
@@ -130,17 +133,8 @@ class Timer:
         for _ in range(self.args.warmup):
             graph.replay()
         torch.cuda.synchronize()
-        start = [torch.cuda.Event(enable_timing=True) for _ in range(self.args.replays)]
-        end = [torch.cuda.Event(enable_timing=True) for _ in range(self.args.replays)]
-        for i in range(self.args.replays):
-            if flush_l2:
-                self.flush.zero_()
-            start[i].record()
-            graph.replay()
-            end[i].record()
-        torch.cuda.synchronize()
+        times = replay_us_per_op(graph, self.args.replays, ops, self.flush if flush_l2 else None)
         del keep, graph
-        times = [s.elapsed_time(e) * 1e3 / ops for s, e in zip(start, end)]
         return statistics.median(times)
 
 
