@@ -2,17 +2,15 @@
 // with a message naming the problem, 2 usage), `compile --json`'s report, `compile`'s text output,
 // `run --check`, and `demo`.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "ir/parser.h"
+#include "support/cli_runner.h"
 
 namespace {
 
@@ -38,18 +36,10 @@ void WriteFile(const std::string& path, const std::string& text) {
 
 // Runs `tpfuse <args>`; stdout through a pipe, stderr through a file.
 CliResult RunCli(const std::string& args) {
-  CliResult result;
   const std::string err_path = TempPath("stderr.txt");
-  const std::string command = std::string(TPFUSE_CLI_PATH) + " " + args + " 2>" + err_path;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  std::array<char, 4096> buf;
-  size_t n = 0;
-  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) result.out.append(buf.data(), n);
-  const int status = ::pclose(pipe);
-  if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
-  result.err = ReadFile(err_path);
-  return result;
+  const tpfuse::testing::CliResult r =
+      tpfuse::testing::RunCommand(tpfuse::testing::CliPath() + " " + args + " 2>" + err_path);
+  return CliResult{r.exit_code, r.output, ReadFile(err_path)};
 }
 
 bool Contains(const std::string& text, const std::string& needle) {

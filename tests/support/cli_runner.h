@@ -23,9 +23,9 @@ inline std::string CliPath() {
   return relocated != nullptr && *relocated != '\0' ? relocated : TPFUSE_CLI_PATH;
 }
 
-inline CliResult RunCli(const std::string& args) {
+// Runs a shell command line; `output` is what it writes to stdout.
+inline CliResult RunCommand(const std::string& command) {
   CliResult result;
-  const std::string command = CliPath() + " " + args + " 2>&1";
   FILE* pipe = ::popen(command.c_str(), "r");
   if (pipe == nullptr) return result;
   std::array<char, 4096> buf;
@@ -35,5 +35,7 @@ inline CliResult RunCli(const std::string& args) {
   if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
   return result;
 }
+
+inline CliResult RunCli(const std::string& args) { return RunCommand(CliPath() + " " + args + " 2>&1"); }
 
 }  // namespace tpfuse::testing
