@@ -47,6 +47,9 @@ struct CompileOptions {
 
   // Whether local chains are fused under these options: the one home of the auto rule.
   bool FusesLocal() const;
+  // Whether fused local chains are limited to those the fused op was measured faster on than
+  // Inductor's kernel (kInductor, backend cuda: passes/local_fusion.h).
+  bool ComparesWithInductor() const;
 };
 
 // One func through the default pipeline.

@@ -358,7 +358,7 @@ std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
 }
 
 // The whole chain with the first quant that works, else the norm alone.
-std::variant<Plan, Refusal> PlanChain(const Chain& chain, const PassContext& ctx) {
+std::variant<Plan, Refusal> PlanBestFusion(const Chain& chain, const PassContext& ctx) {
   AllreduceRmsnormSpec base;
   if (std::string why = BaseSpec(chain, base); !why.empty()) return Refusal{"dtype or shape", why};
   std::vector<std::string> notes;
@@ -389,14 +389,15 @@ std::variant<Plan, Refusal> PlanChain(const Chain& chain, const PassContext& ctx
   return norm_only;
 }
 
-// A chain with no communication (world size 1, or a norm no all_reduce feeds): as PlanChain,
-// unless the chain would otherwise be Inductor's kernel and that was measured faster
-// (ctx.local_vs_inductor, passes/local_fusion.h) at the chain's token count: its rows when they
-// are a constant (a graph compiled for one batch size), else ctx.max_tokens.
-std::variant<Plan, Refusal> PlanLocalChain(const Chain& chain, const PassContext& ctx) {
-  std::variant<Plan, Refusal> decision = PlanChain(chain, ctx);
+// The plan of a chain (PlanBestFusion), except that a chain with no communication (world size
+// 1, or a norm no all_reduce feeds) stays as it is where it would otherwise be Inductor's kernel
+// and that was measured faster (ctx.local_vs_inductor, passes/local_fusion.h) at the chain's
+// token count: its rows when they are a constant (a graph compiled for one batch size), else
+// ctx.max_tokens.
+std::variant<Plan, Refusal> PlanChain(const Chain& chain, const PassContext& ctx) {
+  std::variant<Plan, Refusal> decision = PlanBestFusion(chain, ctx);
   const Plan* plan = std::get_if<Plan>(&decision);
-  if (plan != nullptr && ctx.local_vs_inductor) {
+  if (plan != nullptr && chain.local && ctx.local_vs_inductor) {
     int64_t tokens = ctx.max_tokens;
     if (StatusOr<ir::Dim> rows = RowsOf(chain.x->type()); rows.ok() && rows->is_const())
       tokens = rows->value;
@@ -426,14 +427,15 @@ class FuseAllreduceEpiloguePass final : public Pass {
     }
     if (ctx.fuse_local) {
       // Norms no all_reduce feeds. A refusal here is no rejection (rejections are about
-      // all_reduces); the counters keep it.
+      // all_reduces): the counters and ctx.local_unfused keep it.
       for (ir::Node* node : graph.NodesSnapshot()) {
         if (rw.IsErased(node) || !IsNorm(node)) continue;
         ctx.Count(kRule, "local chains seen");
         const Chain chain = MakeChain(nullptr, node, /*local=*/true);
-        std::variant<Plan, Refusal> decision = PlanLocalChain(chain, ctx);
+        std::variant<Plan, Refusal> decision = PlanChain(chain, ctx);
         if (auto* refusal = std::get_if<Refusal>(&decision)) {
           ctx.Count(kRule, "local not fused: " + refusal->kind);
+          ctx.local_unfused.push_back(Rejection{chain.x->name(), refusal->reason});
           continue;
         }
         TPFUSE_RETURN_IF_ERROR(Apply(std::get<Plan>(decision), chain.x->name(), rw, ctx));
@@ -479,7 +481,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
       if (std::string why = ctx.caps.WhyWorldSizeUnsupported(ctx.world_size); !why.empty())
         return Refusal{"backend", why};
     }
-    return local ? PlanLocalChain(*chain, ctx) : PlanChain(*chain, ctx);
+    return PlanChain(*chain, ctx);
   }
 
   static StatusOr<FusionRecord> Fuse(const Plan& plan, Rewriter& rw) {

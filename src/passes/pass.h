@@ -42,6 +42,8 @@ struct PassContext {
 
   std::vector<FusionRecord> fusions;
   std::vector<Rejection> rejections;
+  // Local chains (fuse_local) left as they are, and why; `anchor` names the chain's x.
+  std::vector<Rejection> local_unfused;
   // rule name -> counter name -> count ("anchors_seen", "fused", "rejected: <reason kind>").
   std::map<std::string, std::map<std::string, int>> counters;
 

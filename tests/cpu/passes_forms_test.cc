@@ -458,6 +458,11 @@ TEST(PassesLocalFusion, TheInductorRuleLeavesInductorsFasterChainsAlone) {
   EXPECT_EQ(j["fuse_local_mode"], "inductor");
   EXPECT_EQ(j["counters"]["fuse_allreduce_epilogue"]["local not fused: Inductor's kernel measured faster"], 1) << r->json;
   EXPECT_NE(r->text.find("quant_fp8(%y0)"), std::string::npos) << r->text;
+  ASSERT_EQ(r->funcs.size(), 1u);
+  ASSERT_EQ(r->funcs[0].ctx.local_unfused.size(), 1u);
+  EXPECT_EQ(r->funcs[0].ctx.local_unfused[0].anchor, "x");  // the chain reads x (and r)
+  EXPECT_NE(r->funcs[0].ctx.local_unfused[0].reason.find("fp8_token at H 8192 from T 512"), std::string::npos)
+      << r->funcs[0].ctx.local_unfused[0].reason;
 
   options.max_tokens = 256;  // below T 512: fused
   r = CompileModuleText(LocalChains("T"), options);

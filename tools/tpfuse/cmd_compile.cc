@@ -50,15 +50,9 @@ void PrintSummary(const ir::Graph& input, const Compiled& c, const CompileArgs& 
   }
   for (const passes::Rejection& r : c.ctx.rejections)
     os << "  unfused  %" << r.anchor << ": " << r.reason << "\n";
-  // Local chains left alone are no rejections (those are about all_reduces); their counts.
-  constexpr std::string_view kLocalNotFused = "local not fused: ";
-  for (const auto& [rule, counters] : c.ctx.counters) {
-    for (const auto& [name, n] : counters) {
-      if (name.rfind(kLocalNotFused, 0) != 0) continue;
-      os << "  local    " << n << " chain" << (n == 1 ? "" : "s") << " left unfused: "
-         << name.substr(kLocalNotFused.size()) << "\n";
-    }
-  }
+  // Local chains left alone are no rejections (those are about all_reduces).
+  for (const passes::Rejection& r : c.ctx.local_unfused)
+    os << "  local    %" << r.anchor << " left unfused: " << r.reason << "\n";
   os << "  ops before (" << TotalOps(c.ops_before) << "): " << FormatOpCounts(c.ops_before) << "\n"
      << "  ops after  (" << TotalOps(c.ops_after) << "): " << FormatOpCounts(c.ops_after) << "\n";
 }
@@ -125,9 +119,9 @@ void AddCompileCommand(CLI::App& app, CommandFn& run) {
                   "fused op beat tpfuse's unfused kernels in every measured quantized shape), "
                   "backend cpu at world size 1 only, where every all_reduce is the identity "
                   "(docs/pytorch.md); inductor = auto less the chains Inductor's own kernel was "
-                  "measured faster on (13 of 210 shapes; fp8_token at H nearest 4096 from T 2048 and "
-                  "8192 from T 512, fp8_tensor at H nearest 8192 from T 2048; fused when "
-                  "--max-tokens is below that T; what the PyTorch pass uses); on = at every world size (e.g. the first layer's norm of the "
+                  "measured faster on, unless the chain's rows are a constant or --max-tokens is below "
+                  "the T where it was (the table: docs/pytorch.md, \"Local chains\"; what the "
+                  "PyTorch pass uses); on = at every world size (e.g. the first layer's norm of the "
                   "embedding), off = never")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "inductor", "on", "off"}));
