@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -268,16 +269,25 @@ TEST(BenchLocalReport, TableRowsCarryTheRatios) {
   EXPECT_NE(table.find("fused/(unf*r)"), std::string::npos);
   // T = 1024: 11 / 10 = 1.10 of the copy, 11 / 16.5 = 0.67 of unfused, ratio 7/11 = 0.636,
   // 11 / (16.5 x 7/11) = 1.05.
+  // Each row's last field says how the cell was checked: bitwise up to kLocalCheckMaxTokens.
   std::istringstream rows(table);
   std::string line, row1024;
+  std::map<std::string, std::string> checked;  // T -> last field
   while (std::getline(rows, line)) {
-    if (line.rfind("   1024 ", 0) == 0) row1024 = line;
+    std::istringstream fields(line);
+    std::string first, field, last;
+    fields >> first;
+    while (fields >> field) last = field;
+    for (const char* t : {"1", "128", "1024"})
+      if (first == t) checked[t] = last;
+    if (first == "1024") row1024 = line;
   }
   ASSERT_FALSE(row1024.empty()) << table;
   for (const char* v : {"11.00", "16.50", "10.00", "1.10", "0.67", "0.636", "1.05"})
     EXPECT_NE(row1024.find(v), std::string::npos) << v << " in: " << row1024;
-  EXPECT_NE(row1024.find("-"), std::string::npos);  // T 1024 is not checked
-  EXPECT_NE(table.find("bitwise"), std::string::npos);
+  EXPECT_EQ(checked["1"], "bitwise") << table;
+  EXPECT_EQ(checked["128"], "-") << table;  // past kLocalCheckMaxTokens: not checked
+  EXPECT_EQ(checked["1024"], "-") << table;
   EXPECT_NE(table.find("L2 overwritten between replays"), std::string::npos);
   const std::string group = FormatLocalTable(r, 7168, QuantMode::kFp8Group);
   EXPECT_NE(group.find("group=128"), std::string::npos) << group;

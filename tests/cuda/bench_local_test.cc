@@ -3,10 +3,7 @@
 // of every cell, and writes the table, the CSV and the plot. Timings are not judged here (that
 // is the benchmark's job); that they exist, are positive and add up is.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
