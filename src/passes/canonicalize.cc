@@ -459,14 +459,9 @@ struct DynamicQuantMatch {
   int64_t group = 0;              // 0: per token
   bool ue8m0 = false;
   bool multiplies = false;
+  ir::TensorType rows;          // y as quant_fp8 reads it: [rows, H]
+  ir::TensorType scale_type;    // quant_fp8's s for that input
 };
-
-// [rows, H] for an activation [..., H] (itself when of rank 2).
-StatusOr<ir::TensorType> RowsView(const ir::TensorType& t) {
-  if (t.rank() == 2) return t;
-  TPFUSE_ASSIGN_OR_RETURN(ir::Dim rows, RowsOf(t));
-  return ir::TensorType{t.dtype, {rows, t.shape.back()}};
-}
 
 // The cast / view between y and the dividend d: a widening cast, and for the group form one
 // view [..., H] -> [..., H/g, g], in either order. y is [T, H] or, with more leading dims,
@@ -616,6 +611,8 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
       notes.Decline("quant_fp8 does not take this input");
       return std::nullopt;
     }
+    m.rows = *rows;
+    m.scale_type = (*inferred)[1];
     return m;
   }
 
@@ -638,7 +635,7 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
       if (!u.is_return() && graph.IndexOf(u.user) < graph.IndexOf(first)) first = u.user;
     }
     rw.SetInsertionPointBefore(first);
-    TPFUSE_ASSIGN_OR_RETURN(ir::TensorType rows, RowsView(m.y->type()));
+    const ir::TensorType& rows = m.rows;
     TPFUSE_ASSIGN_OR_RETURN(ir::Value * y, rw.CreateView(m.y, rows, m.y->name() + ".rows"));
     // q and s in the shapes the graph computed in: q as the cast gave it ([..., H/g, g] in the
     // group form, [B, S, H] for rank-3 y), s as the graph's scale ([..., 1]). A result that is
@@ -646,9 +643,7 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     // named after a graph value always has that value's shape.
     const bool view_q = !(m.cast->result()->shape() == rows.shape);
     ir::AttrMap attrs = Attrs(m);
-    StatusOr<std::vector<ir::TensorType>> types = ir::InferResultTypes("quant_fp8", {rows}, attrs);
-    if (!types.ok()) return types.status();
-    const bool view_s = !(m.s->shape() == (*types)[1].shape);
+    const bool view_s = !(m.s->shape() == m.scale_type.shape);
     const std::string q_flat = view_q ? q_name + ".rows" : q_name;
     const std::string s_flat = view_s ? s_name + ".rows" : s_name;
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * quant,

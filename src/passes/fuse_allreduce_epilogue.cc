@@ -506,11 +506,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
     // read y itself; a quant that read y through a flattening view already has the flat shape).
     const ir::TensorType& act = c.a->type();
     const bool flatten = act.rank() > 2;
-    ir::TensorType flat = act;
-    if (flatten) {
-      TPFUSE_ASSIGN_OR_RETURN(ir::Dim rows, RowsOf(act));
-      flat.shape = {rows, act.shape.back()};
-    }
+    TPFUSE_ASSIGN_OR_RETURN(const ir::TensorType flat, RowsView(act));
 
     rw.SetInsertionPoint(plan.point);
     std::vector<ir::Value*> operands = FusedOperands(c, plan.quant);

@@ -38,6 +38,12 @@ StatusOr<ir::Dim> RowsOf(const ir::TensorType& t) {
   return ir::Dim::Sym(symbols);
 }
 
+StatusOr<ir::TensorType> RowsView(const ir::TensorType& t) {
+  if (t.rank() == 2) return t;
+  TPFUSE_ASSIGN_OR_RETURN(ir::Dim rows, RowsOf(t));
+  return ir::TensorType{t.dtype, {rows, t.shape.back()}};
+}
+
 StatusOr<InsertionPoint> FindInsertionPoint(const ir::Graph& graph,
                                             const std::vector<ir::Value*>& operands,
                                             const std::vector<ir::Value*>& replaced,

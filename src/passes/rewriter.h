@@ -40,6 +40,8 @@ std::string DescribeUse(const ir::Use& use);
 // (a constant, or a product of symbols "B*S"). A constant other than 1 beside a symbol has no
 // Dim spelling: an error. Rank >= 3 activations reach the row-wise ops as [rows, H] views.
 StatusOr<ir::Dim> RowsOf(const ir::TensorType& t);
+// [rows, H] for an activation [..., H] (itself when of rank 2).
+StatusOr<ir::TensorType> RowsView(const ir::TensorType& t);
 
 // Every mutation of a pass goes through this object: it keeps the insertion point, knows which
 // nodes were erased (the driver skips them) and whether anything changed.
