@@ -167,6 +167,27 @@ def test_a_failure_while_applying_restores_the_graph(monkeypatch):
     g.lint()
 
 
+def test_a_compiled_func_with_other_outputs_applies_nothing(monkeypatch):
+    real = fusion_pass.compile_module
+
+    def one_output_less(*args, **kwargs):
+        c = real(*args, **kwargs)
+        lines = c.text.splitlines()
+        at = max(i for i, line in enumerate(lines) if line.strip().startswith("return "))
+        lines[at] = lines[at].rsplit(",", 1)[0]  # drop the last returned value
+        return type(c)("\n".join(lines) + "\n", c.report)
+
+    monkeypatch.setattr(fusion_pass, "compile_module", one_output_less)
+    g = trace(layer, ((6, 128), bf), ((6, 128), bf), ((128,), bf))
+    before = str(g)
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert str(g) == before
+    (why,) = p.report.graphs[0].skipped.values()
+    assert "the compiled func returns 1 values, the graph 2" in why, why
+    g.lint()
+
+
 def test_no_all_reduce_and_local_fusion_off_means_no_compiler_call(monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("compiled a graph with nothing to fuse")

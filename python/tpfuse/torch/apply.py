@@ -133,9 +133,13 @@ class Applier:
 
     def run(self) -> Tuple[List[AppliedFusion], List[Tuple[str, str]]]:
         applied, skipped = [], []
-        for node in self.compiled.nodes:
-            if node.op != "allreduce_rmsnorm":
-                continue
+        fused = [n for n in self.compiled.nodes if n.op == "allreduce_rmsnorm"]
+        if len(self.compiled.outputs) != len(self.tr.func.outputs):
+            # The outputs pair up position by position (_apply_one): nothing applies without that.
+            why = (f"the compiled func returns {len(self.compiled.outputs)} values, "
+                   f"the graph {len(self.tr.func.outputs)}")
+            return applied, [(n.results[0], why) for n in fused]
+        for node in fused:
             mark, drops = len(self.undo_log), len(self.sites_to_drop)
             try:
                 applied.append(self._apply_one(node, self._anchor(node)))
@@ -199,9 +203,6 @@ class Applier:
         # result that it folded away, say): every use FX can see of an IR value goes through the
         # func's outputs, so the graph value at that position is taken over too.
         made = {r for n in pre + [fused] + post for r in n.results}
-        if len(self.compiled.outputs) != len(self.tr.func.outputs):
-            raise ApplyError(f"the compiled func returns {len(self.compiled.outputs)} values, "
-                             f"the graph {len(self.tr.func.outputs)}")
         for was, now in zip(self.tr.func.outputs, self.compiled.outputs):
             if was != now and now in made and was in self.tr.node_of and was not in takeover:
                 takeover[was] = (self.tr.node_of[was], now)
