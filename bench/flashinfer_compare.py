@@ -66,6 +66,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from graph_timing import replay_us_per_op  # noqa: E402  (beside this script)
+from tpfuse.tolerance import fp8_step_distance, fp8_ulp, ulp_distance_16  # noqa: E402
 
 HIDDEN = [4096, 7168]
 TOKENS = [1 << i for i in range(14)]  # 1 .. 8192
@@ -213,23 +214,6 @@ def rotation(one_set: int, l2_bytes: int, ops: int) -> Tuple[int, bool]:
 
 # ---------------------------------------------------------------- the comparison
 
-def _ordered(bits: torch.Tensor, sign_bit: int) -> torch.Tensor:
-    """Bit patterns of a sign-magnitude float as integers in the order of their values."""
-    b = bits.to(torch.int64) & ((sign_bit << 1) - 1)
-    return torch.where(b >= sign_bit, -(b - sign_bit), b)
-
-
-def ulp_distance_16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """|a - b| in units in the last place of a 16-bit float (bf16 or f16), per element."""
-    return (_ordered(a.view(torch.int16), 0x8000) - _ordered(b.view(torch.int16), 0x8000)).abs()
-
-
-def fp8_ulp(v: torch.Tensor) -> torch.Tensor:
-    """The spacing of e4m3fn values at |v| (2^-9 among subnormals)."""
-    exponent = torch.floor(torch.log2(v.abs().clamp_min(2.0 ** -6)))
-    return torch.exp2(exponent - 3)
-
-
 def unpack_ue8m0(packed: torch.Tensor, groups: int) -> torch.Tensor:
     """FlashInfer's packed UE8M0 scales, int32 [T, ceil(G / 4)] (any strides; byte p of word k
     is group 4k + p), as f32 [T, G]: byte e is 2^(e - 127)."""
@@ -331,8 +315,7 @@ def compare_fp8(name: str, got: torch.Tensor, ref: torch.Tensor, got_scale: torc
     f = Finding(name, ref.numel(), int(differing.sum()), int(bad.sum()),
                 "1 FP8 ulp after scales")
     if f.differing:
-        steps = (_ordered(got.view(torch.uint8), 0x80) - _ordered(ref.view(torch.uint8), 0x80))
-        f.worst = f"max {int(steps.abs().max())} FP8 steps"
+        f.worst = f"max {int(fp8_step_distance(got, ref).max())} FP8 steps"
     if f.out_of_tolerance:
         f.first_bad = _first_bad(bad, gq, rq)
     return f

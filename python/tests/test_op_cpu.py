@@ -174,3 +174,22 @@ def test_bad_arguments_name_the_argument(change, error, words):
         OP(x, res, w, s, **args)
     assert words in str(info.value)
     assert str(info.value).startswith("tpfuse.allreduce_rmsnorm: ")
+
+
+# ---------------------------------------------------------------- tpfuse.tolerance
+
+def test_tolerance_distances_count_representable_values():
+    from tpfuse.tolerance import fp8_step_distance, fp8_ulp, ulp_distance_16
+
+    one = torch.tensor([1.0], dtype=torch.bfloat16)
+    nxt = torch.tensor([1.0078125], dtype=torch.bfloat16)  # 1 + 2^-7: the next bf16
+    assert ulp_distance_16(one, nxt).item() == 1
+    # Across zero: -0.0 and +0.0 are one value apart in the order, the smallest subnormals 1 more.
+    tiny = torch.tensor([2.0 ** -133], dtype=torch.bfloat16)
+    assert ulp_distance_16(-tiny, tiny).item() == 2
+    assert ulp_distance_16(torch.tensor([-0.0], dtype=torch.bfloat16),
+                           torch.tensor([0.0], dtype=torch.bfloat16)).item() == 0
+    f8 = torch.tensor([1.0, 1.125, -448.0], dtype=torch.float32).to(torch.float8_e4m3fn)
+    assert fp8_step_distance(f8[0:1], f8[1:2]).item() == 1  # e4m3: 3 mantissa bits
+    assert fp8_step_distance(f8[2:3], f8[0:1]).item() > 100
+    assert fp8_ulp(torch.tensor([1.0, 448.0, 1e-4])).tolist() == [0.125, 32.0, 2.0 ** -9]

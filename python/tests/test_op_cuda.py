@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tpfuse
+from tpfuse.tolerance import fp8_ulp, ulp_distance_16
 from test_op_cpu import CASES, assert_bitwise, make_inputs
 from test_pass import layer_tail
 
@@ -21,18 +22,6 @@ pytestmark = pytest.mark.skipif(
 
 TOKENS = [1, 3, 19, 128, 1000]
 HIDDEN = [2880, 4096, 7168]
-
-
-def _ordered(bits: torch.Tensor, sign_bit: int) -> torch.Tensor:
-    """Bit patterns of a sign-magnitude float as integers in the order of their values."""
-    b = bits.to(torch.int64) & ((sign_bit << 1) - 1)
-    return torch.where(b >= sign_bit, -(b - sign_bit), b)
-
-
-def _fp8_ulp(v: torch.Tensor) -> torch.Tensor:
-    """The spacing of e4m3fn values at |v| (2^-9 among subnormals)."""
-    exponent = torch.floor(torch.log2(v.abs().clamp_min(2.0 ** -6)))
-    return torch.exp2(exponent - 3)
 
 
 def assert_contract3_close(got, expected, names, what: str, col: bool = False):
@@ -60,12 +49,10 @@ def assert_contract3_close(got, expected, names, what: str, col: bool = False):
                 gs = es = torch.ones(())
             gq, eq = gq.reshape(-1, gq.shape[-1]), eq.reshape(-1, eq.shape[-1])
             err = (gq * gs - eq * es).abs()
-            bound = _fp8_ulp(eq) * es + eq.abs() * (gs - es).abs()
+            bound = fp8_ulp(eq) * es + eq.abs() * (gs - es).abs()
             bad = err > bound * (1 + 1e-6)
         else:
-            sign = 0x8000
-            diff = (_ordered(g.view(torch.int16), sign) - _ordered(e.view(torch.int16), sign)).abs()
-            bad = diff > 1
+            bad = ulp_distance_16(g, e) > 1
         if bad.any():
             idx = bad.nonzero()[0].tolist()
             pytest.fail(f"{what} {name}: {int(bad.sum())} elements out of tolerance, first at {idx}")

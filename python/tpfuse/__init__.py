@@ -9,6 +9,7 @@ layers, from PyTorch.
 - `tpfuse.ops`: the custom op (CPU over gloo with the reference epilogue, CUDA on a tpfuse
   communicator), `configure` and `init_comm`;
 - `tpfuse.compile_module`: the C++ compiler on .tpg text (compiled text, JSON report);
+- `tpfuse.tolerance`: the distances of Contract 3's tolerance (16-bit ulps, FP8 steps);
 - `tpfuse._capi`: the ctypes bindings of libtpfuse.so (include/tpfuse/tpfuse_c.h).
 """
 
