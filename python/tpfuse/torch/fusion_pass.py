@@ -171,17 +171,16 @@ class FusionPass(CustomGraphPass):
         funcs = ir.parse_module(compiled.text)
         if len(funcs) != 1:
             raise RuntimeError(f"the compiler returned {len(funcs)} funcs for one graph")
-        applied, skipped = apply_compiled(graph, tr, funcs[0], fusion_anchors(compiled.report))
+        anchors = fusion_anchors(compiled.report)
+        applied, skipped = apply_compiled(graph, tr, funcs[0], anchors)
         report.fusions = applied
         report.fused = sum(1 for f in applied if f.anchor)
         report.skipped = dict(skipped)
 
         rejections = {r["anchor"]: r["reason"] for r in compiled.report.get("rejections", [])}
         fused_anchors = {f.anchor for f in applied}
-        skipped_by_anchor = {}
-        for f in compiled.report.get("fusions", []):
-            if f.get("fused_value") in report.skipped:
-                skipped_by_anchor[f["anchor"]] = report.skipped[f["fused_value"]]
+        skipped_by_anchor = {anchors[value][0]: why for value, why in report.skipped.items()
+                             if value in anchors}
         for f in applied:
             logger.info("fused all_reduce %%%s -> allreduce_rmsnorm(quant=%s, emit=%s) "
                         "replacing %s", f.anchor or "(local)", f.attrs.get("quant", "none"),
