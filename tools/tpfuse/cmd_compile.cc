@@ -118,8 +118,8 @@ void AddCompileCommand(CLI::App& app, CommandFn& run) {
                   "local fused op (no communication): auto = backend cuda at every world size (the "
                   "fused op beat tpfuse's unfused kernels in every measured quantized shape), "
                   "backend cpu at world size 1 only, where every all_reduce is the identity "
-                  "(docs/pytorch.md); inductor = auto less the chains Inductor's own kernel was "
-                  "measured faster on, unless the chain's rows are a constant or --max-tokens is below "
+                  "(docs/pytorch.md); inductor = auto less, on backend cuda, the chains Inductor's own "
+                  "kernel was measured faster on, unless the chain's rows are a constant or --max-tokens is below "
                   "the T where it was (the table: docs/pytorch.md, \"Local chains\"; what the "
                   "PyTorch pass uses); on = at every world size (e.g. the first layer's norm of the "
                   "embedding), off = never")
