@@ -141,19 +141,14 @@ struct RowVectors {
   __device__ __forceinline__ static int Index(int k) { return threadIdx.x + k * blockDim.x; }
 };
 
-template <typename T>
-__device__ __forceinline__ float RoundAct(float v) { return ToFloat<T>(FromFloat<T>(v)); }
-
 // w' = w + weight_bias for one decoded weight vector (see LoadWeightVector).
 __device__ __forceinline__ void ApplyWeightBias(const FusedKernelParams& p, float (&wb)[kVecElems]) {
   if (p.weight_bias == 0.0f) return;
 #pragma unroll
-  for (int i = 0; i < kVecElems; ++i) {
-    wb[i] = __fadd_rn(wb[i], p.weight_bias);
-    if (p.bias_in_weight_dtype) {
-      if (p.weight_dtype == DType::kBF16) wb[i] = RoundAct<__nv_bfloat16>(wb[i]);
-      else if (p.weight_dtype == DType::kF16) wb[i] = RoundAct<__half>(wb[i]);
-    }
+  for (int i = 0; i < kVecElems; ++i) wb[i] = __fadd_rn(wb[i], p.weight_bias);
+  if (p.bias_in_weight_dtype) {
+    if (p.weight_dtype == DType::kBF16) RoundVector<__nv_bfloat16>(wb);
+    else if (p.weight_dtype == DType::kF16) RoundVector<__half>(wb);
   }
 }
 
@@ -355,14 +350,13 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     float yf[kVecElems];
     uint4 yk = make_uint4(0, 0, 0, 0);
     if (in_row) {
-      float wv[kVecElems];
+      float wv[kVecElems], n[kVecElems];
       weights.Get(p, k, wv);
 #pragma unroll
-      for (int i = 0; i < kVecElems; ++i) {
-        float n = __fmul_rn(u[k][i], r);
-        if (p.weight_after_round) n = RoundAct<T>(n);
-        yf[i] = __fmul_rn(n, wv[i]);
-      }
+      for (int i = 0; i < kVecElems; ++i) n[i] = __fmul_rn(u[k][i], r);
+      if (p.weight_after_round) RoundVector<T>(n);
+#pragma unroll
+      for (int i = 0; i < kVecElems; ++i) yf[i] = __fmul_rn(n[i], wv[i]);
       yk = Pack<T>(yf);
       if (p.norm_out) StoreStreaming(static_cast<uint4*>(p.norm_out) + row_vec + v, yk);
       Unpack<T>(yk, yf);  // the rounded y, which the quantization reads
@@ -386,8 +380,9 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       if (in_row) {
         ScaleStep step;
         const float s = DynamicScale(p, group_amax, step);
-        const int group = v / p.group_vecs;
-        if (v % p.group_vecs == 0) {
+        // group_vecs is a power of two: a shift and a mask, not an integer division.
+        const int group = v >> (__ffs(p.group_vecs) - 1);
+        if ((v & (p.group_vecs - 1)) == 0) {
           const int64_t sidx = p.scale_col_major ? int64_t(group) * p.scale_tokens_padded + row
                                                  : row * p.groups_per_row + group;
           p.scale_out[sidx] = s;

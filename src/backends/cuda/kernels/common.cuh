@@ -40,13 +40,31 @@ __device__ __forceinline__ void Unpack(const uint4& w, float (&f)[kVecElems]) {
 #pragma unroll
   for (int i = 0; i < kVecElems; ++i) f[i] = ToFloat<T>(e[i]);
 }
+// Two floats rounded to nearest even into one 32-bit pair (low half: a). One paired
+// conversion (F2FP ... PACK_AB) instead of two single ones: the single bf16 conversion
+// (F2F.BF16.F32) issues at a quarter of the paired one's rate per element, and a row's
+// epilogue rounds every element two or three times.
+template <typename T>
+__device__ __forceinline__ uint32_t PackPair(float a, float b);
+template <>
+__device__ __forceinline__ uint32_t PackPair<__nv_bfloat16>(float a, float b) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t PackPair<__half>(float a, float b) {
+  const __half2 v = __floats2half2_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
 template <typename T>
 __device__ __forceinline__ uint4 Pack(const float (&f)[kVecElems]) {
-  uint4 w;
-  T* e = reinterpret_cast<T*>(&w);
-#pragma unroll
-  for (int i = 0; i < kVecElems; ++i) e[i] = FromFloat<T>(f[i]);
-  return w;
+  return make_uint4(PackPair<T>(f[0], f[1]), PackPair<T>(f[2], f[3]), PackPair<T>(f[4], f[5]),
+                    PackPair<T>(f[6], f[7]));
+}
+// Each element rounded to T and back (what a graph's .to(T) does to an f32 value).
+template <typename T>
+__device__ __forceinline__ void RoundVector(float (&f)[kVecElems]) {
+  Unpack<T>(Pack<T>(f), f);
 }
 
 // -0.0 -> +0.0 in each 16-bit lane, so that no sent word ever equals the sentinel.
