@@ -695,6 +695,17 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 
 // ================================================================ the epilogue kernel
 
+// The inputs of `row` that the epilogue kernel reads from memory (a local row's x, a reduced
+// row, the residual) started into L2 by thread 0.
+__device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, int64_t row) {
+  if (threadIdx.x != 0 || row >= p.tokens) return;
+  const uint32_t row_bytes = uint32_t(p.vecs_per_row) * sizeof(uint4);
+  const size_t offset = size_t(row) * row_bytes;
+  if (p.source != RowSource::kGathered)
+    PrefetchL2(static_cast<const char*>(p.source == RowSource::kLocal ? p.x : p.reduced) + offset, row_bytes);
+  if (p.residual) PrefetchL2(static_cast<const char*>(p.residual) + offset, row_bytes);
+}
+
 // The fused op's epilogue on rows already summed, or summed here: world size 1 and local ops
 // (a = x), and the nccl path (the ncclAllReduce result, or the partials ncclAllGather gathered,
 // summed in rank order as the other strategies do). -0.0 becomes +0.0 on the nccl path so the
@@ -704,9 +715,10 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 // fixed by H (common/row_layout.h), kVec vectors each. Several blocks per SM keep rows in
 // flight while others compute (docs/kernels.md). Shared memory: 4 x 32 floats.
 // Synchronization: __syncthreads in the block reductions only; no inter-block communication.
-// Order of loads: weights before griddepcontrol.wait (parameters nobody writes), then x (or the
-// reduced rows), the residual and the static scale together, so a row costs one memory round
-// trip before its arithmetic starts.
+// Order of loads: weights before griddepcontrol.wait (parameters nobody writes), and the block's
+// first row started into L2 there too; then x (or the reduced rows), the residual and the static
+// scale together, so a row costs one round trip (to L2 where the prefetch has landed) before its
+// arithmetic starts.
 // Preconditions: H % 8 == 0 and HasRowLayout(H); pointers 16-byte aligned (scales 4-byte).
 template <typename T, int kVec, QuantMode kQuant>
 __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) AllreduceEpilogueKernel(const FusedKernelParams p) {
@@ -714,6 +726,10 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) Allredu
   __shared__ uint4 weight_vectors[kVec == 1 ? 1 : kVec * kMaxRowThreads];
   RowWeights<kVec, kVec == 1> weights;
   weights.Preload(p, weight_vectors);
+  // Before the wait, so the memory latency of the block's row overlaps the previous kernel (a
+  // prefetch is safe there: see PrefetchL2). Prefetching the row of a block one wave later too
+  // was measured slower at T >= 1024 (docs/perf/h200x1/NOTES.md, run 11).
+  PrefetchRowInputs(p, blockIdx.x);
   WaitForPreviousKernel();
   AllowNextKernel();
   weights.Ready();

@@ -112,6 +112,16 @@ __device__ __forceinline__ void CopyAsync16(uint4* smem_dst, const uint4* gmem_s
 __device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void CopyAsyncWaitAll() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
+// Starts bringing `bytes` (a multiple of 16) at `p` (16-byte aligned) into L2, from one thread;
+// nothing waits for it and nothing reads its result. L2 is where every write of this GPU lands
+// and where peers' writes arrive, so a line prefetched before its last writer ran is updated in
+// place: a later load still sees the last write (the prefetch never fills L1).
+__device__ __forceinline__ void PrefetchL2(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes));
+#endif
+}
+
 __device__ __forceinline__ uint4 LoadGlobal(const void* p) {
   return *reinterpret_cast<const uint4*>(p);
 }
