@@ -418,11 +418,11 @@ TEST(PassesLocalFusion, InductorsMeasuredWinsFollowTheMeasurement) {
   spec.hidden = 5120;
   EXPECT_EQ(WhyInductorIsFaster(spec, 0), "");
   spec.hidden = 16384;
-  EXPECT_NE(WhyInductorIsFaster(spec, 600), "");
-  EXPECT_EQ(WhyInductorIsFaster(spec, 511), "");
+  EXPECT_NE(WhyInductorIsFaster(spec, 5000), "");
+  EXPECT_EQ(WhyInductorIsFaster(spec, 4095), "");
 }
 
-// A local fp8_token chain at H 8192 (Inductor measured faster from T 512) and an fp8_group one.
+// A local fp8_token chain at H 8192 (Inductor measured faster from T 4096) and an fp8_group one.
 std::string LocalChains(const std::string& rows) {
   return StrCat(R"(
   func @f(%x: bf16[)", rows, R"(, 8192], %r: bf16[)", rows, R"(, 8192], %g0: bf16[8192], %g1: bf16[8192]) {
@@ -461,10 +461,10 @@ TEST(PassesLocalFusion, TheInductorRuleLeavesInductorsFasterChainsAlone) {
   ASSERT_EQ(r->funcs.size(), 1u);
   ASSERT_EQ(r->funcs[0].ctx.local_unfused.size(), 1u);
   EXPECT_EQ(r->funcs[0].ctx.local_unfused[0].anchor, "x");  // the chain reads x (and r)
-  EXPECT_NE(r->funcs[0].ctx.local_unfused[0].reason.find("fp8_token at H 8192 from T 512"), std::string::npos)
+  EXPECT_NE(r->funcs[0].ctx.local_unfused[0].reason.find("fp8_token at H 8192 from T 4096"), std::string::npos)
       << r->funcs[0].ctx.local_unfused[0].reason;
 
-  options.max_tokens = 256;  // below T 512: fused
+  options.max_tokens = 2048;  // below T 4096: fused
   r = CompileModuleText(LocalChains("T"), options);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(LocalFusions(*r), 2);
@@ -472,7 +472,10 @@ TEST(PassesLocalFusion, TheInductorRuleLeavesInductorsFasterChainsAlone) {
   r = CompileModuleText(LocalChains("64"), options);  // a graph of 64 rows: fused
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(LocalFusions(*r), 2);
-  r = CompileModuleText(LocalChains("1024"), options);
+  r = CompileModuleText(LocalChains("2048"), options);  // below T 4096: fused
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(LocalFusions(*r), 2);
+  r = CompileModuleText(LocalChains("4096"), options);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(LocalFusions(*r), 1);
 
