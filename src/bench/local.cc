@@ -110,7 +110,7 @@ double UnfusedByteRatio(const AllreduceRmsnormSpec& spec, int64_t tokens) {
 
 size_t CopyBytes(const AllreduceRmsnormSpec& spec, int64_t tokens) {
   const size_t half = (size_t(FusedTraffic(spec, tokens).total()) + 1) / 2;
-  return AlignUp(std::max<size_t>(half, 16), 16);
+  return AlignUp(std::max<size_t>(half, 16), kCopyGranule);
 }
 
 LocalSetLayout LocalSetLayout::Make(const AllreduceRmsnormSpec& spec, int64_t tokens) {
@@ -180,8 +180,8 @@ std::string FormatLocalHeader(const LocalReport& r) {
   os << "  paths: fused = the local fused op (LaunchLocalAllreduceRmsnorm);\n"
      << "         unfused = the unfused kernels: fused_add_rms_norm, then quant_fp8 (none: the "
         "first alone);\n"
-     << "         copy = cudaMemcpyAsync of (read + write) / 2 of the fused op's minimum bytes, "
-        "over the same sets: the roofline\n";
+     << "         copy = cudaMemcpyAsync of (read + write) / 2 of the fused op's minimum bytes "
+        "(rounded up to 4 KiB), over the same sets: the roofline\n";
   os << "  bytes: read x, residual; write residual_out, q, and the norm y where emitted, the f32 "
         "scales for dynamic quant (the weight is left out);\n"
      << "         the unfused kernels also write y and read it back: 11 bytes per element when "

@@ -134,17 +134,19 @@ TEST(BenchLocalBytes, FusedAndUnfusedTrafficPerQuantMode) {
     int64_t fused_write, unfused_read, unfused_write, copy;
   };
   const Case cases[] = {
-      // none: residual_out + norm = 49152; the unfused path is fused_add_rms_norm alone.
+      // none: residual_out + norm = 49152; the unfused path is fused_add_rms_norm alone. Copy:
+      // (49152 + 49152) / 2, a multiple of 4096.
       {QuantMode::kNone, EmitNorm::kAuto, 49152, 49152, 49152, 49152},
       // fp8_tensor: residual_out 24576 + q 12288; unfused adds y (write 24576, read it back)
-      // and q. Copy: (49152 + 36864) / 2.
-      {QuantMode::kFp8Tensor, EmitNorm::kAuto, 36864, 73728, 61440, 43008},
-      // fp8_token: + 3 scales (12 bytes); copy (49152 + 36876) / 2 = 43014, up to 16: 43024.
-      {QuantMode::kFp8Token, EmitNorm::kAuto, 36876, 73728, 61452, 43024},
-      // fp8_group + norm: residual_out + norm 49152, q 12288, 3 x 32 scales 384.
-      {QuantMode::kFp8Group, EmitNorm::kAuto, 61824, 73728, 61824, 55488},
-      // fp8_group without the norm output.
-      {QuantMode::kFp8Group, EmitNorm::kNo, 37248, 73728, 61824, 43200},
+      // and q. Copy: (49152 + 36864) / 2 = 43008, up to 4096: 45056.
+      {QuantMode::kFp8Tensor, EmitNorm::kAuto, 36864, 73728, 61440, 45056},
+      // fp8_token: + 3 scales (12 bytes); copy (49152 + 36876) / 2 = 43014, up to 4096: 45056.
+      {QuantMode::kFp8Token, EmitNorm::kAuto, 36876, 73728, 61452, 45056},
+      // fp8_group + norm: residual_out + norm 49152, q 12288, 3 x 32 scales 384. Copy 55488,
+      // up to 4096: 57344.
+      {QuantMode::kFp8Group, EmitNorm::kAuto, 61824, 73728, 61824, 57344},
+      // fp8_group without the norm output: copy 43200, up to 4096: 45056.
+      {QuantMode::kFp8Group, EmitNorm::kNo, 37248, 73728, 61824, 45056},
   };
   for (const Case& c : cases) {
     const AllreduceRmsnormSpec spec = MakeLocalSpec(4096, c.quant, c.emit_norm);

@@ -44,7 +44,7 @@ void AddBenchCommand(CLI::App& app, CommandFn& run) {
       "  fused                    the fused op without communication (a = x)\n"
       "  unfused                  the unfused kernels: fused_add_rms_norm, then quant_fp8\n"
       "  copy                     cudaMemcpyAsync of (read + write) / 2 of the fused op's\n"
-      "                           minimum bytes: the roofline\n"
+      "                           minimum bytes, rounded up to 4 KiB: the roofline\n"
       "  Reported: the three medians, fused/copy, fused/unfused, the byte ratio r (fused bytes /\n"
       "  unfused bytes: 7/11 for fp8_tensor) and fused/(unfused*r), then a summary against the\n"
       "  targets. Shapes with T <= 64 are first checked bit for bit against the CPU oracle;\n"
