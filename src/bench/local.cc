@@ -117,9 +117,10 @@ LocalSetLayout LocalSetLayout::Make(const AllreduceRmsnormSpec& spec, int64_t to
   LocalSetLayout l;
   l.op = SetLayout::Make(spec, tokens);
   l.copy_bytes = CopyBytes(spec, tokens);
-  // NOTE: the copy's source, [0, copy_bytes) of the set, lies inside the op's regions: the
-  // copy bytes are at most the op's traffic, and every region of that traffic is in the set.
-  l.copy_dst = l.op.bytes;
+  // NOTE: the copy's source is [0, copy_bytes) of the set: the op's regions, and past them, for a
+  // shape whose traffic is under the copy granule, memory nobody else uses. The destination
+  // starts after both, so the two never overlap.
+  l.copy_dst = AlignUp(std::max(l.op.bytes, l.copy_bytes), kRegionAlign);
   l.bytes = AlignUp(l.copy_dst + l.copy_bytes, kRegionAlign);
   return l;
 }

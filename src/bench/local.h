@@ -60,7 +60,8 @@ size_t CopyBytes(const AllreduceRmsnormSpec& spec, int64_t tokens);
 
 // One input/output set of a cell: the fused op's regions (SetLayout: x, residual,
 // residual_out, norm_out, quant, scale) followed by the copy's destination. The copy reads
-// CopyBytes from the start of the set (x onward) and writes them at copy_dst.
+// CopyBytes from the start of the set (x onward) and writes them at copy_dst, past both the
+// op's regions and the source.
 struct LocalSetLayout {
   SetLayout op;
   size_t copy_dst = 0;
