@@ -53,7 +53,7 @@ double UnfusedByteRatio(const AllreduceRmsnormSpec& spec, int64_t tokens);
 // The copy of the roofline: cudaMemcpyAsync of (read + write) / 2 bytes of the fused op's
 // traffic (reads and writes that many), rounded up to kCopyGranule. On an H200 a device-to-device
 // copy whose size is not a multiple of 4 KiB took 16-50 % longer at 2.5-25 MB (the dynamic
-// modes' scales made theirs so below T 2048: docs/perf/h200x1/NOTES.md, run 12), which flattered
+// modes' scales made theirs so below T 2048: docs/perf/h200x1/NOTES.md, run 13), which flattered
 // the fused op; the rounded copy moves at most 4 KiB more, so the roofline errs strict.
 inline constexpr size_t kCopyGranule = 4096;
 size_t CopyBytes(const AllreduceRmsnormSpec& spec, int64_t tokens);

@@ -34,9 +34,9 @@ bool CompileOptions::FusesLocal() const {
     case FuseLocal::kAuto:
     case FuseLocal::kInductor:
       // NOTE: the rule follows measurements (docs/pytorch.md, "Local chains"): on one H200 the
-      // fused local op took 0.34-0.80 x the time of tpfuse's unfused kernels in every quantized
-      // shape of `tpfuse bench --world-size 1`, and at most 1.13 x (0.38-1.13 x) the time of
-      // Inductor's kernel for the same chain over 210 shapes. T is a symbol here, so kAuto
+      // fused local op took 0.29-0.72 x the time of tpfuse's unfused kernels in every quantized
+      // shape of `tpfuse bench --world-size 1`, and at most 1.05 x the time of Inductor's
+      // kernel for the same chain (fp8_token, H 8192, T >= 4096). T is a symbol here, so kAuto
       // fuses every local chain on CUDA; kInductor leaves the chains where Inductor's kernel
       // was faster to it (ctx.local_vs_inductor). The CPU backend is the oracle, not a
       // performance target; there local chains are fused at world size 1 only, where every

@@ -331,7 +331,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
 
   // ---- step 3: y = round(u * r * w'), r = 1 / sqrt(mean(u^2) + eps); step 4 (FP8) follows
   // each vector at once where its scale is known by then (tensor: static; group: the group's
-  // lanes), so y is not held: fewer live registers, no spills at two or three blocks per SM.
+  // lanes), so y is not held: fewer live registers at two or three blocks per SM (the dynamic
+  // modes at two vectors per thread still spill 8-16 bytes: docs/kernels.md, "Registers").
   probe(RowPhase::kOwnSum, sum_sq);
   const float total = BlockSum(sum_sq, smem, slot);
   probe(RowPhase::kBlockSum, total);
@@ -695,8 +696,9 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 
 // ================================================================ the epilogue kernel
 
-// The inputs of `row` that the epilogue kernel reads from memory (a local row's x, a reduced
-// row, the residual) started into L2 by thread 0.
+// The inputs of `row` that the epilogue kernel reads from memory started into L2 by thread 0: a
+// local row's x or a reduced row, and the residual (gathered partials are not prefetched: N
+// rows, just written by NCCL).
 __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, int64_t row) {
   if (threadIdx.x != 0 || row >= p.tokens) return;
   const uint32_t row_bytes = uint32_t(p.vecs_per_row) * sizeof(uint4);
@@ -727,8 +729,9 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) Allredu
   RowWeights<kVec, kVec == 1> weights;
   weights.Preload(p, weight_vectors);
   // Before the wait, so the memory latency of the block's row overlaps the previous kernel (a
-  // prefetch is safe there: see PrefetchL2). Prefetching the row of a block one wave later too
-  // was measured slower at T >= 1024 (docs/perf/h200x1/NOTES.md, run 11).
+  // prefetch is safe there: see PrefetchL2). Prefetching the row of a block one or two waves
+  // later too was measured up to 10 % and 30 % slower at T >= 1024 (docs/perf/h200x1/NOTES.md,
+  // run 11).
   PrefetchRowInputs(p, blockIdx.x);
   WaitForPreviousKernel();
   AllowNextKernel();

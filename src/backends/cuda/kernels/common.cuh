@@ -40,10 +40,10 @@ __device__ __forceinline__ void Unpack(const uint4& w, float (&f)[kVecElems]) {
 #pragma unroll
   for (int i = 0; i < kVecElems; ++i) f[i] = ToFloat<T>(e[i]);
 }
-// Two floats rounded to nearest even into one 32-bit pair (low half: a). One paired
-// conversion (F2FP ... PACK_AB) instead of two single ones: the single bf16 conversion
-// (F2F.BF16.F32) issues at a quarter of the paired one's rate per element, and a row's
-// epilogue rounds every element two or three times.
+// Two floats rounded to nearest even into one 32-bit pair (low half: a): one paired conversion
+// (F2FP ... PACK_AB) instead of two single ones (F2F.BF16.F32 for bf16). A row's epilogue rounds
+// every element two or three times, and with the single conversions those dominated the row's
+// arithmetic (docs/perf/h200x1/NOTES.md, run 10).
 template <typename T>
 __device__ __forceinline__ uint32_t PackPair(float a, float b);
 template <>
@@ -113,9 +113,10 @@ __device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commi
 __device__ __forceinline__ void CopyAsyncWaitAll() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
 // Starts bringing `bytes` (a multiple of 16) at `p` (16-byte aligned) into L2, from one thread;
-// nothing waits for it and nothing reads its result. L2 is where every write of this GPU lands
-// and where peers' writes arrive, so a line prefetched before its last writer ran is updated in
-// place: a later load still sees the last write (the prefetch never fills L1).
+// nothing waits for it and nothing reads its result. A prefetch is a hint with no effect on
+// memory consistency (PTX ISA: prefetch, cp.async.bulk.prefetch): it returns no data and fills
+// no L1, so a load that follows a synchronization (griddepcontrol.wait) still sees every write
+// the synchronization orders before it, whenever the prefetch ran.
 __device__ __forceinline__ void PrefetchL2(const void* p, uint32_t bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes));
