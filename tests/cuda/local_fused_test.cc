@@ -60,15 +60,19 @@ Status Download(LocalCall& call) {
   return Status::Ok();
 }
 
-// Runs `spec` at T tokens on GPU 0 and returns "" when every output equals the oracle's bit for bit.
-std::string RunAndCompare(const AllreduceRmsnormSpec& spec, int64_t tokens, uint64_t seed) {
-  const FusedInputs in = MakeFusedInputs(spec, tokens, /*world_size=*/1, seed);
+// Runs `spec` on `in` (T tokens) on GPU 0 and returns "" when every output equals the oracle's
+// bit for bit.
+std::string RunAndCompareInputs(const AllreduceRmsnormSpec& spec, int64_t tokens, const FusedInputs& in) {
   LocalCall call;
   Status st = Prepare(spec, in, tokens, call);
   if (st.ok()) st = cuda::LaunchLocalAllreduceRmsnorm(spec, tokens, call.buffers, /*stream=*/nullptr);
   if (st.ok()) st = Download(call);
   if (!st.ok()) return "launch: " + st.ToString();
   return BitwiseDiff(call.host_outputs, OracleOutputs(spec, in));
+}
+
+std::string RunAndCompare(const AllreduceRmsnormSpec& spec, int64_t tokens, uint64_t seed) {
+  return RunAndCompareInputs(spec, tokens, MakeFusedInputs(spec, tokens, /*world_size=*/1, seed));
 }
 
 AllreduceRmsnormSpec LocalSpec(int64_t hidden, QuantMode quant, bool residual) {
@@ -147,6 +151,36 @@ TEST_F(LocalFusedTest, DtypesGroupsAndScaleLayoutsAreBitwiseTheOracle) {
         s.scale_layout = layout;
         s.scale_fmt = fmt;
         for (int64_t t : {1, 6}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
+      }
+}
+
+// Rows built to reach the roundings' edge cases, beside a random row: every h = x + residual a
+// tie between two 16-bit neighbours (half round down to even, half up); bf16/f16 subnormal
+// inputs (their squares underflow: the row's sum is 0 and 1/rms is 1/sqrt(eps)); and a row of
+// +0.0 and -0.0, whose signs must survive into y and q.
+TEST_F(LocalFusedTest, TiesSubnormalsAndSignedZerosAreBitwiseTheOracle) {
+  uint64_t seed = 5000;
+  for (DType act : {DType::kBF16, DType::kF16})
+    for (int64_t h : {128, 4096})
+      for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group}) {
+        AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+        s.act_dtype = act;
+        const int64_t tokens = 4;
+        FusedInputs in = MakeFusedInputs(s, tokens, /*world_size=*/1, seed++);
+        HostTensor& x = in.partials[0];
+        // One unit in the last place at 1.0: 2^-7 (bf16), 2^-10 (f16); half of it makes a tie.
+        const float ulp = act == DType::kBF16 ? 0x1p-7f : 0x1p-10f;
+        const float tiny = act == DType::kBF16 ? 0x1p-133f : 0x1p-24f;  // the smallest subnormal
+        for (int64_t i = 0; i < h; ++i) {
+          const float sign = i % 3 == 0 ? -1.0f : 1.0f;
+          x.SetF32(i, sign * (i % 2 == 0 ? 1.0f : 1.0f + ulp));  // row 0: ties, to even both ways
+          in.residual.SetF32(i, sign * ulp / 2);
+          x.SetF32(h + i, sign * tiny * float(1 + i % 7));     // row 1: subnormals
+          in.residual.SetF32(h + i, -sign * tiny * float(i % 3));
+          x.SetF32(2 * h + i, i % 2 == 0 ? 0.0f : -0.0f);      // row 2: signed zeros
+          in.residual.SetF32(2 * h + i, i % 4 < 2 ? -0.0f : 0.0f);
+        }
+        EXPECT_EQ(RunAndCompareInputs(s, tokens, in), "") << Describe(s, tokens) << " act " << DTypeName(act);
       }
 }
 
