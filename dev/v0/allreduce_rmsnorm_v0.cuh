@@ -15,6 +15,15 @@
 
 namespace tpfuse::cuda::v0 {
 
+// One element rounded to nearest even, as v0 did it (the production kernels round in pairs:
+// PackPair in kernels/common.cuh).
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v);
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half_rn(v); }
+
 // Most 16-byte vectors one thread owns in a row: H <= 512 threads * 4 * 8 = 16384. The kernels
 // are instantiated for 1, 2 and 4 vectors per thread so registers match the row.
 inline constexpr int kMaxVecPerThread = 4;

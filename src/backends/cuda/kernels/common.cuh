@@ -26,13 +26,6 @@ __device__ __forceinline__ float ToFloat<__nv_bfloat16>(__nv_bfloat16 v) { retur
 template <>
 __device__ __forceinline__ float ToFloat<__half>(__half v) { return __half2float(v); }
 
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);  // round to nearest even
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half_rn(v); }
-
 // Unpacks a 16-byte word into 8 floats / packs 8 floats (rounding each once).
 template <typename T>
 __device__ __forceinline__ void Unpack(const uint4& w, float (&f)[kVecElems]) {
