@@ -62,6 +62,19 @@ TPFUSE_HOST_DEVICE constexpr RowLayout MakeRowLayout(int64_t hidden) {
   return l;
 }
 
+// Blocks of a thread block cluster that splits a row's threads (the CUDA epilogue at small T:
+// row thread t = rank * threads / blocks + thread of the block, so the layout, and with it the
+// sum order, stays the row's): the fewest, from 2 up to `max_blocks`, that divide the row's
+// warps and leave each block at most `max_block_threads` threads; 1 where none does, and for
+// rows that already fit one such block (nothing to split).
+TPFUSE_HOST_DEVICE constexpr int RowClusterBlocks(const RowLayout& l, int max_blocks, int max_block_threads) {
+  const int warps = l.threads / 32;
+  if (l.threads <= max_block_threads) return 1;
+  for (int c = 2; c <= max_blocks; ++c)
+    if (warps % c == 0 && warps / c * 32 <= max_block_threads) return c;
+  return 1;
+}
+
 // Whether the kernels' row layout covers a row of `hidden` elements.
 TPFUSE_HOST_DEVICE constexpr bool HasRowLayout(int64_t hidden) {
   return hidden > 0 && hidden % kRowVecElems == 0 && hidden <= kMaxRowHidden;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "backends/cuda/comm/workspace.h"
 #include "backends/cuda/kernels/common.cuh"
@@ -90,12 +91,144 @@ struct FusedKernelParams {
   uint64_t timeout_ns;            // 0: wait forever
 };
 
-// ================================================================ block reductions
+// ================================================================ row owners and reductions
 
-// Sum over the block in the order of common/row_layout.h (xor butterfly in each warp, then the
-// warps 0..n-1 in order), so the result depends on blockDim only. Every thread gets the value.
+// Who owns a row, and the reductions over it. Every reduction follows common/row_layout.h:
+// xor butterfly in each warp, then the row's warps 0..n-1 in order, so its result depends on the
+// row's threads only, not on which blocks hold them. Every thread gets the value.
 // NOTE: `slot` alternates between calls (row parity) so a fast thread writing the next row's
 // partials cannot overwrite values a slow thread is still reading.
+template <typename Op>
+__device__ __forceinline__ float WarpReduce(float v, Op op) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+template <typename Op>
+__device__ __forceinline__ float CombineWarps(const float* warp_values, int warps, Op op) {
+  float total = warp_values[0];
+  for (int w = 1; w < warps; ++w) total = op(total, warp_values[w]);
+  return total;
+}
+struct SumOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return __fadd_rn(a, b); }
+};
+struct MaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// A row owned by one block: row thread t is thread t of the block; block b runs rows b,
+// b + gridDim, ...
+struct BlockRow {
+  __device__ __forceinline__ static int Thread() { return threadIdx.x; }
+  __device__ __forceinline__ static int Threads() { return blockDim.x; }
+  __device__ __forceinline__ static int64_t FirstRow() { return blockIdx.x; }
+  __device__ __forceinline__ static int64_t RowStride() { return gridDim.x; }
+  __device__ __forceinline__ static void Arrive() {}
+  __device__ __forceinline__ static void Wait() {}
+};
+
+// A row owned by a thread block cluster of C blocks (launched with cluster dimension C): the
+// block layout of the row split into C blocks of blockDim threads on C SMs, row thread
+// t = rank * blockDim + threadIdx.x (so every row thread owns the vectors it owns in BlockRow).
+// Cluster c runs rows c, c + clusters, ...
+// Reductions: lane j of each warp stores the warp's value into block j's shared memory with
+// st.async, which completes bytes on block j's mbarrier for that reduction row; each block
+// waits on its own mbarrier for the row's warps x 4 bytes (one-way latency: a cluster barrier
+// per reduction instead measured 0.1-0.4 us slower per row, docs/perf/h200x1/NOTES.md run 16),
+// then each thread combines the row's warps in order, as BlockRow does. Every
+// thread of the block arrives on the mbarrier (the expected count: blockDim) and waits on the
+// phase its arrival returned.
+// NOTE: a reduction row (smem row and its mbarrier) is used again only two rows later (slot
+// parity): a block that sends row i + 2's value into block j has completed row i + 1, which
+// needed j's value of row i + 1, sent after j completed row i. Arrive() (the kernel's start)
+// initializes the mbarriers and arrives on a cluster barrier that publishes them; Wait() (before
+// the first reduction) waits on it, so no block stores into a block that has not started. A block may exit after its last reduction: every store into it completed its
+// mbarrier before.
+struct ClusterRow {
+  __device__ __forceinline__ static int Rank() {
+    uint32_t r;
+    asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return int(r);
+  }
+  __device__ __forceinline__ static int Size() {
+    uint32_t n;
+    asm("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+    return int(n);
+  }
+  __device__ __forceinline__ static int Thread() { return Rank() * blockDim.x + threadIdx.x; }
+  __device__ __forceinline__ static int Threads() { return Size() * blockDim.x; }
+  __device__ __forceinline__ static int64_t FirstRow() {
+    uint32_t c;
+    asm("mov.u32 %0, %%clusterid.x;" : "=r"(c));
+    return c;
+  }
+  __device__ __forceinline__ static int64_t RowStride() {
+    uint32_t n;
+    asm("mov.u32 %0, %%nclusterid.x;" : "=r"(n));
+    return n;
+  }
+  // One mbarrier per reduction row of smem.
+  __device__ __forceinline__ static uint64_t* Barriers() {
+    __shared__ uint64_t barriers[4];
+    return barriers;
+  }
+  __device__ __forceinline__ static void Arrive() {
+    if (threadIdx.x < 4) {
+      const uint32_t bar = static_cast<uint32_t>(__cvta_generic_to_shared(Barriers() + threadIdx.x));
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(blockDim.x) : "memory");
+      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+  }
+  __device__ __forceinline__ static void Wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+  template <typename Op>
+  __device__ __forceinline__ static float Reduce(float v, Op op, float (*smem)[32], int row) {
+    v = WarpReduce(v, op);
+    const int warps = Threads() >> 5;
+    const uint32_t bar = static_cast<uint32_t>(__cvta_generic_to_shared(Barriers() + row));
+    const int lane = threadIdx.x & 31;
+    if (lane < Size()) {
+      const uint32_t value = static_cast<uint32_t>(__cvta_generic_to_shared(&smem[row][Thread() >> 5]));
+      uint32_t remote_value, remote_bar;
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_value) : "r"(value), "r"(lane));
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_bar) : "r"(bar), "r"(lane));
+      asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote_value),
+                   "r"(__float_as_uint(v)), "r"(remote_bar)
+                   : "memory");
+    }
+    uint64_t state;
+    if (threadIdx.x == 0) {
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;"
+                   : "=l"(state)
+                   : "r"(bar), "r"(uint32_t(warps) * 4u)
+                   : "memory");
+    } else {
+      asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1];" : "=l"(state) : "r"(bar) : "memory");
+    }
+    asm volatile(
+        "{\n\t.reg .pred done;\n"
+        "WAIT_%=:\n\t"
+        "mbarrier.try_wait.shared::cta.b64 done, [%0], %1;\n\t"
+        "@!done bra WAIT_%=;\n}" ::"r"(bar),
+        "l"(state)
+        : "memory");
+    return CombineWarps(smem[row], warps, op);
+  }
+};
+
+// __launch_bounds__ of the epilogue kernel by row owner: one block per row as kMinBlocksPerSm
+// says; a cluster's blocks have at most two warps (the launcher's ClusterBlocks) and run a few
+// per SM at the small T the clusters serve, so their registers are not capped for occupancy.
+inline constexpr int kMaxClusterBlockThreads = 64;
+template <typename Span>
+inline constexpr int kSpanMaxThreads = std::is_same_v<Span, ClusterRow> ? kMaxClusterBlockThreads : kMaxRowThreads;
+template <typename Span, int kVec>
+inline constexpr int kSpanMinBlocks = std::is_same_v<Span, ClusterRow> ? 1 : kMinBlocksPerSm<kVec>;
+
+// BlockRow's reductions, one function per operation: a version generic over the operation
+// changed ptxas's register allocation and measured 3-5 % slower for fp8_group at T >= 256
+// (docs/perf/h200x1/NOTES.md, run 17).
 __device__ __forceinline__ float BlockSum(float v, float (*smem)[32], int slot) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, offset));
@@ -120,6 +253,18 @@ __device__ __forceinline__ float BlockMax(float v, float (*smem)[32], int slot) 
   return total;
 }
 
+// Sum and max over the row of the owner Span (rows 0-1 and 2-3 of smem by slot).
+template <typename Span>
+__device__ __forceinline__ float RowSum(float v, float (*smem)[32], int slot) {
+  if constexpr (std::is_same_v<Span, BlockRow>) return BlockSum(v, smem, slot);
+  else return Span::Reduce(v, SumOp{}, smem, slot);
+}
+template <typename Span>
+__device__ __forceinline__ float RowMax(float v, float (*smem)[32], int slot) {
+  if constexpr (std::is_same_v<Span, BlockRow>) return BlockMax(v, smem + 2, slot);
+  else return Span::Reduce(v, MaxOp{}, smem, 2 + slot);
+}
+
 // Max over aligned groups of `lanes` consecutive lanes (lanes a power of two <= 32).
 __device__ __forceinline__ float LaneGroupMax(float v, int lanes) {
 #pragma unroll
@@ -136,9 +281,9 @@ __device__ __forceinline__ float LaneGroupMax(float v, int lanes) {
 // i + (kVec - 1) blockDim (those < H/8). blockDim is a multiple of 32 fixed by H, so the sum of
 // squares has one fixed order and groups of group_size/8 consecutive vectors are owned by
 // aligned lane groups.
-template <int kVec>
+template <int kVec, typename Span = BlockRow>
 struct RowVectors {
-  __device__ __forceinline__ static int Index(int k) { return threadIdx.x + k * blockDim.x; }
+  __device__ __forceinline__ static int Index(int k) { return Span::Thread() + k * Span::Threads(); }
 };
 
 // w' = w + weight_bias for one decoded weight vector (see LoadWeightVector).
@@ -175,7 +320,7 @@ __device__ __forceinline__ void LoadWeightVector(const FusedKernelParams& p, int
 // - otherwise 16-bit weights are copied to shared memory with cp.async (no registers; each
 //   thread copies and later reads only its own vectors, so no barrier is needed), and f32
 //   weights are read per row (L1/L2 hits).
-template <int kVec, bool kHeld>
+template <int kVec, bool kHeld, typename Span = BlockRow>
 struct RowWeights {
   float wb[kHeld ? kVec : 1][kVecElems];
   uint4* staged = nullptr;  // !kHeld: kVec * blockDim 16-byte vectors of shared memory
@@ -184,7 +329,7 @@ struct RowWeights {
     if constexpr (kHeld) {
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
-        const int v = RowVectors<kVec>::Index(k);
+        const int v = RowVectors<kVec, Span>::Index(k);
         if (v < p.vecs_per_row) LoadWeightVector(p, v, wb[k]);
       }
     } else {
@@ -192,7 +337,7 @@ struct RowWeights {
       staged = smem_vectors;
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
-        const int v = RowVectors<kVec>::Index(k);
+        const int v = RowVectors<kVec, Span>::Index(k);
         if (v < p.vecs_per_row) CopyAsync16(staged + v, static_cast<const uint4*>(p.weight) + v);
       }
       CopyAsyncCommit();
@@ -207,23 +352,23 @@ struct RowWeights {
 #pragma unroll
       for (int i = 0; i < kVecElems; ++i) out[i] = wb[k][i];
     } else if (staged != nullptr) {
-      const uint4 w = staged[RowVectors<kVec>::Index(k)];
+      const uint4 w = staged[RowVectors<kVec, Span>::Index(k)];
       if (p.weight_dtype == DType::kBF16) Unpack<__nv_bfloat16>(w, out);
       else Unpack<__half>(w, out);
       ApplyWeightBias(p, out);
     } else {
-      LoadWeightVector(p, RowVectors<kVec>::Index(k), out);
+      LoadWeightVector(p, RowVectors<kVec, Span>::Index(k), out);
     }
   }
 };
 
 // This thread's residual vectors of `row` (zeros without a residual): issued before the
 // caller waits on peers so the load overlaps the wait.
-template <int kVec>
+template <int kVec, typename Span = BlockRow>
 __device__ __forceinline__ void LoadResidual(const FusedKernelParams& p, int64_t row, uint4 (&res)[kVec]) {
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const int v = RowVectors<kVec>::Index(k);
+    const int v = RowVectors<kVec, Span>::Index(k);
     res[k] = make_uint4(0, 0, 0, 0);
     if (p.residual && v < p.vecs_per_row)
       res[k] = LoadGlobal(static_cast<const uint4*>(p.residual) + size_t(row) * p.vecs_per_row + v);
@@ -305,12 +450,12 @@ struct NoRowProbe {
 };
 
 // Contract 3 steps 2-4 for one row, given a = round(sum of partials) for this thread's vectors,
-// the residual vectors, and the static scale (fp8_tensor). Block-uniform: every thread of the
-// block calls it for the same row (it synchronizes). `probe(phase, value)` runs at each
+// the residual vectors, and the static scale (fp8_tensor). Row-uniform: every thread of the
+// row's block, or cluster (Span), calls it for the same row (it synchronizes). `probe(phase, value)` runs at each
 // RowPhase once `value` is computed.
-template <typename T, int kVec, QuantMode kQuant, bool kHeld, typename Probe = NoRowProbe>
+template <typename T, int kVec, QuantMode kQuant, bool kHeld, typename Span, typename Probe = NoRowProbe>
 __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t row, const uint4 (&a)[kVec],
-                                            const uint4 (&res)[kVec], const RowWeights<kVec, kHeld>& weights,
+                                            const uint4 (&res)[kVec], const RowWeights<kVec, kHeld, Span>& weights,
                                             float static_scale, float (*smem)[32], int slot,
                                             Probe probe = {}) {
   const size_t row_vec = size_t(row) * p.vecs_per_row;
@@ -321,7 +466,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   float u[kVec][kVecElems];
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const int v = RowVectors<kVec>::Index(k);
+    const int v = RowVectors<kVec, Span>::Index(k);
     if (v >= p.vecs_per_row) continue;
     if (p.allreduce_out) StoreStreaming(static_cast<uint4*>(p.allreduce_out) + row_vec + v, a[k]);
     NormInput<T>(p, a[k], res[k], u[k], p.residual_out ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
@@ -334,7 +479,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   // lanes), so y is not held: fewer live registers at two or three blocks per SM (the dynamic
   // modes at two vectors per thread still spill 8-16 bytes: docs/kernels.md, "Registers").
   probe(RowPhase::kOwnSum, sum_sq);
-  const float total = BlockSum(sum_sq, smem, slot);
+  const float total = RowSum<Span>(sum_sq, smem, slot);
   probe(RowPhase::kBlockSum, total);
   const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(total, float(p.hidden)), p.eps)));
   probe(RowPhase::kRstd, r);
@@ -345,7 +490,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   float amax = 0.0f;                                  // fp8_token: max |y| of this thread
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const int v = RowVectors<kVec>::Index(k);
+    const int v = RowVectors<kVec, Span>::Index(k);
     // Lanes past the row skip the arithmetic but join the group shuffles below (whole warps).
     const bool in_row = v < p.vecs_per_row;
     float yf[kVecElems];
@@ -402,17 +547,17 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   // ---- step 4 for fp8_token: one scale for the row, after the block's max
   if constexpr (kQuant == QuantMode::kFp8Token) {
     ScaleStep step;
-    const float s = DynamicScale(p, BlockMax(amax, smem + 2, slot), step);
+    const float s = DynamicScale(p, RowMax<Span>(amax, smem, slot), step);
     const float inv = __frcp_rn(s);
     // [T, 1] row-major and [1, pad4(T)] column-major put row t's scale at index t alike.
-    if (threadIdx.x == 0) {
+    if (Span::Thread() == 0) {
       p.scale_out[row] = s;
       if (row == p.tokens - 1)
         for (int i = 1; i <= p.scale_pad_rows; ++i) p.scale_out[row + i] = 0.0f;
     }
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const int v = RowVectors<kVec>::Index(k);
+      const int v = RowVectors<kVec, Span>::Index(k);
       if (v >= p.vecs_per_row) continue;
       float yf[kVecElems];
       Unpack<T>(y[k], yf);
@@ -699,8 +844,9 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 // The inputs of `row` that the epilogue kernel reads from memory started into L2 by thread 0: a
 // local row's x or a reduced row, and the residual (gathered partials are not prefetched: N
 // rows, just written by NCCL).
+template <typename Span>
 __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, int64_t row) {
-  if (threadIdx.x != 0 || row >= p.tokens) return;
+  if (Span::Thread() != 0 || row >= p.tokens) return;
   const uint32_t row_bytes = uint32_t(p.vecs_per_row) * sizeof(uint4);
   const size_t offset = size_t(row) * row_bytes;
   if (p.source != RowSource::kGathered)
@@ -714,40 +860,46 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 // result matches one-shot and two-shot bit for bit; a local a is x itself.
 //
 // Grid: one block per row (a grid-stride loop covers T beyond the grid); block: blockDim threads
-// fixed by H (common/row_layout.h), kVec vectors each. Several blocks per SM keep rows in
+// fixed by H (common/row_layout.h), kVec vectors each. With Span = ClusterRow (small T): one
+// cluster of C blocks per row, each block blockDim / C of the row's threads, launched with
+// cluster dimension C (the launcher's ClusterBlocks). Several blocks per SM keep rows in
 // flight while others compute (docs/kernels.md). Shared memory: 4 x 32 floats.
-// Synchronization: __syncthreads in the block reductions only; no inter-block communication.
+// Synchronization: the row reductions only (__syncthreads; with ClusterRow, a cluster barrier
+// and stores into the cluster's shared memory); nothing between rows' blocks or clusters.
 // Order of loads: weights before griddepcontrol.wait (parameters nobody writes), and the block's
 // first row started into L2 there too; then x (or the reduced rows), the residual and the static
 // scale together, so a row costs one round trip (to L2 where the prefetch has landed) before its
 // arithmetic starts.
 // Preconditions: H % 8 == 0 and HasRowLayout(H); pointers 16-byte aligned (scales 4-byte).
-template <typename T, int kVec, QuantMode kQuant>
-__global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) AllreduceEpilogueKernel(const FusedKernelParams p) {
+template <typename T, int kVec, QuantMode kQuant, typename Span = BlockRow>
+__global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kVec>)
+    AllreduceEpilogueKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
   __shared__ uint4 weight_vectors[kVec == 1 ? 1 : kVec * kMaxRowThreads];
-  RowWeights<kVec, kVec == 1> weights;
+  Span::Arrive();
+  RowWeights<kVec, kVec == 1, Span> weights;
   weights.Preload(p, weight_vectors);
   // Before the wait, so the memory latency of the block's row overlaps the previous kernel (a
   // prefetch is safe there: see PrefetchL2). Prefetching the row of a block one or two waves
   // later too was measured up to 10 % and 30 % slower at T >= 1024 (docs/perf/h200x1/NOTES.md,
   // run 11).
-  PrefetchRowInputs(p, blockIdx.x);
+  PrefetchRowInputs<Span>(p, Span::FirstRow());
   WaitForPreviousKernel();
   AllowNextKernel();
   weights.Ready();
+  Span::Wait();
   int slot = 0;
-  for (int64_t row = blockIdx.x; row < p.tokens; row += gridDim.x, slot ^= 1) {
+  for (int64_t row = Span::FirstRow(); row < p.tokens; row += Span::RowStride(), slot ^= 1) {
     const size_t row_vec = size_t(row) * p.vecs_per_row;
     uint4 res[kVec], a[kVec];
     const float static_scale = LoadStaticScale<kQuant>(p);
-    LoadResidual<kVec>(p, row, res);
+    LoadResidual<kVec, Span>(p, row, res);
     if (p.source == RowSource::kGathered) {
       const size_t rank_stride = size_t(p.tokens) * p.vecs_per_row;
       const uint4* gathered = static_cast<const uint4*>(p.reduced);
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
-        const int v = RowVectors<kVec>::Index(k);
+        const int v = RowVectors<kVec, Span>::Index(k);
         if (v >= p.vecs_per_row) continue;
         float acc[kVecElems];
         for (int r = 0; r < p.gathered_ranks; ++r) {
@@ -763,7 +915,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<kVec>) Allredu
       const uint4* src = static_cast<const uint4*>(local ? p.x : p.reduced);
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
-        const int v = RowVectors<kVec>::Index(k);
+        const int v = RowVectors<kVec, Span>::Index(k);
         if (v >= p.vecs_per_row) continue;
         const uint4 w = LoadGlobal(src + row_vec + v);
         a[k] = local ? w : CanonicalZeros(w);

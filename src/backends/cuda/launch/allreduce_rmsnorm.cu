@@ -14,20 +14,34 @@ namespace tpfuse::cuda {
 
 namespace {
 
+// SMs of the current device.
+StatusOr<int> SmCount() {
+  static std::mutex mutex;
+  static std::map<int, int> cache;
+  int device = 0;
+  TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mutex);
+  if (auto it = cache.find(device); it != cache.end()) return it->second;
+  int sms = 0;
+  TPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  cache[device] = sms;
+  return sms;
+}
+
 // Co-resident blocks of `kernel` on this device: one-shot and two-shot blocks wait on their
 // peers' blocks of the same index, so a grid must never exceed what runs at once.
 StatusOr<int> MaxResidentBlocks(FusedKernelFn kernel, int threads) {
   static std::mutex mutex;
   static std::map<std::pair<int, std::pair<const void*, int>>, int> cache;
+  TPFUSE_ASSIGN_OR_RETURN(const int sms, SmCount());
   int device = 0;
   TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
   const auto key = std::make_pair(device, std::make_pair(reinterpret_cast<const void*>(kernel), threads));
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  int per_sm = 0, sms = 0;
+  int per_sm = 0;
   TPFUSE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &per_sm, reinterpret_cast<const void*>(kernel), threads, 0));
-  TPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   if (per_sm < 1) return Internal("fused kernel cannot run ", threads, " threads per block");
   cache[key] = per_sm * sms;
   return per_sm * sms;
@@ -90,27 +104,69 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   return p;
 }
 
-// Launch configuration with programmatic dependent launch when asked for. `attribute` must
-// outlive the launch.
-cudaLaunchConfig_t MakeConfig(const RowLayout& layout, int64_t grid, cudaStream_t stream,
-                              const LaunchOptions& options, cudaLaunchAttribute& attribute) {
+// The attributes of one launch (they must outlive it).
+struct LaunchAttributes {
+  cudaLaunchAttribute items[2];
+};
+
+// Launch configuration for `owners` blocks, or clusters of `cluster` blocks, each owning rows of
+// `layout` (a cluster's blocks split the row's threads); programmatic dependent launch when
+// asked for.
+cudaLaunchConfig_t MakeConfig(const RowLayout& layout, int64_t owners, cudaStream_t stream,
+                              const LaunchOptions& options, LaunchAttributes& attributes, int cluster = 1) {
   cudaLaunchConfig_t config{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.gridDim = dim3(unsigned(grid));
-  config.blockDim = dim3(layout.threads);
+  config.gridDim = dim3(unsigned(owners * cluster));
+  config.blockDim = dim3(unsigned(layout.threads / cluster));
   config.dynamicSmemBytes = 0;
   config.stream = stream;
-  config.attrs = options.pdl ? &attribute : nullptr;
-  config.numAttrs = options.pdl ? 1 : 0;
+  config.attrs = attributes.items;
+  config.numAttrs = 0;
+  if (options.pdl) {
+    cudaLaunchAttribute& a = attributes.items[config.numAttrs++];
+    a.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    a.val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster > 1) {
+    cudaLaunchAttribute& a = attributes.items[config.numAttrs++];
+    a.id = cudaLaunchAttributeClusterDimension;
+    a.val.clusterDim.x = unsigned(cluster);
+    a.val.clusterDim.y = 1;
+    a.val.clusterDim.z = 1;
+  }
   return config;
 }
 
 // One block per row; the kernel loops over rows beyond the largest grid.
 int64_t EpilogueGrid(int64_t rows) { return std::min<int64_t>(rows, int64_t{1} << 30); }
 
-StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout) {
-  FusedKernelFn kernel = SelectKernel<EpilogueFamily>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
+// The portable cluster size.
+constexpr int kMaxClusterBlocks = 8;
+
+// Blocks of a row's cluster (common/row_layout.h), within the cluster kernel's launch bounds.
+int ClusterBlocks(const RowLayout& layout) {
+  return RowClusterBlocks(layout, kMaxClusterBlocks, kMaxClusterBlockThreads);
+}
+
+// Whether the local epilogue spreads each row over a cluster of `cluster` blocks (one block per
+// row otherwise). At small T one block per row leaves most SMs idle while each row's block
+// issues the whole row's arithmetic on one SM; a cluster issues it on C SMs, at a fixed cost
+// (the cluster's launch, and each reduction's exchange through distributed shared memory) that
+// does not grow with H. Measured on one H200 (docs/perf/h200x1/NOTES.md, run 16), the cluster
+// is faster while its blocks fill at most two per SM (T x C <= 2 x SMs) for fp8_token and
+// fp8_group at every H, and for quant none and fp8_tensor from rows of 10 warps (H above 4608 at
+// two vectors per thread); below that their row is short enough on one SM that the fixed cost
+// wins (H 2880 and 4096: 3-5 % slower at T = 1).
+bool UseClusterPerRow(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int cluster,
+                      int sms) {
+  if (cluster <= 1 || tokens * cluster > int64_t{2} * sms) return false;
+  return IsDynamicQuant(spec.quant) || layout.threads / 32 >= 10;
+}
+
+StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout,
+                                       bool cluster_per_row = false) {
+  FusedKernelFn kernel =
+      cluster_per_row ? SelectKernel<ClusterEpilogueFamily>(spec.act_dtype, layout.vecs_per_thread, spec.quant)
+                      : SelectKernel<EpilogueFamily>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
   if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
   return kernel;
 }
@@ -161,10 +217,15 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   TPFUSE_RETURN_IF_ERROR(CheckBuffers(spec, b));
   if (tokens == 0) return Status::Ok();
   const RowLayout layout = MakeRowLayout(spec.hidden);
-  TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout));
+  const int cluster = ClusterBlocks(layout);
+  TPFUSE_ASSIGN_OR_RETURN(const int sms, SmCount());
+  const bool cluster_per_row = UseClusterPerRow(spec, layout, tokens, cluster, sms);
+  TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout, cluster_per_row));
   const FusedKernelParams p = MakeParams(spec, tokens, b);
-  cudaLaunchAttribute attribute{};
-  cudaLaunchConfig_t config = MakeConfig(layout, EpilogueGrid(tokens), stream, options, attribute);
+  LaunchAttributes attributes;
+  cudaLaunchConfig_t config = cluster_per_row
+                                  ? MakeConfig(layout, tokens, stream, options, attributes, cluster)
+                                  : MakeConfig(layout, EpilogueGrid(tokens), stream, options, attributes);
   TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
   return Status::Ok();
 }
@@ -200,7 +261,7 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   p.rows_per_rank = (tokens + n - 1) / n;
   p.state = comm.device_state();
   p.timeout_ns = comm.timeout_ns();
-  cudaLaunchAttribute attribute{};
+  LaunchAttributes attributes;
 
   if (strategy == Strategy::kNccl) {
     TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout));
@@ -245,7 +306,7 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
         // row, so the chunk keeps the full padded length and shifts by `first` rows.
         q.scale_out = p.scale_col_major ? b.scale_out + first : b.scale_out + first * p.groups_per_row;
       }
-      cudaLaunchConfig_t config = MakeConfig(layout, EpilogueGrid(rows), stream, options, attribute);
+      cudaLaunchConfig_t config = MakeConfig(layout, EpilogueGrid(rows), stream, options, attributes);
       TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, q));
     }
     return Status::Ok();
@@ -262,7 +323,7 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   // waiting block never keeps a peer's block from being scheduled) and within the call
   // counters (kMaxFusedBlocks).
   const int64_t grid = std::min<int64_t>({work_rows, int64_t(resident), int64_t(kMaxFusedBlocks)});
-  cudaLaunchConfig_t config = MakeConfig(layout, grid, stream, options, attribute);
+  cudaLaunchConfig_t config = MakeConfig(layout, grid, stream, options, attributes);
   TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
   return Status::Ok();
 }

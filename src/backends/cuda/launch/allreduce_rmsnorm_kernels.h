@@ -24,6 +24,12 @@ struct EpilogueFamily {
   template <typename T, int kVec, QuantMode kQuant>
   static constexpr FusedKernelFn Kernel() { return AllreduceEpilogueKernel<T, kVec, kQuant>; }
 };
+// The epilogue kernel with each row spread over a thread block cluster (launched with a
+// cluster dimension: small T).
+struct ClusterEpilogueFamily {
+  template <typename T, int kVec, QuantMode kQuant>
+  static constexpr FusedKernelFn Kernel() { return AllreduceEpilogueKernel<T, kVec, kQuant, ClusterRow>; }
+};
 
 // Null when the combination has no instantiation (the launcher validates first).
 template <class Family>
@@ -32,6 +38,7 @@ FusedKernelFn SelectKernel(DType act, int vecs_per_thread, QuantMode quant);
 extern template FusedKernelFn SelectKernel<OneShotFamily>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<TwoShotFamily>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily>(DType, int, QuantMode);
 
 constexpr int KernelKey(DType act, int vecs_per_thread, QuantMode quant) {
   return (int(act) * 16 + vecs_per_thread) * 8 + int(quant);
