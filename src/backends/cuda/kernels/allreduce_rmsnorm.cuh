@@ -145,6 +145,20 @@ struct BlockRow {
 // initializes the mbarriers and arrives on a cluster barrier that publishes them; Wait() (before
 // the first reduction) waits on it, so no block stores into a block that has not started. A block may exit after its last reduction: every store into it completed its
 // mbarrier before.
+// NOTE: cluster instructions exist from compute capability 9.0. Below it the launcher never picks
+// ClusterRow (the device has no cluster launch), and the code built for it traps.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+struct ClusterRow {
+  __device__ __forceinline__ static int Thread() { __trap(); return 0; }
+  __device__ __forceinline__ static int Threads() { __trap(); return 0; }
+  __device__ __forceinline__ static int64_t FirstRow() { __trap(); return 0; }
+  __device__ __forceinline__ static int64_t RowStride() { __trap(); return 1; }
+  __device__ __forceinline__ static void Arrive() { __trap(); }
+  __device__ __forceinline__ static void Wait() {}
+  template <typename Op>
+  __device__ __forceinline__ static float Reduce(float, Op, float (*)[32], int) { __trap(); return 0.0f; }
+};
+#else
 struct ClusterRow {
   __device__ __forceinline__ static int Rank() {
     uint32_t r;
@@ -216,6 +230,7 @@ struct ClusterRow {
     return CombineWarps(smem[row], warps, op);
   }
 };
+#endif
 
 // __launch_bounds__ of the epilogue kernel by row owner: one block per row as kMinBlocksPerSm
 // says; a cluster's blocks have at most two warps (the launcher's ClusterBlocks) and run a few

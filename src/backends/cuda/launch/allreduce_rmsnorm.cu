@@ -14,18 +14,26 @@ namespace tpfuse::cuda {
 
 namespace {
 
-// SMs of the current device.
-StatusOr<int> SmCount() {
+// What the launchers ask of the current device, read once per device.
+struct DeviceFacts {
+  int sms = 0;
+  bool cluster_launch = false;  // thread block clusters (compute capability 9.0 and later)
+};
+
+StatusOr<DeviceFacts> CurrentDeviceFacts() {
   static std::mutex mutex;
-  static std::map<int, int> cache;
+  static std::map<int, DeviceFacts> cache;
   int device = 0;
   TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = cache.find(device); it != cache.end()) return it->second;
-  int sms = 0;
-  TPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  cache[device] = sms;
-  return sms;
+  DeviceFacts facts;
+  int cluster_launch = 0;
+  TPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&facts.sms, cudaDevAttrMultiProcessorCount, device));
+  TPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&cluster_launch, cudaDevAttrClusterLaunch, device));
+  facts.cluster_launch = cluster_launch != 0;
+  cache[device] = facts;
+  return facts;
 }
 
 // Co-resident blocks of `kernel` on this device: one-shot and two-shot blocks wait on their
@@ -33,7 +41,7 @@ StatusOr<int> SmCount() {
 StatusOr<int> MaxResidentBlocks(FusedKernelFn kernel, int threads) {
   static std::mutex mutex;
   static std::map<std::pair<int, std::pair<const void*, int>>, int> cache;
-  TPFUSE_ASSIGN_OR_RETURN(const int sms, SmCount());
+  TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts facts, CurrentDeviceFacts());
   int device = 0;
   TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
   const auto key = std::make_pair(device, std::make_pair(reinterpret_cast<const void*>(kernel), threads));
@@ -43,8 +51,8 @@ StatusOr<int> MaxResidentBlocks(FusedKernelFn kernel, int threads) {
   TPFUSE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &per_sm, reinterpret_cast<const void*>(kernel), threads, 0));
   if (per_sm < 1) return Internal("fused kernel cannot run ", threads, " threads per block");
-  cache[key] = per_sm * sms;
-  return per_sm * sms;
+  cache[key] = per_sm * facts.sms;
+  return per_sm * facts.sms;
 }
 
 Status CheckPointer(const char* name, const void* p, bool required, size_t alignment) {
@@ -148,7 +156,7 @@ int ClusterBlocks(const RowLayout& layout) {
 }
 
 // Whether the local epilogue spreads each row over a cluster of `cluster` blocks (one block per
-// row otherwise). At small T one block per row leaves most SMs idle while each row's block
+// row otherwise; always on devices without cluster launch). At small T one block per row leaves most SMs idle while each row's block
 // issues the whole row's arithmetic on one SM; a cluster issues it on C SMs, at a fixed cost
 // (the cluster's launch, and each reduction's exchange through distributed shared memory) that
 // does not grow with H. Measured on one H200 (docs/perf/h200x1/NOTES.md, run 16), the cluster
@@ -157,8 +165,8 @@ int ClusterBlocks(const RowLayout& layout) {
 // two vectors per thread); below that their row is short enough on one SM that the fixed cost
 // wins (H 2880 and 4096: 3-5 % slower at T = 1).
 bool UseClusterPerRow(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int cluster,
-                      int sms) {
-  if (cluster <= 1 || tokens * cluster > int64_t{2} * sms) return false;
+                      const DeviceFacts& device) {
+  if (!device.cluster_launch || cluster <= 1 || tokens * cluster > int64_t{2} * device.sms) return false;
   return IsDynamicQuant(spec.quant) || layout.threads / 32 >= 10;
 }
 
@@ -218,8 +226,8 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   if (tokens == 0) return Status::Ok();
   const RowLayout layout = MakeRowLayout(spec.hidden);
   const int cluster = ClusterBlocks(layout);
-  TPFUSE_ASSIGN_OR_RETURN(const int sms, SmCount());
-  const bool cluster_per_row = UseClusterPerRow(spec, layout, tokens, cluster, sms);
+  TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts device, CurrentDeviceFacts());
+  const bool cluster_per_row = UseClusterPerRow(spec, layout, tokens, cluster, device);
   TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout, cluster_per_row));
   const FusedKernelParams p = MakeParams(spec, tokens, b);
   LaunchAttributes attributes;
