@@ -163,7 +163,7 @@ int ClusterBlocks(const RowLayout& layout) {
 // is faster while its blocks fill at most two per SM (T x C <= 2 x SMs) for fp8_token and
 // fp8_group at every H, and for quant none and fp8_tensor from rows of 10 warps (H above 4608 at
 // two vectors per thread); below that their row is short enough on one SM that the fixed cost
-// wins (H 2880 and 4096: 3-5 % slower at T = 1).
+// wins (H 2880 and 4096: 1-5 % slower at T = 1).
 bool UseClusterPerRow(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int cluster,
                       const DeviceFacts& device) {
   if (!device.cluster_launch || cluster <= 1 || tokens * cluster > int64_t{2} * device.sms) return false;
