@@ -62,17 +62,19 @@ Status Download(LocalCall& call) {
 
 // Runs `spec` on `in` (T tokens) on GPU 0 and returns "" when every output equals the oracle's
 // bit for bit.
-std::string RunAndCompareInputs(const AllreduceRmsnormSpec& spec, int64_t tokens, const FusedInputs& in) {
+std::string RunAndCompareInputs(const AllreduceRmsnormSpec& spec, int64_t tokens, const FusedInputs& in,
+                                const cuda::LaunchOptions& options = {}) {
   LocalCall call;
   Status st = Prepare(spec, in, tokens, call);
-  if (st.ok()) st = cuda::LaunchLocalAllreduceRmsnorm(spec, tokens, call.buffers, /*stream=*/nullptr);
+  if (st.ok()) st = cuda::LaunchLocalAllreduceRmsnorm(spec, tokens, call.buffers, /*stream=*/nullptr, options);
   if (st.ok()) st = Download(call);
   if (!st.ok()) return "launch: " + st.ToString();
   return BitwiseDiff(call.host_outputs, OracleOutputs(spec, in));
 }
 
-std::string RunAndCompare(const AllreduceRmsnormSpec& spec, int64_t tokens, uint64_t seed) {
-  return RunAndCompareInputs(spec, tokens, MakeFusedInputs(spec, tokens, /*world_size=*/1, seed));
+std::string RunAndCompare(const AllreduceRmsnormSpec& spec, int64_t tokens, uint64_t seed,
+                          const cuda::LaunchOptions& options = {}) {
+  return RunAndCompareInputs(spec, tokens, MakeFusedInputs(spec, tokens, /*world_size=*/1, seed), options);
 }
 
 AllreduceRmsnormSpec LocalSpec(int64_t hidden, QuantMode quant, bool residual) {
@@ -98,7 +100,7 @@ class LocalFusedTest : public ::testing::Test {
 };
 
 // Every quant mode with and without a residual, across row layouts (H = 128: one vector per
-// thread; 2880 and 4096: two; 7168: four; 16384: eight) and T across the first wave of blocks.
+// thread; 2880, 4096 and 7168: two; 16384: four) and T across the first wave of blocks.
 TEST_F(LocalFusedTest, EveryModeAndRowLayoutIsBitwiseTheOracle) {
   const QuantMode modes[] = {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group};
   uint64_t seed = 1;
@@ -182,6 +184,40 @@ TEST_F(LocalFusedTest, TiesSubnormalsAndSignedZerosAreBitwiseTheOracle) {
         }
         EXPECT_EQ(RunAndCompareInputs(s, tokens, in), "") << Describe(s, tokens) << " act " << DTypeName(act);
       }
+}
+
+// The local epilogue's two row owners, forced, against the oracle: one block per row, and one
+// thread block cluster per row at every kind of split the row layout makes (H 1536: 3 blocks of
+// two warps at one vector per thread; 2048: 2; 2560: 5 blocks of one warp; 5120: 5; 6144: 6;
+// 16384: 8 at four vectors per thread), every quant mode; one row per owner, and three owners
+// striding over the rows (each reduction's shared memory and mbarrier used again two rows on).
+TEST_F(LocalFusedTest, BlockAndClusterRowOwnersAreBitwiseTheOracle) {
+  uint64_t seed = 9000;
+  for (int64_t h : {1536, 2048, 2560, 5120, 6144, 16384})
+    for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+      for (cuda::RowOwner owner : {cuda::RowOwner::kBlock, cuda::RowOwner::kCluster})
+        for (int64_t max_owners : {0, 3}) {
+          cuda::LaunchOptions options;
+          options.row_owner = owner;
+          options.max_row_owners = max_owners;
+          const AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+          for (int64_t t : {1, 10})
+            EXPECT_EQ(RunAndCompare(s, t, seed++, options), "")
+                << Describe(s, t) << (owner == cuda::RowOwner::kCluster ? " cluster" : " block") << " owners "
+                << max_owners;
+        }
+}
+
+// A forced cluster where the row has no split is refused with the reason, as is a negative cap.
+TEST_F(LocalFusedTest, ForcedClusterWithoutASplitIsRefused) {
+  const AllreduceRmsnormSpec s = LocalSpec(128, QuantMode::kFp8Tensor, true);  // one warp per row
+  cuda::LaunchOptions options;
+  options.row_owner = cuda::RowOwner::kCluster;
+  const std::string diff = RunAndCompare(s, 4, 1, options);
+  EXPECT_NE(diff.find("no cluster per row"), std::string::npos) << diff;
+  options.row_owner = cuda::RowOwner::kAuto;
+  options.max_row_owners = -1;
+  EXPECT_NE(RunAndCompare(s, 4, 1, options).find("max_row_owners"), std::string::npos);
 }
 
 // The public entry point validates like the launcher and refuses what no kernel runs.

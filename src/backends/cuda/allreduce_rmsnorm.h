@@ -27,11 +27,24 @@ enum class NcclReduction : uint8_t {
   kAllReduce,
 };
 
+// Who owns a row in the local epilogue (LaunchLocalAllreduceRmsnorm): one block, or a thread
+// block cluster that splits the block's threads over several SMs (docs/kernels.md). Both give
+// the same bits.
+enum class RowOwner : uint8_t {
+  kAuto,     // the measured rule: a cluster at small T where it is faster, else a block
+  kBlock,    // one block per row
+  kCluster,  // one cluster per row; kUnimplemented where the row has no split or the device no clusters
+};
+
 struct LaunchOptions {
   // Programmatic dependent launch: the kernel may start while the previous kernel on the stream
   // finishes; it waits (griddepcontrol.wait) before touching anything that kernel may write.
   bool pdl = true;
   NcclReduction nccl_reduction = NcclReduction::kExact;
+  // The local epilogue's row owner, and the most owners (blocks or clusters) it launches:
+  // 0 for one per row; fewer make each stride over several rows. For tests and measurements.
+  RowOwner row_owner = RowOwner::kAuto;
+  int64_t max_row_owners = 0;
 };
 
 // Validates everything (spec, pointers, alignment, T against the workspace, strategy against

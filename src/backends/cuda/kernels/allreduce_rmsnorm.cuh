@@ -131,22 +131,25 @@ struct BlockRow {
 // A row owned by a thread block cluster of C blocks (launched with cluster dimension C): the
 // block layout of the row split into C blocks of blockDim threads on C SMs, row thread
 // t = rank * blockDim + threadIdx.x (so every row thread owns the vectors it owns in BlockRow).
-// Cluster c runs rows c, c + clusters, ...
+// Cluster c runs rows c, c + clusters, ... (the launcher's rule gives each cluster one row; a
+// cap on the owners, LaunchOptions::max_row_owners, makes clusters stride over several).
 // Reductions: lane j of each warp stores the warp's value into block j's shared memory with
-// st.async, which completes bytes on block j's mbarrier for that reduction row; each block
-// waits on its own mbarrier for the row's warps x 4 bytes (one-way latency: a cluster barrier
-// per reduction instead measured 0.1-0.4 us slower per row, docs/perf/h200x1/NOTES.md run 16),
-// then each thread combines the row's warps in order, as BlockRow does. Every
+// st.async, which completes bytes on block j's mbarrier for that reduction row (release at
+// cluster scope); each block waits on its own mbarrier for the row's warps x 4 bytes (acquire at
+// cluster scope), then each thread combines the row's warps in order, as BlockRow does. Every
 // thread of the block arrives on the mbarrier (the expected count: blockDim) and waits on the
-// phase its arrival returned.
+// phase its arrival returned. One one-way trip per reduction: a cluster barrier per reduction
+// instead took 0.1-0.5 us more per row at T = 1 (docs/perf/h200x1/NOTES.md, runs 15 and 16).
 // NOTE: a reduction row (smem row and its mbarrier) is used again only two rows later (slot
 // parity): a block that sends row i + 2's value into block j has completed row i + 1, which
-// needed j's value of row i + 1, sent after j completed row i. Arrive() (the kernel's start)
+// needed j's value of row i + 1, which j's warps send after their threads read row i's values
+// (__syncwarp orders the warp's reads before its lanes' stores). Arrive() (the kernel's start)
 // initializes the mbarriers and arrives on a cluster barrier that publishes them; Wait() (before
-// the first reduction) waits on it, so no block stores into a block that has not started. A block may exit after its last reduction: every store into it completed its
-// mbarrier before.
-// NOTE: cluster instructions exist from compute capability 9.0. Below it the launcher never picks
-// ClusterRow (the device has no cluster launch), and the code built for it traps.
+// the first reduction) waits on it, so no block stores into a block that has not started. A
+// block may exit after its last reduction: every store into it completed its mbarrier before.
+// NOTE: cluster instructions exist from compute capability 9.0. Code built below it traps; the
+// launcher never picks ClusterRow there (no cluster launch on the device, or a kernel compiled
+// from PTX below compute_90: ClusterKernelRuns).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
 struct ClusterRow {
   __device__ __forceinline__ static int Thread() { __trap(); return 0; }
@@ -197,13 +200,14 @@ struct ClusterRow {
   }
   __device__ __forceinline__ static void Wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
   template <typename Op>
-  __device__ __forceinline__ static float Reduce(float v, Op op, float (*smem)[32], int row) {
+  __device__ __forceinline__ static float Reduce(float v, Op op, float (*smem)[32], int reduction_row) {
     v = WarpReduce(v, op);
     const int warps = Threads() >> 5;
-    const uint32_t bar = static_cast<uint32_t>(__cvta_generic_to_shared(Barriers() + row));
+    const uint32_t bar = static_cast<uint32_t>(__cvta_generic_to_shared(Barriers() + reduction_row));
     const int lane = threadIdx.x & 31;
+    __syncwarp();  // the warp's reads of this row's last use come before its stores (NOTE above)
     if (lane < Size()) {
-      const uint32_t value = static_cast<uint32_t>(__cvta_generic_to_shared(&smem[row][Thread() >> 5]));
+      const uint32_t value = static_cast<uint32_t>(__cvta_generic_to_shared(&smem[reduction_row][Thread() >> 5]));
       uint32_t remote_value, remote_bar;
       asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_value) : "r"(value), "r"(lane));
       asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_bar) : "r"(bar), "r"(lane));
@@ -223,11 +227,11 @@ struct ClusterRow {
     asm volatile(
         "{\n\t.reg .pred done;\n"
         "WAIT_%=:\n\t"
-        "mbarrier.try_wait.shared::cta.b64 done, [%0], %1;\n\t"
+        "mbarrier.try_wait.acquire.cluster.shared::cta.b64 done, [%0], %1;\n\t"
         "@!done bra WAIT_%=;\n}" ::"r"(bar),
         "l"(state)
         : "memory");
-    return CombineWarps(smem[row], warps, op);
+    return CombineWarps(smem[reduction_row], warps, op);
   }
 };
 #endif
@@ -292,10 +296,10 @@ __device__ __forceinline__ float LaneGroupMax(float v, int lanes) {
 
 // ================================================================ the per-row epilogue
 
-// Thread layout of a row (common/row_layout.h): thread i owns vectors i, i + blockDim, ...,
-// i + (kVec - 1) blockDim (those < H/8). blockDim is a multiple of 32 fixed by H, so the sum of
-// squares has one fixed order and groups of group_size/8 consecutive vectors are owned by
-// aligned lane groups.
+// Thread layout of a row (common/row_layout.h): row thread i of n (Span::Thread, Span::Threads)
+// owns vectors i, i + n, ..., i + (kVec - 1) n (those < H/8). n is a multiple of 32 fixed by H,
+// so the sum of squares has one fixed order and groups of group_size/8 consecutive vectors are
+// owned by aligned lane groups.
 template <int kVec, typename Span = BlockRow>
 struct RowVectors {
   __device__ __forceinline__ static int Index(int k) { return Span::Thread() + k * Span::Threads(); }
@@ -338,7 +342,7 @@ __device__ __forceinline__ void LoadWeightVector(const FusedKernelParams& p, int
 template <int kVec, bool kHeld, typename Span = BlockRow>
 struct RowWeights {
   float wb[kHeld ? kVec : 1][kVecElems];
-  uint4* staged = nullptr;  // !kHeld: kVec * blockDim 16-byte vectors of shared memory
+  uint4* staged = nullptr;  // !kHeld: shared memory indexed by the row's vector (this thread's kVec)
 
   __device__ __forceinline__ void Preload(const FusedKernelParams& p, uint4* smem_vectors) {
     if constexpr (kHeld) {
@@ -559,7 +563,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
 
   probe(RowPhase::kVectors, amax);
 
-  // ---- step 4 for fp8_token: one scale for the row, after the block's max
+  // ---- step 4 for fp8_token: one scale for the row, after the row's max
   if constexpr (kQuant == QuantMode::kFp8Token) {
     ScaleStep step;
     const float s = DynamicScale(p, RowMax<Span>(amax, smem, slot), step);
@@ -876,11 +880,13 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 //
 // Grid: one block per row (a grid-stride loop covers T beyond the grid); block: blockDim threads
 // fixed by H (common/row_layout.h), kVec vectors each. With Span = ClusterRow (small T): one
-// cluster of C blocks per row, each block blockDim / C of the row's threads, launched with
+// cluster of C blocks per row, each block holding 1/C of the row's threads, launched with
 // cluster dimension C (the launcher's ClusterBlocks). Several blocks per SM keep rows in
-// flight while others compute (docs/kernels.md). Shared memory: 4 x 32 floats.
-// Synchronization: the row reductions only (__syncthreads; with ClusterRow, a cluster barrier
-// and stores into the cluster's shared memory); nothing between rows' blocks or clusters.
+// flight while others compute (docs/kernels.md). Shared memory: 4 x 32 floats (reductions),
+// the 16-bit weights staged (kVec > 1), and with ClusterRow 4 mbarriers.
+// Synchronization: the row reductions only (__syncthreads; with ClusterRow, st.async into the
+// cluster's blocks and an mbarrier per reduction, plus one cluster barrier at the start that
+// publishes the mbarriers); nothing between rows' blocks or clusters.
 // Order of loads: weights before griddepcontrol.wait (parameters nobody writes), and the block's
 // first row started into L2 there too; then x (or the reduced rows), the residual and the static
 // scale together, so a row costs one round trip (to L2 where the prefetch has landed) before its

@@ -21,11 +21,10 @@ struct DeviceFacts {
 };
 
 StatusOr<DeviceFacts> CurrentDeviceFacts() {
-  static std::mutex mutex;
-  static std::map<int, DeviceFacts> cache;
+  // Per thread: launchers run every few microseconds, and a device's facts never change.
+  thread_local std::map<int, DeviceFacts> cache;
   int device = 0;
   TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
-  std::lock_guard<std::mutex> lock(mutex);
   if (auto it = cache.find(device); it != cache.end()) return it->second;
   DeviceFacts facts;
   int cluster_launch = 0;
@@ -34,6 +33,20 @@ StatusOr<DeviceFacts> CurrentDeviceFacts() {
   facts.cluster_launch = cluster_launch != 0;
   cache[device] = facts;
   return facts;
+}
+
+// Whether `kernel`, a ClusterRow kernel, was compiled for clusters on this device: a build whose
+// code for this GPU comes from PTX below compute_90 (compiled when loaded) has the trap instead.
+StatusOr<bool> ClusterKernelRuns(FusedKernelFn kernel) {
+  thread_local std::map<std::pair<int, const void*>, bool> cache;
+  int device = 0;
+  TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
+  const auto key = std::make_pair(device, reinterpret_cast<const void*>(kernel));
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  cudaFuncAttributes attributes{};
+  TPFUSE_CUDA_CHECK(cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(kernel)));
+  cache[key] = attributes.ptxVersion >= 90 && attributes.binaryVersion >= 90;
+  return cache[key];
 }
 
 // Co-resident blocks of `kernel` on this device: one-shot and two-shot blocks wait on their
@@ -155,19 +168,23 @@ int ClusterBlocks(const RowLayout& layout) {
   return RowClusterBlocks(layout, kMaxClusterBlocks, kMaxClusterBlockThreads);
 }
 
-// Whether the local epilogue spreads each row over a cluster of `cluster` blocks (one block per
-// row otherwise; always on devices without cluster launch). At small T one block per row leaves most SMs idle while each row's block
-// issues the whole row's arithmetic on one SM; a cluster issues it on C SMs, at a fixed cost
-// (the cluster's launch, and each reduction's exchange through distributed shared memory) that
-// does not grow with H. Measured on one H200 (docs/perf/h200x1/NOTES.md, run 16), the cluster
-// is faster while its blocks fill at most two per SM (T x C <= 2 x SMs) for fp8_token and
-// fp8_group at every H, and for quant none and fp8_tensor from rows of 10 warps (H above 4608 at
-// two vectors per thread); below that their row is short enough on one SM that the fixed cost
-// wins (H 2880 and 4096: 1-5 % slower at T = 1).
-bool UseClusterPerRow(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int cluster,
-                      const DeviceFacts& device) {
-  if (!device.cluster_launch || cluster <= 1 || tokens * cluster > int64_t{2} * device.sms) return false;
-  return IsDynamicQuant(spec.quant) || layout.threads / 32 >= 10;
+// Rows of at least this many warps take a cluster in quant none and fp8_tensor (below).
+constexpr int kClusterMinWarpsStatic = 10;
+
+// Whether the local epilogue's measured rule spreads each row over a cluster of `cluster`
+// blocks (one block per row otherwise). At small T one block per row leaves most SMs idle while
+// each row's block issues the whole row's arithmetic on one SM; a cluster issues it on C SMs,
+// at a fixed cost (the cluster's launch, and each reduction's exchange through distributed
+// shared memory) that does not grow with H. Measured on one H200 at H 2880, 4096, 5120, 7168 and
+// 8192 (docs/perf/h200x1/NOTES.md, run 16), the cluster is faster while its blocks fill at most
+// two per SM (T x C <= 2 x SMs) for fp8_token and fp8_group, and for quant none and fp8_tensor
+// from rows of 10 warps (H 5120 on); with fewer warps their row is short enough on one SM that
+// the fixed cost wins (H 2880 and 4096: 1-5 % slower at T = 1). Rows with no split (C = 1: 9,
+// 11, 13 or 15 warps, among others) keep one block per row.
+bool ClusterRuleSays(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int cluster,
+                     const DeviceFacts& device) {
+  if (cluster <= 1 || tokens * cluster > int64_t{2} * device.sms) return false;
+  return IsDynamicQuant(spec.quant) || layout.threads / 32 >= kClusterMinWarpsStatic;
 }
 
 StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout,
@@ -227,13 +244,41 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   const RowLayout layout = MakeRowLayout(spec.hidden);
   const int cluster = ClusterBlocks(layout);
   TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts device, CurrentDeviceFacts());
-  const bool cluster_per_row = UseClusterPerRow(spec, layout, tokens, cluster, device);
-  TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout, cluster_per_row));
+  TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn cluster_kernel, EpilogueKernel(spec, layout, /*cluster_per_row=*/true));
+  bool clusters_run = device.cluster_launch && cluster > 1;
+  if (clusters_run) {
+    TPFUSE_ASSIGN_OR_RETURN(clusters_run, ClusterKernelRuns(cluster_kernel));
+  }
+  bool cluster_per_row = false;
+  switch (options.row_owner) {
+    case RowOwner::kAuto: cluster_per_row = clusters_run && ClusterRuleSays(spec, layout, tokens, cluster, device); break;
+    case RowOwner::kBlock: break;
+    case RowOwner::kCluster:
+      if (!clusters_run)
+        return Unimplemented("no cluster per row for hidden ", spec.hidden, ": ",
+                             cluster <= 1 ? "its row has no split into blocks of two warps or fewer"
+                                          : "this device or build has no thread block clusters");
+      cluster_per_row = true;
+      break;
+  }
+  if (options.max_row_owners < 0)
+    return InvalidArgument("max_row_owners must be >= 0, got ", options.max_row_owners);
+  int64_t owners = EpilogueGrid(tokens);
+  if (options.max_row_owners > 0) owners = std::min(owners, options.max_row_owners);
   const FusedKernelParams p = MakeParams(spec, tokens, b);
   LaunchAttributes attributes;
-  cudaLaunchConfig_t config = cluster_per_row
-                                  ? MakeConfig(layout, tokens, stream, options, attributes, cluster)
-                                  : MakeConfig(layout, EpilogueGrid(tokens), stream, options, attributes);
+  if (cluster_per_row) {
+    cudaLaunchConfig_t config = MakeConfig(layout, owners, stream, options, attributes, cluster);
+    const cudaError_t launched = cudaLaunchKernelEx(&config, cluster_kernel, p);
+    if (launched == cudaSuccess) return Status::Ok();
+    // A cluster the device cannot place (a context limited to fewer SMs): the rule falls back to
+    // one block per row, the same bits; a forced cluster, or any other error, is reported.
+    const bool unplaceable = launched == cudaErrorInvalidClusterSize || launched == cudaErrorLaunchOutOfResources;
+    if (options.row_owner == RowOwner::kCluster || !unplaceable) TPFUSE_CUDA_CHECK(launched);
+    (void)cudaGetLastError();
+  }
+  TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout));
+  cudaLaunchConfig_t config = MakeConfig(layout, owners, stream, options, attributes);
   TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
   return Status::Ok();
 }
