@@ -11,18 +11,10 @@
 
 #include "backends/cuda/comm/workspace.h"
 #include "backends/cuda/kernels/common.cuh"
+#include "backends/cuda/kernels/unfused_common.cuh"
 #include "tpfuse/fused_op.h"
 
 namespace tpfuse::cuda::v0 {
-
-// One element rounded to nearest even, as v0 did it (the production kernels round in pairs:
-// PackPair in kernels/common.cuh).
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half_rn(v); }
 
 // Most 16-byte vectors one thread owns in a row: H <= 512 threads * 4 * 8 = 16384. The kernels
 // are instantiated for 1, 2 and 4 vectors per thread so registers match the row.
@@ -212,8 +204,9 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     if (p.residual) {
       float rf[kVecElems];
       Unpack<T>(res[k], rf);
+      // One element rounded at a time, as v0 did (the unfused kernels' EncodeF).
 #pragma unroll
-      for (int i = 0; i < kVecElems; ++i) hf[i] = ToFloat<T>(FromFloat<T>(__fadd_rn(hf[i], rf[i])));
+      for (int i = 0; i < kVecElems; ++i) hf[i] = ToFloat<T>(unfused::EncodeF<T>(__fadd_rn(hf[i], rf[i])));
       h[k] = Pack<T>(hf);
     } else {
       h[k] = a[k];

@@ -14,19 +14,22 @@ namespace tpfuse::cuda {
 
 namespace {
 
-// What the launchers ask of the current device, read once per device.
+// What the launchers ask of the current device, read once per device and thread.
 struct DeviceFacts {
+  int device = 0;
   int sms = 0;
   bool cluster_launch = false;  // thread block clusters (compute capability 9.0 and later)
 };
 
 StatusOr<DeviceFacts> CurrentDeviceFacts() {
-  // Per thread: launchers run every few microseconds, and a device's facts never change.
+  // Per thread, without a lock: launchers run every few microseconds, and a device's facts
+  // never change.
   thread_local std::map<int, DeviceFacts> cache;
   int device = 0;
   TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
   if (auto it = cache.find(device); it != cache.end()) return it->second;
   DeviceFacts facts;
+  facts.device = device;
   int cluster_launch = 0;
   TPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&facts.sms, cudaDevAttrMultiProcessorCount, device));
   TPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&cluster_launch, cudaDevAttrClusterLaunch, device));
@@ -35,18 +38,18 @@ StatusOr<DeviceFacts> CurrentDeviceFacts() {
   return facts;
 }
 
-// Whether `kernel`, a ClusterRow kernel, was compiled for clusters on this device: a build whose
+// Whether `kernel`, a ClusterRow kernel, was compiled for clusters on `device`: a build whose
 // code for this GPU comes from PTX below compute_90 (compiled when loaded) has the trap instead.
-StatusOr<bool> ClusterKernelRuns(FusedKernelFn kernel) {
+StatusOr<bool> ClusterKernelRuns(const DeviceFacts& device, FusedKernelFn kernel) {
+  if (!device.cluster_launch) return false;
   thread_local std::map<std::pair<int, const void*>, bool> cache;
-  int device = 0;
-  TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
-  const auto key = std::make_pair(device, reinterpret_cast<const void*>(kernel));
+  const auto key = std::make_pair(device.device, reinterpret_cast<const void*>(kernel));
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   cudaFuncAttributes attributes{};
   TPFUSE_CUDA_CHECK(cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(kernel)));
-  cache[key] = attributes.ptxVersion >= 90 && attributes.binaryVersion >= 90;
-  return cache[key];
+  const bool runs = attributes.ptxVersion >= 90 && attributes.binaryVersion >= 90;
+  cache[key] = runs;
+  return runs;
 }
 
 // Co-resident blocks of `kernel` on this device: one-shot and two-shot blocks wait on their
@@ -55,9 +58,7 @@ StatusOr<int> MaxResidentBlocks(FusedKernelFn kernel, int threads) {
   static std::mutex mutex;
   static std::map<std::pair<int, std::pair<const void*, int>>, int> cache;
   TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts facts, CurrentDeviceFacts());
-  int device = 0;
-  TPFUSE_CUDA_CHECK(cudaGetDevice(&device));
-  const auto key = std::make_pair(device, std::make_pair(reinterpret_cast<const void*>(kernel), threads));
+  const auto key = std::make_pair(facts.device, std::make_pair(reinterpret_cast<const void*>(kernel), threads));
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   int per_sm = 0;
@@ -244,22 +245,18 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   const RowLayout layout = MakeRowLayout(spec.hidden);
   const int cluster = ClusterBlocks(layout);
   TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts device, CurrentDeviceFacts());
-  TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn cluster_kernel, EpilogueKernel(spec, layout, /*cluster_per_row=*/true));
-  bool clusters_run = device.cluster_launch && cluster > 1;
-  if (clusters_run) {
-    TPFUSE_ASSIGN_OR_RETURN(clusters_run, ClusterKernelRuns(cluster_kernel));
-  }
-  bool cluster_per_row = false;
-  switch (options.row_owner) {
-    case RowOwner::kAuto: cluster_per_row = clusters_run && ClusterRuleSays(spec, layout, tokens, cluster, device); break;
-    case RowOwner::kBlock: break;
-    case RowOwner::kCluster:
-      if (!clusters_run)
-        return Unimplemented("no cluster per row for hidden ", spec.hidden, ": ",
-                             cluster <= 1 ? "its row has no split into blocks of two warps or fewer"
-                                          : "this device or build has no thread block clusters");
-      cluster_per_row = true;
-      break;
+  // A cluster per row where forced or where the rule says so, and the device and the build run it.
+  bool cluster_per_row = options.row_owner == RowOwner::kCluster ||
+                         (options.row_owner == RowOwner::kAuto && ClusterRuleSays(spec, layout, tokens, cluster, device));
+  FusedKernelFn cluster_kernel = nullptr;
+  if (cluster_per_row) {
+    TPFUSE_ASSIGN_OR_RETURN(cluster_kernel, EpilogueKernel(spec, layout, /*cluster_per_row=*/true));
+    TPFUSE_ASSIGN_OR_RETURN(const bool runs, ClusterKernelRuns(device, cluster_kernel));
+    if (options.row_owner == RowOwner::kCluster && (cluster <= 1 || !runs))
+      return Unimplemented("no cluster per row for hidden ", spec.hidden, ": ",
+                           cluster <= 1 ? "its row has no split into blocks of two warps or fewer"
+                                        : "this device or build has no thread block clusters");
+    cluster_per_row = runs;
   }
   if (options.max_row_owners < 0)
     return InvalidArgument("max_row_owners must be >= 0, got ", options.max_row_owners);
