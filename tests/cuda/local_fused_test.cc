@@ -208,6 +208,32 @@ TEST_F(LocalFusedTest, BlockAndClusterRowOwnersAreBitwiseTheOracle) {
         }
 }
 
+// The kernels with the recipe fixed at compile time (the local op's default recipe and
+// weight_after_round, bf16 and f16 with the weight in the activation dtype) and the kernels that
+// read it at run time, each forced, under both row owners, at one, two and four vectors per
+// thread: both bitwise the oracle. (Specs outside the fixed forms run the run-time kernels:
+// the tests above.)
+TEST_F(LocalFusedTest, FixedAndRuntimeRecipeKernelsAreBitwiseTheOracle) {
+  uint64_t seed = 9500;
+  for (DType act : {DType::kBF16, DType::kF16})
+    for (bool weight_after_round : {false, true})
+      for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+        for (int64_t h : {1536, 7168, 16384})
+          for (cuda::RowOwner owner : {cuda::RowOwner::kBlock, cuda::RowOwner::kCluster})
+            for (bool fixed : {true, false}) {
+              AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+              s.act_dtype = s.weight_dtype = act;
+              s.rounding.weight_after_round = weight_after_round;
+              cuda::LaunchOptions options;
+              options.row_owner = owner;
+              options.fixed_recipes = fixed;
+              for (int64_t t : {1, 40})
+                EXPECT_EQ(RunAndCompare(s, t, seed++, options), "")
+                    << Describe(s, t) << (owner == cuda::RowOwner::kCluster ? " cluster" : " block")
+                    << (fixed ? " fixed" : " run-time") << " recipe";
+            }
+}
+
 // A forced cluster where the row has no split is refused with the reason, as is a negative cap.
 TEST_F(LocalFusedTest, ForcedClusterWithoutASplitIsRefused) {
   const AllreduceRmsnormSpec s = LocalSpec(128, QuantMode::kFp8Tensor, true);  // one warp per row

@@ -45,6 +45,10 @@ struct LaunchOptions {
   // 0 for one per row; fewer make each stride over several rows. For tests and measurements.
   RowOwner row_owner = RowOwner::kAuto;
   int64_t max_row_owners = 0;
+  // The local epilogue's kernels with the recipe fixed at compile time where the spec is one of
+  // their forms (kernels/allreduce_rmsnorm.cuh, "recipes"); false: the kernels that read it at
+  // run time, for every spec (the same bits). For tests and measurements.
+  bool fixed_recipes = true;
 };
 
 // Validates everything (spec, pointers, alignment, T against the workspace, strategy against

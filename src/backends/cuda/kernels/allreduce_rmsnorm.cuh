@@ -91,6 +91,54 @@ struct FusedKernelParams {
   uint64_t timeout_ns;            // 0: wait forever
 };
 
+// ================================================================ recipes
+
+// How a kernel reads the rounding recipe and the parameters that choose its arithmetic path
+// (where a comes from, the weight's dtype and bias, the scale step and format, whether a is
+// emitted).
+// - RuntimeRecipe reads them from FusedKernelParams: uniform branches, every spec runs.
+// - FixedRecipe fixes them at compile time for the local op (a = x) in the forms models trace
+//   to most often: the weight in the activation dtype T, no weight bias, the norm reading
+//   round(h), the mode's default scale step, f32 scales, no allreduce_out; and
+//   y = round(round(n) * w) when kWeightAfterRound (LlamaRMSNorm's `weight * x.to(dtype)`),
+//   y = round(n * w) otherwise (vLLM's kernels). Without the branches the compiler schedules a
+//   thread's vectors as one stretch of code, with fewer registers (docs/kernels.md).
+// Both compute the same bits: the same operations, some of them decided at compile time.
+enum class KernelRecipe : uint8_t { kRuntime, kFixed, kFixedWeightAfterRound };
+
+struct RuntimeRecipe {
+  __device__ __forceinline__ static DType WeightDType(const FusedKernelParams& p) { return p.weight_dtype; }
+  __device__ __forceinline__ static float WeightBias(const FusedKernelParams& p) { return p.weight_bias; }
+  __device__ __forceinline__ static bool BiasInWeightDType(const FusedKernelParams& p) { return p.bias_in_weight_dtype; }
+  __device__ __forceinline__ static bool NormInputF32(const FusedKernelParams& p) { return p.norm_input_f32; }
+  __device__ __forceinline__ static bool WeightAfterRound(const FusedKernelParams& p) { return p.weight_after_round; }
+  __device__ __forceinline__ static bool QuantDivides(const FusedKernelParams& p, QuantMode) { return p.quant_divides; }
+  __device__ __forceinline__ static bool ScaleUe8m0(const FusedKernelParams& p) { return p.scale_ue8m0; }
+  __device__ __forceinline__ static void* AllreduceOut(const FusedKernelParams& p) { return p.allreduce_out; }
+  __device__ __forceinline__ static RowSource Source(const FusedKernelParams& p) { return p.source; }
+};
+
+template <typename T, bool kWeightAfterRound>
+struct FixedRecipe {
+  __device__ __forceinline__ static DType WeightDType(const FusedKernelParams&) {
+    return std::is_same_v<T, __half> ? DType::kF16 : DType::kBF16;
+  }
+  __device__ __forceinline__ static float WeightBias(const FusedKernelParams&) { return 0.0f; }
+  __device__ __forceinline__ static bool BiasInWeightDType(const FusedKernelParams&) { return false; }
+  __device__ __forceinline__ static bool NormInputF32(const FusedKernelParams&) { return false; }
+  __device__ __forceinline__ static bool WeightAfterRound(const FusedKernelParams&) { return kWeightAfterRound; }
+  __device__ __forceinline__ static bool QuantDivides(const FusedKernelParams&, QuantMode mode) {
+    return mode != QuantMode::kFp8Tensor;
+  }
+  __device__ __forceinline__ static bool ScaleUe8m0(const FusedKernelParams&) { return false; }
+  __device__ __forceinline__ static void* AllreduceOut(const FusedKernelParams&) { return nullptr; }
+  __device__ __forceinline__ static RowSource Source(const FusedKernelParams&) { return RowSource::kLocal; }
+};
+
+template <typename T, KernelRecipe kRecipe>
+using RecipeOf = std::conditional_t<kRecipe == KernelRecipe::kRuntime, RuntimeRecipe,
+                                    FixedRecipe<T, kRecipe == KernelRecipe::kFixedWeightAfterRound>>;
+
 // ================================================================ row owners and reductions
 
 // Who owns a row, and the reductions over it. Every reduction follows common/row_layout.h:
@@ -306,31 +354,33 @@ struct RowVectors {
 };
 
 // w' = w + weight_bias for one decoded weight vector (see LoadWeightVector).
+template <class Recipe>
 __device__ __forceinline__ void ApplyWeightBias(const FusedKernelParams& p, float (&wb)[kVecElems]) {
-  if (p.weight_bias == 0.0f) return;
+  if (Recipe::WeightBias(p) == 0.0f) return;
 #pragma unroll
-  for (int i = 0; i < kVecElems; ++i) wb[i] = __fadd_rn(wb[i], p.weight_bias);
-  if (p.bias_in_weight_dtype) {
-    if (p.weight_dtype == DType::kBF16) RoundVector<__nv_bfloat16>(wb);
-    else if (p.weight_dtype == DType::kF16) RoundVector<__half>(wb);
+  for (int i = 0; i < kVecElems; ++i) wb[i] = __fadd_rn(wb[i], Recipe::WeightBias(p));
+  if (Recipe::BiasInWeightDType(p)) {
+    if (Recipe::WeightDType(p) == DType::kBF16) RoundVector<__nv_bfloat16>(wb);
+    else if (Recipe::WeightDType(p) == DType::kF16) RoundVector<__half>(wb);
   }
 }
 
 // Weight vector v as w' = w + weight_bias (Contract 3 step 3: an f32 add, or rounded to the
 // weight's dtype when the replaced graph adds the bias there; no add when the bias is 0, so a
 // -0.0 weight stays -0.0 as in the graph that multiplies by w itself).
+template <class Recipe>
 __device__ __forceinline__ void LoadWeightVector(const FusedKernelParams& p, int v, float (&wb)[kVecElems]) {
-  if (p.weight_dtype == DType::kF32) {
+  if (Recipe::WeightDType(p) == DType::kF32) {
     const float4* w = reinterpret_cast<const float4*>(p.weight) + 2 * v;
     const float4 lo = __ldg(w), hi = __ldg(w + 1);
     wb[0] = lo.x; wb[1] = lo.y; wb[2] = lo.z; wb[3] = lo.w;
     wb[4] = hi.x; wb[5] = hi.y; wb[6] = hi.z; wb[7] = hi.w;
   } else {
     const uint4 w = __ldg(reinterpret_cast<const uint4*>(p.weight) + v);
-    if (p.weight_dtype == DType::kBF16) Unpack<__nv_bfloat16>(w, wb);
+    if (Recipe::WeightDType(p) == DType::kBF16) Unpack<__nv_bfloat16>(w, wb);
     else Unpack<__half>(w, wb);
   }
-  ApplyWeightBias(p, wb);
+  ApplyWeightBias<Recipe>(p, wb);
 }
 
 // This thread's weights, fetched before waiting for the previous kernel (weights are parameters,
@@ -339,7 +389,7 @@ __device__ __forceinline__ void LoadWeightVector(const FusedKernelParams& p, int
 // - otherwise 16-bit weights are copied to shared memory with cp.async (no registers; each
 //   thread copies and later reads only its own vectors, so no barrier is needed), and f32
 //   weights are read per row (L1/L2 hits).
-template <int kVec, bool kHeld, typename Span = BlockRow>
+template <int kVec, bool kHeld, typename Span = BlockRow, typename Recipe = RuntimeRecipe>
 struct RowWeights {
   float wb[kHeld ? kVec : 1][kVecElems];
   uint4* staged = nullptr;  // !kHeld: shared memory indexed by the row's vector (this thread's kVec)
@@ -349,10 +399,10 @@ struct RowWeights {
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         const int v = RowVectors<kVec, Span>::Index(k);
-        if (v < p.vecs_per_row) LoadWeightVector(p, v, wb[k]);
+        if (v < p.vecs_per_row) LoadWeightVector<Recipe>(p, v, wb[k]);
       }
     } else {
-      if (p.weight_dtype == DType::kF32) return;
+      if (Recipe::WeightDType(p) == DType::kF32) return;
       staged = smem_vectors;
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
@@ -372,11 +422,11 @@ struct RowWeights {
       for (int i = 0; i < kVecElems; ++i) out[i] = wb[k][i];
     } else if (staged != nullptr) {
       const uint4 w = staged[RowVectors<kVec, Span>::Index(k)];
-      if (p.weight_dtype == DType::kBF16) Unpack<__nv_bfloat16>(w, out);
+      if (Recipe::WeightDType(p) == DType::kBF16) Unpack<__nv_bfloat16>(w, out);
       else Unpack<__half>(w, out);
-      ApplyWeightBias(p, out);
+      ApplyWeightBias<Recipe>(p, out);
     } else {
-      LoadWeightVector(p, RowVectors<kVec, Span>::Index(k), out);
+      LoadWeightVector<Recipe>(p, RowVectors<kVec, Span>::Index(k), out);
     }
   }
 };
@@ -409,7 +459,7 @@ __device__ __forceinline__ float Ue8m0(float s) {
 
 // Contract 3 step 2 for one vector: h = a + residual in f32; returns the norm's input u
 // (f32 h, or round(h) by default) and, when `residual_out` is set, stores round(h) there.
-template <typename T>
+template <typename T, class Recipe>
 __device__ __forceinline__ void NormInput(const FusedKernelParams& p, const uint4& a, const uint4& res,
                                           float (&u)[kVecElems], uint4* residual_out) {
   Unpack<T>(a, u);
@@ -420,7 +470,7 @@ __device__ __forceinline__ void NormInput(const FusedKernelParams& p, const uint
     for (int i = 0; i < kVecElems; ++i) u[i] = __fadd_rn(u[i], rf[i]);
     const uint4 h = Pack<T>(u);
     if (residual_out) StoreStreaming(residual_out, h);
-    if (!p.norm_input_f32) Unpack<T>(h, u);
+    if (!Recipe::NormInputF32(p)) Unpack<T>(h, u);
   } else if (residual_out) {
     StoreStreaming(residual_out, a);
   }
@@ -451,12 +501,13 @@ __device__ __forceinline__ uint2 QuantizeVector(float (&yf)[kVecElems], ScaleSte
 
 // The dynamic scale s = max(amax, 1e-10) / 448 (ue8m0: rounded up to a power of two), and how
 // y is divided by it. amax / 448 is in QuotientByReciprocal's exact domain for every amax.
+template <class Recipe, QuantMode kQuant>
 __device__ __forceinline__ float DynamicScale(const FusedKernelParams& p, float amax, ScaleStep& step) {
   float s = QuotientByReciprocal(fmaxf(amax, 1e-10f), 448.0f, 1.0f / 448.0f);
   // NOTE: 1.0f / 448.0f is a compile-time constant, correctly rounded like __frcp_rn(448).
-  if (p.scale_ue8m0) s = Ue8m0(s);
+  if (Recipe::ScaleUe8m0(p)) s = Ue8m0(s);
   // Dividing by a power of two (ue8m0) is multiplying by its exact reciprocal.
-  step = p.quant_divides && !p.scale_ue8m0 ? ScaleStep::kDivideBounded : ScaleStep::kMultiply;
+  step = Recipe::QuantDivides(p, kQuant) && !Recipe::ScaleUe8m0(p) ? ScaleStep::kDivideBounded : ScaleStep::kMultiply;
   return s;
 }
 
@@ -472,9 +523,11 @@ struct NoRowProbe {
 // the residual vectors, and the static scale (fp8_tensor). Row-uniform: every thread of the
 // row's block, or cluster (Span), calls it for the same row (it synchronizes). `probe(phase, value)` runs at each
 // RowPhase once `value` is computed.
-template <typename T, int kVec, QuantMode kQuant, bool kHeld, typename Span, typename Probe = NoRowProbe>
+template <typename T, int kVec, QuantMode kQuant, bool kHeld, typename Span, typename Recipe,
+          typename Probe = NoRowProbe>
 __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t row, const uint4 (&a)[kVec],
-                                            const uint4 (&res)[kVec], const RowWeights<kVec, kHeld, Span>& weights,
+                                            const uint4 (&res)[kVec],
+                                            const RowWeights<kVec, kHeld, Span, Recipe>& weights,
                                             float static_scale, float (*smem)[32], int slot,
                                             Probe probe = {}) {
   const size_t row_vec = size_t(row) * p.vecs_per_row;
@@ -487,8 +540,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   for (int k = 0; k < kVec; ++k) {
     const int v = RowVectors<kVec, Span>::Index(k);
     if (v >= p.vecs_per_row) continue;
-    if (p.allreduce_out) StoreStreaming(static_cast<uint4*>(p.allreduce_out) + row_vec + v, a[k]);
-    NormInput<T>(p, a[k], res[k], u[k], p.residual_out ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
+    if (Recipe::AllreduceOut(p)) StoreStreaming(static_cast<uint4*>(Recipe::AllreduceOut(p)) + row_vec + v, a[k]);
+    NormInput<T, Recipe>(p, a[k], res[k], u[k], p.residual_out ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) sum_sq = __fadd_rn(sum_sq, __fmul_rn(u[k][i], u[k][i]));
   }
@@ -504,7 +557,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   probe(RowPhase::kRstd, r);
   uint8_t* const q_row = kQuant == QuantMode::kNone ? nullptr : p.quant_out + size_t(row) * p.hidden;
   const float static_inv = kQuant == QuantMode::kFp8Tensor ? __frcp_rn(static_scale) : 1.0f;
-  const ScaleStep static_step = p.quant_divides ? ScaleStep::kDivide : ScaleStep::kMultiply;
+  const ScaleStep static_step = Recipe::QuantDivides(p, kQuant) ? ScaleStep::kDivide : ScaleStep::kMultiply;
   uint4 y[kQuant == QuantMode::kFp8Token ? kVec : 1];  // fp8_token: held until the row's amax
   float amax = 0.0f;                                  // fp8_token: max |y| of this thread
 #pragma unroll
@@ -519,7 +572,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       weights.Get(p, k, wv);
 #pragma unroll
       for (int i = 0; i < kVecElems; ++i) n[i] = __fmul_rn(u[k][i], r);
-      if (p.weight_after_round) RoundVector<T>(n);
+      if (Recipe::WeightAfterRound(p)) RoundVector<T>(n);
 #pragma unroll
       for (int i = 0; i < kVecElems; ++i) yf[i] = __fmul_rn(n[i], wv[i]);
       yk = Pack<T>(yf);
@@ -544,7 +597,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       const float group_amax = LaneGroupMax(local, p.group_vecs);
       if (in_row) {
         ScaleStep step;
-        const float s = DynamicScale(p, group_amax, step);
+        const float s = DynamicScale<Recipe, kQuant>(p, group_amax, step);
         // group_vecs is a power of two: a shift and a mask, not an integer division.
         const int group = v >> (__ffs(p.group_vecs) - 1);
         if ((v & (p.group_vecs - 1)) == 0) {
@@ -566,7 +619,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   // ---- step 4 for fp8_token: one scale for the row, after the row's max
   if constexpr (kQuant == QuantMode::kFp8Token) {
     ScaleStep step;
-    const float s = DynamicScale(p, RowMax<Span>(amax, smem, slot), step);
+    const float s = DynamicScale<Recipe, kQuant>(p, RowMax<Span>(amax, smem, slot), step);
     const float inv = __frcp_rn(s);
     // [T, 1] row-major and [1, pad4(T)] column-major put row t's scale at index t alike.
     if (Span::Thread() == 0) {
@@ -863,13 +916,14 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 // The inputs of `row` that the epilogue kernel reads from memory started into L2 by thread 0: a
 // local row's x or a reduced row, and the residual (gathered partials are not prefetched: N
 // rows, just written by NCCL).
-template <typename Span>
+template <typename Span, typename Recipe>
 __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, int64_t row) {
   if (Span::Thread() != 0 || row >= p.tokens) return;
   const uint32_t row_bytes = uint32_t(p.vecs_per_row) * sizeof(uint4);
   const size_t offset = size_t(row) * row_bytes;
-  if (p.source != RowSource::kGathered)
-    PrefetchL2(static_cast<const char*>(p.source == RowSource::kLocal ? p.x : p.reduced) + offset, row_bytes);
+  const RowSource source = Recipe::Source(p);
+  if (source != RowSource::kGathered)
+    PrefetchL2(static_cast<const char*>(source == RowSource::kLocal ? p.x : p.reduced) + offset, row_bytes);
   if (p.residual) PrefetchL2(static_cast<const char*>(p.residual) + offset, row_bytes);
 }
 
@@ -892,19 +946,19 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 // scale together, so a row costs one round trip (to L2 where the prefetch has landed) before its
 // arithmetic starts.
 // Preconditions: H % 8 == 0 and HasRowLayout(H); pointers 16-byte aligned (scales 4-byte).
-template <typename T, int kVec, QuantMode kQuant, typename Span = BlockRow>
+template <typename T, int kVec, QuantMode kQuant, typename Span = BlockRow, typename Recipe = RuntimeRecipe>
 __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kVec>)
     AllreduceEpilogueKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
   __shared__ uint4 weight_vectors[kVec == 1 ? 1 : kVec * kMaxRowThreads];
   Span::Arrive();
-  RowWeights<kVec, kVec == 1, Span> weights;
+  RowWeights<kVec, kVec == 1, Span, Recipe> weights;
   weights.Preload(p, weight_vectors);
   // Before the wait, so the memory latency of the block's row overlaps the previous kernel (a
   // prefetch is safe there: see PrefetchL2). Prefetching the row of a block one or two waves
   // later too was measured up to 10 % and 30 % slower at T >= 1024 (docs/perf/h200x1/NOTES.md,
   // run 11).
-  PrefetchRowInputs<Span>(p, Span::FirstRow());
+  PrefetchRowInputs<Span, Recipe>(p, Span::FirstRow());
   WaitForPreviousKernel();
   AllowNextKernel();
   weights.Ready();
@@ -915,7 +969,7 @@ __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kV
     uint4 res[kVec], a[kVec];
     const float static_scale = LoadStaticScale<kQuant>(p);
     LoadResidual<kVec, Span>(p, row, res);
-    if (p.source == RowSource::kGathered) {
+    if (Recipe::Source(p) == RowSource::kGathered) {
       const size_t rank_stride = size_t(p.tokens) * p.vecs_per_row;
       const uint4* gathered = static_cast<const uint4*>(p.reduced);
 #pragma unroll
@@ -932,7 +986,7 @@ __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kV
         a[k] = Pack<T>(acc);
       }
     } else {
-      const bool local = p.source == RowSource::kLocal;
+      const bool local = Recipe::Source(p) == RowSource::kLocal;
       const uint4* src = static_cast<const uint4*>(local ? p.x : p.reduced);
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {

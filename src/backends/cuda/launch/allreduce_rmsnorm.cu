@@ -188,11 +188,41 @@ bool ClusterRuleSays(const AllreduceRmsnormSpec& spec, const RowLayout& layout, 
   return IsDynamicQuant(spec.quant) || layout.threads / 32 >= kClusterMinWarpsStatic;
 }
 
+// The recipe the local epilogue's kernel fixes at compile time for this spec, or kRuntime where
+// the spec is none of the fixed forms (kernels/allreduce_rmsnorm.cuh, "recipes").
+KernelRecipe LocalRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options) {
+  if (!options.fixed_recipes) return KernelRecipe::kRuntime;
+  const bool default_scale_step =
+      spec.quant == QuantMode::kNone || (!spec.rounding.scale_op_swapped && (spec.quant == QuantMode::kFp8Tensor ||
+                                                                             spec.scale_fmt == ScaleFormat::kF32));
+  const bool fixed = spec.weight_dtype == spec.act_dtype && spec.weight_bias == 0.0f &&
+                     !spec.rounding.norm_input_f32 && !spec.emit.allreduce && default_scale_step;
+  if (!fixed) return KernelRecipe::kRuntime;
+  return spec.rounding.weight_after_round ? KernelRecipe::kFixedWeightAfterRound : KernelRecipe::kFixed;
+}
+
 StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout,
-                                       bool cluster_per_row = false) {
-  FusedKernelFn kernel =
-      cluster_per_row ? SelectKernel<ClusterEpilogueFamily>(spec.act_dtype, layout.vecs_per_thread, spec.quant)
-                      : SelectKernel<EpilogueFamily>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
+                                       bool cluster_per_row = false,
+                                       KernelRecipe recipe = KernelRecipe::kRuntime) {
+  const DType act = spec.act_dtype;
+  const int vecs = layout.vecs_per_thread;
+  const QuantMode q = spec.quant;
+  using R = KernelRecipe;
+  FusedKernelFn kernel = nullptr;
+  switch (recipe) {
+    case R::kRuntime:
+      kernel = cluster_per_row ? SelectKernel<ClusterEpilogueFamily<R::kRuntime>>(act, vecs, q)
+                               : SelectKernel<EpilogueFamily<R::kRuntime>>(act, vecs, q);
+      break;
+    case R::kFixed:
+      kernel = cluster_per_row ? SelectKernel<ClusterEpilogueFamily<R::kFixed>>(act, vecs, q)
+                               : SelectKernel<EpilogueFamily<R::kFixed>>(act, vecs, q);
+      break;
+    case R::kFixedWeightAfterRound:
+      kernel = cluster_per_row ? SelectKernel<ClusterEpilogueFamily<R::kFixedWeightAfterRound>>(act, vecs, q)
+                               : SelectKernel<EpilogueFamily<R::kFixedWeightAfterRound>>(act, vecs, q);
+      break;
+  }
   if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
   return kernel;
 }
@@ -244,13 +274,14 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   if (tokens == 0) return Status::Ok();
   const RowLayout layout = MakeRowLayout(spec.hidden);
   const int cluster = ClusterBlocks(layout);
+  const KernelRecipe recipe = LocalRecipe(spec, options);
   TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts device, CurrentDeviceFacts());
   // A cluster per row where forced or where the rule says so, and the device and the build run it.
   bool cluster_per_row = options.row_owner == RowOwner::kCluster ||
                          (options.row_owner == RowOwner::kAuto && ClusterRuleSays(spec, layout, tokens, cluster, device));
   FusedKernelFn cluster_kernel = nullptr;
   if (cluster_per_row) {
-    TPFUSE_ASSIGN_OR_RETURN(cluster_kernel, EpilogueKernel(spec, layout, /*cluster_per_row=*/true));
+    TPFUSE_ASSIGN_OR_RETURN(cluster_kernel, EpilogueKernel(spec, layout, /*cluster_per_row=*/true, recipe));
     TPFUSE_ASSIGN_OR_RETURN(const bool runs, ClusterKernelRuns(device, cluster_kernel));
     if (options.row_owner == RowOwner::kCluster && (cluster <= 1 || !runs))
       return Unimplemented("no cluster per row for hidden ", spec.hidden, ": ",
@@ -274,7 +305,7 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
     if (options.row_owner == RowOwner::kCluster || !unplaceable) TPFUSE_CUDA_CHECK(launched);
     (void)cudaGetLastError();
   }
-  TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout));
+  TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout, /*cluster_per_row=*/false, recipe));
   cudaLaunchConfig_t config = MakeConfig(layout, owners, stream, options, attributes);
   TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
   return Status::Ok();

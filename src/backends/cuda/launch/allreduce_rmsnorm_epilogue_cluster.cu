@@ -1,8 +1,9 @@
-// The cluster epilogue kernels' instantiations (allreduce_rmsnorm_select.cuh).
+// The cluster epilogue kernels' instantiations, recipe read at run time
+// (allreduce_rmsnorm_select.cuh).
 #include "backends/cuda/launch/allreduce_rmsnorm_select.cuh"
 
 namespace tpfuse::cuda {
 
-template FusedKernelFn SelectKernel<ClusterEpilogueFamily>(DType, int, QuantMode);
+template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
 
 }  // namespace tpfuse::cuda

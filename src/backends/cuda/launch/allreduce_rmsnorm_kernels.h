@@ -2,7 +2,8 @@
 // vectors per thread, quant mode) to a template instantiation, written once
 // (allreduce_rmsnorm_select.cuh) and instantiated per kernel family in its own .cu file so the
 // families compile in parallel. 24 instantiations per family: 2 activation dtypes x 3 vector
-// counts per thread (1, 2, 4) x 4 quant modes.
+// counts per thread (1, 2, 4) x 4 quant modes. The epilogue has a family per row owner and
+// recipe (three recipes: run time, and two fixed).
 #pragma once
 
 #include "backends/cuda/kernels/allreduce_rmsnorm.cuh"
@@ -20,15 +21,23 @@ struct TwoShotFamily {
   template <typename T, int kVec, QuantMode kQuant>
   static constexpr FusedKernelFn Kernel() { return TwoShotAllreduceRmsnormKernel<T, kVec, kQuant>; }
 };
+// The epilogue kernel, with the recipe read at run time or fixed (kernels/allreduce_rmsnorm.cuh,
+// "recipes").
+template <KernelRecipe kRecipe>
 struct EpilogueFamily {
   template <typename T, int kVec, QuantMode kQuant>
-  static constexpr FusedKernelFn Kernel() { return AllreduceEpilogueKernel<T, kVec, kQuant>; }
+  static constexpr FusedKernelFn Kernel() {
+    return AllreduceEpilogueKernel<T, kVec, kQuant, BlockRow, RecipeOf<T, kRecipe>>;
+  }
 };
 // The epilogue kernel with each row spread over a thread block cluster (launched with a
 // cluster dimension: small T).
+template <KernelRecipe kRecipe>
 struct ClusterEpilogueFamily {
   template <typename T, int kVec, QuantMode kQuant>
-  static constexpr FusedKernelFn Kernel() { return AllreduceEpilogueKernel<T, kVec, kQuant, ClusterRow>; }
+  static constexpr FusedKernelFn Kernel() {
+    return AllreduceEpilogueKernel<T, kVec, kQuant, ClusterRow, RecipeOf<T, kRecipe>>;
+  }
 };
 
 // Null when the combination has no instantiation (the launcher validates first).
@@ -37,8 +46,12 @@ FusedKernelFn SelectKernel(DType act, int vecs_per_thread, QuantMode quant);
 
 extern template FusedKernelFn SelectKernel<OneShotFamily>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<TwoShotFamily>(DType, int, QuantMode);
-extern template FusedKernelFn SelectKernel<EpilogueFamily>(DType, int, QuantMode);
-extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int, QuantMode);
 
 constexpr int KernelKey(DType act, int vecs_per_thread, QuantMode quant) {
   return (int(act) * 16 + vecs_per_thread) * 8 + int(quant);

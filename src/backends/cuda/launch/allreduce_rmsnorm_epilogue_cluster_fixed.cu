@@ -1,0 +1,8 @@
+// The cluster epilogue kernels' instantiations, fixed recipe (allreduce_rmsnorm_select.cuh).
+#include "backends/cuda/launch/allreduce_rmsnorm_select.cuh"
+
+namespace tpfuse::cuda {
+
+template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
+
+}  // namespace tpfuse::cuda

@@ -1,0 +1,9 @@
+// The cluster epilogue kernels' instantiations, fixed recipe with the weight after the rounding
+// (allreduce_rmsnorm_select.cuh).
+#include "backends/cuda/launch/allreduce_rmsnorm_select.cuh"
+
+namespace tpfuse::cuda {
+
+template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int, QuantMode);
+
+}  // namespace tpfuse::cuda

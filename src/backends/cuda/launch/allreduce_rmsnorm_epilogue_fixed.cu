@@ -1,0 +1,8 @@
+// The epilogue kernels' instantiations, fixed recipe (allreduce_rmsnorm_select.cuh).
+#include "backends/cuda/launch/allreduce_rmsnorm_select.cuh"
+
+namespace tpfuse::cuda {
+
+template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
+
+}  // namespace tpfuse::cuda
