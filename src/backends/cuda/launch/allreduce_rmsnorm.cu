@@ -169,32 +169,41 @@ int ClusterBlocks(const RowLayout& layout) {
   return RowClusterBlocks(layout, kMaxClusterBlocks, kMaxClusterBlockThreads);
 }
 
-// Rows of at least this many warps take a cluster in quant none and fp8_tensor (below).
+// Quant none and fp8_tensor take a cluster for rows of at least kClusterMinWarpsStatic warps,
+// and, at fewer blocks, for rows of at least kClusterMinWarpsStaticFewRows (below).
 constexpr int kClusterMinWarpsStatic = 10;
+constexpr int kClusterMinWarpsStaticFewRows = 8;
 
 // Whether the local epilogue's measured rule spreads each row over a cluster of `cluster`
 // blocks (one block per row otherwise). At small T one block per row leaves most SMs idle while
 // each row's block issues the whole row's arithmetic on one SM; a cluster issues it on C SMs,
 // at a fixed cost (the cluster's launch, and each reduction's exchange through distributed
 // shared memory) that does not grow with H. Measured on one H200 at H 2880, 4096, 5120, 7168 and
-// 8192 (docs/perf/h200x1/NOTES.md, run 16), the cluster is faster while its blocks fill at most
-// two per SM (T x C <= 2 x SMs) for fp8_token and fp8_group, and for quant none and fp8_tensor
-// from rows of 10 warps (H 5120 on); with fewer warps their row is short enough on one SM that
-// the fixed cost wins (H 2880 and 4096: 1-5 % slower at T = 1). Rows with no split (C = 1: 9,
-// 11, 13 or 15 warps, among others) keep one block per row.
+// 8192 (docs/perf/h200x1/NOTES.md, runs 16 and 21), the cluster is faster while its blocks fill
+// at most two per SM (T x C <= 2 x SMs) for fp8_token and fp8_group, and for quant none and
+// fp8_tensor from rows of 10 warps (H 5120 on). With fewer warps a row is short enough on one SM
+// that the fixed cost weighs more: at 8 warps (H 4096) the cluster is 1-2.6 % faster at T <= 4,
+// level at T 8-16 and 2-8 % slower at T 32-64, so it is taken while T x C <= SMs / 4 (T <= 8
+// there); at 6 warps (H 2880) it is level at T <= 16 and slower beyond, so not taken. Rows with
+// no split (C = 1: 9, 11, 13 or 15 warps, among others) keep one block per row.
 bool ClusterRuleSays(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int cluster,
                      const DeviceFacts& device) {
-  if (cluster <= 1 || tokens * cluster > int64_t{2} * device.sms) return false;
-  return IsDynamicQuant(spec.quant) || layout.threads / 32 >= kClusterMinWarpsStatic;
+  if (cluster <= 1) return false;
+  const int64_t blocks = tokens * cluster;
+  const int warps = layout.threads / 32;
+  if (IsDynamicQuant(spec.quant) || warps >= kClusterMinWarpsStatic) return blocks <= int64_t{2} * device.sms;
+  return warps >= kClusterMinWarpsStaticFewRows && blocks <= device.sms / 4;
 }
 
 // The recipe the local epilogue's kernel fixes at compile time for this spec, or kRuntime where
 // the spec is none of the fixed forms (kernels/allreduce_rmsnorm.cuh, "recipes").
 KernelRecipe LocalRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options) {
   if (!options.fixed_recipes) return KernelRecipe::kRuntime;
-  const bool default_scale_step =
-      spec.quant == QuantMode::kNone || (!spec.rounding.scale_op_swapped && (spec.quant == QuantMode::kFp8Tensor ||
-                                                                             spec.scale_fmt == ScaleFormat::kF32));
+  // The scale step and format matter only where the kernel quantizes (ue8m0: dynamic scales).
+  const bool dynamic_f32 = IsDynamicQuant(spec.quant) && spec.scale_fmt == ScaleFormat::kF32;
+  const bool default_scale_step = spec.quant == QuantMode::kNone ||
+                                  (!spec.rounding.scale_op_swapped &&
+                                   (spec.quant == QuantMode::kFp8Tensor || dynamic_f32));
   const bool fixed = spec.weight_dtype == spec.act_dtype && spec.weight_bias == 0.0f &&
                      !spec.rounding.norm_input_f32 && !spec.emit.allreduce && default_scale_step;
   if (!fixed) return KernelRecipe::kRuntime;
