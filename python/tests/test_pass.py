@@ -228,20 +228,23 @@ def token_tail(x, residual, weight):
     return h, q, s
 
 
-@pytest.mark.parametrize("tokens, fuse_local, fused", [
-    (2048, "auto", True),    # below T 4096: the fused op measured faster
-    (4096, "auto", False),   # fp8_token at H 8192 from T 4096: Inductor's kernel measured faster
-    (4096, "on", True),
+@pytest.mark.parametrize("tokens, fuse_local", [
+    (2048, "auto"),
+    (4096, "auto"),   # run 12's kernel lost to Inductor's here; the fused op now wins (run 21)
+    (8192, "auto"),
+    (4096, "on"),
 ])
-def test_auto_leaves_to_inductor_the_chains_its_kernel_runs_faster(tokens, fuse_local, fused):
+def test_auto_fuses_the_chains_measured_at_least_as_fast_as_inductor(tokens, fuse_local):
+    """fp8_token at H 8192, where the fused op was last closest to Inductor's kernel
+    (docs/perf/h200x1/inductor_epilogue.md). Where the compiler's table lists a loss, the chain
+    stays (its C++ tests, with a table of their own)."""
     g = trace(token_tail, ((tokens, 8192), bf), ((tokens, 8192), bf), ((8192,), bf))
     p = tt.FusionPass(world_size=1, backend="cuda", fuse_local=fuse_local)
     p(g)
     assert not p.report.untranslated, p.report.untranslated
     calls = [n for n in g.nodes if str(n.target) == FUSED]
-    assert len(calls) == int(fused), g
-    if fused:
-        assert str(calls[0].kwargs["quant"]) == "fp8_token"
+    assert len(calls) == 1, g
+    assert str(calls[0].kwargs["quant"]) == "fp8_token"
     g.lint()
 
 

@@ -42,6 +42,9 @@ struct CompileOptions {
   // CudaFusionCapabilities(). `backend` in the report is caps.backend.
   FusionCapabilities caps = CpuFusionCapabilities();
   FuseLocal fuse_local = FuseLocal::kAuto;
+  // Where Inductor's kernel was measured faster, for kInductor (passes/local_fusion.h; tests
+  // pass their own table).
+  std::span<const MeasuredLoss> inductor_losses = MeasuredLosses();
   // When set, the graph is printed here after every pass (a .tpg comment line names the pass).
   std::ostream* dump = nullptr;
 

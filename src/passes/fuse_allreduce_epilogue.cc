@@ -401,7 +401,7 @@ std::variant<Plan, Refusal> PlanChain(const Chain& chain, const PassContext& ctx
     int64_t tokens = ctx.max_tokens;
     if (StatusOr<ir::Dim> rows = RowsOf(chain.x->type()); rows.ok() && rows->is_const())
       tokens = rows->value;
-    if (std::string why = WhyInductorIsFaster(plan->spec, tokens); !why.empty())
+    if (std::string why = WhyInductorIsFaster(plan->spec, tokens, ctx.inductor_losses); !why.empty())
       return Refusal{"Inductor's kernel measured faster", why};
   }
   return decision;

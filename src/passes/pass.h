@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "ir/graph.h"
+#include "passes/local_fusion.h"
 #include "tpfuse/fused_op.h"
 
 namespace tpfuse::passes {
@@ -39,6 +40,8 @@ struct PassContext {
   // Local chains (these and world size 1's) are fused only where the fused op was measured at
   // least as fast as Inductor's kernel for them (passes/local_fusion.h; FuseLocal::kInductor).
   bool local_vs_inductor = false;
+  // Where Inductor's kernel was measured faster (passes/local_fusion.h; tests pass their own).
+  std::span<const MeasuredLoss> inductor_losses = MeasuredLosses();
 
   std::vector<FusionRecord> fusions;
   std::vector<Rejection> rejections;
