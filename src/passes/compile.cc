@@ -34,7 +34,7 @@ bool CompileOptions::FusesLocal() const {
     case FuseLocal::kAuto:
     case FuseLocal::kInductor:
       // NOTE: the rule follows measurements (docs/pytorch.md, "Local chains"): on one H200 the
-      // fused local op took 0.23-0.72 x the time of tpfuse's unfused kernels in every quantized
+      // fused local op took 0.22-0.66 x the time of tpfuse's unfused kernels in every quantized
       // shape of `tpfuse bench --world-size 1`, and at most 0.99 x the time of Inductor's
       // kernel for the same chain. T is a symbol here, so kAuto fuses every local chain on CUDA;
       // kInductor leaves the chains where Inductor's kernel was faster (none now) to it

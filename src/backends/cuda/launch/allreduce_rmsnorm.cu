@@ -182,7 +182,7 @@ constexpr int kClusterMinWarpsStaticFewRows = 8;
 // 8192 (docs/perf/h200x1/NOTES.md, runs 16 and 21), the cluster is faster while its blocks fill
 // at most two per SM (T x C <= 2 x SMs) for fp8_token and fp8_group, and for quant none and
 // fp8_tensor from rows of 10 warps (H 5120 on). With fewer warps a row is short enough on one SM
-// that the fixed cost weighs more: at 8 warps (H 4096) the cluster is 1-2.6 % faster at T <= 4,
+// that the fixed cost weighs more: at 8 warps (H 4096) it is up to 2.6 % faster at T <= 4,
 // level at T 8-16 and 2-8 % slower at T 32-64, so it is taken while T x C <= SMs / 4 (T <= 8
 // there); at 6 warps (H 2880) it is level at T <= 16 and slower beyond, so not taken. Rows with
 // no split (C = 1: 9, 11, 13 or 15 warps, among others) keep one block per row.
