@@ -159,31 +159,38 @@ TEST_F(LocalFusedTest, DtypesGroupsAndScaleLayoutsAreBitwiseTheOracle) {
 // Rows built to reach the roundings' edge cases, beside a random row: every h = x + residual a
 // tie between two 16-bit neighbours (half round down to even, half up); bf16/f16 subnormal
 // inputs (their squares underflow: the row's sum is 0 and 1/rms is 1/sqrt(eps)); and a row of
-// +0.0 and -0.0, whose signs must survive into y and q.
+// +0.0 and -0.0, whose signs must survive into y and q. The weight in the activation dtype, with
+// and without weight_after_round, each under the fixed-recipe and the run-time kernels.
 TEST_F(LocalFusedTest, TiesSubnormalsAndSignedZerosAreBitwiseTheOracle) {
   uint64_t seed = 5000;
   for (DType act : {DType::kBF16, DType::kF16})
     for (int64_t h : {128, 4096})
-      for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group}) {
-        AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
-        s.act_dtype = act;
-        const int64_t tokens = 4;
-        FusedInputs in = MakeFusedInputs(s, tokens, /*world_size=*/1, seed++);
-        HostTensor& x = in.partials[0];
-        // One unit in the last place at 1.0: 2^-7 (bf16), 2^-10 (f16); half of it makes a tie.
-        const float ulp = act == DType::kBF16 ? 0x1p-7f : 0x1p-10f;
-        const float tiny = act == DType::kBF16 ? 0x1p-133f : 0x1p-24f;  // the smallest subnormal
-        for (int64_t i = 0; i < h; ++i) {
-          const float sign = i % 3 == 0 ? -1.0f : 1.0f;
-          x.SetF32(i, sign * (i % 2 == 0 ? 1.0f : 1.0f + ulp));  // row 0: ties, to even both ways
-          in.residual.SetF32(i, sign * ulp / 2);
-          x.SetF32(h + i, sign * tiny * float(1 + i % 7));     // row 1: subnormals
-          in.residual.SetF32(h + i, -sign * tiny * float(i % 3));
-          x.SetF32(2 * h + i, i % 2 == 0 ? 0.0f : -0.0f);      // row 2: signed zeros
-          in.residual.SetF32(2 * h + i, i % 4 < 2 ? -0.0f : 0.0f);
-        }
-        EXPECT_EQ(RunAndCompareInputs(s, tokens, in), "") << Describe(s, tokens) << " act " << DTypeName(act);
-      }
+      for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+        for (bool weight_after_round : {false, true})
+          for (bool fixed : {true, false}) {
+            AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+            s.act_dtype = s.weight_dtype = act;  // the fixed-recipe kernels' form, unless !fixed
+            s.rounding.weight_after_round = weight_after_round;
+            cuda::LaunchOptions options;
+            options.fixed_recipes = fixed;
+            const int64_t tokens = 4;
+            FusedInputs in = MakeFusedInputs(s, tokens, /*world_size=*/1, seed++);
+            HostTensor& x = in.partials[0];
+            // One unit in the last place at 1.0: 2^-7 (bf16), 2^-10 (f16); half of it makes a tie.
+            const float ulp = act == DType::kBF16 ? 0x1p-7f : 0x1p-10f;
+            const float tiny = act == DType::kBF16 ? 0x1p-133f : 0x1p-24f;  // the smallest subnormal
+            for (int64_t i = 0; i < h; ++i) {
+              const float sign = i % 3 == 0 ? -1.0f : 1.0f;
+              x.SetF32(i, sign * (i % 2 == 0 ? 1.0f : 1.0f + ulp));  // row 0: ties, to even both ways
+              in.residual.SetF32(i, sign * ulp / 2);
+              x.SetF32(h + i, sign * tiny * float(1 + i % 7));     // row 1: subnormals
+              in.residual.SetF32(h + i, -sign * tiny * float(i % 3));
+              x.SetF32(2 * h + i, i % 2 == 0 ? 0.0f : -0.0f);      // row 2: signed zeros
+              in.residual.SetF32(2 * h + i, i % 4 < 2 ? -0.0f : 0.0f);
+            }
+            EXPECT_EQ(RunAndCompareInputs(s, tokens, in, options), "")
+                << Describe(s, tokens) << " act " << DTypeName(act) << (fixed ? " fixed" : " run-time") << " recipe";
+          }
 }
 
 // The local epilogue's two row owners, forced, against the oracle: one block per row, and one
@@ -232,6 +239,82 @@ TEST_F(LocalFusedTest, FixedAndRuntimeRecipeKernelsAreBitwiseTheOracle) {
                     << Describe(s, t) << (owner == cuda::RowOwner::kCluster ? " cluster" : " block")
                     << (fixed ? " fixed" : " run-time") << " recipe";
             }
+}
+
+// A row whose FP8 values tell the scale steps apart (as CpuFusedRecipeTest.
+// DynamicScaleDivideOrMultiply): x = 1 and no residual term, w = [3136, 10.9375, 1, ...], so
+// y = w; with the scale 7 (3136 / 448, or the static scale 7), y / 7 = 1.5625 is an FP8 tie
+// (1.5) and y * (1/7) rounds up (1.625). Every quantized mode, both scale steps, both recipes'
+// kernels and row owners, 1, 2 and 4 vectors per thread.
+TEST_F(LocalFusedTest, ScaleStepTiesAreBitwiseTheOracleInEveryKernel) {
+  uint64_t seed = 9900;
+  for (QuantMode q : {QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+    for (int64_t h : {1536, 7168, 16384}) {
+      AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+      const int64_t tokens = 2;
+      FusedInputs in = MakeFusedInputs(s, tokens, /*world_size=*/1, seed++);
+      for (int64_t i = 0; i < tokens * h; ++i) {
+        in.partials[0].SetF32(i, 1.0f);
+        in.residual.SetF32(i, 0.0f);
+      }
+      for (int64_t i = 0; i < h; ++i) in.weight.SetF32(i, i == 0 ? 3136.0f : i == 1 ? 10.9375f : 1.0f);
+      if (q == QuantMode::kFp8Tensor) in.scale.SetF32(0, 7.0f);
+      AllreduceRmsnormSpec swapped = s;
+      swapped.rounding.scale_op_swapped = true;
+      ASSERT_NE(BitwiseDiff(OracleOutputs(s, in), OracleOutputs(swapped, in)), "") << "the row must tell the steps apart";
+      for (const AllreduceRmsnormSpec& spec : {s, swapped})
+        for (cuda::RowOwner owner : {cuda::RowOwner::kBlock, cuda::RowOwner::kCluster})
+          for (bool fixed : {true, false}) {
+            cuda::LaunchOptions options;
+            options.row_owner = owner;
+            options.fixed_recipes = fixed;
+            EXPECT_EQ(RunAndCompareInputs(spec, tokens, in, options), "")
+                << Describe(spec, tokens) << (owner == cuda::RowOwner::kCluster ? " cluster" : " block")
+                << (fixed ? " fixed" : " run-time") << " recipe";
+          }
+    }
+}
+
+// Which kernel the local op runs: the fixed recipes for exactly their forms (no GPU needed).
+TEST(LocalKernelRecipeTest, FixedForTheirFormsOnly) {
+  using cuda::KernelRecipe;
+  const AllreduceRmsnormSpec base = LocalSpec(4096, QuantMode::kFp8Token, /*residual=*/true);
+  for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group}) {
+    AllreduceRmsnormSpec s = LocalSpec(4096, q, /*residual=*/true);
+    EXPECT_EQ(cuda::LocalKernelRecipe(s), KernelRecipe::kFixed) << s.ToString();
+    s.rounding.weight_after_round = true;
+    EXPECT_EQ(cuda::LocalKernelRecipe(s), KernelRecipe::kFixedWeightAfterRound) << s.ToString();
+    s.rounding.scale_op_swapped = true;  // the scale step: not the fixed kernels' where one runs
+    EXPECT_EQ(cuda::LocalKernelRecipe(s),
+              q == QuantMode::kNone ? KernelRecipe::kFixedWeightAfterRound : KernelRecipe::kRuntime)
+        << s.ToString();
+  }
+  AllreduceRmsnormSpec s = base;
+  s.act_dtype = s.weight_dtype = DType::kF16;
+  EXPECT_EQ(cuda::LocalKernelRecipe(s), KernelRecipe::kFixed);
+  s.weight_dtype = DType::kBF16;  // a weight in another dtype
+  EXPECT_EQ(cuda::LocalKernelRecipe(s), KernelRecipe::kRuntime);
+  s = base;
+  s.weight_dtype = DType::kF32;
+  EXPECT_EQ(cuda::LocalKernelRecipe(s), KernelRecipe::kRuntime);
+  s = base;
+  s.weight_bias = 1.0f;
+  EXPECT_EQ(cuda::LocalKernelRecipe(s), KernelRecipe::kRuntime);
+  s.weight_bias = -0.0f;  // adds nothing, as 0
+  s.rounding.weight_bias_in_weight_dtype = true;  // no effect without a bias
+  EXPECT_EQ(cuda::LocalKernelRecipe(s), KernelRecipe::kFixed);
+  s = base;
+  s.rounding.norm_input_f32 = true;
+  EXPECT_EQ(cuda::LocalKernelRecipe(s), KernelRecipe::kRuntime);
+  s = base;
+  s.scale_fmt = ScaleFormat::kUe8m0;
+  EXPECT_EQ(cuda::LocalKernelRecipe(s), KernelRecipe::kRuntime);
+  s = base;
+  s.emit.allreduce = true;
+  EXPECT_EQ(cuda::LocalKernelRecipe(s), KernelRecipe::kRuntime);
+  cuda::LaunchOptions options;
+  options.fixed_recipes = false;
+  EXPECT_EQ(cuda::LocalKernelRecipe(base, options), KernelRecipe::kRuntime);
 }
 
 // A forced cluster where the row has no split is refused with the reason, as is a negative cap.

@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "backends/cuda/comm/communicator.h"
+#include "backends/cuda/kernel_recipe.h"
 #include "tpfuse/fused_op.h"
 
 namespace tpfuse::cuda {
@@ -66,6 +67,12 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
 Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tokens,
                                    const FusedBuffers& buffers, cudaStream_t stream,
                                    const LaunchOptions& options = {});
+
+// The epilogue kernel LaunchLocalAllreduceRmsnorm runs for `spec`: one with the recipe fixed at
+// compile time where the spec is one of their forms (the weight in the activation dtype, no
+// bias, the norm reading round(h), the mode's default scale step, f32 scales, no allreduce
+// output) and options.fixed_recipes is set, else the one that reads it at run time.
+KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options = {});
 
 // Whether `strategy` can run this shape on this communicator (same checks, no launch).
 Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_t tokens,

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "backends/cuda/comm/workspace.h"
+#include "backends/cuda/kernel_recipe.h"
 #include "backends/cuda/kernels/common.cuh"
 #include "common/quotient.h"
 #include "common/row_layout.h"
@@ -104,12 +105,16 @@ struct FusedKernelParams {
 //   y = round(n * w) otherwise (vLLM's kernels). Without the branches the compiler schedules a
 //   thread's vectors as one stretch of code, with fewer registers (docs/kernels.md).
 // Both compute the same bits: the same operations, some of them decided at compile time.
-enum class KernelRecipe : uint8_t { kRuntime, kFixed, kFixedWeightAfterRound };
+// NOTE: a FixedRecipe kernel is correct only for parameters of its form, and only with a = x
+// (p.source == kLocal): the local launcher checks the spec (LocalKernelRecipe) and is the only
+// caller that asks for one.
 
 struct RuntimeRecipe {
   __device__ __forceinline__ static DType WeightDType(const FusedKernelParams& p) { return p.weight_dtype; }
   __device__ __forceinline__ static float WeightBias(const FusedKernelParams& p) { return p.weight_bias; }
-  __device__ __forceinline__ static bool BiasInWeightDType(const FusedKernelParams& p) { return p.bias_in_weight_dtype; }
+  __device__ __forceinline__ static bool BiasInWeightDType(const FusedKernelParams& p) {
+    return p.bias_in_weight_dtype;
+  }
   __device__ __forceinline__ static bool NormInputF32(const FusedKernelParams& p) { return p.norm_input_f32; }
   __device__ __forceinline__ static bool WeightAfterRound(const FusedKernelParams& p) { return p.weight_after_round; }
   __device__ __forceinline__ static bool QuantDivides(const FusedKernelParams& p, QuantMode) { return p.quant_divides; }
@@ -120,6 +125,7 @@ struct RuntimeRecipe {
 
 template <typename T, bool kWeightAfterRound>
 struct FixedRecipe {
+  static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "16-bit activations only");
   __device__ __forceinline__ static DType WeightDType(const FusedKernelParams&) {
     return std::is_same_v<T, __half> ? DType::kF16 : DType::kBF16;
   }
@@ -541,7 +547,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     const int v = RowVectors<kVec, Span>::Index(k);
     if (v >= p.vecs_per_row) continue;
     if (Recipe::AllreduceOut(p)) StoreStreaming(static_cast<uint4*>(Recipe::AllreduceOut(p)) + row_vec + v, a[k]);
-    NormInput<T, Recipe>(p, a[k], res[k], u[k], p.residual_out ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
+    NormInput<T, Recipe>(p, a[k], res[k], u[k],
+                         p.residual_out ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) sum_sq = __fadd_rn(sum_sq, __fmul_rn(u[k][i], u[k][i]));
   }
@@ -921,16 +928,18 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
   if (Span::Thread() != 0 || row >= p.tokens) return;
   const uint32_t row_bytes = uint32_t(p.vecs_per_row) * sizeof(uint4);
   const size_t offset = size_t(row) * row_bytes;
-  const RowSource source = Recipe::Source(p);
-  if (source != RowSource::kGathered)
-    PrefetchL2(static_cast<const char*>(source == RowSource::kLocal ? p.x : p.reduced) + offset, row_bytes);
+  if (Recipe::Source(p) != RowSource::kGathered) {
+    const void* const row_source = Recipe::Source(p) == RowSource::kLocal ? p.x : p.reduced;
+    PrefetchL2(static_cast<const char*>(row_source) + offset, row_bytes);
+  }
   if (p.residual) PrefetchL2(static_cast<const char*>(p.residual) + offset, row_bytes);
 }
 
 // The fused op's epilogue on rows already summed, or summed here: world size 1 and local ops
 // (a = x), and the nccl path (the ncclAllReduce result, or the partials ncclAllGather gathered,
 // summed in rank order as the other strategies do). -0.0 becomes +0.0 on the nccl path so the
-// result matches one-shot and two-shot bit for bit; a local a is x itself.
+// result matches one-shot and two-shot bit for bit; a local a is x itself. Recipe: RuntimeRecipe,
+// or a FixedRecipe for the local op's forms only (see "recipes").
 //
 // Grid: one block per row (a grid-stride loop covers T beyond the grid); block: blockDim threads
 // fixed by H (common/row_layout.h), kVec vectors each. With Span = ClusterRow (small T): one

@@ -184,8 +184,10 @@ constexpr int kClusterMinWarpsStaticFewRows = 8;
 // fp8_tensor from rows of 10 warps (H 5120 on). With fewer warps a row is short enough on one SM
 // that the fixed cost weighs more: at 8 warps (H 4096) it is up to 2.6 % faster at T <= 4,
 // level at T 8-16 and 2-8 % slower at T 32-64, so it is taken while T x C <= SMs / 4 (T <= 8
-// there); at 6 warps (H 2880) it is level at T <= 16 and slower beyond, so not taken. Rows with
-// no split (C = 1: 9, 11, 13 or 15 warps, among others) keep one block per row.
+// there); at 6 warps (H 2880) it is level at T <= 16 and slower beyond, so not taken. (Measured
+// with the fixed-recipe kernels at two vectors per thread; 8-warp rows of one vector, H 1800-2040,
+// and specs that run the run-time kernels follow the same rule unmeasured.) Rows with no split
+// (C = 1: 9, 11, 13 or 15 warps, among others) keep one block per row.
 bool ClusterRuleSays(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int cluster,
                      const DeviceFacts& device) {
   if (cluster <= 1) return false;
@@ -195,24 +197,9 @@ bool ClusterRuleSays(const AllreduceRmsnormSpec& spec, const RowLayout& layout, 
   return warps >= kClusterMinWarpsStaticFewRows && blocks <= device.sms / 4;
 }
 
-// The recipe the local epilogue's kernel fixes at compile time for this spec, or kRuntime where
-// the spec is none of the fixed forms (kernels/allreduce_rmsnorm.cuh, "recipes").
-KernelRecipe LocalRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options) {
-  if (!options.fixed_recipes) return KernelRecipe::kRuntime;
-  // The scale step and format matter only where the kernel quantizes (ue8m0: dynamic scales).
-  const bool dynamic_f32 = IsDynamicQuant(spec.quant) && spec.scale_fmt == ScaleFormat::kF32;
-  const bool default_scale_step = spec.quant == QuantMode::kNone ||
-                                  (!spec.rounding.scale_op_swapped &&
-                                   (spec.quant == QuantMode::kFp8Tensor || dynamic_f32));
-  const bool fixed = spec.weight_dtype == spec.act_dtype && spec.weight_bias == 0.0f &&
-                     !spec.rounding.norm_input_f32 && !spec.emit.allreduce && default_scale_step;
-  if (!fixed) return KernelRecipe::kRuntime;
-  return spec.rounding.weight_after_round ? KernelRecipe::kFixedWeightAfterRound : KernelRecipe::kFixed;
-}
-
+// NOTE: a fixed recipe only for the local op (LocalKernelRecipe): its kernels read a = x.
 StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout,
-                                       bool cluster_per_row = false,
-                                       KernelRecipe recipe = KernelRecipe::kRuntime) {
+                                       bool cluster_per_row, KernelRecipe recipe) {
   const DType act = spec.act_dtype;
   const int vecs = layout.vecs_per_thread;
   const QuantMode q = spec.quant;
@@ -237,6 +224,19 @@ StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const R
 }
 
 }  // namespace
+
+KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options) {
+  if (!options.fixed_recipes) return KernelRecipe::kRuntime;
+  // The scale step and format matter only where the kernel quantizes (ue8m0: dynamic scales).
+  const bool dynamic_f32 = IsDynamicQuant(spec.quant) && spec.scale_fmt == ScaleFormat::kF32;
+  const bool default_scale_step = spec.quant == QuantMode::kNone ||
+                                  (!spec.rounding.scale_op_swapped &&
+                                   (spec.quant == QuantMode::kFp8Tensor || dynamic_f32));
+  const bool fixed = spec.weight_dtype == spec.act_dtype && spec.weight_bias == 0.0f &&
+                     !spec.rounding.norm_input_f32 && !spec.emit.allreduce && default_scale_step;
+  if (!fixed) return KernelRecipe::kRuntime;
+  return spec.rounding.weight_after_round ? KernelRecipe::kFixedWeightAfterRound : KernelRecipe::kFixed;
+}
 
 Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_t tokens,
               Strategy strategy) {
@@ -283,7 +283,7 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   if (tokens == 0) return Status::Ok();
   const RowLayout layout = MakeRowLayout(spec.hidden);
   const int cluster = ClusterBlocks(layout);
-  const KernelRecipe recipe = LocalRecipe(spec, options);
+  const KernelRecipe recipe = LocalKernelRecipe(spec, options);
   TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts device, CurrentDeviceFacts());
   // A cluster per row where forced or where the rule says so, and the device and the build run it.
   bool cluster_per_row = options.row_owner == RowOwner::kCluster ||
@@ -354,7 +354,9 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   LaunchAttributes attributes;
 
   if (strategy == Strategy::kNccl) {
-    TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout));
+    // The run-time recipe: the rows are NCCL's (reduced or gathered), not x.
+    TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel,
+                            EpilogueKernel(spec, layout, /*cluster_per_row=*/false, KernelRecipe::kRuntime));
     const ncclDataType_t type = spec.act_dtype == DType::kBF16 ? ncclBfloat16 : ncclFloat16;
     // At N = 2 ncclAllReduce's sum is Contract 3's (one f32 add, one rounding); above it NCCL
     // rounds partial sums, so the exact path gathers the partials and sums them in the kernel.
