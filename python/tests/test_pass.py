@@ -228,13 +228,13 @@ def token_tail(x, residual, weight):
     return h, q, s
 
 
-@pytest.mark.parametrize("tokens, fuse_local", [
-    (2048, "auto"),
-    (4096, "auto"),   # run 12's kernel lost to Inductor's here; the fused op now wins (run 21)
-    (8192, "auto"),
-    (4096, "on"),
+@pytest.mark.parametrize("tokens, fuse_local, fused", [
+    (2048, "auto", True),
+    (4096, "auto", True),   # run 12's kernel lost to Inductor's here; the fused op now wins (run 21)
+    (8192, "auto", True),
+    (8192, "off", False),
 ])
-def test_auto_fuses_the_chains_measured_at_least_as_fast_as_inductor(tokens, fuse_local):
+def test_auto_fuses_the_chains_measured_at_least_as_fast_as_inductor(tokens, fuse_local, fused):
     """fp8_token at H 8192, where the fused op was last closest to Inductor's kernel
     (docs/perf/h200x1/inductor_epilogue.md). Where the compiler's table lists a loss, the chain
     stays (its C++ tests, with a table of their own)."""
@@ -243,8 +243,9 @@ def test_auto_fuses_the_chains_measured_at_least_as_fast_as_inductor(tokens, fus
     p(g)
     assert not p.report.untranslated, p.report.untranslated
     calls = [n for n in g.nodes if str(n.target) == FUSED]
-    assert len(calls) == 1, g
-    assert str(calls[0].kwargs["quant"]) == "fp8_token"
+    assert len(calls) == int(fused), g
+    if fused:
+        assert str(calls[0].kwargs["quant"]) == "fp8_token"
     g.lint()
 
 

@@ -38,9 +38,9 @@ bool CompileOptions::FusesLocal() const {
       // shape of `tpfuse bench --world-size 1`, and at most 0.99 x the time of Inductor's
       // kernel for the same chain. T is a symbol here, so kAuto fuses every local chain on CUDA;
       // kInductor leaves the chains where Inductor's kernel was faster (none now) to it
-      // (ctx.local_vs_inductor). The CPU backend is the oracle, not a
-      // performance target; there local chains are fused at world size 1 only, where every
-      // all_reduce is the identity and its chain the layer's whole epilogue.
+      // (ctx.local_vs_inductor). The CPU backend is the oracle, not a performance target; there
+      // local chains are fused at world size 1 only, where every all_reduce is the identity and
+      // its chain the layer's whole epilogue.
       return caps.backend == "cuda" || world_size == 1;
   }
   return false;

@@ -7,6 +7,7 @@
 #include <iosfwd>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -43,7 +44,8 @@ struct CompileOptions {
   FusionCapabilities caps = CpuFusionCapabilities();
   FuseLocal fuse_local = FuseLocal::kAuto;
   // Where Inductor's kernel was measured faster, for kInductor (passes/local_fusion.h; tests
-  // pass their own table).
+  // pass their own table). NOTE: a view, kept in the result's PassContext: the table must
+  // outlive the CompileResult (MeasuredLosses() is static).
   std::span<const MeasuredLoss> inductor_losses = MeasuredLosses();
   // When set, the graph is printed here after every pass (a .tpg comment line names the pass).
   std::ostream* dump = nullptr;

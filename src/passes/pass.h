@@ -4,6 +4,7 @@
 #include <iosfwd>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,7 @@ struct PassContext {
   // least as fast as Inductor's kernel for them (passes/local_fusion.h; FuseLocal::kInductor).
   bool local_vs_inductor = false;
   // Where Inductor's kernel was measured faster (passes/local_fusion.h; tests pass their own).
+  // NOTE: a view; the table must outlive the context (MeasuredLosses() is static).
   std::span<const MeasuredLoss> inductor_losses = MeasuredLosses();
 
   std::vector<FusionRecord> fusions;
