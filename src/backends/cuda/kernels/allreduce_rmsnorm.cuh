@@ -555,8 +555,9 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
 
   // ---- step 3: y = round(u * r * w'), r = 1 / sqrt(mean(u^2) + eps); step 4 (FP8) follows
   // each vector at once where its scale is known by then (tensor: static; group: the group's
-  // lanes), so y is not held: fewer live registers at two or three blocks per SM (the dynamic
-  // modes at two vectors per thread still spill 8-16 bytes: docs/kernels.md, "Registers").
+  // lanes), so y is not held: fewer live registers at two or three blocks per SM (the run-time
+  // recipe's fp8_group at two vectors per thread still spills 16 bytes: docs/kernels.md,
+  // "Registers").
   probe(RowPhase::kOwnSum, sum_sq);
   const float total = RowSum<Span>(sum_sq, smem, slot);
   probe(RowPhase::kBlockSum, total);

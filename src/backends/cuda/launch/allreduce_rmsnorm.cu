@@ -197,26 +197,23 @@ bool ClusterRuleSays(const AllreduceRmsnormSpec& spec, const RowLayout& layout, 
   return warps >= kClusterMinWarpsStaticFewRows && blocks <= device.sms / 4;
 }
 
+// The epilogue kernel of one recipe, by row owner.
+template <KernelRecipe kRecipe>
+FusedKernelFn SelectEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& layout, bool cluster_per_row) {
+  return cluster_per_row
+             ? SelectKernel<ClusterEpilogueFamily<kRecipe>>(spec.act_dtype, layout.vecs_per_thread, spec.quant)
+             : SelectKernel<EpilogueFamily<kRecipe>>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
+}
+
 // NOTE: a fixed recipe only for the local op (LocalKernelRecipe): its kernels read a = x.
 StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout,
                                        bool cluster_per_row, KernelRecipe recipe) {
-  const DType act = spec.act_dtype;
-  const int vecs = layout.vecs_per_thread;
-  const QuantMode q = spec.quant;
-  using R = KernelRecipe;
   FusedKernelFn kernel = nullptr;
   switch (recipe) {
-    case R::kRuntime:
-      kernel = cluster_per_row ? SelectKernel<ClusterEpilogueFamily<R::kRuntime>>(act, vecs, q)
-                               : SelectKernel<EpilogueFamily<R::kRuntime>>(act, vecs, q);
-      break;
-    case R::kFixed:
-      kernel = cluster_per_row ? SelectKernel<ClusterEpilogueFamily<R::kFixed>>(act, vecs, q)
-                               : SelectKernel<EpilogueFamily<R::kFixed>>(act, vecs, q);
-      break;
-    case R::kFixedWeightAfterRound:
-      kernel = cluster_per_row ? SelectKernel<ClusterEpilogueFamily<R::kFixedWeightAfterRound>>(act, vecs, q)
-                               : SelectKernel<EpilogueFamily<R::kFixedWeightAfterRound>>(act, vecs, q);
+    case KernelRecipe::kRuntime: kernel = SelectEpilogue<KernelRecipe::kRuntime>(spec, layout, cluster_per_row); break;
+    case KernelRecipe::kFixed: kernel = SelectEpilogue<KernelRecipe::kFixed>(spec, layout, cluster_per_row); break;
+    case KernelRecipe::kFixedWeightAfterRound:
+      kernel = SelectEpilogue<KernelRecipe::kFixedWeightAfterRound>(spec, layout, cluster_per_row);
       break;
   }
   if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
@@ -280,6 +277,8 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   TPFUSE_RETURN_IF_ERROR(cuda_limits::ValidateForCudaKernels(spec, 1));
   if (tokens < 0) return InvalidArgument("token count must be >= 0, got ", tokens);
   TPFUSE_RETURN_IF_ERROR(CheckBuffers(spec, b));
+  if (options.max_row_owners < 0)
+    return InvalidArgument("max_row_owners must be >= 0, got ", options.max_row_owners);
   if (tokens == 0) return Status::Ok();
   const RowLayout layout = MakeRowLayout(spec.hidden);
   const int cluster = ClusterBlocks(layout);
@@ -298,8 +297,6 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
                                         : "this device or build has no thread block clusters");
     cluster_per_row = runs;
   }
-  if (options.max_row_owners < 0)
-    return InvalidArgument("max_row_owners must be >= 0, got ", options.max_row_owners);
   int64_t owners = EpilogueGrid(tokens);
   if (options.max_row_owners > 0) owners = std::min(owners, options.max_row_owners);
   const FusedKernelParams p = MakeParams(spec, tokens, b);
