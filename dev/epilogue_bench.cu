@@ -394,7 +394,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, cuda::kMinBlocksPerSm<kVec>)
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       const int v = cuda::RowVectors<kVec>::Index(k);
-      if (v < p.vecs_per_row) a[k] = cuda::LoadGlobal(static_cast<const uint4*>(p.x) + v);
+      a[k] = v < p.vecs_per_row ? cuda::LoadGlobal(static_cast<const uint4*>(p.x) + v) : make_uint4(0, 0, 0, 0);
     }
     cuda::RowEpilogue<T, kVec, kQuant>(p, 0, a, res, weights, static_scale, smem, pass, ClockProbe{stamps});
     Stamp(stamps, 7);

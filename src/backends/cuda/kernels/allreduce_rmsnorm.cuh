@@ -338,14 +338,17 @@ __device__ __forceinline__ float RowMax(float v, float (*smem)[32], int slot) {
   else return Span::Reduce(v, MaxOp{}, smem, 2 + slot);
 }
 
-// Max over aligned groups of `lanes` consecutive lanes (lanes a power of two <= 32).
-__device__ __forceinline__ float LaneGroupMax(float v, int lanes) {
+// Max over aligned groups of `lanes` consecutive lanes (lanes a power of two <= 32, the same in
+// every lane), for each of a thread's kVec values at once: one xor butterfly level per step,
+// only the levels inside a group, the kVec chains side by side.
+template <int kVec>
+__device__ __forceinline__ void LaneGroupMax(float (&v)[kVec], int lanes) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
-    const float other = __shfl_xor_sync(0xffffffffu, v, offset);
-    if (offset < lanes) v = fmaxf(v, other);
+    if (offset >= lanes) continue;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) v[k] = fmaxf(v[k], __shfl_xor_sync(0xffffffffu, v[k], offset));
   }
-  return v;
 }
 
 // ================================================================ the per-row epilogue
@@ -391,7 +394,7 @@ __device__ __forceinline__ void LoadWeightVector(const FusedKernelParams& p, int
 
 // This thread's weights, fetched before waiting for the previous kernel (weights are parameters,
 // nobody writes them) so their latency overlaps it:
-// - kHeld: as f32 in registers (one vector per thread: 8 registers);
+// - kHeld: as f32 in registers (8 registers per vector);
 // - otherwise 16-bit weights are copied to shared memory with cp.async (no registers; each
 //   thread copies and later reads only its own vectors, so no barrier is needed), and f32
 //   weights are read per row (L1/L2 hits).
@@ -405,6 +408,8 @@ struct RowWeights {
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         const int v = RowVectors<kVec, Span>::Index(k);
+#pragma unroll
+        for (int i = 0; i < kVecElems; ++i) wb[k][i] = 0.0f;
         if (v < p.vecs_per_row) LoadWeightVector<Recipe>(p, v, wb[k]);
       }
     } else {
@@ -422,6 +427,8 @@ struct RowWeights {
   __device__ __forceinline__ void Ready() const {
     if constexpr (!kHeld) CopyAsyncWaitAll();
   }
+  // Vector k's weights. For a vector past the row (whose results nobody stores) the values are
+  // zeros or some vector's weights, never a read outside the weight or the staging.
   __device__ __forceinline__ void Get(const FusedKernelParams& p, int k, float (&out)[kVecElems]) const {
     if constexpr (kHeld) {
 #pragma unroll
@@ -432,7 +439,7 @@ struct RowWeights {
       else Unpack<__half>(w, out);
       ApplyWeightBias<Recipe>(p, out);
     } else {
-      LoadWeightVector<Recipe>(p, RowVectors<kVec, Span>::Index(k), out);
+      LoadWeightVector<Recipe>(p, min(RowVectors<kVec, Span>::Index(k), p.vecs_per_row - 1), out);
     }
   }
 };
@@ -517,6 +524,38 @@ __device__ __forceinline__ float DynamicScale(const FusedKernelParams& p, float 
   return s;
 }
 
+// 1 / s, correctly rounded, for an f32 dynamic scale s: __frcp_rn's own fast path (the
+// approximate reciprocal and one Newton step, the same instructions) without its branch to the
+// slow path, which only s of exponent field 0, 253, 254 or 255 take (zero, subnormal, >= 2^126,
+// inf, NaN). An f32 dynamic scale lies in [1e-10 / 448, 3.5e38 / 448], or is NaN when amax is
+// inf: the GPU test ScaleReciprocalIsFrcpRn checks every scale a 16-bit amax gives, bit for bit
+// (a NaN's payload aside: a NaN scale makes every q NaN whatever its reciprocal).
+// NOTE: not for ue8m0 scales: Ue8m0 turns a NaN scale into -0.0, whose reciprocal needs the slow
+// path (-inf).
+__device__ __forceinline__ float DynamicScaleReciprocal(float s) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(s));
+  return __fmaf_rn(r, -__fmaf_rn(r, s, -1.0f), r);
+}
+
+// max |y_i| over one vector, as a tree (the max of a set: any order gives the same value).
+__device__ __forceinline__ float VectorAbsMax(const float (&y)[kVecElems]) {
+  float m[kVecElems / 2];
+#pragma unroll
+  for (int i = 0; i < kVecElems / 2; ++i) m[i] = fmaxf(fabsf(y[2 * i]), fabsf(y[2 * i + 1]));
+#pragma unroll
+  for (int w = kVecElems / 4; w > 0; w >>= 1) {
+#pragma unroll
+    for (int i = 0; i < w; ++i) m[i] = fmaxf(m[i], m[i + w]);
+  }
+  return m[0];
+}
+
+// Where the scale of group `group` of `row` goes in the scales' layout (fp8_group).
+__device__ __forceinline__ int64_t GroupScaleIndex(const FusedKernelParams& p, int64_t row, int group) {
+  return p.scale_col_major ? int64_t(group) * p.scale_tokens_padded + row : row * p.groups_per_row + group;
+}
+
 // The points of a row's epilogue a probe sees (dev/epilogue_bench --phases times them).
 enum class RowPhase : int { kOwnSum, kBlockSum, kRstd, kVectors, kDone };
 
@@ -525,10 +564,17 @@ struct NoRowProbe {
   __device__ __forceinline__ void operator()(RowPhase, float) const {}
 };
 
-// Contract 3 steps 2-4 for one row, given a = round(sum of partials) for this thread's vectors,
-// the residual vectors, and the static scale (fp8_tensor). Row-uniform: every thread of the
-// row's block, or cluster (Span), calls it for the same row (it synchronizes). `probe(phase, value)` runs at each
-// RowPhase once `value` is computed.
+// Contract 3 steps 2-4 for one row, given a = round(sum of partials) for this thread's vectors
+// (zeros for vectors past the row), the residual vectors (likewise), and the static scale
+// (fp8_tensor). Row-uniform: every thread of the row's block, or cluster (Span), calls it for
+// the same row (it synchronizes). `probe(phase, value)` runs at each RowPhase once `value` is
+// computed.
+// Straight-line vectors: a thread computes all its vectors, those past the row included (on
+// zeros), and only the stores ask whether a vector is in the row, so each step of the thread's
+// vectors is one stretch of code the compiler interleaves, not one branch per vector whose
+// chains run one after the other (docs/kernels.md). Nothing computed for a vector past the row
+// reaches a store or a reduction: its squares are +0 (adding +0 changes no sum), and the maxima
+// skip it.
 template <typename T, int kVec, QuantMode kQuant, bool kHeld, typename Span, typename Recipe,
           typename Probe = NoRowProbe>
 __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t row, const uint4 (&a)[kVec],
@@ -537,6 +583,9 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
                                             float static_scale, float (*smem)[32], int slot,
                                             Probe probe = {}) {
   const size_t row_vec = size_t(row) * p.vecs_per_row;
+  bool in_row[kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) in_row[k] = RowVectors<kVec, Span>::Index(k) < p.vecs_per_row;
 
   // ---- step 2: h = a + residual; emit a and round(h); the sum of squares of the norm's input
   // u, held in registers for step 3 (at most four vectors per thread).
@@ -545,103 +594,111 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int v = RowVectors<kVec, Span>::Index(k);
-    if (v >= p.vecs_per_row) continue;
-    if (Recipe::AllreduceOut(p)) StoreStreaming(static_cast<uint4*>(Recipe::AllreduceOut(p)) + row_vec + v, a[k]);
+    if (Recipe::AllreduceOut(p) && in_row[k])
+      StoreStreaming(static_cast<uint4*>(Recipe::AllreduceOut(p)) + row_vec + v, a[k]);
     NormInput<T, Recipe>(p, a[k], res[k], u[k],
-                         p.residual_out ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
+                         p.residual_out && in_row[k] ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) sum_sq = __fadd_rn(sum_sq, __fmul_rn(u[k][i], u[k][i]));
   }
+  // fp8_tensor's reciprocal scale does not wait for the row's sum.
+  const float static_inv = kQuant == QuantMode::kFp8Tensor ? __frcp_rn(static_scale) : 1.0f;
 
   // ---- step 3: y = round(u * r * w'), r = 1 / sqrt(mean(u^2) + eps); step 4 (FP8) follows
-  // each vector at once where its scale is known by then (tensor: static; group: the group's
-  // lanes), so y is not held: fewer live registers at two or three blocks per SM (the run-time
-  // recipe's fp8_group at two vectors per thread still spills 16 bytes: docs/kernels.md,
-  // "Registers").
+  // each vector at once where its scale is known by then (tensor: static), and otherwise after
+  // the thread's y are all computed (group: the groups' lanes; token: the row).
   probe(RowPhase::kOwnSum, sum_sq);
   const float total = RowSum<Span>(sum_sq, smem, slot);
   probe(RowPhase::kBlockSum, total);
   const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(total, float(p.hidden)), p.eps)));
   probe(RowPhase::kRstd, r);
   uint8_t* const q_row = kQuant == QuantMode::kNone ? nullptr : p.quant_out + size_t(row) * p.hidden;
-  const float static_inv = kQuant == QuantMode::kFp8Tensor ? __frcp_rn(static_scale) : 1.0f;
   const ScaleStep static_step = Recipe::QuantDivides(p, kQuant) ? ScaleStep::kDivide : ScaleStep::kMultiply;
-  uint4 y[kQuant == QuantMode::kFp8Token ? kVec : 1];  // fp8_token: held until the row's amax
-  float amax = 0.0f;                                  // fp8_token: max |y| of this thread
+  constexpr bool kHoldsY = kQuant == QuantMode::kFp8Token || kQuant == QuantMode::kFp8Group;
+  uint4 y[kHoldsY ? kVec : 1];  // the rounded y, held until the scales are known
+  float amax[kHoldsY ? kVec : 1];  // max |y| of each vector (0 past the row)
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int v = RowVectors<kVec, Span>::Index(k);
-    // Lanes past the row skip the arithmetic but join the group shuffles below (whole warps).
-    const bool in_row = v < p.vecs_per_row;
-    float yf[kVecElems];
-    uint4 yk = make_uint4(0, 0, 0, 0);
-    if (in_row) {
-      float wv[kVecElems], n[kVecElems];
-      weights.Get(p, k, wv);
+    float wv[kVecElems], n[kVecElems], yf[kVecElems];
+    weights.Get(p, k, wv);
 #pragma unroll
-      for (int i = 0; i < kVecElems; ++i) n[i] = __fmul_rn(u[k][i], r);
-      if (Recipe::WeightAfterRound(p)) RoundVector<T>(n);
+    for (int i = 0; i < kVecElems; ++i) n[i] = __fmul_rn(u[k][i], r);
+    if (Recipe::WeightAfterRound(p)) RoundVector<T>(n);
 #pragma unroll
-      for (int i = 0; i < kVecElems; ++i) yf[i] = __fmul_rn(n[i], wv[i]);
-      yk = Pack<T>(yf);
-      if (p.norm_out) StoreStreaming(static_cast<uint4*>(p.norm_out) + row_vec + v, yk);
-      Unpack<T>(yk, yf);  // the rounded y, which the quantization reads
-    }
+    for (int i = 0; i < kVecElems; ++i) yf[i] = __fmul_rn(n[i], wv[i]);
+    const uint4 yk = Pack<T>(yf);
+    if (p.norm_out && in_row[k]) StoreStreaming(static_cast<uint4*>(p.norm_out) + row_vec + v, yk);
     if constexpr (kQuant == QuantMode::kFp8Tensor) {
-      if (in_row)
-        StoreStreaming8(q_row + size_t(v) * kVecElems, QuantizeVector(yf, static_step, static_scale, static_inv));
-    } else if constexpr (kQuant == QuantMode::kFp8Token) {
+      Unpack<T>(yk, yf);  // the rounded y, which the quantization reads
+      const uint2 q = QuantizeVector(yf, static_step, static_scale, static_inv);
+      if (in_row[k]) StoreStreaming8(q_row + size_t(v) * kVecElems, q);
+    } else if constexpr (kHoldsY) {
+      Unpack<T>(yk, yf);
       y[k] = yk;
-      if (in_row) {
-#pragma unroll
-        for (int i = 0; i < kVecElems; ++i) amax = fmaxf(amax, fabsf(yf[i]));
-      }
-    } else if constexpr (kQuant == QuantMode::kFp8Group) {
-      float local = 0.0f;
-      if (in_row) {
-#pragma unroll
-        for (int i = 0; i < kVecElems; ++i) local = fmaxf(local, fabsf(yf[i]));
-      }
-      const float group_amax = LaneGroupMax(local, p.group_vecs);
-      if (in_row) {
-        ScaleStep step;
-        const float s = DynamicScale<Recipe, kQuant>(p, group_amax, step);
-        // group_vecs is a power of two: a shift and a mask, not an integer division.
-        const int group = v >> (__ffs(p.group_vecs) - 1);
-        if ((v & (p.group_vecs - 1)) == 0) {
-          const int64_t sidx = p.scale_col_major ? int64_t(group) * p.scale_tokens_padded + row
-                                                 : row * p.groups_per_row + group;
-          p.scale_out[sidx] = s;
-          // The column-major layout's padding (rows T..pad4(T)-1) is written as 0 so every
-          // element of the output is defined.
-          if (row == p.tokens - 1)
-            for (int i = 1; i <= p.scale_pad_rows; ++i) p.scale_out[sidx + i] = 0.0f;
-        }
-        StoreStreaming8(q_row + size_t(v) * kVecElems, QuantizeVector(yf, step, s, __frcp_rn(s)));
-      }
+      amax[k] = in_row[k] ? VectorAbsMax(yf) : 0.0f;
     }
   }
 
-  probe(RowPhase::kVectors, amax);
-
-  // ---- step 4 for fp8_token: one scale for the row, after the row's max
-  if constexpr (kQuant == QuantMode::kFp8Token) {
-    ScaleStep step;
-    const float s = DynamicScale<Recipe, kQuant>(p, RowMax<Span>(amax, smem, slot), step);
-    const float inv = __frcp_rn(s);
-    // [T, 1] row-major and [1, pad4(T)] column-major put row t's scale at index t alike.
-    if (Span::Thread() == 0) {
-      p.scale_out[row] = s;
-      if (row == p.tokens - 1)
-        for (int i = 1; i <= p.scale_pad_rows; ++i) p.scale_out[row + i] = 0.0f;
+  // ---- step 4 for the dynamic modes: the scales (one per group of the vector's lanes, or one
+  // for the row), then every vector's q; the scales' column-major padding last.
+  float s[kHoldsY ? kVec : 1], inv[kHoldsY ? kVec : 1];
+  ScaleStep step[kHoldsY ? kVec : 1];
+  if constexpr (kQuant == QuantMode::kFp8Group) {
+    // Every lane joins the shuffles (whole warps); a group is all in the row or all past it.
+    LaneGroupMax(amax, p.group_vecs);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      s[k] = DynamicScale<Recipe, kQuant>(p, amax[k], step[k]);
+      inv[k] = Recipe::ScaleUe8m0(p) ? __frcp_rn(s[k]) : DynamicScaleReciprocal(s[k]);
     }
+    probe(RowPhase::kVectors, s[0]);
+  } else if constexpr (kQuant == QuantMode::kFp8Token) {
+    float thread_amax = amax[0];
+#pragma unroll
+    for (int k = 1; k < kVec; ++k) thread_amax = fmaxf(thread_amax, amax[k]);
+    probe(RowPhase::kVectors, thread_amax);
+    s[0] = DynamicScale<Recipe, kQuant>(p, RowMax<Span>(thread_amax, smem, slot), step[0]);
+    inv[0] = Recipe::ScaleUe8m0(p) ? __frcp_rn(s[0]) : DynamicScaleReciprocal(s[0]);
+#pragma unroll
+    for (int k = 1; k < kVec; ++k) {
+      s[k] = s[0];
+      inv[k] = inv[0];
+      step[k] = step[0];
+    }
+  } else {
+    probe(RowPhase::kVectors, 0.0f);
+  }
+  if constexpr (kHoldsY) {
+    // [T, 1] row-major and [1, pad4(T)] column-major put row t's scale at index t alike; a
+    // group's scale is stored by the lane that holds its first vector.
+    const int group_shift = kQuant == QuantMode::kFp8Group ? __ffs(p.group_vecs) - 1 : 0;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       const int v = RowVectors<kVec, Span>::Index(k);
-      if (v >= p.vecs_per_row) continue;
       float yf[kVecElems];
       Unpack<T>(y[k], yf);
-      StoreStreaming8(q_row + size_t(v) * kVecElems, QuantizeVector(yf, step, s, inv));
+      const uint2 q = QuantizeVector(yf, step[k], s[k], inv[k]);
+      if (in_row[k]) StoreStreaming8(q_row + size_t(v) * kVecElems, q);
+      if constexpr (kQuant == QuantMode::kFp8Group) {
+        // group_vecs is a power of two: a shift and a mask, not an integer division.
+        if (in_row[k] && (v & (p.group_vecs - 1)) == 0) p.scale_out[GroupScaleIndex(p, row, v >> group_shift)] = s[k];
+      } else if (k == 0 && Span::Thread() == 0) {
+        p.scale_out[row] = s[0];
+      }
+    }
+    // The column-major layout's padding (rows T..pad4(T)-1) is written as 0 so every element of
+    // the output is defined.
+    if (p.scale_pad_rows > 0 && row == p.tokens - 1) {
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        const int v = RowVectors<kVec, Span>::Index(k);
+        const bool owner = kQuant == QuantMode::kFp8Group ? in_row[k] && (v & (p.group_vecs - 1)) == 0
+                                                          : k == 0 && Span::Thread() == 0;
+        const int64_t sidx = kQuant == QuantMode::kFp8Group ? GroupScaleIndex(p, row, v >> group_shift) : row;
+        if (owner)
+          for (int i = 1; i <= p.scale_pad_rows; ++i) p.scale_out[sidx + i] = 0.0f;
+      }
     }
   }
   probe(RowPhase::kDone, 0.0f);
@@ -722,7 +779,7 @@ __device__ __forceinline__ void PollRow(const FusedKernelParams& p, char* row_ba
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int v = RowVectors<kVec>::Index(k);
-    if (v < p.vecs_per_row) out[k] = LoadVolatile(row_base + size_t(v) * sizeof(uint4));
+    out[k] = v < p.vecs_per_row ? LoadVolatile(row_base + size_t(v) * sizeof(uint4)) : make_uint4(0, 0, 0, 0);
   }
   const uint4 sentinel = make_uint4(kSentinelPair, kSentinelPair, kSentinelPair, kSentinelPair);
 #pragma unroll
@@ -763,9 +820,7 @@ __device__ __forceinline__ void GatherAndReduce(const FusedKernelParams& p, cons
     }
   }
 #pragma unroll
-  for (int k = 0; k < kVec; ++k) {
-    if (RowVectors<kVec>::Index(k) < p.vecs_per_row) a[k] = Pack<T>(acc[k]);
-  }
+  for (int k = 0; k < kVec; ++k) a[k] = RowVectors<kVec>::Index(k) < p.vecs_per_row ? Pack<T>(acc[k]) : make_uint4(0, 0, 0, 0);
 }
 
 // The persistent kernels hold the weights for all their rows when they fit (two vectors per
@@ -947,7 +1002,9 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 // cluster of C blocks per row, each block holding 1/C of the row's threads, launched with
 // cluster dimension C (the launcher's ClusterBlocks). Several blocks per SM keep rows in
 // flight while others compute (docs/kernels.md). Shared memory: 4 x 32 floats (reductions),
-// the 16-bit weights staged (kVec > 1), and with ClusterRow 4 mbarriers.
+// with BlockRow the 16-bit weights staged (kVec > 1), with ClusterRow 4 mbarriers. Weights in
+// registers: one vector per thread with BlockRow, all of a thread's with ClusterRow (its
+// registers are not capped for occupancy, and a row at small T does not wait for shared memory).
 // Synchronization: the row reductions only (__syncthreads; with ClusterRow, st.async into the
 // cluster's blocks and an mbarrier per reduction, plus one cluster barrier at the start that
 // publishes the mbarriers); nothing between rows' blocks or clusters.
@@ -960,9 +1017,10 @@ template <typename T, int kVec, QuantMode kQuant, typename Span = BlockRow, type
 __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kVec>)
     AllreduceEpilogueKernel(const FusedKernelParams p) {
   __shared__ float smem[4][32];
-  __shared__ uint4 weight_vectors[kVec == 1 ? 1 : kVec * kMaxRowThreads];
+  constexpr bool kHeldWeights = kVec == 1 || std::is_same_v<Span, ClusterRow>;
+  __shared__ uint4 weight_vectors[kHeldWeights ? 1 : kVec * kMaxRowThreads];
   Span::Arrive();
-  RowWeights<kVec, kVec == 1, Span, Recipe> weights;
+  RowWeights<kVec, kHeldWeights, Span, Recipe> weights;
   weights.Preload(p, weight_vectors);
   // Before the wait, so the memory latency of the block's row overlaps the previous kernel (a
   // prefetch is safe there: see PrefetchL2). Prefetching the row of a block one or two waves
@@ -985,6 +1043,7 @@ __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kV
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         const int v = RowVectors<kVec, Span>::Index(k);
+        a[k] = make_uint4(0, 0, 0, 0);
         if (v >= p.vecs_per_row) continue;
         float acc[kVecElems];
         for (int r = 0; r < p.gathered_ranks; ++r) {
@@ -1001,6 +1060,7 @@ __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kV
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         const int v = RowVectors<kVec, Span>::Index(k);
+        a[k] = make_uint4(0, 0, 0, 0);
         if (v >= p.vecs_per_row) continue;
         const uint4 w = LoadGlobal(src + row_vec + v);
         a[k] = local ? w : CanonicalZeros(w);
