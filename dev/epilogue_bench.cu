@@ -14,7 +14,9 @@
 // stamps %clock64 on thread 0 of the block at each RowPhase (and at entry and after the wait),
 // each stamp taken once the phase's value is computed; single launches with a warm L2, the
 // median over 50 of each phase's cycles. (The probe is a template argument; the production
-// instantiations take the empty one and compile to the same SASS.)
+// instantiations take the empty one and compile to the same SASS.) Columns "vectors": y, and
+// the quantization of static modes or the group scales; "dyn q": the dynamic modes' q (for
+// fp8_token after the row's max), with their scale stores.
 //
 // Timing: CUDA graph of 20 launches over rotating buffer sets (more than 2 x L2 of inputs and
 // outputs together, at least 4 sets), 5 warm-up replays, median of 30 replays, per op.
@@ -570,7 +572,7 @@ int main(int argc, char** argv) {
                 "warm L2); us at the peak clock, %d MHz\n", clock_khz / 1000);
     std::printf("(first: the row's first run in the launch; again: the same row run a second time right after)\n");
     std::printf("%6s %-16s %-6s %8s %8s %8s %8s %8s %8s %8s %8s %8s\n", "H", "quant", "run", "wait", "own sum",
-                "blocksum", "rstd", "vectors", "tokenmax", "exit", "total", "us");
+                "blocksum", "rstd", "vectors", "dyn q", "exit", "total", "us");
     for (int64_t H : {2880, 4096, 7168, 8192})
       for (Case c : {Case{H, QuantMode::kNone, false}, Case{H, QuantMode::kFp8Tensor, false},
                      Case{H, QuantMode::kFp8Token, false}, Case{H, QuantMode::kFp8Group, true}})

@@ -275,6 +275,35 @@ TEST_F(LocalFusedTest, ScaleStepTiesAreBitwiseTheOracleInEveryKernel) {
     }
 }
 
+// Rows whose layout leaves a thread's last vector past the row (H 2880: 24 of 384 vector slots,
+// two per thread; 5760: 48 of 768; 13824: 64 of 1792, four per thread): the kernels compute
+// those vectors on zeros and must store nothing of them and leave them out of every sum and
+// maximum. Every quant mode (fp8_group with column-major scales, whose padding rows are
+// written too), both row owners (the cluster holds its weights in registers), both recipes'
+// kernels, and f32 weights (read per vector from global memory by the one-block kernel).
+TEST_F(LocalFusedTest, VectorsPastTheRowAreBitwiseTheOracleInEveryKernel) {
+  uint64_t seed = 9950;
+  for (int64_t h : {2880, 5760, 13824}) {
+    const RowLayout layout = MakeRowLayout(h);
+    ASSERT_GT(int64_t{layout.threads} * layout.vecs_per_thread, layout.vecs) << "H " << h << " must leave vectors past the row";
+    for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+      for (DType w : {DType::kBF16, DType::kF32})
+        for (cuda::RowOwner owner : {cuda::RowOwner::kBlock, cuda::RowOwner::kCluster})
+          for (bool fixed : {true, false}) {
+            AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+            s.weight_dtype = w;
+            if (q == QuantMode::kFp8Group) s.scale_layout = ScaleLayout::kCol;
+            cuda::LaunchOptions options;
+            options.row_owner = owner;
+            options.fixed_recipes = fixed;
+            for (int64_t t : {1, 9})
+              EXPECT_EQ(RunAndCompare(s, t, seed++, options), "")
+                  << Describe(s, t) << (owner == cuda::RowOwner::kCluster ? " cluster" : " block")
+                  << (fixed ? " fixed" : " run-time") << " recipe";
+          }
+  }
+}
+
 // Which kernel the local op runs: the fixed recipes for exactly their forms (no GPU needed).
 TEST(LocalKernelRecipeTest, FixedForTheirFormsOnly) {
   using cuda::KernelRecipe;

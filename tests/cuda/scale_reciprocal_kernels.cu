@@ -5,7 +5,6 @@
 #include <cuda_runtime.h>
 
 #include "backends/cuda/kernels/allreduce_rmsnorm.cuh"
-#include "common/quotient.h"
 
 namespace tpfuse::testing {
 namespace {
@@ -17,7 +16,11 @@ __global__ void CompareKernel(ScaleReciprocalReport* report) {
   const uint16_t bits = uint16_t(i & 0xFFFFu);
   const float value = i < 65536u ? __bfloat162float(__ushort_as_bfloat16(bits)) : __half2float(__ushort_as_half(bits));
   const float amax = fabsf(value);
-  const float scale = QuotientByReciprocal(fmaxf(amax, 1e-10f), 448.0f, 1.0f / 448.0f);  // DynamicScale's
+  cuda::FusedKernelParams p{};
+  p.scale_ue8m0 = false;  // f32 scales: the ones the kernels take DynamicScaleReciprocal of
+  p.quant_divides = true;
+  cuda::ScaleStep step;
+  const float scale = cuda::DynamicScale<cuda::RuntimeRecipe, QuantMode::kFp8Group>(p, amax, step);
   const float got = cuda::DynamicScaleReciprocal(scale), want = __frcp_rn(scale);
   atomicAdd(&report->checked, 1ull);
   if (isnan(scale)) {

@@ -428,7 +428,8 @@ struct RowWeights {
     if constexpr (!kHeld) CopyAsyncWaitAll();
   }
   // Vector k's weights. For a vector past the row (whose results nobody stores) the values are
-  // zeros or some vector's weights, never a read outside the weight or the staging.
+  // zeros (held), whatever the staging holds there (staged), or the row's last vector's (f32):
+  // never a read outside the weight or the staging.
   __device__ __forceinline__ void Get(const FusedKernelParams& p, int k, float (&out)[kVecElems]) const {
     if constexpr (kHeld) {
 #pragma unroll
@@ -823,8 +824,8 @@ __device__ __forceinline__ void GatherAndReduce(const FusedKernelParams& p, cons
   for (int k = 0; k < kVec; ++k) a[k] = RowVectors<kVec>::Index(k) < p.vecs_per_row ? Pack<T>(acc[k]) : make_uint4(0, 0, 0, 0);
 }
 
-// The persistent kernels hold the weights for all their rows when they fit (two vectors per
-// thread or fewer); beyond, the epilogue reads them per row (L1/L2 hits) to avoid spills.
+// The persistent kernels hold the weights for all their rows in registers at one vector per
+// thread; with more, the 16-bit weights wait in shared memory (RowWeights) to avoid spills.
 template <int kVec>
 inline constexpr bool kPersistentHoldsWeights = kVec == 1;
 
@@ -835,7 +836,7 @@ inline constexpr bool kPersistentHoldsWeights = kVec == 1;
 // Grid: G <= min(T, co-resident blocks, kMaxFusedBlocks); block: blockDim threads fixed by H
 // (common/row_layout.h: a multiple of 32, <= 256), kVec vectors each. Block b owns rows b, b + G,
 // ... on every rank.
-// Shared memory: 4 x 32 floats (block reductions).
+// Shared memory: 4 x 32 floats (block reductions), and the 16-bit weights staged (kVec > 1).
 // Protocol (no barrier): buffer = k % 2, k the number of earlier one-shot calls, the same on
 // every block and rank (comm/lamport.h: the rule, and why two buffers are safe whatever the
 // shapes and grids of consecutive calls). Phase 1: push
@@ -1003,7 +1004,7 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 // cluster dimension C (the launcher's ClusterBlocks). Several blocks per SM keep rows in
 // flight while others compute (docs/kernels.md). Shared memory: 4 x 32 floats (reductions),
 // with BlockRow the 16-bit weights staged (kVec > 1), with ClusterRow 4 mbarriers. Weights in
-// registers: one vector per thread with BlockRow, all of a thread's with ClusterRow (its
+// registers: with BlockRow at one vector per thread, with ClusterRow at any (its
 // registers are not capped for occupancy, and a row at small T does not wait for shared memory).
 // Synchronization: the row reductions only (__syncthreads; with ClusterRow, st.async into the
 // cluster's blocks and an mbarrier per reduction, plus one cluster barrier at the start that
