@@ -152,11 +152,13 @@ using RecipeOf = std::conditional_t<kRecipe == KernelRecipe::kRuntime, RuntimeRe
 // row's threads only, not on which blocks hold them. Every thread gets the value.
 // NOTE: `slot` alternates between calls (row parity) so a fast thread writing the next row's
 // partials cannot overwrite values a slow thread is still reading.
-template <typename Op>
-__device__ __forceinline__ float WarpReduce(float v, Op op) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
+// The max of the lanes' values in `mask` (every lane of the mask calls it with the same mask),
+// for values that are >= +0 or NaN (the maxima of |y|): one integer reduction of the bit
+// patterns, whose order is the floats' from +0 to +inf, with NaN taken as +0. fmaxf would skip a
+// NaN too, and give NaN only where every value is NaN, where this gives +0: the FP8 scale is the
+// same (DynamicScale takes max(amax, 1e-10)).
+__device__ __forceinline__ float LaneMaxOfMagnitudes(float v, unsigned mask) {
+  return __uint_as_float(__reduce_max_sync(mask, isnan(v) ? 0u : __float_as_uint(v)));
 }
 template <typename Op>
 __device__ __forceinline__ float CombineWarps(const float* warp_values, int warps, Op op) {
@@ -167,9 +169,21 @@ __device__ __forceinline__ float CombineWarps(const float* warp_values, int warp
 struct SumOp {
   __device__ __forceinline__ float operator()(float a, float b) const { return __fadd_rn(a, b); }
 };
+// The max of magnitudes (values >= +0 or NaN: LaneMaxOfMagnitudes).
 struct MaxOp {
   __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
+// A warp's sum in the row layout's order (xor butterfly); a warp's max in one reduction.
+template <typename Op>
+__device__ __forceinline__ float WarpReduce(float v, Op op) {
+  if constexpr (std::is_same_v<Op, MaxOp>) {
+    return LaneMaxOfMagnitudes(v, 0xffffffffu);
+  } else {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+  }
+}
 
 // A row owned by one block: row thread t is thread t of the block; block b runs rows b,
 // b + gridDim, ...
@@ -314,9 +328,9 @@ __device__ __forceinline__ float BlockSum(float v, float (*smem)[32], int slot) 
   return total;
 }
 
+// (Of magnitudes: LaneMaxOfMagnitudes.)
 __device__ __forceinline__ float BlockMax(float v, float (*smem)[32], int slot) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  v = LaneMaxOfMagnitudes(v, 0xffffffffu);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (lane == 0) smem[slot][warp] = v;
   __syncthreads();
@@ -326,7 +340,7 @@ __device__ __forceinline__ float BlockMax(float v, float (*smem)[32], int slot) 
   return total;
 }
 
-// Sum and max over the row of the owner Span (rows 0-1 and 2-3 of smem by slot).
+// Sum, and max of magnitudes, over the row of the owner Span (rows 0-1 and 2-3 of smem by slot).
 template <typename Span>
 __device__ __forceinline__ float RowSum(float v, float (*smem)[32], int slot) {
   if constexpr (std::is_same_v<Span, BlockRow>) return BlockSum(v, smem, slot);
@@ -340,7 +354,9 @@ __device__ __forceinline__ float RowMax(float v, float (*smem)[32], int slot) {
 
 // Max over aligned groups of `lanes` consecutive lanes (lanes a power of two <= 32, the same in
 // every lane), for each of a thread's kVec values at once: one xor butterfly level per step,
-// only the levels inside a group, the kVec chains side by side.
+// only the levels inside a group, the kVec chains side by side. (An integer reduction over the
+// group's lanes, as LaneMaxOfMagnitudes does for whole warps, measured 2-34 % slower for
+// fp8_group: docs/perf/h200x1/NOTES.md, run 25.)
 template <int kVec>
 __device__ __forceinline__ void LaneGroupMax(float (&v)[kVec], int lanes) {
 #pragma unroll
