@@ -555,6 +555,13 @@ __device__ __forceinline__ float DynamicScaleReciprocal(float s) {
   return __fmaf_rn(r, -__fmaf_rn(r, s, -1.0f), r);
 }
 
+// 1 / s for a scale from DynamicScale: DynamicScaleReciprocal for f32 scales, __frcp_rn for
+// ue8m0 ones (see the NOTE above).
+template <class Recipe>
+__device__ __forceinline__ float DynamicScaleInverse(const FusedKernelParams& p, float s) {
+  return Recipe::ScaleUe8m0(p) ? __frcp_rn(s) : DynamicScaleReciprocal(s);
+}
+
 // max |y_i| over one vector, as a tree (the max of a set: any order gives the same value).
 __device__ __forceinline__ float VectorAbsMax(const float (&y)[kVecElems]) {
   float m[kVecElems / 2];
@@ -667,7 +674,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       s[k] = DynamicScale<Recipe, kQuant>(p, amax[k], step[k]);
-      inv[k] = Recipe::ScaleUe8m0(p) ? __frcp_rn(s[k]) : DynamicScaleReciprocal(s[k]);
+      inv[k] = DynamicScaleInverse<Recipe>(p, s[k]);
     }
     probe(RowPhase::kVectors, s[0]);
   } else if constexpr (kQuant == QuantMode::kFp8Token) {
@@ -676,7 +683,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     for (int k = 1; k < kVec; ++k) thread_amax = fmaxf(thread_amax, amax[k]);
     probe(RowPhase::kVectors, thread_amax);
     s[0] = DynamicScale<Recipe, kQuant>(p, RowMax<Span>(thread_amax, smem, slot), step[0]);
-    inv[0] = Recipe::ScaleUe8m0(p) ? __frcp_rn(s[0]) : DynamicScaleReciprocal(s[0]);
+    inv[0] = DynamicScaleInverse<Recipe>(p, s[0]);
 #pragma unroll
     for (int k = 1; k < kVec; ++k) {
       s[k] = s[0];
