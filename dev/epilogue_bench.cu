@@ -11,8 +11,9 @@
 //   copy   cudaMemcpyAsync of (read + write bytes) / 2: the same traffic as the fused op
 //
 // --phases: where one row's time goes at T = 1. The production RowEpilogue with a probe that
-// stamps %clock64 on thread 0 of the block at each RowPhase (and at entry and after the wait),
-// each stamp taken once the phase's value is computed; single launches with a warm L2, the
+// stamps %clock64 on row thread 0 at each RowPhase (and at entry and after the wait), each stamp
+// taken once the phase's value is computed, for both row owners (one block; the cluster of the
+// launcher's split, stamped in its block 0, where H has one); single launches with a warm L2, the
 // median over 50 of each phase's cycles. (The probe is a template argument; the production
 // instantiations take the empty one and compile to the same SASS.) Columns "vectors": y, and
 // the quantization of static modes or the group scales; "dyn q": the dynamic modes' q (for
@@ -356,73 +357,89 @@ std::string CaseName(const Case& c) {
 
 constexpr int kStamps = 8;  // 0 entry, 1 after the wait, 2..6 RowPhase, 7 exit
 
+// Stamps are taken by row thread 0 (thread 0 of the block, or of the cluster's block 0).
+template <typename Span>
 struct ClockProbe {
   long long* stamps;
   __device__ __forceinline__ void operator()(cuda::RowPhase phase, float value) const {
     asm volatile("" ::"f"(value) : "memory");  // the value exists, earlier stores are issued
-    if (threadIdx.x == 0) stamps[2 + int(phase)] = clock64();
+    if (Span::Thread() == 0) stamps[2 + int(phase)] = clock64();
   }
 };
 
+template <typename Span>
 __device__ __forceinline__ void Stamp(long long* stamps, int i) {
   asm volatile("" ::: "memory");
-  if (threadIdx.x == 0) stamps[i] = clock64();
+  if (Span::Thread() == 0) stamps[i] = clock64();
 }
 
-// AllreduceEpilogueKernel for one row (T = 1, kLocal), with the probe; the row is run twice,
-// the second time into stamps + kStamps (the same code again: instruction caches warm).
-template <int kVec, QuantMode kQuant>
-__global__ void __launch_bounds__(kMaxRowThreads, cuda::kMinBlocksPerSm<kVec>)
+// AllreduceEpilogueKernel for one row (T = 1, kLocal, the run-time recipe), with the probe,
+// under either row owner (ClusterRow: launched with the cluster dimension, weights held); the row
+// is run twice, the second time into stamps + kStamps (the same code again: instruction caches
+// warm).
+template <int kVec, QuantMode kQuant, typename Span>
+__global__ void __launch_bounds__(cuda::kSpanMaxThreads<Span>, cuda::kSpanMinBlocks<Span, kVec>)
     PhaseKernel(const cuda::FusedKernelParams p, long long* all_stamps) {
   using T = __nv_bfloat16;
   long long* stamps = all_stamps;
-  Stamp(stamps, 0);
-  __shared__ float smem[4][32];
-  __shared__ uint4 weight_vectors[kVec == 1 ? 1 : kVec * kMaxRowThreads];
-  cuda::RowWeights<kVec, kVec == 1> weights;
+  Stamp<Span>(stamps, 0);
+  __shared__ __align__(8) float smem[4][32];
+  constexpr bool kHeld = kVec == 1 || std::is_same_v<Span, cuda::ClusterRow>;
+  __shared__ uint4 weight_vectors[kHeld ? 1 : kVec * kMaxRowThreads];
+  Span::Arrive();
+  cuda::RowWeights<kVec, kHeld, Span> weights;
   weights.Preload(p, weight_vectors);
   cuda::WaitForPreviousKernel();
   cuda::AllowNextKernel();
   weights.Ready();
-  Stamp(stamps, 1);
+  Span::Wait();
+  Stamp<Span>(stamps, 1);
   for (int pass = 0; pass < 2; ++pass) {
     if (pass == 1) {
       stamps = all_stamps + kStamps;
-      Stamp(stamps, 1);
+      Stamp<Span>(stamps, 1);
     }
     uint4 res[kVec], a[kVec];
     const float static_scale = cuda::LoadStaticScale<kQuant>(p);
-    cuda::LoadResidual<kVec>(p, 0, res);
+    cuda::LoadResidual<kVec, Span>(p, 0, res);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const int v = cuda::RowVectors<kVec>::Index(k);
+      const int v = cuda::RowVectors<kVec, Span>::Index(k);
       a[k] = v < p.vecs_per_row ? cuda::LoadGlobal(static_cast<const uint4*>(p.x) + v) : make_uint4(0, 0, 0, 0);
     }
-    cuda::RowEpilogue<T, kVec, kQuant>(p, 0, a, res, weights, static_scale, smem, pass, ClockProbe{stamps});
-    Stamp(stamps, 7);
+    cuda::RowEpilogue<T, kVec, kQuant>(p, 0, a, res, weights, static_scale, smem, pass, ClockProbe<Span>{stamps});
+    Stamp<Span>(stamps, 7);
   }
 }
 
 using PhaseFn = void (*)(cuda::FusedKernelParams, long long*);
 
-template <int kVec>
+template <int kVec, typename Span>
 PhaseFn PhaseKernelFor(QuantMode q) {
   switch (q) {
-    case QuantMode::kNone: return PhaseKernel<kVec, QuantMode::kNone>;
-    case QuantMode::kFp8Tensor: return PhaseKernel<kVec, QuantMode::kFp8Tensor>;
-    case QuantMode::kFp8Token: return PhaseKernel<kVec, QuantMode::kFp8Token>;
-    case QuantMode::kFp8Group: return PhaseKernel<kVec, QuantMode::kFp8Group>;
+    case QuantMode::kNone: return PhaseKernel<kVec, QuantMode::kNone, Span>;
+    case QuantMode::kFp8Tensor: return PhaseKernel<kVec, QuantMode::kFp8Tensor, Span>;
+    case QuantMode::kFp8Token: return PhaseKernel<kVec, QuantMode::kFp8Token, Span>;
+    case QuantMode::kFp8Group: return PhaseKernel<kVec, QuantMode::kFp8Group, Span>;
   }
   return nullptr;
 }
+template <typename Span>
+PhaseFn PhaseKernelFor(int vecs_per_thread, QuantMode q) {
+  return vecs_per_thread == 1 ? PhaseKernelFor<1, Span>(q)
+         : vecs_per_thread == 2 ? PhaseKernelFor<2, Span>(q) : PhaseKernelFor<4, Span>(q);
+}
 
 // Median cycles of each phase of one row at T = 1, printed as two table rows: the first run of
-// the row in the launch and the second.
-void PrintPhases(const Case& c, cudaStream_t stream, float cycles_per_us) {
+// the row in the launch and the second. cluster: the row over a thread block cluster of the
+// launcher's split (RowClusterBlocks), stamped on the cluster's block 0.
+void PrintPhases(const Case& c, bool cluster, cudaStream_t stream, float cycles_per_us) {
   const AllreduceRmsnormSpec spec = SpecOf(c);
   const RowLayout l = MakeRowLayout(c.H);
-  PhaseFn fn = l.vecs_per_thread == 1 ? PhaseKernelFor<1>(c.quant)
-               : l.vecs_per_thread == 2 ? PhaseKernelFor<2>(c.quant) : PhaseKernelFor<4>(c.quant);
+  const int blocks = cluster ? RowClusterBlocks(l, 8, cuda::kMaxClusterBlockThreads) : 1;
+  if (blocks <= 1 && cluster) return;  // no split of this row
+  PhaseFn fn = cluster ? PhaseKernelFor<cuda::ClusterRow>(l.vecs_per_thread, c.quant)
+                       : PhaseKernelFor<cuda::BlockRow>(l.vecs_per_thread, c.quant);
   Buffers b;
   Set s{};
   const size_t e = size_t(c.H);
@@ -450,9 +467,15 @@ void PrintPhases(const Case& c, cudaStream_t stream, float cycles_per_us) {
   for (int rep = 0; rep < 60; ++rep) {
     CHECK(cudaMemsetAsync(stamps, 0, 2 * kStamps * sizeof(long long), stream));  // ordered with the launch
     cudaLaunchConfig_t config{};
-    config.gridDim = dim3(1);
-    config.blockDim = dim3(l.threads);
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = unsigned(blocks);
+    attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+    config.gridDim = dim3(blocks);
+    config.blockDim = dim3(l.threads / blocks);
     config.stream = stream;
+    config.attrs = &attr;
+    config.numAttrs = cluster ? 1 : 0;
     CHECK(cudaLaunchKernelEx(&config, fn, ParamsFor(spec, 1, s, b), stamps));
     long long h[2 * kStamps];
     CHECK(cudaMemcpyAsync(h, stamps, sizeof(h), cudaMemcpyDeviceToHost, stream));
@@ -468,7 +491,8 @@ void PrintPhases(const Case& c, cudaStream_t stream, float cycles_per_us) {
     }
   }
   for (int pass = 0; pass < 2; ++pass) {
-    std::printf("%6lld %-16s %-6s", (long long)c.H, CaseName(c).c_str(), pass == 0 ? "first" : "again");
+    std::printf("%6lld %-16s %-7s %-6s", (long long)c.H, CaseName(c).c_str(), cluster ? "cluster" : "block",
+                pass == 0 ? "first" : "again");
     float total = 0;
     for (int i = 1; i < kStamps; ++i) {
       const std::vector<float>& v = cycles[pass * kStamps + i];
@@ -571,12 +595,13 @@ int main(int argc, char** argv) {
     std::printf("one row at T = 1, thread 0's %%clock64 cycles from the previous stamp (median of 50 launches, "
                 "warm L2); us at the peak clock, %d MHz\n", clock_khz / 1000);
     std::printf("(first: the row's first run in the launch; again: the same row run a second time right after)\n");
-    std::printf("%6s %-16s %-6s %8s %8s %8s %8s %8s %8s %8s %8s %8s\n", "H", "quant", "run", "wait", "own sum",
-                "blocksum", "rstd", "vectors", "dyn q", "exit", "total", "us");
-    for (int64_t H : {2880, 4096, 7168, 8192})
-      for (Case c : {Case{H, QuantMode::kNone, false}, Case{H, QuantMode::kFp8Tensor, false},
-                     Case{H, QuantMode::kFp8Token, false}, Case{H, QuantMode::kFp8Group, true}})
-        PrintPhases(c, stream, float(clock_khz) / 1000.0f);
+    std::printf("%6s %-16s %-7s %-6s %8s %8s %8s %8s %8s %8s %8s %8s %8s\n", "H", "quant", "owner", "run", "wait",
+                "own sum", "rowsum", "rstd", "vectors", "dyn q", "exit", "total", "us");
+    for (bool cluster : {false, true})
+      for (int64_t H : {2880, 4096, 7168, 8192})
+        for (Case c : {Case{H, QuantMode::kNone, false}, Case{H, QuantMode::kFp8Tensor, false},
+                       Case{H, QuantMode::kFp8Token, false}, Case{H, QuantMode::kFp8Group, true}})
+          PrintPhases(c, cluster, stream, float(clock_khz) / 1000.0f);
     return 0;
   }
   cudaDeviceProp prop;

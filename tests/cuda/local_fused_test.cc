@@ -304,6 +304,54 @@ TEST_F(LocalFusedTest, VectorsPastTheRowAreBitwiseTheOracleInEveryKernel) {
   }
 }
 
+// fp8_token's amax from a bound (common/amax_bound.h: over a cluster, one rounding in y), on
+// rows that take each of its paths, against the oracle: row 0 has mean square exactly 1 (four
+// 1.5s, five 0s, the rest +-1) and its 1.5s meet weights 1 + 1 ulp, so its maximum y lies just
+// below a 16-bit rounding boundary, where the bound must not decide (its upper end would give the
+// larger neighbour); row 1 is tiny (bf16: c below 2^-60, not decided; f16: zeros); row 2 is
+// zeros; rows 3-5 are random (decided). Then the same rows with one bf16 weight above the
+// bound's limit (nothing decided). Clusters forced, one row each and two striding over the rows
+// (the bound's rows skip the second exchange, the others take it: the exchanges' rows and
+// mbarriers stay in step); both recipes' kernels, weight_after_round (no bound) too; bf16 and
+// f16; 1, 2 and 4 vectors per thread. fp8_group (no bound) on the same rows, for contrast.
+TEST_F(LocalFusedTest, AmaxBoundRowsAreBitwiseTheOracle) {
+  uint64_t seed = 9970;
+  for (DType act : {DType::kBF16, DType::kF16})
+    for (QuantMode q : {QuantMode::kFp8Token, QuantMode::kFp8Group})
+      for (int64_t h : {1536, 7168, 16384})
+        for (bool heavy_weight : {false, true}) {
+          AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+          s.act_dtype = s.weight_dtype = act;
+          s.eps = 1e-6f;
+          const int64_t tokens = 6;
+          FusedInputs in = MakeFusedInputs(s, tokens, /*world_size=*/1, seed++);
+          const float ulp = act == DType::kBF16 ? 0x1p-7f : 0x1p-10f;
+          for (int64_t i = 0; i < h; ++i) {
+            in.weight.SetF32(i, i < 4 ? 1.0f + ulp : 1.0f);
+            in.partials[0].SetF32(i, i < 4 ? 1.5f : i < 9 ? 0.0f : (i % 2 ? 1.0f : -1.0f));
+            in.partials[0].SetF32(h + i, in.partials[0].GetF32(3 * h + i) * 0x1p-100f);
+            in.partials[0].SetF32(2 * h + i, 0.0f);
+            for (int64_t row : {0, 1, 2}) in.residual.SetF32(row * h + i, 0.0f);
+          }
+          if (heavy_weight) {
+            if (act == DType::kF16) continue;  // an f16 weight cannot exceed the bound's limit
+            in.weight.SetF32(h / 2, 0x1p41f);
+          }
+          for (bool weight_after_round : {false, true})
+            for (bool fixed : {true, false})
+              for (int64_t max_owners : {0, 2}) {
+                s.rounding.weight_after_round = weight_after_round;
+                cuda::LaunchOptions options;
+                options.row_owner = cuda::RowOwner::kCluster;
+                options.max_row_owners = max_owners;
+                options.fixed_recipes = fixed;
+                EXPECT_EQ(RunAndCompareInputs(s, tokens, in, options), "")
+                    << Describe(s, tokens) << " act " << DTypeName(act) << (heavy_weight ? " heavy weight" : "")
+                    << (fixed ? " fixed" : " run-time") << " recipe, owners " << max_owners;
+              }
+        }
+}
+
 // Which kernel the local op runs: the fixed recipes for exactly their forms (no GPU needed).
 TEST(LocalKernelRecipeTest, FixedForTheirFormsOnly) {
   using cuda::KernelRecipe;

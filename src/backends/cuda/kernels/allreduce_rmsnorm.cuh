@@ -13,6 +13,7 @@
 #include "backends/cuda/comm/workspace.h"
 #include "backends/cuda/kernel_recipe.h"
 #include "backends/cuda/kernels/common.cuh"
+#include "common/amax_bound.h"
 #include "common/quotient.h"
 #include "common/row_layout.h"
 #include "tpfuse/fused_op.h"
@@ -204,7 +205,8 @@ struct BlockRow {
 // Reductions: lane j of each warp stores the warp's value into block j's shared memory with
 // st.async, which completes bytes on block j's mbarrier for that reduction row (release at
 // cluster scope); each block waits on its own mbarrier for the row's warps x 4 bytes (acquire at
-// cluster scope), then each thread combines the row's warps in order, as BlockRow does. Every
+// cluster scope; x 8 for ReduceSumAndMax, which sends a pair per warp), then each thread combines
+// the row's warps in order, as BlockRow does. Every
 // thread of the block arrives on the mbarrier (the expected count: blockDim) and waits on the
 // phase its arrival returned. One one-way trip per reduction: a cluster barrier per reduction
 // instead took 0.1-0.5 us more per row at T = 1 (docs/perf/h200x1/NOTES.md, runs 15 and 16).
@@ -228,6 +230,10 @@ struct ClusterRow {
   __device__ __forceinline__ static void Wait() {}
   template <typename Op>
   __device__ __forceinline__ static float Reduce(float, Op, float (*)[32], int) { __trap(); return 0.0f; }
+  __device__ __forceinline__ static float2 ReduceSumAndMax(float, float, float (*)[32], int) {
+    __trap();
+    return make_float2(0.0f, 0.0f);
+  }
 };
 #else
 struct ClusterRow {
@@ -267,27 +273,38 @@ struct ClusterRow {
     asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
   }
   __device__ __forceinline__ static void Wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
-  template <typename Op>
-  __device__ __forceinline__ static float Reduce(float v, Op op, float (*smem)[32], int reduction_row) {
-    v = WarpReduce(v, op);
+  // Lane j of each warp stores the warp's kValues values (already reduced over the warp) into
+  // block j, at smem[reduction_row][warp * kValues ...] (kValues x the row's warps <= 32; 8-byte
+  // aligned for two), and the block waits until every warp's have landed.
+  template <int kValues>
+  __device__ __forceinline__ static void Exchange(const float (&v)[kValues], float (*smem)[32], int reduction_row) {
+    static_assert(kValues == 1 || kValues == 2, "one or two values per warp");
     const int warps = Threads() >> 5;
     const uint32_t bar = static_cast<uint32_t>(__cvta_generic_to_shared(Barriers() + reduction_row));
     const int lane = threadIdx.x & 31;
     __syncwarp();  // the warp's reads of this row's last use come before its stores (NOTE above)
     if (lane < Size()) {
-      const uint32_t value = static_cast<uint32_t>(__cvta_generic_to_shared(&smem[reduction_row][Thread() >> 5]));
+      const uint32_t value =
+          static_cast<uint32_t>(__cvta_generic_to_shared(&smem[reduction_row][(Thread() >> 5) * kValues]));
       uint32_t remote_value, remote_bar;
       asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_value) : "r"(value), "r"(lane));
       asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_bar) : "r"(bar), "r"(lane));
-      asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote_value),
-                   "r"(__float_as_uint(v)), "r"(remote_bar)
-                   : "memory");
+      if constexpr (kValues == 1) {
+        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote_value),
+                     "r"(__float_as_uint(v[0])), "r"(remote_bar)
+                     : "memory");
+      } else {
+        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.b32 [%0], {%1, %2}, [%3];" ::"r"(
+                         remote_value),
+                     "r"(__float_as_uint(v[0])), "r"(__float_as_uint(v[1])), "r"(remote_bar)
+                     : "memory");
+      }
     }
     uint64_t state;
     if (threadIdx.x == 0) {
       asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;"
                    : "=l"(state)
-                   : "r"(bar), "r"(uint32_t(warps) * 4u)
+                   : "r"(bar), "r"(uint32_t(warps) * 4u * kValues)
                    : "memory");
     } else {
       asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1];" : "=l"(state) : "r"(bar) : "memory");
@@ -299,7 +316,27 @@ struct ClusterRow {
         "@!done bra WAIT_%=;\n}" ::"r"(bar),
         "l"(state)
         : "memory");
-    return CombineWarps(smem[reduction_row], warps, op);
+  }
+  template <typename Op>
+  __device__ __forceinline__ static float Reduce(float v, Op op, float (*smem)[32], int reduction_row) {
+    const float warp_value[1] = {WarpReduce(v, op)};
+    Exchange(warp_value, smem, reduction_row);
+    return CombineWarps(smem[reduction_row], Threads() >> 5, op);
+  }
+  // The row's sum of `sum` and max of `max` (magnitudes) through one exchange: the sum is
+  // bitwise Reduce(sum, SumOp{}) (the same order).
+  __device__ __forceinline__ static float2 ReduceSumAndMax(float sum, float max, float (*smem)[32], int reduction_row) {
+    const float warp_values[2] = {WarpReduce(sum, SumOp{}), WarpReduce(max, MaxOp{})};
+    Exchange(warp_values, smem, reduction_row);
+    const int warps = Threads() >> 5;
+    const float2* values = reinterpret_cast<const float2*>(smem[reduction_row]);
+    float2 total = values[0];
+    for (int w = 1; w < warps; ++w) {  // both in one pass (CombineWarps' order)
+      const float2 v = values[w];
+      total.x = SumOp{}(total.x, v.x);
+      total.y = MaxOp{}(total.y, v.y);
+    }
+    return total;
   }
 };
 #endif
@@ -611,6 +648,14 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
 #pragma unroll
   for (int k = 0; k < kVec; ++k) in_row[k] = RowVectors<kVec, Span>::Index(k) < p.vecs_per_row;
 
+  // fp8_token over a cluster, with one rounding in y: the row's amax from a bound taken with the
+  // sum of squares (common/amax_bound.h), so where the bound decides, the row crosses the
+  // cluster once, not twice. (Not for one block per row, nor for fp8_group's lane maxima: both
+  // measured slower, docs/kernels.md.)
+  constexpr bool kAmaxBound = kQuant == QuantMode::kFp8Token && std::is_same_v<Span, ClusterRow>;
+  const bool amax_bound = kAmaxBound && !Recipe::WeightAfterRound(p);
+  float bound_m = 0.0f;  // max |u_i w'_i| over the thread's vectors (AmaxBoundOf)
+
   // ---- step 2: h = a + residual; emit a and round(h); the sum of squares of the norm's input
   // u, held in registers for step 3 (at most four vectors per thread).
   float sum_sq = 0.0f;
@@ -624,6 +669,11 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
                          p.residual_out && in_row[k] ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) sum_sq = __fadd_rn(sum_sq, __fmul_rn(u[k][i], u[k][i]));
+    if (kAmaxBound && amax_bound) {
+      float wv[kVecElems];
+      weights.Get(p, k, wv);  // zeros past the row (ClusterRow holds its weights)
+      bound_m = AmaxBoundOf(u[k], wv, kVecElems, bound_m);
+    }
   }
   // fp8_tensor's reciprocal scale does not wait for the row's sum.
   const float static_inv = kQuant == QuantMode::kFp8Tensor ? __frcp_rn(static_scale) : 1.0f;
@@ -632,10 +682,36 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   // each vector at once where its scale is known by then (tensor: static), and otherwise after
   // the thread's y are all computed (group: the groups' lanes; token: the row).
   probe(RowPhase::kOwnSum, sum_sq);
-  const float total = RowSum<Span>(sum_sq, smem, slot);
+  float total;
+  if constexpr (kAmaxBound) {
+    if (amax_bound) {
+      const float2 sum_and_bound = Span::ReduceSumAndMax(sum_sq, bound_m, smem, slot);
+      total = sum_and_bound.x;
+      bound_m = sum_and_bound.y;
+    } else {
+      total = RowSum<Span>(sum_sq, smem, slot);
+    }
+  } else {
+    total = RowSum<Span>(sum_sq, smem, slot);
+  }
   probe(RowPhase::kBlockSum, total);
   const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(total, float(p.hidden)), p.eps)));
   probe(RowPhase::kRstd, r);
+  // Whether the bound decides the row's amax (the same in every thread of the row), and its
+  // scale, ahead of the vectors so they overlap.
+  // (Left unset where the bound does not decide: nothing reads them then, and the compiler may
+  // compute them ahead of the branch.)
+  float bound_s, bound_inv;
+  ScaleStep bound_step;
+  bool bound_decides = false;
+  if (kAmaxBound && amax_bound) {
+    const float bound_amax = AmaxFromBound(bound_m, r, RoundTo16<T>{});
+    bound_decides = bound_amax >= 0.0f;
+    if (bound_decides) {
+      bound_s = DynamicScale<Recipe, kQuant>(p, bound_amax, bound_step);
+      bound_inv = DynamicScaleInverse<Recipe>(p, bound_s);
+    }
+  }
   uint8_t* const q_row = kQuant == QuantMode::kNone ? nullptr : p.quant_out + size_t(row) * p.hidden;
   const ScaleStep static_step = Recipe::QuantDivides(p, kQuant) ? ScaleStep::kDivide : ScaleStep::kMultiply;
   constexpr bool kHoldsY = kQuant == QuantMode::kFp8Token || kQuant == QuantMode::kFp8Group;
@@ -682,8 +758,14 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
 #pragma unroll
     for (int k = 1; k < kVec; ++k) thread_amax = fmaxf(thread_amax, amax[k]);
     probe(RowPhase::kVectors, thread_amax);
-    s[0] = DynamicScale<Recipe, kQuant>(p, RowMax<Span>(thread_amax, smem, slot), step[0]);
-    inv[0] = DynamicScaleInverse<Recipe>(p, s[0]);
+    if (kAmaxBound && bound_decides) {
+      s[0] = bound_s;
+      inv[0] = bound_inv;
+      step[0] = bound_step;
+    } else {
+      s[0] = DynamicScale<Recipe, kQuant>(p, RowMax<Span>(thread_amax, smem, slot), step[0]);
+      inv[0] = DynamicScaleInverse<Recipe>(p, s[0]);
+    }
 #pragma unroll
     for (int k = 1; k < kVec; ++k) {
       s[k] = s[0];
@@ -1040,7 +1122,7 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 template <typename T, int kVec, QuantMode kQuant, typename Span = BlockRow, typename Recipe = RuntimeRecipe>
 __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kVec>)
     AllreduceEpilogueKernel(const FusedKernelParams p) {
-  __shared__ float smem[4][32];
+  __shared__ __align__(8) float smem[4][32];  // 8: ClusterRow::ReduceSumAndMax's pairs
   constexpr bool kHeldWeights = kVec == 1 || std::is_same_v<Span, ClusterRow>;
   __shared__ uint4 weight_vectors[kHeldWeights ? 1 : kVec * kMaxRowThreads];
   Span::Arrive();

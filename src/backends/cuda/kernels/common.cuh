@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace tpfuse::cuda {
 
@@ -59,6 +60,14 @@ template <typename T>
 __device__ __forceinline__ void RoundVector(float (&f)[kVecElems]) {
   Unpack<T>(Pack<T>(f), f);
 }
+// One value rounded to T and back, as a function object (AmaxFromBound's round16).
+template <typename T>
+struct RoundTo16 {
+  __device__ __forceinline__ float operator()(float x) const {
+    if constexpr (std::is_same_v<T, __half>) return ToFloat<T>(__float2half_rn(x));
+    else return ToFloat<T>(__float2bfloat16_rn(x));
+  }
+};
 
 // -0.0 -> +0.0 in each 16-bit lane, so that no sent word ever equals the sentinel.
 // NOTE: every strategy applies this to every partial (its own included): the sum of
