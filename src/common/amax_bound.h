@@ -12,6 +12,10 @@
 // Guards that keep the 4 roundings relative (no subnormal intermediate near the maximum, no
 // overflow): M >= 2^-100, 2^-60 <= c <= 2^120, and no |w'_i| above 2^40 (AmaxBoundOf makes M
 // +inf then, which fails the guard). NaN products are skipped, as the amax skips NaN y.
+// Precondition: r is 1/rms of the same u, r = 1 / sqrt(mean(u^2) + eps) with eps >= 0 (as the
+// kernels compute it), so |u_i| r <= about sqrt(H) and fl(|u_i| r) cannot overflow while c is
+// finite (a sum of squares that overflows makes r 0, and c fails the guard). For an arbitrary r
+// the bound can be wrong: fl(|u_i| r) may overflow where the product with w'_i would not.
 // NOTE: for y = round(round(n) w') (weight_after_round) the inner rounding to 16 bits spoils the
 // bound; the kernels take the amax itself there.
 #pragma once

@@ -4,12 +4,15 @@
 // T from 1 past the grid's first wave. Outputs are poisoned before each call, inputs fresh.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
 #include "backends/cuda/allreduce_rmsnorm.h"
 #include "backends/cuda/cuda_check.h"
 #include "backends/cuda/device_buffer.h"
+#include "common/amax_bound.h"
+#include "common/numerics.h"
 #include "common/row_layout.h"
 #include "support/cuda_harness.h"
 #include "support/fused_check.h"
@@ -305,41 +308,61 @@ TEST_F(LocalFusedTest, VectorsPastTheRowAreBitwiseTheOracleInEveryKernel) {
 }
 
 // fp8_token's amax from a bound (common/amax_bound.h: over a cluster, one rounding in y), on
-// rows that take each of its paths, against the oracle: row 0 has mean square exactly 1 (four
-// 1.5s, five 0s, the rest +-1) and its 1.5s meet weights 1 + 1 ulp, so its maximum y lies just
-// below a 16-bit rounding boundary, where the bound must not decide (its upper end would give the
-// larger neighbour); row 1 is tiny (bf16: c below 2^-60, not decided; f16: zeros); row 2 is
-// zeros; rows 3-5 are random (decided). Then the same rows with one bf16 weight above the
-// bound's limit (nothing decided). Clusters forced, one row each and two striding over the rows
-// (the bound's rows skip the second exchange, the others take it: the exchanges' rows and
-// mbarriers stay in step); both recipes' kernels, weight_after_round (no bound) too; bf16 and
-// f16; 1, 2 and 4 vectors per thread. fp8_group (no bound) on the same rows, for contrast.
+// rows that take each of its paths, against the oracle. Rows 3k are random: the bound decides
+// (checked on the host, with the header's own function, before the GPU runs). Rows 3k + 1 have
+// mean square exactly 1 (four 1.5s, five 0s, the rest +-1) and their 1.5s meet weights
+// 1 + 1 ulp, so their maximum y lies just below a 16-bit rounding boundary, where the bound must
+// not decide (its upper end would give the larger neighbour). Rows 3k + 2 are tiny (bf16: c
+// below 2^-60, not decided) or zeros, in turn. Then the same rows with one bf16 weight above the
+// bound's limit (nothing decided). Clusters forced: one row each, and one or two striding over
+// the rows, so a reduction row and its mbarrier are used again after rows that skipped the
+// second exchange; both recipes' kernels, weight_after_round (no bound) too; bf16 and f16; 1, 2
+// and 4 vectors per thread. fp8_group (no bound) on the same rows, for contrast.
 TEST_F(LocalFusedTest, AmaxBoundRowsAreBitwiseTheOracle) {
   uint64_t seed = 9970;
   for (DType act : {DType::kBF16, DType::kF16})
     for (QuantMode q : {QuantMode::kFp8Token, QuantMode::kFp8Group})
       for (int64_t h : {1536, 7168, 16384})
         for (bool heavy_weight : {false, true}) {
+          if (heavy_weight && act == DType::kF16) continue;  // no f16 weight exceeds the bound's limit
           AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
           s.act_dtype = s.weight_dtype = act;
           s.eps = 1e-6f;
-          const int64_t tokens = 6;
+          const int64_t tokens = 12;
           FusedInputs in = MakeFusedInputs(s, tokens, /*world_size=*/1, seed++);
           const float ulp = act == DType::kBF16 ? 0x1p-7f : 0x1p-10f;
-          for (int64_t i = 0; i < h; ++i) {
-            in.weight.SetF32(i, i < 4 ? 1.0f + ulp : 1.0f);
-            in.partials[0].SetF32(i, i < 4 ? 1.5f : i < 9 ? 0.0f : (i % 2 ? 1.0f : -1.0f));
-            in.partials[0].SetF32(h + i, in.partials[0].GetF32(3 * h + i) * 0x1p-100f);
-            in.partials[0].SetF32(2 * h + i, 0.0f);
-            for (int64_t row : {0, 1, 2}) in.residual.SetF32(row * h + i, 0.0f);
+          for (int64_t i = 0; i < h; ++i) in.weight.SetF32(i, i < 4 ? 1.0f + ulp : 1.0f);
+          for (int64_t row = 0; row < tokens; ++row) {
+            const int64_t o = row * h;
+            for (int64_t i = 0; i < h; ++i) {
+              if (row % 3 == 0) continue;  // random
+              in.residual.SetF32(o + i, 0.0f);
+              if (row % 3 == 1) {
+                in.partials[0].SetF32(o + i, i < 4 ? 1.5f : i < 9 ? 0.0f : (i % 2 ? 1.0f : -1.0f));
+              } else {
+                const float random = in.partials[0].GetF32(o - 2 * h + i);  // row 3k's
+                in.partials[0].SetF32(o + i, row % 6 == 2 ? random * 0x1p-100f : 0.0f);
+              }
+            }
+            if (row % 3 != 0) continue;
+            // The random row's bound decides (r summed in another order than the kernel's: a
+            // decision this far from a boundary does not depend on it).
+            std::vector<float> u(size_t(h), 0.0f), w(size_t(h), 0.0f);
+            float sum = 0.0f;
+            for (int64_t i = 0; i < h; ++i) {
+              u[size_t(i)] = RoundTo(act, in.partials[0].GetF32(o + i) + in.residual.GetF32(o + i));
+              w[size_t(i)] = in.weight.GetF32(i);
+              sum += u[size_t(i)] * u[size_t(i)];
+            }
+            const float r = 1.0f / std::sqrt(sum / float(h) + s.eps);
+            const float m = AmaxBoundOf(u.data(), w.data(), int(h), 0.0f);
+            ASSERT_GE(AmaxFromBound(m, r, [act](float x) { return RoundTo(act, x); }), 0.0f)
+                << "row " << row << " must take the bound's path";
           }
-          if (heavy_weight) {
-            if (act == DType::kF16) continue;  // an f16 weight cannot exceed the bound's limit
-            in.weight.SetF32(h / 2, 0x1p41f);
-          }
+          if (heavy_weight) in.weight.SetF32(h / 2, 0x1p41f);
           for (bool weight_after_round : {false, true})
             for (bool fixed : {true, false})
-              for (int64_t max_owners : {0, 2}) {
+              for (int64_t max_owners : {0, 1, 2}) {
                 s.rounding.weight_after_round = weight_after_round;
                 cuda::LaunchOptions options;
                 options.row_owner = cuda::RowOwner::kCluster;
@@ -350,6 +373,27 @@ TEST_F(LocalFusedTest, AmaxBoundRowsAreBitwiseTheOracle) {
                     << (fixed ? " fixed" : " run-time") << " recipe, owners " << max_owners;
               }
         }
+  // The bound under the run-time recipe's other forms, clusters forced, random rows: ue8m0
+  // scales (column-major too), the norm reading f32 h, a weight bias (in f32, and in the
+  // weight's dtype), the scale applied by multiplying, f32 weights.
+  for (int form = 0; form < 6; ++form) {
+    AllreduceRmsnormSpec s = LocalSpec(7168, QuantMode::kFp8Token, /*residual=*/true);
+    if (form <= 1) s.scale_fmt = ScaleFormat::kUe8m0;
+    if (form == 1) s.scale_layout = ScaleLayout::kCol;
+    if (form == 2) s.rounding.norm_input_f32 = true;
+    if (form == 3 || form == 4) s.weight_bias = 1.0f;
+    if (form == 4) s.rounding.weight_bias_in_weight_dtype = true;
+    if (form == 5) {
+      s.rounding.scale_op_swapped = true;
+      s.weight_dtype = DType::kF32;
+    }
+    for (int64_t max_owners : {0, 1}) {
+      cuda::LaunchOptions options;
+      options.row_owner = cuda::RowOwner::kCluster;
+      options.max_row_owners = max_owners;
+      EXPECT_EQ(RunAndCompare(s, 9, seed++, options), "") << Describe(s, 9) << " owners " << max_owners;
+    }
+  }
 }
 
 // Which kernel the local op runs: the fixed recipes for exactly their forms (no GPU needed).

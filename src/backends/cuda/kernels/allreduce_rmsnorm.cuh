@@ -210,8 +210,8 @@ struct BlockRow {
 // thread of the block arrives on the mbarrier (the expected count: blockDim) and waits on the
 // phase its arrival returned. One one-way trip per reduction: a cluster barrier per reduction
 // instead took 0.1-0.5 us more per row at T = 1 (docs/perf/h200x1/NOTES.md, runs 15 and 16).
-// NOTE: a reduction row (smem row and its mbarrier) is used again only two rows later (slot
-// parity): a block that sends row i + 2's value into block j has completed row i + 1, which
+// NOTE: a reduction row (smem row and its mbarrier) is used again two rows later at the earliest
+// (slot parity; later where fp8_token's bound skips the row's second exchange): a block that sends row i + 2's value into block j has completed row i + 1, which
 // needed j's value of row i + 1, which j's warps send after their threads read row i's values
 // (__syncwarp orders the warp's reads before its lanes' stores). Arrive() (the kernel's start)
 // initializes the mbarriers and arrives on a cluster barrier that publishes them; Wait() (before
@@ -279,6 +279,7 @@ struct ClusterRow {
   template <int kValues>
   __device__ __forceinline__ static void Exchange(const float (&v)[kValues], float (*smem)[32], int reduction_row) {
     static_assert(kValues == 1 || kValues == 2, "one or two values per warp");
+    static_assert(kMaxRowThreads / 32 * kValues <= 32, "a row's warps' values fit one smem row");
     const int warps = Threads() >> 5;
     const uint32_t bar = static_cast<uint32_t>(__cvta_generic_to_shared(Barriers() + reduction_row));
     const int lane = threadIdx.x & 31;
@@ -650,9 +651,10 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
 
   // fp8_token over a cluster, with one rounding in y: the row's amax from a bound taken with the
   // sum of squares (common/amax_bound.h), so where the bound decides, the row crosses the
-  // cluster once, not twice. (Not for one block per row, nor for fp8_group's lane maxima: both
-  // measured slower, docs/kernels.md.)
+  // cluster once, not twice. (Not for one block per row: measured slower; nor per group for
+  // fp8_group: measured level. docs/kernels.md.)
   constexpr bool kAmaxBound = kQuant == QuantMode::kFp8Token && std::is_same_v<Span, ClusterRow>;
+  static_assert(!kAmaxBound || kHeld, "the bound reads the weights before the sum: held ones");
   const bool amax_bound = kAmaxBound && !Recipe::WeightAfterRound(p);
   float bound_m = 0.0f;  // max |u_i w'_i| over the thread's vectors (AmaxBoundOf)
 
