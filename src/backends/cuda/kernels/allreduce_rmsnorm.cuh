@@ -206,17 +206,18 @@ struct BlockRow {
 // st.async, which completes bytes on block j's mbarrier for that reduction row (release at
 // cluster scope); each block waits on its own mbarrier for the row's warps x 4 bytes (acquire at
 // cluster scope; x 8 for ReduceSumAndMax, which sends a pair per warp), then each thread combines
-// the row's warps in order, as BlockRow does. Every
-// thread of the block arrives on the mbarrier (the expected count: blockDim) and waits on the
-// phase its arrival returned. One one-way trip per reduction: a cluster barrier per reduction
-// instead took 0.1-0.5 us more per row at T = 1 (docs/perf/h200x1/NOTES.md, runs 15 and 16).
+// the row's warps in order, as BlockRow does. Every thread of the block arrives on the mbarrier
+// (the expected count: blockDim) and waits on the phase its arrival returned. One one-way trip
+// per reduction: a cluster barrier per reduction instead took 0.1-0.5 us more per row at T = 1
+// (docs/perf/h200x1/NOTES.md, runs 15 and 16).
 // NOTE: a reduction row (smem row and its mbarrier) is used again two rows later at the earliest
-// (slot parity; later where fp8_token's bound skips the row's second exchange): a block that sends row i + 2's value into block j has completed row i + 1, which
-// needed j's value of row i + 1, which j's warps send after their threads read row i's values
-// (__syncwarp orders the warp's reads before its lanes' stores). Arrive() (the kernel's start)
-// initializes the mbarriers and arrives on a cluster barrier that publishes them; Wait() (before
-// the first reduction) waits on it, so no block stores into a block that has not started. A
-// block may exit after its last reduction: every store into it completed its mbarrier before.
+// (slot parity; later where fp8_token's bound skips the row's second exchange): a block that
+// sends row i + 2's value into block j has completed row i + 1, which needed j's value of row
+// i + 1, which j's warps send after their threads read row i's values (__syncwarp orders the
+// warp's reads before its lanes' stores). Arrive() (the kernel's start) initializes the
+// mbarriers and arrives on a cluster barrier that publishes them; Wait() (before the first
+// reduction) waits on it, so no block stores into a block that has not started. A block may exit
+// after its last reduction: every store into it completed its mbarrier before.
 // NOTE: cluster instructions exist from compute capability 9.0. Code built below it traps; the
 // launcher never picks ClusterRow there (no cluster launch on the device, or a kernel compiled
 // from PTX below compute_90: ClusterKernelRuns).
