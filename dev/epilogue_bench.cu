@@ -357,24 +357,31 @@ std::string CaseName(const Case& c) {
 
 constexpr int kStamps = 8;  // 0 entry, 1 after the wait, 2..6 RowPhase, 7 exit
 
-// Stamps are taken by row thread 0 (thread 0 of the block, or of the cluster's block 0).
+// Stamps are taken by row thread 0 (thread 0 of the block, or of the cluster's block 0; with
+// ClusterPairRow its part 1, whose chain is the longer).
+template <typename Span>
+__device__ __forceinline__ bool StampThread() {
+  if constexpr (cuda::kPairSpan<Span>) return Span::Thread() == Span::RowThreads();
+  else return Span::Thread() == 0;
+}
+
 template <typename Span>
 struct ClockProbe {
   long long* stamps;
   __device__ __forceinline__ void operator()(cuda::RowPhase phase, float value) const {
     asm volatile("" ::"f"(value) : "memory");  // the value exists, earlier stores are issued
-    if (Span::Thread() == 0) stamps[2 + int(phase)] = clock64();
+    if (StampThread<Span>()) stamps[2 + int(phase)] = clock64();
   }
 };
 
 template <typename Span>
 __device__ __forceinline__ void Stamp(long long* stamps, int i) {
   asm volatile("" ::: "memory");
-  if (Span::Thread() == 0) stamps[i] = clock64();
+  if (StampThread<Span>()) stamps[i] = clock64();
 }
 
 // AllreduceEpilogueKernel for one row (T = 1, kLocal, the run-time recipe), with the probe,
-// under either row owner (ClusterRow: launched with the cluster dimension, weights held); the row
+// under each row owner (a cluster: launched with the cluster dimension, weights held); the row
 // is run twice, the second time into stamps + kStamps (the same code again: instruction caches
 // warm).
 template <int kVec, QuantMode kQuant, typename Span>
@@ -384,7 +391,7 @@ __global__ void __launch_bounds__(cuda::kSpanMaxThreads<Span>, cuda::kSpanMinBlo
   long long* stamps = all_stamps;
   Stamp<Span>(stamps, 0);
   __shared__ __align__(8) float smem[4][32];
-  constexpr bool kHeld = kVec == 1 || std::is_same_v<Span, cuda::ClusterRow>;
+  constexpr bool kHeld = kVec == 1 || cuda::kClusterSpan<Span>;
   __shared__ uint4 weight_vectors[kHeld ? 1 : kVec * kMaxRowThreads];
   Span::Arrive();
   cuda::RowWeights<kVec, kHeld, Span> weights;
@@ -432,14 +439,17 @@ PhaseFn PhaseKernelFor(int vecs_per_thread, QuantMode q) {
 
 // Median cycles of each phase of one row at T = 1, printed as two table rows: the first run of
 // the row in the launch and the second. cluster: the row over a thread block cluster of the
-// launcher's split (RowClusterBlocks), stamped on the cluster's block 0.
+// launcher's split (RowClusterBlocks; ClusterPairRow for rows of two vectors per row thread, as
+// the launcher's ClusterEpilogueFamily), stamped on the cluster's block 0.
 void PrintPhases(const Case& c, bool cluster, cudaStream_t stream, float cycles_per_us) {
   const AllreduceRmsnormSpec spec = SpecOf(c);
   const RowLayout l = MakeRowLayout(c.H);
   const int blocks = cluster ? RowClusterBlocks(l, 8, cuda::kMaxClusterBlockThreads) : 1;
   if (blocks <= 1 && cluster) return;  // no split of this row
-  PhaseFn fn = cluster ? PhaseKernelFor<cuda::ClusterRow>(l.vecs_per_thread, c.quant)
-                       : PhaseKernelFor<cuda::BlockRow>(l.vecs_per_thread, c.quant);
+  const int per_row_thread = cluster && l.vecs_per_thread == 2 ? 2 : 1;
+  PhaseFn fn = !cluster              ? PhaseKernelFor<cuda::BlockRow>(l.vecs_per_thread, c.quant)
+               : per_row_thread == 2 ? PhaseKernelFor<1, cuda::ClusterPairRow>(c.quant)
+                                     : PhaseKernelFor<cuda::ClusterRow>(l.vecs_per_thread, c.quant);
   Buffers b;
   Set s{};
   const size_t e = size_t(c.H);
@@ -472,7 +482,7 @@ void PrintPhases(const Case& c, bool cluster, cudaStream_t stream, float cycles_
     attr.val.clusterDim.x = unsigned(blocks);
     attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
     config.gridDim = dim3(blocks);
-    config.blockDim = dim3(l.threads / blocks);
+    config.blockDim = dim3(l.threads / blocks * per_row_thread);
     config.stream = stream;
     config.attrs = &attr;
     config.numAttrs = cluster ? 1 : 0;

@@ -97,6 +97,25 @@ std::string Describe(const AllreduceRmsnormSpec& s, int64_t t) {
   return s.ToString() + " T=" + std::to_string(t);
 }
 
+// The row owners a test forces at H: one block; a cluster of a thread per row thread; and, for
+// rows of two vectors per row thread, a cluster of two threads per row thread.
+std::vector<cuda::RowOwner> RowOwnersOf(int64_t hidden, bool block = true) {
+  std::vector<cuda::RowOwner> owners;
+  if (block) owners.push_back(cuda::RowOwner::kBlock);
+  owners.push_back(cuda::RowOwner::kCluster);
+  if (MakeRowLayout(hidden).vecs_per_thread == 2) owners.push_back(cuda::RowOwner::kClusterPair);
+  return owners;
+}
+
+const char* OwnerName(cuda::RowOwner owner) {
+  switch (owner) {
+    case cuda::RowOwner::kBlock: return " block";
+    case cuda::RowOwner::kCluster: return " cluster";
+    case cuda::RowOwner::kClusterPair: return " cluster pair";
+    default: return " auto";
+  }
+}
+
 class LocalFusedTest : public ::testing::Test {
  protected:
   void SetUp() override { TPFUSE_REQUIRE_GPUS(1); }
@@ -138,7 +157,10 @@ TEST_F(LocalFusedTest, EveryRoundingRecipeIsBitwiseTheOracle) {
         }
 }
 
-// Dtypes (f16 activations; f32 and f16 weights), group sizes, column-major and UE8M0 scales.
+// Dtypes (f16 activations; f32 and f16 weights), group sizes, column-major and UE8M0 scales;
+// the group sizes under every row owner (the groups' maxima by shuffles, or by whole-warp
+// reductions where a warp holds at most two groups' maxima: 128 and 256 at one vector per
+// thread, 256 at two).
 TEST_F(LocalFusedTest, DtypesGroupsAndScaleLayoutsAreBitwiseTheOracle) {
   uint64_t seed = 1000;
   for (DType act : {DType::kBF16, DType::kF16})
@@ -150,13 +172,17 @@ TEST_F(LocalFusedTest, DtypesGroupsAndScaleLayoutsAreBitwiseTheOracle) {
     }
   for (int g : {8, 16, 32, 64, 128, 256})
     for (ScaleLayout layout : {ScaleLayout::kRow, ScaleLayout::kCol})
-      for (ScaleFormat fmt : {ScaleFormat::kF32, ScaleFormat::kUe8m0}) {
-        AllreduceRmsnormSpec s = LocalSpec(7168, QuantMode::kFp8Group, true);
-        s.group_size = g;
-        s.scale_layout = layout;
-        s.scale_fmt = fmt;
-        for (int64_t t : {1, 6}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
-      }
+      for (ScaleFormat fmt : {ScaleFormat::kF32, ScaleFormat::kUe8m0})
+        for (cuda::RowOwner owner : RowOwnersOf(7168)) {
+          AllreduceRmsnormSpec s = LocalSpec(7168, QuantMode::kFp8Group, true);
+          s.group_size = g;
+          s.scale_layout = layout;
+          s.scale_fmt = fmt;
+          cuda::LaunchOptions options;
+          options.row_owner = owner;
+          for (int64_t t : {1, 6})
+            EXPECT_EQ(RunAndCompare(s, t, seed++, options), "") << Describe(s, t) << OwnerName(owner);
+        }
 }
 
 // Rows built to reach the roundings' edge cases, beside a random row: every h = x + residual a
@@ -198,14 +224,16 @@ TEST_F(LocalFusedTest, TiesSubnormalsAndSignedZerosAreBitwiseTheOracle) {
 
 // The local epilogue's two row owners, forced, against the oracle: one block per row, and one
 // thread block cluster per row at every kind of split the row layout makes (H 1536: 3 blocks of
-// two warps at one vector per thread; 2048: 2; 2560: 5 blocks of one warp; 5120: 5; 6144: 6;
-// 16384: 8 at four vectors per thread), every quant mode; one row per owner, and three owners
-// striding over the rows (each reduction's shared memory and mbarrier used again two rows on).
+// two warps at one vector per thread; at two vectors per row thread, held by two threads
+// (ClusterPairRow): 2048: 2 blocks of two warp pairs; 2560: 5 blocks of one pair; 5120: 5;
+// 6144: 6; 16384: 8 blocks of two warps at four vectors per thread), every quant mode; one row
+// per owner, and three owners striding over the rows (each reduction's shared memory and
+// mbarrier, and a pair's hand-off, used again two rows on).
 TEST_F(LocalFusedTest, BlockAndClusterRowOwnersAreBitwiseTheOracle) {
   uint64_t seed = 9000;
   for (int64_t h : {1536, 2048, 2560, 5120, 6144, 16384})
     for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
-      for (cuda::RowOwner owner : {cuda::RowOwner::kBlock, cuda::RowOwner::kCluster})
+      for (cuda::RowOwner owner : RowOwnersOf(h))
         for (int64_t max_owners : {0, 3}) {
           cuda::LaunchOptions options;
           options.row_owner = owner;
@@ -213,7 +241,7 @@ TEST_F(LocalFusedTest, BlockAndClusterRowOwnersAreBitwiseTheOracle) {
           const AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
           for (int64_t t : {1, 10})
             EXPECT_EQ(RunAndCompare(s, t, seed++, options), "")
-                << Describe(s, t) << (owner == cuda::RowOwner::kCluster ? " cluster" : " block") << " owners "
+                << Describe(s, t) << OwnerName(owner) << " owners "
                 << max_owners;
         }
 }
@@ -229,7 +257,7 @@ TEST_F(LocalFusedTest, FixedAndRuntimeRecipeKernelsAreBitwiseTheOracle) {
     for (bool weight_after_round : {false, true})
       for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
         for (int64_t h : {1536, 7168, 16384})
-          for (cuda::RowOwner owner : {cuda::RowOwner::kBlock, cuda::RowOwner::kCluster})
+          for (cuda::RowOwner owner : RowOwnersOf(h))
             for (bool fixed : {true, false}) {
               AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
               s.act_dtype = s.weight_dtype = act;
@@ -239,7 +267,7 @@ TEST_F(LocalFusedTest, FixedAndRuntimeRecipeKernelsAreBitwiseTheOracle) {
               options.fixed_recipes = fixed;
               for (int64_t t : {1, 40})
                 EXPECT_EQ(RunAndCompare(s, t, seed++, options), "")
-                    << Describe(s, t) << (owner == cuda::RowOwner::kCluster ? " cluster" : " block")
+                    << Describe(s, t) << OwnerName(owner)
                     << (fixed ? " fixed" : " run-time") << " recipe";
             }
 }
@@ -266,13 +294,13 @@ TEST_F(LocalFusedTest, ScaleStepTiesAreBitwiseTheOracleInEveryKernel) {
       swapped.rounding.scale_op_swapped = true;
       ASSERT_NE(BitwiseDiff(OracleOutputs(s, in), OracleOutputs(swapped, in)), "") << "the row must tell the steps apart";
       for (const AllreduceRmsnormSpec& spec : {s, swapped})
-        for (cuda::RowOwner owner : {cuda::RowOwner::kBlock, cuda::RowOwner::kCluster})
+        for (cuda::RowOwner owner : RowOwnersOf(h))
           for (bool fixed : {true, false}) {
             cuda::LaunchOptions options;
             options.row_owner = owner;
             options.fixed_recipes = fixed;
             EXPECT_EQ(RunAndCompareInputs(spec, tokens, in, options), "")
-                << Describe(spec, tokens) << (owner == cuda::RowOwner::kCluster ? " cluster" : " block")
+                << Describe(spec, tokens) << OwnerName(owner)
                 << (fixed ? " fixed" : " run-time") << " recipe";
           }
     }
@@ -291,7 +319,7 @@ TEST_F(LocalFusedTest, VectorsPastTheRowAreBitwiseTheOracleInEveryKernel) {
     ASSERT_GT(int64_t{layout.threads} * layout.vecs_per_thread, layout.vecs) << "H " << h << " must leave vectors past the row";
     for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
       for (DType w : {DType::kBF16, DType::kF32})
-        for (cuda::RowOwner owner : {cuda::RowOwner::kBlock, cuda::RowOwner::kCluster})
+        for (cuda::RowOwner owner : RowOwnersOf(h))
           for (bool fixed : {true, false}) {
             AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
             s.weight_dtype = w;
@@ -301,7 +329,7 @@ TEST_F(LocalFusedTest, VectorsPastTheRowAreBitwiseTheOracleInEveryKernel) {
             options.fixed_recipes = fixed;
             for (int64_t t : {1, 9})
               EXPECT_EQ(RunAndCompare(s, t, seed++, options), "")
-                  << Describe(s, t) << (owner == cuda::RowOwner::kCluster ? " cluster" : " block")
+                  << Describe(s, t) << OwnerName(owner)
                   << (fixed ? " fixed" : " run-time") << " recipe";
           }
   }
@@ -360,18 +388,19 @@ TEST_F(LocalFusedTest, AmaxBoundRowsAreBitwiseTheOracle) {
                 << "row " << row << " must take the bound's path";
           }
           if (heavy_weight) in.weight.SetF32(h / 2, 0x1p41f);
-          for (bool weight_after_round : {false, true})
-            for (bool fixed : {true, false})
-              for (int64_t max_owners : {0, 1, 2}) {
-                s.rounding.weight_after_round = weight_after_round;
-                cuda::LaunchOptions options;
-                options.row_owner = cuda::RowOwner::kCluster;
-                options.max_row_owners = max_owners;
-                options.fixed_recipes = fixed;
-                EXPECT_EQ(RunAndCompareInputs(s, tokens, in, options), "")
-                    << Describe(s, tokens) << " act " << DTypeName(act) << (heavy_weight ? " heavy weight" : "")
-                    << (fixed ? " fixed" : " run-time") << " recipe, owners " << max_owners;
-              }
+          for (cuda::RowOwner owner : RowOwnersOf(h, /*block=*/false))
+            for (bool weight_after_round : {false, true})
+              for (bool fixed : {true, false})
+                for (int64_t max_owners : {0, 1, 2}) {
+                  s.rounding.weight_after_round = weight_after_round;
+                  cuda::LaunchOptions options;
+                  options.row_owner = owner;
+                  options.max_row_owners = max_owners;
+                  options.fixed_recipes = fixed;
+                  EXPECT_EQ(RunAndCompareInputs(s, tokens, in, options), "")
+                      << Describe(s, tokens) << " act " << DTypeName(act) << (heavy_weight ? " heavy weight" : "")
+                      << OwnerName(owner) << (fixed ? " fixed" : " run-time") << " recipe, owners " << max_owners;
+                }
         }
   // The bound under the run-time recipe's other forms, clusters forced, random rows: ue8m0
   // scales (column-major too), the norm reading f32 h, a weight bias (in f32, and in the
@@ -387,12 +416,14 @@ TEST_F(LocalFusedTest, AmaxBoundRowsAreBitwiseTheOracle) {
       s.rounding.scale_op_swapped = true;
       s.weight_dtype = DType::kF32;
     }
-    for (int64_t max_owners : {0, 1}) {
-      cuda::LaunchOptions options;
-      options.row_owner = cuda::RowOwner::kCluster;
-      options.max_row_owners = max_owners;
-      EXPECT_EQ(RunAndCompare(s, 9, seed++, options), "") << Describe(s, 9) << " owners " << max_owners;
-    }
+    for (cuda::RowOwner owner : RowOwnersOf(7168, /*block=*/false))
+      for (int64_t max_owners : {0, 1}) {
+        cuda::LaunchOptions options;
+        options.row_owner = owner;
+        options.max_row_owners = max_owners;
+        EXPECT_EQ(RunAndCompare(s, 9, seed++, options), "")
+            << Describe(s, 9) << OwnerName(owner) << " owners " << max_owners;
+      }
   }
 }
 
@@ -438,13 +469,21 @@ TEST(LocalKernelRecipeTest, FixedForTheirFormsOnly) {
   EXPECT_EQ(cuda::LocalKernelRecipe(base, options), KernelRecipe::kRuntime);
 }
 
-// A forced cluster where the row has no split is refused with the reason, as is a negative cap.
+// A forced cluster where the row has no split is refused with the reason, as is a pair cluster
+// for rows of other than two vectors per row thread, and a negative cap.
 TEST_F(LocalFusedTest, ForcedClusterWithoutASplitIsRefused) {
   const AllreduceRmsnormSpec s = LocalSpec(128, QuantMode::kFp8Tensor, true);  // one warp per row
   cuda::LaunchOptions options;
-  options.row_owner = cuda::RowOwner::kCluster;
-  const std::string diff = RunAndCompare(s, 4, 1, options);
-  EXPECT_NE(diff.find("no cluster per row"), std::string::npos) << diff;
+  for (cuda::RowOwner owner : {cuda::RowOwner::kCluster, cuda::RowOwner::kClusterPair}) {
+    options.row_owner = owner;
+    const std::string diff = RunAndCompare(s, 4, 1, options);
+    EXPECT_NE(diff.find("no cluster per row"), std::string::npos) << diff;
+  }
+  options.row_owner = cuda::RowOwner::kClusterPair;
+  for (int64_t h : {1536, 16384}) {  // one and four vectors per row thread, both with a split
+    const std::string diff = RunAndCompare(LocalSpec(h, QuantMode::kFp8Tensor, true), 4, 1, options);
+    EXPECT_NE(diff.find("not 2"), std::string::npos) << "H " << h << ": " << diff;
+  }
   options.row_owner = cuda::RowOwner::kAuto;
   options.max_row_owners = -1;
   EXPECT_NE(RunAndCompare(s, 4, 1, options).find("max_row_owners"), std::string::npos);

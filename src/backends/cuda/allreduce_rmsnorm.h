@@ -34,7 +34,10 @@ enum class NcclReduction : uint8_t {
 enum class RowOwner : uint8_t {
   kAuto,     // the measured rule: a cluster at small T where it is faster, else a block
   kBlock,    // one block per row
-  kCluster,  // one cluster per row; kUnimplemented where the row has no split or the device no clusters
+  kCluster,  // one cluster per row, a thread per row thread (ClusterRow); kUnimplemented where the
+             // row has no split or the device no clusters
+  kClusterPair,  // one cluster per row, two threads per row thread (ClusterPairRow); as kCluster,
+                 // and kUnimplemented for rows of other than two vectors per row thread
 };
 
 struct LaunchOptions {

@@ -197,18 +197,17 @@ struct BlockRow {
   __device__ __forceinline__ static void Wait() {}
 };
 
-// A row owned by a thread block cluster of C blocks (launched with cluster dimension C): the
-// block layout of the row split into C blocks of blockDim threads on C SMs, row thread
-// t = rank * blockDim + threadIdx.x (so every row thread owns the vectors it owns in BlockRow).
-// Cluster c runs rows c, c + clusters, ... (the launcher's rule gives each cluster one row; a
-// cap on the owners, LaunchOptions::max_row_owners, makes clusters stride over several).
-// Reductions: lane j of each warp stores the warp's value into block j's shared memory with
-// st.async, which completes bytes on block j's mbarrier for that reduction row (release at
-// cluster scope); each block waits on its own mbarrier for the row's warps x 4 bytes (acquire at
-// cluster scope; x 8 for ReduceSumAndMax, which sends a pair per warp), then each thread combines
-// the row's warps in order, as BlockRow does. Every thread of the block arrives on the mbarrier
-// (the expected count: blockDim) and waits on the phase its arrival returned. One one-way trip
-// per reduction: a cluster barrier per reduction instead took 0.1-0.5 us more per row at T = 1
+// The blocks of a thread block cluster that owns rows (launched with cluster dimension C): its
+// rank and size, its rows, and the exchange of per-warp values between its blocks, which the
+// row owners ClusterRow and ClusterPairRow (below) reduce with. Cluster c runs rows c,
+// c + clusters, ... (the launcher's rule gives each cluster one row; a cap on the owners,
+// LaunchOptions::max_row_owners, makes clusters stride over several).
+// Exchange: lane j of each sending warp stores the warp's values into block j's shared memory
+// with st.async, which completes bytes on block j's mbarrier for that reduction row (release at
+// cluster scope); each block waits on its own mbarrier for the senders' bytes (acquire at
+// cluster scope). Every thread of the block arrives on the mbarrier (the expected count:
+// blockDim) and waits on the phase its arrival returned. One one-way trip per reduction: a
+// cluster barrier per reduction instead took 0.1-0.5 us more per row at T = 1
 // (docs/perf/h200x1/NOTES.md, runs 15 and 16).
 // NOTE: a reduction row (smem row and its mbarrier) is used again two rows later at the earliest
 // (slot parity; later where fp8_token's bound skips the row's second exchange): a block that
@@ -219,25 +218,23 @@ struct BlockRow {
 // reduction) waits on it, so no block stores into a block that has not started. A block may exit
 // after its last reduction: every store into it completed its mbarrier before.
 // NOTE: cluster instructions exist from compute capability 9.0. Code built below it traps; the
-// launcher never picks ClusterRow there (no cluster launch on the device, or a kernel compiled
-// from PTX below compute_90: ClusterKernelRuns).
+// launcher never picks a cluster owner there (no cluster launch on the device, or a kernel
+// compiled from PTX below compute_90: ClusterKernelRuns).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-struct ClusterRow {
-  __device__ __forceinline__ static int Thread() { __trap(); return 0; }
-  __device__ __forceinline__ static int Threads() { __trap(); return 0; }
+struct RowCluster {
+  __device__ __forceinline__ static int Rank() { __trap(); return 0; }
+  __device__ __forceinline__ static int Size() { __trap(); return 1; }
   __device__ __forceinline__ static int64_t FirstRow() { __trap(); return 0; }
   __device__ __forceinline__ static int64_t RowStride() { __trap(); return 1; }
   __device__ __forceinline__ static void Arrive() { __trap(); }
   __device__ __forceinline__ static void Wait() {}
-  template <typename Op>
-  __device__ __forceinline__ static float Reduce(float, Op, float (*)[32], int) { __trap(); return 0.0f; }
-  __device__ __forceinline__ static float2 ReduceSumAndMax(float, float, float (*)[32], int) {
+  template <int kValues>
+  __device__ __forceinline__ static void Exchange(const float (&)[kValues], float (*)[32], int, int, int, bool) {
     __trap();
-    return make_float2(0.0f, 0.0f);
   }
 };
 #else
-struct ClusterRow {
+struct RowCluster {
   __device__ __forceinline__ static int Rank() {
     uint32_t r;
     asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
@@ -248,8 +245,6 @@ struct ClusterRow {
     asm("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
     return int(n);
   }
-  __device__ __forceinline__ static int Thread() { return Rank() * blockDim.x + threadIdx.x; }
-  __device__ __forceinline__ static int Threads() { return Size() * blockDim.x; }
   __device__ __forceinline__ static int64_t FirstRow() {
     uint32_t c;
     asm("mov.u32 %0, %%clusterid.x;" : "=r"(c));
@@ -274,20 +269,20 @@ struct ClusterRow {
     asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
   }
   __device__ __forceinline__ static void Wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
-  // Lane j of each warp stores the warp's kValues values (already reduced over the warp) into
-  // block j, at smem[reduction_row][warp * kValues ...] (kValues x the row's warps <= 32; 8-byte
-  // aligned for two), and the block waits until every warp's have landed.
+  // Where `sends` (the same in a whole warp), lane j of the warp stores its kValues values
+  // (already reduced over the warp) into block j, at smem[reduction_row][index * kValues ...];
+  // every thread of the block then waits until the values of `senders` warps have landed
+  // (senders x kValues <= 32; 8-byte aligned for two).
   template <int kValues>
-  __device__ __forceinline__ static void Exchange(const float (&v)[kValues], float (*smem)[32], int reduction_row) {
+  __device__ __forceinline__ static void Exchange(const float (&v)[kValues], float (*smem)[32], int reduction_row,
+                                                  int index, int senders, bool sends) {
     static_assert(kValues == 1 || kValues == 2, "one or two values per warp");
-    static_assert(kMaxRowThreads / 32 * kValues <= 32, "a row's warps' values fit one smem row");
-    const int warps = Threads() >> 5;
+    static_assert(kMaxRowThreads / 32 * 2 <= 32, "a row's warps' pairs (or a pair row's warps' values) fit one smem row");
     const uint32_t bar = static_cast<uint32_t>(__cvta_generic_to_shared(Barriers() + reduction_row));
     const int lane = threadIdx.x & 31;
     __syncwarp();  // the warp's reads of this row's last use come before its stores (NOTE above)
-    if (lane < Size()) {
-      const uint32_t value =
-          static_cast<uint32_t>(__cvta_generic_to_shared(&smem[reduction_row][(Thread() >> 5) * kValues]));
+    if (sends && lane < Size()) {
+      const uint32_t value = static_cast<uint32_t>(__cvta_generic_to_shared(&smem[reduction_row][index * kValues]));
       uint32_t remote_value, remote_bar;
       asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_value) : "r"(value), "r"(lane));
       asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_bar) : "r"(bar), "r"(lane));
@@ -306,7 +301,7 @@ struct ClusterRow {
     if (threadIdx.x == 0) {
       asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;"
                    : "=l"(state)
-                   : "r"(bar), "r"(uint32_t(warps) * 4u * kValues)
+                   : "r"(bar), "r"(uint32_t(senders) * 4u * kValues)
                    : "memory");
     } else {
       asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1];" : "=l"(state) : "r"(bar) : "memory");
@@ -319,38 +314,124 @@ struct ClusterRow {
         "l"(state)
         : "memory");
   }
+};
+#endif
+
+// The row's sum and max over the exchanged values of the row's warps (CombineWarps' order), in
+// one pass: the sum is bitwise CombineWarps(sums, SumOp{}).
+__device__ __forceinline__ float2 CombineWarpPairs(const float* smem_row, int warps) {
+  const float2* values = reinterpret_cast<const float2*>(smem_row);
+  float2 total = values[0];
+  for (int w = 1; w < warps; ++w) {
+    const float2 v = values[w];
+    total.x = SumOp{}(total.x, v.x);
+    total.y = MaxOp{}(total.y, v.y);
+  }
+  return total;
+}
+
+// A row owned by a cluster of C blocks: the block layout of the row split into C blocks of
+// blockDim threads on C SMs, row thread t = rank * blockDim + threadIdx.x (so every row thread
+// owns the vectors it owns in BlockRow). Every warp sends its value in each reduction.
+struct ClusterRow : RowCluster {
+  __device__ __forceinline__ static int Thread() { return Rank() * blockDim.x + threadIdx.x; }
+  __device__ __forceinline__ static int Threads() { return Size() * blockDim.x; }
   template <typename Op>
   __device__ __forceinline__ static float Reduce(float v, Op op, float (*smem)[32], int reduction_row) {
     const float warp_value[1] = {WarpReduce(v, op)};
-    Exchange(warp_value, smem, reduction_row);
+    Exchange(warp_value, smem, reduction_row, Thread() >> 5, Threads() >> 5, true);
     return CombineWarps(smem[reduction_row], Threads() >> 5, op);
   }
   // The row's sum of `sum` and max of `max` (magnitudes) through one exchange: the sum is
   // bitwise Reduce(sum, SumOp{}) (the same order).
   __device__ __forceinline__ static float2 ReduceSumAndMax(float sum, float max, float (*smem)[32], int reduction_row) {
     const float warp_values[2] = {WarpReduce(sum, SumOp{}), WarpReduce(max, MaxOp{})};
-    Exchange(warp_values, smem, reduction_row);
-    const int warps = Threads() >> 5;
-    const float2* values = reinterpret_cast<const float2*>(smem[reduction_row]);
-    float2 total = values[0];
-    for (int w = 1; w < warps; ++w) {  // both in one pass (CombineWarps' order)
-      const float2 v = values[w];
-      total.x = SumOp{}(total.x, v.x);
-      total.y = MaxOp{}(total.y, v.y);
-    }
-    return total;
+    Exchange(warp_values, smem, reduction_row, Thread() >> 5, Threads() >> 5, true);
+    return CombineWarpPairs(smem[reduction_row], Threads() >> 5);
   }
 };
-#endif
+
+// A row owned by a cluster, for rows of two vectors per row thread: each row thread's two
+// vectors are held by two threads, its parts, so a thread computes one vector and a block's
+// warps are twice the row threads' (four per SM where ClusterRow has two: every scheduler of
+// the SM issues, and each thread's chain is half as long; docs/kernels.md). Warp 2i + part of a
+// block holds part `part` of the block's row warp i: row thread t = rank * blockDim / 2 +
+// 32 i + lane owns vectors t (part 0) and t + n (part 1), n the row threads, as in the block
+// layout. Thread() is the vector this thread holds (so RowVectors<1, ClusterPairRow> indexes
+// it), Threads() = 2n.
+// The sum of squares keeps the layout's order: part 0 sums its vector's squares from +0 and
+// hands its sum to part 1 through shared memory (a named barrier of the warp pair), which goes
+// on with its own vector's (ChainSum); the row's reductions of sums then read part 1's warps
+// only. Maxima (a set: any order) read every warp.
+// NOTE: the hand-off's shared memory (by slot) and named barrier are used again for the row two
+// rows later, and the barrier's next phase starts with part 0's arrival for the next row: part 0
+// gets there only after the next row's sum exchange completed, which needs part 1's warp value,
+// sent after part 1 passed the barrier and read the hand-off of the row before.
+inline constexpr int kMaxClusterPairBlockThreads = 128;
+struct ClusterPairRow : RowCluster {
+  __device__ __forceinline__ static int Part() { return (threadIdx.x >> 5) & 1; }
+  // This thread's row thread: its index in the row's threads, and the index among the block's.
+  __device__ __forceinline__ static int BlockRowThread() { return ((threadIdx.x >> 6) << 5) | (threadIdx.x & 31); }
+  __device__ __forceinline__ static int RowThreads() { return Size() * (blockDim.x >> 1); }
+  __device__ __forceinline__ static int RowThread() { return Rank() * (blockDim.x >> 1) + BlockRowThread(); }
+  __device__ __forceinline__ static int Thread() { return RowThread() + Part() * RowThreads(); }
+  __device__ __forceinline__ static int Threads() { return 2 * RowThreads(); }
+  // The row thread's sum of squares in the layout's order, given this thread's vector's squares,
+  // and the max of both parts' `max`: in part 1 (part 0 gets its own vector's).
+  __device__ __forceinline__ static float2 ChainSum(const float (&squares)[kVecElems], float max, int slot) {
+    __shared__ float2 handoff[2][kMaxClusterPairBlockThreads / 2];
+    const int pair_barrier = 1 + (threadIdx.x >> 6);  // 0 is __syncthreads'
+    float2 own = make_float2(0.0f, max);
+    if (Part() == 1) {
+      asm volatile("bar.sync %0, 64;" ::"r"(pair_barrier) : "memory");
+      const float2 first = handoff[slot][BlockRowThread()];
+      own = make_float2(first.x, fmaxf(first.y, max));
+    }
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) own.x = __fadd_rn(own.x, squares[i]);
+    if (Part() == 0) {
+      handoff[slot][BlockRowThread()] = own;
+      asm volatile("bar.arrive %0, 64;" ::"r"(pair_barrier) : "memory");
+    }
+    return own;
+  }
+  // Sums: of the row threads' sums (ChainSum's, held by part 1); maxima: of every thread's value.
+  template <typename Op>
+  __device__ __forceinline__ static float Reduce(float v, Op op, float (*smem)[32], int reduction_row) {
+    const float warp_value[1] = {WarpReduce(v, op)};
+    if constexpr (std::is_same_v<Op, SumOp>) {
+      Exchange(warp_value, smem, reduction_row, RowThread() >> 5, RowThreads() >> 5, Part() == 1);
+      return CombineWarps(smem[reduction_row], RowThreads() >> 5, op);
+    } else {
+      Exchange(warp_value, smem, reduction_row, Thread() >> 5, Threads() >> 5, true);
+      return CombineWarps(smem[reduction_row], Threads() >> 5, op);
+    }
+  }
+  // ClusterRow's, for ChainSum's sums and maxima (part 1 holds both parts' max).
+  __device__ __forceinline__ static float2 ReduceSumAndMax(float sum, float max, float (*smem)[32], int reduction_row) {
+    const float warp_values[2] = {WarpReduce(sum, SumOp{}), WarpReduce(max, MaxOp{})};
+    Exchange(warp_values, smem, reduction_row, RowThread() >> 5, RowThreads() >> 5, Part() == 1);
+    return CombineWarpPairs(smem[reduction_row], RowThreads() >> 5);
+  }
+};
+
+// Whether a row owner is a cluster, and whether its threads hold a row thread's vectors in parts.
+template <typename Span>
+inline constexpr bool kClusterSpan = std::is_base_of_v<RowCluster, Span>;
+template <typename Span>
+inline constexpr bool kPairSpan = std::is_same_v<Span, ClusterPairRow>;
 
 // __launch_bounds__ of the epilogue kernel by row owner: one block per row as kMinBlocksPerSm
-// says; a cluster's blocks have at most two warps (the launcher's ClusterBlocks) and run a few
-// per SM at the small T the clusters serve, so their registers are not capped for occupancy.
+// says; a cluster's blocks have at most two row warps (the launcher's ClusterBlocks; four warps
+// for ClusterPairRow) and run a few per SM at the small T the clusters serve, so their
+// registers are not capped for occupancy.
 inline constexpr int kMaxClusterBlockThreads = 64;
 template <typename Span>
-inline constexpr int kSpanMaxThreads = std::is_same_v<Span, ClusterRow> ? kMaxClusterBlockThreads : kMaxRowThreads;
+inline constexpr int kSpanMaxThreads = kPairSpan<Span>      ? kMaxClusterPairBlockThreads
+                                       : kClusterSpan<Span> ? kMaxClusterBlockThreads
+                                                            : kMaxRowThreads;
 template <typename Span, int kVec>
-inline constexpr int kSpanMinBlocks = std::is_same_v<Span, ClusterRow> ? 1 : kMinBlocksPerSm<kVec>;
+inline constexpr int kSpanMinBlocks = kClusterSpan<Span> ? 1 : kMinBlocksPerSm<kVec>;
 
 // BlockRow's reductions, one function per operation: a version generic over the operation
 // changed ptxas's register allocation and measured 3-5 % slower for fp8_group at T >= 256
@@ -392,12 +473,30 @@ __device__ __forceinline__ float RowMax(float v, float (*smem)[32], int slot) {
 }
 
 // Max over aligned groups of `lanes` consecutive lanes (lanes a power of two <= 32, the same in
-// every lane), for each of a thread's kVec values at once: one xor butterfly level per step,
-// only the levels inside a group, the kVec chains side by side. (An integer reduction over the
-// group's lanes, as LaneMaxOfMagnitudes does for whole warps, measured 2-34 % slower for
-// fp8_group: docs/perf/h200x1/NOTES.md, run 25.)
+// every lane), for each of a thread's kVec values (magnitudes: LaneMaxOfMagnitudes) at once.
+// Where a warp holds at most two groups' maxima in all (kVec x 32 / lanes <= 2: one vector per
+// thread and groups of 16 or 32 lanes, two vectors and groups of 32), one integer reduction of
+// the whole warp per group, on the group's values and zeros elsewhere (independent reductions;
+// ClusterPairRow's fp8_group 128: docs/perf/h200x1/NOTES.md, run 31); otherwise one xor
+// butterfly level per step, only the levels inside a group, the kVec chains side by side. (An
+// integer reduction over the group's lanes alone, each half warp with its own mask, measured
+// 2-34 % slower: run 25.)
 template <int kVec>
 __device__ __forceinline__ void LaneGroupMax(float (&v)[kVec], int lanes) {
+  if (kVec * 32 <= 2 * lanes) {
+    const bool low = (threadIdx.x & 31) < 16;  // the lower group, where a warp holds two
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      if (lanes == 32) {
+        v[k] = LaneMaxOfMagnitudes(v[k], 0xffffffffu);
+      } else {
+        const float lower = LaneMaxOfMagnitudes(low ? v[k] : 0.0f, 0xffffffffu);
+        const float upper = LaneMaxOfMagnitudes(low ? 0.0f : v[k], 0xffffffffu);
+        v[k] = low ? lower : upper;
+      }
+    }
+    return;
+  }
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
     if (offset >= lanes) continue;
@@ -654,7 +753,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   // sum of squares (common/amax_bound.h), so where the bound decides, the row crosses the
   // cluster once, not twice. (Not for one block per row: measured slower; nor per group for
   // fp8_group: measured level. docs/kernels.md.)
-  constexpr bool kAmaxBound = kQuant == QuantMode::kFp8Token && std::is_same_v<Span, ClusterRow>;
+  constexpr bool kAmaxBound = kQuant == QuantMode::kFp8Token && kClusterSpan<Span>;
   static_assert(!kAmaxBound || kHeld, "the bound reads the weights before the sum: held ones");
   const bool amax_bound = kAmaxBound && !Recipe::WeightAfterRound(p);
   float bound_m = 0.0f;  // max |u_i w'_i| over the thread's vectors (AmaxBoundOf)
@@ -670,13 +769,26 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       StoreStreaming(static_cast<uint4*>(Recipe::AllreduceOut(p)) + row_vec + v, a[k]);
     NormInput<T, Recipe>(p, a[k], res[k], u[k],
                          p.residual_out && in_row[k] ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
+    if constexpr (!kPairSpan<Span>) {
 #pragma unroll
-    for (int i = 0; i < kVecElems; ++i) sum_sq = __fadd_rn(sum_sq, __fmul_rn(u[k][i], u[k][i]));
+      for (int i = 0; i < kVecElems; ++i) sum_sq = __fadd_rn(sum_sq, __fmul_rn(u[k][i], u[k][i]));
+    }
     if (kAmaxBound && amax_bound) {
       float wv[kVecElems];
-      weights.Get(p, k, wv);  // zeros past the row (ClusterRow holds its weights)
+      weights.Get(p, k, wv);  // zeros past the row (a cluster holds its weights)
       bound_m = AmaxBoundOf(u[k], wv, kVecElems, bound_m);
     }
+  }
+  if constexpr (kPairSpan<Span>) {
+    // The row thread's sum over both its parts' vectors, in the layout's order (and the bound's
+    // max over both).
+    static_assert(kVec == 1, "a pair row's thread holds one vector");
+    float squares[kVecElems];
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) squares[i] = __fmul_rn(u[0][i], u[0][i]);
+    const float2 chained = Span::ChainSum(squares, bound_m, slot);
+    sum_sq = chained.x;
+    bound_m = chained.y;
   }
   // fp8_tensor's reciprocal scale does not wait for the row's sum.
   const float static_inv = kQuant == QuantMode::kFp8Tensor ? __frcp_rn(static_scale) : 1.0f;
@@ -1107,16 +1219,19 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 // or a FixedRecipe for the local op's forms only (see "recipes").
 //
 // Grid: one block per row (a grid-stride loop covers T beyond the grid); block: blockDim threads
-// fixed by H (common/row_layout.h), kVec vectors each. With Span = ClusterRow (small T): one
-// cluster of C blocks per row, each block holding 1/C of the row's threads, launched with
-// cluster dimension C (the launcher's ClusterBlocks). Several blocks per SM keep rows in
-// flight while others compute (docs/kernels.md). Shared memory: 4 x 32 floats (reductions),
-// with BlockRow the 16-bit weights staged (kVec > 1), with ClusterRow 4 mbarriers. Weights in
-// registers: with BlockRow at one vector per thread, with ClusterRow at any (its
-// registers are not capped for occupancy, and a row at small T does not wait for shared memory).
-// Synchronization: the row reductions only (__syncthreads; with ClusterRow, st.async into the
+// fixed by H (common/row_layout.h), kVec vectors each. With a cluster owner (small T): one
+// cluster of C blocks per row, each block holding 1/C of the row's threads (ClusterRow), or of
+// the row threads' vectors at one per thread (ClusterPairRow, kVec = 1 for rows of two vectors
+// per row thread), launched with cluster dimension C (the launcher's ClusterBlocks). Several
+// blocks per SM keep rows in flight while others compute (docs/kernels.md). Shared memory:
+// 4 x 32 floats (reductions), with BlockRow the 16-bit weights staged (kVec > 1), with a cluster
+// 4 mbarriers (and ClusterPairRow's hand-off). Weights in registers: with BlockRow at one vector
+// per thread, with a cluster at any (its registers are not capped for occupancy, and a row at
+// small T does not wait for shared memory).
+// Synchronization: the row reductions only (__syncthreads; with a cluster, st.async into the
 // cluster's blocks and an mbarrier per reduction, plus one cluster barrier at the start that
-// publishes the mbarriers); nothing between rows' blocks or clusters.
+// publishes the mbarriers, and ClusterPairRow's named barrier per warp pair); nothing between
+// rows' blocks or clusters.
 // Order of loads: weights before griddepcontrol.wait (parameters nobody writes), and the block's
 // first row started into L2 there too; then x (or the reduced rows), the residual and the static
 // scale together, so a row costs one round trip (to L2 where the prefetch has landed) before its
@@ -1125,8 +1240,8 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 template <typename T, int kVec, QuantMode kQuant, typename Span = BlockRow, typename Recipe = RuntimeRecipe>
 __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kVec>)
     AllreduceEpilogueKernel(const FusedKernelParams p) {
-  __shared__ __align__(8) float smem[4][32];  // 8: ClusterRow::ReduceSumAndMax's pairs
-  constexpr bool kHeldWeights = kVec == 1 || std::is_same_v<Span, ClusterRow>;
+  __shared__ __align__(8) float smem[4][32];  // 8: the clusters' ReduceSumAndMax pairs
+  constexpr bool kHeldWeights = kVec == 1 || kClusterSpan<Span>;
   __shared__ uint4 weight_vectors[kHeldWeights ? 1 : kVec * kMaxRowThreads];
   Span::Arrive();
   RowWeights<kVec, kHeldWeights, Span, Recipe> weights;

@@ -38,7 +38,7 @@ StatusOr<DeviceFacts> CurrentDeviceFacts() {
   return facts;
 }
 
-// Whether `kernel`, a ClusterRow kernel, was compiled for clusters on `device`: a build whose
+// Whether `kernel`, a cluster kernel, was compiled for clusters on `device`: a build whose
 // code for this GPU comes from PTX below compute_90 (compiled when loaded) has the trap instead.
 StatusOr<bool> ClusterKernelRuns(const DeviceFacts& device, FusedKernelFn kernel) {
   if (!device.cluster_launch) return false;
@@ -132,13 +132,14 @@ struct LaunchAttributes {
 };
 
 // Launch configuration for `owners` blocks, or clusters of `cluster` blocks, each owning rows of
-// `layout` (a cluster's blocks split the row's threads); programmatic dependent launch when
-// asked for.
+// `layout` (a cluster's blocks split the row's threads, with `threads_per_row_thread` threads
+// each: 2 for ClusterPairRow); programmatic dependent launch when asked for.
 cudaLaunchConfig_t MakeConfig(const RowLayout& layout, int64_t owners, cudaStream_t stream,
-                              const LaunchOptions& options, LaunchAttributes& attributes, int cluster = 1) {
+                              const LaunchOptions& options, LaunchAttributes& attributes, int cluster = 1,
+                              int threads_per_row_thread = 1) {
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(unsigned(owners * cluster));
-  config.blockDim = dim3(unsigned(layout.threads / cluster));
+  config.blockDim = dim3(unsigned(layout.threads / cluster * threads_per_row_thread));
   config.dynamicSmemBytes = 0;
   config.stream = stream;
   config.attrs = attributes.items;
@@ -169,51 +170,75 @@ int ClusterBlocks(const RowLayout& layout) {
   return RowClusterBlocks(layout, kMaxClusterBlocks, kMaxClusterBlockThreads);
 }
 
+// Whether a cluster's threads can hold each row thread's vectors in two threads (ClusterPairRow):
+// rows of two vectors per row thread.
+bool HasPairRows(const RowLayout& layout) { return layout.vecs_per_thread == 2; }
+
 // Quant none and fp8_tensor take a cluster for rows of at least kClusterMinWarpsStatic warps,
-// and, at fewer blocks, for rows of at least kClusterMinWarpsStaticFewRows (below).
+// and, at fewer blocks, for rows of at least kClusterMinWarpsStaticFewRows (pairs:
+// kClusterPairMinWarpsStatic) (below).
 constexpr int kClusterMinWarpsStatic = 10;
 constexpr int kClusterMinWarpsStaticFewRows = 8;
+constexpr int kClusterPairMinWarpsStatic = 6;
 
-// Whether the local epilogue's measured rule spreads each row over a cluster of `cluster`
-// blocks (one block per row otherwise). At small T one block per row leaves most SMs idle while
-// each row's block issues the whole row's arithmetic on one SM; a cluster issues it on C SMs,
-// at a fixed cost (the cluster's launch, and each reduction's exchange through distributed
+// The local epilogue's measured rule: the owner of each row, one block or a cluster of `cluster`
+// blocks (of a thread or two per row thread). At small T one block per row leaves most SMs idle
+// while each row's block issues the whole row's arithmetic on one SM; a cluster issues it on C
+// SMs, at a fixed cost (the cluster's launch, and each reduction's exchange through distributed
 // shared memory) that does not grow with H. Measured on one H200 at H 2880, 4096, 5120, 7168 and
-// 8192 (docs/perf/h200x1/NOTES.md, runs 16 and 21), the cluster is faster while its blocks fill
-// at most two per SM (T x C <= 2 x SMs) for fp8_token and fp8_group, and for quant none and
-// fp8_tensor from rows of 10 warps (H 5120 on). With fewer warps a row is short enough on one SM
-// that the fixed cost weighs more: at 8 warps (H 4096) it is up to 2.6 % faster at T <= 4,
-// level at T 8-16 and 2-8 % slower at T 32-64, so it is taken while T x C <= SMs / 4 (T <= 8
-// there); at 6 warps (H 2880) it is level at T <= 16 and slower beyond, so not taken. (Measured
-// with the fixed-recipe kernels at two vectors per thread; 8-warp rows of one vector, H 1800-2040,
-// and specs that run the run-time kernels follow the same rule unmeasured.) Rows with no split
-// (C = 1: 9, 11, 13 or 15 warps, among others) keep one block per row.
-bool ClusterRuleSays(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int cluster,
+// 8192 (docs/perf/h200x1/NOTES.md, runs 16, 21 and 30):
+// - A thread per row thread (ClusterRow) is faster than a block while its blocks fill at most two
+//   per SM (T x C <= 2 x SMs) for fp8_token and fp8_group, and for quant none and fp8_tensor from
+//   rows of 10 warps (H 5120 on). With fewer warps a row is short enough on one SM that the fixed
+//   cost weighs more: at 8 warps (H 4096) it is up to 2.6 % faster at T <= 4, level at T 8-16
+//   and 2-8 % slower at T 32-64, so it is taken while T x C <= SMs / 4; at 6 warps (H 2880) not.
+// - Two threads per row thread (ClusterPairRow, rows of two vectors per row thread): every SM
+//   issues from four warps, not two, and each thread's chain is half as long. Against ClusterRow
+//   it is 4-7 % faster at T = 1 for the dynamic modes, and level to 5 % faster up to 224 blocks;
+//   at 256 (H 8192 T 32, H 4096 T 64) its two blocks of four warps per SM are 2-6 % slower. So
+//   it serves while T x C <= 7/4 x SMs and ClusterRow above. For quant none and fp8_tensor at 6
+//   and 8 warps it is 2-7 % faster than one block per row at H 2880 T <= 16 and H 4096 T 16,
+//   level at H 4096 T <= 8, and slower from T x C = 96: taken while T x C <= SMs / 2.
+// (Measured with the fixed-recipe kernels; 8-warp rows of one vector, H 1800-2040, rows of
+// 4-5 warps at two vectors (H 2048-2560, static modes: one block) and specs that run the
+// run-time kernels follow the same rule unmeasured.) Rows with no split (C = 1: 9, 11, 13 or 15
+// warps, among others) keep one block per row.
+RowOwner ClusterRule(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int cluster,
                      const DeviceFacts& device) {
-  if (cluster <= 1) return false;
+  if (cluster <= 1) return RowOwner::kBlock;
   const int64_t blocks = tokens * cluster;
+  const int64_t sms = device.sms;
   const int warps = layout.threads / 32;
-  if (IsDynamicQuant(spec.quant) || warps >= kClusterMinWarpsStatic) return blocks <= int64_t{2} * device.sms;
-  return warps >= kClusterMinWarpsStaticFewRows && blocks <= device.sms / 4;
+  const bool every_t = IsDynamicQuant(spec.quant) || warps >= kClusterMinWarpsStatic;
+  if (HasPairRows(layout)) {
+    if (every_t) return 4 * blocks <= 7 * sms ? RowOwner::kClusterPair : blocks <= 2 * sms ? RowOwner::kCluster : RowOwner::kBlock;
+    return warps >= kClusterPairMinWarpsStatic && 2 * blocks <= sms ? RowOwner::kClusterPair : RowOwner::kBlock;
+  }
+  if (every_t) return blocks <= 2 * sms ? RowOwner::kCluster : RowOwner::kBlock;
+  return warps >= kClusterMinWarpsStaticFewRows && blocks <= sms / 4 ? RowOwner::kCluster : RowOwner::kBlock;
 }
 
-// The epilogue kernel of one recipe, by row owner.
+// The epilogue kernel of one recipe, by row owner (kBlock, kCluster or kClusterPair).
 template <KernelRecipe kRecipe>
-FusedKernelFn SelectEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& layout, bool cluster_per_row) {
-  return cluster_per_row
-             ? SelectKernel<ClusterEpilogueFamily<kRecipe>>(spec.act_dtype, layout.vecs_per_thread, spec.quant)
-             : SelectKernel<EpilogueFamily<kRecipe>>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
+FusedKernelFn SelectEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& layout, RowOwner owner) {
+  switch (owner) {
+    case RowOwner::kCluster:
+      return SelectKernel<ClusterEpilogueFamily<kRecipe>>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
+    case RowOwner::kClusterPair:
+      return SelectKernel<ClusterPairEpilogueFamily<kRecipe>>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
+    default: return SelectKernel<EpilogueFamily<kRecipe>>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
+  }
 }
 
 // NOTE: a fixed recipe only for the local op (LocalKernelRecipe): its kernels read a = x.
-StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout,
-                                       bool cluster_per_row, KernelRecipe recipe) {
+StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout, RowOwner owner,
+                                       KernelRecipe recipe) {
   FusedKernelFn kernel = nullptr;
   switch (recipe) {
-    case KernelRecipe::kRuntime: kernel = SelectEpilogue<KernelRecipe::kRuntime>(spec, layout, cluster_per_row); break;
-    case KernelRecipe::kFixed: kernel = SelectEpilogue<KernelRecipe::kFixed>(spec, layout, cluster_per_row); break;
+    case KernelRecipe::kRuntime: kernel = SelectEpilogue<KernelRecipe::kRuntime>(spec, layout, owner); break;
+    case KernelRecipe::kFixed: kernel = SelectEpilogue<KernelRecipe::kFixed>(spec, layout, owner); break;
     case KernelRecipe::kFixedWeightAfterRound:
-      kernel = SelectEpilogue<KernelRecipe::kFixedWeightAfterRound>(spec, layout, cluster_per_row);
+      kernel = SelectEpilogue<KernelRecipe::kFixedWeightAfterRound>(spec, layout, owner);
       break;
   }
   if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
@@ -285,33 +310,38 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   const KernelRecipe recipe = LocalKernelRecipe(spec, options);
   TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts device, CurrentDeviceFacts());
   // A cluster per row where forced or where the rule says so, and the device and the build run it.
-  bool cluster_per_row = options.row_owner == RowOwner::kCluster ||
-                         (options.row_owner == RowOwner::kAuto && ClusterRuleSays(spec, layout, tokens, cluster, device));
+  const bool forced = options.row_owner != RowOwner::kAuto;
+  RowOwner owner = forced ? options.row_owner : ClusterRule(spec, layout, tokens, cluster, device);
+  if (forced && owner != RowOwner::kBlock && cluster <= 1)
+    return Unimplemented("no cluster per row for hidden ", spec.hidden,
+                         ": its row has no split into blocks of two warps or fewer");
+  if (forced && owner == RowOwner::kClusterPair && !HasPairRows(layout))
+    return Unimplemented("no cluster of two threads per row thread for hidden ", spec.hidden, ": its rows have ",
+                         layout.vecs_per_thread, " vectors per row thread, not 2");
   FusedKernelFn cluster_kernel = nullptr;
-  if (cluster_per_row) {
-    TPFUSE_ASSIGN_OR_RETURN(cluster_kernel, EpilogueKernel(spec, layout, /*cluster_per_row=*/true, recipe));
+  if (owner != RowOwner::kBlock) {
+    TPFUSE_ASSIGN_OR_RETURN(cluster_kernel, EpilogueKernel(spec, layout, owner, recipe));
     TPFUSE_ASSIGN_OR_RETURN(const bool runs, ClusterKernelRuns(device, cluster_kernel));
-    if (options.row_owner == RowOwner::kCluster && (cluster <= 1 || !runs))
-      return Unimplemented("no cluster per row for hidden ", spec.hidden, ": ",
-                           cluster <= 1 ? "its row has no split into blocks of two warps or fewer"
-                                        : "this device or build has no thread block clusters");
-    cluster_per_row = runs;
+    if (forced && !runs)
+      return Unimplemented("no cluster per row for hidden ", spec.hidden, ": this device or build has no thread block clusters");
+    if (!runs) owner = RowOwner::kBlock;
   }
   int64_t owners = EpilogueGrid(tokens);
   if (options.max_row_owners > 0) owners = std::min(owners, options.max_row_owners);
   const FusedKernelParams p = MakeParams(spec, tokens, b);
   LaunchAttributes attributes;
-  if (cluster_per_row) {
-    cudaLaunchConfig_t config = MakeConfig(layout, owners, stream, options, attributes, cluster);
+  if (owner != RowOwner::kBlock) {
+    cudaLaunchConfig_t config = MakeConfig(layout, owners, stream, options, attributes, cluster,
+                                           owner == RowOwner::kClusterPair ? 2 : 1);
     const cudaError_t launched = cudaLaunchKernelEx(&config, cluster_kernel, p);
     if (launched == cudaSuccess) return Status::Ok();
     // A cluster the device cannot place (a context limited to fewer SMs): the rule falls back to
     // one block per row, the same bits; a forced cluster, or any other error, is reported.
     const bool unplaceable = launched == cudaErrorInvalidClusterSize || launched == cudaErrorLaunchOutOfResources;
-    if (options.row_owner == RowOwner::kCluster || !unplaceable) TPFUSE_CUDA_CHECK(launched);
+    if (forced || !unplaceable) TPFUSE_CUDA_CHECK(launched);
     (void)cudaGetLastError();
   }
-  TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout, /*cluster_per_row=*/false, recipe));
+  TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout, RowOwner::kBlock, recipe));
   cudaLaunchConfig_t config = MakeConfig(layout, owners, stream, options, attributes);
   TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
   return Status::Ok();
@@ -353,7 +383,7 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
   if (strategy == Strategy::kNccl) {
     // The run-time recipe: the rows are NCCL's (reduced or gathered), not x.
     TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel,
-                            EpilogueKernel(spec, layout, /*cluster_per_row=*/false, KernelRecipe::kRuntime));
+                            EpilogueKernel(spec, layout, RowOwner::kBlock, KernelRecipe::kRuntime));
     const ncclDataType_t type = spec.act_dtype == DType::kBF16 ? ncclBfloat16 : ncclFloat16;
     // At N = 2 ncclAllReduce's sum is Contract 3's (one f32 add, one rounding); above it NCCL
     // rounds partial sums, so the exact path gathers the partials and sums them in the kernel.

@@ -4,5 +4,6 @@
 namespace tpfuse::cuda {
 
 template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
+template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
 
 }  // namespace tpfuse::cuda

@@ -31,12 +31,22 @@ struct EpilogueFamily {
   }
 };
 // The epilogue kernel with each row spread over a thread block cluster (launched with a
-// cluster dimension: small T).
+// cluster dimension: small T), a thread per row thread.
 template <KernelRecipe kRecipe>
 struct ClusterEpilogueFamily {
   template <typename T, int kVec, QuantMode kQuant>
   static constexpr FusedKernelFn Kernel() {
     return AllreduceEpilogueKernel<T, kVec, kQuant, ClusterRow, RecipeOf<T, kRecipe>>;
+  }
+};
+// The same with two threads per row thread, each holding one of its two vectors
+// (ClusterPairRow): rows of two vectors per row thread only (none for other kVec).
+template <KernelRecipe kRecipe>
+struct ClusterPairEpilogueFamily {
+  template <typename T, int kVec, QuantMode kQuant>
+  static constexpr FusedKernelFn Kernel() {
+    if constexpr (kVec == 2) return AllreduceEpilogueKernel<T, 1, kQuant, ClusterPairRow, RecipeOf<T, kRecipe>>;
+    else return nullptr;
   }
 };
 
@@ -53,6 +63,10 @@ extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::k
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int,
                                                                                                     QuantMode);
+extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(
+    DType, int, QuantMode);
 
 constexpr int KernelKey(DType act, int vecs_per_thread, QuantMode quant) {
   return (int(act) * 16 + vecs_per_thread) * 8 + int(quant);
