@@ -12,8 +12,9 @@
 //
 // --phases: where one row's time goes at T = 1. The production RowEpilogue with a probe that
 // stamps %clock64 on row thread 0 at each RowPhase (and at entry and after the wait), each stamp
-// taken once the phase's value is computed, for both row owners (one block; the cluster of the
-// launcher's split, stamped in its block 0, where H has one); single launches with a warm L2, the
+// taken once the phase's value is computed, for two row owners (one block; the cluster of the
+// launcher's split at T = 1, stamped in its block 0, where H has one: "pair" where it holds a row
+// thread's two vectors in two threads); single launches with a warm L2, the
 // median over 50 of each phase's cycles. (The probe is a template argument; the production
 // instantiations take the empty one and compile to the same SASS.) Columns "vectors": y, and
 // the quantization of static modes or the group scales; "dyn q": the dynamic modes' q (for
@@ -440,7 +441,7 @@ PhaseFn PhaseKernelFor(int vecs_per_thread, QuantMode q) {
 // Median cycles of each phase of one row at T = 1, printed as two table rows: the first run of
 // the row in the launch and the second. cluster: the row over a thread block cluster of the
 // launcher's split (RowClusterBlocks; ClusterPairRow for rows of two vectors per row thread, as
-// the launcher's ClusterEpilogueFamily), stamped on the cluster's block 0.
+// the launcher's rule takes at T = 1 for the dynamic modes), stamped on the cluster's block 0.
 void PrintPhases(const Case& c, bool cluster, cudaStream_t stream, float cycles_per_us) {
   const AllreduceRmsnormSpec spec = SpecOf(c);
   const RowLayout l = MakeRowLayout(c.H);
@@ -500,9 +501,9 @@ void PrintPhases(const Case& c, bool cluster, cudaStream_t stream, float cycles_
       }
     }
   }
+  const char* owner = !cluster ? "block" : per_row_thread == 2 ? "pair" : "cluster";
   for (int pass = 0; pass < 2; ++pass) {
-    std::printf("%6lld %-16s %-7s %-6s", (long long)c.H, CaseName(c).c_str(), cluster ? "cluster" : "block",
-                pass == 0 ? "first" : "again");
+    std::printf("%6lld %-16s %-7s %-6s", (long long)c.H, CaseName(c).c_str(), owner, pass == 0 ? "first" : "again");
     float total = 0;
     for (int i = 1; i < kStamps; ++i) {
       const std::vector<float>& v = cycles[pass * kStamps + i];

@@ -63,8 +63,8 @@ TPFUSE_HOST_DEVICE constexpr RowLayout MakeRowLayout(int64_t hidden) {
 }
 
 // Blocks of a thread block cluster that splits a row's threads (the CUDA epilogue at small T:
-// row thread t = rank * threads / blocks + thread of the block, so the layout, and with it the
-// sum order, stays the row's): the fewest, from 2 up to `max_blocks`, that divide the row's
+// row thread t = rank * threads / blocks + its index in the block, so the layout, and with it
+// the sum order, stays the row's): the fewest, from 2 up to `max_blocks`, that divide the row's
 // warps and leave each block at most `max_block_threads` threads; 1 where none does, and for
 // rows that already fit one such block (nothing to split). Pure arithmetic on the layout, kept
 // here beside it so the CPU tests check it.

@@ -217,39 +217,85 @@ TEST_F(LocalFusedTest, TiesSubnormalsAndSignedZerosAreBitwiseTheOracle) {
               x.SetF32(2 * h + i, i % 2 == 0 ? 0.0f : -0.0f);      // row 2: signed zeros
               in.residual.SetF32(2 * h + i, i % 4 < 2 ? -0.0f : 0.0f);
             }
-            EXPECT_EQ(RunAndCompareInputs(s, tokens, in, options), "")
-                << Describe(s, tokens) << " act " << DTypeName(act) << (fixed ? " fixed" : " run-time") << " recipe";
+            for (cuda::RowOwner owner : h == 128 ? std::vector<cuda::RowOwner>{cuda::RowOwner::kAuto} : RowOwnersOf(h)) {
+              options.row_owner = owner;
+              EXPECT_EQ(RunAndCompareInputs(s, tokens, in, options), "")
+                  << Describe(s, tokens) << " act " << DTypeName(act) << (fixed ? " fixed" : " run-time") << " recipe"
+                  << OwnerName(owner);
+            }
           }
 }
 
-// The local epilogue's two row owners, forced, against the oracle: one block per row, and one
-// thread block cluster per row at every kind of split the row layout makes (H 1536: 3 blocks of
-// two warps at one vector per thread; at two vectors per row thread, held by two threads
-// (ClusterPairRow): 2048: 2 blocks of two warp pairs; 2560: 5 blocks of one pair; 5120: 5;
-// 6144: 6; 16384: 8 blocks of two warps at four vectors per thread), every quant mode; one row
-// per owner, and three owners striding over the rows (each reduction's shared memory and
-// mbarrier, and a pair's hand-off, used again two rows on).
+// The local epilogue's row owners, forced, against the oracle: one block per row, and one
+// thread block cluster per row at every kind of split the row layout makes (a thread per row
+// thread: H 1536: 3 blocks of two warps at one vector per thread; 16384: 8 blocks of two warps
+// at four vectors per thread; 2048-6144 at two; and two threads per row thread
+// (ClusterPairRow) at two vectors per row thread: 2048: 2 blocks of two warp pairs; 2560: 5
+// blocks of one pair; 5120: 5; 6144: 6; and clusters of 2 blocks, of 2-8 pairs, at 2048, 5120,
+// 6144 and 8192, as the rule takes at larger T), every quant mode; one row per owner, and three
+// owners striding over the rows (each reduction's shared memory and mbarrier, and a pair's
+// hand-off, used again on the next rows).
 TEST_F(LocalFusedTest, BlockAndClusterRowOwnersAreBitwiseTheOracle) {
   uint64_t seed = 9000;
-  for (int64_t h : {1536, 2048, 2560, 5120, 6144, 16384})
+  for (int64_t h : {1536, 2048, 2560, 5120, 6144, 8192, 16384})
     for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
       for (cuda::RowOwner owner : RowOwnersOf(h))
-        for (int64_t max_owners : {0, 3}) {
-          cuda::LaunchOptions options;
-          options.row_owner = owner;
-          options.max_row_owners = max_owners;
-          const AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
-          for (int64_t t : {1, 10})
-            EXPECT_EQ(RunAndCompare(s, t, seed++, options), "")
-                << Describe(s, t) << OwnerName(owner) << " owners "
-                << max_owners;
+        for (int cluster_blocks : {0, 2}) {
+          if (cluster_blocks == 2 && (owner != cuda::RowOwner::kClusterPair || h == 2560)) continue;
+          if (h == 8192 && cluster_blocks != 2) continue;  // blocks of 8 pairs, the most
+          for (int64_t max_owners : {0, 3}) {
+            cuda::LaunchOptions options;
+            options.row_owner = owner;
+            options.cluster_blocks = cluster_blocks;
+            options.max_row_owners = max_owners;
+            const AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+            for (int64_t t : {1, 10})
+              EXPECT_EQ(RunAndCompare(s, t, seed++, options), "")
+                  << Describe(s, t) << OwnerName(owner) << " of " << cluster_blocks << " blocks, owners " << max_owners;
+          }
         }
+}
+
+// The rule's owner and cluster size (no GPU needed), on a GPU of 132 SMs: at two vectors per row
+// thread the pair cluster while T x C stays within 7/4 x SMs, then the two-warp cluster within
+// 2 x SMs, then, for the dynamic modes, the pair cluster of fewer blocks (the most, down to 2,
+// dividing the row's warps, whose T x c stays within 7/4 x SMs), then one block; the static
+// modes' rows of 6-8 warps the pair while T x C <= SMs / 2; rows of one or four vectors per
+// thread the two-warp cluster; rows with no split one block.
+TEST(LocalRowOwnerRuleTest, ClusterKindAndSizeFollowTheRule) {
+  using cuda::RowOwner;
+  struct Case {
+    int64_t h;
+    QuantMode q;
+    int64_t t;
+    RowOwner owner;
+    int blocks;
+  };
+  const QuantMode group = QuantMode::kFp8Group, token = QuantMode::kFp8Token, tensor = QuantMode::kFp8Tensor;
+  for (const Case& c : {Case{8192, group, 1, RowOwner::kClusterPair, 8}, Case{8192, group, 28, RowOwner::kClusterPair, 8},
+                        Case{8192, group, 29, RowOwner::kCluster, 8}, Case{8192, group, 34, RowOwner::kClusterPair, 4},
+                        Case{8192, token, 64, RowOwner::kClusterPair, 2}, Case{8192, token, 115, RowOwner::kClusterPair, 2},
+                        Case{8192, token, 116, RowOwner::kBlock, 1}, Case{7168, group, 33, RowOwner::kClusterPair, 7},
+                        Case{7168, group, 34, RowOwner::kCluster, 7}, Case{7168, group, 38, RowOwner::kClusterPair, 2},
+                        Case{5120, tensor, 46, RowOwner::kClusterPair, 5}, Case{5120, tensor, 47, RowOwner::kCluster, 5},
+                        Case{5120, tensor, 53, RowOwner::kBlock, 1}, Case{5120, group, 53, RowOwner::kClusterPair, 2},
+                        Case{4096, tensor, 16, RowOwner::kClusterPair, 4}, Case{4096, tensor, 17, RowOwner::kBlock, 1},
+                        Case{2880, QuantMode::kNone, 22, RowOwner::kClusterPair, 3},
+                        Case{2880, QuantMode::kNone, 23, RowOwner::kBlock, 1}, Case{2048, tensor, 1, RowOwner::kBlock, 1},
+                        Case{2048, group, 1, RowOwner::kClusterPair, 2}, Case{1536, group, 88, RowOwner::kCluster, 3},
+                        Case{1536, group, 89, RowOwner::kBlock, 1}, Case{16384, token, 33, RowOwner::kCluster, 8},
+                        Case{16384, token, 34, RowOwner::kBlock, 1}, Case{4608, group, 1, RowOwner::kBlock, 1}}) {
+    const AllreduceRmsnormSpec s = LocalSpec(c.h, c.q, /*residual=*/true);
+    const cuda::LocalRowOwner got = cuda::LocalRowOwnerRule(s, c.t, 132);
+    EXPECT_EQ(got.owner, c.owner) << Describe(s, c.t);
+    EXPECT_EQ(got.cluster_blocks, c.blocks) << Describe(s, c.t);
+  }
 }
 
 // The kernels with the recipe fixed at compile time (the local op's default recipe and
 // weight_after_round, bf16 and f16 with the weight in the activation dtype) and the kernels that
-// read it at run time, each forced, under both row owners, at one, two and four vectors per
-// thread: both bitwise the oracle. (Specs outside the fixed forms run the run-time kernels:
+// read it at run time, each forced, under every row owner (the pair cluster where the row has
+// two vectors per row thread), at one, two and four vectors per thread: both bitwise the oracle. (Specs outside the fixed forms run the run-time kernels:
 // the tests above.)
 TEST_F(LocalFusedTest, FixedAndRuntimeRecipeKernelsAreBitwiseTheOracle) {
   uint64_t seed = 9500;
@@ -310,7 +356,7 @@ TEST_F(LocalFusedTest, ScaleStepTiesAreBitwiseTheOracleInEveryKernel) {
 // two per thread; 5760: 48 of 768; 13824: 64 of 1792, four per thread): the kernels compute
 // those vectors on zeros and must store nothing of them and leave them out of every sum and
 // maximum. Every quant mode (fp8_group with column-major scales, whose padding rows are
-// written too), both row owners (the cluster holds its weights in registers), both recipes'
+// written too), every row owner (a cluster holds its weights in registers), both recipes'
 // kernels, and f32 weights (read per vector from global memory by the one-block kernel).
 TEST_F(LocalFusedTest, VectorsPastTheRowAreBitwiseTheOracleInEveryKernel) {
   uint64_t seed = 9950;
@@ -387,7 +433,7 @@ TEST_F(LocalFusedTest, AmaxBoundRowsAreBitwiseTheOracle) {
             ASSERT_GE(AmaxFromBound(m, r, [act](float x) { return RoundTo(act, x); }), 0.0f)
                 << "row " << row << " must take the bound's path";
           }
-          if (heavy_weight) in.weight.SetF32(h / 2, 0x1p41f);
+          if (heavy_weight) in.weight.SetF32(h / 4, 0x1p41f);  // in a pair cluster's part 0
           for (cuda::RowOwner owner : RowOwnersOf(h, /*block=*/false))
             for (bool weight_after_round : {false, true})
               for (bool fixed : {true, false})
@@ -484,6 +530,18 @@ TEST_F(LocalFusedTest, ForcedClusterWithoutASplitIsRefused) {
     const std::string diff = RunAndCompare(LocalSpec(h, QuantMode::kFp8Tensor, true), 4, 1, options);
     EXPECT_NE(diff.find("not 2"), std::string::npos) << "H " << h << ": " << diff;
   }
+  // Two vectors per row thread and 9 warps: no split.
+  std::string diff = RunAndCompare(LocalSpec(4608, QuantMode::kFp8Tensor, true), 4, 1, options);
+  EXPECT_NE(diff.find("no cluster per row"), std::string::npos) << diff;
+  // Blocks per cluster that do not divide the row's warps, or for another owner.
+  options.cluster_blocks = 3;  // H 8192: 16 warps
+  diff = RunAndCompare(LocalSpec(8192, QuantMode::kFp8Tensor, true), 4, 1, options);
+  EXPECT_NE(diff.find("cluster_blocks 3"), std::string::npos) << diff;
+  options.row_owner = cuda::RowOwner::kCluster;
+  options.cluster_blocks = 2;
+  diff = RunAndCompare(LocalSpec(8192, QuantMode::kFp8Tensor, true), 4, 1, options);
+  EXPECT_NE(diff.find("kClusterPair only"), std::string::npos) << diff;
+  options.cluster_blocks = 0;
   options.row_owner = cuda::RowOwner::kAuto;
   options.max_row_owners = -1;
   EXPECT_NE(RunAndCompare(s, 4, 1, options).find("max_row_owners"), std::string::npos);

@@ -29,8 +29,8 @@ enum class NcclReduction : uint8_t {
 };
 
 // Who owns a row in the local epilogue (LaunchLocalAllreduceRmsnorm): one block, or a thread
-// block cluster that splits the block's threads over several SMs (docs/kernels.md). Both give
-// the same bits.
+// block cluster that splits the block's threads over several SMs, with a thread per row thread
+// or two (docs/kernels.md). All give the same bits.
 enum class RowOwner : uint8_t {
   kAuto,     // the measured rule: a cluster at small T where it is faster, else a block
   kBlock,    // one block per row
@@ -49,6 +49,9 @@ struct LaunchOptions {
   // 0 for one per row; fewer make each stride over several rows. For tests and measurements.
   RowOwner row_owner = RowOwner::kAuto;
   int64_t max_row_owners = 0;
+  // With row_owner kClusterPair: the blocks of each row's cluster, 2-8 dividing the row's warps
+  // (0: the split into blocks of two row warps, as kCluster's). For tests and measurements.
+  int cluster_blocks = 0;
   // The local epilogue's kernels with the recipe fixed at compile time where the spec is one of
   // their forms (kernels/allreduce_rmsnorm.cuh, "recipes"); false: the kernels that read it at
   // run time, for every spec (the same bits). For tests and measurements.
@@ -76,6 +79,15 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
 // bias, the norm reading round(h), the mode's default scale step, f32 scales, no allreduce
 // output) and options.fixed_recipes is set, else the one that reads it at run time.
 KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options = {});
+
+// The row owner, and the blocks of its cluster (1 for one block per row), that the local
+// epilogue's measured rule takes for T rows of `spec` on a GPU of `sms` SMs (row_owner kAuto,
+// where the device and the build run clusters). Pure arithmetic (no GPU needed).
+struct LocalRowOwner {
+  RowOwner owner = RowOwner::kBlock;
+  int cluster_blocks = 1;
+};
+LocalRowOwner LocalRowOwnerRule(const AllreduceRmsnormSpec& spec, int64_t tokens, int sms);
 
 // Whether `strategy` can run this shape on this communicator (same checks, no launch).
 Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_t tokens,

@@ -213,7 +213,8 @@ struct BlockRow {
 // (slot parity; later where fp8_token's bound skips the row's second exchange): a block that
 // sends row i + 2's value into block j has completed row i + 1, which needed j's value of row
 // i + 1, which j's warps send after their threads read row i's values (__syncwarp orders the
-// warp's reads before its lanes' stores). Arrive() (the kernel's start) initializes the
+// warp's reads before its lanes' stores; for ClusterPairRow's part 0 warps, which send no sums,
+// see its NOTE). Arrive() (the kernel's start) initializes the
 // mbarriers and arrives on a cluster barrier that publishes them; Wait() (before the first
 // reduction) waits on it, so no block stores into a block that has not started. A block may exit
 // after its last reduction: every store into it completed its mbarrier before.
@@ -351,24 +352,34 @@ struct ClusterRow : RowCluster {
   }
 };
 
+// Threads of a ClusterRow block at most: two warps (the launcher's ClusterBlocks splits rows
+// so; see kSpanMaxThreads).
+inline constexpr int kMaxClusterBlockThreads = 64;
+
 // A row owned by a cluster, for rows of two vectors per row thread: each row thread's two
 // vectors are held by two threads, its parts, so a thread computes one vector and a block's
-// warps are twice the row threads' (four per SM where ClusterRow has two: every scheduler of
-// the SM issues, and each thread's chain is half as long; docs/kernels.md). Warp 2i + part of a
-// block holds part `part` of the block's row warp i: row thread t = rank * blockDim / 2 +
-// 32 i + lane owns vectors t (part 0) and t + n (part 1), n the row threads, as in the block
-// layout. Thread() is the vector this thread holds (so RowVectors<1, ClusterPairRow> indexes
-// it), Threads() = 2n.
+// warps are twice the row threads' (at T = 1 four per SM where ClusterRow has two: every
+// scheduler of the SM issues, and each thread's chain is half as long; docs/kernels.md). Warp
+// 2i + part of a block holds part `part` of the block's row warp i: row thread
+// t = rank * blockDim / 2 + 32 i + lane owns vectors t (part 0) and t + n (part 1), n the row
+// threads, as in the block layout. Thread() is the vector this thread holds (so RowVectors<1,
+// ClusterPairRowOf> indexes it), Threads() = 2n. kMaxBlockThreads: the blocks' threads at most
+// (two instantiations: ClusterPairRow for the split of rows into blocks of two row warps, and
+// WideClusterPairRow for clusters of fewer, larger blocks at larger T; the small one keeps its
+// launch bounds, under which it measured 2 % faster at T = 1, docs/perf/h200x1/NOTES.md, run 32).
 // The sum of squares keeps the layout's order: part 0 sums its vector's squares from +0 and
 // hands its sum to part 1 through shared memory (a named barrier of the warp pair), which goes
 // on with its own vector's (ChainSum); the row's reductions of sums then read part 1's warps
 // only. Maxima (a set: any order) read every warp.
-// NOTE: the hand-off's shared memory (by slot) and named barrier are used again for the row two
-// rows later, and the barrier's next phase starts with part 0's arrival for the next row: part 0
-// gets there only after the next row's sum exchange completed, which needs part 1's warp value,
-// sent after part 1 passed the barrier and read the hand-off of the row before.
-inline constexpr int kMaxClusterPairBlockThreads = 128;
-struct ClusterPairRow : RowCluster {
+// NOTE: the hand-off's shared memory and named barrier are used again for the next row (the
+// shared memory by slot parity, with room to spare): part 0 reaches row i + 1's hand-off and
+// bar.arrive only after row i's sum exchange completed, which needs every part 1 warp's value of
+// row i, sent after that warp passed row i's barrier and read row i's hand-off. The same chain
+// orders part 0 warps' reads of a reduction row before its reuse two rows later (they send no
+// sums into it).
+template <int kMaxBlockThreads>
+struct ClusterPairRowOf : RowCluster {
+  static constexpr int kMaxThreads = kMaxBlockThreads;
   __device__ __forceinline__ static int Part() { return (threadIdx.x >> 5) & 1; }
   // This thread's row thread: its index in the row's threads, and the index among the block's.
   __device__ __forceinline__ static int BlockRowThread() { return ((threadIdx.x >> 6) << 5) | (threadIdx.x & 31); }
@@ -379,8 +390,9 @@ struct ClusterPairRow : RowCluster {
   // The row thread's sum of squares in the layout's order, given this thread's vector's squares,
   // and the max of both parts' `max`: in part 1 (part 0 gets its own vector's).
   __device__ __forceinline__ static float2 ChainSum(const float (&squares)[kVecElems], float max, int slot) {
-    __shared__ float2 handoff[2][kMaxClusterPairBlockThreads / 2];
-    const int pair_barrier = 1 + (threadIdx.x >> 6);  // 0 is __syncthreads'
+    static_assert(kMaxBlockThreads / 64 <= 15, "a named barrier per warp pair (0 is __syncthreads')");
+    __shared__ float2 handoff[2][kMaxBlockThreads / 2];
+    const int pair_barrier = 1 + (threadIdx.x >> 6);
     float2 own = make_float2(0.0f, max);
     if (Part() == 1) {
       asm volatile("bar.sync %0, 64;" ::"r"(pair_barrier) : "memory");
@@ -415,21 +427,26 @@ struct ClusterPairRow : RowCluster {
   }
 };
 
+using ClusterPairRow = ClusterPairRowOf<2 * kMaxClusterBlockThreads>;
+using WideClusterPairRow = ClusterPairRowOf<kMaxRowThreads>;  // clusters of 2 blocks or more
+
 // Whether a row owner is a cluster, and whether its threads hold a row thread's vectors in parts.
 template <typename Span>
 inline constexpr bool kClusterSpan = std::is_base_of_v<RowCluster, Span>;
 template <typename Span>
-inline constexpr bool kPairSpan = std::is_same_v<Span, ClusterPairRow>;
+inline constexpr bool kPairSpan = std::is_same_v<Span, ClusterPairRow> || std::is_same_v<Span, WideClusterPairRow>;
 
 // __launch_bounds__ of the epilogue kernel by row owner: one block per row as kMinBlocksPerSm
-// says; a cluster's blocks have at most two row warps (the launcher's ClusterBlocks; four warps
-// for ClusterPairRow) and run a few per SM at the small T the clusters serve, so their
-// registers are not capped for occupancy.
-inline constexpr int kMaxClusterBlockThreads = 64;
+// says; a cluster's blocks have at most two row warps (the launcher's ClusterBlocks), a pair
+// cluster's at most kMaxThreads; they run a few per SM at the small T the clusters serve, so
+// their registers are not capped for occupancy.
 template <typename Span>
-inline constexpr int kSpanMaxThreads = kPairSpan<Span>      ? kMaxClusterPairBlockThreads
-                                       : kClusterSpan<Span> ? kMaxClusterBlockThreads
-                                                            : kMaxRowThreads;
+constexpr int SpanMaxThreads() {
+  if constexpr (kPairSpan<Span>) return Span::kMaxThreads;
+  else return kClusterSpan<Span> ? kMaxClusterBlockThreads : kMaxRowThreads;
+}
+template <typename Span>
+inline constexpr int kSpanMaxThreads = SpanMaxThreads<Span>();
 template <typename Span, int kVec>
 inline constexpr int kSpanMinBlocks = kClusterSpan<Span> ? 1 : kMinBlocksPerSm<kVec>;
 
@@ -473,17 +490,18 @@ __device__ __forceinline__ float RowMax(float v, float (*smem)[32], int slot) {
 }
 
 // Max over aligned groups of `lanes` consecutive lanes (lanes a power of two <= 32, the same in
-// every lane), for each of a thread's kVec values (magnitudes: LaneMaxOfMagnitudes) at once.
-// Where a warp holds at most two groups' maxima in all (kVec x 32 / lanes <= 2: one vector per
-// thread and groups of 16 or 32 lanes, two vectors and groups of 32), one integer reduction of
-// the whole warp per group, on the group's values and zeros elsewhere (independent reductions;
-// ClusterPairRow's fp8_group 128: docs/perf/h200x1/NOTES.md, run 31); otherwise one xor
-// butterfly level per step, only the levels inside a group, the kVec chains side by side. (An
-// integer reduction over the group's lanes alone, each half warp with its own mask, measured
-// 2-34 % slower: run 25.)
-template <int kVec>
+// every lane), for each of a thread's kVec values (magnitudes: LaneMaxOfMagnitudes) at once:
+// one xor butterfly level per step, only the levels inside a group, the kVec chains side by
+// side. With kWholeWarp (ClusterPairRow's kernels, where it was measured) and where a warp holds
+// at most two groups' maxima in all (one vector per thread and groups of 16 or 32 lanes), one
+// integer reduction of the whole warp per group instead, on the group's values and zeros
+// elsewhere: independent reductions, not four dependent levels (fp8_group 128 2-4 % faster at
+// T <= 32, docs/perf/h200x1/NOTES.md, run 31; an integer reduction over the group's lanes alone,
+// each half warp with its own mask, measured 2-34 % slower: run 25). A group of NaN gives +0
+// there where fmaxf gives NaN: the same scale (LaneMaxOfMagnitudes).
+template <int kVec, bool kWholeWarp = false>
 __device__ __forceinline__ void LaneGroupMax(float (&v)[kVec], int lanes) {
-  if (kVec * 32 <= 2 * lanes) {
+  if (kWholeWarp && kVec * 32 <= 2 * lanes) {
     const bool low = (threadIdx.x & 31) < 16;  // the lower group, where a warp holds two
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
@@ -860,8 +878,9 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   float s[kHoldsY ? kVec : 1], inv[kHoldsY ? kVec : 1];
   ScaleStep step[kHoldsY ? kVec : 1];
   if constexpr (kQuant == QuantMode::kFp8Group) {
-    // Every lane joins the shuffles (whole warps); a group is all in the row or all past it.
-    LaneGroupMax(amax, p.group_vecs);
+    // Every lane joins the shuffles or reductions (whole warps); a group is all in the row or all
+    // past it.
+    LaneGroupMax<kVec, kPairSpan<Span>>(amax, p.group_vecs);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       s[k] = DynamicScale<Recipe, kQuant>(p, amax[k], step[k]);

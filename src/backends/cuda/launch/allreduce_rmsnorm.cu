@@ -181,12 +181,13 @@ constexpr int kClusterMinWarpsStatic = 10;
 constexpr int kClusterMinWarpsStaticFewRows = 8;
 constexpr int kClusterPairMinWarpsStatic = 6;
 
-// The local epilogue's measured rule: the owner of each row, one block or a cluster of `cluster`
-// blocks (of a thread or two per row thread). At small T one block per row leaves most SMs idle
-// while each row's block issues the whole row's arithmetic on one SM; a cluster issues it on C
-// SMs, at a fixed cost (the cluster's launch, and each reduction's exchange through distributed
-// shared memory) that does not grow with H. Measured on one H200 at H 2880, 4096, 5120, 7168 and
-// 8192 (docs/perf/h200x1/NOTES.md, runs 16, 21 and 30):
+// The local epilogue's measured rule: the owner of each row, one block or a cluster (of a thread
+// or two per row thread), and the cluster's blocks. At small T one block per row leaves most SMs
+// idle while each row's block issues the whole row's arithmetic on one SM; a cluster issues it
+// on C SMs, at a fixed cost (the cluster's launch, and each reduction's exchange through
+// distributed shared memory) that does not grow with H. C is the split into blocks of two row
+// warps (ClusterBlocks), except in the last case below. Measured on one H200 at H 2880, 4096,
+// 5120, 7168 and 8192 (docs/perf/h200x1/NOTES.md, runs 16, 21 and 30-32):
 // - A thread per row thread (ClusterRow) is faster than a block while its blocks fill at most two
 //   per SM (T x C <= 2 x SMs) for fp8_token and fp8_group, and for quant none and fp8_tensor from
 //   rows of 10 warps (H 5120 on). With fewer warps a row is short enough on one SM that the fixed
@@ -199,46 +200,72 @@ constexpr int kClusterPairMinWarpsStatic = 6;
 //   it serves while T x C <= 7/4 x SMs and ClusterRow above. For quant none and fp8_tensor at 6
 //   and 8 warps it is 2-7 % faster than one block per row at H 2880 T <= 16 and H 4096 T 16,
 //   level at H 4096 T <= 8, and slower from T x C = 96: taken while T x C <= SMs / 2.
+// - Past 2 x SMs the dynamic modes' rows (two vectors per row thread) take the pair cluster of
+//   fewer, larger blocks (WideClusterPairRow): the most blocks c, dividing the row's warps, with
+//   T x c <= 7/4 x SMs (H 4096-8192 T 64: c = 2), where one block per row leaves about half the
+//   SMs idle: fp8_group 0.89-0.92 x, fp8_token 0.89-1.01 x one block's time. Quant none took
+//   1.06-1.07 x there, fp8_tensor 1.00-1.02 x: the static modes keep one block.
 // (Measured with the fixed-recipe kernels; 8-warp rows of one vector, H 1800-2040, rows of
 // 4-5 warps at two vectors (H 2048-2560, static modes: one block) and specs that run the
 // run-time kernels follow the same rule unmeasured.) Rows with no split (C = 1: 9, 11, 13 or 15
 // warps, among others) keep one block per row.
-RowOwner ClusterRule(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int cluster,
-                     const DeviceFacts& device) {
-  if (cluster <= 1) return RowOwner::kBlock;
+// Blocks of a pair cluster for T rows: the most, below the split into blocks of two row warps
+// (ClusterBlocks) and down to 2, that divide the row's warps and keep T x c <= 7/4 x SMs; 1
+// where none does.
+int FewerPairClusterBlocks(const RowLayout& layout, int64_t tokens, int64_t sms) {
+  const int warps = layout.threads / 32;
+  for (int c = ClusterBlocks(layout) - 1; c >= 2; --c)
+    if (warps % c == 0 && 4 * tokens * c <= 7 * sms) return c;
+  return 1;
+}
+
+LocalRowOwner ClusterRule(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int64_t sms) {
+  const int cluster = ClusterBlocks(layout);
+  if (cluster <= 1) return {};
   const int64_t blocks = tokens * cluster;
-  const int64_t sms = device.sms;
   const int warps = layout.threads / 32;
   const bool every_t = IsDynamicQuant(spec.quant) || warps >= kClusterMinWarpsStatic;
   if (HasPairRows(layout)) {
-    if (every_t) return 4 * blocks <= 7 * sms ? RowOwner::kClusterPair : blocks <= 2 * sms ? RowOwner::kCluster : RowOwner::kBlock;
-    return warps >= kClusterPairMinWarpsStatic && 2 * blocks <= sms ? RowOwner::kClusterPair : RowOwner::kBlock;
+    if (!every_t)
+      return warps >= kClusterPairMinWarpsStatic && 2 * blocks <= sms ? LocalRowOwner{RowOwner::kClusterPair, cluster}
+                                                                         : LocalRowOwner{};
+    if (4 * blocks <= 7 * sms) return {RowOwner::kClusterPair, cluster};
+    if (blocks <= 2 * sms) return {RowOwner::kCluster, cluster};
+    const int fewer = IsDynamicQuant(spec.quant) ? FewerPairClusterBlocks(layout, tokens, sms) : 1;
+    return fewer > 1 ? LocalRowOwner{RowOwner::kClusterPair, fewer} : LocalRowOwner{};
   }
-  if (every_t) return blocks <= 2 * sms ? RowOwner::kCluster : RowOwner::kBlock;
-  return warps >= kClusterMinWarpsStaticFewRows && blocks <= sms / 4 ? RowOwner::kCluster : RowOwner::kBlock;
+  if (every_t) return blocks <= 2 * sms ? LocalRowOwner{RowOwner::kCluster, cluster} : LocalRowOwner{};
+  return warps >= kClusterMinWarpsStaticFewRows && blocks <= sms / 4 ? LocalRowOwner{RowOwner::kCluster, cluster}
+                                                                     : LocalRowOwner{};
 }
 
-// The epilogue kernel of one recipe, by row owner (kBlock, kCluster or kClusterPair).
+// The epilogue kernel of one recipe, by row owner (kBlock, kCluster or kClusterPair) and, for
+// the pair, the blocks of its cluster (wider blocks than ClusterPairRow's run WideClusterPairRow).
 template <KernelRecipe kRecipe>
-FusedKernelFn SelectEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& layout, RowOwner owner) {
+FusedKernelFn SelectEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& layout, RowOwner owner,
+                             int cluster_blocks) {
+  const int v = layout.vecs_per_thread;
   switch (owner) {
-    case RowOwner::kCluster:
-      return SelectKernel<ClusterEpilogueFamily<kRecipe>>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
+    case RowOwner::kCluster: return SelectKernel<ClusterEpilogueFamily<kRecipe>>(spec.act_dtype, v, spec.quant);
     case RowOwner::kClusterPair:
-      return SelectKernel<ClusterPairEpilogueFamily<kRecipe>>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
-    default: return SelectKernel<EpilogueFamily<kRecipe>>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
+      return 2 * layout.threads / cluster_blocks > ClusterPairRow::kMaxThreads
+                 ? SelectKernel<ClusterPairEpilogueFamily<kRecipe, true>>(spec.act_dtype, v, spec.quant)
+                 : SelectKernel<ClusterPairEpilogueFamily<kRecipe>>(spec.act_dtype, v, spec.quant);
+    default: return SelectKernel<EpilogueFamily<kRecipe>>(spec.act_dtype, v, spec.quant);
   }
 }
 
 // NOTE: a fixed recipe only for the local op (LocalKernelRecipe): its kernels read a = x.
 StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout, RowOwner owner,
-                                       KernelRecipe recipe) {
+                                       KernelRecipe recipe, int cluster_blocks = 1) {
   FusedKernelFn kernel = nullptr;
   switch (recipe) {
-    case KernelRecipe::kRuntime: kernel = SelectEpilogue<KernelRecipe::kRuntime>(spec, layout, owner); break;
-    case KernelRecipe::kFixed: kernel = SelectEpilogue<KernelRecipe::kFixed>(spec, layout, owner); break;
+    case KernelRecipe::kRuntime:
+      kernel = SelectEpilogue<KernelRecipe::kRuntime>(spec, layout, owner, cluster_blocks);
+      break;
+    case KernelRecipe::kFixed: kernel = SelectEpilogue<KernelRecipe::kFixed>(spec, layout, owner, cluster_blocks); break;
     case KernelRecipe::kFixedWeightAfterRound:
-      kernel = SelectEpilogue<KernelRecipe::kFixedWeightAfterRound>(spec, layout, owner);
+      kernel = SelectEpilogue<KernelRecipe::kFixedWeightAfterRound>(spec, layout, owner, cluster_blocks);
       break;
   }
   if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
@@ -246,6 +273,10 @@ StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const R
 }
 
 }  // namespace
+
+LocalRowOwner LocalRowOwnerRule(const AllreduceRmsnormSpec& spec, int64_t tokens, int sms) {
+  return ClusterRule(spec, MakeRowLayout(spec.hidden), tokens, sms);
+}
 
 KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options) {
   if (!options.fixed_recipes) return KernelRecipe::kRuntime;
@@ -305,22 +336,32 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   if (options.max_row_owners < 0)
     return InvalidArgument("max_row_owners must be >= 0, got ", options.max_row_owners);
   if (tokens == 0) return Status::Ok();
+  if (options.cluster_blocks != 0 && options.row_owner != RowOwner::kClusterPair)
+    return InvalidArgument("cluster_blocks is for row_owner kClusterPair only");
   const RowLayout layout = MakeRowLayout(spec.hidden);
-  const int cluster = ClusterBlocks(layout);
   const KernelRecipe recipe = LocalKernelRecipe(spec, options);
   TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts device, CurrentDeviceFacts());
   // A cluster per row where forced or where the rule says so, and the device and the build run it.
   const bool forced = options.row_owner != RowOwner::kAuto;
-  RowOwner owner = forced ? options.row_owner : ClusterRule(spec, layout, tokens, cluster, device);
-  if (forced && owner != RowOwner::kBlock && cluster <= 1)
+  LocalRowOwner choice = forced ? LocalRowOwner{options.row_owner, ClusterBlocks(layout)}
+                                : ClusterRule(spec, layout, tokens, device.sms);
+  RowOwner& owner = choice.owner;
+  if (forced && owner != RowOwner::kBlock && choice.cluster_blocks <= 1)
     return Unimplemented("no cluster per row for hidden ", spec.hidden,
                          ": its row has no split into blocks of two warps or fewer");
   if (forced && owner == RowOwner::kClusterPair && !HasPairRows(layout))
     return Unimplemented("no cluster of two threads per row thread for hidden ", spec.hidden, ": its rows have ",
                          layout.vecs_per_thread, " vectors per row thread, not 2");
+  if (options.cluster_blocks != 0) {
+    const int warps = layout.threads / 32;
+    if (options.cluster_blocks < 2 || options.cluster_blocks > kMaxClusterBlocks || warps % options.cluster_blocks != 0)
+      return InvalidArgument("cluster_blocks ", options.cluster_blocks, " must be 2-", kMaxClusterBlocks,
+                             " and divide the row's ", warps, " warps (hidden ", spec.hidden, ")");
+    choice.cluster_blocks = options.cluster_blocks;
+  }
   FusedKernelFn cluster_kernel = nullptr;
   if (owner != RowOwner::kBlock) {
-    TPFUSE_ASSIGN_OR_RETURN(cluster_kernel, EpilogueKernel(spec, layout, owner, recipe));
+    TPFUSE_ASSIGN_OR_RETURN(cluster_kernel, EpilogueKernel(spec, layout, owner, recipe, choice.cluster_blocks));
     TPFUSE_ASSIGN_OR_RETURN(const bool runs, ClusterKernelRuns(device, cluster_kernel));
     if (forced && !runs)
       return Unimplemented("no cluster per row for hidden ", spec.hidden, ": this device or build has no thread block clusters");
@@ -331,7 +372,7 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   const FusedKernelParams p = MakeParams(spec, tokens, b);
   LaunchAttributes attributes;
   if (owner != RowOwner::kBlock) {
-    cudaLaunchConfig_t config = MakeConfig(layout, owners, stream, options, attributes, cluster,
+    cudaLaunchConfig_t config = MakeConfig(layout, owners, stream, options, attributes, choice.cluster_blocks,
                                            owner == RowOwner::kClusterPair ? 2 : 1);
     const cudaError_t launched = cudaLaunchKernelEx(&config, cluster_kernel, p);
     if (launched == cudaSuccess) return Status::Ok();

@@ -6,5 +6,6 @@ namespace tpfuse::cuda {
 
 template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
+template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kRuntime, true>>(DType, int, QuantMode);
 
 }  // namespace tpfuse::cuda

@@ -5,5 +5,6 @@ namespace tpfuse::cuda {
 
 template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
+template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kFixed, true>>(DType, int, QuantMode);
 
 }  // namespace tpfuse::cuda

@@ -6,5 +6,6 @@ namespace tpfuse::cuda {
 
 template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int, QuantMode);
+template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, true>>(DType, int, QuantMode);
 
 }  // namespace tpfuse::cuda

@@ -39,13 +39,15 @@ struct ClusterEpilogueFamily {
     return AllreduceEpilogueKernel<T, kVec, kQuant, ClusterRow, RecipeOf<T, kRecipe>>;
   }
 };
-// The same with two threads per row thread, each holding one of its two vectors
-// (ClusterPairRow): rows of two vectors per row thread only (none for other kVec).
-template <KernelRecipe kRecipe>
+// The same with two threads per row thread, each holding one of its two vectors: rows of two
+// vectors per row thread only (none for other kVec); blocks of at most two row warps
+// (ClusterPairRow), or, kWide, of up to half the row (WideClusterPairRow).
+template <KernelRecipe kRecipe, bool kWide = false>
 struct ClusterPairEpilogueFamily {
   template <typename T, int kVec, QuantMode kQuant>
   static constexpr FusedKernelFn Kernel() {
-    if constexpr (kVec == 2) return AllreduceEpilogueKernel<T, 1, kQuant, ClusterPairRow, RecipeOf<T, kRecipe>>;
+    using Span = std::conditional_t<kWide, WideClusterPairRow, ClusterPairRow>;
+    if constexpr (kVec == 2) return AllreduceEpilogueKernel<T, 1, kQuant, Span, RecipeOf<T, kRecipe>>;
     else return nullptr;
   }
 };
@@ -66,6 +68,12 @@ extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::k
 extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(
+    DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kRuntime, true>>(DType, int,
+                                                                                                  QuantMode);
+extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kFixed, true>>(DType, int,
+                                                                                                QuantMode);
+extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, true>>(
     DType, int, QuantMode);
 
 constexpr int KernelKey(DType act, int vecs_per_thread, QuantMode quant) {
