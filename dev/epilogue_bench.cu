@@ -20,8 +20,13 @@
 // the quantization of static modes or the group scales; "dyn q": the dynamic modes' q (for
 // fp8_token after the row's max), with their scale stores.
 //
+// --owners [H,...] [T,...]: the launcher under each row owner it can be forced to (one block, a
+// cluster, the pair cluster at each size), checked bitwise against its own pick and timed beside
+// it, and how many of each run at once: the measurements behind the launcher's rule (ClusterRule).
+//
 // Timing: CUDA graph of 20 launches over rotating buffer sets (more than 2 x L2 of inputs and
-// outputs together, at least 4 sets), 5 warm-up replays, median of 30 replays, per op.
+// outputs together, at least 4 sets), the L2 overwritten before each replay (as `tpfuse bench`:
+// no set is read from the L2), 5 warm-up replays, median of 30 replays, per op.
 // Bytes (minimum): read x and residual (2 x 2 B), write residual_out (2 B), q (1 B), norm (2 B,
 // fp8_group only: "+ norm"), scales (4 B per group), none: norm (2 B).
 //
@@ -31,6 +36,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -208,7 +214,23 @@ float Median(std::vector<float> v) {
   return v[v.size() / 2];
 }
 
-// Median µs per op of `launch(i)` for i = 0..19 captured in one graph.
+// 2 x L2, overwritten before every replay: each replay reads its sets from memory, not from the
+// L2 (20 sets of a small T fit in it), as `tpfuse bench` measures.
+void FlushL2(cudaStream_t stream) {
+  static void* flush = nullptr;
+  static size_t bytes = 0;
+  static unsigned count = 0;
+  if (!flush) {
+    int l2 = 0;
+    CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
+    bytes = 2 * size_t(l2);
+    CHECK(cudaMalloc(&flush, bytes));
+  }
+  CHECK(cudaMemsetAsync(flush, int(++count & 0xff), bytes, stream));
+}
+
+// Median µs per op of `launch(i)` for i = 0..19 captured in one graph, the L2 overwritten before
+// each replay.
 template <class Launch>
 float TimeGraph(cudaStream_t stream, Launch launch) {
   cudaGraph_t graph;
@@ -220,9 +242,13 @@ float TimeGraph(cudaStream_t stream, Launch launch) {
   cudaEvent_t a, b;
   CHECK(cudaEventCreate(&a));
   CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 5; ++i) CHECK(cudaGraphLaunch(exec, stream));
+  for (int i = 0; i < 5; ++i) {
+    FlushL2(stream);
+    CHECK(cudaGraphLaunch(exec, stream));
+  }
   std::vector<float> ms;
   for (int i = 0; i < 30; ++i) {
+    FlushL2(stream);
     CHECK(cudaEventRecord(a, stream));
     CHECK(cudaGraphLaunch(exec, stream));
     CHECK(cudaEventRecord(b, stream));
@@ -593,13 +619,170 @@ int CheckCase(const Case& c, int64_t T, uint32_t seed, cudaStream_t stream) {
   return bad;
 }
 
+// ---------------------------------------------------------------- row owners
+
+// --owners: the launcher (LaunchLocalAllreduceRmsnorm) under each row owner it can be forced to,
+// against its own rule ("auto"), on the sets and graphs of the timing below: one block per row,
+// the cluster of ClusterBlocks blocks a thread per row thread (ClusterRow), and, for rows of two
+// vectors per row thread, the pair cluster at each size c = 2..8 dividing the row's warps. Each
+// forced launch is checked first against the rule's output (bitwise), so a figure is never of a
+// wrong kernel. Prints µs per op and the ratio to auto; "-" where the owner does not apply.
+void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, cudaStream_t stream,
+                const cudaDeviceProp& prop) {
+  struct Owner {
+    std::string name;
+    cuda::RowOwner owner;
+    int c;
+  };
+  std::vector<Owner> owners = {{"auto", cuda::RowOwner::kAuto, 0},
+                               {"block", cuda::RowOwner::kBlock, 0},
+                               {"cluster", cuda::RowOwner::kCluster, 0}};
+  for (int c = 2; c <= 8; ++c) owners.push_back({"pair" + std::to_string(c), cuda::RowOwner::kClusterPair, c});
+  std::printf("\nrow owners: us per op (launcher, CUDA graph of 20 over rotating sets), x auto; rule = auto's pick\n");
+  std::printf("%6s %5s %-16s %-8s", "H", "T", "quant", "rule");
+  for (const Owner& o : owners) std::printf(" %13s", o.name.c_str());
+  std::printf("\n");
+  for (int64_t H : hs) {
+    for (Case c : {Case{H, QuantMode::kNone, false}, Case{H, QuantMode::kFp8Tensor, false},
+                   Case{H, QuantMode::kFp8Token, false}, Case{H, QuantMode::kFp8Group, true}}) {
+      const AllreduceRmsnormSpec spec = SpecOf(c);
+      // The owners of each kind that run at once (cuda::LocalRowOwnerCapacity): past them, waves.
+      std::printf("%6lld %5s %-16s %-8s", (long long)H, "", CaseName(c).c_str(), "at once");
+      for (const Owner& o : owners) {
+        const int blocks = o.owner == cuda::RowOwner::kBlock     ? 1
+                           : o.owner == cuda::RowOwner::kCluster ? RowClusterBlocks(MakeRowLayout(H), 8, cuda::kMaxClusterBlockThreads)
+                                                                 : o.c;
+        const StatusOr<int64_t> n = o.owner == cuda::RowOwner::kAuto ? StatusOr<int64_t>(InvalidArgument("auto"))
+                                                                     : cuda::LocalRowOwnerCapacity(spec, {o.owner, blocks});
+        if (n.ok()) std::printf(" %13lld", (long long)*n);
+        else std::printf(" %13s", "-");
+      }
+      std::printf("\n");
+      for (int64_t T : ts) {
+        const size_t e = size_t(T * H);
+        const size_t bytes = MinBytes(spec, T);
+        const int sets = int(std::max<size_t>(4, (2 * size_t(prop.l2CacheSize)) / bytes + 1));
+        Buffers b;
+        std::vector<uint16_t> host(e);
+        std::mt19937 rng(uint32_t(T * 7 + H));
+        std::normal_distribution<float> d(0.0f, 1.0f);
+        for (auto& v : host) v = FloatToBf16(d(rng));
+        const size_t sbytes = size_t(spec.ScaleElements(T)) * 4 + 16;
+        for (int i = 0; i < sets; ++i) {
+          Set s{};
+          s.x = b.Alloc(e * 2);
+          s.res = b.Alloc(e * 2);
+          s.res_out = b.Alloc(e * 2);
+          s.norm = b.Alloc(e * 2);
+          s.q = b.Alloc(e);
+          s.s = static_cast<float*>(b.Alloc(sbytes));
+          CHECK(cudaMemcpy(s.x, host.data(), e * 2, cudaMemcpyHostToDevice));
+          CHECK(cudaMemcpy(s.res, host.data(), e * 2, cudaMemcpyHostToDevice));
+          b.sets.push_back(s);
+        }
+        std::vector<uint16_t> wh(static_cast<size_t>(H));
+        for (auto& v : wh) v = FloatToBf16(1.0f + 0.1f * d(rng));
+        b.w = b.Alloc(size_t(H) * 2);
+        CHECK(cudaMemcpy(b.w, wh.data(), size_t(H) * 2, cudaMemcpyHostToDevice));
+        const float scale = 0.02f;
+        b.scale = static_cast<float*>(b.Alloc(4));
+        CHECK(cudaMemcpy(b.scale, &scale, 4, cudaMemcpyHostToDevice));
+        auto buffers = [&](const Set& s) {
+          FusedBuffers fb;
+          fb.x = s.x;
+          fb.residual = s.res;
+          fb.weight = b.w;
+          fb.scale = spec.quant == QuantMode::kFp8Tensor ? b.scale : nullptr;
+          fb.residual_out = s.res_out;
+          fb.norm_out = spec.emit.norm ? s.norm : nullptr;
+          fb.quant_out = spec.emit.quant ? s.q : nullptr;
+          fb.scale_out = spec.emit.quant && IsDynamicQuant(spec.quant) ? s.s : nullptr;
+          return fb;
+        };
+        // The rule's outputs in set 0, copied to the host: the reference of every forced owner.
+        auto outputs = [&]() {
+          const Set& s = b.sets[0];
+          std::vector<uint8_t> o(e * 5 + sbytes);
+          CHECK(cudaStreamSynchronize(stream));
+          CHECK(cudaMemcpy(o.data(), s.res_out, e * 2, cudaMemcpyDeviceToHost));
+          CHECK(cudaMemcpy(o.data() + e * 2, s.norm, e * 2, cudaMemcpyDeviceToHost));
+          CHECK(cudaMemcpy(o.data() + e * 4, s.q, e, cudaMemcpyDeviceToHost));
+          CHECK(cudaMemcpy(o.data() + e * 5, s.s, sbytes, cudaMemcpyDeviceToHost));
+          return o;
+        };
+        auto poison = [&]() {
+          const Set& s = b.sets[0];
+          CHECK(cudaMemset(s.res_out, 0xFF, e * 2));
+          CHECK(cudaMemset(s.norm, 0xFF, e * 2));
+          CHECK(cudaMemset(s.q, 0xFF, e));
+          CHECK(cudaMemset(s.s, 0xFF, sbytes));
+        };
+        poison();
+        if (!cuda::LaunchLocalAllreduceRmsnorm(spec, T, buffers(b.sets[0]), stream).ok()) continue;
+        const std::vector<uint8_t> want = outputs();
+        const StatusOr<cuda::LocalRowOwner> on_device = cuda::LocalRowOwnerOnDevice(spec, T);
+        if (!on_device.ok()) continue;
+        const cuda::LocalRowOwner rule = *on_device;
+        const char* rule_name = rule.owner == cuda::RowOwner::kClusterPair ? "pair" : rule.owner == cuda::RowOwner::kCluster ? "cluster" : "block";
+        std::printf("%6lld %5lld %-16s %s%-*d", (long long)H, (long long)T, CaseName(c).c_str(), rule_name,
+                    int(8 - std::strlen(rule_name)), rule.cluster_blocks);
+        float t_auto = 0.0f;
+        for (const Owner& o : owners) {
+          cuda::LaunchOptions options;
+          options.row_owner = o.owner;
+          options.cluster_blocks = o.c;
+          poison();
+          if (!cuda::LaunchLocalAllreduceRmsnorm(spec, T, buffers(b.sets[0]), stream, options).ok()) {
+            CHECK(cudaGetLastError());
+            std::printf(" %13s", "-");
+            continue;
+          }
+          if (outputs() != want) {
+            std::printf(" %13s", "MISMATCH");
+            continue;
+          }
+          const float t = TimeGraph(stream, [&](int i) {
+            const Status st = cuda::LaunchLocalAllreduceRmsnorm(spec, T, buffers(b.sets[size_t(i % sets)]), stream, options);
+            if (!st.ok()) std::exit(1);
+          });
+          if (o.owner == cuda::RowOwner::kAuto) t_auto = t;
+          std::printf(" %6.2f %5.3fx", t, t / t_auto);
+        }
+        std::printf("\n");
+        std::fflush(stdout);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   const bool phases = argc > 1 && std::string(argv[1]) == "--phases";
+  const bool owners = argc > 1 && std::string(argv[1]) == "--owners";
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  if (owners) {
+    cudaDeviceProp prop;
+    CHECK(cudaGetDeviceProperties(&prop, 0));
+    std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    // --owners [H,H,...] [T,T,...]
+    auto list = [](const char* text) {
+      std::vector<int64_t> v;
+      for (const char* p = text; *p;) {
+        char* end = nullptr;
+        const long long n = std::strtoll(p, &end, 10);
+        if (end == p || n <= 0) break;
+        v.push_back(n);
+        p = *end == ',' ? end + 1 : end;
+      }
+      return v;
+    };
+    TimeOwners(argc > 2 ? list(argv[2]) : std::vector<int64_t>{2880, 4096, 5120, 7168, 8192},
+               argc > 3 ? list(argv[3]) : std::vector<int64_t>{16, 32, 48, 64, 96, 128, 192, 256}, stream, prop);
+    return 0;
+  }
   if (phases) {
     int clock_khz = 0;
     CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0));

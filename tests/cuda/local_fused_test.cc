@@ -256,40 +256,91 @@ TEST_F(LocalFusedTest, BlockAndClusterRowOwnersAreBitwiseTheOracle) {
         }
 }
 
-// The rule's owner and cluster size (no GPU needed), on a GPU of 132 SMs: at two vectors per row
-// thread the pair cluster while T x C stays within 7/4 x SMs, then the two-warp cluster within
-// 2 x SMs, then, for the dynamic modes, the pair cluster of fewer blocks (the most, down to 2,
-// dividing the row's warps, whose T x c stays within 7/4 x SMs), then one block; the static
-// modes' rows of 6-8 warps the pair while T x C <= SMs / 2; rows of one or four vectors per
-// thread the two-warp cluster; rows with no split one block.
+// The rule's owner and cluster size (no GPU needed) on a GPU of 132 SMs. Where every cluster runs
+// at once: at two vectors per row thread the pair cluster while T x C stays within 7/4 x SMs,
+// then the two-warp cluster within 2 x SMs, then, for the dynamic modes, the pair cluster of
+// fewer blocks (the most, down to 2, dividing the row's warps, whose T x c stays within 7/4 x
+// SMs), then one block; the static modes' rows of 6-8 warps the pair while T x C <= SMs / 2;
+// rows of one vector per thread, and of four in quant none, the two-warp cluster; rows with no
+// split one block. Then, with what one H200 runs at once (LocalRowOwnerCapacity): a cluster only
+// while T is at most half of those of its kind and size (a pair giving way to the two-warp
+// cluster in the dynamic modes), which bounds the fp8 modes' rows of four vectors alone; and a
+// device that runs no clusters one block.
 TEST(LocalRowOwnerRuleTest, ClusterKindAndSizeFollowTheRule) {
   using cuda::RowOwner;
+  struct AtOnce {
+    int64_t pair[9] = {};  // by cluster blocks
+    int64_t cluster = 0;
+  };
   struct Case {
     int64_t h;
     QuantMode q;
     int64_t t;
     RowOwner owner;
     int blocks;
+    AtOnce at_once;
   };
   const QuantMode group = QuantMode::kFp8Group, token = QuantMode::kFp8Token, tensor = QuantMode::kFp8Tensor;
-  for (const Case& c : {Case{8192, group, 1, RowOwner::kClusterPair, 8}, Case{8192, group, 28, RowOwner::kClusterPair, 8},
-                        Case{8192, group, 29, RowOwner::kCluster, 8}, Case{8192, group, 34, RowOwner::kClusterPair, 4},
-                        Case{8192, token, 64, RowOwner::kClusterPair, 2}, Case{8192, token, 115, RowOwner::kClusterPair, 2},
-                        Case{8192, token, 116, RowOwner::kBlock, 1}, Case{7168, group, 33, RowOwner::kClusterPair, 7},
-                        Case{7168, group, 34, RowOwner::kCluster, 7}, Case{7168, group, 38, RowOwner::kClusterPair, 2},
-                        Case{5120, tensor, 46, RowOwner::kClusterPair, 5}, Case{5120, tensor, 47, RowOwner::kCluster, 5},
-                        Case{5120, tensor, 53, RowOwner::kBlock, 1}, Case{5120, group, 53, RowOwner::kClusterPair, 2},
-                        Case{4096, tensor, 16, RowOwner::kClusterPair, 4}, Case{4096, tensor, 17, RowOwner::kBlock, 1},
-                        Case{2880, QuantMode::kNone, 22, RowOwner::kClusterPair, 3},
-                        Case{2880, QuantMode::kNone, 23, RowOwner::kBlock, 1}, Case{2048, tensor, 1, RowOwner::kBlock, 1},
-                        Case{2048, group, 1, RowOwner::kClusterPair, 2}, Case{1536, group, 88, RowOwner::kCluster, 3},
-                        Case{1536, group, 89, RowOwner::kBlock, 1}, Case{16384, token, 33, RowOwner::kCluster, 8},
-                        Case{16384, token, 34, RowOwner::kBlock, 1}, Case{4608, group, 1, RowOwner::kBlock, 1}}) {
+  const AtOnce ample{{0, 0, 1000, 1000, 1000, 1000, 1000, 1000, 1000}, 1000};
+  const AtOnce token8192{{0, 0, 66, 0, 92, 0, 0, 0, 62}, 124}, group8192{{0, 0, 132, 0, 124, 0, 0, 0, 62}, 124};
+  const AtOnce four_vectors{{}, 124}, none{};
+  const Case cases[] = {
+      {8192, group, 1, RowOwner::kClusterPair, 8, ample},     {8192, group, 28, RowOwner::kClusterPair, 8, ample},
+      {8192, group, 29, RowOwner::kCluster, 8, ample},        {8192, group, 34, RowOwner::kClusterPair, 4, ample},
+      {8192, token, 64, RowOwner::kClusterPair, 2, ample},    {8192, token, 115, RowOwner::kClusterPair, 2, ample},
+      {8192, token, 116, RowOwner::kBlock, 1, ample},         {7168, group, 33, RowOwner::kClusterPair, 7, ample},
+      {7168, group, 34, RowOwner::kCluster, 7, ample},        {7168, group, 38, RowOwner::kClusterPair, 2, ample},
+      {5120, tensor, 46, RowOwner::kClusterPair, 5, ample},   {5120, tensor, 47, RowOwner::kCluster, 5, ample},
+      {5120, tensor, 53, RowOwner::kBlock, 1, ample},         {5120, group, 53, RowOwner::kClusterPair, 2, ample},
+      {4096, tensor, 16, RowOwner::kClusterPair, 4, ample},   {4096, tensor, 17, RowOwner::kBlock, 1, ample},
+      {2880, QuantMode::kNone, 22, RowOwner::kClusterPair, 3, ample},
+      {2880, QuantMode::kNone, 23, RowOwner::kBlock, 1, ample}, {2048, tensor, 1, RowOwner::kBlock, 1, ample},
+      {2048, group, 1, RowOwner::kClusterPair, 2, ample},     {1536, group, 88, RowOwner::kCluster, 3, ample},
+      {1536, group, 89, RowOwner::kBlock, 1, ample},          {16384, QuantMode::kNone, 33, RowOwner::kCluster, 8, ample},
+      {16384, QuantMode::kNone, 34, RowOwner::kBlock, 1, ample}, {4608, group, 1, RowOwner::kBlock, 1, ample},
+      // What one H200 runs at once.
+      {8192, token, 28, RowOwner::kClusterPair, 8, token8192}, {8192, token, 31, RowOwner::kCluster, 8, token8192},
+      {8192, token, 48, RowOwner::kCluster, 8, token8192},    {8192, token, 63, RowOwner::kBlock, 1, token8192},
+      {8192, token, 80, RowOwner::kBlock, 1, token8192},      {8192, group, 48, RowOwner::kClusterPair, 4, group8192},
+      {8192, group, 64, RowOwner::kClusterPair, 2, group8192}, {8192, group, 67, RowOwner::kBlock, 1, group8192},
+      {16384, token, 62, RowOwner::kCluster, 8, four_vectors}, {16384, token, 63, RowOwner::kBlock, 1, four_vectors},
+      {16384, tensor, 40, RowOwner::kCluster, 8, four_vectors}, {16384, QuantMode::kNone, 33, RowOwner::kCluster, 8, four_vectors},
+      {8192, group, 1, RowOwner::kBlock, 1, none},            {16384, token, 1, RowOwner::kBlock, 1, none}};
+  for (const Case& c : cases) {
     const AllreduceRmsnormSpec s = LocalSpec(c.h, c.q, /*residual=*/true);
-    const cuda::LocalRowOwner got = cuda::LocalRowOwnerRule(s, c.t, 132);
+    const RowLayout layout = MakeRowLayout(c.h);
+    const cuda::LocalRowOwner got = cuda::LocalRowOwnerRule(s, c.t, 132, [&](const cuda::LocalRowOwner& o) -> int64_t {
+      // Asked only of owners the row has: a pair size dividing its warps, or its own split.
+      if (o.owner == RowOwner::kClusterPair) {
+        EXPECT_EQ(layout.vecs_per_thread, 2) << Describe(s, c.t);
+        EXPECT_EQ(layout.threads / 32 % o.cluster_blocks, 0) << Describe(s, c.t);
+        return o.cluster_blocks >= 2 && o.cluster_blocks <= 8 ? c.at_once.pair[o.cluster_blocks] : 0;
+      }
+      EXPECT_EQ(o.owner, RowOwner::kCluster) << Describe(s, c.t);
+      EXPECT_EQ(o.cluster_blocks, RowClusterBlocks(layout, 8, 64)) << Describe(s, c.t);
+      return c.at_once.cluster;
+    });
     EXPECT_EQ(got.owner, c.owner) << Describe(s, c.t);
     EXPECT_EQ(got.cluster_blocks, c.blocks) << Describe(s, c.t);
   }
+}
+
+// On the GPU the rule never takes a cluster of which fewer than 2 T run at once (no grid in two
+// waves), and what the launcher runs under it is bitwise the oracle.
+TEST_F(LocalFusedTest, TheRuleOnTheDeviceFitsOneWave) {
+  uint64_t seed = 500;
+  for (int64_t h : {2048, 2880, 4096, 6144, 8192, 12288, 16384})
+    for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+      for (int64_t t : {1, 24, 47, 64, 80, 96, 128, 200}) {
+        const AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+        const StatusOr<cuda::LocalRowOwner> got = cuda::LocalRowOwnerOnDevice(s, t);
+        ASSERT_TRUE(got.ok()) << got.status().ToString();
+        if (t == 47 || t == 96) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
+        if (got->owner == cuda::RowOwner::kBlock) continue;
+        const StatusOr<int64_t> at_once = cuda::LocalRowOwnerCapacity(s, *got);
+        ASSERT_TRUE(at_once.ok()) << at_once.status().ToString();
+        EXPECT_LE(2 * t, *at_once) << Describe(s, t) << " cluster of " << got->cluster_blocks;
+      }
 }
 
 // The kernels with the recipe fixed at compile time (the local op's default recipe and

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <functional>
 #include <string_view>
 
 #include "backends/cuda/comm/communicator.h"
@@ -80,14 +81,28 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
 // output) and options.fixed_recipes is set, else the one that reads it at run time.
 KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options = {});
 
-// The row owner, and the blocks of its cluster (1 for one block per row), that the local
-// epilogue's measured rule takes for T rows of `spec` on a GPU of `sms` SMs (row_owner kAuto,
-// where the device and the build run clusters). Pure arithmetic (no GPU needed).
+// A row owner (row_owner) and the blocks of its cluster (1 for one block per row).
 struct LocalRowOwner {
   RowOwner owner = RowOwner::kBlock;
   int cluster_blocks = 1;
 };
-LocalRowOwner LocalRowOwnerRule(const AllreduceRmsnormSpec& spec, int64_t tokens, int sms);
+
+// How many row owners of `owner`'s kind and size (blocks, or clusters of owner.cluster_blocks
+// blocks) the local epilogue's kernel for `spec` runs at once on the current device; 0 where the
+// device or the build runs no clusters. kInvalidArgument for an owner the row has no split for.
+StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const LocalRowOwner& owner,
+                                        const LaunchOptions& options = {});
+
+// The row owner the local epilogue's measured rule takes for T rows of `spec` (row_owner kAuto)
+// on a GPU of `sms` SMs, given how many of each cluster kind and size run at once (`capacity`,
+// 0 for none; asked only of owners the row has a split for). Pure arithmetic: no GPU needed.
+using RowOwnerCapacity = std::function<int64_t(const LocalRowOwner&)>;
+LocalRowOwner LocalRowOwnerRule(const AllreduceRmsnormSpec& spec, int64_t tokens, int sms,
+                                const RowOwnerCapacity& capacity);
+// The same on the current device (capacities from LocalRowOwnerCapacity): what
+// LaunchLocalAllreduceRmsnorm runs, unless a cluster launch then fails (it falls back to a block).
+StatusOr<LocalRowOwner> LocalRowOwnerOnDevice(const AllreduceRmsnormSpec& spec, int64_t tokens,
+                                              const LaunchOptions& options = {});
 
 // Whether `strategy` can run this shape on this communicator (same checks, no launch).
 Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_t tokens,

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <utility>
 
 #include "backends/cuda/cuda_check.h"
@@ -67,6 +68,23 @@ StatusOr<int> MaxResidentBlocks(FusedKernelFn kernel, int threads) {
   if (per_sm < 1) return Internal("fused kernel cannot run ", threads, " threads per block");
   cache[key] = per_sm * facts.sms;
   return per_sm * facts.sms;
+}
+
+// Clusters of `config` (its cluster dimension and block size) of `kernel` that run at once on
+// this device: a grid of more runs in waves. Per thread, without a lock, as CurrentDeviceFacts:
+// the launcher's rule asks on every launch.
+StatusOr<int> MaxActiveClusters(FusedKernelFn kernel, const cudaLaunchConfig_t& config) {
+  thread_local std::map<std::tuple<int, const void*, unsigned, unsigned>, int> cache;
+  TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts facts, CurrentDeviceFacts());
+  unsigned cluster = 1;
+  for (unsigned i = 0; i < config.numAttrs; ++i)
+    if (config.attrs[i].id == cudaLaunchAttributeClusterDimension) cluster = config.attrs[i].val.clusterDim.x;
+  const auto key = std::make_tuple(facts.device, reinterpret_cast<const void*>(kernel), cluster, config.blockDim.x);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  int clusters = 0;
+  TPFUSE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(kernel), &config));
+  cache[key] = clusters;
+  return clusters;
 }
 
 Status CheckPointer(const char* name, const void* p, bool required, size_t alignment) {
@@ -205,10 +223,22 @@ constexpr int kClusterPairMinWarpsStatic = 6;
 //   T x c <= 7/4 x SMs (H 4096-8192 T 64: c = 2), where one block per row leaves about half the
 //   SMs idle: fp8_group 0.89-0.92 x, fp8_token 0.89-1.01 x one block's time. Quant none took
 //   1.06-1.07 x there, fp8_tensor 1.00-1.02 x: the static modes keep one block.
-// (Measured with the fixed-recipe kernels; 8-warp rows of one vector, H 1800-2040, rows of
-// 4-5 warps at two vectors (H 2048-2560, static modes: one block) and specs that run the
-// run-time kernels follow the same rule unmeasured.) Rows with no split (C = 1: 9, 11, 13 or 15
-// warps, among others) keep one block per row.
+// - Every cluster so chosen must be at most half of the clusters of its kind and size that the
+//   device runs at once (`capacity`, LocalRowOwnerCapacity); a pair cluster that is not gives way
+//   to ClusterRow in the dynamic modes where that one is, else to one block. A grid past them runs
+//   in waves: fp8_token's pair of two 512-thread blocks at H 8192 (66 at once) took 1.6 x one
+//   block's time at T 80-112 (run 34); past half of them, pair clusters and ClusterRow lost 3-12 %
+//   to one block at H 4096-7168 T 80-112.
+// - Rows of four vectors per thread (H 8200-16384), which weigh most on one SM, take ClusterRow
+//   in the fp8 modes while T is at most half of what runs at once (H 12288 T <= 81, H 16384
+//   T <= 62 on an H200): 0.70-0.94 x one block's time at T 40-80; quant none, 0.95-1.09 x there,
+//   keeps T x C <= 2 x SMs.
+// (Measured with the fixed-recipe kernels, and in run 34 at H 2048-16384, T 1-256, every quant
+// mode and owner: over those 836 shapes nowhere more than 1 % slower than run 33's rule, 44 of
+// them 3-38 % faster. 8-warp rows of one vector, H 1800-2040, rows of 4-5 warps at two vectors
+// (H 2048-2560, static modes: one block) and specs that run the run-time kernels follow the same
+// rule unmeasured.) Rows with no split (C = 1: 9, 11, 13 or 15 warps, among others) keep one
+// block per row.
 // Blocks of a pair cluster for T rows: the most, below the split into blocks of two row warps
 // (ClusterBlocks) and down to 2, that divide the row's warps and keep T x c <= 7/4 x SMs; 1
 // where none does.
@@ -219,24 +249,35 @@ int FewerPairClusterBlocks(const RowLayout& layout, int64_t tokens, int64_t sms)
   return 1;
 }
 
-LocalRowOwner ClusterRule(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int64_t sms) {
+LocalRowOwner ClusterRule(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int64_t sms,
+                          const RowOwnerCapacity& capacity) {
   const int cluster = ClusterBlocks(layout);
   if (cluster <= 1) return {};
+  const LocalRowOwner row{RowOwner::kCluster, cluster};
+  // Whether T clusters of `owner` are at most half of those the device runs at once.
+  auto fits = [&](const LocalRowOwner& owner) {
+    const int64_t at_once = capacity(owner);
+    return at_once > 0 && 2 * tokens <= at_once;
+  };
   const int64_t blocks = tokens * cluster;
   const int warps = layout.threads / 32;
-  const bool every_t = IsDynamicQuant(spec.quant) || warps >= kClusterMinWarpsStatic;
+  const bool dynamic = IsDynamicQuant(spec.quant);
+  const bool every_t = dynamic || warps >= kClusterMinWarpsStatic;
   if (HasPairRows(layout)) {
-    if (!every_t)
-      return warps >= kClusterPairMinWarpsStatic && 2 * blocks <= sms ? LocalRowOwner{RowOwner::kClusterPair, cluster}
-                                                                         : LocalRowOwner{};
-    if (4 * blocks <= 7 * sms) return {RowOwner::kClusterPair, cluster};
-    if (blocks <= 2 * sms) return {RowOwner::kCluster, cluster};
-    const int fewer = IsDynamicQuant(spec.quant) ? FewerPairClusterBlocks(layout, tokens, sms) : 1;
-    return fewer > 1 ? LocalRowOwner{RowOwner::kClusterPair, fewer} : LocalRowOwner{};
+    LocalRowOwner pair{RowOwner::kClusterPair, cluster};
+    if (!every_t) {
+      if (warps < kClusterPairMinWarpsStatic || 2 * blocks > sms) return {};
+    } else if (4 * blocks > 7 * sms) {
+      if (blocks <= 2 * sms) return fits(row) ? row : LocalRowOwner{};
+      pair.cluster_blocks = dynamic ? FewerPairClusterBlocks(layout, tokens, sms) : 1;
+      if (pair.cluster_blocks <= 1) return {};
+    }
+    if (fits(pair)) return pair;
+    return dynamic && fits(row) ? row : LocalRowOwner{};
   }
-  if (every_t) return blocks <= 2 * sms ? LocalRowOwner{RowOwner::kCluster, cluster} : LocalRowOwner{};
-  return warps >= kClusterMinWarpsStaticFewRows && blocks <= sms / 4 ? LocalRowOwner{RowOwner::kCluster, cluster}
-                                                                     : LocalRowOwner{};
+  if (spec.quant != QuantMode::kNone && layout.vecs_per_thread >= 4) return fits(row) ? row : LocalRowOwner{};
+  if (every_t) return blocks <= 2 * sms && fits(row) ? row : LocalRowOwner{};
+  return warps >= kClusterMinWarpsStaticFewRows && blocks <= sms / 4 && fits(row) ? row : LocalRowOwner{};
 }
 
 // The epilogue kernel of one recipe, by row owner (kBlock, kCluster or kClusterPair) and, for
@@ -274,8 +315,61 @@ StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const R
 
 }  // namespace
 
-LocalRowOwner LocalRowOwnerRule(const AllreduceRmsnormSpec& spec, int64_t tokens, int sms) {
-  return ClusterRule(spec, MakeRowLayout(spec.hidden), tokens, sms);
+LocalRowOwner LocalRowOwnerRule(const AllreduceRmsnormSpec& spec, int64_t tokens, int sms,
+                                const RowOwnerCapacity& capacity) {
+  return ClusterRule(spec, MakeRowLayout(spec.hidden), tokens, sms, capacity);
+}
+
+StatusOr<LocalRowOwner> LocalRowOwnerOnDevice(const AllreduceRmsnormSpec& spec, int64_t tokens,
+                                              const LaunchOptions& options) {
+  TPFUSE_RETURN_IF_ERROR(cuda_limits::ValidateForCudaKernels(spec, 1));
+  TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts device, CurrentDeviceFacts());
+  Status failed;
+  const LocalRowOwner choice = LocalRowOwnerRule(spec, tokens, device.sms, [&](const LocalRowOwner& owner) -> int64_t {
+    StatusOr<int64_t> at_once = LocalRowOwnerCapacity(spec, owner, options);
+    if (at_once.ok()) return *at_once;
+    if (failed.ok()) failed = at_once.status();
+    return 0;
+  });
+  TPFUSE_RETURN_IF_ERROR(failed);
+  return choice;
+}
+
+StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const LocalRowOwner& choice,
+                                        const LaunchOptions& options) {
+  TPFUSE_RETURN_IF_ERROR(cuda_limits::ValidateForCudaKernels(spec, 1));
+  const RowLayout layout = MakeRowLayout(spec.hidden);
+  const int warps = layout.threads / 32;
+  const int c = choice.cluster_blocks;
+  switch (choice.owner) {
+    case RowOwner::kBlock:
+      if (c != 1) return InvalidArgument("one block per row has cluster_blocks 1, not ", c);
+      break;
+    case RowOwner::kCluster:
+      if (c <= 1 || c != ClusterBlocks(layout))
+        return InvalidArgument("a cluster per row for hidden ", spec.hidden, " has ", ClusterBlocks(layout),
+                               " blocks, not ", c);
+      break;
+    case RowOwner::kClusterPair:
+      if (!HasPairRows(layout) || c < 2 || c > kMaxClusterBlocks || warps % c != 0)
+        return InvalidArgument("no pair cluster of ", c, " blocks for hidden ", spec.hidden);
+      break;
+    case RowOwner::kAuto: return InvalidArgument("the capacity of a row owner, not of kAuto");
+  }
+  TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel,
+                          EpilogueKernel(spec, layout, choice.owner, LocalKernelRecipe(spec, options), c));
+  if (choice.owner == RowOwner::kBlock) {
+    TPFUSE_ASSIGN_OR_RETURN(const int blocks, MaxResidentBlocks(kernel, layout.threads));
+    return int64_t{blocks};
+  }
+  TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts device, CurrentDeviceFacts());
+  TPFUSE_ASSIGN_OR_RETURN(const bool runs, ClusterKernelRuns(device, kernel));
+  if (!runs) return 0;
+  LaunchAttributes attributes;
+  const cudaLaunchConfig_t config = MakeConfig(layout, 1, nullptr, options, attributes, c,
+                                               choice.owner == RowOwner::kClusterPair ? 2 : 1);
+  TPFUSE_ASSIGN_OR_RETURN(const int clusters, MaxActiveClusters(kernel, config));
+  return int64_t{clusters};
 }
 
 KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options) {
@@ -343,8 +437,10 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts device, CurrentDeviceFacts());
   // A cluster per row where forced or where the rule says so, and the device and the build run it.
   const bool forced = options.row_owner != RowOwner::kAuto;
-  LocalRowOwner choice = forced ? LocalRowOwner{options.row_owner, ClusterBlocks(layout)}
-                                : ClusterRule(spec, layout, tokens, device.sms);
+  LocalRowOwner choice{options.row_owner, ClusterBlocks(layout)};
+  if (!forced) {
+    TPFUSE_ASSIGN_OR_RETURN(choice, LocalRowOwnerOnDevice(spec, tokens, options));
+  }
   RowOwner& owner = choice.owner;
   if (forced && owner != RowOwner::kBlock && choice.cluster_blocks <= 1)
     return Unimplemented("no cluster per row for hidden ", spec.hidden,
