@@ -258,9 +258,9 @@ TEST_F(LocalFusedTest, BlockAndClusterRowOwnersAreBitwiseTheOracle) {
 
 // The rule's owner and cluster size (no GPU needed) on a GPU of 132 SMs. Where every cluster runs
 // at once: at two vectors per row thread the pair cluster while T x C stays within 7/4 x SMs,
-// then the two-warp cluster within 2 x SMs, then, for the dynamic modes, the pair cluster of
-// fewer blocks (the most, down to 2, dividing the row's warps, whose T x c stays within 7/4 x
-// SMs), then one block; the static modes' rows of 6-8 warps the pair while T x C <= SMs / 2;
+// then, for the dynamic modes, the pair cluster of fewer blocks (the most, down to 2, dividing
+// the row's warps, whose T x c stays within 7/4 x SMs), then the two-warp cluster within
+// 2 x SMs, then one block; the static modes' rows of 6-8 warps the pair while T x C <= SMs / 2;
 // rows of one vector per thread, and of four in quant none, the two-warp cluster; rows with no
 // split one block. Then, with what one H200 runs at once (LocalRowOwnerCapacity): a cluster only
 // while T is at most half of those of its kind and size (a pair giving way to the two-warp
@@ -286,20 +286,21 @@ TEST(LocalRowOwnerRuleTest, ClusterKindAndSizeFollowTheRule) {
   const AtOnce four_vectors{{}, 124}, none{};
   const Case cases[] = {
       {8192, group, 1, RowOwner::kClusterPair, 8, ample},     {8192, group, 28, RowOwner::kClusterPair, 8, ample},
-      {8192, group, 29, RowOwner::kCluster, 8, ample},        {8192, group, 34, RowOwner::kClusterPair, 4, ample},
+      {8192, group, 29, RowOwner::kClusterPair, 4, ample},    {8192, group, 34, RowOwner::kClusterPair, 4, ample},
       {8192, token, 64, RowOwner::kClusterPair, 2, ample},    {8192, token, 115, RowOwner::kClusterPair, 2, ample},
       {8192, token, 116, RowOwner::kBlock, 1, ample},         {7168, group, 33, RowOwner::kClusterPair, 7, ample},
-      {7168, group, 34, RowOwner::kCluster, 7, ample},        {7168, group, 38, RowOwner::kClusterPair, 2, ample},
+      {7168, group, 34, RowOwner::kClusterPair, 2, ample},    {7168, group, 38, RowOwner::kClusterPair, 2, ample},
       {5120, tensor, 46, RowOwner::kClusterPair, 5, ample},   {5120, tensor, 47, RowOwner::kCluster, 5, ample},
       {5120, tensor, 53, RowOwner::kBlock, 1, ample},         {5120, group, 53, RowOwner::kClusterPair, 2, ample},
       {4096, tensor, 16, RowOwner::kClusterPair, 4, ample},   {4096, tensor, 17, RowOwner::kBlock, 1, ample},
+      {4096, group, 64, RowOwner::kClusterPair, 2, ample},    {5120, tensor, 48, RowOwner::kCluster, 5, ample},
       {2880, QuantMode::kNone, 22, RowOwner::kClusterPair, 3, ample},
       {2880, QuantMode::kNone, 23, RowOwner::kBlock, 1, ample}, {2048, tensor, 1, RowOwner::kBlock, 1, ample},
       {2048, group, 1, RowOwner::kClusterPair, 2, ample},     {1536, group, 88, RowOwner::kCluster, 3, ample},
       {1536, group, 89, RowOwner::kBlock, 1, ample},          {16384, QuantMode::kNone, 33, RowOwner::kCluster, 8, ample},
       {16384, QuantMode::kNone, 34, RowOwner::kBlock, 1, ample}, {4608, group, 1, RowOwner::kBlock, 1, ample},
       // What one H200 runs at once.
-      {8192, token, 28, RowOwner::kClusterPair, 8, token8192}, {8192, token, 31, RowOwner::kCluster, 8, token8192},
+      {8192, token, 28, RowOwner::kClusterPair, 8, token8192}, {8192, token, 31, RowOwner::kClusterPair, 4, token8192},
       {8192, token, 48, RowOwner::kCluster, 8, token8192},    {8192, token, 63, RowOwner::kBlock, 1, token8192},
       {8192, token, 80, RowOwner::kBlock, 1, token8192},      {8192, group, 48, RowOwner::kClusterPair, 4, group8192},
       {8192, group, 64, RowOwner::kClusterPair, 2, group8192}, {8192, group, 67, RowOwner::kBlock, 1, group8192},

@@ -222,7 +222,9 @@ constexpr int kClusterPairMinWarpsStatic = 6;
 //   fewer, larger blocks (WideClusterPairRow): the most blocks c, dividing the row's warps, with
 //   T x c <= 7/4 x SMs (H 4096-8192 T 64: c = 2), where one block per row leaves about half the
 //   SMs idle: fp8_group 0.89-0.92 x, fp8_token 0.89-1.01 x one block's time. Quant none took
-//   1.06-1.07 x there, fp8_tensor 1.00-1.02 x: the static modes keep one block.
+//   1.06-1.07 x there, fp8_tensor 1.00-1.02 x: the static modes keep one block. The dynamic
+//   modes take that pair before ClusterRow from T x C > 7/4 x SMs on: 0.94-1.00 x ClusterRow's
+//   time at H 2880 T 80, 4096 T 64, 5120 T 48, 6144 T 40, 8192 T 32 (run 34).
 // - Every cluster so chosen must be at most half of the clusters of its kind and size that the
 //   device runs at once (`capacity`, LocalRowOwnerCapacity); a pair cluster that is not gives way
 //   to ClusterRow in the dynamic modes where that one is, else to one block. A grid past them runs
@@ -268,9 +270,8 @@ LocalRowOwner ClusterRule(const AllreduceRmsnormSpec& spec, const RowLayout& lay
     if (!every_t) {
       if (warps < kClusterPairMinWarpsStatic || 2 * blocks > sms) return {};
     } else if (4 * blocks > 7 * sms) {
-      if (blocks <= 2 * sms) return fits(row) ? row : LocalRowOwner{};
       pair.cluster_blocks = dynamic ? FewerPairClusterBlocks(layout, tokens, sms) : 1;
-      if (pair.cluster_blocks <= 1) return {};
+      if (pair.cluster_blocks <= 1) return blocks <= 2 * sms && fits(row) ? row : LocalRowOwner{};
     }
     if (fits(pair)) return pair;
     return dynamic && fits(row) ? row : LocalRowOwner{};
