@@ -542,6 +542,20 @@ void PrintPhases(const Case& c, bool cluster, cudaStream_t stream, float cycles_
   std::fflush(stdout);
 }
 
+// The launcher's buffers for set `s`: the outputs `spec` emits, the static scale for fp8_tensor.
+FusedBuffers FusedBuffersOf(const AllreduceRmsnormSpec& spec, const Set& s, const Buffers& b) {
+  FusedBuffers fb;
+  fb.x = s.x;
+  fb.residual = s.res;
+  fb.weight = b.w;
+  fb.scale = spec.quant == QuantMode::kFp8Tensor ? b.scale : nullptr;
+  fb.residual_out = s.res_out;
+  fb.norm_out = spec.emit.norm ? s.norm : nullptr;
+  fb.quant_out = spec.emit.quant ? s.q : nullptr;
+  fb.scale_out = spec.emit.quant && IsDynamicQuant(spec.quant) ? s.s : nullptr;
+  return fb;
+}
+
 // ---------------------------------------------------------------- correctness
 
 int CheckCase(const Case& c, int64_t T, uint32_t seed, cudaStream_t stream) {
@@ -581,16 +595,7 @@ int CheckCase(const Case& c, int64_t T, uint32_t seed, cudaStream_t stream) {
   CHECK(cudaMemset(s.norm, 0xFF, size_t(n) * 2));
   CHECK(cudaMemset(s.q, 0xFF, size_t(n)));
   CHECK(cudaMemset(s.s, 0xFF, size_t(spec.ScaleElements(T)) * 4 + 4));
-  FusedBuffers fb;
-  fb.x = s.x;
-  fb.residual = s.res;
-  fb.weight = b.w;
-  fb.scale = spec.quant == QuantMode::kFp8Tensor ? b.scale : nullptr;
-  fb.residual_out = s.res_out;
-  fb.norm_out = spec.emit.norm ? s.norm : nullptr;
-  fb.quant_out = spec.emit.quant ? s.q : nullptr;
-  fb.scale_out = spec.emit.quant && IsDynamicQuant(spec.quant) ? s.s : nullptr;
-  Status st = cuda::LaunchLocalAllreduceRmsnorm(spec, T, fb, stream);
+  Status st = cuda::LaunchLocalAllreduceRmsnorm(spec, T, FusedBuffersOf(spec, s, b), stream);
   if (!st.ok()) {
     std::printf("  launch failed: %s\n", st.ToString().c_str());
     return 1;
@@ -617,6 +622,41 @@ int CheckCase(const Case& c, int64_t T, uint32_t seed, cudaStream_t stream) {
   for (size_t i = 0; i < got.s.size(); ++i)
     if (std::memcmp(&got.s[i], &ref.s[i], 4) != 0) report("s", int64_t(i), got.s[i], ref.s[i]);
   return bad;
+}
+
+// ---------------------------------------------------------------- timing sets
+
+// Fills `b` for timing T rows of `spec`: enough rotating sets of x, residual and every output
+// (more than 2 x L2 together, at least 4), random bf16 inputs, weights about 1 and a static scale.
+// Returns the number of sets.
+int AllocateTimingSets(const AllreduceRmsnormSpec& spec, int64_t T, const cudaDeviceProp& prop, Buffers& b) {
+  const int64_t H = spec.hidden;
+  const size_t e = size_t(T * H);
+  const int sets = int(std::max<size_t>(4, (2 * size_t(prop.l2CacheSize)) / MinBytes(spec, T) + 1));
+  std::vector<uint16_t> host(e);
+  std::mt19937 rng(uint32_t(T * 7 + H));
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  for (auto& v : host) v = FloatToBf16(d(rng));
+  for (int i = 0; i < sets; ++i) {
+    Set s{};
+    s.x = b.Alloc(e * 2);
+    s.res = b.Alloc(e * 2);
+    s.res_out = b.Alloc(e * 2);
+    s.norm = b.Alloc(e * 2);
+    s.q = b.Alloc(e);
+    s.s = static_cast<float*>(b.Alloc(size_t(spec.ScaleElements(T)) * 4 + 16));
+    CHECK(cudaMemcpy(s.x, host.data(), e * 2, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(s.res, host.data(), e * 2, cudaMemcpyHostToDevice));
+    b.sets.push_back(s);
+  }
+  std::vector<uint16_t> wh(static_cast<size_t>(H));
+  for (auto& v : wh) v = FloatToBf16(1.0f + 0.1f * d(rng));
+  b.w = b.Alloc(size_t(H) * 2);
+  CHECK(cudaMemcpy(b.w, wh.data(), size_t(H) * 2, cudaMemcpyHostToDevice));
+  const float scale = 0.02f;
+  b.scale = static_cast<float*>(b.Alloc(4));
+  CHECK(cudaMemcpy(b.scale, &scale, 4, cudaMemcpyHostToDevice));
+  return sets;
 }
 
 // ---------------------------------------------------------------- row owners
@@ -660,45 +700,10 @@ void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, 
       std::printf("\n");
       for (int64_t T : ts) {
         const size_t e = size_t(T * H);
-        const size_t bytes = MinBytes(spec, T);
-        const int sets = int(std::max<size_t>(4, (2 * size_t(prop.l2CacheSize)) / bytes + 1));
-        Buffers b;
-        std::vector<uint16_t> host(e);
-        std::mt19937 rng(uint32_t(T * 7 + H));
-        std::normal_distribution<float> d(0.0f, 1.0f);
-        for (auto& v : host) v = FloatToBf16(d(rng));
         const size_t sbytes = size_t(spec.ScaleElements(T)) * 4 + 16;
-        for (int i = 0; i < sets; ++i) {
-          Set s{};
-          s.x = b.Alloc(e * 2);
-          s.res = b.Alloc(e * 2);
-          s.res_out = b.Alloc(e * 2);
-          s.norm = b.Alloc(e * 2);
-          s.q = b.Alloc(e);
-          s.s = static_cast<float*>(b.Alloc(sbytes));
-          CHECK(cudaMemcpy(s.x, host.data(), e * 2, cudaMemcpyHostToDevice));
-          CHECK(cudaMemcpy(s.res, host.data(), e * 2, cudaMemcpyHostToDevice));
-          b.sets.push_back(s);
-        }
-        std::vector<uint16_t> wh(static_cast<size_t>(H));
-        for (auto& v : wh) v = FloatToBf16(1.0f + 0.1f * d(rng));
-        b.w = b.Alloc(size_t(H) * 2);
-        CHECK(cudaMemcpy(b.w, wh.data(), size_t(H) * 2, cudaMemcpyHostToDevice));
-        const float scale = 0.02f;
-        b.scale = static_cast<float*>(b.Alloc(4));
-        CHECK(cudaMemcpy(b.scale, &scale, 4, cudaMemcpyHostToDevice));
-        auto buffers = [&](const Set& s) {
-          FusedBuffers fb;
-          fb.x = s.x;
-          fb.residual = s.res;
-          fb.weight = b.w;
-          fb.scale = spec.quant == QuantMode::kFp8Tensor ? b.scale : nullptr;
-          fb.residual_out = s.res_out;
-          fb.norm_out = spec.emit.norm ? s.norm : nullptr;
-          fb.quant_out = spec.emit.quant ? s.q : nullptr;
-          fb.scale_out = spec.emit.quant && IsDynamicQuant(spec.quant) ? s.s : nullptr;
-          return fb;
-        };
+        Buffers b;
+        const int sets = AllocateTimingSets(spec, T, prop, b);
+        auto buffers = [&](const Set& s) { return FusedBuffersOf(spec, s, b); };
         // The rule's outputs in set 0, copied to the host: the reference of every forced owner.
         auto outputs = [&]() {
           const Set& s = b.sets[0];
@@ -866,33 +871,9 @@ int main(int argc, char** argv) {
       const V0Layout l0 = V0LayoutOf(H);
       V0Fn fn0 = V0Kernel(l0.vecs, c.quant);
       for (int64_t T : ts) {
-        const size_t e = size_t(T * H);
         const size_t bytes = MinBytes(spec, T);
-        const int sets = int(std::max<size_t>(4, (2 * size_t(prop.l2CacheSize)) / bytes + 1));
         Buffers b;
-        std::vector<uint16_t> host(e);
-        std::mt19937 rng(uint32_t(T * 7 + H));
-        std::normal_distribution<float> d(0.0f, 1.0f);
-        for (auto& v : host) v = FloatToBf16(d(rng));
-        for (int i = 0; i < sets; ++i) {
-          Set s{};
-          s.x = b.Alloc(e * 2);
-          s.res = b.Alloc(e * 2);
-          s.res_out = b.Alloc(e * 2);
-          s.norm = b.Alloc(e * 2);
-          s.q = b.Alloc(e);
-          s.s = static_cast<float*>(b.Alloc(size_t(spec.ScaleElements(T)) * 4 + 16));
-          CHECK(cudaMemcpy(s.x, host.data(), e * 2, cudaMemcpyHostToDevice));
-          CHECK(cudaMemcpy(s.res, host.data(), e * 2, cudaMemcpyHostToDevice));
-          b.sets.push_back(s);
-        }
-        std::vector<uint16_t> wh(static_cast<size_t>(H));
-        for (auto& v : wh) v = FloatToBf16(1.0f + 0.1f * d(rng));
-        b.w = b.Alloc(size_t(H) * 2);
-        CHECK(cudaMemcpy(b.w, wh.data(), size_t(H) * 2, cudaMemcpyHostToDevice));
-        const float scale = 0.02f;
-        b.scale = static_cast<float*>(b.Alloc(4));
-        CHECK(cudaMemcpy(b.scale, &scale, 4, cudaMemcpyHostToDevice));
+        const int sets = AllocateTimingSets(spec, T, prop, b);
         b.copy_bytes = bytes / 2;
         std::vector<void*> csrc, cdst;
         for (int i = 0; i < sets; ++i) {
