@@ -82,7 +82,14 @@ StatusOr<int> MaxActiveClusters(FusedKernelFn kernel, const cudaLaunchConfig_t& 
   const auto key = std::make_tuple(facts.device, reinterpret_cast<const void*>(kernel), cluster, config.blockDim.x);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   int clusters = 0;
-  TPFUSE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(kernel), &config));
+  const cudaError_t asked = cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(kernel), &config);
+  // A cluster this device or context cannot place (as the launcher's fallback below): none at once.
+  if (asked == cudaErrorInvalidClusterSize || asked == cudaErrorLaunchOutOfResources) {
+    (void)cudaGetLastError();
+    clusters = 0;
+  } else {
+    TPFUSE_CUDA_CHECK(asked);
+  }
   cache[key] = clusters;
   return clusters;
 }
