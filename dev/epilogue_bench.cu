@@ -738,7 +738,7 @@ void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, 
           options.cluster_blocks = o.c;
           poison();
           if (!cuda::LaunchLocalAllreduceRmsnorm(spec, T, buffers(b.sets[0]), stream, options).ok()) {
-            CHECK(cudaGetLastError());
+            (void)cudaGetLastError();  // a cluster this device cannot place: not this owner
             std::printf(" %13s", "-");
             continue;
           }

@@ -326,22 +326,42 @@ TEST(LocalRowOwnerRuleTest, ClusterKindAndSizeFollowTheRule) {
   }
 }
 
-// On the GPU the rule never takes a cluster of which fewer than 2 T run at once (no grid in two
-// waves), and what the launcher runs under it is bitwise the oracle.
+// On the GPU: the device answers how many of each owner run at once (more than none, and no more
+// blocks than its SMs hold, 32 each); at T = 1 the dynamic modes' rows with a split take a
+// cluster (a capacity wrongly none would leave every row to one block); the rule never takes a
+// cluster of which fewer than 2 T run at once (no grid in two waves); and what the launcher runs
+// under it is bitwise the oracle.
 TEST_F(LocalFusedTest, TheRuleOnTheDeviceFitsOneWave) {
+  int sms = 0, major = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
   uint64_t seed = 500;
   for (int64_t h : {2048, 2880, 4096, 6144, 8192, 12288, 16384})
-    for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+    for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group}) {
+      const AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+      const RowLayout layout = MakeRowLayout(h);
+      const int split = RowClusterBlocks(layout, 8, 64);
+      std::vector<cuda::LocalRowOwner> owners = {{cuda::RowOwner::kBlock, 1}, {cuda::RowOwner::kCluster, split}};
+      if (layout.vecs_per_thread == 2)
+        for (int c = 2; c <= 8; ++c)
+          if (layout.threads / 32 % c == 0) owners.push_back({cuda::RowOwner::kClusterPair, c});
+      for (const cuda::LocalRowOwner& o : owners) {
+        const StatusOr<int64_t> at_once = cuda::LocalRowOwnerCapacity(s, o);
+        ASSERT_TRUE(at_once.ok()) << Describe(s, 1) << OwnerName(o.owner) << ": " << at_once.status().ToString();
+        if (major >= 9) EXPECT_GT(*at_once, 0) << Describe(s, 1) << OwnerName(o.owner) << " of " << o.cluster_blocks;
+        EXPECT_LE(*at_once * o.cluster_blocks, int64_t{sms} * 32) << Describe(s, 1) << OwnerName(o.owner);
+      }
       for (int64_t t : {1, 24, 47, 64, 80, 96, 128, 200}) {
-        const AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
         const StatusOr<cuda::LocalRowOwner> got = cuda::LocalRowOwnerOnDevice(s, t);
         ASSERT_TRUE(got.ok()) << got.status().ToString();
+        if (t == 1 && major >= 9 && IsDynamicQuant(q)) EXPECT_NE(got->owner, cuda::RowOwner::kBlock) << Describe(s, t);
         if (t == 47 || t == 96) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
         if (got->owner == cuda::RowOwner::kBlock) continue;
         const StatusOr<int64_t> at_once = cuda::LocalRowOwnerCapacity(s, *got);
         ASSERT_TRUE(at_once.ok()) << at_once.status().ToString();
         EXPECT_LE(2 * t, *at_once) << Describe(s, t) << " cluster of " << got->cluster_blocks;
       }
+    }
 }
 
 // The kernels with the recipe fixed at compile time (the local op's default recipe and

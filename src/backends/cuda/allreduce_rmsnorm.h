@@ -100,7 +100,8 @@ using RowOwnerCapacity = std::function<int64_t(const LocalRowOwner&)>;
 LocalRowOwner LocalRowOwnerRule(const AllreduceRmsnormSpec& spec, int64_t tokens, int sms,
                                 const RowOwnerCapacity& capacity);
 // The same on the current device (capacities from LocalRowOwnerCapacity): what
-// LaunchLocalAllreduceRmsnorm runs, unless a cluster launch then fails (it falls back to a block).
+// LaunchLocalAllreduceRmsnorm runs. Where this fails, or the cluster launch then does, the
+// launcher runs one block per row (the same bits).
 StatusOr<LocalRowOwner> LocalRowOwnerOnDevice(const AllreduceRmsnormSpec& spec, int64_t tokens,
                                               const LaunchOptions& options = {});
 

@@ -211,8 +211,8 @@ constexpr int kClusterPairMinWarpsStatic = 6;
 // idle while each row's block issues the whole row's arithmetic on one SM; a cluster issues it
 // on C SMs, at a fixed cost (the cluster's launch, and each reduction's exchange through
 // distributed shared memory) that does not grow with H. C is the split into blocks of two row
-// warps (ClusterBlocks), except in the last case below. Measured on one H200 at H 2880, 4096,
-// 5120, 7168 and 8192 (docs/perf/h200x1/NOTES.md, runs 16, 21 and 30-32):
+// warps (ClusterBlocks), except for the pair of fewer blocks below. Measured on one H200 at H
+// 2880, 4096, 5120, 7168 and 8192 (docs/perf/h200x1/NOTES.md, runs 16, 21, 30-32 and 34-35):
 // - A thread per row thread (ClusterRow) is faster than a block while its blocks fill at most two
 //   per SM (T x C <= 2 x SMs) for fp8_token and fp8_group, and for quant none and fp8_tensor from
 //   rows of 10 warps (H 5120 on). With fewer warps a row is short enough on one SM that the fixed
@@ -222,19 +222,21 @@ constexpr int kClusterPairMinWarpsStatic = 6;
 //   issues from four warps, not two, and each thread's chain is half as long. Against ClusterRow
 //   it is 4-7 % faster at T = 1 for the dynamic modes, and level to 5 % faster up to 224 blocks;
 //   at 256 (H 8192 T 32, H 4096 T 64) its two blocks of four warps per SM are 2-6 % slower. So
-//   it serves while T x C <= 7/4 x SMs and ClusterRow above. For quant none and fp8_tensor at 6
+//   it serves while T x C <= 7/4 x SMs, and ClusterRow above where no pair of fewer blocks
+//   serves (below). For quant none and fp8_tensor at 6
 //   and 8 warps it is 2-7 % faster than one block per row at H 2880 T <= 16 and H 4096 T 16,
 //   level at H 4096 T <= 8, and slower from T x C = 96: taken while T x C <= SMs / 2.
-// - Past 2 x SMs the dynamic modes' rows (two vectors per row thread) take the pair cluster of
-//   fewer, larger blocks (WideClusterPairRow): the most blocks c, dividing the row's warps, with
-//   T x c <= 7/4 x SMs (H 4096-8192 T 64: c = 2), where one block per row leaves about half the
-//   SMs idle: fp8_group 0.89-0.92 x, fp8_token 0.89-1.01 x one block's time. Quant none took
-//   1.06-1.07 x there, fp8_tensor 1.00-1.02 x: the static modes keep one block. The dynamic
-//   modes take that pair before ClusterRow from T x C > 7/4 x SMs on: 0.94-1.00 x ClusterRow's
-//   time at H 2880 T 80, 4096 T 64, 5120 T 48, 6144 T 40, 8192 T 32 (run 34).
+// - Past 2 x SMs (run 32) the dynamic modes' rows (two vectors per row thread) take the pair
+//   cluster of fewer, larger blocks (WideClusterPairRow): the most blocks c, dividing the row's
+//   warps, with T x c <= 7/4 x SMs (H 4096-8192 T 64: c = 2), where one block per row leaves
+//   about half the SMs idle: fp8_group 0.89-0.92 x, fp8_token 0.89-1.01 x one block's time.
+//   Quant none took 1.06-1.07 x there, fp8_tensor 1.00-1.02 x: the static modes keep one block.
+//   The dynamic modes take that pair before ClusterRow from T x C > 7/4 x SMs on: 0.94-1.00 x
+//   ClusterRow's time at H 2880 T 80, 4096 T 64, 5120 T 48, 6144 T 40, 8192 T 32 (runs 34, 35).
 // - Every cluster so chosen must be at most half of the clusters of its kind and size that the
 //   device runs at once (`capacity`, LocalRowOwnerCapacity); a pair cluster that is not gives way
-//   to ClusterRow in the dynamic modes where that one is, else to one block. A grid past them runs
+//   to ClusterRow in the dynamic modes where that one is (past 2 x SMs too: H 8192 fp8_token
+//   T 48-56, 0.94-0.96 x the pair's time in run 34), else to one block. A grid past them runs
 //   in waves: fp8_token's pair of two 512-thread blocks at H 8192 (66 at once) took 1.6 x one
 //   block's time at T 80-112 (run 34); past half of them, pair clusters and ClusterRow lost 3-12 %
 //   to one block at H 4096-7168 T 80-112.
@@ -447,7 +449,11 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   const bool forced = options.row_owner != RowOwner::kAuto;
   LocalRowOwner choice{options.row_owner, ClusterBlocks(layout)};
   if (!forced) {
-    TPFUSE_ASSIGN_OR_RETURN(choice, LocalRowOwnerOnDevice(spec, tokens, options));
+    // NOTE: where the device cannot say how many clusters run at once, one block per row: the
+    // same bits (the occupancy query's errors do not stick).
+    StatusOr<LocalRowOwner> rule = LocalRowOwnerOnDevice(spec, tokens, options);
+    if (!rule.ok()) (void)cudaGetLastError();
+    choice = rule.ok() ? *rule : LocalRowOwner{};
   }
   RowOwner& owner = choice.owner;
   if (forced && owner != RowOwner::kBlock && choice.cluster_blocks <= 1)
