@@ -70,16 +70,13 @@ StatusOr<int> MaxResidentBlocks(FusedKernelFn kernel, int threads) {
   return per_sm * facts.sms;
 }
 
-// Clusters of `config` (its cluster dimension and block size) of `kernel` that run at once on
-// this device: a grid of more runs in waves. Per thread, without a lock, as CurrentDeviceFacts:
-// the launcher's rule asks on every launch.
-StatusOr<int> MaxActiveClusters(FusedKernelFn kernel, const cudaLaunchConfig_t& config) {
-  thread_local std::map<std::tuple<int, const void*, unsigned, unsigned>, int> cache;
-  TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts facts, CurrentDeviceFacts());
-  unsigned cluster = 1;
-  for (unsigned i = 0; i < config.numAttrs; ++i)
-    if (config.attrs[i].id == cudaLaunchAttributeClusterDimension) cluster = config.attrs[i].val.clusterDim.x;
-  const auto key = std::make_tuple(facts.device, reinterpret_cast<const void*>(kernel), cluster, config.blockDim.x);
+// Clusters of `cluster` blocks of `config`'s size of `kernel` that run at once on `device`: a grid
+// of more runs in waves. Per thread, without a lock, as CurrentDeviceFacts: the launcher's rule
+// asks on every launch.
+StatusOr<int> MaxActiveClusters(const DeviceFacts& device, FusedKernelFn kernel, int cluster,
+                                const cudaLaunchConfig_t& config) {
+  thread_local std::map<std::tuple<int, const void*, int, unsigned>, int> cache;
+  const auto key = std::make_tuple(device.device, reinterpret_cast<const void*>(kernel), cluster, config.blockDim.x);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   int clusters = 0;
   const cudaError_t asked = cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(kernel), &config);
@@ -198,6 +195,11 @@ int ClusterBlocks(const RowLayout& layout) {
 // Whether a cluster's threads can hold each row thread's vectors in two threads (ClusterPairRow):
 // rows of two vectors per row thread.
 bool HasPairRows(const RowLayout& layout) { return layout.vecs_per_thread == 2; }
+
+// Whether a pair cluster of `blocks` blocks splits the row (2-kMaxClusterBlocks, dividing its warps).
+bool IsPairClusterSize(const RowLayout& layout, int blocks) {
+  return HasPairRows(layout) && blocks >= 2 && blocks <= kMaxClusterBlocks && (layout.threads / 32) % blocks == 0;
+}
 
 // Quant none and fp8_tensor take a cluster for rows of at least kClusterMinWarpsStatic warps,
 // and, at fewer blocks, for rows of at least kClusterMinWarpsStaticFewRows (pairs:
@@ -323,6 +325,40 @@ StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const R
   return kernel;
 }
 
+// LocalRowOwnerCapacity for a validated spec and an owner its row has.
+StatusOr<int64_t> CapacityOnDevice(const DeviceFacts& device, const AllreduceRmsnormSpec& spec,
+                                   const RowLayout& layout, KernelRecipe recipe, const LocalRowOwner& choice,
+                                   const LaunchOptions& options) {
+  TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel,
+                          EpilogueKernel(spec, layout, choice.owner, recipe, choice.cluster_blocks));
+  if (choice.owner == RowOwner::kBlock) {
+    TPFUSE_ASSIGN_OR_RETURN(const int blocks, MaxResidentBlocks(kernel, layout.threads));
+    return int64_t{blocks};
+  }
+  TPFUSE_ASSIGN_OR_RETURN(const bool runs, ClusterKernelRuns(device, kernel));
+  if (!runs) return 0;
+  LaunchAttributes attributes;
+  const cudaLaunchConfig_t config = MakeConfig(layout, 1, nullptr, options, attributes, choice.cluster_blocks,
+                                               choice.owner == RowOwner::kClusterPair ? 2 : 1);
+  TPFUSE_ASSIGN_OR_RETURN(const int clusters, MaxActiveClusters(device, kernel, choice.cluster_blocks, config));
+  return int64_t{clusters};
+}
+
+// The measured rule (ClusterRule) for a validated spec, with the capacities of `device`.
+StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceRmsnormSpec& spec,
+                                     const RowLayout& layout, KernelRecipe recipe, int64_t tokens,
+                                     const LaunchOptions& options) {
+  Status failed;
+  const LocalRowOwner choice = ClusterRule(spec, layout, tokens, device.sms, [&](const LocalRowOwner& owner) -> int64_t {
+    StatusOr<int64_t> at_once = CapacityOnDevice(device, spec, layout, recipe, owner, options);
+    if (at_once.ok()) return *at_once;
+    if (failed.ok()) failed = at_once.status();
+    return 0;
+  });
+  TPFUSE_RETURN_IF_ERROR(failed);
+  return choice;
+}
+
 }  // namespace
 
 LocalRowOwner LocalRowOwnerRule(const AllreduceRmsnormSpec& spec, int64_t tokens, int sms,
@@ -334,22 +370,13 @@ StatusOr<LocalRowOwner> LocalRowOwnerOnDevice(const AllreduceRmsnormSpec& spec, 
                                               const LaunchOptions& options) {
   TPFUSE_RETURN_IF_ERROR(cuda_limits::ValidateForCudaKernels(spec, 1));
   TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts device, CurrentDeviceFacts());
-  Status failed;
-  const LocalRowOwner choice = LocalRowOwnerRule(spec, tokens, device.sms, [&](const LocalRowOwner& owner) -> int64_t {
-    StatusOr<int64_t> at_once = LocalRowOwnerCapacity(spec, owner, options);
-    if (at_once.ok()) return *at_once;
-    if (failed.ok()) failed = at_once.status();
-    return 0;
-  });
-  TPFUSE_RETURN_IF_ERROR(failed);
-  return choice;
+  return RuleOnDevice(device, spec, MakeRowLayout(spec.hidden), LocalKernelRecipe(spec, options), tokens, options);
 }
 
 StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const LocalRowOwner& choice,
                                         const LaunchOptions& options) {
   TPFUSE_RETURN_IF_ERROR(cuda_limits::ValidateForCudaKernels(spec, 1));
   const RowLayout layout = MakeRowLayout(spec.hidden);
-  const int warps = layout.threads / 32;
   const int c = choice.cluster_blocks;
   switch (choice.owner) {
     case RowOwner::kBlock:
@@ -361,25 +388,12 @@ StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const 
                                " blocks, not ", c);
       break;
     case RowOwner::kClusterPair:
-      if (!HasPairRows(layout) || c < 2 || c > kMaxClusterBlocks || warps % c != 0)
-        return InvalidArgument("no pair cluster of ", c, " blocks for hidden ", spec.hidden);
+      if (!IsPairClusterSize(layout, c)) return InvalidArgument("no pair cluster of ", c, " blocks for hidden ", spec.hidden);
       break;
     case RowOwner::kAuto: return InvalidArgument("the capacity of a row owner, not of kAuto");
   }
-  TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel,
-                          EpilogueKernel(spec, layout, choice.owner, LocalKernelRecipe(spec, options), c));
-  if (choice.owner == RowOwner::kBlock) {
-    TPFUSE_ASSIGN_OR_RETURN(const int blocks, MaxResidentBlocks(kernel, layout.threads));
-    return int64_t{blocks};
-  }
   TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts device, CurrentDeviceFacts());
-  TPFUSE_ASSIGN_OR_RETURN(const bool runs, ClusterKernelRuns(device, kernel));
-  if (!runs) return 0;
-  LaunchAttributes attributes;
-  const cudaLaunchConfig_t config = MakeConfig(layout, 1, nullptr, options, attributes, c,
-                                               choice.owner == RowOwner::kClusterPair ? 2 : 1);
-  TPFUSE_ASSIGN_OR_RETURN(const int clusters, MaxActiveClusters(kernel, config));
-  return int64_t{clusters};
+  return CapacityOnDevice(device, spec, layout, LocalKernelRecipe(spec, options), choice, options);
 }
 
 KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options) {
@@ -451,7 +465,7 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   if (!forced) {
     // NOTE: where the device cannot say how many clusters run at once, one block per row: the
     // same bits (the occupancy query's errors do not stick).
-    StatusOr<LocalRowOwner> rule = LocalRowOwnerOnDevice(spec, tokens, options);
+    StatusOr<LocalRowOwner> rule = RuleOnDevice(device, spec, layout, recipe, tokens, options);
     if (!rule.ok()) (void)cudaGetLastError();
     choice = rule.ok() ? *rule : LocalRowOwner{};
   }
@@ -463,10 +477,9 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
     return Unimplemented("no cluster of two threads per row thread for hidden ", spec.hidden, ": its rows have ",
                          layout.vecs_per_thread, " vectors per row thread, not 2");
   if (options.cluster_blocks != 0) {
-    const int warps = layout.threads / 32;
-    if (options.cluster_blocks < 2 || options.cluster_blocks > kMaxClusterBlocks || warps % options.cluster_blocks != 0)
+    if (!IsPairClusterSize(layout, options.cluster_blocks))
       return InvalidArgument("cluster_blocks ", options.cluster_blocks, " must be 2-", kMaxClusterBlocks,
-                             " and divide the row's ", warps, " warps (hidden ", spec.hidden, ")");
+                             " and divide the row's ", layout.threads / 32, " warps (hidden ", spec.hidden, ")");
     choice.cluster_blocks = options.cluster_blocks;
   }
   FusedKernelFn cluster_kernel = nullptr;
