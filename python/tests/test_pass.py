@@ -343,3 +343,113 @@ def test_vllm_auto_functionalized_ops_translate_through_the_table():
         "return %getitem_2, %getitem_1",
     ]
     assert not tr.opaque
+
+
+def gemma_norm(x, w, eps=1e-6):
+    o = x.float()
+    o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + eps)
+    o = o * (1.0 + w.float())
+    return o.type_as(x)
+
+
+def trace_module(fn, *shapes):
+    args = [torch.randn(s, dtype=torch.float32).to(bf) for s in shapes]
+    return make_fx(fn, tracing_mode="fake")(*args), args
+
+
+def count(g, name):
+    return sum(1 for t in targets(g) if name in t)
+
+
+def test_a_fusion_reads_an_earlier_fusions_results_not_the_chain_it_replaced():
+    # Two pre-norm layers: the second chain's residual is the first fused op's residual output.
+    # Reading the first chain's add instead would keep it, and its all_reduce, alive.
+    def f(x1, x2, res, w1, w2):
+        h1 = wait(ar(x1, "sum", GROUP)) + res
+        h2 = wait(ar(x2 + llama_norm(h1, w1), "sum", GROUP)) + h1
+        return llama_norm(h2, w2), h2
+
+    g = trace(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf), ((256,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 2, p.report.left_alone
+    assert count(g, "tpfuse.allreduce_rmsnorm") == 2, g
+    assert count(g, "_c10d_functional") == 0, g
+    assert count(g, "aten.rsqrt") == 0, g
+    g.lint()
+
+
+def test_sandwich_norms_fuse_both_and_keep_one_collective_per_site():
+    # Gemma 2/3, GLM-4, OLMo 2: the all_reduce's sum is normed, added to the residual, and the
+    # sum normed again.
+    def f(x, res, w1, w2):
+        h = res + gemma_norm(wait(ar(x, "sum", GROUP)), w1)
+        return gemma_norm(h, w2), h
+
+    g = trace(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf), ((256,), bf))
+    p = tt.FusionPass(world_size=2, fuse_local=True)
+    p(g)
+    assert p.report.fused == 1, p.report.left_alone
+    assert count(g, "tpfuse.allreduce_rmsnorm") == 2, g
+    assert count(g, "_c10d_functional") == 0, g
+    assert count(g, "aten.rsqrt") == 0, g
+
+
+def test_sandwich_norms_at_world_size_one_compute_what_the_graph_did():
+    def f(attn, res, w1, w2):
+        h = res + gemma_norm(attn, w1)
+        return gemma_norm(h, w2), h
+
+    gm, args = trace_module(f, (2, 8, 256), (2, 8, 256), (256,), (256,))
+    want = gm(*args)
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 2, gm.graph
+    assert count(gm.graph, "aten.rsqrt") == 0, gm.graph
+    got = gm(*args)
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
+def test_a_norm_of_a_transposed_tensor_is_left_unfused_and_the_graph_still_runs():
+    # A head-dim norm on [B, heads, S, D] after a transpose (Gemma 3's q_norm): the fused op's
+    # result would be contiguous, and the graph views the normed tensor with its old strides.
+    def f(q, w):
+        qn = gemma_norm(q.view(2, 8, 4, 64).transpose(1, 2), w)
+        return qn.transpose(1, 2).view(2, 8, 256)
+
+    gm, args = trace_module(f, (2, 8, 256), (64,))
+    want = gm(*args)
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 0, gm.graph
+    assert torch.equal(gm(*args), want)
+
+
+def test_a_clone_between_the_all_reduce_and_the_add_is_fused():
+    # Dropout in eval mode after o_proj (Phi-3, Seed-OSS) traces to a clone of the sum.
+    def f(x, res, w):
+        h = torch.ops.aten.clone.default(wait(ar(x, "sum", GROUP))) + res
+        return llama_norm(h, w), h
+
+    g = trace(f, ((16, 256), bf), ((16, 256), bf), ((256,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1, p.report.left_alone
+    assert count(g, "_c10d_functional") == 0 and count(g, "aten.clone") == 0, g
+
+
+def test_an_infinite_attribute_makes_its_node_opaque_not_the_graph():
+    # A Mamba mixer's clamp(dt, 0, inf) (Falcon-H1, Bamba) has no IR text; the chain beside it
+    # still fuses.
+    def f(x, res, w, dt):
+        h = wait(ar(x, "sum", GROUP)) + res
+        return llama_norm(h, w), h, torch.clamp(dt, 0.0, float("inf"))
+
+    g = trace(f, ((16, 256), bf), ((16, 256), bf), ((256,), bf), ((16, 8), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert not p.report.untranslated
+    assert p.report.fused == 1, p.report.left_alone
+    assert count(g, "aten.clamp") == 1, g

@@ -108,6 +108,11 @@ class Applier:
                 self.consumers.setdefault(o, []).append(n)
         self.compiled_types = dict(compiled.params)
         self.sym_refs = _symbol_refs(graph)
+        # Graph values taken over by the fusions applied so far -> the FX node now holding each:
+        # a later fusion that reads one (a chain whose residual is an earlier fusion's residual
+        # output, a norm that reads an earlier fused norm) reads the fused op, not the chain it
+        # replaced, or that chain, and its all_reduce, would stay alive.
+        self.taken: Dict[str, fx.Node] = {}
         # What was done to the graph, in order, so that a failure can take it all back:
         # ("node", new_node) or ("use", user, old, new).
         self.undo_log: List[Tuple] = []
@@ -142,7 +147,9 @@ class Applier:
         for node in fused:
             mark, drops = len(self.undo_log), len(self.sites_to_drop)
             try:
-                applied.append(self._apply_one(node, self._anchor(node)))
+                fusion, taken = self._apply_one(node, self._anchor(node))
+                applied.append(fusion)
+                self.taken.update(taken)
             except ApplyError as e:
                 self.undo(mark)  # this fusion only; the others stand
                 del self.sites_to_drop[drops:]
@@ -167,7 +174,7 @@ class Applier:
 
     # ---- one fusion
 
-    def _apply_one(self, fused: ir.Node, anchor: Optional[str]) -> AppliedFusion:
+    def _apply_one(self, fused: ir.Node, anchor: Optional[str]) -> Tuple[AppliedFusion, Dict[str, fx.Node]]:
         pre = self._pre_nodes(fused)
         post = self._post_nodes(fused)
         group = self.tr.all_reduces[anchor].group if anchor else None
@@ -179,6 +186,8 @@ class Applier:
         def fx_of(name: str) -> fx.Node:
             if name in env:
                 return env[name]
+            if name in self.taken:
+                return self.taken[name]
             node = self.tr.node_of.get(name)
             if node is None:
                 raise ApplyError(f"value %{name} has no FX node")
@@ -219,10 +228,20 @@ class Applier:
                 for r, out in zip(n.results, outs):
                     env[r] = out
 
+        # The fused op's results are contiguous: a value it takes over must be laid out so too,
+        # or a later view of it (a head-dim norm on a transposed tensor, read back through
+        # .view) would fail.
+        for r, (old, src) in takeover.items():
+            if not _same_layout(old.meta.get("val"), env[src].meta.get("val")):
+                raise ApplyError(f"%{r} is not laid out contiguously (strides "
+                                 f"{list(old.meta['val'].stride())}), and the fused op's result is")
+
         # Redirect.
         replaced = []
+        taken: Dict[str, fx.Node] = {}
         for r, (old, src) in takeover.items():
             new = env[src]
+            taken[r] = new
             holders = [old] + self.tr.aliases.get(r, [])
             for user in self._users_to_redirect(old, site, r):
                 for holder in holders:
@@ -233,7 +252,7 @@ class Applier:
         if site is not None:
             self.sites_to_drop.append(site)
 
-        return AppliedFusion(anchor or "", fused.results[0], dict(fused.attrs), replaced)
+        return AppliedFusion(anchor or "", fused.results[0], dict(fused.attrs), replaced), taken
 
     def _users_to_redirect(self, old: fx.Node, site, name: str) -> List[fx.Node]:
         users = list(old.users)
@@ -348,6 +367,19 @@ class Applier:
         if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.SymInt):
             return node
         return self._call(torch.ops.aten.sym_size.int, (node, dim))
+
+
+def _same_layout(a: Any, b: Any) -> bool:
+    """Whether tensors a and b have the same strides wherever a dimension has more than one
+    element (provably, without adding guards on symbolic sizes). Values that are not tensors,
+    or tensors of other shapes, are another check's business."""
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.dim() != b.dim():
+        return True
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+    for size, sa, sb in zip(a.shape, a.stride(), b.stride()):
+        if not (statically_known_true(size <= 1) or statically_known_true(sa == sb)):
+            return False
+    return True
 
 
 def _symbol_refs(graph: fx.Graph) -> Dict[str, Tuple[fx.Node, int]]:

@@ -494,6 +494,8 @@ class Translator:
             return self._getitem(node)
         if target == "aten.copy.default" and self._copy_alias(node):
             return
+        if target == "aten.clone.default" and self._clone_alias(node):
+            return
         if target in ("auto_functionalized", "higher_order.auto_functionalized"):
             return self._auto_functionalized(node)
         handler = ATEN_TABLE.get(target)
@@ -505,6 +507,9 @@ class Translator:
         if isinstance(lowered, str):
             return self._opaque(node, lowered)
         op, operands, attrs = lowered
+        unwritable = _unwritable_attrs(attrs)
+        if unwritable:
+            return self._opaque(node, f"{target}: {unwritable}")
         self._add(node, op, operands, attrs, [(node.name, node)])
 
     def _all_reduce(self, node: fx.Node, inplace: bool) -> None:
@@ -529,6 +534,22 @@ class Translator:
         src = self._value(node.args[1])
         if src is None or _node_type(node) != self.types[src]:
             return False
+        self.value_of[node] = src
+        self.aliases.setdefault(src, []).append(node)
+        return True
+
+    def _clone_alias(self, node: fx.Node) -> bool:
+        """clone(x) that keeps x's layout and that nothing mutates is x's value (what dropout
+        in eval mode and other identities become: phi3's resid_attn_dropout, say)."""
+        if node.kwargs.get("memory_format") not in (None, torch.preserve_format) or not node.args:
+            return False
+        src = self._value(node.args[0])
+        if src is None or _node_type(node) != self.types[src]:
+            return False
+        for user in node.users:
+            schema = getattr(user.target, "_schema", None)
+            if (schema is not None and schema.is_mutable) or _target_name(user) == _ALL_REDUCE_INPLACE:
+                return False
         self.value_of[node] = src
         self.aliases.setdefault(src, []).append(node)
         return True
@@ -584,6 +605,9 @@ class Translator:
             attrs = entry.attrs(kwargs)
         except (KeyError, TypeError, ValueError) as e:
             return self._opaque(node, f"{name}: cannot read attributes ({e})")
+        unwritable = _unwritable_attrs(attrs)
+        if unwritable:
+            return self._opaque(node, f"{name}: {unwritable}")
         results = []
         for i in entry.results:
             g = getitems.get(i)
@@ -592,6 +616,17 @@ class Translator:
                 return self._opaque(node, f"{name}: result {i} is not read through getitem")
             results.append((g.name, g))
         self._add(node, entry.ir_op, operands, attrs, results)
+
+
+def _unwritable_attrs(attrs: Dict[str, ir.AttrValue]) -> Optional[str]:
+    """Why an attribute has no IR text (an infinite bound, say), or None: such a node is
+    written as opaque, and the rest of the graph still translates."""
+    for key, value in attrs.items():
+        try:
+            ir.format_attr(value)
+        except (TypeError, ValueError) as e:
+            return f"attribute {key}: {e}"
+    return None
 
 
 def _op_name(op: Any) -> str:
