@@ -30,9 +30,14 @@ def llama_norm(h, w, eps=1e-6):
     return w * hf.to(h.dtype)
 
 
-def trace(fn, *shapes_dtypes):
+def trace_module(fn, *shapes_dtypes):
+    """The traced module and the random inputs it was traced with."""
     args = [torch.randn(s, dtype=torch.float32).to(d) for s, d in shapes_dtypes]
-    return make_fx(fn, tracing_mode="fake")(*args).graph
+    return make_fx(fn, tracing_mode="fake")(*args), args
+
+
+def trace(fn, *shapes_dtypes):
+    return trace_module(fn, *shapes_dtypes)[0].graph
 
 
 def targets(graph):
@@ -352,11 +357,6 @@ def gemma_norm(x, w, eps=1e-6):
     return o.type_as(x)
 
 
-def trace_module(fn, *shapes):
-    args = [torch.randn(s, dtype=torch.float32).to(bf) for s in shapes]
-    return make_fx(fn, tracing_mode="fake")(*args), args
-
-
 def count(g, name):
     return sum(1 for t in targets(g) if name in t)
 
@@ -400,7 +400,7 @@ def test_sandwich_norms_at_world_size_one_compute_what_the_graph_did():
         h = res + gemma_norm(attn, w1)
         return gemma_norm(h, w2), h
 
-    gm, args = trace_module(f, (2, 8, 256), (2, 8, 256), (256,), (256,))
+    gm, args = trace_module(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf), ((256,), bf))
     want = gm(*args)
     p = tt.FusionPass(world_size=1, fuse_local=True)
     p(gm.graph)
@@ -418,7 +418,7 @@ def test_a_norm_of_a_transposed_tensor_is_left_unfused_and_the_graph_still_runs(
         qn = gemma_norm(q.view(2, 8, 4, 64).transpose(1, 2), w)
         return qn.transpose(1, 2).view(2, 8, 256)
 
-    gm, args = trace_module(f, (2, 8, 256), (64,))
+    gm, args = trace_module(f, ((2, 8, 256), bf), ((64,), bf))
     want = gm(*args)
     p = tt.FusionPass(world_size=1, fuse_local=True)
     p(gm.graph)

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.fx as fx
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from . import ir
 from .translate import IR_TO_TORCH_DTYPE, Translation
@@ -375,7 +376,6 @@ def _same_layout(a: Any, b: Any) -> bool:
     or tensors of other shapes, are another check's business."""
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.dim() != b.dim():
         return True
-    from torch.fx.experimental.symbolic_shapes import statically_known_true
     for size, sa, sb in zip(a.shape, a.stride(), b.stride()):
         if not (statically_known_true(size <= 1) or statically_known_true(sa == sb)):
             return False

@@ -531,25 +531,24 @@ class Translator:
         in-place form becomes once functionalized: the sum copied back into the input)."""
         if len(node.args) < 2 or node.kwargs.get("non_blocking"):
             return False
-        src = self._value(node.args[1])
-        if src is None or _node_type(node) != self.types[src]:
-            return False
-        self.value_of[node] = src
-        self.aliases.setdefault(src, []).append(node)
-        return True
+        return self._alias(node, node.args[1])
 
     def _clone_alias(self, node: fx.Node) -> bool:
         """clone(x) that keeps x's layout and that nothing mutates is x's value (what dropout
         in eval mode and other identities become: phi3's resid_attn_dropout, say)."""
         if node.kwargs.get("memory_format") not in (None, torch.preserve_format) or not node.args:
             return False
-        src = self._value(node.args[0])
-        if src is None or _node_type(node) != self.types[src]:
-            return False
         for user in node.users:
             schema = getattr(user.target, "_schema", None)
             if (schema is not None and schema.is_mutable) or _target_name(user) == _ALL_REDUCE_INPLACE:
                 return False
+        return self._alias(node, node.args[0])
+
+    def _alias(self, node: fx.Node, of: Any) -> bool:
+        """Makes `node` an alias of the value of `of` where both have the same type."""
+        src = self._value(of)
+        if src is None or _node_type(node) != self.types[src]:
+            return False
         self.value_of[node] = src
         self.aliases.setdefault(src, []).append(node)
         return True
