@@ -3,14 +3,18 @@
 
 The chain is what a TP-1 layer (or a norm no all_reduce feeds) runs between two GEMMs:
 
-    h = x + residual                      (bf16, as Hugging Face models write it)
+    h = x + residual                      (bf16, as Hugging Face models write it; with
+                                           --no-residual h = x: a norm alone, as the first
+                                           layer's, or q_norm/k_norm over heads of H 64-256)
     y = RMSNorm(h) in f32, * weight       (rounded once to bf16)
-    q [, s] = FP8 quantization of y       (fp8_tensor | fp8_token | fp8_group)
+    q [, s] = FP8 quantization of y       (fp8_tensor | fp8_token | fp8_group; none: no q)
 
 written in plain torch and compiled by Inductor, and the same through
 torch.ops.tpfuse.allreduce_rmsnorm at world size 1 (the local op, one kernel) on the same inputs.
 The results they emit: fp8_tensor and fp8_token emit (h, q[, s]); fp8_group (groups of 128, 64
-at H 2880) also emits y (the norm output, as DeepSeek's indexer reads it).
+at H 2880) also emits y (the norm output, as DeepSeek's indexer reads it); none emits (h, y).
+Without the residual h is not emitted (it is x). T counts rows: a head norm's rows are
+tokens x heads.
 
 Method (as docs/benchmarking.md): random bf16 inputs in [-1, 1), the weight in [0.5, 1.5), the
 static scale 1/64; a CUDA graph of --ops-per-graph calls (default 20) back to back, call j on
@@ -21,6 +25,8 @@ together are under 2 x L2 the L2 is overwritten between replays, outside the tim
     python bench/inductor_epilogue.py                        # the whole sweep
     python bench/inductor_epilogue.py --hidden 4096 --tokens 1,128,8192 --quant fp8_group
     python bench/inductor_epilogue.py --csv out.csv
+    python bench/inductor_epilogue.py --no-residual --quant none --hidden 64,128,256 \
+        --tokens 32,1024,32768,262144                        # q_norm / k_norm rows
 
 Prints one table per (H, quant) as it completes, progress on stderr, and a CSV (stdout's end, or
 --csv FILE). GB/s counts the bytes each path must move: x and residual read, the weight, and the
@@ -45,7 +51,7 @@ from graph_timing import replay_us_per_op  # noqa: E402  (beside this script)
 
 HIDDEN = [2880, 4096, 5120, 7168, 8192]
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
-QUANTS = ["fp8_tensor", "fp8_token", "fp8_group"]
+QUANTS = ["none", "fp8_tensor", "fp8_token", "fp8_group"]
 EPS = 1e-6
 FP8_MAX = 448.0
 
@@ -61,47 +67,62 @@ def parse_list(text: str, kind=int) -> List:
 
 # ---------------------------------------------------------------- the chain in torch
 
-def torch_chain(quant: str) -> Callable:
+def torch_chain(quant: str, with_residual: bool = True) -> Callable:
     def chain(x, residual, weight, inv_scale):
-        h = x + residual
+        h = x + residual if with_residual else x
         hf = h.float()
         r = torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + EPS)
         y = (hf * r * weight.float()).to(x.dtype)
+        hs = (h,) if with_residual else ()
+        if quant == "none":
+            return hs + (y,)
         yf = y.float()
         if quant == "fp8_tensor":
             q = (yf * inv_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-            return h, q
+            return hs + (q,)
         if quant == "fp8_token":
             s = yf.abs().amax(-1, keepdim=True).clamp_min(1e-10) / FP8_MAX
             q = (yf / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-            return h, q, s
+            return hs + (q, s)
         t, hidden = yf.shape
         g = group_size(hidden)
         yg = yf.view(t, hidden // g, g)
         s = yg.abs().amax(-1, keepdim=True).clamp_min(1e-10) / FP8_MAX
         q = (yg / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).view(t, hidden)
-        return h, y, q, s.view(t, hidden // g)
+        return hs + (y, q, s.view(t, hidden // g))
     return chain
 
 
-def tpfuse_call(quant: str) -> Callable:
+def emitted(quant: str, with_residual: bool) -> List[str]:
+    """The fused op's emit list for the results the torch chain returns."""
+    emit = ["norm"] if quant in ("none", "fp8_group") else []
+    emit += ["residual"] if with_residual else []
+    return emit + ([] if quant == "none" else ["quant"])
+
+
+def tpfuse_call(quant: str, with_residual: bool = True) -> Callable:
     import tpfuse  # noqa: F401  (registers the op)
     op = torch.ops.tpfuse.allreduce_rmsnorm
-    emit = ["norm", "residual", "quant"] if quant == "fp8_group" else ["residual", "quant"]
+    emit = emitted(quant, with_residual)
 
     def call(x, residual, weight, scale):
-        return op(x, residual, weight, scale if quant == "fp8_tensor" else None, emit=emit,
-                  eps=EPS, quant=quant, group_size=group_size(x.shape[-1]))
+        return op(x, residual if with_residual else None, weight,
+                  scale if quant == "fp8_tensor" else None, emit=emit, eps=EPS, quant=quant,
+                  group_size=group_size(x.shape[-1]))
     return call
 
 
-def bytes_moved(tokens: int, hidden: int, quant: str) -> int:
+def bytes_moved(tokens: int, hidden: int, quant: str, with_residual: bool = True) -> int:
     act = tokens * hidden * 2
-    n = 2 * act + hidden * 2        # x, residual, weight
-    n += act                        # h
-    n += tokens * hidden            # q
+    n = act + hidden * 2            # x, weight
+    if with_residual:
+        n += 2 * act                # residual read, h written
+    if quant != "none":
+        n += tokens * hidden        # q
+    if quant in ("none", "fp8_group"):
+        n += act                    # y
     if quant == "fp8_group":
-        n += act + tokens * (hidden // group_size(hidden)) * 4  # y, s
+        n += tokens * (hidden // group_size(hidden)) * 4  # s
     elif quant == "fp8_token":
         n += tokens * 4
     return n
@@ -169,6 +190,8 @@ def main() -> int:
                     help="compile per T (default: T dynamic, H static: one compile per H and "
                          "quant after T = 1)")
     ap.add_argument("--no-tpfuse", action="store_true", help="time the torch chain alone")
+    ap.add_argument("--no-residual", action="store_true",
+                    help="the norm alone (h = x), as the first layer's norm or a head norm")
     ap.add_argument("--csv", help="write the CSV here (default: after the tables, on stdout)")
     args = ap.parse_args()
     hiddens, tokens_list = parse_list(args.hidden), parse_list(args.tokens)
@@ -203,8 +226,10 @@ def main() -> int:
             # Every (H, quant) compiles afresh: the chains share one code object, and Dynamo's
             # cache per code object would otherwise fill up and fall back to eager.
             torch._dynamo.reset()
-            compiled = torch.compile(torch_chain(quant), dynamic=False if args.static else None)
-            fused = tpfuse_call(quant) if use_tpfuse else None
+            with_residual = not args.no_residual
+            compiled = torch.compile(torch_chain(quant, with_residual),
+                                     dynamic=False if args.static else None)
+            fused = tpfuse_call(quant, with_residual) if use_tpfuse else None
             table = []
             for tokens in tokens_list:
                 done += 1
@@ -212,8 +237,9 @@ def main() -> int:
                       f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
                 sets_torch, sets_tpfuse = make_sets(tokens, hidden, args.input_sets, tokens,
                                                     not args.static)
-                set_bytes = bytes_moved(tokens, hidden, quant)
-                row = {"hidden": hidden, "tokens": tokens, "quant": quant}
+                set_bytes = bytes_moved(tokens, hidden, quant, with_residual)
+                row = {"hidden": hidden, "tokens": tokens, "quant": quant,
+                       "residual": int(with_residual)}
                 row["inductor_us"] = timer.time_per_op(compiled, sets_torch, set_bytes)
                 row["inductor_gbps"] = set_bytes / row["inductor_us"] / 1e3
                 if fused is not None:
@@ -223,7 +249,7 @@ def main() -> int:
                 table.append(row)
                 rows.append(row)
                 del sets_torch, sets_tpfuse
-            print_table(hidden, quant, table)
+            print_table(hidden, quant, emitted(quant, with_residual), table)
     out = io.StringIO() if not args.csv else open(args.csv, "w", newline="")
     writer = csv.DictWriter(out, fieldnames=list(rows[0].keys()))
     writer.writeheader()
@@ -237,9 +263,8 @@ def main() -> int:
     return 0
 
 
-def print_table(hidden: int, quant: str, table: List[Dict]) -> None:
-    emit = "norm,residual,quant" if quant == "fp8_group" else "residual,quant"
-    print(f"\n== H={hidden}  quant={quant}  emit={emit}  (µs per op, GB/s)")
+def print_table(hidden: int, quant: str, emit: List[str], table: List[Dict]) -> None:
+    print(f"\n== H={hidden}  quant={quant}  emit={','.join(emit)}  (µs per op, GB/s)")
     has_fused = "tpfuse_us" in table[0]
     head = f"{'T':>6} {'inductor':>10} {'GB/s':>7}"
     if has_fused:

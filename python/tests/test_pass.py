@@ -225,6 +225,24 @@ def test_local_chains_follow_the_compilers_rule(backend, fuse_local, fused):
     g.lint()
 
 
+@pytest.mark.parametrize("rows, fuse_local, fused", [
+    (512, "auto", True),      # the fused op measured faster
+    (4096, "auto", False),    # Inductor's kernel measured faster from 1024 rows (run 45)
+    (4096, "on", True),
+])
+def test_a_head_norm_goes_where_it_was_measured_faster(rows, fuse_local, fused):
+    """q_norm over heads of 128 (rows = tokens x heads), the norm alone: the fused op's rows of
+    one warp each lose to Inductor's kernel from 1024 rows (docs/perf/h200x1/inductor_epilogue.md),
+    so the compiler's table leaves such a chain to Inductor at world size 1 on CUDA."""
+    g = trace(lambda h, w: llama_norm(h, w), ((rows, 128), bf), ((128,), bf))
+    p = tt.FusionPass(world_size=1, backend="cuda", fuse_local=fuse_local)
+    p(g)
+    assert not p.report.untranslated, p.report.untranslated
+    calls = [n for n in g.nodes if str(n.target) == FUSED]
+    assert len(calls) == int(fused), g
+    g.lint()
+
+
 def token_tail(x, residual, weight):
     """A TP-1 layer's epilogue with a per-token FP8 quant in torch."""
     h = x + residual

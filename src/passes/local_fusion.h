@@ -3,12 +3,12 @@
 // chain, as measured: the rule of `--fuse-local inductor`, which the PyTorch pass uses (there a
 // chain left unfused becomes Inductor's generated kernel, not tpfuse's unfused ops).
 //
-// The measurement (docs/perf/h200x1/inductor_epilogue.md, one H200): H {2880, 4096, 5120, 7168,
-// 8192} x T {1, 2, 4, ..., 8192} x {fp8_tensor, fp8_token, fp8_group + norm}. The fused op lost
-// by more than the run-to-run spread (2 %) only where MeasuredLosses() lists: nowhere since the
-// kernels with fixed recipes (run 21 there). An H between the measured ones follows the nearest
-// measured H (the larger one on a tie); a quant mode the sweep did not time (none) has no loss
-// listed.
+// The measurement (docs/perf/h200x1/inductor_epilogue.md, one H200): every quant mode, chains
+// with the residual add and the norm alone, H 64-8192, T (rows) 1-65536. MeasuredLosses() lists
+// where the fused op lost by more than the run-to-run spread (2 %) from a T on: rows of H <= 512
+// (one block of at most two warps per row) from 1024-16384 rows, and the norm alone at H 7168 and
+// 8192 from T 2048-4096. An H between the measured ones follows the nearest measured H (the
+// larger one on a tie).
 #pragma once
 
 #include <cstdint>
@@ -19,9 +19,11 @@
 
 namespace tpfuse::passes {
 
-// Inductor's kernel measured faster for `quant` at `hidden` from `from_tokens` tokens on.
+// Inductor's kernel measured faster for `quant` at `hidden` from `from_tokens` tokens (rows) on,
+// for chains with the residual add (`residual`) or for the norm alone.
 struct MeasuredLoss {
   QuantMode quant;
+  bool residual;
   int64_t hidden;
   int64_t from_tokens;
 };

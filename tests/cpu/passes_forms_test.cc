@@ -4,6 +4,7 @@
 // rejection reasons that stay true, world size 1 and local chains, the compile API.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -388,47 +389,79 @@ TEST(PassesCompileApi, FuseLocalFollowsTheBackendAndTheWorldSize) {
 
 // ---------------------------------------------------------------- local chains against Inductor
 
-// A table of one loss, as run 12 measured it (fp8_token at H 8192 from T 4096), for the rule's
-// mechanics; the measured table is empty since run 21.
-constexpr MeasuredLoss kTokenLoss[] = {{QuantMode::kFp8Token, 8192, 4096}};
+// A table of one loss, as run 12 measured it (fp8_token with the residual add at H 8192 from
+// T 4096), for the rule's mechanics.
+constexpr MeasuredLoss kTokenLoss[] = {{QuantMode::kFp8Token, true, 8192, 4096}};
+
+AllreduceRmsnormSpec LocalSpec(QuantMode quant, bool residual, int64_t hidden) {
+  AllreduceRmsnormSpec spec;
+  spec.quant = quant;
+  spec.has_residual = residual;
+  spec.hidden = hidden;
+  spec.local = true;
+  return spec;
+}
+
+TEST(PassesLocalFusion, TheMeasuredTableIsWellFormed) {
+  const std::span<const int64_t> hidden = MeasuredHidden();
+  EXPECT_TRUE(std::is_sorted(hidden.begin(), hidden.end()));
+  for (size_t i = 0; i < MeasuredLosses().size(); ++i) {
+    const MeasuredLoss& loss = MeasuredLosses()[i];
+    EXPECT_NE(std::find(hidden.begin(), hidden.end(), loss.hidden), hidden.end()) << loss.hidden;
+    EXPECT_GE(loss.from_tokens, 1);
+    for (size_t j = 0; j < i; ++j) {  // one entry per chain kind
+      const MeasuredLoss& other = MeasuredLosses()[j];
+      EXPECT_FALSE(other.quant == loss.quant && other.residual == loss.residual && other.hidden == loss.hidden)
+          << QuantModeName(loss.quant) << " " << loss.hidden;
+    }
+  }
+}
 
 TEST(PassesLocalFusion, InductorsMeasuredWinsFollowTheMeasurement) {
-  // Run 21 (docs/perf/h200x1/inductor_epilogue.md): the fused op at least as fast everywhere.
-  EXPECT_TRUE(MeasuredLosses().empty());
-  AllreduceRmsnormSpec spec;
-  for (QuantMode q : {QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
-    for (int64_t h : MeasuredHidden()) {
-      spec.quant = q;
-      spec.hidden = h;
-      EXPECT_EQ(WhyInductorIsFaster(spec, 0), "") << h;
-    }
+  // Run 45 (docs/perf/h200x1/inductor_epilogue.md). A layer's epilogue (the residual add) at the
+  // model widths: the fused op at least as fast in every quant mode, for any T.
+  for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+    for (int64_t h : {1024, 2048, 2880, 4096, 5120, 7168, 8192})
+      EXPECT_EQ(WhyInductorIsFaster(LocalSpec(q, true, h), 0), "") << QuantModeName(q) << " " << h;
+  // q_norm / k_norm over heads of 128 (the norm alone): Inductor's from 1024 rows.
+  const AllreduceRmsnormSpec head = LocalSpec(QuantMode::kNone, false, 128);
+  const std::string why = WhyInductorIsFaster(head, 0);
+  EXPECT_NE(why.find("none of the norm alone at H 128 from 1024 rows"), std::string::npos) << why;
+  EXPECT_NE(why.find("a number of rows with no bound"), std::string::npos) << why;
+  EXPECT_EQ(WhyInductorIsFaster(head, 1023), "");
+  EXPECT_NE(WhyInductorIsFaster(head, 1024), "");
+  // Heads of 64 and 256 and MLA's kv_a_layernorm (H 512) likewise; DeepSeek's q_a_layernorm
+  // (H 1536) is the fused op's.
+  for (int64_t h : {64, 256, 512}) EXPECT_NE(WhyInductorIsFaster(LocalSpec(QuantMode::kNone, false, h), 0), "") << h;
+  EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kNone, false, 1536), 0), "");
+  // The norm alone at H 7168 (a first layer's norm): Inductor's from T 2048, the fused op's below.
+  EXPECT_NE(WhyInductorIsFaster(LocalSpec(QuantMode::kNone, false, 7168), 2048), "");
+  EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kNone, false, 7168), 1024), "");
+  EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Group, false, 7168), 0), "");
 
   for (const MeasuredLoss& loss : kTokenLoss) {
-    spec.hidden = loss.hidden;
-    spec.quant = loss.quant;
-    const std::string why = WhyInductorIsFaster(spec, /*max_tokens=*/0, kTokenLoss);
-    EXPECT_NE(why.find(std::string(QuantModeName(loss.quant))), std::string::npos) << why;
-    EXPECT_NE(why.find(StrCat("H ", loss.hidden, " from T ", loss.from_tokens)), std::string::npos) << why;
+    const AllreduceRmsnormSpec spec = LocalSpec(loss.quant, loss.residual, loss.hidden);
+    const std::string token_why = WhyInductorIsFaster(spec, /*max_tokens=*/0, kTokenLoss);
+    EXPECT_NE(token_why.find(StrCat(QuantModeName(loss.quant), " with the residual add at H ", loss.hidden,
+                                    " from ", loss.from_tokens, " rows")),
+              std::string::npos)
+        << token_why;
     EXPECT_NE(WhyInductorIsFaster(spec, loss.from_tokens, kTokenLoss), "");
     EXPECT_EQ(WhyInductorIsFaster(spec, loss.from_tokens - 1, kTokenLoss), "");
   }
-  spec.quant = QuantMode::kFp8Group;  // another mode: nothing listed
-  spec.hidden = 8192;
-  EXPECT_EQ(WhyInductorIsFaster(spec, 0, kTokenLoss), "");
-  spec.quant = QuantMode::kFp8Token;
-  spec.hidden = 4096;  // another H
-  EXPECT_EQ(WhyInductorIsFaster(spec, 8192, kTokenLoss), "");
+  EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Group, true, 8192), 0, kTokenLoss), "");  // another mode
+  EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Token, false, 8192), 0, kTokenLoss), "");  // the norm alone
+  EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Token, true, 4096), 8192, kTokenLoss), "");  // another H
   // An unmeasured H follows the nearest measured one; a tie the larger.
-  spec.hidden = 8000;
-  EXPECT_NE(WhyInductorIsFaster(spec, 0, kTokenLoss).find("H 8192, the measured H nearest 8000"),
+  EXPECT_NE(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Token, true, 8000), 0, kTokenLoss)
+                .find("H 8192, the measured H nearest 8000"),
             std::string::npos);
-  spec.hidden = 7680;  // between 7168 and 8192
-  EXPECT_NE(WhyInductorIsFaster(spec, 0, kTokenLoss), "");
-  spec.hidden = 5120;
-  EXPECT_EQ(WhyInductorIsFaster(spec, 0, kTokenLoss), "");
-  spec.hidden = 16384;
-  EXPECT_NE(WhyInductorIsFaster(spec, 5000, kTokenLoss), "");
-  EXPECT_EQ(WhyInductorIsFaster(spec, 4095, kTokenLoss), "");
+  EXPECT_NE(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Token, true, 7680), 0, kTokenLoss), "");  // the tie
+  EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Token, true, 5120), 0, kTokenLoss), "");
+  EXPECT_NE(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Token, true, 16384), 5000, kTokenLoss), "");
+  EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Token, true, 16384), 4095, kTokenLoss), "");
+  EXPECT_NE(WhyInductorIsFaster(LocalSpec(QuantMode::kNone, false, 96), 0).find("H 128, the measured H nearest 96"),
+            std::string::npos);
 }
 
 // A local fp8_token chain at H 8192 (kTokenLoss lists it from T 4096) and an fp8_group one.
@@ -458,7 +491,7 @@ TEST(PassesLocalFusion, TheInductorRuleLeavesInductorsFasterChainsAlone) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(LocalFusions(*r), 2);
 
-  options.fuse_local = FuseLocal::kInductor;  // the measured table: no loss, both fused
+  options.fuse_local = FuseLocal::kInductor;  // the measured table lists neither: both fused
   r = CompileModuleText(LocalChains("T"), options);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(LocalFusions(*r), 2);
@@ -475,7 +508,8 @@ TEST(PassesLocalFusion, TheInductorRuleLeavesInductorsFasterChainsAlone) {
   ASSERT_EQ(r->funcs.size(), 1u);
   ASSERT_EQ(r->funcs[0].ctx.local_unfused.size(), 1u);
   EXPECT_EQ(r->funcs[0].ctx.local_unfused[0].anchor, "x");  // the chain reads x (and r)
-  EXPECT_NE(r->funcs[0].ctx.local_unfused[0].reason.find("fp8_token at H 8192 from T 4096"), std::string::npos)
+  EXPECT_NE(r->funcs[0].ctx.local_unfused[0].reason.find("fp8_token with the residual add at H 8192 from 4096 rows"),
+            std::string::npos)
       << r->funcs[0].ctx.local_unfused[0].reason;
 
   options.max_tokens = 2048;  // below T 4096: fused
