@@ -102,6 +102,7 @@ std::string_view ToleranceClassName(ToleranceClass cls) {
     case ToleranceClass::kFp8Dequantized: return "fp8-dequant";
     case ToleranceClass::kScale: return "scale-2^-7";
     case ToleranceClass::kGemm: return "gemm";
+    case ToleranceClass::kAfterGemm: return "after-gemm";
     case ToleranceClass::kExact: return "exact";
   }
   return "?";

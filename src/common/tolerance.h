@@ -42,8 +42,9 @@ enum class ToleranceClass : uint8_t {
   kScale,           // f32 scales within 2^-7 relative
   kGemm,            // matmul / scaled_matmul outputs
   kExact,           // bitwise
+  kAfterGemm,       // 16-bit values a GEMM output reaches (through the ops after it): the GEMM's bound
 };
-// "half-1ulp", "fp8-dequant", "scale-2^-7", "gemm", "exact"
+// "half-1ulp", "fp8-dequant", "scale-2^-7", "gemm", "exact", "after-gemm"
 std::string_view ToleranceClassName(ToleranceClass cls);
 
 struct Mismatch {

@@ -526,6 +526,48 @@ TEST(CpuCheckTest, ClassesPerOutput) {
   EXPECT_FALSE(CompareGraphOutputs(**g, ref, **g, got, inputs).ok());
 }
 
+// A residual stream after a GEMM (the next layer's sum and norm) holds the GEMM's bound, not
+// 1 ulp: the backends' accumulation orders differ, and the difference travels down the stream.
+TEST(CpuCheckTest, ValuesAGemmReachesHoldTheGemmsBound) {
+  constexpr const char* kText = R"(
+    func @f(%x: bf16[T, 256], %res: bf16[T, 256], %g0: bf16[256], %g1: bf16[256], %w: bf16[256, 256]) {
+      %ar0 = all_reduce(%x)
+      %y0, %h0 = fused_add_rms_norm(%ar0, %res, %g0) {eps = 1e-6}
+      %p = matmul(%y0, %w)
+      %ar1 = all_reduce(%p)
+      %y1, %h1 = fused_add_rms_norm(%ar1, %h0, %g1) {eps = 1e-6}
+      return %h0, %h1, %y1
+    }
+  )";
+  StatusOr<std::unique_ptr<Graph>> g = ir::ParseGraph(kText, "after_gemm.tpg");
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  const std::vector<TensorMap> inputs = Unwrap(MakeRandomInputs(**g, 2, 3, 8));
+  const RankOutputs ref = Unwrap(MakeCpuExecutor(2)->Run(**g, inputs));
+  CheckReport report = Unwrap(CompareGraphOutputs(**g, ref, **g, ref, inputs));
+  ASSERT_EQ(report.outputs.size(), 3u);
+  EXPECT_EQ(report.outputs[0].cls, ToleranceClass::kHalf);  // before the GEMM: 1 ulp
+  EXPECT_EQ(report.outputs[1].cls, ToleranceClass::kAfterGemm);
+  EXPECT_EQ(report.outputs[2].cls, ToleranceClass::kAfterGemm);
+  EXPECT_NE(report.outputs[1].ToString().find("after-gemm"), std::string::npos) << report.outputs[1].ToString();
+
+  // Four ulps of a small element of %h1 pass (2 ulp + 2^-7 of the row's largest); before the
+  // GEMM they fail.
+  int64_t small = 0;
+  for (int64_t i = 1; i < 256; ++i)
+    if (std::fabs(ref[0][1].GetF32(i)) < std::fabs(ref[0][1].GetF32(small))) small = i;
+  RankOutputs got = ref;
+  const float v = ref[0][1].GetF32(small);
+  got[0][1].SetF32(small, v + 4 * float(UlpOf(DType::kBF16, v)));
+  EXPECT_TRUE(Unwrap(CompareGraphOutputs(**g, ref, **g, got, inputs)).outputs[1].ok);
+  got = ref;
+  got[0][0].SetF32(small, ref[0][0].GetF32(small) + 4 * float(UlpOf(DType::kBF16, ref[0][0].GetF32(small))));
+  EXPECT_FALSE(Unwrap(CompareGraphOutputs(**g, ref, **g, got, inputs)).outputs[0].ok);
+  // A change of the row's size fails after the GEMM too.
+  got = ref;
+  got[0][1].SetF32(small, v + 1.0f);
+  EXPECT_FALSE(Unwrap(CompareGraphOutputs(**g, ref, **g, got, inputs)).outputs[1].ok);
+}
+
 TEST(CpuCheckTest, Fp8AgainstTheStaticScaleOfADecomposedQuant) {
   constexpr const char* kText = R"(
     func @f(%y: bf16[T, 128], %scale: f32[]) {
