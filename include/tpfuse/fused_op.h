@@ -128,6 +128,10 @@ struct AllreduceRmsnormSpec {
   bool has_residual = false;
   float eps = 1e-6f;
   float weight_bias = 0.0f;           // 1 for Gemma's x * (1 + w)
+  // a' = round(a * sum_scale) before the residual add (Granite's and Falcon-H1's
+  // `residual + out * multiplier`): f32 product of a and sum_scale, rounded to the activation
+  // dtype. 1: no scaling (a' = a). The emitted allreduce is a, not a'.
+  float sum_scale = 1.0f;
   QuantMode quant = QuantMode::kNone;
   int group_size = 128;               // fp8_group only; fp8_token uses H
   ScaleLayout scale_layout = ScaleLayout::kRow;

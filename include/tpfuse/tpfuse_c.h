@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 /* Bumped when a struct layout or a signature changes; bindings check it at load time. */
-#define TPFUSE_C_ABI_VERSION 1
+#define TPFUSE_C_ABI_VERSION 2
 TPFUSE_C_API int32_t tpfuse_abi_version(void);
 /* "0.1.0" */
 TPFUSE_C_API const char* tpfuse_version(void);
@@ -117,6 +117,7 @@ typedef struct tpfuse_spec {
   int32_t scale_fmt;    /* dynamic quant: TPFUSE_SCALE_FMT_* */
   uint32_t emit;        /* TPFUSE_EMIT_* bits, not 0 */
   uint32_t rounding;    /* TPFUSE_ROUNDING_* bits */
+  float sum_scale;      /* a' = round(a * sum_scale) before the residual add; 1: none (ABI 2) */
 } tpfuse_spec_t;
 
 /* Contract 3's defaults: bf16 activations and weight, eps 1e-6, no residual, no quant, group

@@ -66,7 +66,7 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
                       emit: Sequence[str], eps: float = 1e-6, weight_bias: float = 0.0,
                       quant: str = "none", group_size: int = 128, scale_layout: str = "row",
                       scale_fmt: str = "f32", rounding: Sequence[str] = (),
-                      local: bool = False) -> List[torch.Tensor]:
+                      local: bool = False, sum_scale: float = 1.0) -> List[torch.Tensor]:
     shape = partials[0].shape
     dtype = partials[0].dtype
     hidden = shape[-1]
@@ -78,13 +78,18 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
     for x in xs[1:]:
         acc = acc + x.float()
     a = acc.to(dtype)
-    # 2. h = a + residual in f32, residual_out = round(h); the norm reads round(h) or the f32 h.
+    # 1b. a' = round(a * sum_scale), the f32 product (the scale taken as f32), where the graph
+    # scaled the sum before the add.
+    scaled = a
+    if sum_scale != 1.0:
+        scaled = (a.float() * torch.tensor(sum_scale, dtype=torch.float32)).to(dtype)
+    # 2. h = a' + residual in f32, residual_out = round(h); the norm reads round(h) or the f32 h.
     if residual is not None:
-        h32 = a.float() + residual.reshape(-1, hidden).float()
+        h32 = scaled.float() + residual.reshape(-1, hidden).float()
         h = h32.to(dtype)
         u = h32 if "norm_input_f32" in rounding else h.float()
     else:
-        h, u = a, a.float()
+        h, u = scaled, scaled.float()
     # 3. r = 1 / sqrt(sum of squares / H + eps) in f32, then y = round((u * r) * w') or
     # round(round(u * r) * w'); w' = w + weight_bias in f32 (or rounded to w's dtype).
     sum_sq = row_sum_in_kernel_order(u * u).unsqueeze(-1)

@@ -31,6 +31,9 @@ CASES = [
     ("llama_rounding", dict(emit=["quant"], quant="fp8_token", weight_bias=1.0,
                             rounding=["weight_after_round", "weight_bias_in_weight_dtype",
                                       "scale_op_swapped"]), True),
+    ("granite_sum_scale", dict(emit=["allreduce", "norm", "residual"], sum_scale=0.22), True),
+    ("sum_scale_no_residual", dict(emit=["norm", "quant"], quant="fp8_token", sum_scale=-3.0),
+     False),
 ]
 SHAPES = [(1, 256), (3, 256), (19, 128), (2, 5, 256), (64, 2880)]
 

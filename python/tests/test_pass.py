@@ -478,3 +478,39 @@ def test_an_infinite_attribute_makes_its_node_opaque_not_the_graph():
     assert not p.report.untranslated
     assert p.report.fused == 1, p.report.left_alone
     assert count(g, "aten.clamp") == 1, g
+
+
+def test_granites_scaled_sum_is_fused_with_its_scale():
+    # Granite: `residual + out * residual_multiplier` after each row-parallel linear.
+    def f(x, res, w):
+        h = res + wait(ar(x, "sum", GROUP)) * 0.22
+        return llama_norm(h, w), h
+
+    g = trace(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1, p.report.left_alone
+    calls = [n for n in g.nodes if str(n.target) == FUSED]
+    assert len(calls) == 1 and calls[0].kwargs["sum_scale"] == pytest.approx(0.22), g
+    assert count(g, "_c10d_functional") == 0 and count(g, "aten.mul") == 0, g
+    g.lint()
+
+
+def test_granites_scaled_sum_at_world_size_one_computes_what_the_graph_did():
+    # The scale rounds to bf16 before the add, in the fused op as in the graph: h is exact, y
+    # within Contract 3's 1 ulp of torch's (whose mean sums in another order).
+    def f(o, res, w):
+        h = res + o * 0.22
+        return llama_norm(h, w), h
+
+    gm, args = trace_module(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf))
+    o, res, w = args
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 1, gm.graph
+    assert count(gm.graph, "aten.mul") == 0, gm.graph
+    y, h = gm(*args)
+    assert torch.equal(h, res + o * 0.22)
+    assert not torch.equal(h, res + o)
+    assert ulp_distance_16(y, llama_norm(h, w)).max() <= 1

@@ -19,7 +19,7 @@ import os
 import threading
 from typing import Dict, Optional, Sequence, Tuple
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 UNIQUE_ID_BYTES = 128
 
 # Codes of the C enums (tpfuse_c.h).
@@ -67,6 +67,7 @@ class Spec(ctypes.Structure):
         ("scale_fmt", ctypes.c_int32),
         ("emit", ctypes.c_uint32),
         ("rounding", ctypes.c_uint32),
+        ("sum_scale", ctypes.c_float),
     ]
 
 
@@ -223,7 +224,8 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
               local: bool = False, has_residual: bool = False, eps: float = 1e-6,
               weight_bias: float = 0.0, quant: str = "none", group_size: int = 128,
               scale_layout: str = "row", scale_fmt: str = "f32",
-              emit: Sequence[str] = ("norm",), rounding: Sequence[str] = ()) -> Spec:
+              emit: Sequence[str] = ("norm",), rounding: Sequence[str] = (),
+              sum_scale: float = 1.0) -> Spec:
     """A validated tpfuse_spec_t from Contract 3's attribute names. Unknown names raise
     ValueError naming the attribute; inconsistencies raise TpfuseError from the library."""
     def code(table: Dict[str, int], value: str, what: str) -> int:
@@ -241,6 +243,7 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
     spec.has_residual = int(bool(has_residual))
     spec.eps = float(eps)
     spec.weight_bias = float(weight_bias)
+    spec.sum_scale = float(sum_scale)
     spec.quant = code(QUANT_CODES, quant, "quant")
     spec.group_size = int(group_size)
     spec.scale_layout = code(SCALE_LAYOUT_CODES, scale_layout, "scale_layout")

@@ -4,10 +4,12 @@ custom op.
     tpfuse::allreduce_rmsnorm(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, *,
         str[] emit, str group_name="", float eps=1e-6, float weight_bias=0., str quant="none",
         int group_size=128, str scale_layout="row", str scale_fmt="f32",
-        str[]? rounding=None, bool local=False) -> Tensor[]
+        str[]? rounding=None, bool local=False, float sum_scale=1.) -> Tensor[]
 
 x [..., H] is this rank's partial sum (bf16 or f16); residual as x or None; weight [H] (bf16,
 f16 or f32); scale an f32 tensor of one element for quant = "fp8_tensor", else None.
+sum_scale scales the all-reduced sum before the residual add, rounded to x's dtype (Granite's
+`residual + out * multiplier`); the emitted allreduce is the sum before it.
 `group_name` names the process group (`ProcessGroup.group_name`, as the functional collectives
 take it); "" or a group of one rank is world size 1, where the op runs without communication, as
 it does with local=True (no all_reduce feeds the chain). The results are the emitted ones, in
@@ -67,7 +69,7 @@ def _fail(kind, message: str):
 def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
           scale: Optional[torch.Tensor], eps: float, weight_bias: float, quant: str,
           group_size: int, scale_layout: str, scale_fmt: str, emit: Sequence[str],
-          rounding: Optional[Sequence[str]], local: bool) -> _Plan:
+          rounding: Optional[Sequence[str]], local: bool, sum_scale: float = 1.0) -> _Plan:
     if not isinstance(x, torch.Tensor):
         _fail(TypeError, f"x must be a tensor, got {type(x).__name__}")
     if x.dim() < 1 or x.shape[-1] == 0:
@@ -112,7 +114,7 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
                                has_residual=residual is not None, eps=eps,
                                weight_bias=weight_bias, quant=quant, group_size=group_size,
                                scale_layout=scale_layout, scale_fmt=scale_fmt, emit=emit,
-                               rounding=rounding or ())
+                               rounding=rounding or (), sum_scale=sum_scale)
     except (ValueError, _capi.TpfuseError) as e:
         _fail(ValueError, str(e.message if isinstance(e, _capi.TpfuseError) else e))
 
@@ -233,7 +235,7 @@ def _comm_for(group, group_name: str, device: torch.device) -> _capi.Comm:
 SCHEMA = ("(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, *, str[] emit, "
           "str group_name=\"\", float eps=1e-06, float weight_bias=0., str quant=\"none\", "
           "int group_size=128, str scale_layout=\"row\", str scale_fmt=\"f32\", "
-          "str[]? rounding=None, bool local=False) -> Tensor[]")
+          "str[]? rounding=None, bool local=False, float sum_scale=1.) -> Tensor[]")
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=(), schema=SCHEMA)
@@ -242,9 +244,9 @@ def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight:
                       eps: float = 1e-6, weight_bias: float = 0.0, quant: str = "none",
                       group_size: int = 128, scale_layout: str = "row", scale_fmt: str = "f32",
                       rounding: Optional[List[str]] = None,
-                      local: bool = False) -> List[torch.Tensor]:
+                      local: bool = False, sum_scale: float = 1.0) -> List[torch.Tensor]:
     plan = _plan(x, residual, weight, scale, eps, weight_bias, quant, group_size, scale_layout,
-                 scale_fmt, emit, rounding, local)
+                 scale_fmt, emit, rounding, local, sum_scale)
     if plan.tokens == 0:
         _fail(ValueError, f"x has no rows (shape {list(x.shape)})")
     group, _, world_size = _resolve_group(group_name)
@@ -294,9 +296,10 @@ def _run_cuda(plan, x, residual, weight, scale, outs, group, group_name: str,
 
 @allreduce_rmsnorm.register_fake
 def _(x, residual, weight, scale, *, emit, group_name="", eps=1e-6, weight_bias=0.0, quant="none",
-      group_size=128, scale_layout="row", scale_fmt="f32", rounding=None, local=False):
+      group_size=128, scale_layout="row", scale_fmt="f32", rounding=None, local=False,
+      sum_scale=1.0):
     plan = _plan(x, residual, weight, scale, eps, weight_bias, quant, group_size, scale_layout,
-                 scale_fmt, emit, rounding, local)
+                 scale_fmt, emit, rounding, local, sum_scale)
     return _empty_results(plan, x.device)
 
 
@@ -310,7 +313,7 @@ def reference(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor]
                  attrs.get("weight_bias", 0.0), attrs.get("quant", "none"),
                  attrs.get("group_size", 128), attrs.get("scale_layout", "row"),
                  attrs.get("scale_fmt", "f32"), list(emit), attrs.get("rounding"),
-                 attrs.get("local", False))
+                 attrs.get("local", False), attrs.get("sum_scale", 1.0))
     for i, p in enumerate(partials):
         if p.device.type != "cpu" or p.shape != x.shape or p.dtype != x.dtype:
             _fail(ValueError, f"partials[{i}] must be a CPU tensor like partials[0] "

@@ -97,6 +97,7 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
   s.has_residual = c->has_residual != 0;
   s.eps = c->eps;
   s.weight_bias = c->weight_bias;
+  s.sum_scale = c->sum_scale;
   switch (c->quant) {
     case TPFUSE_QUANT_NONE: s.quant = QuantMode::kNone; break;
     case TPFUSE_QUANT_FP8_TENSOR: s.quant = QuantMode::kFp8Tensor; break;
@@ -279,6 +280,7 @@ void tpfuse_spec_init(tpfuse_spec_t* spec) {
   spec->hidden = 0;
   spec->eps = d.eps;
   spec->weight_bias = d.weight_bias;
+  spec->sum_scale = d.sum_scale;
   spec->quant = TPFUSE_QUANT_NONE;
   spec->group_size = d.group_size;
   spec->scale_layout = TPFUSE_SCALE_LAYOUT_ROW;

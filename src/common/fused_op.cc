@@ -1,6 +1,7 @@
 #include "tpfuse/fused_op.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace tpfuse {
 
@@ -155,6 +156,7 @@ Status AllreduceRmsnormSpec::Validate() const {
       return InvalidArgument("hidden ", hidden, " is not a multiple of group_size ", group_size);
   }
   if (!(eps >= 0.0f)) return InvalidArgument("eps must be >= 0, got ", eps);
+  if (!std::isfinite(sum_scale)) return InvalidArgument("sum_scale must be finite, got ", sum_scale);
   return Status::Ok();
 }
 
@@ -186,6 +188,7 @@ std::string AllreduceRmsnormSpec::ToString() const {
   if (IsDynamicQuant(quant))
     s += StrCat(" scales=", ScaleLayoutName(scale_layout), "/", ScaleFormatName(scale_fmt));
   if (weight_bias != 0.0f) s += StrCat(" weight_bias=", weight_bias);
+  if (sum_scale != 1.0f) s += StrCat(" sum_scale=", sum_scale);
   std::string rounding_names;
   for (const std::string& n : rounding.Names())
     rounding_names += (rounding_names.empty() ? "" : ",") + n;

@@ -469,6 +469,9 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
   TPFUSE_ASSIGN_OR_RETURN(double weight_bias, ReadWeightBias(attrs));
   spec.eps = float(eps);
   spec.weight_bias = float(weight_bias);
+  const double sum_scale = attrs.Number("sum_scale", 1.0);
+  if (!std::isfinite(sum_scale)) return attrs.Error("sum_scale must be finite, got ", sum_scale);
+  spec.sum_scale = float(sum_scale);
   StatusOr<EmitSet> emit = EmitSet::FromNames(*attrs.Find("emit")->AsTextList());
   if (!emit.ok()) return attrs.Error(emit.status().message());
   spec.emit = *emit;
@@ -569,6 +572,7 @@ std::vector<OpEntry> MakeRegistry() {
         4,
         {{"eps", T::kNumber, true},
          {"weight_bias", T::kNumber, false},
+         {"sum_scale", T::kNumber, false},
          {"quant", T::kText, false},
          {"group_size", T::kInt, false},
          {"scale_layout", T::kText, false},
@@ -772,6 +776,7 @@ AttrMap FusedAttrsFromSpec(const AllreduceRmsnormSpec& spec) {
   AttrMap attrs;
   attrs["eps"] = FloatAttr(spec.eps);
   if (spec.weight_bias != 0.0f) attrs["weight_bias"] = FloatAttr(spec.weight_bias);
+  if (spec.sum_scale != 1.0f) attrs["sum_scale"] = FloatAttr(spec.sum_scale);
   attrs["quant"] = Attr::Str(std::string(QuantModeName(spec.quant)));
   if (spec.quant == QuantMode::kFp8Group) attrs["group_size"] = Attr::Int(spec.group_size);
   if (IsDynamicQuant(spec.quant)) {

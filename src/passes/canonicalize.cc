@@ -667,11 +667,23 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
 // ---------------------------------------------------------------- add operand order
 
 // How strongly a value is "the activation" of an add: the all_reduce result (through views)
-// first, then anything computed, then parameters.
+// first, then anything computed, then parameters. Views keep the rank of what they read; a scale
+// by a constant (`mul(., scalar)`, Granite's `out * multiplier`, which the fused op takes over
+// only as its x) keeps it too and ranks just above it, so a scaled sum or x comes first.
 int ActivationRank(const ir::Value* v) {
-  while (ir::Node* view = ProducedBy(v, "view")) v = view->operand(0);
-  if (ProducedBy(v, "all_reduce")) return 2;
-  return v->is_param() ? 0 : 1;
+  bool scaled = false;
+  while (true) {
+    if (ir::Node* view = ProducedBy(v, "view")) {
+      v = view->operand(0);
+    } else if (SumScaleOf(v->producer())) {
+      v = v->producer()->operand(0);
+      scaled = true;
+    } else {
+      break;
+    }
+  }
+  const int base = ProducedBy(v, "all_reduce") ? 2 : v->is_param() ? 0 : 1;
+  return 2 * base + int(scaled);
 }
 
 // add(%res, %ar) -> add(%ar, %res): the all_reduce-derived operand first

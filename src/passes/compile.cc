@@ -98,6 +98,7 @@ Json FusionJson(const FusionRecord& fusion) {
       {"weight_dtype", std::string(DTypeName(s.weight_dtype))},
       {"eps", ShortestDouble(s.eps)},
       {"weight_bias", ShortestDouble(s.weight_bias)},
+      {"sum_scale", ShortestDouble(s.sum_scale)},
       {"spec", s.ToString()},
       {"notes", fusion.notes},
   };
@@ -201,6 +202,7 @@ std::string DescribeFusion(const FusionRecord& fusion) {
   }
   if (s.weight_dtype != s.act_dtype) text += StrCat(", norm weight ", DTypeName(s.weight_dtype));
   if (s.weight_bias != 0.0f) text += StrCat(", weight_bias ", s.weight_bias);
+  if (s.sum_scale != 1.0f) text += StrCat(", sum_scale ", s.sum_scale);
   const auto list = [](const std::vector<std::string>& names) {
     std::string joined;
     for (const std::string& n : names) joined += (joined.empty() ? "" : ", ") + n;

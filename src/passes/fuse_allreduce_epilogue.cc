@@ -18,6 +18,10 @@
 // ctx.local_vs_inductor a local chain Inductor's own kernel was measured faster on stays as it
 // is, for Inductor (passes/local_fusion.h).
 //
+// A scale by a constant between the all_reduce (or x) and the norm (`mul(a) {scalar = s}`:
+// Granite's and Falcon-H1's `residual + out * multiplier`) is taken over as spec.sum_scale,
+// a' = round(a * s), when the norm reads it as x and is its only use.
+//
 // Rank >= 3 activations ([B, S, H]): the fused op takes [rows, H]; the pass views x and the
 // residual to [B*S, H] and views the results back (the norm is per row, so this is exact). A
 // quant that reads the norm output through such a flattening view is absorbed with the view.
@@ -42,8 +46,9 @@ constexpr char kRule[] = "fuse_allreduce_epilogue";
 struct Chain {
   ir::Node* anchor = nullptr;  // all_reduce; null for a local chain that none feeds
   ir::Node* norm = nullptr;    // rms_norm or fused_add_rms_norm reading the anchor
+  ir::Node* scale = nullptr;   // mul(a) {scalar} the norm reads instead of a (SumScaleOf), or null
   bool local = false;          // a = x: no all_reduce, or one at world size 1
-  ir::Value* a = nullptr;      // the value the norm reads (the all_reduce result, or x)
+  ir::Value* a = nullptr;      // the all_reduce result, or x (the norm reads a, or scale's a * s)
   ir::Value* x = nullptr;      // this rank's partial sum (the all_reduce operand), or x
   ir::Value* residual = nullptr;
   ir::Value* w = nullptr;
@@ -124,14 +129,24 @@ bool IsNorm(const ir::Node* node) {
   return node->kind() == ir::OpKind::kRmsNorm || node->kind() == ir::OpKind::kFusedAddRmsNorm;
 }
 
-// The chain of `norm` reading `a` (as x, or as fused_add_rms_norm's residual).
+// The scale of a sum the norm reads as x, when the norm is the scale's only use: the fused op
+// takes it over (spec.sum_scale). Null otherwise.
+ir::Node* AbsorbableScale(const ir::Node* norm) {
+  ir::Node* mul = norm->operand(0)->producer();
+  if (!SumScaleOf(mul) || !SoleUser(mul->result(), norm)) return nullptr;
+  return mul;
+}
+
+// The chain of `norm` reading `a` as x, directly or through a scale the fused op takes over.
 Chain MakeChain(ir::Node* anchor, ir::Node* norm, bool local) {
   Chain c;
   c.anchor = anchor;
   c.norm = norm;
   c.local = local;
-  c.a = anchor ? anchor->result() : norm->operand(0);
-  c.x = anchor ? anchor->operand(0) : norm->operand(0);
+  c.scale = AbsorbableScale(norm);
+  if (c.scale && anchor && c.scale->operand(0) != anchor->result()) c.scale = nullptr;
+  c.a = anchor ? anchor->result() : c.scale ? c.scale->operand(0) : norm->operand(0);
+  c.x = anchor ? anchor->operand(0) : c.a;
   c.y = norm->result(0);
   if (norm->kind() == ir::OpKind::kRmsNorm) {
     c.w = norm->operand(1);
@@ -152,11 +167,18 @@ std::optional<Chain> FindChain(ir::Node* anchor, bool local) {
   ir::Node* best = nullptr;
   int best_index = 0;
   for (const ir::Use& u : a->uses()) {
-    if (u.is_return()) continue;
-    if (u.index != 0 || !IsNorm(u.user)) continue;
-    const int index = graph.IndexOf(u.user);
+    if (u.is_return() || u.index != 0) continue;
+    ir::Node* norm = u.user;
+    if (SumScaleOf(u.user)) {
+      // a scaled (a' = round(a * s)), then normalized: the norm that is the scale's only use.
+      const ir::Value* scaled = u.user->result();
+      if (scaled->num_uses() != 1 || scaled->uses()[0].is_return() || scaled->uses()[0].index != 0) continue;
+      norm = scaled->uses()[0].user;
+    }
+    if (!IsNorm(norm)) continue;
+    const int index = graph.IndexOf(norm);
     if (best == nullptr || index < best_index) {
-      best = u.user;
+      best = norm;
       best_index = index;
     }
   }
@@ -205,6 +227,12 @@ std::string NoChainReason(const ir::Node* anchor) {
   if (!reach) {
     return StrCat("all_reduce ", Ref(a), " is not followed by an RMSNorm (", DescribeUses(a),
                   ")");
+  }
+  if (reach->path.size() == 1 && SumScaleOf(reach->path[0]) && IsNorm(reach->norm)) {
+    const ir::Value* scaled = reach->path[0]->result();
+    return StrCat("all_reduce ", Ref(a), " is scaled by ", NodeRef(reach->path[0]), " before ",
+                  NodeRef(reach->norm), "; the fused op takes the scale over only when the norm reads it "
+                  "as its input and is its only use (", DescribeUses(scaled), ")");
   }
   const std::string what = reach->norm->kind() == ir::OpKind::kRsqrt
                                ? StrCat("the rsqrt ", Ref(reach->norm->result()),
@@ -268,6 +296,7 @@ std::string BaseSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
   spec.has_residual = c.residual != nullptr;
   spec.eps = float(*eps);
   spec.weight_bias = float(*bias);
+  if (c.scale) spec.sum_scale = float(*SumScaleOf(c.scale));
   return {};
 }
 
@@ -305,6 +334,7 @@ std::vector<ir::Value*> FusedOperands(const Chain& c, const ir::Node* quant) {
 std::set<const ir::Node*> Absorbed(const Chain& c, const ir::Node* quant) {
   std::set<const ir::Node*> absorbed = {c.norm};
   if (c.anchor) absorbed.insert(c.anchor);
+  if (c.scale) absorbed.insert(c.scale);
   if (quant) {
     absorbed.insert(quant);
     if (auto it = c.quant_views.find(quant); it != c.quant_views.end()) absorbed.insert(it->second);
@@ -548,6 +578,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
       });
     }
     std::vector<ir::Node*> erase = {c.norm};
+    if (c.scale) erase.push_back(c.scale);
     if (c.anchor) erase.push_back(c.anchor);
     if (plan.quant) {
       erase.push_back(plan.quant);

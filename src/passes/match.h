@@ -2,12 +2,15 @@
 // attribute reads with Contract 2 defaults, use checks. Reading only; nothing here mutates.
 #pragma once
 
+#include <cmath>
 #include <optional>
 #include <set>
 #include <string>
 #include <string_view>
 
 #include "ir/graph.h"
+#include "ir/op_kind.h"
+#include "tpfuse/dtype.h"
 
 namespace tpfuse::passes {
 
@@ -46,6 +49,18 @@ inline std::optional<bool> BoolAttr(const ir::Node* node, const std::string& nam
 inline std::optional<double> ScalarOperand(const ir::Node* node) {
   if (node->num_operands() != 1) return std::nullopt;
   return NumberAttr(node, "scalar");
+}
+
+// The factor of a scale the fused op takes over (its sum_scale): `mul(%a) {scalar = s}` with a
+// finite s and a result of a's half-precision type, so the graph computes round(a * s) in f32
+// (Granite's and Falcon-H1's `residual + out * multiplier`). nullopt for any other node.
+inline std::optional<double> SumScaleOf(const ir::Node* node) {
+  if (node == nullptr || node->kind() != ir::OpKind::kMul) return std::nullopt;
+  const std::optional<double> s = ScalarOperand(node);
+  if (!s || !std::isfinite(*s)) return std::nullopt;
+  if (!IsHalfType(node->operand(0)->dtype()) || node->result()->type() != node->operand(0)->type())
+    return std::nullopt;
+  return s;
 }
 
 // Every use of `value` is by a node in `users` (returns count as foreign uses).

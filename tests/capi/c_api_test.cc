@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -36,6 +37,7 @@ struct Case {
   int32_t weight_dtype = TPFUSE_DTYPE_BF16;
   uint32_t rounding = 0;
   int32_t local = 0;
+  float sum_scale = 1.0f;
 };
 
 const Case kCases[] = {
@@ -53,6 +55,8 @@ const Case kCases[] = {
          TPFUSE_ROUNDING_SCALE_OP_SWAPPED},
     {"local", TPFUSE_QUANT_FP8_GROUP, TPFUSE_EMIT_NORM | TPFUSE_EMIT_QUANT, true,
      TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, 0, 1},
+    {"sum_scale", TPFUSE_QUANT_NONE, TPFUSE_EMIT_ALLREDUCE | TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL, true,
+     TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, 0, 0, 0.22f},
 };
 
 AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
@@ -71,6 +75,7 @@ AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
   s.rounding.norm_input_f32 = c.rounding & TPFUSE_ROUNDING_NORM_INPUT_F32;
   s.rounding.weight_after_round = c.rounding & TPFUSE_ROUNDING_WEIGHT_AFTER_ROUND;
   s.rounding.scale_op_swapped = c.rounding & TPFUSE_ROUNDING_SCALE_OP_SWAPPED;
+  s.sum_scale = c.sum_scale;
   return s;
 }
 
@@ -86,6 +91,7 @@ tpfuse_spec_t CSpec(const Case& c, int64_t hidden) {
   s.scale_fmt = c.scale_fmt;
   s.emit = c.emit;
   s.rounding = c.rounding;
+  s.sum_scale = c.sum_scale;
   return s;
 }
 
@@ -107,6 +113,7 @@ TEST(CApi, SpecInitHasContract3Defaults) {
   EXPECT_EQ(s.local, 0);
   EXPECT_EQ(s.rounding, 0u);
   EXPECT_EQ(s.emit, uint32_t(TPFUSE_EMIT_NORM));
+  EXPECT_EQ(s.sum_scale, 1.0f);
   // hidden is the caller's to set.
   EXPECT_EQ(tpfuse_spec_validate(&s), TPFUSE_ERR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(tpfuse_last_error()).find("hidden"), std::string::npos) << tpfuse_last_error();
@@ -224,6 +231,11 @@ TEST(CApi, SpecRejectsUnknownCodesAndInconsistency) {
             std::string::npos)
       << tpfuse_last_error();
   spec.group_size = 128;
+  spec.sum_scale = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(tpfuse_spec_validate(&spec), TPFUSE_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tpfuse_last_error()).find("sum_scale must be finite"), std::string::npos)
+      << tpfuse_last_error();
+  spec.sum_scale = 1.0f;
   spec.scale_layout = TPFUSE_SCALE_LAYOUT_COL;
   EXPECT_EQ(tpfuse_spec_validate(&spec), TPFUSE_OK);
   int64_t elements = 0;

@@ -98,7 +98,8 @@ INSTANTIATE_TEST_SUITE_P(
                       FormCase{"rank3_static_quant.tpg", 4, {"weight_after_round"}},
                       FormCase{"rank3_group_quant.tpg", 4, {"weight_after_round"}},
                       FormCase{"dynamic_token_quant.tpg", 4, {"weight_after_round"}},
-                      FormCase{"dynamic_group_quant.tpg", 4, {"weight_after_round"}}),
+                      FormCase{"dynamic_group_quant.tpg", 4, {"weight_after_round"}},
+                      FormCase{"granite.tpg", 4, {"weight_after_round"}}),
     [](const auto& info) {
       std::string n = info.param.file.substr(0, info.param.file.find('.'));
       return n;
@@ -191,6 +192,64 @@ TEST(PassesForms, GemmaWeightBiasInF32AndInTheWeightDtype) {
   EXPECT_EQ(CountOp(*c.after, "add"), 0) << Print(*c.after);
   EXPECT_EQ(CountOp(*c.after, "cast"), 0) << Print(*c.after);
   ExpectBitwise(*c.before, *c.after, 2, {1, 5, 33}, {1, 7, 1234});
+}
+
+TEST(PassesForms, GraniteScaleOfTheSumIsTakenOver) {
+  Compiled c = Compile(ReadForm("granite.tpg"));
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 4u) << DescribeReport(c.ctx) << Print(*c.after);
+  for (const FusionRecord& f : c.ctx.fusions) EXPECT_EQ(f.spec.sum_scale, 0.22f) << f.spec.ToString();
+  EXPECT_EQ(CountOp(*c.after, "mul"), 0) << Print(*c.after);
+}
+
+// A scale the fused op cannot take over: the scaled sum is also returned (site 0). Site 1's is
+// taken over, and its all_reduce, returned too, is emitted unscaled.
+constexpr char kScaledSums[] = R"(
+  func @f(%x0: bf16[T, 256], %x1: bf16[T, 256], %res: bf16[T, 256], %g0: bf16[256], %g1: bf16[256]) {
+    %ar0 = all_reduce(%x0)
+    %s0 = mul(%ar0) {scalar = 0.5}
+    %y0, %h0 = fused_add_rms_norm(%s0, %res, %g0) {eps = 1e-6}
+    %ar1 = all_reduce(%x1)
+    %s1 = mul(%ar1) {scalar = 0.5}
+    %y1 = rms_norm(%s1, %g1) {eps = 1e-6}
+    return %y0, %h0, %s0, %y1, %ar1
+  }
+)";
+
+TEST(PassesForms, AScaledSumUsedElsewhereStaysAndTheReasonSaysWhy) {
+  Compiled c = Compile(kScaledSums);
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
+  EXPECT_EQ(c.ctx.fusions[0].anchor, "ar1");
+  EXPECT_EQ(c.ctx.fusions[0].spec.sum_scale, 0.5f);
+  EXPECT_FALSE(c.ctx.fusions[0].spec.has_residual);
+  EXPECT_TRUE(c.ctx.fusions[0].spec.emit.allreduce);
+  ASSERT_EQ(c.ctx.rejections.size(), 1u) << DescribeReport(c.ctx);
+  const std::string& why = c.ctx.rejections[0].reason;
+  EXPECT_NE(why.find("all_reduce %ar0 is scaled by mul %s0 before fused_add_rms_norm"), std::string::npos) << why;
+  EXPECT_NE(why.find("only use"), std::string::npos) << why;
+  ExpectBitwise(*c.before, *c.after, 2, {1, 5, 33}, {3, 11});
+}
+
+TEST(PassesForms, AScaledLocalChainFusesAtWorldSizeOne) {
+  constexpr char kLocal[] = R"(
+    func @f(%x: f16[T, 512], %res: f16[T, 512], %g: f16[512]) {
+      %s = mul(%x) {scalar = 0.015625}
+      %h = add(%res, %s)
+      %y = rms_norm(%h, %g) {eps = 1e-5}
+      return %y, %h
+    }
+  )";
+  PassContext ctx;
+  ctx.world_size = 1;
+  ctx.fuse_local = true;
+  Compiled c = Compile(kLocal, ctx);
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
+  EXPECT_TRUE(c.ctx.fusions[0].spec.local);
+  EXPECT_EQ(c.ctx.fusions[0].spec.sum_scale, 0.015625f);
+  EXPECT_EQ(CountOp(*c.after, "mul"), 0) << Print(*c.after);
+  ExpectBitwise(*c.before, *c.after, 1, {1, 5, 33}, {4, 8});
 }
 
 TEST(PassesForms, StaticQuantDividesOrMultipliesByTheReciprocal) {

@@ -210,6 +210,7 @@ TEST_F(FusedOpTest, EveryVariantMatchesOracle) {
               spec.act_dtype = act;
               spec.weight_dtype = w;
               spec.weight_bias = (cases % 3 == 0) ? 1.0f : 0.0f;
+              spec.sum_scale = (cases % 7 == 0) ? 0.22f : 1.0f;  // Granite's multiplier
               spec.group_size = (cases % 5 == 0 && shape.hidden % 64 == 0) ? 64 : 128;
               if (shape.hidden % spec.group_size != 0) spec.group_size = 64;
               spec.scale_layout = (layout & 1) ? ScaleLayout::kCol : ScaleLayout::kRow;

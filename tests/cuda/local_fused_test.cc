@@ -157,6 +157,26 @@ TEST_F(LocalFusedTest, EveryRoundingRecipeIsBitwiseTheOracle) {
         }
 }
 
+// A scale of the sum before the residual add (Granite's multiplier, a' = round(a * s)), with and
+// without the residual, under every row owner: a negative, a zero and a tiny factor too (the
+// row's squares underflow).
+TEST_F(LocalFusedTest, SumScaleIsBitwiseTheOracle) {
+  uint64_t seed = 3000;
+  for (float scale : {0.22f, -3.0f, 0.0f, 1e-30f})
+    for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+      for (bool residual : {true, false})
+        for (int64_t h : {128, 2880, 7168})
+          // A row of one warp (H 128) has no split into a cluster: one block.
+          for (cuda::RowOwner owner : h == 128 ? std::vector{cuda::RowOwner::kBlock} : RowOwnersOf(h)) {
+            AllreduceRmsnormSpec s = LocalSpec(h, q, residual);
+            s.sum_scale = scale;
+            cuda::LaunchOptions options;
+            options.row_owner = owner;
+            for (int64_t t : {1, 33})
+              EXPECT_EQ(RunAndCompare(s, t, seed++, options), "") << Describe(s, t) << OwnerName(owner);
+          }
+}
+
 // Dtypes (f16 activations; f32 and f16 weights), group sizes, column-major and UE8M0 scales;
 // the group sizes under every row owner (the groups' maxima by shuffles, or by whole-warp
 // reductions where a warp holds at most two groups' maxima: 128 and 256 at one vector per
@@ -575,6 +595,9 @@ TEST(LocalKernelRecipeTest, FixedForTheirFormsOnly) {
   EXPECT_EQ(cuda::LocalKernelRecipe(s), KernelRecipe::kFixed);
   s = base;
   s.rounding.norm_input_f32 = true;
+  EXPECT_EQ(cuda::LocalKernelRecipe(s), KernelRecipe::kRuntime);
+  s = base;
+  s.sum_scale = 0.22f;
   EXPECT_EQ(cuda::LocalKernelRecipe(s), KernelRecipe::kRuntime);
   s = base;
   s.scale_fmt = ScaleFormat::kUe8m0;

@@ -52,7 +52,8 @@ def fused_op_overload():
 def _fused_args(attrs: Dict[str, Any], operands: List[fx.Node], group: Optional[str]):
     # tpfuse::allreduce_rmsnorm(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, *,
     #     str[] emit, str group_name, float eps, float weight_bias, str quant, int group_size,
-    #     str scale_layout, str scale_fmt, str[]? rounding, bool local) -> Tensor[]
+    #     str scale_layout, str scale_fmt, str[]? rounding, bool local, float sum_scale)
+    #     -> Tensor[]
     """Arguments of torch.ops.tpfuse.allreduce_rmsnorm for a fused IR node's operands/attrs.
 
     Operands come in Contract 3's order x, [residual], w, [scale]; which are present follows
@@ -79,6 +80,8 @@ def _fused_args(attrs: Dict[str, Any], operands: List[fx.Node], group: Optional[
         # The compiler's flag: a chain no all_reduce feeds, or any chain at world size 1.
         local=bool(attrs.get("local", False)) or group is None,
     )
+    if float(attrs.get("sum_scale", 1.0)) != 1.0:
+        kwargs["sum_scale"] = float(attrs["sum_scale"])
     return (x, residual, w, scale), kwargs
 
 

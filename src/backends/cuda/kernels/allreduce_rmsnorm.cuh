@@ -91,6 +91,8 @@ struct FusedKernelParams {
   int64_t rows_per_rank;          // two-shot: ceil(T / world size)
   CommDeviceState* state;
   uint64_t timeout_ns;            // 0: wait forever
+  // ---- (last: the other fields keep their offsets, and the kernels their code)
+  float sum_scale;                // a' = round(a * sum_scale) before the add; 1: a' = a
 };
 
 // ================================================================ recipes
@@ -100,7 +102,7 @@ struct FusedKernelParams {
 // emitted).
 // - RuntimeRecipe reads them from FusedKernelParams: uniform branches, every spec runs.
 // - FixedRecipe fixes them at compile time for the local op (a = x) in the forms models trace
-//   to most often: the weight in the activation dtype T, no weight bias, the norm reading
+//   to most often: the weight in the activation dtype T, no weight bias, no sum scale, the norm reading
 //   round(h), the mode's default scale step, f32 scales, no allreduce_out; and
 //   y = round(round(n) * w) when kWeightAfterRound (LlamaRMSNorm's `weight * x.to(dtype)`),
 //   y = round(n * w) otherwise (vLLM's kernels). Without the branches the compiler schedules a
@@ -113,6 +115,7 @@ struct FusedKernelParams {
 struct RuntimeRecipe {
   __device__ __forceinline__ static DType WeightDType(const FusedKernelParams& p) { return p.weight_dtype; }
   __device__ __forceinline__ static float WeightBias(const FusedKernelParams& p) { return p.weight_bias; }
+  __device__ __forceinline__ static float SumScale(const FusedKernelParams& p) { return p.sum_scale; }
   __device__ __forceinline__ static bool BiasInWeightDType(const FusedKernelParams& p) {
     return p.bias_in_weight_dtype;
   }
@@ -131,6 +134,7 @@ struct FixedRecipe {
     return std::is_same_v<T, __half> ? DType::kF16 : DType::kBF16;
   }
   __device__ __forceinline__ static float WeightBias(const FusedKernelParams&) { return 0.0f; }
+  __device__ __forceinline__ static float SumScale(const FusedKernelParams&) { return 1.0f; }
   __device__ __forceinline__ static bool BiasInWeightDType(const FusedKernelParams&) { return false; }
   __device__ __forceinline__ static bool NormInputF32(const FusedKernelParams&) { return false; }
   __device__ __forceinline__ static bool WeightAfterRound(const FusedKernelParams&) { return kWeightAfterRound; }
@@ -643,12 +647,19 @@ __device__ __forceinline__ float Ue8m0(float s) {
   return __uint_as_float(u);
 }
 
-// Contract 3 step 2 for one vector: h = a + residual in f32; returns the norm's input u
-// (f32 h, or round(h) by default) and, when `residual_out` is set, stores round(h) there.
+// Contract 3 step 2 for one vector: a' = round(a * sum_scale) where the graph scaled a, then
+// h = a' + residual in f32; returns the norm's input u (f32 h, or round(h) by default) and, when
+// `residual_out` is set, stores round(h) there.
 template <typename T, class Recipe>
 __device__ __forceinline__ void NormInput(const FusedKernelParams& p, const uint4& a, const uint4& res,
                                           float (&u)[kVecElems], uint4* residual_out) {
   Unpack<T>(a, u);
+  const bool scaled = Recipe::SumScale(p) != 1.0f;
+  if (scaled) {
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) u[i] = __fmul_rn(u[i], Recipe::SumScale(p));
+    RoundVector<T>(u);
+  }
   if (p.residual) {
     float rf[kVecElems];
     Unpack<T>(res, rf);
@@ -658,7 +669,7 @@ __device__ __forceinline__ void NormInput(const FusedKernelParams& p, const uint
     if (residual_out) StoreStreaming(residual_out, h);
     if (!Recipe::NormInputF32(p)) Unpack<T>(h, u);
   } else if (residual_out) {
-    StoreStreaming(residual_out, a);
+    StoreStreaming(residual_out, scaled ? Pack<T>(u) : a);
   }
 }
 

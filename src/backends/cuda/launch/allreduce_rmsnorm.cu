@@ -134,6 +134,7 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.weight_dtype = spec.weight_dtype;
   p.eps = spec.eps;
   p.weight_bias = spec.weight_bias;
+  p.sum_scale = spec.sum_scale;
   p.group_vecs = spec.quant == QuantMode::kFp8Group ? spec.group_size / kVecElems : 1;
   p.groups_per_row = int(spec.ScaleGroupsPerRow());
   p.scale_col_major = spec.scale_layout == ScaleLayout::kCol;
@@ -403,7 +404,7 @@ KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOpt
   const bool default_scale_step = spec.quant == QuantMode::kNone ||
                                   (!spec.rounding.scale_op_swapped &&
                                    (spec.quant == QuantMode::kFp8Tensor || dynamic_f32));
-  const bool fixed = spec.weight_dtype == spec.act_dtype && spec.weight_bias == 0.0f &&
+  const bool fixed = spec.weight_dtype == spec.act_dtype && spec.weight_bias == 0.0f && spec.sum_scale == 1.0f &&
                      !spec.rounding.norm_input_f32 && !spec.emit.allreduce && default_scale_step;
   if (!fixed) return KernelRecipe::kRuntime;
   return spec.rounding.weight_after_round ? KernelRecipe::kFixedWeightAfterRound : KernelRecipe::kFixed;
