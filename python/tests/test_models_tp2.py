@@ -1,6 +1,7 @@
-"""transformers' Llama, Qwen3, Gemma3 and DeepSeek-V3 (tiny configs, random weights, 2 layers),
-sharded for TP 2 and run at world size 2 over gloo: the pass fuses every all_reduce -> norm site
-(2 per layer), reports nothing it should not, and the compiled model equals the eager one.
+"""transformers' Llama, Qwen3, Gemma3, DeepSeek-V3 and Granite (tiny configs, random weights, 2
+layers), sharded for TP 2 and run at world size 2 over gloo: the pass fuses every all_reduce ->
+norm site (2 per layer), no all_reduce stays in the graph, it reports nothing it should not, and
+the compiled model equals the eager one.
 
 All cases run in one pair of processes (a session fixture), so the interpreter start, the
 imports and the process group are paid once.
@@ -20,6 +21,7 @@ CASES = [
     Case("qwen3"),
     Case("gemma3"),
     Case("deepseek_v3"),
+    Case("granite"),  # the sum scaled before the residual add: the fused op's sum_scale
     Case("llama", inplace=True),
     Case("llama", quant="tensor"),
     Case("qwen3", quant="group"),
@@ -45,6 +47,7 @@ def test_every_all_reduce_norm_site_is_fused(results, case):
         assert result["untranslated"] == []
         assert result["all_reduces"] == 2 * LAYERS
         assert result["fused"] == 2 * LAYERS, result["left_alone"]
+        assert result["all_reduces_after"] == 0  # no replaced chain still alive beside its fusion
         assert result["left_alone"] == {}
         assert result["skipped"] == {}
 

@@ -514,3 +514,16 @@ def test_granites_scaled_sum_at_world_size_one_computes_what_the_graph_did():
     assert torch.equal(h, res + o * 0.22)
     assert not torch.equal(h, res + o)
     assert ulp_distance_16(y, llama_norm(h, w)).max() <= 1
+
+
+def test_the_report_counts_the_all_reduces_left_in_the_graph():
+    def f(x1, x2, res, w):
+        h = wait(ar(x1, "sum", GROUP)) + res
+        return llama_norm(h, w), torch.sin(wait(ar(x2, "sum", GROUP)))
+
+    g = trace(f, ((16, 256), bf), ((16, 256), bf), ((16, 256), bf), ((256,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1 and len(p.report.left_alone) == 1, p.report.left_alone
+    assert p.report.all_reduces_after == 1
+    assert p.report.all_reduces_after == count(g, "_c10d_functional.all_reduce")

@@ -54,6 +54,7 @@ def run_case(case: tp_models.Case, rank: int, world: int, backend: str) -> Dict:
         "case": case.name,
         "graphs": len(report.graphs),
         "all_reduces": report.all_reduces,
+        "all_reduces_after": report.all_reduces_after,
         "fused": report.fused,
         "left_alone": report.left_alone,
         "skipped": {k: v for g in report.graphs for k, v in g.skipped.items()},

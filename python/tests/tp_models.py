@@ -24,7 +24,7 @@ ROW_PARALLEL = ("o_proj", "down_proj")
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    family: str              # llama | qwen3 | gemma3 | deepseek_v3
+    family: str              # llama | qwen3 | gemma3 | deepseek_v3 | granite
     quant: str = "none"      # none | tensor | group
     inplace: bool = False    # torch.distributed.all_reduce (in place) instead of the functional one
     layers: int = 2
@@ -47,6 +47,9 @@ def tiny_config(family: str, layers: int):
         return tf.Qwen3Config(**common)
     if family == "gemma3":
         return tf.Gemma3TextConfig(**common, sliding_window=16, query_pre_attn_scalar=64)
+    if family == "granite":  # residual + out * residual_multiplier after each row-parallel linear
+        return tf.GraniteConfig(**common, residual_multiplier=0.22, embedding_multiplier=12.0,
+                                attention_multiplier=0.015625, logits_scaling=8.0)
     if family == "deepseek_v3":
         del common["head_dim"]
         common["num_key_value_heads"] = common["num_attention_heads"]  # MLA: one KV per head

@@ -15,7 +15,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 from . import ir
 from .apply import AppliedFusion, apply_compiled, fusion_anchors
 from .compiler import FUSE_LOCAL_MODES, CompilerError, compile_module
-from .translate import translate
+from .translate import is_all_reduce, translate
 
 logger = logging.getLogger("tpfuse.torch")
 
@@ -38,6 +38,9 @@ class GraphReport:
     skipped: Dict[str, str] = dataclasses.field(default_factory=dict)
     # Why the graph was left as it was, when it was (translation or compiler failure).
     untranslated: Optional[str] = None
+    # all_reduce collectives still in the graph after the pass (a fused site leaves none; a
+    # count above the sites left alone means a replaced chain is still alive beside its fusion).
+    all_reduces_after: int = 0
 
 
 @dataclasses.dataclass
@@ -57,6 +60,10 @@ class FusionReport:
     @property
     def left_alone(self) -> Dict[str, str]:
         return {k: v for g in self.graphs for k, v in g.left_alone.items()}
+
+    @property
+    def all_reduces_after(self) -> int:
+        return sum(g.all_reduces_after for g in self.graphs)
 
     @property
     def untranslated(self) -> List[str]:
@@ -127,6 +134,7 @@ class FusionPass(CustomGraphPass):
             report.fusions, report.fused = [], 0
             report.untranslated = f"{type(e).__name__}: {e}"
             logger.warning("graph left as it was: %s", report.untranslated)
+        report.all_reduces_after = sum(1 for n in graph.nodes if is_all_reduce(n))
 
     def _translate_and_compile(self, graph: fx.Graph):
         """Translates and compiles; a node the compiler refuses to type (its error names the

@@ -632,6 +632,11 @@ def _op_name(op: Any) -> str:
     return str(op)  # OpOverload: "aten.add.Tensor"
 
 
+def is_all_reduce(node: fx.Node) -> bool:
+    """An all_reduce collective: the functional form or the in-place one."""
+    return node.op == "call_function" and _target_name(node) in (_ALL_REDUCE, _ALL_REDUCE_INPLACE)
+
+
 def _target_name(node: fx.Node) -> str:
     t = node.target
     if isinstance(t, torch._ops.OpOverload):
