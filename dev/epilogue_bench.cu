@@ -24,6 +24,8 @@
 // cluster, the pair cluster at each size), checked bitwise against its own pick and timed beside
 // it, and how many of each run at once: the measurements behind the launcher's rule (ClusterRule).
 //
+// --grid [H,...] [T,...]: one block per row against fewer blocks striding over the rows (TimeGrids).
+//
 // Timing: CUDA graph of 20 launches over rotating buffer sets (more than 2 x L2 of inputs and
 // outputs together, at least 4 sets), the L2 overwritten before each replay (as `tpfuse bench`:
 // no set is read from the L2), 5 warm-up replays, median of 30 replays, per op.
@@ -595,6 +597,9 @@ int CheckCase(const Case& c, int64_t T, uint32_t seed, cudaStream_t stream) {
   CHECK(cudaMemset(s.norm, 0xFF, size_t(n) * 2));
   CHECK(cudaMemset(s.q, 0xFF, size_t(n)));
   CHECK(cudaMemset(s.s, 0xFF, size_t(spec.ScaleElements(T)) * 4 + 4));
+  // NOTE: cudaMemset runs on the legacy default stream, which a non-blocking stream does not
+  // wait for: finish the poison before the kernel runs, or it may land after the results.
+  CHECK(cudaDeviceSynchronize());
   Status st = cuda::LaunchLocalAllreduceRmsnorm(spec, T, FusedBuffersOf(spec, s, b), stream);
   if (!st.ok()) {
     std::printf("  launch failed: %s\n", st.ToString().c_str());
@@ -721,6 +726,7 @@ void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, 
           CHECK(cudaMemset(s.norm, 0xFF, e * 2));
           CHECK(cudaMemset(s.q, 0xFF, e));
           CHECK(cudaMemset(s.s, 0xFF, sbytes));
+          CHECK(cudaDeviceSynchronize());  // the default stream's memsets before the kernel (CheckCase)
         };
         poison();
         if (!cuda::LaunchLocalAllreduceRmsnorm(spec, T, buffers(b.sets[0]), stream).ok()) continue;
@@ -760,15 +766,107 @@ void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, 
   }
 }
 
+// --grid [H,...] [T,...]: one block per row (the launcher's grid of T blocks) against the same
+// kernel on fewer blocks striding over the rows (LaunchOptions::max_row_owners = k x the blocks
+// that run at once), quant none and fp8_group + norm, with the residual: where a row is one or
+// two warps, whether the cost of starting T blocks, not the bytes, sets the time. Each grid is
+// checked bitwise against one block per row; the copy of the same bytes beside them.
+void TimeGrids(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, cudaStream_t stream,
+               const cudaDeviceProp& prop) {
+  const int ks[] = {1, 2, 4, 8};
+  std::printf("\nblocks: us per op (launcher, one block per row, CUDA graph of 20 over rotating sets); "
+              "k x at once: the same kernel on k x the blocks that run at once, x per row\n");
+  std::printf("%6s %7s %-16s %9s %9s", "H", "T", "quant", "at once", "per row");
+  for (int k : ks) std::printf(" %8dx %6s", k, "");
+  std::printf(" %9s %7s\n", "copy", "best/cp");
+  for (int64_t H : hs) {
+    for (Case c : {Case{H, QuantMode::kNone, false}, Case{H, QuantMode::kFp8Group, true}}) {
+      const AllreduceRmsnormSpec spec = SpecOf(c);
+      const StatusOr<int64_t> at_once = cuda::LocalRowOwnerCapacity(spec, {cuda::RowOwner::kBlock, 1});
+      if (!at_once.ok()) continue;
+      for (int64_t T : ts) {
+        const size_t e = size_t(T * H);
+        const size_t sbytes = size_t(spec.ScaleElements(T)) * 4 + 16;
+        Buffers b;
+        const int sets = AllocateTimingSets(spec, T, prop, b);
+        b.copy_bytes = MinBytes(spec, T) / 2;
+        std::vector<void*> csrc, cdst;
+        for (int i = 0; i < sets; ++i) {
+          csrc.push_back(b.Alloc(b.copy_bytes));
+          cdst.push_back(b.Alloc(b.copy_bytes));
+          CHECK(cudaMemset(csrc.back(), 0x3C, b.copy_bytes));
+        }
+        auto outputs = [&]() {
+          const Set& s = b.sets[0];
+          std::vector<uint8_t> o(e * 5 + sbytes);
+          CHECK(cudaStreamSynchronize(stream));
+          CHECK(cudaMemcpy(o.data(), s.res_out, e * 2, cudaMemcpyDeviceToHost));
+          CHECK(cudaMemcpy(o.data() + e * 2, s.norm, e * 2, cudaMemcpyDeviceToHost));
+          if (spec.emit.quant) {
+            CHECK(cudaMemcpy(o.data() + e * 4, s.q, e, cudaMemcpyDeviceToHost));
+            CHECK(cudaMemcpy(o.data() + e * 5, s.s, sbytes, cudaMemcpyDeviceToHost));
+          }
+          return o;
+        };
+        auto poison = [&]() {
+          const Set& s = b.sets[0];
+          CHECK(cudaMemset(s.res_out, 0xFF, e * 2));
+          CHECK(cudaMemset(s.norm, 0xFF, e * 2));
+          if (spec.emit.quant) {
+            CHECK(cudaMemset(s.q, 0xFF, e));
+            CHECK(cudaMemset(s.s, 0xFF, sbytes));
+          }
+          CHECK(cudaDeviceSynchronize());  // the default stream's memsets before the kernel (CheckCase)
+        };
+        cuda::LaunchOptions per_row;
+        per_row.row_owner = cuda::RowOwner::kBlock;
+        poison();
+        if (!cuda::LaunchLocalAllreduceRmsnorm(spec, T, FusedBuffersOf(spec, b.sets[0], b), stream, per_row).ok()) continue;
+        const std::vector<uint8_t> want = outputs();
+        auto time = [&](const cuda::LaunchOptions& options) {
+          return TimeGraph(stream, [&](int i) {
+            const Status st = cuda::LaunchLocalAllreduceRmsnorm(spec, T, FusedBuffersOf(spec, b.sets[size_t(i % sets)], b),
+                                                                stream, options);
+            if (!st.ok()) std::exit(1);
+          });
+        };
+        const float t_row = time(per_row);
+        std::printf("%6lld %7lld %-16s %9lld %9.2f", (long long)H, (long long)T, CaseName(c).c_str(),
+                    (long long)*at_once, t_row);
+        float best = t_row;
+        for (int k : ks) {
+          cuda::LaunchOptions options = per_row;
+          options.max_row_owners = k * *at_once;
+          poison();
+          if (!cuda::LaunchLocalAllreduceRmsnorm(spec, T, FusedBuffersOf(spec, b.sets[0], b), stream, options).ok() ||
+              outputs() != want) {
+            std::printf(" %15s", "MISMATCH");
+            continue;
+          }
+          const float t = time(options);
+          best = std::min(best, t);
+          std::printf(" %8.2f %5.3fx", t, t / t_row);
+        }
+        const float t_copy = TimeGraph(stream, [&](int i) {
+          CHECK(cudaMemcpyAsync(cdst[size_t(i % sets)], csrc[size_t(i % sets)], b.copy_bytes, cudaMemcpyDeviceToDevice, stream));
+        });
+        std::printf(" %9.2f %7.2f\n", t_copy, best / t_copy);
+        std::fflush(stdout);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   const bool phases = argc > 1 && std::string(argv[1]) == "--phases";
   const bool owners = argc > 1 && std::string(argv[1]) == "--owners";
+  const bool grids = argc > 1 && std::string(argv[1]) == "--grid";
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  if (owners) {
+  if (owners || grids) {
     cudaDeviceProp prop;
     CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
@@ -784,6 +882,11 @@ int main(int argc, char** argv) {
       }
       return v;
     };
+    if (grids) {
+      TimeGrids(argc > 2 ? list(argv[2]) : std::vector<int64_t>{64, 128, 256, 512, 1024, 2048, 4096, 7168},
+                argc > 3 ? list(argv[3]) : std::vector<int64_t>{1024, 4096, 16384, 65536}, stream, prop);
+      return 0;
+    }
     TimeOwners(argc > 2 ? list(argv[2]) : std::vector<int64_t>{2880, 4096, 5120, 7168, 8192},
                argc > 3 ? list(argv[3]) : std::vector<int64_t>{16, 32, 48, 64, 96, 128, 192, 256}, stream, prop);
     return 0;
