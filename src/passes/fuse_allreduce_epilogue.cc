@@ -234,11 +234,16 @@ std::string NoChainReason(const ir::Node* anchor) {
                   NodeRef(reach->norm), "; the fused op takes the scale over only when the norm reads it "
                   "as its input and is its only use (", DescribeUses(scaled), ")");
   }
-  const std::string what = reach->norm->kind() == ir::OpKind::kRsqrt
-                               ? StrCat("the rsqrt ", Ref(reach->norm->result()),
-                                        " of an RMSNorm written out in a form canonicalize does not "
-                                        "recognize (its counters say why)")
-                               : NodeRef(reach->norm);
+  // A mean subtracted on the way to the rsqrt makes it a LayerNorm (Cohere's), not an RMSNorm.
+  const bool centered = std::any_of(reach->path.begin(), reach->path.end(),
+                                    [](const ir::Node* n) { return n->kind() == ir::OpKind::kSub; });
+  const std::string what =
+      reach->norm->kind() != ir::OpKind::kRsqrt
+          ? NodeRef(reach->norm)
+      : centered ? StrCat("the rsqrt ", Ref(reach->norm->result()),
+                          " of a LayerNorm (it subtracts the mean first; the fused op computes RMSNorm)")
+                 : StrCat("the rsqrt ", Ref(reach->norm->result()),
+                          " of an RMSNorm written out in a form canonicalize does not recognize (its counters say why)");
   return StrCat("all_reduce ", Ref(a), " reaches ", what, " only through ",
                 DescribePath(reach->path), ", which the fused op cannot take over (",
                 DescribeUses(a), ")");

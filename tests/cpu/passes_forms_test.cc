@@ -307,6 +307,34 @@ TEST(PassesForms, Bf16NormIsNotFoldedAndTheReasonSaysWhatFollows) {
   EXPECT_NE(reason.find("pow %sq"), std::string::npos) << reason;
 }
 
+TEST(PassesForms, ALayerNormIsNamedAsOne) {
+  // Cohere's LayerNorm: the mean subtracted before the variance, and again for the output.
+  // (With one subtraction for both, the rest is an RMSNorm of x - mean, and folds as one.)
+  Compiled c = Compile(R"(
+    func @f(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %h = add(%ar, %res)
+      %hf = cast(%h) {to = f32}
+      %mu = mean(%hf) {dim = -1, keepdim = true}
+      %c = sub(%hf, %mu)
+      %sq = pow(%c) {exponent = 2}
+      %var = mean(%sq) {dim = -1, keepdim = true}
+      %ve = add(%var) {scalar = 1e-5}
+      %rs = rsqrt(%ve)
+      %c2 = sub(%hf, %mu)
+      %n = mul(%c2, %rs)
+      %gf = cast(%g) {to = f32}
+      %y = mul(%gf, %n)
+      %yb = cast(%y) {to = bf16}
+      return %yb, %h
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  const std::string reason = OnlyRejection(c.ctx);
+  EXPECT_NE(reason.find("reaches the rsqrt %rs of a LayerNorm (it subtracts the mean first"), std::string::npos)
+      << reason;
+}
+
 TEST(PassesForms, NotFollowedByAnRmsNormOnlyWhenNoneFollows) {
   Compiled c = Compile(R"(
     func @f(%x: bf16[T, 256], %w: bf16[256, 128]) {
