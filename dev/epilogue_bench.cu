@@ -187,9 +187,6 @@ struct Buffers {
   std::vector<Set> sets;
   void* w = nullptr;
   float* scale = nullptr;
-  void* copy_src = nullptr;
-  void* copy_dst = nullptr;
-  size_t copy_bytes = 0;
   std::vector<void*> owned;
 
   void* Alloc(size_t bytes) {
@@ -558,6 +555,42 @@ FusedBuffers FusedBuffersOf(const AllreduceRmsnormSpec& spec, const Set& s, cons
   return fb;
 }
 
+// The copy roofline of `copy_bytes` per op: cudaMemcpyAsync over `sets` source/destination pairs
+// allocated in b (as the fused op's inputs rotate), timed as the fused op is.
+float TimeCopy(Buffers& b, int sets, size_t copy_bytes, cudaStream_t stream) {
+  std::vector<void*> src, dst;
+  for (int i = 0; i < sets; ++i) {
+    src.push_back(b.Alloc(copy_bytes));
+    dst.push_back(b.Alloc(copy_bytes));
+    CHECK(cudaMemsetAsync(src.back(), 0x3C, copy_bytes, stream));
+  }
+  return TimeGraph(stream, [&](int i) {
+    CHECK(cudaMemcpyAsync(dst[size_t(i % sets)], src[size_t(i % sets)], copy_bytes, cudaMemcpyDeviceToDevice, stream));
+  });
+}
+
+// Every output of set s (residual, norm, q, and `scale_bytes` of scales) set to 0xFF on
+// `stream`, ahead of the kernel that writes them. (cudaMemset would run on the legacy default
+// stream, which the bench's non-blocking stream does not wait for: a large poison could land
+// after the kernel's results.)
+void PoisonOutputs(const Set& s, size_t elements, size_t scale_bytes, cudaStream_t stream) {
+  CHECK(cudaMemsetAsync(s.res_out, 0xFF, elements * 2, stream));
+  CHECK(cudaMemsetAsync(s.norm, 0xFF, elements * 2, stream));
+  CHECK(cudaMemsetAsync(s.q, 0xFF, elements, stream));
+  CHECK(cudaMemsetAsync(s.s, 0xFF, scale_bytes, stream));
+}
+
+// Set s's outputs, in that order, once `stream` has finished.
+std::vector<uint8_t> ReadOutputs(const Set& s, size_t elements, size_t scale_bytes, cudaStream_t stream) {
+  std::vector<uint8_t> o(elements * 5 + scale_bytes);
+  CHECK(cudaStreamSynchronize(stream));
+  CHECK(cudaMemcpy(o.data(), s.res_out, elements * 2, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(o.data() + elements * 2, s.norm, elements * 2, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(o.data() + elements * 4, s.q, elements, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(o.data() + elements * 5, s.s, scale_bytes, cudaMemcpyDeviceToHost));
+  return o;
+}
+
 // ---------------------------------------------------------------- correctness
 
 int CheckCase(const Case& c, int64_t T, uint32_t seed, cudaStream_t stream) {
@@ -592,14 +625,7 @@ int CheckCase(const Case& c, int64_t T, uint32_t seed, cudaStream_t stream) {
   if (c.wdtype == DType::kF32) CHECK(cudaMemcpy(b.w, w.data(), size_t(H) * 4, cudaMemcpyHostToDevice));
   else CHECK(cudaMemcpy(b.w, wb.data(), size_t(H) * 2, cudaMemcpyHostToDevice));
   CHECK(cudaMemcpy(b.scale, &scale, 4, cudaMemcpyHostToDevice));
-  // Poison every output.
-  CHECK(cudaMemset(s.res_out, 0xFF, size_t(n) * 2));
-  CHECK(cudaMemset(s.norm, 0xFF, size_t(n) * 2));
-  CHECK(cudaMemset(s.q, 0xFF, size_t(n)));
-  CHECK(cudaMemset(s.s, 0xFF, size_t(spec.ScaleElements(T)) * 4 + 4));
-  // NOTE: cudaMemset runs on the legacy default stream, which a non-blocking stream does not
-  // wait for: finish the poison before the kernel runs, or it may land after the results.
-  CHECK(cudaDeviceSynchronize());
+  PoisonOutputs(s, size_t(n), size_t(spec.ScaleElements(T)) * 4 + 4, stream);
   Status st = cuda::LaunchLocalAllreduceRmsnorm(spec, T, FusedBuffersOf(spec, s, b), stream);
   if (!st.ok()) {
     std::printf("  launch failed: %s\n", st.ToString().c_str());
@@ -710,24 +736,8 @@ void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, 
         const int sets = AllocateTimingSets(spec, T, prop, b);
         auto buffers = [&](const Set& s) { return FusedBuffersOf(spec, s, b); };
         // The rule's outputs in set 0, copied to the host: the reference of every forced owner.
-        auto outputs = [&]() {
-          const Set& s = b.sets[0];
-          std::vector<uint8_t> o(e * 5 + sbytes);
-          CHECK(cudaStreamSynchronize(stream));
-          CHECK(cudaMemcpy(o.data(), s.res_out, e * 2, cudaMemcpyDeviceToHost));
-          CHECK(cudaMemcpy(o.data() + e * 2, s.norm, e * 2, cudaMemcpyDeviceToHost));
-          CHECK(cudaMemcpy(o.data() + e * 4, s.q, e, cudaMemcpyDeviceToHost));
-          CHECK(cudaMemcpy(o.data() + e * 5, s.s, sbytes, cudaMemcpyDeviceToHost));
-          return o;
-        };
-        auto poison = [&]() {
-          const Set& s = b.sets[0];
-          CHECK(cudaMemset(s.res_out, 0xFF, e * 2));
-          CHECK(cudaMemset(s.norm, 0xFF, e * 2));
-          CHECK(cudaMemset(s.q, 0xFF, e));
-          CHECK(cudaMemset(s.s, 0xFF, sbytes));
-          CHECK(cudaDeviceSynchronize());  // the default stream's memsets before the kernel (CheckCase)
-        };
+        auto outputs = [&]() { return ReadOutputs(b.sets[0], e, sbytes, stream); };
+        auto poison = [&]() { PoisonOutputs(b.sets[0], e, sbytes, stream); };
         poison();
         if (!cuda::LaunchLocalAllreduceRmsnorm(spec, T, buffers(b.sets[0]), stream).ok()) continue;
         const std::vector<uint8_t> want = outputs();
@@ -789,35 +799,8 @@ void TimeGrids(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, c
         const size_t sbytes = size_t(spec.ScaleElements(T)) * 4 + 16;
         Buffers b;
         const int sets = AllocateTimingSets(spec, T, prop, b);
-        b.copy_bytes = MinBytes(spec, T) / 2;
-        std::vector<void*> csrc, cdst;
-        for (int i = 0; i < sets; ++i) {
-          csrc.push_back(b.Alloc(b.copy_bytes));
-          cdst.push_back(b.Alloc(b.copy_bytes));
-          CHECK(cudaMemset(csrc.back(), 0x3C, b.copy_bytes));
-        }
-        auto outputs = [&]() {
-          const Set& s = b.sets[0];
-          std::vector<uint8_t> o(e * 5 + sbytes);
-          CHECK(cudaStreamSynchronize(stream));
-          CHECK(cudaMemcpy(o.data(), s.res_out, e * 2, cudaMemcpyDeviceToHost));
-          CHECK(cudaMemcpy(o.data() + e * 2, s.norm, e * 2, cudaMemcpyDeviceToHost));
-          if (spec.emit.quant) {
-            CHECK(cudaMemcpy(o.data() + e * 4, s.q, e, cudaMemcpyDeviceToHost));
-            CHECK(cudaMemcpy(o.data() + e * 5, s.s, sbytes, cudaMemcpyDeviceToHost));
-          }
-          return o;
-        };
-        auto poison = [&]() {
-          const Set& s = b.sets[0];
-          CHECK(cudaMemset(s.res_out, 0xFF, e * 2));
-          CHECK(cudaMemset(s.norm, 0xFF, e * 2));
-          if (spec.emit.quant) {
-            CHECK(cudaMemset(s.q, 0xFF, e));
-            CHECK(cudaMemset(s.s, 0xFF, sbytes));
-          }
-          CHECK(cudaDeviceSynchronize());  // the default stream's memsets before the kernel (CheckCase)
-        };
+        auto outputs = [&]() { return ReadOutputs(b.sets[0], e, sbytes, stream); };
+        auto poison = [&]() { PoisonOutputs(b.sets[0], e, sbytes, stream); };
         cuda::LaunchOptions per_row;
         per_row.row_owner = cuda::RowOwner::kBlock;
         poison();
@@ -847,9 +830,7 @@ void TimeGrids(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, c
           best = std::min(best, t);
           std::printf(" %8.2f %5.3fx", t, t / t_row);
         }
-        const float t_copy = TimeGraph(stream, [&](int i) {
-          CHECK(cudaMemcpyAsync(cdst[size_t(i % sets)], csrc[size_t(i % sets)], b.copy_bytes, cudaMemcpyDeviceToDevice, stream));
-        });
+        const float t_copy = TimeCopy(b, sets, MinBytes(spec, T) / 2, stream);
         std::printf(" %9.2f %7.2f\n", t_copy, best / t_copy);
         std::fflush(stdout);
       }
@@ -977,13 +958,6 @@ int main(int argc, char** argv) {
         const size_t bytes = MinBytes(spec, T);
         Buffers b;
         const int sets = AllocateTimingSets(spec, T, prop, b);
-        b.copy_bytes = bytes / 2;
-        std::vector<void*> csrc, cdst;
-        for (int i = 0; i < sets; ++i) {
-          csrc.push_back(b.Alloc(b.copy_bytes));
-          cdst.push_back(b.Alloc(b.copy_bytes));
-          CHECK(cudaMemset(csrc.back(), 0x3C, b.copy_bytes));
-        }
         const int resident = Resident(reinterpret_cast<const void*>(fn), l.threads);
         const int resident0 = Resident(reinterpret_cast<const void*>(fn0), l0.threads);
         const float t_v0 = TimeGraph(stream, [&](int i) {
@@ -1008,9 +982,7 @@ int main(int argc, char** argv) {
         const float t_nopdl = TimeGraph(stream, [&](int i) {
           Launch(fn, ParamsFor(spec, T, b.sets[size_t(i % sets)], b), T, l.threads, false, stream);
         });
-        const float t_copy = TimeGraph(stream, [&](int i) {
-          CHECK(cudaMemcpyAsync(cdst[size_t(i % sets)], csrc[size_t(i % sets)], b.copy_bytes, cudaMemcpyDeviceToDevice, stream));
-        });
+        const float t_copy = TimeCopy(b, sets, bytes / 2, stream);
         std::printf("%6lld %5lld %-16s %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.0f\n", (long long)H, (long long)T,
                     CaseName(c).c_str(), t_v0, t_grid, t_pers, t_nopdl, t_copy, t_grid / t_copy, t_grid / t_v0,
                     double(bytes) / (t_grid * 1e3));

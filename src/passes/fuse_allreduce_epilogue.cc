@@ -129,12 +129,20 @@ bool IsNorm(const ir::Node* node) {
   return node->kind() == ir::OpKind::kRmsNorm || node->kind() == ir::OpKind::kFusedAddRmsNorm;
 }
 
-// The scale of a sum the norm reads as x, when the norm is the scale's only use: the fused op
-// takes it over (spec.sum_scale). Null otherwise.
+// The norm that reads a scale of a sum (SumScaleOf) as x and is its only use, so the fused op
+// takes the scale over (spec.sum_scale); null for any other node.
+ir::Node* NormOfScale(const ir::Node* mul) {
+  if (!SumScaleOf(mul)) return nullptr;
+  const ir::Value* scaled = mul->result();
+  if (scaled->num_uses() != 1 || scaled->uses()[0].is_return() || scaled->uses()[0].index != 0) return nullptr;
+  ir::Node* norm = scaled->uses()[0].user;
+  return IsNorm(norm) ? norm : nullptr;
+}
+
+// The scale `norm` reads as x and takes over, or null.
 ir::Node* AbsorbableScale(const ir::Node* norm) {
   ir::Node* mul = norm->operand(0)->producer();
-  if (!SumScaleOf(mul) || !SoleUser(mul->result(), norm)) return nullptr;
-  return mul;
+  return mul && NormOfScale(mul) == norm ? mul : nullptr;
 }
 
 // The chain of `norm` reading `a` as x, directly or through a scale the fused op takes over.
@@ -168,14 +176,9 @@ std::optional<Chain> FindChain(ir::Node* anchor, bool local) {
   int best_index = 0;
   for (const ir::Use& u : a->uses()) {
     if (u.is_return() || u.index != 0) continue;
-    ir::Node* norm = u.user;
-    if (SumScaleOf(u.user)) {
-      // a scaled (a' = round(a * s)), then normalized: the norm that is the scale's only use.
-      const ir::Value* scaled = u.user->result();
-      if (scaled->num_uses() != 1 || scaled->uses()[0].is_return() || scaled->uses()[0].index != 0) continue;
-      norm = scaled->uses()[0].user;
-    }
-    if (!IsNorm(norm)) continue;
+    // The norm reading a, or a scaled (a' = round(a * s)) by a scale the fused op takes over.
+    ir::Node* norm = SumScaleOf(u.user) ? NormOfScale(u.user) : u.user;
+    if (norm == nullptr || !IsNorm(norm)) continue;
     const int index = graph.IndexOf(norm);
     if (best == nullptr || index < best_index) {
       best = norm;

@@ -194,6 +194,14 @@ TEST(PassesForms, GemmaWeightBiasInF32AndInTheWeightDtype) {
   ExpectBitwise(*c.before, *c.after, 2, {1, 5, 33}, {1, 7, 1234});
 }
 
+// World size 1 with local fusion on: every chain becomes the local fused op.
+PassContext WorldSizeOneLocal() {
+  PassContext ctx;
+  ctx.world_size = 1;
+  ctx.fuse_local = true;
+  return ctx;
+}
+
 TEST(PassesForms, GraniteScaleOfTheSumIsTakenOver) {
   Compiled c = Compile(ReadForm("granite.tpg"));
   ASSERT_TRUE(c.ok());
@@ -240,10 +248,7 @@ TEST(PassesForms, AScaledLocalChainFusesAtWorldSizeOne) {
       return %y, %h
     }
   )";
-  PassContext ctx;
-  ctx.world_size = 1;
-  ctx.fuse_local = true;
-  Compiled c = Compile(kLocal, ctx);
+  Compiled c = Compile(kLocal, WorldSizeOneLocal());
   ASSERT_TRUE(c.ok());
   ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
   EXPECT_TRUE(c.ctx.fusions[0].spec.local);
@@ -387,10 +392,7 @@ constexpr char kTwoNorms[] = R"(
 )";
 
 TEST(PassesForms, WorldSizeOneFusesEveryChainLocally) {
-  PassContext ctx;
-  ctx.world_size = 1;
-  ctx.fuse_local = true;
-  Compiled c = Compile(kTwoNorms, ctx);
+  Compiled c = Compile(kTwoNorms, WorldSizeOneLocal());
   ASSERT_TRUE(c.ok());
   ASSERT_EQ(c.ctx.fusions.size(), 2u) << DescribeReport(c.ctx) << Print(*c.after);
   EXPECT_TRUE(c.ctx.rejections.empty()) << DescribeReport(c.ctx);
@@ -623,9 +625,7 @@ TEST(PassesLocalFusion, TheInductorRuleLeavesInductorsFasterChainsAlone) {
 }
 
 TEST(PassesLocalFusion, AtWorldSizeOneTheAllReduceLeftToInductorSaysWhy) {
-  PassContext ctx;
-  ctx.world_size = 1;
-  ctx.fuse_local = true;
+  PassContext ctx = WorldSizeOneLocal();
   ctx.local_vs_inductor = true;
   ctx.inductor_losses = kTokenLoss;
   Compiled c = Compile(R"(
