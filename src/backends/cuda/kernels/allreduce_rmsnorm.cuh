@@ -201,6 +201,51 @@ struct BlockRow {
   __device__ __forceinline__ static void Wait() {}
 };
 
+// Rows packed into warps, for rows of one warp's layout (H <= 256: common/row_layout.h): each
+// aligned group of kRowLanes lanes (8, 16 or 32, at least the row's vectors) owns a row, row
+// thread t being lane t of its group, so a block of W warps holds W x 32 / kRowLanes rows at
+// once where one block per row would start a block of one warp per row (measured: at 4096 rows
+// and more the blocks' start, not the bytes, set one block per row's time; docs/kernels.md).
+// Group g of block b (groups counted across the block's warps) runs rows
+// b x (groups per block) + g, then on by the grid's groups.
+// The layout's row threads past kRowLanes own no vector of such a row (vecs <= kRowLanes), so
+// Threads() is the layout's 32, and a row's values never leave its group: a reduction is a
+// butterfly (or an integer reduction) over the group's lanes, under the group's lane mask, as
+// cooperative groups' tiles reduce; a group whose rows have ended exits without the others.
+// The sum keeps the layout's order: the butterfly's levels at offsets >= kRowLanes would add the
+// sums of lanes that own no vector, +0, and s + (+0) = s for every sum of squares (>= +0 or NaN).
+template <int kRowLanes>
+struct WarpRows {
+  static_assert(kRowLanes == 8 || kRowLanes == 16 || kRowLanes == 32, "a group is an aligned power of two lanes");
+  __device__ __forceinline__ static int Thread() { return threadIdx.x & (kRowLanes - 1); }
+  __device__ __forceinline__ static int Threads() { return 32; }
+  __device__ __forceinline__ static int64_t FirstRow() {
+    return int64_t(blockIdx.x) * (blockDim.x / kRowLanes) + threadIdx.x / kRowLanes;
+  }
+  __device__ __forceinline__ static int64_t RowStride() { return int64_t(gridDim.x) * (blockDim.x / kRowLanes); }
+  __device__ __forceinline__ static void Arrive() {}
+  __device__ __forceinline__ static void Wait() {}
+  // The lanes of this thread's group.
+  __device__ __forceinline__ static unsigned LaneMask() {
+    if constexpr (kRowLanes == 32) return 0xffffffffu;
+    else return ((1u << kRowLanes) - 1u) << (threadIdx.x & 31 & ~(kRowLanes - 1));
+  }
+  template <typename Op>
+  __device__ __forceinline__ static float Reduce(float v, Op op, float (*)[32], int) {
+    if constexpr (std::is_same_v<Op, MaxOp>) {
+      return LaneMaxOfMagnitudes(v, LaneMask());
+    } else {
+#pragma unroll
+      for (int offset = kRowLanes / 2; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(LaneMask(), v, offset));
+      return v;
+    }
+  }
+};
+
+// Threads of a WarpRows block at most (the launcher's PackedRowBlockThreads chooses fewer at
+// small T).
+inline constexpr int kMaxWarpRowsBlockThreads = 256;
+
 // The blocks of a thread block cluster that owns rows (launched with cluster dimension C): its
 // rank and size, its rows, and the exchange of per-warp values between its blocks, which the
 // row owners ClusterRow and ClusterPairRow (below) reduce with. Cluster c runs rows c,
@@ -439,20 +484,33 @@ template <typename Span>
 inline constexpr bool kClusterSpan = std::is_base_of_v<RowCluster, Span>;
 template <typename Span>
 inline constexpr bool kPairSpan = std::is_same_v<Span, ClusterPairRow> || std::is_same_v<Span, WideClusterPairRow>;
+template <typename Span>
+inline constexpr bool kWarpRowsSpan = std::is_same_v<Span, WarpRows<8>> || std::is_same_v<Span, WarpRows<16>> ||
+                                      std::is_same_v<Span, WarpRows<32>>;
+// The lanes that reduce a row's values together in a warp: all 32, or a WarpRows group's.
+template <typename Span>
+__device__ __forceinline__ unsigned RowLaneMask() {
+  if constexpr (kWarpRowsSpan<Span>) return Span::LaneMask();
+  else return 0xffffffffu;
+}
 
 // __launch_bounds__ of the epilogue kernel by row owner: one block per row as kMinBlocksPerSm
 // says; a cluster's blocks have at most two row warps (the launcher's ClusterBlocks), a pair
 // cluster's at most kMaxThreads; they run a few per SM at the small T the clusters serve, so
-// their registers are not capped for occupancy.
+// their registers are not capped for occupancy. Packed rows (WarpRows) have at most
+// kMaxWarpRowsBlockThreads and the register cap of one block per row at one vector per thread.
 template <typename Span>
 constexpr int SpanMaxThreads() {
   if constexpr (kPairSpan<Span>) return Span::kMaxThreads;
+  else if constexpr (kWarpRowsSpan<Span>) return kMaxWarpRowsBlockThreads;
   else return kClusterSpan<Span> ? kMaxClusterBlockThreads : kMaxRowThreads;
 }
 template <typename Span>
 inline constexpr int kSpanMaxThreads = SpanMaxThreads<Span>();
 template <typename Span, int kVec>
-inline constexpr int kSpanMinBlocks = kClusterSpan<Span> ? 1 : kMinBlocksPerSm<kVec>;
+inline constexpr int kSpanMinBlocks = kClusterSpan<Span> ? 1
+                                      : kWarpRowsSpan<Span> ? kMinBlocksPerSm<1> * kMaxRowThreads / kMaxWarpRowsBlockThreads
+                                                            : kMinBlocksPerSm<kVec>;
 
 // BlockRow's reductions, one function per operation: a version generic over the operation
 // changed ptxas's register allocation and measured 3-5 % slower for fp8_group at T >= 256
@@ -502,9 +560,10 @@ __device__ __forceinline__ float RowMax(float v, float (*smem)[32], int slot) {
 // elsewhere: independent reductions, not four dependent levels (fp8_group 128 2-4 % faster at
 // T <= 32, docs/perf/h200x1/NOTES.md, run 31; an integer reduction over the group's lanes alone,
 // each half warp with its own mask, measured 2-34 % slower: run 25). A group of NaN gives +0
-// there where fmaxf gives NaN: the same scale (LaneMaxOfMagnitudes).
+// there where fmaxf gives NaN: the same scale (LaneMaxOfMagnitudes). `mask`: the lanes that
+// shuffle together (RowLaneMask: a WarpRows group's, which holds whole groups).
 template <int kVec, bool kWholeWarp = false>
-__device__ __forceinline__ void LaneGroupMax(float (&v)[kVec], int lanes) {
+__device__ __forceinline__ void LaneGroupMax(float (&v)[kVec], int lanes, unsigned mask = 0xffffffffu) {
   if (kWholeWarp && kVec * 32 <= 2 * lanes) {
     const bool low = (threadIdx.x & 31) < 16;  // the lower group, where a warp holds two
 #pragma unroll
@@ -523,7 +582,7 @@ __device__ __forceinline__ void LaneGroupMax(float (&v)[kVec], int lanes) {
   for (int offset = 16; offset > 0; offset >>= 1) {
     if (offset >= lanes) continue;
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) v[k] = fmaxf(v[k], __shfl_xor_sync(0xffffffffu, v[k], offset));
+    for (int k = 0; k < kVec; ++k) v[k] = fmaxf(v[k], __shfl_xor_sync(mask, v[k], offset));
   }
 }
 
@@ -891,7 +950,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   if constexpr (kQuant == QuantMode::kFp8Group) {
     // Every lane joins the shuffles or reductions (whole warps); a group is all in the row or all
     // past it.
-    LaneGroupMax<kVec, kPairSpan<Span>>(amax, p.group_vecs);
+    LaneGroupMax<kVec, kPairSpan<Span>>(amax, p.group_vecs, RowLaneMask<Span>());
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       s[k] = DynamicScale<Recipe, kQuant>(p, amax[k], step[k]);
@@ -1249,7 +1308,8 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 // or a FixedRecipe for the local op's forms only (see "recipes").
 //
 // Grid: one block per row (a grid-stride loop covers T beyond the grid); block: blockDim threads
-// fixed by H (common/row_layout.h), kVec vectors each. With a cluster owner (small T): one
+// fixed by H (common/row_layout.h), kVec vectors each. With rows packed into warps (WarpRows,
+// rows of one warp's layout): blocks of 1-8 warps, each warp holding 1, 2 or 4 rows at once. With a cluster owner (small T): one
 // cluster of C blocks per row, each block holding 1/C of the row's threads (ClusterRow), or of
 // the row threads' vectors at one per thread (ClusterPairRow, kVec = 1 for rows of two vectors
 // per row thread), launched with cluster dimension C (the launcher's ClusterBlocks). Several

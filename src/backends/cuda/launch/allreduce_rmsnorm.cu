@@ -202,6 +202,30 @@ bool IsPairClusterSize(const RowLayout& layout, int blocks) {
   return HasPairRows(layout) && blocks >= 2 && blocks <= kMaxClusterBlocks && (layout.threads / 32) % blocks == 0;
 }
 
+// Rows of one warp's layout (H <= 256) are packed into warps (WarpRows) from these row counts
+// on, and take one block per row below. Measured on one H200 at H 64, 128 and 256, against one
+// block per row (docs/perf/h200x1/NOTES.md, run 51): from 1024 rows packed rows are faster in
+// every mode (1.07-1.46 x at 1024 rows, 2.3-10.4 x at 262144, where one block per row spends its
+// time starting blocks); at 256 rows they are 2-4 % faster for quant none and fp8_tensor and up
+// to 11 % slower for fp8_token (fp8_group between); at 1-64 rows within 3 % for the static
+// modes, 3-14 % slower for the dynamic ones.
+constexpr int64_t kWarpRowsMinRowsStatic = 256;
+constexpr int64_t kWarpRowsMinRowsDynamic = 1024;
+
+// Whether rows can be packed into warps (WarpRows): rows of one warp's layout (H <= 256).
+bool HasWarpRows(const RowLayout& layout) { return layout.threads == 32 && layout.vecs_per_thread == 1; }
+
+// Lanes of a packed row's group: the fewest of 8, 16 and 32 that hold its vectors.
+int WarpRowLanes(const RowLayout& layout) { return layout.vecs <= 8 ? 8 : layout.vecs <= 16 ? 16 : 32; }
+
+// Warps of a packed rows' block for T rows: one per SM until every SM has one, then up to
+// kMaxWarpRowsBlockThreads / 32, so small T spreads over the SMs and large T starts few blocks.
+int WarpRowsBlockWarps(const RowLayout& layout, int64_t tokens, int64_t sms) {
+  const int64_t rows_per_warp = 32 / WarpRowLanes(layout);
+  const int64_t warps = (tokens + rows_per_warp - 1) / rows_per_warp;
+  return int(std::clamp<int64_t>((warps + sms - 1) / sms, 1, kMaxWarpRowsBlockThreads / 32));
+}
+
 // Quant none and fp8_tensor take a cluster for rows of at least kClusterMinWarpsStatic warps,
 // and, at fewer blocks, for rows of at least kClusterMinWarpsStaticFewRows (pairs:
 // kClusterPairMinWarpsStatic) (below).
@@ -265,6 +289,11 @@ int FewerPairClusterBlocks(const RowLayout& layout, int64_t tokens, int64_t sms)
 
 LocalRowOwner ClusterRule(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int64_t sms,
                           const RowOwnerCapacity& capacity) {
+  if (HasWarpRows(layout)) {
+    const bool dynamic = IsDynamicQuant(spec.quant);
+    return tokens >= (dynamic ? kWarpRowsMinRowsDynamic : kWarpRowsMinRowsStatic) ? LocalRowOwner{RowOwner::kWarps, 1}
+                                                                                   : LocalRowOwner{};
+  }
   const int cluster = ClusterBlocks(layout);
   if (cluster <= 1) return {};
   const LocalRowOwner row{RowOwner::kCluster, cluster};
@@ -293,13 +322,19 @@ LocalRowOwner ClusterRule(const AllreduceRmsnormSpec& spec, const RowLayout& lay
   return warps >= kClusterMinWarpsStaticFewRows && blocks <= sms / 4 && fits(row) ? row : LocalRowOwner{};
 }
 
-// The epilogue kernel of one recipe, by row owner (kBlock, kCluster or kClusterPair) and, for
+// The epilogue kernel of one recipe, by row owner (kBlock, kCluster, kClusterPair or kWarps) and, for
 // the pair, the blocks of its cluster (wider blocks than ClusterPairRow's run WideClusterPairRow).
 template <KernelRecipe kRecipe>
 FusedKernelFn SelectEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& layout, RowOwner owner,
                              int cluster_blocks) {
   const int v = layout.vecs_per_thread;
   switch (owner) {
+    case RowOwner::kWarps:
+      switch (WarpRowLanes(layout)) {
+        case 8: return SelectKernel<WarpRowsEpilogueFamily<kRecipe, 8>>(spec.act_dtype, v, spec.quant);
+        case 16: return SelectKernel<WarpRowsEpilogueFamily<kRecipe, 16>>(spec.act_dtype, v, spec.quant);
+        default: return SelectKernel<WarpRowsEpilogueFamily<kRecipe, 32>>(spec.act_dtype, v, spec.quant);
+      }
     case RowOwner::kCluster: return SelectKernel<ClusterEpilogueFamily<kRecipe>>(spec.act_dtype, v, spec.quant);
     case RowOwner::kClusterPair:
       return 2 * layout.threads / cluster_blocks > ClusterPairRow::kMaxThreads
@@ -332,8 +367,9 @@ StatusOr<int64_t> CapacityOnDevice(const DeviceFacts& device, const AllreduceRms
                                    const LaunchOptions& options) {
   TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel,
                           EpilogueKernel(spec, layout, choice.owner, recipe, choice.cluster_blocks));
-  if (choice.owner == RowOwner::kBlock) {
-    TPFUSE_ASSIGN_OR_RETURN(const int blocks, MaxResidentBlocks(kernel, layout.threads));
+  if (choice.owner == RowOwner::kBlock || choice.owner == RowOwner::kWarps) {
+    const int threads = choice.owner == RowOwner::kWarps ? kMaxWarpRowsBlockThreads : layout.threads;
+    TPFUSE_ASSIGN_OR_RETURN(const int blocks, MaxResidentBlocks(kernel, threads));
     return int64_t{blocks};
   }
   TPFUSE_ASSIGN_OR_RETURN(const bool runs, ClusterKernelRuns(device, kernel));
@@ -358,6 +394,26 @@ StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceR
   });
   TPFUSE_RETURN_IF_ERROR(failed);
   return choice;
+}
+
+// Rows packed into warps (RowOwner::kWarps): blocks of WarpRowsBlockWarps warps, as many as the
+// rows take, at most those that run at once (each then strides over the rows) and at most
+// options.max_row_owners.
+Status LaunchWarpRows(const AllreduceRmsnormSpec& spec, const RowLayout& layout, KernelRecipe recipe,
+                      int64_t tokens, const FusedBuffers& b, cudaStream_t stream, const LaunchOptions& options,
+                      const DeviceFacts& device) {
+  TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel, EpilogueKernel(spec, layout, RowOwner::kWarps, recipe));
+  const int warps = WarpRowsBlockWarps(layout, tokens, device.sms);
+  const int64_t rows_per_block = int64_t{warps} * (32 / WarpRowLanes(layout));
+  TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, 32 * warps));
+  int64_t blocks = std::min<int64_t>((tokens + rows_per_block - 1) / rows_per_block, resident);
+  if (options.max_row_owners > 0) blocks = std::min(blocks, options.max_row_owners);
+  RowLayout block = layout;
+  block.threads = 32 * warps;
+  LaunchAttributes attributes;
+  cudaLaunchConfig_t config = MakeConfig(block, blocks, stream, options, attributes);
+  TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, MakeParams(spec, tokens, b)));
+  return Status::Ok();
 }
 
 }  // namespace
@@ -390,6 +446,10 @@ StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const 
       break;
     case RowOwner::kClusterPair:
       if (!IsPairClusterSize(layout, c)) return InvalidArgument("no pair cluster of ", c, " blocks for hidden ", spec.hidden);
+      break;
+    case RowOwner::kWarps:
+      if (!HasWarpRows(layout)) return InvalidArgument("no rows packed into warps for hidden ", spec.hidden);
+      if (c != 1) return InvalidArgument("rows packed into warps have cluster_blocks 1, not ", c);
       break;
     case RowOwner::kAuto: return InvalidArgument("the capacity of a row owner, not of kAuto");
   }
@@ -471,6 +531,12 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
     choice = rule.ok() ? *rule : LocalRowOwner{};
   }
   RowOwner& owner = choice.owner;
+  if (owner == RowOwner::kWarps) {
+    if (!HasWarpRows(layout))
+      return Unimplemented("no rows packed into warps for hidden ", spec.hidden, ": its row has ", layout.threads / 32,
+                           " warps");
+    return LaunchWarpRows(spec, layout, recipe, tokens, b, stream, options, device);
+  }
   if (forced && owner != RowOwner::kBlock && choice.cluster_blocks <= 1)
     return Unimplemented("no cluster per row for hidden ", spec.hidden,
                          ": its row has no split into blocks of two warps or fewer");

@@ -3,7 +3,8 @@
 // (allreduce_rmsnorm_select.cuh) and instantiated per kernel family in its own .cu file so the
 // families compile in parallel. 24 instantiations per family: 2 activation dtypes x 3 vector
 // counts per thread (1, 2, 4) x 4 quant modes. The epilogue has a family per row owner and
-// recipe (three recipes: run time, and two fixed).
+// recipe (three recipes: run time, and two fixed); the packed rows' families instantiate the
+// 8 kernels of one vector per thread.
 #pragma once
 
 #include "backends/cuda/kernels/allreduce_rmsnorm.cuh"
@@ -52,6 +53,17 @@ struct ClusterPairEpilogueFamily {
   }
 };
 
+// The epilogue kernel with rows packed into warps, a group of kRowLanes lanes per row (rows of
+// one warp's layout, one vector per thread: none for other kVec).
+template <KernelRecipe kRecipe, int kRowLanes>
+struct WarpRowsEpilogueFamily {
+  template <typename T, int kVec, QuantMode kQuant>
+  static constexpr FusedKernelFn Kernel() {
+    if constexpr (kVec == 1) return AllreduceEpilogueKernel<T, 1, kQuant, WarpRows<kRowLanes>, RecipeOf<T, kRecipe>>;
+    else return nullptr;
+  }
+};
+
 // Null when the combination has no instantiation (the launcher validates first).
 template <class Family>
 FusedKernelFn SelectKernel(DType act, int vecs_per_thread, QuantMode quant);
@@ -75,6 +87,16 @@ extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecip
                                                                                                 QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, true>>(
     DType, int, QuantMode);
+
+extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kRuntime, 8>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kRuntime, 16>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kRuntime, 32>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kFixed, 8>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kFixed, 16>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kFixed, 32>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 8>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 16>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 32>>(DType, int, QuantMode);
 
 constexpr int KernelKey(DType act, int vecs_per_thread, QuantMode quant) {
   return (int(act) * 16 + vecs_per_thread) * 8 + int(quant);
