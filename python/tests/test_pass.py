@@ -225,16 +225,19 @@ def test_local_chains_follow_the_compilers_rule(backend, fuse_local, fused):
     g.lint()
 
 
-@pytest.mark.parametrize("rows, fuse_local, fused", [
-    (512, "auto", True),      # the fused op measured faster
-    (4096, "auto", False),    # Inductor's kernel measured faster from 1024 rows (run 45)
-    (4096, "on", True),
+@pytest.mark.parametrize("hidden, rows, fuse_local, fused", [
+    (128, 4096, "auto", True),     # the fused op measured faster (rows packed into warps, run 51)
+    (128, 65536, "auto", True),
+    (128, 262144, "auto", False),  # Inductor's kernel measured faster from 262144 rows (run 51)
+    (128, 262144, "on", True),
+    (512, 1024, "auto", True),     # rows of two warps: one block each (run 45)
+    (512, 4096, "auto", False),    # Inductor's from 2048 rows
 ])
-def test_a_head_norm_goes_where_it_was_measured_faster(rows, fuse_local, fused):
-    """q_norm over heads of 128 (rows = tokens x heads), the norm alone: the fused op's rows of
-    one warp each lose to Inductor's kernel from 1024 rows (docs/perf/h200x1/inductor_epilogue.md),
-    so the compiler's table leaves such a chain to Inductor at world size 1 on CUDA."""
-    g = trace(lambda h, w: llama_norm(h, w), ((rows, 128), bf), ((128,), bf))
+def test_a_head_norm_goes_where_it_was_measured_faster(hidden, rows, fuse_local, fused):
+    """q_norm over heads of 128 (rows = tokens x heads) and MLA's kv_a_layernorm (H 512), the norm
+    alone: where Inductor's kernel was measured faster (docs/perf/h200x1/inductor_epilogue.md),
+    the compiler's table leaves such a chain to Inductor at world size 1 on CUDA."""
+    g = trace(lambda h, w: llama_norm(h, w), ((rows, hidden), bf), ((hidden,), bf))
     p = tt.FusionPass(world_size=1, backend="cuda", fuse_local=fuse_local)
     p(g)
     assert not p.report.untranslated, p.report.untranslated
