@@ -695,7 +695,7 @@ int AllocateTimingSets(const AllreduceRmsnormSpec& spec, int64_t T, const cudaDe
 // --owners: the launcher (LaunchLocalAllreduceRmsnorm) under each row owner it can be forced to,
 // against its own rule ("auto"), on the sets and graphs of the timing below: one block per row,
 // the cluster of ClusterBlocks blocks a thread per row thread (ClusterRow), rows of one warp
-// packed into warps (WarpRows), and, for rows of two
+// packed into warps (PackedRows), and, for rows of two
 // vectors per row thread, the pair cluster at each size c = 2..8 dividing the row's warps. Each
 // forced launch is checked first against the rule's output (bitwise), so a figure is never of a
 // wrong kernel. Prints µs per op and the ratio to auto; "-" where the owner does not apply.
@@ -709,7 +709,7 @@ void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, 
   std::vector<Owner> owners = {{"auto", cuda::RowOwner::kAuto, 0},
                                {"block", cuda::RowOwner::kBlock, 0},
                                {"cluster", cuda::RowOwner::kCluster, 0},
-                               {"warps", cuda::RowOwner::kWarps, 0}};
+                               {"packed", cuda::RowOwner::kPacked, 0}};
   for (int c = 2; c <= 8; ++c) owners.push_back({"pair" + std::to_string(c), cuda::RowOwner::kClusterPair, c});
   std::printf("\nrow owners: us per op (launcher, CUDA graph of 20 over rotating sets), x auto; rule = auto's pick\n");
   std::printf("%6s %5s %-16s %-8s", "H", "T", "quant", "rule");
@@ -722,7 +722,7 @@ void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, 
       // The owners of each kind that run at once (cuda::LocalRowOwnerCapacity): past them, waves.
       std::printf("%6lld %5s %-16s %-8s", (long long)H, "", CaseName(c).c_str(), "at once");
       for (const Owner& o : owners) {
-        const int blocks = o.owner == cuda::RowOwner::kBlock || o.owner == cuda::RowOwner::kWarps ? 1
+        const int blocks = o.owner == cuda::RowOwner::kBlock || o.owner == cuda::RowOwner::kPacked ? 1
                            : o.owner == cuda::RowOwner::kCluster ? RowClusterBlocks(MakeRowLayout(H), 8, cuda::kMaxClusterBlockThreads)
                                                                  : o.c;
         const StatusOr<int64_t> n = o.owner == cuda::RowOwner::kAuto ? StatusOr<int64_t>(InvalidArgument("auto"))
@@ -748,7 +748,7 @@ void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, 
         const cuda::LocalRowOwner rule = *on_device;
         const char* rule_name = rule.owner == cuda::RowOwner::kClusterPair ? "pair"
                                 : rule.owner == cuda::RowOwner::kCluster   ? "cluster"
-                                : rule.owner == cuda::RowOwner::kWarps     ? "warps"
+                                : rule.owner == cuda::RowOwner::kPacked    ? "packed"
                                                                            : "block";
         std::printf("%6lld %5lld %-16s %s%-*d", (long long)H, (long long)T, CaseName(c).c_str(), rule_name,
                     int(8 - std::strlen(rule_name)), rule.cluster_blocks);

@@ -99,14 +99,15 @@ std::string Describe(const AllreduceRmsnormSpec& s, int64_t t) {
 
 // The row owners a test forces at H: one block; a cluster of a thread per row thread, where the
 // row has a split into blocks of two warps or fewer; for rows of two vectors per row thread, a
-// cluster of two threads per row thread; and for rows of one warp, rows packed into warps.
+// cluster of two threads per row thread; and for rows of one or two warps, rows packed into
+// blocks.
 std::vector<cuda::RowOwner> RowOwnersOf(int64_t hidden, bool block = true) {
   const RowLayout layout = MakeRowLayout(hidden);
   std::vector<cuda::RowOwner> owners;
   if (block) owners.push_back(cuda::RowOwner::kBlock);
   if (RowClusterBlocks(layout, 8, 64) > 1) owners.push_back(cuda::RowOwner::kCluster);
   if (layout.vecs_per_thread == 2) owners.push_back(cuda::RowOwner::kClusterPair);
-  if (layout.threads == 32) owners.push_back(cuda::RowOwner::kWarps);
+  if (layout.threads <= 64 && layout.vecs_per_thread == 1) owners.push_back(cuda::RowOwner::kPacked);
   return owners;
 }
 
@@ -115,7 +116,7 @@ const char* OwnerName(cuda::RowOwner owner) {
     case cuda::RowOwner::kBlock: return " block";
     case cuda::RowOwner::kCluster: return " cluster";
     case cuda::RowOwner::kClusterPair: return " cluster pair";
-    case cuda::RowOwner::kWarps: return " warps";
+    case cuda::RowOwner::kPacked: return " packed";
     default: return " auto";
   }
 }
@@ -279,29 +280,30 @@ TEST_F(LocalFusedTest, BlockAndClusterRowOwnersAreBitwiseTheOracle) {
         }
 }
 
-// Rows packed into warps (rows of one warp, H <= 256): groups of 8 lanes (H 8-64, four rows per
-// warp), 16 (H 72-128, two) and 32 (H 136-256, one), against the oracle and against one block per
-// row. T from 1 to more rows than a warp holds, not a multiple of the rows per warp (a warp whose
-// groups end at different rows), and past the rows the launcher's blocks take at once (each block
-// striding); three blocks striding too. Every quant mode, every group size the row divides
-// (row-major and column-major scales, f32 and ue8m0), f16, both recipes' kernels.
-TEST_F(LocalFusedTest, WarpRowsAreBitwiseTheOracle) {
+// Rows packed into blocks (rows of one or two warps, H <= 512): groups of 8 lanes (H 8-64, four
+// rows per warp), 16 (H 72-128, two), 32 (H 136-256, one) and two warps (H 264-512, their sums
+// through shared memory), against the oracle. T from 1 to more rows than a warp holds, not a
+// multiple of the rows per warp (a warp whose groups end at different rows), and past the rows
+// the launcher's blocks take at once (each block striding); three blocks striding too (a row of
+// two warps reusing its shared memory and barrier). Every quant mode, every group size the row
+// divides (row-major and column-major scales, f32 and ue8m0), f16, both recipes' kernels.
+TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
   uint64_t seed = 9300;
-  for (int64_t h : {8, 24, 64, 96, 128, 136, 200, 256})
+  for (int64_t h : {8, 24, 64, 96, 128, 136, 200, 256, 264, 384, 512})
     for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
       for (bool residual : {true, false})
         for (int64_t max_owners : {0, 3}) {
           AllreduceRmsnormSpec s = LocalSpec(h, q, residual);
           s.group_size = h % 32 == 0 ? 32 : 8;
           cuda::LaunchOptions options;
-          options.row_owner = cuda::RowOwner::kWarps;
+          options.row_owner = cuda::RowOwner::kPacked;
           options.max_row_owners = max_owners;
           for (int64_t t : {1, 3, 5, 33, 1001, 30001}) {
             if (t == 30001 && (max_owners != 0 || !residual)) continue;
             EXPECT_EQ(RunAndCompare(s, t, seed++, options), "") << Describe(s, t) << " owners " << max_owners;
           }
         }
-  for (int64_t h : {64, 128, 256})
+  for (int64_t h : {64, 128, 256, 512})
     for (int g : {8, 16, 32, 64, 128, 256})
       for (ScaleLayout layout : {ScaleLayout::kRow, ScaleLayout::kCol})
         for (ScaleFormat fmt : {ScaleFormat::kF32, ScaleFormat::kUe8m0}) {
@@ -311,32 +313,33 @@ TEST_F(LocalFusedTest, WarpRowsAreBitwiseTheOracle) {
           s.scale_layout = layout;
           s.scale_fmt = fmt;
           cuda::LaunchOptions options;
-          options.row_owner = cuda::RowOwner::kWarps;
+          options.row_owner = cuda::RowOwner::kPacked;
           for (int64_t t : {3, 37}) EXPECT_EQ(RunAndCompare(s, t, seed++, options), "") << Describe(s, t);
         }
   for (DType act : {DType::kBF16, DType::kF16})
     for (bool fixed : {true, false})
-      for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group}) {
-        AllreduceRmsnormSpec s = LocalSpec(64, q, true);
-        s.act_dtype = s.weight_dtype = act;
-        cuda::LaunchOptions options;
-        options.row_owner = cuda::RowOwner::kWarps;
-        options.fixed_recipes = fixed;
-        EXPECT_EQ(RunAndCompare(s, 77, seed++, options), "") << Describe(s, 77) << (fixed ? " fixed" : " run-time");
-      }
-  // The rule packs rows of one warp (at 1024 rows in every mode); a row of two warps is refused,
-  // and has no packed capacity.
-  for (int64_t h : {256, 264}) {
+      for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+        for (int64_t h : {64, 512}) {
+          AllreduceRmsnormSpec s = LocalSpec(h, q, true);
+          s.act_dtype = s.weight_dtype = act;
+          cuda::LaunchOptions options;
+          options.row_owner = cuda::RowOwner::kPacked;
+          options.fixed_recipes = fixed;
+          EXPECT_EQ(RunAndCompare(s, 77, seed++, options), "") << Describe(s, 77) << (fixed ? " fixed" : " run-time");
+        }
+  // The rule packs rows of one or two warps (at 1024 rows in every mode); a row of three warps is
+  // refused, and has no packed capacity.
+  for (int64_t h : {256, 512, 520}) {
     const StatusOr<cuda::LocalRowOwner> got = cuda::LocalRowOwnerOnDevice(LocalSpec(h, QuantMode::kFp8Token, true), 1024);
     ASSERT_TRUE(got.ok()) << got.status().ToString();
-    EXPECT_EQ(got->owner, h == 256 ? cuda::RowOwner::kWarps : cuda::RowOwner::kBlock) << "H " << h;
+    EXPECT_EQ(got->owner, h <= 512 ? cuda::RowOwner::kPacked : cuda::RowOwner::kBlock) << "H " << h;
   }
   cuda::LaunchOptions packed;
-  packed.row_owner = cuda::RowOwner::kWarps;
-  EXPECT_NE(RunAndCompare(LocalSpec(512, QuantMode::kNone, true), 4, seed++, packed).find("unimplemented"),
+  packed.row_owner = cuda::RowOwner::kPacked;
+  EXPECT_NE(RunAndCompare(LocalSpec(520, QuantMode::kNone, true), 4, seed++, packed).find("unimplemented"),
             std::string::npos);
-  EXPECT_FALSE(cuda::LocalRowOwnerCapacity(LocalSpec(512, QuantMode::kNone, true), {cuda::RowOwner::kWarps, 1}).ok());
-  const StatusOr<int64_t> at_once = cuda::LocalRowOwnerCapacity(LocalSpec(64, QuantMode::kNone, true), {cuda::RowOwner::kWarps, 1});
+  EXPECT_FALSE(cuda::LocalRowOwnerCapacity(LocalSpec(520, QuantMode::kNone, true), {cuda::RowOwner::kPacked, 1}).ok());
+  const StatusOr<int64_t> at_once = cuda::LocalRowOwnerCapacity(LocalSpec(64, QuantMode::kNone, true), {cuda::RowOwner::kPacked, 1});
   ASSERT_TRUE(at_once.ok()) << at_once.status().ToString();
   EXPECT_GT(*at_once, 0);
 }
@@ -350,8 +353,8 @@ TEST_F(LocalFusedTest, WarpRowsAreBitwiseTheOracle) {
 // split one block. Then, with what one H200 runs at once (LocalRowOwnerCapacity): a cluster only
 // while T is at most half of those of its kind and size (a pair giving way to the two-warp
 // cluster in the dynamic modes), which bounds the fp8 modes' rows of four vectors alone; and a
-// device that runs no clusters one block. Rows of one warp: packed into warps from their row
-// counts on (no capacity asked).
+// device that runs no clusters one block. Rows of one or two warps: packed from their row counts
+// on (no capacity asked).
 TEST(LocalRowOwnerRuleTest, ClusterKindAndSizeFollowTheRule) {
   using cuda::RowOwner;
   struct AtOnce {
@@ -393,13 +396,15 @@ TEST(LocalRowOwnerRuleTest, ClusterKindAndSizeFollowTheRule) {
       {16384, token, 62, RowOwner::kCluster, 8, four_vectors}, {16384, token, 63, RowOwner::kBlock, 1, four_vectors},
       {16384, tensor, 40, RowOwner::kCluster, 8, four_vectors}, {16384, QuantMode::kNone, 33, RowOwner::kCluster, 8, four_vectors},
       {8192, group, 1, RowOwner::kBlock, 1, none},            {16384, token, 1, RowOwner::kBlock, 1, none},
-      // Rows of one warp are packed into warps from 256 rows in the static modes and from 1024
-      // in the dynamic ones; a row of two warps has no split.
-      {64, QuantMode::kNone, 255, RowOwner::kBlock, 1, none}, {64, QuantMode::kNone, 256, RowOwner::kWarps, 1, none},
-      {128, tensor, 256, RowOwner::kWarps, 1, none},          {256, QuantMode::kNone, 262144, RowOwner::kWarps, 1, none},
+      // Rows of one warp are packed from 256 rows in the static modes and from 1024 in the
+      // dynamic ones; rows of two warps at every T; a row of three warps (H 520) has no split.
+      {64, QuantMode::kNone, 255, RowOwner::kBlock, 1, none}, {64, QuantMode::kNone, 256, RowOwner::kPacked, 1, none},
+      {128, tensor, 256, RowOwner::kPacked, 1, none},          {256, QuantMode::kNone, 262144, RowOwner::kPacked, 1, none},
       {64, group, 1, RowOwner::kBlock, 1, none},              {64, group, 1023, RowOwner::kBlock, 1, none},
-      {256, token, 1023, RowOwner::kBlock, 1, none},          {256, token, 1024, RowOwner::kWarps, 1, none},
-      {136, group, 65536, RowOwner::kWarps, 1, none},         {512, token, 4096, RowOwner::kBlock, 1, ample}};
+      {256, token, 1023, RowOwner::kBlock, 1, none},          {256, token, 1024, RowOwner::kPacked, 1, none},
+      {136, group, 65536, RowOwner::kPacked, 1, none},         {512, token, 1, RowOwner::kPacked, 1, ample},
+      {384, QuantMode::kNone, 262144, RowOwner::kPacked, 1, ample}, {264, group, 1, RowOwner::kPacked, 1, ample},
+      {512, group, 65536, RowOwner::kPacked, 1, ample},        {520, QuantMode::kNone, 65536, RowOwner::kBlock, 1, ample}};
   for (const Case& c : cases) {
     const AllreduceRmsnormSpec s = LocalSpec(c.h, c.q, /*residual=*/true);
     const RowLayout layout = MakeRowLayout(c.h);

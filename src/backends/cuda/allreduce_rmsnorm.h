@@ -31,8 +31,8 @@ enum class NcclReduction : uint8_t {
 
 // Who owns a row in the local epilogue (LaunchLocalAllreduceRmsnorm): one block, or a thread
 // block cluster that splits the block's threads over several SMs, with a thread per row thread
-// or two, or, for rows of one warp, a group of a warp's lanes (docs/kernels.md). All give the
-// same bits.
+// or two, or, for rows of one or two warps, a group of a block's threads (docs/kernels.md). All
+// give the same bits.
 enum class RowOwner : uint8_t {
   kAuto,     // the measured rule: a cluster at small T where it is faster, else a block
   kBlock,    // one block per row
@@ -40,8 +40,8 @@ enum class RowOwner : uint8_t {
              // row has no split or the device no clusters
   kClusterPair,  // one cluster per row, two threads per row thread (ClusterPairRow); as kCluster,
                  // and kUnimplemented for rows of other than two vectors per row thread
-  kWarps,  // rows packed into warps, 1, 2 or 4 rows per warp and 1-8 warps per block (WarpRows);
-           // kUnimplemented for rows of more than one warp (H > 256)
+  kPacked,  // rows of one or two warps packed into blocks of 1-8 warps: 4, 2 or 1 rows per warp,
+            // or two warps per row (PackedRows); kUnimplemented for larger rows (H > 512)
 };
 
 struct LaunchOptions {
@@ -49,7 +49,7 @@ struct LaunchOptions {
   // finishes; it waits (griddepcontrol.wait) before touching anything that kernel may write.
   bool pdl = true;
   NcclReduction nccl_reduction = NcclReduction::kExact;
-  // The local epilogue's row owner, and the most owners (blocks or clusters; with kWarps,
+  // The local epilogue's row owner, and the most owners (blocks or clusters; with kPacked,
   // blocks) it launches: 0 for as many as the rows take; fewer make each stride over several
   // rows. For tests and measurements.
   RowOwner row_owner = RowOwner::kAuto;
@@ -92,7 +92,7 @@ struct LocalRowOwner {
 };
 
 // How many row owners of `owner`'s kind and size (blocks, or clusters of owner.cluster_blocks
-// blocks; with kWarps, blocks of 8 warps) the local epilogue's kernel for `spec` runs at once on
+// blocks; with kPacked, blocks of 8 warps) the local epilogue's kernel for `spec` runs at once on
 // the current device; 0 where the device or the build runs no clusters. kInvalidArgument for an
 // owner the row has no split for.
 StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const LocalRowOwner& owner,

@@ -201,38 +201,58 @@ struct BlockRow {
   __device__ __forceinline__ static void Wait() {}
 };
 
-// Rows packed into warps, for rows of one warp's layout (H <= 256: common/row_layout.h): each
-// aligned group of kRowLanes lanes (8, 16 or 32, at least the row's vectors) owns a row, row
-// thread t being lane t of its group, so a block of W warps holds W x 32 / kRowLanes rows at
-// once where one block per row would start a block of one warp per row (measured: at 4096 rows
-// and more the blocks' start, not the bytes, set one block per row's time; docs/kernels.md).
-// Group g of block b (groups counted across the block's warps) runs rows
-// b x (groups per block) + g, then on by the grid's groups.
-// The layout's row threads past kRowLanes own no vector of such a row (vecs <= kRowLanes), so
-// Threads() is the layout's 32, and a row's values never leave its group: a reduction is a
-// butterfly (or an integer reduction) over the group's lanes, under the group's lane mask, as
-// cooperative groups' tiles reduce; a group whose rows have ended exits without the others.
-// The sum keeps the layout's order: the butterfly's levels at offsets >= kRowLanes would add the
-// sums of lanes that own no vector, +0, and s + (+0) = s for every sum of squares (>= +0 or NaN).
+// Threads of a PackedRows block at most (the launcher's PackedBlockWarps chooses fewer at small
+// T).
+inline constexpr int kMaxPackedBlockThreads = 256;
+
+// Rows packed into blocks, for rows of one or two warps' layout (H <= 512: common/row_layout.h):
+// each aligned group of kRowLanes threads (8, 16, 32 or 64, at least the row's vectors, one per
+// thread) owns a row, row thread t being thread t of its group, so a block holds
+// blockDim / kRowLanes rows at once where one block per row would start a block of one or two
+// warps per row (measured: at 4096 rows and more the blocks' start, not the bytes, set one block
+// per row's time; docs/kernels.md). Group g of block b runs rows b x (groups per block) + g, then
+// on by the grid's groups.
+// Groups of a warp or less (H <= 256): the layout's row threads past kRowLanes own no vector of
+// the row (vecs <= kRowLanes), so Threads() is the layout's 32, and a row's values never leave
+// its group: a reduction is a butterfly (or an integer reduction) over the group's lanes, under
+// the group's lane mask, as cooperative groups' tiles reduce; a group whose rows have ended exits
+// without the others. The sum keeps the layout's order: the butterfly's levels at offsets >=
+// kRowLanes would add the sums of lanes that own no vector, +0, and s + (+0) = s for every sum of
+// squares (>= +0 or NaN).
+// Groups of two warps (H 264-512): the layout's two warps, each reducing as a warp does, then
+// the row's warp values through shared memory in warp order (CombineWarps, as one block per
+// row), behind a named barrier of the group's 64 threads (barrier 1 + the group's index).
+// NOTE: a reduction row of shared memory is used again two rows later (slot parity): a warp that
+// stores row i + 2's value has passed row i + 1's barrier, which its partner reaches only after
+// reading row i's values (as BlockSum's __syncthreads).
 template <int kRowLanes>
-struct WarpRows {
-  static_assert(kRowLanes == 8 || kRowLanes == 16 || kRowLanes == 32, "a group is an aligned power of two lanes");
+struct PackedRows {
+  static_assert(kRowLanes == 8 || kRowLanes == 16 || kRowLanes == 32 || kRowLanes == 64,
+                "a group is an aligned power of two lanes, or two warps");
+  static constexpr int kRowWarps = kRowLanes > 32 ? kRowLanes / 32 : 1;
   __device__ __forceinline__ static int Thread() { return threadIdx.x & (kRowLanes - 1); }
-  __device__ __forceinline__ static int Threads() { return 32; }
+  __device__ __forceinline__ static int Threads() { return kRowWarps * 32; }
   __device__ __forceinline__ static int64_t FirstRow() {
     return int64_t(blockIdx.x) * (blockDim.x / kRowLanes) + threadIdx.x / kRowLanes;
   }
   __device__ __forceinline__ static int64_t RowStride() { return int64_t(gridDim.x) * (blockDim.x / kRowLanes); }
   __device__ __forceinline__ static void Arrive() {}
   __device__ __forceinline__ static void Wait() {}
-  // The lanes of this thread's group.
+  // The lanes of this thread's warp that reduce together: its group's, or the whole warp.
   __device__ __forceinline__ static unsigned LaneMask() {
-    if constexpr (kRowLanes == 32) return 0xffffffffu;
+    if constexpr (kRowLanes >= 32) return 0xffffffffu;
     else return ((1u << kRowLanes) - 1u) << (threadIdx.x & 31 & ~(kRowLanes - 1));
   }
   template <typename Op>
-  __device__ __forceinline__ static float Reduce(float v, Op op, float (*)[32], int) {
-    if constexpr (std::is_same_v<Op, MaxOp>) {
+  __device__ __forceinline__ static float Reduce(float v, Op op, float (*smem)[32], int reduction_row) {
+    if constexpr (kRowWarps > 1) {
+      static_assert(kMaxPackedBlockThreads / kRowLanes <= 15, "a named barrier per group (0 is __syncthreads')");
+      v = WarpReduce(v, op);
+      const int warp = threadIdx.x >> 5;
+      if ((threadIdx.x & 31) == 0) smem[reduction_row][warp] = v;
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + threadIdx.x / kRowLanes), "r"(kRowLanes) : "memory");
+      return CombineWarps(&smem[reduction_row][warp & ~(kRowWarps - 1)], kRowWarps, op);
+    } else if constexpr (std::is_same_v<Op, MaxOp>) {
       return LaneMaxOfMagnitudes(v, LaneMask());
     } else {
 #pragma unroll
@@ -241,10 +261,6 @@ struct WarpRows {
     }
   }
 };
-
-// Threads of a WarpRows block at most (the launcher's PackedRowBlockThreads chooses fewer at
-// small T).
-inline constexpr int kMaxWarpRowsBlockThreads = 256;
 
 // The blocks of a thread block cluster that owns rows (launched with cluster dimension C): its
 // rank and size, its rows, and the exchange of per-warp values between its blocks, which the
@@ -485,31 +501,31 @@ inline constexpr bool kClusterSpan = std::is_base_of_v<RowCluster, Span>;
 template <typename Span>
 inline constexpr bool kPairSpan = std::is_same_v<Span, ClusterPairRow> || std::is_same_v<Span, WideClusterPairRow>;
 template <typename Span>
-inline constexpr bool kWarpRowsSpan = std::is_same_v<Span, WarpRows<8>> || std::is_same_v<Span, WarpRows<16>> ||
-                                      std::is_same_v<Span, WarpRows<32>>;
-// The lanes that reduce a row's values together in a warp: all 32, or a WarpRows group's.
+inline constexpr bool kPackedSpan = std::is_same_v<Span, PackedRows<8>> || std::is_same_v<Span, PackedRows<16>> ||
+                                    std::is_same_v<Span, PackedRows<32>> || std::is_same_v<Span, PackedRows<64>>;
+// The lanes that reduce a row's values together in a warp: all 32, or a PackedRows group's.
 template <typename Span>
 __device__ __forceinline__ unsigned RowLaneMask() {
-  if constexpr (kWarpRowsSpan<Span>) return Span::LaneMask();
+  if constexpr (kPackedSpan<Span>) return Span::LaneMask();
   else return 0xffffffffu;
 }
 
 // __launch_bounds__ of the epilogue kernel by row owner: one block per row as kMinBlocksPerSm
 // says; a cluster's blocks have at most two row warps (the launcher's ClusterBlocks), a pair
 // cluster's at most kMaxThreads; they run a few per SM at the small T the clusters serve, so
-// their registers are not capped for occupancy. Packed rows (WarpRows) have at most
-// kMaxWarpRowsBlockThreads and the register cap of one block per row at one vector per thread.
+// their registers are not capped for occupancy. Packed rows (PackedRows) have at most
+// kMaxPackedBlockThreads and the register cap of one block per row at one vector per thread.
 template <typename Span>
 constexpr int SpanMaxThreads() {
   if constexpr (kPairSpan<Span>) return Span::kMaxThreads;
-  else if constexpr (kWarpRowsSpan<Span>) return kMaxWarpRowsBlockThreads;
+  else if constexpr (kPackedSpan<Span>) return kMaxPackedBlockThreads;
   else return kClusterSpan<Span> ? kMaxClusterBlockThreads : kMaxRowThreads;
 }
 template <typename Span>
 inline constexpr int kSpanMaxThreads = SpanMaxThreads<Span>();
 template <typename Span, int kVec>
 inline constexpr int kSpanMinBlocks = kClusterSpan<Span> ? 1
-                                      : kWarpRowsSpan<Span> ? kMinBlocksPerSm<1> * kMaxRowThreads / kMaxWarpRowsBlockThreads
+                                      : kPackedSpan<Span> ? kMinBlocksPerSm<1> * kMaxRowThreads / kMaxPackedBlockThreads
                                                             : kMinBlocksPerSm<kVec>;
 
 // BlockRow's reductions, one function per operation: a version generic over the operation
@@ -561,7 +577,7 @@ __device__ __forceinline__ float RowMax(float v, float (*smem)[32], int slot) {
 // T <= 32, docs/perf/h200x1/NOTES.md, run 31; an integer reduction over the group's lanes alone,
 // each half warp with its own mask, measured 2-34 % slower: run 25). A group of NaN gives +0
 // there where fmaxf gives NaN: the same scale (LaneMaxOfMagnitudes). `mask`: the lanes that
-// shuffle together (RowLaneMask: a WarpRows group's, which holds whole groups).
+// shuffle together (RowLaneMask: a PackedRows group's, which holds whole groups).
 template <int kVec, bool kWholeWarp = false>
 __device__ __forceinline__ void LaneGroupMax(float (&v)[kVec], int lanes, unsigned mask = 0xffffffffu) {
   if (kWholeWarp && kVec * 32 <= 2 * lanes) {
@@ -1308,8 +1324,9 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 // or a FixedRecipe for the local op's forms only (see "recipes").
 //
 // Grid: one block per row (a grid-stride loop covers T beyond the grid); block: blockDim threads
-// fixed by H (common/row_layout.h), kVec vectors each. With rows packed into warps (WarpRows,
-// rows of one warp's layout): blocks of 1-8 warps, each warp holding 1, 2 or 4 rows at once. With a cluster owner (small T): one
+// fixed by H (common/row_layout.h), kVec vectors each. With rows packed (PackedRows, rows of
+// one or two warps' layout): blocks of 1-8 warps, each warp holding 1, 2 or 4 rows at once, or
+// two warps one. With a cluster owner (small T): one
 // cluster of C blocks per row, each block holding 1/C of the row's threads (ClusterRow), or of
 // the row threads' vectors at one per thread (ClusterPairRow, kVec = 1 for rows of two vectors
 // per row thread), launched with cluster dimension C (the launcher's ClusterBlocks). Several
@@ -1320,8 +1337,9 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 // small T does not wait for shared memory).
 // Synchronization: the row reductions only (__syncthreads; with a cluster, st.async into the
 // cluster's blocks and an mbarrier per reduction, plus one cluster barrier at the start that
-// publishes the mbarriers, and ClusterPairRow's named barrier per warp pair); nothing between
-// rows' blocks or clusters.
+// publishes the mbarriers, and ClusterPairRow's named barrier per warp pair; packed rows: the
+// group's shuffles, and a named barrier per row of two warps); nothing between rows' blocks,
+// clusters or groups.
 // Order of loads: weights before griddepcontrol.wait (parameters nobody writes), and the block's
 // first row started into L2 there too; then x (or the reduced rows), the residual and the static
 // scale together, so a row costs one round trip (to L2 where the prefetch has landed) before its

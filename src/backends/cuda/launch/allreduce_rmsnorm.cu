@@ -202,28 +202,37 @@ bool IsPairClusterSize(const RowLayout& layout, int blocks) {
   return HasPairRows(layout) && blocks >= 2 && blocks <= kMaxClusterBlocks && (layout.threads / 32) % blocks == 0;
 }
 
-// Rows of one warp's layout (H <= 256) are packed into warps (WarpRows) from these row counts
+// Rows of one warp's layout (H <= 256) are packed into blocks (PackedRows) from these row counts
 // on, and take one block per row below. Measured on one H200 at H 64, 128 and 256, against one
 // block per row (docs/perf/h200x1/NOTES.md, run 51): from 1024 rows packed rows are faster in
 // every mode (1.07-1.46 x at 1024 rows, 2.3-10.4 x at 262144, where one block per row spends its
 // time starting blocks); at 256 rows they are 2-4 % faster for quant none and fp8_tensor and up
 // to 11 % slower for fp8_token (fp8_group between); at 1-64 rows within 3 % for the static
 // modes, 3-14 % slower for the dynamic ones.
-constexpr int64_t kWarpRowsMinRowsStatic = 256;
-constexpr int64_t kWarpRowsMinRowsDynamic = 1024;
+constexpr int64_t kPackedMinRowsStatic = 256;
+constexpr int64_t kPackedMinRowsDynamic = 1024;
+// Rows of two warps (H 264-512) are packed at every row count. Measured at H 384 and 512 (run
+// 52): packed rows 1-8 % faster at 1-256 rows in every mode, 1.03-1.50 x faster from 1024 rows
+// on, except fp8_group at H 512 from 16384 rows, 1-4 % slower (at H 384 there 1.08-1.14 x
+// faster).
 
-// Whether rows can be packed into warps (WarpRows): rows of one warp's layout (H <= 256).
-bool HasWarpRows(const RowLayout& layout) { return layout.threads == 32 && layout.vecs_per_thread == 1; }
+// Whether rows can be packed (PackedRows): rows of one or two warps at one vector per thread.
+bool HasPackedRows(const RowLayout& layout) { return layout.threads <= 64 && layout.vecs_per_thread == 1; }
 
-// Lanes of a packed row's group: the fewest of 8, 16 and 32 that hold its vectors.
-int WarpRowLanes(const RowLayout& layout) { return layout.vecs <= 8 ? 8 : layout.vecs <= 16 ? 16 : 32; }
+// Threads of a packed row's group: the fewest of 8, 16, 32 and 64 that hold its vectors.
+int PackedRowLanes(const RowLayout& layout) {
+  return layout.vecs <= 8 ? 8 : layout.vecs <= 16 ? 16 : layout.vecs <= 32 ? 32 : 64;
+}
 
-// Warps of a packed rows' block for T rows: one per SM until every SM has one, then up to
-// kMaxWarpRowsBlockThreads / 32, so small T spreads over the SMs and large T starts few blocks.
-int WarpRowsBlockWarps(const RowLayout& layout, int64_t tokens, int64_t sms) {
-  const int64_t rows_per_warp = 32 / WarpRowLanes(layout);
-  const int64_t warps = (tokens + rows_per_warp - 1) / rows_per_warp;
-  return int(std::clamp<int64_t>((warps + sms - 1) / sms, 1, kMaxWarpRowsBlockThreads / 32));
+// Warps of a packed rows' block for T rows: one per SM (or one group of two warps) until every
+// SM has one, then up to kMaxPackedBlockThreads / 32, in whole groups, so small T spreads over
+// the SMs and large T starts few blocks.
+int PackedBlockWarps(const RowLayout& layout, int64_t tokens, int64_t sms) {
+  const int lanes = PackedRowLanes(layout);
+  const int group_warps = std::max(1, lanes / 32);
+  const int64_t warps = (tokens * lanes + 31) / 32;
+  const int64_t per_sm = std::clamp<int64_t>((warps + sms - 1) / sms, 1, kMaxPackedBlockThreads / 32);
+  return int((per_sm + group_warps - 1) / group_warps * group_warps);
 }
 
 // Quant none and fp8_tensor take a cluster for rows of at least kClusterMinWarpsStatic warps,
@@ -289,10 +298,10 @@ int FewerPairClusterBlocks(const RowLayout& layout, int64_t tokens, int64_t sms)
 
 LocalRowOwner ClusterRule(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int64_t sms,
                           const RowOwnerCapacity& capacity) {
-  if (HasWarpRows(layout)) {
-    const bool dynamic = IsDynamicQuant(spec.quant);
-    return tokens >= (dynamic ? kWarpRowsMinRowsDynamic : kWarpRowsMinRowsStatic) ? LocalRowOwner{RowOwner::kWarps, 1}
-                                                                                   : LocalRowOwner{};
+  if (HasPackedRows(layout)) {
+    const bool packed = PackedRowLanes(layout) > 32 ||
+                        tokens >= (IsDynamicQuant(spec.quant) ? kPackedMinRowsDynamic : kPackedMinRowsStatic);
+    return packed ? LocalRowOwner{RowOwner::kPacked, 1} : LocalRowOwner{};
   }
   const int cluster = ClusterBlocks(layout);
   if (cluster <= 1) return {};
@@ -322,18 +331,19 @@ LocalRowOwner ClusterRule(const AllreduceRmsnormSpec& spec, const RowLayout& lay
   return warps >= kClusterMinWarpsStaticFewRows && blocks <= sms / 4 && fits(row) ? row : LocalRowOwner{};
 }
 
-// The epilogue kernel of one recipe, by row owner (kBlock, kCluster, kClusterPair or kWarps) and, for
+// The epilogue kernel of one recipe, by row owner (kBlock, kCluster, kClusterPair or kPacked) and, for
 // the pair, the blocks of its cluster (wider blocks than ClusterPairRow's run WideClusterPairRow).
 template <KernelRecipe kRecipe>
 FusedKernelFn SelectEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& layout, RowOwner owner,
                              int cluster_blocks) {
   const int v = layout.vecs_per_thread;
   switch (owner) {
-    case RowOwner::kWarps:
-      switch (WarpRowLanes(layout)) {
-        case 8: return SelectKernel<WarpRowsEpilogueFamily<kRecipe, 8>>(spec.act_dtype, v, spec.quant);
-        case 16: return SelectKernel<WarpRowsEpilogueFamily<kRecipe, 16>>(spec.act_dtype, v, spec.quant);
-        default: return SelectKernel<WarpRowsEpilogueFamily<kRecipe, 32>>(spec.act_dtype, v, spec.quant);
+    case RowOwner::kPacked:
+      switch (PackedRowLanes(layout)) {
+        case 8: return SelectKernel<PackedEpilogueFamily<kRecipe, 8>>(spec.act_dtype, v, spec.quant);
+        case 16: return SelectKernel<PackedEpilogueFamily<kRecipe, 16>>(spec.act_dtype, v, spec.quant);
+        case 32: return SelectKernel<PackedEpilogueFamily<kRecipe, 32>>(spec.act_dtype, v, spec.quant);
+        default: return SelectKernel<PackedEpilogueFamily<kRecipe, 64>>(spec.act_dtype, v, spec.quant);
       }
     case RowOwner::kCluster: return SelectKernel<ClusterEpilogueFamily<kRecipe>>(spec.act_dtype, v, spec.quant);
     case RowOwner::kClusterPair:
@@ -367,8 +377,8 @@ StatusOr<int64_t> CapacityOnDevice(const DeviceFacts& device, const AllreduceRms
                                    const LaunchOptions& options) {
   TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel,
                           EpilogueKernel(spec, layout, choice.owner, recipe, choice.cluster_blocks));
-  if (choice.owner == RowOwner::kBlock || choice.owner == RowOwner::kWarps) {
-    const int threads = choice.owner == RowOwner::kWarps ? kMaxWarpRowsBlockThreads : layout.threads;
+  if (choice.owner == RowOwner::kBlock || choice.owner == RowOwner::kPacked) {
+    const int threads = choice.owner == RowOwner::kPacked ? kMaxPackedBlockThreads : layout.threads;
     TPFUSE_ASSIGN_OR_RETURN(const int blocks, MaxResidentBlocks(kernel, threads));
     return int64_t{blocks};
   }
@@ -396,19 +406,19 @@ StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceR
   return choice;
 }
 
-// Rows packed into warps (RowOwner::kWarps): blocks of WarpRowsBlockWarps warps, as many as the
+// Rows packed into blocks (RowOwner::kPacked): blocks of PackedBlockWarps warps, as many as the
 // rows take, at most those that run at once (each then strides over the rows) and at most
 // options.max_row_owners.
-Status LaunchWarpRows(const AllreduceRmsnormSpec& spec, const RowLayout& layout, KernelRecipe recipe,
+Status LaunchPackedRows(const AllreduceRmsnormSpec& spec, const RowLayout& layout, KernelRecipe recipe,
                       int64_t tokens, const FusedBuffers& b, cudaStream_t stream, const LaunchOptions& options,
                       const DeviceFacts& device) {
-  TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel, EpilogueKernel(spec, layout, RowOwner::kWarps, recipe));
-  const int warps = WarpRowsBlockWarps(layout, tokens, device.sms);
-  const int64_t rows_per_block = int64_t{warps} * (32 / WarpRowLanes(layout));
+  TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel, EpilogueKernel(spec, layout, RowOwner::kPacked, recipe));
+  const int warps = PackedBlockWarps(layout, tokens, device.sms);
+  const int64_t rows_per_block = int64_t{warps} * 32 / PackedRowLanes(layout);
   TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, 32 * warps));
   int64_t blocks = std::min<int64_t>((tokens + rows_per_block - 1) / rows_per_block, resident);
   if (options.max_row_owners > 0) blocks = std::min(blocks, options.max_row_owners);
-  RowLayout block = layout;
+  RowLayout block = layout;  // MakeConfig sizes the block from a layout's threads
   block.threads = 32 * warps;
   LaunchAttributes attributes;
   cudaLaunchConfig_t config = MakeConfig(block, blocks, stream, options, attributes);
@@ -447,9 +457,9 @@ StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const 
     case RowOwner::kClusterPair:
       if (!IsPairClusterSize(layout, c)) return InvalidArgument("no pair cluster of ", c, " blocks for hidden ", spec.hidden);
       break;
-    case RowOwner::kWarps:
-      if (!HasWarpRows(layout)) return InvalidArgument("no rows packed into warps for hidden ", spec.hidden);
-      if (c != 1) return InvalidArgument("rows packed into warps have cluster_blocks 1, not ", c);
+    case RowOwner::kPacked:
+      if (!HasPackedRows(layout)) return InvalidArgument("no packed rows for hidden ", spec.hidden);
+      if (c != 1) return InvalidArgument("packed rows have cluster_blocks 1, not ", c);
       break;
     case RowOwner::kAuto: return InvalidArgument("the capacity of a row owner, not of kAuto");
   }
@@ -531,11 +541,11 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
     choice = rule.ok() ? *rule : LocalRowOwner{};
   }
   RowOwner& owner = choice.owner;
-  if (owner == RowOwner::kWarps) {
-    if (!HasWarpRows(layout))
-      return Unimplemented("no rows packed into warps for hidden ", spec.hidden, ": its row has ", layout.threads / 32,
+  if (owner == RowOwner::kPacked) {
+    if (!HasPackedRows(layout))
+      return Unimplemented("no packed rows for hidden ", spec.hidden, ": its row has ", layout.threads / 32,
                            " warps");
-    return LaunchWarpRows(spec, layout, recipe, tokens, b, stream, options, device);
+    return LaunchPackedRows(spec, layout, recipe, tokens, b, stream, options, device);
   }
   if (forced && owner != RowOwner::kBlock && choice.cluster_blocks <= 1)
     return Unimplemented("no cluster per row for hidden ", spec.hidden,

@@ -53,13 +53,13 @@ struct ClusterPairEpilogueFamily {
   }
 };
 
-// The epilogue kernel with rows packed into warps, a group of kRowLanes lanes per row (rows of
-// one warp's layout, one vector per thread: none for other kVec).
+// The epilogue kernel with rows packed into blocks, a group of kRowLanes threads per row (rows of
+// one or two warps' layout, one vector per thread: none for other kVec).
 template <KernelRecipe kRecipe, int kRowLanes>
-struct WarpRowsEpilogueFamily {
+struct PackedEpilogueFamily {
   template <typename T, int kVec, QuantMode kQuant>
   static constexpr FusedKernelFn Kernel() {
-    if constexpr (kVec == 1) return AllreduceEpilogueKernel<T, 1, kQuant, WarpRows<kRowLanes>, RecipeOf<T, kRecipe>>;
+    if constexpr (kVec == 1) return AllreduceEpilogueKernel<T, 1, kQuant, PackedRows<kRowLanes>, RecipeOf<T, kRecipe>>;
     else return nullptr;
   }
 };
@@ -88,15 +88,18 @@ extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecip
 extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, true>>(
     DType, int, QuantMode);
 
-extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kRuntime, 8>>(DType, int, QuantMode);
-extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kRuntime, 16>>(DType, int, QuantMode);
-extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kRuntime, 32>>(DType, int, QuantMode);
-extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kFixed, 8>>(DType, int, QuantMode);
-extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kFixed, 16>>(DType, int, QuantMode);
-extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kFixed, 32>>(DType, int, QuantMode);
-extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 8>>(DType, int, QuantMode);
-extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 16>>(DType, int, QuantMode);
-extern template FusedKernelFn SelectKernel<WarpRowsEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 32>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kRuntime, 8>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kRuntime, 16>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kRuntime, 32>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kRuntime, 64>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixed, 8>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixed, 16>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixed, 32>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixed, 64>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 8>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 16>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 32>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 64>>(DType, int, QuantMode);
 
 constexpr int KernelKey(DType act, int vecs_per_thread, QuantMode quant) {
   return (int(act) * 16 + vecs_per_thread) * 8 + int(quant);
