@@ -286,7 +286,8 @@ TEST_F(LocalFusedTest, BlockAndClusterRowOwnersAreBitwiseTheOracle) {
 // multiple of the rows per warp (a warp whose groups end at different rows), and past the rows
 // the launcher's blocks take at once (each block striding); three blocks striding too (a row of
 // two warps reusing its shared memory and barrier). Every quant mode, every group size the row
-// divides (row-major and column-major scales, f32 and ue8m0), f16, both recipes' kernels.
+// divides (row-major and column-major scales, f32 and ue8m0), f16, both recipes' kernels, the
+// run-time recipe's forms.
 TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
   uint64_t seed = 9300;
   for (int64_t h : {8, 24, 64, 96, 128, 136, 200, 256, 264, 384, 512})
@@ -327,6 +328,28 @@ TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
           options.fixed_recipes = fixed;
           EXPECT_EQ(RunAndCompare(s, 77, seed++, options), "") << Describe(s, 77) << (fixed ? " fixed" : " run-time");
         }
+  // The run-time recipe's forms (one vector per thread: the weights held in registers, f32 ones
+  // too): the weight in another dtype, a weight bias in f32 and in the weight's dtype, the norm
+  // reading f32 h, the scale step swapped, ue8m0 scales.
+  for (int form = 0; form < 6; ++form)
+    for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+      for (int64_t h : {64, 200, 512}) {
+        AllreduceRmsnormSpec s = LocalSpec(h, q, true);
+        s.group_size = 8;
+        if (form == 0) s.weight_dtype = DType::kF32;
+        if (form == 1) s.weight_dtype = DType::kF16;
+        if (form == 2 || form == 3) s.weight_bias = 1.0f;
+        if (form == 3) s.rounding.weight_bias_in_weight_dtype = true;
+        if (form == 4) s.rounding.norm_input_f32 = true;
+        if (form == 5) {
+          s.rounding.scale_op_swapped = true;
+          if (IsDynamicQuant(q)) s.scale_fmt = ScaleFormat::kUe8m0;
+        }
+        cuda::LaunchOptions options;
+        options.row_owner = cuda::RowOwner::kPacked;
+        for (int64_t t : {5, 37})
+          EXPECT_EQ(RunAndCompare(s, t, seed++, options), "") << Describe(s, t) << " form " << form;
+      }
   // The rule packs rows of one or two warps (at 1024 rows in every mode); a row of three warps is
   // refused, and has no packed capacity.
   for (int64_t h : {256, 512, 520}) {

@@ -34,7 +34,8 @@ enum class NcclReduction : uint8_t {
 // or two, or, for rows of one or two warps, a group of a block's threads (docs/kernels.md). All
 // give the same bits.
 enum class RowOwner : uint8_t {
-  kAuto,     // the measured rule: a cluster at small T where it is faster, else a block
+  kAuto,     // the measured rule: packed rows for rows of one or two warps where they are
+             // faster, a cluster at small T where it is faster, else a block
   kBlock,    // one block per row
   kCluster,  // one cluster per row, a thread per row thread (ClusterRow); kUnimplemented where the
              // row has no split or the device no clusters
