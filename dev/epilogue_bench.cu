@@ -22,7 +22,7 @@
 //
 // --owners [H,...] [T,...]: the launcher under each row owner it can be forced to (one block, a
 // cluster, rows packed into warps, the pair cluster at each size), checked bitwise against its own pick and timed beside
-// it, and how many of each run at once: the measurements behind the launcher's rule (ClusterRule).
+// it, and how many of each run at once: the measurements behind the launcher's rule (RowOwnerRule).
 //
 // --grid [H,...] [T,...]: one block per row against fewer blocks striding over the rows (TimeGrids).
 //

@@ -964,8 +964,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   float s[kHoldsY ? kVec : 1], inv[kHoldsY ? kVec : 1];
   ScaleStep step[kHoldsY ? kVec : 1];
   if constexpr (kQuant == QuantMode::kFp8Group) {
-    // Every lane joins the shuffles or reductions (whole warps); a group is all in the row or all
-    // past it.
+    // Every lane of the row's warps (or of its packed group) joins the shuffles or reductions; a
+    // group is all in the row or all past it.
     LaneGroupMax<kVec, kPairSpan<Span>>(amax, p.group_vecs, RowLaneMask<Span>());
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {

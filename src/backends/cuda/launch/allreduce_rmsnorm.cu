@@ -242,8 +242,9 @@ constexpr int kClusterMinWarpsStatic = 10;
 constexpr int kClusterMinWarpsStaticFewRows = 8;
 constexpr int kClusterPairMinWarpsStatic = 6;
 
-// The local epilogue's measured rule: the owner of each row, one block or a cluster (of a thread
-// or two per row thread), and the cluster's blocks. At small T one block per row leaves most SMs
+// The local epilogue's measured rule: the owner of each row, packed rows (rows of one or two
+// warps, from the row counts above), one block or a cluster (of a thread or two per row thread),
+// and the cluster's blocks. At small T one block per row leaves most SMs
 // idle while each row's block issues the whole row's arithmetic on one SM; a cluster issues it
 // on C SMs, at a fixed cost (the cluster's launch, and each reduction's exchange through
 // distributed shared memory) that does not grow with H. C is the split into blocks of two row
@@ -296,7 +297,7 @@ int FewerPairClusterBlocks(const RowLayout& layout, int64_t tokens, int64_t sms)
   return 1;
 }
 
-LocalRowOwner ClusterRule(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int64_t sms,
+LocalRowOwner RowOwnerRule(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int64_t sms,
                           const RowOwnerCapacity& capacity) {
   if (HasPackedRows(layout)) {
     const bool packed = PackedRowLanes(layout) > 32 ||
@@ -391,12 +392,12 @@ StatusOr<int64_t> CapacityOnDevice(const DeviceFacts& device, const AllreduceRms
   return int64_t{clusters};
 }
 
-// The measured rule (ClusterRule) for a validated spec, with the capacities of `device`.
+// The measured rule (RowOwnerRule) for a validated spec, with the capacities of `device`.
 StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceRmsnormSpec& spec,
                                      const RowLayout& layout, KernelRecipe recipe, int64_t tokens,
                                      const LaunchOptions& options) {
   Status failed;
-  const LocalRowOwner choice = ClusterRule(spec, layout, tokens, device.sms, [&](const LocalRowOwner& owner) -> int64_t {
+  const LocalRowOwner choice = RowOwnerRule(spec, layout, tokens, device.sms, [&](const LocalRowOwner& owner) -> int64_t {
     StatusOr<int64_t> at_once = CapacityOnDevice(device, spec, layout, recipe, owner, options);
     if (at_once.ok()) return *at_once;
     if (failed.ok()) failed = at_once.status();
@@ -430,7 +431,7 @@ Status LaunchPackedRows(const AllreduceRmsnormSpec& spec, const RowLayout& layou
 
 LocalRowOwner LocalRowOwnerRule(const AllreduceRmsnormSpec& spec, int64_t tokens, int sms,
                                 const RowOwnerCapacity& capacity) {
-  return ClusterRule(spec, MakeRowLayout(spec.hidden), tokens, sms, capacity);
+  return RowOwnerRule(spec, MakeRowLayout(spec.hidden), tokens, sms, capacity);
 }
 
 StatusOr<LocalRowOwner> LocalRowOwnerOnDevice(const AllreduceRmsnormSpec& spec, int64_t tokens,
