@@ -21,8 +21,9 @@
 // fp8_token after the row's max), with their scale stores.
 //
 // --owners [H,...] [T,...]: the launcher under each row owner it can be forced to (one block, a
-// cluster, rows packed into warps, the pair cluster at each size), checked bitwise against its own pick and timed beside
-// it, and how many of each run at once: the measurements behind the launcher's rule (RowOwnerRule).
+// cluster, packed rows, the pair cluster at each size), checked bitwise against its own pick and
+// timed beside it, and how many of each run at once: the measurements behind the launcher's rule
+// (RowOwnerRule).
 //
 // --grid [H,...] [T,...]: one block per row against fewer blocks striding over the rows (TimeGrids).
 //
@@ -694,9 +695,9 @@ int AllocateTimingSets(const AllreduceRmsnormSpec& spec, int64_t T, const cudaDe
 
 // --owners: the launcher (LaunchLocalAllreduceRmsnorm) under each row owner it can be forced to,
 // against its own rule ("auto"), on the sets and graphs of the timing below: one block per row,
-// the cluster of ClusterBlocks blocks a thread per row thread (ClusterRow), rows of one warp
-// packed into warps (PackedRows), and, for rows of two
-// vectors per row thread, the pair cluster at each size c = 2..8 dividing the row's warps. Each
+// the cluster of ClusterBlocks blocks a thread per row thread (ClusterRow), rows of one or two
+// warps packed into blocks (PackedRows; "at once" counts its blocks of 8 warps), and, for rows
+// of two vectors per row thread, the pair cluster at each size c = 2..8 dividing the row's warps. Each
 // forced launch is checked first against the rule's output (bitwise), so a figure is never of a
 // wrong kernel. Prints µs per op and the ratio to auto; "-" where the owner does not apply.
 void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, cudaStream_t stream,

@@ -572,15 +572,15 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
   // 1. a = round(sum of partials in rank order).
   TPFUSE_ASSIGN_OR_RETURN(HostTensor a, AllreduceSum(partials));
   const int64_t rows = a.dim(0), hidden = spec.hidden;
-  // 1b. a' = round(a * sum_scale) (f32 product), where the graph scaled a before the add.
-  HostTensor scaled = a;
+  // 1b. a' = round(a * sum_scale) (f32 product), where the graph scaled a before the add; held
+  // in h, which step 2 turns into a' + residual.
+  HostTensor h = a;
   if (spec.sum_scale != 1.0f) {
-    for (int64_t i = 0; i < a.numel(); ++i) scaled.SetF32(i, a.GetF32(i) * spec.sum_scale);
+    for (int64_t i = 0; i < a.numel(); ++i) h.SetF32(i, a.GetF32(i) * spec.sum_scale);
   }
   // 2. h = a' + residual in f32; residual_out = round(h); the norm reads round(h) or, with
   // rounding.norm_input_f32, the f32 h itself.
-  HostTensor h = scaled;
-  std::vector<float> u = Decode(scaled);
+  std::vector<float> u = Decode(h);
   if (residual) {
     for (int64_t i = 0; i < a.numel(); ++i) {
       const float sum = u[size_t(i)] + residual->GetF32(i);
