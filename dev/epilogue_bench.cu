@@ -31,7 +31,8 @@
 // outputs together, at least 4 sets), the L2 overwritten before each replay (as `tpfuse bench`:
 // no set is read from the L2), 5 warm-up replays, median of 30 replays, per op.
 // Bytes (minimum): read x and residual (2 x 2 B), write residual_out (2 B), q (1 B), norm (2 B,
-// fp8_group only: "+ norm"), scales (4 B per group), none: norm (2 B).
+// fp8_group only: "+ norm"), scales (4 B per group), none: norm (2 B); "nores" (--grid's norm
+// alone): no residual read or written.
 //
 // Build (see dev/README.md): nvcc -O3 -std=c++20 -gencode arch=compute_90a,code=sm_90a ...
 #include <cuda_runtime.h>
@@ -84,6 +85,7 @@ struct Case {
   float weight_bias = 0.0f;
   DType wdtype = DType::kBF16;
   Recipe recipe;
+  bool residual = true;  // false: the norm alone (no residual in or out)
 };
 
 AllreduceRmsnormSpec SpecOf(const Case& c) {
@@ -92,14 +94,14 @@ AllreduceRmsnormSpec SpecOf(const Case& c) {
   s.weight_dtype = c.wdtype;
   s.hidden = c.H;
   s.local = true;
-  s.has_residual = true;
+  s.has_residual = c.residual;
   s.eps = 1e-6f;
   s.weight_bias = c.weight_bias;
   s.quant = c.quant;
   s.group_size = c.H % 128 == 0 ? 128 : 64;  // H 2880 = 45 groups of 64
   s.scale_layout = c.col ? ScaleLayout::kCol : ScaleLayout::kRow;
   s.scale_fmt = c.ue8m0 ? ScaleFormat::kUe8m0 : ScaleFormat::kF32;
-  s.emit.residual = true;
+  s.emit.residual = c.residual;
   s.emit.norm = c.quant == QuantMode::kNone || c.norm_with_quant;
   s.emit.quant = c.quant != QuantMode::kNone;
   s.rounding.norm_input_f32 = c.recipe.norm_f32;
@@ -203,7 +205,8 @@ struct Buffers {
 
 size_t MinBytes(const AllreduceRmsnormSpec& spec, int64_t T) {
   const size_t e = size_t(T * spec.hidden);
-  size_t bytes = 4 * e + 2 * e;                       // x, residual in; residual_out
+  size_t bytes = 2 * e;                                   // x
+  if (spec.has_residual) bytes += 4 * e;                  // residual in, residual_out
   if (spec.emit.norm) bytes += 2 * e;
   if (spec.emit.quant) bytes += e + 4 * size_t(spec.ScaleElements(T)) * IsDynamicQuant(spec.quant);
   return bytes;
@@ -377,6 +380,7 @@ void Launch(cuda::FusedKernelFn fn, const cuda::FusedKernelParams& p, int64_t gr
 std::string CaseName(const Case& c) {
   std::string n = std::string(QuantModeName(c.quant));
   if (c.norm_with_quant) n += "+norm";
+  if (!c.residual) n += " nores";
   return n;
 }
 
@@ -546,10 +550,10 @@ void PrintPhases(const Case& c, bool cluster, cudaStream_t stream, float cycles_
 FusedBuffers FusedBuffersOf(const AllreduceRmsnormSpec& spec, const Set& s, const Buffers& b) {
   FusedBuffers fb;
   fb.x = s.x;
-  fb.residual = s.res;
+  fb.residual = spec.has_residual ? s.res : nullptr;
   fb.weight = b.w;
   fb.scale = spec.quant == QuantMode::kFp8Tensor ? b.scale : nullptr;
-  fb.residual_out = s.res_out;
+  fb.residual_out = spec.emit.residual ? s.res_out : nullptr;
   fb.norm_out = spec.emit.norm ? s.norm : nullptr;
   fb.quant_out = spec.emit.quant ? s.q : nullptr;
   fb.scale_out = spec.emit.quant && IsDynamicQuant(spec.quant) ? s.s : nullptr;
@@ -784,8 +788,10 @@ void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, 
 
 // --grid [H,...] [T,...]: one block per row (the launcher's grid of T blocks) against the same
 // kernel on fewer blocks striding over the rows (LaunchOptions::max_row_owners = k x the blocks
-// that run at once), quant none and fp8_group + norm, with the residual: where a row is one or
-// two warps, whether the cost of starting T blocks, not the bytes, sets the time. Each grid is
+// that run at once), quant none without the residual (the norm alone) and with it, and
+// fp8_group + norm with it: where a row is one or two warps, whether the cost of starting T
+// blocks, not the bytes, sets the time; where a row is long, whether striding blocks, which
+// load their next row while reducing this one, keep more bytes in flight. Each grid is
 // checked bitwise against one block per row; the copy of the same bytes beside them.
 void TimeGrids(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, cudaStream_t stream,
                const cudaDeviceProp& prop) {
@@ -796,7 +802,9 @@ void TimeGrids(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, c
   for (int k : ks) std::printf(" %8dx %6s", k, "");
   std::printf(" %9s %7s\n", "copy", "best/cp");
   for (int64_t H : hs) {
-    for (Case c : {Case{H, QuantMode::kNone, false}, Case{H, QuantMode::kFp8Group, true}}) {
+    Case alone{H, QuantMode::kNone, false};
+    alone.residual = false;
+    for (Case c : {alone, Case{H, QuantMode::kNone, false}, Case{H, QuantMode::kFp8Group, true}}) {
       const AllreduceRmsnormSpec spec = SpecOf(c);
       const StatusOr<int64_t> at_once = cuda::LocalRowOwnerCapacity(spec, {cuda::RowOwner::kBlock, 1});
       if (!at_once.ok()) continue;

@@ -80,6 +80,34 @@ std::string RunAndCompare(const AllreduceRmsnormSpec& spec, int64_t tokens, uint
   return RunAndCompareInputs(spec, tokens, MakeFusedInputs(spec, tokens, /*world_size=*/1, seed), options);
 }
 
+// As RunAndCompare, with the outputs written over their inputs as in-place callers do:
+// residual_out over the residual, the norm over x. The results are read back from the inputs'
+// buffers into the outputs' for Download.
+Status LaunchInPlace(const AllreduceRmsnormSpec& spec, int64_t tokens, const FusedInputs& in,
+                     const cuda::LaunchOptions& options, LocalCall& call) {
+  TPFUSE_RETURN_IF_ERROR(Prepare(spec, in, tokens, call));
+  const size_t norm = spec.emit.allreduce ? 1 : 0, residual = norm + (spec.emit.norm ? 1 : 0);
+  if (spec.emit.norm) call.buffers.norm_out = call.x.get();
+  if (spec.emit.residual) call.buffers.residual_out = call.residual.get();
+  TPFUSE_RETURN_IF_ERROR(cuda::LaunchLocalAllreduceRmsnorm(spec, tokens, call.buffers, /*stream=*/nullptr, options));
+  if (spec.emit.norm)
+    TPFUSE_CUDA_CHECK(cudaMemcpy(call.outputs[norm].get(), call.x.get(), call.host_outputs[norm].nbytes(),
+                                 cudaMemcpyDeviceToDevice));
+  if (spec.emit.residual)
+    TPFUSE_CUDA_CHECK(cudaMemcpy(call.outputs[residual].get(), call.residual.get(),
+                                 call.host_outputs[residual].nbytes(), cudaMemcpyDeviceToDevice));
+  return Download(call);
+}
+
+std::string RunInPlaceAndCompare(const AllreduceRmsnormSpec& spec, int64_t tokens, uint64_t seed,
+                                 const cuda::LaunchOptions& options) {
+  const FusedInputs in = MakeFusedInputs(spec, tokens, /*world_size=*/1, seed);
+  LocalCall call;
+  const Status st = LaunchInPlace(spec, tokens, in, options, call);
+  if (!st.ok()) return "launch: " + st.ToString();
+  return BitwiseDiff(call.host_outputs, OracleOutputs(spec, in));
+}
+
 AllreduceRmsnormSpec LocalSpec(int64_t hidden, QuantMode quant, bool residual) {
   AllreduceRmsnormSpec s;
   s.local = true;
@@ -365,6 +393,29 @@ TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
   const StatusOr<int64_t> at_once = cuda::LocalRowOwnerCapacity(LocalSpec(64, QuantMode::kNone, true), {cuda::RowOwner::kPacked, 1});
   ASSERT_TRUE(at_once.ok()) << at_once.status().ToString();
   EXPECT_GT(*at_once, 0);
+}
+
+// Outputs written over their inputs (the residual over the residual, the norm over x), as
+// in-place callers do, against the oracle: whatever owns a row reads the row's inputs before it
+// writes its outputs, and reads no other row's after they are written. Packed rows at H 64 and
+// 512, one block per row at one and two vectors per thread, quant none and fp8_group + norm; the
+// launcher's grid, and three owners striding; the rule's own choice at many rows.
+TEST_F(LocalFusedTest, InPlaceOutputsAreBitwiseTheOracle) {
+  uint64_t seed = 9700;
+  for (int64_t h : {64, 512, 1536, 4096})
+    for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Group})
+      for (cuda::RowOwner owner : {cuda::RowOwner::kAuto, h <= 512 ? cuda::RowOwner::kPacked : cuda::RowOwner::kBlock})
+        for (int64_t max_owners : {0, 3}) {
+          const AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+          cuda::LaunchOptions options;
+          options.row_owner = owner;
+          options.max_row_owners = max_owners;
+          for (int64_t t : {1, 37, 1001, 20000}) {
+            if (t == 20000 && (owner != cuda::RowOwner::kAuto || max_owners != 0 || h > 512)) continue;
+            EXPECT_EQ(RunInPlaceAndCompare(s, t, seed++, options), "")
+                << Describe(s, t) << OwnerName(owner) << " owners " << max_owners;
+          }
+        }
 }
 
 // The rule's owner and cluster size (no GPU needed) on a GPU of 132 SMs. Where every cluster runs
