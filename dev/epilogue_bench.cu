@@ -85,7 +85,8 @@ struct Case {
   float weight_bias = 0.0f;
   DType wdtype = DType::kBF16;
   Recipe recipe;
-  bool residual = true;  // false: the norm alone (no residual in or out)
+  bool residual = true;  // false: the norm alone (no residual in or out); --grid's case only (the
+                         // phases, the timing modes and CheckCase read and check the residual)
 };
 
 AllreduceRmsnormSpec SpecOf(const Case& c) {
@@ -790,8 +791,8 @@ void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, 
 // kernel on fewer blocks striding over the rows (LaunchOptions::max_row_owners = k x the blocks
 // that run at once), quant none without the residual (the norm alone) and with it, and
 // fp8_group + norm with it: where a row is one or two warps, whether the cost of starting T
-// blocks, not the bytes, sets the time; where a row is long, whether striding blocks, which
-// load their next row while reducing this one, keep more bytes in flight. Each grid is
+// blocks, not the bytes, sets the time; where a row is long, what striding blocks cost or gain
+// against a block per row (NOTES.md, runs 54 and 56). Each grid is
 // checked bitwise against one block per row; the copy of the same bytes beside them.
 void TimeGrids(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, cudaStream_t stream,
                const cudaDeviceProp& prop) {
