@@ -417,7 +417,7 @@ __device__ __forceinline__ void Stamp(long long* stamps, int i) {
 // is run twice, the second time into stamps + kStamps (the same code again: instruction caches
 // warm).
 template <int kVec, QuantMode kQuant, typename Span>
-__global__ void __launch_bounds__(cuda::kSpanMaxThreads<Span>, cuda::kSpanMinBlocks<Span, kVec>)
+__global__ void __launch_bounds__(cuda::kSpanMaxThreads<Span>, cuda::kSpanMinBlocks<Span, kVec, cuda::RuntimeRecipe>)
     PhaseKernel(const cuda::FusedKernelParams p, long long* all_stamps) {
   using T = __nv_bfloat16;
   long long* stamps = all_stamps;

@@ -309,16 +309,17 @@ TEST_F(LocalFusedTest, BlockAndClusterRowOwnersAreBitwiseTheOracle) {
 }
 
 // Rows packed into blocks (rows of one or two warps, H <= 512): groups of 8 lanes (H 8-64, four
-// rows per warp), 16 (H 72-128, two), 32 (H 136-256, one) and two warps (H 264-512, their sums
-// through shared memory), against the oracle. T from 1 to more rows than a warp holds, not a
-// multiple of the rows per warp (a warp whose groups end at different rows), and past the rows
-// the launcher's blocks take at once (each block striding); three blocks striding too (a row of
-// two warps reusing its shared memory and barrier). Every quant mode, every group size the row
-// divides (row-major and column-major scales, f32 and ue8m0), f16, both recipes' kernels, the
-// run-time recipe's forms.
+// rows per warp), 16 (H 72-128, two), 32 (H 136-256, one), and a warp holding a row of two warps'
+// layout at two vectors per lane (H 264-512, its two sums of squares apart until each warp sum),
+// against the oracle. T from 1 to more rows than a warp holds, not a multiple of the rows per
+// warp (a warp whose groups end at different rows), and past the rows the launcher's blocks take
+// at once (each block striding); three blocks striding too. Every quant mode, every group size
+// the row divides (row-major and column-major scales, f32 and ue8m0; groups within each of a
+// lane's two vectors at H 384 and 512), f16, both recipes' kernels, the run-time recipe's forms
+// (at H 264-512 held in registers at two vectors per thread).
 TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
   uint64_t seed = 9300;
-  for (int64_t h : {8, 24, 64, 96, 128, 136, 200, 256, 264, 384, 512})
+  for (int64_t h : {8, 24, 64, 96, 128, 136, 200, 256, 264, 296, 384, 504, 512})
     for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
       for (bool residual : {true, false})
         for (int64_t max_owners : {0, 3}) {
@@ -332,7 +333,7 @@ TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
             EXPECT_EQ(RunAndCompare(s, t, seed++, options), "") << Describe(s, t) << " owners " << max_owners;
           }
         }
-  for (int64_t h : {64, 128, 256, 512})
+  for (int64_t h : {64, 128, 256, 384, 512})
     for (int g : {8, 16, 32, 64, 128, 256})
       for (ScaleLayout layout : {ScaleLayout::kRow, ScaleLayout::kCol})
         for (ScaleFormat fmt : {ScaleFormat::kF32, ScaleFormat::kUe8m0}) {
@@ -356,12 +357,12 @@ TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
           options.fixed_recipes = fixed;
           EXPECT_EQ(RunAndCompare(s, 77, seed++, options), "") << Describe(s, 77) << (fixed ? " fixed" : " run-time");
         }
-  // The run-time recipe's forms (one vector per thread: the weights held in registers, f32 ones
-  // too): the weight in another dtype, a weight bias in f32 and in the weight's dtype, the norm
-  // reading f32 h, the scale step swapped, ue8m0 scales.
+  // The run-time recipe's forms (the weights held in registers, f32 ones too): the weight in
+  // another dtype, a weight bias in f32 and in the weight's dtype, the norm reading f32 h, the
+  // scale step swapped, ue8m0 scales.
   for (int form = 0; form < 6; ++form)
     for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
-      for (int64_t h : {64, 200, 512}) {
+      for (int64_t h : {64, 200, 296, 512}) {
         AllreduceRmsnormSpec s = LocalSpec(h, q, true);
         s.group_size = 8;
         if (form == 0) s.weight_dtype = DType::kF32;
@@ -398,24 +399,26 @@ TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
 // Outputs written over their inputs (the residual over the residual, the norm over x), as
 // in-place callers do, against the oracle: whatever owns a row reads the row's inputs before it
 // writes its outputs, and reads no other row's after they are written. Packed rows at H 64 and
-// 512, one block per row at one and two vectors per thread, quant none and fp8_group + norm; the
-// launcher's grid, and three owners striding; the rule's own choice at many rows.
+// 512, one block per row at one and two vectors per thread, quant none and fp8_group + norm,
+// with the residual and the norm alone (over x only); the launcher's grid, and three owners
+// striding; the rule's own choice at many rows.
 TEST_F(LocalFusedTest, InPlaceOutputsAreBitwiseTheOracle) {
   uint64_t seed = 9700;
   for (int64_t h : {64, 512, 1536, 4096})
     for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Group})
       for (cuda::RowOwner owner : {cuda::RowOwner::kAuto, h <= 512 ? cuda::RowOwner::kPacked : cuda::RowOwner::kBlock})
-        for (int64_t max_owners : {0, 3}) {
-          const AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
-          cuda::LaunchOptions options;
-          options.row_owner = owner;
-          options.max_row_owners = max_owners;
-          for (int64_t t : {1, 37, 1001, 20000}) {
-            if (t == 20000 && (owner != cuda::RowOwner::kAuto || max_owners != 0 || h > 512)) continue;
-            EXPECT_EQ(RunInPlaceAndCompare(s, t, seed++, options), "")
-                << Describe(s, t) << OwnerName(owner) << " owners " << max_owners;
+        for (int64_t max_owners : {0, 3})
+          for (bool residual : {true, false}) {
+            const AllreduceRmsnormSpec s = LocalSpec(h, q, residual);
+            cuda::LaunchOptions options;
+            options.row_owner = owner;
+            options.max_row_owners = max_owners;
+            for (int64_t t : {1, 37, 1001, 20000}) {
+              if (t == 20000 && (owner != cuda::RowOwner::kAuto || max_owners != 0 || h > 512)) continue;
+              EXPECT_EQ(RunInPlaceAndCompare(s, t, seed++, options), "")
+                  << Describe(s, t) << OwnerName(owner) << " owners " << max_owners;
+            }
           }
-        }
 }
 
 // The rule's owner and cluster size (no GPU needed) on a GPU of 132 SMs. Where every cluster runs

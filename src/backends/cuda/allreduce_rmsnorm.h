@@ -42,7 +42,8 @@ enum class RowOwner : uint8_t {
   kClusterPair,  // one cluster per row, two threads per row thread (ClusterPairRow); as kCluster,
                  // and kUnimplemented for rows of other than two vectors per row thread
   kPacked,  // rows of one or two warps packed into blocks of 1-8 warps: 4, 2 or 1 rows per warp,
-            // or two warps per row (PackedRows); kUnimplemented for larger rows (H > 512)
+            // and rows of two warps' layout two warps per row, or a warp per row from 4096 rows
+            // (PackedRows); kUnimplemented for larger rows (H > 512)
 };
 
 struct LaunchOptions {
@@ -93,9 +94,9 @@ struct LocalRowOwner {
 };
 
 // How many row owners of `owner`'s kind and size (blocks, or clusters of owner.cluster_blocks
-// blocks; with kPacked, blocks of 8 warps) the local epilogue's kernel for `spec` runs at once on
-// the current device; 0 where the device or the build runs no clusters. kInvalidArgument for an
-// owner the row has no split for.
+// blocks; with kPacked, blocks of 8 warps of the kernel many rows take) the local epilogue's
+// kernel for `spec` runs at once on the current device; 0 where the device or the build runs no
+// clusters. kInvalidArgument for an owner the row has no split for.
 StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const LocalRowOwner& owner,
                                         const LaunchOptions& options = {});
 

@@ -206,22 +206,29 @@ struct BlockRow {
 inline constexpr int kMaxPackedBlockThreads = 256;
 
 // Rows packed into blocks, for rows of one or two warps' layout (H <= 512: common/row_layout.h):
-// each aligned group of kRowLanes threads (8, 16, 32 or 64, at least the row's vectors, one per
-// thread) owns a row, row thread t being thread t of its group, so a block holds
+// each aligned group of kRowLanes threads (8, 16, 32 or 64) owns a row, so a block holds
 // blockDim / kRowLanes rows at once where one block per row would start a block of one or two
 // warps per row (measured: at 4096 rows and more the blocks' start, not the bytes, set one block
 // per row's time; docs/kernels.md). Group g of block b runs rows b x (groups per block) + g, then
-// on by the grid's groups.
-// Groups of a warp or less (H <= 256): the layout's row threads past kRowLanes own no vector of
-// the row (vecs <= kRowLanes), so Threads() is the layout's 32, and a row's values never leave
-// its group: a reduction is a butterfly (or an integer reduction) over the group's lanes, under
-// the group's lane mask, as cooperative groups' tiles reduce; a group whose rows have ended exits
-// without the others. The sum keeps the layout's order: the butterfly's levels at offsets >=
-// kRowLanes would add the sums of lanes that own no vector, +0, and s + (+0) = s for every sum of
-// squares (>= +0 or NaN).
-// Groups of two warps (H 264-512): the layout's two warps, each reducing as a warp does, then
-// the row's warp values through shared memory in warp order (CombineWarps, as one block per
-// row), behind a named barrier of the group's 64 threads (barrier 1 + the group's index).
+// on by the grid's groups. Thread() and Threads() index the layout's row threads: a thread's
+// vector k is the row's vector Thread() + k x Threads().
+// - Groups of a warp or less (H <= 256, one vector per thread): the layout's row threads past
+//   kRowLanes own no vector of the row (vecs <= kRowLanes), so Threads() is the layout's 32, and a
+//   row's values never leave its group: a reduction is a butterfly (or an integer reduction) over
+//   the group's lanes, under the group's lane mask, as cooperative groups' tiles reduce; a group
+//   whose rows have ended exits without the others. The sum keeps the layout's order: the
+//   butterfly's levels at offsets >= kRowLanes would add the sums of lanes that own no vector,
+//   +0, and s + (+0) = s for every sum of squares (>= +0 or NaN).
+// - Rows of two warps' layout (H 264-512), two ways:
+//   - a warp per row at two vectors per thread (kRowLanes 32, kVec 2): lane l holds the layout's
+//     row threads l (vector 0) and 32 + l (vector 1), one of each of its warps. Their sums of
+//     squares stay apart, each reduced by the warp's butterfly as its layout warp reduces it, then
+//     added in warp order (RowSumOfParts): the layout's order, in registers;
+//   - groups of two warps (kRowLanes 64, one vector per thread): the layout's two warps, each
+//     reducing as a warp does, then the row's warp values through shared memory in warp order
+//     (CombineWarps, as one block per row), behind a named barrier of the group's 64 threads
+//     (barrier 1 + the group's index). Each row's chain is half as long: faster at small T, where
+//     a row's latency sets the time (the launcher's PackedRowLanes).
 // NOTE: a reduction row of shared memory is used again two rows later (slot parity): a warp that
 // stores row i + 2's value has passed row i + 1's barrier, which its partner reaches only after
 // reading row i's values (as BlockSum's __syncthreads).
@@ -514,7 +521,8 @@ __device__ __forceinline__ unsigned RowLaneMask() {
 // says; a cluster's blocks have at most two row warps (the launcher's ClusterBlocks), a pair
 // cluster's at most kMaxThreads; they run a few per SM at the small T the clusters serve, so
 // their registers are not capped for occupancy. Packed rows (PackedRows) have at most
-// kMaxPackedBlockThreads and the register cap of one block per row at one vector per thread.
+// kMaxPackedBlockThreads and the register cap of one block per row at one vector per thread (64),
+// except the run-time recipe at two vectors per thread, which spills there: three blocks (85).
 template <typename Span>
 constexpr int SpanMaxThreads() {
   if constexpr (kPairSpan<Span>) return Span::kMaxThreads;
@@ -523,10 +531,15 @@ constexpr int SpanMaxThreads() {
 }
 template <typename Span>
 inline constexpr int kSpanMaxThreads = SpanMaxThreads<Span>();
-template <typename Span, int kVec>
-inline constexpr int kSpanMinBlocks = kClusterSpan<Span> ? 1
-                                      : kPackedSpan<Span> ? kMinBlocksPerSm<1> * kMaxRowThreads / kMaxPackedBlockThreads
-                                                            : kMinBlocksPerSm<kVec>;
+template <typename Span, int kVec, typename Recipe>
+constexpr int SpanMinBlocks() {
+  if constexpr (kClusterSpan<Span>) return 1;
+  else if constexpr (kPackedSpan<Span>)
+    return kVec > 1 && std::is_same_v<Recipe, RuntimeRecipe> ? 3 : kMinBlocksPerSm<1> * kMaxRowThreads / kMaxPackedBlockThreads;
+  else return kMinBlocksPerSm<kVec>;
+}
+template <typename Span, int kVec, typename Recipe>
+inline constexpr int kSpanMinBlocks = SpanMinBlocks<Span, kVec, Recipe>();
 
 // BlockRow's reductions, one function per operation: a version generic over the operation
 // changed ptxas's register allocation and measured 3-5 % slower for fp8_group at T >= 256
@@ -565,6 +578,24 @@ template <typename Span>
 __device__ __forceinline__ float RowMax(float v, float (*smem)[32], int slot) {
   if constexpr (std::is_same_v<Span, BlockRow>) return BlockMax(v, smem + 2, slot);
   else return Span::Reduce(v, MaxOp{}, smem, 2 + slot);
+}
+
+// The row's sum of a thread's sums of squares kept in kParts parts: one part (RowSum), or, for
+// packed rows of two warps' layout (kSumParts), part k the layout's row thread 32 k + lane,
+// reduced over the warp as layout warp k reduces it, the warps' sums then added in order.
+template <typename Span, int kVec>
+inline constexpr int kSumParts = kPackedSpan<Span> ? kVec : 1;
+template <typename Span, int kParts>
+__device__ __forceinline__ float RowSumOfParts(const float (&parts)[kParts], float (*smem)[32], int slot) {
+  if constexpr (kParts == 1) {
+    return RowSum<Span>(parts[0], smem, slot);
+  } else {
+    static_assert(std::is_same_v<Span, PackedRows<32>>, "parts of a sum: a warp per row of two warps' layout");
+    float warp_sums[kParts];
+#pragma unroll
+    for (int k = 0; k < kParts; ++k) warp_sums[k] = WarpReduce(parts[k], SumOp{});
+    return CombineWarps(warp_sums, kParts, SumOp{});
+  }
 }
 
 // Max over aligned groups of `lanes` consecutive lanes (lanes a power of two <= 32, the same in
@@ -863,8 +894,12 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   float bound_m = 0.0f;  // max |u_i w'_i| over the thread's vectors (AmaxBoundOf)
 
   // ---- step 2: h = a + residual; emit a and round(h); the sum of squares of the norm's input
-  // u, held in registers for step 3 (at most four vectors per thread).
-  float sum_sq = 0.0f;
+  // u (in parts where a thread holds several of the layout's row threads: RowSumOfParts), u
+  // held in registers for step 3 (at most four vectors per thread).
+  constexpr int kParts = kSumParts<Span, kVec>;
+  float sum_sq[kParts];
+#pragma unroll
+  for (int k = 0; k < kParts; ++k) sum_sq[k] = 0.0f;
   float u[kVec][kVecElems];
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
@@ -874,8 +909,9 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     NormInput<T, Recipe>(p, a[k], res[k], u[k],
                          p.residual_out && in_row[k] ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
     if constexpr (!kPairSpan<Span>) {
+      float& part = sum_sq[kParts == 1 ? 0 : k];
 #pragma unroll
-      for (int i = 0; i < kVecElems; ++i) sum_sq = __fadd_rn(sum_sq, __fmul_rn(u[k][i], u[k][i]));
+      for (int i = 0; i < kVecElems; ++i) part = __fadd_rn(part, __fmul_rn(u[k][i], u[k][i]));
     }
     if (kAmaxBound && amax_bound) {
       float wv[kVecElems];
@@ -891,7 +927,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) squares[i] = __fmul_rn(u[0][i], u[0][i]);
     const float2 chained = Span::ChainSum(squares, bound_m, slot);
-    sum_sq = chained.x;
+    sum_sq[0] = chained.x;
     bound_m = chained.y;
   }
   // fp8_tensor's reciprocal scale does not wait for the row's sum.
@@ -900,18 +936,18 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   // ---- step 3: y = round(u * r * w'), r = 1 / sqrt(mean(u^2) + eps); step 4 (FP8) follows
   // each vector at once where its scale is known by then (tensor: static), and otherwise after
   // the thread's y are all computed (group: the groups' lanes; token: the row).
-  probe(RowPhase::kOwnSum, sum_sq);
+  probe(RowPhase::kOwnSum, sum_sq[0]);
   float total;
   if constexpr (kAmaxBound) {
     if (amax_bound) {
-      const float2 sum_and_bound = Span::ReduceSumAndMax(sum_sq, bound_m, smem, slot);
+      const float2 sum_and_bound = Span::ReduceSumAndMax(sum_sq[0], bound_m, smem, slot);
       total = sum_and_bound.x;
       bound_m = sum_and_bound.y;
     } else {
-      total = RowSum<Span>(sum_sq, smem, slot);
+      total = RowSum<Span>(sum_sq[0], smem, slot);
     }
   } else {
-    total = RowSum<Span>(sum_sq, smem, slot);
+    total = RowSumOfParts<Span>(sum_sq, smem, slot);
   }
   probe(RowPhase::kBlockSum, total);
   const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(total, float(p.hidden)), p.eps)));
@@ -1326,15 +1362,16 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 // Grid: one block per row (a grid-stride loop covers T beyond the grid); block: blockDim threads
 // fixed by H (common/row_layout.h), kVec vectors each. With rows packed (PackedRows, rows of
 // one or two warps' layout): blocks of 1-8 warps, each warp holding 1, 2 or 4 rows at once, or
-// two warps one. With a cluster owner (small T): one
-// cluster of C blocks per row, each block holding 1/C of the row's threads (ClusterRow), or of
+// two warps one, or a warp one of two warps' layout at kVec = 2. With a cluster owner (small T):
+// one cluster of C blocks per row, each block holding 1/C of the row's threads (ClusterRow), or of
 // the row threads' vectors at one per thread (ClusterPairRow, kVec = 1 for rows of two vectors
 // per row thread), launched with cluster dimension C (the launcher's ClusterBlocks). Several
 // blocks per SM keep rows in flight while others compute (docs/kernels.md). Shared memory:
 // 4 x 32 floats (reductions), with BlockRow the 16-bit weights staged (kVec > 1), with a cluster
 // 4 mbarriers (and ClusterPairRow's hand-off). Weights in registers: with BlockRow at one vector
 // per thread, with a cluster at any (its registers are not capped for occupancy, and a row at
-// small T does not wait for shared memory).
+// small T does not wait for shared memory), with packed rows at one or two (a packed block's
+// rows would all copy their weights into the one staged row).
 // Synchronization: the row reductions only (__syncthreads; with a cluster, st.async into the
 // cluster's blocks and an mbarrier per reduction, plus one cluster barrier at the start that
 // publishes the mbarriers, and ClusterPairRow's named barrier per warp pair; packed rows: the
@@ -1346,10 +1383,10 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 // arithmetic starts.
 // Preconditions: H % 8 == 0 and HasRowLayout(H); pointers 16-byte aligned (scales 4-byte).
 template <typename T, int kVec, QuantMode kQuant, typename Span = BlockRow, typename Recipe = RuntimeRecipe>
-__global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kVec>)
+__global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kVec, Recipe>)
     AllreduceEpilogueKernel(const FusedKernelParams p) {
   __shared__ __align__(8) float smem[4][32];  // 8: the clusters' ReduceSumAndMax pairs
-  constexpr bool kHeldWeights = kVec == 1 || kClusterSpan<Span>;
+  constexpr bool kHeldWeights = kVec == 1 || kClusterSpan<Span> || kPackedSpan<Span>;
   __shared__ uint4 weight_vectors[kHeldWeights ? 1 : kVec * kMaxRowThreads];
   Span::Arrive();
   RowWeights<kVec, kHeldWeights, Span, Recipe> weights;

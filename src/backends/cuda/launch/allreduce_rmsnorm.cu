@@ -219,16 +219,30 @@ constexpr int64_t kPackedMinRowsDynamic = 1024;
 // Whether rows can be packed (PackedRows): rows of one or two warps at one vector per thread.
 bool HasPackedRows(const RowLayout& layout) { return layout.threads <= 64 && layout.vecs_per_thread == 1; }
 
-// Threads of a packed row's group: the fewest of 8, 16, 32 and 64 that hold its vectors.
-int PackedRowLanes(const RowLayout& layout) {
-  return layout.vecs <= 8 ? 8 : layout.vecs <= 16 ? 16 : layout.vecs <= 32 ? 32 : 64;
+// Rows of two warps' layout take a warp per row, at two vectors per thread, from this row count
+// on, and groups of two warps below (PackedRows). Measured on one H200 at H 384 and 512 against
+// groups of two warps (docs/perf/h200x1/NOTES.md, runs 60-61): from 4096 rows the norm alone
+// 0.70-0.87 x their time, with the residual 0.81-0.97 x at H 384 and 0.95-1.04 x at H 512 (1.02-
+// 1.04 x only for quant none from 65536 rows); at 512-2048 rows with the residual 0.97-1.07 x
+// (fp8_group 1.02-1.07 x), at 1-256 rows 0.99-1.16 x (a row's chain twice as long on one warp).
+constexpr int64_t kPackedWarpRowsMinRows = 4096;
+
+// Threads of a packed row's group for T rows: the fewest of 8, 16 and 32 that hold its vectors at
+// one per thread, and for rows of two warps' layout 32 (a warp, two vectors per thread) or 64.
+int PackedRowLanes(const RowLayout& layout, int64_t tokens) {
+  if (layout.vecs > 32) return tokens >= kPackedWarpRowsMinRows ? 32 : 64;
+  return layout.vecs <= 8 ? 8 : layout.vecs <= 16 ? 16 : 32;
 }
+
+// Vectors per thread of a packed row in groups of `lanes`: two where a warp holds a row of two
+// warps' layout, else one.
+int PackedVecsPerThread(const RowLayout& layout, int lanes) { return lanes == 32 ? layout.threads / 32 : 1; }
 
 // Warps of a packed rows' block for T rows: one per SM (or one group of two warps) until every
 // SM has one, then up to kMaxPackedBlockThreads / 32, in whole groups, so small T spreads over
 // the SMs and large T starts few blocks.
 int PackedBlockWarps(const RowLayout& layout, int64_t tokens, int64_t sms) {
-  const int lanes = PackedRowLanes(layout);
+  const int lanes = PackedRowLanes(layout, tokens);
   const int group_warps = std::max(1, lanes / 32);
   const int64_t warps = (tokens * lanes + 31) / 32;
   const int64_t per_sm = std::clamp<int64_t>((warps + sms - 1) / sms, 1, kMaxPackedBlockThreads / 32);
@@ -300,7 +314,7 @@ int FewerPairClusterBlocks(const RowLayout& layout, int64_t tokens, int64_t sms)
 LocalRowOwner RowOwnerRule(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int64_t tokens, int64_t sms,
                           const RowOwnerCapacity& capacity) {
   if (HasPackedRows(layout)) {
-    const bool packed = PackedRowLanes(layout) > 32 ||
+    const bool packed = layout.threads > 32 ||
                         tokens >= (IsDynamicQuant(spec.quant) ? kPackedMinRowsDynamic : kPackedMinRowsStatic);
     return packed ? LocalRowOwner{RowOwner::kPacked, 1} : LocalRowOwner{};
   }
@@ -333,19 +347,23 @@ LocalRowOwner RowOwnerRule(const AllreduceRmsnormSpec& spec, const RowLayout& la
 }
 
 // The epilogue kernel of one recipe, by row owner (kBlock, kCluster, kClusterPair or kPacked) and, for
-// the pair, the blocks of its cluster (wider blocks than ClusterPairRow's run WideClusterPairRow).
+// the pair, the blocks of its cluster (wider blocks than ClusterPairRow's run WideClusterPairRow),
+// for packed rows the threads of a row's group (PackedRowLanes).
 template <KernelRecipe kRecipe>
 FusedKernelFn SelectEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& layout, RowOwner owner,
-                             int cluster_blocks) {
+                             int cluster_blocks, int packed_lanes) {
   const int v = layout.vecs_per_thread;
   switch (owner) {
-    case RowOwner::kPacked:
-      switch (PackedRowLanes(layout)) {
-        case 8: return SelectKernel<PackedEpilogueFamily<kRecipe, 8>>(spec.act_dtype, v, spec.quant);
-        case 16: return SelectKernel<PackedEpilogueFamily<kRecipe, 16>>(spec.act_dtype, v, spec.quant);
-        case 32: return SelectKernel<PackedEpilogueFamily<kRecipe, 32>>(spec.act_dtype, v, spec.quant);
-        default: return SelectKernel<PackedEpilogueFamily<kRecipe, 64>>(spec.act_dtype, v, spec.quant);
+    case RowOwner::kPacked: {
+      const int packed_v = PackedVecsPerThread(layout, packed_lanes);
+      switch (packed_lanes) {
+        case 8: return SelectKernel<PackedEpilogueFamily<kRecipe, 8>>(spec.act_dtype, packed_v, spec.quant);
+        case 16: return SelectKernel<PackedEpilogueFamily<kRecipe, 16>>(spec.act_dtype, packed_v, spec.quant);
+        case 32: return SelectKernel<PackedEpilogueFamily<kRecipe, 32>>(spec.act_dtype, packed_v, spec.quant);
+        case 64: return SelectKernel<PackedEpilogueFamily<kRecipe, 64>>(spec.act_dtype, packed_v, spec.quant);
+        default: return nullptr;
       }
+    }
     case RowOwner::kCluster: return SelectKernel<ClusterEpilogueFamily<kRecipe>>(spec.act_dtype, v, spec.quant);
     case RowOwner::kClusterPair:
       return 2 * layout.threads / cluster_blocks > ClusterPairRow::kMaxThreads
@@ -357,27 +375,31 @@ FusedKernelFn SelectEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& 
 
 // NOTE: a fixed recipe only for the local op (LocalKernelRecipe): its kernels read a = x.
 StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout, RowOwner owner,
-                                       KernelRecipe recipe, int cluster_blocks = 1) {
+                                       KernelRecipe recipe, int cluster_blocks = 1, int packed_lanes = 0) {
   FusedKernelFn kernel = nullptr;
   switch (recipe) {
     case KernelRecipe::kRuntime:
-      kernel = SelectEpilogue<KernelRecipe::kRuntime>(spec, layout, owner, cluster_blocks);
+      kernel = SelectEpilogue<KernelRecipe::kRuntime>(spec, layout, owner, cluster_blocks, packed_lanes);
       break;
-    case KernelRecipe::kFixed: kernel = SelectEpilogue<KernelRecipe::kFixed>(spec, layout, owner, cluster_blocks); break;
+    case KernelRecipe::kFixed:
+      kernel = SelectEpilogue<KernelRecipe::kFixed>(spec, layout, owner, cluster_blocks, packed_lanes);
+      break;
     case KernelRecipe::kFixedWeightAfterRound:
-      kernel = SelectEpilogue<KernelRecipe::kFixedWeightAfterRound>(spec, layout, owner, cluster_blocks);
+      kernel = SelectEpilogue<KernelRecipe::kFixedWeightAfterRound>(spec, layout, owner, cluster_blocks, packed_lanes);
       break;
   }
   if (!kernel) return Internal("no epilogue kernel for ", spec.ToString());
   return kernel;
 }
 
-// LocalRowOwnerCapacity for a validated spec and an owner its row has.
+// LocalRowOwnerCapacity for a validated spec and an owner its row has (packed rows: the kernel
+// of many rows, whose blocks stride over them).
 StatusOr<int64_t> CapacityOnDevice(const DeviceFacts& device, const AllreduceRmsnormSpec& spec,
                                    const RowLayout& layout, KernelRecipe recipe, const LocalRowOwner& choice,
                                    const LaunchOptions& options) {
   TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel,
-                          EpilogueKernel(spec, layout, choice.owner, recipe, choice.cluster_blocks));
+                          EpilogueKernel(spec, layout, choice.owner, recipe, choice.cluster_blocks,
+                                         PackedRowLanes(layout, kPackedWarpRowsMinRows)));
   if (choice.owner == RowOwner::kBlock || choice.owner == RowOwner::kPacked) {
     const int threads = choice.owner == RowOwner::kPacked ? kMaxPackedBlockThreads : layout.threads;
     TPFUSE_ASSIGN_OR_RETURN(const int blocks, MaxResidentBlocks(kernel, threads));
@@ -413,9 +435,10 @@ StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceR
 Status LaunchPackedRows(const AllreduceRmsnormSpec& spec, const RowLayout& layout, KernelRecipe recipe,
                       int64_t tokens, const FusedBuffers& b, cudaStream_t stream, const LaunchOptions& options,
                       const DeviceFacts& device) {
-  TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel, EpilogueKernel(spec, layout, RowOwner::kPacked, recipe));
+  const int lanes = PackedRowLanes(layout, tokens);
+  TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel, EpilogueKernel(spec, layout, RowOwner::kPacked, recipe, 1, lanes));
   const int warps = PackedBlockWarps(layout, tokens, device.sms);
-  const int64_t rows_per_block = int64_t{warps} * 32 / PackedRowLanes(layout);
+  const int64_t rows_per_block = int64_t{warps} * 32 / lanes;
   TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, 32 * warps));
   int64_t blocks = std::min<int64_t>((tokens + rows_per_block - 1) / rows_per_block, resident);
   if (options.max_row_owners > 0) blocks = std::min(blocks, options.max_row_owners);
