@@ -230,8 +230,8 @@ def test_local_chains_follow_the_compilers_rule(backend, fuse_local, fused):
     (128, 16384, "auto", True),
     (128, 65536, "auto", False),   # Inductor's kernel (run 45's) measured faster from 65536 rows
     (128, 65536, "on", True),
-    (512, 4096, "auto", True),     # rows of two warps, packed too (run 52)
-    (512, 16384, "auto", False),   # Inductor's from 16384 rows (run 57)
+    (512, 4096, "auto", True),     # rows of two warps, packed too (a warp per row: run 60)
+    (512, 16384, "auto", False),   # Inductor's from 16384 rows (runs 57 and 60)
 ])
 def test_a_head_norm_goes_where_it_was_measured_faster(hidden, rows, fuse_local, fused):
     """q_norm over heads of 128 (rows = tokens x heads) and MLA's kv_a_layernorm (H 512), the norm
