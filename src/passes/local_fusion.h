@@ -8,9 +8,8 @@
 // where the fused op lost by more than the run-to-run spread (2 %) from a T on, against the
 // fastest Inductor kernel any run measured (Inductor's choice of configuration differs between
 // sessions): quant none and fp8_tensor at H 64-512 from 16384-262144 rows (rows packed into
-// blocks; fp8_token at H 512 at 262144 rows), and the norm alone at H 1024 and 7168-8192 from T
-// 2048-4096 (runs 45 and 51-58). An H between the measured ones follows the nearest measured H
-// (the larger one on a tie).
+// blocks), and the norm alone at H 1024 and 7168-8192 from T 2048-4096 (runs 45, 51-58 and 60).
+// An H between the measured ones follows the nearest measured H (the larger one on a tie).
 #pragma once
 
 #include <cstdint>

@@ -543,6 +543,11 @@ TEST(PassesLocalFusion, InductorsMeasuredWinsFollowTheMeasurement) {
   EXPECT_NE(WhyInductorIsFaster(LocalSpec(QuantMode::kNone, true, 384), 65536), "");
   EXPECT_NE(WhyInductorIsFaster(LocalSpec(QuantMode::kNone, false, 384), 16384), "");
   EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Tensor, false, 384), 0), "");
+  EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Tensor, true, 384), 65535), "");
+  EXPECT_NE(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Tensor, true, 384), 65536), "");
+  // Quant none at H 512 with the residual: Inductor's from 16384 rows since run 60 (1.02-1.08 x).
+  EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kNone, true, 512), 16383), "");
+  EXPECT_NE(WhyInductorIsFaster(LocalSpec(QuantMode::kNone, true, 512), 16384), "");
   EXPECT_NE(WhyInductorIsFaster(LocalSpec(QuantMode::kNone, true, 320), 0).find("H 384, the measured H nearest 320"),
             std::string::npos);
   EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kNone, false, 1024), 2047), "");

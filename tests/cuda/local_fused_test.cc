@@ -309,16 +309,24 @@ TEST_F(LocalFusedTest, BlockAndClusterRowOwnersAreBitwiseTheOracle) {
 }
 
 // Rows packed into blocks (rows of one or two warps, H <= 512): groups of 8 lanes (H 8-64, four
-// rows per warp), 16 (H 72-128, two), 32 (H 136-256, one), and a warp holding a row of two warps'
-// layout at two vectors per lane (H 264-512, its two sums of squares apart until each warp sum),
-// against the oracle. T from 1 to more rows than a warp holds, not a multiple of the rows per
+// rows per warp), 16 (H 72-128, two), 32 (H 136-256, one), and for H 264-512 groups of two warps
+// (their sums through shared memory) or a warp per row at two vectors per lane (its two sums of
+// squares apart until each warp sum), against the oracle. T from 1 to more rows than a warp holds, not a multiple of the rows per
 // warp (a warp whose groups end at different rows), and past the rows the launcher's blocks take
 // at once (each block striding); three blocks striding too. Every quant mode, every group size
 // the row divides (row-major and column-major scales, f32 and ue8m0; groups within each of a
 // lane's two vectors at H 384 and 512), f16, both recipes' kernels, the run-time recipe's forms
-// (at H 264-512 held in registers at two vectors per thread).
+// (at H 264-512 held in registers at two vectors per thread); at H 264-512 each both below and
+// from the row count where a warp per row takes over.
 TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
   uint64_t seed = 9300;
+  // Rows of two warps' layout take groups of two warps below 4096 rows and a warp per row from
+  // there (the launcher's kPackedWarpRowsMinRows): each case below at H 264-512 runs both.
+  constexpr int64_t kWarpRows = 4099;
+  auto row_counts = [](int64_t h, std::vector<int64_t> ts) {
+    if (h > 256) ts.push_back(int64_t{kWarpRows});
+    return ts;
+  };
   for (int64_t h : {8, 24, 64, 96, 128, 136, 200, 256, 264, 296, 384, 504, 512})
     for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
       for (bool residual : {true, false})
@@ -328,7 +336,7 @@ TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
           cuda::LaunchOptions options;
           options.row_owner = cuda::RowOwner::kPacked;
           options.max_row_owners = max_owners;
-          for (int64_t t : {1, 3, 5, 33, 1001, 30001}) {
+          for (int64_t t : row_counts(h, {1, 3, 5, 33, 1001, 30001})) {
             if (t == 30001 && (max_owners != 0 || !residual)) continue;
             EXPECT_EQ(RunAndCompare(s, t, seed++, options), "") << Describe(s, t) << " owners " << max_owners;
           }
@@ -344,25 +352,26 @@ TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
           s.scale_fmt = fmt;
           cuda::LaunchOptions options;
           options.row_owner = cuda::RowOwner::kPacked;
-          for (int64_t t : {3, 37}) EXPECT_EQ(RunAndCompare(s, t, seed++, options), "") << Describe(s, t);
+          for (int64_t t : row_counts(h, {3, 37})) EXPECT_EQ(RunAndCompare(s, t, seed++, options), "") << Describe(s, t);
         }
   for (DType act : {DType::kBF16, DType::kF16})
     for (bool fixed : {true, false})
       for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
-        for (int64_t h : {64, 512}) {
+        for (int64_t h : {64, 296, 512}) {
           AllreduceRmsnormSpec s = LocalSpec(h, q, true);
           s.act_dtype = s.weight_dtype = act;
           cuda::LaunchOptions options;
           options.row_owner = cuda::RowOwner::kPacked;
           options.fixed_recipes = fixed;
-          EXPECT_EQ(RunAndCompare(s, 77, seed++, options), "") << Describe(s, 77) << (fixed ? " fixed" : " run-time");
+          for (int64_t t : row_counts(h, {77}))
+            EXPECT_EQ(RunAndCompare(s, t, seed++, options), "") << Describe(s, t) << (fixed ? " fixed" : " run-time");
         }
   // The run-time recipe's forms (the weights held in registers, f32 ones too): the weight in
   // another dtype, a weight bias in f32 and in the weight's dtype, the norm reading f32 h, the
   // scale step swapped, ue8m0 scales.
   for (int form = 0; form < 6; ++form)
     for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
-      for (int64_t h : {64, 200, 296, 512}) {
+      for (int64_t h : {64, 200, 296, 384, 512}) {
         AllreduceRmsnormSpec s = LocalSpec(h, q, true);
         s.group_size = 8;
         if (form == 0) s.weight_dtype = DType::kF32;
@@ -376,7 +385,7 @@ TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
         }
         cuda::LaunchOptions options;
         options.row_owner = cuda::RowOwner::kPacked;
-        for (int64_t t : {5, 37})
+        for (int64_t t : row_counts(h, {5, 37}))
           EXPECT_EQ(RunAndCompare(s, t, seed++, options), "") << Describe(s, t) << " form " << form;
       }
   // The rule packs rows of one or two warps (at 1024 rows in every mode); a row of three warps is
@@ -401,7 +410,7 @@ TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
 // writes its outputs, and reads no other row's after they are written. Packed rows at H 64 and
 // 512, one block per row at one and two vectors per thread, quant none and fp8_group + norm,
 // with the residual and the norm alone (over x only); the launcher's grid, and three owners
-// striding; the rule's own choice at many rows.
+// striding; at many rows (packed rows at H 512: a warp per row) the rule's choice and packed rows.
 TEST_F(LocalFusedTest, InPlaceOutputsAreBitwiseTheOracle) {
   uint64_t seed = 9700;
   for (int64_t h : {64, 512, 1536, 4096})
@@ -414,7 +423,7 @@ TEST_F(LocalFusedTest, InPlaceOutputsAreBitwiseTheOracle) {
             options.row_owner = owner;
             options.max_row_owners = max_owners;
             for (int64_t t : {1, 37, 1001, 20000}) {
-              if (t == 20000 && (owner != cuda::RowOwner::kAuto || max_owners != 0 || h > 512)) continue;
+              if (t == 20000 && (max_owners != 0 || h > 512)) continue;
               EXPECT_EQ(RunInPlaceAndCompare(s, t, seed++, options), "")
                   << Describe(s, t) << OwnerName(owner) << " owners " << max_owners;
             }

@@ -212,9 +212,11 @@ bool IsPairClusterSize(const RowLayout& layout, int blocks) {
 constexpr int64_t kPackedMinRowsStatic = 256;
 constexpr int64_t kPackedMinRowsDynamic = 1024;
 // Rows of two warps (H 264-512) are packed at every row count. Measured at H 384 and 512 (run
-// 52): packed rows 1-8 % faster at 1-256 rows in every mode, 1.03-1.50 x faster from 1024 rows
-// on, except fp8_group at H 512 from 16384 rows, 1-4 % slower (at H 384 there 1.08-1.14 x
-// faster).
+// 52, groups of two warps, against one block per row): packed rows 1-8 % faster at 1-256 rows in
+// every mode, 1.03-1.50 x faster from 1024 rows on, except fp8_group at H 512 from 16384 rows,
+// 1-4 % slower (at H 384 there 1.08-1.14 x faster); from 4096 rows they now take a warp per row
+// (below): for fp8_group 0.90-1.01 x the groups' time, at H 512 and 65536 rows still 2 % slower
+// than one block per row (run 60).
 
 // Whether rows can be packed (PackedRows): rows of one or two warps at one vector per thread.
 bool HasPackedRows(const RowLayout& layout) { return layout.threads <= 64 && layout.vecs_per_thread == 1; }
