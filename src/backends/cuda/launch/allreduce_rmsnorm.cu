@@ -224,9 +224,10 @@ bool HasPackedRows(const RowLayout& layout) { return layout.threads <= 64 && lay
 // Rows of two warps' layout take a warp per row, at two vectors per thread, from this row count
 // on, and groups of two warps below (PackedRows). Measured on one H200 at H 384 and 512 against
 // groups of two warps (docs/perf/h200x1/NOTES.md, runs 60-61): from 4096 rows the norm alone
-// 0.70-0.87 x their time, with the residual 0.81-0.97 x at H 384 and 0.95-1.04 x at H 512 (1.02-
-// 1.04 x only for quant none from 65536 rows); at 512-2048 rows with the residual 0.97-1.07 x
-// (fp8_group 1.02-1.07 x), at 1-256 rows 0.99-1.16 x (a row's chain twice as long on one warp).
+// 0.70-0.87 x their time, with the residual 0.81-0.97 x at H 384 and 0.95-1.04 x at H 512
+// (1.02-1.04 x only for quant none from 65536 rows); at 512-2048 rows with the residual
+// 0.97-1.07 x (fp8_group 1.02-1.07 x), at 1-256 rows 0.99-1.16 x (a row's chain twice as long on
+// one warp).
 constexpr int64_t kPackedWarpRowsMinRows = 4096;
 
 // Threads of a packed row's group for T rows: the fewest of 8, 16 and 32 that hold its vectors at
