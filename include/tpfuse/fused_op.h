@@ -66,11 +66,19 @@ struct QuantParams {
   ScaleFormat format = ScaleFormat::kF32;  // ue8m0: scales rounded up to a power of two
   // The scale step written the other way round from the mode's default (RoundingRecipe).
   bool scale_op_swapped = false;
+  // Dynamic modes: s = max(amax / 448, 1 / (448 * 512)) rather than max(amax, 1e-10) / 448
+  // (RoundingRecipe::scale_floor_after_div).
+  bool scale_floor_after_div = false;
+  // ue8m0: the power of two is taken of max(s, 1e-10) (RoundingRecipe::ue8m0_floor).
+  bool ue8m0_floor = false;
 
   bool operator==(const QuantParams&) const = default;
   // Whether q = fp8(y / scale) rather than fp8(y * (1 / scale)), the reciprocal taken once in
   // f32: fp8_tensor multiplies by default, fp8_token and fp8_group divide.
   bool Divides() const { return (mode != QuantMode::kFp8Tensor) != scale_op_swapped; }
+  // scale_floor_after_div needs a dynamic mode and f32 scales, ue8m0_floor a dynamic mode and
+  // ue8m0 scales. Names the problem.
+  Status Validate() const;
 };
 
 // The results the graph uses. Results come in this field order; `quant` contributes q and, for
@@ -106,11 +114,20 @@ struct RoundingRecipe {
   // fp8_tensor divides y / scale (default: y * (1/scale), the reciprocal once in f32); fp8_token
   // and fp8_group multiply y * (1/s) (default: y / s).
   bool scale_op_swapped = false;
+  // The dynamic scale floored after the division, s = max(amax / 448, 1 / (448 * 512)) (vLLM's
+  // per-token kernel and its QuantFP8 torch forms), instead of s = max(amax, 1e-10) / 448
+  // (DeepSeek's and vLLM's per-group kernels). fp8_token and fp8_group with f32 scales only.
+  bool scale_floor_after_div = false;
+  // UE8M0 scales rounded up from max(s, 1e-10) (vLLM's per_token_group_fp8_quant:
+  // exp2(ceil(log2(max(|s|, 1e-10))))) instead of from s: the two differ for s < 2^-34, an amax
+  // below about 2.6e-8 (all-zero groups). fp8_token and fp8_group with ue8m0 scales only.
+  bool ue8m0_floor = false;
 
   bool operator==(const RoundingRecipe&) const = default;
   bool is_default() const { return *this == RoundingRecipe{}; }
   // Names of the flags set, in field order: "norm_input_f32", "weight_after_round",
-  // "weight_bias_in_weight_dtype", "scale_op_swapped". Empty for the defaults.
+  // "weight_bias_in_weight_dtype", "scale_op_swapped", "scale_floor_after_div", "ue8m0_floor".
+  // Empty for the defaults.
   std::vector<std::string> Names() const;
   // Parses flag names in any order; rejects unknown or repeated names.
   static StatusOr<RoundingRecipe> FromNames(const std::vector<std::string>& names);
@@ -141,7 +158,8 @@ struct AllreduceRmsnormSpec {
 
   // The quantization step's parameters (mode, group, scale layout and format, scale step).
   QuantParams quant_params() const {
-    return QuantParams{quant, group_size, scale_layout, scale_fmt, rounding.scale_op_swapped};
+    return QuantParams{quant, group_size, scale_layout, scale_fmt, rounding.scale_op_swapped,
+                       rounding.scale_floor_after_div, rounding.ue8m0_floor};
   }
   // Whether the quantization divides by its scale (y / scale, y / s) rather than multiplying by
   // the reciprocal taken once in f32: the mode's default, swapped by rounding.scale_op_swapped.

@@ -119,9 +119,13 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
         g = hidden if quant == "fp8_token" else group_size
         groups = hidden // g
         yg = y.float().reshape(tokens, groups, g)
-        s = yg.abs().amax(-1).clamp_min(1e-10) / FP8_MAX  # [T, G]
+        amax = yg.abs().amax(-1)  # [T, G]
+        if "scale_floor_after_div" in rounding:
+            s = (amax / FP8_MAX).clamp_min(1.0 / (FP8_MAX * 512.0))
+        else:
+            s = amax.clamp_min(1e-10) / FP8_MAX
         if scale_fmt == "ue8m0":
-            s = _pow2_ceil(s)
+            s = _pow2_ceil(s.clamp_min(1e-10) if "ue8m0_floor" in rounding else s)
         qv = yg / s.unsqueeze(-1) if divides else yg * (1.0 / s.unsqueeze(-1))
         q = _fp8(qv).reshape(shape)
         if scale_layout == "col":

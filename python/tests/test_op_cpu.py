@@ -31,6 +31,10 @@ CASES = [
     ("llama_rounding", dict(emit=["quant"], quant="fp8_token", weight_bias=1.0,
                             rounding=["weight_after_round", "weight_bias_in_weight_dtype",
                                       "scale_op_swapped"]), True),
+    ("vllm_token_kernel", dict(emit=["norm", "quant"], quant="fp8_token",
+                               rounding=["weight_after_round", "scale_floor_after_div"]), True),
+    ("vllm_group_ue8m0", dict(emit=["quant"], quant="fp8_group", scale_fmt="ue8m0",
+                              rounding=["weight_after_round", "ue8m0_floor"]), True),
     ("granite_sum_scale", dict(emit=["allreduce", "norm", "residual"], sum_scale=0.22), True),
     ("sum_scale_no_residual", dict(emit=["norm", "quant"], quant="fp8_token", sum_scale=-3.0),
      False),
@@ -199,3 +203,31 @@ def test_tolerance_distances_count_representable_values():
     assert fp8_step_distance(f8[0:1], f8[1:2]).item() == 1  # e4m3: 3 mantissa bits
     assert fp8_step_distance(f8[2:3], f8[0:1]).item() > 100
     assert fp8_ulp(torch.tensor([1.0, 448.0, 1e-4])).tolist() == [0.125, 32.0, 2.0 ** -9]
+
+
+@pytest.mark.parametrize("attrs", [
+    dict(quant="fp8_token", rounding=["scale_floor_after_div"]),
+    dict(quant="fp8_group", rounding=["scale_floor_after_div", "scale_op_swapped"]),
+    dict(quant="fp8_group", scale_fmt="ue8m0", rounding=["ue8m0_floor"]),
+    dict(quant="fp8_token", scale_fmt="ue8m0", scale_layout="col"),
+], ids=["token_floor_after_div", "group_floor_after_div", "group_ue8m0_floor", "ue8m0_default"])
+def test_the_scale_floors_decide_tiny_and_zero_rows(attrs):
+    # Weights of 1e-6 put every amax below 1/512 (and below 448 * 2^-34 for most rows), and
+    # rows 0 and 3 are zero: the floors decide the scales there, as contract3 computes them.
+    shape = (6, 256)
+    partials, res, weight, _ = make_inputs(11, shape, 1, True, attrs["quant"])
+    for t in (partials[0], res):
+        t[0] = 0
+        t[3] = 0
+    weight = (weight.float() * 1e-6).to(weight.dtype)
+    attrs = dict(attrs, emit=["norm", "quant"])
+    got = OP(partials[0], res, weight, None, local=True, **attrs)
+    expected = contract3.allreduce_rmsnorm(partials, res, weight, None, **attrs)
+    assert_bitwise(got, expected, str(attrs))
+    s, rounding = got[-1], attrs.get("rounding", [])
+    if "scale_floor_after_div" in rounding:
+        assert torch.all(s == torch.tensor(1.0 / (448.0 * 512.0)))
+    elif "ue8m0_floor" in rounding:
+        assert torch.all(s[0] == 2.0 ** -33)
+    else:
+        assert torch.all(s[:, 0] == 2.0 ** -42)

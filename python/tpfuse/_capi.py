@@ -34,6 +34,8 @@ ROUNDING_BITS: Dict[str, int] = {
     "weight_after_round": 2,
     "weight_bias_in_weight_dtype": 4,
     "scale_op_swapped": 8,
+    "scale_floor_after_div": 16,
+    "ue8m0_floor": 32,
 }
 BACKEND_CODES: Dict[str, int] = {"cpu": 0, "cuda": 1}
 FUSE_LOCAL_CODES: Dict[str, int] = {"auto": 0, "on": 1, "off": 2, "inductor": 3}

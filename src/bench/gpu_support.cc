@@ -116,6 +116,8 @@ Status EnqueueUnfusedEpilogue(const AllreduceRmsnormSpec& spec, int64_t tokens, 
       params.group_size = spec.group_size;
       params.layout = spec.scale_layout;
       params.format = spec.scale_fmt;
+      params.floor_after_div = spec.rounding.scale_floor_after_div;
+      params.ue8m0_floor = spec.rounding.ue8m0_floor;
       const cuda::DeviceTensor s =
           tensor(set + l.scale, DType::kF32, {t, spec.ScaleGroupsPerRow()});
       return cuda::LaunchQuantFp8Dynamic(norm, params, q, s, stream);

@@ -125,13 +125,16 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
   s.emit.quant = c->emit & TPFUSE_EMIT_QUANT;
   constexpr uint32_t kRoundingBits =
       TPFUSE_ROUNDING_NORM_INPUT_F32 | TPFUSE_ROUNDING_WEIGHT_AFTER_ROUND |
-      TPFUSE_ROUNDING_WEIGHT_BIAS_IN_WEIGHT_DTYPE | TPFUSE_ROUNDING_SCALE_OP_SWAPPED;
+      TPFUSE_ROUNDING_WEIGHT_BIAS_IN_WEIGHT_DTYPE | TPFUSE_ROUNDING_SCALE_OP_SWAPPED |
+      TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV | TPFUSE_ROUNDING_UE8M0_FLOOR;
   if (c->rounding & ~kRoundingBits)
     return InvalidArgument("spec.rounding: unknown bits 0x", std::hex, c->rounding & ~kRoundingBits);
   s.rounding.norm_input_f32 = c->rounding & TPFUSE_ROUNDING_NORM_INPUT_F32;
   s.rounding.weight_after_round = c->rounding & TPFUSE_ROUNDING_WEIGHT_AFTER_ROUND;
   s.rounding.weight_bias_in_weight_dtype = c->rounding & TPFUSE_ROUNDING_WEIGHT_BIAS_IN_WEIGHT_DTYPE;
   s.rounding.scale_op_swapped = c->rounding & TPFUSE_ROUNDING_SCALE_OP_SWAPPED;
+  s.rounding.scale_floor_after_div = c->rounding & TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV;
+  s.rounding.ue8m0_floor = c->rounding & TPFUSE_ROUNDING_UE8M0_FLOOR;
   TPFUSE_RETURN_IF_ERROR(s.Validate().WithContext("spec"));
   return s;
 }

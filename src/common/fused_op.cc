@@ -114,6 +114,8 @@ std::vector<std::string> RoundingRecipe::Names() const {
   if (weight_after_round) names.push_back("weight_after_round");
   if (weight_bias_in_weight_dtype) names.push_back("weight_bias_in_weight_dtype");
   if (scale_op_swapped) names.push_back("scale_op_swapped");
+  if (scale_floor_after_div) names.push_back("scale_floor_after_div");
+  if (ue8m0_floor) names.push_back("ue8m0_floor");
   return names;
 }
 
@@ -125,14 +127,27 @@ StatusOr<RoundingRecipe> RoundingRecipe::FromNames(const std::vector<std::string
     else if (name == "weight_after_round") field = &recipe.weight_after_round;
     else if (name == "weight_bias_in_weight_dtype") field = &recipe.weight_bias_in_weight_dtype;
     else if (name == "scale_op_swapped") field = &recipe.scale_op_swapped;
+    else if (name == "scale_floor_after_div") field = &recipe.scale_floor_after_div;
+    else if (name == "ue8m0_floor") field = &recipe.ue8m0_floor;
     else
       return InvalidArgument("unknown rounding entry '", name,
                              "' (expected norm_input_f32, weight_after_round, "
-                             "weight_bias_in_weight_dtype or scale_op_swapped)");
+                             "weight_bias_in_weight_dtype, scale_op_swapped, "
+                             "scale_floor_after_div or ue8m0_floor)");
     if (*field) return InvalidArgument("rounding entry '", name, "' appears twice");
     *field = true;
   }
   return recipe;
+}
+
+Status QuantParams::Validate() const {
+  if (scale_floor_after_div && !(IsDynamicQuant(mode) && format == ScaleFormat::kF32))
+    return InvalidArgument("rounding scale_floor_after_div needs dynamic FP8 scales in f32 (mode ",
+                           QuantModeName(mode), ", scale_fmt ", ScaleFormatName(format), ")");
+  if (ue8m0_floor && !(IsDynamicQuant(mode) && format == ScaleFormat::kUe8m0))
+    return InvalidArgument("rounding ue8m0_floor needs dynamic FP8 scales in ue8m0 (mode ",
+                           QuantModeName(mode), ", scale_fmt ", ScaleFormatName(format), ")");
+  return Status::Ok();
 }
 
 Status AllreduceRmsnormSpec::Validate() const {
@@ -155,6 +170,7 @@ Status AllreduceRmsnormSpec::Validate() const {
     if (hidden % group_size != 0)
       return InvalidArgument("hidden ", hidden, " is not a multiple of group_size ", group_size);
   }
+  TPFUSE_RETURN_IF_ERROR(quant_params().Validate());
   if (!(eps >= 0.0f)) return InvalidArgument("eps must be >= 0, got ", eps);
   if (!std::isfinite(sum_scale)) return InvalidArgument("sum_scale must be finite, got ", sum_scale);
   return Status::Ok();

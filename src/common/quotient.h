@@ -40,4 +40,27 @@ TPFUSE_QUOTIENT_HD float QuotientByReciprocal(float y, float s, float rcp) {
 #endif
 }
 
+// The dynamic FP8 scale of a row or group from its amax = max |y| (Contract 3 step 4), host and
+// device, the one home of both forms (RoundingRecipe::scale_floor_after_div):
+//   default:                s = max(amax, 1e-10) / 448
+//   scale_floor_after_div:  s = max(amax / 448, f32(1 / (448 * 512)))  (vLLM's per-token floor)
+// The quotient by 448 is the IEEE one for every amax of a 16-bit activation (448 has three
+// significant bits: the remainder is exact wherever the quotient is normal; a subnormal
+// quotient lies far below the floor). A NaN quotient (amax = inf) stays NaN in both forms.
+inline constexpr float kScaleFloorAfterDiv = 1.0f / (448.0f * 512.0f);
+// What the ue8m0_floor form rounds up to a power of two: max(s, kUe8m0ScaleFloor).
+inline constexpr float kUe8m0ScaleFloor = 1e-10f;
+
+TPFUSE_QUOTIENT_HD float DynamicScaleOfAmax(float amax, bool floor_after_div) {
+  if (floor_after_div) {
+    const float s = QuotientByReciprocal(amax, 448.0f, 1.0f / 448.0f);
+    return s < kScaleFloorAfterDiv ? kScaleFloorAfterDiv : s;
+  }
+#if defined(__CUDA_ARCH__)
+  return QuotientByReciprocal(fmaxf(amax, 1e-10f), 448.0f, 1.0f / 448.0f);
+#else
+  return QuotientByReciprocal(std::fmax(amax, 1e-10f), 448.0f, 1.0f / 448.0f);
+#endif
+}
+
 }  // namespace tpfuse

@@ -372,8 +372,12 @@ StatusOr<QuantParams> ReadQuantParams(const AttrReader& attrs) {
   TPFUSE_ASSIGN_OR_RETURN(params.group_size, ReadGroupSize(attrs));
   TPFUSE_ASSIGN_OR_RETURN(params.layout, ReadEnum(attrs, "scale_layout", "row", &ParseScaleLayout));
   TPFUSE_ASSIGN_OR_RETURN(params.format, ReadEnum(attrs, "scale_fmt", "f32", &ParseScaleFormat));
-  TPFUSE_ASSIGN_OR_RETURN(RoundingRecipe rounding, ReadRounding(attrs, {"scale_op_swapped"}));
+  TPFUSE_ASSIGN_OR_RETURN(RoundingRecipe rounding,
+                          ReadRounding(attrs, {"scale_op_swapped", "scale_floor_after_div", "ue8m0_floor"}));
   params.scale_op_swapped = rounding.scale_op_swapped;
+  params.scale_floor_after_div = rounding.scale_floor_after_div;
+  params.ue8m0_floor = rounding.ue8m0_floor;
+  if (Status valid = params.Validate(); !valid.ok()) return attrs.Error(valid.message());
   return params;
 }
 

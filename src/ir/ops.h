@@ -124,7 +124,8 @@ StatusOr<QuantParams> QuantParamsFromNode(const Node& node);
 // The rounding recipe a canonical norm carries (attribute `rounding`, the names of
 // RoundingRecipe): rms_norm may say weight_after_round and weight_bias_in_weight_dtype,
 // fused_add_rms_norm also norm_input_f32 (it normalizes the unrounded f32 sum). quant_fp8 may
-// say scale_op_swapped (QuantParams::scale_op_swapped). Absent: Contract 3's defaults.
+// say scale_op_swapped, scale_floor_after_div and ue8m0_floor (QuantParams). Absent: Contract 3's
+// defaults.
 StatusOr<RoundingRecipe> NormRoundingFromNode(const Node& node);
 // `attrs` with the `rounding` attribute describing `rounding` (none for the defaults).
 AttrMap WithRounding(AttrMap attrs, const RoundingRecipe& rounding);

@@ -321,6 +321,8 @@ std::string AddQuant(const ir::Node* quant, AllreduceRmsnormSpec& spec) {
   spec.scale_layout = params->layout;
   spec.scale_fmt = params->format;
   spec.rounding.scale_op_swapped = params->scale_op_swapped;
+  spec.rounding.scale_floor_after_div = params->scale_floor_after_div;
+  spec.rounding.ue8m0_floor = params->ue8m0_floor;
   return {};
 }
 

@@ -55,6 +55,11 @@ const Case kCases[] = {
          TPFUSE_ROUNDING_SCALE_OP_SWAPPED},
     {"local", TPFUSE_QUANT_FP8_GROUP, TPFUSE_EMIT_NORM | TPFUSE_EMIT_QUANT, true,
      TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, 0, 1},
+    {"token_floor_after_div", TPFUSE_QUANT_FP8_TOKEN, TPFUSE_EMIT_NORM | TPFUSE_EMIT_QUANT, true,
+     TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16,
+     TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV},
+    {"group_ue8m0_floor", TPFUSE_QUANT_FP8_GROUP, TPFUSE_EMIT_QUANT, true, TPFUSE_SCALE_LAYOUT_COL,
+     TPFUSE_SCALE_FMT_UE8M0, TPFUSE_DTYPE_BF16, TPFUSE_ROUNDING_UE8M0_FLOOR},
     {"sum_scale", TPFUSE_QUANT_NONE, TPFUSE_EMIT_ALLREDUCE | TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL, true,
      TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, 0, 0, 0.22f},
 };
@@ -75,6 +80,8 @@ AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
   s.rounding.norm_input_f32 = c.rounding & TPFUSE_ROUNDING_NORM_INPUT_F32;
   s.rounding.weight_after_round = c.rounding & TPFUSE_ROUNDING_WEIGHT_AFTER_ROUND;
   s.rounding.scale_op_swapped = c.rounding & TPFUSE_ROUNDING_SCALE_OP_SWAPPED;
+  s.rounding.scale_floor_after_div = c.rounding & TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV;
+  s.rounding.ue8m0_floor = c.rounding & TPFUSE_ROUNDING_UE8M0_FLOOR;
   s.sum_scale = c.sum_scale;
   return s;
 }

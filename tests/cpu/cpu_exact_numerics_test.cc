@@ -241,6 +241,67 @@ TEST(CpuFusedRecipeTest, DynamicScaleDivideOrMultiply) {
   }
 }
 
+TEST(CpuFusedRecipeTest, DynamicScaleFlooredAfterTheDivision) {
+  // Rows of y = w (eps 0, h = [1, 1]): amax 3136 and 0.5 (s = amax / 448 in both forms: above
+  // the floor 1 / 229376), amax 2^-12 (default 2^-12 / 448; floored 1 / 229376, so q = 2^-12 *
+  // 229376 = 56) and a zero row (default 1e-10 / 448; floored 1 / 229376; q = 0 either way).
+  const HostTensor ones = Make(DType::kBF16, {1, 2}, {1, 1});
+  AllreduceRmsnormSpec spec = NormSpec(2, 0.0f);
+  spec.quant = QuantMode::kFp8Token;
+  spec.emit.quant = true;
+  const float floor = 1.0f / (448.0f * 512.0f);
+  struct Row {
+    float w0, w1;
+    float s_default, s_floored;
+    std::vector<float> q_default, q_floored;
+  };
+  const Row rows[] = {
+      {3136, 10.9375f, 7, 7, {448, 1.5f}, {448, 1.5f}},
+      {0.5f, -0.25f, 0.5f / 448.0f, 0.5f / 448.0f, {448, -224}, {448, -224}},
+      {0x1p-12f, -0x1p-13f, 0x1p-12f / 448.0f, floor, {448, -224}, {56, -28}},
+      {0, 0, 1e-10f / 448.0f, floor, {0, 0}, {0, 0}},
+  };
+  for (const Row& r : rows) {
+    SCOPED_TRACE(r.w0);
+    const HostTensor w = Make(DType::kBF16, {2}, {r.w0, r.w1});
+    spec.rounding.scale_floor_after_div = false;
+    std::vector<HostTensor> out = RunFused(spec, ones, nullptr, w);
+    EXPECT_EQ(Values(out[1]), r.q_default);
+    EXPECT_EQ(out[2].GetF32(0), r.s_default);
+    spec.rounding.scale_floor_after_div = true;
+    out = RunFused(spec, ones, nullptr, w);
+    EXPECT_EQ(Values(out[1]), r.q_floored);
+    EXPECT_EQ(out[2].GetF32(0), r.s_floored);
+  }
+  // ue8m0 of a zero row: 2^-42 from 1e-10 / 448, 2^-33 from max(s, 1e-10) (ue8m0_floor); the
+  // rows above 2^-34 * 448 round the same either way.
+  spec.rounding.scale_floor_after_div = false;
+  spec.scale_fmt = ScaleFormat::kUe8m0;
+  for (bool floored : {false, true}) {
+    spec.rounding.ue8m0_floor = floored;
+    std::vector<HostTensor> out = RunFused(spec, ones, nullptr, Make(DType::kBF16, {2}, {0, 0}));
+    EXPECT_EQ(out[2].GetF32(0), floored ? 0x1p-33f : 0x1p-42f);
+    EXPECT_EQ(Values(out[1]), (std::vector<float>{0, 0}));
+    out = RunFused(spec, ones, nullptr, Make(DType::kBF16, {2}, {3136, 10.9375f}));
+    EXPECT_EQ(out[2].GetF32(0), 8.0f);
+  }
+  // Only dynamic f32 scales take the floor after the division, only ue8m0 ones the ue8m0 floor.
+  spec.rounding.scale_floor_after_div = true;
+  EXPECT_FALSE(spec.Validate().ok());
+  spec.rounding.scale_floor_after_div = false;
+  EXPECT_TRUE(spec.Validate().ok()) << spec.Validate().ToString();
+  spec.scale_fmt = ScaleFormat::kF32;
+  EXPECT_FALSE(spec.Validate().ok());
+  spec.rounding.ue8m0_floor = false;
+  spec.rounding.scale_floor_after_div = true;
+  spec.scale_fmt = ScaleFormat::kF32;
+  spec.quant = QuantMode::kFp8Tensor;
+  EXPECT_FALSE(spec.Validate().ok());
+  spec.quant = QuantMode::kFp8Group;
+  spec.group_size = 2;
+  EXPECT_TRUE(spec.Validate().ok()) << spec.Validate().ToString();
+}
+
 TEST(CpuFusedRecipeTest, MinusZeroPartialsSumToPlusZeroAboveOneRank) {
   AllreduceRmsnormSpec spec = NormSpec(2, 1.0f);
   spec.emit.allreduce = true;

@@ -37,6 +37,25 @@ TEST(QuotientTest, DynamicScaleIsExactForEveryHalfAmax) {
   }
 }
 
+TEST(QuotientTest, DynamicScaleOfAmaxIsTheTorchFormsScaleForEveryHalfAmax) {
+  // Both forms against the IEEE expressions the torch forms compute (clamp then / 448, or / 448
+  // then clamp), for every finite non-negative bf16 and f16 amax, zero and subnormals included.
+  const float floor = 1.0f / (448.0f * 512.0f);
+  EXPECT_EQ(kScaleFloorAfterDiv, floor);
+  int floored = 0;
+  for (float amax : HalfValues()) {
+    if (amax < 0.0f) continue;
+    ASSERT_TRUE(SameBits(DynamicScaleOfAmax(amax, false), std::fmax(amax, 1e-10f) / 448.0f)) << amax;
+    const float after = std::fmax(amax / 448.0f, floor);
+    ASSERT_TRUE(SameBits(DynamicScaleOfAmax(amax, true), after)) << amax;
+    floored += after == floor;
+  }
+  EXPECT_GT(floored, 1000);  // the floor decides for every amax below about 1 / 512
+  // amax = inf: a NaN scale in both forms (QuotientByReciprocal's inf / 448), not the floor.
+  EXPECT_TRUE(std::isnan(DynamicScaleOfAmax(INFINITY, true)));
+  EXPECT_TRUE(std::isnan(DynamicScaleOfAmax(INFINITY, false)));
+}
+
 TEST(QuotientTest, MatchesDivisionInsideTheDomainAndFp8Everywhere) {
   const std::vector<float> ys = HalfValues();
   std::vector<float> scales;

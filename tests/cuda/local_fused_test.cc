@@ -190,6 +190,44 @@ TEST_F(LocalFusedTest, EveryRoundingRecipeIsBitwiseTheOracle) {
         }
 }
 
+// The scale floors of vLLM's kernels: the floor after the division (per token and per group,
+// either scale step) and UE8M0 of the floored scale, where they decide: weights of 2^-20 put
+// every amax below 1/512 and most below 448 * 2^-34, and rows 1 and 4 are zero. Under every
+// row owner, H from one vector per thread to two-block rows, and at 4099 rows (the packed rows'
+// warp per row).
+TEST_F(LocalFusedTest, ScaleFloorsAreBitwiseTheOracle) {
+  uint64_t seed = 4000;
+  for (QuantMode q : {QuantMode::kFp8Token, QuantMode::kFp8Group})
+    for (int variant = 0; variant < 3; ++variant)
+      for (int64_t h : {128, 512, 2880, 7168})
+        for (int64_t tokens : {int64_t(6), int64_t(4099)}) {
+          if (tokens > 6 && h != 512) continue;
+          AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+          s.rounding.weight_after_round = true;
+          s.rounding.scale_floor_after_div = variant < 2;
+          s.rounding.scale_op_swapped = variant == 1;
+          if (variant == 2) {
+            s.scale_fmt = ScaleFormat::kUe8m0;
+            s.scale_layout = ScaleLayout::kCol;
+            s.rounding.ue8m0_floor = true;
+          }
+          FusedInputs in = MakeFusedInputs(s, tokens, /*world_size=*/1, seed++);
+          for (int64_t i = 0; i < h; ++i) {
+            in.weight.SetF32(i, in.weight.GetF32(i) * 0x1p-20f);
+            for (int64_t row : {1, 4}) {
+              in.partials[0].SetF32(row * h + i, 0.0f);
+              in.residual.SetF32(row * h + i, 0.0f);
+            }
+          }
+          for (cuda::RowOwner owner : RowOwnersOf(h)) {
+            cuda::LaunchOptions options;
+            options.row_owner = owner;
+            EXPECT_EQ(RunAndCompareInputs(s, tokens, in, options), "")
+                << Describe(s, tokens) << OwnerName(owner);
+          }
+        }
+}
+
 // A scale of the sum before the residual add (Granite's multiplier, a' = round(a * s)), with and
 // without the residual, under every row owner: a negative, a zero and a tiny factor too (the
 // row's squares underflow).

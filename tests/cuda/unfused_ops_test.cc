@@ -456,7 +456,13 @@ TEST_P(UnfusedShapesTest, QuantFp8MatchesExactly) {
       ExpectMatches(*got, *ref, Check::kExact, what);
     }
 
-    // Dynamic: per token, per group of 128 and of 64, row and column layouts, f32 and ue8m0.
+    // Dynamic: per token, per group of 128 and of 64, row and column layouts, f32 and ue8m0;
+    // each also with its floor of vLLM's kernels (after the division for f32 scales, ue8m0 of
+    // max(s, 1e-10)) on y scaled by 2^-24, where the floors decide.
+    HostTensor tiny = y;
+    for (int64_t i = 0; i < tiny.numel(); ++i) tiny.SetF32(i, y.GetF32(i) * 0x1p-24f);
+    StatusOr<DeviceCopy> dtiny = Upload(tiny, stream());
+    ASSERT_TRUE(dtiny.ok());
     struct Mode {
       QuantMode mode;
       int64_t group;
@@ -465,20 +471,27 @@ TEST_P(UnfusedShapesTest, QuantFp8MatchesExactly) {
                    Mode{QuantMode::kFp8Group, 64}}) {
       if (m.mode == QuantMode::kFp8Group && hidden() % m.group != 0) continue;
       for (ScaleLayout layout : {ScaleLayout::kRow, ScaleLayout::kCol}) {
-        for (ScaleFormat format : {ScaleFormat::kF32, ScaleFormat::kUe8m0}) {
+        for (ScaleFormat format : {ScaleFormat::kF32, ScaleFormat::kUe8m0})
+        for (bool floors : {false, true}) {
           const std::string what =
               StrCat("quant_fp8 ", QuantModeName(m.mode), " group ", m.group, " ",
-                     ScaleLayoutName(layout), " ", ScaleFormatName(format), " ", DTypeName(dtype));
+                     ScaleLayoutName(layout), " ", ScaleFormatName(format), " ", DTypeName(dtype),
+                     floors ? " vLLM's floor" : "");
           SCOPED_TRACE(what);
-          const QuantParams config{m.mode, int(m.group), layout, format};
-          StatusOr<cpu::DynamicQuantResult> ref = cpu::QuantFp8Dynamic(y, config);
+          QuantParams config{m.mode, int(m.group), layout, format};
+          config.scale_floor_after_div = floors && format == ScaleFormat::kF32;
+          config.ue8m0_floor = floors && format == ScaleFormat::kUe8m0;
+          const HostTensor& in = floors ? tiny : y;
+          const cuda::DeviceTensor& din = floors ? dtiny->tensor : dy->tensor;
+          StatusOr<cpu::DynamicQuantResult> ref = cpu::QuantFp8Dynamic(in, config);
           ASSERT_TRUE(ref.ok()) << ref.status().ToString();
           StatusOr<DeviceCopy> dq = Poisoned(DType::kF8E4M3, shape, stream());
           StatusOr<DeviceCopy> ds = Poisoned(DType::kF32, ref->s.shape(), stream());
           ASSERT_TRUE(dq.ok() && ds.ok());
-          const cuda::DynamicQuantParams params{m.mode, m.group, layout, format};
+          const cuda::DynamicQuantParams params{m.mode, m.group, layout, format,
+                                                config.scale_floor_after_div, config.ue8m0_floor};
           TPFUSE_ASSERT_OK(
-              cuda::LaunchQuantFp8Dynamic(dy->tensor, params, dq->tensor, ds->tensor, stream()));
+              cuda::LaunchQuantFp8Dynamic(din, params, dq->tensor, ds->tensor, stream()));
           StatusOr<HostTensor> q = Download(*dq, stream()), s = Download(*ds, stream());
           ASSERT_TRUE(q.ok() && s.ok());
           // amax is exact in any order and the rest is the same operations: bitwise, scales

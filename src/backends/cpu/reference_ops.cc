@@ -349,6 +349,7 @@ StatusOr<DynamicQuantResult> QuantFp8Dynamic(const HostTensor& y,
                                              const DynamicQuantConfig& config) {
   TPFUSE_RETURN_IF_ERROR(CheckFloat(y, "quant_fp8: y"));
   if (y.rank() < 1) return InvalidArgument("quant_fp8: y must have rank >= 1, got ", y.TypeString());
+  TPFUSE_RETURN_IF_ERROR(config.Validate());
   const int64_t hidden = LastDim(y);
   int64_t group = hidden;
   if (config.mode == QuantMode::kFp8Group) {
@@ -376,8 +377,8 @@ StatusOr<DynamicQuantResult> QuantFp8Dynamic(const HostTensor& y,
       const int64_t base = t * hidden + g * group;
       float amax = 0.0f;
       for (int64_t c = 0; c < group; ++c) amax = std::fmax(amax, std::fabs(y.GetF32(base + c)));
-      float s = QuotientByReciprocal(std::fmax(amax, 1e-10f), 448.0f, 1.0f / 448.0f);
-      if (ue8m0) s = RoundUpToPowerOfTwo(s);
+      float s = DynamicScaleOfAmax(amax, config.scale_floor_after_div);
+      if (ue8m0) s = RoundUpToPowerOfTwo(config.ue8m0_floor ? std::fmax(s, kUe8m0ScaleFloor) : s);
       const float inv = 1.0f / s;
       for (int64_t c = 0; c < group; ++c) {
         const float v = y.GetF32(base + c);

@@ -99,9 +99,12 @@ struct DynamicQuantParams {
   int64_t group_size = 128;               // kFp8Group
   ScaleLayout layout = ScaleLayout::kRow;
   ScaleFormat format = ScaleFormat::kF32;
+  bool floor_after_div = false;  // s = max(amax / 448, 1 / (448 * 512)) (QuantParams)
+  bool ue8m0_floor = false;      // ue8m0 of max(s, 1e-10) (QuantParams)
 };
 // Per row (token) or per group_size columns: amax = max |y|, s = max(amax, 1e-10f) / 448.0f
-// (rounded up to a power of two for ue8m0), q = fp8(y / s). s: f32 [T, G] (row) or
+// or max(amax / 448, 1 / (448 * 512)) (floor_after_div; rounded up to a power of two for
+// ue8m0), q = fp8(y / s). s: f32 [T, G] (row) or
 // [G, pad4(T)] (col; the padding is written as 0).
 Status LaunchQuantFp8Dynamic(const DeviceTensor& y, const DynamicQuantParams& params,
                              const DeviceTensor& q, const DeviceTensor& s, cudaStream_t stream);

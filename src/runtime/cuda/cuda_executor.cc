@@ -232,6 +232,8 @@ Status PlanOp(const ir::Node& node, NodePlan& np) {
       np.quant.group_size = params.group_size;
       np.quant.layout = params.layout;
       np.quant.format = params.format;
+      np.quant.floor_after_div = params.scale_floor_after_div;
+      np.quant.ue8m0_floor = params.ue8m0_floor;
       return Status::Ok();
     }
     case ir::OpKind::kMatmul: np.kind = LaunchKind::kMatmul; return Status::Ok();

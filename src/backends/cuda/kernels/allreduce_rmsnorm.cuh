@@ -93,6 +93,8 @@ struct FusedKernelParams {
   uint64_t timeout_ns;            // 0: wait forever
   // ---- (last: the other fields keep their offsets, and the kernels their code)
   float sum_scale;                // a' = round(a * sum_scale) before the add; 1: a' = a
+  bool scale_floor_after_div;     // dynamic s = max(amax / 448, 1 / (448 * 512))
+  bool ue8m0_floor;               // ue8m0 of max(s, 1e-10)
 };
 
 // ================================================================ recipes
@@ -103,9 +105,9 @@ struct FusedKernelParams {
 // - RuntimeRecipe reads them from FusedKernelParams: uniform branches, every spec runs.
 // - FixedRecipe fixes them at compile time for the local op (a = x) in the forms models trace
 //   to most often: the weight in the activation dtype T, no weight bias, no sum scale, the norm reading
-//   round(h), the mode's default scale step, f32 scales, no allreduce_out; and
-//   y = round(round(n) * w) when kWeightAfterRound (LlamaRMSNorm's `weight * x.to(dtype)`),
-//   y = round(n * w) otherwise (vLLM's kernels). Without the branches the compiler schedules a
+//   round(h), the mode's default scale step and floors, f32 scales, no allreduce_out; and
+//   y = round(round(n) * w) when kWeightAfterRound (LlamaRMSNorm's `weight * x.to(dtype)`,
+//   vLLM's norm kernels), y = round(n * w) otherwise (Contract 3's default). Without the branches the compiler schedules a
 //   thread's vectors as one stretch of code, with fewer registers (docs/kernels.md).
 // Both compute the same bits: the same operations, some of them decided at compile time.
 // NOTE: a FixedRecipe kernel is correct only for parameters of its form, and only with a = x
@@ -123,6 +125,10 @@ struct RuntimeRecipe {
   __device__ __forceinline__ static bool WeightAfterRound(const FusedKernelParams& p) { return p.weight_after_round; }
   __device__ __forceinline__ static bool QuantDivides(const FusedKernelParams& p, QuantMode) { return p.quant_divides; }
   __device__ __forceinline__ static bool ScaleUe8m0(const FusedKernelParams& p) { return p.scale_ue8m0; }
+  __device__ __forceinline__ static bool ScaleFloorAfterDiv(const FusedKernelParams& p) {
+    return p.scale_floor_after_div;
+  }
+  __device__ __forceinline__ static bool Ue8m0Floor(const FusedKernelParams& p) { return p.ue8m0_floor; }
   __device__ __forceinline__ static void* AllreduceOut(const FusedKernelParams& p) { return p.allreduce_out; }
   __device__ __forceinline__ static RowSource Source(const FusedKernelParams& p) { return p.source; }
 };
@@ -142,6 +148,8 @@ struct FixedRecipe {
     return mode != QuantMode::kFp8Tensor;
   }
   __device__ __forceinline__ static bool ScaleUe8m0(const FusedKernelParams&) { return false; }
+  __device__ __forceinline__ static bool ScaleFloorAfterDiv(const FusedKernelParams&) { return false; }
+  __device__ __forceinline__ static bool Ue8m0Floor(const FusedKernelParams&) { return false; }
   __device__ __forceinline__ static void* AllreduceOut(const FusedKernelParams&) { return nullptr; }
   __device__ __forceinline__ static RowSource Source(const FusedKernelParams&) { return RowSource::kLocal; }
 };
@@ -161,7 +169,7 @@ using RecipeOf = std::conditional_t<kRecipe == KernelRecipe::kRuntime, RuntimeRe
 // for values that are >= +0 or NaN (the maxima of |y|): one integer reduction of the bit
 // patterns, whose order is the floats' from +0 to +inf, with NaN taken as +0. fmaxf would skip a
 // NaN too, and give NaN only where every value is NaN, where this gives +0: the FP8 scale is the
-// same (DynamicScale takes max(amax, 1e-10)).
+// same (DynamicScale floors the scale).
 __device__ __forceinline__ float LaneMaxOfMagnitudes(float v, unsigned mask) {
   return __uint_as_float(__reduce_max_sync(mask, isnan(v) ? 0u : __float_as_uint(v)));
 }
@@ -802,13 +810,13 @@ __device__ __forceinline__ uint2 QuantizeVector(float (&yf)[kVecElems], ScaleSte
   return ToFp8x8(yf);
 }
 
-// The dynamic scale s = max(amax, 1e-10) / 448 (ue8m0: rounded up to a power of two), and how
-// y is divided by it. amax / 448 is in QuotientByReciprocal's exact domain for every amax.
+// The dynamic scale s = max(amax, 1e-10) / 448, or max(amax / 448, 1 / (448 * 512)) under
+// scale_floor_after_div (DynamicScaleOfAmax, common/quotient.h; ue8m0: rounded up to a power of
+// two, from max(s, 1e-10) under ue8m0_floor), and how y is divided by it.
 template <class Recipe, QuantMode kQuant>
 __device__ __forceinline__ float DynamicScale(const FusedKernelParams& p, float amax, ScaleStep& step) {
-  float s = QuotientByReciprocal(fmaxf(amax, 1e-10f), 448.0f, 1.0f / 448.0f);
-  // NOTE: 1.0f / 448.0f is a compile-time constant, correctly rounded like __frcp_rn(448).
-  if (Recipe::ScaleUe8m0(p)) s = Ue8m0(s);
+  float s = DynamicScaleOfAmax(amax, Recipe::ScaleFloorAfterDiv(p));
+  if (Recipe::ScaleUe8m0(p)) s = Ue8m0(Recipe::Ue8m0Floor(p) ? fmaxf(s, kUe8m0ScaleFloor) : s);
   // Dividing by a power of two (ue8m0) is multiplying by its exact reciprocal.
   step = Recipe::QuantDivides(p, kQuant) && !Recipe::ScaleUe8m0(p) ? ScaleStep::kDivideBounded : ScaleStep::kMultiply;
   return s;

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "backends/cuda/kernels/unfused_common.cuh"
+#include "common/quotient.h"
 
 namespace tpfuse::cuda::unfused {
 
@@ -72,6 +73,8 @@ struct QuantDynamicParams {
   int64_t rows_padded = 0;  // column-major: pad4(rows)
   bool col_major = false;
   bool ue8m0 = false;
+  bool floor_after_div = false;  // s = max(amax / 448, 1 / (448 * 512))
+  bool ue8m0_floor = false;      // ue8m0 of max(s, 1e-10)
   bool vec = false;  // group_size % 8 == 0 and x, q aligned for 8-element vectors
 };
 
@@ -109,10 +112,20 @@ __device__ __forceinline__ void SpanQuantize(const T* x, Fp8* q, int64_t n, floa
   }
 }
 
-// s = max(amax, 1e-10f) / 448, rounded up to a power of two for ue8m0.
-__device__ __forceinline__ float ScaleFromAmax(float amax, bool ue8m0) {
-  const float s = __fdiv_rn(fmaxf(amax, 1e-10f), 448.0f);
-  return ue8m0 ? RoundUpToPowerOfTwo(s) : s;
+// s = max(amax, 1e-10f) / 448, or max(amax / 448, 1 / (448 * 512)) when floor_after_div (the
+// two forms of DynamicScaleOfAmax, common/quotient.h, by IEEE division: x may be f32 here),
+// rounded up to a power of two for ue8m0 (from max(s, 1e-10) when ue8m0_floor).
+__device__ __forceinline__ float ScaleFromAmax(float amax, bool ue8m0, bool floor_after_div,
+                                               bool ue8m0_floor) {
+  float s;
+  if (floor_after_div) {
+    s = __fdiv_rn(amax, 448.0f);
+    if (s < kScaleFloorAfterDiv) s = kScaleFloorAfterDiv;  // NaN stays NaN
+  } else {
+    s = __fdiv_rn(fmaxf(amax, 1e-10f), 448.0f);
+  }
+  if (!ue8m0) return s;
+  return RoundUpToPowerOfTwo(ue8m0_floor ? fmaxf(s, kUe8m0ScaleFloor) : s);
 }
 
 // QuantFp8DynamicKernel: per-token or per-group quantization of one row per block.
@@ -139,7 +152,7 @@ __global__ void QuantFp8DynamicKernel(QuantDynamicParams p) {
   Fp8* q = static_cast<Fp8*>(p.q) + row * p.cols;
   if (p.groups == 1) {
     const float amax = BlockMax(SpanAmax(x, p.cols, threadIdx.x, blockDim.x, p.vec), smem);
-    const float s = ScaleFromAmax(amax, p.ue8m0);
+    const float s = ScaleFromAmax(amax, p.ue8m0, p.floor_after_div, p.ue8m0_floor);
     SpanQuantize(x, q, p.cols, s, threadIdx.x, blockDim.x, p.vec);
     if (threadIdx.x == 0) *scale_at(0) = s;
     return;
@@ -148,7 +161,7 @@ __global__ void QuantFp8DynamicKernel(QuantDynamicParams p) {
   for (int64_t g = warp; g < p.groups; g += warps) {
     const T* xg = x + g * p.group_size;
     const float amax = WarpMax(SpanAmax(xg, p.group_size, lane, 32, p.vec));
-    const float s = ScaleFromAmax(amax, p.ue8m0);
+    const float s = ScaleFromAmax(amax, p.ue8m0, p.floor_after_div, p.ue8m0_floor);
     SpanQuantize(xg, q + g * p.group_size, p.group_size, s, lane, 32, p.vec);
     if (lane == 0) *scale_at(g) = s;
   }

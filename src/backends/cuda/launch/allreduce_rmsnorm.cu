@@ -145,6 +145,8 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.weight_after_round = spec.rounding.weight_after_round;
   p.bias_in_weight_dtype = spec.rounding.weight_bias_in_weight_dtype;
   p.quant_divides = spec.QuantDivides();
+  p.scale_floor_after_div = spec.rounding.scale_floor_after_div;
+  p.ue8m0_floor = spec.rounding.ue8m0_floor;
   p.world_size = 1;
   return p;
 }
@@ -502,7 +504,8 @@ KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOpt
                                   (!spec.rounding.scale_op_swapped &&
                                    (spec.quant == QuantMode::kFp8Tensor || dynamic_f32));
   const bool fixed = spec.weight_dtype == spec.act_dtype && spec.weight_bias == 0.0f && spec.sum_scale == 1.0f &&
-                     !spec.rounding.norm_input_f32 && !spec.emit.allreduce && default_scale_step;
+                     !spec.rounding.norm_input_f32 && !spec.emit.allreduce && default_scale_step &&
+                     !spec.rounding.scale_floor_after_div && !spec.rounding.ue8m0_floor;
   if (!fixed) return KernelRecipe::kRuntime;
   return spec.rounding.weight_after_round ? KernelRecipe::kFixedWeightAfterRound : KernelRecipe::kFixed;
 }

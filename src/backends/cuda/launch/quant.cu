@@ -81,6 +81,8 @@ Status LaunchQuantFp8Dynamic(const DeviceTensor& y, const DynamicQuantParams& pa
   p.rows_padded = rows_padded;
   p.col_major = col_major;
   p.ue8m0 = params.format == ScaleFormat::kUe8m0;
+  p.floor_after_div = params.floor_after_div;
+  p.ue8m0_floor = params.ue8m0_floor;
   p.vec = group % kVec == 0 && VecAligned(y.data, DTypeSize(y.dtype)) && VecAligned(q.data, 1);
   // Per token: the block shares the row. Per group: a warp per group, up to 8 warps.
   const int threads = groups == 1 ? RowBlockThreads(cols) : 32 * int(std::min<int64_t>(groups, 8));
