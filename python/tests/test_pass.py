@@ -327,6 +327,10 @@ def _define_vllm_ops():
     lib = torch.library.Library("_C", "FRAGMENT")
     lib.define("fused_add_rms_norm(Tensor! input, Tensor! residual, Tensor weight, float epsilon) -> ()")
     lib.define("static_scaled_fp8_quant(Tensor! result, Tensor input, Tensor scale) -> ()")
+    lib.define("dynamic_per_token_scaled_fp8_quant(Tensor! result, Tensor input, Tensor! scale, "
+               "Tensor? scale_ub) -> ()")
+    lib.define("per_token_group_fp8_quant(Tensor input, Tensor! output_q, Tensor! output_s, "
+               "int group_size, float eps, float fp8_min, float fp8_max, bool scale_ue8m0) -> ()")
     _define_vllm_ops.lib = lib  # keep the registration alive
 
 
@@ -365,11 +369,61 @@ def test_vllm_auto_functionalized_ops_translate_through_the_table():
     lines = [line.strip().split(" : ")[0] for line in tr.text.splitlines()[1:-1]]
     assert lines == [
         '%wait_tensor = all_reduce(%x) {group = "tp"}',
-        "%getitem, %getitem_1 = fused_add_rms_norm(%wait_tensor, %res, %w) {eps = 1e-06}",
+        "%getitem, %getitem_1 = fused_add_rms_norm(%wait_tensor, %res, %w) "
+        '{eps = 1e-06, rounding = ["weight_after_round"]}',
         '%getitem_2 = quant_fp8(%getitem, %scale) {mode = "tensor"}',
         "return %getitem_2, %getitem_1",
     ]
     assert not tr.opaque
+
+
+def _vllm_quant_graph(op, kwargs, results):
+    """input -> auto_functionalized(op, **kwargs) with its getitems; `kwargs` values naming a
+    placeholder ("x", "q", "s", "ub") become that placeholder."""
+    af = torch.ops.higher_order.auto_functionalized
+    g = fx.Graph()
+    with FakeTensorMode():
+        vals = {"x": torch.empty(6, 256, dtype=bf), "q": torch.empty(6, 256, dtype=torch.float8_e4m3fn),
+                "s": torch.empty(6, results["s"], dtype=torch.float32),
+                "ub": torch.empty((), dtype=torch.float32)}
+    nodes = {}
+    for name, v in vals.items():
+        nodes[name] = g.placeholder(name)
+        nodes[name].meta["val"] = v
+    kw = {k: nodes[v] if isinstance(v, str) and v in nodes else v for k, v in kwargs.items()}
+    call = g.call_function(af, (op,), kw)
+    outs = []
+    for i, name in results["items"]:
+        item = g.call_function(operator.getitem, (call, i))
+        item.meta["val"] = vals[name]
+        outs.append(item)
+    g.output(tuple(outs))
+    return g
+
+
+def test_vllm_dynamic_quant_ops_translate_with_their_kernels_rounding():
+    _define_vllm_ops()
+    token = torch.ops._C.dynamic_per_token_scaled_fp8_quant.default
+    items = {"s": 1, "items": [(1, "q"), (2, "s")]}
+    tr = translate(_vllm_quant_graph(token, {"result": "q", "input": "x", "scale": "s",
+                                             "scale_ub": None}, items))
+    assert 'mode = "token", rounding = ["scale_floor_after_div"]' in tr.text, tr.text
+    # scale_ub bounds the amax: the op stays opaque, with the reason.
+    tr = translate(_vllm_quant_graph(token, {"result": "q", "input": "x", "scale": "s",
+                                             "scale_ub": "ub"}, items))
+    assert "quant_fp8" not in tr.text and any("scale_ub" in r for r in tr.opaque.values())
+
+    group = torch.ops._C.per_token_group_fp8_quant.default
+    items = {"s": 2, "items": [(2, "q"), (3, "s")]}
+    base = {"input": "x", "output_q": "q", "output_s": "s", "group_size": 128, "eps": 1e-10,
+            "fp8_min": -448.0, "fp8_max": 448.0, "scale_ue8m0": False}
+    tr = translate(_vllm_quant_graph(group, base, items))
+    assert 'quant_fp8(%x) {mode = "group", group_size = 128}' in tr.text, tr.text
+    tr = translate(_vllm_quant_graph(group, {**base, "scale_ue8m0": True}, items))
+    assert 'scale_fmt = "ue8m0", rounding = ["ue8m0_floor"]' in tr.text, tr.text
+    for other in ({"eps": 1e-6}, {"fp8_max": 240.0, "fp8_min": -240.0}):
+        tr = translate(_vllm_quant_graph(group, {**base, **other}, items))
+        assert "quant_fp8" not in tr.text and any("eps" in r for r in tr.opaque.values()), other
 
 
 def gemma_norm(x, w, eps=1e-6):
@@ -530,3 +584,134 @@ def test_the_report_counts_the_all_reduces_left_in_the_graph():
     assert p.report.fused == 1 and len(p.report.left_alone) == 1, p.report.left_alone
     assert p.report.all_reduces_after == 1
     assert p.report.all_reduces_after == count(g, "_c10d_functional.all_reduce")
+
+
+# ---------------------------------------------------------------- vLLM's QuantFP8 torch forms
+
+FP8_MIN_SCALING_FACTOR = 1.0 / (448.0 * 512.0)
+
+
+def quantfp8_token(y):
+    """QuantFP8(static=False, PER_TOKEN).forward_native: the amax on y itself, no keepdim, the
+    scale floored after the division, y * s.reciprocal()."""
+    x_max, _ = y.abs().max(dim=-1)
+    x_max = x_max.unsqueeze(-1).to(torch.float32)
+    s = (x_max / 448.0).clamp(min=FP8_MIN_SCALING_FACTOR)
+    q = (y.to(torch.float32) * s.to(torch.float32).reciprocal()).clamp(-448.0, 448.0)
+    return q.to(torch.float8_e4m3fn), s
+
+
+def quantfp8_group(y, col_major=False):
+    """QuantFP8(static=False, group 128)._quantize_group_native: the 16-bit group view's amax,
+    .float(), floored after the division, the 16-bit view / s; scales squeezed to [..., H/128]
+    (and laid out column-major where asked)."""
+    shape, hidden = y.shape, y.shape[-1]
+    g = y.view(-1, hidden // 128, 128)
+    absmax = g.abs().max(dim=-1, keepdim=True)[0].float()
+    s = (absmax / 448.0).clamp(min=FP8_MIN_SCALING_FACTOR)
+    q = (g / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).view(-1, hidden).view(shape)
+    s = s.squeeze(-1).reshape(shape[:-1] + (hidden // 128,))
+    if col_major:
+        s = s.transpose(-2, -1).contiguous().transpose(-1, -2)
+    return q, s
+
+
+def quantfp8_static(y, scale):
+    """QuantFP8(static=True).forward_native with a bf16 scale: its cast to f32 is a node of the
+    graph, traced after the norm."""
+    out = y.to(torch.float32) * scale.to(torch.float32).reciprocal()
+    return out.clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+
+
+def same_bits(a, b):
+    if a.dtype == torch.float8_e4m3fn:
+        a, b = a.view(torch.uint8), b.view(torch.uint8)
+    return a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("form, mode", [
+    (quantfp8_token, "fp8_token"),
+    (quantfp8_group, "fp8_group"),
+    (lambda y: quantfp8_group(y, col_major=True), "fp8_group"),
+], ids=["token", "group", "group_col_major"])
+@pytest.mark.parametrize("weight_scale", [1.0, 1e-4], ids=["w", "tiny_w"])
+@pytest.mark.parametrize("shape", [(7, 256), (2, 5, 256)], ids=["2d", "3d"])
+def test_vllms_quantfp8_forms_fuse_and_quantize_the_fused_norm_exactly(form, mode, weight_scale,
+                                                                       shape):
+    # The fused op's q and s are what the torch form computes from the fused op's own norm, bit
+    # for bit: with weights of 1e-4 every amax lies below 1/512 and the floor after the division
+    # decides the scale; row 0 is all zeros (the floor there too).
+    def f(x, res, w):
+        h = x + res
+        y = llama_norm(h, w)
+        q, s = form(y)
+        return y, q, s, h
+
+    gm, (x, res, w) = trace_module(f, (shape, bf), (shape, bf), ((256,), bf))
+    w = (w.float() * weight_scale).to(bf)
+    x.view(-1, 256)[0] = 0
+    res.view(-1, 256)[0] = 0
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    calls = [n for n in gm.graph.nodes if str(n.target) == FUSED]
+    assert len(calls) == 1, gm.graph
+    assert str(calls[0].kwargs["quant"]) == mode
+    assert "scale_floor_after_div" in list(calls[0].kwargs["rounding"])
+    assert count(gm.graph, "aten.max") == 0 and count(gm.graph, "aten.clamp") == 0, gm.graph
+    y, q, s, h = gm(x, res, w)
+    want_q, want_s = form(y)
+    assert same_bits(q, want_q) and same_bits(s, want_s)
+    assert s.stride() == want_s.stride()
+    if weight_scale < 1:
+        assert torch.all(s == torch.tensor(FP8_MIN_SCALING_FACTOR, dtype=torch.float32))
+    assert torch.all(s.reshape(-1, s.shape[-1])[0] == torch.tensor(FP8_MIN_SCALING_FACTOR))
+    assert torch.equal(h, x + res)
+
+
+def test_a_static_quant_whose_scale_cast_comes_after_the_norm_is_fused():
+    # scale.to(f32) of a bf16 scale is traced after the norm, so the fused op goes after it; the
+    # norm's own reads of h before that point die with the chain.
+    def f(x, res, w, scale):
+        h = wait(ar(x, "sum", GROUP)) + res
+        return quantfp8_static(llama_norm(h, w), scale), h
+
+    g = trace(f, ((6, 256), bf), ((6, 256), bf), ((256,), bf), ((), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1, p.report.left_alone
+    (call,) = [n for n in g.nodes if str(n.target) == FUSED]
+    assert str(call.kwargs["quant"]) == "fp8_tensor"
+    g.lint()
+
+    def local(x, res, w, scale):
+        h = x + res
+        y = llama_norm(h, w)
+        return y, quantfp8_static(y, scale), h
+
+    gm, args = trace_module(local, ((6, 256), bf), ((6, 256), bf), ((256,), bf), ((), bf))
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 1, gm.graph
+    gm.graph.lint()
+    y, q, h = gm(*args)
+    assert same_bits(q, quantfp8_static(y, args[3]))
+
+
+def test_vllms_ue8m0_group_form_floors_after_the_rounding_and_is_left_to_the_graph():
+    def f(x, res, w):
+        h = x + res
+        y = llama_norm(h, w)
+        g = y.view(-1, 2, 128)
+        raw = g.abs().max(dim=-1, keepdim=True)[0].float() / 448.0
+        s = torch.exp2(torch.ceil(torch.log2(raw))).clamp(min=FP8_MIN_SCALING_FACTOR)
+        q = (g / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+        return q, s, h
+
+    g = trace(f, ((6, 256), bf), ((6, 256), bf), ((256,), bf))
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(g)
+    calls = [n for n in g.nodes if str(n.target) == FUSED]
+    assert len(calls) == 1 and str(calls[0].kwargs["quant"]) == "none", g
+    assert count(g, "aten.exp2") == 1

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/quotient.h"
 #include "ir/ops.h"
 #include "ir/static_quant.h"
 #include "passes/match.h"
@@ -433,19 +434,25 @@ struct DecomposedStaticQuant final : TypedPattern<ir::StaticQuantForm> {
 // ---------------------------------------------------------------- dynamic FP8 quant
 
 // The per-token or per-group FP8 quantization written in torch ops (vLLM's and DeepSeek's
-// reference forms), with d = cast(y, f32) ([T, H], token) or view(d, [T, H/g, g]) (group):
-//   s = div(clamp(amax(abs(d), dim = -1, keepdim), min = 1e-10)) {scalar = 448}
-//       [-> log2 -> ceil -> exp2]                                             (UE8M0)
+// reference forms, vLLM's QuantFP8 torch forms), with d = cast(y, f32) ([T, H], token) or
+// view(d, [T, H/g, g]) (group), or d the 16-bit y (or its group view) where the division
+// promotes it to f32:
+//   A = amax(abs(d), dim = -1, keepdim), or amax(abs(y)) [-> view(., [..., 1])] -> cast(., f32)
+//       (the maximum of magnitudes is exact in either dtype: x.abs().max(dim=-1) of vLLM)
+//   s = div(clamp(A, min = 1e-10)) {scalar = 448}                       (floor before: default)
+//     | clamp(div(A) {scalar = 448}, min = 1 / (448 * 512))             (scale_floor_after_div)
+//       [-> [abs ->] clamp(min = 1e-10)] -> log2 -> ceil -> exp2       (UE8M0, floor before only;
+//                                                   the clamp: rounding ue8m0_floor, vLLM's)
 //   q = cast(clamp(div(d, s) | mul(d, reciprocal(s)), +-448), f8e4m3)
 //   ->  q, s = quant_fp8(y) {mode = "token" | "group", group_size, [scale_fmt = "ue8m0"]}
 //
-// Numerics: exact. quant_fp8 computes s = max(amax, 1e-10f) / 448 (the IEEE quotient) and
-// y / s, or y * (1/s) with the reciprocal once in f32 (rounding scale_op_swapped). UE8M0's
-// exp2(ceil(log2(s))) is its round-up to a power of two for every s a bf16 or f16 activation
-// gives: such an s is a power of two exactly or lies >= 1/1792 (relative) from one, so no f32
-// log2 rounds it onto an integer (checked exhaustively on the oracle's ops by the canonicalize
-// tests, on torch's CPU ops by python/tests/test_ue8m0_torch.py). amax * (1/448) does not fold:
-// f32(1/448) is not 1/448.
+// Numerics: exact. quant_fp8 computes s = max(amax, 1e-10f) / 448 or max(amax / 448, f32(1 /
+// 229376)) (DynamicScaleOfAmax: the IEEE quotient) and y / s, or y * (1/s) with the reciprocal
+// once in f32 (rounding scale_op_swapped). UE8M0's exp2(ceil(log2(s))) is its round-up to a
+// power of two for every s a bf16 or f16 activation gives: such an s is a power of two exactly
+// or lies >= 1/1792 (relative) from one, so no f32 log2 rounds it onto an integer (checked
+// exhaustively on the oracle's ops by the canonicalize tests, on torch's CPU ops by
+// python/tests/test_ue8m0_torch.py). amax * (1/448) does not fold: f32(1/448) is not 1/448.
 struct DynamicQuantMatch {
   ir::Node* cast = nullptr;       // the cast to f8e4m3
   ir::Node* clamp = nullptr;      // null when absent
@@ -459,13 +466,48 @@ struct DynamicQuantMatch {
   int64_t group = 0;              // 0: per token
   bool ue8m0 = false;
   bool multiplies = false;
+  bool floor_after_div = false;   // clamp(amax / 448, min = 1 / (448 * 512))
+  bool ue8m0_floor = false;       // exp2(ceil(log2(clamp([abs](s), min = 1e-10))))
   ir::TensorType rows;          // y as quant_fp8 reads it: [rows, H]
   ir::TensorType scale_type;    // quant_fp8's s for that input
 };
 
-// The cast / view between y and the dividend d: a widening cast, and for the group form one
-// view [..., H] -> [..., H/g, g], in either order. y is [T, H] or, with more leading dims,
-// [B, S, H] (quant_fp8 then reads it as a [rows, H] view).
+// Whether dims a and b hold the same number of elements: the same dims, or constants of one
+// product (a view flattening [B, S] to [B * S]).
+bool SameElements(const std::vector<ir::Dim>& a, const std::vector<ir::Dim>& b) {
+  if (a == b) return true;
+  int64_t pa = 1, pb = 1;
+  for (const ir::Dim& d : a) {
+    if (!d.is_const()) return false;
+    pa *= d.value;
+  }
+  for (const ir::Dim& d : b) {
+    if (!d.is_const()) return false;
+    pb *= d.value;
+  }
+  return pa == pb;
+}
+
+// A view [..., H] -> [..., H/g, g] whose leading dims hold the same rows (the same dims, or
+// flattened: x.view(-1, H/g, g) of a [B, S, H] x).
+bool IsGroupView(const ir::Node* p) {
+  if (p->op() != "view" || p->num_operands() != 1) return false;
+  const ir::TensorType& in = p->operand(0)->type();
+  const ir::TensorType& out = p->result()->type();
+  if (in.rank() < 2 || out.rank() < 3) return false;
+  const ir::Dim& hidden = in.shape.back();
+  const ir::Dim& groups = out.shape[size_t(out.rank() - 2)];
+  const ir::Dim& size = out.shape.back();
+  if (!hidden.is_const() || !groups.is_const() || !size.is_const() ||
+      groups.value * size.value != hidden.value)
+    return false;
+  return SameElements({in.shape.begin(), in.shape.end() - 1}, {out.shape.begin(), out.shape.end() - 2});
+}
+
+// The cast / view between y and the dividend d: a widening cast (or none, where the scale step
+// promotes a 16-bit d to f32), and for the group form one view [..., H] -> [..., H/g, g], in
+// either order. y is [T, H] or, with more leading dims, [B, S, H] (quant_fp8 then reads it as a
+// [rows, H] view).
 bool PeelDividend(ir::Value* d, DynamicQuantMatch& m) {
   ir::Value* v = d;
   bool cast_seen = false;
@@ -474,8 +516,7 @@ bool PeelDividend(ir::Value* d, DynamicQuantMatch& m) {
     if (p == nullptr) break;
     if (!cast_seen && IsWideningCast(p)) {
       cast_seen = true;
-    } else if (m.group_view == nullptr && p->op() == "view" && v->type().rank() >= 3 &&
-               p->operand(0)->type().rank() + 1 == v->type().rank()) {
+    } else if (m.group_view == nullptr && IsGroupView(p)) {
       m.group_view = p;
     } else {
       break;
@@ -484,24 +525,60 @@ bool PeelDividend(ir::Value* d, DynamicQuantMatch& m) {
     v = p->operand(0);
   }
   const int rank = v->type().rank();
-  if (!cast_seen || rank < 2) return false;
+  // Without a cast the scale step's promotion to f32 widens the 16-bit y (exact, as the cast).
+  const bool promoted = IsHalfType(v->dtype()) && m.scale_op->result()->dtype() == DType::kF32;
+  if (!(cast_seen || promoted) || rank < 2) return false;
   if (m.group_view == nullptr) {
     if (d->type().rank() != rank) return false;
   } else {
-    const ir::TensorType& g = m.group_view->result()->type();  // [..., H/g, g]
-    const ir::Dim& hidden = v->shape().back();
-    for (int i = 0; i + 1 < rank; ++i) {
-      if (!(g.shape[size_t(i)] == v->shape()[size_t(i)])) return false;
-    }
-    const ir::Dim& groups = g.shape[size_t(rank - 1)];
-    const ir::Dim& size = g.shape[size_t(rank)];
-    if (!hidden.is_const() || !size.is_const() || !groups.is_const() ||
-        groups.value * size.value != hidden.value)
-      return false;
-    m.group = size.value;
+    m.group = m.group_view->result()->shape().back().value;  // [..., H/g, g]
   }
   m.y = v;
   return true;
+}
+
+// The amax links of a dynamic scale, producers first, ending at the value the scale's
+// arithmetic reads: abs -> amax over the last dim of d, or of the 16-bit value d widens from
+// (the same maximum), then at most one widening cast and one view putting the reduced dim back
+// ([...] -> [..., 1], after an amax without keepdim), in either order. nullopt: no abs -> amax
+// there at all; empty: an amax of the right operand over another dim or without the dim kept.
+std::optional<std::vector<ir::Node*>> MatchScaleAmax(const ir::Value* v, const ir::Value* d) {
+  std::vector<ir::Node*> tail;  // consumers first
+  ir::Node* cast = nullptr;
+  ir::Node* unsqueeze = nullptr;
+  for (int hop = 0; hop < 2; ++hop) {
+    ir::Node* p = v->producer();
+    if (p == nullptr) break;
+    const ir::TensorType& in = p->num_operands() == 1 ? p->operand(0)->type() : ir::TensorType{};
+    if (cast == nullptr && IsWideningCast(p)) {
+      cast = p;
+    } else if (unsqueeze == nullptr && p->op() == "view" && p->result()->type().rank() == in.rank() + 1 &&
+               p->result()->shape().back() == ir::Dim::Const(1)) {
+      for (int i = 0; i < in.rank(); ++i) {
+        if (!(p->result()->shape()[size_t(i)] == in.shape[size_t(i)])) return std::nullopt;
+      }
+      unsqueeze = p;
+    } else {
+      break;
+    }
+    tail.push_back(p);
+    v = p->operand(0);
+  }
+  ir::Node* amax = ProducedBy(v, "amax");
+  ir::Node* abs = amax ? ProducedBy(amax->operand(0), "abs") : nullptr;
+  if (abs == nullptr) return std::nullopt;
+  const ir::Value* a = abs->operand(0);
+  const ir::Node* widen = d->producer();
+  if (!(a == d || (IsWideningCast(widen) && widen->operand(0) == a))) return std::nullopt;
+  const int rank = a->type().rank();
+  const std::optional<double> dim = NumberAttr(amax, "dim", -1.0);
+  const std::optional<bool> keepdim = BoolAttr(amax, "keepdim", false);
+  if (!dim || !keepdim || (*dim != -1.0 && *dim != double(rank - 1)) ||
+      *keepdim == (unsqueeze != nullptr))
+    return std::vector<ir::Node*>{};
+  std::vector<ir::Node*> links = {abs, amax};
+  links.insert(links.end(), tail.rbegin(), tail.rend());
+  return links;
 }
 
 struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
@@ -539,7 +616,7 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     }
     // A rank-0 scale is the static form's.
     if (m.s->type().rank() < 2 || !PeelDividend(d, m)) return std::nullopt;
-    // The scale: [exp2(ceil(log2(.)))] of div(clamp(amax(abs(d))), 448).
+    // The scale: [exp2(ceil(log2(.)))] of div(clamp(A), 448) or clamp(div(A, 448)).
     ir::Value* s = m.s;
     if (ir::Node* exp2 = ProducedBy(s, "exp2")) {
       ir::Node* ceil = ProducedBy(exp2->operand(0), "ceil");
@@ -548,20 +625,61 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
       m.ue8m0 = true;
       m.scale_chain = {log2, ceil, exp2};
       s = log2->operand(0);
+      // vLLM's per-group kernel rounds max(|s|, 1e-10) up (s is positive: the abs changes
+      // nothing): clamp(min = 1e-10) [of abs] of the floor-before scale div(clamp(A), 448).
+      ir::Node* floor = ProducedBy(s, "clamp");
+      if (floor != nullptr && NumberAttr(floor, "min") == 1e-10 && floor->attr("max") == nullptr) {
+        ir::Node* abs = ProducedBy(floor->operand(0), "abs");
+        ir::Value* inner = abs ? abs->operand(0) : floor->operand(0);
+        ir::Node* div = ProducedBy(inner, "div");
+        if (div != nullptr && div->num_operands() == 1 && ProducedBy(div->operand(0), "clamp")) {
+          m.ue8m0_floor = true;
+          m.scale_chain.insert(m.scale_chain.begin(), floor);
+          if (abs) m.scale_chain.insert(m.scale_chain.begin(), abs);
+          s = inner;
+        }
+      }
     }
-    ir::Node* step = s->producer();
-    if (step == nullptr || step->num_operands() != 1) return std::nullopt;
+    ir::Node* last = s->producer();
+    if (last == nullptr || last->num_operands() != 1) return std::nullopt;
+    ir::Node* step = last;
     ir::Node* floor = ProducedBy(step->operand(0), "clamp");
-    ir::Node* amax = floor ? ProducedBy(floor->operand(0), "amax") : nullptr;
-    ir::Node* abs = amax ? ProducedBy(amax->operand(0), "abs") : nullptr;
-    if (abs == nullptr || abs->operand(0) != d) return std::nullopt;
+    if (last->op() == "clamp") {  // the floor after the division
+      m.floor_after_div = true;
+      floor = last;
+      step = floor->operand(0)->producer();
+      if (step == nullptr || step->num_operands() != 1) return std::nullopt;
+      // vLLM's UE8M0 group form: clamp(exp2(ceil(log2(amax / 448))), min = 1 / (448 * 512)).
+      ir::Node* ceil = step->op() == "exp2" ? ProducedBy(step->operand(0), "ceil") : nullptr;
+      ir::Node* log2 = ceil ? ProducedBy(ceil->operand(0), "log2") : nullptr;
+      ir::Node* div = log2 ? ProducedBy(log2->operand(0), "div") : nullptr;
+      if (div != nullptr && div->num_operands() == 1 && MatchScaleAmax(div->operand(0), d)) {
+        notes.Decline("the scale's floor follows its power-of-two rounding");
+        return std::nullopt;
+      }
+    }
+    if (floor == nullptr) return std::nullopt;
+    const ir::Value* amax_value = (m.floor_after_div ? step : floor)->operand(0);
+    std::optional<std::vector<ir::Node*>> amax_links = MatchScaleAmax(amax_value, d);
+    if (!amax_links) return std::nullopt;
     // From here the shape is the dynamic quant's: say why it does not fold.
-    if (!IsLastDimKeepdim(amax, false)) {
-      notes.Decline("the amax is not over the last dim with keepdim");
+    if (amax_links->empty()) {
+      notes.Decline("the amax is not over the last dim with keepdim (or viewed back to it)");
       return std::nullopt;
     }
-    if (NumberAttr(floor, "min") != 1e-10 || floor->attr("max") != nullptr) {
-      notes.Decline("the amax floor is not clamp(min = 1e-10), the fused quant's");
+    if (amax_value->dtype() != DType::kF32) {
+      notes.Decline("the scale is computed in " + std::string(DTypeName(amax_value->dtype())) +
+                    ", not f32");
+      return std::nullopt;
+    }
+    const std::optional<double> min = NumberAttr(floor, "min");
+    const bool floor_ok = min && floor->attr("max") == nullptr &&
+                          (m.floor_after_div ? float(*min) == kScaleFloorAfterDiv : *min == 1e-10);
+    if (!floor_ok) {
+      notes.Decline(m.floor_after_div
+                        ? "the scale's floor after the division is not clamp(min = 1 / (448 * "
+                          "512)), the fused quant's"
+                        : "the amax floor is not clamp(min = 1e-10), the fused quant's");
       return std::nullopt;
     }
     if (step->op() == "mul" && ScalarOperand(step)) {
@@ -575,11 +693,20 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
       notes.Decline("the scale is not amax / 448");
       return std::nullopt;
     }
+    if (m.floor_after_div && m.ue8m0) {
+      notes.Decline("the scale is floored after the division and rounded to a power of two: "
+                    "the fused quant floors such scales before the division");
+      return std::nullopt;
+    }
     if (m.clamp && (NumberAttr(m.clamp, "min") != -448.0 || NumberAttr(m.clamp, "max") != 448.0)) {
       notes.Decline("the clamp bounds are not the FP8 e4m3 range +-448");
       return std::nullopt;
     }
-    m.scale_chain.insert(m.scale_chain.begin(), {abs, amax, floor, step});
+    std::vector<ir::Node*> arithmetic = {floor, step};
+    if (m.floor_after_div) std::swap(arithmetic[0], arithmetic[1]);
+    std::vector<ir::Node*> chain = *amax_links;
+    chain.insert(chain.end(), arithmetic.begin(), arithmetic.end());
+    m.scale_chain.insert(m.scale_chain.begin(), chain.begin(), chain.end());
     // Every link but the last feeds only the next; the scale itself may have any uses.
     for (size_t k = 0; k + 1 < m.scale_chain.size(); ++k) {
       if (!SoleUser(m.scale_chain[k]->result(), m.scale_chain[k + 1])) {
@@ -622,6 +749,8 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     if (m.ue8m0) attrs["scale_fmt"] = ir::Attr::Str("ue8m0");
     RoundingRecipe rounding;
     rounding.scale_op_swapped = m.multiplies;
+    rounding.scale_floor_after_div = m.floor_after_div;
+    rounding.ue8m0_floor = m.ue8m0_floor;
     return ir::WithRounding(std::move(attrs), rounding);
   }
 

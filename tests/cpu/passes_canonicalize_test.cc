@@ -374,6 +374,133 @@ TEST(PassesCanonicalize, DynamicQuantDeclinesAnotherDivisor) {
   EXPECT_EQ(CountOp(*c.after, "quant_fp8"), 0);
 }
 
+// The floor after the division (vLLM's QuantFP8 torch forms): s = clamp(amax / 448, min =
+// 1 / (448 * 512)) folds with rounding scale_floor_after_div, the amax on f32 or on the bf16 y;
+// another floor there, or a floor after the power-of-two rounding, is declined with the reason.
+TEST(PassesCanonicalize, DynamicQuantWithTheFloorAfterTheDivisionFolds) {
+  Compiled c = Canonicalize(DynamicQuantWithScale(
+      "  %sd = div(%am) {scalar = 448}\n"
+      "  %s = clamp(%sd) {min = 4.359654017857143e-06}\n"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant", "applied"), 1) << DescribeReport(c.ctx);
+  FileCheck(Print(*c.after), R"(
+    CHECK: %qa, %s = quant_fp8(%a) {mode = "token", rounding = ["scale_floor_after_div"]}
+  )");
+  ExpectSameOutputs(c);
+}
+
+// vLLM's per-group kernel's UE8M0: exp2(ceil(log2(max(|s|, 1e-10)))), rounding ue8m0_floor.
+TEST(PassesCanonicalize, DynamicQuantUe8m0OfTheFlooredScaleFolds) {
+  for (const std::string abs : {"", "  %sa = abs(%sd)\n"}) {
+    const std::string floored = abs.empty() ? "%sd" : "%sa";
+    Compiled c = Canonicalize(DynamicQuantWithScale(
+        "  %ac = clamp(%am) {min = 1e-10}\n"
+        "  %sd = div(%ac) {scalar = 448}\n" + abs +
+        "  %sc = clamp(" + floored + ") {min = 1e-10}\n"
+        "  %lg = log2(%sc)\n"
+        "  %ce = ceil(%lg)\n"
+        "  %s = exp2(%ce)\n"));
+    ASSERT_TRUE(c.ok());
+    EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant", "applied"), 1) << DescribeReport(c.ctx);
+    FileCheck(Print(*c.after), R"(
+      CHECK: %qa, %s = quant_fp8(%a) {mode = "token", rounding = ["ue8m0_floor"], scale_fmt = "ue8m0"}
+    )");
+    ExpectSameOutputs(c);
+  }
+}
+
+TEST(PassesCanonicalize, DynamicQuantWithTheAmaxOfTheHalfInputFolds) {
+  // vLLM's per-token form: y.abs().max(dim=-1) (no keepdim), unsqueeze(-1), .to(f32); and its
+  // per-group form: the bf16 group view's amax with keepdim, .float(), the bf16 view / s.
+  Compiled c = Canonicalize(R"(
+    func @f(%a: bf16[T, 256], %b: bf16[2, 3, 256]) {
+      %aa = abs(%a)
+      %am = amax(%aa) {dim = -1, keepdim = false}
+      %au = view(%am) {shape = [T, 1]}
+      %af = cast(%au) {to = f32}
+      %sd = div(%af) {scalar = 448}
+      %sa = clamp(%sd) {min = 4.359654017857143e-06}
+      %ad = cast(%a) {to = f32}
+      %ia = reciprocal(%sa)
+      %da = mul(%ad, %ia)
+      %ca = clamp(%da) {min = -448, max = 448}
+      %qa = cast(%ca) {to = f8e4m3}
+      %bg = view(%b) {shape = [6, 2, 128]}
+      %ba = abs(%bg)
+      %bm = amax(%ba) {dim = -1, keepdim = true}
+      %bf = cast(%bm) {to = f32}
+      %sbd = div(%bf) {scalar = 448}
+      %sb = clamp(%sbd) {min = 4.359654017857143e-06}
+      %db = div(%bg, %sb)
+      %cb = clamp(%db) {min = -448, max = 448}
+      %qb = cast(%cb) {to = f8e4m3}
+      return %qa, %sa, %qb, %sb
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant", "applied"), 2) << DescribeReport(c.ctx);
+  FileCheck(Print(*c.after), R"(
+    CHECK: %qa, %sa = quant_fp8(%a) {mode = "token", rounding = ["scale_op_swapped", "scale_floor_after_div"]}
+    CHECK: = quant_fp8(%b.rows) {group_size = 128, mode = "group", rounding = ["scale_floor_after_div"]}
+  )");
+  for (const char* op : {"abs", "amax", "clamp", "div", "reciprocal"})
+    EXPECT_EQ(CountOp(*c.after, op), 0) << op << "\n" << Print(*c.after);
+  ExpectSameOutputs(c);
+}
+
+TEST(PassesCanonicalize, DynamicQuantDeclinesOtherFloorsAfterTheDivision) {
+  Compiled c = Canonicalize(DynamicQuantWithScale(
+      "  %sd = div(%am) {scalar = 448}\n"
+      "  %s = clamp(%sd) {min = 1e-10}\n"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant",
+                    "declined: the scale's floor after the division is not clamp(min = 1 / (448 * "
+                    "512)), the fused quant's"),
+            1)
+      << DescribeReport(c.ctx);
+  // vLLM's UE8M0 group form floors after the power-of-two rounding.
+  c = Canonicalize(DynamicQuantWithScale(
+      "  %sd = div(%am) {scalar = 448}\n"
+      "  %lg = log2(%sd)\n"
+      "  %ce = ceil(%lg)\n"
+      "  %ex = exp2(%ce)\n"
+      "  %s = clamp(%ex) {min = 4.359654017857143e-06}\n"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant",
+                    "declined: the scale's floor follows its power-of-two rounding"),
+            1)
+      << DescribeReport(c.ctx);
+  // ... and a floor after the division, then the rounding: not a scale the fused op makes.
+  c = Canonicalize(DynamicQuantWithScale(
+      "  %sd = div(%am) {scalar = 448}\n"
+      "  %sc = clamp(%sd) {min = 4.359654017857143e-06}\n"
+      "  %lg = log2(%sc)\n"
+      "  %ce = ceil(%lg)\n"
+      "  %s = exp2(%ce)\n"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant",
+                    "declined: the scale is floored after the division and rounded to a power of "
+                    "two: the fused quant floors such scales before the division"),
+            1)
+      << DescribeReport(c.ctx);
+  // A scale computed in bf16 (the amax divided before the cast) rounds differently.
+  c = Canonicalize(R"(
+    func @f(%a: bf16[T, 256]) {
+      %aa = abs(%a)
+      %am = amax(%aa) {dim = -1, keepdim = true}
+      %sd = div(%am) {scalar = 448}
+      %s = clamp(%sd) {min = 4.359654017857143e-06}
+      %sf = cast(%s) {to = f32}
+      %ad = cast(%a) {to = f32}
+      %da = div(%ad, %sf)
+      %qa = cast(%da) {to = f8e4m3}
+      return %qa, %sf
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountOp(*c.after, "quant_fp8"), 0) << Print(*c.after);
+}
+
 // UE8M0 written as exp2(ceil(log2(s))) is the kernels' bitwise round-up to a power of two for
 // every scale s = max(amax, 1e-10) / 448 that a bf16 or f16 activation gives (all of them,
 // checked here on the oracle's ops). Why it holds: amax = M * 2^e with M < 2^11, so s is a power

@@ -99,7 +99,9 @@ INSTANTIATE_TEST_SUITE_P(
                       FormCase{"rank3_group_quant.tpg", 4, {"weight_after_round"}},
                       FormCase{"dynamic_token_quant.tpg", 4, {"weight_after_round"}},
                       FormCase{"dynamic_group_quant.tpg", 4, {"weight_after_round"}},
-                      FormCase{"granite.tpg", 4, {"weight_after_round"}}),
+                      FormCase{"granite.tpg", 4, {"weight_after_round"}},
+                      FormCase{"vllm_quantfp8_native.tpg", 4,
+                               {"weight_after_round", "scale_floor_after_div"}}),
     [](const auto& info) {
       std::string n = info.param.file.substr(0, info.param.file.find('.'));
       return n;

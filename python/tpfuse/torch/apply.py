@@ -111,6 +111,18 @@ class Applier:
             for o in n.operands:
                 self.consumers.setdefault(o, []).append(n)
         self.compiled_types = dict(compiled.params)
+        # The reads that moved: (what the graph read, what the compiled func reads instead) for
+        # each func output and each operand of an opaque node (an FX node the compiler cannot
+        # see into: it reads the IR value positionally, as the output does). The compiler may
+        # fold a view of a fused result away (q.flatten(-2), s.squeeze(-1)), so a value the
+        # graph read is now read from the fusion under another name.
+        self.moved_reads: List[Tuple[str, str]] = list(zip(tr.func.outputs, compiled.outputs))
+        opaque_after = {n.results[0]: n for n in compiled.nodes if n.op == "opaque" and n.results}
+        for n in tr.func.nodes:
+            after = opaque_after.get(n.results[0]) if n.op == "opaque" and n.results else None
+            if after is not None and len(after.operands) == len(n.operands):
+                self.moved_reads += list(zip(n.operands, after.operands))
+        self.moved_to = {now for was, now in self.moved_reads if was != now}
         self.sym_refs = _symbol_refs(graph)
         # Graph values taken over by the fusions applied so far -> the FX node now holding each:
         # a later fusion that reads one (a chain whose residual is an earlier fusion's residual
@@ -212,17 +224,30 @@ class Applier:
             for r in n.results:
                 if r in self.tr.types:
                     takeover[r] = (self.tr.node_of[r], r)
-        # A func output the compiler now reads from this fusion under another name (a view of a
-        # result that it folded away, say): every use FX can see of an IR value goes through the
-        # func's outputs, so the graph value at that position is taken over too.
+        # A func output or opaque operand the compiler now reads from this fusion under another
+        # name (a view of a result that it folded away, say): every use FX can see of an IR
+        # value goes through those reads, so the graph value read there is taken over too.
         made = {r for n in pre + [fused] + post for r in n.results}
-        for was, now in zip(self.tr.func.outputs, self.compiled.outputs):
+        for was, now in self.moved_reads:
             if was != now and now in made and was in self.tr.node_of and was not in takeover:
+                producer = self.producer[now]
+                ty = producer.types[producer.results.index(now)] if producer.types else None
+                if ty is not None and ty != self.tr.types[was]:
+                    raise ApplyError(f"the compiler reads %{now} ({ty}) where the graph read "
+                                     f"%{was} ({self.tr.types[was]})")
                 takeover[was] = (self.tr.node_of[was], now)
+        # A user before the fused op's place is fine where it dies with the chain: it feeds only
+        # values taken over (or other such users), so it is left as it is for dead code
+        # elimination (the norm's cast of h when the scale's cast comes after the norm).
+        taken_nodes = {old for old, _ in takeover.values()}
+        dying: set = set()
         for r, (old, _) in takeover.items():
             for user in self._users_to_redirect(old, site, r):
                 if order[user] <= order[insert_after]:
-                    raise ApplyError(f"%{user.name} reads %{r} before the fused op's operands exist")
+                    if not self._dies_with(user, taken_nodes, {}):
+                        raise ApplyError(
+                            f"%{user.name} reads %{r} before the fused op's operands exist")
+                    dying.add(user)
 
         # Materialize.
         # NOTE: inserting before the node that follows keeps the new nodes in creation order.
@@ -248,6 +273,8 @@ class Applier:
             taken[r] = new
             holders = [old] + self.tr.aliases.get(r, [])
             for user in self._users_to_redirect(old, site, r):
+                if user in dying:
+                    continue
                 for holder in holders:
                     if holder in user.all_input_nodes:
                         user.replace_input_with(holder, new)
@@ -257,6 +284,17 @@ class Applier:
             self.sites_to_drop.append(site)
 
         return AppliedFusion(anchor or "", fused.results[0], dict(fused.attrs), replaced), taken
+
+    def _dies_with(self, node: fx.Node, taken: set, memo: Dict[fx.Node, bool]) -> bool:
+        """Whether `node` has no use left once the values in `taken` are replaced: a pure call
+        whose every user is taken over or dies so too."""
+        if node in memo:
+            return memo[node]
+        memo[node] = False  # a cycle cannot happen in a DAG; this only guards the recursion
+        ok = node.op == "call_function" and not node.is_impure() and all(
+            u in taken or self._dies_with(u, taken, memo) for u in node.users)
+        memo[node] = ok
+        return ok
 
     def _users_to_redirect(self, old: fx.Node, site, name: str) -> List[fx.Node]:
         users = list(old.users)
@@ -320,7 +358,7 @@ class Applier:
                 if c.op in ("view", "cast"):
                     out.append(c)
                     frontier.extend(c.results)
-                elif name not in self.tr.types:
+                elif name not in self.tr.types and not (c.op == "opaque" and name in self.moved_to):
                     raise ApplyError(f"the compiler's {c.op} reads the new value %{name}")
         return out
 

@@ -323,6 +323,9 @@ ATEN_TABLE: Dict[str, Handler] = {
     "aten.view.default": _view,
     "aten.reshape.default": _view,
     "aten._unsafe_view.default": _view,
+    "aten.unsqueeze.default": _view,
+    "aten.squeeze.dim": _view,
+    "aten.squeeze.dims": _view,
     "aten.mm.default": _mm,
     "aten.rms_norm.default": _rms_norm,
 }
@@ -344,20 +347,42 @@ class VllmOp:
     attrs: Callable[[Dict[str, Any]], Dict[str, ir.AttrValue]]
 
 
+def _vllm_dynamic_token(kw: Dict[str, Any]) -> Dict[str, ir.AttrValue]:
+    # The kernel: s = max(amax / 448, 1 / (448 * 512)), q = fp8(y / s). scale_ub clamps the amax.
+    if kw.get("scale_ub") is not None:
+        raise ValueError("scale_ub bounds the amax, which the fused quant does not")
+    return {"mode": "token", "rounding": ["scale_floor_after_div"]}
+
+
+def _vllm_group(kw: Dict[str, Any]) -> Dict[str, ir.AttrValue]:
+    # The kernel: s = max(amax, eps) / fp8_max, q = clamp(y / s, fp8_min, fp8_max); UE8M0 scales
+    # rounded up from max(|s|, 1e-10) (rounding ue8m0_floor).
+    eps, lo, hi = kw.get("eps", 1e-10), kw.get("fp8_min", -448.0), kw.get("fp8_max", 448.0)
+    if float(eps) != 1e-10 or float(lo) != -448.0 or float(hi) != 448.0:
+        raise ValueError(f"eps {eps}, fp8 range [{lo}, {hi}]: the fused quant's are 1e-10, "
+                         "[-448, 448]")
+    attrs: Dict[str, ir.AttrValue] = {"mode": "group", "group_size": int(kw["group_size"])}
+    if kw.get("scale_ue8m0"):
+        attrs.update(scale_fmt="ue8m0", rounding=["ue8m0_floor"])
+    return attrs
+
+
+# vLLM's norm kernels compute out = (scalar_t)(x * rstd) * weight: the normalized value rounded
+# to the activation dtype before the weight multiply (weight_after_round); the fused-add kernel
+# adds in the activation dtype (the norm reads round(h), the IR's default).
 VLLM_TABLE: Dict[str, VllmOp] = {
     "_C.rms_norm.default": VllmOp(
-        "rms_norm", ("input", "weight"), (1,), lambda kw: {"eps": float(kw["epsilon"])}),
+        "rms_norm", ("input", "weight"), (1,),
+        lambda kw: {"eps": float(kw["epsilon"]), "rounding": ["weight_after_round"]}),
     "_C.fused_add_rms_norm.default": VllmOp(
         "fused_add_rms_norm", ("input", "residual", "weight"), (1, 2),
-        lambda kw: {"eps": float(kw["epsilon"])}),
+        lambda kw: {"eps": float(kw["epsilon"]), "rounding": ["weight_after_round"]}),
     "_C.static_scaled_fp8_quant.default": VllmOp(
         "quant_fp8", ("input", "scale"), (1,), lambda kw: {"mode": "tensor"}),
     "_C.dynamic_per_token_scaled_fp8_quant.default": VllmOp(
-        "quant_fp8", ("input",), (1, 2), lambda kw: {"mode": "token"}),
+        "quant_fp8", ("input",), (1, 2), _vllm_dynamic_token),
     "_C.per_token_group_fp8_quant.default": VllmOp(
-        "quant_fp8", ("input",), (2, 3),
-        lambda kw: {"mode": "group", "group_size": int(kw["group_size"]),
-                    "scale_fmt": "ue8m0" if kw.get("scale_ue8m0") else "f32"}),
+        "quant_fp8", ("input",), (2, 3), _vllm_group),
 }
 
 
@@ -498,6 +523,8 @@ class Translator:
             return
         if target in ("auto_functionalized", "higher_order.auto_functionalized"):
             return self._auto_functionalized(node)
+        if target == "aten.max.dim":
+            return self._max_dim(node)
         handler = ATEN_TABLE.get(target)
         if handler is None:
             return self._opaque(node, f"{target} has no IR op")
@@ -588,6 +615,28 @@ class Translator:
                 self.node_of[elems[index]] = node  # the FX node that holds the element
                 return
         self._opaque(node, "getitem of an opaque value")
+
+    def _max_dim(self, node: fx.Node) -> None:
+        """max(x, dim, keepdim) whose values alone are read (getitem 0; vLLM's
+        `x.abs().max(dim=-1)`): the amax of the IR, named after that getitem. Read indices keep
+        the node opaque."""
+        getitems = {u.args[1]: u for u in node.users if u.target is operator.getitem}
+        values = getitems.get(0)
+        if values is None or (1 in getitems and getitems[1].users) or \
+                len(getitems) != len(node.users):
+            return self._opaque(node, "max.dim: its indices are read, or its values are not")
+        if _node_type(values) is None:
+            return self._opaque(node, "max.dim: the values have no IR type")
+        xv = self._value(node.args[0])
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        if xv is None or self.types[xv].dtype != _node_type(values).dtype:
+            return self._opaque(node, "max.dim: operand has no IR type or the dtype changes")
+        if dim not in (-1, len(self.types[xv].shape) - 1):
+            return self._opaque(node, f"max.dim: only the last dim is supported, got {dim}")
+        self.tuples[node] = {}
+        self._add(values, "amax", [xv], {"dim": -1, "keepdim": bool(keepdim)},
+                  [(values.name, values)])
 
     def _auto_functionalized(self, node: fx.Node) -> None:
         op = node.args[0]
