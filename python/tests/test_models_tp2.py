@@ -1,7 +1,9 @@
 """transformers' Llama, Qwen3, Gemma3, DeepSeek-V3 and Granite (tiny configs, random weights, 2
-layers), sharded for TP 2 and run at world size 2 over gloo: the pass fuses every all_reduce ->
-norm site (2 per layer), no all_reduce stays in the graph, it reports nothing it should not, and
-the compiled model equals the eager one.
+layers), sharded for TP 2, and the replicated families of tp_models (post-norm, sandwich norms,
+fused projections, MoE, hybrid linear attention), run at world size 2 over gloo: the pass fuses
+every all_reduce -> norm site (2 per layer), no all_reduce stays in the graph, it reports nothing
+it should not, and the compiled model equals the eager one. Cohere's parallel attention and MLP
+(two all_reduces added to one residual) leaves what it cannot fuse, and says why.
 
 All cases run in one pair of processes (a session fixture), so the interpreter start, the
 imports and the process group are paid once.
@@ -26,14 +28,16 @@ CASES = [
     Case("llama", quant="tensor"),
     Case("qwen3", quant="group"),
     Case("deepseek_v3", quant="group"),
-]
+] + [Case(family) for family in tp_models.REPLICATED if family != "cohere2_moe"]
+PARALLEL_BLOCKS = Case("cohere2_moe")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    per_rank = tp_harness.run_all(CASES, str(tmp_path_factory.mktemp("tp2")))
+    cases = CASES + [PARALLEL_BLOCKS]
+    per_rank = tp_harness.run_all(cases, str(tmp_path_factory.mktemp("tp2")))
     return {case.name: [per_rank[r][i] for r in range(len(per_rank))]
-            for i, case in enumerate(CASES)}
+            for i, case in enumerate(cases)}
 
 
 def _ok(result):
@@ -76,3 +80,17 @@ def test_compiled_equals_eager(results, case):
 def test_ranks_agree(results):
     for name, (r0, r1) in results.items():
         assert _ok(r0)["fused"] == _ok(r1)["fused"], name
+
+
+def test_parallel_blocks_fuse_what_one_all_reduce_feeds_and_say_why_not_the_rest(results):
+    # h = attn + mlp + residual: the first all_reduce reaches the next norm only through the add
+    # of the second (the fused op adds one residual), so it stays, with that reason; the chains
+    # one all_reduce feeds are fused; every all_reduce is one or the other.
+    for result in map(_ok, results[PARALLEL_BLOCKS.name]):
+        assert result["untranslated"] == [] and result["skipped"] == {}
+        assert result["all_reduces"] == 2 * LAYERS
+        assert result["fused"] >= 1
+        assert result["fused"] + len(result["left_alone"]) == result["all_reduces"]
+        assert all("only through add" in why for why in result["left_alone"].values()), \
+            result["left_alone"]
+        assert result["vs_unfused"]["equal"] and result["vs_eager"]["equal"], result

@@ -3,6 +3,11 @@ linears are: column-parallel q/k/v (or MLA's q_b/kv_b) and gate/up projections k
 heads and columns, and the row-parallel o_proj and down_proj outputs are all-reduced through
 functional collectives. A wrapper around the model's own modules, not a copy of its code.
 
+Families whose projections are fused (phi3's qkv_proj, glm4's gate_up_proj), whose norms span
+the heads (olmo2's q_norm) or whose experts are one module run replicated instead: every rank
+holds the whole model, the o_proj / down_proj weights (or the MoE block's output) divided by the
+world size, and the all_reduce sums the copies back: the same graph forms, the same values.
+
 FP8 variants quantize the input of the attention and MLP blocks (the norm output) in plain
 torch, static per-tensor or dynamic per-group (128), and dequantize it for the GEMMs; the
 per-group variant adds a DeepSeek-style indexer GEMM that reads the norm output in bf16.
@@ -18,13 +23,21 @@ import torch.nn as nn
 
 FP8_MAX = 448.0
 
+# Families run replicated, built from their default config at the tiny sizes below: post-norm
+# (olmo2, exaone4), sandwich norms (glm4), fused projections (phi3), MoE blocks (qwen3_moe,
+# gpt_oss: attention sinks too), hybrid linear attention with (1 + w) norms (qwen3_next), and
+# attention and MLP in parallel on one residual (cohere2_moe: two all_reduces added).
+REPLICATED = ("olmo2", "exaone4", "glm4", "phi3", "qwen3_moe", "gpt_oss", "qwen3_next",
+              "cohere2_moe")
+EAGER_ATTENTION = ("gpt_oss",)  # no SDPA path in transformers
+
 COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "q_b_proj", "kv_b_proj", "gate_proj", "up_proj")
 ROW_PARALLEL = ("o_proj", "down_proj")
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    family: str              # llama | qwen3 | gemma3 | deepseek_v3 | granite
+    family: str              # llama | qwen3 | gemma3 | deepseek_v3 | granite | REPLICATED
     quant: str = "none"      # none | tensor | group
     inplace: bool = False    # torch.distributed.all_reduce (in place) instead of the functional one
     layers: int = 2
@@ -57,6 +70,10 @@ def tiny_config(family: str, layers: int):
                                    qk_nope_head_dim=32, v_head_dim=32, moe_intermediate_size=128,
                                    n_routed_experts=4, num_experts_per_tok=2, n_group=1,
                                    topk_group=1, first_k_dense_replace=layers, n_shared_experts=1)
+    if family in REPLICATED:
+        return tf.AutoConfig.for_model(
+            family, **common, moe_intermediate_size=128, num_experts=4, num_local_experts=4,
+            num_experts_per_tok=2, pad_token_id=None, bos_token_id=None, eos_token_id=None)
     raise ValueError(f"unknown model family {family!r}")
 
 
@@ -115,6 +132,42 @@ def shard_for_tp(model: nn.Module, rank: int, world: int, group_name: str, inpla
                                                   group_name, inplace))
 
 
+class AllReduced(nn.Module):
+    """A replicated block whose output (the first of a tuple) is divided by the world size and
+    all-reduced: the copies sum back to the block's own output."""
+
+    def __init__(self, block: nn.Module, group_name: str, world: int):
+        super().__init__()
+        self.block, self.group_name, self.world = block, group_name, world
+
+    def forward(self, *args, **kwargs):
+        out = self.block(*args, **kwargs)
+        rest = out[1:] if isinstance(out, tuple) else None
+        part = (out[0] if rest is not None else out) / self.world
+        total = torch.ops._c10d_functional.wait_tensor(
+            torch.ops._c10d_functional.all_reduce(part, "sum", self.group_name))
+        return total if rest is None else (total,) + tuple(rest)
+
+
+def replicate_for_tp(model: nn.Module, world: int, group_name: str) -> None:
+    """Every rank keeps the whole model; each decoder layer's attention output projection and
+    MLP down projection (or its whole MLP / MoE block) becomes a sum over the ranks."""
+    for layer in model.layers:
+        attn = layer.self_attn if hasattr(layer, "self_attn") else layer.linear_attn
+        out = next(name for name in ("o_proj", "out_proj", "dense") if hasattr(attn, name))
+        for module, name in ((attn, out), (layer.mlp, "down_proj")):
+            linear = getattr(module, name, None)
+            if not isinstance(linear, nn.Linear):
+                continue
+            with torch.no_grad():
+                linear.weight.div_(world)
+                if linear.bias is not None:
+                    linear.bias.div_(world)
+            setattr(module, name, RowParallel(linear, group_name, inplace=False))
+        if not isinstance(getattr(layer.mlp, "down_proj", None), RowParallel):
+            layer.mlp = AllReduced(layer.mlp, group_name, world)
+
+
 class QuantizedInput(nn.Module):
     """Runs `block` on FP8-quantized-then-dequantized input, the quantization written in torch:
     static per-tensor (x / scale, clamp, cast) or dynamic per-group of 128 (amax / 448)."""
@@ -149,14 +202,14 @@ def build(case: Case, rank: int, world: int, group_name: str, seed: int = 0) -> 
     import transformers as tf
 
     config = tiny_config(case.family, case.layers)
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = "eager" if case.family in EAGER_ATTENTION else "sdpa"
     torch.manual_seed(seed)
     model = tf.AutoModel.from_config(config).to(torch.bfloat16).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1:  # norm weights: around 1 (Gemma's around 0: it adds the 1)
-                base = 0.0 if case.family == "gemma3" else 1.0
+                base = 0.0 if case.family in ("gemma3", "qwen3_next") else 1.0
                 p.copy_(base + 0.1 * torch.randn(p.shape, generator=gen))
             else:
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
@@ -166,7 +219,10 @@ def build(case: Case, rank: int, world: int, group_name: str, seed: int = 0) -> 
             layer.self_attn = QuantizedInput(layer.self_attn, case.quant, config.hidden_size,
                                              indexer=case.quant == "group")
             layer.mlp = QuantizedInput(layer.mlp, case.quant, config.hidden_size, indexer=False)
-    shard_for_tp(model, rank, world, group_name, case.inplace)
+    if case.family in REPLICATED:
+        replicate_for_tp(model, world, group_name)
+    else:
+        shard_for_tp(model, rank, world, group_name, case.inplace)
     return model
 
 
