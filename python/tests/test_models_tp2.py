@@ -28,6 +28,8 @@ CASES = [
     Case("llama", quant="tensor"),
     Case("qwen3", quant="group"),
     Case("deepseek_v3", quant="group"),
+    Case("llama", quant="vllm_token"),   # vLLM's QuantFP8 torch forms
+    Case("qwen3", quant="vllm_group"),
 ] + [Case(family) for family in tp_models.REPLICATED if family != "cohere2_moe"]
 PARALLEL_BLOCKS = Case("cohere2_moe")
 
@@ -63,8 +65,12 @@ def test_quantized_cases_fuse_the_quantization(results, case):
     for result in map(_ok, results[case.name]):
         quants = [f["quant"] for f in result["fusions"]]
         # Layer 0's input norm has no all_reduce before it: 2 * LAYERS - 1 sites feed a quant.
-        want = {"tensor": "fp8_tensor", "group": "fp8_group"}[case.quant]
+        want = {"tensor": "fp8_tensor", "group": "fp8_group", "vllm_token": "fp8_token",
+                "vllm_group": "fp8_group"}[case.quant]
         assert quants.count(want) == 2 * LAYERS - 1, result["fusions"]
+        if case.quant.startswith("vllm"):  # the scale floored after the division, as written
+            assert all("scale_floor_after_div" in f["rounding"] for f in result["fusions"]
+                       if f["quant"] == want), result["fusions"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

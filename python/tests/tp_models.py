@@ -10,7 +10,9 @@ world size, and the all_reduce sums the copies back: the same graph forms, the s
 
 FP8 variants quantize the input of the attention and MLP blocks (the norm output) in plain
 torch, static per-tensor or dynamic per-group (128), and dequantize it for the GEMMs; the
-per-group variant adds a DeepSeek-style indexer GEMM that reads the norm output in bf16.
+per-group variant adds a DeepSeek-style indexer GEMM that reads the norm output in bf16. The
+vllm_token and vllm_group variants write the dynamic quant as vLLM's QuantFP8 torch forms do (the
+amax of the bf16 value, the scale floored after the division, y * s.reciprocal() per token).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 import torch.nn as nn
 
 FP8_MAX = 448.0
+FP8_MIN_SCALING_FACTOR = 1.0 / (FP8_MAX * 512.0)  # vLLM's floor of the scale
 
 # Families run replicated, built from their default config at the tiny sizes below: post-norm
 # (olmo2, exaone4), sandwich norms (glm4), fused projections (phi3), MoE blocks (qwen3_moe,
@@ -38,7 +41,7 @@ ROW_PARALLEL = ("o_proj", "down_proj")
 @dataclasses.dataclass(frozen=True)
 class Case:
     family: str              # llama | qwen3 | gemma3 | deepseek_v3 | granite | REPLICATED
-    quant: str = "none"      # none | tensor | group
+    quant: str = "none"      # none | tensor | group | vllm_token | vllm_group
     inplace: bool = False    # torch.distributed.all_reduce (in place) instead of the functional one
     layers: int = 2
 
@@ -182,6 +185,17 @@ class QuantizedInput(nn.Module):
         self.indexer_out = nn.Linear(64, hidden, bias=False, dtype=torch.bfloat16) if indexer else None
 
     def quantize(self, x):
+        if self.mode == "vllm_token":
+            x_max, _ = x.abs().max(dim=-1)
+            s = (x_max.unsqueeze(-1).to(torch.float32) / FP8_MAX).clamp(min=FP8_MIN_SCALING_FACTOR)
+            q = (x.to(torch.float32) * s.reciprocal()).clamp(-FP8_MAX, FP8_MAX)
+            return (q.to(torch.float8_e4m3fn).to(torch.float32) * s).to(x.dtype)
+        if self.mode == "vllm_group":
+            g = x.view(-1, x.shape[-1] // 128, 128)
+            s = (g.abs().max(dim=-1, keepdim=True)[0].float() / FP8_MAX).clamp(
+                min=FP8_MIN_SCALING_FACTOR)
+            q = (g / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            return (q.to(torch.float32) * s).view(x.shape).to(x.dtype)
         if self.mode == "tensor":
             q = (x.to(torch.float32) / self.scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
             return (q.to(torch.float32) * self.scale).to(x.dtype)
