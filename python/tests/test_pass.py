@@ -715,3 +715,28 @@ def test_vllms_ue8m0_group_form_floors_after_the_rounding_and_is_left_to_the_gra
     calls = [n for n in g.nodes if str(n.target) == FUSED]
     assert len(calls) == 1 and str(calls[0].kwargs["quant"]) == "none", g
     assert count(g, "aten.exp2") == 1
+
+
+def test_vllms_all_reduce_op_is_fused_like_the_functional_one():
+    # vLLM registers tensor_model_parallel_all_reduce as torch.ops.vllm.all_reduce(tensor,
+    # group_name): its model graphs hold that op, returning the sum, with no wait.
+    if not hasattr(torch.ops.vllm, "all_reduce"):
+        lib = torch.library.Library("vllm", "FRAGMENT")
+        lib.define("all_reduce(Tensor tensor, str group_name) -> Tensor")
+        lib.impl("all_reduce", lambda t, group_name: t.clone(), "CompositeExplicitAutograd")
+        test_vllms_all_reduce_op_is_fused_like_the_functional_one.lib = lib
+
+    def f(x, res, w):
+        h = torch.ops.vllm.all_reduce(x.reshape(-1, 256), group_name="tp:0") + res
+        y = llama_norm(h, w)
+        return quantfp8_token(y)[0], h
+
+    g = trace(f, ((6, 256), bf), ((6, 256), bf), ((256,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1 and p.report.all_reduces == 1, p.report.left_alone
+    assert p.report.all_reduces_after == 0
+    (call,) = [n for n in g.nodes if str(n.target) == FUSED]
+    assert call.kwargs["group_name"] == "tp:0" and str(call.kwargs["quant"]) == "fp8_token"
+    assert count(g, "vllm.all_reduce") == 0
+    g.lint()

@@ -38,7 +38,7 @@ class AllReduceSite:
     """One all_reduce of the FX graph, as one IR all_reduce value."""
 
     value: str                      # IR value name (the node users read: the wait, if any)
-    collective: fx.Node             # _c10d_functional.all_reduce / all_reduce_
+    collective: fx.Node             # _c10d_functional.all_reduce / all_reduce_, vllm.all_reduce
     wait: Optional[fx.Node]         # its wait_tensor
     group: str                      # process group name
     inplace: bool                   # all_reduce_: later reads of the input see the sum
@@ -392,6 +392,8 @@ VLLM_TABLE: Dict[str, VllmOp] = {
 _ALL_REDUCE = "_c10d_functional.all_reduce.default"
 _ALL_REDUCE_INPLACE = "_c10d_functional.all_reduce_.default"
 _WAIT = "_c10d_functional.wait_tensor.default"
+# vLLM's tensor_model_parallel_all_reduce: a custom op returning the sum, no wait.
+_VLLM_ALL_REDUCE = "vllm.all_reduce.default"
 
 
 # The IR's name of the tensor-parallel group (the compiler fuses all_reduces on it only).
@@ -513,6 +515,8 @@ class Translator:
             return self._opaque(node, self.force_opaque[node.name])
         if target in (_ALL_REDUCE, _ALL_REDUCE_INPLACE):
             return self._all_reduce(node, target == _ALL_REDUCE_INPLACE)
+        if target == _VLLM_ALL_REDUCE:
+            return self._vllm_all_reduce(node)
         if target == _WAIT:
             return self._wait(node)
         if node.target is operator.getitem:
@@ -552,6 +556,15 @@ class Translator:
         self.pending[node] = (str(group), inplace, x)
         # The input is read by the collective: an opaque reader would need it as an output,
         # the IR all_reduce node is that reader here.
+
+    def _vllm_all_reduce(self, node: fx.Node) -> None:
+        """torch.ops.vllm.all_reduce(tensor, group_name): the sum over the group, returned (vLLM
+        registers its all_reduce as this custom op, so its model graphs hold it)."""
+        x = node.args[0] if node.args else node.kwargs.get("tensor")
+        group = node.args[1] if len(node.args) > 1 else node.kwargs.get("group_name")
+        if self._value(x) is None or _node_type(node) is None or not isinstance(group, str):
+            return self._opaque(node, "vllm.all_reduce with an input the IR cannot type")
+        self._emit_all_reduce(node, None, _c10d_group_name(group), False, x)
 
     def _copy_alias(self, node: fx.Node) -> bool:
         """copy(dst, src) of the same type is src's value (what torch.distributed.all_reduce's
@@ -681,9 +694,23 @@ def _op_name(op: Any) -> str:
     return str(op)  # OpOverload: "aten.add.Tensor"
 
 
+def _c10d_group_name(name: str) -> str:
+    """The process group (c10d) name behind vLLM's group name (GroupCoordinator.unique_name,
+    "tp:0"), which the fused op resolves; the name itself where vLLM is not loaded or has no
+    such group (the fused op then says it names no process group, if it ever runs)."""
+    import sys
+
+    state = sys.modules.get("vllm.distributed.parallel_state")
+    ref = getattr(state, "_groups", {}).get(name) if state is not None else None
+    coordinator = ref() if callable(ref) else None
+    device_group = getattr(coordinator, "device_group", None)
+    return getattr(device_group, "group_name", name)
+
+
 def is_all_reduce(node: fx.Node) -> bool:
-    """An all_reduce collective: the functional form or the in-place one."""
-    return node.op == "call_function" and _target_name(node) in (_ALL_REDUCE, _ALL_REDUCE_INPLACE)
+    """An all_reduce collective: the functional form, the in-place one, or vLLM's op."""
+    return node.op == "call_function" and _target_name(node) in (
+        _ALL_REDUCE, _ALL_REDUCE_INPLACE, _VLLM_ALL_REDUCE)
 
 
 def _target_name(node: fx.Node) -> str:
