@@ -740,3 +740,31 @@ def test_vllms_all_reduce_op_is_fused_like_the_functional_one():
     assert call.kwargs["group_name"] == "tp:0" and str(call.kwargs["quant"]) == "fp8_token"
     assert count(g, "vllm.all_reduce") == 0
     g.lint()
+
+
+def test_autodeploys_all_reduce_and_rmsnorm_ops_are_fused():
+    # TensorRT-LLM AutoDeploy's graphs: torch_dist_all_reduce(t, strategy) over the default
+    # group, and its reference torch_rmsnorm (weight * normalized.to(input dtype)).
+    if not hasattr(torch.ops.auto_deploy, "torch_dist_all_reduce"):
+        lib = torch.library.Library("auto_deploy", "FRAGMENT")
+        lib.define("torch_dist_all_reduce(Tensor t, str strategy) -> Tensor")
+        lib.define("torch_rmsnorm(Tensor input, Tensor weight, float eps) -> Tensor")
+        lib.impl("torch_dist_all_reduce", lambda t, strategy: t.clone(), "CompositeExplicitAutograd")
+        lib.impl("torch_rmsnorm", lambda x, w, eps: llama_norm(x, w, eps), "CompositeExplicitAutograd")
+        test_autodeploys_all_reduce_and_rmsnorm_ops_are_fused.lib = lib
+
+    def f(x, res, w):
+        h = torch.ops.auto_deploy.torch_dist_all_reduce(x, "AUTO") + res
+        return torch.ops.auto_deploy.torch_rmsnorm(h, w, 1e-5), h
+
+    g = trace(f, ((6, 256), bf), ((6, 256), bf), ((256,), bf))
+    assert count(g, "auto_deploy.torch_rmsnorm") == 1, g  # the op itself, not its decomposition
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1 and p.report.all_reduces_after == 0, p.report.left_alone
+    assert count(g, "auto_deploy") == 0, g
+    (call,) = [n for n in g.nodes if str(n.target) == FUSED]
+    assert call.kwargs["group_name"] == "0" and call.kwargs["eps"] == 1e-5
+    assert list(call.kwargs["rounding"]) == ["weight_after_round"]
+    assert list(call.kwargs["emit"]) == ["norm", "residual"]
+    g.lint()

@@ -295,6 +295,17 @@ def _rms_norm(node, value, tr):
     return "rms_norm", [xv, wv], {"eps": float(eps)}
 
 
+def _auto_deploy_rms_norm(node, value, tr):
+    x, w = node.args[:2]
+    eps = node.args[2] if len(node.args) > 2 else node.kwargs.get("eps")
+    xv, wv = value(x), value(w)
+    if xv is None or wv is None or eps is None:
+        return "torch_rmsnorm: operand has no IR type or no eps"
+    if tr.types[xv] != _node_type(node) or tr.types[wv].dtype != tr.types[xv].dtype:
+        return "torch_rmsnorm: mixed dtypes"
+    return "rms_norm", [xv, wv], {"eps": float(eps), "rounding": ["weight_after_round"]}
+
+
 ATEN_TABLE: Dict[str, Handler] = {
     "aten.add.Tensor": _binary("add"),
     "aten.add.Scalar": _binary("add"),
@@ -328,6 +339,8 @@ ATEN_TABLE: Dict[str, Handler] = {
     "aten.squeeze.dims": _view,
     "aten.mm.default": _mm,
     "aten.rms_norm.default": _rms_norm,
+    # TensorRT-LLM AutoDeploy's reference RMSNorm op: weight * normalized.to(input dtype).
+    "auto_deploy.torch_rmsnorm.default": _auto_deploy_rms_norm,
 }
 
 
@@ -392,8 +405,11 @@ VLLM_TABLE: Dict[str, VllmOp] = {
 _ALL_REDUCE = "_c10d_functional.all_reduce.default"
 _ALL_REDUCE_INPLACE = "_c10d_functional.all_reduce_.default"
 _WAIT = "_c10d_functional.wait_tensor.default"
-# vLLM's tensor_model_parallel_all_reduce: a custom op returning the sum, no wait.
+# Custom ops returning the sum over a group, no wait: vLLM's tensor_model_parallel_all_reduce
+# (its group named by the op) and TensorRT-LLM AutoDeploy's (the default group).
 _VLLM_ALL_REDUCE = "vllm.all_reduce.default"
+_WORLD_ALL_REDUCES = ("auto_deploy.torch_dist_all_reduce.default",
+                      "auto_deploy.trtllm_dist_all_reduce.default")
 
 
 # The IR's name of the tensor-parallel group (the compiler fuses all_reduces on it only).
@@ -515,8 +531,8 @@ class Translator:
             return self._opaque(node, self.force_opaque[node.name])
         if target in (_ALL_REDUCE, _ALL_REDUCE_INPLACE):
             return self._all_reduce(node, target == _ALL_REDUCE_INPLACE)
-        if target == _VLLM_ALL_REDUCE:
-            return self._vllm_all_reduce(node)
+        if target == _VLLM_ALL_REDUCE or target in _WORLD_ALL_REDUCES:
+            return self._custom_all_reduce(node, target)
         if target == _WAIT:
             return self._wait(node)
         if node.target is operator.getitem:
@@ -557,14 +573,20 @@ class Translator:
         # The input is read by the collective: an opaque reader would need it as an output,
         # the IR all_reduce node is that reader here.
 
-    def _vllm_all_reduce(self, node: fx.Node) -> None:
-        """torch.ops.vllm.all_reduce(tensor, group_name): the sum over the group, returned (vLLM
-        registers its all_reduce as this custom op, so its model graphs hold it)."""
-        x = node.args[0] if node.args else node.kwargs.get("tensor")
-        group = node.args[1] if len(node.args) > 1 else node.kwargs.get("group_name")
-        if self._value(x) is None or _node_type(node) is None or not isinstance(group, str):
-            return self._opaque(node, "vllm.all_reduce with an input the IR cannot type")
-        self._emit_all_reduce(node, None, _c10d_group_name(group), False, x)
+    def _custom_all_reduce(self, node: fx.Node, target: str) -> None:
+        """A custom op returning the sum over a group: torch.ops.vllm.all_reduce(tensor,
+        group_name) (vLLM registers its all_reduce so, and its model graphs hold it), or
+        AutoDeploy's torch_dist_all_reduce / trtllm_dist_all_reduce(t[, strategy]) over the
+        default group."""
+        x = node.args[0] if node.args else node.kwargs.get("tensor", node.kwargs.get("t"))
+        if target == _VLLM_ALL_REDUCE:
+            group = node.args[1] if len(node.args) > 1 else node.kwargs.get("group_name")
+            group = _c10d_group_name(group) if isinstance(group, str) else None
+        else:
+            group = _default_group_name()
+        if self._value(x) is None or _node_type(node) is None or group is None:
+            return self._opaque(node, f"{target} with an input the IR cannot type")
+        self._emit_all_reduce(node, None, group, False, x)
 
     def _copy_alias(self, node: fx.Node) -> bool:
         """copy(dst, src) of the same type is src's value (what torch.distributed.all_reduce's
@@ -707,10 +729,19 @@ def _c10d_group_name(name: str) -> str:
     return getattr(device_group, "group_name", name)
 
 
+def _default_group_name() -> str:
+    """The default (world) process group's name: "0" until torch.distributed says otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.group.WORLD.group_name
+    return "0"
+
+
 def is_all_reduce(node: fx.Node) -> bool:
     """An all_reduce collective: the functional form, the in-place one, or vLLM's op."""
     return node.op == "call_function" and _target_name(node) in (
-        _ALL_REDUCE, _ALL_REDUCE_INPLACE, _VLLM_ALL_REDUCE)
+        _ALL_REDUCE, _ALL_REDUCE_INPLACE, _VLLM_ALL_REDUCE, *_WORLD_ALL_REDUCES)
 
 
 def _target_name(node: fx.Node) -> str:
