@@ -768,3 +768,37 @@ def test_autodeploys_all_reduce_and_rmsnorm_ops_are_fused():
     assert list(call.kwargs["rounding"]) == ["weight_after_round"]
     assert list(call.kwargs["emit"]) == ["norm", "residual"]
     g.lint()
+
+
+def test_auto_functionalized_v2_translates_like_v1():
+    # torch's default functionalization of a mutating op (vLLM turns it off; a model compiled
+    # with torch.compile's defaults has it): the mutated arguments are bases, the results getitem
+    # 1 + base index.
+    _define_vllm_ops()
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.decomposition import select_decomp_table
+
+    graphs = []
+    backend = aot_autograd(fw_compiler=lambda gm, _: graphs.append(gm) or gm,
+                           decompositions=select_decomp_table())
+
+    def f(x, res, w):
+        x, res = x * 2, res + 1  # bases of their own, not the graph's inputs
+        torch.ops._C.fused_add_rms_norm(x, res, w, 1e-6)
+        return x, res
+
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(enable_auto_functionalized_v2=True), FakeTensorMode() as m:
+        args = (torch.empty(6, 128, dtype=bf), torch.empty(6, 128, dtype=bf),
+                torch.empty(128, dtype=bf))
+        torch.compile(f, backend=backend)(*args)
+    (gm,) = graphs
+    assert count(gm.graph, "auto_functionalized_v2") == 1, gm.graph
+    tr = translate(gm.graph)
+    line = next(l for l in tr.text.splitlines() if "fused_add_rms_norm" in l)
+    assert line.strip().startswith("%getitem_1, %getitem_2 = fused_add_rms_norm(%mul, %add, %arg2_1)"), line
+    assert not tr.opaque, tr.opaque
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    assert count(gm.graph, FUSED) == 1 and count(gm.graph, "auto_functionalized") == 0, gm.graph
+    gm.graph.lint()

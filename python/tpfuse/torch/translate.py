@@ -543,6 +543,8 @@ class Translator:
             return
         if target in ("auto_functionalized", "higher_order.auto_functionalized"):
             return self._auto_functionalized(node)
+        if target in ("auto_functionalized_v2", "higher_order.auto_functionalized_v2"):
+            return self._auto_functionalized(node, v2=True)
         if target == "aten.max.dim":
             return self._max_dim(node)
         handler = ATEN_TABLE.get(target)
@@ -673,13 +675,34 @@ class Translator:
         self._add(values, "amax", [xv], {"dim": -1, "keepdim": bool(keepdim)},
                   [(values.name, values)])
 
-    def _auto_functionalized(self, node: fx.Node) -> None:
+    def _auto_functionalized(self, node: fx.Node, v2: bool = False) -> None:
+        """auto_functionalized(op, **kwargs): getitem k is the k-th mutated argument (in schema
+        order) after the op. The v2 form (torch's default since 2.6; vLLM turns it off) passes
+        the mutated arguments as bases: kwargs `_<arg>_base_index` into `_all_bases`, getitem
+        1 + that index; an argument that is a view of its base (`_<arg>_size`, ...) stays
+        opaque."""
         op = node.args[0]
         name = _op_name(op)
         entry = VLLM_TABLE.get(name)
         if entry is None:
             return self._opaque(node, f"auto_functionalized {name} has no IR op")
         kwargs = dict(node.kwargs)
+        result_index = {i: i for i in entry.results}
+        if v2:
+            bases = kwargs.pop("_all_bases", [])
+            mutated = [a.name for a in op._schema.arguments
+                       if a.alias_info is not None and a.alias_info.is_write]
+            for arg in mutated:
+                index = kwargs.pop(f"_{arg}_base_index", None)
+                views = [k for k in (f"_{arg}_size", f"_{arg}_stride", f"_{arg}_storage_offset",
+                                     f"_{arg}_slice_dim") if kwargs.get(k) is not None]
+                if views:
+                    return self._opaque(node, f"{name}: {arg} is a view of its base")
+                kwargs[arg] = bases[index] if index is not None else None
+            kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+            result_index = {i: 1 + node.kwargs[f"_{mutated[i - 1]}_base_index"]
+                            for i in entry.results
+                            if node.kwargs.get(f"_{mutated[i - 1]}_base_index") is not None}
         operands = [self._value(kwargs.get(k)) for k in entry.operands]
         getitems = {u.args[1]: u for u in node.users if u.target is operator.getitem}
         if any(v is None for v in operands):
@@ -693,7 +716,7 @@ class Translator:
             return self._opaque(node, f"{name}: {unwritable}")
         results = []
         for i in entry.results:
-            g = getitems.get(i)
+            g = getitems.get(result_index.get(i, -1))
             if g is None or _node_type(g) is None:
                 # An unused result still needs a name; it has no FX node of its own.
                 return self._opaque(node, f"{name}: result {i} is not read through getitem")
