@@ -535,7 +535,8 @@ class Rank:
             return self.op(x, r, weight, None if group_mode else scale, emit=EMIT[case.quant],
                            group_name=name, eps=EPS, quant=case.quant, group_size=GROUP_SIZE,
                            scale_layout="col" if group_mode else "row",
-                           scale_fmt="ue8m0" if group_mode else "f32")
+                           scale_fmt="ue8m0" if group_mode else "f32",
+                           rounding=["ue8m0_floor"] if group_mode else [])
         return call
 
     def fi_fn(self, case: Case, strategy: str, weight, scale, sets) -> Callable[[int], None]:

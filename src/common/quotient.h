@@ -13,8 +13,8 @@
 //   - below 2^-12 it may differ from y / s in the last bits, which FP8 e4m3 cannot see (every
 //     magnitude below 2^-10 rounds to zero), so the FP8 code is the same;
 //   - zeros keep their sign (a zero remainder returns q, which is exact).
-// The dynamic quantization divides by s = max(amax, 1e-10) / 448 >= amax / 448, so |y / s| <=
-// 448: always inside the domain. A static scale has no such bound: the kernels divide by it with
+// The dynamic quantization divides by s = max(amax, 1e-10) / 448 or max(amax / 448, 1 /
+// (448 * 512)), both >= amax / 448, so |y / s| <= 448: always inside the domain. A static scale has no such bound: the kernels divide by it with
 // IEEE division.
 #pragma once
 
@@ -44,9 +44,10 @@ TPFUSE_QUOTIENT_HD float QuotientByReciprocal(float y, float s, float rcp) {
 // device, the one home of both forms (RoundingRecipe::scale_floor_after_div):
 //   default:                s = max(amax, 1e-10) / 448
 //   scale_floor_after_div:  s = max(amax / 448, f32(1 / (448 * 512)))  (vLLM's per-token floor)
-// The quotient by 448 is the IEEE one for every amax of a 16-bit activation (448 has three
-// significant bits: the remainder is exact wherever the quotient is normal; a subnormal
-// quotient lies far below the floor). A NaN quotient (amax = inf) stays NaN in both forms.
+// The quotient by 448 is the IEEE one for every finite amax of a 16-bit activation (448 has
+// three significant bits: the remainder is exact wherever the quotient is normal; a subnormal
+// quotient lies far below the floor). amax = inf gives a NaN scale in both forms (torch's is
+// inf): a row holding an inf quantizes to NaN.
 inline constexpr float kScaleFloorAfterDiv = 1.0f / (448.0f * 512.0f);
 // What the ue8m0_floor form rounds up to a power of two: max(s, kUe8m0ScaleFloor).
 inline constexpr float kUe8m0ScaleFloor = 1e-10f;
@@ -62,5 +63,9 @@ TPFUSE_QUOTIENT_HD float DynamicScaleOfAmax(float amax, bool floor_after_div) {
   return QuotientByReciprocal(std::fmax(amax, 1e-10f), 448.0f, 1.0f / 448.0f);
 #endif
 }
+
+// The value the ue8m0_floor form rounds up to a power of two: max(s, 1e-10), a NaN s kept (as
+// the scale without the floor keeps it).
+TPFUSE_QUOTIENT_HD float Ue8m0Floored(float s) { return s < kUe8m0ScaleFloor ? kUe8m0ScaleFloor : s; }
 
 }  // namespace tpfuse

@@ -442,7 +442,7 @@ struct DecomposedStaticQuant final : TypedPattern<ir::StaticQuantForm> {
 //   s = div(clamp(A, min = 1e-10)) {scalar = 448}                       (floor before: default)
 //     | clamp(div(A) {scalar = 448}, min = 1 / (448 * 512))             (scale_floor_after_div)
 //       [-> [abs ->] clamp(min = 1e-10)] -> log2 -> ceil -> exp2       (UE8M0, floor before only;
-//                                                   the clamp: rounding ue8m0_floor, vLLM's)
+//                  the clamp: rounding ue8m0_floor, vLLM's; with it the floor before may be absent)
 //   q = cast(clamp(div(d, s) | mul(d, reciprocal(s)), +-448), f8e4m3)
 //   ->  q, s = quant_fp8(y) {mode = "token" | "group", group_size, [scale_fmt = "ue8m0"]}
 //
@@ -453,6 +453,8 @@ struct DecomposedStaticQuant final : TypedPattern<ir::StaticQuantForm> {
 // or lies >= 1/1792 (relative) from one, so no f32 log2 rounds it onto an integer (checked
 // exhaustively on the oracle's ops by the canonicalize tests, on torch's CPU ops by
 // python/tests/test_ue8m0_torch.py). amax * (1/448) does not fold: f32(1/448) is not 1/448.
+// (Exact for inputs without NaN or inf: the fused amax skips a NaN where torch's max takes it,
+// and an inf amax gives a NaN scale where torch's is inf.)
 struct DynamicQuantMatch {
   ir::Node* cast = nullptr;       // the cast to f8e4m3
   ir::Node* clamp = nullptr;      // null when absent
@@ -626,13 +628,15 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
       m.scale_chain = {log2, ceil, exp2};
       s = log2->operand(0);
       // vLLM's per-group kernel rounds max(|s|, 1e-10) up (s is positive: the abs changes
-      // nothing): clamp(min = 1e-10) [of abs] of the floor-before scale div(clamp(A), 448).
+      // nothing): clamp(min = 1e-10) [of abs] of the scale div([clamp(]A[)], 448). With this
+      // floor the one before the division changes nothing (both give 1e-10 below amax 4.48e-8),
+      // so it may be absent.
       ir::Node* floor = ProducedBy(s, "clamp");
       if (floor != nullptr && NumberAttr(floor, "min") == 1e-10 && floor->attr("max") == nullptr) {
         ir::Node* abs = ProducedBy(floor->operand(0), "abs");
         ir::Value* inner = abs ? abs->operand(0) : floor->operand(0);
         ir::Node* div = ProducedBy(inner, "div");
-        if (div != nullptr && div->num_operands() == 1 && ProducedBy(div->operand(0), "clamp")) {
+        if (div != nullptr && div->num_operands() == 1) {
           m.ue8m0_floor = true;
           m.scale_chain.insert(m.scale_chain.begin(), floor);
           if (abs) m.scale_chain.insert(m.scale_chain.begin(), abs);
@@ -658,8 +662,9 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
         return std::nullopt;
       }
     }
-    if (floor == nullptr) return std::nullopt;
-    const ir::Value* amax_value = (m.floor_after_div ? step : floor)->operand(0);
+    // Without a floor before the division only the ue8m0_floor form is the fused quant's.
+    if (floor == nullptr && !m.ue8m0_floor) return std::nullopt;
+    const ir::Value* amax_value = (m.floor_after_div || floor == nullptr ? step : floor)->operand(0);
     std::optional<std::vector<ir::Node*>> amax_links = MatchScaleAmax(amax_value, d);
     if (!amax_links) return std::nullopt;
     // From here the shape is the dynamic quant's: say why it does not fold.
@@ -672,8 +677,8 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
                     ", not f32");
       return std::nullopt;
     }
-    const std::optional<double> min = NumberAttr(floor, "min");
-    const bool floor_ok = min && floor->attr("max") == nullptr &&
+    const std::optional<double> min = floor ? NumberAttr(floor, "min") : std::optional<double>(1e-10);
+    const bool floor_ok = min && (floor == nullptr || floor->attr("max") == nullptr) &&
                           (m.floor_after_div ? float(*min) == kScaleFloorAfterDiv : *min == 1e-10);
     if (!floor_ok) {
       notes.Decline(m.floor_after_div
@@ -704,6 +709,7 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     }
     std::vector<ir::Node*> arithmetic = {floor, step};
     if (m.floor_after_div) std::swap(arithmetic[0], arithmetic[1]);
+    if (floor == nullptr) arithmetic = {step};
     std::vector<ir::Node*> chain = *amax_links;
     chain.insert(chain.end(), arithmetic.begin(), arithmetic.end());
     m.scale_chain.insert(m.scale_chain.begin(), chain.begin(), chain.end());

@@ -391,11 +391,15 @@ TEST(PassesCanonicalize, DynamicQuantWithTheFloorAfterTheDivisionFolds) {
 
 // vLLM's per-group kernel's UE8M0: exp2(ceil(log2(max(|s|, 1e-10)))), rounding ue8m0_floor.
 TEST(PassesCanonicalize, DynamicQuantUe8m0OfTheFlooredScaleFolds) {
-  for (const std::string abs : {"", "  %sa = abs(%sd)\n"}) {
+  // With and without the abs, with and without the floor before the division (which changes
+  // nothing under this floor: both give 1e-10 for every amax below 4.48e-8).
+  for (const std::string abs : {"", "  %sa = abs(%sd)\n"})
+  for (const std::string before : {"  %ac = clamp(%am) {min = 1e-10}\n"
+                                   "  %sd = div(%ac) {scalar = 448}\n",
+                                   "  %sd = div(%am) {scalar = 448}\n"}) {
     const std::string floored = abs.empty() ? "%sd" : "%sa";
     Compiled c = Canonicalize(DynamicQuantWithScale(
-        "  %ac = clamp(%am) {min = 1e-10}\n"
-        "  %sd = div(%ac) {scalar = 448}\n" + abs +
+        before + abs +
         "  %sc = clamp(" + floored + ") {min = 1e-10}\n"
         "  %lg = log2(%sc)\n"
         "  %ce = ceil(%lg)\n"
@@ -483,21 +487,24 @@ TEST(PassesCanonicalize, DynamicQuantDeclinesOtherFloorsAfterTheDivision) {
                     "two: the fused quant floors such scales before the division"),
             1)
       << DescribeReport(c.ctx);
-  // A scale computed in bf16 (the amax divided before the cast) rounds differently.
+  // A scale computed in bf16 (the amax divided and floored in bf16, the division promoting it)
+  // rounds differently.
   c = Canonicalize(R"(
     func @f(%a: bf16[T, 256]) {
       %aa = abs(%a)
       %am = amax(%aa) {dim = -1, keepdim = true}
       %sd = div(%am) {scalar = 448}
       %s = clamp(%sd) {min = 4.359654017857143e-06}
-      %sf = cast(%s) {to = f32}
       %ad = cast(%a) {to = f32}
-      %da = div(%ad, %sf)
+      %da = div(%ad, %s)
       %qa = cast(%da) {to = f8e4m3}
-      return %qa, %sf
+      return %qa, %s
     }
   )");
   ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant", "declined: the scale is computed in bf16, not f32"),
+            1)
+      << DescribeReport(c.ctx);
   EXPECT_EQ(CountOp(*c.after, "quant_fp8"), 0) << Print(*c.after);
 }
 

@@ -191,8 +191,8 @@ TEST_F(LocalFusedTest, EveryRoundingRecipeIsBitwiseTheOracle) {
 }
 
 // The scale floors of vLLM's kernels: the floor after the division (per token and per group,
-// either scale step) and UE8M0 of the floored scale, where they decide: weights of 2^-20 put
-// every amax below 1/512 and most below 448 * 2^-34, and rows 1 and 4 are zero. Under every
+// either scale step) and UE8M0 of the floored scale, where they decide: weights of 2^-30 put
+// every amax below 448 * 2^-34 (so below 1/512), and rows 1 and 4 are zero. Under every
 // row owner, H from one vector per thread to two-block rows, and at 4099 rows (the packed rows'
 // warp per row).
 TEST_F(LocalFusedTest, ScaleFloorsAreBitwiseTheOracle) {
@@ -213,7 +213,7 @@ TEST_F(LocalFusedTest, ScaleFloorsAreBitwiseTheOracle) {
           }
           FusedInputs in = MakeFusedInputs(s, tokens, /*world_size=*/1, seed++);
           for (int64_t i = 0; i < h; ++i) {
-            in.weight.SetF32(i, in.weight.GetF32(i) * 0x1p-20f);
+            in.weight.SetF32(i, in.weight.GetF32(i) * 0x1p-30f);
             for (int64_t row : {1, 4}) {
               in.partials[0].SetF32(row * h + i, 0.0f);
               in.residual.SetF32(row * h + i, 0.0f);

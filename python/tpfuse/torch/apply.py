@@ -317,7 +317,9 @@ class Applier:
     def _drop_collective(self, site) -> None:
         """Erases the all_reduce (and its wait) once nothing reads them."""
         for n in (site.wait, site.collective):
-            if n is None:
+            # A collective that is a pure op (vLLM's, AutoDeploy's) may be gone already: dead
+            # code elimination takes it with the chain.
+            if n is None or getattr(n, "_erased", False):
                 continue
             if n is site.collective and site.inplace:
                 others = [u for u in site.partial.users if u is not n and u not in (site.wait,)]

@@ -582,13 +582,14 @@ class Translator:
         default group."""
         x = node.args[0] if node.args else node.kwargs.get("tensor", node.kwargs.get("t"))
         if target == _VLLM_ALL_REDUCE:
-            group = node.args[1] if len(node.args) > 1 else node.kwargs.get("group_name")
-            group = _c10d_group_name(group) if isinstance(group, str) else None
+            named = node.args[1] if len(node.args) > 1 else node.kwargs.get("group_name")
+            group = _c10d_group_name(named) if isinstance(named, str) else None
         else:
-            group = _default_group_name()
+            named, group = None, _default_group_name()
         if self._value(x) is None or _node_type(node) is None or group is None:
             return self._opaque(node, f"{target} with an input the IR cannot type")
-        self._emit_all_reduce(node, None, group, False, x)
+        # tp_groups may name the group either way: vLLM's name or the c10d one.
+        self._emit_all_reduce(node, None, group, False, x, also_named=named)
 
     def _copy_alias(self, node: fx.Node) -> bool:
         """copy(dst, src) of the same type is src's value (what torch.distributed.all_reduce's
@@ -630,10 +631,10 @@ class Translator:
             self._opaque(node, "wait on an opaque collective")
 
     def _emit_all_reduce(self, collective: fx.Node, wait: Optional[fx.Node], group: str,
-                         inplace: bool, x: fx.Node) -> None:
+                         inplace: bool, x: fx.Node, also_named: Optional[str] = None) -> None:
         owner = wait if wait is not None else collective
         xv = self.value_of[x]
-        is_tp = self.tp_groups is None or group in self.tp_groups
+        is_tp = self.tp_groups is None or group in self.tp_groups or also_named in self.tp_groups
         self._add(owner, "all_reduce", [xv], {"group": TP_GROUP if is_tp else group},
                   [(owner.name, owner)])
         self.value_of[collective] = owner.name

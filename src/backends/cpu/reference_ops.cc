@@ -378,7 +378,7 @@ StatusOr<DynamicQuantResult> QuantFp8Dynamic(const HostTensor& y,
       float amax = 0.0f;
       for (int64_t c = 0; c < group; ++c) amax = std::fmax(amax, std::fabs(y.GetF32(base + c)));
       float s = DynamicScaleOfAmax(amax, config.scale_floor_after_div);
-      if (ue8m0) s = RoundUpToPowerOfTwo(config.ue8m0_floor ? std::fmax(s, kUe8m0ScaleFloor) : s);
+      if (ue8m0) s = RoundUpToPowerOfTwo(config.ue8m0_floor ? Ue8m0Floored(s) : s);
       const float inv = 1.0f / s;
       for (int64_t c = 0; c < group; ++c) {
         const float v = y.GetF32(base + c);

@@ -816,7 +816,7 @@ __device__ __forceinline__ uint2 QuantizeVector(float (&yf)[kVecElems], ScaleSte
 template <class Recipe, QuantMode kQuant>
 __device__ __forceinline__ float DynamicScale(const FusedKernelParams& p, float amax, ScaleStep& step) {
   float s = DynamicScaleOfAmax(amax, Recipe::ScaleFloorAfterDiv(p));
-  if (Recipe::ScaleUe8m0(p)) s = Ue8m0(Recipe::Ue8m0Floor(p) ? fmaxf(s, kUe8m0ScaleFloor) : s);
+  if (Recipe::ScaleUe8m0(p)) s = Ue8m0(Recipe::Ue8m0Floor(p) ? Ue8m0Floored(s) : s);
   // Dividing by a power of two (ue8m0) is multiplying by its exact reciprocal.
   step = Recipe::QuantDivides(p, kQuant) && !Recipe::ScaleUe8m0(p) ? ScaleStep::kDivideBounded : ScaleStep::kMultiply;
   return s;

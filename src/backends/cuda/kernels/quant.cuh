@@ -125,7 +125,7 @@ __device__ __forceinline__ float ScaleFromAmax(float amax, bool ue8m0, bool floo
     s = __fdiv_rn(fmaxf(amax, 1e-10f), 448.0f);
   }
   if (!ue8m0) return s;
-  return RoundUpToPowerOfTwo(ue8m0_floor ? fmaxf(s, kUe8m0ScaleFloor) : s);
+  return RoundUpToPowerOfTwo(ue8m0_floor ? Ue8m0Floored(s) : s);
 }
 
 // QuantFp8DynamicKernel: per-token or per-group quantization of one row per block.
