@@ -802,3 +802,61 @@ def test_auto_functionalized_v2_translates_like_v1():
     p(gm.graph)
     assert count(gm.graph, FUSED) == 1 and count(gm.graph, "auto_functionalized") == 0, gm.graph
     gm.graph.lint()
+
+
+@pytest.mark.parametrize("scale_shape", [(), (1,), (1, 1)], ids=["0d", "1", "1x1"])
+def test_a_static_scale_of_one_element_in_any_shape_is_fused_exactly(scale_shape):
+    # vLLM's tests and many layers keep the static scale as torch.rand(1): f32[1] broadcasts as
+    # a scalar, and the fused op reads it through a view to f32[].
+    def f(x, res, w, scale):
+        h = x + res
+        y = llama_norm(h, w)
+        return y, quantfp8_static(y, scale), h
+
+    gm, args = trace_module(f, ((6, 256), bf), ((6, 256), bf), ((256,), bf),
+                            (scale_shape, torch.float32))
+    args[3] = args[3].abs() * 0.01 + 0.001
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    calls = [n for n in gm.graph.nodes if str(n.target) == FUSED]
+    assert len(calls) == 1 and str(calls[0].kwargs["quant"]) == "fp8_tensor", gm.graph
+    gm.graph.lint()
+    y, q, h = gm(*args)
+    assert same_bits(q, quantfp8_static(y, args[3]))
+
+
+def test_vllms_static_quant_op_with_a_one_element_scale_is_fused():
+    # vLLM's test_fusion_all_reduce: static_scaled_fp8_quant(out, norm, scale) with scale f32[1].
+    _define_vllm_ops()
+    af = torch.ops.higher_order.auto_functionalized
+    g = fx.Graph()
+    with FakeTensorMode():
+        vals = {"x": torch.empty(16, 16, dtype=bf), "res": torch.empty(16, 16, dtype=bf),
+                "w": torch.empty(16, dtype=bf), "scale": torch.empty(1, dtype=torch.float32),
+                "q": torch.empty(16, 16, dtype=torch.float8_e4m3fn)}
+    nodes = {}
+    for name, v in vals.items():
+        nodes[name] = g.placeholder(name)
+        nodes[name].meta["val"] = v
+    a = g.call_function(ar, (nodes["x"], "sum", GROUP))
+    s = g.call_function(wait, (a,))
+    a.meta["val"] = s.meta["val"] = vals["x"]
+    norm = g.call_function(af, (torch.ops._C.fused_add_rms_norm.default,),
+                           {"input": s, "residual": nodes["res"], "weight": nodes["w"],
+                            "epsilon": 1e-6})
+    norm.meta["val"] = (None, vals["x"], vals["res"])
+    y, h = (g.call_function(operator.getitem, (norm, i)) for i in (1, 2))
+    y.meta["val"], h.meta["val"] = vals["x"], vals["res"]
+    quant = g.call_function(af, (torch.ops._C.static_scaled_fp8_quant.default,),
+                            {"result": nodes["q"], "input": y, "scale": nodes["scale"]})
+    quant.meta["val"] = (None, vals["q"])
+    q = g.call_function(operator.getitem, (quant, 1))
+    q.meta["val"] = vals["q"]
+    g.output((q, h))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    (call,) = [n for n in g.nodes if str(n.target) == FUSED]
+    assert str(call.kwargs["quant"]) == "fp8_tensor" and p.report.all_reduces_after == 0, g
+    assert call.args[3].target == torch.ops.aten.reshape.default  # the scale, as f32[]
+    g.lint()

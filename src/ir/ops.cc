@@ -152,6 +152,12 @@ std::optional<Shape> BroadcastShapes(const Shape& a, const Shape& b) {
   if (a == b) return a;
   if (a.empty()) return b;
   if (b.empty()) return a;
+  // One element of any rank up to the other's, as a scalar ([T, H] x [1]: a [1]-shaped scale).
+  const auto one_element = [](const Shape& s) {
+    return std::all_of(s.begin(), s.end(), [](const Dim& d) { return IsConstOne(d); });
+  };
+  if (one_element(b) && b.size() <= a.size()) return a;
+  if (one_element(a) && a.size() <= b.size()) return b;
   if (a.size() >= 2 && b.size() == 1 && b[0] == a.back()) return a;
   if (b.size() >= 2 && a.size() == 1 && a[0] == b.back()) return b;
   if (a.size() == b.size() && a.size() >= 2 && std::equal(a.begin(), a.end() - 1, b.begin())) {
@@ -388,8 +394,9 @@ StatusOr<Types> InferQuantFp8(const Types& in, const AttrReader& attrs) {
   const TensorType q{DType::kF8E4M3, x.shape};
   if (params.mode == QuantMode::kFp8Tensor) {
     if (in.size() != 2) return attrs.Error("mode tensor needs a scale operand (f32[])");
-    if (in[1] != TensorType{DType::kF32, {}})
-      return attrs.Error("scale must be f32[], got ", in[1].ToString());
+    if (!IsOneElementF32(in[1]) || in[1].rank() > x.rank())
+      return attrs.Error("scale must be one f32 element (f32[], f32[1], ...) of rank <= x's, got ",
+                         in[1].ToString());
     return Types{q};
   }
   const std::string_view mode = params.mode == QuantMode::kFp8Token ? "token" : "group";
@@ -834,6 +841,12 @@ StatusOr<QuantParams> QuantParamsFromNode(const Node& node) {
     return InvalidArgument("expected a quant_fp8 node, got ", node.op());
   TPFUSE_RETURN_IF_ERROR(CheckAttrs(*FindOp(node.op()), node.attrs()));
   return ReadQuantParams(AttrReader(node.op(), node.attrs()));
+}
+
+bool IsOneElementF32(const TensorType& type) {
+  return type.dtype == DType::kF32 &&
+         std::all_of(type.shape.begin(), type.shape.end(),
+                     [](const Dim& d) { return d.is_const() && d.value == 1; });
 }
 
 const Value* SkipViews(const Value* value) {

@@ -130,6 +130,10 @@ StatusOr<RoundingRecipe> NormRoundingFromNode(const Node& node);
 // `attrs` with the `rounding` attribute describing `rounding` (none for the defaults).
 AttrMap WithRounding(AttrMap attrs, const RoundingRecipe& rounding);
 
+// An f32 tensor of one element whatever its rank (f32[], f32[1], f32[1, 1]): a static FP8
+// scale as graphs hold it (vLLM's tests and layers keep [1]-shaped scales).
+bool IsOneElementF32(const TensorType& type);
+
 // Follows no-op views back to the value they view.
 const Value* SkipViews(const Value* value);
 

@@ -5,7 +5,8 @@
 namespace tpfuse::ir {
 namespace {
 
-bool IsScalarF32(const Value* v) { return v->dtype() == DType::kF32 && v->shape().empty(); }
+// A static scale: one f32 element of any rank (IsOneElementF32).
+bool IsScaleF32(const Value* v) { return IsOneElementF32(v->type()); }
 
 std::optional<double> NumberOf(const Node& node, const std::string& name) {
   const Attr* a = node.attr(name);
@@ -45,12 +46,12 @@ std::optional<StaticQuantForm> MatchStaticQuant(const Node& cast) {
     if (!form.scalar || *form.scalar == 0.0) return std::nullopt;
     form.y = op->operand(0);
   } else if (form.divides) {
-    if (!IsScalarF32(op->operand(1))) return std::nullopt;
+    if (!IsScaleF32(op->operand(1))) return std::nullopt;
     form.y = op->operand(0);
     form.scale = op->operand(1);
   } else {
     for (int i : {0, 1}) {
-      if (IsScalarF32(op->operand(i)) && !IsScalarF32(op->operand(1 - i))) {
+      if (IsScaleF32(op->operand(i)) && !IsScaleF32(op->operand(1 - i))) {
         form.inv = op->operand(i);
         form.y = op->operand(1 - i);
       }
@@ -58,6 +59,8 @@ std::optional<StaticQuantForm> MatchStaticQuant(const Node& cast) {
     if (form.inv == nullptr) return std::nullopt;
     form.scale = ReciprocalOf(form.inv);
   }
+  // A scale of higher rank than y would broadcast y up: not y's quantization.
+  if (!(op->result()->shape() == form.y->shape())) return std::nullopt;
   if (const Node* w = form.y->producer(); w && w->kind() == OpKind::kCast &&
                                           w->result()->dtype() == DType::kF32 &&
                                           IsHalfType(w->operand(0)->dtype())) {

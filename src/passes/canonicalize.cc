@@ -398,7 +398,7 @@ struct DecomposedStaticQuant final : TypedPattern<ir::StaticQuantForm> {
       }
     }
     StatusOr<std::vector<ir::TensorType>> inferred = ir::InferResultTypes(
-        "quant_fp8", {form->y->type(), ir::TensorType{DType::kF32, {}}}, Attrs(*form));
+        "quant_fp8", {form->y->type(), form->scale->type()}, Attrs(*form));
     if (!inferred.ok() || inferred->size() != 1 || (*inferred)[0] != root->result()->type()) {
       notes.Decline("quant_fp8 does not take this input");
       return std::nullopt;

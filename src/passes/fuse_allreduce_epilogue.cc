@@ -313,8 +313,8 @@ std::string AddQuant(const ir::Node* quant, AllreduceRmsnormSpec& spec) {
   StatusOr<ir::QuantParams> params = ir::QuantParamsFromNode(*quant);
   if (!params.ok()) return params.status().message();
   if (params->mode == QuantMode::kFp8Tensor &&
-      (quant->num_operands() != 2 || !IsScalarF32(quant->operand(1)))) {
-    return StrCat(NodeRef(quant), " has no f32[] scale operand");
+      (quant->num_operands() != 2 || !ir::IsOneElementF32(quant->operand(1)->type()))) {
+    return StrCat(NodeRef(quant), " has no one-element f32 scale operand");
   }
   spec.quant = params->mode;
   spec.group_size = params->group_size;
@@ -550,6 +550,12 @@ class FuseAllreduceEpiloguePass final : public Pass {
 
     rw.SetInsertionPoint(plan.point);
     std::vector<ir::Value*> operands = FusedOperands(c, plan.quant);
+    // The fused op reads a static scale as f32[]: a [1]-shaped one through a view.
+    if (plan.quant && plan.quant->num_operands() == 2) {
+      ir::Value* scale = operands.back();
+      TPFUSE_ASSIGN_OR_RETURN(operands.back(), rw.CreateView(scale, ir::TensorType{DType::kF32, {}},
+                                                             scale->name() + ".scalar"));
+    }
     if (flatten) {
       TPFUSE_ASSIGN_OR_RETURN(operands[0], rw.CreateView(operands[0], flat, c.x->name() + ".rows"));
       if (c.residual) {

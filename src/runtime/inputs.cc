@@ -92,7 +92,7 @@ std::string_view ParamRoleName(ParamRole role) {
 ParamInfo ClassifyParam(const ir::Value& param) {
   ParamInfo info;
   const DType dtype = param.dtype();
-  const bool f32_scalar = dtype == DType::kF32 && param.type().rank() == 0;
+  const bool f32_scalar = ir::IsOneElementF32(param.type());  // f32[], f32[1], ...
   if (dtype == DType::kF8E4M3) info.role = ParamRole::kFp8;
   if (dtype == DType::kI32) info.role = ParamRole::kInteger;
 

@@ -129,6 +129,10 @@ TEST(IrOpsTest, BinaryBroadcasting) {
     EXPECT_EQ(Infer(op, {"f32[]", "bf16[T, 4096]"}), "f32[T, 4096]");
     EXPECT_EQ(Infer(op, {"bf16[2, 3, 4]", "bf16[]"}), "bf16[2, 3, 4]");
     EXPECT_EQ(Infer(op, {"f32[]", "f32[]"}), "f32[]");
+    // One element of any rank up to the other's broadcasts as a scalar does.
+    EXPECT_EQ(Infer(op, {"f32[T, 4096]", "f32[1]"}), "f32[T, 4096]");
+    EXPECT_EQ(Infer(op, {"f32[1, 1]", "bf16[T, 4096]"}), "f32[T, 4096]");
+    EXPECT_EQ(Infer(op, {"f32[T, 1]", "f32[1]"}), "f32[T, 1]");
     EXPECT_EQ(Infer(op, {"bf16[T, 4096]"}, {{"scalar", Attr::Float(1e-6)}}), "bf16[T, 4096]");
     EXPECT_EQ(Infer(op, {"f16[8]"}, {{"scalar", Attr::Int(2)}}), "f16[8]");
   }
@@ -142,6 +146,8 @@ TEST(IrOpsTest, BinaryBroadcasting) {
             "error: mul: shapes bf16[T, 4096] and bf16[1, 4096] do not broadcast");
   EXPECT_EQ(Infer("sub", {"bf16[T, 1]", "bf16[1, 4096]"}),
             "error: sub: shapes bf16[T, 1] and bf16[1, 4096] do not broadcast");
+  EXPECT_EQ(Infer("mul", {"f32[1, 1, 1]", "f32[T, 4096]"}),
+            "error: mul: shapes f32[1, 1, 1] and f32[T, 4096] do not broadcast");
   // Rank 3 activations: [B, S, H] with [H] and with [B, S, 1].
   EXPECT_EQ(Infer("add", {"bf16[2, T, 8]", "bf16[8]"}), "bf16[2, T, 8]");
   EXPECT_EQ(Infer("mul", {"f32[B, S, 1]", "f32[B, S, 8]"}), "f32[B, S, 8]");
@@ -317,10 +323,20 @@ TEST(IrOpsTest, QuantFp8Tensor) {
             "f8e4m3[4096]");
   EXPECT_EQ(Infer("quant_fp8", {"bf16[T, 4096]"}, {{"mode", Attr::Str("tensor")}}),
             "error: quant_fp8: mode tensor needs a scale operand (f32[])");
+  // One element of any rank up to x's: f32[1] and f32[1, 1] are scales as f32[] is.
   EXPECT_EQ(Infer("quant_fp8", {"bf16[T, 4096]", "f32[1]"}, {{"mode", Attr::Str("tensor")}}),
-            "error: quant_fp8: scale must be f32[], got f32[1]");
+            "f8e4m3[T, 4096]");
+  EXPECT_EQ(Infer("quant_fp8", {"bf16[T, 4096]", "f32[1, 1]"}, {{"mode", Attr::Str("tensor")}}),
+            "f8e4m3[T, 4096]");
+  EXPECT_EQ(Infer("quant_fp8", {"bf16[T, 4096]", "f32[1, 1, 1]"}, {{"mode", Attr::Str("tensor")}}),
+            "error: quant_fp8: scale must be one f32 element (f32[], f32[1], ...) of rank <= x's, "
+            "got f32[1, 1, 1]");
+  EXPECT_EQ(Infer("quant_fp8", {"bf16[T, 4096]", "f32[2]"}, {{"mode", Attr::Str("tensor")}}),
+            "error: quant_fp8: scale must be one f32 element (f32[], f32[1], ...) of rank <= x's, "
+            "got f32[2]");
   EXPECT_EQ(Infer("quant_fp8", {"bf16[T, 4096]", "bf16[]"}, {{"mode", Attr::Str("tensor")}}),
-            "error: quant_fp8: scale must be f32[], got bf16[]");
+            "error: quant_fp8: scale must be one f32 element (f32[], f32[1], ...) of rank <= x's, "
+            "got bf16[]");
   EXPECT_EQ(Infer("quant_fp8", {"f8e4m3[T, 4096]", "f32[]"}, {{"mode", Attr::Str("tensor")}}),
             "error: quant_fp8: x must be bf16, f16 or f32, got f8e4m3[T, 4096]");
   EXPECT_EQ(Infer("quant_fp8", {"bf16[T, 4096]", "f32[]"}),
