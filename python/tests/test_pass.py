@@ -860,3 +860,31 @@ def test_vllms_static_quant_op_with_a_one_element_scale_is_fused():
     assert str(call.kwargs["quant"]) == "fp8_tensor" and p.report.all_reduces_after == 0, g
     assert call.args[3].target == torch.ops.aten.reshape.default  # the scale, as f32[]
     g.lint()
+
+
+@pytest.mark.parametrize("dynamic_dims", [(0,), (1,), (0, 1)], ids=["batch", "length", "both"])
+def test_rank3_chains_with_dynamic_sizes_fuse(dynamic_dims):
+    # torch.compile with a dynamic length at a fixed batch (rows 2*s0), a dynamic batch, or
+    # both (rows s0*s1): the fused op reads [rows, H] views whose sizes the FX graph builds from
+    # the inputs' symbolic sizes; q and s are the torch form's of the fused op's own norm.
+    def f(x, res, w):
+        h = x + res
+        y = llama_norm(h, w)
+        q, s = quantfp8_group(y)
+        return y, q, s, h
+
+    torch._dynamo.reset()
+    compiled = tt.compile(f, world_size=1, fuse_local=True, backend="aot_eager")
+    x, res = torch.randn(2, 5, 256).to(bf), torch.randn(2, 5, 256).to(bf)
+    w = (torch.rand(256) + 0.5).to(bf)
+    for d in dynamic_dims:
+        torch._dynamo.mark_dynamic(x, d)
+        torch._dynamo.mark_dynamic(res, d)
+    y, q, s, h = compiled(x, res, w)
+    report = compiled.tpfuse_pass.report
+    assert not report.untranslated, report.untranslated
+    quants = [str(f.attrs.get("quant")) for g in report.graphs for f in g.fusions]
+    assert quants == ["fp8_group"], quants
+    want_q, want_s = quantfp8_group(y)
+    assert same_bits(q, want_q) and same_bits(s, want_s)
+    assert torch.equal(h, x + res)

@@ -26,13 +26,24 @@ std::vector<std::string> Dim::Factors() const {
   return factors;
 }
 
+std::optional<int64_t> Dim::ConstantFactor(const std::string& factor) {
+  if (factor.empty() || factor.size() > 18) return std::nullopt;
+  int64_t v = 0;
+  for (char c : factor) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + (c - '0');
+  }
+  return v;
+}
+
 StatusOr<int64_t> Dim::Resolve(const std::map<std::string, int64_t>& bindings) const {
   if (is_const()) return value;
   int64_t product = 1;
   for (const std::string& factor : Factors()) {
+    std::optional<int64_t> constant = ConstantFactor(factor);
     auto it = bindings.find(factor);
-    if (it == bindings.end()) return InvalidArgument("symbol ", factor, " is not bound");
-    if (__builtin_mul_overflow(product, it->second, &product))
+    if (!constant && it == bindings.end()) return InvalidArgument("symbol ", factor, " is not bound");
+    if (__builtin_mul_overflow(product, constant ? *constant : it->second, &product))
       return InvalidArgument(symbol, " overflows");
   }
   return (product + align - 1) / align * align;

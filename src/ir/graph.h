@@ -10,6 +10,7 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,10 +33,14 @@ struct Dim {
   static Dim Const(int64_t v) { return Dim{v, {}, 1}; }
   static Dim Sym(std::string s, int64_t align = 1) { return Dim{-1, std::move(s), align}; }
   bool is_const() const { return symbol.empty(); }
-  // A product of two or more symbols.
+  // A product of two or more factors.
   bool is_product() const { return symbol.find('*') != std::string::npos; }
-  // The symbols multiplied: {"B", "S"} for B*S, {"T"} for T; empty for a constant.
+  // The factors multiplied: {"B", "S"} for B*S, {"T"} for T, {"2", "S"} for 2*S (a constant
+  // batch times a symbolic length: a product's constant factor comes first); empty for a
+  // constant.
   std::vector<std::string> Factors() const;
+  // Whether a factor is a constant ("2" of 2*S), and its value.
+  static std::optional<int64_t> ConstantFactor(const std::string& factor);
   bool operator==(const Dim&) const = default;
   // "4096", "T", "pad4(T)"
   std::string ToString() const;

@@ -180,7 +180,13 @@ ElementCount CountElements(const Shape& shape) {
     if (d.is_const()) {
       if (__builtin_mul_overflow(count.constant, d.value, &count.constant)) count.overflow = true;
     } else if (d.align == 1) {
-      for (std::string& factor : d.Factors()) count.symbols.emplace_back(std::move(factor), 1);
+      for (std::string& factor : d.Factors()) {
+        if (std::optional<int64_t> c = Dim::ConstantFactor(factor)) {
+          if (__builtin_mul_overflow(count.constant, *c, &count.constant)) count.overflow = true;
+        } else {
+          count.symbols.emplace_back(std::move(factor), 1);
+        }
+      }
     } else {
       count.symbols.emplace_back(d.symbol, d.align);
     }

@@ -444,7 +444,8 @@ class Parser {
     return first;
   }
 
-  // dim := integer | product | padN(product) (the last as printed for padded scale layouts).
+  // dim := integer | product | padN(product) (the last as printed for padded scale layouts);
+  // a product may start with a constant factor (2*S: a constant batch times a length).
   StatusOr<Dim> ParseDim() {
     const Token t = Cur();
     if (t.kind == TokenKind::kInt) {
@@ -452,6 +453,10 @@ class Parser {
         return ErrorAt(At(t), "dimension ", t.int_value, " is out of range [0, ", kMaxDimValue,
                        "]");
       Advance();
+      if (IsPunct('*')) {
+        TPFUSE_ASSIGN_OR_RETURN(std::string product, ParseProduct(std::to_string(t.int_value)));
+        return Dim::Sym(std::move(product));
+      }
       return Dim::Const(t.int_value);
     }
     if (t.kind != TokenKind::kName) return Unexpected("a dimension (integer or symbol)");
@@ -601,7 +606,13 @@ class Parser {
   StatusOr<Attr> ParseScalar(bool in_list) {
     const Token t = Cur();
     switch (t.kind) {
-      case TokenKind::kInt: Advance(); return Attr::Int(t.int_value);
+      case TokenKind::kInt:
+        Advance();
+        if (in_list && IsPunct('*')) {  // a product with a constant factor: [2*S, 4096]
+          TPFUSE_ASSIGN_OR_RETURN(std::string product, ParseProduct(std::to_string(t.int_value)));
+          return Attr::Name(std::move(product));
+        }
+        return Attr::Int(t.int_value);
       case TokenKind::kFloat: Advance(); return Attr::Float(t.float_value);
       case TokenKind::kString: Advance(); return Attr::Str(t.text);
       case TokenKind::kName:

@@ -474,20 +474,37 @@ struct DynamicQuantMatch {
   ir::TensorType scale_type;    // quant_fp8's s for that input
 };
 
-// Whether dims a and b hold the same number of elements: the same dims, or constants of one
-// product (a view flattening [B, S] to [B * S]).
+// Whether dims a and b hold the same number of elements: the same dims, or the same product of
+// constants and symbols (a view flattening [B, S] to [B * S], or [s0, s1] to [s0*s1]).
 bool SameElements(const std::vector<ir::Dim>& a, const std::vector<ir::Dim>& b) {
   if (a == b) return true;
-  int64_t pa = 1, pb = 1;
-  for (const ir::Dim& d : a) {
-    if (!d.is_const()) return false;
-    pa *= d.value;
-  }
-  for (const ir::Dim& d : b) {
-    if (!d.is_const()) return false;
-    pb *= d.value;
-  }
-  return pa == pb;
+  struct Product {
+    int64_t constant = 1;
+    std::vector<std::string> symbols;
+    bool known = true;  // false: a padded dim, whose size is no product of symbols
+  };
+  const auto product = [](const std::vector<ir::Dim>& dims) {
+    Product p;
+    for (const ir::Dim& d : dims) {
+      if (d.is_const()) {
+        if (__builtin_mul_overflow(p.constant, d.value, &p.constant)) p.known = false;
+      } else if (d.align != 1) {
+        p.known = false;
+      } else {
+        for (std::string& f : d.Factors()) {
+          if (std::optional<int64_t> c = ir::Dim::ConstantFactor(f)) {
+            if (__builtin_mul_overflow(p.constant, *c, &p.constant)) p.known = false;
+          } else {
+            p.symbols.push_back(std::move(f));
+          }
+        }
+      }
+    }
+    std::sort(p.symbols.begin(), p.symbols.end());
+    return p;
+  };
+  const Product pa = product(a), pb = product(b);
+  return pa.known && pb.known && pa.constant == pb.constant && pa.symbols == pb.symbols;
 }
 
 // A view [..., H] -> [..., H/g, g] whose leading dims hold the same rows (the same dims, or

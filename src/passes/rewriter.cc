@@ -32,9 +32,8 @@ StatusOr<ir::Dim> RowsOf(const ir::TensorType& t) {
     }
   }
   if (symbols.empty()) return ir::Dim::Const(constant);
-  if (constant != 1)
-    return InvalidArgument("leading dims mix a constant (", constant, ") with symbols (", symbols,
-                           "); the rows have no single dim");
+  // A constant batch times symbolic lengths: the product with its constant first (2*S).
+  if (constant != 1) return ir::Dim::Sym(StrCat(constant, "*", symbols));
   return ir::Dim::Sym(symbols);
 }
 

@@ -396,7 +396,7 @@ StatusOr<Bindings> BindSymbols(const ir::Graph& graph, const TensorMap& inputs) 
       if (!want.ok()) {
         std::string unbound = dim.symbol;
         for (const std::string& f : dim.Factors()) {
-          if (!bindings.count(f)) unbound = f;
+          if (!bindings.count(f) && !ir::Dim::ConstantFactor(f)) unbound = f;
         }
         return InvalidArgument("input %", p->name(), ": cannot bind ", unbound, " from ",
                                dim.ToString(), " alone; give a parameter with a plain ", unbound,

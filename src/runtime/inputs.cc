@@ -175,7 +175,9 @@ StatusOr<std::vector<TensorMap>> MakeRandomInputs(const ir::Graph& graph, int wo
   for (const ir::Value* p : graph.params()) {
     for (const ir::Dim& d : p->shape()) {
       // Every symbol is the token count (a product B*S of two is then tokens^2 rows).
-      for (const std::string& factor : d.Factors()) bindings[factor] = tokens;
+      for (const std::string& factor : d.Factors()) {
+        if (!ir::Dim::ConstantFactor(factor)) bindings[factor] = tokens;
+      }
     }
   }
   std::vector<TensorMap> inputs(static_cast<size_t>(world_size));

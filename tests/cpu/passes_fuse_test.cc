@@ -482,20 +482,28 @@ TEST(PassesFuse, F32ActivationsAreRejected) {
   EXPECT_EQ(Counter(c.ctx, "fuse_allreduce_epilogue", "rejected: dtype or shape"), 1);
 }
 
-// [B, S, H] fuses through views (passes_forms_test.cc); a constant beside the symbol has no
-// single row dim.
-TEST(PassesFuse, Rank3WithAConstantLeadingDimIsRejected) {
+// [B, S, H] fuses through views (passes_forms_test.cc), a constant batch beside a symbolic
+// length too: its rows are the product 2*T (what torch.compile gives a model called at one batch
+// size and several lengths), printed and parsed back as such.
+TEST(PassesFuse, Rank3WithAConstantLeadingDimFusesOnItsRowProduct) {
   Compiled c = Compile(R"(
-    func @layer(%x: bf16[2, T, 256], %g: bf16[256]) {
+    func @layer(%x: bf16[2, T, 256], %res: bf16[2, T, 256], %g: bf16[256]) {
       %ar = all_reduce(%x)
-      %y = rms_norm(%ar, %g) {eps = 1e-6}
-      return %y
+      %h = add(%ar, %res)
+      %y = rms_norm(%h, %g) {eps = 1e-6}
+      return %y, %h
     }
   )");
   ASSERT_TRUE(c.ok());
-  EXPECT_EQ(OnlyRejection(c.ctx),
-            "all_reduce %ar has type bf16[2, T, 256]: leading dims mix a constant (2) with "
-            "symbols (T); the rows have no single dim");
+  ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
+  FileCheck(Print(*c.after), R"(
+    CHECK: %x.rows = view(%x) {shape = [2*T, 256]}
+    CHECK: = allreduce_rmsnorm(%x.rows, %res.rows, %g)
+    CHECK: %y = view(
+  )");
+  StatusOr<std::unique_ptr<ir::Graph>> reparsed = ir::ParseGraph(Print(*c.after));
+  ASSERT_TRUE(reparsed.ok()) << reparsed.status().ToString();
+  ExpectSameOutputs(c);
 }
 
 // The norm weight is computed after the all_reduce result's first other use: no single place

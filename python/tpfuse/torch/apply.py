@@ -404,13 +404,36 @@ class Applier:
     def _dim_node(self, d: Any):
         if isinstance(d, int):
             return d
-        ref = self.sym_refs.get(str(d))
+        if str(d).isdigit():  # the constant factor of 2*s0
+            return int(str(d))
+        factors = sorted(str(d).split("*"))  # a product dim, in any order (s77*s27)
+        if len(factors) > 1:
+            # A product (the rows of [B, S, H] with B and S dynamic): the product of its
+            # factors' sizes, each from where it first appears (the inputs, ahead of the fused
+            # op), not from a node holding the product, which may come after it.
+            out = self._dim_node(factors[0])
+            for factor in factors[1:]:
+                f = self._dim_node(factor)
+                val = _size_value(out) * _size_value(f)
+                out = self._call(operator.mul, (out, f))
+                out.meta["val"] = val
+            return out
+        ref = self.sym_refs.get(factors[0])
         if ref is None:
             raise ApplyError(f"no FX node carries the size {d}")
         node, dim = ref
         if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.SymInt):
             return node
-        return self._call(torch.ops.aten.sym_size.int, (node, dim))
+        if dim < 0:
+            return node  # a node whose value is the size itself (sym_size, a SymInt op)
+        size = self._call(torch.ops.aten.sym_size.int, (node, dim))
+        size.meta["val"] = node.meta["val"].shape[dim]
+        return size
+
+
+def _size_value(x: Any) -> Any:
+    """The size an int or an FX size node stands for (a SymInt)."""
+    return x if isinstance(x, int) else x.meta["val"]
 
 
 def _same_layout(a: Any, b: Any) -> bool:

@@ -89,8 +89,14 @@ def print_func(func: Func) -> str:
 # ---------------------------------------------------------------- reading compiled text
 
 _TOKEN = re.compile(
-    r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf|nan)'
-    r"|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)|(?P<punct>[\[\],=]))"
+    r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")'
+    # A product dim with a constant factor (2*s0), read as a name, ahead of the numbers.
+    r"|(?P<prod>\d+(?:\*[A-Za-z_][A-Za-z0-9_.]*)+)"
+    r'|(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf|nan)'
+    # A name, or a dim the compiler writes as one: a product of symbols (s0*s1) or a padded
+    # dim (pad4(T), pad4(s0*s1)).
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_.]*(?:\*[A-Za-z_][A-Za-z0-9_.]*)*(?:\([A-Za-z0-9_.*]*\))?)"
+    r"|(?P<punct>[\[\],=]))"
 )
 
 
@@ -130,6 +136,8 @@ def _parse_attr_text(text: str) -> Dict[str, AttrValue]:
             return bytes(tok[1:-1], "utf-8").decode("unicode_escape")
         if kind == "num":
             return float(tok) if any(c in tok for c in ".eEn") else int(tok)
+        if kind == "prod":
+            return Name(tok)
         if kind == "name":
             if tok in ("true", "false"):
                 return tok == "true"

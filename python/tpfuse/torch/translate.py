@@ -89,6 +89,12 @@ def _dim(d: Any) -> ir.Dim:
             return str(expr)
         if getattr(expr, "is_Mul", False) and all(getattr(a, "is_Symbol", False) for a in expr.args):
             return "*".join(sorted(str(a) for a in expr.args))  # a product dim: s0*s1
+        if getattr(expr, "is_Mul", False):
+            # A positive constant times symbols (2*s0: the rows of [2, s0, H]): the constant first.
+            consts = [a for a in expr.args if getattr(a, "is_Integer", False)]
+            syms = [a for a in expr.args if getattr(a, "is_Symbol", False)]
+            if len(consts) == 1 and int(consts[0]) > 0 and len(consts) + len(syms) == len(expr.args):
+                return "*".join([str(int(consts[0]))] + sorted(str(a) for a in syms))
         # Any other expression (2*s0, s0 + 1) is one opaque symbol to the IR.
         return "e_" + re.sub(r"[^A-Za-z0-9_]", "_", str(expr))
     raise TranslationError(f"unknown dimension {d!r}")
@@ -117,7 +123,11 @@ def _element_count(shape: Sequence[ir.Dim]) -> Tuple[int, Tuple[str, ...]]:
         if isinstance(d, int):
             const *= d
         else:
-            syms.extend(d.split("*"))
+            for factor in d.split("*"):
+                if factor.isdigit():  # the constant factor of 2*s0
+                    const *= int(factor)
+                else:
+                    syms.append(factor)
     return const, tuple(sorted(syms))
 
 
