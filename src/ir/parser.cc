@@ -434,6 +434,16 @@ class Parser {
     return type;
   }
 
+  // A product that starts with the constant `c` (already read): c '*' SYMBOL {'*' SYMBOL}, the
+  // constant 2..max (a 1 or 0 would make another spelling of a plain dim).
+  StatusOr<std::string> ParseConstantProduct(const Token& c) {
+    if (c.int_value < 2 || c.int_value > kMaxDimValue)
+      return ErrorAt(At(c), "the constant factor of a product dim must be 2..", kMaxDimValue,
+                     ", got ", c.int_value);
+    if (!IsPunct('*')) return Unexpected("'*' after a product's constant factor");
+    return ParseProduct(std::to_string(c.int_value));
+  }
+
   // product := SYMBOL {'*' SYMBOL}: "B*S" after the first symbol `first`.
   StatusOr<std::string> ParseProduct(std::string first) {
     while (IsPunct('*')) {
@@ -454,7 +464,7 @@ class Parser {
                        "]");
       Advance();
       if (IsPunct('*')) {
-        TPFUSE_ASSIGN_OR_RETURN(std::string product, ParseProduct(std::to_string(t.int_value)));
+        TPFUSE_ASSIGN_OR_RETURN(std::string product, ParseConstantProduct(t));
         return Dim::Sym(std::move(product));
       }
       return Dim::Const(t.int_value);
@@ -477,8 +487,15 @@ class Parser {
       return ErrorAt(At(t), "expected a dimension (integer, symbol or padN(symbol)), found '",
                      Printable(t.text), "('");
     Advance();  // '('
-    TPFUSE_ASSIGN_OR_RETURN(Token symbol, Expect(TokenKind::kName, "a symbol"));
-    TPFUSE_ASSIGN_OR_RETURN(std::string product, ParseProduct(symbol.text));
+    std::string product;
+    if (Cur().kind == TokenKind::kInt) {  // pad4(2*T)
+      const Token c = Cur();
+      Advance();
+      TPFUSE_ASSIGN_OR_RETURN(product, ParseConstantProduct(c));
+    } else {
+      TPFUSE_ASSIGN_OR_RETURN(Token symbol, Expect(TokenKind::kName, "a symbol"));
+      TPFUSE_ASSIGN_OR_RETURN(product, ParseProduct(symbol.text));
+    }
     TPFUSE_RETURN_IF_ERROR(ExpectPunct(')'));
     return Dim::Sym(std::move(product), align);
   }
@@ -609,7 +626,7 @@ class Parser {
       case TokenKind::kInt:
         Advance();
         if (in_list && IsPunct('*')) {  // a product with a constant factor: [2*S, 4096]
-          TPFUSE_ASSIGN_OR_RETURN(std::string product, ParseProduct(std::to_string(t.int_value)));
+          TPFUSE_ASSIGN_OR_RETURN(std::string product, ParseConstantProduct(t));
           return Attr::Name(std::move(product));
         }
         return Attr::Int(t.int_value);

@@ -20,21 +20,35 @@ std::string DescribeUse(const ir::Use& use) {
 
 StatusOr<ir::Dim> RowsOf(const ir::TensorType& t) {
   int64_t constant = 1;
-  std::string symbols;
+  std::vector<std::string> symbols;
+  const auto times = [&](int64_t v) -> Status {
+    if (__builtin_mul_overflow(constant, v, &constant))
+      return InvalidArgument("the rows of ", t.ToString(), " overflow");
+    return Status::Ok();
+  };
   for (int i = 0; i + 1 < t.rank(); ++i) {
     const ir::Dim& d = t.shape[size_t(i)];
     if (d.is_const()) {
-      constant *= d.value;
+      TPFUSE_RETURN_IF_ERROR(times(d.value));
     } else if (d.align != 1) {
       return InvalidArgument("leading dim ", d.ToString(), " is padded");
     } else {
-      symbols += (symbols.empty() ? "" : "*") + d.symbol;
+      for (std::string& f : d.Factors()) {
+        if (std::optional<int64_t> c = ir::Dim::ConstantFactor(f)) {
+          TPFUSE_RETURN_IF_ERROR(times(*c));
+        } else {
+          symbols.push_back(std::move(f));
+        }
+      }
     }
   }
   if (symbols.empty()) return ir::Dim::Const(constant);
-  // A constant batch times symbolic lengths: the product with its constant first (2*S).
-  if (constant != 1) return ir::Dim::Sym(StrCat(constant, "*", symbols));
-  return ir::Dim::Sym(symbols);
+  // The canonical product, as the PyTorch translator writes one: the constant first (a fixed
+  // batch times a length: 2*S), then the symbols sorted (B*S).
+  std::sort(symbols.begin(), symbols.end());
+  std::string product = constant == 1 ? "" : StrCat(constant);
+  for (const std::string& s : symbols) product += (product.empty() ? "" : "*") + s;
+  return ir::Dim::Sym(std::move(product));
 }
 
 StatusOr<ir::TensorType> RowsView(const ir::TensorType& t) {

@@ -137,7 +137,9 @@ ParamInfo ClassifyParam(const ir::Value& param) {
         }
         if (user.kind() == ir::OpKind::kMul && user.num_operands() == 2) {
           const ir::Value& other = *user.operand(1 - i);
-          if (param.type().rank() == 1 && other.type().rank() >= 2 && IsFloatType(dtype))
+          // (A one-element f32 operand is a scale, f32[1] as f32[] is.)
+          if (param.type().rank() == 1 && other.type().rank() >= 2 && IsFloatType(dtype) &&
+              !f32_scalar)
             info.role = ParamRole::kNormWeight;
         }
         break;

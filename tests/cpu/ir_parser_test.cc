@@ -155,6 +155,22 @@ TEST(IrParserTest, CommentsWhitespaceAndSymbols) {
   EXPECT_EQ((*g2)->params()[0]->type().shape[2], Dim::Const(0));
   EXPECT_EQ((*g2)->params()[1]->type().shape[1], Dim::Sym("T", 4));
   EXPECT_EQ((*g2)->params()[2]->type().ToString(), "i32[]");
+
+  // Products, with a constant factor first (the rows of [2, T, H]), padded too; in a shape
+  // attribute as in a type.
+  StatusOr<std::unique_ptr<Graph>> g3 = ParseGraph(
+      "func @f(%a: f32[2*T, 8], %b: f32[2, pad4(2*T)]) {\n"
+      "  %v = view(%a) {shape = [2*T, 8]}\n"
+      "  return %v, %b\n}");
+  ASSERT_TRUE(g3.ok()) << g3.status().message();
+  EXPECT_EQ((*g3)->params()[0]->type().shape[0], Dim::Sym("2*T"));
+  EXPECT_EQ((*g3)->params()[1]->type().shape[1], Dim::Sym("2*T", 4));
+  // A constant factor of 0 or 1 would be another spelling of a plain dim; after a symbol, a
+  // constant is no factor.
+  for (const char* bad : {"f32[1*T, 8]", "f32[0*T, 8]", "f32[T*2, 8]"}) {
+    StatusOr<std::unique_ptr<Graph>> g = ParseGraph(std::string("func @f(%a: ") + bad + ") { return %a }");
+    EXPECT_FALSE(g.ok()) << bad;
+  }
 }
 
 TEST(IrParserTest, MissingFileIsNotFound) {

@@ -506,6 +506,41 @@ TEST(PassesFuse, Rank3WithAConstantLeadingDimFusesOnItsRowProduct) {
   ExpectSameOutputs(c);
 }
 
+// The rows of any leading dims are one canonical product: the constants folded first, the
+// symbols sorted (as the PyTorch translator writes them), whatever the dims' order or their own
+// products; printed and parsed back.
+TEST(PassesFuse, RowsOfLeadingDimsAreOneCanonicalProduct) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[S, 2, B, 256], %res: bf16[S, 2, B, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %h = add(%ar, %res)
+      %y = rms_norm(%h, %g) {eps = 1e-6}
+      return %y, %h
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
+  FileCheck(Print(*c.after), R"(
+    CHECK: %x.rows = view(%x) {shape = [2*B*S, 256]}
+  )");
+  StatusOr<std::unique_ptr<ir::Graph>> reparsed = ir::ParseGraph(Print(*c.after));
+  ASSERT_TRUE(reparsed.ok()) << reparsed.status().ToString();
+  ExpectSameOutputs(c);
+  for (const char* dims : {"T, 2*S", "3*T, 2"}) {
+    SCOPED_TRACE(dims);
+    Compiled d = Compile(std::string("func @f(%x: bf16[") + dims + ", 256], %g: bf16[256]) {\n"
+                         "  %ar = all_reduce(%x)\n"
+                         "  %y = rms_norm(%ar, %g) {eps = 1e-6}\n"
+                         "  return %y\n}\n");
+    ASSERT_TRUE(d.ok());
+    ASSERT_EQ(d.ctx.fusions.size(), 1u) << DescribeReport(d.ctx) << Print(*d.after);
+    EXPECT_TRUE(ir::ParseGraph(Print(*d.after)).ok()) << Print(*d.after);
+    EXPECT_NE(Print(*d.after).find(std::string(dims) == "T, 2*S" ? "[2*S*T, 256]" : "[6*T, 256]"),
+              std::string::npos)
+        << Print(*d.after);
+  }
+}
+
 // The norm weight is computed after the all_reduce result's first other use: no single place
 // can hold the fused op.
 TEST(PassesFuse, NoLegalPositionIsRejected) {

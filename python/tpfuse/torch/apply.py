@@ -111,6 +111,7 @@ class Applier:
             for o in n.operands:
                 self.consumers.setdefault(o, []).append(n)
         self.compiled_types = dict(compiled.params)
+        self._place: Tuple[Dict[fx.Node, int], int] = ({}, -1)  # set while materializing
         # The reads that moved: (what the graph read, what the compiled func reads instead) for
         # each func output and each operand of an opaque node (an FX node the compiler cannot
         # see into: it reads the IR value positionally, as the output does). The compiler may
@@ -251,6 +252,7 @@ class Applier:
 
         # Materialize.
         # NOTE: inserting before the node that follows keeps the new nodes in creation order.
+        self._place = (order, order[insert_after])  # sizes must be known by then (_dim_node)
         with self.graph.inserting_before(insert_after.next):
             for n in pre + [fused] + post:
                 outs = self._materialize(n, [fx_of(o) for o in n.operands], group)
@@ -422,6 +424,9 @@ class Applier:
         if ref is None:
             raise ApplyError(f"no FX node carries the size {d}")
         node, dim = ref
+        order, place = self._place
+        if order.get(node, place + 1) > place:
+            raise ApplyError(f"the size {d} is first known after the fused op's place")
         if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.SymInt):
             return node
         if dim < 0:
