@@ -334,29 +334,30 @@ def _define_vllm_ops():
     _define_vllm_ops.lib = lib  # keep the registration alive
 
 
-def test_vllm_auto_functionalized_ops_translate_through_the_table():
+def _vllm_norm_quant_graph(tokens: int, hidden: int, scale_shape=()):
+    """all_reduce -> vLLM's fused_add_rms_norm -> static_scaled_fp8_quant, functionalized
+    (auto_functionalized), as vLLM's graphs hold them; returns q and h."""
     _define_vllm_ops()
     af = torch.ops.higher_order.auto_functionalized
     g = fx.Graph()
-    mode = FakeTensorMode()
-    with mode:
-        vals = {"x": torch.empty(6, 128, dtype=bf), "res": torch.empty(6, 128, dtype=bf),
-                "w": torch.empty(128, dtype=bf), "scale": torch.empty((), dtype=torch.float32),
-                "q": torch.empty(6, 128, dtype=torch.float8_e4m3fn)}
+    with FakeTensorMode():
+        vals = {"x": torch.empty(tokens, hidden, dtype=bf),
+                "res": torch.empty(tokens, hidden, dtype=bf),
+                "w": torch.empty(hidden, dtype=bf),
+                "scale": torch.empty(scale_shape, dtype=torch.float32),
+                "q": torch.empty(tokens, hidden, dtype=torch.float8_e4m3fn)}
     nodes = {}
     for name, v in vals.items():
         nodes[name] = g.placeholder(name)
         nodes[name].meta["val"] = v
     a = g.call_function(ar, (nodes["x"], "sum", GROUP))
     s = g.call_function(wait, (a,))
-    for n in (a, s):
-        n.meta["val"] = vals["x"]
+    a.meta["val"] = s.meta["val"] = vals["x"]
     norm = g.call_function(af, (torch.ops._C.fused_add_rms_norm.default,),
                            {"input": s, "residual": nodes["res"], "weight": nodes["w"],
                             "epsilon": 1e-6})
     norm.meta["val"] = (None, vals["x"], vals["res"])
-    y = g.call_function(operator.getitem, (norm, 1))
-    h = g.call_function(operator.getitem, (norm, 2))
+    y, h = (g.call_function(operator.getitem, (norm, i)) for i in (1, 2))
     y.meta["val"], h.meta["val"] = vals["x"], vals["res"]
     quant = g.call_function(af, (torch.ops._C.static_scaled_fp8_quant.default,),
                             {"result": nodes["q"], "input": y, "scale": nodes["scale"]})
@@ -364,7 +365,11 @@ def test_vllm_auto_functionalized_ops_translate_through_the_table():
     q = g.call_function(operator.getitem, (quant, 1))
     q.meta["val"] = vals["q"]
     g.output((q, h))
+    return g
 
+
+def test_vllm_auto_functionalized_ops_translate_through_the_table():
+    g = _vllm_norm_quant_graph(6, 128)
     tr = translate(g)
     lines = [line.strip().split(" : ")[0] for line in tr.text.splitlines()[1:-1]]
     assert lines == [
@@ -828,32 +833,7 @@ def test_a_static_scale_of_one_element_in_any_shape_is_fused_exactly(scale_shape
 
 def test_vllms_static_quant_op_with_a_one_element_scale_is_fused():
     # vLLM's test_fusion_all_reduce: static_scaled_fp8_quant(out, norm, scale) with scale f32[1].
-    _define_vllm_ops()
-    af = torch.ops.higher_order.auto_functionalized
-    g = fx.Graph()
-    with FakeTensorMode():
-        vals = {"x": torch.empty(16, 16, dtype=bf), "res": torch.empty(16, 16, dtype=bf),
-                "w": torch.empty(16, dtype=bf), "scale": torch.empty(1, dtype=torch.float32),
-                "q": torch.empty(16, 16, dtype=torch.float8_e4m3fn)}
-    nodes = {}
-    for name, v in vals.items():
-        nodes[name] = g.placeholder(name)
-        nodes[name].meta["val"] = v
-    a = g.call_function(ar, (nodes["x"], "sum", GROUP))
-    s = g.call_function(wait, (a,))
-    a.meta["val"] = s.meta["val"] = vals["x"]
-    norm = g.call_function(af, (torch.ops._C.fused_add_rms_norm.default,),
-                           {"input": s, "residual": nodes["res"], "weight": nodes["w"],
-                            "epsilon": 1e-6})
-    norm.meta["val"] = (None, vals["x"], vals["res"])
-    y, h = (g.call_function(operator.getitem, (norm, i)) for i in (1, 2))
-    y.meta["val"], h.meta["val"] = vals["x"], vals["res"]
-    quant = g.call_function(af, (torch.ops._C.static_scaled_fp8_quant.default,),
-                            {"result": nodes["q"], "input": y, "scale": nodes["scale"]})
-    quant.meta["val"] = (None, vals["q"])
-    q = g.call_function(operator.getitem, (quant, 1))
-    q.meta["val"] = vals["q"]
-    g.output((q, h))
+    g = _vllm_norm_quant_graph(16, 16, scale_shape=(1,))
     p = tt.FusionPass(world_size=2)
     p(g)
     (call,) = [n for n in g.nodes if str(n.target) == FUSED]
