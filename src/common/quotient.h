@@ -57,11 +57,7 @@ TPFUSE_QUOTIENT_HD float DynamicScaleOfAmax(float amax, bool floor_after_div) {
     const float s = QuotientByReciprocal(amax, 448.0f, 1.0f / 448.0f);
     return s < kScaleFloorAfterDiv ? kScaleFloorAfterDiv : s;
   }
-#if defined(__CUDA_ARCH__)
   return QuotientByReciprocal(fmaxf(amax, 1e-10f), 448.0f, 1.0f / 448.0f);
-#else
-  return QuotientByReciprocal(std::fmax(amax, 1e-10f), 448.0f, 1.0f / 448.0f);
-#endif
 }
 
 // The value the ue8m0_floor form rounds up to a power of two: max(s, 1e-10), a NaN s kept (as

@@ -849,6 +849,11 @@ StatusOr<QuantParams> QuantParamsFromNode(const Node& node) {
   return ReadQuantParams(AttrReader(node.op(), node.attrs()));
 }
 
+bool SameElementCount(const Shape& a, const Shape& b) {
+  const ElementCount ca = CountElements(a), cb = CountElements(b);
+  return !ca.overflow && !cb.overflow && ca.constant == cb.constant && ca.symbols == cb.symbols;
+}
+
 bool IsOneElementF32(const TensorType& type) {
   return type.dtype == DType::kF32 &&
          std::all_of(type.shape.begin(), type.shape.end(),

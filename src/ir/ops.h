@@ -134,6 +134,11 @@ AttrMap WithRounding(AttrMap attrs, const RoundingRecipe& rounding);
 // scale as graphs hold it (vLLM's tests and layers keep [1]-shaped scales).
 bool IsOneElementF32(const TensorType& type);
 
+// Whether two shapes hold the same number of elements: the same product of constants (a
+// product dim's constant factor included) and symbols, [B, S] as B*S, [2, S] as 2*S. False where
+// a count overflows.
+bool SameElementCount(const Shape& a, const Shape& b);
+
 // Follows no-op views back to the value they view.
 const Value* SkipViews(const Value* value);
 

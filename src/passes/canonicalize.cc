@@ -474,39 +474,6 @@ struct DynamicQuantMatch {
   ir::TensorType scale_type;    // quant_fp8's s for that input
 };
 
-// Whether dims a and b hold the same number of elements: the same dims, or the same product of
-// constants and symbols (a view flattening [B, S] to [B * S], or [s0, s1] to [s0*s1]).
-bool SameElements(const std::vector<ir::Dim>& a, const std::vector<ir::Dim>& b) {
-  if (a == b) return true;
-  struct Product {
-    int64_t constant = 1;
-    std::vector<std::string> symbols;
-    bool known = true;  // false: a padded dim, whose size is no product of symbols
-  };
-  const auto product = [](const std::vector<ir::Dim>& dims) {
-    Product p;
-    for (const ir::Dim& d : dims) {
-      if (d.is_const()) {
-        if (__builtin_mul_overflow(p.constant, d.value, &p.constant)) p.known = false;
-      } else if (d.align != 1) {
-        p.known = false;
-      } else {
-        for (std::string& f : d.Factors()) {
-          if (std::optional<int64_t> c = ir::Dim::ConstantFactor(f)) {
-            if (__builtin_mul_overflow(p.constant, *c, &p.constant)) p.known = false;
-          } else {
-            p.symbols.push_back(std::move(f));
-          }
-        }
-      }
-    }
-    std::sort(p.symbols.begin(), p.symbols.end());
-    return p;
-  };
-  const Product pa = product(a), pb = product(b);
-  return pa.known && pb.known && pa.constant == pb.constant && pa.symbols == pb.symbols;
-}
-
 // A view [..., H] -> [..., H/g, g] whose leading dims hold the same rows (the same dims, or
 // flattened: x.view(-1, H/g, g) of a [B, S, H] x).
 bool IsGroupView(const ir::Node* p) {
@@ -520,7 +487,8 @@ bool IsGroupView(const ir::Node* p) {
   if (!hidden.is_const() || !groups.is_const() || !size.is_const() ||
       groups.value * size.value != hidden.value)
     return false;
-  return SameElements({in.shape.begin(), in.shape.end() - 1}, {out.shape.begin(), out.shape.end() - 2});
+  return ir::SameElementCount({in.shape.begin(), in.shape.end() - 1},
+                              {out.shape.begin(), out.shape.end() - 2});
 }
 
 // The cast / view between y and the dividend d: a widening cast (or none, where the scale step
@@ -694,9 +662,12 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
                     ", not f32");
       return std::nullopt;
     }
-    const std::optional<double> min = floor ? NumberAttr(floor, "min") : std::optional<double>(1e-10);
-    const bool floor_ok = min && (floor == nullptr || floor->attr("max") == nullptr) &&
-                          (m.floor_after_div ? float(*min) == kScaleFloorAfterDiv : *min == 1e-10);
+    // (No floor at all only in the ue8m0_floor form, checked above.)
+    const std::optional<double> min = floor ? NumberAttr(floor, "min") : std::nullopt;
+    const bool floor_ok =
+        floor == nullptr ||
+        (min && floor->attr("max") == nullptr &&
+         (m.floor_after_div ? float(*min) == kScaleFloorAfterDiv : *min == 1e-10));
     if (!floor_ok) {
       notes.Decline(m.floor_after_div
                         ? "the scale's floor after the division is not clamp(min = 1 / (448 * "

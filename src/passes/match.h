@@ -76,11 +76,6 @@ inline bool SoleUser(const ir::Value* value, const ir::Node* user) {
   return value->num_uses() == 1 && value->uses()[0].user == user;
 }
 
-// An f32 scalar (rank 0): the form a per-tensor scale takes.
-inline bool IsScalarF32(const ir::Value* value) {
-  return value->dtype() == DType::kF32 && value->shape().empty();
-}
-
 // "%name".
 inline std::string Ref(const ir::Value* value) { return "%" + value->name(); }
 

@@ -453,43 +453,40 @@ TEST(PassesCanonicalize, DynamicQuantWithTheAmaxOfTheHalfInputFolds) {
 }
 
 TEST(PassesCanonicalize, DynamicQuantDeclinesOtherFloorsAfterTheDivision) {
-  Compiled c = Canonicalize(DynamicQuantWithScale(
-      "  %sd = div(%am) {scalar = 448}\n"
-      "  %s = clamp(%sd) {min = 1e-10}\n"));
-  ASSERT_TRUE(c.ok());
-  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant",
-                    "declined: the scale's floor after the division is not clamp(min = 1 / (448 * "
-                    "512)), the fused quant's"),
-            1)
-      << DescribeReport(c.ctx);
-  // vLLM's UE8M0 group form floors after the power-of-two rounding.
-  c = Canonicalize(DynamicQuantWithScale(
-      "  %sd = div(%am) {scalar = 448}\n"
-      "  %lg = log2(%sd)\n"
-      "  %ce = ceil(%lg)\n"
-      "  %ex = exp2(%ce)\n"
-      "  %s = clamp(%ex) {min = 4.359654017857143e-06}\n"));
-  ASSERT_TRUE(c.ok());
-  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant",
-                    "declined: the scale's floor follows its power-of-two rounding"),
-            1)
-      << DescribeReport(c.ctx);
-  // ... and a floor after the division, then the rounding: not a scale the fused op makes.
-  c = Canonicalize(DynamicQuantWithScale(
-      "  %sd = div(%am) {scalar = 448}\n"
-      "  %sc = clamp(%sd) {min = 4.359654017857143e-06}\n"
-      "  %lg = log2(%sc)\n"
-      "  %ce = ceil(%lg)\n"
-      "  %s = exp2(%ce)\n"));
-  ASSERT_TRUE(c.ok());
-  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant",
-                    "declined: the scale is floored after the division and rounded to a power of "
-                    "two: the fused quant floors such scales before the division"),
-            1)
-      << DescribeReport(c.ctx);
+  const struct {
+    const char* scale;   // what follows %am = amax(...) and defines %s
+    const char* reason;
+  } cases[] = {
+      {"  %sd = div(%am) {scalar = 448}\n"
+       "  %s = clamp(%sd) {min = 1e-10}\n",
+       "the scale's floor after the division is not clamp(min = 1 / (448 * 512)), the fused quant's"},
+      // vLLM's UE8M0 group form floors after the power-of-two rounding.
+      {"  %sd = div(%am) {scalar = 448}\n"
+       "  %lg = log2(%sd)\n"
+       "  %ce = ceil(%lg)\n"
+       "  %ex = exp2(%ce)\n"
+       "  %s = clamp(%ex) {min = 4.359654017857143e-06}\n",
+       "the scale's floor follows its power-of-two rounding"},
+      // ... and a floor after the division, then the rounding: not a scale the fused op makes.
+      {"  %sd = div(%am) {scalar = 448}\n"
+       "  %sc = clamp(%sd) {min = 4.359654017857143e-06}\n"
+       "  %lg = log2(%sc)\n"
+       "  %ce = ceil(%lg)\n"
+       "  %s = exp2(%ce)\n",
+       "the scale is floored after the division and rounded to a power of two: the fused quant "
+       "floors such scales before the division"},
+  };
+  for (const auto& k : cases) {
+    SCOPED_TRACE(k.reason);
+    Compiled c = Canonicalize(DynamicQuantWithScale(k.scale));
+    ASSERT_TRUE(c.ok());
+    EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant", std::string("declined: ") + k.reason), 1)
+        << DescribeReport(c.ctx);
+    EXPECT_EQ(CountOp(*c.after, "quant_fp8"), 0) << Print(*c.after);
+  }
   // A scale computed in bf16 (the amax divided and floored in bf16, the division promoting it)
   // rounds differently.
-  c = Canonicalize(R"(
+  Compiled c = Canonicalize(R"(
     func @f(%a: bf16[T, 256]) {
       %aa = abs(%a)
       %am = amax(%aa) {dim = -1, keepdim = true}

@@ -483,61 +483,36 @@ TEST(PassesFuse, F32ActivationsAreRejected) {
 }
 
 // [B, S, H] fuses through views (passes_forms_test.cc), a constant batch beside a symbolic
-// length too: its rows are the product 2*T (what torch.compile gives a model called at one batch
-// size and several lengths), printed and parsed back as such.
-TEST(PassesFuse, Rank3WithAConstantLeadingDimFusesOnItsRowProduct) {
-  Compiled c = Compile(R"(
-    func @layer(%x: bf16[2, T, 256], %res: bf16[2, T, 256], %g: bf16[256]) {
-      %ar = all_reduce(%x)
-      %h = add(%ar, %res)
-      %y = rms_norm(%h, %g) {eps = 1e-6}
-      return %y, %h
-    }
-  )");
-  ASSERT_TRUE(c.ok());
-  ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
-  FileCheck(Print(*c.after), R"(
-    CHECK: %x.rows = view(%x) {shape = [2*T, 256]}
-    CHECK: = allreduce_rmsnorm(%x.rows, %res.rows, %g)
-    CHECK: %y = view(
-  )");
-  StatusOr<std::unique_ptr<ir::Graph>> reparsed = ir::ParseGraph(Print(*c.after));
-  ASSERT_TRUE(reparsed.ok()) << reparsed.status().ToString();
-  ExpectSameOutputs(c);
-}
-
+// length too (what torch.compile gives a model called at one batch size and several lengths).
 // The rows of any leading dims are one canonical product: the constants folded first, the
 // symbols sorted (as the PyTorch translator writes them), whatever the dims' order or their own
-// products; printed and parsed back.
+// products; printed and parsed back, and the fused graph computes the unfused one's bits.
 TEST(PassesFuse, RowsOfLeadingDimsAreOneCanonicalProduct) {
-  Compiled c = Compile(R"(
-    func @layer(%x: bf16[S, 2, B, 256], %res: bf16[S, 2, B, 256], %g: bf16[256]) {
-      %ar = all_reduce(%x)
-      %h = add(%ar, %res)
-      %y = rms_norm(%h, %g) {eps = 1e-6}
-      return %y, %h
-    }
-  )");
-  ASSERT_TRUE(c.ok());
-  ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
-  FileCheck(Print(*c.after), R"(
-    CHECK: %x.rows = view(%x) {shape = [2*B*S, 256]}
-  )");
-  StatusOr<std::unique_ptr<ir::Graph>> reparsed = ir::ParseGraph(Print(*c.after));
-  ASSERT_TRUE(reparsed.ok()) << reparsed.status().ToString();
-  ExpectSameOutputs(c);
-  for (const char* dims : {"T, 2*S", "3*T, 2"}) {
-    SCOPED_TRACE(dims);
-    Compiled d = Compile(std::string("func @f(%x: bf16[") + dims + ", 256], %g: bf16[256]) {\n"
+  // (A parameter whose only S is inside 2*S gives the CPU executor no S to bind: those run
+  // through the compiler and the parser only.)
+  const struct {
+    const char* leading;
+    const char* rows;
+    bool runs;
+  } cases[] = {{"2, T", "2*T", true},
+               {"S, 2, B", "2*B*S", true},
+               {"T, 2*S", "2*S*T", false},
+               {"3*T, 2", "6*T", false}};
+  for (const auto& k : cases) {
+    SCOPED_TRACE(k.leading);
+    const std::string act = std::string("bf16[") + k.leading + ", 256]";
+    Compiled c = Compile("func @layer(%x: " + act + ", %res: " + act + ", %g: bf16[256]) {\n"
                          "  %ar = all_reduce(%x)\n"
-                         "  %y = rms_norm(%ar, %g) {eps = 1e-6}\n"
-                         "  return %y\n}\n");
-    ASSERT_TRUE(d.ok());
-    ASSERT_EQ(d.ctx.fusions.size(), 1u) << DescribeReport(d.ctx) << Print(*d.after);
-    EXPECT_TRUE(ir::ParseGraph(Print(*d.after)).ok()) << Print(*d.after);
-    EXPECT_NE(Print(*d.after).find(std::string(dims) == "T, 2*S" ? "[2*S*T, 256]" : "[6*T, 256]"),
-              std::string::npos)
-        << Print(*d.after);
+                         "  %h = add(%ar, %res)\n"
+                         "  %y = rms_norm(%h, %g) {eps = 1e-6}\n"
+                         "  return %y, %h\n}\n");
+    ASSERT_TRUE(c.ok());
+    ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
+    FileCheck(Print(*c.after), std::string("CHECK: %x.rows = view(%x) {shape = [") + k.rows +
+                                   ", 256]}\nCHECK: = allreduce_rmsnorm(%x.rows, %res.rows, %g)");
+    StatusOr<std::unique_ptr<ir::Graph>> reparsed = ir::ParseGraph(Print(*c.after));
+    ASSERT_TRUE(reparsed.ok()) << reparsed.status().ToString();
+    if (k.runs) ExpectSameOutputs(c);
   }
 }
 

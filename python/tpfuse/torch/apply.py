@@ -242,10 +242,11 @@ class Applier:
         # elimination (the norm's cast of h when the scale's cast comes after the norm).
         taken_nodes = {old for old, _ in takeover.values()}
         dying: set = set()
+        dies: Dict[fx.Node, bool] = {}  # _dies_with's answers, shared by every reader
         for r, (old, _) in takeover.items():
             for user in self._users_to_redirect(old, site, r):
                 if order[user] <= order[insert_after]:
-                    if not self._dies_with(user, taken_nodes, {}):
+                    if not self._dies_with(user, taken_nodes, dies):
                         raise ApplyError(
                             f"%{user.name} reads %{r} before the fused op's operands exist")
                     dying.add(user)
