@@ -28,10 +28,11 @@ FP8_MIN_SCALING_FACTOR = 1.0 / (FP8_MAX * 512.0)  # vLLM's floor of the scale
 
 # Families run replicated, built from their default config at the tiny sizes below: post-norm
 # (olmo2, exaone4), sandwich norms (glm4), fused projections (phi3), MoE blocks (qwen3_moe,
-# gpt_oss: attention sinks too), hybrid linear attention with (1 + w) norms (qwen3_next), and
-# attention and MLP in parallel on one residual (cohere2_moe: two all_reduces added).
+# gpt_oss: attention sinks too), hybrid linear attention with (1 + w) norms (qwen3_next),
+# sandwich norms written with torch.pow(mean_squared, -0.5) (gemma4_text), and attention and MLP
+# in parallel on one residual (cohere2_moe: two all_reduces added).
 REPLICATED = ("olmo2", "exaone4", "glm4", "phi3", "qwen3_moe", "gpt_oss", "qwen3_next",
-              "cohere2_moe")
+              "gemma4_text", "cohere2_moe")
 EAGER_ATTENTION = ("gpt_oss",)  # no SDPA path in transformers
 
 COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "q_b_proj", "kv_b_proj", "gate_proj", "up_proj")

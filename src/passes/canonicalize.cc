@@ -361,6 +361,29 @@ struct ClampPair final : Pattern {
   }
 };
 
+// ---------------------------------------------------------------- rsqrt as a power
+
+// pow(%v) {exponent = -0.5} -> rsqrt(%v)
+//
+// Gemma 3n's and Gemma 4's RMSNorm write `x * torch.pow(mean_squared, -0.5)`. Numerics: exact.
+// The op set defines pow -0.5 as 1 / sqrt(v), IEEE-rounded, as rsqrt (PyTorch's own special
+// case of the exponent), so the norm forms read one op.
+struct PowAsRsqrt final : Pattern {
+  std::string_view name() const override { return "pow_as_rsqrt"; }
+  int benefit() const override { return 12; }
+
+  StatusOr<bool> MatchAndRewrite(ir::Node* root, Rewriter& rw, MatchNotes&) const override {
+    if (root->op() != "pow" || NumberAttr(root, "exponent") != -0.5) return false;
+    const std::string name = root->result()->name();
+    rw.SetInsertionPointBefore(root);
+    TPFUSE_ASSIGN_OR_RETURN(ir::Node * rsqrt, rw.Create("rsqrt", {root->operand(0)}, {}, {name}));
+    rw.ReplaceAllUsesWith(root->result(), rsqrt->result());
+    TPFUSE_RETURN_IF_ERROR(rw.Erase(root));
+    TPFUSE_RETURN_IF_ERROR(rw.RestoreNames(rsqrt, {name}).status());
+    return true;
+  }
+};
+
 // ---------------------------------------------------------------- static FP8 quant
 
 // [cast(y, f32)] -> div(., scale) | mul(., reciprocal(scale) | pow(scale, -1)) -> [clamp(+-448)]
@@ -999,6 +1022,7 @@ class CanonicalizePass final : public Pass {
   CanonicalizePass() {
     patterns_.push_back(std::make_unique<DecomposedRmsNorm>());
     patterns_.push_back(std::make_unique<ClampPair>());
+    patterns_.push_back(std::make_unique<PowAsRsqrt>());
     patterns_.push_back(std::make_unique<DecomposedStaticQuant>());
     patterns_.push_back(std::make_unique<DecomposedDynamicQuant>());
     patterns_.push_back(std::make_unique<NoOpView>());

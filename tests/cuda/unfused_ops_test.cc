@@ -305,12 +305,14 @@ TEST_P(UnfusedShapesTest, ScalarAndUnaryOpsMatchTheOracle) {
     }
     check("rsqrt", cpu::Rsqrt(positive, dtype), Check::kExact, 0,
           [&](const DeviceTensor& y) { return cuda::LaunchRsqrt(dpos->tensor, y, stream()); });
-    // Exponents 2, 1 and 0.5 are exact operations; other exponents are powf, whose last-bit
-    // rounding differs between libm and CUDA (a few f32 ulps; 1 ulp after rounding to 16 bits).
-    for (float e : {2.0f, 1.0f, 0.5f, 3.0f, -1.5f}) {
-      const bool exact = e == 2.0f || e == 1.0f || e == 0.5f;
-      const HostTensor& in = e == 2.0f || e == 1.0f ? x : positive;
-      const DeviceTensor& din = e == 2.0f || e == 1.0f ? dx->tensor : dpos->tensor;
+    // Exponents 2, 3, 1, 0.5, -0.5, -1 and -2 are the oracle's special cases (IEEE steps);
+    // other exponents are powf, whose last-bit rounding differs between libm and CUDA (a few
+    // f32 ulps; 1 ulp after rounding to 16 bits).
+    for (float e : {2.0f, 3.0f, 1.0f, 0.5f, -0.5f, -1.0f, -2.0f, -1.5f, 2.5f}) {
+      const bool exact = e != -1.5f && e != 2.5f;
+      const bool any_sign = e == 2.0f || e == 3.0f || e == 1.0f || e == -1.0f || e == -2.0f;
+      const HostTensor& in = any_sign ? x : positive;
+      const DeviceTensor& din = any_sign ? dx->tensor : dpos->tensor;
       check(StrCat("pow ", e), cpu::Pow(in, e, dtype), exact ? Check::kExact : Check::kHalf,
             dtype == DType::kF32 ? 4.0 : 1.0,
             [&](const DeviceTensor& y) { return cuda::LaunchPow(din, e, y, stream()); });

@@ -57,7 +57,8 @@ Status LaunchBinary(BinaryOpKind op, const DeviceTensor& a, const DeviceTensor& 
 // y = a (op) scalar (the scalar is the right operand). a and y have one dtype (bf16/f16/f32).
 Status LaunchBinaryScalar(BinaryOpKind op, const DeviceTensor& a, float scalar,
                           const DeviceTensor& y, cudaStream_t stream);
-// y = x^exponent: exponent 2 is x * x, 1 is x, 0.5 is sqrtf (all exact, as on the CPU);
+// y = x^exponent with the oracle's special cases, bit for bit as on the CPU: 2 is x * x, 3 is
+// x * x * x, 1 is x, 0.5 is sqrtf(x), -0.5 is 1 / sqrtf(x), -1 is 1 / x, -2 is 1 / (x * x);
 // anything else powf (within an ulp or two of the CPU's powf).
 Status LaunchPow(const DeviceTensor& x, float exponent, const DeviceTensor& y,
                  cudaStream_t stream);

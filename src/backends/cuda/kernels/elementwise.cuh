@@ -16,6 +16,9 @@ enum class UnaryOp : uint8_t {
   kRsqrt,      // 1 / sqrt(x)
   kSquare,     // pow 2: x * x
   kSqrt,       // pow 0.5
+  kCube,       // pow 3: x * x * x
+  kReciprocal, // pow -1: 1 / x
+  kInvSquare,  // pow -2: 1 / (x * x)
   kPow,        // powf(x, a)
   kClamp,      // [a, b]
   kAddScalar,  // x + a
@@ -41,6 +44,9 @@ __device__ __forceinline__ float ApplyUnary(UnaryOp op, float v, float a, float 
     case UnaryOp::kRsqrt: return __fdiv_rn(1.0f, __fsqrt_rn(v));
     case UnaryOp::kSquare: return __fmul_rn(v, v);
     case UnaryOp::kSqrt: return __fsqrt_rn(v);
+    case UnaryOp::kCube: return __fmul_rn(__fmul_rn(v, v), v);
+    case UnaryOp::kReciprocal: return __fdiv_rn(1.0f, v);
+    case UnaryOp::kInvSquare: return __fdiv_rn(1.0f, __fmul_rn(v, v));
     case UnaryOp::kPow: return powf(v, a);
     // NOTE: comparisons, not fminf/fmaxf, so that NaN stays NaN as in the oracle.
     case UnaryOp::kClamp: return v < a ? a : (v > b ? b : v);

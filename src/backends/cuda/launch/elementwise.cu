@@ -157,11 +157,15 @@ Status LaunchBinaryScalar(BinaryOpKind op, const DeviceTensor& a, float scalar,
 
 Status LaunchPow(const DeviceTensor& x, float exponent, const DeviceTensor& y,
                  cudaStream_t stream) {
-  // The oracle's special cases (exact in f32), then powf.
+  // The oracle's special cases (PyTorch's, each IEEE-rounded step by step), then powf.
   UnaryOp op = UnaryOp::kPow;
   if (exponent == 2.0f) op = UnaryOp::kSquare;
+  else if (exponent == 3.0f) op = UnaryOp::kCube;
   else if (exponent == 1.0f) op = UnaryOp::kCopy;
   else if (exponent == 0.5f) op = UnaryOp::kSqrt;
+  else if (exponent == -0.5f) op = UnaryOp::kRsqrt;
+  else if (exponent == -1.0f) op = UnaryOp::kReciprocal;
+  else if (exponent == -2.0f) op = UnaryOp::kInvSquare;
   return LaunchUnaryMap("pow", x, y, op, exponent, 0.0f, stream);
 }
 
