@@ -145,26 +145,28 @@ bool DividesEvenly(const Dim& groups, const Dim& total) {
   return total.value % groups.value == 0;
 }
 
-// Contract 2 broadcasting at any rank: equal shapes; [..., H] with [H]; [..., H] with [..., 1]
-// (the same leading dims: a per-row value, as mean or amax with keepdim gives); rank 0 with
-// anything (each in either order).
+// NumPy's (and torch's) broadcasting: shapes aligned on the right; each pair of dims equal, or
+// one of them the constant 1, which stretches. Contract 2's forms are cases of it ([..., H] with
+// [H], [..., H] with [..., 1], one element with anything). A symbol meets only itself or a 1: a
+// symbol against a constant other than 1, or against another symbol, could be unequal at run
+// time, so it does not broadcast.
 std::optional<Shape> BroadcastShapes(const Shape& a, const Shape& b) {
   if (a == b) return a;
-  if (a.empty()) return b;
-  if (b.empty()) return a;
-  // One element of any rank up to the other's, as a scalar ([T, H] x [1]: a [1]-shaped scale).
-  const auto one_element = [](const Shape& s) {
-    return std::all_of(s.begin(), s.end(), [](const Dim& d) { return IsConstOne(d); });
-  };
-  if (one_element(b) && b.size() <= a.size()) return a;
-  if (one_element(a) && a.size() <= b.size()) return b;
-  if (a.size() >= 2 && b.size() == 1 && b[0] == a.back()) return a;
-  if (b.size() >= 2 && a.size() == 1 && a[0] == b.back()) return b;
-  if (a.size() == b.size() && a.size() >= 2 && std::equal(a.begin(), a.end() - 1, b.begin())) {
-    if (IsConstOne(b.back())) return a;
-    if (IsConstOne(a.back())) return b;
+  const size_t rank = std::max(a.size(), b.size());
+  Shape out(rank);
+  for (size_t i = 1; i <= rank; ++i) {
+    const Dim one = Dim::Const(1);
+    const Dim& da = i <= a.size() ? a[a.size() - i] : one;
+    const Dim& db = i <= b.size() ? b[b.size() - i] : one;
+    if (da == db || IsConstOne(db)) {
+      out[rank - i] = da;
+    } else if (IsConstOne(da)) {
+      out[rank - i] = db;
+    } else {
+      return std::nullopt;
+    }
   }
-  return std::nullopt;
+  return out;
 }
 
 // Element count of a shape, as a product of constants times a multiset of symbols.

@@ -111,9 +111,13 @@ TEST(NewOpsTest, BroadcastingOfRank3Activations) {
       InferResultTypes("mul", {x, {DType::kBF16, {Dim::Const(32)}}}, {});
   ASSERT_FALSE(t.ok());
   EXPECT_EQ(t.status().message(), "mul: shapes bf16[B, S, 64] and bf16[32] do not broadcast");
-  // A per-row value needs every leading dim.
-  const TensorType partial{DType::kBF16, {Dim::Sym("S"), Dim::Const(1)}};
-  EXPECT_FALSE(InferResultTypes("mul", {x, partial}, {}).ok());
+  // [S, 1] broadcasts over B as NumPy does; [B, 1] does not line up with [S, 64].
+  const TensorType per_position{DType::kBF16, {Dim::Sym("S"), Dim::Const(1)}};
+  StatusOr<std::vector<TensorType>> p = InferResultTypes("mul", {x, per_position}, {});
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_EQ((*p)[0].ToString(), "bf16[B, S, 64]");
+  const TensorType per_batch{DType::kBF16, {Dim::Sym("B"), Dim::Const(1)}};
+  EXPECT_FALSE(InferResultTypes("mul", {x, per_batch}, {}).ok());
 }
 
 // ---------------------------------------------------------------- product dims

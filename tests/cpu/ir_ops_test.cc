@@ -142,17 +142,21 @@ TEST(IrOpsTest, BinaryBroadcasting) {
             "error: mul: shapes bf16[T, 4096] and bf16[S, 4096] do not broadcast");
   EXPECT_EQ(Infer("mul", {"bf16[T, 4096]", "bf16[T, 2]"}),
             "error: mul: shapes bf16[T, 4096] and bf16[T, 2] do not broadcast");
-  EXPECT_EQ(Infer("mul", {"bf16[T, 4096]", "bf16[1, 4096]"}),
-            "error: mul: shapes bf16[T, 4096] and bf16[1, 4096] do not broadcast");
-  EXPECT_EQ(Infer("sub", {"bf16[T, 1]", "bf16[1, 4096]"}),
-            "error: sub: shapes bf16[T, 1] and bf16[1, 4096] do not broadcast");
-  EXPECT_EQ(Infer("mul", {"f32[1, 1, 1]", "f32[T, 4096]"}),
-            "error: mul: shapes f32[1, 1, 1] and f32[T, 4096] do not broadcast");
-  // Rank 3 activations: [B, S, H] with [H] and with [B, S, 1].
+  // NumPy's rule: a 1 stretches at any position, a missing leading dim counts as 1.
+  EXPECT_EQ(Infer("mul", {"bf16[T, 4096]", "bf16[1, 4096]"}), "bf16[T, 4096]");
+  EXPECT_EQ(Infer("sub", {"bf16[T, 1]", "bf16[1, 4096]"}), "bf16[T, 4096]");
+  EXPECT_EQ(Infer("mul", {"f32[1, 1, 1]", "f32[T, 4096]"}), "f32[1, T, 4096]");
+  EXPECT_EQ(Infer("div", {"f32[2, 5, 4, 4]", "f32[2, 5, 1, 4]"}), "f32[2, 5, 4, 4]");
+  EXPECT_EQ(Infer("mul", {"f32[B, 4, S, 8]", "bf16[1, 1, S, 8]"}), "f32[B, 4, S, 8]");
+  // Rank 3 activations: [B, S, H] with [H], with [B, S, 1] and with [S, H].
   EXPECT_EQ(Infer("add", {"bf16[2, T, 8]", "bf16[8]"}), "bf16[2, T, 8]");
   EXPECT_EQ(Infer("mul", {"f32[B, S, 1]", "f32[B, S, 8]"}), "f32[B, S, 8]");
-  EXPECT_EQ(Infer("add", {"bf16[2, T, 8]", "bf16[T, 8]"}),
-            "error: add: shapes bf16[2, T, 8] and bf16[T, 8] do not broadcast");
+  EXPECT_EQ(Infer("add", {"bf16[2, T, 8]", "bf16[T, 8]"}), "bf16[2, T, 8]");
+  // A symbol meets only itself or a 1.
+  EXPECT_EQ(Infer("add", {"bf16[2, T, 8]", "bf16[3, T, 8]"}),
+            "error: add: shapes bf16[2, T, 8] and bf16[3, T, 8] do not broadcast");
+  EXPECT_EQ(Infer("add", {"bf16[T, 8]", "bf16[4, 8]"}),
+            "error: add: shapes bf16[T, 8] and bf16[4, 8] do not broadcast");
   // A padded symbol is a different dim from the plain one.
   EXPECT_EQ(Infer("add", {"f32[4, T]", "f32[4, pad4(T)]"}),
             "error: add: shapes f32[4, T] and f32[4, pad4(T)] do not broadcast");
