@@ -350,6 +350,23 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
   return outputs;
 }
 
+// A product dim (2*S, B*S) split into what the bindings know (the product of its constants and
+// bound symbols) and its symbols not yet bound.
+struct ProductSplit {
+  int64_t known = 1;
+  std::vector<std::string> unbound;
+};
+
+ProductSplit SplitProduct(const ir::Dim& dim, const Bindings& bindings) {
+  ProductSplit split;
+  for (const std::string& f : dim.Factors()) {
+    if (std::optional<int64_t> c = ir::Dim::ConstantFactor(f)) split.known *= *c;
+    else if (auto b = bindings.find(f); b != bindings.end()) split.known *= b->second;
+    else split.unbound.push_back(f);
+  }
+  return split;
+}
+
 }  // namespace
 
 std::unique_ptr<Executor> MakeCpuExecutor(int world_size) {
@@ -387,6 +404,23 @@ StatusOr<Bindings> BindSymbols(const ir::Graph& graph, const TensorMap& inputs) 
       }
     }
   }
+  // A product with one factor left unbound (2*S, B*S with B bound) binds it, when the size
+  // divides evenly (else the check below names the dim); repeated while that binds more.
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (const ir::Value* p : graph.params()) {
+      const HostTensor& t = inputs.at(p->name());
+      for (int d = 0; d < t.rank(); ++d) {
+        const ir::Dim& dim = p->shape()[size_t(d)];
+        if (dim.align != 1 || !dim.is_product()) continue;
+        const ProductSplit split = SplitProduct(dim, bindings);
+        if (split.unbound.size() != 1 || split.known <= 0 || t.dim(d) % split.known != 0)
+          continue;
+        bindings.emplace(split.unbound[0], t.dim(d) / split.known);
+        progress = true;
+      }
+    }
+  }
   for (const ir::Value* p : graph.params()) {
     const HostTensor& t = inputs.at(p->name());
     for (int d = 0; d < t.rank(); ++d) {
@@ -394,13 +428,15 @@ StatusOr<Bindings> BindSymbols(const ir::Graph& graph, const TensorMap& inputs) 
       if (dim.is_const() || (dim.align == 1 && !dim.is_product())) continue;
       StatusOr<int64_t> want = dim.Resolve(bindings);
       if (!want.ok()) {
-        std::string unbound = dim.symbol;
-        for (const std::string& f : dim.Factors()) {
-          if (!bindings.count(f) && !ir::Dim::ConstantFactor(f)) unbound = f;
-        }
-        return InvalidArgument("input %", p->name(), ": cannot bind ", unbound, " from ",
-                               dim.ToString(), " alone; give a parameter with a plain ", unbound,
-                               " dim");
+        const ProductSplit split = SplitProduct(dim, bindings);
+        if (split.unbound.size() == 1)
+          return InvalidArgument("input %", p->name(), " is ", t.TypeString(), ": dim ", d, " is ",
+                                 dim.ToString(), ", and ", t.dim(d), " is not a multiple of ",
+                                 split.known, " (cannot bind ", split.unbound[0], ")");
+        return InvalidArgument("input %", p->name(), ": cannot bind ", dim.ToString(),
+                               " alone (", split.unbound.size(),
+                               " symbols unbound); give a parameter with a plain ",
+                               split.unbound.front(), " dim");
       }
       if (*want != t.dim(d))
         return InvalidArgument("input %", p->name(), " is ", t.TypeString(), ", expected ",

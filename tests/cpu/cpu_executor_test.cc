@@ -362,6 +362,41 @@ TEST(CpuExecutorTest, BindSymbolsChecksPaddedDims) {
   EXPECT_TRUE(BindSymbols(g, in).ok());
 }
 
+// A symbol that appears only inside products binds from them: 2*S gives S, then B*S gives B.
+TEST(CpuExecutorTest, BindSymbolsSolvesProducts) {
+  StatusOr<std::unique_ptr<Graph>> g = ir::ParseGraph(
+      "func @f(%x: bf16[2*S, 8], %y: bf16[B*S, 8]) {\n  %z = add(%x, %x)\n  return %z, %y\n}\n",
+      "p.tpg");
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  TensorMap in;
+  in["x"] = HostTensor(DType::kBF16, {6, 8});
+  in["y"] = HostTensor(DType::kBF16, {12, 8});
+  const std::map<std::string, int64_t> b = Unwrap(BindSymbols(**g, in));
+  EXPECT_EQ(b.at("S"), 3);
+  EXPECT_EQ(b.at("B"), 4);
+  // An odd row count is no 2*S, and says which dim.
+  in["x"] = HostTensor(DType::kBF16, {7, 8});
+  Status s = BindSymbols(**g, in).status();
+  EXPECT_NE(s.message().find("dim 0 is 2*S, and 7 is not a multiple of 2 (cannot bind S)"),
+            std::string::npos)
+      << s.message();
+  // 12 rows for B*S with S = 3 is B = 4; 13 is no multiple of 3.
+  in["x"] = HostTensor(DType::kBF16, {6, 8});
+  in["y"] = HostTensor(DType::kBF16, {13, 8});
+  s = BindSymbols(**g, in).status();
+  EXPECT_NE(s.message().find("13 is not a multiple of 3 (cannot bind B)"), std::string::npos)
+      << s.message();
+  // Both symbols only in one product: nothing to solve from.
+  StatusOr<std::unique_ptr<Graph>> two = ir::ParseGraph(
+      "func @f(%y: bf16[B*S, 8]) {\n  return %y\n}\n", "q.tpg");
+  ASSERT_TRUE(two.ok()) << two.status().ToString();
+  TensorMap only;
+  only["y"] = HostTensor(DType::kBF16, {12, 8});
+  s = BindSymbols(**two, only).status();
+  EXPECT_NE(s.message().find("cannot bind B*S alone (2 symbols unbound)"), std::string::npos)
+      << s.message();
+}
+
 // ---------------------------------------------------------------- inputs
 
 TEST(CpuInputsTest, ShardingRuleAndRoles) {
