@@ -154,6 +154,34 @@ def test_a_compiler_failure_leaves_the_graph_as_it_was(monkeypatch, caplog):
     assert any("graph left as it was" in r.getMessage() for r in caplog.records)
 
 
+def test_a_statement_the_compiler_refuses_becomes_opaque_and_the_rest_still_fuses(monkeypatch):
+    def f(x, res, w):
+        h = wait(ar(x, "sum", GROUP)) + res
+        side = torch.sin(res) * 2.0  # the statement the compiler is made to refuse
+        return llama_norm(h, w), h, side
+
+    g = trace(f, ((6, 128), bf), ((6, 128), bf), ((128,), bf))
+    real = fusion_pass.compile_module
+    texts = []
+
+    def refuse_the_side_mul(text, *args, **kwargs):
+        texts.append(text)
+        for line, stmt in enumerate(text.splitlines(), start=1):
+            if " = mul(" in stmt and "scalar = 2" in stmt:
+                raise CompilerError(f"<input>:{line}:3: mul: refused for the test")
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(fusion_pass, "compile_module", refuse_the_side_mul)
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert len(texts) == 2  # written again once, with the refused node opaque
+    assert "scalar = 2" not in texts[1] and 'name = "aten.mul.Tensor"' in texts[1], texts[1]
+    assert p.report.fused == 1 and p.report.untranslated == []
+    assert p.report.graphs[0].opaque_nodes == 2  # sin and the refused mul
+    assert sum(str(n.target) == FUSED for n in g.nodes) == 1
+    g.lint()
+
+
 def test_a_failure_while_applying_restores_the_graph(monkeypatch):
     from tpfuse.torch import apply
 
