@@ -1,13 +1,17 @@
 """transformers' Llama, Qwen3, Gemma3, DeepSeek-V3 and Granite (tiny configs, random weights, 2
-layers), sharded for TP 2, and the replicated families of tp_models (post-norm, sandwich norms,
-fused projections, MoE, hybrid linear attention, Gemma 4's pow(-0.5) norms), run at world size 2 over gloo: the pass fuses
-every all_reduce -> norm site (2 per layer), no all_reduce stays in the graph, it reports nothing
-it should not, and the compiled model equals the eager one. Cohere's parallel attention and MLP
-(two all_reduces added to one residual) leaves what it cannot fuse, and says why.
+layers), sharded for TP 2 by hand, Llama and Mixtral sharded by transformers' own
+tp_plan="auto", and the replicated families of tp_models (post-norm, sandwich norms, fused
+projections, MoE, hybrid linear attention, Gemma 4's pow(-0.5) norms), run at world size 2 over
+gloo: the pass fuses every all_reduce -> norm site (2 per layer), no all_reduce stays in the
+graph, it reports nothing it should not, and the compiled model equals the eager one. Cohere's
+parallel attention and MLP (two all_reduces added to one residual) leaves what it cannot fuse,
+and says why.
 
 All cases run in one pair of processes (a session fixture), so the interpreter start, the
 imports and the process group are paid once.
 """
+
+import importlib.util
 
 import pytest
 
@@ -30,13 +34,18 @@ CASES = [
     Case("deepseek_v3", quant="group"),
     Case("llama", quant="vllm_token"),   # vLLM's QuantFP8 torch forms
     Case("qwen3", quant="vllm_group"),
-] + [Case(family) for family in tp_models.REPLICATED if family != "cohere2_moe"]
+] + [Case(family) for family in tp_models.REPLICATED if family != "cohere2_moe"] + [
+    # Sharded by transformers' own tp_plan="auto": DTensor plans, traced to functional all_reduces.
+    Case("llama", hf_tp=True),
+    Case("mixtral", hf_tp=True),
+]
+HAVE_ACCELERATE = importlib.util.find_spec("accelerate") is not None  # tp_plan needs it
 PARALLEL_BLOCKS = Case("cohere2_moe")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    cases = CASES + [PARALLEL_BLOCKS]
+    cases = [c for c in CASES if HAVE_ACCELERATE or not c.hf_tp] + [PARALLEL_BLOCKS]
     per_rank = tp_harness.run_all(cases, str(tmp_path_factory.mktemp("tp2")))
     return {case.name: [per_rank[r][i] for r in range(len(per_rank))]
             for i, case in enumerate(cases)}
@@ -47,9 +56,16 @@ def _ok(result):
     return result
 
 
+def _of(results, case):
+    """The case's per-rank results; a transformers tp_plan case skips without accelerate."""
+    if case.hf_tp and not HAVE_ACCELERATE:
+        pytest.skip("accelerate is not installed: transformers' tp_plan needs it")
+    return results[case.name]
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_every_all_reduce_norm_site_is_fused(results, case):
-    for result in map(_ok, results[case.name]):
+    for result in map(_ok, _of(results, case)):
         assert result["untranslated"] == []
         assert result["all_reduces"] == 2 * LAYERS
         assert result["fused"] == 2 * LAYERS, result["left_alone"]
@@ -62,7 +78,7 @@ def test_every_all_reduce_norm_site_is_fused(results, case):
 def test_quantized_cases_fuse_the_quantization(results, case):
     if case.quant == "none":
         pytest.skip("no quantization in this case")
-    for result in map(_ok, results[case.name]):
+    for result in map(_ok, _of(results, case)):
         quants = [f["quant"] for f in result["fusions"]]
         # Layer 0's input norm has no all_reduce before it: 2 * LAYERS - 1 sites feed a quant.
         want = {"tensor": "fp8_tensor", "group": "fp8_group", "vllm_token": "fp8_token",
@@ -75,7 +91,7 @@ def test_quantized_cases_fuse_the_quantization(results, case):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_compiled_equals_eager(results, case):
-    for result in map(_ok, results[case.name]):
+    for result in map(_ok, _of(results, case)):
         # Without the pass the decomposed graph computes what eager computes, bit for bit ...
         assert result["unfused_vs_eager"]["equal"], result["unfused_vs_eager"]
         # ... and the fused ops round where the forms they replace round (Contract 3).

@@ -18,6 +18,7 @@ amax of the bf16 value, the scale floored after the division, y * s.reciprocal()
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional
 
 import torch
@@ -34,6 +35,7 @@ FP8_MIN_SCALING_FACTOR = 1.0 / (FP8_MAX * 512.0)  # vLLM's floor of the scale
 REPLICATED = ("olmo2", "exaone4", "glm4", "phi3", "qwen3_moe", "gpt_oss", "qwen3_next",
               "gemma4_text", "cohere2_moe")
 EAGER_ATTENTION = ("gpt_oss",)  # no SDPA path in transformers
+HF_TP_ONLY = ("mixtral",)  # families only run sharded by transformers' own tp_plan
 
 COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "q_b_proj", "kv_b_proj", "gate_proj", "up_proj")
 ROW_PARALLEL = ("o_proj", "down_proj")
@@ -45,11 +47,14 @@ class Case:
     quant: str = "none"      # none | tensor | group | vllm_token | vllm_group
     inplace: bool = False    # torch.distributed.all_reduce (in place) instead of the functional one
     layers: int = 2
+    # Sharded by transformers itself (from_pretrained(tp_plan="auto"): DTensor row- and
+    # column-wise plans, which need accelerate) instead of by shard_for_tp.
+    hf_tp: bool = False
 
     @property
     def name(self) -> str:
         return self.family + ("" if self.quant == "none" else f"-fp8{self.quant}") + (
-            "-inplace" if self.inplace else "")
+            "-inplace" if self.inplace else "") + ("-hf_tp" if self.hf_tp else "")
 
 
 def tiny_config(family: str, layers: int):
@@ -74,7 +79,7 @@ def tiny_config(family: str, layers: int):
                                    qk_nope_head_dim=32, v_head_dim=32, moe_intermediate_size=128,
                                    n_routed_experts=4, num_experts_per_tok=2, n_group=1,
                                    topk_group=1, first_k_dense_replace=layers, n_shared_experts=1)
-    if family in REPLICATED:
+    if family in REPLICATED or family in HF_TP_ONLY:
         return tf.AutoConfig.for_model(
             family, **common, moe_intermediate_size=128, num_experts=4, num_local_experts=4,
             num_experts_per_tok=2, pad_token_id=None, bos_token_id=None, eos_token_id=None)
@@ -234,11 +239,41 @@ def build(case: Case, rank: int, world: int, group_name: str, seed: int = 0) -> 
             layer.self_attn = QuantizedInput(layer.self_attn, case.quant, config.hidden_size,
                                              indexer=case.quant == "group")
             layer.mlp = QuantizedInput(layer.mlp, case.quant, config.hidden_size, indexer=False)
+    if case.hf_tp:
+        return load_with_transformers_tp(model, case, rank)
     if case.family in REPLICATED:
         replicate_for_tp(model, world, group_name)
     else:
         shard_for_tp(model, rank, world, group_name, case.inplace)
     return model
+
+
+def load_with_transformers_tp(model: nn.Module, case: Case, rank: int) -> nn.Module:
+    """The same weights, saved by rank 0 (transformers writes checkpoints on rank 0 only) and
+    loaded back on every rank with transformers' own tensor parallelism on the default process
+    group (from_pretrained(tp_plan="auto"))."""
+    import shutil
+    import tempfile
+
+    import torch.distributed as dist
+    import transformers as tf
+    from torch.distributed.tensor import DTensor
+
+    # The ranks are siblings (one spawn): the parent's pid names a directory both can find.
+    path = os.path.join(tempfile.gettempdir(), f"tpfuse_hf_tp_{os.getppid()}_{case.name}")
+    if rank == 0:
+        model.save_pretrained(path)
+    dist.barrier()
+    # transformers reads the group from the environment torchrun would set.
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(dist.get_world_size()))
+    # The causal LM's plan shards its decoder (the base model alone loads unsharded).
+    loaded = tf.AutoModelForCausalLM.from_pretrained(path, tp_plan="auto", dtype=torch.bfloat16)
+    dist.barrier()
+    if rank == 0:
+        shutil.rmtree(path, ignore_errors=True)
+    if not isinstance(loaded.model.layers[0].self_attn.o_proj.weight, DTensor):
+        raise RuntimeError("transformers loaded the model unsharded (tp_plan not applied)")
+    return loaded.model.eval()
 
 
 def forward_fn(model: nn.Module):
