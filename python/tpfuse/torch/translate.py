@@ -132,9 +132,9 @@ def _element_count(shape: Sequence[ir.Dim]) -> Tuple[int, Tuple[str, ...]]:
 
 
 def broadcast_shape(a: Tuple[ir.Dim, ...], b: Tuple[ir.Dim, ...]) -> Optional[Tuple[ir.Dim, ...]]:
-    """Right-aligned broadcasting where each dim pair is equal or has a 1 (torch's rule). The
-    compiler may accept fewer forms (Contract 2); a node it refuses becomes opaque (see
-    FusionPass), so this rule only has to be no wider than torch's."""
+    """Right-aligned broadcasting where each dim pair is equal or has a 1: torch's rule, and the
+    IR's (which also refuses two different symbols; a node the compiler refuses becomes opaque,
+    see FusionPass, so this rule only has to be no wider than torch's)."""
     out: List[ir.Dim] = []
     for i in range(1, max(len(a), len(b)) + 1):
         da = a[-i] if i <= len(a) else 1
