@@ -240,6 +240,8 @@ def build(case: Case, rank: int, world: int, group_name: str, seed: int = 0) -> 
                                              indexer=case.quant == "group")
             layer.mlp = QuantizedInput(layer.mlp, case.quant, config.hidden_size, indexer=False)
     if case.hf_tp:
+        # The checkpoint holds the weights only: quant wrappers would not survive the reload.
+        assert case.quant == "none", "transformers' tp_plan cases run unquantized"
         return load_with_transformers_tp(model, case, rank)
     if case.family in REPLICATED:
         replicate_for_tp(model, world, group_name)
@@ -264,7 +266,8 @@ def load_with_transformers_tp(model: nn.Module, case: Case, rank: int) -> nn.Mod
     if rank == 0:
         model.save_pretrained(path)
     dist.barrier()
-    # transformers reads the group from the environment torchrun would set.
+    # transformers reads the group from the environment torchrun would set (this worker's
+    # own environment; later cases in it see the same values).
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(dist.get_world_size()))
     # The causal LM's plan shards its decoder (the base model alone loads unsharded).
     loaded = tf.AutoModelForCausalLM.from_pretrained(path, tp_plan="auto", dtype=torch.bfloat16)

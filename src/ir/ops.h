@@ -47,8 +47,9 @@ std::string ClosestOpName(const std::string& name);
 Status CheckAttribute(const OpDef& def, const std::string& name, const Attr& value);
 
 // Result types of `op` applied to operands of the given types with the given attributes.
-// Checks arity, attribute names and types, dtypes and shapes (broadcast rules of Contract 2);
-// the error names the problem ("add: shapes bf16[T, 4096] and bf16[128] do not broadcast").
+// Checks arity, attribute names and types, dtypes and shapes (NumPy's broadcasting, of which
+// Contract 2's forms are cases; a symbol meets only itself or a 1); the error names the problem
+// ("add: shapes bf16[T, 4096] and bf16[128] do not broadcast").
 // `opaque` has no inference (its result types are declared): use CheckOpaque.
 StatusOr<std::vector<TensorType>> InferResultTypes(const std::string& op,
                                                    const std::vector<TensorType>& operands,

@@ -137,6 +137,15 @@ std::optional<RmsCore> MatchRmsCore(ir::Value* value, MatchNotes& notes) {
       core.x = sum->x;
       core.residual = sum->residual;
       core.f32_sum = sum->add;
+    } else if (ir::Node* add = ProducedBy(v, "add");
+               add != nullptr && add->num_operands() == 2 &&
+               IsWideningCast(add->operand(0)->producer()) &&
+               IsWideningCast(add->operand(1)->producer())) {
+      notes.Decline(StrCat("the f32 sum adds ",
+                           add->operand(0)->producer()->operand(0)->type().ToString(), " and ",
+                           add->operand(1)->producer()->operand(0)->type().ToString(),
+                           ": a broadcast, not a residual of the activation's type"));
+      return std::nullopt;
     }
     for (ir::Node* n : {square, mean, add, rsqrt, mul}) core.nodes.push_back(n);
     return core;
@@ -271,7 +280,11 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
   static bool ResultTypeMatches(const RmsNormMatch& m, MatchNotes& notes) {
     const ir::TensorType& x = m.x->type();
     const ir::TensorType& w = m.weight.w->type();
-    if (x.rank() < 1 || w.rank() != 1 || !(w.shape[0] == x.shape.back())) return false;
+    if (x.rank() < 1 || w.rank() != 1 || !(w.shape[0] == x.shape.back())) {
+      notes.Decline(StrCat("the weight ", w.ToString(), " is not one value per column of ",
+                           x.ToString()));
+      return false;
+    }
     StatusOr<std::vector<ir::TensorType>> inferred =
         m.f32_sum ? ir::InferResultTypes("fused_add_rms_norm", {x, x, w}, Attrs(m))
                   : ir::InferResultTypes("rms_norm", {x, w}, Attrs(m));
@@ -373,7 +386,9 @@ struct PowAsRsqrt final : Pattern {
   int benefit() const override { return 12; }
 
   StatusOr<bool> MatchAndRewrite(ir::Node* root, Rewriter& rw, MatchNotes&) const override {
-    if (root->op() != "pow" || NumberAttr(root, "exponent") != -0.5) return false;
+    // The exponent as the executors read it (as an f32).
+    const std::optional<double> exponent = NumberAttr(root, "exponent");
+    if (root->kind() != ir::OpKind::kPow || !exponent || float(*exponent) != -0.5f) return false;
     const std::string name = root->result()->name();
     rw.SetInsertionPointBefore(root);
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * rsqrt, rw.Create("rsqrt", {root->operand(0)}, {}, {name}));

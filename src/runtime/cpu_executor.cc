@@ -9,6 +9,7 @@
 #include <functional>
 #include <limits>
 #include <optional>
+#include <set>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -351,18 +352,25 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
 }
 
 // A product dim (2*S, B*S) split into what the bindings know (the product of its constants and
-// bound symbols) and its symbols not yet bound.
+// bound symbols; nullopt if it overflows) and its factors not yet bound (S*S: S twice).
 struct ProductSplit {
-  int64_t known = 1;
+  std::optional<int64_t> known = 1;
   std::vector<std::string> unbound;
 };
 
 ProductSplit SplitProduct(const ir::Dim& dim, const Bindings& bindings) {
   ProductSplit split;
   for (const std::string& f : dim.Factors()) {
-    if (std::optional<int64_t> c = ir::Dim::ConstantFactor(f)) split.known *= *c;
-    else if (auto b = bindings.find(f); b != bindings.end()) split.known *= b->second;
-    else split.unbound.push_back(f);
+    std::optional<int64_t> value = ir::Dim::ConstantFactor(f);
+    if (auto b = bindings.find(f); !value && b != bindings.end()) value = b->second;
+    if (!value) {
+      split.unbound.push_back(f);
+    } else if (int64_t product = 0;
+               !split.known || __builtin_mul_overflow(*split.known, *value, &product)) {
+      split.known = std::nullopt;
+    } else {
+      split.known = product;
+    }
   }
   return split;
 }
@@ -414,9 +422,10 @@ StatusOr<Bindings> BindSymbols(const ir::Graph& graph, const TensorMap& inputs) 
         const ir::Dim& dim = p->shape()[size_t(d)];
         if (dim.align != 1 || !dim.is_product()) continue;
         const ProductSplit split = SplitProduct(dim, bindings);
-        if (split.unbound.size() != 1 || split.known <= 0 || t.dim(d) % split.known != 0)
+        if (split.unbound.size() != 1 || !split.known || *split.known <= 0 ||
+            t.dim(d) % *split.known != 0)
           continue;
-        bindings.emplace(split.unbound[0], t.dim(d) / split.known);
+        bindings.emplace(split.unbound[0], t.dim(d) / *split.known);
         progress = true;
       }
     }
@@ -429,13 +438,20 @@ StatusOr<Bindings> BindSymbols(const ir::Graph& graph, const TensorMap& inputs) 
       StatusOr<int64_t> want = dim.Resolve(bindings);
       if (!want.ok()) {
         const ProductSplit split = SplitProduct(dim, bindings);
-        if (split.unbound.size() == 1)
-          return InvalidArgument("input %", p->name(), " is ", t.TypeString(), ": dim ", d, " is ",
-                                 dim.ToString(), ", and ", t.dim(d), " is not a multiple of ",
-                                 split.known, " (cannot bind ", split.unbound[0], ")");
-        return InvalidArgument("input %", p->name(), ": cannot bind ", dim.ToString(),
-                               " alone (", split.unbound.size(),
-                               " symbols unbound); give a parameter with a plain ",
+        const std::string where = StrCat("input %", p->name(), " is ", t.TypeString(), ": dim ", d,
+                                         " is ", dim.ToString());
+        if (split.unbound.size() == 1 && split.known && *split.known == 0)
+          return InvalidArgument(where, ", whose other factors are 0: ", split.unbound[0],
+                                 " is undetermined (give a parameter with a plain ",
+                                 split.unbound[0], " dim)");
+        if (split.unbound.size() == 1 && split.known)
+          return InvalidArgument(where, ", and ", t.dim(d), " is not a multiple of ",
+                                 *split.known, " (cannot bind ", split.unbound[0], ")");
+        std::string unbound;
+        const std::set<std::string> names(split.unbound.begin(), split.unbound.end());
+        for (const std::string& f : names) unbound += (unbound.empty() ? "" : ", ") + f;
+        return InvalidArgument(where, ": cannot bind ", unbound,
+                               " from it alone; give a parameter with a plain ",
                                split.unbound.front(), " dim");
       }
       if (*want != t.dim(d))

@@ -32,7 +32,9 @@ class Executor {
 // The CPU reference backend with `world_size` simulated ranks: the oracle.
 std::unique_ptr<Executor> MakeCpuExecutor(int world_size);
 
-// Binds the graph's symbolic dims (T) from the inputs of rank 0 and checks every parameter.
+// Binds the graph's symbolic dims (T) from one rank's inputs and checks every parameter. A
+// symbol that appears only inside products binds from one whose other factors are known (2*S
+// gives S; then B*S gives B); the error names the dim that cannot bind or does not divide.
 StatusOr<std::map<std::string, int64_t>> BindSymbols(const ir::Graph& graph,
                                                      const TensorMap& inputs);
 

@@ -393,7 +393,31 @@ TEST(CpuExecutorTest, BindSymbolsSolvesProducts) {
   TensorMap only;
   only["y"] = HostTensor(DType::kBF16, {12, 8});
   s = BindSymbols(**two, only).status();
-  EXPECT_NE(s.message().find("cannot bind B*S alone (2 symbols unbound)"), std::string::npos)
+  EXPECT_NE(s.message().find("cannot bind B, S from it alone"), std::string::npos) << s.message();
+  // S*S names S once.
+  StatusOr<std::unique_ptr<Graph>> square = ir::ParseGraph(
+      "func @f(%y: bf16[S*S, 8]) {\n  return %y\n}\n", "s.tpg");
+  ASSERT_TRUE(square.ok()) << square.status().ToString();
+  s = BindSymbols(**square, only).status();
+  EXPECT_NE(s.message().find("cannot bind S from it alone"), std::string::npos) << s.message();
+  // S = 0 leaves B of B*S undetermined.
+  in["x"] = HostTensor(DType::kBF16, {0, 8});
+  in["y"] = HostTensor(DType::kBF16, {0, 8});
+  s = BindSymbols(**g, in).status();
+  EXPECT_NE(s.message().find("whose other factors are 0: B is undetermined"), std::string::npos)
+      << s.message();
+  // Two products that bind S differently: the one that binds it first wins and the other is
+  // named.
+  StatusOr<std::unique_ptr<Graph>> both = ir::ParseGraph(
+      "func @f(%x: bf16[2*S, 8], %z: bf16[3*S, 8]) {\n  return %x, %z\n}\n", "b.tpg");
+  ASSERT_TRUE(both.ok()) << both.status().ToString();
+  TensorMap mixed;
+  mixed["x"] = HostTensor(DType::kBF16, {6, 8});
+  mixed["z"] = HostTensor(DType::kBF16, {12, 8});
+  s = BindSymbols(**both, mixed).status();
+  EXPECT_NE(
+      s.message().find("input %z is bf16[12, 8], expected bf16[3*S, 8] (dim 0 must be 3*S = 9)"),
+      std::string::npos)
       << s.message();
 }
 

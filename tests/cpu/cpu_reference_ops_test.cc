@@ -72,6 +72,24 @@ TEST(CpuReferenceTest, BinaryBroadcastsEveryContractForm) {
   EXPECT_NE(bad.status().message().find("do not broadcast"), std::string::npos);
 }
 
+// NumPy's rule beyond Contract 2's forms: a 1 anywhere stretches, a missing leading dim is a 1.
+TEST(CpuReferenceTest, BinaryBroadcastsAsNumPyDoes) {
+  const HostTensor a = Make(DType::kF32, {2, 3}, {1, 2, 3, 4, 5, 6});
+  const HostTensor row = Make(DType::kF32, {1, 3}, {10, 20, 30});
+  const HostTensor col = Make(DType::kF32, {2, 1}, {100, 200});
+  // [T, H] x [1, H]: the row to every row.
+  EXPECT_EQ(Values(Unwrap(Binary(BinaryOp::kAdd, a, row, DType::kF32))),
+            (std::vector<float>{11, 22, 33, 14, 25, 36}));
+  // [T, 1] x [1, H]: the outer sum.
+  EXPECT_EQ(Values(Unwrap(Binary(BinaryOp::kAdd, col, row, DType::kF32))),
+            (std::vector<float>{110, 120, 130, 210, 220, 230}));
+  // [2, 1, 3] x [2, 3] -> [2, 2, 3]: b to each of a's leading rows, a's rows stretched.
+  const HostTensor a3 = Make(DType::kF32, {2, 1, 3}, {1, 2, 3, 4, 5, 6});
+  const HostTensor y = Unwrap(Binary(BinaryOp::kMul, a3, a, DType::kF32));
+  EXPECT_EQ(y.shape(), (std::vector<int64_t>{2, 2, 3}));
+  EXPECT_EQ(Values(y), (std::vector<float>{1, 4, 9, 4, 10, 18, 4, 10, 18, 16, 25, 36}));
+}
+
 TEST(CpuReferenceTest, BinaryComputesInF32AndRoundsOnce) {
   // bf16 1 + 2^-8: exact in f32, a tie in bf16 -> rounds to even (1.0). Mixed inputs decode
   // exactly first.

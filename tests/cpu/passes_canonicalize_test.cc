@@ -233,6 +233,28 @@ TEST(PassesCanonicalize, StaticQuantsKeepTheirScaleStep) {
   ExpectSameOutputs(c);
 }
 
+// Gemma 4's norm writes rsqrt as pow(., -0.5): the one exponent that is rsqrt folds (also
+// written as an f32 reads it), 0.5 and -0.25 stay, and the values are the same bits.
+TEST(PassesCanonicalize, PowOfMinusOneHalfIsRsqrt) {
+  Compiled c = Canonicalize(R"(
+    func @f(%a: f32[T, 64], %b: bf16[T, 64]) {
+      %ra = pow(%a) {exponent = -0.5}
+      %rb = pow(%b) {exponent = -0.50000000001}
+      %sa = pow(%a) {exponent = 0.5}
+      %qa = pow(%a) {exponent = -0.25}
+      return %ra, %rb, %sa, %qa
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %ra = rsqrt(%a)
+    CHECK: %rb = rsqrt(%b)
+    CHECK: %sa = pow(%a) {exponent = 0.5}
+    CHECK: %qa = pow(%a) {exponent = -0.25}
+  )");
+  ExpectSameOutputs(c);
+}
+
 // ---------------------------------------------------------------- dynamic FP8 quant
 
 // The per-token quant in torch ops, with the two scale steps: y / s and y * s.reciprocal().

@@ -249,9 +249,12 @@ void CheckBinaryOps(Rng& rng, cudaStream_t stream, DType a_dtype, std::vector<in
 TEST_P(UnfusedShapesTest, BinaryOpsWithEveryBroadcastMatchExactly) {
   SCOPED_TRACE(StrCat("seed ", rng_.seed()));
   const int64_t t = tokens(), h = hidden();
+  // Contract 2's forms, then NumPy's that the backend also runs: a 1 in any dim of a rank-2
+  // operand ([1, H] along the rows, the outer [T, 1] x [1, H]) and one element of higher rank.
   const std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> broadcasts = {
-      {{t, h}, {t, h}}, {{t, h}, {h}}, {{h}, {t, h}}, {{t, h}, {t, 1}},
-      {{t, 1}, {t, h}}, {{t, h}, {}},  {{}, {t, h}},
+      {{t, h}, {t, h}}, {{t, h}, {h}},    {{h}, {t, h}},    {{t, h}, {t, 1}},
+      {{t, 1}, {t, h}}, {{t, h}, {}},     {{}, {t, h}},     {{t, h}, {1, h}},
+      {{1, h}, {t, h}}, {{t, 1}, {1, h}}, {{1, 1, 1}, {t, h}},
   };
   const std::vector<cuda::BinaryOpKind> all_ops(std::begin(kBinaryOps), std::end(kBinaryOps));
   for (DType dtype : kActDTypes) {
@@ -671,6 +674,10 @@ TEST(UnfusedOpsValidation, ErrorsNameTheProblem) {
                StatusCode::kInvalidArgument, "do not broadcast");
   expect_error(cuda::LaunchBinary(cuda::BinaryOpKind::kMul, a, row, row, nullptr),
                StatusCode::kInvalidArgument, "is not the broadcast");
+  // NumPy's rule allows [2, 3, 64] x [3, 64]; the backend names what it does not run.
+  const DeviceTensor rank3{fake, DType::kBF16, {2, 3, 64}};
+  expect_error(cuda::LaunchBinary(cuda::BinaryOpKind::kAdd, rank3, a, rank3, nullptr),
+               StatusCode::kUnimplemented, "partially along the leading dims");
   expect_error(cuda::LaunchBinary(cuda::BinaryOpKind::kSub, a, f8, a, nullptr),
                StatusCode::kInvalidArgument, "b must be bf16, f16 or f32");
   expect_error(cuda::LaunchBinary(cuda::BinaryOpKind::kDiv, a, a,
