@@ -336,6 +336,42 @@ def test_an_output_the_compiler_reads_from_the_fused_op_under_another_name():
     assert_bitwise(list(got), list(want), "compiled layer_tail")
 
 
+@pytest.mark.parametrize("where", ["options", "config"])
+def test_a_post_grad_pass_the_caller_had_still_runs_after_the_fusion(where):
+    """Inductor has one post-grad custom pass slot: tpfuse.torch.compile runs its pass, then the
+    one the caller put there (in options, or in Inductor's config), which sees the fused op."""
+    seen = []
+
+    def theirs(graph):
+        seen.append(sum(str(n.target) == FUSED for n in graph.nodes))
+
+    g = torch.Generator().manual_seed(5)
+    x, res = (torch.randn(4, 256, generator=g).to(bf) for _ in range(2))
+    w = (torch.rand(256, generator=g) + 0.5).to(bf)
+    kwargs = {"options": {"post_grad_custom_post_pass": theirs}} if where == "options" else {}
+    patch = {"post_grad_custom_post_pass": theirs} if where == "config" else {}
+    with torch._inductor.config.patch(force_disable_caches=True, **patch):
+        torch._dynamo.reset()
+        compiled = tt.compile(layer_tail, world_size=1, fuse_local="on", fullgraph=True, **kwargs)
+        compiled(x, res, w)
+    fusions = [f for gr in compiled.tpfuse_pass.report.graphs for f in gr.fusions]
+    assert len(fusions) == 1, compiled.tpfuse_pass.report
+    assert seen == [1]
+
+
+def test_chained_pass_uuid_needs_both():
+    class WithUuid:
+        def __call__(self, graph):
+            pass
+
+        def uuid(self):
+            return "theirs"
+
+    ours = tt.FusionPass(world_size=2)
+    assert fusion_pass.ChainedPass(ours, WithUuid()).uuid() == (ours.uuid(), "theirs")
+    assert fusion_pass.ChainedPass(ours, lambda graph: None).uuid() is None
+
+
 def test_fuse_local_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="fuse_local"):
         tt.FusionPass(fuse_local="sometimes")

@@ -240,7 +240,12 @@ def compile(model: Any, world_size: Optional[int] = None, *,
         mode = compile_kwargs.pop("mode", None)
         opts = dict(torch._inductor.list_mode_options(mode)) if mode else {}
         opts.update(options or {})
-        opts["post_grad_custom_post_pass"] = fusion_pass
+        # A post-grad pass the caller already has (in options, else in Inductor's config) still
+        # runs, after this one.
+        theirs = opts.get("post_grad_custom_post_pass",
+                          torch._inductor.config.post_grad_custom_post_pass)
+        opts["post_grad_custom_post_pass"] = (
+            fusion_pass if theirs is None else ChainedPass(fusion_pass, theirs))
         compiled = torch.compile(model, backend="inductor", options=opts, **compile_kwargs)
     elif backend == "aot_eager":
         if options:
@@ -250,6 +255,24 @@ def compile(model: Any, world_size: Optional[int] = None, *,
         raise ValueError(f"backend must be 'inductor' or 'aot_eager', got {backend!r}")
     compiled.tpfuse_pass = fusion_pass
     return compiled
+
+
+class ChainedPass(CustomGraphPass):
+    """Inductor's post-grad custom pass slot holds one pass: this runs the tpfuse pass, then the
+    one the caller had there. Its uuid combines both (None, so no FX-graph caching, when the
+    caller's pass is a plain callable without one)."""
+
+    def __init__(self, first: CustomGraphPass, then: Any):
+        self.first = first
+        self.then = then
+
+    def __call__(self, graph: fx.Graph) -> None:
+        self.first(graph)
+        self.then(graph)
+
+    def uuid(self) -> Any:
+        then_uuid = self.then.uuid() if hasattr(self.then, "uuid") else None
+        return None if then_uuid is None else (self.first.uuid(), then_uuid)
 
 
 def _aot_eager_backend(fusion_pass: FusionPass):
