@@ -272,7 +272,23 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
       }
       return m;
     }
+    if (root->op() == "cast") DeclineWeightless(root, notes);
     return std::nullopt;
+  }
+
+  // A cast of the normalized value that no weight multiplies (F.rms_norm without a weight,
+  // nanochat's norm): the fused op and rms_norm take a weight, so this one stays as written,
+  // and says so. Quiet where a multiply by a [H] vector follows (the weighted form is matched
+  // at that multiply).
+  static void DeclineWeightless(const ir::Node* cast, MatchNotes& notes) {
+    MatchNotes quiet;
+    if (!MatchRmsCore(cast->operand(0), quiet)) return;
+    for (const ir::Use& u : cast->result()->uses()) {
+      if (u.is_return() || u.user->op() != "mul" || u.user->num_operands() != 2) continue;
+      const ir::Value* other = u.user->operand(u.user->operand(0) == cast->result() ? 1 : 0);
+      if (other->type().rank() == 1) return;
+    }
+    notes.Decline("the norm multiplies by no weight (rms_norm and the fused op take one)");
   }
 
   // The folded op must give the root's type: the same dtype as x (a chain that ends in f32 for

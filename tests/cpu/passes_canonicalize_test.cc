@@ -233,6 +233,31 @@ TEST(PassesCanonicalize, StaticQuantsKeepTheirScaleStep) {
   ExpectSameOutputs(c);
 }
 
+// F.rms_norm without a weight (nanochat's norm): it stays as written, and the counters say why;
+// Llama's form, whose cast the weight multiplies, says nothing of the kind.
+TEST(PassesCanonicalize, AWeightlessNormStaysAndSaysWhy) {
+  const std::string core = R"(
+      %v = cast(%x) {to = f32}
+      %sq = pow(%v) {exponent = 2}
+      %m = mean(%sq) {dim = -1, keepdim = true}
+      %me = add(%m) {scalar = 1e-6}
+      %r = rsqrt(%me)
+      %n = mul(%v, %r)
+      %y = cast(%n) {to = bf16}
+  )";
+  constexpr const char* kWhy =
+      "declined: the norm multiplies by no weight (rms_norm and the fused op take one)";
+  Compiled bare = Canonicalize("func @f(%x: bf16[T, 64]) {" + core + "  return %y\n}\n");
+  ASSERT_TRUE(bare.ok());
+  EXPECT_EQ(Counter(bare.ctx, "decomposed_rms_norm", kWhy), 1) << DescribeReport(bare.ctx);
+  EXPECT_EQ(CountOp(*bare.after, "rms_norm"), 0);
+  Compiled llama = Canonicalize("func @f(%x: bf16[T, 64], %g: bf16[64]) {" + core +
+                                "  %o = mul(%g, %y)\n  return %o\n}\n");
+  ASSERT_TRUE(llama.ok());
+  EXPECT_EQ(Counter(llama.ctx, "decomposed_rms_norm", kWhy), 0) << DescribeReport(llama.ctx);
+  EXPECT_EQ(CountOp(*llama.after, "rms_norm"), 1) << Print(*llama.after);
+}
+
 // Gemma 4's norm writes rsqrt as pow(., -0.5): the one exponent that is rsqrt folds (also
 // written as an f32 reads it), 0.5 and -0.25 stay, and the values are the same bits.
 TEST(PassesCanonicalize, PowOfMinusOneHalfIsRsqrt) {
