@@ -233,21 +233,29 @@ def build(case: Case, rank: int, world: int, group_name: str, seed: int = 0) -> 
                 p.copy_(base + 0.1 * torch.randn(p.shape, generator=gen))
             else:
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    if case.quant != "none":
-        torch.manual_seed(seed + 2)
-        for layer in model.layers:
-            layer.self_attn = QuantizedInput(layer.self_attn, case.quant, config.hidden_size,
-                                             indexer=case.quant == "group")
-            layer.mlp = QuantizedInput(layer.mlp, case.quant, config.hidden_size, indexer=False)
     if case.hf_tp:
         # The checkpoint holds the weights only: quant wrappers would not survive the reload.
         assert case.quant == "none", "transformers' tp_plan cases run unquantized"
         return load_with_transformers_tp(model, case, rank)
     if case.family in REPLICATED:
-        replicate_for_tp(model, world, group_name)
+        replicate_for_tp(model, world, group_name)  # finds the projections, then the wrappers go on
+        quantize_inputs(model, case, config.hidden_size, seed)
     else:
+        quantize_inputs(model, case, config.hidden_size, seed)
         shard_for_tp(model, rank, world, group_name, case.inplace)
     return model
+
+
+def quantize_inputs(model: nn.Module, case: Case, hidden: int, seed: int) -> None:
+    """The case's FP8 quant on the input of every attention block and MLP (none: nothing)."""
+    if case.quant == "none":
+        return
+    torch.manual_seed(seed + 2)
+    for layer in model.layers:
+        attn = "self_attn" if hasattr(layer, "self_attn") else "linear_attn"
+        setattr(layer, attn, QuantizedInput(getattr(layer, attn), case.quant, hidden,
+                                            indexer=case.quant == "group"))
+        layer.mlp = QuantizedInput(layer.mlp, case.quant, hidden, indexer=False)
 
 
 def load_with_transformers_tp(model: nn.Module, case: Case, rank: int) -> nn.Module:
