@@ -228,8 +228,21 @@ std::string NoChainReason(const ir::Node* anchor) {
   const ir::Value* a = anchor->result();
   std::optional<Reach> reach = FindNormBeyond(a);
   if (!reach) {
-    return StrCat("all_reduce ", Ref(a), " is not followed by an RMSNorm (", DescribeUses(a),
-                  ")");
+    // The sum (or its residual add) leaving the func: in a torch.compile graph, the norm that
+    // reads it may sit in the next graph, across a graph break, where no fusion reaches.
+    const auto returned = [](const ir::Value* v) {
+      return std::any_of(v->uses().begin(), v->uses().end(),
+                         [](const ir::Use& u) { return u.is_return(); });
+    };
+    bool leaves = returned(a);
+    for (const ir::Use& u : a->uses()) {
+      if (!u.is_return() && u.user->kind() == ir::OpKind::kAdd && returned(u.user->result()))
+        leaves = true;
+    }
+    return StrCat("all_reduce ", Ref(a), " is not followed by an RMSNorm (", DescribeUses(a), ")",
+                  leaves ? "; its sum leaves the graph, so a norm in a later graph (after a "
+                           "graph break) cannot be fused with it"
+                         : "");
   }
   if (reach->path.size() == 1 && SumScaleOf(reach->path[0]) && IsNorm(reach->norm)) {
     const ir::Value* scaled = reach->path[0]->result();

@@ -332,7 +332,33 @@ TEST(PassesFuse, ReturnedAllReduceReason) {
   )");
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(OnlyRejection(c.ctx),
-            "all_reduce %ar is not followed by an RMSNorm (it is only returned)");
+            "all_reduce %ar is not followed by an RMSNorm (it is only returned); its sum leaves "
+            "the graph, so a norm in a later graph (after a graph break) cannot be fused with it");
+  // The residual add returned (the norm in the next graph): the same hint. A sum that goes
+  // elsewhere does not get it.
+  Compiled added = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %w: bf16[256, 256]) {
+      %ar = all_reduce(%x)
+      %h = add(%ar, %res)
+      %o = matmul(%ar, %w)
+      return %h, %o
+    }
+  )");
+  ASSERT_TRUE(added.ok());
+  EXPECT_NE(OnlyRejection(added.ctx).find("its uses are add %h and matmul %o); its sum leaves "
+                                          "the graph"),
+            std::string::npos)
+      << OnlyRejection(added.ctx);
+  Compiled elsewhere = Compile(R"(
+    func @layer(%x: bf16[T, 256], %w: bf16[256, 256]) {
+      %ar = all_reduce(%x)
+      %o = matmul(%ar, %w)
+      return %o
+    }
+  )");
+  ASSERT_TRUE(elsewhere.ok());
+  EXPECT_EQ(OnlyRejection(elsewhere.ctx),
+            "all_reduce %ar is not followed by an RMSNorm (its only use is matmul %o)");
 }
 
 TEST(PassesFuse, WorldSizeOneWithoutLocalFusionLeavesTheGraphUnchanged) {
