@@ -137,14 +137,15 @@ std::optional<RmsCore> MatchRmsCore(ir::Value* value, MatchNotes& notes) {
       core.x = sum->x;
       core.residual = sum->residual;
       core.f32_sum = sum->add;
-    } else if (ir::Node* add = ProducedBy(v, "add");
-               add != nullptr && add->num_operands() == 2 &&
-               IsWideningCast(add->operand(0)->producer()) &&
-               IsWideningCast(add->operand(1)->producer())) {
+    } else if (ir::Node* sum_add = ProducedBy(v, "add");
+               sum_add != nullptr && sum_add->num_operands() == 2 &&
+               IsWideningCast(sum_add->operand(0)->producer()) &&
+               IsWideningCast(sum_add->operand(1)->producer())) {
+      // Widened halves of two types or shapes (a broadcast): no residual of the activation's.
       notes.Decline(StrCat("the f32 sum adds ",
-                           add->operand(0)->producer()->operand(0)->type().ToString(), " and ",
-                           add->operand(1)->producer()->operand(0)->type().ToString(),
-                           ": a broadcast, not a residual of the activation's type"));
+                           sum_add->operand(0)->producer()->operand(0)->type().ToString(), " and ",
+                           sum_add->operand(1)->producer()->operand(0)->type().ToString(),
+                           ": not a residual of the activation's type"));
       return std::nullopt;
     }
     for (ir::Node* n : {square, mean, add, rsqrt, mul}) core.nodes.push_back(n);
