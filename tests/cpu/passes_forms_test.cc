@@ -24,44 +24,6 @@ std::string ReadForm(const std::string& name) {
   return ss.str();
 }
 
-// Every output of every rank bitwise equal, unfused against fused.
-void ExpectBitwise(const ir::Graph& unfused, const ir::Graph& fused, int world_size,
-                   const std::vector<int64_t>& tokens, const std::vector<uint64_t>& seeds) {
-  std::unique_ptr<runtime::Executor> cpu = runtime::MakeCpuExecutor(world_size);
-  for (uint64_t seed : seeds) {
-    for (int64_t t : tokens) {
-      SCOPED_TRACE("T = " + std::to_string(t) + ", seed " + std::to_string(seed));
-      StatusOr<std::vector<runtime::TensorMap>> inputs =
-          runtime::MakeRandomInputs(unfused, world_size, t, seed);
-      ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
-      StatusOr<runtime::RankOutputs> ref = cpu->Run(unfused, *inputs);
-      ASSERT_TRUE(ref.ok()) << ref.status().ToString();
-      StatusOr<runtime::RankOutputs> got = cpu->Run(fused, *inputs);
-      ASSERT_TRUE(got.ok()) << got.status().ToString() << "\n" << Print(fused);
-      ASSERT_EQ(ref->size(), got->size());
-      for (size_t r = 0; r < ref->size(); ++r) {
-        ASSERT_EQ((*ref)[r].size(), (*got)[r].size());
-        for (size_t o = 0; o < (*ref)[r].size(); ++o) {
-          const HostTensor& a = (*ref)[r][o];
-          const HostTensor& b = (*got)[r][o];
-          ASSERT_EQ(a.nbytes(), b.nbytes()) << "output " << o;
-          const auto* pa = static_cast<const unsigned char*>(a.data());
-          const auto* pb = static_cast<const unsigned char*>(b.data());
-          size_t first = a.nbytes();
-          for (size_t i = 0; i < a.nbytes(); ++i) {
-            if (pa[i] != pb[i]) {
-              first = i;
-              break;
-            }
-          }
-          EXPECT_EQ(first, a.nbytes()) << "rank " << r << " output " << o
-                                       << " differs first at byte " << first;
-        }
-      }
-    }
-  }
-}
-
 struct FormCase {
   std::string file;
   int fusions = 4;
@@ -85,7 +47,7 @@ TEST_P(PassesChainedForms, FusesEverySiteAndChangesNoBit) {
     std::erase(names, "scale_op_swapped");
     EXPECT_EQ(names, form.rounding) << f.spec.ToString();
   }
-  ExpectBitwise(*c.before, *c.after, 2, {1, 5, 33}, {1, 7, 1234});
+  ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {1, 7, 1234});
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -194,7 +156,7 @@ TEST(PassesForms, GemmaWeightBiasInF32AndInTheWeightDtype) {
   }
   EXPECT_EQ(CountOp(*c.after, "add"), 0) << Print(*c.after);
   EXPECT_EQ(CountOp(*c.after, "cast"), 0) << Print(*c.after);
-  ExpectBitwise(*c.before, *c.after, 2, {1, 5, 33}, {1, 7, 1234});
+  ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {1, 7, 1234});
 }
 
 // World size 1 with local fusion on: every chain becomes the local fused op.
@@ -239,7 +201,7 @@ TEST(PassesForms, AScaledSumUsedElsewhereStaysAndTheReasonSaysWhy) {
   const std::string& why = c.ctx.rejections[0].reason;
   EXPECT_NE(why.find("all_reduce %ar0 is scaled by mul %s0 before fused_add_rms_norm"), std::string::npos) << why;
   EXPECT_NE(why.find("only use"), std::string::npos) << why;
-  ExpectBitwise(*c.before, *c.after, 2, {1, 5, 33}, {3, 11});
+  ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {3, 11});
 }
 
 TEST(PassesForms, AScaledLocalChainFusesAtWorldSizeOne) {
@@ -257,7 +219,7 @@ TEST(PassesForms, AScaledLocalChainFusesAtWorldSizeOne) {
   EXPECT_TRUE(c.ctx.fusions[0].spec.local);
   EXPECT_EQ(c.ctx.fusions[0].spec.sum_scale, 0.015625f);
   EXPECT_EQ(CountOp(*c.after, "mul"), 0) << Print(*c.after);
-  ExpectBitwise(*c.before, *c.after, 1, {1, 5, 33}, {4, 8});
+  ExpectBitwiseOutputs(*c.before, *c.after, 1, {1, 5, 33}, {4, 8});
 }
 
 TEST(PassesForms, StaticQuantDividesOrMultipliesByTheReciprocal) {
@@ -290,7 +252,7 @@ TEST(PassesForms, InverseScaleParameterKeepsTheQuantOutside) {
                     "declined: the multiplier is not the reciprocal of a scale (reciprocal(s) or "
                     "pow(s, -1)): quant_fp8 would round differently"),
             1);
-  ExpectBitwise(*c.before, *c.after, 2, {1, 5}, {3});
+  ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5}, {3});
 }
 
 // A norm written in bf16 throughout is not what the fused op computes: it stays, and the
@@ -376,7 +338,7 @@ TEST(PassesForms, AllReduceAddedToItselfIsARejection) {
     EXPECT_NE(OnlyRejection(c.ctx).find("adds all_reduce %ar to itself"), std::string::npos)
         << DescribeReport(c.ctx);
     EXPECT_EQ(CountOp(*c.after, "all_reduce"), 1);
-    ExpectBitwise(*c.before, *c.after, 2, {3}, {5});
+    ExpectBitwiseOutputs(*c.before, *c.after, 2, {3}, {5});
   }
 }
 
@@ -402,7 +364,7 @@ TEST(PassesForms, WorldSizeOneFusesEveryChainLocally) {
   for (const FusionRecord& f : c.ctx.fusions) EXPECT_TRUE(f.spec.local) << f.spec.ToString();
   EXPECT_EQ(CountOp(*c.after, "all_reduce"), 0) << Print(*c.after);
   EXPECT_EQ(CountOp(*c.after, "allreduce_rmsnorm"), 2) << Print(*c.after);
-  ExpectBitwise(*c.before, *c.after, 1, {1, 5, 33}, {2, 9});
+  ExpectBitwiseOutputs(*c.before, *c.after, 1, {1, 5, 33}, {2, 9});
 }
 
 TEST(PassesForms, WorldSizeOneWithoutLocalFusionSaysSo) {
@@ -425,7 +387,7 @@ TEST(PassesForms, LocalChainsAtWorldSizeTwo) {
   EXPECT_TRUE(c.ctx.fusions[1].spec.local);
   EXPECT_EQ(c.ctx.fusions[1].anchor, "emb");
   EXPECT_EQ(c.ctx.fusions[1].spec.quant, QuantMode::kFp8Group);
-  ExpectBitwise(*c.before, *c.after, 2, {1, 5, 33}, {4});
+  ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {4});
 }
 
 // ---------------------------------------------------------------- the compile API

@@ -222,6 +222,45 @@ inline void ExpectSameOutputs(const ir::Graph& unfused, const ir::Graph& fused,
   }
 }
 
+// Every output of every rank bitwise equal, unfused against fused.
+inline void ExpectBitwiseOutputs(const ir::Graph& unfused, const ir::Graph& fused,
+                                 int world_size, const std::vector<int64_t>& tokens,
+                                 const std::vector<uint64_t>& seeds) {
+  std::unique_ptr<runtime::Executor> cpu = runtime::MakeCpuExecutor(world_size);
+  for (uint64_t seed : seeds) {
+    for (int64_t t : tokens) {
+      SCOPED_TRACE("T = " + std::to_string(t) + ", seed " + std::to_string(seed));
+      StatusOr<std::vector<runtime::TensorMap>> inputs =
+          runtime::MakeRandomInputs(unfused, world_size, t, seed);
+      ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
+      StatusOr<runtime::RankOutputs> ref = cpu->Run(unfused, *inputs);
+      ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+      StatusOr<runtime::RankOutputs> got = cpu->Run(fused, *inputs);
+      ASSERT_TRUE(got.ok()) << got.status().ToString() << "\n" << Print(fused);
+      ASSERT_EQ(ref->size(), got->size());
+      for (size_t r = 0; r < ref->size(); ++r) {
+        ASSERT_EQ((*ref)[r].size(), (*got)[r].size());
+        for (size_t o = 0; o < (*ref)[r].size(); ++o) {
+          const HostTensor& a = (*ref)[r][o];
+          const HostTensor& b = (*got)[r][o];
+          ASSERT_EQ(a.nbytes(), b.nbytes()) << "output " << o;
+          const auto* pa = static_cast<const unsigned char*>(a.data());
+          const auto* pb = static_cast<const unsigned char*>(b.data());
+          size_t first = a.nbytes();
+          for (size_t i = 0; i < a.nbytes(); ++i) {
+            if (pa[i] != pb[i]) {
+              first = i;
+              break;
+            }
+          }
+          EXPECT_EQ(first, a.nbytes()) << "rank " << r << " output " << o
+                                       << " differs first at byte " << first;
+        }
+      }
+    }
+  }
+}
+
 inline void ExpectSameOutputs(const Compiled& c, int world_size = 2) {
   ASSERT_TRUE(c.ok());
   ExpectSameOutputs(*c.before, *c.after, world_size);

@@ -1,0 +1,206 @@
+// The forms mixed: one all_reduce site written with a random choice at every point where model
+// code differs (a no-op view, the residual add's operand order or vLLM's f32 sum, pow(v, 2) or
+// v * v, rsqrt or pow(-0.5), each multiply's operand order, the weight's dtype, Gemma's + 1 in
+// f32 or in the weight's dtype, the weight multiply before or after the cast, and the quant:
+// none, static dividing or multiplying by the reciprocal, with or without the clamp, per token
+// or per group). Every mix fuses into one op with the recipe the form implies, and the fused
+// graph computes the same bits as the written one on the CPU oracle. The lists of forms test
+// each point; this tests them together.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "passes_test_util.h"
+
+namespace tpfuse::passes::testing {
+namespace {
+
+struct Site {
+  std::string text;                   // the func
+  std::vector<std::string> rounding;  // the fused op's recipe, sorted as RoundingRecipe::Names
+  std::string quant = "none";
+  std::string description;
+};
+
+// One random site. Names are fixed (one site per func); `pick(n)` draws from [0, n).
+Site RandomSite(std::mt19937_64& rng) {
+  const auto pick = [&](int n) { return int(rng() % uint64_t(n)); };
+  const auto coin = [&] { return pick(2) == 1; };
+  Site site;
+  std::string& d = site.description;
+  const std::string act = coin() ? "bf16" : "f16";
+  const int hidden = coin() ? 256 : 128;
+  const std::string h = std::to_string(hidden);
+  const std::string w_dtype = coin() ? act : "f32";
+  const int residual = pick(3);  // 0: none, 1: add in the activation dtype, 2: vLLM's f32 sum
+  const int bias = pick(3);      // 0: none, 1: + 1 in f32, 2: + 1 in the weight's dtype
+  // After the cast (LlamaRMSNorm) only where the product stays in the activation dtype.
+  const bool after_cast = w_dtype == act && bias != 1 && coin();
+  const int quant = pick(5);  // none, static div, static mul reciprocal, token, group
+  const bool return_norm = quant == 0 || coin();
+  const bool return_residual = residual != 0 && coin();
+
+  std::string params = "%x: " + act + "[T, " + h + "], %g: " + w_dtype + "[" + h + "]";
+  if (residual != 0) params += ", %res: " + act + "[T, " + h + "]";
+  if (quant == 1 || quant == 2) params += ", %scale: f32[]";
+  std::string body = "  %ar = all_reduce(%x)\n";
+  std::string a = "%ar";
+  if (coin()) {
+    body += "  %arv = view(%ar) {shape = [T, " + h + "]}\n";
+    a = "%arv";
+    d += "view ";
+  }
+  std::string v;         // the f32 value normalized
+  std::string h_out;     // the residual output, if any
+  if (residual == 2) {
+    body += "  %af = cast(" + a + ") {to = f32}\n  %rf = cast(%res) {to = f32}\n";
+    body += coin() ? "  %hs = add(%af, %rf)\n" : "  %hs = add(%rf, %af)\n";
+    v = "%hs";
+    if (return_residual) {
+      body += "  %h = cast(%hs) {to = " + act + "}\n";
+      h_out = "%h";
+    }
+    site.rounding.push_back("norm_input_f32");
+    d += "f32-sum ";
+  } else {
+    std::string input = a;
+    if (residual == 1) {
+      body += coin() ? "  %h = add(" + a + ", %res)\n" : "  %h = add(%res, " + a + ")\n";
+      input = "%h";
+      h_out = return_residual ? "%h" : "";
+      d += "add ";
+    }
+    body += "  %v = cast(" + input + ") {to = f32}\n";
+    v = "%v";
+  }
+  body += coin() ? "  %sq = pow(" + v + ") {exponent = 2}\n"
+                 : "  %sq = mul(" + v + ", " + v + ")\n";
+  body += "  %ms = mean(%sq) {dim = -1, keepdim = true}\n  %me = add(%ms) {scalar = 1e-6}\n";
+  if (coin()) {
+    body += "  %r = rsqrt(%me)\n";
+  } else {
+    body += "  %r = pow(%me) {exponent = -0.5}\n";
+    d += "pow-0.5 ";
+  }
+  body += coin() ? "  %n = mul(" + v + ", %r)\n" : "  %n = mul(%r, " + v + ")\n";
+  // The weight as the multiply reads it.
+  std::string w = "%g";
+  if (bias == 2 && w_dtype != "f32") {
+    body += "  %gb = add(%g) {scalar = 1}\n";
+    w = "%gb";
+    site.rounding.push_back("weight_bias_in_weight_dtype");
+    d += "bias-in-weight-dtype ";
+  }
+  const auto weight_mul = [&](const std::string& out, const std::string& value,
+                              const std::string& weight) {
+    body += coin() ? "  " + out + " = mul(" + value + ", " + weight + ")\n"
+                   : "  " + out + " = mul(" + weight + ", " + value + ")\n";
+  };
+  if (after_cast) {
+    body += "  %nc = cast(%n) {to = " + act + "}\n";
+    weight_mul("%y", "%nc", w);
+    site.rounding.push_back("weight_after_round");
+    d += "weight-after-cast ";
+  } else {
+    if (w_dtype != "f32") {
+      body += "  %gf = cast(" + w + ") {to = f32}\n";
+      w = "%gf";
+    }
+    if (bias == 1 || (bias == 2 && w_dtype == "f32")) {
+      body += "  %g1 = add(" + w + ") {scalar = 1}\n";
+      w = "%g1";
+      d += "bias-in-f32 ";
+    }
+    weight_mul("%nw", "%n", w);
+    body += "  %y = cast(%nw) {to = " + act + "}\n";
+  }
+  d += "w " + w_dtype + " ";
+  std::vector<std::string> outputs;
+  if (return_norm) outputs.push_back("%y");
+  if (!h_out.empty()) outputs.push_back(h_out);
+  std::string y = "%y";
+  if (quant != 0 && coin()) {
+    body += "  %yf = cast(%y) {to = f32}\n";
+    y = "%yf";
+  }
+  const bool clamp = coin();
+  const auto clamp_and_cast = [&](const std::string& in) {
+    std::string q = in;
+    if (clamp) {
+      body += "  %c = clamp(" + in + ") {min = -448, max = 448}\n";
+      q = "%c";
+    }
+    body += "  %q = cast(" + q + ") {to = f8e4m3}\n";
+  };
+  if (quant == 1) {
+    body += "  %dq = div(" + y + ", %scale)\n";
+    clamp_and_cast("%dq");
+    outputs.push_back("%q");
+    site.rounding.push_back("scale_op_swapped");
+    site.quant = "fp8_tensor";
+  } else if (quant == 2) {
+    body += "  %ri = reciprocal(%scale)\n";
+    body += coin() ? "  %dq = mul(" + y + ", %ri)\n" : "  %dq = mul(%ri, " + y + ")\n";
+    clamp_and_cast("%dq");
+    outputs.push_back("%q");
+    site.quant = "fp8_tensor";
+  } else if (quant == 3 || quant == 4) {
+    std::string in = y;
+    if (y == "%y") {  // the dynamic forms divide an f32 value
+      body += "  %yf = cast(%y) {to = f32}\n";
+      in = "%yf";
+    }
+    if (quant == 4) {
+      body += "  %yg = view(" + in + ") {shape = [T, " + std::to_string(hidden / 64) + ", 64]}\n";
+      in = "%yg";
+    }
+    body += "  %ab = abs(" + in + ")\n  %am = amax(%ab) {dim = -1, keepdim = true}\n";
+    body += "  %ac = clamp(%am) {min = 1e-10}\n  %s = div(%ac) {scalar = 448}\n";
+    body += "  %dq = div(" + in + ", %s)\n";
+    clamp_and_cast("%dq");
+    if (quant == 4) {
+      body += "  %qf = view(%q) {shape = [T, " + h + "]}\n";
+      body += "  %sf = view(%s) {shape = [T, " + std::to_string(hidden / 64) + "]}\n";
+      outputs.push_back("%qf");
+      outputs.push_back("%sf");
+      site.quant = "fp8_group";
+    } else {
+      outputs.push_back("%q");
+      outputs.push_back("%s");
+      site.quant = "fp8_token";
+    }
+  }
+  d += "quant " + site.quant + (clamp ? " clamp" : "");
+  std::string ret;
+  for (const std::string& o : outputs) ret += (ret.empty() ? "" : ", ") + o;
+  site.text = "func @site(" + params + ") {\n" + body + "  return " + ret + "\n}\n";
+  std::sort(site.rounding.begin(), site.rounding.end());
+  return site;
+}
+
+TEST(PassesFormMix, EveryMixFusesWithItsRecipeAndChangesNoBit) {
+  std::mt19937_64 rng(20261205);
+  constexpr int kSites = 160;
+  for (int i = 0; i < kSites; ++i) {
+    const Site site = RandomSite(rng);
+    SCOPED_TRACE(StrCat("site ", i, ": ", site.description, "\n", site.text));
+    Compiled c = Compile(site.text);
+    ASSERT_TRUE(c.ok());
+    ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
+    EXPECT_TRUE(c.ctx.rejections.empty()) << DescribeReport(c.ctx);
+    const AllreduceRmsnormSpec& spec = c.ctx.fusions[0].spec;
+    std::vector<std::string> names = spec.rounding.Names();
+    std::sort(names.begin(), names.end());
+    EXPECT_EQ(names, site.rounding) << spec.ToString();
+    EXPECT_EQ(std::string(QuantModeName(spec.quant)), site.quant) << spec.ToString();
+    for (const char* op : {"all_reduce", "rsqrt", "pow", "mean", "amax", "abs", "clamp"})
+      EXPECT_EQ(CountOp(*c.after, op), 0) << op << "\n" << Print(*c.after);
+    ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 6}, {uint64_t(i) + 1});
+  }
+}
+
+}  // namespace
+}  // namespace tpfuse::passes::testing
