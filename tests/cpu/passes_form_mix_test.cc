@@ -1,11 +1,12 @@
 // The forms mixed: one all_reduce site written with a random choice at every point where model
-// code differs (a no-op view, the residual add's operand order or vLLM's f32 sum, pow(v, 2) or
-// v * v, rsqrt or pow(-0.5), each multiply's operand order, the weight's dtype, Gemma's + 1 in
-// f32 or in the weight's dtype, the weight multiply before or after the cast, and the quant:
-// none, static dividing or multiplying by the reciprocal, with or without the clamp, per token
-// or per group). Every mix fuses into one op with the recipe the form implies, and the fused
-// graph computes the same bits as the written one on the CPU oracle. The lists of forms test
-// each point; this tests them together.
+// code differs (rank 2 or 3, a no-op view, the residual add's operand order or vLLM's f32 sum,
+// pow(v, 2) or v * v, rsqrt or pow(-0.5), each multiply's operand order, the weight's dtype,
+// Gemma's + 1 in f32 or in the weight's dtype, the weight multiply before or after the cast,
+// and the quant: none, static dividing or multiplying by the reciprocal, per token or per group
+// with the scale floored before or after the division or rounded up to a power of two, divided
+// or multiplied by its reciprocal, with or without the clamp). Every mix fuses into one op with
+// the recipe the form implies, and the fused graph computes the same bits as the written one on
+// the CPU oracle. The lists of forms test each point; this tests them together.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -22,6 +23,7 @@ struct Site {
   std::string text;                   // the func
   std::vector<std::string> rounding;  // the fused op's recipe, sorted as RoundingRecipe::Names
   std::string quant = "none";
+  std::string scale_fmt = "f32";
   std::string description;
 };
 
@@ -34,6 +36,9 @@ Site RandomSite(std::mt19937_64& rng) {
   const std::string act = coin() ? "bf16" : "f16";
   const int hidden = coin() ? 256 : 128;
   const std::string h = std::to_string(hidden);
+  // Rank 3 ([2, T, H], a batch of sequences) or rank 2 ([T, H]); `lead` is the dims before H.
+  const bool rank3 = coin();
+  const std::string lead = rank3 ? "2, T" : "T";
   const std::string w_dtype = coin() ? act : "f32";
   const int residual = pick(3);  // 0: none, 1: add in the activation dtype, 2: vLLM's f32 sum
   const int bias = pick(3);      // 0: none, 1: + 1 in f32, 2: + 1 in the weight's dtype
@@ -43,13 +48,13 @@ Site RandomSite(std::mt19937_64& rng) {
   const bool return_norm = quant == 0 || coin();
   const bool return_residual = residual != 0 && coin();
 
-  std::string params = "%x: " + act + "[T, " + h + "], %g: " + w_dtype + "[" + h + "]";
-  if (residual != 0) params += ", %res: " + act + "[T, " + h + "]";
+  std::string params = "%x: " + act + "[" + lead + ", " + h + "], %g: " + w_dtype + "[" + h + "]";
+  if (residual != 0) params += ", %res: " + act + "[" + lead + ", " + h + "]";
   if (quant == 1 || quant == 2) params += ", %scale: f32[]";
   std::string body = "  %ar = all_reduce(%x)\n";
   std::string a = "%ar";
   if (coin()) {
-    body += "  %arv = view(%ar) {shape = [T, " + h + "]}\n";
+    body += "  %arv = view(%ar) {shape = [" + lead + ", " + h + "]}\n";
     a = "%arv";
     d += "view ";
   }
@@ -153,17 +158,39 @@ Site RandomSite(std::mt19937_64& rng) {
       body += "  %yf = cast(%y) {to = f32}\n";
       in = "%yf";
     }
+    const std::string groups = std::to_string(hidden / 64);
     if (quant == 4) {
-      body += "  %yg = view(" + in + ") {shape = [T, " + std::to_string(hidden / 64) + ", 64]}\n";
+      body += "  %yg = view(" + in + ") {shape = [" + lead + ", " + groups + ", 64]}\n";
       in = "%yg";
     }
     body += "  %ab = abs(" + in + ")\n  %am = amax(%ab) {dim = -1, keepdim = true}\n";
-    body += "  %ac = clamp(%am) {min = 1e-10}\n  %s = div(%ac) {scalar = 448}\n";
-    body += "  %dq = div(" + in + ", %s)\n";
+    // The scale: max(amax, 1e-10) / 448; vLLM's max(amax / 448, 1 / (448 * 512)); or the first
+    // rounded up to a power of two (UE8M0).
+    const int scale_form = pick(3);
+    if (scale_form == 1) {
+      body += "  %sd = div(%am) {scalar = 448}\n  %s = clamp(%sd) {min = 4.359654017857143e-06}\n";
+      site.rounding.push_back("scale_floor_after_div");
+      d += "floor-after-div ";
+    } else {
+      body += "  %ac = clamp(%am) {min = 1e-10}\n";
+      body += std::string("  ") + (scale_form == 2 ? "%sc" : "%s") + " = div(%ac) {scalar = 448}\n";
+      if (scale_form == 2) {
+        body += "  %lg = log2(%sc)\n  %ce = ceil(%lg)\n  %s = exp2(%ce)\n";
+        site.scale_fmt = "ue8m0";
+        d += "ue8m0 ";
+      }
+    }
+    if (coin()) {
+      body += "  %dq = div(" + in + ", %s)\n";
+    } else {
+      body += "  %inv = reciprocal(%s)\n  %dq = mul(" + in + ", %inv)\n";
+      site.rounding.push_back("scale_op_swapped");
+      d += "times-reciprocal ";
+    }
     clamp_and_cast("%dq");
     if (quant == 4) {
-      body += "  %qf = view(%q) {shape = [T, " + h + "]}\n";
-      body += "  %sf = view(%s) {shape = [T, " + std::to_string(hidden / 64) + "]}\n";
+      body += "  %qf = view(%q) {shape = [" + lead + ", " + h + "]}\n";
+      body += "  %sf = view(%s) {shape = [" + lead + ", " + groups + "]}\n";
       outputs.push_back("%qf");
       outputs.push_back("%sf");
       site.quant = "fp8_group";
@@ -173,7 +200,7 @@ Site RandomSite(std::mt19937_64& rng) {
       site.quant = "fp8_token";
     }
   }
-  d += "quant " + site.quant + (clamp ? " clamp" : "");
+  d += std::string(rank3 ? "rank 3 " : "") + "quant " + site.quant + (clamp ? " clamp" : "");
   std::string ret;
   for (const std::string& o : outputs) ret += (ret.empty() ? "" : ", ") + o;
   site.text = "func @site(" + params + ") {\n" + body + "  return " + ret + "\n}\n";
@@ -196,6 +223,8 @@ TEST(PassesFormMix, EveryMixFusesWithItsRecipeAndChangesNoBit) {
     std::sort(names.begin(), names.end());
     EXPECT_EQ(names, site.rounding) << spec.ToString();
     EXPECT_EQ(std::string(QuantModeName(spec.quant)), site.quant) << spec.ToString();
+    EXPECT_EQ(spec.scale_fmt == ScaleFormat::kUe8m0 ? "ue8m0" : "f32", site.scale_fmt)
+        << spec.ToString();
     for (const char* op : {"all_reduce", "rsqrt", "pow", "mean", "amax", "abs", "clamp"})
       EXPECT_EQ(CountOp(*c.after, op), 0) << op << "\n" << Print(*c.after);
     ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 6}, {uint64_t(i) + 1});
