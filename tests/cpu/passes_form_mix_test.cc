@@ -208,13 +208,17 @@ Site RandomSite(std::mt19937_64& rng) {
   return site;
 }
 
-TEST(PassesFormMix, EveryMixFusesWithItsRecipeAndChangesNoBit) {
-  std::mt19937_64 rng(20261205);
+// Each site compiled at `world_size` (1: local fusion on, the all_reduce is the identity).
+void ExpectEveryMixFuses(int world_size, uint64_t seed) {
+  std::mt19937_64 rng(seed);
   constexpr int kSites = 160;
+  PassContext ctx;
+  ctx.world_size = world_size;
+  ctx.fuse_local = world_size == 1;
   for (int i = 0; i < kSites; ++i) {
     const Site site = RandomSite(rng);
     SCOPED_TRACE(StrCat("site ", i, ": ", site.description, "\n", site.text));
-    Compiled c = Compile(site.text);
+    Compiled c = Compile(site.text, ctx);
     ASSERT_TRUE(c.ok());
     ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
     EXPECT_TRUE(c.ctx.rejections.empty()) << DescribeReport(c.ctx);
@@ -227,9 +231,13 @@ TEST(PassesFormMix, EveryMixFusesWithItsRecipeAndChangesNoBit) {
         << spec.ToString();
     for (const char* op : {"all_reduce", "rsqrt", "pow", "mean", "amax", "abs", "clamp"})
       EXPECT_EQ(CountOp(*c.after, op), 0) << op << "\n" << Print(*c.after);
-    ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 6}, {uint64_t(i) + 1});
+    ExpectBitwiseOutputs(*c.before, *c.after, world_size, {1, 6}, {uint64_t(i) + 1});
   }
 }
+
+TEST(PassesFormMix, EveryMixFusesWithItsRecipeAndChangesNoBit) { ExpectEveryMixFuses(2, 20261205); }
+
+TEST(PassesFormMix, EveryMixFusesLocallyAtWorldSizeOne) { ExpectEveryMixFuses(1, 20261206); }
 
 }  // namespace
 }  // namespace tpfuse::passes::testing
