@@ -91,6 +91,9 @@ def test_local_ignores_the_group_and_f32_weight():
     attrs = dict(emit=["norm", "residual"], local=True)
     got = OP(partials[0], res, weight, None, **attrs)
     assert_bitwise(got, contract3.allreduce_rmsnorm(partials, res, weight, None, **attrs), "local")
+    # A local op does not read its group's name (none needs to exist: a world-size-1 graph).
+    named = OP(partials[0], res, weight, None, group_name="tp-nowhere", **attrs)
+    assert_bitwise(named, got, "local with a group name")
 
 
 # ---------------------------------------------------------------- world size 2 over gloo

@@ -249,9 +249,8 @@ def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight:
                  scale_fmt, emit, rounding, local, sum_scale)
     if plan.tokens == 0:
         _fail(ValueError, f"x has no rows (shape {list(x.shape)})")
-    group, _, world_size = _resolve_group(group_name)
-    if local:
-        world_size = 1
+    # A local op (no all_reduce feeds it, or world size 1) needs no group: its name is not read.
+    group, _, world_size = (None, 0, 1) if local else _resolve_group(group_name)
     x = x.contiguous()
     residual = residual.contiguous() if residual is not None else None
     weight = weight.contiguous()
