@@ -2,7 +2,8 @@
 every point where model code differs (rank 2 or 3, a no-op view, the residual add's operand
 order or vLLM's f32 sum, pow(2) or v * v, rsqrt or pow(-0.5), operand orders, the weight's
 dtype, Gemma's 1 + w in f32 or in the weight's dtype, the weight multiply before or after the
-cast, and the quant: none, static by division or by the reciprocal, per token or per group),
+cast, and the quant: none, static by division or by the reciprocal, per token or per group as
+DeepSeek's reference and vLLM's QuantFP8 write them, UE8M0 included),
 traced to aten and given to the pass at world size 1 (the all_reduce is the identity, so the
 fused graph runs without a process group). Every mix fuses into one op with the recipe its form
 implies, and the fused graph agrees with eager torch within Contract 3's tolerance on every
@@ -20,7 +21,7 @@ from tpfuse.tolerance import fp8_step_distance, ulp_distance_16
 GROUP = "tp0"
 FUSED = "tpfuse.allreduce_rmsnorm.default"
 FP8 = torch.float8_e4m3fn
-SITES = 48
+SITES = 64
 
 
 def random_site(rng: random.Random):
@@ -32,7 +33,8 @@ def random_site(rng: random.Random):
     residual = rng.randrange(3)  # none, add in dt, vLLM's f32 sum
     bias = rng.randrange(3)      # none, 1 + w in f32, 1 + w in the weight's dtype
     after_cast = w_dtype == dt and bias != 1 and rng.random() < 0.5
-    quant = rng.choice(["none", "div", "reciprocal", "token", "group"])
+    quant = rng.choice(["none", "div", "reciprocal", "token", "group", "vllm_token", "vllm_group",
+                        "ue8m0_group"])
     c = {k: rng.random() < 0.5 for k in ("view", "res_first", "pow2", "rsqrt", "vr", "nw",
                                          "ret_norm", "ret_res", "clamp")}
     rounding, words = set(), [str(dt).split(".")[1], f"w {str(w_dtype).split('.')[1]}", quant]
@@ -42,9 +44,12 @@ def random_site(rng: random.Random):
         rounding.add("weight_after_round")
     if bias == 2 and w_dtype != torch.float32:
         rounding.add("weight_bias_in_weight_dtype")
-    if quant == "div":
-        rounding.add("scale_op_swapped")
+    if quant in ("div", "vllm_token", "ue8m0_group"):
+        rounding.add("scale_op_swapped")  # the static form divides; these dynamic ones multiply
+    if quant.startswith("vllm"):
+        rounding.add("scale_floor_after_div")
     words += [k for k, v in c.items() if v] + [f"residual {residual}", f"bias {bias}"]
+    words += ["after_cast"] if after_cast else []
 
     def fn(x, res, w, scale, use_ar=True):
         a = x
@@ -84,15 +89,28 @@ def random_site(rng: random.Random):
             d = yf / scale
         elif quant == "reciprocal":
             d = yf * scale.reciprocal()
-        elif quant in ("token", "group"):
-            g = yf.unflatten(-1, (-1, 64)) if quant == "group" else yf
+        elif quant in ("token", "group", "ue8m0_group"):
+            g = yf.unflatten(-1, (-1, 64)) if quant != "token" else yf
             s = g.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0
+            if quant == "ue8m0_group":  # DeepSeek's: a power of two, y times its reciprocal
+                s = torch.exp2(torch.ceil(torch.log2(s)))
+                d = g * s.reciprocal()
+            else:
+                d = g / s
+        elif quant == "vllm_token":  # vLLM's QuantFP8 forms: the amax of the 16-bit y
+            s = (y.abs().max(dim=-1)[0].unsqueeze(-1).to(torch.float32) / 448.0).clamp(
+                min=1.0 / (448.0 * 512.0))
+            d = yf * s.reciprocal()
+        elif quant == "vllm_group":
+            g = y.unflatten(-1, (-1, 64))
+            s = (g.abs().max(dim=-1, keepdim=True)[0].float() / 448.0).clamp(
+                min=1.0 / (448.0 * 512.0))
             d = g / s
         if quant != "none":
             q = (d.clamp(-448.0, 448.0) if c["clamp"] else d).to(FP8)
-            if quant == "group":
+            if quant.endswith("group"):
                 outs += [q.flatten(-2), s.squeeze(-1)]
-            elif quant == "token":
+            elif quant.endswith("token"):
                 outs += [q, s]
             else:
                 outs.append(q)
@@ -103,7 +121,7 @@ def random_site(rng: random.Random):
             (torch.rand(hidden, generator=gen) + 0.5).to(w_dtype),
             torch.tensor(0.01 + 0.01 * torch.rand((), generator=gen).item()))
     want_quant = {"none": "none", "div": "fp8_tensor", "reciprocal": "fp8_tensor",
-                  "token": "fp8_token", "group": "fp8_group"}[quant]
+                  "token": "fp8_token", "vllm_token": "fp8_token"}.get(quant, "fp8_group")
     return fn, args, want_quant, sorted(rounding), " ".join(words)
 
 
