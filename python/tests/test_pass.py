@@ -372,6 +372,25 @@ def test_chained_pass_uuid_needs_both():
     assert fusion_pass.ChainedPass(ours, lambda graph: None).uuid() is None
 
 
+def test_a_local_chain_left_alone_is_reported_with_the_reason():
+    """torch.compile(dynamic=True) on a weight passed as an input makes H a symbol: the fused
+    op takes a constant H, so the chain stays, and the report says so by its input's name."""
+    def f(x, res, w):
+        h = x + res
+        return llama_norm(h, w), h
+
+    g = torch.Generator().manual_seed(2)
+    x, res = (torch.randn(5, 128, generator=g).to(bf) for _ in range(2))
+    w = (torch.rand(128, generator=g) + 0.5).to(bf)
+    torch._dynamo.reset()
+    compiled = tt.compile(f, world_size=1, fuse_local="on", backend="aot_eager", dynamic=True)
+    compiled(x, res, w)
+    report = compiled.tpfuse_pass.report
+    assert not any(gr.fusions for gr in report.graphs), report
+    (why,) = report.local_left_alone.values()
+    assert "with a constant H" in why, report.local_left_alone
+
+
 def test_fuse_local_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="fuse_local"):
         tt.FusionPass(fuse_local="sometimes")

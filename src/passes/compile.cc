@@ -129,12 +129,14 @@ std::string ReportJson(const std::vector<CompiledFunc>& funcs, const CompileOpti
                  {"fuse_local_mode", std::string(FuseLocalName(options.fuse_local))}};
   std::map<std::string, int> ops_before, ops_after;
   std::map<std::string, std::map<std::string, int>> counters;
-  Json fusions = Json::array(), rejections = Json::array(), per_func = Json::array();
+  Json fusions = Json::array(), rejections = Json::array(), local_unfused = Json::array(),
+       per_func = Json::array();
   for (const CompiledFunc& c : funcs) {
     AddCounts(ops_before, c.ops_before);
     AddCounts(ops_after, c.ops_after);
     for (const auto& [rule, rule_counters] : c.ctx.counters) AddCounts(counters[rule], rule_counters);
-    Json func_fusions = Json::array(), func_rejections = Json::array();
+    Json func_fusions = Json::array(), func_rejections = Json::array(),
+         func_local_unfused = Json::array();
     for (const FusionRecord& f : c.ctx.fusions) {
       func_fusions.push_back(FusionJson(f));
       Json merged = FusionJson(f);
@@ -147,17 +149,27 @@ std::string ReportJson(const std::vector<CompiledFunc>& funcs, const CompileOpti
       merged["func"] = c.name;
       rejections.push_back(std::move(merged));
     }
+    // Local chains left unfused: no rejection (those are about all_reduces), but said all the
+    // same, by the norm input's name.
+    for (const Rejection& r : c.ctx.local_unfused) {
+      func_local_unfused.push_back(RejectionJson(r));
+      Json merged = RejectionJson(r);
+      merged["func"] = c.name;
+      local_unfused.push_back(std::move(merged));
+    }
     per_func.push_back({{"name", c.name},
                         {"ops_before", c.ops_before},
                         {"ops_after", c.ops_after},
                         {"fusions", func_fusions},
                         {"rejections", func_rejections},
+                        {"local_unfused", func_local_unfused},
                         {"counters", c.ctx.counters}});
   }
   report["ops_before"] = ops_before;
   report["ops_after"] = ops_after;
   report["fusions"] = fusions;
   report["rejections"] = rejections;
+  report["local_unfused"] = local_unfused;
   report["counters"] = counters;
   report["funcs"] = per_func;
   return report.dump(2);

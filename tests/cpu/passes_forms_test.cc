@@ -441,6 +441,33 @@ TEST(PassesCompileApi, FuseLocalFollowsTheBackendAndTheWorldSize) {
   EXPECT_FALSE(ParseFuseLocal("sometimes").ok());
 }
 
+// A local chain left unfused is no rejection, but the report says it and why (the norm input's
+// name), per func and merged: here an H that is a symbol (torch.compile's dynamic=True on an
+// unspecialized weight).
+TEST(PassesCompileApi, LocalChainsLeftUnfusedAreReportedWithTheReason) {
+  CompileOptions options;
+  options.world_size = 1;
+  options.fuse_local = FuseLocal::kOn;
+  StatusOr<CompileResult> r = CompileModuleText(
+      "func @f(%x: bf16[T, H], %res: bf16[T, H], %w: bf16[H]) {\n"
+      "  %y, %h = fused_add_rms_norm(%x, %res, %w) {eps = 1e-6}\n"
+      "  return %y, %h\n"
+      "}\n",
+      options, "dyn.tpg");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const nlohmann::json j = nlohmann::json::parse(r->json);
+  EXPECT_EQ(j["fusions"].size(), 0u);
+  EXPECT_EQ(j["rejections"].size(), 0u);
+  ASSERT_EQ(j["local_unfused"].size(), 1u) << j.dump(2);
+  EXPECT_EQ(j["local_unfused"][0]["anchor"], "x");
+  EXPECT_EQ(j["local_unfused"][0]["func"], "f");
+  EXPECT_NE(j["local_unfused"][0]["reason"].get<std::string>().find("with a constant H"),
+            std::string::npos)
+      << j.dump(2);
+  ASSERT_EQ(j["funcs"][0]["local_unfused"].size(), 1u);
+  EXPECT_EQ(j["funcs"][0]["local_unfused"][0]["reason"], j["local_unfused"][0]["reason"]);
+}
+
 // ---------------------------------------------------------------- local chains against Inductor
 
 // A table of one loss, as run 12 measured it (fp8_token with the residual add at H 8192 from

@@ -36,6 +36,9 @@ class GraphReport:
     left_alone: Dict[str, str] = dataclasses.field(default_factory=dict)
     # Fused chains the pass could not place in the FX graph, by fused value, with why.
     skipped: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # Norm chains no all_reduce feeds that stay as they are, by the norm input's FX node name,
+    # with the compiler's reason (local fusion off, Inductor measured faster, a symbolic H).
+    local_left_alone: Dict[str, str] = dataclasses.field(default_factory=dict)
     # Why the graph was left as it was, when it was (translation or compiler failure).
     untranslated: Optional[str] = None
     # all_reduce collectives still in the graph after the pass (a fused site leaves none; a
@@ -60,6 +63,10 @@ class FusionReport:
     @property
     def left_alone(self) -> Dict[str, str]:
         return {k: v for g in self.graphs for k, v in g.left_alone.items()}
+
+    @property
+    def local_left_alone(self) -> Dict[str, str]:
+        return {k: v for g in self.graphs for k, v in g.local_left_alone.items()}
 
     @property
     def all_reduces_after(self) -> int:
@@ -203,6 +210,9 @@ class FusionPass(CustomGraphPass):
             logger.info("all_reduce %%%s left alone: %s", name, reason)
         for value, reason in skipped:
             logger.debug("fused chain %%%s not applied: %s", value, reason)
+        for r in compiled.report.get("local_unfused", []):
+            report.local_left_alone[r["anchor"]] = r["reason"]
+            logger.info("local chain of %%%s left alone: %s", r["anchor"], r["reason"])
 
 
 def _compiler_mode(fuse_local: str) -> str:
