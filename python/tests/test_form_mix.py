@@ -154,3 +154,28 @@ def test_every_mix_fuses_with_its_recipe(seed):
     got = gm(*args)
     want = fn(*args, use_ar=False)
     assert_within_contract3(list(got), list(want), words)
+
+
+@pytest.mark.parametrize("seed", range(1000, 1016))
+def test_a_mix_with_dynamic_rows_fuses_once_for_every_row_count(seed):
+    """The same sites through torch.compile with the rows (and a rank-3 batch) marked dynamic:
+    one graph, one fusion, right at two row counts."""
+    fn, args, want_quant, _, words = random_site(random.Random(seed))
+    torch._dynamo.reset()
+    compiled = tt.compile(lambda x, res, w, scale: fn(x, res, w, scale, use_ar=False),
+                          world_size=1, fuse_local="on", backend="aot_eager")
+    for extra in (0, 3):
+        shape = args[0].shape[:-2] + (args[0].shape[-2] + extra, args[0].shape[-1])
+        gen = torch.Generator().manual_seed(seed + extra)
+        x, res = (torch.randn(shape, generator=gen).to(args[0].dtype) for _ in range(2))
+        for t in (x, res):
+            torch._dynamo.mark_dynamic(t, t.dim() - 2)
+            if t.dim() == 3:
+                torch._dynamo.mark_dynamic(t, 0)
+        got = compiled(x, res, args[2], args[3])
+        assert_within_contract3(list(got), list(fn(x, res, args[2], args[3], use_ar=False)),
+                                f"{words}, rows {shape[:-1]}")
+    report = compiled.tpfuse_pass.report
+    fusions = [f for g in report.graphs for f in g.fusions]
+    assert len(report.graphs) == 1 and len(fusions) == 1, (words, report)
+    assert str(fusions[0].attrs.get("quant", "none")) == want_quant, (words, fusions[0].attrs)
