@@ -372,6 +372,30 @@ def test_chained_pass_uuid_needs_both():
     assert fusion_pass.ChainedPass(ours, lambda graph: None).uuid() is None
 
 
+@pytest.mark.parametrize("weight_dtype", [bf, torch.float32])
+@pytest.mark.parametrize("eps", [1e-6, None])
+def test_torch_rms_norm_fuses_and_computes_what_eager_does(weight_dtype, eps):
+    """F.rms_norm (nn.RMSNorm's forward) decomposes to the f32 chain with one rounding; eps None
+    is f32's machine epsilon."""
+    def f(x, res, w):
+        h = x + res
+        return torch.nn.functional.rms_norm(h, (128,), w, eps), h
+
+    g = torch.Generator().manual_seed(4)
+    x, res = (torch.randn(5, 128, generator=g).to(bf) for _ in range(2))
+    w = (torch.rand(128, generator=g) + 0.5).to(weight_dtype)
+    torch._dynamo.reset()
+    compiled = tt.compile(f, world_size=1, fuse_local="on", backend="aot_eager")
+    got = compiled(x, res, w)
+    fusions = [fu for gr in compiled.tpfuse_pass.report.graphs for fu in gr.fusions]
+    assert len(fusions) == 1 and not fusions[0].attrs.get("rounding"), fusions
+    want_eps = torch.finfo(torch.float32).eps if eps is None else eps
+    assert fusions[0].attrs["eps"] == pytest.approx(want_eps, rel=1e-6)
+    # Within Contract 3's tolerance (torch's own sum of squares may take another order).
+    for a, b in zip(got, f(x, res, w)):
+        assert int(ulp_distance_16(a, b).max()) <= 1
+
+
 def test_a_local_chain_left_alone_is_reported_with_the_reason():
     """torch.compile(dynamic=True) on a weight passed as an input makes H a symbol: the fused
     op takes a constant H, so the chain stays, and the report says so by its input's name."""
