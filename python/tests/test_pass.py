@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import tpfuse.torch as tt
@@ -359,8 +360,24 @@ def test_a_post_grad_pass_the_caller_had_still_runs_after_the_fusion(where):
     assert seen == [1]
 
 
+def test_a_fusion_pass_already_in_the_slot_is_not_chained(caplog):
+    g = torch.Generator().manual_seed(6)
+    x, res = (torch.randn(4, 256, generator=g).to(bf) for _ in range(2))
+    w = (torch.rand(256, generator=g) + 0.5).to(bf)
+    theirs = tt.FusionPass(world_size=1, fuse_local="on")
+    with torch._inductor.config.patch(force_disable_caches=True), \
+            caplog.at_level(logging.WARNING, logger="tpfuse.torch"):
+        torch._dynamo.reset()
+        compiled = tt.compile(layer_tail, world_size=1, fuse_local="on", fullgraph=True,
+                              options={"post_grad_custom_post_pass": theirs})
+        compiled(x, res, w)
+    assert sum(len(gr.fusions) for gr in compiled.tpfuse_pass.report.graphs) == 1
+    assert theirs.report.graphs == []
+    assert any("already Inductor's post-grad pass" in r.getMessage() for r in caplog.records)
+
+
 def test_chained_pass_uuid_needs_both():
-    class WithUuid:
+    class WithUuid(CustomGraphPass):
         def __call__(self, graph):
             pass
 

@@ -277,17 +277,15 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
     return std::nullopt;
   }
 
-  // A cast of the normalized value that no weight multiplies (F.rms_norm without a weight,
+  // A cast of the normalized value that nothing multiplies (F.rms_norm without a weight,
   // nanochat's norm): the fused op and rms_norm take a weight, so this one stays as written,
-  // and says so. Quiet where a multiply by a [H] vector follows (the weighted form is matched
-  // at that multiply).
+  // and says so. Quiet where a multiply reads the cast: that is the weighted form, matched (or
+  // declined, with its own reason) at the multiply.
   static void DeclineWeightless(const ir::Node* cast, MatchNotes& notes) {
     MatchNotes quiet;
     if (!MatchRmsCore(cast->operand(0), quiet)) return;
     for (const ir::Use& u : cast->result()->uses()) {
-      if (u.is_return() || u.user->op() != "mul" || u.user->num_operands() != 2) continue;
-      const ir::Value* other = u.user->operand(u.user->operand(0) == cast->result() ? 1 : 0);
-      if (other->type().rank() == 1) return;
+      if (!u.is_return() && u.user->kind() == ir::OpKind::kMul) return;
     }
     notes.Decline("the norm multiplies by no weight (rms_norm and the fused op take one)");
   }

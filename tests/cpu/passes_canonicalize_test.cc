@@ -256,6 +256,42 @@ TEST(PassesCanonicalize, AWeightlessNormStaysAndSaysWhy) {
   ASSERT_TRUE(llama.ok());
   EXPECT_EQ(Counter(llama.ctx, "decomposed_rms_norm", kWhy), 0) << DescribeReport(llama.ctx);
   EXPECT_EQ(CountOp(*llama.after, "rms_norm"), 1) << Print(*llama.after);
+  // A weight of another shape is named as such, not as a missing weight.
+  Compiled row = Canonicalize("func @f(%x: bf16[T, 64], %g: bf16[1, 64]) {" + core +
+                              "  %o = mul(%g, %y)\n  return %o\n}\n");
+  ASSERT_TRUE(row.ok());
+  EXPECT_EQ(Counter(row.ctx, "decomposed_rms_norm", kWhy), 0) << DescribeReport(row.ctx);
+  EXPECT_EQ(Counter(row.ctx, "decomposed_rms_norm",
+                    "declined: the weight bf16[1, 64] is not one value per column of bf16[T, 64]"),
+            1)
+      << DescribeReport(row.ctx);
+}
+
+// vLLM's f32 residual sum whose second operand is no residual of x's type (a broadcast row)
+// declines and says so.
+TEST(PassesCanonicalize, AnF32SumOfABroadcastDeclinesAndSaysWhy) {
+  Compiled c = Canonicalize(R"(
+    func @f(%x: bf16[T, 64], %b: bf16[1, 64], %g: bf16[64]) {
+      %xf = cast(%x) {to = f32}
+      %bf = cast(%b) {to = f32}
+      %v = add(%xf, %bf)
+      %sq = pow(%v) {exponent = 2}
+      %m = mean(%sq) {dim = -1, keepdim = true}
+      %me = add(%m) {scalar = 1e-6}
+      %r = rsqrt(%me)
+      %n = mul(%v, %r)
+      %nc = cast(%n) {to = bf16}
+      %y = mul(%g, %nc)
+      return %y
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm",
+                    "declined: the f32 sum adds bf16[T, 64] and bf16[1, 64]: not a residual of "
+                    "the activation's type"),
+            1)
+      << DescribeReport(c.ctx);
+  EXPECT_EQ(CountOp(*c.after, "fused_add_rms_norm") + CountOp(*c.after, "rms_norm"), 0);
 }
 
 // Gemma 4's norm writes rsqrt as pow(., -0.5): the one exponent that is rsqrt folds (also

@@ -36,8 +36,8 @@ class GraphReport:
     left_alone: Dict[str, str] = dataclasses.field(default_factory=dict)
     # Fused chains the pass could not place in the FX graph, by fused value, with why.
     skipped: Dict[str, str] = dataclasses.field(default_factory=dict)
-    # Norm chains no all_reduce feeds that stay as they are, by the norm input's FX node name,
-    # with the compiler's reason (local fusion off, Inductor measured faster, a symbolic H).
+    # Norm chains no all_reduce feeds that local fusion left as they are, by the norm input's
+    # FX node name, with the compiler's reason (Inductor measured faster, a symbolic H, ...).
     local_left_alone: Dict[str, str] = dataclasses.field(default_factory=dict)
     # Why the graph was left as it was, when it was (translation or compiler failure).
     untranslated: Optional[str] = None
@@ -250,10 +250,14 @@ def compile(model: Any, world_size: Optional[int] = None, *,
         mode = compile_kwargs.pop("mode", None)
         opts = dict(torch._inductor.list_mode_options(mode)) if mode else {}
         opts.update(options or {})
-        # A post-grad pass the caller already has (in options, else in Inductor's config) still
-        # runs, after this one.
+        # A post-grad pass the caller already has (in options, else in Inductor's config when
+        # this is called) still runs, after this one; another FusionPass would only fuse again.
         theirs = opts.get("post_grad_custom_post_pass",
                           torch._inductor.config.post_grad_custom_post_pass)
+        if isinstance(theirs, FusionPass):
+            logger.warning("a FusionPass is already Inductor's post-grad pass; "
+                           "tpfuse.torch.compile runs its own instead")
+            theirs = None
         opts["post_grad_custom_post_pass"] = (
             fusion_pass if theirs is None else ChainedPass(fusion_pass, theirs))
         compiled = torch.compile(model, backend="inductor", options=opts, **compile_kwargs)
@@ -281,8 +285,10 @@ class ChainedPass(CustomGraphPass):
         self.then(graph)
 
     def uuid(self) -> Any:
-        then_uuid = self.then.uuid() if hasattr(self.then, "uuid") else None
-        return None if then_uuid is None else (self.first.uuid(), then_uuid)
+        # Inductor's own rule: a pass that is no CustomGraphPass, or whose uuid is falsy, is not
+        # cached.
+        then_uuid = self.then.uuid() if isinstance(self.then, CustomGraphPass) else None
+        return (self.first.uuid(), then_uuid) if then_uuid else None
 
 
 def _aot_eager_backend(fusion_pass: FusionPass):
