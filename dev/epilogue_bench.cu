@@ -49,6 +49,7 @@
 #include "backends/cuda/allreduce_rmsnorm.h"
 #include "backends/cuda/launch/allreduce_rmsnorm_kernels.h"
 #include "common/numerics.h"
+#include "common/quotient.h"
 #include "common/row_layout.h"
 #include "dev/v0/allreduce_rmsnorm_v0.cuh"
 

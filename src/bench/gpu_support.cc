@@ -108,19 +108,13 @@ Status EnqueueUnfusedEpilogue(const AllreduceRmsnormSpec& spec, int64_t tokens, 
   switch (spec.quant) {
     case QuantMode::kNone: return Status::Ok();
     case QuantMode::kFp8Tensor:
-      return cuda::LaunchQuantFp8Tensor(norm, tensor(scale, DType::kF32, {1}), q, stream);
+      return cuda::LaunchQuantFp8Tensor(norm, tensor(scale, DType::kF32, {1}), spec.QuantDivides(),
+                                        q, stream);
     case QuantMode::kFp8Token:
     case QuantMode::kFp8Group: {
-      cuda::DynamicQuantParams params;
-      params.mode = spec.quant;
-      params.group_size = spec.group_size;
-      params.layout = spec.scale_layout;
-      params.format = spec.scale_fmt;
-      params.floor_after_div = spec.rounding.scale_floor_after_div;
-      params.ue8m0_floor = spec.rounding.ue8m0_floor;
       const cuda::DeviceTensor s =
           tensor(set + l.scale, DType::kF32, {t, spec.ScaleGroupsPerRow()});
-      return cuda::LaunchQuantFp8Dynamic(norm, params, q, s, stream);
+      return cuda::LaunchQuantFp8Dynamic(norm, spec.quant_params(), q, s, stream);
     }
   }
   return Internal("unhandled quant mode");

@@ -11,7 +11,8 @@
 // boundary: about one row in 2^11 for bf16, 2^8 for f16) the bound decides nothing.
 // Guards that keep the 4 roundings relative (no subnormal intermediate near the maximum, no
 // overflow): M >= 2^-100, 2^-60 <= c <= 2^120, and no |w'_i| above 2^40 (AmaxBoundOf makes M
-// +inf then, which fails the guard). NaN products are skipped, as the amax skips NaN y.
+// +inf then, which fails the guard). A NaN product makes M NaN (MaxOfMagnitudes, as the amax
+// takes a NaN y), which fails the guard too: the kernels then take the amax itself.
 // Precondition: r is 1/rms of the same u, r = 1 / sqrt(mean(u^2) + eps) with eps >= 0 (as the
 // kernels compute it), so |u_i| r <= about sqrt(H) and fl(|u_i| r) cannot overflow while c is
 // finite (a sum of squares that overflows makes r 0, and c fails the guard). For an arbitrary r
@@ -21,6 +22,8 @@
 #pragma once
 
 #include <cmath>
+
+#include "common/quotient.h"
 
 #if defined(__CUDACC__)
 #define TPFUSE_AMAX_BOUND_HD __host__ __device__ __forceinline__
@@ -36,8 +39,8 @@ inline constexpr float kAmaxBoundWeightLimit = 0x1p40f;
 TPFUSE_AMAX_BOUND_HD float AmaxBoundOf(const float* u, const float* w, int n, float m) {
   float wmax = 0.0f;
   for (int i = 0; i < n; ++i) {
-    m = fmaxf(m, fabsf(u[i]) * fabsf(w[i]));
-    wmax = fmaxf(wmax, fabsf(w[i]));
+    m = MaxOfMagnitudes(m, fabsf(u[i]) * fabsf(w[i]));
+    wmax = MaxOfMagnitudes(wmax, fabsf(w[i]));
   }
   return wmax > kAmaxBoundWeightLimit ? INFINITY : m;
 }

@@ -176,15 +176,4 @@ double UlpOf(DType dtype, double value) {
   return std::ldexp(1.0, e - mantissa_bits);
 }
 
-float RoundUpToPowerOfTwo(float s) {
-  uint32_t u = FloatBits(s);
-  if ((u & 0x007FFFFFu) != 0 && (u & 0x7F800000u) != 0) {
-    u = (u & 0xFF800000u) + 0x00800000u;  // next exponent, mantissa cleared
-  } else if ((u & 0x7F800000u) == 0 && u != 0) {
-    const float p = std::ldexp(1.0f, std::ilogb(s));  // subnormal
-    return p == s ? s : 2.0f * p;
-  }
-  return BitsFloat(u);
-}
-
 }  // namespace tpfuse

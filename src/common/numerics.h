@@ -27,7 +27,4 @@ void EncodeElement(DType dtype, float value, void* element);
 // of dtype. For zero and subnormals: the smallest subnormal step.
 double UlpOf(DType dtype, double value);
 
-// Contract 3's ue8m0 scale: the smallest power of two >= s (s > 0, finite).
-float RoundUpToPowerOfTwo(float s);
-
 }  // namespace tpfuse

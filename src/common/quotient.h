@@ -19,6 +19,8 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define TPFUSE_QUOTIENT_HD __host__ __device__ __forceinline__
@@ -40,28 +42,75 @@ TPFUSE_QUOTIENT_HD float QuotientByReciprocal(float y, float s, float rcp) {
 #endif
 }
 
+// The max of two magnitudes (values >= +0, +inf or NaN) as torch's amax takes it: a NaN
+// wins (fmaxf would skip it). The amax of every dynamic quantization, host and device. On the
+// host a NaN `m` stays (the first NaN of a scan, as the oracle's amax op keeps it); on the GPU
+// max.NaN returns the canonical NaN (no payload survives on the GPU).
+TPFUSE_QUOTIENT_HD float MaxOfMagnitudes(float m, float v) {
+#if defined(__CUDA_ARCH__)
+  float d;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(d) : "f"(m), "f"(v));
+  return d;
+#else
+  return (m != m || v < m) ? m : v;  // v = NaN fails v < m, so a NaN v is taken
+#endif
+}
+
 // The dynamic FP8 scale of a row or group from its amax = max |y| (Contract 3 step 4), host and
 // device, the one home of both forms (RoundingRecipe::scale_floor_after_div):
 //   default:                s = max(amax, 1e-10) / 448
 //   scale_floor_after_div:  s = max(amax / 448, f32(1 / (448 * 512)))  (vLLM's per-token floor)
 // The quotient by 448 is the IEEE one for every finite amax of a 16-bit activation (448 has
 // three significant bits: the remainder is exact wherever the quotient is normal; a subnormal
-// quotient lies far below the floor). amax = inf gives a NaN scale in both forms (torch's is
-// inf): a row holding an inf quantizes to NaN.
+// quotient lies far below the floor). A non-finite amax gives what torch's forms give: inf / 448
+// = inf, and NaN (no floor binds: torch's clamp and maximum keep a NaN).
 inline constexpr float kScaleFloorAfterDiv = 1.0f / (448.0f * 512.0f);
 // What the ue8m0_floor form rounds up to a power of two: max(s, kUe8m0ScaleFloor).
 inline constexpr float kUe8m0ScaleFloor = 1e-10f;
 
 TPFUSE_QUOTIENT_HD float DynamicScaleOfAmax(float amax, bool floor_after_div) {
+  // inf or NaN: the IEEE quotient (the product by f32(1/448) is the same value for both).
+  if (!(amax <= 3.40282347e38f)) return amax * (1.0f / 448.0f);
   if (floor_after_div) {
     const float s = QuotientByReciprocal(amax, 448.0f, 1.0f / 448.0f);
     return s < kScaleFloorAfterDiv ? kScaleFloorAfterDiv : s;
   }
-  return QuotientByReciprocal(fmaxf(amax, 1e-10f), 448.0f, 1.0f / 448.0f);
+  return QuotientByReciprocal(amax < 1e-10f ? 1e-10f : amax, 448.0f, 1.0f / 448.0f);
 }
 
 // The value the ue8m0_floor form rounds up to a power of two: max(s, 1e-10), a NaN s kept (as
 // the scale without the floor keeps it).
 TPFUSE_QUOTIENT_HD float Ue8m0Floored(float s) { return s < kUe8m0ScaleFloor ? kUe8m0ScaleFloor : s; }
+
+// Contract 3's ue8m0 scale: the smallest power of two >= s for s > 0 (subnormals included), as
+// torch's exp2(ceil(log2(s))) gives it; zeros, inf and NaN stay as they are (log2 of +0 is
+// -inf, whose exp2 is +0; of inf, inf; of NaN, NaN). Host and device, bit for bit.
+TPFUSE_QUOTIENT_HD float RoundUpToPowerOfTwo(float s) {
+#if defined(__CUDA_ARCH__)
+  uint32_t u = __float_as_uint(s);
+#else
+  uint32_t u;
+  std::memcpy(&u, &s, 4);
+#endif
+  const uint32_t exponent = u & 0x7F800000u, mantissa = u & 0x007FFFFFu;
+  if (exponent == 0x7F800000u || mantissa == 0) return s;  // inf, NaN, zeros, powers of two
+  if (exponent != 0) {
+    u = (u & 0xFF800000u) + 0x00800000u;  // next exponent, mantissa cleared
+  } else {
+    // Subnormal: the mantissa's top bit, doubled unless it is the only one set.
+#if defined(__CUDA_ARCH__)
+    const uint32_t top = 1u << (31 - __clz(mantissa));
+#else
+    const uint32_t top = 1u << (31 - __builtin_clz(mantissa));
+#endif
+    u = (u & 0x80000000u) | (mantissa == top ? top : top << 1);
+  }
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  std::memcpy(&s, &u, 4);
+  return s;
+#endif
+}
 
 }  // namespace tpfuse

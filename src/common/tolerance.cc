@@ -121,7 +121,7 @@ CompareResult CompareHalf(const HostTensor& got, const HostTensor& ref, double m
   return checker.Finish(StrCat(DTypeName(ref.dtype()), " within ", max_ulps, " ulp"));
 }
 
-CompareResult CompareExact(const HostTensor& got, const HostTensor& ref) {
+CompareResult CompareExact(const HostTensor& got, const HostTensor& ref, bool nan_is_nan) {
   CompareResult failure;
   if (!SameType(got, ref, "exact", &failure)) return failure;
   Checker checker(ref);
@@ -130,10 +130,12 @@ CompareResult CompareExact(const HostTensor& got, const HostTensor& ref) {
   const auto* rb = static_cast<const std::byte*>(ref.data());
   for (int64_t i = 0; i < ref.numel(); ++i) {
     // NOTE: bitwise, so -0 vs +0 and different NaN payloads are mismatches too.
-    const bool equal = std::memcmp(gb + size_t(i) * size, rb + size_t(i) * size, size) == 0;
-    checker.AddVerdict(i, equal, got.GetF32(i), ref.GetF32(i));
+    const float g = got.GetF32(i), r = ref.GetF32(i);
+    const bool equal = std::memcmp(gb + size_t(i) * size, rb + size_t(i) * size, size) == 0 ||
+                       (nan_is_nan && std::isnan(g) && std::isnan(r));
+    checker.AddVerdict(i, equal, g, r);
   }
-  return checker.Finish("bitwise");
+  return checker.Finish(nan_is_nan ? "bitwise (any NaN for a NaN)" : "bitwise");
 }
 
 CompareResult CompareScales(const HostTensor& got, const HostTensor& ref, double rel) {

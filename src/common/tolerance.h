@@ -74,7 +74,9 @@ CompareResult CompareHalf(const HostTensor& got, const HostTensor& ref,
                           double max_ulps = tolerance::kHalfUlps);
 
 // Bitwise equality of every element (a mismatch reports the decoded values).
-CompareResult CompareExact(const HostTensor& got, const HostTensor& ref);
+// `nan_is_nan`: a NaN matches any NaN (the GPU's arithmetic returns one canonical NaN where the
+// CPU's keeps an operand's payload and sign); every other element still bitwise.
+CompareResult CompareExact(const HostTensor& got, const HostTensor& ref, bool nan_is_nan = false);
 
 // f32 scales: |got - ref| <= rel * |ref| (padding zeros must stay zero).
 CompareResult CompareScales(const HostTensor& got, const HostTensor& ref,

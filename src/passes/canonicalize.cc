@@ -506,8 +506,8 @@ struct DecomposedStaticQuant final : TypedPattern<ir::StaticQuantForm> {
 // or lies >= 1/1792 (relative) from one, so no f32 log2 rounds it onto an integer (checked
 // exhaustively on the oracle's ops by the canonicalize tests, on torch's CPU ops by
 // python/tests/test_ue8m0_torch.py). amax * (1/448) does not fold: f32(1/448) is not 1/448.
-// (Exact for inputs without NaN or inf: the fused amax skips a NaN where torch's max takes it,
-// and an inf amax gives a NaN scale where torch's is inf.)
+// Inf and NaN too: quant_fp8's amax lets a NaN win as torch's does, an inf or NaN amax gives an
+// inf or NaN scale (DynamicScaleOfAmax), and y is divided by such a scale as the form divides.
 struct DynamicQuantMatch {
   ir::Node* cast = nullptr;       // the cast to f8e4m3
   ir::Node* clamp = nullptr;      // null when absent

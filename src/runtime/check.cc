@@ -206,7 +206,7 @@ StatusOr<CheckReport> CompareGraphOutputs(const ir::Graph& ref_graph,
     int s_position = -1;
     std::optional<StaticScale> static_scale;
     const DType dtype = ref_v->dtype();
-    if (mode == CompareMode::kBitwise) {
+    if (mode != CompareMode::kTolerance) {
       check.cls = ToleranceClass::kExact;
     } else if (dtype == DType::kF8E4M3) {
       check.cls = ToleranceClass::kFp8Dequantized;
@@ -253,7 +253,9 @@ StatusOr<CheckReport> CompareGraphOutputs(const ir::Graph& ref_graph,
         case ToleranceClass::kGemm:
         case ToleranceClass::kAfterGemm: result = CompareGemm(got, ref); break;
         case ToleranceClass::kScale: result = CompareScales(got, ref); break;
-        case ToleranceClass::kExact: result = CompareExact(got, ref); break;
+        case ToleranceClass::kExact:
+          result = CompareExact(got, ref, mode == CompareMode::kBitwiseAnyNaN);
+          break;
         case ToleranceClass::kFp8Dequantized:
           if (dq) {
             result = CompareFp8Dequantized(got, got_outputs[r][size_t(s_position)], ref,

@@ -54,8 +54,9 @@ struct CheckReport {
 };
 
 enum class CompareMode : uint8_t {
-  kTolerance,  // Contract 3's tolerance table, per output class
-  kBitwise,    // every output bit for bit
+  kTolerance,      // Contract 3's tolerance table, per output class
+  kBitwise,        // every output bit for bit
+  kBitwiseAnyNaN,  // bit for bit, but a NaN matches any NaN (a GPU run: its NaN is canonical)
 };
 
 // Compares every returned value of every rank. Structural problems (a different number of

@@ -10,6 +10,7 @@
 
 #include "backends/cpu/reference_ops.h"
 #include "common/numerics.h"
+#include "common/quotient.h"
 #include "ir/ops.h"
 #include "ir/parser.h"
 #include "runtime/check.h"

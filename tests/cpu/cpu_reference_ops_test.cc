@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/numerics.h"
+#include "common/quotient.h"
 #include "common/row_layout.h"
 #include "support/host_tensors.h"
 #include "support/shapes.h"
@@ -283,13 +284,29 @@ TEST(CpuReferenceTest, QuantGroupRowAndColumnLayouts) {
   EXPECT_FALSE(QuantFp8Dynamic(y, {QuantMode::kFp8Group, 3, ScaleLayout::kRow, ScaleFormat::kF32}).ok());
 }
 
-TEST(CpuReferenceTest, QuantIgnoresNanInTheMaximumAndKeepsIt) {
-  const HostTensor y = Make(DType::kBF16, {1, 4}, {1, kNaN, -2, 0.5f});
-  const DynamicQuantResult r = Unwrap(
-      QuantFp8Dynamic(y, {QuantMode::kFp8Token, 0, ScaleLayout::kRow, ScaleFormat::kF32}));
-  EXPECT_EQ(r.s.GetF32(0), 2.0f / 448.0f);
-  EXPECT_TRUE(std::isnan(r.q.GetF32(1)));
-  EXPECT_EQ(r.q.GetF32(2), -448.0f);
+TEST(CpuReferenceTest, QuantTakesInfAndNanAsTorchsFormsDo) {
+  // Row 0 holds a NaN: torch's amax is NaN, so is the scale, and every q is NaN. Row 1 holds
+  // -inf: the scale is inf / 448 = inf, y / inf is +-0 and -inf / inf is NaN. Row 2 is finite.
+  const HostTensor y = Make(DType::kBF16, {3, 4}, {1, kNaN, -2, 0.5f,  //
+                                                   1, -INFINITY, -2, 0.0f,  //
+                                                   1, 4, -2, 0.5f});
+  for (ScaleFormat format : {ScaleFormat::kF32, ScaleFormat::kUe8m0}) {
+    for (bool swapped : {false, true}) {
+      QuantParams config{QuantMode::kFp8Token, 0, ScaleLayout::kRow, format};
+      config.scale_op_swapped = swapped;
+      const DynamicQuantResult r = Unwrap(QuantFp8Dynamic(y, config));
+      EXPECT_TRUE(std::isnan(r.s.GetF32(0)));
+      for (int c = 0; c < 4; ++c) EXPECT_TRUE(std::isnan(r.q.GetF32(c))) << c;
+      EXPECT_EQ(r.s.GetF32(1), INFINITY);
+      const uint8_t* q = r.q.data_as<uint8_t>();
+      EXPECT_EQ(q[4], 0x00);  // 1 / inf = +0
+      EXPECT_TRUE(std::isnan(r.q.GetF32(5)));
+      EXPECT_EQ(q[6], 0x80);  // -2 / inf = -0
+      EXPECT_EQ(q[7], 0x00);
+      EXPECT_EQ(r.s.GetF32(2), format == ScaleFormat::kF32 ? 4.0f / 448.0f : 1.0f / 64.0f);
+      EXPECT_EQ(r.q.GetF32(9), format == ScaleFormat::kF32 ? 448.0f : 256.0f);
+    }
+  }
 }
 
 // ---------------------------------------------------------------- GEMMs

@@ -1,5 +1,6 @@
 // The bit-exact codecs of common/numerics.h against brute-force nearest-representable searches.
 #include "common/numerics.h"
+#include "common/quotient.h"
 
 #include <gtest/gtest.h>
 
@@ -274,6 +275,13 @@ TEST(NumericsTest, RoundUpToPowerOfTwo) {
     ASSERT_LT(p, 2 * s);
     ASSERT_EQ(ToBits(p) & 0x007FFFFF, 0u) << s;
   }
+  // What torch's exp2(ceil(log2(s))) gives where s is not a positive finite value.
+  EXPECT_EQ(ToBits(RoundUpToPowerOfTwo(0.0f)), 0u);
+  EXPECT_EQ(RoundUpToPowerOfTwo(INFINITY), INFINITY);
+  EXPECT_TRUE(std::isnan(RoundUpToPowerOfTwo(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_TRUE(std::isnan(RoundUpToPowerOfTwo(-std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_EQ(std::exp2(std::ceil(std::log2(INFINITY))), INFINITY);
+  EXPECT_TRUE(std::isnan(std::exp2(std::ceil(std::log2(std::numeric_limits<float>::quiet_NaN())))));
 }
 
 TEST(NumericsTest, UlpOf) {

@@ -9,6 +9,7 @@
 
 #include "backends/cpu/reference_ops.h"
 #include "common/numerics.h"
+#include "common/quotient.h"
 #include "passes_test_util.h"
 
 namespace tpfuse::passes::testing {

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -223,9 +224,11 @@ inline void ExpectSameOutputs(const ir::Graph& unfused, const ir::Graph& fused,
 }
 
 // Every output of every rank bitwise equal, unfused against fused.
+// `poke`, if given, edits each rank's random inputs before both runs (non-finite values).
 inline void ExpectBitwiseOutputs(const ir::Graph& unfused, const ir::Graph& fused,
                                  int world_size, const std::vector<int64_t>& tokens,
-                                 const std::vector<uint64_t>& seeds) {
+                                 const std::vector<uint64_t>& seeds,
+                                 const std::function<void(runtime::TensorMap&)>& poke = nullptr) {
   std::unique_ptr<runtime::Executor> cpu = runtime::MakeCpuExecutor(world_size);
   for (uint64_t seed : seeds) {
     for (int64_t t : tokens) {
@@ -233,6 +236,8 @@ inline void ExpectBitwiseOutputs(const ir::Graph& unfused, const ir::Graph& fuse
       StatusOr<std::vector<runtime::TensorMap>> inputs =
           runtime::MakeRandomInputs(unfused, world_size, t, seed);
       ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
+      if (poke)
+        for (runtime::TensorMap& rank_inputs : *inputs) poke(rank_inputs);
       StatusOr<runtime::RankOutputs> ref = cpu->Run(unfused, *inputs);
       ASSERT_TRUE(ref.ok()) << ref.status().ToString();
       StatusOr<runtime::RankOutputs> got = cpu->Run(fused, *inputs);

@@ -5,7 +5,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <bit>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "common/numerics.h"
@@ -51,9 +53,30 @@ TEST(QuotientTest, DynamicScaleOfAmaxIsTheTorchFormsScaleForEveryHalfAmax) {
     floored += after == floor;
   }
   EXPECT_GT(floored, 1000);  // the floor decides for every amax below about 1 / 512
-  // amax = inf: a NaN scale in both forms (QuotientByReciprocal's inf / 448), not the floor.
-  EXPECT_TRUE(std::isnan(DynamicScaleOfAmax(INFINITY, true)));
-  EXPECT_TRUE(std::isnan(DynamicScaleOfAmax(INFINITY, false)));
+  // A non-finite amax: what the torch forms give, inf / 448 = inf and NaN (their clamp and
+  // maximum keep a NaN), in both forms.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (bool after_div : {false, true}) {
+    EXPECT_EQ(DynamicScaleOfAmax(INFINITY, after_div), INFINITY);
+    EXPECT_EQ(DynamicScaleOfAmax(INFINITY, after_div), std::fmax(INFINITY, 1e-10f) / 448.0f);
+    EXPECT_TRUE(std::isnan(DynamicScaleOfAmax(nan, after_div)));
+  }
+  EXPECT_TRUE(std::isnan(Ue8m0Floored(nan)));
+}
+
+TEST(QuotientTest, MaxOfMagnitudesLetsANaNWinAsTorchsAmax) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(MaxOfMagnitudes(0.0f, 2.0f), 2.0f);
+  EXPECT_EQ(MaxOfMagnitudes(3.0f, 2.0f), 3.0f);
+  EXPECT_EQ(MaxOfMagnitudes(3.0f, INFINITY), INFINITY);
+  EXPECT_TRUE(std::isnan(MaxOfMagnitudes(nan, 2.0f)));
+  EXPECT_TRUE(std::isnan(MaxOfMagnitudes(2.0f, nan)));
+  EXPECT_TRUE(std::isnan(MaxOfMagnitudes(INFINITY, nan)));
+  // A scan keeps the first NaN it meets, payload and all (as the oracle's amax op).
+  const float first = std::bit_cast<float>(0x7FC00001u), second = std::bit_cast<float>(0x7FC00002u);
+  float m = 0.0f;
+  for (float v : {1.0f, first, 5.0f, second, INFINITY}) m = MaxOfMagnitudes(m, v);
+  EXPECT_TRUE(SameBits(m, first));
 }
 
 TEST(QuotientTest, MatchesDivisionInsideTheDomainAndFp8Everywhere) {

@@ -407,6 +407,41 @@ TEST_F(CudaExecutorTest, StrategyThatCannotRunTheShapeIsAnErrorOnlyWhenForced) {
   RunAndCompare(*graph, *fused, 2000, Executor());
 }
 
+// The unfused quant_fp8 with its scale step as the form wrote it, on one GPU: a static scale by
+// division and dynamic scales by the reciprocal (rounding scale_op_swapped), then the defaults,
+// every output bit for bit the oracle's. (The kernels once took the defaults' step for all.)
+TEST(CudaExecutorOneGpu, QuantScaleStepsAsWrittenAreBitwiseTheOracle) {
+  TPFUSE_REQUIRE_GPUS(1);
+  constexpr char kQuants[] = R"(
+func @quants(%y: bf16[T, {H}], %scale: f32[]) {
+  %qa = quant_fp8(%y, %scale) {mode = "tensor", rounding = ["scale_op_swapped"]}
+  %qb, %sb = quant_fp8(%y) {mode = "token", rounding = ["scale_op_swapped"]}
+  %qc, %sc = quant_fp8(%y) {mode = "group", group_size = 64, rounding = ["scale_op_swapped"]}
+  %qd = quant_fp8(%y, %scale) {mode = "tensor"}
+  %qe, %se = quant_fp8(%y) {mode = "group", group_size = 64}
+  return %qa, %qb, %sb, %qc, %sc, %qd, %qe, %se
+}
+)";
+  StatusOr<std::unique_ptr<runtime::Executor>> gpu = runtime::MakeCudaExecutor(1);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+  for (int64_t hidden : kQuickHiddenSizes) {
+    std::unique_ptr<ir::Graph> graph = Parse(kQuants, hidden);
+    ASSERT_NE(graph, nullptr);
+    for (int64_t tokens : kTokenCounts) {
+      SCOPED_TRACE(StrCat("H ", hidden, " T ", tokens));
+      StatusOr<std::vector<TensorMap>> inputs = runtime::MakeRandomInputs(*graph, 1, tokens, 7);
+      ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
+      StatusOr<RankOutputs> ref = runtime::MakeCpuExecutor(1)->Run(*graph, *inputs);
+      StatusOr<RankOutputs> got = (*gpu)->Run(*graph, *inputs);
+      ASSERT_TRUE(ref.ok() && got.ok()) << ref.status().ToString() << got.status().ToString();
+      StatusOr<runtime::CheckReport> report = runtime::CompareGraphOutputs(
+          *graph, *ref, *graph, *got, *inputs, runtime::CompareMode::kBitwiseAnyNaN);
+      ASSERT_TRUE(report.ok()) << report.status().ToString();
+      EXPECT_TRUE(report->ok) << report->ToString();
+    }
+  }
+}
+
 // No GPU needed: asking for more GPUs than the machine has is a clear error.
 TEST(CudaExecutorCreation, TooFewGpusIsUnimplemented) {
   StatusOr<std::unique_ptr<runtime::Executor>> made = runtime::MakeCudaExecutor(64);

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -65,14 +66,15 @@ Status Download(LocalCall& call) {
 
 // Runs `spec` on `in` (T tokens) on GPU 0 and returns "" when every output equals the oracle's
 // bit for bit.
+// `nan_is_nan`: a NaN matches any NaN (inputs with NaN: the GPU's NaN is canonical).
 std::string RunAndCompareInputs(const AllreduceRmsnormSpec& spec, int64_t tokens, const FusedInputs& in,
-                                const cuda::LaunchOptions& options = {}) {
+                                const cuda::LaunchOptions& options = {}, bool nan_is_nan = false) {
   LocalCall call;
   Status st = Prepare(spec, in, tokens, call);
   if (st.ok()) st = cuda::LaunchLocalAllreduceRmsnorm(spec, tokens, call.buffers, /*stream=*/nullptr, options);
   if (st.ok()) st = Download(call);
   if (!st.ok()) return "launch: " + st.ToString();
-  return BitwiseDiff(call.host_outputs, OracleOutputs(spec, in));
+  return BitwiseDiff(call.host_outputs, OracleOutputs(spec, in), nan_is_nan);
 }
 
 std::string RunAndCompare(const AllreduceRmsnormSpec& spec, int64_t tokens, uint64_t seed,
@@ -226,6 +228,50 @@ TEST_F(LocalFusedTest, ScaleFloorsAreBitwiseTheOracle) {
                 << Describe(s, tokens) << OwnerName(owner);
           }
         }
+}
+
+// Inf and NaN in the rows, as torch's forms take them: a NaN in a row (or group) makes its amax
+// and scale NaN and every q of it NaN; an inf y makes the scale inf and every other q +-0. Rows
+// 1-3 of x and the residual get a NaN, +inf (the norm's 0 * inf is NaN) and -inf; with `big`,
+// the weight's column 5 is 3e38, which overflows y to +-inf in the rows where |n| > about 1.1
+// (inf scales, the amax bound refused) and leaves the others finite; without it, the other rows
+// stay finite and fp8_token's amax bound decides them. Every quant mode and row owner, both
+// recipes' kernels, the run-time recipe's forms (one rounding or two, vLLM's floors, the
+// reciprocal, ue8m0), 4099 rows at H 512 (a warp per row). Bitwise the oracle, any NaN for a NaN.
+TEST_F(LocalFusedTest, InfAndNanRowsAreTheOracle) {
+  uint64_t seed = 4500;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+    for (int recipe = 0; recipe < 4; ++recipe)
+      for (int64_t h : {128, 512, 2880, 7168})
+        for (int64_t tokens : {int64_t(6), int64_t(4099)})
+          for (bool big : {false, true}) {
+            if (tokens > 6 && h != 512) continue;
+            if (recipe > 0 && !IsDynamicQuant(q)) continue;
+            AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+            s.rounding.weight_after_round = recipe == 1;
+            s.rounding.scale_floor_after_div = recipe == 2;
+            s.rounding.scale_op_swapped = recipe == 2;
+            if (recipe == 3) {
+              s.scale_fmt = ScaleFormat::kUe8m0;
+              s.scale_layout = ScaleLayout::kCol;
+            }
+            FusedInputs in = MakeFusedInputs(s, tokens, /*world_size=*/1, seed++);
+            in.partials[0].SetF32(1 * h + 0, nan);
+            in.partials[0].SetF32(2 * h + 3, INFINITY);
+            in.residual.SetF32(3 * h + 1, -INFINITY);
+            in.residual.SetF32(5 * h + h - 1, nan);
+            if (big) in.weight.SetF32(5, 3e38f);
+            for (bool fixed : {true, false})
+              for (cuda::RowOwner owner : RowOwnersOf(h)) {
+                cuda::LaunchOptions options;
+                options.row_owner = owner;
+                options.fixed_recipes = fixed;
+                EXPECT_EQ(RunAndCompareInputs(s, tokens, in, options, /*nan_is_nan=*/true), "")
+                    << Describe(s, tokens) << OwnerName(owner) << (fixed ? " fixed" : " run-time")
+                    << " recipe" << (big ? ", weight 3e38" : "");
+              }
+          }
 }
 
 // A scale of the sum before the residual add (Granite's multiplier, a' = round(a * s)), with and

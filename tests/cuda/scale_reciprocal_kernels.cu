@@ -23,6 +23,7 @@ __global__ void CompareKernel(ScaleReciprocalReport* report) {
   const float scale = cuda::DynamicScale<cuda::RuntimeRecipe, QuantMode::kFp8Group>(p, amax, step);
   const float got = cuda::DynamicScaleReciprocal(scale), want = __frcp_rn(scale);
   atomicAdd(&report->checked, 1ull);
+  if (isinf(scale)) atomicAdd(&report->inf_scales, 1ull);
   if (isnan(scale)) {
     atomicAdd(&report->nan_scales, 1ull);
     if (isnan(got) && isnan(want)) return;

@@ -8,7 +8,8 @@ namespace tpfuse::testing {
 
 struct ScaleReciprocalReport {
   unsigned long long checked = 0;     // scales compared (every 16-bit pattern as an amax, bf16 and f16)
-  unsigned long long nan_scales = 0;  // scales that are NaN (amax inf): compared as NaN only
+  unsigned long long nan_scales = 0;  // scales that are NaN (amax NaN): compared as NaN only
+  unsigned long long inf_scales = 0;  // scales that are inf (amax inf): reciprocal +0, bitwise
   unsigned long long mismatches = 0;  // scales whose reciprocals differ
   uint32_t first_scale_bits = 0;      // the first mismatching scale's bits (when mismatches > 0)
   uint32_t first_got_bits = 0;

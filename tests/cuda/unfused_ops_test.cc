@@ -147,7 +147,7 @@ void ExpectWritten(const HostTensor& got, const HostTensor& ref, const std::stri
                           << " elements never written (first at flat index " << first << ")";
 }
 
-enum class Check { kExact, kHalf, kGemm };
+enum class Check { kExact, kExactAnyNaN, kHalf, kGemm };
 
 // Compares `got` with the oracle's `ref` (and checks it was fully written).
 void ExpectMatches(const HostTensor& got, const HostTensor& ref, Check check,
@@ -156,6 +156,7 @@ void ExpectMatches(const HostTensor& got, const HostTensor& ref, Check check,
   CompareResult result;
   switch (check) {
     case Check::kExact: result = CompareExact(got, ref); break;
+    case Check::kExactAnyNaN: result = CompareExact(got, ref, /*nan_is_nan=*/true); break;
     case Check::kHalf: result = CompareHalf(got, ref, ulps); break;
     case Check::kGemm: result = CompareGemm(got, ref); break;
   }
@@ -444,67 +445,92 @@ TEST_P(UnfusedShapesTest, QuantFp8MatchesExactly) {
     StatusOr<DeviceCopy> dy = Upload(y, stream());
     ASSERT_TRUE(dy.ok());
 
-    // Static (per-tensor) scale.
-    {
-      const std::string what = StrCat("quant_fp8 tensor ", DTypeName(dtype));
+    // Static (per-tensor) scale, by the reciprocal (the default) and by division.
+    for (bool divides : {false, true}) {
+      const std::string what = StrCat("quant_fp8 tensor ", DTypeName(dtype), divides ? " y / scale" : "");
       SCOPED_TRACE(what);
       HostTensor scale(DType::kF32, {});
       scale.SetF32(0, rng_.Uniform(0.005f, 0.02f));
-      StatusOr<HostTensor> ref = cpu::QuantFp8Tensor(y, scale);
+      StatusOr<HostTensor> ref = cpu::QuantFp8Tensor(y, scale, divides);
       ASSERT_TRUE(ref.ok()) << ref.status().ToString();
       StatusOr<DeviceCopy> ds = Upload(scale, stream()),
                            dq = Poisoned(DType::kF8E4M3, shape, stream());
       ASSERT_TRUE(ds.ok() && dq.ok());
-      TPFUSE_ASSERT_OK(cuda::LaunchQuantFp8Tensor(dy->tensor, ds->tensor, dq->tensor, stream()));
+      TPFUSE_ASSERT_OK(cuda::LaunchQuantFp8Tensor(dy->tensor, ds->tensor, divides, dq->tensor, stream()));
       StatusOr<HostTensor> got = Download(*dq, stream());
       ASSERT_TRUE(got.ok());
       ExpectMatches(*got, *ref, Check::kExact, what);
     }
 
     // Dynamic: per token, per group of 128 and of 64, row and column layouts, f32 and ue8m0;
-    // each also with its floor of vLLM's kernels (after the division for f32 scales, ue8m0 of
-    // max(s, 1e-10)) on y scaled by 2^-40 (f16: all zeros) with row 0 zero, where the floors
-    // decide: every amax lies below 448 * 2^-34.
+    // each in four legs:
+    //   - plain;
+    //   - with its floor of vLLM's kernels (after the division for f32 scales, ue8m0 of max(s,
+    //     1e-10)) on y scaled by 2^-40 (f16: all zeros) with row 0 zero, where the floors
+    //     decide: every amax lies below 448 * 2^-34;
+    //   - multiplied by the scale's reciprocal (scale_op_swapped: y * (1 / s));
+    //   - with inf and NaN in rows 1-3 (a group with +inf, one with a NaN, one with -inf and a
+    //     NaN), whose scales are inf and NaN as torch's forms give them: bitwise but for NaN
+    //     payloads (the GPU's NaN is canonical).
     HostTensor tiny = y;
     for (int64_t i = 0; i < tiny.numel(); ++i)
       tiny.SetF32(i, i < hidden() ? 0.0f : y.GetF32(i) * 0x1p-40f);
-    StatusOr<DeviceCopy> dtiny = Upload(tiny, stream());
-    ASSERT_TRUE(dtiny.ok());
+    HostTensor odd = y;
+    const auto put = [&](int64_t row, int64_t col, float v) {
+      if (row < tokens()) odd.SetF32(row * hidden() + col, v);
+    };
+    put(1, 3, INFINITY);
+    put(2, hidden() - 1, std::numeric_limits<float>::quiet_NaN());
+    put(3, 0, -INFINITY);
+    put(3, hidden() / 2, std::numeric_limits<float>::quiet_NaN());
+    StatusOr<DeviceCopy> dtiny = Upload(tiny, stream()), dodd = Upload(odd, stream());
+    ASSERT_TRUE(dtiny.ok() && dodd.ok());
     struct Mode {
       QuantMode mode;
       int64_t group;
     };
+    enum class Leg { kPlain, kFloors, kReciprocal, kNonFinite };
     for (Mode m : {Mode{QuantMode::kFp8Token, 0}, Mode{QuantMode::kFp8Group, 128},
                    Mode{QuantMode::kFp8Group, 64}}) {
       if (m.mode == QuantMode::kFp8Group && hidden() % m.group != 0) continue;
       for (ScaleLayout layout : {ScaleLayout::kRow, ScaleLayout::kCol}) {
         for (ScaleFormat format : {ScaleFormat::kF32, ScaleFormat::kUe8m0})
-        for (bool floors : {false, true}) {
+        for (Leg leg : {Leg::kPlain, Leg::kFloors, Leg::kReciprocal, Leg::kNonFinite}) {
+          const char* leg_name[] = {"", " vLLM's floor", " y * (1 / s)", " inf and NaN"};
           const std::string what =
               StrCat("quant_fp8 ", QuantModeName(m.mode), " group ", m.group, " ",
                      ScaleLayoutName(layout), " ", ScaleFormatName(format), " ", DTypeName(dtype),
-                     floors ? " vLLM's floor" : "");
+                     leg_name[int(leg)]);
           SCOPED_TRACE(what);
           QuantParams config{m.mode, int(m.group), layout, format};
-          config.scale_floor_after_div = floors && format == ScaleFormat::kF32;
-          config.ue8m0_floor = floors && format == ScaleFormat::kUe8m0;
-          const HostTensor& in = floors ? tiny : y;
-          const cuda::DeviceTensor& din = floors ? dtiny->tensor : dy->tensor;
+          config.scale_floor_after_div = leg == Leg::kFloors && format == ScaleFormat::kF32;
+          config.ue8m0_floor = leg == Leg::kFloors && format == ScaleFormat::kUe8m0;
+          config.scale_op_swapped = leg == Leg::kReciprocal;
+          const HostTensor& in = leg == Leg::kFloors ? tiny : leg == Leg::kNonFinite ? odd : y;
+          const cuda::DeviceTensor& din = leg == Leg::kFloors      ? dtiny->tensor
+                                          : leg == Leg::kNonFinite ? dodd->tensor
+                                                                   : dy->tensor;
           StatusOr<cpu::DynamicQuantResult> ref = cpu::QuantFp8Dynamic(in, config);
           ASSERT_TRUE(ref.ok()) << ref.status().ToString();
           StatusOr<DeviceCopy> dq = Poisoned(DType::kF8E4M3, shape, stream());
           StatusOr<DeviceCopy> ds = Poisoned(DType::kF32, ref->s.shape(), stream());
           ASSERT_TRUE(dq.ok() && ds.ok());
-          const cuda::DynamicQuantParams params{m.mode, m.group, layout, format,
-                                                config.scale_floor_after_div, config.ue8m0_floor};
           TPFUSE_ASSERT_OK(
-              cuda::LaunchQuantFp8Dynamic(din, params, dq->tensor, ds->tensor, stream()));
+              cuda::LaunchQuantFp8Dynamic(din, config, dq->tensor, ds->tensor, stream()));
           StatusOr<HostTensor> q = Download(*dq, stream()), s = Download(*ds, stream());
           ASSERT_TRUE(q.ok() && s.ok());
           // amax is exact in any order and the rest is the same operations: bitwise, scales
           // (and the column layout's zero padding) included.
-          ExpectMatches(*s, ref->s, Check::kExact, what + " s");
-          ExpectMatches(*q, ref->q, Check::kExact, what + " q");
+          const Check check = leg == Leg::kNonFinite ? Check::kExactAnyNaN : Check::kExact;
+          ExpectMatches(*s, ref->s, check, what + " s");
+          ExpectMatches(*q, ref->q, check, what + " q");
+          if (leg == Leg::kNonFinite && tokens() > 3 && m.mode == QuantMode::kFp8Token) {
+            // The rows' scales as torch gives them (row t's at index t in both layouts): inf
+            // for the row with +inf, NaN for the rows with a NaN.
+            EXPECT_EQ(ref->s.GetF32(1), INFINITY) << what;
+            EXPECT_TRUE(std::isnan(ref->s.GetF32(2))) << what;
+            EXPECT_TRUE(std::isnan(ref->s.GetF32(3))) << what;
+          }
         }
       }
     }
@@ -698,7 +724,7 @@ TEST(UnfusedOpsValidation, ErrorsNameTheProblem) {
   expect_error(cuda::LaunchFusedAddRmsNorm(a, DeviceTensor{fake, DType::kBF16, {2, 64}}, row, 1e-6f,
                                            0.0f, a, a, nullptr),
                StatusCode::kInvalidArgument, "residual");
-  expect_error(cuda::LaunchQuantFp8Tensor(a, DeviceTensor{fake, DType::kF32, {2}}, f8, nullptr),
+  expect_error(cuda::LaunchQuantFp8Tensor(a, DeviceTensor{fake, DType::kF32, {2}}, false, f8, nullptr),
                StatusCode::kInvalidArgument, "one element");
   expect_error(cuda::LaunchQuantFp8Dynamic(
                    a, {QuantMode::kFp8Group, 48, ScaleLayout::kRow, ScaleFormat::kF32}, f8,

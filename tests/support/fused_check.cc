@@ -125,10 +125,11 @@ std::string CompareFusedOutputs(const AllreduceRmsnormSpec& spec, const FusedInp
   return report;
 }
 
-std::string BitwiseDiff(const std::vector<HostTensor>& a, const std::vector<HostTensor>& b) {
+std::string BitwiseDiff(const std::vector<HostTensor>& a, const std::vector<HostTensor>& b,
+                        bool nan_is_nan) {
   if (a.size() != b.size()) return StrCat("output counts differ: ", a.size(), " vs ", b.size());
   for (size_t i = 0; i < a.size(); ++i) {
-    const CompareResult r = CompareExact(a[i], b[i]);
+    const CompareResult r = CompareExact(a[i], b[i], nan_is_nan);
     if (!r.ok) return StrCat("output ", i, ": ", r.summary);
   }
   return "";

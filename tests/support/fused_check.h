@@ -50,7 +50,9 @@ std::string CompareFusedOutputs(const AllreduceRmsnormSpec& spec, const FusedInp
                                 const std::vector<HostTensor>& ref);
 
 // Bitwise comparison of two output sets; "" when identical, else what differs first.
-std::string BitwiseDiff(const std::vector<HostTensor>& a, const std::vector<HostTensor>& b);
+// `nan_is_nan`: a NaN matches any NaN (CompareExact's; for GPU results against the oracle's).
+std::string BitwiseDiff(const std::vector<HostTensor>& a, const std::vector<HostTensor>& b,
+                        bool nan_is_nan = false);
 
 // Names of the outputs in order ("allreduce", "norm", "residual", "q", "s").
 std::vector<std::string> FusedOutputNames(const AllreduceRmsnormSpec& spec);

@@ -376,13 +376,19 @@ StatusOr<DynamicQuantResult> QuantFp8Dynamic(const HostTensor& y,
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t base = t * hidden + g * group;
       float amax = 0.0f;
-      for (int64_t c = 0; c < group; ++c) amax = std::fmax(amax, std::fabs(y.GetF32(base + c)));
+      for (int64_t c = 0; c < group; ++c) amax = MaxOfMagnitudes(amax, std::fabs(y.GetF32(base + c)));
       float s = DynamicScaleOfAmax(amax, config.scale_floor_after_div);
       if (ue8m0) s = RoundUpToPowerOfTwo(config.ue8m0_floor ? Ue8m0Floored(s) : s);
       const float inv = 1.0f / s;
+      // An inf or NaN scale (an inf or NaN in the group) takes the form's own step, as the
+      // graph wrote it: y / inf is +-0, or NaN for y = inf; y / NaN is NaN.
+      const bool finite = std::isfinite(s);
       for (int64_t c = 0; c < group; ++c) {
         const float v = y.GetF32(base + c);
-        out.q.SetF32(base + c, divide ? QuotientByReciprocal(v, s, inv) : v * inv);
+        float q;
+        if (!finite) q = config.Divides() ? v / s : v * inv;
+        else q = divide ? QuotientByReciprocal(v, s, inv) : v * inv;
+        out.q.SetF32(base + c, q);
       }
       out.s.SetF32(config.layout == ScaleLayout::kRow ? t * groups + g : g * padded + t, s);
     }

@@ -90,24 +90,18 @@ Status LaunchFusedAddRmsNorm(const DeviceTensor& x, const DeviceTensor& residual
 
 // ---------------------------------------------------------------- FP8 quantization
 
-// q = fp8(y * (1.0f / scale)), the reciprocal taken once in f32. scale: f32, one element
-// (device memory). q: f8e4m3, y's shape.
-Status LaunchQuantFp8Tensor(const DeviceTensor& y, const DeviceTensor& scale,
+// q = fp8(y * (1.0f / scale)), the reciprocal taken once in f32, or fp8(y / scale) when
+// `divides` (QuantParams::Divides: the form the graph wrote). scale: f32, one element (device
+// memory). q: f8e4m3, y's shape.
+Status LaunchQuantFp8Tensor(const DeviceTensor& y, const DeviceTensor& scale, bool divides,
                             const DeviceTensor& q, cudaStream_t stream);
 
-struct DynamicQuantParams {
-  QuantMode mode = QuantMode::kFp8Token;  // kFp8Token or kFp8Group
-  int64_t group_size = 128;               // kFp8Group
-  ScaleLayout layout = ScaleLayout::kRow;
-  ScaleFormat format = ScaleFormat::kF32;
-  bool floor_after_div = false;  // s = max(amax / 448, 1 / (448 * 512)) (QuantParams)
-  bool ue8m0_floor = false;      // ue8m0 of max(s, 1e-10) (QuantParams)
-};
-// Per row (token) or per group_size columns: amax = max |y|, s = max(amax, 1e-10f) / 448.0f
-// or max(amax / 448, 1 / (448 * 512)) (floor_after_div; rounded up to a power of two for
-// ue8m0), q = fp8(y / s). s: f32 [T, G] (row) or
-// [G, pad4(T)] (col; the padding is written as 0).
-Status LaunchQuantFp8Dynamic(const DeviceTensor& y, const DynamicQuantParams& params,
+// Per row (token) or per group_size columns (params.mode kFp8Token or kFp8Group), bit for bit
+// cpu::QuantFp8Dynamic: amax = max |y| (a NaN wins), s = max(amax, 1e-10f) / 448.0f or
+// max(amax / 448, 1 / (448 * 512)) (scale_floor_after_div; rounded up to a power of two for
+// ue8m0), q = fp8(y / s), or fp8(y * (1 / s)) where the form multiplies (scale_op_swapped).
+// s: f32 [T, G] (row) or [G, pad4(T)] (col; the padding is written as 0).
+Status LaunchQuantFp8Dynamic(const DeviceTensor& y, const QuantParams& params,
                              const DeviceTensor& q, const DeviceTensor& s, cudaStream_t stream);
 
 // ---------------------------------------------------------------- GEMMs

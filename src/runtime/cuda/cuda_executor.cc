@@ -88,7 +88,7 @@ struct NodePlan {
   cuda::BinaryOpKind binary = cuda::BinaryOpKind::kAdd;
   float a = 0.0f;  // scalar, exponent, clamp min, eps
   float b = 0.0f;  // clamp max, weight_bias
-  cuda::DynamicQuantParams quant;
+  QuantParams quant;  // quant_fp8
   cuda::ActScaleLayout act_scale = cuda::ActScaleLayout::kPerTensor;
   AllreduceRmsnormSpec spec;
   ir::FusedOperandIndices fused_in;
@@ -228,12 +228,7 @@ Status PlanOp(const ir::Node& node, NodePlan& np) {
       TPFUSE_ASSIGN_OR_RETURN(ir::QuantParams params, ir::QuantParamsFromNode(node));
       np.kind = params.mode == QuantMode::kFp8Tensor ? LaunchKind::kQuantTensor
                                                      : LaunchKind::kQuantDynamic;
-      np.quant.mode = params.mode;
-      np.quant.group_size = params.group_size;
-      np.quant.layout = params.layout;
-      np.quant.format = params.format;
-      np.quant.floor_after_div = params.scale_floor_after_div;
-      np.quant.ue8m0_floor = params.ue8m0_floor;
+      np.quant = params;
       return Status::Ok();
     }
     case ir::OpKind::kMatmul: np.kind = LaunchKind::kMatmul; return Status::Ok();
@@ -601,7 +596,8 @@ Status CudaExecutor::Impl::LaunchNode(RankResources& res, const Plan& plan, cons
     case LaunchKind::kRmsNorm: return cuda::LaunchRmsNorm(in(0), in(1), np.a, np.b, out(0), stream);
     case LaunchKind::kFusedAddRmsNorm:
       return cuda::LaunchFusedAddRmsNorm(in(0), in(1), in(2), np.a, np.b, out(0), out(1), stream);
-    case LaunchKind::kQuantTensor: return cuda::LaunchQuantFp8Tensor(in(0), in(1), out(0), stream);
+    case LaunchKind::kQuantTensor:
+      return cuda::LaunchQuantFp8Tensor(in(0), in(1), np.quant.Divides(), out(0), stream);
     case LaunchKind::kQuantDynamic: {
       // The IR shapes a column-major scale [G, pad4(T)]; the launcher checks the same shape.
       return cuda::LaunchQuantFp8Dynamic(in(0), np.quant, out(0), out(1), stream);

@@ -166,12 +166,11 @@ using RecipeOf = std::conditional_t<kRecipe == KernelRecipe::kRuntime, RuntimeRe
 // NOTE: `slot` alternates between calls (row parity) so a fast thread writing the next row's
 // partials cannot overwrite values a slow thread is still reading.
 // The max of the lanes' values in `mask` (every lane of the mask calls it with the same mask),
-// for values that are >= +0 or NaN (the maxima of |y|): one integer reduction of the bit
-// patterns, whose order is the floats' from +0 to +inf, with NaN taken as +0. fmaxf would skip a
-// NaN too, and give NaN only where every value is NaN, where this gives +0: the FP8 scale is the
-// same (DynamicScale floors the scale).
+// for values that are >= +0, +inf or a NaN of sign bit 0 (the maxima of |y|, MaxOfMagnitudes'
+// results): one integer reduction of the bit patterns, whose order is the floats' from +0 to
+// +inf and then the NaNs, so a NaN wins, as in MaxOfMagnitudes (torch's amax).
 __device__ __forceinline__ float LaneMaxOfMagnitudes(float v, unsigned mask) {
-  return __uint_as_float(__reduce_max_sync(mask, isnan(v) ? 0u : __float_as_uint(v)));
+  return __uint_as_float(__reduce_max_sync(mask, __float_as_uint(v)));
 }
 template <typename Op>
 __device__ __forceinline__ float CombineWarps(const float* warp_values, int warps, Op op) {
@@ -182,9 +181,9 @@ __device__ __forceinline__ float CombineWarps(const float* warp_values, int warp
 struct SumOp {
   __device__ __forceinline__ float operator()(float a, float b) const { return __fadd_rn(a, b); }
 };
-// The max of magnitudes (values >= +0 or NaN: LaneMaxOfMagnitudes).
+// The max of magnitudes (values >= +0, +inf or NaN; a NaN wins: LaneMaxOfMagnitudes).
 struct MaxOp {
-  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+  __device__ __forceinline__ float operator()(float a, float b) const { return MaxOfMagnitudes(a, b); }
 };
 // A warp's sum in the row layout's order (xor butterfly); a warp's max in one reduction.
 template <typename Op>
@@ -477,7 +476,7 @@ struct ClusterPairRowOf : RowCluster {
     if (Part() == 1) {
       asm volatile("bar.sync %0, 64;" ::"r"(pair_barrier) : "memory");
       const float2 first = handoff[slot][BlockRowThread()];
-      own = make_float2(first.x, fmaxf(first.y, max));
+      own = make_float2(first.x, MaxOfMagnitudes(first.y, max));
     }
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) own.x = __fadd_rn(own.x, squares[i]);
@@ -572,7 +571,7 @@ __device__ __forceinline__ float BlockMax(float v, float (*smem)[32], int slot) 
   __syncthreads();
   const int warps = blockDim.x >> 5;
   float total = smem[slot][0];
-  for (int w = 1; w < warps; ++w) total = fmaxf(total, smem[slot][w]);
+  for (int w = 1; w < warps; ++w) total = MaxOfMagnitudes(total, smem[slot][w]);
   return total;
 }
 
@@ -614,9 +613,9 @@ __device__ __forceinline__ float RowSumOfParts(const float (&parts)[kParts], flo
 // integer reduction of the whole warp per group instead, on the group's values and zeros
 // elsewhere: independent reductions, not four dependent levels (fp8_group 128 2-4 % faster at
 // T <= 32, docs/perf/h200x1/NOTES.md, run 31; an integer reduction over the group's lanes alone,
-// each half warp with its own mask, measured 2-34 % slower: run 25). A group of NaN gives +0
-// there where fmaxf gives NaN: the same scale (LaneMaxOfMagnitudes). `mask`: the lanes that
-// shuffle together (RowLaneMask: a PackedRows group's, which holds whole groups).
+// each half warp with its own mask, measured 2-34 % slower: run 25). Either way a NaN wins, as
+// in MaxOfMagnitudes. `mask`: the lanes that shuffle together (RowLaneMask: a PackedRows
+// group's, which holds whole groups).
 template <int kVec, bool kWholeWarp = false>
 __device__ __forceinline__ void LaneGroupMax(float (&v)[kVec], int lanes, unsigned mask = 0xffffffffu) {
   if (kWholeWarp && kVec * 32 <= 2 * lanes) {
@@ -637,7 +636,7 @@ __device__ __forceinline__ void LaneGroupMax(float (&v)[kVec], int lanes, unsign
   for (int offset = 16; offset > 0; offset >>= 1) {
     if (offset >= lanes) continue;
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) v[k] = fmaxf(v[k], __shfl_xor_sync(mask, v[k], offset));
+    for (int k = 0; k < kVec; ++k) v[k] = MaxOfMagnitudes(v[k], __shfl_xor_sync(mask, v[k], offset));
   }
 }
 
@@ -755,12 +754,6 @@ __device__ __forceinline__ float LoadStaticScale(const FusedKernelParams& p) {
   return 1.0f;
 }
 
-__device__ __forceinline__ float Ue8m0(float s) {
-  uint32_t u = __float_as_uint(s);
-  if (u & 0x007FFFFFu) u = (u & 0xFF800000u) + 0x00800000u;  // s > 0, normal: next power of 2
-  return __uint_as_float(u);
-}
-
 // Contract 3 step 2 for one vector: a' = round(a * sum_scale) where the graph scaled a, then
 // h = a' + residual in f32; returns the norm's input u (f32 h, or round(h) by default) and, when
 // `residual_out` is set, stores round(h) there.
@@ -801,8 +794,12 @@ __device__ __forceinline__ uint2 QuantizeVector(float (&yf)[kVecElems], ScaleSte
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) yf[i] = __fmul_rn(yf[i], inv);
   } else if (step == ScaleStep::kDivideBounded) {
+    // s = inf (an inf amax), inv = +0: the quotient by the divisor +0 with the reciprocal +0 is
+    // y * 0 exactly, which is y / inf (+-0, and NaN for y = inf); by s itself the remainder
+    // would be NaN. One select per vector, not per element.
+    const float divisor = inv == 0.0f ? 0.0f : s;
 #pragma unroll
-    for (int i = 0; i < kVecElems; ++i) yf[i] = QuotientByReciprocal(yf[i], s, inv);
+    for (int i = 0; i < kVecElems; ++i) yf[i] = QuotientByReciprocal(yf[i], divisor, inv);
   } else {
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) yf[i] = __fdiv_rn(yf[i], s);
@@ -816,7 +813,7 @@ __device__ __forceinline__ uint2 QuantizeVector(float (&yf)[kVecElems], ScaleSte
 template <class Recipe, QuantMode kQuant>
 __device__ __forceinline__ float DynamicScale(const FusedKernelParams& p, float amax, ScaleStep& step) {
   float s = DynamicScaleOfAmax(amax, Recipe::ScaleFloorAfterDiv(p));
-  if (Recipe::ScaleUe8m0(p)) s = Ue8m0(Recipe::Ue8m0Floor(p) ? Ue8m0Floored(s) : s);
+  if (Recipe::ScaleUe8m0(p)) s = RoundUpToPowerOfTwo(Recipe::Ue8m0Floor(p) ? Ue8m0Floored(s) : s);
   // Dividing by a power of two (ue8m0) is multiplying by its exact reciprocal.
   step = Recipe::QuantDivides(p, kQuant) && !Recipe::ScaleUe8m0(p) ? ScaleStep::kDivideBounded : ScaleStep::kMultiply;
   return s;
@@ -825,15 +822,15 @@ __device__ __forceinline__ float DynamicScale(const FusedKernelParams& p, float 
 // 1 / s, correctly rounded, for an f32 dynamic scale s: __frcp_rn's own fast path (the
 // approximate reciprocal and one Newton step, the same instructions) without its branch to the
 // slow path, which only s of exponent field 0, 253, 254 or 255 take (zero, subnormal, >= 2^126,
-// inf, NaN). An f32 dynamic scale lies in [1e-10 / 448, 3.5e38 / 448], or is NaN when amax is
-// inf: the GPU test ScaleReciprocalIsFrcpRn checks every scale a 16-bit amax gives, bit for bit
-// (a NaN's payload aside: a NaN scale makes every q NaN whatever its reciprocal).
-// NOTE: not for ue8m0 scales: Ue8m0 turns a NaN scale into -0.0, whose reciprocal needs the slow
-// path (-inf).
+// inf, NaN). An f32 dynamic scale lies in [1e-10 / 448, 3.5e38 / 448], or is inf or NaN (an inf
+// or NaN amax): the approximate reciprocal of inf is +0, taken as it is (the Newton step would
+// make it NaN); a NaN stays NaN. The GPU test ScaleReciprocalIsFrcpRn checks every scale a 16-bit
+// amax gives and inf, bit for bit (a NaN's payload aside).
+// NOTE: not for ue8m0 scales, which may lie below the fast path's range.
 __device__ __forceinline__ float DynamicScaleReciprocal(float s) {
   float r;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(s));
-  return __fmaf_rn(r, -__fmaf_rn(r, s, -1.0f), r);
+  return r == 0.0f ? r : __fmaf_rn(r, -__fmaf_rn(r, s, -1.0f), r);
 }
 
 // 1 / s for a scale from DynamicScale: DynamicScaleReciprocal for f32 scales, __frcp_rn for
@@ -843,15 +840,16 @@ __device__ __forceinline__ float DynamicScaleInverse(const FusedKernelParams& p,
   return Recipe::ScaleUe8m0(p) ? __frcp_rn(s) : DynamicScaleReciprocal(s);
 }
 
-// max |y_i| over one vector, as a tree (the max of a set: any order gives the same value).
+// max |y_i| over one vector, as a tree (the max of a set: any order gives the same value; a NaN
+// wins, MaxOfMagnitudes).
 __device__ __forceinline__ float VectorAbsMax(const float (&y)[kVecElems]) {
   float m[kVecElems / 2];
 #pragma unroll
-  for (int i = 0; i < kVecElems / 2; ++i) m[i] = fmaxf(fabsf(y[2 * i]), fabsf(y[2 * i + 1]));
+  for (int i = 0; i < kVecElems / 2; ++i) m[i] = MaxOfMagnitudes(fabsf(y[2 * i]), fabsf(y[2 * i + 1]));
 #pragma unroll
   for (int w = kVecElems / 4; w > 0; w >>= 1) {
 #pragma unroll
-    for (int i = 0; i < w; ++i) m[i] = fmaxf(m[i], m[i + w]);
+    for (int i = 0; i < w; ++i) m[i] = MaxOfMagnitudes(m[i], m[i + w]);
   }
   return m[0];
 }
@@ -1020,7 +1018,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   } else if constexpr (kQuant == QuantMode::kFp8Token) {
     float thread_amax = amax[0];
 #pragma unroll
-    for (int k = 1; k < kVec; ++k) thread_amax = fmaxf(thread_amax, amax[k]);
+    for (int k = 1; k < kVec; ++k) thread_amax = MaxOfMagnitudes(thread_amax, amax[k]);
     probe(RowPhase::kVectors, thread_amax);
     if (kAmaxBound && bound_decides) {
       s[0] = bound_s;

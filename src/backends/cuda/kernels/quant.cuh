@@ -9,21 +9,6 @@
 
 namespace tpfuse::cuda::unfused {
 
-// Contract 3's ue8m0 scale: the smallest power of two >= s (s > 0, finite), bit for bit the
-// oracle's RoundUpToPowerOfTwo.
-__device__ __forceinline__ float RoundUpToPowerOfTwo(float s) {
-  uint32_t u = __float_as_uint(s);
-  if ((u & 0x007FFFFFu) != 0 && (u & 0x7F800000u) != 0) {
-    u = (u & 0xFF800000u) + 0x00800000u;  // next exponent, mantissa cleared
-  } else if ((u & 0x7F800000u) == 0 && (u & 0x007FFFFFu) != 0) {
-    // Subnormal: the mantissa's top bit, doubled unless it is the only one set.
-    const uint32_t man = u & 0x007FFFFFu;
-    const uint32_t top = 1u << (31 - __clz(man));
-    u = (u & 0x80000000u) | (man == top ? top : top << 1);
-  }
-  return __uint_as_float(u);
-}
-
 // ---------------------------------------------------------------- static quantization
 
 struct QuantTensorParams {
@@ -31,11 +16,17 @@ struct QuantTensorParams {
   const float* scale = nullptr;  // [1]
   void* q = nullptr;             // [n] f8e4m3
   int64_t n = 0;
-  bool vec = false;  // x and q aligned for 8-element vectors
+  bool divides = false;  // q = fp8(x / scale), else fp8(x * (1 / scale)) (QuantParams::Divides)
+  bool vec = false;      // x and q aligned for 8-element vectors
 };
 
+// x / scale (IEEE) or x * inv, as the form wrote it.
+__device__ __forceinline__ float ScaleStepOf(float x, float scale, float inv, bool divides) {
+  return divides ? __fdiv_rn(x, scale) : __fmul_rn(x, inv);
+}
+
 // QuantFp8TensorKernel: q[i] = fp8(x[i] * (1.0f / scale)), the reciprocal once per thread in
-// f32 (the same value everywhere).
+// f32 (the same value everywhere), or fp8(x[i] / scale) where the form divides.
 //   Grid: 1D, grid-stride; block: 1D; a thread owns chunks of 8 elements.
 //   Shared memory: none. Synchronization: none.
 template <typename T>
@@ -51,11 +42,11 @@ __global__ void QuantFp8TensorKernel(QuantTensorParams p) {
       float f[kVec];
       VecLoad(x + base, f);
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) f[i] = __fmul_rn(f[i], inv);
+      for (int i = 0; i < kVec; ++i) f[i] = ScaleStepOf(f[i], *p.scale, inv, p.divides);
       VecStore(q + base, f);
     } else {
       for (int64_t i = base; i < p.n && i < base + kVec; ++i)
-        q[i] = EncodeF<Fp8>(__fmul_rn(LoadF(x + i), inv));
+        q[i] = EncodeF<Fp8>(ScaleStepOf(LoadF(x + i), *p.scale, inv, p.divides));
     }
   }
 }
@@ -75,10 +66,12 @@ struct QuantDynamicParams {
   bool ue8m0 = false;
   bool floor_after_div = false;  // s = max(amax / 448, 1 / (448 * 512))
   bool ue8m0_floor = false;      // ue8m0 of max(s, 1e-10)
+  bool divides = true;           // q = fp8(x / s), else fp8(x * (1 / s)) (QuantParams::Divides)
   bool vec = false;  // group_size % 8 == 0 and x, q aligned for 8-element vectors
 };
 
-// max |x| over n elements from `x`, this thread's share (team member `member` of `team`).
+// max |x| over n elements from `x`, this thread's share (team member `member` of `team`); a NaN
+// wins (MaxOfMagnitudes, as torch's amax).
 template <typename T>
 __device__ __forceinline__ float SpanAmax(const T* x, int64_t n, int member, int team, bool vec) {
   float amax = 0.0f;
@@ -87,50 +80,47 @@ __device__ __forceinline__ float SpanAmax(const T* x, int64_t n, int member, int
       float f[kVec];
       VecLoad(x + c, f);
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) amax = fmaxf(amax, fabsf(f[i]));
+      for (int i = 0; i < kVec; ++i) amax = MaxOfMagnitudes(amax, fabsf(f[i]));
     }
   } else {
-    for (int64_t c = member; c < n; c += team) amax = fmaxf(amax, fabsf(LoadF(x + c)));
+    for (int64_t c = member; c < n; c += team) amax = MaxOfMagnitudes(amax, fabsf(LoadF(x + c)));
   }
   return amax;
 }
 
-// q = fp8(x / s) over n elements, this thread's share (same split as SpanAmax).
+// q = fp8(x / s) or fp8(x * (1 / s)) over n elements, this thread's share (same split as
+// SpanAmax).
 template <typename T>
-__device__ __forceinline__ void SpanQuantize(const T* x, Fp8* q, int64_t n, float s, int member,
-                                             int team, bool vec) {
+__device__ __forceinline__ void SpanQuantize(const T* x, Fp8* q, int64_t n, float s, bool divides,
+                                             int member, int team, bool vec) {
+  const float inv = __frcp_rn(s);
   if (vec) {
     for (int64_t c = int64_t(member) * kVec; c < n; c += int64_t(team) * kVec) {
       float f[kVec];
       VecLoad(x + c, f);
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) f[i] = __fdiv_rn(f[i], s);
+      for (int i = 0; i < kVec; ++i) f[i] = ScaleStepOf(f[i], s, inv, divides);
       VecStore(q + c, f);
     }
   } else {
-    for (int64_t c = member; c < n; c += team) q[c] = EncodeF<Fp8>(__fdiv_rn(LoadF(x + c), s));
+    for (int64_t c = member; c < n; c += team) q[c] = EncodeF<Fp8>(ScaleStepOf(LoadF(x + c), s, inv, divides));
   }
 }
 
-// s = max(amax, 1e-10f) / 448, or max(amax / 448, 1 / (448 * 512)) when floor_after_div (the
-// two forms of DynamicScaleOfAmax, common/quotient.h, by IEEE division: x may be f32 here),
+// The oracle's scale (cpu::QuantFp8Dynamic): DynamicScaleOfAmax (common/quotient.h: max(amax,
+// 1e-10f) / 448, or max(amax / 448, 1 / (448 * 512)) when floor_after_div; inf and NaN stay),
 // rounded up to a power of two for ue8m0 (from max(s, 1e-10) when ue8m0_floor).
 __device__ __forceinline__ float ScaleFromAmax(float amax, bool ue8m0, bool floor_after_div,
                                                bool ue8m0_floor) {
-  float s;
-  if (floor_after_div) {
-    s = __fdiv_rn(amax, 448.0f);
-    if (s < kScaleFloorAfterDiv) s = kScaleFloorAfterDiv;  // NaN stays NaN
-  } else {
-    s = __fdiv_rn(fmaxf(amax, 1e-10f), 448.0f);
-  }
+  const float s = DynamicScaleOfAmax(amax, floor_after_div);
   if (!ue8m0) return s;
   return RoundUpToPowerOfTwo(ue8m0_floor ? Ue8m0Floored(s) : s);
 }
 
 // QuantFp8DynamicKernel: per-token or per-group quantization of one row per block.
-//   amax = max |x| over the group (NaN ignored: fmaxf), s = ScaleFromAmax(amax),
-//   q = fp8(x / s) (f32 division), s stored in the row- or column-major layout.
+//   amax = max |x| over the group (a NaN wins), s = ScaleFromAmax(amax), q = fp8(x / s) (f32
+//   division; x * (1 / s) where the form multiplies), s stored in the row- or column-major
+//   layout. Bit for bit the oracle, inf and NaN included (NaN payloads aside).
 //   Grid: (rows, or rows_padded for column-major scales: blocks past the last row write the
 //   layout's zero padding and exit). Block: a multiple of 32 threads.
 //   One group per row (per-token): the whole block shares it, amax by a block reduction.
@@ -153,7 +143,7 @@ __global__ void QuantFp8DynamicKernel(QuantDynamicParams p) {
   if (p.groups == 1) {
     const float amax = BlockMax(SpanAmax(x, p.cols, threadIdx.x, blockDim.x, p.vec), smem);
     const float s = ScaleFromAmax(amax, p.ue8m0, p.floor_after_div, p.ue8m0_floor);
-    SpanQuantize(x, q, p.cols, s, threadIdx.x, blockDim.x, p.vec);
+    SpanQuantize(x, q, p.cols, s, p.divides, threadIdx.x, blockDim.x, p.vec);
     if (threadIdx.x == 0) *scale_at(0) = s;
     return;
   }
@@ -162,7 +152,7 @@ __global__ void QuantFp8DynamicKernel(QuantDynamicParams p) {
     const T* xg = x + g * p.group_size;
     const float amax = WarpMax(SpanAmax(xg, p.group_size, lane, 32, p.vec));
     const float s = ScaleFromAmax(amax, p.ue8m0, p.floor_after_div, p.ue8m0_floor);
-    SpanQuantize(xg, q + g * p.group_size, p.group_size, s, lane, 32, p.vec);
+    SpanQuantize(xg, q + g * p.group_size, p.group_size, s, p.divides, lane, 32, p.vec);
     if (lane == 0) *scale_at(g) = s;
   }
 }

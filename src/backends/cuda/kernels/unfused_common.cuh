@@ -15,6 +15,8 @@
 
 #include <cstdint>
 
+#include "common/quotient.h"
+
 namespace tpfuse::cuda::unfused {
 
 // Storage types by dtype: bf16 __nv_bfloat16, f16 __half, f32 float, f8e4m3 __nv_fp8_e4m3,
@@ -105,15 +107,15 @@ __device__ __forceinline__ double BlockSum(double v, double* smem) {
   return v;
 }
 
-// Max over a warp (fmaxf: a NaN loses to any number).
+// Max over a warp of magnitudes (values >= +0, inf or NaN): a NaN wins (MaxOfMagnitudes).
 __device__ __forceinline__ float WarpMax(float v) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = MaxOfMagnitudes(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
-// Max over the block; every thread gets it. Same preconditions as BlockSum; `smem` holds 32
-// floats.
+// Max over the block of magnitudes; every thread gets it. Same preconditions as BlockSum;
+// `smem` holds 32 floats.
 __device__ __forceinline__ float BlockMax(float v, float* smem) {
   v = WarpMax(v);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

@@ -8,7 +8,7 @@ namespace tpfuse::cuda {
 
 using namespace unfused;  // NOLINT: the kernels and helpers of this file's family
 
-Status LaunchQuantFp8Tensor(const DeviceTensor& y, const DeviceTensor& scale,
+Status LaunchQuantFp8Tensor(const DeviceTensor& y, const DeviceTensor& scale, bool divides,
                             const DeviceTensor& q, cudaStream_t stream) {
   TPFUSE_RETURN_IF_ERROR(CheckArithmetic("quant_fp8", "y", y));
   TPFUSE_RETURN_IF_ERROR(CheckTensor("quant_fp8", "scale", scale));
@@ -23,6 +23,7 @@ Status LaunchQuantFp8Tensor(const DeviceTensor& y, const DeviceTensor& scale,
   p.scale = static_cast<const float*>(scale.data);
   p.q = q.data;
   p.n = y.numel();
+  p.divides = divides;
   if (p.n == 0) return Status::Ok();
   p.vec = VecAligned(y.data, DTypeSize(y.dtype)) && VecAligned(q.data, 1);
   const unsigned grid = GridFor((p.n + kVec - 1) / kVec, kElementwiseThreads);
@@ -36,7 +37,7 @@ Status LaunchQuantFp8Tensor(const DeviceTensor& y, const DeviceTensor& scale,
   return Status::Ok();
 }
 
-Status LaunchQuantFp8Dynamic(const DeviceTensor& y, const DynamicQuantParams& params,
+Status LaunchQuantFp8Dynamic(const DeviceTensor& y, const QuantParams& params,
                              const DeviceTensor& q, const DeviceTensor& s, cudaStream_t stream) {
   TPFUSE_RETURN_IF_ERROR(CheckArithmetic("quant_fp8", "y", y));
   TPFUSE_RETURN_IF_ERROR(CheckTensor("quant_fp8", "q", q));
@@ -56,6 +57,7 @@ Status LaunchQuantFp8Dynamic(const DeviceTensor& y, const DynamicQuantParams& pa
     return InvalidArgument("quant_fp8: dynamic quantization needs mode token or group, got ",
                            QuantModeName(params.mode));
   }
+  TPFUSE_RETURN_IF_ERROR(params.Validate());
   const int64_t groups = cols / group;
   const bool col_major = params.layout == ScaleLayout::kCol;
   const int64_t rows_padded = PaddedScaleTokens(rows);
@@ -81,8 +83,9 @@ Status LaunchQuantFp8Dynamic(const DeviceTensor& y, const DynamicQuantParams& pa
   p.rows_padded = rows_padded;
   p.col_major = col_major;
   p.ue8m0 = params.format == ScaleFormat::kUe8m0;
-  p.floor_after_div = params.floor_after_div;
+  p.floor_after_div = params.scale_floor_after_div;
   p.ue8m0_floor = params.ue8m0_floor;
+  p.divides = params.Divides();
   p.vec = group % kVec == 0 && VecAligned(y.data, DTypeSize(y.dtype)) && VecAligned(q.data, 1);
   // Per token: the block shares the row. Per group: a warp per group, up to 8 warps.
   const int threads = groups == 1 ? RowBlockThreads(cols) : 32 * int(std::min<int64_t>(groups, 8));
