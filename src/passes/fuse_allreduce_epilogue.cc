@@ -29,6 +29,7 @@
 // The rounding recipe of the fused op is the canonical norm's and quant's (`rounding`
 // attributes, set by canonicalize from the form it folded), so fusing changes no bit.
 #include <algorithm>
+#include <functional>
 #include <variant>
 
 #include "ir/ops.h"
@@ -228,17 +229,24 @@ std::string NoChainReason(const ir::Node* anchor) {
   const ir::Value* a = anchor->result();
   std::optional<Reach> reach = FindNormBeyond(a);
   if (!reach) {
-    // The sum (or its residual add) leaving the func: in a torch.compile graph, the norm that
-    // reads it may sit in the next graph, across a graph break, where no fusion reaches.
-    const auto returned = [](const ir::Value* v) {
-      return std::any_of(v->uses().begin(), v->uses().end(),
-                         [](const ir::Use& u) { return u.is_return(); });
+    // The sum (or its residual add) leaving the func, itself or through views: in a
+    // torch.compile graph, the norm that reads it may sit in the next graph, across a graph
+    // break, where no fusion reaches.
+    const std::function<bool(const ir::Value*)> returned = [&returned](const ir::Value* v) {
+      return std::any_of(v->uses().begin(), v->uses().end(), [&returned](const ir::Use& u) {
+        return u.is_return() || (u.user->kind() == ir::OpKind::kView && returned(u.user->result()));
+      });
     };
+    // The values a view chain of `v` reaches (v itself first).
+    std::vector<const ir::Value*> viewed = {a};
+    for (size_t i = 0; i < viewed.size(); ++i)
+      for (const ir::Use& u : viewed[i]->uses())
+        if (!u.is_return() && u.user->kind() == ir::OpKind::kView) viewed.push_back(u.user->result());
     bool leaves = returned(a);
-    for (const ir::Use& u : a->uses()) {
-      if (!u.is_return() && u.user->kind() == ir::OpKind::kAdd && returned(u.user->result()))
-        leaves = true;
-    }
+    for (const ir::Value* v : viewed)
+      for (const ir::Use& u : v->uses())
+        if (!u.is_return() && u.user->kind() == ir::OpKind::kAdd && returned(u.user->result()))
+          leaves = true;
     return StrCat("all_reduce ", Ref(a), " is not followed by an RMSNorm (", DescribeUses(a), ")",
                   leaves ? "; its sum leaves the graph, so a norm in a later graph (after a "
                            "graph break) cannot be fused with it"

@@ -359,6 +359,31 @@ TEST(PassesFuse, ReturnedAllReduceReason) {
   ASSERT_TRUE(elsewhere.ok());
   EXPECT_EQ(OnlyRejection(elsewhere.ctx),
             "all_reduce %ar is not followed by an RMSNorm (its only use is matmul %o)");
+  // Through views: the sum viewed and returned, and a view of it added and the sum's view
+  // returned (a rank-3 model's [B, S, H] flattened for the add).
+  for (const char* text : {R"(
+    func @layer(%x: bf16[T, 256]) {
+      %ar = all_reduce(%x)
+      %v = view(%ar) {shape = [T, 256]}
+      %vv = view(%v) {shape = [T, 256]}
+      return %vv
+    }
+  )", R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %w: bf16[256, 256]) {
+      %ar = all_reduce(%x)
+      %v = view(%ar) {shape = [T, 256]}
+      %h = add(%v, %res)
+      %hv = view(%h) {shape = [T, 256]}
+      %o = matmul(%ar, %w)
+      return %hv, %o
+    }
+  )"}) {
+    Compiled viewed = Compile(text);
+    ASSERT_TRUE(viewed.ok());
+    EXPECT_NE(OnlyRejection(viewed.ctx).find("; its sum leaves the graph, so a norm in a later graph"),
+              std::string::npos)
+        << OnlyRejection(viewed.ctx);
+  }
 }
 
 TEST(PassesFuse, WorldSizeOneWithoutLocalFusionLeavesTheGraphUnchanged) {
