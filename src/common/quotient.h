@@ -68,14 +68,29 @@ inline constexpr float kScaleFloorAfterDiv = 1.0f / (448.0f * 512.0f);
 // What the ue8m0_floor form rounds up to a power of two: max(s, kUe8m0ScaleFloor).
 inline constexpr float kUe8m0ScaleFloor = 1e-10f;
 
+// a / 448 for an amax a: QuotientByReciprocal's steps, its remainder taken as at most FLT_MAX:
+// for a finite a that changes nothing; for a = inf the remainder inf - inf is NaN, and fminf
+// makes it FLT_MAX, so the result is inf - FLT_MAX / 448 = inf; a NaN a stays NaN. (No branch:
+// in the kernels a select here cost registers.)
+TPFUSE_QUOTIENT_HD float AmaxBy448(float a) {
+  constexpr float kRcp = 1.0f / 448.0f;
+#if defined(__CUDA_ARCH__)
+  const float q = __fmul_rn(a, kRcp);
+  const float e = fminf(__fmaf_rn(448.0f, q, -a), 3.40282347e38f);
+  return __fmaf_rn(-e, kRcp, q);
+#else
+  const float q = a * kRcp;
+  const float e = std::fmin(std::fma(448.0f, q, -a), 3.40282347e38f);
+  return std::fma(-e, kRcp, q);
+#endif
+}
+
 TPFUSE_QUOTIENT_HD float DynamicScaleOfAmax(float amax, bool floor_after_div) {
-  // inf or NaN: the IEEE quotient (the product by f32(1/448) is the same value for both).
-  if (!(amax <= 3.40282347e38f)) return amax * (1.0f / 448.0f);
   if (floor_after_div) {
-    const float s = QuotientByReciprocal(amax, 448.0f, 1.0f / 448.0f);
+    const float s = AmaxBy448(amax);
     return s < kScaleFloorAfterDiv ? kScaleFloorAfterDiv : s;
   }
-  return QuotientByReciprocal(amax < 1e-10f ? 1e-10f : amax, 448.0f, 1.0f / 448.0f);
+  return AmaxBy448(amax < 1e-10f ? 1e-10f : amax);
 }
 
 // The value the ue8m0_floor form rounds up to a power of two: max(s, 1e-10), a NaN s kept (as

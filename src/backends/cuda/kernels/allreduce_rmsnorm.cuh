@@ -788,18 +788,14 @@ enum class ScaleStep : uint8_t {
 };
 
 // q = fp8(y (step) s) for one vector of rounded y. The step is chosen once per vector, outside
-// the element loop.
+// the element loop. A dynamic scale comes as its QuotientDivisor.
 __device__ __forceinline__ uint2 QuantizeVector(float (&yf)[kVecElems], ScaleStep step, float s, float inv) {
   if (step == ScaleStep::kMultiply) {
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) yf[i] = __fmul_rn(yf[i], inv);
   } else if (step == ScaleStep::kDivideBounded) {
-    // s = inf (an inf amax), inv = +0: the quotient by the divisor +0 with the reciprocal +0 is
-    // y * 0 exactly, which is y / inf (+-0, and NaN for y = inf); by s itself the remainder
-    // would be NaN. One select per vector, not per element.
-    const float divisor = inv == 0.0f ? 0.0f : s;
 #pragma unroll
-    for (int i = 0; i < kVecElems; ++i) yf[i] = QuotientByReciprocal(yf[i], divisor, inv);
+    for (int i = 0; i < kVecElems; ++i) yf[i] = QuotientByReciprocal(yf[i], s, inv);
   } else {
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) yf[i] = __fdiv_rn(yf[i], s);
@@ -853,6 +849,17 @@ __device__ __forceinline__ float VectorAbsMax(const float (&y)[kVecElems]) {
   }
   return m[0];
 }
+
+// A dynamic scale s as the bounded quotient takes it, with inv = DynamicScaleInverse(s): s, or
+// +0 for s = inf (an inf amax), whose inv is +0 too: QuotientByReciprocal(y, +0, +0) is y * 0
+// exactly, which is y / inf (+-0, and NaN for y = inf), where by inf itself the remainder would
+// be NaN. Taken once per scale, not per vector: a select in the vectors' loop kept one more
+// register live through it, which cost the two-vector one-block kernels their third block per SM
+// at H 7168 (fp8_token 1.14 x slower at T >= 1024, run 64). (Registers decided where the row's
+// scale is stored: fp8_token stores it first, fp8_group with its group's first q.)
+__device__ __forceinline__ float QuotientDivisor(float s) { return s == INFINITY ? 0.0f : s; }
+// The scale back from its divisor and reciprocal (inv is +0 for an inf scale only).
+__device__ __forceinline__ float StoredScale(float divisor, float inv) { return inv == 0.0f ? INFINITY : divisor; }
 
 // Where the scale of group `group` of `row` goes in the scales' layout (fp8_group).
 __device__ __forceinline__ int64_t GroupScaleIndex(const FusedKernelParams& p, int64_t row, int group) {
@@ -1005,6 +1012,10 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   // for the row), then every vector's q; the scales' column-major padding last.
   float s[kHoldsY ? kVec : 1], inv[kHoldsY ? kVec : 1];
   ScaleStep step[kHoldsY ? kVec : 1];
+  // [T, 1] row-major and [1, pad4(T)] column-major put row t's scale at index t alike: the row's
+  // scale is stored as soon as it exists. A group's scale is stored with the group's first
+  // vector's q, by the lane that holds it (StoredScale gives it back from its divisor).
+  const int group_shift = kQuant == QuantMode::kFp8Group ? __ffs(p.group_vecs) - 1 : 0;
   if constexpr (kQuant == QuantMode::kFp8Group) {
     // Every lane of the row's warps (or of its packed group) joins the shuffles or reductions; a
     // group is all in the row or all past it.
@@ -1013,6 +1024,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     for (int k = 0; k < kVec; ++k) {
       s[k] = DynamicScale<Recipe, kQuant>(p, amax[k], step[k]);
       inv[k] = DynamicScaleInverse<Recipe>(p, s[k]);
+      s[k] = QuotientDivisor(s[k]);
     }
     probe(RowPhase::kVectors, s[0]);
   } else if constexpr (kQuant == QuantMode::kFp8Token) {
@@ -1028,6 +1040,10 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       s[0] = DynamicScale<Recipe, kQuant>(p, RowMax<Span>(thread_amax, smem, slot), step[0]);
       inv[0] = DynamicScaleInverse<Recipe>(p, s[0]);
     }
+    if constexpr (kHoldsY) {
+      if (Span::Thread() == 0) p.scale_out[row] = s[0];
+    }
+    s[0] = QuotientDivisor(s[0]);
 #pragma unroll
     for (int k = 1; k < kVec; ++k) {
       s[k] = s[0];
@@ -1038,9 +1054,6 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     probe(RowPhase::kVectors, 0.0f);
   }
   if constexpr (kHoldsY) {
-    // [T, 1] row-major and [1, pad4(T)] column-major put row t's scale at index t alike; a
-    // group's scale is stored by the lane that holds its first vector.
-    const int group_shift = kQuant == QuantMode::kFp8Group ? __ffs(p.group_vecs) - 1 : 0;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       const int v = RowVectors<kVec, Span>::Index(k);
@@ -1050,9 +1063,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       if (in_row[k]) StoreStreaming8(q_row + size_t(v) * kVecElems, q);
       if constexpr (kQuant == QuantMode::kFp8Group) {
         // group_vecs is a power of two: a shift and a mask, not an integer division.
-        if (in_row[k] && (v & (p.group_vecs - 1)) == 0) p.scale_out[GroupScaleIndex(p, row, v >> group_shift)] = s[k];
-      } else if (k == 0 && Span::Thread() == 0) {
-        p.scale_out[row] = s[0];
+        if (in_row[k] && (v & (p.group_vecs - 1)) == 0)
+          p.scale_out[GroupScaleIndex(p, row, v >> group_shift)] = StoredScale(s[k], inv[k]);
       }
     }
     // The column-major layout's padding (rows T..pad4(T)-1) is written as 0 so every element of
