@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 import tpfuse  # noqa: F401  (registers the op)
 import contract3
+from ranks import end_rank
 
 OP = torch.ops.tpfuse.allreduce_rmsnorm
 
@@ -123,8 +124,10 @@ def _rank_main(rank: int, world_size: int, store_path: str) -> None:
         assert_bitwise(fn(partials[rank], res, weight),
                        contract3.allreduce_rmsnorm(partials, res, weight, None, **attrs),
                        f"rank {rank} compiled")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    end_rank()
 
 
 def test_world_size_2_gloo_matches_reference():

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import tpfuse
+from ranks import end_rank
 from test_op_cpu import CASES, assert_bitwise, make_inputs
 from test_op_cuda import _names, assert_contract3_close
 
@@ -63,8 +64,10 @@ def _rank_main(rank: int, store_path: str) -> None:
             x, r, w = partials[rank].cuda(), res.cuda(), weight.cuda()
             got = [t.clone() for t in compiled(x, r, w)]
             assert_bitwise(got, list(layer(x, r, w)), f"rank {rank} compiled step {step}")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    end_rank()
 
 
 def test_world_size_2_nccl_matches_reference():

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import tp_models
+from ranks import end_rank
 
 
 def _free_port() -> int:
@@ -82,10 +83,13 @@ def _worker(rank: int, world: int, port: int, cases: List[tp_models.Case], backe
                 results.append(run_case(case, rank, world, backend))
             except Exception:  # noqa: BLE001  reported per case
                 results.append({"case": case.name, "error": traceback.format_exc()})
+    except BaseException:
+        dist.destroy_process_group()
+        raise
     finally:
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(results, f, indent=1)
-        dist.destroy_process_group()
+    end_rank()
 
 
 def run_all(cases: List[tp_models.Case], out_dir: str, backend: str = "aot_eager",

@@ -14,8 +14,10 @@
 //     magnitude below 2^-10 rounds to zero), so the FP8 code is the same;
 //   - zeros keep their sign (a zero remainder returns q, which is exact).
 // The dynamic quantization divides by s = max(amax, 1e-10) / 448 or max(amax / 448, 1 /
-// (448 * 512)), both >= amax / 448, so |y / s| <= 448: always inside the domain. A static scale has no such bound: the kernels divide by it with
-// IEEE division.
+// (448 * 512)), both >= amax / 448, so |y / s| <= 448: always inside the domain. (An inf scale,
+// from an inf amax, is taken as the divisor +0 with the reciprocal +0: the kernels'
+// QuotientDivisor.) A static scale has no such bound: the kernels divide by it with IEEE
+// division.
 #pragma once
 
 #include <cmath>
@@ -71,7 +73,10 @@ inline constexpr float kUe8m0ScaleFloor = 1e-10f;
 // a / 448 for an amax a: QuotientByReciprocal's steps, its remainder taken as at most FLT_MAX:
 // for a finite a that changes nothing; for a = inf the remainder inf - inf is NaN, and fminf
 // makes it FLT_MAX, so the result is inf - FLT_MAX / 448 = inf; a NaN a stays NaN. (No branch:
-// in the kernels a select here cost registers.)
+// in the kernels a select here cost registers.) It is the IEEE quotient for every a >= 2^-120
+// (a normal quotient; quotient_test checks every f32 there); below, where the quotient is
+// subnormal, it may differ in the last bits, which no scale sees: both forms floor it first
+// (to 1e-10) or after (to 1 / (448 * 512)).
 TPFUSE_QUOTIENT_HD float AmaxBy448(float a) {
   constexpr float kRcp = 1.0f / 448.0f;
 #if defined(__CUDA_ARCH__)

@@ -33,7 +33,7 @@ float Rstd(const Row& row) {
   return 1.0f / std::sqrt(sum / float(row.u.size()) + row.eps);
 }
 
-// max |y_i|, NaN y skipped (the kernels' maxima skip NaN).
+// max |y_i|, a NaN y winning (as the kernels' maxima and torch's amax).
 float AmaxOfY(const Row& row, float r, DType act) {
   float amax = 0.0f;
   for (size_t i = 0; i < row.u.size(); ++i) {
@@ -161,7 +161,7 @@ TEST(AmaxBoundTest, UndecidedNextToARoundingBoundary) {
 }
 
 // The guards: a weight above kAmaxBoundWeightLimit anywhere in the row, a row whose c is below
-// 2^-60, a zero row; NaN weights are skipped as the amax skips NaN y.
+// 2^-60, a zero row; a NaN weight makes the bound NaN, which decides nothing.
 TEST(AmaxBoundTest, GuardsAndNaN) {
   Row row;
   for (int i = 0; i < 64; ++i) {

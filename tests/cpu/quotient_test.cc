@@ -64,6 +64,35 @@ TEST(QuotientTest, DynamicScaleOfAmaxIsTheTorchFormsScaleForEveryHalfAmax) {
   EXPECT_TRUE(std::isnan(Ue8m0Floored(nan)));
 }
 
+TEST(QuotientTest, AmaxBy448IsIeeeForEveryF32FromItsNormalQuotientsOn) {
+  // Every f32 amax from 2^-120 (where a / 448 turns subnormal below) to FLT_MAX, by a stride of
+  // 7 ulps (and the ends), then inf and NaN.
+  int64_t checked = 0;
+  for (uint32_t b = 0x03800000u; b < 0x7F800000u; b += 7) {
+    const float a = std::bit_cast<float>(b);
+    ASSERT_TRUE(SameBits(AmaxBy448(a), a / 448.0f)) << a;
+    ++checked;
+  }
+  EXPECT_TRUE(SameBits(AmaxBy448(3.40282347e38f), 3.40282347e38f / 448.0f));
+  EXPECT_GT(checked, 250000000);
+  EXPECT_EQ(AmaxBy448(INFINITY), INFINITY);
+  EXPECT_TRUE(std::isnan(AmaxBy448(std::numeric_limits<float>::quiet_NaN())));
+}
+
+TEST(QuotientTest, TheQuotientByZeroWithTheReciprocalZeroIsTheQuotientByInf) {
+  // The kernels' divisor and reciprocal for an inf scale (QuotientDivisor): +0 and +0.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (float y : {0.0f, -0.0f, 1.0f, -1.0f, 0x1p-149f, -0x1p-149f, 3.40282347e38f, -3.40282347e38f,
+                  448.0f, -2.5f, INFINITY, -INFINITY, nan}) {
+    const float got = QuotientByReciprocal(y, 0.0f, 0.0f), want = y / INFINITY;
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(got)) << y;
+    } else {
+      EXPECT_TRUE(SameBits(got, want)) << y << ": " << got << " vs " << want;
+    }
+  }
+}
+
 TEST(QuotientTest, MaxOfMagnitudesLetsANaNWinAsTorchsAmax) {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   EXPECT_EQ(MaxOfMagnitudes(0.0f, 2.0f), 2.0f);

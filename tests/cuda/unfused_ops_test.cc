@@ -471,7 +471,7 @@ TEST_P(UnfusedShapesTest, QuantFp8MatchesExactly) {
     //   - multiplied by the scale's reciprocal (scale_op_swapped: y * (1 / s));
     //   - with inf and NaN in rows 1-3 (a group with +inf, one with a NaN, one with -inf and a
     //     NaN), whose scales are inf and NaN as torch's forms give them: bitwise but for NaN
-    //     payloads (the GPU's NaN is canonical).
+    //     payloads (the GPU's NaN is canonical); by division and by the reciprocal.
     HostTensor tiny = y;
     for (int64_t i = 0; i < tiny.numel(); ++i)
       tiny.SetF32(i, i < hidden() ? 0.0f : y.GetF32(i) * 0x1p-40f);
@@ -489,14 +489,17 @@ TEST_P(UnfusedShapesTest, QuantFp8MatchesExactly) {
       QuantMode mode;
       int64_t group;
     };
-    enum class Leg { kPlain, kFloors, kReciprocal, kNonFinite };
+    enum class Leg { kPlain, kFloors, kReciprocal, kNonFinite, kNonFiniteReciprocal };
     for (Mode m : {Mode{QuantMode::kFp8Token, 0}, Mode{QuantMode::kFp8Group, 128},
                    Mode{QuantMode::kFp8Group, 64}}) {
       if (m.mode == QuantMode::kFp8Group && hidden() % m.group != 0) continue;
       for (ScaleLayout layout : {ScaleLayout::kRow, ScaleLayout::kCol}) {
         for (ScaleFormat format : {ScaleFormat::kF32, ScaleFormat::kUe8m0})
-        for (Leg leg : {Leg::kPlain, Leg::kFloors, Leg::kReciprocal, Leg::kNonFinite}) {
-          const char* leg_name[] = {"", " vLLM's floor", " y * (1 / s)", " inf and NaN"};
+        for (Leg leg : {Leg::kPlain, Leg::kFloors, Leg::kReciprocal, Leg::kNonFinite,
+                        Leg::kNonFiniteReciprocal}) {
+          const char* leg_name[] = {"", " vLLM's floor", " y * (1 / s)", " inf and NaN",
+                                    " inf and NaN, y * (1 / s)"};
+          const bool non_finite = leg == Leg::kNonFinite || leg == Leg::kNonFiniteReciprocal;
           const std::string what =
               StrCat("quant_fp8 ", QuantModeName(m.mode), " group ", m.group, " ",
                      ScaleLayoutName(layout), " ", ScaleFormatName(format), " ", DTypeName(dtype),
@@ -505,11 +508,11 @@ TEST_P(UnfusedShapesTest, QuantFp8MatchesExactly) {
           QuantParams config{m.mode, int(m.group), layout, format};
           config.scale_floor_after_div = leg == Leg::kFloors && format == ScaleFormat::kF32;
           config.ue8m0_floor = leg == Leg::kFloors && format == ScaleFormat::kUe8m0;
-          config.scale_op_swapped = leg == Leg::kReciprocal;
-          const HostTensor& in = leg == Leg::kFloors ? tiny : leg == Leg::kNonFinite ? odd : y;
-          const cuda::DeviceTensor& din = leg == Leg::kFloors      ? dtiny->tensor
-                                          : leg == Leg::kNonFinite ? dodd->tensor
-                                                                   : dy->tensor;
+          config.scale_op_swapped = leg == Leg::kReciprocal || leg == Leg::kNonFiniteReciprocal;
+          const HostTensor& in = leg == Leg::kFloors ? tiny : non_finite ? odd : y;
+          const cuda::DeviceTensor& din = leg == Leg::kFloors ? dtiny->tensor
+                                          : non_finite        ? dodd->tensor
+                                                              : dy->tensor;
           StatusOr<cpu::DynamicQuantResult> ref = cpu::QuantFp8Dynamic(in, config);
           ASSERT_TRUE(ref.ok()) << ref.status().ToString();
           StatusOr<DeviceCopy> dq = Poisoned(DType::kF8E4M3, shape, stream());
@@ -521,10 +524,10 @@ TEST_P(UnfusedShapesTest, QuantFp8MatchesExactly) {
           ASSERT_TRUE(q.ok() && s.ok());
           // amax is exact in any order and the rest is the same operations: bitwise, scales
           // (and the column layout's zero padding) included.
-          const Check check = leg == Leg::kNonFinite ? Check::kExactAnyNaN : Check::kExact;
+          const Check check = non_finite ? Check::kExactAnyNaN : Check::kExact;
           ExpectMatches(*s, ref->s, check, what + " s");
           ExpectMatches(*q, ref->q, check, what + " q");
-          if (leg == Leg::kNonFinite && tokens() > 3 && m.mode == QuantMode::kFp8Token) {
+          if (non_finite && tokens() > 3 && m.mode == QuantMode::kFp8Token) {
             // The rows' scales as torch gives them (row t's at index t in both layouts): inf
             // for the row with +inf, NaN for the rows with a NaN.
             EXPECT_EQ(ref->s.GetF32(1), INFINITY) << what;

@@ -33,7 +33,8 @@ template <typename T>
 __global__ void QuantFp8TensorKernel(QuantTensorParams p) {
   const T* x = static_cast<const T*>(p.x);
   Fp8* q = static_cast<Fp8*>(p.q);
-  const float inv = __fdiv_rn(1.0f, *p.scale);
+  const float scale = *p.scale;
+  const float inv = __fdiv_rn(1.0f, scale);
   const int64_t chunks = (p.n + kVec - 1) / kVec;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < chunks; c += stride) {
@@ -42,11 +43,11 @@ __global__ void QuantFp8TensorKernel(QuantTensorParams p) {
       float f[kVec];
       VecLoad(x + base, f);
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) f[i] = ScaleStepOf(f[i], *p.scale, inv, p.divides);
+      for (int i = 0; i < kVec; ++i) f[i] = ScaleStepOf(f[i], scale, inv, p.divides);
       VecStore(q + base, f);
     } else {
       for (int64_t i = base; i < p.n && i < base + kVec; ++i)
-        q[i] = EncodeF<Fp8>(ScaleStepOf(LoadF(x + i), *p.scale, inv, p.divides));
+        q[i] = EncodeF<Fp8>(ScaleStepOf(LoadF(x + i), scale, inv, p.divides));
     }
   }
 }
