@@ -133,4 +133,13 @@ TPFUSE_QUOTIENT_HD float RoundUpToPowerOfTwo(float s) {
 #endif
 }
 
+// The dynamic scale of an amax, the one composition the oracle and the kernels share:
+// DynamicScaleOfAmax, then for ue8m0 scales rounded up to a power of two (from max(s, 1e-10)
+// under ue8m0_floor).
+TPFUSE_QUOTIENT_HD float DynamicScaleOf(float amax, bool floor_after_div, bool ue8m0, bool ue8m0_floor) {
+  float s = DynamicScaleOfAmax(amax, floor_after_div);
+  if (ue8m0) s = RoundUpToPowerOfTwo(ue8m0_floor ? Ue8m0Floored(s) : s);
+  return s;
+}
+
 }  // namespace tpfuse

@@ -29,8 +29,8 @@
 // The rounding recipe of the fused op is the canonical norm's and quant's (`rounding`
 // attributes, set by canonicalize from the form it folded), so fusing changes no bit.
 #include <algorithm>
-#include <functional>
 #include <variant>
+#include <vector>
 
 #include "ir/ops.h"
 #include "passes/local_fusion.h"
@@ -223,6 +223,23 @@ std::string DescribePath(const std::vector<const ir::Node*>& path) {
   return text;
 }
 
+// `v` and every value a chain of views makes of it.
+std::vector<const ir::Value*> WithItsViews(const ir::Value* v) {
+  std::vector<const ir::Value*> values = {v};
+  for (size_t i = 0; i < values.size(); ++i)
+    for (const ir::Use& u : values[i]->uses())
+      if (!u.is_return() && u.user->kind() == ir::OpKind::kView) values.push_back(u.user->result());
+  return values;
+}
+
+// Whether `v`, or a view of it, is returned.
+bool ReturnedThroughViews(const ir::Value* v) {
+  for (const ir::Value* w : WithItsViews(v))
+    for (const ir::Use& u : w->uses())
+      if (u.is_return()) return true;
+  return false;
+}
+
 // Why no chain starts at `anchor`, in words that stay true: "not followed by an RMSNorm" only
 // when none follows; otherwise what lies between.
 std::string NoChainReason(const ir::Node* anchor) {
@@ -232,20 +249,10 @@ std::string NoChainReason(const ir::Node* anchor) {
     // The sum (or its residual add) leaving the func, itself or through views: in a
     // torch.compile graph, the norm that reads it may sit in the next graph, across a graph
     // break, where no fusion reaches.
-    const std::function<bool(const ir::Value*)> returned = [&returned](const ir::Value* v) {
-      return std::any_of(v->uses().begin(), v->uses().end(), [&returned](const ir::Use& u) {
-        return u.is_return() || (u.user->kind() == ir::OpKind::kView && returned(u.user->result()));
-      });
-    };
-    // The values a view chain of `v` reaches (v itself first).
-    std::vector<const ir::Value*> viewed = {a};
-    for (size_t i = 0; i < viewed.size(); ++i)
-      for (const ir::Use& u : viewed[i]->uses())
-        if (!u.is_return() && u.user->kind() == ir::OpKind::kView) viewed.push_back(u.user->result());
-    bool leaves = returned(a);
-    for (const ir::Value* v : viewed)
+    bool leaves = ReturnedThroughViews(a);
+    for (const ir::Value* v : WithItsViews(a))
       for (const ir::Use& u : v->uses())
-        if (!u.is_return() && u.user->kind() == ir::OpKind::kAdd && returned(u.user->result()))
+        if (!u.is_return() && u.user->kind() == ir::OpKind::kAdd && ReturnedThroughViews(u.user->result()))
           leaves = true;
     return StrCat("all_reduce ", Ref(a), " is not followed by an RMSNorm (", DescribeUses(a), ")",
                   leaves ? "; its sum leaves the graph, so a norm in a later graph (after a "

@@ -377,8 +377,7 @@ StatusOr<DynamicQuantResult> QuantFp8Dynamic(const HostTensor& y,
       const int64_t base = t * hidden + g * group;
       float amax = 0.0f;
       for (int64_t c = 0; c < group; ++c) amax = MaxOfMagnitudes(amax, std::fabs(y.GetF32(base + c)));
-      float s = DynamicScaleOfAmax(amax, config.scale_floor_after_div);
-      if (ue8m0) s = RoundUpToPowerOfTwo(config.ue8m0_floor ? Ue8m0Floored(s) : s);
+      const float s = DynamicScaleOf(amax, config.scale_floor_after_div, ue8m0, config.ue8m0_floor);
       const float inv = 1.0f / s;
       // An inf or NaN scale (an inf or NaN in the group) takes the form's own step, as the
       // graph wrote it: y / inf is +-0, or NaN for y = inf; y / NaN is NaN.

@@ -808,6 +808,8 @@ __device__ __forceinline__ uint2 QuantizeVector(float (&yf)[kVecElems], ScaleSte
 // two, from max(s, 1e-10) under ue8m0_floor), and how y is divided by it.
 template <class Recipe, QuantMode kQuant>
 __device__ __forceinline__ float DynamicScale(const FusedKernelParams& p, float amax, ScaleStep& step) {
+  // DynamicScaleOf (common/quotient.h) written out: through the call, ptxas allocated the
+  // run-time recipe's kernels differently (up to +5 registers) for the same operations.
   float s = DynamicScaleOfAmax(amax, Recipe::ScaleFloorAfterDiv(p));
   if (Recipe::ScaleUe8m0(p)) s = RoundUpToPowerOfTwo(Recipe::Ue8m0Floor(p) ? Ue8m0Floored(s) : s);
   // Dividing by a power of two (ue8m0) is multiplying by its exact reciprocal.

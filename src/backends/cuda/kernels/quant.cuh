@@ -108,20 +108,11 @@ __device__ __forceinline__ void SpanQuantize(const T* x, Fp8* q, int64_t n, floa
   }
 }
 
-// The oracle's scale (cpu::QuantFp8Dynamic): DynamicScaleOfAmax (common/quotient.h: max(amax,
-// 1e-10f) / 448, or max(amax / 448, 1 / (448 * 512)) when floor_after_div; inf and NaN stay),
-// rounded up to a power of two for ue8m0 (from max(s, 1e-10) when ue8m0_floor).
-__device__ __forceinline__ float ScaleFromAmax(float amax, bool ue8m0, bool floor_after_div,
-                                               bool ue8m0_floor) {
-  const float s = DynamicScaleOfAmax(amax, floor_after_div);
-  if (!ue8m0) return s;
-  return RoundUpToPowerOfTwo(ue8m0_floor ? Ue8m0Floored(s) : s);
-}
-
 // QuantFp8DynamicKernel: per-token or per-group quantization of one row per block.
-//   amax = max |x| over the group (a NaN wins), s = ScaleFromAmax(amax), q = fp8(x / s) (f32
-//   division; x * (1 / s) where the form multiplies), s stored in the row- or column-major
-//   layout. Bit for bit the oracle, inf and NaN included (NaN payloads aside).
+//   amax = max |x| over the group (a NaN wins), s = DynamicScaleOf(amax) (common/quotient.h,
+//   the oracle's), q = fp8(x / s) (f32 division; x * (1 / s) where the form multiplies), s
+//   stored in the row- or column-major layout. Bit for bit the oracle, inf and NaN included
+//   (NaN payloads aside).
 //   Grid: (rows, or rows_padded for column-major scales: blocks past the last row write the
 //   layout's zero padding and exit). Block: a multiple of 32 threads.
 //   One group per row (per-token): the whole block shares it, amax by a block reduction.
@@ -143,7 +134,7 @@ __global__ void QuantFp8DynamicKernel(QuantDynamicParams p) {
   Fp8* q = static_cast<Fp8*>(p.q) + row * p.cols;
   if (p.groups == 1) {
     const float amax = BlockMax(SpanAmax(x, p.cols, threadIdx.x, blockDim.x, p.vec), smem);
-    const float s = ScaleFromAmax(amax, p.ue8m0, p.floor_after_div, p.ue8m0_floor);
+    const float s = DynamicScaleOf(amax, p.floor_after_div, p.ue8m0, p.ue8m0_floor);
     SpanQuantize(x, q, p.cols, s, p.divides, threadIdx.x, blockDim.x, p.vec);
     if (threadIdx.x == 0) *scale_at(0) = s;
     return;
@@ -152,7 +143,7 @@ __global__ void QuantFp8DynamicKernel(QuantDynamicParams p) {
   for (int64_t g = warp; g < p.groups; g += warps) {
     const T* xg = x + g * p.group_size;
     const float amax = WarpMax(SpanAmax(xg, p.group_size, lane, 32, p.vec));
-    const float s = ScaleFromAmax(amax, p.ue8m0, p.floor_after_div, p.ue8m0_floor);
+    const float s = DynamicScaleOf(amax, p.floor_after_div, p.ue8m0, p.ue8m0_floor);
     SpanQuantize(xg, q + g * p.group_size, p.group_size, s, p.divides, lane, 32, p.vec);
     if (lane == 0) *scale_at(g) = s;
   }
