@@ -8,7 +8,8 @@
 // --check also runs the unfused graph on the CPU oracle and compares every output of every
 // rank with Contract 3's tolerance; any output out of tolerance exits 1. --exact (implies
 // --check) compares every output bit for bit instead: on the cpu backend a graph fused with the
-// rounding recipe of the form it replaced computes the unfused graph's bits (Contract 3).
+// rounding recipe of the form it replaced computes the unfused graph's bits (Contract 3); on the
+// cuda backend a NaN matches any NaN (the GPU has one NaN).
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <iostream>
@@ -161,7 +162,8 @@ void AddRunCommand(CLI::App& app, CommandFn& run) {
                 "tolerance");
   cmd->add_flag("--exact", args->exact,
                 "like --check, but every output must be bitwise equal (on the cpu backend a "
-                "graph fused with its form's rounding recipe computes the unfused graph's bits)");
+                "graph fused with its form's rounding recipe computes the unfused graph's bits; "
+                "on the cuda backend a NaN matches any NaN, the GPU having one)");
   cmd->add_option("--seed", args->seed, "seed of the random inputs")->capture_default_str();
   cmd->add_flag("--no-fuse", args->no_fuse, "run the graph as written, without compiling it");
   cmd->callback([&run, args] { run = [args] { return RunRun(*args); }; });
