@@ -254,6 +254,15 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
           return std::nullopt;
         }
       }
+      if (!IsHalfType(m.x->dtype())) {
+        // rms_norm's kernels and the fused op take 16-bit activations: a norm of an f32 value
+        // (no cast in, no f32 sum of 16-bit values) stays as written, runnable. Said once, at
+        // the cast that follows where there is one.
+        if (!CastFollows(m.root))
+          notes.Decline(StrCat("the norm's input ", Ref(m.x), " is ", DTypeName(m.x->dtype()),
+                               ": rms_norm and the fused op take bf16 or f16 activations"));
+        return std::nullopt;
+      }
       if (!ResultTypeMatches(m, notes)) return std::nullopt;
       if (m.f32_sum) {
         // The residual cast may be used before the norm: fused_add_rms_norm must come first.
@@ -306,11 +315,14 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
     if (inferred.ok() && !inferred->empty() && (*inferred)[0] == m.root->result()->type())
       return true;
     // A chain whose only user is a cast is visited again at that cast; stay quiet here.
-    const ir::Value* out = m.root->result();
-    const bool cast_follows = out->num_uses() == 1 && !out->uses()[0].is_return() &&
-                              out->uses()[0].user->op() == "cast";
-    if (!cast_follows) notes.Decline("the result dtype differs from the input's");
+    if (!CastFollows(m.root)) notes.Decline("the result dtype differs from the input's");
     return false;
+  }
+
+  // Whether the root's only user is a cast: the chain is then visited again at that cast.
+  static bool CastFollows(const ir::Node* root) {
+    const ir::Value* out = root->result();
+    return out->num_uses() == 1 && !out->uses()[0].is_return() && out->uses()[0].user->op() == "cast";
   }
 
   static ir::AttrMap Attrs(const RmsNormMatch& m) {

@@ -295,6 +295,37 @@ TEST(PassesCanonicalize, AnF32SumOfABroadcastDeclinesAndSaysWhy) {
   EXPECT_EQ(CountOp(*c.after, "fused_add_rms_norm") + CountOp(*c.after, "rms_norm"), 0);
 }
 
+// A norm of an f32 value that is neither a cast of a 16-bit one nor vLLM's f32 sum (here a
+// difference of two casts) stays as written: rms_norm and the fused op take bf16 or f16
+// activations, and an rms_norm of f32 would leave a graph no backend runs. It says so, and the
+// graph still runs.
+TEST(PassesCanonicalize, ANormOfAnF32ValueStaysAndSaysWhy) {
+  Compiled c = Canonicalize(R"(
+    func @f(%x: f16[T, 64], %res: f16[T, 64], %g: f16[64]) {
+      %xf = cast(%x) {to = f32}
+      %rf = cast(%res) {to = f32}
+      %v = sub(%xf, %rf)
+      %sq = pow(%v) {exponent = 2}
+      %m = mean(%sq) {dim = -1, keepdim = true}
+      %me = add(%m) {scalar = 1e-6}
+      %r = rsqrt(%me)
+      %n = mul(%v, %r)
+      %gf = cast(%g) {to = f32}
+      %nw = mul(%gf, %n)
+      %y = cast(%nw) {to = f16}
+      return %y
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm",
+                    "declined: the norm's input %v is f32: rms_norm and the fused op take bf16 or "
+                    "f16 activations"),
+            1)
+      << DescribeReport(c.ctx);
+  EXPECT_EQ(CountOp(*c.after, "fused_add_rms_norm") + CountOp(*c.after, "rms_norm"), 0);
+  ExpectSameOutputs(c);
+}
+
 // Gemma 4's norm writes rsqrt as pow(., -0.5): the one exponent that is rsqrt folds (also
 // written as an f32 reads it), 0.5 and -0.25 stay, and the values are the same bits.
 TEST(PassesCanonicalize, PowOfMinusOneHalfIsRsqrt) {
