@@ -67,7 +67,7 @@ struct QuantParams {
   // The scale step written the other way round from the mode's default (RoundingRecipe).
   bool scale_op_swapped = false;
   // Dynamic modes: s = max(amax / 448, 1 / (448 * 512)) rather than max(amax, 1e-10) / 448
-  // (RoundingRecipe::scale_floor_after_div).
+  // (RoundingRecipe::scale_floor_after_div); ue8m0: the floor after the rounding.
   bool scale_floor_after_div = false;
   // ue8m0: the power of two is taken of max(s, 1e-10) (RoundingRecipe::ue8m0_floor).
   bool ue8m0_floor = false;
@@ -76,8 +76,8 @@ struct QuantParams {
   // Whether q = fp8(y / scale) rather than fp8(y * (1 / scale)), the reciprocal taken once in
   // f32: fp8_tensor multiplies by default, fp8_token and fp8_group divide.
   bool Divides() const { return (mode != QuantMode::kFp8Tensor) != scale_op_swapped; }
-  // scale_floor_after_div needs a dynamic mode and f32 scales, ue8m0_floor a dynamic mode and
-  // ue8m0 scales. Names the problem.
+  // scale_floor_after_div needs a dynamic mode, ue8m0_floor a dynamic mode and ue8m0 scales.
+  // Names the problem.
   Status Validate() const;
 };
 
@@ -116,7 +116,9 @@ struct RoundingRecipe {
   bool scale_op_swapped = false;
   // The dynamic scale floored after the division, s = max(amax / 448, 1 / (448 * 512)) (vLLM's
   // per-token kernel and its QuantFP8 torch forms), instead of s = max(amax, 1e-10) / 448
-  // (DeepSeek's and vLLM's per-group kernels). fp8_token and fp8_group with f32 scales only.
+  // (DeepSeek's and vLLM's per-group kernels). With ue8m0 scales the floor follows the rounding
+  // to a power of two, s = max(pow2_ceil(amax / 448), 1 / (448 * 512)) (QuantFP8's UE8M0 form).
+  // fp8_token and fp8_group only.
   bool scale_floor_after_div = false;
   // UE8M0 scales rounded up from max(s, 1e-10) (vLLM's per_token_group_fp8_quant:
   // exp2(ceil(log2(max(|s|, 1e-10))))) instead of from s: the two differ for s < 2^-34, an amax

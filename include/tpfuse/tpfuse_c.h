@@ -100,7 +100,7 @@ enum {
   TPFUSE_ROUNDING_WEIGHT_AFTER_ROUND = 2,          /* y = round(round(n) * w') */
   TPFUSE_ROUNDING_WEIGHT_BIAS_IN_WEIGHT_DTYPE = 4, /* w' = round_w(w + weight_bias) */
   TPFUSE_ROUNDING_SCALE_OP_SWAPPED = 8,            /* y / scale (tensor), y * (1/s) (dynamic) */
-  TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV = 16,      /* s = max(amax / 448, 1 / (448 * 512)) */
+  TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV = 16,      /* s = max(amax / 448, 1 / (448 * 512)); ue8m0: floored after the rounding */
   TPFUSE_ROUNDING_UE8M0_FLOOR = 32,                /* ue8m0 of max(s, 1e-10) */
 };
 

@@ -120,12 +120,18 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
         groups = hidden // g
         yg = y.float().reshape(tokens, groups, g)
         amax = yg.abs().amax(-1)  # [T, G]
-        if "scale_floor_after_div" in rounding:
+        floor_after_div = "scale_floor_after_div" in rounding
+        if scale_fmt == "ue8m0":
+            # Rounded up to a power of two (from max(s, 1e-10) under ue8m0_floor), then under
+            # scale_floor_after_div floored: vLLM's QuantFP8 UE8M0 form.
+            s = amax.clamp_min(1e-10) / FP8_MAX
+            s = _pow2_ceil(s.clamp_min(1e-10) if "ue8m0_floor" in rounding else s)
+            if floor_after_div:
+                s = s.clamp_min(1.0 / (FP8_MAX * 512.0))
+        elif floor_after_div:
             s = (amax / FP8_MAX).clamp_min(1.0 / (FP8_MAX * 512.0))
         else:
             s = amax.clamp_min(1e-10) / FP8_MAX
-        if scale_fmt == "ue8m0":
-            s = _pow2_ceil(s.clamp_min(1e-10) if "ue8m0_floor" in rounding else s)
         qv = yg / s.unsqueeze(-1) if divides else yg * (1.0 / s.unsqueeze(-1))
         q = _fp8(qv).reshape(shape)
         if scale_layout == "col":

@@ -34,7 +34,7 @@ def random_site(rng: random.Random):
     bias = rng.randrange(3)      # none, 1 + w in f32, 1 + w in the weight's dtype
     after_cast = w_dtype == dt and bias != 1 and rng.random() < 0.5
     quant = rng.choice(["none", "div", "reciprocal", "token", "group", "vllm_token", "vllm_group",
-                        "ue8m0_group"])
+                        "ue8m0_group", "vllm_ue8m0_group"])
     c = {k: rng.random() < 0.5 for k in ("view", "res_first", "pow2", "rsqrt", "vr", "nw",
                                          "ret_norm", "ret_res", "clamp")}
     rounding, words = set(), [str(dt).split(".")[1], f"w {str(w_dtype).split('.')[1]}", quant]
@@ -105,6 +105,11 @@ def random_site(rng: random.Random):
             g = y.unflatten(-1, (-1, 64))
             s = (g.abs().max(dim=-1, keepdim=True)[0].float() / 448.0).clamp(
                 min=1.0 / (448.0 * 512.0))
+            d = g / s
+        elif quant == "vllm_ue8m0_group":  # use_ue8m0: rounded up, then floored
+            g = y.unflatten(-1, (-1, 64))
+            s = g.abs().max(dim=-1, keepdim=True)[0].float() / 448.0
+            s = torch.exp2(torch.ceil(torch.log2(s))).clamp(min=1.0 / (448.0 * 512.0))
             d = g / s
         if quant != "none":
             q = (d.clamp(-448.0, 448.0) if c["clamp"] else d).to(FP8)

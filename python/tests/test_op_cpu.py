@@ -216,7 +216,9 @@ def test_tolerance_distances_count_representable_values():
     dict(quant="fp8_group", rounding=["scale_floor_after_div", "scale_op_swapped"]),
     dict(quant="fp8_group", scale_fmt="ue8m0", rounding=["ue8m0_floor"]),
     dict(quant="fp8_token", scale_fmt="ue8m0", scale_layout="col"),
-], ids=["token_floor_after_div", "group_floor_after_div", "group_ue8m0_floor", "ue8m0_default"])
+    dict(quant="fp8_group", scale_fmt="ue8m0", rounding=["scale_floor_after_div"]),
+], ids=["token_floor_after_div", "group_floor_after_div", "group_ue8m0_floor", "ue8m0_default",
+        "group_ue8m0_floored_after_rounding"])
 def test_the_scale_floors_decide_tiny_and_zero_rows(attrs):
     # Weights of 2^-30 put every amax below 448 * 2^-34 (so below 1/512), and rows 0 and 3 are
     # zero: the floors decide every scale, as contract3 computes them.

@@ -737,14 +737,18 @@ def quantfp8_token(y):
     return q.to(torch.float8_e4m3fn), s
 
 
-def quantfp8_group(y, col_major=False):
+def quantfp8_group(y, col_major=False, ue8m0=False):
     """QuantFP8(static=False, group 128)._quantize_group_native: the 16-bit group view's amax,
-    .float(), floored after the division, the 16-bit view / s; scales squeezed to [..., H/128]
-    (and laid out column-major where asked)."""
+    .float(), / 448 (with use_ue8m0 rounded up to a power of two, exp2(ceil(log2(.)))), floored,
+    the 16-bit view / s; scales squeezed to [..., H/128] (and laid out column-major where
+    asked)."""
     shape, hidden = y.shape, y.shape[-1]
     g = y.view(-1, hidden // 128, 128)
     absmax = g.abs().max(dim=-1, keepdim=True)[0].float()
-    s = (absmax / 448.0).clamp(min=FP8_MIN_SCALING_FACTOR)
+    s = absmax / 448.0
+    if ue8m0:
+        s = torch.exp2(torch.ceil(torch.log2(s)))
+    s = s.clamp(min=FP8_MIN_SCALING_FACTOR)
     q = (g / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).view(-1, hidden).view(shape)
     s = s.squeeze(-1).reshape(shape[:-1] + (hidden // 128,))
     if col_major:
@@ -769,7 +773,9 @@ def same_bits(a, b):
     (quantfp8_token, "fp8_token"),
     (quantfp8_group, "fp8_group"),
     (lambda y: quantfp8_group(y, col_major=True), "fp8_group"),
-], ids=["token", "group", "group_col_major"])
+    (lambda y: quantfp8_group(y, ue8m0=True), "fp8_group"),
+    (lambda y: quantfp8_group(y, col_major=True, ue8m0=True), "fp8_group"),
+], ids=["token", "group", "group_col_major", "group_ue8m0", "group_col_major_ue8m0"])
 @pytest.mark.parametrize("weight_scale", [1.0, 1e-4], ids=["w", "tiny_w"])
 @pytest.mark.parametrize("shape", [(7, 256), (2, 5, 256)], ids=["2d", "3d"])
 def test_vllms_quantfp8_forms_fuse_and_quantize_the_fused_norm_exactly(form, mode, weight_scale,
@@ -835,13 +841,17 @@ def test_a_static_quant_whose_scale_cast_comes_after_the_norm_is_fused():
     assert same_bits(q, quantfp8_static(y, args[3]))
 
 
-def test_vllms_ue8m0_group_form_floors_after_the_rounding_and_is_left_to_the_graph():
+def test_a_ue8m0_scale_floored_before_its_rounding_is_left_to_the_graph():
+    # exp2(ceil(log2(clamp(amax / 448, min = 1 / (448 * 512))))): the floor before the rounding
+    # gives 2^-17 where vLLM's form (the rounding, then the floor) gives the floor; no fused
+    # quant rounds so. The norm still fuses; the quant stays (the compiler's reason:
+    # passes_canonicalize_test's DynamicQuantDeclinesOtherFloorsAfterTheDivision).
     def f(x, res, w):
         h = x + res
         y = llama_norm(h, w)
         g = y.view(-1, 2, 128)
-        raw = g.abs().max(dim=-1, keepdim=True)[0].float() / 448.0
-        s = torch.exp2(torch.ceil(torch.log2(raw))).clamp(min=FP8_MIN_SCALING_FACTOR)
+        raw = (g.abs().max(dim=-1, keepdim=True)[0].float() / 448.0).clamp(min=FP8_MIN_SCALING_FACTOR)
+        s = torch.exp2(torch.ceil(torch.log2(raw)))
         q = (g / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
         return q, s, h
 

@@ -141,9 +141,9 @@ StatusOr<RoundingRecipe> RoundingRecipe::FromNames(const std::vector<std::string
 }
 
 Status QuantParams::Validate() const {
-  if (scale_floor_after_div && !(IsDynamicQuant(mode) && format == ScaleFormat::kF32))
-    return InvalidArgument("rounding scale_floor_after_div needs dynamic FP8 scales in f32 (mode ",
-                           QuantModeName(mode), ", scale_fmt ", ScaleFormatName(format), ")");
+  if (scale_floor_after_div && !IsDynamicQuant(mode))
+    return InvalidArgument("rounding scale_floor_after_div needs dynamic FP8 scales (mode ",
+                           QuantModeName(mode), ")");
   if (ue8m0_floor && !(IsDynamicQuant(mode) && format == ScaleFormat::kUe8m0))
     return InvalidArgument("rounding ue8m0_floor needs dynamic FP8 scales in ue8m0 (mode ",
                            QuantModeName(mode), ", scale_fmt ", ScaleFormatName(format), ")");

@@ -62,6 +62,7 @@ TPFUSE_QUOTIENT_HD float MaxOfMagnitudes(float m, float v) {
 // device, the one home of both forms (RoundingRecipe::scale_floor_after_div):
 //   default:                s = max(amax, 1e-10) / 448
 //   scale_floor_after_div:  s = max(amax / 448, f32(1 / (448 * 512)))  (vLLM's per-token floor)
+// (ue8m0 scales: DynamicScaleOf below, where the floor after the division follows the rounding.)
 // The quotient by 448 is the IEEE one for every finite amax of a 16-bit activation (448 has
 // three significant bits: the remainder is exact wherever the quotient is normal; a subnormal
 // quotient lies far below the floor). A non-finite amax gives what torch's forms give: inf / 448
@@ -90,11 +91,12 @@ TPFUSE_QUOTIENT_HD float AmaxBy448(float a) {
 #endif
 }
 
+// The floor of scale_floor_after_div, max(s, f32(1 / (448 * 512))), a NaN s kept (as torch's
+// clamp keeps it).
+TPFUSE_QUOTIENT_HD float FlooredAfterDiv(float s) { return s < kScaleFloorAfterDiv ? kScaleFloorAfterDiv : s; }
+
 TPFUSE_QUOTIENT_HD float DynamicScaleOfAmax(float amax, bool floor_after_div) {
-  if (floor_after_div) {
-    const float s = AmaxBy448(amax);
-    return s < kScaleFloorAfterDiv ? kScaleFloorAfterDiv : s;
-  }
+  if (floor_after_div) return FlooredAfterDiv(AmaxBy448(amax));
   return AmaxBy448(amax < 1e-10f ? 1e-10f : amax);
 }
 
@@ -134,12 +136,19 @@ TPFUSE_QUOTIENT_HD float RoundUpToPowerOfTwo(float s) {
 }
 
 // The dynamic scale of an amax, the one composition the oracle and the kernels share:
-// DynamicScaleOfAmax, then for ue8m0 scales rounded up to a power of two (from max(s, 1e-10)
-// under ue8m0_floor).
+//   f32 scales:   DynamicScaleOfAmax;
+//   ue8m0 scales: max(amax, 1e-10) / 448 rounded up to a power of two (from max(s, 1e-10) under
+//                 ue8m0_floor); under scale_floor_after_div the floor follows the rounding,
+//                 max(pow2_ceil(amax / 448), f32(1 / (448 * 512))), as vLLM's QuantFP8 UE8M0
+//                 form clamps exp2(ceil(log2(amax / 448))). The floor before the division
+//                 changes nothing there: every amax below 1e-10 rounds far below the floor after.
+// The floor 1 / (448 * 512) is no power of two: that form's scales (f32, as every ue8m0 scale
+// here) are powers of two only for an amax above 448 * 2^-18 (about 1.7e-3).
 TPFUSE_QUOTIENT_HD float DynamicScaleOf(float amax, bool floor_after_div, bool ue8m0, bool ue8m0_floor) {
-  float s = DynamicScaleOfAmax(amax, floor_after_div);
-  if (ue8m0) s = RoundUpToPowerOfTwo(ue8m0_floor ? Ue8m0Floored(s) : s);
-  return s;
+  if (!ue8m0) return DynamicScaleOfAmax(amax, floor_after_div);
+  const float quotient = DynamicScaleOfAmax(amax, false);
+  const float s = RoundUpToPowerOfTwo(ue8m0_floor ? Ue8m0Floored(quotient) : quotient);
+  return floor_after_div ? FlooredAfterDiv(s) : s;
 }
 
 }  // namespace tpfuse

@@ -508,6 +508,8 @@ struct DecomposedStaticQuant final : TypedPattern<ir::StaticQuantForm> {
 //     | clamp(div(A) {scalar = 448}, min = 1 / (448 * 512))             (scale_floor_after_div)
 //       [-> [abs ->] clamp(min = 1e-10)] -> log2 -> ceil -> exp2       (UE8M0, floor before only;
 //                  the clamp: rounding ue8m0_floor, vLLM's; with it the floor before may be absent)
+//     | clamp(exp2(ceil(log2(div(A) {scalar = 448}))), min = 1 / (448 * 512))
+//                  (UE8M0 floored after the rounding, vLLM's QuantFP8 form: scale_floor_after_div)
 //   q = cast(clamp(div(d, s) | mul(d, reciprocal(s)), +-448), f8e4m3)
 //   ->  q, s = quant_fp8(y) {mode = "token" | "group", group_size, [scale_fmt = "ue8m0"]}
 //
@@ -668,8 +670,16 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     }
     // A rank-0 scale is the static form's.
     if (m.s->type().rank() < 2 || !PeelDividend(d, m)) return std::nullopt;
-    // The scale: [exp2(ceil(log2(.)))] of div(clamp(A), 448) or clamp(div(A, 448)).
+    // The scale: [exp2(ceil(log2(.)))] of div(clamp(A), 448) or clamp(div(A, 448)), or the
+    // floor after the division taken after the rounding: clamp(exp2(ceil(log2(div(A, 448))))).
     ir::Value* s = m.s;
+    ir::Node* floor_after_round = ProducedBy(s, "clamp");
+    if (floor_after_round != nullptr && floor_after_round->num_operands() == 1 &&
+        ProducedBy(floor_after_round->operand(0), "exp2") != nullptr) {
+      s = floor_after_round->operand(0);
+    } else {
+      floor_after_round = nullptr;
+    }
     if (ir::Node* exp2 = ProducedBy(s, "exp2")) {
       ir::Node* ceil = ProducedBy(exp2->operand(0), "ceil");
       ir::Node* log2 = ceil ? ProducedBy(ceil->operand(0), "log2") : nullptr;
@@ -698,19 +708,18 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     if (last == nullptr || last->num_operands() != 1) return std::nullopt;
     ir::Node* step = last;
     ir::Node* floor = ProducedBy(step->operand(0), "clamp");
-    if (last->op() == "clamp") {  // the floor after the division
+    bool floor_before_round = false;  // clamp(div(A, 448)) rounded: no fused quant's order
+    if (floor_after_round != nullptr) {
+      // The rounding reads the quotient itself; the floor is the one after it.
       m.floor_after_div = true;
+      floor = floor_after_round;
+      if (last->op() == "clamp") return std::nullopt;
+    } else if (last->op() == "clamp") {  // the floor after the division
+      m.floor_after_div = true;
+      floor_before_round = m.ue8m0;
       floor = last;
       step = floor->operand(0)->producer();
       if (step == nullptr || step->num_operands() != 1) return std::nullopt;
-      // vLLM's UE8M0 group form: clamp(exp2(ceil(log2(amax / 448))), min = 1 / (448 * 512)).
-      ir::Node* ceil = step->op() == "exp2" ? ProducedBy(step->operand(0), "ceil") : nullptr;
-      ir::Node* log2 = ceil ? ProducedBy(ceil->operand(0), "log2") : nullptr;
-      ir::Node* div = log2 ? ProducedBy(log2->operand(0), "div") : nullptr;
-      if (div != nullptr && div->num_operands() == 1 && MatchScaleAmax(div->operand(0), d)) {
-        notes.Decline("the scale's floor follows its power-of-two rounding");
-        return std::nullopt;
-      }
     }
     // Without a floor before the division only the ue8m0_floor form is the fused quant's.
     if (floor == nullptr && !m.ue8m0_floor) return std::nullopt;
@@ -751,9 +760,10 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
       notes.Decline("the scale is not amax / 448");
       return std::nullopt;
     }
-    if (m.floor_after_div && m.ue8m0) {
-      notes.Decline("the scale is floored after the division and rounded to a power of two: "
-                    "the fused quant floors such scales before the division");
+    if (floor_before_round) {
+      notes.Decline("the scale is floored after the division and then rounded to a power of "
+                    "two: the fused quant floors such scales before the division or after the "
+                    "rounding");
       return std::nullopt;
     }
     if (m.clamp && (NumberAttr(m.clamp, "min") != -448.0 || NumberAttr(m.clamp, "max") != 448.0)) {
@@ -762,10 +772,11 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     }
     std::vector<ir::Node*> arithmetic = {floor, step};
     if (m.floor_after_div) std::swap(arithmetic[0], arithmetic[1]);
-    if (floor == nullptr) arithmetic = {step};
+    if (floor == nullptr || floor_after_round != nullptr) arithmetic = {step};
     std::vector<ir::Node*> chain = *amax_links;
     chain.insert(chain.end(), arithmetic.begin(), arithmetic.end());
     m.scale_chain.insert(m.scale_chain.begin(), chain.begin(), chain.end());
+    if (floor_after_round != nullptr) m.scale_chain.push_back(floor_after_round);
     // Every link but the last feeds only the next; the scale itself may have any uses.
     for (size_t k = 0; k + 1 < m.scale_chain.size(); ++k) {
       if (!SoleUser(m.scale_chain[k]->result(), m.scale_chain[k + 1])) {

@@ -285,9 +285,23 @@ TEST(CpuFusedRecipeTest, DynamicScaleFlooredAfterTheDivision) {
     out = RunFused(spec, ones, nullptr, Make(DType::kBF16, {2}, {3136, 10.9375f}));
     EXPECT_EQ(out[2].GetF32(0), 8.0f);
   }
-  // Only dynamic f32 scales take the floor after the division, only ue8m0 ones the ue8m0 floor.
+  // ue8m0 floored after the rounding (vLLM's QuantFP8 UE8M0 form): a zero row's scale is the
+  // floor 1 / (448 * 512), no power of two; a row of amax 2^-9 (quotient the floor itself) rounds
+  // up to 2^-17, and the row above to 8 as before.
   spec.rounding.scale_floor_after_div = true;
-  EXPECT_FALSE(spec.Validate().ok());
+  for (bool floored : {false, true}) {
+    spec.rounding.ue8m0_floor = floored;
+    ASSERT_TRUE(spec.Validate().ok()) << spec.Validate().ToString();
+    std::vector<HostTensor> out = RunFused(spec, ones, nullptr, Make(DType::kBF16, {2}, {0, 0}));
+    EXPECT_EQ(out[2].GetF32(0), floor);
+    EXPECT_EQ(Values(out[1]), (std::vector<float>{0, 0}));
+    out = RunFused(spec, ones, nullptr, Make(DType::kBF16, {2}, {0x1p-9f, -0x1p-10f}));
+    EXPECT_EQ(out[2].GetF32(0), 0x1p-17f);
+    EXPECT_EQ(Values(out[1]), (std::vector<float>{256, -128}));
+    out = RunFused(spec, ones, nullptr, Make(DType::kBF16, {2}, {3136, 10.9375f}));
+    EXPECT_EQ(out[2].GetF32(0), 8.0f);
+  }
+  // Only dynamic scales take the floor after the division, only ue8m0 ones the ue8m0 floor.
   spec.rounding.scale_floor_after_div = false;
   EXPECT_TRUE(spec.Validate().ok()) << spec.Validate().ToString();
   spec.scale_fmt = ScaleFormat::kF32;

@@ -528,6 +528,64 @@ TEST(PassesCanonicalize, DynamicQuantUe8m0OfTheFlooredScaleFolds) {
   }
 }
 
+// vLLM's QuantFP8 UE8M0 form (_quantize_group_native with use_ue8m0): the quotient rounded up to
+// a power of two, then floored, exp2(ceil(log2(amax / 448))).clamp(min = 1 / (448 * 512)): ue8m0
+// scales with rounding scale_floor_after_div, by division and by the reciprocal. Bitwise the
+// graph's own ops on rows whose amaxes lie about the floor's 448 * 2^-18 (scales of the floor,
+// no power of two, and of 2^-17), a zero row, and rows with inf and NaN.
+TEST(PassesCanonicalize, DynamicQuantUe8m0FlooredAfterTheRoundingFolds) {
+  const auto poke = [](runtime::TensorMap& in) {
+    HostTensor& a = in.at("a");
+    const int64_t rows = a.dim(0);
+    const float amaxes[] = {0.0f, 1e-3f, 1.8e-3f, 0x1p-9f, INFINITY,
+                            std::numeric_limits<float>::quiet_NaN()};
+    for (int64_t row = 0; row < rows && row < 6; ++row)
+      for (int64_t col = 0; col < 256; ++col)
+        a.SetF32(row * 256 + col, col == 7                     ? amaxes[row]
+                                  : std::isfinite(amaxes[row]) ? amaxes[row] * float(col % 5) / 8.0f
+                                                               : 0.5f);
+  };
+  for (const bool reciprocal : {false, true}) {
+    SCOPED_TRACE(reciprocal ? "y * (1 / s)" : "y / s");
+    std::string text = DynamicQuantWithScale(
+        "  %sd = div(%am) {scalar = 448}\n"
+        "  %lg = log2(%sd)\n"
+        "  %ce = ceil(%lg)\n"
+        "  %ex = exp2(%ce)\n"
+        "  %s = clamp(%ex) {min = 4.359654017857143e-06}\n");
+    if (reciprocal) {
+      const std::string div = "  %da = div(%af, %s)\n";
+      text.replace(text.find(div), div.size(), "  %is = reciprocal(%s)\n  %da = mul(%af, %is)\n");
+    }
+    Compiled c = Canonicalize(text);
+    ASSERT_TRUE(c.ok());
+    EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant", "applied"), 1) << DescribeReport(c.ctx);
+    FileCheck(Print(*c.after), reciprocal ? R"(
+      CHECK: %qa, %s = quant_fp8(%a) {mode = "token", rounding = ["scale_op_swapped", "scale_floor_after_div"], scale_fmt = "ue8m0"}
+    )" : R"(
+      CHECK: %qa, %s = quant_fp8(%a) {mode = "token", rounding = ["scale_floor_after_div"], scale_fmt = "ue8m0"}
+    )");
+    for (const char* op : {"log2", "exp2", "clamp", "amax"})
+      EXPECT_EQ(CountOp(*c.after, op), 0) << op << "\n" << Print(*c.after);
+    ExpectBitwiseOutputs(*c.before, *c.after, 2, {6, 9}, {3, 5}, poke);
+    // The rows' scales: the floor for amaxes 0 and 1e-3; 2^-17 for 1.8e-3 (whose quotient lies
+    // below the floor) and for 2^-9 (whose quotient is the floor itself); inf; NaN.
+    std::unique_ptr<runtime::Executor> cpu = runtime::MakeCpuExecutor(1);
+    StatusOr<std::vector<runtime::TensorMap>> inputs = runtime::MakeRandomInputs(*c.after, 1, 6, 1);
+    ASSERT_TRUE(inputs.ok());
+    poke((*inputs)[0]);
+    StatusOr<runtime::RankOutputs> out = cpu->Run(*c.after, *inputs);
+    ASSERT_TRUE(out.ok()) << out.status().ToString();
+    const HostTensor& s = (*out)[0][1];
+    EXPECT_EQ(s.GetF32(0), kScaleFloorAfterDiv);
+    EXPECT_EQ(s.GetF32(1), kScaleFloorAfterDiv);
+    EXPECT_EQ(s.GetF32(2), 0x1p-17f);
+    EXPECT_EQ(s.GetF32(3), 0x1p-17f);
+    EXPECT_EQ(s.GetF32(4), INFINITY);
+    EXPECT_TRUE(std::isnan(s.GetF32(5)));
+  }
+}
+
 TEST(PassesCanonicalize, DynamicQuantWithTheAmaxOfTheHalfInputFolds) {
   // vLLM's per-token form: y.abs().max(dim=-1) (no keepdim), unsqueeze(-1), .to(f32); and its
   // per-group form: the bf16 group view's amax with keepdim, .float(), the bf16 view / s.
@@ -575,21 +633,22 @@ TEST(PassesCanonicalize, DynamicQuantDeclinesOtherFloorsAfterTheDivision) {
       {"  %sd = div(%am) {scalar = 448}\n"
        "  %s = clamp(%sd) {min = 1e-10}\n",
        "the scale's floor after the division is not clamp(min = 1 / (448 * 512)), the fused quant's"},
-      // vLLM's UE8M0 group form floors after the power-of-two rounding.
-      {"  %sd = div(%am) {scalar = 448}\n"
-       "  %lg = log2(%sd)\n"
-       "  %ce = ceil(%lg)\n"
-       "  %ex = exp2(%ce)\n"
-       "  %s = clamp(%ex) {min = 4.359654017857143e-06}\n",
-       "the scale's floor follows its power-of-two rounding"},
-      // ... and a floor after the division, then the rounding: not a scale the fused op makes.
+      // A floor after the division, then the rounding: not a scale the fused op makes (vLLM's
+      // form rounds first: DynamicQuantUe8m0FlooredAfterTheRoundingFolds).
       {"  %sd = div(%am) {scalar = 448}\n"
        "  %sc = clamp(%sd) {min = 4.359654017857143e-06}\n"
        "  %lg = log2(%sc)\n"
        "  %ce = ceil(%lg)\n"
        "  %s = exp2(%ce)\n",
-       "the scale is floored after the division and rounded to a power of two: the fused quant "
-       "floors such scales before the division"},
+       "the scale is floored after the division and then rounded to a power of two: the fused "
+       "quant floors such scales before the division or after the rounding"},
+      // The floor after the rounding that is not 1 / (448 * 512).
+      {"  %sd = div(%am) {scalar = 448}\n"
+       "  %lg = log2(%sd)\n"
+       "  %ce = ceil(%lg)\n"
+       "  %ex = exp2(%ce)\n"
+       "  %s = clamp(%ex) {min = 1e-10}\n",
+       "the scale's floor after the division is not clamp(min = 1 / (448 * 512)), the fused quant's"},
   };
   for (const auto& k : cases) {
     SCOPED_TRACE(k.reason);

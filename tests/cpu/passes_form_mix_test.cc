@@ -167,13 +167,20 @@ Site RandomSite(std::mt19937_64& rng) {
       in = "%yg";
     }
     body += "  %ab = abs(" + in + ")\n  %am = amax(%ab) {dim = -1, keepdim = true}\n";
-    // The scale: max(amax, 1e-10) / 448; vLLM's max(amax / 448, 1 / (448 * 512)); or the first
-    // rounded up to a power of two (UE8M0).
-    const int scale_form = pick(3);
+    // The scale: max(amax, 1e-10) / 448; vLLM's max(amax / 448, 1 / (448 * 512)); the first
+    // rounded up to a power of two (UE8M0); or vLLM's QuantFP8 UE8M0 form, amax / 448 rounded up,
+    // then floored.
+    const int scale_form = pick(4);
     if (scale_form == 1) {
       body += "  %sd = div(%am) {scalar = 448}\n  %s = clamp(%sd) {min = 4.359654017857143e-06}\n";
       site.rounding.push_back("scale_floor_after_div");
       d += "floor-after-div ";
+    } else if (scale_form == 3) {
+      body += "  %sd = div(%am) {scalar = 448}\n  %lg = log2(%sd)\n  %ce = ceil(%lg)\n";
+      body += "  %ex = exp2(%ce)\n  %s = clamp(%ex) {min = 4.359654017857143e-06}\n";
+      site.rounding.push_back("scale_floor_after_div");
+      site.scale_fmt = "ue8m0";
+      d += "ue8m0-floored-after ";
     } else {
       body += "  %ac = clamp(%am) {min = 1e-10}\n";
       body += std::string("  ") + (scale_form == 2 ? "%sc" : "%s") + " = div(%ac) {scalar = 448}\n";

@@ -64,6 +64,31 @@ TEST(QuotientTest, DynamicScaleOfAmaxIsTheTorchFormsScaleForEveryHalfAmax) {
   EXPECT_TRUE(std::isnan(Ue8m0Floored(nan)));
 }
 
+TEST(QuotientTest, Ue8m0ScalesFlooredAfterTheRoundingAreVllmsForEveryHalfAmax) {
+  // vLLM's QuantFP8 UE8M0 form, exp2(ceil(log2(amax / 448))).clamp(min = 1 / (448 * 512)), in
+  // f32 for every finite non-negative bf16 and f16 amax, zero and subnormals included (log2(+0)
+  // is -inf, its exp2 +0, floored).
+  int floored = 0, rounded_above = 0;
+  for (float amax : HalfValues()) {
+    if (amax < 0.0f) continue;
+    const float want = std::fmax(std::exp2(std::ceil(std::log2(amax / 448.0f))), kScaleFloorAfterDiv);
+    ASSERT_TRUE(SameBits(DynamicScaleOf(amax, true, true, false), want)) << amax;
+    // With vLLM's per-group kernel's floor before the rounding too: the same scales.
+    ASSERT_TRUE(SameBits(DynamicScaleOf(amax, true, true, true), want)) << amax;
+    floored += want == kScaleFloorAfterDiv;
+    // Where the quotient lies below the floor but rounds above it: 2^-17, which the floor
+    // before the rounding (round(max(s, floor))) would also give; below 448 * 2^-18 that order
+    // gives 2^-17 and this one the floor.
+    rounded_above += amax / 448.0f < kScaleFloorAfterDiv && want == 0x1p-17f;
+  }
+  EXPECT_GT(floored, 1000);
+  EXPECT_GT(rounded_above, 0);
+  EXPECT_EQ(DynamicScaleOf(0.0f, true, true, false), kScaleFloorAfterDiv);
+  EXPECT_NE(DynamicScaleOf(0.0f, true, true, false), RoundUpToPowerOfTwo(kScaleFloorAfterDiv));
+  EXPECT_EQ(DynamicScaleOf(INFINITY, true, true, false), INFINITY);
+  EXPECT_TRUE(std::isnan(DynamicScaleOf(std::numeric_limits<float>::quiet_NaN(), true, true, false)));
+}
+
 TEST(QuotientTest, AmaxBy448IsIeeeForEveryF32FromItsNormalQuotientsOn) {
   // Every f32 amax from 2^-120 (where a / 448 turns subnormal below) to FLT_MAX, by a stride of
   // 7 ulps (and the ends), then inf and NaN.

@@ -194,28 +194,31 @@ TEST_F(LocalFusedTest, EveryRoundingRecipeIsBitwiseTheOracle) {
 
 // The scale floors of vLLM's kernels: the floor after the division (per token and per group,
 // either scale step) and UE8M0 of the floored scale, where they decide: weights of 2^-30 put
-// every amax below 448 * 2^-34 (so below 1/512), and rows 1 and 4 are zero. Under every
-// row owner, H from one vector per thread to two-block rows, and at 4099 rows (the packed rows'
-// warp per row).
+// every amax below 448 * 2^-34 (so below 1/512), and rows 1 and 4 are zero. Variants 3 and 4,
+// vLLM's QuantFP8 UE8M0 form (the floor after the rounding, either scale step), take weights
+// of 2^-12, which put the amaxes about the floor's 448 * 2^-18: scales of the floor (no power of
+// two) and of powers of two. Under every row owner, H from one vector per thread to two-block
+// rows, and at 4099 rows (the packed rows' warp per row).
 TEST_F(LocalFusedTest, ScaleFloorsAreBitwiseTheOracle) {
   uint64_t seed = 4000;
   for (QuantMode q : {QuantMode::kFp8Token, QuantMode::kFp8Group})
-    for (int variant = 0; variant < 3; ++variant)
+    for (int variant = 0; variant < 5; ++variant)
       for (int64_t h : {128, 512, 2880, 7168})
         for (int64_t tokens : {int64_t(6), int64_t(4099)}) {
           if (tokens > 6 && h != 512) continue;
           AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
           s.rounding.weight_after_round = true;
-          s.rounding.scale_floor_after_div = variant < 2;
-          s.rounding.scale_op_swapped = variant == 1;
-          if (variant == 2) {
+          s.rounding.scale_floor_after_div = variant != 2;
+          s.rounding.scale_op_swapped = variant == 1 || variant == 4;
+          if (variant >= 2) {
             s.scale_fmt = ScaleFormat::kUe8m0;
-            s.scale_layout = ScaleLayout::kCol;
-            s.rounding.ue8m0_floor = true;
+            s.scale_layout = variant == 2 ? ScaleLayout::kCol : ScaleLayout::kRow;
+            s.rounding.ue8m0_floor = variant == 2;
           }
           FusedInputs in = MakeFusedInputs(s, tokens, /*world_size=*/1, seed++);
+          const float weight_scale = variant >= 3 ? 0x1p-12f : 0x1p-30f;
           for (int64_t i = 0; i < h; ++i) {
-            in.weight.SetF32(i, in.weight.GetF32(i) * 0x1p-30f);
+            in.weight.SetF32(i, in.weight.GetF32(i) * weight_scale);
             for (int64_t row : {1, 4}) {
               in.partials[0].SetF32(row * h + i, 0.0f);
               in.residual.SetF32(row * h + i, 0.0f);
@@ -237,12 +240,13 @@ TEST_F(LocalFusedTest, ScaleFloorsAreBitwiseTheOracle) {
 // (inf scales, the amax bound refused) and leaves the others finite; without it, the other rows
 // stay finite and fp8_token's amax bound decides them. Every quant mode and row owner, both
 // recipes' kernels, the run-time recipe's forms (one rounding or two, vLLM's floors, the
-// reciprocal, ue8m0), 4099 rows at H 512 (a warp per row). Bitwise the oracle, any NaN for a NaN.
+// reciprocal, ue8m0, ue8m0 floored after the rounding), 4099 rows at H 512 (a warp per row).
+// Bitwise the oracle, any NaN for a NaN.
 TEST_F(LocalFusedTest, InfAndNanRowsAreTheOracle) {
   uint64_t seed = 4500;
   const float nan = std::numeric_limits<float>::quiet_NaN();
   for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
-    for (int recipe = 0; recipe < 4; ++recipe)
+    for (int recipe = 0; recipe < 5; ++recipe)
       for (int64_t h : {128, 512, 2880, 7168})
         for (int64_t tokens : {int64_t(6), int64_t(4099)})
           for (bool big : {false, true}) {
@@ -252,9 +256,10 @@ TEST_F(LocalFusedTest, InfAndNanRowsAreTheOracle) {
             s.rounding.weight_after_round = recipe == 1;
             s.rounding.scale_floor_after_div = recipe == 2;
             s.rounding.scale_op_swapped = recipe == 2;
-            if (recipe == 3) {
+            if (recipe >= 3) {  // 4: vLLM's QuantFP8 UE8M0 form, floored after the rounding
               s.scale_fmt = ScaleFormat::kUe8m0;
               s.scale_layout = ScaleLayout::kCol;
+              s.rounding.scale_floor_after_div = recipe == 4;
             }
             FusedInputs in = MakeFusedInputs(s, tokens, /*world_size=*/1, seed++);
             in.partials[0].SetF32(1 * h + 0, nan);

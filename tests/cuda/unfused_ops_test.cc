@@ -463,11 +463,15 @@ TEST_P(UnfusedShapesTest, QuantFp8MatchesExactly) {
     }
 
     // Dynamic: per token, per group of 128 and of 64, row and column layouts, f32 and ue8m0;
-    // each in four legs:
+    // each in these legs:
     //   - plain;
     //   - with its floor of vLLM's kernels (after the division for f32 scales, ue8m0 of max(s,
     //     1e-10)) on y scaled by 2^-40 (f16: all zeros) with row 0 zero, where the floors
     //     decide: every amax lies below 448 * 2^-34;
+    //   - ue8m0 only: vLLM's QuantFP8 UE8M0 form, floored after the rounding (scale_floor_after_div
+    //     with ue8m0) on y scaled by 2^-12 with row 0 zero, whose amaxes lie about the floor's
+    //     448 * 2^-18: scales of the floor 1 / (448 * 512) (no power of two: divided by) and of
+    //     powers of two, by division and by the reciprocal;
     //   - multiplied by the scale's reciprocal (scale_op_swapped: y * (1 / s));
     //   - with inf and NaN in rows 1-3 (a group with +inf, one with a NaN, one with -inf and a
     //     NaN), whose scales are inf and NaN as torch's forms give them: bitwise but for NaN
@@ -475,6 +479,9 @@ TEST_P(UnfusedShapesTest, QuantFp8MatchesExactly) {
     HostTensor tiny = y;
     for (int64_t i = 0; i < tiny.numel(); ++i)
       tiny.SetF32(i, i < hidden() ? 0.0f : y.GetF32(i) * 0x1p-40f);
+    HostTensor near = y;
+    for (int64_t i = 0; i < near.numel(); ++i)
+      near.SetF32(i, i < hidden() ? 0.0f : y.GetF32(i) * 0x1p-12f);
     HostTensor odd = y;
     const auto put = [&](int64_t row, int64_t col, float v) {
       if (row < tokens()) odd.SetF32(row * hidden() + col, v);
@@ -483,34 +490,46 @@ TEST_P(UnfusedShapesTest, QuantFp8MatchesExactly) {
     put(2, hidden() - 1, std::numeric_limits<float>::quiet_NaN());
     put(3, 0, -INFINITY);
     put(3, hidden() / 2, std::numeric_limits<float>::quiet_NaN());
-    StatusOr<DeviceCopy> dtiny = Upload(tiny, stream()), dodd = Upload(odd, stream());
-    ASSERT_TRUE(dtiny.ok() && dodd.ok());
+    StatusOr<DeviceCopy> dtiny = Upload(tiny, stream()), dodd = Upload(odd, stream()),
+                         dnear = Upload(near, stream());
+    ASSERT_TRUE(dtiny.ok() && dodd.ok() && dnear.ok());
     struct Mode {
       QuantMode mode;
       int64_t group;
     };
-    enum class Leg { kPlain, kFloors, kReciprocal, kNonFinite, kNonFiniteReciprocal };
+    enum class Leg {
+      kPlain, kFloors, kFloorAfterRounding, kFloorAfterRoundingReciprocal, kReciprocal,
+      kNonFinite, kNonFiniteReciprocal
+    };
     for (Mode m : {Mode{QuantMode::kFp8Token, 0}, Mode{QuantMode::kFp8Group, 128},
                    Mode{QuantMode::kFp8Group, 64}}) {
       if (m.mode == QuantMode::kFp8Group && hidden() % m.group != 0) continue;
       for (ScaleLayout layout : {ScaleLayout::kRow, ScaleLayout::kCol}) {
         for (ScaleFormat format : {ScaleFormat::kF32, ScaleFormat::kUe8m0})
-        for (Leg leg : {Leg::kPlain, Leg::kFloors, Leg::kReciprocal, Leg::kNonFinite,
+        for (Leg leg : {Leg::kPlain, Leg::kFloors, Leg::kFloorAfterRounding,
+                        Leg::kFloorAfterRoundingReciprocal, Leg::kReciprocal, Leg::kNonFinite,
                         Leg::kNonFiniteReciprocal}) {
-          const char* leg_name[] = {"", " vLLM's floor", " y * (1 / s)", " inf and NaN",
-                                    " inf and NaN, y * (1 / s)"};
+          const char* leg_name[] = {"", " vLLM's floor", " floored after the rounding",
+                                    " floored after the rounding, y * (1 / s)", " y * (1 / s)",
+                                    " inf and NaN", " inf and NaN, y * (1 / s)"};
           const bool non_finite = leg == Leg::kNonFinite || leg == Leg::kNonFiniteReciprocal;
+          const bool after_rounding =
+              leg == Leg::kFloorAfterRounding || leg == Leg::kFloorAfterRoundingReciprocal;
+          if (after_rounding && format != ScaleFormat::kUe8m0) continue;
           const std::string what =
               StrCat("quant_fp8 ", QuantModeName(m.mode), " group ", m.group, " ",
                      ScaleLayoutName(layout), " ", ScaleFormatName(format), " ", DTypeName(dtype),
                      leg_name[int(leg)]);
           SCOPED_TRACE(what);
           QuantParams config{m.mode, int(m.group), layout, format};
-          config.scale_floor_after_div = leg == Leg::kFloors && format == ScaleFormat::kF32;
+          config.scale_floor_after_div =
+              (leg == Leg::kFloors && format == ScaleFormat::kF32) || after_rounding;
           config.ue8m0_floor = leg == Leg::kFloors && format == ScaleFormat::kUe8m0;
-          config.scale_op_swapped = leg == Leg::kReciprocal || leg == Leg::kNonFiniteReciprocal;
-          const HostTensor& in = leg == Leg::kFloors ? tiny : non_finite ? odd : y;
+          config.scale_op_swapped = leg == Leg::kReciprocal || leg == Leg::kNonFiniteReciprocal ||
+                                    leg == Leg::kFloorAfterRoundingReciprocal;
+          const HostTensor& in = leg == Leg::kFloors ? tiny : after_rounding ? near : non_finite ? odd : y;
           const cuda::DeviceTensor& din = leg == Leg::kFloors ? dtiny->tensor
+                                          : after_rounding    ? dnear->tensor
                                           : non_finite        ? dodd->tensor
                                                               : dy->tensor;
           StatusOr<cpu::DynamicQuantResult> ref = cpu::QuantFp8Dynamic(in, config);

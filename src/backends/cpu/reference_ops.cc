@@ -366,8 +366,9 @@ StatusOr<DynamicQuantResult> QuantFp8Dynamic(const HostTensor& y,
   const int64_t groups = hidden / group;
   const int64_t padded = PaddedScaleTokens(rows);
   const bool ue8m0 = config.format == ScaleFormat::kUe8m0;
-  // Dividing by a power of two (ue8m0) is multiplying by its exact reciprocal.
-  const bool divide = config.Divides() && !ue8m0;
+  // Dividing by a power of two (ue8m0) is multiplying by its exact reciprocal; floored after the
+  // rounding (scale_floor_after_div), a ue8m0 scale may be the floor, no power of two.
+  const bool divide = config.Divides() && (!ue8m0 || config.scale_floor_after_div);
   DynamicQuantResult out;
   out.q = HostTensor(DType::kF8E4M3, y.shape());
   out.s = config.layout == ScaleLayout::kRow ? HostTensor(DType::kF32, {rows, groups})

@@ -108,13 +108,15 @@ struct DynamicQuantResult {
   HostTensor s;  // f32: row layout [T, G], column layout [G, pad4(T)] (padding left 0)
 };
 // Per row (token) or per group_size contiguous columns of a row (group), as the kernels do it:
-//   amax = max |y| (MaxOfMagnitudes: a NaN wins, as in torch's amax), s = DynamicScaleOfAmax(amax)
+//   amax = max |y| (MaxOfMagnitudes: a NaN wins, as in torch's amax), s = DynamicScaleOf(amax)
 //   (common/quotient.h: max(amax, 1e-10f) / 448.0f in f32, or max(amax / 448.0f, 1 / (448 *
-//   512)) when config.scale_floor_after_div; inf and NaN amax give inf and NaN), rounded up to
-//   a power of two for ue8m0 (from max(s, 1e-10) when config.ue8m0_floor);
+//   512)) when config.scale_floor_after_div; inf and NaN amax give inf and NaN; for ue8m0
+//   rounded up to a power of two, from max(s, 1e-10) when config.ue8m0_floor, and floored after
+//   the rounding when config.scale_floor_after_div);
 //   q = fp8(y / s) by QuotientByReciprocal(y, s, 1 / s) (common/quotient.h: the IEEE quotient
-//   wherever FP8 can see a difference) when config.Divides() and the scale is not ue8m0,
-//   else q = fp8(y * (1.0f / s)) (exact for a power of two s); a non-finite s takes the form's
+//   wherever FP8 can see a difference) when config.Divides() and the scale is not a power of two
+//   by construction (ue8m0 without the floor after), else q = fp8(y * (1.0f / s)) (exact for a
+//   power of two s); a non-finite s takes the form's
 //   own step (y / s, or y * (1.0f / s) when the form multiplies), so every value, inf and NaN
 //   included, is what the torch form computes.
 // y: [..., H] (rows = leading dims flattened).

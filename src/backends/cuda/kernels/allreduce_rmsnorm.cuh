@@ -805,15 +805,22 @@ __device__ __forceinline__ uint2 QuantizeVector(float (&yf)[kVecElems], ScaleSte
 
 // The dynamic scale s = max(amax, 1e-10) / 448, or max(amax / 448, 1 / (448 * 512)) under
 // scale_floor_after_div (DynamicScaleOfAmax, common/quotient.h; ue8m0: rounded up to a power of
-// two, from max(s, 1e-10) under ue8m0_floor), and how y is divided by it.
+// two, from max(s, 1e-10) under ue8m0_floor, and then floored under scale_floor_after_div), and
+// how y is divided by it.
 template <class Recipe, QuantMode kQuant>
 __device__ __forceinline__ float DynamicScale(const FusedKernelParams& p, float amax, ScaleStep& step) {
   // DynamicScaleOf (common/quotient.h) written out: through the call, ptxas allocated the
   // run-time recipe's kernels differently (up to +5 registers) for the same operations.
-  float s = DynamicScaleOfAmax(amax, Recipe::ScaleFloorAfterDiv(p));
-  if (Recipe::ScaleUe8m0(p)) s = RoundUpToPowerOfTwo(Recipe::Ue8m0Floor(p) ? Ue8m0Floored(s) : s);
-  // Dividing by a power of two (ue8m0) is multiplying by its exact reciprocal.
-  step = Recipe::QuantDivides(p, kQuant) && !Recipe::ScaleUe8m0(p) ? ScaleStep::kDivideBounded : ScaleStep::kMultiply;
+  float s = DynamicScaleOfAmax(amax, Recipe::ScaleFloorAfterDiv(p) && !Recipe::ScaleUe8m0(p));
+  if (Recipe::ScaleUe8m0(p)) {
+    s = RoundUpToPowerOfTwo(Recipe::Ue8m0Floor(p) ? Ue8m0Floored(s) : s);
+    if (Recipe::ScaleFloorAfterDiv(p)) s = FlooredAfterDiv(s);
+  }
+  // Dividing by a power of two (ue8m0) is multiplying by its exact reciprocal; floored after the
+  // rounding, a ue8m0 scale may be the floor, no power of two.
+  step = Recipe::QuantDivides(p, kQuant) && (!Recipe::ScaleUe8m0(p) || Recipe::ScaleFloorAfterDiv(p))
+             ? ScaleStep::kDivideBounded
+             : ScaleStep::kMultiply;
   return s;
 }
 
