@@ -89,6 +89,22 @@ TEST(QuotientTest, Ue8m0ScalesFlooredAfterTheRoundingAreVllmsForEveryHalfAmax) {
   EXPECT_TRUE(std::isnan(DynamicScaleOf(std::numeric_limits<float>::quiet_NaN(), true, true, false)));
 }
 
+TEST(QuotientTest, TheFloorsQuotientAndProductGiveTheSameFp8ForEveryHalfValue) {
+  // A ue8m0 scale floored after the rounding may be the floor 1 / (448 * 512), no power of two:
+  // the kernels divide by it where the form divides. For 16-bit y the FP8 codes of y / s and of
+  // y * (1 / s) agree anyway at every value that scale quantizes (|y| <= 448 * s), though the
+  // f32 values differ for many.
+  const float s = kScaleFloorAfterDiv, inv = 1.0f / s;
+  int f32_differ = 0;
+  for (float y : HalfValues()) {
+    if (!(std::fabs(y) <= 448.0f * s)) continue;
+    ASSERT_EQ(FloatToFp8E4M3(y / s), FloatToFp8E4M3(y * inv)) << y;
+    ASSERT_EQ(FloatToFp8E4M3(QuotientByReciprocal(y, s, inv)), FloatToFp8E4M3(y / s)) << y;
+    f32_differ += y / s != y * inv;
+  }
+  EXPECT_GT(f32_differ, 1000);
+}
+
 TEST(QuotientTest, AmaxBy448IsIeeeForEveryF32FromItsNormalQuotientsOn) {
   // Every f32 amax from 2^-120 (where a / 448 turns subnormal below) to FLT_MAX, by a stride of
   // 7 ulps (and the ends), then inf and NaN.
