@@ -713,7 +713,10 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
       // The rounding reads the quotient itself; the floor is the one after it.
       m.floor_after_div = true;
       floor = floor_after_round;
-      if (last->op() == "clamp") return std::nullopt;
+      if (last->op() == "clamp") {
+        notes.Decline("the scale is floored both before and after its power-of-two rounding");
+        return std::nullopt;
+      }
     } else if (last->op() == "clamp") {  // the floor after the division
       m.floor_after_div = true;
       floor_before_round = m.ue8m0;

@@ -642,6 +642,14 @@ TEST(PassesCanonicalize, DynamicQuantDeclinesOtherFloorsAfterTheDivision) {
        "  %s = exp2(%ce)\n",
        "the scale is floored after the division and then rounded to a power of two: the fused "
        "quant floors such scales before the division or after the rounding"},
+      // Floored both before and after the rounding.
+      {"  %sd = div(%am) {scalar = 448}\n"
+       "  %sc = clamp(%sd) {min = 4.359654017857143e-06}\n"
+       "  %lg = log2(%sc)\n"
+       "  %ce = ceil(%lg)\n"
+       "  %ex = exp2(%ce)\n"
+       "  %s = clamp(%ex) {min = 4.359654017857143e-06}\n",
+       "the scale is floored both before and after its power-of-two rounding"},
       // The floor after the rounding that is not 1 / (448 * 512).
       {"  %sd = div(%am) {scalar = 448}\n"
        "  %lg = log2(%sd)\n"
