@@ -841,11 +841,10 @@ def test_a_static_quant_whose_scale_cast_comes_after_the_norm_is_fused():
     assert same_bits(q, quantfp8_static(y, args[3]))
 
 
-def test_a_ue8m0_scale_floored_before_its_rounding_is_left_to_the_graph():
+def test_a_ue8m0_scale_floored_before_its_rounding_is_left_to_the_graph_with_the_reason(caplog):
     # exp2(ceil(log2(clamp(amax / 448, min = 1 / (448 * 512))))): the floor before the rounding
     # gives 2^-17 where vLLM's form (the rounding, then the floor) gives the floor; no fused
-    # quant rounds so. The norm still fuses; the quant stays (the compiler's reason:
-    # passes_canonicalize_test's DynamicQuantDeclinesOtherFloorsAfterTheDivision).
+    # quant rounds so. The norm still fuses; the quant stays, and the fusion says why.
     def f(x, res, w):
         h = x + res
         y = llama_norm(h, w)
@@ -857,10 +856,15 @@ def test_a_ue8m0_scale_floored_before_its_rounding_is_left_to_the_graph():
 
     g = trace(f, ((6, 256), bf), ((6, 256), bf), ((256,), bf))
     p = tt.FusionPass(world_size=1, fuse_local=True)
-    p(g)
+    with caplog.at_level(logging.INFO, logger="tpfuse.torch"):
+        p(g)
     calls = [n for n in g.nodes if str(n.target) == FUSED]
     assert len(calls) == 1 and str(calls[0].kwargs["quant"]) == "none", g
     assert count(g, "aten.exp2") == 1
+    (fusion,) = p.report.graphs[-1].fusions
+    assert len(fusion.notes) == 1 and "of the norm stays as written" in fusion.notes[0]
+    assert "floored after the division and then rounded to a power of two" in fusion.notes[0]
+    assert fusion.notes[0] in caplog.text
 
 
 def test_vllms_all_reduce_op_is_fused_like_the_functional_one():

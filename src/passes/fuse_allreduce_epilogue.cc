@@ -29,6 +29,7 @@
 // The rounding recipe of the fused op is the canonical norm's and quant's (`rounding`
 // attributes, set by canonicalize from the form it folded), so fusing changes no bit.
 #include <algorithm>
+#include <set>
 #include <variant>
 #include <vector>
 
@@ -425,6 +426,43 @@ std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
   return plan;
 }
 
+// The FP8 quantizations of the norm output y still written out in ops (a cast to f8e4m3 that
+// y reaches through the ops a quantization is written with, no canonical quant_fp8), each with
+// the reasons the canonicalizer gave for leaving it (PassContext::declines_at), in words.
+std::vector<std::string> UnfoldedQuantNotes(const Chain& chain, const PassContext& ctx) {
+  static const std::set<std::string> kQuantOps = {
+      "cast", "view", "abs", "amax", "div", "mul", "clamp", "reciprocal", "log2", "ceil",
+      "exp2", "pow", "maximum", "minimum", "neg"};
+  std::vector<std::string> notes;
+  std::set<const ir::Value*> seen = {chain.y};
+  std::vector<const ir::Value*> frontier = {chain.y};
+  for (int depth = 0; depth < 12 && !frontier.empty(); ++depth) {
+    std::vector<const ir::Value*> next;
+    for (const ir::Value* v : frontier) {
+      for (const ir::Use& u : v->uses()) {
+        if (u.is_return() || !kQuantOps.count(u.user->op()) || u.user->num_results() != 1)
+          continue;
+        const ir::Value* out = u.user->result();
+        if (!seen.insert(out).second) continue;
+        if (u.user->op() == "cast" && out->dtype() == DType::kF8E4M3) {
+          std::string why;
+          if (auto it = ctx.declines_at.find(out->name()); it != ctx.declines_at.end()) {
+            for (const std::string& reason : it->second) why += (why.empty() ? "" : "; ") + reason;
+          } else {
+            why = "it matches no quantization form the compiler folds";
+          }
+          notes.push_back(
+              StrCat("the FP8 quantization ", Ref(out), " of the norm stays as written: ", why));
+          continue;
+        }
+        next.push_back(out);
+      }
+    }
+    frontier = std::move(next);
+  }
+  return notes;
+}
+
 // The whole chain with the first quant that works, else the norm alone.
 std::variant<Plan, Refusal> PlanBestFusion(const Chain& chain, const PassContext& ctx) {
   AllreduceRmsnormSpec base;
@@ -451,6 +489,8 @@ std::variant<Plan, Refusal> PlanBestFusion(const Chain& chain, const PassContext
   }
   std::variant<Plan, Refusal> norm_only = PlanFusion(chain, nullptr, base, ctx);
   if (auto* plan = std::get_if<Plan>(&norm_only)) {
+    std::vector<std::string> unfolded = UnfoldedQuantNotes(chain, ctx);
+    notes.insert(notes.end(), unfolded.begin(), unfolded.end());
     plan->notes = std::move(notes);
     plan->quants_dropped = int(dropped.size());
   }

@@ -51,6 +51,10 @@ struct PassContext {
   std::vector<Rejection> local_unfused;
   // rule name -> counter name -> count ("anchors_seen", "fused", "rejected: <reason kind>").
   std::map<std::string, std::map<std::string, int>> counters;
+  // Why the rewrite patterns left a node as it was, by the name of its first result, from the
+  // last sweep that found nothing to rewrite ("decomposed_dynamic_quant: the scale is not amax /
+  // 448"): the fusion pass says so where an FP8 quantization of a fused norm stayed out.
+  std::map<std::string, std::vector<std::string>> declines_at;
 
   // When set, the graph is printed here after every pass, under a "# after <pass>" comment
   // line (a .tpg comment, so the dump stays parseable).

@@ -240,6 +240,7 @@ StatusOr<bool> ApplyPatternsGreedily(ir::Graph& graph, const PatternList& patter
   for (int sweep = 0; sweep < options.max_sweeps; ++sweep) {
     Rewriter rewriter(graph);
     std::map<std::pair<std::string, std::string>, int> declines;
+    std::map<std::string, std::vector<std::string>> declines_at;  // by the root's result name
     bool sweep_changed = false;
     for (ir::Node* node : graph.NodesSnapshot()) {
       if (rewriter.IsErased(node)) continue;
@@ -258,14 +259,18 @@ StatusOr<bool> ApplyPatternsGreedily(ir::Graph& graph, const PatternList& patter
           sweep_changed = true;
           break;
         }
-        for (const std::string& reason : notes.declines())
+        for (const std::string& reason : notes.declines()) {
           declines[{std::string(pattern->name()), reason}]++;
+          if (node->num_results() > 0)
+            declines_at[node->result(0)->name()].push_back(StrCat(pattern->name(), ": ", reason));
+        }
       }
     }
     if (!sweep_changed) {
       // NOTE: declines are counted from the final sweep only; earlier sweeps see nodes that a
       // later rewrite changes, and would count one candidate several times.
       for (const auto& [key, n] : declines) ctx.Count(key.first, "declined: " + key.second, n);
+      for (auto& [name, reasons] : declines_at) ctx.declines_at[name] = std::move(reasons);
       return changed;
     }
     changed = true;

@@ -304,6 +304,41 @@ TEST(PassesFuse, TwoQuantConsumersFuseTheFirstOtherReadsNorm) {
   ExpectSameOutputs(c);
 }
 
+// An FP8 quantization of the fused norm written in ops that no quant form folds stays as
+// written, and the fusion says why in the canonicalizer's words; one that folds no form at all
+// (here: a scale of amax / 100) says that.
+TEST(PassesFuse, AQuantOfTheNormLeftInOpsIsNamedWithTheReason) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y = rms_norm(%ar, %g) {eps = 1e-6}
+      %yf = cast(%y) {to = f32}
+      %ab = abs(%yf)
+      %am = amax(%ab) {dim = -1, keepdim = true}
+      %sd = div(%am) {scalar = 448}
+      %sc = clamp(%sd) {min = 4.359654017857143e-06}
+      %lg = log2(%sc)
+      %ce = ceil(%lg)
+      %s = exp2(%ce)
+      %dq = div(%yf, %s)
+      %q = cast(%dq) {to = f8e4m3}
+      %t = mul(%yf) {scalar = 0.01}
+      %q2 = cast(%t) {to = f8e4m3}
+      return %q, %s, %q2
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kNone, {"norm"}}});
+  EXPECT_EQ(c.ctx.fusions[0].notes,
+            (std::vector<std::string>{
+                "the FP8 quantization %q of the norm stays as written: decomposed_dynamic_quant: "
+                "the scale is floored after the division and then rounded to a power of two: the "
+                "fused quant floors such scales before the division or after the rounding",
+                "the FP8 quantization %q2 of the norm stays as written: it matches no "
+                "quantization form the compiler folds"}));
+  ExpectSameOutputs(c);
+}
+
 // ---------------------------------------------------------------- rejections
 
 TEST(PassesFuse, PlainAllReduceIsLeftAloneWithItsReason) {

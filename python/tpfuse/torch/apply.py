@@ -27,6 +27,9 @@ class AppliedFusion:
     fused_value: str
     attrs: Dict[str, Any]
     replaced: List[str]          # FX nodes whose uses now read a fused result
+    # What the compiler left out of the chain and why (a quant that stays unfused, an FP8
+    # quantization of the norm written in ops no form folds), in its words.
+    notes: List[str] = dataclasses.field(default_factory=list)
 
 
 class ApplyError(Exception):

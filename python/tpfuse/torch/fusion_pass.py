@@ -196,11 +196,15 @@ class FusionPass(CustomGraphPass):
         fused_anchors = {f.anchor for f in applied}
         skipped_by_anchor = {anchors[value][0]: why for value, why in report.skipped.items()
                              if value in anchors}
+        notes = {f["fused_value"]: f.get("notes", []) for f in compiled.report.get("fusions", [])}
         for f in applied:
+            f.notes = list(notes.get(f.fused_value, []))
             logger.info("fused all_reduce %%%s -> allreduce_rmsnorm(quant=%s, emit=%s) "
                         "replacing %s", f.anchor or "(local)", f.attrs.get("quant", "none"),
                         ",".join(map(str, f.attrs.get("emit", []))),
                         ", ".join("%" + r for r in f.replaced))
+            for note in f.notes:
+                logger.info("  %s", note)
         for name in tr.all_reduces:
             if name in fused_anchors:
                 continue
