@@ -266,14 +266,21 @@ std::string NoChainReason(const ir::Node* anchor) {
                   NodeRef(reach->norm), "; the fused op takes the scale over only when the norm reads it "
                   "as its input and is its only use (", DescribeUses(scaled), ")");
   }
-  // A mean subtracted on the way to the rsqrt makes it a LayerNorm (Cohere's), not an RMSNorm.
-  const bool centered = std::any_of(reach->path.begin(), reach->path.end(),
-                                    [](const ir::Node* n) { return n->kind() == ir::OpKind::kSub; });
+  // A mean subtracted on the way to the rsqrt makes it a LayerNorm (Cohere's), not an RMSNorm;
+  // so does a variance (torch's var_mean, which F.layer_norm decomposes into, kept opaque: the
+  // mean is subtracted on the other branch, after the rsqrt).
+  const bool centered =
+      std::any_of(reach->path.begin(), reach->path.end(), [](const ir::Node* n) {
+        if (n->kind() == ir::OpKind::kSub) return true;
+        const std::optional<std::string> name =
+            n->op() == "opaque" ? TextAttr(n, ir::kOpaqueNameAttr) : std::nullopt;
+        return name && (name->rfind("aten.var_mean", 0) == 0 || name->rfind("aten.var.", 0) == 0);
+      });
   const std::string what =
       reach->norm->kind() != ir::OpKind::kRsqrt
           ? NodeRef(reach->norm)
       : centered ? StrCat("the rsqrt ", Ref(reach->norm->result()),
-                          " of a LayerNorm (it subtracts the mean first; the fused op computes RMSNorm)")
+                          " of a LayerNorm (it subtracts the mean; the fused op computes RMSNorm)")
                  : StrCat("the rsqrt ", Ref(reach->norm->result()),
                           " of an RMSNorm written out in a form canonicalize does not recognize (its counters say why)");
   return StrCat("all_reduce ", Ref(a), " reaches ", what, " only through ",
