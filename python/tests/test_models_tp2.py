@@ -1,9 +1,10 @@
 """transformers' Llama, Qwen3, Gemma3, DeepSeek-V3 and Granite (tiny configs, random weights, 2
 layers), sharded for TP 2 by hand, Llama and Mixtral sharded by transformers' own
 tp_plan="auto", and the replicated families of tp_models (post-norm, sandwich norms, fused
-projections, MoE, hybrid linear attention, Gemma 4's pow(-0.5) norms), run at world size 2 over
-gloo: the pass fuses every all_reduce -> norm site (2 per layer), no all_reduce stays in the
-graph, it reports nothing it should not, and the compiled model equals the eager one. Cohere's
+projections, MoE, hybrid linear attention, Gemma 4's pow(-0.5) norms, nanochat's norms without a
+weight), run at world size 2 over gloo: the pass fuses every all_reduce -> norm site (2 per
+layer), no all_reduce stays in the graph, it reports nothing it should not, and the compiled
+model equals the eager one. Cohere's
 parallel attention and MLP (two all_reduces added to one residual) leaves what it cannot fuse,
 and says why.
 

@@ -1013,3 +1013,39 @@ def test_rank3_chains_with_dynamic_sizes_fuse(dynamic_dims):
     want_q, want_s = quantfp8_group(y)
     assert same_bits(q, want_q) and same_bits(s, want_s)
     assert torch.equal(h, x + res)
+
+
+def nanochat_norm(x, eps=1e-6):
+    """transformers' NanoChatRMSNorm: no weight; x.float() normalized, then .type_as(x)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_norm_without_a_weight_fuses_with_a_unit_weight_and_computes_what_the_graph_did(
+        world_size):
+    # The compiler gives the norm a unit weight, full([H], 1) in x's dtype; the pass writes it as
+    # aten.full before the fused op. round(n * 1) = round(n): bitwise the traced graph.
+    def f(x, res):
+        a = wait(ar(x, "sum", GROUP)) if world_size == 2 else x
+        h = a + res
+        return nanochat_norm(h), h
+
+    if world_size == 2:
+        g = trace(f, ((6, 256), bf), ((6, 256), bf))
+        p = tt.FusionPass(world_size=2)
+        p(g)
+        assert p.report.fused == 1, p.report.left_alone
+        assert count(g, "aten.full") == 1, g
+        g.lint()
+        return
+    gm, args = trace_module(f, ((6, 256), bf), ((6, 256), bf))
+    want = gm(*args)
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    calls = [n for n in gm.graph.nodes if str(n.target) == FUSED]
+    assert len(calls) == 1, gm.graph
+    assert count(gm.graph, "aten.rsqrt") == 0 and count(gm.graph, "aten.full") == 1, gm.graph
+    got = gm(*args)
+    assert all(same_bits(a, b) for a, b in zip(got, want))

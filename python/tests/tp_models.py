@@ -30,10 +30,11 @@ FP8_MIN_SCALING_FACTOR = 1.0 / (FP8_MAX * 512.0)  # vLLM's floor of the scale
 # Families run replicated, built from their default config at the tiny sizes below: post-norm
 # (olmo2, exaone4), sandwich norms (glm4), fused projections (phi3), MoE blocks (qwen3_moe,
 # gpt_oss: attention sinks too), hybrid linear attention with (1 + w) norms (qwen3_next),
-# sandwich norms written with torch.pow(mean_squared, -0.5) (gemma4_text), and attention and MLP
-# in parallel on one residual (cohere2_moe: two all_reduces added).
+# sandwich norms written with torch.pow(mean_squared, -0.5) (gemma4_text), norms without a
+# weight (nanochat), and attention and MLP in parallel on one residual (cohere2_moe: two
+# all_reduces added).
 REPLICATED = ("olmo2", "exaone4", "glm4", "phi3", "qwen3_moe", "gpt_oss", "qwen3_next",
-              "gemma4_text", "cohere2_moe")
+              "gemma4_text", "nanochat", "cohere2_moe")
 EAGER_ATTENTION = ("gpt_oss",)  # no SDPA path in transformers
 HF_TP_ONLY = ("mixtral",)  # families only run sharded by transformers' own tp_plan
 

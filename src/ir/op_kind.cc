@@ -12,7 +12,7 @@ constexpr OpKind kAllKinds[] = {
     OpKind::kCast,       OpKind::kMean,       OpKind::kAmax,
     OpKind::kView,       OpKind::kRmsNorm,    OpKind::kFusedAddRmsNorm,
     OpKind::kQuantFp8,   OpKind::kMatmul,     OpKind::kScaledMatmul,
-    OpKind::kAllreduceRmsnorm, OpKind::kOpaque,
+    OpKind::kAllreduceRmsnorm, OpKind::kOpaque, OpKind::kFull,
 };
 
 }  // namespace
@@ -38,6 +38,7 @@ std::string_view OpKindName(OpKind kind) {
     case OpKind::kMean: return "mean";
     case OpKind::kAmax: return "amax";
     case OpKind::kView: return "view";
+    case OpKind::kFull: return "full";
     case OpKind::kRmsNorm: return "rms_norm";
     case OpKind::kFusedAddRmsNorm: return "fused_add_rms_norm";
     case OpKind::kQuantFp8: return "quant_fp8";

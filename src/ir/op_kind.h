@@ -38,6 +38,8 @@ enum class OpKind : uint8_t {
   kAmax,
   // shape
   kView,
+  // a constant tensor (the unit weight of a norm written without one)
+  kFull,
   // norms and quantization
   kRmsNorm,
   kFusedAddRmsNorm,

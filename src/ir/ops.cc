@@ -278,6 +278,25 @@ StatusOr<Types> InferLastDimReduction(const Types& in, const AttrReader& attrs) 
   return Types{y};
 }
 
+// full() {shape = [256], value = 1, dtype = f32}: a constant tensor of a constant shape (the
+// unit weight of a norm written without one).
+StatusOr<Types> InferFull(const Types&, const AttrReader& attrs) {
+  const std::string name = attrs.Text("dtype", "");
+  std::optional<DType> dtype = ParseDType(name);
+  if (!dtype || !IsActivationFloat(*dtype))
+    return attrs.Error("'dtype' must be f32, bf16 or f16, got '", name, "'");
+  Shape shape;
+  for (const Attr& item : attrs.Find("shape")->list) {
+    if (item.kind != Attr::Kind::kInt || item.i < 0 || item.i > kMaxDimValue)
+      return attrs.Error("shape item ", item.ToString(), " is not a constant in [0, ", kMaxDimValue,
+                         "]");
+    shape.push_back(Dim::Const(item.i));
+  }
+  if (!std::isfinite(attrs.Number("value", 0.0)))
+    return attrs.Error("'value' must be finite");
+  return Types{TensorType{*dtype, shape}};
+}
+
 StatusOr<Types> InferView(const Types& in, const AttrReader& attrs) {
   const TensorType& x = in[0];
   Shape shape;
@@ -573,6 +592,9 @@ std::vector<OpEntry> MakeRegistry() {
       {{"clamp", 1, 1, {{"min", T::kNumber, false}, {"max", T::kNumber, false}}}, InferClamp},
       {{"cast", 1, 1, {{"to", T::kText, true}}}, InferCast},
       {{"view", 1, 1, {{"shape", T::kItemList, true}}}, InferView},
+      {{"full", 0, 0, {{"shape", T::kItemList, true}, {"value", T::kNumber, true},
+                       {"dtype", T::kText, true}}},
+       InferFull},
       {{"rms_norm", 2, 2, norm_attrs}, InferRmsNorm},
       {{"fused_add_rms_norm", 3, 3, norm_attrs}, InferFusedAddRmsNorm},
       {{"quant_fp8",

@@ -194,11 +194,16 @@ struct RmsNormMatch {
   ir::Value* residual = nullptr;
   ir::Node* residual_cast = nullptr;
   InsertionPoint point;  // fused-add form: where fused_add_rms_norm goes
+  // No weight multiply (weight.w null): the norm takes a unit weight, full([H], 1) in x's dtype.
+  bool unit_weight = false;
 };
 
 // [cast(x, f32)] -> pow(2) | mul(v, v) -> mean -> add(eps) -> rsqrt -> mul(v, r) -> [cast]
 //   -> mul(., w) (the weight multiply before or after the cast)  ->  rms_norm(x, w) {eps}
 // mul(., add(w, scalar = 1))  ->  rms_norm(x, w) {eps, weight_bias = 1}
+// cast(mul(v, r), x's dtype), no weight multiply (nanochat's norm, F.rms_norm without a weight)
+//   ->  rms_norm(x, full() {shape = [H], value = 1, dtype = x's})
+//   (exact: round(n * 1) = round(n) for every n; H must be a constant)
 //
 // Numerics: rms_norm computes in f32 and rounds once (Contract 3 step 3). The usual exported
 // form (f32 inside, one cast back) agrees with it to the rounding of the final multiply. A chain
@@ -245,65 +250,90 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
       if (mid_cast) m.chain.push_back(mid_cast);
       if (weighted != root) m.chain.push_back(weighted);
       m.chain.push_back(root);
-      // Each link of the chain must feed only the next one: the other uses would still need the
-      // value the rewrite removes. (The input cast feeds two links; MatchRmsCore checked it.)
-      for (size_t k = 0; k + 1 < m.chain.size(); ++k) {
-        ir::Node* n = m.chain[k];
-        if (!SoleUser(n->result(), m.chain[k + 1])) {
-          notes.Decline("an intermediate value has other uses");
-          return std::nullopt;
-        }
-      }
-      if (!IsHalfType(m.x->dtype())) {
-        // rms_norm's kernels and the fused op take 16-bit activations: a norm of an f32 value
-        // (no cast in, no f32 sum of 16-bit values) stays as written, runnable. Said once, at
-        // the cast that follows where there is one.
-        if (!CastFollows(m.root))
-          notes.Decline(StrCat("the norm's input ", Ref(m.x), " is ", DTypeName(m.x->dtype()),
-                               ": rms_norm and the fused op take bf16 or f16 activations"));
-        return std::nullopt;
-      }
-      if (!ResultTypeMatches(m, notes)) return std::nullopt;
-      if (m.f32_sum) {
-        // The residual cast may be used before the norm: fused_add_rms_norm must come first.
-        std::vector<ir::Value*> replaced = {m.root->result()};
-        if (m.residual_cast) replaced.push_back(m.residual_cast->result());
-        std::set<const ir::Node*> absorbed(m.chain.begin(), m.chain.end());
-        absorbed.insert(m.f32_sum);
-        if (m.residual_cast) absorbed.insert(m.residual_cast);
-        StatusOr<InsertionPoint> point =
-            FindInsertionPoint(*root->graph(), {m.x, m.residual, m.weight.w}, replaced, absorbed,
-                               root);
-        if (!point.ok()) {
-          notes.Decline("no position for fused_add_rms_norm: " + point.status().message());
-          return std::nullopt;
-        }
-        m.point = *point;
-      }
-      return m;
+      return Finish(std::move(m), notes);
     }
-    if (root->op() == "cast") DeclineWeightless(root, notes);
+    if (root->op() == "cast") return MatchUnitWeight(root, notes);
     return std::nullopt;
   }
 
-  // A cast of the normalized value that nothing multiplies (F.rms_norm without a weight,
-  // nanochat's norm): the fused op and rms_norm take a weight, so this one stays as written,
-  // and says so. Quiet where a multiply reads the cast: that is the weighted form, matched (or
-  // declined, with its own reason) at the multiply.
-  static void DeclineWeightless(const ir::Node* cast, MatchNotes& notes) {
-    MatchNotes quiet;
-    if (!MatchRmsCore(cast->operand(0), quiet)) return;
-    for (const ir::Use& u : cast->result()->uses()) {
-      if (!u.is_return() && u.user->kind() == ir::OpKind::kMul) return;
+  // The checks both forms share, on a match whose chain is set: each link feeds only the next,
+  // 16-bit activations, the result's type, and the fused-add form's place.
+  static std::optional<RmsNormMatch> Finish(RmsNormMatch m, MatchNotes& notes) {
+    // Each link of the chain must feed only the next one: the other uses would still need the
+    // value the rewrite removes. (The input cast feeds two links; MatchRmsCore checked it.)
+    for (size_t k = 0; k + 1 < m.chain.size(); ++k) {
+      ir::Node* n = m.chain[k];
+      if (!SoleUser(n->result(), m.chain[k + 1])) {
+        notes.Decline("an intermediate value has other uses");
+        return std::nullopt;
+      }
     }
-    notes.Decline("the norm multiplies by no weight (rms_norm and the fused op take one)");
+    if (!IsHalfType(m.x->dtype())) {
+      // rms_norm's kernels and the fused op take 16-bit activations: a norm of an f32 value
+      // (no cast in, no f32 sum of 16-bit values) stays as written, runnable. Said once, at
+      // the cast that follows where there is one.
+      if (!CastFollows(m.root))
+        notes.Decline(StrCat("the norm's input ", Ref(m.x), " is ", DTypeName(m.x->dtype()),
+                             ": rms_norm and the fused op take bf16 or f16 activations"));
+      return std::nullopt;
+    }
+    if (!ResultTypeMatches(m, notes)) return std::nullopt;
+    if (m.f32_sum) {
+      // The residual cast may be used before the norm: fused_add_rms_norm must come first.
+      std::vector<ir::Value*> replaced = {m.root->result()};
+      if (m.residual_cast) replaced.push_back(m.residual_cast->result());
+      std::set<const ir::Node*> absorbed(m.chain.begin(), m.chain.end());
+      absorbed.insert(m.f32_sum);
+      if (m.residual_cast) absorbed.insert(m.residual_cast);
+      std::vector<ir::Value*> reads = {m.x, m.residual};
+      if (m.weight.w) reads.push_back(m.weight.w);
+      StatusOr<InsertionPoint> point =
+          FindInsertionPoint(*m.root->graph(), reads, replaced, absorbed, m.root);
+      if (!point.ok()) {
+        notes.Decline("no position for fused_add_rms_norm: " + point.status().message());
+        return std::nullopt;
+      }
+      m.point = *point;
+    }
+    return m;
+  }
+
+  // A cast of the normalized value that nothing multiplies (F.rms_norm without a weight,
+  // nanochat's norm): rms_norm with a unit weight, full([H], 1) in x's dtype, which rounds
+  // n * 1 = n as the cast rounds n. Quiet where a multiply reads the cast: that is the weighted
+  // form, matched (or declined, with its own reason) at the multiply.
+  static std::optional<RmsNormMatch> MatchUnitWeight(ir::Node* cast, MatchNotes& notes) {
+    MatchNotes quiet;
+    std::optional<RmsCore> core = MatchRmsCore(cast->operand(0), quiet);
+    if (!core) return std::nullopt;
+    for (const ir::Use& u : cast->result()->uses()) {
+      if (!u.is_return() && u.user->kind() == ir::OpKind::kMul) return std::nullopt;
+    }
+    RmsNormMatch m;
+    m.root = cast;
+    m.x = core->x;
+    m.eps = core->eps;
+    m.input_cast = core->input_cast;
+    m.unit_weight = true;
+    m.f32_sum = core->f32_sum;
+    m.residual = core->residual;
+    m.residual_cast = core->residual_cast;
+    m.rounding.norm_input_f32 = m.f32_sum != nullptr;
+    m.chain = core->nodes;
+    m.chain.push_back(cast);
+    if (m.x->type().rank() < 1 || !m.x->type().shape.back().is_const()) {
+      notes.Decline("the norm multiplies by no weight and its hidden size is not a constant: "
+                    "no unit weight can be made for it");
+      return std::nullopt;
+    }
+    return Finish(std::move(m), notes);
   }
 
   // The folded op must give the root's type: the same dtype as x (a chain that ends in f32 for
   // bf16 x is a different computation), a weight of shape [H].
   static bool ResultTypeMatches(const RmsNormMatch& m, MatchNotes& notes) {
     const ir::TensorType& x = m.x->type();
-    const ir::TensorType& w = m.weight.w->type();
+    const ir::TensorType w = WeightType(m);
     if (x.rank() < 1 || w.rank() != 1 || !(w.shape[0] == x.shape.back())) {
       notes.Decline(StrCat("the weight ", w.ToString(), " is not one value per column of ",
                            x.ToString()));
@@ -325,6 +355,24 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
     return out->num_uses() == 1 && !out->uses()[0].is_return() && out->uses()[0].user->op() == "cast";
   }
 
+  // The weight's type: w's, or the unit weight's [H] in x's dtype.
+  static ir::TensorType WeightType(const RmsNormMatch& m) {
+    if (!m.unit_weight) return m.weight.w->type();
+    return ir::TensorType{m.x->dtype(), {m.x->type().shape.back()}};
+  }
+
+  // The weight the folded norm reads: w, or a unit weight made just before the norm.
+  static StatusOr<ir::Value*> WeightOf(const RmsNormMatch& m, Rewriter& rw) {
+    if (!m.unit_weight) return m.weight.w;
+    const ir::TensorType w = WeightType(m);
+    ir::AttrMap attrs{{"shape", ir::Attr::List({ir::Attr::Int(w.shape[0].value)})},
+                      {"value", ir::Attr::Int(1)},
+                      {"dtype", ir::Attr::Name(std::string(DTypeName(w.dtype)))}};
+    TPFUSE_ASSIGN_OR_RETURN(ir::Node * full, rw.Create("full", {}, std::move(attrs),
+                                                       {m.root->result()->name() + ".unit_weight"}));
+    return full->result();
+  }
+
   static ir::AttrMap Attrs(const RmsNormMatch& m) {
     ir::AttrMap attrs{{"eps", ir::Attr::Float(m.eps)}};
     if (m.weight.weight_bias != 0.0) attrs["weight_bias"] = ir::Attr::Float(m.weight.weight_bias);
@@ -335,8 +383,8 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
     const std::string name = m.root->result()->name();
     if (m.f32_sum) return RewriteFusedAdd(m, rw);
     rw.SetInsertionPointBefore(m.root);
-    TPFUSE_ASSIGN_OR_RETURN(ir::Node * norm,
-                            rw.Create("rms_norm", {m.x, m.weight.w}, Attrs(m), {name}));
+    TPFUSE_ASSIGN_OR_RETURN(ir::Value * w, WeightOf(m, rw));
+    TPFUSE_ASSIGN_OR_RETURN(ir::Node * norm, rw.Create("rms_norm", {m.x, w}, Attrs(m), {name}));
     rw.ReplaceAllUsesWith(m.root->result(), norm->result());
     std::vector<ir::Node*> absorbed = m.chain;
     absorbed.push_back(m.input_cast);
@@ -352,9 +400,10 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
     const std::string h_name =
         m.residual_cast ? m.residual_cast->result()->name() : m.f32_sum->result()->name() + ".h";
     rw.SetInsertionPoint(m.point);
+    TPFUSE_ASSIGN_OR_RETURN(ir::Value * w, WeightOf(m, rw));
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * fused,
-                            rw.Create("fused_add_rms_norm", {m.x, m.residual, m.weight.w},
-                                      Attrs(m), {y_name, h_name}));
+                            rw.Create("fused_add_rms_norm", {m.x, m.residual, w}, Attrs(m),
+                                      {y_name, h_name}));
     rw.ReplaceAllUsesWith(m.root->result(), fused->result(0));
     if (m.residual_cast) rw.ReplaceAllUsesWith(m.residual_cast->result(), fused->result(1));
     std::vector<ir::Node*> absorbed = m.chain;

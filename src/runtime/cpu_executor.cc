@@ -134,6 +134,12 @@ StatusOr<std::vector<HostTensor>> RunLocalOp(const ir::Node& node,
       TPFUSE_ASSIGN_OR_RETURN(HostTensor y, cpu::View(*in[0], out[0].shape));
       return Results{std::move(y)};
     }
+    case ir::OpKind::kFull: {
+      TPFUSE_ASSIGN_OR_RETURN(double value, ir::GetNumberAttr(node, "value", 0.0));
+      HostTensor y(out_dtype, out[0].shape);
+      for (int64_t i = 0; i < y.numel(); ++i) y.SetF32(i, float(value));
+      return Results{std::move(y)};
+    }
     case ir::OpKind::kMean: {
       TPFUSE_ASSIGN_OR_RETURN(HostTensor y, cpu::Mean(*in[0], reduce_dim, keep, out_dtype));
       return Results{std::move(y)};

@@ -162,6 +162,7 @@ ParamInfo ClassifyParam(const ir::Value& param) {
       case ir::OpKind::kMean:
       case ir::OpKind::kAmax:
       case ir::OpKind::kView:
+      case ir::OpKind::kFull:
       case ir::OpKind::kOpaque:
       case ir::OpKind::kUnknown: break;
     }

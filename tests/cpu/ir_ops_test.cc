@@ -63,12 +63,12 @@ TEST(IrOpsTest, RegistryHasEveryOp) {
   for (const char* op : {"all_reduce", "add", "sub", "mul", "div", "pow", "mean", "rsqrt", "clamp",
                          "cast", "view", "rms_norm", "fused_add_rms_norm", "quant_fp8", "matmul",
                          "scaled_matmul", "allreduce_rmsnorm", "sqrt", "abs", "neg",
-                         "reciprocal", "log2", "exp2", "ceil", "amax", "opaque"}) {
+                         "reciprocal", "log2", "exp2", "ceil", "amax", "full", "opaque"}) {
     const OpDef* def = FindOp(op);
     ASSERT_NE(def, nullptr) << op;
     EXPECT_EQ(def->name, op);
   }
-  EXPECT_EQ(AllOps().size(), 26u);
+  EXPECT_EQ(AllOps().size(), 27u);
   EXPECT_EQ(FindOp("all_reduse"), nullptr);
   EXPECT_EQ(ClosestOpName("all_reduse"), "all_reduce");
   EXPECT_EQ(ClosestOpName("rmsnorm"), "rms_norm");

@@ -236,7 +236,11 @@ TEST(PassesCanonicalize, StaticQuantsKeepTheirScaleStep) {
 
 // F.rms_norm without a weight (nanochat's norm): it stays as written, and the counters say why;
 // Llama's form, whose cast the weight multiplies, says nothing of the kind.
-TEST(PassesCanonicalize, AWeightlessNormStaysAndSaysWhy) {
+// A norm that multiplies by no weight (nanochat's, F.rms_norm without one) folds with a unit
+// weight, full([H], 1) in x's dtype: round(n * 1) = round(n), bit for bit, alone and in vLLM's
+// f32-sum form. With a symbolic H it stays, and says why. A weight multiply after the cast is
+// the weighted form (matched at the multiply), and a weight of another shape is named as such.
+TEST(PassesCanonicalize, AWeightlessNormFoldsWithAUnitWeight) {
   const std::string core = R"(
       %v = cast(%x) {to = f32}
       %sq = pow(%v) {exponent = 2}
@@ -246,22 +250,57 @@ TEST(PassesCanonicalize, AWeightlessNormStaysAndSaysWhy) {
       %n = mul(%v, %r)
       %y = cast(%n) {to = bf16}
   )";
-  constexpr const char* kWhy =
-      "declined: the norm multiplies by no weight (rms_norm and the fused op take one)";
   Compiled bare = Canonicalize("func @f(%x: bf16[T, 64]) {" + core + "  return %y\n}\n");
   ASSERT_TRUE(bare.ok());
-  EXPECT_EQ(Counter(bare.ctx, "decomposed_rms_norm", kWhy), 1) << DescribeReport(bare.ctx);
-  EXPECT_EQ(CountOp(*bare.after, "rms_norm"), 0);
+  EXPECT_EQ(Counter(bare.ctx, "decomposed_rms_norm", "applied"), 1) << DescribeReport(bare.ctx);
+  FileCheck(Print(*bare.after), R"(
+    CHECK: %y.unit_weight = full() {dtype = bf16, shape = [64], value = 1}
+    CHECK: %y = rms_norm(%x, %y.unit_weight) {eps = 1e-06}
+  )");
+  ExpectBitwiseOutputs(*bare.before, *bare.after, 1, {1, 5, 33}, {2, 9});
+
+  Compiled fused_add = Canonicalize(R"(
+    func @f(%x: f16[T, 64], %res: f16[T, 64]) {
+      %xf = cast(%x) {to = f32}
+      %rf = cast(%res) {to = f32}
+      %v = add(%xf, %rf)
+      %h = cast(%v) {to = f16}
+      %sq = pow(%v) {exponent = 2}
+      %m = mean(%sq) {dim = -1, keepdim = true}
+      %me = add(%m) {scalar = 1e-6}
+      %r = rsqrt(%me)
+      %n = mul(%v, %r)
+      %y = cast(%n) {to = f16}
+      return %y, %h
+    }
+  )");
+  ASSERT_TRUE(fused_add.ok());
+  FileCheck(Print(*fused_add.after), R"(
+    CHECK: full() {dtype = f16, shape = [64], value = 1}
+    CHECK: %y, %h = fused_add_rms_norm(%x, %res,
+    CHECK-SAME: rounding = ["norm_input_f32"]
+  )");
+  ExpectBitwiseOutputs(*fused_add.before, *fused_add.after, 1, {1, 5, 33}, {2, 9});
+
+  Compiled symbolic = Canonicalize("func @f(%x: bf16[T, H]) {" + core + "  return %y\n}\n");
+  ASSERT_TRUE(symbolic.ok());
+  EXPECT_EQ(Counter(symbolic.ctx, "decomposed_rms_norm",
+                    "declined: the norm multiplies by no weight and its hidden size is not a "
+                    "constant: no unit weight can be made for it"),
+            1)
+      << DescribeReport(symbolic.ctx);
+  EXPECT_EQ(CountOp(*symbolic.after, "rms_norm"), 0);
+
   Compiled llama = Canonicalize("func @f(%x: bf16[T, 64], %g: bf16[64]) {" + core +
                                 "  %o = mul(%g, %y)\n  return %o\n}\n");
   ASSERT_TRUE(llama.ok());
-  EXPECT_EQ(Counter(llama.ctx, "decomposed_rms_norm", kWhy), 0) << DescribeReport(llama.ctx);
   EXPECT_EQ(CountOp(*llama.after, "rms_norm"), 1) << Print(*llama.after);
-  // A weight of another shape is named as such, not as a missing weight.
+  EXPECT_EQ(CountOp(*llama.after, "full"), 0) << Print(*llama.after);
+  // A weight of another shape is named as such, and no unit weight is made.
   Compiled row = Canonicalize("func @f(%x: bf16[T, 64], %g: bf16[1, 64]) {" + core +
                               "  %o = mul(%g, %y)\n  return %o\n}\n");
   ASSERT_TRUE(row.ok());
-  EXPECT_EQ(Counter(row.ctx, "decomposed_rms_norm", kWhy), 0) << DescribeReport(row.ctx);
+  EXPECT_EQ(CountOp(*row.after, "full"), 0) << Print(*row.after);
   EXPECT_EQ(Counter(row.ctx, "decomposed_rms_norm",
                     "declined: the weight bf16[1, 64] is not one value per column of bf16[T, 64]"),
             1)

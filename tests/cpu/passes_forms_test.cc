@@ -63,6 +63,7 @@ INSTANTIATE_TEST_SUITE_P(
                       FormCase{"dynamic_group_quant.tpg", 4, {"weight_after_round"}},
                       FormCase{"granite.tpg", 4, {"weight_after_round"}},
                       FormCase{"gemma4.tpg", 4, {}},
+                      FormCase{"nanochat.tpg", 4, {}},
                       FormCase{"vllm_quantfp8_native.tpg", 4,
                                {"weight_after_round", "scale_floor_after_div"}}),
     [](const auto& info) {

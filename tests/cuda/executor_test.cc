@@ -442,6 +442,39 @@ func @quants(%y: bf16[T, {H}], %scale: f32[]) {
   }
 }
 
+// A norm written without a weight folds with a unit weight, full([H], 1): the CUDA backend
+// makes it (zeros, then clamp(0, v, v)) and the fused op reads it, bitwise the oracle; a full of
+// another value and dtype too.
+TEST(CudaExecutorOneGpu, AUnitWeightAndTheFusedOpReadingItAreBitwiseTheOracle) {
+  TPFUSE_REQUIRE_GPUS(1);
+  constexpr char kUnit[] = R"(
+func @unit(%x: bf16[T, {H}], %res: bf16[T, {H}]) {
+  %w = full() {dtype = bf16, shape = [{H}], value = 1}
+  %y, %h = allreduce_rmsnorm(%x, %res, %w) {emit = ["norm", "residual"], eps = 1e-06, local = true, quant = "none"}
+  %c = full() {dtype = f32, shape = [3, {H}], value = -2.5}
+  return %y, %h, %c
+}
+)";
+  StatusOr<std::unique_ptr<runtime::Executor>> gpu = runtime::MakeCudaExecutor(1);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+  for (int64_t hidden : kQuickHiddenSizes) {
+    std::unique_ptr<ir::Graph> graph = Parse(kUnit, hidden);
+    ASSERT_NE(graph, nullptr);
+    for (int64_t tokens : kTokenCounts) {
+      SCOPED_TRACE(StrCat("H ", hidden, " T ", tokens));
+      StatusOr<std::vector<TensorMap>> inputs = runtime::MakeRandomInputs(*graph, 1, tokens, 11);
+      ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
+      StatusOr<RankOutputs> ref = runtime::MakeCpuExecutor(1)->Run(*graph, *inputs);
+      StatusOr<RankOutputs> got = (*gpu)->Run(*graph, *inputs);
+      ASSERT_TRUE(ref.ok() && got.ok()) << ref.status().ToString() << got.status().ToString();
+      StatusOr<runtime::CheckReport> report = runtime::CompareGraphOutputs(
+          *graph, *ref, *graph, *got, *inputs, runtime::CompareMode::kBitwiseAnyNaN);
+      ASSERT_TRUE(report.ok()) << report.status().ToString();
+      EXPECT_TRUE(report->ok) << report->ToString();
+    }
+  }
+}
+
 // No GPU needed: asking for more GPUs than the machine has is a clear error.
 TEST(CudaExecutorCreation, TooFewGpusIsUnimplemented) {
   StatusOr<std::unique_ptr<runtime::Executor>> made = runtime::MakeCudaExecutor(64);

@@ -115,6 +115,7 @@ class Applier:
                 self.consumers.setdefault(o, []).append(n)
         self.compiled_types = dict(compiled.params)
         self._place: Tuple[Dict[fx.Node, int], int] = ({}, -1)  # set while materializing
+        self._x_val: Any = None  # a tensor the fusion reads (its FX value), while materializing
         # The reads that moved: (what the graph read, what the compiled func reads instead) for
         # each func output and each operand of an opaque node (an FX node the compiler cannot
         # see into: it reads the IR value positionally, as the output does). The compiler may
@@ -257,6 +258,9 @@ class Applier:
         # Materialize.
         # NOTE: inserting before the node that follows keeps the new nodes in creation order.
         self._place = (order, order[insert_after])  # sizes must be known by then (_dim_node)
+        # A value the new nodes read (the chain's x, residual or weight), for a full's device.
+        self._x_val = next((v for v in (n.meta.get("val") for n in read_nodes)
+                            if isinstance(v, torch.Tensor)), None)
         with self.graph.inserting_before(insert_after.next):
             for n in pre + [fused] + post:
                 outs = self._materialize(n, [fx_of(o) for o in n.operands], group)
@@ -401,6 +405,20 @@ class Applier:
             target, fargs = torch.ops.aten.pow.Tensor_Scalar, (args[0], node.attrs["exponent"])
         elif node.op == "reciprocal":
             target, fargs = torch.ops.aten.reciprocal.default, (args[0],)
+        elif node.op == "full":  # a norm's unit weight, on the device of what the fusion reads
+            x_val = self._x_val
+            target = torch.ops.aten.full.default
+            fargs = ([int(d) for d in node.attrs["shape"]], node.attrs["value"])
+            fkwargs = {"dtype": IR_TO_TORCH_DTYPE[str(node.attrs["dtype"])],
+                       "device": x_val.device if isinstance(x_val, torch.Tensor) else None}
+            call = g._call(target, fargs, fkwargs)
+            # No tensor operand to take the fake mode from: that value's.
+            mode = (torch._guards.detect_fake_mode([x_val]) if isinstance(x_val, torch.Tensor)
+                    else None)
+            if mode is not None:
+                with mode:
+                    call.meta["val"] = target(*fargs, **fkwargs)
+            return [call]
         else:
             raise ApplyError(f"cannot write the compiler's {node.op} node in FX")
         call = g._call(target, fargs)

@@ -68,6 +68,7 @@ enum class LaunchKind : uint8_t {
   kQuantDynamic,
   kMatmul,
   kScaledMatmul,
+  kFull,
 };
 
 // Where one value lives in a rank's arena. A view shares its operand's bytes.
@@ -177,6 +178,12 @@ Status PlanOp(const ir::Node& node, NodePlan& np) {
   switch (node.kind()) {
     case ir::OpKind::kAllReduce: np.kind = LaunchKind::kAllReduce; return Status::Ok();
     case ir::OpKind::kView: np.kind = LaunchKind::kView; return Status::Ok();
+    case ir::OpKind::kFull: {
+      np.kind = LaunchKind::kFull;
+      TPFUSE_ASSIGN_OR_RETURN(double value, ir::GetNumberAttr(node, "value", 0.0));
+      np.a = float(value);
+      return Status::Ok();
+    }
     case ir::OpKind::kAllreduceRmsnorm: {
       np.kind = LaunchKind::kFused;
       TPFUSE_ASSIGN_OR_RETURN(np.spec, ir::FusedSpecFromNode(node));
@@ -602,6 +609,11 @@ Status CudaExecutor::Impl::LaunchNode(RankResources& res, const Plan& plan, cons
       // The IR shapes a column-major scale [G, pad4(T)]; the launcher checks the same shape.
       return cuda::LaunchQuantFp8Dynamic(in(0), np.quant, out(0), out(1), stream);
     }
+    case LaunchKind::kFull:
+      // Zeros, then clamp(0, v, v) = v in the result's dtype (rounded as the CPU's SetF32 does):
+      // two launches a CUDA graph captures, no fill kernel of its own.
+      TPFUSE_CUDA_CHECK(cudaMemsetAsync(out(0).data, 0, out(0).nbytes(), stream));
+      return cuda::LaunchClamp(out(0), np.a, np.a, out(0), stream);
     case LaunchKind::kMatmul: return cuda::LaunchMatmul(gemm, in(0), in(1), out(0), stream);
     case LaunchKind::kScaledMatmul:
       return cuda::LaunchScaledMatmul(gemm, in(0), in(1), np.act_scale, in(2), in(3), out(0),
