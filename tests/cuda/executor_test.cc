@@ -407,6 +407,29 @@ TEST_F(CudaExecutorTest, StrategyThatCannotRunTheShapeIsAnErrorOnlyWhenForced) {
   RunAndCompare(*graph, *fused, 2000, Executor());
 }
 
+// The graph `text` ({H} for each quick hidden size) on one GPU against the CPU oracle at every
+// token count: bitwise, any NaN for a NaN.
+void ExpectOneGpuBitwiseTheOracle(const char* text, uint64_t seed) {
+  StatusOr<std::unique_ptr<runtime::Executor>> gpu = runtime::MakeCudaExecutor(1);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+  for (int64_t hidden : kQuickHiddenSizes) {
+    std::unique_ptr<ir::Graph> graph = Parse(text, hidden);
+    ASSERT_NE(graph, nullptr);
+    for (int64_t tokens : kTokenCounts) {
+      SCOPED_TRACE(StrCat("H ", hidden, " T ", tokens));
+      StatusOr<std::vector<TensorMap>> inputs = runtime::MakeRandomInputs(*graph, 1, tokens, seed);
+      ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
+      StatusOr<RankOutputs> ref = runtime::MakeCpuExecutor(1)->Run(*graph, *inputs);
+      StatusOr<RankOutputs> got = (*gpu)->Run(*graph, *inputs);
+      ASSERT_TRUE(ref.ok() && got.ok()) << ref.status().ToString() << got.status().ToString();
+      StatusOr<runtime::CheckReport> report = runtime::CompareGraphOutputs(
+          *graph, *ref, *graph, *got, *inputs, runtime::CompareMode::kBitwiseAnyNaN);
+      ASSERT_TRUE(report.ok()) << report.status().ToString();
+      EXPECT_TRUE(report->ok) << report->ToString();
+    }
+  }
+}
+
 // The unfused quant_fp8 with its scale step as the form wrote it, on one GPU: a static scale by
 // division and dynamic scales by the reciprocal (rounding scale_op_swapped), then the defaults,
 // every output bit for bit the oracle's. (The kernels once took the defaults' step for all.)
@@ -422,24 +445,7 @@ func @quants(%y: bf16[T, {H}], %scale: f32[]) {
   return %qa, %qb, %sb, %qc, %sc, %qd, %qe, %se
 }
 )";
-  StatusOr<std::unique_ptr<runtime::Executor>> gpu = runtime::MakeCudaExecutor(1);
-  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
-  for (int64_t hidden : kQuickHiddenSizes) {
-    std::unique_ptr<ir::Graph> graph = Parse(kQuants, hidden);
-    ASSERT_NE(graph, nullptr);
-    for (int64_t tokens : kTokenCounts) {
-      SCOPED_TRACE(StrCat("H ", hidden, " T ", tokens));
-      StatusOr<std::vector<TensorMap>> inputs = runtime::MakeRandomInputs(*graph, 1, tokens, 7);
-      ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
-      StatusOr<RankOutputs> ref = runtime::MakeCpuExecutor(1)->Run(*graph, *inputs);
-      StatusOr<RankOutputs> got = (*gpu)->Run(*graph, *inputs);
-      ASSERT_TRUE(ref.ok() && got.ok()) << ref.status().ToString() << got.status().ToString();
-      StatusOr<runtime::CheckReport> report = runtime::CompareGraphOutputs(
-          *graph, *ref, *graph, *got, *inputs, runtime::CompareMode::kBitwiseAnyNaN);
-      ASSERT_TRUE(report.ok()) << report.status().ToString();
-      EXPECT_TRUE(report->ok) << report->ToString();
-    }
-  }
+  ExpectOneGpuBitwiseTheOracle(kQuants, /*seed=*/7);
 }
 
 // A norm written without a weight folds with a unit weight, full([H], 1): the CUDA backend
@@ -455,24 +461,7 @@ func @unit(%x: bf16[T, {H}], %res: bf16[T, {H}]) {
   return %y, %h, %c
 }
 )";
-  StatusOr<std::unique_ptr<runtime::Executor>> gpu = runtime::MakeCudaExecutor(1);
-  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
-  for (int64_t hidden : kQuickHiddenSizes) {
-    std::unique_ptr<ir::Graph> graph = Parse(kUnit, hidden);
-    ASSERT_NE(graph, nullptr);
-    for (int64_t tokens : kTokenCounts) {
-      SCOPED_TRACE(StrCat("H ", hidden, " T ", tokens));
-      StatusOr<std::vector<TensorMap>> inputs = runtime::MakeRandomInputs(*graph, 1, tokens, 11);
-      ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
-      StatusOr<RankOutputs> ref = runtime::MakeCpuExecutor(1)->Run(*graph, *inputs);
-      StatusOr<RankOutputs> got = (*gpu)->Run(*graph, *inputs);
-      ASSERT_TRUE(ref.ok() && got.ok()) << ref.status().ToString() << got.status().ToString();
-      StatusOr<runtime::CheckReport> report = runtime::CompareGraphOutputs(
-          *graph, *ref, *graph, *got, *inputs, runtime::CompareMode::kBitwiseAnyNaN);
-      ASSERT_TRUE(report.ok()) << report.status().ToString();
-      EXPECT_TRUE(report->ok) << report->ToString();
-    }
-  }
+  ExpectOneGpuBitwiseTheOracle(kUnit, /*seed=*/11);
 }
 
 // No GPU needed: asking for more GPUs than the machine has is a clear error.
