@@ -490,6 +490,8 @@ std::variant<Plan, Refusal> PlanBestFusion(const Chain& chain, const PassContext
       notes.push_back(StrCat("quant_fp8 ", Ref(other->result()),
                              " reads the emitted norm: one quant is fused per chain"));
     }
+    std::vector<std::string> unfolded = UnfoldedQuantNotes(chain, ctx);
+    notes.insert(notes.end(), unfolded.begin(), unfolded.end());
     plan.notes = std::move(notes);
     plan.quants_dropped = int(dropped.size());
     return plan;

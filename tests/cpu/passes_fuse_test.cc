@@ -337,6 +337,24 @@ TEST(PassesFuse, AQuantOfTheNormLeftInOpsIsNamedWithTheReason) {
                 "the FP8 quantization %q2 of the norm stays as written: it matches no "
                 "quantization form the compiler folds"}));
   ExpectSameOutputs(c);
+  // Beside a quant the fused op takes, too.
+  Compiled both = Compile(R"(
+    func @layer(%x: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %y = rms_norm(%ar, %g) {eps = 1e-6}
+      %q, %s = quant_fp8(%y) {mode = "token"}
+      %yf = cast(%y) {to = f32}
+      %t = mul(%yf) {scalar = 0.01}
+      %q2 = cast(%t) {to = f8e4m3}
+      return %q, %s, %q2
+    }
+  )");
+  ASSERT_TRUE(both.ok());
+  ExpectFusions(both.ctx, {{"ar", QuantMode::kFp8Token, {"norm", "quant"}}});
+  EXPECT_EQ(both.ctx.fusions[0].notes,
+            (std::vector<std::string>{"the FP8 quantization %q2 of the norm stays as written: it "
+                                      "matches no quantization form the compiler folds"}));
+  ExpectSameOutputs(both);
 }
 
 // ---------------------------------------------------------------- rejections
