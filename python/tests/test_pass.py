@@ -391,18 +391,18 @@ def test_chained_pass_uuid_needs_both():
     assert fusion_pass.ChainedPass(ours, lambda graph: None).uuid() is None
 
 
-@pytest.mark.parametrize("weight_dtype", [bf, torch.float32])
+@pytest.mark.parametrize("weight_dtype", [bf, torch.float32, None], ids=["bf16", "f32", "no_weight"])
 @pytest.mark.parametrize("eps", [1e-6, None])
 def test_torch_rms_norm_fuses_and_computes_what_eager_does(weight_dtype, eps):
     """F.rms_norm (nn.RMSNorm's forward) decomposes to the f32 chain with one rounding; eps None
-    is f32's machine epsilon."""
+    is f32's machine epsilon; without a weight it fuses with a unit weight."""
     def f(x, res, w):
         h = x + res
         return torch.nn.functional.rms_norm(h, (128,), w, eps), h
 
     g = torch.Generator().manual_seed(4)
     x, res = (torch.randn(5, 128, generator=g).to(bf) for _ in range(2))
-    w = (torch.rand(128, generator=g) + 0.5).to(weight_dtype)
+    w = (torch.rand(128, generator=g) + 0.5).to(weight_dtype) if weight_dtype else None
     torch._dynamo.reset()
     compiled = tt.compile(f, world_size=1, fuse_local="on", backend="aot_eager")
     got = compiled(x, res, w)
