@@ -407,14 +407,14 @@ class Applier:
             target, fargs = torch.ops.aten.reciprocal.default, (args[0],)
         elif node.op == "full":  # a norm's unit weight, on the device of what the fusion reads
             x_val = self._x_val
+            if not isinstance(x_val, torch.Tensor):
+                raise ApplyError("no value the fusion reads carries a device for its unit weight")
             target = torch.ops.aten.full.default
             fargs = ([int(d) for d in node.attrs["shape"]], node.attrs["value"])
-            fkwargs = {"dtype": IR_TO_TORCH_DTYPE[str(node.attrs["dtype"])],
-                       "device": x_val.device if isinstance(x_val, torch.Tensor) else None}
+            fkwargs = {"dtype": IR_TO_TORCH_DTYPE[str(node.attrs["dtype"])], "device": x_val.device}
             call = g._call(target, fargs, fkwargs)
             # No tensor operand to take the fake mode from: that value's.
-            mode = (torch._guards.detect_fake_mode([x_val]) if isinstance(x_val, torch.Tensor)
-                    else None)
+            mode = torch._guards.detect_fake_mode([x_val])
             if mode is not None:
                 with mode:
                     call.meta["val"] = target(*fargs, **fkwargs)
