@@ -1030,6 +1030,27 @@ struct NoOpView final : Pattern {
   }
 };
 
+// %a = full() {attrs} ... %b = full() {attrs} -> %a: one unit weight per shape and dtype (each
+// norm written without a weight gets its own when it folds).
+struct RepeatedFull final : Pattern {
+  std::string_view name() const override { return "repeated_full"; }
+  int benefit() const override { return 9; }
+
+  StatusOr<bool> MatchAndRewrite(ir::Node* root, Rewriter& rw, MatchNotes&) const override {
+    if (root->op() != "full") return false;
+    for (const auto& owned : root->graph()->nodes()) {
+      const ir::Node* first = owned.get();
+      if (first == root) return false;  // none before it
+      if (first->op() == "full" && !rw.IsErased(first) && first->attrs() == root->attrs()) {
+        rw.ReplaceAllUsesWith(root->result(), first->result());
+        TPFUSE_RETURN_IF_ERROR(rw.Erase(root));
+        return true;
+      }
+    }
+    return false;
+  }
+};
+
 // view(view(%x)) -> view(%x)
 struct ViewOfView final : Pattern {
   std::string_view name() const override { return "view_of_view"; }
@@ -1132,6 +1153,7 @@ class CanonicalizePass final : public Pass {
     patterns_.push_back(std::make_unique<DecomposedDynamicQuant>());
     patterns_.push_back(std::make_unique<NoOpView>());
     patterns_.push_back(std::make_unique<ViewOfView>());
+    patterns_.push_back(std::make_unique<RepeatedFull>());
     patterns_.push_back(std::make_unique<ViewBeforeAllReduce>());
     patterns_.push_back(std::make_unique<AddOperandOrder>());
     patterns_.push_back(std::make_unique<AddRmsNorm>());

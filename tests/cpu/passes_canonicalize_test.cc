@@ -258,6 +258,38 @@ TEST(PassesCanonicalize, AWeightlessNormFoldsWithAUnitWeight) {
     CHECK: %y = rms_norm(%x, %y.unit_weight) {eps = 1e-06}
   )");
   ExpectBitwiseOutputs(*bare.before, *bare.after, 1, {1, 5, 33}, {2, 9});
+  // Two such norms share one unit weight; one of another dtype gets its own.
+  Compiled two = Canonicalize(R"(
+    func @f(%x: bf16[T, 64], %z: bf16[T, 64], %u: f16[T, 64]) {
+      %v = cast(%x) {to = f32}
+      %sq = pow(%v) {exponent = 2}
+      %m = mean(%sq) {dim = -1, keepdim = true}
+      %me = add(%m) {scalar = 1e-6}
+      %r = rsqrt(%me)
+      %n = mul(%v, %r)
+      %y = cast(%n) {to = bf16}
+      %v2 = cast(%z) {to = f32}
+      %sq2 = mul(%v2, %v2)
+      %m2 = mean(%sq2) {dim = -1, keepdim = true}
+      %me2 = add(%m2) {scalar = 1e-6}
+      %r2 = rsqrt(%me2)
+      %n2 = mul(%v2, %r2)
+      %y2 = cast(%n2) {to = bf16}
+      %v3 = cast(%u) {to = f32}
+      %sq3 = pow(%v3) {exponent = 2}
+      %m3 = mean(%sq3) {dim = -1, keepdim = true}
+      %me3 = add(%m3) {scalar = 1e-6}
+      %r3 = rsqrt(%me3)
+      %n3 = mul(%v3, %r3)
+      %y3 = cast(%n3) {to = f16}
+      return %y, %y2, %y3
+    }
+  )");
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(CountOp(*two.after, "rms_norm"), 3) << Print(*two.after);
+  EXPECT_EQ(CountOp(*two.after, "full"), 2) << Print(*two.after);
+  EXPECT_EQ(Counter(two.ctx, "repeated_full", "applied"), 1) << DescribeReport(two.ctx);
+  ExpectBitwiseOutputs(*two.before, *two.after, 1, {1, 5}, {3});
 
   Compiled fused_add = Canonicalize(R"(
     func @f(%x: f16[T, 64], %res: f16[T, 64]) {
