@@ -21,8 +21,11 @@ def _fp8(v: torch.Tensor) -> torch.Tensor:
 
 
 def _pow2_ceil(s: torch.Tensor) -> torch.Tensor:
+    """The smallest power of two >= s, as exp2(ceil(log2(s))) gives it: zeros, inf and NaN stay
+    (frexp gives them the exponent 0, which would make them 1)."""
     mantissa, exponent = torch.frexp(s)  # s = m * 2^e, m in [0.5, 1)
-    return torch.where(mantissa == 0.5, s, torch.ldexp(torch.ones_like(s), exponent))
+    up = torch.where(mantissa == 0.5, s, torch.ldexp(torch.ones_like(s), exponent))
+    return torch.where(torch.isfinite(s) & (s != 0), up, s)
 
 
 def row_sum_in_kernel_order(values: torch.Tensor) -> torch.Tensor:

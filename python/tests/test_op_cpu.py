@@ -239,3 +239,27 @@ def test_the_scale_floors_decide_tiny_and_zero_rows(attrs):
         assert torch.all(s == 2.0 ** -33)
     else:
         assert torch.all(s[:, 0] == 2.0 ** -42)
+
+
+@pytest.mark.parametrize("attrs", [
+    dict(quant="fp8_token", scale_fmt="ue8m0"),
+    dict(quant="fp8_group", scale_fmt="ue8m0", rounding=["ue8m0_floor"]),
+    dict(quant="fp8_group", scale_fmt="ue8m0", rounding=["scale_floor_after_div"]),
+], ids=["token", "group_ue8m0_floor", "group_floored_after_rounding"])
+def test_ue8m0_scales_of_inf_and_nan_rows_are_inf_and_nan(attrs):
+    # A NaN in row 1 and a weight of 3e38 at column 5 (y overflows to +-inf where |n| > about
+    # 1.1): the rows' UE8M0 scales are NaN and inf, as exp2(ceil(log2(.))) leaves them, and q is
+    # what contract3 computes from them (NaN where the scale is NaN, y / inf = +-0 elsewhere).
+    shape = (6, 256)
+    partials, res, weight, _ = make_inputs(13, shape, 1, True, attrs["quant"])
+    partials[0][1, 0] = float("nan")
+    weight[5] = 3e38
+    attrs = dict(attrs, emit=["norm", "quant"])
+    got = OP(partials[0], res, weight, None, local=True, **attrs)
+    expected = contract3.allreduce_rmsnorm(partials, res, weight, None, **attrs)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and g.dtype == e.dtype
+        torch.testing.assert_close(g.float(), e.float(), rtol=0, atol=0, equal_nan=True)
+    s = got[-1]
+    assert torch.isnan(s).any() and torch.isinf(s).any(), s

@@ -8,6 +8,8 @@
 #include <optional>
 #include <utility>
 
+#include "common/numerics.h"
+
 namespace tpfuse::ir {
 namespace {
 
@@ -292,8 +294,11 @@ StatusOr<Types> InferFull(const Types&, const AttrReader& attrs) {
                          "]");
     shape.push_back(Dim::Const(item.i));
   }
-  if (!std::isfinite(attrs.Number("value", 0.0)))
-    return attrs.Error("'value' must be finite");
+  // A value the dtype holds (no overflow to inf), and not -0: the backends fill from +0.
+  const double value = attrs.Number("value", 0.0);
+  if (!std::isfinite(value) || !std::isfinite(RoundTo(*dtype, float(value))))
+    return attrs.Error("'value' ", value, " is not a finite ", DTypeName(*dtype));
+  if (value == 0.0 && std::signbit(value)) return attrs.Error("'value' -0 is not supported");
   return Types{TensorType{*dtype, shape}};
 }
 

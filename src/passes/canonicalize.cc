@@ -300,14 +300,16 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
 
   // A cast of the normalized value that nothing multiplies (F.rms_norm without a weight,
   // nanochat's norm): rms_norm with a unit weight, full([H], 1) in x's dtype, which rounds
-  // n * 1 = n as the cast rounds n. Quiet where a multiply reads the cast: that is the weighted
-  // form, matched (or declined, with its own reason) at the multiply.
+  // n * 1 = n as the cast rounds n. Quiet where a multiply by a tensor reads the cast: that is
+  // the weighted form, matched (or declined, with its own reason) at the multiply.
   static std::optional<RmsNormMatch> MatchUnitWeight(ir::Node* cast, MatchNotes& notes) {
     MatchNotes quiet;
     std::optional<RmsCore> core = MatchRmsCore(cast->operand(0), quiet);
     if (!core) return std::nullopt;
     for (const ir::Use& u : cast->result()->uses()) {
-      if (!u.is_return() && u.user->kind() == ir::OpKind::kMul) return std::nullopt;
+      // A multiply by a tensor is the weighted form; one by a scalar is no weight.
+      if (!u.is_return() && u.user->kind() == ir::OpKind::kMul && u.user->num_operands() == 2)
+        return std::nullopt;
     }
     RmsNormMatch m;
     m.root = cast;
@@ -557,8 +559,10 @@ struct DecomposedStaticQuant final : TypedPattern<ir::StaticQuantForm> {
 //     | clamp(div(A) {scalar = 448}, min = 1 / (448 * 512))             (scale_floor_after_div)
 //       [-> [abs ->] clamp(min = 1e-10)] -> log2 -> ceil -> exp2       (UE8M0, floor before only;
 //                  the clamp: rounding ue8m0_floor, vLLM's; with it the floor before may be absent)
-//     | clamp(exp2(ceil(log2(div(A) {scalar = 448}))), min = 1 / (448 * 512))
-//                  (UE8M0 floored after the rounding, vLLM's QuantFP8 form: scale_floor_after_div)
+//     | clamp(exp2(ceil(log2(div([clamp(]A[, min = 1e-10)]) {scalar = 448}))),
+//             min = 1 / (448 * 512))
+//                  (UE8M0 floored after the rounding, vLLM's QuantFP8 form: scale_floor_after_div;
+//                  the floor of the amax changes nothing there)
 //   q = cast(clamp(div(d, s) | mul(d, reciprocal(s)), +-448), f8e4m3)
 //   ->  q, s = quant_fp8(y) {mode = "token" | "group", group_size, [scale_fmt = "ue8m0"]}
 //
@@ -758,14 +762,21 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     ir::Node* step = last;
     ir::Node* floor = ProducedBy(step->operand(0), "clamp");
     bool floor_before_round = false;  // clamp(div(A, 448)) rounded: no fused quant's order
+    ir::Node* amax_floor = nullptr;   // clamp(A, min = 1e-10) under a floor after the rounding
     if (floor_after_round != nullptr) {
       // The rounding reads the quotient itself; the floor is the one after it.
       m.floor_after_div = true;
       floor = floor_after_round;
       if (last->op() == "clamp") {
-        notes.Decline("the scale is floored both before and after its power-of-two rounding");
+        if (ProducedBy(last->operand(0), "div") != nullptr)
+          notes.Decline("the scale is floored both before and after its power-of-two rounding");
         return std::nullopt;
       }
+      // A floor of the amax before the division changes nothing here: every amax below 1e-10
+      // rounds far below the floor after (DynamicScaleOf takes the quotient so).
+      ir::Node* pre = ProducedBy(step->operand(0), "clamp");
+      if (pre != nullptr && NumberAttr(pre, "min") == 1e-10 && pre->attr("max") == nullptr)
+        amax_floor = pre;
     } else if (last->op() == "clamp") {  // the floor after the division
       m.floor_after_div = true;
       floor_before_round = m.ue8m0;
@@ -775,7 +786,8 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     }
     // Without a floor before the division only the ue8m0_floor form is the fused quant's.
     if (floor == nullptr && !m.ue8m0_floor) return std::nullopt;
-    const ir::Value* amax_value = (m.floor_after_div || floor == nullptr ? step : floor)->operand(0);
+    const ir::Value* amax_value =
+        (amax_floor ? amax_floor : m.floor_after_div || floor == nullptr ? step : floor)->operand(0);
     std::optional<std::vector<ir::Node*>> amax_links = MatchScaleAmax(amax_value, d);
     if (!amax_links) return std::nullopt;
     // From here the shape is the dynamic quant's: say why it does not fold.
@@ -825,6 +837,7 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     std::vector<ir::Node*> arithmetic = {floor, step};
     if (m.floor_after_div) std::swap(arithmetic[0], arithmetic[1]);
     if (floor == nullptr || floor_after_round != nullptr) arithmetic = {step};
+    if (amax_floor != nullptr) arithmetic = {amax_floor, step};
     std::vector<ir::Node*> chain = *amax_links;
     chain.insert(chain.end(), arithmetic.begin(), arithmetic.end());
     m.scale_chain.insert(m.scale_chain.begin(), chain.begin(), chain.end());

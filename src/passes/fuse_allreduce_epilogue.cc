@@ -449,6 +449,13 @@ std::vector<std::string> UnfoldedQuantNotes(const Chain& chain, const PassContex
       for (const ir::Use& u : v->uses()) {
         if (u.is_return() || !kQuantOps.count(u.user->op()) || u.user->num_results() != 1)
           continue;
+        // Beside the value, a quantization's binary steps read a scale ([..., 1] or one
+        // element), not another activation (y * gate is no quantization of y).
+        if (u.user->num_operands() == 2) {
+          const ir::TensorType& other = u.user->operand(1 - u.index)->type();
+          if (!(ir::IsOneElementF32(other) || (other.rank() > 0 && other.shape.back() == ir::Dim::Const(1))))
+            continue;
+        }
         const ir::Value* out = u.user->result();
         if (!seen.insert(out).second) continue;
         if (u.user->op() == "cast" && out->dtype() == DType::kF8E4M3) {

@@ -78,6 +78,28 @@ TEST(IrOpsTest, RegistryHasEveryOp) {
   EXPECT_EQ(Infer("frobnicate", {"bf16[T, 8]"}), "error: unknown op 'frobnicate'");
 }
 
+TEST(IrOpsTest, Full) {
+  EXPECT_EQ(Infer("full", {}, {{"shape", Attr::List({Attr::Int(64)})}, {"value", Attr::Int(1)},
+                               {"dtype", Attr::Name("bf16")}}),
+            "bf16[64]");
+  EXPECT_EQ(Infer("full", {}, {{"shape", Attr::List({Attr::Int(3), Attr::Int(64)})},
+                               {"value", Attr::Float(-2.5)}, {"dtype", Attr::Name("f32")}}),
+            "f32[3, 64]");
+  // What the backends fill alike: a value the dtype holds, a constant shape, not -0.
+  EXPECT_EQ(Infer("full", {}, {{"shape", Attr::List({Attr::Int(64)})}, {"value", Attr::Float(1e5)},
+                               {"dtype", Attr::Name("f16")}}),
+            "error: full: 'value' 100000 is not a finite f16");
+  EXPECT_EQ(Infer("full", {}, {{"shape", Attr::List({Attr::Int(64)})}, {"value", Attr::Float(-0.0)},
+                               {"dtype", Attr::Name("f32")}}),
+            "error: full: 'value' -0 is not supported");
+  EXPECT_EQ(Infer("full", {}, {{"shape", Attr::List({Attr::Name("H")})}, {"value", Attr::Int(1)},
+                               {"dtype", Attr::Name("f32")}}),
+            "error: full: shape item H is not a constant in [0, " + std::to_string(kMaxDimValue) + "]");
+  EXPECT_EQ(Infer("full", {}, {{"shape", Attr::List({Attr::Int(4)})}, {"value", Attr::Int(1)},
+                               {"dtype", Attr::Name("f8e4m3")}}),
+            "error: full: 'dtype' must be f32, bf16 or f16, got 'f8e4m3'");
+}
+
 TEST(IrOpsTest, ArityAndAttributeErrors) {
   EXPECT_EQ(Infer("all_reduce", {"bf16[T, 8]", "bf16[T, 8]"}),
             "error: all_reduce: expected 1 operand, got 2");

@@ -328,6 +328,13 @@ TEST(PassesCanonicalize, AWeightlessNormFoldsWithAUnitWeight) {
   ASSERT_TRUE(llama.ok());
   EXPECT_EQ(CountOp(*llama.after, "rms_norm"), 1) << Print(*llama.after);
   EXPECT_EQ(CountOp(*llama.after, "full"), 0) << Print(*llama.after);
+  // A multiply by a scalar after the cast is no weight: the norm takes the unit weight.
+  Compiled scaled = Canonicalize("func @f(%x: bf16[T, 64]) {" + core +
+                                 "  %o = mul(%y) {scalar = 2}\n  return %o\n}\n");
+  ASSERT_TRUE(scaled.ok());
+  EXPECT_EQ(CountOp(*scaled.after, "rms_norm"), 1) << Print(*scaled.after);
+  EXPECT_EQ(CountOp(*scaled.after, "full"), 1) << Print(*scaled.after);
+  ExpectBitwiseOutputs(*scaled.before, *scaled.after, 1, {1, 5}, {4});
   // A weight of another shape is named as such, and no unit weight is made.
   Compiled row = Canonicalize("func @f(%x: bf16[T, 64], %g: bf16[1, 64]) {" + core +
                               "  %o = mul(%g, %y)\n  return %o\n}\n");
@@ -601,7 +608,8 @@ TEST(PassesCanonicalize, DynamicQuantUe8m0OfTheFlooredScaleFolds) {
 
 // vLLM's QuantFP8 UE8M0 form (_quantize_group_native with use_ue8m0): the quotient rounded up to
 // a power of two, then floored, exp2(ceil(log2(amax / 448))).clamp(min = 1 / (448 * 512)): ue8m0
-// scales with rounding scale_floor_after_div, by division and by the reciprocal. Bitwise the
+// scales with rounding scale_floor_after_div, by division and by the reciprocal, with and
+// without the amax floored at 1e-10 before the division (which changes nothing). Bitwise the
 // graph's own ops on rows whose amaxes lie about the floor's 448 * 2^-18 (scales of the floor,
 // no power of two, and of 2^-17), a zero row, and rows with inf and NaN.
 TEST(PassesCanonicalize, DynamicQuantUe8m0FlooredAfterTheRoundingFolds) {
@@ -616,10 +624,14 @@ TEST(PassesCanonicalize, DynamicQuantUe8m0FlooredAfterTheRoundingFolds) {
                                   : std::isfinite(amaxes[row]) ? amaxes[row] * float(col % 5) / 8.0f
                                                                : 0.5f);
   };
+  for (const bool amax_floor : {false, true})
   for (const bool reciprocal : {false, true}) {
-    SCOPED_TRACE(reciprocal ? "y * (1 / s)" : "y / s");
+    SCOPED_TRACE(StrCat(reciprocal ? "y * (1 / s)" : "y / s",
+                        amax_floor ? ", the amax floored at 1e-10 first" : ""));
     std::string text = DynamicQuantWithScale(
-        "  %sd = div(%am) {scalar = 448}\n"
+        std::string(amax_floor ? "  %ac = clamp(%am) {min = 1e-10}\n"
+                                 "  %sd = div(%ac) {scalar = 448}\n"
+                               : "  %sd = div(%am) {scalar = 448}\n") +
         "  %lg = log2(%sd)\n"
         "  %ce = ceil(%lg)\n"
         "  %ex = exp2(%ce)\n"

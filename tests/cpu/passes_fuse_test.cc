@@ -306,10 +306,11 @@ TEST(PassesFuse, TwoQuantConsumersFuseTheFirstOtherReadsNorm) {
 
 // An FP8 quantization of the fused norm written in ops that no quant form folds stays as
 // written, and the fusion says why in the canonicalizer's words; one that folds no form at all
-// (here: a scale of amax / 100) says that.
+// (here: y * 0.01 cast) says that. An FP8 cast of y times another activation is no
+// quantization of y, and goes unnamed.
 TEST(PassesFuse, AQuantOfTheNormLeftInOpsIsNamedWithTheReason) {
   Compiled c = Compile(R"(
-    func @layer(%x: bf16[T, 256], %g: bf16[256]) {
+    func @layer(%x: bf16[T, 256], %g: bf16[256], %gate: f32[T, 256]) {
       %ar = all_reduce(%x)
       %y = rms_norm(%ar, %g) {eps = 1e-6}
       %yf = cast(%y) {to = f32}
@@ -324,7 +325,9 @@ TEST(PassesFuse, AQuantOfTheNormLeftInOpsIsNamedWithTheReason) {
       %q = cast(%dq) {to = f8e4m3}
       %t = mul(%yf) {scalar = 0.01}
       %q2 = cast(%t) {to = f8e4m3}
-      return %q, %s, %q2
+      %gt = mul(%yf, %gate)
+      %q3 = cast(%gt) {to = f8e4m3}
+      return %q, %s, %q2, %q3
     }
   )");
   ASSERT_TRUE(c.ok());

@@ -258,8 +258,9 @@ class Applier:
         # Materialize.
         # NOTE: inserting before the node that follows keeps the new nodes in creation order.
         self._place = (order, order[insert_after])  # sizes must be known by then (_dim_node)
-        # A value the new nodes read (the chain's x, residual or weight), for a full's device.
-        self._x_val = next((v for v in (n.meta.get("val") for n in read_nodes)
+        # A value the new nodes read (the chain's x, residual or weight), for a full's device:
+        # the first in graph order, so that the choice does not depend on a set's order.
+        self._x_val = next((v for v in (n.meta.get("val") for n in sorted(read_nodes, key=order.get))
                             if isinstance(v, torch.Tensor)), None)
         with self.graph.inserting_before(insert_after.next):
             for n in pre + [fused] + post:
