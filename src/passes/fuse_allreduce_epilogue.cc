@@ -482,6 +482,8 @@ std::variant<Plan, Refusal> PlanBestFusion(const Chain& chain, const PassContext
   AllreduceRmsnormSpec base;
   if (std::string why = BaseSpec(chain, base); !why.empty()) return Refusal{"dtype or shape", why};
   std::vector<std::string> notes;
+  // The FP8 quantizations of y left in ops, named after the chain's own notes.
+  const std::vector<std::string> unfolded = UnfoldedQuantNotes(chain, ctx);
   std::set<const ir::Node*> dropped;
   for (ir::Node* quant : chain.quants) {
     std::variant<Plan, Refusal> with_quant = PlanFusion(chain, quant, base, ctx);
@@ -497,7 +499,6 @@ std::variant<Plan, Refusal> PlanBestFusion(const Chain& chain, const PassContext
       notes.push_back(StrCat("quant_fp8 ", Ref(other->result()),
                              " reads the emitted norm: one quant is fused per chain"));
     }
-    std::vector<std::string> unfolded = UnfoldedQuantNotes(chain, ctx);
     notes.insert(notes.end(), unfolded.begin(), unfolded.end());
     plan.notes = std::move(notes);
     plan.quants_dropped = int(dropped.size());
@@ -505,7 +506,6 @@ std::variant<Plan, Refusal> PlanBestFusion(const Chain& chain, const PassContext
   }
   std::variant<Plan, Refusal> norm_only = PlanFusion(chain, nullptr, base, ctx);
   if (auto* plan = std::get_if<Plan>(&norm_only)) {
-    std::vector<std::string> unfolded = UnfoldedQuantNotes(chain, ctx);
     notes.insert(notes.end(), unfolded.begin(), unfolded.end());
     plan->notes = std::move(notes);
     plan->quants_dropped = int(dropped.size());

@@ -241,15 +241,15 @@ TEST(PassesCanonicalize, StaticQuantsKeepTheirScaleStep) {
 // f32-sum form. With a symbolic H it stays, and says why. A weight multiply after the cast is
 // the weighted form (matched at the multiply), and a weight of another shape is named as such.
 TEST(PassesCanonicalize, AWeightlessNormFoldsWithAUnitWeight) {
-  const std::string core = R"(
-      %v = cast(%x) {to = f32}
-      %sq = pow(%v) {exponent = 2}
-      %m = mean(%sq) {dim = -1, keepdim = true}
-      %me = add(%m) {scalar = 1e-6}
-      %r = rsqrt(%me)
-      %n = mul(%v, %r)
-      %y = cast(%n) {to = bf16}
-  )";
+  // The norm of %x, its values suffixed with k, cast back to dtype as %y<k>.
+  const auto norm = [](const std::string& x, const std::string& k, const std::string& dtype) {
+    return StrCat("  %v", k, " = cast(%", x, ") {to = f32}\n  %sq", k, " = pow(%v", k,
+                  ") {exponent = 2}\n  %m", k, " = mean(%sq", k,
+                  ") {dim = -1, keepdim = true}\n  %me", k, " = add(%m", k,
+                  ") {scalar = 1e-6}\n  %r", k, " = rsqrt(%me", k, ")\n  %n", k, " = mul(%v", k,
+                  ", %r", k, ")\n  %y", k, " = cast(%n", k, ") {to = ", dtype, "}\n");
+  };
+  const std::string core = norm("x", "", "bf16");
   Compiled bare = Canonicalize("func @f(%x: bf16[T, 64]) {" + core + "  return %y\n}\n");
   ASSERT_TRUE(bare.ok());
   EXPECT_EQ(Counter(bare.ctx, "decomposed_rms_norm", "applied"), 1) << DescribeReport(bare.ctx);
@@ -259,32 +259,9 @@ TEST(PassesCanonicalize, AWeightlessNormFoldsWithAUnitWeight) {
   )");
   ExpectBitwiseOutputs(*bare.before, *bare.after, 1, {1, 5, 33}, {2, 9});
   // Two such norms share one unit weight; one of another dtype gets its own.
-  Compiled two = Canonicalize(R"(
-    func @f(%x: bf16[T, 64], %z: bf16[T, 64], %u: f16[T, 64]) {
-      %v = cast(%x) {to = f32}
-      %sq = pow(%v) {exponent = 2}
-      %m = mean(%sq) {dim = -1, keepdim = true}
-      %me = add(%m) {scalar = 1e-6}
-      %r = rsqrt(%me)
-      %n = mul(%v, %r)
-      %y = cast(%n) {to = bf16}
-      %v2 = cast(%z) {to = f32}
-      %sq2 = mul(%v2, %v2)
-      %m2 = mean(%sq2) {dim = -1, keepdim = true}
-      %me2 = add(%m2) {scalar = 1e-6}
-      %r2 = rsqrt(%me2)
-      %n2 = mul(%v2, %r2)
-      %y2 = cast(%n2) {to = bf16}
-      %v3 = cast(%u) {to = f32}
-      %sq3 = pow(%v3) {exponent = 2}
-      %m3 = mean(%sq3) {dim = -1, keepdim = true}
-      %me3 = add(%m3) {scalar = 1e-6}
-      %r3 = rsqrt(%me3)
-      %n3 = mul(%v3, %r3)
-      %y3 = cast(%n3) {to = f16}
-      return %y, %y2, %y3
-    }
-  )");
+  Compiled two = Canonicalize("func @f(%x: bf16[T, 64], %z: bf16[T, 64], %u: f16[T, 64]) {\n" +
+                              norm("x", "1", "bf16") + norm("z", "2", "bf16") +
+                              norm("u", "3", "f16") + "  return %y1, %y2, %y3\n}\n");
   ASSERT_TRUE(two.ok());
   EXPECT_EQ(CountOp(*two.after, "rms_norm"), 3) << Print(*two.after);
   EXPECT_EQ(CountOp(*two.after, "full"), 2) << Print(*two.after);

@@ -809,8 +809,10 @@ __device__ __forceinline__ uint2 QuantizeVector(float (&yf)[kVecElems], ScaleSte
 // how y is divided by it.
 template <class Recipe, QuantMode kQuant>
 __device__ __forceinline__ float DynamicScale(const FusedKernelParams& p, float amax, ScaleStep& step) {
-  // DynamicScaleOf (common/quotient.h) written out: through the call, ptxas allocated the
-  // run-time recipe's kernels differently (up to +5 registers) for the same operations.
+  // DynamicScaleOf (common/quotient.h) written out, the same operations in the same order:
+  // through the call ptxas allocates the run-time recipe's kernels differently (checked again
+  // with the floor after the rounding: -8..+5 registers there, and the one-shot fp8_group kernel
+  // at two vectors per thread 90 -> 100). Keep the two in step.
   float s = DynamicScaleOfAmax(amax, Recipe::ScaleFloorAfterDiv(p) && !Recipe::ScaleUe8m0(p));
   if (Recipe::ScaleUe8m0(p)) {
     s = RoundUpToPowerOfTwo(Recipe::Ue8m0Floor(p) ? Ue8m0Floored(s) : s);
