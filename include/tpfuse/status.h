@@ -47,7 +47,12 @@ class [[nodiscard]] Status {
 template <class T>
 class [[nodiscard]] StatusOr {
  public:
-  StatusOr(Status status) : state_(std::move(status)) {}  // NOLINT: implicit by design
+  // An OK status carries no value: it becomes an internal error that says so, not an error
+  // with an empty message.
+  StatusOr(Status status)  // NOLINT: implicit by design
+      : state_(status.ok() ? Status(StatusCode::kInternal,
+                                    "a StatusOr was made from an OK status, without a value")
+                           : std::move(status)) {}
   StatusOr(T value) : state_(std::move(value)) {}         // NOLINT: implicit by design
 
   bool ok() const { return std::holds_alternative<T>(state_); }
