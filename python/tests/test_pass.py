@@ -1049,3 +1049,125 @@ def test_a_norm_without_a_weight_fuses_with_a_unit_weight_and_computes_what_the_
     assert count(gm.graph, "aten.rsqrt") == 0 and count(gm.graph, "aten.full") == 1, gm.graph
     got = gm(*args)
     assert all(same_bits(a, b) for a, b in zip(got, want))
+
+
+# ---- the reference computations of peer projects' fusion tests, and vLLM's current norm
+
+def vllm_forward_static(h, residual, w, eps=1e-6):
+    """vLLM's RMSNorm.forward_static with a residual: the bf16 residual promoted by the add."""
+    x = h.to(torch.float32)
+    x = x + residual
+    residual = x.to(h.dtype)
+    x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+    x = x.to(h.dtype)
+    return x * w, residual
+
+
+def trtllm_reference(h, residual, w, eps=1e-5):
+    """TensorRT-LLM's ref_residual_rms_norm: bf16 add, the norm and the weight in f32, the
+    residual returned through an f32 round trip."""
+    residual_out = (h + residual).to(torch.float32)
+    y = residual_out * torch.rsqrt(residual_out.pow(2).mean(-1, keepdim=True) + eps) * w
+    return y.to(h.dtype), residual_out.to(h.dtype)
+
+
+FP8 = torch.float8_e4m3fn
+
+
+def flashinfer_token_quant(y):
+    """FlashInfer's dynamic per-token reference: y.float() once for the amax, once to divide."""
+    scale = torch.clamp(y.float().abs().amax(dim=-1, keepdim=True) / 448.0, min=2.0 ** -9 / 448.0)
+    return (y.float() / scale).clamp(-448.0, 448.0).to(FP8), scale
+
+
+def flashinfer_group_quant(y):
+    """FlashInfer's per-group UE8M0 reference before packing: the amax without keepdim, the
+    scale unsqueezed for the division, the reshape back to [T, H] before the cast."""
+    t, hidden = y.shape
+    xg = y.float().reshape(t, hidden // 128, 128)
+    s = torch.exp2(torch.ceil(torch.log2((xg.abs().amax(dim=-1) / 448.0).clamp(min=1e-10))))
+    return (xg / s.unsqueeze(-1)).clamp(-448.0, 448.0).reshape(t, hidden).to(FP8), s
+
+
+@pytest.mark.parametrize("norm", [vllm_forward_static, trtllm_reference], ids=["vllm", "trtllm"])
+def test_peer_norm_forms_fuse_at_world_size_two_and_locally_bitwise(norm):
+    def layer(x, res, w):
+        return norm(wait(ar(x, "sum", GROUP)), res, w)
+
+    g = trace(layer, ((6, 256), bf), ((6, 256), bf), ((256,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1, p.report.left_alone
+    assert count(g, "aten.rsqrt") == 0, g
+
+    gm, args = trace_module(lambda h, res, w: norm(h, res, w), ((6, 256), bf), ((6, 256), bf),
+                            ((256,), bf))
+    want = gm(*args)
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    assert sum(str(n.target) == FUSED for n in gm.graph.nodes) == 1, gm.graph
+    assert all(same_bits(a, b) for a, b in zip(gm(*args), want))
+
+
+@pytest.mark.parametrize("quant,mode", [(flashinfer_token_quant, "fp8_token"),
+                                        (flashinfer_group_quant, "fp8_group")],
+                         ids=["token", "group"])
+def test_flashinfers_quant_references_fuse_as_written_and_quantize_the_fused_norm_exactly(
+        quant, mode):
+    # The fused op's q and s are what the reference computes from the fused op's own norm, bit
+    # for bit; the norm is F.rms_norm's within Contract 3's tolerance.
+    def f(x, res, w):
+        h = x + res
+        y = torch.nn.functional.rms_norm(h, (256,), w, 1e-5)
+        return (h, y) + quant(y)
+
+    g = torch.Generator().manual_seed(11)
+    x, res = (torch.randn(7, 256, generator=g).to(bf) for _ in range(2))
+    w = (torch.rand(256, generator=g) + 0.5).to(bf)
+    torch._dynamo.reset()
+    compiled = tt.compile(f, world_size=1, fuse_local="on", backend="aot_eager")
+    h, y, q, s = compiled(x, res, w)
+    fusions = [fu for gr in compiled.tpfuse_pass.report.graphs for fu in gr.fusions]
+    assert [fu.attrs["quant"] for fu in fusions] == [mode], fusions
+    assert not any(fu.notes for fu in fusions), fusions
+    want_q, want_s = quant(y)
+    assert same_bits(q, want_q) and same_bits(s, want_s)
+    want_h, want_y = f(x, res, w)[:2]
+    assert same_bits(h, want_h)
+    assert int(ulp_distance_16(y, want_y).max()) <= 1
+
+
+def test_a_norm_whose_weight_multiply_stays_in_f32_fuses_and_keeps_the_multiply():
+    """vLLM's forward_static with an f32 weight: bf16(norm) * w computes in f32. The norm fuses
+    with a unit weight; the graph's own multiply, which promotes the fused result, stays."""
+    def f(x, res, w):
+        x = x.to(torch.float32) + res
+        r = x.to(torch.bfloat16)
+        x = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)).to(torch.bfloat16)
+        return x * w, r
+
+    gm, args = trace_module(f, ((6, 256), bf), ((6, 256), bf), ((256,), torch.float32))
+    want = gm(*args)
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    assert sum(str(n.target) == FUSED for n in gm.graph.nodes) == 1, gm.graph
+    assert count(gm.graph, "aten.mul") == 1, gm.graph  # the f32 weight multiply
+    got = gm(*args)
+    assert got[0].dtype == torch.float32
+    assert all(same_bits(a, b) for a, b in zip(got, want))
+
+
+def test_a_local_norm_the_compiler_leaves_in_ops_is_reported_with_the_reason():
+    """A norm computed in bf16 throughout (TensorRT-LLM's bf16 reference) stays: folding it
+    would change its result. The report names its rsqrt and says so."""
+    def f(h, w):
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+
+    g = trace(f, ((6, 256), bf), ((256,), bf))
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(g)
+    assert p.report.fused == 0
+    (why,) = p.report.local_left_alone.values()
+    assert "computed in bf16, not in f32" in why, p.report.local_left_alone

@@ -116,12 +116,9 @@ std::optional<RmsCore> MatchRmsCore(ir::Value* value, MatchNotes& notes) {
       return std::nullopt;
     }
     if (ir::Node* cast = v->producer(); IsWideningCast(cast)) {
+      // The norm reads x itself; a cast with other uses stays for them.
       core.x = cast->operand(0);
       core.input_cast = cast;
-      if (!OnlyUsedBy(v, {square, mul})) {
-        notes.Decline("an intermediate value has other uses");
-        return std::nullopt;
-      }
     } else if (std::optional<F32Sum> sum = MatchF32Sum(v)) {
       // The f32 sum feeds the square, the core mul and at most one cast back (the residual).
       for (const ir::Use& u : v->uses()) {
@@ -131,7 +128,9 @@ std::optional<RmsCore> MatchRmsCore(ir::Value* value, MatchNotes& notes) {
           core.residual_cast = u.user;
           continue;
         }
-        notes.Decline("the f32 residual sum has uses other than the norm and one cast back");
+        notes.Decline(StrCat("the f32 residual sum ", Ref(v), " is also read by ", DescribeUse(u),
+                             ": the fused op gives the residual only rounded to ",
+                             DTypeName(sum->x->dtype())));
         return std::nullopt;
       }
       core.x = sum->x;
@@ -260,7 +259,7 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
   // 16-bit activations, the result's type, and the fused-add form's place.
   static std::optional<RmsNormMatch> Finish(RmsNormMatch m, MatchNotes& notes) {
     // Each link of the chain must feed only the next one: the other uses would still need the
-    // value the rewrite removes. (The input cast feeds two links; MatchRmsCore checked it.)
+    // value the rewrite removes. (The input cast is no link: it stays where it has other uses.)
     for (size_t k = 0; k + 1 < m.chain.size(); ++k) {
       ir::Node* n = m.chain[k];
       if (!SoleUser(n->result(), m.chain[k + 1])) {
@@ -563,6 +562,8 @@ struct DecomposedStaticQuant final : TypedPattern<ir::StaticQuantForm> {
 //             min = 1 / (448 * 512))
 //                  (UE8M0 floored after the rounding, vLLM's QuantFP8 form: scale_floor_after_div;
 //                  the floor of the amax changes nothing there)
+//   (s computed on [..., 1], or on the reduced shape [...] and then viewed to [..., 1], after
+//    an amax without keepdim: FlashInfer's group reference)
 //   q = cast(clamp(div(d, s) | mul(d, reciprocal(s)), +-448), f8e4m3)
 //   ->  q, s = quant_fp8(y) {mode = "token" | "group", group_size, [scale_fmt = "ue8m0"]}
 //
@@ -583,6 +584,7 @@ struct DynamicQuantMatch {
   ir::Node* group_view = nullptr; // view(., [..., H/g, g]) (group form)
   ir::Value* y = nullptr;         // [T, H] or [B, S, H], bf16 or f16
   ir::Value* s = nullptr;         // the scale the graph uses: [..., 1] or [..., H/g, 1]
+  ir::Value* s_reduced = nullptr; // the scale before its view to s ([...]), when so computed
   std::vector<ir::Node*> scale_chain;  // abs .. s's producer, producers first
   std::vector<ir::Node*> absorbed;     // d's cast and view, erased if they end unused
   int64_t group = 0;              // 0: per token
@@ -644,26 +646,37 @@ bool PeelDividend(ir::Value* d, DynamicQuantMatch& m) {
   return true;
 }
 
+// A view [...] -> [..., 1] that keeps the leading dims: the reduced dim put back after an amax
+// without keepdim (x.unsqueeze(-1)).
+bool IsUnsqueezeOfLastDim(const ir::Node* p) {
+  if (p == nullptr || p->op() != "view" || p->num_operands() != 1) return false;
+  const ir::TensorType& in = p->operand(0)->type();
+  const ir::TensorType& out = p->result()->type();
+  if (out.rank() != in.rank() + 1 || !(out.shape.back() == ir::Dim::Const(1))) return false;
+  for (int i = 0; i < in.rank(); ++i)
+    if (!(out.shape[size_t(i)] == in.shape[size_t(i)])) return false;
+  return true;
+}
+
 // The amax links of a dynamic scale, producers first, ending at the value the scale's
 // arithmetic reads: abs -> amax over the last dim of d, or of the 16-bit value d widens from
 // (the same maximum), then at most one widening cast and one view putting the reduced dim back
-// ([...] -> [..., 1], after an amax without keepdim), in either order. nullopt: no abs -> amax
-// there at all; empty: an amax of the right operand over another dim or without the dim kept.
-std::optional<std::vector<ir::Node*>> MatchScaleAmax(const ir::Value* v, const ir::Value* d) {
+// ([...] -> [..., 1], after an amax without keepdim), in either order. `unsqueezed_after`: the
+// scale's arithmetic ran on the reduced shape and the view puts the dim back after it
+// (FlashInfer's group reference), so no view may follow the amax and the amax keeps no dim.
+// nullopt: no abs -> amax there at all; empty: an amax of the right operand over another dim,
+// or the reduced dim not put back exactly once.
+std::optional<std::vector<ir::Node*>> MatchScaleAmax(const ir::Value* v, const ir::Value* d,
+                                                     bool unsqueezed_after) {
   std::vector<ir::Node*> tail;  // consumers first
   ir::Node* cast = nullptr;
   ir::Node* unsqueeze = nullptr;
   for (int hop = 0; hop < 2; ++hop) {
     ir::Node* p = v->producer();
     if (p == nullptr) break;
-    const ir::TensorType& in = p->num_operands() == 1 ? p->operand(0)->type() : ir::TensorType{};
     if (cast == nullptr && IsWideningCast(p)) {
       cast = p;
-    } else if (unsqueeze == nullptr && p->op() == "view" && p->result()->type().rank() == in.rank() + 1 &&
-               p->result()->shape().back() == ir::Dim::Const(1)) {
-      for (int i = 0; i < in.rank(); ++i) {
-        if (!(p->result()->shape()[size_t(i)] == in.shape[size_t(i)])) return std::nullopt;
-      }
+    } else if (unsqueeze == nullptr && !unsqueezed_after && IsUnsqueezeOfLastDim(p)) {
       unsqueeze = p;
     } else {
       break;
@@ -681,7 +694,7 @@ std::optional<std::vector<ir::Node*>> MatchScaleAmax(const ir::Value* v, const i
   const std::optional<double> dim = NumberAttr(amax, "dim", -1.0);
   const std::optional<bool> keepdim = BoolAttr(amax, "keepdim", false);
   if (!dim || !keepdim || (*dim != -1.0 && *dim != double(rank - 1)) ||
-      *keepdim == (unsqueeze != nullptr))
+      *keepdim == (unsqueeze != nullptr || unsqueezed_after))
     return std::vector<ir::Node*>{};
   std::vector<ir::Node*> links = {abs, amax};
   links.insert(links.end(), tail.rbegin(), tail.rend());
@@ -721,11 +734,30 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
       }
       if (m.s == nullptr) return std::nullopt;
     }
-    // A rank-0 scale is the static form's.
-    if (m.s->type().rank() < 2 || !PeelDividend(d, m)) return std::nullopt;
+    // A rank-0 scale is the static form's; a scale of another shape than [..., 1] against d
+    // would broadcast d up.
+    if (m.s->type().rank() < 2 || !(op->result()->shape() == d->shape()) || !PeelDividend(d, m))
+      return std::nullopt;
     // The scale: [exp2(ceil(log2(.)))] of div(clamp(A), 448) or clamp(div(A, 448)), or the
-    // floor after the division taken after the rounding: clamp(exp2(ceil(log2(div(A, 448))))).
+    // floor after the division taken after the rounding: clamp(exp2(ceil(log2(div(A, 448))))),
+    // computed on [..., 1] or on the reduced shape and then viewed to it; a 16-bit scale is
+    // widened for the division (its arithmetic ran in 16 bits: declined below, by its dtype).
     ir::Value* s = m.s;
+    ir::Node* unsqueeze = nullptr;
+    ir::Node* widen = nullptr;
+    std::vector<ir::Node*> top;  // the view and cast above the arithmetic, consumers first
+    for (int hop = 0; hop < 2; ++hop) {
+      ir::Node* p = s->producer();
+      if (unsqueeze == nullptr && IsUnsqueezeOfLastDim(p)) {
+        unsqueeze = p;
+      } else if (widen == nullptr && IsWideningCast(p)) {
+        widen = p;
+      } else {
+        break;
+      }
+      top.push_back(p);
+      s = p->operand(0);
+    }
     ir::Node* floor_after_round = ProducedBy(s, "clamp");
     if (floor_after_round != nullptr && floor_after_round->num_operands() == 1 &&
         ProducedBy(floor_after_round->operand(0), "exp2") != nullptr) {
@@ -788,7 +820,8 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     if (floor == nullptr && !m.ue8m0_floor) return std::nullopt;
     const ir::Value* amax_value =
         (amax_floor ? amax_floor : m.floor_after_div || floor == nullptr ? step : floor)->operand(0);
-    std::optional<std::vector<ir::Node*>> amax_links = MatchScaleAmax(amax_value, d);
+    std::optional<std::vector<ir::Node*>> amax_links =
+        MatchScaleAmax(amax_value, d, unsqueeze != nullptr);
     if (!amax_links) return std::nullopt;
     // From here the shape is the dynamic quant's: say why it does not fold.
     if (amax_links->empty()) {
@@ -842,8 +875,12 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     chain.insert(chain.end(), arithmetic.begin(), arithmetic.end());
     m.scale_chain.insert(m.scale_chain.begin(), chain.begin(), chain.end());
     if (floor_after_round != nullptr) m.scale_chain.push_back(floor_after_round);
-    // Every link but the last feeds only the next; the scale itself may have any uses.
+    m.scale_chain.insert(m.scale_chain.end(), top.rbegin(), top.rend());
+    // Every link but the last feeds only the next; the scale itself may have any uses, also
+    // where it is computed on the reduced shape (FlashInfer returns s.squeeze(-1)).
+    if (unsqueeze != nullptr) m.s_reduced = unsqueeze->operand(0);
     for (size_t k = 0; k + 1 < m.scale_chain.size(); ++k) {
+      if (m.scale_chain[k]->result() == m.s_reduced) continue;
       if (!SoleUser(m.scale_chain[k]->result(), m.scale_chain[k + 1])) {
         notes.Decline("an intermediate value of the scale has other uses");
         return std::nullopt;
@@ -895,8 +932,11 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     // Before the first use of q or s: the graph may use s (a view for the GEMM) before q.
     const ir::Graph& graph = *m.cast->graph();
     ir::Node* first = m.cast;
-    for (const ir::Use& u : m.s->uses()) {
-      if (!u.is_return() && graph.IndexOf(u.user) < graph.IndexOf(first)) first = u.user;
+    for (const ir::Value* scale : {m.s, m.s_reduced}) {
+      if (scale == nullptr) continue;
+      for (const ir::Use& u : scale->uses()) {
+        if (!u.is_return() && graph.IndexOf(u.user) < graph.IndexOf(first)) first = u.user;
+      }
     }
     rw.SetInsertionPointBefore(first);
     const ir::TensorType& rows = m.rows;
@@ -908,8 +948,11 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     const bool view_q = !(m.cast->result()->shape() == rows.shape);
     ir::AttrMap attrs = Attrs(m);
     const bool view_s = !(m.s->shape() == m.scale_type.shape);
+    // The scale on the reduced shape is quant_fp8's s itself when it has that shape.
+    const bool reduced_is_s = m.s_reduced && m.s_reduced->shape() == m.scale_type.shape;
+    const std::string reduced_name = m.s_reduced ? m.s_reduced->name() : "";
     const std::string q_flat = view_q ? q_name + ".rows" : q_name;
-    const std::string s_flat = view_s ? s_name + ".rows" : s_name;
+    const std::string s_flat = reduced_is_s ? reduced_name : view_s ? s_name + ".rows" : s_name;
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * quant,
                             rw.Create("quant_fp8", {y}, std::move(attrs), {q_flat, s_flat}));
     TPFUSE_ASSIGN_OR_RETURN(ir::Value * q,
@@ -917,6 +960,12 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     TPFUSE_ASSIGN_OR_RETURN(ir::Value * s, rw.CreateView(quant->result(1), m.s->type(), s_name));
     rw.ReplaceAllUsesWith(m.cast->result(), q);
     rw.ReplaceAllUsesWith(m.s, s);
+    ir::Value* s_reduced = nullptr;
+    if (m.s_reduced != nullptr) {
+      TPFUSE_ASSIGN_OR_RETURN(s_reduced,
+                              rw.CreateView(quant->result(1), m.s_reduced->type(), reduced_name));
+      rw.ReplaceAllUsesWith(m.s_reduced, s_reduced);
+    }
     std::vector<ir::Node*> dead = {m.cast, m.clamp, m.scale_op, m.inv};
     dead.insert(dead.end(), m.scale_chain.rbegin(), m.scale_chain.rend());
     dead.insert(dead.end(), m.absorbed.begin(), m.absorbed.end());
@@ -924,6 +973,8 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     TPFUSE_RETURN_IF_ERROR(rw.EraseDead(dead));
     if (view_q) TPFUSE_RETURN_IF_ERROR(rw.RestoreNames(q->producer(), {q_name}).status());
     if (view_s) TPFUSE_RETURN_IF_ERROR(rw.RestoreNames(s->producer(), {s_name}).status());
+    if (m.s_reduced != nullptr && !reduced_is_s)
+      TPFUSE_RETURN_IF_ERROR(rw.RestoreNames(s_reduced->producer(), {reduced_name}).status());
     return rw.RestoreNames(quant, {q_flat, s_flat}).status();
   }
 };
@@ -1028,6 +1079,81 @@ struct NormWeightBias final : Pattern {
   }
 };
 
+// ---------------------------------------------------------------- casts
+
+// add | sub | mul | div(%a: bf16, %b: f32) -> the op of cast(%a) {to = f32} and %b (either
+// operand; both for bf16 with f16): the IR's promotion written out, so that every form reads its
+// casts. vLLM's RMSNorm adds the 16-bit residual to `x.to(f32)` and multiplies by the weight
+// without casting either; TensorRT-LLM's reference multiplies the f32 norm by the bf16 weight.
+//
+// Numerics: exact. The op computes in f32 either way (InferBinary); widening is exact.
+struct ExplicitPromotion final : Pattern {
+  std::string_view name() const override { return "explicit_promotion"; }
+  int benefit() const override { return 13; }
+
+  StatusOr<bool> MatchAndRewrite(ir::Node* root, Rewriter& rw, MatchNotes&) const override {
+    const ir::OpKind kind = root->kind();
+    if ((kind != ir::OpKind::kAdd && kind != ir::OpKind::kSub && kind != ir::OpKind::kMul &&
+         kind != ir::OpKind::kDiv) ||
+        root->num_operands() != 2 || root->operand(0)->dtype() == root->operand(1)->dtype())
+      return false;
+    rw.SetInsertionPointBefore(root);
+    for (int i : {0, 1}) {
+      ir::Value* v = root->operand(i);
+      if (v->dtype() == DType::kF32) continue;
+      TPFUSE_ASSIGN_OR_RETURN(
+          ir::Node * cast, rw.Create("cast", {v}, {{"to", ir::Attr::Name("f32")}}, {v->name() + ".f32"}));
+      rw.SetOperand(root, i, cast->result());
+    }
+    return true;
+  }
+};
+
+// cast(cast(%x) {to = f32}) {to = <%x's dtype>} -> %x   (%x bf16 or f16)
+//
+// TensorRT-LLM's reference returns the residual as `h.to(f32).to(bf16)`. Numerics: exact; the
+// widening is exact and the value is one of the narrow type already.
+struct WideningRoundTrip final : Pattern {
+  std::string_view name() const override { return "widening_round_trip"; }
+  int benefit() const override { return 12; }
+
+  StatusOr<bool> MatchAndRewrite(ir::Node* root, Rewriter& rw, MatchNotes&) const override {
+    if (root->kind() != ir::OpKind::kCast) return false;
+    ir::Node* widen = root->operand(0)->producer();
+    if (!IsWideningCast(widen) || widen->operand(0)->dtype() != root->result()->dtype())
+      return false;
+    rw.ReplaceAllUsesWith(root->result(), widen->operand(0));
+    TPFUSE_RETURN_IF_ERROR(rw.EraseDead({root, widen}));
+    return true;
+  }
+};
+
+// cast(view(%v)) {to = f8e4m3} -> view(cast(%v) {to = f8e4m3})   (the view used only there)
+//
+// FlashInfer's per-group reference reshapes [T, H/g, g] back to [T, H] before the cast; the
+// quant forms read the cast of the scaled (and clamped) value. Numerics: exact; a cast is
+// elementwise.
+struct ViewAfterFp8Cast final : Pattern {
+  std::string_view name() const override { return "view_after_fp8_cast"; }
+  int benefit() const override { return 11; }
+
+  StatusOr<bool> MatchAndRewrite(ir::Node* root, Rewriter& rw, MatchNotes&) const override {
+    if (root->kind() != ir::OpKind::kCast || TextAttr(root, "to") != "f8e4m3") return false;
+    ir::Node* view = ProducedBy(root->operand(0), "view");
+    if (view == nullptr || !SoleUser(view->result(), root)) return false;
+    const std::string name = root->result()->name();
+    rw.SetInsertionPointBefore(root);
+    TPFUSE_ASSIGN_OR_RETURN(ir::Node * cast, rw.Create("cast", {view->operand(0)}, root->attrs(),
+                                                       {name + ".unviewed"}));
+    TPFUSE_ASSIGN_OR_RETURN(ir::Node * moved,
+                            rw.Create("view", {cast->result()}, view->attrs(), {name}));
+    rw.ReplaceAllUsesWith(root->result(), moved->result());
+    TPFUSE_RETURN_IF_ERROR(rw.EraseDead({root, view}));
+    TPFUSE_RETURN_IF_ERROR(rw.RestoreNames(moved, {name}).status());
+    return true;
+  }
+};
+
 // ---------------------------------------------------------------- views
 
 // view(%x) {shape = <the shape of %x>} -> %x
@@ -1043,24 +1169,59 @@ struct NoOpView final : Pattern {
   }
 };
 
-// %a = full() {attrs} ... %b = full() {attrs} -> %a: one unit weight per shape and dtype (each
-// norm written without a weight gets its own when it folds).
-struct RepeatedFull final : Pattern {
-  std::string_view name() const override { return "repeated_full"; }
+// %b = op(%x, ...) {attrs} after %a = op(%x, ...) {attrs} -> %a: one node per computation
+// (FlashInfer's reference casts y to f32 once for the amax and again for the division; every
+// norm written without a weight gets a unit weight of its own when it folds). Collectives and
+// opaque ops are never merged: each call of them counts. Nor are views: they cost nothing, and
+// a fusion takes over a view of its results only where the view has no other reader.
+//
+// Numerics: exact. The ops left are pure functions of their operands and attributes.
+struct CommonSubexpression final : Pattern {
+  std::string_view name() const override { return "common_subexpression"; }
   int benefit() const override { return 9; }
 
   StatusOr<bool> MatchAndRewrite(ir::Node* root, Rewriter& rw, MatchNotes&) const override {
-    if (root->op() != "full") return false;
-    for (const auto& owned : root->graph()->nodes()) {
-      const ir::Node* first = owned.get();
-      if (first == root) return false;  // none before it
-      if (first->op() == "full" && !rw.IsErased(first) && first->attrs() == root->attrs()) {
-        rw.ReplaceAllUsesWith(root->result(), first->result());
-        TPFUSE_RETURN_IF_ERROR(rw.Erase(root));
-        return true;
+    const ir::OpKind kind = root->kind();
+    if (kind == ir::OpKind::kAllReduce || kind == ir::OpKind::kAllreduceRmsnorm ||
+        kind == ir::OpKind::kOpaque || kind == ir::OpKind::kUnknown || kind == ir::OpKind::kView ||
+        root->num_results() == 0)
+      return false;
+    const ir::Node* twin = EarlierTwin(root, rw);
+    if (twin == nullptr) return false;
+    for (int i = 0; i < root->num_results(); ++i)
+      rw.ReplaceAllUsesWith(root->result(i), twin->result(i));
+    TPFUSE_RETURN_IF_ERROR(rw.Erase(root));
+    return true;
+  }
+
+  // A node before `root` computing what it computes: among the users of its first operand, or,
+  // for an op without operands, among the nodes before it.
+  static const ir::Node* EarlierTwin(const ir::Node* root, const Rewriter& rw) {
+    const ir::Graph& graph = *root->graph();
+    auto same = [&](const ir::Node* n) {
+      if (n == root || rw.IsErased(n) || n->op() != root->op() ||
+          n->num_operands() != root->num_operands() || n->attrs() != root->attrs())
+        return false;
+      for (int i = 0; i < n->num_operands(); ++i)
+        if (n->operand(i) != root->operand(i)) return false;
+      return true;
+    };
+    if (root->num_operands() == 0) {
+      for (const auto& owned : graph.nodes()) {
+        if (owned.get() == root) return nullptr;
+        if (same(owned.get())) return owned.get();
       }
+      return nullptr;
     }
-    return false;
+    const int at = graph.IndexOf(root);
+    const ir::Node* twin = nullptr;
+    int twin_at = at;
+    for (const ir::Use& u : root->operand(0)->uses()) {
+      if (u.is_return() || !same(u.user)) continue;
+      const int i = graph.IndexOf(u.user);
+      if (i < twin_at) twin = u.user, twin_at = i;
+    }
+    return twin;
   }
 };
 
@@ -1159,6 +1320,9 @@ struct AddRmsNorm final : TypedPattern<AddRmsNormMatch> {
 class CanonicalizePass final : public Pass {
  public:
   CanonicalizePass() {
+    patterns_.push_back(std::make_unique<ExplicitPromotion>());
+    patterns_.push_back(std::make_unique<WideningRoundTrip>());
+    patterns_.push_back(std::make_unique<ViewAfterFp8Cast>());
     patterns_.push_back(std::make_unique<DecomposedRmsNorm>());
     patterns_.push_back(std::make_unique<ClampPair>());
     patterns_.push_back(std::make_unique<PowAsRsqrt>());
@@ -1166,7 +1330,7 @@ class CanonicalizePass final : public Pass {
     patterns_.push_back(std::make_unique<DecomposedDynamicQuant>());
     patterns_.push_back(std::make_unique<NoOpView>());
     patterns_.push_back(std::make_unique<ViewOfView>());
-    patterns_.push_back(std::make_unique<RepeatedFull>());
+    patterns_.push_back(std::make_unique<CommonSubexpression>());
     patterns_.push_back(std::make_unique<ViewBeforeAllReduce>());
     patterns_.push_back(std::make_unique<AddOperandOrder>());
     patterns_.push_back(std::make_unique<AddRmsNorm>());

@@ -241,9 +241,51 @@ bool ReturnedThroughViews(const ir::Value* v) {
   return false;
 }
 
+// rsqrt(add(mean(pow(v, 2) | mul(v, v)), eps)): the rsqrt of an RMSNorm written out in ops.
+bool IsRmsCoreRsqrt(const ir::Node* node) {
+  if (node->kind() != ir::OpKind::kRsqrt) return false;
+  const ir::Node* add = ProducedBy(node->operand(0), "add");
+  const ir::Node* mean = add && ScalarOperand(add) ? ProducedBy(add->operand(0), "mean") : nullptr;
+  const ir::Node* square = mean ? mean->operand(0)->producer() : nullptr;
+  if (square == nullptr) return false;
+  if (square->kind() == ir::OpKind::kPow) return NumberAttr(square, "exponent") == 2.0;
+  return square->kind() == ir::OpKind::kMul && square->num_operands() == 2 &&
+         square->operand(0) == square->operand(1);
+}
+
+// What the canonicalizer said of the decomposed RMSNorm whose rsqrt is `rsqrt`: the reasons
+// it gave at the nodes the norm's form ends at (the multiplies and casts after the rsqrt).
+std::string NormDeclines(const ir::Node* rsqrt, const PassContext& ctx) {
+  constexpr std::string_view kPattern = "decomposed_rms_norm: ";
+  std::vector<std::string> reasons;
+  std::vector<const ir::Value*> frontier = {rsqrt->result()};
+  for (int depth = 0; depth < 4 && !frontier.empty(); ++depth) {
+    std::vector<const ir::Value*> next;
+    for (const ir::Value* v : frontier) {
+      for (const ir::Use& u : v->uses()) {
+        if (u.is_return() || u.user->num_results() != 1) continue;
+        const ir::Value* out = u.user->result();
+        if (auto it = ctx.declines_at.find(out->name()); it != ctx.declines_at.end()) {
+          for (const std::string& r : it->second) {
+            if (r.rfind(kPattern, 0) != 0) continue;
+            std::string why = r.substr(kPattern.size());
+            if (std::find(reasons.begin(), reasons.end(), why) == reasons.end())
+              reasons.push_back(std::move(why));
+          }
+        }
+        next.push_back(out);
+      }
+    }
+    frontier = std::move(next);
+  }
+  std::string text;
+  for (const std::string& r : reasons) text += (text.empty() ? "" : "; ") + r;
+  return text;
+}
+
 // Why no chain starts at `anchor`, in words that stay true: "not followed by an RMSNorm" only
 // when none follows; otherwise what lies between.
-std::string NoChainReason(const ir::Node* anchor) {
+std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
   const ir::Value* a = anchor->result();
   std::optional<Reach> reach = FindNormBeyond(a);
   if (!reach) {
@@ -276,13 +318,19 @@ std::string NoChainReason(const ir::Node* anchor) {
             n->op() == "opaque" ? TextAttr(n, ir::kOpaqueNameAttr) : std::nullopt;
         return name && (name->rfind("aten.var_mean", 0) == 0 || name->rfind("aten.var.", 0) == 0);
       });
-  const std::string what =
-      reach->norm->kind() != ir::OpKind::kRsqrt
-          ? NodeRef(reach->norm)
-      : centered ? StrCat("the rsqrt ", Ref(reach->norm->result()),
-                          " of a LayerNorm (it subtracts the mean; the fused op computes RMSNorm)")
-                 : StrCat("the rsqrt ", Ref(reach->norm->result()),
-                          " of an RMSNorm written out in a form canonicalize does not recognize (its counters say why)");
+  std::string what;
+  if (reach->norm->kind() != ir::OpKind::kRsqrt) {
+    what = NodeRef(reach->norm);
+  } else if (centered) {
+    what = StrCat("the rsqrt ", Ref(reach->norm->result()),
+                  " of a LayerNorm (it subtracts the mean; the fused op computes RMSNorm)");
+  } else if (std::string why = NormDeclines(reach->norm, ctx); !why.empty()) {
+    what = StrCat("the rsqrt ", Ref(reach->norm->result()),
+                  " of an RMSNorm that stays as written (", why, ")");
+  } else {
+    what = StrCat("the rsqrt ", Ref(reach->norm->result()),
+                  " of an RMSNorm written out in a form the compiler does not recognize");
+  }
   return StrCat("all_reduce ", Ref(a), " reaches ", what, " only through ",
                 DescribePath(reach->path), ", which the fused op cannot take over (",
                 DescribeUses(a), ")");
@@ -388,6 +436,21 @@ std::set<const ir::Node*> Absorbed(const Chain& c, const ir::Node* quant) {
   return absorbed;
 }
 
+// The value of `values` that `v` is computed from (itself included), or null.
+const ir::Value* ComputedFrom(const ir::Value* v, const std::vector<const ir::Value*>& values) {
+  std::set<const ir::Value*> seen;
+  std::vector<const ir::Value*> stack = {v};
+  while (!stack.empty()) {
+    const ir::Value* at = stack.back();
+    stack.pop_back();
+    if (!seen.insert(at).second) continue;
+    if (std::find(values.begin(), values.end(), at) != values.end()) return at;
+    if (const ir::Node* p = at->producer())
+      for (const ir::Value* o : p->operands()) stack.push_back(o);
+  }
+  return nullptr;
+}
+
 // Decides emit for the chain with `quant` absorbed (null: none), asks the backend, and finds
 // where the fused node goes.
 std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
@@ -420,6 +483,21 @@ std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
   if (emit.norm) replaced.push_back(c.y);
   if (emit.residual) replaced.push_back(c.residual_out);
   if (quant) replaced.insert(replaced.end(), quant->results().begin(), quant->results().end());
+  if (quant && quant->num_operands() == 2) {
+    // A scale computed from the chain's own results (vLLM's dynamic per-tensor QuantFP8: the
+    // amax of the whole norm output, then a static-form quant) exists only after the norm.
+    const ir::Value* scale = quant->operand(1);
+    std::vector<const ir::Value*> results = {c.y};
+    if (c.residual_out) results.push_back(c.residual_out);
+    if (c.anchor) results.push_back(c.anchor->result());
+    if (const ir::Value* from = ComputedFrom(scale, results)) {
+      return Refusal{"scale from the chain",
+                     StrCat("the per-tensor scale ", Ref(scale), " of quant_fp8 ",
+                            Ref(quant->result()), " is computed from ", Ref(from),
+                            ", a result of the chain (a dynamic per-tensor scale): the fused op "
+                            "reads a scale that exists before it")};
+    }
+  }
   const ir::Graph& graph = *c.norm->graph();
   const ir::Node* last = c.norm;
   if (quant && graph.IndexOf(quant) > graph.IndexOf(last)) last = quant;
@@ -564,6 +642,23 @@ class FuseAllreduceEpiloguePass final : public Pass {
         }
         TPFUSE_RETURN_IF_ERROR(Apply(std::get<Plan>(decision), chain.x->name(), rw, ctx));
       }
+      // RMSNorms the canonicalizer left in ops, that no all_reduce's rejection names already.
+      for (ir::Node* node : graph.NodesSnapshot()) {
+        if (rw.IsErased(node) || !IsRmsCoreRsqrt(node)) continue;
+        const std::string ref = Ref(node->result());
+        const bool named = std::any_of(ctx.rejections.begin(), ctx.rejections.end(),
+                                       [&](const Rejection& r) {
+                                         return r.reason.find(ref + " ") != std::string::npos;
+                                       });
+        if (named) continue;
+        ctx.Count(kRule, "local not fused: norm left in ops");
+        const std::string why = NormDeclines(node, ctx);
+        ctx.local_unfused.push_back(Rejection{
+            node->result()->name(),
+            why.empty() ? StrCat("the RMSNorm whose rsqrt is ", ref,
+                                 " is written out in a form the compiler does not recognize")
+                        : StrCat("the RMSNorm whose rsqrt is ", ref, " stays as written: ", why)});
+      }
     }
     return rw.changed();
   }
@@ -594,7 +689,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
                      "(compile with --fuse-local auto or on to fuse its chain on one GPU)"};
     }
     std::optional<Chain> chain = FindChain(anchor, local);
-    if (!chain) return Refusal{"no rms_norm", NoChainReason(anchor)};
+    if (!chain) return Refusal{"no rms_norm", NoChainReason(anchor, ctx)};
     if (chain->residual == a) {
       // NOTE: the fused op adds a residual that exists before the all_reduce; a + a has none.
       return Refusal{"residual is the all_reduce",

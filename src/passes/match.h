@@ -4,7 +4,6 @@
 
 #include <cmath>
 #include <optional>
-#include <set>
 #include <string>
 #include <string_view>
 
@@ -61,14 +60,6 @@ inline std::optional<double> SumScaleOf(const ir::Node* node) {
   if (!IsHalfType(node->operand(0)->dtype()) || node->result()->type() != node->operand(0)->type())
     return std::nullopt;
   return s;
-}
-
-// Every use of `value` is by a node in `users` (returns count as foreign uses).
-inline bool OnlyUsedBy(const ir::Value* value, const std::set<const ir::Node*>& users) {
-  for (const ir::Use& u : value->uses()) {
-    if (u.is_return() || users.count(u.user) == 0) return false;
-  }
-  return true;
 }
 
 // Exactly one use, by `user`.

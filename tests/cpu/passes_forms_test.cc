@@ -42,6 +42,10 @@ TEST_P(PassesChainedForms, FusesEverySiteAndChangesNoBit) {
   EXPECT_TRUE(c.ctx.rejections.empty()) << DescribeReport(c.ctx);
   EXPECT_EQ(CountOp(*c.after, "all_reduce"), 0) << Print(*c.after);
   EXPECT_EQ(CountOp(*c.after, "rsqrt"), 0) << Print(*c.after);
+  // Every FP8 quantization of a norm went into its fused op.
+  EXPECT_EQ(CountOp(*c.after, "quant_fp8"), 0) << Print(*c.after);
+  for (const ir::Node* cast : NodesOf(*c.after, "cast"))
+    EXPECT_NE(cast->result()->dtype(), DType::kF8E4M3) << Print(*c.after);
   for (const FusionRecord& f : c.ctx.fusions) {
     std::vector<std::string> names = f.spec.rounding.Names();
     std::erase(names, "scale_op_swapped");
@@ -65,7 +69,12 @@ INSTANTIATE_TEST_SUITE_P(
                       FormCase{"gemma4.tpg", 4, {}},
                       FormCase{"nanochat.tpg", 4, {}},
                       FormCase{"vllm_quantfp8_native.tpg", 4,
-                               {"weight_after_round", "scale_floor_after_div"}}),
+                               {"weight_after_round", "scale_floor_after_div"}},
+                      FormCase{"vllm_promoted_residual.tpg", 2,
+                               {"norm_input_f32", "weight_after_round"}},
+                      FormCase{"trtllm_reference.tpg", 2, {}},
+                      FormCase{"flashinfer_token_quant.tpg", 2, {"scale_floor_after_div"}},
+                      FormCase{"flashinfer_group_quant.tpg", 2, {"ue8m0_floor"}}),
     [](const auto& info) {
       std::string n = info.param.file.substr(0, info.param.file.find('.'));
       return n;
@@ -414,6 +423,81 @@ TEST(PassesForms, LocalChainsAtWorldSizeTwo) {
   EXPECT_EQ(c.ctx.fusions[1].anchor, "emb");
   EXPECT_EQ(c.ctx.fusions[1].spec.quant, QuantMode::kFp8Group);
   ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {4});
+}
+
+// A norm the canonicalizer leaves in ops and no all_reduce feeds is reported among the local
+// chains left unfused, with the canonicalizer's reason; one an all_reduce reaches is reported
+// once, by that all_reduce.
+TEST(PassesForms, ANormLeftInOpsIsReportedOnceWithTheReason) {
+  PassContext ctx;
+  ctx.world_size = 2;
+  ctx.fuse_local = true;
+  Compiled c = Compile(R"(
+    func @f(%x: bf16[T, 256], %e: bf16[T, 256], %g: bf16[256]) {
+      %sq = pow(%e) {exponent = 2}
+      %m = mean(%sq) {dim = -1, keepdim = true}
+      %me = add(%m) {scalar = 1e-6}
+      %r = rsqrt(%me)
+      %n = mul(%e, %r)
+      %y = mul(%n, %g)
+      %ar = all_reduce(%x)
+      %sq2 = pow(%ar) {exponent = 2}
+      %m2 = mean(%sq2) {dim = -1, keepdim = true}
+      %me2 = add(%m2) {scalar = 1e-6}
+      %r2 = rsqrt(%me2)
+      %n2 = mul(%ar, %r2)
+      %y2 = mul(%n2, %g)
+      return %y, %y2
+    }
+  )", ctx);
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c.ctx.fusions.empty()) << DescribeReport(c.ctx);
+  const std::string bf16 = "the norm is computed in bf16, not in f32: folding would change its result";
+  EXPECT_NE(OnlyRejection(c.ctx).find("rsqrt %r2 of an RMSNorm that stays as written (" + bf16 + ")"),
+            std::string::npos)
+      << DescribeReport(c.ctx);
+  ASSERT_EQ(c.ctx.local_unfused.size(), 1u) << DescribeReport(c.ctx);
+  EXPECT_EQ(c.ctx.local_unfused[0].anchor, "r");
+  EXPECT_EQ(c.ctx.local_unfused[0].reason, "the RMSNorm whose rsqrt is %r stays as written: " + bf16);
+}
+
+// vLLM's dynamic per-tensor QuantFP8: the scale is the amax of the whole norm output, so the
+// quant reads a scale computed from the chain's own result and stays in the graph; the norm
+// fuses, and the note says why the quant did not. (The whole-tensor max is opaque: no backend
+// runs this graph, so only the decision is checked.)
+TEST(PassesForms, APerTensorScaleComputedFromTheNormStaysWithTheReason) {
+  Compiled c = Compile(R"(
+    func @f(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %h = add(%ar, %res)
+      %v = cast(%h) {to = f32}
+      %sq = pow(%v) {exponent = 2}
+      %m = mean(%sq) {dim = -1, keepdim = true}
+      %me = add(%m) {scalar = 1e-6}
+      %r = rsqrt(%me)
+      %n = mul(%v, %r)
+      %c = cast(%n) {to = bf16}
+      %y = mul(%c, %g)
+      %ab = abs(%y)
+      %am = opaque(%ab) {name = "aten.max.default"} : bf16[]
+      %amf = cast(%am) {to = f32}
+      %s = div(%amf) {scalar = 448}
+      %yf = cast(%y) {to = f32}
+      %d = div(%yf, %s)
+      %cl = clamp(%d) {min = -448, max = 448}
+      %q = cast(%cl) {to = f8e4m3}
+      return %q, %s, %h
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx);
+  EXPECT_EQ(c.ctx.fusions[0].spec.quant, QuantMode::kNone);
+  std::string notes;
+  for (const std::string& n : c.ctx.fusions[0].notes) notes += n + "\n";
+  EXPECT_NE(notes.find("the per-tensor scale %s of quant_fp8 %q is computed from %y, a result of "
+                       "the chain (a dynamic per-tensor scale)"),
+            std::string::npos)
+      << notes;
 }
 
 // ---------------------------------------------------------------- the compile API

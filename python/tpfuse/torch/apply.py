@@ -21,6 +21,9 @@ from . import ir
 from .translate import IR_TO_TORCH_DTYPE, Translation
 
 
+_ARITHMETIC = ("add", "sub", "mul", "div")
+
+
 @dataclasses.dataclass
 class AppliedFusion:
     anchor: str                  # the all_reduce's FX node name ("" for a local chain)
@@ -114,6 +117,14 @@ class Applier:
             for o in n.operands:
                 self.consumers.setdefault(o, []).append(n)
         self.compiled_types = dict(compiled.params)
+        # The IR's type promotions the compiler wrote out: a new cast to f32 of a 16-bit graph
+        # value, read by add / sub / mul / div. FX keeps them implicit in the op, so a node that
+        # differs from the graph's only by them computes what the graph's node computes.
+        self.promotions: Dict[str, str] = {
+            n.results[0]: n.operands[0] for n in compiled.nodes
+            if n.op == "cast" and str(n.attrs.get("to")) == "f32" and n.results[0] not in tr.types
+            and n.operands[0] in tr.types and tr.types[n.operands[0]].dtype in ("bf16", "f16")
+            and all(c.op in _ARITHMETIC for c in self.consumers.get(n.results[0], []))}
         self._place: Tuple[Dict[fx.Node, int], int] = ({}, -1)  # set while materializing
         self._x_val: Any = None  # a tensor the fusion reads (its FX value), while materializing
         # The reads that moved: (what the graph read, what the compiled func reads instead) for
@@ -154,8 +165,16 @@ class Applier:
             self.sites_to_drop.clear()
 
     def changed(self, node: ir.Node) -> bool:
-        return node.op == "allreduce_rmsnorm" or any(
-            self.original.get(r) != _signature(node) for r in node.results)
+        if node.op == "allreduce_rmsnorm":
+            return True
+        sig = _signature(node)
+        if node.op in _ARITHMETIC and any(o in self.promotions for o in node.operands):
+            # Read through the written-out promotions where the graph's operands are of two
+            # dtypes: the graph's op then promotes them the same way.
+            operands = [self.promotions.get(o, o) for o in node.operands]
+            if len({self.tr.types[o].dtype for o in operands if o in self.tr.types}) == 2:
+                sig = (node.op, tuple(operands), sig[2])
+        return any(self.original.get(r) != sig for r in node.results)
 
     def run(self) -> Tuple[List[AppliedFusion], List[Tuple[str, str]]]:
         applied, skipped = [], []
@@ -368,6 +387,9 @@ class Applier:
             for c in self.consumers.get(name, []):
                 if c in out or not self.changed(c) or c.op == "allreduce_rmsnorm":
                     continue
+                if c.results[0] in self.promotions and not any(
+                        self.changed(u) for u in self.consumers.get(c.results[0], [])):
+                    continue  # the graph's ops that read it promote the fused result themselves
                 if c.op in ("view", "cast"):
                     out.append(c)
                     frontier.extend(c.results)
