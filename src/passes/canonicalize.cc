@@ -1213,11 +1213,11 @@ struct CommonSubexpression final : Pattern {
       }
       return nullptr;
     }
-    const int at = graph.IndexOf(root);
     const ir::Node* twin = nullptr;
-    int twin_at = at;
+    int twin_at = -1;  // positions are counted only where a twin exists (rare)
     for (const ir::Use& u : root->operand(0)->uses()) {
       if (u.is_return() || !same(u.user)) continue;
+      if (twin_at < 0) twin_at = graph.IndexOf(root);
       const int i = graph.IndexOf(u.user);
       if (i < twin_at) twin = u.user, twin_at = i;
     }
