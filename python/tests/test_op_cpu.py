@@ -176,6 +176,13 @@ BAD_CALLS = [
      "not a multiple of group_size 100"),
     (dict(quant="fp4"), ValueError, "unknown quant 'fp4'"),
     (dict(group_name="no_such_group"), ValueError, "group_name 'no_such_group'"),
+    # Attributes that are finite in double but not in the f32 the kernels read, or NaN.
+    (dict(eps=float("inf")), ValueError, "eps must be finite and >= 0 in f32"),
+    (dict(eps=1e39), ValueError, "eps must be finite and >= 0 in f32"),
+    (dict(weight_bias=float("nan")), ValueError, "weight_bias must be finite in f32"),
+    # An integer wider than its C field is named, not cut to its low bits.
+    (dict(quant="fp8_group", group_size=2**32 + 128, emit=["quant"]), ValueError,
+     "group_size must be in [-2147483648, 2147483647], got 4294967424"),
 ]
 
 
@@ -263,3 +270,21 @@ def test_ue8m0_scales_of_inf_and_nan_rows_are_inf_and_nan(attrs):
         torch.testing.assert_close(g.float(), e.float(), rtol=0, atol=0, equal_nan=True)
     s = got[-1]
     assert torch.isnan(s).any() and torch.isinf(s).any(), s
+
+
+def test_the_python_helpers_name_bad_arguments():
+    from tpfuse import _capi, ops
+
+    with pytest.raises(ValueError, match="partials must hold one tensor per rank, got none"):
+        ops.reference([], None, torch.ones(256, dtype=torch.bfloat16), emit=["norm"])
+    x = torch.zeros(3, 256, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="weight must be a tensor, got NoneType"):
+        ops.reference([x], None, None, emit=["norm"])
+    with pytest.raises(ValueError, match=r"world_size must be in \[-2147483648, 2147483647\]"):
+        _capi.compile_module("func @f(%x: bf16[T, 64]) {\n  return %x\n}\n", world_size=2**32 + 2)
+    with pytest.raises(ValueError, match=r"max_tokens must be in \[0, "):
+        _capi.compile_module("func @f(%x: bf16[T, 64]) {\n  return %x\n}\n", max_tokens=-5)
+    spec = _capi.make_spec(hidden=256, quant="fp8_token", emit=["quant"])
+    with pytest.raises(_capi.TpfuseError, match="tokens 4611686018427387904 x hidden 256 overflows"):
+        _capi.scale_elements(spec, 2**62)
+

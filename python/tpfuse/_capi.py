@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import numbers
 import os
 import threading
 from typing import Dict, Optional, Sequence, Tuple
@@ -220,6 +221,19 @@ def has_cuda() -> bool:
     return bool(load().tpfuse_has_cuda())
 
 
+def _c_int(value: int, what: str, bits: int = 32, minimum: Optional[int] = None) -> int:
+    """`value` as an integer that fits the C field it goes to, or ValueError naming it (ctypes
+    would keep the low bits of a larger one)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"tpfuse: {what} must be an integer, got {value!r}")
+    v = int(value)
+    lo = -(1 << (bits - 1)) if minimum is None else minimum
+    hi = (1 << (bits - 1)) - 1
+    if not lo <= v <= hi:
+        raise ValueError(f"tpfuse: {what} must be in [{lo}, {hi}], got {v}")
+    return v
+
+
 # ---------------------------------------------------------------- spec
 
 def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16",
@@ -240,14 +254,14 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
     load().tpfuse_spec_init(ctypes.byref(spec))
     spec.act_dtype = code(DTYPE_CODES, act_dtype, "act_dtype")
     spec.weight_dtype = code(DTYPE_CODES, weight_dtype, "weight_dtype")
-    spec.hidden = int(hidden)
+    spec.hidden = _c_int(hidden, "hidden", 64)
     spec.local = int(bool(local))
     spec.has_residual = int(bool(has_residual))
     spec.eps = float(eps)
     spec.weight_bias = float(weight_bias)
     spec.sum_scale = float(sum_scale)
     spec.quant = code(QUANT_CODES, quant, "quant")
-    spec.group_size = int(group_size)
+    spec.group_size = _c_int(group_size, "group_size")
     spec.scale_layout = code(SCALE_LAYOUT_CODES, scale_layout, "scale_layout")
     spec.scale_fmt = code(SCALE_FMT_CODES, scale_fmt, "scale_fmt")
     emit_bits = 0
@@ -266,7 +280,8 @@ def scale_elements(spec: Spec, tokens: int) -> int:
     """f32 elements of the scale output s for T tokens (0 unless dynamic quant)."""
     out = ctypes.c_int64()
     _check("tpfuse_spec_scale_elements",
-           load().tpfuse_spec_scale_elements(ctypes.byref(spec), int(tokens), ctypes.byref(out)))
+           load().tpfuse_spec_scale_elements(ctypes.byref(spec), _c_int(tokens, "tokens", 64),
+                                             ctypes.byref(out)))
     return out.value
 
 
@@ -277,7 +292,8 @@ def reference_allreduce_rmsnorm(spec: Spec, tokens: int, partials: Sequence[int]
     """Contract 3 on host buffers (addresses): partials[r] is rank r's x [T, H]."""
     array = (ctypes.c_void_p * max(1, len(partials)))(*partials)
     _check("tpfuse_reference_allreduce_rmsnorm",
-           load().tpfuse_reference_allreduce_rmsnorm(ctypes.byref(spec), int(tokens), len(partials),
+           load().tpfuse_reference_allreduce_rmsnorm(ctypes.byref(spec),
+                                                     _c_int(tokens, "tokens", 64), len(partials),
                                                      array, ctypes.byref(buffers)))
 
 
@@ -294,9 +310,9 @@ def compile_module(text: str, *, world_size: int = 2, backend: str = "cpu", max_
     lib = load()
     options = CompileOptions()
     lib.tpfuse_compile_options_init(ctypes.byref(options))
-    options.world_size = int(world_size)
+    options.world_size = _c_int(world_size, "world_size")
     options.backend = BACKEND_CODES[backend]
-    options.max_tokens = int(max_tokens)
+    options.max_tokens = _c_int(max_tokens, "max_tokens", 64, minimum=0)
     options.fuse_local = FUSE_LOCAL_CODES[fuse_local]
     options.source_name = source_name.encode()
     text_ptr, report_ptr = ctypes.c_void_p(), ctypes.c_void_p()
@@ -318,9 +334,9 @@ def comm_config(*, max_tokens: int = 8192, max_hidden: int = 8192, oneshot_max_t
                 strategy_table: Optional[str] = None) -> CommConfig:
     config = CommConfig()
     load().tpfuse_comm_config_init(ctypes.byref(config))
-    config.max_tokens = int(max_tokens)
-    config.max_hidden = int(max_hidden)
-    config.oneshot_max_tokens = int(oneshot_max_tokens)
+    config.max_tokens = _c_int(max_tokens, "max_tokens", 64)
+    config.max_hidden = _c_int(max_hidden, "max_hidden", 64)
+    config.oneshot_max_tokens = _c_int(oneshot_max_tokens, "oneshot_max_tokens", 64)
     config.timeout_seconds = float(timeout_seconds)
     config.peer_memory = int(bool(peer_memory))
     config.programmatic_dependent_launch = int(bool(programmatic_dependent_launch))
@@ -348,7 +364,8 @@ class Comm:
                              f"got {len(unique_id)}")
         out = ctypes.c_void_p()
         _check("tpfuse_comm_create",
-               load().tpfuse_comm_create(unique_id, rank, world_size, device,
+               load().tpfuse_comm_create(unique_id, _c_int(rank, "rank"),
+                                         _c_int(world_size, "world_size"), _c_int(device, "device"),
                                          ctypes.byref(config) if config else None,
                                          ctypes.byref(out)))
         return cls(out.value)
@@ -382,7 +399,8 @@ class Comm:
     def allreduce_rmsnorm(self, spec: Spec, tokens: int, buffers: Buffers, stream: int,
                           strategy: str = "auto") -> None:
         _check("tpfuse_allreduce_rmsnorm",
-               load().tpfuse_allreduce_rmsnorm(self.handle, ctypes.byref(spec), int(tokens),
+               load().tpfuse_allreduce_rmsnorm(self.handle, ctypes.byref(spec),
+                                               _c_int(tokens, "tokens", 64),
                                                ctypes.byref(buffers), ctypes.c_void_p(stream),
                                                STRATEGY_CODES[strategy]))
 
@@ -405,5 +423,5 @@ class Comm:
 def allreduce_rmsnorm_local(spec: Spec, tokens: int, buffers: Buffers, stream: int) -> None:
     """The fused op without communication on the current device (world size 1 or spec.local)."""
     _check("tpfuse_allreduce_rmsnorm_local",
-           load().tpfuse_allreduce_rmsnorm_local(ctypes.byref(spec), int(tokens),
+           load().tpfuse_allreduce_rmsnorm_local(ctypes.byref(spec), _c_int(tokens, "tokens", 64),
                                                  ctypes.byref(buffers), ctypes.c_void_p(stream)))

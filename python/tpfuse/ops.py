@@ -72,6 +72,12 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
           rounding: Optional[Sequence[str]], local: bool, sum_scale: float = 1.0) -> _Plan:
     if not isinstance(x, torch.Tensor):
         _fail(TypeError, f"x must be a tensor, got {type(x).__name__}")
+    if residual is not None and not isinstance(residual, torch.Tensor):
+        _fail(TypeError, f"residual must be a tensor or None, got {type(residual).__name__}")
+    if not isinstance(weight, torch.Tensor):
+        _fail(TypeError, f"weight must be a tensor, got {type(weight).__name__}")
+    if scale is not None and not isinstance(scale, torch.Tensor):
+        _fail(TypeError, f"scale must be a tensor or None, got {type(scale).__name__}")
     if x.dim() < 1 or x.shape[-1] == 0:
         _fail(ValueError, f"x must be [..., H] with H > 0, got shape {list(x.shape)}")
     if x.dtype not in _ACT_DTYPES:
@@ -307,6 +313,8 @@ def reference(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor]
               emit: Sequence[str], **attrs) -> List[torch.Tensor]:
     """The CPU reference of Contract 3 (the C ABI's) for the partial sums of every rank, in rank
     order, on CPU tensors: what every rank's op returns. Attributes as the op's."""
+    if len(partials) == 0:
+        _fail(ValueError, "partials must hold one tensor per rank, got none")
     x = partials[0]
     plan = _plan(x, residual, weight, scale, attrs.get("eps", 1e-6),
                  attrs.get("weight_bias", 0.0), attrs.get("quant", "none"),

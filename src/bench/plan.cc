@@ -115,7 +115,8 @@ StatusOr<double> ParseSeconds(std::string_view text, std::string_view option) {
   const double v = std::strtod(item.c_str(), &end);
   if (item.empty() || end != item.c_str() + item.size())
     return InvalidArgument(option, ": '", item, "' is not a number of seconds");
-  if (!std::isfinite(v) || v <= 0) return InvalidArgument(option, ": must be > 0, got ", item);
+  if (!std::isfinite(v) || v <= 0)
+    return InvalidArgument(option, ": must be a finite number > 0, got ", item);
   return v;
 }
 

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -139,8 +140,12 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
   return s;
 }
 
-Status CheckTokens(int64_t tokens) {
-  if (tokens < 1) return InvalidArgument("tokens must be >= 1, got ", tokens);
+// tokens >= 1 (>= 0 where `min` says so), and tokens x hidden elements of 8 bytes countable:
+// a larger count is no buffer anyone holds, and would overflow the sizes computed from it.
+Status CheckTokens(int64_t tokens, int64_t hidden, int64_t min = 1) {
+  if (tokens < min) return InvalidArgument("tokens must be >= ", min, ", got ", tokens);
+  if (hidden > 0 && tokens > std::numeric_limits<int64_t>::max() / 8 / hidden)
+    return OutOfRange("tokens ", tokens, " x hidden ", hidden, " overflows the sizes of its buffers");
   return Status::Ok();
 }
 
@@ -154,7 +159,7 @@ HostTensor CopyIn(const void* bytes, DType dtype, std::vector<int64_t> shape) {
 Status ReferenceFused(const tpfuse_spec_t* c_spec, int64_t tokens, int32_t world_size,
                       const void* const* partials, const tpfuse_buffers_t* b) {
   TPFUSE_ASSIGN_OR_RETURN(const AllreduceRmsnormSpec spec, ToSpec(c_spec));
-  TPFUSE_RETURN_IF_ERROR(CheckTokens(tokens));
+  TPFUSE_RETURN_IF_ERROR(CheckTokens(tokens, spec.hidden));
   if (world_size < 1) return InvalidArgument("world_size must be >= 1, got ", world_size);
   TPFUSE_RETURN_IF_ERROR(Require(partials, "partials"));
   TPFUSE_RETURN_IF_ERROR(Require(b, "buffers"));
@@ -301,7 +306,7 @@ tpfuse_status_t tpfuse_spec_scale_elements(const tpfuse_spec_t* spec, int64_t to
   return Guarded([&]() -> Status {
     TPFUSE_RETURN_IF_ERROR(Require(elements, "elements"));
     TPFUSE_ASSIGN_OR_RETURN([[maybe_unused]] const AllreduceRmsnormSpec s, ToSpec(spec));
-    if (tokens < 0) return InvalidArgument("tokens must be >= 0, got ", tokens);
+    TPFUSE_RETURN_IF_ERROR(CheckTokens(tokens, s.hidden, /*min=*/0));
     *elements = s.ScaleElements(tokens);
     return Status::Ok();
   });
@@ -473,6 +478,7 @@ tpfuse_status_t tpfuse_allreduce_rmsnorm(tpfuse_comm_t* comm, const tpfuse_spec_
   return Guarded([&]() -> Status {
     TPFUSE_RETURN_IF_ERROR(RequireComm(comm));
     TPFUSE_ASSIGN_OR_RETURN([[maybe_unused]] const AllreduceRmsnormSpec s, ToSpec(spec));
+    TPFUSE_RETURN_IF_ERROR(CheckTokens(tokens, s.hidden, /*min=*/0));
     TPFUSE_RETURN_IF_ERROR(Require(buffers, "buffers"));
 #if TPFUSE_HAVE_CUDA
     TPFUSE_ASSIGN_OR_RETURN(const StrategyRequest st, ToStrategy(strategy));
@@ -488,6 +494,7 @@ tpfuse_status_t tpfuse_allreduce_rmsnorm_local(const tpfuse_spec_t* spec, int64_
                                                const tpfuse_buffers_t* buffers, void* stream) {
   return Guarded([&]() -> Status {
     TPFUSE_ASSIGN_OR_RETURN([[maybe_unused]] const AllreduceRmsnormSpec s, ToSpec(spec));
+    TPFUSE_RETURN_IF_ERROR(CheckTokens(tokens, s.hidden, /*min=*/0));
     TPFUSE_RETURN_IF_ERROR(Require(buffers, "buffers"));
 #if TPFUSE_HAVE_CUDA
     return AllreduceRmsnormLocal(s, tokens, ToBuffers(*buffers), static_cast<cudaStream_t>(stream));

@@ -171,8 +171,13 @@ Status AllreduceRmsnormSpec::Validate() const {
       return InvalidArgument("hidden ", hidden, " is not a multiple of group_size ", group_size);
   }
   TPFUSE_RETURN_IF_ERROR(quant_params().Validate());
-  if (!(eps >= 0.0f)) return InvalidArgument("eps must be >= 0, got ", eps);
-  if (!std::isfinite(sum_scale)) return InvalidArgument("sum_scale must be finite, got ", sum_scale);
+  // In f32, as the kernels read them (an eps of 1e39 is an f32 inf).
+  if (!(eps >= 0.0f) || !std::isfinite(eps))
+    return InvalidArgument("eps must be finite and >= 0 in f32, got ", eps);
+  if (!std::isfinite(weight_bias))
+    return InvalidArgument("weight_bias must be finite in f32, got ", weight_bias);
+  if (!std::isfinite(sum_scale))
+    return InvalidArgument("sum_scale must be finite in f32, got ", sum_scale);
   return Status::Ok();
 }
 

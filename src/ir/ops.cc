@@ -99,16 +99,18 @@ StatusOr<int> ReadGroupSize(const AttrReader& attrs) {
   return int(group_size);
 }
 
-// eps >= 0 and finite (NaN fails the comparison).
+// eps >= 0 and finite, also in f32, where the backends read it (NaN fails the comparison).
 StatusOr<double> ReadEps(const AttrReader& attrs) {
   const double eps = attrs.Number("eps", 1e-6);
-  if (!(eps >= 0.0) || !std::isfinite(eps)) return attrs.Error("eps must be >= 0, got ", eps);
+  if (!(eps >= 0.0)) return attrs.Error("eps must be >= 0, got ", eps);
+  if (!std::isfinite(float(eps))) return attrs.Error("eps must be finite in f32, got ", eps);
   return eps;
 }
 
 StatusOr<double> ReadWeightBias(const AttrReader& attrs) {
   const double bias = attrs.Number("weight_bias", 0.0);
-  if (!std::isfinite(bias)) return attrs.Error("weight_bias must be finite, got ", bias);
+  if (!std::isfinite(float(bias)))
+    return attrs.Error("weight_bias must be finite in f32, got ", bias);
   return bias;
 }
 
@@ -513,7 +515,8 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
   spec.eps = float(eps);
   spec.weight_bias = float(weight_bias);
   const double sum_scale = attrs.Number("sum_scale", 1.0);
-  if (!std::isfinite(sum_scale)) return attrs.Error("sum_scale must be finite, got ", sum_scale);
+  if (!std::isfinite(float(sum_scale)))
+    return attrs.Error("sum_scale must be finite in f32, got ", sum_scale);
   spec.sum_scale = float(sum_scale);
   StatusOr<EmitSet> emit = EmitSet::FromNames(*attrs.Find("emit")->AsTextList());
   if (!emit.ok()) return attrs.Error(emit.status().message());

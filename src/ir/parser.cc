@@ -9,6 +9,7 @@
 
 #include <charconv>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -686,6 +687,9 @@ StatusOr<std::unique_ptr<Graph>> ParseGraph(std::string_view text, const std::st
 }
 
 StatusOr<Module> ParseModuleFile(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    return InvalidArgument(path, " is a directory, not a graph");
   std::ifstream in(path, std::ios::binary);
   if (!in) return NotFound("cannot open ", path);
   std::ostringstream contents;

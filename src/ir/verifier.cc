@@ -1,6 +1,8 @@
 #include "ir/verifier.h"
 
 #include <algorithm>
+#include <map>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -10,16 +12,13 @@ namespace tpfuse::ir {
 namespace {
 
 
-int CountUse(const Value& value, const Use& use) {
-  return int(std::count(value.uses().begin(), value.uses().end(), use));
-}
-
 class Verifier {
  public:
   explicit Verifier(const Graph& graph) : graph_(graph) {}
 
   Status Run() {
     TPFUSE_RETURN_IF_ERROR(CollectValues());
+    CountUses();
     TPFUSE_RETURN_IF_ERROR(CheckNodes());
     TPFUSE_RETURN_IF_ERROR(CheckOutputs());
     return CheckUseLists();
@@ -61,6 +60,18 @@ class Verifier {
       }
     }
     return Status::Ok();
+  }
+
+  // How often each (value, user, slot) is recorded, from every use list at once (a value with
+  // many uses would otherwise be scanned once per use).
+  void CountUses() {
+    for (const auto& [name, v] : names_)
+      for (const Use& use : v->uses()) ++use_counts_[{v, use.user, use.index}];
+  }
+
+  int CountUse(const Value& value, const Use& use) const {
+    auto it = use_counts_.find({&value, use.user, use.index});
+    return it == use_counts_.end() ? 0 : it->second;
   }
 
   // In program order: operands defined earlier, operand uses recorded, result types as inferred.
@@ -147,6 +158,7 @@ class Verifier {
   std::unordered_set<const Value*> values_;
   std::unordered_set<const Node*> nodes_;
   std::unordered_map<std::string, const Value*> names_;
+  std::map<std::tuple<const Value*, const Node*, int>, int> use_counts_;
 };
 
 }  // namespace

@@ -347,6 +347,15 @@ Status ModelConfig::Validate() const {
     return InvalidArgument(source, ": field '", field, "': ", args...);
   };
   if (hidden_size <= 0) return error("hidden_size", "must be positive");
+  // Every width becomes a dim of the graph: the IR's bound on a dim holds for each.
+  for (auto [field, width] : {std::pair{"hidden_size", hidden_size},
+                              std::pair{"intermediate_size", intermediate_size},
+                              std::pair{"head_dim", head_dim},
+                              std::pair{"indexer_dim", indexer_dim}}) {
+    if (width > ir::kMaxDimValue)
+      return error(field, "must be at most ", ir::kMaxDimValue, " (the IR's largest dim), got ",
+                   width);
+  }
   if (num_attention_heads <= 0) return error("num_attention_heads", "must be positive");
   if (num_key_value_heads <= 0 || num_attention_heads % num_key_value_heads != 0)
     return error("num_key_value_heads", num_key_value_heads,
@@ -359,6 +368,13 @@ Status ModelConfig::Validate() const {
     return error("tp_size", tp_size, " does not divide num_attention_heads ", num_attention_heads);
   if (intermediate_size % tp_size != 0)
     return error("tp_size", tp_size, " does not divide intermediate_size ", intermediate_size);
+  // The QKV projection's width per rank (heads and head_dim bounded above: no overflow).
+  const double qkv_heads = double(num_attention_heads / tp_size) +
+                           2.0 * double(std::max<int64_t>(1, num_key_value_heads / tp_size));
+  const double qkv = qkv_heads * double(head_dim);
+  if (max_gemm_shard == 0 && qkv > double(ir::kMaxDimValue))
+    return error("head_dim", "the QKV projection per rank is ", qkv,
+                 " wide, more than the IR's largest dim ", ir::kMaxDimValue);
   if (layers < 1 || layers > 64) return error("layers", "must be in [1, 64], got ", layers);
   if (max_gemm_shard < 0) return error("max_gemm_shard", "must be >= 0");
   if (indexer_dim < 0) return error("indexer_dim", "must be >= 0");
@@ -453,6 +469,9 @@ StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, const std::st
 }
 
 StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    return InvalidArgument(path, " is a directory, not a model description");
   std::ifstream in(path, std::ios::binary);
   if (!in) return NotFound(path, ": cannot open the model description");
   std::ostringstream text;

@@ -1,14 +1,34 @@
 #include "runtime/inputs.h"
 
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdint>
 #include <functional>
+#include <limits>
 #include <optional>
+#include <set>
 
 #include "ir/ops.h"
 #include "ir/static_quant.h"
 
 namespace tpfuse::runtime {
 namespace {
+
+// The machine's physical memory (the most any host tensors of one process could take).
+uint64_t HostMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return UINT64_MAX;
+  return uint64_t(pages) * uint64_t(page);
+}
+
+// "bf16[4096, 8]".
+std::string TypeOf(DType dtype, const std::vector<int64_t>& shape) {
+  std::string text = StrCat(DTypeName(dtype), "[");
+  for (size_t i = 0; i < shape.size(); ++i) text += StrCat(i ? ", " : "", shape[i]);
+  return text + "]";
+}
 
 // SplitMix64: small, fast, and the same on every platform (std:: distributions are not).
 class Rng {
@@ -170,23 +190,49 @@ ParamInfo ClassifyParam(const ir::Value& param) {
   return info;
 }
 
+std::vector<std::string> ShapeSymbols(const ir::Graph& graph) {
+  std::set<std::string> symbols;
+  for (const ir::Value* p : graph.params())
+    for (const ir::Dim& d : p->shape())
+      for (const std::string& factor : d.Factors())
+        if (!ir::Dim::ConstantFactor(factor)) symbols.insert(factor);
+  return {symbols.begin(), symbols.end()};
+}
+
 StatusOr<std::vector<TensorMap>> MakeRandomInputs(const ir::Graph& graph, int world_size,
                                                   int64_t tokens, uint64_t seed) {
   if (world_size < 1) return InvalidArgument("world size must be >= 1, got ", world_size);
   if (tokens < 1) return InvalidArgument("tokens must be >= 1, got ", tokens);
+  // Every symbol is the token count (a product B*S of two is then tokens^2 rows).
   std::map<std::string, int64_t> bindings;
-  for (const ir::Value* p : graph.params()) {
-    for (const ir::Dim& d : p->shape()) {
-      // Every symbol is the token count (a product B*S of two is then tokens^2 rows).
-      for (const std::string& factor : d.Factors()) {
-        if (!ir::Dim::ConstantFactor(factor)) bindings[factor] = tokens;
-      }
-    }
-  }
-  std::vector<TensorMap> inputs(static_cast<size_t>(world_size));
+  for (const std::string& symbol : ShapeSymbols(graph)) bindings[symbol] = tokens;
+  std::vector<std::vector<int64_t>> shapes;
+  uint64_t total = 0;  // bytes over every rank
+  const uint64_t memory = HostMemoryBytes();
   for (const ir::Value* p : graph.params()) {
     StatusOr<std::vector<int64_t>> shape = p->type().Resolve(bindings);
     if (!shape.ok()) return shape.status().WithContext(StrCat("parameter %", p->name()));
+    uint64_t bytes = uint64_t(DTypeSize(p->dtype()));
+    for (int64_t d : *shape) {
+      if (d != 0 && bytes > std::numeric_limits<uint64_t>::max() / uint64_t(d)) bytes = UINT64_MAX;
+      else bytes *= uint64_t(d);
+    }
+    const uint64_t copies = ClassifyParam(*p).per_rank ? uint64_t(world_size) : 1;
+    total = bytes > (UINT64_MAX - total) / copies ? UINT64_MAX : total + bytes * copies;
+    if (total > memory) {
+      return OutOfRange("the inputs need more than this machine's ", memory, " bytes of memory ",
+                        "(reached at parameter %", p->name(), ", ", TypeOf(p->dtype(), *shape),
+                        bytes == UINT64_MAX ? std::string(", whose size overflows")
+                                            : StrCat(" = ", bytes, " bytes"),
+                        copies > 1 ? StrCat(" on each of ", copies, " ranks") : std::string(),
+                        "; every shape symbol is the token count ", tokens, ")");
+    }
+    shapes.push_back(std::move(*shape));
+  }
+  std::vector<TensorMap> inputs(static_cast<size_t>(world_size));
+  size_t index = 0;
+  for (const ir::Value* p : graph.params()) {
+    const std::vector<int64_t>* shape = &shapes[index++];
     const ParamInfo info = ClassifyParam(*p);
     for (int r = 0; r < (info.per_rank ? world_size : 1); ++r) {
       // The stream depends on the name (not the position) so a graph and its fused form agree.

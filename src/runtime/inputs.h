@@ -55,8 +55,13 @@ struct ParamInfo {
 // The role and sharding of one parameter of `graph` (rule above).
 ParamInfo ClassifyParam(const ir::Value& param);
 
+// The symbols of the parameters' shapes ("T"; "B", "S"), sorted: every one is bound to the token
+// count when the graph runs.
+std::vector<std::string> ShapeSymbols(const ir::Graph& graph);
+
 // One TensorMap per rank holding every parameter of `graph`, every symbolic dim bound to
-// `tokens`. Deterministic per seed.
+// `tokens`. Deterministic per seed. Inputs that would take more than this machine's memory are
+// refused with the sizes, before anything is allocated.
 StatusOr<std::vector<TensorMap>> MakeRandomInputs(const ir::Graph& graph, int world_size,
                                                   int64_t tokens, uint64_t seed);
 

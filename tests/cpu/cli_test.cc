@@ -139,6 +139,34 @@ TEST_F(CliTest, BadGraphExitsOneNamingLineAndColumn) {
   EXPECT_TRUE(Contains(bad_model.err, "model.json: field 'quant'")) << bad_model.err;
 }
 
+// Shapes too large for the machine are refused with their sizes before anything is allocated,
+// and widths past the IR's largest dim in a model description are named; exit 1, no abort.
+TEST_F(CliTest, ShapesLargerThanTheMachineAreRefusedWithTheirSizes) {
+  const std::string huge = TempPath("huge.tpg");
+  WriteFile(huge, "func @f(%x: bf16[2147483647, 2147483647]) {\n  %y = all_reduce(%x)\n"
+                  "  return %y\n}\n");
+  const CliResult r = RunCli("run " + huge);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(Contains(r.err, "the inputs need more than this machine's")) << r.err;
+  EXPECT_TRUE(Contains(r.err, "parameter %x, bf16[2147483647, 2147483647]")) << r.err;
+  const std::string model = TempPath("wide.json");
+  WriteFile(model, R"({"hidden_size": 1099511627776, "num_hidden_layers": 2,
+                       "intermediate_size": 1024, "num_attention_heads": 32})");
+  const CliResult wide = RunCli("compile " + model);
+  EXPECT_EQ(wide.exit_code, 1) << wide.err;
+  EXPECT_TRUE(Contains(wide.err, "field 'hidden_size': must be at most 2147483647")) << wide.err;
+}
+
+// run says which symbols the token count binds.
+TEST_F(CliTest, RunNamesTheShapeSymbolsTheTokenCountBinds) {
+  const std::string bs = TempPath("bs.tpg");
+  WriteFile(bs, "func @f(%x: bf16[B, S, 64], %g: bf16[64]) {\n  %a = all_reduce(%x)\n"
+                "  %y = rms_norm(%a, %g) {eps = 1e-6}\n  return %y\n}\n");
+  const CliResult r = RunCli("run " + bs + " --tokens 3");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(Contains(r.out, "@f: world size 2, B = S = 3,")) << r.out;
+}
+
 // ---------------------------------------------------------------- compile
 
 TEST_F(CliTest, CompileJsonIsOneObjectWithCountsFusionsAndRejections) {

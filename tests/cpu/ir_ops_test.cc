@@ -317,7 +317,13 @@ TEST(IrOpsTest, RmsNorm) {
             "error: rms_norm: eps must be >= 0, got -1");
   EXPECT_EQ(Infer("rms_norm", {"bf16[T, 8]", "bf16[8]"},
                   {{"eps", kEps}, {"weight_bias", Attr::Float(NAN)}}),
-            "error: rms_norm: weight_bias must be finite, got nan");
+            "error: rms_norm: weight_bias must be finite in f32, got nan");
+  // Finite in double but not in f32, where the backends read them.
+  EXPECT_EQ(Infer("rms_norm", {"bf16[T, 8]", "bf16[8]"}, {{"eps", Attr::Float(1e39)}}),
+            "error: rms_norm: eps must be finite in f32, got 1e+39");
+  EXPECT_EQ(Infer("rms_norm", {"bf16[T, 8]", "bf16[8]"},
+                  {{"eps", kEps}, {"weight_bias", Attr::Float(-1e39)}}),
+            "error: rms_norm: weight_bias must be finite in f32, got -1e+39");
 }
 
 TEST(IrOpsTest, FusedAddRmsNorm) {

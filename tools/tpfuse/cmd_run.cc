@@ -44,7 +44,12 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_size,
                        runtime::Executor& executor) {
   const Backend backend = ParseBackendName(args.backend);
-  std::cout << "@" << graph.name() << ": world size " << world_size << ", T = " << args.tokens
+  // Every shape symbol takes the token count: say which symbols those are.
+  std::string bound;
+  for (const std::string& symbol : runtime::ShapeSymbols(graph)) bound += symbol + " = ";
+  std::cout << "@" << graph.name() << ": world size " << world_size << ", "
+            << (bound.empty() ? "no shape symbols (T = " + std::to_string(args.tokens) + " unused)"
+                              : bound + std::to_string(args.tokens))
             << ", backend " << BackendName(backend) << (args.no_fuse ? ", unfused" : ", fused")
             << ", seed " << args.seed << "\n";
 
@@ -154,7 +159,8 @@ void AddRunCommand(CLI::App& app, CommandFn& run) {
   cmd->add_option("--world-size,-n", args->world_size,
                   "ranks (default: the model's tp_size, 2 for a .tpg)")
       ->check(CLI::Range(1, 1024));
-  cmd->add_option("--tokens,-t", args->tokens, "token count T")
+  cmd->add_option("--tokens,-t", args->tokens,
+                  "token count T: the value of every shape symbol of the graph (T; B and S alike)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   cmd->add_flag("--check", args->check,

@@ -10,6 +10,8 @@
 
 #include <CLI/CLI.hpp>
 #include <iostream>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -63,5 +65,16 @@ int main(int argc, char** argv) {
     std::cerr << "tpfuse: internal error: the subcommand registered nothing to run\n";
     return kExitInvalidInput;
   }
-  return run();
+  try {
+    return run();
+  } catch (const std::bad_alloc&) {
+    // Sizes the inputs' check lets through can still need more memory than the process gets
+    // (intermediates, a memory limit below the machine's): an error, not an abort.
+    std::cerr << "tpfuse: error: out of memory: the shapes this command computes need more host "
+                 "memory than the process could allocate (try fewer tokens or ranks)\n";
+    return kExitInvalidInput;
+  } catch (const std::length_error&) {
+    std::cerr << "tpfuse: error: a tensor of these shapes is too large to allocate on the host\n";
+    return kExitInvalidInput;
+  }
 }
