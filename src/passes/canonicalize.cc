@@ -44,18 +44,6 @@ bool IsLastDimKeepdim(const ir::Node* reduction, bool keepdim_default) {
 
 bool IsLastDimMean(const ir::Node* mean) { return IsLastDimKeepdim(mean, true); }
 
-// pow(v, 2) or mul(v, v).
-ir::Node* SquareOf(const ir::Value* value, const ir::Value* v) {
-  if (ir::Node* pow = ProducedBy(value, "pow")) {
-    return pow->operand(0) == v && NumberAttr(pow, "exponent") == 2.0 ? pow : nullptr;
-  }
-  if (ir::Node* mul = ProducedBy(value, "mul")) {
-    return mul->num_operands() == 2 && mul->operand(0) == v && mul->operand(1) == v ? mul
-                                                                                     : nullptr;
-  }
-  return nullptr;
-}
-
 // A cast that widens bf16/f16 to f32: exact, so the fused op may read the narrow value instead.
 bool IsWideningCast(const ir::Node* node) {
   return node != nullptr && node->op() == "cast" && TextAttr(node, "to") == "f32" &&

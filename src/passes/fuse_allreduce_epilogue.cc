@@ -246,11 +246,8 @@ bool IsRmsCoreRsqrt(const ir::Node* node) {
   if (node->kind() != ir::OpKind::kRsqrt) return false;
   const ir::Node* add = ProducedBy(node->operand(0), "add");
   const ir::Node* mean = add && ScalarOperand(add) ? ProducedBy(add->operand(0), "mean") : nullptr;
-  const ir::Node* square = mean ? mean->operand(0)->producer() : nullptr;
-  if (square == nullptr) return false;
-  if (square->kind() == ir::OpKind::kPow) return NumberAttr(square, "exponent") == 2.0;
-  return square->kind() == ir::OpKind::kMul && square->num_operands() == 2 &&
-         square->operand(0) == square->operand(1);
+  const ir::Node* p = mean ? mean->operand(0)->producer() : nullptr;
+  return p != nullptr && p->num_operands() > 0 && SquareOf(mean->operand(0), p->operand(0));
 }
 
 // What the canonicalizer said of the decomposed RMSNorm whose rsqrt is `rsqrt`: the reasons

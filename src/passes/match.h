@@ -62,6 +62,18 @@ inline std::optional<double> SumScaleOf(const ir::Node* node) {
   return s;
 }
 
+// The node computing `value` as pow(v, 2) or mul(v, v), else null.
+inline ir::Node* SquareOf(const ir::Value* value, const ir::Value* v) {
+  if (ir::Node* pow = ProducedBy(value, "pow")) {
+    return pow->operand(0) == v && NumberAttr(pow, "exponent") == 2.0 ? pow : nullptr;
+  }
+  if (ir::Node* mul = ProducedBy(value, "mul")) {
+    return mul->num_operands() == 2 && mul->operand(0) == v && mul->operand(1) == v ? mul
+                                                                                     : nullptr;
+  }
+  return nullptr;
+}
+
 // Exactly one use, by `user`.
 inline bool SoleUser(const ir::Value* value, const ir::Node* user) {
   return value->num_uses() == 1 && value->uses()[0].user == user;
