@@ -538,8 +538,8 @@ struct DecomposedStaticQuant final : TypedPattern<ir::StaticQuantForm> {
 
 // The per-token or per-group FP8 quantization written in torch ops (vLLM's and DeepSeek's
 // reference forms, vLLM's QuantFP8 torch forms), with d = cast(y, f32) ([T, H], token) or
-// view(d, [T, H/g, g]) (group), or d the 16-bit y (or its group view) where the division
-// promotes it to f32:
+// view(d, [T, H/g, g]) (group), the view and the cast in either order (a 16-bit y divided by
+// the f32 scale reads the cast explicit_promotion writes):
 //   A = amax(abs(d), dim = -1, keepdim), or amax(abs(y)) [-> view(., [..., 1])] -> cast(., f32)
 //       (the maximum of magnitudes is exact in either dtype: x.abs().max(dim=-1) of vLLM)
 //   s = div(clamp(A, min = 1e-10)) {scalar = 448}                       (floor before: default)
@@ -601,9 +601,8 @@ bool IsGroupView(const ir::Node* p) {
                               {out.shape.begin(), out.shape.end() - 2});
 }
 
-// The cast / view between y and the dividend d: a widening cast (or none, where the scale step
-// promotes a 16-bit d to f32), and for the group form one view [..., H] -> [..., H/g, g], in
-// either order. y is [T, H] or, with more leading dims, [B, S, H] (quant_fp8 then reads it as a
+// The cast / view between y and the dividend d: a widening cast, and for the group form one view
+// [..., H] -> [..., H/g, g], in either order. y is [T, H] or, with more leading dims, [B, S, H] (quant_fp8 then reads it as a
 // [rows, H] view).
 bool PeelDividend(ir::Value* d, DynamicQuantMatch& m) {
   ir::Value* v = d;
@@ -622,9 +621,7 @@ bool PeelDividend(ir::Value* d, DynamicQuantMatch& m) {
     v = p->operand(0);
   }
   const int rank = v->type().rank();
-  // Without a cast the scale step's promotion to f32 widens the 16-bit y (exact, as the cast).
-  const bool promoted = IsHalfType(v->dtype()) && m.scale_op->result()->dtype() == DType::kF32;
-  if (!(cast_seen || promoted) || rank < 2) return false;
+  if (!cast_seen || rank < 2) return false;
   if (m.group_view == nullptr) {
     if (d->type().rank() != rank) return false;
   } else {
