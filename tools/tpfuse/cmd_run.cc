@@ -170,7 +170,9 @@ void AddRunCommand(CLI::App& app, CommandFn& run) {
                 "like --check, but every output must be bitwise equal (on the cpu backend a "
                 "graph fused with its form's rounding recipe computes the unfused graph's bits; "
                 "on the cuda backend a NaN matches any NaN, the GPU having one)");
-  cmd->add_option("--seed", args->seed, "seed of the random inputs")->capture_default_str();
+  cmd->add_option("--seed", args->seed, "seed of the random inputs (0 .. 2^63 - 1, as bench)")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{0}, uint64_t{INT64_MAX}));
   cmd->add_flag("--no-fuse", args->no_fuse, "run the graph as written, without compiling it");
   cmd->callback([&run, args] { run = [args] { return RunRun(*args); }; });
 }
