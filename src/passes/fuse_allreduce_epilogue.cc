@@ -29,6 +29,7 @@
 // The rounding recipe of the fused op is the canonical norm's and quant's (`rounding`
 // attributes, set by canonicalize from the form it folded), so fusing changes no bit.
 #include <algorithm>
+#include <cctype>
 #include <set>
 #include <variant>
 #include <vector>
@@ -522,6 +523,20 @@ std::vector<std::string> UnfoldedQuantNotes(const Chain& chain, const PassContex
     std::vector<const ir::Value*> next;
     for (const ir::Value* v : frontier) {
       for (const ir::Use& u : v->uses()) {
+        if (!u.is_return() && u.user->kind() == ir::OpKind::kOpaque) {
+          // A quantization the graph calls as an op of its own (vLLM's scaled_fp4_quant): the
+          // compiler cannot see into it.
+          const std::string name = TextAttr(u.user, ir::kOpaqueNameAttr).value_or("");
+          std::string lower = name;
+          std::transform(lower.begin(), lower.end(), lower.begin(),
+                         [](unsigned char c) { return char(std::tolower(c)); });
+          if (lower.find("quant") != std::string::npos && seen.insert(u.user->result(0)).second)
+            notes.push_back(StrCat("the norm output is quantized by ", name, " (",
+                                   NodeRef(u.user), "), an op the compiler cannot see into: it "
+                                   "stays outside the fused op, which quantizes to FP8 per "
+                                   "tensor, token or group only"));
+          continue;
+        }
         if (u.is_return() || !kQuantOps.count(u.user->op()) || u.user->num_results() != 1)
           continue;
         // Beside the value, a quantization's binary steps read a scale ([..., 1] or one

@@ -500,6 +500,27 @@ TEST(PassesForms, APerTensorScaleComputedFromTheNormStaysWithTheReason) {
       << notes;
 }
 
+// A quantization the graph calls as an opaque op (vLLM's NVFP4 quant) reads the emitted norm;
+// the fusion's notes name it.
+TEST(PassesForms, AnOpaqueQuantizationOfTheNormIsNamedInTheNotes) {
+  Compiled c = Compile(R"(
+    func @f(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256], %gs: f32[]) {
+      %ar = all_reduce(%x)
+      %y, %h = fused_add_rms_norm(%ar, %res, %g) {eps = 1e-6}
+      %q, %sf = opaque(%y, %gs) {name = "vllm._C.scaled_fp4_quant"} : i32[T, 32], i32[T, 16]
+      return %q, %sf, %h
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx);
+  std::string notes;
+  for (const std::string& n : c.ctx.fusions[0].notes) notes += n + "\n";
+  EXPECT_NE(notes.find("the norm output is quantized by vllm._C.scaled_fp4_quant (opaque %q), an "
+                       "op the compiler cannot see into"),
+            std::string::npos)
+      << notes;
+}
+
 // ---------------------------------------------------------------- the compile API
 
 TEST(PassesCompileApi, TextInTextAndReportOut) {
