@@ -84,9 +84,17 @@ struct Refusal {
 // "its only use is matmul %o", "its uses are matmul %o and add %h", "it is only returned".
 std::string DescribeUses(const ir::Value* value) {
   std::vector<std::string> uses;
-  for (const ir::Use& u : value->uses()) {
+  const auto add = [&](const ir::Use& u) {
     std::string d = DescribeUse(u);
     if (std::find(uses.begin(), uses.end(), d) == uses.end()) uses.push_back(d);
+  };
+  for (const ir::Use& u : value->uses()) {
+    // Through a cast written for a promotion, to the op that reads it in the user's graph.
+    if (!u.is_return() && PromotionOf(u.user) != nullptr) {
+      for (const ir::Use& w : u.user->result()->uses()) add(w);
+    } else {
+      add(u);
+    }
   }
   if (uses.empty()) return "it has no uses";
   if (uses.size() == 1) {
@@ -219,9 +227,12 @@ std::optional<Reach> FindNormBeyond(const ir::Value* a) {
   return std::nullopt;
 }
 
+// The ops of `path`, but for the casts the canonicalizer wrote for a promotion: the user's
+// graph has no node for them.
 std::string DescribePath(const std::vector<const ir::Node*>& path) {
   std::string text;
-  for (const ir::Node* n : path) text += (text.empty() ? "" : ", ") + NodeRef(n);
+  for (const ir::Node* n : path)
+    if (PromotionOf(n) == nullptr) text += (text.empty() ? "" : ", ") + NodeRef(n);
   return text;
 }
 

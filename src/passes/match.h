@@ -74,6 +74,17 @@ inline ir::Node* SquareOf(const ir::Value* value, const ir::Value* v) {
   return nullptr;
 }
 
+// The value `node` widens when it is a cast the canonicalizer wrote for a promotion
+// (explicit_promotion names it "<value>.f32"), else null: the user's graph has no node for it.
+inline const ir::Value* PromotionOf(const ir::Node* node) {
+  if (node == nullptr || node->kind() != ir::OpKind::kCast || node->num_operands() != 1)
+    return nullptr;
+  const ir::Value* in = node->operand(0);
+  const bool promotion = IsHalfType(in->dtype()) && node->result()->dtype() == DType::kF32 &&
+                         node->result()->name().rfind(in->name() + ".f32", 0) == 0;
+  return promotion ? in : nullptr;
+}
+
 // Exactly one use, by `user`.
 inline bool SoleUser(const ir::Value* value, const ir::Node* user) {
   return value->num_uses() == 1 && value->uses()[0].user == user;
