@@ -521,6 +521,24 @@ TEST(PassesForms, AnOpaqueQuantizationOfTheNormIsNamedInTheNotes) {
       << notes;
 }
 
+// The reason names the ops of the user's graph, not the cast that writes out the promotion of
+// the bf16 all_reduce for its multiply by an f32 scale.
+TEST(PassesForms, AReasonNamesNoCastTheCompilerWrote) {
+  Compiled c = Compile(R"(
+    func @f(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256], %s: f32[256]) {
+      %ar = all_reduce(%x)
+      %m = mul(%ar, %s)
+      %h = add(%m, %res)
+      %y = rms_norm(%h, %g) {eps = 1e-6}
+      return %y
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "all_reduce %ar reaches fused_add_rms_norm %y only through mul %m, which the fused op "
+            "cannot take over (its only use is mul %m)");
+}
+
 // ---------------------------------------------------------------- the compile API
 
 TEST(PassesCompileApi, TextInTextAndReportOut) {
