@@ -157,6 +157,17 @@ TEST_F(CliTest, ShapesLargerThanTheMachineAreRefusedWithTheirSizes) {
   EXPECT_TRUE(Contains(wide.err, "field 'hidden_size': must be at most 2147483647")) << wide.err;
 }
 
+// An empty value where a value is due (a shell variable left unset) is a usage error, not the
+// default or stdout.
+TEST_F(CliTest, AnEmptyValueIsAUsageError) {
+  for (const std::string args : {"compile " + graph_path_ + " -o ''", std::string("bench --tokens ''"),
+                                 std::string("tune --quant ''")}) {
+    const CliResult r = RunCli(args);
+    EXPECT_EQ(r.exit_code, 2) << args << ": " << r.out << r.err;
+    EXPECT_TRUE(Contains(r.err, "an empty")) << args << ": " << r.err;
+  }
+}
+
 // run says which symbols the token count binds.
 TEST_F(CliTest, RunNamesTheShapeSymbolsTheTokenCountBinds) {
   const std::string bs = TempPath("bs.tpg");

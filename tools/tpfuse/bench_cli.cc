@@ -71,6 +71,13 @@ void AddCommandOptions(CLI::App& command, CommandFlags& flags, Mode mode) {
                       : "bound on the whole run in seconds; ranks still running then are killed "
                         "(default 1800)")
       ->type_name("SECONDS");
+  // Every option above is read as text and its default stands for an empty one: an empty
+  // value given on the command line (`--tokens ""`, a shell variable unset) is an error.
+  const CLI::Validator given(
+      [](const std::string& text) { return text.empty() ? std::string("an empty value") : ""; },
+      "");
+  const auto takes_a_value = [](CLI::Option* o) { return o->get_expected_min() > 0; };
+  for (CLI::Option* option : command.get_options(takes_a_value)) option->check(given);
   command.add_option("--child-plan", flags.child_plan)->group("");
   command.add_option("--child-rank", flags.child_rank)->group("");
 }

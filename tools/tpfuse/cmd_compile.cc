@@ -111,7 +111,10 @@ void AddCompileCommand(CLI::App& app, CommandFn& run) {
   cmd->add_option("--backend", args->backend, "target whose fused op capabilities apply")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
-  cmd->add_option("-o,--output", args->output, "write the fused graph here instead of stdout");
+  cmd->add_option("-o,--output", args->output, "write the fused graph here instead of stdout")
+      ->check(CLI::Validator(
+          [](const std::string& path) { return path.empty() ? std::string("an empty path") : ""; },
+          "PATH"));
   cmd->add_flag("--json", args->json, "print one JSON report (op counts, fusions, rejections)");
   cmd->add_option("--fuse-local", args->fuse_local,
                   "fuse [add ->] rms_norm [-> quant] chains that no all_reduce feeds into the "
