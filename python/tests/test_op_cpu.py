@@ -285,6 +285,7 @@ def test_the_python_helpers_name_bad_arguments():
     with pytest.raises(ValueError, match=r"max_tokens must be in \[0, "):
         _capi.compile_module("func @f(%x: bf16[T, 64]) {\n  return %x\n}\n", max_tokens=-5)
     spec = _capi.make_spec(hidden=256, quant="fp8_token", emit=["quant"])
-    with pytest.raises(_capi.TpfuseError, match="tokens 4611686018427387904 x hidden 256 overflows"):
+    with pytest.raises(_capi.TpfuseError,
+                       match="tokens 4611686018427387904 x hidden 256 overflows"):
         _capi.scale_elements(spec, 2**62)
 

@@ -145,7 +145,8 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
 Status CheckTokens(int64_t tokens, int64_t hidden, int64_t min = 1) {
   if (tokens < min) return InvalidArgument("tokens must be >= ", min, ", got ", tokens);
   if (hidden > 0 && tokens > std::numeric_limits<int64_t>::max() / 8 / hidden)
-    return OutOfRange("tokens ", tokens, " x hidden ", hidden, " overflows the sizes of its buffers");
+    return OutOfRange("tokens ", tokens, " x hidden ", hidden,
+                      " overflows the sizes of its buffers");
   return Status::Ok();
 }
 

@@ -602,8 +602,8 @@ bool IsGroupView(const ir::Node* p) {
 }
 
 // The cast / view between y and the dividend d: a widening cast, and for the group form one view
-// [..., H] -> [..., H/g, g], in either order. y is [T, H] or, with more leading dims, [B, S, H] (quant_fp8 then reads it as a
-// [rows, H] view).
+// [..., H] -> [..., H/g, g], in either order. y is [T, H] or, with more leading dims, [B, S, H]
+// (quant_fp8 then reads it as a [rows, H] view).
 bool PeelDividend(ir::Value* d, DynamicQuantMatch& m) {
   ir::Value* v = d;
   bool cast_seen = false;
@@ -1086,8 +1086,9 @@ struct ExplicitPromotion final : Pattern {
     for (int i : {0, 1}) {
       ir::Value* v = root->operand(i);
       if (v->dtype() == DType::kF32) continue;
-      TPFUSE_ASSIGN_OR_RETURN(
-          ir::Node * cast, rw.Create("cast", {v}, {{"to", ir::Attr::Name("f32")}}, {v->name() + ".f32"}));
+      ir::AttrMap to_f32 = {{"to", ir::Attr::Name("f32")}};
+      TPFUSE_ASSIGN_OR_RETURN(ir::Node * cast,
+                              rw.Create("cast", {v}, std::move(to_f32), {v->name() + ".f32"}));
       rw.SetOperand(root, i, cast->result());
     }
     return true;

@@ -160,7 +160,8 @@ TEST_F(CliTest, ShapesLargerThanTheMachineAreRefusedWithTheirSizes) {
 // An empty value where a value is due (a shell variable left unset) is a usage error, not the
 // default or stdout.
 TEST_F(CliTest, AnEmptyValueIsAUsageError) {
-  for (const std::string args : {"compile " + graph_path_ + " -o ''", std::string("bench --tokens ''"),
+  const std::string compile = "compile " + graph_path_ + " -o ''";
+  for (const std::string args : {compile, std::string("bench --tokens ''"),
                                  std::string("tune --quant ''")}) {
     const CliResult r = RunCli(args);
     EXPECT_EQ(r.exit_code, 2) << args << ": " << r.out << r.err;

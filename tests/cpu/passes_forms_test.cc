@@ -452,13 +452,16 @@ TEST(PassesForms, ANormLeftInOpsIsReportedOnceWithTheReason) {
   )", ctx);
   ASSERT_TRUE(c.ok());
   EXPECT_TRUE(c.ctx.fusions.empty()) << DescribeReport(c.ctx);
-  const std::string bf16 = "the norm is computed in bf16, not in f32: folding would change its result";
-  EXPECT_NE(OnlyRejection(c.ctx).find("rsqrt %r2 of an RMSNorm that stays as written (" + bf16 + ")"),
-            std::string::npos)
+  const std::string bf16 =
+      "the norm is computed in bf16, not in f32: folding would change its result";
+  EXPECT_NE(
+      OnlyRejection(c.ctx).find("rsqrt %r2 of an RMSNorm that stays as written (" + bf16 + ")"),
+      std::string::npos)
       << DescribeReport(c.ctx);
   ASSERT_EQ(c.ctx.local_unfused.size(), 1u) << DescribeReport(c.ctx);
   EXPECT_EQ(c.ctx.local_unfused[0].anchor, "r");
-  EXPECT_EQ(c.ctx.local_unfused[0].reason, "the RMSNorm whose rsqrt is %r stays as written: " + bf16);
+  EXPECT_EQ(c.ctx.local_unfused[0].reason,
+            "the RMSNorm whose rsqrt is %r stays as written: " + bf16);
 }
 
 // vLLM's dynamic per-tensor QuantFP8: the scale is the amax of the whole norm output, so the
