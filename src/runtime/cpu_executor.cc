@@ -294,13 +294,22 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
       const ir::FusedOperandIndices at = ir::FusedOperandLayout(*spec);
       std::vector<const HostTensor*> partials;
       for (int r = 0; r < world_size_; ++r) partials.push_back(operands[size_t(r)][size_t(at.x)]);
+      // The sum a = round(sum of partials in rank order) once for every rank: each rank's op
+      // reads it as its only partial (the sum of one 16-bit value is itself), so simulating N
+      // ranks costs N epilogues, not N sums of N partials.
+      std::optional<HostTensor> sum;
+      if (!spec->local) {
+        StatusOr<HostTensor> summed = cpu::AllreduceSum(partials);
+        if (!summed.ok()) return node_error(summed.status());
+        sum = std::move(*summed);
+      }
       // Every rank runs the epilogue on its own residual, weight and scale.
       ForEachRank(world_size_, [&](int r) {
         const auto& in = operands[size_t(r)];
         // A local op (no all_reduce feeds it) reads this rank's x alone: a = x.
-        const std::vector<const HostTensor*> own{in[size_t(at.x)]};
+        const std::vector<const HostTensor*> own{spec->local ? in[size_t(at.x)] : &*sum};
         StatusOr<std::vector<HostTensor>> out = cpu::AllreduceRmsnorm(
-            *spec, spec->local ? own : partials,
+            *spec, own,
             at.residual >= 0 ? in[size_t(at.residual)] : nullptr,
             *in[size_t(at.w)], at.scale >= 0 ? in[size_t(at.scale)] : nullptr);
         if (out.ok()) results[size_t(r)] = std::move(*out);
