@@ -217,7 +217,7 @@ StatusOr<std::vector<TensorMap>> MakeRandomInputs(const ir::Graph& graph, int wo
       if (d != 0 && bytes > std::numeric_limits<uint64_t>::max() / uint64_t(d)) bytes = UINT64_MAX;
       else bytes *= uint64_t(d);
     }
-    const uint64_t copies = ClassifyParam(*p).per_rank ? uint64_t(world_size) : 1;
+    const uint64_t copies = uint64_t(world_size);  // every rank holds its own copy
     total = bytes > (UINT64_MAX - total) / copies ? UINT64_MAX : total + bytes * copies;
     if (total > memory) {
       return OutOfRange("the inputs need more than this machine's ", memory, " bytes of memory ",
