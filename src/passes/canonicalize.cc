@@ -643,6 +643,32 @@ bool IsUnsqueezeOfLastDim(const ir::Node* p) {
   return true;
 }
 
+// At most one widening cast and one unsqueeze of the last dim (when `unsqueeze_allowed`) right
+// above `v`, in either order: the nodes, consumers first, and the value they read.
+struct CastAndUnsqueeze {
+  ir::Node* cast = nullptr;
+  ir::Node* unsqueeze = nullptr;
+  std::vector<ir::Node*> nodes;
+  const ir::Value* under = nullptr;
+};
+CastAndUnsqueeze PeelCastAndUnsqueeze(const ir::Value* v, bool unsqueeze_allowed) {
+  CastAndUnsqueeze peeled;
+  for (int hop = 0; hop < 2; ++hop) {
+    ir::Node* p = v->producer();
+    if (peeled.cast == nullptr && IsWideningCast(p)) {
+      peeled.cast = p;
+    } else if (peeled.unsqueeze == nullptr && unsqueeze_allowed && IsUnsqueezeOfLastDim(p)) {
+      peeled.unsqueeze = p;
+    } else {
+      break;
+    }
+    peeled.nodes.push_back(p);
+    v = p->operand(0);
+  }
+  peeled.under = v;
+  return peeled;
+}
+
 // The amax links of a dynamic scale, producers first, ending at the value the scale's
 // arithmetic reads: abs -> amax over the last dim of d, or of the 16-bit value d widens from
 // (the same maximum), then at most one widening cast and one view putting the reduced dim back
@@ -653,23 +679,8 @@ bool IsUnsqueezeOfLastDim(const ir::Node* p) {
 // or the reduced dim not put back exactly once.
 std::optional<std::vector<ir::Node*>> MatchScaleAmax(const ir::Value* v, const ir::Value* d,
                                                      bool unsqueezed_after) {
-  std::vector<ir::Node*> tail;  // consumers first
-  ir::Node* cast = nullptr;
-  ir::Node* unsqueeze = nullptr;
-  for (int hop = 0; hop < 2; ++hop) {
-    ir::Node* p = v->producer();
-    if (p == nullptr) break;
-    if (cast == nullptr && IsWideningCast(p)) {
-      cast = p;
-    } else if (unsqueeze == nullptr && !unsqueezed_after && IsUnsqueezeOfLastDim(p)) {
-      unsqueeze = p;
-    } else {
-      break;
-    }
-    tail.push_back(p);
-    v = p->operand(0);
-  }
-  ir::Node* amax = ProducedBy(v, "amax");
+  const CastAndUnsqueeze tail = PeelCastAndUnsqueeze(v, !unsqueezed_after);
+  ir::Node* amax = ProducedBy(tail.under, "amax");
   ir::Node* abs = amax ? ProducedBy(amax->operand(0), "abs") : nullptr;
   if (abs == nullptr) return std::nullopt;
   const ir::Value* a = abs->operand(0);
@@ -679,10 +690,10 @@ std::optional<std::vector<ir::Node*>> MatchScaleAmax(const ir::Value* v, const i
   const std::optional<double> dim = NumberAttr(amax, "dim", -1.0);
   const std::optional<bool> keepdim = BoolAttr(amax, "keepdim", false);
   if (!dim || !keepdim || (*dim != -1.0 && *dim != double(rank - 1)) ||
-      *keepdim == (unsqueeze != nullptr || unsqueezed_after))
+      *keepdim == (tail.unsqueeze != nullptr || unsqueezed_after))
     return std::vector<ir::Node*>{};
   std::vector<ir::Node*> links = {abs, amax};
-  links.insert(links.end(), tail.rbegin(), tail.rend());
+  links.insert(links.end(), tail.nodes.rbegin(), tail.nodes.rend());
   return links;
 }
 
@@ -727,22 +738,9 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     // floor after the division taken after the rounding: clamp(exp2(ceil(log2(div(A, 448))))),
     // computed on [..., 1] or on the reduced shape and then viewed to it; a 16-bit scale is
     // widened for the division (its arithmetic ran in 16 bits: declined below, by its dtype).
-    ir::Value* s = m.s;
-    ir::Node* unsqueeze = nullptr;
-    ir::Node* widen = nullptr;
-    std::vector<ir::Node*> top;  // the view and cast above the arithmetic, consumers first
-    for (int hop = 0; hop < 2; ++hop) {
-      ir::Node* p = s->producer();
-      if (unsqueeze == nullptr && IsUnsqueezeOfLastDim(p)) {
-        unsqueeze = p;
-      } else if (widen == nullptr && IsWideningCast(p)) {
-        widen = p;
-      } else {
-        break;
-      }
-      top.push_back(p);
-      s = p->operand(0);
-    }
+    const CastAndUnsqueeze top = PeelCastAndUnsqueeze(m.s, /*unsqueeze_allowed=*/true);
+    ir::Node* const unsqueeze = top.unsqueeze;
+    const ir::Value* s = top.under;
     ir::Node* floor_after_round = ProducedBy(s, "clamp");
     if (floor_after_round != nullptr && floor_after_round->num_operands() == 1 &&
         ProducedBy(floor_after_round->operand(0), "exp2") != nullptr) {
@@ -860,7 +858,7 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
     chain.insert(chain.end(), arithmetic.begin(), arithmetic.end());
     m.scale_chain.insert(m.scale_chain.begin(), chain.begin(), chain.end());
     if (floor_after_round != nullptr) m.scale_chain.push_back(floor_after_round);
-    m.scale_chain.insert(m.scale_chain.end(), top.rbegin(), top.rend());
+    m.scale_chain.insert(m.scale_chain.end(), top.nodes.rbegin(), top.nodes.rend());
     // Every link but the last feeds only the next; the scale itself may have any uses, also
     // where it is computed on the reduced shape (FlashInfer returns s.squeeze(-1)).
     if (unsqueeze != nullptr) m.s_reduced = unsqueeze->operand(0);

@@ -371,11 +371,11 @@ TEST(PassesCanonicalize, AnF32ResidualSumReadUnroundedDeclinesAndSaysWhere) {
     }
   )");
   ASSERT_TRUE(c.ok());
-  // (Declined at each node the form may end at: the weight multiply and the cast after it.)
-  EXPECT_GE(Counter(c.ctx, "decomposed_rms_norm",
+  // Declined at each node the form may end at: the weight multiply and the cast after it.
+  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm",
                     "declined: the f32 residual sum %v is also read by the return: the fused op "
                     "gives the residual only rounded to f16"),
-            1)
+            2)
       << DescribeReport(c.ctx);
   EXPECT_EQ(CountOp(*c.after, "fused_add_rms_norm") + CountOp(*c.after, "rms_norm"), 0);
 }
