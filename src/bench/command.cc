@@ -38,6 +38,13 @@ int Fail(Mode mode, const Status& status) {
   return kExitFailed;
 }
 
+// A value outside its option's range or choices: a usage error, as the other commands' are.
+int UsageError(Mode mode, const Status& status) {
+  std::fprintf(stderr, "tpfuse %s: error: %s\nRun 'tpfuse %s --help' for usage.\n",
+               CommandName(mode), status.message().c_str(), CommandName(mode));
+  return kExitUsage;
+}
+
 // A temporary directory for the plan and the unique-id file, removed when the run ends.
 class TempDir {
  public:
@@ -152,12 +159,19 @@ StatusOr<Plan> PlanFromFlags(const CommandFlags& f, Mode mode) {
                              "fused op runs without communication)");
     plan.table = fs::absolute(f.table, ec).string();
     if (ec) return InvalidArgument("--table: '", f.table, "': ", ec.message());
+  }
+  return plan;
+}
+
+Status CheckPlanInputs(const Plan& plan) {
+  if (!plan.table.empty()) {
     // Read it now: a bad table is the user's error, not a rank's.
     StatusOr<runtime::StrategyTable> table = runtime::StrategyTable::Load(plan.table);
     if (!table.ok()) return table.status().WithContext("--table");
   }
   // Shapes the fused op cannot take (H not a multiple of 8, over the kernel's limit, group
   // size not dividing H) are input errors, named before any GPU work.
+  const bool local = plan.world_size == 1;
   const FusionCapabilities caps = CudaFusionCapabilities();
   for (int64_t h : plan.hidden) {
     for (QuantMode q : plan.quants) {
@@ -170,14 +184,15 @@ StatusOr<Plan> PlanFromFlags(const CommandFlags& f, Mode mode) {
         return InvalidArgument("--hidden ", h, " with --quant ", QuantModeName(q), ": ", why);
     }
   }
-  return plan;
+  return Status::Ok();
 }
 
 int RunCommand(const CommandFlags& flags, Mode mode) {
   if (!flags.child_plan.empty()) return RunChild(flags, mode);
   StatusOr<Plan> parsed = PlanFromFlags(flags, mode);
-  if (!parsed.ok()) return Fail(mode, parsed.status());
+  if (!parsed.ok()) return UsageError(mode, parsed.status());
   Plan plan = std::move(parsed).value();
+  if (Status inputs = CheckPlanInputs(plan); !inputs.ok()) return Fail(mode, inputs);
 
   if (!HaveCuda()) {
     return Fail(mode, Unimplemented("this tpfuse was built without the CUDA backend (nvcc and "

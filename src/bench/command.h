@@ -12,13 +12,17 @@
 
 namespace tpfuse::bench {
 
-// RunCommand's exit statuses. A usage error (exit 2) is the command line's to report.
+// RunCommand's exit statuses, the CLI's (tools/tpfuse/commands.h).
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitFailed = 1;  // invalid value, no CUDA backend, too few GPUs, a rank failed
+// An input the fused op cannot take (a --table file, a hidden size), no CUDA backend, too few
+// GPUs, a rank failed.
+inline constexpr int kExitFailed = 1;
+// A value outside its option's range or choices (PlanFromFlags), as the command line's own
+// usage errors (an unknown option, a missing value) are.
+inline constexpr int kExitUsage = 2;
 
-// Option values as typed. They are checked after parsing, so that a bad value is an invalid
-// input (exit 1, with a message naming the option) while an unknown option or a missing value
-// stays a usage error (exit 2).
+// Option values as typed, checked after parsing (PlanFromFlags), so that every message names
+// its option.
 struct CommandFlags {
   std::string world_size;
   std::string tokens;
@@ -40,8 +44,14 @@ struct CommandFlags {
 
 // The plan the flags describe, with defaults filled in, except world_size (0: every GPU) and
 // id_file. World size 1 (bench only) has its own hidden sizes by default (DefaultLocalHidden)
-// and no --table. Errors name the option.
+// and no --table. Errors are values outside their option's range or choices (usage errors),
+// and name the option.
 StatusOr<Plan> PlanFromFlags(const CommandFlags& flags, Mode mode);
+
+// What a well-formed plan may still ask of the fused op that it cannot do: a --table that does
+// not load, a hidden size or group size the kernels do not take (invalid input). Names the
+// option.
+Status CheckPlanInputs(const Plan& plan);
 
 // Runs the command: the parent (counts GPUs, checks the sweep, starts and waits for the rank
 // processes), with --child-plan one rank process, or at world size 1 the whole measurement

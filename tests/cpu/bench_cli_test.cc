@@ -1,6 +1,7 @@
 // `tpfuse bench` and `tpfuse tune` on the command line, for what is decided before any GPU is
-// touched: help, usage errors (exit 2) and invalid values (exit 1, the option named). None of
-// these cases starts a measurement, so the test runs alike with and without GPUs.
+// touched: help, usage errors (exit 2: values outside an option's range too) and inputs the fused
+// op cannot take (exit 1), the option named. None of these cases starts a measurement, so the
+// test runs alike with and without GPUs.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -45,23 +46,39 @@ TEST(BenchCli, UnknownOptionsAreUsageErrors) {
   EXPECT_EQ(RunCli("bench --tokens").exit_code, 2);       // missing value
 }
 
-TEST(BenchCli, BadValuesAreInvalidInputNamingTheOption) {
+// A value outside its option's range or choices is a usage error (exit 2), as it is for the
+// other commands (`run --tokens 0`); an input the fused op cannot take is invalid input (exit
+// 1). Both name the option.
+TEST(BenchCli, BadValuesAreUsageErrorsNamingTheOption) {
   struct Case {
     const char* args;
     const char* needle;
   };
   for (const Case& c :
        {Case{"bench --tokens 0", "--tokens"}, Case{"bench --tokens 1,abc", "--tokens"},
-        Case{"bench --tokens 100000", "--tokens"}, Case{"tune --hidden 4100", "hidden 4100"},
-        Case{"bench --hidden 4160 --quant fp8_group", "group_size"},
-        Case{"bench --quant fp8_grp", "--quant"}, Case{"bench --emit-norm maybe", "--emit-norm"},
+        Case{"bench --tokens 100000", "--tokens"}, Case{"bench --quant fp8_grp", "--quant"},
+        Case{"bench --emit-norm maybe", "--emit-norm"},
         Case{"bench --world-size 3", "--world-size"},
         Case{"bench --world-size 1 --table t.json", "--table"},
         Case{"tune --world-size 1", "--world-size 1"},
-        Case{"bench --world-size 1 --hidden 4100", "hidden 4100"},
         Case{"bench --ops-per-graph 0", "--ops-per-graph"}, Case{"tune --replays -1", "--replays"},
-        Case{"bench --timeout never", "--timeout"},
-        Case{"bench --table /nonexistent/table.json", "--table"}}) {
+        Case{"bench --timeout never", "--timeout"}}) {
+    const CliResult r = RunCli(c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.needle), std::string::npos) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find("--help' for usage"), std::string::npos) << c.args << "\n" << r.output;
+  }
+}
+
+TEST(BenchCli, InputsTheFusedOpCannotTakeAreInvalidInputNamingTheOption) {
+  struct Case {
+    const char* args;
+    const char* needle;
+  };
+  for (const Case& c : {Case{"tune --hidden 4100", "hidden 4100"},
+                        Case{"bench --hidden 4160 --quant fp8_group", "group_size"},
+                        Case{"bench --world-size 1 --hidden 4100", "hidden 4100"},
+                        Case{"bench --table /nonexistent/table.json", "--table"}}) {
     const CliResult r = RunCli(c.args);
     EXPECT_EQ(r.exit_code, 1) << c.args << "\n" << r.output;
     EXPECT_NE(r.output.find(c.needle), std::string::npos) << c.args << "\n" << r.output;

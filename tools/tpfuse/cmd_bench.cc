@@ -50,8 +50,10 @@ void AddBenchCommand(CLI::App& app, CommandFn& run) {
       "  targets. Shapes with T <= 64 are first checked bit for bit against the CPU oracle;\n"
       "  a mismatch ends the run before anything is timed. Files: bench.txt, bench.csv,\n"
       "  bench_roofline.svg (fused/copy against T, one line per H x quant).\n"
-      "Exit status: 0 done, 1 invalid value, no CUDA backend, fewer GPUs than the world size,\n"
-      "a rank failed or (world size 1) a result differs from the oracle, 2 usage error.\n"
+      "Exit status: 0 done; 1 a --table that does not load, a hidden size the fused op does\n"
+      "not take, no CUDA backend, fewer GPUs than the world size, a rank failed or (world\n"
+      "size 1) a result differs from the oracle; 2 usage error (an unknown option, a missing\n"
+      "value, a value outside its option's range or choices).\n"
       "See docs/benchmarking.md.");
   command->callback(
       [&run, flags] { run = [flags] { return bench::RunCommand(*flags, bench::Mode::kBench); }; });

@@ -24,8 +24,9 @@ void AddTuneCommand(CLI::App& app, CommandFn& run) {
       "(the smallest from 1, the largest upward); consecutive T with the same winner become one\n"
       "rule {world_size, hidden, quant, min_tokens, max_tokens, strategy}. The file names the\n"
       "machine; load it with `tpfuse bench --table FILE` or the runtime's StrategyTable::Load.\n"
-      "Exit status: 0 done, 1 invalid value, no CUDA backend, fewer than 2 GPUs or a rank\n"
-      "failed, 2 usage error. See docs/benchmarking.md.");
+      "Exit status: 0 done; 1 a hidden size the fused op does not take, no CUDA backend,\n"
+      "fewer than 2 GPUs or a rank failed; 2 usage error (an unknown option, a missing value,\n"
+      "a value outside its option's range or choices). See docs/benchmarking.md.");
   command->callback(
       [&run, flags] { run = [flags] { return bench::RunCommand(*flags, bench::Mode::kTune); }; });
 }
