@@ -723,7 +723,8 @@ struct RowWeights {
     if constexpr (kHeld) {
 #pragma unroll
       for (int i = 0; i < kVecElems; ++i) out[i] = wb[k][i];
-    } else if (staged != nullptr) {
+    } else if (Recipe::WeightDType(p) != DType::kF32) {  // staged by Preload (a constant test
+                                                        // for a fixed recipe: no branch)
       const uint4 w = staged[RowVectors<kVec, Span>::Index(k)];
       if (Recipe::WeightDType(p) == DType::kBF16) Unpack<__nv_bfloat16>(w, out);
       else Unpack<__half>(w, out);
@@ -1007,7 +1008,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) yf[i] = __fmul_rn(n[i], wv[i]);
     const uint4 yk = Pack<T>(yf);
-    if (p.norm_out && in_row[k]) StoreStreaming(static_cast<uint4*>(p.norm_out) + row_vec + v, yk);
+    if (p.norm_out) StoreStreamingIf(in_row[k], static_cast<uint4*>(p.norm_out) + row_vec + v, yk);
     if constexpr (kQuant == QuantMode::kFp8Tensor) {
       Unpack<T>(yk, yf);  // the rounded y, which the quantization reads
       const uint2 q = QuantizeVector(yf, static_step, static_scale, static_inv);
@@ -1065,13 +1066,21 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     probe(RowPhase::kVectors, 0.0f);
   }
   if constexpr (kHoldsY) {
+    // Every vector's q before any store, each store predicated, not branched around: a branch
+    // per vector drew that vector's quotients into it, one vector's chain after the other's.
+    uint2 q[kVec];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      float yf[kVecElems];
+      Unpack<T>(y[k], yf);
+      q[k] = QuantizeVector(yf, step[k], s[k], inv[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < kVec; ++k)
+      StoreStreaming8If(in_row[k], q_row + size_t(RowVectors<kVec, Span>::Index(k)) * kVecElems, q[k]);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       const int v = RowVectors<kVec, Span>::Index(k);
-      float yf[kVecElems];
-      Unpack<T>(y[k], yf);
-      const uint2 q = QuantizeVector(yf, step[k], s[k], inv[k]);
-      if (in_row[k]) StoreStreaming8(q_row + size_t(v) * kVecElems, q);
       if constexpr (kQuant == QuantMode::kFp8Group) {
         // group_vecs is a power of two: a shift and a mask, not an integer division.
         if (in_row[k] && (v & (p.group_vecs - 1)) == 0)

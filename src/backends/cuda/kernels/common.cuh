@@ -153,6 +153,24 @@ __device__ __forceinline__ void StoreStreaming(void* p, const uint4& v) {
 __device__ __forceinline__ void StoreStreaming8(void* p, const uint2& v) {
   __stcs(reinterpret_cast<uint2*>(p), v);
 }
+// StoreStreaming where `store` holds, as one predicated instruction (StoreStreaming8If).
+__device__ __forceinline__ void StoreStreamingIf(bool store, void* p, const uint4& v) {
+  asm volatile(
+      "{\n\t.reg .pred s;\n\tsetp.ne.b32 s, %0, 0;\n\t"
+      "@s st.global.cs.v4.u32 [%1], {%2, %3, %4, %5};\n\t}"
+      :
+      : "r"(int(store)), "l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+      : "memory");
+}
+// StoreStreaming8 where `store` holds, as one predicated instruction: the compiler cannot move
+// the computation of v into a branch around it.
+__device__ __forceinline__ void StoreStreaming8If(bool store, void* p, const uint2& v) {
+  asm volatile(
+      "{\n\t.reg .pred s;\n\tsetp.ne.b32 s, %0, 0;\n\t@s st.global.cs.v2.u32 [%1], {%2, %3};\n\t}"
+      :
+      : "r"(int(store)), "l"(p), "r"(v.x), "r"(v.y)
+      : "memory");
+}
 
 __device__ __forceinline__ uint64_t GlobalTimerNs() {
   uint64_t t;
