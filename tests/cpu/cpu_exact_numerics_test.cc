@@ -636,7 +636,7 @@ TEST(CpuExactFormsTest, ToleranceCheckFindsTheScaleBehindAReciprocal) {
   const runtime::CheckReport report =
       Unwrap(runtime::CompareGraphOutputs(**unfused, ref, **unfused, ref, inputs));
   EXPECT_TRUE(report.ok) << report.ToString();
-  EXPECT_EQ(report.outputs[0].scale_source, "static %scale") << report.ToString();
+  EXPECT_EQ(report.outputs[0].basis, "static %scale") << report.ToString();
 }
 
 TEST(CpuExactFormsTest, LocalFusedOpReadsEachRanksOwnX) {

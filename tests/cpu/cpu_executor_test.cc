@@ -546,9 +546,9 @@ TEST(CpuCheckTest, ClassesPerOutput) {
       ToleranceClass::kExact,          ToleranceClass::kHalf};
   for (size_t i = 0; i < 8; ++i)
     EXPECT_EQ(report.outputs[i].cls, classes[i]) << report.outputs[i].ToString();
-  EXPECT_EQ(report.outputs[0].scale_source, "returned %s");
-  EXPECT_EQ(report.outputs[2].scale_source, "static %scale");
-  EXPECT_EQ(report.outputs[3].scale_source, "code step");  // %sn is not returned
+  EXPECT_EQ(report.outputs[0].basis, "returned %s");
+  EXPECT_EQ(report.outputs[2].basis, "static %scale");
+  EXPECT_EQ(report.outputs[3].basis, "code step");  // %sn is not returned
   EXPECT_NE(report.ToString().find("8 outputs checked: all within tolerance"), std::string::npos)
       << report.ToString();
 
@@ -645,8 +645,8 @@ TEST(CpuCheckTest, Fp8AgainstTheStaticScaleOfADecomposedQuant) {
   const RankOutputs ref = Unwrap(MakeCpuExecutor(1)->Run(**g, inputs));
   const CheckReport report = Unwrap(CompareGraphOutputs(**g, ref, **g, ref, inputs));
   ASSERT_EQ(report.outputs.size(), 2u);
-  EXPECT_EQ(report.outputs[0].scale_source, "static %scale");
-  EXPECT_EQ(report.outputs[1].scale_source, "static 1/64");
+  EXPECT_EQ(report.outputs[0].basis, "static %scale");
+  EXPECT_EQ(report.outputs[1].basis, "static 1/64");
   EXPECT_TRUE(report.ok) << report.ToString();
 }
 
