@@ -29,40 +29,47 @@ T Unwrap(StatusOr<T> s) {
 // Four layers: all_reduce, residual add, RMSNorm, a dynamic per-group FP8 quant written out and
 // dequantized, and a GEMM whose output the next layer's all_reduce reads.
 std::unique_ptr<ir::Graph> FourLayers() {
+  // One layer; $ is its index, $P the partial sum it reduces, $R the residual it adds.
+  const std::string layer = R"(
+  %ar$ = all_reduce($P)
+  %h$ = add($R, %ar$)
+  %v$ = cast(%h$) {to = f32}
+  %sq$ = pow(%v$) {exponent = 2}
+  %ms$ = mean(%sq$) {dim = -1, keepdim = true}
+  %ve$ = add(%ms$) {scalar = 1e-6}
+  %rs$ = rsqrt(%ve$)
+  %n$ = mul(%v$, %rs$)
+  %nb$ = cast(%n$) {to = bf16}
+  %y$ = mul(%g, %nb$)
+  %yf$ = cast(%y$) {to = f32}
+  %yg$ = view(%yf$) {shape = [T, 2, 128]}
+  %ab$ = abs(%yg$)
+  %am$ = amax(%ab$) {dim = -1, keepdim = true}
+  %cl$ = clamp(%am$) {min = 1e-10}
+  %s$ = div(%cl$) {scalar = 448}
+  %d$ = div(%yg$, %s$)
+  %c$ = clamp(%d$) {min = -448, max = 448}
+  %q$ = cast(%c$) {to = f8e4m3}
+  %qf$ = cast(%q$) {to = f32}
+  %dq$ = mul(%qf$, %s$)
+  %du$ = view(%dq$) {shape = [T, 256]}
+  %db$ = cast(%du$) {to = bf16}
+  %m$ = matmul(%db$, %w$))";
   std::string text =
       "func @f(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256], %w0: bf16[256, 256], "
-      "%w1: bf16[256, 256], %w2: bf16[256, 256], %w3: bf16[256, 256]) {\n";
-  std::string partial = "%x", residual = "%res";
+      "%w1: bf16[256, 256], %w2: bf16[256, 256], %w3: bf16[256, 256]) {";
   for (int l = 0; l < 4; ++l) {
-    const std::string i = std::to_string(l);
-    text += "  %ar" + i + " = all_reduce(" + partial + ")\n";
-    text += "  %h" + i + " = add(" + residual + ", %ar" + i + ")\n";
-    text += "  %v" + i + " = cast(%h" + i + ") {to = f32}\n";
-    text += "  %sq" + i + " = pow(%v" + i + ") {exponent = 2}\n";
-    text += "  %ms" + i + " = mean(%sq" + i + ") {dim = -1, keepdim = true}\n";
-    text += "  %ve" + i + " = add(%ms" + i + ") {scalar = 1e-6}\n";
-    text += "  %rs" + i + " = rsqrt(%ve" + i + ")\n";
-    text += "  %n" + i + " = mul(%v" + i + ", %rs" + i + ")\n";
-    text += "  %nb" + i + " = cast(%n" + i + ") {to = bf16}\n";
-    text += "  %y" + i + " = mul(%g, %nb" + i + ")\n";
-    text += "  %yf" + i + " = cast(%y" + i + ") {to = f32}\n";
-    text += "  %yg" + i + " = view(%yf" + i + ") {shape = [T, 2, 128]}\n";
-    text += "  %ab" + i + " = abs(%yg" + i + ")\n";
-    text += "  %am" + i + " = amax(%ab" + i + ") {dim = -1, keepdim = true}\n";
-    text += "  %cl" + i + " = clamp(%am" + i + ") {min = 1e-10}\n";
-    text += "  %s" + i + " = div(%cl" + i + ") {scalar = 448}\n";
-    text += "  %d" + i + " = div(%yg" + i + ", %s" + i + ")\n";
-    text += "  %c" + i + " = clamp(%d" + i + ") {min = -448, max = 448}\n";
-    text += "  %q" + i + " = cast(%c" + i + ") {to = f8e4m3}\n";
-    text += "  %qf" + i + " = cast(%q" + i + ") {to = f32}\n";
-    text += "  %dq" + i + " = mul(%qf" + i + ", %s" + i + ")\n";
-    text += "  %du" + i + " = view(%dq" + i + ") {shape = [T, 256]}\n";
-    text += "  %db" + i + " = cast(%du" + i + ") {to = bf16}\n";
-    text += "  %m" + i + " = matmul(%db" + i + ", %w" + i + ")\n";
-    partial = "%m" + i;
-    residual = "%h" + i;
+    std::string body = layer;
+    const auto put = [&body](const std::string& key, const std::string& value) {
+      for (size_t at = body.find(key); at != std::string::npos; at = body.find(key, at))
+        body.replace(at, key.size(), value);
+    };
+    put("$P", l == 0 ? "%x" : "%m" + std::to_string(l - 1));
+    put("$R", l == 0 ? "%res" : "%h" + std::to_string(l - 1));
+    put("$", std::to_string(l));
+    text += body;
   }
-  text += "  return %m3, %h3, %q3, %s3\n}\n";
+  text += "\n  return %m3, %h3, %q3, %s3\n}\n";
   return Unwrap(ir::ParseGraph(text));
 }
 
