@@ -723,8 +723,8 @@ struct RowWeights {
     if constexpr (kHeld) {
 #pragma unroll
       for (int i = 0; i < kVecElems; ++i) out[i] = wb[k][i];
-    } else if (Recipe::WeightDType(p) != DType::kF32) {  // staged by Preload (a constant test
-                                                        // for a fixed recipe: no branch)
+    } else if (staged != nullptr) {  // (a test of the recipe's weight dtype instead, constant
+                                     // for the fixed recipes, cost registers: docs/kernels.md)
       const uint4 w = staged[RowVectors<kVec, Span>::Index(k)];
       if (Recipe::WeightDType(p) == DType::kBF16) Unpack<__nv_bfloat16>(w, out);
       else Unpack<__half>(w, out);
@@ -1066,18 +1066,25 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     probe(RowPhase::kVectors, 0.0f);
   }
   if constexpr (kHoldsY) {
-    // Every vector's q before any store, each store predicated, not branched around: a branch
-    // per vector drew that vector's quotients into it, one vector's chain after the other's.
     uint2 q[kVec];
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       float yf[kVecElems];
       Unpack<T>(y[k], yf);
       q[k] = QuantizeVector(yf, step[k], s[k], inv[k]);
+      if constexpr (kQuant == QuantMode::kFp8Token) {
+        if (in_row[k]) StoreStreaming8(q_row + size_t(RowVectors<kVec, Span>::Index(k)) * kVecElems, q[k]);
+      }
     }
+    // fp8_group: every vector's q before any store, each store predicated, not branched around
+    // (with the group's scale store in the same branch, the compiler drew each vector's
+    // quotients into it, one vector's chain after the other's). fp8_token keeps its branches:
+    // so ptxas gives its two-vector one-block kernels 40 registers, not 54-56.
+    if constexpr (kQuant == QuantMode::kFp8Group) {
 #pragma unroll
-    for (int k = 0; k < kVec; ++k)
-      StoreStreaming8If(in_row[k], q_row + size_t(RowVectors<kVec, Span>::Index(k)) * kVecElems, q[k]);
+      for (int k = 0; k < kVec; ++k)
+        StoreStreaming8If(in_row[k], q_row + size_t(RowVectors<kVec, Span>::Index(k)) * kVecElems, q[k]);
+    }
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       const int v = RowVectors<kVec, Span>::Index(k);
