@@ -180,11 +180,13 @@ void AddRunCommand(CLI::App& app, CommandFn& run) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   cmd->add_flag("--check", args->check,
                 "also run the unfused graph on the CPU oracle and compare with Contract 3's "
-                "tolerance");
+                "tolerance; the oracle reads the run's GEMM outputs for what follows each GEMM, "
+                "and each GEMM is compared with the oracle's from there");
   cmd->add_flag("--exact", args->exact,
                 "like --check, but every output must be bitwise equal (on the cpu backend a "
                 "graph fused with its form's rounding recipe computes the unfused graph's bits; "
-                "on the cuda backend a NaN matches any NaN, the GPU having one)");
+                "on the cuda backend a NaN matches any NaN, the GPU having one, and the GEMMs, "
+                "cuBLAS's, keep their bound)");
   cmd->add_option("--seed", args->seed, "seed of the random inputs (0 .. 2^63 - 1, as bench)")
       ->capture_default_str()
       ->check(CLI::Range(uint64_t{0}, uint64_t{INT64_MAX}));
