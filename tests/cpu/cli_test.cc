@@ -302,6 +302,19 @@ TEST_F(CliTest, RunCheckPassesOnAGoodGraph) {
   EXPECT_EQ(unfused.exit_code, 0) << unfused.out << unfused.err;
 }
 
+// The check carries the run's GEMM outputs over to the oracle and says so: the returned %k is
+// the run's own, and the GEMM gets its own line, compared with the oracle's.
+TEST_F(CliTest, RunCheckCarriesTheGemmsOver) {
+  const CliResult r = RunCli("run " + graph_path_ + " --check --tokens 3");
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_TRUE(Contains(r.out, "what follows a GEMM reads the run's GEMM output")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "gemm (the run's GEMM, carried over)")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "gemm (from the run's earlier GEMMs)")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "PASS: 4 outputs and 1 GEMM on 2 ranks")) << r.out;
+  // @plain has no GEMM: nothing is carried over.
+  EXPECT_TRUE(Contains(r.out, "PASS: 1 output on 2 ranks")) << r.out;
+}
+
 TEST_F(CliTest, RunExactComparesBitwise) {
   // On the cpu backend the fused graph computes the unfused graph's bits.
   const CliResult r = RunCli("run " + graph_path_ + " --exact --tokens 5 --seed 3");

@@ -120,7 +120,7 @@ StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_si
             << "):\n";
   for (const runtime::OutputCheck& o : report.outputs) std::cout << "    " << o.ToString() << "\n";
   const size_t checked = report.outputs.size() - size_t(report.gemms);
-  std::cout << "  " << (report.ok ? "PASS" : "FAIL") << ": " << checked << " outputs"
+  std::cout << "  " << (report.ok ? "PASS" : "FAIL") << ": " << checked << (checked == 1 ? " output" : " outputs")
             << (report.gemms == 0   ? ""
                 : report.gemms == 1 ? " and 1 GEMM"
                                     : StrCat(" and ", report.gemms, " GEMMs"))
