@@ -1,9 +1,9 @@
 // The check with the GEMMs carried over (runtime::RunAndCheck): a backend whose GEMMs sum in
 // another order must pass when everything else it computes is the oracle's, and must fail when
-// anything else is off. The other backend is the CPU oracle itself with every GEMM output (or
-// every value of one other op) scaled by 1 + 2^-7 after it is computed: about one ulp of a
-// 16-bit value, within the GEMM bound, and enough that a later layer's FP8 codes round the
-// other way.
+// anything else is off. The other backend is the CPU oracle itself with every GEMM output
+// scaled by 1 + 2^-7 after it is computed: about one ulp of a 16-bit value, within the GEMM
+// bound, and enough that a later layer's FP8 codes round the other way (or, to fail, every add's
+// value scaled by 1 + 2^-5).
 #include <gtest/gtest.h>
 
 #include <algorithm>
