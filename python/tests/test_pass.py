@@ -1138,6 +1138,68 @@ def test_flashinfers_quant_references_fuse_as_written_and_quantize_the_fused_nor
     assert int(ulp_distance_16(y, want_y).max()) <= 1
 
 
+def torch_fused_rms_norm(x, w, eps=1e-6):
+    """torch's aten._fused_rms_norm, which F.rms_norm runs on the GPU (torch >= 2.8): y, and an
+    rstd nobody reads."""
+    y, _rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], w, eps)
+    return y
+
+
+def trace_pre_dispatch(fn, *shapes_dtypes):
+    """As trace_module, before dispatch: on the CPU, tracing after it decomposes
+    aten._fused_rms_norm (a kernel of its own on the GPU), and the node would not be seen."""
+    args = [torch.randn(s, dtype=torch.float32).to(d) for s, d in shapes_dtypes]
+    return make_fx(fn, tracing_mode="fake", pre_dispatch=True)(*args), args
+
+
+def test_torchs_fused_rms_norm_op_fuses_at_world_size_two_and_locally():
+    def layer(x, res, w):
+        h = wait(ar(x, "sum", GROUP)) + res
+        return torch_fused_rms_norm(h, w), h
+
+    g = trace_pre_dispatch(layer, ((6, 256), bf), ((6, 256), bf), ((256,), bf))[0].graph
+    assert count(g, "aten._fused_rms_norm") == 1, g
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1, p.report.left_alone
+    assert count(g, "aten._fused_rms_norm") == 0, g
+
+    def local(x, res, w):
+        h = x + res
+        return torch_fused_rms_norm(h, w), h
+
+    gm, args = trace_pre_dispatch(local, ((6, 256), bf), ((6, 256), bf), ((256,), bf))
+    x, res, w = args
+    want_y, want_h = gm(*args)
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    assert sum(str(n.target) == FUSED for n in gm.graph.nodes) == 1, gm.graph
+    y, h = gm(*args)
+    assert torch.equal(h, want_h)
+    # Bitwise the fused op's contract (its own sum order); torch's CPU kernel sums in another
+    # order, so against it y is within an ulp.
+    (c3,) = contract3.allreduce_rmsnorm([x], res, w, None, emit=["norm"], local=True)
+    assert torch.equal(y, c3)
+    assert int(ulp_distance_16(y, want_y).max()) <= 1
+
+
+def test_torchs_fused_rms_norm_op_whose_rstd_is_read_stays_with_the_reason():
+    def layer(x, res, w):
+        h = wait(ar(x, "sum", GROUP)) + res
+        y, rstd = torch.ops.aten._fused_rms_norm(h, [h.shape[-1]], w, 1e-6)
+        return y, h, rstd
+
+    g = trace_pre_dispatch(layer, ((6, 256), bf), ((6, 256), bf), ((256,), bf))[0].graph
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 0
+    assert count(g, "aten._fused_rms_norm") == 1, g
+    (why,) = p.report.left_alone.values()
+    assert "is followed by a norm the compiler cannot read" in why, why
+    assert "aten._fused_rms_norm.default): its rstd is read" in why, why
+
+
 def test_a_norm_whose_weight_multiply_stays_in_f32_fuses_and_keeps_the_multiply():
     """vLLM's forward_static with an f32 weight: bf16(norm) * w computes in f32. The norm fuses
     with a unit weight; the graph's own multiply, which promotes the fused result, stays."""

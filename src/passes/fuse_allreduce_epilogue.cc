@@ -292,11 +292,35 @@ std::string NormDeclines(const ir::Node* rsqrt, const PassContext& ctx) {
   return text;
 }
 
+// A norm the front end kept opaque (its name holds "norm", e.g. aten._fused_rms_norm with its
+// rstd read) that reads `a` or its residual add, through views: the node, or null.
+const ir::Node* OpaqueNormAfter(const ir::Value* a) {
+  std::vector<const ir::Value*> sums = WithItsViews(a);
+  for (const ir::Value* v : WithItsViews(a))
+    for (const ir::Use& u : v->uses())
+      if (!u.is_return() && u.user->kind() == ir::OpKind::kAdd)
+        for (const ir::Value* w : WithItsViews(u.user->result())) sums.push_back(w);
+  for (const ir::Value* v : sums) {
+    for (const ir::Use& u : v->uses()) {
+      if (u.is_return() || u.user->kind() != ir::OpKind::kOpaque) continue;
+      const std::optional<std::string> name = TextAttr(u.user, ir::kOpaqueNameAttr);
+      if (name && name->find("norm") != std::string::npos) return u.user;
+    }
+  }
+  return nullptr;
+}
+
 // Why no chain starts at `anchor`, in words that stay true: "not followed by an RMSNorm" only
 // when none follows; otherwise what lies between.
 std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
   const ir::Value* a = anchor->result();
   std::optional<Reach> reach = FindNormBeyond(a);
+  if (const ir::Node* norm = reach ? nullptr : OpaqueNormAfter(a)) {
+    const std::optional<std::string> why = TextAttr(norm, "why");
+    return StrCat("all_reduce ", Ref(a), " is followed by a norm the compiler cannot read, ",
+                  NodeRef(norm), " (", TextAttr(norm, ir::kOpaqueNameAttr).value_or(""), ")",
+                  why ? ": " + *why : "", "; it stays as written (", DescribeUses(a), ")");
+  }
   if (!reach) {
     // The sum (or its residual add) leaving the func, itself or through views: in a
     // torch.compile graph, the norm that reads it may sit in the next graph, across a graph

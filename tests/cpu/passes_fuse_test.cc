@@ -379,6 +379,25 @@ TEST(PassesFuse, PlainAllReduceIsLeftAloneWithItsReason) {
   EXPECT_EQ(Counter(c.ctx, "fuse_allreduce_epilogue", "rejected: no rms_norm"), 1);
 }
 
+// A norm the front end kept opaque (torch's aten._fused_rms_norm with its rstd read) is named,
+// with the front end's reason, not taken for the absence of a norm.
+TEST(PassesFuse, AnOpaqueNormAfterTheSumIsNamedWithItsReason) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %w: bf16[256]) {
+      %ar = all_reduce(%x)
+      %h = add(%ar, %res)
+      %y, %r = opaque(%h, %w) {name = "aten._fused_rms_norm.default",
+                               why = "its rstd is read"} : bf16[T, 256], f32[T, 1]
+      return %y, %h, %r
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "all_reduce %ar is followed by a norm the compiler cannot read, opaque %y "
+            "(aten._fused_rms_norm.default): its rstd is read; it stays as written (its only "
+            "use is add %h)");
+}
+
 TEST(PassesFuse, ReturnedAllReduceReason) {
   Compiled c = Compile(R"(
     func @layer(%x: bf16[T, 256]) {

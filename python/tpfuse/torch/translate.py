@@ -294,13 +294,16 @@ def _mm(node, value, tr):
     return "matmul", [a, b], {}
 
 
-def _rms_norm(node, value, tr):
+def _rms_norm(node, value, tr, out: Optional[fx.Node] = None):
+    """aten.rms_norm(x, shape, w, eps); `out` is the node holding the result where that is not
+    `node` (aten._fused_rms_norm's getitem 0)."""
     x, shape, w = node.args[:3]
     eps = node.args[3] if len(node.args) > 3 else node.kwargs.get("eps")
     xv, wv = value(x), (value(w) if w is not None else None)
     if xv is None or wv is None or len(shape) != 1 or eps is None:
         return "rms_norm: no weight, no eps, or several normalized dims"
-    if tr.types[xv] != _node_type(node) or tr.types[wv].dtype != tr.types[xv].dtype:
+    if tr.types[xv] != _node_type(out if out is not None else node) or \
+            tr.types[wv].dtype != tr.types[xv].dtype:
         return "rms_norm: mixed dtypes"
     return "rms_norm", [xv, wv], {"eps": float(eps)}
 
@@ -557,6 +560,8 @@ class Translator:
             return self._auto_functionalized(node, v2=True)
         if target == "aten.max.dim":
             return self._max_dim(node)
+        if target == "aten._fused_rms_norm.default":
+            return self._fused_rms_norm(node)
         handler = ATEN_TABLE.get(target)
         if handler is None:
             return self._opaque(node, f"{target} has no IR op")
@@ -685,6 +690,31 @@ class Translator:
         self.tuples[node] = {}
         self._add(values, "amax", [xv], {"dim": -1, "keepdim": bool(keepdim)},
                   [(values.name, values)])
+
+    def _fused_rms_norm(self, node: fx.Node) -> None:
+        """aten._fused_rms_norm(x, shape, w, eps) -> (y, rstd), what F.rms_norm dispatches to on
+        the GPU (torch >= 2.8), with y alone read (getitem 0): aten.rms_norm's rms_norm (its
+        decomposition is the same arithmetic: x in f32, times the rsqrt, times w, back to x's
+        dtype), named after that getitem. A read rstd keeps the node opaque."""
+        getitems = {u.args[1]: u for u in node.users if u.target is operator.getitem}
+        y = getitems.get(0)
+        if y is None or (1 in getitems and getitems[1].users) or \
+                len(getitems) != len(node.users):
+            return self._opaque_norm(node, "its rstd is read, or its output is not")
+        made = _rms_norm(node, self._value, self, out=y)
+        if isinstance(made, str):
+            return self._opaque_norm(node, made.split(": ", 1)[-1])
+        op, operands, attrs = made
+        self.tuples[node] = {}
+        self._add(y, op, operands, attrs, [(y.name, y)])
+
+    def _opaque_norm(self, node: fx.Node, why: str) -> None:
+        """A norm op kept opaque, its reason recorded on the IR node (`why`), so that the
+        compiler's reason for the all_reduce before it can name the norm and say why."""
+        n = len(self.nodes)
+        self._opaque(node, why)
+        if len(self.nodes) > n:
+            self.nodes[-1].attrs["why"] = why
 
     def _auto_functionalized(self, node: fx.Node, v2: bool = False) -> None:
         """auto_functionalized(op, **kwargs): getitem k is the k-th mutated argument (in schema
