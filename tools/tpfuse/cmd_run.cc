@@ -119,13 +119,13 @@ StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_si
                                  : "")
             << "):\n";
   for (const runtime::OutputCheck& o : report.outputs) std::cout << "    " << o.ToString() << "\n";
-  const size_t checked = report.outputs.size() - size_t(report.gemms);
-  std::cout << "  " << (report.ok ? "PASS" : "FAIL") << ": " << checked << (checked == 1 ? " output" : " outputs")
-            << (report.gemms == 0   ? ""
-                : report.gemms == 1 ? " and 1 GEMM"
-                                    : StrCat(" and ", report.gemms, " GEMMs"))
-            << " on "
-            << world_size << " ranks "
+  const auto counted = [](int n, const char* what) {
+    return StrCat(n, " ", what, n == 1 ? "" : "s");
+  };
+  std::string checked = counted(int(report.outputs.size()) - report.gemms, "output");
+  if (report.gemms > 0) checked += " and " + counted(report.gemms, "GEMM");
+  std::cout << "  " << (report.ok ? "PASS" : "FAIL") << ": " << checked << " on " << world_size
+            << " ranks "
             << (report.ok ? (!args.exact ? "within Contract 3's tolerance"
                              : mode == runtime::CompareMode::kBitwiseAnyNaN
                                  ? "bitwise equal, the GEMMs (cuBLAS's) within their bound"
