@@ -124,8 +124,8 @@ StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_si
   };
   std::string checked = counted(int(report.outputs.size()) - report.gemms, "output");
   if (report.gemms > 0) checked += " and " + counted(report.gemms, "GEMM");
-  std::cout << "  " << (report.ok ? "PASS" : "FAIL") << ": " << checked << " on " << world_size
-            << " ranks "
+  std::cout << "  " << (report.ok ? "PASS" : "FAIL") << ": " << checked << " on "
+            << counted(world_size, "rank") << " "
             << (report.ok ? (!args.exact ? "within Contract 3's tolerance"
                              : mode == runtime::CompareMode::kBitwiseAnyNaN
                                  ? "bitwise equal, the GEMMs (cuBLAS's) within their bound"
