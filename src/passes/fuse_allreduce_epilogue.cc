@@ -292,6 +292,15 @@ std::string NormDeclines(const ir::Node* rsqrt, const PassContext& ctx) {
   return text;
 }
 
+// An opaque op whose name holds `word` in any case ("quant": vLLM's scaled_fp4_quant).
+bool OpaqueNamed(const ir::Node* node, std::string_view word) {
+  if (node->kind() != ir::OpKind::kOpaque) return false;
+  std::string name = TextAttr(node, ir::kOpaqueNameAttr).value_or("");
+  std::transform(name.begin(), name.end(), name.begin(),
+                 [](unsigned char c) { return char(std::tolower(c)); });
+  return name.find(word) != std::string::npos;
+}
+
 // A norm the front end kept opaque (its name holds "norm", e.g. aten._fused_rms_norm with its
 // rstd read) that reads `a` or its residual add, through views: the node, or null.
 const ir::Node* OpaqueNormAfter(const ir::Value* a) {
@@ -302,9 +311,7 @@ const ir::Node* OpaqueNormAfter(const ir::Value* a) {
         for (const ir::Value* w : WithItsViews(u.user->result())) sums.push_back(w);
   for (const ir::Value* v : sums) {
     for (const ir::Use& u : v->uses()) {
-      if (u.is_return() || u.user->kind() != ir::OpKind::kOpaque) continue;
-      const std::optional<std::string> name = TextAttr(u.user, ir::kOpaqueNameAttr);
-      if (name && name->find("norm") != std::string::npos) return u.user;
+      if (!u.is_return() && OpaqueNamed(u.user, "norm")) return u.user;
     }
   }
   return nullptr;
@@ -562,10 +569,7 @@ std::vector<std::string> UnfoldedQuantNotes(const Chain& chain, const PassContex
           // A quantization the graph calls as an op of its own (vLLM's scaled_fp4_quant): the
           // compiler cannot see into it.
           const std::string name = TextAttr(u.user, ir::kOpaqueNameAttr).value_or("");
-          std::string lower = name;
-          std::transform(lower.begin(), lower.end(), lower.begin(),
-                         [](unsigned char c) { return char(std::tolower(c)); });
-          if (lower.find("quant") != std::string::npos && seen.insert(u.user->result(0)).second)
+          if (OpaqueNamed(u.user, "quant") && seen.insert(u.user->result(0)).second)
             notes.push_back(StrCat("the norm output is quantized by ", name, " (",
                                    NodeRef(u.user), "), an op the compiler cannot see into: it "
                                    "stays outside the fused op, which quantizes to FP8 per "

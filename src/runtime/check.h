@@ -106,9 +106,10 @@ struct CheckedRun {
   double oracle_seconds = 0.0;
 };
 // Runs `run_graph` on `backend` and `unfused` on `oracle`, the GEMMs carried over, and compares.
+// `inputs` is taken by value: the oracle's inputs are these maps with the carried GEMMs added.
 StatusOr<CheckedRun> RunAndCheck(const ir::Graph& unfused, const ir::Graph& run_graph,
                                  Executor& backend, Executor& oracle,
-                                 const std::vector<TensorMap>& inputs,
+                                 std::vector<TensorMap> inputs,
                                  CompareMode mode = CompareMode::kTolerance);
 
 // Ok when the listed outputs (all when `indices` is empty) are bitwise identical on every

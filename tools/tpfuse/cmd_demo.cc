@@ -18,6 +18,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/clock.h"
 #include "runtime/check.h"
 #include "runtime/inputs.h"
 #include "tpfuse/cli_common.h"
@@ -49,10 +50,6 @@ struct ModelOutcome {
   bool ok = false;
   std::string error;  // why the model did not get through, if it did not
 };
-
-double SecondsSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
 
 std::string Fixed(double value, int digits) {
   std::ostringstream os;
@@ -155,8 +152,9 @@ StatusOr<bool> CheckModel(const ir::Graph& unfused, const ir::Graph& fused, cons
   TPFUSE_ASSIGN_OR_RETURN(
       std::vector<runtime::TensorMap> inputs,
       runtime::MakeRandomInputs(unfused, args.world_size, args.tokens, args.seed));
-  TPFUSE_ASSIGN_OR_RETURN(runtime::CheckedRun run,
-                          runtime::RunAndCheck(unfused, fused, executor, oracle, inputs));
+  TPFUSE_ASSIGN_OR_RETURN(
+      runtime::CheckedRun run,
+      runtime::RunAndCheck(unfused, fused, executor, oracle, std::move(inputs)));
   const runtime::CheckReport& report = run.report;
   // The graph's outputs first, then its GEMMs, each checked on the run's operands.
   outcome.outputs = int(report.outputs.size()) - report.gemms;

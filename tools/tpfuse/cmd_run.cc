@@ -15,6 +15,7 @@
 #include <iostream>
 #include <memory>
 
+#include "common/clock.h"
 #include "runtime/check.h"
 #include "runtime/inputs.h"
 #include "tpfuse/cli_common.h"
@@ -35,10 +36,6 @@ struct RunArgs {
   uint64_t seed = 1;
   bool no_fuse = false;
 };
-
-double SecondsSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
 
 // Runs one func; returns whether every check passed (true without --check), or an error.
 StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_size,
@@ -83,8 +80,8 @@ StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_si
   runtime::CheckedRun run;
   if (checking) {
     std::unique_ptr<runtime::Executor> oracle = runtime::MakeCpuExecutor(world_size);
-    TPFUSE_ASSIGN_OR_RETURN(run,
-                            runtime::RunAndCheck(graph, *to_run, executor, *oracle, inputs, mode));
+    TPFUSE_ASSIGN_OR_RETURN(run, runtime::RunAndCheck(graph, *to_run, executor, *oracle,
+                                                      std::move(inputs), mode));
   } else {
     auto start = std::chrono::steady_clock::now();
     TPFUSE_ASSIGN_OR_RETURN(run.outputs, executor.Run(*to_run, inputs));
