@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -199,13 +200,65 @@ std::vector<std::string> ShapeSymbols(const ir::Graph& graph) {
   return {symbols.begin(), symbols.end()};
 }
 
+StatusOr<ShapeBindings> BindShapeSymbols(const ir::Graph& graph, int64_t tokens,
+                                         const ShapeBindings& given) {
+  if (tokens < 1) return InvalidArgument("tokens must be >= 1, got ", tokens);
+  const std::vector<std::string> symbols = ShapeSymbols(graph);
+  const auto named = [&] {
+    std::string list;
+    for (const std::string& symbol : symbols) list += (list.empty() ? "" : ", ") + symbol;
+    return list.empty() ? std::string("it has none") : "its shape symbols: " + list;
+  };
+  ShapeBindings bindings;
+  for (const std::string& symbol : symbols) bindings[symbol] = tokens;
+  for (const auto& [symbol, value] : given) {
+    if (!bindings.contains(symbol))
+      return InvalidArgument("no shape symbol ", symbol, " in the graph (", named(), ")");
+    if (value < 1) return InvalidArgument("shape symbol ", symbol, " must be >= 1, got ", value);
+    bindings[symbol] = value;
+  }
+  return bindings;
+}
+
+int64_t SymbolRows(const ir::Graph& graph, const ShapeBindings& bindings) {
+  int64_t rows = 0;
+  for (const ir::Value* p : graph.params()) {
+    int64_t product = 1;
+    bool symbolic = false;
+    for (const ir::Dim& d : p->shape())
+      for (const std::string& factor : d.Factors()) {
+        auto it = bindings.find(factor);
+        if (it == bindings.end()) continue;
+        symbolic = true;
+        product = product > INT64_MAX / it->second ? INT64_MAX : product * it->second;
+      }
+    if (symbolic) rows = std::max(rows, product);
+  }
+  return rows;
+}
+
+std::string FormatBindings(const ShapeBindings& bindings) {
+  if (bindings.empty()) return "";
+  const int64_t first = bindings.begin()->second;
+  const bool one_value = std::all_of(bindings.begin(), bindings.end(),
+                                     [&](const auto& b) { return b.second == first; });
+  std::string out;
+  for (const auto& [symbol, value] : bindings) {
+    if (!out.empty()) out += one_value ? " = " : ", ";
+    out += one_value ? symbol : StrCat(symbol, " = ", value);
+  }
+  return one_value ? StrCat(out, " = ", first) : out;
+}
+
 StatusOr<std::vector<TensorMap>> MakeRandomInputs(const ir::Graph& graph, int world_size,
                                                   int64_t tokens, uint64_t seed) {
+  TPFUSE_ASSIGN_OR_RETURN(ShapeBindings bindings, BindShapeSymbols(graph, tokens));
+  return MakeRandomInputs(graph, world_size, bindings, seed);
+}
+
+StatusOr<std::vector<TensorMap>> MakeRandomInputs(const ir::Graph& graph, int world_size,
+                                                  const ShapeBindings& bindings, uint64_t seed) {
   if (world_size < 1) return InvalidArgument("world size must be >= 1, got ", world_size);
-  if (tokens < 1) return InvalidArgument("tokens must be >= 1, got ", tokens);
-  // Every symbol is the token count (a product B*S of two is then tokens^2 rows).
-  std::map<std::string, int64_t> bindings;
-  for (const std::string& symbol : ShapeSymbols(graph)) bindings[symbol] = tokens;
   std::vector<std::vector<int64_t>> shapes;
   uint64_t total = 0;  // bytes over every rank
   const uint64_t memory = HostMemoryBytes();
@@ -225,7 +278,7 @@ StatusOr<std::vector<TensorMap>> MakeRandomInputs(const ir::Graph& graph, int wo
                         bytes == UINT64_MAX ? std::string(", whose size overflows")
                                             : StrCat(" = ", bytes, " bytes"),
                         copies > 1 ? StrCat(" on each of ", copies, " ranks") : std::string(),
-                        "; every shape symbol is the token count ", tokens, ")");
+                        bindings.empty() ? ")" : StrCat("; ", FormatBindings(bindings), ")"));
     }
     shapes.push_back(std::move(*shape));
   }

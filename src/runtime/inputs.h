@@ -27,6 +27,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -55,13 +56,31 @@ struct ParamInfo {
 // The role and sharding of one parameter of `graph` (rule above).
 ParamInfo ClassifyParam(const ir::Value& param);
 
-// The symbols of the parameters' shapes ("T"; "B", "S"), sorted: every one is bound to the token
-// count when the graph runs.
+// The symbols of the parameters' shapes ("T"; "B", "S"), sorted.
 std::vector<std::string> ShapeSymbols(const ir::Graph& graph);
 
-// One TensorMap per rank holding every parameter of `graph`, every symbolic dim bound to
-// `tokens`. Deterministic per seed. Inputs that would take more than this machine's memory are
-// refused with the sizes, before anything is allocated.
+// A value for each shape symbol of a graph.
+using ShapeBindings = std::map<std::string, int64_t>;
+
+// Every shape symbol of `graph` bound to `tokens`, but those `given` names, which take their
+// given values. A name in `given` that is not a shape symbol of the graph, or a value below 1, is
+// an InvalidArgument that names the graph's symbols.
+StatusOr<ShapeBindings> BindShapeSymbols(const ir::Graph& graph, int64_t tokens,
+                                         const ShapeBindings& given = {});
+
+// The rows of the graph's activations under `bindings`: the largest product of the symbols in
+// one parameter's shape (B * S for [B, S, H], T for [T, H]); 0 when no parameter has a symbol.
+int64_t SymbolRows(const ir::Graph& graph, const ShapeBindings& bindings);
+
+// "B = S = 3" when every symbol has one value, else "B = 2, S = 150"; "" without symbols.
+std::string FormatBindings(const ShapeBindings& bindings);
+
+// One TensorMap per rank holding every parameter of `graph`, its symbolic dims resolved by
+// `bindings` (every symbol bound to `tokens` in the second form). Deterministic per seed.
+// Inputs that would take more than this machine's memory are refused with the sizes, before
+// anything is allocated.
+StatusOr<std::vector<TensorMap>> MakeRandomInputs(const ir::Graph& graph, int world_size,
+                                                  const ShapeBindings& bindings, uint64_t seed);
 StatusOr<std::vector<TensorMap>> MakeRandomInputs(const ir::Graph& graph, int world_size,
                                                   int64_t tokens, uint64_t seed);
 

@@ -169,14 +169,33 @@ TEST_F(CliTest, AnEmptyValueIsAUsageError) {
   }
 }
 
-// run says which symbols the token count binds.
+// run says which symbols the token count (or --dim) binds, and the rows they give.
 TEST_F(CliTest, RunNamesTheShapeSymbolsTheTokenCountBinds) {
   const std::string bs = TempPath("bs.tpg");
   WriteFile(bs, "func @f(%x: bf16[B, S, 64], %g: bf16[64]) {\n  %a = all_reduce(%x)\n"
                 "  %y = rms_norm(%a, %g) {eps = 1e-6}\n  return %y\n}\n");
   const CliResult r = RunCli("run " + bs + " --tokens 3");
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(Contains(r.out, "@f: world size 2, B = S = 3,")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "@f: world size 2, B = S = 3 (9 rows),")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "bf16[3, 3, 64]")) << r.out;
+
+  // --dim gives one symbol its own value; the others keep the token count.
+  const CliResult dim = RunCli("run " + bs + " --tokens 3 --dim B=2 --check");
+  EXPECT_EQ(dim.exit_code, 0) << dim.err;
+  EXPECT_TRUE(Contains(dim.out, "@f: world size 2, B = 2, S = 3 (6 rows),")) << dim.out;
+  EXPECT_TRUE(Contains(dim.out, "bf16[2, 3, 64]")) << dim.out;
+  EXPECT_TRUE(Contains(dim.out, "PASS")) << dim.out;
+
+  // A symbol the graph lacks is an error about the input; a malformed --dim a usage error.
+  const CliResult unknown = RunCli("run " + bs + " --dim T=2");
+  EXPECT_EQ(unknown.exit_code, 1) << unknown.out;
+  EXPECT_TRUE(Contains(unknown.err, "no shape symbol T in the graph (its shape symbols: B, S)"))
+      << unknown.err;
+  for (const std::string bad : {"B", "B=0", "B=x", "=3", "B=2097152"}) {
+    const CliResult r2 = RunCli("run " + bs + " --dim " + bad);
+    EXPECT_EQ(r2.exit_code, 2) << bad << "\n" << r2.err;
+    EXPECT_TRUE(Contains(r2.err, "Run 'tpfuse run --help' for usage.")) << bad << "\n" << r2.err;
+  }
 }
 
 // ---------------------------------------------------------------- compile

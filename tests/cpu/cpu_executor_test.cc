@@ -517,6 +517,53 @@ TEST(CpuInputsTest, DeterministicPerSeed) {
   EXPECT_FALSE(MakeRandomInputs(*g, 2, 0, 1).ok());
 }
 
+// Each symbol takes the token count unless given; rows are the largest product of symbols in
+// one parameter's shape, and the inputs take those shapes.
+TEST(CpuInputsTest, ShapeSymbolsBindToTheTokenCountOrTheirGivenValue) {
+  StatusOr<std::unique_ptr<Graph>> g = ir::ParseGraph(R"(
+    func @f(%x: bf16[B, S, 64], %r: bf16[B*S, 64], %s: f32[S], %w: bf16[64, 32]) {
+      %y = add(%x, %x)
+      return %y
+    }
+  )", "f.tpg");
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  EXPECT_EQ(ShapeSymbols(**g), (std::vector<std::string>{"B", "S"}));
+
+  const ShapeBindings alike = Unwrap(BindShapeSymbols(**g, 3));
+  EXPECT_EQ(alike, (ShapeBindings{{"B", 3}, {"S", 3}}));
+  EXPECT_EQ(SymbolRows(**g, alike), 9);
+  EXPECT_EQ(FormatBindings(alike), "B = S = 3");
+
+  const ShapeBindings given = Unwrap(BindShapeSymbols(**g, 3, {{"B", 2}}));
+  EXPECT_EQ(given, (ShapeBindings{{"B", 2}, {"S", 3}}));
+  EXPECT_EQ(SymbolRows(**g, given), 6);
+  EXPECT_EQ(FormatBindings(given), "B = 2, S = 3");
+  const std::vector<TensorMap> inputs = Unwrap(MakeRandomInputs(**g, 1, given, 5));
+  EXPECT_EQ(inputs[0].at("x").shape(), (std::vector<int64_t>{2, 3, 64}));
+  EXPECT_EQ(inputs[0].at("r").shape(), (std::vector<int64_t>{6, 64}));
+  EXPECT_EQ(inputs[0].at("s").shape(), (std::vector<int64_t>{3}));
+  // The token count's form draws the same values as its bindings.
+  const std::vector<TensorMap> by_tokens = Unwrap(MakeRandomInputs(**g, 1, 3, 5));
+  const std::vector<TensorMap> by_bindings = Unwrap(MakeRandomInputs(**g, 1, alike, 5));
+  for (const auto& [name, t] : by_tokens[0])
+    EXPECT_TRUE(t.BitwiseEquals(by_bindings[0].at(name))) << name;
+
+  const StatusOr<ShapeBindings> unknown = BindShapeSymbols(**g, 3, {{"T", 2}});
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.status().message().find("no shape symbol T in the graph (its shape "
+                                            "symbols: B, S)"),
+            std::string::npos)
+      << unknown.status().ToString();
+  EXPECT_FALSE(BindShapeSymbols(**g, 3, {{"B", 0}}).ok());
+  EXPECT_FALSE(BindShapeSymbols(**g, 0).ok());
+  // Only constant dims: no symbols, no rows.
+  StatusOr<std::unique_ptr<Graph>> fixed = ir::ParseGraph(
+      "func @c(%x: bf16[4, 64]) {\n  %y = add(%x, %x)\n  return %y\n}\n", "c.tpg");
+  ASSERT_TRUE(fixed.ok()) << fixed.status().ToString();
+  EXPECT_EQ(SymbolRows(**fixed, Unwrap(BindShapeSymbols(**fixed, 3))), 0);
+  EXPECT_EQ(FormatBindings({}), "");
+}
+
 // ---------------------------------------------------------------- check
 
 TEST(CpuCheckTest, ClassesPerOutput) {

@@ -1,9 +1,11 @@
-// tpfuse run FILE.tpg|MODEL.json [--backend cpu|cuda] [--world-size N] [--tokens T] [--check]
-//                                [--seed S] [--no-fuse]
+// tpfuse run FILE.tpg|MODEL.json [--backend cpu|cuda] [--world-size N] [--tokens T]
+//                                [--dim NAME=VALUE]... [--check] [--seed S] [--no-fuse]
 //
-// Builds the graph, draws random inputs for N ranks (runtime::MakeRandomInputs: the same for a
-// graph and its fused form), compiles it for the backend and runs it there. Prints one line
-// per output (rank 0: type, checksum, a few values) and whether the ranks agree bitwise.
+// Builds the graph, binds its shape symbols (each to T, or to the value --dim gives it), draws
+// random inputs for N ranks (runtime::MakeRandomInputs: the same for a graph and its fused
+// form), compiles it for the backend (for the rows the bindings give) and runs it there.
+// Prints one line per output (rank 0: type, checksum, a few values) and whether the ranks agree
+// bitwise.
 //
 // --check also runs the unfused graph on the CPU oracle and compares every output of every
 // rank with Contract 3's tolerance; any output out of tolerance exits 1. --exact (implies
@@ -31,6 +33,7 @@ struct RunArgs {
   std::string backend = "cpu";
   int world_size = 0;  // 0: the model's tp_size, or 2 for a .tpg
   int64_t tokens = 8;
+  runtime::ShapeBindings dims;  // --dim NAME=VALUE
   bool check = false;
   bool exact = false;
   uint64_t seed = 1;
@@ -41,17 +44,20 @@ struct RunArgs {
 StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_size,
                        runtime::Executor& executor) {
   const Backend backend = ParseBackendName(args.backend);
-  // Every shape symbol takes the token count: say which symbols those are.
-  std::string bound;
-  for (const std::string& symbol : runtime::ShapeSymbols(graph)) bound += symbol + " = ";
+  // Every shape symbol takes the token count or its --dim: say which, and the rows they give.
+  TPFUSE_ASSIGN_OR_RETURN(const runtime::ShapeBindings bindings,
+                          runtime::BindShapeSymbols(graph, args.tokens, args.dims));
+  const int64_t rows = runtime::SymbolRows(graph, bindings);
   std::cout << "@" << graph.name() << ": world size " << world_size << ", "
-            << (bound.empty() ? "no shape symbols (T = " + std::to_string(args.tokens) + " unused)"
-                              : bound + std::to_string(args.tokens))
+            << (bindings.empty() ? StrCat("no shape symbols (T = ", args.tokens, " unused)")
+                : bindings.size() == 1 ? runtime::FormatBindings(bindings)
+                                       : StrCat(runtime::FormatBindings(bindings), " (", rows,
+                                                " rows)"))
             << ", backend " << BackendName(backend) << (args.no_fuse ? ", unfused" : ", fused")
             << ", seed " << args.seed << "\n";
 
   TPFUSE_ASSIGN_OR_RETURN(std::vector<runtime::TensorMap> inputs,
-                          runtime::MakeRandomInputs(graph, world_size, args.tokens, args.seed));
+                          runtime::MakeRandomInputs(graph, world_size, bindings, args.seed));
 
   // The graph to run: the compiled one, or the input itself with --no-fuse.
   std::unique_ptr<ir::Graph> compiled_graph;
@@ -59,7 +65,7 @@ StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_si
   if (!args.no_fuse) {
     CompileOptions options;
     options.world_size = world_size;
-    options.max_tokens = args.tokens;
+    options.max_tokens = rows > 0 ? rows : args.tokens;
     options.backend = backend;
     TPFUSE_ASSIGN_OR_RETURN(Compiled compiled, CompileGraph(graph, options));
     std::cout << "  compiled: " << compiled.ctx.fusions.size() << " fused, "
@@ -172,9 +178,34 @@ void AddRunCommand(CLI::App& app, CommandFn& run) {
                   "ranks (default: the model's tp_size, 2 for a .tpg)")
       ->check(CLI::Range(1, 1024));
   cmd->add_option("--tokens,-t", args->tokens,
-                  "token count T: the value of every shape symbol of the graph (T; B and S alike)")
+                  "token count T: the value of every shape symbol of the graph --dim does not "
+                  "give (T; B and S alike, so [B, S, H] has T^2 rows)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  cmd->add_option_function<std::vector<std::string>>(
+         "--dim",
+         [args](const std::vector<std::string>& dims) {
+           for (const std::string& d : dims) {
+             const size_t eq = d.find('=');
+             args->dims[d.substr(0, eq)] = std::stoll(d.substr(eq + 1));
+           }
+         },
+         "NAME=VALUE: the value of shape symbol NAME, 1..1048576 (repeatable: --dim B=2 --dim "
+         "S=150); the graph must have the symbol")
+      ->type_name("NAME=VALUE")
+      ->check(CLI::Validator(
+          [](std::string& d) -> std::string {
+            const size_t eq = d.find('=');
+            if (eq == 0 || eq == std::string::npos) return "expected NAME=VALUE, got '" + d + "'";
+            const std::string value = d.substr(eq + 1);
+            if (value.empty() || value.size() > 7 ||
+                value.find_first_not_of("0123456789") != std::string::npos ||
+                std::stoll(value) < 1 || std::stoll(value) > (int64_t{1} << 20))
+              return "the value of " + d.substr(0, eq) + " must be 1..1048576, got '" + value +
+                     "'";
+            return "";
+          },
+          ""));
   cmd->add_flag("--check", args->check,
                 "also run the unfused graph on the CPU oracle and compare with Contract 3's "
                 "tolerance; the oracle reads the run's GEMM outputs for what follows each GEMM, "

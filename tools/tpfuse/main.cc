@@ -57,8 +57,12 @@ int main(int argc, char** argv) {
       std::cerr << "Run 'tpfuse --help' for usage.\n";
       return kExitUsage;
     }
-    std::cerr << "tpfuse: " << e.what() << "\n"
-              << "Run 'tpfuse --help' for usage.\n";
+    // An error in a subcommand's options points to that subcommand's help.
+    const std::string who = app.get_subcommands().empty()
+                                ? std::string("tpfuse")
+                                : "tpfuse " + app.get_subcommands().front()->get_name();
+    std::cerr << who << ": " << e.what() << "\n"
+              << "Run '" << who << " --help' for usage.\n";
     return kExitUsage;
   }
   if (!run) {
