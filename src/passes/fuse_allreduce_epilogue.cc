@@ -262,6 +262,17 @@ bool IsRmsCoreRsqrt(const ir::Node* node) {
   return p != nullptr && p->num_operands() > 0 && SquareOf(mean->operand(0), p->operand(0));
 }
 
+// The op the front end kept opaque whose result the RMSNorm core of `rsqrt` squares (a slice
+// of the row, as vLLM's variance_size_override takes), or null.
+const ir::Node* OpaqueSquaredBy(const ir::Node* rsqrt) {
+  const ir::Node* add = ProducedBy(rsqrt->operand(0), "add");
+  const ir::Node* mean = add ? ProducedBy(add->operand(0), "mean") : nullptr;
+  const ir::Node* square = mean ? mean->operand(0)->producer() : nullptr;
+  const ir::Node* source =
+      square && square->num_operands() > 0 ? square->operand(0)->producer() : nullptr;
+  return source && source->op() == "opaque" ? source : nullptr;
+}
+
 // What the canonicalizer said of the decomposed RMSNorm whose rsqrt is `rsqrt`: the reasons
 // it gave at the nodes the norm's form ends at (the multiplies and casts after the rsqrt).
 std::string NormDeclines(const ir::Node* rsqrt, const PassContext& ctx) {
@@ -358,6 +369,11 @@ std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
             n->op() == "opaque" ? TextAttr(n, ir::kOpaqueNameAttr) : std::nullopt;
         return name && (name->rfind("aten.var_mean", 0) == 0 || name->rfind("aten.var.", 0) == 0);
       });
+  // An op the front end kept opaque on the way to the rsqrt (a slice of the row for the
+  // variance, as vLLM's variance_size_override takes): the compiler cannot tell what it does.
+  const auto opaque = std::find_if(reach->path.begin(), reach->path.end(), [](const ir::Node* n) {
+    return n->op() == "opaque";
+  });
   std::string what;
   if (reach->norm->kind() != ir::OpKind::kRsqrt) {
     what = NodeRef(reach->norm);
@@ -367,6 +383,12 @@ std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
   } else if (std::string why = NormDeclines(reach->norm, ctx); !why.empty()) {
     what = StrCat("the rsqrt ", Ref(reach->norm->result()),
                   " of an RMSNorm that stays as written (", why, ")");
+  } else if (opaque != reach->path.end()) {
+    return StrCat("all_reduce ", Ref(a), " reaches the rsqrt ", Ref(reach->norm->result()),
+                  " of a norm only through ", DescribePath(reach->path),
+                  "; the compiler cannot read ", NodeRef(*opaque), " (",
+                  TextAttr(*opaque, ir::kOpaqueNameAttr).value_or("no name"),
+                  "), so the fused op cannot take them over (", DescribeUses(a), ")");
   } else {
     what = StrCat("the rsqrt ", Ref(reach->norm->result()),
                   " of an RMSNorm written out in a form the compiler does not recognize");
@@ -704,11 +726,17 @@ class FuseAllreduceEpiloguePass final : public Pass {
         if (named) continue;
         ctx.Count(kRule, "local not fused: norm left in ops");
         const std::string why = NormDeclines(node, ctx);
+        const ir::Node* opaque = OpaqueSquaredBy(node);
         ctx.local_unfused.push_back(Rejection{
             node->result()->name(),
-            why.empty() ? StrCat("the RMSNorm whose rsqrt is ", ref,
-                                 " is written out in a form the compiler does not recognize")
-                        : StrCat("the RMSNorm whose rsqrt is ", ref, " stays as written: ", why)});
+            !why.empty() ? StrCat("the RMSNorm whose rsqrt is ", ref, " stays as written: ", why)
+            : opaque != nullptr
+                ? StrCat("the norm whose rsqrt is ", ref, " squares the result of ",
+                         NodeRef(opaque), " (",
+                         TextAttr(opaque, ir::kOpaqueNameAttr).value_or("no name"),
+                         "), which the compiler cannot read")
+                : StrCat("the RMSNorm whose rsqrt is ", ref,
+                         " is written out in a form the compiler does not recognize")});
       }
     }
     return rw.changed();

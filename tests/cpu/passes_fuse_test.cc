@@ -398,6 +398,57 @@ TEST(PassesFuse, AnOpaqueNormAfterTheSumIsNamedWithItsReason) {
             "use is add %h)");
 }
 
+// An op kept opaque between the sum and the rsqrt (vLLM's variance_size_override squares a
+// slice of the row) is named as what the compiler cannot read.
+TEST(PassesFuse, AnOpaqueOpOnTheWayToTheRsqrtIsNamed) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %w: bf16[256]) {
+      %ar = all_reduce(%x)
+      %h = add(%ar, %res)
+      %f = cast(%h) {to = f32}
+      %part = opaque(%f) {name = "aten.slice.Tensor"} : f32[T, 128]
+      %sq = pow(%part) {exponent = 2}
+      %var = mean(%sq) {dim = -1, keepdim = true}
+      %ve = add(%var) {scalar = 1e-6}
+      %rs = rsqrt(%ve)
+      %n = mul(%f, %rs)
+      %nb = cast(%n) {to = bf16}
+      %y = mul(%nb, %w)
+      return %y, %h
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "all_reduce %ar reaches the rsqrt %rs of a norm only through add %h, cast %f, "
+            "opaque %part, pow %sq, mean %var, add %ve; the compiler cannot read opaque %part "
+            "(aten.slice.Tensor), so the fused op cannot take them over (its only use is add "
+            "%h)");
+
+  // The same norm with no all_reduce before it, among the local chains left as written.
+  PassContext ctx;
+  ctx.world_size = 1;
+  ctx.fuse_local = true;
+  Compiled local = Compile(R"(
+    func @layer(%h: bf16[T, 256], %w: bf16[256]) {
+      %f = cast(%h) {to = f32}
+      %part = opaque(%f) {name = "aten.slice.Tensor"} : f32[T, 128]
+      %sq = pow(%part) {exponent = 2}
+      %var = mean(%sq) {dim = -1, keepdim = true}
+      %ve = add(%var) {scalar = 1e-6}
+      %rs = rsqrt(%ve)
+      %n = mul(%f, %rs)
+      %nb = cast(%n) {to = bf16}
+      %y = mul(%nb, %w)
+      return %y
+    }
+  )", ctx);
+  ASSERT_TRUE(local.ok());
+  ASSERT_EQ(local.ctx.local_unfused.size(), 1u);
+  EXPECT_EQ(local.ctx.local_unfused[0].reason,
+            "the norm whose rsqrt is %rs squares the result of opaque %part (aten.slice.Tensor), "
+            "which the compiler cannot read");
+}
+
 TEST(PassesFuse, ReturnedAllReduceReason) {
   Compiled c = Compile(R"(
     func @layer(%x: bf16[T, 256]) {
