@@ -189,8 +189,19 @@ TEST_F(CliTest, RunNamesTheShapeSymbolsTheTokenCountBinds) {
   // A symbol the graph lacks is an error about the input; a malformed --dim a usage error.
   const CliResult unknown = RunCli("run " + bs + " --dim T=2");
   EXPECT_EQ(unknown.exit_code, 1) << unknown.out;
-  EXPECT_TRUE(Contains(unknown.err, "no shape symbol T in the graph (its shape symbols: B, S)"))
+  EXPECT_TRUE(Contains(unknown.err, "--dim T: no shape symbol T in " + bs +
+                                        " (its symbols: B, S)"))
       << unknown.err;
+  // In a module, a --dim binds its symbol in the funcs that have it.
+  const std::string two = TempPath("two.tpg");
+  WriteFile(two, "func @f(%x: bf16[B, S, 64], %g: bf16[64]) {\n  %a = all_reduce(%x)\n"
+                 "  %y = rms_norm(%a, %g) {eps = 1e-6}\n  return %y\n}\n"
+                 "func @g(%x: bf16[T, 64], %g: bf16[64]) {\n  %a = all_reduce(%x)\n"
+                 "  %y = rms_norm(%a, %g) {eps = 1e-6}\n  return %y\n}\n");
+  const CliResult module = RunCli("run " + two + " --tokens 3 --dim S=5 --check");
+  EXPECT_EQ(module.exit_code, 0) << module.err;
+  EXPECT_TRUE(Contains(module.out, "@f: world size 2, B = 3, S = 5 (15 rows),")) << module.out;
+  EXPECT_TRUE(Contains(module.out, "@g: world size 2, T = 3,")) << module.out;
   for (const std::string bad : {"B", "B=0", "B=x", "=3", "B=2097152"}) {
     const CliResult r2 = RunCli("run " + bs + " --dim " + bad);
     EXPECT_EQ(r2.exit_code, 2) << bad << "\n" << r2.err;

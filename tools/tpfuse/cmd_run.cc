@@ -13,9 +13,11 @@
 // rounding recipe of the form it replaced computes the unfused graph's bits (Contract 3); on the
 // cuda backend a NaN matches any NaN (the GPU has one NaN).
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <memory>
+#include <set>
 
 #include "common/clock.h"
 #include "runtime/check.h"
@@ -45,8 +47,13 @@ StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_si
                        runtime::Executor& executor) {
   const Backend backend = ParseBackendName(args.backend);
   // Every shape symbol takes the token count or its --dim: say which, and the rows they give.
+  // (A --dim of a symbol this func lacks is another func's: RunRun checks one func has it.)
+  const std::vector<std::string> symbols = runtime::ShapeSymbols(graph);
+  runtime::ShapeBindings given;
+  for (const auto& [symbol, value] : args.dims)
+    if (std::find(symbols.begin(), symbols.end(), symbol) != symbols.end()) given[symbol] = value;
   TPFUSE_ASSIGN_OR_RETURN(const runtime::ShapeBindings bindings,
-                          runtime::BindShapeSymbols(graph, args.tokens, args.dims));
+                          runtime::BindShapeSymbols(graph, args.tokens, given));
   const int64_t rows = runtime::SymbolRows(graph, bindings);
   std::cout << "@" << graph.name() << ": world size " << world_size << ", "
             << (bindings.empty() ? StrCat("no shape symbols (T = ", args.tokens, " unused)")
@@ -147,6 +154,19 @@ int RunRun(const RunArgs& args) {
   const int world_size = args.world_size > 0 ? args.world_size
                          : program->model    ? program->model->tp_size
                                              : 2;
+  // Each --dim must name a shape symbol of some func.
+  std::set<std::string> symbols;
+  for (const std::unique_ptr<ir::Graph>& func : program->funcs)
+    for (const std::string& symbol : runtime::ShapeSymbols(*func)) symbols.insert(symbol);
+  for (const auto& [symbol, value] : args.dims) {
+    if (symbols.contains(symbol)) continue;
+    std::string list;
+    for (const std::string& s : symbols) list += (list.empty() ? "" : ", ") + s;
+    return Fail(kCommand, InvalidArgument("--dim ", symbol, ": no shape symbol ", symbol, " in ",
+                                          args.file, " (",
+                                          list.empty() ? "it has none" : "its symbols: " + list,
+                                          ")"));
+  }
   // One executor for every func (on the GPUs, creating the communicators is the slow part).
   StatusOr<std::unique_ptr<runtime::Executor>> executor =
       MakeExecutor(ParseBackendName(args.backend), world_size);
