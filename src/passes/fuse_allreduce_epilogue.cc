@@ -253,24 +253,26 @@ bool ReturnedThroughViews(const ir::Value* v) {
   return false;
 }
 
-// rsqrt(add(mean(pow(v, 2) | mul(v, v)), eps)): the rsqrt of an RMSNorm written out in ops.
-bool IsRmsCoreRsqrt(const ir::Node* node) {
-  if (node->kind() != ir::OpKind::kRsqrt) return false;
+// rsqrt(add(mean(pow(v, 2) | mul(v, v)), eps)), the rsqrt of an RMSNorm written out in ops: the
+// v it squares; null for any other node.
+const ir::Value* RmsCoreSquared(const ir::Node* node) {
+  if (node->kind() != ir::OpKind::kRsqrt) return nullptr;
   const ir::Node* add = ProducedBy(node->operand(0), "add");
   const ir::Node* mean = add && ScalarOperand(add) ? ProducedBy(add->operand(0), "mean") : nullptr;
   const ir::Node* p = mean ? mean->operand(0)->producer() : nullptr;
-  return p != nullptr && p->num_operands() > 0 && SquareOf(mean->operand(0), p->operand(0));
+  return p != nullptr && p->num_operands() > 0 && SquareOf(mean->operand(0), p->operand(0))
+             ? p->operand(0)
+             : nullptr;
 }
+
+bool IsRmsCoreRsqrt(const ir::Node* node) { return RmsCoreSquared(node) != nullptr; }
 
 // The op the front end kept opaque whose result the RMSNorm core of `rsqrt` squares (a slice
 // of the row, as vLLM's variance_size_override takes), or null.
 const ir::Node* OpaqueSquaredBy(const ir::Node* rsqrt) {
-  const ir::Node* add = ProducedBy(rsqrt->operand(0), "add");
-  const ir::Node* mean = add ? ProducedBy(add->operand(0), "mean") : nullptr;
-  const ir::Node* square = mean ? mean->operand(0)->producer() : nullptr;
-  const ir::Node* source =
-      square && square->num_operands() > 0 ? square->operand(0)->producer() : nullptr;
-  return source && source->op() == "opaque" ? source : nullptr;
+  const ir::Value* squared = RmsCoreSquared(rsqrt);
+  const ir::Node* source = squared ? squared->producer() : nullptr;
+  return source && source->kind() == ir::OpKind::kOpaque ? source : nullptr;
 }
 
 // What the canonicalizer said of the decomposed RMSNorm whose rsqrt is `rsqrt`: the reasons
@@ -369,11 +371,6 @@ std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
             n->op() == "opaque" ? TextAttr(n, ir::kOpaqueNameAttr) : std::nullopt;
         return name && (name->rfind("aten.var_mean", 0) == 0 || name->rfind("aten.var.", 0) == 0);
       });
-  // An op the front end kept opaque on the way to the rsqrt (a slice of the row for the
-  // variance, as vLLM's variance_size_override takes): the compiler cannot tell what it does.
-  const auto opaque = std::find_if(reach->path.begin(), reach->path.end(), [](const ir::Node* n) {
-    return n->op() == "opaque";
-  });
   std::string what;
   if (reach->norm->kind() != ir::OpKind::kRsqrt) {
     what = NodeRef(reach->norm);
@@ -383,11 +380,11 @@ std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
   } else if (std::string why = NormDeclines(reach->norm, ctx); !why.empty()) {
     what = StrCat("the rsqrt ", Ref(reach->norm->result()),
                   " of an RMSNorm that stays as written (", why, ")");
-  } else if (opaque != reach->path.end()) {
+  } else if (const ir::Node* opaque = OpaqueSquaredBy(reach->norm)) {
     return StrCat("all_reduce ", Ref(a), " reaches the rsqrt ", Ref(reach->norm->result()),
                   " of a norm only through ", DescribePath(reach->path),
-                  "; the compiler cannot read ", NodeRef(*opaque), " (",
-                  TextAttr(*opaque, ir::kOpaqueNameAttr).value_or("no name"),
+                  "; the compiler cannot read ", NodeRef(opaque), " (",
+                  TextAttr(opaque, ir::kOpaqueNameAttr).value_or("no name"),
                   "), so the fused op cannot take them over (", DescribeUses(a), ")");
   } else {
     what = StrCat("the rsqrt ", Ref(reach->norm->result()),

@@ -306,13 +306,13 @@ StatusOr<CheckReport> CompareGraphOutputs(const ir::Graph& ref_graph,
 }
 
 StatusOr<AnchoredGraphs> AnchorGemms(const ir::Graph& unfused, const ir::Graph& run_graph) {
+  if (run_graph.outputs().size() != unfused.outputs().size())
+    return InvalidArgument("the graphs return ", unfused.outputs().size(), " and ",
+                           run_graph.outputs().size(), " values");
   AnchoredGraphs a;
   a.run = run_graph.Clone();
   a.reference = unfused.Clone();
   a.num_outputs = unfused.outputs().size();
-  if (run_graph.outputs().size() != a.num_outputs)
-    return InvalidArgument("the graphs return ", a.num_outputs, " and ",
-                           run_graph.outputs().size(), " values");
   std::vector<ir::Value*> run_outputs = a.run->outputs();
   std::vector<ir::Value*> ref_outputs = a.reference->outputs();
   for (ir::Node* node : a.reference->NodesSnapshot()) {

@@ -200,20 +200,18 @@ std::vector<std::string> ShapeSymbols(const ir::Graph& graph) {
   return {symbols.begin(), symbols.end()};
 }
 
-StatusOr<ShapeBindings> BindShapeSymbols(const ir::Graph& graph, int64_t tokens,
+StatusOr<ShapeBindings> BindShapeSymbols(const std::vector<std::string>& symbols, int64_t tokens,
                                          const ShapeBindings& given) {
   if (tokens < 1) return InvalidArgument("tokens must be >= 1, got ", tokens);
-  const std::vector<std::string> symbols = ShapeSymbols(graph);
-  const auto named = [&] {
-    std::string list;
-    for (const std::string& symbol : symbols) list += (list.empty() ? "" : ", ") + symbol;
-    return list.empty() ? std::string("it has none") : "its shape symbols: " + list;
-  };
   ShapeBindings bindings;
   for (const std::string& symbol : symbols) bindings[symbol] = tokens;
   for (const auto& [symbol, value] : given) {
-    if (!bindings.contains(symbol))
-      return InvalidArgument("no shape symbol ", symbol, " in the graph (", named(), ")");
+    if (!bindings.contains(symbol)) {
+      std::string list;
+      for (const std::string& s : symbols) list += (list.empty() ? "" : ", ") + s;
+      return InvalidArgument("no shape symbol ", symbol, " (",
+                             list.empty() ? "there are none" : "the shape symbols: " + list, ")");
+    }
     if (value < 1) return InvalidArgument("shape symbol ", symbol, " must be >= 1, got ", value);
     bindings[symbol] = value;
   }
@@ -252,7 +250,7 @@ std::string FormatBindings(const ShapeBindings& bindings) {
 
 StatusOr<std::vector<TensorMap>> MakeRandomInputs(const ir::Graph& graph, int world_size,
                                                   int64_t tokens, uint64_t seed) {
-  TPFUSE_ASSIGN_OR_RETURN(ShapeBindings bindings, BindShapeSymbols(graph, tokens));
+  TPFUSE_ASSIGN_OR_RETURN(ShapeBindings bindings, BindShapeSymbols(ShapeSymbols(graph), tokens));
   return MakeRandomInputs(graph, world_size, bindings, seed);
 }
 

@@ -62,10 +62,10 @@ std::vector<std::string> ShapeSymbols(const ir::Graph& graph);
 // A value for each shape symbol of a graph.
 using ShapeBindings = std::map<std::string, int64_t>;
 
-// Every shape symbol of `graph` bound to `tokens`, but those `given` names, which take their
-// given values. A name in `given` that is not a shape symbol of the graph, or a value below 1, is
-// an InvalidArgument that names the graph's symbols.
-StatusOr<ShapeBindings> BindShapeSymbols(const ir::Graph& graph, int64_t tokens,
+// Every one of `symbols` (a graph's ShapeSymbols, or a module's) bound to `tokens`, but those
+// `given` names, which take their given values. A name in `given` not among `symbols`, or a value
+// below 1, is an InvalidArgument that lists `symbols`.
+StatusOr<ShapeBindings> BindShapeSymbols(const std::vector<std::string>& symbols, int64_t tokens,
                                          const ShapeBindings& given = {});
 
 // The rows of the graph's activations under `bindings`: the largest product of the symbols in

@@ -13,7 +13,6 @@
 // rounding recipe of the form it replaced computes the unfused graph's bits (Contract 3); on the
 // cuda backend a NaN matches any NaN (the GPU has one NaN).
 #include <CLI/CLI.hpp>
-#include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <memory>
@@ -43,17 +42,14 @@ struct RunArgs {
 };
 
 // Runs one func; returns whether every check passed (true without --check), or an error.
+// `module`: the value of every shape symbol of the module (RunRun); this func takes its own.
 StatusOr<bool> RunFunc(const ir::Graph& graph, const RunArgs& args, int world_size,
-                       runtime::Executor& executor) {
+                       const runtime::ShapeBindings& module, runtime::Executor& executor) {
   const Backend backend = ParseBackendName(args.backend);
   // Every shape symbol takes the token count or its --dim: say which, and the rows they give.
-  // (A --dim of a symbol this func lacks is another func's: RunRun checks one func has it.)
-  const std::vector<std::string> symbols = runtime::ShapeSymbols(graph);
-  runtime::ShapeBindings given;
-  for (const auto& [symbol, value] : args.dims)
-    if (std::find(symbols.begin(), symbols.end(), symbol) != symbols.end()) given[symbol] = value;
-  TPFUSE_ASSIGN_OR_RETURN(const runtime::ShapeBindings bindings,
-                          runtime::BindShapeSymbols(graph, args.tokens, given));
+  runtime::ShapeBindings bindings;
+  for (const std::string& symbol : runtime::ShapeSymbols(graph))
+    bindings[symbol] = module.at(symbol);
   const int64_t rows = runtime::SymbolRows(graph, bindings);
   std::cout << "@" << graph.name() << ": world size " << world_size << ", "
             << (bindings.empty() ? StrCat("no shape symbols (T = ", args.tokens, " unused)")
@@ -154,19 +150,13 @@ int RunRun(const RunArgs& args) {
   const int world_size = args.world_size > 0 ? args.world_size
                          : program->model    ? program->model->tp_size
                                              : 2;
-  // Each --dim must name a shape symbol of some func.
+  // Each --dim must name a shape symbol of some func; each func takes its symbols' values.
   std::set<std::string> symbols;
   for (const std::unique_ptr<ir::Graph>& func : program->funcs)
     for (const std::string& symbol : runtime::ShapeSymbols(*func)) symbols.insert(symbol);
-  for (const auto& [symbol, value] : args.dims) {
-    if (symbols.contains(symbol)) continue;
-    std::string list;
-    for (const std::string& s : symbols) list += (list.empty() ? "" : ", ") + s;
-    return Fail(kCommand, InvalidArgument("--dim ", symbol, ": no shape symbol ", symbol, " in ",
-                                          args.file, " (",
-                                          list.empty() ? "it has none" : "its symbols: " + list,
-                                          ")"));
-  }
+  StatusOr<runtime::ShapeBindings> bindings = runtime::BindShapeSymbols(
+      {symbols.begin(), symbols.end()}, args.tokens, args.dims);
+  if (!bindings.ok()) return Fail(kCommand, bindings.status().WithContext("--dim"));
   // One executor for every func (on the GPUs, creating the communicators is the slow part).
   StatusOr<std::unique_ptr<runtime::Executor>> executor =
       MakeExecutor(ParseBackendName(args.backend), world_size);
@@ -176,7 +166,7 @@ int RunRun(const RunArgs& args) {
 
   bool all_ok = true;
   for (const std::unique_ptr<ir::Graph>& func : program->funcs) {
-    StatusOr<bool> ok = RunFunc(*func, args, world_size, **executor);
+    StatusOr<bool> ok = RunFunc(*func, args, world_size, *bindings, **executor);
     if (!ok.ok()) return Fail(kCommand, ok.status().WithContext("@" + func->name()));
     all_ok = all_ok && *ok;
   }
@@ -211,16 +201,16 @@ void AddRunCommand(CLI::App& app, CommandFn& run) {
            }
          },
          "NAME=VALUE: the value of shape symbol NAME, 1..1048576 (repeatable: --dim B=2 --dim "
-         "S=150); the graph must have the symbol")
+         "S=150); a func of the file must have the symbol")
       ->type_name("NAME=VALUE")
       ->check(CLI::Validator(
           [](std::string& d) -> std::string {
             const size_t eq = d.find('=');
             if (eq == 0 || eq == std::string::npos) return "expected NAME=VALUE, got '" + d + "'";
             const std::string value = d.substr(eq + 1);
-            if (value.empty() || value.size() > 7 ||
-                value.find_first_not_of("0123456789") != std::string::npos ||
-                std::stoll(value) < 1 || std::stoll(value) > (int64_t{1} << 20))
+            const bool digits = !value.empty() && value.size() <= 7 &&
+                                value.find_first_not_of("0123456789") == std::string::npos;
+            if (!digits || std::stoll(value) < 1 || std::stoll(value) > (int64_t{1} << 20))
               return "the value of " + d.substr(0, eq) + " must be 1..1048576, got '" + value +
                      "'";
             return "";
