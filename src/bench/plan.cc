@@ -75,10 +75,11 @@ StatusOr<int64_t> ParseInt(std::string_view text, std::string_view option, int64
   const std::string_view item = Trim(text);
   int64_t value = 0;
   const auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
+  const std::string prefix = option.empty() ? "" : StrCat(option, ": ");
   if (item.empty() || ec != std::errc() || end != item.data() + item.size())
-    return InvalidArgument(option, ": '", item, "' is not an integer");
+    return InvalidArgument(prefix, "'", item, "' is not an integer");
   if (value < min || value > max)
-    return InvalidArgument(option, ": ", value, " is outside ", min, "..", max);
+    return InvalidArgument(prefix, value, " is outside ", min, "..", max);
   return value;
 }
 

@@ -50,7 +50,7 @@ StatusOr<std::vector<int64_t>> ParseIntList(std::string_view text, std::string_v
                                             int64_t min, int64_t max);
 // "fp8_group,fp8_tensor" (or "all"): the given order, repeats dropped.
 StatusOr<std::vector<QuantMode>> ParseQuantList(std::string_view text);
-// One integer in [min, max].
+// One integer in [min, max]. Errors name `option` first, unless it is empty.
 StatusOr<int64_t> ParseInt(std::string_view text, std::string_view option, int64_t min,
                            int64_t max);
 // Seconds: a positive finite number.

@@ -112,6 +112,27 @@ TEST_F(CliTest, UsageErrorsExitTwoWithAMessage) {
   }
 }
 
+// An integer option of compile, run or demo names what is wrong with its value, as bench's do:
+// text that is no integer, or an integer outside the option's range, with the range.
+TEST_F(CliTest, IntegerOptionsNameTheirValueAndRange) {
+  const std::pair<std::string, std::string> cases[] = {
+      {"compile " + graph_path_ + " --max-tokens -3", "--max-tokens: -3 is outside 0.."},
+      {"compile " + graph_path_ + " --max-tokens 1e3", "--max-tokens: '1e3' is not an integer"},
+      {"run " + graph_path_ + " --seed abc", "--seed: 'abc' is not an integer"},
+      {"run " + graph_path_ + " --tokens 2000000", "--tokens: 2000000 is outside 1..1048576"},
+      {"run " + graph_path_ + " -n 1025", "--world-size: 1025 is outside 1..1024"},
+      {"demo --tokens 1.5", "--tokens: '1.5' is not an integer"},
+      {"run " + graph_path_ + " --dim T=x", "--dim: the value of T: 'x' is not an integer"},
+  };
+  for (const auto& [args, message] : cases) {
+    const CliResult r = RunCli(args);
+    EXPECT_EQ(r.exit_code, 2) << "tpfuse " << args << "\n" << r.err;
+    EXPECT_TRUE(Contains(r.err, message)) << "tpfuse " << args << "\n" << r.err;
+  }
+  const CliResult largest = RunCli("run " + graph_path_ + " --seed 9223372036854775807 --tokens 2");
+  EXPECT_EQ(largest.exit_code, 0) << largest.err;
+}
+
 TEST_F(CliTest, UnknownSubcommandIsNamed) {
   const CliResult r = RunCli("frobnicate");
   EXPECT_EQ(r.exit_code, 2);

@@ -1,5 +1,6 @@
 #include "tpfuse/cli_common.h"
 
+#include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -7,6 +8,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "bench/plan.h"
 #include "ir/parser.h"
 #include "ir/verifier.h"
 #include "tpfuse/commands.h"
@@ -69,6 +71,15 @@ StatusOr<std::unique_ptr<runtime::Executor>> MakeExecutor(Backend backend, int w
 }
 
 // ---------------------------------------------------------------- errors
+
+CLI::Validator IntegerIn(int64_t min, int64_t max) {
+  return CLI::Validator(
+      [min, max](const std::string& text) {
+        const StatusOr<int64_t> value = bench::ParseInt(text, "", min, max);
+        return value.ok() ? std::string() : std::string(value.status().message());
+      },
+      StrCat(min, "..", max == INT64_MAX ? std::string("2^63-1") : StrCat(max)));
+}
 
 int Fail(std::string_view command, const Status& status) {
   std::cerr << "tpfuse " << command << ": error: " << status.message() << "\n";

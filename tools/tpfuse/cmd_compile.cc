@@ -104,12 +104,12 @@ void AddCompileCommand(CLI::App& app, CommandFn& run) {
   cmd->add_option("file", args->file, "the graph (.tpg) or model description (.json)")->required();
   cmd->add_option("--world-size,-n", args->world_size, "TP degree the graph runs at")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1024));
+      ->check(IntegerIn(1, 1024));
   cmd->add_option("--max-tokens", args->max_tokens,
                   "largest token count T, counted as the chains' rows (B * S for [B, S, H]; "
                   "0: unknown)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(IntegerIn(0, INT64_MAX));
   cmd->add_option("--backend", args->backend, "target whose fused op capabilities apply")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));

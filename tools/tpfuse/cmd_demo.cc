@@ -276,13 +276,13 @@ void AddDemoCommand(CLI::App& app, CommandFn& run) {
   cmd->add_option("--world-size,-n", args->world_size,
                   "ranks: GPUs, or simulated on the CPU backend (default: 1 on a machine with one "
                   "GPU, else 2)")
-      ->check(CLI::Range(1, 64));
+      ->check(IntegerIn(1, 64));
   cmd->add_option("--tokens,-t", args->tokens, "token count T")
       ->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+      ->check(IntegerIn(1, 4096));
   cmd->add_option("--seed", args->seed, "seed of the random inputs (0 .. 2^63 - 1, as bench)")
       ->capture_default_str()
-      ->check(CLI::Range(uint64_t{0}, uint64_t{INT64_MAX}));
+      ->check(IntegerIn(0, INT64_MAX));
   cmd->add_option("--backend", args->backend,
                   "auto: the GPUs when the build has CUDA and the machine enough GPUs")
       ->capture_default_str()

@@ -18,6 +18,7 @@
 #include <memory>
 #include <set>
 
+#include "bench/plan.h"
 #include "common/clock.h"
 #include "runtime/check.h"
 #include "runtime/inputs.h"
@@ -186,12 +187,12 @@ void AddRunCommand(CLI::App& app, CommandFn& run) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--world-size,-n", args->world_size,
                   "ranks (default: the model's tp_size, 2 for a .tpg)")
-      ->check(CLI::Range(1, 1024));
+      ->check(IntegerIn(1, 1024));
   cmd->add_option("--tokens,-t", args->tokens,
                   "token count T: the value of every shape symbol of the graph --dim does not "
                   "give (T; B and S alike, so [B, S, H] has T^2 rows)")
       ->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+      ->check(IntegerIn(1, int64_t{1} << 20));
   cmd->add_option_function<std::vector<std::string>>(
          "--dim",
          [args](const std::vector<std::string>& dims) {
@@ -207,13 +208,10 @@ void AddRunCommand(CLI::App& app, CommandFn& run) {
           [](std::string& d) -> std::string {
             const size_t eq = d.find('=');
             if (eq == 0 || eq == std::string::npos) return "expected NAME=VALUE, got '" + d + "'";
-            const std::string value = d.substr(eq + 1);
-            const bool digits = !value.empty() && value.size() <= 7 &&
-                                value.find_first_not_of("0123456789") == std::string::npos;
-            if (!digits || std::stoll(value) < 1 || std::stoll(value) > (int64_t{1} << 20))
-              return "the value of " + d.substr(0, eq) + " must be 1..1048576, got '" + value +
-                     "'";
-            return "";
+            const StatusOr<int64_t> value =
+                bench::ParseInt(d.substr(eq + 1), "", 1, int64_t{1} << 20);
+            if (value.ok()) return "";
+            return "the value of " + d.substr(0, eq) + ": " + value.status().message();
           },
           ""));
   cmd->add_flag("--check", args->check,
@@ -227,7 +225,7 @@ void AddRunCommand(CLI::App& app, CommandFn& run) {
                 "cuBLAS's, keep their bound)");
   cmd->add_option("--seed", args->seed, "seed of the random inputs (0 .. 2^63 - 1, as bench)")
       ->capture_default_str()
-      ->check(CLI::Range(uint64_t{0}, uint64_t{INT64_MAX}));
+      ->check(IntegerIn(0, INT64_MAX));
   cmd->add_flag("--no-fuse", args->no_fuse, "run the graph as written, without compiling it");
   cmd->callback([&run, args] { run = [args] { return RunRun(*args); }; });
 }
