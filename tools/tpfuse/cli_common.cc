@@ -70,7 +70,7 @@ StatusOr<std::unique_ptr<runtime::Executor>> MakeExecutor(Backend backend, int w
 #endif
 }
 
-// ---------------------------------------------------------------- errors
+// ---------------------------------------------------------------- options
 
 CLI::Validator IntegerIn(int64_t min, int64_t max) {
   return CLI::Validator(
@@ -80,6 +80,8 @@ CLI::Validator IntegerIn(int64_t min, int64_t max) {
       },
       StrCat(min, "..", max == INT64_MAX ? std::string("2^63-1") : StrCat(max)));
 }
+
+// ---------------------------------------------------------------- errors
 
 int Fail(std::string_view command, const Status& status) {
   std::cerr << "tpfuse " << command << ": error: " << status.message() << "\n";
