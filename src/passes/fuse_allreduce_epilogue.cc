@@ -314,6 +314,12 @@ bool OpaqueNamed(const ir::Node* node, std::string_view word) {
   return name.find(word) != std::string::npos;
 }
 
+// An opaque op as the reasons name it: "opaque %n (aten.slice.Tensor)", its name when it has one.
+std::string OpaqueRef(const ir::Node* node) {
+  const std::optional<std::string> name = TextAttr(node, ir::kOpaqueNameAttr);
+  return name ? StrCat(NodeRef(node), " (", *name, ")") : NodeRef(node);
+}
+
 // A norm the front end kept opaque (its name holds "norm", e.g. aten._fused_rms_norm with its
 // rstd read) that reads `a` or its residual add, through views: the node, or null.
 const ir::Node* OpaqueNormAfter(const ir::Value* a) {
@@ -338,8 +344,8 @@ std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
   if (const ir::Node* norm = reach ? nullptr : OpaqueNormAfter(a)) {
     const std::optional<std::string> why = TextAttr(norm, "why");
     return StrCat("all_reduce ", Ref(a), " is followed by a norm the compiler cannot read, ",
-                  NodeRef(norm), " (", TextAttr(norm, ir::kOpaqueNameAttr).value_or(""), ")",
-                  why ? ": " + *why : "", "; it stays as written (", DescribeUses(a), ")");
+                  OpaqueRef(norm), why ? ": " + *why : "", "; it stays as written (",
+                  DescribeUses(a), ")");
   }
   if (!reach) {
     // The sum (or its residual add) leaving the func, itself or through views: in a
@@ -383,9 +389,8 @@ std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
   } else if (const ir::Node* opaque = OpaqueSquaredBy(reach->norm)) {
     return StrCat("all_reduce ", Ref(a), " reaches the rsqrt ", Ref(reach->norm->result()),
                   " of a norm only through ", DescribePath(reach->path),
-                  "; the compiler cannot read ", NodeRef(opaque), " (",
-                  TextAttr(opaque, ir::kOpaqueNameAttr).value_or("no name"),
-                  "), so the fused op cannot take them over (", DescribeUses(a), ")");
+                  "; the compiler cannot read ", OpaqueRef(opaque),
+                  ", so the fused op cannot take them over (", DescribeUses(a), ")");
   } else {
     what = StrCat("the rsqrt ", Ref(reach->norm->result()),
                   " of an RMSNorm written out in a form the compiler does not recognize");
@@ -729,9 +734,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
             !why.empty() ? StrCat("the RMSNorm whose rsqrt is ", ref, " stays as written: ", why)
             : opaque != nullptr
                 ? StrCat("the norm whose rsqrt is ", ref, " squares the result of ",
-                         NodeRef(opaque), " (",
-                         TextAttr(opaque, ir::kOpaqueNameAttr).value_or("no name"),
-                         "), which the compiler cannot read")
+                         OpaqueRef(opaque), ", which the compiler cannot read")
                 : StrCat("the RMSNorm whose rsqrt is ", ref,
                          " is written out in a form the compiler does not recognize")});
       }

@@ -18,7 +18,6 @@
 #include <memory>
 #include <set>
 
-#include "bench/plan.h"
 #include "common/clock.h"
 #include "runtime/check.h"
 #include "runtime/inputs.h"
@@ -29,6 +28,8 @@ namespace tpfuse::cli {
 namespace {
 
 constexpr char kCommand[] = "run";
+// The largest token count, and value of a shape symbol, run takes.
+constexpr int64_t kMaxTokens = int64_t{1} << 20;
 
 struct RunArgs {
   std::string file;
@@ -192,7 +193,7 @@ void AddRunCommand(CLI::App& app, CommandFn& run) {
                   "token count T: the value of every shape symbol of the graph --dim does not "
                   "give (T; B and S alike, so [B, S, H] has T^2 rows)")
       ->capture_default_str()
-      ->check(IntegerIn(1, int64_t{1} << 20));
+      ->check(IntegerIn(1, kMaxTokens));
   cmd->add_option_function<std::vector<std::string>>(
          "--dim",
          [args](const std::vector<std::string>& dims) {
@@ -201,17 +202,16 @@ void AddRunCommand(CLI::App& app, CommandFn& run) {
              args->dims[d.substr(0, eq)] = std::stoll(d.substr(eq + 1));
            }
          },
-         "NAME=VALUE: the value of shape symbol NAME, 1..1048576 (repeatable: --dim B=2 --dim "
-         "S=150); a func of the file must have the symbol")
+         StrCat("NAME=VALUE: the value of shape symbol NAME, 1..", kMaxTokens,
+                " (repeatable: --dim B=2 --dim S=150); a func of the file must have the symbol"))
       ->type_name("NAME=VALUE")
       ->check(CLI::Validator(
           [](std::string& d) -> std::string {
             const size_t eq = d.find('=');
             if (eq == 0 || eq == std::string::npos) return "expected NAME=VALUE, got '" + d + "'";
-            const StatusOr<int64_t> value =
-                bench::ParseInt(d.substr(eq + 1), "", 1, int64_t{1} << 20);
-            if (value.ok()) return "";
-            return "the value of " + d.substr(0, eq) + ": " + value.status().message();
+            std::string value = d.substr(eq + 1);
+            const std::string why = IntegerIn(1, kMaxTokens)(value);
+            return why.empty() ? why : "the value of " + d.substr(0, eq) + ": " + why;
           },
           ""));
   cmd->add_flag("--check", args->check,
