@@ -112,20 +112,23 @@ def test_reduce_overhead_compile_matches_eager():
 def test_the_pass_fuses_a_local_chain_inside_reduce_overhead():
     """tpfuse.torch.compile at world size 1 on the GPU: fuse_local auto fuses the chain that no
     all_reduce feeds (docs/pytorch.md, "Local chains"), and the compiled layer, replayed from
-    CUDA graphs, computes what the fused op computes when called directly."""
+    CUDA graphs, computes what the fused op computes when called directly. Inductor's caches
+    are off: a graph served from them does not go through the pass, so the report (counts of
+    this process's graphs) would be empty on a machine that compiled it before."""
     import tpfuse.torch as tt
     from torch._dynamo.utils import counters
 
     counters.clear()
-    torch._dynamo.reset()
-    compiled = tt.compile(layer_tail, world_size=1, mode="reduce-overhead", fullgraph=True)
     attrs = dict(emit=["residual", "quant"], quant="fp8_group", group_size=128, eps=1e-6,
                  rounding=["weight_after_round"])
-    for step in range(5):  # warm-up runs, then replays of the recorded graph
-        partials, res, weight, _ = make_inputs(300 + step, (64, 4096), 1, True, "fp8_group")
-        x, r, w = partials[0].cuda(), res.cuda(), weight.cuda()
-        got = [t.clone() for t in compiled(x, r, w)]
-        assert_bitwise(got, list(OP(x, r, w, None, **attrs)), f"step {step}")
+    with torch._inductor.config.patch(force_disable_caches=True):
+        torch._dynamo.reset()
+        compiled = tt.compile(layer_tail, world_size=1, mode="reduce-overhead", fullgraph=True)
+        for step in range(5):  # warm-up runs, then replays of the recorded graph
+            partials, res, weight, _ = make_inputs(300 + step, (64, 4096), 1, True, "fp8_group")
+            x, r, w = partials[0].cuda(), res.cuda(), weight.cuda()
+            got = [t.clone() for t in compiled(x, r, w)]
+            assert_bitwise(got, list(OP(x, r, w, None, **attrs)), f"step {step}")
     fusions = [f for g in compiled.tpfuse_pass.report.graphs for f in g.fusions]
     assert len(fusions) == 1, compiled.tpfuse_pass.report
     (fusion,) = fusions
