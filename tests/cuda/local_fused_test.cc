@@ -559,6 +559,11 @@ TEST(LocalRowOwnerRuleTest, ClusterKindAndSizeFollowTheRule) {
       {5120, tensor, 53, RowOwner::kBlock, 1, ample},         {5120, group, 53, RowOwner::kClusterPair, 2, ample},
       {4096, tensor, 16, RowOwner::kClusterPair, 4, ample},   {4096, tensor, 17, RowOwner::kBlock, 1, ample},
       {4096, group, 64, RowOwner::kClusterPair, 2, ample},    {5120, tensor, 48, RowOwner::kCluster, 5, ample},
+      // Past 7/4 x SMs fp8_group takes one block per row instead of the pair of fewer blocks
+      // from T > SMs / 2; its full split below 7/4 x SMs stays; fp8_token keeps the pair.
+      {4096, group, 66, RowOwner::kClusterPair, 2, ample},    {4096, group, 67, RowOwner::kBlock, 1, ample},
+      {2880, group, 77, RowOwner::kClusterPair, 3, ample},    {2880, group, 78, RowOwner::kBlock, 1, ample},
+      {4096, token, 96, RowOwner::kClusterPair, 2, ample},
       {2880, QuantMode::kNone, 22, RowOwner::kClusterPair, 3, ample},
       {2880, QuantMode::kNone, 23, RowOwner::kBlock, 1, ample}, {2048, tensor, 1, RowOwner::kBlock, 1, ample},
       {2048, group, 1, RowOwner::kClusterPair, 2, ample},     {1536, group, 88, RowOwner::kCluster, 3, ample},

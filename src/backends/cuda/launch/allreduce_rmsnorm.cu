@@ -289,6 +289,13 @@ constexpr int kClusterPairMinWarpsStatic = 6;
 //   Quant none took 1.06-1.07 x there, fp8_tensor 1.00-1.02 x: the static modes keep one block.
 //   The dynamic modes take that pair before ClusterRow from T x C > 7/4 x SMs on: 0.94-1.00 x
 //   ClusterRow's time at H 2880 T 80, 4096 T 64, 5120 T 48, 6144 T 40, 8192 T 32 (runs 34, 35).
+// - Past 7/4 x SMs, fp8_group takes one block per row instead of the pair of fewer blocks from
+//   T > SMs / 2 on, where one block leaves fewer than half the SMs idle: at T 80-128 one block
+//   was 0.90-0.99 x that pair's time at H 2880-8192, at T 64 the pair 0.93-0.98 x one block's
+//   (run 34); on an H100 the launcher's time at H 4096-5120 T 72-112 went to 0.93-0.98 x, H
+//   2880 T 80-112 to 0.96-1.01 x (docs/perf/h100x1/NOTES.md, run 78). Its full split below
+//   7/4 x SMs stays (H 2880 T 67-77: 3 % faster than one block). fp8_token keeps the pair (at
+//   H 2880-4096 T 80-96 1-3 % faster than one block).
 // - Every cluster so chosen must be at most half of the clusters of its kind and size that the
 //   device runs at once (`capacity`, LocalRowOwnerCapacity); a pair cluster that is not gives way
 //   to ClusterRow in the dynamic modes where that one is (past 2 x SMs too: H 8192 fp8_token
@@ -340,6 +347,7 @@ LocalRowOwner RowOwnerRule(const AllreduceRmsnormSpec& spec, const RowLayout& la
     if (!every_t) {
       if (warps < kClusterPairMinWarpsStatic || 2 * blocks > sms) return {};
     } else if (4 * blocks > 7 * sms) {
+      if (spec.quant == QuantMode::kFp8Group && 2 * tokens > sms) return {};
       pair.cluster_blocks = dynamic ? FewerPairClusterBlocks(layout, tokens, sms) : 1;
       if (pair.cluster_blocks <= 1) return blocks <= 2 * sms && fits(row) ? row : LocalRowOwner{};
     }
