@@ -293,7 +293,7 @@ constexpr int kClusterPairMinWarpsStatic = 6;
 //   T > SMs / 2 on, where one block leaves fewer than half the SMs idle: at T 80-128 one block
 //   was 0.90-0.99 x that pair's time at H 2880-8192, at T 64 the pair 0.93-0.98 x one block's
 //   (run 34); on an H100 the launcher's time at H 4096-5120 T 72-112 went to 0.93-0.98 x, H
-//   2880 T 80-112 to 0.96-1.01 x (docs/perf/h100x1/NOTES.md, run 78). Its full split below
+//   2880 T 78-112 to 0.96-1.01 x (docs/perf/h100x1/NOTES.md, run 78). Its full split below
 //   7/4 x SMs stays (H 2880 T 67-77: 3 % faster than one block). fp8_token keeps the pair (at
 //   H 2880-4096 T 80-96 1-3 % faster than one block).
 // - Every cluster so chosen must be at most half of the clusters of its kind and size that the
