@@ -48,7 +48,10 @@ class GraphReport:
 
 @dataclasses.dataclass
 class FusionReport:
-    """Counts over every graph the pass has seen."""
+    """Counts over every graph the pass has seen in this process. A graph Inductor serves from
+    its FX graph or AOTAutograd cache was fused when it was cached and does not go through the
+    pass again, so it is not counted (compile under
+    `torch._inductor.config.patch(force_disable_caches=True)` to see every graph reported)."""
 
     graphs: List[GraphReport] = dataclasses.field(default_factory=list)
 
