@@ -1,5 +1,6 @@
 // What the compile, run and demo commands share: loading a program (.tpg or model .json),
-// compiling it with the default pipeline, picking an executor, describing results.
+// compiling it with the default pipeline, picking an executor, checking integer options,
+// describing results.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +20,10 @@
 #include "runtime/executor.h"
 #include "tpfuse/status.h"
 
+namespace CLI {
+class Validator;
+}
+
 namespace tpfuse::cli {
 
 // ---------------------------------------------------------------- backends
@@ -35,6 +40,13 @@ int CudaDeviceCount();
 // The executor for `backend` with `world_size` ranks. kCuda without CUDA in the build, or
 // with fewer GPUs than ranks, is an error that says so.
 StatusOr<std::unique_ptr<runtime::Executor>> MakeExecutor(Backend backend, int world_size);
+
+// ---------------------------------------------------------------- options
+
+// The check of an integer option of compile, run and demo: its text an integer in min..max, in
+// bench's words ("'abc' is not an integer", "-3 is outside 0..1048576"; bench::ParseInt), after
+// the option's name; --help shows the range.
+CLI::Validator IntegerIn(int64_t min, int64_t max);
 
 // ---------------------------------------------------------------- errors
 

@@ -4,12 +4,10 @@
 // 2 usage error.
 #pragma once
 
-#include <cstdint>
 #include <functional>
 
 namespace CLI {
 class App;
-class Validator;
 }
 
 namespace tpfuse::cli {
@@ -25,10 +23,5 @@ void AddRunCommand(CLI::App& app, CommandFn& run);      // cmd_run.cc
 void AddDemoCommand(CLI::App& app, CommandFn& run);     // cmd_demo.cc
 void AddBenchCommand(CLI::App& app, CommandFn& run);    // cmd_bench.cc
 void AddTuneCommand(CLI::App& app, CommandFn& run);     // cmd_tune.cc
-
-// The check of an integer option of compile, run and demo: its text an integer in min..max, in
-// bench's words ("'abc' is not an integer", "-3 is outside 0..1048576"; bench::ParseInt), after
-// the option's name; --help shows the range (cli_common.cc).
-CLI::Validator IntegerIn(int64_t min, int64_t max);
 
 }  // namespace tpfuse::cli
