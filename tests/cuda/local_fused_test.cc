@@ -520,6 +520,32 @@ TEST_F(LocalFusedTest, InPlaceOutputsAreBitwiseTheOracle) {
           }
 }
 
+// Packed rows' grid (no GPU needed): one block per rows_per_block rows, rounded up; the norm
+// alone writing q alone (fp8_tensor, fp8_token, and fp8_group without the norm output) at most
+// the resident blocks, which then stride; every grid at most max_row_owners where that is set.
+TEST(LocalPackedRowsGridTest, BlocksFollowTheBytesTheOpWrites) {
+  constexpr int64_t kRowsPerBlock = 32, kResident = 792;
+  const QuantMode kQuants[] = {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token,
+                               QuantMode::kFp8Group};
+  const int64_t kRows[] = {1, 33, kRowsPerBlock * kResident, kRowsPerBlock * kResident + 1, 262144};
+  for (QuantMode q : kQuants)
+    for (bool residual : {true, false})
+      for (bool norm : {true, false}) {
+        AllreduceRmsnormSpec s = LocalSpec(64, q, residual);
+        s.emit.norm = norm || q == QuantMode::kNone;
+        const bool strides = q != QuantMode::kNone && !residual && !s.emit.norm;
+        for (int64_t t : kRows) {
+          const int64_t all = (t + kRowsPerBlock - 1) / kRowsPerBlock;
+          EXPECT_EQ(cuda::PackedRowsBlocks(s, t, kRowsPerBlock, kResident, 0),
+                    strides ? std::min(all, kResident) : all)
+              << Describe(s, t);
+          EXPECT_EQ(cuda::PackedRowsBlocks(s, t, kRowsPerBlock, kResident, 3),
+                    std::min<int64_t>(all, 3))
+              << Describe(s, t);
+        }
+      }
+}
+
 // The rule's owner and cluster size (no GPU needed) on a GPU of 132 SMs. Where every cluster runs
 // at once: at two vectors per row thread the pair cluster while T x C stays within 7/4 x SMs,
 // then, for the dynamic modes, the pair cluster of fewer blocks (the most, down to 2, dividing

@@ -100,6 +100,19 @@ struct LocalRowOwner {
 StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const LocalRowOwner& owner,
                                         const LaunchOptions& options = {});
 
+// Blocks the local epilogue launches for T rows packed `rows_per_block` to a block
+// (RowOwner::kPacked): one per rows_per_block rows, each block's groups taking one row, so the
+// GPU starts blocks in waves; except for the norm alone writing q alone (no residual, an FP8
+// mode emitting nothing else: 3 bytes per element), whose blocks are at most `resident` (those
+// that run at once), each striding over the rows; and at most max_row_owners where that is > 0.
+// Measured on one H100 at H 64-512 and 16384-262144 rows against the blocks that run at once
+// (docs/perf/h100x1/NOTES.md, run 83): with the residual 0.89-0.98 x their time from 65536
+// rows in every mode (at 16384 rows, measured in the dynamic modes: 0.91-1.06 x), and for the
+// norm alone where it writes y too (quant none 0.90-0.98 x, fp8_group + norm 0.91-1.01 x);
+// 1.00-1.21 x for fp8_tensor and fp8_token of the norm alone. Pure arithmetic: no GPU needed.
+int64_t PackedRowsBlocks(const AllreduceRmsnormSpec& spec, int64_t tokens, int64_t rows_per_block,
+                         int64_t resident, int64_t max_row_owners);
+
 // The row owner the local epilogue's measured rule takes for T rows of `spec` (row_owner kAuto)
 // on a GPU of `sms` SMs, given how many of each cluster kind and size run at once (`capacity`,
 // 0 for none; asked only of owners the row has a split for). Pure arithmetic: no GPU needed.

@@ -442,9 +442,8 @@ StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceR
   return choice;
 }
 
-// Rows packed into blocks (RowOwner::kPacked): blocks of PackedBlockWarps warps, as many as the
-// rows take, at most those that run at once (each then strides over the rows) and at most
-// options.max_row_owners.
+// Rows packed into blocks (RowOwner::kPacked): blocks of PackedBlockWarps warps, as many as
+// PackedRowsBlocks says.
 Status LaunchPackedRows(const AllreduceRmsnormSpec& spec, const RowLayout& layout, KernelRecipe recipe,
                       int64_t tokens, const FusedBuffers& b, cudaStream_t stream, const LaunchOptions& options,
                       const DeviceFacts& device) {
@@ -453,8 +452,8 @@ Status LaunchPackedRows(const AllreduceRmsnormSpec& spec, const RowLayout& layou
   const int warps = PackedBlockWarps(layout, tokens, device.sms);
   const int64_t rows_per_block = int64_t{warps} * 32 / lanes;
   TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, 32 * warps));
-  int64_t blocks = std::min<int64_t>((tokens + rows_per_block - 1) / rows_per_block, resident);
-  if (options.max_row_owners > 0) blocks = std::min(blocks, options.max_row_owners);
+  const int64_t blocks =
+      PackedRowsBlocks(spec, tokens, rows_per_block, resident, options.max_row_owners);
   RowLayout block = layout;  // MakeConfig sizes the block from a layout's threads
   block.threads = 32 * warps;
   LaunchAttributes attributes;
@@ -464,6 +463,16 @@ Status LaunchPackedRows(const AllreduceRmsnormSpec& spec, const RowLayout& layou
 }
 
 }  // namespace
+
+int64_t PackedRowsBlocks(const AllreduceRmsnormSpec& spec, int64_t tokens, int64_t rows_per_block,
+                         int64_t resident, int64_t max_row_owners) {
+  int64_t blocks = (tokens + rows_per_block - 1) / rows_per_block;
+  // The norm alone writing q alone: 3 bytes per element of 16-bit x.
+  const bool q_of_x_alone = !spec.has_residual && spec.emit == EmitSet{.quant = true};
+  if (q_of_x_alone) blocks = std::min(blocks, resident);
+  if (max_row_owners > 0) blocks = std::min(blocks, max_row_owners);
+  return blocks;
+}
 
 LocalRowOwner LocalRowOwnerRule(const AllreduceRmsnormSpec& spec, int64_t tokens, int sms,
                                 const RowOwnerCapacity& capacity) {
