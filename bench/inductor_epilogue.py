@@ -28,6 +28,10 @@ together are under 2 x L2 the L2 is overwritten between replays, outside the tim
     python bench/inductor_epilogue.py --no-residual --quant none --hidden 64,128,256 \
         --tokens 32,1024,32768,262144                        # q_norm / k_norm rows
 
+Checked: in every cell, the fused op's results for the first and last 256 rows of its call on all
+T rows (the launch the timing replays) against the CPU backend, the oracle, on those rows, bit for
+bit; a mismatch is printed in the cell's "checked" column and the script exits 1 after the tables.
+
 Prints one table per (H, quant) as it completes, progress on stderr, and a CSV (stdout's end, or
 --csv FILE). GB/s counts the bytes each path must move: x and residual read, the weight, and the
 emitted results written.
@@ -110,6 +114,27 @@ def tpfuse_call(quant: str, with_residual: bool = True) -> Callable:
                   scale if quant == "fp8_tensor" else None, emit=emit, eps=EPS, quant=quant,
                   group_size=group_size(x.shape[-1]))
     return call
+
+
+def check_rows(fused: Callable, x, residual, weight, scale, rows: int = 256) -> str:
+    """The fused op's results on the GPU for the first and last `rows` rows of one call on all T
+    rows, against the CPU backend (the oracle) on the same rows: "bitwise", or what differs."""
+    tokens = x.shape[0]
+    head = torch.arange(0, min(rows, tokens))
+    tail = torch.arange(max(min(rows, tokens), tokens - rows), tokens)
+    idx = torch.cat([head, tail]).to(x.device)
+
+    def bytes_of(t: torch.Tensor) -> torch.Tensor:  # [rows, bytes per row]
+        return t.contiguous().view(torch.uint8)
+
+    got = [bytes_of(t).index_select(0, idx).cpu() for t in fused(x, residual, weight, scale)]
+    inputs = (x.index_select(0, idx).cpu(), residual.index_select(0, idx).cpu(), weight.cpu(),
+              scale.cpu())
+    want = [bytes_of(t) for t in fused(*inputs)]
+    for i, (g, w) in enumerate(zip(got, want)):
+        if not torch.equal(g, w):
+            return f"MISMATCH (result {i})"
+    return "bitwise"
 
 
 def bytes_moved(tokens: int, hidden: int, quant: str, with_residual: bool = True) -> int:
@@ -219,7 +244,7 @@ def main() -> int:
         torch._dynamo.config.recompile_limit = max(64, len(tokens_list) + 1)
     rows: List[Dict] = []
     total = len(hiddens) * len(quants) * len(tokens_list)
-    done = 0
+    done = mismatches = 0
     t0 = time.time()
     for hidden in hiddens:
         for quant in quants:
@@ -246,6 +271,8 @@ def main() -> int:
                     row["tpfuse_us"] = timer.time_per_op(fused, sets_tpfuse, set_bytes)
                     row["tpfuse_gbps"] = set_bytes / row["tpfuse_us"] / 1e3
                     row["tpfuse_over_inductor"] = row["tpfuse_us"] / row["inductor_us"]
+                    row["checked"] = check_rows(fused, *sets_tpfuse[0])
+                    mismatches += row["checked"] != "bitwise"
                 table.append(row)
                 rows.append(row)
                 del sets_torch, sets_tpfuse
@@ -260,6 +287,10 @@ def main() -> int:
         print(f"# wrote {args.csv}")
     else:
         print("\n# CSV\n" + out.getvalue(), end="")
+    if mismatches:
+        print(f"inductor_epilogue: the fused op differed from the oracle in {mismatches} cell(s)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -268,13 +299,13 @@ def print_table(hidden: int, quant: str, emit: List[str], table: List[Dict]) -> 
     has_fused = "tpfuse_us" in table[0]
     head = f"{'T':>6} {'inductor':>10} {'GB/s':>7}"
     if has_fused:
-        head += f" {'tpfuse':>10} {'GB/s':>7} {'tpfuse/ind':>11}"
+        head += f" {'tpfuse':>10} {'GB/s':>7} {'tpfuse/ind':>11}  checked"
     print(head)
     for r in table:
         line = f"{r['tokens']:>6} {r['inductor_us']:>10.2f} {r['inductor_gbps']:>7.0f}"
         if has_fused:
             line += (f" {r['tpfuse_us']:>10.2f} {r['tpfuse_gbps']:>7.0f}"
-                     f" {r['tpfuse_over_inductor']:>11.2f}")
+                     f" {r['tpfuse_over_inductor']:>11.2f}  {r['checked']}")
         print(line, flush=True)
 
 
