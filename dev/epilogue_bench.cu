@@ -27,6 +27,9 @@
 //
 // --grid [H,...] [T,...]: one block per row against fewer blocks striding over the rows (TimeGrids).
 //
+// --packed [H,...] [T,...]: packed rows in each group width the launcher can be forced to
+// (TimePackedLanes).
+//
 // Timing: CUDA graph of 20 launches over rotating buffer sets (more than 2 x L2 of inputs and
 // outputs together, at least 4 sets), the L2 overwritten before each replay (as `tpfuse bench`:
 // no set is read from the L2), 5 warm-up replays, median of 30 replays, per op.
@@ -697,6 +700,35 @@ int AllocateTimingSets(const AllreduceRmsnormSpec& spec, int64_t T, const cudaDe
   return sets;
 }
 
+// One shape's timing sets and the launcher on them (--owners, --grid, --packed): a launch into
+// set 0 with its outputs poisoned first, the outputs read back, and the launcher timed over
+// every set.
+struct LauncherShape {
+  const AllreduceRmsnormSpec spec;
+  const int64_t T;
+  const cudaStream_t stream;
+  Buffers b;
+  const int sets;
+  const size_t elements, scale_bytes;
+  LauncherShape(const AllreduceRmsnormSpec& s, int64_t t, cudaStream_t st, const cudaDeviceProp& prop)
+      : spec(s), T(t), stream(st), sets(AllocateTimingSets(s, t, prop, b)), elements(size_t(t * s.hidden)),
+        scale_bytes(size_t(s.ScaleElements(t)) * 4 + 16) {}
+  bool Run(const cuda::LaunchOptions& options) {
+    PoisonOutputs(b.sets[0], elements, scale_bytes, stream);
+    return cuda::LaunchLocalAllreduceRmsnorm(spec, T, FusedBuffersOf(spec, b.sets[0], b), stream, options).ok();
+  }
+  std::vector<uint8_t> Outputs() { return ReadOutputs(b.sets[0], elements, scale_bytes, stream); }
+  float Time(const cuda::LaunchOptions& options) {
+    return TimeGraph(stream, [&](int i) {
+      const Status st =
+          cuda::LaunchLocalAllreduceRmsnorm(spec, T, FusedBuffersOf(spec, b.sets[size_t(i % sets)], b), stream, options);
+      if (!st.ok()) std::exit(1);
+    });
+  }
+  // The copy of the same bytes over the same sets.
+  float TimeCopyOfBytes() { return TimeCopy(b, sets, MinBytes(spec, T) / 2, stream); }
+};
+
 // ---------------------------------------------------------------- row owners
 
 // --owners: the launcher (LaunchLocalAllreduceRmsnorm) under each row owner it can be forced to,
@@ -739,17 +771,10 @@ void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, 
       }
       std::printf("\n");
       for (int64_t T : ts) {
-        const size_t e = size_t(T * H);
-        const size_t sbytes = size_t(spec.ScaleElements(T)) * 4 + 16;
-        Buffers b;
-        const int sets = AllocateTimingSets(spec, T, prop, b);
-        auto buffers = [&](const Set& s) { return FusedBuffersOf(spec, s, b); };
+        LauncherShape shape(spec, T, stream, prop);
         // The rule's outputs in set 0, copied to the host: the reference of every forced owner.
-        auto outputs = [&]() { return ReadOutputs(b.sets[0], e, sbytes, stream); };
-        auto poison = [&]() { PoisonOutputs(b.sets[0], e, sbytes, stream); };
-        poison();
-        if (!cuda::LaunchLocalAllreduceRmsnorm(spec, T, buffers(b.sets[0]), stream).ok()) continue;
-        const std::vector<uint8_t> want = outputs();
+        if (!shape.Run({})) continue;
+        const std::vector<uint8_t> want = shape.Outputs();
         const StatusOr<cuda::LocalRowOwner> on_device = cuda::LocalRowOwnerOnDevice(spec, T);
         if (!on_device.ok()) continue;
         const cuda::LocalRowOwner rule = *on_device;
@@ -764,20 +789,16 @@ void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, 
           cuda::LaunchOptions options;
           options.row_owner = o.owner;
           options.cluster_blocks = o.c;
-          poison();
-          if (!cuda::LaunchLocalAllreduceRmsnorm(spec, T, buffers(b.sets[0]), stream, options).ok()) {
+          if (!shape.Run(options)) {
             (void)cudaGetLastError();  // a cluster this device cannot place: not this owner
             std::printf(" %13s", "-");
             continue;
           }
-          if (outputs() != want) {
+          if (shape.Outputs() != want) {
             std::printf(" %13s", "MISMATCH");
             continue;
           }
-          const float t = TimeGraph(stream, [&](int i) {
-            const Status st = cuda::LaunchLocalAllreduceRmsnorm(spec, T, buffers(b.sets[size_t(i % sets)]), stream, options);
-            if (!st.ok()) std::exit(1);
-          });
+          const float t = shape.Time(options);
           if (o.owner == cuda::RowOwner::kAuto) t_auto = t;
           std::printf(" %6.2f %5.3fx", t, t / t_auto);
         }
@@ -811,44 +832,82 @@ void TimeGrids(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, c
       const StatusOr<int64_t> at_once = cuda::LocalRowOwnerCapacity(spec, {cuda::RowOwner::kBlock, 1});
       if (!at_once.ok()) continue;
       for (int64_t T : ts) {
-        const size_t e = size_t(T * H);
-        const size_t sbytes = size_t(spec.ScaleElements(T)) * 4 + 16;
-        Buffers b;
-        const int sets = AllocateTimingSets(spec, T, prop, b);
-        auto outputs = [&]() { return ReadOutputs(b.sets[0], e, sbytes, stream); };
-        auto poison = [&]() { PoisonOutputs(b.sets[0], e, sbytes, stream); };
+        LauncherShape shape(spec, T, stream, prop);
         cuda::LaunchOptions per_row;
         per_row.row_owner = cuda::RowOwner::kBlock;
-        poison();
-        if (!cuda::LaunchLocalAllreduceRmsnorm(spec, T, FusedBuffersOf(spec, b.sets[0], b), stream, per_row).ok()) continue;
-        const std::vector<uint8_t> want = outputs();
-        auto time = [&](const cuda::LaunchOptions& options) {
-          return TimeGraph(stream, [&](int i) {
-            const Status st = cuda::LaunchLocalAllreduceRmsnorm(spec, T, FusedBuffersOf(spec, b.sets[size_t(i % sets)], b),
-                                                                stream, options);
-            if (!st.ok()) std::exit(1);
-          });
-        };
-        const float t_row = time(per_row);
+        if (!shape.Run(per_row)) continue;
+        const std::vector<uint8_t> want = shape.Outputs();
+        const float t_row = shape.Time(per_row);
         std::printf("%6lld %7lld %-16s %9lld %9.2f", (long long)H, (long long)T, CaseName(c).c_str(),
                     (long long)*at_once, t_row);
         float best = t_row;
         for (int k : ks) {
           cuda::LaunchOptions options = per_row;
           options.max_row_owners = k * *at_once;
-          poison();
-          if (!cuda::LaunchLocalAllreduceRmsnorm(spec, T, FusedBuffersOf(spec, b.sets[0], b), stream, options).ok() ||
-              outputs() != want) {
+          if (!shape.Run(options) || shape.Outputs() != want) {
             std::printf(" %15s", "MISMATCH");
             continue;
           }
-          const float t = time(options);
+          const float t = shape.Time(options);
           best = std::min(best, t);
           std::printf(" %8.2f %5.3fx", t, t / t_row);
         }
-        const float t_copy = TimeCopy(b, sets, MinBytes(spec, T) / 2, stream);
+        const float t_copy = shape.TimeCopyOfBytes();
         std::printf(" %9.2f %7.2f\n", t_copy, best / t_copy);
         std::fflush(stdout);
+      }
+    }
+  }
+}
+
+// --packed [H,...] [T,...]: packed rows (H <= 512) in each group width the launcher can be
+// forced to (LaunchOptions::packed_row_lanes: 4-64 lanes, one or two vectors per lane) against
+// its own pick, with the residual and the norm alone, every quant mode; each forced launch checked
+// bitwise against the pick first. Prints µs per op and the ratio to the pick ("-": the width does
+// not apply), and the copy of the same bytes.
+void TimePackedLanes(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, cudaStream_t stream,
+                     const cudaDeviceProp& prop) {
+  const int widths[] = {4, 8, 16, 32, 64};
+  std::printf("\npacked rows: us per op (launcher, CUDA graph of 20 over rotating sets), x the launcher's pick\n");
+  std::printf("%6s %7s %-16s %4s %9s", "H", "T", "quant", "res", "pick");
+  for (int w : widths) std::printf(" %12d", w);
+  std::printf(" %9s %7s\n", "copy", "pick/cp");
+  for (int64_t H : hs) {
+    for (bool residual : {true, false}) {
+      for (Case c : {Case{H, QuantMode::kNone, false}, Case{H, QuantMode::kFp8Tensor, false},
+                     Case{H, QuantMode::kFp8Token, false}, Case{H, QuantMode::kFp8Group, true}}) {
+        c.residual = residual;
+        const AllreduceRmsnormSpec spec = SpecOf(c);
+        for (int64_t T : ts) {
+          LauncherShape shape(spec, T, stream, prop);
+          cuda::LaunchOptions pick;
+          pick.row_owner = cuda::RowOwner::kPacked;
+          if (!shape.Run(pick)) {
+            (void)cudaGetLastError();
+            continue;
+          }
+          const std::vector<uint8_t> want = shape.Outputs();
+          const float t_pick = shape.Time(pick);
+          std::printf("%6lld %7lld %-16s %4d %9.2f", (long long)H, (long long)T, CaseName(c).c_str(), int(residual),
+                      t_pick);
+          for (int w : widths) {
+            cuda::LaunchOptions options = pick;
+            options.packed_row_lanes = w;
+            if (!shape.Run(options)) {
+              std::printf(" %12s", "-");
+              continue;
+            }
+            if (shape.Outputs() != want) {
+              std::printf(" %12s", "MISMATCH");
+              continue;
+            }
+            const float t = shape.Time(options);
+            std::printf(" %6.2f %5.3f", t, t / t_pick);
+          }
+          const float t_copy = shape.TimeCopyOfBytes();
+          std::printf(" %9.2f %7.2f\n", t_copy, t_pick / t_copy);
+          std::fflush(stdout);
+        }
       }
     }
   }
@@ -861,9 +920,10 @@ int main(int argc, char** argv) {
   const bool phases = argc > 1 && std::string(argv[1]) == "--phases";
   const bool owners = argc > 1 && std::string(argv[1]) == "--owners";
   const bool grids = argc > 1 && std::string(argv[1]) == "--grid";
+  const bool packed = argc > 1 && std::string(argv[1]) == "--packed";
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  if (owners || grids) {
+  if (owners || grids || packed) {
     cudaDeviceProp prop;
     CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
@@ -879,6 +939,11 @@ int main(int argc, char** argv) {
       }
       return v;
     };
+    if (packed) {
+      TimePackedLanes(argc > 2 ? list(argv[2]) : std::vector<int64_t>{64, 128, 256, 512},
+                      argc > 3 ? list(argv[3]) : std::vector<int64_t>{4096, 16384, 65536, 262144}, stream, prop);
+      return 0;
+    }
     if (grids) {
       TimeGrids(argc > 2 ? list(argv[2]) : std::vector<int64_t>{64, 128, 256, 512, 1024, 2048, 4096, 7168},
                 argc > 3 ? list(argv[3]) : std::vector<int64_t>{1024, 4096, 16384, 65536}, stream, prop);

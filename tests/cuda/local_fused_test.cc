@@ -123,6 +123,15 @@ AllreduceRmsnormSpec LocalSpec(int64_t hidden, QuantMode quant, bool residual) {
   return s;
 }
 
+// fp8_group with the residual at `hidden`, groups of `group` elements, scales in `layout` and `fmt`.
+AllreduceRmsnormSpec GroupSpec(int64_t hidden, int group, ScaleLayout layout, ScaleFormat fmt) {
+  AllreduceRmsnormSpec s = LocalSpec(hidden, QuantMode::kFp8Group, true);
+  s.group_size = group;
+  s.scale_layout = layout;
+  s.scale_fmt = fmt;
+  return s;
+}
+
 std::string Describe(const AllreduceRmsnormSpec& s, int64_t t) {
   return s.ToString() + " T=" + std::to_string(t);
 }
@@ -315,10 +324,7 @@ TEST_F(LocalFusedTest, DtypesGroupsAndScaleLayoutsAreBitwiseTheOracle) {
     for (ScaleLayout layout : {ScaleLayout::kRow, ScaleLayout::kCol})
       for (ScaleFormat fmt : {ScaleFormat::kF32, ScaleFormat::kUe8m0})
         for (cuda::RowOwner owner : RowOwnersOf(7168)) {
-          AllreduceRmsnormSpec s = LocalSpec(7168, QuantMode::kFp8Group, true);
-          s.group_size = g;
-          s.scale_layout = layout;
-          s.scale_fmt = fmt;
+          const AllreduceRmsnormSpec s = GroupSpec(7168, g, layout, fmt);
           cuda::LaunchOptions options;
           options.row_owner = owner;
           for (int64_t t : {1, 6})
@@ -435,10 +441,7 @@ TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
       for (ScaleLayout layout : {ScaleLayout::kRow, ScaleLayout::kCol})
         for (ScaleFormat fmt : {ScaleFormat::kF32, ScaleFormat::kUe8m0}) {
           if (h % g != 0) continue;
-          AllreduceRmsnormSpec s = LocalSpec(h, QuantMode::kFp8Group, true);
-          s.group_size = g;
-          s.scale_layout = layout;
-          s.scale_fmt = fmt;
+          const AllreduceRmsnormSpec s = GroupSpec(h, g, layout, fmt);
           cuda::LaunchOptions options;
           options.row_owner = cuda::RowOwner::kPacked;
           for (int64_t t : row_counts(h, {3, 37})) EXPECT_EQ(RunAndCompare(s, t, seed++, options), "") << Describe(s, t);
@@ -501,6 +504,81 @@ TEST_F(LocalFusedTest, PackedRowsAreBitwiseTheOracle) {
 // 512, one block per row at one and two vectors per thread, quant none and fp8_group + norm,
 // with the residual and the norm alone (over x only); the launcher's grid, and three owners
 // striding; at many rows (packed rows at H 512: a warp per row) the rule's choice and packed rows.
+// Packed rows in every group width the launcher can be forced to (LaunchOptions::
+// packed_row_lanes): one vector per lane, and two (half the lanes of a row of one warp's layout,
+// a warp per row of two warps'), whatever the rule picks; the widths a row cannot take are
+// refused with a reason, and exactly those.
+TEST_F(LocalFusedTest, PackedRowsInEveryGroupWidthAreBitwiseTheOracle) {
+  uint64_t seed = 9900;
+  auto takes = [](const AllreduceRmsnormSpec& s, int lanes) {
+    const int64_t vecs = s.hidden / 8;
+    const int64_t one = vecs <= 8 ? 8 : vecs <= 16 ? 16 : vecs <= 32 ? 32 : 64;
+    const int64_t per_lane = (vecs + lanes - 1) / lanes;
+    return lanes <= one && per_lane <= 2 &&
+           !(per_lane == 2 && s.quant == QuantMode::kFp8Group && s.group_size / 8 > lanes);
+  };
+  int two_vector_runs = 0;
+  for (int64_t h : {8, 24, 64, 96, 128, 136, 200, 256, 264, 384, 512})
+    for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+      for (bool residual : {true, false})
+        for (int lanes : {4, 8, 16, 32, 64}) {
+          AllreduceRmsnormSpec s = LocalSpec(h, q, residual);
+          s.group_size = h % 128 == 0 ? 128 : 8;  // at H 128 and 256 a group over 16 lanes' vectors
+          cuda::LaunchOptions options;
+          options.row_owner = cuda::RowOwner::kPacked;
+          options.packed_row_lanes = lanes;
+          for (int64_t t : {1, 37, 1001}) {
+            options.max_row_owners = t == 37 ? 3 : 0;
+            const std::string diff = RunAndCompare(s, t, seed++, options);
+            if (takes(s, lanes)) {
+              EXPECT_EQ(diff, "") << Describe(s, t) << " lanes " << lanes;
+              two_vector_runs += (h / 8 + lanes - 1) / lanes == 2;
+            } else {
+              EXPECT_NE(diff.find("launch: invalid argument"), std::string::npos)
+                  << Describe(s, t) << " lanes " << lanes << ": " << diff;
+            }
+          }
+        }
+  EXPECT_GT(two_vector_runs, 0);
+  // The rule's own pick where it takes two vectors per lane: the norm alone from 16384 rows.
+  for (int64_t h : {64, 128, 200, 256})
+    for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group}) {
+      AllreduceRmsnormSpec s = LocalSpec(h, q, false);
+      s.group_size = h % 64 == 0 ? 32 : 8;
+      ASSERT_LT(cuda::PackedRowLanes(s, 16390), cuda::PackedRowLanes(s, 16383)) << Describe(s, 16390);
+      EXPECT_EQ(RunAndCompare(s, 16390, seed++), "") << Describe(s, 16390);
+    }
+  // fp8_group's groups of every size that fits in half a row's lanes, both scale layouts and
+  // formats, two vectors per lane.
+  for (int64_t h : {128, 256})
+    for (int g : {8, 16, 32, 64, 128})
+      for (ScaleLayout layout : {ScaleLayout::kRow, ScaleLayout::kCol})
+        for (ScaleFormat fmt : {ScaleFormat::kF32, ScaleFormat::kUe8m0}) {
+          const AllreduceRmsnormSpec s = GroupSpec(h, g, layout, fmt);
+          cuda::LaunchOptions options;
+          options.row_owner = cuda::RowOwner::kPacked;
+          options.packed_row_lanes = int(h / 16);
+          if (!takes(s, options.packed_row_lanes)) continue;
+          for (int64_t t : {3, 37}) EXPECT_EQ(RunAndCompare(s, t, seed++, options), "") << Describe(s, t);
+        }
+  // The run-time recipe's kernels at two vectors per lane (the fixed ones above).
+  for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group}) {
+    AllreduceRmsnormSpec s = LocalSpec(200, q, true);
+    s.group_size = 8;
+    s.weight_dtype = DType::kF32;
+    cuda::LaunchOptions options;
+    options.row_owner = cuda::RowOwner::kPacked;
+    options.packed_row_lanes = 16;
+    EXPECT_EQ(RunAndCompare(s, 77, seed++, options), "") << Describe(s, 77);
+  }
+  // Lanes for another owner are refused.
+  cuda::LaunchOptions block;
+  block.row_owner = cuda::RowOwner::kBlock;
+  block.packed_row_lanes = 16;
+  EXPECT_NE(RunAndCompare(LocalSpec(128, QuantMode::kNone, true), 4, seed++, block).find("invalid argument"),
+            std::string::npos);
+}
+
 TEST_F(LocalFusedTest, InPlaceOutputsAreBitwiseTheOracle) {
   uint64_t seed = 9700;
   for (int64_t h : {64, 512, 1536, 4096})
@@ -544,6 +622,40 @@ TEST(LocalPackedRowsGridTest, BlocksFollowTheBytesTheOpWrites) {
               << Describe(s, t);
         }
       }
+}
+
+// Packed rows' group width, the launcher's rule (no GPU needed): rows of one warp's layout in
+// the fewest lanes that hold them at one vector per lane, or in half of those at two for the
+// norm alone from 16384 rows, where fp8_group's groups lie within half and two vectors per lane
+// are needed (not H <= 32); rows of two warps' layout a group of two warps below 4096 rows, a
+// warp from there.
+TEST(LocalPackedRowsGridTest, LanesFollowTheRule) {
+  struct Case {
+    int64_t h;
+    QuantMode q;
+    int group;
+    bool residual;
+    int64_t t;
+    int lanes;
+  };
+  const Case cases[] = {
+      {256, QuantMode::kNone, 128, false, 16384, 16},     {256, QuantMode::kNone, 128, false, 16383, 32},
+      {256, QuantMode::kNone, 128, true, 262144, 32},     {256, QuantMode::kFp8Tensor, 128, false, 262144, 16},
+      {256, QuantMode::kFp8Group, 128, false, 65536, 16}, {256, QuantMode::kFp8Group, 256, false, 65536, 32},
+      {200, QuantMode::kFp8Token, 128, false, 20000, 16}, {136, QuantMode::kNone, 128, false, 16384, 16},
+      {128, QuantMode::kNone, 128, false, 16384, 8},      {128, QuantMode::kFp8Group, 128, false, 16384, 16},
+      {128, QuantMode::kFp8Group, 64, false, 16384, 8},   {72, QuantMode::kFp8Tensor, 8, false, 16384, 8},
+      {64, QuantMode::kNone, 64, false, 16384, 4},        {64, QuantMode::kFp8Group, 32, false, 16384, 4},
+      {64, QuantMode::kFp8Group, 64, false, 16384, 8},    {40, QuantMode::kNone, 8, false, 100000, 4},
+      {32, QuantMode::kNone, 32, false, 100000, 8},       {8, QuantMode::kFp8Tensor, 8, false, 100000, 8},
+      {264, QuantMode::kNone, 8, false, 100000, 32},      {512, QuantMode::kNone, 128, true, 4095, 64},
+      {512, QuantMode::kFp8Group, 128, false, 4096, 32},
+  };
+  for (const Case& c : cases) {
+    AllreduceRmsnormSpec s = LocalSpec(c.h, c.q, c.residual);
+    s.group_size = c.group;
+    EXPECT_EQ(cuda::PackedRowLanes(s, c.t), c.lanes) << Describe(s, c.t) << " group " << c.group;
+  }
 }
 
 // The rule's owner and cluster size (no GPU needed) on a GPU of 132 SMs. Where every cluster runs

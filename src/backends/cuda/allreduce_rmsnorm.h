@@ -59,6 +59,10 @@ struct LaunchOptions {
   // With row_owner kClusterPair: the blocks of each row's cluster, 2-8 dividing the row's warps
   // (0: the split into blocks of two row warps, as kCluster's). For tests and measurements.
   int cluster_blocks = 0;
+  // With row_owner kPacked: the threads of each row's group, 4, 8, 16, 32 or 64, at most those that
+  // hold the row at one vector per thread and at least half of them (two vectors per thread;
+  // 0: the launcher's rule). For tests and measurements.
+  int packed_row_lanes = 0;
   // The local epilogue's kernels with the recipe fixed at compile time where the spec is one of
   // their forms (kernels/allreduce_rmsnorm.cuh, "recipes"); false: the kernels that read it at
   // run time, for every spec (the same bits). For tests and measurements.
@@ -112,6 +116,14 @@ StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const 
 // 1.00-1.21 x for fp8_tensor and fp8_token of the norm alone. Pure arithmetic: no GPU needed.
 int64_t PackedRowsBlocks(const AllreduceRmsnormSpec& spec, int64_t tokens, int64_t rows_per_block,
                          int64_t resident, int64_t max_row_owners);
+
+// Threads of a packed row's group for T rows of `spec` (H <= 512), the launcher's rule: for rows
+// of one warp's layout the fewest of 8, 16 and 32 that hold its vectors at one per lane, or half
+// of them at two per lane for the norm alone (no residual) from 16384 rows where fp8_group's
+// groups lie within half (docs/kernels.md); for rows of two warps' layout 64 below 4096 rows
+// (a group of two warps), 32 from there (a warp, two vectors per lane). Pure arithmetic: no GPU
+// needed.
+int PackedRowLanes(const AllreduceRmsnormSpec& spec, int64_t tokens);
 
 // The row owner the local epilogue's measured rule takes for T rows of `spec` (row_owner kAuto)
 // on a GPU of `sms` SMs, given how many of each cluster kind and size run at once (`capacity`,

@@ -213,19 +213,25 @@ struct BlockRow {
 inline constexpr int kMaxPackedBlockThreads = 256;
 
 // Rows packed into blocks, for rows of one or two warps' layout (H <= 512: common/row_layout.h):
-// each aligned group of kRowLanes threads (8, 16, 32 or 64) owns a row, so a block holds
+// each aligned group of kRowLanes threads (4, 8, 16, 32 or 64) owns a row, so a block holds
 // blockDim / kRowLanes rows at once where one block per row would start a block of one or two
 // warps per row (measured: at 4096 rows and more the blocks' start, not the bytes, set one block
 // per row's time; docs/kernels.md). Group g of block b runs rows b x (groups per block) + g, then
-// on by the grid's groups. Thread() and Threads() index the layout's row threads: a thread's
-// vector k is the row's vector Thread() + k x Threads().
+// on by the grid's groups. A thread's vector k is the row's vector Thread() + k x Threads().
 // - Groups of a warp or less (H <= 256, one vector per thread): the layout's row threads past
-//   kRowLanes own no vector of the row (vecs <= kRowLanes), so Threads() is the layout's 32, and a
-//   row's values never leave its group: a reduction is a butterfly (or an integer reduction) over
-//   the group's lanes, under the group's lane mask, as cooperative groups' tiles reduce; a group
-//   whose rows have ended exits without the others. The sum keeps the layout's order: the
-//   butterfly's levels at offsets >= kRowLanes would add the sums of lanes that own no vector,
-//   +0, and s + (+0) = s for every sum of squares (>= +0 or NaN).
+//   kRowLanes own no vector of the row (vecs <= kRowLanes), and a row's values never leave its
+//   group: a reduction is a butterfly (or an integer reduction) over the group's lanes, under the
+//   group's lane mask, as cooperative groups' tiles reduce; a group whose rows have ended exits
+//   without the others. The sum keeps the layout's order: the butterfly's levels at offsets >=
+//   kRowLanes would add the sums of lanes that own no vector, +0, and s + (+0) = s for every sum
+//   of squares (>= +0 or NaN).
+// - Groups below a warp at two vectors per thread (H <= 256, vecs <= 2 x kRowLanes): lane l
+//   holds the layout's row threads l (vector 0) and kRowLanes + l (vector 1). The layout's
+//   butterfly adds +0 at the levels past 2 x kRowLanes, then at level kRowLanes row threads l
+//   and kRowLanes + l: that is the lane's two sums added (RowSumOfParts; a + b = b + a in IEEE
+//   arithmetic), and the group's butterfly of those is the rest of the layout's levels. Half the
+//   lanes per row, so each thread's per-row work (the reductions, r, the addresses) covers
+//   twice the vectors.
 // - Rows of two warps' layout (H 264-512), two ways:
 //   - a warp per row at two vectors per thread (kRowLanes 32, kVec 2): lane l holds the layout's
 //     row threads l (vector 0) and 32 + l (vector 1), one of each of its warps. Their sums of
@@ -241,11 +247,11 @@ inline constexpr int kMaxPackedBlockThreads = 256;
 // reading row i's values (as BlockSum's __syncthreads).
 template <int kRowLanes>
 struct PackedRows {
-  static_assert(kRowLanes == 8 || kRowLanes == 16 || kRowLanes == 32 || kRowLanes == 64,
+  static_assert(kRowLanes == 4 || kRowLanes == 8 || kRowLanes == 16 || kRowLanes == 32 || kRowLanes == 64,
                 "a group is an aligned power of two lanes, or two warps");
   static constexpr int kRowWarps = kRowLanes > 32 ? kRowLanes / 32 : 1;
   __device__ __forceinline__ static int Thread() { return threadIdx.x & (kRowLanes - 1); }
-  __device__ __forceinline__ static int Threads() { return kRowWarps * 32; }
+  __device__ __forceinline__ static int Threads() { return kRowLanes; }
   __device__ __forceinline__ static int64_t FirstRow() {
     return int64_t(blockIdx.x) * (blockDim.x / kRowLanes) + threadIdx.x / kRowLanes;
   }
@@ -515,7 +521,8 @@ inline constexpr bool kClusterSpan = std::is_base_of_v<RowCluster, Span>;
 template <typename Span>
 inline constexpr bool kPairSpan = std::is_same_v<Span, ClusterPairRow> || std::is_same_v<Span, WideClusterPairRow>;
 template <typename Span>
-inline constexpr bool kPackedSpan = std::is_same_v<Span, PackedRows<8>> || std::is_same_v<Span, PackedRows<16>> ||
+inline constexpr bool kPackedSpan = std::is_same_v<Span, PackedRows<4>> || std::is_same_v<Span, PackedRows<8>> ||
+                                    std::is_same_v<Span, PackedRows<16>> ||
                                     std::is_same_v<Span, PackedRows<32>> || std::is_same_v<Span, PackedRows<64>>;
 // The lanes that reduce a row's values together in a warp: all 32, or a PackedRows group's.
 template <typename Span>
@@ -588,14 +595,21 @@ __device__ __forceinline__ float RowMax(float v, float (*smem)[32], int slot) {
 }
 
 // The row's sum of a thread's sums of squares kept in kParts parts: one part (RowSum), or, for
-// packed rows of two warps' layout (kSumParts), part k the layout's row thread 32 k + lane,
-// reduced over the warp as layout warp k reduces it, the warps' sums then added in order.
+// packed rows at two vectors per thread (kSumParts), part k the layout's row thread
+// k x Threads() + lane: for a warp per row of two warps' layout, each part reduced over the warp
+// as layout warp k reduces it, the warps' sums then added in order; for a group below a warp
+// (one warp's layout), the two parts added, as the layout's butterfly level Threads() adds
+// them, then the group's butterfly (PackedRows).
 template <typename Span, int kVec>
 inline constexpr int kSumParts = kPackedSpan<Span> ? kVec : 1;
 template <typename Span, int kParts>
 __device__ __forceinline__ float RowSumOfParts(const float (&parts)[kParts], float (*smem)[32], int slot) {
   if constexpr (kParts == 1) {
     return RowSum<Span>(parts[0], smem, slot);
+  } else if constexpr (std::is_same_v<Span, PackedRows<4>> || std::is_same_v<Span, PackedRows<8>> ||
+                       std::is_same_v<Span, PackedRows<16>>) {
+    static_assert(kParts == 2, "a group below a warp holds two of the layout's row threads");
+    return Span::Reduce(__fadd_rn(parts[0], parts[1]), SumOp{}, smem, slot);
   } else {
     static_assert(std::is_same_v<Span, PackedRows<32>>, "parts of a sum: a warp per row of two warps' layout");
     float warp_sums[kParts];

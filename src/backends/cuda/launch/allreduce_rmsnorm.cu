@@ -232,22 +232,46 @@ bool HasPackedRows(const RowLayout& layout) { return layout.threads <= 64 && lay
 // one warp).
 constexpr int64_t kPackedWarpRowsMinRows = 4096;
 
-// Threads of a packed row's group for T rows: the fewest of 8, 16 and 32 that hold its vectors at
-// one per thread, and for rows of two warps' layout 32 (a warp, two vectors per thread) or 64.
-int PackedRowLanes(const RowLayout& layout, int64_t tokens) {
-  if (layout.vecs > 32) return tokens >= kPackedWarpRowsMinRows ? 32 : 64;
-  return layout.vecs <= 8 ? 8 : layout.vecs <= 16 ? 16 : 32;
+// The fewest of 8, 16, 32 and 64 threads that hold a packed row's vectors at one per thread.
+int OneVectorPackedLanes(const RowLayout& layout) {
+  return layout.vecs <= 8 ? 8 : layout.vecs <= 16 ? 16 : layout.vecs <= 32 ? 32 : 64;
 }
 
 // Vectors per thread of a packed row in groups of `lanes`: two where a warp holds a row of two
-// warps' layout, else one.
-int PackedVecsPerThread(const RowLayout& layout, int lanes) { return lanes == 32 ? layout.threads / 32 : 1; }
+// warps' layout or a group below a warp a row of one warp's (PackedRows), else one.
+int PackedVecsPerThread(const RowLayout& layout, int lanes) { return (layout.vecs + lanes - 1) / lanes; }
 
-// Warps of a packed rows' block for T rows: one per SM (or one group of two warps) until every
-// SM has one, then up to kMaxPackedBlockThreads / 32, in whole groups, so small T spreads over
-// the SMs and large T starts few blocks.
-int PackedBlockWarps(const RowLayout& layout, int64_t tokens, int64_t sms) {
-  const int lanes = PackedRowLanes(layout, tokens);
+// Why a group of `lanes` threads cannot own a packed row of `spec` (empty: it can): lanes 4, 8,
+// 16, 32 or 64, at most those of one vector per thread, at most two vectors per thread, and at
+// two every fp8_group group within one of a thread's two vectors' lanes.
+std::string PackedLanesRefusal(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int lanes) {
+  if (lanes != 4 && lanes != 8 && lanes != 16 && lanes != 32 && lanes != 64)
+    return StrCat("a packed row's group has 4, 8, 16, 32 or 64 lanes, not ", lanes);
+  if (lanes > OneVectorPackedLanes(layout))
+    return StrCat("a row of hidden ", spec.hidden, " takes at most ", OneVectorPackedLanes(layout),
+                  " lanes (one vector each), not ", lanes);
+  if (PackedVecsPerThread(layout, lanes) > 2)
+    return StrCat("a row of hidden ", spec.hidden, " in ", lanes, " lanes is ",
+                  PackedVecsPerThread(layout, lanes), " vectors per lane; packed rows take at most 2");
+  if (PackedVecsPerThread(layout, lanes) == 2 && spec.quant == QuantMode::kFp8Group &&
+      spec.group_size / kVecElems > lanes)
+    return StrCat("fp8_group's groups of ", spec.group_size, " span more than ", lanes,
+                  " lanes' vectors: not two vectors per lane");
+  return "";
+}
+
+// Rows of one warp's layout of the norm alone (no residual) take two vectors per lane in half
+// the lanes from this row count on. Measured on one H100 at H 96, 128, 200 and 256 against one
+// vector per lane (docs/perf/h100x1/NOTES.md, run 85): the norm alone 0.80-0.97 x its time at
+// 16384 rows, 0.88-0.99 x at 65536-262144, in every quant mode; at 4096 rows 0.92-1.10 x. At
+// H 64 (run 86) one vector per lane took 0.98-1.21 x the time of two. With the residual
+// 0.89-1.03 x from 16384 rows (0.89-0.99 at H 96, level at the others): not taken.
+constexpr int64_t kPackedTwoVectorMinRows = 16384;
+
+// Warps of a packed rows' block for T rows in groups of `lanes`: one per SM (or one group of two
+// warps) until every SM has one, then up to kMaxPackedBlockThreads / 32, in whole groups, so
+// small T spreads over the SMs and large T starts few blocks.
+int PackedBlockWarps(int lanes, int64_t tokens, int64_t sms) {
   const int group_warps = std::max(1, lanes / 32);
   const int64_t warps = (tokens * lanes + 31) / 32;
   const int64_t per_sm = std::clamp<int64_t>((warps + sms - 1) / sms, 1, kMaxPackedBlockThreads / 32);
@@ -370,6 +394,7 @@ FusedKernelFn SelectEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& 
     case RowOwner::kPacked: {
       const int packed_v = PackedVecsPerThread(layout, packed_lanes);
       switch (packed_lanes) {
+        case 4: return SelectKernel<PackedEpilogueFamily<kRecipe, 4>>(spec.act_dtype, packed_v, spec.quant);
         case 8: return SelectKernel<PackedEpilogueFamily<kRecipe, 8>>(spec.act_dtype, packed_v, spec.quant);
         case 16: return SelectKernel<PackedEpilogueFamily<kRecipe, 16>>(spec.act_dtype, packed_v, spec.quant);
         case 32: return SelectKernel<PackedEpilogueFamily<kRecipe, 32>>(spec.act_dtype, packed_v, spec.quant);
@@ -412,7 +437,7 @@ StatusOr<int64_t> CapacityOnDevice(const DeviceFacts& device, const AllreduceRms
                                    const LaunchOptions& options) {
   TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel,
                           EpilogueKernel(spec, layout, choice.owner, recipe, choice.cluster_blocks,
-                                         PackedRowLanes(layout, kPackedWarpRowsMinRows)));
+                                         PackedRowLanes(spec, kPackedWarpRowsMinRows)));
   if (choice.owner == RowOwner::kBlock || choice.owner == RowOwner::kPacked) {
     const int threads = choice.owner == RowOwner::kPacked ? kMaxPackedBlockThreads : layout.threads;
     TPFUSE_ASSIGN_OR_RETURN(const int blocks, MaxResidentBlocks(kernel, threads));
@@ -447,9 +472,11 @@ StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceR
 Status LaunchPackedRows(const AllreduceRmsnormSpec& spec, const RowLayout& layout, KernelRecipe recipe,
                       int64_t tokens, const FusedBuffers& b, cudaStream_t stream, const LaunchOptions& options,
                       const DeviceFacts& device) {
-  const int lanes = PackedRowLanes(layout, tokens);
+  const int lanes = options.packed_row_lanes != 0 ? options.packed_row_lanes : PackedRowLanes(spec, tokens);
+  if (const std::string refusal = PackedLanesRefusal(spec, layout, lanes); !refusal.empty())
+    return InvalidArgument(refusal);
   TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel, EpilogueKernel(spec, layout, RowOwner::kPacked, recipe, 1, lanes));
-  const int warps = PackedBlockWarps(layout, tokens, device.sms);
+  const int warps = PackedBlockWarps(lanes, tokens, device.sms);
   const int64_t rows_per_block = int64_t{warps} * 32 / lanes;
   TPFUSE_ASSIGN_OR_RETURN(const int resident, MaxResidentBlocks(kernel, 32 * warps));
   const int64_t blocks =
@@ -463,6 +490,15 @@ Status LaunchPackedRows(const AllreduceRmsnormSpec& spec, const RowLayout& layou
 }
 
 }  // namespace
+
+int PackedRowLanes(const AllreduceRmsnormSpec& spec, int64_t tokens) {
+  const RowLayout layout = MakeRowLayout(spec.hidden);
+  if (layout.vecs > 32) return tokens >= kPackedWarpRowsMinRows ? 32 : 64;
+  const int one = OneVectorPackedLanes(layout);
+  const bool two = !spec.has_residual && tokens >= kPackedTwoVectorMinRows &&
+                   PackedVecsPerThread(layout, one / 2) == 2 && PackedLanesRefusal(spec, layout, one / 2).empty();
+  return two ? one / 2 : one;
+}
 
 int64_t PackedRowsBlocks(const AllreduceRmsnormSpec& spec, int64_t tokens, int64_t rows_per_block,
                          int64_t resident, int64_t max_row_owners) {
@@ -574,6 +610,8 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
   if (tokens == 0) return Status::Ok();
   if (options.cluster_blocks != 0 && options.row_owner != RowOwner::kClusterPair)
     return InvalidArgument("cluster_blocks is for row_owner kClusterPair only");
+  if (options.packed_row_lanes != 0 && options.row_owner != RowOwner::kPacked)
+    return InvalidArgument("packed_row_lanes is for row_owner kPacked only");
   const RowLayout layout = MakeRowLayout(spec.hidden);
   const KernelRecipe recipe = LocalKernelRecipe(spec, options);
   TPFUSE_ASSIGN_OR_RETURN(const DeviceFacts device, CurrentDeviceFacts());

@@ -4,6 +4,7 @@
 
 namespace tpfuse::cuda {
 
+template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kRuntime, 4>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kRuntime, 8>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kRuntime, 16>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kRuntime, 32>>(DType, int, QuantMode);

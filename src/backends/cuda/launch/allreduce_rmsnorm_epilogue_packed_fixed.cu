@@ -4,6 +4,7 @@
 
 namespace tpfuse::cuda {
 
+template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixed, 4>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixed, 8>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixed, 16>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixed, 32>>(DType, int, QuantMode);

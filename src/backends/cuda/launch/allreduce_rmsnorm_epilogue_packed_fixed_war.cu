@@ -4,6 +4,7 @@
 
 namespace tpfuse::cuda {
 
+template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 4>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 8>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 16>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<PackedEpilogueFamily<KernelRecipe::kFixedWeightAfterRound, 32>>(DType, int, QuantMode);
