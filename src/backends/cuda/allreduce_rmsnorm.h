@@ -41,9 +41,10 @@ enum class RowOwner : uint8_t {
              // row has no split or the device no clusters
   kClusterPair,  // one cluster per row, two threads per row thread (ClusterPairRow); as kCluster,
                  // and kUnimplemented for rows of other than two vectors per row thread
-  kPacked,  // rows of one or two warps packed into blocks of 1-8 warps: 4, 2 or 1 rows per warp,
-            // and rows of two warps' layout two warps per row, or a warp per row from 4096 rows
-            // (PackedRows); kUnimplemented for larger rows (H > 512)
+  kPacked,  // rows of one or two warps packed into blocks of 1-8 warps: 4, 2 or 1 rows per warp
+            // (8, 4 or 2 at two vectors per lane for the norm alone from 16384 rows), and rows of
+            // two warps' layout two warps per row, or a warp per row from 4096 rows (PackedRows);
+            // kUnimplemented for larger rows (H > 512)
 };
 
 struct LaunchOptions {
@@ -60,8 +61,9 @@ struct LaunchOptions {
   // (0: the split into blocks of two row warps, as kCluster's). For tests and measurements.
   int cluster_blocks = 0;
   // With row_owner kPacked: the threads of each row's group, 4, 8, 16, 32 or 64, at most those that
-  // hold the row at one vector per thread and at least half of them (two vectors per thread;
-  // 0: the launcher's rule). For tests and measurements.
+  // hold the row at one vector per thread and at least half of them (two vectors per thread, where
+  // fp8_group's groups lie within half; 4 lanes only at two); 0: the launcher's rule. Others are
+  // refused with the reason. For tests and measurements.
   int packed_row_lanes = 0;
   // The local epilogue's kernels with the recipe fixed at compile time where the spec is one of
   // their forms (kernels/allreduce_rmsnorm.cuh, "recipes"); false: the kernels that read it at

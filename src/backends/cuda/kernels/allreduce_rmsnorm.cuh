@@ -249,6 +249,7 @@ template <int kRowLanes>
 struct PackedRows {
   static_assert(kRowLanes == 4 || kRowLanes == 8 || kRowLanes == 16 || kRowLanes == 32 || kRowLanes == 64,
                 "a group is an aligned power of two lanes, or two warps");
+  static constexpr int kLanes = kRowLanes;
   static constexpr int kRowWarps = kRowLanes > 32 ? kRowLanes / 32 : 1;
   __device__ __forceinline__ static int Thread() { return threadIdx.x & (kRowLanes - 1); }
   __device__ __forceinline__ static int Threads() { return kRowLanes; }
@@ -606,8 +607,7 @@ template <typename Span, int kParts>
 __device__ __forceinline__ float RowSumOfParts(const float (&parts)[kParts], float (*smem)[32], int slot) {
   if constexpr (kParts == 1) {
     return RowSum<Span>(parts[0], smem, slot);
-  } else if constexpr (std::is_same_v<Span, PackedRows<4>> || std::is_same_v<Span, PackedRows<8>> ||
-                       std::is_same_v<Span, PackedRows<16>>) {
+  } else if constexpr (kPackedSpan<Span> && Span::kLanes < 32) {
     static_assert(kParts == 2, "a group below a warp holds two of the layout's row threads");
     return Span::Reduce(__fadd_rn(parts[0], parts[1]), SumOp{}, smem, slot);
   } else {
@@ -657,7 +657,8 @@ __device__ __forceinline__ void LaneGroupMax(float (&v)[kVec], int lanes, unsign
 // ================================================================ the per-row epilogue
 
 // Thread layout of a row (common/row_layout.h): row thread i of n (Span::Thread, Span::Threads)
-// owns vectors i, i + n, ..., i + (kVec - 1) n (those < H/8). n is a multiple of 32 fixed by H,
+// owns vectors i, i + n, ..., i + (kVec - 1) n (those < H/8). n is a multiple of 32 fixed by H
+// (packed rows: the group's lanes, 4-64, holding the layout's row threads as PackedRows says),
 // so the sum of squares has one fixed order and groups of group_size/8 consecutive vectors are
 // owned by aligned lane groups.
 template <int kVec, typename Span = BlockRow>
@@ -1420,8 +1421,9 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 //
 // Grid: one block per row (a grid-stride loop covers T beyond the grid); block: blockDim threads
 // fixed by H (common/row_layout.h), kVec vectors each. With rows packed (PackedRows, rows of
-// one or two warps' layout): blocks of 1-8 warps, each warp holding 1, 2 or 4 rows at once, or
-// two warps one, or a warp one of two warps' layout at kVec = 2. With a cluster owner (small T):
+// one or two warps' layout): blocks of 1-8 warps, each warp holding 1, 2 or 4 rows at once (2, 4
+// or 8 at kVec = 2, half the lanes per row), or two warps one, or a warp one of two warps' layout
+// at kVec = 2. With a cluster owner (small T):
 // one cluster of C blocks per row, each block holding 1/C of the row's threads (ClusterRow), or of
 // the row threads' vectors at one per thread (ClusterPairRow, kVec = 1 for rows of two vectors
 // per row thread), launched with cluster dimension C (the launcher's ClusterBlocks). Several

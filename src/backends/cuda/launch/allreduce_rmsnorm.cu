@@ -237,13 +237,14 @@ int OneVectorPackedLanes(const RowLayout& layout) {
   return layout.vecs <= 8 ? 8 : layout.vecs <= 16 ? 16 : layout.vecs <= 32 ? 32 : 64;
 }
 
-// Vectors per thread of a packed row in groups of `lanes`: two where a warp holds a row of two
-// warps' layout or a group below a warp a row of one warp's (PackedRows), else one.
+// Vectors per thread of a packed row in groups of `lanes` (PackedRows): two where a warp holds a
+// row of two warps' layout or half the lanes of one vector each a row of one warp's layout, one
+// where the lanes hold a vector each (more: refused, PackedLanesRefusal).
 int PackedVecsPerThread(const RowLayout& layout, int lanes) { return (layout.vecs + lanes - 1) / lanes; }
 
 // Why a group of `lanes` threads cannot own a packed row of `spec` (empty: it can): lanes 4, 8,
-// 16, 32 or 64, at most those of one vector per thread, at most two vectors per thread, and at
-// two every fp8_group group within one of a thread's two vectors' lanes.
+// 16, 32 or 64, at most those of one vector per thread, at most two vectors per thread (4 lanes:
+// exactly two), and at two every fp8_group group within one of a thread's two vectors' lanes.
 std::string PackedLanesRefusal(const AllreduceRmsnormSpec& spec, const RowLayout& layout, int lanes) {
   if (lanes != 4 && lanes != 8 && lanes != 16 && lanes != 32 && lanes != 64)
     return StrCat("a packed row's group has 4, 8, 16, 32 or 64 lanes, not ", lanes);
@@ -253,6 +254,9 @@ std::string PackedLanesRefusal(const AllreduceRmsnormSpec& spec, const RowLayout
   if (PackedVecsPerThread(layout, lanes) > 2)
     return StrCat("a row of hidden ", spec.hidden, " in ", lanes, " lanes is ",
                   PackedVecsPerThread(layout, lanes), " vectors per lane; packed rows take at most 2");
+  if (lanes == 4 && PackedVecsPerThread(layout, lanes) == 1)
+    return StrCat("a row of hidden ", spec.hidden, " takes 8 lanes at one vector each; 4 lanes hold",
+                  " two vectors each (hidden 40-64)");
   if (PackedVecsPerThread(layout, lanes) == 2 && spec.quant == QuantMode::kFp8Group &&
       spec.group_size / kVecElems > lanes)
     return StrCat("fp8_group's groups of ", spec.group_size, " span more than ", lanes,
@@ -267,6 +271,8 @@ std::string PackedLanesRefusal(const AllreduceRmsnormSpec& spec, const RowLayout
 // H 64 (run 86) one vector per lane took 0.98-1.21 x the time of two. With the residual
 // 0.89-1.03 x from 16384 rows (0.89-0.99 at H 96, level at the others): not taken.
 constexpr int64_t kPackedTwoVectorMinRows = 16384;
+// Rows enough for every packed row to take the width of many rows (LocalRowOwnerCapacity).
+constexpr int64_t kPackedManyRows = std::max(kPackedWarpRowsMinRows, kPackedTwoVectorMinRows);
 
 // Warps of a packed rows' block for T rows in groups of `lanes`: one per SM (or one group of two
 // warps) until every SM has one, then up to kMaxPackedBlockThreads / 32, in whole groups, so
@@ -437,7 +443,7 @@ StatusOr<int64_t> CapacityOnDevice(const DeviceFacts& device, const AllreduceRms
                                    const LaunchOptions& options) {
   TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel,
                           EpilogueKernel(spec, layout, choice.owner, recipe, choice.cluster_blocks,
-                                         PackedRowLanes(spec, kPackedWarpRowsMinRows)));
+                                         PackedRowLanes(spec, kPackedManyRows)));
   if (choice.owner == RowOwner::kBlock || choice.owner == RowOwner::kPacked) {
     const int threads = choice.owner == RowOwner::kPacked ? kMaxPackedBlockThreads : layout.threads;
     TPFUSE_ASSIGN_OR_RETURN(const int blocks, MaxResidentBlocks(kernel, threads));

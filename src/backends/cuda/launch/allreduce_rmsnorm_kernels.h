@@ -4,7 +4,7 @@
 // families compile in parallel. 24 instantiations per family: 2 activation dtypes x 3 vector
 // counts per thread (1, 2, 4) x 4 quant modes. The epilogue has a family per row owner and
 // recipe (three recipes: run time, and two fixed); the packed rows' families instantiate the
-// 8 kernels of one vector per thread, and for groups of 4-32 lanes also the 8 of two.
+// 8 kernels of one vector per thread (groups of 8-64 lanes) and of two (4-32 lanes).
 #pragma once
 
 #include "backends/cuda/kernels/allreduce_rmsnorm.cuh"
@@ -54,14 +54,14 @@ struct ClusterPairEpilogueFamily {
 };
 
 // The epilogue kernel with rows packed into blocks, a group of kRowLanes threads per row: rows of
-// one or two warps' layout at one vector per thread, and at two (kRowLanes 4-32) rows of one
-// warp's layout in half the lanes or, a warp per row, of two warps' layout (PackedRows; none for
-// other kVec).
+// one or two warps' layout at one vector per thread (kRowLanes 8-64), and at two (kRowLanes
+// 4-32) rows of one warp's layout in half the lanes or, a warp per row, of two warps' layout
+// (PackedRows; none for other kVec).
 template <KernelRecipe kRecipe, int kRowLanes>
 struct PackedEpilogueFamily {
   template <typename T, int kVec, QuantMode kQuant>
   static constexpr FusedKernelFn Kernel() {
-    if constexpr (kVec == 1 || (kVec == 2 && kRowLanes <= 32))
+    if constexpr ((kVec == 1 && kRowLanes >= 8) || (kVec == 2 && kRowLanes <= 32))
       return AllreduceEpilogueKernel<T, kVec, kQuant, PackedRows<kRowLanes>, RecipeOf<T, kRecipe>>;
     else return nullptr;
   }
