@@ -441,9 +441,9 @@ StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const R
 StatusOr<int64_t> CapacityOnDevice(const DeviceFacts& device, const AllreduceRmsnormSpec& spec,
                                    const RowLayout& layout, KernelRecipe recipe, const LocalRowOwner& choice,
                                    const LaunchOptions& options) {
+  const int packed_lanes = choice.owner == RowOwner::kPacked ? PackedRowLanes(spec, kPackedManyRows) : 0;
   TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel,
-                          EpilogueKernel(spec, layout, choice.owner, recipe, choice.cluster_blocks,
-                                         PackedRowLanes(spec, kPackedManyRows)));
+                          EpilogueKernel(spec, layout, choice.owner, recipe, choice.cluster_blocks, packed_lanes));
   if (choice.owner == RowOwner::kBlock || choice.owner == RowOwner::kPacked) {
     const int threads = choice.owner == RowOwner::kPacked ? kMaxPackedBlockThreads : layout.threads;
     TPFUSE_ASSIGN_OR_RETURN(const int blocks, MaxResidentBlocks(kernel, threads));
@@ -478,9 +478,11 @@ StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceR
 Status LaunchPackedRows(const AllreduceRmsnormSpec& spec, const RowLayout& layout, KernelRecipe recipe,
                       int64_t tokens, const FusedBuffers& b, cudaStream_t stream, const LaunchOptions& options,
                       const DeviceFacts& device) {
+  // The rule's widths are ones a row can take; a forced one is checked.
   const int lanes = options.packed_row_lanes != 0 ? options.packed_row_lanes : PackedRowLanes(spec, tokens);
-  if (const std::string refusal = PackedLanesRefusal(spec, layout, lanes); !refusal.empty())
-    return InvalidArgument(refusal);
+  if (options.packed_row_lanes != 0)
+    if (const std::string refusal = PackedLanesRefusal(spec, layout, lanes); !refusal.empty())
+      return InvalidArgument(refusal);
   TPFUSE_ASSIGN_OR_RETURN(const FusedKernelFn kernel, EpilogueKernel(spec, layout, RowOwner::kPacked, recipe, 1, lanes));
   const int warps = PackedBlockWarps(lanes, tokens, device.sms);
   const int64_t rows_per_block = int64_t{warps} * 32 / lanes;
@@ -501,8 +503,9 @@ int PackedRowLanes(const AllreduceRmsnormSpec& spec, int64_t tokens) {
   const RowLayout layout = MakeRowLayout(spec.hidden);
   if (layout.vecs > 32) return tokens >= kPackedWarpRowsMinRows ? 32 : 64;
   const int one = OneVectorPackedLanes(layout);
+  // Half the lanes hold two vectors each (one each only where 4 lanes would, which is refused).
   const bool two = !spec.has_residual && tokens >= kPackedTwoVectorMinRows &&
-                   PackedVecsPerThread(layout, one / 2) == 2 && PackedLanesRefusal(spec, layout, one / 2).empty();
+                   PackedLanesRefusal(spec, layout, one / 2).empty();
   return two ? one / 2 : one;
 }
 
