@@ -2,11 +2,11 @@
 layers), sharded for TP 2 by hand, Llama and Mixtral sharded by transformers' own
 tp_plan="auto", and the replicated families of tp_models (post-norm, sandwich norms, fused
 projections, MoE, hybrid linear attention, Gemma 4's pow(-0.5) norms, nanochat's norms without a
-weight), run at world size 2 over gloo: the pass fuses every all_reduce -> norm site (2 per
-layer), no all_reduce stays in the graph, it reports nothing it should not, and the compiled
-model equals the eager one. Cohere's
-parallel attention and MLP (two all_reduces added to one residual) leaves what it cannot fuse,
-and says why.
+weight, MiniMax's scaled residual, LFM2's short convolutions), run at world size 2 over gloo: the
+pass fuses every all_reduce -> norm site (2 per layer), no all_reduce stays in the graph, it
+reports nothing it should not, and the compiled model equals the eager one. Two all_reduces
+added on the way to one norm (Cohere's parallel attention and MLP, Granite 4's MoE and shared
+MLP) leave what the fused op cannot take, and say why.
 
 All cases run in one pair of processes (a session fixture), so the interpreter start, the
 imports and the process group are paid once.
@@ -23,6 +23,8 @@ import tp_models  # noqa: E402
 from tp_models import Case  # noqa: E402
 
 LAYERS = 2
+# Families where two all_reduces meet before a norm (tested on their own, below).
+TWO_ALL_REDUCES = ("cohere2_moe", "granitemoehybrid")
 CASES = [
     Case("llama"),
     Case("qwen3"),
@@ -37,18 +39,19 @@ CASES = [
     Case("qwen3", quant="vllm_group"),
     Case("qwen3_next", quant="group"),    # (1 + w) norms with f32 weights, hybrid layers
     Case("gpt_oss", quant="vllm_token"),  # MoE
-] + [Case(family) for family in tp_models.REPLICATED if family != "cohere2_moe"] + [
+] + [Case(family) for family in tp_models.REPLICATED if family not in TWO_ALL_REDUCES] + [
     # Sharded by transformers' own tp_plan="auto": DTensor plans, traced to functional all_reduces.
     Case("llama", hf_tp=True),
     Case("mixtral", hf_tp=True),
 ]
 HAVE_ACCELERATE = importlib.util.find_spec("accelerate") is not None  # tp_plan needs it
 PARALLEL_BLOCKS = Case("cohere2_moe")
+SUMMED_BLOCKS = Case("granitemoehybrid")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    cases = [c for c in CASES if HAVE_ACCELERATE or not c.hf_tp] + [PARALLEL_BLOCKS]
+    cases = [c for c in CASES if HAVE_ACCELERATE or not c.hf_tp] + [PARALLEL_BLOCKS, SUMMED_BLOCKS]
     per_rank = tp_harness.run_all(cases, str(tmp_path_factory.mktemp("tp2")))
     return {case.name: [per_rank[r][i] for r in range(len(per_rank))]
             for i, case in enumerate(cases)}
@@ -109,13 +112,30 @@ def test_ranks_agree(results):
 
 def test_parallel_blocks_fuse_what_one_all_reduce_feeds_and_say_why_not_the_rest(results):
     # h = attn + mlp + residual: the first all_reduce reaches the next norm only through the add
-    # of the second (the fused op adds one residual), so it stays, with that reason; the chains
-    # one all_reduce feeds are fused; every all_reduce is one or the other.
+    # into the residual of the second's norm (the fused op takes one all_reduce per norm), so it
+    # stays, with that reason; the chains one all_reduce feeds are fused; every all_reduce is one
+    # or the other.
     for result in map(_ok, results[PARALLEL_BLOCKS.name]):
         assert result["untranslated"] == [] and result["skipped"] == {}
         assert result["all_reduces"] == 2 * LAYERS
         assert result["fused"] >= 1
         assert result["fused"] + len(result["left_alone"]) == result["all_reduces"]
-        assert all("only through add" in why for why in result["left_alone"].values()), \
-            result["left_alone"]
+        for why in result["left_alone"].values():
+            assert "only through add" in why, why
+            assert "into the residual of a norm whose input is the sum of all_reduce %" in why, why
+        assert result["vs_unfused"]["equal"] and result["vs_eager"]["equal"], result
+
+
+def test_blocks_summed_before_the_residual_add_stay_and_say_why(results):
+    # Granite 4: h = residual + (moe + shared_mlp) * multiplier, each block's output all-reduced:
+    # neither all_reduce is one chain's (the fused op adds one all_reduce's sum to a residual),
+    # so both stay, each naming the other; the mixer's (attention or mamba) fuses.
+    for result in map(_ok, results[SUMMED_BLOCKS.name]):
+        assert result["untranslated"] == [] and result["skipped"] == {}
+        assert result["all_reduces"] == 3 * LAYERS
+        assert result["fused"] == LAYERS, result["left_alone"]
+        assert len(result["left_alone"]) == 2 * LAYERS == result["all_reduces_after"]
+        for why in result["left_alone"].values():
+            assert "adds it to the sum of all_reduce %" in why, why
+            assert "one all_reduce of the summed partial results would fuse" in why, why
         assert result["vs_unfused"]["equal"] and result["vs_eager"]["equal"], result

@@ -133,6 +133,51 @@ def test_all_reduce_without_norm_is_left_alone_with_the_reason(caplog):
     assert any("all_reduce %wait_tensor left alone" in r.getMessage() for r in caplog.records)
 
 
+def test_all_reduces_the_ir_cannot_read_are_counted_and_left_alone_with_the_reason():
+    def f(x, idx):
+        wait(ar(x, "sum", GROUP))  # its sum unread, and the graph returns no IR type
+        return idx + 1
+
+    g = trace(f, ((6, 128), bf), ((3,), torch.int64))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.left_alone == {"wait_tensor": "nothing the IR types reads its sum or returns "
+                                                  "it, so there is no chain to compile"}
+
+    def g64(x, y):
+        return wait(ar(x, "sum", GROUP)) * 2, torch.sin(wait(ar(y, "max", GROUP)))
+
+    g = trace(g64, ((6, 128), torch.float64), ((6, 128), bf))
+    before = str(g)
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert str(g) == before
+    assert p.report.all_reduces == 2 and p.report.all_reduces_after == 2 and p.report.fused == 0
+    assert p.report.left_alone == {
+        "wait_tensor": "the compiler cannot read it: all_reduce of a torch.float64 tensor, which "
+                       "the IR does not type",
+        "wait_tensor_1": "the compiler cannot read it: all_reduce with op 'max' (the fused op "
+                         "sums)"}
+
+
+def test_the_report_keeps_every_graphs_all_reduces_left_alone_when_their_names_repeat():
+    def sine(x):
+        return torch.sin(wait(ar(x, "sum", GROUP)))
+
+    def two(x, y):
+        return torch.cos(wait(ar(x, "sum", GROUP))), torch.sin(wait(ar(y, "sum", GROUP)))
+
+    p = tt.FusionPass(world_size=2)
+    for fn, n in ((sine, 1), (two, 2), (sine, 1)):
+        p(trace(fn, *[((6, 128), bf)] * n))
+    left = p.report.left_alone
+    # Each graph names its first all_reduce wait_tensor; only the second has wait_tensor_1.
+    assert sorted(left) == ["graph 0: wait_tensor", "graph 1: wait_tensor",
+                            "graph 2: wait_tensor", "wait_tensor_1"], left
+    assert all("not followed by an RMSNorm" in why for why in left.values()), left
+    assert str(p.report).startswith("tpfuse: 3 graph(s), 4 all_reduce(s), 0 fused, 4 left alone")
+
+
 def test_other_groups_are_not_fused_when_tp_groups_is_given():
     g = trace(layer, ((6, 128), bf), ((6, 128), bf), ((128,), bf))
     p = tt.FusionPass(world_size=2, tp_groups=["tp1"])

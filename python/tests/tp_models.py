@@ -27,14 +27,30 @@ import torch.nn as nn
 FP8_MAX = 448.0
 FP8_MIN_SCALING_FACTOR = 1.0 / (FP8_MAX * 512.0)  # vLLM's floor of the scale
 
-# Families run replicated, built from their default config at the tiny sizes below: post-norm
-# (olmo2, exaone4), sandwich norms (glm4), fused projections (phi3), MoE blocks (qwen3_moe,
-# gpt_oss: attention sinks too), hybrid linear attention with (1 + w) norms (qwen3_next),
-# sandwich norms written with torch.pow(mean_squared, -0.5) (gemma4_text), norms without a
-# weight (nanochat), and attention and MLP in parallel on one residual (cohere2_moe: two
-# all_reduces added).
+# Families run replicated, built from their default config at the tiny sizes below (with the
+# additions of FAMILY_CONFIG): post-norm (olmo2, exaone4), sandwich norms (glm4), fused
+# projections (phi3), MoE blocks (qwen3_moe, gpt_oss: attention sinks too), hybrid linear
+# attention with (1 + w) norms (qwen3_next), sandwich norms written with
+# torch.pow(mean_squared, -0.5) (gemma4_text), norms without a weight (nanochat), lightning
+# attention and the residual scaled before its add (minimax: residual * alpha + out * beta),
+# short convolutions and the residual added second (lfm2), and two all_reduces added before
+# the norm: attention and MLP in parallel on one residual (cohere2_moe), the MoE and shared MLP
+# summed before the scaled residual add, beside mamba layers (granitemoehybrid).
 REPLICATED = ("olmo2", "exaone4", "glm4", "phi3", "qwen3_moe", "gpt_oss", "qwen3_next",
-              "gemma4_text", "nanochat", "cohere2_moe")
+              "gemma4_text", "nanochat", "minimax", "lfm2", "cohere2_moe", "granitemoehybrid")
+_MAMBA = dict(mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_n_heads=8, mamba_d_head=64,
+              mamba_n_groups=1, mamba_chunk_size=16)
+FAMILY_CONFIG = {
+    "minimax": dict(layer_types=["linear_attention", "full_attention"], block_size=16,
+                    full_attn_alpha_factor=1.5, full_attn_beta_factor=0.7,
+                    linear_attn_alpha_factor=1.3, linear_attn_beta_factor=0.8,
+                    mlp_alpha_factor=1.2, mlp_beta_factor=0.9),
+    "lfm2": dict(layer_types=["conv", "full_attention"], block_auto_adjust_ff_dim=False,
+                 conv_L_cache=3),
+    "granitemoehybrid": dict(_MAMBA, layer_types=["mamba", "attention"], residual_multiplier=0.22,
+                             embedding_multiplier=12.0, attention_multiplier=0.015625,
+                             shared_intermediate_size=256),
+}
 EAGER_ATTENTION = ("gpt_oss",)  # no SDPA path in transformers
 HF_TP_ONLY = ("mixtral",)  # families only run sharded by transformers' own tp_plan
 
@@ -83,7 +99,8 @@ def tiny_config(family: str, layers: int):
     if family in REPLICATED or family in HF_TP_ONLY:
         return tf.AutoConfig.for_model(
             family, **common, moe_intermediate_size=128, num_experts=4, num_local_experts=4,
-            num_experts_per_tok=2, pad_token_id=None, bos_token_id=None, eos_token_id=None)
+            num_experts_per_tok=2, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+            **FAMILY_CONFIG.get(family, {}))
     raise ValueError(f"unknown model family {family!r}")
 
 
@@ -159,23 +176,31 @@ class AllReduced(nn.Module):
         return total if rest is None else (total,) + tuple(rest)
 
 
+# A decoder layer's token mixer (one per layer), its feed-forward blocks, and the names of the
+# output linears that make either row-parallel.
+MIXERS = ("self_attn", "linear_attn", "conv", "mamba")
+FEED_FORWARD = ("mlp", "feed_forward", "block_sparse_moe", "shared_mlp")
+OUTPUT_LINEARS = ("o_proj", "out_proj", "dense", "down_proj", "w2", "output_linear")
+
+
 def replicate_for_tp(model: nn.Module, world: int, group_name: str) -> None:
-    """Every rank keeps the whole model; each decoder layer's attention output projection and
-    MLP down projection (or its whole MLP / MoE block) becomes a sum over the ranks."""
+    """Every rank keeps the whole model; each decoder layer's token mixer output projection and
+    feed-forward down projection (or its whole MoE block) becomes a sum over the ranks."""
     for layer in model.layers:
-        attn = layer.self_attn if hasattr(layer, "self_attn") else layer.linear_attn
-        out = next(name for name in ("o_proj", "out_proj", "dense") if hasattr(attn, name))
-        for module, name in ((attn, out), (layer.mlp, "down_proj")):
-            linear = getattr(module, name, None)
-            if not isinstance(linear, nn.Linear):
+        mixer = next(n for n in MIXERS if getattr(layer, n, None) is not None)
+        for name in [mixer] + [n for n in FEED_FORWARD if getattr(layer, n, None) is not None]:
+            block = getattr(layer, name)
+            out = next((n for n in OUTPUT_LINEARS if isinstance(getattr(block, n, None), nn.Linear)),
+                       None)
+            if out is None:
+                setattr(layer, name, AllReduced(block, group_name, world))
                 continue
+            linear = getattr(block, out)
             with torch.no_grad():
                 linear.weight.div_(world)
                 if linear.bias is not None:
                     linear.bias.div_(world)
-            setattr(module, name, RowParallel(linear, group_name, inplace=False))
-        if not isinstance(getattr(layer.mlp, "down_proj", None), RowParallel):
-            layer.mlp = AllReduced(layer.mlp, group_name, world)
+            setattr(block, out, RowParallel(linear, group_name, inplace=False))
 
 
 class QuantizedInput(nn.Module):

@@ -30,6 +30,7 @@
 // attributes, set by canonicalize from the form it folded), so fusing changes no bit.
 #include <algorithm>
 #include <cctype>
+#include <map>
 #include <set>
 #include <variant>
 #include <vector>
@@ -336,6 +337,46 @@ const ir::Node* OpaqueNormAfter(const ir::Value* a) {
   return nullptr;
 }
 
+// The all_reduce whose sum `v` is, through views, casts and a scale the fused op takes over
+// (SumScaleOf); null for any other value.
+const ir::Node* AllReduceBehind(const ir::Value* v) {
+  for (const ir::Node* p = v->producer(); p != nullptr; p = p->operand(0)->producer()) {
+    if (p->kind() == ir::OpKind::kAllReduce) return p;
+    if (p->kind() != ir::OpKind::kView && p->kind() != ir::OpKind::kCast && !SumScaleOf(p)) break;
+  }
+  return nullptr;
+}
+
+// Why the fused op cannot take over the ops from all_reduce `a` along `reach` when another
+// all_reduce's sum meets `a`'s on the way: an add of the two before the norm (Granite-MoE's
+// `moe + shared_mlp`, Falcon-H1's attention and mamba mixers), or `a`'s sum in the residual of
+// a norm whose input is another all_reduce's (Cohere's parallel blocks: one of the two fuses).
+// Empty when no other all_reduce is met.
+std::string AnotherAllReduceMet(const ir::Value* a, const Reach& reach) {
+  const ir::Value* on_path = a;
+  for (const ir::Node* n : reach.path) {
+    if (n->kind() == ir::OpKind::kAdd && n->num_operands() == 2) {
+      const ir::Value* other = n->operand(0) == on_path ? n->operand(1) : n->operand(0);
+      const ir::Node* b = AllReduceBehind(other);
+      if (b != nullptr && b->result() != a) {
+        return StrCat(", where ", NodeRef(n), " adds it to the sum of all_reduce ", Ref(b->result()),
+                      ": the fused op adds one all_reduce's sum to a residual, so it takes over "
+                      "neither (one all_reduce of the summed partial results would fuse)");
+      }
+    }
+    on_path = n->result(0);
+  }
+  if (reach.norm->kind() == ir::OpKind::kFusedAddRmsNorm && !reach.path.empty() &&
+      reach.norm->operand(1) == on_path) {
+    const ir::Node* b = AllReduceBehind(reach.norm->operand(0));
+    if (b != nullptr && b->result() != a) {
+      return StrCat(", into the residual of a norm whose input is the sum of all_reduce ",
+                    Ref(b->result()), ": the fused op takes one all_reduce per norm");
+    }
+  }
+  return "";
+}
+
 // Why no chain starts at `anchor`, in words that stay true: "not followed by an RMSNorm" only
 // when none follows; otherwise what lies between.
 std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
@@ -395,9 +436,10 @@ std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
     what = StrCat("the rsqrt ", Ref(reach->norm->result()),
                   " of an RMSNorm written out in a form the compiler does not recognize");
   }
+  std::string why_not = AnotherAllReduceMet(a, *reach);
+  if (why_not.empty()) why_not = ", which the fused op cannot take over";
   return StrCat("all_reduce ", Ref(a), " reaches ", what, " only through ",
-                DescribePath(reach->path), ", which the fused op cannot take over (",
-                DescribeUses(a), ")");
+                DescribePath(reach->path), why_not, " (", DescribeUses(a), ")");
 }
 
 // The part of the spec fixed by the all_reduce and the norm, after checking what the fused op's
@@ -691,10 +733,19 @@ class FuseAllreduceEpiloguePass final : public Pass {
   StatusOr<bool> Run(ir::Graph& graph, PassContext& ctx) override {
     if (ctx.world_size < 1) return InvalidArgument("world size must be >= 1, got ", ctx.world_size);
     Rewriter rw(graph);
+    // Why no chain starts at an all_reduce, read in the graph as it came: a fusion made before
+    // its turn takes over the norm its reason names.
+    std::map<const ir::Node*, std::string> no_chain;
+    for (ir::Node* node : graph.NodesSnapshot()) {
+      if (node->kind() == ir::OpKind::kAllReduce && !FindChain(node, ctx.world_size == 1))
+        no_chain[node] = NoChainReason(node, ctx);
+    }
     for (ir::Node* node : graph.NodesSnapshot()) {
       if (rw.IsErased(node) || node->kind() != ir::OpKind::kAllReduce) continue;
       ctx.Count(kRule, "anchors_seen");
-      std::variant<Plan, Refusal> decision = Decide(node, ctx);
+      const auto reason = no_chain.find(node);
+      std::variant<Plan, Refusal> decision =
+          Decide(node, ctx, reason != no_chain.end() ? reason->second : std::string());
       if (auto* refusal = std::get_if<Refusal>(&decision)) {
         ctx.Count(kRule, "rejected: " + refusal->kind);
         ctx.rejections.push_back(Rejection{node->result()->name(), refusal->reason});
@@ -753,7 +804,9 @@ class FuseAllreduceEpiloguePass final : public Pass {
     return Status::Ok();
   }
 
-  static std::variant<Plan, Refusal> Decide(ir::Node* anchor, const PassContext& ctx) {
+  // `no_chain_reason`: why no chain starts at `anchor` in the graph as it came, if none did.
+  static std::variant<Plan, Refusal> Decide(ir::Node* anchor, const PassContext& ctx,
+                                            const std::string& no_chain_reason) {
     const ir::Value* a = anchor->result();
     const std::optional<std::string> group = TextAttr(anchor, "group", "tp");
     if (group != "tp") {
@@ -768,7 +821,10 @@ class FuseAllreduceEpiloguePass final : public Pass {
                      "(compile with --fuse-local auto or on to fuse its chain on one GPU)"};
     }
     std::optional<Chain> chain = FindChain(anchor, local);
-    if (!chain) return Refusal{"no rms_norm", NoChainReason(anchor, ctx)};
+    if (!chain) {
+      return Refusal{"no rms_norm",
+                     no_chain_reason.empty() ? NoChainReason(anchor, ctx) : no_chain_reason};
+    }
     if (chain->residual == a) {
       // NOTE: the fused op adds a residual that exists before the all_reduce; a + a has none.
       return Refusal{"residual is the all_reduce",

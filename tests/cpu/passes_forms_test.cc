@@ -542,6 +542,68 @@ TEST(PassesForms, AReasonNamesNoCastTheCompilerWrote) {
             "cannot take over (its only use is mul %m)");
 }
 
+// Two all_reduces summed before the residual add (Granite-MoE's `moe + shared_mlp`, then the
+// scaled residual add; Falcon-H1's two mixers, each scaled): neither is fused, and each reason
+// names the other all_reduce and what would fuse.
+TEST(PassesForms, TwoAllReducesSummedBeforeTheNormSayWhyNeitherFuses) {
+  for (const char* sum : {"%s = add(%a1, %a2)\n %m = mul(%s) {scalar = 0.22}",
+                          "%m1 = mul(%a1) {scalar = 1.0}\n %m2 = mul(%a2) {scalar = 1.0}\n"
+                          " %m = add(%m1, %m2)"}) {
+    SCOPED_TRACE(sum);
+    Compiled c = Compile(StrCat(R"(
+      func @f(%x1: bf16[T, 256], %x2: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+        %a1 = all_reduce(%x1)
+        %a2 = all_reduce(%x2)
+        )", sum, R"(
+        %h = add(%res, %m)
+        %y = rms_norm(%h, %g) {eps = 1e-6}
+        return %y, %h
+      }
+    )"));
+    ASSERT_TRUE(c.ok());
+    EXPECT_TRUE(c.ctx.fusions.empty()) << DescribeReport(c.ctx);
+    ASSERT_EQ(c.ctx.rejections.size(), 2u) << DescribeReport(c.ctx);
+    for (const auto& [self, other] : {std::pair{"%a1", "%a2"}, std::pair{"%a2", "%a1"}}) {
+      const Rejection& r = c.ctx.rejections[self == std::string("%a1") ? 0 : 1];
+      EXPECT_EQ(r.reason.rfind(StrCat("all_reduce ", self, " reaches fused_add_rms_norm %y only "
+                                      "through "), 0), 0u) << r.reason;
+      EXPECT_NE(r.reason.find(StrCat(" adds it to the sum of all_reduce ", other, ": the fused op "
+                                     "adds one all_reduce's sum to a residual, so it takes over "
+                                     "neither (one all_reduce of the summed partial results would "
+                                     "fuse)")),
+                std::string::npos) << r.reason;
+    }
+  }
+}
+
+// Two all_reduces added to the residual one after the other (Cohere's parallel attention and
+// MLP; LongCat-Flash's shortcut MoE): the second fuses with the first's sum in its residual,
+// and the first's reason names the norm as it was before that fusion took it over, whichever
+// all_reduce comes first in the graph.
+TEST(PassesForms, AnAllReduceInTheResidualOfAnotherAllReducesNormSaysWhy) {
+  for (const bool fused_first : {false, true}) {
+    SCOPED_TRACE(fused_first ? "the fused all_reduce first" : "the fused all_reduce second");
+    const std::string ar1 = "%a1 = all_reduce(%x1)\n";
+    const std::string ar2 = "%a2 = all_reduce(%x2)\n";
+    Compiled c = Compile(StrCat(R"(
+      func @f(%x1: bf16[T, 256], %x2: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+        )", fused_first ? ar2 + ar1 : ar1 + ar2, R"(
+        %h1 = add(%res, %a1)
+        %h2 = add(%h1, %a2)
+        %y = rms_norm(%h2, %g) {eps = 1e-6}
+        return %y, %h2
+      }
+    )"));
+    ASSERT_TRUE(c.ok());
+    ExpectFusions(c.ctx, {{"a2", QuantMode::kNone, {"norm", "residual"}}});
+    EXPECT_EQ(OnlyRejection(c.ctx),
+              "all_reduce %a1 reaches fused_add_rms_norm %y only through add %h1, into the "
+              "residual of a norm whose input is the sum of all_reduce %a2: the fused op takes "
+              "one all_reduce per norm (its only use is add %h1)");
+    ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5}, {3});
+  }
+}
+
 // ---------------------------------------------------------------- the compile API
 
 TEST(PassesCompileApi, TextInTextAndReportOut) {

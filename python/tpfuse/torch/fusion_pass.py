@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -65,11 +66,15 @@ class FusionReport:
 
     @property
     def left_alone(self) -> Dict[str, str]:
-        return {k: v for g in self.graphs for k, v in g.left_alone.items()}
+        """Every graph's left_alone in one dict. Graphs name their nodes on their own: a name
+        left alone in more than one graph is keyed "graph <i>: <name>" (i its index in
+        `graphs`) in each."""
+        return _merged([g.left_alone for g in self.graphs])
 
     @property
     def local_left_alone(self) -> Dict[str, str]:
-        return {k: v for g in self.graphs for k, v in g.local_left_alone.items()}
+        """Every graph's local_left_alone in one dict, keyed as `left_alone` is."""
+        return _merged([g.local_left_alone for g in self.graphs])
 
     @property
     def all_reduces_after(self) -> int:
@@ -83,6 +88,12 @@ class FusionReport:
         return (f"tpfuse: {len(self.graphs)} graph(s), {self.all_reduces} all_reduce(s), "
                 f"{self.fused} fused, {len(self.left_alone)} left alone, "
                 f"{len(self.untranslated)} graph(s) not translated")
+
+
+def _merged(per_graph: List[Dict[str, str]]) -> Dict[str, str]:
+    names = collections.Counter(k for d in per_graph for k in d)
+    return {(k if names[k] == 1 else f"graph {i}: {k}"): v
+            for i, d in enumerate(per_graph) for k, v in d.items()}
 
 
 _SOURCES = [os.path.join(os.path.dirname(__file__), f)
@@ -172,8 +183,16 @@ class FusionPass(CustomGraphPass):
 
     def _run(self, graph: fx.Graph, report: GraphReport) -> None:
         tr, compiled = self._translate_and_compile(graph)
-        report.all_reduces = len(tr.all_reduces)
+        unread = {name: f"the compiler cannot read it: {why}"
+                  for name, why in tr.opaque_all_reduces.items()}
+        report.all_reduces = len(tr.all_reduces) + len(unread)
         report.opaque_nodes = len(tr.opaque)
+        if compiled is None:
+            unread.update({name: "nothing the IR types reads its sum or returns it, so there is "
+                                 "no chain to compile" for name in tr.all_reduces})
+        for name, why in unread.items():
+            report.left_alone[name] = why
+            logger.info("all_reduce %%%s left alone: %s", name, why)
         if compiled is None:
             return
         dump_dir = os.environ.get("TPFUSE_DUMP_DIR")

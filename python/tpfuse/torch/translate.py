@@ -64,6 +64,13 @@ class Translation:
     aliases: Dict[str, List[fx.Node]] = dataclasses.field(default_factory=dict)
 
     @property
+    def opaque_all_reduces(self) -> Dict[str, str]:
+        """The all_reduces written as opaque, by the FX node their sum is read from (the wait,
+        if one), with why."""
+        return {next((u.name for u in n.users if _target_name(u) == _WAIT), n.name): why
+                for n, why in self.opaque.items() if is_all_reduce(n)}
+
+    @property
     def text(self) -> str:
         return ir.print_func(self.func)
 
@@ -579,8 +586,11 @@ class Translator:
     def _all_reduce(self, node: fx.Node, inplace: bool) -> None:
         x, reduce_op, group = node.args[:3]
         xv = self._value(x)
-        if reduce_op != "sum" or xv is None or _node_type(node) is None:
-            return self._opaque(node, f"all_reduce with op {reduce_op!r} or an input the IR cannot type")
+        if reduce_op != "sum":
+            return self._opaque(node, f"all_reduce with op {reduce_op!r} (the fused op sums)")
+        if xv is None or _node_type(node) is None:
+            return self._opaque(node, f"all_reduce of {_describe(node.meta.get('val'))}, which "
+                                      "the IR does not type")
         users = list(node.users)
         waits = [u for u in users if _target_name(u) == _WAIT]
         if len(waits) != 1 or (not inplace and len(users) != 1):
@@ -817,6 +827,14 @@ def _target_name(node: fx.Node) -> str:
     if isinstance(t, torch._ops.HigherOrderOperator):
         return t.name()
     return getattr(t, "__name__", str(t))
+
+
+def _describe(val: Any) -> str:
+    """"a torch.float64 tensor", "a sparse torch.bfloat16 tensor", or the value's type."""
+    if not isinstance(val, torch.Tensor):
+        return f"a {type(val).__name__}"
+    layout = "" if val.layout == torch.strided else str(val.layout).replace("torch.", "") + " "
+    return f"a {layout}{val.dtype} tensor"
 
 
 def _flat_nodes(args: Any) -> List[fx.Node]:
