@@ -253,15 +253,17 @@ def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight:
                       local: bool = False, sum_scale: float = 1.0) -> List[torch.Tensor]:
     plan = _plan(x, residual, weight, scale, eps, weight_bias, quant, group_size, scale_layout,
                  scale_fmt, emit, rounding, local, sum_scale)
-    if plan.tokens == 0:
-        _fail(ValueError, f"x has no rows (shape {list(x.shape)})")
     # A local op (no all_reduce feeds it, or world size 1) needs no group: its name is not read.
     group, _, world_size = (None, 0, 1) if local else _resolve_group(group_name)
+    outs = _empty_results(plan, x.device)
+    if plan.tokens == 0:
+        # No rows: the results are empty, as the replaced ops' are; every rank of the group has
+        # none (an all_reduce's shapes agree), so none communicates.
+        return outs
     x = x.contiguous()
     residual = residual.contiguous() if residual is not None else None
     weight = weight.contiguous()
     scale = scale.contiguous() if scale is not None else None
-    outs = _empty_results(plan, x.device)
     if x.device.type == "cpu":
         _run_cpu(plan, x, residual, weight, scale, outs, group, world_size)
     elif x.device.type == "cuda":
