@@ -479,6 +479,62 @@ def test_a_local_chain_left_alone_is_reported_with_the_reason():
     assert "with a constant H" in why, report.local_left_alone
 
 
+def _captured(f, *shapes_dtypes, v2: bool = False) -> fx.GraphModule:
+    """The forward graph torch.compile hands a post-grad pass for `f` (aot_autograd with
+    Inductor's decompositions), functionalized as auto_functionalized or, with `v2`, as
+    auto_functionalized_v2 (torch's default; vLLM turns it off)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.decomposition import select_decomp_table
+
+    graphs = []
+    backend = aot_autograd(fw_compiler=lambda gm, _: graphs.append(gm) or gm,
+                           decompositions=select_decomp_table())
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(enable_auto_functionalized_v2=v2), FakeTensorMode():
+        torch.compile(f, backend=backend, fullgraph=True)(
+            *[torch.empty(s, dtype=d) for s, d in shapes_dtypes])
+    (gm,) = graphs
+    return gm
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_vllms_group_quant_op_as_torch_compile_captures_it(v2):
+    # per_token_group_fp8_quant(input, output_q!, output_s!, ...) -> (): its results are the
+    # getitems 1 and 2 of the auto_functionalized call (1 + base index in v2). Scales written
+    # column-major (torch.empty((G, T)).permute(-1, -2), DeepGEMM's layout) stay with the op,
+    # and the fusion's note says why; the norm still fuses.
+    _define_vllm_ops()
+
+    def layer(x, res, w, column_major):
+        h = torch.ops.vllm.all_reduce(x, "tp:0") + res
+        y = llama_norm(h, w)
+        q = torch.empty(y.shape, dtype=torch.float8_e4m3fn)
+        groups = y.shape[-1] // 128
+        s = (torch.empty((groups, y.shape[0]), dtype=torch.float32).permute(-1, -2)
+             if column_major else torch.empty((y.shape[0], groups), dtype=torch.float32))
+        torch.ops._C.per_token_group_fp8_quant(y, q, s, 128, 1e-10, -448.0, 448.0, False)
+        return q, s, h
+
+    shapes = ((8, 256), bf), ((8, 256), bf), ((256,), bf)
+    for column_major in (False, True):
+        gm = _captured(lambda x, r, w: layer(x, r, w, column_major), *shapes, v2=v2)
+        p = tt.FusionPass(world_size=2)
+        p(gm.graph)
+        assert p.report.fused == 1 and not p.report.untranslated, p.report
+        (call,) = [n for n in gm.graph.nodes if str(n.target) == FUSED]
+        if column_major:
+            assert str(call.kwargs["quant"]) == "none", call.kwargs
+            (fusion,) = p.report.graphs[0].fusions
+            assert any("_C.per_token_group_fp8_quant" in n for n in fusion.notes), fusion.notes
+            if not v2:
+                assert any("output_s is laid out with strides [1, 8]" in n for n in fusion.notes)
+        else:
+            assert str(call.kwargs["quant"]) == "fp8_group" and call.kwargs["group_size"] == 128
+            assert list(call.kwargs["emit"]) == ["residual", "quant"], call.kwargs
+            assert count(gm.graph, "per_token_group_fp8_quant") == 0, gm.graph
+        gm.graph.lint()
+
+
 def test_fuse_local_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="fuse_local"):
         tt.FusionPass(fuse_local="sometimes")
@@ -493,6 +549,13 @@ def test_uuid_is_stable_and_follows_the_options():
 # ---------------------------------------------------------------- vLLM's op names
 
 def _define_vllm_ops():
+    """vLLM's custom ops as its graphs call them: the _C kernels (schemas only) and
+    torch.ops.vllm.all_reduce (tensor_model_parallel_all_reduce: the sum, no wait)."""
+    if not hasattr(torch.ops.vllm, "all_reduce"):
+        vllm = torch.library.Library("vllm", "FRAGMENT")
+        vllm.define("all_reduce(Tensor tensor, str group_name) -> Tensor")
+        vllm.impl("all_reduce", lambda t, group_name: t.clone(), "CompositeExplicitAutograd")
+        _define_vllm_ops.vllm = vllm
     if hasattr(torch.ops._C, "fused_add_rms_norm"):
         return
     lib = torch.library.Library("_C", "FRAGMENT")
@@ -590,7 +653,7 @@ def test_vllm_dynamic_quant_ops_translate_with_their_kernels_rounding():
     assert "quant_fp8" not in tr.text and any("scale_ub" in r for r in tr.opaque.values())
 
     group = torch.ops._C.per_token_group_fp8_quant.default
-    items = {"s": 2, "items": [(2, "q"), (3, "s")]}
+    items = {"s": 2, "items": [(1, "q"), (2, "s")]}
     base = {"input": "x", "output_q": "q", "output_s": "s", "group_size": 128, "eps": 1e-10,
             "fp8_min": -448.0, "fp8_max": 448.0, "scale_ue8m0": False}
     tr = translate(_vllm_quant_graph(group, base, items))
@@ -932,11 +995,7 @@ def test_a_ue8m0_scale_floored_before_its_rounding_is_left_to_the_graph_with_the
 def test_vllms_all_reduce_op_is_fused_like_the_functional_one():
     # vLLM registers tensor_model_parallel_all_reduce as torch.ops.vllm.all_reduce(tensor,
     # group_name): its model graphs hold that op, returning the sum, with no wait.
-    if not hasattr(torch.ops.vllm, "all_reduce"):
-        lib = torch.library.Library("vllm", "FRAGMENT")
-        lib.define("all_reduce(Tensor tensor, str group_name) -> Tensor")
-        lib.impl("all_reduce", lambda t, group_name: t.clone(), "CompositeExplicitAutograd")
-        test_vllms_all_reduce_op_is_fused_like_the_functional_one.lib = lib
+    _define_vllm_ops()
 
     def f(x, res, w):
         h = torch.ops.vllm.all_reduce(x.reshape(-1, 256), group_name="tp:0") + res

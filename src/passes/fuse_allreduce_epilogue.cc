@@ -633,13 +633,15 @@ std::vector<std::string> UnfoldedQuantNotes(const Chain& chain, const PassContex
       for (const ir::Use& u : v->uses()) {
         if (!u.is_return() && u.user->kind() == ir::OpKind::kOpaque) {
           // A quantization the graph calls as an op of its own (vLLM's scaled_fp4_quant): the
-          // compiler cannot see into it.
+          // compiler cannot see into it. The front end may say why it kept the op opaque.
           const std::string name = TextAttr(u.user, ir::kOpaqueNameAttr).value_or("");
+          const std::optional<std::string> why = TextAttr(u.user, "why");
           if (OpaqueNamed(u.user, "quant") && seen.insert(u.user->result(0)).second)
             notes.push_back(StrCat("the norm output is quantized by ", name, " (",
-                                   NodeRef(u.user), "), an op the compiler cannot see into: it "
-                                   "stays outside the fused op, which quantizes to FP8 per "
-                                   "tensor, token or group only"));
+                                   NodeRef(u.user), "), an op the compiler cannot see into",
+                                   why ? " (" + *why + ")" : std::string(), ": it stays outside "
+                                   "the fused op, which quantizes to FP8 per tensor, token or "
+                                   "group only"));
           continue;
         }
         if (u.is_return() || !kQuantOps.count(u.user->op()) || u.user->num_results() != 1)

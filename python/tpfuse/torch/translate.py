@@ -415,7 +415,7 @@ VLLM_TABLE: Dict[str, VllmOp] = {
     "_C.dynamic_per_token_scaled_fp8_quant.default": VllmOp(
         "quant_fp8", ("input",), (1, 2), _vllm_dynamic_token),
     "_C.per_token_group_fp8_quant.default": VllmOp(
-        "quant_fp8", ("input",), (2, 3), _vllm_group),
+        "quant_fp8", ("input",), (1, 2), _vllm_group),
 }
 
 
@@ -510,8 +510,7 @@ class Translator:
         if ty is not None:
             self.value_of[node] = node.name
         self.nodes.append(ir.Node("opaque", [n for n, _ in results], operands,
-                                  {"name": _target_name(node) if node.op == "call_function"
-                                   else node.op}, [t for _, t in results]))
+                                  {"name": _opaque_name(node)}, [t for _, t in results]))
 
     def _add(self, node: fx.Node, op: str, operands: List[str], attrs: Dict[str, ir.AttrValue],
              results: List[Tuple[str, fx.Node]]) -> None:
@@ -710,19 +709,20 @@ class Translator:
         y = getitems.get(0)
         if y is None or (1 in getitems and getitems[1].users) or \
                 len(getitems) != len(node.users):
-            return self._opaque_norm(node, "its rstd is read, or its output is not")
+            return self._opaque_why(node, "its rstd is read, or its output is not")
         made = _rms_norm(node, self._value, self, out=y)
         if isinstance(made, str):
-            return self._opaque_norm(node, made.split(": ", 1)[-1])
+            return self._opaque_why(node, made.split(": ", 1)[-1])
         op, operands, attrs = made
         self.tuples[node] = {}
         self._add(y, op, operands, attrs, [(y.name, y)])
 
-    def _opaque_norm(self, node: fx.Node, why: str) -> None:
-        """A norm op kept opaque, its reason recorded on the IR node (`why`), so that the
-        compiler's reason for the all_reduce before it can name the norm and say why."""
+    def _opaque_why(self, node: fx.Node, why: str, prefix: str = "") -> None:
+        """An op kept opaque with its reason recorded on the IR node too (`why`), so that the
+        compiler's words about it (the all_reduce before a norm, a fusion's note on a quant)
+        can say why. `prefix` ("<op>: ") goes before the reason in the translation's record."""
         n = len(self.nodes)
-        self._opaque(node, why)
+        self._opaque(node, f"{prefix}: {why}" if prefix else why)
         if len(self.nodes) > n:
             self.nodes[-1].attrs["why"] = why
 
@@ -739,10 +739,10 @@ class Translator:
             return self._opaque(node, f"auto_functionalized {name} has no IR op")
         kwargs = dict(node.kwargs)
         result_index = {i: i for i in entry.results}
+        mutated = [a.name for a in op._schema.arguments
+                   if a.alias_info is not None and a.alias_info.is_write]
         if v2:
             bases = kwargs.pop("_all_bases", [])
-            mutated = [a.name for a in op._schema.arguments
-                       if a.alias_info is not None and a.alias_info.is_write]
             for arg in mutated:
                 index = kwargs.pop(f"_{arg}_base_index", None)
                 views = [k for k in (f"_{arg}_size", f"_{arg}_stride", f"_{arg}_storage_offset",
@@ -771,6 +771,12 @@ class Translator:
             if g is None or _node_type(g) is None:
                 # An unused result still needs a name; it has no FX node of its own.
                 return self._opaque(node, f"{name}: result {i} is not read through getitem")
+            val = g.meta["val"]
+            if not val.is_contiguous():
+                # vLLM's column-major group scales: torch.empty((G, T)).permute(-1, -2).
+                return self._opaque_why(node, f"{mutated[i - 1]} is laid out with strides "
+                                              f"{list(val.stride())}, and the fused op writes its "
+                                              "results contiguously", name)
             results.append((g.name, g))
         self._add(node, entry.ir_op, operands, attrs, results)
 
@@ -827,6 +833,18 @@ def _target_name(node: fx.Node) -> str:
     if isinstance(t, torch._ops.HigherOrderOperator):
         return t.name()
     return getattr(t, "__name__", str(t))
+
+
+def _opaque_name(node: fx.Node) -> str:
+    """The name an opaque node carries in the IR: its target's, with the op that
+    auto_functionalized wraps ("auto_functionalized _C.rms_norm_dynamic_per_token_quant.default"),
+    which the compiler's reasons quote."""
+    if node.op != "call_function":
+        return node.op
+    name = _target_name(node)
+    if name.startswith("auto_functionalized") and node.args:
+        name += " " + _op_name(node.args[0])
+    return name
 
 
 def _describe(val: Any) -> str:
