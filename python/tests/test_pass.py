@@ -1013,30 +1013,44 @@ def test_vllms_all_reduce_op_is_fused_like_the_functional_one():
     g.lint()
 
 
-def test_autodeploys_all_reduce_and_rmsnorm_ops_are_fused():
+def _autodeploy_kernel_norm(x, w, eps):
+    # The Triton and FlashInfer kernels' recipe: the f32 product, rounded once.
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.float()).to(x.dtype)
+
+
+@pytest.mark.parametrize("op,rounding", [("torch_rmsnorm", ["weight_after_round"]),
+                                         ("triton_rms_norm", []), ("flashinfer_rms_norm", [])])
+@pytest.mark.parametrize("weight_dtype", [bf, torch.float32], ids=["bf16_w", "f32_w"])
+def test_autodeploys_all_reduce_and_rmsnorm_ops_are_fused(op, rounding, weight_dtype):
     # TensorRT-LLM AutoDeploy's graphs: torch_dist_all_reduce(t, strategy) over the default
-    # group, and its reference torch_rmsnorm (weight * normalized.to(input dtype)).
+    # group, then its reference RMSNorm op or the kernel op its transforms swap in.
     if not hasattr(torch.ops.auto_deploy, "torch_dist_all_reduce"):
         lib = torch.library.Library("auto_deploy", "FRAGMENT")
         lib.define("torch_dist_all_reduce(Tensor t, str strategy) -> Tensor")
-        lib.define("torch_rmsnorm(Tensor input, Tensor weight, float eps) -> Tensor")
         lib.impl("torch_dist_all_reduce", lambda t, strategy: t.clone(), "CompositeExplicitAutograd")
-        lib.impl("torch_rmsnorm", lambda x, w, eps: llama_norm(x, w, eps), "CompositeExplicitAutograd")
+        # torch_rmsnorm writes weight * normalized.to(input dtype) into a tensor like its input.
+        reference = lambda x, w, eps: llama_norm(x, w, eps).to(x.dtype)  # noqa: E731
+        for name, impl in (("torch_rmsnorm", reference), ("triton_rms_norm", _autodeploy_kernel_norm),
+                           ("flashinfer_rms_norm", _autodeploy_kernel_norm)):
+            lib.define(f"{name}(Tensor input, Tensor weight, float eps) -> Tensor")
+            lib.impl(name, lambda x, w, eps, impl=impl: impl(x, w, eps), "CompositeExplicitAutograd")
         test_autodeploys_all_reduce_and_rmsnorm_ops_are_fused.lib = lib
+    norm = getattr(torch.ops.auto_deploy, op)
 
     def f(x, res, w):
         h = torch.ops.auto_deploy.torch_dist_all_reduce(x, "AUTO") + res
-        return torch.ops.auto_deploy.torch_rmsnorm(h, w, 1e-5), h
+        return norm(h, w, 1e-5), h
 
-    g = trace(f, ((6, 256), bf), ((6, 256), bf), ((256,), bf))
-    assert count(g, "auto_deploy.torch_rmsnorm") == 1, g  # the op itself, not its decomposition
+    g = trace(f, ((6, 256), bf), ((6, 256), bf), ((256,), weight_dtype))
+    assert count(g, f"auto_deploy.{op}") == 1, g  # the op itself, not its decomposition
     p = tt.FusionPass(world_size=2)
     p(g)
     assert p.report.fused == 1 and p.report.all_reduces_after == 0, p.report.left_alone
     assert count(g, "auto_deploy") == 0, g
     (call,) = [n for n in g.nodes if str(n.target) == FUSED]
     assert call.kwargs["group_name"] == "0" and call.kwargs["eps"] == 1e-5
-    assert list(call.kwargs["rounding"]) == ["weight_after_round"]
+    assert list(call.kwargs["rounding"] or []) == rounding
     assert list(call.kwargs["emit"]) == ["norm", "residual"]
     g.lint()
 

@@ -315,15 +315,27 @@ def _rms_norm(node, value, tr, out: Optional[fx.Node] = None):
     return "rms_norm", [xv, wv], {"eps": float(eps)}
 
 
-def _auto_deploy_rms_norm(node, value, tr):
-    x, w = node.args[:2]
-    eps = node.args[2] if len(node.args) > 2 else node.kwargs.get("eps")
-    xv, wv = value(x), value(w)
-    if xv is None or wv is None or eps is None:
-        return "torch_rmsnorm: operand has no IR type or no eps"
-    if tr.types[xv] != _node_type(node) or tr.types[wv].dtype != tr.types[xv].dtype:
-        return "torch_rmsnorm: mixed dtypes"
-    return "rms_norm", [xv, wv], {"eps": float(eps), "rounding": ["weight_after_round"]}
+def _auto_deploy_rms_norm(rounding: List[str]) -> Handler:
+    """TensorRT-LLM AutoDeploy's RMSNorm ops, (input, weight, eps) -> the input's dtype, with
+    the weight in the input's dtype or f32: torch_rmsnorm (its reference, `weight *
+    normalized.to(input dtype)`: weight_after_round), and the Triton and FlashInfer kernels its
+    transforms put in its place (the f32 product of the normalized value and the weight, rounded
+    once; the Triton kernel divides by the square root where the fused op multiplies by the
+    reciprocal square root, so the two may differ in the last bit)."""
+
+    def handler(node, value, tr):
+        x, w = node.args[:2]
+        eps = node.args[2] if len(node.args) > 2 else node.kwargs.get("eps")
+        op = _target_name(node).split(".")[1]
+        xv, wv = value(x), value(w)
+        if xv is None or wv is None or eps is None:
+            return f"{op}: operand has no IR type or no eps"
+        if tr.types[xv] != _node_type(node) or \
+                tr.types[wv].dtype not in (tr.types[xv].dtype, "f32"):
+            return f"{op}: mixed dtypes"
+        return "rms_norm", [xv, wv], {"eps": float(eps), "rounding": list(rounding)}
+
+    return handler
 
 
 ATEN_TABLE: Dict[str, Handler] = {
@@ -359,8 +371,10 @@ ATEN_TABLE: Dict[str, Handler] = {
     "aten.squeeze.dims": _view,
     "aten.mm.default": _mm,
     "aten.rms_norm.default": _rms_norm,
-    # TensorRT-LLM AutoDeploy's reference RMSNorm op: weight * normalized.to(input dtype).
-    "auto_deploy.torch_rmsnorm.default": _auto_deploy_rms_norm,
+    # TensorRT-LLM AutoDeploy's RMSNorm ops.
+    "auto_deploy.torch_rmsnorm.default": _auto_deploy_rms_norm(["weight_after_round"]),
+    "auto_deploy.triton_rms_norm.default": _auto_deploy_rms_norm([]),
+    "auto_deploy.flashinfer_rms_norm.default": _auto_deploy_rms_norm([]),
 }
 
 
