@@ -1227,9 +1227,17 @@ def flashinfer_group_quant(y):
     return (xg / s.unsqueeze(-1)).clamp(-448.0, 448.0).reshape(t, hidden).to(FP8), s
 
 
+def functional_rms_norm(h, residual, w, eps=1e-6):
+    """F.rms_norm after a bf16 residual add: traced by make_fx (not functionalized), its
+    decomposition adds the eps in place (aten.add_.Scalar)."""
+    h = h + residual
+    return torch.nn.functional.rms_norm(h, h.shape[-1:], w, eps), h
+
+
 @pytest.mark.parametrize("norm,rounding,eps", [
     (vllm_forward_static, ["norm_input_f32", "weight_after_round"], 1e-6),
-    (trtllm_reference, [], 1e-5)], ids=["vllm", "trtllm"])
+    (trtllm_reference, [], 1e-5), (functional_rms_norm, [], 1e-6)],
+    ids=["vllm", "trtllm", "F.rms_norm"])
 def test_peer_norm_forms_fuse_at_world_size_two_and_locally_bitwise(norm, rounding, eps):
     def layer(x, res, w):
         return norm(wait(ar(x, "sum", GROUP)), res, w)

@@ -192,3 +192,23 @@ def test_a_copy_of_the_sum_is_the_sum():
     tr = translate(trace(f, ((4, 64), torch.bfloat16), ((64,), torch.bfloat16)))
     assert body(tr)[1] == "%_to_copy = cast(%wait_tensor) {to = f32}"
     assert [n.name for n in tr.aliases["wait_tensor"]] == ["copy"]
+
+
+def test_an_inplace_op_reads_as_its_functional_form_only_when_nothing_else_reads_what_it_writes():
+    def alone(x):
+        t = x * 2
+        return t.add_(1.0)
+
+    tr = translate(trace(alone, ((4, 64), torch.float32)))
+    assert body(tr)[1:] == ["%add_ = add(%mul) {scalar = 1.0}", "return %add_"], body(tr)
+    assert not tr.opaque
+
+    def read_before(x):
+        t = x * 2
+        u = t + 0.5  # reads t before the write
+        return u, t.add_(1.0)
+
+    tr = translate(trace(read_before, ((4, 64), torch.float32)))
+    assert [n.name for n in tr.opaque] == ["add_"], tr.opaque
+    (why,) = tr.opaque.values()
+    assert why.startswith("aten.add_.") and why.endswith(" has no IR op"), why

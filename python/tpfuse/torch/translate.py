@@ -582,7 +582,7 @@ class Translator:
             return self._max_dim(node)
         if target == "aten._fused_rms_norm.default":
             return self._fused_rms_norm(node)
-        handler = ATEN_TABLE.get(target)
+        handler = ATEN_TABLE.get(target) or _functional_handler(node, target)
         if handler is None:
             return self._opaque(node, f"{target} has no IR op")
         if _node_type(node) is None:
@@ -847,6 +847,23 @@ def _target_name(node: fx.Node) -> str:
     if isinstance(t, torch._ops.HigherOrderOperator):
         return t.name()
     return getattr(t, "__name__", str(t))
+
+
+_INPLACE = re.compile(r"aten\.(\w+)_\.(\w+)")
+
+
+def _functional_handler(node: fx.Node, target: str) -> Optional[Handler]:
+    """The handler of an in-place op's functional form (aten.add_.Scalar as aten.add.Scalar:
+    F.rms_norm traced by make_fx adds its eps so) when nothing but this op reads the tensor it
+    writes, so that no reader sees the value before the write; else None."""
+    m = _INPLACE.fullmatch(target)
+    handler = ATEN_TABLE.get(f"aten.{m.group(1)}.{m.group(2)}") if m else None
+    written = node.args[0] if node.args else None
+    if handler is None or not isinstance(written, fx.Node) or list(written.users) != [node]:
+        return None
+    if _node_type(written) != _node_type(node):
+        return None
+    return handler
 
 
 def _opaque_name(node: fx.Node) -> str:
