@@ -1263,6 +1263,86 @@ def test_peer_norm_forms_fuse_at_world_size_two_and_locally_bitwise(norm, roundi
     assert_the_contract_and_near_eager(gm(*args), oracle, want)
 
 
+def _define_vllm_ir_norms():
+    """vLLM's IR norm ops (vllm.ir.ops: what its RMSNorm calls) with their native bodies."""
+    if hasattr(torch.ops.vllm_ir, "fused_add_rms_norm"):
+        return
+
+    def normalize(x, weight, epsilon, orig):
+        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + epsilon)
+        if weight is not None:
+            x = x.to(weight.dtype) * weight
+        return x.to(orig)
+
+    def rms_norm(x, weight, epsilon, variance_size=None):
+        return normalize(x.to(torch.float32), weight, epsilon, x.dtype)
+
+    def fused_add_rms_norm(x, x_residual, weight, epsilon, variance_size=None):
+        h = x.to(torch.float32) + x_residual.to(torch.float32)
+        return normalize(h, weight, epsilon, x.dtype), h.to(x.dtype)
+
+    lib = torch.library.Library("vllm_ir", "FRAGMENT")
+    lib.define("rms_norm(Tensor x, Tensor? weight, float epsilon, SymInt? variance_size=None) "
+               "-> Tensor")
+    lib.define("fused_add_rms_norm(Tensor x, Tensor x_residual, Tensor? weight, float epsilon, "
+               "SymInt? variance_size=None) -> (Tensor, Tensor)")
+    lib.impl("rms_norm", rms_norm, "CompositeExplicitAutograd")
+    lib.impl("fused_add_rms_norm", fused_add_rms_norm, "CompositeExplicitAutograd")
+    _define_vllm_ir_norms.lib = lib
+
+
+@pytest.mark.parametrize("weight_dtype,rounding", [
+    (bf, ["norm_input_f32", "weight_after_round"]), (torch.float32, ["norm_input_f32"])],
+    ids=["bf16_w", "f32_w"])
+def test_vllms_ir_norm_ops_fuse_at_world_size_two_and_locally_bitwise(weight_dtype, rounding):
+    # vLLM's RMSNorm calls torch.ops.vllm_ir.fused_add_rms_norm / rms_norm: the f32 sum of the
+    # residual add normalized, the normalized value rounded to the weight's dtype before the
+    # multiply (an f32 weight, Gemma's w.float() + 1: the f32 product rounded once).
+    _define_vllm_ops()
+    _define_vllm_ir_norms()
+    ir_ops = torch.ops.vllm_ir
+
+    def layer(x, res, w1, w2):
+        y, h = ir_ops.fused_add_rms_norm(torch.ops.vllm.all_reduce(x, "tp:0"), res, w1, 1e-6)
+        return ir_ops.rms_norm(torch.ops.vllm.all_reduce(y, "tp:0"), w2, 1e-5), h
+
+    shapes = ((6, 256), bf), ((6, 256), bf), ((256,), weight_dtype), ((256,), weight_dtype)
+    g = trace(layer, *shapes)
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 2 and p.report.all_reduces_after == 0, p.report.left_alone
+    assert count(g, "vllm_ir") == 0, g
+
+    gm, args = trace_module(lambda h, res, w: ir_ops.fused_add_rms_norm(h, res, w, 1e-6), *shapes[:3])
+    want = gm(*args)
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    attrs = fused_attrs(gm.graph)
+    assert (attrs["emit"], attrs["rounding"], attrs["eps"]) == (["norm", "residual"], rounding, 1e-6)
+    h, res, w = args
+    oracle = contract3.allreduce_rmsnorm([h], res, w, None, emit=["norm", "residual"], local=True,
+                                         rounding=rounding, eps=1e-6)
+    assert_the_contract_and_near_eager(gm(*args), oracle, want)
+
+
+def test_vllms_ir_norm_ops_the_compiler_cannot_take_say_why():
+    _define_vllm_ops()
+    _define_vllm_ir_norms()
+
+    def layer(x, res, w):
+        h = torch.ops.vllm.all_reduce(x, "tp:0") + res
+        return torch.ops.vllm_ir.rms_norm(h, w, 1e-6, 128), h  # the variance of a slice
+
+    g = trace(layer, ((6, 256), bf), ((6, 256), bf), ((256,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.left_alone == {"all_reduce": (
+        "all_reduce %all_reduce is followed by a norm the compiler cannot read, opaque %rms_norm "
+        "(vllm_ir.rms_norm.default): no weight, or a variance over part of the row; it stays as "
+        "written (its only use is add %add)")}
+
+
 @pytest.mark.parametrize("quant,mode", [(flashinfer_token_quant, "fp8_token"),
                                         (flashinfer_group_quant, "fp8_group")],
                          ids=["token", "group"])

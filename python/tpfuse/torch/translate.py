@@ -446,6 +446,10 @@ _WORLD_ALL_REDUCES = ("auto_deploy.torch_dist_all_reduce.default",
                       "auto_deploy.trtllm_dist_all_reduce.default")
 
 
+# vLLM's IR norm ops (vllm.ir.ops.rms_norm, fused_add_rms_norm: the ops its RMSNorm calls).
+_VLLM_IR_NORMS = ("vllm_ir.rms_norm.default", "vllm_ir.fused_add_rms_norm.default")
+
+
 # The IR's name of the tensor-parallel group (the compiler fuses all_reduces on it only).
 TP_GROUP = "tp"
 
@@ -582,6 +586,8 @@ class Translator:
             return self._max_dim(node)
         if target == "aten._fused_rms_norm.default":
             return self._fused_rms_norm(node)
+        if target in _VLLM_IR_NORMS:
+            return self._vllm_ir_norm(node, target)
         handler = ATEN_TABLE.get(target) or _functional_handler(node, target)
         if handler is None:
             return self._opaque(node, f"{target} has no IR op")
@@ -730,6 +736,42 @@ class Translator:
         op, operands, attrs = made
         self.tuples[node] = {}
         self._add(y, op, operands, attrs, [(y.name, y)])
+
+    def _vllm_ir_norm(self, node: fx.Node, target: str) -> None:
+        """vLLM's IR norm ops (vllm.ir.ops, what its RMSNorm calls): rms_norm(x, weight,
+        epsilon, variance_size=None) and fused_add_rms_norm(x, x_residual, weight, epsilon,
+        variance_size=None) -> (y, residual), read through getitems. Their native bodies
+        normalize in f32 (the f32 sum of the residual add, which is returned rounded) and
+        multiply by a weight of x's dtype after rounding the normalized value to it
+        (weight_after_round); an f32 weight multiplies the f32 value, rounded once."""
+        fused = target == "vllm_ir.fused_add_rms_norm.default"
+        names = ("x", "x_residual", "weight", "epsilon", "variance_size") if fused else \
+            ("x", "weight", "epsilon", "variance_size")
+        args = {**dict(zip(names, node.args)), **node.kwargs}
+        op = target.rsplit(".", 1)[0]
+        if args.get("weight") is None or args.get("variance_size") is not None or \
+                args.get("epsilon") is None:
+            return self._opaque_why(node, "no weight, or a variance over part of the row", op)
+        operands = [self._value(args.get(k)) for k in names[:3 if fused else 2]]
+        if any(v is None for v in operands):
+            return self._opaque_why(node, "an operand has no IR type", op)
+        act, weight = self.types[operands[0]], self.types[operands[-1]]
+        if weight.dtype not in (act.dtype, "f32") or \
+                any(self.types[v] != act for v in operands[:-1]):
+            return self._opaque_why(node, "mixed dtypes", op)
+        rounding = (["norm_input_f32"] if fused else []) + \
+            (["weight_after_round"] if weight.dtype == act.dtype else [])
+        attrs = {"eps": float(args["epsilon"]), "rounding": rounding}
+        if not fused:
+            if _node_type(node) != act:
+                return self._opaque_why(node, "its result's type is not its input's", op)
+            return self._add(node, "rms_norm", operands, attrs, [(node.name, node)])
+        getitems = {u.args[1]: u for u in node.users if u.target is operator.getitem}
+        if sorted(getitems) != [0, 1] or len(node.users) != 2 or \
+                any(_node_type(g) != act for g in getitems.values()):
+            return self._opaque_why(node, "a result is not read through getitem", op)
+        self._add(node, "fused_add_rms_norm", operands, attrs,
+                  [(getitems[i].name, getitems[i]) for i in (0, 1)])
 
     def _opaque_why(self, node: fx.Node, why: str, prefix: str = "") -> None:
         """An op kept opaque with its reason recorded on the IR node too (`why`), so that the
