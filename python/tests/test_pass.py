@@ -1264,7 +1264,8 @@ def test_peer_norm_forms_fuse_at_world_size_two_and_locally_bitwise(norm, roundi
 
 
 def _define_vllm_ir_norms():
-    """vLLM's IR norm ops (vllm.ir.ops: what its RMSNorm calls) with their native bodies."""
+    """vLLM's IR norm and FP8 quant ops (vllm.ir.ops: what its RMSNorm and QuantFP8 call) with
+    their native bodies."""
     if hasattr(torch.ops.vllm_ir, "fused_add_rms_norm"):
         return
 
@@ -1281,13 +1282,29 @@ def _define_vllm_ir_norms():
         h = x.to(torch.float32) + x_residual.to(torch.float32)
         return normalize(h, weight, epsilon, x.dtype), h.to(x.dtype)
 
+    def static_quant_fp8(x, scale, fp8_dtype, num_token_padding=None):
+        q = x.to(torch.float32) * scale.to(torch.float32).reshape(1, 1).reciprocal()
+        return q.clamp(-448.0, 448.0).to(fp8_dtype)
+
+    def dynamic_quant_fp8(x, per_token, fp8_dtype, scale_ub=None, num_token_padding=None):
+        x_max, _ = x.abs().max(dim=-1)
+        s = (x_max.unsqueeze(-1).to(torch.float32) / 448.0).clamp(min=FP8_MIN_SCALING_FACTOR)
+        q = (x.to(torch.float32) * s.reciprocal()).clamp(-448.0, 448.0).to(fp8_dtype)
+        return q, s
+
     lib = torch.library.Library("vllm_ir", "FRAGMENT")
     lib.define("rms_norm(Tensor x, Tensor? weight, float epsilon, SymInt? variance_size=None) "
                "-> Tensor")
     lib.define("fused_add_rms_norm(Tensor x, Tensor x_residual, Tensor? weight, float epsilon, "
                "SymInt? variance_size=None) -> (Tensor, Tensor)")
-    lib.impl("rms_norm", rms_norm, "CompositeExplicitAutograd")
-    lib.impl("fused_add_rms_norm", fused_add_rms_norm, "CompositeExplicitAutograd")
+    lib.define("static_quant_fp8(Tensor x, Tensor scale, ScalarType fp8_dtype, "
+               "SymInt? num_token_padding=None) -> Tensor")
+    lib.define("dynamic_quant_fp8(Tensor x, bool per_token, ScalarType fp8_dtype, "
+               "Tensor? scale_ub=None, SymInt? num_token_padding=None) -> (Tensor, Tensor)")
+    for name, body in (("rms_norm", rms_norm), ("fused_add_rms_norm", fused_add_rms_norm),
+                       ("static_quant_fp8", static_quant_fp8),
+                       ("dynamic_quant_fp8", dynamic_quant_fp8)):
+        lib.impl(name, body, "CompositeExplicitAutograd")
     _define_vllm_ir_norms.lib = lib
 
 
@@ -1324,6 +1341,50 @@ def test_vllms_ir_norm_ops_fuse_at_world_size_two_and_locally_bitwise(weight_dty
     oracle = contract3.allreduce_rmsnorm([h], res, w, None, emit=["norm", "residual"], local=True,
                                          rounding=rounding, eps=1e-6)
     assert_the_contract_and_near_eager(gm(*args), oracle, want)
+
+
+@pytest.mark.parametrize("mode", ["fp8_tensor", "fp8_token"])
+def test_vllms_ir_quant_ops_fuse_and_quantize_the_fused_norm_exactly(mode):
+    _define_vllm_ops()
+    _define_vllm_ir_norms()
+    ir_ops = torch.ops.vllm_ir
+    fp8 = torch.float8_e4m3fn
+
+    def chain(h, res, w, scale):
+        y, r = ir_ops.fused_add_rms_norm(h, res, w, 1e-6)
+        if mode == "fp8_tensor":
+            return ir_ops.static_quant_fp8(y, scale, fp8), r
+        q, s = ir_ops.dynamic_quant_fp8(y, True, fp8)
+        return q, s, r
+
+    shapes = ((6, 256), bf), ((6, 256), bf), ((256,), bf), ((1,), torch.float32)
+    g = trace(lambda x, res, w, scale: chain(torch.ops.vllm.all_reduce(x, "tp:0"), res, w, scale),
+              *shapes)
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1 and count(g, "vllm_ir") == 0, g
+    assert fused_attrs(g)["quant"] == mode
+
+    gm, args = trace_module(chain, *shapes)
+    args[3] = torch.tensor([0.02])
+    want = gm(*args)
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    attrs = fused_attrs(gm.graph)
+    rounding = ["norm_input_f32", "weight_after_round"] + (
+        [] if mode == "fp8_tensor" else ["scale_op_swapped", "scale_floor_after_div"])
+    assert (attrs["quant"], attrs["rounding"]) == (mode, rounding), attrs
+    got = gm(*args)
+    h, res, w, scale = args
+    oracle = contract3.allreduce_rmsnorm([h], res, w, scale if mode == "fp8_tensor" else None,
+                                         emit=["residual", "quant"], local=True, quant=mode,
+                                         rounding=rounding, eps=1e-6)
+    # Results in the graph's order (q[, s], residual); the oracle's: residual, q[, s].
+    assert len(got) == len(oracle) == len(want)
+    for i, (g, o) in enumerate(zip(got, oracle[1:] + oracle[:1])):
+        assert same_bits(g, o), f"result {i} differs from Contract 3's oracle"
+    assert int(ulp_distance_16(got[-1], want[-1]).max()) == 0  # the residual: no sum of squares
 
 
 def test_vllms_ir_norm_ops_the_compiler_cannot_take_say_why():

@@ -448,6 +448,8 @@ _WORLD_ALL_REDUCES = ("auto_deploy.torch_dist_all_reduce.default",
 
 # vLLM's IR norm ops (vllm.ir.ops.rms_norm, fused_add_rms_norm: the ops its RMSNorm calls).
 _VLLM_IR_NORMS = ("vllm_ir.rms_norm.default", "vllm_ir.fused_add_rms_norm.default")
+# ... and its FP8 quant ops (static_quant_fp8, dynamic_quant_fp8: what its QuantFP8 calls).
+_VLLM_IR_QUANTS = ("vllm_ir.static_quant_fp8.default", "vllm_ir.dynamic_quant_fp8.default")
 
 
 # The IR's name of the tensor-parallel group (the compiler fuses all_reduces on it only).
@@ -588,6 +590,8 @@ class Translator:
             return self._fused_rms_norm(node)
         if target in _VLLM_IR_NORMS:
             return self._vllm_ir_norm(node, target)
+        if target in _VLLM_IR_QUANTS:
+            return self._vllm_ir_quant(node, target)
         handler = ATEN_TABLE.get(target) or _functional_handler(node, target)
         if handler is None:
             return self._opaque(node, f"{target} has no IR op")
@@ -745,14 +749,13 @@ class Translator:
         multiply by a weight of x's dtype after rounding the normalized value to it
         (weight_after_round); an f32 weight multiplies the f32 value, rounded once."""
         fused = target == "vllm_ir.fused_add_rms_norm.default"
-        names = ("x", "x_residual", "weight", "epsilon", "variance_size") if fused else \
-            ("x", "weight", "epsilon", "variance_size")
-        args = {**dict(zip(names, node.args)), **node.kwargs}
+        args = _named_args(node)
         op = target.rsplit(".", 1)[0]
         if args.get("weight") is None or args.get("variance_size") is not None or \
                 args.get("epsilon") is None:
             return self._opaque_why(node, "no weight, or a variance over part of the row", op)
-        operands = [self._value(args.get(k)) for k in names[:3 if fused else 2]]
+        operands = [self._value(args.get(k))
+                    for k in (("x", "x_residual", "weight") if fused else ("x", "weight"))]
         if any(v is None for v in operands):
             return self._opaque_why(node, "an operand has no IR type", op)
         act, weight = self.types[operands[0]], self.types[operands[-1]]
@@ -771,6 +774,39 @@ class Translator:
                 any(_node_type(g) != act for g in getitems.values()):
             return self._opaque_why(node, "a result is not read through getitem", op)
         self._add(node, "fused_add_rms_norm", operands, attrs,
+                  [(getitems[i].name, getitems[i]) for i in (0, 1)])
+
+    def _vllm_ir_quant(self, node: fx.Node, target: str) -> None:
+        """vLLM's IR FP8 quant ops (what its QuantFP8 calls), e4m3fn, no token padding:
+        static_quant_fp8(x, scale, ...) with a one-element scale, y * (1 / scale) (the tensor
+        mode's default); dynamic_quant_fp8(x, per_token=True, ...) -> (q, s), read through
+        getitems, whose native body floors the scale after the division and multiplies by its
+        reciprocal (as the torch forms of QuantFP8 do)."""
+        args = _named_args(node)
+        op = target.rsplit(".", 1)[0]
+        if args.get("num_token_padding") is not None:
+            return self._opaque_why(node, "its output is padded to a token count", op)
+        if args.get("fp8_dtype", torch.float8_e4m3fn) != torch.float8_e4m3fn:
+            return self._opaque_why(node, f"fp8_dtype {args['fp8_dtype']}: the fused op "
+                                          "writes float8_e4m3fn", op)
+        xv = self._value(args.get("x"))
+        if xv is None:
+            return self._opaque_why(node, "an operand has no IR type", op)
+        if target == "vllm_ir.static_quant_fp8.default":
+            sv = self._value(args.get("scale"))
+            if sv is None or _node_type(node) is None:
+                return self._opaque_why(node, "an operand or its result has no IR type", op)
+            return self._add(node, "quant_fp8", [xv, sv], {"mode": "tensor"}, [(node.name, node)])
+        if not args.get("per_token") or args.get("scale_ub") is not None:
+            return self._opaque_why(node, "a per-tensor dynamic scale, or a bound on the amax: "
+                                          "the fused quant's dynamic scales are per token or "
+                                          "group, from the amax itself", op)
+        getitems = {u.args[1]: u for u in node.users if u.target is operator.getitem}
+        if sorted(getitems) != [0, 1] or len(node.users) != 2 or \
+                any(_node_type(g) is None for g in getitems.values()):
+            return self._opaque_why(node, "a result is not read through getitem", op)
+        self._add(node, "quant_fp8", [xv],
+                  {"mode": "token", "rounding": ["scale_floor_after_div", "scale_op_swapped"]},
                   [(getitems[i].name, getitems[i]) for i in (0, 1)])
 
     def _opaque_why(self, node: fx.Node, why: str, prefix: str = "") -> None:
@@ -889,6 +925,13 @@ def _target_name(node: fx.Node) -> str:
     if isinstance(t, torch._ops.HigherOrderOperator):
         return t.name()
     return getattr(t, "__name__", str(t))
+
+
+def _named_args(node: fx.Node) -> Dict[str, Any]:
+    """A call's arguments by their schema's names (positional and keyword alike)."""
+    schema = getattr(node.target, "_schema", None)
+    names = [a.name for a in schema.arguments] if schema is not None else []
+    return {**dict(zip(names, node.args)), **node.kwargs}
 
 
 _INPLACE = re.compile(r"aten\.(\w+)_\.(\w+)")
