@@ -14,7 +14,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 import tpfuse.torch as tt
 from tpfuse.torch import fusion_pass
 from tpfuse.torch.compiler import CompilerError
-from tpfuse.torch.translate import translate
+from tpfuse.torch.translate import _vllm_ir_group_attrs, translate
 from tpfuse.tolerance import ulp_distance_16
 
 import contract3
@@ -1292,6 +1292,11 @@ def _define_vllm_ir_norms():
         q = (x.to(torch.float32) * s.reciprocal()).clamp(-448.0, 448.0).to(fp8_dtype)
         return q, s
 
+    def dynamic_group_quant_fp8(x, group_shape, column_major, use_ue8m0, fp8_dtype,
+                                scale_alignment=1):
+        q, s = quantfp8_group(x, col_major=column_major, ue8m0=use_ue8m0)  # its native body
+        return q.to(fp8_dtype), s
+
     lib = torch.library.Library("vllm_ir", "FRAGMENT")
     lib.define("rms_norm(Tensor x, Tensor? weight, float epsilon, SymInt? variance_size=None) "
                "-> Tensor")
@@ -1301,9 +1306,12 @@ def _define_vllm_ir_norms():
                "SymInt? num_token_padding=None) -> Tensor")
     lib.define("dynamic_quant_fp8(Tensor x, bool per_token, ScalarType fp8_dtype, "
                "Tensor? scale_ub=None, SymInt? num_token_padding=None) -> (Tensor, Tensor)")
+    lib.define("dynamic_group_quant_fp8(Tensor x, int[] group_shape, bool column_major, "
+               "bool use_ue8m0, ScalarType fp8_dtype, int scale_alignment=1) -> (Tensor, Tensor)")
     for name, body in (("rms_norm", rms_norm), ("fused_add_rms_norm", fused_add_rms_norm),
                        ("static_quant_fp8", static_quant_fp8),
-                       ("dynamic_quant_fp8", dynamic_quant_fp8)):
+                       ("dynamic_quant_fp8", dynamic_quant_fp8),
+                       ("dynamic_group_quant_fp8", dynamic_group_quant_fp8)):
         lib.impl(name, body, "CompositeExplicitAutograd")
     _define_vllm_ir_norms.lib = lib
 
@@ -1343,7 +1351,7 @@ def test_vllms_ir_norm_ops_fuse_at_world_size_two_and_locally_bitwise(weight_dty
     assert_the_contract_and_near_eager(gm(*args), oracle, want)
 
 
-@pytest.mark.parametrize("mode", ["fp8_tensor", "fp8_token"])
+@pytest.mark.parametrize("mode", ["fp8_tensor", "fp8_token", "fp8_group", "fp8_group_ue8m0"])
 def test_vllms_ir_quant_ops_fuse_and_quantize_the_fused_norm_exactly(mode):
     _define_vllm_ops()
     _define_vllm_ir_norms()
@@ -1354,7 +1362,10 @@ def test_vllms_ir_quant_ops_fuse_and_quantize_the_fused_norm_exactly(mode):
         y, r = ir_ops.fused_add_rms_norm(h, res, w, 1e-6)
         if mode == "fp8_tensor":
             return ir_ops.static_quant_fp8(y, scale, fp8), r
-        q, s = ir_ops.dynamic_quant_fp8(y, True, fp8)
+        if mode == "fp8_token":
+            q, s = ir_ops.dynamic_quant_fp8(y, True, fp8)
+        else:
+            q, s = ir_ops.dynamic_group_quant_fp8(y, [1, 128], False, mode.endswith("ue8m0"), fp8)
         return q, s, r
 
     shapes = ((6, 256), bf), ((6, 256), bf), ((256,), bf), ((1,), torch.float32)
@@ -1362,8 +1373,9 @@ def test_vllms_ir_quant_ops_fuse_and_quantize_the_fused_norm_exactly(mode):
               *shapes)
     p = tt.FusionPass(world_size=2)
     p(g)
+    quant = mode.replace("_ue8m0", "")
     assert p.report.fused == 1 and count(g, "vllm_ir") == 0, g
-    assert fused_attrs(g)["quant"] == mode
+    assert fused_attrs(g)["quant"] == quant
 
     gm, args = trace_module(chain, *shapes)
     args[3] = torch.tensor([0.02])
@@ -1372,19 +1384,67 @@ def test_vllms_ir_quant_ops_fuse_and_quantize_the_fused_norm_exactly(mode):
     p(gm.graph)
     gm.recompile()
     attrs = fused_attrs(gm.graph)
-    rounding = ["norm_input_f32", "weight_after_round"] + (
-        [] if mode == "fp8_tensor" else ["scale_op_swapped", "scale_floor_after_div"])
-    assert (attrs["quant"], attrs["rounding"]) == (mode, rounding), attrs
+    rounding = ["norm_input_f32", "weight_after_round"] + {
+        "fp8_tensor": [], "fp8_token": ["scale_op_swapped", "scale_floor_after_div"]}.get(
+        mode, ["scale_floor_after_div"])
+    scale_fmt = "ue8m0" if mode.endswith("ue8m0") else "f32"
+    assert (attrs["quant"], attrs["rounding"], attrs["scale_fmt"]) == (quant, rounding, scale_fmt)
     got = gm(*args)
     h, res, w, scale = args
     oracle = contract3.allreduce_rmsnorm([h], res, w, scale if mode == "fp8_tensor" else None,
-                                         emit=["residual", "quant"], local=True, quant=mode,
-                                         rounding=rounding, eps=1e-6)
+                                         emit=["residual", "quant"], local=True, quant=quant,
+                                         scale_fmt=scale_fmt, rounding=rounding, eps=1e-6)
     # Results in the graph's order (q[, s], residual); the oracle's: residual, q[, s].
     assert len(got) == len(oracle) == len(want)
     for i, (g, o) in enumerate(zip(got, oracle[1:] + oracle[:1])):
         assert same_bits(g, o), f"result {i} differs from Contract 3's oracle"
     assert int(ulp_distance_16(got[-1], want[-1]).max()) == 0  # the residual: no sum of squares
+
+
+def test_vllms_ir_group_quant_reads_both_of_its_signatures():
+    attrs = _vllm_ir_group_attrs
+    # (x, group_shape, column_major, use_ue8m0, fp8_dtype, scale_alignment): its native body.
+    native = dict(group_shape=[1, 128], column_major=False, use_ue8m0=True)
+    assert attrs(native, 512) == {"mode": "group", "group_size": 128, "scale_fmt": "ue8m0",
+                                  "rounding": ["scale_floor_after_div"]}
+    for change in (dict(column_major=True), dict(group_shape=[128, 128]), dict(scale_alignment=4)):
+        assert attrs({**native, **change}, 512) == \
+            "groups over several rows, column-major or aligned scales", change
+    assert attrs(native, 200) == "groups of 128 do not divide the row (200)"
+    # (x, group_size, eps, dtype, column_major_scales, tma_aligned_scales, use_ue8m0, out): vLLM's
+    # group kernel, max(amax, eps) / 448 (UE8M0: rounded up from there).
+    kernel = dict(group_size=64, eps=1e-10, use_ue8m0=False)
+    assert attrs(kernel, 512) == {"mode": "group", "group_size": 64}
+    assert attrs({**kernel, "use_ue8m0": True}, 512) == {
+        "mode": "group", "group_size": 64, "scale_fmt": "ue8m0", "rounding": ["ue8m0_floor"]}
+    assert attrs({**kernel, "use_ue8m0": None}, 512) == \
+        "use_ue8m0 left to vLLM's setting at run time"
+    assert attrs({**kernel, "eps": 1e-6}, 512) == "eps 1e-06: the fused quant's is 1e-10"
+    for change in (dict(column_major_scales=True), dict(tma_aligned_scales=True),
+                   dict(dtype=torch.float8_e4m3fnuz), dict(out="q")):
+        assert attrs({**kernel, **change}, 512) == (
+            "an output buffer, column-major or aligned scales, or another FP8 type"), change
+
+
+def test_vllms_ir_group_quant_with_column_major_scales_stays_and_the_norm_fuses():
+    _define_vllm_ops()
+    _define_vllm_ir_norms()
+
+    def chain(x, res, w):
+        y, r = torch.ops.vllm_ir.fused_add_rms_norm(torch.ops.vllm.all_reduce(x, "tp:0"), res, w,
+                                                    1e-6)
+        q, s = torch.ops.vllm_ir.dynamic_group_quant_fp8(y, [1, 128], True, False,
+                                                         torch.float8_e4m3fn)
+        return q, s, r
+
+    g = trace(chain, ((6, 256), bf), ((6, 256), bf), ((256,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1 and fused_attrs(g)["quant"] == "none"
+    (fusion,) = p.report.graphs[0].fusions
+    assert any("vllm_ir.dynamic_group_quant_fp8.default (opaque %dynamic_group_quant_fp8.0), an op "
+               "the compiler cannot see into (groups over several rows, column-major or aligned "
+               "scales)" in n for n in fusion.notes), fusion.notes
 
 
 def test_vllms_ir_norm_ops_the_compiler_cannot_take_say_why():

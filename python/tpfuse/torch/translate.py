@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.fx as fx
@@ -449,7 +449,8 @@ _WORLD_ALL_REDUCES = ("auto_deploy.torch_dist_all_reduce.default",
 # vLLM's IR norm ops (vllm.ir.ops.rms_norm, fused_add_rms_norm: the ops its RMSNorm calls).
 _VLLM_IR_NORMS = ("vllm_ir.rms_norm.default", "vllm_ir.fused_add_rms_norm.default")
 # ... and its FP8 quant ops (static_quant_fp8, dynamic_quant_fp8: what its QuantFP8 calls).
-_VLLM_IR_QUANTS = ("vllm_ir.static_quant_fp8.default", "vllm_ir.dynamic_quant_fp8.default")
+_VLLM_IR_QUANTS = ("vllm_ir.static_quant_fp8.default", "vllm_ir.dynamic_quant_fp8.default",
+                   "vllm_ir.dynamic_group_quant_fp8.default")
 
 
 # The IR's name of the tensor-parallel group (the compiler fuses all_reduces on it only).
@@ -797,17 +798,23 @@ class Translator:
             if sv is None or _node_type(node) is None:
                 return self._opaque_why(node, "an operand or its result has no IR type", op)
             return self._add(node, "quant_fp8", [xv, sv], {"mode": "tensor"}, [(node.name, node)])
-        if not args.get("per_token") or args.get("scale_ub") is not None:
-            return self._opaque_why(node, "a per-tensor dynamic scale, or a bound on the amax: "
-                                          "the fused quant's dynamic scales are per token or "
-                                          "group, from the amax itself", op)
+        if target == "vllm_ir.dynamic_group_quant_fp8.default":
+            attrs = _vllm_ir_group_attrs(args, self.types[xv].shape[-1])
+        elif not args.get("per_token") or args.get("scale_ub") is not None:
+            attrs = ("a per-tensor dynamic scale, or a bound on the amax: the fused quant's "
+                     "dynamic scales are per token or group, from the amax itself")
+        else:
+            attrs = {"mode": "token", "rounding": ["scale_floor_after_div", "scale_op_swapped"]}
+        if isinstance(attrs, str):
+            return self._opaque_why(node, attrs, op)
         getitems = {u.args[1]: u for u in node.users if u.target is operator.getitem}
         if sorted(getitems) != [0, 1] or len(node.users) != 2 or \
                 any(_node_type(g) is None for g in getitems.values()):
             return self._opaque_why(node, "a result is not read through getitem", op)
-        self._add(node, "quant_fp8", [xv],
-                  {"mode": "token", "rounding": ["scale_floor_after_div", "scale_op_swapped"]},
-                  [(getitems[i].name, getitems[i]) for i in (0, 1)])
+        if not getitems[1].meta["val"].is_contiguous():
+            return self._opaque_why(node, "its scales are laid out column-major, and the fused "
+                                          "op writes its results contiguously", op)
+        self._add(node, "quant_fp8", [xv], attrs, [(getitems[i].name, getitems[i]) for i in (0, 1)])
 
     def _opaque_why(self, node: fx.Node, why: str, prefix: str = "") -> None:
         """An op kept opaque with its reason recorded on the IR node too (`why`), so that the
@@ -925,6 +932,39 @@ def _target_name(node: fx.Node) -> str:
     if isinstance(t, torch._ops.HigherOrderOperator):
         return t.name()
     return getattr(t, "__name__", str(t))
+
+
+def _vllm_ir_group_attrs(args: Dict[str, Any], hidden: Any) -> Union[str, Dict[str, Any]]:
+    """quant_fp8's attributes for vLLM's IR dynamic_group_quant_fp8, or why it has none. Two
+    signatures exist: (x, group_shape, column_major, use_ue8m0, fp8_dtype, scale_alignment),
+    whose native body floors the scale after the division (and rounds it up to a power of two
+    first with use_ue8m0), and (x, group_size, eps, dtype, column_major_scales,
+    tma_aligned_scales, use_ue8m0, out), vLLM's group kernel: max(amax, eps) / 448."""
+    if "group_shape" in args:
+        shape = list(args["group_shape"])
+        group, ue8m0 = shape[-1], args.get("use_ue8m0")
+        if len(shape) != 2 or shape[0] != 1 or args.get("column_major") or \
+                args.get("scale_alignment", 1) != 1:
+            return "groups over several rows, column-major or aligned scales"
+        rounding = ["scale_floor_after_div"]
+    else:
+        group, ue8m0 = args.get("group_size"), args.get("use_ue8m0")
+        if args.get("out") is not None or args.get("column_major_scales") or \
+                args.get("tma_aligned_scales") or args.get("dtype") not in (None, torch.float8_e4m3fn):
+            return "an output buffer, column-major or aligned scales, or another FP8 type"
+        if float(args.get("eps", 1e-10)) != 1e-10:
+            return f"eps {args['eps']}: the fused quant's is 1e-10"
+        rounding = ["ue8m0_floor"] if ue8m0 else []
+    if not isinstance(ue8m0, bool):
+        return "use_ue8m0 left to vLLM's setting at run time"
+    if not isinstance(group, int) or not isinstance(hidden, int) or group <= 0 or hidden % group:
+        return f"groups of {group} do not divide the row ({hidden})"
+    attrs: Dict[str, Any] = {"mode": "group", "group_size": group}
+    if ue8m0:
+        attrs["scale_fmt"] = "ue8m0"
+    if rounding:
+        attrs["rounding"] = rounding
+    return attrs
 
 
 def _named_args(node: fx.Node) -> Dict[str, Any]:
