@@ -208,7 +208,16 @@ def test_an_inplace_op_reads_as_its_functional_form_only_when_nothing_else_reads
         u = t + 0.5  # reads t before the write
         return u, t.add_(1.0)
 
-    tr = translate(trace(read_before, ((4, 64), torch.float32)))
-    assert [n.name for n in tr.opaque] == ["add_"], tr.opaque
-    (why,) = tr.opaque.values()
-    assert why.startswith("aten.add_.") and why.endswith(" has no IR op"), why
+    # Another reader before the write, the caller's tensor, a view's base: each sees the write.
+    def input_written(x):
+        return x.add_(1.0)
+
+    def view_written(x):
+        t = x * 2
+        t.view(-1).add_(1.0)
+        return t
+
+    for fn in (read_before, input_written, view_written):
+        tr = translate(trace(fn, ((4, 64), torch.float32)))
+        (why,) = [why for n, why in tr.opaque.items() if n.name.startswith("add_")]
+        assert why.startswith("aten.add_.") and why.endswith(" has no IR op"), (fn, why)

@@ -448,7 +448,7 @@ _WORLD_ALL_REDUCES = ("auto_deploy.torch_dist_all_reduce.default",
 
 # vLLM's IR norm ops (vllm.ir.ops.rms_norm, fused_add_rms_norm: the ops its RMSNorm calls).
 _VLLM_IR_NORMS = ("vllm_ir.rms_norm.default", "vllm_ir.fused_add_rms_norm.default")
-# ... and its FP8 quant ops (static_quant_fp8, dynamic_quant_fp8: what its QuantFP8 calls).
+# ... and its FP8 quant ops (what its QuantFP8 calls).
 _VLLM_IR_QUANTS = ("vllm_ir.static_quant_fp8.default", "vllm_ir.dynamic_quant_fp8.default",
                    "vllm_ir.dynamic_group_quant_fp8.default")
 
@@ -782,7 +782,8 @@ class Translator:
         static_quant_fp8(x, scale, ...) with a one-element scale, y * (1 / scale) (the tensor
         mode's default); dynamic_quant_fp8(x, per_token=True, ...) -> (q, s), read through
         getitems, whose native body floors the scale after the division and multiplies by its
-        reciprocal (as the torch forms of QuantFP8 do)."""
+        reciprocal (as the torch forms of QuantFP8 do); dynamic_group_quant_fp8 -> (q, s) with
+        row-major scales (_vllm_ir_group_attrs)."""
         args = _named_args(node)
         op = target.rsplit(".", 1)[0]
         if args.get("num_token_padding") is not None:
@@ -980,11 +981,18 @@ _INPLACE = re.compile(r"aten\.(\w+)_\.(\w+)")
 def _functional_handler(node: fx.Node, target: str) -> Optional[Handler]:
     """The handler of an in-place op's functional form (aten.add_.Scalar as aten.add.Scalar:
     F.rms_norm traced by make_fx adds its eps so) when nothing but this op reads the tensor it
-    writes, so that no reader sees the value before the write; else None."""
+    writes, so that no reader sees the value before the write, and nothing shares its storage;
+    else None."""
     m = _INPLACE.fullmatch(target)
     handler = ATEN_TABLE.get(f"aten.{m.group(1)}.{m.group(2)}") if m else None
     written = node.args[0] if node.args else None
     if handler is None or not isinstance(written, fx.Node) or list(written.users) != [node]:
+        return None
+    # The written tensor must be an op's own result: not a graph input (the caller sees the
+    # write) nor a view (its base sees it).
+    maker = written.target if written.op == "call_function" else None
+    if not isinstance(maker, torch._ops.OpOverload) or \
+            any(r.alias_info is not None for r in maker._schema.returns):
         return None
     if _node_type(written) != _node_type(node):
         return None
@@ -1004,7 +1012,7 @@ def _opaque_name(node: fx.Node) -> str:
 
 
 def _describe(val: Any) -> str:
-    """"a torch.float64 tensor", "a sparse torch.bfloat16 tensor", or the value's type."""
+    """"a torch.float64 tensor", "a sparse_coo torch.bfloat16 tensor", or the value's type."""
     if not isinstance(val, torch.Tensor):
         return f"a {type(val).__name__}"
     layout = "" if val.layout == torch.strided else str(val.layout).replace("torch.", "") + " "
