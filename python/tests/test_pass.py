@@ -535,6 +535,36 @@ def test_vllms_group_quant_op_as_torch_compile_captures_it(v2):
         gm.graph.lint()
 
 
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("residual", [False, True], ids=["rms_norm", "fused_add_rms_norm"])
+def test_vllms_norm_kernels_with_the_static_quant_in_them_fuse_with_the_all_reduce(v2, residual):
+    # What vLLM's norm-quant fusion leaves in the graph (a pass run after it sees these):
+    # _C.rms_norm_static_fp8_quant(result!, input, weight, scale, epsilon) and the fused-add
+    # kernel (result!, input, residual!, ...), read as the kernels' norm and a static quant of it.
+    _define_vllm_ops()
+
+    def layer(x, res, w, scale):
+        h = torch.ops.vllm.all_reduce(x, "tp:0")
+        q = torch.empty(h.shape, dtype=torch.float8_e4m3fn)
+        if not residual:
+            torch.ops._C.rms_norm_static_fp8_quant(q, h, w, scale, 1e-6)
+            return q
+        r = res * 2  # a base of its own, not the graph's input
+        torch.ops._C.fused_add_rms_norm_static_fp8_quant(q, h, r, w, scale, 1e-6)
+        return q, r
+
+    gm = _captured(layer, ((8, 256), bf), ((8, 256), bf), ((256,), bf), ((1,), torch.float32),
+                   v2=v2)
+    p = tt.FusionPass(world_size=2)
+    p(gm.graph)
+    assert p.report.fused == 1 and p.report.all_reduces_after == 0, p.report
+    attrs = fused_attrs(gm.graph)
+    assert (str(attrs["quant"]), list(attrs["rounding"])) == ("fp8_tensor", ["weight_after_round"])
+    assert list(attrs["emit"]) == (["residual", "quant"] if residual else ["quant"]), attrs
+    assert count(gm.graph, "static_fp8_quant") == 0, gm.graph
+    gm.graph.lint()
+
+
 def test_fuse_local_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="fuse_local"):
         tt.FusionPass(fuse_local="sometimes")
@@ -565,6 +595,10 @@ def _define_vllm_ops():
                "Tensor? scale_ub) -> ()")
     lib.define("per_token_group_fp8_quant(Tensor input, Tensor! output_q, Tensor! output_s, "
                "int group_size, float eps, float fp8_min, float fp8_max, bool scale_ue8m0) -> ()")
+    lib.define("rms_norm_static_fp8_quant(Tensor! result, Tensor input, Tensor weight, "
+               "Tensor scale, float epsilon) -> ()")
+    lib.define("fused_add_rms_norm_static_fp8_quant(Tensor! result, Tensor input, "
+               "Tensor! residual, Tensor weight, Tensor scale, float epsilon) -> ()")
     _define_vllm_ops.lib = lib  # keep the registration alive
 
 

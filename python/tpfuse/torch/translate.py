@@ -392,6 +392,10 @@ class VllmOp:
     operands: Tuple[str, ...]
     results: Tuple[int, ...]          # getitem indices of the IR results, in IR result order
     attrs: Callable[[Dict[str, Any]], Dict[str, ir.AttrValue]]
+    # A norm kernel that quantizes its output by the static scale of this kwarg: ir_op's first
+    # result (the norm, no FX node of its own) feeds a quant_fp8 {mode = "tensor"}, whose q is
+    # the first of `results`.
+    static_quant: Optional[str] = None
 
 
 def _vllm_dynamic_token(kw: Dict[str, Any]) -> Dict[str, ir.AttrValue]:
@@ -424,6 +428,14 @@ VLLM_TABLE: Dict[str, VllmOp] = {
     "_C.fused_add_rms_norm.default": VllmOp(
         "fused_add_rms_norm", ("input", "residual", "weight"), (1, 2),
         lambda kw: {"eps": float(kw["epsilon"]), "rounding": ["weight_after_round"]}),
+    # The norm kernels with the static quant fused in (what vLLM's norm-quant fusion leaves):
+    # the same norms, the rounded norm times the reciprocal of the scale.
+    "_C.rms_norm_static_fp8_quant.default": VllmOp(
+        "rms_norm", ("input", "weight"), (1,),
+        lambda kw: {"eps": float(kw["epsilon"]), "rounding": ["weight_after_round"]}, "scale"),
+    "_C.fused_add_rms_norm_static_fp8_quant.default": VllmOp(
+        "fused_add_rms_norm", ("input", "residual", "weight"), (1, 2),
+        lambda kw: {"eps": float(kw["epsilon"]), "rounding": ["weight_after_round"]}, "scale"),
     "_C.static_scaled_fp8_quant.default": VllmOp(
         "quant_fp8", ("input", "scale"), (1,), lambda kw: {"mode": "tensor"}),
     "_C.dynamic_per_token_scaled_fp8_quant.default": VllmOp(
@@ -534,8 +546,14 @@ class Translator:
                                   {"name": _opaque_name(node)}, [t for _, t in results]))
 
     def _add(self, node: fx.Node, op: str, operands: List[str], attrs: Dict[str, ir.AttrValue],
-             results: List[Tuple[str, fx.Node]]) -> None:
+             results: List[Tuple[str, fx.Node]],
+             ir_only: Optional[Tuple[str, ir.TensorType]] = None) -> None:
+        """An IR node of `node`, its results held by the FX nodes of `results`; `ir_only`, a
+        first result no FX node holds (a kernel's intermediate)."""
         names, types = [], []
+        if ir_only is not None:
+            names.append(self._define(ir_only[0], ir_only[1], node))
+            types.append(ir_only[1])
         for name, owner in results:
             ty = _node_type(owner)
             self._define(name, ty, owner)
@@ -878,7 +896,16 @@ class Translator:
                                               f"{list(val.stride())}, and the fused op writes its "
                                               "results contiguously", name)
             results.append((g.name, g))
-        self._add(node, entry.ir_op, operands, attrs, results)
+        if entry.static_quant is None:
+            return self._add(node, entry.ir_op, operands, attrs, results)
+        scale = self._value(kwargs.get(entry.static_quant))
+        if scale is None:
+            return self._opaque(node, f"{name}: its scale has no IR type")
+        # The norm's own result lives in the IR alone (the kernel writes only q).
+        norm = f"{node.name}.norm"
+        self._add(node, entry.ir_op, operands, attrs, results[1:],
+                  ir_only=(norm, self.types[operands[0]]))
+        self._add(node, "quant_fp8", [norm, scale], {"mode": "tensor"}, results[:1])
 
 
 def _unwritable_attrs(attrs: Dict[str, ir.AttrValue]) -> Optional[str]:
