@@ -1065,10 +1065,12 @@ def test_autodeploys_all_reduce_and_rmsnorm_ops_are_fused(op, rounding, weight_d
         lib.impl("torch_dist_all_reduce", lambda t, strategy: t.clone(), "CompositeExplicitAutograd")
         # torch_rmsnorm writes weight * normalized.to(input dtype) into a tensor like its input.
         reference = lambda x, w, eps: llama_norm(x, w, eps).to(x.dtype)  # noqa: E731
-        for name, impl in (("torch_rmsnorm", reference), ("triton_rms_norm", _autodeploy_kernel_norm),
+        for name, impl in (("torch_rmsnorm", reference),
+                           ("triton_rms_norm", _autodeploy_kernel_norm),
                            ("flashinfer_rms_norm", _autodeploy_kernel_norm)):
             lib.define(f"{name}(Tensor input, Tensor weight, float eps) -> Tensor")
-            lib.impl(name, lambda x, w, eps, impl=impl: impl(x, w, eps), "CompositeExplicitAutograd")
+            lib.impl(name, lambda x, w, eps, impl=impl: impl(x, w, eps),
+                     "CompositeExplicitAutograd")
         test_autodeploys_all_reduce_and_rmsnorm_ops_are_fused.lib = lib
     norm = getattr(torch.ops.auto_deploy, op)
 
@@ -1372,13 +1374,15 @@ def test_vllms_ir_norm_ops_fuse_at_world_size_two_and_locally_bitwise(weight_dty
     assert p.report.fused == 2 and p.report.all_reduces_after == 0, p.report.left_alone
     assert count(g, "vllm_ir") == 0, g
 
-    gm, args = trace_module(lambda h, res, w: ir_ops.fused_add_rms_norm(h, res, w, 1e-6), *shapes[:3])
+    gm, args = trace_module(lambda h, res, w: ir_ops.fused_add_rms_norm(h, res, w, 1e-6),
+                            *shapes[:3])
     want = gm(*args)
     p = tt.FusionPass(world_size=1, fuse_local=True)
     p(gm.graph)
     gm.recompile()
     attrs = fused_attrs(gm.graph)
-    assert (attrs["emit"], attrs["rounding"], attrs["eps"]) == (["norm", "residual"], rounding, 1e-6)
+    assert (attrs["emit"], attrs["rounding"], attrs["eps"]) == \
+        (["norm", "residual"], rounding, 1e-6)
     h, res, w = args
     oracle = contract3.allreduce_rmsnorm([h], res, w, None, emit=["norm", "residual"], local=True,
                                          rounding=rounding, eps=1e-6)

@@ -190,8 +190,8 @@ def replicate_for_tp(model: nn.Module, world: int, group_name: str) -> None:
         mixer = next(n for n in MIXERS if getattr(layer, n, None) is not None)
         for name in [mixer] + [n for n in FEED_FORWARD if getattr(layer, n, None) is not None]:
             block = getattr(layer, name)
-            out = next((n for n in OUTPUT_LINEARS if isinstance(getattr(block, n, None), nn.Linear)),
-                       None)
+            out = next((n for n in OUTPUT_LINEARS
+                        if isinstance(getattr(block, n, None), nn.Linear)), None)
             if out is None:
                 setattr(layer, name, AllReduced(block, group_name, world))
                 continue

@@ -978,7 +978,8 @@ def _vllm_ir_group_attrs(args: Dict[str, Any], hidden: Any) -> Union[str, Dict[s
     else:
         group, ue8m0 = args.get("group_size"), args.get("use_ue8m0")
         if args.get("out") is not None or args.get("column_major_scales") or \
-                args.get("tma_aligned_scales") or args.get("dtype") not in (None, torch.float8_e4m3fn):
+                args.get("tma_aligned_scales") or \
+                args.get("dtype") not in (None, torch.float8_e4m3fn):
             return "an output buffer, column-major or aligned scales, or another FP8 type"
         if float(args.get("eps", 1e-10)) != 1e-10:
             return f"eps {args['eps']}: the fused quant's is 1e-10"
