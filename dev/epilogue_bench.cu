@@ -20,7 +20,8 @@
 // the quantization of static modes or the group scales; "dyn q": the dynamic modes' q (for
 // fp8_token after the row's max), with their scale stores.
 //
-// --owners [H,...] [T,...]: the launcher under each row owner it can be forced to (one block, a
+// --owners [H,...] [T,...] [nores]: the launcher (with the residual, or "nores": the norm alone)
+// under each row owner it can be forced to (one block, a
 // cluster, packed rows, the pair cluster at each size), checked bitwise against its own pick and
 // timed beside it, and how many of each run at once: the measurements behind the launcher's rule
 // (RowOwnerRule).
@@ -738,8 +739,8 @@ struct LauncherShape {
 // of two vectors per row thread, the pair cluster at each size c = 2..8 dividing the row's warps. Each
 // forced launch is checked first against the rule's output (bitwise), so a figure is never of a
 // wrong kernel. Prints µs per op and the ratio to auto; "-" where the owner does not apply.
-void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, cudaStream_t stream,
-                const cudaDeviceProp& prop) {
+void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, bool residual,
+                cudaStream_t stream, const cudaDeviceProp& prop) {
   struct Owner {
     std::string name;
     cuda::RowOwner owner;
@@ -757,6 +758,7 @@ void TimeOwners(const std::vector<int64_t>& hs, const std::vector<int64_t>& ts, 
   for (int64_t H : hs) {
     for (Case c : {Case{H, QuantMode::kNone, false}, Case{H, QuantMode::kFp8Tensor, false},
                    Case{H, QuantMode::kFp8Token, false}, Case{H, QuantMode::kFp8Group, true}}) {
+      c.residual = residual;
       const AllreduceRmsnormSpec spec = SpecOf(c);
       // The owners of each kind that run at once (cuda::LocalRowOwnerCapacity): past them, waves.
       std::printf("%6lld %5s %-16s %-8s", (long long)H, "", CaseName(c).c_str(), "at once");
@@ -950,7 +952,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     TimeOwners(argc > 2 ? list(argv[2]) : std::vector<int64_t>{2880, 4096, 5120, 7168, 8192},
-               argc > 3 ? list(argv[3]) : std::vector<int64_t>{16, 32, 48, 64, 96, 128, 192, 256}, stream, prop);
+               argc > 3 ? list(argv[3]) : std::vector<int64_t>{16, 32, 48, 64, 96, 128, 192, 256},
+               /*residual=*/!(argc > 4 && std::string(argv[4]) == "nores"), stream, prop);
     return 0;
   }
   if (phases) {

@@ -91,6 +91,17 @@ def test_local_op_matches_cpu_reference(name, attrs, residual, hidden):
                                col=attrs.get("scale_layout") == "col")
 
 
+@pytest.mark.parametrize("name,attrs,residual", CASES, ids=[c[0] for c in CASES])
+def test_no_rows_give_the_empty_results_the_cpu_gives(name, attrs, residual):
+    partials, res, weight, scale = make_inputs(0, (0, 256), 1, residual, attrs.get("quant", "none"))
+    expected = OP(partials[0], res, weight, scale, **attrs)
+    dev = [t.cuda() if t is not None else None for t in (partials[0], res, weight, scale)]
+    got = OP(*dev, **attrs)
+    torch.cuda.synchronize()
+    assert [(g.shape, g.dtype, g.device.type) for g in got] == \
+        [(e.shape, e.dtype, "cuda") for e in expected], name
+
+
 def test_reduce_overhead_compile_matches_eager():
     from torch._dynamo.utils import counters
     counters.clear()
