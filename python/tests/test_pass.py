@@ -1270,6 +1270,23 @@ def functional_rms_norm(h, residual, w, eps=1e-6):
     return torch.nn.functional.rms_norm(h, h.shape[-1:], w, eps), h
 
 
+def assert_the_local_norm_is_the_contract(norm, shapes_dtypes, rounding, eps):
+    """`norm` (h, residual, w) -> (y, residual sum) traced and fused at world size 1 with local
+    fusion on: one fused op emitting both, with `rounding` and `eps`, its results bitwise
+    Contract 3's oracle and near the traced graph run eagerly."""
+    gm, args = trace_module(norm, *shapes_dtypes)
+    want = gm(*args)
+    tt.FusionPass(world_size=1, fuse_local=True)(gm.graph)
+    gm.recompile()
+    attrs = fused_attrs(gm.graph)
+    assert (attrs["emit"], attrs["rounding"], attrs["eps"]) == \
+        (["norm", "residual"], rounding, eps), attrs
+    h, res, w = args
+    oracle = contract3.allreduce_rmsnorm([h], res, w, None, emit=["norm", "residual"], local=True,
+                                         rounding=rounding, eps=eps)
+    assert_the_contract_and_near_eager(gm(*args), oracle, want)
+
+
 @pytest.mark.parametrize("norm,rounding,eps", [
     (vllm_forward_static, ["norm_input_f32", "weight_after_round"], 1e-6),
     (trtllm_reference, [], 1e-5), (functional_rms_norm, [], 1e-6)],
@@ -1284,19 +1301,9 @@ def test_peer_norm_forms_fuse_at_world_size_two_and_locally_bitwise(norm, roundi
     assert p.report.fused == 1, p.report.left_alone
     assert count(g, "aten.rsqrt") == 0, g
 
-    gm, args = trace_module(lambda h, res, w: norm(h, res, w), ((6, 256), bf), ((6, 256), bf),
-                            ((256,), bf))
-    want = gm(*args)
-    p = tt.FusionPass(world_size=1, fuse_local=True)
-    p(gm.graph)
-    gm.recompile()
-    attrs = fused_attrs(gm.graph)
-    assert (attrs["emit"], attrs["rounding"], attrs["eps"]) == \
-        (["norm", "residual"], rounding, eps), attrs
-    h, res, w = args
-    oracle = contract3.allreduce_rmsnorm([h], res, w, None, emit=["norm", "residual"], local=True,
-                                         rounding=rounding, eps=eps)
-    assert_the_contract_and_near_eager(gm(*args), oracle, want)
+    assert_the_local_norm_is_the_contract(lambda h, res, w: norm(h, res, w),
+                                          (((6, 256), bf), ((6, 256), bf), ((256,), bf)),
+                                          rounding, eps)
 
 
 def _define_vllm_ir_norms():
@@ -1374,19 +1381,8 @@ def test_vllms_ir_norm_ops_fuse_at_world_size_two_and_locally_bitwise(weight_dty
     assert p.report.fused == 2 and p.report.all_reduces_after == 0, p.report.left_alone
     assert count(g, "vllm_ir") == 0, g
 
-    gm, args = trace_module(lambda h, res, w: ir_ops.fused_add_rms_norm(h, res, w, 1e-6),
-                            *shapes[:3])
-    want = gm(*args)
-    p = tt.FusionPass(world_size=1, fuse_local=True)
-    p(gm.graph)
-    gm.recompile()
-    attrs = fused_attrs(gm.graph)
-    assert (attrs["emit"], attrs["rounding"], attrs["eps"]) == \
-        (["norm", "residual"], rounding, 1e-6)
-    h, res, w = args
-    oracle = contract3.allreduce_rmsnorm([h], res, w, None, emit=["norm", "residual"], local=True,
-                                         rounding=rounding, eps=1e-6)
-    assert_the_contract_and_near_eager(gm(*args), oracle, want)
+    assert_the_local_norm_is_the_contract(
+        lambda h, res, w: ir_ops.fused_add_rms_norm(h, res, w, 1e-6), shapes[:3], rounding, 1e-6)
 
 
 @pytest.mark.parametrize("mode", ["fp8_tensor", "fp8_token", "fp8_group", "fp8_group_ue8m0"])
