@@ -1026,6 +1026,38 @@ def test_a_ue8m0_scale_floored_before_its_rounding_is_left_to_the_graph_with_the
     assert fusion.notes[0] in caplog.text
 
 
+def test_a_group_quant_of_a_padded_row_stays_and_the_note_names_the_pad():
+    # vLLM's QuantFP8 group form for a row its groups do not divide (H 200, group 128) pads the
+    # row with zeros to whole groups (F.pad): the norm fuses, the quant stays, the note says why,
+    # and the quant of the fused norm gives what it gave of Contract 3's norm.
+    def quant(y):
+        yp = torch.nn.functional.pad(y, (0, 56), mode="constant", value=0.0)
+        g = yp.view(-1, 2, 128)
+        s = (g.abs().max(dim=-1, keepdim=True)[0].float() / 448.0).clamp(min=FP8_MIN_SCALING_FACTOR)
+        q = (g / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).view(-1, 256)[..., :200]
+        return q, s.squeeze(-1)
+
+    def f(x, res, w):
+        h = x + res
+        return *quant(llama_norm(h, w)), h
+
+    gm, args = trace_module(f, ((6, 200), bf), ((6, 200), bf), ((200,), bf))
+    y, h = contract3.allreduce_rmsnorm([args[0]], args[1], args[2], None, local=True,
+                                       emit=["norm", "residual"], rounding=["weight_after_round"])
+    want = (*quant(y), h)
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    calls = [n for n in gm.graph.nodes if str(n.target) == FUSED]
+    assert len(calls) == 1 and str(calls[0].kwargs["quant"]) == "none", gm.graph
+    (fusion,) = p.report.graphs[-1].fusions
+    assert len(fusion.notes) == 1, fusion.notes
+    assert "of the norm stays as written: the row is padded with opaque" in fusion.notes[0]
+    assert "aten.constant_pad_nd.default) from 200 to 256 elements" in fusion.notes[0]
+    for got, ref in zip(gm(*args), want):
+        assert same_bits(got, ref)
+
+
 def test_vllms_all_reduce_op_is_fused_like_the_functional_one():
     # vLLM registers tensor_model_parallel_all_reduce as torch.ops.vllm.all_reduce(tensor,
     # group_name): its model graphs hold that op, returning the sum, with no wait.

@@ -315,6 +315,17 @@ bool OpaqueNamed(const ir::Node* node, std::string_view word) {
   return name.find(word) != std::string::npos;
 }
 
+// Whether `out` is `in` with a longer last dim, both known, the other dims the same (a pad of
+// the row at its end).
+bool WidensTheRow(const ir::TensorType& in, const ir::TensorType& out) {
+  if (in.rank() == 0 || in.rank() != out.rank()) return false;
+  for (int i = 0; i + 1 < in.rank(); ++i)
+    if (!(in.shape[i] == out.shape[i])) return false;
+  const ir::Dim& a = in.shape.back();
+  const ir::Dim& b = out.shape.back();
+  return a.value >= 0 && b.value > a.value;
+}
+
 // An opaque op as the reasons name it: "opaque %n (aten.slice.Tensor)", its name when it has one.
 std::string OpaqueRef(const ir::Node* node) {
   const std::optional<std::string> name = TextAttr(node, ir::kOpaqueNameAttr);
@@ -619,18 +630,35 @@ std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
 
 // The FP8 quantizations of the norm output y still written out in ops (a cast to f8e4m3 that
 // y reaches through the ops a quantization is written with, no canonical quant_fp8), each with
-// the reasons the canonicalizer gave for leaving it (PassContext::declines_at), in words.
+// the reasons the canonicalizer gave for leaving it (PassContext::declines_at), in words. The
+// walk passes through an opaque pad that widens the row (vLLM's group quant of a row its groups
+// do not divide, F.pad to whole groups), and such a quantization names the pad.
 std::vector<std::string> UnfoldedQuantNotes(const Chain& chain, const PassContext& ctx) {
   static const std::set<std::string> kQuantOps = {
       "cast", "view", "abs", "amax", "div", "mul", "clamp", "reciprocal", "log2", "ceil",
       "exp2", "pow", "maximum", "minimum", "neg"};
   std::vector<std::string> notes;
   std::set<const ir::Value*> seen = {chain.y};
+  std::map<const ir::Value*, std::string> padded;  // value -> the pad it was reached through
+  const auto padded_note = [](const ir::Value* q, const std::string& pad) {
+    return StrCat("the FP8 quantization ", Ref(q), " of the norm stays as written: the row is padded with ",
+                  pad, " before it is quantized: the fused quant takes groups that divide the row");
+  };
   std::vector<const ir::Value*> frontier = {chain.y};
   for (int depth = 0; depth < 12 && !frontier.empty(); ++depth) {
     std::vector<const ir::Value*> next;
     for (const ir::Value* v : frontier) {
+      const auto pad_of_v = padded.find(v);
       for (const ir::Use& u : v->uses()) {
+        if (!u.is_return() && OpaqueNamed(u.user, "pad") && u.user->num_results() == 1 &&
+            WidensTheRow(v->type(), u.user->result()->type())) {
+          const ir::Value* out = u.user->result();
+          if (!seen.insert(out).second) continue;
+          padded[out] = StrCat(OpaqueRef(u.user), " from ", v->type().shape.back().ToString(), " to ",
+                               out->type().shape.back().ToString(), " elements");
+          next.push_back(out);
+          continue;
+        }
         if (!u.is_return() && u.user->kind() == ir::OpKind::kOpaque) {
           // A quantization the graph calls as an op of its own (vLLM's scaled_fp4_quant): the
           // compiler cannot see into it. The front end may say why it kept the op opaque.
@@ -642,6 +670,16 @@ std::vector<std::string> UnfoldedQuantNotes(const Chain& chain, const PassContex
                                    why ? " (" + *why + ")" : std::string(), ": it stays outside "
                                    "the fused op, which quantizes to FP8 per tensor, token or "
                                    "group only"));
+          continue;
+        }
+        // Past a pad, a quantization the canonicalizer folded (quant_fp8 of the padded groups).
+        if (!u.is_return() && pad_of_v != padded.end() && u.user->kind() == ir::OpKind::kQuantFp8 &&
+            u.index == 0) {
+          // Named as the graph names it: a folded quant's rows are viewed back to its value.
+          const ir::Value* q = u.user->result(0);
+          if (q->uses().size() == 1 && !q->uses()[0].is_return() && q->uses()[0].user->op() == "view")
+            q = q->uses()[0].user->result();
+          if (seen.insert(u.user->result(0)).second) notes.push_back(padded_note(q, pad_of_v->second));
           continue;
         }
         if (u.is_return() || !kQuantOps.count(u.user->op()) || u.user->num_results() != 1)
@@ -656,6 +694,10 @@ std::vector<std::string> UnfoldedQuantNotes(const Chain& chain, const PassContex
         const ir::Value* out = u.user->result();
         if (!seen.insert(out).second) continue;
         if (u.user->op() == "cast" && out->dtype() == DType::kF8E4M3) {
+          if (pad_of_v != padded.end()) {
+            notes.push_back(padded_note(out, pad_of_v->second));
+            continue;
+          }
           std::string why;
           if (auto it = ctx.declines_at.find(out->name()); it != ctx.declines_at.end()) {
             for (const std::string& reason : it->second) why += (why.empty() ? "" : "; ") + reason;
@@ -666,6 +708,7 @@ std::vector<std::string> UnfoldedQuantNotes(const Chain& chain, const PassContex
               StrCat("the FP8 quantization ", Ref(out), " of the norm stays as written: ", why));
           continue;
         }
+        if (pad_of_v != padded.end()) padded[out] = pad_of_v->second;
         next.push_back(out);
       }
     }

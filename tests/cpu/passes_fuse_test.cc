@@ -360,6 +360,41 @@ TEST(PassesFuse, AQuantOfTheNormLeftInOpsIsNamedWithTheReason) {
   ExpectSameOutputs(both);
 }
 
+// vLLM's group quant of a row its groups do not divide (H 200, group 128) pads the row with
+// zeros to whole groups first (F.pad, opaque in the IR): the norm fuses, and the note names the
+// pad as the reason its quantization stays as written. A pad that does not widen the row's last
+// dim is no such pad, and the walk stops there. (The CPU backend runs no opaque op, so the
+// outputs are not compared here; test_pass.py runs the form in torch.)
+TEST(PassesFuse, AGroupQuantOfAPaddedRowNamesThePad) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 200], %g: bf16[200]) {
+      %ar = all_reduce(%x)
+      %y = rms_norm(%ar, %g) {eps = 1e-6}
+      %yp = opaque(%y) {name = "aten.constant_pad_nd.default"} : bf16[T, 256]
+      %v = view(%yp) {shape = [T, 2, 128]}
+      %ab = abs(%v)
+      %am = amax(%ab) {dim = -1, keepdim = true}
+      %amf = cast(%am) {to = f32}
+      %sd = div(%amf) {scalar = 448}
+      %s = clamp(%sd) {min = 4.359654017857143e-06}
+      %dq = div(%v, %s)
+      %cl = clamp(%dq) {min = -448, max = 448}
+      %q = cast(%cl) {to = f8e4m3}
+      %yc = opaque(%y) {name = "aten.constant_pad_nd.default"} : bf16[T, 200]
+      %yf = cast(%yc) {to = f32}
+      %q2 = cast(%yf) {to = f8e4m3}
+      return %q, %s, %q2
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kNone, {"norm"}}});
+  EXPECT_EQ(c.ctx.fusions[0].notes,
+            (std::vector<std::string>{
+                "the FP8 quantization %q of the norm stays as written: the row is padded with opaque "
+                "%yp (aten.constant_pad_nd.default) from 200 to 256 elements before it is quantized: "
+                "the fused quant takes groups that divide the row"}));
+}
+
 // ---------------------------------------------------------------- rejections
 
 TEST(PassesFuse, PlainAllReduceIsLeftAloneWithItsReason) {
