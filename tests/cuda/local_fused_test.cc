@@ -792,8 +792,9 @@ TEST_F(LocalFusedTest, TheRuleOnTheDeviceFitsOneWave) {
 // The kernels with the recipe fixed at compile time (the local op's default recipe and
 // weight_after_round, bf16 and f16 with the weight in the activation dtype) and the kernels that
 // read it at run time, each forced, under every row owner (the pair cluster where the row has
-// two vectors per row thread), at one, two and four vectors per thread: both bitwise the oracle. (Specs outside the fixed forms run the run-time kernels:
-// the tests above.)
+// two vectors per row thread), at one, two and four vectors per thread, with the residual and
+// without (the norm alone's own fixed-recipe kernels, NormAloneEpilogueFamily): both bitwise the
+// oracle. (Specs outside the fixed forms run the run-time kernels: the tests above.)
 TEST_F(LocalFusedTest, FixedAndRuntimeRecipeKernelsAreBitwiseTheOracle) {
   uint64_t seed = 9500;
   for (DType act : {DType::kBF16, DType::kF16})
@@ -801,18 +802,19 @@ TEST_F(LocalFusedTest, FixedAndRuntimeRecipeKernelsAreBitwiseTheOracle) {
       for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
         for (int64_t h : {1536, 7168, 16384})
           for (cuda::RowOwner owner : RowOwnersOf(h))
-            for (bool fixed : {true, false}) {
-              AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
-              s.act_dtype = s.weight_dtype = act;
-              s.rounding.weight_after_round = weight_after_round;
-              cuda::LaunchOptions options;
-              options.row_owner = owner;
-              options.fixed_recipes = fixed;
-              for (int64_t t : {1, 40})
-                EXPECT_EQ(RunAndCompare(s, t, seed++, options), "")
-                    << Describe(s, t) << OwnerName(owner)
-                    << (fixed ? " fixed" : " run-time") << " recipe";
-            }
+            for (bool fixed : {true, false})
+              for (bool residual : {true, false}) {
+                AllreduceRmsnormSpec s = LocalSpec(h, q, residual);
+                s.act_dtype = s.weight_dtype = act;
+                s.rounding.weight_after_round = weight_after_round;
+                cuda::LaunchOptions options;
+                options.row_owner = owner;
+                options.fixed_recipes = fixed;
+                for (int64_t t : {1, 40})
+                  EXPECT_EQ(RunAndCompare(s, t, seed++, options), "")
+                      << Describe(s, t) << OwnerName(owner)
+                      << (fixed ? " fixed" : " run-time") << " recipe";
+              }
 }
 
 // A row whose FP8 values tell the scale steps apart (as CpuFusedRecipeTest.

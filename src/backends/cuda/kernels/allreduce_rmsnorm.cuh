@@ -157,6 +157,14 @@ struct FixedRecipe {
 template <typename T, KernelRecipe kRecipe>
 using RecipeOf = std::conditional_t<kRecipe == KernelRecipe::kRuntime, RuntimeRecipe,
                                     FixedRecipe<T, kRecipe == KernelRecipe::kFixedWeightAfterRound>>;
+// A fixed recipe's kernel for the norm alone (no residual: the launcher picks it by the spec),
+// the same code under a tighter register bound (SpanMinBlocks).
+template <typename Fixed>
+struct NormAloneRecipe : Fixed {};
+template <typename Recipe>
+inline constexpr bool kNormAloneRecipe = false;
+template <typename Fixed>
+inline constexpr bool kNormAloneRecipe<NormAloneRecipe<Fixed>> = true;
 
 // ================================================================ row owners and reductions
 
@@ -538,6 +546,11 @@ __device__ __forceinline__ unsigned RowLaneMask() {
 // their registers are not capped for occupancy. Packed rows (PackedRows) have at most
 // kMaxPackedBlockThreads and the register cap of one block per row at one vector per thread (64),
 // except the run-time recipe at two vectors per thread, which spills there: three blocks (85).
+// The norm alone's one block per row at two vectors per thread (NormAloneRecipe, quant none and
+// fp8_tensor) is held to three blocks (40 registers): at 42, fp8_tensor's took two 448-thread
+// rows per SM where quant none's 39 took three (an SM hands each warp its registers from one of
+// four quarters), and ran 1.19 x Inductor's kernel at H 7168; at 40, 1.01 x
+// (docs/perf/h100x1/NOTES.md, runs 94-95). With the residual the bound stays two.
 template <typename Span>
 constexpr int SpanMaxThreads() {
   if constexpr (kPairSpan<Span>) return Span::kMaxThreads;
@@ -551,6 +564,7 @@ constexpr int SpanMinBlocks() {
   if constexpr (kClusterSpan<Span>) return 1;
   else if constexpr (kPackedSpan<Span>)
     return kVec > 1 && std::is_same_v<Recipe, RuntimeRecipe> ? 3 : kMinBlocksPerSm<1> * kMaxRowThreads / kMaxPackedBlockThreads;
+  else if constexpr (kVec == 2 && kNormAloneRecipe<Recipe>) return 3;
   else return kMinBlocksPerSm<kVec>;
 }
 template <typename Span, int kVec, typename Recipe>

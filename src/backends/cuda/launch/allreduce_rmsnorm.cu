@@ -413,7 +413,12 @@ FusedKernelFn SelectEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& 
       return 2 * layout.threads / cluster_blocks > ClusterPairRow::kMaxThreads
                  ? SelectKernel<ClusterPairEpilogueFamily<kRecipe, true>>(spec.act_dtype, v, spec.quant)
                  : SelectKernel<ClusterPairEpilogueFamily<kRecipe>>(spec.act_dtype, v, spec.quant);
-    default: return SelectKernel<EpilogueFamily<kRecipe>>(spec.act_dtype, v, spec.quant);
+    default:
+      if constexpr (kRecipe != KernelRecipe::kRuntime) {
+        if (!spec.has_residual)
+          if (FusedKernelFn k = SelectKernel<NormAloneEpilogueFamily<kRecipe>>(spec.act_dtype, v, spec.quant)) return k;
+      }
+      return SelectKernel<EpilogueFamily<kRecipe>>(spec.act_dtype, v, spec.quant);
   }
 }
 

@@ -4,7 +4,8 @@
 // families compile in parallel. 24 instantiations per family: 2 activation dtypes x 3 vector
 // counts per thread (1, 2, 4) x 4 quant modes. The epilogue has a family per row owner and
 // recipe (three recipes: run time, and two fixed); the packed rows' families instantiate the
-// 8 kernels of one vector per thread (groups of 8-64 lanes) and of two (4-32 lanes).
+// 8 kernels of one vector per thread (groups of 8-64 lanes) and of two (4-32 lanes), the norm
+// alone's the 4 of two vectors per thread in quant none and fp8_tensor.
 #pragma once
 
 #include "backends/cuda/kernels/allreduce_rmsnorm.cuh"
@@ -29,6 +30,18 @@ struct EpilogueFamily {
   template <typename T, int kVec, QuantMode kQuant>
   static constexpr FusedKernelFn Kernel() {
     return AllreduceEpilogueKernel<T, kVec, kQuant, BlockRow, RecipeOf<T, kRecipe>>;
+  }
+};
+// The same for the norm alone (no residual) with a fixed recipe, quant none and fp8_tensor at two
+// vectors per thread (NormAloneRecipe: three blocks per SM); none for other kVec and modes.
+template <KernelRecipe kRecipe>
+struct NormAloneEpilogueFamily {
+  template <typename T, int kVec, QuantMode kQuant>
+  static constexpr FusedKernelFn Kernel() {
+    if constexpr (kRecipe != KernelRecipe::kRuntime && kVec == 2 &&
+                  (kQuant == QuantMode::kNone || kQuant == QuantMode::kFp8Tensor))
+      return AllreduceEpilogueKernel<T, kVec, kQuant, BlockRow, NormAloneRecipe<RecipeOf<T, kRecipe>>>;
+    else return nullptr;
   }
 };
 // The epilogue kernel with each row spread over a thread block cluster (launched with a
@@ -78,6 +91,9 @@ extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::k
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<NormAloneEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<NormAloneEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int,
+                                                                                                       QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int,
                                                                                                     QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
