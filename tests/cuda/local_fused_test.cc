@@ -160,6 +160,17 @@ const char* OwnerName(cuda::RowOwner owner) {
   }
 }
 
+// Launch options that force a row owner and the fixed-recipe or run-time kernels, and their words.
+cuda::LaunchOptions Forced(cuda::RowOwner owner, bool fixed) {
+  cuda::LaunchOptions options;
+  options.row_owner = owner;
+  options.fixed_recipes = fixed;
+  return options;
+}
+std::string ForcedName(cuda::RowOwner owner, bool fixed) {
+  return std::string(OwnerName(owner)) + (fixed ? " fixed" : " run-time") + " recipe";
+}
+
 class LocalFusedTest : public ::testing::Test {
  protected:
   void SetUp() override { TPFUSE_REQUIRE_GPUS(1); }
@@ -277,14 +288,9 @@ TEST_F(LocalFusedTest, InfAndNanRowsAreTheOracle) {
             in.residual.SetF32(5 * h + h - 1, nan);
             if (big) in.weight.SetF32(5, 3e38f);
             for (bool fixed : {true, false})
-              for (cuda::RowOwner owner : RowOwnersOf(h)) {
-                cuda::LaunchOptions options;
-                options.row_owner = owner;
-                options.fixed_recipes = fixed;
-                EXPECT_EQ(RunAndCompareInputs(s, tokens, in, options, /*nan_is_nan=*/true), "")
-                    << Describe(s, tokens) << OwnerName(owner) << (fixed ? " fixed" : " run-time")
-                    << " recipe" << (big ? ", weight 3e38" : "");
-              }
+              for (cuda::RowOwner owner : RowOwnersOf(h))
+                EXPECT_EQ(RunAndCompareInputs(s, tokens, in, Forced(owner, fixed), /*nan_is_nan=*/true), "")
+                    << Describe(s, tokens) << ForcedName(owner, fixed) << (big ? ", weight 3e38" : "");
           }
 }
 
@@ -807,13 +813,9 @@ TEST_F(LocalFusedTest, FixedAndRuntimeRecipeKernelsAreBitwiseTheOracle) {
                 AllreduceRmsnormSpec s = LocalSpec(h, q, residual);
                 s.act_dtype = s.weight_dtype = act;
                 s.rounding.weight_after_round = weight_after_round;
-                cuda::LaunchOptions options;
-                options.row_owner = owner;
-                options.fixed_recipes = fixed;
                 for (int64_t t : {1, 40})
-                  EXPECT_EQ(RunAndCompare(s, t, seed++, options), "")
-                      << Describe(s, t) << OwnerName(owner)
-                      << (fixed ? " fixed" : " run-time") << " recipe";
+                  EXPECT_EQ(RunAndCompare(s, t, seed++, Forced(owner, fixed)), "")
+                      << Describe(s, t) << ForcedName(owner, fixed);
               }
 }
 
@@ -840,14 +842,9 @@ TEST_F(LocalFusedTest, ScaleStepTiesAreBitwiseTheOracleInEveryKernel) {
       ASSERT_NE(BitwiseDiff(OracleOutputs(s, in), OracleOutputs(swapped, in)), "") << "the row must tell the steps apart";
       for (const AllreduceRmsnormSpec& spec : {s, swapped})
         for (cuda::RowOwner owner : RowOwnersOf(h))
-          for (bool fixed : {true, false}) {
-            cuda::LaunchOptions options;
-            options.row_owner = owner;
-            options.fixed_recipes = fixed;
-            EXPECT_EQ(RunAndCompareInputs(spec, tokens, in, options), "")
-                << Describe(spec, tokens) << OwnerName(owner)
-                << (fixed ? " fixed" : " run-time") << " recipe";
-          }
+          for (bool fixed : {true, false})
+            EXPECT_EQ(RunAndCompareInputs(spec, tokens, in, Forced(owner, fixed)), "")
+                << Describe(spec, tokens) << ForcedName(owner, fixed);
     }
 }
 
@@ -869,13 +866,9 @@ TEST_F(LocalFusedTest, VectorsPastTheRowAreBitwiseTheOracleInEveryKernel) {
             AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
             s.weight_dtype = w;
             if (q == QuantMode::kFp8Group) s.scale_layout = ScaleLayout::kCol;
-            cuda::LaunchOptions options;
-            options.row_owner = owner;
-            options.fixed_recipes = fixed;
             for (int64_t t : {1, 9})
-              EXPECT_EQ(RunAndCompare(s, t, seed++, options), "")
-                  << Describe(s, t) << OwnerName(owner)
-                  << (fixed ? " fixed" : " run-time") << " recipe";
+              EXPECT_EQ(RunAndCompare(s, t, seed++, Forced(owner, fixed)), "")
+                  << Describe(s, t) << ForcedName(owner, fixed);
           }
   }
 }
@@ -938,13 +931,11 @@ TEST_F(LocalFusedTest, AmaxBoundRowsAreBitwiseTheOracle) {
               for (bool fixed : {true, false})
                 for (int64_t max_owners : {0, 1, 2}) {
                   s.rounding.weight_after_round = weight_after_round;
-                  cuda::LaunchOptions options;
-                  options.row_owner = owner;
+                  cuda::LaunchOptions options = Forced(owner, fixed);
                   options.max_row_owners = max_owners;
-                  options.fixed_recipes = fixed;
                   EXPECT_EQ(RunAndCompareInputs(s, tokens, in, options), "")
                       << Describe(s, tokens) << " act " << DTypeName(act) << (heavy_weight ? " heavy weight" : "")
-                      << OwnerName(owner) << (fixed ? " fixed" : " run-time") << " recipe, owners " << max_owners;
+                      << ForcedName(owner, fixed) << ", owners " << max_owners;
                 }
         }
   // The bound under the run-time recipe's other forms, clusters forced, random rows: ue8m0
