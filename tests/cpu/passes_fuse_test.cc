@@ -380,19 +380,22 @@ TEST(PassesFuse, AGroupQuantOfAPaddedRowNamesThePad) {
       %dq = div(%v, %s)
       %cl = clamp(%dq) {min = -448, max = 448}
       %q = cast(%cl) {to = f8e4m3}
+      %t = mul(%v) {scalar = 0.01}
+      %q3 = cast(%t) {to = f8e4m3}
       %yc = opaque(%y) {name = "aten.constant_pad_nd.default"} : bf16[T, 200]
       %yf = cast(%yc) {to = f32}
       %q2 = cast(%yf) {to = f8e4m3}
-      return %q, %s, %q2
+      return %q, %s, %q2, %q3
     }
   )");
   ASSERT_TRUE(c.ok());
   ExpectFusions(c.ctx, {{"ar", QuantMode::kNone, {"norm"}}});
+  const std::string pad = "the row is padded with opaque %yp (aten.constant_pad_nd.default) from 200 to 256 "
+                          "elements before it is quantized: the fused quant takes groups that divide the row";
+  // %q folds into a quant_fp8 of the padded groups; %q3, folding no form, stays a cast.
   EXPECT_EQ(c.ctx.fusions[0].notes,
-            (std::vector<std::string>{
-                "the FP8 quantization %q of the norm stays as written: the row is padded with opaque "
-                "%yp (aten.constant_pad_nd.default) from 200 to 256 elements before it is quantized: "
-                "the fused quant takes groups that divide the row"}));
+            (std::vector<std::string>{"the FP8 quantization %q of the norm stays as written: " + pad,
+                                      "the FP8 quantization %q3 of the norm stays as written: " + pad}));
 }
 
 // ---------------------------------------------------------------- rejections
