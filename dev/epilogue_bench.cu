@@ -923,6 +923,11 @@ int main(int argc, char** argv) {
   const bool owners = argc > 1 && std::string(argv[1]) == "--owners";
   const bool grids = argc > 1 && std::string(argv[1]) == "--grid";
   const bool packed = argc > 1 && std::string(argv[1]) == "--packed";
+  const bool nores = owners && argc > 4 && std::string(argv[4]) == "nores";
+  if (owners && (argc > 5 || (argc > 4 && !nores))) {
+    std::fprintf(stderr, "--owners [H,...] [T,...] [nores]: unexpected argument '%s'\n", argv[nores ? 5 : 4]);
+    return 2;
+  }
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   if (owners || grids || packed) {
@@ -953,7 +958,7 @@ int main(int argc, char** argv) {
     }
     TimeOwners(argc > 2 ? list(argv[2]) : std::vector<int64_t>{2880, 4096, 5120, 7168, 8192},
                argc > 3 ? list(argv[3]) : std::vector<int64_t>{16, 32, 48, 64, 96, 128, 192, 256},
-               /*residual=*/!(argc > 4 && std::string(argv[4]) == "nores"), stream, prop);
+               /*residual=*/!nores, stream, prop);
     return 0;
   }
   if (phases) {

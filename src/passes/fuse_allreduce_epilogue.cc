@@ -677,7 +677,7 @@ std::vector<std::string> UnfoldedQuantNotes(const Chain& chain, const PassContex
             u.index == 0) {
           // Named as the graph names it: a folded quant's rows are viewed back to its value.
           const ir::Value* q = u.user->result(0);
-          if (q->uses().size() == 1 && !q->uses()[0].is_return() && q->uses()[0].user->op() == "view")
+          if (q->uses().size() == 1 && !q->uses()[0].is_return() && q->uses()[0].user->kind() == ir::OpKind::kView)
             q = q->uses()[0].user->result();
           if (seen.insert(u.user->result(0)).second) notes.push_back(padded_note(q, pad_of_v->second));
           continue;
