@@ -565,6 +565,160 @@ def test_vllms_norm_kernels_with_the_static_quant_in_them_fuse_with_the_all_redu
     gm.graph.lint()
 
 
+def vllm_norm_dynamic_quant_kernel(result, input, weight, scale, epsilon, scale_ub=None,
+                                   residual=None, group_size=0):
+    """vLLM's rms_norm_dynamic_per_token_quant (group_size 0) and rms_norm_per_block_quant in
+    torch, as their CUDA kernels compute for FP8: the residual summed in f32 (the sum rounded
+    into `residual`), rstd of the unrounded sum, the normalized value rounded before the weight
+    multiply, per row or group s = max(amax / 448, 1 / (448 * 512)), q = fp8(y / s)."""
+    x = input.float()
+    if residual is not None:
+        x = x + residual.float()
+        residual.copy_(x.to(residual.dtype))
+    rstd = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + epsilon)
+    y = ((x * rstd).to(input.dtype) * weight).float()
+    groups = y.unflatten(-1, (-1, group_size or y.shape[-1]))
+    amax = groups.abs().amax(dim=-1, keepdim=True)
+    if scale_ub is not None:
+        amax = torch.minimum(amax, scale_ub)
+    s = (amax / 448.0).clamp(min=FP8_MIN_SCALING_FACTOR)
+    result.copy_((groups / s).clamp(-448.0, 448.0).flatten(-2).to(result.dtype))
+    scale.copy_(s.squeeze(-1))
+
+
+_VLLM_NORM_QUANT_OPS = {"token": "rms_norm_dynamic_per_token_quant",
+                        "group": "rms_norm_per_block_quant"}
+
+
+def _vllm_norm_dynamic_quant_graph(kind: str, residual: bool, *, all_reduce: bool = True,
+                                   scale_ub: bool = False, q_dtype=torch.float8_e4m3fn,
+                                   transposed: bool = False):
+    """[all_reduce ->] auto_functionalized(_C.<_VLLM_NORM_QUANT_OPS[kind]>) as vLLM's graphs
+    hold it (placeholders x, res, w, q, s, ub; groups of 128), returning q, s [and the residual
+    sum]."""
+    _define_vllm_ops()
+    af = torch.ops.higher_order.auto_functionalized
+    op = getattr(torch.ops._C, _VLLM_NORM_QUANT_OPS[kind]).default
+    g = fx.Graph()
+    with FakeTensorMode():
+        vals = {"x": torch.empty(6, 256, dtype=bf), "res": torch.empty(6, 256, dtype=bf),
+                "w": torch.empty(256, dtype=bf), "q": torch.empty(6, 256, dtype=q_dtype),
+                "s": torch.empty(6, 1 if kind == "token" else 2, dtype=torch.float32),
+                "ub": torch.empty((), dtype=torch.float32)}
+    nodes = {}
+    for name, v in vals.items():
+        nodes[name] = g.placeholder(name)
+        nodes[name].meta["val"] = v
+    h = nodes["x"]
+    if all_reduce:
+        a = g.call_function(ar, (nodes["x"], "sum", GROUP))
+        h = g.call_function(wait, (a,))
+        a.meta["val"] = h.meta["val"] = vals["x"]
+    kwargs = {"result": nodes["q"], "input": h, "weight": nodes["w"], "scale": nodes["s"],
+              "epsilon": 1e-6, "scale_ub": nodes["ub"] if scale_ub else None,
+              "residual": nodes["res"] if residual else None}
+    if kind == "group":
+        kwargs.update(group_size=128, is_scale_transposed=transposed)
+    call = g.call_function(af, (op,), kwargs)
+    call.meta["val"] = (None, vals["q"], vals["s"]) + ((vals["res"],) if residual else (None,))
+    outs = []
+    for i, name in ((1, "q"), (2, "s"), (3, "res"))[:3 if residual else 2]:
+        item = g.call_function(operator.getitem, (call, i))
+        item.meta["val"] = vals[name]
+        outs.append(item)
+    g.output(tuple(outs))
+    return g
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("residual", [False, True], ids=["norm", "fused_add"])
+@pytest.mark.parametrize("kind", ["token", "group"])
+def test_vllms_norm_kernels_with_a_dynamic_quant_in_them_fuse_with_the_all_reduce(kind, residual,
+                                                                                 v2):
+    # What vLLM's norm-quant fusion leaves for a dynamic quant: one kernel, its residual
+    # optional, read as the kernel's norm (the f32 sum normalized where there is a residual)
+    # and a quant of it per token or per group of 128 (s floored after the division).
+    _define_vllm_ops()
+    op = getattr(torch.ops._C, _VLLM_NORM_QUANT_OPS[kind])
+
+    def layer(x, res, w):
+        h = torch.ops.vllm.all_reduce(x, "tp:0")
+        q = torch.empty(h.shape, dtype=torch.float8_e4m3fn)
+        s = torch.empty((h.shape[0], 1 if kind == "token" else 2), dtype=torch.float32)
+        r = res * 2 if residual else None  # a base of its own, not the graph's input
+        op(q, h, w, s, 1e-6, None, r, *((128, False) if kind == "group" else ()))
+        return (q, s, r) if residual else (q, s)
+
+    gm = _captured(layer, ((8, 256), bf), ((8, 256), bf), ((256,), bf), v2=v2)
+    p = tt.FusionPass(world_size=2)
+    p(gm.graph)
+    assert p.report.fused == 1 and p.report.all_reduces_after == 0, p.report
+    attrs = fused_attrs(gm.graph)
+    assert str(attrs["quant"]) == f"fp8_{kind}", attrs
+    assert list(attrs["rounding"]) == (["norm_input_f32"] if residual else []) + \
+        ["weight_after_round", "scale_floor_after_div"], attrs
+    assert list(attrs["emit"]) == (["residual", "quant"] if residual else ["quant"]), attrs
+    assert count(gm.graph, _VLLM_NORM_QUANT_OPS[kind]) == 0, gm.graph
+    gm.graph.lint()
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["norm", "fused_add"])
+@pytest.mark.parametrize("kind", ["token", "group"])
+def test_vllms_norm_kernels_with_a_dynamic_quant_fused_compute_what_the_kernels_do(kind,
+                                                                                 residual):
+    """Fused locally, the graph's q, s and residual sum are Contract 3's oracle bit for bit, and
+    the kernel's (written in torch above) but for the order of the sum of squares: the residual
+    sum exactly, q and s where the rstd agrees. Row 0 is all zeros (the scale's floor)."""
+    g = _vllm_norm_dynamic_quant_graph(kind, residual, all_reduce=False)
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(g)
+    assert len(p.report.graphs[0].fusions) == 1, p.report
+    gm = fx.GraphModule(torch.nn.Module(), g)
+    gen = torch.Generator().manual_seed(11)
+    x, res = (torch.randn(6, 256, generator=gen).to(bf) for _ in range(2))
+    x[0], res[0] = 0, 0
+    w = (torch.rand(256, generator=gen) + 0.5).to(bf)
+    q = torch.empty(6, 256, dtype=torch.float8_e4m3fn)
+    s = torch.empty(6, 1 if kind == "token" else 2)
+    got = gm(x, res.clone(), w, q, s, torch.tensor(0.0))
+
+    want_q, want_s, want_res = torch.empty_like(q), torch.empty_like(s), res.clone()
+    vllm_norm_dynamic_quant_kernel(want_q, x, w, want_s, 1e-6,
+                                   residual=want_res if residual else None,
+                                   group_size=128 if kind == "group" else 0)
+    rounding = (["norm_input_f32"] if residual else []) + ["weight_after_round",
+                                                           "scale_floor_after_div"]
+    oracle = contract3.allreduce_rmsnorm([x], res if residual else None, w, None,
+                                         emit=["residual", "quant"] if residual else ["quant"],
+                                         local=True, quant=f"fp8_{kind}", rounding=rounding,
+                                         eps=1e-6)
+    oracle = oracle[1:] + oracle[:1] if residual else oracle  # the graph's order: q, s[, h]
+    assert len(got) == len(oracle)
+    for i, (a, b) in enumerate(zip(got, oracle)):
+        assert same_bits(a, b), f"result {i} differs from Contract 3's oracle"
+    assert torch.all(got[1][0] == torch.tensor(FP8_MIN_SCALING_FACTOR))  # as f32
+    if residual:
+        assert same_bits(got[2], want_res)
+    close = torch.isclose(got[1], want_s, rtol=2 ** -20, atol=0).all(dim=-1)
+    assert close.sum() >= 5, (got[1], want_s)
+    assert same_bits(got[0][close], want_q[close]) and same_bits(got[1][close], want_s[close])
+
+
+@pytest.mark.parametrize("kind,kwargs,why", [
+    ("token", {"scale_ub": True}, "scale_ub bounds the amax"),
+    ("token", {"q_dtype": torch.int8}, "its result is torch.int8"),
+    ("group", {"q_dtype": torch.int8}, "its result is torch.int8"),
+    ("group", {"transposed": True}, "its scales are transposed"),
+], ids=["scale_ub", "int8", "group_int8", "transposed"])
+def test_vllms_norm_kernels_with_a_dynamic_quant_stay_where_the_fused_op_differs(kind, kwargs,
+                                                                                why):
+    # A bound on the amax, an int8 result, scales written [G, T]: the kernel stays, and the
+    # translation says why.
+    tr = translate(_vllm_norm_dynamic_quant_graph(kind, True, **kwargs))
+    assert "fused_add_rms_norm" not in tr.text and "quant_fp8" not in tr.text, tr.text
+    assert any(why in r for r in tr.opaque.values()), tr.opaque
+
+
 def test_fuse_local_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="fuse_local"):
         tt.FusionPass(fuse_local="sometimes")
@@ -599,6 +753,11 @@ def _define_vllm_ops():
                "Tensor scale, float epsilon) -> ()")
     lib.define("fused_add_rms_norm_static_fp8_quant(Tensor! result, Tensor input, "
                "Tensor! residual, Tensor weight, Tensor scale, float epsilon) -> ()")
+    lib.define("rms_norm_dynamic_per_token_quant(Tensor! result, Tensor input, Tensor weight, "
+               "Tensor! scale, float epsilon, Tensor? scale_ub, Tensor!? residual) -> ()")
+    lib.define("rms_norm_per_block_quant(Tensor! result, Tensor input, Tensor weight, "
+               "Tensor! scale, float epsilon, Tensor? scale_ub, Tensor!? residual, "
+               "int group_size, bool is_scale_transposed) -> ()")
     _define_vllm_ops.lib = lib  # keep the registration alive
 
 

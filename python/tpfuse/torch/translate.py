@@ -392,10 +392,16 @@ class VllmOp:
     operands: Tuple[str, ...]
     results: Tuple[int, ...]          # getitem indices of the IR results, in IR result order
     attrs: Callable[[Dict[str, Any]], Dict[str, ir.AttrValue]]
-    # A norm kernel that quantizes its output by the static scale of this kwarg: ir_op's first
-    # result (the norm, no FX node of its own) feeds a quant_fp8 {mode = "tensor"}, whose q is
-    # the first of `results`.
+    # A norm kernel that quantizes its output: ir_op's first result (the norm, no FX node of
+    # its own) feeds a quant_fp8, whose q (and s, for a dynamic mode) come first in `results`.
+    # static_quant: the kwarg of the static scale ({mode = "tensor"}); dynamic_quant: the
+    # quant's attributes from the kwargs.
     static_quant: Optional[str] = None
+    dynamic_quant: Optional[Callable[[Dict[str, Any]], Dict[str, ir.AttrValue]]] = None
+
+    def quant_results(self) -> int:
+        """How many of `results` the kernel's quantization holds (q, s): 0 for a plain op."""
+        return 1 if self.static_quant else 2 if self.dynamic_quant else 0
 
 
 def _vllm_dynamic_token(kw: Dict[str, Any]) -> Dict[str, ir.AttrValue]:
@@ -418,10 +424,43 @@ def _vllm_group(kw: Dict[str, Any]) -> Dict[str, ir.AttrValue]:
     return attrs
 
 
+def _vllm_per_block(kw: Dict[str, Any]) -> Dict[str, ir.AttrValue]:
+    # rms_norm_per_block_quant's groups: s = max(amax / 448, 1 / (448 * 512)), q = fp8(y / s),
+    # the scales [T, G] row-major unless is_scale_transposed.
+    if kw.get("scale_ub") is not None:
+        raise ValueError("scale_ub bounds the amax, which the fused quant does not")
+    if kw.get("is_scale_transposed"):
+        raise ValueError("its scales are transposed ([G, T]), and the fused op writes the "
+                         "kernel's column-major layout only as [G, pad4(T)] from its own quant")
+    return {"mode": "group", "group_size": int(kw["group_size"]),
+            "rounding": ["scale_floor_after_div"]}
+
+
+def _vllm_norm_dynamic(quant: Callable[[Dict[str, Any]], Dict[str, ir.AttrValue]]
+                       ) -> Callable[[Dict[str, Any]], VllmOp]:
+    """vLLM's norm kernels with a dynamic quant fused in, rms_norm_dynamic_per_token_quant and
+    rms_norm_per_block_quant (result!, input, weight, scale!, epsilon, scale_ub, residual!?,
+    ...): the norm (where a residual is given, the residual add summed in f32 and the norm taken
+    of the unrounded sum; residual holds the sum rounded), the normalized value rounded before
+    the weight multiply, then `quant` of it. getitems: result 1, scale 2, residual 3. The entry
+    by whether a residual is given."""
+    def entry(kw: Dict[str, Any]) -> VllmOp:
+        if kw.get("residual") is None:
+            return VllmOp("rms_norm", ("input", "weight"), (1, 2),
+                          lambda k: {"eps": float(k["epsilon"]),
+                                     "rounding": ["weight_after_round"]},
+                          dynamic_quant=quant)
+        return VllmOp("fused_add_rms_norm", ("input", "residual", "weight"), (1, 2, 3),
+                      lambda k: {"eps": float(k["epsilon"]),
+                                 "rounding": ["norm_input_f32", "weight_after_round"]},
+                      dynamic_quant=quant)
+    return entry
+
+
 # vLLM's norm kernels compute out = (scalar_t)(x * rstd) * weight: the normalized value rounded
 # to the activation dtype before the weight multiply (weight_after_round); the fused-add kernel
 # adds in the activation dtype (the norm reads round(h), the IR's default).
-VLLM_TABLE: Dict[str, VllmOp] = {
+VLLM_TABLE: Dict[str, Union[VllmOp, Callable[[Dict[str, Any]], VllmOp]]] = {
     "_C.rms_norm.default": VllmOp(
         "rms_norm", ("input", "weight"), (1,),
         lambda kw: {"eps": float(kw["epsilon"]), "rounding": ["weight_after_round"]}),
@@ -436,6 +475,9 @@ VLLM_TABLE: Dict[str, VllmOp] = {
     "_C.fused_add_rms_norm_static_fp8_quant.default": VllmOp(
         "fused_add_rms_norm", ("input", "residual", "weight"), (1, 2),
         lambda kw: {"eps": float(kw["epsilon"]), "rounding": ["weight_after_round"]}, "scale"),
+    # ... and with a dynamic quant, per token or per group (128 or 64 columns).
+    "_C.rms_norm_dynamic_per_token_quant.default": _vllm_norm_dynamic(_vllm_dynamic_token),
+    "_C.rms_norm_per_block_quant.default": _vllm_norm_dynamic(_vllm_per_block),
     "_C.static_scaled_fp8_quant.default": VllmOp(
         "quant_fp8", ("input", "scale"), (1,), lambda kw: {"mode": "tensor"}),
     "_C.dynamic_per_token_scaled_fp8_quant.default": VllmOp(
@@ -856,7 +898,6 @@ class Translator:
         if entry is None:
             return self._opaque(node, f"auto_functionalized {name} has no IR op")
         kwargs = dict(node.kwargs)
-        result_index = {i: i for i in entry.results}
         mutated = [a.name for a in op._schema.arguments
                    if a.alias_info is not None and a.alias_info.is_write]
         if v2:
@@ -869,6 +910,10 @@ class Translator:
                     return self._opaque(node, f"{name}: {arg} is a view of its base")
                 kwargs[arg] = bases[index] if index is not None else None
             kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+        if not isinstance(entry, VllmOp):
+            entry = entry(kwargs)  # an entry by the kwargs given (a residual or none)
+        result_index = {i: i for i in entry.results}
+        if v2:
             result_index = {i: 1 + node.kwargs[f"_{mutated[i - 1]}_base_index"]
                             for i in entry.results
                             if node.kwargs.get(f"_{mutated[i - 1]}_base_index") is not None}
@@ -883,6 +928,12 @@ class Translator:
         unwritable = _unwritable_attrs(attrs)
         if unwritable:
             return self._opaque(node, f"{name}: {unwritable}")
+        quant_results = entry.quant_results()
+        q_item = getitems.get(result_index.get(entry.results[0], -1)) if quant_results else None
+        q_val = q_item.meta.get("val") if q_item is not None else None
+        if isinstance(q_val, torch.Tensor) and q_val.dtype != torch.float8_e4m3fn:
+            return self._opaque_why(node, f"its result is {q_val.dtype}, and the fused op "
+                                          "quantizes to torch.float8_e4m3fn", name)
         results = []
         for i in entry.results:
             g = getitems.get(result_index.get(i, -1))
@@ -896,16 +947,24 @@ class Translator:
                                               f"{list(val.stride())}, and the fused op writes its "
                                               "results contiguously", name)
             results.append((g.name, g))
-        if entry.static_quant is None:
+        if not quant_results:
             return self._add(node, entry.ir_op, operands, attrs, results)
-        scale = self._value(kwargs.get(entry.static_quant))
-        if scale is None:
-            return self._opaque(node, f"{name}: its scale has no IR type")
-        # The norm's own result lives in the IR alone (the kernel writes only q).
+        if entry.static_quant is not None:
+            scale = self._value(kwargs.get(entry.static_quant))
+            if scale is None:
+                return self._opaque(node, f"{name}: its scale has no IR type")
+            quant_operands, quant_attrs = [scale], {"mode": "tensor"}
+        else:
+            try:
+                quant_operands, quant_attrs = [], entry.dynamic_quant(kwargs)
+            except ValueError as e:
+                return self._opaque_why(node, str(e), name)
+        # The norm's own result lives in the IR alone (the kernel writes only q [and s]).
         norm = f"{node.name}.norm"
-        self._add(node, entry.ir_op, operands, attrs, results[1:],
+        self._add(node, entry.ir_op, operands, attrs, results[quant_results:],
                   ir_only=(norm, self.types[operands[0]]))
-        self._add(node, "quant_fp8", [norm, scale], {"mode": "tensor"}, results[:1])
+        self._add(node, "quant_fp8", [norm, *quant_operands], quant_attrs,
+                  results[:quant_results])
 
 
 def _unwritable_attrs(attrs: Dict[str, ir.AttrValue]) -> Optional[str]:
@@ -1029,7 +1088,7 @@ def _functional_handler(node: fx.Node, target: str) -> Optional[Handler]:
 
 def _opaque_name(node: fx.Node) -> str:
     """The name an opaque node carries in the IR: its target's, with the op that
-    auto_functionalized wraps ("auto_functionalized _C.rms_norm_dynamic_per_token_quant.default"),
+    auto_functionalized wraps ("auto_functionalized _C.rms_norm_per_block_quant.default"),
     which the compiler's reasons quote."""
     if node.op != "call_function":
         return node.op
