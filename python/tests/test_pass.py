@@ -1542,7 +1542,15 @@ def _define_vllm_ir_norms():
                "Tensor? scale_ub=None, SymInt? num_token_padding=None) -> (Tensor, Tensor)")
     lib.define("dynamic_group_quant_fp8(Tensor x, int[] group_shape, bool column_major, "
                "bool use_ue8m0, ScalarType fp8_dtype, int scale_alignment=1) -> (Tensor, Tensor)")
+    # The norms' maybe_inplace overloads (vllm.ir's allow_inplace): x [and x_residual] marked
+    # as written, the native body.
+    lib.define("rms_norm.maybe_inplace(Tensor(a!) x, Tensor? weight, float epsilon, "
+               "SymInt? variance_size=None) -> Tensor")
+    lib.define("fused_add_rms_norm.maybe_inplace(Tensor(a!) x, Tensor(b!) x_residual, "
+               "Tensor? weight, float epsilon, SymInt? variance_size=None) -> (Tensor, Tensor)")
     for name, body in (("rms_norm", rms_norm), ("fused_add_rms_norm", fused_add_rms_norm),
+                       ("rms_norm.maybe_inplace", rms_norm),
+                       ("fused_add_rms_norm.maybe_inplace", fused_add_rms_norm),
                        ("static_quant_fp8", static_quant_fp8),
                        ("dynamic_quant_fp8", dynamic_quant_fp8),
                        ("dynamic_group_quant_fp8", dynamic_group_quant_fp8)):
@@ -1574,6 +1582,66 @@ def test_vllms_ir_norm_ops_fuse_at_world_size_two_and_locally_bitwise(weight_dty
 
     assert_the_local_norm_is_the_contract(
         lambda h, res, w: ir_ops.fused_add_rms_norm(h, res, w, 1e-6), shapes[:3], rounding, 1e-6)
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_vllms_ir_norms_maybe_inplace_overloads_fuse_as_the_functional_ops(v2):
+    # vLLM's fusion patterns call the maybe_inplace overloads, which torch.compile captures as
+    # auto_functionalized: getitems 0 [and 1] are the results, the ones after them x [and
+    # x_residual] as the kernel left them. Read as the functional op where nothing reads those.
+    _define_vllm_ops()
+    _define_vllm_ir_norms()
+    ir_ops = torch.ops.vllm_ir
+
+    def layer(x, res, w1, w2):
+        r = res * 1  # a base of its own, not the graph's input
+        y, h = ir_ops.fused_add_rms_norm.maybe_inplace(torch.ops.vllm.all_reduce(x, "tp:0"), r,
+                                                       w1, 1e-6)
+        return ir_ops.rms_norm.maybe_inplace(torch.ops.vllm.all_reduce(y * 2, "tp:0"), w2,
+                                             1e-5), h
+
+    def inplace_calls(graph):
+        return sum(1 for n in graph.nodes if "maybe_inplace" in str(n.args[:1]))
+
+    shapes = ((6, 256), bf), ((6, 256), bf), ((256,), bf), ((256,), bf)
+    gm = _captured(layer, *shapes, v2=v2)
+    assert inplace_calls(gm.graph) == 2, gm.graph
+    p = tt.FusionPass(world_size=2)
+    p(gm.graph)
+    assert p.report.fused == 2 and p.report.all_reduces_after == 0, p.report.left_alone
+    assert inplace_calls(gm.graph) == 0, gm.graph
+    emits = [list(n.kwargs["emit"]) for n in gm.graph.nodes if str(n.target) == FUSED]
+    assert emits == [["norm", "residual"], ["norm"]], emits
+    gm.graph.lint()
+
+    # Fused locally and run: y and the residual sum are Contract 3's, each in its place.
+    def chain(h, res, w):
+        return ir_ops.fused_add_rms_norm.maybe_inplace(h * 1, res * 1, w, 1e-6)
+
+    g = torch.Generator().manual_seed(5)
+    h, res = (torch.randn(6, 256, generator=g).to(bf) for _ in range(2))
+    w = (torch.rand(256, generator=g) + 0.5).to(bf)
+    torch._dynamo.reset()
+    compiled = tt.compile(chain, world_size=1, fuse_local="on", backend="aot_eager")
+    got = compiled(h, res, w)
+    assert sum(len(gr.fusions) for gr in compiled.tpfuse_pass.report.graphs) == 1
+    oracle = contract3.allreduce_rmsnorm([h * 1], res, w, None, emit=["norm", "residual"],
+                                         local=True, eps=1e-6,
+                                         rounding=["norm_input_f32", "weight_after_round"])
+    assert same_bits(got[0], oracle[0]) and same_bits(got[1], oracle[1])
+
+    # On the graph's own input the overwritten x_residual is copied back into it: that read
+    # keeps the op, and the all_reduce says why.
+    def on_the_input(x, res, w):
+        return ir_ops.fused_add_rms_norm.maybe_inplace(torch.ops.vllm.all_reduce(x, "tp:0"), res,
+                                                       w, 1e-6)
+
+    gm = _captured(on_the_input, *shapes[:3], v2=v2)
+    p = tt.FusionPass(world_size=2)
+    p(gm.graph)
+    assert p.report.fused == 0, gm.graph
+    (why,) = p.report.left_alone.values()
+    assert "it may write its results into x and x_residual, and the graph returns one" in why
 
 
 @pytest.mark.parametrize("mode", ["fp8_tensor", "fp8_token", "fp8_group", "fp8_group_ue8m0"])

@@ -802,15 +802,18 @@ class Translator:
         self.tuples[node] = {}
         self._add(y, op, operands, attrs, [(y.name, y)])
 
-    def _vllm_ir_norm(self, node: fx.Node, target: str) -> None:
+    def _vllm_ir_norm(self, node: fx.Node, target: str,
+                      inplace_args: Optional[Dict[str, Any]] = None) -> None:
         """vLLM's IR norm ops (vllm.ir.ops, what its RMSNorm calls): rms_norm(x, weight,
         epsilon, variance_size=None) and fused_add_rms_norm(x, x_residual, weight, epsilon,
         variance_size=None) -> (y, residual), read through getitems. Their native bodies
         normalize in f32 (the f32 sum of the residual add, which is returned rounded) and
         multiply by a weight of x's dtype after rounding the normalized value to it
-        (weight_after_round); an f32 weight multiplies the f32 value, rounded once."""
+        (weight_after_round); an f32 weight multiplies the f32 value, rounded once.
+        `inplace_args`: the arguments of their maybe_inplace overload under
+        auto_functionalized (`node`), whose getitems 0 [and 1] are the op's results."""
         fused = target == "vllm_ir.fused_add_rms_norm.default"
-        args = _named_args(node)
+        args = _named_args(node) if inplace_args is None else inplace_args
         op = target.rsplit(".", 1)[0]
         if args.get("weight") is None or args.get("variance_size") is not None or \
                 args.get("epsilon") is None:
@@ -826,16 +829,20 @@ class Translator:
         rounding = (["norm_input_f32"] if fused else []) + \
             (["weight_after_round"] if weight.dtype == act.dtype else [])
         attrs = {"eps": float(args["epsilon"]), "rounding": rounding}
-        if not fused:
+        if not fused and inplace_args is None:
             if _node_type(node) != act:
                 return self._opaque_why(node, "its result's type is not its input's", op)
             return self._add(node, "rms_norm", operands, attrs, [(node.name, node)])
-        getitems = {u.args[1]: u for u in node.users if u.target is operator.getitem}
-        if sorted(getitems) != [0, 1] or len(node.users) != 2 or \
+        returns = (0, 1) if fused else (0,)
+        # The maybe_inplace overload's getitems past the results, unread, are left out.
+        users = [u for u in node.users if inplace_args is None or u.users or
+                 u.target is not operator.getitem or u.args[1] in returns]
+        getitems = {u.args[1]: u for u in users if u.target is operator.getitem}
+        if sorted(getitems) != list(returns) or len(users) != len(returns) or \
                 any(_node_type(g) != act for g in getitems.values()):
             return self._opaque_why(node, "a result is not read through getitem", op)
-        self._add(node, "fused_add_rms_norm", operands, attrs,
-                  [(getitems[i].name, getitems[i]) for i in (0, 1)])
+        self._add(node, "fused_add_rms_norm" if fused else "rms_norm", operands, attrs,
+                  [(getitems[i].name, getitems[i]) for i in returns])
 
     def _vllm_ir_quant(self, node: fx.Node, target: str) -> None:
         """vLLM's IR FP8 quant ops (what its QuantFP8 calls), e4m3fn, no token padding:
@@ -877,6 +884,25 @@ class Translator:
                                           "op writes its results contiguously", op)
         self._add(node, "quant_fp8", [xv], attrs, [(getitems[i].name, getitems[i]) for i in (0, 1)])
 
+    def _vllm_ir_inplace_norm(self, node: fx.Node, target: str, op: Any,
+                              kwargs: Dict[str, Any]) -> None:
+        """auto_functionalized(vllm_ir.<norm>.maybe_inplace, ...): getitems 0 [and 1] are the
+        op's results, the ones after them the arguments it may have overwritten. Read as the
+        functional op where nothing reads those (their contents are the kernel's choice)."""
+        returns = len(op._schema.returns)
+        overwritten = [u for u in node.users if u.target is operator.getitem and
+                       u.args[1] >= returns and u.users]
+        if overwritten:
+            written = " and ".join(a.name for a in op._schema.arguments
+                                   if a.alias_info is not None and a.alias_info.is_write)
+            first = overwritten[0]
+            reader = next(iter(first.users))
+            reads = "the graph returns" if reader.op == "output" else f"%{reader.name} reads"
+            return self._opaque_why(node, f"it may write its results into {written}, and {reads} "
+                                          f"one of them as it left it (%{first.name})",
+                                    _op_name(op))
+        self._vllm_ir_norm(node, target, inplace_args=kwargs)
+
     def _opaque_why(self, node: fx.Node, why: str, prefix: str = "") -> None:
         """An op kept opaque with its reason recorded on the IR node too (`why`), so that the
         compiler's words about it (the all_reduce before a norm, a fusion's note on a quant)
@@ -895,7 +921,13 @@ class Translator:
         op = node.args[0]
         name = _op_name(op)
         entry = VLLM_TABLE.get(name)
-        if entry is None:
+        # vLLM's IR norms' maybe_inplace overloads (a kernel may write its results into x
+        # [and x_residual]): read as the functional op.
+        inplace = name.replace(".maybe_inplace", ".default") \
+            if name.endswith(".maybe_inplace") else None
+        if inplace not in _VLLM_IR_NORMS:
+            inplace = None
+        if entry is None and inplace is None:
             return self._opaque(node, f"auto_functionalized {name} has no IR op")
         kwargs = dict(node.kwargs)
         mutated = [a.name for a in op._schema.arguments
@@ -910,6 +942,8 @@ class Translator:
                     return self._opaque(node, f"{name}: {arg} is a view of its base")
                 kwargs[arg] = bases[index] if index is not None else None
             kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+        if inplace is not None:
+            return self._vllm_ir_inplace_norm(node, inplace, op, kwargs)
         if not isinstance(entry, VllmOp):
             entry = entry(kwargs)  # an entry by the kwargs given (a residual or none)
         result_index = {i: i for i in entry.results}
