@@ -1122,7 +1122,7 @@ def _functional_handler(node: fx.Node, target: str) -> Optional[Handler]:
 
 def _opaque_name(node: fx.Node) -> str:
     """The name an opaque node carries in the IR: its target's, with the op that
-    auto_functionalized wraps ("auto_functionalized _C.rms_norm_per_block_quant.default"),
+    auto_functionalized wraps ("auto_functionalized _C.rotary_embedding.default"),
     which the compiler's reasons quote."""
     if node.op != "call_function":
         return node.op
