@@ -630,6 +630,104 @@ def _vllm_norm_dynamic_quant_graph(kind: str, residual: bool, *, all_reduce: boo
     return g
 
 
+def _define_flashinfer_norm_ops():
+    """FlashInfer's norm ops and SGLang's sgl_kernel ones (FlashInfer's kernels), schemas only:
+    rmsnorm(out!, input, weight, eps, enable_pdl), fused_add_rmsnorm(input!, residual!, ...)
+    and their gemma_ forms."""
+    if hasattr(torch.ops.sgl_kernel, "fused_add_rmsnorm"):
+        return
+    libs = []
+    for ns, out in (("sgl_kernel", "output"), ("flashinfer", "out")):
+        lib = torch.library.Library(ns, "FRAGMENT")
+        for gemma in ("", "gemma_"):
+            lib.define(f"{gemma}rmsnorm(Tensor! {out}, Tensor input, Tensor weight, float eps, "
+                       "bool enable_pdl) -> ()")
+            lib.define(f"{gemma}fused_add_rmsnorm(Tensor! input, Tensor! residual, "
+                       "Tensor weight, float eps, bool enable_pdl) -> ()")
+        libs.append(lib)
+    _define_flashinfer_norm_ops.libs = libs  # keep the registrations alive
+
+
+def flashinfer_norm_kernel(x, residual, weight, eps, weight_bias=0.0):
+    """FlashInfer's norm kernels in torch: the residual summed in f32 (returned rounded), rstd
+    of the unrounded sum, y = round(h * rstd * (weight_bias + w)) in f32."""
+    h = x.float() if residual is None else x.float() + residual.float()
+    rstd = torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + eps)
+    y = (h * rstd * (weight_bias + weight.float())).to(x.dtype)
+    return y if residual is None else (y, h.to(x.dtype))
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("gemma", [False, True], ids=["w", "gemma"])
+@pytest.mark.parametrize("ns", ["sgl_kernel", "flashinfer"])
+def test_flashinfer_and_sglang_norm_ops_fuse_with_the_all_reduce(ns, gemma, v2):
+    # SGLang's RMSNorm calls sgl_kernel.fused_add_rmsnorm (FlashInfer's kernel; FlashInfer's
+    # own op the same): the f32 sum normalized, the f32 product with the weight rounded once;
+    # the gemma_ kernels add 1 to the weight in f32. Two layers: the fused add, then the norm.
+    _define_vllm_ops()
+    _define_flashinfer_norm_ops()
+    ops = getattr(torch.ops, ns)
+    prefix = "gemma_" if gemma else ""
+    fused_add, norm = (getattr(ops, prefix + n) for n in ("fused_add_rmsnorm", "rmsnorm"))
+
+    def layer(x, res, w1, w2):
+        h = torch.ops.vllm.all_reduce(x, "tp:0")
+        r = res * 1  # a base of its own, not the graph's input
+        fused_add(h, r, w1, 1e-6, False)  # h: y, r: the residual sum
+        y2 = torch.empty_like(h)
+        norm(y2, torch.ops.vllm.all_reduce(h * 2, "tp:0"), w2, 1e-5, False)
+        return y2, r
+
+    shapes = ((6, 256), bf), ((6, 256), bf), ((256,), bf), ((256,), bf)
+    gm = _captured(layer, *shapes, v2=v2)
+    p = tt.FusionPass(world_size=2)
+    p(gm.graph)
+    assert p.report.fused == 2 and p.report.all_reduces_after == 0, p.report.left_alone
+    calls = [n for n in gm.graph.nodes if str(n.target) == FUSED]
+    assert [list(c.kwargs["emit"]) for c in calls] == [["norm", "residual"], ["norm"]]
+    assert [list(c.kwargs["rounding"]) for c in calls] == [["norm_input_f32"], []]
+    assert [c.kwargs["weight_bias"] for c in calls] == [1.0 if gemma else 0.0] * 2
+    assert not any(ns in str(n.args[:1]) for n in gm.graph.nodes), gm.graph
+    gm.graph.lint()
+
+
+@pytest.mark.parametrize("gemma", [False, True], ids=["w", "gemma"])
+def test_flashinfer_fused_add_norm_fused_computes_what_the_kernel_does(gemma):
+    """Fused locally, y and the residual sum are Contract 3's oracle bit for bit, and the
+    kernel's (written in torch above) within an ulp (the order of the sum of squares)."""
+    _define_flashinfer_norm_ops()
+    op = torch.ops.sgl_kernel.gemma_fused_add_rmsnorm if gemma else \
+        torch.ops.sgl_kernel.fused_add_rmsnorm
+    g = fx.Graph()
+    with FakeTensorMode():
+        vals = {"x": torch.empty(6, 256, dtype=bf), "res": torch.empty(6, 256, dtype=bf),
+                "w": torch.empty(256, dtype=bf)}
+    nodes = {}
+    for name, v in vals.items():
+        nodes[name] = g.placeholder(name)
+        nodes[name].meta["val"] = v
+    call = g.call_function(torch.ops.higher_order.auto_functionalized, (op.default,),
+                           {"input": nodes["x"], "residual": nodes["res"], "weight": nodes["w"],
+                            "eps": 1e-6, "enable_pdl": False})
+    call.meta["val"] = (None, vals["x"], vals["res"])
+    outs = [g.call_function(operator.getitem, (call, i)) for i in (1, 2)]
+    for o in outs:
+        o.meta["val"] = vals["x"]
+    g.output(tuple(outs))
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(g)
+    assert len(p.report.graphs[0].fusions) == 1, p.report
+    gen = torch.Generator().manual_seed(13)
+    x, res = (torch.randn(6, 256, generator=gen).to(bf) for _ in range(2))
+    w = (torch.rand(256, generator=gen) - 0.5).to(bf)
+    got = fx.GraphModule(torch.nn.Module(), g)(x, res, w)
+    bias = 1.0 if gemma else 0.0
+    oracle = contract3.allreduce_rmsnorm([x], res, w, None, emit=["norm", "residual"],
+                                         local=True, eps=1e-6, weight_bias=bias,
+                                         rounding=["norm_input_f32"])
+    assert_the_contract_and_near_eager(got, oracle, flashinfer_norm_kernel(x, res, w, 1e-6, bias))
+
+
 @pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
 @pytest.mark.parametrize("residual", [False, True], ids=["norm", "fused_add"])
 @pytest.mark.parametrize("kind", ["token", "group"])

@@ -378,16 +378,16 @@ ATEN_TABLE: Dict[str, Handler] = {
 }
 
 
-# ---------------------------------------------------------------- vLLM's ops
+# ---------------------------------------------------------------- kernels' ops
 #
-# vLLM's custom ops write into `out` arguments; in a functionalized graph they appear as
-# auto_functionalized(op, **kwargs), whose getitem k is the k-th mutated argument (index 0 is the
-# op's own return, None for these ops). Each entry: IR op, operand kwarg names, attributes from
-# kwargs, and which getitem index holds each IR result.
+# Custom kernels' ops (vLLM's _C, SGLang's sgl_kernel, FlashInfer's) write into `out` arguments;
+# in a functionalized graph they appear as auto_functionalized(op, **kwargs), whose getitem k is
+# the k-th mutated argument (index 0 is the op's own return, None for these ops). Each entry: IR
+# op, operand kwarg names, attributes from kwargs, and which getitem index holds each IR result.
 
 
 @dataclasses.dataclass(frozen=True)
-class VllmOp:
+class KernelOp:
     ir_op: str
     operands: Tuple[str, ...]
     results: Tuple[int, ...]          # getitem indices of the IR results, in IR result order
@@ -437,53 +437,70 @@ def _vllm_per_block(kw: Dict[str, Any]) -> Dict[str, ir.AttrValue]:
 
 
 def _vllm_norm_dynamic(quant: Callable[[Dict[str, Any]], Dict[str, ir.AttrValue]]
-                       ) -> Callable[[Dict[str, Any]], VllmOp]:
+                       ) -> Callable[[Dict[str, Any]], KernelOp]:
     """vLLM's norm kernels with a dynamic quant fused in, rms_norm_dynamic_per_token_quant and
     rms_norm_per_block_quant (result!, input, weight, scale!, epsilon, scale_ub, residual!?,
     ...): the norm (where a residual is given, the residual add summed in f32 and the norm taken
     of the unrounded sum; residual holds the sum rounded), the normalized value rounded before
     the weight multiply, then `quant` of it. getitems: result 1, scale 2, residual 3. The entry
     by whether a residual is given."""
-    def entry(kw: Dict[str, Any]) -> VllmOp:
+    def entry(kw: Dict[str, Any]) -> KernelOp:
         if kw.get("residual") is None:
-            return VllmOp("rms_norm", ("input", "weight"), (1, 2),
+            return KernelOp("rms_norm", ("input", "weight"), (1, 2),
                           lambda k: {"eps": float(k["epsilon"]),
                                      "rounding": ["weight_after_round"]},
                           dynamic_quant=quant)
-        return VllmOp("fused_add_rms_norm", ("input", "residual", "weight"), (1, 2, 3),
+        return KernelOp("fused_add_rms_norm", ("input", "residual", "weight"), (1, 2, 3),
                       lambda k: {"eps": float(k["epsilon"]),
                                  "rounding": ["norm_input_f32", "weight_after_round"]},
                       dynamic_quant=quant)
     return entry
 
 
+def _flashinfer_norm(fused: bool, weight_bias: float) -> KernelOp:
+    """FlashInfer's norm kernels (its own ops and SGLang's sgl_kernel, which calls them):
+    rmsnorm(out!, input, weight, eps, ...) and fused_add_rmsnorm(input!, residual!, weight, eps,
+    ...), the gemma_ ones with weight_bias 1: y = round(x * rstd * (weight_bias + w)) in f32, the
+    fused-add ones summing in f32 and normalizing the unrounded sum (norm_input_f32; residual
+    holds the sum rounded, input y)."""
+    attrs: Dict[str, ir.AttrValue] = {"weight_bias": weight_bias} if weight_bias else {}
+    if not fused:
+        return KernelOp("rms_norm", ("input", "weight"), (1,),
+                        lambda kw: {"eps": float(kw["eps"]), **attrs})
+    return KernelOp("fused_add_rms_norm", ("input", "residual", "weight"), (1, 2),
+                    lambda kw: {"eps": float(kw["eps"]), **attrs, "rounding": ["norm_input_f32"]})
+
+
 # vLLM's norm kernels compute out = (scalar_t)(x * rstd) * weight: the normalized value rounded
 # to the activation dtype before the weight multiply (weight_after_round); the fused-add kernel
 # adds in the activation dtype (the norm reads round(h), the IR's default).
-VLLM_TABLE: Dict[str, Union[VllmOp, Callable[[Dict[str, Any]], VllmOp]]] = {
-    "_C.rms_norm.default": VllmOp(
+KERNEL_TABLE: Dict[str, Union[KernelOp, Callable[[Dict[str, Any]], KernelOp]]] = {
+    "_C.rms_norm.default": KernelOp(
         "rms_norm", ("input", "weight"), (1,),
         lambda kw: {"eps": float(kw["epsilon"]), "rounding": ["weight_after_round"]}),
-    "_C.fused_add_rms_norm.default": VllmOp(
+    "_C.fused_add_rms_norm.default": KernelOp(
         "fused_add_rms_norm", ("input", "residual", "weight"), (1, 2),
         lambda kw: {"eps": float(kw["epsilon"]), "rounding": ["weight_after_round"]}),
     # The norm kernels with the static quant fused in (what vLLM's norm-quant fusion leaves):
     # the same norms, the rounded norm times the reciprocal of the scale.
-    "_C.rms_norm_static_fp8_quant.default": VllmOp(
+    "_C.rms_norm_static_fp8_quant.default": KernelOp(
         "rms_norm", ("input", "weight"), (1,),
         lambda kw: {"eps": float(kw["epsilon"]), "rounding": ["weight_after_round"]}, "scale"),
-    "_C.fused_add_rms_norm_static_fp8_quant.default": VllmOp(
+    "_C.fused_add_rms_norm_static_fp8_quant.default": KernelOp(
         "fused_add_rms_norm", ("input", "residual", "weight"), (1, 2),
         lambda kw: {"eps": float(kw["epsilon"]), "rounding": ["weight_after_round"]}, "scale"),
     # ... and with a dynamic quant, per token or per group (128 or 64 columns).
     "_C.rms_norm_dynamic_per_token_quant.default": _vllm_norm_dynamic(_vllm_dynamic_token),
     "_C.rms_norm_per_block_quant.default": _vllm_norm_dynamic(_vllm_per_block),
-    "_C.static_scaled_fp8_quant.default": VllmOp(
+    "_C.static_scaled_fp8_quant.default": KernelOp(
         "quant_fp8", ("input", "scale"), (1,), lambda kw: {"mode": "tensor"}),
-    "_C.dynamic_per_token_scaled_fp8_quant.default": VllmOp(
+    "_C.dynamic_per_token_scaled_fp8_quant.default": KernelOp(
         "quant_fp8", ("input",), (1, 2), _vllm_dynamic_token),
-    "_C.per_token_group_fp8_quant.default": VllmOp(
+    "_C.per_token_group_fp8_quant.default": KernelOp(
         "quant_fp8", ("input",), (1, 2), _vllm_group),
+    **{f"{ns}.{gemma}{name}.default": _flashinfer_norm(fused, 1.0 if gemma else 0.0)
+       for ns in ("sgl_kernel", "flashinfer") for gemma in ("", "gemma_")
+       for name, fused in (("rmsnorm", False), ("fused_add_rmsnorm", True))},
 }
 
 
@@ -920,7 +937,7 @@ class Translator:
         opaque."""
         op = node.args[0]
         name = _op_name(op)
-        entry = VLLM_TABLE.get(name)
+        entry = KERNEL_TABLE.get(name)
         # vLLM's IR norms' maybe_inplace overloads (a kernel may write its results into x
         # [and x_residual]): read as the functional op.
         inplace = name.replace(".maybe_inplace", ".default") \
@@ -944,7 +961,7 @@ class Translator:
             kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
         if inplace is not None:
             return self._vllm_ir_inplace_norm(node, inplace, op, kwargs)
-        if not isinstance(entry, VllmOp):
+        if not isinstance(entry, KernelOp):
             entry = entry(kwargs)  # an entry by the kwargs given (a residual or none)
         result_index = {i: i for i in entry.results}
         if v2:
