@@ -645,6 +645,16 @@ def _define_flashinfer_norm_ops():
             lib.define(f"{gemma}fused_add_rmsnorm(Tensor! input, Tensor! residual, "
                        "Tensor weight, float eps, bool enable_pdl) -> ()")
         libs.append(lib)
+    # TensorRT-LLM's PyTorch flow: functional norms, the fused-add ones in place.
+    lib = torch.library.Library("trtllm", "FRAGMENT")
+    for gemma, bias in (("", 0.0), ("gemma_", 1.0)):
+        lib.define(f"flashinfer_{gemma}rmsnorm(Tensor input, Tensor weight, float eps) -> Tensor")
+        lib.impl(f"flashinfer_{gemma}rmsnorm",
+                 lambda x, w, eps, bias=bias: flashinfer_norm_kernel(x, None, w, eps, bias),
+                 "CompositeExplicitAutograd")
+        lib.define(f"flashinfer_{gemma}fused_add_rmsnorm(Tensor! input, Tensor! residual, "
+                   "Tensor weight, float eps) -> ()")
+    libs.append(lib)
     _define_flashinfer_norm_ops.libs = libs  # keep the registrations alive
 
 
@@ -659,23 +669,28 @@ def flashinfer_norm_kernel(x, residual, weight, eps, weight_bias=0.0):
 
 @pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
 @pytest.mark.parametrize("gemma", [False, True], ids=["w", "gemma"])
-@pytest.mark.parametrize("ns", ["sgl_kernel", "flashinfer"])
-def test_flashinfer_and_sglang_norm_ops_fuse_with_the_all_reduce(ns, gemma, v2):
+@pytest.mark.parametrize("ns", ["sgl_kernel", "flashinfer", "trtllm"])
+def test_flashinfer_sglang_and_trtllm_norm_ops_fuse_with_the_all_reduce(ns, gemma, v2):
     # SGLang's RMSNorm calls sgl_kernel.fused_add_rmsnorm (FlashInfer's kernel; FlashInfer's
-    # own op the same): the f32 sum normalized, the f32 product with the weight rounded once;
-    # the gemma_ kernels add 1 to the weight in f32. Two layers: the fused add, then the norm.
+    # own op and TensorRT-LLM's trtllm.flashinfer_* the same): the f32 sum normalized, the f32
+    # product with the weight rounded once; the gemma_ kernels add 1 to the weight in f32. Two
+    # layers: the fused add, then the norm (functional in TensorRT-LLM's flow).
     _define_vllm_ops()
     _define_flashinfer_norm_ops()
     ops = getattr(torch.ops, ns)
-    prefix = "gemma_" if gemma else ""
+    prefix = ("flashinfer_" if ns == "trtllm" else "") + ("gemma_" if gemma else "")
     fused_add, norm = (getattr(ops, prefix + n) for n in ("fused_add_rmsnorm", "rmsnorm"))
+    pdl = () if ns == "trtllm" else (False,)
 
     def layer(x, res, w1, w2):
         h = torch.ops.vllm.all_reduce(x, "tp:0")
         r = res * 1  # a base of its own, not the graph's input
-        fused_add(h, r, w1, 1e-6, False)  # h: y, r: the residual sum
+        fused_add(h, r, w1, 1e-6, *pdl)  # h: y, r: the residual sum
+        h2 = torch.ops.vllm.all_reduce(h * 2, "tp:0")
+        if ns == "trtllm":
+            return norm(h2, w2, 1e-5), r
         y2 = torch.empty_like(h)
-        norm(y2, torch.ops.vllm.all_reduce(h * 2, "tp:0"), w2, 1e-5, False)
+        norm(y2, h2, w2, 1e-5, *pdl)
         return y2, r
 
     shapes = ((6, 256), bf), ((6, 256), bf), ((256,), bf), ((256,), bf)

@@ -315,13 +315,14 @@ def _rms_norm(node, value, tr, out: Optional[fx.Node] = None):
     return "rms_norm", [xv, wv], {"eps": float(eps)}
 
 
-def _auto_deploy_rms_norm(rounding: List[str]) -> Handler:
-    """TensorRT-LLM AutoDeploy's RMSNorm ops, (input, weight, eps) -> the input's dtype, with
-    the weight in the input's dtype or f32: torch_rmsnorm (its reference, `weight *
+def _rms_norm_op(rounding: List[str], weight_bias: float = 0.0) -> Handler:
+    """Functional RMSNorm ops (input, weight, eps) -> the input's dtype, with the weight in the
+    input's dtype or f32. TensorRT-LLM AutoDeploy's: torch_rmsnorm (its reference, `weight *
     normalized.to(input dtype)`: weight_after_round), and the Triton and FlashInfer kernels its
     transforms put in its place (the f32 product of the normalized value and the weight, rounded
     once; the Triton kernel divides by the square root where the fused op multiplies by the
-    reciprocal square root, so the two may differ in the last bit)."""
+    reciprocal square root, so the two may differ in the last bit). TensorRT-LLM's
+    flashinfer_rmsnorm and flashinfer_gemma_rmsnorm (FlashInfer's kernels; weight_bias 1)."""
 
     def handler(node, value, tr):
         x, w = node.args[:2]
@@ -333,7 +334,10 @@ def _auto_deploy_rms_norm(rounding: List[str]) -> Handler:
         if tr.types[xv] != _node_type(node) or \
                 tr.types[wv].dtype not in (tr.types[xv].dtype, "f32"):
             return f"{op}: mixed dtypes"
-        return "rms_norm", [xv, wv], {"eps": float(eps), "rounding": list(rounding)}
+        attrs: Dict[str, ir.AttrValue] = {"eps": float(eps), "rounding": list(rounding)}
+        if weight_bias:
+            attrs["weight_bias"] = weight_bias
+        return "rms_norm", [xv, wv], attrs
 
     return handler
 
@@ -371,10 +375,12 @@ ATEN_TABLE: Dict[str, Handler] = {
     "aten.squeeze.dims": _view,
     "aten.mm.default": _mm,
     "aten.rms_norm.default": _rms_norm,
-    # TensorRT-LLM AutoDeploy's RMSNorm ops.
-    "auto_deploy.torch_rmsnorm.default": _auto_deploy_rms_norm(["weight_after_round"]),
-    "auto_deploy.triton_rms_norm.default": _auto_deploy_rms_norm([]),
-    "auto_deploy.flashinfer_rms_norm.default": _auto_deploy_rms_norm([]),
+    # TensorRT-LLM AutoDeploy's RMSNorm ops, and its PyTorch flow's FlashInfer ones.
+    "auto_deploy.torch_rmsnorm.default": _rms_norm_op(["weight_after_round"]),
+    "auto_deploy.triton_rms_norm.default": _rms_norm_op([]),
+    "auto_deploy.flashinfer_rms_norm.default": _rms_norm_op([]),
+    "trtllm.flashinfer_rmsnorm.default": _rms_norm_op([]),
+    "trtllm.flashinfer_gemma_rmsnorm.default": _rms_norm_op([], weight_bias=1.0),
 }
 
 
@@ -458,9 +464,9 @@ def _vllm_norm_dynamic(quant: Callable[[Dict[str, Any]], Dict[str, ir.AttrValue]
 
 
 def _flashinfer_norm(fused: bool, weight_bias: float) -> KernelOp:
-    """FlashInfer's norm kernels (its own ops and SGLang's sgl_kernel, which calls them):
-    rmsnorm(out!, input, weight, eps, ...) and fused_add_rmsnorm(input!, residual!, weight, eps,
-    ...), the gemma_ ones with weight_bias 1: y = round(x * rstd * (weight_bias + w)) in f32, the
+    """FlashInfer's norm kernels (its own ops, and SGLang's sgl_kernel and TensorRT-LLM's
+    trtllm.flashinfer_* ones, which call them): rmsnorm(out!, input, weight, eps, ...) and
+    fused_add_rmsnorm(input!, residual!, weight, eps, ...), the gemma_ ones with weight_bias 1: y = round(x * rstd * (weight_bias + w)) in f32, the
     fused-add ones summing in f32 and normalizing the unrounded sum (norm_input_f32; residual
     holds the sum rounded, input y)."""
     attrs: Dict[str, ir.AttrValue] = {"weight_bias": weight_bias} if weight_bias else {}
@@ -501,6 +507,9 @@ KERNEL_TABLE: Dict[str, Union[KernelOp, Callable[[Dict[str, Any]], KernelOp]]] =
     **{f"{ns}.{gemma}{name}.default": _flashinfer_norm(fused, 1.0 if gemma else 0.0)
        for ns in ("sgl_kernel", "flashinfer") for gemma in ("", "gemma_")
        for name, fused in (("rmsnorm", False), ("fused_add_rmsnorm", True))},
+    # TensorRT-LLM's PyTorch flow: FlashInfer's fused-add kernels (input!, residual!, weight, eps).
+    **{f"trtllm.flashinfer_{gemma}fused_add_rmsnorm.default":
+       _flashinfer_norm(True, 1.0 if gemma else 0.0) for gemma in ("", "gemma_")},
 }
 
 
