@@ -1698,6 +1698,59 @@ def test_vllms_ir_norm_ops_fuse_at_world_size_two_and_locally_bitwise(weight_dty
 
 
 @pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("form", ["vllm_ir", "_C", "_C_dynamic_token"])
+def test_the_last_layers_norm_whose_residual_sum_is_not_read_fuses(form, v2):
+    # vLLM's models end with `hidden_states, _ = self.norm(hidden_states, residual)`: the fused
+    # add's residual result is not read, so no getitem holds it. The norm still fuses, emitting
+    # only what the graph reads.
+    _define_vllm_ops()
+    _define_vllm_ir_norms()
+
+    def last(x, res, w):
+        h = torch.ops.vllm.all_reduce(x, "tp:0")
+        if form == "vllm_ir":
+            y, _ = torch.ops.vllm_ir.fused_add_rms_norm(h, res, w, 1e-6)
+            return y
+        r = res * 1  # a base of its own, not the graph's input
+        if form == "_C":
+            torch.ops._C.fused_add_rms_norm(h, r, w, 1e-6)
+            return h
+        q = torch.empty(h.shape, dtype=torch.float8_e4m3fn)
+        s = torch.empty((h.shape[0], 1), dtype=torch.float32)
+        torch.ops._C.rms_norm_dynamic_per_token_quant(q, h, w, s, 1e-6, None, r)
+        return q, s
+
+    gm = _captured(last, ((6, 256), bf), ((6, 256), bf), ((256,), bf), v2=v2)
+    p = tt.FusionPass(world_size=2)
+    p(gm.graph)
+    assert p.report.fused == 1 and p.report.all_reduces_after == 0, p.report.left_alone
+    want = ["quant"] if form == "_C_dynamic_token" else ["norm"]
+    assert list(fused_attrs(gm.graph)["emit"]) == want, gm.graph
+    gm.graph.lint()
+
+
+def test_the_last_layers_norm_fused_locally_is_the_contract():
+    """The norm of a fused add whose residual sum is not read, fused at world size 1 and run:
+    y bitwise Contract 3's, within an ulp of the graph run eagerly."""
+    _define_vllm_ir_norms()
+
+    def last(h, res, w):
+        return torch.ops.vllm_ir.fused_add_rms_norm(h, res, w, 1e-6)[0]
+
+    g = torch.Generator().manual_seed(6)
+    h, res = (torch.randn(6, 256, generator=g).to(bf) for _ in range(2))
+    w = (torch.rand(256, generator=g) + 0.5).to(bf)
+    torch._dynamo.reset()
+    compiled = tt.compile(last, world_size=1, fuse_local="on", backend="aot_eager")
+    got = compiled(h, res, w)
+    (fusion,) = [fu for gr in compiled.tpfuse_pass.report.graphs for fu in gr.fusions]
+    assert list(fusion.attrs["emit"]) == ["norm"], fusion.attrs
+    oracle = contract3.allreduce_rmsnorm([h], res, w, None, emit=["norm"], local=True, eps=1e-6,
+                                         rounding=["norm_input_f32", "weight_after_round"])
+    assert_the_contract_and_near_eager([got], oracle, [last(h, res, w)])
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
 def test_vllms_ir_norms_maybe_inplace_overloads_fuse_as_the_functional_ops(v2):
     # vLLM's fusion patterns call the maybe_inplace overloads, which torch.compile captures as
     # auto_functionalized: getitems 0 [and 1] are the results, the ones after them x [and

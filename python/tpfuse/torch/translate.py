@@ -614,15 +614,19 @@ class Translator:
                                   {"name": _opaque_name(node)}, [t for _, t in results]))
 
     def _add(self, node: fx.Node, op: str, operands: List[str], attrs: Dict[str, ir.AttrValue],
-             results: List[Tuple[str, fx.Node]],
+             results: List[Tuple[str, Union[fx.Node, ir.TensorType]]],
              ir_only: Optional[Tuple[str, ir.TensorType]] = None) -> None:
-        """An IR node of `node`, its results held by the FX nodes of `results`; `ir_only`, a
-        first result no FX node holds (a kernel's intermediate)."""
+        """An IR node of `node`, its results held by the FX nodes of `results` or, where a
+        result's entry has a type instead, by no FX node (a result the graph does not read);
+        `ir_only`, a first result no FX node holds (a kernel's intermediate)."""
         names, types = [], []
         if ir_only is not None:
-            names.append(self._define(ir_only[0], ir_only[1], node))
-            types.append(ir_only[1])
+            results = [ir_only, *results]
         for name, owner in results:
+            if isinstance(owner, ir.TensorType):
+                names.append(self._define(name, owner, node))
+                types.append(owner)
+                continue
             ty = _node_type(owner)
             self._define(name, ty, owner)
             self.value_of[owner] = name
@@ -864,11 +868,13 @@ class Translator:
         users = [u for u in node.users if inplace_args is None or u.users or
                  u.target is not operator.getitem or u.args[1] in returns]
         getitems = {u.args[1]: u for u in users if u.target is operator.getitem}
-        if sorted(getitems) != list(returns) or len(users) != len(returns) or \
+        if not set(getitems) <= set(returns) or len(users) != len(getitems) or \
                 any(_node_type(g) != act for g in getitems.values()):
             return self._opaque_why(node, "a result is not read through getitem", op)
+        # A result the graph does not read (the last layer's residual sum) has no getitem.
         self._add(node, "fused_add_rms_norm" if fused else "rms_norm", operands, attrs,
-                  [(getitems[i].name, getitems[i]) for i in returns])
+                  [(getitems[i].name, getitems[i]) if i in getitems else (f"{node.name}.{i}", act)
+                   for i in returns])
 
     def _vllm_ir_quant(self, node: fx.Node, target: str) -> None:
         """vLLM's IR FP8 quant ops (what its QuantFP8 calls), e4m3fn, no token padding:
@@ -994,12 +1000,21 @@ class Translator:
         if isinstance(q_val, torch.Tensor) and q_val.dtype != torch.float8_e4m3fn:
             return self._opaque_why(node, f"its result is {q_val.dtype}, and the fused op "
                                           "quantizes to torch.float8_e4m3fn", name)
-        results = []
+        results: List[Tuple[str, Union[fx.Node, ir.TensorType]]] = []
         for i in entry.results:
             g = getitems.get(result_index.get(i, -1))
-            if g is None or _node_type(g) is None:
-                # An unused result still needs a name; it has no FX node of its own.
-                return self._opaque(node, f"{name}: result {i} is not read through getitem")
+            if g is None:
+                # A result the graph does not read (the last layer's residual sum): a name of
+                # its own, typed as the argument the kernel writes it into.
+                arg = kwargs.get(mutated[i - 1])
+                written = _node_type(arg) if isinstance(arg, fx.Node) else None
+                if written is None:
+                    return self._opaque(node, f"{name}: result {i} is not read and its "
+                                              f"argument {mutated[i - 1]} has no IR type")
+                results.append((f"{node.name}.{i}", written))
+                continue
+            if _node_type(g) is None:
+                return self._opaque(node, f"{name}: result {i} has no IR type")
             val = g.meta["val"]
             if not val.is_contiguous():
                 # vLLM's column-major group scales: torch.empty((G, T)).permute(-1, -2).
