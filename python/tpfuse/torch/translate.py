@@ -453,22 +453,22 @@ def _vllm_norm_dynamic(quant: Callable[[Dict[str, Any]], Dict[str, ir.AttrValue]
     def entry(kw: Dict[str, Any]) -> KernelOp:
         if kw.get("residual") is None:
             return KernelOp("rms_norm", ("input", "weight"), (1, 2),
-                          lambda k: {"eps": float(k["epsilon"]),
-                                     "rounding": ["weight_after_round"]},
-                          dynamic_quant=quant)
+                            lambda k: {"eps": float(k["epsilon"]),
+                                       "rounding": ["weight_after_round"]},
+                            dynamic_quant=quant)
         return KernelOp("fused_add_rms_norm", ("input", "residual", "weight"), (1, 2, 3),
-                      lambda k: {"eps": float(k["epsilon"]),
-                                 "rounding": ["norm_input_f32", "weight_after_round"]},
-                      dynamic_quant=quant)
+                        lambda k: {"eps": float(k["epsilon"]),
+                                   "rounding": ["norm_input_f32", "weight_after_round"]},
+                        dynamic_quant=quant)
     return entry
 
 
 def _flashinfer_norm(fused: bool, weight_bias: float) -> KernelOp:
     """FlashInfer's norm kernels (its own ops, and SGLang's sgl_kernel and TensorRT-LLM's
     trtllm.flashinfer_* ones, which call them): rmsnorm(out!, input, weight, eps, ...) and
-    fused_add_rmsnorm(input!, residual!, weight, eps, ...), the gemma_ ones with weight_bias 1: y = round(x * rstd * (weight_bias + w)) in f32, the
-    fused-add ones summing in f32 and normalizing the unrounded sum (norm_input_f32; residual
-    holds the sum rounded, input y)."""
+    fused_add_rmsnorm(input!, residual!, weight, eps, ...), the gemma_ ones with weight_bias 1:
+    y = round(x * rstd * (weight_bias + w)) in f32, the fused-add ones summing in f32 and
+    normalizing the unrounded sum (norm_input_f32; residual holds the sum rounded, input y)."""
     attrs: Dict[str, ir.AttrValue] = {"weight_bias": weight_bias} if weight_bias else {}
     if not fused:
         return KernelOp("rms_norm", ("input", "weight"), (1,),
