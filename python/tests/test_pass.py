@@ -1997,6 +1997,41 @@ def test_torchs_fused_rms_norm_op_fuses_at_world_size_two_and_locally():
     assert int(ulp_distance_16(y, want_y).max()) <= 1
 
 
+@pytest.mark.parametrize("op", ["_fused_rms_norm", "rms_norm"])
+def test_torchs_rms_norm_ops_without_a_weight_fuse_with_a_unit_weight(op):
+    # F.rms_norm without a weight (nanochat's norm) as the GPU runs it, aten._fused_rms_norm,
+    # or traced before dispatch, aten.rms_norm: the norm's arithmetic, folded with a unit weight.
+    def norm(h):
+        if op == "rms_norm":
+            return torch.nn.functional.rms_norm(h, (h.shape[-1],), None, 1e-6)
+        return torch.ops.aten._fused_rms_norm(h, [h.shape[-1]], None, 1e-6)[0]
+
+    def layer(x, res):
+        h = wait(ar(x, "sum", GROUP)) + res
+        return norm(h), h
+
+    g = trace_pre_dispatch(layer, ((6, 256), bf), ((6, 256), bf))[0].graph
+    assert count(g, f"aten.{op}") == 1, g
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1 and p.report.all_reduces_after == 0, p.report.left_alone
+    assert count(g, f"aten.{op}") == 0, g
+
+    gm, args = trace_pre_dispatch(lambda x, res: (norm(x + res), x + res), ((6, 256), bf),
+                                  ((6, 256), bf))
+    want_y, want_h = gm(*args)
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    assert sum(str(n.target) == FUSED for n in gm.graph.nodes) == 1, gm.graph
+    y, h = gm(*args)
+    x, res = args
+    (c3,) = contract3.allreduce_rmsnorm([x], res, torch.ones(256, dtype=bf), None, emit=["norm"],
+                                        local=True)
+    assert torch.equal(h, want_h) and torch.equal(y, c3)
+    assert int(ulp_distance_16(y, want_y).max()) <= 1
+
+
 def test_torchs_fused_rms_norm_op_whose_rstd_is_read_stays_with_the_reason():
     def layer(x, res, w):
         h = wait(ar(x, "sum", GROUP)) + res

@@ -679,6 +679,8 @@ class Translator:
             return self._max_dim(node)
         if target == "aten._fused_rms_norm.default":
             return self._fused_rms_norm(node)
+        if target == "aten.rms_norm.default" and len(node.args) > 2 and node.args[2] is None:
+            return self._weightless_norm(node, node)
         if target in _VLLM_IR_NORMS:
             return self._vllm_ir_norm(node, target)
         if target in _VLLM_IR_QUANTS:
@@ -825,12 +827,47 @@ class Translator:
         if y is None or (1 in getitems and getitems[1].users) or \
                 len(getitems) != len(node.users):
             return self._opaque_why(node, "its rstd is read, or its output is not")
+        if len(node.args) > 2 and node.args[2] is None:
+            return self._weightless_norm(node, y)
         made = _rms_norm(node, self._value, self, out=y)
         if isinstance(made, str):
             return self._opaque_why(node, made.split(": ", 1)[-1])
         op, operands, attrs = made
         self.tuples[node] = {}
         self._add(y, op, operands, attrs, [(y.name, y)])
+
+    def _weightless_norm(self, node: fx.Node, out: fx.Node) -> None:
+        """aten.rms_norm or aten._fused_rms_norm (x, [H], None, eps), F.rms_norm without a
+        weight (nanochat's norm): the arithmetic of its decomposition, x in f32, times the
+        rsqrt of the mean of its squares plus eps, back to x's dtype, one IR node each (values
+        of their own, `out` holding the last); the compiler folds that into rms_norm with a unit
+        weight, as it does the same chain written in torch."""
+        x, shape = node.args[:2]
+        eps = node.args[3] if len(node.args) > 3 else node.kwargs.get("eps")
+        xv = self._value(x)
+        if xv is None or len(shape) != 1 or eps is None:
+            return self._opaque_why(node, "no eps, or several normalized dims")
+        act = self.types[xv]
+        if _node_type(out) != act:
+            return self._opaque_why(node, "its result's type is not its input's")
+        f32 = ir.TensorType("f32", act.shape)
+        row = ir.TensorType("f32", tuple(act.shape[:-1]) + (1,))
+        count = iter(range(6))
+
+        def step(op: str, operands: List[str], attrs: Dict[str, ir.AttrValue],
+                 ty: ir.TensorType) -> str:
+            name = f"{out.name}.w{next(count)}"
+            self._add(out, op, operands, attrs, [(name, ty)])
+            return name
+
+        if node.target is torch.ops.aten._fused_rms_norm.default:
+            self.tuples[node] = {}
+        xf = step("cast", [xv], {"to": ir.Name("f32")}, f32)
+        squares = step("pow", [xf], {"exponent": 2.0}, f32)
+        mean = step("mean", [squares], {"dim": -1, "keepdim": True}, row)
+        rstd = step("rsqrt", [step("add", [mean], {"scalar": float(eps)}, row)], {}, row)
+        normed = step("mul", [xf, rstd], {}, f32)
+        self._add(out, "cast", [normed], {"to": ir.Name(act.dtype)}, [(out.name, out)])
 
     def _vllm_ir_norm(self, node: fx.Node, target: str,
                       inplace_args: Optional[Dict[str, Any]] = None) -> None:
