@@ -1906,6 +1906,39 @@ def test_vllms_ir_group_quant_with_column_major_scales_stays_and_the_norm_fuses(
                "scales)" in n for n in fusion.notes), fusion.notes
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["rms_norm", "fused_add_rms_norm"])
+def test_vllms_ir_norms_without_a_weight_fuse_with_a_unit_weight(fused):
+    # RMSNorm(has_weight=False) calls the IR norms with weight None: read as their native
+    # bodies' arithmetic (the fused add's f32 sum normalized), which the compiler folds.
+    _define_vllm_ops()
+    _define_vllm_ir_norms()
+    ir_ops = torch.ops.vllm_ir
+
+    def norm(h, res):
+        if fused:
+            return ir_ops.fused_add_rms_norm(h, res, None, 1e-6)
+        return ir_ops.rms_norm(h + res, None, 1e-6), h + res
+
+    gm = _captured(lambda x, res: norm(torch.ops.vllm.all_reduce(x, "tp:0"), res),
+                   ((6, 256), bf), ((6, 256), bf))
+    p = tt.FusionPass(world_size=2)
+    p(gm.graph)
+    assert p.report.fused == 1 and p.report.all_reduces_after == 0, p.report.left_alone
+    assert list(fused_attrs(gm.graph)["emit"]) == ["norm", "residual"], gm.graph
+
+    g = torch.Generator().manual_seed(8)
+    h, res = (torch.randn(6, 256, generator=g).to(bf) for _ in range(2))
+    torch._dynamo.reset()
+    compiled = tt.compile(lambda h, res: norm(h * 1, res), world_size=1, fuse_local="on",
+                          backend="aot_eager")
+    got = compiled(h, res)
+    assert sum(len(gr.fusions) for gr in compiled.tpfuse_pass.report.graphs) == 1
+    oracle = contract3.allreduce_rmsnorm([h], res, torch.ones(256, dtype=bf), None,
+                                         emit=["norm", "residual"], local=True, eps=1e-6,
+                                         rounding=["norm_input_f32"] if fused else [])
+    assert_the_contract_and_near_eager(got, oracle, norm(h, res))
+
+
 def test_vllms_ir_norm_ops_the_compiler_cannot_take_say_why():
     _define_vllm_ops()
     _define_vllm_ir_norms()
@@ -1919,8 +1952,8 @@ def test_vllms_ir_norm_ops_the_compiler_cannot_take_say_why():
     p(g)
     assert p.report.left_alone == {"all_reduce": (
         "all_reduce %all_reduce is followed by a norm the compiler cannot read, opaque %rms_norm "
-        "(vllm_ir.rms_norm.default): no weight, or a variance over part of the row; it stays as "
-        "written (its only use is add %add)")}
+        "(vllm_ir.rms_norm.default): its variance is over the first 128 elements of the row; it "
+        "stays as written (its only use is add %add)")}
 
 
 @pytest.mark.parametrize("quant,mode", [(flashinfer_token_quant, "fp8_token"),

@@ -124,6 +124,10 @@ def _node_type(node: fx.Node) -> Optional[ir.TensorType]:
     return tensor_type(node.meta.get("val"))
 
 
+def _f32(ty: ir.TensorType) -> ir.TensorType:
+    return ir.TensorType("f32", ty.shape)
+
+
 def _element_count(shape: Sequence[ir.Dim]) -> Tuple[int, Tuple[str, ...]]:
     const, syms = 1, []
     for d in shape:
@@ -838,10 +842,8 @@ class Translator:
 
     def _weightless_norm(self, node: fx.Node, out: fx.Node) -> None:
         """aten.rms_norm or aten._fused_rms_norm (x, [H], None, eps), F.rms_norm without a
-        weight (nanochat's norm): the arithmetic of its decomposition, x in f32, times the
-        rsqrt of the mean of its squares plus eps, back to x's dtype, one IR node each (values
-        of their own, `out` holding the last); the compiler folds that into rms_norm with a unit
-        weight, as it does the same chain written in torch."""
+        weight (nanochat's norm): its decomposition's arithmetic (_unit_weight_norm) of x in
+        f32, `out` holding the result."""
         x, shape = node.args[:2]
         eps = node.args[3] if len(node.args) > 3 else node.kwargs.get("eps")
         xv = self._value(x)
@@ -850,24 +852,41 @@ class Translator:
         act = self.types[xv]
         if _node_type(out) != act:
             return self._opaque_why(node, "its result's type is not its input's")
-        f32 = ir.TensorType("f32", act.shape)
-        row = ir.TensorType("f32", tuple(act.shape[:-1]) + (1,))
-        count = iter(range(6))
+        if node.target is torch.ops.aten._fused_rms_norm.default:
+            self.tuples[node] = {}
+        steps = self._steps(out, f"{out.name}.w")
+        self._unit_weight_norm(steps, steps("cast", [xv], {"to": ir.Name("f32")}, _f32(act)),
+                               float(eps), (out.name, out))
+
+    def _steps(self, owner: fx.Node, prefix: str) -> Callable[..., str]:
+        """A maker of IR nodes of `owner` whose one result no FX node holds, named `prefix`0,
+        `prefix`1, ... in order."""
+        count = iter(range(1 << 16))
 
         def step(op: str, operands: List[str], attrs: Dict[str, ir.AttrValue],
                  ty: ir.TensorType) -> str:
-            name = f"{out.name}.w{next(count)}"
-            self._add(out, op, operands, attrs, [(name, ty)])
+            name = f"{prefix}{next(count)}"
+            self._add(owner, op, operands, attrs, [(name, ty)])
             return name
 
-        if node.target is torch.ops.aten._fused_rms_norm.default:
-            self.tuples[node] = {}
-        xf = step("cast", [xv], {"to": ir.Name("f32")}, f32)
-        squares = step("pow", [xf], {"exponent": 2.0}, f32)
-        mean = step("mean", [squares], {"dim": -1, "keepdim": True}, row)
-        rstd = step("rsqrt", [step("add", [mean], {"scalar": float(eps)}, row)], {}, row)
+        return step
+
+    def _unit_weight_norm(self, step: Callable[..., str], xf: str, eps: float,
+                          result: Tuple[str, Union[fx.Node, ir.TensorType]]) -> None:
+        """A norm without a weight written as its arithmetic, one IR node each: the f32 value
+        `xf` times the rsqrt of the mean of its squares plus eps, cast to `result`'s dtype; the
+        compiler folds the chain into rms_norm with a unit weight, as it does the same chain
+        written in torch."""
+        f32 = self.types[xf]
+        row = ir.TensorType("f32", tuple(f32.shape[:-1]) + (1,))
+        mean = step("mean", [step("pow", [xf], {"exponent": 2.0}, f32)],
+                    {"dim": -1, "keepdim": True}, row)
+        rstd = step("rsqrt", [step("add", [mean], {"scalar": eps}, row)], {}, row)
         normed = step("mul", [xf, rstd], {}, f32)
-        self._add(out, "cast", [normed], {"to": ir.Name(act.dtype)}, [(out.name, out)])
+        owner = result[1] if isinstance(result[1], fx.Node) else None
+        ty = _node_type(owner) if owner is not None else result[1]
+        self._add(owner if owner is not None else self.node_of[xf], "cast", [normed],
+                  {"to": ir.Name(ty.dtype)}, [result])
 
     def _vllm_ir_norm(self, node: fx.Node, target: str,
                       inplace_args: Optional[Dict[str, Any]] = None) -> None:
@@ -882,36 +901,48 @@ class Translator:
         fused = target == "vllm_ir.fused_add_rms_norm.default"
         args = _named_args(node) if inplace_args is None else inplace_args
         op = target.rsplit(".", 1)[0]
-        if args.get("weight") is None or args.get("variance_size") is not None or \
-                args.get("epsilon") is None:
-            return self._opaque_why(node, "no weight, or a variance over part of the row", op)
-        operands = [self._value(args.get(k))
-                    for k in (("x", "x_residual", "weight") if fused else ("x", "weight"))]
+        if args.get("variance_size") is not None:
+            return self._opaque_why(node, f"its variance is over the first "
+                                          f"{args['variance_size']} elements of the row", op)
+        if args.get("epsilon") is None:
+            return self._opaque_why(node, "it has no eps", op)
+        has_weight = args.get("weight") is not None
+        operands = [self._value(args.get(k)) for k in ("x", "x_residual", "weight")
+                    if (k != "x_residual" or fused) and (k != "weight" or has_weight)]
         if any(v is None for v in operands):
             return self._opaque_why(node, "an operand has no IR type", op)
         act, weight = self.types[operands[0]], self.types[operands[-1]]
-        if weight.dtype not in (act.dtype, "f32") or \
-                any(self.types[v] != act for v in operands[:-1]):
+        activations = operands[:-1] if has_weight else operands
+        if weight.dtype not in (act.dtype, "f32") or any(self.types[v] != act for v in activations):
             return self._opaque_why(node, "mixed dtypes", op)
+        # The results: the node itself (rms_norm), or getitems 0 [and 1]; a result the graph
+        # does not read (the last layer's residual sum) has no getitem, and a name of its own.
+        results: List[Tuple[str, Union[fx.Node, ir.TensorType]]] = [(node.name, node)]
+        if fused or inplace_args is not None:
+            returns = (0, 1) if fused else (0,)
+            # The maybe_inplace overload's getitems past the results, unread, are left out.
+            users = [u for u in node.users if inplace_args is None or u.users or
+                     u.target is not operator.getitem or u.args[1] in returns]
+            getitems = {u.args[1]: u for u in users if u.target is operator.getitem}
+            if not set(getitems) <= set(returns) or len(users) != len(getitems):
+                return self._opaque_why(node, "a result is not read through getitem", op)
+            results = [(getitems[i].name, getitems[i]) if i in getitems
+                       else (f"{node.name}.{i}", act) for i in returns]
+        if any(isinstance(o, fx.Node) and _node_type(o) != act for _, o in results):
+            return self._opaque_why(node, "its result's type is not its input's", op)
+        if not has_weight:
+            # Without a weight: the native body's arithmetic, which the compiler folds.
+            step = self._steps(node, f"{node.name}.w")
+            h = step("cast", [operands[0]], {"to": ir.Name("f32")}, _f32(act))
+            if fused:
+                r = step("cast", [operands[1]], {"to": ir.Name("f32")}, _f32(act))
+                h = step("add", [h, r], {}, _f32(act))
+                self._add(node, "cast", [h], {"to": ir.Name(act.dtype)}, [results[1]])
+            return self._unit_weight_norm(step, h, float(args["epsilon"]), results[0])
         rounding = (["norm_input_f32"] if fused else []) + \
             (["weight_after_round"] if weight.dtype == act.dtype else [])
         attrs = {"eps": float(args["epsilon"]), "rounding": rounding}
-        if not fused and inplace_args is None:
-            if _node_type(node) != act:
-                return self._opaque_why(node, "its result's type is not its input's", op)
-            return self._add(node, "rms_norm", operands, attrs, [(node.name, node)])
-        returns = (0, 1) if fused else (0,)
-        # The maybe_inplace overload's getitems past the results, unread, are left out.
-        users = [u for u in node.users if inplace_args is None or u.users or
-                 u.target is not operator.getitem or u.args[1] in returns]
-        getitems = {u.args[1]: u for u in users if u.target is operator.getitem}
-        if not set(getitems) <= set(returns) or len(users) != len(getitems) or \
-                any(_node_type(g) != act for g in getitems.values()):
-            return self._opaque_why(node, "a result is not read through getitem", op)
-        # A result the graph does not read (the last layer's residual sum) has no getitem.
-        self._add(node, "fused_add_rms_norm" if fused else "rms_norm", operands, attrs,
-                  [(getitems[i].name, getitems[i]) if i in getitems else (f"{node.name}.{i}", act)
-                   for i in returns])
+        self._add(node, "fused_add_rms_norm" if fused else "rms_norm", operands, attrs, results)
 
     def _vllm_ir_quant(self, node: fx.Node, target: str) -> None:
         """vLLM's IR FP8 quant ops (what its QuantFP8 calls), e4m3fn, no token padding:
