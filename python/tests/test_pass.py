@@ -597,37 +597,17 @@ def _vllm_norm_dynamic_quant_graph(kind: str, residual: bool, *, all_reduce: boo
     hold it (placeholders x, res, w, q, s, ub; groups of 128), returning q, s [and the residual
     sum]."""
     _define_vllm_ops()
-    af = torch.ops.higher_order.auto_functionalized
     op = getattr(torch.ops._C, _VLLM_NORM_QUANT_OPS[kind]).default
-    g = fx.Graph()
-    with FakeTensorMode():
-        vals = {"x": torch.empty(6, 256, dtype=bf), "res": torch.empty(6, 256, dtype=bf),
-                "w": torch.empty(256, dtype=bf), "q": torch.empty(6, 256, dtype=q_dtype),
-                "s": torch.empty(6, 1 if kind == "token" else 2, dtype=torch.float32),
-                "ub": torch.empty((), dtype=torch.float32)}
-    nodes = {}
-    for name, v in vals.items():
-        nodes[name] = g.placeholder(name)
-        nodes[name].meta["val"] = v
-    h = nodes["x"]
-    if all_reduce:
-        a = g.call_function(ar, (nodes["x"], "sum", GROUP))
-        h = g.call_function(wait, (a,))
-        a.meta["val"] = h.meta["val"] = vals["x"]
-    kwargs = {"result": nodes["q"], "input": h, "weight": nodes["w"], "scale": nodes["s"],
-              "epsilon": 1e-6, "scale_ub": nodes["ub"] if scale_ub else None,
-              "residual": nodes["res"] if residual else None}
+    shapes = {"x": ((6, 256), bf), "res": ((6, 256), bf), "w": ((256,), bf),
+              "q": ((6, 256), q_dtype), "s": ((6, 1 if kind == "token" else 2), torch.float32),
+              "ub": ((), torch.float32)}
+    kwargs = {"result": "q", "input": "x", "weight": "w", "scale": "s", "epsilon": 1e-6,
+              "scale_ub": "ub" if scale_ub else None, "residual": "res" if residual else None}
     if kind == "group":
         kwargs.update(group_size=128, is_scale_transposed=transposed)
-    call = g.call_function(af, (op,), kwargs)
-    call.meta["val"] = (None, vals["q"], vals["s"]) + ((vals["res"],) if residual else (None,))
-    outs = []
-    for i, name in ((1, "q"), (2, "s"), (3, "res"))[:3 if residual else 2]:
-        item = g.call_function(operator.getitem, (call, i))
-        item.meta["val"] = vals[name]
-        outs.append(item)
-    g.output(tuple(outs))
-    return g
+    items = [(1, "q"), (2, "s")] + ([(3, "res")] if residual else [])
+    return _auto_functionalized_graph(op, shapes, kwargs, items,
+                                      all_reduce="x" if all_reduce else None)
 
 
 def _define_flashinfer_norm_ops():
@@ -713,22 +693,10 @@ def test_flashinfer_fused_add_norm_fused_computes_what_the_kernel_does(gemma):
     _define_flashinfer_norm_ops()
     op = torch.ops.sgl_kernel.gemma_fused_add_rmsnorm if gemma else \
         torch.ops.sgl_kernel.fused_add_rmsnorm
-    g = fx.Graph()
-    with FakeTensorMode():
-        vals = {"x": torch.empty(6, 256, dtype=bf), "res": torch.empty(6, 256, dtype=bf),
-                "w": torch.empty(256, dtype=bf)}
-    nodes = {}
-    for name, v in vals.items():
-        nodes[name] = g.placeholder(name)
-        nodes[name].meta["val"] = v
-    call = g.call_function(torch.ops.higher_order.auto_functionalized, (op.default,),
-                           {"input": nodes["x"], "residual": nodes["res"], "weight": nodes["w"],
-                            "eps": 1e-6, "enable_pdl": False})
-    call.meta["val"] = (None, vals["x"], vals["res"])
-    outs = [g.call_function(operator.getitem, (call, i)) for i in (1, 2)]
-    for o in outs:
-        o.meta["val"] = vals["x"]
-    g.output(tuple(outs))
+    g = _auto_functionalized_graph(
+        op.default, {"x": ((6, 256), bf), "res": ((6, 256), bf), "w": ((256,), bf)},
+        {"input": "x", "residual": "res", "weight": "w", "eps": 1e-6, "enable_pdl": False},
+        [(1, "x"), (2, "res")])
     p = tt.FusionPass(world_size=1, fuse_local=True)
     p(g)
     assert len(p.report.graphs[0].fusions) == 1, p.report
@@ -922,28 +890,39 @@ def test_vllm_auto_functionalized_ops_translate_through_the_table():
     assert not tr.opaque
 
 
-def _vllm_quant_graph(op, kwargs, results):
-    """input -> auto_functionalized(op, **kwargs) with its getitems; `kwargs` values naming a
-    placeholder ("x", "q", "s", "ub") become that placeholder."""
-    af = torch.ops.higher_order.auto_functionalized
+def _auto_functionalized_graph(op, shapes, kwargs, items, all_reduce=None):
+    """Placeholders of `shapes` (name -> (shape, dtype)), [all_reduce + wait of the one named
+    `all_reduce`, standing in for it,] auto_functionalized(op, **kwargs) (a string value
+    naming a placeholder becomes it) and its getitems `items` ((index, the placeholder whose
+    value it holds)), returned."""
     g = fx.Graph()
     with FakeTensorMode():
-        vals = {"x": torch.empty(6, 256, dtype=bf), "q": torch.empty(6, 256, dtype=torch.float8_e4m3fn),
-                "s": torch.empty(6, results["s"], dtype=torch.float32),
-                "ub": torch.empty((), dtype=torch.float32)}
+        vals = {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}
     nodes = {}
     for name, v in vals.items():
         nodes[name] = g.placeholder(name)
         nodes[name].meta["val"] = v
+    if all_reduce is not None:
+        a = g.call_function(ar, (nodes[all_reduce], "sum", GROUP))
+        nodes[all_reduce] = g.call_function(wait, (a,))
+        a.meta["val"] = nodes[all_reduce].meta["val"] = vals[all_reduce]
     kw = {k: nodes[v] if isinstance(v, str) and v in nodes else v for k, v in kwargs.items()}
-    call = g.call_function(af, (op,), kw)
+    call = g.call_function(torch.ops.higher_order.auto_functionalized, (op,), kw)
     outs = []
-    for i, name in results["items"]:
+    for i, name in items:
         item = g.call_function(operator.getitem, (call, i))
         item.meta["val"] = vals[name]
         outs.append(item)
     g.output(tuple(outs))
     return g
+
+
+def _vllm_quant_graph(op, kwargs, results):
+    """input -> auto_functionalized(op, **kwargs) with its getitems; `kwargs` values naming a
+    placeholder ("x", "q", "s", "ub") become that placeholder."""
+    shapes = {"x": ((6, 256), bf), "q": ((6, 256), torch.float8_e4m3fn),
+              "s": ((6, results["s"]), torch.float32), "ub": ((), torch.float32)}
+    return _auto_functionalized_graph(op, shapes, kwargs, results["items"])
 
 
 def test_vllm_dynamic_quant_ops_translate_with_their_kernels_rounding():
@@ -1697,6 +1676,20 @@ def test_vllms_ir_norm_ops_fuse_at_world_size_two_and_locally_bitwise(weight_dty
         lambda h, res, w: ir_ops.fused_add_rms_norm(h, res, w, 1e-6), shapes[:3], rounding, 1e-6)
 
 
+def _run_fused_locally(fn, seed, weight=True):
+    """`fn` (h, res[, w]) compiled at world size 1 with local fusion on (aot_eager) and run on
+    fresh inputs (h, res: [6, 256] bf16; w in [0.5, 1.5)): its results, its fusions, the
+    inputs."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = [torch.randn(6, 256, generator=g).to(bf) for _ in range(2)]
+    if weight:
+        inputs.append((torch.rand(256, generator=g) + 0.5).to(bf))
+    torch._dynamo.reset()
+    compiled = tt.compile(fn, world_size=1, fuse_local="on", backend="aot_eager")
+    got = compiled(*inputs)
+    return got, [fu for gr in compiled.tpfuse_pass.report.graphs for fu in gr.fusions], inputs
+
+
 @pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
 @pytest.mark.parametrize("form", ["vllm_ir", "_C", "_C_dynamic_token"])
 def test_the_last_layers_norm_whose_residual_sum_is_not_read_fuses(form, v2):
@@ -1737,13 +1730,7 @@ def test_the_last_layers_norm_fused_locally_is_the_contract():
     def last(h, res, w):
         return torch.ops.vllm_ir.fused_add_rms_norm(h, res, w, 1e-6)[0]
 
-    g = torch.Generator().manual_seed(6)
-    h, res = (torch.randn(6, 256, generator=g).to(bf) for _ in range(2))
-    w = (torch.rand(256, generator=g) + 0.5).to(bf)
-    torch._dynamo.reset()
-    compiled = tt.compile(last, world_size=1, fuse_local="on", backend="aot_eager")
-    got = compiled(h, res, w)
-    (fusion,) = [fu for gr in compiled.tpfuse_pass.report.graphs for fu in gr.fusions]
+    got, (fusion,), (h, res, w) = _run_fused_locally(last, seed=6)
     assert list(fusion.attrs["emit"]) == ["norm"], fusion.attrs
     oracle = contract3.allreduce_rmsnorm([h], res, w, None, emit=["norm"], local=True, eps=1e-6,
                                          rounding=["norm_input_f32", "weight_after_round"])
@@ -1784,13 +1771,8 @@ def test_vllms_ir_norms_maybe_inplace_overloads_fuse_as_the_functional_ops(v2):
     def chain(h, res, w):
         return ir_ops.fused_add_rms_norm.maybe_inplace(h * 1, res * 1, w, 1e-6)
 
-    g = torch.Generator().manual_seed(5)
-    h, res = (torch.randn(6, 256, generator=g).to(bf) for _ in range(2))
-    w = (torch.rand(256, generator=g) + 0.5).to(bf)
-    torch._dynamo.reset()
-    compiled = tt.compile(chain, world_size=1, fuse_local="on", backend="aot_eager")
-    got = compiled(h, res, w)
-    assert sum(len(gr.fusions) for gr in compiled.tpfuse_pass.report.graphs) == 1
+    got, fusions, (h, res, w) = _run_fused_locally(chain, seed=5)
+    assert len(fusions) == 1, fusions
     oracle = contract3.allreduce_rmsnorm([h * 1], res, w, None, emit=["norm", "residual"],
                                          local=True, eps=1e-6,
                                          rounding=["norm_input_f32", "weight_after_round"])
@@ -1926,13 +1908,9 @@ def test_vllms_ir_norms_without_a_weight_fuse_with_a_unit_weight(fused):
     assert p.report.fused == 1 and p.report.all_reduces_after == 0, p.report.left_alone
     assert list(fused_attrs(gm.graph)["emit"]) == ["norm", "residual"], gm.graph
 
-    g = torch.Generator().manual_seed(8)
-    h, res = (torch.randn(6, 256, generator=g).to(bf) for _ in range(2))
-    torch._dynamo.reset()
-    compiled = tt.compile(lambda h, res: norm(h * 1, res), world_size=1, fuse_local="on",
-                          backend="aot_eager")
-    got = compiled(h, res)
-    assert sum(len(gr.fusions) for gr in compiled.tpfuse_pass.report.graphs) == 1
+    got, fusions, (h, res) = _run_fused_locally(lambda h, res: norm(h * 1, res), seed=8,
+                                                weight=False)
+    assert len(fusions) == 1, fusions
     oracle = contract3.allreduce_rmsnorm([h], res, torch.ones(256, dtype=bf), None,
                                          emit=["norm", "residual"], local=True, eps=1e-6,
                                          rounding=["norm_input_f32"] if fused else [])
@@ -1998,23 +1976,36 @@ def trace_pre_dispatch(fn, *shapes_dtypes):
     return make_fx(fn, tracing_mode="fake", pre_dispatch=True)(*args), args
 
 
-def test_torchs_fused_rms_norm_op_fuses_at_world_size_two_and_locally():
+@pytest.mark.parametrize("op,weight", [("_fused_rms_norm", True), ("_fused_rms_norm", False),
+                                       ("rms_norm", False)],
+                         ids=["fused", "fused_no_weight", "rms_norm_no_weight"])
+def test_torchs_rms_norm_ops_fuse_at_world_size_two_and_locally(op, weight):
+    # aten._fused_rms_norm, what F.rms_norm runs on the GPU; without a weight (nanochat's norm),
+    # it and aten.rms_norm (traced before dispatch) read as the norm's arithmetic, folded with
+    # a unit weight.
+    def norm(h, w):
+        if op == "rms_norm":
+            return torch.nn.functional.rms_norm(h, (h.shape[-1],), w, 1e-6)
+        return torch.ops.aten._fused_rms_norm(h, [h.shape[-1]], w, 1e-6)[0]
+
+    shapes = [((6, 256), bf), ((6, 256), bf), ((256,), bf)]
+
     def layer(x, res, w):
         h = wait(ar(x, "sum", GROUP)) + res
-        return torch_fused_rms_norm(h, w), h
+        return norm(h, w if weight else None), h
 
-    g = trace_pre_dispatch(layer, ((6, 256), bf), ((6, 256), bf), ((256,), bf))[0].graph
-    assert count(g, "aten._fused_rms_norm") == 1, g
+    g = trace_pre_dispatch(layer, *shapes)[0].graph
+    assert count(g, f"aten.{op}") == 1, g
     p = tt.FusionPass(world_size=2)
     p(g)
-    assert p.report.fused == 1, p.report.left_alone
-    assert count(g, "aten._fused_rms_norm") == 0, g
+    assert p.report.fused == 1 and p.report.all_reduces_after == 0, p.report.left_alone
+    assert count(g, f"aten.{op}") == 0, g
 
     def local(x, res, w):
         h = x + res
-        return torch_fused_rms_norm(h, w), h
+        return norm(h, w if weight else None), h
 
-    gm, args = trace_pre_dispatch(local, ((6, 256), bf), ((6, 256), bf), ((256,), bf))
+    gm, args = trace_pre_dispatch(local, *shapes)
     x, res, w = args
     want_y, want_h = gm(*args)
     p = tt.FusionPass(world_size=1, fuse_local=True)
@@ -2025,43 +2016,9 @@ def test_torchs_fused_rms_norm_op_fuses_at_world_size_two_and_locally():
     assert torch.equal(h, want_h)
     # Bitwise the fused op's contract (its own sum order); torch's CPU kernel sums in another
     # order, so against it y is within an ulp.
-    (c3,) = contract3.allreduce_rmsnorm([x], res, w, None, emit=["norm"], local=True)
+    (c3,) = contract3.allreduce_rmsnorm([x], res, w if weight else torch.ones(256, dtype=bf),
+                                        None, emit=["norm"], local=True)
     assert torch.equal(y, c3)
-    assert int(ulp_distance_16(y, want_y).max()) <= 1
-
-
-@pytest.mark.parametrize("op", ["_fused_rms_norm", "rms_norm"])
-def test_torchs_rms_norm_ops_without_a_weight_fuse_with_a_unit_weight(op):
-    # F.rms_norm without a weight (nanochat's norm) as the GPU runs it, aten._fused_rms_norm,
-    # or traced before dispatch, aten.rms_norm: the norm's arithmetic, folded with a unit weight.
-    def norm(h):
-        if op == "rms_norm":
-            return torch.nn.functional.rms_norm(h, (h.shape[-1],), None, 1e-6)
-        return torch.ops.aten._fused_rms_norm(h, [h.shape[-1]], None, 1e-6)[0]
-
-    def layer(x, res):
-        h = wait(ar(x, "sum", GROUP)) + res
-        return norm(h), h
-
-    g = trace_pre_dispatch(layer, ((6, 256), bf), ((6, 256), bf))[0].graph
-    assert count(g, f"aten.{op}") == 1, g
-    p = tt.FusionPass(world_size=2)
-    p(g)
-    assert p.report.fused == 1 and p.report.all_reduces_after == 0, p.report.left_alone
-    assert count(g, f"aten.{op}") == 0, g
-
-    gm, args = trace_pre_dispatch(lambda x, res: (norm(x + res), x + res), ((6, 256), bf),
-                                  ((6, 256), bf))
-    want_y, want_h = gm(*args)
-    p = tt.FusionPass(world_size=1, fuse_local=True)
-    p(gm.graph)
-    gm.recompile()
-    assert sum(str(n.target) == FUSED for n in gm.graph.nodes) == 1, gm.graph
-    y, h = gm(*args)
-    x, res = args
-    (c3,) = contract3.allreduce_rmsnorm([x], res, torch.ones(256, dtype=bf), None, emit=["norm"],
-                                        local=True)
-    assert torch.equal(h, want_h) and torch.equal(y, c3)
     assert int(ulp_distance_16(y, want_y).max()) <= 1
 
 
