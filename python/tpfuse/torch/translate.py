@@ -854,8 +854,8 @@ class Translator:
             return self._opaque_why(node, "its result's type is not its input's")
         if node.target is torch.ops.aten._fused_rms_norm.default:
             self.tuples[node] = {}
-        steps = self._steps(out, f"{out.name}.w")
-        self._unit_weight_norm(steps, steps("cast", [xv], {"to": ir.Name("f32")}, _f32(act)),
+        step = self._steps(out, f"{out.name}.w")
+        self._unit_weight_norm(out, step, step("cast", [xv], {"to": ir.Name("f32")}, _f32(act)),
                                float(eps), (out.name, out))
 
     def _steps(self, owner: fx.Node, prefix: str) -> Callable[..., str]:
@@ -871,22 +871,20 @@ class Translator:
 
         return step
 
-    def _unit_weight_norm(self, step: Callable[..., str], xf: str, eps: float,
+    def _unit_weight_norm(self, owner: fx.Node, step: Callable[..., str], xf: str, eps: float,
                           result: Tuple[str, Union[fx.Node, ir.TensorType]]) -> None:
-        """A norm without a weight written as its arithmetic, one IR node each: the f32 value
-        `xf` times the rsqrt of the mean of its squares plus eps, cast to `result`'s dtype; the
-        compiler folds the chain into rms_norm with a unit weight, as it does the same chain
-        written in torch."""
+        """A norm without a weight written as its arithmetic, one IR node of `owner` each
+        (`step`: _steps): the f32 value `xf` times the rsqrt of the mean of its squares plus eps,
+        cast to `result`'s dtype; the compiler folds the chain into rms_norm with a unit weight,
+        as it does the same chain written in torch."""
         f32 = self.types[xf]
         row = ir.TensorType("f32", tuple(f32.shape[:-1]) + (1,))
         mean = step("mean", [step("pow", [xf], {"exponent": 2.0}, f32)],
                     {"dim": -1, "keepdim": True}, row)
         rstd = step("rsqrt", [step("add", [mean], {"scalar": eps}, row)], {}, row)
         normed = step("mul", [xf, rstd], {}, f32)
-        owner = result[1] if isinstance(result[1], fx.Node) else None
-        ty = _node_type(owner) if owner is not None else result[1]
-        self._add(owner if owner is not None else self.node_of[xf], "cast", [normed],
-                  {"to": ir.Name(ty.dtype)}, [result])
+        ty = _node_type(result[1]) if isinstance(result[1], fx.Node) else result[1]
+        self._add(owner, "cast", [normed], {"to": ir.Name(ty.dtype)}, [result])
 
     def _vllm_ir_norm(self, node: fx.Node, target: str,
                       inplace_args: Optional[Dict[str, Any]] = None) -> None:
@@ -938,7 +936,7 @@ class Translator:
                 r = step("cast", [operands[1]], {"to": ir.Name("f32")}, _f32(act))
                 h = step("add", [h, r], {}, _f32(act))
                 self._add(node, "cast", [h], {"to": ir.Name(act.dtype)}, [results[1]])
-            return self._unit_weight_norm(step, h, float(args["epsilon"]), results[0])
+            return self._unit_weight_norm(node, step, h, float(args["epsilon"]), results[0])
         rounding = (["norm_input_f32"] if fused else []) + \
             (["weight_after_round"] if weight.dtype == act.dtype else [])
         attrs = {"eps": float(args["epsilon"]), "rounding": rounding}
