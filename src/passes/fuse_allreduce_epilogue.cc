@@ -388,6 +388,37 @@ std::string AnotherAllReduceMet(const ir::Value* a, const Reach& reach) {
   return "";
 }
 
+// Why the fused op cannot take over the ops from all_reduce `a` along `reach` when the sum, once
+// added to a residual on the way, is itself the residual of a fused-add norm whose other summand
+// is no all_reduce's (Zamba2's hybrid layer adds the sum to the embeddings, and the shared block's
+// norm adds a matmul's output to that): two residual adds, where the fused op takes one. Empty
+// otherwise.
+std::string TwoResidualAdds(const Reach& reach) {
+  if (reach.norm->kind() != ir::OpKind::kFusedAddRmsNorm || reach.path.empty()) return "";
+  const bool added = std::any_of(reach.path.begin(), reach.path.end(), [](const ir::Node* n) {
+    return n->kind() == ir::OpKind::kAdd && n->num_operands() == 2;
+  });
+  const ir::Value* last = reach.path.back()->result(0);
+  const ir::Value* other = reach.norm->operand(0) == last   ? reach.norm->operand(1)
+                           : reach.norm->operand(1) == last ? reach.norm->operand(0)
+                                                            : nullptr;
+  if (!added || other == nullptr) return "";
+  return StrCat(", and ", NodeRef(reach.norm), " adds ",
+                other->producer() != nullptr ? NodeRef(other->producer()) : Ref(other),
+                " to that: two residual adds, where the fused op takes one");
+}
+
+// A GEMM between the sum and the norm (Zamba2's shared block multiplies the concatenated
+// stream before its norm): the fused op's norm reads the sum itself. Empty when there is none.
+std::string AGemmOnTheWay(const Reach& reach) {
+  for (const ir::Node* n : reach.path) {
+    if (n->kind() == ir::OpKind::kMatmul || n->kind() == ir::OpKind::kScaledMatmul)
+      return StrCat(", where ", NodeRef(n), " multiplies it by a matrix: the fused op's norm reads "
+                    "the sum itself");
+  }
+  return "";
+}
+
 // Why no chain starts at `anchor`, in words that stay true: "not followed by an RMSNorm" only
 // when none follows; otherwise what lies between.
 std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
@@ -448,6 +479,8 @@ std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
                   " of an RMSNorm written out in a form the compiler does not recognize");
   }
   std::string why_not = AnotherAllReduceMet(a, *reach);
+  if (why_not.empty()) why_not = AGemmOnTheWay(*reach);
+  if (why_not.empty()) why_not = TwoResidualAdds(*reach);
   if (why_not.empty()) why_not = ", which the fused op cannot take over";
   return StrCat("all_reduce ", Ref(a), " reaches ", what, " only through ",
                 DescribePath(reach->path), why_not, " (", DescribeUses(a), ")");

@@ -474,6 +474,42 @@ TEST(PassesFuse, AnOpaqueOpOnTheWayToTheRsqrtIsNamed) {
             "which the compiler cannot read");
 }
 
+// The sum added to the embeddings, and that the residual of a norm whose input is a matmul's
+// output (Zamba2's hybrid layer): two residual adds, which the reason says.
+TEST(PassesFuse, TwoResidualAddsOrAGemmBeforeTheNormAreNamed) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %emb: bf16[T, 256], %m: bf16[T, 256], %w: bf16[256, 256],
+                %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %h0 = add(%emb, %ar)
+      %o = matmul(%m, %w)
+      %y, %h = fused_add_rms_norm(%o, %h0, %g) {eps = 1e-6}
+      return %y, %h, %h0
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Print(*c.after).find("allreduce_rmsnorm"), std::string::npos) << Print(*c.after);
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "all_reduce %ar reaches fused_add_rms_norm %y only through add %h0, and "
+            "fused_add_rms_norm %y adds matmul %o to that: two residual adds, where the fused op "
+            "takes one (its only use is add %h0)");
+
+  // The sum multiplied by a matrix before the norm reads it.
+  Compiled gemm = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %w: bf16[256, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %o = matmul(%ar, %w)
+      %y, %h = fused_add_rms_norm(%o, %res, %g) {eps = 1e-6}
+      return %y, %h
+    }
+  )");
+  ASSERT_TRUE(gemm.ok());
+  EXPECT_EQ(OnlyRejection(gemm.ctx),
+            "all_reduce %ar reaches fused_add_rms_norm %y only through matmul %o, where matmul "
+            "%o multiplies it by a matrix: the fused op's norm reads the sum itself (its only "
+            "use is matmul %o)");
+}
+
 TEST(PassesFuse, ReturnedAllReduceReason) {
   Compiled c = Compile(R"(
     func @layer(%x: bf16[T, 256]) {
