@@ -388,11 +388,11 @@ std::string AnotherAllReduceMet(const ir::Value* a, const Reach& reach) {
   return "";
 }
 
-// Why the fused op cannot take over the ops from all_reduce `a` along `reach` when the sum, once
-// added to a residual on the way, is itself the residual of a fused-add norm whose other summand
-// is no all_reduce's (Zamba2's hybrid layer adds the sum to the embeddings, and the shared block's
-// norm adds a matmul's output to that): two residual adds, where the fused op takes one. Empty
-// otherwise.
+// Why the fused op cannot take over the ops along `reach` when the all_reduce's sum, once added
+// to a residual on the way, is itself the residual of a fused-add norm (Zamba2's hybrid layer
+// adds the sum to the embeddings, and the shared block's norm adds a matmul's output to that):
+// two residual adds, where the fused op takes one. Empty otherwise. (Another all_reduce's sum as
+// the norm's input is AnotherAllReduceMet's case, asked first.)
 std::string TwoResidualAdds(const Reach& reach) {
   if (reach.norm->kind() != ir::OpKind::kFusedAddRmsNorm || reach.path.empty()) return "";
   const bool added = std::any_of(reach.path.begin(), reach.path.end(), [](const ir::Node* n) {
