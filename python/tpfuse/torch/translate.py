@@ -10,6 +10,7 @@ reads. Python decides nothing about fusion: it only writes down what the graph c
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import operator
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -306,13 +307,14 @@ def _mm(node, value, tr):
 
 
 def _rms_norm(node, value, tr, out: Optional[fx.Node] = None):
-    """aten.rms_norm(x, shape, w, eps); `out` is the node holding the result where that is not
-    `node` (aten._fused_rms_norm's getitem 0)."""
-    x, shape, w = node.args[:3]
-    eps = node.args[3] if len(node.args) > 3 else node.kwargs.get("eps")
-    xv, wv = value(x), (value(w) if w is not None else None)
+    """aten.rms_norm(x, shape, w, eps) with a weight (Translator._weightless_norm takes the
+    others); `out` is the node holding the result where that is not `node`
+    (aten._fused_rms_norm's getitem 0)."""
+    args = _named_args(node)
+    shape, eps = args.get("normalized_shape"), args.get("eps")
+    xv, wv = value(args.get("input")), value(args.get("weight"))
     if xv is None or wv is None or len(shape) != 1 or eps is None:
-        return "rms_norm: no weight, no eps, or several normalized dims"
+        return "rms_norm: an operand has no IR type, no eps, or several normalized dims"
     if tr.types[xv] != _node_type(out if out is not None else node) or \
             tr.types[wv].dtype != tr.types[xv].dtype:
         return "rms_norm: mixed dtypes"
@@ -683,7 +685,7 @@ class Translator:
             return self._max_dim(node)
         if target == "aten._fused_rms_norm.default":
             return self._fused_rms_norm(node)
-        if target == "aten.rms_norm.default" and len(node.args) > 2 and node.args[2] is None:
+        if target == "aten.rms_norm.default" and _named_args(node).get("weight") is None:
             return self._weightless_norm(node, node)
         if target in _VLLM_IR_NORMS:
             return self._vllm_ir_norm(node, target)
@@ -831,7 +833,7 @@ class Translator:
         if y is None or (1 in getitems and getitems[1].users) or \
                 len(getitems) != len(node.users):
             return self._opaque_why(node, "its rstd is read, or its output is not")
-        if len(node.args) > 2 and node.args[2] is None:
+        if _named_args(node).get("weight") is None:
             return self._weightless_norm(node, y)
         made = _rms_norm(node, self._value, self, out=y)
         if isinstance(made, str):
@@ -844,9 +846,9 @@ class Translator:
         """aten.rms_norm or aten._fused_rms_norm (x, [H], None, eps), F.rms_norm without a
         weight (nanochat's norm): its decomposition's arithmetic (_unit_weight_norm) of x in
         f32, `out` holding the result."""
-        x, shape = node.args[:2]
-        eps = node.args[3] if len(node.args) > 3 else node.kwargs.get("eps")
-        xv = self._value(x)
+        args = _named_args(node)
+        shape, eps = args.get("normalized_shape"), args.get("eps")
+        xv = self._value(args.get("input"))
         if xv is None or len(shape) != 1 or eps is None:
             return self._opaque_why(node, "no eps, or several normalized dims")
         act = self.types[xv]
@@ -861,7 +863,7 @@ class Translator:
     def _steps(self, owner: fx.Node, prefix: str) -> Callable[..., str]:
         """A maker of IR nodes of `owner` whose one result no FX node holds, named `prefix`0,
         `prefix`1, ... in order."""
-        count = iter(range(1 << 16))
+        count = itertools.count()
 
         def step(op: str, operands: List[str], attrs: Dict[str, ir.AttrValue],
                  ty: ir.TensorType) -> str:
@@ -909,9 +911,11 @@ class Translator:
                     if (k != "x_residual" or fused) and (k != "weight" or has_weight)]
         if any(v is None for v in operands):
             return self._opaque_why(node, "an operand has no IR type", op)
-        act, weight = self.types[operands[0]], self.types[operands[-1]]
+        act = self.types[operands[0]]
+        weight = self.types[operands[-1]] if has_weight else None
         activations = operands[:-1] if has_weight else operands
-        if weight.dtype not in (act.dtype, "f32") or any(self.types[v] != act for v in activations):
+        if (weight is not None and weight.dtype not in (act.dtype, "f32")) or \
+                any(self.types[v] != act for v in activations):
             return self._opaque_why(node, "mixed dtypes", op)
         # The results: the node itself (rms_norm), or getitems 0 [and 1]; a result the graph
         # does not read (the last layer's residual sum) has no getitem, and a name of its own.
