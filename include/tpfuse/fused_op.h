@@ -124,12 +124,16 @@ struct RoundingRecipe {
   // exp2(ceil(log2(max(|s|, 1e-10))))) instead of from s: the two differ for s < 2^-34, an amax
   // below about 2.6e-8 (all-zero groups). fp8_token and fp8_group with ue8m0 scales only.
   bool ue8m0_floor = false;
+  // residual_out is the f32 sum h itself, unrounded (f32), instead of round(h) in the activation
+  // dtype: a model that keeps its residual stream in f32 (SGLang's fp32_residual, vLLM's f16
+  // Gemma). Needs a residual.
+  bool residual_out_f32 = false;
 
   bool operator==(const RoundingRecipe&) const = default;
   bool is_default() const { return *this == RoundingRecipe{}; }
   // Names of the flags set, in field order: "norm_input_f32", "weight_after_round",
-  // "weight_bias_in_weight_dtype", "scale_op_swapped", "scale_floor_after_div", "ue8m0_floor".
-  // Empty for the defaults.
+  // "weight_bias_in_weight_dtype", "scale_op_swapped", "scale_floor_after_div", "ue8m0_floor",
+  // "residual_out_f32". Empty for the defaults.
   std::vector<std::string> Names() const;
   // Parses flag names in any order; rejects unknown or repeated names.
   static StatusOr<RoundingRecipe> FromNames(const std::vector<std::string>& names);
@@ -145,6 +149,9 @@ struct AllreduceRmsnormSpec {
   // rank, no communication; emit.allreduce is then not allowed (the graph already has x).
   bool local = false;
   bool has_residual = false;
+  // The residual operand is f32 (a residual stream kept in f32), not of the activation dtype.
+  // h = a' + residual in f32 either way.
+  bool residual_f32_in = false;
   float eps = 1e-6f;
   float weight_bias = 0.0f;           // 1 for Gemma's x * (1 + w)
   // a' = round(a * sum_scale) before the residual add (Granite's and Falcon-H1's
@@ -168,7 +175,8 @@ struct AllreduceRmsnormSpec {
   bool QuantDivides() const { return quant_params().Divides(); }
 
   // Checks internal consistency (dtypes, hidden > 0, group divides hidden, emit not empty,
-  // emit.quant iff quant != none, emit.residual needs a residual). Names the problem.
+  // emit.quant iff quant != none, emit.residual and an f32 residual need a residual). Names the
+  // problem.
   Status Validate() const;
 
   // Columns per row of the dynamic-quant scale: H / group_size (group), 1 (token), 0 otherwise.
@@ -177,11 +185,15 @@ struct AllreduceRmsnormSpec {
   int64_t ScaleElements(int64_t tokens) const;
   // Number of results, in order allreduce, norm, residual, q, s.
   int NumResults() const;
+  // The dtypes of the residual operand and of residual_out (f32 or the activation dtype).
+  DType residual_in_dtype() const { return residual_f32_in ? DType::kF32 : act_dtype; }
+  DType residual_out_dtype() const { return rounding.residual_out_f32 ? DType::kF32 : act_dtype; }
   // One-line description for logs and errors.
   std::string ToString() const;
 };
 
-// Device pointers of one fused-op call: x, residual and outputs [T, H] row-major; weight [H];
+// Device pointers of one fused-op call: x, residual and outputs [T, H] row-major (the residual
+// and residual_out in their dtypes, AllreduceRmsnormSpec::residual_in_dtype/_out_dtype); weight [H];
 // scale f32[] (fp8_tensor); scale_out spec.ScaleElements(T) floats. Outputs not in spec.emit
 // are null; the others are 16-byte aligned (scale pointers 4-byte).
 struct FusedBuffers {
@@ -212,6 +224,7 @@ struct FusionCapabilities {
   bool scale_ue8m0 = true;
   bool emit_allreduce = true;                   // may return the all_reduce result itself
   bool emit_norm_with_quant = true;             // may return y and q together (fan-out)
+  bool residual_f32 = true;                     // an f32 residual operand or residual_out
   int64_t hidden_multiple = 8;
   int64_t max_hidden = 0;                       // 0: no limit
 

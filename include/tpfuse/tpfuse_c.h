@@ -47,8 +47,9 @@
 extern "C" {
 #endif
 
-/* Bumped when a struct layout or a signature changes; bindings check it at load time. */
-#define TPFUSE_C_ABI_VERSION 2
+/* Bumped when a struct layout, a signature or the codes a field takes change; bindings check it
+ * at load time. 3: TPFUSE_RESIDUAL_F32 and TPFUSE_ROUNDING_RESIDUAL_OUT_F32. */
+#define TPFUSE_C_ABI_VERSION 3
 TPFUSE_C_API int32_t tpfuse_abi_version(void);
 /* "0.1.0" */
 TPFUSE_C_API const char* tpfuse_version(void);
@@ -91,7 +92,7 @@ enum { TPFUSE_SCALE_FMT_F32 = 0, TPFUSE_SCALE_FMT_UE8M0 = 1 };
 enum {
   TPFUSE_EMIT_ALLREDUCE = 1, /* a = round(sum of partials) */
   TPFUSE_EMIT_NORM = 2,      /* y */
-  TPFUSE_EMIT_RESIDUAL = 4,  /* residual_out = round(a + residual) */
+  TPFUSE_EMIT_RESIDUAL = 4,  /* residual_out = round(a + residual) (or unrounded f32: ROUNDING_RESIDUAL_OUT_F32) */
   TPFUSE_EMIT_QUANT = 8,     /* q and, for dynamic quant, s */
 };
 /* The rounding recipe (bits of tpfuse_spec_t.rounding; 0 is Contract 3's original form). */
@@ -102,6 +103,13 @@ enum {
   TPFUSE_ROUNDING_SCALE_OP_SWAPPED = 8,            /* y / scale (tensor), y * (1/s) (dynamic) */
   TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV = 16,      /* s = max(amax / 448, 1 / (448 * 512)); ue8m0: floored after the rounding */
   TPFUSE_ROUNDING_UE8M0_FLOOR = 32,                /* ue8m0 of max(s, 1e-10) */
+  TPFUSE_ROUNDING_RESIDUAL_OUT_F32 = 64,           /* residual_out is the unrounded f32 h */
+};
+/* The residual operand (tpfuse_spec_t.has_residual). */
+enum {
+  TPFUSE_RESIDUAL_NONE = 0,
+  TPFUSE_RESIDUAL_ACT = 1, /* a residual of act_dtype */
+  TPFUSE_RESIDUAL_F32 = 2, /* an f32 residual (a residual stream kept in f32; CPU reference only) */
 };
 
 /* Everything that fixes the fused op's behaviour except the token count T. */
@@ -110,7 +118,7 @@ typedef struct tpfuse_spec {
   int32_t weight_dtype; /* w: BF16, F16 or F32 */
   int64_t hidden;       /* H */
   int32_t local;        /* 1: no all_reduce feeds the chain (a = x, no communication) */
-  int32_t has_residual;
+  int32_t has_residual; /* TPFUSE_RESIDUAL_* */
   float eps;
   float weight_bias;    /* 1 for Gemma's x * (1 + w) */
   int32_t quant;        /* TPFUSE_QUANT_* */

@@ -86,11 +86,12 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
     scaled = a
     if sum_scale != 1.0:
         scaled = (a.float() * torch.tensor(sum_scale, dtype=torch.float32)).to(dtype)
-    # 2. h = a' + residual in f32, residual_out = round(h); the norm reads round(h) or the f32 h.
+    # 2. h = a' + residual in f32 (the residual bf16/f16 or f32), residual_out = round(h) or,
+    # under residual_out_f32, the f32 h; the norm reads round(h) or the f32 h.
     if residual is not None:
         h32 = scaled.float() + residual.reshape(-1, hidden).float()
-        h = h32.to(dtype)
-        u = h32 if "norm_input_f32" in rounding else h.float()
+        h = h32 if "residual_out_f32" in rounding else h32.to(dtype)
+        u = h32 if "norm_input_f32" in rounding else h32.to(dtype).float()
     else:
         h, u = scaled, scaled.float()
     # 3. r = 1 / sqrt(sum of squares / H + eps) in f32, then y = round((u * r) * w') or

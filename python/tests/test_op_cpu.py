@@ -17,7 +17,8 @@ from ranks import end_rank
 
 OP = torch.ops.tpfuse.allreduce_rmsnorm
 
-# (name, attributes, residual?) — every quant mode and scale form, emit subsets.
+# (name, attributes, residual: False, True (x's dtype) or "f32") — every quant mode and scale
+# form, emit subsets, the residual stream kept in f32.
 CASES = [
     ("norm", dict(emit=["norm"]), False),
     ("all_bf16_results", dict(emit=["allreduce", "norm", "residual"]), True),
@@ -39,6 +40,10 @@ CASES = [
     ("granite_sum_scale", dict(emit=["allreduce", "norm", "residual"], sum_scale=0.22), True),
     ("sum_scale_no_residual", dict(emit=["norm", "quant"], quant="fp8_token", sum_scale=-3.0),
      False),
+    ("f32_residual_stream", dict(emit=["norm", "residual", "quant"], quant="fp8_token",
+                                 rounding=["norm_input_f32", "residual_out_f32"]), "f32"),
+    ("f32_residual_out", dict(emit=["allreduce", "norm", "residual"], weight_bias=1.0,
+                              rounding=["norm_input_f32", "residual_out_f32"]), True),
 ]
 SHAPES = [(1, 256), (3, 256), (19, 128), (2, 5, 256), (64, 2880), (0, 256), (2, 0, 128)]
 
@@ -49,7 +54,11 @@ def make_inputs(seed: int, shape, world_size: int, residual: bool, quant: str,
     g = torch.Generator().manual_seed(seed)
     hidden = shape[-1]
     partials = [torch.randn(shape, generator=g).to(dtype) for _ in range(world_size)]
-    res = torch.randn(shape, generator=g).to(dtype) if residual else None
+    res = None
+    if residual:
+        res = torch.randn(shape, generator=g)
+        # An f32 residual off the 16-bit grid: a kernel that rounded it would show.
+        res = res + 1e-3 * torch.randn(shape, generator=g) if residual == "f32" else res.to(dtype)
     weight = (torch.rand(hidden, generator=g) + 0.5).to(weight_dtype)
     scale = (torch.rand((), generator=g) * 0.05 + 0.01) if quant == "fp8_tensor" else None
     return partials, res, weight, scale
@@ -166,7 +175,9 @@ BAD_CALLS = [
     (dict(residual=torch.zeros(2, 256, dtype=torch.bfloat16)), ValueError,
      "residual must have x's shape"),
     (dict(residual=torch.zeros(3, 256, dtype=torch.float16)), TypeError,
-     "residual must have x's dtype"),
+     "residual must have x's dtype torch.bfloat16 or be float32"),
+    (dict(residual=None, rounding=["residual_out_f32"]), ValueError,
+     "residual_out_f32 needs a residual operand"),
     (dict(weight=torch.zeros(128, dtype=torch.bfloat16)), ValueError, "weight must be [H] = [256]"),
     (dict(weight=torch.zeros(256, dtype=torch.float64)), TypeError, "weight must be bfloat16"),
     (dict(scale=torch.ones(())), ValueError, "scale is required for quant 'fp8_tensor' and only"),

@@ -1046,6 +1046,77 @@ def test_a_clone_between_the_all_reduce_and_the_add_is_fused():
     assert count(g, "_c10d_functional") == 0 and count(g, "aten.clone") == 0, g
 
 
+def _f32_stream_norm(h, res, w, eps=1e-6, gemma=False):
+    """A norm that keeps the residual stream in f32 (SGLang's RMSNorm(fp32_residual=True), vLLM's
+    GemmaRMSNorm.forward_static at f16): the sum in f32 is the new residual, unrounded."""
+    t = h.float() + res.float()
+    r = t.clone()
+    t = t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps)
+    wf = (1.0 + w.float()) if gemma else w.float()
+    return (t * wf).to(h.dtype), r
+
+
+def _f32_stream_layers(x0, x1, res, w0, w1):
+    # The first layer adds the 16-bit residual, the second the f32 one the first returned (its
+    # partial sum reads the first's norm, as the GEMMs between them would).
+    y0, r0 = _f32_stream_norm(wait(ar(x0, "sum", GROUP)), res, w0, gemma=True)
+    y1, r1 = _f32_stream_norm(wait(ar(x1 + y0, "sum", GROUP)), r0, w1)
+    return y1, r1
+
+
+@pytest.mark.parametrize("dtype", [bf, torch.float16], ids=["bf16", "f16"])
+def test_an_f32_residual_stream_fuses_and_keeps_the_residual_in_f32(dtype):
+    shapes = [((2, 8, 256), dtype)] * 3 + [((256,), dtype)] * 2
+    g = trace(_f32_stream_layers, *shapes)
+    p = tt.FusionPass(world_size=2, backend="cpu")
+    p(g)
+    assert p.report.fused == 2, p.report.left_alone
+    calls = [n for n in g.nodes if str(n.target) == FUSED]
+    assert [c.kwargs["rounding"] for c in calls] == [["norm_input_f32", "residual_out_f32"]] * 2
+    # The second reads the first's f32 residual.
+    residuals = [c.args[1] for c in calls]
+    assert residuals[0].meta["val"].dtype == dtype, g
+    assert residuals[1].meta["val"].dtype == torch.float32, g
+    assert count(g, "_c10d_functional") == 0 and count(g, "aten.pow") == 0, g
+    g.lint()
+
+
+@pytest.mark.parametrize("residual_dtype", [torch.float16, torch.float32], ids=["f16", "f32"])
+def test_an_f32_residual_stream_at_world_size_one_computes_what_the_graph_did(residual_dtype):
+    def f(o, res, w):
+        return _f32_stream_norm(o, res, w, gemma=True)
+
+    gm, args = trace_module(f, ((2, 8, 256), torch.float16), ((2, 8, 256), residual_dtype),
+                            ((256,), torch.float16))
+    if residual_dtype == torch.float32:  # off f16's grid: a rounded residual would show
+        args[1] = args[1] + 1e-4 * torch.randn_like(args[1])
+    want_y, want_r = f(*args)
+    p = tt.FusionPass(world_size=1, fuse_local=True, backend="cpu")
+    p(gm.graph)
+    gm.recompile()
+    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 1, gm.graph
+    y, r = gm(*args)
+    assert r.dtype == torch.float32 and torch.equal(r, want_r)
+    (cy, cr) = contract3.allreduce_rmsnorm([args[0]], args[1], args[2], None,
+                                           emit=["norm", "residual"], local=True, weight_bias=1.0,
+                                           rounding=["norm_input_f32", "residual_out_f32"])
+    assert torch.equal(y, cy) and torch.equal(r, cr)
+    assert ulp_distance_16(y, want_y).max() <= 1
+
+
+def test_an_f32_residual_stream_on_the_gpu_is_left_alone_with_the_reason():
+    shapes = [((2, 8, 256), bf)] * 3 + [((256,), bf)] * 2
+    g = trace(_f32_stream_layers, *shapes)
+    p = tt.FusionPass(world_size=2, backend="cuda")
+    p(g)
+    assert p.report.fused == 0
+    reasons = " ".join(p.report.left_alone.values()) if isinstance(p.report.left_alone, dict) \
+        else str(p.report.left_alone)
+    assert "the target's fused op gives the residual only rounded to bf16" in reasons, reasons
+    assert "is f32: the target's fused op and norm kernels take the residual in the " \
+        "activation dtype" in reasons, reasons
+
+
 def test_an_infinite_attribute_makes_its_node_opaque_not_the_graph():
     # A Mamba mixer's clamp(dt, 0, inf) (Falcon-H1, Bamba) has no IR text; the chain beside it
     # still fuses.

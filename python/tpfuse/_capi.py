@@ -20,7 +20,7 @@ import os
 import threading
 from typing import Dict, Optional, Sequence, Tuple
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 UNIQUE_ID_BYTES = 128
 
 # Codes of the C enums (tpfuse_c.h).
@@ -37,7 +37,10 @@ ROUNDING_BITS: Dict[str, int] = {
     "scale_op_swapped": 8,
     "scale_floor_after_div": 16,
     "ue8m0_floor": 32,
+    "residual_out_f32": 64,
 }
+# tpfuse_spec_t.has_residual: none, a residual of the activation dtype, an f32 residual.
+RESIDUAL_NONE, RESIDUAL_ACT, RESIDUAL_F32 = 0, 1, 2
 BACKEND_CODES: Dict[str, int] = {"cpu": 0, "cuda": 1}
 FUSE_LOCAL_CODES: Dict[str, int] = {"auto": 0, "on": 1, "off": 2, "inductor": 3}
 STRATEGY_CODES: Dict[str, int] = {"auto": 0, "oneshot": 1, "twoshot": 2, "nccl": 3}
@@ -237,13 +240,16 @@ def _c_int(value: int, what: str, bits: int = 32, minimum: Optional[int] = None)
 # ---------------------------------------------------------------- spec
 
 def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16",
-              local: bool = False, has_residual: bool = False, eps: float = 1e-6,
+              local: bool = False, has_residual: bool = False, residual_f32: bool = False,
+              eps: float = 1e-6,
               weight_bias: float = 0.0, quant: str = "none", group_size: int = 128,
               scale_layout: str = "row", scale_fmt: str = "f32",
               emit: Sequence[str] = ("norm",), rounding: Sequence[str] = (),
               sum_scale: float = 1.0) -> Spec:
     """A validated tpfuse_spec_t from Contract 3's attribute names. Unknown names raise
-    ValueError naming the attribute; inconsistencies raise TpfuseError from the library."""
+    ValueError naming the attribute; inconsistencies raise TpfuseError from the library.
+    residual_f32: the residual operand is f32 (a residual stream kept in f32); needs
+    has_residual."""
     def code(table: Dict[str, int], value: str, what: str) -> int:
         if value not in table:
             raise ValueError(f"tpfuse: unknown {what} {value!r} (expected one of "
@@ -256,7 +262,10 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
     spec.weight_dtype = code(DTYPE_CODES, weight_dtype, "weight_dtype")
     spec.hidden = _c_int(hidden, "hidden", 64)
     spec.local = int(bool(local))
-    spec.has_residual = int(bool(has_residual))
+    if residual_f32 and not has_residual:
+        raise ValueError("tpfuse: residual_f32 needs has_residual")
+    spec.has_residual = (RESIDUAL_NONE if not has_residual
+                         else RESIDUAL_F32 if residual_f32 else RESIDUAL_ACT)
     spec.eps = float(eps)
     spec.weight_bias = float(weight_bias)
     spec.sum_scale = float(sum_scale)

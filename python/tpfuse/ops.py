@@ -6,14 +6,15 @@ custom op.
         int group_size=128, str scale_layout="row", str scale_fmt="f32",
         str[]? rounding=None, bool local=False, float sum_scale=1.) -> Tensor[]
 
-x [..., H] is this rank's partial sum (bf16 or f16); residual as x or None; weight [H] (bf16,
-f16 or f32); scale an f32 tensor of one element for quant = "fp8_tensor", else None.
+x [..., H] is this rank's partial sum (bf16 or f16); residual as x, or float32 of x's shape (a
+residual stream kept in f32; the CPU backend only), or None; weight [H] (bf16, f16 or f32); scale an f32 tensor of one element for quant = "fp8_tensor", else None.
 sum_scale scales the all-reduced sum before the residual add, rounded to x's dtype (Granite's
 `residual + out * multiplier`); the emitted allreduce is the sum before it.
 `group_name` names the process group (`ProcessGroup.group_name`, as the functional collectives
 take it); "" or a group of one rank is world size 1, where the op runs without communication, as
 it does with local=True (no all_reduce feeds the chain). The results are the emitted ones, in
-Contract 3's order: allreduce, norm, residual (x's shape and dtype), then q (float8_e4m3fn, x's
+Contract 3's order: allreduce, norm, residual (x's shape and dtype; float32 under rounding
+"residual_out_f32"), then q (float8_e4m3fn, x's
 shape) and, for fp8_token / fp8_group, s (f32: x.shape[:-1] + [H / group_size] row-major, or
 [H / group_size, pad4(T)] column-major, T the rows of x).
 
@@ -89,8 +90,9 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
         if residual.shape != x.shape:
             _fail(ValueError, f"residual must have x's shape {list(x.shape)}, "
                               f"got {list(residual.shape)}")
-        if residual.dtype != x.dtype:
-            _fail(TypeError, f"residual must have x's dtype {x.dtype}, got {residual.dtype}")
+        if residual.dtype not in (x.dtype, torch.float32):
+            _fail(TypeError, f"residual must have x's dtype {x.dtype} or be float32 (a residual "
+                             f"stream kept in f32), got {residual.dtype}")
         if residual.device != x.device:
             _fail(ValueError, f"residual must be on x's device {x.device}, got {residual.device}")
     if weight.dim() != 1 or weight.shape[0] != hidden:
@@ -117,7 +119,9 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
     try:
         spec = _capi.make_spec(hidden=hidden, act_dtype=_ACT_DTYPES[x.dtype],
                                weight_dtype=_WEIGHT_DTYPES[weight.dtype], local=local,
-                               has_residual=residual is not None, eps=eps,
+                               has_residual=residual is not None,
+                               residual_f32=residual is not None and residual.dtype == torch.float32,
+                               eps=eps,
                                weight_bias=weight_bias, quant=quant, group_size=group_size,
                                scale_layout=scale_layout, scale_fmt=scale_fmt, emit=emit,
                                rounding=rounding or (), sum_scale=sum_scale)
@@ -140,7 +144,8 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
                     results.append((tuple(x.shape[:-1]) + (groups,), torch.float32))
                 names.append("s")
         else:
-            results.append((tuple(x.shape), x.dtype))
+            f32 = name == "residual" and "residual_out_f32" in (rounding or ())
+            results.append((tuple(x.shape), torch.float32 if f32 else x.dtype))
             names.append(name)
     return _Plan(spec, tokens, hidden, results, names)
 

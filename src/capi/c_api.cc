@@ -95,7 +95,12 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
   TPFUSE_ASSIGN_OR_RETURN(s.weight_dtype, ToDType(c->weight_dtype, "weight_dtype"));
   s.hidden = c->hidden;
   s.local = c->local != 0;
-  s.has_residual = c->has_residual != 0;
+  switch (c->has_residual) {
+    case TPFUSE_RESIDUAL_NONE: break;
+    case TPFUSE_RESIDUAL_ACT: s.has_residual = true; break;
+    case TPFUSE_RESIDUAL_F32: s.has_residual = s.residual_f32_in = true; break;
+    default: return InvalidArgument("spec.has_residual: unknown residual code ", c->has_residual);
+  }
   s.eps = c->eps;
   s.weight_bias = c->weight_bias;
   s.sum_scale = c->sum_scale;
@@ -127,7 +132,8 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
   constexpr uint32_t kRoundingBits =
       TPFUSE_ROUNDING_NORM_INPUT_F32 | TPFUSE_ROUNDING_WEIGHT_AFTER_ROUND |
       TPFUSE_ROUNDING_WEIGHT_BIAS_IN_WEIGHT_DTYPE | TPFUSE_ROUNDING_SCALE_OP_SWAPPED |
-      TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV | TPFUSE_ROUNDING_UE8M0_FLOOR;
+      TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV | TPFUSE_ROUNDING_UE8M0_FLOOR |
+      TPFUSE_ROUNDING_RESIDUAL_OUT_F32;
   if (c->rounding & ~kRoundingBits)
     return InvalidArgument("spec.rounding: unknown bits 0x", std::hex, c->rounding & ~kRoundingBits);
   s.rounding.norm_input_f32 = c->rounding & TPFUSE_ROUNDING_NORM_INPUT_F32;
@@ -136,6 +142,7 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
   s.rounding.scale_op_swapped = c->rounding & TPFUSE_ROUNDING_SCALE_OP_SWAPPED;
   s.rounding.scale_floor_after_div = c->rounding & TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV;
   s.rounding.ue8m0_floor = c->rounding & TPFUSE_ROUNDING_UE8M0_FLOOR;
+  s.rounding.residual_out_f32 = c->rounding & TPFUSE_ROUNDING_RESIDUAL_OUT_F32;
   TPFUSE_RETURN_IF_ERROR(s.Validate().WithContext("spec"));
   return s;
 }
@@ -174,7 +181,7 @@ Status ReferenceFused(const tpfuse_spec_t* c_spec, int64_t tokens, int32_t world
   if (spec.has_residual) TPFUSE_RETURN_IF_ERROR(Require(b->residual, "buffers.residual"));
   TPFUSE_RETURN_IF_ERROR(Require(b->weight, "buffers.weight"));
   std::optional<HostTensor> residual, scale;
-  if (spec.has_residual) residual = CopyIn(b->residual, spec.act_dtype, shape);
+  if (spec.has_residual) residual = CopyIn(b->residual, spec.residual_in_dtype(), shape);
   const HostTensor w = CopyIn(b->weight, spec.weight_dtype, {spec.hidden});
   if (spec.quant == QuantMode::kFp8Tensor) {
     TPFUSE_RETURN_IF_ERROR(Require(b->scale, "buffers.scale"));

@@ -116,6 +116,7 @@ std::vector<std::string> RoundingRecipe::Names() const {
   if (scale_op_swapped) names.push_back("scale_op_swapped");
   if (scale_floor_after_div) names.push_back("scale_floor_after_div");
   if (ue8m0_floor) names.push_back("ue8m0_floor");
+  if (residual_out_f32) names.push_back("residual_out_f32");
   return names;
 }
 
@@ -129,11 +130,12 @@ StatusOr<RoundingRecipe> RoundingRecipe::FromNames(const std::vector<std::string
     else if (name == "scale_op_swapped") field = &recipe.scale_op_swapped;
     else if (name == "scale_floor_after_div") field = &recipe.scale_floor_after_div;
     else if (name == "ue8m0_floor") field = &recipe.ue8m0_floor;
+    else if (name == "residual_out_f32") field = &recipe.residual_out_f32;
     else
       return InvalidArgument("unknown rounding entry '", name,
                              "' (expected norm_input_f32, weight_after_round, "
                              "weight_bias_in_weight_dtype, scale_op_swapped, "
-                             "scale_floor_after_div or ue8m0_floor)");
+                             "scale_floor_after_div, ue8m0_floor or residual_out_f32)");
     if (*field) return InvalidArgument("rounding entry '", name, "' appears twice");
     *field = true;
   }
@@ -165,6 +167,10 @@ Status AllreduceRmsnormSpec::Validate() const {
     return InvalidArgument("emit has allreduce but the op is local (no all_reduce to emit)");
   if (emit.residual && !has_residual)
     return InvalidArgument("emit has residual but the op has no residual operand");
+  if (residual_f32_in && !has_residual)
+    return InvalidArgument("the residual is f32 but the op has no residual operand");
+  if (rounding.residual_out_f32 && !has_residual)
+    return InvalidArgument("rounding residual_out_f32 needs a residual operand");
   if (quant == QuantMode::kFp8Group) {
     if (group_size <= 0) return InvalidArgument("group_size must be positive, got ", group_size);
     if (hidden % group_size != 0)
@@ -203,7 +209,8 @@ std::string AllreduceRmsnormSpec::ToString() const {
   std::string emit_names;
   for (const std::string& n : emit.Names()) emit_names += (emit_names.empty() ? "" : ",") + n;
   std::string s = StrCat("allreduce_rmsnorm{", local ? "local " : "", "H=", hidden, " act=", DTypeName(act_dtype),
-                         " w=", DTypeName(weight_dtype), " residual=", has_residual ? "yes" : "no",
+                         " w=", DTypeName(weight_dtype),
+                         " residual=", has_residual ? (residual_f32_in ? "f32" : "yes") : "no",
                          " quant=", QuantModeName(quant));
   if (quant == QuantMode::kFp8Group) s += StrCat(" group=", group_size);
   if (IsDynamicQuant(quant))
@@ -255,6 +262,11 @@ std::string FusionCapabilities::WhyUnsupported(const AllreduceRmsnormSpec& spec,
     return StrCat("column-major scales are not supported by backend ", backend);
   if (IsDynamicQuant(spec.quant) && spec.scale_fmt == ScaleFormat::kUe8m0 && !scale_ue8m0)
     return StrCat("ue8m0 scales are not supported by backend ", backend);
+  if (!residual_f32 && spec.has_residual &&
+      (spec.residual_f32_in || spec.rounding.residual_out_f32))
+    return StrCat("backend ", backend, "'s fused op keeps the residual in the activation dtype (",
+                  DTypeName(spec.act_dtype), "): an f32 residual ",
+                  spec.residual_f32_in ? "operand" : "output", " is not supported");
   if (spec.emit.allreduce && !emit_allreduce)
     return StrCat("backend ", backend, " cannot return the all_reduce result from the fused op");
   if (spec.emit.norm && spec.emit.quant && !emit_norm_with_quant)

@@ -352,7 +352,8 @@ StatusOr<RoundingRecipe> ReadRounding(const AttrReader& attrs,
 
 StatusOr<RoundingRecipe> ReadNormRounding(const AttrReader& attrs) {
   if (attrs.op() == "fused_add_rms_norm")
-    return ReadRounding(attrs, {"norm_input_f32", "weight_after_round", "weight_bias_in_weight_dtype"});
+    return ReadRounding(attrs, {"norm_input_f32", "weight_after_round", "weight_bias_in_weight_dtype",
+                                "residual_out_f32"});
   return ReadRounding(attrs, {"weight_after_round", "weight_bias_in_weight_dtype"});
 }
 
@@ -368,6 +369,20 @@ Status CheckNormOperands(const AttrReader& attrs, const TensorType& x, const Ten
   return ReadWeightBias(attrs).status();
 }
 
+// The residual: x's type, or f32 of x's shape (a residual stream kept in f32) for 16-bit x.
+Status CheckResidual(const AttrReader& attrs, const TensorType& residual, const TensorType& x) {
+  if (residual == x) return Status::Ok();
+  if (residual.dtype == DType::kF32 && residual.shape == x.shape && IsHalfType(x.dtype))
+    return Status::Ok();
+  return attrs.Error("residual ", residual.ToString(), " does not match x ", x.ToString(),
+                     " (its type, or f32 of its shape)");
+}
+
+// residual_out: x's type, or f32 of x's shape under rounding residual_out_f32 (h unrounded).
+TensorType ResidualOutType(const TensorType& x, const RoundingRecipe& rounding) {
+  return rounding.residual_out_f32 ? TensorType{DType::kF32, x.shape} : x;
+}
+
 StatusOr<Types> InferRmsNorm(const Types& in, const AttrReader& attrs) {
   TPFUSE_RETURN_IF_ERROR(CheckNormOperands(attrs, in[0], in[1]));
   return Types{in[0]};
@@ -377,9 +392,9 @@ StatusOr<Types> InferFusedAddRmsNorm(const Types& in, const AttrReader& attrs) {
   const TensorType& x = in[0];
   const TensorType& residual = in[1];
   TPFUSE_RETURN_IF_ERROR(CheckNormOperands(attrs, x, in[2]));
-  if (residual != x)
-    return attrs.Error("residual ", residual.ToString(), " does not match x ", x.ToString());
-  return Types{x, x};
+  TPFUSE_RETURN_IF_ERROR(CheckResidual(attrs, residual, x));
+  TPFUSE_ASSIGN_OR_RETURN(RoundingRecipe rounding, ReadNormRounding(attrs));
+  return Types{x, ResidualOutType(x, rounding)};
 }
 
 // The f32 scale of dynamic quantization for x [T, H]: [T, G] (row) or [G, pad4(T)] (col).
@@ -543,8 +558,10 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
     return attrs.Error("x needs a constant hidden dim, got ", x.ToString());
   if (w.rank() != 1 || w.shape[0] != x.shape[1])
     return attrs.Error("weight ", w.ToString(), " does not match the hidden dim of ", x.ToString());
-  if (spec.has_residual && in[at.residual] != x)
-    return attrs.Error("residual ", in[at.residual].ToString(), " does not match x ", x.ToString());
+  if (spec.has_residual) {
+    TPFUSE_RETURN_IF_ERROR(CheckResidual(attrs, in[at.residual], x));
+    spec.residual_f32_in = in[at.residual].dtype != x.dtype;
+  }
   if (has_scale && in[at.scale] != TensorType{DType::kF32, {}})
     return attrs.Error("scale must be f32[], got ", in[at.scale].ToString());
   spec.act_dtype = x.dtype;
@@ -560,7 +577,7 @@ StatusOr<Types> InferAllreduceRmsnorm(const Types& in, const AttrReader& attrs) 
   Types out;
   if (spec.emit.allreduce) out.push_back(x);
   if (spec.emit.norm) out.push_back(x);
-  if (spec.emit.residual) out.push_back(x);
+  if (spec.emit.residual) out.push_back(ResidualOutType(x, spec.rounding));
   if (spec.emit.quant) {
     out.push_back(TensorType{DType::kF8E4M3, x.shape});
     if (IsDynamicQuant(spec.quant)) {

@@ -27,9 +27,12 @@ struct RmsCore {
   ir::Node* input_cast = nullptr;  // cast(x, f32), when present
   // vLLM's native fused-add form: v = add(cast(x, f32), cast(residual, f32)), normalized
   // unrounded; `residual_cast` = cast(v, x's dtype) is the new residual, when the graph has it.
+  // With an f32 residual stream the residual is f32 itself (no cast), and what reads v besides
+  // the norm reads the new residual unrounded (`residual_out_f32`; a cast back stays a cast).
   ir::Node* f32_sum = nullptr;
   ir::Value* residual = nullptr;
   ir::Node* residual_cast = nullptr;
+  bool residual_out_f32 = false;
   // Absorbed nodes, producers first: square, mean, add, rsqrt, core mul.
   std::vector<ir::Node*> nodes;
 };
@@ -51,7 +54,8 @@ bool IsWideningCast(const ir::Node* node) {
 }
 
 // add(cast(x, f32), cast(residual, f32)) with x and residual of one half type and shape (either
-// order: the all_reduce-derived operand becomes x).
+// order: the all_reduce-derived operand becomes x), or add(cast(x, f32), residual) with an f32
+// residual of x's shape (a residual stream kept in f32: SGLang's fp32_residual, vLLM's f16 Gemma).
 struct F32Sum {
   ir::Node* add = nullptr;
   ir::Value* x = nullptr;
@@ -63,7 +67,14 @@ std::optional<F32Sum> MatchF32Sum(ir::Value* v) {
   if (add == nullptr || add->num_operands() != 2) return std::nullopt;
   ir::Node* ca = add->operand(0)->producer();
   ir::Node* cb = add->operand(1)->producer();
-  if (!IsWideningCast(ca) || !IsWideningCast(cb)) return std::nullopt;
+  const bool wa = IsWideningCast(ca), wb = IsWideningCast(cb);
+  if (wa != wb) {
+    ir::Value* x = (wa ? ca : cb)->operand(0);
+    ir::Value* residual = add->operand(wa ? 1 : 0);
+    if (residual->dtype() != DType::kF32 || !(residual->shape() == x->shape())) return std::nullopt;
+    return F32Sum{add, x, residual};
+  }
+  if (!wa) return std::nullopt;
   ir::Value* a = ca->operand(0);
   ir::Value* b = cb->operand(0);
   if (a->type() != b->type()) return std::nullopt;
@@ -71,7 +82,8 @@ std::optional<F32Sum> MatchF32Sum(ir::Value* v) {
   return F32Sum{add, a, b};
 }
 
-std::optional<RmsCore> MatchRmsCore(ir::Value* value, MatchNotes& notes) {
+// `f32_residual`: whether the target's fused op takes an f32 residual (FusionCapabilities).
+std::optional<RmsCore> MatchRmsCore(ir::Value* value, MatchNotes& notes, bool f32_residual) {
   ir::Node* mul = ProducedBy(value, "mul");
   if (mul == nullptr || mul->num_operands() != 2) return std::nullopt;
   for (int j : {0, 1}) {
@@ -108,7 +120,9 @@ std::optional<RmsCore> MatchRmsCore(ir::Value* value, MatchNotes& notes) {
       core.x = cast->operand(0);
       core.input_cast = cast;
     } else if (std::optional<F32Sum> sum = MatchF32Sum(v)) {
-      // The f32 sum feeds the square, the core mul and at most one cast back (the residual).
+      // The f32 sum feeds the square, the core mul and at most one cast back (the residual,
+      // rounded); any other reader takes the residual unrounded, in f32.
+      const ir::Use* f32_reader = nullptr;
       for (const ir::Use& u : v->uses()) {
         if (!u.is_return() && (u.user == square || u.user == mul)) continue;
         if (!u.is_return() && core.residual_cast == nullptr &&
@@ -116,11 +130,23 @@ std::optional<RmsCore> MatchRmsCore(ir::Value* value, MatchNotes& notes) {
           core.residual_cast = u.user;
           continue;
         }
-        notes.Decline(StrCat("the f32 residual sum ", Ref(v), " is also read by ", DescribeUse(u),
-                             ": the fused op gives the residual only rounded to ",
-                             DTypeName(sum->x->dtype())));
+        if (f32_reader == nullptr) f32_reader = &u;
+      }
+      const bool f32_in = sum->residual->dtype() == DType::kF32;
+      if ((f32_reader || f32_in) && !f32_residual) {
+        notes.Decline(f32_in ? StrCat("the residual ", Ref(sum->residual),
+                                      " is f32: the target's fused op and norm kernels take the "
+                                      "residual in the activation dtype, ",
+                                      DTypeName(sum->x->dtype()))
+                             : StrCat("the f32 residual sum ", Ref(v), " is also read by ",
+                                      DescribeUse(*f32_reader),
+                                      ": the target's fused op gives the residual only rounded to ",
+                                      DTypeName(sum->x->dtype())));
         return std::nullopt;
       }
+      // Kept in f32, the new residual is the fused op's f32 output; a cast back reads that.
+      core.residual_out_f32 = f32_reader != nullptr;
+      if (core.residual_out_f32) core.residual_cast = nullptr;
       core.x = sum->x;
       core.residual = sum->residual;
       core.f32_sum = sum->add;
@@ -183,6 +209,13 @@ struct RmsNormMatch {
   InsertionPoint point;  // fused-add form: where fused_add_rms_norm goes
   // No weight multiply (weight.w null): the norm takes a unit weight, full([H], 1) in x's dtype.
   bool unit_weight = false;
+
+  // The values the fused-add form's two results take over: y (the root) and the residual (the
+  // f32 sum kept in f32, or its cast back).
+  ir::Value* residual_taken() const {
+    if (rounding.residual_out_f32) return f32_sum->result();
+    return residual_cast ? residual_cast->result() : nullptr;
+  }
 };
 
 // [cast(x, f32)] -> pow(2) | mul(v, v) -> mean -> add(eps) -> rsqrt -> mul(v, r) -> [cast]
@@ -201,6 +234,9 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
   std::string_view name() const override { return "decomposed_rms_norm"; }
   int benefit() const override { return 10; }
 
+  // Whether the target takes an f32 residual (FusionCapabilities::residual_f32): set per run.
+  bool f32_residual = true;
+
   std::optional<RmsNormMatch> Match(ir::Node* root, MatchNotes& notes) const override {
     if (root->op() != "mul" && root->op() != "cast") return std::nullopt;
     // The multiply by the weight (`weighted`) and, between it and the core, at most one cast.
@@ -213,7 +249,7 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
       ir::Node* mid_cast = root == weighted ? ProducedBy(side, "cast") : nullptr;
       MatchNotes core_notes;
       std::optional<RmsCore> core =
-          MatchRmsCore(mid_cast ? mid_cast->operand(0) : side, core_notes);
+          MatchRmsCore(mid_cast ? mid_cast->operand(0) : side, core_notes, f32_residual);
       if (!core) {
         for (const std::string& d : core_notes.declines()) notes.Decline(d);
         continue;
@@ -230,6 +266,7 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
       // The weight multiplies the normalized value already rounded to x's dtype when the
       // multiply comes after the cast (LlamaRMSNorm's `weight * x.to(input_dtype)`).
       m.rounding.norm_input_f32 = m.f32_sum != nullptr;
+      m.rounding.residual_out_f32 = core->residual_out_f32;
       m.rounding.weight_after_round = mid_cast != nullptr;
       m.rounding.weight_bias_in_weight_dtype =
           m.weight.weight_bias != 0.0 && m.weight.bias_in_weight_dtype;
@@ -268,7 +305,7 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
     if (m.f32_sum) {
       // The residual cast may be used before the norm: fused_add_rms_norm must come first.
       std::vector<ir::Value*> replaced = {m.root->result()};
-      if (m.residual_cast) replaced.push_back(m.residual_cast->result());
+      if (ir::Value* h = m.residual_taken()) replaced.push_back(h);
       std::set<const ir::Node*> absorbed(m.chain.begin(), m.chain.end());
       absorbed.insert(m.f32_sum);
       if (m.residual_cast) absorbed.insert(m.residual_cast);
@@ -289,9 +326,9 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
   // nanochat's norm): rms_norm with a unit weight, full([H], 1) in x's dtype, which rounds
   // n * 1 = n as the cast rounds n. Quiet where a multiply by a tensor reads the cast: that is
   // the weighted form, matched (or declined, with its own reason) at the multiply.
-  static std::optional<RmsNormMatch> MatchUnitWeight(ir::Node* cast, MatchNotes& notes) {
+  std::optional<RmsNormMatch> MatchUnitWeight(ir::Node* cast, MatchNotes& notes) const {
     MatchNotes quiet;
-    std::optional<RmsCore> core = MatchRmsCore(cast->operand(0), quiet);
+    std::optional<RmsCore> core = MatchRmsCore(cast->operand(0), quiet, f32_residual);
     if (!core) return std::nullopt;
     for (const ir::Use& u : cast->result()->uses()) {
       // A multiply by a tensor is the weighted form; one by a scalar is no weight.
@@ -308,6 +345,7 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
     m.residual = core->residual;
     m.residual_cast = core->residual_cast;
     m.rounding.norm_input_f32 = m.f32_sum != nullptr;
+    m.rounding.residual_out_f32 = core->residual_out_f32;
     m.chain = core->nodes;
     m.chain.push_back(cast);
     if (m.x->type().rank() < 1 || !m.x->type().shape.back().is_const()) {
@@ -329,7 +367,7 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
       return false;
     }
     StatusOr<std::vector<ir::TensorType>> inferred =
-        m.f32_sum ? ir::InferResultTypes("fused_add_rms_norm", {x, x, w}, Attrs(m))
+        m.f32_sum ? ir::InferResultTypes("fused_add_rms_norm", {x, m.residual->type(), w}, Attrs(m))
                   : ir::InferResultTypes("rms_norm", {x, w}, Attrs(m));
     if (inferred.ok() && !inferred->empty() && (*inferred)[0] == m.root->result()->type())
       return true;
@@ -383,23 +421,30 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
   }
 
   // The fused-add form: fused_add_rms_norm(x, residual, w) {rounding = [norm_input_f32, ..]};
-  // y replaces the root, residual_out the cast of the f32 sum back to x's dtype.
+  // y replaces the root, residual_out the cast of the f32 sum back to x's dtype, or the f32 sum
+  // itself where the graph keeps it (rounding residual_out_f32).
   static Status RewriteFusedAdd(const RmsNormMatch& m, Rewriter& rw) {
     const std::string y_name = m.root->result()->name();
-    const std::string h_name =
-        m.residual_cast ? m.residual_cast->result()->name() : m.f32_sum->result()->name() + ".h";
+    ir::Value* taken = m.residual_taken();
+    const std::string h_name = taken ? taken->name() : m.f32_sum->result()->name() + ".h";
     rw.SetInsertionPoint(m.point);
     TPFUSE_ASSIGN_OR_RETURN(ir::Value * w, WeightOf(m, rw));
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * fused,
                             rw.Create("fused_add_rms_norm", {m.x, m.residual, w}, Attrs(m),
                                       {y_name, h_name}));
     rw.ReplaceAllUsesWith(m.root->result(), fused->result(0));
-    if (m.residual_cast) rw.ReplaceAllUsesWith(m.residual_cast->result(), fused->result(1));
+    if (taken) {
+      // The chain's own reads of the f32 sum go with the chain.
+      const std::set<const ir::Node*> chain(m.chain.begin(), m.chain.end());
+      rw.ReplaceUsesIf(taken, fused->result(1),
+                       [&](const ir::Use& u) { return u.is_return() || chain.count(u.user) == 0; });
+    }
     std::vector<ir::Node*> absorbed = m.chain;
     absorbed.push_back(m.residual_cast);
     absorbed.push_back(m.f32_sum);
-    absorbed.push_back(m.f32_sum->operand(0)->producer());
-    absorbed.push_back(m.f32_sum->operand(1)->producer());
+    for (ir::Value* operand : m.f32_sum->operands()) {
+      if (IsWideningCast(operand->producer())) absorbed.push_back(operand->producer());
+    }
     absorbed.insert(absorbed.end(), m.weight.nodes.begin(), m.weight.nodes.end());
     TPFUSE_RETURN_IF_ERROR(rw.EraseDead(absorbed));
     return rw.RestoreNames(fused, {y_name, h_name}).status();
@@ -1019,7 +1064,8 @@ struct F32AddOfHalves final : Pattern {
     if (root->kind() != ir::OpKind::kCast || !IsHalfType(root->result()->dtype())) return false;
     std::optional<F32Sum> sum = MatchF32Sum(root->operand(0));
     if (!sum || !SoleUser(sum->add->result(), root)) return false;
-    if (sum->x->dtype() != root->result()->dtype()) return false;
+    if (sum->x->dtype() != root->result()->dtype() || sum->residual->dtype() != sum->x->dtype())
+      return false;
     const std::string name = root->result()->name();
     rw.SetInsertionPointBefore(root);
     TPFUSE_ASSIGN_OR_RETURN(ir::Node * add, rw.Create("add", {sum->x, sum->residual}, {}, {name}));
@@ -1307,7 +1353,9 @@ class CanonicalizePass final : public Pass {
     patterns_.push_back(std::make_unique<ExplicitPromotion>());
     patterns_.push_back(std::make_unique<WideningRoundTrip>());
     patterns_.push_back(std::make_unique<ViewAfterFp8Cast>());
-    patterns_.push_back(std::make_unique<DecomposedRmsNorm>());
+    auto rms_norm = std::make_unique<DecomposedRmsNorm>();
+    rms_norm_ = rms_norm.get();
+    patterns_.push_back(std::move(rms_norm));
     patterns_.push_back(std::make_unique<ClampPair>());
     patterns_.push_back(std::make_unique<PowAsRsqrt>());
     patterns_.push_back(std::make_unique<DecomposedStaticQuant>());
@@ -1325,11 +1373,13 @@ class CanonicalizePass final : public Pass {
   std::string name() const override { return "canonicalize"; }
 
   StatusOr<bool> Run(ir::Graph& graph, PassContext& ctx) override {
+    rms_norm_->f32_residual = ctx.caps.residual_f32;
     return ApplyPatternsGreedily(graph, patterns_, ctx);
   }
 
  private:
   PatternList patterns_;
+  DecomposedRmsNorm* rms_norm_ = nullptr;  // owned by patterns_
 };
 
 }  // namespace

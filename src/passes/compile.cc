@@ -93,6 +93,7 @@ Json FusionJson(const FusionRecord& fusion) {
       {"emit", s.emit.Names()},
       {"rounding", s.rounding.Names()},
       {"has_residual", s.has_residual},
+      {"residual_dtype", std::string(DTypeName(s.has_residual ? s.residual_in_dtype() : s.act_dtype))},
       {"hidden", s.hidden},
       {"act_dtype", std::string(DTypeName(s.act_dtype))},
       {"weight_dtype", std::string(DTypeName(s.weight_dtype))},
@@ -206,7 +207,8 @@ StatusOr<CompileResult> CompileModuleText(std::string_view text, const CompileOp
 std::string DescribeFusion(const FusionRecord& fusion) {
   const AllreduceRmsnormSpec& s = fusion.spec;
   std::string text = StrCat("%", fusion.anchor, ": ", s.local ? "local, " : "",
-                            s.has_residual ? "+residual, " : "", QuantModeName(s.quant));
+                            !s.has_residual ? "" : s.residual_f32_in ? "+f32 residual, " : "+residual, ",
+                            QuantModeName(s.quant));
   if (s.quant == QuantMode::kFp8Group) text += StrCat(" g", s.group_size);
   if (IsDynamicQuant(s.quant)) {
     if (s.scale_layout == ScaleLayout::kCol) text += " col";

@@ -515,9 +515,11 @@ std::string BaseSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
     return StrCat("norm weight ", Ref(c.w), " has type ", TypeOf(c.w), "; expected [", hidden,
                   "] to match the all_reduce's hidden size");
   }
-  if (c.residual && c.residual->type() != t) {
+  const bool f32_residual = c.residual && c.residual->dtype() == DType::kF32 &&
+                            c.residual->shape() == t.shape && IsHalfType(t.dtype);
+  if (c.residual && c.residual->type() != t && !f32_residual) {
     return StrCat("residual ", Ref(c.residual), " has type ", TypeOf(c.residual),
-                  "; expected ", t.ToString(), " like all_reduce ", Ref(a));
+                  "; expected ", t.ToString(), " like all_reduce ", Ref(a), " (or f32 of its shape)");
   }
   if (c.y->type() != t) {
     return StrCat("norm output ", Ref(c.y), " has type ", TypeOf(c.y), "; expected ",
@@ -536,6 +538,7 @@ std::string BaseSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
   // NOTE: hidden is the last dim; rank-3 chains run on [rows, H] views (RowsOf).
   spec.hidden = hidden;
   spec.has_residual = c.residual != nullptr;
+  spec.residual_f32_in = f32_residual;
   spec.eps = float(*eps);
   spec.weight_bias = float(*bias);
   if (c.scale) spec.sum_scale = float(*SumScaleOf(c.scale));
@@ -619,6 +622,8 @@ std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
   emit.norm = UsedOutside(c.y, absorbed);
   emit.residual = c.residual_out && c.residual_out->has_uses();
   emit.quant = quant != nullptr;
+  // An unread residual output has no dtype to keep.
+  if (!emit.residual) plan.spec.rounding.residual_out_f32 = false;
   if (emit.empty()) {
     return Refusal{"unused results", StrCat("nothing after ", c.Start(),
                                             " is used: the norm and its inputs are dead code")};
@@ -951,8 +956,9 @@ class FuseAllreduceEpiloguePass final : public Pass {
     if (flatten) {
       TPFUSE_ASSIGN_OR_RETURN(operands[0], rw.CreateView(operands[0], flat, c.x->name() + ".rows"));
       if (c.residual) {
-        TPFUSE_ASSIGN_OR_RETURN(operands[1],
-                                rw.CreateView(operands[1], flat, c.residual->name() + ".rows"));
+        TPFUSE_ASSIGN_OR_RETURN(
+            operands[1], rw.CreateView(operands[1], ir::TensorType{c.residual->dtype(), flat.shape},
+                                       c.residual->name() + ".rows"));
       }
     }
     std::vector<std::string> fused_names = names;

@@ -65,6 +65,7 @@ StatusOr<std::vector<HostTensor>> NormWithRecipe(const ir::Node& node,
   spec.hidden = hidden;
   spec.local = true;
   spec.has_residual = has_residual;
+  spec.residual_f32_in = has_residual && in[1]->dtype() == DType::kF32 && x.dtype() != DType::kF32;
   spec.eps = eps;
   spec.weight_bias = weight_bias;
   spec.emit.norm = true;

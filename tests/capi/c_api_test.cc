@@ -31,7 +31,7 @@ struct Case {
   const char* name;
   int32_t quant;
   uint32_t emit;
-  bool residual;
+  int32_t residual;  // TPFUSE_RESIDUAL_*
   int32_t scale_layout = TPFUSE_SCALE_LAYOUT_ROW;
   int32_t scale_fmt = TPFUSE_SCALE_FMT_F32;
   int32_t weight_dtype = TPFUSE_DTYPE_BF16;
@@ -62,6 +62,11 @@ const Case kCases[] = {
      TPFUSE_SCALE_FMT_UE8M0, TPFUSE_DTYPE_BF16, TPFUSE_ROUNDING_UE8M0_FLOOR},
     {"sum_scale", TPFUSE_QUANT_NONE, TPFUSE_EMIT_ALLREDUCE | TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL, true,
      TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, 0, 0, 0.22f},
+    {"f32_residual_stream", TPFUSE_QUANT_FP8_TOKEN, TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL | TPFUSE_EMIT_QUANT,
+     TPFUSE_RESIDUAL_F32, TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16,
+     TPFUSE_ROUNDING_NORM_INPUT_F32 | TPFUSE_ROUNDING_RESIDUAL_OUT_F32},
+    {"f32_residual_out", TPFUSE_QUANT_NONE, TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL, TPFUSE_RESIDUAL_ACT,
+     TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, TPFUSE_ROUNDING_RESIDUAL_OUT_F32},
 };
 
 AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
@@ -69,7 +74,8 @@ AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
   s.hidden = hidden;
   s.weight_dtype = c.weight_dtype == TPFUSE_DTYPE_F32 ? DType::kF32 : DType::kBF16;
   s.local = c.local != 0;
-  s.has_residual = c.residual;
+  s.has_residual = c.residual != TPFUSE_RESIDUAL_NONE;
+  s.residual_f32_in = c.residual == TPFUSE_RESIDUAL_F32;
   s.quant = QuantMode(c.quant);  // the C codes follow the C++ enum's order
   s.scale_layout = c.scale_layout == TPFUSE_SCALE_LAYOUT_COL ? ScaleLayout::kCol : ScaleLayout::kRow;
   s.scale_fmt = c.scale_fmt == TPFUSE_SCALE_FMT_UE8M0 ? ScaleFormat::kUe8m0 : ScaleFormat::kF32;
@@ -82,6 +88,7 @@ AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
   s.rounding.scale_op_swapped = c.rounding & TPFUSE_ROUNDING_SCALE_OP_SWAPPED;
   s.rounding.scale_floor_after_div = c.rounding & TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV;
   s.rounding.ue8m0_floor = c.rounding & TPFUSE_ROUNDING_UE8M0_FLOOR;
+  s.rounding.residual_out_f32 = c.rounding & TPFUSE_ROUNDING_RESIDUAL_OUT_F32;
   s.sum_scale = c.sum_scale;
   return s;
 }
@@ -142,7 +149,7 @@ TEST(CApi, ReferenceMatchesTheOracleBitwise) {
         const tpfuse_spec_t cspec = CSpec(c, hidden);
         std::vector<HostTensor> xs;
         for (int r = 0; r < world_size; ++r) xs.push_back(Random(spec.act_dtype, {tokens, hidden}, rng));
-        const HostTensor residual = Random(spec.act_dtype, {tokens, hidden}, rng);
+        const HostTensor residual = Random(spec.residual_in_dtype(), {tokens, hidden}, rng);
         const HostTensor w = Random(spec.weight_dtype, {hidden}, rng);
         HostTensor scale(DType::kF32, {});
         scale.SetF32(0, 0.0234375f);
@@ -153,7 +160,7 @@ TEST(CApi, ReferenceMatchesTheOracleBitwise) {
 
         // Outputs poisoned; every byte must be written.
         HostTensor ar(spec.act_dtype, {tokens, hidden}), y(spec.act_dtype, {tokens, hidden}),
-            h(spec.act_dtype, {tokens, hidden}), q(DType::kF8E4M3, {tokens, hidden});
+            h(spec.residual_out_dtype(), {tokens, hidden}), q(DType::kF8E4M3, {tokens, hidden});
         int64_t scale_elements = -1;
         ASSERT_EQ(tpfuse_spec_scale_elements(&cspec, tokens, &scale_elements), TPFUSE_OK);
         EXPECT_EQ(scale_elements, spec.ScaleElements(tokens));
@@ -248,6 +255,15 @@ TEST(CApi, SpecRejectsUnknownCodesAndInconsistency) {
   int64_t elements = 0;
   ASSERT_EQ(tpfuse_spec_scale_elements(&spec, 5, &elements), TPFUSE_OK);
   EXPECT_EQ(elements, 32 * 8);  // [H / 128, pad4(5)]
+  spec.has_residual = 3;
+  EXPECT_EQ(tpfuse_spec_validate(&spec), TPFUSE_ERR_INVALID_ARGUMENT);
+  EXPECT_STREQ(tpfuse_last_error(), "spec.has_residual: unknown residual code 3");
+  spec.has_residual = TPFUSE_RESIDUAL_NONE;
+  spec.rounding = TPFUSE_ROUNDING_RESIDUAL_OUT_F32;
+  EXPECT_EQ(tpfuse_spec_validate(&spec), TPFUSE_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tpfuse_last_error()).find("residual_out_f32 needs a residual operand"),
+            std::string::npos)
+      << tpfuse_last_error();
 }
 
 TEST(CApi, LastErrorIsPerThread) {

@@ -430,6 +430,34 @@ TEST(CpuReferenceTest, FusedOpHandComputedRow) {
   EXPECT_EQ(Values(out[3]), (std::vector<float>{4, 8, -12, 2}));
 }
 
+// A residual stream kept in f32: h = a + residual in f32 with an f32 residual off bf16's grid;
+// residual_out is h itself under residual_out_f32 and round(h) otherwise, and the norm of the
+// f32 h (norm_input_f32) reads the same h either way.
+TEST(CpuReferenceTest, FusedOpWithAnF32ResidualKeepsTheSumUnrounded) {
+  AllreduceRmsnormSpec spec = Spec(4, true, QuantMode::kNone);
+  spec.residual_f32_in = true;
+  spec.rounding.norm_input_f32 = true;
+  const HostTensor x0 = Make(DType::kBF16, {1, 4}, {1, 1, 1, 1});
+  const HostTensor x1 = Make(DType::kBF16, {1, 4}, {0, 2, -4, 2});
+  // 2^-10 and 2^-12 are below bf16's spacing at 2 (2^-6): a rounded h loses them.
+  const HostTensor res = Make(DType::kF32, {1, 4}, {1 + 0x1p-10f, -1, 1, -1 - 0x1p-12f});
+  const HostTensor w = Make(DType::kBF16, {4}, {1, 1, 1, 1});
+  const std::vector<HostTensor> rounded =
+      Unwrap(AllreduceRmsnorm(spec, std::vector<HostTensor>{x0, x1}, &res, w, nullptr));
+  spec.rounding.residual_out_f32 = true;
+  const std::vector<HostTensor> kept =
+      Unwrap(AllreduceRmsnorm(spec, std::vector<HostTensor>{x0, x1}, &res, w, nullptr));
+  ASSERT_EQ(kept.size(), 2u);  // norm, residual
+  EXPECT_EQ(kept[1].dtype(), DType::kF32);
+  EXPECT_EQ(Values(kept[1]), (std::vector<float>{2 + 0x1p-10f, 2, -2, 2 - 0x1p-12f}));
+  EXPECT_EQ(rounded[1].dtype(), DType::kBF16);
+  EXPECT_EQ(Values(rounded[1]), (std::vector<float>{2, 2, -2, 2}));
+  EXPECT_EQ(Values(kept[0]), Values(rounded[0]));
+  // The residual's dtype is the spec's: a bf16 residual for an f32 one is an error.
+  const HostTensor res_bf16 = Make(DType::kBF16, {1, 4}, {1, -1, 1, -1});
+  EXPECT_FALSE(AllreduceRmsnorm(spec, std::vector<HostTensor>{x0, x1}, &res_bf16, w, nullptr).ok());
+}
+
 // The unfused chain on the CPU: all_reduce -> [fused_add_]rms_norm -> quant_fp8.
 std::vector<HostTensor> UnfusedChain(const AllreduceRmsnormSpec& spec,
                                      const std::vector<HostTensor>& partials,

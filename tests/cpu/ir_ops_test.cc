@@ -332,12 +332,32 @@ TEST(IrOpsTest, FusedAddRmsNorm) {
             "bf16[T, 4096], bf16[T, 4096]");
   EXPECT_EQ(Infer("fused_add_rms_norm", {"f16[3, 64]", "f16[3, 64]", "f32[64]"}, {{"eps", kEps}}),
             "f16[3, 64], f16[3, 64]");
+  // A residual stream kept in f32: an f32 residual, and residual_out f32 under residual_out_f32.
   EXPECT_EQ(
       Infer("fused_add_rms_norm", {"bf16[T, 4096]", "f32[T, 4096]", "bf16[4096]"}, {{"eps", kEps}}),
-      "error: fused_add_rms_norm: residual f32[T, 4096] does not match x bf16[T, 4096]");
+      "bf16[T, 4096], bf16[T, 4096]");
+  EXPECT_EQ(Infer("fused_add_rms_norm", {"f16[T, 64]", "f32[T, 64]", "f16[64]"},
+                  {{"eps", kEps}, {"rounding", Attr::StrList({"norm_input_f32", "residual_out_f32"})}}),
+            "f16[T, 64], f32[T, 64]");
+  EXPECT_EQ(Infer("fused_add_rms_norm", {"f16[T, 64]", "f16[T, 64]", "f16[64]"},
+                  {{"eps", kEps}, {"rounding", Attr::StrList({"residual_out_f32"})}}),
+            "f16[T, 64], f32[T, 64]");
+  EXPECT_EQ(Infer("rms_norm", {"f16[T, 64]", "f16[64]"},
+                  {{"eps", kEps}, {"rounding", Attr::StrList({"residual_out_f32"})}}),
+            "error: rms_norm: rounding entry 'residual_out_f32' does not apply here "
+            "(weight_after_round, weight_bias_in_weight_dtype)");
+  EXPECT_EQ(
+      Infer("fused_add_rms_norm", {"bf16[T, 4096]", "f16[T, 4096]", "bf16[4096]"}, {{"eps", kEps}}),
+      "error: fused_add_rms_norm: residual f16[T, 4096] does not match x bf16[T, 4096] (its type, "
+      "or f32 of its shape)");
+  EXPECT_EQ(
+      Infer("fused_add_rms_norm", {"bf16[T, 4096]", "f32[4096]", "bf16[4096]"}, {{"eps", kEps}}),
+      "error: fused_add_rms_norm: residual f32[4096] does not match x bf16[T, 4096] (its type, or "
+      "f32 of its shape)");
   EXPECT_EQ(
       Infer("fused_add_rms_norm", {"bf16[T, 4096]", "bf16[4096]", "bf16[4096]"}, {{"eps", kEps}}),
-      "error: fused_add_rms_norm: residual bf16[4096] does not match x bf16[T, 4096]");
+      "error: fused_add_rms_norm: residual bf16[4096] does not match x bf16[T, 4096] (its type, or "
+      "f32 of its shape)");
   EXPECT_EQ(
       Infer("fused_add_rms_norm", {"bf16[T, 4096]", "bf16[T, 4096]", "bf16[128]"}, {{"eps", kEps}}),
       "error: fused_add_rms_norm: weight bf16[128] does not match the hidden dim of "
@@ -519,6 +539,14 @@ TEST(IrOpsTest, AllreduceRmsnormResults) {
   EXPECT_EQ(Infer("allreduce_rmsnorm", {x, x, "bf16[4096]", "f32[]"},
                   Fused({"quant", "residual"}, "fp8_tensor")),
             x + ", f8e4m3[T, 4096]");
+  // A residual stream kept in f32: the residual f32 in, and out under residual_out_f32.
+  AttrMap f32_out = Fused({"norm", "residual"});
+  f32_out["rounding"] = Names({"norm_input_f32", "residual_out_f32"});
+  EXPECT_EQ(Infer("allreduce_rmsnorm", {x, "f32[T, 4096]", "bf16[4096]"}, f32_out),
+            x + ", f32[T, 4096]");
+  EXPECT_EQ(Infer("allreduce_rmsnorm", {x, x, "bf16[4096]"}, f32_out), x + ", f32[T, 4096]");
+  EXPECT_EQ(Infer("allreduce_rmsnorm", {x, "f32[T, 4096]", "bf16[4096]"}, Fused({"norm", "residual"})),
+            x + ", " + x);
   EXPECT_EQ(Infer("allreduce_rmsnorm", {x, "bf16[4096]", "f32[]"}, Fused({"quant"}, "fp8_tensor")),
             "f8e4m3[T, 4096]");
   EXPECT_EQ(Infer("allreduce_rmsnorm", {x, x, "bf16[4096]"}, Fused({"quant"}, "fp8_token")),
@@ -572,7 +600,12 @@ TEST(IrOpsTest, AllreduceRmsnormErrors) {
             "error: allreduce_rmsnorm: weight bf16[T, 4096] does not match the hidden dim of "
             "bf16[T, 4096]");
   EXPECT_EQ(Infer("allreduce_rmsnorm", {x, "f16[T, 4096]", w}, Fused({"norm"})),
-            "error: allreduce_rmsnorm: residual f16[T, 4096] does not match x bf16[T, 4096]");
+            "error: allreduce_rmsnorm: residual f16[T, 4096] does not match x bf16[T, 4096] (its "
+            "type, or f32 of its shape)");
+  AttrMap f32_out_no_residual = Fused({"norm"});
+  f32_out_no_residual["rounding"] = Names({"residual_out_f32"});
+  EXPECT_EQ(Infer("allreduce_rmsnorm", {x, w}, f32_out_no_residual),
+            "error: allreduce_rmsnorm: rounding residual_out_f32 needs a residual operand");
   EXPECT_EQ(Infer("allreduce_rmsnorm", {"bf16[4096]", w}, Fused({"norm"})),
             "error: allreduce_rmsnorm: x must be [T, H], got bf16[4096]");
   EXPECT_EQ(Infer("allreduce_rmsnorm", {"bf16[T, H]", "bf16[H]"}, Fused({"norm"})),

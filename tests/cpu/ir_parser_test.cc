@@ -236,7 +236,7 @@ TEST(IrParserTest, InferenceErrorsPointAtTheOp) {
               "matmul: a and b must have one dtype, got bf16[T, 8] and f32[]");
   ExpectError(Func("  %a = all_reduce(%x)\n  %y, %r = <!>fused_add_rms_norm(%a, %w, %w) "
                    "{eps = 1e-6}\n  return %y\n"),
-              "fused_add_rms_norm: residual bf16[8] does not match x bf16[T, 8]");
+              "fused_add_rms_norm: residual bf16[8] does not match x bf16[T, 8] (its type, or f32 of its shape)");
   ExpectError(Func("  %q = <!>quant_fp8(%x) {mode = tensor}\n  return %q\n"),
               "quant_fp8: mode tensor needs a scale operand (f32[])");
   ExpectError(Func("  %y = <!>rms_norm(%x, %w)\n  return %y\n"),

@@ -350,10 +350,11 @@ TEST(PassesCanonicalize, AnF32SumOfABroadcastDeclinesAndSaysWhy) {
   EXPECT_EQ(CountOp(*c.after, "fused_add_rms_norm") + CountOp(*c.after, "rms_norm"), 0);
 }
 
-// vLLM's Gemma norm at f16 keeps the f32 sum itself as the residual: the fused op returns the
-// residual rounded to f16 only, so the norm stays, and the reason names the use.
-TEST(PassesCanonicalize, AnF32ResidualSumReadUnroundedDeclinesAndSaysWhere) {
-  Compiled c = Canonicalize(R"(
+// vLLM's Gemma norm at f16 keeps the f32 sum itself as the residual (and SGLang's
+// fp32_residual): the sum folds into fused_add_rms_norm whose residual_out is that f32 sum
+// (rounding residual_out_f32), and the graph returns it. A target whose fused op keeps the
+// residual in the activation dtype (CUDA) leaves the norm as written and says why.
+constexpr std::string_view kF32ResidualSum = R"(
     func @f(%x: f16[T, 64], %res: f16[T, 64], %g: f16[64]) {
       %xf = cast(%x) {to = f32}
       %rf = cast(%res) {to = f32}
@@ -367,14 +368,58 @@ TEST(PassesCanonicalize, AnF32ResidualSumReadUnroundedDeclinesAndSaysWhere) {
       %w1 = add(%gf) {scalar = 1}
       %y = mul(%n, %w1)
       %yc = cast(%y) {to = f16}
+      %vc = cast(%v) {to = f16}
+      return %yc, %v, %vc
+    }
+  )";
+
+TEST(PassesCanonicalize, AnF32ResidualSumReadUnroundedIsTheResidualOutInF32) {
+  Compiled c = Canonicalize(kF32ResidualSum);
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %yc, %v = fused_add_rms_norm(%x, %res, %g)
+    CHECK-SAME: rounding = ["norm_input_f32", "residual_out_f32"]
+    CHECK-SAME: weight_bias = 1
+    CHECK: %vc = cast(%v) {to = f16}
+    CHECK: return %yc, %v, %vc
+  )");
+  EXPECT_EQ(c.after->FindValue("v")->type().ToString(), "f32[T, 64]");
+}
+
+TEST(PassesCanonicalize, AnF32ResidualOperandIsTheResidualStreamInF32) {
+  Compiled c = Canonicalize(R"(
+    func @f(%x: bf16[T, 64], %res: f32[T, 64], %g: bf16[64]) {
+      %xf = cast(%x) {to = f32}
+      %v = add(%res, %xf)
+      %sq = pow(%v) {exponent = 2}
+      %m = mean(%sq) {dim = -1, keepdim = true}
+      %me = add(%m) {scalar = 1e-6}
+      %r = rsqrt(%me)
+      %n = mul(%v, %r)
+      %y = mul(%n, %g)
+      %yc = cast(%y) {to = bf16}
       return %yc, %v
     }
   )");
   ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %yc, %v = fused_add_rms_norm(%x, %res, %g)
+    CHECK-SAME: rounding = ["norm_input_f32", "residual_out_f32"]
+    CHECK: return %yc, %v
+  )");
+}
+
+TEST(PassesCanonicalize, AnF32ResidualOnATargetWithoutOneDeclinesAndSaysWhy) {
+  PassManager canonicalize;
+  canonicalize.Add(MakeCanonicalizePass());
+  PassContext cuda;
+  cuda.caps = CudaFusionCapabilities();
+  Compiled c = Compile(kF32ResidualSum, cuda, &canonicalize);
+  ASSERT_TRUE(c.ok());
   // Declined at each node the form may end at: the weight multiply and the cast after it.
   EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm",
-                    "declined: the f32 residual sum %v is also read by the return: the fused op "
-                    "gives the residual only rounded to f16"),
+                    "declined: the f32 residual sum %v is also read by the return: the target's "
+                    "fused op gives the residual only rounded to f16"),
             2)
       << DescribeReport(c.ctx);
   EXPECT_EQ(CountOp(*c.after, "fused_add_rms_norm") + CountOp(*c.after, "rms_norm"), 0);

@@ -232,6 +232,80 @@ TEST(PassesForms, AScaledLocalChainFusesAtWorldSizeOne) {
   ExpectBitwiseOutputs(*c.before, *c.after, 1, {1, 5, 33}, {4, 8});
 }
 
+// A residual stream kept in f32 (SGLang's fp32_residual, vLLM's f16 Gemma): the first layer adds
+// an f16 residual and keeps the f32 sum, the second adds that f32 residual ([B, S, H], viewed as
+// rows) and quantizes the norm with a static scale. Both fuse, each with its residual's dtype and the f32
+// output, and change no bit. A target whose fused op keeps the residual in f16 says why not.
+constexpr char kF32ResidualStream[] = R"(
+  func @f(%x0: f16[B, S, 256], %x1: f16[B, S, 256], %res: f16[B, S, 256], %g0: f16[256],
+          %g1: f16[256], %sc: f32[]) {
+    %ar0 = all_reduce(%x0)
+    %a0 = cast(%ar0) {to = f32}
+    %r0 = cast(%res) {to = f32}
+    %h0 = add(%a0, %r0)
+    %sq0 = pow(%h0) {exponent = 2}
+    %m0 = mean(%sq0) {dim = -1, keepdim = true}
+    %e0 = add(%m0) {scalar = 1e-6}
+    %rs0 = rsqrt(%e0)
+    %n0 = mul(%h0, %rs0)
+    %gf0 = cast(%g0) {to = f32}
+    %w0 = add(%gf0) {scalar = 1}
+    %yf0 = mul(%n0, %w0)
+    %y0 = cast(%yf0) {to = f16}
+    %ar1 = all_reduce(%x1)
+    %a1 = cast(%ar1) {to = f32}
+    %h1 = add(%a1, %h0)
+    %sq1 = pow(%h1) {exponent = 2}
+    %m1 = mean(%sq1) {dim = -1, keepdim = true}
+    %e1 = add(%m1) {scalar = 1e-6}
+    %rs1 = rsqrt(%e1)
+    %n1 = mul(%h1, %rs1)
+    %gf1 = cast(%g1) {to = f32}
+    %w1 = add(%gf1) {scalar = 1}
+    %yf1 = mul(%n1, %w1)
+    %y1 = cast(%yf1) {to = f16}
+    %q1 = quant_fp8(%y1, %sc) {mode = "tensor"}
+    return %y0, %q1, %h1
+  }
+)";
+
+TEST(PassesForms, AnF32ResidualStreamFusesWithItsDtypes) {
+  Compiled c = Compile(kF32ResidualStream);
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 2u) << DescribeReport(c.ctx) << Print(*c.after);
+  const AllreduceRmsnormSpec& first = c.ctx.fusions[0].spec;
+  const AllreduceRmsnormSpec& second = c.ctx.fusions[1].spec;
+  EXPECT_FALSE(first.residual_f32_in) << first.ToString();
+  EXPECT_TRUE(second.residual_f32_in) << second.ToString();
+  for (const AllreduceRmsnormSpec& spec : {first, second}) {
+    EXPECT_TRUE(spec.emit.residual) << spec.ToString();
+    EXPECT_TRUE(spec.rounding.residual_out_f32) << spec.ToString();
+    EXPECT_TRUE(spec.rounding.norm_input_f32) << spec.ToString();
+  }
+  EXPECT_EQ(second.quant, QuantMode::kFp8Tensor);
+  EXPECT_EQ(CountOp(*c.after, "cast"), 0) << Print(*c.after);
+  EXPECT_EQ(c.after->FindValue("h1")->type().ToString(), "f32[B, S, 256]") << Print(*c.after);
+  ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {2, 9});
+  // Every rank's sum in the residual: values far from bf16's grid still add exactly in f32.
+  ExpectBitwiseOutputs(*c.before, *c.after, 3, {7}, {5});
+}
+
+TEST(PassesForms, AnF32ResidualStreamOnATargetWithoutOneSaysWhy) {
+  PassContext cuda;
+  cuda.caps = CudaFusionCapabilities();
+  Compiled c = Compile(kF32ResidualStream, cuda);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c.ctx.fusions.size(), 0u) << DescribeReport(c.ctx) << Print(*c.after);
+  ASSERT_EQ(c.ctx.rejections.size(), 2u) << DescribeReport(c.ctx);
+  EXPECT_NE(c.ctx.rejections[0].reason.find(
+                "the f32 residual sum %h0 is also read by add %h1: the target's fused op gives "
+                "the residual only rounded to f16"),
+            std::string::npos)
+      << c.ctx.rejections[0].reason;
+  EXPECT_NE(c.ctx.rejections[1].reason.find("the residual %h0 is f32"), std::string::npos)
+      << c.ctx.rejections[1].reason;
+}
+
 TEST(PassesForms, StaticQuantDividesOrMultipliesByTheReciprocal) {
   Compiled c = Compile(ReadForm("vllm_native_static_quant.tpg"));
   ASSERT_TRUE(c.ok());

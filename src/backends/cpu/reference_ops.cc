@@ -566,9 +566,11 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
   if (spec.has_residual != (residual != nullptr))
     return InvalidArgument("allreduce_rmsnorm: the spec ", spec.has_residual ? "has" : "has no",
                            " residual but the call passes ", residual ? "one" : "none");
-  if (residual && (residual->dtype() != spec.act_dtype || residual->shape() != partials[0]->shape()))
-    return InvalidArgument("allreduce_rmsnorm: residual ", residual->TypeString(),
-                           " does not match x ", partials[0]->TypeString());
+  if (residual &&
+      (residual->dtype() != spec.residual_in_dtype() || residual->shape() != partials[0]->shape()))
+    return InvalidArgument("allreduce_rmsnorm: residual ", residual->TypeString(), " does not match x ",
+                           partials[0]->TypeString(), " (the spec's residual is ",
+                           DTypeName(spec.residual_in_dtype()), ")");
   if (w.dtype() != spec.weight_dtype || w.numel() != spec.hidden)
     return InvalidArgument("allreduce_rmsnorm: w is ", w.TypeString(), ", expected ",
                            DTypeName(spec.weight_dtype), "[", spec.hidden, "]");
@@ -585,14 +587,17 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
   if (spec.sum_scale != 1.0f) {
     for (int64_t i = 0; i < a.numel(); ++i) h.SetF32(i, a.GetF32(i) * spec.sum_scale);
   }
-  // 2. h = a' + residual in f32; residual_out = round(h); the norm reads round(h) or, with
-  // rounding.norm_input_f32, the f32 h itself.
+  // 2. h = a' + residual in f32; residual_out = round(h) (or h itself, rounding.residual_out_f32);
+  // the norm reads round(h) or, with rounding.norm_input_f32, the f32 h itself.
   std::vector<float> u = Decode(h);
   if (residual) {
+    HostTensor rounded(spec.act_dtype, a.shape());
+    h = HostTensor(spec.residual_out_dtype(), a.shape());
     for (int64_t i = 0; i < a.numel(); ++i) {
       const float sum = u[size_t(i)] + residual->GetF32(i);
       h.SetF32(i, sum);
-      u[size_t(i)] = spec.rounding.norm_input_f32 ? sum : h.GetF32(i);
+      rounded.SetF32(i, sum);
+      u[size_t(i)] = spec.rounding.norm_input_f32 ? sum : rounded.GetF32(i);
     }
   }
   // 3. y = round(u * r * w') or round(round(u * r) * w').
