@@ -27,6 +27,11 @@ together are under 2 x L2 the L2 is overwritten between replays, outside the tim
     python bench/inductor_epilogue.py --csv out.csv
     python bench/inductor_epilogue.py --no-residual --quant none --hidden 64,128,256 \
         --tokens 32,1024,32768,262144                        # q_norm / k_norm rows
+    python bench/inductor_epilogue.py --f32-residual         # the residual stream in f32
+
+With --f32-residual the residual stream is kept in f32 (SGLang's fp32_residual, vLLM's f16
+Gemma): the residual is f32, h = x.float() + residual is returned unrounded and normalized as it
+is (the fused op's rounding norm_input_f32 and residual_out_f32), 4 bytes a value each way.
 
 Checked: in every cell, the fused op's results for the first and last 256 rows of its call on all
 T rows (the launch the timing replays) against the CPU backend, the oracle, on those rows, bit for
@@ -71,10 +76,13 @@ def parse_list(text: str, kind=int) -> List:
 
 # ---------------------------------------------------------------- the chain in torch
 
-def torch_chain(quant: str, with_residual: bool = True) -> Callable:
+def torch_chain(quant: str, with_residual: bool = True, f32_residual: bool = False) -> Callable:
     def chain(x, residual, weight, inv_scale):
-        h = x + residual if with_residual else x
-        hf = h.float()
+        if f32_residual:  # the f32 sum is the new residual and the norm's input
+            h = hf = x.float() + residual
+        else:
+            h = x + residual if with_residual else x
+            hf = h.float()
         r = torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + EPS)
         y = (hf * r * weight.float()).to(x.dtype)
         hs = (h,) if with_residual else ()
@@ -104,15 +112,16 @@ def emitted(quant: str, with_residual: bool) -> List[str]:
     return emit + ([] if quant == "none" else ["quant"])
 
 
-def tpfuse_call(quant: str, with_residual: bool = True) -> Callable:
+def tpfuse_call(quant: str, with_residual: bool = True, f32_residual: bool = False) -> Callable:
     import tpfuse  # noqa: F401  (registers the op)
     op = torch.ops.tpfuse.allreduce_rmsnorm
     emit = emitted(quant, with_residual)
+    rounding = ["norm_input_f32", "residual_out_f32"] if f32_residual else None
 
     def call(x, residual, weight, scale):
         return op(x, residual if with_residual else None, weight,
                   scale if quant == "fp8_tensor" else None, emit=emit, eps=EPS, quant=quant,
-                  group_size=group_size(x.shape[-1]))
+                  group_size=group_size(x.shape[-1]), rounding=rounding)
     return call
 
 
@@ -137,11 +146,12 @@ def check_rows(fused: Callable, x, residual, weight, scale, rows: int = 256) -> 
     return "bitwise"
 
 
-def bytes_moved(tokens: int, hidden: int, quant: str, with_residual: bool = True) -> int:
+def bytes_moved(tokens: int, hidden: int, quant: str, with_residual: bool = True,
+                f32_residual: bool = False) -> int:
     act = tokens * hidden * 2
     n = act + hidden * 2            # x, weight
     if with_residual:
-        n += 2 * act                # residual read, h written
+        n += (4 if f32_residual else 2) * act  # residual read, h written
     if quant != "none":
         n += tokens * hidden        # q
     if quant in ("none", "fp8_group"):
@@ -184,7 +194,8 @@ class Timer:
         return statistics.median(times)
 
 
-def make_sets(tokens: int, hidden: int, count: int, seed: int, dynamic_tokens: bool):
+def make_sets(tokens: int, hidden: int, count: int, seed: int, dynamic_tokens: bool,
+              f32_residual: bool = False):
     g = torch.Generator(device="cuda").manual_seed(seed)
     weight = (torch.rand(hidden, generator=g, device="cuda") + 0.5).to(torch.bfloat16)
     scale = torch.full((), 1.0 / 64, dtype=torch.float32, device="cuda")
@@ -192,7 +203,9 @@ def make_sets(tokens: int, hidden: int, count: int, seed: int, dynamic_tokens: b
     sets_torch, sets_tpfuse = [], []
     for _ in range(count):
         x = (torch.rand(tokens, hidden, generator=g, device="cuda") * 2 - 1).to(torch.bfloat16)
-        r = (torch.rand(tokens, hidden, generator=g, device="cuda") * 2 - 1).to(torch.bfloat16)
+        r = torch.rand(tokens, hidden, generator=g, device="cuda") * 2 - 1
+        if not f32_residual:
+            r = r.to(torch.bfloat16)
         if dynamic_tokens:  # T symbolic for Inductor, H a constant it specializes on
             torch._dynamo.maybe_mark_dynamic(x, 0)
             torch._dynamo.maybe_mark_dynamic(r, 0)
@@ -217,8 +230,12 @@ def main() -> int:
     ap.add_argument("--no-tpfuse", action="store_true", help="time the torch chain alone")
     ap.add_argument("--no-residual", action="store_true",
                     help="the norm alone (h = x), as the first layer's norm or a head norm")
+    ap.add_argument("--f32-residual", action="store_true",
+                    help="the residual stream in f32: an f32 residual, h returned in f32")
     ap.add_argument("--csv", help="write the CSV here (default: after the tables, on stdout)")
     args = ap.parse_args()
+    if args.f32_residual and args.no_residual:
+        ap.error("--f32-residual needs the residual: drop --no-residual")
     hiddens, tokens_list = parse_list(args.hidden), parse_list(args.tokens)
     quants = parse_list(args.quant, str)
     for q in quants:
@@ -251,20 +268,20 @@ def main() -> int:
             # Every (H, quant) compiles afresh: the chains share one code object, and Dynamo's
             # cache per code object would otherwise fill up and fall back to eager.
             torch._dynamo.reset()
-            with_residual = not args.no_residual
-            compiled = torch.compile(torch_chain(quant, with_residual),
+            with_residual, f32 = not args.no_residual, args.f32_residual
+            compiled = torch.compile(torch_chain(quant, with_residual, f32),
                                      dynamic=False if args.static else None)
-            fused = tpfuse_call(quant, with_residual) if use_tpfuse else None
+            fused = tpfuse_call(quant, with_residual, f32) if use_tpfuse else None
             table = []
             for tokens in tokens_list:
                 done += 1
                 print(f"[{done}/{total}] H={hidden} {quant} T={tokens} "
                       f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
                 sets_torch, sets_tpfuse = make_sets(tokens, hidden, args.input_sets, tokens,
-                                                    not args.static)
-                set_bytes = bytes_moved(tokens, hidden, quant, with_residual)
+                                                    not args.static, f32)
+                set_bytes = bytes_moved(tokens, hidden, quant, with_residual, f32)
                 row = {"hidden": hidden, "tokens": tokens, "quant": quant,
-                       "residual": int(with_residual)}
+                       "residual": "f32" if f32 else int(with_residual)}
                 row["inductor_us"] = timer.time_per_op(compiled, sets_torch, set_bytes)
                 row["inductor_gbps"] = set_bytes / row["inductor_us"] / 1e3
                 if fused is not None:

@@ -109,7 +109,7 @@ enum {
 enum {
   TPFUSE_RESIDUAL_NONE = 0,
   TPFUSE_RESIDUAL_ACT = 1, /* a residual of act_dtype */
-  TPFUSE_RESIDUAL_F32 = 2, /* an f32 residual (a residual stream kept in f32; CPU reference only) */
+  TPFUSE_RESIDUAL_F32 = 2, /* an f32 residual (a residual stream kept in f32; CUDA: nccl or local) */
 };
 
 /* Everything that fixes the fused op's behaviour except the token count T. */

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import tpfuse  # noqa: F401  (registers the op)
+from tpfuse.tolerance import ulp_distance_16
 
 _PATH = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "inductor_epilogue.py")
 _spec = importlib.util.spec_from_file_location("inductor_epilogue", _PATH)
@@ -52,3 +53,21 @@ def test_a_changed_bit_in_a_checked_row_is_reported(row):
 
     got = ie.check_rows(flipped_on_the_first_call, *inputs(600, 256, 7))
     assert got == ("bitwise" if 256 <= row < 344 else "MISMATCH (result 1)")
+
+
+@pytest.mark.parametrize("quant", ie.QUANTS)
+def test_the_f32_residual_stream_is_the_same_chain_on_both_sides(quant):
+    # --f32-residual: the fused op's rows are the oracle's, its h is the torch chain's f32 sum
+    # bit for bit, and its norm the chain's to the sum order of the squares (one ulp).
+    x, r, w, scale = inputs(40, 256, 5)
+    r = r.float() + 1e-3 * torch.rand(r.shape)  # off bf16's grid
+    fused = ie.tpfuse_call(quant, True, True)
+    assert ie.check_rows(fused, x, r, w, scale) == "bitwise"
+    got = fused(x, r, w, scale)
+    want = ie.torch_chain(quant, True, True)(x, r, w, 1.0 / scale)
+    h_got = got[1] if quant in ("none", "fp8_group") else got[0]
+    assert h_got.dtype == torch.float32 and torch.equal(h_got, want[0])
+    if quant == "none":
+        assert ulp_distance_16(got[0], want[1]).max() <= 1
+    assert ie.bytes_moved(40, 256, quant, True, True) - ie.bytes_moved(40, 256, quant) == \
+        2 * 2 * 40 * 256

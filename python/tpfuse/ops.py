@@ -7,7 +7,7 @@ custom op.
         str[]? rounding=None, bool local=False, float sum_scale=1.) -> Tensor[]
 
 x [..., H] is this rank's partial sum (bf16 or f16); residual as x, or float32 of x's shape (a
-residual stream kept in f32; the CPU backend only), or None; weight [H] (bf16, f16 or f32); scale an f32 tensor of one element for quant = "fp8_tensor", else None.
+residual stream kept in f32), or None; weight [H] (bf16, f16 or f32); scale an f32 tensor of one element for quant = "fp8_tensor", else None.
 sum_scale scales the all-reduced sum before the residual add, rounded to x's dtype (Granite's
 `residual + out * multiplier`); the emitted allreduce is the sum before it.
 `group_name` names the process group (`ProcessGroup.group_name`, as the functional collectives

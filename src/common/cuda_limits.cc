@@ -13,9 +13,6 @@ Status ValidateForCudaKernels(const AllreduceRmsnormSpec& spec, int world_size) 
   if (world_size < 1 || world_size > kMaxWorldSize)
     return InvalidArgument("world size ", world_size, " is outside the fused kernels' range 1..",
                            kMaxWorldSize);
-  if (spec.residual_f32_in || spec.rounding.residual_out_f32)
-    return InvalidArgument("an f32 residual is not supported by the fused kernels: they read and "
-                           "write the residual in the activation dtype");
   if (spec.hidden % kHiddenMultiple != 0)
     return InvalidArgument("hidden ", spec.hidden, " is not a multiple of ", kHiddenMultiple);
   if (spec.hidden > kMaxHidden)
@@ -46,7 +43,6 @@ FusionCapabilities CudaFusionCapabilities() {
   caps.group_sizes = cuda_limits::GroupSizes();
   caps.hidden_multiple = cuda_limits::kHiddenMultiple;
   caps.max_hidden = cuda_limits::kMaxHidden;
-  caps.residual_f32 = false;  // the kernels read and write the residual as activations
   return caps;
 }
 

@@ -353,7 +353,8 @@ TEST(PassesCanonicalize, AnF32SumOfABroadcastDeclinesAndSaysWhy) {
 // vLLM's Gemma norm at f16 keeps the f32 sum itself as the residual (and SGLang's
 // fp32_residual): the sum folds into fused_add_rms_norm whose residual_out is that f32 sum
 // (rounding residual_out_f32), and the graph returns it. A target whose fused op keeps the
-// residual in the activation dtype (CUDA) leaves the norm as written and says why.
+// residual in the activation dtype (FusionCapabilities::residual_f32 off) leaves the norm as
+// written and says why.
 constexpr std::string_view kF32ResidualSum = R"(
     func @f(%x: f16[T, 64], %res: f16[T, 64], %g: f16[64]) {
       %xf = cast(%x) {to = f32}
@@ -412,9 +413,9 @@ TEST(PassesCanonicalize, AnF32ResidualOperandIsTheResidualStreamInF32) {
 TEST(PassesCanonicalize, AnF32ResidualOnATargetWithoutOneDeclinesAndSaysWhy) {
   PassManager canonicalize;
   canonicalize.Add(MakeCanonicalizePass());
-  PassContext cuda;
-  cuda.caps = CudaFusionCapabilities();
-  Compiled c = Compile(kF32ResidualSum, cuda, &canonicalize);
+  PassContext without;
+  without.caps.residual_f32 = false;
+  Compiled c = Compile(kF32ResidualSum, without, &canonicalize);
   ASSERT_TRUE(c.ok());
   // Declined at each node the form may end at: the weight multiply and the cast after it.
   EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm",

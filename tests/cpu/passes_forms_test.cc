@@ -234,8 +234,9 @@ TEST(PassesForms, AScaledLocalChainFusesAtWorldSizeOne) {
 
 // A residual stream kept in f32 (SGLang's fp32_residual, vLLM's f16 Gemma): the first layer adds
 // an f16 residual and keeps the f32 sum, the second adds that f32 residual ([B, S, H], viewed as
-// rows) and quantizes the norm with a static scale. Both fuse, each with its residual's dtype and the f32
-// output, and change no bit. A target whose fused op keeps the residual in f16 says why not.
+// rows) and quantizes the norm with a static scale. Both fuse, each with its residual's dtype and
+// the f32 output, and change no bit, for the CPU and the CUDA targets. A target whose fused op
+// keeps the residual in f16 says why not.
 constexpr char kF32ResidualStream[] = R"(
   func @f(%x0: f16[B, S, 256], %x1: f16[B, S, 256], %res: f16[B, S, 256], %g0: f16[256],
           %g1: f16[256], %sc: f32[]) {
@@ -270,6 +271,9 @@ constexpr char kF32ResidualStream[] = R"(
 )";
 
 TEST(PassesForms, AnF32ResidualStreamFusesWithItsDtypes) {
+  PassContext cuda;
+  cuda.caps = CudaFusionCapabilities();
+  EXPECT_EQ(Compile(kF32ResidualStream, cuda).ctx.fusions.size(), 2u);
   Compiled c = Compile(kF32ResidualStream);
   ASSERT_TRUE(c.ok());
   ASSERT_EQ(c.ctx.fusions.size(), 2u) << DescribeReport(c.ctx) << Print(*c.after);
@@ -291,9 +295,9 @@ TEST(PassesForms, AnF32ResidualStreamFusesWithItsDtypes) {
 }
 
 TEST(PassesForms, AnF32ResidualStreamOnATargetWithoutOneSaysWhy) {
-  PassContext cuda;
-  cuda.caps = CudaFusionCapabilities();
-  Compiled c = Compile(kF32ResidualStream, cuda);
+  PassContext without;
+  without.caps.residual_f32 = false;
+  Compiled c = Compile(kF32ResidualStream, without);
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(c.ctx.fusions.size(), 0u) << DescribeReport(c.ctx) << Print(*c.after);
   ASSERT_EQ(c.ctx.rejections.size(), 2u) << DescribeReport(c.ctx);
@@ -304,6 +308,22 @@ TEST(PassesForms, AnF32ResidualStreamOnATargetWithoutOneSaysWhy) {
       << c.ctx.rejections[0].reason;
   EXPECT_NE(c.ctx.rejections[1].reason.find("the residual %h0 is f32"), std::string::npos)
       << c.ctx.rejections[1].reason;
+  // The canonical op written with an f32 residual: the fusion's own reason.
+  Compiled canonical = Compile(R"(
+    func @f(%x: bf16[T, 64], %res: f32[T, 64], %g: bf16[64]) {
+      %a = all_reduce(%x)
+      %y, %h = fused_add_rms_norm(%a, %res, %g) {eps = 1e-6, rounding = ["norm_input_f32"]}
+      return %y, %h
+    }
+  )",
+                               without);
+  ASSERT_TRUE(canonical.ok());
+  ASSERT_EQ(canonical.ctx.rejections.size(), 1u) << DescribeReport(canonical.ctx);
+  EXPECT_NE(canonical.ctx.rejections[0].reason.find(
+                "backend cpu's fused op keeps the residual in the activation dtype (bf16): an f32 "
+                "residual operand is not supported"),
+            std::string::npos)
+      << canonical.ctx.rejections[0].reason;
 }
 
 TEST(PassesForms, StaticQuantDividesOrMultipliesByTheReciprocal) {

@@ -245,6 +245,33 @@ TEST_F(FusedOpTest, EveryVariantMatchesOracle) {
   EXPECT_GT(cases, 100);
 }
 
+// A residual stream kept in f32 runs on the nccl strategy (one-shot and two-shot refuse it and
+// say so; the dispatcher's choice demotes to nccl): every quant mode, f32 residual in and out.
+TEST_F(FusedOpTest, AnF32ResidualStreamRunsOnNcclAndMatchesTheOracle) {
+  uint64_t seed = 900;
+  for (QuantMode quant : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+    for (int form = 1; form < 4; ++form) {
+      AllreduceRmsnormSpec spec = MakeSpec(4096, quant);
+      spec.residual_f32_in = form & 1;
+      spec.rounding.residual_out_f32 = form & 2;
+      spec.rounding.norm_input_f32 = true;
+      for (int64_t tokens : {int64_t{1}, int64_t{77}}) {
+        const FusedInputs in = MakeFusedInputs(spec, tokens, kWorld, ++seed);
+        const std::vector<HostTensor> ref = OracleOutputs(spec, in);
+        std::vector<std::vector<HostTensor>> out;
+        const std::string what = Describe(spec, tokens);
+        const Status st = RunFused(*gpus_, spec, in, tokens, Strategy::kNccl, out);
+        ASSERT_TRUE(st.ok()) << what << ": " << st.ToString();
+        ExpectMatchesOracle(spec, in, out, ref, what);
+        for (Strategy strategy : {Strategy::kOneShot, Strategy::kTwoShot}) {
+          const Status refused = cuda::CanRun(gpus_->comm(0), spec, tokens, strategy);
+          EXPECT_NE(refused.message().find("an f32 residual runs on nccl"), std::string::npos)
+              << what << " " << StrategyName(strategy) << ": " << refused.ToString();
+        }
+      }
+    }
+}
+
 // ---------------------------------------------------------------- structure of the results
 
 TEST_F(FusedOpTest, RowResultDoesNotDependOnTokenCount) {

@@ -212,6 +212,37 @@ TEST_F(LocalFusedTest, EveryRoundingRecipeIsBitwiseTheOracle) {
         }
 }
 
+// A residual stream kept in f32: an f32 residual (off the 16-bit grid), residual_out f32 or
+// rounded, the norm of the f32 sum or of its rounding, every quant mode, both activation dtypes,
+// H from one vector per thread to four, T past the first wave; one block per row (the only owner
+// of F32ResidualRecipe's kernels: the rule picks it, a forced other owner is refused, named).
+TEST_F(LocalFusedTest, AnF32ResidualStreamIsBitwiseTheOracle) {
+  uint64_t seed = 5000;
+  for (DType act : {DType::kBF16, DType::kF16})
+    for (int form = 1; form < 4; ++form)  // bit 0: f32 residual in; bit 1: residual_out f32
+      for (bool norm_input_f32 : {true, false})
+        for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+          for (int64_t h : {128, 2880, 7168, 16384}) {
+            AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+            s.act_dtype = act;
+            s.weight_dtype = act;
+            s.residual_f32_in = form & 1;
+            s.rounding.residual_out_f32 = form & 2;
+            s.rounding.norm_input_f32 = norm_input_f32;
+            s.weight_bias = form == 3 ? 1.0f : 0.0f;
+            for (int64_t t : {1, 33, 300}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
+          }
+  AllreduceRmsnormSpec s = LocalSpec(2880, QuantMode::kFp8Group, /*residual=*/true);
+  s.residual_f32_in = true;
+  for (cuda::RowOwner owner : RowOwnersOf(2880, /*block=*/false)) {
+    cuda::LaunchOptions options;
+    options.row_owner = owner;
+    const std::string got = RunAndCompare(s, 7, seed++, options);
+    EXPECT_NE(got.find("an f32 residual runs with one block per row"), std::string::npos)
+        << OwnerName(owner) << ": " << got;
+  }
+}
+
 // The scale floors of vLLM's kernels: the floor after the division (per token and per group,
 // either scale step) and UE8M0 of the floored scale, where they decide: weights of 2^-30 put
 // every amax below 448 * 2^-34 (so below 1/512), and rows 1 and 4 are zero. Variants 3 and 4,

@@ -25,7 +25,7 @@ std::vector<HostTensor> FusedOutputShapes(const AllreduceRmsnormSpec& spec, int6
   const int64_t h = spec.hidden;
   if (spec.emit.allreduce) out.emplace_back(spec.act_dtype, std::vector<int64_t>{tokens, h});
   if (spec.emit.norm) out.emplace_back(spec.act_dtype, std::vector<int64_t>{tokens, h});
-  if (spec.emit.residual) out.emplace_back(spec.act_dtype, std::vector<int64_t>{tokens, h});
+  if (spec.emit.residual) out.emplace_back(spec.residual_out_dtype(), std::vector<int64_t>{tokens, h});
   if (spec.emit.quant) {
     out.emplace_back(DType::kF8E4M3, std::vector<int64_t>{tokens, h});
     if (IsDynamicQuant(spec.quant)) {
@@ -67,7 +67,7 @@ FusedInputs MakeFusedInputs(const AllreduceRmsnormSpec& spec, int64_t tokens, in
   }
   in.has_residual = spec.has_residual;
   if (spec.has_residual) {
-    in.residual = HostTensor(spec.act_dtype, {tokens, h});
+    in.residual = HostTensor(spec.residual_in_dtype(), {tokens, h});
     for (int64_t i = 0; i < in.residual.numel(); ++i)
       in.residual.SetF32(i, kind == InputKind::kRankTagged ? float(int(i % 7) - 3) : normal(rng));
   }
@@ -118,6 +118,9 @@ std::string CompareFusedOutputs(const AllreduceRmsnormSpec& spec, const FusedInp
         add("q", CompareFp8Dequantized(got[i], got[i + 1], ref[i], ref[i + 1], map));
     } else if (names[i] == "s") {
       add("s", CompareScales(got[i], ref[i]));
+    } else if (got[i].dtype() == DType::kF32) {
+      // An f32 residual_out: a' + residual in f32, one operation on exact operands.
+      add(names[i], CompareExact(got[i], ref[i]));
     } else {
       add(names[i], CompareHalf(got[i], ref[i]));
     }

@@ -95,6 +95,10 @@ struct FusedKernelParams {
   float sum_scale;                // a' = round(a * sum_scale) before the add; 1: a' = a
   bool scale_floor_after_div;     // dynamic s = max(amax / 448, 1 / (448 * 512))
   bool ue8m0_floor;               // ue8m0 of max(s, 1e-10)
+  // An f32 residual stream (F32ResidualRecipe's kernels only): the residual is f32, and
+  // residual_out is the unrounded f32 h.
+  bool residual_f32_in;
+  bool residual_out_f32;
 };
 
 // ================================================================ recipes
@@ -133,6 +137,25 @@ struct RuntimeRecipe {
   __device__ __forceinline__ static RowSource Source(const FusedKernelParams& p) { return p.source; }
 };
 
+// The run-time recipe for a residual stream kept in f32 (an f32 residual, residual_out f32: the
+// kernel reads p.residual_f32_in and p.residual_out_f32). Its residual vectors are eight f32 (two
+// 16-byte words, F32ResidualVector); the other recipes' are eight 16-bit values in one word, as
+// before it existed, so their kernels keep their code. Only the epilogue kernel with one block per
+// row is instantiated with it (the local op and the nccl path).
+struct F32ResidualRecipe : RuntimeRecipe {};
+template <typename Recipe>
+inline constexpr bool kF32ResidualRecipe = false;
+template <>
+inline constexpr bool kF32ResidualRecipe<F32ResidualRecipe> = true;
+
+// A thread's residual vector: eight 16-bit values, or eight f32 (F32ResidualRecipe), of which
+// `lo` holds the 16-bit values where the residual is 16-bit.
+struct F32ResidualVector {
+  uint4 lo, hi;
+};
+template <typename Recipe>
+using ResidualVector = std::conditional_t<kF32ResidualRecipe<Recipe>, F32ResidualVector, uint4>;
+
 template <typename T, bool kWeightAfterRound>
 struct FixedRecipe {
   static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "16-bit activations only");
@@ -155,8 +178,10 @@ struct FixedRecipe {
 };
 
 template <typename T, KernelRecipe kRecipe>
-using RecipeOf = std::conditional_t<kRecipe == KernelRecipe::kRuntime, RuntimeRecipe,
-                                    FixedRecipe<T, kRecipe == KernelRecipe::kFixedWeightAfterRound>>;
+using RecipeOf = std::conditional_t<
+    kRecipe == KernelRecipe::kRuntime, RuntimeRecipe,
+    std::conditional_t<kRecipe == KernelRecipe::kRuntimeF32Residual, F32ResidualRecipe,
+                       FixedRecipe<T, kRecipe == KernelRecipe::kFixedWeightAfterRound>>>;
 // A fixed recipe's kernel for the norm alone (no residual: the launcher picks it by the spec),
 // the same code under a tighter register bound (SpanMinBlocks).
 template <typename Fixed>
@@ -766,15 +791,44 @@ struct RowWeights {
 
 // This thread's residual vectors of `row` (zeros without a residual): issued before the
 // caller waits on peers so the load overlaps the wait.
-template <int kVec, typename Span = BlockRow>
-__device__ __forceinline__ void LoadResidual(const FusedKernelParams& p, int64_t row, uint4 (&res)[kVec]) {
+template <int kVec, typename Span = BlockRow, typename Recipe = RuntimeRecipe>
+__device__ __forceinline__ void LoadResidual(const FusedKernelParams& p, int64_t row,
+                                             ResidualVector<Recipe> (&res)[kVec]) {
+  if constexpr (kF32ResidualRecipe<Recipe>) {
 #pragma unroll
-  for (int k = 0; k < kVec; ++k) {
-    const int v = RowVectors<kVec, Span>::Index(k);
-    res[k] = make_uint4(0, 0, 0, 0);
-    if (p.residual && v < p.vecs_per_row)
-      res[k] = LoadGlobal(static_cast<const uint4*>(p.residual) + size_t(row) * p.vecs_per_row + v);
+    for (int k = 0; k < kVec; ++k) {
+      const int v = RowVectors<kVec, Span>::Index(k);
+      const size_t index = size_t(row) * p.vecs_per_row + v;
+      res[k].lo = res[k].hi = make_uint4(0, 0, 0, 0);
+      if (p.residual && v < p.vecs_per_row) {
+        const uint4* words = static_cast<const uint4*>(p.residual);
+        if (p.residual_f32_in) {
+          res[k].lo = LoadGlobal(words + 2 * index);
+          res[k].hi = LoadGlobal(words + 2 * index + 1);
+        } else {
+          res[k].lo = LoadGlobal(words + index);
+        }
+      }
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const int v = RowVectors<kVec, Span>::Index(k);
+      res[k] = make_uint4(0, 0, 0, 0);
+      if (p.residual && v < p.vecs_per_row)
+        res[k] = LoadGlobal(static_cast<const uint4*>(p.residual) + size_t(row) * p.vecs_per_row + v);
+    }
   }
+}
+
+// Where vector v of `row_vec`'s row (row * vecs_per_row) of residual_out goes: an f32 one takes
+// two words (F32ResidualRecipe).
+template <typename Recipe>
+__device__ __forceinline__ uint4* ResidualOutVector(const FusedKernelParams& p, size_t row_vec, int v) {
+  if constexpr (kF32ResidualRecipe<Recipe>) {
+    if (p.residual_out_f32) return static_cast<uint4*>(p.residual_out) + 2 * (row_vec + v);
+  }
+  return static_cast<uint4*>(p.residual_out) + row_vec + v;
 }
 
 // The static scale (fp8_tensor), loaded with the row's inputs so it costs no round trip of its own.
@@ -786,10 +840,12 @@ __device__ __forceinline__ float LoadStaticScale(const FusedKernelParams& p) {
 
 // Contract 3 step 2 for one vector: a' = round(a * sum_scale) where the graph scaled a, then
 // h = a' + residual in f32; returns the norm's input u (f32 h, or round(h) by default) and, when
-// `residual_out` is set, stores round(h) there.
+// `residual_out` is set, stores round(h) there (F32ResidualRecipe: h itself where
+// residual_out_f32, two words from `residual_out`).
 template <typename T, class Recipe>
-__device__ __forceinline__ void NormInput(const FusedKernelParams& p, const uint4& a, const uint4& res,
-                                          float (&u)[kVecElems], uint4* residual_out) {
+__device__ __forceinline__ void NormInput(const FusedKernelParams& p, const uint4& a,
+                                          const ResidualVector<Recipe>& res, float (&u)[kVecElems],
+                                          uint4* residual_out) {
   Unpack<T>(a, u);
   const bool scaled = Recipe::SumScale(p) != 1.0f;
   if (scaled) {
@@ -797,16 +853,50 @@ __device__ __forceinline__ void NormInput(const FusedKernelParams& p, const uint
     for (int i = 0; i < kVecElems; ++i) u[i] = __fmul_rn(u[i], Recipe::SumScale(p));
     RoundVector<T>(u);
   }
-  if (p.residual) {
-    float rf[kVecElems];
-    Unpack<T>(res, rf);
+  if constexpr (kF32ResidualRecipe<Recipe>) {
+    if (p.residual) {
+      float rf[kVecElems];
+      if (p.residual_f32_in) {
+        const uint4 words[2] = {res.lo, res.hi};
 #pragma unroll
-    for (int i = 0; i < kVecElems; ++i) u[i] = __fadd_rn(u[i], rf[i]);
-    const uint4 h = Pack<T>(u);
-    if (residual_out) StoreStreaming(residual_out, h);
-    if (!Recipe::NormInputF32(p)) Unpack<T>(h, u);
-  } else if (residual_out) {
-    StoreStreaming(residual_out, scaled ? Pack<T>(u) : a);
+        for (int i = 0; i < kVecElems; ++i) {
+          const uint4& w = words[i / 4];
+          const unsigned bits[4] = {w.x, w.y, w.z, w.w};
+          rf[i] = __uint_as_float(bits[i % 4]);
+        }
+      } else {
+        Unpack<T>(res.lo, rf);
+      }
+#pragma unroll
+      for (int i = 0; i < kVecElems; ++i) u[i] = __fadd_rn(u[i], rf[i]);
+      if (p.residual_out_f32) {
+        if (residual_out) {
+          StoreStreaming(residual_out, make_uint4(__float_as_uint(u[0]), __float_as_uint(u[1]),
+                                                  __float_as_uint(u[2]), __float_as_uint(u[3])));
+          StoreStreaming(residual_out + 1, make_uint4(__float_as_uint(u[4]), __float_as_uint(u[5]),
+                                                      __float_as_uint(u[6]), __float_as_uint(u[7])));
+        }
+        if (!Recipe::NormInputF32(p)) Unpack<T>(Pack<T>(u), u);
+      } else {
+        const uint4 h = Pack<T>(u);
+        if (residual_out) StoreStreaming(residual_out, h);
+        if (!Recipe::NormInputF32(p)) Unpack<T>(h, u);
+      }
+    } else if (residual_out) {
+      StoreStreaming(residual_out, scaled ? Pack<T>(u) : a);
+    }
+  } else {
+    if (p.residual) {
+      float rf[kVecElems];
+      Unpack<T>(res, rf);
+#pragma unroll
+      for (int i = 0; i < kVecElems; ++i) u[i] = __fadd_rn(u[i], rf[i]);
+      const uint4 h = Pack<T>(u);
+      if (residual_out) StoreStreaming(residual_out, h);
+      if (!Recipe::NormInputF32(p)) Unpack<T>(h, u);
+    } else if (residual_out) {
+      StoreStreaming(residual_out, scaled ? Pack<T>(u) : a);
+    }
   }
 }
 
@@ -929,7 +1019,7 @@ struct NoRowProbe {
 template <typename T, int kVec, QuantMode kQuant, bool kHeld, typename Span, typename Recipe,
           typename Probe = NoRowProbe>
 __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t row, const uint4 (&a)[kVec],
-                                            const uint4 (&res)[kVec],
+                                            const ResidualVector<Recipe> (&res)[kVec],
                                             const RowWeights<kVec, kHeld, Span, Recipe>& weights,
                                             float static_scale, float (*smem)[32], int slot,
                                             Probe probe = {}) {
@@ -961,7 +1051,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     if (Recipe::AllreduceOut(p) && in_row[k])
       StoreStreaming(static_cast<uint4*>(Recipe::AllreduceOut(p)) + row_vec + v, a[k]);
     NormInput<T, Recipe>(p, a[k], res[k], u[k],
-                         p.residual_out && in_row[k] ? static_cast<uint4*>(p.residual_out) + row_vec + v : nullptr);
+                         p.residual_out && in_row[k] ? ResidualOutVector<Recipe>(p, row_vec, v) : nullptr);
     if constexpr (!kPairSpan<Span>) {
       float& part = sum_sq[kParts == 1 ? 0 : k];
 #pragma unroll
@@ -1424,6 +1514,12 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
     const void* const row_source = Recipe::Source(p) == RowSource::kLocal ? p.x : p.reduced;
     PrefetchL2(static_cast<const char*>(row_source) + offset, row_bytes);
   }
+  if constexpr (kF32ResidualRecipe<Recipe>) {
+    if (p.residual && p.residual_f32_in) {
+      PrefetchL2(static_cast<const char*>(p.residual) + 2 * offset, 2 * row_bytes);
+      return;
+    }
+  }
   if (p.residual) PrefetchL2(static_cast<const char*>(p.residual) + offset, row_bytes);
 }
 
@@ -1478,9 +1574,10 @@ __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kV
   int slot = 0;
   for (int64_t row = Span::FirstRow(); row < p.tokens; row += Span::RowStride(), slot ^= 1) {
     const size_t row_vec = size_t(row) * p.vecs_per_row;
-    uint4 res[kVec], a[kVec];
+    ResidualVector<Recipe> res[kVec];
+    uint4 a[kVec];
     const float static_scale = LoadStaticScale<kQuant>(p);
-    LoadResidual<kVec, Span>(p, row, res);
+    LoadResidual<kVec, Span, Recipe>(p, row, res);
     if (Recipe::Source(p) == RowSource::kGathered) {
       const size_t rank_stride = size_t(p.tokens) * p.vecs_per_row;
       const uint4* gathered = static_cast<const uint4*>(p.reduced);

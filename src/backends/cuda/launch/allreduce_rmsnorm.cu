@@ -147,8 +147,16 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.quant_divides = spec.QuantDivides();
   p.scale_floor_after_div = spec.rounding.scale_floor_after_div;
   p.ue8m0_floor = spec.rounding.ue8m0_floor;
+  p.residual_f32_in = spec.has_residual && spec.residual_f32_in;
+  p.residual_out_f32 = spec.has_residual && spec.rounding.residual_out_f32;
   p.world_size = 1;
   return p;
+}
+
+// Whether the spec keeps its residual stream in f32 (an f32 residual or residual_out): the
+// epilogue kernel of F32ResidualRecipe, one block per row, on the local op and the nccl path.
+bool HasF32Residual(const AllreduceRmsnormSpec& spec) {
+  return spec.has_residual && (spec.residual_f32_in || spec.rounding.residual_out_f32);
 }
 
 // The attributes of one launch (they must outlive it).
@@ -427,6 +435,12 @@ StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const R
                                        KernelRecipe recipe, int cluster_blocks = 1, int packed_lanes = 0) {
   FusedKernelFn kernel = nullptr;
   switch (recipe) {
+    case KernelRecipe::kRuntimeF32Residual:
+      if (owner != RowOwner::kBlock)
+        return Unimplemented("an f32 residual runs with one block per row (row owner kBlock or kAuto)");
+      kernel = SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(
+          spec.act_dtype, layout.vecs_per_thread, spec.quant);
+      break;
     case KernelRecipe::kRuntime:
       kernel = SelectEpilogue<KernelRecipe::kRuntime>(spec, layout, owner, cluster_blocks, packed_lanes);
       break;
@@ -467,6 +481,8 @@ StatusOr<int64_t> CapacityOnDevice(const DeviceFacts& device, const AllreduceRms
 StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceRmsnormSpec& spec,
                                      const RowLayout& layout, KernelRecipe recipe, int64_t tokens,
                                      const LaunchOptions& options) {
+  // The kernels of an f32 residual stream have one block per row only.
+  if (recipe == KernelRecipe::kRuntimeF32Residual) return LocalRowOwner{};
   Status failed;
   const LocalRowOwner choice = RowOwnerRule(spec, layout, tokens, device.sms, [&](const LocalRowOwner& owner) -> int64_t {
     StatusOr<int64_t> at_once = CapacityOnDevice(device, spec, layout, recipe, owner, options);
@@ -564,6 +580,7 @@ StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const 
 }
 
 KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options) {
+  if (HasF32Residual(spec)) return KernelRecipe::kRuntimeF32Residual;
   if (!options.fixed_recipes) return KernelRecipe::kRuntime;
   // The scale step and format matter only where the kernel quantizes (ue8m0: dynamic scales).
   const bool dynamic_f32 = IsDynamicQuant(spec.quant) && spec.scale_fmt == ScaleFormat::kF32;
@@ -593,6 +610,9 @@ Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_
       return OutOfRange("hidden ", spec.hidden, " does not fit the nccl scratch buffer");
     return Status::Ok();
   }
+  if (HasF32Residual(spec))
+    return Unimplemented("strategy ", StrategyName(strategy),
+                         " keeps the residual in the activation dtype: an f32 residual runs on nccl");
   if (!comm.has_peer_memory())
     return Unimplemented("strategy ", StrategyName(strategy), " needs peer memory: ",
                          comm.why_no_peer_memory());
@@ -722,8 +742,10 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
 
   if (strategy == Strategy::kNccl) {
     // The run-time recipe: the rows are NCCL's (reduced or gathered), not x.
-    TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel,
-                            EpilogueKernel(spec, layout, RowOwner::kBlock, KernelRecipe::kRuntime));
+    TPFUSE_ASSIGN_OR_RETURN(
+        FusedKernelFn kernel,
+        EpilogueKernel(spec, layout, RowOwner::kBlock,
+                       HasF32Residual(spec) ? KernelRecipe::kRuntimeF32Residual : KernelRecipe::kRuntime));
     const ncclDataType_t type = spec.act_dtype == DType::kBF16 ? ncclBfloat16 : ncclFloat16;
     // At N = 2 ncclAllReduce's sum is Contract 3's (one f32 add, one rounding); above it NCCL
     // rounds partial sums, so the exact path gathers the partials and sums them in the kernel.
@@ -754,10 +776,10 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
         return base ? static_cast<const char*>(base) + offset * elem_bytes : nullptr;
       };
       q.x = shift(b.x, 2);
-      q.residual = shift(b.residual, 2);
+      q.residual = shift(b.residual, DTypeSize(spec.residual_in_dtype()));
       q.allreduce_out = const_cast<char*>(shift(b.allreduce_out, 2));
       q.norm_out = const_cast<char*>(shift(b.norm_out, 2));
-      q.residual_out = const_cast<char*>(shift(b.residual_out, 2));
+      q.residual_out = const_cast<char*>(shift(b.residual_out, DTypeSize(spec.residual_out_dtype())));
       q.quant_out = b.quant_out ? static_cast<uint8_t*>(b.quant_out) + offset : nullptr;
       q.scale_pad_rows = first + rows == tokens ? p.scale_pad_rows : 0;
       if (first > 0 && b.scale_out) {

@@ -87,6 +87,8 @@ FusedKernelFn SelectKernel(DType act, int vecs_per_thread, QuantMode quant);
 extern template FusedKernelFn SelectKernel<OneShotFamily>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<TwoShotFamily>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(DType, int,
+                                                                                             QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);

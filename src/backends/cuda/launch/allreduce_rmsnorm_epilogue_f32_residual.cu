@@ -1,0 +1,9 @@
+// The epilogue kernels' instantiations for an f32 residual stream, one block per row
+// (allreduce_rmsnorm_select.cuh; F32ResidualRecipe).
+#include "backends/cuda/launch/allreduce_rmsnorm_select.cuh"
+
+namespace tpfuse::cuda {
+
+template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(DType, int, QuantMode);
+
+}  // namespace tpfuse::cuda
