@@ -214,8 +214,10 @@ TEST_F(LocalFusedTest, EveryRoundingRecipeIsBitwiseTheOracle) {
 
 // A residual stream kept in f32: an f32 residual (off the 16-bit grid), residual_out f32 or
 // rounded, the norm of the f32 sum or of its rounding, every quant mode, both activation dtypes,
-// H from one vector per thread to four, T past the first wave; one block per row (the only owner
-// of F32ResidualRecipe's kernels: the rule picks it, a forced other owner is refused, named).
+// H from one vector per thread to four, T past the first wave (the rule's owner: a cluster per row
+// at small T where the row splits, else one block); each owner forced: one block and a cluster of
+// a thread per row thread (F32ResidualRecipe's kernels) bitwise the oracle, the others refused,
+// the reason named.
 TEST_F(LocalFusedTest, AnF32ResidualStreamIsBitwiseTheOracle) {
   uint64_t seed = 5000;
   for (DType act : {DType::kBF16, DType::kF16})
@@ -232,15 +234,22 @@ TEST_F(LocalFusedTest, AnF32ResidualStreamIsBitwiseTheOracle) {
             s.weight_bias = form == 3 ? 1.0f : 0.0f;
             for (int64_t t : {1, 33, 300}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
           }
-  AllreduceRmsnormSpec s = LocalSpec(2880, QuantMode::kFp8Group, /*residual=*/true);
-  s.residual_f32_in = true;
-  for (cuda::RowOwner owner : RowOwnersOf(2880, /*block=*/false)) {
-    cuda::LaunchOptions options;
-    options.row_owner = owner;
-    const std::string got = RunAndCompare(s, 7, seed++, options);
-    EXPECT_NE(got.find("an f32 residual runs with one block per row"), std::string::npos)
-        << OwnerName(owner) << ": " << got;
-  }
+  for (QuantMode q : {QuantMode::kFp8Tensor, QuantMode::kFp8Group})
+    for (int64_t h : {128, 2880, 7168, 16384})
+      for (cuda::RowOwner owner : RowOwnersOf(h)) {
+        AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+        s.residual_f32_in = s.rounding.residual_out_f32 = s.rounding.norm_input_f32 = true;
+        cuda::LaunchOptions options;
+        options.row_owner = owner;
+        for (int64_t t : {1, 7}) {
+          const std::string got = RunAndCompare(s, t, seed++, options);
+          if (owner == cuda::RowOwner::kBlock || owner == cuda::RowOwner::kCluster)
+            EXPECT_EQ(got, "") << Describe(s, t) << OwnerName(owner);
+          else
+            EXPECT_NE(got.find("an f32 residual runs with one block or one cluster"), std::string::npos)
+                << Describe(s, t) << OwnerName(owner) << ": " << got;
+        }
+      }
 }
 
 // The scale floors of vLLM's kernels: the floor after the division (per token and per group,

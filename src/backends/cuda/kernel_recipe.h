@@ -11,7 +11,8 @@ enum class KernelRecipe : uint8_t {
   kFixed,                  // the local op's default form: y = round(n * w)
   kFixedWeightAfterRound,  // the local op with weight_after_round: y = round(round(n) * w)
   // every spec with an f32 residual stream (an f32 residual or residual_out): the run-time recipe
-  // with f32 residual vectors, one block per row only (the local op and the nccl path)
+  // with f32 residual vectors, one block or one cluster (ClusterRow) per row (the local op and
+  // the nccl path)
   kRuntimeF32Residual,
 };
 

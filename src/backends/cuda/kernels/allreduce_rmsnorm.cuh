@@ -140,8 +140,8 @@ struct RuntimeRecipe {
 // The run-time recipe for a residual stream kept in f32 (an f32 residual, residual_out f32: the
 // kernel reads p.residual_f32_in and p.residual_out_f32). Its residual vectors are eight f32 (two
 // 16-byte words, F32ResidualVector); the other recipes' are eight 16-bit values in one word, as
-// before it existed, so their kernels keep their code. Only the epilogue kernel with one block per
-// row is instantiated with it (the local op and the nccl path).
+// before it existed, so their kernels keep their code. Only the epilogue kernel with one block or
+// one cluster (ClusterRow) per row is instantiated with it (the local op and the nccl path).
 struct F32ResidualRecipe : RuntimeRecipe {};
 template <typename Recipe>
 inline constexpr bool kF32ResidualRecipe = false;

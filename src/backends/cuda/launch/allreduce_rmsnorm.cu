@@ -436,10 +436,16 @@ StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const R
   FusedKernelFn kernel = nullptr;
   switch (recipe) {
     case KernelRecipe::kRuntimeF32Residual:
-      if (owner != RowOwner::kBlock)
-        return Unimplemented("an f32 residual runs with one block per row (row owner kBlock or kAuto)");
-      kernel = SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(
-          spec.act_dtype, layout.vecs_per_thread, spec.quant);
+      if (owner == RowOwner::kBlock) {
+        kernel = SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(
+            spec.act_dtype, layout.vecs_per_thread, spec.quant);
+      } else if (owner == RowOwner::kCluster) {
+        kernel = SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(
+            spec.act_dtype, layout.vecs_per_thread, spec.quant);
+      } else {
+        return Unimplemented("an f32 residual runs with one block or one cluster of a thread per row thread "
+                             "per row (row owner kBlock, kCluster or kAuto)");
+      }
       break;
     case KernelRecipe::kRuntime:
       kernel = SelectEpilogue<KernelRecipe::kRuntime>(spec, layout, owner, cluster_blocks, packed_lanes);
@@ -477,12 +483,28 @@ StatusOr<int64_t> CapacityOnDevice(const DeviceFacts& device, const AllreduceRms
   return int64_t{clusters};
 }
 
+// The owner of an f32 residual stream's rows, whose kernels are one block or ClusterRow per row:
+// ClusterRow where the 16-bit rule takes ClusterRow for a row of its warps (the dynamic modes,
+// and the static ones from rows of 10 warps) and its bound holds (T x C <= 2 x SMs, at most
+// half of the clusters the device runs at once), else one block. Not measured against one block
+// (docs/kernels.md).
+StatusOr<LocalRowOwner> F32ResidualRowOwner(const DeviceFacts& device, const AllreduceRmsnormSpec& spec,
+                                            const RowLayout& layout, int64_t tokens, const LaunchOptions& options) {
+  const int cluster = ClusterBlocks(layout);
+  if (HasPackedRows(layout) || cluster <= 1) return LocalRowOwner{};
+  const bool every_t = IsDynamicQuant(spec.quant) || layout.threads / 32 >= kClusterMinWarpsStatic;
+  if (!every_t || tokens * cluster > 2 * int64_t{device.sms}) return LocalRowOwner{};
+  const LocalRowOwner row{RowOwner::kCluster, cluster};
+  TPFUSE_ASSIGN_OR_RETURN(const int64_t at_once,
+                          CapacityOnDevice(device, spec, layout, KernelRecipe::kRuntimeF32Residual, row, options));
+  return at_once > 0 && 2 * tokens <= at_once ? row : LocalRowOwner{};
+}
+
 // The measured rule (RowOwnerRule) for a validated spec, with the capacities of `device`.
 StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceRmsnormSpec& spec,
                                      const RowLayout& layout, KernelRecipe recipe, int64_t tokens,
                                      const LaunchOptions& options) {
-  // The kernels of an f32 residual stream have one block per row only.
-  if (recipe == KernelRecipe::kRuntimeF32Residual) return LocalRowOwner{};
+  if (recipe == KernelRecipe::kRuntimeF32Residual) return F32ResidualRowOwner(device, spec, layout, tokens, options);
   Status failed;
   const LocalRowOwner choice = RowOwnerRule(spec, layout, tokens, device.sms, [&](const LocalRowOwner& owner) -> int64_t {
     StatusOr<int64_t> at_once = CapacityOnDevice(device, spec, layout, recipe, owner, options);

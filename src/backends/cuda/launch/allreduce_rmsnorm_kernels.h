@@ -89,6 +89,8 @@ extern template FusedKernelFn SelectKernel<TwoShotFamily>(DType, int, QuantMode)
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(DType, int,
                                                                                              QuantMode);
+extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(DType, int,
+                                                                                                    QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
