@@ -154,7 +154,8 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
 }
 
 // Whether the spec keeps its residual stream in f32 (an f32 residual or residual_out): the
-// epilogue kernel of F32ResidualRecipe, one block per row, on the local op and the nccl path.
+// epilogue kernels of F32ResidualRecipe, on the local op (one block or a cluster per row) and
+// the nccl path (one block per row).
 bool HasF32Residual(const AllreduceRmsnormSpec& spec) {
   return spec.has_residual && (spec.residual_f32_in || spec.rounding.residual_out_f32);
 }
