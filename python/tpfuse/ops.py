@@ -7,7 +7,8 @@ custom op.
         str[]? rounding=None, bool local=False, float sum_scale=1.) -> Tensor[]
 
 x [..., H] is this rank's partial sum (bf16 or f16); residual as x, or float32 of x's shape (a
-residual stream kept in f32), or None; weight [H] (bf16, f16 or f32); scale an f32 tensor of one element for quant = "fp8_tensor", else None.
+residual stream kept in f32), or None; weight [H] (bf16, f16 or f32); scale an f32 tensor of one
+element for quant = "fp8_tensor", else None.
 sum_scale scales the all-reduced sum before the residual add, rounded to x's dtype (Granite's
 `residual + out * multiplier`); the emitted allreduce is the sum before it.
 `group_name` names the process group (`ProcessGroup.group_name`, as the functional collectives
@@ -116,13 +117,12 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
                               "residual or quant)")
     if len(set(emit)) != len(emit):
         _fail(ValueError, f"emit: repeated result in {list(emit)}")
+    residual_f32 = residual is not None and residual.dtype == torch.float32
     try:
         spec = _capi.make_spec(hidden=hidden, act_dtype=_ACT_DTYPES[x.dtype],
                                weight_dtype=_WEIGHT_DTYPES[weight.dtype], local=local,
-                               has_residual=residual is not None,
-                               residual_f32=residual is not None and residual.dtype == torch.float32,
-                               eps=eps,
-                               weight_bias=weight_bias, quant=quant, group_size=group_size,
+                               has_residual=residual is not None, residual_f32=residual_f32,
+                               eps=eps, weight_bias=weight_bias, quant=quant, group_size=group_size,
                                scale_layout=scale_layout, scale_fmt=scale_fmt, emit=emit,
                                rounding=rounding or (), sum_scale=sum_scale)
     except (ValueError, _capi.TpfuseError) as e:
