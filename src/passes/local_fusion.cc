@@ -68,6 +68,20 @@ std::span<const MeasuredLoss> MeasuredLosses() { return kMeasuredLosses; }
 
 std::string WhyInductorIsFaster(const AllreduceRmsnormSpec& spec, int64_t max_tokens,
                                 std::span<const MeasuredLoss> losses) {
+  // An f32 residual stream's kernels hold a row in one block (or a cluster), never rows packed
+  // into blocks: rows of one or two warps (H <= 512) so held lost to Inductor's kernel from 2048
+  // rows in the 16-bit kernels (run 45, 1.04-1.68 x with the residual add), before packed rows.
+  // Not measured with the f32 kernels; left to Inductor from there.
+  constexpr int64_t kF32ResidualSmallRowMaxHidden = 512, kF32ResidualSmallRowFromTokens = 2048;
+  const bool f32_residual = spec.has_residual && (spec.residual_f32_in || spec.rounding.residual_out_f32);
+  if (f32_residual && spec.hidden <= kF32ResidualSmallRowMaxHidden &&
+      (max_tokens == 0 || max_tokens >= kF32ResidualSmallRowFromTokens)) {
+    return StrCat("the fused op's kernels for an f32 residual stream hold rows of H <= ",
+                  kF32ResidualSmallRowMaxHidden, " one to a block, which lost to Inductor's kernel from ",
+                  kF32ResidualSmallRowFromTokens, " rows in the 16-bit kernels (docs/perf/h200x1/"
+                  "inductor_epilogue.md, run 45), and the chain has ",
+                  max_tokens > 0 ? StrCat("up to ", max_tokens, " rows") : std::string("a number of rows with no bound"));
+  }
   const int64_t measured = NearestMeasuredHidden(spec.hidden);
   for (const MeasuredLoss& loss : losses) {
     if (loss.quant != spec.quant || loss.residual != spec.has_residual || loss.hidden != measured) continue;

@@ -845,6 +845,21 @@ TEST(PassesLocalFusion, InductorsMeasuredWinsFollowTheMeasurement) {
   EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Tensor, false, 384), 0), "");
   EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Tensor, true, 384), 65535), "");
   EXPECT_NE(WhyInductorIsFaster(LocalSpec(QuantMode::kFp8Tensor, true, 384), 65536), "");
+  // An f32 residual stream at rows of one or two warps (no packed rows for its kernels):
+  // Inductor's from 2048 rows; at the model widths the fused op's (run 100: 0.47-0.98 x).
+  for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Group}) {
+    AllreduceRmsnormSpec s = LocalSpec(q, true, 256);
+    s.residual_f32_in = true;
+    EXPECT_EQ(WhyInductorIsFaster(s, 2047), "") << QuantModeName(q);
+    const std::string f32_why = WhyInductorIsFaster(s, 0);
+    EXPECT_NE(f32_why.find("an f32 residual stream hold rows of H <= 512 one to a block"), std::string::npos)
+        << f32_why;
+    s.residual_f32_in = false;
+    s.rounding.residual_out_f32 = true;
+    EXPECT_NE(WhyInductorIsFaster(s, 2048), "") << QuantModeName(q);
+    s.hidden = 4096;
+    EXPECT_EQ(WhyInductorIsFaster(s, 0), "") << QuantModeName(q);
+  }
   // Quant none at H 512 with the residual: Inductor's from 16384 rows since run 60 (1.02-1.08 x).
   EXPECT_EQ(WhyInductorIsFaster(LocalSpec(QuantMode::kNone, true, 512), 16383), "");
   EXPECT_NE(WhyInductorIsFaster(LocalSpec(QuantMode::kNone, true, 512), 16384), "");
