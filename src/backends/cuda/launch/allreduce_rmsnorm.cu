@@ -485,16 +485,17 @@ StatusOr<int64_t> CapacityOnDevice(const DeviceFacts& device, const AllreduceRms
 }
 
 // The owner of an f32 residual stream's rows, whose kernels are one block or ClusterRow per row:
-// ClusterRow where the 16-bit rule takes ClusterRow for a row of its warps (the dynamic modes,
-// and the static ones from rows of 10 warps) and its bound holds (T x C <= 2 x SMs, at most
-// half of the clusters the device runs at once), else one block. Not measured against one block
-// (docs/kernels.md).
+// ClusterRow for the rows the 16-bit rule spreads over ClusterRow (the dynamic modes, and the
+// static ones from rows of 10 warps) while T x C <= SMs and T is at most half of the clusters
+// the device runs at once, else one block. Measured on one H100 (docs/perf/h100x1/NOTES.md,
+// run 102): ClusterRow took 0.66-0.95 x one block's time at T 1-8 (H 4096 dynamic, 7168, 8192);
+// at H 4096 T 64 (T x C = 2 x SMs) fp8_group took 1.04 x, fp8_token 1.00.
 StatusOr<LocalRowOwner> F32ResidualRowOwner(const DeviceFacts& device, const AllreduceRmsnormSpec& spec,
                                             const RowLayout& layout, int64_t tokens, const LaunchOptions& options) {
   const int cluster = ClusterBlocks(layout);
   if (HasPackedRows(layout) || cluster <= 1) return LocalRowOwner{};
   const bool every_t = IsDynamicQuant(spec.quant) || layout.threads / 32 >= kClusterMinWarpsStatic;
-  if (!every_t || tokens * cluster > 2 * int64_t{device.sms}) return LocalRowOwner{};
+  if (!every_t || tokens * cluster > int64_t{device.sms}) return LocalRowOwner{};
   const LocalRowOwner row{RowOwner::kCluster, cluster};
   TPFUSE_ASSIGN_OR_RETURN(const int64_t at_once,
                           CapacityOnDevice(device, spec, layout, KernelRecipe::kRuntimeF32Residual, row, options));
