@@ -185,6 +185,8 @@ struct AllreduceRmsnormSpec {
   int64_t ScaleElements(int64_t tokens) const;
   // Number of results, in order allreduce, norm, residual, q, s.
   int NumResults() const;
+  // Whether the residual stream is kept in f32: an f32 residual operand or residual_out.
+  bool f32_residual() const { return has_residual && (residual_f32_in || rounding.residual_out_f32); }
   // The dtypes of the residual operand and of residual_out (f32 or the activation dtype).
   DType residual_in_dtype() const { return residual_f32_in ? DType::kF32 : act_dtype; }
   DType residual_out_dtype() const { return rounding.residual_out_f32 ? DType::kF32 : act_dtype; }

@@ -262,8 +262,7 @@ std::string FusionCapabilities::WhyUnsupported(const AllreduceRmsnormSpec& spec,
     return StrCat("column-major scales are not supported by backend ", backend);
   if (IsDynamicQuant(spec.quant) && spec.scale_fmt == ScaleFormat::kUe8m0 && !scale_ue8m0)
     return StrCat("ue8m0 scales are not supported by backend ", backend);
-  if (!residual_f32 && spec.has_residual &&
-      (spec.residual_f32_in || spec.rounding.residual_out_f32))
+  if (!residual_f32 && spec.f32_residual())
     return StrCat("backend ", backend, "'s fused op keeps the residual in the activation dtype (",
                   DTypeName(spec.act_dtype), "): an f32 residual ",
                   spec.residual_f32_in ? "operand" : "output", " is not supported");

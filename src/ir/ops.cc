@@ -885,6 +885,34 @@ StatusOr<RoundingRecipe> NormRoundingFromNode(const Node& node) {
   return ReadNormRounding(AttrReader(node.op(), node.attrs()));
 }
 
+StatusOr<std::optional<AllreduceRmsnormSpec>> NormAsLocalFusedSpec(const Node& node, int64_t hidden) {
+  TPFUSE_ASSIGN_OR_RETURN(const RoundingRecipe rounding, NormRoundingFromNode(node));
+  const bool has_residual = node.kind() == OpKind::kFusedAddRmsNorm;
+  const DType x = node.operand(0)->dtype();
+  const bool f32_residual = has_residual && node.operand(1)->dtype() != x;
+  if (rounding.is_default() && !f32_residual) return std::optional<AllreduceRmsnormSpec>();
+  if (hidden <= 0)
+    return Unimplemented(node.op(), " with a rounding recipe or an f32 residual runs as the local fused op, ",
+                         "which needs a hidden size, got ", node.operand(0)->type().ToString());
+  const AttrReader attrs(node.op(), node.attrs());
+  TPFUSE_ASSIGN_OR_RETURN(const double eps, ReadEps(attrs));
+  TPFUSE_ASSIGN_OR_RETURN(const double weight_bias, ReadWeightBias(attrs));
+  AllreduceRmsnormSpec spec;
+  spec.act_dtype = x;
+  spec.weight_dtype = node.operand(has_residual ? 2 : 1)->dtype();
+  spec.hidden = hidden;
+  spec.local = true;
+  spec.has_residual = has_residual;
+  spec.residual_f32_in = f32_residual;
+  spec.eps = float(eps);
+  spec.weight_bias = float(weight_bias);
+  spec.emit.norm = true;
+  spec.emit.residual = has_residual;
+  spec.rounding = rounding;
+  TPFUSE_RETURN_IF_ERROR(spec.Validate().WithContext(node.op()));
+  return std::optional<AllreduceRmsnormSpec>(spec);
+}
+
 AttrMap WithRounding(AttrMap attrs, const RoundingRecipe& rounding) {
   attrs.erase("rounding");
   if (!rounding.is_default()) attrs["rounding"] = Attr::StrList(rounding.Names());

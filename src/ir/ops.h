@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -128,6 +129,12 @@ StatusOr<QuantParams> QuantParamsFromNode(const Node& node);
 // say scale_op_swapped, scale_floor_after_div and ue8m0_floor (QuantParams). Absent: Contract 3's
 // defaults.
 StatusOr<RoundingRecipe> NormRoundingFromNode(const Node& node);
+// A canonical norm (rms_norm, fused_add_rms_norm) as the local fused op (a = x; emit norm and,
+// with a residual, residual), where the unfused norm kernels would not compute it: a rounding
+// recipe other than Contract 3's default, or an f32 residual. std::nullopt for a plain norm.
+// `hidden` is x's last dim as run (the type's may be a symbol; <= 0: unknown, kUnimplemented
+// where the spec is needed). Both executors run it so, bit for bit with the fused op.
+StatusOr<std::optional<AllreduceRmsnormSpec>> NormAsLocalFusedSpec(const Node& node, int64_t hidden);
 // `attrs` with the `rounding` attribute describing `rounding` (none for the defaults).
 AttrMap WithRounding(AttrMap attrs, const RoundingRecipe& rounding);
 

@@ -73,8 +73,7 @@ std::string WhyInductorIsFaster(const AllreduceRmsnormSpec& spec, int64_t max_to
   // rows in the 16-bit kernels (run 45, 1.04-1.68 x with the residual add), before packed rows.
   // Not measured with the f32 kernels; left to Inductor from there.
   constexpr int64_t kF32ResidualSmallRowMaxHidden = 512, kF32ResidualSmallRowFromTokens = 2048;
-  const bool f32_residual = spec.has_residual && (spec.residual_f32_in || spec.rounding.residual_out_f32);
-  if (f32_residual && spec.hidden <= kF32ResidualSmallRowMaxHidden &&
+  if (spec.f32_residual() && spec.hidden <= kF32ResidualSmallRowMaxHidden &&
       (max_tokens == 0 || max_tokens >= kF32ResidualSmallRowFromTokens)) {
     return StrCat("the fused op's kernels for an f32 residual stream hold rows of H <= ",
                   kF32ResidualSmallRowMaxHidden, " one to a block, which lost to Inductor's kernel from ",

@@ -45,36 +45,19 @@ struct ResolvedType {
   std::vector<int64_t> shape;
 };
 
-// A canonical norm whose rounding differs from Contract 3's defaults: the fused op's own row
-// code at world size 1 (local), so that the canonical op and the fused op agree bit for bit.
+// A canonical norm as the local fused op (`spec`, ir::NormAsLocalFusedSpec): the fused op's own
+// row code at world size 1, so that the canonical op and the fused op agree bit for bit.
 // Leading dims are flattened into rows.
-StatusOr<std::vector<HostTensor>> NormWithRecipe(const ir::Node& node,
-                                                 const std::vector<const HostTensor*>& in,
-                                                 const RoundingRecipe& rounding, float eps,
-                                                 float weight_bias) {
-  const bool has_residual = node.kind() == ir::OpKind::kFusedAddRmsNorm;
+StatusOr<std::vector<HostTensor>> NormAsLocalFusedOp(const AllreduceRmsnormSpec& spec,
+                                                     const std::vector<const HostTensor*>& in) {
   const HostTensor& x = *in[0];
-  const HostTensor& w = *in[has_residual ? 2 : 1];
+  const HostTensor& w = *in[spec.has_residual ? 2 : 1];
   const std::vector<int64_t> shape = x.shape();
-  if (shape.empty()) return InvalidArgument("x must have rank >= 1");
-  const int64_t hidden = shape.back();
+  const int64_t hidden = spec.hidden;
   const std::vector<int64_t> rows_shape = {hidden == 0 ? 0 : x.numel() / hidden, hidden};
-  AllreduceRmsnormSpec spec;
-  spec.act_dtype = x.dtype();
-  spec.weight_dtype = w.dtype();
-  spec.hidden = hidden;
-  spec.local = true;
-  spec.has_residual = has_residual;
-  spec.residual_f32_in = has_residual && in[1]->dtype() == DType::kF32 && x.dtype() != DType::kF32;
-  spec.eps = eps;
-  spec.weight_bias = weight_bias;
-  spec.emit.norm = true;
-  spec.emit.residual = has_residual;
-  spec.rounding = rounding;
-  TPFUSE_RETURN_IF_ERROR(spec.Validate());
   const HostTensor x_rows = x.Reshaped(rows_shape);
   std::optional<HostTensor> residual_rows;
-  if (has_residual) residual_rows = in[1]->Reshaped(rows_shape);
+  if (spec.has_residual) residual_rows = in[1]->Reshaped(rows_shape);
   TPFUSE_ASSIGN_OR_RETURN(std::vector<HostTensor> out,
                           cpu::AllreduceRmsnorm(spec, {&x_rows},
                                                 residual_rows ? &*residual_rows : nullptr, w,
@@ -153,8 +136,10 @@ StatusOr<std::vector<HostTensor>> RunLocalOp(const ir::Node& node,
     case ir::OpKind::kFusedAddRmsNorm: {
       TPFUSE_ASSIGN_OR_RETURN(double eps, ir::GetNumberAttr(node, "eps", 1e-6));
       TPFUSE_ASSIGN_OR_RETURN(double weight_bias, ir::GetNumberAttr(node, "weight_bias", 0.0));
-      TPFUSE_ASSIGN_OR_RETURN(RoundingRecipe rounding, ir::NormRoundingFromNode(node));
-      if (!rounding.is_default()) return NormWithRecipe(node, in, rounding, float(eps), float(weight_bias));
+      if (in[0]->rank() < 1) return InvalidArgument("x must have rank >= 1");
+      TPFUSE_ASSIGN_OR_RETURN(const std::optional<AllreduceRmsnormSpec> fused,
+                              ir::NormAsLocalFusedSpec(node, in[0]->shape().back()));
+      if (fused) return NormAsLocalFusedOp(*fused, in);
       if (node.kind() == ir::OpKind::kRmsNorm) {
         TPFUSE_ASSIGN_OR_RETURN(
             HostTensor y, cpu::RmsNorm(*in[0], *in[1], float(eps), float(weight_bias), out_dtype));

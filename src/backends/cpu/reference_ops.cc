@@ -591,13 +591,11 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
   // the norm reads round(h) or, with rounding.norm_input_f32, the f32 h itself.
   std::vector<float> u = Decode(h);
   if (residual) {
-    HostTensor rounded(spec.act_dtype, a.shape());
     h = HostTensor(spec.residual_out_dtype(), a.shape());
     for (int64_t i = 0; i < a.numel(); ++i) {
       const float sum = u[size_t(i)] + residual->GetF32(i);
       h.SetF32(i, sum);
-      rounded.SetF32(i, sum);
-      u[size_t(i)] = spec.rounding.norm_input_f32 ? sum : rounded.GetF32(i);
+      u[size_t(i)] = spec.rounding.norm_input_f32 ? sum : RoundTo(spec.act_dtype, sum);
     }
   }
   // 3. y = round(u * r * w') or round(round(u * r) * w').

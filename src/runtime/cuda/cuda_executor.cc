@@ -159,34 +159,6 @@ class PlanBuilder {
   Plan& plan_;
 };
 
-// A canonical norm with a rounding recipe or an f32 residual as the local fused op (a = x).
-Status PlanNormAsLocalFusedOp(const ir::Node& node, const RoundingRecipe& rounding, float eps,
-                              float weight_bias, NodePlan& np) {
-  const bool has_residual = node.kind() == ir::OpKind::kFusedAddRmsNorm;
-  const ir::TensorType& x = node.operand(0)->type();
-  if (x.rank() < 1 || !x.shape.back().is_const())
-    return Unimplemented(node.op(), " with a rounding recipe or an f32 residual needs a constant hidden "
-                         "dim on cuda, got ", x.ToString());
-  AllreduceRmsnormSpec spec;
-  spec.act_dtype = x.dtype;
-  spec.weight_dtype = node.operand(has_residual ? 2 : 1)->dtype();
-  spec.hidden = x.shape.back().value;
-  spec.local = true;
-  spec.has_residual = has_residual;
-  spec.residual_f32_in = has_residual && node.operand(1)->dtype() == DType::kF32;
-  spec.eps = eps;
-  spec.weight_bias = weight_bias;
-  spec.emit.norm = true;
-  spec.emit.residual = has_residual;
-  spec.rounding = rounding;
-  TPFUSE_RETURN_IF_ERROR(spec.Validate().WithContext(node.op()));
-  np.kind = LaunchKind::kFused;
-  np.spec = spec;
-  np.fused_in = ir::FusedOperandLayout(spec);
-  np.fused_out = ir::FusedResultLayout(spec);
-  return Status::Ok();
-}
-
 // Reads the op and attributes of one node into `np` (results and operands already set).
 Status PlanOp(const ir::Node& node, NodePlan& np) {
   constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -257,14 +229,18 @@ Status PlanOp(const ir::Node& node, NodePlan& np) {
       TPFUSE_ASSIGN_OR_RETURN(double weight_bias, ir::GetNumberAttr(node, "weight_bias", 0.0));
       np.a = float(eps);
       np.b = float(weight_bias);
-      TPFUSE_ASSIGN_OR_RETURN(RoundingRecipe rounding, ir::NormRoundingFromNode(node));
-      const bool f32_residual = np.kind == LaunchKind::kFusedAddRmsNorm &&
-                                node.operand(1)->dtype() != node.operand(0)->dtype();
-      if (rounding.is_default() && !f32_residual) return Status::Ok();
       // The unfused norm kernels round as Contract 3's default form does and take the residual in
-      // x's dtype: any other recipe runs as the local fused op, which follows it (as the CPU
-      // backend does), bit for bit with the fused op of the same chain.
-      return PlanNormAsLocalFusedOp(node, rounding, float(eps), float(weight_bias), np);
+      // x's dtype: any other norm runs as the local fused op, which follows it (as on the CPU).
+      const ir::TensorType& x = node.operand(0)->type();
+      const int64_t hidden = x.rank() >= 1 && x.shape.back().is_const() ? x.shape.back().value : 0;
+      TPFUSE_ASSIGN_OR_RETURN(const std::optional<AllreduceRmsnormSpec> fused,
+                              ir::NormAsLocalFusedSpec(node, hidden));
+      if (!fused) return Status::Ok();
+      np.kind = LaunchKind::kFused;
+      np.spec = *fused;
+      np.fused_in = ir::FusedOperandLayout(np.spec);
+      np.fused_out = ir::FusedResultLayout(np.spec);
+      return Status::Ok();
     }
     case ir::OpKind::kQuantFp8: {
       TPFUSE_ASSIGN_OR_RETURN(ir::QuantParams params, ir::QuantParamsFromNode(node));

@@ -876,7 +876,7 @@ __device__ __forceinline__ void NormInput(const FusedKernelParams& p, const uint
           StoreStreaming(residual_out + 1, make_uint4(__float_as_uint(u[4]), __float_as_uint(u[5]),
                                                       __float_as_uint(u[6]), __float_as_uint(u[7])));
         }
-        if (!Recipe::NormInputF32(p)) Unpack<T>(Pack<T>(u), u);
+        if (!Recipe::NormInputF32(p)) RoundVector<T>(u);
       } else {
         const uint4 h = Pack<T>(u);
         if (residual_out) StoreStreaming(residual_out, h);

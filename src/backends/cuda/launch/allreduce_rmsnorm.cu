@@ -147,17 +147,12 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.quant_divides = spec.QuantDivides();
   p.scale_floor_after_div = spec.rounding.scale_floor_after_div;
   p.ue8m0_floor = spec.rounding.ue8m0_floor;
-  p.residual_f32_in = spec.has_residual && spec.residual_f32_in;
-  p.residual_out_f32 = spec.has_residual && spec.rounding.residual_out_f32;
+  // Read only by F32ResidualRecipe's kernels (spec.f32_residual(): the local op's block or
+  // cluster, the nccl path's block); Validate ties both to a residual.
+  p.residual_f32_in = spec.residual_f32_in;
+  p.residual_out_f32 = spec.rounding.residual_out_f32;
   p.world_size = 1;
   return p;
-}
-
-// Whether the spec keeps its residual stream in f32 (an f32 residual or residual_out): the
-// epilogue kernels of F32ResidualRecipe, on the local op (one block or a cluster per row) and
-// the nccl path (one block per row).
-bool HasF32Residual(const AllreduceRmsnormSpec& spec) {
-  return spec.has_residual && (spec.residual_f32_in || spec.rounding.residual_out_f32);
 }
 
 // The attributes of one launch (they must outlive it).
@@ -604,7 +599,7 @@ StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const 
 }
 
 KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options) {
-  if (HasF32Residual(spec)) return KernelRecipe::kRuntimeF32Residual;
+  if (spec.f32_residual()) return KernelRecipe::kRuntimeF32Residual;
   if (!options.fixed_recipes) return KernelRecipe::kRuntime;
   // The scale step and format matter only where the kernel quantizes (ue8m0: dynamic scales).
   const bool dynamic_f32 = IsDynamicQuant(spec.quant) && spec.scale_fmt == ScaleFormat::kF32;
@@ -634,7 +629,7 @@ Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_
       return OutOfRange("hidden ", spec.hidden, " does not fit the nccl scratch buffer");
     return Status::Ok();
   }
-  if (HasF32Residual(spec))
+  if (spec.f32_residual())
     return Unimplemented("strategy ", StrategyName(strategy),
                          " keeps the residual in the activation dtype: an f32 residual runs on nccl");
   if (!comm.has_peer_memory())
@@ -769,7 +764,7 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
     TPFUSE_ASSIGN_OR_RETURN(
         FusedKernelFn kernel,
         EpilogueKernel(spec, layout, RowOwner::kBlock,
-                       HasF32Residual(spec) ? KernelRecipe::kRuntimeF32Residual : KernelRecipe::kRuntime));
+                       spec.f32_residual() ? KernelRecipe::kRuntimeF32Residual : KernelRecipe::kRuntime));
     const ncclDataType_t type = spec.act_dtype == DType::kBF16 ? ncclBfloat16 : ncclFloat16;
     // At N = 2 ncclAllReduce's sum is Contract 3's (one f32 add, one rounding); above it NCCL
     // rounds partial sums, so the exact path gathers the partials and sums them in the kernel.
