@@ -392,6 +392,20 @@ TEST_F(CliTest, RunExactOnTheDynamicQuantForms) {
   }
 }
 
+// The f32 residual stream fused at TP 2 against its decomposed graph, and canonical norms with
+// recipes run as written: every output bit for bit.
+TEST_F(CliTest, RunExactOnTheF32ResidualStreamAndTheNormRecipes) {
+  const std::string forms = std::string(TPFUSE_TEST_DATA_DIR) + "/forms/";
+  for (const std::string args : {"run " + forms + "f32_residual_stream.tpg --exact --dim B=2 --dim S=7",
+                                 "run " + forms + "norm_recipes.tpg --exact --no-fuse -n 1 --tokens 5"}) {
+    const CliResult r = RunCli(args);
+    EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.out << r.err;
+    EXPECT_TRUE(Contains(r.out, "bitwise equal")) << args << "\n" << r.out;
+  }
+  const CliResult fused = RunCli("run " + forms + "f32_residual_stream.tpg --dim B=1 --dim S=3");
+  EXPECT_TRUE(Contains(fused.out, "2 fused, 0 left unfused")) << fused.out;
+}
+
 TEST_F(CliTest, RunRefusesAnOpaqueOpNamingIt) {
   const std::string path = TempPath("opaque.tpg");
   WriteFile(path,

@@ -235,46 +235,13 @@ TEST(PassesForms, AScaledLocalChainFusesAtWorldSizeOne) {
 // A residual stream kept in f32 (SGLang's fp32_residual, vLLM's f16 Gemma): the first layer adds
 // an f16 residual and keeps the f32 sum, the second adds that f32 residual ([B, S, H], viewed as
 // rows) and quantizes the norm with a static scale. Both fuse, each with its residual's dtype and
-// the f32 output, and change no bit, for the CPU and the CUDA targets. A target whose fused op
-// keeps the residual in f16 says why not.
-constexpr char kF32ResidualStream[] = R"(
-  func @f(%x0: f16[B, S, 256], %x1: f16[B, S, 256], %res: f16[B, S, 256], %g0: f16[256],
-          %g1: f16[256], %sc: f32[]) {
-    %ar0 = all_reduce(%x0)
-    %a0 = cast(%ar0) {to = f32}
-    %r0 = cast(%res) {to = f32}
-    %h0 = add(%a0, %r0)
-    %sq0 = pow(%h0) {exponent = 2}
-    %m0 = mean(%sq0) {dim = -1, keepdim = true}
-    %e0 = add(%m0) {scalar = 1e-6}
-    %rs0 = rsqrt(%e0)
-    %n0 = mul(%h0, %rs0)
-    %gf0 = cast(%g0) {to = f32}
-    %w0 = add(%gf0) {scalar = 1}
-    %yf0 = mul(%n0, %w0)
-    %y0 = cast(%yf0) {to = f16}
-    %ar1 = all_reduce(%x1)
-    %a1 = cast(%ar1) {to = f32}
-    %h1 = add(%a1, %h0)
-    %sq1 = pow(%h1) {exponent = 2}
-    %m1 = mean(%sq1) {dim = -1, keepdim = true}
-    %e1 = add(%m1) {scalar = 1e-6}
-    %rs1 = rsqrt(%e1)
-    %n1 = mul(%h1, %rs1)
-    %gf1 = cast(%g1) {to = f32}
-    %w1 = add(%gf1) {scalar = 1}
-    %yf1 = mul(%n1, %w1)
-    %y1 = cast(%yf1) {to = f16}
-    %q1 = quant_fp8(%y1, %sc) {mode = "tensor"}
-    return %y0, %q1, %h1
-  }
-)";
-
+// the f32 output, and change no bit, for the CPU and the CUDA targets (forms/
+// f32_residual_stream.tpg). A target whose fused op keeps the residual in f16 says why not.
 TEST(PassesForms, AnF32ResidualStreamFusesWithItsDtypes) {
   PassContext cuda;
   cuda.caps = CudaFusionCapabilities();
-  EXPECT_EQ(Compile(kF32ResidualStream, cuda).ctx.fusions.size(), 2u);
-  Compiled c = Compile(kF32ResidualStream);
+  EXPECT_EQ(Compile(ReadForm("f32_residual_stream.tpg"), cuda).ctx.fusions.size(), 2u);
+  Compiled c = Compile(ReadForm("f32_residual_stream.tpg"));
   ASSERT_TRUE(c.ok());
   ASSERT_EQ(c.ctx.fusions.size(), 2u) << DescribeReport(c.ctx) << Print(*c.after);
   const AllreduceRmsnormSpec& first = c.ctx.fusions[0].spec;
@@ -297,7 +264,7 @@ TEST(PassesForms, AnF32ResidualStreamFusesWithItsDtypes) {
 TEST(PassesForms, AnF32ResidualStreamOnATargetWithoutOneSaysWhy) {
   PassContext without;
   without.caps.residual_f32 = false;
-  Compiled c = Compile(kF32ResidualStream, without);
+  Compiled c = Compile(ReadForm("f32_residual_stream.tpg"), without);
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(c.ctx.fusions.size(), 0u) << DescribeReport(c.ctx) << Print(*c.after);
   ASSERT_EQ(c.ctx.rejections.size(), 2u) << DescribeReport(c.ctx);
