@@ -28,10 +28,13 @@ together are under 2 x L2 the L2 is overwritten between replays, outside the tim
     python bench/inductor_epilogue.py --no-residual --quant none --hidden 64,128,256 \
         --tokens 32,1024,32768,262144                        # q_norm / k_norm rows
     python bench/inductor_epilogue.py --f32-residual         # the residual stream in f32
+    python bench/inductor_epilogue.py --f32-norm --quant none # the norm returned in f32
 
 With --f32-residual the residual stream is kept in f32 (SGLang's fp32_residual, vLLM's f16
 Gemma): the residual is f32, h = x.float() + residual is returned unrounded and normalized as it
 is (the fused op's rounding norm_input_f32 and residual_out_f32), 4 bytes a value each way.
+With --f32-norm (quant none) the norm is returned unrounded, in f32 (FlashInfer's fusion tests'
+reference; the fused op's rounding norm_out_f32), 4 bytes a value.
 
 Checked: in every cell, the fused op's results for the first and last 256 rows of its call on all
 T rows (the launch the timing replays) against the CPU backend, the oracle, on those rows, bit for
@@ -76,7 +79,8 @@ def parse_list(text: str, kind=int) -> List:
 
 # ---------------------------------------------------------------- the chain in torch
 
-def torch_chain(quant: str, with_residual: bool = True, f32_residual: bool = False) -> Callable:
+def torch_chain(quant: str, with_residual: bool = True, f32_residual: bool = False,
+                f32_norm: bool = False) -> Callable:
     def chain(x, residual, weight, inv_scale):
         if f32_residual:  # the f32 sum is the new residual and the norm's input
             h = hf = x.float() + residual
@@ -84,7 +88,9 @@ def torch_chain(quant: str, with_residual: bool = True, f32_residual: bool = Fal
             h = x + residual if with_residual else x
             hf = h.float()
         r = torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + EPS)
-        y = (hf * r * weight.float()).to(x.dtype)
+        y = hf * r * weight.float()
+        if not f32_norm:
+            y = y.to(x.dtype)
         hs = (h,) if with_residual else ()
         if quant == "none":
             return hs + (y,)
@@ -112,16 +118,18 @@ def emitted(quant: str, with_residual: bool) -> List[str]:
     return emit + ([] if quant == "none" else ["quant"])
 
 
-def tpfuse_call(quant: str, with_residual: bool = True, f32_residual: bool = False) -> Callable:
+def tpfuse_call(quant: str, with_residual: bool = True, f32_residual: bool = False,
+                f32_norm: bool = False) -> Callable:
     import tpfuse  # noqa: F401  (registers the op)
     op = torch.ops.tpfuse.allreduce_rmsnorm
     emit = emitted(quant, with_residual)
-    rounding = ["norm_input_f32", "residual_out_f32"] if f32_residual else None
+    rounding = (["norm_input_f32", "residual_out_f32"] if f32_residual else []) + \
+        (["norm_out_f32"] if f32_norm else [])
 
     def call(x, residual, weight, scale):
         return op(x, residual if with_residual else None, weight,
                   scale if quant == "fp8_tensor" else None, emit=emit, eps=EPS, quant=quant,
-                  group_size=group_size(x.shape[-1]), rounding=rounding)
+                  group_size=group_size(x.shape[-1]), rounding=rounding or None)
     return call
 
 
@@ -147,7 +155,7 @@ def check_rows(fused: Callable, x, residual, weight, scale, rows: int = 256) -> 
 
 
 def bytes_moved(tokens: int, hidden: int, quant: str, with_residual: bool = True,
-                f32_residual: bool = False) -> int:
+                f32_residual: bool = False, f32_norm: bool = False) -> int:
     act = tokens * hidden * 2
     n = act + hidden * 2            # x, weight
     if with_residual:
@@ -155,7 +163,7 @@ def bytes_moved(tokens: int, hidden: int, quant: str, with_residual: bool = True
     if quant != "none":
         n += tokens * hidden        # q
     if quant in ("none", "fp8_group"):
-        n += act                    # y
+        n += 2 * act if f32_norm else act  # y
     if quant == "fp8_group":
         n += tokens * (hidden // group_size(hidden)) * 4  # s
     elif quant == "fp8_token":
@@ -232,6 +240,8 @@ def main() -> int:
                     help="the norm alone (h = x), as the first layer's norm or a head norm")
     ap.add_argument("--f32-residual", action="store_true",
                     help="the residual stream in f32: an f32 residual, h returned in f32")
+    ap.add_argument("--f32-norm", action="store_true",
+                    help="the norm returned in f32, unrounded (quant none only)")
     ap.add_argument("--csv", help="write the CSV here (default: after the tables, on stdout)")
     args = ap.parse_args()
     if args.f32_residual and args.no_residual:
@@ -241,6 +251,8 @@ def main() -> int:
     for q in quants:
         if q not in QUANTS:
             ap.error(f"--quant: unknown mode {q!r} (expected {', '.join(QUANTS)})")
+    if args.f32_norm and quants != ["none"]:
+        ap.error("--f32-norm takes --quant none: the fused op quantizes the rounded norm")
     if not torch.cuda.is_available():
         print("inductor_epilogue: no CUDA GPU visible; nothing to measure", file=sys.stderr)
         return 1
@@ -268,10 +280,10 @@ def main() -> int:
             # Every (H, quant) compiles afresh: the chains share one code object, and Dynamo's
             # cache per code object would otherwise fill up and fall back to eager.
             torch._dynamo.reset()
-            with_residual, f32 = not args.no_residual, args.f32_residual
-            compiled = torch.compile(torch_chain(quant, with_residual, f32),
+            with_residual, f32, f32_norm = not args.no_residual, args.f32_residual, args.f32_norm
+            compiled = torch.compile(torch_chain(quant, with_residual, f32, f32_norm),
                                      dynamic=False if args.static else None)
-            fused = tpfuse_call(quant, with_residual, f32) if use_tpfuse else None
+            fused = tpfuse_call(quant, with_residual, f32, f32_norm) if use_tpfuse else None
             table = []
             for tokens in tokens_list:
                 done += 1
@@ -279,9 +291,10 @@ def main() -> int:
                       f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
                 sets_torch, sets_tpfuse = make_sets(tokens, hidden, args.input_sets, tokens,
                                                     not args.static, f32)
-                set_bytes = bytes_moved(tokens, hidden, quant, with_residual, f32)
+                set_bytes = bytes_moved(tokens, hidden, quant, with_residual, f32, f32_norm)
                 row = {"hidden": hidden, "tokens": tokens, "quant": quant,
-                       "residual": "f32" if f32 else int(with_residual)}
+                       "residual": "f32" if f32 else int(with_residual),
+                       "norm": "f32" if f32_norm else "16-bit"}
                 row["inductor_us"] = timer.time_per_op(compiled, sets_torch, set_bytes)
                 row["inductor_gbps"] = set_bytes / row["inductor_us"] / 1e3
                 if fused is not None:

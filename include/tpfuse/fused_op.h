@@ -128,12 +128,17 @@ struct RoundingRecipe {
   // dtype: a model that keeps its residual stream in f32 (SGLang's fp32_residual, vLLM's f16
   // Gemma). Needs a residual.
   bool residual_out_f32 = false;
+  // The norm output is y = n * w' itself, unrounded (f32), instead of round(y) in the activation
+  // dtype: a graph that returns the norm in f32 (FlashInfer's fusion tests' reference, a norm
+  // weight kept in f32 multiplying the f32 normalized value). Quant none only: the quantization
+  // reads the rounded y.
+  bool norm_out_f32 = false;
 
   bool operator==(const RoundingRecipe&) const = default;
   bool is_default() const { return *this == RoundingRecipe{}; }
   // Names of the flags set, in field order: "norm_input_f32", "weight_after_round",
   // "weight_bias_in_weight_dtype", "scale_op_swapped", "scale_floor_after_div", "ue8m0_floor",
-  // "residual_out_f32". Empty for the defaults.
+  // "residual_out_f32", "norm_out_f32". Empty for the defaults.
   std::vector<std::string> Names() const;
   // Parses flag names in any order; rejects unknown or repeated names.
   static StatusOr<RoundingRecipe> FromNames(const std::vector<std::string>& names);
@@ -175,7 +180,8 @@ struct AllreduceRmsnormSpec {
   bool QuantDivides() const { return quant_params().Divides(); }
 
   // Checks internal consistency (dtypes, hidden > 0, group divides hidden, emit not empty,
-  // emit.quant iff quant != none, emit.residual and an f32 residual need a residual). Names the
+  // emit.quant iff quant != none, emit.residual and an f32 residual need a residual, an f32 norm
+  // output quant none). Names the
   // problem.
   Status Validate() const;
 
@@ -190,12 +196,18 @@ struct AllreduceRmsnormSpec {
   // The dtypes of the residual operand and of residual_out (f32 or the activation dtype).
   DType residual_in_dtype() const { return residual_f32_in ? DType::kF32 : act_dtype; }
   DType residual_out_dtype() const { return rounding.residual_out_f32 ? DType::kF32 : act_dtype; }
+  // The dtype of the norm output (f32 under rounding.norm_out_f32, else the activation dtype).
+  DType norm_out_dtype() const { return rounding.norm_out_f32 ? DType::kF32 : act_dtype; }
+  // Whether the residual stream or the norm output is f32 (f32_residual() or norm_out_f32): the
+  // backends' kernels for f32 values serve these.
+  bool has_f32_values() const { return f32_residual() || rounding.norm_out_f32; }
   // One-line description for logs and errors.
   std::string ToString() const;
 };
 
 // Device pointers of one fused-op call: x, residual and outputs [T, H] row-major (the residual
-// and residual_out in their dtypes, AllreduceRmsnormSpec::residual_in_dtype/_out_dtype); weight [H];
+// and residual_out in their dtypes, AllreduceRmsnormSpec::residual_in_dtype/_out_dtype, the norm
+// output in norm_out_dtype); weight [H];
 // scale f32[] (fp8_tensor); scale_out spec.ScaleElements(T) floats. Outputs not in spec.emit
 // are null; the others are 16-byte aligned (scale pointers 4-byte).
 struct FusedBuffers {
@@ -227,6 +239,7 @@ struct FusionCapabilities {
   bool emit_allreduce = true;                   // may return the all_reduce result itself
   bool emit_norm_with_quant = true;             // may return y and q together (fan-out)
   bool residual_f32 = true;                     // an f32 residual operand or residual_out
+  bool norm_out_f32 = true;                     // the norm output in f32 (rounding norm_out_f32)
   int64_t hidden_multiple = 8;
   int64_t max_hidden = 0;                       // 0: no limit
 

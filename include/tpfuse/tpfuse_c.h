@@ -48,8 +48,9 @@ extern "C" {
 #endif
 
 /* Bumped when a struct layout, a signature or the codes a field takes change; bindings check it
- * at load time. 3: TPFUSE_RESIDUAL_F32 and TPFUSE_ROUNDING_RESIDUAL_OUT_F32. */
-#define TPFUSE_C_ABI_VERSION 3
+ * at load time. 3: TPFUSE_RESIDUAL_F32 and TPFUSE_ROUNDING_RESIDUAL_OUT_F32. 4:
+ * TPFUSE_ROUNDING_NORM_OUT_F32. */
+#define TPFUSE_C_ABI_VERSION 4
 TPFUSE_C_API int32_t tpfuse_abi_version(void);
 /* "0.1.0" */
 TPFUSE_C_API const char* tpfuse_version(void);
@@ -104,6 +105,7 @@ enum {
   TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV = 16,      /* s = max(amax / 448, 1 / (448 * 512)); ue8m0: floored after the rounding */
   TPFUSE_ROUNDING_UE8M0_FLOOR = 32,                /* ue8m0 of max(s, 1e-10) */
   TPFUSE_ROUNDING_RESIDUAL_OUT_F32 = 64,           /* residual_out is the unrounded f32 h */
+  TPFUSE_ROUNDING_NORM_OUT_F32 = 128,              /* the norm output is the unrounded f32 y (quant none) */
 };
 /* The residual operand (tpfuse_spec_t.has_residual). */
 enum {
@@ -140,8 +142,9 @@ TPFUSE_C_API tpfuse_status_t tpfuse_spec_validate(const tpfuse_spec_t* spec);
 TPFUSE_C_API tpfuse_status_t tpfuse_spec_scale_elements(const tpfuse_spec_t* spec, int64_t tokens,
                                                         int64_t* elements);
 
-/* The buffers of one call: x, residual and the bf16/f16 outputs [T, H] row-major; weight [H];
- * scale one f32 (FP8_TENSOR only); quant_out f8e4m3 [T, H]; scale_out tpfuse_spec_scale_elements
+/* The buffers of one call: x, residual and the bf16/f16 outputs [T, H] row-major (the residual
+ * f32 under TPFUSE_RESIDUAL_F32, residual_out under TPFUSE_ROUNDING_RESIDUAL_OUT_F32 and norm_out
+ * under TPFUSE_ROUNDING_NORM_OUT_F32); weight [H]; scale one f32 (FP8_TENSOR only); quant_out f8e4m3 [T, H]; scale_out tpfuse_spec_scale_elements
  * floats. Outputs not emitted and operands not used are NULL. Device buffers are 16-byte
  * aligned (scale pointers 4-byte). */
 typedef struct tpfuse_buffers {

@@ -108,7 +108,8 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
     n = u * r
     if "weight_after_round" in rounding:
         n = n.to(dtype).float()
-    y = (n * w).to(dtype)
+    # The norm output unrounded, in f32, under norm_out_f32 (quant none: nothing quantizes it).
+    y = n * w if "norm_out_f32" in rounding else (n * w).to(dtype)
     divide_default = quant != "fp8_tensor"
     divides = divide_default != ("scale_op_swapped" in rounding)
 

@@ -71,3 +71,20 @@ def test_the_f32_residual_stream_is_the_same_chain_on_both_sides(quant):
         assert ulp_distance_16(got[0], want[1]).max() <= 1
     assert ie.bytes_moved(40, 256, quant, True, True) - ie.bytes_moved(40, 256, quant) == \
         2 * 2 * 40 * 256
+
+
+@pytest.mark.parametrize("f32_residual", [False, True], ids=["bf16_residual", "f32_residual"])
+def test_the_f32_norm_is_the_same_chain_on_both_sides(f32_residual):
+    # --f32-norm: the fused op's rows are the oracle's, its norm is the torch chain's f32 norm to
+    # the sum order of the squares (a few f32 ulps), its residual the chain's bit for bit.
+    x, r, w, scale = inputs(40, 256, 6)
+    if f32_residual:
+        r = r.float() + 1e-3 * torch.rand(r.shape)
+    fused = ie.tpfuse_call("none", True, f32_residual, True)
+    assert ie.check_rows(fused, x, r, w, scale) == "bitwise"
+    got = fused(x, r, w, scale)
+    want = ie.torch_chain("none", True, f32_residual, True)(x, r, w, 1.0 / scale)
+    assert got[0].dtype == torch.float32 and torch.equal(got[1], want[0])
+    torch.testing.assert_close(got[0], want[1], rtol=4e-7, atol=0)
+    assert ie.bytes_moved(40, 256, "none", True, f32_residual, True) - \
+        ie.bytes_moved(40, 256, "none", True, f32_residual) == 2 * 40 * 256

@@ -44,6 +44,10 @@ CASES = [
                                  rounding=["norm_input_f32", "residual_out_f32"]), "f32"),
     ("f32_residual_out", dict(emit=["allreduce", "norm", "residual"], weight_bias=1.0,
                               rounding=["norm_input_f32", "residual_out_f32"]), True),
+    ("f32_norm_out", dict(emit=["norm", "residual"], weight_bias=1.0,
+                          rounding=["norm_input_f32", "residual_out_f32", "norm_out_f32"]), True),
+    ("f32_norm_out_after_round",
+     dict(emit=["norm"], rounding=["weight_after_round", "norm_out_f32"]), False),
 ]
 SHAPES = [(1, 256), (3, 256), (19, 128), (2, 5, 256), (64, 2880), (0, 256), (2, 0, 128)]
 
@@ -178,6 +182,8 @@ BAD_CALLS = [
      "residual must have x's dtype torch.bfloat16 or be float32"),
     (dict(residual=None, rounding=["residual_out_f32"]), ValueError,
      "residual_out_f32 needs a residual operand"),
+    (dict(quant="fp8_token", emit=["quant"], rounding=["norm_out_f32"]), ValueError,
+     "norm_out_f32 takes quant none"),
     (dict(weight=torch.zeros(128, dtype=torch.bfloat16)), ValueError, "weight must be [H] = [256]"),
     (dict(weight=torch.zeros(256, dtype=torch.float64)), TypeError, "weight must be bfloat16"),
     (dict(scale=torch.ones(())), ValueError, "scale is required for quant 'fp8_tensor' and only"),

@@ -1105,6 +1105,53 @@ def test_an_f32_residual_stream_at_world_size_one_computes_what_the_graph_did(re
     assert ulp_distance_16(y, want_y).max() <= 1
 
 
+def _f32_outputs_norm(h, res, w, eps=1e-3):
+    """FlashInfer's fusion tests' reference: the sum and the norm (weight_bias 1) in f32, both
+    returned unrounded."""
+    ro = h.float() + res.float()
+    hs = ro * torch.rsqrt(ro.pow(2).mean(-1, keepdim=True) + eps)
+    return (1.0 + w.float()) * hs, ro
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_a_norm_returned_in_f32_fuses_with_its_output_unrounded(backend):
+    def f(x, res, w):
+        return _f32_outputs_norm(wait(ar(x, "sum", GROUP)), res, w)
+
+    g = trace(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf))
+    p = tt.FusionPass(world_size=2, backend=backend)
+    p(g)
+    assert p.report.fused == 1, p.report.left_alone
+    (call,) = [n for n in g.nodes if str(n.target) == FUSED]
+    assert call.kwargs["rounding"] == ["norm_input_f32", "residual_out_f32", "norm_out_f32"]
+    assert count(g, "_c10d_functional") == 0 and count(g, "aten.pow") == 0, g
+    g.lint()
+
+
+def test_a_norm_returned_in_f32_at_world_size_one_computes_what_the_graph_did():
+    def f(h, res, w):
+        return _f32_outputs_norm(h, res, w)
+
+    gm, args = trace_module(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf))
+    want_y, want_r = f(*args)
+    p = tt.FusionPass(world_size=1, fuse_local=True, backend="cpu")
+    p(gm.graph)
+    gm.recompile()
+    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 1, gm.graph
+    y, r = gm(*args)
+    assert y.dtype == torch.float32 and r.dtype == torch.float32
+    assert torch.equal(r, want_r)
+    (cy, cr) = contract3.allreduce_rmsnorm([args[0]], args[1], args[2], None,
+                                           emit=["norm", "residual"], local=True, weight_bias=1.0,
+                                           eps=1e-3,
+                                           rounding=["norm_input_f32", "residual_out_f32",
+                                                     "norm_out_f32"])
+    assert torch.equal(y, cy) and torch.equal(r, cr)
+    # Eager torch sums the squares in another order than Contract 3's one order: unrounded, y
+    # shows it in the last bits of f32.
+    torch.testing.assert_close(y, want_y, rtol=4e-7, atol=0)
+
+
 def test_an_infinite_attribute_makes_its_node_opaque_not_the_graph():
     # A Mamba mixer's clamp(dt, 0, inf) (Falcon-H1, Bamba) has no IR text; the chain beside it
     # still fuses.
@@ -2097,9 +2144,10 @@ def test_torchs_fused_rms_norm_op_whose_rstd_is_read_stays_with_the_reason():
     assert "aten._fused_rms_norm.default): its rstd is read" in why, why
 
 
-def test_a_norm_whose_weight_multiply_stays_in_f32_fuses_and_keeps_the_multiply():
-    """vLLM's forward_static with an f32 weight: bf16(norm) * w computes in f32. The norm fuses
-    with a unit weight; the graph's own multiply, which promotes the fused result, stays."""
+def test_a_norm_whose_weight_multiply_stays_in_f32_fuses_with_its_output_in_f32():
+    """vLLM's forward_static with an f32 weight: bf16(norm) * w computes in f32. The weight
+    multiply fuses too: the norm rounds n to bf16 first (weight_after_round), and its output is
+    the f32 product, unrounded (norm_out_f32)."""
     def norm(x, res):
         x = x.to(torch.float32) + res
         r = x.to(torch.bfloat16)
@@ -2114,19 +2162,24 @@ def test_a_norm_whose_weight_multiply_stays_in_f32_fuses_and_keeps_the_multiply(
     p(gm.graph)
     gm.recompile()
     attrs = fused_attrs(gm.graph)
-    assert (attrs["emit"], attrs["rounding"]) == (["norm", "residual"], ["norm_input_f32"]), attrs
-    assert count(gm.graph, "aten.mul") == 1, gm.graph  # the f32 weight multiply
+    rounding = ["norm_input_f32", "weight_after_round", "norm_out_f32"]
+    assert (attrs["emit"], attrs["rounding"]) == (["norm", "residual"], rounding), attrs
+    assert count(gm.graph, "aten.mul") == 0, gm.graph
     got = gm(*args)
     assert got[0].dtype == torch.float32
     x, res, w = args
-    oracle = contract3.allreduce_rmsnorm([x], res, torch.ones(256, dtype=bf), None,
-                                         emit=["norm", "residual"], local=True,
-                                         rounding=["norm_input_f32"])
-    # Bitwise the graph's multiply of the oracle's norm by the f32 weight, and the oracle's
-    # residual; the oracle's norm within an ulp of eager's (another order of the sum of squares).
-    assert same_bits(got[0], oracle[0].float() * w) and same_bits(got[1], oracle[1])
+    oracle = contract3.allreduce_rmsnorm([x], res, w, None, emit=["norm", "residual"], local=True,
+                                         rounding=rounding)
+    assert same_bits(got[0], oracle[0]) and same_bits(got[1], oracle[1])
+    # The oracle's y is its rounded norm (unit weight) times the f32 weight, bit for bit: the
+    # multiply the graph wrote; that norm within an ulp of eager's (another order of the sum of
+    # squares).
+    unit = contract3.allreduce_rmsnorm([x], res, torch.ones(256, dtype=bf), None,
+                                       emit=["norm", "residual"], local=True,
+                                       rounding=["norm_input_f32"])
+    assert same_bits(oracle[0], unit[0].float() * w)
     y_eager, h_eager = norm(x, res)
-    assert int(ulp_distance_16(oracle[0], y_eager).max()) <= 1 and same_bits(oracle[1], h_eager)
+    assert int(ulp_distance_16(unit[0], y_eager).max()) <= 1 and same_bits(oracle[1], h_eager)
 
 
 def test_a_local_norm_the_compiler_leaves_in_ops_is_reported_with_the_reason():

@@ -20,7 +20,7 @@ import os
 import threading
 from typing import Dict, Optional, Sequence, Tuple
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 UNIQUE_ID_BYTES = 128
 
 # Codes of the C enums (tpfuse_c.h).
@@ -38,6 +38,7 @@ ROUNDING_BITS: Dict[str, int] = {
     "scale_floor_after_div": 16,
     "ue8m0_floor": 32,
     "residual_out_f32": 64,
+    "norm_out_f32": 128,
 }
 # tpfuse_spec_t.has_residual: none, a residual of the activation dtype, an f32 residual.
 RESIDUAL_NONE, RESIDUAL_ACT, RESIDUAL_F32 = 0, 1, 2

@@ -14,9 +14,9 @@ sum_scale scales the all-reduced sum before the residual add, rounded to x's dty
 `group_name` names the process group (`ProcessGroup.group_name`, as the functional collectives
 take it); "" or a group of one rank is world size 1, where the op runs without communication, as
 it does with local=True (no all_reduce feeds the chain). The results are the emitted ones, in
-Contract 3's order: allreduce, norm, residual (x's shape and dtype; float32 under rounding
-"residual_out_f32"), then q (float8_e4m3fn, x's
-shape) and, for fp8_token / fp8_group, s (f32: x.shape[:-1] + [H / group_size] row-major, or
+Contract 3's order: allreduce, norm, residual (x's shape and dtype; the residual float32 under
+rounding "residual_out_f32", the norm under "norm_out_f32", quant none), then q (float8_e4m3fn,
+x's shape) and, for fp8_token / fp8_group, s (f32: x.shape[:-1] + [H / group_size] row-major, or
 [H / group_size, pad4(T)] column-major, T the rows of x).
 
 Backends:
@@ -144,7 +144,8 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
                     results.append((tuple(x.shape[:-1]) + (groups,), torch.float32))
                 names.append("s")
         else:
-            f32 = name == "residual" and "residual_out_f32" in (rounding or ())
+            f32 = (name == "residual" and "residual_out_f32" in (rounding or ())) or \
+                  (name == "norm" and "norm_out_f32" in (rounding or ()))
             results.append((tuple(x.shape), torch.float32 if f32 else x.dtype))
             names.append(name)
     return _Plan(spec, tokens, hidden, results, names)

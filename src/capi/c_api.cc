@@ -133,7 +133,7 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
       TPFUSE_ROUNDING_NORM_INPUT_F32 | TPFUSE_ROUNDING_WEIGHT_AFTER_ROUND |
       TPFUSE_ROUNDING_WEIGHT_BIAS_IN_WEIGHT_DTYPE | TPFUSE_ROUNDING_SCALE_OP_SWAPPED |
       TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV | TPFUSE_ROUNDING_UE8M0_FLOOR |
-      TPFUSE_ROUNDING_RESIDUAL_OUT_F32;
+      TPFUSE_ROUNDING_RESIDUAL_OUT_F32 | TPFUSE_ROUNDING_NORM_OUT_F32;
   if (c->rounding & ~kRoundingBits)
     return InvalidArgument("spec.rounding: unknown bits 0x", std::hex, c->rounding & ~kRoundingBits);
   s.rounding.norm_input_f32 = c->rounding & TPFUSE_ROUNDING_NORM_INPUT_F32;
@@ -143,6 +143,7 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
   s.rounding.scale_floor_after_div = c->rounding & TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV;
   s.rounding.ue8m0_floor = c->rounding & TPFUSE_ROUNDING_UE8M0_FLOOR;
   s.rounding.residual_out_f32 = c->rounding & TPFUSE_ROUNDING_RESIDUAL_OUT_F32;
+  s.rounding.norm_out_f32 = c->rounding & TPFUSE_ROUNDING_NORM_OUT_F32;
   TPFUSE_RETURN_IF_ERROR(s.Validate().WithContext("spec"));
   return s;
 }

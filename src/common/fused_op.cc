@@ -117,6 +117,7 @@ std::vector<std::string> RoundingRecipe::Names() const {
   if (scale_floor_after_div) names.push_back("scale_floor_after_div");
   if (ue8m0_floor) names.push_back("ue8m0_floor");
   if (residual_out_f32) names.push_back("residual_out_f32");
+  if (norm_out_f32) names.push_back("norm_out_f32");
   return names;
 }
 
@@ -131,11 +132,12 @@ StatusOr<RoundingRecipe> RoundingRecipe::FromNames(const std::vector<std::string
     else if (name == "scale_floor_after_div") field = &recipe.scale_floor_after_div;
     else if (name == "ue8m0_floor") field = &recipe.ue8m0_floor;
     else if (name == "residual_out_f32") field = &recipe.residual_out_f32;
+    else if (name == "norm_out_f32") field = &recipe.norm_out_f32;
     else
       return InvalidArgument("unknown rounding entry '", name,
                              "' (expected norm_input_f32, weight_after_round, "
                              "weight_bias_in_weight_dtype, scale_op_swapped, "
-                             "scale_floor_after_div, ue8m0_floor or residual_out_f32)");
+                             "scale_floor_after_div, ue8m0_floor, residual_out_f32 or norm_out_f32)");
     if (*field) return InvalidArgument("rounding entry '", name, "' appears twice");
     *field = true;
   }
@@ -171,6 +173,9 @@ Status AllreduceRmsnormSpec::Validate() const {
     return InvalidArgument("the residual is f32 but the op has no residual operand");
   if (rounding.residual_out_f32 && !has_residual)
     return InvalidArgument("rounding residual_out_f32 needs a residual operand");
+  if (rounding.norm_out_f32 && quant != QuantMode::kNone)
+    return InvalidArgument("rounding norm_out_f32 takes quant none: the quantization reads the norm output "
+                           "rounded to the activation dtype");
   if (quant == QuantMode::kFp8Group) {
     if (group_size <= 0) return InvalidArgument("group_size must be positive, got ", group_size);
     if (hidden % group_size != 0)
@@ -262,6 +267,9 @@ std::string FusionCapabilities::WhyUnsupported(const AllreduceRmsnormSpec& spec,
     return StrCat("column-major scales are not supported by backend ", backend);
   if (IsDynamicQuant(spec.quant) && spec.scale_fmt == ScaleFormat::kUe8m0 && !scale_ue8m0)
     return StrCat("ue8m0 scales are not supported by backend ", backend);
+  if (!norm_out_f32 && spec.rounding.norm_out_f32)
+    return StrCat("backend ", backend, "'s fused op gives the norm output in the activation dtype (",
+                  DTypeName(spec.act_dtype), "): an f32 norm output is not supported");
   if (!residual_f32 && spec.f32_residual())
     return StrCat("backend ", backend, "'s fused op keeps the residual in the activation dtype (",
                   DTypeName(spec.act_dtype), "): an f32 residual ",

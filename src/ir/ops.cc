@@ -353,8 +353,8 @@ StatusOr<RoundingRecipe> ReadRounding(const AttrReader& attrs,
 StatusOr<RoundingRecipe> ReadNormRounding(const AttrReader& attrs) {
   if (attrs.op() == "fused_add_rms_norm")
     return ReadRounding(attrs, {"norm_input_f32", "weight_after_round", "weight_bias_in_weight_dtype",
-                                "residual_out_f32"});
-  return ReadRounding(attrs, {"weight_after_round", "weight_bias_in_weight_dtype"});
+                                "residual_out_f32", "norm_out_f32"});
+  return ReadRounding(attrs, {"weight_after_round", "weight_bias_in_weight_dtype", "norm_out_f32"});
 }
 
 // x [..., H] and w [H], both bf16 / f16 / f32.
@@ -383,9 +383,15 @@ TensorType ResidualOutType(const TensorType& x, const RoundingRecipe& rounding) 
   return rounding.residual_out_f32 ? TensorType{DType::kF32, x.shape} : x;
 }
 
+// The norm output y: x's type, or f32 of x's shape under rounding norm_out_f32 (y unrounded).
+TensorType NormOutType(const TensorType& x, const RoundingRecipe& rounding) {
+  return rounding.norm_out_f32 ? TensorType{DType::kF32, x.shape} : x;
+}
+
 StatusOr<Types> InferRmsNorm(const Types& in, const AttrReader& attrs) {
   TPFUSE_RETURN_IF_ERROR(CheckNormOperands(attrs, in[0], in[1]));
-  return Types{in[0]};
+  TPFUSE_ASSIGN_OR_RETURN(RoundingRecipe rounding, ReadNormRounding(attrs));
+  return Types{NormOutType(in[0], rounding)};
 }
 
 StatusOr<Types> InferFusedAddRmsNorm(const Types& in, const AttrReader& attrs) {
@@ -394,7 +400,7 @@ StatusOr<Types> InferFusedAddRmsNorm(const Types& in, const AttrReader& attrs) {
   TPFUSE_RETURN_IF_ERROR(CheckNormOperands(attrs, x, in[2]));
   TPFUSE_RETURN_IF_ERROR(CheckResidual(attrs, residual, x));
   TPFUSE_ASSIGN_OR_RETURN(RoundingRecipe rounding, ReadNormRounding(attrs));
-  return Types{x, ResidualOutType(x, rounding)};
+  return Types{NormOutType(x, rounding), ResidualOutType(x, rounding)};
 }
 
 // The f32 scale of dynamic quantization for x [T, H]: [T, G] (row) or [G, pad4(T)] (col).
@@ -576,7 +582,7 @@ StatusOr<Types> InferAllreduceRmsnorm(const Types& in, const AttrReader& attrs) 
   const TensorType& x = in[0];
   Types out;
   if (spec.emit.allreduce) out.push_back(x);
-  if (spec.emit.norm) out.push_back(x);
+  if (spec.emit.norm) out.push_back(NormOutType(x, spec.rounding));
   if (spec.emit.residual) out.push_back(ResidualOutType(x, spec.rounding));
   if (spec.emit.quant) {
     out.push_back(TensorType{DType::kF8E4M3, x.shape});

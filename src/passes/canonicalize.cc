@@ -234,8 +234,10 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
   std::string_view name() const override { return "decomposed_rms_norm"; }
   int benefit() const override { return 10; }
 
-  // Whether the target takes an f32 residual (FusionCapabilities::residual_f32): set per run.
+  // Whether the target takes an f32 residual (FusionCapabilities::residual_f32) and gives an f32
+  // norm output (FusionCapabilities::norm_out_f32): set per run.
   bool f32_residual = true;
+  bool norm_out_f32 = true;
 
   std::optional<RmsNormMatch> Match(ir::Node* root, MatchNotes& notes) const override {
     if (root->op() != "mul" && root->op() != "cast") return std::nullopt;
@@ -247,11 +249,26 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
     for (int i : {0, 1}) {
       ir::Value* side = weighted->operand(i);
       ir::Node* mid_cast = root == weighted ? ProducedBy(side, "cast") : nullptr;
+      // That cast widened back to f32 (the IR's promotion of a multiply of the 16-bit n by an
+      // f32 weight: LlamaRMSNorm's `weight * x.to(input_dtype)` with an f32 weight); the
+      // multiply then reads round(n) exactly, in f32.
+      ir::Node* widened = nullptr;
+      if (ir::Node* inner = mid_cast && IsWideningCast(mid_cast) ? ProducedBy(mid_cast->operand(0), "cast") : nullptr) {
+        widened = mid_cast;
+        mid_cast = inner;
+      }
       MatchNotes core_notes;
       std::optional<RmsCore> core =
           MatchRmsCore(mid_cast ? mid_cast->operand(0) : side, core_notes, f32_residual);
       if (!core) {
         for (const std::string& d : core_notes.declines()) notes.Decline(d);
+        continue;
+      }
+      // A widened round(n) must be n rounded to x's dtype (the type check cannot see it: the
+      // multiply is f32 either way).
+      if (widened && mid_cast->result()->dtype() != core->x->dtype()) {
+        notes.Decline(StrCat("the weight multiplies ", Ref(mid_cast->result()), ", the normalized value rounded to ",
+                             DTypeName(mid_cast->result()->dtype()), ", not to x's ", DTypeName(core->x->dtype())));
         continue;
       }
       RmsNormMatch m;
@@ -272,6 +289,7 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
           m.weight.weight_bias != 0.0 && m.weight.bias_in_weight_dtype;
       m.chain = core->nodes;
       if (mid_cast) m.chain.push_back(mid_cast);
+      if (widened) m.chain.push_back(widened);
       if (weighted != root) m.chain.push_back(weighted);
       m.chain.push_back(root);
       return Finish(std::move(m), notes);
@@ -282,7 +300,7 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
 
   // The checks both forms share, on a match whose chain is set: each link feeds only the next,
   // 16-bit activations, the result's type, and the fused-add form's place.
-  static std::optional<RmsNormMatch> Finish(RmsNormMatch m, MatchNotes& notes) {
+  std::optional<RmsNormMatch> Finish(RmsNormMatch m, MatchNotes& notes) const {
     // Each link of the chain must feed only the next one: the other uses would still need the
     // value the rewrite removes. (The input cast is no link: it stays where it has other uses.)
     for (size_t k = 0; k + 1 < m.chain.size(); ++k) {
@@ -330,10 +348,16 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
     MatchNotes quiet;
     std::optional<RmsCore> core = MatchRmsCore(cast->operand(0), quiet, f32_residual);
     if (!core) return std::nullopt;
+    const auto multiplied_by_tensor = [](const ir::Value* v) {
+      return std::any_of(v->uses().begin(), v->uses().end(), [](const ir::Use& u) {
+        return !u.is_return() && u.user->kind() == ir::OpKind::kMul && u.user->num_operands() == 2;
+      });
+    };
+    // A multiply by a tensor is the weighted form (one by a scalar is no weight), also through
+    // the cast widening the value back to f32 for an f32 weight.
+    if (multiplied_by_tensor(cast->result())) return std::nullopt;
     for (const ir::Use& u : cast->result()->uses()) {
-      // A multiply by a tensor is the weighted form; one by a scalar is no weight.
-      if (!u.is_return() && u.user->kind() == ir::OpKind::kMul && u.user->num_operands() == 2)
-        return std::nullopt;
+      if (!u.is_return() && IsWideningCast(u.user) && multiplied_by_tensor(u.user->result())) return std::nullopt;
     }
     RmsNormMatch m;
     m.root = cast;
@@ -356,9 +380,11 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
     return Finish(std::move(m), notes);
   }
 
-  // The folded op must give the root's type: the same dtype as x (a chain that ends in f32 for
-  // bf16 x is a different computation), a weight of shape [H].
-  static bool ResultTypeMatches(const RmsNormMatch& m, MatchNotes& notes) {
+  // The folded op must give the root's type, with a weight of shape [H]: x's dtype, or f32 where
+  // the weight multiply's f32 product is the result itself, with no cast back (FlashInfer's
+  // fusion tests' reference; a cast back is matched at the cast): y unrounded, rounding
+  // norm_out_f32.
+  bool ResultTypeMatches(RmsNormMatch& m, MatchNotes& notes) const {
     const ir::TensorType& x = m.x->type();
     const ir::TensorType w = WeightType(m);
     if (x.rank() < 1 || w.rank() != 1 || !(w.shape[0] == x.shape.back())) {
@@ -366,13 +392,26 @@ struct DecomposedRmsNorm final : TypedPattern<RmsNormMatch> {
                            x.ToString()));
       return false;
     }
-    StatusOr<std::vector<ir::TensorType>> inferred =
-        m.f32_sum ? ir::InferResultTypes("fused_add_rms_norm", {x, m.residual->type(), w}, Attrs(m))
-                  : ir::InferResultTypes("rms_norm", {x, w}, Attrs(m));
-    if (inferred.ok() && !inferred->empty() && (*inferred)[0] == m.root->result()->type())
-      return true;
+    const auto folded_type_matches = [&] {
+      StatusOr<std::vector<ir::TensorType>> inferred =
+          m.f32_sum ? ir::InferResultTypes("fused_add_rms_norm", {x, m.residual->type(), w}, Attrs(m))
+                    : ir::InferResultTypes("rms_norm", {x, w}, Attrs(m));
+      return inferred.ok() && !inferred->empty() && (*inferred)[0] == m.root->result()->type();
+    };
+    if (folded_type_matches()) return true;
     // A chain whose only user is a cast is visited again at that cast; stay quiet here.
-    if (!CastFollows(m.root)) notes.Decline("the result dtype differs from the input's");
+    if (CastFollows(m.root)) return false;
+    if (m.root->op() == "mul" && m.root->result()->dtype() == DType::kF32 && IsHalfType(x.dtype)) {
+      if (!norm_out_f32) {
+        notes.Decline(StrCat("the norm's result ", Ref(m.root->result()), " is f32: the target's fused op and "
+                             "norm kernels give it in the activation dtype, ", DTypeName(x.dtype)));
+        return false;
+      }
+      m.rounding.norm_out_f32 = true;
+      if (folded_type_matches()) return true;
+      m.rounding.norm_out_f32 = false;
+    }
+    notes.Decline("the result dtype differs from the input's");
     return false;
   }
 
@@ -1374,6 +1413,7 @@ class CanonicalizePass final : public Pass {
 
   StatusOr<bool> Run(ir::Graph& graph, PassContext& ctx) override {
     rms_norm_->f32_residual = ctx.caps.residual_f32;
+    rms_norm_->norm_out_f32 = ctx.caps.norm_out_f32;
     return ApplyPatternsGreedily(graph, patterns_, ctx);
   }
 

@@ -521,15 +521,17 @@ std::string BaseSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
     return StrCat("residual ", Ref(c.residual), " has type ", TypeOf(c.residual),
                   "; expected ", t.ToString(), " like all_reduce ", Ref(a), " (or f32 of its shape)");
   }
-  if (c.y->type() != t) {
+  StatusOr<RoundingRecipe> rounding = ir::NormRoundingFromNode(*c.norm);
+  if (!rounding.ok()) return rounding.status().message();
+  // y is x's type, or f32 of its shape under rounding norm_out_f32.
+  const ir::TensorType y_type = rounding->norm_out_f32 ? ir::TensorType{DType::kF32, t.shape} : t;
+  if (c.y->type() != y_type) {
     return StrCat("norm output ", Ref(c.y), " has type ", TypeOf(c.y), "; expected ",
-                  t.ToString());
+                  y_type.ToString());
   }
   const std::optional<double> eps = NumberAttr(c.norm, "eps", 1e-6);
   const std::optional<double> bias = NumberAttr(c.norm, "weight_bias", 0.0);
   if (!eps || !bias) return StrCat(NodeRef(c.norm), " has a non-numeric eps or weight_bias");
-  StatusOr<RoundingRecipe> rounding = ir::NormRoundingFromNode(*c.norm);
-  if (!rounding.ok()) return rounding.status().message();
   spec = AllreduceRmsnormSpec{};
   spec.local = c.local;
   spec.rounding = *rounding;
@@ -549,6 +551,10 @@ std::string BaseSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
 std::string AddQuant(const ir::Node* quant, AllreduceRmsnormSpec& spec) {
   StatusOr<ir::QuantParams> params = ir::QuantParamsFromNode(*quant);
   if (!params.ok()) return params.status().message();
+  if (spec.rounding.norm_out_f32) {
+    return StrCat("it quantizes the norm output unrounded, in f32; the fused op quantizes the norm output "
+                  "rounded to ", DTypeName(spec.act_dtype));
+  }
   if (params->mode == QuantMode::kFp8Tensor &&
       (quant->num_operands() != 2 || !ir::IsOneElementF32(quant->operand(1)->type()))) {
     return StrCat(NodeRef(quant), " has no one-element f32 scale operand");
@@ -622,8 +628,10 @@ std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
   emit.norm = UsedOutside(c.y, absorbed);
   emit.residual = c.residual_out && c.residual_out->has_uses();
   emit.quant = quant != nullptr;
-  // An unread residual output has no dtype to keep.
+  // An unread output has no dtype to keep (a quant absorbed reads y: an f32 y stays f32, and
+  // Validate refuses the quant of it).
   if (!emit.residual) plan.spec.rounding.residual_out_f32 = false;
+  if (!emit.norm && !quant) plan.spec.rounding.norm_out_f32 = false;
   if (emit.empty()) {
     return Refusal{"unused results", StrCat("nothing after ", c.Start(),
                                             " is used: the norm and its inputs are dead code")};

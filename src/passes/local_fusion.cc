@@ -68,14 +68,14 @@ std::span<const MeasuredLoss> MeasuredLosses() { return kMeasuredLosses; }
 
 std::string WhyInductorIsFaster(const AllreduceRmsnormSpec& spec, int64_t max_tokens,
                                 std::span<const MeasuredLoss> losses) {
-  // An f32 residual stream's kernels hold a row in one block (or a cluster), never rows packed
-  // into blocks: rows of one or two warps (H <= 512) so held lost to Inductor's kernel from 2048
+  // The kernels for f32 values (an f32 residual stream, an f32 norm output) hold a row in one
+  // block (or a cluster), never rows packed into blocks: rows of one or two warps (H <= 512) so held lost to Inductor's kernel from 2048
   // rows in the 16-bit kernels (run 45, 1.04-1.68 x with the residual add), before packed rows.
   // Not measured with the f32 kernels; left to Inductor from there.
   constexpr int64_t kF32ResidualSmallRowMaxHidden = 512, kF32ResidualSmallRowFromTokens = 2048;
-  if (spec.f32_residual() && spec.hidden <= kF32ResidualSmallRowMaxHidden &&
+  if (spec.has_f32_values() && spec.hidden <= kF32ResidualSmallRowMaxHidden &&
       (max_tokens == 0 || max_tokens >= kF32ResidualSmallRowFromTokens)) {
-    return StrCat("the fused op's kernels for an f32 residual stream hold rows of H <= ",
+    return StrCat("the fused op's kernels for f32 values (an f32 residual stream or norm output) hold rows of H <= ",
                   kF32ResidualSmallRowMaxHidden, " one to a block, which lost to Inductor's kernel from ",
                   kF32ResidualSmallRowFromTokens, " rows in the 16-bit kernels (docs/perf/h200x1/"
                   "inductor_epilogue.md, run 45), and the chain has ",

@@ -67,6 +67,9 @@ const Case kCases[] = {
      TPFUSE_ROUNDING_NORM_INPUT_F32 | TPFUSE_ROUNDING_RESIDUAL_OUT_F32},
     {"f32_residual_out", TPFUSE_QUANT_NONE, TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL, TPFUSE_RESIDUAL_ACT,
      TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, TPFUSE_ROUNDING_RESIDUAL_OUT_F32},
+    {"f32_norm_out", TPFUSE_QUANT_NONE, TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL, TPFUSE_RESIDUAL_ACT,
+     TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_F32,
+     TPFUSE_ROUNDING_NORM_INPUT_F32 | TPFUSE_ROUNDING_RESIDUAL_OUT_F32 | TPFUSE_ROUNDING_NORM_OUT_F32},
 };
 
 AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
@@ -89,6 +92,7 @@ AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
   s.rounding.scale_floor_after_div = c.rounding & TPFUSE_ROUNDING_SCALE_FLOOR_AFTER_DIV;
   s.rounding.ue8m0_floor = c.rounding & TPFUSE_ROUNDING_UE8M0_FLOOR;
   s.rounding.residual_out_f32 = c.rounding & TPFUSE_ROUNDING_RESIDUAL_OUT_F32;
+  s.rounding.norm_out_f32 = c.rounding & TPFUSE_ROUNDING_NORM_OUT_F32;
   s.sum_scale = c.sum_scale;
   return s;
 }
@@ -159,7 +163,7 @@ TEST(CApi, ReferenceMatchesTheOracleBitwise) {
         ASSERT_TRUE(expected.ok()) << expected.status().ToString();
 
         // Outputs poisoned; every byte must be written.
-        HostTensor ar(spec.act_dtype, {tokens, hidden}), y(spec.act_dtype, {tokens, hidden}),
+        HostTensor ar(spec.act_dtype, {tokens, hidden}), y(spec.norm_out_dtype(), {tokens, hidden}),
             h(spec.residual_out_dtype(), {tokens, hidden}), q(DType::kF8E4M3, {tokens, hidden});
         int64_t scale_elements = -1;
         ASSERT_EQ(tpfuse_spec_scale_elements(&cspec, tokens, &scale_elements), TPFUSE_OK);
@@ -264,6 +268,13 @@ TEST(CApi, SpecRejectsUnknownCodesAndInconsistency) {
   EXPECT_NE(std::string(tpfuse_last_error()).find("residual_out_f32 needs a residual operand"),
             std::string::npos)
       << tpfuse_last_error();
+  spec.rounding = TPFUSE_ROUNDING_NORM_OUT_F32;  // beside the quant of `spec` (fp8_group)
+  EXPECT_EQ(tpfuse_spec_validate(&spec), TPFUSE_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tpfuse_last_error()).find("norm_out_f32 takes quant none"), std::string::npos)
+      << tpfuse_last_error();
+  spec.rounding = 256;
+  EXPECT_EQ(tpfuse_spec_validate(&spec), TPFUSE_ERR_INVALID_ARGUMENT);
+  EXPECT_STREQ(tpfuse_last_error(), "spec.rounding: unknown bits 0x100");
 }
 
 TEST(CApi, LastErrorIsPerThread) {

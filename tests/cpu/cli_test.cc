@@ -392,11 +392,12 @@ TEST_F(CliTest, RunExactOnTheDynamicQuantForms) {
   }
 }
 
-// The f32 residual stream fused at TP 2 against its decomposed graph, and canonical norms with
-// recipes run as written: every output bit for bit.
+// The f32 residual stream and the f32 norm output fused at TP 2 against their decomposed graphs,
+// and canonical norms with recipes run as written: every output bit for bit.
 TEST_F(CliTest, RunExactOnTheF32ResidualStreamAndTheNormRecipes) {
   const std::string forms = std::string(TPFUSE_TEST_DATA_DIR) + "/forms/";
   for (const std::string args : {"run " + forms + "f32_residual_stream.tpg --exact --dim B=2 --dim S=7",
+                                 "run " + forms + "flashinfer_f32_reference.tpg --exact --tokens 9",
                                  "run " + forms + "norm_recipes.tpg --exact --no-fuse -n 1 --tokens 5"}) {
     const CliResult r = RunCli(args);
     EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.out << r.err;

@@ -458,6 +458,40 @@ TEST(CpuReferenceTest, FusedOpWithAnF32ResidualKeepsTheSumUnrounded) {
   EXPECT_FALSE(AllreduceRmsnorm(spec, std::vector<HostTensor>{x0, x1}, &res_bf16, w, nullptr).ok());
 }
 
+// The norm output in f32 (norm_out_f32) is y unrounded: with a unit weight y = n, the normalized
+// row, off bf16's grid here; by default it is round(n). Under weight_after_round n rounds to the
+// activation dtype first (bf16, not the output's f32), so y = round(n) * 1 in f32.
+TEST(CpuReferenceTest, FusedOpWithAnF32NormOutputKeepsYUnrounded) {
+  AllreduceRmsnormSpec spec = Spec(4, false, QuantMode::kNone);
+  spec.local = true;
+  spec.eps = 0.0f;
+  // mean(x^2) = 7.5: n = x / sqrt(7.5), none of it on bf16's grid.
+  const HostTensor x = Make(DType::kBF16, {1, 4}, {1, 2, 3, 4});
+  const HostTensor w = Make(DType::kBF16, {4}, {1, 1, 1, 1});
+  const std::vector<HostTensor> rounded = Unwrap(AllreduceRmsnorm(spec, std::vector<HostTensor>{x}, nullptr, w, nullptr));
+  spec.rounding.norm_out_f32 = true;
+  const std::vector<HostTensor> kept = Unwrap(AllreduceRmsnorm(spec, std::vector<HostTensor>{x}, nullptr, w, nullptr));
+  spec.rounding.weight_after_round = true;
+  const std::vector<HostTensor> kept_war =
+      Unwrap(AllreduceRmsnorm(spec, std::vector<HostTensor>{x}, nullptr, w, nullptr));
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_EQ(kept[0].dtype(), DType::kF32);
+  EXPECT_EQ(kept_war[0].dtype(), DType::kF32);
+  EXPECT_EQ(rounded[0].dtype(), DType::kBF16);
+  const float r = 1.0f / std::sqrt(30.0f / 4.0f);
+  for (int64_t i = 0; i < 4; ++i) {
+    const float n = float(i + 1) * r;
+    EXPECT_EQ(kept[0].GetF32(i), n) << i;
+    EXPECT_NE(kept[0].GetF32(i), RoundTo(DType::kBF16, n)) << i;
+    EXPECT_EQ(rounded[0].GetF32(i), RoundTo(DType::kBF16, n)) << i;
+    EXPECT_EQ(kept_war[0].GetF32(i), RoundTo(DType::kBF16, n)) << i;
+  }
+  // A quantization reads the rounded y: the spec refuses one beside an f32 norm output.
+  AllreduceRmsnormSpec quantized = Spec(4, false, QuantMode::kFp8Token);
+  quantized.rounding.norm_out_f32 = true;
+  EXPECT_FALSE(quantized.Validate().ok());
+}
+
 // The unfused chain on the CPU: all_reduce -> [fused_add_]rms_norm -> quant_fp8.
 std::vector<HostTensor> UnfusedChain(const AllreduceRmsnormSpec& spec,
                                      const std::vector<HostTensor>& partials,

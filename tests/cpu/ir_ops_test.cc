@@ -345,7 +345,17 @@ TEST(IrOpsTest, FusedAddRmsNorm) {
   EXPECT_EQ(Infer("rms_norm", {"f16[T, 64]", "f16[64]"},
                   {{"eps", kEps}, {"rounding", Attr::StrList({"residual_out_f32"})}}),
             "error: rms_norm: rounding entry 'residual_out_f32' does not apply here "
-            "(weight_after_round, weight_bias_in_weight_dtype)");
+            "(weight_after_round, weight_bias_in_weight_dtype, norm_out_f32)");
+  // The norm output unrounded, in f32 (norm_out_f32), for either form.
+  EXPECT_EQ(Infer("rms_norm", {"bf16[T, 64]", "bf16[64]"},
+                  {{"eps", kEps}, {"rounding", Attr::StrList({"norm_out_f32"})}}),
+            "f32[T, 64]");
+  EXPECT_EQ(Infer("fused_add_rms_norm", {"f16[T, 64]", "f16[T, 64]", "f32[64]"},
+                  {{"eps", kEps}, {"rounding", Attr::StrList({"norm_input_f32", "residual_out_f32", "norm_out_f32"})}}),
+            "f32[T, 64], f32[T, 64]");
+  EXPECT_EQ(Infer("fused_add_rms_norm", {"bf16[T, 64]", "bf16[T, 64]", "bf16[64]"},
+                  {{"eps", kEps}, {"rounding", Attr::StrList({"norm_out_f32"})}}),
+            "f32[T, 64], bf16[T, 64]");
   EXPECT_EQ(
       Infer("fused_add_rms_norm", {"bf16[T, 4096]", "f16[T, 4096]", "bf16[4096]"}, {{"eps", kEps}}),
       "error: fused_add_rms_norm: residual f16[T, 4096] does not match x bf16[T, 4096] (its type, "
@@ -545,6 +555,15 @@ TEST(IrOpsTest, AllreduceRmsnormResults) {
   EXPECT_EQ(Infer("allreduce_rmsnorm", {x, "f32[T, 4096]", "bf16[4096]"}, f32_out),
             x + ", f32[T, 4096]");
   EXPECT_EQ(Infer("allreduce_rmsnorm", {x, x, "bf16[4096]"}, f32_out), x + ", f32[T, 4096]");
+  // The norm output in f32 (norm_out_f32): quant none only.
+  AttrMap norm_f32 = Fused({"norm", "residual"});
+  norm_f32["rounding"] = Names({"norm_out_f32"});
+  EXPECT_EQ(Infer("allreduce_rmsnorm", {x, x, "bf16[4096]"}, norm_f32), "f32[T, 4096], " + x);
+  AttrMap norm_f32_quant = Fused({"norm", "quant"}, "fp8_group");
+  norm_f32_quant["rounding"] = Names({"norm_out_f32"});
+  EXPECT_EQ(Infer("allreduce_rmsnorm", {x, "bf16[4096]"}, norm_f32_quant),
+            "error: allreduce_rmsnorm: rounding norm_out_f32 takes quant none: the quantization reads "
+            "the norm output rounded to the activation dtype");
   EXPECT_EQ(Infer("allreduce_rmsnorm", {x, "f32[T, 4096]", "bf16[4096]"}, Fused({"norm", "residual"})),
             x + ", " + x);
   EXPECT_EQ(Infer("allreduce_rmsnorm", {x, "bf16[4096]", "f32[]"}, Fused({"quant"}, "fp8_tensor")),

@@ -426,6 +426,68 @@ TEST(PassesCanonicalize, AnF32ResidualOnATargetWithoutOneDeclinesAndSaysWhy) {
   EXPECT_EQ(CountOp(*c.after, "fused_add_rms_norm") + CountOp(*c.after, "rms_norm"), 0);
 }
 
+// A norm returned in f32 (FlashInfer's fusion tests' reference: the weight multiply's f32 product
+// with no cast back) folds with rounding norm_out_f32, its result f32; a cast back to 16 bits
+// that other readers share stays a cast of that result. With the weight multiply after a cast
+// of n to bf16 the folded norm rounds n first (weight_after_round). A target without an f32 norm
+// output (FusionCapabilities::norm_out_f32 off) leaves it as written and says why.
+constexpr std::string_view kF32NormOutput = R"(
+    func @f(%x: bf16[T, 64], %res: bf16[T, 64], %g: bf16[64], %x2: bf16[T, 64]) {
+      %xf = cast(%x) {to = f32}
+      %rf = cast(%res) {to = f32}
+      %v = add(%xf, %rf)
+      %sq = pow(%v) {exponent = 2}
+      %m = mean(%sq) {dim = -1, keepdim = true}
+      %me = add(%m) {scalar = 1e-3}
+      %r = rsqrt(%me)
+      %n = mul(%v, %r)
+      %gf = cast(%g) {to = f32}
+      %w1 = add(%gf) {scalar = 1}
+      %y = mul(%w1, %n)
+      %yc = cast(%y) {to = bf16}
+      %x2f = cast(%x2) {to = f32}
+      %sq2 = pow(%x2f) {exponent = 2}
+      %m2 = mean(%sq2) {dim = -1, keepdim = true}
+      %me2 = add(%m2) {scalar = 1e-6}
+      %r2 = rsqrt(%me2)
+      %n2 = mul(%x2f, %r2)
+      %n2c = cast(%n2) {to = bf16}
+      %y2 = mul(%n2c, %gf)
+      return %y, %v, %yc, %y2
+    }
+  )";
+
+TEST(PassesCanonicalize, ANormReturnedInF32FoldsWithItsOutputUnrounded) {
+  Compiled c = Canonicalize(kF32NormOutput);
+  ASSERT_TRUE(c.ok());
+  FileCheck(Print(*c.after), R"(
+    CHECK: %y, %v = fused_add_rms_norm(%x, %res, %g)
+    CHECK-SAME: rounding = ["norm_input_f32", "residual_out_f32", "norm_out_f32"]
+    CHECK-SAME: weight_bias = 1
+    CHECK: %yc = cast(%y) {to = bf16}
+    CHECK: %y2 = rms_norm(%x2, %g)
+    CHECK-SAME: rounding = ["weight_after_round", "norm_out_f32"]
+    CHECK: return %y, %v, %yc, %y2
+  )");
+  EXPECT_EQ(c.after->FindValue("y")->type().ToString(), "f32[T, 64]");
+  EXPECT_EQ(c.after->FindValue("y2")->type().ToString(), "f32[T, 64]");
+}
+
+TEST(PassesCanonicalize, AnF32NormOutputOnATargetWithoutOneDeclinesAndSaysWhy) {
+  PassManager canonicalize;
+  canonicalize.Add(MakeCanonicalizePass());
+  PassContext without;
+  without.caps.norm_out_f32 = false;
+  Compiled c = Compile(kF32NormOutput, without, &canonicalize);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm",
+                    "declined: the norm's result %y is f32: the target's fused op and norm kernels "
+                    "give it in the activation dtype, bf16"),
+            1)
+      << DescribeReport(c.ctx);
+  EXPECT_EQ(CountOp(*c.after, "fused_add_rms_norm") + CountOp(*c.after, "rms_norm"), 0);
+}
+
 // A norm of an f32 value that is neither a cast of a 16-bit one nor vLLM's f32 sum (here a
 // difference of two casts) stays as written: rms_norm and the fused op take bf16 or f16
 // activations, and an rms_norm of f32 would leave a graph no backend runs. It says so, and the
@@ -1081,8 +1143,9 @@ TEST(PassesCanonicalize, RmsNormDoesNotFireForTheWrongReductionAxis) {
             1);
 }
 
-// A norm that stays in f32 (no cast back) is a different computation than rms_norm of bf16 x.
-TEST(PassesCanonicalize, RmsNormDoesNotFireWhenTheResultDtypeDiffers) {
+// A norm that stays in f32 (no cast back) is rms_norm of bf16 x with its output unrounded (rounding
+// norm_out_f32), not rms_norm's default bf16 result.
+TEST(PassesCanonicalize, ANormThatStaysInF32FoldsWithItsOutputInF32) {
   Compiled c = Compile(R"(
     func @f(%x: bf16[T, 256], %g: f32[256]) {
       %v = cast(%x) {to = f32}
@@ -1096,10 +1159,11 @@ TEST(PassesCanonicalize, RmsNormDoesNotFireWhenTheResultDtypeDiffers) {
     }
   )");
   ASSERT_TRUE(c.ok());
-  EXPECT_EQ(CountOp(*c.after, "rms_norm"), 0);
-  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm",
-                    "declined: the result dtype differs from the input's"),
-            1);
+  FileCheck(Print(*c.after), R"(
+    CHECK: %y = rms_norm(%x, %g) {eps = 1e-06, rounding = ["norm_out_f32"]}
+    CHECK: return %y
+  )");
+  EXPECT_EQ(c.after->FindValue("y")->type().ToString(), "f32[T, 256]");
 }
 
 TEST(PassesCanonicalize, StaticQuantDoesNotFireForOtherClampBounds) {

@@ -292,6 +292,44 @@ TEST(PassesForms, AnF32ResidualStreamOnATargetWithoutOneSaysWhy) {
       << why;
 }
 
+// FlashInfer's fusion tests' reference returns the norm and the residual in f32, unrounded
+// (forms/flashinfer_f32_reference.tpg): both layers fuse with norm_out_f32 and residual_out_f32,
+// for the CPU and the CUDA targets, and change no bit. A quantization of the f32 norm output stays
+// unfused and says why: the fused op quantizes the rounded norm.
+TEST(PassesForms, AnF32NormOutputFusesUnrounded) {
+  PassContext cuda;
+  cuda.caps = CudaFusionCapabilities();
+  EXPECT_EQ(Compile(ReadForm("flashinfer_f32_reference.tpg"), cuda).ctx.fusions.size(), 2u);
+  Compiled c = Compile(ReadForm("flashinfer_f32_reference.tpg"));
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 2u) << DescribeReport(c.ctx) << Print(*c.after);
+  for (const FusionRecord& f : c.ctx.fusions) {
+    EXPECT_TRUE(f.spec.rounding.norm_out_f32) << f.spec.ToString();
+    EXPECT_TRUE(f.spec.rounding.residual_out_f32) << f.spec.ToString();
+    EXPECT_EQ(f.spec.weight_bias, 1.0f) << f.spec.ToString();
+  }
+  EXPECT_EQ(c.after->FindValue("y1")->type().ToString(), "f32[T, 512]") << Print(*c.after);
+  ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {2, 9});
+
+  Compiled quantized = Compile(R"(
+    func @f(%x: bf16[T, 64], %g: bf16[64]) {
+      %a = all_reduce(%x)
+      %y = rms_norm(%a, %g) {eps = 1e-6, rounding = ["norm_out_f32"]}
+      %q, %s = quant_fp8(%y) {mode = "token"}
+      return %q, %s
+    }
+  )");
+  ASSERT_TRUE(quantized.ok());
+  ASSERT_EQ(quantized.ctx.fusions.size(), 1u) << DescribeReport(quantized.ctx);
+  EXPECT_EQ(quantized.ctx.fusions[0].spec.quant, QuantMode::kNone);
+  EXPECT_TRUE(quantized.ctx.fusions[0].spec.rounding.norm_out_f32);
+  EXPECT_NE(DescribeReport(quantized.ctx)
+                .find("stays unfused: it quantizes the norm output unrounded, in f32; the fused op "
+                      "quantizes the norm output rounded to bf16"),
+            std::string::npos)
+      << DescribeReport(quantized.ctx);
+}
+
 TEST(PassesForms, StaticQuantDividesOrMultipliesByTheReciprocal) {
   Compiled c = Compile(ReadForm("vllm_native_static_quant.tpg"));
   ASSERT_TRUE(c.ok());
@@ -818,7 +856,7 @@ TEST(PassesLocalFusion, InductorsMeasuredWinsFollowTheMeasurement) {
     s.residual_f32_in = true;
     EXPECT_EQ(WhyInductorIsFaster(s, 2047), "") << QuantModeName(q);
     const std::string f32_why = WhyInductorIsFaster(s, 0);
-    EXPECT_NE(f32_why.find("an f32 residual stream hold rows of H <= 512 one to a block"), std::string::npos)
+    EXPECT_NE(f32_why.find("(an f32 residual stream or norm output) hold rows of H <= 512 one to a block"), std::string::npos)
         << f32_why;
     s.residual_f32_in = false;
     s.rounding.residual_out_f32 = true;

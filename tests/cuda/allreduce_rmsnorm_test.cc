@@ -246,15 +246,18 @@ TEST_F(FusedOpTest, EveryVariantMatchesOracle) {
 }
 
 // A residual stream kept in f32 runs on the nccl strategy (one-shot and two-shot refuse it and
-// say so; the dispatcher's choice demotes to nccl): every quant mode, f32 residual in and out.
+// say so; the dispatcher's choice demotes to nccl): every quant mode, f32 residual in and out;
+// and with quant none the norm output in f32 (form 4: with the f32 stream, 5: alone).
 TEST_F(FusedOpTest, AnF32ResidualStreamRunsOnNcclAndMatchesTheOracle) {
   uint64_t seed = 900;
   for (QuantMode quant : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
-    for (int form = 1; form < 4; ++form) {
+    for (int form = 1; form < 6; ++form) {
+      if (form > 3 && quant != QuantMode::kNone) continue;
       AllreduceRmsnormSpec spec = MakeSpec(4096, quant);
-      spec.residual_f32_in = form & 1;
-      spec.rounding.residual_out_f32 = form & 2;
-      spec.rounding.norm_input_f32 = true;
+      spec.residual_f32_in = form == 1 || form == 3 || form == 4;
+      spec.rounding.residual_out_f32 = form == 2 || form == 3 || form == 4;
+      spec.rounding.norm_input_f32 = form < 5;
+      spec.rounding.norm_out_f32 = form > 3;
       for (int64_t tokens : {int64_t{1}, int64_t{77}}) {
         const FusedInputs in = MakeFusedInputs(spec, tokens, kWorld, ++seed);
         const std::vector<HostTensor> ref = OracleOutputs(spec, in);
@@ -265,7 +268,7 @@ TEST_F(FusedOpTest, AnF32ResidualStreamRunsOnNcclAndMatchesTheOracle) {
         ExpectMatchesOracle(spec, in, out, ref, what);
         for (Strategy strategy : {Strategy::kOneShot, Strategy::kTwoShot}) {
           const Status refused = cuda::CanRun(gpus_->comm(0), spec, tokens, strategy);
-          EXPECT_NE(refused.message().find("an f32 residual runs on nccl"), std::string::npos)
+          EXPECT_NE(refused.message().find("an f32 residual or norm output runs on nccl"), std::string::npos)
               << what << " " << StrategyName(strategy) << ": " << refused.ToString();
         }
       }

@@ -218,6 +218,23 @@ TEST_F(LocalFusedTest, EveryRoundingRecipeIsBitwiseTheOracle) {
 // at small T where the row splits, else one block); each owner forced: one block and a cluster of
 // a thread per row thread (F32ResidualRecipe's kernels) bitwise the oracle, the others refused,
 // the reason named.
+// Each row owner of `s`'s H forced at T 1 and 7 for a spec of f32 values: one block and one
+// cluster run it bitwise the oracle, the others refuse it with the reason.
+void ExpectF32RowOwners(const AllreduceRmsnormSpec& s, uint64_t& seed) {
+  for (cuda::RowOwner owner : RowOwnersOf(s.hidden)) {
+    cuda::LaunchOptions options;
+    options.row_owner = owner;
+    for (int64_t t : {1, 7}) {
+      const std::string got = RunAndCompare(s, t, seed++, options);
+      if (owner == cuda::RowOwner::kBlock || owner == cuda::RowOwner::kCluster)
+        EXPECT_EQ(got, "") << Describe(s, t) << OwnerName(owner);
+      else
+        EXPECT_NE(got.find("an f32 residual or norm output runs with one block or one cluster"), std::string::npos)
+            << Describe(s, t) << OwnerName(owner) << ": " << got;
+    }
+  }
+}
+
 TEST_F(LocalFusedTest, AnF32ResidualStreamIsBitwiseTheOracle) {
   uint64_t seed = 5000;
   for (DType act : {DType::kBF16, DType::kF16})
@@ -235,21 +252,38 @@ TEST_F(LocalFusedTest, AnF32ResidualStreamIsBitwiseTheOracle) {
             for (int64_t t : {1, 33, 300}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
           }
   for (QuantMode q : {QuantMode::kFp8Tensor, QuantMode::kFp8Group})
-    for (int64_t h : {128, 2880, 7168, 16384})
-      for (cuda::RowOwner owner : RowOwnersOf(h)) {
-        AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
-        s.residual_f32_in = s.rounding.residual_out_f32 = s.rounding.norm_input_f32 = true;
-        cuda::LaunchOptions options;
-        options.row_owner = owner;
-        for (int64_t t : {1, 7}) {
-          const std::string got = RunAndCompare(s, t, seed++, options);
-          if (owner == cuda::RowOwner::kBlock || owner == cuda::RowOwner::kCluster)
-            EXPECT_EQ(got, "") << Describe(s, t) << OwnerName(owner);
-          else
-            EXPECT_NE(got.find("an f32 residual runs with one block or one cluster"), std::string::npos)
-                << Describe(s, t) << OwnerName(owner) << ": " << got;
+    for (int64_t h : {128, 2880, 7168, 16384}) {
+      AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+      s.residual_f32_in = s.rounding.residual_out_f32 = s.rounding.norm_input_f32 = true;
+      ExpectF32RowOwners(s, seed);
+    }
+}
+
+// The norm output in f32, unrounded (norm_out_f32; FlashInfer's fusion tests' reference, an f32
+// weight multiplying round(n)): with no residual, a residual of the activation dtype, and an f32
+// residual stream; n rounded first or not; a weight of the activation dtype or f32, with and
+// without Gemma's bias; bf16 and f16; rows of one vector per thread to four. Then each row owner
+// forced: one block and one cluster run it, the others refuse with the reason.
+TEST_F(LocalFusedTest, AnF32NormOutputIsBitwiseTheOracle) {
+  uint64_t seed = 5500;
+  for (DType act : {DType::kBF16, DType::kF16})
+    for (int residual = 0; residual < 3; ++residual)  // none, activation dtype, f32 stream
+      for (int form = 0; form < 4; ++form)  // bit 0: weight_after_round; bit 1: f32 weight + bias 1
+        for (int64_t h : {128, 2880, 7168, 16384}) {
+          AllreduceRmsnormSpec s = LocalSpec(h, QuantMode::kNone, /*residual=*/residual > 0);
+          s.act_dtype = act;
+          s.weight_dtype = form & 2 ? DType::kF32 : act;
+          s.weight_bias = form & 2 ? 1.0f : 0.0f;
+          s.rounding.norm_out_f32 = true;
+          s.rounding.weight_after_round = form & 1;
+          s.residual_f32_in = s.rounding.residual_out_f32 = s.rounding.norm_input_f32 = residual == 2;
+          for (int64_t t : {1, 33, 300}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
         }
-      }
+  for (int64_t h : {128, 2880, 7168, 16384}) {
+    AllreduceRmsnormSpec s = LocalSpec(h, QuantMode::kNone, /*residual=*/true);
+    s.rounding.norm_out_f32 = true;
+    ExpectF32RowOwners(s, seed);
+  }
 }
 
 // The scale floors of vLLM's kernels: the floor after the division (per token and per group,

@@ -24,7 +24,7 @@ std::vector<HostTensor> FusedOutputShapes(const AllreduceRmsnormSpec& spec, int6
   std::vector<HostTensor> out;
   const int64_t h = spec.hidden;
   if (spec.emit.allreduce) out.emplace_back(spec.act_dtype, std::vector<int64_t>{tokens, h});
-  if (spec.emit.norm) out.emplace_back(spec.act_dtype, std::vector<int64_t>{tokens, h});
+  if (spec.emit.norm) out.emplace_back(spec.norm_out_dtype(), std::vector<int64_t>{tokens, h});
   if (spec.emit.residual) out.emplace_back(spec.residual_out_dtype(), std::vector<int64_t>{tokens, h});
   if (spec.emit.quant) {
     out.emplace_back(DType::kF8E4M3, std::vector<int64_t>{tokens, h});

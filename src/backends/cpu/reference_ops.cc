@@ -75,13 +75,13 @@ float ApplyBinary(BinaryOp op, float a, float b) {
 
 // The one RMSNorm row loop (Contract 3 step 3), in the CUDA kernels' order and roundings
 // (RowEpilogue in kernels/allreduce_rmsnorm.cuh). h holds rows x H values of the norm's input;
-// y receives the rounded result.
+// y receives the result, rounded to y's dtype (f32 under rounding norm_out_f32: unrounded);
+// under weight_after_round n rounds to `act_dtype` first.
 // NOTE: every RMSNorm on the CPU goes through here, so the unfused and fused forms agree bit for
 // bit. The product order (h * r) * w' is part of the contract: GPUs follow it. The squares are
 // rounded f32 products summed with separate adds (the build turns off FMA contraction).
 void RmsNormRows(const std::vector<float>& h, int64_t rows, int64_t hidden, const HostTensor& w,
-                 float eps, float weight_bias, const RoundingRecipe& recipe, HostTensor& y) {
-  const DType act_dtype = y.dtype();
+                 float eps, float weight_bias, const RoundingRecipe& recipe, DType act_dtype, HostTensor& y) {
   std::vector<float> wb(static_cast<size_t>(hidden));
   DecodeRange(w, 0, hidden, wb.data());
   if (weight_bias != 0.0f) {
@@ -305,7 +305,7 @@ StatusOr<HostTensor> RmsNorm(const HostTensor& x, const HostTensor& w, float eps
   const int64_t hidden = LastDim(x);
   HostTensor y(out_dtype, x.shape());
   RmsNormRows(Decode(x), hidden == 0 ? 0 : x.numel() / hidden, hidden, w, eps, weight_bias,
-              RoundingRecipe{}, y);
+              RoundingRecipe{}, out_dtype, y);
   return y;
 }
 
@@ -324,7 +324,7 @@ StatusOr<AddRmsNormResult> FusedAddRmsNorm(const HostTensor& x, const HostTensor
     h[size_t(i)] = out.residual_out.GetF32(i);  // the norm reads the rounded h
   }
   RmsNormRows(h, hidden == 0 ? 0 : x.numel() / hidden, hidden, w, eps, weight_bias,
-              RoundingRecipe{}, out.y);
+              RoundingRecipe{}, out_dtype, out.y);
   return out;
 }
 
@@ -598,9 +598,9 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
       u[size_t(i)] = spec.rounding.norm_input_f32 ? sum : RoundTo(spec.act_dtype, sum);
     }
   }
-  // 3. y = round(u * r * w') or round(round(u * r) * w').
-  HostTensor y(spec.act_dtype, a.shape());
-  RmsNormRows(u, rows, hidden, w, spec.eps, spec.weight_bias, spec.rounding, y);
+  // 3. y = round(u * r * w') or round(round(u * r) * w') (unrounded, f32: rounding.norm_out_f32).
+  HostTensor y(spec.norm_out_dtype(), a.shape());
+  RmsNormRows(u, rows, hidden, w, spec.eps, spec.weight_bias, spec.rounding, spec.act_dtype, y);
 
   std::vector<HostTensor> results;
   if (spec.emit.allreduce) results.push_back(a);

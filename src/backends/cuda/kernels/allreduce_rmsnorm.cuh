@@ -96,9 +96,10 @@ struct FusedKernelParams {
   bool scale_floor_after_div;     // dynamic s = max(amax / 448, 1 / (448 * 512))
   bool ue8m0_floor;               // ue8m0 of max(s, 1e-10)
   // An f32 residual stream (F32ResidualRecipe's kernels only): the residual is f32, and
-  // residual_out is the unrounded f32 h.
+  // residual_out is the unrounded f32 h; and the norm output is the unrounded f32 y.
   bool residual_f32_in;
   bool residual_out_f32;
+  bool norm_out_f32;
 };
 
 // ================================================================ recipes
@@ -138,9 +139,10 @@ struct RuntimeRecipe {
 };
 
 // The run-time recipe for a residual stream kept in f32 (an f32 residual, residual_out f32: the
-// kernel reads p.residual_f32_in and p.residual_out_f32). Its residual vectors are eight f32 (two
-// 16-byte words, F32ResidualVector); the other recipes' are eight 16-bit values in one word, as
-// before it existed, so their kernels keep their code. Only the epilogue kernel with one block or
+// kernel reads p.residual_f32_in and p.residual_out_f32) and for a norm output in f32
+// (p.norm_out_f32). Its residual vectors are eight f32 (two 16-byte words, F32ResidualVector);
+// the other recipes' are eight 16-bit values in one word, as before it existed, so their kernels
+// keep their code. Only the epilogue kernel with one block or
 // one cluster (ClusterRow) per row is instantiated with it (the local op and the nccl path).
 struct F32ResidualRecipe : RuntimeRecipe {};
 template <typename Recipe>
@@ -821,6 +823,14 @@ __device__ __forceinline__ void LoadResidual(const FusedKernelParams& p, int64_t
   }
 }
 
+// Eight f32 values as two 16-byte words at `out` (an f32 residual_out or norm output), streaming.
+__device__ __forceinline__ void StoreF32Vector(uint4* out, const float (&f)[kVecElems]) {
+  StoreStreaming(out, make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
+                                 __float_as_uint(f[3])));
+  StoreStreaming(out + 1, make_uint4(__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]),
+                                     __float_as_uint(f[7])));
+}
+
 // Where vector v of `row_vec`'s row (row * vecs_per_row) of residual_out goes: an f32 one takes
 // two words (F32ResidualRecipe).
 template <typename Recipe>
@@ -870,12 +880,7 @@ __device__ __forceinline__ void NormInput(const FusedKernelParams& p, const uint
 #pragma unroll
       for (int i = 0; i < kVecElems; ++i) u[i] = __fadd_rn(u[i], rf[i]);
       if (p.residual_out_f32) {
-        if (residual_out) {
-          StoreStreaming(residual_out, make_uint4(__float_as_uint(u[0]), __float_as_uint(u[1]),
-                                                  __float_as_uint(u[2]), __float_as_uint(u[3])));
-          StoreStreaming(residual_out + 1, make_uint4(__float_as_uint(u[4]), __float_as_uint(u[5]),
-                                                      __float_as_uint(u[6]), __float_as_uint(u[7])));
-        }
+        if (residual_out) StoreF32Vector(residual_out, u);
         if (!Recipe::NormInputF32(p)) RoundVector<T>(u);
       } else {
         const uint4 h = Pack<T>(u);
@@ -1127,7 +1132,12 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) yf[i] = __fmul_rn(n[i], wv[i]);
     const uint4 yk = Pack<T>(yf);
-    if (p.norm_out) StoreStreamingIf(in_row[k], static_cast<uint4*>(p.norm_out) + row_vec + v, yk);
+    if (kF32ResidualRecipe<Recipe> && kQuant == QuantMode::kNone && p.norm_out_f32) {
+      // y unrounded: eight f32, two words (quant none only, Validate: nothing reads yk then).
+      if (p.norm_out && in_row[k]) StoreF32Vector(static_cast<uint4*>(p.norm_out) + 2 * (row_vec + v), yf);
+    } else if (p.norm_out) {
+      StoreStreamingIf(in_row[k], static_cast<uint4*>(p.norm_out) + row_vec + v, yk);
+    }
     if constexpr (kQuant == QuantMode::kFp8Tensor) {
       Unpack<T>(yk, yf);  // the rounded y, which the quantization reads
       const uint2 q = QuantizeVector(yf, static_step, static_scale, static_inv);

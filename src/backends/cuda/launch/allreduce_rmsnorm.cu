@@ -147,10 +147,12 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.quant_divides = spec.QuantDivides();
   p.scale_floor_after_div = spec.rounding.scale_floor_after_div;
   p.ue8m0_floor = spec.rounding.ue8m0_floor;
-  // Read only by F32ResidualRecipe's kernels (spec.f32_residual(): the local op's block or
-  // cluster, the nccl path's block); Validate ties both to a residual.
+  // Read only by F32ResidualRecipe's kernels (spec.has_f32_values(): the local op's block or
+  // cluster, the nccl path's block); Validate ties the first two to a residual, the third to
+  // quant none.
   p.residual_f32_in = spec.residual_f32_in;
   p.residual_out_f32 = spec.rounding.residual_out_f32;
+  p.norm_out_f32 = spec.rounding.norm_out_f32;
   p.world_size = 1;
   return p;
 }
@@ -439,7 +441,7 @@ StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const R
         kernel = SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(
             spec.act_dtype, layout.vecs_per_thread, spec.quant);
       } else {
-        return Unimplemented("an f32 residual runs with one block or one cluster of a thread per row thread "
+        return Unimplemented("an f32 residual or norm output runs with one block or one cluster of a thread per row thread "
                              "per row (row owner kBlock, kCluster or kAuto)");
       }
       break;
@@ -599,7 +601,7 @@ StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const 
 }
 
 KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options) {
-  if (spec.f32_residual()) return KernelRecipe::kRuntimeF32Residual;
+  if (spec.has_f32_values()) return KernelRecipe::kRuntimeF32Residual;
   if (!options.fixed_recipes) return KernelRecipe::kRuntime;
   // The scale step and format matter only where the kernel quantizes (ue8m0: dynamic scales).
   const bool dynamic_f32 = IsDynamicQuant(spec.quant) && spec.scale_fmt == ScaleFormat::kF32;
@@ -629,9 +631,9 @@ Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_
       return OutOfRange("hidden ", spec.hidden, " does not fit the nccl scratch buffer");
     return Status::Ok();
   }
-  if (spec.f32_residual())
-    return Unimplemented("strategy ", StrategyName(strategy),
-                         " keeps the residual in the activation dtype: an f32 residual runs on nccl");
+  if (spec.has_f32_values())
+    return Unimplemented("strategy ", StrategyName(strategy), " gives the residual and the norm in the ",
+                         "activation dtype: an f32 residual or norm output runs on nccl");
   if (!comm.has_peer_memory())
     return Unimplemented("strategy ", StrategyName(strategy), " needs peer memory: ",
                          comm.why_no_peer_memory());
@@ -764,7 +766,7 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
     TPFUSE_ASSIGN_OR_RETURN(
         FusedKernelFn kernel,
         EpilogueKernel(spec, layout, RowOwner::kBlock,
-                       spec.f32_residual() ? KernelRecipe::kRuntimeF32Residual : KernelRecipe::kRuntime));
+                       spec.has_f32_values() ? KernelRecipe::kRuntimeF32Residual : KernelRecipe::kRuntime));
     const ncclDataType_t type = spec.act_dtype == DType::kBF16 ? ncclBfloat16 : ncclFloat16;
     // At N = 2 ncclAllReduce's sum is Contract 3's (one f32 add, one rounding); above it NCCL
     // rounds partial sums, so the exact path gathers the partials and sums them in the kernel.
@@ -797,7 +799,7 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
       q.x = shift(b.x, 2);
       q.residual = shift(b.residual, DTypeSize(spec.residual_in_dtype()));
       q.allreduce_out = const_cast<char*>(shift(b.allreduce_out, 2));
-      q.norm_out = const_cast<char*>(shift(b.norm_out, 2));
+      q.norm_out = const_cast<char*>(shift(b.norm_out, DTypeSize(spec.norm_out_dtype())));
       q.residual_out = const_cast<char*>(shift(b.residual_out, DTypeSize(spec.residual_out_dtype())));
       q.quant_out = b.quant_out ? static_cast<uint8_t*>(b.quant_out) + offset : nullptr;
       q.scale_pad_rows = first + rows == tokens ? p.scale_pad_rows : 0;
