@@ -144,7 +144,8 @@ TPFUSE_C_API tpfuse_status_t tpfuse_spec_scale_elements(const tpfuse_spec_t* spe
 
 /* The buffers of one call: x, residual and the bf16/f16 outputs [T, H] row-major (the residual
  * f32 under TPFUSE_RESIDUAL_F32, residual_out under TPFUSE_ROUNDING_RESIDUAL_OUT_F32 and norm_out
- * under TPFUSE_ROUNDING_NORM_OUT_F32); weight [H]; scale one f32 (FP8_TENSOR only); quant_out f8e4m3 [T, H]; scale_out tpfuse_spec_scale_elements
+ * under TPFUSE_ROUNDING_NORM_OUT_F32); weight [H]; scale one f32 (FP8_TENSOR only); quant_out
+ * f8e4m3 [T, H]; scale_out tpfuse_spec_scale_elements
  * floats. Outputs not emitted and operands not used are NULL. Device buffers are 16-byte
  * aligned (scale pointers 4-byte). */
 typedef struct tpfuse_buffers {

@@ -100,6 +100,7 @@ struct FusedKernelParams {
   bool residual_f32_in;
   bool residual_out_f32;
   bool norm_out_f32;
+  bool f32_paired_stores;  // f32 words stored by lane pairs, whole sectors (StoreF32Vector)
 };
 
 // ================================================================ recipes
@@ -823,12 +824,47 @@ __device__ __forceinline__ void LoadResidual(const FusedKernelParams& p, int64_t
   }
 }
 
-// Eight f32 values as two 16-byte words at `out` (an f32 residual_out or norm output), streaming.
-__device__ __forceinline__ void StoreF32Vector(uint4* out, const float (&f)[kVecElems]) {
-  StoreStreaming(out, make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
-                                 __float_as_uint(f[3])));
-  StoreStreaming(out + 1, make_uint4(__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]),
-                                     __float_as_uint(f[7])));
+// Eight f32 values as two 16-byte words at `out` (an f32 residual_out or norm output; null: this
+// thread stores none), streaming. Stored as they are, each 16-byte store of a warp writes half of
+// every 32-byte sector it touches. `paired` (uniform): whole sectors per store instead. A
+// thread's 32 bytes are vector v's; its lane's partner (lane ^ 1) holds vector v ^ 1, the 32
+// bytes beside them (v = row thread + k x row threads, both even counts); the pair swaps halves
+// (the even lane sends its high word, the odd lane its low one), so the pair's first store writes
+// the even vector's 32 bytes and its second the odd one's. A lane whose partner stores nothing (a
+// row's last vector where the row has an odd count) stores its own halves. Measured on one H100
+// (run 106, docs/perf/h100x1/NOTES.md, both in one session): the f32 chains took 0.89-0.98 x the
+// half-sector stores' time at T 128-8192. At T = 1, where the swap is on a row's path, the
+// launcher keeps the halves (kF32PairedStoresMinRows).
+// NOTE: with `paired`, every lane of the warp must call it (the swap is a warp shuffle); the
+// F32ResidualRecipe kernels' row loops run every lane of every warp.
+__device__ __forceinline__ void StoreF32Vector(bool paired, uint4* out, const float (&f)[kVecElems]) {
+  const uint4 lo = make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+  const uint4 hi = make_uint4(__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]), __float_as_uint(f[7]));
+  if (!paired) {
+    if (out) {
+      StoreStreaming(out, lo);
+      StoreStreaming(out + 1, hi);
+    }
+    return;
+  }
+  const unsigned lane = threadIdx.x & 31u;
+  const bool odd = lane & 1u;
+  const unsigned storing = __ballot_sync(0xffffffffu, out != nullptr);
+  const uint4 send = odd ? lo : hi;
+  uint4 got;
+  got.x = __shfl_xor_sync(0xffffffffu, send.x, 1);
+  got.y = __shfl_xor_sync(0xffffffffu, send.y, 1);
+  got.z = __shfl_xor_sync(0xffffffffu, send.z, 1);
+  got.w = __shfl_xor_sync(0xffffffffu, send.w, 1);
+  if (out == nullptr) return;
+  if ((storing >> (lane ^ 1u)) & 1u) {
+    // Even lane: its lo and the odd lane's lo; odd lane: the even lane's hi and its hi.
+    StoreStreaming(odd ? out - 1 : out, odd ? got : lo);
+    StoreStreaming(odd ? out + 1 : out + 2, odd ? hi : got);
+  } else {
+    StoreStreaming(out, lo);
+    StoreStreaming(out + 1, hi);
+  }
 }
 
 // Where vector v of `row_vec`'s row (row * vecs_per_row) of residual_out goes: an f32 one takes
@@ -880,7 +916,9 @@ __device__ __forceinline__ void NormInput(const FusedKernelParams& p, const uint
 #pragma unroll
       for (int i = 0; i < kVecElems; ++i) u[i] = __fadd_rn(u[i], rf[i]);
       if (p.residual_out_f32) {
-        if (residual_out) StoreF32Vector(residual_out, u);
+        // Every lane calls it (the store may pair lanes): p.residual_out is the same in all of
+        // them, `residual_out` null where the vector is past the row.
+        if (p.residual_out) StoreF32Vector(p.f32_paired_stores, residual_out, u);
         if (!Recipe::NormInputF32(p)) RoundVector<T>(u);
       } else {
         const uint4 h = Pack<T>(u);
@@ -1134,7 +1172,10 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     const uint4 yk = Pack<T>(yf);
     if (kF32ResidualRecipe<Recipe> && kQuant == QuantMode::kNone && p.norm_out_f32) {
       // y unrounded: eight f32, two words (quant none only, Validate: nothing reads yk then).
-      if (p.norm_out && in_row[k]) StoreF32Vector(static_cast<uint4*>(p.norm_out) + 2 * (row_vec + v), yf);
+      // (Every lane calls it: the store may pair lanes.)
+      if (p.norm_out)
+        StoreF32Vector(p.f32_paired_stores, in_row[k] ? static_cast<uint4*>(p.norm_out) + 2 * (row_vec + v) : nullptr,
+                       yf);
     } else if (p.norm_out) {
       StoreStreamingIf(in_row[k], static_cast<uint4*>(p.norm_out) + row_vec + v, yk);
     }

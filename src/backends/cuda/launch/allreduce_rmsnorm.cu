@@ -116,6 +116,14 @@ Status CheckBuffers(const AllreduceRmsnormSpec& spec, const FusedBuffers& b) {
 int64_t RowsThatFit(size_t bytes, int64_t hidden) { return int64_t(bytes / (size_t(hidden) * 2)); }
 
 // The kernel parameters every strategy shares: buffers, shape, numerics, the rounding recipe.
+// The F32ResidualRecipe kernels store f32 words by lane pairs, whole sectors per store, from this
+// many rows of a call (StoreF32Vector): on one H100 that took 0.89-0.98 x the time of
+// half-sector stores at T 128-8192 (run 106 in docs/perf/h100x1/NOTES.md, one session). At T = 1
+// a row's path sets the time and the swap is on it: paired at every T, T = 1 took 1.00-1.14 x
+// the half-sector stores' time of another session (runs 105 and 107), and unpaired 0.93-1.00 x
+// the paired time of a third (run 108). T 2-127 not measured.
+constexpr int64_t kF32PairedStoresMinRows = 128;
+
 FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, const FusedBuffers& b) {
   FusedKernelParams p{};
   p.x = b.x;
@@ -153,6 +161,7 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.residual_f32_in = spec.residual_f32_in;
   p.residual_out_f32 = spec.rounding.residual_out_f32;
   p.norm_out_f32 = spec.rounding.norm_out_f32;
+  p.f32_paired_stores = tokens >= kF32PairedStoresMinRows;
   p.world_size = 1;
   return p;
 }
