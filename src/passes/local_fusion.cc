@@ -69,9 +69,10 @@ std::span<const MeasuredLoss> MeasuredLosses() { return kMeasuredLosses; }
 std::string WhyInductorIsFaster(const AllreduceRmsnormSpec& spec, int64_t max_tokens,
                                 std::span<const MeasuredLoss> losses) {
   // The kernels for f32 values (an f32 residual stream, an f32 norm output) hold a row in one
-  // block (or a cluster), never rows packed into blocks: rows of one or two warps (H <= 512) so held lost to Inductor's kernel from 2048
-  // rows in the 16-bit kernels (run 45, 1.04-1.68 x with the residual add), before packed rows.
-  // Not measured with the f32 kernels; left to Inductor from there.
+  // block (or a cluster), never rows packed into blocks: rows of one or two warps (H <= 512) so
+  // held lost to Inductor's kernel from 2048 rows in the 16-bit kernels (run 45, 1.04-1.68 x with
+  // the residual add), before packed rows. Not measured with the f32 kernels; left to Inductor
+  // from there.
   constexpr int64_t kF32ResidualSmallRowMaxHidden = 512, kF32ResidualSmallRowFromTokens = 2048;
   if (spec.has_f32_values() && spec.hidden <= kF32ResidualSmallRowMaxHidden &&
       (max_tokens == 0 || max_tokens >= kF32ResidualSmallRowFromTokens)) {

@@ -468,9 +468,11 @@ TEST(CpuReferenceTest, FusedOpWithAnF32NormOutputKeepsYUnrounded) {
   // mean(x^2) = 7.5: n = x / sqrt(7.5), none of it on bf16's grid.
   const HostTensor x = Make(DType::kBF16, {1, 4}, {1, 2, 3, 4});
   const HostTensor w = Make(DType::kBF16, {4}, {1, 1, 1, 1});
-  const std::vector<HostTensor> rounded = Unwrap(AllreduceRmsnorm(spec, std::vector<HostTensor>{x}, nullptr, w, nullptr));
+  const std::vector<HostTensor> rounded =
+      Unwrap(AllreduceRmsnorm(spec, std::vector<HostTensor>{x}, nullptr, w, nullptr));
   spec.rounding.norm_out_f32 = true;
-  const std::vector<HostTensor> kept = Unwrap(AllreduceRmsnorm(spec, std::vector<HostTensor>{x}, nullptr, w, nullptr));
+  const std::vector<HostTensor> kept =
+      Unwrap(AllreduceRmsnorm(spec, std::vector<HostTensor>{x}, nullptr, w, nullptr));
   spec.rounding.weight_after_round = true;
   const std::vector<HostTensor> kept_war =
       Unwrap(AllreduceRmsnorm(spec, std::vector<HostTensor>{x}, nullptr, w, nullptr));

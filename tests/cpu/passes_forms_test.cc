@@ -856,7 +856,8 @@ TEST(PassesLocalFusion, InductorsMeasuredWinsFollowTheMeasurement) {
     s.residual_f32_in = true;
     EXPECT_EQ(WhyInductorIsFaster(s, 2047), "") << QuantModeName(q);
     const std::string f32_why = WhyInductorIsFaster(s, 0);
-    EXPECT_NE(f32_why.find("(an f32 residual stream or norm output) hold rows of H <= 512 one to a block"), std::string::npos)
+    EXPECT_NE(f32_why.find("(an f32 residual stream or norm output) hold rows of H <= 512 one to a block"),
+              std::string::npos)
         << f32_why;
     s.residual_f32_in = false;
     s.rounding.residual_out_f32 = true;

@@ -838,8 +838,10 @@ __device__ __forceinline__ void LoadResidual(const FusedKernelParams& p, int64_t
 // NOTE: with `paired`, every lane of the warp must call it (the swap is a warp shuffle); the
 // F32ResidualRecipe kernels' row loops run every lane of every warp.
 __device__ __forceinline__ void StoreF32Vector(bool paired, uint4* out, const float (&f)[kVecElems]) {
-  const uint4 lo = make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
-  const uint4 hi = make_uint4(__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]), __float_as_uint(f[7]));
+  const uint4 lo =
+      make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+  const uint4 hi =
+      make_uint4(__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]), __float_as_uint(f[7]));
   if (!paired) {
     if (out) {
       StoreStreaming(out, lo);

@@ -450,8 +450,8 @@ StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const R
         kernel = SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(
             spec.act_dtype, layout.vecs_per_thread, spec.quant);
       } else {
-        return Unimplemented("an f32 residual or norm output runs with one block or one cluster of a thread per row thread "
-                             "per row (row owner kBlock, kCluster or kAuto)");
+        return Unimplemented("an f32 residual or norm output runs with one block or one cluster of a thread ",
+                             "per row thread per row (row owner kBlock, kCluster or kAuto)");
       }
       break;
     case KernelRecipe::kRuntime:
