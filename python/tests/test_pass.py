@@ -1082,6 +1082,18 @@ def test_an_f32_residual_stream_fuses_and_keeps_the_residual_in_f32(dtype, backe
     g.lint()
 
 
+def _fused_locally_and_contract3(gm, args, rounding, **attrs):
+    """Fuses gm's chain at world size 1 on the CPU into one fused op and returns its results on
+    `args` beside contract3's for that op (x, residual, weight; emit norm and residual)."""
+    p = tt.FusionPass(world_size=1, fuse_local=True, backend="cpu")
+    p(gm.graph)
+    gm.recompile()
+    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 1, gm.graph
+    return gm(*args), contract3.allreduce_rmsnorm([args[0]], args[1], args[2], None,
+                                                  emit=["norm", "residual"], local=True,
+                                                  rounding=rounding, **attrs)
+
+
 @pytest.mark.parametrize("residual_dtype", [torch.float16, torch.float32], ids=["f16", "f32"])
 def test_an_f32_residual_stream_at_world_size_one_computes_what_the_graph_did(residual_dtype):
     def f(o, res, w):
@@ -1092,15 +1104,9 @@ def test_an_f32_residual_stream_at_world_size_one_computes_what_the_graph_did(re
     if residual_dtype == torch.float32:  # off f16's grid: a rounded residual would show
         args[1] = args[1] + 1e-4 * torch.randn_like(args[1])
     want_y, want_r = f(*args)
-    p = tt.FusionPass(world_size=1, fuse_local=True, backend="cpu")
-    p(gm.graph)
-    gm.recompile()
-    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 1, gm.graph
-    y, r = gm(*args)
+    (y, r), (cy, cr) = _fused_locally_and_contract3(gm, args, ["norm_input_f32", "residual_out_f32"],
+                                                    weight_bias=1.0)
     assert r.dtype == torch.float32 and torch.equal(r, want_r)
-    (cy, cr) = contract3.allreduce_rmsnorm([args[0]], args[1], args[2], None,
-                                           emit=["norm", "residual"], local=True, weight_bias=1.0,
-                                           rounding=["norm_input_f32", "residual_out_f32"])
     assert torch.equal(y, cy) and torch.equal(r, cr)
     assert ulp_distance_16(y, want_y).max() <= 1
 
@@ -1134,18 +1140,10 @@ def test_a_norm_returned_in_f32_at_world_size_one_computes_what_the_graph_did():
 
     gm, args = trace_module(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf))
     want_y, want_r = f(*args)
-    p = tt.FusionPass(world_size=1, fuse_local=True, backend="cpu")
-    p(gm.graph)
-    gm.recompile()
-    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 1, gm.graph
-    y, r = gm(*args)
+    (y, r), (cy, cr) = _fused_locally_and_contract3(
+        gm, args, ["norm_input_f32", "residual_out_f32", "norm_out_f32"], weight_bias=1.0, eps=1e-3)
     assert y.dtype == torch.float32 and r.dtype == torch.float32
     assert torch.equal(r, want_r)
-    (cy, cr) = contract3.allreduce_rmsnorm([args[0]], args[1], args[2], None,
-                                           emit=["norm", "residual"], local=True, weight_bias=1.0,
-                                           eps=1e-3,
-                                           rounding=["norm_input_f32", "residual_out_f32",
-                                                     "norm_out_f32"])
     assert torch.equal(y, cy) and torch.equal(r, cr)
     # Eager torch sums the squares in another order than Contract 3's one order: unrounded, y
     # shows it in the last bits of f32.

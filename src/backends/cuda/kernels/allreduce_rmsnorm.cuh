@@ -159,6 +159,17 @@ struct F32ResidualVector {
 template <typename Recipe>
 using ResidualVector = std::conditional_t<kF32ResidualRecipe<Recipe>, F32ResidualVector, uint4>;
 
+// Eight f32 values as the two words of an F32ResidualVector, and back (bit casts).
+__device__ __forceinline__ F32ResidualVector F32Words(const float (&f)[kVecElems]) {
+  return {make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3])),
+          make_uint4(__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]), __float_as_uint(f[7]))};
+}
+__device__ __forceinline__ void F32Values(const F32ResidualVector& w, float (&f)[kVecElems]) {
+  const unsigned bits[kVecElems] = {w.lo.x, w.lo.y, w.lo.z, w.lo.w, w.hi.x, w.hi.y, w.hi.z, w.hi.w};
+#pragma unroll
+  for (int i = 0; i < kVecElems; ++i) f[i] = __uint_as_float(bits[i]);
+}
+
 template <typename T, bool kWeightAfterRound>
 struct FixedRecipe {
   static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "16-bit activations only");
@@ -838,10 +849,8 @@ __device__ __forceinline__ void LoadResidual(const FusedKernelParams& p, int64_t
 // NOTE: with `paired`, every lane of the warp must call it (the swap is a warp shuffle); the
 // F32ResidualRecipe kernels' row loops run every lane of every warp.
 __device__ __forceinline__ void StoreF32Vector(bool paired, uint4* out, const float (&f)[kVecElems]) {
-  const uint4 lo =
-      make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
-  const uint4 hi =
-      make_uint4(__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]), __float_as_uint(f[7]));
+  const F32ResidualVector words = F32Words(f);
+  const uint4 &lo = words.lo, &hi = words.hi;
   if (!paired) {
     if (out) {
       StoreStreaming(out, lo);
@@ -905,13 +914,7 @@ __device__ __forceinline__ void NormInput(const FusedKernelParams& p, const uint
     if (p.residual) {
       float rf[kVecElems];
       if (p.residual_f32_in) {
-        const uint4 words[2] = {res.lo, res.hi};
-#pragma unroll
-        for (int i = 0; i < kVecElems; ++i) {
-          const uint4& w = words[i / 4];
-          const unsigned bits[4] = {w.x, w.y, w.z, w.w};
-          rf[i] = __uint_as_float(bits[i % 4]);
-        }
+        F32Values(res, rf);
       } else {
         Unpack<T>(res.lo, rf);
       }
