@@ -163,6 +163,15 @@ struct AllreduceRmsnormSpec {
   // `residual + out * multiplier`): f32 product of a and sum_scale, rounded to the activation
   // dtype. 1: no scaling (a' = a). The emitted allreduce is a, not a'.
   float sum_scale = 1.0f;
+  // Two all_reduces summed before the residual add (Granite-MoE's `moe_out + shared_mlp_out`,
+  // Falcon-H1's attention and SSM mixers, each behind its own all_reduce): the operand x2 is this
+  // rank's partial of the second. a2 = round(sum of x2) like a, and the sum the residual add reads
+  // is round(round(a * first_scale) + round(a2 * second_scale)) (a scale of 1 is no step), then
+  // scaled by sum_scale. Not local; emit.allreduce is not allowed (there is no one all_reduce
+  // result to emit).
+  bool second_sum = false;
+  float first_scale = 1.0f;
+  float second_scale = 1.0f;
   QuantMode quant = QuantMode::kNone;
   int group_size = 128;               // fp8_group only; fp8_token uses H
   ScaleLayout scale_layout = ScaleLayout::kRow;
@@ -240,6 +249,7 @@ struct FusionCapabilities {
   bool emit_norm_with_quant = true;             // may return y and q together (fan-out)
   bool residual_f32 = true;                     // an f32 residual operand or residual_out
   bool norm_out_f32 = true;                     // the norm output in f32 (rounding norm_out_f32)
+  bool second_sum = true;                       // two all_reduces summed (spec.second_sum)
   int64_t hidden_multiple = 8;
   int64_t max_hidden = 0;                       // 0: no limit
 

@@ -49,8 +49,8 @@ extern "C" {
 
 /* Bumped when a struct layout, a signature or the codes a field takes change; bindings check it
  * at load time. 3: TPFUSE_RESIDUAL_F32 and TPFUSE_ROUNDING_RESIDUAL_OUT_F32. 4:
- * TPFUSE_ROUNDING_NORM_OUT_F32. */
-#define TPFUSE_C_ABI_VERSION 4
+ * TPFUSE_ROUNDING_NORM_OUT_F32. 5: tpfuse_spec_t.second_sum, first_scale, second_scale. */
+#define TPFUSE_C_ABI_VERSION 5
 TPFUSE_C_API int32_t tpfuse_abi_version(void);
 /* "0.1.0" */
 TPFUSE_C_API const char* tpfuse_version(void);
@@ -130,6 +130,14 @@ typedef struct tpfuse_spec {
   uint32_t emit;        /* TPFUSE_EMIT_* bits, not 0 */
   uint32_t rounding;    /* TPFUSE_ROUNDING_* bits */
   float sum_scale;      /* a' = round(a * sum_scale) before the residual add; 1: none (ABI 2) */
+  /* 1: two all_reduces summed before the residual add (ABI 5): x2 is this rank's partial of the
+   * second, a2 = round(sum of x2), and the residual add reads
+   * round(round(a * first_scale) + round(a2 * second_scale)) (a scale of 1 is no step), then
+   * scaled by sum_scale. Not local, no EMIT_ALLREDUCE; the CPU reference only (the CUDA kernels
+   * reduce one all_reduce per op). */
+  int32_t second_sum;
+  float first_scale;
+  float second_scale;
 } tpfuse_spec_t;
 
 /* Contract 3's defaults: bf16 activations and weight, eps 1e-6, no residual, no quant, group
@@ -164,8 +172,9 @@ typedef struct tpfuse_buffers {
 
 /* The fused op of Contract 3 on host buffers, as rank `rank` of `world_size` would compute it
  * (every rank's results are identical): partials[r] is rank r's x [T, H] for r < world_size
- * (world_size 1 and spec->local: partials[0] alone); buffers->x is ignored. The other operands
- * and the outputs are host pointers in `buffers`. The oracle every backend is checked against. */
+ * (world_size 1 and spec->local: partials[0] alone), and under spec->second_sum
+ * partials[world_size + r] is rank r's x2; buffers->x is ignored. The other operands and the
+ * outputs are host pointers in `buffers`. The oracle every backend is checked against. */
 TPFUSE_C_API tpfuse_status_t tpfuse_reference_allreduce_rmsnorm(const tpfuse_spec_t* spec,
                                                                 int64_t tokens, int32_t world_size,
                                                                 const void* const* partials,

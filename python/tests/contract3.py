@@ -69,23 +69,33 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
                       emit: Sequence[str], eps: float = 1e-6, weight_bias: float = 0.0,
                       quant: str = "none", group_size: int = 128, scale_layout: str = "row",
                       scale_fmt: str = "f32", rounding: Sequence[str] = (),
-                      local: bool = False, sum_scale: float = 1.0) -> List[torch.Tensor]:
+                      local: bool = False, sum_scale: float = 1.0,
+                      partials2: Optional[Sequence[torch.Tensor]] = None, first_scale: float = 1.0,
+                      second_scale: float = 1.0) -> List[torch.Tensor]:
     shape = partials[0].shape
     dtype = partials[0].dtype
     hidden = shape[-1]
-    xs = [p.reshape(-1, hidden) for p in (partials[:1] if local else partials)]
-    tokens = xs[0].shape[0]
+    tokens = partials[0].reshape(-1, hidden).shape[0]
 
-    # 1. a = round(x_0 + x_1 + ... ) in f32, rank order.
-    acc = xs[0].float()
-    for x in xs[1:]:
-        acc = acc + x.float()
-    a = acc.to(dtype)
-    # 1b. a' = round(a * sum_scale), the f32 product (the scale taken as f32), where the graph
-    # scaled the sum before the add.
-    scaled = a
-    if sum_scale != 1.0:
-        scaled = (a.float() * torch.tensor(sum_scale, dtype=torch.float32)).to(dtype)
+    def reduced(ps: Sequence[torch.Tensor]) -> torch.Tensor:
+        # 1. a = round(x_0 + x_1 + ... ) in f32, rank order.
+        xs = [p.reshape(-1, hidden) for p in ps]
+        acc = xs[0].float()
+        for x in xs[1:]:
+            acc = acc + x.float()
+        return acc.to(dtype)
+
+    def times(v: torch.Tensor, s: float) -> torch.Tensor:
+        # round(v * s), the f32 product (the scale taken as f32); a scale of 1 is no step.
+        return v if s == 1.0 else (v.float() * torch.tensor(s, dtype=torch.float32)).to(dtype)
+
+    a = reduced(partials[:1] if local else partials)
+    # 1a. Two all_reduces summed: round(round(a * first_scale) + round(a2 * second_scale)).
+    summed = a
+    if partials2 is not None:
+        summed = (times(a, first_scale).float() + times(reduced(partials2), second_scale).float()).to(dtype)
+    # 1b. a' = round(a * sum_scale), where the graph scaled the sum before the add.
+    scaled = times(summed, sum_scale)
     # 2. h = a' + residual in f32 (the residual bf16/f16 or f32), residual_out = round(h) or,
     # under residual_out_f32, the f32 h; the norm reads round(h) or the f32 h.
     if residual is not None:

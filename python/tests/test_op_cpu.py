@@ -112,6 +112,51 @@ def test_local_ignores_the_group_and_f32_weight():
     assert_bitwise(named, got, "local with a group name")
 
 
+SECOND_SUM_CASES = [
+    ("granite_moe", dict(emit=["norm", "residual"], sum_scale=0.22)),
+    ("falcon_h1_mixers", dict(emit=["norm", "residual", "quant"], quant="fp8_token",
+                              first_scale=0.5, second_scale=3.0,
+                              rounding=["weight_after_round"])),
+]
+
+
+def _second_sum_inputs(seed: int, shape, world_size: int, quant: str = "none"):
+    partials, res, weight, scale = make_inputs(seed, shape, world_size, True, quant)
+    g = torch.Generator().manual_seed(seed + 1)
+    partials2 = [torch.randn(shape, generator=g).to(partials[0].dtype) for _ in range(world_size)]
+    return partials, partials2, res, weight, scale
+
+
+@pytest.mark.parametrize("name,attrs", SECOND_SUM_CASES, ids=[c[0] for c in SECOND_SUM_CASES])
+def test_two_summed_all_reduces_match_the_reference(name, attrs):
+    # World size 1 (each sum is its partial) and the C ABI's reference at 3 ranks, against
+    # contract3's torch oracle.
+    for world_size, shape in ((1, (3, 256)), (1, (2, 5, 256)), (3, (7, 256))):
+        partials, partials2, res, weight, scale = _second_sum_inputs(
+            hash((name, shape)) % 2**31, shape, world_size, attrs.get("quant", "none"))
+        expected = contract3.allreduce_rmsnorm(partials, res, weight, scale, partials2=partials2,
+                                               **attrs)
+        if world_size == 1:
+            got = OP(partials[0], res, weight, scale, partials2[0], **attrs)
+        else:
+            got = tpfuse.ops.reference(partials, res, weight, scale, partials2=partials2, **attrs)
+        assert_bitwise(got, expected, f"{name} N={world_size} {list(shape)}")
+
+
+def test_two_summed_all_reduces_refuse_what_they_cannot_do():
+    partials, partials2, res, weight, _ = _second_sum_inputs(5, (3, 256), 1)
+    with pytest.raises(ValueError, match="no one all_reduce result to emit"):
+        OP(partials[0], res, weight, None, partials2[0], emit=["allreduce", "norm"])
+    with pytest.raises(ValueError, match="but the op is local"):
+        OP(partials[0], res, weight, None, partials2[0], emit=["norm"], local=True)
+    with pytest.raises(ValueError, match="x2 must have x's shape, dtype and device"):
+        OP(partials[0], res, weight, None, partials2[0][:2], emit=["norm"])
+    with pytest.raises(ValueError, match="scale the two sums of second_sum, which is not set"):
+        OP(partials[0], res, weight, None, emit=["norm"], first_scale=2.0)
+    with pytest.raises(ValueError, match=r"partials2 must hold one tensor per rank"):
+        tpfuse.ops.reference(partials, res, weight, None, emit=["norm"], partials2=partials2 * 2)
+
+
 # ---------------------------------------------------------------- world size 2 over gloo
 
 def _rank_main(rank: int, world_size: int, store_path: str) -> None:
@@ -127,6 +172,15 @@ def _rank_main(rank: int, world_size: int, store_path: str) -> None:
                                                            residual, attrs.get("quant", "none"))
                 got = OP(partials[rank], res, weight, scale, group_name=group_name, **attrs)
                 expected = contract3.allreduce_rmsnorm(partials, res, weight, scale, **attrs)
+                assert_bitwise(got, expected, f"rank {rank} {name} {list(shape)}")
+        for k, (name, attrs) in enumerate(SECOND_SUM_CASES):
+            for shape in SHAPES:
+                partials, partials2, res, weight, scale = _second_sum_inputs(
+                    500 + 1000 * k + shape[0], shape, world_size, attrs.get("quant", "none"))
+                got = OP(partials[rank], res, weight, scale, partials2[rank], group_name=group_name,
+                         **attrs)
+                expected = contract3.allreduce_rmsnorm(partials, res, weight, scale,
+                                                       partials2=partials2, **attrs)
                 assert_bitwise(got, expected, f"rank {rank} {name} {list(shape)}")
         # Traced (fake impl) and compiled: the same bits. aot_eager traces the op through its
         # fake implementation as Inductor does, without starting Inductor's compile workers in

@@ -20,7 +20,7 @@ import os
 import threading
 from typing import Dict, Optional, Sequence, Tuple
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 UNIQUE_ID_BYTES = 128
 
 # Codes of the C enums (tpfuse_c.h).
@@ -75,6 +75,9 @@ class Spec(ctypes.Structure):
         ("emit", ctypes.c_uint32),
         ("rounding", ctypes.c_uint32),
         ("sum_scale", ctypes.c_float),
+        ("second_sum", ctypes.c_int32),
+        ("first_scale", ctypes.c_float),
+        ("second_scale", ctypes.c_float),
     ]
 
 
@@ -246,11 +249,12 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
               weight_bias: float = 0.0, quant: str = "none", group_size: int = 128,
               scale_layout: str = "row", scale_fmt: str = "f32",
               emit: Sequence[str] = ("norm",), rounding: Sequence[str] = (),
-              sum_scale: float = 1.0) -> Spec:
+              sum_scale: float = 1.0, second_sum: bool = False, first_scale: float = 1.0,
+              second_scale: float = 1.0) -> Spec:
     """A validated tpfuse_spec_t from Contract 3's attribute names. Unknown names raise
     ValueError naming the attribute; inconsistencies raise TpfuseError from the library.
     residual_f32: the residual operand is f32 (a residual stream kept in f32); needs
-    has_residual."""
+    has_residual. second_sum: two all_reduces summed (x2, first_scale, second_scale)."""
     def code(table: Dict[str, int], value: str, what: str) -> int:
         if value not in table:
             raise ValueError(f"tpfuse: unknown {what} {value!r} (expected one of "
@@ -270,6 +274,9 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
     spec.eps = float(eps)
     spec.weight_bias = float(weight_bias)
     spec.sum_scale = float(sum_scale)
+    spec.second_sum = int(bool(second_sum))
+    spec.first_scale = float(first_scale)
+    spec.second_scale = float(second_scale)
     spec.quant = code(QUANT_CODES, quant, "quant")
     spec.group_size = _c_int(group_size, "group_size")
     spec.scale_layout = code(SCALE_LAYOUT_CODES, scale_layout, "scale_layout")
@@ -298,9 +305,14 @@ def scale_elements(spec: Spec, tokens: int) -> int:
 # ---------------------------------------------------------------- the CPU reference
 
 def reference_allreduce_rmsnorm(spec: Spec, tokens: int, partials: Sequence[int],
-                                buffers: Buffers) -> None:
-    """Contract 3 on host buffers (addresses): partials[r] is rank r's x [T, H]."""
-    array = (ctypes.c_void_p * max(1, len(partials)))(*partials)
+                                buffers: Buffers, partials2: Sequence[int] = ()) -> None:
+    """Contract 3 on host buffers (addresses): partials[r] is rank r's x [T, H], partials2[r]
+    rank r's x2 (spec.second_sum; one per rank, like partials)."""
+    if bool(spec.second_sum) != bool(partials2) or (partials2 and len(partials2) != len(partials)):
+        raise ValueError(f"tpfuse: second_sum {bool(spec.second_sum)} takes one x2 partial per x "
+                         f"partial, got {len(partials2)} for {len(partials)}")
+    everything = list(partials) + list(partials2)
+    array = (ctypes.c_void_p * max(1, len(everything)))(*everything)
     _check("tpfuse_reference_allreduce_rmsnorm",
            load().tpfuse_reference_allreduce_rmsnorm(ctypes.byref(spec),
                                                      _c_int(tokens, "tokens", 64), len(partials),

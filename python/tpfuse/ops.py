@@ -1,16 +1,22 @@
 """torch.ops.tpfuse.allreduce_rmsnorm: the fused op of DESIGN.md Contract 3 as a functional
 custom op.
 
-    tpfuse::allreduce_rmsnorm(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, *,
-        str[] emit, str group_name="", float eps=1e-6, float weight_bias=0., str quant="none",
-        int group_size=128, str scale_layout="row", str scale_fmt="f32",
-        str[]? rounding=None, bool local=False, float sum_scale=1.) -> Tensor[]
+    tpfuse::allreduce_rmsnorm(Tensor x, Tensor? residual, Tensor weight, Tensor? scale,
+        Tensor? x2=None, *, str[] emit, str group_name="", float eps=1e-6, float weight_bias=0.,
+        str quant="none", int group_size=128, str scale_layout="row", str scale_fmt="f32",
+        str[]? rounding=None, bool local=False, float sum_scale=1., float first_scale=1.,
+        float second_scale=1.) -> Tensor[]
 
 x [..., H] is this rank's partial sum (bf16 or f16); residual as x, or float32 of x's shape (a
 residual stream kept in f32), or None; weight [H] (bf16, f16 or f32); scale an f32 tensor of one
 element for quant = "fp8_tensor", else None.
 sum_scale scales the all-reduced sum before the residual add, rounded to x's dtype (Granite's
 `residual + out * multiplier`); the emitted allreduce is the sum before it.
+x2 (x's shape and dtype, or None) is this rank's partial of a second all_reduce summed with the
+first before the residual add (Granite-MoE's `moe_out + shared_mlp_out`, Falcon-H1's mixers):
+the sum is round(round(a * first_scale) + round(a2 * second_scale)) (a scale of 1 is no step),
+then scaled by sum_scale; not local, and no "allreduce" in emit. CPU only: the CUDA kernels
+reduce one all_reduce per op.
 `group_name` names the process group (`ProcessGroup.group_name`, as the functional collectives
 take it); "" or a group of one rank is world size 1, where the op runs without communication, as
 it does with local=True (no all_reduce feeds the chain). The results are the emitted ones, in
@@ -20,8 +26,9 @@ x's shape) and, for fp8_token / fp8_group, s (f32: x.shape[:-1] + [H / group_siz
 [H / group_size, pad4(T)] column-major, T the rows of x).
 
 Backends:
-- CPU (gloo): the partials are gathered from every rank and the CPU reference of the C ABI
-  computes the result (rank order, one rounding: Contract 3); every rank gets the same bits.
+- CPU (gloo): the partials (of x, and of x2) are gathered from every rank and the CPU reference
+  of the C ABI computes the result (rank order, one rounding: Contract 3); every rank gets the
+  same bits.
 - CUDA: a tpfuse communicator made once per (process group, device) on first use, its
   workspace sized by `configure` (or $TPFUSE_MAX_TOKENS, $TPFUSE_MAX_HIDDEN) at that moment; the
   op runs on the current stream and is safe under CUDA graph capture once the communicator
@@ -71,7 +78,9 @@ def _fail(kind, message: str):
 def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
           scale: Optional[torch.Tensor], eps: float, weight_bias: float, quant: str,
           group_size: int, scale_layout: str, scale_fmt: str, emit: Sequence[str],
-          rounding: Optional[Sequence[str]], local: bool, sum_scale: float = 1.0) -> _Plan:
+          rounding: Optional[Sequence[str]], local: bool, sum_scale: float = 1.0,
+          x2: Optional[torch.Tensor] = None, first_scale: float = 1.0,
+          second_scale: float = 1.0) -> _Plan:
     if not isinstance(x, torch.Tensor):
         _fail(TypeError, f"x must be a tensor, got {type(x).__name__}")
     if residual is not None and not isinstance(residual, torch.Tensor):
@@ -80,6 +89,8 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
         _fail(TypeError, f"weight must be a tensor, got {type(weight).__name__}")
     if scale is not None and not isinstance(scale, torch.Tensor):
         _fail(TypeError, f"scale must be a tensor or None, got {type(scale).__name__}")
+    if x2 is not None and not isinstance(x2, torch.Tensor):
+        _fail(TypeError, f"x2 must be a tensor or None, got {type(x2).__name__}")
     if x.dim() < 1 or x.shape[-1] == 0:
         _fail(ValueError, f"x must be [..., H] with H > 0, got shape {list(x.shape)}")
     if x.dtype not in _ACT_DTYPES:
@@ -96,6 +107,9 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
                              f"stream kept in f32), got {residual.dtype}")
         if residual.device != x.device:
             _fail(ValueError, f"residual must be on x's device {x.device}, got {residual.device}")
+    if x2 is not None and (x2.shape != x.shape or x2.dtype != x.dtype or x2.device != x.device):
+        _fail(ValueError, f"x2 must have x's shape, dtype and device ({x.dtype}{list(x.shape)} on "
+                          f"{x.device}), got {x2.dtype}{list(x2.shape)} on {x2.device}")
     if weight.dim() != 1 or weight.shape[0] != hidden:
         _fail(ValueError, f"weight must be [H] = [{hidden}], got {list(weight.shape)}")
     if weight.dtype not in _WEIGHT_DTYPES:
@@ -124,7 +138,9 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
                                has_residual=residual is not None, residual_f32=residual_f32,
                                eps=eps, weight_bias=weight_bias, quant=quant, group_size=group_size,
                                scale_layout=scale_layout, scale_fmt=scale_fmt, emit=emit,
-                               rounding=rounding or (), sum_scale=sum_scale)
+                               rounding=rounding or (), sum_scale=sum_scale,
+                               second_sum=x2 is not None, first_scale=first_scale,
+                               second_scale=second_scale)
     except (ValueError, _capi.TpfuseError) as e:
         _fail(ValueError, str(e.message if isinstance(e, _capi.TpfuseError) else e))
 
@@ -244,21 +260,25 @@ def _comm_for(group, group_name: str, device: torch.device) -> _capi.Comm:
 # ---------------------------------------------------------------- the op
 
 # str[] is not among the types custom_op infers, so the schema is written out.
-SCHEMA = ("(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, *, str[] emit, "
-          "str group_name=\"\", float eps=1e-06, float weight_bias=0., str quant=\"none\", "
-          "int group_size=128, str scale_layout=\"row\", str scale_fmt=\"f32\", "
-          "str[]? rounding=None, bool local=False, float sum_scale=1.) -> Tensor[]")
+# x2 is positional: custom_op takes no keyword-only tensors.
+SCHEMA = ("(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, Tensor? x2=None, *, "
+          "str[] emit, str group_name=\"\", float eps=1e-06, float weight_bias=0., "
+          "str quant=\"none\", int group_size=128, str scale_layout=\"row\", "
+          "str scale_fmt=\"f32\", str[]? rounding=None, bool local=False, float sum_scale=1., "
+          "float first_scale=1., float second_scale=1.) -> Tensor[]")
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=(), schema=SCHEMA)
 def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
-                      scale: Optional[torch.Tensor], *, emit: List[str], group_name: str = "",
+                      scale: Optional[torch.Tensor], x2: Optional[torch.Tensor] = None, *,
+                      emit: List[str], group_name: str = "",
                       eps: float = 1e-6, weight_bias: float = 0.0, quant: str = "none",
                       group_size: int = 128, scale_layout: str = "row", scale_fmt: str = "f32",
                       rounding: Optional[List[str]] = None,
-                      local: bool = False, sum_scale: float = 1.0) -> List[torch.Tensor]:
+                      local: bool = False, sum_scale: float = 1.0, first_scale: float = 1.0,
+                      second_scale: float = 1.0) -> List[torch.Tensor]:
     plan = _plan(x, residual, weight, scale, eps, weight_bias, quant, group_size, scale_layout,
-                 scale_fmt, emit, rounding, local, sum_scale)
+                 scale_fmt, emit, rounding, local, sum_scale, x2, first_scale, second_scale)
     # A local op (no all_reduce feeds it, or world size 1) needs no group: its name is not read.
     group, _, world_size = (None, 0, 1) if local else _resolve_group(group_name)
     outs = _empty_results(plan, x.device)
@@ -267,11 +287,15 @@ def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight:
         # none (an all_reduce's shapes agree), so none communicates.
         return outs
     x = x.contiguous()
+    x2 = x2.contiguous() if x2 is not None else None
     residual = residual.contiguous() if residual is not None else None
     weight = weight.contiguous()
     scale = scale.contiguous() if scale is not None else None
     if x.device.type == "cpu":
-        _run_cpu(plan, x, residual, weight, scale, outs, group, world_size)
+        _run_cpu(plan, x, residual, weight, scale, outs, group, world_size, x2)
+    elif x2 is not None:
+        _fail(ValueError, f"x2 (two all_reduces summed) runs on the CPU only; x is on {x.device}: "
+                          "the CUDA kernels reduce one all_reduce per op")
     elif x.device.type == "cuda":
         _run_cuda(plan, x, residual, weight, scale, outs, group, group_name, world_size)
     else:
@@ -279,20 +303,25 @@ def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight:
     return outs
 
 
-def _run_cpu(plan, x, residual, weight, scale, outs, group, world_size: int) -> None:
+def _gather_rows(plan, x, group, world_size: int) -> List[torch.Tensor]:
+    """Every rank's x [T, H], in rank order."""
     rows = x.view(plan.tokens, plan.hidden)
     if world_size == 1:
-        partials = [rows]
-    else:
-        # The raw bytes travel (exact, and every backend moves uint8); the sum happens in the
-        # reference op, in rank order.
-        bits = rows.view(torch.uint8)
-        gathered = [torch.empty_like(bits) for _ in range(world_size)]
-        dist.all_gather(gathered, bits, group=group)
-        partials = [g.view(x.dtype) for g in gathered]
+        return [rows]
+    # The raw bytes travel (exact, and every backend moves uint8); the sum happens in the
+    # reference op, in rank order.
+    bits = rows.view(torch.uint8)
+    gathered = [torch.empty_like(bits) for _ in range(world_size)]
+    dist.all_gather(gathered, bits, group=group)
+    return [g.view(x.dtype) for g in gathered]
+
+
+def _run_cpu(plan, x, residual, weight, scale, outs, group, world_size: int, x2=None) -> None:
+    partials = _gather_rows(plan, x, group, world_size)
+    partials2 = _gather_rows(plan, x2, group, world_size) if x2 is not None else []
     buffers = _buffers(plan, x, residual, weight, scale, outs)
     _capi.reference_allreduce_rmsnorm(plan.spec, plan.tokens, [p.data_ptr() for p in partials],
-                                      buffers)
+                                      buffers, [p.data_ptr() for p in partials2])
 
 
 def _run_cuda(plan, x, residual, weight, scale, outs, group, group_name: str,
@@ -308,38 +337,49 @@ def _run_cuda(plan, x, residual, weight, scale, outs, group, group_name: str,
 
 
 @allreduce_rmsnorm.register_fake
-def _(x, residual, weight, scale, *, emit, group_name="", eps=1e-6, weight_bias=0.0, quant="none",
-      group_size=128, scale_layout="row", scale_fmt="f32", rounding=None, local=False,
-      sum_scale=1.0):
+def _(x, residual, weight, scale, x2=None, *, emit, group_name="", eps=1e-6, weight_bias=0.0,
+      quant="none", group_size=128, scale_layout="row", scale_fmt="f32", rounding=None,
+      local=False, sum_scale=1.0, first_scale=1.0, second_scale=1.0):
     plan = _plan(x, residual, weight, scale, eps, weight_bias, quant, group_size, scale_layout,
-                 scale_fmt, emit, rounding, local, sum_scale)
+                 scale_fmt, emit, rounding, local, sum_scale, x2, first_scale, second_scale)
     return _empty_results(plan, x.device)
 
 
 def reference(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor],
               weight: torch.Tensor, scale: Optional[torch.Tensor] = None, *,
-              emit: Sequence[str], **attrs) -> List[torch.Tensor]:
+              emit: Sequence[str], partials2: Optional[Sequence[torch.Tensor]] = None,
+              **attrs) -> List[torch.Tensor]:
     """The CPU reference of Contract 3 (the C ABI's) for the partial sums of every rank, in rank
-    order, on CPU tensors: what every rank's op returns. Attributes as the op's."""
+    order, on CPU tensors: what every rank's op returns. partials2: every rank's x2 (two
+    all_reduces summed), or None. Attributes as the op's."""
     if len(partials) == 0:
         _fail(ValueError, "partials must hold one tensor per rank, got none")
+    if partials2 is not None and len(partials2) != len(partials):
+        _fail(ValueError, f"partials2 must hold one tensor per rank like partials ({len(partials)}), "
+                          f"got {len(partials2)}")
     x = partials[0]
     plan = _plan(x, residual, weight, scale, attrs.get("eps", 1e-6),
                  attrs.get("weight_bias", 0.0), attrs.get("quant", "none"),
                  attrs.get("group_size", 128), attrs.get("scale_layout", "row"),
                  attrs.get("scale_fmt", "f32"), list(emit), attrs.get("rounding"),
-                 attrs.get("local", False), attrs.get("sum_scale", 1.0))
-    for i, p in enumerate(partials):
-        if p.device.type != "cpu" or p.shape != x.shape or p.dtype != x.dtype:
-            _fail(ValueError, f"partials[{i}] must be a CPU tensor like partials[0] "
-                              f"({x.dtype}{list(x.shape)}), got {p.dtype}{list(p.shape)} on {p.device}")
+                 attrs.get("local", False), attrs.get("sum_scale", 1.0),
+                 partials2[0] if partials2 else None, attrs.get("first_scale", 1.0),
+                 attrs.get("second_scale", 1.0))
+    for name, tensors in (("partials", partials), ("partials2", partials2 or [])):
+        for i, p in enumerate(tensors):
+            if p.device.type != "cpu" or p.shape != x.shape or p.dtype != x.dtype:
+                _fail(ValueError, f"{name}[{i}] must be a CPU tensor like partials[0] "
+                                  f"({x.dtype}{list(x.shape)}), got {p.dtype}{list(p.shape)} on "
+                                  f"{p.device}")
     rows = [p.contiguous() for p in partials]
+    rows2 = [p.contiguous() for p in partials2 or []]
     residual = residual.contiguous() if residual is not None else None
     weight = weight.contiguous()
     scale = scale.contiguous() if scale is not None else None
     outs = _empty_results(plan, x.device)
     _capi.reference_allreduce_rmsnorm(plan.spec, plan.tokens, [p.data_ptr() for p in rows],
-                                      _buffers(plan, rows[0], residual, weight, scale, outs))
+                                      _buffers(plan, rows[0], residual, weight, scale, outs),
+                                      [p.data_ptr() for p in rows2])
     return outs
 
 

@@ -104,6 +104,9 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
   s.eps = c->eps;
   s.weight_bias = c->weight_bias;
   s.sum_scale = c->sum_scale;
+  s.second_sum = c->second_sum != 0;
+  s.first_scale = c->first_scale;
+  s.second_scale = c->second_scale;
   switch (c->quant) {
     case TPFUSE_QUANT_NONE: s.quant = QuantMode::kNone; break;
     case TPFUSE_QUANT_FP8_TENSOR: s.quant = QuantMode::kFp8Tensor; break;
@@ -174,10 +177,15 @@ Status ReferenceFused(const tpfuse_spec_t* c_spec, int64_t tokens, int32_t world
   TPFUSE_RETURN_IF_ERROR(Require(b, "buffers"));
   const int ranks = spec.local ? 1 : world_size;
   const std::vector<int64_t> shape = {tokens, spec.hidden};
-  std::vector<HostTensor> xs;
+  std::vector<HostTensor> xs, x2s;
   for (int r = 0; r < ranks; ++r) {
     if (partials[r] == nullptr) return InvalidArgument("partials[", r, "] is null");
     xs.push_back(CopyIn(partials[r], spec.act_dtype, shape));
+  }
+  for (int r = 0; spec.second_sum && r < ranks; ++r) {
+    if (partials[ranks + r] == nullptr)
+      return InvalidArgument("partials[", ranks + r, "] (rank ", r, "'s x2 under second_sum) is null");
+    x2s.push_back(CopyIn(partials[ranks + r], spec.act_dtype, shape));
   }
   if (spec.has_residual) TPFUSE_RETURN_IF_ERROR(Require(b->residual, "buffers.residual"));
   TPFUSE_RETURN_IF_ERROR(Require(b->weight, "buffers.weight"));
@@ -201,7 +209,7 @@ Status ReferenceFused(const tpfuse_spec_t* c_spec, int64_t tokens, int32_t world
 
   TPFUSE_ASSIGN_OR_RETURN(std::vector<HostTensor> results,
                           cpu::AllreduceRmsnorm(spec, xs, residual ? &*residual : nullptr, w,
-                                                scale ? &*scale : nullptr));
+                                                scale ? &*scale : nullptr, x2s));
   if (results.size() != outs.size())
     return Internal("reference op returned ", results.size(), " results, expected ", outs.size());
   for (size_t i = 0; i < outs.size(); ++i)
@@ -298,6 +306,9 @@ void tpfuse_spec_init(tpfuse_spec_t* spec) {
   spec->eps = d.eps;
   spec->weight_bias = d.weight_bias;
   spec->sum_scale = d.sum_scale;
+  spec->second_sum = 0;
+  spec->first_scale = d.first_scale;
+  spec->second_scale = d.second_scale;
   spec->quant = TPFUSE_QUANT_NONE;
   spec->group_size = d.group_size;
   spec->scale_layout = TPFUSE_SCALE_LAYOUT_ROW;

@@ -189,6 +189,16 @@ Status AllreduceRmsnormSpec::Validate() const {
     return InvalidArgument("weight_bias must be finite in f32, got ", weight_bias);
   if (!std::isfinite(sum_scale))
     return InvalidArgument("sum_scale must be finite in f32, got ", sum_scale);
+  if (!std::isfinite(first_scale) || !std::isfinite(second_scale))
+    return InvalidArgument("first_scale and second_scale must be finite in f32, got ", first_scale, " and ",
+                           second_scale);
+  if (!second_sum && (first_scale != 1.0f || second_scale != 1.0f))
+    return InvalidArgument("first_scale and second_scale scale the two sums of second_sum, which is not set");
+  if (second_sum && local)
+    return InvalidArgument("second_sum sums two all_reduces, but the op is local (no all_reduce feeds it)");
+  if (second_sum && emit.allreduce)
+    return InvalidArgument("emit has allreduce but the op sums two all_reduces (second_sum): there is no one "
+                           "all_reduce result to emit");
   return Status::Ok();
 }
 
@@ -221,6 +231,7 @@ std::string AllreduceRmsnormSpec::ToString() const {
   if (IsDynamicQuant(quant))
     s += StrCat(" scales=", ScaleLayoutName(scale_layout), "/", ScaleFormatName(scale_fmt));
   if (weight_bias != 0.0f) s += StrCat(" weight_bias=", weight_bias);
+  if (second_sum) s += StrCat(" second_sum=", first_scale, "*a+", second_scale, "*a2");
   if (sum_scale != 1.0f) s += StrCat(" sum_scale=", sum_scale);
   std::string rounding_names;
   for (const std::string& n : rounding.Names())
@@ -274,6 +285,9 @@ std::string FusionCapabilities::WhyUnsupported(const AllreduceRmsnormSpec& spec,
     return StrCat("backend ", backend, "'s fused op keeps the residual in the activation dtype (",
                   DTypeName(spec.act_dtype), "): an f32 residual ",
                   spec.residual_f32_in ? "operand" : "output", " is not supported");
+  if (spec.second_sum && !second_sum)
+    return StrCat("backend ", backend, "'s fused op reduces one all_reduce: two all_reduces summed before the "
+                  "norm are not supported");
   if (spec.emit.allreduce && !emit_allreduce)
     return StrCat("backend ", backend, " cannot return the all_reduce result from the fused op");
   if (spec.emit.norm && spec.emit.quant && !emit_norm_with_quant)

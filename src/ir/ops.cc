@@ -539,6 +539,13 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
   if (!std::isfinite(float(sum_scale)))
     return attrs.Error("sum_scale must be finite in f32, got ", sum_scale);
   spec.sum_scale = float(sum_scale);
+  spec.second_sum = attrs.Bool("second_sum", false);
+  const double first_scale = attrs.Number("first_scale", 1.0), second_scale = attrs.Number("second_scale", 1.0);
+  if (!std::isfinite(float(first_scale)) || !std::isfinite(float(second_scale)))
+    return attrs.Error("first_scale and second_scale must be finite in f32, got ", first_scale, " and ",
+                       second_scale);
+  spec.first_scale = float(first_scale);
+  spec.second_scale = float(second_scale);
   StatusOr<EmitSet> emit = EmitSet::FromNames(*attrs.Find("emit")->AsTextList());
   if (!emit.ok()) return attrs.Error(emit.status().message());
   spec.emit = *emit;
@@ -550,9 +557,10 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
   spec.local = attrs.Bool("local", false);
 
   const bool has_scale = spec.quant == QuantMode::kFp8Tensor;
-  const int extra = int(in.size()) - 2 - int(has_scale);
+  const int extra = int(in.size()) - 2 - int(has_scale) - int(spec.second_sum);
   if (extra != 0 && extra != 1)
-    return attrs.Error("quant ", QuantModeName(spec.quant), " takes operands (x, ",
+    return attrs.Error("quant ", QuantModeName(spec.quant), spec.second_sum ? " with second_sum" : "",
+                       " takes operands (x, ", spec.second_sum ? "x2, " : "",
                        has_scale ? "[residual], w, scale" : "[residual], w", "), got ", in.size());
   spec.has_residual = extra == 1;
   const FusedOperandIndices at = FusedOperandLayout(spec);
@@ -564,6 +572,9 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
     return attrs.Error("x needs a constant hidden dim, got ", x.ToString());
   if (w.rank() != 1 || w.shape[0] != x.shape[1])
     return attrs.Error("weight ", w.ToString(), " does not match the hidden dim of ", x.ToString());
+  if (spec.second_sum && in[at.x2] != x)
+    return attrs.Error("x2 ", in[at.x2].ToString(), " does not match x ", x.ToString(),
+                       " (the second all_reduce's partial has x's type)");
   if (spec.has_residual) {
     TPFUSE_RETURN_IF_ERROR(CheckResidual(attrs, in[at.residual], x));
     spec.residual_f32_in = in[at.residual].dtype != x.dtype;
@@ -641,10 +652,13 @@ std::vector<OpEntry> MakeRegistry() {
       {{"scaled_matmul", 4, 4, {}}, InferScaledMatmul},
       {{"allreduce_rmsnorm",
         2,
-        4,
+        5,
         {{"eps", T::kNumber, true},
          {"weight_bias", T::kNumber, false},
          {"sum_scale", T::kNumber, false},
+         {"second_sum", T::kBool, false},
+         {"first_scale", T::kNumber, false},
+         {"second_scale", T::kNumber, false},
          {"quant", T::kText, false},
          {"group_size", T::kInt, false},
          {"scale_layout", T::kText, false},
@@ -849,6 +863,9 @@ AttrMap FusedAttrsFromSpec(const AllreduceRmsnormSpec& spec) {
   attrs["eps"] = FloatAttr(spec.eps);
   if (spec.weight_bias != 0.0f) attrs["weight_bias"] = FloatAttr(spec.weight_bias);
   if (spec.sum_scale != 1.0f) attrs["sum_scale"] = FloatAttr(spec.sum_scale);
+  if (spec.second_sum) attrs["second_sum"] = Attr::Bool(true);
+  if (spec.first_scale != 1.0f) attrs["first_scale"] = FloatAttr(spec.first_scale);
+  if (spec.second_scale != 1.0f) attrs["second_scale"] = FloatAttr(spec.second_scale);
   attrs["quant"] = Attr::Str(std::string(QuantModeName(spec.quant)));
   if (spec.quant == QuantMode::kFp8Group) attrs["group_size"] = Attr::Int(spec.group_size);
   if (IsDynamicQuant(spec.quant)) {
@@ -864,6 +881,7 @@ AttrMap FusedAttrsFromSpec(const AllreduceRmsnormSpec& spec) {
 FusedOperandIndices FusedOperandLayout(const AllreduceRmsnormSpec& spec) {
   FusedOperandIndices at;
   int next = 1;
+  if (spec.second_sum) at.x2 = next++;
   if (spec.has_residual) at.residual = next++;
   at.w = next++;
   if (spec.quant == QuantMode::kFp8Tensor) at.scale = next++;

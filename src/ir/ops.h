@@ -105,6 +105,7 @@ struct FusedOperandIndices {
   int w = 1;
   int scale = -1;
   int count = 2;
+  int x2 = -1;  // the second all_reduce's partial (spec.second_sum), right after x
 };
 FusedOperandIndices FusedOperandLayout(const AllreduceRmsnormSpec& spec);
 

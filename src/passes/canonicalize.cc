@@ -1048,11 +1048,8 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
 
 // ---------------------------------------------------------------- add operand order
 
-// How strongly a value is "the activation" of an add: the all_reduce result (through views)
-// first, then anything computed, then parameters. Views keep the rank of what they read; a scale
-// by a constant (`mul(., scalar)`, Granite's `out * multiplier`, which the fused op takes over
-// only as its x) keeps it too and ranks just above it, so a scaled sum or x comes first.
-int ActivationRank(const ir::Value* v) {
+// `v` through views and scales by a constant, and whether a scale was passed.
+std::pair<const ir::Value*, bool> ThroughViewsAndScales(const ir::Value* v) {
   bool scaled = false;
   while (true) {
     if (ir::Node* view = ProducedBy(v, "view")) {
@@ -1061,10 +1058,31 @@ int ActivationRank(const ir::Value* v) {
       v = v->producer()->operand(0);
       scaled = true;
     } else {
-      break;
+      return {v, scaled};
     }
   }
-  const int base = ProducedBy(v, "all_reduce") ? 2 : v->is_param() ? 0 : 1;
+}
+
+// Whether `v` is an all_reduce result, or the sum of two (each through views and scales by a
+// constant: Granite-MoE's `moe + shared_mlp`, Falcon-H1's scaled mixers), which the fused op
+// takes over as its x (spec.second_sum).
+bool IsAllReduceSum(const ir::Value* v) {
+  if (ProducedBy(v, "all_reduce")) return true;
+  const ir::Node* add = ProducedBy(v, "add");
+  if (add == nullptr || add->num_operands() != 2 || add->attr("scalar")) return false;
+  return std::all_of(add->operands().begin(), add->operands().end(), [](const ir::Value* o) {
+    return ProducedBy(ThroughViewsAndScales(o).first, "all_reduce") != nullptr;
+  });
+}
+
+// How strongly a value is "the activation" of an add: the all_reduce result (through views), or
+// the sum of two, first, then anything computed, then parameters. Views keep the rank of what
+// they read; a scale by a constant (`mul(., scalar)`, Granite's `out * multiplier`, which the
+// fused op takes over only as its x) keeps it too and ranks just above it, so a scaled sum or x
+// comes first.
+int ActivationRank(const ir::Value* v) {
+  const auto [source, scaled] = ThroughViewsAndScales(v);
+  const int base = IsAllReduceSum(source) ? 2 : source->is_param() ? 0 : 1;
   return 2 * base + int(scaled);
 }
 

@@ -100,9 +100,15 @@ Json FusionJson(const FusionRecord& fusion) {
       {"eps", ShortestDouble(s.eps)},
       {"weight_bias", ShortestDouble(s.weight_bias)},
       {"sum_scale", ShortestDouble(s.sum_scale)},
+      {"second_sum", s.second_sum},
       {"spec", s.ToString()},
       {"notes", fusion.notes},
   };
+  if (s.second_sum) {
+    j["second_anchor"] = fusion.second_anchor;
+    j["first_scale"] = ShortestDouble(s.first_scale);
+    j["second_scale"] = ShortestDouble(s.second_scale);
+  }
   if (s.quant == QuantMode::kFp8Group) j["group_size"] = s.group_size;
   if (IsDynamicQuant(s.quant)) {
     j["scale_layout"] = std::string(ScaleLayoutName(s.scale_layout));
@@ -206,7 +212,8 @@ StatusOr<CompileResult> CompileModuleText(std::string_view text, const CompileOp
 
 std::string DescribeFusion(const FusionRecord& fusion) {
   const AllreduceRmsnormSpec& s = fusion.spec;
-  std::string text = StrCat("%", fusion.anchor, ": ", s.local ? "local, " : "",
+  std::string text = StrCat("%", fusion.anchor, s.second_sum ? StrCat(" + %", fusion.second_anchor) : "", ": ",
+                            s.local ? "local, " : "",
                             !s.has_residual ? "" : s.residual_f32_in ? "+f32 residual, " : "+residual, ",
                             QuantModeName(s.quant));
   if (s.quant == QuantMode::kFp8Group) text += StrCat(" g", s.group_size);
@@ -216,6 +223,8 @@ std::string DescribeFusion(const FusionRecord& fusion) {
   }
   if (s.weight_dtype != s.act_dtype) text += StrCat(", norm weight ", DTypeName(s.weight_dtype));
   if (s.weight_bias != 0.0f) text += StrCat(", weight_bias ", s.weight_bias);
+  if (s.second_sum && (s.first_scale != 1.0f || s.second_scale != 1.0f))
+    text += StrCat(", scales of the two sums ", s.first_scale, " and ", s.second_scale);
   if (s.sum_scale != 1.0f) text += StrCat(", sum_scale ", s.sum_scale);
   const auto list = [](const std::vector<std::string>& names) {
     std::string joined;

@@ -22,6 +22,12 @@
 // Granite's and Falcon-H1's `residual + out * multiplier`) is taken over as spec.sum_scale,
 // a' = round(a * s), when the norm reads it as x and is its only use.
 //
+// Two all_reduces summed before the norm, `add(a [* s1], b [* s2]) [* s]` read by the norm as x
+// (Granite-MoE's `moe_out + shared_mlp_out`, Falcon-H1's attention and SSM mixers, each behind its
+// own all_reduce), become one fused op with spec.second_sum: x2 is b's partial, s1 and s2 are
+// first_scale and second_scale, s is sum_scale. Where the backend cannot sum two (caps.second_sum)
+// both all_reduces stay, with that reason.
+//
 // Rank >= 3 activations ([B, S, H]): the fused op takes [rows, H]; the pass views x and the
 // residual to [B*S, H] and views the results back (the norm is per row, so this is exact). A
 // quant that reads the norm output through such a flattening view is absorbed with the view.
@@ -51,6 +57,13 @@ struct Chain {
   ir::Node* anchor = nullptr;  // all_reduce; null for a local chain that none feeds
   ir::Node* norm = nullptr;    // rms_norm or fused_add_rms_norm reading the anchor
   ir::Node* scale = nullptr;   // mul(a) {scalar} the norm reads instead of a (SumScaleOf), or null
+  // Two all_reduces summed (spec.second_sum): the other all_reduce, the scales of each sum before
+  // the add (or null), and the add, which the norm reads (or `scale` reads). Null otherwise.
+  ir::Node* anchor2 = nullptr;
+  ir::Node* scale1 = nullptr;
+  ir::Node* scale2 = nullptr;
+  ir::Node* sum = nullptr;
+  ir::Value* x2 = nullptr;     // anchor2's operand: this rank's partial of the second sum
   bool local = false;          // a = x: no all_reduce, or one at world size 1
   ir::Value* a = nullptr;      // the all_reduce result, or x (the norm reads a, or scale's a * s)
   ir::Value* x = nullptr;      // this rank's partial sum (the all_reduce operand), or x
@@ -62,8 +75,12 @@ struct Chain {
   // For each quant, the flattening view of y it reads through (rank >= 3), or null.
   std::map<const ir::Node*, ir::Node*> quant_views;
 
-  // How messages name where the chain starts: "all_reduce %ar" or "rms_norm %y".
-  std::string Start() const { return anchor ? "all_reduce " + Ref(a) : NodeRef(norm); }
+  // How messages name where the chain starts: "all_reduce %ar" (and "and all_reduce %ar2") or
+  // "rms_norm %y".
+  std::string Start() const {
+    if (anchor2) return StrCat("all_reduce ", Ref(a), " and all_reduce ", Ref(anchor2->result()));
+    return anchor ? "all_reduce " + Ref(a) : NodeRef(norm);
+  }
 };
 
 // A chain that can become one fused node.
@@ -179,8 +196,67 @@ Chain MakeChain(ir::Node* anchor, ir::Node* norm, bool local) {
   return c;
 }
 
+// The all_reduce `v` is the sum of, directly or scaled by a constant (SumScaleOf), and that
+// scale (or null); {null, null} for any other value.
+std::pair<ir::Node*, ir::Node*> ScaledAllReduce(ir::Value* v) {
+  ir::Node* p = v->producer();
+  ir::Node* scale = p != nullptr && SumScaleOf(p) ? p : nullptr;
+  ir::Node* ar = scale ? scale->operand(0)->producer() : p;
+  if (ar == nullptr || ar->kind() != ir::OpKind::kAllReduce) return {nullptr, nullptr};
+  return {ar, scale};
+}
+
+// The norm that reads `sum` as x, directly or through a scale it takes over (NormOfScale), and
+// that scale; {null, null} when none does.
+std::pair<ir::Node*, ir::Node*> NormReadingSum(ir::Node* sum) {
+  for (const ir::Use& u : sum->result()->uses()) {
+    if (u.is_return() || u.index != 0) continue;
+    if (IsNorm(u.user)) return {u.user, nullptr};
+    if (ir::Node* norm = SumScaleOf(u.user) ? NormOfScale(u.user) : nullptr) return {norm, u.user};
+  }
+  return {nullptr, nullptr};
+}
+
+// The chain of two all_reduces summed before a norm, `add(a [* s1], b [* s2]) [* s]` read by the
+// norm as x, with `anchor` as one of the two: the first such norm in program order. Whether the
+// sums and the values between are read elsewhere is PlanFusion's question (WhySumsReadElsewhere).
+std::optional<Chain> FindSecondSumChain(ir::Node* anchor) {
+  const ir::Graph& graph = *anchor->graph();
+  std::vector<ir::Node*> adds;
+  for (const ir::Use& u : anchor->result()->uses()) {
+    if (u.is_return()) continue;
+    if (u.user->kind() == ir::OpKind::kAdd) adds.push_back(u.user);
+    if (!SumScaleOf(u.user)) continue;
+    for (const ir::Use& w : u.user->result()->uses())
+      if (!w.is_return() && w.user->kind() == ir::OpKind::kAdd) adds.push_back(w.user);
+  }
+  std::optional<Chain> best;
+  for (ir::Node* add : adds) {
+    if (add->num_operands() != 2 || add->result()->type() != anchor->result()->type()) continue;
+    const auto [ar0, scale0] = ScaledAllReduce(add->operand(0));
+    const auto [ar1, scale1] = ScaledAllReduce(add->operand(1));
+    if (ar0 == nullptr || ar1 == nullptr || ar0 == ar1 || (ar0 != anchor && ar1 != anchor)) continue;
+    ir::Node* other = ar0 == anchor ? ar1 : ar0;
+    if (TextAttr(other, "group", "tp") != "tp" || other->result()->type() != anchor->result()->type()) continue;
+    const auto [norm, outer] = NormReadingSum(add);
+    if (norm == nullptr) continue;
+    if (best && graph.IndexOf(norm) >= graph.IndexOf(best->norm)) continue;
+    Chain c = MakeChain(anchor, norm, /*local=*/false);
+    c.scale = outer;
+    c.a = anchor->result();
+    c.anchor2 = other;
+    c.x2 = other->operand(0);
+    c.scale1 = ar0 == anchor ? scale0 : scale1;
+    c.scale2 = ar0 == anchor ? scale1 : scale0;
+    c.sum = add;
+    best = std::move(c);
+  }
+  return best;
+}
+
 // The norm that reads the anchor as x: the first in program order. (canonicalize puts the
-// all_reduce-derived operand of an add or fused_add_rms_norm first.)
+// all_reduce-derived operand of an add or fused_add_rms_norm first.) Failing that, above world
+// size 1, the norm that reads the anchor's sum added to another all_reduce's (FindSecondSumChain).
 std::optional<Chain> FindChain(ir::Node* anchor, bool local) {
   const ir::Graph& graph = *anchor->graph();
   ir::Value* a = anchor->result();
@@ -197,7 +273,7 @@ std::optional<Chain> FindChain(ir::Node* anchor, bool local) {
       best_index = index;
     }
   }
-  if (best == nullptr) return std::nullopt;
+  if (best == nullptr) return local ? std::nullopt : FindSecondSumChain(anchor);
   return MakeChain(anchor, best, local);
 }
 
@@ -371,8 +447,9 @@ std::string AnotherAllReduceMet(const ir::Value* a, const Reach& reach) {
       const ir::Node* b = AllReduceBehind(other);
       if (b != nullptr && b->result() != a) {
         return StrCat(", where ", NodeRef(n), " adds it to the sum of all_reduce ", Ref(b->result()),
-                      ": the fused op adds one all_reduce's sum to a residual, so it takes over "
-                      "neither (one all_reduce of the summed partial results would fuse)");
+                      ": the fused op sums two all_reduces only where the norm reads their sum as its "
+                      "input, each sum and the sum of the two scaled by a constant or not, so it takes "
+                      "over neither");
       }
     }
     on_path = n->result(0);
@@ -544,6 +621,11 @@ std::string BaseSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
   spec.eps = float(*eps);
   spec.weight_bias = float(*bias);
   if (c.scale) spec.sum_scale = float(*SumScaleOf(c.scale));
+  if (c.anchor2) {
+    spec.second_sum = true;
+    if (c.scale1) spec.first_scale = float(*SumScaleOf(c.scale1));
+    if (c.scale2) spec.second_scale = float(*SumScaleOf(c.scale2));
+  }
   return {};
 }
 
@@ -578,6 +660,7 @@ bool UsedOutside(const ir::Value* v, const std::set<const ir::Node*>& absorbed) 
 // The fused node's operands (before any flattening view), for a chain with `quant` absorbed.
 std::vector<ir::Value*> FusedOperands(const Chain& c, const ir::Node* quant) {
   std::vector<ir::Value*> operands = {c.x};
+  if (c.x2) operands.push_back(c.x2);
   if (c.residual) operands.push_back(c.residual);
   operands.push_back(c.w);
   if (quant && quant->num_operands() == 2) operands.push_back(quant->operand(1));
@@ -588,6 +671,8 @@ std::set<const ir::Node*> Absorbed(const Chain& c, const ir::Node* quant) {
   std::set<const ir::Node*> absorbed = {c.norm};
   if (c.anchor) absorbed.insert(c.anchor);
   if (c.scale) absorbed.insert(c.scale);
+  for (ir::Node* n : {c.anchor2, c.scale1, c.scale2, c.sum})
+    if (n) absorbed.insert(n);
   if (quant) {
     absorbed.insert(quant);
     if (auto it = c.quant_views.find(quant); it != c.quant_views.end()) absorbed.insert(it->second);
@@ -610,6 +695,25 @@ const ir::Value* ComputedFrom(const ir::Value* v, const std::vector<const ir::Va
   return nullptr;
 }
 
+// Two all_reduces summed (Chain::anchor2): why the fused op cannot take them over because a
+// sum, or a value between the sums and the norm, is read outside the chain; empty when none is.
+// (The fused op returns neither sum, nor their sum.)
+std::string WhySumsReadElsewhere(const Chain& c, const std::set<const ir::Node*>& absorbed) {
+  if (!c.anchor2) return "";
+  for (const ir::Node* n : {c.anchor, c.scale1, c.anchor2, c.scale2, c.sum, c.scale}) {
+    if (n != nullptr && c.residual == n->result()) {
+      return StrCat(c.Start(), " are summed by ", NodeRef(c.sum), " before ", NodeRef(c.norm),
+                    ", which adds ", Ref(n->result()), " as its residual too: the fused op's residual must be "
+                    "another value");
+    }
+    if (n == nullptr || !UsedOutside(n->result(), absorbed)) continue;
+    return StrCat(c.Start(), " are summed by ", NodeRef(c.sum), " before ", NodeRef(c.norm), ", but ",
+                  Ref(n->result()), " is also read outside that chain (", DescribeUses(n->result()),
+                  "): the fused op of two summed all_reduces returns neither sum nor their sum");
+  }
+  return "";
+}
+
 // Decides emit for the chain with `quant` absorbed (null: none), asks the backend, and finds
 // where the fused node goes.
 std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
@@ -622,6 +726,7 @@ std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
     if (std::string why = AddQuant(quant, plan.spec); !why.empty()) return Refusal{"quant", why};
   }
   const std::set<const ir::Node*> absorbed = Absorbed(c, quant);
+  if (std::string why = WhySumsReadElsewhere(c, absorbed); !why.empty()) return Refusal{"sum read elsewhere", why};
   EmitSet& emit = plan.spec.emit;
   // A local chain's all_reduce (world size 1) is the identity: its other uses read x instead.
   emit.allreduce = c.anchor && !c.local && UsedOutside(c.anchor->result(), absorbed);
@@ -653,6 +758,7 @@ std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
     std::vector<const ir::Value*> results = {c.y};
     if (c.residual_out) results.push_back(c.residual_out);
     if (c.anchor) results.push_back(c.anchor->result());
+    if (c.anchor2) results.push_back(c.anchor2->result());
     if (const ir::Value* from = ComputedFrom(scale, results)) {
       return Refusal{"scale from the chain",
                      StrCat("the per-tensor scale ", Ref(scale), " of quant_fp8 ",
@@ -912,6 +1018,15 @@ class FuseAllreduceEpiloguePass final : public Pass {
                      "(compile with --fuse-local auto or on to fuse its chain on one GPU)"};
     }
     std::optional<Chain> chain = FindChain(anchor, local);
+    if (!chain && local) {
+      if (std::optional<Chain> two = FindSecondSumChain(anchor)) {
+        return Refusal{"world size 1",
+                       StrCat("world size 1: ", two->Start(), " are the identity here, summed by ",
+                              NodeRef(two->sum), " before ", NodeRef(two->norm),
+                              "; the fused op takes two summed all_reduces over above world size 1 "
+                              "only, so both stay and the norm's chain is a local chain on their sum")};
+      }
+    }
     if (!chain) {
       return Refusal{"no rms_norm",
                      no_chain_reason.empty() ? NoChainReason(anchor, ctx) : no_chain_reason};
@@ -933,6 +1048,8 @@ class FuseAllreduceEpiloguePass final : public Pass {
     const Chain& c = plan.chain;
     const EmitSet& emit = plan.spec.emit;
     const std::set<const ir::Node*> absorbed = Absorbed(c, plan.quant);
+    // Named before the nodes go.
+    const std::string second_anchor = c.anchor2 ? c.anchor2->result()->name() : "";
 
     // Results in Contract 3's order, each named after the value it takes over.
     std::vector<ir::Value*> taken_over;
@@ -962,11 +1079,17 @@ class FuseAllreduceEpiloguePass final : public Pass {
                                                              scale->name() + ".scalar"));
     }
     if (flatten) {
-      TPFUSE_ASSIGN_OR_RETURN(operands[0], rw.CreateView(operands[0], flat, c.x->name() + ".rows"));
+      const ir::FusedOperandIndices at = ir::FusedOperandLayout(plan.spec);
+      TPFUSE_ASSIGN_OR_RETURN(operands[size_t(at.x)], rw.CreateView(operands[size_t(at.x)], flat, c.x->name() + ".rows"));
+      if (c.x2) {
+        TPFUSE_ASSIGN_OR_RETURN(operands[size_t(at.x2)],
+                                rw.CreateView(operands[size_t(at.x2)], flat, c.x2->name() + ".rows"));
+      }
       if (c.residual) {
         TPFUSE_ASSIGN_OR_RETURN(
-            operands[1], rw.CreateView(operands[1], ir::TensorType{c.residual->dtype(), flat.shape},
-                                       c.residual->name() + ".rows"));
+            operands[size_t(at.residual)],
+            rw.CreateView(operands[size_t(at.residual)], ir::TensorType{c.residual->dtype(), flat.shape},
+                          c.residual->name() + ".rows"));
       }
     }
     std::vector<std::string> fused_names = names;
@@ -1002,6 +1125,8 @@ class FuseAllreduceEpiloguePass final : public Pass {
     std::vector<ir::Node*> erase = {c.norm};
     if (c.scale) erase.push_back(c.scale);
     if (c.anchor) erase.push_back(c.anchor);
+    for (ir::Node* n : {c.sum, c.scale1, c.scale2, c.anchor2})
+      if (n) erase.push_back(n);
     if (plan.quant) {
       erase.push_back(plan.quant);
       if (auto it = c.quant_views.find(plan.quant); it != c.quant_views.end())
@@ -1021,6 +1146,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
     TPFUSE_ASSIGN_OR_RETURN(fused, rw.RestoreNames(fused, fused_names));
 
     FusionRecord record;
+    record.second_anchor = second_anchor;
     record.spec = plan.spec;
     record.fused_value = fused->result(0)->name();
     record.notes = plan.notes;

@@ -17,6 +17,8 @@ namespace tpfuse::passes {
 // One fused chain: the all_reduce it started from and what the fused op does.
 struct FusionRecord {
   std::string anchor;  // name of the all_reduce result the chain started at
+  // spec.second_sum: the other all_reduce's result, summed with the anchor's; else empty.
+  std::string second_anchor;
   AllreduceRmsnormSpec spec;
   std::string fused_value;  // name of the fused op's first result
   // What was left out of the chain and why ("quant_fp8 %q stays unfused: quant fp8_token is

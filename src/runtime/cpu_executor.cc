@@ -283,11 +283,18 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
       // The sum a = round(sum of partials in rank order) once for every rank: each rank's op
       // reads it as its only partial (the sum of one 16-bit value is itself), so simulating N
       // ranks costs N epilogues, not N sums of N partials.
-      std::optional<HostTensor> sum;
+      std::optional<HostTensor> sum, sum2;
       if (!spec->local) {
         StatusOr<HostTensor> summed = cpu::AllreduceSum(partials);
         if (!summed.ok()) return node_error(summed.status());
         sum = std::move(*summed);
+      }
+      if (spec->second_sum) {
+        std::vector<const HostTensor*> partials2;
+        for (int r = 0; r < world_size_; ++r) partials2.push_back(operands[size_t(r)][size_t(at.x2)]);
+        StatusOr<HostTensor> summed = cpu::AllreduceSum(partials2);
+        if (!summed.ok()) return node_error(summed.status());
+        sum2 = std::move(*summed);
       }
       // Every rank runs the epilogue on its own residual, weight and scale.
       ForEachRank(world_size_, [&](int r) {
@@ -297,7 +304,8 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
         StatusOr<std::vector<HostTensor>> out = cpu::AllreduceRmsnorm(
             *spec, own,
             at.residual >= 0 ? in[size_t(at.residual)] : nullptr,
-            *in[size_t(at.w)], at.scale >= 0 ? in[size_t(at.scale)] : nullptr);
+            *in[size_t(at.w)], at.scale >= 0 ? in[size_t(at.scale)] : nullptr,
+            sum2 ? std::vector<const HostTensor*>{&*sum2} : std::vector<const HostTensor*>{});
         if (out.ok()) results[size_t(r)] = std::move(*out);
         else statuses[size_t(r)] = out.status();
       });

@@ -134,7 +134,7 @@ ParamInfo ClassifyParam(const ir::Value& param) {
         break;
       case ir::OpKind::kAllreduceRmsnorm: {
         const ir::FusedOperandIndices at = FusedOperands(user);
-        if (i == at.x) info.per_rank = true;
+        if (i == at.x || i == at.x2) info.per_rank = true;
         if (i == at.w) info.role = ParamRole::kNormWeight;
         if (i == at.scale && f32_scalar) info.role = ParamRole::kStaticScale;
         break;

@@ -38,6 +38,9 @@ struct Case {
   uint32_t rounding = 0;
   int32_t local = 0;
   float sum_scale = 1.0f;
+  int32_t second_sum = 0;
+  float first_scale = 1.0f;
+  float second_scale = 1.0f;
 };
 
 const Case kCases[] = {
@@ -70,6 +73,8 @@ const Case kCases[] = {
     {"f32_norm_out", TPFUSE_QUANT_NONE, TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL, TPFUSE_RESIDUAL_ACT,
      TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_F32,
      TPFUSE_ROUNDING_NORM_INPUT_F32 | TPFUSE_ROUNDING_RESIDUAL_OUT_F32 | TPFUSE_ROUNDING_NORM_OUT_F32},
+    {"second_sum", TPFUSE_QUANT_FP8_TOKEN, TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL | TPFUSE_EMIT_QUANT, true,
+     TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, 0, 0, 0.22f, 1, 0.5f, 3.0f},
 };
 
 AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
@@ -94,6 +99,9 @@ AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
   s.rounding.residual_out_f32 = c.rounding & TPFUSE_ROUNDING_RESIDUAL_OUT_F32;
   s.rounding.norm_out_f32 = c.rounding & TPFUSE_ROUNDING_NORM_OUT_F32;
   s.sum_scale = c.sum_scale;
+  s.second_sum = c.second_sum != 0;
+  s.first_scale = c.first_scale;
+  s.second_scale = c.second_scale;
   return s;
 }
 
@@ -110,6 +118,9 @@ tpfuse_spec_t CSpec(const Case& c, int64_t hidden) {
   s.emit = c.emit;
   s.rounding = c.rounding;
   s.sum_scale = c.sum_scale;
+  s.second_sum = c.second_sum;
+  s.first_scale = c.first_scale;
+  s.second_scale = c.second_scale;
   return s;
 }
 
@@ -132,6 +143,9 @@ TEST(CApi, SpecInitHasContract3Defaults) {
   EXPECT_EQ(s.rounding, 0u);
   EXPECT_EQ(s.emit, uint32_t(TPFUSE_EMIT_NORM));
   EXPECT_EQ(s.sum_scale, 1.0f);
+  EXPECT_EQ(s.second_sum, 0);
+  EXPECT_EQ(s.first_scale, 1.0f);
+  EXPECT_EQ(s.second_scale, 1.0f);
   // hidden is the caller's to set.
   EXPECT_EQ(tpfuse_spec_validate(&s), TPFUSE_ERR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(tpfuse_last_error()).find("hidden"), std::string::npos) << tpfuse_last_error();
@@ -151,15 +165,17 @@ TEST(CApi, ReferenceMatchesTheOracleBitwise) {
         SCOPED_TRACE(::testing::Message() << c.name << " N=" << world_size << " T=" << tokens);
         const AllreduceRmsnormSpec spec = CppSpec(c, hidden);
         const tpfuse_spec_t cspec = CSpec(c, hidden);
-        std::vector<HostTensor> xs;
+        std::vector<HostTensor> xs, x2s;
         for (int r = 0; r < world_size; ++r) xs.push_back(Random(spec.act_dtype, {tokens, hidden}, rng));
+        for (int r = 0; spec.second_sum && r < world_size; ++r)
+          x2s.push_back(Random(spec.act_dtype, {tokens, hidden}, rng));
         const HostTensor residual = Random(spec.residual_in_dtype(), {tokens, hidden}, rng);
         const HostTensor w = Random(spec.weight_dtype, {hidden}, rng);
         HostTensor scale(DType::kF32, {});
         scale.SetF32(0, 0.0234375f);
         StatusOr<std::vector<HostTensor>> expected = cpu::AllreduceRmsnorm(
             spec, xs, c.residual ? &residual : nullptr, w,
-            spec.quant == QuantMode::kFp8Tensor ? &scale : nullptr);
+            spec.quant == QuantMode::kFp8Tensor ? &scale : nullptr, x2s);
         ASSERT_TRUE(expected.ok()) << expected.status().ToString();
 
         // Outputs poisoned; every byte must be written.
@@ -172,6 +188,7 @@ TEST(CApi, ReferenceMatchesTheOracleBitwise) {
         for (HostTensor* t : {&ar, &y, &h, &q, &s}) t->FillBytes(0x7f);
         std::vector<const void*> partials;
         for (const HostTensor& x : xs) partials.push_back(x.data());
+        for (const HostTensor& x : x2s) partials.push_back(x.data());  // after x's (second_sum)
         tpfuse_buffers_t b{};
         b.residual = c.residual ? residual.data() : nullptr;
         b.weight = w.data();

@@ -4,10 +4,12 @@
 
 #include <stddef.h>
 
-_Static_assert(sizeof(tpfuse_spec_t) == 64, "tpfuse_spec_t layout");
+_Static_assert(sizeof(tpfuse_spec_t) == 72, "tpfuse_spec_t layout");
 _Static_assert(offsetof(tpfuse_spec_t, hidden) == 8, "tpfuse_spec_t.hidden offset");
 _Static_assert(offsetof(tpfuse_spec_t, rounding) == 52, "tpfuse_spec_t.rounding offset");
 _Static_assert(offsetof(tpfuse_spec_t, sum_scale) == 56, "tpfuse_spec_t.sum_scale offset");
+_Static_assert(offsetof(tpfuse_spec_t, second_sum) == 60, "tpfuse_spec_t.second_sum offset");
+_Static_assert(offsetof(tpfuse_spec_t, second_scale) == 68, "tpfuse_spec_t.second_scale offset");
 _Static_assert(sizeof(tpfuse_buffers_t) == 9 * sizeof(void*), "tpfuse_buffers_t layout");
 _Static_assert(sizeof(tpfuse_compile_options_t) == 32, "tpfuse_compile_options_t layout");
 _Static_assert(offsetof(tpfuse_compile_options_t, source_name) == 24, "source_name offset");

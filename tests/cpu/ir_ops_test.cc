@@ -106,7 +106,7 @@ TEST(IrOpsTest, ArityAndAttributeErrors) {
   EXPECT_EQ(Infer("add", {}), "error: add: expected 1 or 2 operands, got 0");
   EXPECT_EQ(Infer("scaled_matmul", {"f32[]"}), "error: scaled_matmul: expected 4 operands, got 1");
   EXPECT_EQ(Infer("allreduce_rmsnorm", {"bf16[T, 8]"}),
-            "error: allreduce_rmsnorm: expected 2 to 4 operands, got 1");
+            "error: allreduce_rmsnorm: expected 2 to 5 operands, got 1");
   EXPECT_EQ(Infer("all_reduce", {"bf16[T, 8]"}, {{"grop", Attr::Str("tp")}}),
             "error: all_reduce: unknown attribute 'grop' (accepted: group)");
   EXPECT_EQ(Infer("rsqrt", {"bf16[T, 8]"}, {{"eps", kEps}}),
@@ -758,6 +758,17 @@ TEST(IrOpsTest, FusedSpecRoundTrip) {
     s.emit = EmitSet{.quant = true};
     specs.push_back(s);
   }
+  {
+    AllreduceRmsnormSpec s = base;
+    s.second_sum = true;
+    s.first_scale = 0.5f;
+    s.second_scale = 3.0f;
+    s.sum_scale = 0.22f;
+    s.has_residual = true;
+    s.quant = QuantMode::kFp8Tensor;
+    s.emit = EmitSet{.norm = true, .residual = true, .quant = true};
+    specs.push_back(s);
+  }
   for (const AllreduceRmsnormSpec& spec : specs) {
     SCOPED_TRACE(spec.ToString());
     ASSERT_TRUE(spec.Validate().ok());
@@ -766,6 +777,7 @@ TEST(IrOpsTest, FusedSpecRoundTrip) {
     std::vector<Value*> operands(at.count);
     const TensorType x{spec.act_dtype, {Dim::Sym("T"), Dim::Const(spec.hidden)}};
     operands[at.x] = g.AddParam("x", x);
+    if (at.x2 >= 0) operands[at.x2] = g.AddParam("x2", x);
     if (at.residual >= 0) operands[at.residual] = g.AddParam("res", x);
     operands[at.w] = g.AddParam("w", TensorType{spec.weight_dtype, {Dim::Const(spec.hidden)}});
     if (at.scale >= 0) operands[at.scale] = g.AddParam("scale", TensorType{DType::kF32, {}});
@@ -781,6 +793,10 @@ TEST(IrOpsTest, FusedSpecRoundTrip) {
     EXPECT_EQ(back->weight_bias, spec.weight_bias);
     EXPECT_EQ(back->has_residual, spec.has_residual);
     EXPECT_EQ(back->emit, spec.emit);
+    EXPECT_EQ(back->second_sum, spec.second_sum);
+    EXPECT_EQ(back->first_scale, spec.first_scale);
+    EXPECT_EQ(back->second_scale, spec.second_scale);
+    EXPECT_EQ(back->sum_scale, spec.sum_scale);
   }
   // Float attributes print as the float they hold.
   AllreduceRmsnormSpec s = base;
@@ -808,6 +824,18 @@ TEST(IrOpsTest, FusedLayouts) {
   EXPECT_EQ(in.scale, -1);
   EXPECT_EQ(in.count, 2);
 
+  spec.second_sum = true;
+  spec.has_residual = true;
+  in = FusedOperandLayout(spec);
+  EXPECT_EQ(in.x, 0);
+  EXPECT_EQ(in.x2, 1);
+  EXPECT_EQ(in.residual, 2);
+  EXPECT_EQ(in.w, 3);
+  EXPECT_EQ(in.count, 4);
+  spec.second_sum = false;
+  spec.has_residual = false;
+  EXPECT_EQ(FusedOperandLayout(spec).x2, -1);
+
   spec.emit = EmitSet{.allreduce = true, .residual = true, .quant = true};
   FusedResultIndices out = FusedResultLayout(spec);
   EXPECT_EQ(out.allreduce, 0);
@@ -816,6 +844,39 @@ TEST(IrOpsTest, FusedLayouts) {
   EXPECT_EQ(out.q, 2);
   EXPECT_EQ(out.s, 3);
   EXPECT_EQ(out.count, 4);
+}
+
+// second_sum's operand x2 has x's type; the spec refuses it with a local op, with an emitted
+// all_reduce result, and scales of the two sums without it, each named.
+TEST(IrOpsTest, SecondSumIsCheckedAndNamed) {
+  Graph g;
+  Value* x = g.AddParam("x", Ty("bf16[T, 256]"));
+  Value* x2 = g.AddParam("x2", Ty("bf16[T, 256]"));
+  Value* x2_f16 = g.AddParam("x2h", Ty("f16[T, 256]"));
+  Value* w = g.AddParam("w", Ty("bf16[256]"));
+  const auto attrs = [](std::vector<std::string> emit, bool local = false) {
+    AttrMap a{{"eps", Attr::Float(1e-6)}, {"emit", Attr::StrList(emit)}, {"second_sum", Attr::Bool(true)}};
+    if (local) a["local"] = Attr::Bool(true);
+    return a;
+  };
+  StatusOr<Node*> ok = BuildNode(g, "allreduce_rmsnorm", {x, x2, w}, attrs({"norm"}), {});
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_TRUE(FusedSpecFromNode(**ok)->second_sum);
+  const auto error = [&](std::vector<Value*> operands, AttrMap a) {
+    StatusOr<Node*> n = BuildNode(g, "allreduce_rmsnorm", operands, a, {});
+    return n.ok() ? std::string("ok") : n.status().message();
+  };
+  EXPECT_NE(error({x, x2_f16, w}, attrs({"norm"})).find("x2 f16[T, 256] does not match x bf16[T, 256]"),
+            std::string::npos);
+  EXPECT_NE(error({x, x2, w}, attrs({"allreduce", "norm"})).find("no one all_reduce result to emit"),
+            std::string::npos);
+  EXPECT_NE(error({x, x2, w}, attrs({"norm"}, true)).find("but the op is local"), std::string::npos);
+  EXPECT_NE(error({x, w}, attrs({"norm"})).find("with second_sum takes operands (x, x2, [residual], w)"),
+            std::string::npos)
+      << error({x, w}, attrs({"norm"}));
+  AttrMap scaled{{"eps", Attr::Float(1e-6)}, {"emit", Attr::StrList({"norm"})}, {"first_scale", Attr::Float(2.0)}};
+  EXPECT_NE(error({x, w}, scaled).find("scale the two sums of second_sum, which is not set"), std::string::npos)
+      << error({x, w}, scaled);
 }
 
 }  // namespace

@@ -33,6 +33,13 @@ class AppliedFusion:
     # What the compiler left out of the chain and why (a quant that stays unfused, an FP8
     # quantization of the norm written in ops no form folds), in its words.
     notes: List[str] = dataclasses.field(default_factory=list)
+    # Two all_reduces summed (attribute second_sum): the other all_reduce's FX node name.
+    second_anchor: str = ""
+
+    @property
+    def anchors(self) -> List[str]:
+        """The all_reduces the fusion replaces (none for a local chain)."""
+        return [a for a in (self.anchor, self.second_anchor) if a]
 
 
 class ApplyError(Exception):
@@ -56,23 +63,25 @@ def fused_op_overload():
 
 
 def _fused_args(attrs: Dict[str, Any], operands: List[fx.Node], group: Optional[str]):
-    # tpfuse::allreduce_rmsnorm(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, *,
-    #     str[] emit, str group_name, float eps, float weight_bias, str quant, int group_size,
-    #     str scale_layout, str scale_fmt, str[]? rounding, bool local, float sum_scale)
-    #     -> Tensor[]
+    # tpfuse::allreduce_rmsnorm(Tensor x, Tensor? residual, Tensor weight, Tensor? scale,
+    #     Tensor? x2, *, str[] emit, str group_name, float eps, float weight_bias, str quant,
+    #     int group_size, str scale_layout, str scale_fmt, str[]? rounding, bool local,
+    #     float sum_scale, float first_scale, float second_scale) -> Tensor[]
     """Arguments of torch.ops.tpfuse.allreduce_rmsnorm for a fused IR node's operands/attrs.
 
-    Operands come in Contract 3's order x, [residual], w, [scale]; which are present follows
-    from quant (scale iff fp8_tensor) and the count.
+    Operands come in Contract 3's order x, [x2], [residual], w, [scale]; which are present
+    follows from second_sum (x2), quant (scale iff fp8_tensor) and the count.
     """
     quant = str(attrs.get("quant", "none"))
     has_scale = quant == "fp8_tensor"
-    n = len(operands)
-    has_residual = n == (4 if has_scale else 3)
+    second_sum = bool(attrs.get("second_sum", False))
+    rest = operands[1:] if not second_sum else operands[2:]
+    has_residual = len(rest) == (3 if has_scale else 2)
     x = operands[0]
-    residual = operands[1] if has_residual else None
-    w = operands[2 if has_residual else 1]
-    scale = operands[-1] if has_scale else None
+    x2 = operands[1] if second_sum else None
+    residual = rest[0] if has_residual else None
+    w = rest[1 if has_residual else 0]
+    scale = rest[-1] if has_scale else None
     kwargs = dict(
         group_name=group or "",
         eps=float(attrs.get("eps", 1e-6)),
@@ -86,8 +95,11 @@ def _fused_args(attrs: Dict[str, Any], operands: List[fx.Node], group: Optional[
         # The compiler's flag: a chain no all_reduce feeds, or any chain at world size 1.
         local=bool(attrs.get("local", False)) or group is None,
     )
-    if float(attrs.get("sum_scale", 1.0)) != 1.0:
-        kwargs["sum_scale"] = float(attrs["sum_scale"])
+    for name in ("sum_scale", "first_scale", "second_scale"):
+        if float(attrs.get(name, 1.0)) != 1.0:
+            kwargs[name] = float(attrs[name])
+    if second_sum:
+        return (x, residual, w, scale, x2), kwargs
     return (x, residual, w, scale), kwargs
 
 
@@ -105,7 +117,7 @@ def _fake_value(target, args, kwargs):
 
 class Applier:
     def __init__(self, graph: fx.Graph, tr: Translation, compiled: ir.Func,
-                 anchors: Dict[str, Tuple[str, bool]]):
+                 anchors: Dict[str, Tuple[str, bool, str]]):
         self.graph = graph
         self.tr = tr
         self.compiled = compiled
@@ -187,7 +199,8 @@ class Applier:
         for node in fused:
             mark, drops = len(self.undo_log), len(self.sites_to_drop)
             try:
-                fusion, taken = self._apply_one(node, self._anchor(node))
+                fusion, taken = self._apply_one(node, self._anchor(node),
+                                                self._second_anchor(node))
                 applied.append(fusion)
                 self.taken.update(taken)
             except ApplyError as e:
@@ -203,7 +216,7 @@ class Applier:
         value = fused.results[0]
         if value not in self.anchors:
             raise ApplyError(f"the compiler's report has no fusion for %{value}")
-        anchor, local = self.anchors[value]
+        anchor, local, _ = self.anchors[value]
         # A fusion is `local` both for a chain no all_reduce feeds and, at world size 1, for an
         # all_reduce's chain (the all_reduce is the identity there, and is replaced all the same).
         if anchor in self.tr.all_reduces:
@@ -212,13 +225,28 @@ class Applier:
             return None
         raise ApplyError(f"the compiler's anchor %{anchor} is not an all_reduce of the graph")
 
+    def _second_anchor(self, fused: ir.Node) -> Optional[str]:
+        """The other all_reduce of two summed (attribute second_sum), or None."""
+        second = self.anchors[fused.results[0]][2]
+        if not second:
+            return None
+        if second not in self.tr.all_reduces:
+            raise ApplyError(f"the compiler's second anchor %{second} is not an all_reduce of "
+                             "the graph")
+        return second
+
     # ---- one fusion
 
-    def _apply_one(self, fused: ir.Node, anchor: Optional[str]) -> Tuple[AppliedFusion, Dict[str, fx.Node]]:
+    def _apply_one(self, fused: ir.Node, anchor: Optional[str],
+                   second: Optional[str] = None) -> Tuple[AppliedFusion, Dict[str, fx.Node]]:
         pre = self._pre_nodes(fused)
         post = self._post_nodes(fused)
         group = self.tr.all_reduces[anchor].group if anchor else None
         site = self.tr.all_reduces.get(anchor) if anchor else None
+        site2 = self.tr.all_reduces[second] if second else None
+        if site2 is not None and site2.group != group:
+            raise ApplyError(f"the two summed all_reduces %{anchor} and %{second} run on "
+                             f"different groups ({group!r}, {site2.group!r})")
 
         order = {n: i for i, n in enumerate(self.graph.nodes)}
         env: Dict[str, fx.Node] = {}
@@ -238,8 +266,10 @@ class Applier:
                  self.producer[o] not in pre}
         read_nodes = [fx_of(o) for o in reads]
         insert_after = max(read_nodes, key=lambda n: order[n])
-        if site is not None and site.inplace and order[insert_after] >= order[site.collective]:
-            raise ApplyError("an operand is defined after the in-place all_reduce mutates its input")
+        for s in (site, site2):
+            if s is not None and s.inplace and order[insert_after] >= order[s.collective]:
+                raise ApplyError("an operand is defined after the in-place all_reduce mutates its "
+                                 "input")
 
         # Every FX node a result takes over (graph value name -> its FX node and the compiled
         # value that replaces it), and the first of their remaining users.
@@ -310,10 +340,10 @@ class Applier:
                         user.replace_input_with(holder, new)
                         self.undo_log.append(("use", user, holder, new))
             replaced.append(old.name)
-        if site is not None:
-            self.sites_to_drop.append(site)
+        self.sites_to_drop += [s for s in (site, site2) if s is not None]
 
-        return AppliedFusion(anchor or "", fused.results[0], dict(fused.attrs), replaced), taken
+        return AppliedFusion(anchor or "", fused.results[0], dict(fused.attrs), replaced,
+                             second_anchor=second or ""), taken
 
     def _dies_with(self, node: fx.Node, taken: set, memo: Dict[fx.Node, bool]) -> bool:
         """Whether `node` has no use left once the values in `taken` are replaced: a pure call
@@ -513,14 +543,15 @@ def _symbol_refs(graph: fx.Graph) -> Dict[str, Tuple[fx.Node, int]]:
     return refs
 
 
-def fusion_anchors(report: Dict[str, Any]) -> Dict[str, Tuple[str, bool]]:
-    """Fused value -> (its anchor, whether the fusion is local), from the compiler's JSON
-    report (`fusions`)."""
-    return {f["fused_value"]: (f["anchor"], bool(f.get("local"))) for f in report.get("fusions", [])}
+def fusion_anchors(report: Dict[str, Any]) -> Dict[str, Tuple[str, bool, str]]:
+    """Fused value -> (its anchor, whether the fusion is local, the second anchor of two summed
+    all_reduces or ""), from the compiler's JSON report (`fusions`)."""
+    return {f["fused_value"]: (f["anchor"], bool(f.get("local")), f.get("second_anchor", ""))
+            for f in report.get("fusions", [])}
 
 
 def apply_compiled(graph: fx.Graph, tr: Translation, compiled: ir.Func,
-                   anchors: Dict[str, Tuple[str, bool]]):
+                   anchors: Dict[str, Tuple[str, bool, str]]):
     """Applies every fused op the compiler made (whether local chains are fused is the
     compiler's decision); on any exception the graph is restored before it propagates.
     anchors: fusion_anchors() of the compiler's report."""

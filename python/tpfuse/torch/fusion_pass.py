@@ -211,18 +211,19 @@ class FusionPass(CustomGraphPass):
         anchors = fusion_anchors(compiled.report)
         applied, skipped = apply_compiled(graph, tr, funcs[0], anchors)
         report.fusions = applied
-        report.fused = sum(1 for f in applied if f.anchor)
+        report.fused = sum(len(f.anchors) for f in applied)
         report.skipped = dict(skipped)
 
         rejections = {r["anchor"]: r["reason"] for r in compiled.report.get("rejections", [])}
-        fused_anchors = {f.anchor for f in applied}
-        skipped_by_anchor = {anchors[value][0]: why for value, why in report.skipped.items()
-                             if value in anchors}
+        fused_anchors = {a for f in applied for a in f.anchors}
+        skipped_by_anchor = {a: why for value, why in report.skipped.items() if value in anchors
+                             for a in (anchors[value][0], anchors[value][2]) if a}
         notes = {f["fused_value"]: f.get("notes", []) for f in compiled.report.get("fusions", [])}
         for f in applied:
             f.notes = list(notes.get(f.fused_value, []))
             logger.info("fused all_reduce %%%s -> allreduce_rmsnorm(quant=%s, emit=%s) "
-                        "replacing %s", f.anchor or "(local)", f.attrs.get("quant", "none"),
+                        "replacing %s", " + %".join(f.anchors) or "(local)",
+                        f.attrs.get("quant", "none"),
                         ",".join(map(str, f.attrs.get("emit", []))),
                         ", ".join("%" + r for r in f.replaced))
             for note in f.notes:

@@ -553,15 +553,25 @@ StatusOr<HostTensor> AllreduceSum(const std::vector<HostTensor>& partials) {
 StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& spec,
                                                    const std::vector<const HostTensor*>& partials,
                                                    const HostTensor* residual, const HostTensor& w,
-                                                   const HostTensor* scale) {
+                                                   const HostTensor* scale,
+                                                   const std::vector<const HostTensor*>& partials2) {
   TPFUSE_RETURN_IF_ERROR(spec.Validate().WithContext("allreduce_rmsnorm"));
   if (partials.empty()) return InvalidArgument("allreduce_rmsnorm: no partials");
-  for (size_t r = 0; r < partials.size(); ++r) {
-    const HostTensor* x = partials[r];
-    if (x == nullptr) return InvalidArgument("allreduce_rmsnorm: rank ", r, "'s x is null");
-    if (x->dtype() != spec.act_dtype || x->rank() != 2 || x->dim(1) != spec.hidden)
-      return InvalidArgument("allreduce_rmsnorm: rank ", r, "'s x is ", x->TypeString(),
-                             ", expected ", DTypeName(spec.act_dtype), "[T, ", spec.hidden, "]");
+  if (spec.second_sum != !partials2.empty() || (spec.second_sum && partials2.size() != partials.size()))
+    return InvalidArgument("allreduce_rmsnorm: the spec ", spec.second_sum ? "sums" : "does not sum",
+                           " a second all_reduce (second_sum) but the call passes ", partials2.size(),
+                           " partials of x2 for ", partials.size(), " of x");
+  for (const auto* list : {&partials, &partials2}) {
+    const char* name = list == &partials ? "x" : "x2";
+    for (size_t r = 0; r < list->size(); ++r) {
+      const HostTensor* x = (*list)[r];
+      if (x == nullptr) return InvalidArgument("allreduce_rmsnorm: rank ", r, "'s ", name, " is null");
+      if (x->dtype() != spec.act_dtype || x->rank() != 2 || x->dim(1) != spec.hidden ||
+          x->dim(0) != partials[0]->dim(0))
+        return InvalidArgument("allreduce_rmsnorm: rank ", r, "'s ", name, " is ", x->TypeString(),
+                               ", expected ", DTypeName(spec.act_dtype), "[", partials[0]->dim(0), ", ",
+                               spec.hidden, "]");
+    }
   }
   if (spec.has_residual != (residual != nullptr))
     return InvalidArgument("allreduce_rmsnorm: the spec ", spec.has_residual ? "has" : "has no",
@@ -581,11 +591,21 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
   // 1. a = round(sum of partials in rank order).
   TPFUSE_ASSIGN_OR_RETURN(HostTensor a, AllreduceSum(partials));
   const int64_t rows = a.dim(0), hidden = spec.hidden;
-  // 1b. a' = round(a * sum_scale) (f32 product), where the graph scaled a before the add; held
-  // in h, which step 2 turns into a' + residual.
+  // Held in h, which step 2 turns into a' + residual.
   HostTensor h = a;
+  // 1a. second_sum: a2 = round(sum of x2's partials) likewise, and the sum of the two, each
+  // scaled first where the graph scales it: round(round(a * first_scale) + round(a2 * second_scale)).
+  if (spec.second_sum) {
+    TPFUSE_ASSIGN_OR_RETURN(HostTensor a2, AllreduceSum(partials2));
+    const auto scaled = [&](const HostTensor& t, int64_t i, float s) {
+      return s == 1.0f ? t.GetF32(i) : RoundTo(spec.act_dtype, t.GetF32(i) * s);
+    };
+    for (int64_t i = 0; i < a.numel(); ++i)
+      h.SetF32(i, scaled(a, i, spec.first_scale) + scaled(a2, i, spec.second_scale));
+  }
+  // 1b. a' = round(a * sum_scale) (f32 product), where the graph scaled a before the add.
   if (spec.sum_scale != 1.0f) {
-    for (int64_t i = 0; i < a.numel(); ++i) h.SetF32(i, a.GetF32(i) * spec.sum_scale);
+    for (int64_t i = 0; i < h.numel(); ++i) h.SetF32(i, h.GetF32(i) * spec.sum_scale);
   }
   // 2. h = a' + residual in f32; residual_out = round(h) (or h itself, rounding.residual_out_f32);
   // the norm reads round(h) or, with rounding.norm_input_f32, the f32 h itself.
@@ -623,10 +643,12 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
 StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& spec,
                                                    const std::vector<HostTensor>& partials,
                                                    const HostTensor* residual, const HostTensor& w,
-                                                   const HostTensor* scale) {
-  std::vector<const HostTensor*> ptrs;
+                                                   const HostTensor* scale,
+                                                   const std::vector<HostTensor>& partials2) {
+  std::vector<const HostTensor*> ptrs, ptrs2;
   for (const HostTensor& t : partials) ptrs.push_back(&t);
-  return AllreduceRmsnorm(spec, ptrs, residual, w, scale);
+  for (const HostTensor& t : partials2) ptrs2.push_back(&t);
+  return AllreduceRmsnorm(spec, ptrs, residual, w, scale, ptrs2);
 }
 
 }  // namespace tpfuse::cpu
