@@ -214,7 +214,7 @@ struct AllreduceRmsnormSpec {
   std::string ToString() const;
 };
 
-// Device pointers of one fused-op call: x, residual and outputs [T, H] row-major (the residual
+// Device pointers of one fused-op call: x (and x2), residual and outputs [T, H] row-major (the residual
 // and residual_out in their dtypes, AllreduceRmsnormSpec::residual_in_dtype/_out_dtype, the norm
 // output in norm_out_dtype); weight [H];
 // scale f32[] (fp8_tensor); scale_out spec.ScaleElements(T) floats. Outputs not in spec.emit
@@ -229,6 +229,7 @@ struct FusedBuffers {
   void* residual_out = nullptr;
   void* quant_out = nullptr;
   float* scale_out = nullptr;
+  const void* x2 = nullptr;  // the second all_reduce's partial [T, H] (spec.second_sum)
 };
 
 // Row padding of the column-major scale layout: T rounded up to a multiple of 4.

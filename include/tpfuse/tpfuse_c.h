@@ -49,7 +49,8 @@ extern "C" {
 
 /* Bumped when a struct layout, a signature or the codes a field takes change; bindings check it
  * at load time. 3: TPFUSE_RESIDUAL_F32 and TPFUSE_ROUNDING_RESIDUAL_OUT_F32. 4:
- * TPFUSE_ROUNDING_NORM_OUT_F32. 5: tpfuse_spec_t.second_sum, first_scale, second_scale. */
+ * TPFUSE_ROUNDING_NORM_OUT_F32. 5: tpfuse_spec_t.second_sum, first_scale, second_scale,
+ * tpfuse_buffers_t.x2. */
 #define TPFUSE_C_ABI_VERSION 5
 TPFUSE_C_API int32_t tpfuse_abi_version(void);
 /* "0.1.0" */
@@ -133,8 +134,8 @@ typedef struct tpfuse_spec {
   /* 1: two all_reduces summed before the residual add (ABI 5): x2 is this rank's partial of the
    * second, a2 = round(sum of x2), and the residual add reads
    * round(round(a * first_scale) + round(a2 * second_scale)) (a scale of 1 is no step), then
-   * scaled by sum_scale. Not local, no EMIT_ALLREDUCE; the CPU reference only (the CUDA kernels
-   * reduce one all_reduce per op). */
+   * scaled by sum_scale. Not local, no EMIT_ALLREDUCE. CUDA: the nccl strategy (and world size
+   * 1, where a = x and a2 = x2). */
   int32_t second_sum;
   float first_scale;
   float second_scale;
@@ -150,7 +151,7 @@ TPFUSE_C_API tpfuse_status_t tpfuse_spec_validate(const tpfuse_spec_t* spec);
 TPFUSE_C_API tpfuse_status_t tpfuse_spec_scale_elements(const tpfuse_spec_t* spec, int64_t tokens,
                                                         int64_t* elements);
 
-/* The buffers of one call: x, residual and the bf16/f16 outputs [T, H] row-major (the residual
+/* The buffers of one call: x (and x2), residual and the bf16/f16 outputs [T, H] row-major (the residual
  * f32 under TPFUSE_RESIDUAL_F32, residual_out under TPFUSE_ROUNDING_RESIDUAL_OUT_F32 and norm_out
  * under TPFUSE_ROUNDING_NORM_OUT_F32); weight [H]; scale one f32 (FP8_TENSOR only); quant_out
  * f8e4m3 [T, H]; scale_out tpfuse_spec_scale_elements
@@ -166,6 +167,7 @@ typedef struct tpfuse_buffers {
   void* residual_out;
   void* quant_out;
   float* scale_out;
+  const void* x2; /* the second all_reduce's partial [T, H] (spec.second_sum), else NULL (ABI 5) */
 } tpfuse_buffers_t;
 
 /* ---------------------------------------------------------------- the CPU reference */
@@ -173,7 +175,7 @@ typedef struct tpfuse_buffers {
 /* The fused op of Contract 3 on host buffers, as rank `rank` of `world_size` would compute it
  * (every rank's results are identical): partials[r] is rank r's x [T, H] for r < world_size
  * (world_size 1 and spec->local: partials[0] alone), and under spec->second_sum
- * partials[world_size + r] is rank r's x2; buffers->x is ignored. The other operands and the
+ * partials[world_size + r] is rank r's x2; buffers->x and buffers->x2 are ignored. The other operands and the
  * outputs are host pointers in `buffers`. The oracle every backend is checked against. */
 TPFUSE_C_API tpfuse_status_t tpfuse_reference_allreduce_rmsnorm(const tpfuse_spec_t* spec,
                                                                 int64_t tokens, int32_t world_size,

@@ -93,7 +93,8 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
     # 1a. Two all_reduces summed: round(round(a * first_scale) + round(a2 * second_scale)).
     summed = a
     if partials2 is not None:
-        summed = (times(a, first_scale).float() + times(reduced(partials2), second_scale).float()).to(dtype)
+        a2 = reduced(partials2)
+        summed = (times(a, first_scale).float() + times(a2, second_scale).float()).to(dtype)
     # 1b. a' = round(a * sum_scale), where the graph scaled the sum before the add.
     scaled = times(summed, sum_scale)
     # 2. h = a' + residual in f32 (the residual bf16/f16 or f32), residual_out = round(h) or,

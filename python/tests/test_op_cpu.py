@@ -120,7 +120,7 @@ SECOND_SUM_CASES = [
 ]
 
 
-def _second_sum_inputs(seed: int, shape, world_size: int, quant: str = "none"):
+def second_sum_inputs(seed: int, shape, world_size: int, quant: str = "none"):
     partials, res, weight, scale = make_inputs(seed, shape, world_size, True, quant)
     g = torch.Generator().manual_seed(seed + 1)
     partials2 = [torch.randn(shape, generator=g).to(partials[0].dtype) for _ in range(world_size)]
@@ -132,7 +132,7 @@ def test_two_summed_all_reduces_match_the_reference(name, attrs):
     # World size 1 (each sum is its partial) and the C ABI's reference at 3 ranks, against
     # contract3's torch oracle.
     for world_size, shape in ((1, (3, 256)), (1, (2, 5, 256)), (3, (7, 256))):
-        partials, partials2, res, weight, scale = _second_sum_inputs(
+        partials, partials2, res, weight, scale = second_sum_inputs(
             hash((name, shape)) % 2**31, shape, world_size, attrs.get("quant", "none"))
         expected = contract3.allreduce_rmsnorm(partials, res, weight, scale, partials2=partials2,
                                                **attrs)
@@ -144,7 +144,7 @@ def test_two_summed_all_reduces_match_the_reference(name, attrs):
 
 
 def test_two_summed_all_reduces_refuse_what_they_cannot_do():
-    partials, partials2, res, weight, _ = _second_sum_inputs(5, (3, 256), 1)
+    partials, partials2, res, weight, _ = second_sum_inputs(5, (3, 256), 1)
     with pytest.raises(ValueError, match="no one all_reduce result to emit"):
         OP(partials[0], res, weight, None, partials2[0], emit=["allreduce", "norm"])
     with pytest.raises(ValueError, match="but the op is local"):
@@ -175,7 +175,7 @@ def _rank_main(rank: int, world_size: int, store_path: str) -> None:
                 assert_bitwise(got, expected, f"rank {rank} {name} {list(shape)}")
         for k, (name, attrs) in enumerate(SECOND_SUM_CASES):
             for shape in SHAPES:
-                partials, partials2, res, weight, scale = _second_sum_inputs(
+                partials, partials2, res, weight, scale = second_sum_inputs(
                     500 + 1000 * k + shape[0], shape, world_size, attrs.get("quant", "none"))
                 got = OP(partials[rank], res, weight, scale, partials2[rank], group_name=group_name,
                          **attrs)

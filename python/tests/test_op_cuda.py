@@ -10,7 +10,8 @@ import torch
 
 import tpfuse
 from tpfuse.tolerance import fp8_ulp, ulp_distance_16
-from test_op_cpu import CASES, assert_bitwise, make_inputs
+from test_op_cpu import (CASES, SECOND_SUM_CASES, assert_bitwise, make_inputs,
+                         second_sum_inputs)
 from test_pass import layer_tail
 
 OP = torch.ops.tpfuse.allreduce_rmsnorm
@@ -89,6 +90,21 @@ def test_local_op_matches_cpu_reference(name, attrs, residual, hidden):
         torch.cuda.synchronize()
         assert_contract3_close(got, expected, _names(attrs), f"{name} T={tokens} H={hidden}",
                                col=attrs.get("scale_layout") == "col")
+
+
+@pytest.mark.parametrize("name,attrs", SECOND_SUM_CASES, ids=[c[0] for c in SECOND_SUM_CASES])
+def test_two_summed_all_reduces_match_the_cpu_reference_bitwise(name, attrs):
+    # World size 1: each sum is its partial (a = x, a2 = x2); the kernels of the f32 recipe.
+    for tokens in TOKENS:
+        for hidden in HIDDEN:
+            partials, partials2, res, weight, scale = second_sum_inputs(
+                tokens * 5 + hidden, (tokens, hidden), 1, attrs.get("quant", "none"))
+            expected = OP(partials[0], res, weight, scale, partials2[0], **attrs)
+            dev = [t.cuda() if t is not None else None
+                   for t in (partials[0], res, weight, scale, partials2[0])]
+            got = OP(*dev, **attrs)
+            torch.cuda.synchronize()
+            assert_bitwise([g.cpu() for g in got], expected, f"{name} T={tokens} H={hidden}")
 
 
 @pytest.mark.parametrize("name,attrs,residual", CASES, ids=[c[0] for c in CASES])

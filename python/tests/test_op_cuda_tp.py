@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 
 import tpfuse
 from ranks import end_rank
-from test_op_cpu import CASES, assert_bitwise, make_inputs
+from test_op_cpu import (CASES, SECOND_SUM_CASES, assert_bitwise, make_inputs,
+                         second_sum_inputs)
 from test_op_cuda import _names, assert_contract3_close
 
 OP = torch.ops.tpfuse.allreduce_rmsnorm
@@ -51,6 +52,21 @@ def _rank_main(rank: int, store_path: str) -> None:
                 assert_contract3_close(got, expected, _names(attrs),
                                        f"rank {rank} {name} T={tokens} H={hidden}",
                                        col=attrs.get("scale_layout") == "col")
+
+        # Two summed all_reduces: the nccl strategy's two collectives and one epilogue, bitwise
+        # the CPU reference (ncclAllReduce's sum of two is Contract 3's).
+        for name, attrs in SECOND_SUM_CASES:
+            for tokens, hidden in ((1, 4096), (1000, 7168)):
+                partials, partials2, res, weight, scale = second_sum_inputs(
+                    tokens + hidden, (tokens, hidden), WORLD_SIZE, attrs.get("quant", "none"))
+                expected = tpfuse.ops.reference(partials, res, weight, scale,
+                                                partials2=partials2, **attrs)
+                dev = [t.cuda() if t is not None else None
+                       for t in (partials[rank], res, weight, scale, partials2[rank])]
+                got = OP(*dev, group_name=group_name, **attrs)
+                torch.cuda.synchronize()
+                assert_bitwise([g.cpu() for g in got], expected,
+                               f"rank {rank} {name} T={tokens} H={hidden}")
 
         attrs = dict(emit=["norm", "residual"])
 

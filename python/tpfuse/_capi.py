@@ -94,6 +94,7 @@ class Buffers(ctypes.Structure):
         ("residual_out", ctypes.c_void_p),
         ("quant_out", ctypes.c_void_p),
         ("scale_out", ctypes.c_void_p),
+        ("x2", ctypes.c_void_p),
     ]
 
 

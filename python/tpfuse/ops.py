@@ -15,8 +15,8 @@ sum_scale scales the all-reduced sum before the residual add, rounded to x's dty
 x2 (x's shape and dtype, or None) is this rank's partial of a second all_reduce summed with the
 first before the residual add (Granite-MoE's `moe_out + shared_mlp_out`, Falcon-H1's mixers):
 the sum is round(round(a * first_scale) + round(a2 * second_scale)) (a scale of 1 is no step),
-then scaled by sum_scale; not local, and no "allreduce" in emit. CPU only: the CUDA kernels
-reduce one all_reduce per op.
+then scaled by sum_scale; not local, and no "allreduce" in emit. On CUDA above world size 1 it
+runs on the nccl strategy (two ncclAllReduce calls and one epilogue kernel).
 `group_name` names the process group (`ProcessGroup.group_name`, as the functional collectives
 take it); "" or a group of one rank is world size 1, where the op runs without communication, as
 it does with local=True (no all_reduce feeds the chain). The results are the emitted ones, in
@@ -293,11 +293,8 @@ def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight:
     scale = scale.contiguous() if scale is not None else None
     if x.device.type == "cpu":
         _run_cpu(plan, x, residual, weight, scale, outs, group, world_size, x2)
-    elif x2 is not None:
-        _fail(ValueError, f"x2 (two all_reduces summed) runs on the CPU only; x is on {x.device}: "
-                          "the CUDA kernels reduce one all_reduce per op")
     elif x.device.type == "cuda":
-        _run_cuda(plan, x, residual, weight, scale, outs, group, group_name, world_size)
+        _run_cuda(plan, x, residual, weight, scale, outs, group, group_name, world_size, x2)
     else:
         _fail(ValueError, f"x is on {x.device}: only cpu and cuda are supported")
     return outs
@@ -325,8 +322,9 @@ def _run_cpu(plan, x, residual, weight, scale, outs, group, world_size: int, x2=
 
 
 def _run_cuda(plan, x, residual, weight, scale, outs, group, group_name: str,
-              world_size: int) -> None:
+              world_size: int, x2=None) -> None:
     buffers = _buffers(plan, x, residual, weight, scale, outs)
+    buffers.x2 = x2.data_ptr() if x2 is not None else None
     stream = torch.cuda.current_stream(x.device).cuda_stream
     with torch.cuda.device(x.device):
         if world_size == 1:
@@ -355,8 +353,8 @@ def reference(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor]
     if len(partials) == 0:
         _fail(ValueError, "partials must hold one tensor per rank, got none")
     if partials2 is not None and len(partials2) != len(partials):
-        _fail(ValueError, f"partials2 must hold one tensor per rank like partials ({len(partials)}), "
-                          f"got {len(partials2)}")
+        _fail(ValueError, f"partials2 must hold one tensor per rank like partials "
+                          f"({len(partials)}), got {len(partials2)}")
     x = partials[0]
     plan = _plan(x, residual, weight, scale, attrs.get("eps", 1e-6),
                  attrs.get("weight_bias", 0.0), attrs.get("quant", "none"),

@@ -239,8 +239,8 @@ CommConfig ToConfig(const tpfuse_comm_config_t* c) {
 }
 
 FusedBuffers ToBuffers(const tpfuse_buffers_t& b) {
-  return FusedBuffers{b.x,        b.residual,     b.weight,    b.scale,    b.allreduce_out,
-                      b.norm_out, b.residual_out, b.quant_out, b.scale_out};
+  return FusedBuffers{b.x,        b.residual,     b.weight,    b.scale,     b.allreduce_out,
+                      b.norm_out, b.residual_out, b.quant_out, b.scale_out, b.x2};
 }
 
 StatusOr<StrategyRequest> ToStrategy(int32_t s) {

@@ -13,9 +13,6 @@ Status ValidateForCudaKernels(const AllreduceRmsnormSpec& spec, int world_size) 
   if (world_size < 1 || world_size > kMaxWorldSize)
     return InvalidArgument("world size ", world_size, " is outside the fused kernels' range 1..",
                            kMaxWorldSize);
-  if (spec.second_sum)
-    return Unimplemented("the CUDA kernels reduce one all_reduce per op: two all_reduces summed (second_sum) "
-                         "run on the CPU backend");
   if (spec.hidden % kHiddenMultiple != 0)
     return InvalidArgument("hidden ", spec.hidden, " is not a multiple of ", kHiddenMultiple);
   if (spec.hidden > kMaxHidden)
@@ -46,7 +43,6 @@ FusionCapabilities CudaFusionCapabilities() {
   caps.group_sizes = cuda_limits::GroupSizes();
   caps.hidden_multiple = cuda_limits::kHiddenMultiple;
   caps.max_hidden = cuda_limits::kMaxHidden;
-  caps.second_sum = false;
   return caps;
 }
 

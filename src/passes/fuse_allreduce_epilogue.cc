@@ -1080,7 +1080,8 @@ class FuseAllreduceEpiloguePass final : public Pass {
     }
     if (flatten) {
       const ir::FusedOperandIndices at = ir::FusedOperandLayout(plan.spec);
-      TPFUSE_ASSIGN_OR_RETURN(operands[size_t(at.x)], rw.CreateView(operands[size_t(at.x)], flat, c.x->name() + ".rows"));
+      TPFUSE_ASSIGN_OR_RETURN(operands[size_t(at.x)],
+                              rw.CreateView(operands[size_t(at.x)], flat, c.x->name() + ".rows"));
       if (c.x2) {
         TPFUSE_ASSIGN_OR_RETURN(operands[size_t(at.x2)],
                                 rw.CreateView(operands[size_t(at.x2)], flat, c.x2->name() + ".rows"));

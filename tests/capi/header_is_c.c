@@ -10,7 +10,8 @@ _Static_assert(offsetof(tpfuse_spec_t, rounding) == 52, "tpfuse_spec_t.rounding 
 _Static_assert(offsetof(tpfuse_spec_t, sum_scale) == 56, "tpfuse_spec_t.sum_scale offset");
 _Static_assert(offsetof(tpfuse_spec_t, second_sum) == 60, "tpfuse_spec_t.second_sum offset");
 _Static_assert(offsetof(tpfuse_spec_t, second_scale) == 68, "tpfuse_spec_t.second_scale offset");
-_Static_assert(sizeof(tpfuse_buffers_t) == 9 * sizeof(void*), "tpfuse_buffers_t layout");
+_Static_assert(sizeof(tpfuse_buffers_t) == 10 * sizeof(void*), "tpfuse_buffers_t layout");
+_Static_assert(offsetof(tpfuse_buffers_t, x2) == 9 * sizeof(void*), "tpfuse_buffers_t.x2 offset");
 _Static_assert(sizeof(tpfuse_compile_options_t) == 32, "tpfuse_compile_options_t layout");
 _Static_assert(offsetof(tpfuse_compile_options_t, source_name) == 24, "source_name offset");
 

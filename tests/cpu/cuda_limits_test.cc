@@ -96,17 +96,16 @@ TEST(CudaLimitsTest, WorldSizeLimits) {
   }
 }
 
-// Two all_reduces summed in one op: the capabilities refuse it and so do the kernels, each in
-// words.
-TEST(CudaLimitsTest, TwoSummedAllReducesAreRefusedByBoth) {
+// Two all_reduces summed in one op: the capabilities allow it at every world size, and so do
+// the kernels.
+TEST(CudaLimitsTest, TwoSummedAllReducesAreAllowedByBoth) {
   AllreduceRmsnormSpec spec = Spec(4096, QuantMode::kFp8Tensor);
   spec.second_sum = true;
   ASSERT_TRUE(spec.Validate().ok()) << spec.Validate().ToString();
-  EXPECT_FALSE(Allowed(spec, 2)) << Answers(spec, 2);
-  EXPECT_FALSE(Validates(spec, 2)) << Answers(spec, 2);
-  EXPECT_NE(CudaFusionCapabilities().WhyUnsupported(spec, 2).find("two all_reduces summed"), std::string::npos);
-  EXPECT_NE(cuda_limits::ValidateForCudaKernels(spec, 2).message().find("reduce one all_reduce per op"),
-            std::string::npos);
+  for (int n : CudaFusionCapabilities().world_sizes) {
+    EXPECT_TRUE(Allowed(spec, n)) << n << ": " << Answers(spec, n);
+    EXPECT_TRUE(Validates(spec, n)) << n << ": " << Answers(spec, n);
+  }
 }
 
 // Over every combination of a sweep, for specs spec.Validate() accepts: the capabilities allow

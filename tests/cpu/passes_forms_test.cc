@@ -644,8 +644,7 @@ TEST(PassesForms, AReasonNamesNoCastTheCompilerWrote) {
 // Two all_reduces summed before the residual add (Granite-MoE's `moe + shared_mlp`, then the
 // scaled residual add; Falcon-H1's two mixers, each scaled; the sum alone): one fused op takes
 // both over (second_sum, the scales where the graph scales), in either operand order, and
-// changes no bit. The CUDA target, whose kernels reduce one all_reduce per op, leaves both with
-// that reason.
+// changes no bit; for the CUDA target too. A backend without it leaves both with that reason.
 TEST(PassesForms, TwoAllReducesSummedBeforeTheNormFuseAsOne) {
   struct Case {
     const char* sum;
@@ -688,10 +687,17 @@ TEST(PassesForms, TwoAllReducesSummedBeforeTheNormFuseAsOne) {
     cuda.caps = CudaFusionCapabilities();
     Compiled on_cuda = Compile(text, cuda);
     ASSERT_TRUE(on_cuda.ok());
-    EXPECT_TRUE(on_cuda.ctx.fusions.empty()) << DescribeReport(on_cuda.ctx);
-    ASSERT_EQ(on_cuda.ctx.rejections.size(), 2u) << DescribeReport(on_cuda.ctx);
-    for (const Rejection& r : on_cuda.ctx.rejections)
-      EXPECT_EQ(r.reason, "backend cuda's fused op reduces one all_reduce: two all_reduces summed before the norm "
+    ASSERT_EQ(on_cuda.ctx.fusions.size(), 1u) << DescribeReport(on_cuda.ctx);
+    EXPECT_EQ(on_cuda.ctx.fusions[0].spec.ToString(), f.spec.ToString());
+    PassContext without;
+    without.caps = CpuFusionCapabilities();
+    without.caps.second_sum = false;
+    Compiled refused = Compile(text, without);
+    ASSERT_TRUE(refused.ok());
+    EXPECT_TRUE(refused.ctx.fusions.empty()) << DescribeReport(refused.ctx);
+    ASSERT_EQ(refused.ctx.rejections.size(), 2u) << DescribeReport(refused.ctx);
+    for (const Rejection& r : refused.ctx.rejections)
+      EXPECT_EQ(r.reason, "backend cpu's fused op reduces one all_reduce: two all_reduces summed before the norm "
                           "are not supported");
   }
 }

@@ -62,7 +62,7 @@ AllreduceRmsnormSpec MakeSpec(int64_t hidden, QuantMode quant, bool residual = t
 
 // Device copies of one rank's inputs and outputs for one call.
 struct RankCall {
-  cuda::DeviceBuffer x, residual, weight, scale;
+  cuda::DeviceBuffer x, x2, residual, weight, scale;
   std::vector<cuda::DeviceBuffer> outputs;
   std::vector<HostTensor> host_outputs;  // shapes to download into
   cuda::FusedBuffers buffers;
@@ -80,6 +80,7 @@ Status Upload(cuda::DeviceBuffer& dst, const HostTensor& src, cudaStream_t strea
 Status PrepareRank(const AllreduceRmsnormSpec& spec, const FusedInputs& in, int64_t tokens, int rank,
                    cudaStream_t stream, RankCall& call) {
   TPFUSE_RETURN_IF_ERROR(Upload(call.x, in.partials[size_t(rank)], stream));
+  if (!in.partials2.empty()) TPFUSE_RETURN_IF_ERROR(Upload(call.x2, in.partials2[size_t(rank)], stream));
   if (in.has_residual) TPFUSE_RETURN_IF_ERROR(Upload(call.residual, in.residual, stream));
   TPFUSE_RETURN_IF_ERROR(Upload(call.weight, in.weight, stream));
   if (in.has_scale) TPFUSE_RETURN_IF_ERROR(Upload(call.scale, in.scale, stream));
@@ -95,6 +96,7 @@ Status PrepareRank(const AllreduceRmsnormSpec& spec, const FusedInputs& in, int6
   call.buffers = FusedBuffersFor(spec, call.x.get(), in.has_residual ? call.residual.get() : nullptr,
                                  call.weight.get(), in.has_scale ? call.scale.get<float>() : nullptr,
                                  outputs);
+  if (!in.partials2.empty()) call.buffers.x2 = call.x2.get();
   return Status::Ok();
 }
 
@@ -269,6 +271,36 @@ TEST_F(FusedOpTest, AnF32ResidualStreamRunsOnNcclAndMatchesTheOracle) {
         for (Strategy strategy : {Strategy::kOneShot, Strategy::kTwoShot}) {
           const Status refused = cuda::CanRun(gpus_->comm(0), spec, tokens, strategy);
           EXPECT_NE(refused.message().find("an f32 residual or norm output runs on nccl"), std::string::npos)
+              << what << " " << StrategyName(strategy) << ": " << refused.ToString();
+        }
+      }
+    }
+}
+
+// Two all_reduces summed (second_sum) run on the nccl strategy, two ncclAllReduce calls and one
+// epilogue (one-shot and two-shot refuse it and say so): every quant mode, each sum scaled or not,
+// the sum scaled or not; T over the scratch's chunking too.
+TEST_F(FusedOpTest, TwoSummedAllReducesRunOnNcclAndMatchTheOracle) {
+  uint64_t seed = 950;
+  for (QuantMode quant : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+    for (int form = 0; form < 4; ++form) {
+      AllreduceRmsnormSpec spec = MakeSpec(4096, quant);
+      spec.emit.allreduce = false;
+      spec.second_sum = true;
+      spec.first_scale = form & 1 ? 0.5f : 1.0f;
+      spec.second_scale = form & 1 ? 1.5f : 1.0f;
+      spec.sum_scale = form & 2 ? 0.22f : 1.0f;
+      for (int64_t tokens : {int64_t{1}, int64_t{77}, kMaxTestTokens}) {
+        const FusedInputs in = MakeFusedInputs(spec, tokens, kWorld, ++seed);
+        const std::vector<HostTensor> ref = OracleOutputs(spec, in);
+        std::vector<std::vector<HostTensor>> out;
+        const std::string what = Describe(spec, tokens);
+        const Status st = RunFused(*gpus_, spec, in, tokens, Strategy::kNccl, out);
+        ASSERT_TRUE(st.ok()) << what << ": " << st.ToString();
+        ExpectMatchesOracle(spec, in, out, ref, what);
+        for (Strategy strategy : {Strategy::kOneShot, Strategy::kTwoShot}) {
+          const Status refused = cuda::CanRun(gpus_->comm(0), spec, tokens, strategy);
+          EXPECT_NE(refused.message().find("two summed all_reduces run on nccl"), std::string::npos)
               << what << " " << StrategyName(strategy) << ": " << refused.ToString();
         }
       }

@@ -23,7 +23,7 @@ namespace tpfuse::testing {
 namespace {
 
 struct LocalCall {
-  cuda::DeviceBuffer x, residual, weight, scale;
+  cuda::DeviceBuffer x, x2, residual, weight, scale;
   std::vector<cuda::DeviceBuffer> outputs;
   std::vector<HostTensor> host_outputs;
   cuda::FusedBuffers buffers;
@@ -38,6 +38,7 @@ Status Upload(cuda::DeviceBuffer& dst, const HostTensor& src) {
 // Uploads the inputs and allocates every emitted output poisoned with 0xFF (NaN in each dtype).
 Status Prepare(const AllreduceRmsnormSpec& spec, const FusedInputs& in, int64_t tokens, LocalCall& call) {
   TPFUSE_RETURN_IF_ERROR(Upload(call.x, in.partials[0]));
+  if (!in.partials2.empty()) TPFUSE_RETURN_IF_ERROR(Upload(call.x2, in.partials2[0]));
   if (in.has_residual) TPFUSE_RETURN_IF_ERROR(Upload(call.residual, in.residual));
   TPFUSE_RETURN_IF_ERROR(Upload(call.weight, in.weight));
   if (in.has_scale) TPFUSE_RETURN_IF_ERROR(Upload(call.scale, in.scale));
@@ -52,6 +53,7 @@ Status Prepare(const AllreduceRmsnormSpec& spec, const FusedInputs& in, int64_t 
   call.buffers = FusedBuffersFor(spec, call.x.get(), in.has_residual ? call.residual.get() : nullptr,
                                  call.weight.get(), in.has_scale ? call.scale.get<float>() : nullptr,
                                  outputs);
+  if (!in.partials2.empty()) call.buffers.x2 = call.x2.get();
   return Status::Ok();
 }
 
@@ -283,6 +285,46 @@ TEST_F(LocalFusedTest, AnF32NormOutputIsBitwiseTheOracle) {
     AllreduceRmsnormSpec s = LocalSpec(h, QuantMode::kNone, /*residual=*/true);
     s.rounding.norm_out_f32 = true;
     ExpectF32RowOwners(s, seed);
+  }
+}
+
+// Two all_reduces summed (second_sum) at world size 1, where each sum is its partial (a = x, a2 =
+// x2): each sum scaled before the add or not, the sum scaled after it or not; with and without a
+// residual; every quant mode; rows of one vector per thread to four (SecondSumRecipe's kernels).
+// Then each row owner forced: one block runs it, the others refuse with the reason.
+TEST_F(LocalFusedTest, TwoSummedAllReducesAreBitwiseTheOracle) {
+  uint64_t seed = 6000;
+  for (DType act : {DType::kBF16, DType::kF16})
+    for (int form = 0; form < 4; ++form)  // bit 0: each sum scaled; bit 1: the sum scaled
+      for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+        for (int64_t h : {128, 2880, 7168, 16384}) {
+          AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/form != 2);
+          s.local = false;
+          s.act_dtype = act;
+          s.weight_dtype = act;
+          s.second_sum = true;
+          s.first_scale = form & 1 ? 0.5f : 1.0f;
+          s.second_scale = form & 1 ? 1.5f : 1.0f;
+          s.sum_scale = form & 2 ? 0.22f : 1.0f;
+          s.rounding.weight_after_round = form == 3;
+          for (int64_t t : {1, 33, 300}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
+        }
+  for (int64_t h : {128, 2880, 7168, 16384}) {
+    AllreduceRmsnormSpec s = LocalSpec(h, QuantMode::kFp8Group, /*residual=*/true);
+    s.local = false;
+    s.second_sum = true;
+    s.first_scale = 3.0f;
+    EXPECT_EQ(cuda::LocalKernelRecipe(s), cuda::KernelRecipe::kRuntimeSecondSum);
+    for (cuda::RowOwner owner : RowOwnersOf(s.hidden)) {
+      cuda::LaunchOptions options;
+      options.row_owner = owner;
+      const std::string got = RunAndCompare(s, 7, seed++, options);
+      if (owner == cuda::RowOwner::kBlock)
+        EXPECT_EQ(got, "") << Describe(s, 7) << OwnerName(owner);
+      else
+        EXPECT_NE(got.find("two summed all_reduces run with one block per row"), std::string::npos)
+            << Describe(s, 7) << OwnerName(owner) << ": " << got;
+    }
   }
 }
 

@@ -81,12 +81,19 @@ FusedInputs MakeFusedInputs(const AllreduceRmsnormSpec& spec, int64_t tokens, in
     in.scale = HostTensor(DType::kF32, {});
     in.scale.SetF32(0, 0.004f + 0.01f * uniform(rng));  // some values saturate at +-448
   }
+  // Drawn last, so the other inputs of a spec without it are as they were.
+  for (int r = 0; spec.second_sum && r < world_size; ++r) {
+    HostTensor x2(spec.act_dtype, {tokens, h});
+    for (int64_t i = 0; i < x2.numel(); ++i)
+      x2.SetF32(i, kind == InputKind::kRankTagged ? float((r + 2) * int((i * 5 + r) % 9 - 4)) : normal(rng));
+    in.partials2.push_back(std::move(x2));
+  }
   return in;
 }
 
 std::vector<HostTensor> OracleOutputs(const AllreduceRmsnormSpec& spec, const FusedInputs& in) {
   auto out = cpu::AllreduceRmsnorm(spec, in.partials, in.has_residual ? &in.residual : nullptr,
-                                   in.weight, in.has_scale ? &in.scale : nullptr);
+                                   in.weight, in.has_scale ? &in.scale : nullptr, in.partials2);
   if (!out.ok()) return {};
   return std::move(out).value();
 }

@@ -23,6 +23,7 @@ struct FusedInputs {
   HostTensor residual;               // [T, H] (replicated), empty when !spec.has_residual
   HostTensor weight;                 // [H]
   HostTensor scale;                  // f32[] for fp8_tensor, else empty
+  std::vector<HostTensor> partials2;  // [rank] x2 [T, H] (spec.second_sum), else empty
   bool has_residual = false;
   bool has_scale = false;
 };

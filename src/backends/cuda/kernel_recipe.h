@@ -10,10 +10,13 @@ enum class KernelRecipe : uint8_t {
   kRuntime,                // every spec: the recipe read from the kernel's parameters
   kFixed,                  // the local op's default form: y = round(n * w)
   kFixedWeightAfterRound,  // the local op with weight_after_round: y = round(round(n) * w)
-  // every spec with an f32 residual stream (an f32 residual or residual_out): the run-time recipe
-  // with f32 residual vectors, one block or one cluster (ClusterRow) per row (the local op and
-  // the nccl path)
+  // every spec with an f32 residual stream (an f32 residual or residual_out) or norm output: the
+  // run-time recipe with f32 residual vectors, one block or one cluster (ClusterRow) per row (the
+  // local op and the nccl path)
   kRuntimeF32Residual,
+  // every spec with two summed all_reduces (second_sum): kRuntimeF32Residual's recipe that also
+  // reads the second sum's rows, one block per row (the local op and the nccl path)
+  kRuntimeSecondSum,
 };
 
 }  // namespace tpfuse::cuda

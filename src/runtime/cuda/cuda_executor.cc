@@ -585,6 +585,7 @@ Status CudaExecutor::Impl::LaunchNode(RankResources& res, const Plan& plan, cons
         return is_result ? out(index).data : in(index).data;
       };
       b.x = ptr(np.fused_in.x, false);
+      b.x2 = ptr(np.fused_in.x2, false);
       b.residual = ptr(np.fused_in.residual, false);
       b.weight = ptr(np.fused_in.w, false);
       b.scale = static_cast<const float*>(ptr(np.fused_in.scale, false));

@@ -101,6 +101,14 @@ struct FusedKernelParams {
   bool residual_out_f32;
   bool norm_out_f32;
   bool f32_paired_stores;  // f32 words stored by lane pairs, whole sectors (StoreF32Vector)
+  // Two all_reduces summed (SecondSumRecipe's kernels only): the second's rows as the first's
+  // (x2 where the source is kLocal, reduced2 on the nccl path, laid out as `reduced`), and the
+  // scale of each sum before the add (1: none).
+  bool second_sum;
+  const void* x2;
+  const void* reduced2;
+  float first_scale;
+  float second_scale;
 };
 
 // ================================================================ recipes
@@ -146,10 +154,17 @@ struct RuntimeRecipe {
 // keep their code. Only the epilogue kernel with one block or
 // one cluster (ClusterRow) per row is instantiated with it (the local op and the nccl path).
 struct F32ResidualRecipe : RuntimeRecipe {};
+// F32ResidualRecipe that also reads the rows of a second sum (two summed all_reduces:
+// p.second_sum), instantiated apart (one block per row) so that the f32 kernels keep their code.
+struct SecondSumRecipe : F32ResidualRecipe {};
 template <typename Recipe>
 inline constexpr bool kF32ResidualRecipe = false;
 template <>
 inline constexpr bool kF32ResidualRecipe<F32ResidualRecipe> = true;
+template <>
+inline constexpr bool kF32ResidualRecipe<SecondSumRecipe> = true;
+template <typename Recipe>
+inline constexpr bool kSecondSumRecipe = std::is_same_v<Recipe, SecondSumRecipe>;
 
 // A thread's residual vector: eight 16-bit values, or eight f32 (F32ResidualRecipe), of which
 // `lo` holds the 16-bit values where the residual is 16-bit.
@@ -195,7 +210,8 @@ template <typename T, KernelRecipe kRecipe>
 using RecipeOf = std::conditional_t<
     kRecipe == KernelRecipe::kRuntime, RuntimeRecipe,
     std::conditional_t<kRecipe == KernelRecipe::kRuntimeF32Residual, F32ResidualRecipe,
-                       FixedRecipe<T, kRecipe == KernelRecipe::kFixedWeightAfterRound>>>;
+                       std::conditional_t<kRecipe == KernelRecipe::kRuntimeSecondSum, SecondSumRecipe,
+                                          FixedRecipe<T, kRecipe == KernelRecipe::kFixedWeightAfterRound>>>>;
 // A fixed recipe's kernel for the norm alone (no residual: the launcher picks it by the spec),
 // the same code under a tighter register bound (SpanMinBlocks).
 template <typename Fixed>
@@ -1558,6 +1574,47 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 
 // ================================================================ the epilogue kernel
 
+// One vector of a reduced row from `rows` at `index` (row * vecs_per_row + v), read as the
+// source says: a local row as it is, a reduced one with -0.0 as +0.0, gathered partials summed
+// in rank order (as the epilogue kernel reads a).
+template <typename T>
+__device__ __forceinline__ uint4 ReducedVector(const FusedKernelParams& p, const void* rows, size_t index) {
+  const uint4* src = static_cast<const uint4*>(rows);
+  if (p.source == RowSource::kLocal) return LoadGlobal(src + index);
+  if (p.source == RowSource::kReduced) return CanonicalZeros(LoadGlobal(src + index));
+  const size_t rank_stride = size_t(p.tokens) * p.vecs_per_row;
+  float acc[kVecElems];
+  for (int r = 0; r < p.gathered_ranks; ++r) {
+    float f[kVecElems];
+    Unpack<T>(CanonicalZeros(LoadGlobal(src + r * rank_stride + index)), f);
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) acc[i] = r == 0 ? f[i] : __fadd_rn(acc[i], f[i]);
+  }
+  return Pack<T>(acc);
+}
+
+// Two all_reduces summed (p.second_sum): round(round(a * first_scale) + round(a2 * second_scale))
+// for one vector, a scale of 1 no step (Contract 3 step 1 of AllreduceRmsnormSpec::second_sum).
+template <typename T>
+__device__ __forceinline__ uint4 SumOfTwoSums(const FusedKernelParams& p, const uint4& a, const uint4& a2) {
+  float u[kVecElems], u2[kVecElems];
+  Unpack<T>(a, u);
+  Unpack<T>(a2, u2);
+  if (p.first_scale != 1.0f) {
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) u[i] = __fmul_rn(u[i], p.first_scale);
+    RoundVector<T>(u);
+  }
+  if (p.second_scale != 1.0f) {
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) u2[i] = __fmul_rn(u2[i], p.second_scale);
+    RoundVector<T>(u2);
+  }
+#pragma unroll
+  for (int i = 0; i < kVecElems; ++i) u[i] = __fadd_rn(u[i], u2[i]);
+  return Pack<T>(u);
+}
+
 // The inputs of `row` that the epilogue kernel reads from memory started into L2 by thread 0: a
 // local row's x or a reduced row, and the residual (gathered partials are not prefetched: N
 // rows, just written by NCCL).
@@ -1569,6 +1626,11 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
   if (Recipe::Source(p) != RowSource::kGathered) {
     const void* const row_source = Recipe::Source(p) == RowSource::kLocal ? p.x : p.reduced;
     PrefetchL2(static_cast<const char*>(row_source) + offset, row_bytes);
+  }
+  if constexpr (kSecondSumRecipe<Recipe>) {
+    if (Recipe::Source(p) != RowSource::kGathered)
+      PrefetchL2(static_cast<const char*>(Recipe::Source(p) == RowSource::kLocal ? p.x2 : p.reduced2) + offset,
+                 row_bytes);
   }
   if constexpr (kF32ResidualRecipe<Recipe>) {
     if (p.residual && p.residual_f32_in) {
@@ -1661,6 +1723,14 @@ __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kV
         if (v >= p.vecs_per_row) continue;
         const uint4 w = LoadGlobal(src + row_vec + v);
         a[k] = local ? w : CanonicalZeros(w);
+      }
+    }
+    if constexpr (kSecondSumRecipe<Recipe>) {
+      const void* const rows2 = p.source == RowSource::kLocal ? p.x2 : p.reduced2;
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        const int v = RowVectors<kVec, Span>::Index(k);
+        if (v < p.vecs_per_row) a[k] = SumOfTwoSums<T>(p, a[k], ReducedVector<T>(p, rows2, row_vec + v));
       }
     }
     RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, static_scale, smem, slot);

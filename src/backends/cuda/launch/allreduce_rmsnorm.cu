@@ -102,6 +102,7 @@ Status CheckPointer(const char* name, const void* p, bool required, size_t align
 
 Status CheckBuffers(const AllreduceRmsnormSpec& spec, const FusedBuffers& b) {
   TPFUSE_RETURN_IF_ERROR(CheckPointer("x", b.x, true, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("x2", b.x2, spec.second_sum, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("residual", b.residual, spec.has_residual, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("weight", b.weight, true, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("scale", b.scale, spec.quant == QuantMode::kFp8Tensor, 4));
@@ -110,6 +111,15 @@ Status CheckBuffers(const AllreduceRmsnormSpec& spec, const FusedBuffers& b) {
   TPFUSE_RETURN_IF_ERROR(CheckPointer("residual_out", b.residual_out, spec.emit.residual, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("quant_out", b.quant_out, spec.emit.quant, 8));
   return CheckPointer("scale_out", b.scale_out, spec.emit.quant && IsDynamicQuant(spec.quant), 4);
+}
+
+// The run-time recipe `spec` needs: SecondSumRecipe's for two summed all_reduces (one block per
+// row), F32ResidualRecipe's for an f32 residual stream or norm output (one block or one ClusterRow
+// per row), else the plain one; each on the local op and the nccl path. The other kernels keep
+// their code for the common forms.
+KernelRecipe RuntimeRecipeOf(const AllreduceRmsnormSpec& spec) {
+  if (spec.second_sum) return KernelRecipe::kRuntimeSecondSum;
+  return spec.has_f32_values() ? KernelRecipe::kRuntimeF32Residual : KernelRecipe::kRuntime;
 }
 
 // Rows of H 16-bit elements that fit `bytes`.
@@ -155,13 +165,18 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.quant_divides = spec.QuantDivides();
   p.scale_floor_after_div = spec.rounding.scale_floor_after_div;
   p.ue8m0_floor = spec.rounding.ue8m0_floor;
-  // Read only by F32ResidualRecipe's kernels (spec.has_f32_values(): the local op's block or
-  // cluster, the nccl path's block); Validate ties the first two to a residual, the third to
-  // quant none.
+  // Read only by F32ResidualRecipe's kernels (and SecondSumRecipe's: RuntimeRecipeOf; the local
+  // op's block or cluster, the nccl path's block); Validate ties the first two to a residual, the
+  // third to quant none.
   p.residual_f32_in = spec.residual_f32_in;
   p.residual_out_f32 = spec.rounding.residual_out_f32;
   p.norm_out_f32 = spec.rounding.norm_out_f32;
   p.f32_paired_stores = tokens >= kF32PairedStoresMinRows;
+  // Read only by SecondSumRecipe's kernels.
+  p.second_sum = spec.second_sum;
+  p.x2 = b.x2;
+  p.first_scale = spec.first_scale;
+  p.second_scale = spec.second_scale;
   p.world_size = 1;
   return p;
 }
@@ -442,6 +457,12 @@ StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const R
                                        KernelRecipe recipe, int cluster_blocks = 1, int packed_lanes = 0) {
   FusedKernelFn kernel = nullptr;
   switch (recipe) {
+    case KernelRecipe::kRuntimeSecondSum:
+      if (owner != RowOwner::kBlock)
+        return Unimplemented("two summed all_reduces run with one block per row (row owner kBlock or kAuto)");
+      kernel = SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeSecondSum>>(spec.act_dtype, layout.vecs_per_thread,
+                                                                            spec.quant);
+      break;
     case KernelRecipe::kRuntimeF32Residual:
       if (owner == RowOwner::kBlock) {
         kernel = SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(
@@ -513,6 +534,7 @@ StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceR
                                      const RowLayout& layout, KernelRecipe recipe, int64_t tokens,
                                      const LaunchOptions& options) {
   if (recipe == KernelRecipe::kRuntimeF32Residual) return F32ResidualRowOwner(device, spec, layout, tokens, options);
+  if (recipe == KernelRecipe::kRuntimeSecondSum) return LocalRowOwner{};  // one block per row
   Status failed;
   const LocalRowOwner choice = RowOwnerRule(spec, layout, tokens, device.sms, [&](const LocalRowOwner& owner) -> int64_t {
     StatusOr<int64_t> at_once = CapacityOnDevice(device, spec, layout, recipe, owner, options);
@@ -610,8 +632,7 @@ StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const 
 }
 
 KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options) {
-  if (spec.has_f32_values()) return KernelRecipe::kRuntimeF32Residual;
-  if (!options.fixed_recipes) return KernelRecipe::kRuntime;
+  if (RuntimeRecipeOf(spec) != KernelRecipe::kRuntime || !options.fixed_recipes) return RuntimeRecipeOf(spec);
   // The scale step and format matter only where the kernel quantizes (ue8m0: dynamic scales).
   const bool dynamic_f32 = IsDynamicQuant(spec.quant) && spec.scale_fmt == ScaleFormat::kF32;
   const bool default_scale_step = spec.quant == QuantMode::kNone ||
@@ -634,8 +655,9 @@ Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_
   // No communication: every strategy is the local epilogue.
   if (n == 1 || spec.local) return Status::Ok();
   if (strategy == Strategy::kNccl) {
-    // Above N = 2 the exact path gathers every rank's partial row into the scratch buffer.
-    const size_t copies = n > 2 ? size_t(n) : 1;
+    // Above N = 2 the exact path gathers every rank's partial row into the scratch buffer; two
+    // summed all_reduces hold the second's rows beside the first's.
+    const size_t copies = (n > 2 ? size_t(n) : 1) * (spec.second_sum ? 2 : 1);
     if (RowsThatFit(comm.nccl_scratch_bytes() / copies, spec.hidden) < 1)
       return OutOfRange("hidden ", spec.hidden, " does not fit the nccl scratch buffer");
     return Status::Ok();
@@ -643,6 +665,9 @@ Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_
   if (spec.has_f32_values())
     return Unimplemented("strategy ", StrategyName(strategy), " gives the residual and the norm in the ",
                          "activation dtype: an f32 residual or norm output runs on nccl");
+  if (spec.second_sum)
+    return Unimplemented("strategy ", StrategyName(strategy), " reduces one all_reduce: two summed all_reduces ",
+                         "run on nccl");
   if (!comm.has_peer_memory())
     return Unimplemented("strategy ", StrategyName(strategy), " needs peer memory: ",
                          comm.why_no_peer_memory());
@@ -774,31 +799,41 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
     // The run-time recipe: the rows are NCCL's (reduced or gathered), not x.
     TPFUSE_ASSIGN_OR_RETURN(
         FusedKernelFn kernel,
-        EpilogueKernel(spec, layout, RowOwner::kBlock,
-                       spec.has_f32_values() ? KernelRecipe::kRuntimeF32Residual : KernelRecipe::kRuntime));
+        EpilogueKernel(spec, layout, RowOwner::kBlock, RuntimeRecipeOf(spec)));
     const ncclDataType_t type = spec.act_dtype == DType::kBF16 ? ncclBfloat16 : ncclFloat16;
     // At N = 2 ncclAllReduce's sum is Contract 3's (one f32 add, one rounding); above it NCCL
     // rounds partial sums, so the exact path gathers the partials and sums them in the kernel.
     const bool gather = options.nccl_reduction == NcclReduction::kExact && n > 2;
     const int64_t copies = gather ? n : 1;
+    const int64_t inputs = spec.second_sum ? 2 : 1;  // x, and x2 (second_sum)
     // NOTE: rows are processed in chunks that fit the scratch buffer; a row's result does not
     // depend on the chunking.
-    const int64_t chunk = RowsThatFit(comm.nccl_scratch_bytes() / size_t(copies), spec.hidden);
+    const int64_t chunk = RowsThatFit(comm.nccl_scratch_bytes() / size_t(copies * inputs), spec.hidden);
     if (chunk < 1)
-      return OutOfRange("hidden ", spec.hidden, " x ", copies, " ranks does not fit the nccl scratch buffer");
+      return OutOfRange("hidden ", spec.hidden, " x ", copies * inputs, " rows does not fit the nccl scratch buffer");
     for (int64_t first = 0; first < tokens; first += chunk) {
       const int64_t rows = std::min(chunk, tokens - first);
       const size_t offset = size_t(first) * spec.hidden;
-      if (gather) {
-        TPFUSE_NCCL_CHECK(ncclAllGather(static_cast<const uint16_t*>(b.x) + offset, comm.nccl_scratch(),
-                                        size_t(rows) * spec.hidden, type, comm.nccl(), stream));
-      } else {
-        TPFUSE_NCCL_CHECK(ncclAllReduce(static_cast<const uint16_t*>(b.x) + offset, comm.nccl_scratch(),
-                                        size_t(rows) * spec.hidden, type, ncclSum, comm.nccl(), stream));
+      // x's rows, then x2's (second_sum), each [copies][rows][H] (the gathered layout's rank
+      // stride is the chunk's rows).
+      uint16_t* const scratch = static_cast<uint16_t*>(comm.nccl_scratch());
+      const void* const sources[2] = {b.x, b.x2};
+      if (inputs > 1) TPFUSE_NCCL_CHECK(ncclGroupStart());
+      for (int64_t i = 0; i < inputs; ++i) {
+        const uint16_t* send = static_cast<const uint16_t*>(sources[i]) + offset;
+        uint16_t* recv = scratch + size_t(i * copies * rows) * spec.hidden;
+        if (gather) {
+          TPFUSE_NCCL_CHECK(ncclAllGather(send, recv, size_t(rows) * spec.hidden, type, comm.nccl(), stream));
+        } else {
+          TPFUSE_NCCL_CHECK(
+              ncclAllReduce(send, recv, size_t(rows) * spec.hidden, type, ncclSum, comm.nccl(), stream));
+        }
       }
+      if (inputs > 1) TPFUSE_NCCL_CHECK(ncclGroupEnd());
       FusedKernelParams q = p;
       q.source = gather ? RowSource::kGathered : RowSource::kReduced;
-      q.reduced = comm.nccl_scratch();
+      q.reduced = scratch;
+      q.reduced2 = spec.second_sum ? scratch + size_t(copies * rows) * spec.hidden : nullptr;
       q.gathered_ranks = gather ? n : 0;
       q.tokens = rows;
       // Chunk-relative pointers; scale indices stay absolute through the row offset.
@@ -806,6 +841,7 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
         return base ? static_cast<const char*>(base) + offset * elem_bytes : nullptr;
       };
       q.x = shift(b.x, 2);
+      q.x2 = shift(b.x2, 2);
       q.residual = shift(b.residual, DTypeSize(spec.residual_in_dtype()));
       q.allreduce_out = const_cast<char*>(shift(b.allreduce_out, 2));
       q.norm_out = const_cast<char*>(shift(b.norm_out, DTypeSize(spec.norm_out_dtype())));

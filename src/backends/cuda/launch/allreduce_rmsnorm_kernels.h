@@ -91,6 +91,7 @@ extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntime
                                                                                              QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(DType, int,
                                                                                                     QuantMode);
+extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeSecondSum>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);

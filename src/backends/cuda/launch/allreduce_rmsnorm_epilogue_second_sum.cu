@@ -1,0 +1,9 @@
+// The epilogue kernels' instantiations for two summed all_reduces, one block per row
+// (allreduce_rmsnorm_select.cuh; SecondSumRecipe).
+#include "backends/cuda/launch/allreduce_rmsnorm_select.cuh"
+
+namespace tpfuse::cuda {
+
+template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeSecondSum>>(DType, int, QuantMode);
+
+}  // namespace tpfuse::cuda
