@@ -167,8 +167,8 @@ struct AllreduceRmsnormSpec {
   // Falcon-H1's attention and SSM mixers, each behind its own all_reduce): the operand x2 is this
   // rank's partial of the second. a2 = round(sum of x2) like a, and the sum the residual add reads
   // is round(round(a * first_scale) + round(a2 * second_scale)) (a scale of 1 is no step), then
-  // scaled by sum_scale. Not local; emit.allreduce is not allowed (there is no one all_reduce
-  // result to emit).
+  // scaled by sum_scale. A local op (world size 1) reads x2 as a2, as it reads x as a.
+  // emit.allreduce is not allowed (there is no one all_reduce result to emit).
   bool second_sum = false;
   float first_scale = 1.0f;
   float second_scale = 1.0f;

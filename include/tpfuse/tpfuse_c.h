@@ -134,8 +134,8 @@ typedef struct tpfuse_spec {
   /* 1: two all_reduces summed before the residual add (ABI 5): x2 is this rank's partial of the
    * second, a2 = round(sum of x2), and the residual add reads
    * round(round(a * first_scale) + round(a2 * second_scale)) (a scale of 1 is no step), then
-   * scaled by sum_scale. Not local, no EMIT_ALLREDUCE. CUDA: the nccl strategy (and world size
-   * 1, where a = x and a2 = x2). */
+   * scaled by sum_scale. No EMIT_ALLREDUCE. A local op (and world size 1) reads x2 as a2. CUDA:
+   * the nccl strategy above world size 1. */
   int32_t second_sum;
   float first_scale;
   float second_scale;
@@ -175,8 +175,9 @@ typedef struct tpfuse_buffers {
 /* The fused op of Contract 3 on host buffers, as rank `rank` of `world_size` would compute it
  * (every rank's results are identical): partials[r] is rank r's x [T, H] for r < world_size
  * (world_size 1 and spec->local: partials[0] alone), and under spec->second_sum
- * partials[world_size + r] is rank r's x2; buffers->x and buffers->x2 are ignored. The other operands and the
- * outputs are host pointers in `buffers`. The oracle every backend is checked against. */
+ * partials[ranks + r] is rank r's x2 (ranks: world_size, or 1 for a local op); buffers->x and
+ * buffers->x2 are ignored. The other operands and the outputs are host pointers in `buffers`.
+ * The oracle every backend is checked against. */
 TPFUSE_C_API tpfuse_status_t tpfuse_reference_allreduce_rmsnorm(const tpfuse_spec_t* spec,
                                                                 int64_t tokens, int32_t world_size,
                                                                 const void* const* partials,

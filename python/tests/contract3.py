@@ -93,7 +93,7 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
     # 1a. Two all_reduces summed: round(round(a * first_scale) + round(a2 * second_scale)).
     summed = a
     if partials2 is not None:
-        a2 = reduced(partials2)
+        a2 = reduced(partials2[:1] if local else partials2)
         summed = (times(a, first_scale).float() + times(a2, second_scale).float()).to(dtype)
     # 1b. a' = round(a * sum_scale), where the graph scaled the sum before the add.
     scaled = times(summed, sum_scale)

@@ -138,6 +138,9 @@ def test_two_summed_all_reduces_match_the_reference(name, attrs):
                                                **attrs)
         if world_size == 1:
             got = OP(partials[0], res, weight, scale, partials2[0], **attrs)
+            # A local op (no all_reduce feeds it) reads x and x2 as the two sums.
+            local = OP(partials[0], res, weight, scale, partials2[0], local=True, **attrs)
+            assert_bitwise(local, expected, f"{name} local {list(shape)}")
         else:
             got = tpfuse.ops.reference(partials, res, weight, scale, partials2=partials2, **attrs)
         assert_bitwise(got, expected, f"{name} N={world_size} {list(shape)}")
@@ -147,8 +150,6 @@ def test_two_summed_all_reduces_refuse_what_they_cannot_do():
     partials, partials2, res, weight, _ = second_sum_inputs(5, (3, 256), 1)
     with pytest.raises(ValueError, match="no one all_reduce result to emit"):
         OP(partials[0], res, weight, None, partials2[0], emit=["allreduce", "norm"])
-    with pytest.raises(ValueError, match="but the op is local"):
-        OP(partials[0], res, weight, None, partials2[0], emit=["norm"], local=True)
     with pytest.raises(ValueError, match="x2 must have x's shape, dtype and device"):
         OP(partials[0], res, weight, None, partials2[0][:2], emit=["norm"])
     with pytest.raises(ValueError, match="scale the two sums of second_sum, which is not set"):

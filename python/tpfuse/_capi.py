@@ -312,6 +312,8 @@ def reference_allreduce_rmsnorm(spec: Spec, tokens: int, partials: Sequence[int]
     if bool(spec.second_sum) != bool(partials2) or (partials2 and len(partials2) != len(partials)):
         raise ValueError(f"tpfuse: second_sum {bool(spec.second_sum)} takes one x2 partial per x "
                          f"partial, got {len(partials2)} for {len(partials)}")
+    if spec.local:  # a local op reads rank 0's x (and x2) alone
+        partials, partials2 = list(partials)[:1], list(partials2)[:1]
     everything = list(partials) + list(partials2)
     array = (ctypes.c_void_p * max(1, len(everything)))(*everything)
     _check("tpfuse_reference_allreduce_rmsnorm",

@@ -194,8 +194,6 @@ Status AllreduceRmsnormSpec::Validate() const {
                            second_scale);
   if (!second_sum && (first_scale != 1.0f || second_scale != 1.0f))
     return InvalidArgument("first_scale and second_scale scale the two sums of second_sum, which is not set");
-  if (second_sum && local)
-    return InvalidArgument("second_sum sums two all_reduces, but the op is local (no all_reduce feeds it)");
   if (second_sum && emit.allreduce)
     return InvalidArgument("emit has allreduce but the op sums two all_reduces (second_sum): there is no one "
                            "all_reduce result to emit");

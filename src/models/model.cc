@@ -144,10 +144,14 @@ class DecodeGraphBuilder {
     for (int l = 0; l < c_.layers; ++l) {
       const std::string p = StrCat("l", l, ".");
       // ---- input norm -> QKV (and the indexer); their outputs leave the graph for attention
-      ir::Value* in_partial = l == 0 && !c_.first_layer_residual
-                                  ? Param("embed.partial", Act(hidden))    // vocab-parallel
-                                  : Param(p + "in.partial", Act(hidden));  // previous down
-      TPFUSE_ASSIGN_OR_RETURN(NormResult in, AllReduceNorm(p + "in.", in_partial, residual));
+      const bool embedding = l == 0 && !c_.first_layer_residual;
+      ir::Value* in_partial = embedding ? Param("embed.partial", Act(hidden))    // vocab-parallel
+                                        : Param(p + "in.partial", Act(hidden));  // previous down
+      // The previous layer's shared MLP, reduced apart (no embedding has one).
+      ir::Value* in_shared =
+          c_.shared_mlp_reduced_apart && !embedding ? Param(p + "in.shared.partial", Act(hidden)) : nullptr;
+      TPFUSE_ASSIGN_OR_RETURN(NormResult in, AllReduceNorm(p + "in.", in_partial, residual, in_shared,
+                                                           /*scaled=*/!embedding));
       TPFUSE_ASSIGN_OR_RETURN(GemmInput qkv_in, Quantize(p + "in.", in.y));
       ReturnGemmInput(qkv_in, outputs);
       if (c_.indexer_dim > 0) {
@@ -160,7 +164,8 @@ class DecodeGraphBuilder {
 
       // ---- o_proj partial -> post-attention norm -> gate, up -> mul -> down partial
       ir::Value* attn_partial = Param(p + "attn.partial", Act(hidden));
-      TPFUSE_ASSIGN_OR_RETURN(NormResult post, AllReduceNorm(p + "post.", attn_partial, in.h));
+      TPFUSE_ASSIGN_OR_RETURN(NormResult post, AllReduceNorm(p + "post.", attn_partial, in.h, nullptr,
+                                                             /*scaled=*/true));
       TPFUSE_ASSIGN_OR_RETURN(GemmInput mlp_in, Quantize(p + "post.", post.y));
       ReturnGemmInput(mlp_in, outputs);
       const int64_t inter = c_.IntermediateShard();
@@ -171,6 +176,15 @@ class DecodeGraphBuilder {
       ir::Value* w_down = Param(p + "down.w", Weight(act->dtype(), inter, hidden));
       TPFUSE_ASSIGN_OR_RETURN(ir::Value * down, Op("matmul", {act, w_down}, {}, p + "down"));
       outputs.push_back(down);
+      if (c_.shared_mlp_reduced_apart) {
+        // The shared MLP beside the routed experts (the same width stands in for both).
+        TPFUSE_ASSIGN_OR_RETURN(ir::Value * s_gate, Gemm(p + "shared.gate", mlp_in, hidden, inter));
+        TPFUSE_ASSIGN_OR_RETURN(ir::Value * s_up, Gemm(p + "shared.up", mlp_in, hidden, inter));
+        TPFUSE_ASSIGN_OR_RETURN(ir::Value * s_act, Op("mul", {s_gate, s_up}, {}, p + "shared.act"));
+        ir::Value* w_shared = Param(p + "shared.down.w", Weight(s_act->dtype(), inter, hidden));
+        TPFUSE_ASSIGN_OR_RETURN(ir::Value * s_down, Op("matmul", {s_act, w_shared}, {}, p + "shared.down"));
+        outputs.push_back(s_down);
+      }
       residual = post.h;
     }
     graph_->SetOutputs(outputs);
@@ -219,11 +233,20 @@ class DecodeGraphBuilder {
     return attrs;
   }
 
-  // all_reduce(partial) -> [+ residual] -> RMSNorm. `p` prefixes every name ("l0.in.").
-  StatusOr<NormResult> AllReduceNorm(const std::string& p, ir::Value* partial,
-                                     ir::Value* residual) {
+  // all_reduce(partial) [+ all_reduce(partial2)] [* residual_multiplier] -> [+ residual] ->
+  // RMSNorm. `p` prefixes every name ("l0.in."); `scaled`: a block's output (not the embedding).
+  StatusOr<NormResult> AllReduceNorm(const std::string& p, ir::Value* partial, ir::Value* residual,
+                                     ir::Value* partial2, bool scaled) {
     ir::Value* g = Param(p + "norm_w", Vector(c_.norm_weight_dtype, c_.hidden_size));
     TPFUSE_ASSIGN_OR_RETURN(ir::Value * ar, Op("all_reduce", {partial}, {}, p + "ar"));
+    if (partial2 != nullptr) {
+      TPFUSE_ASSIGN_OR_RETURN(ir::Value * ar2, Op("all_reduce", {partial2}, {}, p + "ar2"));
+      TPFUSE_ASSIGN_OR_RETURN(ar, Op("add", {ar, ar2}, {}, p + "blocks"));
+    }
+    if (scaled && c_.residual_multiplier != 1.0) {
+      TPFUSE_ASSIGN_OR_RETURN(ar, Op("mul", {ar}, {{"scalar", ir::Attr::Float(c_.residual_multiplier)}},
+                                     p + "scaled"));
+    }
     if (c_.decomposed) return DecomposedNorm(p, ar, residual, g);
     if (residual == nullptr) {
       TPFUSE_ASSIGN_OR_RETURN(ir::Value * y, Op("rms_norm", {ar, g}, NormAttrs(), p + "y"));
@@ -395,6 +418,9 @@ Status ModelConfig::Validate() const {
                      width);
     }
   }
+  if (!std::isfinite(residual_multiplier) || !std::isfinite(float(residual_multiplier)) ||
+      float(residual_multiplier) == 0.0f)
+    return error("residual_multiplier", "must be finite and nonzero in f32, got ", residual_multiplier);
   if (decomposed) {
     if (IsDynamicQuant(quant))
       return error("decomposed", "dynamic quantization (", QuantModeName(quant),
@@ -416,6 +442,8 @@ std::string ModelConfig::Summary() const {
   if (!first_layer_residual) s += ", layer 0 without residual";
   if (indexer_dim > 0) s += StrCat(", indexer ", indexer_dim);
   if (decomposed) s += ", decomposed";
+  if (shared_mlp_reduced_apart) s += ", shared MLP reduced apart";
+  if (residual_multiplier != 1.0) s += StrCat(", residual multiplier ", residual_multiplier);
   return s;
 }
 
@@ -463,6 +491,8 @@ StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, const std::st
   TPFUSE_RETURN_IF_ERROR(f.Bool("first_layer_residual", &c.first_layer_residual));
   TPFUSE_RETURN_IF_ERROR(f.Int("indexer_dim", 0, false, &c.indexer_dim));
   TPFUSE_RETURN_IF_ERROR(f.Bool("decomposed", &c.decomposed));
+  TPFUSE_RETURN_IF_ERROR(f.Bool("shared_mlp_reduced_apart", &c.shared_mlp_reduced_apart));
+  TPFUSE_RETURN_IF_ERROR(f.Number("residual_multiplier", &c.residual_multiplier));
   TPFUSE_RETURN_IF_ERROR(f.Int("max_gemm_shard", 0, false, &c.max_gemm_shard));
   TPFUSE_RETURN_IF_ERROR(c.Validate());
   return c;

@@ -8,7 +8,8 @@
 //   tpfuse:       tp_size, layers, quant (none | fp8_tensor | fp8_token | fp8_group),
 //                 group_size, scale_layout (row | col), scale_fmt (f32 | ue8m0),
 //                 norm_weight_dtype (bf16 | f16 | f32), weight_bias, first_layer_residual,
-//                 indexer_dim, decomposed, max_gemm_shard, description
+//                 indexer_dim, decomposed, shared_mlp_reduced_apart, residual_multiplier,
+//                 max_gemm_shard, description
 //
 // Other keys (a real config.json has many) are ignored. Errors name the file and the field.
 #pragma once
@@ -63,6 +64,13 @@ struct ModelConfig {
   // Emit RMSNorm, the residual add and static quantization in the decomposed forms an export
   // with custom ops disabled contains (Contract 2), for the canonicalizer to recognize.
   bool decomposed = false;
+  // The MLP is routed experts and a shared MLP whose outputs are each all-reduced apart and then
+  // summed (Granite-MoE's shared MLP under a tensor-parallel plan, vLLM's `reduce_results`): the
+  // sites after layer 0's attention read two partial sums (the fused op's second_sum).
+  bool shared_mlp_reduced_apart = false;
+  // Every block's output is scaled by this before the residual add (Granite's
+  // residual_multiplier; the fused op's sum_scale). 1: none.
+  double residual_multiplier = 1.0;
   // Each rank's GEMM shard is at most this many columns (0: the real shard). The hidden size,
   // which is what the fused op sees, is never reduced; only the GEMMs around it are narrowed
   // so that the CPU reference backend runs a model in seconds.
@@ -91,7 +99,10 @@ StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
 //       -> gate and up GEMMs -> mul -> down GEMM                                   (returned)
 //
 // so every layer has two all_reduce -> [+residual] -> RMSNorm -> [quant] chains, and the
-// residual stream runs through all of them. Attention is kept out (the QKV output is returned)
+// residual stream runs through all of them. With shared_mlp_reduced_apart the MLP is two
+// (the experts' and a shared MLP's gate, up, mul, down; both downs returned), and each input norm
+// after one reads all_reduce(%lL.in.partial) + all_reduce(%lL.in.shared.partial); with a
+// residual_multiplier each block's sum is scaled by it before the residual add. Attention is kept out (the QKV output is returned)
 // and SiLU is an elementwise mul. The partial sums the row-parallel GEMMs (o_proj, down) leave
 // on each rank are parameters: every chain then starts from bit-identical inputs on every
 // backend, so a check compares each chain's outputs with Contract 3's tolerance instead of GEMM

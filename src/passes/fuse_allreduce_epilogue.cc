@@ -218,9 +218,10 @@ std::pair<ir::Node*, ir::Node*> NormReadingSum(ir::Node* sum) {
 }
 
 // The chain of two all_reduces summed before a norm, `add(a [* s1], b [* s2]) [* s]` read by the
-// norm as x, with `anchor` as one of the two: the first such norm in program order. Whether the
-// sums and the values between are read elsewhere is PlanFusion's question (WhySumsReadElsewhere).
-std::optional<Chain> FindSecondSumChain(ir::Node* anchor) {
+// norm as x, with `anchor` as one of the two: the first such norm in program order (`local`: at
+// world size 1, where both all_reduces are the identity). Whether the sums and the values between
+// are read elsewhere is PlanFusion's question (WhySumsReadElsewhere).
+std::optional<Chain> FindSecondSumChain(ir::Node* anchor, bool local) {
   const ir::Graph& graph = *anchor->graph();
   std::vector<ir::Node*> adds;
   for (const ir::Use& u : anchor->result()->uses()) {
@@ -241,7 +242,7 @@ std::optional<Chain> FindSecondSumChain(ir::Node* anchor) {
     const auto [norm, outer] = NormReadingSum(add);
     if (norm == nullptr) continue;
     if (best && graph.IndexOf(norm) >= graph.IndexOf(best->norm)) continue;
-    Chain c = MakeChain(anchor, norm, /*local=*/false);
+    Chain c = MakeChain(anchor, norm, local);
     c.scale = outer;
     c.a = anchor->result();
     c.anchor2 = other;
@@ -255,8 +256,8 @@ std::optional<Chain> FindSecondSumChain(ir::Node* anchor) {
 }
 
 // The norm that reads the anchor as x: the first in program order. (canonicalize puts the
-// all_reduce-derived operand of an add or fused_add_rms_norm first.) Failing that, above world
-// size 1, the norm that reads the anchor's sum added to another all_reduce's (FindSecondSumChain).
+// all_reduce-derived operand of an add or fused_add_rms_norm first.) Failing that, the norm that
+// reads the anchor's sum added to another all_reduce's (FindSecondSumChain).
 std::optional<Chain> FindChain(ir::Node* anchor, bool local) {
   const ir::Graph& graph = *anchor->graph();
   ir::Value* a = anchor->result();
@@ -273,7 +274,7 @@ std::optional<Chain> FindChain(ir::Node* anchor, bool local) {
       best_index = index;
     }
   }
-  if (best == nullptr) return local ? std::nullopt : FindSecondSumChain(anchor);
+  if (best == nullptr) return FindSecondSumChain(anchor, local);
   return MakeChain(anchor, best, local);
 }
 
@@ -1018,15 +1019,6 @@ class FuseAllreduceEpiloguePass final : public Pass {
                      "(compile with --fuse-local auto or on to fuse its chain on one GPU)"};
     }
     std::optional<Chain> chain = FindChain(anchor, local);
-    if (!chain && local) {
-      if (std::optional<Chain> two = FindSecondSumChain(anchor)) {
-        return Refusal{"world size 1",
-                       StrCat("world size 1: ", two->Start(), " are the identity here, summed by ",
-                              NodeRef(two->sum), " before ", NodeRef(two->norm),
-                              "; the fused op takes two summed all_reduces over above world size 1 "
-                              "only, so both stay and the norm's chain is a local chain on their sum")};
-      }
-    }
     if (!chain) {
       return Refusal{"no rms_norm",
                      no_chain_reason.empty() ? NoChainReason(anchor, ctx) : no_chain_reason};

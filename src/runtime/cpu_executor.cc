@@ -289,7 +289,7 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
         if (!summed.ok()) return node_error(summed.status());
         sum = std::move(*summed);
       }
-      if (spec->second_sum) {
+      if (spec->second_sum && !spec->local) {
         std::vector<const HostTensor*> partials2;
         for (int r = 0; r < world_size_; ++r) partials2.push_back(operands[size_t(r)][size_t(at.x2)]);
         StatusOr<HostTensor> summed = cpu::AllreduceSum(partials2);
@@ -301,11 +301,12 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
         const auto& in = operands[size_t(r)];
         // A local op (no all_reduce feeds it) reads this rank's x alone: a = x.
         const std::vector<const HostTensor*> own{spec->local ? in[size_t(at.x)] : &*sum};
+        std::vector<const HostTensor*> own2;
+        if (spec->second_sum) own2.push_back(spec->local ? in[size_t(at.x2)] : &*sum2);
         StatusOr<std::vector<HostTensor>> out = cpu::AllreduceRmsnorm(
             *spec, own,
             at.residual >= 0 ? in[size_t(at.residual)] : nullptr,
-            *in[size_t(at.w)], at.scale >= 0 ? in[size_t(at.scale)] : nullptr,
-            sum2 ? std::vector<const HostTensor*>{&*sum2} : std::vector<const HostTensor*>{});
+            *in[size_t(at.w)], at.scale >= 0 ? in[size_t(at.scale)] : nullptr, own2);
         if (out.ok()) results[size_t(r)] = std::move(*out);
         else statuses[size_t(r)] = out.status();
       });

@@ -40,10 +40,12 @@ struct CompileOutcome {
   passes::PassContext ctx;
 };
 
-CompileOutcome Compile(const ir::Graph& graph, const FusionCapabilities& caps, int world_size) {
+CompileOutcome Compile(const ir::Graph& graph, const FusionCapabilities& caps, int world_size,
+                       bool fuse_local = false) {
   CompileOutcome out;
   out.graph = graph.Clone();
   out.ctx.world_size = world_size;
+  out.ctx.fuse_local = fuse_local;
   out.ctx.caps = caps;
   StatusOr<bool> changed = passes::MakeDefaultPipeline().Run(*out.graph, out.ctx);
   EXPECT_TRUE(changed.ok()) << changed.status().ToString();
@@ -74,7 +76,9 @@ TEST_P(BundledModelTest, BuildsVerifiesAndRoundTripsThroughText) {
   StatusOr<std::unique_ptr<ir::Graph>> graph = BuildDecodeGraph(config);
   ASSERT_TRUE(graph.ok()) << graph.status().ToString();
   EXPECT_TRUE(ir::Verify(**graph).ok()) << ir::Verify(**graph).ToString();
-  EXPECT_EQ((*graph)->OpCounts()["all_reduce"], 2 * config.layers);
+  // Two sites a layer; a shared MLP reduced apart adds one all_reduce at each site it feeds.
+  const int shared_sites = config.shared_mlp_reduced_apart ? config.layers - (config.first_layer_residual ? 0 : 1) : 0;
+  EXPECT_EQ((*graph)->OpCounts()["all_reduce"], 2 * config.layers + shared_sites);
 
   // The text format carries the whole graph: parse(print(g)) prints the same.
   const std::string text = ir::PrintGraph(**graph);
@@ -196,6 +200,46 @@ TEST(BundledModels, LlamaIsStaticPerTensorAndQwenHasAnF32NormWeight) {
   ASSERT_NE(FusionAt(c.ctx, "l0.in.ar"), nullptr);
   EXPECT_TRUE(FusionAt(c.ctx, "l0.in.ar")->spec.has_residual);
   EXPECT_EQ(EmitOf(c.ctx, "l0.in.ar"), "residual,quant");
+}
+
+// Granite's layers: the routed experts and the shared MLP reduced apart, then scaled by the
+// residual multiplier: each site after an MLP fuses both all_reduces (second_sum, sum_scale 0.22),
+// each site after the attention its one (sum_scale 0.22); at world size 2 and at world size 1
+// (where the all_reduces are the identity), for the CPU and the CUDA targets, bitwise the graph.
+TEST(BundledModels, GraniteSumsTheSharedMlpAndTheExpertsInOneFusedOp) {
+  const ModelConfig granite = MustLoad("granite-4.0-moe.json");
+  ASSERT_TRUE(granite.shared_mlp_reduced_apart);
+  StatusOr<std::unique_ptr<ir::Graph>> graph = BuildDecodeGraph(granite);
+  ASSERT_TRUE(graph.ok()) << graph.status().ToString();
+  for (int world_size : {2, 1}) {
+    for (const FusionCapabilities& caps : {CpuFusionCapabilities(), CudaFusionCapabilities()}) {
+      SCOPED_TRACE(StrCat("world size ", world_size, ", backend ", caps.backend));
+      CompileOutcome c = Compile(**graph, caps, world_size, /*fuse_local=*/world_size == 1);
+      EXPECT_TRUE(c.ctx.rejections.empty()) << Rejections(c.ctx);
+      for (int l = 0; l < granite.layers; ++l) {
+        const passes::FusionRecord* in = FusionAt(c.ctx, StrCat("l", l, ".in.ar"));
+        const passes::FusionRecord* post = FusionAt(c.ctx, StrCat("l", l, ".post.ar"));
+        ASSERT_NE(in, nullptr);
+        ASSERT_NE(post, nullptr);
+        EXPECT_TRUE(in->spec.second_sum) << in->spec.ToString();
+        EXPECT_EQ(in->second_anchor, StrCat("l", l, ".in.ar2"));
+        EXPECT_EQ(in->spec.sum_scale, 0.22f) << in->spec.ToString();
+        EXPECT_FALSE(post->spec.second_sum) << post->spec.ToString();
+        EXPECT_EQ(post->spec.sum_scale, 0.22f) << post->spec.ToString();
+        EXPECT_EQ(in->spec.local, world_size == 1);
+      }
+      EXPECT_EQ(c.graph->OpCounts().count("all_reduce"), 0u);
+    }
+    CompileOutcome c = Compile(**graph, CpuFusionCapabilities(), world_size, /*fuse_local=*/world_size == 1);
+    StatusOr<std::vector<runtime::TensorMap>> inputs = runtime::MakeRandomInputs(**graph, world_size, 3, 17);
+    ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
+    StatusOr<runtime::RankOutputs> ref = runtime::MakeCpuExecutor(world_size)->Run(**graph, *inputs);
+    StatusOr<runtime::RankOutputs> got = runtime::MakeCpuExecutor(world_size)->Run(*c.graph, *inputs);
+    ASSERT_TRUE(ref.ok() && got.ok()) << ref.status().ToString() << got.status().ToString();
+    StatusOr<runtime::CheckReport> report = runtime::CompareGraphOutputs(**graph, *ref, *c.graph, *got, *inputs);
+    ASSERT_TRUE(report.ok()) << report.status().ToString();
+    EXPECT_TRUE(report->ok) << report->ToString();
+  }
 }
 
 TEST(ModelBuilder, DecomposedFormsAreCanonicalizedAndFused) {
