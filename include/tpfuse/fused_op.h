@@ -172,6 +172,12 @@ struct AllreduceRmsnormSpec {
   bool second_sum = false;
   float first_scale = 1.0f;
   float second_scale = 1.0f;
+  // With second_sum: the second sum goes into the residual first, h1 = round(residual +
+  // round(a2 * second_scale)), and the norm's input is a' + h1 (a' = round(a * sum_scale)), as
+  // `residual + attention + mlp` computes it (Cohere2-MoE's and LongCat-Flash's parallel blocks,
+  // each block behind its own all_reduce). Needs a residual of the activation dtype and no
+  // first_scale (the first sum's scale is sum_scale there).
+  bool second_sum_into_residual = false;
   QuantMode quant = QuantMode::kNone;
   int group_size = 128;               // fp8_group only; fp8_token uses H
   ScaleLayout scale_layout = ScaleLayout::kRow;

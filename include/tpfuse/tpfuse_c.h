@@ -108,6 +108,12 @@ enum {
   TPFUSE_ROUNDING_RESIDUAL_OUT_F32 = 64,           /* residual_out is the unrounded f32 h */
   TPFUSE_ROUNDING_NORM_OUT_F32 = 128,              /* the norm output is the unrounded f32 y (quant none) */
 };
+/* Two all_reduces summed (tpfuse_spec_t.second_sum). */
+enum {
+  TPFUSE_SECOND_SUM_NONE = 0,
+  TPFUSE_SECOND_SUM_ADDED = 1,         /* round(round(a * first_scale) + round(a2 * second_scale)) */
+  TPFUSE_SECOND_SUM_INTO_RESIDUAL = 2, /* the residual is round(residual + round(a2 * second_scale)) */
+};
 /* The residual operand (tpfuse_spec_t.has_residual). */
 enum {
   TPFUSE_RESIDUAL_NONE = 0,
@@ -131,11 +137,13 @@ typedef struct tpfuse_spec {
   uint32_t emit;        /* TPFUSE_EMIT_* bits, not 0 */
   uint32_t rounding;    /* TPFUSE_ROUNDING_* bits */
   float sum_scale;      /* a' = round(a * sum_scale) before the residual add; 1: none (ABI 2) */
-  /* 1: two all_reduces summed before the residual add (ABI 5): x2 is this rank's partial of the
-   * second, a2 = round(sum of x2), and the residual add reads
+  /* TPFUSE_SECOND_SUM_*: two all_reduces summed (ABI 5). x2 is this rank's partial of the
+   * second, a2 = round(sum of x2). ADDED: the residual add reads
    * round(round(a * first_scale) + round(a2 * second_scale)) (a scale of 1 is no step), then
-   * scaled by sum_scale. No EMIT_ALLREDUCE. A local op (and world size 1) reads x2 as a2. CUDA:
-   * the nccl strategy above world size 1. */
+   * scaled by sum_scale. INTO_RESIDUAL: a2 goes into the residual first,
+   * round(residual + round(a2 * second_scale)), and a * sum_scale is added to that (an
+   * activation-dtype residual, first_scale 1). No EMIT_ALLREDUCE. A local op (and world size
+   * 1) reads x2 as a2. CUDA: the nccl strategy above world size 1. */
   int32_t second_sum;
   float first_scale;
   float second_scale;

@@ -71,7 +71,8 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
                       scale_fmt: str = "f32", rounding: Sequence[str] = (),
                       local: bool = False, sum_scale: float = 1.0,
                       partials2: Optional[Sequence[torch.Tensor]] = None, first_scale: float = 1.0,
-                      second_scale: float = 1.0) -> List[torch.Tensor]:
+                      second_scale: float = 1.0,
+                      second_sum_into_residual: bool = False) -> List[torch.Tensor]:
     shape = partials[0].shape
     dtype = partials[0].dtype
     hidden = shape[-1]
@@ -90,11 +91,16 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
         return v if s == 1.0 else (v.float() * torch.tensor(s, dtype=torch.float32)).to(dtype)
 
     a = reduced(partials[:1] if local else partials)
-    # 1a. Two all_reduces summed: round(round(a * first_scale) + round(a2 * second_scale)).
+    # 1a. Two all_reduces summed: round(round(a * first_scale) + round(a2 * second_scale)); or
+    # the second into the residual first: round(residual + round(a2 * second_scale)).
     summed = a
     if partials2 is not None:
         a2 = reduced(partials2[:1] if local else partials2)
-        summed = (times(a, first_scale).float() + times(a2, second_scale).float()).to(dtype)
+        if second_sum_into_residual:
+            residual = (residual.reshape(-1, hidden).float()
+                        + times(a2, second_scale).float()).to(dtype)
+        else:
+            summed = (times(a, first_scale).float() + times(a2, second_scale).float()).to(dtype)
     # 1b. a' = round(a * sum_scale), where the graph scaled the sum before the add.
     scaled = times(summed, sum_scale)
     # 2. h = a' + residual in f32 (the residual bf16/f16 or f32), residual_out = round(h) or,

@@ -117,6 +117,8 @@ SECOND_SUM_CASES = [
     ("falcon_h1_mixers", dict(emit=["norm", "residual", "quant"], quant="fp8_token",
                               first_scale=0.5, second_scale=3.0,
                               rounding=["weight_after_round"])),
+    ("parallel_blocks_into_residual", dict(emit=["norm", "residual"], sum_scale=0.5,
+                                           second_scale=1.5, second_sum_into_residual=True)),
 ]
 
 
@@ -154,6 +156,12 @@ def test_two_summed_all_reduces_refuse_what_they_cannot_do():
         OP(partials[0], res, weight, None, partials2[0][:2], emit=["norm"])
     with pytest.raises(ValueError, match="scale the two sums of second_sum, which is not set"):
         OP(partials[0], res, weight, None, emit=["norm"], first_scale=2.0)
+    with pytest.raises(ValueError, match="second_sum_into_residual needs second_sum"):
+        OP(partials[0], res, weight, None, emit=["norm"], second_sum_into_residual=True)
+    with pytest.raises(ValueError,
+                       match="it needs second_sum, such a residual, and no first_scale"):
+        OP(partials[0], None, weight, None, partials2[0], emit=["norm"],
+           second_sum_into_residual=True)
     with pytest.raises(ValueError, match=r"partials2 must hold one tensor per rank"):
         tpfuse.ops.reference(partials, res, weight, None, emit=["norm"], partials2=partials2 * 2)
 

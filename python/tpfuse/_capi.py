@@ -40,6 +40,8 @@ ROUNDING_BITS: Dict[str, int] = {
     "residual_out_f32": 64,
     "norm_out_f32": 128,
 }
+# tpfuse_spec_t.second_sum: none, two sums added, the second into the residual.
+SECOND_SUM_NONE, SECOND_SUM_ADDED, SECOND_SUM_INTO_RESIDUAL = 0, 1, 2
 # tpfuse_spec_t.has_residual: none, a residual of the activation dtype, an f32 residual.
 RESIDUAL_NONE, RESIDUAL_ACT, RESIDUAL_F32 = 0, 1, 2
 BACKEND_CODES: Dict[str, int] = {"cpu": 0, "cuda": 1}
@@ -251,11 +253,12 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
               scale_layout: str = "row", scale_fmt: str = "f32",
               emit: Sequence[str] = ("norm",), rounding: Sequence[str] = (),
               sum_scale: float = 1.0, second_sum: bool = False, first_scale: float = 1.0,
-              second_scale: float = 1.0) -> Spec:
+              second_scale: float = 1.0, second_sum_into_residual: bool = False) -> Spec:
     """A validated tpfuse_spec_t from Contract 3's attribute names. Unknown names raise
     ValueError naming the attribute; inconsistencies raise TpfuseError from the library.
     residual_f32: the residual operand is f32 (a residual stream kept in f32); needs
-    has_residual. second_sum: two all_reduces summed (x2, first_scale, second_scale)."""
+    has_residual. second_sum: two all_reduces summed (x2, first_scale, second_scale), the
+    second into the residual first with second_sum_into_residual."""
     def code(table: Dict[str, int], value: str, what: str) -> int:
         if value not in table:
             raise ValueError(f"tpfuse: unknown {what} {value!r} (expected one of "
@@ -275,7 +278,10 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
     spec.eps = float(eps)
     spec.weight_bias = float(weight_bias)
     spec.sum_scale = float(sum_scale)
-    spec.second_sum = int(bool(second_sum))
+    if second_sum_into_residual and not second_sum:
+        raise ValueError("tpfuse: second_sum_into_residual needs second_sum")
+    spec.second_sum = (SECOND_SUM_NONE if not second_sum else
+                       SECOND_SUM_INTO_RESIDUAL if second_sum_into_residual else SECOND_SUM_ADDED)
     spec.first_scale = float(first_scale)
     spec.second_scale = float(second_scale)
     spec.quant = code(QUANT_CODES, quant, "quant")

@@ -5,7 +5,7 @@ custom op.
         Tensor? x2=None, *, str[] emit, str group_name="", float eps=1e-6, float weight_bias=0.,
         str quant="none", int group_size=128, str scale_layout="row", str scale_fmt="f32",
         str[]? rounding=None, bool local=False, float sum_scale=1., float first_scale=1.,
-        float second_scale=1.) -> Tensor[]
+        float second_scale=1., bool second_sum_into_residual=False) -> Tensor[]
 
 x [..., H] is this rank's partial sum (bf16 or f16); residual as x, or float32 of x's shape (a
 residual stream kept in f32), or None; weight [H] (bf16, f16 or f32); scale an f32 tensor of one
@@ -15,8 +15,10 @@ sum_scale scales the all-reduced sum before the residual add, rounded to x's dty
 x2 (x's shape and dtype, or None) is this rank's partial of a second all_reduce summed with the
 first before the residual add (Granite-MoE's `moe_out + shared_mlp_out`, Falcon-H1's mixers):
 the sum is round(round(a * first_scale) + round(a2 * second_scale)) (a scale of 1 is no step),
-then scaled by sum_scale; not local, and no "allreduce" in emit. On CUDA above world size 1 it
-runs on the nccl strategy (two ncclAllReduce calls and one epilogue kernel).
+then scaled by sum_scale; no "allreduce" in emit. With second_sum_into_residual the second sum
+goes into the residual first, round(residual + round(a2 * second_scale)), and a * sum_scale is
+added to that (`residual + attention + mlp`, each block reduced apart). A local op reads x2 as
+a2. On CUDA above world size 1 it runs on the nccl strategy (two collectives, one kernel).
 `group_name` names the process group (`ProcessGroup.group_name`, as the functional collectives
 take it); "" or a group of one rank is world size 1, where the op runs without communication, as
 it does with local=True (no all_reduce feeds the chain). The results are the emitted ones, in
@@ -80,7 +82,7 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
           group_size: int, scale_layout: str, scale_fmt: str, emit: Sequence[str],
           rounding: Optional[Sequence[str]], local: bool, sum_scale: float = 1.0,
           x2: Optional[torch.Tensor] = None, first_scale: float = 1.0,
-          second_scale: float = 1.0) -> _Plan:
+          second_scale: float = 1.0, second_sum_into_residual: bool = False) -> _Plan:
     if not isinstance(x, torch.Tensor):
         _fail(TypeError, f"x must be a tensor, got {type(x).__name__}")
     if residual is not None and not isinstance(residual, torch.Tensor):
@@ -140,7 +142,8 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
                                scale_layout=scale_layout, scale_fmt=scale_fmt, emit=emit,
                                rounding=rounding or (), sum_scale=sum_scale,
                                second_sum=x2 is not None, first_scale=first_scale,
-                               second_scale=second_scale)
+                               second_scale=second_scale,
+                               second_sum_into_residual=second_sum_into_residual)
     except (ValueError, _capi.TpfuseError) as e:
         _fail(ValueError, str(e.message if isinstance(e, _capi.TpfuseError) else e))
 
@@ -265,7 +268,8 @@ SCHEMA = ("(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, Tensor? x2
           "str[] emit, str group_name=\"\", float eps=1e-06, float weight_bias=0., "
           "str quant=\"none\", int group_size=128, str scale_layout=\"row\", "
           "str scale_fmt=\"f32\", str[]? rounding=None, bool local=False, float sum_scale=1., "
-          "float first_scale=1., float second_scale=1.) -> Tensor[]")
+          "float first_scale=1., float second_scale=1., bool second_sum_into_residual=False) "
+          "-> Tensor[]")
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=(), schema=SCHEMA)
@@ -276,9 +280,11 @@ def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight:
                       group_size: int = 128, scale_layout: str = "row", scale_fmt: str = "f32",
                       rounding: Optional[List[str]] = None,
                       local: bool = False, sum_scale: float = 1.0, first_scale: float = 1.0,
-                      second_scale: float = 1.0) -> List[torch.Tensor]:
+                      second_scale: float = 1.0,
+                      second_sum_into_residual: bool = False) -> List[torch.Tensor]:
     plan = _plan(x, residual, weight, scale, eps, weight_bias, quant, group_size, scale_layout,
-                 scale_fmt, emit, rounding, local, sum_scale, x2, first_scale, second_scale)
+                 scale_fmt, emit, rounding, local, sum_scale, x2, first_scale, second_scale,
+                 second_sum_into_residual)
     # A local op (no all_reduce feeds it, or world size 1) needs no group: its name is not read.
     group, _, world_size = (None, 0, 1) if local else _resolve_group(group_name)
     outs = _empty_results(plan, x.device)
@@ -337,9 +343,11 @@ def _run_cuda(plan, x, residual, weight, scale, outs, group, group_name: str,
 @allreduce_rmsnorm.register_fake
 def _(x, residual, weight, scale, x2=None, *, emit, group_name="", eps=1e-6, weight_bias=0.0,
       quant="none", group_size=128, scale_layout="row", scale_fmt="f32", rounding=None,
-      local=False, sum_scale=1.0, first_scale=1.0, second_scale=1.0):
+      local=False, sum_scale=1.0, first_scale=1.0, second_scale=1.0,
+      second_sum_into_residual=False):
     plan = _plan(x, residual, weight, scale, eps, weight_bias, quant, group_size, scale_layout,
-                 scale_fmt, emit, rounding, local, sum_scale, x2, first_scale, second_scale)
+                 scale_fmt, emit, rounding, local, sum_scale, x2, first_scale, second_scale,
+                 second_sum_into_residual)
     return _empty_results(plan, x.device)
 
 
@@ -362,7 +370,7 @@ def reference(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor]
                  attrs.get("scale_fmt", "f32"), list(emit), attrs.get("rounding"),
                  attrs.get("local", False), attrs.get("sum_scale", 1.0),
                  partials2[0] if partials2 else None, attrs.get("first_scale", 1.0),
-                 attrs.get("second_scale", 1.0))
+                 attrs.get("second_scale", 1.0), attrs.get("second_sum_into_residual", False))
     for name, tensors in (("partials", partials), ("partials2", partials2 or [])):
         for i, p in enumerate(tensors):
             if p.device.type != "cpu" or p.shape != x.shape or p.dtype != x.dtype:

@@ -104,7 +104,12 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
   s.eps = c->eps;
   s.weight_bias = c->weight_bias;
   s.sum_scale = c->sum_scale;
-  s.second_sum = c->second_sum != 0;
+  switch (c->second_sum) {
+    case TPFUSE_SECOND_SUM_NONE: break;
+    case TPFUSE_SECOND_SUM_ADDED: s.second_sum = true; break;
+    case TPFUSE_SECOND_SUM_INTO_RESIDUAL: s.second_sum = s.second_sum_into_residual = true; break;
+    default: return InvalidArgument("spec.second_sum: unknown code ", c->second_sum);
+  }
   s.first_scale = c->first_scale;
   s.second_scale = c->second_scale;
   switch (c->quant) {
@@ -306,7 +311,7 @@ void tpfuse_spec_init(tpfuse_spec_t* spec) {
   spec->eps = d.eps;
   spec->weight_bias = d.weight_bias;
   spec->sum_scale = d.sum_scale;
-  spec->second_sum = 0;
+  spec->second_sum = TPFUSE_SECOND_SUM_NONE;
   spec->first_scale = d.first_scale;
   spec->second_scale = d.second_scale;
   spec->quant = TPFUSE_QUANT_NONE;

@@ -194,6 +194,10 @@ Status AllreduceRmsnormSpec::Validate() const {
                            second_scale);
   if (!second_sum && (first_scale != 1.0f || second_scale != 1.0f))
     return InvalidArgument("first_scale and second_scale scale the two sums of second_sum, which is not set");
+  if (second_sum_into_residual && !(second_sum && has_residual && !residual_f32_in && first_scale == 1.0f))
+    return InvalidArgument("second_sum_into_residual adds the second sum into a residual of the activation dtype: "
+                           "it needs second_sum, such a residual, and no first_scale (the first sum's scale is "
+                           "sum_scale)");
   if (second_sum && emit.allreduce)
     return InvalidArgument("emit has allreduce but the op sums two all_reduces (second_sum): there is no one "
                            "all_reduce result to emit");
@@ -229,7 +233,8 @@ std::string AllreduceRmsnormSpec::ToString() const {
   if (IsDynamicQuant(quant))
     s += StrCat(" scales=", ScaleLayoutName(scale_layout), "/", ScaleFormatName(scale_fmt));
   if (weight_bias != 0.0f) s += StrCat(" weight_bias=", weight_bias);
-  if (second_sum) s += StrCat(" second_sum=", first_scale, "*a+", second_scale, "*a2");
+  if (second_sum && second_sum_into_residual) s += StrCat(" second_sum=a+(residual+", second_scale, "*a2)");
+  else if (second_sum) s += StrCat(" second_sum=", first_scale, "*a+", second_scale, "*a2");
   if (sum_scale != 1.0f) s += StrCat(" sum_scale=", sum_scale);
   std::string rounding_names;
   for (const std::string& n : rounding.Names())

@@ -540,6 +540,7 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
     return attrs.Error("sum_scale must be finite in f32, got ", sum_scale);
   spec.sum_scale = float(sum_scale);
   spec.second_sum = attrs.Bool("second_sum", false);
+  spec.second_sum_into_residual = attrs.Bool("second_sum_into_residual", false);
   const double first_scale = attrs.Number("first_scale", 1.0), second_scale = attrs.Number("second_scale", 1.0);
   if (!std::isfinite(float(first_scale)) || !std::isfinite(float(second_scale)))
     return attrs.Error("first_scale and second_scale must be finite in f32, got ", first_scale, " and ",
@@ -657,6 +658,7 @@ std::vector<OpEntry> MakeRegistry() {
          {"weight_bias", T::kNumber, false},
          {"sum_scale", T::kNumber, false},
          {"second_sum", T::kBool, false},
+         {"second_sum_into_residual", T::kBool, false},
          {"first_scale", T::kNumber, false},
          {"second_scale", T::kNumber, false},
          {"quant", T::kText, false},
@@ -864,6 +866,7 @@ AttrMap FusedAttrsFromSpec(const AllreduceRmsnormSpec& spec) {
   if (spec.weight_bias != 0.0f) attrs["weight_bias"] = FloatAttr(spec.weight_bias);
   if (spec.sum_scale != 1.0f) attrs["sum_scale"] = FloatAttr(spec.sum_scale);
   if (spec.second_sum) attrs["second_sum"] = Attr::Bool(true);
+  if (spec.second_sum_into_residual) attrs["second_sum_into_residual"] = Attr::Bool(true);
   if (spec.first_scale != 1.0f) attrs["first_scale"] = FloatAttr(spec.first_scale);
   if (spec.second_scale != 1.0f) attrs["second_scale"] = FloatAttr(spec.second_scale);
   attrs["quant"] = Attr::Str(std::string(QuantModeName(spec.quant)));

@@ -106,6 +106,7 @@ Json FusionJson(const FusionRecord& fusion) {
   };
   if (s.second_sum) {
     j["second_anchor"] = fusion.second_anchor;
+    j["second_sum_into_residual"] = s.second_sum_into_residual;
     j["first_scale"] = ShortestDouble(s.first_scale);
     j["second_scale"] = ShortestDouble(s.second_scale);
   }
@@ -223,6 +224,7 @@ std::string DescribeFusion(const FusionRecord& fusion) {
   }
   if (s.weight_dtype != s.act_dtype) text += StrCat(", norm weight ", DTypeName(s.weight_dtype));
   if (s.weight_bias != 0.0f) text += StrCat(", weight_bias ", s.weight_bias);
+  if (s.second_sum_into_residual) text += ", the second into the residual";
   if (s.second_sum && (s.first_scale != 1.0f || s.second_scale != 1.0f))
     text += StrCat(", scales of the two sums ", s.first_scale, " and ", s.second_scale);
   if (s.sum_scale != 1.0f) text += StrCat(", sum_scale ", s.sum_scale);

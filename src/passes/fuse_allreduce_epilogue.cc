@@ -25,8 +25,11 @@
 // Two all_reduces summed before the norm, `add(a [* s1], b [* s2]) [* s]` read by the norm as x
 // (Granite-MoE's `moe_out + shared_mlp_out`, Falcon-H1's attention and SSM mixers, each behind its
 // own all_reduce), become one fused op with spec.second_sum: x2 is b's partial, s1 and s2 are
-// first_scale and second_scale, s is sum_scale. Where the backend cannot sum two (caps.second_sum)
-// both all_reduces stay, with that reason.
+// first_scale and second_scale, s is sum_scale. So does `residual + b [* s2]` read by a norm as
+// its residual while the norm's input is a [* s] (`residual + attention + mlp`: Cohere2-MoE's
+// and LongCat-Flash's parallel blocks), with spec.second_sum_into_residual, or the norm's chain
+// alone where the backend refuses that. Where the backend cannot sum two (caps.second_sum) both
+// all_reduces stay, with that reason (or the norm's input's fuses alone).
 //
 // Rank >= 3 activations ([B, S, H]): the fused op takes [rows, H]; the pass views x and the
 // residual to [B*S, H] and views the results back (the norm is per row, so this is exact). A
@@ -64,6 +67,9 @@ struct Chain {
   ir::Node* scale2 = nullptr;
   ir::Node* sum = nullptr;
   ir::Value* x2 = nullptr;     // anchor2's operand: this rank's partial of the second sum
+  // The second sum goes into the residual (spec.second_sum_into_residual): `sum` is the add of
+  // the residual stream (now `residual`) and the second sum, which the norm reads as residual.
+  bool into_residual = false;
   bool local = false;          // a = x: no all_reduce, or one at world size 1
   ir::Value* a = nullptr;      // the all_reduce result, or x (the norm reads a, or scale's a * s)
   ir::Value* x = nullptr;      // this rank's partial sum (the all_reduce operand), or x
@@ -253,6 +259,56 @@ std::optional<Chain> FindSecondSumChain(ir::Node* anchor, bool local) {
     best = std::move(c);
   }
   return best;
+}
+
+// The chain `c` (a norm reading its anchor's sum, with a residual) with the second sum in the
+// residual taken over too: the residual is add(r, b [* s2]) of another all_reduce b, and r becomes
+// the fused op's residual. std::nullopt when the residual is no such add.
+std::optional<Chain> WithSecondSumInResidual(const Chain& c) {
+  if (!c.anchor || c.anchor2 || !c.residual || c.residual->producer() == nullptr) return std::nullopt;
+  ir::Node* add = c.residual->producer();
+  if (add->kind() != ir::OpKind::kAdd || add->num_operands() != 2) return std::nullopt;
+  for (int i = 0; i < 2; ++i) {
+    const auto [ar, scale] = ScaledAllReduce(add->operand(i));
+    ir::Value* r = add->operand(1 - i);
+    if (ar == nullptr || ar == c.anchor || TextAttr(ar, "group", "tp") != "tp") continue;
+    if (ar->result()->type() != c.a->type() || r->type() != c.a->type()) continue;
+    Chain two = c;
+    two.anchor2 = ar;
+    two.x2 = ar->operand(0);
+    two.scale2 = scale;
+    two.sum = add;
+    two.residual = r;
+    two.into_residual = true;
+    return two;
+  }
+  return std::nullopt;
+}
+
+// From the other side: `anchor`'s sum (scaled or not) added to the residual stream, and that add
+// read as the residual of a norm whose input is another all_reduce's sum (WithSecondSumInResidual
+// of that norm's chain). std::nullopt otherwise.
+std::optional<Chain> InResidualOfAnother(ir::Node* anchor, bool local) {
+  std::vector<ir::Node*> adds;
+  for (const ir::Use& u : anchor->result()->uses()) {
+    if (u.is_return()) continue;
+    if (u.user->kind() == ir::OpKind::kAdd) adds.push_back(u.user);
+    if (!SumScaleOf(u.user)) continue;
+    for (const ir::Use& w : u.user->result()->uses())
+      if (!w.is_return() && w.user->kind() == ir::OpKind::kAdd) adds.push_back(w.user);
+  }
+  for (ir::Node* add : adds) {
+    for (const ir::Use& u : add->result()->uses()) {
+      if (u.is_return() || u.index != 1 || u.user->kind() != ir::OpKind::kFusedAddRmsNorm) continue;
+      ir::Node* norm = u.user;
+      ir::Node* scale = AbsorbableScale(norm);
+      ir::Node* other = (scale ? scale->operand(0) : norm->operand(0))->producer();
+      if (other == nullptr || other == anchor || other->kind() != ir::OpKind::kAllReduce) continue;
+      std::optional<Chain> two = WithSecondSumInResidual(MakeChain(other, norm, local));
+      if (two && two->anchor2 == anchor) return two;
+    }
+  }
+  return std::nullopt;
 }
 
 // The norm that reads the anchor as x: the first in program order. (canonicalize puts the
@@ -624,6 +680,7 @@ std::string BaseSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
   if (c.scale) spec.sum_scale = float(*SumScaleOf(c.scale));
   if (c.anchor2) {
     spec.second_sum = true;
+    spec.second_sum_into_residual = c.into_residual;
     if (c.scale1) spec.first_scale = float(*SumScaleOf(c.scale1));
     if (c.scale2) spec.second_scale = float(*SumScaleOf(c.scale2));
   }
@@ -701,16 +758,22 @@ const ir::Value* ComputedFrom(const ir::Value* v, const std::vector<const ir::Va
 // (The fused op returns neither sum, nor their sum.)
 std::string WhySumsReadElsewhere(const Chain& c, const std::set<const ir::Node*>& absorbed) {
   if (!c.anchor2) return "";
+  // "all_reduce %a and all_reduce %b are summed by add %s before rms_norm %y", or where the second
+  // is in the residual "... meet in fused_add_rms_norm %y (all_reduce %b through add %h1, its
+  // residual)".
+  const std::string meeting =
+      c.into_residual ? StrCat(c.Start(), " meet in ", NodeRef(c.norm), " (all_reduce ", Ref(c.anchor2->result()),
+                               " through ", NodeRef(c.sum), ", its residual)")
+                      : StrCat(c.Start(), " are summed by ", NodeRef(c.sum), " before ", NodeRef(c.norm));
   for (const ir::Node* n : {c.anchor, c.scale1, c.anchor2, c.scale2, c.sum, c.scale}) {
     if (n != nullptr && c.residual == n->result()) {
-      return StrCat(c.Start(), " are summed by ", NodeRef(c.sum), " before ", NodeRef(c.norm),
-                    ", which adds ", Ref(n->result()), " as its residual too: the fused op's residual must be "
+      return StrCat(meeting, ", and ", Ref(n->result()), " is the residual too: the fused op's residual must be "
                     "another value");
     }
     if (n == nullptr || !UsedOutside(n->result(), absorbed)) continue;
-    return StrCat(c.Start(), " are summed by ", NodeRef(c.sum), " before ", NodeRef(c.norm), ", but ",
-                  Ref(n->result()), " is also read outside that chain (", DescribeUses(n->result()),
-                  "): the fused op of two summed all_reduces returns neither sum nor their sum");
+    return StrCat(meeting, ", but ", Ref(n->result()), " is also read outside that chain (",
+                  DescribeUses(n->result()), "): the fused op of two summed all_reduces returns neither sum nor ",
+                  c.into_residual ? "the residual it adds the second to" : "their sum");
   }
   return "";
 }
@@ -938,12 +1001,15 @@ class FuseAllreduceEpiloguePass final : public Pass {
       if (node->kind() == ir::OpKind::kAllReduce && !FindChain(node, ctx.world_size == 1))
         no_chain[node] = NoChainReason(node, ctx);
     }
+    // Why an all_reduce in a norm's residual was not taken over with the norm's own, decided at
+    // the norm's all_reduce (Decide), for its own turn.
+    std::map<const ir::Node*, Refusal> second_refused;
     for (ir::Node* node : graph.NodesSnapshot()) {
       if (rw.IsErased(node) || node->kind() != ir::OpKind::kAllReduce) continue;
       ctx.Count(kRule, "anchors_seen");
       const auto reason = no_chain.find(node);
       std::variant<Plan, Refusal> decision =
-          Decide(node, ctx, reason != no_chain.end() ? reason->second : std::string());
+          Decide(node, ctx, reason != no_chain.end() ? reason->second : std::string(), second_refused);
       if (auto* refusal = std::get_if<Refusal>(&decision)) {
         ctx.Count(kRule, "rejected: " + refusal->kind);
         ctx.rejections.push_back(Rejection{node->result()->name(), refusal->reason});
@@ -995,7 +1061,9 @@ class FuseAllreduceEpiloguePass final : public Pass {
   static Status Apply(const Plan& plan, std::string anchor_name, Rewriter& rw,
                       PassContext& ctx) {
     TPFUSE_ASSIGN_OR_RETURN(FusionRecord record, Fuse(plan, rw));
-    record.anchor = anchor_name;
+    // A local chain's is its x; a chain taken over from its second all_reduce's side keeps the
+    // first's (Fuse).
+    if (record.anchor.empty()) record.anchor = anchor_name;
     ctx.Count(kRule, plan.spec.local ? "fused local" : "fused");
     if (plan.quants_dropped > 0) ctx.Count(kRule, "quant left unfused", plan.quants_dropped);
     ctx.fusions.push_back(std::move(record));
@@ -1003,8 +1071,11 @@ class FuseAllreduceEpiloguePass final : public Pass {
   }
 
   // `no_chain_reason`: why no chain starts at `anchor` in the graph as it came, if none did.
+  // `second_refused`: why an all_reduce in a norm's residual stays, set where the norm's own
+  // all_reduce fuses alone, read at the other's turn.
   static std::variant<Plan, Refusal> Decide(ir::Node* anchor, const PassContext& ctx,
-                                            const std::string& no_chain_reason) {
+                                            const std::string& no_chain_reason,
+                                            std::map<const ir::Node*, Refusal>& second_refused) {
     const ir::Value* a = anchor->result();
     const std::optional<std::string> group = TextAttr(anchor, "group", "tp");
     if (group != "tp") {
@@ -1019,7 +1090,15 @@ class FuseAllreduceEpiloguePass final : public Pass {
                      "(compile with --fuse-local auto or on to fuse its chain on one GPU)"};
     }
     std::optional<Chain> chain = FindChain(anchor, local);
+    // Another all_reduce's sum in the norm's residual: both in one op where the backend takes
+    // it, else the norm's own chain alone (from the other all_reduce's side: its reason).
+    if (std::optional<Chain> two = chain ? WithSecondSumInResidual(*chain) : InResidualOfAnother(anchor, local)) {
+      std::variant<Plan, Refusal> both = PlanChain(*two, ctx);
+      if (std::holds_alternative<Plan>(both) || !chain) return both;
+      second_refused[two->anchor2] = std::get<Refusal>(both);
+    }
     if (!chain) {
+      if (auto it = second_refused.find(anchor); it != second_refused.end()) return it->second;
       return Refusal{"no rms_norm",
                      no_chain_reason.empty() ? NoChainReason(anchor, ctx) : no_chain_reason};
     }
@@ -1041,6 +1120,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
     const EmitSet& emit = plan.spec.emit;
     const std::set<const ir::Node*> absorbed = Absorbed(c, plan.quant);
     // Named before the nodes go.
+    const std::string anchor = c.anchor ? c.anchor->result()->name() : "";
     const std::string second_anchor = c.anchor2 ? c.anchor2->result()->name() : "";
 
     // Results in Contract 3's order, each named after the value it takes over.
@@ -1139,6 +1219,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
     TPFUSE_ASSIGN_OR_RETURN(fused, rw.RestoreNames(fused, fused_names));
 
     FusionRecord record;
+    record.anchor = anchor;
     record.second_anchor = second_anchor;
     record.spec = plan.spec;
     record.fused_value = fused->result(0)->name();

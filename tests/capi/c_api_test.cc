@@ -74,7 +74,11 @@ const Case kCases[] = {
      TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_F32,
      TPFUSE_ROUNDING_NORM_INPUT_F32 | TPFUSE_ROUNDING_RESIDUAL_OUT_F32 | TPFUSE_ROUNDING_NORM_OUT_F32},
     {"second_sum", TPFUSE_QUANT_FP8_TOKEN, TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL | TPFUSE_EMIT_QUANT, true,
-     TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, 0, 0, 0.22f, 1, 0.5f, 3.0f},
+     TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, 0, 0, 0.22f, TPFUSE_SECOND_SUM_ADDED, 0.5f,
+     3.0f},
+    {"second_sum_into_residual", TPFUSE_QUANT_FP8_GROUP, TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL | TPFUSE_EMIT_QUANT,
+     true, TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, 0, 0, 0.5f,
+     TPFUSE_SECOND_SUM_INTO_RESIDUAL, 1.0f, 1.5f},
 };
 
 AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
@@ -99,7 +103,8 @@ AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
   s.rounding.residual_out_f32 = c.rounding & TPFUSE_ROUNDING_RESIDUAL_OUT_F32;
   s.rounding.norm_out_f32 = c.rounding & TPFUSE_ROUNDING_NORM_OUT_F32;
   s.sum_scale = c.sum_scale;
-  s.second_sum = c.second_sum != 0;
+  s.second_sum = c.second_sum != TPFUSE_SECOND_SUM_NONE;
+  s.second_sum_into_residual = c.second_sum == TPFUSE_SECOND_SUM_INTO_RESIDUAL;
   s.first_scale = c.first_scale;
   s.second_scale = c.second_scale;
   return s;
@@ -143,7 +148,7 @@ TEST(CApi, SpecInitHasContract3Defaults) {
   EXPECT_EQ(s.rounding, 0u);
   EXPECT_EQ(s.emit, uint32_t(TPFUSE_EMIT_NORM));
   EXPECT_EQ(s.sum_scale, 1.0f);
-  EXPECT_EQ(s.second_sum, 0);
+  EXPECT_EQ(s.second_sum, TPFUSE_SECOND_SUM_NONE);
   EXPECT_EQ(s.first_scale, 1.0f);
   EXPECT_EQ(s.second_scale, 1.0f);
   // hidden is the caller's to set.

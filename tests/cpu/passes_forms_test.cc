@@ -67,6 +67,7 @@ INSTANTIATE_TEST_SUITE_P(
                       FormCase{"dynamic_group_quant.tpg", 4, {"weight_after_round"}},
                       FormCase{"granite.tpg", 4, {"weight_after_round"}},
                       FormCase{"summed_blocks.tpg", 2, {"weight_after_round"}},
+                      FormCase{"parallel_blocks.tpg", 2, {"weight_after_round"}},
                       FormCase{"gemma4.tpg", 4, {}},
                       FormCase{"nanochat.tpg", 4, {}},
                       FormCase{"vllm_quantfp8_native.tpg", 4,
@@ -743,7 +744,7 @@ TEST(PassesForms, TwoSummedAllReducesReadElsewhereStayAndRank3Fuses) {
   ASSERT_TRUE(self.ok());
   EXPECT_TRUE(self.ctx.fusions.empty()) << DescribeReport(self.ctx);
   ASSERT_FALSE(self.ctx.rejections.empty()) << DescribeReport(self.ctx);
-  EXPECT_NE(self.ctx.rejections[0].reason.find("which adds %a2 as its residual too"), std::string::npos)
+  EXPECT_NE(self.ctx.rejections[0].reason.find("and %a2 is the residual too"), std::string::npos)
       << self.ctx.rejections[0].reason;
   ExpectBitwiseOutputs(*self.before, *self.after, 2, {3}, {2});
 
@@ -781,32 +782,68 @@ TEST(PassesForms, TwoSummedAllReducesReadElsewhereStayAndRank3Fuses) {
   ExpectBitwiseOutputs(*one.before, *one.after, 1, {1, 5}, {9});
 }
 
-// Two all_reduces added to the residual one after the other (Cohere's parallel attention and
-// MLP; LongCat-Flash's shortcut MoE): the second fuses with the first's sum in its residual,
-// and the first's reason names the norm as it was before that fusion took it over, whichever
-// all_reduce comes first in the graph.
-TEST(PassesForms, AnAllReduceInTheResidualOfAnotherAllReducesNormSaysWhy) {
+// Two all_reduces added to the residual one after the other (`residual + attention + mlp`:
+// Cohere2-MoE's and LongCat-Flash's parallel blocks): one fused op takes both, the first into the
+// residual (second_sum_into_residual), whichever all_reduce comes first in the graph, and changes
+// no bit; with the second scaled too. A backend without second_sum fuses the norm's own
+// all_reduce with the first's sum in its residual, and the first's reason names the backend.
+TEST(PassesForms, AnAllReduceInTheResidualOfAnotherAllReducesNormFusesWithIt) {
   for (const bool fused_first : {false, true}) {
-    SCOPED_TRACE(fused_first ? "the fused all_reduce first" : "the fused all_reduce second");
-    const std::string ar1 = "%a1 = all_reduce(%x1)\n";
-    const std::string ar2 = "%a2 = all_reduce(%x2)\n";
-    Compiled c = Compile(StrCat(R"(
-      func @f(%x1: bf16[T, 256], %x2: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
-        )", fused_first ? ar2 + ar1 : ar1 + ar2, R"(
-        %h1 = add(%res, %a1)
-        %h2 = add(%h1, %a2)
-        %y = rms_norm(%h2, %g) {eps = 1e-6}
-        return %y, %h2
-      }
-    )"));
-    ASSERT_TRUE(c.ok());
-    ExpectFusions(c.ctx, {{"a2", QuantMode::kNone, {"norm", "residual"}}});
-    EXPECT_EQ(OnlyRejection(c.ctx),
-              "all_reduce %a1 reaches fused_add_rms_norm %y only through add %h1, into the "
-              "residual of a norm whose input is the sum of all_reduce %a2: the fused op takes "
-              "one all_reduce per norm (its only use is add %h1)");
-    ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5}, {3});
+    for (const char* h1 : {"%h1 = add(%res, %a1)", "%s1 = mul(%a1) {scalar = 0.5}\n %h1 = add(%s1, %res)"}) {
+      SCOPED_TRACE(StrCat(fused_first ? "the norm's all_reduce first, " : "the norm's all_reduce second, ", h1));
+      const std::string ar1 = "%a1 = all_reduce(%x1)\n";
+      const std::string ar2 = "%a2 = all_reduce(%x2)\n";
+      const std::string text = StrCat(R"(
+        func @f(%x1: bf16[T, 256], %x2: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+          )", fused_first ? ar2 + ar1 : ar1 + ar2, h1, R"(
+          %h2 = add(%h1, %a2)
+          %y = rms_norm(%h2, %g) {eps = 1e-6}
+          return %y, %h2
+        }
+      )");
+      Compiled c = Compile(text);
+      ASSERT_TRUE(c.ok());
+      ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
+      EXPECT_TRUE(c.ctx.rejections.empty()) << DescribeReport(c.ctx);
+      const FusionRecord& f = c.ctx.fusions[0];
+      EXPECT_EQ(f.anchor, "a2");
+      EXPECT_EQ(f.second_anchor, "a1");
+      EXPECT_TRUE(f.spec.second_sum && f.spec.second_sum_into_residual) << f.spec.ToString();
+      EXPECT_EQ(f.spec.second_scale, std::string(h1).find("0.5") != std::string::npos ? 0.5f : 1.0f);
+      EXPECT_EQ(f.spec.emit, (EmitSet{.norm = true, .residual = true})) << f.spec.ToString();
+      for (const char* op : {"all_reduce", "add", "mul"}) EXPECT_EQ(CountOp(*c.after, op), 0) << op;
+      ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {3, 8});
+
+      PassContext without;
+      without.caps = CpuFusionCapabilities();
+      without.caps.second_sum = false;
+      Compiled one = Compile(text, without);
+      ASSERT_TRUE(one.ok());
+      ExpectFusions(one.ctx, {{"a2", QuantMode::kNone, {"norm", "residual"}}});
+      EXPECT_EQ(OnlyRejection(one.ctx), "backend cpu's fused op reduces one all_reduce: two all_reduces summed "
+                                        "before the norm are not supported");
+      ExpectBitwiseOutputs(*one.before, *one.after, 2, {1, 5}, {3});
+    }
   }
+  // The residual stream plus the first sum, read elsewhere too: the norm's own all_reduce fuses
+  // with it in its residual, and the first's reason names the read.
+  Compiled c = Compile(R"(
+    func @f(%x1: bf16[T, 256], %x2: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256]) {
+      %a1 = all_reduce(%x1)
+      %a2 = all_reduce(%x2)
+      %h1 = add(%res, %a1)
+      %h2 = add(%h1, %a2)
+      %y = rms_norm(%h2, %g) {eps = 1e-6}
+      return %y, %h2, %h1
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  ExpectFusions(c.ctx, {{"a2", QuantMode::kNone, {"norm", "residual"}}});
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "all_reduce %a2 and all_reduce %a1 meet in fused_add_rms_norm %y (all_reduce %a1 through add %h1, its "
+            "residual), but %h1 is also read outside that chain (its uses are the return and fused_add_rms_norm %y): "
+            "the fused op of two summed all_reduces returns neither sum nor the residual it adds the second to");
+  ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5}, {3});
 }
 
 // ---------------------------------------------------------------- the compile API

@@ -279,16 +279,17 @@ TEST_F(FusedOpTest, AnF32ResidualStreamRunsOnNcclAndMatchesTheOracle) {
 
 // Two all_reduces summed (second_sum) run on the nccl strategy, two ncclAllReduce calls and one
 // epilogue (one-shot and two-shot refuse it and say so): every quant mode, each sum scaled or not,
-// the sum scaled or not; T over the scratch's chunking too.
+// the sum scaled or not, the second into the residual; T over the scratch's chunking too.
 TEST_F(FusedOpTest, TwoSummedAllReducesRunOnNcclAndMatchTheOracle) {
   uint64_t seed = 950;
   for (QuantMode quant : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
-    for (int form = 0; form < 4; ++form) {
+    for (int form = 0; form < 5; ++form) {  // 4: the second into the residual
       AllreduceRmsnormSpec spec = MakeSpec(4096, quant);
       spec.emit.allreduce = false;
       spec.second_sum = true;
+      spec.second_sum_into_residual = form == 4;
       spec.first_scale = form & 1 ? 0.5f : 1.0f;
-      spec.second_scale = form & 1 ? 1.5f : 1.0f;
+      spec.second_scale = form & 1 || form == 4 ? 1.5f : 1.0f;
       spec.sum_scale = form & 2 ? 0.22f : 1.0f;
       for (int64_t tokens : {int64_t{1}, int64_t{77}, kMaxTestTokens}) {
         const FusedInputs in = MakeFusedInputs(spec, tokens, kWorld, ++seed);

@@ -66,7 +66,8 @@ def _fused_args(attrs: Dict[str, Any], operands: List[fx.Node], group: Optional[
     # tpfuse::allreduce_rmsnorm(Tensor x, Tensor? residual, Tensor weight, Tensor? scale,
     #     Tensor? x2, *, str[] emit, str group_name, float eps, float weight_bias, str quant,
     #     int group_size, str scale_layout, str scale_fmt, str[]? rounding, bool local,
-    #     float sum_scale, float first_scale, float second_scale) -> Tensor[]
+    #     float sum_scale, float first_scale, float second_scale, bool second_sum_into_residual)
+    #     -> Tensor[]
     """Arguments of torch.ops.tpfuse.allreduce_rmsnorm for a fused IR node's operands/attrs.
 
     Operands come in Contract 3's order x, [x2], [residual], w, [scale]; which are present
@@ -99,6 +100,8 @@ def _fused_args(attrs: Dict[str, Any], operands: List[fx.Node], group: Optional[
         if float(attrs.get(name, 1.0)) != 1.0:
             kwargs[name] = float(attrs[name])
     if second_sum:
+        if attrs.get("second_sum_into_residual", False):
+            kwargs["second_sum_into_residual"] = True
         return (x, residual, w, scale, x2), kwargs
     return (x, residual, w, scale), kwargs
 

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <optional>
 
 #include "common/numerics.h"
 #include "common/quotient.h"
@@ -594,14 +595,23 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
   // Held in h, which step 2 turns into a' + residual.
   HostTensor h = a;
   // 1a. second_sum: a2 = round(sum of x2's partials) likewise, and the sum of the two, each
-  // scaled first where the graph scales it: round(round(a * first_scale) + round(a2 * second_scale)).
+  // scaled first where the graph scales it: round(round(a * first_scale) + round(a2 * second_scale));
+  // or, into the residual, h1 = round(residual + round(a2 * second_scale)), the residual step 2
+  // adds a' to.
+  std::optional<HostTensor> h1;
   if (spec.second_sum) {
     TPFUSE_ASSIGN_OR_RETURN(HostTensor a2, AllreduceSum(partials2));
     const auto scaled = [&](const HostTensor& t, int64_t i, float s) {
       return s == 1.0f ? t.GetF32(i) : RoundTo(spec.act_dtype, t.GetF32(i) * s);
     };
-    for (int64_t i = 0; i < a.numel(); ++i)
-      h.SetF32(i, scaled(a, i, spec.first_scale) + scaled(a2, i, spec.second_scale));
+    if (spec.second_sum_into_residual) {
+      h1 = HostTensor(spec.act_dtype, a.shape());
+      for (int64_t i = 0; i < a.numel(); ++i) h1->SetF32(i, residual->GetF32(i) + scaled(a2, i, spec.second_scale));
+      residual = &*h1;
+    } else {
+      for (int64_t i = 0; i < a.numel(); ++i)
+        h.SetF32(i, scaled(a, i, spec.first_scale) + scaled(a2, i, spec.second_scale));
+    }
   }
   // 1b. a' = round(a * sum_scale) (f32 product), where the graph scaled a before the add.
   if (spec.sum_scale != 1.0f) {

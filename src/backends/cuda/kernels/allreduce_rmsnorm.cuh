@@ -105,6 +105,7 @@ struct FusedKernelParams {
   // (x2 where the source is kLocal, reduced2 on the nccl path, laid out as `reduced`), and the
   // scale of each sum before the add (1: none).
   bool second_sum;
+  bool second_sum_into_residual;  // round(residual + round(a2 * second_scale)) is the residual
   const void* x2;
   const void* reduced2;
   float first_scale;
@@ -1574,6 +1575,24 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 
 // ================================================================ the epilogue kernel
 
+// Two all_reduces summed with the second into the residual (p.second_sum_into_residual):
+// round(residual + round(a2 * second_scale)) for one vector of a 16-bit residual.
+template <typename T>
+__device__ __forceinline__ uint4 ResidualPlusSecondSum(const FusedKernelParams& p, const uint4& residual,
+                                                       const uint4& a2) {
+  float r[kVecElems], u2[kVecElems];
+  Unpack<T>(residual, r);
+  Unpack<T>(a2, u2);
+  if (p.second_scale != 1.0f) {
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) u2[i] = __fmul_rn(u2[i], p.second_scale);
+    RoundVector<T>(u2);
+  }
+#pragma unroll
+  for (int i = 0; i < kVecElems; ++i) r[i] = __fadd_rn(r[i], u2[i]);
+  return Pack<T>(r);
+}
+
 // One vector of a reduced row from `rows` at `index` (row * vecs_per_row + v), read as the
 // source says: a local row as it is, a reduced one with -0.0 as +0.0, gathered partials summed
 // in rank order (as the epilogue kernel reads a).
@@ -1730,7 +1749,11 @@ __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kV
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         const int v = RowVectors<kVec, Span>::Index(k);
-        if (v < p.vecs_per_row) a[k] = SumOfTwoSums<T>(p, a[k], ReducedVector<T>(p, rows2, row_vec + v));
+        if (v >= p.vecs_per_row) continue;
+        const uint4 a2 = ReducedVector<T>(p, rows2, row_vec + v);
+        // Into the residual (16-bit there: Validate), or added to a.
+        if (p.second_sum_into_residual) res[k].lo = ResidualPlusSecondSum<T>(p, res[k].lo, a2);
+        else a[k] = SumOfTwoSums<T>(p, a[k], a2);
       }
     }
     RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, static_scale, smem, slot);

@@ -174,6 +174,7 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.f32_paired_stores = tokens >= kF32PairedStoresMinRows;
   // Read only by SecondSumRecipe's kernels.
   p.second_sum = spec.second_sum;
+  p.second_sum_into_residual = spec.second_sum_into_residual;
   p.x2 = b.x2;
   p.first_scale = spec.first_scale;
   p.second_scale = spec.second_scale;
@@ -818,18 +819,23 @@ Status LaunchAllreduceRmsnorm(Communicator& comm, const AllreduceRmsnormSpec& sp
       // stride is the chunk's rows).
       uint16_t* const scratch = static_cast<uint16_t*>(comm.nccl_scratch());
       const void* const sources[2] = {b.x, b.x2};
+      // The group is closed whatever a collective returned, so a failure leaves no group open.
       if (inputs > 1) TPFUSE_NCCL_CHECK(ncclGroupStart());
-      for (int64_t i = 0; i < inputs; ++i) {
+      ncclResult_t issued = ncclSuccess;
+      for (int64_t i = 0; i < inputs && issued == ncclSuccess; ++i) {
         const uint16_t* send = static_cast<const uint16_t*>(sources[i]) + offset;
         uint16_t* recv = scratch + size_t(i * copies * rows) * spec.hidden;
-        if (gather) {
-          TPFUSE_NCCL_CHECK(ncclAllGather(send, recv, size_t(rows) * spec.hidden, type, comm.nccl(), stream));
-        } else {
-          TPFUSE_NCCL_CHECK(
-              ncclAllReduce(send, recv, size_t(rows) * spec.hidden, type, ncclSum, comm.nccl(), stream));
-        }
+        issued = gather ? ncclAllGather(send, recv, size_t(rows) * spec.hidden, type, comm.nccl(), stream)
+                        : ncclAllReduce(send, recv, size_t(rows) * spec.hidden, type, ncclSum, comm.nccl(), stream);
       }
-      if (inputs > 1) TPFUSE_NCCL_CHECK(ncclGroupEnd());
+      if (inputs > 1) {
+        const ncclResult_t ended = ncclGroupEnd();
+        if (issued == ncclSuccess) issued = ended;
+      }
+      if (issued != ncclSuccess)
+        return Status(StatusCode::kNcclError, StrCat("the nccl strategy's ", gather ? "ncclAllGather" : "ncclAllReduce",
+                                                     inputs > 1 ? "s (one group)" : "", " failed: ",
+                                                     ncclGetErrorString(issued)));
       FusedKernelParams q = p;
       q.source = gather ? RowSource::kGathered : RowSource::kReduced;
       q.reduced = scratch;
