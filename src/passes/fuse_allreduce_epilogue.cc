@@ -223,12 +223,8 @@ std::pair<ir::Node*, ir::Node*> NormReadingSum(ir::Node* sum) {
   return {nullptr, nullptr};
 }
 
-// The chain of two all_reduces summed before a norm, `add(a [* s1], b [* s2]) [* s]` read by the
-// norm as x, with `anchor` as one of the two: the first such norm in program order (`local`: at
-// world size 1, where both all_reduces are the identity). Whether the sums and the values between
-// are read elsewhere is PlanFusion's question (WhySumsReadElsewhere).
-std::optional<Chain> FindSecondSumChain(ir::Node* anchor, bool local) {
-  const ir::Graph& graph = *anchor->graph();
+// The adds that read `anchor`'s sum, directly or scaled by a constant (SumScaleOf).
+std::vector<ir::Node*> AddsOfTheSum(const ir::Node* anchor) {
   std::vector<ir::Node*> adds;
   for (const ir::Use& u : anchor->result()->uses()) {
     if (u.is_return()) continue;
@@ -237,8 +233,17 @@ std::optional<Chain> FindSecondSumChain(ir::Node* anchor, bool local) {
     for (const ir::Use& w : u.user->result()->uses())
       if (!w.is_return() && w.user->kind() == ir::OpKind::kAdd) adds.push_back(w.user);
   }
+  return adds;
+}
+
+// The chain of two all_reduces summed before a norm, `add(a [* s1], b [* s2]) [* s]` read by the
+// norm as x, with `anchor` as one of the two: the first such norm in program order (`local`: at
+// world size 1, where both all_reduces are the identity). Whether the sums and the values between
+// are read elsewhere is PlanFusion's question (WhySumsReadElsewhere).
+std::optional<Chain> FindSecondSumChain(ir::Node* anchor, bool local) {
+  const ir::Graph& graph = *anchor->graph();
   std::optional<Chain> best;
-  for (ir::Node* add : adds) {
+  for (ir::Node* add : AddsOfTheSum(anchor)) {
     if (add->num_operands() != 2 || add->result()->type() != anchor->result()->type()) continue;
     const auto [ar0, scale0] = ScaledAllReduce(add->operand(0));
     const auto [ar1, scale1] = ScaledAllReduce(add->operand(1));
@@ -289,15 +294,7 @@ std::optional<Chain> WithSecondSumInResidual(const Chain& c) {
 // read as the residual of a norm whose input is another all_reduce's sum (WithSecondSumInResidual
 // of that norm's chain). std::nullopt otherwise.
 std::optional<Chain> InResidualOfAnother(ir::Node* anchor, bool local) {
-  std::vector<ir::Node*> adds;
-  for (const ir::Use& u : anchor->result()->uses()) {
-    if (u.is_return()) continue;
-    if (u.user->kind() == ir::OpKind::kAdd) adds.push_back(u.user);
-    if (!SumScaleOf(u.user)) continue;
-    for (const ir::Use& w : u.user->result()->uses())
-      if (!w.is_return() && w.user->kind() == ir::OpKind::kAdd) adds.push_back(w.user);
-  }
-  for (ir::Node* add : adds) {
+  for (ir::Node* add : AddsOfTheSum(anchor)) {
     for (const ir::Use& u : add->result()->uses()) {
       if (u.is_return() || u.index != 1 || u.user->kind() != ir::OpKind::kFusedAddRmsNorm) continue;
       ir::Node* norm = u.user;

@@ -1575,6 +1575,15 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 
 // ================================================================ the epilogue kernel
 
+// u = round(u * s), the f32 product rounded to T; a scale of 1 is no step.
+template <typename T>
+__device__ __forceinline__ void ScaleVector(float (&u)[kVecElems], float s) {
+  if (s == 1.0f) return;
+#pragma unroll
+  for (int i = 0; i < kVecElems; ++i) u[i] = __fmul_rn(u[i], s);
+  RoundVector<T>(u);
+}
+
 // Two all_reduces summed with the second into the residual (p.second_sum_into_residual):
 // round(residual + round(a2 * second_scale)) for one vector of a 16-bit residual.
 template <typename T>
@@ -1583,11 +1592,7 @@ __device__ __forceinline__ uint4 ResidualPlusSecondSum(const FusedKernelParams& 
   float r[kVecElems], u2[kVecElems];
   Unpack<T>(residual, r);
   Unpack<T>(a2, u2);
-  if (p.second_scale != 1.0f) {
-#pragma unroll
-    for (int i = 0; i < kVecElems; ++i) u2[i] = __fmul_rn(u2[i], p.second_scale);
-    RoundVector<T>(u2);
-  }
+  ScaleVector<T>(u2, p.second_scale);
 #pragma unroll
   for (int i = 0; i < kVecElems; ++i) r[i] = __fadd_rn(r[i], u2[i]);
   return Pack<T>(r);
@@ -1619,16 +1624,8 @@ __device__ __forceinline__ uint4 SumOfTwoSums(const FusedKernelParams& p, const 
   float u[kVecElems], u2[kVecElems];
   Unpack<T>(a, u);
   Unpack<T>(a2, u2);
-  if (p.first_scale != 1.0f) {
-#pragma unroll
-    for (int i = 0; i < kVecElems; ++i) u[i] = __fmul_rn(u[i], p.first_scale);
-    RoundVector<T>(u);
-  }
-  if (p.second_scale != 1.0f) {
-#pragma unroll
-    for (int i = 0; i < kVecElems; ++i) u2[i] = __fmul_rn(u2[i], p.second_scale);
-    RoundVector<T>(u2);
-  }
+  ScaleVector<T>(u, p.first_scale);
+  ScaleVector<T>(u2, p.second_scale);
 #pragma unroll
   for (int i = 0; i < kVecElems; ++i) u[i] = __fadd_rn(u[i], u2[i]);
   return Pack<T>(u);
