@@ -168,22 +168,12 @@ class DecodeGraphBuilder {
                                                              /*scaled=*/true));
       TPFUSE_ASSIGN_OR_RETURN(GemmInput mlp_in, Quantize(p + "post.", post.y));
       ReturnGemmInput(mlp_in, outputs);
-      const int64_t inter = c_.IntermediateShard();
-      TPFUSE_ASSIGN_OR_RETURN(ir::Value * gate, Gemm(p + "gate", mlp_in, hidden, inter));
-      TPFUSE_ASSIGN_OR_RETURN(ir::Value * up, Gemm(p + "up", mlp_in, hidden, inter));
-      // NOTE: mul stands in for SiLU(gate) * up; the fused tail never sees the difference.
-      TPFUSE_ASSIGN_OR_RETURN(ir::Value * act, Op("mul", {gate, up}, {}, p + "act"));
-      ir::Value* w_down = Param(p + "down.w", Weight(act->dtype(), inter, hidden));
-      TPFUSE_ASSIGN_OR_RETURN(ir::Value * down, Op("matmul", {act, w_down}, {}, p + "down"));
+      TPFUSE_ASSIGN_OR_RETURN(ir::Value * down, Mlp(p, mlp_in));
       outputs.push_back(down);
       if (c_.shared_mlp_reduced_apart) {
         // The shared MLP beside the routed experts (the same width stands in for both).
-        TPFUSE_ASSIGN_OR_RETURN(ir::Value * s_gate, Gemm(p + "shared.gate", mlp_in, hidden, inter));
-        TPFUSE_ASSIGN_OR_RETURN(ir::Value * s_up, Gemm(p + "shared.up", mlp_in, hidden, inter));
-        TPFUSE_ASSIGN_OR_RETURN(ir::Value * s_act, Op("mul", {s_gate, s_up}, {}, p + "shared.act"));
-        ir::Value* w_shared = Param(p + "shared.down.w", Weight(s_act->dtype(), inter, hidden));
-        TPFUSE_ASSIGN_OR_RETURN(ir::Value * s_down, Op("matmul", {s_act, w_shared}, {}, p + "shared.down"));
-        outputs.push_back(s_down);
+        TPFUSE_ASSIGN_OR_RETURN(ir::Value * shared_down, Mlp(p + "shared.", mlp_in));
+        outputs.push_back(shared_down);
       }
       residual = post.h;
     }
@@ -231,6 +221,17 @@ class DecodeGraphBuilder {
     ir::AttrMap attrs = {{"eps", ir::Attr::Float(c_.rms_norm_eps)}};
     if (c_.weight_bias != 0.0) attrs["weight_bias"] = ir::Attr::Float(c_.weight_bias);
     return attrs;
+  }
+
+  // gate and up GEMMs -> mul -> down GEMM on `in`, the down partial. `p` prefixes every name.
+  StatusOr<ir::Value*> Mlp(const std::string& p, const GemmInput& in) {
+    const int64_t hidden = c_.hidden_size, inter = c_.IntermediateShard();
+    TPFUSE_ASSIGN_OR_RETURN(ir::Value * gate, Gemm(p + "gate", in, hidden, inter));
+    TPFUSE_ASSIGN_OR_RETURN(ir::Value * up, Gemm(p + "up", in, hidden, inter));
+    // NOTE: mul stands in for SiLU(gate) * up; the fused tail never sees the difference.
+    TPFUSE_ASSIGN_OR_RETURN(ir::Value * act, Op("mul", {gate, up}, {}, p + "act"));
+    ir::Value* w_down = Param(p + "down.w", Weight(act->dtype(), inter, hidden));
+    return Op("matmul", {act, w_down}, {}, p + "down");
   }
 
   // all_reduce(partial) [+ all_reduce(partial2)] [* residual_multiplier] -> [+ residual] ->

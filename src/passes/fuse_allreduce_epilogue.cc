@@ -489,10 +489,9 @@ const ir::Node* AllReduceBehind(const ir::Value* v) {
 }
 
 // Why the fused op cannot take over the ops from all_reduce `a` along `reach` when another
-// all_reduce's sum meets `a`'s on the way: an add of the two before the norm (Granite-MoE's
-// `moe + shared_mlp`, Falcon-H1's attention and mamba mixers), or `a`'s sum in the residual of
-// a norm whose input is another all_reduce's (Cohere's parallel blocks: one of the two fuses).
-// Empty when no other all_reduce is met.
+// all_reduce's sum meets `a`'s on the way in a form it does not match (FindSecondSumChain and
+// InResidualOfAnother match the others): an add of the two before the norm, or `a`'s sum in the
+// residual of a norm whose input is another all_reduce's. Empty when no other all_reduce is met.
 std::string AnotherAllReduceMet(const ir::Value* a, const Reach& reach) {
   const ir::Value* on_path = a;
   for (const ir::Node* n : reach.path) {
@@ -513,7 +512,8 @@ std::string AnotherAllReduceMet(const ir::Value* a, const Reach& reach) {
     const ir::Node* b = AllReduceBehind(reach.norm->operand(0));
     if (b != nullptr && b->result() != a) {
       return StrCat(", into the residual of a norm whose input is the sum of all_reduce ",
-                    Ref(b->result()), ": the fused op takes one all_reduce per norm");
+                    Ref(b->result()), ": the fused op takes an all_reduce in the residual over with the norm's "
+                    "own only where one add puts its sum (scaled by a constant or not) into the residual stream");
     }
   }
   return "";

@@ -278,23 +278,20 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
       StatusOr<AllreduceRmsnormSpec> spec = ir::FusedSpecFromNode(node);
       if (!spec.ok()) return node_error(spec.status());
       const ir::FusedOperandIndices at = ir::FusedOperandLayout(*spec);
-      std::vector<const HostTensor*> partials;
-      for (int r = 0; r < world_size_; ++r) partials.push_back(operands[size_t(r)][size_t(at.x)]);
       // The sum a = round(sum of partials in rank order) once for every rank: each rank's op
       // reads it as its only partial (the sum of one 16-bit value is itself), so simulating N
-      // ranks costs N epilogues, not N sums of N partials.
+      // ranks costs N epilogues, not N sums of N partials. Likewise a2 of x2 (second_sum).
+      const auto sum_of = [&](int operand) {
+        std::vector<const HostTensor*> partials;
+        for (int r = 0; r < world_size_; ++r) partials.push_back(operands[size_t(r)][size_t(operand)]);
+        return cpu::AllreduceSum(partials);
+      };
       std::optional<HostTensor> sum, sum2;
-      if (!spec->local) {
-        StatusOr<HostTensor> summed = cpu::AllreduceSum(partials);
+      for (auto [operand, into] : {std::pair{at.x, &sum}, std::pair{at.x2, &sum2}}) {
+        if (spec->local || operand < 0) continue;
+        StatusOr<HostTensor> summed = sum_of(operand);
         if (!summed.ok()) return node_error(summed.status());
-        sum = std::move(*summed);
-      }
-      if (spec->second_sum && !spec->local) {
-        std::vector<const HostTensor*> partials2;
-        for (int r = 0; r < world_size_; ++r) partials2.push_back(operands[size_t(r)][size_t(at.x2)]);
-        StatusOr<HostTensor> summed = cpu::AllreduceSum(partials2);
-        if (!summed.ok()) return node_error(summed.status());
-        sum2 = std::move(*summed);
+        *into = std::move(*summed);
       }
       // Every rank runs the epilogue on its own residual, weight and scale.
       ForEachRank(world_size_, [&](int r) {

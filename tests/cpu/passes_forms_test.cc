@@ -642,6 +642,22 @@ TEST(PassesForms, AReasonNamesNoCastTheCompilerWrote) {
             "cannot take over (its only use is mul %m)");
 }
 
+// The one fusion of `c`, of all_reduces `anchor` and `second` (second_sum), which leaves no
+// rejection, no all_reduce and none of the adds and scales between them, and emits the norm and
+// the residual; null (and a failure) when `c` has not exactly one fusion.
+const FusionRecord* OneFusionOfBoth(const Compiled& c, const std::string& anchor, const std::string& second) {
+  EXPECT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
+  EXPECT_TRUE(c.ctx.rejections.empty()) << DescribeReport(c.ctx);
+  if (c.ctx.fusions.size() != 1) return nullptr;
+  const FusionRecord& f = c.ctx.fusions[0];
+  EXPECT_EQ(f.anchor, anchor);
+  EXPECT_EQ(f.second_anchor, second);
+  EXPECT_TRUE(f.spec.second_sum) << f.spec.ToString();
+  EXPECT_EQ(f.spec.emit, (EmitSet{.norm = true, .residual = true})) << f.spec.ToString();
+  for (const char* op : {"all_reduce", "add", "mul"}) EXPECT_EQ(CountOp(*c.after, op), 0) << op << Print(*c.after);
+  return &f;
+}
+
 // Two all_reduces summed before the residual add (Granite-MoE's `moe + shared_mlp`, then the
 // scaled residual add; Falcon-H1's two mixers, each scaled; the sum alone): one fused op takes
 // both over (second_sum, the scales where the graph scales), in either operand order, and
@@ -670,17 +686,13 @@ TEST(PassesForms, TwoAllReducesSummedBeforeTheNormFuseAsOne) {
     )");
     Compiled c = Compile(text);
     ASSERT_TRUE(c.ok());
-    ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
-    EXPECT_TRUE(c.ctx.rejections.empty()) << DescribeReport(c.ctx);
-    const FusionRecord& f = c.ctx.fusions[0];
-    EXPECT_EQ(f.anchor, "a1");
-    EXPECT_EQ(f.second_anchor, "a2");
-    EXPECT_TRUE(f.spec.second_sum) << f.spec.ToString();
+    const FusionRecord* fused = OneFusionOfBoth(c, "a1", "a2");
+    ASSERT_NE(fused, nullptr);
+    const FusionRecord& f = *fused;
+    EXPECT_FALSE(f.spec.second_sum_into_residual) << f.spec.ToString();
     EXPECT_EQ(f.spec.first_scale, k.first) << f.spec.ToString();
     EXPECT_EQ(f.spec.second_scale, k.second) << f.spec.ToString();
     EXPECT_EQ(f.spec.sum_scale, k.outer) << f.spec.ToString();
-    EXPECT_EQ(f.spec.emit, (EmitSet{.norm = true, .residual = true})) << f.spec.ToString();
-    for (const char* op : {"all_reduce", "add", "mul"}) EXPECT_EQ(CountOp(*c.after, op), 0) << op << Print(*c.after);
     ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {3, 17});
     ExpectBitwiseOutputs(*c.before, *c.after, 3, {7}, {5});
 
@@ -803,15 +815,10 @@ TEST(PassesForms, AnAllReduceInTheResidualOfAnotherAllReducesNormFusesWithIt) {
       )");
       Compiled c = Compile(text);
       ASSERT_TRUE(c.ok());
-      ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
-      EXPECT_TRUE(c.ctx.rejections.empty()) << DescribeReport(c.ctx);
-      const FusionRecord& f = c.ctx.fusions[0];
-      EXPECT_EQ(f.anchor, "a2");
-      EXPECT_EQ(f.second_anchor, "a1");
-      EXPECT_TRUE(f.spec.second_sum && f.spec.second_sum_into_residual) << f.spec.ToString();
-      EXPECT_EQ(f.spec.second_scale, std::string(h1).find("0.5") != std::string::npos ? 0.5f : 1.0f);
-      EXPECT_EQ(f.spec.emit, (EmitSet{.norm = true, .residual = true})) << f.spec.ToString();
-      for (const char* op : {"all_reduce", "add", "mul"}) EXPECT_EQ(CountOp(*c.after, op), 0) << op;
+      const FusionRecord* f = OneFusionOfBoth(c, "a2", "a1");
+      ASSERT_NE(f, nullptr);
+      EXPECT_TRUE(f->spec.second_sum_into_residual) << f->spec.ToString();
+      EXPECT_EQ(f->spec.second_scale, std::string(h1).find("0.5") != std::string::npos ? 0.5f : 1.0f);
       ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {3, 8});
 
       PassContext without;

@@ -912,6 +912,15 @@ __device__ __forceinline__ float LoadStaticScale(const FusedKernelParams& p) {
   return 1.0f;
 }
 
+// u = round(u * s), the f32 product rounded to T; a scale of 1 is no step.
+template <typename T>
+__device__ __forceinline__ void ScaleVector(float (&u)[kVecElems], float s) {
+  if (s == 1.0f) return;
+#pragma unroll
+  for (int i = 0; i < kVecElems; ++i) u[i] = __fmul_rn(u[i], s);
+  RoundVector<T>(u);
+}
+
 // Contract 3 step 2 for one vector: a' = round(a * sum_scale) where the graph scaled a, then
 // h = a' + residual in f32; returns the norm's input u (f32 h, or round(h) by default) and, when
 // `residual_out` is set, stores round(h) there (F32ResidualRecipe: h itself where
@@ -922,6 +931,9 @@ __device__ __forceinline__ void NormInput(const FusedKernelParams& p, const uint
                                           uint4* residual_out) {
   Unpack<T>(a, u);
   const bool scaled = Recipe::SumScale(p) != 1.0f;
+  // NOTE: ScaleVector's step, written out: through the call the compiler schedules 64 of the
+  // kernels differently (cuobjdump -sass), the run-time recipe's among them, whose times are
+  // measured.
   if (scaled) {
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) u[i] = __fmul_rn(u[i], Recipe::SumScale(p));
@@ -1574,15 +1586,6 @@ __global__ void __launch_bounds__(kMaxRowThreads, kPersistentMinBlocksPerSm<kVec
 }
 
 // ================================================================ the epilogue kernel
-
-// u = round(u * s), the f32 product rounded to T; a scale of 1 is no step.
-template <typename T>
-__device__ __forceinline__ void ScaleVector(float (&u)[kVecElems], float s) {
-  if (s == 1.0f) return;
-#pragma unroll
-  for (int i = 0; i < kVecElems; ++i) u[i] = __fmul_rn(u[i], s);
-  RoundVector<T>(u);
-}
 
 // Two all_reduces summed with the second into the residual (p.second_sum_into_residual):
 // round(residual + round(a2 * second_scale)) for one vector of a 16-bit residual.

@@ -633,7 +633,8 @@ StatusOr<int64_t> LocalRowOwnerCapacity(const AllreduceRmsnormSpec& spec, const 
 }
 
 KernelRecipe LocalKernelRecipe(const AllreduceRmsnormSpec& spec, const LaunchOptions& options) {
-  if (RuntimeRecipeOf(spec) != KernelRecipe::kRuntime || !options.fixed_recipes) return RuntimeRecipeOf(spec);
+  const KernelRecipe runtime = RuntimeRecipeOf(spec);
+  if (runtime != KernelRecipe::kRuntime || !options.fixed_recipes) return runtime;
   // The scale step and format matter only where the kernel quantizes (ue8m0: dynamic scales).
   const bool dynamic_f32 = IsDynamicQuant(spec.quant) && spec.scale_fmt == ScaleFormat::kF32;
   const bool default_scale_step = spec.quant == QuantMode::kNone ||
