@@ -178,6 +178,15 @@ struct AllreduceRmsnormSpec {
   // each block behind its own all_reduce). Needs a residual of the activation dtype and no
   // first_scale (the first sum's scale is sum_scale there).
   bool second_sum_into_residual = false;
+  // A norm of the sum before the residual add (Gemma 2/3/4's and GLM-4's sandwich norms, OLMo's
+  // post-norm before the next norm: `residual + norm(a)`, then the norm this op ends in): the
+  // operand pre_weight [H] (weight_dtype) and pre_eps. a' = round(a * r0 * w0') (under
+  // rounding.weight_after_round round(round(a * r0) * w0')), r0 = 1 / sqrt(mean(a^2) + pre_eps)
+  // with the sum of squares in the kernels' order, w0' = pre_weight + weight_bias as for the
+  // weight (the two norms are of one form: weight dtype, weight_bias and their rounding). The
+  // residual add reads a'. Needs a residual; no second_sum and no sum_scale.
+  bool pre_residual_norm = false;
+  float pre_eps = 1e-6f;
   QuantMode quant = QuantMode::kNone;
   int group_size = 128;               // fp8_group only; fp8_token uses H
   ScaleLayout scale_layout = ScaleLayout::kRow;
@@ -236,6 +245,7 @@ struct FusedBuffers {
   void* quant_out = nullptr;
   float* scale_out = nullptr;
   const void* x2 = nullptr;  // the second all_reduce's partial [T, H] (spec.second_sum)
+  const void* pre_weight = nullptr;  // the norm's weight before the residual add [H] (spec.pre_residual_norm)
 };
 
 // Row padding of the column-major scale layout: T rounded up to a multiple of 4.
@@ -257,6 +267,9 @@ struct FusionCapabilities {
   bool residual_f32 = true;                     // an f32 residual operand or residual_out
   bool norm_out_f32 = true;                     // the norm output in f32 (rounding norm_out_f32)
   bool second_sum = true;                       // two all_reduces summed (spec.second_sum)
+  // The world sizes at which the fused op runs a norm before the residual add
+  // (spec.pre_residual_norm); empty: every one it supports.
+  std::vector<int> pre_residual_norm_world_sizes;
   int64_t hidden_multiple = 8;
   int64_t max_hidden = 0;                       // 0: no limit
 

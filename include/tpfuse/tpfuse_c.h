@@ -50,8 +50,8 @@ extern "C" {
 /* Bumped when a struct layout, a signature or the codes a field takes change; bindings check it
  * at load time. 3: TPFUSE_RESIDUAL_F32 and TPFUSE_ROUNDING_RESIDUAL_OUT_F32. 4:
  * TPFUSE_ROUNDING_NORM_OUT_F32. 5: tpfuse_spec_t.second_sum, first_scale, second_scale,
- * tpfuse_buffers_t.x2. */
-#define TPFUSE_C_ABI_VERSION 5
+ * tpfuse_buffers_t.x2. 6: tpfuse_spec_t.pre_residual_norm, pre_eps, tpfuse_buffers_t.pre_weight. */
+#define TPFUSE_C_ABI_VERSION 6
 TPFUSE_C_API int32_t tpfuse_abi_version(void);
 /* "0.1.0" */
 TPFUSE_C_API const char* tpfuse_version(void);
@@ -147,6 +147,12 @@ typedef struct tpfuse_spec {
   int32_t second_sum;
   float first_scale;
   float second_scale;
+  /* 1: the sum is normed before the residual add (sandwich norms: `residual + norm(a)`, then the
+   * norm the op ends in), with the weight buffers.pre_weight (weight_dtype) and pre_eps, in the
+   * weight's form (weight_bias, the rounding bits). Needs a residual; no second_sum, sum_scale 1.
+   * CUDA: world size 1 and local ops (ABI 6). */
+  int32_t pre_residual_norm;
+  float pre_eps;
 } tpfuse_spec_t;
 
 /* Contract 3's defaults: bf16 activations and weight, eps 1e-6, no residual, no quant, group
@@ -176,6 +182,7 @@ typedef struct tpfuse_buffers {
   void* quant_out;
   float* scale_out;
   const void* x2; /* the second all_reduce's partial [T, H] (spec.second_sum), else NULL (ABI 5) */
+  const void* pre_weight; /* the norm's weight before the residual add [H] (spec.pre_residual_norm), else NULL (ABI 6) */
 } tpfuse_buffers_t;
 
 /* ---------------------------------------------------------------- the CPU reference */

@@ -64,6 +64,27 @@ def row_sum_in_kernel_order(values: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def _norm_rows(u: torch.Tensor, weight: torch.Tensor, eps: float, weight_bias: float,
+               rounding: Sequence[str], dtype: torch.dtype) -> torch.Tensor:
+    """Step 3 on f32 rows u: (u * r) * w' unrounded, r = 1 / sqrt(sum of squares / H + eps) in
+    f32, round(u * r) first under weight_after_round; w' = w + weight_bias in f32 (or rounded to
+    w's dtype)."""
+    hidden = u.shape[-1]
+    sum_sq = row_sum_in_kernel_order(u * u).unsqueeze(-1)
+    # NOTE: sqrt in double, rounded once to f32, is the correctly rounded f32 sqrt (sqrtf);
+    # torch's vectorized f32 sqrt on the CPU is not.
+    r = 1.0 / torch.sqrt((sum_sq / hidden + eps).double()).float()
+    w = weight.float()
+    if weight_bias != 0.0:
+        w = w + weight_bias
+        if "weight_bias_in_weight_dtype" in rounding:
+            w = w.to(weight.dtype).float()
+    n = u * r
+    if "weight_after_round" in rounding:
+        n = n.to(dtype).float()
+    return n * w
+
+
 def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor],
                       weight: torch.Tensor, scale: Optional[torch.Tensor], *,
                       emit: Sequence[str], eps: float = 1e-6, weight_bias: float = 0.0,
@@ -72,7 +93,9 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
                       local: bool = False, sum_scale: float = 1.0,
                       partials2: Optional[Sequence[torch.Tensor]] = None, first_scale: float = 1.0,
                       second_scale: float = 1.0,
-                      second_sum_into_residual: bool = False) -> List[torch.Tensor]:
+                      second_sum_into_residual: bool = False,
+                      pre_weight: Optional[torch.Tensor] = None,
+                      pre_eps: Optional[float] = None) -> List[torch.Tensor]:
     shape = partials[0].shape
     dtype = partials[0].dtype
     hidden = shape[-1]
@@ -103,6 +126,10 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
             summed = (times(a, first_scale).float() + times(a2, second_scale).float()).to(dtype)
     # 1b. a' = round(a * sum_scale), where the graph scaled the sum before the add.
     scaled = times(summed, sum_scale)
+    # 1c. The norm of the sum before the residual add (pre_weight), rounded: sandwich norms.
+    if pre_weight is not None:
+        scaled = _norm_rows(scaled.float(), pre_weight, eps if pre_eps is None else pre_eps,
+                            weight_bias, rounding, dtype).to(dtype)
     # 2. h = a' + residual in f32 (the residual bf16/f16 or f32), residual_out = round(h) or,
     # under residual_out_f32, the f32 h; the norm reads round(h) or the f32 h.
     if residual is not None:
@@ -111,22 +138,11 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
         u = h32 if "norm_input_f32" in rounding else h32.to(dtype).float()
     else:
         h, u = scaled, scaled.float()
-    # 3. r = 1 / sqrt(sum of squares / H + eps) in f32, then y = round((u * r) * w') or
-    # round(round(u * r) * w'); w' = w + weight_bias in f32 (or rounded to w's dtype).
-    sum_sq = row_sum_in_kernel_order(u * u).unsqueeze(-1)
-    # NOTE: sqrt in double, rounded once to f32, is the correctly rounded f32 sqrt (sqrtf);
-    # torch's vectorized f32 sqrt on the CPU is not.
-    r = 1.0 / torch.sqrt((sum_sq / hidden + eps).double()).float()
-    w = weight.float()
-    if weight_bias != 0.0:
-        w = w + weight_bias
-        if "weight_bias_in_weight_dtype" in rounding:
-            w = w.to(weight.dtype).float()
-    n = u * r
-    if "weight_after_round" in rounding:
-        n = n.to(dtype).float()
-    # The norm output unrounded, in f32, under norm_out_f32 (quant none: nothing quantizes it).
-    y = n * w if "norm_out_f32" in rounding else (n * w).to(dtype)
+    # 3. y = round((u * r) * w') or round(round(u * r) * w') (_norm_rows); the norm output
+    # unrounded, in f32, under norm_out_f32 (quant none: nothing quantizes it).
+    y = _norm_rows(u, weight, eps, weight_bias, rounding, dtype)
+    if "norm_out_f32" not in rounding:
+        y = y.to(dtype)
     divide_default = quant != "fp8_tensor"
     divides = divide_default != ("scale_op_swapped" in rounding)
 

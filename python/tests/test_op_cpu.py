@@ -166,6 +166,64 @@ def test_two_summed_all_reduces_refuse_what_they_cannot_do():
         tpfuse.ops.reference(partials, res, weight, None, emit=["norm"], partials2=partials2 * 2)
 
 
+PRE_NORM_CASES = [
+    # Gemma 2/3: x * (1 + w) in f32, both norms.
+    ("gemma", dict(emit=["norm", "residual"], weight_bias=1.0)),
+    # GLM-4 (LlamaRMSNorm), another eps before the add, the next norm quantized per group.
+    ("glm4_group_quant", dict(emit=["residual", "quant"], quant="fp8_group", pre_eps=1e-5,
+                              rounding=["weight_after_round"])),
+    # The all_reduce's own result returned too, a static quant, and the norm of the f32 sum.
+    ("allreduce_and_tensor_quant", dict(emit=["allreduce", "norm", "residual", "quant"],
+                                        quant="fp8_tensor", rounding=["norm_input_f32"])),
+]
+
+
+@pytest.mark.parametrize("name,attrs", PRE_NORM_CASES, ids=[c[0] for c in PRE_NORM_CASES])
+def test_a_norm_before_the_residual_add_matches_the_reference(name, attrs):
+    # pre_weight: the sum normed, then added to the residual, and the stream normed again; at
+    # world size 1 (the op and a local op), through the C ABI's reference at 3 ranks, against
+    # contract3's torch oracle, and against the two norms written in torch (no quant).
+    for world_size, shape in ((1, (3, 256)), (1, (2, 5, 256)), (3, (7, 256))):
+        partials, res, weight, scale = make_inputs(hash((name, shape)) % 2**31, shape,
+                                                   world_size, True, attrs.get("quant", "none"))
+        g = torch.Generator().manual_seed(len(name))
+        pre_weight = (torch.rand(shape[-1], generator=g) + 0.5).to(weight.dtype)
+        expected = contract3.allreduce_rmsnorm(partials, res, weight, scale,
+                                               pre_weight=pre_weight, **attrs)
+        if world_size == 1:
+            got = OP(partials[0], res, weight, scale, None, pre_weight, **attrs)
+            if "allreduce" not in attrs["emit"]:
+                local = OP(partials[0], res, weight, scale, None, pre_weight, local=True, **attrs)
+                assert_bitwise(local, expected, f"{name} local {list(shape)}")
+        else:
+            got = tpfuse.ops.reference(partials, res, weight, scale, pre_weight=pre_weight,
+                                       **attrs)
+        assert_bitwise(got, expected, f"{name} N={world_size} {list(shape)}")
+    if name == "gemma":
+        # The same bits as each norm through the op alone: the first norm's output added to
+        # the residual by the second op.
+        first, = OP(partials[0], None, pre_weight, None, emit=["norm"], weight_bias=1.0, local=True)
+        two = OP(first, res, weight, None, emit=["norm", "residual"], weight_bias=1.0, local=True)
+        one = OP(partials[0], res, weight, None, None, pre_weight, local=True, **attrs)
+        assert_bitwise(one, two, "one op against two")
+
+
+def test_a_norm_before_the_residual_add_refuses_what_it_cannot_do():
+    partials, res, weight, _ = make_inputs(5, (3, 256), 1, True, "none")
+    with pytest.raises(ValueError, match="pre_weight must have weight's shape, dtype and device"):
+        OP(partials[0], res, weight, None, None, weight[:128], emit=["norm"])
+    with pytest.raises(ValueError, match="pre_weight must have weight's shape, dtype and device"):
+        OP(partials[0], res, weight, None, None, weight.float(), emit=["norm"])
+    with pytest.raises(ValueError, match="it needs a residual, and takes no second_sum"):
+        OP(partials[0], None, weight, None, None, weight, emit=["norm"])
+    with pytest.raises(ValueError, match="it needs a residual, and takes no second_sum"):
+        OP(partials[0], res, weight, None, partials[0], weight, emit=["norm"])
+    with pytest.raises(ValueError, match="pre_eps is the eps of the norm before the residual add"):
+        OP(partials[0], res, weight, None, emit=["norm"], pre_eps=1e-5)
+    with pytest.raises(TypeError, match="pre_weight must be a tensor or None"):
+        tpfuse.ops.reference(partials, res, weight, None, emit=["norm"], pre_weight=[1.0])
+
+
 # ---------------------------------------------------------------- world size 2 over gloo
 
 def _rank_main(rank: int, world_size: int, store_path: str) -> None:
@@ -191,6 +249,15 @@ def _rank_main(rank: int, world_size: int, store_path: str) -> None:
                 expected = contract3.allreduce_rmsnorm(partials, res, weight, scale,
                                                        partials2=partials2, **attrs)
                 assert_bitwise(got, expected, f"rank {rank} {name} {list(shape)}")
+        for k, (name, attrs) in enumerate(PRE_NORM_CASES):
+            partials, res, weight, scale = make_inputs(700 + k, (5, 256), world_size, True,
+                                                       attrs.get("quant", "none"))
+            pre_weight = weight.flip(0)
+            got = OP(partials[rank], res, weight, scale, None, pre_weight, group_name=group_name,
+                     **attrs)
+            expected = contract3.allreduce_rmsnorm(partials, res, weight, scale,
+                                                   pre_weight=pre_weight, **attrs)
+            assert_bitwise(got, expected, f"rank {rank} {name}")
         # Traced (fake impl) and compiled: the same bits. aot_eager traces the op through its
         # fake implementation as Inductor does, without starting Inductor's compile workers in
         # each rank's process (a rank once aborted with std::terminate here, under a CI load,

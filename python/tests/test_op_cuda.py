@@ -10,7 +10,7 @@ import torch
 
 import tpfuse
 from tpfuse.tolerance import fp8_ulp, ulp_distance_16
-from test_op_cpu import (CASES, SECOND_SUM_CASES, assert_bitwise, make_inputs,
+from test_op_cpu import (CASES, PRE_NORM_CASES, SECOND_SUM_CASES, assert_bitwise, make_inputs,
                          second_sum_inputs)
 from test_pass import layer_tail
 
@@ -102,6 +102,24 @@ def test_two_summed_all_reduces_match_the_cpu_reference_bitwise(name, attrs):
             expected = OP(partials[0], res, weight, scale, partials2[0], **attrs)
             dev = [t.cuda() if t is not None else None
                    for t in (partials[0], res, weight, scale, partials2[0])]
+            got = OP(*dev, **attrs)
+            torch.cuda.synchronize()
+            assert_bitwise([g.cpu() for g in got], expected, f"{name} T={tokens} H={hidden}")
+
+
+@pytest.mark.parametrize("name,attrs", PRE_NORM_CASES, ids=[c[0] for c in PRE_NORM_CASES])
+def test_a_norm_before_the_residual_add_matches_the_cpu_reference_bitwise(name, attrs):
+    # World size 1 (pre_weight: sandwich norms); the kernels of the pre-residual recipe.
+    for tokens in TOKENS:
+        for hidden in HIDDEN:
+            if attrs.get("quant") == "fp8_group" and hidden % attrs.get("group_size", 128):
+                continue
+            partials, res, weight, scale = make_inputs(tokens * 7 + hidden, (tokens, hidden), 1,
+                                                       True, attrs.get("quant", "none"))
+            pre_weight = weight.flip(0)
+            expected = OP(partials[0], res, weight, scale, None, pre_weight, **attrs)
+            dev = [t.cuda() if t is not None else None
+                   for t in (partials[0], res, weight, scale, None, pre_weight)]
             got = OP(*dev, **attrs)
             torch.cuda.synchronize()
             assert_bitwise([g.cpu() for g in got], expected, f"{name} T={tokens} H={hidden}")

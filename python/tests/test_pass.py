@@ -11,6 +11,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.fx.experimental.proxy_tensor import make_fx
 
+import tpfuse.ops
 import tpfuse.torch as tt
 from tpfuse.torch import fusion_pass
 from tpfuse.torch.compiler import CompilerError
@@ -979,20 +980,46 @@ def test_a_fusion_reads_an_earlier_fusions_results_not_the_chain_it_replaced():
     g.lint()
 
 
-def test_sandwich_norms_fuse_both_and_keep_one_collective_per_site():
-    # Gemma 2/3, GLM-4, OLMo 2: the all_reduce's sum is normed, added to the residual, and the
-    # sum normed again.
+def test_sandwich_norms_fuse_into_one_op_and_keep_one_collective_per_site():
+    # Gemma 2/3, GLM-4: the all_reduce's sum is normed, added to the residual, and the stream
+    # normed again: one fused op (pre_residual_norm). Backend CUDA runs that at world size 1
+    # only: at 2 the all_reduce fuses with the first norm, and the add and the second norm
+    # become a local op.
     def f(x, res, w1, w2):
         h = res + gemma_norm(wait(ar(x, "sum", GROUP)), w1)
         return gemma_norm(h, w2), h
 
-    g = trace(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf), ((256,), bf))
-    p = tt.FusionPass(world_size=2, fuse_local=True)
-    p(g)
-    assert p.report.fused == 1, p.report.left_alone
-    assert count(g, "tpfuse.allreduce_rmsnorm") == 2, g
-    assert count(g, "_c10d_functional") == 0, g
-    assert count(g, "aten.rsqrt") == 0, g
+    for backend, ops in ((None, 1), ("cuda", 2)):
+        g = trace(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf), ((256,), bf))
+        p = tt.FusionPass(world_size=2, fuse_local=True, backend=backend)
+        p(g)
+        assert p.report.fused == 1, p.report.left_alone
+        assert count(g, "tpfuse.allreduce_rmsnorm") == ops, g
+        assert count(g, "_c10d_functional") == 0, g
+        assert count(g, "aten.rsqrt") == 0, g
+        g.lint()
+
+
+def test_sandwich_norms_in_one_op_compute_what_the_graph_did():
+    # At world size 1 the chain's one op (a local op with pre_weight) against the graph it
+    # replaced: each norm within Contract 3's 1 ulp of torch's (the op sums squares in the
+    # kernels' order), the residual stream exactly the graph's add of the op's first norm.
+    def f(attn, res, w1, w2):
+        h = res + gemma_norm(attn, w1)
+        return gemma_norm(h, w2), h
+
+    gm, args = trace_module(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf), ((256,), bf))
+    attn, res, w1, w2 = args
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 1, gm.graph
+    assert count(gm.graph, "aten.rsqrt") == 0, gm.graph
+    y, h = gm(*args)
+    a = tpfuse.ops.fused(attn, None, w1, emit=["norm"], weight_bias=1.0, local=True)[0]
+    assert ulp_distance_16(a, gemma_norm(attn, w1)).max() <= 1
+    assert torch.equal(h, res + a)
+    assert ulp_distance_16(y, gemma_norm(h, w2)).max() <= 1
 
 
 def test_sandwich_norms_at_world_size_one_compute_what_the_graph_did():

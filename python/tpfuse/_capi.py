@@ -20,7 +20,7 @@ import os
 import threading
 from typing import Dict, Optional, Sequence, Tuple
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 UNIQUE_ID_BYTES = 128
 
 # Codes of the C enums (tpfuse_c.h).
@@ -80,6 +80,8 @@ class Spec(ctypes.Structure):
         ("second_sum", ctypes.c_int32),
         ("first_scale", ctypes.c_float),
         ("second_scale", ctypes.c_float),
+        ("pre_residual_norm", ctypes.c_int32),
+        ("pre_eps", ctypes.c_float),
     ]
 
 
@@ -97,6 +99,7 @@ class Buffers(ctypes.Structure):
         ("quant_out", ctypes.c_void_p),
         ("scale_out", ctypes.c_void_p),
         ("x2", ctypes.c_void_p),
+        ("pre_weight", ctypes.c_void_p),
     ]
 
 
@@ -253,12 +256,14 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
               scale_layout: str = "row", scale_fmt: str = "f32",
               emit: Sequence[str] = ("norm",), rounding: Sequence[str] = (),
               sum_scale: float = 1.0, second_sum: bool = False, first_scale: float = 1.0,
-              second_scale: float = 1.0, second_sum_into_residual: bool = False) -> Spec:
+              second_scale: float = 1.0, second_sum_into_residual: bool = False,
+              pre_residual_norm: bool = False, pre_eps: Optional[float] = None) -> Spec:
     """A validated tpfuse_spec_t from Contract 3's attribute names. Unknown names raise
     ValueError naming the attribute; inconsistencies raise TpfuseError from the library.
     residual_f32: the residual operand is f32 (a residual stream kept in f32); needs
     has_residual. second_sum: two all_reduces summed (x2, first_scale, second_scale), the
-    second into the residual first with second_sum_into_residual."""
+    second into the residual first with second_sum_into_residual. pre_residual_norm: the sum
+    normed before the residual add (the weight buffers.pre_weight, eps pre_eps: default eps)."""
     def code(table: Dict[str, int], value: str, what: str) -> int:
         if value not in table:
             raise ValueError(f"tpfuse: unknown {what} {value!r} (expected one of "
@@ -284,6 +289,11 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
                        SECOND_SUM_INTO_RESIDUAL if second_sum_into_residual else SECOND_SUM_ADDED)
     spec.first_scale = float(first_scale)
     spec.second_scale = float(second_scale)
+    if pre_eps is not None and not pre_residual_norm:
+        raise ValueError("tpfuse: pre_eps needs pre_residual_norm")
+    spec.pre_residual_norm = int(bool(pre_residual_norm))
+    if pre_residual_norm:
+        spec.pre_eps = float(eps if pre_eps is None else pre_eps)
     spec.quant = code(QUANT_CODES, quant, "quant")
     spec.group_size = _c_int(group_size, "group_size")
     spec.scale_layout = code(SCALE_LAYOUT_CODES, scale_layout, "scale_layout")

@@ -82,7 +82,8 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
           group_size: int, scale_layout: str, scale_fmt: str, emit: Sequence[str],
           rounding: Optional[Sequence[str]], local: bool, sum_scale: float = 1.0,
           x2: Optional[torch.Tensor] = None, first_scale: float = 1.0,
-          second_scale: float = 1.0, second_sum_into_residual: bool = False) -> _Plan:
+          second_scale: float = 1.0, second_sum_into_residual: bool = False,
+          pre_weight: Optional[torch.Tensor] = None, pre_eps: Optional[float] = None) -> _Plan:
     if not isinstance(x, torch.Tensor):
         _fail(TypeError, f"x must be a tensor, got {type(x).__name__}")
     if residual is not None and not isinstance(residual, torch.Tensor):
@@ -93,6 +94,11 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
         _fail(TypeError, f"scale must be a tensor or None, got {type(scale).__name__}")
     if x2 is not None and not isinstance(x2, torch.Tensor):
         _fail(TypeError, f"x2 must be a tensor or None, got {type(x2).__name__}")
+    if pre_weight is not None and not isinstance(pre_weight, torch.Tensor):
+        _fail(TypeError, f"pre_weight must be a tensor or None, got {type(pre_weight).__name__}")
+    if pre_eps is not None and pre_weight is None:
+        _fail(ValueError, "pre_eps is the eps of the norm before the residual add: it needs "
+                          "pre_weight")
     if x.dim() < 1 or x.shape[-1] == 0:
         _fail(ValueError, f"x must be [..., H] with H > 0, got shape {list(x.shape)}")
     if x.dtype not in _ACT_DTYPES:
@@ -118,6 +124,12 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
         _fail(TypeError, f"weight must be bfloat16, float16 or float32, got {weight.dtype}")
     if weight.device != x.device:
         _fail(ValueError, f"weight must be on x's device {x.device}, got {weight.device}")
+    if pre_weight is not None and (pre_weight.shape != weight.shape or
+                                   pre_weight.dtype != weight.dtype or
+                                   pre_weight.device != weight.device):
+        _fail(ValueError, f"pre_weight must have weight's shape, dtype and device "
+                          f"({weight.dtype}{list(weight.shape)} on {weight.device}), got "
+                          f"{pre_weight.dtype}{list(pre_weight.shape)} on {pre_weight.device}")
     if (quant == "fp8_tensor") != (scale is not None):
         _fail(ValueError, "scale is required for quant 'fp8_tensor' and only for it "
                           f"(quant {quant!r}, scale {'given' if scale is not None else 'None'})")
@@ -143,7 +155,8 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
                                rounding=rounding or (), sum_scale=sum_scale,
                                second_sum=x2 is not None, first_scale=first_scale,
                                second_scale=second_scale,
-                               second_sum_into_residual=second_sum_into_residual)
+                               second_sum_into_residual=second_sum_into_residual,
+                               pre_residual_norm=pre_weight is not None, pre_eps=pre_eps)
     except (ValueError, _capi.TpfuseError) as e:
         _fail(ValueError, str(e.message if isinstance(e, _capi.TpfuseError) else e))
 
@@ -175,11 +188,13 @@ def _empty_results(plan: _Plan, device: torch.device) -> List[torch.Tensor]:
 
 
 def _buffers(plan: _Plan, x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
-             scale: Optional[torch.Tensor], outs: List[torch.Tensor]) -> _capi.Buffers:
+             scale: Optional[torch.Tensor], outs: List[torch.Tensor],
+             pre_weight: Optional[torch.Tensor] = None) -> _capi.Buffers:
     b = _capi.Buffers()
     b.x = x.data_ptr()
     b.residual = residual.data_ptr() if residual is not None else None
     b.weight = weight.data_ptr()
+    b.pre_weight = pre_weight.data_ptr() if pre_weight is not None else None
     b.scale = scale.data_ptr() if scale is not None else None
     for name, out in zip(plan.names, outs):
         setattr(b, {"allreduce": "allreduce_out", "norm": "norm_out", "residual": "residual_out",
@@ -263,28 +278,30 @@ def _comm_for(group, group_name: str, device: torch.device) -> _capi.Comm:
 # ---------------------------------------------------------------- the op
 
 # str[] is not among the types custom_op infers, so the schema is written out.
-# x2 is positional: custom_op takes no keyword-only tensors.
-SCHEMA = ("(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, Tensor? x2=None, *, "
+# x2 and pre_weight are positional: custom_op takes no keyword-only tensors. pre_eps None: eps.
+SCHEMA = ("(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, Tensor? x2=None, "
+          "Tensor? pre_weight=None, *, "
           "str[] emit, str group_name=\"\", float eps=1e-06, float weight_bias=0., "
           "str quant=\"none\", int group_size=128, str scale_layout=\"row\", "
           "str scale_fmt=\"f32\", str[]? rounding=None, bool local=False, float sum_scale=1., "
-          "float first_scale=1., float second_scale=1., bool second_sum_into_residual=False) "
-          "-> Tensor[]")
+          "float first_scale=1., float second_scale=1., bool second_sum_into_residual=False, "
+          "float? pre_eps=None) -> Tensor[]")
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=(), schema=SCHEMA)
 def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
-                      scale: Optional[torch.Tensor], x2: Optional[torch.Tensor] = None, *,
+                      scale: Optional[torch.Tensor], x2: Optional[torch.Tensor] = None,
+                      pre_weight: Optional[torch.Tensor] = None, *,
                       emit: List[str], group_name: str = "",
                       eps: float = 1e-6, weight_bias: float = 0.0, quant: str = "none",
                       group_size: int = 128, scale_layout: str = "row", scale_fmt: str = "f32",
                       rounding: Optional[List[str]] = None,
                       local: bool = False, sum_scale: float = 1.0, first_scale: float = 1.0,
-                      second_scale: float = 1.0,
-                      second_sum_into_residual: bool = False) -> List[torch.Tensor]:
+                      second_scale: float = 1.0, second_sum_into_residual: bool = False,
+                      pre_eps: Optional[float] = None) -> List[torch.Tensor]:
     plan = _plan(x, residual, weight, scale, eps, weight_bias, quant, group_size, scale_layout,
                  scale_fmt, emit, rounding, local, sum_scale, x2, first_scale, second_scale,
-                 second_sum_into_residual)
+                 second_sum_into_residual, pre_weight, pre_eps)
     # A local op (no all_reduce feeds it, or world size 1) needs no group: its name is not read.
     group, _, world_size = (None, 0, 1) if local else _resolve_group(group_name)
     outs = _empty_results(plan, x.device)
@@ -296,11 +313,13 @@ def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight:
     x2 = x2.contiguous() if x2 is not None else None
     residual = residual.contiguous() if residual is not None else None
     weight = weight.contiguous()
+    pre_weight = pre_weight.contiguous() if pre_weight is not None else None
     scale = scale.contiguous() if scale is not None else None
     if x.device.type == "cpu":
-        _run_cpu(plan, x, residual, weight, scale, outs, group, world_size, x2)
+        _run_cpu(plan, x, residual, weight, scale, outs, group, world_size, x2, pre_weight)
     elif x.device.type == "cuda":
-        _run_cuda(plan, x, residual, weight, scale, outs, group, group_name, world_size, x2)
+        _run_cuda(plan, x, residual, weight, scale, outs, group, group_name, world_size, x2,
+                  pre_weight)
     else:
         _fail(ValueError, f"x is on {x.device}: only cpu and cuda are supported")
     return outs
@@ -319,17 +338,18 @@ def _gather_rows(plan, x, group, world_size: int) -> List[torch.Tensor]:
     return [g.view(x.dtype) for g in gathered]
 
 
-def _run_cpu(plan, x, residual, weight, scale, outs, group, world_size: int, x2=None) -> None:
+def _run_cpu(plan, x, residual, weight, scale, outs, group, world_size: int, x2=None,
+             pre_weight=None) -> None:
     partials = _gather_rows(plan, x, group, world_size)
     partials2 = _gather_rows(plan, x2, group, world_size) if x2 is not None else []
-    buffers = _buffers(plan, x, residual, weight, scale, outs)
+    buffers = _buffers(plan, x, residual, weight, scale, outs, pre_weight)
     _capi.reference_allreduce_rmsnorm(plan.spec, plan.tokens, [p.data_ptr() for p in partials],
                                       buffers, [p.data_ptr() for p in partials2])
 
 
 def _run_cuda(plan, x, residual, weight, scale, outs, group, group_name: str,
-              world_size: int, x2=None) -> None:
-    buffers = _buffers(plan, x, residual, weight, scale, outs)
+              world_size: int, x2=None, pre_weight=None) -> None:
+    buffers = _buffers(plan, x, residual, weight, scale, outs, pre_weight)
     buffers.x2 = x2.data_ptr() if x2 is not None else None
     stream = torch.cuda.current_stream(x.device).cuda_stream
     with torch.cuda.device(x.device):
@@ -341,23 +361,24 @@ def _run_cuda(plan, x, residual, weight, scale, outs, group, group_name: str,
 
 
 @allreduce_rmsnorm.register_fake
-def _(x, residual, weight, scale, x2=None, *, emit, group_name="", eps=1e-6, weight_bias=0.0,
-      quant="none", group_size=128, scale_layout="row", scale_fmt="f32", rounding=None,
-      local=False, sum_scale=1.0, first_scale=1.0, second_scale=1.0,
-      second_sum_into_residual=False):
+def _(x, residual, weight, scale, x2=None, pre_weight=None, *, emit, group_name="", eps=1e-6,
+      weight_bias=0.0, quant="none", group_size=128, scale_layout="row", scale_fmt="f32",
+      rounding=None, local=False, sum_scale=1.0, first_scale=1.0, second_scale=1.0,
+      second_sum_into_residual=False, pre_eps=None):
     plan = _plan(x, residual, weight, scale, eps, weight_bias, quant, group_size, scale_layout,
                  scale_fmt, emit, rounding, local, sum_scale, x2, first_scale, second_scale,
-                 second_sum_into_residual)
+                 second_sum_into_residual, pre_weight, pre_eps)
     return _empty_results(plan, x.device)
 
 
 def reference(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor],
               weight: torch.Tensor, scale: Optional[torch.Tensor] = None, *,
               emit: Sequence[str], partials2: Optional[Sequence[torch.Tensor]] = None,
-              **attrs) -> List[torch.Tensor]:
+              pre_weight: Optional[torch.Tensor] = None, **attrs) -> List[torch.Tensor]:
     """The CPU reference of Contract 3 (the C ABI's) for the partial sums of every rank, in rank
     order, on CPU tensors: what every rank's op returns. partials2: every rank's x2 (two
-    all_reduces summed), or None. Attributes as the op's."""
+    all_reduces summed), or None. pre_weight: the weight of the norm before the residual add,
+    or None. Attributes as the op's."""
     if len(partials) == 0:
         _fail(ValueError, "partials must hold one tensor per rank, got none")
     if partials2 is not None and len(partials2) != len(partials):
@@ -370,7 +391,8 @@ def reference(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor]
                  attrs.get("scale_fmt", "f32"), list(emit), attrs.get("rounding"),
                  attrs.get("local", False), attrs.get("sum_scale", 1.0),
                  partials2[0] if partials2 else None, attrs.get("first_scale", 1.0),
-                 attrs.get("second_scale", 1.0), attrs.get("second_sum_into_residual", False))
+                 attrs.get("second_scale", 1.0), attrs.get("second_sum_into_residual", False),
+                 pre_weight, attrs.get("pre_eps"))
     for name, tensors in (("partials", partials), ("partials2", partials2 or [])):
         for i, p in enumerate(tensors):
             if p.device.type != "cpu" or p.shape != x.shape or p.dtype != x.dtype:
@@ -381,10 +403,12 @@ def reference(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor]
     rows2 = [p.contiguous() for p in partials2 or []]
     residual = residual.contiguous() if residual is not None else None
     weight = weight.contiguous()
+    pre_weight = pre_weight.contiguous() if pre_weight is not None else None
     scale = scale.contiguous() if scale is not None else None
     outs = _empty_results(plan, x.device)
     _capi.reference_allreduce_rmsnorm(plan.spec, plan.tokens, [p.data_ptr() for p in rows],
-                                      _buffers(plan, rows[0], residual, weight, scale, outs),
+                                      _buffers(plan, rows[0], residual, weight, scale, outs,
+                                               pre_weight),
                                       [p.data_ptr() for p in rows2])
     return outs
 

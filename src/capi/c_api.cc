@@ -112,6 +112,11 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
   }
   s.first_scale = c->first_scale;
   s.second_scale = c->second_scale;
+  if (c->pre_residual_norm != 0 && c->pre_residual_norm != 1)
+    return InvalidArgument("spec.pre_residual_norm must be 0 or 1, got ", c->pre_residual_norm);
+  s.pre_residual_norm = c->pre_residual_norm == 1;
+  // Read only with the norm it belongs to (Validate refuses a pre_eps without it).
+  if (s.pre_residual_norm) s.pre_eps = c->pre_eps;
   switch (c->quant) {
     case TPFUSE_QUANT_NONE: s.quant = QuantMode::kNone; break;
     case TPFUSE_QUANT_FP8_TENSOR: s.quant = QuantMode::kFp8Tensor; break;
@@ -197,6 +202,11 @@ Status ReferenceFused(const tpfuse_spec_t* c_spec, int64_t tokens, int32_t world
   std::optional<HostTensor> residual, scale;
   if (spec.has_residual) residual = CopyIn(b->residual, spec.residual_in_dtype(), shape);
   const HostTensor w = CopyIn(b->weight, spec.weight_dtype, {spec.hidden});
+  std::optional<HostTensor> pre_weight;
+  if (spec.pre_residual_norm) {
+    TPFUSE_RETURN_IF_ERROR(Require(b->pre_weight, "buffers.pre_weight"));
+    pre_weight = CopyIn(b->pre_weight, spec.weight_dtype, {spec.hidden});
+  }
   if (spec.quant == QuantMode::kFp8Tensor) {
     TPFUSE_RETURN_IF_ERROR(Require(b->scale, "buffers.scale"));
     scale = CopyIn(b->scale, DType::kF32, {});
@@ -214,7 +224,8 @@ Status ReferenceFused(const tpfuse_spec_t* c_spec, int64_t tokens, int32_t world
 
   TPFUSE_ASSIGN_OR_RETURN(std::vector<HostTensor> results,
                           cpu::AllreduceRmsnorm(spec, xs, residual ? &*residual : nullptr, w,
-                                                scale ? &*scale : nullptr, x2s));
+                                                scale ? &*scale : nullptr, x2s,
+                                                pre_weight ? &*pre_weight : nullptr));
   if (results.size() != outs.size())
     return Internal("reference op returned ", results.size(), " results, expected ", outs.size());
   for (size_t i = 0; i < outs.size(); ++i)
@@ -245,7 +256,7 @@ CommConfig ToConfig(const tpfuse_comm_config_t* c) {
 
 FusedBuffers ToBuffers(const tpfuse_buffers_t& b) {
   return FusedBuffers{b.x,        b.residual,     b.weight,    b.scale,     b.allreduce_out,
-                      b.norm_out, b.residual_out, b.quant_out, b.scale_out, b.x2};
+                      b.norm_out, b.residual_out, b.quant_out, b.scale_out, b.x2, b.pre_weight};
 }
 
 StatusOr<StrategyRequest> ToStrategy(int32_t s) {
@@ -314,6 +325,8 @@ void tpfuse_spec_init(tpfuse_spec_t* spec) {
   spec->second_sum = TPFUSE_SECOND_SUM_NONE;
   spec->first_scale = d.first_scale;
   spec->second_scale = d.second_scale;
+  spec->pre_residual_norm = 0;
+  spec->pre_eps = d.pre_eps;
   spec->quant = TPFUSE_QUANT_NONE;
   spec->group_size = d.group_size;
   spec->scale_layout = TPFUSE_SCALE_LAYOUT_ROW;

@@ -43,6 +43,9 @@ FusionCapabilities CudaFusionCapabilities() {
   caps.group_sizes = cuda_limits::GroupSizes();
   caps.hidden_multiple = cuda_limits::kHiddenMultiple;
   caps.max_hidden = cuda_limits::kMaxHidden;
+  // One-shot and two-shot do not run the norm before the residual add; at N >= 2 the all_reduce
+  // fuses with that norm and the residual add with the next (docs/architecture.md).
+  caps.pre_residual_norm_world_sizes = {1};
   return caps;
 }
 

@@ -201,6 +201,14 @@ Status AllreduceRmsnormSpec::Validate() const {
   if (second_sum && emit.allreduce)
     return InvalidArgument("emit has allreduce but the op sums two all_reduces (second_sum): there is no one "
                            "all_reduce result to emit");
+  if (!(pre_eps >= 0.0f) || !std::isfinite(pre_eps))
+    return InvalidArgument("pre_eps must be finite and >= 0 in f32, got ", pre_eps);
+  if (!pre_residual_norm && pre_eps != 1e-6f)
+    return InvalidArgument("pre_eps is the eps of the norm before the residual add (pre_residual_norm), which is "
+                           "not set");
+  if (pre_residual_norm && !(has_residual && !second_sum && sum_scale == 1.0f))
+    return InvalidArgument("pre_residual_norm norms the sum before the residual add: it needs a residual, and "
+                           "takes no second_sum and no sum_scale");
   return Status::Ok();
 }
 
@@ -236,6 +244,7 @@ std::string AllreduceRmsnormSpec::ToString() const {
   if (second_sum && second_sum_into_residual) s += StrCat(" second_sum=a+(residual+", second_scale, "*a2)");
   else if (second_sum) s += StrCat(" second_sum=", first_scale, "*a+", second_scale, "*a2");
   if (sum_scale != 1.0f) s += StrCat(" sum_scale=", sum_scale);
+  if (pre_residual_norm) s += StrCat(" pre_residual_norm eps=", pre_eps);
   std::string rounding_names;
   for (const std::string& n : rounding.Names())
     rounding_names += (rounding_names.empty() ? "" : ",") + n;
@@ -291,6 +300,10 @@ std::string FusionCapabilities::WhyUnsupported(const AllreduceRmsnormSpec& spec,
   if (spec.second_sum && !second_sum)
     return StrCat("backend ", backend, "'s fused op reduces one all_reduce: two all_reduces summed before the "
                   "norm are not supported");
+  if (spec.pre_residual_norm && !pre_residual_norm_world_sizes.empty() &&
+      !Contains(pre_residual_norm_world_sizes, world_size))
+    return StrCat("backend ", backend, "'s fused op runs a norm before the residual add at world size ",
+                  JoinInts(pre_residual_norm_world_sizes), " only, not ", world_size);
   if (spec.emit.allreduce && !emit_allreduce)
     return StrCat("backend ", backend, " cannot return the all_reduce result from the fused op");
   if (spec.emit.norm && spec.emit.quant && !emit_norm_with_quant)

@@ -547,6 +547,13 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
                        second_scale);
   spec.first_scale = float(first_scale);
   spec.second_scale = float(second_scale);
+  spec.pre_residual_norm = attrs.Bool("pre_residual_norm", false);
+  if (attrs.Find("pre_eps") != nullptr && !spec.pre_residual_norm)
+    return attrs.Error("pre_eps is the eps of the norm before the residual add: it needs pre_residual_norm");
+  const double pre_eps = attrs.Number("pre_eps", 1e-6);
+  if (!(float(pre_eps) >= 0.0f) || !std::isfinite(float(pre_eps)))
+    return attrs.Error("pre_eps must be finite and >= 0 in f32, got ", pre_eps);
+  spec.pre_eps = float(pre_eps);
   StatusOr<EmitSet> emit = EmitSet::FromNames(*attrs.Find("emit")->AsTextList());
   if (!emit.ok()) return attrs.Error(emit.status().message());
   spec.emit = *emit;
@@ -558,11 +565,12 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
   spec.local = attrs.Bool("local", false);
 
   const bool has_scale = spec.quant == QuantMode::kFp8Tensor;
-  const int extra = int(in.size()) - 2 - int(has_scale) - int(spec.second_sum);
+  const int extra = int(in.size()) - 2 - int(has_scale) - int(spec.second_sum) - int(spec.pre_residual_norm);
   if (extra != 0 && extra != 1)
     return attrs.Error("quant ", QuantModeName(spec.quant), spec.second_sum ? " with second_sum" : "",
-                       " takes operands (x, ", spec.second_sum ? "x2, " : "",
-                       has_scale ? "[residual], w, scale" : "[residual], w", "), got ", in.size());
+                       spec.pre_residual_norm ? " with pre_residual_norm" : "", " takes operands (x, ",
+                       spec.second_sum ? "x2, " : "", "[residual], w", spec.pre_residual_norm ? ", pre_weight" : "",
+                       has_scale ? ", scale" : "", "), got ", in.size());
   spec.has_residual = extra == 1;
   const FusedOperandIndices at = FusedOperandLayout(spec);
 
@@ -573,6 +581,9 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
     return attrs.Error("x needs a constant hidden dim, got ", x.ToString());
   if (w.rank() != 1 || w.shape[0] != x.shape[1])
     return attrs.Error("weight ", w.ToString(), " does not match the hidden dim of ", x.ToString());
+  if (spec.pre_residual_norm && in[at.pre_weight] != w)
+    return attrs.Error("pre_weight ", in[at.pre_weight].ToString(), " does not match weight ", w.ToString(),
+                       " (the two norms' weights have one type)");
   if (spec.second_sum && in[at.x2] != x)
     return attrs.Error("x2 ", in[at.x2].ToString(), " does not match x ", x.ToString(),
                        " (the second all_reduce's partial has x's type)");
@@ -661,6 +672,8 @@ std::vector<OpEntry> MakeRegistry() {
          {"second_sum_into_residual", T::kBool, false},
          {"first_scale", T::kNumber, false},
          {"second_scale", T::kNumber, false},
+         {"pre_residual_norm", T::kBool, false},
+         {"pre_eps", T::kNumber, false},
          {"quant", T::kText, false},
          {"group_size", T::kInt, false},
          {"scale_layout", T::kText, false},
@@ -869,6 +882,10 @@ AttrMap FusedAttrsFromSpec(const AllreduceRmsnormSpec& spec) {
   if (spec.second_sum_into_residual) attrs["second_sum_into_residual"] = Attr::Bool(true);
   if (spec.first_scale != 1.0f) attrs["first_scale"] = FloatAttr(spec.first_scale);
   if (spec.second_scale != 1.0f) attrs["second_scale"] = FloatAttr(spec.second_scale);
+  if (spec.pre_residual_norm) {
+    attrs["pre_residual_norm"] = Attr::Bool(true);
+    attrs["pre_eps"] = FloatAttr(spec.pre_eps);
+  }
   attrs["quant"] = Attr::Str(std::string(QuantModeName(spec.quant)));
   if (spec.quant == QuantMode::kFp8Group) attrs["group_size"] = Attr::Int(spec.group_size);
   if (IsDynamicQuant(spec.quant)) {
@@ -887,6 +904,7 @@ FusedOperandIndices FusedOperandLayout(const AllreduceRmsnormSpec& spec) {
   if (spec.second_sum) at.x2 = next++;
   if (spec.has_residual) at.residual = next++;
   at.w = next++;
+  if (spec.pre_residual_norm) at.pre_weight = next++;
   if (spec.quant == QuantMode::kFp8Tensor) at.scale = next++;
   at.count = next;
   return at;

@@ -106,6 +106,7 @@ struct FusedOperandIndices {
   int scale = -1;
   int count = 2;
   int x2 = -1;  // the second all_reduce's partial (spec.second_sum), right after x
+  int pre_weight = -1;  // the norm's weight before the residual add (spec.pre_residual_norm), after w
 };
 FusedOperandIndices FusedOperandLayout(const AllreduceRmsnormSpec& spec);
 

@@ -248,6 +248,16 @@ class DecodeGraphBuilder {
       TPFUSE_ASSIGN_OR_RETURN(ar, Op("mul", {ar}, {{"scalar", ir::Attr::Float(c_.residual_multiplier)}},
                                      p + "scaled"));
     }
+    if (scaled && c_.sandwich_norms && residual != nullptr) {
+      // The block's own norm before the residual add, of the same form as the next.
+      ir::Value* post = Param(p + "post_norm_w", Vector(c_.norm_weight_dtype, c_.hidden_size));
+      if (c_.decomposed) {
+        TPFUSE_ASSIGN_OR_RETURN(NormResult normed, DecomposedNorm(p + "post.", ar, nullptr, post));
+        ar = normed.y;
+      } else {
+        TPFUSE_ASSIGN_OR_RETURN(ar, Op("rms_norm", {ar, post}, NormAttrs(), p + "post"));
+      }
+    }
     if (c_.decomposed) return DecomposedNorm(p, ar, residual, g);
     if (residual == nullptr) {
       TPFUSE_ASSIGN_OR_RETURN(ir::Value * y, Op("rms_norm", {ar, g}, NormAttrs(), p + "y"));
@@ -445,6 +455,7 @@ std::string ModelConfig::Summary() const {
   if (decomposed) s += ", decomposed";
   if (shared_mlp_reduced_apart) s += ", shared MLP reduced apart";
   if (residual_multiplier != 1.0) s += StrCat(", residual multiplier ", residual_multiplier);
+  if (sandwich_norms) s += ", sandwich norms";
   return s;
 }
 
@@ -494,6 +505,7 @@ StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, const std::st
   TPFUSE_RETURN_IF_ERROR(f.Bool("decomposed", &c.decomposed));
   TPFUSE_RETURN_IF_ERROR(f.Bool("shared_mlp_reduced_apart", &c.shared_mlp_reduced_apart));
   TPFUSE_RETURN_IF_ERROR(f.Number("residual_multiplier", &c.residual_multiplier));
+  TPFUSE_RETURN_IF_ERROR(f.Bool("sandwich_norms", &c.sandwich_norms));
   TPFUSE_RETURN_IF_ERROR(f.Int("max_gemm_shard", 0, false, &c.max_gemm_shard));
   TPFUSE_RETURN_IF_ERROR(c.Validate());
   return c;

@@ -9,7 +9,7 @@
 //                 group_size, scale_layout (row | col), scale_fmt (f32 | ue8m0),
 //                 norm_weight_dtype (bf16 | f16 | f32), weight_bias, first_layer_residual,
 //                 indexer_dim, decomposed, shared_mlp_reduced_apart, residual_multiplier,
-//                 max_gemm_shard, description
+//                 sandwich_norms, max_gemm_shard, description
 //
 // Other keys (a real config.json has many) are ignored. Errors name the file and the field.
 #pragma once
@@ -71,6 +71,10 @@ struct ModelConfig {
   // Every block's output is scaled by this before the residual add (Granite's
   // residual_multiplier; the fused op's sum_scale). 1: none.
   double residual_multiplier = 1.0;
+  // Every block's output is normed before the residual add (Gemma 2/3/4's and GLM-4's
+  // post-attention and post-feedforward norms, then the next block's input norm: the fused op's
+  // pre_residual_norm).
+  bool sandwich_norms = false;
   // Each rank's GEMM shard is at most this many columns (0: the real shard). The hidden size,
   // which is what the fused op sees, is never reduced; only the GEMMs around it are narrowed
   // so that the CPU reference backend runs a model in seconds.
@@ -102,7 +106,9 @@ StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
 // residual stream runs through all of them. With shared_mlp_reduced_apart the MLP is two
 // (the experts' and a shared MLP's gate, up, mul, down; both downs returned), and each input norm
 // after one reads all_reduce(%lL.in.partial) + all_reduce(%lL.in.shared.partial); with a
-// residual_multiplier each block's sum is scaled by it before the residual add. Attention is kept out (the QKV output is returned)
+// residual_multiplier each block's sum is scaled by it before the residual add; with
+// sandwich_norms each block's sum is normed (its own weight, %lL.<site>.post_norm_w) before the
+// residual add. Attention is kept out (the QKV output is returned)
 // and SiLU is an elementwise mul. The partial sums the row-parallel GEMMs (o_proj, down) leave
 // on each rank are parameters: every chain then starts from bit-identical inputs on every
 // backend, so a check compares each chain's outputs with Contract 3's tolerance instead of GEMM

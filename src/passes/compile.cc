@@ -101,6 +101,7 @@ Json FusionJson(const FusionRecord& fusion) {
       {"weight_bias", ShortestDouble(s.weight_bias)},
       {"sum_scale", ShortestDouble(s.sum_scale)},
       {"second_sum", s.second_sum},
+      {"pre_residual_norm", s.pre_residual_norm},
       {"spec", s.ToString()},
       {"notes", fusion.notes},
   };
@@ -110,6 +111,7 @@ Json FusionJson(const FusionRecord& fusion) {
     j["first_scale"] = ShortestDouble(s.first_scale);
     j["second_scale"] = ShortestDouble(s.second_scale);
   }
+  if (s.pre_residual_norm) j["pre_eps"] = ShortestDouble(s.pre_eps);
   if (s.quant == QuantMode::kFp8Group) j["group_size"] = s.group_size;
   if (IsDynamicQuant(s.quant)) {
     j["scale_layout"] = std::string(ScaleLayoutName(s.scale_layout));
@@ -225,6 +227,7 @@ std::string DescribeFusion(const FusionRecord& fusion) {
   if (s.weight_dtype != s.act_dtype) text += StrCat(", norm weight ", DTypeName(s.weight_dtype));
   if (s.weight_bias != 0.0f) text += StrCat(", weight_bias ", s.weight_bias);
   if (s.second_sum_into_residual) text += ", the second into the residual";
+  if (s.pre_residual_norm) text += ", normed before the residual add";
   if (s.second_sum && (s.first_scale != 1.0f || s.second_scale != 1.0f))
     text += StrCat(", scales of the two sums ", s.first_scale, " and ", s.second_scale);
   if (s.sum_scale != 1.0f) text += StrCat(", sum_scale ", s.sum_scale);

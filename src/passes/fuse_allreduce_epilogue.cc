@@ -31,6 +31,14 @@
 // alone where the backend refuses that. Where the backend cannot sum two (caps.second_sum) both
 // all_reduces stay, with that reason (or the norm's input's fuses alone).
 //
+// A norm of the sum before the residual add, `fused_add_rms_norm(rms_norm(a, w0), residual, w)`
+// with the first norm's output read by that add alone (Gemma 2/3/4's and GLM-4's sandwich norms:
+// the block's output normed, added to the residual stream, and the stream normed for the next
+// block; TensorRT-LLM's RESIDUAL_RMS_PREPOST_NORM), becomes one fused op with
+// spec.pre_residual_norm where the two norms are of one form (the weight's dtype, bias and
+// rounding) and the backend takes it at the world size; otherwise the first norm's chain fuses
+// alone, and the add and the second norm after it, with a note that says why.
+//
 // Rank >= 3 activations ([B, S, H]): the fused op takes [rows, H]; the pass views x and the
 // residual to [B*S, H] and views the results back (the norm is per row, so this is exact). A
 // quant that reads the norm output through such a flattening view is absorbed with the view.
@@ -70,6 +78,10 @@ struct Chain {
   // The second sum goes into the residual (spec.second_sum_into_residual): `sum` is the add of
   // the residual stream (now `residual`) and the second sum, which the norm reads as residual.
   bool into_residual = false;
+  // A norm of the sum before the residual add (spec.pre_residual_norm): the rms_norm of `a` whose
+  // output `norm` adds to the residual, and its weight. Null otherwise.
+  ir::Node* pre_norm = nullptr;
+  ir::Value* pre_w = nullptr;
   bool local = false;          // a = x: no all_reduce, or one at world size 1
   ir::Value* a = nullptr;      // the all_reduce result, or x (the norm reads a, or scale's a * s)
   ir::Value* x = nullptr;      // this rank's partial sum (the all_reduce operand), or x
@@ -306,6 +318,27 @@ std::optional<Chain> InResidualOfAnother(ir::Node* anchor, bool local) {
     }
   }
   return std::nullopt;
+}
+
+// The chain `c` (an rms_norm of its a, no residual) with the residual add and the norm after it
+// taken over too: the norm's output is read only by a fused_add_rms_norm, as its x or its
+// residual, whose other operand becomes the fused op's residual. std::nullopt otherwise.
+std::optional<Chain> WithNormBeforeResidual(const Chain& c) {
+  if (c.norm->kind() != ir::OpKind::kRmsNorm || c.scale || c.anchor2 || c.y->uses().size() != 1)
+    return std::nullopt;
+  const ir::Use& use = c.y->uses()[0];
+  if (use.is_return() || use.user->kind() != ir::OpKind::kFusedAddRmsNorm || use.index > 1) return std::nullopt;
+  ir::Node* next = use.user;
+  ir::Value* residual = next->operand(1 - use.index);
+  if (residual == c.y) return std::nullopt;
+  Chain two = MakeChain(c.anchor, next, c.local);
+  two.scale = nullptr;
+  two.a = c.a;
+  two.x = c.x;
+  two.residual = residual;
+  two.pre_norm = c.norm;
+  two.pre_w = c.w;
+  return two;
 }
 
 // The norm that reads the anchor as x: the first in program order. (canonicalize puts the
@@ -617,6 +650,37 @@ std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
                 DescribePath(reach->path), why_not, " (", DescribeUses(a), ")");
 }
 
+// The norm before the residual add (Chain::pre_norm) in `spec` (whose weight fields are the second
+// norm's): empty when the two norms are of one form, else why not.
+std::string PreNormSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
+  const std::string both = StrCat(NodeRef(c.pre_norm), ", added to the residual by ", NodeRef(c.norm));
+  if (c.pre_w->type() != c.w->type()) {
+    return StrCat(both, ": its weight ", Ref(c.pre_w), " is ", TypeOf(c.pre_w), " and the next norm's ", Ref(c.w),
+                  " ", TypeOf(c.w), "; the fused op's two norms take weights of one type");
+  }
+  if (c.pre_norm->result(0)->type() != c.a->type()) {
+    return StrCat(both, ": its output ", Ref(c.pre_norm->result(0)), " is ", TypeOf(c.pre_norm->result(0)),
+                  ", not the sum's type ", TypeOf(c.a), "; the fused op rounds the first norm as the sum");
+  }
+  StatusOr<RoundingRecipe> pre = ir::NormRoundingFromNode(*c.pre_norm);
+  if (!pre.ok()) return pre.status().message();
+  const std::optional<double> eps = NumberAttr(c.pre_norm, "eps", 1e-6);
+  const std::optional<double> bias = NumberAttr(c.pre_norm, "weight_bias", 0.0);
+  if (!eps || !bias) return StrCat(NodeRef(c.pre_norm), " has a non-numeric eps or weight_bias");
+  if (float(*bias) != spec.weight_bias || pre->weight_after_round != spec.rounding.weight_after_round ||
+      pre->weight_bias_in_weight_dtype != spec.rounding.weight_bias_in_weight_dtype) {
+    const auto form = [](float b, const RoundingRecipe& r) {
+      return StrCat("weight_bias ", b, r.weight_after_round ? ", weight_after_round" : "",
+                    r.weight_bias_in_weight_dtype ? ", weight_bias_in_weight_dtype" : "");
+    };
+    return StrCat(both, ": the two norms apply their weights in different forms (", form(float(*bias), *pre),
+                  "; ", form(spec.weight_bias, spec.rounding), "), and the fused op's two norms share one");
+  }
+  spec.pre_residual_norm = true;
+  spec.pre_eps = float(*eps);
+  return {};
+}
+
 // The part of the spec fixed by the all_reduce and the norm, after checking what the fused op's
 // operands must look like (Contract 3: x [T, H] bf16/f16, w [H] bf16/f16/f32). Empty on
 // success; otherwise why not, in words.
@@ -675,6 +739,9 @@ std::string BaseSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
   spec.eps = float(*eps);
   spec.weight_bias = float(*bias);
   if (c.scale) spec.sum_scale = float(*SumScaleOf(c.scale));
+  if (c.pre_norm) {
+    if (std::string why = PreNormSpec(c, spec); !why.empty()) return why;
+  }
   if (c.anchor2) {
     spec.second_sum = true;
     spec.second_sum_into_residual = c.into_residual;
@@ -718,6 +785,7 @@ std::vector<ir::Value*> FusedOperands(const Chain& c, const ir::Node* quant) {
   if (c.x2) operands.push_back(c.x2);
   if (c.residual) operands.push_back(c.residual);
   operands.push_back(c.w);
+  if (c.pre_w) operands.push_back(c.pre_w);
   if (quant && quant->num_operands() == 2) operands.push_back(quant->operand(1));
   return operands;
 }
@@ -726,7 +794,7 @@ std::set<const ir::Node*> Absorbed(const Chain& c, const ir::Node* quant) {
   std::set<const ir::Node*> absorbed = {c.norm};
   if (c.anchor) absorbed.insert(c.anchor);
   if (c.scale) absorbed.insert(c.scale);
-  for (ir::Node* n : {c.anchor2, c.scale1, c.scale2, c.sum})
+  for (ir::Node* n : {c.anchor2, c.scale1, c.scale2, c.sum, c.pre_norm})
     if (n) absorbed.insert(n);
   if (quant) {
     absorbed.insert(quant);
@@ -820,6 +888,7 @@ std::variant<Plan, Refusal> PlanFusion(const Chain& c, ir::Node* quant,
     if (c.residual_out) results.push_back(c.residual_out);
     if (c.anchor) results.push_back(c.anchor->result());
     if (c.anchor2) results.push_back(c.anchor2->result());
+    if (c.pre_norm) results.push_back(c.pre_norm->result(0));
     if (const ir::Value* from = ComputedFrom(scale, results)) {
       return Refusal{"scale from the chain",
                      StrCat("the per-tensor scale ", Ref(scale), " of quant_fp8 ",
@@ -984,6 +1053,24 @@ std::variant<Plan, Refusal> PlanChain(const Chain& chain, const PassContext& ctx
   return decision;
 }
 
+// The plan of `chain` with the residual add and the norm after it taken over where its norm's
+// output goes there (WithNormBeforeResidual) and that fuses; else PlanChain's, with a note on
+// why the add and the next norm stay apart.
+std::variant<Plan, Refusal> PlanWithNormBeforeResidual(const Chain& chain, const PassContext& ctx) {
+  std::string refused;
+  if (std::optional<Chain> both = WithNormBeforeResidual(chain)) {
+    std::variant<Plan, Refusal> decision = PlanChain(*both, ctx);
+    if (std::holds_alternative<Plan>(decision)) return decision;
+    refused = std::get<Refusal>(decision).reason;
+  }
+  std::variant<Plan, Refusal> alone = PlanChain(chain, ctx);
+  if (auto* plan = std::get_if<Plan>(&alone); plan != nullptr && !refused.empty()) {
+    plan->notes.push_back(StrCat("the residual add and the norm that read ", Ref(chain.y), " are not taken over: ",
+                                 refused));
+  }
+  return alone;
+}
+
 class FuseAllreduceEpiloguePass final : public Pass {
  public:
   std::string name() const override { return kRule; }
@@ -1021,7 +1108,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
         if (rw.IsErased(node) || !IsNorm(node)) continue;
         ctx.Count(kRule, "local chains seen");
         const Chain chain = MakeChain(nullptr, node, /*local=*/true);
-        std::variant<Plan, Refusal> decision = PlanChain(chain, ctx);
+        std::variant<Plan, Refusal> decision = PlanWithNormBeforeResidual(chain, ctx);
         if (auto* refusal = std::get_if<Refusal>(&decision)) {
           ctx.Count(kRule, "local not fused: " + refusal->kind);
           ctx.local_unfused.push_back(Rejection{chain.x->name(), refusal->reason});
@@ -1109,7 +1196,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
       if (std::string why = ctx.caps.WhyWorldSizeUnsupported(ctx.world_size); !why.empty())
         return Refusal{"backend", why};
     }
-    return PlanChain(*chain, ctx);
+    return PlanWithNormBeforeResidual(*chain, ctx);
   }
 
   static StatusOr<FusionRecord> Fuse(const Plan& plan, Rewriter& rw) {
@@ -1195,7 +1282,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
     std::vector<ir::Node*> erase = {c.norm};
     if (c.scale) erase.push_back(c.scale);
     if (c.anchor) erase.push_back(c.anchor);
-    for (ir::Node* n : {c.sum, c.scale1, c.scale2, c.anchor2})
+    for (ir::Node* n : {c.sum, c.scale1, c.scale2, c.anchor2, c.pre_norm})
       if (n) erase.push_back(n);
     if (plan.quant) {
       erase.push_back(plan.quant);

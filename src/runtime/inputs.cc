@@ -135,7 +135,7 @@ ParamInfo ClassifyParam(const ir::Value& param) {
       case ir::OpKind::kAllreduceRmsnorm: {
         const ir::FusedOperandIndices at = FusedOperands(user);
         if (i == at.x || i == at.x2) info.per_rank = true;
-        if (i == at.w) info.role = ParamRole::kNormWeight;
+        if (i == at.w || i == at.pre_weight) info.role = ParamRole::kNormWeight;
         if (i == at.scale && f32_scalar) info.role = ParamRole::kStaticScale;
         break;
       }

@@ -41,6 +41,7 @@ struct Case {
   int32_t second_sum = 0;
   float first_scale = 1.0f;
   float second_scale = 1.0f;
+  float pre_eps = 0.0f;  // > 0: pre_residual_norm with this eps
 };
 
 const Case kCases[] = {
@@ -79,6 +80,9 @@ const Case kCases[] = {
     {"second_sum_into_residual", TPFUSE_QUANT_FP8_GROUP, TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL | TPFUSE_EMIT_QUANT,
      true, TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, 0, 0, 0.5f,
      TPFUSE_SECOND_SUM_INTO_RESIDUAL, 1.0f, 1.5f},
+    {"pre_residual_norm", TPFUSE_QUANT_FP8_GROUP, TPFUSE_EMIT_ALLREDUCE | TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL |
+     TPFUSE_EMIT_QUANT, true, TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16,
+     TPFUSE_ROUNDING_WEIGHT_AFTER_ROUND, 0, 1.0f, 0, 1.0f, 1.0f, 1e-5f},
 };
 
 AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
@@ -107,6 +111,8 @@ AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
   s.second_sum_into_residual = c.second_sum == TPFUSE_SECOND_SUM_INTO_RESIDUAL;
   s.first_scale = c.first_scale;
   s.second_scale = c.second_scale;
+  s.pre_residual_norm = c.pre_eps > 0.0f;
+  if (s.pre_residual_norm) s.pre_eps = c.pre_eps;
   return s;
 }
 
@@ -126,6 +132,8 @@ tpfuse_spec_t CSpec(const Case& c, int64_t hidden) {
   s.second_sum = c.second_sum;
   s.first_scale = c.first_scale;
   s.second_scale = c.second_scale;
+  s.pre_residual_norm = c.pre_eps > 0.0f;
+  if (s.pre_residual_norm) s.pre_eps = c.pre_eps;
   return s;
 }
 
@@ -151,6 +159,8 @@ TEST(CApi, SpecInitHasContract3Defaults) {
   EXPECT_EQ(s.second_sum, TPFUSE_SECOND_SUM_NONE);
   EXPECT_EQ(s.first_scale, 1.0f);
   EXPECT_EQ(s.second_scale, 1.0f);
+  EXPECT_EQ(s.pre_residual_norm, 0);
+  EXPECT_EQ(s.pre_eps, d.pre_eps);
   // hidden is the caller's to set.
   EXPECT_EQ(tpfuse_spec_validate(&s), TPFUSE_ERR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(tpfuse_last_error()).find("hidden"), std::string::npos) << tpfuse_last_error();
@@ -176,11 +186,13 @@ TEST(CApi, ReferenceMatchesTheOracleBitwise) {
           x2s.push_back(Random(spec.act_dtype, {tokens, hidden}, rng));
         const HostTensor residual = Random(spec.residual_in_dtype(), {tokens, hidden}, rng);
         const HostTensor w = Random(spec.weight_dtype, {hidden}, rng);
+        const HostTensor pre_w = Random(spec.weight_dtype, {hidden}, rng);
         HostTensor scale(DType::kF32, {});
         scale.SetF32(0, 0.0234375f);
         StatusOr<std::vector<HostTensor>> expected = cpu::AllreduceRmsnorm(
             spec, xs, c.residual ? &residual : nullptr, w,
-            spec.quant == QuantMode::kFp8Tensor ? &scale : nullptr, x2s);
+            spec.quant == QuantMode::kFp8Tensor ? &scale : nullptr, x2s,
+            spec.pre_residual_norm ? &pre_w : nullptr);
         ASSERT_TRUE(expected.ok()) << expected.status().ToString();
 
         // Outputs poisoned; every byte must be written.
@@ -197,6 +209,7 @@ TEST(CApi, ReferenceMatchesTheOracleBitwise) {
         tpfuse_buffers_t b{};
         b.residual = c.residual ? residual.data() : nullptr;
         b.weight = w.data();
+        b.pre_weight = spec.pre_residual_norm ? pre_w.data() : nullptr;
         b.scale = spec.quant == QuantMode::kFp8Tensor ? scale.data_as<float>() : nullptr;
         b.allreduce_out = spec.emit.allreduce ? ar.data() : nullptr;
         b.norm_out = spec.emit.norm ? y.data() : nullptr;
@@ -284,6 +297,20 @@ TEST(CApi, SpecRejectsUnknownCodesAndInconsistency) {
   spec.has_residual = 3;
   EXPECT_EQ(tpfuse_spec_validate(&spec), TPFUSE_ERR_INVALID_ARGUMENT);
   EXPECT_STREQ(tpfuse_last_error(), "spec.has_residual: unknown residual code 3");
+  spec.has_residual = TPFUSE_RESIDUAL_NONE;
+  // The norm before the residual add: 0 or 1, and only with a residual to add its output to.
+  spec.pre_residual_norm = 2;
+  EXPECT_EQ(tpfuse_spec_validate(&spec), TPFUSE_ERR_INVALID_ARGUMENT);
+  EXPECT_STREQ(tpfuse_last_error(), "spec.pre_residual_norm must be 0 or 1, got 2");
+  spec.pre_residual_norm = 1;
+  EXPECT_EQ(tpfuse_spec_validate(&spec), TPFUSE_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tpfuse_last_error()).find("pre_residual_norm norms the sum before the residual add: it needs a "
+                                                  "residual"),
+            std::string::npos)
+      << tpfuse_last_error();
+  spec.has_residual = TPFUSE_RESIDUAL_ACT;
+  EXPECT_EQ(tpfuse_spec_validate(&spec), TPFUSE_OK) << tpfuse_last_error();
+  spec.pre_residual_norm = 0;
   spec.has_residual = TPFUSE_RESIDUAL_NONE;
   spec.rounding = TPFUSE_ROUNDING_RESIDUAL_OUT_F32;
   EXPECT_EQ(tpfuse_spec_validate(&spec), TPFUSE_ERR_INVALID_ARGUMENT);

@@ -430,6 +430,48 @@ TEST(CpuReferenceTest, FusedOpHandComputedRow) {
   EXPECT_EQ(Values(out[3]), (std::vector<float>{4, 8, -12, 2}));
 }
 
+// A norm of the sum before the residual add (pre_residual_norm, sandwich norms), in exact values:
+// a = [1, 3, -3, 3] (mean(a^2) = 7, eps 2 -> r0 = 1/3), p = round(a / 3 * w0) with w0 = [3, 3, 3, 6]
+// = [1, 3, -3, 6]; h = p + residual = [2, 2, -2, 5], and y = round(h * r) with the second norm's
+// eps 0, r = 1 / sqrt(37 / 4). The first norm applies its weight as the second does (weight_bias 1
+// to both); without the pre_weight, or with one of another dtype, the call is an error.
+TEST(CpuReferenceTest, FusedOpNormsTheSumBeforeTheResidualAdd) {
+  AllreduceRmsnormSpec spec = Spec(4, true, QuantMode::kNone);
+  spec.eps = 0.0f;
+  spec.pre_residual_norm = true;
+  spec.pre_eps = 2.0f;
+  spec.emit.allreduce = true;
+  const HostTensor x0 = Make(DType::kBF16, {1, 4}, {1, 1, 1, 1});
+  const HostTensor x1 = Make(DType::kBF16, {1, 4}, {0, 2, -4, 2});
+  const HostTensor res = Make(DType::kBF16, {1, 4}, {1, -1, 1, -1});
+  const HostTensor w = Make(DType::kBF16, {4}, {1, 1, 1, 1});
+  const HostTensor w0 = Make(DType::kBF16, {4}, {3, 3, 3, 6});
+  const std::vector<HostTensor> out =
+      Unwrap(AllreduceRmsnorm(spec, std::vector<HostTensor>{x0, x1}, &res, w, nullptr, {}, &w0));
+  ASSERT_EQ(out.size(), 3u);  // allreduce, norm, residual
+  EXPECT_EQ(Values(out[0]), (std::vector<float>{1, 3, -3, 3}));
+  EXPECT_EQ(Values(out[2]), (std::vector<float>{2, 2, -2, 5}));
+  const float r = 1.0f / std::sqrt(37.0f / 4.0f);
+  for (int i = 0; i < 4; ++i)
+    EXPECT_EQ(out[1].GetF32(i), RoundTo(DType::kBF16, out[2].GetF32(i) * r)) << i;
+  // weight_bias 1 to both norms: w0' = w0 + 1 = [4, 4, 4, 7] -> p = round(a / 3 * w0').
+  spec.weight_bias = 1.0f;
+  const std::vector<HostTensor> biased =
+      Unwrap(AllreduceRmsnorm(spec, std::vector<HostTensor>{x0, x1}, &res, w, nullptr, {}, &w0));
+  for (int i = 0; i < 4; ++i) {
+    const float a = out[0].GetF32(i), w0b = w0.GetF32(i) + 1.0f;
+    EXPECT_EQ(biased[2].GetF32(i), RoundTo(DType::kBF16, RoundTo(DType::kBF16, a * (1.0f / 3.0f) * w0b) +
+                                                           res.GetF32(i)))
+        << i;
+  }
+  EXPECT_FALSE(AllreduceRmsnorm(spec, std::vector<HostTensor>{x0, x1}, &res, w, nullptr).ok());
+  const HostTensor w0_f32 = Make(DType::kF32, {4}, {3, 3, 3, 6});
+  EXPECT_FALSE(AllreduceRmsnorm(spec, std::vector<HostTensor>{x0, x1}, &res, w, nullptr, {}, &w0_f32).ok());
+  // No residual to add the normed sum to: the spec is refused.
+  spec.has_residual = spec.emit.residual = false;
+  EXPECT_FALSE(spec.Validate().ok());
+}
+
 // A residual stream kept in f32: h = a + residual in f32 with an f32 residual off bf16's grid;
 // residual_out is h itself under residual_out_f32 and round(h) otherwise, and the norm of the
 // f32 h (norm_input_f32) reads the same h either way.

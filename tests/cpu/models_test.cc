@@ -99,9 +99,12 @@ TEST_P(BundledModelTest, CompilesWithTwoFusionsPerLayerAndNoRejection) {
     const std::map<std::string, int> ops = c.graph->OpCounts();
     EXPECT_EQ(ops.count("all_reduce"), 0u);
     EXPECT_EQ(ops.at("allreduce_rmsnorm"), 2 * config.layers);
-    // Nothing of the norm or the quantization is left beside the fused ops.
-    for (const char* op : {"rms_norm", "fused_add_rms_norm", "quant_fp8", "rsqrt", "cast", "pow",
-                           "mean", "clamp", "div"}) {
+    // Sandwich norms on CUDA at world size 2: the residual add and the next norm stay for local
+    // fusion (off here), with a note at each fusion (BundledModels.GemmaNormsEachBlocksOutput...).
+    const bool norms_apart = config.sandwich_norms && caps.backend == "cuda";
+    EXPECT_EQ(ops.count("fused_add_rms_norm") ? ops.at("fused_add_rms_norm") : 0, norms_apart ? 2 * config.layers : 0);
+    // Nothing else of the norm or the quantization is left beside the fused ops.
+    for (const char* op : {"rms_norm", "quant_fp8", "rsqrt", "cast", "pow", "mean", "clamp", "div"}) {
       EXPECT_EQ(ops.count(op), 0u) << op;
     }
     for (const passes::FusionRecord& f : c.ctx.fusions) {
@@ -111,7 +114,8 @@ TEST_P(BundledModelTest, CompilesWithTwoFusionsPerLayerAndNoRejection) {
       EXPECT_EQ(f.spec.weight_dtype, config.norm_weight_dtype);
       EXPECT_EQ(f.spec.weight_bias, float(config.weight_bias));
       EXPECT_EQ(f.spec.emit.quant, config.quant != QuantMode::kNone);
-      EXPECT_TRUE(f.notes.empty());
+      EXPECT_EQ(f.spec.pre_residual_norm, config.sandwich_norms && !norms_apart) << f.spec.ToString();
+      EXPECT_EQ(f.notes.size(), norms_apart ? 1u : 0u);
     }
   }
 }
@@ -239,6 +243,61 @@ TEST(BundledModels, GraniteSumsTheSharedMlpAndTheExpertsInOneFusedOp) {
     StatusOr<runtime::CheckReport> report = runtime::CompareGraphOutputs(**graph, *ref, *c.graph, *got, *inputs);
     ASSERT_TRUE(report.ok()) << report.status().ToString();
     EXPECT_TRUE(report->ok) << report->ToString();
+  }
+}
+
+// Gemma's sandwich norms: each block's output normed before the residual add. Every site after
+// a block fuses its all_reduce, that norm, the add and the next norm into one op
+// (pre_residual_norm) on the CPU target at world size 2 and on both targets at world size 1 (a
+// local op); on the CUDA target at world size 2 the all_reduce fuses with the first norm and the
+// add and the next norm are a local op of their own. Without a residual (layer 0's input norm of
+// the reduced embedding) the site has no such norm. Bitwise the graph.
+TEST(BundledModels, GemmaNormsEachBlocksOutputBeforeTheResidualAdd) {
+  for (bool first_layer_residual : {true, false}) {
+    ModelConfig gemma = MustLoad("gemma.json");
+    ASSERT_TRUE(gemma.sandwich_norms);
+    gemma.first_layer_residual = first_layer_residual;
+    StatusOr<std::unique_ptr<ir::Graph>> graph = BuildDecodeGraph(gemma);
+    ASSERT_TRUE(graph.ok()) << graph.status().ToString();
+    for (int world_size : {2, 1}) {
+      for (const FusionCapabilities& caps : {CpuFusionCapabilities(), CudaFusionCapabilities()}) {
+        SCOPED_TRACE(StrCat("world size ", world_size, ", backend ", caps.backend,
+                            first_layer_residual ? "" : ", layer 0 without residual"));
+        CompileOutcome c = Compile(**graph, caps, world_size, /*fuse_local=*/true);
+        EXPECT_TRUE(c.ctx.rejections.empty()) << Rejections(c.ctx);
+        const bool in_one_op = caps.backend == "cpu" || world_size == 1;
+        for (int l = 0; l < gemma.layers; ++l) {
+          for (const char* site : {".in.ar", ".post.ar"}) {
+            const std::string anchor = StrCat("l", l, site);
+            const passes::FusionRecord* f = FusionAt(c.ctx, anchor);
+            ASSERT_NE(f, nullptr) << anchor;
+            const bool after_a_block = first_layer_residual || l > 0 || std::string(site) == ".post.ar";
+            EXPECT_EQ(f->spec.pre_residual_norm, after_a_block && in_one_op) << anchor << f->spec.ToString();
+            if (after_a_block && !in_one_op) {
+              ASSERT_EQ(f->notes.size(), 1u) << anchor;
+              EXPECT_NE(f->notes[0].find("runs a norm before the residual add at world size 1 only"),
+                        std::string::npos)
+                  << f->notes[0];
+            }
+          }
+        }
+        const std::map<std::string, int> ops = c.graph->OpCounts();
+        EXPECT_EQ(ops.count("all_reduce") + ops.count("rsqrt") + ops.count("rms_norm") +
+                      ops.count("fused_add_rms_norm"),
+                  0u);
+        const int sites = 2 * gemma.layers, after_blocks = first_layer_residual ? sites : sites - 1;
+        EXPECT_EQ(ops.at("allreduce_rmsnorm"), in_one_op ? sites : sites + after_blocks);
+      }
+      CompileOutcome c = Compile(**graph, CpuFusionCapabilities(), world_size, /*fuse_local=*/true);
+      StatusOr<std::vector<runtime::TensorMap>> inputs = runtime::MakeRandomInputs(**graph, world_size, 3, 19);
+      ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
+      StatusOr<runtime::RankOutputs> ref = runtime::MakeCpuExecutor(world_size)->Run(**graph, *inputs);
+      StatusOr<runtime::RankOutputs> got = runtime::MakeCpuExecutor(world_size)->Run(*c.graph, *inputs);
+      ASSERT_TRUE(ref.ok() && got.ok()) << ref.status().ToString() << got.status().ToString();
+      StatusOr<runtime::CheckReport> report = runtime::CompareGraphOutputs(**graph, *ref, *c.graph, *got, *inputs);
+      ASSERT_TRUE(report.ok()) << report.status().ToString();
+      EXPECT_TRUE(report->ok) << report->ToString();
+    }
   }
 }
 

@@ -642,6 +642,91 @@ TEST(PassesForms, AReasonNamesNoCastTheCompilerWrote) {
             "cannot take over (its only use is mul %m)");
 }
 
+// Sandwich norms (sandwich.tpg: Gemma 2/3's written-out norms, GLM-4's LlamaRMSNorm with another
+// eps before the add): each all_reduce, the norm of its sum, the residual add and the next norm
+// become one fused op (pre_residual_norm, pre_eps the first norm's), bitwise the graph it
+// replaced. Backend CUDA takes it at world size 1 (a local op), and at world size 2 fuses the
+// all_reduce with the first norm and the add with the next as a local op, with a note that says
+// why; bitwise too. A first norm whose output is read elsewhere, or whose weight is applied in
+// another form, leaves the add and the next norm a chain of their own, with the reason.
+TEST(PassesForms, SandwichNormsFuseWithTheResidualAddAndTheNextNorm) {
+  const std::string text = ReadForm("sandwich.tpg");
+  Compiled c = Compile(text);
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 2u) << DescribeReport(c.ctx) << Print(*c.after);
+  EXPECT_TRUE(c.ctx.rejections.empty()) << DescribeReport(c.ctx);
+  const float pre_eps[] = {1e-6f, 1e-5f};
+  for (size_t i = 0; i < 2; ++i) {
+    const AllreduceRmsnormSpec& spec = c.ctx.fusions[i].spec;
+    EXPECT_TRUE(spec.pre_residual_norm) << spec.ToString();
+    EXPECT_EQ(spec.pre_eps, pre_eps[i]) << spec.ToString();
+    EXPECT_EQ(spec.eps, 1e-6f) << spec.ToString();
+    EXPECT_EQ(spec.emit, (EmitSet{.norm = true, .residual = true})) << spec.ToString();
+  }
+  EXPECT_EQ(c.ctx.fusions[0].spec.weight_bias, 1.0f);
+  EXPECT_TRUE(c.ctx.fusions[1].spec.rounding.weight_after_round);
+  EXPECT_EQ(CountOp(*c.after, "allreduce_rmsnorm"), 2) << Print(*c.after);
+  EXPECT_EQ(int(c.after->nodes().size()), 4) << Print(*c.after);  // and the two matmuls
+  ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {1, 7, 1234});
+  ExpectBitwiseOutputs(*c.before, *c.after, 3, {7}, {5});
+
+  for (int world_size : {1, 2}) {
+    SCOPED_TRACE(world_size);
+    PassContext cuda;
+    cuda.caps = CudaFusionCapabilities();
+    cuda.world_size = world_size;
+    cuda.fuse_local = true;
+    Compiled on_cuda = Compile(text, cuda);
+    ASSERT_TRUE(on_cuda.ok());
+    EXPECT_TRUE(on_cuda.ctx.rejections.empty()) << DescribeReport(on_cuda.ctx);
+    EXPECT_EQ(CountOp(*on_cuda.after, "all_reduce"), 0) << Print(*on_cuda.after);
+    EXPECT_EQ(CountOp(*on_cuda.after, "rsqrt"), 0) << Print(*on_cuda.after);
+    ExpectBitwiseOutputs(*on_cuda.before, *on_cuda.after, world_size, {1, 33}, {3});
+    const std::vector<FusionRecord>& fused = on_cuda.ctx.fusions;
+    if (world_size == 1) {
+      ASSERT_EQ(fused.size(), 2u) << DescribeReport(on_cuda.ctx);
+      for (const FusionRecord& f : fused) EXPECT_TRUE(f.spec.pre_residual_norm && f.spec.local) << f.spec.ToString();
+      continue;
+    }
+    ASSERT_EQ(fused.size(), 4u) << DescribeReport(on_cuda.ctx);
+    for (const std::string& y : {"y0", "y2"}) {
+      const auto f = std::find_if(fused.begin(), fused.end(), [&](const FusionRecord& r) {
+        return !r.spec.local && !r.notes.empty() && r.notes[0].find("read %" + y + " ") != std::string::npos;
+      });
+      ASSERT_NE(f, fused.end()) << y << "\n" << DescribeReport(on_cuda.ctx);
+      EXPECT_FALSE(f->spec.pre_residual_norm);
+      EXPECT_EQ(f->notes[0], StrCat("the residual add and the norm that read %", y,
+                                    " are not taken over: backend cuda's fused op runs a norm before the residual "
+                                    "add at world size 1 only, not 2"));
+    }
+  }
+
+  // The first norm's output read elsewhere (returned), or its weight applied in another form (no
+  // weight_bias where the next norm's is 1): the norm's chain fuses alone.
+  for (const char* change : {"return %p2, %h1, %y0", "%gb1 = add(%gf1) {scalar = 0}"}) {
+    SCOPED_TRACE(change);
+    std::string other = text;
+    if (std::string(change).starts_with("return")) {
+      other.replace(other.find("return %p2, %h1"), std::string("return %p2, %h1").size(), change);
+    } else {
+      const std::string was = "%gb1 = add(%gf1) {scalar = 1}";
+      other.replace(other.find(was), was.size(), change);
+    }
+    Compiled apart = Compile(other);
+    ASSERT_TRUE(apart.ok());
+    ASSERT_FALSE(apart.ctx.fusions.empty()) << DescribeReport(apart.ctx);
+    const FusionRecord& first = apart.ctx.fusions[0];
+    EXPECT_EQ(first.anchor, "ar0");
+    EXPECT_FALSE(first.spec.pre_residual_norm) << first.spec.ToString();
+    if (std::string(change).starts_with("%gb1")) {
+      ASSERT_FALSE(first.notes.empty());
+      EXPECT_NE(first.notes[0].find("the two norms apply their weights in different forms"), std::string::npos)
+          << first.notes[0];
+    }
+    ExpectBitwiseOutputs(*apart.before, *apart.after, 2, {5}, {9});
+  }
+}
+
 // The one fusion of `c`, of all_reduces `anchor` and `second` (second_sum), which leaves no
 // rejection, no all_reduce and none of the adds and scales between them, and emits the norm and
 // the residual; null (and a failure) when `c` has not exactly one fusion.

@@ -23,7 +23,7 @@ namespace tpfuse::testing {
 namespace {
 
 struct LocalCall {
-  cuda::DeviceBuffer x, x2, residual, weight, scale;
+  cuda::DeviceBuffer x, x2, residual, weight, pre_weight, scale;
   std::vector<cuda::DeviceBuffer> outputs;
   std::vector<HostTensor> host_outputs;
   cuda::FusedBuffers buffers;
@@ -41,6 +41,7 @@ Status Prepare(const AllreduceRmsnormSpec& spec, const FusedInputs& in, int64_t 
   if (!in.partials2.empty()) TPFUSE_RETURN_IF_ERROR(Upload(call.x2, in.partials2[0]));
   if (in.has_residual) TPFUSE_RETURN_IF_ERROR(Upload(call.residual, in.residual));
   TPFUSE_RETURN_IF_ERROR(Upload(call.weight, in.weight));
+  if (in.has_pre_weight) TPFUSE_RETURN_IF_ERROR(Upload(call.pre_weight, in.pre_weight));
   if (in.has_scale) TPFUSE_RETURN_IF_ERROR(Upload(call.scale, in.scale));
   call.host_outputs = FusedOutputShapes(spec, tokens);
   for (const HostTensor& t : call.host_outputs) {
@@ -54,6 +55,7 @@ Status Prepare(const AllreduceRmsnormSpec& spec, const FusedInputs& in, int64_t 
                                  call.weight.get(), in.has_scale ? call.scale.get<float>() : nullptr,
                                  outputs);
   if (!in.partials2.empty()) call.buffers.x2 = call.x2.get();
+  if (in.has_pre_weight) call.buffers.pre_weight = call.pre_weight.get();
   return Status::Ok();
 }
 
@@ -326,6 +328,51 @@ TEST_F(LocalFusedTest, TwoSummedAllReducesAreBitwiseTheOracle) {
         EXPECT_EQ(got, "") << Describe(s, 7) << OwnerName(owner);
       else
         EXPECT_NE(got.find("two summed all_reduces run with one block per row"), std::string::npos)
+            << Describe(s, 7) << OwnerName(owner) << ": " << got;
+    }
+  }
+}
+
+// A norm of the sum before the residual add (pre_residual_norm: sandwich norms) at world size 1:
+// bf16 and f16; every quant mode; the weight in the activation dtype or f32, with Gemma's bias of
+// 1 (in f32 or in the weight's dtype) or none; weight_after_round or not; the norm of the f32 sum
+// or not; an f32 residual stream; the all_reduce's result emitted (world size 1, not local: x);
+// rows of one vector per thread to four, T 1, 33 and 300 (SecondSumRecipe's kernels). Then
+// each row owner forced: one block runs it, the others refuse with the reason.
+TEST_F(LocalFusedTest, ANormBeforeTheResidualAddIsBitwiseTheOracle) {
+  uint64_t seed = 7000;
+  for (DType act : {DType::kBF16, DType::kF16})
+    for (int form = 0; form < 6; ++form)
+      for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+        for (int64_t h : {128, 2880, 7168, 16384}) {
+          AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/true);
+          s.act_dtype = act;
+          s.weight_dtype = form == 2 ? DType::kF32 : act;
+          s.pre_residual_norm = true;
+          s.pre_eps = 1e-5f;
+          s.weight_bias = form == 1 || form == 4 ? 1.0f : 0.0f;
+          s.rounding.weight_bias_in_weight_dtype = form == 4;
+          s.rounding.weight_after_round = form == 0 || form == 4;
+          s.rounding.norm_input_f32 = form == 3;
+          if (form == 5) s.residual_f32_in = s.rounding.residual_out_f32 = true;
+          if (form == 3) {
+            s.local = false;
+            s.emit.allreduce = true;
+          }
+          for (int64_t t : {1, 33, 300}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
+        }
+  for (int64_t h : {128, 2880, 7168, 16384}) {
+    AllreduceRmsnormSpec s = LocalSpec(h, QuantMode::kFp8Group, /*residual=*/true);
+    s.pre_residual_norm = true;
+    EXPECT_EQ(cuda::LocalKernelRecipe(s), cuda::KernelRecipe::kRuntimePreNorm);
+    for (cuda::RowOwner owner : RowOwnersOf(s.hidden)) {
+      cuda::LaunchOptions options;
+      options.row_owner = owner;
+      const std::string got = RunAndCompare(s, 7, seed++, options);
+      if (owner == cuda::RowOwner::kBlock)
+        EXPECT_EQ(got, "") << Describe(s, 7) << OwnerName(owner);
+      else
+        EXPECT_NE(got.find("a norm before the residual add runs with one block per row"), std::string::npos)
             << Describe(s, 7) << OwnerName(owner) << ": " << got;
     }
   }

@@ -88,12 +88,19 @@ FusedInputs MakeFusedInputs(const AllreduceRmsnormSpec& spec, int64_t tokens, in
       x2.SetF32(i, kind == InputKind::kRankTagged ? float((r + 2) * int((i * 5 + r) % 9 - 4)) : normal(rng));
     in.partials2.push_back(std::move(x2));
   }
+  in.has_pre_weight = spec.pre_residual_norm;
+  if (spec.pre_residual_norm) {
+    in.pre_weight = HostTensor(spec.weight_dtype, {h});
+    for (int64_t i = 0; i < h; ++i)
+      in.pre_weight.SetF32(i, spec.weight_bias != 0.0f ? (uniform(rng) - 0.5f) : 0.5f + uniform(rng));
+  }
   return in;
 }
 
 std::vector<HostTensor> OracleOutputs(const AllreduceRmsnormSpec& spec, const FusedInputs& in) {
   auto out = cpu::AllreduceRmsnorm(spec, in.partials, in.has_residual ? &in.residual : nullptr,
-                                   in.weight, in.has_scale ? &in.scale : nullptr, in.partials2);
+                                   in.weight, in.has_scale ? &in.scale : nullptr, in.partials2,
+                                   in.has_pre_weight ? &in.pre_weight : nullptr);
   if (!out.ok()) return {};
   return std::move(out).value();
 }

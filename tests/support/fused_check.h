@@ -24,6 +24,8 @@ struct FusedInputs {
   HostTensor weight;                 // [H]
   HostTensor scale;                  // f32[] for fp8_tensor, else empty
   std::vector<HostTensor> partials2;  // [rank] x2 [T, H] (spec.second_sum), else empty
+  HostTensor pre_weight;              // [H] (spec.pre_residual_norm), else empty
+  bool has_pre_weight = false;
   bool has_residual = false;
   bool has_scale = false;
 };

@@ -555,7 +555,8 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
                                                    const std::vector<const HostTensor*>& partials,
                                                    const HostTensor* residual, const HostTensor& w,
                                                    const HostTensor* scale,
-                                                   const std::vector<const HostTensor*>& partials2) {
+                                                   const std::vector<const HostTensor*>& partials2,
+                                                   const HostTensor* pre_weight) {
   TPFUSE_RETURN_IF_ERROR(spec.Validate().WithContext("allreduce_rmsnorm"));
   if (partials.empty()) return InvalidArgument("allreduce_rmsnorm: no partials");
   if (spec.second_sum != !partials2.empty() || (spec.second_sum && partials2.size() != partials.size()))
@@ -584,6 +585,13 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
                            DTypeName(spec.residual_in_dtype()), ")");
   if (w.dtype() != spec.weight_dtype || w.numel() != spec.hidden)
     return InvalidArgument("allreduce_rmsnorm: w is ", w.TypeString(), ", expected ",
+                           DTypeName(spec.weight_dtype), "[", spec.hidden, "]");
+  if (spec.pre_residual_norm != (pre_weight != nullptr))
+    return InvalidArgument("allreduce_rmsnorm: the spec ", spec.pre_residual_norm ? "norms" : "does not norm",
+                           " the sum before the residual add (pre_residual_norm) but the call passes ",
+                           pre_weight ? "a" : "no", " pre_weight");
+  if (pre_weight && (pre_weight->dtype() != spec.weight_dtype || pre_weight->numel() != spec.hidden))
+    return InvalidArgument("allreduce_rmsnorm: pre_weight is ", pre_weight->TypeString(), ", expected ",
                            DTypeName(spec.weight_dtype), "[", spec.hidden, "]");
   if ((spec.quant == QuantMode::kFp8Tensor) != (scale != nullptr))
     return InvalidArgument("allreduce_rmsnorm: a static scale is needed iff quant = fp8_tensor (quant ",
@@ -616,6 +624,13 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
   // 1b. a' = round(a * sum_scale) (f32 product), where the graph scaled a before the add.
   if (spec.sum_scale != 1.0f) {
     for (int64_t i = 0; i < h.numel(); ++i) h.SetF32(i, h.GetF32(i) * spec.sum_scale);
+  }
+  // 1c. pre_residual_norm: a' = the norm of a with pre_weight and pre_eps, rounded (its output
+  // in the activation dtype), in the norm's row order (RmsNormRows).
+  if (spec.pre_residual_norm) {
+    RoundingRecipe pre = spec.rounding;
+    pre.norm_out_f32 = false;
+    RmsNormRows(Decode(h), rows, hidden, *pre_weight, spec.pre_eps, spec.weight_bias, pre, spec.act_dtype, h);
   }
   // 2. h = a' + residual in f32; residual_out = round(h) (or h itself, rounding.residual_out_f32);
   // the norm reads round(h) or, with rounding.norm_input_f32, the f32 h itself.
@@ -654,11 +669,12 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
                                                    const std::vector<HostTensor>& partials,
                                                    const HostTensor* residual, const HostTensor& w,
                                                    const HostTensor* scale,
-                                                   const std::vector<HostTensor>& partials2) {
+                                                   const std::vector<HostTensor>& partials2,
+                                                   const HostTensor* pre_weight) {
   std::vector<const HostTensor*> ptrs, ptrs2;
   for (const HostTensor& t : partials) ptrs.push_back(&t);
   for (const HostTensor& t : partials2) ptrs2.push_back(&t);
-  return AllreduceRmsnorm(spec, ptrs, residual, w, scale, ptrs2);
+  return AllreduceRmsnorm(spec, ptrs, residual, w, scale, ptrs2, pre_weight);
 }
 
 }  // namespace tpfuse::cpu

@@ -588,6 +588,7 @@ Status CudaExecutor::Impl::LaunchNode(RankResources& res, const Plan& plan, cons
       b.x2 = ptr(np.fused_in.x2, false);
       b.residual = ptr(np.fused_in.residual, false);
       b.weight = ptr(np.fused_in.w, false);
+      b.pre_weight = ptr(np.fused_in.pre_weight, false);
       b.scale = static_cast<const float*>(ptr(np.fused_in.scale, false));
       b.allreduce_out = ptr(np.fused_out.allreduce, true);
       b.norm_out = ptr(np.fused_out.norm, true);

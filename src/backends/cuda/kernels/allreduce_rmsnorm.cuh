@@ -110,6 +110,11 @@ struct FusedKernelParams {
   const void* reduced2;
   float first_scale;
   float second_scale;
+  // The norm of the sum before the residual add (PreNormRecipe's kernels only): its weight [H]
+  // (weight_dtype, weight_bias as the weight's) and eps.
+  bool pre_residual_norm;
+  const void* pre_weight;
+  float pre_eps;
 };
 
 // ================================================================ recipes
@@ -158,14 +163,25 @@ struct F32ResidualRecipe : RuntimeRecipe {};
 // F32ResidualRecipe that also reads the rows of a second sum (two summed all_reduces:
 // p.second_sum), instantiated apart (one block per row) so that the f32 kernels keep their code.
 struct SecondSumRecipe : F32ResidualRecipe {};
+// F32ResidualRecipe with the norm of the sum before the residual add (p.pre_residual_norm:
+// sandwich norms), instantiated apart (one block per row) so that the other kernels keep their
+// code and registers. The kernel stores a (NormBeforeResidual), not RowEpilogue: RowEpilogue's a
+// is the norm's output.
+struct PreNormRecipe : F32ResidualRecipe {
+  __device__ __forceinline__ static void* AllreduceOut(const FusedKernelParams&) { return nullptr; }
+};
 template <typename Recipe>
 inline constexpr bool kF32ResidualRecipe = false;
 template <>
 inline constexpr bool kF32ResidualRecipe<F32ResidualRecipe> = true;
 template <>
 inline constexpr bool kF32ResidualRecipe<SecondSumRecipe> = true;
+template <>
+inline constexpr bool kF32ResidualRecipe<PreNormRecipe> = true;
 template <typename Recipe>
 inline constexpr bool kSecondSumRecipe = std::is_same_v<Recipe, SecondSumRecipe>;
+template <typename Recipe>
+inline constexpr bool kPreNormRecipe = std::is_same_v<Recipe, PreNormRecipe>;
 
 // A thread's residual vector: eight 16-bit values, or eight f32 (F32ResidualRecipe), of which
 // `lo` holds the 16-bit values where the residual is 16-bit.
@@ -212,7 +228,8 @@ using RecipeOf = std::conditional_t<
     kRecipe == KernelRecipe::kRuntime, RuntimeRecipe,
     std::conditional_t<kRecipe == KernelRecipe::kRuntimeF32Residual, F32ResidualRecipe,
                        std::conditional_t<kRecipe == KernelRecipe::kRuntimeSecondSum, SecondSumRecipe,
-                                          FixedRecipe<T, kRecipe == KernelRecipe::kFixedWeightAfterRound>>>>;
+                                          std::conditional_t<kRecipe == KernelRecipe::kRuntimePreNorm, PreNormRecipe,
+                                                             FixedRecipe<T, kRecipe == KernelRecipe::kFixedWeightAfterRound>>>>>;
 // A fixed recipe's kernel for the norm alone (no residual: the launcher picks it by the spec),
 // the same code under a tighter register bound (SpanMinBlocks).
 template <typename Fixed>
@@ -751,6 +768,9 @@ __device__ __forceinline__ void ApplyWeightBias(const FusedKernelParams& p, floa
 // Weight vector v as w' = w + weight_bias (Contract 3 step 3: an f32 add, or rounded to the
 // weight's dtype when the replaced graph adds the bias there; no add when the bias is 0, so a
 // -0.0 weight stays -0.0 as in the graph that multiplies by w itself).
+// NOTE: PreNormRecipe's pre_weight takes the same steps split in two (PreWeightWords, then
+// DecodePreWeight); through one function for both, ptxas gave six of the F32ResidualRecipe
+// kernels 1-3 registers fewer (cuobjdump), code whose times were not measured.
 template <class Recipe>
 __device__ __forceinline__ void LoadWeightVector(const FusedKernelParams& p, int v, float (&wb)[kVecElems]) {
   if (Recipe::WeightDType(p) == DType::kF32) {
@@ -1634,6 +1654,71 @@ __device__ __forceinline__ uint4 SumOfTwoSums(const FusedKernelParams& p, const 
   return Pack<T>(u);
 }
 
+// Vector v of the pre_weight in two steps, as LoadWeightVector takes the weight's: the word of a
+// 16-bit weight (held from before a reduction, four registers), then w' = w + weight_bias of it;
+// an f32 weight's eight values are loaded by the second step (eight registers would spill).
+template <class Recipe>
+__device__ __forceinline__ uint4 PreWeightWords(const FusedKernelParams& p, int v) {
+  if (Recipe::WeightDType(p) == DType::kF32) return make_uint4(0, 0, 0, 0);
+  return __ldg(static_cast<const uint4*>(p.pre_weight) + v);
+}
+template <class Recipe>
+__device__ __forceinline__ void DecodePreWeight(const FusedKernelParams& p, const uint4& words, int v,
+                                                float (&wb)[kVecElems]) {
+  if (Recipe::WeightDType(p) == DType::kF32) {
+    const uint4* w = static_cast<const uint4*>(p.pre_weight) + 2 * v;
+    F32Values(F32ResidualVector{__ldg(w), __ldg(w + 1)}, wb);
+  } else if (Recipe::WeightDType(p) == DType::kBF16) {
+    Unpack<__nv_bfloat16>(words, wb);
+  } else {
+    Unpack<__half>(words, wb);
+  }
+  ApplyWeightBias<Recipe>(p, wb);
+}
+
+// The norm of the sum before the residual add (p.pre_residual_norm) on this thread's vectors of
+// a row (zeros past it), as RowEpilogue's step 3 computes y: a = round(a * r0 * w0'), or
+// round(round(a * r0) * w0') under weight_after_round, r0 = 1 / sqrt(mean(a^2) + pre_eps) with
+// the sum of squares in the layout's order, w0' the pre_weight's vector plus weight_bias. A
+// 16-bit pre_weight's words are loaded before the reduction, so their latency overlaps it. a is stored
+// to allreduce_out first where it is emitted. `smem`: the reduction's own rows (two, by slot),
+// apart from RowEpilogue's.
+template <typename T, int kVec, typename Span, typename Recipe>
+__device__ __forceinline__ void NormBeforeResidual(const FusedKernelParams& p, int64_t row, uint4 (&a)[kVec],
+                                                   float (*smem)[32], int slot) {
+  const size_t row_vec = size_t(row) * p.vecs_per_row;
+  // The values are unpacked from `a` twice, not held as f32 across the reduction: the kernels'
+  // other rows of registers are already live there.
+  float sum_sq = 0.0f;
+  uint4 w_words[kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int v = RowVectors<kVec, Span>::Index(k);
+    w_words[k] = PreWeightWords<Recipe>(p, min(v, p.vecs_per_row - 1));
+    if (p.allreduce_out && v < p.vecs_per_row) StoreStreaming(static_cast<uint4*>(p.allreduce_out) + row_vec + v, a[k]);
+    float u[kVecElems];
+    Unpack<T>(a[k], u);
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) sum_sq = __fadd_rn(sum_sq, __fmul_rn(u[i], u[i]));
+  }
+  const float total = RowSum<Span>(sum_sq, smem, slot);
+  const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(total, float(p.hidden)), p.pre_eps)));
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int v = RowVectors<kVec, Span>::Index(k);
+    if (v >= p.vecs_per_row) continue;
+    float u[kVecElems], w[kVecElems];
+    Unpack<T>(a[k], u);
+    DecodePreWeight<Recipe>(p, w_words[k], v, w);
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) u[i] = __fmul_rn(u[i], r);
+    if (Recipe::WeightAfterRound(p)) RoundVector<T>(u);
+#pragma unroll
+    for (int i = 0; i < kVecElems; ++i) u[i] = __fmul_rn(u[i], w[i]);
+    a[k] = Pack<T>(u);
+  }
+}
+
 // The inputs of `row` that the epilogue kernel reads from memory started into L2 by thread 0: a
 // local row's x or a reduced row, and the residual (gathered partials are not prefetched: N
 // rows, just written by NCCL).
@@ -1650,6 +1735,11 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
     if (Recipe::Source(p) != RowSource::kGathered)
       PrefetchL2(static_cast<const char*>(Recipe::Source(p) == RowSource::kLocal ? p.x2 : p.reduced2) + offset,
                  row_bytes);
+  }
+  if constexpr (kPreNormRecipe<Recipe>) {
+    // The pre_weight, read by every row after the first reduction (the weight's own words are
+    // loaded before the wait: RowWeights).
+    PrefetchL2(p.pre_weight, p.weight_dtype == DType::kF32 ? 2 * row_bytes : row_bytes);
   }
   if constexpr (kF32ResidualRecipe<Recipe>) {
     if (p.residual && p.residual_f32_in) {
@@ -1694,6 +1784,7 @@ template <typename T, int kVec, QuantMode kQuant, typename Span = BlockRow, type
 __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kVec, Recipe>)
     AllreduceEpilogueKernel(const FusedKernelParams p) {
   __shared__ __align__(8) float smem[4][32];  // 8: the clusters' ReduceSumAndMax pairs
+  __shared__ float pre_smem[kPreNormRecipe<Recipe> ? 2 : 1][32];  // NormBeforeResidual's
   constexpr bool kHeldWeights = kVec == 1 || kClusterSpan<Span> || kPackedSpan<Span>;
   __shared__ uint4 weight_vectors[kHeldWeights ? 1 : kVec * kMaxRowThreads];
   Span::Arrive();
@@ -1756,6 +1847,7 @@ __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kV
         else a[k] = SumOfTwoSums<T>(p, a[k], a2);
       }
     }
+    if constexpr (kPreNormRecipe<Recipe>) NormBeforeResidual<T, kVec, Span, Recipe>(p, row, a, pre_smem, slot);
     RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, static_scale, smem, slot);
   }
 }

@@ -105,6 +105,7 @@ Status CheckBuffers(const AllreduceRmsnormSpec& spec, const FusedBuffers& b) {
   TPFUSE_RETURN_IF_ERROR(CheckPointer("x2", b.x2, spec.second_sum, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("residual", b.residual, spec.has_residual, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("weight", b.weight, true, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("pre_weight", b.pre_weight, spec.pre_residual_norm, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("scale", b.scale, spec.quant == QuantMode::kFp8Tensor, 4));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("allreduce_out", b.allreduce_out, spec.emit.allreduce, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("norm_out", b.norm_out, spec.emit.norm, 16));
@@ -113,12 +114,13 @@ Status CheckBuffers(const AllreduceRmsnormSpec& spec, const FusedBuffers& b) {
   return CheckPointer("scale_out", b.scale_out, spec.emit.quant && IsDynamicQuant(spec.quant), 4);
 }
 
-// The run-time recipe `spec` needs: SecondSumRecipe's for two summed all_reduces (one block per
-// row), F32ResidualRecipe's for an f32 residual stream or norm output (one block or one ClusterRow
+// The run-time recipe `spec` needs: SecondSumRecipe's for two summed all_reduces, PreNormRecipe's
+// for a norm before the residual add (each one block per row), F32ResidualRecipe's for an f32 residual stream or norm output (one block or one ClusterRow
 // per row), else the plain one; each on the local op and the nccl path. The other kernels keep
 // their code for the common forms.
 KernelRecipe RuntimeRecipeOf(const AllreduceRmsnormSpec& spec) {
   if (spec.second_sum) return KernelRecipe::kRuntimeSecondSum;
+  if (spec.pre_residual_norm) return KernelRecipe::kRuntimePreNorm;
   return spec.has_f32_values() ? KernelRecipe::kRuntimeF32Residual : KernelRecipe::kRuntime;
 }
 
@@ -172,12 +174,15 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.residual_out_f32 = spec.rounding.residual_out_f32;
   p.norm_out_f32 = spec.rounding.norm_out_f32;
   p.f32_paired_stores = tokens >= kF32PairedStoresMinRows;
-  // Read only by SecondSumRecipe's kernels.
+  // Read only by SecondSumRecipe's kernels, and the three after by PreNormRecipe's.
   p.second_sum = spec.second_sum;
   p.second_sum_into_residual = spec.second_sum_into_residual;
   p.x2 = b.x2;
   p.first_scale = spec.first_scale;
   p.second_scale = spec.second_scale;
+  p.pre_residual_norm = spec.pre_residual_norm;
+  p.pre_weight = b.pre_weight;
+  p.pre_eps = spec.pre_eps;
   p.world_size = 1;
   return p;
 }
@@ -464,6 +469,12 @@ StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const R
       kernel = SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeSecondSum>>(spec.act_dtype, layout.vecs_per_thread,
                                                                             spec.quant);
       break;
+    case KernelRecipe::kRuntimePreNorm:
+      if (owner != RowOwner::kBlock)
+        return Unimplemented("a norm before the residual add runs with one block per row (row owner kBlock or kAuto)");
+      kernel = SelectKernel<EpilogueFamily<KernelRecipe::kRuntimePreNorm>>(spec.act_dtype, layout.vecs_per_thread,
+                                                                          spec.quant);
+      break;
     case KernelRecipe::kRuntimeF32Residual:
       if (owner == RowOwner::kBlock) {
         kernel = SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(
@@ -535,7 +546,8 @@ StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceR
                                      const RowLayout& layout, KernelRecipe recipe, int64_t tokens,
                                      const LaunchOptions& options) {
   if (recipe == KernelRecipe::kRuntimeF32Residual) return F32ResidualRowOwner(device, spec, layout, tokens, options);
-  if (recipe == KernelRecipe::kRuntimeSecondSum) return LocalRowOwner{};  // one block per row
+  if (recipe == KernelRecipe::kRuntimeSecondSum || recipe == KernelRecipe::kRuntimePreNorm)
+    return LocalRowOwner{};  // one block per row
   Status failed;
   const LocalRowOwner choice = RowOwnerRule(spec, layout, tokens, device.sms, [&](const LocalRowOwner& owner) -> int64_t {
     StatusOr<int64_t> at_once = CapacityOnDevice(device, spec, layout, recipe, owner, options);
@@ -656,6 +668,10 @@ Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_
     return FailedPrecondition("the communicator is poisoned by an earlier timeout; recreate it");
   // No communication: every strategy is the local epilogue.
   if (n == 1 || spec.local) return Status::Ok();
+  if (spec.pre_residual_norm)
+    return Unimplemented("strategy ", StrategyName(strategy), ": a norm before the residual add runs at world size 1 ",
+                         "and in local ops only (at N >= 2 the all_reduce fuses with that norm, and the residual add ",
+                         "with the next one)");
   if (strategy == Strategy::kNccl) {
     // Above N = 2 the exact path gathers every rank's partial row into the scratch buffer; two
     // summed all_reduces hold the second's rows beside the first's.

@@ -92,6 +92,7 @@ extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntime
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(DType, int,
                                                                                                     QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeSecondSum>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimePreNorm>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
