@@ -184,6 +184,52 @@ def test_the_pass_fuses_a_local_chain_inside_reduce_overhead():
     assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
 
 
+def sandwich(x, residual, w0, w):
+    """Gemma 2/3's sandwich norms at TP 1: the block's output normed, added to the residual, and
+    the stream normed for the next block ((1 + w) norms in f32)."""
+    def norm(v, weight):
+        f = v.float()
+        return (f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + 1e-6) * (1.0 + weight.float())
+                ).to(v.dtype)
+    h = residual + norm(x, w0)
+    return norm(h, w), h
+
+
+@pytest.mark.parametrize("hidden,ops", [(2304, 1), (5376, 0)])
+def test_the_pass_fuses_sandwich_norms_where_the_fused_op_was_measured_faster(hidden, ops):
+    """tpfuse.torch.compile at world size 1 on the GPU, fuse_local auto (the Inductor rule): at H
+    2304 the chain is one fused op (pre_residual_norm), replayed from CUDA graphs, bitwise the op
+    called directly; at H 5376, where Inductor's kernel of the chain was measured faster from
+    1024 rows (MeasuredPreNormLosses; the graph's 1024 rows), both norms stay for Inductor, each
+    with the reason."""
+    import tpfuse.torch as tt
+
+    attrs = dict(emit=["norm", "residual"], weight_bias=1.0, local=True)
+    with torch._inductor.config.patch(force_disable_caches=True):
+        torch._dynamo.reset()
+        compiled = tt.compile(sandwich, world_size=1, mode="reduce-overhead", fullgraph=True)
+        for step in range(4):
+            g = torch.Generator().manual_seed(step)
+            x, r = (torch.randn(1024, hidden, generator=g).to(torch.bfloat16).cuda()
+                    for _ in range(2))
+            w0, w = ((torch.rand(hidden, generator=g) - 0.5).to(torch.bfloat16).cuda()
+                     for _ in range(2))
+            got = [t.clone() for t in compiled(x, r, w0, w)]
+            if ops:  # (Inductor's kernel keeps its own rounding: not checked here)
+                assert_bitwise(got, list(OP(x, r, w, None, None, w0, **attrs)), f"step {step}")
+                assert ulp_distance_16(got[0], sandwich(x, r, w0, w)[0]).max() <= 1
+    report = compiled.tpfuse_pass.report
+    fusions = [f for gr in report.graphs for f in gr.fusions]
+    assert len(fusions) == ops, report
+    if ops:
+        assert bool(fusions[0].attrs.get("pre_residual_norm")), fusions[0].attrs
+    else:
+        reasons = list(report.local_left_alone.values())
+        assert len(reasons) == 2, report
+        assert "with a norm before the residual add at H 5376 from 1024 rows" in reasons[0]
+        assert reasons[1].startswith("it stays with the norm before the residual add")
+
+
 def test_captured_cuda_graph_replays_with_new_inputs():
     attrs = dict(emit=["norm", "residual"])
     partials, res, weight, _ = make_inputs(5, (19, 4096), 1, True, "none")

@@ -115,7 +115,12 @@ struct Plan {
 struct Refusal {
   std::string kind;
   std::string reason;
+  // A norm that stays with the chain: the one after a norm before the residual add, where
+  // Inductor's kernel takes both (PlanWithNormBeforeResidual). Null otherwise.
+  const ir::Node* and_norm = nullptr;
 };
+
+constexpr char kInductorFaster[] = "Inductor's kernel measured faster";
 
 // "its only use is matmul %o", "its uses are matmul %o and add %h", "it is only returned".
 std::string DescribeUses(const ir::Value* value) {
@@ -330,7 +335,8 @@ std::optional<Chain> WithNormBeforeResidual(const Chain& c) {
   if (use.is_return() || use.user->kind() != ir::OpKind::kFusedAddRmsNorm || use.index > 1) return std::nullopt;
   ir::Node* next = use.user;
   ir::Value* residual = next->operand(1 - use.index);
-  if (residual == c.y) return std::nullopt;
+  // (The all_reduce's own sum as the residual exists only inside the fused op.)
+  if (residual == c.y || (c.anchor && residual == c.a)) return std::nullopt;
   Chain two = MakeChain(c.anchor, next, c.local);
   two.scale = nullptr;
   two.a = c.a;
@@ -1048,20 +1054,27 @@ std::variant<Plan, Refusal> PlanChain(const Chain& chain, const PassContext& ctx
     if (StatusOr<ir::Dim> rows = RowsOf(chain.x->type()); rows.ok() && rows->is_const())
       tokens = rows->value;
     if (std::string why = WhyInductorIsFaster(plan->spec, tokens, ctx.inductor_losses); !why.empty())
-      return Refusal{"Inductor's kernel measured faster", why};
+      return Refusal{kInductorFaster, why};
   }
   return decision;
 }
 
 // The plan of `chain` with the residual add and the norm after it taken over where its norm's
 // output goes there (WithNormBeforeResidual) and that fuses; else PlanChain's, with a note on
-// why the add and the next norm stay apart.
+// why the add and the next norm stay apart. Where Inductor's kernel was measured faster for the
+// whole (ctx.local_vs_inductor), both norms stay for it: the refusal names the second
+// (Refusal::and_norm), which the caller leaves too.
 std::variant<Plan, Refusal> PlanWithNormBeforeResidual(const Chain& chain, const PassContext& ctx) {
   std::string refused;
   if (std::optional<Chain> both = WithNormBeforeResidual(chain)) {
     std::variant<Plan, Refusal> decision = PlanChain(*both, ctx);
     if (std::holds_alternative<Plan>(decision)) return decision;
-    refused = std::get<Refusal>(decision).reason;
+    Refusal& refusal = std::get<Refusal>(decision);
+    if (refusal.kind == kInductorFaster) {
+      refusal.and_norm = both->norm;
+      return decision;
+    }
+    refused = refusal.reason;
   }
   std::variant<Plan, Refusal> alone = PlanChain(chain, ctx);
   if (auto* plan = std::get_if<Plan>(&alone); plan != nullptr && !refused.empty()) {
@@ -1088,6 +1101,12 @@ class FuseAllreduceEpiloguePass final : public Pass {
     // Why an all_reduce in a norm's residual was not taken over with the norm's own, decided at
     // the norm's all_reduce (Decide), for its own turn.
     std::map<const ir::Node*, Refusal> second_refused;
+    // Norms left for Inductor with the norm before the residual add that they follow
+    // (Refusal::and_norm), and why.
+    std::map<const ir::Node*, std::string> left_for_inductor;
+    const auto leave_next_norm = [&](const Refusal& refusal) {
+      if (refusal.and_norm != nullptr) left_for_inductor[refusal.and_norm] = refusal.reason;
+    };
     for (ir::Node* node : graph.NodesSnapshot()) {
       if (rw.IsErased(node) || node->kind() != ir::OpKind::kAllReduce) continue;
       ctx.Count(kRule, "anchors_seen");
@@ -1097,6 +1116,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
       if (auto* refusal = std::get_if<Refusal>(&decision)) {
         ctx.Count(kRule, "rejected: " + refusal->kind);
         ctx.rejections.push_back(Rejection{node->result()->name(), refusal->reason});
+        leave_next_norm(*refusal);
         continue;
       }
       TPFUSE_RETURN_IF_ERROR(Apply(std::get<Plan>(decision), node->result()->name(), rw, ctx));
@@ -1108,10 +1128,17 @@ class FuseAllreduceEpiloguePass final : public Pass {
         if (rw.IsErased(node) || !IsNorm(node)) continue;
         ctx.Count(kRule, "local chains seen");
         const Chain chain = MakeChain(nullptr, node, /*local=*/true);
+        if (auto left = left_for_inductor.find(node); left != left_for_inductor.end()) {
+          ctx.Count(kRule, StrCat("local not fused: ", kInductorFaster));
+          ctx.local_unfused.push_back(Rejection{
+              chain.x->name(), StrCat("it stays with the norm before the residual add that it follows: ", left->second)});
+          continue;
+        }
         std::variant<Plan, Refusal> decision = PlanWithNormBeforeResidual(chain, ctx);
         if (auto* refusal = std::get_if<Refusal>(&decision)) {
           ctx.Count(kRule, "local not fused: " + refusal->kind);
           ctx.local_unfused.push_back(Rejection{chain.x->name(), refusal->reason});
+          leave_next_norm(*refusal);
           continue;
         }
         TPFUSE_RETURN_IF_ERROR(Apply(std::get<Plan>(decision), chain.x->name(), rw, ctx));

@@ -10,9 +10,9 @@ namespace {
 
 constexpr int64_t kMeasuredHidden[] = {64, 128, 256, 384, 512, 1024, 1536, 2048, 2880, 4096, 5120, 7168, 8192};
 
-int64_t NearestMeasuredHidden(int64_t hidden) {
-  int64_t best = kMeasuredHidden[0];
-  for (int64_t h : kMeasuredHidden) {
+int64_t NearestMeasuredHidden(std::span<const int64_t> measured, int64_t hidden) {
+  int64_t best = measured[0];
+  for (int64_t h : measured) {
     if (std::llabs(h - hidden) <= std::llabs(best - hidden)) best = h;  // ties: the larger
   }
   return best;
@@ -61,13 +61,28 @@ constexpr MeasuredLoss kMeasuredLosses[] = {
     {QuantMode::kFp8Tensor, false, 8192, 4096},  // 4096:1.06 8192:1.10 16384:1.13 (f 45, 101; i 45, 101)
 };
 
+// The chain with a norm before the residual add (pre_residual_norm, sandwich norms), on one H100
+// (docs/perf/h100x1/NOTES.md, runs 114 and 115, Gemma's norms, H 2304 / 3584 / 5376, T 1 / 128 /
+// 1024 / 8192), listed by the same rule: H 5376 quant none from T 1024 (1.14 and 1.16 at 1024,
+// 1.10 and 1.11 at 8192) and fp8_token at T 8192 (1.05 in both). Not listed: H 2304 quant none at
+// T 1024 (1.05, 1.07; the fused op wins at 128 and 8192) and H 3584 quant none at T 1 (1.22 in run
+// 114, 1.05 in run 115, whose kernel is the library's; the fused op wins from T 128): a loss at T
+// 1 alone has no "from T on".
+constexpr int64_t kMeasuredPreNormHidden[] = {2304, 3584, 5376};
+constexpr MeasuredLoss kMeasuredPreNormLosses[] = {
+    {QuantMode::kNone, true, 5376, 1024},       // 1024:1.16 8192:1.11 (run 115)
+    {QuantMode::kFp8Token, true, 5376, 8192},  // 8192:1.05 (run 115)
+};
+
 }  // namespace
 
 std::span<const int64_t> MeasuredHidden() { return kMeasuredHidden; }
 std::span<const MeasuredLoss> MeasuredLosses() { return kMeasuredLosses; }
+std::span<const int64_t> MeasuredPreNormHidden() { return kMeasuredPreNormHidden; }
+std::span<const MeasuredLoss> MeasuredPreNormLosses() { return kMeasuredPreNormLosses; }
 
 std::string WhyInductorIsFaster(const AllreduceRmsnormSpec& spec, int64_t max_tokens,
-                                std::span<const MeasuredLoss> losses) {
+                                std::span<const MeasuredLoss> losses, std::span<const MeasuredLoss> pre_norm_losses) {
   // The kernels for f32 values (an f32 residual stream, an f32 norm output) hold a row in one
   // block (or a cluster), never rows packed into blocks: rows of one or two warps (H <= 512) so
   // held lost to Inductor's kernel from 2048 rows in the 16-bit kernels (run 45, 1.04-1.68 x with
@@ -82,8 +97,10 @@ std::string WhyInductorIsFaster(const AllreduceRmsnormSpec& spec, int64_t max_to
                   "inductor_epilogue.md, run 45), and the chain has ",
                   max_tokens > 0 ? StrCat("up to ", max_tokens, " rows") : std::string("a number of rows with no bound"));
   }
-  const int64_t measured = NearestMeasuredHidden(spec.hidden);
-  for (const MeasuredLoss& loss : losses) {
+  const bool pre_norm = spec.pre_residual_norm;
+  const int64_t measured =
+      NearestMeasuredHidden(pre_norm ? MeasuredPreNormHidden() : MeasuredHidden(), spec.hidden);
+  for (const MeasuredLoss& loss : pre_norm ? pre_norm_losses : losses) {
     if (loss.quant != spec.quant || loss.residual != spec.has_residual || loss.hidden != measured) continue;
     if (max_tokens > 0 && max_tokens < loss.from_tokens) continue;
     const std::string at_h = measured == spec.hidden ? StrCat("H ", measured)
@@ -91,9 +108,13 @@ std::string WhyInductorIsFaster(const AllreduceRmsnormSpec& spec, int64_t max_to
     const std::string rows = max_tokens > 0 ? StrCat("up to ", max_tokens, " rows")
                                             : std::string("a number of rows with no bound");
     return StrCat("Inductor's kernel for this chain was measured faster than the fused op for ",
-                  QuantModeName(spec.quant), spec.has_residual ? " with the residual add" : " of the norm alone",
-                  " at ", at_h, " from ", loss.from_tokens, " rows (docs/perf/h200x1/inductor_epilogue.md),",
-                  " and the chain has ", rows);
+                  QuantModeName(spec.quant),
+                  pre_norm             ? " with a norm before the residual add"
+                  : spec.has_residual ? " with the residual add"
+                                      : " of the norm alone",
+                  " at ", at_h, " from ", loss.from_tokens, " rows (",
+                  pre_norm ? "docs/perf/h100x1/NOTES.md, runs 114-115" : "docs/perf/h200x1/inductor_epilogue.md",
+                  "), and the chain has ", rows);
   }
   return "";
 }

@@ -33,11 +33,17 @@ struct MeasuredLoss {
 std::span<const int64_t> MeasuredHidden();
 // Where Inductor's kernel was measured faster (empty: nowhere).
 std::span<const MeasuredLoss> MeasuredLosses();
+// The same for the chain with a norm before the residual add (spec.pre_residual_norm: sandwich
+// norms), measured on one H100 (docs/perf/h100x1/NOTES.md, runs 114-115).
+std::span<const int64_t> MeasuredPreNormHidden();
+std::span<const MeasuredLoss> MeasuredPreNormLosses();
 
-// "" when, by `losses`, the fused op is at least as fast as Inductor's kernel for a local chain
-// of `spec` at every T up to `max_tokens` (0: unknown, any T; a chain of constant rows passes
-// its rows); otherwise why the chain is left to Inductor, in words.
+// "" when, by `losses` (by `pre_norm_losses` for a spec with a norm before the residual add), the
+// fused op is at least as fast as Inductor's kernel for a local chain of `spec` at every T up to
+// `max_tokens` (0: unknown, any T; a chain of constant rows passes its rows); otherwise why the
+// chain is left to Inductor, in words.
 std::string WhyInductorIsFaster(const AllreduceRmsnormSpec& spec, int64_t max_tokens,
-                                std::span<const MeasuredLoss> losses = MeasuredLosses());
+                                std::span<const MeasuredLoss> losses = MeasuredLosses(),
+                                std::span<const MeasuredLoss> pre_norm_losses = MeasuredPreNormLosses());
 
 }  // namespace tpfuse::passes

@@ -1229,5 +1229,61 @@ TEST(PassesLocalFusion, AtWorldSizeOneTheAllReduceLeftToInductorSaysWhy) {
       << DescribeReport(c.ctx);
 }
 
+// Sandwich norms under the Inductor rule (the PyTorch pass's): the chain with a norm before the
+// residual add follows its own measurement (runs 114-115, H100): at H 5376 quant none Inductor's
+// kernel from 1024 rows, so with rows unknown both norms stay for it, each with the reason (the
+// second: it stays with the first); at 512 rows, and at H 2304 (the fused op's at every T
+// measured), one fused op.
+TEST(PassesLocalFusion, SandwichNormsFollowTheirOwnMeasurement) {
+  AllreduceRmsnormSpec spec;
+  spec.hidden = 5376;
+  spec.has_residual = spec.pre_residual_norm = spec.local = true;
+  EXPECT_NE(WhyInductorIsFaster(spec, 0).find("none with a norm before the residual add at H 5376 from 1024 rows"),
+            std::string::npos)
+      << WhyInductorIsFaster(spec, 0);
+  EXPECT_EQ(WhyInductorIsFaster(spec, 1023), "");
+  spec.quant = QuantMode::kFp8Token;
+  EXPECT_EQ(WhyInductorIsFaster(spec, 4096), "");
+  EXPECT_NE(WhyInductorIsFaster(spec, 8192), "");
+  spec.quant = QuantMode::kNone;
+  spec.hidden = 4096;  // nearest 3584: the fused op's
+  EXPECT_EQ(WhyInductorIsFaster(spec, 0), "");
+  spec.pre_residual_norm = false;  // the chain without the first norm keeps the other table
+  spec.hidden = 5376;
+  EXPECT_EQ(WhyInductorIsFaster(spec, 0), "");
+
+  const auto sandwich = [](int64_t hidden, const std::string& rows) {
+    const std::string h = std::to_string(hidden);
+    return StrCat("func @f(%x: bf16[", rows, ", ", h, "], %res: bf16[", rows, ", ", h, "], %g0: bf16[", h,
+                  "], %g1: bf16[", h, "]) {\n"
+                  "  %a = rms_norm(%x, %g0) {eps = 1e-6}\n"
+                  "  %y, %h = fused_add_rms_norm(%a, %res, %g1) {eps = 1e-6}\n"
+                  "  return %y, %h\n"
+                  "}\n");
+  };
+  CompileOptions options;
+  options.world_size = 1;
+  options.caps = CudaFusionCapabilities();
+  options.fuse_local = FuseLocal::kInductor;
+  StatusOr<CompileResult> r = CompileModuleText(sandwich(5376, "T"), options);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->funcs.size(), 1u);
+  EXPECT_TRUE(r->funcs[0].ctx.fusions.empty()) << r->text;
+  const std::vector<Rejection>& left = r->funcs[0].ctx.local_unfused;
+  ASSERT_EQ(left.size(), 2u) << r->json;
+  EXPECT_EQ(left[0].anchor, "x");
+  EXPECT_NE(left[0].reason.find("with a norm before the residual add at H 5376 from 1024 rows"), std::string::npos)
+      << left[0].reason;
+  EXPECT_EQ(left[1].anchor, "a");
+  EXPECT_EQ(left[1].reason, "it stays with the norm before the residual add that it follows: " + left[0].reason);
+  for (const auto& [hidden, rows] : {std::pair<int64_t, std::string>{5376, "512"}, {2304, "T"}}) {
+    SCOPED_TRACE(StrCat(hidden, " ", rows));
+    r = CompileModuleText(sandwich(hidden, rows), options);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_EQ(r->funcs[0].ctx.fusions.size(), 1u) << r->json;
+    EXPECT_TRUE(r->funcs[0].ctx.fusions[0].spec.pre_residual_norm);
+  }
+}
+
 }  // namespace
 }  // namespace tpfuse::passes::testing
