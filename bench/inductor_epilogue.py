@@ -174,6 +174,18 @@ def bytes_moved(tokens: int, hidden: int, quant: str, with_residual: bool = True
 # ---------------------------------------------------------------- timing
 
 class Timer:
+    @staticmethod
+    def add_arguments(ap: argparse.ArgumentParser) -> None:
+        """The timing options every bench of this folder that times with a Timer takes."""
+        ap.add_argument("--ops-per-graph", type=int, default=20,
+                        help="calls per CUDA graph (default %(default)s)")
+        ap.add_argument("--input-sets", type=int, default=4,
+                        help="rotating input sets (default %(default)s)")
+        ap.add_argument("--warmup", type=int, default=5,
+                        help="replays before timing (default %(default)s)")
+        ap.add_argument("--replays", type=int, default=50,
+                        help="timed replays, the median taken (default %(default)s)")
+
     def __init__(self, args):
         self.args = args
         self.l2 = torch.cuda.get_device_properties(0).L2_cache_size
@@ -228,10 +240,7 @@ def main() -> int:
     ap.add_argument("--hidden", default=",".join(map(str, HIDDEN)), help="H list")
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="T list")
     ap.add_argument("--quant", default=",".join(QUANTS), help="quant modes")
-    ap.add_argument("--ops-per-graph", type=int, default=20)
-    ap.add_argument("--input-sets", type=int, default=4)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--replays", type=int, default=50)
+    Timer.add_arguments(ap)
     ap.add_argument("--static", action="store_true",
                     help="compile per T (default: T dynamic, H static: one compile per H and "
                          "quant after T = 1)")

@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tpfuse  # noqa: E402,F401  (registers the op)
 from inductor_epilogue import FP8_MAX, Timer, parse_list  # noqa: E402
+from second_sum_local import same_bits  # noqa: E402
 
 OP = torch.ops.tpfuse.allreduce_rmsnorm
 EPS = 1e-6
@@ -75,11 +76,6 @@ def torch_chain(quant: str) -> Callable:
     return chain
 
 
-def same_bits(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
-    return len(a) == len(b) and all(torch.equal(p.view(torch.uint8), q.view(torch.uint8))
-                                    for p, q in zip(a, b))
-
-
 def differing(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
     """The fraction of elements of the 16-bit results (h, y) whose bits differ."""
     diff = total = 0
@@ -99,10 +95,7 @@ def main() -> int:
     ap.add_argument("--quant", default="none,fp8_token",
                     help="quant modes: none, fp8_token (default %(default)s)")
     ap.add_argument("--no-inductor", action="store_true", help="skip Inductor's kernel")
-    ap.add_argument("--ops-per-graph", type=int, default=20)
-    ap.add_argument("--input-sets", type=int, default=4)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--replays", type=int, default=50)
+    Timer.add_arguments(ap)
     ap.add_argument("--csv", help="also write the rows here")
     args = ap.parse_args()
     if not torch.cuda.is_available() or not tpfuse.has_cuda():

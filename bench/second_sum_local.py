@@ -72,10 +72,7 @@ def main() -> int:
                     help="quant modes: none, fp8_token (default %(default)s)")
     ap.add_argument("--into-residual", action="store_true",
                     help="the second sum into the residual first (residual + attention + mlp)")
-    ap.add_argument("--ops-per-graph", type=int, default=20)
-    ap.add_argument("--input-sets", type=int, default=4)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--replays", type=int, default=50)
+    Timer.add_arguments(ap)
     ap.add_argument("--csv", help="also write the rows here")
     args = ap.parse_args()
     if not torch.cuda.is_available() or not tpfuse.has_cuda():

@@ -52,6 +52,20 @@ CompileOutcome Compile(const ir::Graph& graph, const FusionCapabilities& caps, i
   return out;
 }
 
+// `graph` compiled for the CPU target at `world_size` against itself on the CPU executor, over
+// 3 tokens of random inputs (`seed`): the compiled graph's outputs match (CompareGraphOutputs).
+void ExpectFusedMatchesTheGraph(const ir::Graph& graph, int world_size, bool fuse_local, uint64_t seed) {
+  CompileOutcome c = Compile(graph, CpuFusionCapabilities(), world_size, fuse_local);
+  StatusOr<std::vector<runtime::TensorMap>> inputs = runtime::MakeRandomInputs(graph, world_size, 3, seed);
+  ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
+  StatusOr<runtime::RankOutputs> ref = runtime::MakeCpuExecutor(world_size)->Run(graph, *inputs);
+  StatusOr<runtime::RankOutputs> got = runtime::MakeCpuExecutor(world_size)->Run(*c.graph, *inputs);
+  ASSERT_TRUE(ref.ok() && got.ok()) << ref.status().ToString() << got.status().ToString();
+  StatusOr<runtime::CheckReport> report = runtime::CompareGraphOutputs(graph, *ref, *c.graph, *got, *inputs);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_TRUE(report->ok) << report->ToString();
+}
+
 std::string Rejections(const passes::PassContext& ctx) {
   std::string text;
   for (const passes::Rejection& r : ctx.rejections) text += "%" + r.anchor + ": " + r.reason + "\n";
@@ -234,15 +248,7 @@ TEST(BundledModels, GraniteSumsTheSharedMlpAndTheExpertsInOneFusedOp) {
       }
       EXPECT_EQ(c.graph->OpCounts().count("all_reduce"), 0u);
     }
-    CompileOutcome c = Compile(**graph, CpuFusionCapabilities(), world_size, /*fuse_local=*/world_size == 1);
-    StatusOr<std::vector<runtime::TensorMap>> inputs = runtime::MakeRandomInputs(**graph, world_size, 3, 17);
-    ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
-    StatusOr<runtime::RankOutputs> ref = runtime::MakeCpuExecutor(world_size)->Run(**graph, *inputs);
-    StatusOr<runtime::RankOutputs> got = runtime::MakeCpuExecutor(world_size)->Run(*c.graph, *inputs);
-    ASSERT_TRUE(ref.ok() && got.ok()) << ref.status().ToString() << got.status().ToString();
-    StatusOr<runtime::CheckReport> report = runtime::CompareGraphOutputs(**graph, *ref, *c.graph, *got, *inputs);
-    ASSERT_TRUE(report.ok()) << report.status().ToString();
-    EXPECT_TRUE(report->ok) << report->ToString();
+    ExpectFusedMatchesTheGraph(**graph, world_size, /*fuse_local=*/world_size == 1, 17);
   }
 }
 
@@ -288,15 +294,7 @@ TEST(BundledModels, GemmaNormsEachBlocksOutputBeforeTheResidualAdd) {
         const int sites = 2 * gemma.layers, after_blocks = first_layer_residual ? sites : sites - 1;
         EXPECT_EQ(ops.at("allreduce_rmsnorm"), in_one_op ? sites : sites + after_blocks);
       }
-      CompileOutcome c = Compile(**graph, CpuFusionCapabilities(), world_size, /*fuse_local=*/true);
-      StatusOr<std::vector<runtime::TensorMap>> inputs = runtime::MakeRandomInputs(**graph, world_size, 3, 19);
-      ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
-      StatusOr<runtime::RankOutputs> ref = runtime::MakeCpuExecutor(world_size)->Run(**graph, *inputs);
-      StatusOr<runtime::RankOutputs> got = runtime::MakeCpuExecutor(world_size)->Run(*c.graph, *inputs);
-      ASSERT_TRUE(ref.ok() && got.ok()) << ref.status().ToString() << got.status().ToString();
-      StatusOr<runtime::CheckReport> report = runtime::CompareGraphOutputs(**graph, *ref, *c.graph, *got, *inputs);
-      ASSERT_TRUE(report.ok()) << report.status().ToString();
-      EXPECT_TRUE(report->ok) << report->ToString();
+      ExpectFusedMatchesTheGraph(**graph, world_size, /*fuse_local=*/true, 19);
     }
   }
 }

@@ -290,6 +290,20 @@ TEST_F(LocalFusedTest, AnF32NormOutputIsBitwiseTheOracle) {
   }
 }
 
+// Each row owner forced on `s` at T 7: one block per row runs it bitwise the oracle, every other
+// owner refuses with `refusal` in its message (a recipe of one block per row).
+void ExpectOneBlockPerRowOnly(const AllreduceRmsnormSpec& s, const std::string& refusal, uint64_t& seed) {
+  for (cuda::RowOwner owner : RowOwnersOf(s.hidden)) {
+    cuda::LaunchOptions options;
+    options.row_owner = owner;
+    const std::string got = RunAndCompare(s, 7, seed++, options);
+    if (owner == cuda::RowOwner::kBlock)
+      EXPECT_EQ(got, "") << Describe(s, 7) << OwnerName(owner);
+    else
+      EXPECT_NE(got.find(refusal), std::string::npos) << Describe(s, 7) << OwnerName(owner) << ": " << got;
+  }
+}
+
 // Two all_reduces summed (second_sum) at world size 1, where each sum is its partial (a = x, a2 =
 // x2): each sum scaled before the add or not, the sum scaled after it or not; with and without a
 // residual; the second into the residual (its sum scaled or not, the norm of the f32 sum or not);
@@ -320,16 +334,7 @@ TEST_F(LocalFusedTest, TwoSummedAllReducesAreBitwiseTheOracle) {
     s.second_sum = true;
     s.first_scale = 3.0f;
     EXPECT_EQ(cuda::LocalKernelRecipe(s), cuda::KernelRecipe::kRuntimeSecondSum);
-    for (cuda::RowOwner owner : RowOwnersOf(s.hidden)) {
-      cuda::LaunchOptions options;
-      options.row_owner = owner;
-      const std::string got = RunAndCompare(s, 7, seed++, options);
-      if (owner == cuda::RowOwner::kBlock)
-        EXPECT_EQ(got, "") << Describe(s, 7) << OwnerName(owner);
-      else
-        EXPECT_NE(got.find("two summed all_reduces run with one block per row"), std::string::npos)
-            << Describe(s, 7) << OwnerName(owner) << ": " << got;
-    }
+    ExpectOneBlockPerRowOnly(s, "two summed all_reduces run with one block per row", seed);
   }
 }
 
@@ -365,16 +370,7 @@ TEST_F(LocalFusedTest, ANormBeforeTheResidualAddIsBitwiseTheOracle) {
     AllreduceRmsnormSpec s = LocalSpec(h, QuantMode::kFp8Group, /*residual=*/true);
     s.pre_residual_norm = true;
     EXPECT_EQ(cuda::LocalKernelRecipe(s), cuda::KernelRecipe::kRuntimePreNorm);
-    for (cuda::RowOwner owner : RowOwnersOf(s.hidden)) {
-      cuda::LaunchOptions options;
-      options.row_owner = owner;
-      const std::string got = RunAndCompare(s, 7, seed++, options);
-      if (owner == cuda::RowOwner::kBlock)
-        EXPECT_EQ(got, "") << Describe(s, 7) << OwnerName(owner);
-      else
-        EXPECT_NE(got.find("a norm before the residual add runs with one block per row"), std::string::npos)
-            << Describe(s, 7) << OwnerName(owner) << ": " << got;
-    }
+    ExpectOneBlockPerRowOnly(s, "a norm before the residual add runs with one block per row", seed);
   }
 }
 
