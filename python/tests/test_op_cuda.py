@@ -215,9 +215,11 @@ def test_the_pass_fuses_sandwich_norms_where_the_fused_op_was_measured_faster(hi
             w0, w = ((torch.rand(hidden, generator=g) - 0.5).to(torch.bfloat16).cuda()
                      for _ in range(2))
             got = [t.clone() for t in compiled(x, r, w0, w)]
-            if ops:  # (Inductor's kernel keeps its own rounding: not checked here)
+            # The op called directly (test_a_norm_before_the_residual_add_matches_the_cpu_
+            # reference_bitwise holds it to the CPU reference). Not eager torch on the GPU: a 1-ulp
+            # difference in the first norm is many ulps of a residual sum that cancels.
+            if ops:
                 assert_bitwise(got, list(OP(x, r, w, None, None, w0, **attrs)), f"step {step}")
-                assert ulp_distance_16(got[0], sandwich(x, r, w0, w)[0]).max() <= 1
     report = compiled.tpfuse_pass.report
     fusions = [f for gr in report.graphs for f in gr.fusions]
     assert len(fusions) == ops, report
