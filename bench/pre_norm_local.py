@@ -13,9 +13,10 @@ rounding per norm):
 Every shape is checked first: the fused op and the two ops give the same bits. The share of
 16-bit results whose bits differ is printed for the fused op against Inductor's kernel and for
 Inductor's kernel against the same chain run eagerly (each sums squares and rounds in its own
-order: Contract 3 holds the fused op within 1 ulp of eager torch). Method (bench/inductor_epilogue.py's timer): a CUDA graph of --ops-per-graph calls
-over --input-sets rotating input sets, the L2 overwritten between replays where the sets are
-smaller than 2 x L2; the median of --replays replays, per op.
+order: Contract 3 holds the fused op within 1 ulp of eager torch). Method (the timer of
+bench/inductor_epilogue.py): a CUDA graph of --ops-per-graph calls over --input-sets rotating
+input sets, the L2 overwritten between replays where the sets are smaller than 2 x L2; the
+median of --replays replays, per op.
 
     python bench/pre_norm_local.py
     python bench/pre_norm_local.py --hidden 3584 --tokens 1,1024 --quant fp8_token --csv out.csv

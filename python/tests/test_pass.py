@@ -1018,7 +1018,8 @@ def test_sandwich_norms_follow_inductors_measurement_on_cuda(hidden, ops):
     assert len(left) == 2 - 2 * ops, p.report
     if not ops:
         assert "Inductor's kernel for this chain was measured faster" in left[0]
-        assert left[1] == "it stays with the norm before the residual add that it follows: " + left[0]
+        assert left[1] == ("it stays with the norm before the residual add that it follows: "
+                           + left[0])
 
 
 def test_sandwich_norms_in_one_op_compute_what_the_graph_did():

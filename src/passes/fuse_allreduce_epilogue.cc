@@ -1130,8 +1130,9 @@ class FuseAllreduceEpiloguePass final : public Pass {
         const Chain chain = MakeChain(nullptr, node, /*local=*/true);
         if (auto left = left_for_inductor.find(node); left != left_for_inductor.end()) {
           ctx.Count(kRule, StrCat("local not fused: ", kInductorFaster));
-          ctx.local_unfused.push_back(Rejection{
-              chain.x->name(), StrCat("it stays with the norm before the residual add that it follows: ", left->second)});
+          ctx.local_unfused.push_back(
+              Rejection{chain.x->name(),
+                        StrCat("it stays with the norm before the residual add that it follows: ", left->second)});
           continue;
         }
         std::variant<Plan, Refusal> decision = PlanWithNormBeforeResidual(chain, ctx);

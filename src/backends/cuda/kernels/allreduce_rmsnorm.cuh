@@ -223,13 +223,29 @@ struct FixedRecipe {
   __device__ __forceinline__ static RowSource Source(const FusedKernelParams&) { return RowSource::kLocal; }
 };
 
+// The recipe type of a KernelRecipe (the fixed ones for activations of type T).
 template <typename T, KernelRecipe kRecipe>
-using RecipeOf = std::conditional_t<
-    kRecipe == KernelRecipe::kRuntime, RuntimeRecipe,
-    std::conditional_t<kRecipe == KernelRecipe::kRuntimeF32Residual, F32ResidualRecipe,
-                       std::conditional_t<kRecipe == KernelRecipe::kRuntimeSecondSum, SecondSumRecipe,
-                                          std::conditional_t<kRecipe == KernelRecipe::kRuntimePreNorm, PreNormRecipe,
-                                                             FixedRecipe<T, kRecipe == KernelRecipe::kFixedWeightAfterRound>>>>>;
+struct RecipeFor {
+  using type = FixedRecipe<T, kRecipe == KernelRecipe::kFixedWeightAfterRound>;
+};
+template <typename T>
+struct RecipeFor<T, KernelRecipe::kRuntime> {
+  using type = RuntimeRecipe;
+};
+template <typename T>
+struct RecipeFor<T, KernelRecipe::kRuntimeF32Residual> {
+  using type = F32ResidualRecipe;
+};
+template <typename T>
+struct RecipeFor<T, KernelRecipe::kRuntimeSecondSum> {
+  using type = SecondSumRecipe;
+};
+template <typename T>
+struct RecipeFor<T, KernelRecipe::kRuntimePreNorm> {
+  using type = PreNormRecipe;
+};
+template <typename T, KernelRecipe kRecipe>
+using RecipeOf = typename RecipeFor<T, kRecipe>::type;
 // A fixed recipe's kernel for the norm alone (no residual: the launcher picks it by the spec),
 // the same code under a tighter register bound (SpanMinBlocks).
 template <typename Fixed>

@@ -115,9 +115,10 @@ Status CheckBuffers(const AllreduceRmsnormSpec& spec, const FusedBuffers& b) {
 }
 
 // The run-time recipe `spec` needs: SecondSumRecipe's for two summed all_reduces, PreNormRecipe's
-// for a norm before the residual add (each one block per row), F32ResidualRecipe's for an f32 residual stream or norm output (one block or one ClusterRow
-// per row), else the plain one; each on the local op and the nccl path. The other kernels keep
-// their code for the common forms.
+// for a norm before the residual add (each one block per row), F32ResidualRecipe's for an f32
+// residual stream or norm output (one block or one ClusterRow per row), else the plain one; each
+// on the local op and the nccl path (PreNormRecipe's on the local op only). The other kernels
+// keep their code for the common forms.
 KernelRecipe RuntimeRecipeOf(const AllreduceRmsnormSpec& spec) {
   if (spec.second_sum) return KernelRecipe::kRuntimeSecondSum;
   if (spec.pre_residual_norm) return KernelRecipe::kRuntimePreNorm;
