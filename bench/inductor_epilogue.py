@@ -77,6 +77,15 @@ def parse_list(text: str, kind=int) -> List:
     return [kind(v) for v in text.split(",") if v]
 
 
+def parse_quants(ap: argparse.ArgumentParser, text: str, allowed: Sequence[str]) -> List[str]:
+    """The --quant list, each mode one of `allowed` (else the parser's error names it)."""
+    quants = parse_list(text, str)
+    for q in quants:
+        if q not in allowed:
+            ap.error(f"--quant: unknown mode {q!r} (expected {', '.join(allowed)})")
+    return quants
+
+
 # ---------------------------------------------------------------- the chain in torch
 
 def torch_chain(quant: str, with_residual: bool = True, f32_residual: bool = False,
@@ -256,10 +265,7 @@ def main() -> int:
     if args.f32_residual and args.no_residual:
         ap.error("--f32-residual needs the residual: drop --no-residual")
     hiddens, tokens_list = parse_list(args.hidden), parse_list(args.tokens)
-    quants = parse_list(args.quant, str)
-    for q in quants:
-        if q not in QUANTS:
-            ap.error(f"--quant: unknown mode {q!r} (expected {', '.join(QUANTS)})")
+    quants = parse_quants(ap, args.quant, QUANTS)
     if args.f32_norm and quants != ["none"]:
         ap.error("--f32-norm takes --quant none: the fused op quantizes the rounded norm")
     if not torch.cuda.is_available():

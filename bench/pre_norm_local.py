@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tpfuse  # noqa: E402,F401  (registers the op)
-from inductor_epilogue import FP8_MAX, Timer, parse_list  # noqa: E402
+from inductor_epilogue import FP8_MAX, Timer, parse_list, parse_quants  # noqa: E402
 from second_sum_local import same_bits  # noqa: E402
 
 OP = torch.ops.tpfuse.allreduce_rmsnorm
@@ -102,10 +102,7 @@ def main() -> int:
     if not torch.cuda.is_available() or not tpfuse.has_cuda():
         print("pre_norm_local: needs a CUDA GPU and libtpfuse built with CUDA", file=sys.stderr)
         return 2
-    quants = parse_list(args.quant, str)
-    for q in quants:
-        if q not in ("none", "fp8_token"):
-            ap.error(f"--quant: {q!r} is not none or fp8_token")
+    quants = parse_quants(ap, args.quant, ("none", "fp8_token"))
     hiddens, tokens_list = parse_list(args.hidden), parse_list(args.tokens)
     timer = Timer(args)
     rows = []
