@@ -342,8 +342,9 @@ TEST_F(LocalFusedTest, TwoSummedAllReducesAreBitwiseTheOracle) {
 // bf16 and f16; every quant mode; the weight in the activation dtype or f32, with Gemma's bias of
 // 1 (in f32 or in the weight's dtype) or none; weight_after_round or not; the norm of the f32 sum
 // or not; an f32 residual stream; the all_reduce's result emitted (world size 1, not local: x);
-// rows of one vector per thread to four, T 1, 33 and 300 (SecondSumRecipe's kernels). Then
-// each row owner forced: one block runs it, the others refuse with the reason.
+// rows of one vector per thread to four, T 1, 33 and 300 (PreNormRecipe's kernels, and
+// F32PreNormRecipe's for the f32 stream). Then each row owner forced, with a 16-bit stream and an
+// f32 one: one block runs it, the others refuse with the reason.
 TEST_F(LocalFusedTest, ANormBeforeTheResidualAddIsBitwiseTheOracle) {
   uint64_t seed = 7000;
   for (DType act : {DType::kBF16, DType::kF16})
@@ -366,12 +367,15 @@ TEST_F(LocalFusedTest, ANormBeforeTheResidualAddIsBitwiseTheOracle) {
           }
           for (int64_t t : {1, 33, 300}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
         }
-  for (int64_t h : {128, 2880, 7168, 16384}) {
-    AllreduceRmsnormSpec s = LocalSpec(h, QuantMode::kFp8Group, /*residual=*/true);
-    s.pre_residual_norm = true;
-    EXPECT_EQ(cuda::LocalKernelRecipe(s), cuda::KernelRecipe::kRuntimePreNorm);
-    ExpectOneBlockPerRowOnly(s, "a norm before the residual add runs with one block per row", seed);
-  }
+  for (int64_t h : {128, 2880, 7168, 16384})
+    for (bool f32_stream : {false, true}) {
+      AllreduceRmsnormSpec s = LocalSpec(h, QuantMode::kFp8Group, /*residual=*/true);
+      s.pre_residual_norm = true;
+      s.residual_f32_in = s.rounding.residual_out_f32 = f32_stream;
+      EXPECT_EQ(cuda::LocalKernelRecipe(s),
+                f32_stream ? cuda::KernelRecipe::kRuntimeF32PreNorm : cuda::KernelRecipe::kRuntimePreNorm);
+      ExpectOneBlockPerRowOnly(s, "a norm before the residual add runs with one block per row", seed);
+    }
 }
 
 // The scale floors of vLLM's kernels: the floor after the division (per token and per group,

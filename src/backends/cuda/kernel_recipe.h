@@ -17,9 +17,12 @@ enum class KernelRecipe : uint8_t {
   // every spec with two summed all_reduces (second_sum): kRuntimeF32Residual's recipe that also
   // reads the second sum's rows, one block per row (the local op and the nccl path)
   kRuntimeSecondSum,
-  // every spec with a norm of the sum before the residual add (pre_residual_norm):
-  // kRuntimeF32Residual's recipe with that norm, one block per row (the local op)
+  // every spec with a norm of the sum before the residual add (pre_residual_norm): the
+  // run-time recipe with that norm, one block per row (the local op), for a 16-bit residual
+  // stream and norm output (kRuntimePreNorm) or with kRuntimeF32Residual's f32 residual vectors
+  // (kRuntimeF32PreNorm)
   kRuntimePreNorm,
+  kRuntimeF32PreNorm,
 };
 
 }  // namespace tpfuse::cuda

@@ -163,11 +163,15 @@ struct F32ResidualRecipe : RuntimeRecipe {};
 // F32ResidualRecipe that also reads the rows of a second sum (two summed all_reduces:
 // p.second_sum), instantiated apart (one block per row) so that the f32 kernels keep their code.
 struct SecondSumRecipe : F32ResidualRecipe {};
-// F32ResidualRecipe with the norm of the sum before the residual add (p.pre_residual_norm:
-// sandwich norms), instantiated apart (one block per row) so that the other kernels keep their
-// code and registers. The kernel stores a (NormBeforeResidual), not RowEpilogue: RowEpilogue's a
-// is the norm's output.
-struct PreNormRecipe : F32ResidualRecipe {
+// The norm of the sum before the residual add (p.pre_residual_norm: sandwich norms), instantiated
+// apart (one block per row, PreNormEpilogueKernel) so that the other kernels keep their code and
+// registers: PreNormRecipe for a 16-bit residual stream (RuntimeRecipe's 16-bit residual
+// vectors), F32PreNormRecipe for an f32 one or an f32 norm output (F32ResidualRecipe's). The
+// kernel stores a (NormBeforeResidual), not RowEpilogue: RowEpilogue's a is the norm's output.
+struct PreNormRecipe : RuntimeRecipe {
+  __device__ __forceinline__ static void* AllreduceOut(const FusedKernelParams&) { return nullptr; }
+};
+struct F32PreNormRecipe : F32ResidualRecipe {
   __device__ __forceinline__ static void* AllreduceOut(const FusedKernelParams&) { return nullptr; }
 };
 template <typename Recipe>
@@ -177,11 +181,12 @@ inline constexpr bool kF32ResidualRecipe<F32ResidualRecipe> = true;
 template <>
 inline constexpr bool kF32ResidualRecipe<SecondSumRecipe> = true;
 template <>
-inline constexpr bool kF32ResidualRecipe<PreNormRecipe> = true;
+inline constexpr bool kF32ResidualRecipe<F32PreNormRecipe> = true;
 template <typename Recipe>
 inline constexpr bool kSecondSumRecipe = std::is_same_v<Recipe, SecondSumRecipe>;
 template <typename Recipe>
-inline constexpr bool kPreNormRecipe = std::is_same_v<Recipe, PreNormRecipe>;
+inline constexpr bool kPreNormRecipe =
+    std::is_same_v<Recipe, PreNormRecipe> || std::is_same_v<Recipe, F32PreNormRecipe>;
 
 // A thread's residual vector: eight 16-bit values, or eight f32 (F32ResidualRecipe), of which
 // `lo` holds the 16-bit values where the residual is 16-bit.
@@ -243,6 +248,10 @@ struct RecipeFor<T, KernelRecipe::kRuntimeSecondSum> {
 template <typename T>
 struct RecipeFor<T, KernelRecipe::kRuntimePreNorm> {
   using type = PreNormRecipe;
+};
+template <typename T>
+struct RecipeFor<T, KernelRecipe::kRuntimeF32PreNorm> {
+  using type = F32PreNormRecipe;
 };
 template <typename T, KernelRecipe kRecipe>
 using RecipeOf = typename RecipeFor<T, kRecipe>::type;
@@ -1796,9 +1805,8 @@ __device__ __forceinline__ void PrefetchRowInputs(const FusedKernelParams& p, in
 // scale together, so a row costs one round trip (to L2 where the prefetch has landed) before its
 // arithmetic starts.
 // Preconditions: H % 8 == 0 and HasRowLayout(H); pointers 16-byte aligned (scales 4-byte).
-template <typename T, int kVec, QuantMode kQuant, typename Span = BlockRow, typename Recipe = RuntimeRecipe>
-__global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kVec, Recipe>)
-    AllreduceEpilogueKernel(const FusedKernelParams p) {
+template <typename T, int kVec, QuantMode kQuant, typename Span, typename Recipe>
+__device__ __forceinline__ void EpilogueRows(const FusedKernelParams& p) {
   __shared__ __align__(8) float smem[4][32];  // 8: the clusters' ReduceSumAndMax pairs
   __shared__ float pre_smem[kPreNormRecipe<Recipe> ? 2 : 1][32];  // NormBeforeResidual's
   constexpr bool kHeldWeights = kVec == 1 || kClusterSpan<Span> || kPackedSpan<Span>;
@@ -1866,6 +1874,31 @@ __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kV
     if constexpr (kPreNormRecipe<Recipe>) NormBeforeResidual<T, kVec, Span, Recipe>(p, row, a, pre_smem, slot);
     RowEpilogue<T, kVec, kQuant>(p, row, a, res, weights, static_scale, smem, slot);
   }
+}
+
+
+template <typename T, int kVec, QuantMode kQuant, typename Span = BlockRow, typename Recipe = RuntimeRecipe>
+__global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kVec, Recipe>)
+    AllreduceEpilogueKernel(const FusedKernelParams p) {
+  EpilogueRows<T, kVec, kQuant, Span, Recipe>(p);
+}
+
+// Registers of PreNormEpilogueKernel at most, by vectors per thread. The kernel holds the row
+// across two reductions: unbounded it takes 64-72 at two vectors per thread, and under
+// AllreduceEpilogueKernel's bound all 64, so a row of 11 warps (H 5376) kept two blocks per SM and
+// one of 5 (H 2304) six. At 56 (no stack) they keep three and seven: on one H100 that took
+// 0.78-0.99 x the time at T 1-8192, H 2304-5376 (run 118 in docs/perf/h100x1/NOTES.md); at 48
+// (8-24 bytes of stack) 0.88-1.15 x. One vector per thread keeps 64 (55-56 unbounded), four 128.
+template <int kVec>
+inline constexpr int kPreNormMaxRegisters = kVec == 2 ? 56 : kVec == 1 ? 64 : 128;
+
+// The epilogue kernel of a norm before the residual add with a 16-bit residual stream
+// (PreNormRecipe): one block per row, AllreduceEpilogueKernel's code under its own register bound
+// (kPreNormMaxRegisters; __maxnreg__ sets it where __launch_bounds__'s blocks of 512 threads give
+// 64 or 40). F32PreNormRecipe's kernels are AllreduceEpilogueKernel's, bound as the f32 kernels.
+template <typename T, int kVec, QuantMode kQuant>
+__global__ void __maxnreg__(kPreNormMaxRegisters<kVec>) PreNormEpilogueKernel(const FusedKernelParams p) {
+  EpilogueRows<T, kVec, kQuant, BlockRow, PreNormRecipe>(p);
 }
 
 }  // namespace tpfuse::cuda

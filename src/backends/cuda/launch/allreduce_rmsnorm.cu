@@ -115,13 +115,14 @@ Status CheckBuffers(const AllreduceRmsnormSpec& spec, const FusedBuffers& b) {
 }
 
 // The run-time recipe `spec` needs: SecondSumRecipe's for two summed all_reduces, PreNormRecipe's
-// for a norm before the residual add (each one block per row), F32ResidualRecipe's for an f32
-// residual stream or norm output (one block or one ClusterRow per row), else the plain one; each
-// on the local op and the nccl path (PreNormRecipe's on the local op only). The other kernels
-// keep their code for the common forms.
+// or F32PreNormRecipe's for a norm before the residual add (each one block per row),
+// F32ResidualRecipe's for an f32 residual stream or norm output (one block or one ClusterRow per
+// row), else the plain one; each on the local op and the nccl path (the pre-norm recipes on the
+// local op only). The other kernels keep their code for the common forms.
 KernelRecipe RuntimeRecipeOf(const AllreduceRmsnormSpec& spec) {
   if (spec.second_sum) return KernelRecipe::kRuntimeSecondSum;
-  if (spec.pre_residual_norm) return KernelRecipe::kRuntimePreNorm;
+  if (spec.pre_residual_norm)
+    return spec.has_f32_values() ? KernelRecipe::kRuntimeF32PreNorm : KernelRecipe::kRuntimePreNorm;
   return spec.has_f32_values() ? KernelRecipe::kRuntimeF32Residual : KernelRecipe::kRuntime;
 }
 
@@ -175,7 +176,7 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.residual_out_f32 = spec.rounding.residual_out_f32;
   p.norm_out_f32 = spec.rounding.norm_out_f32;
   p.f32_paired_stores = tokens >= kF32PairedStoresMinRows;
-  // Read only by SecondSumRecipe's kernels, and the three after by PreNormRecipe's.
+  // Read only by SecondSumRecipe's kernels, and the three after by the pre-norm recipes'.
   p.second_sum = spec.second_sum;
   p.second_sum_into_residual = spec.second_sum_into_residual;
   p.x2 = b.x2;
@@ -471,10 +472,14 @@ StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const R
                                                                             spec.quant);
       break;
     case KernelRecipe::kRuntimePreNorm:
+    case KernelRecipe::kRuntimeF32PreNorm:
       if (owner != RowOwner::kBlock)
         return Unimplemented("a norm before the residual add runs with one block per row (row owner kBlock or kAuto)");
-      kernel = SelectKernel<EpilogueFamily<KernelRecipe::kRuntimePreNorm>>(spec.act_dtype, layout.vecs_per_thread,
-                                                                          spec.quant);
+      kernel = recipe == KernelRecipe::kRuntimePreNorm
+                   ? SelectKernel<EpilogueFamily<KernelRecipe::kRuntimePreNorm>>(spec.act_dtype,
+                                                                                 layout.vecs_per_thread, spec.quant)
+                   : SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32PreNorm>>(
+                         spec.act_dtype, layout.vecs_per_thread, spec.quant);
       break;
     case KernelRecipe::kRuntimeF32Residual:
       if (owner == RowOwner::kBlock) {
@@ -547,7 +552,8 @@ StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceR
                                      const RowLayout& layout, KernelRecipe recipe, int64_t tokens,
                                      const LaunchOptions& options) {
   if (recipe == KernelRecipe::kRuntimeF32Residual) return F32ResidualRowOwner(device, spec, layout, tokens, options);
-  if (recipe == KernelRecipe::kRuntimeSecondSum || recipe == KernelRecipe::kRuntimePreNorm)
+  if (recipe == KernelRecipe::kRuntimeSecondSum || recipe == KernelRecipe::kRuntimePreNorm ||
+      recipe == KernelRecipe::kRuntimeF32PreNorm)
     return LocalRowOwner{};  // one block per row
   Status failed;
   const LocalRowOwner choice = RowOwnerRule(spec, layout, tokens, device.sms, [&](const LocalRowOwner& owner) -> int64_t {

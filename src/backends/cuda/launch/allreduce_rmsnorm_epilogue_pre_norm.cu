@@ -1,5 +1,5 @@
 // The epilogue kernels' instantiations for a norm before the residual add, one block per row
-// (allreduce_rmsnorm_select.cuh; PreNormRecipe).
+// with a 16-bit residual stream and norm output (allreduce_rmsnorm_select.cuh; PreNormRecipe).
 #include "backends/cuda/launch/allreduce_rmsnorm_select.cuh"
 
 namespace tpfuse::cuda {

@@ -24,12 +24,14 @@ struct TwoShotFamily {
   static constexpr FusedKernelFn Kernel() { return TwoShotAllreduceRmsnormKernel<T, kVec, kQuant>; }
 };
 // The epilogue kernel, with the recipe read at run time or fixed (kernels/allreduce_rmsnorm.cuh,
-// "recipes").
+// "recipes"); a norm before the residual add's under its own register bound.
 template <KernelRecipe kRecipe>
 struct EpilogueFamily {
   template <typename T, int kVec, QuantMode kQuant>
   static constexpr FusedKernelFn Kernel() {
-    return AllreduceEpilogueKernel<T, kVec, kQuant, BlockRow, RecipeOf<T, kRecipe>>;
+    using Recipe = RecipeOf<T, kRecipe>;
+    if constexpr (std::is_same_v<Recipe, PreNormRecipe>) return PreNormEpilogueKernel<T, kVec, kQuant>;
+    else return AllreduceEpilogueKernel<T, kVec, kQuant, BlockRow, Recipe>;
   }
 };
 // The same for the norm alone (no residual) with a fixed recipe, quant none and fp8_tensor at two
@@ -93,6 +95,7 @@ extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::k
                                                                                                     QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeSecondSum>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimePreNorm>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32PreNorm>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
