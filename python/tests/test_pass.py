@@ -1000,11 +1000,12 @@ def test_sandwich_norms_fuse_into_one_op_and_keep_one_collective_per_site():
         g.lint()
 
 
-@pytest.mark.parametrize("hidden,ops", [(2304, 1), (5376, 0)])
-def test_sandwich_norms_follow_inductors_measurement_on_cuda(hidden, ops):
-    # fuse_local auto on the CUDA backend at world size 1 (the Inductor rule): one fused op at H
-    # 2304; at H 5376, where Inductor's kernel of the chain was measured faster from 1024 rows,
-    # both norms stay for Inductor, the second with the first (the graph's 1024 rows).
+@pytest.mark.parametrize("hidden", [2304, 5376])
+def test_sandwich_norms_follow_inductors_measurement_on_cuda(hidden):
+    # fuse_local auto on the CUDA backend at world size 1 (the Inductor rule): one fused op at
+    # every H measured (MeasuredPreNormLosses is empty since run 118; H 5376 from 1024 rows was
+    # Inductor's before). The rule's mechanics with a table: the C++
+    # PassesLocalFusion.SandwichNormsFollowTheirOwnMeasurement.
     def f(attn, res, w1, w2):
         h = res + gemma_norm(attn, w1)
         return gemma_norm(h, w2), h
@@ -1013,13 +1014,8 @@ def test_sandwich_norms_follow_inductors_measurement_on_cuda(hidden, ops):
     g = trace(f, (rows, bf), (rows, bf), ((hidden,), bf), ((hidden,), bf))
     p = tt.FusionPass(world_size=1, backend="cuda")
     p(g)
-    assert count(g, "tpfuse.allreduce_rmsnorm") == ops, g
-    left = list(p.report.local_left_alone.values())
-    assert len(left) == 2 - 2 * ops, p.report
-    if not ops:
-        assert "Inductor's kernel for this chain was measured faster" in left[0]
-        assert left[1] == ("it stays with the norm before the residual add that it follows: "
-                           + left[0])
+    assert count(g, "tpfuse.allreduce_rmsnorm") == 1, g
+    assert not p.report.local_left_alone, p.report
 
 
 def test_sandwich_norms_in_one_op_compute_what_the_graph_did():

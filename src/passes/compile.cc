@@ -64,6 +64,7 @@ StatusOr<CompiledFunc> CompileGraph(const ir::Graph& graph, const CompileOptions
   out.ctx.fuse_local = options.FusesLocal();
   out.ctx.local_vs_inductor = options.ComparesWithInductor();
   out.ctx.inductor_losses = options.inductor_losses;
+  out.ctx.inductor_pre_norm_losses = options.inductor_pre_norm_losses;
   out.ctx.dump = options.dump;
   const PassManager pipeline = MakeDefaultPipeline();
   StatusOr<bool> changed = pipeline.Run(*out.graph, out.ctx);

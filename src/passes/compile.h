@@ -47,6 +47,8 @@ struct CompileOptions {
   // pass their own table). NOTE: a view, kept in the result's PassContext: the table must
   // outlive the CompileResult (MeasuredLosses() is static).
   std::span<const MeasuredLoss> inductor_losses = MeasuredLosses();
+  // The same for chains with a norm before the residual add (MeasuredPreNormLosses()).
+  std::span<const MeasuredLoss> inductor_pre_norm_losses = MeasuredPreNormLosses();
   // When set, the graph is printed here after every pass (a .tpg comment line names the pass).
   std::ostream* dump = nullptr;
 

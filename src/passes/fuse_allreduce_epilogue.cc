@@ -1053,8 +1053,8 @@ std::variant<Plan, Refusal> PlanChain(const Chain& chain, const PassContext& ctx
     int64_t tokens = ctx.max_tokens;
     if (StatusOr<ir::Dim> rows = RowsOf(chain.x->type()); rows.ok() && rows->is_const())
       tokens = rows->value;
-    if (std::string why = WhyInductorIsFaster(plan->spec, tokens, ctx.inductor_losses); !why.empty())
-      return Refusal{kInductorFaster, why};
+    std::string why = WhyInductorIsFaster(plan->spec, tokens, ctx.inductor_losses, ctx.inductor_pre_norm_losses);
+    if (!why.empty()) return Refusal{kInductorFaster, why};
   }
   return decision;
 }

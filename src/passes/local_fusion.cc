@@ -62,23 +62,18 @@ constexpr MeasuredLoss kMeasuredLosses[] = {
 };
 
 // The chain with a norm before the residual add (pre_residual_norm, sandwich norms), on one H100
-// (docs/perf/h100x1/NOTES.md, runs 114-116, Gemma's norms, H 2304 / 3584 / 5376, T 1 / 128 /
-// 1024 / 8192), listed by the same rule: H 5376 quant none from T 1024 (1.14-1.16 at 1024,
-// 1.10-1.11 at 8192) and fp8_token at T 8192 (1.05 in all three). Not listed: H 2304 quant none at
-// T 1024 (1.05-1.07; the fused op wins at 128 and 8192, 0.90-0.91) and H 3584 quant none at T 1
-// (1.22 in run 114, before the kernel of runs 115-116, which measured 1.05 and 0.92).
+// (docs/perf/h100x1/NOTES.md, Gemma's norms, H 2304 / 3584 / 5376, T 1 / 128 / 1024 / 8192), by
+// the same rule: none since run 118 (its kernels under their own register bound), where the fused
+// op took 0.62-0.99 x Inductor's time. Runs 114-116 had measured Inductor's faster at H 5376:
+// quant none from T 1024 (1.16, 1.11 at 8192), fp8_token at T 8192 (1.05).
 constexpr int64_t kMeasuredPreNormHidden[] = {2304, 3584, 5376};
-constexpr MeasuredLoss kMeasuredPreNormLosses[] = {
-    {QuantMode::kNone, true, 5376, 1024},      // 1024:1.16 8192:1.11 (runs 115, 116)
-    {QuantMode::kFp8Token, true, 5376, 8192},  // 8192:1.05 (runs 115, 116)
-};
 
 }  // namespace
 
 std::span<const int64_t> MeasuredHidden() { return kMeasuredHidden; }
 std::span<const MeasuredLoss> MeasuredLosses() { return kMeasuredLosses; }
 std::span<const int64_t> MeasuredPreNormHidden() { return kMeasuredPreNormHidden; }
-std::span<const MeasuredLoss> MeasuredPreNormLosses() { return kMeasuredPreNormLosses; }
+std::span<const MeasuredLoss> MeasuredPreNormLosses() { return {}; }
 
 std::string WhyInductorIsFaster(const AllreduceRmsnormSpec& spec, int64_t max_tokens,
                                 std::span<const MeasuredLoss> losses, std::span<const MeasuredLoss> pre_norm_losses) {
@@ -112,7 +107,7 @@ std::string WhyInductorIsFaster(const AllreduceRmsnormSpec& spec, int64_t max_to
                   : spec.has_residual ? " with the residual add"
                                       : " of the norm alone",
                   " at ", at_h, " from ", loss.from_tokens, " rows (",
-                  pre_norm ? "docs/perf/h100x1/NOTES.md, runs 114-116" : "docs/perf/h200x1/inductor_epilogue.md",
+                  pre_norm ? "docs/perf/h100x1/NOTES.md" : "docs/perf/h200x1/inductor_epilogue.md",
                   "), and the chain has ", rows);
   }
   return "";

@@ -34,7 +34,7 @@ std::span<const int64_t> MeasuredHidden();
 // Where Inductor's kernel was measured faster (empty: nowhere).
 std::span<const MeasuredLoss> MeasuredLosses();
 // The same for the chain with a norm before the residual add (spec.pre_residual_norm: sandwich
-// norms), measured on one H100 (docs/perf/h100x1/NOTES.md, runs 114-116).
+// norms), measured on one H100 (docs/perf/h100x1/NOTES.md; empty since run 118).
 std::span<const int64_t> MeasuredPreNormHidden();
 std::span<const MeasuredLoss> MeasuredPreNormLosses();
 

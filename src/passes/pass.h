@@ -46,6 +46,8 @@ struct PassContext {
   // Where Inductor's kernel was measured faster (passes/local_fusion.h; tests pass their own).
   // NOTE: a view; the table must outlive the context (MeasuredLosses() is static).
   std::span<const MeasuredLoss> inductor_losses = MeasuredLosses();
+  // The same for chains with a norm before the residual add (MeasuredPreNormLosses()).
+  std::span<const MeasuredLoss> inductor_pre_norm_losses = MeasuredPreNormLosses();
 
   std::vector<FusionRecord> fusions;
   std::vector<Rejection> rejections;

@@ -1230,27 +1230,36 @@ TEST(PassesLocalFusion, AtWorldSizeOneTheAllReduceLeftToInductorSaysWhy) {
 }
 
 // Sandwich norms under the Inductor rule (the PyTorch pass's): the chain with a norm before the
-// residual add follows its own measurement (runs 114-115, H100): at H 5376 quant none Inductor's
-// kernel from 1024 rows, so with rows unknown both norms stay for it, each with the reason (the
-// second: it stays with the first); at 512 rows, and at H 2304 (the fused op's at every T
-// measured), one fused op.
+// residual add follows its own table. Since run 118 it is empty (the fused op measured faster at
+// every H and T), so the chain is one fused op with rows unknown, and the chain without the first
+// norm keeps the other table. The rule's mechanics with the table runs 114-116 measured (H 5376
+// quant none: Inductor's kernel from 1024 rows; fp8_token from 8192): with rows unknown both
+// norms stay for Inductor, each with the reason (the second: it stays with the first); at 512
+// rows, and at H 2304, one fused op.
+constexpr MeasuredLoss kPreNormLosses[] = {{QuantMode::kNone, true, 5376, 1024},
+                                           {QuantMode::kFp8Token, true, 5376, 8192}};
+
 TEST(PassesLocalFusion, SandwichNormsFollowTheirOwnMeasurement) {
   AllreduceRmsnormSpec spec;
   spec.hidden = 5376;
   spec.has_residual = spec.pre_residual_norm = spec.local = true;
-  EXPECT_NE(WhyInductorIsFaster(spec, 0).find("none with a norm before the residual add at H 5376 from 1024 rows"),
-            std::string::npos)
-      << WhyInductorIsFaster(spec, 0);
-  EXPECT_EQ(WhyInductorIsFaster(spec, 1023), "");
+  for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Token}) {
+    spec.quant = q;
+    EXPECT_EQ(WhyInductorIsFaster(spec, 0), "") << QuantModeName(q);
+  }
+  spec.quant = QuantMode::kNone;
+  const std::string why = WhyInductorIsFaster(spec, 0, MeasuredLosses(), kPreNormLosses);
+  EXPECT_NE(why.find("none with a norm before the residual add at H 5376 from 1024 rows"), std::string::npos) << why;
+  EXPECT_EQ(WhyInductorIsFaster(spec, 1023, MeasuredLosses(), kPreNormLosses), "");
   spec.quant = QuantMode::kFp8Token;
-  EXPECT_EQ(WhyInductorIsFaster(spec, 4096), "");
-  EXPECT_NE(WhyInductorIsFaster(spec, 8192), "");
+  EXPECT_EQ(WhyInductorIsFaster(spec, 4096, MeasuredLosses(), kPreNormLosses), "");
+  EXPECT_NE(WhyInductorIsFaster(spec, 8192, MeasuredLosses(), kPreNormLosses), "");
   spec.quant = QuantMode::kNone;
   spec.hidden = 4096;  // nearest 3584: the fused op's
-  EXPECT_EQ(WhyInductorIsFaster(spec, 0), "");
+  EXPECT_EQ(WhyInductorIsFaster(spec, 0, MeasuredLosses(), kPreNormLosses), "");
   spec.pre_residual_norm = false;  // the chain without the first norm keeps the other table
   spec.hidden = 5376;
-  EXPECT_EQ(WhyInductorIsFaster(spec, 0), "");
+  EXPECT_EQ(WhyInductorIsFaster(spec, 0, MeasuredLosses(), kPreNormLosses), "");
 
   const auto sandwich = [](int64_t hidden, const std::string& rows) {
     const std::string h = std::to_string(hidden);
@@ -1265,6 +1274,16 @@ TEST(PassesLocalFusion, SandwichNormsFollowTheirOwnMeasurement) {
   options.world_size = 1;
   options.caps = CudaFusionCapabilities();
   options.fuse_local = FuseLocal::kInductor;
+  const auto expect_one_op = [&](int64_t hidden, const std::string& rows) {
+    SCOPED_TRACE(StrCat(hidden, " ", rows));
+    StatusOr<CompileResult> r = CompileModuleText(sandwich(hidden, rows), options);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_EQ(r->funcs[0].ctx.fusions.size(), 1u) << r->json;
+    EXPECT_TRUE(r->funcs[0].ctx.fusions[0].spec.pre_residual_norm);
+  };
+  expect_one_op(5376, "T");  // the measured table
+
+  options.inductor_pre_norm_losses = kPreNormLosses;
   StatusOr<CompileResult> r = CompileModuleText(sandwich(5376, "T"), options);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   ASSERT_EQ(r->funcs.size(), 1u);
@@ -1276,13 +1295,8 @@ TEST(PassesLocalFusion, SandwichNormsFollowTheirOwnMeasurement) {
       << left[0].reason;
   EXPECT_EQ(left[1].anchor, "a");
   EXPECT_EQ(left[1].reason, "it stays with the norm before the residual add that it follows: " + left[0].reason);
-  for (const auto& [hidden, rows] : {std::pair<int64_t, std::string>{5376, "512"}, {2304, "T"}}) {
-    SCOPED_TRACE(StrCat(hidden, " ", rows));
-    r = CompileModuleText(sandwich(hidden, rows), options);
-    ASSERT_TRUE(r.ok()) << r.status().ToString();
-    ASSERT_EQ(r->funcs[0].ctx.fusions.size(), 1u) << r->json;
-    EXPECT_TRUE(r->funcs[0].ctx.fusions[0].spec.pre_residual_norm);
-  }
+  expect_one_op(5376, "512");
+  expect_one_op(2304, "T");
 }
 
 }  // namespace
