@@ -1317,15 +1317,19 @@ def fused_attrs(graph):
     return dict(node.kwargs)
 
 
-def assert_the_contract_and_near_eager(got, oracle, eager):
+def assert_the_contract_and_near_eager(got, oracle, eager, weight_after_round=False):
     """The fused graph's 16-bit results bitwise Contract 3's oracle (the fused op's own order of
-    the sum of squares) and within an ulp of the traced graph run eagerly: torch's CPU kernel sums
-    the squares in another order, which Contract 3's tolerance covers (bitwise against eager, about
-    1 in 300 random inputs differ in an element by an ulp)."""
+    the sum of squares) and near the traced graph run eagerly: torch's CPU kernel sums the squares
+    in another order, which Contract 3's tolerance covers (bitwise against eager, about 1 in 300
+    random inputs differ in an element by an ulp). Within an ulp, or two where the form rounds the
+    normalized value before the weight (weight_after_round): an ulp of round(n) times w is up to
+    two of y (vLLM's forward_static: 2 in 2 of 2000 random inputs, never more)."""
     assert len(got) == len(oracle) == len(eager)
+    ulps = 2 if weight_after_round else 1
     for i, (g, o, e) in enumerate(zip(got, oracle, eager)):
         assert same_bits(g, o), f"result {i} differs from Contract 3's oracle"
-        assert int(ulp_distance_16(g, e).max()) <= 1, f"result {i} over an ulp from eager"
+        distance = int(ulp_distance_16(g, e).max())
+        assert distance <= ulps, f"result {i} {distance} ulps from eager (at most {ulps})"
 
 
 @pytest.mark.parametrize("form, mode", [
@@ -1716,7 +1720,7 @@ def assert_the_local_norm_is_the_contract(norm, shapes_dtypes, rounding, eps):
     h, res, w = args
     oracle = contract3.allreduce_rmsnorm([h], res, w, None, emit=["norm", "residual"], local=True,
                                          rounding=rounding, eps=eps)
-    assert_the_contract_and_near_eager(gm(*args), oracle, want)
+    assert_the_contract_and_near_eager(gm(*args), oracle, want, "weight_after_round" in rounding)
 
 
 @pytest.mark.parametrize("norm,rounding,eps", [
@@ -1873,7 +1877,7 @@ def test_the_last_layers_norm_whose_residual_sum_is_not_read_fuses(form, v2):
 
 def test_the_last_layers_norm_fused_locally_is_the_contract():
     """The norm of a fused add whose residual sum is not read, fused at world size 1 and run:
-    y bitwise Contract 3's, within an ulp of the graph run eagerly."""
+    y bitwise Contract 3's, within two ulps of the graph run eagerly (weight_after_round)."""
     _define_vllm_ir_norms()
 
     def last(h, res, w):
@@ -1883,7 +1887,7 @@ def test_the_last_layers_norm_fused_locally_is_the_contract():
     assert list(fusion.attrs["emit"]) == ["norm"], fusion.attrs
     oracle = contract3.allreduce_rmsnorm([h], res, w, None, emit=["norm"], local=True, eps=1e-6,
                                          rounding=["norm_input_f32", "weight_after_round"])
-    assert_the_contract_and_near_eager([got], oracle, [last(h, res, w)])
+    assert_the_contract_and_near_eager([got], oracle, [last(h, res, w)], weight_after_round=True)
 
 
 @pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
