@@ -164,10 +164,11 @@ struct F32ResidualRecipe : RuntimeRecipe {};
 // p.second_sum), instantiated apart (one block per row) so that the f32 kernels keep their code.
 struct SecondSumRecipe : F32ResidualRecipe {};
 // The norm of the sum before the residual add (p.pre_residual_norm: sandwich norms), instantiated
-// apart (one block per row, PreNormEpilogueKernel) so that the other kernels keep their code and
-// registers: PreNormRecipe for a 16-bit residual stream (RuntimeRecipe's 16-bit residual
-// vectors), F32PreNormRecipe for an f32 one or an f32 norm output (F32ResidualRecipe's). The
-// kernel stores a (NormBeforeResidual), not RowEpilogue: RowEpilogue's a is the norm's output.
+// apart (one block per row) so that the other kernels keep their code and registers:
+// PreNormRecipe for a 16-bit residual stream (RuntimeRecipe's 16-bit residual vectors, under a
+// register bound of its own: PreNormEpilogueKernel), F32PreNormRecipe for an f32 one or an f32
+// norm output (F32ResidualRecipe's). The kernel stores a (NormBeforeResidual), not RowEpilogue:
+// RowEpilogue's a is the norm's output.
 struct PreNormRecipe : RuntimeRecipe {
   __device__ __forceinline__ static void* AllreduceOut(const FusedKernelParams&) { return nullptr; }
 };
@@ -1876,7 +1877,7 @@ __device__ __forceinline__ void EpilogueRows(const FusedKernelParams& p) {
   }
 }
 
-
+// The epilogue kernel: EpilogueRows under its row owner's register bound (kSpanMinBlocks).
 template <typename T, int kVec, QuantMode kQuant, typename Span = BlockRow, typename Recipe = RuntimeRecipe>
 __global__ void __launch_bounds__(kSpanMaxThreads<Span>, kSpanMinBlocks<Span, kVec, Recipe>)
     AllreduceEpilogueKernel(const FusedKernelParams p) {

@@ -3,7 +3,7 @@
 // (allreduce_rmsnorm_select.cuh) and instantiated per kernel family in its own .cu file so the
 // families compile in parallel. 24 instantiations per family: 2 activation dtypes x 3 vector
 // counts per thread (1, 2, 4) x 4 quant modes. The epilogue has a family per row owner and
-// recipe (three recipes: run time, and two fixed); the packed rows' families instantiate the
+// recipe (kernel_recipe.h: the run-time ones, and two fixed); the packed rows' families instantiate the
 // 8 kernels of one vector per thread (groups of 8-64 lanes) and of two (4-32 lanes), the norm
 // alone's the 4 of two vectors per thread in quant none and fp8_tensor.
 #pragma once
@@ -24,7 +24,8 @@ struct TwoShotFamily {
   static constexpr FusedKernelFn Kernel() { return TwoShotAllreduceRmsnormKernel<T, kVec, kQuant>; }
 };
 // The epilogue kernel, with the recipe read at run time or fixed (kernels/allreduce_rmsnorm.cuh,
-// "recipes"); a norm before the residual add's under its own register bound.
+// "recipes"); with a norm before the residual add and a 16-bit stream, PreNormEpilogueKernel
+// (its own register bound).
 template <KernelRecipe kRecipe>
 struct EpilogueFamily {
   template <typename T, int kVec, QuantMode kQuant>
