@@ -223,6 +223,27 @@ class Timer:
         return statistics.median(times)
 
 
+def add_local_bench_arguments(ap: argparse.ArgumentParser, hidden: str, hidden_help: str) -> None:
+    """The grid and output options of the world-size-1 benches that time the fused op against the
+    ops it replaces (second_sum_local.py, pre_norm_local.py): H, T, quant none and fp8_token, the
+    Timer's options, --csv."""
+    ap.add_argument("--hidden", default=hidden, help=hidden_help)
+    ap.add_argument("--tokens", default="1,128,1024,8192", help="T list (default %(default)s)")
+    ap.add_argument("--quant", default="none,fp8_token",
+                    help="quant modes: none, fp8_token (default %(default)s)")
+    Timer.add_arguments(ap)
+    ap.add_argument("--csv", help="also write the rows here")
+
+
+def lacks_a_gpu(name: str) -> bool:
+    """Whether there is no CUDA GPU or no CUDA build of libtpfuse, said on stderr as `name`'s."""
+    import tpfuse
+    if torch.cuda.is_available() and tpfuse.has_cuda():
+        return False
+    print(f"{name}: needs a CUDA GPU and libtpfuse built with CUDA", file=sys.stderr)
+    return True
+
+
 def make_sets(tokens: int, hidden: int, count: int, seed: int, dynamic_tokens: bool,
               f32_residual: bool = False):
     g = torch.Generator(device="cuda").manual_seed(seed)

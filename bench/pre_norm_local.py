@@ -34,7 +34,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tpfuse  # noqa: E402,F401  (registers the op)
-from inductor_epilogue import FP8_MAX, Timer, parse_list, parse_quants  # noqa: E402
+from inductor_epilogue import (FP8_MAX, Timer, add_local_bench_arguments,  # noqa: E402
+                               lacks_a_gpu, parse_list, parse_quants)
 from second_sum_local import same_bits  # noqa: E402
 
 OP = torch.ops.tpfuse.allreduce_rmsnorm
@@ -90,17 +91,11 @@ def differing(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hidden", default="2304,3584,5376",
-                    help="H list (default %(default)s: Gemma 2 2B/9B, Gemma 3 27B)")
-    ap.add_argument("--tokens", default="1,128,1024,8192", help="T list (default %(default)s)")
-    ap.add_argument("--quant", default="none,fp8_token",
-                    help="quant modes: none, fp8_token (default %(default)s)")
+    add_local_bench_arguments(ap, "2304,3584,5376",
+                              "H list (default %(default)s: Gemma 2 2B/9B, Gemma 3 27B)")
     ap.add_argument("--no-inductor", action="store_true", help="skip Inductor's kernel")
-    Timer.add_arguments(ap)
-    ap.add_argument("--csv", help="also write the rows here")
     args = ap.parse_args()
-    if not torch.cuda.is_available() or not tpfuse.has_cuda():
-        print("pre_norm_local: needs a CUDA GPU and libtpfuse built with CUDA", file=sys.stderr)
+    if lacks_a_gpu("pre_norm_local"):
         return 2
     quants = parse_quants(ap, args.quant, ("none", "fp8_token"))
     hiddens, tokens_list = parse_list(args.hidden), parse_list(args.tokens)

@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tpfuse  # noqa: E402,F401  (registers the op)
-from inductor_epilogue import Timer, parse_list, parse_quants  # noqa: E402
+from inductor_epilogue import (Timer, add_local_bench_arguments, lacks_a_gpu,  # noqa: E402
+                               parse_list, parse_quants)
 
 OP = torch.ops.tpfuse.allreduce_rmsnorm
 SUM_SCALE = 0.22
@@ -66,17 +67,11 @@ def same_bits(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hidden", default="4096,7168", help="H list (default %(default)s)")
-    ap.add_argument("--tokens", default="1,128,1024,8192", help="T list (default %(default)s)")
-    ap.add_argument("--quant", default="none,fp8_token",
-                    help="quant modes: none, fp8_token (default %(default)s)")
+    add_local_bench_arguments(ap, "4096,7168", "H list (default %(default)s)")
     ap.add_argument("--into-residual", action="store_true",
                     help="the second sum into the residual first (residual + attention + mlp)")
-    Timer.add_arguments(ap)
-    ap.add_argument("--csv", help="also write the rows here")
     args = ap.parse_args()
-    if not torch.cuda.is_available() or not tpfuse.has_cuda():
-        print("second_sum_local: needs a CUDA GPU and libtpfuse built with CUDA", file=sys.stderr)
+    if lacks_a_gpu("second_sum_local"):
         return 2
     quants = parse_quants(ap, args.quant, ("none", "fp8_token"))
     timer = Timer(args)

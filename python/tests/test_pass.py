@@ -1018,6 +1018,17 @@ def test_sandwich_norms_follow_inductors_measurement_on_cuda(hidden):
     assert not p.report.local_left_alone, p.report
 
 
+def _sandwich_fused_locally(f, ops):
+    """f(attn, res, w1, w2) on random bf16 rows of 256, traced and fused at world size 1 with local
+    fusion on into `ops` fused ops with no rsqrt left: (its results, its inputs)."""
+    gm, args = trace_module(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf), ((256,), bf))
+    tt.FusionPass(world_size=1, fuse_local=True)(gm.graph)
+    gm.recompile()
+    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == ops, gm.graph
+    assert count(gm.graph, "aten.rsqrt") == 0, gm.graph
+    return gm(*args), args
+
+
 def test_sandwich_norms_in_one_op_compute_what_the_graph_did():
     # At world size 1 the chain's one op (a local op with pre_weight) against the graph it
     # replaced: each norm within Contract 3's 1 ulp of torch's (the op sums squares in the
@@ -1026,14 +1037,7 @@ def test_sandwich_norms_in_one_op_compute_what_the_graph_did():
         h = res + gemma_norm(attn, w1)
         return gemma_norm(h, w2), h
 
-    gm, args = trace_module(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf), ((256,), bf))
-    attn, res, w1, w2 = args
-    p = tt.FusionPass(world_size=1, fuse_local=True)
-    p(gm.graph)
-    gm.recompile()
-    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 1, gm.graph
-    assert count(gm.graph, "aten.rsqrt") == 0, gm.graph
-    y, h = gm(*args)
+    (y, h), (attn, res, w1, w2) = _sandwich_fused_locally(f, ops=1)
     a = tpfuse.ops.fused(attn, None, w1, emit=["norm"], weight_bias=1.0, local=True)[0]
     assert ulp_distance_16(a, gemma_norm(attn, w1)).max() <= 1
     assert torch.equal(h, res + a)
@@ -1049,14 +1053,7 @@ def test_sandwich_norms_at_world_size_one_compute_what_the_graph_did():
         h = res + a
         return gemma_norm(h, w2), h, a
 
-    gm, args = trace_module(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf), ((256,), bf))
-    attn, res, w1, w2 = args
-    p = tt.FusionPass(world_size=1, fuse_local=True)
-    p(gm.graph)
-    gm.recompile()
-    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 2, gm.graph
-    assert count(gm.graph, "aten.rsqrt") == 0, gm.graph
-    y, h, a = gm(*args)
+    (y, h, a), (attn, res, w1, w2) = _sandwich_fused_locally(f, ops=2)
     assert ulp_distance_16(a, gemma_norm(attn, w1)).max() <= 1
     assert torch.equal(h, res + a)
     assert ulp_distance_16(y, gemma_norm(h, w2)).max() <= 1
