@@ -2,11 +2,13 @@
 layers), sharded for TP 2 by hand, Llama and Mixtral sharded by transformers' own
 tp_plan="auto", and the replicated families of tp_models (post-norm, sandwich norms, fused
 projections, MoE, hybrid linear attention, Gemma 4's pow(-0.5) norms, nanochat's norms without a
-weight, MiniMax's scaled residual, LFM2's short convolutions), run at world size 2 over gloo: the
-pass fuses every all_reduce -> norm site (2 per layer), no all_reduce stays in the graph, it
-reports nothing it should not, and the compiled model equals the eager one. Two all_reduces
+weight, MiniMax's scaled residual, LFM2's short convolutions, BitNet's norms inside the blocks,
+Jamba's and Falcon-H1's mamba mixers, LongCat-Flash's two sublayers a layer), run at world size 2
+over gloo: the pass fuses every all_reduce -> norm site (2 per layer, or as
+tp_models.ALL_REDUCES_PER_LAYER says), no all_reduce stays in the graph, it reports nothing it
+should not, and the compiled model equals the eager one. Two all_reduces
 added on the way to one norm (Cohere's parallel attention and MLP, Granite 4's MoE and shared
-MLP) leave what the fused op cannot take, and say why.
+MLP, Falcon-H1's mamba and attention, LongCat-Flash's MoE shortcut) become one fused op.
 
 All cases run in one pair of processes (a session fixture), so the interpreter start, the
 imports and the process group are paid once.
@@ -69,12 +71,16 @@ def _of(results, case):
     return results[case.name]
 
 
+def _all_reduces(case):
+    return LAYERS * tp_models.ALL_REDUCES_PER_LAYER.get(case.family, 2)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_every_all_reduce_norm_site_is_fused(results, case):
     for result in map(_ok, _of(results, case)):
         assert result["untranslated"] == []
-        assert result["all_reduces"] == 2 * LAYERS
-        assert result["fused"] == 2 * LAYERS, result["left_alone"]
+        assert result["all_reduces"] == _all_reduces(case)
+        assert result["fused"] == _all_reduces(case), result["left_alone"]
         assert result["all_reduces_after"] == 0  # no replaced chain still alive beside its fusion
         assert result["left_alone"] == {}
         assert result["skipped"] == {}
@@ -128,7 +134,21 @@ def test_blocks_summed_before_the_residual_add_fuse_as_one_op(results):
     # (attention or mamba) chain fuses too: no all_reduce is left, and no bit changes.
     for result in map(_ok, results[SUMMED_BLOCKS.name]):
         assert result["untranslated"] == [] and result["skipped"] == {}
-        assert result["all_reduces"] == 3 * LAYERS
-        assert result["fused"] == 3 * LAYERS, result["left_alone"]
+        assert result["all_reduces"] == _all_reduces(SUMMED_BLOCKS)
+        assert result["fused"] == _all_reduces(SUMMED_BLOCKS), result["left_alone"]
         assert result["left_alone"] == {} and result["all_reduces_after"] == 0, result
         assert result["vs_unfused"]["equal"] and result["vs_eager"]["equal"], result
+
+
+@pytest.mark.parametrize("case, ops_per_layer",
+                         [(Case("falcon_h1"), 2), (Case("longcat_flash"), 4)],
+                         ids=lambda v: v.name if isinstance(v, Case) else str(v))
+def test_two_all_reduces_meeting_at_a_residual_add_become_one_op(results, case, ops_per_layer):
+    # Falcon-H1: residual + mamba * ssm_out_multiplier + attention * attention_out_multiplier,
+    # then the MLP's chain: three all_reduces a layer in two fused ops (the first two summed,
+    # each with its scale). LongCat-Flash: five a layer in four, the MoE shortcut's all_reduce,
+    # carried across the second attention, summed with the second MLP's at the layer's end.
+    # (Every all_reduce fused, and no bit changed: the tests above.)
+    for result in map(_ok, results[case.name]):
+        assert result["fused"] == _all_reduces(case), result["left_alone"]
+        assert len(result["fusions"]) == ops_per_layer * LAYERS, result["fusions"]

@@ -35,9 +35,18 @@ FP8_MIN_SCALING_FACTOR = 1.0 / (FP8_MAX * 512.0)  # vLLM's floor of the scale
 # attention and the residual scaled before its add (minimax: residual * alpha + out * beta),
 # short convolutions and the residual added second (lfm2), and two all_reduces added before
 # the norm: attention and MLP in parallel on one residual (cohere2_moe), the MoE and shared MLP
-# summed before the scaled residual add, beside mamba layers (granitemoehybrid).
+# summed before the scaled residual add, beside mamba layers (granitemoehybrid), mamba and
+# attention in parallel, each output scaled, then the MLP (falcon_h1: three all_reduces a layer).
+# Then sandwich norms with (1 + w) weights (gemma2), post-norm (olmo3), norms inside the blocks
+# before their output projections (bitnet), mamba layers beside attention and MoE layers
+# (jamba), and two attention and MLP sublayers a layer with a MoE shortcut carried across the
+# second and added with its MLP (longcat_flash: five all_reduces a layer).
 REPLICATED = ("olmo2", "exaone4", "glm4", "phi3", "qwen3_moe", "gpt_oss", "qwen3_next",
-              "gemma4_text", "nanochat", "minimax", "lfm2", "cohere2_moe", "granitemoehybrid")
+              "gemma4_text", "nanochat", "minimax", "lfm2", "cohere2_moe", "granitemoehybrid",
+              "falcon_h1", "gemma2", "olmo3", "bitnet", "jamba", "longcat_flash")
+# All_reduces a decoder layer ends in where they are not two (one per mixer and feed-forward
+# block).
+ALL_REDUCES_PER_LAYER = {"granitemoehybrid": 3, "falcon_h1": 3, "longcat_flash": 5}
 _MAMBA = dict(mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_n_heads=8, mamba_d_head=64,
               mamba_n_groups=1, mamba_chunk_size=16)
 FAMILY_CONFIG = {
@@ -50,6 +59,18 @@ FAMILY_CONFIG = {
     "granitemoehybrid": dict(_MAMBA, layer_types=["mamba", "attention"], residual_multiplier=0.22,
                              embedding_multiplier=12.0, attention_multiplier=0.015625,
                              shared_intermediate_size=256),
+    "falcon_h1": dict(mamba_d_ssm=512, mamba_n_heads=8, mamba_d_head=64, mamba_d_state=16,
+                      mamba_chunk_size=16, ssm_out_multiplier=0.2357,
+                      attention_out_multiplier=0.9375, attention_in_multiplier=1.25,
+                      mlp_multipliers=[0.8839, 0.5859], key_multiplier=0.5,
+                      ssm_in_multiplier=1.5, embedding_multiplier=5.0),
+    "gemma2": dict(sliding_window=16, query_pre_attn_scalar=64),
+    "jamba": dict(attn_layer_period=2, attn_layer_offset=1, use_mamba_kernels=False),
+    # Multi-head latent attention: as many KV heads as heads, head_dim the rope part.
+    "longcat_flash": dict(num_layers=2, ffn_hidden_size=512, expert_ffn_hidden_size=128,
+                          n_routed_experts=4, zero_expert_num=2, moe_topk=2, q_lora_rank=64,
+                          kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16,
+                          v_head_dim=32, num_key_value_heads=4, head_dim=16),
 }
 EAGER_ATTENTION = ("gpt_oss",)  # no SDPA path in transformers
 HF_TP_ONLY = ("mixtral",)  # families only run sharded by transformers' own tp_plan
@@ -96,11 +117,11 @@ def tiny_config(family: str, layers: int):
                                    qk_nope_head_dim=32, v_head_dim=32, moe_intermediate_size=128,
                                    n_routed_experts=4, num_experts_per_tok=2, n_group=1,
                                    topk_group=1, first_k_dense_replace=layers, n_shared_experts=1)
-    if family in REPLICATED or family in HF_TP_ONLY:
-        return tf.AutoConfig.for_model(
-            family, **common, moe_intermediate_size=128, num_experts=4, num_local_experts=4,
-            num_experts_per_tok=2, pad_token_id=None, bos_token_id=None, eos_token_id=None,
-            **FAMILY_CONFIG.get(family, {}))
+    if family in REPLICATED or family in HF_TP_ONLY:  # FAMILY_CONFIG may override `common`
+        return tf.AutoConfig.for_model(family, **{
+            **common, "moe_intermediate_size": 128, "num_experts": 4, "num_local_experts": 4,
+            "num_experts_per_tok": 2, "pad_token_id": None, "bos_token_id": None,
+            "eos_token_id": None, **FAMILY_CONFIG.get(family, {})})
     raise ValueError(f"unknown model family {family!r}")
 
 
@@ -176,31 +197,41 @@ class AllReduced(nn.Module):
         return total if rest is None else (total,) + tuple(rest)
 
 
-# A decoder layer's token mixer (one per layer), its feed-forward blocks, and the names of the
+# A decoder layer's token mixers (one, or two in parallel: falcon_h1), its feed-forward blocks
+# (a list of them: longcat_flash's two sublayers' attentions and MLPs), and the names of the
 # output linears that make either row-parallel.
 MIXERS = ("self_attn", "linear_attn", "conv", "mamba")
-FEED_FORWARD = ("mlp", "feed_forward", "block_sparse_moe", "shared_mlp")
+FEED_FORWARD = ("mlp", "mlps", "feed_forward", "block_sparse_moe", "shared_mlp")
 OUTPUT_LINEARS = ("o_proj", "out_proj", "dense", "down_proj", "w2", "output_linear")
 
 
 def replicate_for_tp(model: nn.Module, world: int, group_name: str) -> None:
-    """Every rank keeps the whole model; each decoder layer's token mixer output projection and
-    feed-forward down projection (or its whole MoE block) becomes a sum over the ranks."""
+    """Every rank keeps the whole model; each decoder layer's token mixers' output projections and
+    feed-forward down projections (or a whole MoE block) become sums over the ranks."""
     for layer in model.layers:
-        mixer = next(n for n in MIXERS if getattr(layer, n, None) is not None)
-        for name in [mixer] + [n for n in FEED_FORWARD if getattr(layer, n, None) is not None]:
-            block = getattr(layer, name)
-            out = next((n for n in OUTPUT_LINEARS
-                        if isinstance(getattr(block, n, None), nn.Linear)), None)
-            if out is None:
-                setattr(layer, name, AllReduced(block, group_name, world))
-                continue
-            linear = getattr(block, out)
-            with torch.no_grad():
-                linear.weight.div_(world)
-                if linear.bias is not None:
-                    linear.bias.div_(world)
-            setattr(block, out, RowParallel(linear, group_name, inplace=False))
+        for name in MIXERS + FEED_FORWARD:
+            block = getattr(layer, name, None)
+            if isinstance(block, nn.ModuleList):
+                for i in range(len(block)):
+                    _replicate_block(block, str(i), world, group_name)
+            elif block is not None:
+                _replicate_block(layer, name, world, group_name)
+
+
+def _replicate_block(parent: nn.Module, name: str, world: int, group_name: str) -> None:
+    """`parent`'s child `name`: its output linear divided by the world size and all-reduced, or,
+    without one, the whole block's output."""
+    block = getattr(parent, name)
+    out = next((n for n in OUTPUT_LINEARS if isinstance(getattr(block, n, None), nn.Linear)), None)
+    if out is None:
+        setattr(parent, name, AllReduced(block, group_name, world))
+        return
+    linear = getattr(block, out)
+    with torch.no_grad():
+        linear.weight.div_(world)
+        if linear.bias is not None:
+            linear.bias.div_(world)
+    setattr(block, out, RowParallel(linear, group_name, inplace=False))
 
 
 class QuantizedInput(nn.Module):
@@ -255,7 +286,7 @@ def build(case: Case, rank: int, world: int, group_name: str, seed: int = 0) -> 
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1:  # norm weights: around 1 (Gemma's around 0: it adds the 1)
-                base = 0.0 if case.family in ("gemma3", "qwen3_next") else 1.0
+                base = 0.0 if case.family in ("gemma2", "gemma3", "qwen3_next") else 1.0
                 p.copy_(base + 0.1 * torch.randn(p.shape, generator=gen))
             else:
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
@@ -263,6 +294,8 @@ def build(case: Case, rank: int, world: int, group_name: str, seed: int = 0) -> 
         # The checkpoint holds the weights only: quant wrappers would not survive the reload.
         assert case.quant == "none", "transformers' tp_plan cases run unquantized"
         return load_with_transformers_tp(model, case, rank)
+    if case.family == "longcat_flash":
+        dense_longcat_experts(model)
     if case.family in REPLICATED:
         replicate_for_tp(model, world, group_name)  # finds the projections, then the wrappers go on
         quantize_inputs(model, case, config.hidden_size, seed)
@@ -270,6 +303,31 @@ def build(case: Case, rank: int, world: int, group_name: str, seed: int = 0) -> 
         quantize_inputs(model, case, config.hidden_size, seed)
         shard_for_tp(model, rank, world, group_name, case.inplace)
     return model
+
+
+def dense_longcat_experts(model: nn.Module) -> None:
+    """LongCat-Flash's experts run only the experts its router chose (a loop over nonzero(), which
+    torch.compile cannot trace without breaking the graph around every MoE). Here every expert,
+    and every zero (identity) expert, runs on every token, weighted by the router's weight of it
+    for that token (0 where not chosen): the same routing and the same terms, in one graph."""
+    import torch.nn.functional as F
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        weight = torch.zeros(hidden_states.shape[0], self.total_experts, dtype=top_k_weights.dtype,
+                             device=hidden_states.device).scatter_add(1, top_k_index, top_k_weights)
+        out = torch.zeros_like(hidden_states)
+        for e in range(self.total_experts):
+            if e < self.num_routed_experts:
+                gate, up = F.linear(hidden_states, self.gate_up_proj[e]).chunk(2, dim=-1)
+                expert = F.linear(self.act_fn(gate) * up, self.down_proj[e])
+            else:
+                expert = hidden_states
+            out = out + (expert * weight[:, e, None]).to(hidden_states.dtype)
+        return out
+
+    for layer in model.layers:
+        experts = layer.mlp.experts
+        experts.forward = forward.__get__(experts)
 
 
 def quantize_inputs(model: nn.Module, case: Case, hidden: int, seed: int) -> None:
