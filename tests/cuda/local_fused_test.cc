@@ -307,12 +307,15 @@ void ExpectOneBlockPerRowOnly(const AllreduceRmsnormSpec& s, const std::string& 
 // Two all_reduces summed (second_sum) at world size 1, where each sum is its partial (a = x, a2 =
 // x2): each sum scaled before the add or not, the sum scaled after it or not; with and without a
 // residual; the second into the residual (its sum scaled or not, the norm of the f32 sum or not);
-// every quant mode; rows of one vector per thread to four (SecondSumRecipe's kernels).
-// Then each row owner forced: one block runs it, the others refuse with the reason.
+// an f32 residual stream; every quant mode; rows of one vector per thread to four
+// (SecondSumRecipe's kernels, and F32SecondSumRecipe's for the f32 stream). Then each row owner
+// forced, with a 16-bit stream and an f32 one: one block runs it, the others refuse with the
+// reason.
 TEST_F(LocalFusedTest, TwoSummedAllReducesAreBitwiseTheOracle) {
   uint64_t seed = 6000;
   for (DType act : {DType::kBF16, DType::kF16})
-    for (int form = 0; form < 6; ++form)  // bit 0: each sum scaled; bit 1: the sum scaled; 4, 5: into the residual
+    // bit 0: each sum scaled; bit 1: the sum scaled; 4, 5: into the residual; 6: an f32 stream
+    for (int form = 0; form < 7; ++form)
       for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
         for (int64_t h : {128, 2880, 7168, 16384}) {
           AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/form != 2);
@@ -320,22 +323,26 @@ TEST_F(LocalFusedTest, TwoSummedAllReducesAreBitwiseTheOracle) {
           s.act_dtype = act;
           s.weight_dtype = act;
           s.second_sum = true;
-          s.second_sum_into_residual = form >= 4;
+          s.second_sum_into_residual = form == 4 || form == 5;
           s.first_scale = form & 1 && form < 4 ? 0.5f : 1.0f;
           s.second_scale = form & 1 ? 1.5f : 1.0f;
           s.sum_scale = form & 2 || form == 4 ? 0.22f : 1.0f;
           s.rounding.weight_after_round = form == 3;
           s.rounding.norm_input_f32 = form == 5;
+          s.residual_f32_in = s.rounding.residual_out_f32 = form == 6;
           for (int64_t t : {1, 33, 300}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
         }
-  for (int64_t h : {128, 2880, 7168, 16384}) {
-    AllreduceRmsnormSpec s = LocalSpec(h, QuantMode::kFp8Group, /*residual=*/true);
-    s.local = false;
-    s.second_sum = true;
-    s.first_scale = 3.0f;
-    EXPECT_EQ(cuda::LocalKernelRecipe(s), cuda::KernelRecipe::kRuntimeSecondSum);
-    ExpectOneBlockPerRowOnly(s, "two summed all_reduces run with one block per row", seed);
-  }
+  for (int64_t h : {128, 2880, 7168, 16384})
+    for (bool f32_stream : {false, true}) {
+      AllreduceRmsnormSpec s = LocalSpec(h, QuantMode::kFp8Group, /*residual=*/true);
+      s.local = false;
+      s.second_sum = true;
+      s.first_scale = 3.0f;
+      s.residual_f32_in = s.rounding.residual_out_f32 = f32_stream;
+      EXPECT_EQ(cuda::LocalKernelRecipe(s),
+                f32_stream ? cuda::KernelRecipe::kRuntimeF32SecondSum : cuda::KernelRecipe::kRuntimeSecondSum);
+      ExpectOneBlockPerRowOnly(s, "two summed all_reduces run with one block per row", seed);
+    }
 }
 
 // A norm of the sum before the residual add (pre_residual_norm: sandwich norms) at world size 1:

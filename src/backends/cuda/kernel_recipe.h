@@ -14,9 +14,12 @@ enum class KernelRecipe : uint8_t {
   // run-time recipe with f32 residual vectors, one block or one cluster (ClusterRow) per row (the
   // local op and the nccl path)
   kRuntimeF32Residual,
-  // every spec with two summed all_reduces (second_sum): kRuntimeF32Residual's recipe that also
-  // reads the second sum's rows, one block per row (the local op and the nccl path)
+  // every spec with two summed all_reduces (second_sum): the run-time recipe that also reads the
+  // second sum's rows, one block per row (the local op and the nccl path), for a 16-bit residual
+  // stream and norm output (kRuntimeSecondSum) or with kRuntimeF32Residual's f32 residual vectors
+  // (kRuntimeF32SecondSum)
   kRuntimeSecondSum,
+  kRuntimeF32SecondSum,
   // every spec with a norm of the sum before the residual add (pre_residual_norm): the
   // run-time recipe with that norm, one block per row (the local op), for a 16-bit residual
   // stream and norm output (kRuntimePreNorm) or with kRuntimeF32Residual's f32 residual vectors

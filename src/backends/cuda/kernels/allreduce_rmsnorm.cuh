@@ -160,9 +160,12 @@ struct RuntimeRecipe {
 // keep their code. Only the epilogue kernel with one block or
 // one cluster (ClusterRow) per row is instantiated with it (the local op and the nccl path).
 struct F32ResidualRecipe : RuntimeRecipe {};
-// F32ResidualRecipe that also reads the rows of a second sum (two summed all_reduces:
-// p.second_sum), instantiated apart (one block per row) so that the f32 kernels keep their code.
-struct SecondSumRecipe : F32ResidualRecipe {};
+// The rows of a second sum (two summed all_reduces: p.second_sum), instantiated apart (one block
+// per row) so that the other kernels keep their code: SecondSumRecipe for a 16-bit residual
+// stream (RuntimeRecipe's 16-bit residual vectors), F32SecondSumRecipe for an f32 one or an f32
+// norm output (F32ResidualRecipe's).
+struct SecondSumRecipe : RuntimeRecipe {};
+struct F32SecondSumRecipe : F32ResidualRecipe {};
 // The norm of the sum before the residual add (p.pre_residual_norm: sandwich norms), instantiated
 // apart (one block per row) so that the other kernels keep their code and registers:
 // PreNormRecipe for a 16-bit residual stream (RuntimeRecipe's 16-bit residual vectors, under a
@@ -180,11 +183,12 @@ inline constexpr bool kF32ResidualRecipe = false;
 template <>
 inline constexpr bool kF32ResidualRecipe<F32ResidualRecipe> = true;
 template <>
-inline constexpr bool kF32ResidualRecipe<SecondSumRecipe> = true;
+inline constexpr bool kF32ResidualRecipe<F32SecondSumRecipe> = true;
 template <>
 inline constexpr bool kF32ResidualRecipe<F32PreNormRecipe> = true;
 template <typename Recipe>
-inline constexpr bool kSecondSumRecipe = std::is_same_v<Recipe, SecondSumRecipe>;
+inline constexpr bool kSecondSumRecipe =
+    std::is_same_v<Recipe, SecondSumRecipe> || std::is_same_v<Recipe, F32SecondSumRecipe>;
 template <typename Recipe>
 inline constexpr bool kPreNormRecipe =
     std::is_same_v<Recipe, PreNormRecipe> || std::is_same_v<Recipe, F32PreNormRecipe>;
@@ -206,6 +210,13 @@ __device__ __forceinline__ void F32Values(const F32ResidualVector& w, float (&f)
   const unsigned bits[kVecElems] = {w.lo.x, w.lo.y, w.lo.z, w.lo.w, w.hi.x, w.hi.y, w.hi.z, w.hi.w};
 #pragma unroll
   for (int i = 0; i < kVecElems; ++i) f[i] = __uint_as_float(bits[i]);
+}
+
+// The 16-bit values of a residual vector: all of it, or an f32 recipe's `lo`.
+template <typename Recipe>
+__device__ __forceinline__ uint4& Residual16(ResidualVector<Recipe>& r) {
+  if constexpr (kF32ResidualRecipe<Recipe>) return r.lo;
+  else return r;
 }
 
 template <typename T, bool kWeightAfterRound>
@@ -245,6 +256,10 @@ struct RecipeFor<T, KernelRecipe::kRuntimeF32Residual> {
 template <typename T>
 struct RecipeFor<T, KernelRecipe::kRuntimeSecondSum> {
   using type = SecondSumRecipe;
+};
+template <typename T>
+struct RecipeFor<T, KernelRecipe::kRuntimeF32SecondSum> {
+  using type = F32SecondSumRecipe;
 };
 template <typename T>
 struct RecipeFor<T, KernelRecipe::kRuntimePreNorm> {
@@ -1868,8 +1883,12 @@ __device__ __forceinline__ void EpilogueRows(const FusedKernelParams& p) {
         if (v >= p.vecs_per_row) continue;
         const uint4 a2 = ReducedVector<T>(p, rows2, row_vec + v);
         // Into the residual (16-bit there: Validate), or added to a.
-        if (p.second_sum_into_residual) res[k].lo = ResidualPlusSecondSum<T>(p, res[k].lo, a2);
-        else a[k] = SumOfTwoSums<T>(p, a[k], a2);
+        if (p.second_sum_into_residual) {
+          uint4& r16 = Residual16<Recipe>(res[k]);
+          r16 = ResidualPlusSecondSum<T>(p, r16, a2);
+        } else {
+          a[k] = SumOfTwoSums<T>(p, a[k], a2);
+        }
       }
     }
     if constexpr (kPreNormRecipe<Recipe>) NormBeforeResidual<T, kVec, Span, Recipe>(p, row, a, pre_smem, slot);

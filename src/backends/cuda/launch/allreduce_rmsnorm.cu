@@ -115,15 +115,16 @@ Status CheckBuffers(const AllreduceRmsnormSpec& spec, const FusedBuffers& b) {
 }
 
 // The run-time recipe `spec` needs: SecondSumRecipe's for two summed all_reduces, PreNormRecipe's
-// or F32PreNormRecipe's for a norm before the residual add (each one block per row),
-// F32ResidualRecipe's for an f32 residual stream or norm output (one block or one ClusterRow per
-// row), else the plain one; each on the local op and the nccl path (the pre-norm recipes on the
-// local op only). The other kernels keep their code for the common forms.
+// for a norm before the residual add (each one block per row), F32ResidualRecipe's for an f32
+// residual stream or norm output (one block or one ClusterRow per row), else the plain one; with
+// an f32 stream or norm output, the first two as F32SecondSumRecipe and F32PreNormRecipe. Each
+// runs on the local op and the nccl path (the pre-norm recipes on the local op only). The other
+// kernels keep their code for the common forms.
 KernelRecipe RuntimeRecipeOf(const AllreduceRmsnormSpec& spec) {
-  if (spec.second_sum) return KernelRecipe::kRuntimeSecondSum;
-  if (spec.pre_residual_norm)
-    return spec.has_f32_values() ? KernelRecipe::kRuntimeF32PreNorm : KernelRecipe::kRuntimePreNorm;
-  return spec.has_f32_values() ? KernelRecipe::kRuntimeF32Residual : KernelRecipe::kRuntime;
+  const bool f32 = spec.has_f32_values();
+  if (spec.second_sum) return f32 ? KernelRecipe::kRuntimeF32SecondSum : KernelRecipe::kRuntimeSecondSum;
+  if (spec.pre_residual_norm) return f32 ? KernelRecipe::kRuntimeF32PreNorm : KernelRecipe::kRuntimePreNorm;
+  return f32 ? KernelRecipe::kRuntimeF32Residual : KernelRecipe::kRuntime;
 }
 
 // Rows of H 16-bit elements that fit `bytes`.
@@ -169,9 +170,8 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.quant_divides = spec.QuantDivides();
   p.scale_floor_after_div = spec.rounding.scale_floor_after_div;
   p.ue8m0_floor = spec.rounding.ue8m0_floor;
-  // Read only by F32ResidualRecipe's kernels (and SecondSumRecipe's: RuntimeRecipeOf; the local
-  // op's block or cluster, the nccl path's block); Validate ties the first two to a residual, the
-  // third to quant none.
+  // Read only by the f32 recipes' kernels (RuntimeRecipeOf; the local op's block or cluster, the
+  // nccl path's block); Validate ties the first two to a residual, the third to quant none.
   p.residual_f32_in = spec.residual_f32_in;
   p.residual_out_f32 = spec.rounding.residual_out_f32;
   p.norm_out_f32 = spec.rounding.norm_out_f32;
@@ -466,10 +466,14 @@ StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const R
   FusedKernelFn kernel = nullptr;
   switch (recipe) {
     case KernelRecipe::kRuntimeSecondSum:
+    case KernelRecipe::kRuntimeF32SecondSum:
       if (owner != RowOwner::kBlock)
         return Unimplemented("two summed all_reduces run with one block per row (row owner kBlock or kAuto)");
-      kernel = SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeSecondSum>>(spec.act_dtype, layout.vecs_per_thread,
-                                                                            spec.quant);
+      kernel = recipe == KernelRecipe::kRuntimeSecondSum
+                   ? SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeSecondSum>>(spec.act_dtype,
+                                                                                   layout.vecs_per_thread, spec.quant)
+                   : SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32SecondSum>>(
+                         spec.act_dtype, layout.vecs_per_thread, spec.quant);
       break;
     case KernelRecipe::kRuntimePreNorm:
     case KernelRecipe::kRuntimeF32PreNorm:
@@ -552,8 +556,8 @@ StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceR
                                      const RowLayout& layout, KernelRecipe recipe, int64_t tokens,
                                      const LaunchOptions& options) {
   if (recipe == KernelRecipe::kRuntimeF32Residual) return F32ResidualRowOwner(device, spec, layout, tokens, options);
-  if (recipe == KernelRecipe::kRuntimeSecondSum || recipe == KernelRecipe::kRuntimePreNorm ||
-      recipe == KernelRecipe::kRuntimeF32PreNorm)
+  if (recipe == KernelRecipe::kRuntimeSecondSum || recipe == KernelRecipe::kRuntimeF32SecondSum ||
+      recipe == KernelRecipe::kRuntimePreNorm || recipe == KernelRecipe::kRuntimeF32PreNorm)
     return LocalRowOwner{};  // one block per row
   Status failed;
   const LocalRowOwner choice = RowOwnerRule(spec, layout, tokens, device.sms, [&](const LocalRowOwner& owner) -> int64_t {

@@ -1,5 +1,5 @@
 // The epilogue kernels' instantiations for two summed all_reduces, one block per row
-// (allreduce_rmsnorm_select.cuh; SecondSumRecipe).
+// with a 16-bit residual stream and norm output (allreduce_rmsnorm_select.cuh; SecondSumRecipe).
 #include "backends/cuda/launch/allreduce_rmsnorm_select.cuh"
 
 namespace tpfuse::cuda {

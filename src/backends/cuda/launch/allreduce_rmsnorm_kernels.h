@@ -95,6 +95,8 @@ extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntime
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(DType, int,
                                                                                                     QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeSecondSum>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32SecondSum>>(DType, int,
+                                                                                              QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimePreNorm>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32PreNorm>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
