@@ -40,10 +40,15 @@ FP8_MIN_SCALING_FACTOR = 1.0 / (FP8_MAX * 512.0)  # vLLM's floor of the scale
 # Then sandwich norms with (1 + w) weights (gemma2), post-norm (olmo3), norms inside the blocks
 # before their output projections (bitnet), mamba layers beside attention and MoE layers
 # (jamba), and two attention and MLP sublayers a layer with a MoE shortcut carried across the
-# second and added with its MLP (longcat_flash: five all_reduces a layer).
+# second and added with its MLP (longcat_flash: five all_reduces a layer). And MoE blocks of
+# other makes: shared experts gated or summed, dense first layers, latent attention
+# (deepseek_v2, qwen2_moe, dots1, glm4_moe, hunyuan_v1_moe, minimax_m2, lfm2_moe beside short
+# convolutions), and layers without rotary embeddings (smollm3).
 REPLICATED = ("olmo2", "exaone4", "glm4", "phi3", "qwen3_moe", "gpt_oss", "qwen3_next",
               "gemma4_text", "nanochat", "minimax", "lfm2", "cohere2_moe", "granitemoehybrid",
-              "falcon_h1", "gemma2", "olmo3", "bitnet", "jamba", "longcat_flash")
+              "falcon_h1", "gemma2", "olmo3", "bitnet", "jamba", "longcat_flash", "deepseek_v2",
+              "qwen2_moe", "dots1", "glm4_moe", "hunyuan_v1_moe", "minimax_m2", "lfm2_moe",
+              "smollm3")
 # All_reduces a decoder layer ends in where they are not two (one per mixer and feed-forward
 # block).
 ALL_REDUCES_PER_LAYER = {"granitemoehybrid": 3, "falcon_h1": 3, "longcat_flash": 5}
@@ -65,6 +70,13 @@ FAMILY_CONFIG = {
                       mlp_multipliers=[0.8839, 0.5859], key_multiplier=0.5,
                       ssm_in_multiplier=1.5, embedding_multiplier=5.0),
     "gemma2": dict(sliding_window=16, query_pre_attn_scalar=64),
+    # Multi-head latent attention (as many KV heads as heads), a dense first layer.
+    "deepseek_v2": dict(q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=32,
+                        v_head_dim=32, n_shared_experts=1, first_k_dense_replace=1,
+                        num_key_value_heads=4),
+    "qwen2_moe": dict(shared_expert_intermediate_size=256),
+    "dots1": dict(n_shared_experts=1, first_k_dense_replace=1),
+    "lfm2_moe": dict(layer_types=["conv", "full_attention"], num_dense_layers=1),
     "jamba": dict(attn_layer_period=2, attn_layer_offset=1, use_mamba_kernels=False),
     # Multi-head latent attention: as many KV heads as heads, head_dim the rope part.
     "longcat_flash": dict(num_layers=2, ffn_hidden_size=512, expert_ffn_hidden_size=128,
