@@ -101,7 +101,7 @@ struct FusedKernelParams {
   bool residual_out_f32;
   bool norm_out_f32;
   bool f32_paired_stores;  // f32 words stored by lane pairs, whole sectors (StoreF32Vector)
-  // Two all_reduces summed (SecondSumRecipe's kernels only): the second's rows as the first's
+  // Two all_reduces summed (the second-sum recipes' kernels only): the second's rows as the first's
   // (x2 where the source is kLocal, reduced2 on the nccl path, laid out as `reduced`), and the
   // scale of each sum before the add (1: none).
   bool second_sum;

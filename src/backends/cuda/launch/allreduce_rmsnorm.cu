@@ -176,7 +176,7 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.residual_out_f32 = spec.rounding.residual_out_f32;
   p.norm_out_f32 = spec.rounding.norm_out_f32;
   p.f32_paired_stores = tokens >= kF32PairedStoresMinRows;
-  // Read only by SecondSumRecipe's kernels, and the three after by the pre-norm recipes'.
+  // Read only by the second-sum recipes' kernels, and the three after by the pre-norm recipes'.
   p.second_sum = spec.second_sum;
   p.second_sum_into_residual = spec.second_sum_into_residual;
   p.x2 = b.x2;
