@@ -49,8 +49,8 @@ REPLICATED = ("olmo2", "exaone4", "glm4", "phi3", "qwen3_moe", "gpt_oss", "qwen3
               "falcon_h1", "gemma2", "olmo3", "bitnet", "jamba", "longcat_flash", "deepseek_v2",
               "qwen2_moe", "dots1", "glm4_moe", "hunyuan_v1_moe", "minimax_m2", "lfm2_moe",
               "smollm3")
-# All_reduces a decoder layer ends in where they are not two (one per mixer and feed-forward
-# block).
+# All_reduces per decoder layer where there are not two (one for the token mixer, one for the
+# feed-forward block).
 ALL_REDUCES_PER_LAYER = {"granitemoehybrid": 3, "falcon_h1": 3, "longcat_flash": 5}
 _MAMBA = dict(mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_n_heads=8, mamba_d_head=64,
               mamba_n_groups=1, mamba_chunk_size=16)
