@@ -41,6 +41,10 @@ CASES = [
     Case("qwen3", quant="vllm_group"),
     Case("qwen3_next", quant="group"),    # (1 + w) norms with f32 weights, hybrid layers
     Case("gpt_oss", quant="vllm_token"),  # MoE
+    Case("gemma2", quant="group"),        # sandwich norms, the second norm's output quantized
+    Case("deepseek_v2", quant="vllm_group"),
+    Case("qwen2_moe", quant="tensor"),
+    Case("bitnet", quant="group"),        # norms inside the blocks, after the quantized input
 ] + [Case(family) for family in tp_models.REPLICATED if family not in TWO_ALL_REDUCES] + [
     # Sharded by transformers' own tp_plan="auto": DTensor plans, traced to functional all_reduces.
     Case("llama", hf_tp=True),
