@@ -28,4 +28,11 @@ enum class KernelRecipe : uint8_t {
   kRuntimeF32PreNorm,
 };
 
+// Whether the recipe's kernels exist with one block per row only (the second-sum and pre-norm
+// recipes): the launcher runs no other row owner for them.
+constexpr bool OneBlockPerRowOnly(KernelRecipe recipe) {
+  return recipe == KernelRecipe::kRuntimeSecondSum || recipe == KernelRecipe::kRuntimeF32SecondSum ||
+         recipe == KernelRecipe::kRuntimePreNorm || recipe == KernelRecipe::kRuntimeF32PreNorm;
+}
+
 }  // namespace tpfuse::cuda

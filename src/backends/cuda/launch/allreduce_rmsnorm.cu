@@ -460,35 +460,35 @@ FusedKernelFn SelectEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& 
   }
 }
 
+// The epilogue kernel of one recipe with one block per row.
+template <KernelRecipe kRecipe>
+FusedKernelFn BlockEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& layout) {
+  return SelectKernel<EpilogueFamily<kRecipe>>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
+}
+
 // NOTE: a fixed recipe only for the local op (LocalKernelRecipe): its kernels read a = x.
 StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout, RowOwner owner,
                                        KernelRecipe recipe, int cluster_blocks = 1, int packed_lanes = 0) {
+  if (OneBlockPerRowOnly(recipe) && owner != RowOwner::kBlock)
+    return Unimplemented(spec.second_sum ? "two summed all_reduces run" : "a norm before the residual add runs",
+                         " with one block per row (row owner kBlock or kAuto)");
   FusedKernelFn kernel = nullptr;
   switch (recipe) {
     case KernelRecipe::kRuntimeSecondSum:
+      kernel = BlockEpilogue<KernelRecipe::kRuntimeSecondSum>(spec, layout);
+      break;
     case KernelRecipe::kRuntimeF32SecondSum:
-      if (owner != RowOwner::kBlock)
-        return Unimplemented("two summed all_reduces run with one block per row (row owner kBlock or kAuto)");
-      kernel = recipe == KernelRecipe::kRuntimeSecondSum
-                   ? SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeSecondSum>>(spec.act_dtype,
-                                                                                   layout.vecs_per_thread, spec.quant)
-                   : SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32SecondSum>>(
-                         spec.act_dtype, layout.vecs_per_thread, spec.quant);
+      kernel = BlockEpilogue<KernelRecipe::kRuntimeF32SecondSum>(spec, layout);
       break;
     case KernelRecipe::kRuntimePreNorm:
+      kernel = BlockEpilogue<KernelRecipe::kRuntimePreNorm>(spec, layout);
+      break;
     case KernelRecipe::kRuntimeF32PreNorm:
-      if (owner != RowOwner::kBlock)
-        return Unimplemented("a norm before the residual add runs with one block per row (row owner kBlock or kAuto)");
-      kernel = recipe == KernelRecipe::kRuntimePreNorm
-                   ? SelectKernel<EpilogueFamily<KernelRecipe::kRuntimePreNorm>>(spec.act_dtype,
-                                                                                 layout.vecs_per_thread, spec.quant)
-                   : SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32PreNorm>>(
-                         spec.act_dtype, layout.vecs_per_thread, spec.quant);
+      kernel = BlockEpilogue<KernelRecipe::kRuntimeF32PreNorm>(spec, layout);
       break;
     case KernelRecipe::kRuntimeF32Residual:
       if (owner == RowOwner::kBlock) {
-        kernel = SelectKernel<EpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(
-            spec.act_dtype, layout.vecs_per_thread, spec.quant);
+        kernel = BlockEpilogue<KernelRecipe::kRuntimeF32Residual>(spec, layout);
       } else if (owner == RowOwner::kCluster) {
         kernel = SelectKernel<ClusterEpilogueFamily<KernelRecipe::kRuntimeF32Residual>>(
             spec.act_dtype, layout.vecs_per_thread, spec.quant);
@@ -556,9 +556,7 @@ StatusOr<LocalRowOwner> RuleOnDevice(const DeviceFacts& device, const AllreduceR
                                      const RowLayout& layout, KernelRecipe recipe, int64_t tokens,
                                      const LaunchOptions& options) {
   if (recipe == KernelRecipe::kRuntimeF32Residual) return F32ResidualRowOwner(device, spec, layout, tokens, options);
-  if (recipe == KernelRecipe::kRuntimeSecondSum || recipe == KernelRecipe::kRuntimeF32SecondSum ||
-      recipe == KernelRecipe::kRuntimePreNorm || recipe == KernelRecipe::kRuntimeF32PreNorm)
-    return LocalRowOwner{};  // one block per row
+  if (OneBlockPerRowOnly(recipe)) return LocalRowOwner{};  // one block per row
   Status failed;
   const LocalRowOwner choice = RowOwnerRule(spec, layout, tokens, device.sms, [&](const LocalRowOwner& owner) -> int64_t {
     StatusOr<int64_t> at_once = CapacityOnDevice(device, spec, layout, recipe, owner, options);
