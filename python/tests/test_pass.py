@@ -1088,6 +1088,46 @@ def test_a_clone_between_the_all_reduce_and_the_add_is_fused():
     assert count(g, "_c10d_functional") == 0 and count(g, "aten.clone") == 0, g
 
 
+@pytest.mark.parametrize("mode", ["group", "vllm_token"])
+def test_two_quants_of_a_batched_norm_fuse_one_and_read_the_emitted_norm_for_the_other(mode):
+    # Blocks in parallel on one norm (Cohere's attention and MLP, a MoE beside its shared
+    # expert) each quantize the norm output of [B, S, H] activations. The fused op takes one
+    # quant; the other reads the emitted norm, in the compiled graph through the compiler's own
+    # [rows, H] view, which the graph's ops do not need: the fusion still applies.
+    from tp_models import QuantizedInput
+
+    quantize = QuantizedInput(torch.nn.Identity(), mode, 256, indexer=False).quantize
+
+    def f(x, res, w):
+        h = wait(ar(x, "sum", GROUP)) + res
+        y = llama_norm(h, w)
+        return quantize(y), quantize(y), h
+
+    rows = ((2, 8, 256), bf)
+    g = trace(f, rows, rows, ((256,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1 and not p.report.left_alone, p.report
+    assert count(g, "tpfuse.allreduce_rmsnorm") == 1 and count(g, "_c10d_functional") == 0, g
+    assert count(g, "aten.abs") == 1, g  # the other quant, in the graph's own ops
+
+    # The same at world size 1, run: both quants of the one norm the fused op emits.
+    def local(x, res, w):
+        h = x + res
+        y = llama_norm(h, w)
+        return quantize(y), quantize(y), h
+
+    gm, (x, res, w) = trace_module(local, rows, rows, ((256,), bf))
+    tt.FusionPass(world_size=1, fuse_local=True)(gm.graph)
+    gm.recompile()
+    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 1 and count(gm.graph, "aten.rsqrt") == 0
+    q1, q2, h = gm(x, res, w)
+    assert torch.equal(h, x + res)
+    assert torch.equal(q1, q2)  # the fused quant is the graph's quant of the same norm (Contract 3)
+    assert torch.equal(q1, quantize(tpfuse.ops.fused(x, res, w, emit=["norm"], local=True,
+                                                     rounding=["weight_after_round"])[0]))
+
+
 def _f32_stream_norm(h, res, w, eps=1e-6, gemma=False):
     """A norm that keeps the residual stream in f32 (SGLang's RMSNorm(fp32_residual=True), vLLM's
     GemmaRMSNorm.forward_static at f16): the sum in f32 is the new residual, unrounded."""

@@ -343,15 +343,22 @@ def dense_longcat_experts(model: nn.Module) -> None:
 
 
 def quantize_inputs(model: nn.Module, case: Case, hidden: int, seed: int) -> None:
-    """The case's FP8 quant on the input of every attention block and MLP (none: nothing)."""
+    """The case's FP8 quant on the input of every token mixer and feed-forward block of each
+    layer (MIXERS, FEED_FORWARD; every block of a list), the per-group indexer on the mixers'
+    (none: nothing)."""
     if case.quant == "none":
         return
     torch.manual_seed(seed + 2)
     for layer in model.layers:
-        attn = "self_attn" if hasattr(layer, "self_attn") else "linear_attn"
-        setattr(layer, attn, QuantizedInput(getattr(layer, attn), case.quant, hidden,
-                                            indexer=case.quant == "group"))
-        layer.mlp = QuantizedInput(layer.mlp, case.quant, hidden, indexer=False)
+        for name in MIXERS + FEED_FORWARD:
+            block = getattr(layer, name, None)
+            if block is None:
+                continue
+            indexer = case.quant == "group" and name in MIXERS
+            parent, names = (block, [str(i) for i in range(len(block))]) if isinstance(
+                block, nn.ModuleList) else (layer, [name])
+            for n in names:
+                setattr(parent, n, QuantizedInput(getattr(parent, n), case.quant, hidden, indexer))
 
 
 def load_with_transformers_tp(model: nn.Module, case: Case, rank: int) -> nn.Module:

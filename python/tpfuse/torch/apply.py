@@ -432,9 +432,30 @@ class Applier:
                 if c.op in ("view", "cast"):
                     out.append(c)
                     frontier.extend(c.results)
-                elif name not in self.tr.types and not (c.op == "opaque" and name in self.moved_to):
+                elif not (name in self.tr.types or (c.op == "opaque" and name in self.moved_to)
+                          or self._graph_value_under_views(name) is not None):
                     raise ApplyError(f"the compiler's {c.op} reads the new value %{name}")
-        return out
+        # A view or cast read only by a compiler op the fusion left (a second quant of the norm,
+        # reading the emitted [B, S, H] norm through the compiler's own [rows, H] view): the
+        # graph's ops compute that op's values from the graph's value, which the fused result
+        # takes over, so nothing reads it in FX and it is not written.
+        while True:
+            kept = {o for n in out for o in n.operands}
+            dead = [n for n in out if not any(
+                r in self.tr.types or r in self.moved_to or r in kept for r in n.results)]
+            if not dead:
+                return out
+            out = [n for n in out if n not in dead]
+
+    def _graph_value_under_views(self, name: str) -> Optional[str]:
+        """The graph value that `name` is a view or cast of (through the compiler's views and
+        casts), or None."""
+        while name not in self.tr.types:
+            node = self.producer.get(name)
+            if node is None or node.op not in ("view", "cast"):
+                return None
+            name = node.operands[0]
+        return name
 
     def _call(self, target, args, kwargs=None) -> fx.Node:
         node = self.graph.call_function(target, args, kwargs)
