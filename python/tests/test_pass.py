@@ -437,6 +437,50 @@ def test_chained_pass_uuid_needs_both():
     assert fusion_pass.ChainedPass(ours, lambda graph: None).uuid() is None
 
 
+class _AddNorm(torch.nn.Module):
+    """The residual add and a norm whose eps is a Python float attribute, as model code has it."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(1 + 0.1 * torch.randn(256).to(bf))
+        self.eps = 1e-5
+
+    def forward(self, x, res):
+        h = x + res
+        return llama_norm(h, self.w, self.eps), h
+
+
+@pytest.mark.parametrize("as_module", [True, False], ids=["module", "function"])
+def test_compile_with_dynamic_shapes_takes_the_norms_eps_as_a_constant(as_module):
+    # torch.compile(dynamic=True) passes the floats a model reads into the graph as 0-dim
+    # tensors; tpfuse.torch.compile traces with them specialized, so the chain fuses, and the
+    # compiled callable serves other shapes.
+    m = _AddNorm()
+    fn = m if as_module else (lambda x, res: m(x, res))
+    compiled = tt.compile(fn, world_size=1, fuse_local=True, backend="aot_eager", dynamic=True)
+    with torch.no_grad():
+        for shape in ((2, 5, 256), (3, 7, 256)):
+            x, res = torch.randn(shape).to(bf), torch.randn(shape).to(bf)
+            (y, h), (want_y, want_h) = compiled(x, res), m(x, res)
+            assert torch.equal(h, want_h)
+            assert ulp_distance_16(y, want_y).max() <= 1
+    fusions = [f for g in compiled.tpfuse_pass.report.graphs for f in g.fusions]
+    assert fusions and all(float(f.attrs["eps"]) == pytest.approx(1e-5) for f in fusions), fusions
+
+
+def test_a_norms_eps_passed_as_a_tensor_input_is_named_as_the_reason():
+    # The pass under the caller's own torch.compile(dynamic=True): the eps is a graph input, the
+    # norm stays as written, and the report says why and what to set.
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    compiled = torch.compile(_AddNorm(), backend=fusion_pass._aot_eager_backend(p), dynamic=True)
+    with torch.no_grad():
+        compiled(torch.randn(2, 5, 256).to(bf), torch.randn(2, 5, 256).to(bf))
+    assert p.report.graphs and not any(g.fusions for g in p.report.graphs)
+    reasons = " ".join(p.report.local_left_alone.values())
+    assert "eps is not a scalar attribute of the add: it is a Python float" in reasons, reasons
+    assert "specialize_float" in reasons
+
+
 @pytest.mark.parametrize("weight_dtype", [bf, torch.float32, None], ids=["bf16", "f32", "no_weight"])
 @pytest.mark.parametrize("eps", [1e-6, None])
 def test_torch_rms_norm_fuses_and_computes_what_eager_does(weight_dtype, eps):

@@ -98,7 +98,12 @@ std::optional<RmsCore> MatchRmsCore(ir::Value* value, MatchNotes& notes, bool f3
     // The shape is RMSNorm's from here on: say why it does not fold.
     const std::optional<double> eps = ScalarOperand(add);
     if (!eps) {
-      notes.Decline("eps is not a scalar attribute of the add");
+      // An eps the front end could not make a constant says why (an opaque's `why`).
+      const ir::Node* from = add->num_operands() == 2 ? add->operand(1)->producer() : nullptr;
+      const std::optional<std::string> why =
+          from != nullptr && from->kind() == ir::OpKind::kOpaque ? TextAttr(from, "why") : std::nullopt;
+      notes.Decline(why ? StrCat("eps is not a scalar attribute of the add: ", *why)
+                        : "eps is not a scalar attribute of the add");
       return std::nullopt;
     }
     if (!IsLastDimMean(mean)) {

@@ -423,12 +423,19 @@ bool ReturnedThroughViews(const ir::Value* v) {
   return false;
 }
 
+// The add of eps that `v` is: eps a scalar, or a value (one the graph takes as an input); null
+// for any other value.
+const ir::Node* AddOfEps(const ir::Value* v) {
+  const ir::Node* add = ProducedBy(v, "add");
+  return add && (ScalarOperand(add) || add->num_operands() == 2) ? add : nullptr;
+}
+
 // rsqrt(add(mean(pow(v, 2) | mul(v, v)), eps)), the rsqrt of an RMSNorm written out in ops: the
 // v it squares; null for any other node.
 const ir::Value* RmsCoreSquared(const ir::Node* node) {
   if (node->kind() != ir::OpKind::kRsqrt) return nullptr;
-  const ir::Node* add = ProducedBy(node->operand(0), "add");
-  const ir::Node* mean = add && ScalarOperand(add) ? ProducedBy(add->operand(0), "mean") : nullptr;
+  const ir::Node* add = AddOfEps(node->operand(0));
+  const ir::Node* mean = add ? ProducedBy(add->operand(0), "mean") : nullptr;
   const ir::Node* p = mean ? mean->operand(0)->producer() : nullptr;
   return p != nullptr && p->num_operands() > 0 && SquareOf(mean->operand(0), p->operand(0))
              ? p->operand(0)

@@ -1096,6 +1096,22 @@ TEST(PassesCanonicalize, RmsNormDoesNotFireForATensorEps) {
             1);
 }
 
+// An eps the front end kept opaque with a reason (a Python float torch.compile passed as a tensor
+// input): the decline carries the reason.
+TEST(PassesCanonicalize, RmsNormDeclinesATensorEpsWithTheFrontEndsReason) {
+  std::string text = DecomposedWith(
+      "%ve = add(%var) {scalar = 1e-6}",
+      "%e32 = opaque(%eps) {name = \"prims.convert_element_type.default\", why = \"a graph input\"} : f32[]\n"
+      "  %ve = add(%var, %e32)");
+  text.replace(text.find("%g: bf16[256]"), 13, "%g: bf16[256], %eps: f32[]");
+  Compiled c = Compile(text);
+  ASSERT_TRUE(c.ok()) << c.status.message();
+  EXPECT_EQ(CountOp(*c.after, "rsqrt"), 1);
+  EXPECT_EQ(Counter(c.ctx, "decomposed_rms_norm",
+                    "declined: eps is not a scalar attribute of the add: a graph input"),
+            1);
+}
+
 TEST(PassesCanonicalize, RmsNormDoesNotFireForEpsAddedAfterTheRsqrt) {
   Compiled c = Compile(DecomposedWith(
       "  %ve = add(%var) {scalar = 1e-6}\n  %rs = rsqrt(%ve)\n",

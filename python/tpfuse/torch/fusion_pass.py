@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -270,6 +271,12 @@ def compile(model: Any, world_size: Optional[int] = None, *,
     runs it on the same decomposed aten graph and executes that graph with PyTorch's eager
     kernels: no code generation, so everything except the fused op is bitwise the eager model
     (for tests and debugging).
+
+    With dynamic=True, torch.compile passes the Python floats a model reads (a norm's eps, a
+    residual multiplier) into the graph as tensors, and no norm's eps is a constant the fused op
+    can take; the returned callable traces with them specialized, as torch.compile does without
+    dynamic=True (torch._dynamo.config.specialize_float): shapes stay dynamic, and a float
+    argument that changes between calls recompiles.
     """
     fusion_pass = FusionPass(world_size=world_size, fuse_local=fuse_local)
     if backend == "inductor":
@@ -294,8 +301,28 @@ def compile(model: Any, world_size: Optional[int] = None, *,
         compiled = torch.compile(model, backend=_aot_eager_backend(fusion_pass), **compile_kwargs)
     else:
         raise ValueError(f"backend must be 'inductor' or 'aot_eager', got {backend!r}")
+    if compile_kwargs.get("dynamic") is True:
+        compiled = _with_floats_specialized(compiled)
     compiled.tpfuse_pass = fusion_pass
     return compiled
+
+
+def _with_floats_specialized(compiled: Any) -> Any:
+    """`compiled` (torch.compile's result), tracing under specialize_float=True: a compiled
+    module's forward is wrapped, a compiled function is."""
+
+    def specialized(call):
+        @functools.wraps(call)
+        def run(*args, **kwargs):
+            with torch._dynamo.config.patch(specialize_float=True):
+                return call(*args, **kwargs)
+
+        return run
+
+    if isinstance(compiled, torch.nn.Module):
+        compiled.forward = specialized(compiled.forward)
+        return compiled
+    return specialized(compiled)
 
 
 class ChainedPass(CustomGraphPass):

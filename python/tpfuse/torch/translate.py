@@ -542,6 +542,12 @@ _VLLM_IR_QUANTS = ("vllm_ir.static_quant_fp8.default", "vllm_ir.dynamic_quant_fp
 # The IR's name of the tensor-parallel group (the compiler fuses all_reduces on it only).
 TP_GROUP = "tp"
 
+# Why a value computed from a Python float the graph takes as an input is opaque: under
+# torch.compile(dynamic=True) the floats a model reads (a norm's eps) enter as 0-dim f64 tensors.
+UNSPECIALIZED_FLOAT = ("it is a Python float the graph takes as a tensor input "
+                       "(torch.compile(dynamic=True) passes floats so unless "
+                       "torch._dynamo.config.specialize_float is True; tpfuse.torch.compile sets it)")
+
 
 class Translator:
     def __init__(self, graph: fx.Graph, name: str = "graph",
@@ -564,6 +570,9 @@ class Translator:
         self.pending: Dict[fx.Node, Tuple[str, bool, fx.Node]] = {}  # collective -> (group, inplace, input)
         self.tuples: Dict[fx.Node, Dict[int, str]] = {}
         self.aliases: Dict[str, List[fx.Node]] = {}  # tuple-valued node -> index -> IR value
+        # Inputs that are Python floats passed as 0-dim f64 tensors, and the nodes computed from
+        # them alone (UNSPECIALIZED_FLOAT).
+        self.from_floats: set = set()
 
     # Value names must be unique; FX node names are, and '.'-suffixed names cannot clash.
     def _define(self, name: str, ty: ir.TensorType, node: fx.Node) -> str:
@@ -589,6 +598,10 @@ class Translator:
         type (or one the compiler refused as opaque) is cut out instead: what it reads leaves
         the func as outputs."""
         self.opaque[node] = reason
+        inputs = _flat_nodes((node.args, node.kwargs))
+        from_floats = bool(inputs) and all(n in self.from_floats for n in inputs)
+        if from_floats:
+            self.from_floats.add(node)
         val = node.meta.get("val")
         results: List[Tuple[str, ir.TensorType]] = []
         ty = tensor_type(val)
@@ -616,8 +629,11 @@ class Translator:
             self._define(name, t, node)
         if ty is not None:
             self.value_of[node] = node.name
-        self.nodes.append(ir.Node("opaque", [n for n, _ in results], operands,
-                                  {"name": _opaque_name(node)}, [t for _, t in results]))
+        attrs: Dict[str, ir.AttrValue] = {"name": _opaque_name(node)}
+        if from_floats:
+            attrs["why"] = UNSPECIALIZED_FLOAT
+        self.nodes.append(ir.Node("opaque", [n for n, _ in results], operands, attrs,
+                                  [t for _, t in results]))
 
     def _add(self, node: fx.Node, op: str, operands: List[str], attrs: Dict[str, ir.AttrValue],
              results: List[Tuple[str, Union[fx.Node, ir.TensorType]]],
@@ -645,6 +661,9 @@ class Translator:
     def run(self) -> Translation:
         for node in self.graph.nodes:
             if node.op in ("placeholder", "get_attr"):
+                val = node.meta.get("val")
+                if isinstance(val, torch.Tensor) and val.dim() == 0 and val.dtype == torch.float64:
+                    self.from_floats.add(node)
                 ty = _node_type(node)
                 if ty is not None:
                     self.params.append((self._define(node.name, ty, node), ty))
