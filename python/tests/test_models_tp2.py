@@ -55,6 +55,8 @@ CASES = [
     Case("jamba", quant="vllm_group"),
     Case("lfm2", quant="group"),          # short convolutions
     Case("longcat_flash", quant="vllm_token"),
+    Case("deepseek_v32", quant="group"),  # the indexer's own norm and GEMMs beside the quant
+    Case("nemotron_h", quant="vllm_token"),
 ] + [Case(family) for family in tp_models.REPLICATED if family not in TWO_ALL_REDUCES] + [
     # Sharded by transformers' own tp_plan="auto": DTensor plans, traced to functional all_reduces.
     Case("llama", hf_tp=True),

@@ -43,17 +43,24 @@ FP8_MIN_SCALING_FACTOR = 1.0 / (FP8_MAX * 512.0)  # vLLM's floor of the scale
 # second and added with its MLP (longcat_flash: five all_reduces a layer). And MoE blocks of
 # other makes: shared experts gated or summed, dense first layers, latent attention
 # (deepseek_v2, qwen2_moe, dots1, glm4_moe, hunyuan_v1_moe, minimax_m2, lfm2_moe beside short
-# convolutions), and layers without rotary embeddings (smollm3).
+# convolutions), and layers without rotary embeddings (smollm3). Then DeepSeek-V3.2's sparse
+# attention with its indexer, latent attention in other makes (glm4_moe_lite, minicpm3), one
+# mixer a layer that is mamba, attention, MLP or MoE (nemotron_h), chunked attention and MoE
+# (llama4_text), linear attention beside latent attention (kimi_linear), a MoE block with its
+# shared experts inside (exaone_moe), and MoE blocks scaled into the residual (granitemoeshared).
 REPLICATED = ("olmo2", "exaone4", "glm4", "phi3", "qwen3_moe", "gpt_oss", "qwen3_next",
               "gemma4_text", "nanochat", "minimax", "lfm2", "cohere2_moe", "granitemoehybrid",
               "falcon_h1", "gemma2", "olmo3", "bitnet", "jamba", "longcat_flash", "deepseek_v2",
               "qwen2_moe", "dots1", "glm4_moe", "hunyuan_v1_moe", "minimax_m2", "lfm2_moe",
-              "smollm3")
+              "smollm3", "deepseek_v32", "glm4_moe_lite", "minicpm3", "nemotron_h", "llama4_text",
+              "kimi_linear", "exaone_moe", "granitemoeshared")
 # All_reduces per decoder layer where there are not two (one for the token mixer, one for the
 # feed-forward block).
 ALL_REDUCES_PER_LAYER = {"granitemoehybrid": 3, "falcon_h1": 3, "longcat_flash": 5}
 _MAMBA = dict(mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_n_heads=8, mamba_d_head=64,
               mamba_n_groups=1, mamba_chunk_size=16)
+_MLA = dict(q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=32, v_head_dim=32,
+            n_shared_experts=1, first_k_dense_replace=1, num_key_value_heads=4)
 FAMILY_CONFIG = {
     "minimax": dict(layer_types=["linear_attention", "full_attention"], block_size=16,
                     full_attn_alpha_factor=1.5, full_attn_beta_factor=0.7,
@@ -71,9 +78,12 @@ FAMILY_CONFIG = {
                       ssm_in_multiplier=1.5, embedding_multiplier=5.0),
     "gemma2": dict(sliding_window=16, query_pre_attn_scalar=64),
     # Multi-head latent attention (as many KV heads as heads), a dense first layer.
-    "deepseek_v2": dict(q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=32,
-                        v_head_dim=32, n_shared_experts=1, first_k_dense_replace=1,
-                        num_key_value_heads=4),
+    "deepseek_v2": _MLA,
+    # DeepSeek-V3.2's sparse attention: its indexer's heads and top-k, one expert group.
+    "deepseek_v32": dict(_MLA, index_n_heads=4, index_head_dim=32, index_topk=4, n_group=1,
+                         topk_group=1, n_routed_experts=4),
+    "glm4_moe_lite": _MLA,
+    "minicpm3": _MLA,
     "qwen2_moe": dict(shared_expert_intermediate_size=256),
     "dots1": dict(n_shared_experts=1, first_k_dense_replace=1),
     "lfm2_moe": dict(layer_types=["conv", "full_attention"], num_dense_layers=1),
@@ -212,7 +222,7 @@ class AllReduced(nn.Module):
 # A decoder layer's token mixers (one, or two in parallel: falcon_h1), its feed-forward blocks
 # (a list of them: longcat_flash's two sublayers' attentions and MLPs), and the names of the
 # output linears that make either row-parallel.
-MIXERS = ("self_attn", "linear_attn", "conv", "mamba")
+MIXERS = ("self_attn", "linear_attn", "conv", "mamba", "mixer")
 FEED_FORWARD = ("mlp", "mlps", "feed_forward", "block_sparse_moe", "shared_mlp")
 OUTPUT_LINEARS = ("o_proj", "out_proj", "dense", "down_proj", "w2", "output_linear")
 
