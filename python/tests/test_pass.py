@@ -542,6 +542,56 @@ def _captured(f, *shapes_dtypes, v2: bool = False) -> fx.GraphModule:
     return gm
 
 
+def _define_sglang_ops():
+    """SGLang's all_reduce ops as its GroupCoordinator calls them under torch.compile (the sum
+    is the input itself here: one process)."""
+    if hasattr(torch.ops.sglang, "outplace_all_reduce"):
+        return
+    lib = torch.library.Library("sglang", "FRAGMENT")
+    lib.define("outplace_all_reduce(Tensor tensor, str group_name, "
+               "str outplace_all_reduce_method) -> Tensor")
+    lib.impl("outplace_all_reduce", lambda t, group_name, method: t.clone(),
+             "CompositeExplicitAutograd")
+    lib.define("inplace_all_reduce(Tensor(a!) tensor, str group_name) -> ()")
+    lib.impl("inplace_all_reduce", lambda t, group_name: None, "CompositeExplicitAutograd")
+    _define_sglang_ops.lib = lib  # keep the registration alive
+
+
+@pytest.mark.parametrize("form,v2", [("outplace", False), ("inplace", False), ("inplace", True)],
+                         ids=["outplace", "inplace-v1", "inplace-v2"])
+def test_sglangs_all_reduce_ops_fuse_as_torch_compile_captures_them(form, v2):
+    # SGLang's tensor_model_parallel_all_reduce: outplace_all_reduce returns the sum; the
+    # in-place op writes it into o_proj's output, which functionalization turns into
+    # auto_functionalized and a getitem of the written tensor. Either is one all_reduce site,
+    # fused with the residual add, the norm and the quant; its group is SGLang's name ("tp:0",
+    # the process group's own where SGLang has that group).
+    _define_sglang_ops()
+
+    def layer(x, wo, res, w, scale):
+        a = x @ wo
+        if form == "outplace":
+            a = torch.ops.sglang.outplace_all_reduce(a, "tp:0", "pynccl")
+        else:
+            torch.ops.sglang.inplace_all_reduce(a, "tp:0")
+        h = a + res
+        y = llama_norm(h, w)
+        q = (y.float() / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+        return q, h
+
+    gm = _captured(layer, ((8, 128), bf), ((128, 256), bf), ((8, 256), bf), ((256,), bf),
+                   ((), torch.float32), v2=v2)
+    assert count(gm.graph, "sglang" if form == "outplace" else "auto_functionalized") == 1
+    p = tt.FusionPass(world_size=2)
+    p(gm.graph)
+    assert p.report.fused == 1 and p.report.all_reduces == 1, p.report.left_alone
+    assert p.report.all_reduces_after == 0 and not p.report.untranslated, p.report
+    (call,) = [n for n in gm.graph.nodes if str(n.target) == FUSED]
+    assert call.kwargs["group_name"] == "tp:0" and call.kwargs["quant"] == "fp8_tensor"
+    assert list(call.kwargs["emit"]) == ["residual", "quant"]
+    assert count(gm.graph, "sglang") == 0 and count(gm.graph, "auto_functionalized") == 0, gm.graph
+    gm.graph.lint()
+
+
 @pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
 def test_vllms_group_quant_op_as_torch_compile_captures_it(v2):
     # per_token_group_fp8_quant(input, output_q!, output_s!, ...) -> (): its results are the

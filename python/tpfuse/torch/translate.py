@@ -39,8 +39,10 @@ class AllReduceSite:
     """One all_reduce of the FX graph, as one IR all_reduce value."""
 
     value: str                      # IR value name (the node users read: the wait, if any)
-    collective: fx.Node             # _c10d_functional.all_reduce / all_reduce_, vllm.all_reduce
-    wait: Optional[fx.Node]         # its wait_tensor
+    # _c10d_functional.all_reduce / all_reduce_, vllm.all_reduce, sglang.outplace_all_reduce,
+    # auto_functionalized(sglang.inplace_all_reduce)
+    collective: fx.Node
+    wait: Optional[fx.Node]         # its wait_tensor (the written tensor's getitem for SGLang's)
     group: str                      # process group name
     inplace: bool                   # all_reduce_: later reads of the input see the sum
     partial: fx.Node                # the input (this rank's partial sum)
@@ -530,6 +532,14 @@ _WAIT = "_c10d_functional.wait_tensor.default"
 _VLLM_ALL_REDUCE = "vllm.all_reduce.default"
 _WORLD_ALL_REDUCES = ("auto_deploy.torch_dist_all_reduce.default",
                       "auto_deploy.trtllm_dist_all_reduce.default")
+# SGLang's GroupCoordinator.all_reduce under torch.compile: outplace_all_reduce(tensor,
+# group_name[, method]) returns the sum; inplace_all_reduce(tensor, group_name[, method]) writes
+# it into the tensor, which functionalization turns into auto_functionalized(op, ...) and a
+# getitem of the written tensor.
+_SGLANG_ALL_REDUCE = "sglang.outplace_all_reduce.default"
+_SGLANG_ALL_REDUCE_INPLACE = "sglang.inplace_all_reduce.default"
+_AUTO_FUNCTIONALIZED = ("auto_functionalized", "higher_order.auto_functionalized")
+_AUTO_FUNCTIONALIZED_V2 = ("auto_functionalized_v2", "higher_order.auto_functionalized_v2")
 
 
 # vLLM's IR norm ops (vllm.ir.ops.rms_norm, fused_add_rms_norm: the ops its RMSNorm calls).
@@ -686,8 +696,10 @@ class Translator:
             return self._opaque(node, self.force_opaque[node.name])
         if target in (_ALL_REDUCE, _ALL_REDUCE_INPLACE):
             return self._all_reduce(node, target == _ALL_REDUCE_INPLACE)
-        if target == _VLLM_ALL_REDUCE or target in _WORLD_ALL_REDUCES:
+        if target in (_VLLM_ALL_REDUCE, _SGLANG_ALL_REDUCE) or target in _WORLD_ALL_REDUCES:
             return self._custom_all_reduce(node, target)
+        if _functionalized_all_reduce(node):
+            return self._written_all_reduce(node, target in _AUTO_FUNCTIONALIZED_V2)
         if target == _WAIT:
             return self._wait(node)
         if node.target is operator.getitem:
@@ -696,9 +708,9 @@ class Translator:
             return
         if target == "aten.clone.default" and self._clone_alias(node):
             return
-        if target in ("auto_functionalized", "higher_order.auto_functionalized"):
+        if target in _AUTO_FUNCTIONALIZED:
             return self._auto_functionalized(node)
-        if target in ("auto_functionalized_v2", "higher_order.auto_functionalized_v2"):
+        if target in _AUTO_FUNCTIONALIZED_V2:
             return self._auto_functionalized(node, v2=True)
         if target == "aten.max.dim":
             return self._max_dim(node)
@@ -746,8 +758,9 @@ class Translator:
         group_name) (vLLM registers its all_reduce so, and its model graphs hold it), or
         AutoDeploy's torch_dist_all_reduce / trtllm_dist_all_reduce(t[, strategy]) over the
         default group."""
-        x = node.args[0] if node.args else node.kwargs.get("tensor", node.kwargs.get("t"))
-        if target == _VLLM_ALL_REDUCE:
+        x = node.args[0] if node.args else node.kwargs.get(
+            "tensor", node.kwargs.get("t", node.kwargs.get("input_")))
+        if target in (_VLLM_ALL_REDUCE, _SGLANG_ALL_REDUCE):
             named = node.args[1] if len(node.args) > 1 else node.kwargs.get("group_name")
             group = _c10d_group_name(named) if isinstance(named, str) else None
         else:
@@ -756,6 +769,29 @@ class Translator:
             return self._opaque(node, f"{target} with an input the IR cannot type")
         # tp_groups may name the group either way: vLLM's name or the c10d one.
         self._emit_all_reduce(node, None, group, False, x, also_named=named)
+
+    def _written_all_reduce(self, node: fx.Node, v2: bool) -> None:
+        """auto_functionalized[_v2](sglang.inplace_all_reduce, tensor=x, group_name=g): the
+        getitem of the written tensor is the sum (the wait of a c10d all_reduce, as it were)."""
+        op = node.args[0]
+        (arg,) = [a.name for a in op._schema.arguments
+                  if a.alias_info is not None and a.alias_info.is_write]
+        kwargs = node.kwargs
+        if v2:
+            index = kwargs.get(f"_{arg}_base_index")
+            if index is None or any(kwargs.get(f"_{arg}_{k}") is not None
+                                    for k in ("size", "stride", "storage_offset", "slice_dim")):
+                return self._opaque(node, f"{_op_name(op)}: {arg} is a view of its base")
+            x, item = kwargs["_all_bases"][index], 1 + index
+        else:
+            x, item = kwargs.get(arg), 1
+        named = kwargs.get("group_name")
+        sums = [u for u in node.users if u.target is operator.getitem and u.args[1] == item]
+        if (len(sums) != 1 or len(node.users) != 1 or not isinstance(named, str)
+                or self._value(x) is None or _node_type(sums[0]) is None):
+            return self._opaque(node, f"{_op_name(op)}: its written tensor is not read once as "
+                                      "a value the IR types")
+        self._emit_all_reduce(node, sums[0], _c10d_group_name(named), False, x, also_named=named)
 
     def _copy_alias(self, node: fx.Node) -> bool:
         """copy(dst, src) of the same type is src's value (what torch.distributed.all_reduce's
@@ -1147,16 +1183,20 @@ def _op_name(op: Any) -> str:
 
 
 def _c10d_group_name(name: str) -> str:
-    """The process group (c10d) name behind vLLM's group name (GroupCoordinator.unique_name,
-    "tp:0"), which the fused op resolves; the name itself where vLLM is not loaded or has no
-    such group (the fused op then says it names no process group, if it ever runs)."""
+    """The process group (c10d) name behind vLLM's or SGLang's group name
+    (GroupCoordinator.unique_name, "tp:0"), which the fused op resolves; the name itself where
+    neither is loaded or has such a group (the fused op then says it names no process group, if
+    it ever runs)."""
     import sys
 
-    state = sys.modules.get("vllm.distributed.parallel_state")
-    ref = getattr(state, "_groups", {}).get(name) if state is not None else None
-    coordinator = ref() if callable(ref) else None
-    device_group = getattr(coordinator, "device_group", None)
-    return getattr(device_group, "group_name", name)
+    for module in ("vllm.distributed.parallel_state", "sglang.srt.distributed.parallel_state"):
+        state = sys.modules.get(module)
+        ref = getattr(state, "_groups", {}).get(name) if state is not None else None
+        coordinator = ref() if callable(ref) else None
+        device_group = getattr(coordinator, "device_group", None)
+        if device_group is not None:
+            return getattr(device_group, "group_name", name)
+    return name
 
 
 def _default_group_name() -> str:
@@ -1169,9 +1209,17 @@ def _default_group_name() -> str:
 
 
 def is_all_reduce(node: fx.Node) -> bool:
-    """An all_reduce collective: the functional form, the in-place one, or vLLM's op."""
-    return node.op == "call_function" and _target_name(node) in (
-        _ALL_REDUCE, _ALL_REDUCE_INPLACE, _VLLM_ALL_REDUCE, *_WORLD_ALL_REDUCES)
+    """An all_reduce collective: the functional form, the in-place one, vLLM's, AutoDeploy's or
+    SGLang's op."""
+    return node.op == "call_function" and (_target_name(node) in (
+        _ALL_REDUCE, _ALL_REDUCE_INPLACE, _VLLM_ALL_REDUCE, _SGLANG_ALL_REDUCE,
+        *_WORLD_ALL_REDUCES) or _functionalized_all_reduce(node))
+
+
+def _functionalized_all_reduce(node: fx.Node) -> bool:
+    """auto_functionalized[_v2] of SGLang's inplace_all_reduce."""
+    return (_target_name(node) in _AUTO_FUNCTIONALIZED + _AUTO_FUNCTIONALIZED_V2 and
+            bool(node.args) and _op_name(node.args[0]) == _SGLANG_ALL_REDUCE_INPLACE)
 
 
 def _target_name(node: fx.Node) -> str:
