@@ -437,6 +437,28 @@ def test_chained_pass_uuid_needs_both():
     assert fusion_pass.ChainedPass(ours, lambda graph: None).uuid() is None
 
 
+@pytest.mark.parametrize("rows", [(1, 256), (1, 1, 256)], ids=["T1", "B1S1"])
+def test_a_per_token_quant_of_one_row_fuses_as_per_token(rows):
+    # A decode step of batch 1: the per-token scale of vLLM's QuantFP8 torch form has one
+    # element. It is still the per-token quant (fused), not a per-tensor quant whose scale the
+    # chain computes (left out).
+    from tp_models import QuantizedInput
+
+    quantize = QuantizedInput(torch.nn.Identity(), "vllm_token", 256, indexer=False).quantize
+
+    def f(x, res, w):
+        h = wait(ar(x, "sum", GROUP)) + res
+        return quantize(llama_norm(h, w)), h
+
+    g = trace(f, (rows, bf), (rows, bf), ((256,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1, p.report.left_alone
+    (call,) = [n for n in g.nodes if str(n.target) == FUSED]
+    assert call.kwargs["quant"] == "fp8_token", call.kwargs
+    assert count(g, "aten.abs") == 0, g
+
+
 class _AddNorm(torch.nn.Module):
     """The residual add and a norm whose eps is a Python float attribute, as model code has it."""
 

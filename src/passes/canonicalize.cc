@@ -788,7 +788,11 @@ std::optional<std::vector<ir::Node*>> MatchScaleAmax(const ir::Value* v, const i
 
 struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
   std::string_view name() const override { return "decomposed_dynamic_quant"; }
-  int benefit() const override { return 10; }
+  // Before the static quant's pattern: at one row (a decode step of batch 1) a per-token scale
+  // has one element, and the static form, whose scale may be any one-element value, matches
+  // it too; that quant_fp8 would read a scale computed from its own input, which no fused op
+  // takes.
+  int benefit() const override { return 11; }
 
   std::optional<DynamicQuantMatch> Match(ir::Node* root, MatchNotes& notes) const override {
     if (root->op() != "cast" || TextAttr(root, "to") != "f8e4m3") return std::nullopt;

@@ -577,6 +577,34 @@ TEST(PassesCanonicalize, DynamicTokenQuantFoldsToQuantFp8) {
   ExpectSameOutputs(c);
 }
 
+// One row (a decode step of batch 1): the per-token scale has one element, and the static
+// per-tensor form, whose scale may be any one-element value, matches it too. The per-token fold
+// comes first: a tensor-mode quant_fp8 would read a scale computed from its own input.
+TEST(PassesCanonicalize, DynamicTokenQuantOfOneRowFoldsAsPerToken) {
+  Compiled c = Canonicalize(R"(
+    func @f(%b: bf16[1, 256]) {
+      %bf = cast(%b) {to = f32}
+      %ba = abs(%bf)
+      %bm = amax(%ba) {dim = -1, keepdim = true}
+      %sd = div(%bm) {scalar = 448}
+      %sb = clamp(%sd) {min = 4.359654017857143e-06}
+      %ib = reciprocal(%sb)
+      %db = mul(%bf, %ib)
+      %cb = clamp(%db) {min = -448, max = 448}
+      %qb = cast(%cb) {to = f8e4m3}
+      return %qb, %sb
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Counter(c.ctx, "decomposed_dynamic_quant", "applied"), 1) << DescribeReport(c.ctx);
+  EXPECT_EQ(Counter(c.ctx, "decomposed_static_quant", "applied"), 0) << DescribeReport(c.ctx);
+  FileCheck(Print(*c.after), R"(
+    CHECK: %qb, %sb = quant_fp8(%b) {mode = "token", rounding = ["scale_op_swapped", "scale_floor_after_div"]}
+    CHECK: return %qb, %sb
+  )");
+  ExpectSameOutputs(c);
+}
+
 // Per group of 128 with UE8M0 scales: the view to [T, H/g, g] before or after the cast; the
 // views of q and s back to [T, H] and [T, H/g] cancel the ones the rewrite adds. The graph
 // views s before it computes q: quant_fp8 goes before that first use.
