@@ -585,6 +585,22 @@ std::string TwoResidualAdds(const Reach& reach) {
                 " to that: two residual adds, where the fused op takes one");
 }
 
+// A value broadcast over the rows added on the way (a row-parallel layer's bias added after its
+// all_reduce, as DTensor's row-wise plan adds it): the fused op adds none. Empty when there is
+// none.
+std::string ABiasOnTheWay(const Reach& reach) {
+  for (const ir::Node* n : reach.path) {
+    if (n->kind() != ir::OpKind::kAdd || n->num_operands() != 2) continue;
+    for (const ir::Value* v : n->operands()) {
+      if (!(v->type().shape == n->result(0)->type().shape)) {
+        return StrCat(", where ", NodeRef(n), " adds ", Ref(v), " (", v->type().ToString(),
+                      ") to every row, a bias: the fused op adds none");
+      }
+    }
+  }
+  return "";
+}
+
 // A GEMM between the sum and the norm (Zamba2's shared block multiplies the concatenated
 // stream before its norm): the fused op's norm reads the sum itself. Empty when there is none.
 std::string AGemmOnTheWay(const Reach& reach) {
@@ -657,6 +673,7 @@ std::string NoChainReason(const ir::Node* anchor, const PassContext& ctx) {
   }
   std::string why_not = AnotherAllReduceMet(a, *reach);
   if (why_not.empty()) why_not = AGemmOnTheWay(*reach);
+  if (why_not.empty()) why_not = ABiasOnTheWay(*reach);
   if (why_not.empty()) why_not = TwoResidualAdds(*reach);
   if (why_not.empty()) why_not = ", which the fused op cannot take over";
   return StrCat("all_reduce ", Ref(a), " reaches ", what, " only through ",

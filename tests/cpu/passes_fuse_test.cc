@@ -474,6 +474,24 @@ TEST(PassesFuse, AnOpaqueOpOnTheWayToTheRsqrtIsNamed) {
             "which the compiler cannot read");
 }
 
+// A row-parallel layer's bias added after its all_reduce (DTensor's row-wise plan), then the
+// residual: the reason names the bias, not a second residual add.
+TEST(PassesFuse, ABiasAfterTheAllReduceIsNamed) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %b: bf16[256], %res: bf16[T, 256], %g: bf16[256]) {
+      %ar = all_reduce(%x)
+      %ab = add(%ar, %b)
+      %y, %h = fused_add_rms_norm(%ab, %res, %g) {eps = 1e-6}
+      return %y, %h
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(Print(*c.after).find("allreduce_rmsnorm"), std::string::npos) << Print(*c.after);
+  EXPECT_EQ(OnlyRejection(c.ctx),
+            "all_reduce %ar reaches fused_add_rms_norm %y only through add %ab, where add %ab adds "
+            "%b (bf16[256]) to every row, a bias: the fused op adds none (its only use is add %ab)");
+}
+
 // The sum added to the embeddings, and that the residual of a norm whose input is a matmul's
 // output (Zamba2's hybrid layer): two residual adds, which the reason says.
 TEST(PassesFuse, TwoResidualAddsOrAGemmBeforeTheNormAreNamed) {
