@@ -347,6 +347,18 @@ std::optional<Chain> WithNormBeforeResidual(const Chain& c) {
   return two;
 }
 
+// The add of the residual stream that the norm output of `c` (an rms_norm of its a) goes to
+// alone, with no norm reading the sum (OLMo 2's and EXAONE 4's post-norm blocks: `residual +
+// norm(a)`), or null.
+const ir::Node* PostNormAdd(const Chain& c) {
+  if (c.norm->kind() != ir::OpKind::kRmsNorm || c.y->uses().size() != 1 || c.y->uses()[0].is_return()) return nullptr;
+  const ir::Node* add = c.y->uses()[0].user;
+  if (add->kind() != ir::OpKind::kAdd || add->num_operands() != 2) return nullptr;
+  for (const ir::Value* v : add->operands())
+    if (v->type() != c.y->type()) return nullptr;
+  return add;
+}
+
 // The norm that reads the anchor as x: the first in program order. (canonicalize puts the
 // all_reduce-derived operand of an add or fused_add_rms_norm first.) Failing that, the norm that
 // reads the anchor's sum added to another all_reduce's (FindSecondSumChain).
@@ -1104,6 +1116,13 @@ std::variant<Plan, Refusal> PlanWithNormBeforeResidual(const Chain& chain, const
   if (auto* plan = std::get_if<Plan>(&alone); plan != nullptr && !refused.empty()) {
     plan->notes.push_back(StrCat("the residual add and the norm that read ", Ref(chain.y), " are not taken over: ",
                                  refused));
+  } else if (plan != nullptr) {
+    if (const ir::Node* add = PostNormAdd(chain)) {
+      plan->notes.push_back(StrCat(NodeRef(add), ", the residual add that reads the norm output ", Ref(chain.y),
+                                   ", is not taken over: no norm follows it, and the fused op ends in a norm "
+                                   "(a post-norm block, `residual + norm(a)`); it stays an op, and so does any "
+                                   "quantization of its sum"));
+    }
   }
   return alone;
 }

@@ -304,6 +304,30 @@ TEST(PassesFuse, TwoQuantConsumersFuseTheFirstOtherReadsNorm) {
   ExpectSameOutputs(c);
 }
 
+// A post-norm block (OLMo 2, EXAONE 4: `residual + norm(a)`, the sum read by the next block's
+// GEMMs with no norm): the all_reduce and its norm fuse, and the note says why the residual add
+// and the quant of its sum stay.
+TEST(PassesFuse, APostNormResidualAddStaysWithANote) {
+  Compiled c = Compile(R"(
+    func @layer(%x: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256], %w: bf16[256, 256]) {
+      %ar = all_reduce(%x)
+      %y = rms_norm(%ar, %g) {eps = 1e-6}
+      %h = add(%res, %y)
+      %q, %s = quant_fp8(%h) {mode = "token"}
+      %o = matmul(%h, %w)
+      return %q, %s, %o, %h
+    }
+  )");
+  ASSERT_TRUE(c.ok());
+  ExpectFusions(c.ctx, {{"ar", QuantMode::kNone, {"norm"}}});
+  ASSERT_EQ(c.ctx.fusions[0].notes.size(), 1u);
+  EXPECT_EQ(c.ctx.fusions[0].notes[0],
+            "add %h, the residual add that reads the norm output %y, is not taken over: no norm "
+            "follows it, and the fused op ends in a norm (a post-norm block, `residual + norm(a)`); "
+            "it stays an op, and so does any quantization of its sum");
+  ExpectSameOutputs(c);
+}
+
 // An FP8 quantization of the fused norm written in ops that no quant form folds stays as
 // written, and the fusion says why in the canonicalizer's words; one that folds no form at all
 // (here: y * 0.01 cast) says that. An FP8 cast of y times another activation is no
