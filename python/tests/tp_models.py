@@ -59,8 +59,8 @@ REPLICATED = ("olmo2", "exaone4", "glm4", "phi3", "qwen3_moe", "gpt_oss", "qwen3
 ALL_REDUCES_PER_LAYER = {"granitemoehybrid": 3, "falcon_h1": 3, "longcat_flash": 5}
 _MAMBA = dict(mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_n_heads=8, mamba_d_head=64,
               mamba_n_groups=1, mamba_chunk_size=16)
-_MLA = dict(q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=32, v_head_dim=32,
-            n_shared_experts=1, first_k_dense_replace=1, num_key_value_heads=4)
+_MLA = dict(q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=32,
+            v_head_dim=32, n_shared_experts=1, first_k_dense_replace=1, num_key_value_heads=4)
 FAMILY_CONFIG = {
     "minimax": dict(layer_types=["linear_attention", "full_attention"], block_size=16,
                     full_attn_alpha_factor=1.5, full_attn_beta_factor=0.7,
@@ -227,17 +227,26 @@ FEED_FORWARD = ("mlp", "mlps", "feed_forward", "block_sparse_moe", "shared_mlp")
 OUTPUT_LINEARS = ("o_proj", "out_proj", "dense", "down_proj", "w2", "output_linear")
 
 
+def _blocks(layer: nn.Module):
+    """(parent, name, kind) of each token mixer and feed-forward block of `layer`, mixers first:
+    the block is parent.<name>, kind its name in MIXERS or FEED_FORWARD (each block of a list
+    is one, named by its index)."""
+    found = []
+    for kind in MIXERS + FEED_FORWARD:
+        block = getattr(layer, kind, None)
+        if isinstance(block, nn.ModuleList):
+            found += [(block, str(i), kind) for i in range(len(block))]
+        elif block is not None:
+            found.append((layer, kind, kind))
+    return found
+
+
 def replicate_for_tp(model: nn.Module, world: int, group_name: str) -> None:
     """Every rank keeps the whole model; each decoder layer's token mixers' output projections and
     feed-forward down projections (or a whole MoE block) become sums over the ranks."""
     for layer in model.layers:
-        for name in MIXERS + FEED_FORWARD:
-            block = getattr(layer, name, None)
-            if isinstance(block, nn.ModuleList):
-                for i in range(len(block)):
-                    _replicate_block(block, str(i), world, group_name)
-            elif block is not None:
-                _replicate_block(layer, name, world, group_name)
+        for parent, name, _ in _blocks(layer):
+            _replicate_block(parent, name, world, group_name)
 
 
 def _replicate_block(parent: nn.Module, name: str, world: int, group_name: str) -> None:
@@ -360,15 +369,9 @@ def quantize_inputs(model: nn.Module, case: Case, hidden: int, seed: int) -> Non
         return
     torch.manual_seed(seed + 2)
     for layer in model.layers:
-        for name in MIXERS + FEED_FORWARD:
-            block = getattr(layer, name, None)
-            if block is None:
-                continue
-            indexer = case.quant == "group" and name in MIXERS
-            parent, names = (block, [str(i) for i in range(len(block))]) if isinstance(
-                block, nn.ModuleList) else (layer, [name])
-            for n in names:
-                setattr(parent, n, QuantizedInput(getattr(parent, n), case.quant, hidden, indexer))
+        for parent, name, kind in _blocks(layer):
+            setattr(parent, name, QuantizedInput(getattr(parent, name), case.quant, hidden,
+                                                 indexer=case.quant == "group" and kind in MIXERS))
 
 
 def load_with_transformers_tp(model: nn.Module, case: Case, rank: int) -> nn.Module:

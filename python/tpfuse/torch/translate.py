@@ -556,7 +556,8 @@ TP_GROUP = "tp"
 # torch.compile(dynamic=True) the floats a model reads (a norm's eps) enter as 0-dim f64 tensors.
 UNSPECIALIZED_FLOAT = ("it is a Python float the graph takes as a tensor input "
                        "(torch.compile(dynamic=True) passes floats so unless "
-                       "torch._dynamo.config.specialize_float is True; tpfuse.torch.compile sets it)")
+                       "torch._dynamo.config.specialize_float is True; "
+                       "tpfuse.torch.compile sets it)")
 
 
 class Translator:
@@ -773,24 +774,17 @@ class Translator:
     def _written_all_reduce(self, node: fx.Node, v2: bool) -> None:
         """auto_functionalized[_v2](sglang.inplace_all_reduce, tensor=x, group_name=g): the
         getitem of the written tensor is the sum (the wait of a c10d all_reduce, as it were)."""
-        op = node.args[0]
-        (arg,) = [a.name for a in op._schema.arguments
-                  if a.alias_info is not None and a.alias_info.is_write]
-        kwargs = node.kwargs
-        if v2:
-            index = kwargs.get(f"_{arg}_base_index")
-            if index is None or any(kwargs.get(f"_{arg}_{k}") is not None
-                                    for k in ("size", "stride", "storage_offset", "slice_dim")):
-                return self._opaque(node, f"{_op_name(op)}: {arg} is a view of its base")
-            x, item = kwargs["_all_bases"][index], 1 + index
-        else:
-            x, item = kwargs.get(arg), 1
-        named = kwargs.get("group_name")
-        sums = [u for u in node.users if u.target is operator.getitem and u.args[1] == item]
+        read = _unfunctionalized(node, v2)
+        if isinstance(read, str):
+            return self._opaque(node, read)
+        kwargs, (arg,), items = read
+        x, named = kwargs.get(arg), kwargs.get("group_name")
+        sums = [u for u in node.users
+                if u.target is operator.getitem and u.args[1] == items.get(arg)]
         if (len(sums) != 1 or len(node.users) != 1 or not isinstance(named, str)
                 or self._value(x) is None or _node_type(sums[0]) is None):
-            return self._opaque(node, f"{_op_name(op)}: its written tensor is not read once as "
-                                      "a value the IR types")
+            return self._opaque(node, f"{_op_name(node.args[0])}: its written tensor is not read "
+                                      "once as a value the IR types")
         self._emit_all_reduce(node, sums[0], _c10d_group_name(named), False, x, also_named=named)
 
     def _copy_alias(self, node: fx.Node) -> bool:
@@ -1086,28 +1080,15 @@ class Translator:
             inplace = None
         if entry is None and inplace is None:
             return self._opaque(node, f"auto_functionalized {name} has no IR op")
-        kwargs = dict(node.kwargs)
-        mutated = [a.name for a in op._schema.arguments
-                   if a.alias_info is not None and a.alias_info.is_write]
-        if v2:
-            bases = kwargs.pop("_all_bases", [])
-            for arg in mutated:
-                index = kwargs.pop(f"_{arg}_base_index", None)
-                views = [k for k in (f"_{arg}_size", f"_{arg}_stride", f"_{arg}_storage_offset",
-                                     f"_{arg}_slice_dim") if kwargs.get(k) is not None]
-                if views:
-                    return self._opaque(node, f"{name}: {arg} is a view of its base")
-                kwargs[arg] = bases[index] if index is not None else None
-            kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+        read = _unfunctionalized(node, v2)
+        if isinstance(read, str):
+            return self._opaque(node, read)
+        kwargs, mutated, items = read
         if inplace is not None:
             return self._vllm_ir_inplace_norm(node, inplace, op, kwargs)
         if not isinstance(entry, KernelOp):
             entry = entry(kwargs)  # an entry by the kwargs given (a residual or none)
-        result_index = {i: i for i in entry.results}
-        if v2:
-            result_index = {i: 1 + node.kwargs[f"_{mutated[i - 1]}_base_index"]
-                            for i in entry.results
-                            if node.kwargs.get(f"_{mutated[i - 1]}_base_index") is not None}
+        result_index = {i: items[mutated[i - 1]] for i in entry.results if mutated[i - 1] in items}
         operands = [self._value(kwargs.get(k)) for k in entry.operands]
         getitems = {u.args[1]: u for u in node.users if u.target is operator.getitem}
         if any(v is None for v in operands):
@@ -1176,6 +1157,33 @@ def _unwritable_attrs(attrs: Dict[str, ir.AttrValue]) -> Optional[str]:
         except (TypeError, ValueError) as e:
             return f"attribute {key}: {e}"
     return None
+
+
+def _unfunctionalized(node: fx.Node, v2: bool
+                      ) -> Union[str, Tuple[Dict[str, Any], List[str], Dict[str, int]]]:
+    """auto_functionalized[_v2](op, **kwargs) read back as the op's call: its arguments (each
+    argument it writes as the tensor it writes into), the names of the written arguments in
+    schema order, and for each the getitem index that holds it after the op: 1 + its place among
+    them; in v2, where the written arguments come as bases (`_<arg>_base_index` into
+    `_all_bases`), 1 + that index, and none for an argument without a base. A reason string
+    where a written argument is a view of its base (`_<arg>_size`, ...)."""
+    op = node.args[0]
+    kwargs = dict(node.kwargs)
+    mutated = [a.name for a in op._schema.arguments
+               if a.alias_info is not None and a.alias_info.is_write]
+    if not v2:
+        return kwargs, mutated, {arg: 1 + i for i, arg in enumerate(mutated)}
+    bases = kwargs.pop("_all_bases", [])
+    items: Dict[str, int] = {}
+    for arg in mutated:
+        index = kwargs.pop(f"_{arg}_base_index", None)
+        if any(kwargs.get(f"_{arg}_{k}") is not None
+               for k in ("size", "stride", "storage_offset", "slice_dim")):
+            return f"{_op_name(op)}: {arg} is a view of its base"
+        kwargs[arg] = bases[index] if index is not None else None
+        if index is not None:
+            items[arg] = 1 + index
+    return {k: v for k, v in kwargs.items() if not k.startswith("_")}, mutated, items
 
 
 def _op_name(op: Any) -> str:
