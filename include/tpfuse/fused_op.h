@@ -163,6 +163,12 @@ struct AllreduceRmsnormSpec {
   // `residual + out * multiplier`): f32 product of a and sum_scale, rounded to the activation
   // dtype. 1: no scaling (a' = a). The emitted allreduce is a, not a'.
   float sum_scale = 1.0f;
+  // A bias added to the sum first (a row-parallel layer's bias added after its all_reduce, as
+  // transformers' row-wise tensor-parallel plan adds it; TensorRT-LLM's fused all_reduce takes
+  // one too): the operand bias [H] of the activation dtype, ab = round(a + bias) (f32 sum, one
+  // rounding), which sum_scale and the residual add then read in a's place. The emitted allreduce
+  // is a, without the bias. No second_sum and no pre_residual_norm.
+  bool has_bias = false;
   // Two all_reduces summed before the residual add (Granite-MoE's `moe_out + shared_mlp_out`,
   // Falcon-H1's attention and SSM mixers, each behind its own all_reduce): the operand x2 is this
   // rank's partial of the second. a2 = round(sum of x2) like a, and the sum the residual add reads
@@ -246,6 +252,7 @@ struct FusedBuffers {
   float* scale_out = nullptr;
   const void* x2 = nullptr;  // the second all_reduce's partial [T, H] (spec.second_sum)
   const void* pre_weight = nullptr;  // the norm's weight before the residual add [H] (spec.pre_residual_norm)
+  const void* bias = nullptr;  // the bias added to the sum [H] (spec.has_bias)
 };
 
 // Row padding of the column-major scale layout: T rounded up to a multiple of 4.
@@ -267,6 +274,7 @@ struct FusionCapabilities {
   bool residual_f32 = true;                     // an f32 residual operand or residual_out
   bool norm_out_f32 = true;                     // the norm output in f32 (rounding norm_out_f32)
   bool second_sum = true;                       // two all_reduces summed (spec.second_sum)
+  bool bias = true;                             // a bias added to the sum (spec.has_bias)
   // The world sizes at which the fused op runs a norm before the residual add
   // (spec.pre_residual_norm); empty: every one it supports.
   std::vector<int> pre_residual_norm_world_sizes;

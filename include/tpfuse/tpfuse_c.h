@@ -50,8 +50,9 @@ extern "C" {
 /* Bumped when a struct layout, a signature or the codes a field takes change; bindings check it
  * at load time. 3: TPFUSE_RESIDUAL_F32 and TPFUSE_ROUNDING_RESIDUAL_OUT_F32. 4:
  * TPFUSE_ROUNDING_NORM_OUT_F32. 5: tpfuse_spec_t.second_sum, first_scale, second_scale,
- * tpfuse_buffers_t.x2. 6: tpfuse_spec_t.pre_residual_norm, pre_eps, tpfuse_buffers_t.pre_weight. */
-#define TPFUSE_C_ABI_VERSION 6
+ * tpfuse_buffers_t.x2. 6: tpfuse_spec_t.pre_residual_norm, pre_eps, tpfuse_buffers_t.pre_weight.
+ * 7: tpfuse_spec_t.has_bias, tpfuse_buffers_t.bias. */
+#define TPFUSE_C_ABI_VERSION 7
 TPFUSE_C_API int32_t tpfuse_abi_version(void);
 /* "0.1.0" */
 TPFUSE_C_API const char* tpfuse_version(void);
@@ -153,6 +154,11 @@ typedef struct tpfuse_spec {
    * CUDA: world size 1 and local ops (ABI 6). */
   int32_t pre_residual_norm;
   float pre_eps;
+  /* 1: a bias buffers.bias [H] (act_dtype) is added to the sum first, round(a + bias) (a
+   * row-parallel layer's bias added after its all_reduce), which sum_scale and the residual add
+   * read in a's place; EMIT_ALLREDUCE gives a without it. No second_sum, no pre_residual_norm.
+   * CUDA: the nccl strategy above world size 1 (ABI 7). */
+  int32_t has_bias;
 } tpfuse_spec_t;
 
 /* Contract 3's defaults: bf16 activations and weight, eps 1e-6, no residual, no quant, group
@@ -183,6 +189,7 @@ typedef struct tpfuse_buffers {
   float* scale_out;
   const void* x2; /* the second all_reduce's partial [T, H] (spec.second_sum), else NULL (ABI 5) */
   const void* pre_weight; /* the norm's weight before the residual add [H] (spec.pre_residual_norm), else NULL (ABI 6) */
+  const void* bias; /* the bias added to the sum [H] (spec.has_bias), else NULL (ABI 7) */
 } tpfuse_buffers_t;
 
 /* ---------------------------------------------------------------- the CPU reference */

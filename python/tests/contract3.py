@@ -95,7 +95,8 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
                       second_scale: float = 1.0,
                       second_sum_into_residual: bool = False,
                       pre_weight: Optional[torch.Tensor] = None,
-                      pre_eps: Optional[float] = None) -> List[torch.Tensor]:
+                      pre_eps: Optional[float] = None,
+                      bias: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
     shape = partials[0].shape
     dtype = partials[0].dtype
     hidden = shape[-1]
@@ -124,9 +125,12 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
                         + times(a2, second_scale).float()).to(dtype)
         else:
             summed = (times(a, first_scale).float() + times(a2, second_scale).float()).to(dtype)
-    # 1b. a' = round(a * sum_scale), where the graph scaled the sum before the add.
+    # 1b. A bias added to the sum first: round(a + bias), the same bias for every row.
+    if bias is not None:
+        summed = (summed.float() + bias.float()).to(dtype)
+    # 1c. a' = round(a * sum_scale), where the graph scaled the sum before the add.
     scaled = times(summed, sum_scale)
-    # 1c. The norm of the sum before the residual add (pre_weight), rounded: sandwich norms.
+    # 1d. The norm of the sum before the residual add (pre_weight), rounded: sandwich norms.
     if pre_weight is not None:
         scaled = _norm_rows(scaled.float(), pre_weight, eps if pre_eps is None else pre_eps,
                             weight_bias, rounding, dtype).to(dtype)

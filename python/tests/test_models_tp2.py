@@ -1,6 +1,6 @@
 """transformers' Llama, Qwen3, Gemma3, DeepSeek-V3 and Granite (tiny configs, random weights, 2
-layers), sharded for TP 2 by hand, Llama and Mixtral sharded by transformers' own
-tp_plan="auto", and the replicated families of tp_models (post-norm, sandwich norms, fused
+layers), sharded for TP 2 by hand, Llama (with biased projections too) and Mixtral sharded by
+transformers' own tp_plan="auto" (which adds a row-parallel bias after its all_reduce), and the replicated families of tp_models (post-norm, sandwich norms, fused
 projections, MoE, hybrid linear attention, Gemma 4's pow(-0.5) norms, nanochat's norms without a
 weight, MiniMax's scaled residual, LFM2's short convolutions, BitNet's norms inside the blocks,
 Jamba's and Falcon-H1's mamba mixers, LongCat-Flash's two sublayers a layer), run at world size 2
@@ -61,6 +61,9 @@ CASES = [
     # Sharded by transformers' own tp_plan="auto": DTensor plans, traced to functional all_reduces.
     Case("llama", hf_tp=True),
     Case("mixtral", hf_tp=True),
+    # Biased projections: the row-wise plan adds each row-parallel bias after its all_reduce,
+    # which the fused op takes over (spec.has_bias).
+    Case("llama_bias", hf_tp=True),
 ]
 HAVE_ACCELERATE = importlib.util.find_spec("accelerate") is not None  # tp_plan needs it
 PARALLEL_BLOCKS = Case("cohere2_moe")
@@ -155,6 +158,14 @@ def test_blocks_summed_before_the_residual_add_fuse_as_one_op(results):
         assert result["fused"] == _all_reduces(SUMMED_BLOCKS), result["left_alone"]
         assert result["left_alone"] == {} and result["all_reduces_after"] == 0, result
         assert result["vs_unfused"]["equal"] and result["vs_eager"]["equal"], result
+
+
+def test_the_row_wise_plans_bias_after_each_all_reduce_goes_into_its_fused_op(results):
+    # transformers' row-wise plan adds o_proj's and down_proj's bias after their all_reduce:
+    # every fused op takes its bias over (spec.has_bias), and no bit changes (the tests above).
+    case = Case("llama_bias", hf_tp=True)
+    for result in map(_ok, _of(results, case)):
+        assert result["fusions"] and all(f["bias"] for f in result["fusions"]), result["fusions"]
 
 
 @pytest.mark.parametrize("case, ops_per_layer",

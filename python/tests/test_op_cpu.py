@@ -224,6 +224,56 @@ def test_a_norm_before_the_residual_add_refuses_what_it_cannot_do():
         tpfuse.ops.reference(partials, res, weight, None, emit=["norm"], pre_weight=[1.0])
 
 
+BIAS_CASES = [
+    # transformers' row-wise plan: `all_reduce(out) + bias`, then the residual add and the norm.
+    ("residual", dict(emit=["norm", "residual"], rounding=["weight_after_round"])),
+    # The all_reduce's own result returned too (without the bias), the biased sum scaled, FP8.
+    ("allreduce_scaled_group_quant", dict(emit=["allreduce", "residual", "quant"],
+                                          quant="fp8_group", sum_scale=0.25)),
+    # No residual: the norm of the biased sum, a static quant.
+    ("no_residual_tensor_quant", dict(emit=["norm", "quant"], quant="fp8_tensor")),
+]
+
+
+@pytest.mark.parametrize("name,attrs", BIAS_CASES, ids=[c[0] for c in BIAS_CASES])
+def test_a_bias_added_to_the_sum_matches_the_reference(name, attrs):
+    # bias: round(a + bias) before the rest; at world size 1 (the op and a local op), through the
+    # C ABI's reference at 3 ranks, against contract3's torch oracle, and against the bias added
+    # in torch before the op without it.
+    for world_size, shape in ((1, (3, 256)), (1, (2, 5, 256)), (3, (7, 256))):
+        residual = name != "no_residual_tensor_quant"
+        partials, res, weight, scale = make_inputs(hash((name, shape)) % 2**31, shape,
+                                                   world_size, residual, attrs.get("quant", "none"))
+        g = torch.Generator().manual_seed(len(name))
+        bias = torch.randn(shape[-1], generator=g).to(partials[0].dtype)
+        expected = contract3.allreduce_rmsnorm(partials, res, weight, scale, bias=bias, **attrs)
+        if world_size == 1:
+            got = OP(partials[0], res, weight, scale, None, None, bias, **attrs)
+            if "allreduce" not in attrs["emit"]:
+                local = OP(partials[0], res, weight, scale, None, None, bias, local=True, **attrs)
+                assert_bitwise(local, expected, f"{name} local {list(shape)}")
+                # The bias added in torch (bf16 + bf16: one rounding), then the op without it.
+                apart = OP(partials[0] + bias, res, weight, scale, local=True, **attrs)
+                assert_bitwise(apart, expected, f"{name} the bias apart {list(shape)}")
+        else:
+            got = tpfuse.ops.reference(partials, res, weight, scale, bias=bias, **attrs)
+        assert_bitwise(got, expected, f"{name} N={world_size} {list(shape)}")
+
+
+def test_a_bias_added_to_the_sum_refuses_what_it_cannot_do():
+    partials, res, weight, _ = make_inputs(5, (3, 256), 1, True, "none")
+    with pytest.raises(ValueError, match=r"bias must be \[H\] = \[256\] of x's dtype and device"):
+        OP(partials[0], res, weight, None, None, None, weight[:128], emit=["norm"])
+    with pytest.raises(ValueError, match=r"bias must be \[H\] = \[256\] of x's dtype and device"):
+        OP(partials[0], res, weight, None, None, None, weight.float(), emit=["norm"])
+    with pytest.raises(ValueError, match="it takes no second_sum and no pre_residual_norm"):
+        OP(partials[0], res, weight, None, partials[0], None, weight, emit=["norm"])
+    with pytest.raises(ValueError, match="it takes no second_sum and no pre_residual_norm"):
+        OP(partials[0], res, weight, None, None, weight, weight, emit=["norm"])
+    with pytest.raises(TypeError, match="bias must be a tensor or None"):
+        tpfuse.ops.reference(partials, res, weight, None, emit=["norm"], bias=[1.0])
+
+
 # ---------------------------------------------------------------- world size 2 over gloo
 
 def _rank_main(rank: int, world_size: int, store_path: str) -> None:

@@ -10,8 +10,8 @@ import torch
 
 import tpfuse
 from tpfuse.tolerance import fp8_ulp, ulp_distance_16
-from test_op_cpu import (CASES, PRE_NORM_CASES, SECOND_SUM_CASES, assert_bitwise, make_inputs,
-                         second_sum_inputs)
+from test_op_cpu import (BIAS_CASES, CASES, PRE_NORM_CASES, SECOND_SUM_CASES, assert_bitwise,
+                         make_inputs, second_sum_inputs)
 from test_pass import layer_tail
 
 OP = torch.ops.tpfuse.allreduce_rmsnorm
@@ -120,6 +120,26 @@ def test_a_norm_before_the_residual_add_matches_the_cpu_reference_bitwise(name, 
             expected = OP(partials[0], res, weight, scale, None, pre_weight, **attrs)
             dev = [t.cuda() if t is not None else None
                    for t in (partials[0], res, weight, scale, None, pre_weight)]
+            got = OP(*dev, **attrs)
+            torch.cuda.synchronize()
+            assert_bitwise([g.cpu() for g in got], expected, f"{name} T={tokens} H={hidden}")
+
+
+@pytest.mark.parametrize("name,attrs", BIAS_CASES, ids=[c[0] for c in BIAS_CASES])
+def test_a_bias_added_to_the_sum_matches_the_cpu_reference_bitwise(name, attrs):
+    # World size 1 (bias: a row-parallel layer's bias after its all_reduce); the second-sum
+    # recipe's kernels.
+    residual = name != "no_residual_tensor_quant"
+    for tokens in TOKENS:
+        for hidden in HIDDEN:
+            if attrs.get("quant") == "fp8_group" and hidden % attrs.get("group_size", 128):
+                continue
+            partials, res, weight, scale = make_inputs(tokens * 11 + hidden, (tokens, hidden), 1,
+                                                       residual, attrs.get("quant", "none"))
+            bias = weight.flip(0) - 1.0
+            expected = OP(partials[0], res, weight, scale, None, None, bias, **attrs)
+            dev = [t.cuda() if t is not None else None
+                   for t in (partials[0], res, weight, scale, None, None, bias)]
             got = OP(*dev, **attrs)
             torch.cuda.synchronize()
             assert_bitwise([g.cpu() for g in got], expected, f"{name} T={tokens} H={hidden}")

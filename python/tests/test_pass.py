@@ -1379,6 +1379,42 @@ def test_granites_scaled_sum_is_fused_with_its_scale():
     g.lint()
 
 
+def test_a_row_parallel_bias_after_the_all_reduce_is_fused_with_it():
+    # transformers' row-wise plan: `out = all_reduce(out); out = out + bias` (Llama's
+    # attention_bias and mlp_bias, GPT-OSS's o_proj), then the residual add and the norm.
+    def f(x, res, b, w):
+        h = res + (wait(ar(x, "sum", GROUP)) + b)
+        return llama_norm(h, w), h
+
+    g = trace(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf), ((256,), bf))
+    p = tt.FusionPass(world_size=2)
+    p(g)
+    assert p.report.fused == 1, p.report.left_alone
+    calls = [n for n in g.nodes if str(n.target) == FUSED]
+    assert len(calls) == 1 and calls[0].args[6] is not None, g
+    assert count(g, "_c10d_functional") == 0 and count(g, "aten.add") == 0, g
+    g.lint()
+
+
+def test_a_row_parallel_bias_at_world_size_one_computes_what_the_graph_did():
+    # The biased sum rounds to bf16 before the residual add, in the fused op as in the graph.
+    def f(o, res, b, w):
+        h = res + (o + b)
+        return llama_norm(h, w), h
+
+    gm, args = trace_module(f, ((2, 8, 256), bf), ((2, 8, 256), bf), ((256,), bf), ((256,), bf))
+    o, res, b, w = args
+    p = tt.FusionPass(world_size=1, fuse_local=True)
+    p(gm.graph)
+    gm.recompile()
+    assert count(gm.graph, "tpfuse.allreduce_rmsnorm") == 1, gm.graph
+    y, h = gm(*args)
+    assert torch.equal(h, res + (o + b))
+    (want,) = contract3.allreduce_rmsnorm([o], res, w, None, emit=["norm"], local=True, bias=b,
+                                          rounding=["weight_after_round"])
+    assert torch.equal(y, want)
+
+
 def test_granites_scaled_sum_at_world_size_one_computes_what_the_graph_did():
     # The scale rounds to bf16 before the add, in the fused op as in the graph: h is exact, y
     # bitwise Contract 3's (the kernels' sum order). Against torch's own norm (another sum order)

@@ -62,7 +62,8 @@ def run_case(case: tp_models.Case, rank: int, world: int, backend: str) -> Dict:
         "untranslated": report.untranslated,
         "fusions": [{"anchor": f.anchor, "quant": str(f.attrs.get("quant", "none")),
                      "emit": [str(e) for e in f.attrs.get("emit", [])],
-                     "rounding": [str(r) for r in f.attrs.get("rounding", [])]}
+                     "rounding": [str(r) for r in f.attrs.get("rounding", [])],
+                     "bias": bool(f.attrs.get("bias", False))}
                     for g in report.graphs for f in g.fusions],
         "vs_eager": _compare(fused, eager),
         "vs_unfused": _compare(fused, plain),

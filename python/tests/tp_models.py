@@ -125,6 +125,9 @@ def tiny_config(family: str, layers: int):
                   max_position_embeddings=64, rms_norm_eps=1e-6, tie_word_embeddings=False)
     if family == "llama":
         return tf.LlamaConfig(**common)
+    if family == "llama_bias":  # biased projections: the row-wise plan adds o_proj's and
+        # down_proj's bias after their all_reduce
+        return tf.LlamaConfig(**common, attention_bias=True, mlp_bias=True)
     if family == "qwen3":
         return tf.Qwen3Config(**common)
     if family == "gemma3":

@@ -20,7 +20,7 @@ import os
 import threading
 from typing import Dict, Optional, Sequence, Tuple
 
-ABI_VERSION = 6
+ABI_VERSION = 7
 UNIQUE_ID_BYTES = 128
 
 # Codes of the C enums (tpfuse_c.h).
@@ -82,6 +82,7 @@ class Spec(ctypes.Structure):
         ("second_scale", ctypes.c_float),
         ("pre_residual_norm", ctypes.c_int32),
         ("pre_eps", ctypes.c_float),
+        ("has_bias", ctypes.c_int32),
     ]
 
 
@@ -100,6 +101,7 @@ class Buffers(ctypes.Structure):
         ("scale_out", ctypes.c_void_p),
         ("x2", ctypes.c_void_p),
         ("pre_weight", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p),
     ]
 
 
@@ -257,13 +259,15 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
               emit: Sequence[str] = ("norm",), rounding: Sequence[str] = (),
               sum_scale: float = 1.0, second_sum: bool = False, first_scale: float = 1.0,
               second_scale: float = 1.0, second_sum_into_residual: bool = False,
-              pre_residual_norm: bool = False, pre_eps: Optional[float] = None) -> Spec:
+              pre_residual_norm: bool = False, pre_eps: Optional[float] = None,
+              has_bias: bool = False) -> Spec:
     """A validated tpfuse_spec_t from Contract 3's attribute names. Unknown names raise
     ValueError naming the attribute; inconsistencies raise TpfuseError from the library.
     residual_f32: the residual operand is f32 (a residual stream kept in f32); needs
     has_residual. second_sum: two all_reduces summed (x2, first_scale, second_scale), the
     second into the residual first with second_sum_into_residual. pre_residual_norm: the sum
-    normed before the residual add (the weight buffers.pre_weight, eps pre_eps: default eps)."""
+    normed before the residual add (the weight buffers.pre_weight, eps pre_eps: default eps).
+    has_bias: a bias (buffers.bias [H]) added to the sum first."""
     def code(table: Dict[str, int], value: str, what: str) -> int:
         if value not in table:
             raise ValueError(f"tpfuse: unknown {what} {value!r} (expected one of "
@@ -294,6 +298,7 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
     spec.pre_residual_norm = int(bool(pre_residual_norm))
     if pre_residual_norm:
         spec.pre_eps = float(eps if pre_eps is None else pre_eps)
+    spec.has_bias = int(bool(has_bias))
     spec.quant = code(QUANT_CODES, quant, "quant")
     spec.group_size = _c_int(group_size, "group_size")
     spec.scale_layout = code(SCALE_LAYOUT_CODES, scale_layout, "scale_layout")

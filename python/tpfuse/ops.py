@@ -2,16 +2,23 @@
 custom op.
 
     tpfuse::allreduce_rmsnorm(Tensor x, Tensor? residual, Tensor weight, Tensor? scale,
-        Tensor? x2=None, *, str[] emit, str group_name="", float eps=1e-6, float weight_bias=0.,
-        str quant="none", int group_size=128, str scale_layout="row", str scale_fmt="f32",
-        str[]? rounding=None, bool local=False, float sum_scale=1., float first_scale=1.,
-        float second_scale=1., bool second_sum_into_residual=False) -> Tensor[]
+        Tensor? x2=None, Tensor? pre_weight=None, Tensor? bias=None, *, str[] emit,
+        str group_name="", float eps=1e-6, float weight_bias=0., str quant="none",
+        int group_size=128, str scale_layout="row", str scale_fmt="f32", str[]? rounding=None,
+        bool local=False, float sum_scale=1., float first_scale=1., float second_scale=1.,
+        bool second_sum_into_residual=False, float? pre_eps=None) -> Tensor[]
 
 x [..., H] is this rank's partial sum (bf16 or f16); residual as x, or float32 of x's shape (a
 residual stream kept in f32), or None; weight [H] (bf16, f16 or f32); scale an f32 tensor of one
 element for quant = "fp8_tensor", else None.
 sum_scale scales the all-reduced sum before the residual add, rounded to x's dtype (Granite's
 `residual + out * multiplier`); the emitted allreduce is the sum before it.
+bias ([H] of x's dtype, or None) is added to the all-reduced sum first, round(a + bias) (a
+row-parallel layer's bias added after its all_reduce, as transformers' row-wise plan adds it);
+sum_scale and the residual add read the biased sum, the emitted allreduce is the sum without it.
+Not with x2 or pre_weight. On CUDA above world size 1 it runs on the nccl strategy.
+pre_weight ([H] like weight, or None) is the weight of a norm of the sum before the residual add
+(sandwich norms), with eps pre_eps (None: eps).
 x2 (x's shape and dtype, or None) is this rank's partial of a second all_reduce summed with the
 first before the residual add (Granite-MoE's `moe_out + shared_mlp_out`, Falcon-H1's mixers):
 the sum is round(round(a * first_scale) + round(a2 * second_scale)) (a scale of 1 is no step),
@@ -83,7 +90,8 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
           rounding: Optional[Sequence[str]], local: bool, sum_scale: float = 1.0,
           x2: Optional[torch.Tensor] = None, first_scale: float = 1.0,
           second_scale: float = 1.0, second_sum_into_residual: bool = False,
-          pre_weight: Optional[torch.Tensor] = None, pre_eps: Optional[float] = None) -> _Plan:
+          pre_weight: Optional[torch.Tensor] = None, pre_eps: Optional[float] = None,
+          bias: Optional[torch.Tensor] = None) -> _Plan:
     if not isinstance(x, torch.Tensor):
         _fail(TypeError, f"x must be a tensor, got {type(x).__name__}")
     if residual is not None and not isinstance(residual, torch.Tensor):
@@ -96,6 +104,8 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
         _fail(TypeError, f"x2 must be a tensor or None, got {type(x2).__name__}")
     if pre_weight is not None and not isinstance(pre_weight, torch.Tensor):
         _fail(TypeError, f"pre_weight must be a tensor or None, got {type(pre_weight).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        _fail(TypeError, f"bias must be a tensor or None, got {type(bias).__name__}")
     if pre_eps is not None and pre_weight is None:
         _fail(ValueError, "pre_eps is the eps of the norm before the residual add: it needs "
                           "pre_weight")
@@ -130,6 +140,10 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
         _fail(ValueError, f"pre_weight must have weight's shape, dtype and device "
                           f"({weight.dtype}{list(weight.shape)} on {weight.device}), got "
                           f"{pre_weight.dtype}{list(pre_weight.shape)} on {pre_weight.device}")
+    if bias is not None and (bias.shape != (hidden,) or bias.dtype != x.dtype or
+                             bias.device != x.device):
+        _fail(ValueError, f"bias must be [H] = [{hidden}] of x's dtype and device ({x.dtype} on "
+                          f"{x.device}), got {bias.dtype}{list(bias.shape)} on {bias.device}")
     if (quant == "fp8_tensor") != (scale is not None):
         _fail(ValueError, "scale is required for quant 'fp8_tensor' and only for it "
                           f"(quant {quant!r}, scale {'given' if scale is not None else 'None'})")
@@ -156,7 +170,8 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
                                second_sum=x2 is not None, first_scale=first_scale,
                                second_scale=second_scale,
                                second_sum_into_residual=second_sum_into_residual,
-                               pre_residual_norm=pre_weight is not None, pre_eps=pre_eps)
+                               pre_residual_norm=pre_weight is not None, pre_eps=pre_eps,
+                               has_bias=bias is not None)
     except (ValueError, _capi.TpfuseError) as e:
         _fail(ValueError, str(e.message if isinstance(e, _capi.TpfuseError) else e))
 
@@ -189,12 +204,14 @@ def _empty_results(plan: _Plan, device: torch.device) -> List[torch.Tensor]:
 
 def _buffers(plan: _Plan, x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
              scale: Optional[torch.Tensor], outs: List[torch.Tensor],
-             pre_weight: Optional[torch.Tensor] = None) -> _capi.Buffers:
+             pre_weight: Optional[torch.Tensor] = None,
+             bias: Optional[torch.Tensor] = None) -> _capi.Buffers:
     b = _capi.Buffers()
     b.x = x.data_ptr()
     b.residual = residual.data_ptr() if residual is not None else None
     b.weight = weight.data_ptr()
     b.pre_weight = pre_weight.data_ptr() if pre_weight is not None else None
+    b.bias = bias.data_ptr() if bias is not None else None
     b.scale = scale.data_ptr() if scale is not None else None
     for name, out in zip(plan.names, outs):
         setattr(b, {"allreduce": "allreduce_out", "norm": "norm_out", "residual": "residual_out",
@@ -278,9 +295,10 @@ def _comm_for(group, group_name: str, device: torch.device) -> _capi.Comm:
 # ---------------------------------------------------------------- the op
 
 # str[] is not among the types custom_op infers, so the schema is written out.
-# x2 and pre_weight are positional: custom_op takes no keyword-only tensors. pre_eps None: eps.
+# x2, pre_weight and bias are positional: custom_op takes no keyword-only tensors. pre_eps None:
+# eps.
 SCHEMA = ("(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, Tensor? x2=None, "
-          "Tensor? pre_weight=None, *, "
+          "Tensor? pre_weight=None, Tensor? bias=None, *, "
           "str[] emit, str group_name=\"\", float eps=1e-06, float weight_bias=0., "
           "str quant=\"none\", int group_size=128, str scale_layout=\"row\", "
           "str scale_fmt=\"f32\", str[]? rounding=None, bool local=False, float sum_scale=1., "
@@ -291,7 +309,8 @@ SCHEMA = ("(Tensor x, Tensor? residual, Tensor weight, Tensor? scale, Tensor? x2
 @torch.library.custom_op(OP_NAME, mutates_args=(), schema=SCHEMA)
 def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
                       scale: Optional[torch.Tensor], x2: Optional[torch.Tensor] = None,
-                      pre_weight: Optional[torch.Tensor] = None, *,
+                      pre_weight: Optional[torch.Tensor] = None,
+                      bias: Optional[torch.Tensor] = None, *,
                       emit: List[str], group_name: str = "",
                       eps: float = 1e-6, weight_bias: float = 0.0, quant: str = "none",
                       group_size: int = 128, scale_layout: str = "row", scale_fmt: str = "f32",
@@ -301,7 +320,7 @@ def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight:
                       pre_eps: Optional[float] = None) -> List[torch.Tensor]:
     plan = _plan(x, residual, weight, scale, eps, weight_bias, quant, group_size, scale_layout,
                  scale_fmt, emit, rounding, local, sum_scale, x2, first_scale, second_scale,
-                 second_sum_into_residual, pre_weight, pre_eps)
+                 second_sum_into_residual, pre_weight, pre_eps, bias)
     # A local op (no all_reduce feeds it, or world size 1) needs no group: its name is not read.
     group, _, world_size = (None, 0, 1) if local else _resolve_group(group_name)
     outs = _empty_results(plan, x.device)
@@ -314,12 +333,13 @@ def allreduce_rmsnorm(x: torch.Tensor, residual: Optional[torch.Tensor], weight:
     residual = residual.contiguous() if residual is not None else None
     weight = weight.contiguous()
     pre_weight = pre_weight.contiguous() if pre_weight is not None else None
+    bias = bias.contiguous() if bias is not None else None
     scale = scale.contiguous() if scale is not None else None
     if x.device.type == "cpu":
-        _run_cpu(plan, x, residual, weight, scale, outs, group, world_size, x2, pre_weight)
+        _run_cpu(plan, x, residual, weight, scale, outs, group, world_size, x2, pre_weight, bias)
     elif x.device.type == "cuda":
         _run_cuda(plan, x, residual, weight, scale, outs, group, group_name, world_size, x2,
-                  pre_weight)
+                  pre_weight, bias)
     else:
         _fail(ValueError, f"x is on {x.device}: only cpu and cuda are supported")
     return outs
@@ -339,17 +359,17 @@ def _gather_rows(plan, x, group, world_size: int) -> List[torch.Tensor]:
 
 
 def _run_cpu(plan, x, residual, weight, scale, outs, group, world_size: int, x2=None,
-             pre_weight=None) -> None:
+             pre_weight=None, bias=None) -> None:
     partials = _gather_rows(plan, x, group, world_size)
     partials2 = _gather_rows(plan, x2, group, world_size) if x2 is not None else []
-    buffers = _buffers(plan, x, residual, weight, scale, outs, pre_weight)
+    buffers = _buffers(plan, x, residual, weight, scale, outs, pre_weight, bias)
     _capi.reference_allreduce_rmsnorm(plan.spec, plan.tokens, [p.data_ptr() for p in partials],
                                       buffers, [p.data_ptr() for p in partials2])
 
 
 def _run_cuda(plan, x, residual, weight, scale, outs, group, group_name: str,
-              world_size: int, x2=None, pre_weight=None) -> None:
-    buffers = _buffers(plan, x, residual, weight, scale, outs, pre_weight)
+              world_size: int, x2=None, pre_weight=None, bias=None) -> None:
+    buffers = _buffers(plan, x, residual, weight, scale, outs, pre_weight, bias)
     buffers.x2 = x2.data_ptr() if x2 is not None else None
     stream = torch.cuda.current_stream(x.device).cuda_stream
     with torch.cuda.device(x.device):
@@ -361,24 +381,25 @@ def _run_cuda(plan, x, residual, weight, scale, outs, group, group_name: str,
 
 
 @allreduce_rmsnorm.register_fake
-def _(x, residual, weight, scale, x2=None, pre_weight=None, *, emit, group_name="", eps=1e-6,
-      weight_bias=0.0, quant="none", group_size=128, scale_layout="row", scale_fmt="f32",
-      rounding=None, local=False, sum_scale=1.0, first_scale=1.0, second_scale=1.0,
-      second_sum_into_residual=False, pre_eps=None):
+def _(x, residual, weight, scale, x2=None, pre_weight=None, bias=None, *, emit, group_name="",
+      eps=1e-6, weight_bias=0.0, quant="none", group_size=128, scale_layout="row",
+      scale_fmt="f32", rounding=None, local=False, sum_scale=1.0, first_scale=1.0,
+      second_scale=1.0, second_sum_into_residual=False, pre_eps=None):
     plan = _plan(x, residual, weight, scale, eps, weight_bias, quant, group_size, scale_layout,
                  scale_fmt, emit, rounding, local, sum_scale, x2, first_scale, second_scale,
-                 second_sum_into_residual, pre_weight, pre_eps)
+                 second_sum_into_residual, pre_weight, pre_eps, bias)
     return _empty_results(plan, x.device)
 
 
 def reference(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor],
               weight: torch.Tensor, scale: Optional[torch.Tensor] = None, *,
               emit: Sequence[str], partials2: Optional[Sequence[torch.Tensor]] = None,
-              pre_weight: Optional[torch.Tensor] = None, **attrs) -> List[torch.Tensor]:
+              pre_weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+              **attrs) -> List[torch.Tensor]:
     """The CPU reference of Contract 3 (the C ABI's) for the partial sums of every rank, in rank
     order, on CPU tensors: what every rank's op returns. partials2: every rank's x2 (two
     all_reduces summed), or None. pre_weight: the weight of the norm before the residual add,
-    or None. Attributes as the op's."""
+    or None. bias: the bias added to the sum, or None. Attributes as the op's."""
     if len(partials) == 0:
         _fail(ValueError, "partials must hold one tensor per rank, got none")
     if partials2 is not None and len(partials2) != len(partials):
@@ -392,7 +413,7 @@ def reference(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor]
                  attrs.get("local", False), attrs.get("sum_scale", 1.0),
                  partials2[0] if partials2 else None, attrs.get("first_scale", 1.0),
                  attrs.get("second_scale", 1.0), attrs.get("second_sum_into_residual", False),
-                 pre_weight, attrs.get("pre_eps"))
+                 pre_weight, attrs.get("pre_eps"), bias)
     for name, tensors in (("partials", partials), ("partials2", partials2 or [])):
         for i, p in enumerate(tensors):
             if p.device.type != "cpu" or p.shape != x.shape or p.dtype != x.dtype:
@@ -404,11 +425,12 @@ def reference(partials: Sequence[torch.Tensor], residual: Optional[torch.Tensor]
     residual = residual.contiguous() if residual is not None else None
     weight = weight.contiguous()
     pre_weight = pre_weight.contiguous() if pre_weight is not None else None
+    bias = bias.contiguous() if bias is not None else None
     scale = scale.contiguous() if scale is not None else None
     outs = _empty_results(plan, x.device)
     _capi.reference_allreduce_rmsnorm(plan.spec, plan.tokens, [p.data_ptr() for p in rows],
                                       _buffers(plan, rows[0], residual, weight, scale, outs,
-                                               pre_weight),
+                                               pre_weight, bias),
                                       [p.data_ptr() for p in rows2])
     return outs
 

@@ -117,6 +117,9 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
   s.pre_residual_norm = c->pre_residual_norm == 1;
   // Read only with the norm it belongs to (Validate refuses a pre_eps without it).
   if (s.pre_residual_norm) s.pre_eps = c->pre_eps;
+  if (c->has_bias != 0 && c->has_bias != 1)
+    return InvalidArgument("spec.has_bias must be 0 or 1, got ", c->has_bias);
+  s.has_bias = c->has_bias == 1;
   switch (c->quant) {
     case TPFUSE_QUANT_NONE: s.quant = QuantMode::kNone; break;
     case TPFUSE_QUANT_FP8_TENSOR: s.quant = QuantMode::kFp8Tensor; break;
@@ -207,6 +210,11 @@ Status ReferenceFused(const tpfuse_spec_t* c_spec, int64_t tokens, int32_t world
     TPFUSE_RETURN_IF_ERROR(Require(b->pre_weight, "buffers.pre_weight"));
     pre_weight = CopyIn(b->pre_weight, spec.weight_dtype, {spec.hidden});
   }
+  std::optional<HostTensor> bias;
+  if (spec.has_bias) {
+    TPFUSE_RETURN_IF_ERROR(Require(b->bias, "buffers.bias"));
+    bias = CopyIn(b->bias, spec.act_dtype, {spec.hidden});
+  }
   if (spec.quant == QuantMode::kFp8Tensor) {
     TPFUSE_RETURN_IF_ERROR(Require(b->scale, "buffers.scale"));
     scale = CopyIn(b->scale, DType::kF32, {});
@@ -225,7 +233,7 @@ Status ReferenceFused(const tpfuse_spec_t* c_spec, int64_t tokens, int32_t world
   TPFUSE_ASSIGN_OR_RETURN(std::vector<HostTensor> results,
                           cpu::AllreduceRmsnorm(spec, xs, residual ? &*residual : nullptr, w,
                                                 scale ? &*scale : nullptr, x2s,
-                                                pre_weight ? &*pre_weight : nullptr));
+                                                pre_weight ? &*pre_weight : nullptr, bias ? &*bias : nullptr));
   if (results.size() != outs.size())
     return Internal("reference op returned ", results.size(), " results, expected ", outs.size());
   for (size_t i = 0; i < outs.size(); ++i)
@@ -256,7 +264,7 @@ CommConfig ToConfig(const tpfuse_comm_config_t* c) {
 
 FusedBuffers ToBuffers(const tpfuse_buffers_t& b) {
   return FusedBuffers{b.x,        b.residual,     b.weight,    b.scale,     b.allreduce_out,
-                      b.norm_out, b.residual_out, b.quant_out, b.scale_out, b.x2, b.pre_weight};
+                      b.norm_out, b.residual_out, b.quant_out, b.scale_out, b.x2, b.pre_weight, b.bias};
 }
 
 StatusOr<StrategyRequest> ToStrategy(int32_t s) {
@@ -327,6 +335,7 @@ void tpfuse_spec_init(tpfuse_spec_t* spec) {
   spec->second_scale = d.second_scale;
   spec->pre_residual_norm = 0;
   spec->pre_eps = d.pre_eps;
+  spec->has_bias = 0;
   spec->quant = TPFUSE_QUANT_NONE;
   spec->group_size = d.group_size;
   spec->scale_layout = TPFUSE_SCALE_LAYOUT_ROW;

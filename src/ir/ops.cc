@@ -539,6 +539,7 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
   if (!std::isfinite(float(sum_scale)))
     return attrs.Error("sum_scale must be finite in f32, got ", sum_scale);
   spec.sum_scale = float(sum_scale);
+  spec.has_bias = attrs.Bool("bias", false);
   spec.second_sum = attrs.Bool("second_sum", false);
   spec.second_sum_into_residual = attrs.Bool("second_sum_into_residual", false);
   const double first_scale = attrs.Number("first_scale", 1.0), second_scale = attrs.Number("second_scale", 1.0);
@@ -565,12 +566,16 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
   spec.local = attrs.Bool("local", false);
 
   const bool has_scale = spec.quant == QuantMode::kFp8Tensor;
-  const int extra = int(in.size()) - 2 - int(has_scale) - int(spec.second_sum) - int(spec.pre_residual_norm);
+  const int extra = int(in.size()) - 2 - int(has_scale) - int(spec.second_sum) - int(spec.has_bias) -
+                    int(spec.pre_residual_norm);
   if (extra != 0 && extra != 1)
     return attrs.Error("quant ", QuantModeName(spec.quant), spec.second_sum ? " with second_sum" : "",
-                       spec.pre_residual_norm ? " with pre_residual_norm" : "", " takes operands (x, ",
-                       spec.second_sum ? "x2, " : "", "[residual], w", spec.pre_residual_norm ? ", pre_weight" : "",
-                       has_scale ? ", scale" : "", "), got ", in.size());
+                       spec.has_bias ? " with bias" : "", spec.pre_residual_norm ? " with pre_residual_norm" : "",
+                       " takes operands (x, ", spec.second_sum ? "x2, " : "", spec.has_bias ? "bias, " : "",
+                       "[residual], w", spec.pre_residual_norm ? ", pre_weight" : "", has_scale ? ", scale" : "",
+                       "), got ", in.size());
+  if (spec.second_sum && spec.has_bias)
+    return attrs.Error("bias and second_sum are exclusive: the bias is added to the one all_reduce's sum");
   spec.has_residual = extra == 1;
   const FusedOperandIndices at = FusedOperandLayout(spec);
 
@@ -584,6 +589,9 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
   if (spec.pre_residual_norm && in[at.pre_weight] != w)
     return attrs.Error("pre_weight ", in[at.pre_weight].ToString(), " does not match weight ", w.ToString(),
                        " (the two norms' weights have one type)");
+  if (spec.has_bias && (in[at.bias].rank() != 1 || in[at.bias].shape[0] != x.shape[1] || in[at.bias].dtype != x.dtype))
+    return attrs.Error("bias ", in[at.bias].ToString(), " does not match x ", x.ToString(),
+                       " (the bias added to the sum is [H] of x's dtype)");
   if (spec.second_sum && in[at.x2] != x)
     return attrs.Error("x2 ", in[at.x2].ToString(), " does not match x ", x.ToString(),
                        " (the second all_reduce's partial has x's type)");
@@ -668,6 +676,7 @@ std::vector<OpEntry> MakeRegistry() {
         {{"eps", T::kNumber, true},
          {"weight_bias", T::kNumber, false},
          {"sum_scale", T::kNumber, false},
+         {"bias", T::kBool, false},
          {"second_sum", T::kBool, false},
          {"second_sum_into_residual", T::kBool, false},
          {"first_scale", T::kNumber, false},
@@ -878,6 +887,7 @@ AttrMap FusedAttrsFromSpec(const AllreduceRmsnormSpec& spec) {
   attrs["eps"] = FloatAttr(spec.eps);
   if (spec.weight_bias != 0.0f) attrs["weight_bias"] = FloatAttr(spec.weight_bias);
   if (spec.sum_scale != 1.0f) attrs["sum_scale"] = FloatAttr(spec.sum_scale);
+  if (spec.has_bias) attrs["bias"] = Attr::Bool(true);
   if (spec.second_sum) attrs["second_sum"] = Attr::Bool(true);
   if (spec.second_sum_into_residual) attrs["second_sum_into_residual"] = Attr::Bool(true);
   if (spec.first_scale != 1.0f) attrs["first_scale"] = FloatAttr(spec.first_scale);
@@ -902,6 +912,7 @@ FusedOperandIndices FusedOperandLayout(const AllreduceRmsnormSpec& spec) {
   FusedOperandIndices at;
   int next = 1;
   if (spec.second_sum) at.x2 = next++;
+  if (spec.has_bias) at.bias = next++;
   if (spec.has_residual) at.residual = next++;
   at.w = next++;
   if (spec.pre_residual_norm) at.pre_weight = next++;

@@ -92,8 +92,9 @@ StatusOr<std::string> GetTextAttr(const Node& node, const std::string& name,
 
 // ---- the fused op
 // Reads an allreduce_rmsnorm node's attributes and operand types into a spec (hidden and
-// dtypes from the operands). Operands are x, [residual], w, [scale]: scale is present iff
-// quant = fp8_tensor; residual iff one operand remains beyond x and w.
+// dtypes from the operands). Operands are x, [x2 | bias], [residual], w, [pre_weight], [scale]:
+// x2 iff second_sum, bias iff bias, pre_weight iff pre_residual_norm, scale iff quant =
+// fp8_tensor; residual iff one operand remains beyond those.
 StatusOr<AllreduceRmsnormSpec> FusedSpecFromNode(const Node& node);
 // Attributes that describe `spec` on an allreduce_rmsnorm node.
 AttrMap FusedAttrsFromSpec(const AllreduceRmsnormSpec& spec);
@@ -106,6 +107,7 @@ struct FusedOperandIndices {
   int scale = -1;
   int count = 2;
   int x2 = -1;  // the second all_reduce's partial (spec.second_sum), right after x
+  int bias = -1;  // the bias added to the sum (spec.has_bias), right after x
   int pre_weight = -1;  // the norm's weight before the residual add (spec.pre_residual_norm), after w
 };
 FusedOperandIndices FusedOperandLayout(const AllreduceRmsnormSpec& spec);

@@ -1057,12 +1057,16 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
 
 // ---------------------------------------------------------------- add operand order
 
-// `v` through views and scales by a constant, and whether a scale was passed.
+// `v` through views, scales by a constant and row biases (RowBiasOf: a row-parallel layer's bias
+// added to its sum), and whether a scale or a bias was passed.
 std::pair<const ir::Value*, bool> ThroughViewsAndScales(const ir::Value* v) {
   bool scaled = false;
   while (true) {
     if (ir::Node* view = ProducedBy(v, "view")) {
       v = view->operand(0);
+    } else if (const RowBias biased = RowBiasOf(v->producer()); biased.bias != nullptr) {
+      v = biased.sum;
+      scaled = true;
     } else if (SumScaleOf(v->producer())) {
       v = v->producer()->operand(0);
       scaled = true;

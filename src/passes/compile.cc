@@ -102,6 +102,7 @@ Json FusionJson(const FusionRecord& fusion) {
       {"weight_bias", ShortestDouble(s.weight_bias)},
       {"sum_scale", ShortestDouble(s.sum_scale)},
       {"second_sum", s.second_sum},
+      {"bias", s.has_bias},
       {"pre_residual_norm", s.pre_residual_norm},
       {"spec", s.ToString()},
       {"notes", fusion.notes},
@@ -227,6 +228,7 @@ std::string DescribeFusion(const FusionRecord& fusion) {
   }
   if (s.weight_dtype != s.act_dtype) text += StrCat(", norm weight ", DTypeName(s.weight_dtype));
   if (s.weight_bias != 0.0f) text += StrCat(", weight_bias ", s.weight_bias);
+  if (s.has_bias) text += ", +bias";
   if (s.second_sum_into_residual) text += ", the second into the residual";
   if (s.pre_residual_norm) text += ", normed before the residual add";
   if (s.second_sum && (s.first_scale != 1.0f || s.second_scale != 1.0f))

@@ -20,7 +20,10 @@
 //
 // A scale by a constant between the all_reduce (or x) and the norm (`mul(a) {scalar = s}`:
 // Granite's and Falcon-H1's `residual + out * multiplier`) is taken over as spec.sum_scale,
-// a' = round(a * s), when the norm reads it as x and is its only use.
+// a' = round(a * s), when the norm reads it as x and is its only use. Before it, a bias [H] added
+// to the all_reduce's sum (`add(a, b)`: a row-parallel layer's bias added after its all_reduce, as
+// transformers' row-wise plan adds it) is taken over as spec.has_bias with the operand b, when
+// the norm (or that scale) is the biased sum's only use.
 //
 // Two all_reduces summed before the norm, `add(a [* s1], b [* s2]) [* s]` read by the norm as x
 // (Granite-MoE's `moe_out + shared_mlp_out`, Falcon-H1's attention and SSM mixers, each behind its
@@ -68,6 +71,10 @@ struct Chain {
   ir::Node* anchor = nullptr;  // all_reduce; null for a local chain that none feeds
   ir::Node* norm = nullptr;    // rms_norm or fused_add_rms_norm reading the anchor
   ir::Node* scale = nullptr;   // mul(a) {scalar} the norm reads instead of a (SumScaleOf), or null
+  // A bias added to the sum first (RowBiasOf; spec.has_bias): the add, which the norm (or
+  // `scale`) reads alone, and the bias [H]. Null otherwise.
+  ir::Node* bias_add = nullptr;
+  ir::Value* bias = nullptr;
   // Two all_reduces summed (spec.second_sum): the other all_reduce, the scales of each sum before
   // the add (or null), and the add, which the norm reads (or `scale` reads). Null otherwise.
   ir::Node* anchor2 = nullptr;
@@ -197,14 +204,32 @@ ir::Node* AbsorbableScale(const ir::Node* norm) {
   return mul && NormOfScale(mul) == norm ? mul : nullptr;
 }
 
-// The chain of `norm` reading `a` as x, directly or through a scale the fused op takes over.
+// The node that reads `v` as its first operand and is its only use (not the return), or null.
+ir::Node* OnlyReaderOf(const ir::Value* v) {
+  if (v->num_uses() != 1 || v->uses()[0].is_return() || v->uses()[0].index != 0) return nullptr;
+  return v->uses()[0].user;
+}
+
+// The add of a bias to `anchor`'s sum (RowBiasOf) that `read` is, read by one node alone, or null.
+ir::Node* BiasOfTheSum(const ir::Node* anchor, const ir::Value* read) {
+  ir::Node* add = read->producer();
+  if (anchor == nullptr || RowBiasOf(add).sum != anchor->result() || OnlyReaderOf(read) == nullptr) return nullptr;
+  return add;
+}
+
+// The chain of `norm` reading `a` as x, directly or through a bias and a scale the fused op takes
+// over.
 Chain MakeChain(ir::Node* anchor, ir::Node* norm, bool local) {
   Chain c;
   c.anchor = anchor;
   c.norm = norm;
   c.local = local;
   c.scale = AbsorbableScale(norm);
-  if (c.scale && anchor && c.scale->operand(0) != anchor->result()) c.scale = nullptr;
+  if (ir::Node* add = BiasOfTheSum(anchor, c.scale ? c.scale->operand(0) : norm->operand(0))) {
+    c.bias_add = add;
+    c.bias = RowBiasOf(add).bias;
+  }
+  if (c.scale && anchor && c.scale->operand(0) != (c.bias_add ? c.bias_add : anchor)->result()) c.scale = nullptr;
   c.a = anchor ? anchor->result() : c.scale ? c.scale->operand(0) : norm->operand(0);
   c.x = anchor ? anchor->operand(0) : c.a;
   c.y = norm->result(0);
@@ -287,7 +312,7 @@ std::optional<Chain> FindSecondSumChain(ir::Node* anchor, bool local) {
 // residual taken over too: the residual is add(r, b [* s2]) of another all_reduce b, and r becomes
 // the fused op's residual. std::nullopt when the residual is no such add.
 std::optional<Chain> WithSecondSumInResidual(const Chain& c) {
-  if (!c.anchor || c.anchor2 || !c.residual || c.residual->producer() == nullptr) return std::nullopt;
+  if (!c.anchor || c.anchor2 || c.bias_add || !c.residual || c.residual->producer() == nullptr) return std::nullopt;
   ir::Node* add = c.residual->producer();
   if (add->kind() != ir::OpKind::kAdd || add->num_operands() != 2) return std::nullopt;
   for (int i = 0; i < 2; ++i) {
@@ -329,7 +354,7 @@ std::optional<Chain> InResidualOfAnother(ir::Node* anchor, bool local) {
 // taken over too: the norm's output is read only by a fused_add_rms_norm, as its x or its
 // residual, whose other operand becomes the fused op's residual. std::nullopt otherwise.
 std::optional<Chain> WithNormBeforeResidual(const Chain& c) {
-  if (c.norm->kind() != ir::OpKind::kRmsNorm || c.scale || c.anchor2 || c.y->uses().size() != 1)
+  if (c.norm->kind() != ir::OpKind::kRmsNorm || c.scale || c.bias_add || c.anchor2 || c.y->uses().size() != 1)
     return std::nullopt;
   const ir::Use& use = c.y->uses()[0];
   if (use.is_return() || use.user->kind() != ir::OpKind::kFusedAddRmsNorm || use.index > 1) return std::nullopt;
@@ -368,9 +393,14 @@ std::optional<Chain> FindChain(ir::Node* anchor, bool local) {
   ir::Node* best = nullptr;
   int best_index = 0;
   for (const ir::Use& u : a->uses()) {
-    if (u.is_return() || u.index != 0) continue;
-    // The norm reading a, or a scaled (a' = round(a * s)) by a scale the fused op takes over.
-    ir::Node* norm = SumScaleOf(u.user) ? NormOfScale(u.user) : u.user;
+    if (u.is_return()) continue;
+    // The norm reading a, or a biased (round(a + b)) and scaled (a' = round(a * s)) by a bias
+    // and a scale the fused op takes over.
+    ir::Node* reader = u.index == 0 ? u.user : nullptr;
+    if (RowBiasOf(u.user).sum == a)
+      reader = BiasOfTheSum(anchor, u.user->result()) ? OnlyReaderOf(u.user->result()) : nullptr;
+    if (reader == nullptr) continue;
+    ir::Node* norm = SumScaleOf(reader) ? NormOfScale(reader) : reader;
     if (norm == nullptr || !IsNorm(norm)) continue;
     const int index = graph.IndexOf(norm);
     if (best == nullptr || index < best_index) {
@@ -598,15 +628,23 @@ std::string TwoResidualAdds(const Reach& reach) {
 }
 
 // A value broadcast over the rows added on the way (a row-parallel layer's bias added after its
-// all_reduce, as DTensor's row-wise plan adds it): the fused op adds none. Empty when there is
+// all_reduce, as DTensor's row-wise plan adds it) that the fused op does not take over: the
+// biased sum read elsewhere too, or a bias of another form than RowBiasOf's. Empty when there is
 // none.
 std::string ABiasOnTheWay(const Reach& reach) {
   for (const ir::Node* n : reach.path) {
     if (n->kind() != ir::OpKind::kAdd || n->num_operands() != 2) continue;
+    if (const RowBias biased = RowBiasOf(n); biased.bias != nullptr) {
+      if (OnlyReaderOf(n->result()) != nullptr) continue;  // a bias the fused op takes: not the cause
+      return StrCat(", where ", NodeRef(n), " adds the bias ", Ref(biased.bias),
+                    " to every row: the fused op takes a bias over only where the biased sum goes to the norm "
+                    "alone (", DescribeUses(n->result()), ")");
+    }
     for (const ir::Value* v : n->operands()) {
       if (!(v->type().shape == n->result(0)->type().shape)) {
-        return StrCat(", where ", NodeRef(n), " adds ", Ref(v), " (", v->type().ToString(),
-                      ") to every row, a bias: the fused op adds none");
+        return StrCat(", where ", NodeRef(n), " adds ", Ref(v), " (", v->type().ToString(), ") to every row, a bias "
+                      "the fused op cannot take over: it adds a bias [H] of the sum's dtype, into a result of that "
+                      "dtype");
       }
     }
   }
@@ -781,6 +819,7 @@ std::string BaseSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
   spec.eps = float(*eps);
   spec.weight_bias = float(*bias);
   if (c.scale) spec.sum_scale = float(*SumScaleOf(c.scale));
+  spec.has_bias = c.bias != nullptr;
   if (c.pre_norm) {
     if (std::string why = PreNormSpec(c, spec); !why.empty()) return why;
   }
@@ -825,6 +864,7 @@ bool UsedOutside(const ir::Value* v, const std::set<const ir::Node*>& absorbed) 
 std::vector<ir::Value*> FusedOperands(const Chain& c, const ir::Node* quant) {
   std::vector<ir::Value*> operands = {c.x};
   if (c.x2) operands.push_back(c.x2);
+  if (c.bias) operands.push_back(c.bias);
   if (c.residual) operands.push_back(c.residual);
   operands.push_back(c.w);
   if (c.pre_w) operands.push_back(c.pre_w);
@@ -836,7 +876,7 @@ std::set<const ir::Node*> Absorbed(const Chain& c, const ir::Node* quant) {
   std::set<const ir::Node*> absorbed = {c.norm};
   if (c.anchor) absorbed.insert(c.anchor);
   if (c.scale) absorbed.insert(c.scale);
-  for (ir::Node* n : {c.anchor2, c.scale1, c.scale2, c.sum, c.pre_norm})
+  for (ir::Node* n : {c.bias_add, c.anchor2, c.scale1, c.scale2, c.sum, c.pre_norm})
     if (n) absorbed.insert(n);
   if (quant) {
     absorbed.insert(quant);
@@ -1352,6 +1392,7 @@ class FuseAllreduceEpiloguePass final : public Pass {
     }
     std::vector<ir::Node*> erase = {c.norm};
     if (c.scale) erase.push_back(c.scale);
+    if (c.bias_add) erase.push_back(c.bias_add);
     if (c.anchor) erase.push_back(c.anchor);
     for (ir::Node* n : {c.sum, c.scale1, c.scale2, c.anchor2, c.pre_norm})
       if (n) erase.push_back(n);

@@ -62,6 +62,26 @@ inline std::optional<double> SumScaleOf(const ir::Node* node) {
   return s;
 }
 
+// A bias added to every row of a sum: a row-parallel layer's bias added after its all_reduce
+// (transformers' row-wise plan: `out + bias`), which the fused op takes over as spec.has_bias.
+// `add(s, b)` or `add(b, s)` with s [..., H] of a half-precision dtype, b [H] of s's dtype, and
+// the result of s's type, so the graph computes round(s + b) in f32.
+struct RowBias {
+  ir::Value* sum = nullptr;   // s
+  ir::Value* bias = nullptr;  // b; null: `node` is no such add
+};
+inline RowBias RowBiasOf(const ir::Node* node) {
+  if (node == nullptr || node->kind() != ir::OpKind::kAdd || node->num_operands() != 2) return {};
+  for (int i : {0, 1}) {
+    ir::Value* s = node->operand(i);
+    ir::Value* b = node->operand(1 - i);
+    const ir::TensorType& t = s->type();
+    if (!IsHalfType(t.dtype) || t.rank() < 2 || node->result()->type() != t) continue;
+    if (b->type().rank() == 1 && b->dtype() == t.dtype && b->shape()[0] == t.shape.back()) return {s, b};
+  }
+  return {};
+}
+
 // The node computing `value` as pow(v, 2) or mul(v, v), else null.
 inline ir::Node* SquareOf(const ir::Value* value, const ir::Value* v) {
   if (ir::Node* pow = ProducedBy(value, "pow")) {

@@ -304,7 +304,8 @@ StatusOr<RankOutputs> CpuExecutor::Run(const ir::Graph& graph,
             *spec, own,
             at.residual >= 0 ? in[size_t(at.residual)] : nullptr,
             *in[size_t(at.w)], at.scale >= 0 ? in[size_t(at.scale)] : nullptr, own2,
-            at.pre_weight >= 0 ? in[size_t(at.pre_weight)] : nullptr);
+            at.pre_weight >= 0 ? in[size_t(at.pre_weight)] : nullptr,
+            at.bias >= 0 ? in[size_t(at.bias)] : nullptr);
         if (out.ok()) results[size_t(r)] = std::move(*out);
         else statuses[size_t(r)] = out.status();
       });

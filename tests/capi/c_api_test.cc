@@ -42,6 +42,7 @@ struct Case {
   float first_scale = 1.0f;
   float second_scale = 1.0f;
   float pre_eps = 0.0f;  // > 0: pre_residual_norm with this eps
+  int32_t bias = 0;      // has_bias
 };
 
 const Case kCases[] = {
@@ -83,6 +84,11 @@ const Case kCases[] = {
     {"pre_residual_norm", TPFUSE_QUANT_FP8_GROUP, TPFUSE_EMIT_ALLREDUCE | TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL |
      TPFUSE_EMIT_QUANT, true, TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16,
      TPFUSE_ROUNDING_WEIGHT_AFTER_ROUND, 0, 1.0f, 0, 1.0f, 1.0f, 1e-5f},
+    {"bias_scaled", TPFUSE_QUANT_FP8_TOKEN, TPFUSE_EMIT_ALLREDUCE | TPFUSE_EMIT_NORM | TPFUSE_EMIT_RESIDUAL |
+     TPFUSE_EMIT_QUANT, true, TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, 0, 0, 0.22f, 0, 1.0f,
+     1.0f, 0.0f, 1},
+    {"bias_local", TPFUSE_QUANT_NONE, TPFUSE_EMIT_NORM, false, TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32,
+     TPFUSE_DTYPE_BF16, 0, 1, 1.0f, 0, 1.0f, 1.0f, 0.0f, 1},
 };
 
 AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
@@ -113,6 +119,7 @@ AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
   s.second_scale = c.second_scale;
   s.pre_residual_norm = c.pre_eps > 0.0f;
   if (s.pre_residual_norm) s.pre_eps = c.pre_eps;
+  s.has_bias = c.bias != 0;
   return s;
 }
 
@@ -134,6 +141,7 @@ tpfuse_spec_t CSpec(const Case& c, int64_t hidden) {
   s.second_scale = c.second_scale;
   s.pre_residual_norm = c.pre_eps > 0.0f;
   if (s.pre_residual_norm) s.pre_eps = c.pre_eps;
+  s.has_bias = c.bias;
   return s;
 }
 
@@ -161,6 +169,7 @@ TEST(CApi, SpecInitHasContract3Defaults) {
   EXPECT_EQ(s.second_scale, 1.0f);
   EXPECT_EQ(s.pre_residual_norm, 0);
   EXPECT_EQ(s.pre_eps, d.pre_eps);
+  EXPECT_EQ(s.has_bias, 0);
   // hidden is the caller's to set.
   EXPECT_EQ(tpfuse_spec_validate(&s), TPFUSE_ERR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(tpfuse_last_error()).find("hidden"), std::string::npos) << tpfuse_last_error();
@@ -187,12 +196,13 @@ TEST(CApi, ReferenceMatchesTheOracleBitwise) {
         const HostTensor residual = Random(spec.residual_in_dtype(), {tokens, hidden}, rng);
         const HostTensor w = Random(spec.weight_dtype, {hidden}, rng);
         const HostTensor pre_w = Random(spec.weight_dtype, {hidden}, rng);
+        const HostTensor bias = Random(spec.act_dtype, {hidden}, rng);
         HostTensor scale(DType::kF32, {});
         scale.SetF32(0, 0.0234375f);
         StatusOr<std::vector<HostTensor>> expected = cpu::AllreduceRmsnorm(
             spec, xs, c.residual ? &residual : nullptr, w,
             spec.quant == QuantMode::kFp8Tensor ? &scale : nullptr, x2s,
-            spec.pre_residual_norm ? &pre_w : nullptr);
+            spec.pre_residual_norm ? &pre_w : nullptr, spec.has_bias ? &bias : nullptr);
         ASSERT_TRUE(expected.ok()) << expected.status().ToString();
 
         // Outputs poisoned; every byte must be written.
@@ -210,6 +220,7 @@ TEST(CApi, ReferenceMatchesTheOracleBitwise) {
         b.residual = c.residual ? residual.data() : nullptr;
         b.weight = w.data();
         b.pre_weight = spec.pre_residual_norm ? pre_w.data() : nullptr;
+        b.bias = spec.has_bias ? bias.data() : nullptr;
         b.scale = spec.quant == QuantMode::kFp8Tensor ? scale.data_as<float>() : nullptr;
         b.allreduce_out = spec.emit.allreduce ? ar.data() : nullptr;
         b.norm_out = spec.emit.norm ? y.data() : nullptr;

@@ -430,6 +430,46 @@ TEST(CpuReferenceTest, FusedOpHandComputedRow) {
   EXPECT_EQ(Values(out[3]), (std::vector<float>{4, 8, -12, 2}));
 }
 
+// A bias added to the sum first (has_bias), in exact values and with its rounding: a = [1, 3, -3, 3],
+// bias [1, -1, 1, 0.00390625] -> ab = round(a + bias) = [2, 2, -2, 3] (bf16: 3 + 2^-8 is 3, the
+// bias rounds away); scaled by sum_scale 0.5 -> [1, 1, -1, 1.5]; residual [1, 1, -1, 0.5] -> h =
+// [2, 2, -2, 2], r = 0.5 (eps 0), y = h / 2 * w. The emitted allreduce is a, without the bias.
+// Without the bias, or with one of another dtype or length, the call is an error.
+TEST(CpuReferenceTest, FusedOpAddsTheBiasToTheSumFirst) {
+  AllreduceRmsnormSpec spec = Spec(4, true, QuantMode::kNone);
+  spec.eps = 0.0f;
+  spec.has_bias = true;
+  spec.sum_scale = 0.5f;
+  spec.emit.allreduce = true;
+  const HostTensor x0 = Make(DType::kBF16, {1, 4}, {1, 1, 1, 1});
+  const HostTensor x1 = Make(DType::kBF16, {1, 4}, {0, 2, -4, 2});
+  const HostTensor res = Make(DType::kBF16, {1, 4}, {1, 1, -1, 0.5f});
+  const HostTensor w = Make(DType::kBF16, {4}, {1, 2, 3, 0.5f});
+  const HostTensor bias = Make(DType::kBF16, {4}, {1, -1, 1, 0.00390625f});
+  const std::vector<HostTensor> partials = {x0, x1};
+  const std::vector<HostTensor> out =
+      Unwrap(AllreduceRmsnorm(spec, partials, &res, w, nullptr, {}, nullptr, &bias));
+  ASSERT_EQ(out.size(), 3u);  // allreduce, norm, residual
+  EXPECT_EQ(Values(out[0]), (std::vector<float>{1, 3, -3, 3}));
+  EXPECT_EQ(Values(out[1]), (std::vector<float>{1, 2, -3, 0.5f}));
+  EXPECT_EQ(Values(out[2]), (std::vector<float>{2, 2, -2, 2}));
+
+  StatusOr<std::vector<HostTensor>> r = AllreduceRmsnorm(spec, partials, &res, w, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("bias"), std::string::npos) << r.status().message();
+  const HostTensor bias_f32 = Make(DType::kF32, {4}, {1, -1, 1, 0});
+  r = AllreduceRmsnorm(spec, partials, &res, w, nullptr, {}, nullptr, &bias_f32);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("bias is f32[4]"), std::string::npos) << r.status().message();
+  AllreduceRmsnormSpec no_bias = spec;
+  no_bias.has_bias = false;
+  r = AllreduceRmsnorm(no_bias, partials, &res, w, nullptr, {}, nullptr, &bias);
+  EXPECT_FALSE(r.ok());
+  AllreduceRmsnormSpec with_x2 = spec;
+  with_x2.second_sum = true;
+  EXPECT_FALSE(with_x2.Validate().ok());
+}
+
 // A norm of the sum before the residual add (pre_residual_norm, sandwich norms), in exact values:
 // a = [1, 3, -3, 3] (mean(a^2) = 7, eps 2 -> r0 = 1/3), p = round(a / 3 * w0) with w0 = [3, 3, 3, 6]
 // = [1, 3, -3, 6]; h = p + residual = [2, 2, -2, 5], and y = round(h * r) with the second norm's

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -66,6 +67,7 @@ INSTANTIATE_TEST_SUITE_P(
                       FormCase{"dynamic_token_quant.tpg", 4, {"weight_after_round"}},
                       FormCase{"dynamic_group_quant.tpg", 4, {"weight_after_round"}},
                       FormCase{"granite.tpg", 4, {"weight_after_round"}},
+                      FormCase{"row_bias.tpg", 4, {"weight_after_round"}},
                       FormCase{"summed_blocks.tpg", 2, {"weight_after_round"}},
                       FormCase{"parallel_blocks.tpg", 2, {"weight_after_round"}},
                       FormCase{"gemma4.tpg", 4, {}},
@@ -185,6 +187,71 @@ TEST(PassesForms, GraniteScaleOfTheSumIsTakenOver) {
   ASSERT_EQ(c.ctx.fusions.size(), 4u) << DescribeReport(c.ctx) << Print(*c.after);
   for (const FusionRecord& f : c.ctx.fusions) EXPECT_EQ(f.spec.sum_scale, 0.22f) << f.spec.ToString();
   EXPECT_EQ(CountOp(*c.after, "mul"), 0) << Print(*c.after);
+}
+
+// A row-parallel layer's bias added after its all_reduce (forms/row_bias.tpg: either operand
+// order, the last site scaled after it) is taken over at every site, for the CPU and the CUDA
+// targets, and no add stays.
+TEST(PassesForms, ARowBiasAfterTheAllReduceIsTakenOver) {
+  PassContext cuda;
+  cuda.caps = CudaFusionCapabilities();
+  for (PassContext ctx : {PassContext{}, cuda}) {
+    Compiled c = Compile(ReadForm("row_bias.tpg"), ctx);
+    ASSERT_TRUE(c.ok());
+    ASSERT_EQ(c.ctx.fusions.size(), 4u) << DescribeReport(c.ctx) << Print(*c.after);
+    for (size_t i = 0; i < c.ctx.fusions.size(); ++i) {
+      const AllreduceRmsnormSpec& spec = c.ctx.fusions[i].spec;
+      EXPECT_TRUE(spec.has_bias) << spec.ToString();
+      EXPECT_EQ(spec.sum_scale, i == 3 ? 0.25f : 1.0f) << spec.ToString();
+    }
+    EXPECT_EQ(CountOp(*c.after, "add"), 0) << Print(*c.after);
+    ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {2, 9});
+  }
+}
+
+// A bias the fused op does not take over stays, with the reason: the biased sum also returned
+// (site 0), a bias of f32 that promotes the sum (site 1). Site 2's all_reduce, returned too, is
+// emitted without its bias. At world size 1 the local op takes the bias over.
+constexpr char kBiases[] = R"(
+  func @f(%x0: bf16[T, 256], %x1: bf16[T, 256], %x2: bf16[T, 256], %res: bf16[T, 256], %b0: bf16[256],
+          %b1: f32[256], %b2: bf16[256], %g: bf16[256]) {
+    %ar0 = all_reduce(%x0)
+    %o0 = add(%ar0, %b0)
+    %y0, %h0 = fused_add_rms_norm(%o0, %res, %g) {eps = 1e-6}
+    %ar1 = all_reduce(%x1)
+    %o1 = add(%ar1, %b1)
+    %y1 = rms_norm(%o1, %g) {eps = 1e-6}
+    %ar2 = all_reduce(%x2)
+    %o2 = add(%b2, %ar2)
+    %y2 = rms_norm(%o2, %g) {eps = 1e-6}
+    return %y0, %h0, %o0, %y1, %y2, %ar2
+  }
+)";
+
+TEST(PassesForms, ABiasTheFusedOpCannotTakeStaysAndTheReasonSaysWhy) {
+  Compiled c = Compile(kBiases);
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c.ctx.fusions.size(), 1u) << DescribeReport(c.ctx) << Print(*c.after);
+  EXPECT_EQ(c.ctx.fusions[0].anchor, "ar2");
+  EXPECT_TRUE(c.ctx.fusions[0].spec.has_bias);
+  EXPECT_TRUE(c.ctx.fusions[0].spec.emit.allreduce);
+  ASSERT_EQ(c.ctx.rejections.size(), 2u) << DescribeReport(c.ctx);
+  std::map<std::string, std::string> why;
+  for (const Rejection& r : c.ctx.rejections) why[r.anchor] = r.reason;
+  EXPECT_NE(why["ar0"].find("add %o0 adds the bias %b0 to every row: the fused op takes a bias over only where the "
+                            "biased sum goes to the norm alone (its uses are fused_add_rms_norm %y0 and the return)"),
+            std::string::npos)
+      << why["ar0"];
+  EXPECT_NE(why["ar1"].find("(f32[256]) to every row, a bias the fused op cannot take over"), std::string::npos)
+      << why["ar1"];
+  ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {3, 11});
+
+  Compiled one = Compile(kBiases, WorldSizeOneLocal());
+  ASSERT_TRUE(one.ok());
+  int biased = 0;
+  for (const FusionRecord& f : one.ctx.fusions) biased += f.spec.has_bias && f.spec.local;
+  EXPECT_EQ(biased, 1) << DescribeReport(one.ctx) << Print(*one.after);
+  ExpectBitwiseOutputs(*one.before, *one.after, 1, {1, 5, 33}, {4, 8});
 }
 
 // A scale the fused op cannot take over: the scaled sum is also returned (site 0). Site 1's is

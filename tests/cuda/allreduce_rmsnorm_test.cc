@@ -62,7 +62,7 @@ AllreduceRmsnormSpec MakeSpec(int64_t hidden, QuantMode quant, bool residual = t
 
 // Device copies of one rank's inputs and outputs for one call.
 struct RankCall {
-  cuda::DeviceBuffer x, x2, residual, weight, scale;
+  cuda::DeviceBuffer x, x2, residual, weight, bias, scale;
   std::vector<cuda::DeviceBuffer> outputs;
   std::vector<HostTensor> host_outputs;  // shapes to download into
   cuda::FusedBuffers buffers;
@@ -83,6 +83,7 @@ Status PrepareRank(const AllreduceRmsnormSpec& spec, const FusedInputs& in, int6
   if (!in.partials2.empty()) TPFUSE_RETURN_IF_ERROR(Upload(call.x2, in.partials2[size_t(rank)], stream));
   if (in.has_residual) TPFUSE_RETURN_IF_ERROR(Upload(call.residual, in.residual, stream));
   TPFUSE_RETURN_IF_ERROR(Upload(call.weight, in.weight, stream));
+  if (in.has_bias) TPFUSE_RETURN_IF_ERROR(Upload(call.bias, in.bias, stream));
   if (in.has_scale) TPFUSE_RETURN_IF_ERROR(Upload(call.scale, in.scale, stream));
   call.host_outputs = FusedOutputShapes(spec, tokens);
   call.outputs.clear();
@@ -97,6 +98,7 @@ Status PrepareRank(const AllreduceRmsnormSpec& spec, const FusedInputs& in, int6
                                  call.weight.get(), in.has_scale ? call.scale.get<float>() : nullptr,
                                  outputs);
   if (!in.partials2.empty()) call.buffers.x2 = call.x2.get();
+  if (in.has_bias) call.buffers.bias = call.bias.get();
   return Status::Ok();
 }
 
@@ -298,6 +300,22 @@ TEST_F(FusedOpTest, TwoSummedAllReducesRunOnNcclAndMatchTheOracle) {
       spec.sum_scale = form & 2 ? 0.22f : 1.0f;
       for (int64_t tokens : {int64_t{1}, int64_t{77}, kMaxTestTokens})
         ExpectNcclOnly(spec, tokens, ++seed, "two summed all_reduces run on nccl");
+    }
+}
+
+// A bias added to the sum (has_bias) runs on the nccl strategy, one ncclAllReduce and one epilogue
+// that adds the bias (one-shot and two-shot refuse it and say so): every quant mode, the biased
+// sum scaled or not, the all_reduce's result emitted or not; T over the scratch's chunking too.
+TEST_F(FusedOpTest, ABiasAddedToTheSumRunsOnNcclAndMatchesTheOracle) {
+  uint64_t seed = 970;
+  for (QuantMode quant : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+    for (int form = 0; form < 3; ++form) {
+      AllreduceRmsnormSpec spec = MakeSpec(4096, quant);
+      spec.has_bias = true;
+      spec.sum_scale = form == 1 ? 0.22f : 1.0f;
+      spec.emit.allreduce = form == 2;
+      for (int64_t tokens : {int64_t{1}, int64_t{77}, kMaxTestTokens})
+        ExpectNcclOnly(spec, tokens, ++seed, "adds no bias to the sum: a bias runs on nccl");
     }
 }
 

@@ -23,7 +23,7 @@ namespace tpfuse::testing {
 namespace {
 
 struct LocalCall {
-  cuda::DeviceBuffer x, x2, residual, weight, pre_weight, scale;
+  cuda::DeviceBuffer x, x2, residual, weight, pre_weight, bias, scale;
   std::vector<cuda::DeviceBuffer> outputs;
   std::vector<HostTensor> host_outputs;
   cuda::FusedBuffers buffers;
@@ -42,6 +42,7 @@ Status Prepare(const AllreduceRmsnormSpec& spec, const FusedInputs& in, int64_t 
   if (in.has_residual) TPFUSE_RETURN_IF_ERROR(Upload(call.residual, in.residual));
   TPFUSE_RETURN_IF_ERROR(Upload(call.weight, in.weight));
   if (in.has_pre_weight) TPFUSE_RETURN_IF_ERROR(Upload(call.pre_weight, in.pre_weight));
+  if (in.has_bias) TPFUSE_RETURN_IF_ERROR(Upload(call.bias, in.bias));
   if (in.has_scale) TPFUSE_RETURN_IF_ERROR(Upload(call.scale, in.scale));
   call.host_outputs = FusedOutputShapes(spec, tokens);
   for (const HostTensor& t : call.host_outputs) {
@@ -56,6 +57,7 @@ Status Prepare(const AllreduceRmsnormSpec& spec, const FusedInputs& in, int64_t 
                                  outputs);
   if (!in.partials2.empty()) call.buffers.x2 = call.x2.get();
   if (in.has_pre_weight) call.buffers.pre_weight = call.pre_weight.get();
+  if (in.has_bias) call.buffers.bias = call.bias.get();
   return Status::Ok();
 }
 
@@ -343,6 +345,41 @@ TEST_F(LocalFusedTest, TwoSummedAllReducesAreBitwiseTheOracle) {
                 f32_stream ? cuda::KernelRecipe::kRuntimeF32SecondSum : cuda::KernelRecipe::kRuntimeSecondSum);
       ExpectOneBlockPerRowOnly(s, "two summed all_reduces run with one block per row", seed);
     }
+}
+
+// A bias added to the sum first (has_bias: a row-parallel layer's bias after its all_reduce) at world
+// size 1 (a = x) and in a local op: bf16 and f16, with and without a residual, the biased sum
+// scaled or not, the norm of the f32 sum or not, an f32 residual stream, the all_reduce's result
+// emitted; every quant mode; rows of one vector per thread to four (the second-sum recipes'
+// kernels). Then each row owner forced: one block runs it, the others refuse with the reason.
+TEST_F(LocalFusedTest, ABiasAddedToTheSumIsBitwiseTheOracle) {
+  uint64_t seed = 6500;
+  for (DType act : {DType::kBF16, DType::kF16})
+    // 0: plain; 1: scaled; 2: no residual; 3: weight_after_round, local; 4: norm of the f32
+    // sum; 5: an f32 stream; 6: the all_reduce's result emitted
+    for (int form = 0; form < 7; ++form)
+      for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
+        for (int64_t h : {128, 2880, 7168, 16384}) {
+          AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/form != 2);
+          s.local = form == 3;
+          s.act_dtype = act;
+          s.weight_dtype = act;
+          s.has_bias = true;
+          s.sum_scale = form == 1 ? 0.22f : 1.0f;
+          s.rounding.weight_after_round = form == 3;
+          s.rounding.norm_input_f32 = form == 4;
+          s.residual_f32_in = s.rounding.residual_out_f32 = form == 5;
+          s.emit.allreduce = form == 6;
+          for (int64_t t : {1, 33, 300}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
+        }
+  for (bool f32_stream : {false, true}) {
+    AllreduceRmsnormSpec s = LocalSpec(4096, QuantMode::kFp8Token, /*residual=*/true);
+    s.has_bias = true;
+    s.residual_f32_in = s.rounding.residual_out_f32 = f32_stream;
+    EXPECT_EQ(cuda::LocalKernelRecipe(s),
+              f32_stream ? cuda::KernelRecipe::kRuntimeF32SecondSum : cuda::KernelRecipe::kRuntimeSecondSum);
+    ExpectOneBlockPerRowOnly(s, "a bias added to the sum runs with one block per row", seed);
+  }
 }
 
 // A norm of the sum before the residual add (pre_residual_norm: sandwich norms) at world size 1:

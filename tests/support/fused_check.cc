@@ -94,13 +94,18 @@ FusedInputs MakeFusedInputs(const AllreduceRmsnormSpec& spec, int64_t tokens, in
     for (int64_t i = 0; i < h; ++i)
       in.pre_weight.SetF32(i, spec.weight_bias != 0.0f ? (uniform(rng) - 0.5f) : 0.5f + uniform(rng));
   }
+  in.has_bias = spec.has_bias;
+  if (spec.has_bias) {
+    in.bias = HostTensor(spec.act_dtype, {h});
+    for (int64_t i = 0; i < h; ++i) in.bias.SetF32(i, kind == InputKind::kRankTagged ? float(int(i % 5) - 2) : normal(rng));
+  }
   return in;
 }
 
 std::vector<HostTensor> OracleOutputs(const AllreduceRmsnormSpec& spec, const FusedInputs& in) {
   auto out = cpu::AllreduceRmsnorm(spec, in.partials, in.has_residual ? &in.residual : nullptr,
                                    in.weight, in.has_scale ? &in.scale : nullptr, in.partials2,
-                                   in.has_pre_weight ? &in.pre_weight : nullptr);
+                                   in.has_pre_weight ? &in.pre_weight : nullptr, in.has_bias ? &in.bias : nullptr);
   if (!out.ok()) return {};
   return std::move(out).value();
 }

@@ -26,6 +26,8 @@ struct FusedInputs {
   std::vector<HostTensor> partials2;  // [rank] x2 [T, H] (spec.second_sum), else empty
   HostTensor pre_weight;              // [H] (spec.pre_residual_norm), else empty
   bool has_pre_weight = false;
+  HostTensor bias;                    // [H] (spec.has_bias), else empty
+  bool has_bias = false;
   bool has_residual = false;
   bool has_scale = false;
 };

@@ -64,24 +64,26 @@ def fused_op_overload():
 
 def _fused_args(attrs: Dict[str, Any], operands: List[fx.Node], group: Optional[str]):
     # tpfuse::allreduce_rmsnorm(Tensor x, Tensor? residual, Tensor weight, Tensor? scale,
-    #     Tensor? x2, Tensor? pre_weight, *, str[] emit, str group_name, float eps,
+    #     Tensor? x2, Tensor? pre_weight, Tensor? bias, *, str[] emit, str group_name, float eps,
     #     float weight_bias, str quant, int group_size, str scale_layout, str scale_fmt,
     #     str[]? rounding, bool local, float sum_scale, float first_scale, float second_scale,
     #     bool second_sum_into_residual, float? pre_eps) -> Tensor[]
     """Arguments of torch.ops.tpfuse.allreduce_rmsnorm for a fused IR node's operands/attrs.
 
-    Operands come in Contract 3's order x, [x2], [residual], w, [pre_weight], [scale]; which are
-    present follows from second_sum (x2), pre_residual_norm (pre_weight), quant (scale iff
-    fp8_tensor) and the count.
+    Operands come in Contract 3's order x, [x2 | bias], [residual], w, [pre_weight], [scale];
+    which are present follows from second_sum (x2), bias, pre_residual_norm (pre_weight), quant
+    (scale iff fp8_tensor) and the count.
     """
     quant = str(attrs.get("quant", "none"))
     has_scale = quant == "fp8_tensor"
     second_sum = bool(attrs.get("second_sum", False))
+    has_bias = bool(attrs.get("bias", False))
     pre_norm = bool(attrs.get("pre_residual_norm", False))
-    rest = operands[1:] if not second_sum else operands[2:]
+    rest = operands[2:] if second_sum or has_bias else operands[1:]
     has_residual = len(rest) == 2 + int(has_scale) + int(pre_norm)
     x = operands[0]
     x2 = operands[1] if second_sum else None
+    bias = operands[1] if has_bias else None
     residual = rest[0] if has_residual else None
     w = rest[1 if has_residual else 0]
     pre_weight = rest[2 if has_residual else 1] if pre_norm else None
@@ -102,6 +104,8 @@ def _fused_args(attrs: Dict[str, Any], operands: List[fx.Node], group: Optional[
     for name in ("sum_scale", "first_scale", "second_scale"):
         if float(attrs.get(name, 1.0)) != 1.0:
             kwargs[name] = float(attrs[name])
+    if has_bias:
+        return (x, residual, w, scale, None, None, bias), kwargs
     if pre_norm:
         kwargs["pre_eps"] = float(attrs.get("pre_eps", 1e-6))
         return (x, residual, w, scale, None, pre_weight), kwargs

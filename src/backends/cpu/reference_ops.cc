@@ -556,7 +556,7 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
                                                    const HostTensor* residual, const HostTensor& w,
                                                    const HostTensor* scale,
                                                    const std::vector<const HostTensor*>& partials2,
-                                                   const HostTensor* pre_weight) {
+                                                   const HostTensor* pre_weight, const HostTensor* bias) {
   TPFUSE_RETURN_IF_ERROR(spec.Validate().WithContext("allreduce_rmsnorm"));
   if (partials.empty()) return InvalidArgument("allreduce_rmsnorm: no partials");
   if (spec.second_sum != !partials2.empty() || (spec.second_sum && partials2.size() != partials.size()))
@@ -593,6 +593,12 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
   if (pre_weight && (pre_weight->dtype() != spec.weight_dtype || pre_weight->numel() != spec.hidden))
     return InvalidArgument("allreduce_rmsnorm: pre_weight is ", pre_weight->TypeString(), ", expected ",
                            DTypeName(spec.weight_dtype), "[", spec.hidden, "]");
+  if (spec.has_bias != (bias != nullptr))
+    return InvalidArgument("allreduce_rmsnorm: the spec ", spec.has_bias ? "adds" : "adds no",
+                           " a bias to the sum but the call passes ", bias ? "one" : "none");
+  if (bias && (bias->dtype() != spec.act_dtype || bias->numel() != spec.hidden))
+    return InvalidArgument("allreduce_rmsnorm: bias is ", bias->TypeString(), ", expected ",
+                           DTypeName(spec.act_dtype), "[", spec.hidden, "]");
   if ((spec.quant == QuantMode::kFp8Tensor) != (scale != nullptr))
     return InvalidArgument("allreduce_rmsnorm: a static scale is needed iff quant = fp8_tensor (quant ",
                            QuantModeName(spec.quant), ", scale ", scale ? "given" : "missing", ")");
@@ -621,11 +627,15 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
         h.SetF32(i, scaled(a, i, spec.first_scale) + scaled(a2, i, spec.second_scale));
     }
   }
-  // 1b. a' = round(a * sum_scale) (f32 product), where the graph scaled a before the add.
+  // 1b. has_bias: ab = round(a + bias), the bias of every row (f32 sum, one rounding).
+  if (bias) {
+    for (int64_t i = 0; i < h.numel(); ++i) h.SetF32(i, h.GetF32(i) + bias->GetF32(i % hidden));
+  }
+  // 1c. a' = round(h * sum_scale) (f32 product), where the graph scaled a before the add.
   if (spec.sum_scale != 1.0f) {
     for (int64_t i = 0; i < h.numel(); ++i) h.SetF32(i, h.GetF32(i) * spec.sum_scale);
   }
-  // 1c. pre_residual_norm: a' = the norm of a with pre_weight and pre_eps, rounded (its output
+  // 1d. pre_residual_norm: a' = the norm of a with pre_weight and pre_eps, rounded (its output
   // in the activation dtype), in the norm's row order (RmsNormRows).
   if (spec.pre_residual_norm) {
     RoundingRecipe pre = spec.rounding;
@@ -670,11 +680,11 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
                                                    const HostTensor* residual, const HostTensor& w,
                                                    const HostTensor* scale,
                                                    const std::vector<HostTensor>& partials2,
-                                                   const HostTensor* pre_weight) {
+                                                   const HostTensor* pre_weight, const HostTensor* bias) {
   std::vector<const HostTensor*> ptrs, ptrs2;
   for (const HostTensor& t : partials) ptrs.push_back(&t);
   for (const HostTensor& t : partials2) ptrs2.push_back(&t);
-  return AllreduceRmsnorm(spec, ptrs, residual, w, scale, ptrs2, pre_weight);
+  return AllreduceRmsnorm(spec, ptrs, residual, w, scale, ptrs2, pre_weight, bias);
 }
 
 }  // namespace tpfuse::cpu

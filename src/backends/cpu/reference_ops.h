@@ -153,7 +153,8 @@ StatusOr<HostTensor> AllreduceSum(const std::vector<HostTensor>& partials);
 // The fused op of Contract 3 for one rank: partials[r] is rank r's x [T, H]; residual [T, H]
 // or null (spec.has_residual); w [H]; scale f32[] or null (quant = fp8_tensor); partials2[r]
 // rank r's x2 (spec.second_sum), one per rank like partials, else empty; pre_weight [H] the
-// weight of the norm before the residual add (spec.pre_residual_norm), else null.
+// weight of the norm before the residual add (spec.pre_residual_norm), else null; bias [H] the
+// bias added to the sum (spec.has_bias), else null.
 // Returns the emitted results in Contract 3's order: allreduce, norm, residual, q, s (only
 // those in spec.emit; s only for dynamic quant).
 StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& spec,
@@ -161,12 +162,14 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
                                                    const HostTensor* residual, const HostTensor& w,
                                                    const HostTensor* scale,
                                                    const std::vector<const HostTensor*>& partials2 = {},
-                                                   const HostTensor* pre_weight = nullptr);
+                                                   const HostTensor* pre_weight = nullptr,
+                                                   const HostTensor* bias = nullptr);
 StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& spec,
                                                    const std::vector<HostTensor>& partials,
                                                    const HostTensor* residual, const HostTensor& w,
                                                    const HostTensor* scale,
                                                    const std::vector<HostTensor>& partials2 = {},
-                                                   const HostTensor* pre_weight = nullptr);
+                                                   const HostTensor* pre_weight = nullptr,
+                                                   const HostTensor* bias = nullptr);
 
 }  // namespace tpfuse::cpu

@@ -589,6 +589,7 @@ Status CudaExecutor::Impl::LaunchNode(RankResources& res, const Plan& plan, cons
       b.residual = ptr(np.fused_in.residual, false);
       b.weight = ptr(np.fused_in.w, false);
       b.pre_weight = ptr(np.fused_in.pre_weight, false);
+      b.bias = ptr(np.fused_in.bias, false);
       b.scale = static_cast<const float*>(ptr(np.fused_in.scale, false));
       b.allreduce_out = ptr(np.fused_out.allreduce, true);
       b.norm_out = ptr(np.fused_out.norm, true);

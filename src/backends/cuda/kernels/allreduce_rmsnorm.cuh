@@ -110,6 +110,9 @@ struct FusedKernelParams {
   const void* reduced2;
   float first_scale;
   float second_scale;
+  // A bias [H] added to a (the second-sum recipes' kernels only; null: none): round(a + bias),
+  // the same for every row.
+  const void* bias;
   // The norm of the sum before the residual add (PreNormRecipe's kernels only): its weight [H]
   // (weight_dtype, weight_bias as the weight's) and eps.
   bool pre_residual_norm;
@@ -160,8 +163,9 @@ struct RuntimeRecipe {
 // keep their code. Only the epilogue kernel with one block or
 // one cluster (ClusterRow) per row is instantiated with it (the local op and the nccl path).
 struct F32ResidualRecipe : RuntimeRecipe {};
-// The rows of a second sum (two summed all_reduces: p.second_sum), instantiated apart (one block
-// per row) so that the other kernels keep their code: SecondSumRecipe for a 16-bit residual
+// The rows of a second sum (two summed all_reduces: p.second_sum) or of a bias added to the sum
+// (p.bias: a second addend of a, not reduced), instantiated apart (one block per row) so that the
+// other kernels keep their code: SecondSumRecipe for a 16-bit residual
 // stream (RuntimeRecipe's 16-bit residual vectors), F32SecondSumRecipe for an f32 one or an f32
 // norm output (F32ResidualRecipe's).
 struct SecondSumRecipe : RuntimeRecipe {};
@@ -1881,7 +1885,9 @@ __device__ __forceinline__ void EpilogueRows(const FusedKernelParams& p) {
       for (int k = 0; k < kVec; ++k) {
         const int v = RowVectors<kVec, Span>::Index(k);
         if (v >= p.vecs_per_row) continue;
-        const uint4 a2 = ReducedVector<T>(p, rows2, row_vec + v);
+        // A bias is the same second addend for every row, not reduced: round(a + bias) with
+        // scales of 1 and not into the residual (Validate: no second_sum).
+        const uint4 a2 = p.bias ? __ldg(static_cast<const uint4*>(p.bias) + v) : ReducedVector<T>(p, rows2, row_vec + v);
         // Into the residual (16-bit there: Validate), or added to a.
         if (p.second_sum_into_residual) {
           uint4& r16 = Residual16<Recipe>(res[k]);

@@ -103,6 +103,7 @@ Status CheckPointer(const char* name, const void* p, bool required, size_t align
 Status CheckBuffers(const AllreduceRmsnormSpec& spec, const FusedBuffers& b) {
   TPFUSE_RETURN_IF_ERROR(CheckPointer("x", b.x, true, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("x2", b.x2, spec.second_sum, 16));
+  TPFUSE_RETURN_IF_ERROR(CheckPointer("bias", b.bias, spec.has_bias, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("residual", b.residual, spec.has_residual, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("weight", b.weight, true, 16));
   TPFUSE_RETURN_IF_ERROR(CheckPointer("pre_weight", b.pre_weight, spec.pre_residual_norm, 16));
@@ -114,7 +115,8 @@ Status CheckBuffers(const AllreduceRmsnormSpec& spec, const FusedBuffers& b) {
   return CheckPointer("scale_out", b.scale_out, spec.emit.quant && IsDynamicQuant(spec.quant), 4);
 }
 
-// The run-time recipe `spec` needs: SecondSumRecipe's for two summed all_reduces, PreNormRecipe's
+// The run-time recipe `spec` needs: SecondSumRecipe's for two summed all_reduces or a bias added to
+// the sum (a second addend of a, reduced or not), PreNormRecipe's
 // for a norm before the residual add (each one block per row), F32ResidualRecipe's for an f32
 // residual stream or norm output (one block or one ClusterRow per row), else the plain one; with
 // an f32 stream or norm output, the first two as F32SecondSumRecipe and F32PreNormRecipe. Each
@@ -122,7 +124,8 @@ Status CheckBuffers(const AllreduceRmsnormSpec& spec, const FusedBuffers& b) {
 // kernels keep their code for the common forms.
 KernelRecipe RuntimeRecipeOf(const AllreduceRmsnormSpec& spec) {
   const bool f32 = spec.has_f32_values();
-  if (spec.second_sum) return f32 ? KernelRecipe::kRuntimeF32SecondSum : KernelRecipe::kRuntimeSecondSum;
+  if (spec.second_sum || spec.has_bias)
+    return f32 ? KernelRecipe::kRuntimeF32SecondSum : KernelRecipe::kRuntimeSecondSum;
   if (spec.pre_residual_norm) return f32 ? KernelRecipe::kRuntimeF32PreNorm : KernelRecipe::kRuntimePreNorm;
   return f32 ? KernelRecipe::kRuntimeF32Residual : KernelRecipe::kRuntime;
 }
@@ -176,10 +179,12 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.residual_out_f32 = spec.rounding.residual_out_f32;
   p.norm_out_f32 = spec.rounding.norm_out_f32;
   p.f32_paired_stores = tokens >= kF32PairedStoresMinRows;
-  // Read only by the second-sum recipes' kernels, and the three after by the pre-norm recipes'.
+  // Read only by the second-sum recipes' kernels (a bias too), and the three after by the
+  // pre-norm recipes'.
   p.second_sum = spec.second_sum;
   p.second_sum_into_residual = spec.second_sum_into_residual;
   p.x2 = b.x2;
+  p.bias = spec.has_bias ? b.bias : nullptr;
   p.first_scale = spec.first_scale;
   p.second_scale = spec.second_scale;
   p.pre_residual_norm = spec.pre_residual_norm;
@@ -470,7 +475,9 @@ FusedKernelFn BlockEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& l
 StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout, RowOwner owner,
                                        KernelRecipe recipe, int cluster_blocks = 1, int packed_lanes = 0) {
   if (OneBlockPerRowOnly(recipe) && owner != RowOwner::kBlock)
-    return Unimplemented(spec.second_sum ? "two summed all_reduces run" : "a norm before the residual add runs",
+    return Unimplemented(spec.second_sum  ? "two summed all_reduces run"
+                         : spec.has_bias ? "a bias added to the sum runs"
+                                         : "a norm before the residual add runs",
                          " with one block per row (row owner kBlock or kAuto)");
   FusedKernelFn kernel = nullptr;
   switch (recipe) {
@@ -695,6 +702,8 @@ Status CanRun(const Communicator& comm, const AllreduceRmsnormSpec& spec, int64_
   if (spec.second_sum)
     return Unimplemented("strategy ", StrategyName(strategy), " reduces one all_reduce: two summed all_reduces ",
                          "run on nccl");
+  if (spec.has_bias)
+    return Unimplemented("strategy ", StrategyName(strategy), " adds no bias to the sum: a bias runs on nccl");
   if (!comm.has_peer_memory())
     return Unimplemented("strategy ", StrategyName(strategy), " needs peer memory: ",
                          comm.why_no_peer_memory());
