@@ -92,6 +92,15 @@ def test_local_op_matches_cpu_reference(name, attrs, residual, hidden):
                                col=attrs.get("scale_layout") == "col")
 
 
+def assert_gpu_is_the_cpu_bitwise(args, attrs, what: str):
+    """The op on the GPU against the op on the CPU (the C ABI's reference), the same operands
+    (None where absent), every result bit for bit."""
+    expected = OP(*args, **attrs)
+    got = OP(*[t.cuda() if t is not None else None for t in args], **attrs)
+    torch.cuda.synchronize()
+    assert_bitwise([g.cpu() for g in got], expected, what)
+
+
 @pytest.mark.parametrize("name,attrs", SECOND_SUM_CASES, ids=[c[0] for c in SECOND_SUM_CASES])
 def test_two_summed_all_reduces_match_the_cpu_reference_bitwise(name, attrs):
     # World size 1: each sum is its partial (a = x, a2 = x2); the kernels of the f32 recipe.
@@ -99,12 +108,8 @@ def test_two_summed_all_reduces_match_the_cpu_reference_bitwise(name, attrs):
         for hidden in HIDDEN:
             partials, partials2, res, weight, scale = second_sum_inputs(
                 tokens * 5 + hidden, (tokens, hidden), 1, attrs.get("quant", "none"))
-            expected = OP(partials[0], res, weight, scale, partials2[0], **attrs)
-            dev = [t.cuda() if t is not None else None
-                   for t in (partials[0], res, weight, scale, partials2[0])]
-            got = OP(*dev, **attrs)
-            torch.cuda.synchronize()
-            assert_bitwise([g.cpu() for g in got], expected, f"{name} T={tokens} H={hidden}")
+            assert_gpu_is_the_cpu_bitwise((partials[0], res, weight, scale, partials2[0]), attrs,
+                                          f"{name} T={tokens} H={hidden}")
 
 
 @pytest.mark.parametrize("name,attrs", PRE_NORM_CASES, ids=[c[0] for c in PRE_NORM_CASES])
@@ -116,13 +121,8 @@ def test_a_norm_before_the_residual_add_matches_the_cpu_reference_bitwise(name, 
                 continue
             partials, res, weight, scale = make_inputs(tokens * 7 + hidden, (tokens, hidden), 1,
                                                        True, attrs.get("quant", "none"))
-            pre_weight = weight.flip(0)
-            expected = OP(partials[0], res, weight, scale, None, pre_weight, **attrs)
-            dev = [t.cuda() if t is not None else None
-                   for t in (partials[0], res, weight, scale, None, pre_weight)]
-            got = OP(*dev, **attrs)
-            torch.cuda.synchronize()
-            assert_bitwise([g.cpu() for g in got], expected, f"{name} T={tokens} H={hidden}")
+            assert_gpu_is_the_cpu_bitwise((partials[0], res, weight, scale, None, weight.flip(0)),
+                                          attrs, f"{name} T={tokens} H={hidden}")
 
 
 @pytest.mark.parametrize("name,attrs", BIAS_CASES, ids=[c[0] for c in BIAS_CASES])
@@ -137,12 +137,8 @@ def test_a_bias_added_to_the_sum_matches_the_cpu_reference_bitwise(name, attrs):
             partials, res, weight, scale = make_inputs(tokens * 11 + hidden, (tokens, hidden), 1,
                                                        residual, attrs.get("quant", "none"))
             bias = weight.flip(0) - 1.0
-            expected = OP(partials[0], res, weight, scale, None, None, bias, **attrs)
-            dev = [t.cuda() if t is not None else None
-                   for t in (partials[0], res, weight, scale, None, None, bias)]
-            got = OP(*dev, **attrs)
-            torch.cuda.synchronize()
-            assert_bitwise([g.cpu() for g in got], expected, f"{name} T={tokens} H={hidden}")
+            assert_gpu_is_the_cpu_bitwise((partials[0], res, weight, scale, None, None, bias),
+                                          attrs, f"{name} T={tokens} H={hidden}")
 
 
 @pytest.mark.parametrize("name,attrs,residual", CASES, ids=[c[0] for c in CASES])
