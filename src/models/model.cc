@@ -151,7 +151,7 @@ class DecodeGraphBuilder {
       ir::Value* in_shared =
           c_.shared_mlp_reduced_apart && !embedding ? Param(p + "in.shared.partial", Act(hidden)) : nullptr;
       TPFUSE_ASSIGN_OR_RETURN(NormResult in, AllReduceNorm(p + "in.", in_partial, residual, in_shared,
-                                                           /*scaled=*/!embedding));
+                                                           /*scaled=*/!embedding, !embedding && c_.mlp_bias));
       TPFUSE_ASSIGN_OR_RETURN(GemmInput qkv_in, Quantize(p + "in.", in.y));
       ReturnGemmInput(qkv_in, outputs);
       if (c_.indexer_dim > 0) {
@@ -165,7 +165,7 @@ class DecodeGraphBuilder {
       // ---- o_proj partial -> post-attention norm -> gate, up -> mul -> down partial
       ir::Value* attn_partial = Param(p + "attn.partial", Act(hidden));
       TPFUSE_ASSIGN_OR_RETURN(NormResult post, AllReduceNorm(p + "post.", attn_partial, in.h, nullptr,
-                                                             /*scaled=*/true));
+                                                             /*scaled=*/true, c_.attention_bias));
       TPFUSE_ASSIGN_OR_RETURN(GemmInput mlp_in, Quantize(p + "post.", post.y));
       ReturnGemmInput(mlp_in, outputs);
       TPFUSE_ASSIGN_OR_RETURN(ir::Value * down, Mlp(p, mlp_in));
@@ -234,12 +234,17 @@ class DecodeGraphBuilder {
     return Op("matmul", {act, w_down}, {}, p + "down");
   }
 
-  // all_reduce(partial) [+ all_reduce(partial2)] [* residual_multiplier] -> [+ residual] ->
-  // RMSNorm. `p` prefixes every name ("l0.in."); `scaled`: a block's output (not the embedding).
+  // all_reduce(partial) [+ bias] [+ all_reduce(partial2)] [* residual_multiplier] -> [+ residual]
+  // -> RMSNorm. `p` prefixes every name ("l0.in."); `scaled`: a block's output (not the
+  // embedding); `biased`: its row-parallel projection's bias added after the all_reduce.
   StatusOr<NormResult> AllReduceNorm(const std::string& p, ir::Value* partial, ir::Value* residual,
-                                     ir::Value* partial2, bool scaled) {
+                                     ir::Value* partial2, bool scaled, bool biased) {
     ir::Value* g = Param(p + "norm_w", Vector(c_.norm_weight_dtype, c_.hidden_size));
     TPFUSE_ASSIGN_OR_RETURN(ir::Value * ar, Op("all_reduce", {partial}, {}, p + "ar"));
+    if (biased) {
+      ir::Value* bias = Param(p + "bias", Vector(c_.act_dtype, c_.hidden_size));
+      TPFUSE_ASSIGN_OR_RETURN(ar, Op("add", {ar, bias}, {}, p + "biased"));
+    }
     if (partial2 != nullptr) {
       TPFUSE_ASSIGN_OR_RETURN(ir::Value * ar2, Op("all_reduce", {partial2}, {}, p + "ar2"));
       TPFUSE_ASSIGN_OR_RETURN(ar, Op("add", {ar, ar2}, {}, p + "blocks"));
@@ -432,6 +437,12 @@ Status ModelConfig::Validate() const {
   if (!std::isfinite(residual_multiplier) || !std::isfinite(float(residual_multiplier)) ||
       float(residual_multiplier) == 0.0f)
     return error("residual_multiplier", "must be finite and nonzero in f32, got ", residual_multiplier);
+  if ((attention_bias || mlp_bias) && sandwich_norms)
+    return error(attention_bias ? "attention_bias" : "mlp_bias",
+                 "a bias after the all_reduce goes with no sandwich_norms (the fused op takes one or the other)");
+  if (mlp_bias && shared_mlp_reduced_apart)
+    return error("mlp_bias", "a bias after the all_reduce goes with no shared_mlp_reduced_apart (the fused op "
+                             "adds a bias to one all_reduce's sum)");
   if (decomposed) {
     if (IsDynamicQuant(quant))
       return error("decomposed", "dynamic quantization (", QuantModeName(quant),
@@ -456,6 +467,9 @@ std::string ModelConfig::Summary() const {
   if (shared_mlp_reduced_apart) s += ", shared MLP reduced apart";
   if (residual_multiplier != 1.0) s += StrCat(", residual multiplier ", residual_multiplier);
   if (sandwich_norms) s += ", sandwich norms";
+  if (attention_bias || mlp_bias)
+    s += StrCat(", ", attention_bias && mlp_bias ? "attention and MLP" : attention_bias ? "attention" : "MLP",
+                " bias after the all_reduce");
   return s;
 }
 
@@ -506,6 +520,8 @@ StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, const std::st
   TPFUSE_RETURN_IF_ERROR(f.Bool("shared_mlp_reduced_apart", &c.shared_mlp_reduced_apart));
   TPFUSE_RETURN_IF_ERROR(f.Number("residual_multiplier", &c.residual_multiplier));
   TPFUSE_RETURN_IF_ERROR(f.Bool("sandwich_norms", &c.sandwich_norms));
+  TPFUSE_RETURN_IF_ERROR(f.Bool("attention_bias", &c.attention_bias));
+  TPFUSE_RETURN_IF_ERROR(f.Bool("mlp_bias", &c.mlp_bias));
   TPFUSE_RETURN_IF_ERROR(f.Int("max_gemm_shard", 0, false, &c.max_gemm_shard));
   TPFUSE_RETURN_IF_ERROR(c.Validate());
   return c;

@@ -9,6 +9,7 @@
 //                 group_size, scale_layout (row | col), scale_fmt (f32 | ue8m0),
 //                 norm_weight_dtype (bf16 | f16 | f32), weight_bias, first_layer_residual,
 //                 indexer_dim, decomposed, shared_mlp_reduced_apart, residual_multiplier,
+//                 attention_bias, mlp_bias,
 //                 sandwich_norms, max_gemm_shard, description
 //
 // Other keys (a real config.json has many) are ignored. Errors name the file and the field.
@@ -75,6 +76,11 @@ struct ModelConfig {
   // post-attention and post-feedforward norms, then the next block's input norm: the fused op's
   // pre_residual_norm).
   bool sandwich_norms = false;
+  // The attention's output projection (attention_bias) and the MLP's down projection (mlp_bias)
+  // have a bias, which transformers' row-wise tensor-parallel plan adds after their all_reduce
+  // (Llama's attention_bias and mlp_bias, GPT-OSS's attention): the fused op's has_bias.
+  bool attention_bias = false;
+  bool mlp_bias = false;
   // Each rank's GEMM shard is at most this many columns (0: the real shard). The hidden size,
   // which is what the fused op sees, is never reduced; only the GEMMs around it are narrowed
   // so that the CPU reference backend runs a model in seconds.
@@ -108,7 +114,8 @@ StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
 // after one reads all_reduce(%lL.in.partial) + all_reduce(%lL.in.shared.partial); with a
 // residual_multiplier each block's sum is scaled by it before the residual add; with
 // sandwich_norms each block's sum is normed (its own weight, %lL.<site>.post_norm_w) before the
-// residual add. Attention is kept out (the QKV output is returned)
+// residual add; with attention_bias (mlp_bias) the attention's (MLP's) sum gets its bias
+// (%lL.<site>.bias) added first. Attention is kept out (the QKV output is returned)
 // and SiLU is an elementwise mul. The partial sums the row-parallel GEMMs (o_proj, down) leave
 // on each rank are parameters: every chain then starts from bit-identical inputs on every
 // backend, so a check compares each chain's outputs with Contract 3's tolerance instead of GEMM

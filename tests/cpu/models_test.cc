@@ -252,6 +252,43 @@ TEST(BundledModels, GraniteSumsTheSharedMlpAndTheExpertsInOneFusedOp) {
   }
 }
 
+// GPT-OSS's attention output projection has a bias, which transformers' row-wise plan adds after
+// its all_reduce: every site after the attention fuses it (has_bias), the sites after the MLP
+// have none; with mlp_bias too (Llama's), and in the decomposed export, every block's site does.
+// At world size 2 and 1, for the CPU and the CUDA targets, bitwise the graph.
+TEST(BundledModels, GptOssAddsTheAttentionsBiasInTheFusedOp) {
+  for (int form = 0; form < 3; ++form) {  // 0: as bundled; 1: mlp_bias too; 2: decomposed too
+    ModelConfig config = MustLoad("gpt-oss-120b.json");
+    ASSERT_TRUE(config.attention_bias);
+    config.mlp_bias = form > 0;
+    config.decomposed = form == 2;
+    StatusOr<std::unique_ptr<ir::Graph>> graph = BuildDecodeGraph(config);
+    ASSERT_TRUE(graph.ok()) << graph.status().ToString();
+    for (int world_size : {2, 1}) {
+      for (const FusionCapabilities& caps : {CpuFusionCapabilities(), CudaFusionCapabilities()}) {
+        SCOPED_TRACE(StrCat("form ", form, ", world size ", world_size, ", backend ", caps.backend));
+        CompileOutcome c = Compile(**graph, caps, world_size, /*fuse_local=*/world_size == 1);
+        EXPECT_TRUE(c.ctx.rejections.empty()) << Rejections(c.ctx);
+        for (int l = 0; l < config.layers; ++l) {
+          const passes::FusionRecord* in = FusionAt(c.ctx, StrCat("l", l, ".in.ar"));
+          const passes::FusionRecord* post = FusionAt(c.ctx, StrCat("l", l, ".post.ar"));
+          ASSERT_NE(in, nullptr);
+          ASSERT_NE(post, nullptr);
+          EXPECT_TRUE(post->spec.has_bias) << post->spec.ToString();
+          EXPECT_EQ(in->spec.has_bias, config.mlp_bias && (l > 0 || config.first_layer_residual))
+              << in->spec.ToString();
+        }
+        EXPECT_EQ(c.graph->OpCounts().count("all_reduce"), 0u);
+        EXPECT_EQ(c.graph->OpCounts().count("add"), 0u) << ir::PrintGraph(*c.graph);
+      }
+      ExpectFusedMatchesTheGraph(**graph, world_size, /*fuse_local=*/world_size == 1, 23 + form);
+    }
+  }
+  ModelConfig both = MustLoad("gpt-oss-120b.json");
+  both.sandwich_norms = true;
+  EXPECT_NE(both.Validate().message().find("attention_bias"), std::string::npos) << both.Validate().ToString();
+}
+
 // Gemma's sandwich norms: each block's output normed before the residual add. Every site after
 // a block fuses its all_reduce, that norm, the add and the next norm into one op
 // (pre_residual_norm) on the CPU target at world size 2 and on both targets at world size 1 (a
