@@ -168,8 +168,14 @@ struct F32ResidualRecipe : RuntimeRecipe {};
 // other kernels keep their code: SecondSumRecipe for a 16-bit residual
 // stream (RuntimeRecipe's 16-bit residual vectors), F32SecondSumRecipe for an f32 one or an f32
 // norm output (F32ResidualRecipe's).
-struct SecondSumRecipe : RuntimeRecipe {};
-struct F32SecondSumRecipe : F32ResidualRecipe {};
+// The kernel stores a before the second addend (a bias: the emitted allreduce is the sum without
+// it; two sums emit none), not RowEpilogue: RowEpilogue's a is the sum with it.
+struct SecondSumRecipe : RuntimeRecipe {
+  __device__ __forceinline__ static void* AllreduceOut(const FusedKernelParams&) { return nullptr; }
+};
+struct F32SecondSumRecipe : F32ResidualRecipe {
+  __device__ __forceinline__ static void* AllreduceOut(const FusedKernelParams&) { return nullptr; }
+};
 // The norm of the sum before the residual add (p.pre_residual_norm: sandwich norms), instantiated
 // apart (one block per row) so that the other kernels keep their code and registers:
 // PreNormRecipe for a 16-bit residual stream (RuntimeRecipe's 16-bit residual vectors, under a
@@ -1885,6 +1891,8 @@ __device__ __forceinline__ void EpilogueRows(const FusedKernelParams& p) {
       for (int k = 0; k < kVec; ++k) {
         const int v = RowVectors<kVec, Span>::Index(k);
         if (v >= p.vecs_per_row) continue;
+        // The emitted allreduce (a bias's only: Validate) is a without the second addend.
+        if (p.allreduce_out) StoreStreaming(static_cast<uint4*>(p.allreduce_out) + row_vec + v, a[k]);
         // A bias is the same second addend for every row, not reduced: round(a + bias) with
         // scales of 1 and not into the residual (Validate: no second_sum).
         const uint4 a2 = p.bias ? __ldg(static_cast<const uint4*>(p.bias) + v) : ReducedVector<T>(p, rows2, row_vec + v);
