@@ -1058,45 +1058,46 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
 // ---------------------------------------------------------------- add operand order
 
 // `v` through views, scales by a constant and row biases (RowBiasOf: a row-parallel layer's bias
-// added to its sum), and whether a scale or a bias was passed.
-std::pair<const ir::Value*, bool> ThroughViewsAndScales(const ir::Value* v) {
-  bool scaled = false;
+// added to its sum), and whether a scale or a bias was passed (`stepped`).
+std::pair<const ir::Value*, bool> ThroughViewsScalesAndBiases(const ir::Value* v) {
+  bool stepped = false;
   while (true) {
     if (ir::Node* view = ProducedBy(v, "view")) {
       v = view->operand(0);
     } else if (const RowBias biased = RowBiasOf(v->producer()); biased.bias != nullptr) {
       v = biased.sum;
-      scaled = true;
+      stepped = true;
     } else if (SumScaleOf(v->producer())) {
       v = v->producer()->operand(0);
-      scaled = true;
+      stepped = true;
     } else {
-      return {v, scaled};
+      return {v, stepped};
     }
   }
 }
 
-// Whether `v` is an all_reduce result, or the sum of two (each through views and scales by a
-// constant: Granite-MoE's `moe + shared_mlp`, Falcon-H1's scaled mixers), which the fused op
-// takes over as its x (spec.second_sum).
+// Whether `v` is an all_reduce result, or the sum of two (each through views, scales by a
+// constant and row biases: Granite-MoE's `moe + shared_mlp`, Falcon-H1's scaled mixers), which
+// the fused op takes over as its x (spec.second_sum; a biased one only ranks as such: the fused
+// op adds a bias to one sum).
 bool IsAllReduceSum(const ir::Value* v) {
   if (ProducedBy(v, "all_reduce")) return true;
   const ir::Node* add = ProducedBy(v, "add");
   if (add == nullptr || add->num_operands() != 2 || add->attr("scalar")) return false;
   return std::all_of(add->operands().begin(), add->operands().end(), [](const ir::Value* o) {
-    return ProducedBy(ThroughViewsAndScales(o).first, "all_reduce") != nullptr;
+    return ProducedBy(ThroughViewsScalesAndBiases(o).first, "all_reduce") != nullptr;
   });
 }
 
 // How strongly a value is "the activation" of an add: the all_reduce result (through views), or
 // the sum of two, first, then anything computed, then parameters. Views keep the rank of what
-// they read; a scale by a constant (`mul(., scalar)`, Granite's `out * multiplier`, which the
-// fused op takes over only as its x) keeps it too and ranks just above it, so a scaled sum or x
-// comes first.
+// they read; a scale by a constant (`mul(., scalar)`, Granite's `out * multiplier`) or a row bias
+// (`out + bias`), which the fused op takes over only as its x, keeps it too and ranks just above
+// it, so a scaled or biased sum or x comes first.
 int ActivationRank(const ir::Value* v) {
-  const auto [source, scaled] = ThroughViewsAndScales(v);
+  const auto [source, stepped] = ThroughViewsScalesAndBiases(v);
   const int base = IsAllReduceSum(source) ? 2 : source->is_param() ? 0 : 1;
-  return 2 * base + int(scaled);
+  return 2 * base + int(stepped);
 }
 
 // add(%res, %ar) -> add(%ar, %res): the all_reduce-derived operand first
