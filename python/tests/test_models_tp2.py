@@ -1,7 +1,8 @@
 """transformers' Llama, Qwen3, Gemma3, DeepSeek-V3 and Granite (tiny configs, random weights, 2
-layers), sharded for TP 2 by hand, Llama (with biased projections too) and Mixtral sharded by
-transformers' own tp_plan="auto" (which adds a row-parallel bias after its all_reduce), and the replicated families of tp_models (post-norm, sandwich norms, fused
-projections, MoE, hybrid linear attention, Gemma 4's pow(-0.5) norms, nanochat's norms without a
+layers), sharded for TP 2 by hand; Llama (with biased projections too), Mixtral, Qwen3,
+Gemma3 and Qwen3-MoE sharded by transformers' own tp_plan="auto" (which adds a row-parallel bias
+after its all_reduce, and hooks the per-head norms of Qwen3 and Gemma3 for their gradients); and
+the replicated families of tp_models (post-norm, sandwich norms, fused projections, MoE, hybrid linear attention, Gemma 4's pow(-0.5) norms, nanochat's norms without a
 weight, MiniMax's scaled residual, LFM2's short convolutions, BitNet's norms inside the blocks,
 Jamba's and Falcon-H1's mamba mixers, LongCat-Flash's two sublayers a layer), run at world size 2
 over gloo: the pass fuses every all_reduce -> norm site (2 per layer, or as
@@ -61,6 +62,11 @@ CASES = [
     # Sharded by transformers' own tp_plan="auto": DTensor plans, traced to functional all_reduces.
     Case("llama", hf_tp=True),
     Case("mixtral", hf_tp=True),
+    # Plans with replicated_with_grad_allreduce norms (full backward hooks, which torch.compile
+    # breaks the graph at unless the call runs without grad: tpfuse.torch.compile's dispatch).
+    Case("qwen3", hf_tp=True),
+    Case("gemma3", hf_tp=True),
+    Case("qwen3_moe", hf_tp=True),
     # Biased projections: the row-wise plan adds each row-parallel bias after its all_reduce,
     # which the fused op takes over (spec.has_bias).
     Case("llama_bias", hf_tp=True),

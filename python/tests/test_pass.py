@@ -490,6 +490,61 @@ def test_compile_with_dynamic_shapes_takes_the_norms_eps_as_a_constant(as_module
     assert fusions and all(float(f.attrs["eps"]) == pytest.approx(1e-5) for f in fusions), fusions
 
 
+class _Norm(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(1 + 0.1 * torch.randn(256).to(bf))
+
+    def forward(self, h):
+        return llama_norm(h, self.w, 1e-5)
+
+
+class _AddHookedNorm(torch.nn.Module):
+    """The residual add, then a norm module with a full backward hook, as transformers' tp_plan
+    puts one on each replicated_with_grad_allreduce module (Qwen3's per-head norms) to sum its
+    gradients across ranks."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = _Norm()
+        self.hook_calls = 0
+        self.norm.register_full_backward_hook(self._count)
+
+    def _count(self, module, grad_input, grad_output):
+        self.hook_calls += 1
+
+    def forward(self, x, res):
+        h = x + res
+        return self.norm(h), h
+
+
+@pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("as_module", [True, False], ids=["module", "function"])
+def test_a_full_backward_hook_breaks_no_graph_of_a_call_without_grad(as_module, no_grad):
+    # torch.compile breaks the graph at a module with a full backward hook (unless compiled
+    # autograd is on), which splits the add from its norm. Without grad no hook can run:
+    # tpfuse.torch.compile traces such calls in one graph, and the chain fuses.
+    torch._dynamo.reset()
+    m = _AddHookedNorm()
+    fn = m if as_module else (lambda x, res: m(x, res))
+    compiled = tt.compile(fn, world_size=1, fuse_local="on", backend="aot_eager")
+    g = torch.Generator().manual_seed(6)
+    x, res = (torch.randn(3, 256, generator=g).to(bf) for _ in range(2))
+    with no_grad():
+        (y, h), (want_y, want_h) = compiled(x, res), m(x, res)
+    report = compiled.tpfuse_pass.report
+    assert len(report.graphs) == 1, report
+    fusions = report.graphs[0].fusions
+    assert len(fusions) == 1 and fusions[0].attrs["emit"] == ["norm", "residual"], fusions
+    assert torch.equal(h, want_h) and ulp_distance_16(y, want_y).max() <= 1
+    # With grad, torch.compile's own graphs (broken at the norm), and the hook runs.
+    y, h = compiled(x, res)
+    assert y.requires_grad and len(report.graphs) > 1, report
+    assert ulp_distance_16(y.detach(), want_y).max() <= 1
+    y.float().sum().backward()
+    assert m.hook_calls == 1 and m.norm.w.grad is not None
+
+
 def test_a_norms_eps_passed_as_a_tensor_input_is_named_as_the_reason():
     # The pass under the caller's own torch.compile(dynamic=True): the eps is a graph input, the
     # norm stays as written, and the report says why and what to set.

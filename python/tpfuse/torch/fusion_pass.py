@@ -279,6 +279,22 @@ def compile(model: Any, world_size: Optional[int] = None, *,
     argument that changes between calls recompiles.
     """
     fusion_pass = FusionPass(world_size=world_size, fuse_local=fuse_local)
+    build = functools.partial(_torch_compile, model, fusion_pass, backend, options)
+    compiled = build(dict(compile_kwargs))
+    if not torch._dynamo.config.compiled_autograd:
+        # Built now, so its Dynamo context reads the setting now; traced at its first call.
+        with torch._dynamo.config.patch(compiled_autograd=True):
+            inference = build(dict(compile_kwargs))
+        compiled = _no_grad_calls_through(compiled, inference)
+    if compile_kwargs.get("dynamic") is True:
+        compiled = _with_floats_specialized(compiled)
+    compiled.tpfuse_pass = fusion_pass
+    return compiled
+
+
+def _torch_compile(model: Any, fusion_pass: "FusionPass", backend: str,
+                   options: Optional[Dict[str, Any]], compile_kwargs: Dict[str, Any]) -> Any:
+    """torch.compile(model) with `fusion_pass` as the backend's post-grad pass."""
     if backend == "inductor":
         # torch.compile takes a mode or options, not both: the mode becomes its options.
         mode = compile_kwargs.pop("mode", None)
@@ -301,10 +317,34 @@ def compile(model: Any, world_size: Optional[int] = None, *,
         compiled = torch.compile(model, backend=_aot_eager_backend(fusion_pass), **compile_kwargs)
     else:
         raise ValueError(f"backend must be 'inductor' or 'aot_eager', got {backend!r}")
-    if compile_kwargs.get("dynamic") is True:
-        compiled = _with_floats_specialized(compiled)
-    compiled.tpfuse_pass = fusion_pass
     return compiled
+
+
+def _no_grad_calls_through(compiled: Any, inference: Any) -> Any:
+    """`compiled`, whose calls made without grad run `inference` instead: the same model
+    compiled under torch._dynamo.config.compiled_autograd=True, where Dynamo traces a module's
+    full backward hooks into the graph rather than breaking the graph at that module. Without
+    grad no such hook can run, so both compute the same; only the graphs differ. transformers'
+    tp_plan puts one on every replicated_with_grad_allreduce module (Qwen3's and Gemma3's
+    per-head norms, to sum their gradients across ranks): with the graph broken there, every
+    all_reduce's sum leaves its graph and none can be fused. Calls with grad run `compiled`,
+    exactly torch.compile's. (Dynamo guards each graph on the grad mode, so neither traces the
+    other's calls.)"""
+
+    def dispatch(call, no_grad_call):
+        @functools.wraps(call)
+        def run(*args, **kwargs):
+            if torch.is_grad_enabled():
+                return call(*args, **kwargs)
+            return no_grad_call(*args, **kwargs)
+
+        return run
+
+    if isinstance(compiled, torch.nn.Module):
+        # (The closure keeps `inference` alive; as an attribute it would be a submodule.)
+        compiled.forward = dispatch(compiled.forward, lambda *a, **k: inference.forward(*a, **k))
+        return compiled
+    return dispatch(compiled, inference)
 
 
 def _with_floats_specialized(compiled: Any) -> Any:
