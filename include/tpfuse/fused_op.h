@@ -169,6 +169,11 @@ struct AllreduceRmsnormSpec {
   // rounding), which sum_scale and the residual add then read in a's place. The emitted allreduce
   // is a, without the bias. No second_sum and no pre_residual_norm.
   bool has_bias = false;
+  // The bias is a tensor of x's shape [T, H], one row per token, not one [H] for every row: a
+  // tensor computed beside the all_reduce and added to its sum before the residual add
+  // (transformers' tp_plan MoE blocks: the routed experts' all_reduced sum plus the replicated
+  // shared experts' output, or plus the routed sum of another all_reduce). Needs has_bias.
+  bool bias_per_token = false;
   // Two all_reduces summed before the residual add (Granite-MoE's `moe_out + shared_mlp_out`,
   // Falcon-H1's attention and SSM mixers, each behind its own all_reduce): the operand x2 is this
   // rank's partial of the second. a2 = round(sum of x2) like a, and the sum the residual add reads
@@ -252,7 +257,7 @@ struct FusedBuffers {
   float* scale_out = nullptr;
   const void* x2 = nullptr;  // the second all_reduce's partial [T, H] (spec.second_sum)
   const void* pre_weight = nullptr;  // the norm's weight before the residual add [H] (spec.pre_residual_norm)
-  const void* bias = nullptr;  // the bias added to the sum [H] (spec.has_bias)
+  const void* bias = nullptr;  // the bias added to the sum [H], or [T, H] (spec.has_bias, bias_per_token)
 };
 
 // Row padding of the column-major scale layout: T rounded up to a multiple of 4.
@@ -275,6 +280,7 @@ struct FusionCapabilities {
   bool norm_out_f32 = true;                     // the norm output in f32 (rounding norm_out_f32)
   bool second_sum = true;                       // two all_reduces summed (spec.second_sum)
   bool bias = true;                             // a bias added to the sum (spec.has_bias)
+  bool bias_per_token = true;                   // ... of x's shape (spec.bias_per_token)
   // The world sizes at which the fused op runs a norm before the residual add
   // (spec.pre_residual_norm); empty: every one it supports.
   std::vector<int> pre_residual_norm_world_sizes;

@@ -51,8 +51,8 @@ extern "C" {
  * at load time. 3: TPFUSE_RESIDUAL_F32 and TPFUSE_ROUNDING_RESIDUAL_OUT_F32. 4:
  * TPFUSE_ROUNDING_NORM_OUT_F32. 5: tpfuse_spec_t.second_sum, first_scale, second_scale,
  * tpfuse_buffers_t.x2. 6: tpfuse_spec_t.pre_residual_norm, pre_eps, tpfuse_buffers_t.pre_weight.
- * 7: tpfuse_spec_t.has_bias, tpfuse_buffers_t.bias. */
-#define TPFUSE_C_ABI_VERSION 7
+ * 7: tpfuse_spec_t.has_bias, tpfuse_buffers_t.bias. 8: has_bias takes TPFUSE_BIAS_PER_TOKEN. */
+#define TPFUSE_C_ABI_VERSION 8
 TPFUSE_C_API int32_t tpfuse_abi_version(void);
 /* "0.1.0" */
 TPFUSE_C_API const char* tpfuse_version(void);
@@ -122,6 +122,14 @@ enum {
   TPFUSE_RESIDUAL_F32 = 2, /* an f32 residual (a residual stream kept in f32; CUDA: nccl or local) */
 };
 
+/* tpfuse_spec_t.has_bias. */
+typedef enum tpfuse_bias {
+  TPFUSE_BIAS_NONE = 0,
+  TPFUSE_BIAS_ROW = 1,       /* bias [H], added to every row */
+  TPFUSE_BIAS_PER_TOKEN = 2, /* bias [T, H], x's shape: each row its own (a tensor computed beside
+                              * the all_reduce, as transformers' MoE plans add one) */
+} tpfuse_bias_t;
+
 /* Everything that fixes the fused op's behaviour except the token count T. */
 typedef struct tpfuse_spec {
   int32_t act_dtype;    /* x, residual and the bf16/f16 results: BF16 or F16 */
@@ -154,10 +162,10 @@ typedef struct tpfuse_spec {
    * CUDA: world size 1 and local ops (ABI 6). */
   int32_t pre_residual_norm;
   float pre_eps;
-  /* 1: a bias buffers.bias [H] (act_dtype) is added to the sum first, round(a + bias) (a
-   * row-parallel layer's bias added after its all_reduce), which sum_scale and the residual add
-   * read in a's place; EMIT_ALLREDUCE gives a without it. No second_sum, no pre_residual_norm.
-   * CUDA: the nccl strategy above world size 1 (ABI 7). */
+  /* A tpfuse_bias_t: a bias buffers.bias (act_dtype) is added to the sum first, round(a + bias)
+   * (a row-parallel layer's bias added after its all_reduce), which sum_scale and the residual
+   * add read in a's place; EMIT_ALLREDUCE gives a without it. No second_sum, no
+   * pre_residual_norm. CUDA: the nccl strategy above world size 1 (ABI 7; PER_TOKEN ABI 8). */
   int32_t has_bias;
 } tpfuse_spec_t;
 
@@ -189,7 +197,7 @@ typedef struct tpfuse_buffers {
   float* scale_out;
   const void* x2; /* the second all_reduce's partial [T, H] (spec.second_sum), else NULL (ABI 5) */
   const void* pre_weight; /* the norm's weight before the residual add [H] (spec.pre_residual_norm), else NULL (ABI 6) */
-  const void* bias; /* the bias added to the sum [H] (spec.has_bias), else NULL (ABI 7) */
+  const void* bias; /* the bias added to the sum [H], or [T, H] (spec.has_bias), else NULL (ABI 7) */
 } tpfuse_buffers_t;
 
 /* ---------------------------------------------------------------- the CPU reference */

@@ -125,9 +125,10 @@ def allreduce_rmsnorm(partials: Sequence[torch.Tensor], residual: Optional[torch
                         + times(a2, second_scale).float()).to(dtype)
         else:
             summed = (times(a, first_scale).float() + times(a2, second_scale).float()).to(dtype)
-    # 1b. A bias added to the sum first: round(a + bias), the same bias for every row.
+    # 1b. A bias added to the sum first: round(a + bias), the same bias for every row ([H]) or
+    # each row its own (x's shape).
     if bias is not None:
-        summed = (summed.float() + bias.float()).to(dtype)
+        summed = (summed.float() + bias.reshape(-1, hidden).float()).to(dtype)
     # 1c. a' = round(a * sum_scale), where the graph scaled the sum before the add.
     scaled = times(summed, sum_scale)
     # 1d. The norm of the sum before the residual add (pre_weight), rounded: sandwich norms.

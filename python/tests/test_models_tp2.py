@@ -70,15 +70,22 @@ CASES = [
     # Biased projections: the row-wise plan adds each row-parallel bias after its all_reduce,
     # which the fused op takes over (spec.has_bias).
     Case("llama_bias", hf_tp=True),
+    # A MoE plan whose replicated shared experts' output is added to the routed experts'
+    # all_reduce: a bias per token (spec.bias_per_token).
+    Case("glm4_moe_lite", hf_tp=True),
 ]
 HAVE_ACCELERATE = importlib.util.find_spec("accelerate") is not None  # tp_plan needs it
 PARALLEL_BLOCKS = Case("cohere2_moe")
+# Llama 4's plan: the routed experts all_reduced per expert and then summed (an opaque sum: left
+# alone), that sum added to the shared expert's all_reduce (a bias per token).
+ROUTED_SUM = Case("llama4_text", hf_tp=True)
 SUMMED_BLOCKS = Case("granitemoehybrid")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     cases = [c for c in CASES if HAVE_ACCELERATE or not c.hf_tp] + [PARALLEL_BLOCKS, SUMMED_BLOCKS]
+    cases += [ROUTED_SUM] if HAVE_ACCELERATE else []
     per_rank = tp_harness.run_all(cases, str(tmp_path_factory.mktemp("tp2")))
     return {case.name: [per_rank[r][i] for r in range(len(per_rank))]
             for i, case in enumerate(cases)}
@@ -172,6 +179,22 @@ def test_the_row_wise_plans_bias_after_each_all_reduce_goes_into_its_fused_op(re
     case = Case("llama_bias", hf_tp=True)
     for result in map(_ok, _of(results, case)):
         assert result["fusions"] and all(f["bias"] for f in result["fusions"]), result["fusions"]
+
+
+def test_a_tensor_added_to_the_sum_goes_into_its_fused_op_as_a_bias_per_token(results):
+    # GLM-4-MoE-Lite: the shared experts' output added to the routed experts' all_reduce; Llama 4:
+    # the routed sum added to the shared expert's all_reduce, whose own all_reduce (per expert,
+    # before an opaque sum over the experts) stays, with that reason.
+    for result in map(_ok, _of(results, Case("glm4_moe_lite", hf_tp=True))):
+        assert sum(f["bias"] for f in result["fusions"]) == 1, result["fusions"]  # the MoE layer
+    for result in map(_ok, _of(results, ROUTED_SUM)):
+        assert result["untranslated"] == [] and result["skipped"] == {}
+        assert result["all_reduces"] == 3 * LAYERS
+        assert result["fused"] == 2 * LAYERS, result["left_alone"]
+        assert sum(f["bias"] for f in result["fusions"]) == LAYERS, result["fusions"]
+        assert len(result["left_alone"]) == LAYERS, result["left_alone"]
+        assert all("only through opaque" in why for why in result["left_alone"].values()), result
+        assert result["vs_unfused"]["equal"] and result["vs_eager"]["equal"], result
 
 
 @pytest.mark.parametrize("case, ops_per_layer",

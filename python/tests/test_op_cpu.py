@@ -235,17 +235,19 @@ BIAS_CASES = [
 ]
 
 
+@pytest.mark.parametrize("per_token", [False, True], ids=["row", "per_token"])
 @pytest.mark.parametrize("name,attrs", BIAS_CASES, ids=[c[0] for c in BIAS_CASES])
-def test_a_bias_added_to_the_sum_matches_the_reference(name, attrs):
-    # bias: round(a + bias) before the rest; at world size 1 (the op and a local op), through the
-    # C ABI's reference at 3 ranks, against contract3's torch oracle, and against the bias added
-    # in torch before the op without it.
+def test_a_bias_added_to_the_sum_matches_the_reference(name, attrs, per_token):
+    # bias: round(a + bias) before the rest, one [H] for every row or one of x's shape (each row
+    # its own); at world size 1 (the op and a local op), through the C ABI's reference at 3
+    # ranks, against contract3's torch oracle, and against the bias added in torch before the op
+    # without it.
     for world_size, shape in ((1, (3, 256)), (1, (2, 5, 256)), (3, (7, 256))):
         residual = name != "no_residual_tensor_quant"
         partials, res, weight, scale = make_inputs(hash((name, shape)) % 2**31, shape,
                                                    world_size, residual, attrs.get("quant", "none"))
         g = torch.Generator().manual_seed(len(name))
-        bias = torch.randn(shape[-1], generator=g).to(partials[0].dtype)
+        bias = torch.randn(shape if per_token else shape[-1:], generator=g).to(partials[0].dtype)
         expected = contract3.allreduce_rmsnorm(partials, res, weight, scale, bias=bias, **attrs)
         if world_size == 1:
             got = OP(partials[0], res, weight, scale, None, None, bias, **attrs)
@@ -262,10 +264,12 @@ def test_a_bias_added_to_the_sum_matches_the_reference(name, attrs):
 
 def test_a_bias_added_to_the_sum_refuses_what_it_cannot_do():
     partials, res, weight, _ = make_inputs(5, (3, 256), 1, True, "none")
-    with pytest.raises(ValueError, match=r"bias must be \[H\] = \[256\] of x's dtype and device"):
+    with pytest.raises(ValueError, match=r"bias must be \[H\] = \[256\] or x's shape \[3, 256\]"):
         OP(partials[0], res, weight, None, None, None, weight[:128], emit=["norm"])
-    with pytest.raises(ValueError, match=r"bias must be \[H\] = \[256\] of x's dtype and device"):
+    with pytest.raises(ValueError, match=r"bias must be \[H\] = \[256\] or x's shape \[3, 256\]"):
         OP(partials[0], res, weight, None, None, None, weight.float(), emit=["norm"])
+    with pytest.raises(ValueError, match=r"bias must be \[H\] = \[256\] or x's shape \[3, 256\]"):
+        OP(partials[0], res, weight, None, None, None, partials[0][:2], emit=["norm"])
     with pytest.raises(ValueError, match="it takes no second_sum and no pre_residual_norm"):
         OP(partials[0], res, weight, None, partials[0], None, weight, emit=["norm"])
     with pytest.raises(ValueError, match="it takes no second_sum and no pre_residual_norm"):

@@ -125,10 +125,11 @@ def test_a_norm_before_the_residual_add_matches_the_cpu_reference_bitwise(name, 
                                           attrs, f"{name} T={tokens} H={hidden}")
 
 
+@pytest.mark.parametrize("per_token", [False, True], ids=["row", "per_token"])
 @pytest.mark.parametrize("name,attrs", BIAS_CASES, ids=[c[0] for c in BIAS_CASES])
-def test_a_bias_added_to_the_sum_matches_the_cpu_reference_bitwise(name, attrs):
-    # World size 1 (bias: a row-parallel layer's bias after its all_reduce); the second-sum
-    # recipe's kernels.
+def test_a_bias_added_to_the_sum_matches_the_cpu_reference_bitwise(name, attrs, per_token):
+    # World size 1 (bias: a row-parallel layer's bias after its all_reduce, or a tensor of x's
+    # shape, each row its own); the second-sum recipe's kernels.
     residual = name != "no_residual_tensor_quant"
     for tokens in TOKENS:
         for hidden in HIDDEN:
@@ -137,6 +138,8 @@ def test_a_bias_added_to_the_sum_matches_the_cpu_reference_bitwise(name, attrs):
             partials, res, weight, scale = make_inputs(tokens * 11 + hidden, (tokens, hidden), 1,
                                                        residual, attrs.get("quant", "none"))
             bias = weight.flip(0) - 1.0
+            if per_token:
+                bias = (partials[0].float() * 0.5 + bias.float()).to(partials[0].dtype)
             assert_gpu_is_the_cpu_bitwise((partials[0], res, weight, scale, None, None, bias),
                                           attrs, f"{name} T={tokens} H={hidden}")
 

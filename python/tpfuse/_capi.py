@@ -20,7 +20,7 @@ import os
 import threading
 from typing import Dict, Optional, Sequence, Tuple
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 UNIQUE_ID_BYTES = 128
 
 # Codes of the C enums (tpfuse_c.h).
@@ -42,6 +42,8 @@ ROUNDING_BITS: Dict[str, int] = {
 }
 # tpfuse_spec_t.second_sum: none, two sums added, the second into the residual.
 SECOND_SUM_NONE, SECOND_SUM_ADDED, SECOND_SUM_INTO_RESIDUAL = 0, 1, 2
+# tpfuse_spec_t.has_bias: none, a bias [H] of every row, a bias [T, H] (each row its own).
+BIAS_NONE, BIAS_ROW, BIAS_PER_TOKEN = 0, 1, 2
 # tpfuse_spec_t.has_residual: none, a residual of the activation dtype, an f32 residual.
 RESIDUAL_NONE, RESIDUAL_ACT, RESIDUAL_F32 = 0, 1, 2
 BACKEND_CODES: Dict[str, int] = {"cpu": 0, "cuda": 1}
@@ -260,14 +262,14 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
               sum_scale: float = 1.0, second_sum: bool = False, first_scale: float = 1.0,
               second_scale: float = 1.0, second_sum_into_residual: bool = False,
               pre_residual_norm: bool = False, pre_eps: Optional[float] = None,
-              has_bias: bool = False) -> Spec:
+              has_bias: bool = False, bias_per_token: bool = False) -> Spec:
     """A validated tpfuse_spec_t from Contract 3's attribute names. Unknown names raise
     ValueError naming the attribute; inconsistencies raise TpfuseError from the library.
     residual_f32: the residual operand is f32 (a residual stream kept in f32); needs
     has_residual. second_sum: two all_reduces summed (x2, first_scale, second_scale), the
     second into the residual first with second_sum_into_residual. pre_residual_norm: the sum
     normed before the residual add (the weight buffers.pre_weight, eps pre_eps: default eps).
-    has_bias: a bias (buffers.bias [H]) added to the sum first."""
+    has_bias: a bias (buffers.bias [H], or [T, H] with bias_per_token) added to the sum first."""
     def code(table: Dict[str, int], value: str, what: str) -> int:
         if value not in table:
             raise ValueError(f"tpfuse: unknown {what} {value!r} (expected one of "
@@ -298,7 +300,9 @@ def make_spec(*, hidden: int, act_dtype: str = "bf16", weight_dtype: str = "bf16
     spec.pre_residual_norm = int(bool(pre_residual_norm))
     if pre_residual_norm:
         spec.pre_eps = float(eps if pre_eps is None else pre_eps)
-    spec.has_bias = int(bool(has_bias))
+    if bias_per_token and not has_bias:
+        raise ValueError("tpfuse: bias_per_token needs has_bias")
+    spec.has_bias = (BIAS_NONE if not has_bias else BIAS_PER_TOKEN if bias_per_token else BIAS_ROW)
     spec.quant = code(QUANT_CODES, quant, "quant")
     spec.group_size = _c_int(group_size, "group_size")
     spec.scale_layout = code(SCALE_LAYOUT_CODES, scale_layout, "scale_layout")

@@ -16,6 +16,8 @@ sum_scale scales the all-reduced sum before the residual add, rounded to x's dty
 bias ([H] of x's dtype, or None) is added to the all-reduced sum first, round(a + bias) (a
 row-parallel layer's bias added after its all_reduce, as transformers' row-wise plan adds it);
 sum_scale and the residual add read the biased sum, the emitted allreduce is the sum without it.
+A bias of x's shape adds each row its own (a tensor computed beside the all_reduce, as
+transformers' MoE plans add the shared experts' output to the routed experts' sum).
 Not with x2 or pre_weight. On CUDA above world size 1 it runs on the nccl strategy.
 pre_weight ([H] like weight, or None) is the weight of a norm of the sum before the residual add
 (sandwich norms), with eps pre_eps (None: eps).
@@ -140,10 +142,11 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
         _fail(ValueError, f"pre_weight must have weight's shape, dtype and device "
                           f"({weight.dtype}{list(weight.shape)} on {weight.device}), got "
                           f"{pre_weight.dtype}{list(pre_weight.shape)} on {pre_weight.device}")
-    if bias is not None and (bias.shape != (hidden,) or bias.dtype != x.dtype or
+    if bias is not None and (bias.shape not in ((hidden,), x.shape) or bias.dtype != x.dtype or
                              bias.device != x.device):
-        _fail(ValueError, f"bias must be [H] = [{hidden}] of x's dtype and device ({x.dtype} on "
-                          f"{x.device}), got {bias.dtype}{list(bias.shape)} on {bias.device}")
+        _fail(ValueError, f"bias must be [H] = [{hidden}] or x's shape {list(x.shape)}, of x's "
+                          f"dtype and device ({x.dtype} on {x.device}), got "
+                          f"{bias.dtype}{list(bias.shape)} on {bias.device}")
     if (quant == "fp8_tensor") != (scale is not None):
         _fail(ValueError, "scale is required for quant 'fp8_tensor' and only for it "
                           f"(quant {quant!r}, scale {'given' if scale is not None else 'None'})")
@@ -171,7 +174,9 @@ def _plan(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tenso
                                second_scale=second_scale,
                                second_sum_into_residual=second_sum_into_residual,
                                pre_residual_norm=pre_weight is not None, pre_eps=pre_eps,
-                               has_bias=bias is not None)
+                               has_bias=bias is not None,
+                               bias_per_token=bias is not None and bias.shape == x.shape
+                               and x.dim() > 1)
     except (ValueError, _capi.TpfuseError) as e:
         _fail(ValueError, str(e.message if isinstance(e, _capi.TpfuseError) else e))
 

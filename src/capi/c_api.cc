@@ -117,9 +117,11 @@ StatusOr<AllreduceRmsnormSpec> ToSpec(const tpfuse_spec_t* c) {
   s.pre_residual_norm = c->pre_residual_norm == 1;
   // Read only with the norm it belongs to (Validate refuses a pre_eps without it).
   if (s.pre_residual_norm) s.pre_eps = c->pre_eps;
-  if (c->has_bias != 0 && c->has_bias != 1)
-    return InvalidArgument("spec.has_bias must be 0 or 1, got ", c->has_bias);
-  s.has_bias = c->has_bias == 1;
+  if (c->has_bias < TPFUSE_BIAS_NONE || c->has_bias > TPFUSE_BIAS_PER_TOKEN)
+    return InvalidArgument("spec.has_bias must be TPFUSE_BIAS_NONE (0), TPFUSE_BIAS_ROW (1) or "
+                           "TPFUSE_BIAS_PER_TOKEN (2), got ", c->has_bias);
+  s.has_bias = c->has_bias != TPFUSE_BIAS_NONE;
+  s.bias_per_token = c->has_bias == TPFUSE_BIAS_PER_TOKEN;
   switch (c->quant) {
     case TPFUSE_QUANT_NONE: s.quant = QuantMode::kNone; break;
     case TPFUSE_QUANT_FP8_TENSOR: s.quant = QuantMode::kFp8Tensor; break;
@@ -213,7 +215,8 @@ Status ReferenceFused(const tpfuse_spec_t* c_spec, int64_t tokens, int32_t world
   std::optional<HostTensor> bias;
   if (spec.has_bias) {
     TPFUSE_RETURN_IF_ERROR(Require(b->bias, "buffers.bias"));
-    bias = CopyIn(b->bias, spec.act_dtype, {spec.hidden});
+    bias = spec.bias_per_token ? CopyIn(b->bias, spec.act_dtype, shape)
+                               : CopyIn(b->bias, spec.act_dtype, {spec.hidden});
   }
   if (spec.quant == QuantMode::kFp8Tensor) {
     TPFUSE_RETURN_IF_ERROR(Require(b->scale, "buffers.scale"));

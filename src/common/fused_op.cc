@@ -206,6 +206,8 @@ Status AllreduceRmsnormSpec::Validate() const {
   if (!pre_residual_norm && pre_eps != 1e-6f)
     return InvalidArgument("pre_eps is the eps of the norm before the residual add (pre_residual_norm), which is "
                            "not set");
+  if (bias_per_token && !has_bias)
+    return InvalidArgument("bias_per_token says the bias is [T, H]: it needs has_bias");
   if (has_bias && (second_sum || pre_residual_norm))
     return InvalidArgument("has_bias adds a bias to the one all_reduce's sum: it takes no second_sum and no "
                            "pre_residual_norm");
@@ -246,7 +248,7 @@ std::string AllreduceRmsnormSpec::ToString() const {
   if (weight_bias != 0.0f) s += StrCat(" weight_bias=", weight_bias);
   if (second_sum && second_sum_into_residual) s += StrCat(" second_sum=a+(residual+", second_scale, "*a2)");
   else if (second_sum) s += StrCat(" second_sum=", first_scale, "*a+", second_scale, "*a2");
-  if (has_bias) s += " bias";
+  if (has_bias) s += bias_per_token ? " bias=[T,H]" : " bias";
   if (sum_scale != 1.0f) s += StrCat(" sum_scale=", sum_scale);
   if (pre_residual_norm) s += StrCat(" pre_residual_norm eps=", pre_eps);
   std::string rounding_names;
@@ -306,6 +308,8 @@ std::string FusionCapabilities::WhyUnsupported(const AllreduceRmsnormSpec& spec,
                   "norm are not supported");
   if (spec.has_bias && !bias)
     return StrCat("backend ", backend, "'s fused op adds no bias to the sum");
+  if (spec.bias_per_token && !bias_per_token)
+    return StrCat("backend ", backend, "'s fused op adds a bias [H] to the sum, not one of x's shape [T, H]");
   if (spec.pre_residual_norm && !pre_residual_norm_world_sizes.empty() &&
       !Contains(pre_residual_norm_world_sizes, world_size))
     return StrCat("backend ", backend, "'s fused op runs a norm before the residual add at world size ",

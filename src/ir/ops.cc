@@ -589,9 +589,13 @@ StatusOr<AllreduceRmsnormSpec> SpecFromTypes(const Types& in, const AttrReader& 
   if (spec.pre_residual_norm && in[at.pre_weight] != w)
     return attrs.Error("pre_weight ", in[at.pre_weight].ToString(), " does not match weight ", w.ToString(),
                        " (the two norms' weights have one type)");
-  if (spec.has_bias && (in[at.bias].rank() != 1 || in[at.bias].shape[0] != x.shape[1] || in[at.bias].dtype != x.dtype))
-    return attrs.Error("bias ", in[at.bias].ToString(), " does not match x ", x.ToString(),
-                       " (the bias added to the sum is [H] of x's dtype)");
+  if (spec.has_bias) {
+    const TensorType& bias = in[at.bias];
+    if (bias.dtype != x.dtype || !(bias == x || (bias.rank() == 1 && bias.shape[0] == x.shape[1])))
+      return attrs.Error("bias ", bias.ToString(), " does not match x ", x.ToString(),
+                         " (the bias added to the sum is [H] or [T, H] of x's dtype)");
+    spec.bias_per_token = bias.rank() == 2;
+  }
   if (spec.second_sum && in[at.x2] != x)
     return attrs.Error("x2 ", in[at.x2].ToString(), " does not match x ", x.ToString(),
                        " (the second all_reduce's partial has x's type)");

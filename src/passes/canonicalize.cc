@@ -1057,6 +1057,24 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
 
 // ---------------------------------------------------------------- add operand order
 
+std::pair<const ir::Value*, bool> ThroughViewsScalesAndBiases(const ir::Value* v);
+
+// The sum an add of a tensor of the same type adds to (a per-token bias, which the fused op
+// takes over as spec.bias_per_token): the operand that is an all_reduce's sum (through views,
+// scales and biases) where the other is not; null otherwise (two such sums are a second sum).
+const ir::Value* PerTokenBiasedSum(const ir::Node* add) {
+  if (add == nullptr || add->kind() != ir::OpKind::kAdd || add->num_operands() != 2 || add->attr("scalar"))
+    return nullptr;
+  const ir::Value* sum = nullptr;
+  for (const ir::Value* o : add->operands()) {
+    if (o->type() != add->result()->type()) return nullptr;
+    if (ProducedBy(ThroughViewsScalesAndBiases(o).first, "all_reduce") == nullptr) continue;
+    if (sum != nullptr) return nullptr;
+    sum = o;
+  }
+  return sum;
+}
+
 // `v` through views, scales by a constant and row biases (RowBiasOf: a row-parallel layer's bias
 // added to its sum), and whether a scale or a bias was passed (`stepped`).
 std::pair<const ir::Value*, bool> ThroughViewsScalesAndBiases(const ir::Value* v) {
@@ -1093,11 +1111,15 @@ bool IsAllReduceSum(const ir::Value* v) {
 // the sum of two, first, then anything computed, then parameters. Views keep the rank of what
 // they read; a scale by a constant (`mul(., scalar)`, Granite's `out * multiplier`) or a row bias
 // (`out + bias`), which the fused op takes over only as its x, keeps it too and ranks just above
-// it, so a scaled or biased sum or x comes first.
+// it, so a scaled or biased sum or x comes first. A tensor added to an all_reduce's sum (a bias
+// per token, PerTokenBiasedSum) ranks just above the other computed values and below every sum:
+// `residual + (a + t)` puts the biased sum first, and `(a1 + residual) + a2` keeps a2 first
+// (the second sum into the residual, which fuses both all_reduces).
 int ActivationRank(const ir::Value* v) {
   const auto [source, stepped] = ThroughViewsScalesAndBiases(v);
   const int base = IsAllReduceSum(source) ? 2 : source->is_param() ? 0 : 1;
-  return 2 * base + int(stepped);
+  const bool biased_per_token = base == 1 && PerTokenBiasedSum(source->producer()) != nullptr;
+  return 2 * base + int(stepped || biased_per_token);
 }
 
 // add(%res, %ar) -> add(%ar, %res): the all_reduce-derived operand first
@@ -1368,6 +1390,40 @@ struct ViewBeforeAllReduce final : Pattern {
   }
 };
 
+// view(add(%a, %b)) -> add(view(%a), view(%b)), where the add sums a tensor of its own type into
+// an all_reduce's sum (PerTokenBiasedSum), the view reads whole rows (the last dim kept) and is the
+// sum's only reader: the biased sum then reaches the residual add and norm with no view between
+// (Llama 4's routed sum added to its shared expert's all_reduce on [B*S, H] rows, then viewed
+// back to [B, S, H]), and the all_reduce's own view moves before it (view_before_all_reduce).
+// Numerics: exact (the add is elementwise).
+struct ViewBeforeBiasedSum final : Pattern {
+  std::string_view name() const override { return "view_before_biased_sum"; }
+  int benefit() const override { return 7; }
+
+  StatusOr<bool> MatchAndRewrite(ir::Node* root, Rewriter& rw, MatchNotes&) const override {
+    if (root->op() != "view") return false;
+    ir::Node* add = ProducedBy(root->operand(0), "add");
+    if (add == nullptr || !SoleUser(add->result(), root) || PerTokenBiasedSum(add) == nullptr) return false;
+    const ir::TensorType& from = add->result()->type();
+    const ir::TensorType& to = root->result()->type();
+    if (from.rank() < 1 || to.rank() < 1 || !(from.shape.back() == to.shape.back())) return false;
+
+    const std::string name = root->result()->name();
+    rw.SetInsertionPointBefore(add);
+    std::vector<ir::Value*> viewed;
+    for (ir::Value* o : add->operands()) {
+      TPFUSE_ASSIGN_OR_RETURN(ir::Node * view, rw.Create("view", {o}, root->attrs(), {o->name() + ".view"}));
+      viewed.push_back(view->result());
+    }
+    TPFUSE_ASSIGN_OR_RETURN(ir::Node * sum, rw.Create("add", viewed, add->attrs(), {name + ".sum"}));
+    rw.ReplaceAllUsesWith(root->result(), sum->result());
+    TPFUSE_RETURN_IF_ERROR(rw.Erase(root));
+    TPFUSE_RETURN_IF_ERROR(rw.Erase(add));
+    TPFUSE_RETURN_IF_ERROR(rw.RestoreNames(sum, {name}).status());
+    return true;
+  }
+};
+
 // ---------------------------------------------------------------- add + norm
 
 struct AddRmsNormMatch {
@@ -1435,6 +1491,7 @@ class CanonicalizePass final : public Pass {
     patterns_.push_back(std::make_unique<ViewOfView>());
     patterns_.push_back(std::make_unique<CommonSubexpression>());
     patterns_.push_back(std::make_unique<ViewBeforeAllReduce>());
+    patterns_.push_back(std::make_unique<ViewBeforeBiasedSum>());
     patterns_.push_back(std::make_unique<AddOperandOrder>());
     patterns_.push_back(std::make_unique<AddRmsNorm>());
     patterns_.push_back(std::make_unique<F32AddOfHalves>());

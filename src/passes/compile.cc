@@ -103,6 +103,7 @@ Json FusionJson(const FusionRecord& fusion) {
       {"sum_scale", ShortestDouble(s.sum_scale)},
       {"second_sum", s.second_sum},
       {"bias", s.has_bias},
+      {"bias_per_token", s.bias_per_token},
       {"pre_residual_norm", s.pre_residual_norm},
       {"spec", s.ToString()},
       {"notes", fusion.notes},

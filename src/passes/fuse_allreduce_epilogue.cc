@@ -23,7 +23,10 @@
 // a' = round(a * s), when the norm reads it as x and is its only use. Before it, a bias [H] added
 // to the all_reduce's sum (`add(a, b)`: a row-parallel layer's bias added after its all_reduce, as
 // transformers' row-wise plan adds it) is taken over as spec.has_bias with the operand b, when
-// the norm (or that scale) is the biased sum's only use.
+// the norm (or that scale) is the biased sum's only use; so is b of the sum's own shape, one row
+// per token (spec.bias_per_token: the output of a block beside the all_reduce, as transformers'
+// MoE plans add a replicated shared expert's output, or a routed sum, to an all_reduce's sum),
+// unless b is itself an all_reduce's sum (two summed all_reduces, below).
 //
 // Two all_reduces summed before the norm, `add(a [* s1], b [* s2]) [* s]` read by the norm as x
 // (Granite-MoE's `moe_out + shared_mlp_out`, Falcon-H1's attention and SSM mixers, each behind its
@@ -210,10 +213,14 @@ ir::Node* OnlyReaderOf(const ir::Value* v) {
   return v->uses()[0].user;
 }
 
-// The add of a bias to `anchor`'s sum (RowBiasOf) that `read` is, read by one node alone, or null.
+// The add of a bias to `anchor`'s sum (RowBiasOf: a bias [H] or one of the sum's shape) that
+// `read` is, read by one node alone, or null.
 ir::Node* BiasOfTheSum(const ir::Node* anchor, const ir::Value* read) {
   ir::Node* add = read->producer();
-  if (anchor == nullptr || RowBiasOf(add).sum != anchor->result() || OnlyReaderOf(read) == nullptr) return nullptr;
+  if (anchor == nullptr || OnlyReaderOf(read) == nullptr) return nullptr;
+  const RowBias biased = RowBiasOf(add, anchor->result());
+  // Another all_reduce's sum is no bias: the two fuse as a second sum (FindSecondSumChain).
+  if (biased.bias == nullptr || CarriesAnAllReduceSum(biased.bias)) return nullptr;
   return add;
 }
 
@@ -227,7 +234,7 @@ Chain MakeChain(ir::Node* anchor, ir::Node* norm, bool local) {
   c.scale = AbsorbableScale(norm);
   if (ir::Node* add = BiasOfTheSum(anchor, c.scale ? c.scale->operand(0) : norm->operand(0))) {
     c.bias_add = add;
-    c.bias = RowBiasOf(add).bias;
+    c.bias = RowBiasOf(add, anchor->result()).bias;
   }
   if (c.scale && anchor && c.scale->operand(0) != (c.bias_add ? c.bias_add : anchor)->result()) c.scale = nullptr;
   c.a = anchor ? anchor->result() : c.scale ? c.scale->operand(0) : norm->operand(0);
@@ -397,7 +404,7 @@ std::optional<Chain> FindChain(ir::Node* anchor, bool local) {
     // The norm reading a, or a biased (round(a + b)) and scaled (a' = round(a * s)) by a bias
     // and a scale the fused op takes over.
     ir::Node* reader = u.index == 0 ? u.user : nullptr;
-    if (RowBiasOf(u.user).sum == a)
+    if (RowBiasOf(u.user, a).bias != nullptr)
       reader = BiasOfTheSum(anchor, u.user->result()) ? OnlyReaderOf(u.user->result()) : nullptr;
     if (reader == nullptr) continue;
     ir::Node* norm = SumScaleOf(reader) ? NormOfScale(reader) : reader;
@@ -589,8 +596,9 @@ std::string AnotherAllReduceMet(const ir::Value* a, const Reach& reach) {
       if (b != nullptr && b->result() != a) {
         return StrCat(", where ", NodeRef(n), " adds it to the sum of all_reduce ", Ref(b->result()),
                       ": the fused op sums two all_reduces only where the norm reads their sum as its "
-                      "input, each sum and the sum of the two scaled by a constant or not, so it takes "
-                      "over neither");
+                      "input, each sum and the sum of the two scaled by a constant or not, so it does "
+                      "not take this one over (the other's fused op may take what this one's sum "
+                      "became as a bias per token)");
       }
     }
     on_path = n->result(0);
@@ -820,6 +828,7 @@ std::string BaseSpec(const Chain& c, AllreduceRmsnormSpec& spec) {
   spec.weight_bias = float(*bias);
   if (c.scale) spec.sum_scale = float(*SumScaleOf(c.scale));
   spec.has_bias = c.bias != nullptr;
+  spec.bias_per_token = c.bias != nullptr && c.bias->type().rank() > 1;
   if (c.pre_norm) {
     if (std::string why = PreNormSpec(c, spec); !why.empty()) return why;
   }
@@ -1352,6 +1361,10 @@ class FuseAllreduceEpiloguePass final : public Pass {
       if (c.x2) {
         TPFUSE_ASSIGN_OR_RETURN(operands[size_t(at.x2)],
                                 rw.CreateView(operands[size_t(at.x2)], flat, c.x2->name() + ".rows"));
+      }
+      if (plan.spec.bias_per_token) {
+        TPFUSE_ASSIGN_OR_RETURN(operands[size_t(at.bias)],
+                                rw.CreateView(operands[size_t(at.bias)], flat, c.bias->name() + ".rows"));
       }
       if (c.residual) {
         TPFUSE_ASSIGN_OR_RETURN(

@@ -4,8 +4,10 @@
 
 #include <cmath>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ir/graph.h"
 #include "ir/op_kind.h"
@@ -78,6 +80,46 @@ inline RowBias RowBiasOf(const ir::Node* node) {
     const ir::TensorType& t = s->type();
     if (!IsHalfType(t.dtype) || t.rank() < 2 || node->result()->type() != t) continue;
     if (b->type().rank() == 1 && b->dtype() == t.dtype && b->shape()[0] == t.shape.back()) return {s, b};
+  }
+  return {};
+}
+// Whether `v` carries an all_reduce's sum: is one, through views, scales by a constant and adds of
+// anything to it (a bias, a residual stream). A tensor that does is no bias per token: it is
+// another all_reduce's sum, or a residual stream one was added into (two all_reduces summed,
+// spec.second_sum).
+inline bool CarriesAnAllReduceSum(const ir::Value* v) {
+  std::vector<const ir::Value*> todo = {v};
+  std::set<const ir::Value*> seen;
+  while (!todo.empty()) {
+    const ir::Value* u = todo.back();
+    todo.pop_back();
+    if (!seen.insert(u).second) continue;
+    const ir::Node* p = u->producer();
+    if (p == nullptr) continue;
+    if (p->kind() == ir::OpKind::kAllReduce) return true;
+    if (p->op() == "view" || SumScaleOf(p)) {
+      todo.push_back(p->operand(0));
+    } else if (p->kind() == ir::OpKind::kAdd && !p->attr("scalar")) {
+      for (const ir::Value* o : p->operands()) todo.push_back(o);
+    }
+  }
+  return false;
+}
+
+// With the sum `sum` known: the add of a bias to it, b [H] as above or a tensor of the sum's own
+// type [..., H], one row per token (spec.bias_per_token: a tensor computed beside the sum, as
+// transformers' MoE plans add the shared experts' output, or a routed sum, to an all_reduce's
+// sum). Whether the graph can run the fused op after b is computed is the insertion point's
+// question (FindInsertionPoint), not this one's.
+inline RowBias RowBiasOf(const ir::Node* node, const ir::Value* sum) {
+  if (node == nullptr || node->kind() != ir::OpKind::kAdd || node->num_operands() != 2) return {};
+  const RowBias row = RowBiasOf(node);
+  if (row.sum == sum) return row;
+  for (int i : {0, 1}) {
+    ir::Value* b = node->operand(1 - i);
+    const ir::TensorType& t = sum->type();
+    if (node->operand(i) != sum || b == sum) continue;
+    if (IsHalfType(t.dtype) && t.rank() >= 2 && node->result()->type() == t && b->type() == t) return {node->operand(i), b};
   }
   return {};
 }

@@ -42,7 +42,7 @@ struct Case {
   float first_scale = 1.0f;
   float second_scale = 1.0f;
   float pre_eps = 0.0f;  // > 0: pre_residual_norm with this eps
-  int32_t bias = 0;      // has_bias
+  int32_t bias = 0;      // has_bias (a tpfuse_bias_t)
 };
 
 const Case kCases[] = {
@@ -89,6 +89,9 @@ const Case kCases[] = {
      1.0f, 0.0f, 1},
     {"bias_local", TPFUSE_QUANT_NONE, TPFUSE_EMIT_NORM, false, TPFUSE_SCALE_LAYOUT_ROW, TPFUSE_SCALE_FMT_F32,
      TPFUSE_DTYPE_BF16, 0, 1, 1.0f, 0, 1.0f, 1.0f, 0.0f, 1},
+    {"bias_per_token", TPFUSE_QUANT_FP8_GROUP, TPFUSE_EMIT_ALLREDUCE | TPFUSE_EMIT_RESIDUAL | TPFUSE_EMIT_QUANT, true,
+     TPFUSE_SCALE_LAYOUT_COL, TPFUSE_SCALE_FMT_F32, TPFUSE_DTYPE_BF16, 0, 0, 1.0f, 0, 1.0f, 1.0f, 0.0f,
+     TPFUSE_BIAS_PER_TOKEN},
 };
 
 AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
@@ -119,7 +122,8 @@ AllreduceRmsnormSpec CppSpec(const Case& c, int64_t hidden) {
   s.second_scale = c.second_scale;
   s.pre_residual_norm = c.pre_eps > 0.0f;
   if (s.pre_residual_norm) s.pre_eps = c.pre_eps;
-  s.has_bias = c.bias != 0;
+  s.has_bias = c.bias != TPFUSE_BIAS_NONE;
+  s.bias_per_token = c.bias == TPFUSE_BIAS_PER_TOKEN;
   return s;
 }
 
@@ -196,7 +200,8 @@ TEST(CApi, ReferenceMatchesTheOracleBitwise) {
         const HostTensor residual = Random(spec.residual_in_dtype(), {tokens, hidden}, rng);
         const HostTensor w = Random(spec.weight_dtype, {hidden}, rng);
         const HostTensor pre_w = Random(spec.weight_dtype, {hidden}, rng);
-        const HostTensor bias = Random(spec.act_dtype, {hidden}, rng);
+        const HostTensor bias =
+            Random(spec.act_dtype, spec.bias_per_token ? std::vector<int64_t>{tokens, hidden} : std::vector<int64_t>{hidden}, rng);
         HostTensor scale(DType::kF32, {});
         scale.SetF32(0, 0.0234375f);
         StatusOr<std::vector<HostTensor>> expected = cpu::AllreduceRmsnorm(

@@ -470,6 +470,39 @@ TEST(CpuReferenceTest, FusedOpAddsTheBiasToTheSumFirst) {
   EXPECT_FALSE(with_x2.Validate().ok());
 }
 
+// A bias of x's shape (bias_per_token): each row adds its own. Row 0 is the test above's; row 1
+// has a = [2, 2, 2, 2] and the bias [-1, -1, 0, 0] -> ab = [1, 1, 2, 2], scaled -> [0.5, 0.5, 1, 1],
+// plus the residual [1.5, 1.5, 1, 1] -> h = [2, 2, 2, 2], r = 0.5, y = w. A bias [H] for a spec of
+// [T, H], or one without has_bias, is an error.
+TEST(CpuReferenceTest, FusedOpAddsEachRowItsOwnBiasPerToken) {
+  AllreduceRmsnormSpec spec = Spec(4, true, QuantMode::kNone);
+  spec.eps = 0.0f;
+  spec.has_bias = true;
+  spec.bias_per_token = true;
+  spec.sum_scale = 0.5f;
+  spec.emit.allreduce = true;
+  const HostTensor x0 = Make(DType::kBF16, {2, 4}, {1, 1, 1, 1, 2, 2, 2, 2});
+  const HostTensor x1 = Make(DType::kBF16, {2, 4}, {0, 2, -4, 2, 0, 0, 0, 0});
+  const HostTensor res = Make(DType::kBF16, {2, 4}, {1, 1, -1, 0.5f, 1.5f, 1.5f, 1, 1});
+  const HostTensor w = Make(DType::kBF16, {4}, {1, 2, 3, 0.5f});
+  const HostTensor bias = Make(DType::kBF16, {2, 4}, {1, -1, 1, 0.00390625f, -1, -1, 0, 0});
+  const std::vector<HostTensor> partials = {x0, x1};
+  const std::vector<HostTensor> out =
+      Unwrap(AllreduceRmsnorm(spec, partials, &res, w, nullptr, {}, nullptr, &bias));
+  ASSERT_EQ(out.size(), 3u);  // allreduce, norm, residual
+  EXPECT_EQ(Values(out[0]), (std::vector<float>{1, 3, -3, 3, 2, 2, 2, 2}));
+  EXPECT_EQ(Values(out[1]), (std::vector<float>{1, 2, -3, 0.5f, 1, 2, 3, 0.5f}));
+  EXPECT_EQ(Values(out[2]), (std::vector<float>{2, 2, -2, 2, 2, 2, 2, 2}));
+
+  const HostTensor row_bias = Make(DType::kBF16, {4}, {1, -1, 1, 0});
+  StatusOr<std::vector<HostTensor>> r = AllreduceRmsnorm(spec, partials, &res, w, nullptr, {}, nullptr, &row_bias);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("expected bf16[2, 4]"), std::string::npos) << r.status().message();
+  AllreduceRmsnormSpec no_bias = spec;
+  no_bias.has_bias = false;
+  EXPECT_FALSE(no_bias.Validate().ok());
+}
+
 // A norm of the sum before the residual add (pre_residual_norm, sandwich norms), in exact values:
 // a = [1, 3, -3, 3] (mean(a^2) = 7, eps 2 -> r0 = 1/3), p = round(a / 3 * w0) with w0 = [3, 3, 3, 6]
 // = [1, 3, -3, 6]; h = p + residual = [2, 2, -2, 5], and y = round(h * r) with the second norm's

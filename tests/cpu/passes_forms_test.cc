@@ -209,6 +209,58 @@ TEST(PassesForms, ARowBiasAfterTheAllReduceIsTakenOver) {
   }
 }
 
+// A tensor of the sum's shape added to an all_reduce's sum (forms/token_bias.tpg: GLM-4-MoE-Lite's
+// replicated shared experts, Llama 4's routed sum computed after the shared expert's all_reduce
+// and viewed back to [B, S, H], a returned addend before a per-token quant) is taken over at
+// every site as a per-token bias, for the CPU and the CUDA targets; bitwise.
+TEST(PassesForms, ATensorAddedToTheSumIsTakenOverAsAPerTokenBias) {
+  PassContext cuda;
+  cuda.caps = CudaFusionCapabilities();
+  for (PassContext ctx : {PassContext{}, cuda}) {
+    Compiled c = Compile(ReadForm("token_bias.tpg"), ctx);
+    ASSERT_TRUE(c.ok());
+    ASSERT_EQ(c.ctx.fusions.size(), 3u) << DescribeReport(c.ctx) << Print(*c.after);
+    EXPECT_TRUE(c.ctx.rejections.empty()) << DescribeReport(c.ctx);
+    for (const FusionRecord& f : c.ctx.fusions) {
+      EXPECT_TRUE(f.spec.has_bias && f.spec.bias_per_token) << f.spec.ToString();
+      EXPECT_NE(f.spec.ToString().find(" bias=[T,H]"), std::string::npos) << f.spec.ToString();
+    }
+    EXPECT_EQ(c.ctx.fusions[2].spec.quant, QuantMode::kFp8Token) << c.ctx.fusions[2].spec.ToString();
+    EXPECT_EQ(CountOp(*c.after, "add"), 0) << Print(*c.after);
+    EXPECT_EQ(CountOp(*c.after, "all_reduce"), 0) << Print(*c.after);
+    ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5, 33}, {2, 9});
+  }
+  Compiled one = Compile(ReadForm("token_bias.tpg"), WorldSizeOneLocal());
+  ASSERT_TRUE(one.ok());
+  ASSERT_EQ(one.ctx.fusions.size(), 3u) << DescribeReport(one.ctx) << Print(*one.after);
+  for (const FusionRecord& f : one.ctx.fusions) EXPECT_TRUE(f.spec.bias_per_token && f.spec.local);
+  ExpectBitwiseOutputs(*one.before, *one.after, 1, {1, 5, 33}, {4, 8});
+}
+
+// An addend computed from the all_reduce's own sum (a cycle: the fused op would need its own
+// result as an operand), or the same sum twice, is no bias: the chain stays, with the reason.
+constexpr char kNoTokenBias[] = R"(
+  func @f(%x0: bf16[T, 256], %x1: bf16[T, 256], %res: bf16[T, 256], %g: bf16[256], %w: bf16[256, 256]) {
+    %ar0 = all_reduce(%x0)
+    %t0 = matmul(%ar0, %w)
+    %o0 = add(%ar0, %t0)
+    %y0, %h0 = fused_add_rms_norm(%o0, %res, %g) {eps = 1e-6}
+    %ar1 = all_reduce(%x1)
+    %o1 = add(%ar1, %ar1)
+    %y1, %h1 = fused_add_rms_norm(%o1, %h0, %g) {eps = 1e-6}
+    return %y0, %y1, %h1
+  }
+)";
+
+TEST(PassesForms, AnAddendComputedFromTheSumIsNoBias) {
+  Compiled c = Compile(kNoTokenBias);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c.ctx.fusions.size(), 0u) << DescribeReport(c.ctx) << Print(*c.after);
+  ASSERT_EQ(c.ctx.rejections.size(), 2u) << DescribeReport(c.ctx);
+  for (const Rejection& r : c.ctx.rejections) EXPECT_FALSE(r.reason.empty()) << r.anchor;
+  ExpectBitwiseOutputs(*c.before, *c.after, 2, {1, 5}, {3});
+}
+
 // A bias the fused op does not take over stays, with the reason: the biased sum also returned
 // (site 0), a bias of f32 that promotes the sum (site 1). Site 2's all_reduce, returned too, is
 // emitted without its bias. At world size 1 the local op takes the bias over.

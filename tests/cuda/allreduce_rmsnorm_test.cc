@@ -305,15 +305,17 @@ TEST_F(FusedOpTest, TwoSummedAllReducesRunOnNcclAndMatchTheOracle) {
 
 // A bias added to the sum (has_bias) runs on the nccl strategy, one ncclAllReduce and one epilogue
 // that adds the bias (one-shot and two-shot refuse it and say so): every quant mode, the biased
-// sum scaled or not, the all_reduce's result emitted or not; T over the scratch's chunking too.
+// sum scaled or not, the all_reduce's result emitted or not, a bias per token; T over the scratch's
+// chunking too.
 TEST_F(FusedOpTest, ABiasAddedToTheSumRunsOnNcclAndMatchesTheOracle) {
   uint64_t seed = 970;
   for (QuantMode quant : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
-    for (int form = 0; form < 3; ++form) {
+    for (int form = 0; form < 5; ++form) {  // 3, 4: a bias per token ([T, H]), 4 scaled
       AllreduceRmsnormSpec spec = MakeSpec(4096, quant);
       spec.has_bias = true;
-      spec.sum_scale = form == 1 ? 0.22f : 1.0f;
-      spec.emit.allreduce = form == 2;
+      spec.bias_per_token = form >= 3;
+      spec.sum_scale = form == 1 || form == 4 ? 0.22f : 1.0f;
+      spec.emit.allreduce = form == 2 || form == 4;
       for (int64_t tokens : {int64_t{1}, int64_t{77}, kMaxTestTokens})
         ExpectNcclOnly(spec, tokens, ++seed, "adds no bias to the sum: a bias runs on nccl");
     }

@@ -350,26 +350,28 @@ TEST_F(LocalFusedTest, TwoSummedAllReducesAreBitwiseTheOracle) {
 // A bias added to the sum first (has_bias: a row-parallel layer's bias after its all_reduce) at world
 // size 1 (a = x) and in a local op: bf16 and f16, with and without a residual, the biased sum
 // scaled or not, the norm of the f32 sum or not, an f32 residual stream, the all_reduce's result
-// emitted; every quant mode; rows of one vector per thread to four (the second-sum recipes'
-// kernels). Then each row owner forced: one block runs it, the others refuse with the reason.
+// emitted, a bias per token ([T, H]); every quant mode; rows of one vector per thread to four (the
+// second-sum recipes' kernels). Then each row owner forced: one block runs it, the others refuse with the reason.
 TEST_F(LocalFusedTest, ABiasAddedToTheSumIsBitwiseTheOracle) {
   uint64_t seed = 6500;
   for (DType act : {DType::kBF16, DType::kF16})
     // 0: plain; 1: scaled; 2: no residual; 3: weight_after_round, local; 4: norm of the f32
-    // sum; 5: an f32 stream; 6: the all_reduce's result emitted
-    for (int form = 0; form < 7; ++form)
+    // sum; 5: an f32 stream; 6: the all_reduce's result emitted; 7: a bias per token, local; 8:
+    // a bias per token, scaled, the all_reduce's result emitted
+    for (int form = 0; form < 9; ++form)
       for (QuantMode q : {QuantMode::kNone, QuantMode::kFp8Tensor, QuantMode::kFp8Token, QuantMode::kFp8Group})
         for (int64_t h : {128, 2880, 7168, 16384}) {
           AllreduceRmsnormSpec s = LocalSpec(h, q, /*residual=*/form != 2);
-          s.local = form == 3;
           s.act_dtype = act;
           s.weight_dtype = act;
           s.has_bias = true;
-          s.sum_scale = form == 1 ? 0.22f : 1.0f;
+          s.bias_per_token = form >= 7;
+          s.sum_scale = form == 1 || form == 8 ? 0.22f : 1.0f;
+          s.local = form == 3 || form == 7;
           s.rounding.weight_after_round = form == 3;
           s.rounding.norm_input_f32 = form == 4;
           s.residual_f32_in = s.rounding.residual_out_f32 = form == 5;
-          s.emit.allreduce = form == 6;
+          s.emit.allreduce = form == 6 || form == 8;
           for (int64_t t : {1, 33, 300}) EXPECT_EQ(RunAndCompare(s, t, seed++), "") << Describe(s, t);
         }
   for (bool f32_stream : {false, true}) {

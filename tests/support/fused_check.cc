@@ -96,8 +96,9 @@ FusedInputs MakeFusedInputs(const AllreduceRmsnormSpec& spec, int64_t tokens, in
   }
   in.has_bias = spec.has_bias;
   if (spec.has_bias) {
-    in.bias = HostTensor(spec.act_dtype, {h});
-    for (int64_t i = 0; i < h; ++i) in.bias.SetF32(i, kind == InputKind::kRankTagged ? float(int(i % 5) - 2) : normal(rng));
+    in.bias = spec.bias_per_token ? HostTensor(spec.act_dtype, {tokens, h}) : HostTensor(spec.act_dtype, {h});
+    for (int64_t i = 0; i < in.bias.numel(); ++i)
+      in.bias.SetF32(i, kind == InputKind::kRankTagged ? float(int(i % 5) - 2) : normal(rng));
   }
   return in;
 }

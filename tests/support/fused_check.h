@@ -26,7 +26,7 @@ struct FusedInputs {
   std::vector<HostTensor> partials2;  // [rank] x2 [T, H] (spec.second_sum), else empty
   HostTensor pre_weight;              // [H] (spec.pre_residual_norm), else empty
   bool has_pre_weight = false;
-  HostTensor bias;                    // [H] (spec.has_bias), else empty
+  HostTensor bias;                    // [H], or [T, H] (spec.has_bias, bias_per_token), else empty
   bool has_bias = false;
   bool has_residual = false;
   bool has_scale = false;

@@ -596,9 +596,10 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
   if (spec.has_bias != (bias != nullptr))
     return InvalidArgument("allreduce_rmsnorm: the spec ", spec.has_bias ? "adds" : "adds no",
                            " a bias to the sum but the call passes ", bias ? "one" : "none");
-  if (bias && (bias->dtype() != spec.act_dtype || bias->numel() != spec.hidden))
+  if (bias && (bias->dtype() != spec.act_dtype || bias->numel() != spec.hidden * (spec.bias_per_token ? partials[0]->dim(0) : 1)))
     return InvalidArgument("allreduce_rmsnorm: bias is ", bias->TypeString(), ", expected ",
-                           DTypeName(spec.act_dtype), "[", spec.hidden, "]");
+                           DTypeName(spec.act_dtype), spec.bias_per_token ? StrCat("[", partials[0]->dim(0), ", ") : "[",
+                           spec.hidden, "]");
   if ((spec.quant == QuantMode::kFp8Tensor) != (scale != nullptr))
     return InvalidArgument("allreduce_rmsnorm: a static scale is needed iff quant = fp8_tensor (quant ",
                            QuantModeName(spec.quant), ", scale ", scale ? "given" : "missing", ")");
@@ -627,9 +628,11 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
         h.SetF32(i, scaled(a, i, spec.first_scale) + scaled(a2, i, spec.second_scale));
     }
   }
-  // 1b. has_bias: ab = round(a + bias), the bias of every row (f32 sum, one rounding).
+  // 1b. has_bias: ab = round(a + bias), the bias of every row, or each row's own
+  // (bias_per_token) (f32 sum, one rounding).
   if (bias) {
-    for (int64_t i = 0; i < h.numel(); ++i) h.SetF32(i, h.GetF32(i) + bias->GetF32(i % hidden));
+    for (int64_t i = 0; i < h.numel(); ++i)
+      h.SetF32(i, h.GetF32(i) + bias->GetF32(spec.bias_per_token ? i : i % hidden));
   }
   // 1c. a' = round(h * sum_scale) (f32 product), where the graph scaled a before the add.
   if (spec.sum_scale != 1.0f) {

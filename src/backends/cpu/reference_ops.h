@@ -153,8 +153,8 @@ StatusOr<HostTensor> AllreduceSum(const std::vector<HostTensor>& partials);
 // The fused op of Contract 3 for one rank: partials[r] is rank r's x [T, H]; residual [T, H]
 // or null (spec.has_residual); w [H]; scale f32[] or null (quant = fp8_tensor); partials2[r]
 // rank r's x2 (spec.second_sum), one per rank like partials, else empty; pre_weight [H] the
-// weight of the norm before the residual add (spec.pre_residual_norm), else null; bias [H] the
-// bias added to the sum (spec.has_bias), else null.
+// weight of the norm before the residual add (spec.pre_residual_norm), else null; bias [H] (or
+// [T, H]: spec.bias_per_token) the bias added to the sum (spec.has_bias), else null.
 // Returns the emitted results in Contract 3's order: allreduce, norm, residual, q, s (only
 // those in spec.emit; s only for dynamic quant).
 StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& spec,

@@ -111,8 +111,9 @@ struct FusedKernelParams {
   float first_scale;
   float second_scale;
   // A bias [H] added to a (the second-sum recipes' kernels only; null: none): round(a + bias),
-  // the same for every row.
+  // the same for every row, or each row's own where bias_per_token ([T, H], x's layout).
   const void* bias;
+  bool bias_per_token;
   // The norm of the sum before the residual add (PreNormRecipe's kernels only): its weight [H]
   // (weight_dtype, weight_bias as the weight's) and eps.
   bool pre_residual_norm;
@@ -1893,9 +1894,12 @@ __device__ __forceinline__ void EpilogueRows(const FusedKernelParams& p) {
         if (v >= p.vecs_per_row) continue;
         // The emitted allreduce (a bias's only: Validate) is a without the second addend.
         if (p.allreduce_out) StoreStreaming(static_cast<uint4*>(p.allreduce_out) + row_vec + v, a[k]);
-        // A bias is the same second addend for every row, not reduced: round(a + bias) with
-        // scales of 1 and not into the residual (Validate: no second_sum).
-        const uint4 a2 = p.bias ? __ldg(static_cast<const uint4*>(p.bias) + v) : ReducedVector<T>(p, rows2, row_vec + v);
+        // A bias is a second addend not reduced, the same for every row or the row's own:
+        // round(a + bias) with scales of 1 and not into the residual (Validate: no second_sum).
+        const uint4* const bias = static_cast<const uint4*>(p.bias);
+        const uint4 a2 = !bias              ? ReducedVector<T>(p, rows2, row_vec + v)
+                         : p.bias_per_token ? LoadGlobal(bias + row_vec + v)
+                                            : __ldg(bias + v);
         // Into the residual (16-bit there: Validate), or added to a.
         if (p.second_sum_into_residual) {
           uint4& r16 = Residual16<Recipe>(res[k]);

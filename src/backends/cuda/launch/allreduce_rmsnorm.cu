@@ -185,6 +185,7 @@ FusedKernelParams MakeParams(const AllreduceRmsnormSpec& spec, int64_t tokens, c
   p.second_sum_into_residual = spec.second_sum_into_residual;
   p.x2 = b.x2;
   p.bias = b.bias;  // null unless spec.has_bias (CheckBuffers)
+  p.bias_per_token = spec.bias_per_token;
   p.first_scale = spec.first_scale;
   p.second_scale = spec.second_scale;
   p.pre_residual_norm = spec.pre_residual_norm;
