@@ -76,16 +76,20 @@ CASES = [
 ]
 HAVE_ACCELERATE = importlib.util.find_spec("accelerate") is not None  # tp_plan needs it
 PARALLEL_BLOCKS = Case("cohere2_moe")
-# Llama 4's plan: the routed experts all_reduced per expert and then summed (an opaque sum: left
-# alone), that sum added to the shared expert's all_reduce (a bias per token).
-ROUTED_SUM = Case("llama4_text", hf_tp=True)
+# MoE plans of two all_reduces a block where one block's output reaches the other's sum through an
+# op the fused op does not take (left alone, with that op in the reason), and is added to it as a
+# bias per token: Llama 4's routed experts, all_reduced per expert and then summed (opaque), added
+# to the shared expert's all_reduce; Qwen3-Next's shared expert, all_reduced and then gated per
+# token (a mul), added to the routed experts' all_reduce.
+ADDED_BLOCKS = {Case("llama4_text", hf_tp=True): "only through opaque",
+                Case("qwen3_next", hf_tp=True): "only through mul"}
 SUMMED_BLOCKS = Case("granitemoehybrid")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     cases = [c for c in CASES if HAVE_ACCELERATE or not c.hf_tp] + [PARALLEL_BLOCKS, SUMMED_BLOCKS]
-    cases += [ROUTED_SUM] if HAVE_ACCELERATE else []
+    cases += list(ADDED_BLOCKS) if HAVE_ACCELERATE else []
     per_rank = tp_harness.run_all(cases, str(tmp_path_factory.mktemp("tp2")))
     return {case.name: [per_rank[r][i] for r in range(len(per_rank))]
             for i, case in enumerate(cases)}
@@ -181,19 +185,24 @@ def test_the_row_wise_plans_bias_after_each_all_reduce_goes_into_its_fused_op(re
         assert result["fusions"] and all(f["bias"] for f in result["fusions"]), result["fusions"]
 
 
-def test_a_tensor_added_to_the_sum_goes_into_its_fused_op_as_a_bias_per_token(results):
-    # GLM-4-MoE-Lite: the shared experts' output added to the routed experts' all_reduce; Llama 4:
-    # the routed sum added to the shared expert's all_reduce, whose own all_reduce (per expert,
-    # before an opaque sum over the experts) stays, with that reason.
+def test_glm4_moe_lites_shared_experts_go_into_the_routed_fused_op_as_a_bias_per_token(results):
     for result in map(_ok, _of(results, Case("glm4_moe_lite", hf_tp=True))):
         assert sum(f["bias"] for f in result["fusions"]) == 1, result["fusions"]  # the MoE layer
-    for result in map(_ok, _of(results, ROUTED_SUM)):
+
+
+@pytest.mark.parametrize("case", list(ADDED_BLOCKS), ids=lambda c: c.name)
+def test_a_block_added_to_another_blocks_sum_goes_into_its_fused_op_as_a_bias_per_token(results,
+                                                                                       case):
+    # Per MoE block one all_reduce stays, with the op on its way named; the other's fused op
+    # takes what that sum became as a bias per token. No bit changes.
+    for result in map(_ok, _of(results, case)):
         assert result["untranslated"] == [] and result["skipped"] == {}
-        assert result["all_reduces"] == 3 * LAYERS
-        assert result["fused"] == 2 * LAYERS, result["left_alone"]
-        assert sum(f["bias"] for f in result["fusions"]) == LAYERS, result["fusions"]
-        assert len(result["left_alone"]) == LAYERS, result["left_alone"]
-        assert all("only through opaque" in why for why in result["left_alone"].values()), result
+        moe_blocks = len(result["left_alone"])
+        assert moe_blocks == LAYERS, result["left_alone"]
+        assert all(ADDED_BLOCKS[case] in why for why in result["left_alone"].values()), result
+        assert result["fused"] == result["all_reduces"] - moe_blocks
+        assert sum(f["bias"] for f in result["fusions"]) == moe_blocks, result["fusions"]
+        assert result["all_reduces_after"] == moe_blocks, result
         assert result["vs_unfused"]["equal"] and result["vs_eager"]["equal"], result
 
 

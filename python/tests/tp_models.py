@@ -401,7 +401,7 @@ def load_with_transformers_tp(model: nn.Module, case: Case, rank: int) -> nn.Mod
     dist.barrier()
     if rank == 0:
         shutil.rmtree(path, ignore_errors=True)
-    if not isinstance(loaded.model.layers[0].self_attn.o_proj.weight, DTensor):
+    if not any(isinstance(p, DTensor) for p in loaded.model.parameters()):
         raise RuntimeError("transformers loaded the model unsharded (tp_plan not applied)")
     return loaded.model.eval()
 
