@@ -119,7 +119,8 @@ inline RowBias RowBiasOf(const ir::Node* node, const ir::Value* sum) {
     ir::Value* b = node->operand(1 - i);
     const ir::TensorType& t = sum->type();
     if (node->operand(i) != sum || b == sum) continue;
-    if (IsHalfType(t.dtype) && t.rank() >= 2 && node->result()->type() == t && b->type() == t) return {node->operand(i), b};
+    if (IsHalfType(t.dtype) && t.rank() >= 2 && node->result()->type() == t && b->type() == t)
+      return {node->operand(i), b};
   }
   return {};
 }

@@ -596,9 +596,10 @@ StatusOr<std::vector<HostTensor>> AllreduceRmsnorm(const AllreduceRmsnormSpec& s
   if (spec.has_bias != (bias != nullptr))
     return InvalidArgument("allreduce_rmsnorm: the spec ", spec.has_bias ? "adds" : "adds no",
                            " a bias to the sum but the call passes ", bias ? "one" : "none");
-  if (bias && (bias->dtype() != spec.act_dtype || bias->numel() != spec.hidden * (spec.bias_per_token ? partials[0]->dim(0) : 1)))
+  const int64_t bias_rows = spec.bias_per_token ? partials[0]->dim(0) : 1;  // [T, H] or [H]
+  if (bias && (bias->dtype() != spec.act_dtype || bias->numel() != spec.hidden * bias_rows))
     return InvalidArgument("allreduce_rmsnorm: bias is ", bias->TypeString(), ", expected ",
-                           DTypeName(spec.act_dtype), spec.bias_per_token ? StrCat("[", partials[0]->dim(0), ", ") : "[",
+                           DTypeName(spec.act_dtype), spec.bias_per_token ? StrCat("[", bias_rows, ", ") : "[",
                            spec.hidden, "]");
   if ((spec.quant == QuantMode::kFp8Tensor) != (scale != nullptr))
     return InvalidArgument("allreduce_rmsnorm: a static scale is needed iff quant = fp8_tensor (quant ",
