@@ -277,6 +277,11 @@ def compile(model: Any, world_size: Optional[int] = None, *,
     can take; the returned callable traces with them specialized, as torch.compile does without
     dynamic=True (torch._dynamo.config.specialize_float): shapes stay dynamic, and a float
     argument that changes between calls recompiles.
+
+    A call made without grad (torch.no_grad, torch.inference_mode) runs a second build, traced
+    under torch._dynamo.config.compiled_autograd=True, so a module's full backward hooks (which
+    transformers' tp_plan puts on per-head norms) do not break its graph; calls with grad run
+    the first (docs/pytorch.md, "Calls without grad").
     """
     fusion_pass = FusionPass(world_size=world_size, fuse_local=fuse_local)
     build = functools.partial(_torch_compile, model, fusion_pass, backend, options)
@@ -328,8 +333,8 @@ def _no_grad_calls_through(compiled: Any, inference: Any) -> Any:
     tp_plan puts one on every replicated_with_grad_allreduce module (Qwen3's and Gemma3's
     per-head norms, to sum their gradients across ranks): with the graph broken there, every
     all_reduce's sum leaves its graph and none can be fused. Calls with grad run `compiled`,
-    exactly torch.compile's. (Dynamo guards each graph on the grad mode, so neither traces the
-    other's calls.)"""
+    the build as given, broken where torch.compile breaks it. (Dynamo guards each graph on the
+    grad mode, so neither traces the other's calls.)"""
 
     def dispatch(call, no_grad_call):
         @functools.wraps(call)
