@@ -1060,19 +1060,17 @@ struct DecomposedDynamicQuant final : TypedPattern<DynamicQuantMatch> {
 std::pair<const ir::Value*, bool> ThroughViewsScalesAndBiases(const ir::Value* v);
 
 // The sum an add of a tensor of the same type adds to (a per-token bias, which the fused op
-// takes over as spec.bias_per_token): the operand that is an all_reduce's sum (through views,
-// scales and biases) where the other is not; null otherwise (two such sums are a second sum).
+// takes over as spec.bias_per_token: BiasOfSum): the operand that is an all_reduce's sum (through
+// views, scales and biases) with the other its bias; null otherwise.
 const ir::Value* PerTokenBiasedSum(const ir::Node* add) {
-  if (add == nullptr || add->kind() != ir::OpKind::kAdd || add->num_operands() != 2 || add->attr("scalar"))
-    return nullptr;
-  const ir::Value* sum = nullptr;
+  if (add == nullptr || add->kind() != ir::OpKind::kAdd || add->num_operands() != 2) return nullptr;
   for (const ir::Value* o : add->operands()) {
-    if (o->type() != add->result()->type()) return nullptr;
-    if (ProducedBy(ThroughViewsScalesAndBiases(o).first, "all_reduce") == nullptr) continue;
-    if (sum != nullptr) return nullptr;
-    sum = o;
+    const RowBias biased = BiasOfSum(add, o);
+    if (biased.bias != nullptr && biased.bias->type() == o->type() &&
+        ProducedBy(ThroughViewsScalesAndBiases(o).first, "all_reduce") != nullptr)
+      return o;
   }
-  return sum;
+  return nullptr;
 }
 
 // `v` through views, scales by a constant and row biases (RowBiasOf: a row-parallel layer's bias

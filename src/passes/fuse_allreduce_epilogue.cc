@@ -55,6 +55,8 @@
 #include <cctype>
 #include <map>
 #include <set>
+#include <tuple>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -213,15 +215,14 @@ ir::Node* OnlyReaderOf(const ir::Value* v) {
   return v->uses()[0].user;
 }
 
-// The add of a bias to `anchor`'s sum (RowBiasOf: a bias [H] or one of the sum's shape) that
-// `read` is, read by one node alone, or null.
-ir::Node* BiasOfTheSum(const ir::Node* anchor, const ir::Value* read) {
+// The bias added to `anchor`'s sum (BiasOfSum: a bias [H] or one of the sum's shape) that `read`
+// is, read by one node alone, and the add; {null, null} otherwise.
+std::pair<ir::Node*, ir::Value*> BiasOfTheSum(const ir::Node* anchor, const ir::Value* read) {
+  if (anchor == nullptr || OnlyReaderOf(read) == nullptr) return {nullptr, nullptr};
   ir::Node* add = read->producer();
-  if (anchor == nullptr || OnlyReaderOf(read) == nullptr) return nullptr;
-  const RowBias biased = RowBiasOf(add, anchor->result());
-  // Another all_reduce's sum is no bias: the two fuse as a second sum (FindSecondSumChain).
-  if (biased.bias == nullptr || CarriesAnAllReduceSum(biased.bias)) return nullptr;
-  return add;
+  const RowBias biased = BiasOfSum(add, anchor->result());
+  if (biased.bias == nullptr) return {nullptr, nullptr};
+  return {add, biased.bias};
 }
 
 // The chain of `norm` reading `a` as x, directly or through a bias and a scale the fused op takes
@@ -232,10 +233,7 @@ Chain MakeChain(ir::Node* anchor, ir::Node* norm, bool local) {
   c.norm = norm;
   c.local = local;
   c.scale = AbsorbableScale(norm);
-  if (ir::Node* add = BiasOfTheSum(anchor, c.scale ? c.scale->operand(0) : norm->operand(0))) {
-    c.bias_add = add;
-    c.bias = RowBiasOf(add, anchor->result()).bias;
-  }
+  std::tie(c.bias_add, c.bias) = BiasOfTheSum(anchor, c.scale ? c.scale->operand(0) : norm->operand(0));
   if (c.scale && anchor && c.scale->operand(0) != (c.bias_add ? c.bias_add : anchor)->result()) c.scale = nullptr;
   c.a = anchor ? anchor->result() : c.scale ? c.scale->operand(0) : norm->operand(0);
   c.x = anchor ? anchor->operand(0) : c.a;
@@ -404,8 +402,8 @@ std::optional<Chain> FindChain(ir::Node* anchor, bool local) {
     // The norm reading a, or a biased (round(a + b)) and scaled (a' = round(a * s)) by a bias
     // and a scale the fused op takes over.
     ir::Node* reader = u.index == 0 ? u.user : nullptr;
-    if (RowBiasOf(u.user, a).bias != nullptr)
-      reader = BiasOfTheSum(anchor, u.user->result()) ? OnlyReaderOf(u.user->result()) : nullptr;
+    if (u.user->kind() == ir::OpKind::kAdd && BiasOfTheSum(anchor, u.user->result()).first != nullptr)
+      reader = OnlyReaderOf(u.user->result());
     if (reader == nullptr) continue;
     ir::Node* norm = SumScaleOf(reader) ? NormOfScale(reader) : reader;
     if (norm == nullptr || !IsNorm(norm)) continue;

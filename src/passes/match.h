@@ -125,6 +125,14 @@ inline RowBias RowBiasOf(const ir::Node* node, const ir::Value* sum) {
   return {};
 }
 
+// RowBiasOf(node, sum) where the fused op takes b as its bias: b carries no all_reduce's sum
+// (one that does fuses with `sum` as a second sum). The one test of both the canonicalizer's add
+// order and the fusion pass.
+inline RowBias BiasOfSum(const ir::Node* node, const ir::Value* sum) {
+  const RowBias biased = RowBiasOf(node, sum);
+  return biased.bias != nullptr && !CarriesAnAllReduceSum(biased.bias) ? biased : RowBias{};
+}
+
 // The node computing `value` as pow(v, 2) or mul(v, v), else null.
 inline ir::Node* SquareOf(const ir::Value* value, const ir::Value* v) {
   if (ir::Node* pow = ProducedBy(value, "pow")) {
