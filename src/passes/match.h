@@ -86,13 +86,14 @@ inline RowBias RowBiasOf(const ir::Node* node) {
 // Whether `v` carries an all_reduce's sum: is one, through views, scales by a constant and adds of
 // anything to it (a bias, a residual stream). A tensor that does is no bias per token: it is
 // another all_reduce's sum, or a residual stream one was added into (two all_reduces summed,
-// spec.second_sum).
+// spec.second_sum). Nearest first: a residual stream meets the last all_reduce added into it at
+// once, not after walking back through every layer's add (the canonicalizer asks this of every
+// residual add, so a walk to the stream's start would make compiling quadratic in the layers).
 inline bool CarriesAnAllReduceSum(const ir::Value* v) {
   std::vector<const ir::Value*> todo = {v};
   std::set<const ir::Value*> seen;
-  while (!todo.empty()) {
-    const ir::Value* u = todo.back();
-    todo.pop_back();
+  for (size_t next = 0; next < todo.size(); ++next) {
+    const ir::Value* u = todo[next];
     if (!seen.insert(u).second) continue;
     const ir::Node* p = u->producer();
     if (p == nullptr) continue;
