@@ -290,6 +290,18 @@ template <typename Recipe>
 inline constexpr bool kNormAloneRecipe = false;
 template <typename Fixed>
 inline constexpr bool kNormAloneRecipe<NormAloneRecipe<Fixed>> = true;
+// A fixed recipe's fp8_group kernel of one block per row for grids of at most one block per SM
+// (the launcher picks it there: LaunchLocalAllreduceRmsnorm). Each row's block then issues alone
+// on its SM and the groups' maxima take whole-warp reductions (LaneGroupMax), and the row's scale
+// address is taken once (RowEpilogue). The same bits; apart from the kernels of larger grids, where
+// the same code ran up to 1.12 x slower and the two paths in one kernel changed the compiled code
+// of both (docs/perf/h100x1/NOTES.md, runs 126-128).
+template <typename Fixed>
+struct SoleBlockRecipe : Fixed {};
+template <typename Recipe>
+inline constexpr bool kSoleBlockRecipe = false;
+template <typename Fixed>
+inline constexpr bool kSoleBlockRecipe<SoleBlockRecipe<Fixed>> = true;
 
 // ================================================================ row owners and reductions
 
@@ -761,17 +773,17 @@ __device__ __forceinline__ float RowSumOfParts(const float (&parts)[kParts], flo
 // Max over aligned groups of `lanes` consecutive lanes (lanes a power of two <= 32, the same in
 // every lane), for each of a thread's kVec values (magnitudes: LaneMaxOfMagnitudes) at once:
 // one xor butterfly level per step, only the levels inside a group, the kVec chains side by
-// side. With kWholeWarp (ClusterPairRow's kernels, where it was measured) and where a warp holds
-// at most two groups' maxima in all (one vector per thread and groups of 16 or 32 lanes), one
-// integer reduction of the whole warp per group instead, on the group's values and zeros
-// elsewhere: independent reductions, not four dependent levels (fp8_group 128 2-4 % faster at
-// T <= 32, docs/perf/h200x1/NOTES.md, run 31; an integer reduction over the group's lanes alone,
-// each half warp with its own mask, measured 2-34 % slower: run 25). Either way a NaN wins, as
-// in MaxOfMagnitudes. `mask`: the lanes that shuffle together (RowLaneMask: a PackedRows
-// group's, which holds whole groups).
+// side. With kWholeWarp (where it was measured: the pair clusters' kernels, one vector per
+// thread, and SoleBlockRecipe's, two) and groups of 16 or 32 lanes, one integer reduction of the
+// whole warp per group of each of the kVec values instead (two per value at 16 lanes), on the
+// group's values and zeros elsewhere: independent reductions, not four dependent levels
+// (fp8_group 128 2-4 % faster at T <= 32 in the pair clusters, docs/perf/h200x1/NOTES.md, run
+// 31; an integer reduction over the group's lanes alone, each half warp with its own mask,
+// measured 2-34 % slower: run 25). Either way a NaN wins, as in MaxOfMagnitudes. `mask`: the
+// lanes that shuffle together (RowLaneMask: a PackedRows group's, which holds whole groups).
 template <int kVec, bool kWholeWarp = false>
 __device__ __forceinline__ void LaneGroupMax(float (&v)[kVec], int lanes, unsigned mask = 0xffffffffu) {
-  if (kWholeWarp && kVec * 32 <= 2 * lanes) {
+  if (kWholeWarp && lanes >= 16) {
     const bool low = (threadIdx.x & 31) < 16;  // the lower group, where a warp holds two
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
@@ -1145,6 +1157,11 @@ __device__ __forceinline__ float StoredScale(float divisor, float inv) { return 
 __device__ __forceinline__ int64_t GroupScaleIndex(const FusedKernelParams& p, int64_t row, int group) {
   return p.scale_col_major ? int64_t(group) * p.scale_tokens_padded + row : row * p.groups_per_row + group;
 }
+// The step from a row's scale of one group to the next's: GroupScaleIndex(p, row, g + 1) -
+// GroupScaleIndex(p, row, g).
+__device__ __forceinline__ int64_t GroupScaleStep(const FusedKernelParams& p) {
+  return p.scale_col_major ? p.scale_tokens_padded : 1;
+}
 
 // The points of a row's epilogue a probe sees (dev/epilogue_bench --phases times them).
 enum class RowPhase : int { kOwnSum, kBlockSum, kRstd, kVectors, kDone };
@@ -1307,7 +1324,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   if constexpr (kQuant == QuantMode::kFp8Group) {
     // Every lane of the row's warps (or of its packed group) joins the shuffles or reductions; a
     // group is all in the row or all past it.
-    LaneGroupMax<kVec, kPairSpan<Span>>(amax, p.group_vecs, RowLaneMask<Span>());
+    LaneGroupMax<kVec, kPairSpan<Span> || kSoleBlockRecipe<Recipe>>(amax, p.group_vecs, RowLaneMask<Span>());
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       s[k] = DynamicScale<Recipe, kQuant>(p, amax[k], step[k]);
@@ -1361,10 +1378,21 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       for (int k = 0; k < kVec; ++k)
         StoreStreaming8If(in_row[k], q_row + size_t(RowVectors<kVec, Span>::Index(k)) * kVecElems, q[k]);
     }
+    if constexpr (kQuant == QuantMode::kFp8Group && kSoleBlockRecipe<Recipe>) {
+      // The row's scales and the step between groups once for the thread's vectors, not the
+      // whole index per store (~20 address instructions each, issued by every warp).
+      float* const row_scales = p.scale_out + GroupScaleIndex(p, row, 0);
+      const int64_t group_step = GroupScaleStep(p);
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const int v = RowVectors<kVec, Span>::Index(k);
-      if constexpr (kQuant == QuantMode::kFp8Group) {
+      for (int k = 0; k < kVec; ++k) {
+        const int v = RowVectors<kVec, Span>::Index(k);
+        if (in_row[k] && (v & (p.group_vecs - 1)) == 0)
+          row_scales[int64_t(v >> group_shift) * group_step] = StoredScale(s[k], inv[k]);
+      }
+    } else if constexpr (kQuant == QuantMode::kFp8Group) {
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        const int v = RowVectors<kVec, Span>::Index(k);
         // group_vecs is a power of two: a shift and a mask, not an integer division.
         if (in_row[k] && (v & (p.group_vecs - 1)) == 0)
           p.scale_out[GroupScaleIndex(p, row, v >> group_shift)] = StoredScale(s[k], inv[k]);

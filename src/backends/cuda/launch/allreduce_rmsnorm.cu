@@ -472,6 +472,21 @@ FusedKernelFn BlockEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& l
   return SelectKernel<EpilogueFamily<kRecipe>>(spec.act_dtype, layout.vecs_per_thread, spec.quant);
 }
 
+// The fixed recipes' fp8_group kernel of one block per row for grids of at most one block per SM
+// (SoleBlockRecipe): null for other recipes, modes and vectors per thread. On one H100 it took
+// 0.977-0.996 x the shared kernel's time at T 96-128, H 2880-8192 (docs/perf/h100x1/NOTES.md,
+// run 128).
+FusedKernelFn SoleBlockEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& layout, KernelRecipe recipe) {
+  const int v = layout.vecs_per_thread;
+  switch (recipe) {
+    case KernelRecipe::kFixed:
+      return SelectKernel<SoleBlockEpilogueFamily<KernelRecipe::kFixed>>(spec.act_dtype, v, spec.quant);
+    case KernelRecipe::kFixedWeightAfterRound:
+      return SelectKernel<SoleBlockEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(spec.act_dtype, v, spec.quant);
+    default: return nullptr;
+  }
+}
+
 // NOTE: a fixed recipe only for the local op (LocalKernelRecipe): its kernels read a = x.
 StatusOr<FusedKernelFn> EpilogueKernel(const AllreduceRmsnormSpec& spec, const RowLayout& layout, RowOwner owner,
                                        KernelRecipe recipe, int cluster_blocks = 1, int packed_lanes = 0) {
@@ -793,7 +808,10 @@ Status LaunchLocalAllreduceRmsnorm(const AllreduceRmsnormSpec& spec, int64_t tok
     if (forced || !unplaceable) TPFUSE_CUDA_CHECK(launched);
     (void)cudaGetLastError();
   }
-  TPFUSE_ASSIGN_OR_RETURN(FusedKernelFn kernel, EpilogueKernel(spec, layout, RowOwner::kBlock, recipe));
+  FusedKernelFn kernel = owners <= device.sms ? SoleBlockEpilogue(spec, layout, recipe) : nullptr;
+  if (!kernel) {
+    TPFUSE_ASSIGN_OR_RETURN(kernel, EpilogueKernel(spec, layout, RowOwner::kBlock, recipe));
+  }
   cudaLaunchConfig_t config = MakeConfig(layout, owners, stream, options, attributes);
   TPFUSE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
   return Status::Ok();

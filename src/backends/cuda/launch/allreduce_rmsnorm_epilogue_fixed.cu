@@ -5,5 +5,6 @@ namespace tpfuse::cuda {
 
 template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<NormAloneEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
+template FusedKernelFn SelectKernel<SoleBlockEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
 
 }  // namespace tpfuse::cuda

@@ -6,5 +6,6 @@ namespace tpfuse::cuda {
 
 template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int, QuantMode);
 template FusedKernelFn SelectKernel<NormAloneEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int, QuantMode);
+template FusedKernelFn SelectKernel<SoleBlockEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int, QuantMode);
 
 }  // namespace tpfuse::cuda

@@ -47,6 +47,17 @@ struct NormAloneEpilogueFamily {
     else return nullptr;
   }
 };
+// A fixed recipe's fp8_group kernel of one block per row at two vectors per thread for grids of
+// at most one block per SM (SoleBlockRecipe); none for other recipes, kVec and modes.
+template <KernelRecipe kRecipe>
+struct SoleBlockEpilogueFamily {
+  template <typename T, int kVec, QuantMode kQuant>
+  static constexpr FusedKernelFn Kernel() {
+    if constexpr (kRecipe != KernelRecipe::kRuntime && kVec == 2 && kQuant == QuantMode::kFp8Group)
+      return AllreduceEpilogueKernel<T, kVec, kQuant, BlockRow, SoleBlockRecipe<RecipeOf<T, kRecipe>>>;
+    else return nullptr;
+  }
+};
 // The epilogue kernel with each row spread over a thread block cluster (launched with a
 // cluster dimension: small T), a thread per row thread.
 template <KernelRecipe kRecipe>
@@ -106,6 +117,9 @@ extern template FusedKernelFn SelectKernel<EpilogueFamily<KernelRecipe::kFixedWe
 extern template FusedKernelFn SelectKernel<NormAloneEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
 extern template FusedKernelFn SelectKernel<NormAloneEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int,
                                                                                                        QuantMode);
+extern template FusedKernelFn SelectKernel<SoleBlockEpilogueFamily<KernelRecipe::kFixed>>(DType, int, QuantMode);
+extern template FusedKernelFn SelectKernel<SoleBlockEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int,
+                                                                                                        QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterEpilogueFamily<KernelRecipe::kFixedWeightAfterRound>>(DType, int,
                                                                                                     QuantMode);
 extern template FusedKernelFn SelectKernel<ClusterPairEpilogueFamily<KernelRecipe::kRuntime>>(DType, int, QuantMode);
