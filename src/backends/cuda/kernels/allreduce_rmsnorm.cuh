@@ -282,14 +282,18 @@ struct RecipeFor<T, KernelRecipe::kRuntimeF32PreNorm> {
 };
 template <typename T, KernelRecipe kRecipe>
 using RecipeOf = typename RecipeFor<T, kRecipe>::type;
+// Whether Recipe is Wrapper<F> for a recipe F: the wrappers below give a fixed recipe's form
+// kernels of their own.
+template <typename Recipe, template <typename> class Wrapper>
+inline constexpr bool kWrappedRecipe = false;
+template <typename Fixed, template <typename> class Wrapper>
+inline constexpr bool kWrappedRecipe<Wrapper<Fixed>, Wrapper> = true;
 // A fixed recipe's kernel for the norm alone (no residual: the launcher picks it by the spec),
 // the same code under a tighter register bound (SpanMinBlocks).
 template <typename Fixed>
 struct NormAloneRecipe : Fixed {};
 template <typename Recipe>
-inline constexpr bool kNormAloneRecipe = false;
-template <typename Fixed>
-inline constexpr bool kNormAloneRecipe<NormAloneRecipe<Fixed>> = true;
+inline constexpr bool kNormAloneRecipe = kWrappedRecipe<Recipe, NormAloneRecipe>;
 // A fixed recipe's fp8_group kernel of one block per row for grids of at most one block per SM
 // (the launcher picks it there: LaunchLocalAllreduceRmsnorm). Each row's block then issues alone
 // on its SM and the groups' maxima take whole-warp reductions (LaneGroupMax), and the row's scale
@@ -299,9 +303,7 @@ inline constexpr bool kNormAloneRecipe<NormAloneRecipe<Fixed>> = true;
 template <typename Fixed>
 struct SoleBlockRecipe : Fixed {};
 template <typename Recipe>
-inline constexpr bool kSoleBlockRecipe = false;
-template <typename Fixed>
-inline constexpr bool kSoleBlockRecipe<SoleBlockRecipe<Fixed>> = true;
+inline constexpr bool kSoleBlockRecipe = kWrappedRecipe<Recipe, SoleBlockRecipe>;
 
 // ================================================================ row owners and reductions
 
