@@ -297,9 +297,10 @@ inline constexpr bool kNormAloneRecipe = kWrappedRecipe<Recipe, NormAloneRecipe>
 // A fixed recipe's fp8_group kernel of one block per row for grids of at most one block per SM
 // (the launcher picks it there: LaunchLocalAllreduceRmsnorm). Each row's block then issues alone
 // on its SM and the groups' maxima take whole-warp reductions (LaneGroupMax), and the row's scale
-// address is taken once (RowEpilogue). The same bits; apart from the kernels of larger grids, where
-// the same code ran up to 1.12 x slower and the two paths in one kernel changed the compiled code
-// of both (docs/perf/h100x1/NOTES.md, runs 126-128).
+// address is taken once (RowEpilogue): the same bits as the shared kernel. Kernels of their own
+// because the same code in the shared kernels ran up to 1.12 x slower where two rows' blocks share
+// an SM, and both paths in one kernel changed the compiled code of each (docs/perf/h100x1/NOTES.md,
+// runs 126-128).
 template <typename Fixed>
 struct SoleBlockRecipe : Fixed {};
 template <typename Recipe>
