@@ -1177,10 +1177,10 @@ TEST_F(LocalFusedTest, AmaxBoundRowsAreBitwiseTheOracle) {
 
 // fp8_group's one block per row runs its own kernels for grids of at most one block per SM (the
 // fixed recipes' SoleBlockRecipe, two vectors per thread) and the shared ones past it: T = SMs
-// and SMs + 1, and 2 SMs + 3 rows under SMs blocks striding over them, each bitwise the oracle;
-// both fixed recipes, bf16 and f16, groups of 16 and 128 (two whole-warp groups, and one, per
-// reduction; none at H 2880, whose rows leave vectors past the row) and 64 (shuffles), both scale layouts
-// (column-major's padding rows past T), ue8m0.
+// and SMs + 1, and 2 SMs + 3 rows under SMs blocks striding over them, each bitwise the oracle.
+// Both fixed recipes, bf16 and f16; groups of 16 (shuffles), 128 and 256 (in SoleBlockRecipe's
+// kernels whole-warp reductions, two groups to a warp and one), those two not at H 2880, whose
+// rows leave vectors past the row; both scale layouts (column-major's padding rows past T), ue8m0.
 TEST_F(LocalFusedTest, GroupKernelsOnEitherSideOfOneBlockPerSmAreBitwiseTheOracle) {
   int sms = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
@@ -1188,7 +1188,7 @@ TEST_F(LocalFusedTest, GroupKernelsOnEitherSideOfOneBlockPerSmAreBitwiseTheOracl
   for (DType act : {DType::kBF16, DType::kF16})
     for (bool weight_after_round : {false, true})
       for (int64_t h : {2880, 7168})
-        for (int g : {16, 64, 128})
+        for (int g : {16, 128, 256})
           for (ScaleLayout layout : {ScaleLayout::kRow, ScaleLayout::kCol})
             for (ScaleFormat fmt : {ScaleFormat::kF32, ScaleFormat::kUe8m0}) {
               if (h % g != 0 || (fmt == ScaleFormat::kUe8m0 && g != 128)) continue;
