@@ -36,7 +36,8 @@ enum class NcclReduction : uint8_t {
 enum class RowOwner : uint8_t {
   kAuto,     // the measured rule: packed rows for rows of one or two warps where they are
              // faster, a cluster at small T where it is faster, else a block
-  kBlock,    // one block per row
+  kBlock,    // one block per row (fp8_group in the fixed recipes at two vectors per thread runs
+             // kernels of its own while the grid has at most one block per SM: SoleBlockRecipe)
   kCluster,  // one cluster per row, a thread per row thread (ClusterRow); kUnimplemented where the
              // row has no split or the device no clusters
   kClusterPair,  // one cluster per row, two threads per row thread (ClusterPairRow); as kCluster,

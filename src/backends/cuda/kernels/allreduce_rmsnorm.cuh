@@ -1393,6 +1393,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
           row_scales[int64_t(v >> group_shift) * group_step] = StoredScale(s[k], inv[k]);
       }
     } else if constexpr (kQuant == QuantMode::kFp8Group) {
+      // (The shared kernels keep the whole index per store: their compiled code is the one
+      // measured at every T, SoleBlockRecipe's note.)
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         const int v = RowVectors<kVec, Span>::Index(k);
