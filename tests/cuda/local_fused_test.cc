@@ -1179,8 +1179,9 @@ TEST_F(LocalFusedTest, AmaxBoundRowsAreBitwiseTheOracle) {
 // fixed recipes' SoleBlockRecipe, two vectors per thread) and the shared ones past it: T = SMs
 // and SMs + 1, and 2 SMs + 3 rows under SMs blocks striding over them, each bitwise the oracle.
 // Both fixed recipes, bf16 and f16; groups of 16 (shuffles), 128 and 256 (in SoleBlockRecipe's
-// kernels whole-warp reductions, two groups to a warp and one), those two not at H 2880, whose
-// rows leave vectors past the row; both scale layouts (column-major's padding rows past T), ue8m0.
+// kernels whole-warp reductions, two groups to a warp and one), which do not divide H 2880 and
+// run at H 7168 only; both scale layouts (column-major's padding rows past T); ue8m0 at groups of
+// 128 (DeepSeek's).
 TEST_F(LocalFusedTest, GroupKernelsOnEitherSideOfOneBlockPerSmAreBitwiseTheOracle) {
   int sms = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
