@@ -296,11 +296,12 @@ template <typename Recipe>
 inline constexpr bool kNormAloneRecipe = kWrappedRecipe<Recipe, NormAloneRecipe>;
 // A fixed recipe's fp8_group kernel of one block per row for grids of at most one block per SM
 // (the launcher picks it there: LaunchLocalAllreduceRmsnorm). Each row's block then issues alone
-// on its SM and the groups' maxima take whole-warp reductions (LaneGroupMax), and the row's scale
-// address is taken once (RowEpilogue): the same bits as the shared kernel. Kernels of their own
-// because the same code in the shared kernels ran up to 1.12 x slower where two rows' blocks share
-// an SM, and both paths in one kernel changed the compiled code of each (docs/perf/h100x1/NOTES.md,
-// runs 126-128).
+// on its SM, and what its warps issue after the row's sum is the row's time: the groups' maxima
+// take whole-warp reductions (LaneGroupMax), the block's sum reads its warps' sums four at a time
+// (SoleBlockSum), and the addresses of the stores are taken before the sum (RowEpilogue's
+// kSoleGroup): the same bits as the shared kernel. Kernels of their own because the same code in
+// the shared kernels ran up to 1.12 x slower where two rows' blocks share an SM, and both paths
+// in one kernel changed the compiled code of each (docs/perf/h100x1/NOTES.md, runs 126-131).
 template <typename Fixed>
 struct SoleBlockRecipe : Fixed {};
 template <typename Recipe>
@@ -737,6 +738,33 @@ __device__ __forceinline__ float BlockMax(float v, float (*smem)[32], int slot) 
   return total;
 }
 
+// SoleBlockRecipe's BlockSum: the same sum in the same order (+0, then warp 0's sum, warp 1's,
+// ...: +0 + s = s for every sum of squares, >= +0 or NaN), the warps' sums read four at a time,
+// +0 past the last warp up to the end of its four (adding +0 changes no sum): at most four
+// 16-byte shared loads per thread, not one per warp in a loop. After the row's barrier every
+// warp's instructions are the row's time where its block is alone on its SM (docs/kernels.md,
+// "Instructions after the row's sum"). Threads past the last warp's index write the +0 before
+// the barrier; no warp's sum lands there.
+__device__ __forceinline__ float SoleBlockSum(float v, int slot) {
+  static_assert(kMaxRowThreads / 32 <= 16, "four chunks of four warps' sums");
+  __shared__ float4 sums[2][4];
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  float* const row_sums = reinterpret_cast<float*>(sums[slot]);
+  if (lane == 0) row_sums[warp] = v;
+  if (threadIdx.x >= warps && threadIdx.x < 16) row_sums[threadIdx.x] = 0.0f;
+  __syncthreads();
+  float total = 0.0f;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    if (4 * c >= warps) break;
+    const float4 q = sums[slot][c];
+    total = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(total, q.x), q.y), q.z), q.w);
+  }
+  return total;
+}
+
 // Sum, and max of magnitudes, over the row of the owner Span (rows 0-1 and 2-3 of smem by slot).
 template <typename Span>
 __device__ __forceinline__ float RowSum(float v, float (*smem)[32], int slot) {
@@ -1131,6 +1159,34 @@ __device__ __forceinline__ float DynamicScaleInverse(const FusedKernelParams& p,
   return Recipe::ScaleUe8m0(p) ? __frcp_rn(s) : DynamicScaleReciprocal(s);
 }
 
+// A vector of values already rounded to T back to f32: for bf16 by its bits (the low element
+// shifted up, the high one masked: two integer instructions per pair, where Unpack's element
+// reads compile to three or four); f16 as Unpack.
+template <typename T>
+__device__ __forceinline__ void UnpackRounded(const uint4& w, float (&f)[kVecElems]) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f[2 * i] = __uint_as_float(words[i] << 16);
+      f[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+  } else {
+    Unpack<T>(w, f);
+  }
+}
+
+// Keeps a value computed where this is called: the compiler may not move its computation
+// later (an empty asm that may change it). For addresses taken while a row's loads are in
+// flight, where the compiler would take them again after the row's sum.
+template <typename V>
+__device__ __forceinline__ void PinInRegister(V*& v) {
+  uintptr_t bits = reinterpret_cast<uintptr_t>(v);
+  asm volatile("" : "+l"(bits));
+  v = reinterpret_cast<V*>(bits);
+}
+__device__ __forceinline__ void PinInRegister(int& v) { asm volatile("" : "+r"(v)); }
+
 // max |y_i| over one vector, as a tree (the max of a set: any order gives the same value; a NaN
 // wins, MaxOfMagnitudes).
 __device__ __forceinline__ float VectorAbsMax(const float (&y)[kVecElems]) {
@@ -1196,6 +1252,28 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   bool in_row[kVec];
 #pragma unroll
   for (int k = 0; k < kVec; ++k) in_row[k] = RowVectors<kVec, Span>::Index(k) < p.vecs_per_row;
+  // SoleBlockRecipe's fp8_group: where the thread's q and group scales go, and which scales it
+  // stores, taken here while the row's loads are in flight (PinInRegister), not after the row's
+  // sum, where its warps' instructions are the row's time (SoleBlockSum's note).
+  constexpr bool kSoleGroup = kQuant == QuantMode::kFp8Group && kSoleBlockRecipe<Recipe>;
+  uint8_t* q_at[kSoleGroup ? kVec : 1];
+  float* scale_at[kSoleGroup ? kVec : 1];
+  int owns_scale[kSoleGroup ? kVec : 1];
+  if constexpr (kSoleGroup) {
+    const int group_shift = __ffs(p.group_vecs) - 1;
+    float* const row_scales = p.scale_out + GroupScaleIndex(p, row, 0);
+    const int64_t group_step = GroupScaleStep(p);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const int v = RowVectors<kVec, Span>::Index(k);
+      q_at[k] = p.quant_out + size_t(row) * p.hidden + size_t(v) * kVecElems;
+      scale_at[k] = row_scales + int64_t(v >> group_shift) * group_step;
+      owns_scale[k] = in_row[k] && (v & (p.group_vecs - 1)) == 0;
+      PinInRegister(q_at[k]);
+      PinInRegister(scale_at[k]);
+      PinInRegister(owns_scale[k]);
+    }
+  }
 
   // fp8_token over a cluster, with one rounding in y: the row's amax from a bound taken with the
   // sum of squares (common/amax_bound.h), so where the bound decides, the row crosses the
@@ -1259,6 +1337,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     } else {
       total = RowSum<Span>(sum_sq[0], smem, slot);
     }
+  } else if constexpr (kSoleBlockRecipe<Recipe>) {
+    total = SoleBlockSum(sum_sq[0], slot);
   } else {
     total = RowSumOfParts<Span>(sum_sq, smem, slot);
   }
@@ -1310,7 +1390,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       const uint2 q = QuantizeVector(yf, static_step, static_scale, static_inv);
       if (in_row[k]) StoreStreaming8(q_row + size_t(v) * kVecElems, q);
     } else if constexpr (kHoldsY) {
-      Unpack<T>(yk, yf);
+      if constexpr (kSoleGroup) UnpackRounded<T>(yk, yf);
+      else Unpack<T>(yk, yf);
       y[k] = yk;
       amax[k] = in_row[k] ? VectorAbsMax(yf) : 0.0f;
     }
@@ -1366,7 +1447,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       float yf[kVecElems];
-      Unpack<T>(y[k], yf);
+      if constexpr (kSoleGroup) UnpackRounded<T>(y[k], yf);
+      else Unpack<T>(y[k], yf);
       q[k] = QuantizeVector(yf, step[k], s[k], inv[k]);
       if constexpr (kQuant == QuantMode::kFp8Token) {
         if (in_row[k]) StoreStreaming8(q_row + size_t(RowVectors<kVec, Span>::Index(k)) * kVecElems, q[k]);
@@ -1376,23 +1458,16 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
     // (with the group's scale store in the same branch, the compiler drew each vector's
     // quotients into it, one vector's chain after the other's). fp8_token keeps its branches:
     // so ptxas gives its two-vector one-block kernels 40 registers, not 54-56.
-    if constexpr (kQuant == QuantMode::kFp8Group) {
+    if constexpr (kSoleGroup) {
+      // The addresses and owners taken before the row's sum (kSoleGroup's note).
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) StoreStreaming8If(in_row[k], q_at[k], q[k]);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) StoreGlobalF32If(owns_scale[k], scale_at[k], StoredScale(s[k], inv[k]));
+    } else if constexpr (kQuant == QuantMode::kFp8Group) {
 #pragma unroll
       for (int k = 0; k < kVec; ++k)
         StoreStreaming8If(in_row[k], q_row + size_t(RowVectors<kVec, Span>::Index(k)) * kVecElems, q[k]);
-    }
-    if constexpr (kQuant == QuantMode::kFp8Group && kSoleBlockRecipe<Recipe>) {
-      // The row's scales and the step between groups once for the thread's vectors, not the
-      // whole index per store (~20 address instructions each, issued by every warp).
-      float* const row_scales = p.scale_out + GroupScaleIndex(p, row, 0);
-      const int64_t group_step = GroupScaleStep(p);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        const int v = RowVectors<kVec, Span>::Index(k);
-        if (in_row[k] && (v & (p.group_vecs - 1)) == 0)
-          row_scales[int64_t(v >> group_shift) * group_step] = StoredScale(s[k], inv[k]);
-      }
-    } else if constexpr (kQuant == QuantMode::kFp8Group) {
       // (The shared kernels keep the whole index per store: their compiled code is the one
       // measured at every T, SoleBlockRecipe's note.)
 #pragma unroll

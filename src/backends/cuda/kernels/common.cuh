@@ -171,6 +171,14 @@ __device__ __forceinline__ void StoreStreaming8If(bool store, void* p, const uin
       : "r"(int(store)), "l"(p), "r"(v.x), "r"(v.y)
       : "memory");
 }
+// A global f32 store where `store` holds, as one predicated instruction, st.global even where
+// the compiler no longer knows the pointer is global (a pinned address: PinInRegister).
+__device__ __forceinline__ void StoreGlobalF32If(bool store, float* p, float v) {
+  asm volatile("{\n\t.reg .pred s;\n\tsetp.ne.b32 s, %0, 0;\n\t@s st.global.f32 [%1], %2;\n\t}"
+               :
+               : "r"(int(store)), "l"(p), "f"(v)
+               : "memory");
+}
 
 __device__ __forceinline__ uint64_t GlobalTimerNs() {
   uint64_t t;
