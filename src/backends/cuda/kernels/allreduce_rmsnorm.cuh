@@ -298,10 +298,11 @@ inline constexpr bool kNormAloneRecipe = kWrappedRecipe<Recipe, NormAloneRecipe>
 // (the launcher picks it there: LaunchLocalAllreduceRmsnorm). Each row's block then issues alone
 // on its SM, and what its warps issue after the row's sum is the row's time: the groups' maxima
 // take whole-warp reductions (LaneGroupMax), the block's sum reads its warps' sums four at a time
-// (SoleBlockSum), and the addresses of the stores are taken before the sum (RowEpilogue's
-// kSoleGroup): the same bits as the shared kernel. Kernels of their own because the same code in
-// the shared kernels ran up to 1.12 x slower where two rows' blocks share an SM, and both paths
-// in one kernel changed the compiled code of each (docs/perf/h100x1/NOTES.md, runs 126-131).
+// (SoleBlockSum), and the addresses of the stores and the weights' words are taken before the
+// sum (RowEpilogue's kSoleGroup): the same bits as the shared kernel. Kernels of their own
+// because the same code in the shared kernels ran up to 1.12 x slower where two rows' blocks
+// share an SM, and both paths in one kernel changed the compiled code of each
+// (docs/perf/h100x1/NOTES.md, runs 126-132).
 template <typename Fixed>
 struct SoleBlockRecipe : Fixed {};
 template <typename Recipe>
@@ -916,6 +917,8 @@ struct RowWeights {
   __device__ __forceinline__ void Ready() const {
     if constexpr (!kHeld) CopyAsyncWaitAll();
   }
+  // Vector k's staged 16-bit words (!kHeld, a 16-bit weight: the fixed recipes').
+  __device__ __forceinline__ uint4 StagedWords(int k) const { return staged[RowVectors<kVec, Span>::Index(k)]; }
   // Vector k's weights. For a vector past the row (whose results nobody stores) the values are
   // zeros (held), whatever the staging holds there (staged), or the row's last vector's (f32):
   // never a read outside the weight or the staging.
@@ -1159,9 +1162,9 @@ __device__ __forceinline__ float DynamicScaleInverse(const FusedKernelParams& p,
   return Recipe::ScaleUe8m0(p) ? __frcp_rn(s) : DynamicScaleReciprocal(s);
 }
 
-// A vector of values already rounded to T back to f32: for bf16 by its bits (the low element
-// shifted up, the high one masked: two integer instructions per pair, where Unpack's element
-// reads compile to three or four); f16 as Unpack.
+// A vector of eight T values (a weight's, or y rounded to T) to f32: for bf16 by its bits (the
+// low element shifted up, the high one masked: two integer instructions per pair, where
+// Unpack's element reads compile to three or four); f16 as Unpack.
 template <typename T>
 __device__ __forceinline__ void UnpackRounded(const uint4& w, float (&f)[kVecElems]) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
@@ -1186,6 +1189,9 @@ __device__ __forceinline__ void PinInRegister(V*& v) {
   v = reinterpret_cast<V*>(bits);
 }
 __device__ __forceinline__ void PinInRegister(int& v) { asm volatile("" : "+r"(v)); }
+__device__ __forceinline__ void PinInRegister(uint4& v) {
+  asm volatile("" : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w));
+}
 
 // max |y_i| over one vector, as a tree (the max of a set: any order gives the same value; a NaN
 // wins, MaxOfMagnitudes).
@@ -1272,6 +1278,17 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       PinInRegister(q_at[k]);
       PinInRegister(scale_at[k]);
       PinInRegister(owns_scale[k]);
+    }
+  }
+  // Its weights' words too (the fixed recipes' weights are T, staged: kHeld is false at two
+  // vectors per thread), unpacked by their bits where they are used.
+  uint4 weight_words[kSoleGroup ? kVec : 1];
+  if constexpr (kSoleGroup) {
+    static_assert(!kHeld && kVec == 2, "SoleBlockRecipe's kernels stage their weights");
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      weight_words[k] = weights.StagedWords(k);
+      PinInRegister(weight_words[k]);
     }
   }
 
@@ -1369,7 +1386,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   for (int k = 0; k < kVec; ++k) {
     const int v = RowVectors<kVec, Span>::Index(k);
     float wv[kVecElems], n[kVecElems], yf[kVecElems];
-    weights.Get(p, k, wv);
+    if constexpr (kSoleGroup) UnpackRounded<T>(weight_words[k], wv);
+    else weights.Get(p, k, wv);
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) n[i] = __fmul_rn(u[k][i], r);
     if (Recipe::WeightAfterRound(p)) RoundVector<T>(n);
