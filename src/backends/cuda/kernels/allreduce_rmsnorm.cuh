@@ -749,8 +749,7 @@ __device__ __forceinline__ float BlockMax(float v, float (*smem)[32], int slot) 
 __device__ __forceinline__ float SoleBlockSum(float v, int slot) {
   static_assert(kMaxRowThreads / 32 <= 16, "four chunks of four warps' sums");
   __shared__ float4 sums[2][4];
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  v = WarpReduce(v, SumOp{});
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   float* const row_sums = reinterpret_cast<float*>(sums[slot]);
   if (lane == 0) row_sums[warp] = v;
@@ -1162,37 +1161,6 @@ __device__ __forceinline__ float DynamicScaleInverse(const FusedKernelParams& p,
   return Recipe::ScaleUe8m0(p) ? __frcp_rn(s) : DynamicScaleReciprocal(s);
 }
 
-// A vector of eight T values (a weight's, or y rounded to T) to f32: for bf16 by its bits (the
-// low element shifted up, the high one masked: two integer instructions per pair, where
-// Unpack's element reads compile to three or four); f16 as Unpack.
-template <typename T>
-__device__ __forceinline__ void UnpackRounded(const uint4& w, float (&f)[kVecElems]) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      f[2 * i] = __uint_as_float(words[i] << 16);
-      f[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
-    }
-  } else {
-    Unpack<T>(w, f);
-  }
-}
-
-// Keeps a value computed where this is called: the compiler may not move its computation
-// later (an empty asm that may change it). For addresses taken while a row's loads are in
-// flight, where the compiler would take them again after the row's sum.
-template <typename V>
-__device__ __forceinline__ void PinInRegister(V*& v) {
-  uintptr_t bits = reinterpret_cast<uintptr_t>(v);
-  asm volatile("" : "+l"(bits));
-  v = reinterpret_cast<V*>(bits);
-}
-__device__ __forceinline__ void PinInRegister(int& v) { asm volatile("" : "+r"(v)); }
-__device__ __forceinline__ void PinInRegister(uint4& v) {
-  asm volatile("" : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w));
-}
-
 // max |y_i| over one vector, as a tree (the max of a set: any order gives the same value; a NaN
 // wins, MaxOfMagnitudes).
 __device__ __forceinline__ float VectorAbsMax(const float (&y)[kVecElems]) {
@@ -1222,6 +1190,9 @@ __device__ __forceinline__ float StoredScale(float divisor, float inv) { return 
 __device__ __forceinline__ int64_t GroupScaleIndex(const FusedKernelParams& p, int64_t row, int group) {
   return p.scale_col_major ? int64_t(group) * p.scale_tokens_padded + row : row * p.groups_per_row + group;
 }
+// log2 of a group's vectors (group_vecs is a power of two): a group index is a shift, not an
+// integer division.
+__device__ __forceinline__ int GroupVecsShift(const FusedKernelParams& p) { return __ffs(p.group_vecs) - 1; }
 // The step from a row's scale of one group to the next's: GroupScaleIndex(p, row, g + 1) -
 // GroupScaleIndex(p, row, g).
 __device__ __forceinline__ int64_t GroupScaleStep(const FusedKernelParams& p) {
@@ -1266,7 +1237,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   float* scale_at[kSoleGroup ? kVec : 1];
   int owns_scale[kSoleGroup ? kVec : 1];
   if constexpr (kSoleGroup) {
-    const int group_shift = __ffs(p.group_vecs) - 1;
+    const int group_shift = GroupVecsShift(p);
     float* const row_scales = p.scale_out + GroupScaleIndex(p, row, 0);
     const int64_t group_step = GroupScaleStep(p);
 #pragma unroll
@@ -1422,7 +1393,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   // [T, 1] row-major and [1, pad4(T)] column-major put row t's scale at index t alike: the row's
   // scale is stored as soon as it exists. A group's scale is stored with the group's first
   // vector's q, by the lane that holds it (StoredScale gives it back from its divisor).
-  const int group_shift = kQuant == QuantMode::kFp8Group ? __ffs(p.group_vecs) - 1 : 0;
+  const int group_shift = kQuant == QuantMode::kFp8Group ? GroupVecsShift(p) : 0;
   if constexpr (kQuant == QuantMode::kFp8Group) {
     // Every lane of the row's warps (or of its packed group) joins the shuffles or reductions; a
     // group is all in the row or all past it.

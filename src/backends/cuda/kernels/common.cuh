@@ -34,6 +34,22 @@ __device__ __forceinline__ void Unpack(const uint4& w, float (&f)[kVecElems]) {
 #pragma unroll
   for (int i = 0; i < kVecElems; ++i) f[i] = ToFloat<T>(e[i]);
 }
+// A vector of eight T values (a weight's, or y rounded to T) to f32: for bf16 by its bits (the
+// low element shifted up, the high one masked: two integer instructions per pair, where
+// Unpack's element reads compile to three or four); f16 as Unpack.
+template <typename T>
+__device__ __forceinline__ void UnpackRounded(const uint4& w, float (&f)[kVecElems]) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f[2 * i] = __uint_as_float(words[i] << 16);
+      f[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+  } else {
+    Unpack<T>(w, f);
+  }
+}
 // Two floats rounded to nearest even into one 32-bit pair (low half: a): one paired conversion
 // (F2FP ... PACK_AB) instead of two single ones (F2F.BF16.F32 for bf16). A row's epilogue rounds
 // every element two or three times, and with the single conversions those dominated the row's
@@ -171,6 +187,21 @@ __device__ __forceinline__ void StoreStreaming8If(bool store, void* p, const uin
       : "r"(int(store)), "l"(p), "r"(v.x), "r"(v.y)
       : "memory");
 }
+
+// Keeps a value computed where this is called: the compiler may not move its computation
+// later (an empty asm that may change it). For addresses taken while a row's loads are in
+// flight, where the compiler would take them again after the row's sum.
+template <typename V>
+__device__ __forceinline__ void PinInRegister(V*& v) {
+  uintptr_t bits = reinterpret_cast<uintptr_t>(v);
+  asm volatile("" : "+l"(bits));
+  v = reinterpret_cast<V*>(bits);
+}
+__device__ __forceinline__ void PinInRegister(int& v) { asm volatile("" : "+r"(v)); }
+__device__ __forceinline__ void PinInRegister(uint4& v) {
+  asm volatile("" : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w));
+}
+
 // A global f32 store where `store` holds, as one predicated instruction, st.global even where
 // the compiler no longer knows the pointer is global (a pinned address: PinInRegister).
 __device__ __forceinline__ void StoreGlobalF32If(bool store, float* p, float v) {
