@@ -475,7 +475,8 @@ FusedKernelFn BlockEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& l
 // The fixed recipes' fp8_group kernel of one block per row for grids of at most one block per SM
 // (SoleBlockRecipe): null for other recipes, modes and vectors per thread. On one H100 it took
 // 0.977-0.996 x the shared kernel's time at T 96-128, H 2880-8192, and with fewer instructions
-// after the row's sum 0.90-0.97 x that again (docs/perf/h100x1/NOTES.md, runs 128, 131-132).
+// after the row's sum 0.90-0.97 x that again (docs/perf/h100x1/NOTES.md, runs 128, 131-132); on
+// one H200 at T 128, 0.90 x the kernels before both (docs/perf/h200x1/NOTES.md, run 133).
 FusedKernelFn SoleBlockEpilogue(const AllreduceRmsnormSpec& spec, const RowLayout& layout, KernelRecipe recipe) {
   const int v = layout.vecs_per_thread;
   switch (recipe) {
