@@ -27,9 +27,10 @@ int64_t NearestMeasuredHidden(std::span<const int64_t> measured, int64_t hidden)
 // except fp8_tensor's norm alone at H 384-512 (a warp per row from 4096 rows: 0.72-0.97 x,
 // run 60). The norm alone at H 1024 and 7168-8192 reads only x:
 // too few bytes in flight per block at large T. Single cells above 1.02 between wins are not
-// listed (the fused op wins on both sides): the residual chain at H 2048 T 1024 (1.10, run 45);
-// the norm alone at H 4096 and 8192 T 512 (1.06, 1.05). One exception to "every larger T": H
-// 1024's norm alone at T 4096 (0.88) and 65536 (1.00) was measured only in run 45, whose
+// listed (the fused op wins on both sides): the residual chain at H 2048 T 1024 (1.10, run 45)
+// and, quant none, at H 7168 T 512 (1.03, runs 123 and 133); the norm alone at H 4096 and 8192
+// T 512 (1.06, 1.05). One exception to "every larger T": H 1024's norm alone at T 4096 (0.88)
+// and 65536 (1.00) was measured only in run 45, whose
 // Inductor kernels at this H ran 1.2 x slower than runs 57-58's at the T both measured; listed
 // from T 2048. Run 101 measured the norm alone's own kernels (three blocks per SM) on the H200:
 // fp8_tensor at H 7168 0.94-1.00 from 2048 rows (not listed), and Inductor's fp8_tensor kernel
