@@ -30,12 +30,11 @@ int64_t NearestMeasuredHidden(std::span<const int64_t> measured, int64_t hidden)
 // listed (the fused op wins on both sides): the residual chain at H 2048 T 1024 (1.10, run 45)
 // and, quant none, at H 7168 T 512 (1.03, runs 123 and 133); the norm alone at H 4096 and 8192
 // T 512 (1.06, 1.05). One exception to "every larger T": H 1024's norm alone at T 4096 (0.88)
-// and 65536 (1.00) was measured only in run 45, whose
-// Inductor kernels at this H ran 1.2 x slower than runs 57-58's at the T both measured; listed
-// from T 2048. Run 101 measured the norm alone's own kernels (three blocks per SM) on the H200:
-// fp8_tensor at H 7168 0.94-1.00 from 2048 rows (not listed), and Inductor's fp8_tensor kernel
-// at H 1024 1.2-1.4 x faster than in runs 45 and 58 from 8192 rows, where the fused op's time
-// repeats: listed from 8192.
+// and 65536 (1.00) was measured only in run 45, whose Inductor kernels at this H ran 1.2 x
+// slower than runs 57-58's at the T both measured; listed from T 2048. Run 101 measured the norm
+// alone's own kernels (three blocks per SM) on the H200: fp8_tensor at H 7168 0.94-1.00 from
+// 2048 rows (not listed), and Inductor's fp8_tensor kernel at H 1024 1.2-1.4 x faster than in
+// runs 45 and 58 from 8192 rows, where the fused op's time repeats: listed from 8192.
 constexpr MeasuredLoss kMeasuredLosses[] = {
     {QuantMode::kNone, true, 64, 262144},  // 262144:1.03 (f 57, i 51)
     {QuantMode::kNone, true, 128, 262144},  // 262144:1.08 (f 57, i 57; 65536: 1.02)

@@ -916,8 +916,17 @@ struct RowWeights {
   __device__ __forceinline__ void Ready() const {
     if constexpr (!kHeld) CopyAsyncWaitAll();
   }
-  // Vector k's staged 16-bit words (!kHeld, a 16-bit weight: the fixed recipes').
+  // Vector k's staged 16-bit words (!kHeld, a 16-bit weight), to be read early and turned into
+  // Get's weights later by FromStagedWords.
   __device__ __forceinline__ uint4 StagedWords(int k) const { return staged[RowVectors<kVec, Span>::Index(k)]; }
+  // Get's weights of staged words: the recipe's dtype and bias, each element unpacked by its
+  // bits (UnpackRounded: the same floats as Unpack).
+  __device__ __forceinline__ void FromStagedWords(const FusedKernelParams& p, const uint4& w,
+                                                  float (&out)[kVecElems]) const {
+    if (Recipe::WeightDType(p) == DType::kBF16) UnpackRounded<__nv_bfloat16>(w, out);
+    else UnpackRounded<__half>(w, out);
+    ApplyWeightBias<Recipe>(p, out);
+  }
   // Vector k's weights. For a vector past the row (whose results nobody stores) the values are
   // zeros (held), whatever the staging holds there (staged), or the row's last vector's (f32):
   // never a read outside the weight or the staging.
@@ -1251,8 +1260,8 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
       PinInRegister(owns_scale[k]);
     }
   }
-  // Its weights' words too (the fixed recipes' weights are T, staged: kHeld is false at two
-  // vectors per thread), unpacked by their bits where they are used.
+  // Its weights' words too (the fixed recipes' are staged: kHeld is false at two vectors per
+  // thread), unpacked where they are used.
   uint4 weight_words[kSoleGroup ? kVec : 1];
   if constexpr (kSoleGroup) {
     static_assert(!kHeld && kVec == 2, "SoleBlockRecipe's kernels stage their weights");
@@ -1357,7 +1366,7 @@ __device__ __forceinline__ void RowEpilogue(const FusedKernelParams& p, int64_t 
   for (int k = 0; k < kVec; ++k) {
     const int v = RowVectors<kVec, Span>::Index(k);
     float wv[kVecElems], n[kVecElems], yf[kVecElems];
-    if constexpr (kSoleGroup) UnpackRounded<T>(weight_words[k], wv);
+    if constexpr (kSoleGroup) weights.FromStagedWords(p, weight_words[k], wv);
     else weights.Get(p, k, wv);
 #pragma unroll
     for (int i = 0; i < kVecElems; ++i) n[i] = __fmul_rn(u[k][i], r);
